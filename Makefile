@@ -1,0 +1,23 @@
+# Two entry points for a fresh machine (see README):
+#   make demo   installs into .venv (created when missing) and runs the demo campaign
+#   make test   installs into .venv (created when missing) and runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMP_NUM_THREADS ?= 1
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/crystal-agent run examples/demo.toml --name demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+.PHONY: install demo test

@@ -1,0 +1,191 @@
+"""Campaign configuration: a TOML file validated with pydantic.
+
+Unknown keys and wrong types are errors; :func:`load_config` turns pydantic's
+multi-line report into one line naming the offending key, e.g.::
+
+    config error: backends.0.budget_evaluations: Input should be a valid integer
+
+Paths in the file (the molecule pool) are resolved relative to the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A campaign config that cannot be used; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendConfig(_Strict):
+    """One backend the campaign may use.
+
+    Attributes:
+        name: registry name (``crystal-agent backends`` lists them).
+        params: options passed to the backend (functional, basis, ...).
+        budget_evaluations: at most this many evaluations with this backend.
+        cost_s: override of the backend's own cost estimate (CPU seconds).
+    """
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    budget_evaluations: int | None = Field(default=None, ge=0)
+    cost_s: float | None = Field(default=None, gt=0)
+
+
+class ExecutorConfig(_Strict):
+    """Ray executor settings; ``address`` None means an embedded local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    cpus_per_task: float = Field(default=1.0, gt=0)
+    task_timeout_s: float = Field(default=1800.0, gt=0)
+    max_retries: int = Field(default=1, ge=0)
+
+
+class StopConfig(_Strict):
+    """Stop criteria besides the budgets.
+
+    Attributes:
+        target: stop once the best expensive-level objective is at least this good.
+        patience_iterations: stop after this many told batches without improvement.
+    """
+
+    target: float | None = None
+    patience_iterations: int | None = Field(default=None, ge=1)
+
+
+class SurrogateConfig(_Strict):
+    """Molecule-level GP settings."""
+
+    fingerprint_bits: int = Field(default=2048, ge=64)
+    fingerprint_radius: int = Field(default=2, ge=1, le=4)
+    n_initial: int = Field(default=4, ge=1)
+    holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = True
+    uri: str | None = None  # default sqlite:///<runs_dir>/mlflow.db
+    log_models: bool = True
+
+
+class CampaignConfig(_Strict):
+    """The whole campaign.
+
+    Attributes:
+        name: campaign name (store at ``runs/<name>/``).
+        pool: file with one SMILES per line (optional name after whitespace).
+        objective: value to optimise, as computed by the backends.
+        direction: "minimize" or "maximize".
+        backends: the fidelity ladder, cheapest first.
+        batch_size: how many requests are in flight at once (at most).
+        seed: random seed; with replayed backends decisions are deterministic.
+        max_evaluations: total evaluations (all backends).
+        max_cpu_hours: total compute budget (sum of wall seconds of evaluations).
+    """
+
+    name: str = Field(default="campaign", pattern=r"^[A-Za-z0-9_.-]+$")
+    pool: Path
+    objective: str = "reorg_energy_kjmol"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    backends: list[BackendConfig] = Field(min_length=1)
+    batch_size: int = Field(default=4, ge=1)
+    seed: int = 0
+    max_evaluations: int = Field(default=50, ge=1)
+    max_cpu_hours: float | None = Field(default=None, gt=0)
+    stop: StopConfig = Field(default_factory=StopConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _unique_backends(self) -> CampaignConfig:
+        names = [b.name for b in self.backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backends listed twice: {names}")
+        return self
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {msg}{more}"
+
+
+def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> CampaignConfig:
+    """Validate a config mapping; relative pool paths resolve against ``base_dir``."""
+    try:
+        cfg = CampaignConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config error: {_one_line(exc)}") from None
+    if base_dir is not None and not cfg.pool.is_absolute():
+        cfg = cfg.model_copy(update={"pool": (base_dir / cfg.pool).resolve()})
+    return cfg
+
+
+def load_config(path: str | Path) -> CampaignConfig:
+    """Read and validate a campaign TOML file (one-line :class:`ConfigError` if bad)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error: {path}: invalid TOML: {exc}") from None
+    cfg = parse_config(data, base_dir=path.parent.resolve())
+    if not cfg.pool.is_file():
+        raise ConfigError(f"config error: pool: file not found: {cfg.pool}")
+    return cfg
+
+
+def config_to_toml(cfg: CampaignConfig) -> str:
+    """Serialise a config back to TOML (for the copy kept in the campaign store)."""
+    return _dump_toml(cfg.model_dump(mode="json", exclude_none=True))
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _dump_toml(data: dict[str, Any]) -> str:
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    arrays: list[tuple[str, list[dict[str, Any]]]] = []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            arrays.append((k, v))
+        else:
+            lines.append(f"{k} = {_toml_value(v)}")
+    for k, v in tables:
+        lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+    for k, items in arrays:
+        for item in items:
+            lines += ["", f"[[{k}]]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"

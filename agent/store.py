@@ -1,0 +1,328 @@
+"""The durable campaign store: SQLite in WAL mode under ``runs/<campaign>/``.
+
+The store is the source of truth (MLflow is a view of it). Every completed result is
+committed in its own transaction the moment it arrives, so a killed process loses at
+most work that was still in flight. A campaign directory is owned by one launcher at
+a time through an advisory ``flock`` on ``runs/<name>/lock``, which the kernel drops
+when the process dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS molecules (
+    id INTEGER PRIMARY KEY,
+    smiles TEXT NOT NULL UNIQUE,
+    name TEXT,
+    is_valid INTEGER NOT NULL DEFAULT 1,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS structures (
+    id TEXT PRIMARY KEY,
+    molecule_id INTEGER NOT NULL REFERENCES molecules(id),
+    source TEXT NOT NULL,
+    energy_kjmol REAL,
+    density_gcm3 REAL,
+    space_group TEXT,
+    z INTEGER,
+    multiplicity INTEGER NOT NULL DEFAULT 1,
+    cif TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    molecule_id INTEGER NOT NULL REFERENCES molecules(id),
+    structure_id TEXT REFERENCES structures(id),
+    backend TEXT NOT NULL,
+    backend_version TEXT NOT NULL,
+    fidelity INTEGER NOT NULL,
+    inputs_hash TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    reason TEXT NOT NULL DEFAULT '',
+    values_json TEXT NOT NULL DEFAULT '{}',
+    extra_json TEXT NOT NULL DEFAULT '{}',
+    wall_s REAL NOT NULL,
+    n_attempts INTEGER NOT NULL DEFAULT 1,
+    submitted_at REAL NOT NULL,
+    finished_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_eval_mol ON evaluations(molecule_id, backend);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+class StoreLockedError(RuntimeError):
+    """Another launcher holds this campaign."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One stored evaluation (a row of ``evaluations``)."""
+
+    id: int
+    request_id: str
+    molecule_id: int
+    structure_id: str | None
+    backend: str
+    backend_version: str
+    fidelity: int
+    inputs_hash: str
+    status: str
+    reason: str
+    values: dict[str, float]
+    extra: dict[str, Any]
+    wall_s: float
+    n_attempts: int
+    submitted_at: float
+    finished_at: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Store:
+    """A campaign's SQLite store.
+
+    Args:
+        path: the database file (created with its directory if missing).
+        lock: take the campaign's exclusive launcher lock (a running campaign must);
+            readers such as ``crystal-agent status`` pass False.
+    """
+
+    def __init__(self, path: str | Path, *, lock: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
+        if lock:
+            self._acquire_lock()
+        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        with self.transaction():
+            self.conn.executescript(_SCHEMA) if False else None
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
+            self.conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    # -- locking ----------------------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        lock_path = self.path.parent / "lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreLockedError(
+                f"campaign at {self.path.parent} is already running (pid {holder}); "
+                "stop it first or wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- meta ---------------------------------------------------------------------------
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else default
+
+    # -- molecules ----------------------------------------------------------------------
+    def add_molecules(self, items: Iterable[tuple[str, str | None, bool, str]]) -> None:
+        """Insert ``(smiles, name, is_valid, reason)`` rows; existing SMILES are kept."""
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO molecules(smiles, name, is_valid, reason) VALUES (?,?,?,?)",
+                [(s, n, int(v), r) for s, n, v, r in items],
+            )
+
+    def molecules(self, *, valid_only: bool = False) -> list[sqlite3.Row]:
+        q = "SELECT id, smiles, name, is_valid, reason FROM molecules"
+        if valid_only:
+            q += " WHERE is_valid = 1"
+        return self.conn.execute(q + " ORDER BY id").fetchall()
+
+    # -- structures ---------------------------------------------------------------------
+    def add_structures(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert structures (keys as the ``structures`` columns); existing ids kept."""
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO structures(id, molecule_id, source, energy_kjmol, "
+                "density_gcm3, space_group, z, multiplicity, cif, created_at) "
+                "VALUES (:id, :molecule_id, :source, :energy_kjmol, :density_gcm3, "
+                ":space_group, :z, :multiplicity, :cif, :created_at)",
+                [{"multiplicity": 1, "created_at": now, **r} for r in rows],
+            )
+
+    def structures(self, molecule_id: int | None = None) -> list[sqlite3.Row]:
+        q = "SELECT * FROM structures"
+        args: tuple[Any, ...] = ()
+        if molecule_id is not None:
+            q += " WHERE molecule_id = ?"
+            args = (molecule_id,)
+        return self.conn.execute(q + " ORDER BY energy_kjmol", args).fetchall()
+
+    # -- evaluations --------------------------------------------------------------------
+    def record_evaluation(
+        self,
+        *,
+        request_id: str,
+        molecule_id: int,
+        result: Any,
+        submitted_at: float,
+        n_attempts: int = 1,
+        structure_id: str | None = None,
+    ) -> bool:
+        """Commit one finished evaluation (an ``EvalResult``) in its own transaction.
+
+        Returns False (and changes nothing) if ``request_id`` is already stored, so a
+        result that arrives twice is never duplicated.
+        """
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO evaluations(request_id, molecule_id, structure_id, "
+                "backend, backend_version, fidelity, inputs_hash, status, reason, "
+                "values_json, extra_json, wall_s, n_attempts, submitted_at, finished_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    request_id,
+                    molecule_id,
+                    structure_id,
+                    result.backend,
+                    result.backend_version,
+                    result.fidelity,
+                    result.inputs_hash,
+                    result.status,
+                    result.reason,
+                    json.dumps(result.values),
+                    json.dumps(result.extra, default=str),
+                    result.wall_s,
+                    n_attempts,
+                    submitted_at,
+                    time.time(),
+                ),
+            )
+            inserted = cur.rowcount == 1
+            if inserted:
+                c.execute(
+                    "INSERT INTO events(ts, kind, payload) VALUES (?, 'result', ?)",
+                    (
+                        time.time(),
+                        json.dumps(
+                            {
+                                "request_id": request_id,
+                                "status": result.status,
+                                "reason": result.reason,
+                            }
+                        ),
+                    ),
+                )
+        return inserted
+
+    def evaluations(self) -> list[Evaluation]:
+        rows = self.conn.execute("SELECT * FROM evaluations ORDER BY id").fetchall()
+        return [
+            Evaluation(
+                id=r["id"],
+                request_id=r["request_id"],
+                molecule_id=r["molecule_id"],
+                structure_id=r["structure_id"],
+                backend=r["backend"],
+                backend_version=r["backend_version"],
+                fidelity=r["fidelity"],
+                inputs_hash=r["inputs_hash"],
+                status=r["status"],
+                reason=r["reason"],
+                values=json.loads(r["values_json"]),
+                extra=json.loads(r["extra_json"]),
+                wall_s=r["wall_s"],
+                n_attempts=r["n_attempts"],
+                submitted_at=r["submitted_at"],
+                finished_at=r["finished_at"],
+            )
+            for r in rows
+        ]
+
+    def count_evaluations(self) -> tuple[int, int]:
+        """``(n_evaluations, n_failed)``."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(status = 'failed'), 0) AS nf FROM evaluations"
+        ).fetchone()
+        return int(row["n"]), int(row["nf"])
+
+    # -- events -------------------------------------------------------------------------
+    def log_event(self, kind: str, **payload: Any) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO events(ts, kind, payload) VALUES (?, ?, ?)",
+                (time.time(), kind, json.dumps(payload, default=str)),
+            )
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        q, args = "SELECT ts, kind, payload FROM events", ()
+        if kind:
+            q, args = q + " WHERE kind = ?", (kind,)
+        return [
+            {"ts": r["ts"], "kind": r["kind"], **json.loads(r["payload"])}
+            for r in self.conn.execute(q + " ORDER BY id", args)
+        ]
+
+    def integrity_ok(self) -> bool:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

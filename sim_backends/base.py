@@ -1,0 +1,181 @@
+"""The backend protocol: what every physics level of the fidelity ladder implements.
+
+A backend is a small, picklable object that turns an :class:`EvalInput` (a molecule
+given as SMILES, optionally a crystal structure) into an :class:`EvalResult` holding
+named scalar values (energies in kJ/mol per molecule at this surface).
+
+Subclasses declare their capabilities as class attributes and fill in exactly one
+method, :meth:`Backend._evaluate`. The public :meth:`Backend.evaluate` validates,
+times, hashes the inputs and turns exceptions into failed results, so a backend
+never crashes the campaign:
+
+* :class:`SetupError` -- the input can never work (invalid SMILES, unsupported
+  element). Failed permanently, never retried.
+* :class:`RunError` -- the calculation ran and failed (SCF did not converge,
+  optimiser diverged). Failed, may be retried by the executor.
+* anything else -- an unexpected error in the backend; recorded as failed with the
+  exception type and message.
+
+Importing this module is cheap: no torch, pyscf or rdkit at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+Status = Literal["ok", "failed"]
+
+#: elements the physics backends are parametrised for (organic molecular crystals)
+SUPPORTED_ELEMENTS: frozenset[str] = frozenset({"H", "C", "N", "O", "F", "S", "Cl"})
+
+
+class BackendError(Exception):
+    """Base class of errors a backend raises on purpose, with a one-line reason."""
+
+
+class SetupError(BackendError):
+    """The input can never be evaluated by this backend (never retried)."""
+
+
+class RunError(BackendError):
+    """The calculation ran and did not succeed (e.g. SCF not converged); may retry."""
+
+
+@dataclass(frozen=True)
+class EvalInput:
+    """What to evaluate.
+
+    Attributes:
+        smiles: the molecule, as SMILES.
+        structure_cif: a crystal structure as CIF text, for structure-level backends.
+        structure_id: the store id of that structure, if any.
+        params: backend options (functional, basis, temperature, ...); part of the hash.
+    """
+
+    smiles: str
+    structure_cif: str | None = None
+    structure_id: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def inputs_hash(self, backend: str, version: str) -> str:
+        """A stable SHA-256 over backend, version and all inputs (hex, 16 chars)."""
+        payload = json.dumps(
+            {
+                "backend": backend,
+                "version": version,
+                "smiles": self.smiles,
+                "structure": self.structure_cif,
+                "params": self.params,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class EvalResult:
+    """The outcome of one evaluation; failed results are kept, never dropped.
+
+    Attributes:
+        backend, backend_version, fidelity: who computed it.
+        status: "ok" or "failed".
+        reason: one-line reason when failed.
+        retryable: whether a failure may succeed on a second try.
+        values: named scalar results (e.g. ``{"reorg_energy_kjmol": 25.1}``).
+        wall_s: wall-clock seconds spent in the backend.
+        inputs_hash: see :meth:`EvalInput.inputs_hash`.
+        extra: small JSON-able details (SCF cycles, geometries as XYZ text...).
+    """
+
+    backend: str
+    backend_version: str
+    fidelity: int
+    status: Status
+    values: dict[str, float]
+    wall_s: float
+    inputs_hash: str
+    reason: str = ""
+    retryable: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend(ABC):
+    """One level of the fidelity ladder.
+
+    Class attributes (capabilities are declared, not discovered):
+        name: registry name, e.g. ``"xtb-reorg"``.
+        version: backend version string; recorded with every result and hashed.
+        fidelity: integer rank on the ladder (higher = more accurate and costly).
+        target: ``"molecule"`` or ``"structure"``.
+        computes: names of the values :meth:`_evaluate` returns.
+        objective_key: the value a campaign optimises when this backend is used.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    fidelity: ClassVar[int] = 0
+    target: ClassVar[Literal["molecule", "structure"]] = "molecule"
+    computes: ClassVar[tuple[str, ...]] = ()
+    objective_key: ClassVar[str | None] = None
+    description: ClassVar[str] = ""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = dict(params)
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        """Expected CPU seconds for ``inp`` (used by cost-aware acquisition)."""
+        return 1.0
+
+    @abstractmethod
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        """Compute and return ``(values, extra)``; raise SetupError/RunError on failure."""
+
+    def evaluate(self, inp: EvalInput) -> EvalResult:
+        """Validate, time and run :meth:`_evaluate`, never raising for bad inputs."""
+        merged = EvalInput(
+            smiles=inp.smiles,
+            structure_cif=inp.structure_cif,
+            structure_id=inp.structure_id,
+            params={**self.params, **inp.params},
+        )
+        h = merged.inputs_hash(self.name, self.version)
+        t0 = time.perf_counter()
+        status: Status = "ok"
+        reason = ""
+        retryable = False
+        values: dict[str, float] = {}
+        extra: dict[str, Any] = {}
+        try:
+            values, extra = self._evaluate(merged)
+            values = {k: float(v) for k, v in values.items()}
+        except SetupError as exc:
+            status, reason = "failed", f"setup: {exc}"
+        except RunError as exc:
+            status, reason, retryable = "failed", f"run: {exc}", True
+        except Exception as exc:  # noqa: BLE001 - a backend must never crash the loop
+            status, reason = "failed", f"error: {type(exc).__name__}: {exc}"
+        return EvalResult(
+            backend=self.name,
+            backend_version=self.version,
+            fidelity=self.fidelity,
+            status=status,
+            values=values,
+            wall_s=time.perf_counter() - t0,
+            inputs_hash=h,
+            reason=reason.splitlines()[0][:500] if reason else "",
+            retryable=retryable,
+            extra=extra,
+        )

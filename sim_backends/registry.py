@@ -1,0 +1,56 @@
+"""An explicit, lazy registry of backends.
+
+Backends in this repository are listed in :data:`BUILTIN` as ``"module:Class"``
+strings, so listing them imports nothing heavy. Out-of-tree packages register through
+the ``crystal_agent.backends`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sim_backends.base import Backend
+
+BUILTIN: dict[str, str] = {
+    "xtb-reorg": "sim_backends.reorg:XtbReorgBackend",
+    "dft-reorg": "sim_backends.reorg:DftReorgBackend",
+    "replay": "sim_backends.replay:ReplayBackend",
+}
+
+
+class UnknownBackendError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want one clean line
+        return str(self.args[0])
+
+
+def register(name: str, target: str) -> None:
+    """Register ``target`` (``"module:Class"``) under ``name``."""
+    BUILTIN[name] = target
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group="crystal_agent.backends")}
+
+
+def available() -> dict[str, str]:
+    """All registered backend names mapped to their ``module:Class`` targets."""
+    return {**_entry_points(), **BUILTIN}
+
+
+def backend_class(name: str) -> type[Backend]:
+    targets = available()
+    if name not in targets:
+        raise UnknownBackendError(
+            f"unknown backend {name!r}; registered: {', '.join(sorted(targets))}"
+        )
+    module, _, cls = targets[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_backend(name: str, **params: Any) -> Backend:
+    """Instantiate the backend registered as ``name`` with ``params``."""
+    return backend_class(name)(**params)
