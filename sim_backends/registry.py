@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "xtb-reorg": "sim_backends.reorg:XtbReorgBackend",
     "dft-reorg": "sim_backends.reorg:DftReorgBackend",
     "replay": "sim_backends.replay:ReplayBackend",
+    "diagnostic": "sim_backends.diagnostic:DiagnosticBackend",
 }
 
 

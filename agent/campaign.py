@@ -1,0 +1,453 @@
+"""The campaign: the one stateful object of a discovery run.
+
+``Campaign.ask(n)`` proposes up to ``n`` (molecule, backend) requests and
+``Campaign.tell(task, result)`` records a finished one. All durable state lives in
+the :class:`~agent.store.Store`; the in-memory state (pending requests, fitted
+surrogate) is rebuilt from it on resume, so a killed campaign continues where it
+stopped with nothing completed lost and nothing evaluated twice.
+
+Decisions:
+
+* an initial space-filling design at the cheapest fidelity (max-min Tanimoto
+  distance from a seeded random start) until ``surrogate.n_initial`` results exist;
+* then a multi-fidelity Tanimoto GP (:mod:`agent.surrogates.molecule_gp`) and a
+  cost-aware batch acquisition (:func:`agent.acquisition.select_batch`) that picks
+  molecule and fidelity together with in-flight work passed as pending points;
+* a molecule whose input is invalid (setup failure) is never proposed again at any
+  fidelity; one whose run failed at a fidelity is not proposed again there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.config import CampaignConfig, ConfigError, config_to_toml, parse_config
+from agent.executor import Task
+from agent.store import Store
+from sim_backends.base import EvalInput, EvalResult
+from sim_backends.registry import backend_class
+
+if TYPE_CHECKING:
+    from agent.surrogates.molecule_gp import MoleculeSurrogate
+
+
+STORE_FILE = "store.sqlite"
+
+
+@dataclass(frozen=True)
+class Status:
+    """A summary of a campaign's progress (what ``crystal-agent status`` prints)."""
+
+    name: str
+    n_evaluations: int
+    n_failed: int
+    n_by_backend: dict[str, int]
+    spent_cpu_s: float
+    best: float | None
+    best_smiles: str | None
+    best_name: str | None
+    max_evaluations: int
+    finished: bool
+    stop_reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def campaign_dir(runs_dir: str | Path, name: str) -> Path:
+    return Path(runs_dir) / name
+
+
+class Campaign:
+    """Ask/tell over a molecule pool with a fidelity ladder of backends.
+
+    Use :meth:`create` for a new campaign and :meth:`open` to resume one.
+    """
+
+    def __init__(self, cfg: CampaignConfig, store: Store, directory: Path) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.directory = directory
+        self.rng = np.random.default_rng(cfg.seed)
+        self.backends = [backend_class(b.name) for b in cfg.backends]
+        for cls, bcfg in zip(self.backends, cfg.backends, strict=True):
+            if cfg.objective not in cls.computes:
+                raise ConfigError(
+                    f"config error: backends: {bcfg.name!r} does not compute objective "
+                    f"{cfg.objective!r} (it computes {', '.join(cls.computes) or 'nothing'})"
+                )
+        mols = store.molecules(valid_only=True)
+        if not mols:
+            raise ConfigError("config error: pool: no valid molecule in the pool")
+        self.mol_ids = np.array([m["id"] for m in mols])
+        self.smiles = [m["smiles"] for m in mols]
+        self.names = [m["name"] or m["smiles"] for m in mols]
+        self._index_of = {int(mid): i for i, mid in enumerate(self.mol_ids)}
+        self._fps: np.ndarray | None = None
+        self.pending: dict[str, Task] = {}
+        self.surrogate: MoleculeSurrogate | None = None
+        self._fit_signature: tuple[int, int] | None = None
+        self.last_holdout_mae: float | None = None
+        self.n_refits = 0
+        self._reload()
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: CampaignConfig, runs_dir: str | Path) -> Campaign:
+        """Start a new campaign in ``runs_dir/cfg.name`` (refuses an existing one)."""
+        from sim_backends.molecule import read_pool, validate_smiles
+
+        directory = campaign_dir(runs_dir, cfg.name)
+        if (directory / STORE_FILE).exists():
+            raise ConfigError(
+                f"campaign {cfg.name!r} already exists in {directory}; use "
+                f"`crystal-agent resume {cfg.name}` or choose another --name"
+            )
+        entries = read_pool(cfg.pool)
+        rows = []
+        seen: set[str] = set()
+        for smi, name in entries:
+            try:
+                canon, ok, reason = validate_smiles(smi), True, ""
+            except Exception as exc:  # SetupError; keep the entry, flagged invalid
+                canon, ok, reason = smi, False, str(exc)
+            if canon in seen:
+                continue
+            seen.add(canon)
+            rows.append((canon, name, ok, reason))
+        store = Store(directory / STORE_FILE, lock=True)
+        try:
+            store.add_molecules(rows)
+            store.set_meta("config_toml", config_to_toml(cfg))
+            store.set_meta("created_at", str(time.time()))
+            invalid = [r for r in rows if not r[2]]
+            store.log_event(
+                "created", n_pool=len(rows), n_invalid=len(invalid),
+                invalid=[{"smiles": r[0], "reason": r[3]} for r in invalid[:50]],
+            )
+            (directory / "config.toml").write_text(config_to_toml(cfg))
+            return cls(cfg, store, directory)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def open(
+        cls, name: str, runs_dir: str | Path, max_evaluations: int | None = None,
+        *, readonly: bool = False,
+    ) -> Campaign:
+        """Reopen campaign ``name`` from its store: to resume it, or ``readonly`` to view it
+        (no lock taken, so it works while another process runs the campaign)."""
+        import tomllib
+
+        directory = campaign_dir(runs_dir, name)
+        if not (directory / STORE_FILE).exists():
+            raise ConfigError(f"no campaign {name!r} in {Path(runs_dir).resolve()}")
+        store = Store(directory / STORE_FILE, lock=not readonly)
+        try:
+            cfg = parse_config(tomllib.loads(store.get_meta("config_toml") or ""))
+            if max_evaluations is not None and not readonly:
+                cfg = cfg.model_copy(update={"max_evaluations": max_evaluations})
+                store.set_meta("config_toml", config_to_toml(cfg))
+            if not readonly:
+                store.log_event("resumed")
+            return cls(cfg, store, directory)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- state --------------------------------------------------------------------------
+    def _reload(self) -> None:
+        """Rebuild the observation arrays from the store."""
+        n_f = len(self.cfg.backends)
+        self.done = np.zeros((len(self.smiles), n_f), dtype=bool)
+        self.blocked = np.zeros((len(self.smiles), n_f), dtype=bool)
+        self.observations: list[tuple[int, int, float]] = []
+        self.n_by_backend = {b.name: 0 for b in self.cfg.backends}
+        self.wall_by_backend = {b.name: [] for b in self.cfg.backends}
+        self.spent_cpu_s = 0.0
+        self.n_evaluations = 0
+        self.n_failed = 0
+        self.history: list[dict[str, Any]] = []
+        for ev in self.store.evaluations():
+            self._absorb(ev.molecule_id, ev.backend, ev.status, ev.reason, ev.values, ev.wall_s)
+
+    def _fidelity_of(self, backend: str) -> int:
+        for i, b in enumerate(self.cfg.backends):
+            if b.name == backend:
+                return i
+        return -1
+
+    def _absorb(
+        self, molecule_id: int, backend: str, status: str, reason: str,
+        values: dict[str, float], wall_s: float,
+    ) -> None:
+        self.n_evaluations += 1
+        self.spent_cpu_s += wall_s
+        f = self._fidelity_of(backend)
+        i = self._index_of.get(int(molecule_id))
+        if f < 0 or i is None:
+            return
+        self.n_by_backend[backend] += 1
+        self.wall_by_backend[backend].append(wall_s)
+        self.done[i, f] = True
+        value = values.get(self.cfg.objective)
+        if status == "ok" and value is not None and np.isfinite(value):
+            self.observations.append((i, f, float(value)))
+        else:
+            self.n_failed += 1
+            if reason.startswith("setup:"):
+                self.blocked[i, :] = True
+            else:
+                self.blocked[i, f] = True
+        self.history.append(
+            {"n": self.n_evaluations, "mol_index": i, "fidelity": f, "status": status,
+             "value": value, "wall_s": wall_s, "best": self.best_value()}
+        )
+
+    @property
+    def top_fidelity(self) -> int:
+        return len(self.cfg.backends) - 1
+
+    def _sign(self) -> float:
+        return 1.0 if self.cfg.direction == "minimize" else -1.0
+
+    def best_value(self) -> float | None:
+        vals = [v for _, f, v in self.observations if f == self.top_fidelity]
+        if not vals:
+            return None
+        return float(min(vals) if self.cfg.direction == "minimize" else max(vals))
+
+    def best_molecule(self) -> int | None:
+        best = self.best_value()
+        for i, f, v in self.observations:
+            if f == self.top_fidelity and v == best:
+                return i
+        return None
+
+    @property
+    def fingerprints(self) -> np.ndarray:
+        if self._fps is None:
+            from agent.surrogates.fingerprints import morgan_fingerprints
+
+            s = self.cfg.surrogate
+            self._fps = morgan_fingerprints(
+                self.smiles, n_bits=s.fingerprint_bits, radius=s.fingerprint_radius
+            )
+        return self._fps
+
+    # -- stopping -----------------------------------------------------------------------
+    def stop_reason(self) -> str:
+        """Why the campaign must not ask for more work ('' while it may)."""
+        cfg = self.cfg
+        if self.n_evaluations >= cfg.max_evaluations:
+            return f"evaluation budget reached ({cfg.max_evaluations})"
+        if cfg.max_cpu_hours is not None and self.spent_cpu_s >= cfg.max_cpu_hours * 3600:
+            return f"compute budget reached ({cfg.max_cpu_hours:g} CPU h)"
+        best = self.best_value()
+        if cfg.stop.target is not None and best is not None and (
+            self._sign() * (best - cfg.stop.target) <= 0
+        ):
+            return f"target reached ({best:.4g})"
+        patience = cfg.stop.patience_iterations
+        if patience is not None and best is not None:
+            tops = [h for h in self.history if h["fidelity"] == self.top_fidelity]
+            first_best = next(h["n"] for h in self.history if h["best"] == best)
+            if len(tops) and sum(h["n"] > first_best for h in tops) >= patience:
+                return f"no improvement in {patience} expensive evaluations"
+        if not self._allowed().any() and not self.pending:
+            return "no candidate left to evaluate"
+        return ""
+
+    # -- ask / tell -----------------------------------------------------------------------
+    def _allowed(self) -> np.ndarray:
+        allowed = ~(self.done | self.blocked)
+        for t in self.pending.values():
+            allowed[t.payload["mol_index"], t.fidelity] = False
+        for f, b in enumerate(self.cfg.backends):
+            if b.budget_evaluations is not None:
+                used = self.n_by_backend[b.name] + sum(
+                    t.fidelity == f for t in self.pending.values()
+                )
+                if used >= b.budget_evaluations:
+                    allowed[:, f] = False
+        return allowed
+
+    def costs(self) -> list[float]:
+        """CPU seconds per evaluation at each fidelity: measured mean, else the estimate."""
+        out = []
+        median_smiles = sorted(self.smiles, key=len)[len(self.smiles) // 2]
+        for cls, b in zip(self.backends, self.cfg.backends, strict=True):
+            walls = self.wall_by_backend[b.name]
+            if walls:
+                out.append(float(np.mean(walls)))
+            elif b.cost_s is not None:
+                out.append(b.cost_s)
+            else:
+                out.append(float(cls(**b.params).cost_estimate(EvalInput(median_smiles))))
+        return [max(c, 1e-3) for c in out]
+
+    def _initial_design(self, n: int, allowed: np.ndarray) -> list[tuple[int, int]]:
+        """Max-min Tanimoto-diverse molecules at the cheapest fidelity."""
+        cand = np.flatnonzero(allowed[:, 0])
+        if len(cand) == 0:
+            return []
+        fps = self.fingerprints.astype(np.float32)
+        chosen_rows = [i for i, f, _ in self.observations] + [
+            t.payload["mol_index"] for t in self.pending.values()
+        ]
+        picks: list[int] = []
+        for _ in range(min(n, len(cand))):
+            ref = chosen_rows + picks
+            if not ref:
+                picks.append(int(self.rng.choice(cand)))
+                continue
+            a = fps[cand]
+            b = fps[ref]
+            inter = a @ b.T
+            union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+            sim = np.where(union > 0, inter / np.maximum(union, 1e-9), 1.0)
+            d = 1.0 - sim.max(axis=1)
+            d[np.isin(cand, picks)] = -1.0
+            picks.append(int(cand[int(np.argmax(d))]))
+        return [(i, 0) for i in picks]
+
+    def _refit(self) -> MoleculeSurrogate:
+        from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
+
+        signature = (len(self.observations), self.n_evaluations)
+        if self.surrogate is None:
+            self.surrogate = MoleculeSurrogate(
+                n_fidelities=len(self.cfg.backends), seed=self.cfg.seed
+            )
+        if signature != self._fit_signature:
+            obs = [Observation(i, f, v) for i, f, v in self.observations]
+            self.surrogate.fit(self.fingerprints, obs)
+            self._fit_signature = signature
+            self.n_refits += 1
+            self.last_holdout_mae = self.surrogate.holdout_error(
+                self.fingerprints, obs, self.cfg.surrogate.holdout_fraction,
+                seed=self.cfg.seed + self.n_refits,
+            )
+        return self.surrogate
+
+    def ask(self, n: int) -> list[Task]:
+        """Up to ``n`` new tasks (never more than the remaining budget allows)."""
+        if self.stop_reason():
+            return []
+        n = min(n, self.cfg.max_evaluations - self.n_evaluations - len(self.pending))
+        if n <= 0:
+            return []
+        allowed = self._allowed()
+        if not allowed.any():
+            return []
+        n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
+        if n_cheap + len(self.pending) < self.cfg.surrogate.n_initial or len(
+            self.observations
+        ) < 2:
+            picks = self._initial_design(n, allowed)
+        else:
+            from agent.acquisition import select_batch
+
+            surrogate = self._refit()
+            picks = select_batch(
+                surrogate,
+                self.fingerprints,
+                q=n,
+                costs=self.costs(),
+                allowed=allowed,
+                pending=[(t.payload["mol_index"], t.fidelity) for t in self.pending.values()],
+                best_value=self.best_value(),
+                direction=self.cfg.direction,
+                seed=self.cfg.seed + self.n_evaluations,
+            )
+        tasks = []
+        for i, f in picks:
+            if not allowed[i, f]:
+                raise RuntimeError(f"acquisition proposed a disallowed pair {(i, f)}")
+            allowed[i, f] = False
+            b = self.cfg.backends[f]
+            task = Task(
+                request_id=uuid.uuid4().hex,
+                backend=b.name,
+                backend_params=dict(b.params),
+                inp=EvalInput(smiles=self.smiles[i]),
+                fidelity=f,
+                payload={"mol_index": i, "molecule_id": int(self.mol_ids[i])},
+            )
+            self.pending[task.request_id] = task
+            tasks.append(task)
+        return tasks
+
+    def tell(self, task: Task, result: EvalResult) -> bool:
+        """Record a finished task; commits it to the store before returning."""
+        self.pending.pop(task.request_id, None)
+        inserted = self.store.record_evaluation(
+            request_id=task.request_id,
+            molecule_id=task.payload["molecule_id"],
+            result=result,
+            submitted_at=task.submitted_at or time.time(),
+            n_attempts=max(task.n_attempts, 1),
+        )
+        if inserted:
+            self._absorb(
+                task.payload["molecule_id"], result.backend if result.backend != "?" else task.backend,
+                result.status, result.reason, result.values, result.wall_s,
+            )
+        return inserted
+
+    def forget_pending(self) -> None:
+        """Drop in-flight bookkeeping (after the executor was stopped)."""
+        self.pending.clear()
+
+    # -- summaries ------------------------------------------------------------------------
+    def status(self) -> Status:
+        return campaign_status(self.store, self.cfg, self)
+
+
+def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:
+    """Summarise a campaign from its store alone (works while another process runs it)."""
+    evs = store.evaluations()
+    top = cfg.backends[-1].name
+    sign = 1.0 if cfg.direction == "minimize" else -1.0
+    best, best_mol = None, None
+    for ev in evs:
+        v = ev.values.get(cfg.objective)
+        if ev.backend == top and ev.ok and v is not None and (best is None or sign * (v - best) < 0):
+            best, best_mol = v, ev.molecule_id
+    mols = {m["id"]: m for m in store.molecules()}
+    n_by = {b.name: sum(ev.backend == b.name for ev in evs) for b in cfg.backends}
+    reason = camp.stop_reason() if camp is not None else (store.get_meta("stop_reason") or "")
+    return Status(
+        name=cfg.name,
+        n_evaluations=len(evs),
+        n_failed=sum(not ev.ok for ev in evs),
+        n_by_backend=n_by,
+        spent_cpu_s=float(sum(ev.wall_s for ev in evs)),
+        best=best,
+        best_smiles=mols[best_mol]["smiles"] if best_mol else None,
+        best_name=mols[best_mol]["name"] if best_mol else None,
+        max_evaluations=cfg.max_evaluations,
+        finished=bool(store.get_meta("finished") == "1"),
+        stop_reason=reason,
+    )
+
+
+def load_stored_config(store: Store) -> CampaignConfig:
+    import tomllib
+
+    return parse_config(tomllib.loads(store.get_meta("config_toml") or ""))
+
+
+def dump_status_json(status: Status) -> str:
+    return json.dumps(status.to_dict(), indent=2, sort_keys=True)

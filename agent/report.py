@@ -1,0 +1,85 @@
+"""Plots and tables of a campaign, written under ``runs/<name>/report/``.
+
+* ``convergence.png``: every evaluation's objective value against evaluation number,
+  coloured by fidelity, with the best expensive-level value found so far;
+* ``fidelity_parity.png``: cheap vs expensive values for molecules computed at both;
+* ``results.csv``: one row per molecule with its values at each fidelity.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.campaign import Campaign
+
+
+def write_plots(campaign: Campaign) -> list[Path]:
+    """Write the report files for ``campaign``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = campaign.directory / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = campaign.cfg
+    names = [b.name for b in cfg.backends]
+    hist = campaign.history
+    paths: list[Path] = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for f, name in enumerate(names):
+        pts = [(h["n"], h["value"]) for h in hist if h["fidelity"] == f and h["value"] is not None
+               and h["status"] == "ok"]
+        if pts:
+            x, y = zip(*pts, strict=True)
+            ax.scatter(x, y, s=18, color=colours[f % 4], label=f"{name} (fidelity {f})", alpha=0.8)
+    fails = [h["n"] for h in hist if h["status"] != "ok"]
+    if fails:
+        ax.scatter(fails, [ax.get_ylim()[0]] * len(fails), marker="x", color="k", label="failed")
+    best = [(h["n"], h["best"]) for h in hist if h["best"] is not None]
+    if best:
+        x, y = zip(*best, strict=True)
+        ax.step(x, y, where="post", color="k", lw=1.5, label=f"best {names[-1]}")
+    ax.set_xlabel("evaluation number")
+    ax.set_ylabel(cfg.objective)
+    ax.set_title(f"campaign {cfg.name}: {cfg.direction} {cfg.objective}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = out / "convergence.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    by_mol: dict[int, dict[int, float]] = {}
+    for i, f, v in campaign.observations:
+        by_mol.setdefault(i, {})[f] = v
+    if len(names) > 1:
+        pairs = [(d[0], d[len(names) - 1]) for d in by_mol.values() if 0 in d and len(names) - 1 in d]
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        if pairs:
+            x, y = zip(*pairs, strict=True)
+            ax.scatter(x, y, s=20)
+            lo, hi = min(x + y), max(x + y)
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"{names[0]} {cfg.objective}")
+        ax.set_ylabel(f"{names[-1]} {cfg.objective}")
+        ax.set_title(f"{len(pairs)} molecules at both fidelities")
+        fig.tight_layout()
+        p = out / "fidelity_parity.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+
+    p = out / "results.csv"
+    with p.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["smiles", "name"] + [f"{n}_{cfg.objective}" for n in names])
+        for i, d in sorted(by_mol.items(), key=lambda kv: kv[1].get(len(names) - 1, float("inf"))):
+            w.writerow([campaign.smiles[i], campaign.names[i]] + [d.get(f, "") for f in range(len(names))])
+    paths.append(p)
+    return paths

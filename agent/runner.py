@@ -1,0 +1,118 @@
+"""The campaign loop: ask the campaign for work whenever a Ray worker is free, tell it
+every result as it arrives, and log to MLflow.
+
+Ctrl-C (or SIGTERM) stops cleanly: in-flight tasks are cancelled, every completed
+result is already in the store, and ``crystal-agent resume NAME`` continues to the
+same budget. A ``kill -9`` loses only the in-flight work.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from agent.campaign import Campaign, Status
+
+
+class CampaignInterrupted(Exception):
+    """The user stopped the campaign (Ctrl-C / SIGTERM); it can be resumed."""
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_campaign(
+    campaign: Campaign,
+    runs_dir: str | Path,
+    *,
+    address: str | None = None,
+    progress: bool = True,
+) -> Status:
+    """Run ``campaign`` until a stop criterion holds; returns its final status."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agent.executor import RayExecutor
+
+    cfg = campaign.cfg
+    ex_cfg = cfg.executor
+    executor = RayExecutor(
+        address=address or ex_cfg.address,
+        num_cpus=ex_cfg.num_cpus,
+        cpus_per_task=ex_cfg.cpus_per_task,
+        task_timeout_s=ex_cfg.task_timeout_s,
+        max_retries=ex_cfg.max_retries,
+    )
+    tracker = None
+    if cfg.tracking.enabled:
+        from agent.tracking import Tracker
+
+        tracker = Tracker(campaign, runs_dir)
+    store = campaign.store
+    store.set_meta("finished", "0")
+    previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    try:
+        executor.start()
+        slots = min(cfg.batch_size, executor.capacity)
+        store.log_event("started", slots=slots, address=executor.address or "local")
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            bar_id = bar.add_task(
+                cfg.name, total=cfg.max_evaluations, completed=campaign.n_evaluations, info=""
+            )
+            while True:
+                free = slots - executor.n_in_flight
+                if free > 0:
+                    n_refits = campaign.n_refits
+                    for task in campaign.ask(free):
+                        executor.submit(task)
+                    if tracker is not None and campaign.n_refits > n_refits:
+                        tracker.log_refit()
+                if executor.n_in_flight == 0:
+                    break
+                for done in executor.wait(timeout_s=1.0):
+                    campaign.tell(done.task, done.result)
+                    if tracker is not None:
+                        tracker.log_progress()
+                    best = campaign.best_value()
+                    bar.update(
+                        bar_id,
+                        completed=campaign.n_evaluations,
+                        info=(f"best {best:.4g}" if best is not None else "")
+                        + f"  failed {campaign.n_failed}",
+                    )
+        reason = campaign.stop_reason() or "acquisition proposed nothing more"
+        store.set_meta("stop_reason", reason)
+        store.set_meta("finished", "1")
+        store.log_event("finished", reason=reason)
+        if tracker is not None:
+            tracker.log_refit()
+            tracker.log_plots()
+            tracker.finish("FINISHED")
+        else:
+            from agent.report import write_plots
+
+            write_plots(campaign)
+        return campaign.status()
+    except KeyboardInterrupt:
+        executor.cancel_all()
+        campaign.forget_pending()
+        store.log_event("interrupted", n_evaluations=campaign.n_evaluations)
+        if tracker is not None:
+            tracker.finish("KILLED")
+        raise CampaignInterrupted(
+            f"campaign {cfg.name!r} interrupted after {campaign.n_evaluations} evaluations; "
+            f"continue with `crystal-agent resume {cfg.name}`"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        executor.shutdown()
