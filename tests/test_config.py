@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, config_to_toml, load_config, parse_config
+
+BASE = """
+objective = "reorg_energy_kjmol"
+[[backends]]
+name = "xtb-reorg"
+"""
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "pool.smi").write_text("c1ccccc1 benzene\n")
+    p = tmp_path / "c.toml"
+    p.write_text('pool = "pool.smi"\n' + body)
+    return p
+
+
+def test_valid_config_resolves_pool(tmp_path):
+    cfg = load_config(_write(tmp_path, BASE))
+    assert cfg.pool == (tmp_path / "pool.smi").resolve()
+    assert cfg.backends[0].name == "xtb-reorg"
+    assert cfg.direction == "minimize"
+
+
+def test_unknown_key_is_one_line_naming_key(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, BASE + "bogus_key = 1\n"))
+    msg = str(e.value)
+    assert "\n" not in msg and "backends.0.bogus_key" in msg and "unknown key" in msg
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, 'batch_size = "four"\n' + BASE))
+    assert "batch_size" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_and_missing_pool(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    p = tmp_path / "c.toml"
+    p.write_text('pool = "missing.smi"\n' + BASE)
+    with pytest.raises(ConfigError, match="pool: file not found"):
+        load_config(p)
+
+
+def test_invalid_toml(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("name = [unterminated\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(p)
+
+
+def test_round_trip_through_toml(tmp_path):
+    import tomllib
+
+    cfg = load_config(_write(tmp_path, 'seed = 7\n' + BASE + 'params = {basis = "sto-3g"}\n'))
+    again = parse_config(tomllib.loads(config_to_toml(cfg)))
+    assert again == cfg

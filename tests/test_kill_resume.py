@@ -1,0 +1,90 @@
+"""SIGKILL a running campaign, then resume it: nothing completed is lost or duplicated and
+the final count equals the budget. Real GFN2-xTB evaluations on tiny molecules."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import cli, write_config
+
+POOL = ["C=C", "C#C", "C=O", "c1ccoc1", "c1ccsc1", "c1cc[nH]c1", "C=CC=C", "N#CC#N",
+        "C=CC=O", "O=CC=O", "C#CC#C", "c1ccncc1"]
+BODY = """
+objective = "reorg_energy_kjmol"
+batch_size = 2
+max_evaluations = 10
+[tracking]
+enabled = false
+[[backends]]
+name = "xtb-reorg"
+"""
+
+
+def _count(db_path):
+    if not db_path.exists():
+        return 0
+    with sqlite3.connect(db_path, timeout=30) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(tmp_path):
+    cfg = write_config(tmp_path, POOL, BODY, name="killme")
+    runs = tmp_path / "runs"
+    db_path = runs / "killme" / "store.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", str(cfg), "--runs-dir", str(runs), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while _count(db_path) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its Ray processes, no cleanup
+    proc.wait()
+    n_before = _count(db_path)
+    assert 3 <= n_before < 10
+    with sqlite3.connect(db_path) as db:
+        before = db.execute("SELECT request_id, values_json FROM evaluations").fetchall()
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    # a second launcher while none runs is fine: the dead process's lock is gone
+    out = cli("resume", "killme", "--runs-dir", str(runs), "--quiet", timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with sqlite3.connect(db_path) as db:
+        after = db.execute("SELECT request_id, values_json FROM evaluations").fetchall()
+        pairs = db.execute("SELECT molecule_id, backend FROM evaluations").fetchall()
+    assert len(after) == 10
+    assert set(before) <= set(after), "a completed result was lost"
+    assert len(set(pairs)) == 10, "a molecule was evaluated twice"
+    events = [r[0] for r in sqlite3.connect(db_path).execute("SELECT kind FROM events")]
+    assert "resumed" in events and events[-1] == "finished"
+
+
+@pytest.mark.slow
+def test_second_launcher_refused_while_running(tmp_path):
+    cfg = write_config(tmp_path, POOL, BODY, name="busy")
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", str(cfg), "--runs-dir", str(runs), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        lock = runs / "busy" / "store.sqlite"
+        deadline = time.time() + 120
+        while not lock.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        out = cli("resume", "busy", "--runs-dir", str(runs), "--quiet")
+        assert out.returncode == 2
+        assert "already running" in out.stderr and out.stderr.count("\n") == 1
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
