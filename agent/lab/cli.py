@@ -1,0 +1,151 @@
+"""``crystal-agent lab ...``: identify PXRD patterns, serve the reference lab, approve requests.
+
+Wired into :mod:`agent.cli` through :func:`add_lab_parser`; every subcommand is run by
+:func:`run_lab_command`, which prints errors as one line on stderr and returns 2.
+
+Examples::
+
+    crystal-agent lab identify measured.xy --structures cifs/ --json
+    CRYSTAL_AGENT_LAB_TOKEN=... crystal-agent lab serve --port 8765 --db runs/lab.sqlite
+    crystal-agent lab approve --all --campaign-dir runs/my_campaign
+    crystal-agent lab approve --list --campaign-dir runs/my_campaign
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_ERROR = 2
+
+
+def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``lab`` subcommand (with its own subcommands) to an argparse subparsers object."""
+    lab = subparsers.add_parser("lab", help="lab-robot adapters: identify PXRD, serve a reference lab, approve requests")
+    sub = lab.add_subparsers(dest="lab_command", required=True)
+
+    p = sub.add_parser("identify", help="rank candidate structures against a measured PXRD pattern")
+    p.add_argument("pattern", help="two-column text file: 2theta(deg) intensity")
+    p.add_argument("--structures", required=True, help="folder of candidate CIF files")
+    p.add_argument("--wavelength", default="CuKa", help="X-ray source (pymatgen name), default CuKa")
+    p.add_argument("--top", type=int, default=10, help="rows to print (text output)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("serve", help="run the reference lab server (simulated robot)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--db", default="runs/lab_server.sqlite", help="SQLite file of the experiment queue")
+    p.add_argument("--token-file", default=None, help="file with the bearer token (else $CRYSTAL_AGENT_LAB_TOKEN)")
+    p.add_argument("--structures", default=None, help="folder of CIFs + energies.csv (default: reference target I landscape)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", default="default", choices=("low", "default", "high"))
+
+    p = sub.add_parser("approve", help="approve held lab requests so they are sent to the lab")
+    p.add_argument("name", nargs="?", help="request id to approve")
+    p.add_argument("--all", action="store_true", help="approve every pending request")
+    p.add_argument("--list", action="store_true", help="list the queue instead")
+    p.add_argument("--reject", action="store_true", help="reject NAME instead of approving it")
+    p.add_argument("--campaign-dir", default=".", help="campaign directory holding lab_approvals.sqlite")
+
+    lab.set_defaults(func=run_lab_command)
+    return lab
+
+
+def read_pattern(path: str | Path) -> tuple[Any, Any]:
+    """Read a two-column (2theta, intensity) text file; '#' comments allowed."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pattern file not found: {path}")
+    try:
+        data = np.loadtxt(path, comments="#", ndmin=2, delimiter=None if "," not in path.read_text()[:2000] else ",")
+    except ValueError as exc:
+        raise ValueError(f"cannot read {path.name}: {str(exc).splitlines()[0]}") from None
+    if data.shape[1] < 2:
+        raise ValueError(f"{path.name}: need two columns (2theta intensity)")
+    return data[:, 0], data[:, 1]
+
+
+def _identify(args: argparse.Namespace) -> int:
+    from agent.lab.identify import identify
+    from agent.lab.landscape import load_cif_dir
+
+    x, y = read_pattern(args.pattern)
+    entries = load_cif_dir(args.structures)
+    result = identify((x, y), [e.structure for e in entries], [f"{e.structure_id}.cif" for e in entries], wavelength=args.wavelength)
+    if args.json:
+        out = result.to_dict()
+        out["structures"] = [{"file": n, "score": round(s, 5)} for n, s in result.ranked]
+        print(json.dumps(out))
+        return 0
+    print(f"{'rank':>4}  {'score':>7}  file")
+    for i, (name, score) in enumerate(result.ranked[: args.top], start=1):
+        print(f"{i:>4}  {score:7.4f}  {name}")
+    if not result.is_match:
+        print("no match: best score below threshold")
+    elif result.is_mixture:
+        print("mixture: " + ", ".join(f"{n} ({f:.0%})" for n, f in result.components))
+    else:
+        print(f"best: {result.best} (confidence {result.confidence:.3f}, score gap {result.score_gap:.3f})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from agent.lab.landscape import load_cif_dir, load_target_i
+    from agent.lab.network import read_token
+    from agent.lab.server import LabServer
+
+    token = read_token("CRYSTAL_AGENT_LAB_TOKEN", args.token_file)
+    entries = load_cif_dir(args.structures) if args.structures else load_target_i()
+    server = LabServer(entries, args.db, token, host=args.host, port=args.port, seed=args.seed, noise_level=args.noise)
+    print(f"lab server on {server.url} ({len(entries)} forms, db {args.db}); Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from agent.lab.safety import ApprovalQueue
+
+    path = Path(args.campaign_dir) / "lab_approvals.sqlite"
+    if not path.is_file():
+        raise FileNotFoundError(f"no approval queue at {path}")
+    queue = ApprovalQueue(path)
+    try:
+        if args.list:
+            for e in queue.list():
+                r = e["request"]
+                print(f"{e['state']:<10} {e['request_id']}  {r['smiles']}  {r['method']}  {r.get('solvent') or '-'}  {r['temperature_K']} K")
+            return 0
+        if args.all == bool(args.name):
+            raise ValueError("give exactly one of NAME or --all")
+        if args.reject:
+            if not args.name:
+                raise ValueError("--reject needs NAME")
+            changed = int(queue.reject(args.name))
+            print(f"rejected {changed} request(s)")
+            return 0
+        changed = queue.approve(None if args.all else args.name)
+        print(f"approved {changed} request(s)")
+        return 0
+    finally:
+        queue.close()
+
+
+def run_lab_command(args: argparse.Namespace) -> int:
+    """Run a parsed ``lab`` subcommand; errors -> one line on stderr, exit code 2."""
+    from agent.lab.base import LabError
+
+    handlers = {"identify": _identify, "serve": _serve, "approve": _approve}
+    try:
+        return handlers[args.lab_command](args)
+    except (LabError, ValueError, FileNotFoundError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"crystal-agent lab: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,133 @@
+"""Turn a lab result into what the campaign learns: which predicted form was observed.
+
+:func:`identification_record` runs :func:`agent.lab.identify.identify` on a
+:class:`~agent.lab.base.LabResult` against the molecule's landscape and returns a
+flat, JSON-able :class:`IdentificationRecord` (for the store / MLflow) and a
+matplotlib figure of the measured pattern (background removed) against the
+best-matching simulated pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from pymatgen.core import Structure
+
+    from agent.lab.base import LabResult
+
+
+@dataclass(frozen=True)
+class IdentificationRecord:
+    """Identification of one lab result.
+
+    Attributes:
+        request_id: the lab request.
+        outcome: the lab's outcome label (crystalline / mixture / amorphous).
+        matched_structure_id: best-matching landscape structure, None if no match.
+        confidence: softmax confidence of the match (0 if none).
+        score: WCC score of the best match.
+        score_gap: best minus second-best score.
+        is_match: the pattern is explained by the landscape.
+        is_mixture: two forms explain it significantly better than one.
+        components: [(structure_id, weight fraction)], major first.
+        lattice_scales: fitted per-axis factors (a, b, c) of the match.
+        zero_shift_deg: fitted 2-theta zero shift of the match.
+    """
+
+    request_id: str
+    outcome: str
+    matched_structure_id: str | None
+    confidence: float
+    score: float
+    score_gap: float
+    is_match: bool
+    is_mixture: bool
+    components: list[tuple[str, float]]
+    lattice_scales: tuple[float, float, float]
+    zero_shift_deg: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def identification_record(
+    result: LabResult,
+    structure_ids: list[str],
+    structures: list[Structure],
+    make_figure: bool = True,
+    **identify_kwargs: Any,
+) -> tuple[IdentificationRecord, Figure | None]:
+    """Identify the form(s) in a lab result.
+
+    Args:
+        result: the lab's result (its PXRD pattern is used).
+        structure_ids: ids of the landscape structures, length n.
+        structures: the structures, length n.
+        make_figure: also draw the measured-vs-simulated figure.
+        **identify_kwargs: passed to :func:`agent.lab.identify.identify`.
+
+    Returns:
+        ``(record, figure)``; figure is None if ``make_figure`` is False. Close the
+        figure (``matplotlib.pyplot.close(fig)``) after saving it.
+    """
+    from agent.lab.identify import identify
+
+    ident = identify(result.pattern(), structures, structure_ids, wavelength=result.wavelength, **identify_kwargs)
+    top_name, top_score = ident.ranked[0]
+    record = IdentificationRecord(
+        request_id=result.request_id,
+        outcome=result.outcome,
+        matched_structure_id=ident.best,
+        confidence=ident.confidence,
+        score=top_score if ident.best is None else dict(ident.ranked)[ident.best],
+        score_gap=ident.score_gap,
+        is_match=ident.is_match,
+        is_mixture=ident.is_mixture,
+        components=list(ident.components),
+        lattice_scales=ident.best_scales,
+        zero_shift_deg=ident.best_zero_shift_deg,
+    )
+    fig = None
+    if make_figure:
+        shown = ident.best if ident.best is not None else top_name
+        fig = comparison_figure(result, structures[structure_ids.index(shown)], shown, ident.best_scales, ident.best_zero_shift_deg, record)
+    return record, fig
+
+
+def comparison_figure(
+    result: LabResult,
+    structure: Structure,
+    name: str,
+    scales: tuple[float, float, float],
+    zero_shift_deg: float,
+    record: IdentificationRecord | None = None,
+) -> Figure:
+    """Measured (background-subtracted) vs simulated pattern, with the difference curve."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from agent.lab.identify import prepare_measured, simulated_profile
+
+    x, y = result.pattern()
+    grid, signal = prepare_measured(x, y)
+    measured = signal / max(float(np.max(signal)), 1e-300)
+    sim = simulated_profile(structure, grid, scales, zero_shift_deg, wavelength=result.wavelength)
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(grid, measured, color="k", lw=0.8, label="measured (background removed)")
+    ax.plot(grid, sim, color="tab:red", lw=0.8, alpha=0.8, label=f"simulated {name}")
+    ax.plot(grid, measured - sim - 0.3, color="tab:gray", lw=0.6, label="difference (offset)")
+    ax.set_xlabel("2θ (deg, Cu Kα)")
+    ax.set_ylabel("normalised intensity")
+    title = f"{result.request_id}: {result.outcome}"
+    if record is not None:
+        title += f"; match {record.matched_structure_id} (confidence {record.confidence:.2f})"
+        if record.is_mixture:
+            title += " [mixture]"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,504 @@
+"""Identify which predicted crystal structure(s) a measured PXRD pattern shows.
+
+Similarity measure: the normalised weighted cross-correlation (WCC) of de Gelder,
+Wehrens & Hageman, J. Comput. Chem. 22, 273 (2001),
+
+    S_fg = sum_r w(r) c_fg(r) / sqrt(sum_r w(r) c_ff(r) * sum_r w(r) c_gg(r)),
+
+with the triangle weight w(r) = 1 - |r|/l for |r| < l, where c_fg(r) is the
+cross-correlation of patterns f and g at lag r. Because the triangle weight is a
+symmetric convolution kernel T, sum_r w(r) c_fg(r) = <f, T g>, so every candidate and
+search point costs one convolution and one dot product.
+
+Robustness to the effects of a real measurement (see :mod:`agent.lab.pxrd`):
+
+* background: removed from the measured pattern with the SNIP algorithm (Ryan et al.,
+  Nucl. Instrum. Methods B 34, 396 (1988); Morhac et al., NIM A 401, 113 (1997)) on
+  the LLS-transformed counts;
+* peak widths / profile shape: candidate sticks are broadened with a Gaussian and the
+  WCC triangle tolerates residual peak misplacement up to ~l;
+* thermal expansion: a search over isotropic lattice scale factors 0.96-1.04 for every
+  candidate, then per-axis factors around the best for the leading candidates (peak
+  positions recomputed from the Miller indices and the scaled metric; intensities
+  re-weighted by the Lorentz-polarisation factor at the new angle);
+* zero shift: a search over 2-theta offsets of +-0.1 deg;
+* preferred orientation: not modelled; WCC on whole profiles is tolerant of moderate
+  intensity changes.
+
+No match: best score below ``match_threshold``. Mixture: a two-component
+non-negative least-squares fit of the (triangle-smoothed) measured pattern with the
+leading candidates leaves a residual below ``mixture_ratio`` times the best single
+fit and the minor component carries at least ``min_fraction``.
+
+Candidate peak lists are cached per structure (keyed by a hash of lattice, species and
+fractional coordinates, and the wavelength).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent.lab.pxrd import TWO_THETA_MAX_DEG, TWO_THETA_MIN_DEG, TWO_THETA_STEP_DEG, bragg_peaks, two_theta_grid
+
+if TYPE_CHECKING:
+    import numpy as np
+    from pymatgen.core import Structure
+
+_CACHE_MAX = 4096
+_PEAK_CACHE: dict[str, CandidatePeaks] = {}
+
+
+@dataclass(frozen=True)
+class CandidatePeaks:
+    """Peaks of one candidate, stored so they can be recomputed for a scaled lattice.
+
+    Attributes:
+        hkl: Miller indices, shape (n_refl, 3).
+        intensity_no_lp: integrated intensity divided by the Lorentz-polarisation
+            factor at the unscaled position, shape (n_refl,).
+        recip_metric: reciprocal metric tensor G* of the unscaled lattice, (3, 3), 1/A^2.
+        wavelength_A: X-ray wavelength in angstrom.
+    """
+
+    hkl: np.ndarray
+    intensity_no_lp: np.ndarray
+    recip_metric: np.ndarray
+    wavelength_A: float
+
+    def positions(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Peak positions and intensities for per-axis length factors.
+
+        Args:
+            scales: shape (m, 3), factors on a, b, c.
+
+        Returns:
+            ``(two_theta_deg, intensity)``, both shape (m, n_refl); NaN where the
+            reflection is beyond 180 deg.
+        """
+        import numpy as np
+
+        h = self.hkl[None, :, :] / scales[:, None, :]
+        inv_d2 = np.einsum("mni,ij,mnj->mn", h, self.recip_metric, h)
+        sin_t = 0.5 * self.wavelength_A * np.sqrt(inv_d2)
+        with np.errstate(invalid="ignore"):
+            theta = np.arcsin(np.where(sin_t < 1, sin_t, np.nan))
+        return np.degrees(2 * theta), self.intensity_no_lp[None, :] * lorentz_polarisation(theta)
+
+
+def lorentz_polarisation(theta_rad: np.ndarray) -> np.ndarray:
+    """Bragg-Brentano LP factor (1 + cos^2 2theta) / (sin^2 theta cos theta), unpolarised beam."""
+    import numpy as np
+
+    return (1 + np.cos(2 * theta_rad) ** 2) / (np.sin(theta_rad) ** 2 * np.cos(theta_rad))
+
+
+def _structure_key(structure: Structure, wavelength: str) -> str:
+    import numpy as np
+
+    h = hashlib.sha1()
+    h.update(np.round(structure.lattice.matrix, 4).tobytes())
+    h.update(np.round(structure.frac_coords % 1.0, 4).tobytes())
+    h.update(" ".join(str(sp) for sp in structure.species).encode())
+    h.update(wavelength.encode())
+    return h.hexdigest()
+
+
+def candidate_peaks(structure: Structure, wavelength: str = "CuKa") -> CandidatePeaks:
+    """Cached :class:`CandidatePeaks` of ``structure`` (pymatgen ``XRDCalculator``).
+
+    Reflections out to 2-theta = 46 deg are kept so a 4 % lattice contraction still
+    fills the 40 deg end of the grid. A merged peak's intensity is split over its
+    reflection families in proportion to their multiplicities.
+    """
+    import numpy as np
+    from pymatgen.analysis.diffraction.xrd import WAVELENGTHS
+
+    key = _structure_key(structure, wavelength)
+    hit = _PEAK_CACHE.get(key)
+    if hit is not None:
+        return hit
+    peaks = bragg_peaks(structure, wavelength, margin_deg=6.0)
+    hkls, ints = [], []
+    for tt, inten, fams in zip(peaks.two_theta_deg, peaks.intensity, peaks.hkls):
+        n_mult = sum(m for _, m in fams)
+        lp = float(lorentz_polarisation(np.radians(tt) / 2))
+        for hkl, mult in fams:
+            hkls.append((hkl[0], hkl[1], hkl[-1]))
+            ints.append(inten * mult / n_mult / lp)
+    lam = float(WAVELENGTHS[wavelength]) if isinstance(wavelength, str) else float(wavelength)
+    recip = structure.lattice.reciprocal_lattice_crystallographic.matrix
+    cand = CandidatePeaks(
+        np.asarray(hkls, float).reshape(-1, 3), np.asarray(ints, float), recip @ recip.T, lam
+    )
+    if len(_PEAK_CACHE) >= _CACHE_MAX:
+        _PEAK_CACHE.pop(next(iter(_PEAK_CACHE)))
+    _PEAK_CACHE[key] = cand
+    return cand
+
+
+def snip_background(y: np.ndarray, half_width_points: int = 40) -> np.ndarray:
+    """SNIP background of a spectrum (increasing clipping window, LLS transform).
+
+    Args:
+        y: counts, shape (n_points,).
+        half_width_points: largest clipping half-window; peaks narrower than about
+            twice this are removed, broader features (humps) are kept as background.
+
+    Returns:
+        Background estimate, shape (n_points,).
+    """
+    import numpy as np
+
+    v = np.log(np.log(np.sqrt(np.clip(y, 0, None) + 1) + 1) + 1)
+    n = len(v)
+    for p in range(1, min(half_width_points, (n - 1) // 2) + 1):
+        mid = 0.5 * (v[: n - 2 * p] + v[2 * p :])
+        v[p : n - p] = np.minimum(v[p : n - p], mid)
+    return (np.exp(np.exp(v) - 1) - 1) ** 2 - 1
+
+
+def _gaussian_kernel(fwhm_deg: float, step: float) -> np.ndarray:
+    import numpy as np
+
+    sigma = fwhm_deg / 2.3548 / step
+    half = max(1, int(np.ceil(4 * sigma)))
+    x = np.arange(-half, half + 1)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _triangle_kernel(half_width_deg: float, step: float) -> np.ndarray:
+    import numpy as np
+
+    half = max(1, int(round(half_width_deg / step)))
+    x = np.arange(-half, half + 1)
+    return 1.0 - np.abs(x) / half
+
+
+def _convolve_rows(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    from scipy.signal import fftconvolve
+
+    return fftconvolve(a, kernel[None, :] if a.ndim == 2 else kernel, mode="same", axes=-1)
+
+
+def bin_sticks(grid: np.ndarray, two_theta: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+    """Spread stick intensities onto a uniform grid by linear interpolation.
+
+    Args:
+        grid: uniform 2-theta grid, shape (n_points,).
+        two_theta: stick positions, shape (m, n_refl) (NaN allowed: dropped).
+        intensity: stick intensities, shape (m, n_refl).
+
+    Returns:
+        Binned sticks, shape (m, n_points).
+    """
+    import numpy as np
+
+    m, n_pts = two_theta.shape[0], len(grid)
+    step = grid[1] - grid[0]
+    pos = (two_theta - grid[0]) / step
+    ok = np.isfinite(pos) & (pos >= 0) & (pos < n_pts - 1)
+    rows = np.broadcast_to(np.arange(m)[:, None], pos.shape)[ok]
+    p, w = pos[ok], intensity[ok]
+    i0 = np.floor(p).astype(int)
+    frac = p - i0
+    flat = np.bincount(rows * n_pts + i0, w * (1 - frac), minlength=m * n_pts)
+    flat += np.bincount(rows * n_pts + i0 + 1, w * frac, minlength=m * n_pts)
+    return flat.reshape(m, n_pts)
+
+
+@dataclass
+class IdentifyResult:
+    """Outcome of :func:`identify`.
+
+    Attributes:
+        ranked: (name, WCC score in [-1, 1]) for every candidate, best first.
+        best: name of the best single match (the major phase of a mixture), or None
+            when there is no match.
+        confidence: softmax probability of the best candidate over all scores
+            (temperature ``softmax_tau``), 0 when there is no match.
+        score_gap: best score minus second-best score.
+        is_match: whether the pattern is explained by the candidates.
+        is_mixture: whether two candidates explain it significantly better than one.
+        components: (name, weight fraction) of the explaining phases, major first.
+        best_scales: per-axis lattice factors (a, b, c) of the best match.
+        best_zero_shift_deg: 2-theta zero shift of the best match.
+        residual_single: relative squared residual of the best one-phase fit.
+        residual_pair: relative squared residual of the best two-phase fit.
+    """
+
+    ranked: list[tuple[str, float]]
+    best: str | None
+    confidence: float
+    score_gap: float
+    is_match: bool
+    is_mixture: bool
+    components: list[tuple[str, float]]
+    best_scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    best_zero_shift_deg: float = 0.0
+    residual_single: float = 1.0
+    residual_pair: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ranked": [{"name": n, "score": round(s, 5)} for n, s in self.ranked],
+            "best": self.best,
+            "confidence": self.confidence,
+            "score_gap": self.score_gap,
+            "is_match": self.is_match,
+            "is_mixture": self.is_mixture,
+            "components": [{"name": n, "fraction": round(f, 4)} for n, f in self.components],
+            "best_scales": list(self.best_scales),
+            "best_zero_shift_deg": self.best_zero_shift_deg,
+            "residual_single": self.residual_single,
+            "residual_pair": self.residual_pair,
+        }
+
+
+def prepare_measured(two_theta: np.ndarray, intensity: np.ndarray, snip_half_width_deg: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a measured pattern onto the standard grid and subtract its background.
+
+    Args:
+        two_theta: measured abscissa (deg), shape (n,), increasing.
+        intensity: counts, shape (n,).
+        snip_half_width_deg: SNIP window (deg).
+
+    Returns:
+        ``(grid, signal)``: the standard grid clipped to the measured range and the
+        background-subtracted signal on it, both shape (n_grid,).
+
+    Raises:
+        ValueError: non-finite values, fewer than 50 points, or a range under 10 deg.
+    """
+    import numpy as np
+
+    x = np.asarray(two_theta, float).ravel()
+    y = np.asarray(intensity, float).ravel()
+    if x.shape != y.shape or len(x) < 50:
+        raise ValueError("pattern needs matching 2theta/intensity columns with at least 50 points")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("pattern contains non-finite values")
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    lo, hi = max(x[0], TWO_THETA_MIN_DEG), min(x[-1], TWO_THETA_MAX_DEG)
+    if hi - lo < 10.0:
+        raise ValueError(f"pattern covers {max(hi - lo, 0):.1f} deg of 2theta within 5-40 deg; need at least 10")
+    grid = two_theta_grid()
+    grid = grid[(grid >= lo - 1e-9) & (grid <= hi + 1e-9)]
+    yg = np.interp(grid, x, y)
+    signal = yg - snip_background(yg, int(round(snip_half_width_deg / TWO_THETA_STEP_DEG)))
+    return grid, signal
+
+
+def identify(
+    pattern: tuple[np.ndarray, np.ndarray] | Any,
+    structures: list[Structure],
+    names: list[str] | None = None,
+    *,
+    wavelength: str = "CuKa",
+    triangle_half_width_deg: float = 0.4,
+    peak_fwhm_deg: float = 0.1,
+    scale_range: tuple[float, float] = (0.96, 1.04),
+    scale_step: float = 0.005,
+    zero_shift_max_deg: float = 0.1,
+    n_refine: int = 6,
+    match_threshold: float = 0.6,
+    mixture_ratio: float = 0.6,
+    min_fraction: float = 0.12,
+    mixture_smooth_fwhm_deg: float = 0.15,
+    softmax_tau: float = 0.02,
+) -> IdentifyResult:
+    """Rank candidate structures by how well they explain a measured PXRD pattern.
+
+    Args:
+        pattern: ``(two_theta_deg, intensity)`` arrays of shape (n,), or a
+            :class:`~agent.lab.base.LabResult`.
+        structures: candidate crystal structures.
+        names: one name per structure (default ``"0", "1", ...``).
+        wavelength: X-ray source of the measurement (pymatgen name, e.g. "CuKa").
+        triangle_half_width_deg: l of the WCC triangle weight (deg).
+        peak_fwhm_deg: Gaussian width given to candidate sticks (deg).
+        scale_range: isotropic lattice-factor search interval.
+        scale_step: isotropic search step.
+        zero_shift_max_deg: zero shifts searched in +- this (grid step).
+        n_refine: leading candidates refined with per-axis factors and tested for mixtures.
+        match_threshold: minimum WCC score of a match.
+        mixture_ratio: a two-phase fit must reduce the residual below this fraction of
+            the one-phase residual to call a mixture.
+        min_fraction: minimum weight fraction of the minor phase of a mixture.
+        mixture_smooth_fwhm_deg: Gaussian smoothing (deg) of the mixture fits.
+        softmax_tau: temperature of the confidence softmax over scores.
+
+    Returns:
+        :class:`IdentifyResult`.
+
+    Raises:
+        ValueError: empty or inconsistent candidates, or a bad pattern (one line).
+    """
+    import numpy as np
+
+    if hasattr(pattern, "two_theta_deg") and hasattr(pattern, "intensity"):
+        pattern = (pattern.two_theta_deg, pattern.intensity)
+    try:
+        two_theta, intensity = pattern
+    except (TypeError, ValueError):
+        raise ValueError("pattern must be a (two_theta_deg, intensity) pair") from None
+    if not structures:
+        raise ValueError("identify needs at least one candidate structure")
+    names = [str(i) for i in range(len(structures))] if names is None else [str(n) for n in names]
+    if len(names) != len(structures):
+        raise ValueError(f"{len(names)} names for {len(structures)} structures")
+    grid, f = prepare_measured(np.asarray(two_theta), np.asarray(intensity))
+    f_max = float(np.max(np.abs(f)))
+    step = TWO_THETA_STEP_DEG
+    if f_max > 0:
+        f = f / f_max
+    peaks_of = [candidate_peaks(s, wavelength) for s in structures]
+
+    tri = _triangle_kernel(triangle_half_width_deg, step)
+    gauss = _gaussian_kernel(peak_fwhm_deg, step)
+    k_fg = np.convolve(tri, gauss)  # T P
+    k_gg = np.convolve(k_fg, gauss)  # P T P
+    n_shift = int(round(zero_shift_max_deg / step))
+    shifts = np.arange(-n_shift, n_shift + 1)
+    f_pad = np.pad(f, n_shift)
+    # f_z[i] = f[i + z]: the measured pattern moved by -z steps (candidate moved by +z)
+    f_shift = np.stack([f_pad[n_shift + z : n_shift + z + len(f)] for z in shifts])
+    ff = np.einsum("zn,zn->z", f_shift, _convolve_rows(f_shift, tri))
+
+    def scores_for(cand: CandidatePeaks, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tt, inten = cand.positions(scales)
+        sticks = bin_sticks(grid, tt, inten)
+        num = _convolve_rows(sticks, k_fg) @ f_shift.T  # (m, z)
+        gg = np.einsum("mn,mn->m", sticks, _convolve_rows(sticks, k_gg))
+        den = np.sqrt(np.clip(gg[:, None] * ff[None, :], 1e-300, None))
+        return num / den, sticks
+
+    iso = np.arange(scale_range[0], scale_range[1] + 1e-9, scale_step)
+    iso_scales = np.repeat(iso[:, None], 3, axis=1)
+    best_score = np.full(len(structures), -1.0)
+    best_scale = np.ones((len(structures), 3))
+    best_shift = np.zeros(len(structures), int)
+    for i, cand in enumerate(peaks_of):
+        s, _ = scores_for(cand, iso_scales)
+        j, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
+        best_score[i], best_scale[i], best_shift[i] = s[j, z], iso_scales[j], shifts[z]
+
+    leaders = list(np.argsort(-best_score)[: max(1, n_refine)])
+    offsets = np.array([-0.015, -0.0075, 0.0, 0.0075, 0.015])
+    fine = np.array([-0.00375, 0.0, 0.00375])
+    for i in leaders:
+        for deltas in (offsets, fine):
+            grid3 = np.array(list(itertools.product(deltas, repeat=3)))
+            scales = np.clip(best_scale[i][None, :] + grid3, scale_range[0] - 0.01, scale_range[1] + 0.01)
+            s, _ = scores_for(peaks_of[i], scales)
+            j, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
+            if s[j, z] > best_score[i]:
+                best_score[i], best_scale[i], best_shift[i] = s[j, z], scales[j], shifts[z]
+
+    order = np.argsort(-best_score)
+    ranked = [(names[i], float(best_score[i])) for i in order]
+    top = int(order[0])
+    gap = float(best_score[order[0]] - best_score[order[1]]) if len(order) > 1 else 1.0
+    logits = (best_score - best_score[top]) / softmax_tau
+    confidence = float(1.0 / np.exp(logits).sum())
+
+    # one- vs two-phase non-negative fits on lightly smoothed patterns; the second
+    # phase is searched among all candidates by how well each explains the residual
+    from scipy.optimize import nnls
+
+    smooth = _gaussian_kernel(mixture_smooth_fwhm_deg, step)
+    b = _convolve_rows(f[None, :], smooth)[0]
+    bb = float(b @ b) or 1.0
+    k_col = np.convolve(gauss, smooth)
+    cols: dict[int, np.ndarray] = {}
+
+    def column(i: int) -> np.ndarray:
+        if i not in cols:
+            tt, inten = peaks_of[i].positions(best_scale[i][None, :])
+            cols[i] = _convolve_rows(bin_sticks(grid, tt + best_shift[i] * step, inten), k_col)[0]
+        return cols[i]
+
+    def fit(idx: list[int]) -> tuple[float, np.ndarray]:
+        coef, rnorm = nnls(np.stack([column(i) for i in idx], axis=1), b)
+        return rnorm**2 / bb, coef
+
+    i1 = top
+    r1, coef1 = fit([i1])
+    resid = np.clip(b - coef1[0] * column(i1), 0, None)
+    rr = float(resid @ _convolve_rows(resid[None, :], tri)[0])
+    second = []
+    for j in range(len(structures)):
+        if j == i1 or rr <= 0:
+            continue
+        c = column(j)
+        cc = float(c @ _convolve_rows(c[None, :], tri)[0])
+        second.append((float(resid @ _convolve_rows(c[None, :], tri)[0]) / np.sqrt(max(rr * cc, 1e-300)), j))
+    second.sort(reverse=True)
+    r2, pair, pair_coef = r1, (i1,), np.array([1.0])
+    for _, j in second[:3]:
+        r, coef = fit([i1, j])
+        if r < r2 and min(coef) > 0:
+            r2, pair, pair_coef = r, (i1, j), coef
+    fractions = pair_coef / pair_coef.sum() if pair_coef.sum() > 0 else pair_coef
+    is_mixture = len(pair) == 2 and r2 < mixture_ratio * r1 and float(fractions.min()) >= min_fraction
+    is_match = bool(best_score[top] >= match_threshold) or (is_mixture and 1.0 - r2 >= match_threshold)
+    if is_mixture:
+        comp_order = np.argsort(-fractions)
+        components = [(names[pair[k]], float(fractions[k])) for k in comp_order]
+        best_name = components[0][0]
+        best_idx = pair[int(comp_order[0])]
+    else:
+        components = [(names[top], 1.0)] if is_match else []
+        best_name, best_idx = names[top], top
+    return IdentifyResult(
+        ranked=ranked,
+        best=best_name if is_match else None,
+        confidence=confidence if is_match else 0.0,
+        score_gap=gap,
+        is_match=is_match,
+        is_mixture=bool(is_mixture and is_match),
+        components=components if is_match else [],
+        best_scales=tuple(float(x) for x in best_scale[best_idx]),  # type: ignore[arg-type]
+        best_zero_shift_deg=float(best_shift[best_idx] * step),
+        residual_single=float(r1),
+        residual_pair=float(r2),
+        params={"triangle_half_width_deg": triangle_half_width_deg, "peak_fwhm_deg": peak_fwhm_deg},
+    )
+
+
+def simulated_profile(
+    structure: Structure,
+    grid: np.ndarray,
+    scales: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    zero_shift_deg: float = 0.0,
+    peak_fwhm_deg: float = 0.1,
+    wavelength: str = "CuKa",
+) -> np.ndarray:
+    """Gaussian-broadened candidate pattern on ``grid`` (for plots), max scaled to 1."""
+    import numpy as np
+
+    cand = candidate_peaks(structure, wavelength)
+    tt, inten = cand.positions(np.asarray([scales], float))
+    sticks = bin_sticks(grid, tt + zero_shift_deg, inten)
+    prof = _convolve_rows(sticks, _gaussian_kernel(peak_fwhm_deg, float(grid[1] - grid[0])))[0]
+    return prof / max(float(prof.max()), 1e-300)
+
+
+def pearson_rank(pattern: tuple[np.ndarray, np.ndarray], structures: list[Structure], names: list[str], wavelength: str = "CuKa") -> list[tuple[str, float]]:
+    """Baseline: Pearson correlation of the raw measured pattern with each candidate's
+    unscaled, Gaussian-broadened pattern (no background removal, no scale or shift search).
+    """
+    import numpy as np
+
+    grid = two_theta_grid()
+    y = np.interp(grid, np.asarray(pattern[0], float), np.asarray(pattern[1], float))
+    out = []
+    for name, s in zip(names, structures):
+        g = simulated_profile(s, grid, wavelength=wavelength)
+        out.append((name, float(np.corrcoef(y, g)[0, 1])))
+    return sorted(out, key=lambda t: -t[1])

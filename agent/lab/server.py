@@ -1,0 +1,311 @@
+"""Reference lab server: the robot side of the HTTP/JSON lab protocol.
+
+A stdlib ``ThreadingHTTPServer`` with a SQLite experiment queue. It "runs" the
+experiments with a :class:`~agent.lab.simulated.SimulatedLab` on a landscape given at
+start and persists every experiment and result, so after a restart the same results
+are served (results are deterministic in the lab seed and the request id, and once
+computed they are read back from the database, never recomputed).
+
+Protocol (JSON bodies, ``Authorization: Bearer <token>`` on every route but /health):
+
+=======================================  =============================================
+``POST /experiments``                    body = LabRequest fields; header
+                                         ``Idempotency-Key`` (= request_id if given).
+                                         201 new, 200 duplicate (same experiment),
+                                         401 bad token, 409 id reused for another
+                                         request, 422 malformed body.
+``GET /experiments/{id}``                ``{"experiment_id", "request_id", "status"}``
+                                         with status = LabStatus.to_dict(); 404 unknown.
+``POST /experiments/{id}/cancel``        cancels if not finished; returns as GET.
+``GET /health``                          ``{"ok": true, "n_experiments": ..}``.
+=======================================  =============================================
+
+Time is wall-clock (``time.time``) by default so delays survive restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from agent.lab.base import LabError, LabRequest, LabStatus
+from agent.lab.landscape import LandscapeEntry
+
+MAX_BODY_BYTES = 1 << 20
+_EXP_PATH = re.compile(r"^/experiments/([A-Za-z0-9_-]{1,64})(/cancel)?$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    request_json TEXT NOT NULL,
+    submitted_s REAL NOT NULL,
+    queue_s REAL NOT NULL,
+    run_s REAL NOT NULL,
+    state TEXT NOT NULL,          -- open | done | failed | cancelled
+    status_json TEXT              -- terminal LabStatus as JSON
+);
+"""
+
+
+def experiment_id_for(request_id: str) -> str:
+    """The server's experiment id for a request id (stable, 20 hex chars)."""
+    return "exp-" + hashlib.sha256(request_id.encode()).hexdigest()[:16]
+
+
+class LabServer:
+    """An HTTP lab robot backed by a simulated lab and a SQLite queue.
+
+    Args:
+        landscape: candidate structures the simulated lab draws from.
+        db_path: SQLite file (created if missing; reused on restart).
+        token: bearer token clients must present.
+        host: bind address (default loopback).
+        port: TCP port; 0 picks a free one (see :attr:`port` after start).
+        seed: simulated-lab seed.
+        queue_delay_s, run_delay_s: (low, high) experiment durations in seconds.
+        noise_level: PXRD noise level of the simulated measurements.
+        clock: wall-clock source in seconds.
+    """
+
+    def __init__(
+        self,
+        landscape: Sequence[LandscapeEntry],
+        db_path: str | Path,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+        queue_delay_s: tuple[float, float] = (0.0, 1.0),
+        run_delay_s: tuple[float, float] = (1.0, 5.0),
+        noise_level: str = "default",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        from agent.lab.simulated import SimulatedLab
+
+        if not token or len(token) < 8:
+            raise LabError("lab server token must be at least 8 characters")
+        self.lab = SimulatedLab(landscape, seed=seed, queue_delay_s=queue_delay_s, run_delay_s=run_delay_s, noise_level=noise_level)
+        self.clock = clock or time.time
+        self._token = token.encode()
+        self._db_lock = threading.Lock()
+        self._run_locks: dict[str, threading.Lock] = {}
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> LabServer:
+        """Serve in a background thread; returns self."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until interrupted."""
+        try:
+            self._httpd.serve_forever(poll_interval=0.2)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket and the database."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._httpd.server_close()
+        with self._db_lock:
+            try:
+                self._db.close()
+            except sqlite3.ProgrammingError:
+                pass
+
+    # -- operations --------------------------------------------------------------------
+    def authorised(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].strip().encode(), self._token)
+
+    def _row(self, experiment_id: str) -> tuple | None:
+        with self._db_lock:
+            return self._db.execute(
+                "SELECT experiment_id, request_id, request_json, submitted_s, queue_s, run_s, state, status_json "
+                "FROM experiments WHERE experiment_id = ?",
+                (experiment_id,),
+            ).fetchone()
+
+    def submit(self, request: LabRequest) -> tuple[int, dict[str, Any]]:
+        """Create (201) or find (200) the experiment; 409 if the id was used differently."""
+        self.lab._landscape_for(request.smiles)
+        eid = experiment_id_for(request.request_id)
+        body = json.dumps(request.to_dict(), sort_keys=True)
+        with self._db_lock:
+            row = self._db.execute("SELECT request_json FROM experiments WHERE request_id = ?", (request.request_id,)).fetchone()
+            if row is None:
+                queue_s, run_s = self.lab.durations_s(request)
+                self._db.execute(
+                    "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?, 'open', NULL)",
+                    (eid, request.request_id, body, self.clock(), queue_s, run_s),
+                )
+                code = 201
+            elif row[0] != body:
+                return 409, {"error": f"request_id {request.request_id!r} already used for a different request"}
+            else:
+                code = 200
+        return code, self.describe(eid)
+
+    def describe(self, experiment_id: str) -> dict[str, Any]:
+        """The experiment as JSON, running it if its time has come. KeyError if unknown."""
+        row = self._row(experiment_id)
+        if row is None:
+            raise KeyError(experiment_id)
+        eid, rid, req_json, submitted, queue_s, run_s, state, status_json = row
+        if status_json is None:
+            elapsed = self.clock() - submitted
+            if elapsed < queue_s:
+                status = LabStatus("queued")
+            elif elapsed < queue_s + run_s:
+                status = LabStatus("running")
+            else:
+                status = self._finish(eid, LabRequest.from_dict(json.loads(req_json)))
+        else:
+            status = LabStatus.from_dict(json.loads(status_json))
+        return {"experiment_id": eid, "request_id": rid, "status": status.to_dict()}
+
+    def _finish(self, eid: str, request: LabRequest) -> LabStatus:
+        with self._db_lock:
+            lock = self._run_locks.setdefault(eid, threading.Lock())
+        with lock:  # one computation per experiment even under concurrent polls
+            row = self._row(eid)
+            if row is not None and row[7] is not None:
+                return LabStatus.from_dict(json.loads(row[7]))
+            status = self.lab.run_experiment(request)
+            with self._db_lock:
+                self._db.execute(
+                    "UPDATE experiments SET state = ?, status_json = ? WHERE experiment_id = ? AND status_json IS NULL",
+                    (status.state, json.dumps(status.to_dict()), eid),
+                )
+            return status
+
+    def cancel(self, experiment_id: str) -> dict[str, Any]:
+        """Cancel an unfinished experiment; finished ones are returned unchanged."""
+        info = self.describe(experiment_id)
+        if info["status"]["state"] in ("queued", "running"):
+            status = LabStatus("cancelled", reason="cancelled by request")
+            with self._db_lock:
+                self._db.execute(
+                    "UPDATE experiments SET state = 'cancelled', status_json = ? WHERE experiment_id = ? AND status_json IS NULL",
+                    (json.dumps(status.to_dict()), experiment_id),
+                )
+            info = self.describe(experiment_id)
+        return info
+
+    def health(self) -> dict[str, Any]:
+        with self._db_lock:
+            counts = dict(self._db.execute("SELECT state, COUNT(*) FROM experiments GROUP BY state").fetchall())
+        return {"ok": True, "server": "crystal-agent reference lab", "n_experiments": sum(counts.values()), "by_state": counts}
+
+
+def _make_handler(server: LabServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "crystal-agent-lab/1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet by default
+            pass
+
+        def _send(self, code: int, payload: dict[str, Any]) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")  # a refused body may be unread
+            self.end_headers()
+            self.close_connection = True
+            self.wfile.write(body)
+
+        def _auth(self) -> bool:
+            if server.authorised(self.headers.get("Authorization")):
+                return True
+            self._send(401, {"error": "missing or invalid bearer token"})
+            return False
+
+        def _read_json(self) -> Any:
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                n = -1
+            if n < 0 or n > MAX_BODY_BYTES:
+                raise ValueError(f"body must be 0-{MAX_BODY_BYTES} bytes")
+            raw = self.rfile.read(n) if n else b""
+            return json.loads(raw.decode() or "null")
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            try:
+                if self.path == "/health":
+                    return self._send(200, server.health())
+                if not self._auth():
+                    return None
+                m = _EXP_PATH.match(self.path)
+                if m is None or m.group(2):
+                    return self._send(404, {"error": f"no route GET {self.path}"})
+                return self._send(200, server.describe(m.group(1)))
+            except KeyError:
+                return self._send(404, {"error": "unknown experiment"})
+            except Exception as exc:  # the robot must answer, not hang up
+                return self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            try:
+                if not self._auth():
+                    return None
+                if self.path == "/experiments":
+                    try:
+                        request = LabRequest.from_dict(self._read_json())
+                    except (ValueError, TypeError) as exc:  # LabRequestError, JSONDecodeError
+                        return self._send(422, {"error": str(exc).splitlines()[0]})
+                    key = self.headers.get("Idempotency-Key")
+                    if key is not None and key != request.request_id:
+                        return self._send(422, {"error": "Idempotency-Key must equal request_id"})
+                    try:
+                        code, payload = server.submit(request)
+                    except LabError as exc:
+                        return self._send(422, {"error": str(exc)})
+                    return self._send(code, payload)
+                m = _EXP_PATH.match(self.path)
+                if m is not None and m.group(2):
+                    return self._send(200, server.cancel(m.group(1)))
+                return self._send(404, {"error": f"no route POST {self.path}"})
+            except KeyError:
+                return self._send(404, {"error": "unknown experiment"})
+            except Exception as exc:
+                return self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+    return Handler
