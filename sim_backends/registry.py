@@ -19,6 +19,7 @@ BUILTIN: dict[str, str] = {
     "replay": "sim_backends.replay:ReplayBackend",
     "diagnostic": "sim_backends.diagnostic:DiagnosticBackend",
     "xtb-crystal": "sim_backends.xtb_crystal:XtbCrystalBackend",
+    "phonon": "sim_backends.phonons:PhononBackend",
 }
 
 

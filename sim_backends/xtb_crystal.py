@@ -14,8 +14,8 @@ With ``gas="rigid"`` the molecules are taken at their crystal geometries (the me
 over the Z molecules of the cell), which gives the intermolecular interaction energy
 only.
 
-Optionally the crystal is first relaxed with ASE (``relax="positions"``: atoms only,
-fixed cell; ``relax="full"`` or ``True``: atoms and cell through ASE's
+Optionally the crystal is first relaxed with ASE (``relax="positions"`` or ``True``:
+atoms only, fixed cell; ``relax="full"``: atoms and cell through ASE's
 ``FrechetCellFilter``) with the BFGS optimiser.
 
 Units: energies in kJ/mol per molecule at the API surface; eV and eV/A inside ASE.
@@ -156,11 +156,12 @@ def xtb_force_fn(**calc_kwargs: Any) -> Callable[[Atoms], np.ndarray]:
     return forces
 
 
-def _relax_mode(value: Any) -> str | None:
+def parse_relax_mode(value: Any) -> str | None:
+    """Relax option -> None (no relaxation), "positions" (True) or "full"; SetupError else."""
     if value in (False, None, "none", "no"):
         return None
     if value is True:
-        return "full"
+        return "positions"
     if value in ("positions", "full"):
         return str(value)
     raise SetupError(f"relax must be False, True, 'positions' or 'full', not {value!r}")
@@ -181,7 +182,7 @@ class XtbCrystalBackend(Backend):
     Params (``EvalInput.params`` or constructor):
         method: "GFN2-xTB" (default) or "GFN1-xTB".
         gas: "relaxed" (default) or "rigid" reference molecule, see module docstring.
-        relax: False (default), "positions", "full" / True.
+        relax: False (default), "positions" / True (fixed cell), "full" (with cell).
         fmax_eVA: relaxation force threshold (0.05).
         max_steps: relaxation step limit (200); the energy of the last step is
             returned and ``extra["relax"]["converged"]`` says whether it converged.
@@ -215,7 +216,7 @@ class XtbCrystalBackend(Backend):
         gas = p.get("gas", "relaxed")
         if gas not in ("relaxed", "rigid"):
             raise SetupError(f"gas must be 'relaxed' or 'rigid', not {gas!r}")
-        mode = _relax_mode(p.get("relax", False))
+        mode = parse_relax_mode(p.get("relax", False))
         crystal = load_crystal(inp.structure_cif or "", inp.smiles)
         calc_kw = {k: p[k] for k in ("method", "accuracy", "max_iterations") if k in p}
         extra: dict[str, Any] = {"z": crystal.z, "n_atoms": len(crystal.atoms), "gas": gas}
