@@ -1,0 +1,556 @@
+"""W99 exp-6 repulsion-dispersion plus Ewald point-charge lattice energy, batched on torch.
+
+The lattice energy per molecule of a crystal of rigid molecules is
+
+    E = 1/(2Z) sum_{a in cell} sum'_{b} [ A_ab exp(-B_ab r_ab) - f(r_ab) C_ab / r_ab^6 ] S(r_ab)
+        + E_tail + E_elec / Z,
+
+where the primed sum runs over atoms b of *other* molecules (all intramolecular pairs are
+excluded), S is a C2 switch that takes the exp-6 term to zero between ``cutoff_A - 1`` and
+``cutoff_A``, E_tail is the isotropic dispersion tail beyond the switch (g(r) = 1), and
+f(r) = 1 - exp(-(r/r_d)^8) with r_d = 1.4 A damps the dispersion at unphysically short
+contacts so that the energy rises monotonically down to r = 0 instead of diving to -inf
+(the "Buckingham catastrophe"). f differs from 1 by less than 1e-7 beyond 2.0 A, i.e. at any
+real intermolecular contact. E_elec is the Ewald sum (real space truncated at the same
+cutoff, reciprocal space up to k_max, self term) with the intramolecular Coulomb pairs
+removed by subtracting their erf(alpha r)/r reciprocal-space share.
+
+Parameters (W99): D. E. Williams, "Improved intermolecular force field for molecules containing
+H, C, N, and O atoms, with application to nucleoside and peptide crystals", J. Comput. Chem.
+22, 1154-1166 (2001), as tabulated in Appendix D of the DMACRYS manual (S. L. Price et al.).
+Combining rules A_ab = sqrt(A_a A_b), B_ab = (B_a + B_b)/2, C_ab = sqrt(C_a C_b). W99 places the
+repulsion-dispersion site of every H 0.1 A towards its bonded atom (foreshortened X-H bond);
+the point charges stay on the nuclei. Atom types:
+
+    C_W2/C_W3/C_W4  C with 2 / 3 / 4 bonded atoms
+    H_W1            H bonded to C (and, as an extension, to S)
+    H_W2            H of an alcohol (O-H where the O is not part of a carboxylic acid)
+    H_W3            H of a carboxylic acid O-H
+    H_W4            H bonded to N
+    N_W1            N with one bonded atom (nitrile, triple bond)
+    N_W2/N_W3/N_W4  N with >= 2 bonded atoms and 0 / 1 / >= 2 bonded H
+    O_W1/O_W2       O with 1 / 2 bonded atoms
+
+Extensions, NOT part of W99 (which has no F, S or Cl): F from Williams & Houpt, Acta Cryst.
+B42, 286 (1986); Cl from Hsu & Williams, Acta Cryst. A36, 277 (1980); S (thioether / C=S) as
+listed with the FIT potential in the DMACRYS manual for the CSP blind tests. These were fitted
+for use with multipoles, not W99 point charges; treat F/S/Cl energies as rough.
+
+Units: Angstrom, elementary charges, kJ/mol. The Coulomb constant e^2/(4 pi eps0) is
+1389.35457 kJ/mol A (CODATA 2018).
+
+Importing this module is cheap (numpy only); torch is imported when a model is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from sim_backends.csp.rigid import RigidMolecule
+
+#: e^2 / (4 pi eps0) in kJ/mol Angstrom (CODATA 2018)
+COULOMB_KJMOL_A = 1389.35457
+
+#: W99 (and extension) parameters per atom type: (A kJ/mol, B 1/A, C kJ/mol A^6)
+W99_PARAMS: dict[str, tuple[float, float, float]] = {
+    "C_W2": (103235.0, 3.60, 1435.09),
+    "C_W3": (270363.0, 3.60, 1701.73),
+    "C_W4": (131571.0, 3.60, 978.36),
+    "H_W1": (12680.0, 3.56, 278.37),
+    "H_W2": (361.30, 3.56, 0.0),
+    "H_W3": (115.70, 3.56, 0.0),
+    "H_W4": (764.90, 3.56, 0.0),
+    "N_W1": (96349.0, 3.48, 1407.57),
+    "N_W2": (102369.0, 3.48, 1398.15),
+    "N_W3": (191935.0, 3.48, 2376.55),
+    "N_W4": (405341.0, 3.48, 5629.82),
+    "O_W1": (241042.0, 3.96, 1260.73),
+    "O_W2": (284623.0, 3.96, 1285.87),
+    # extensions (see module docstring)
+    "F_X": (363725.0, 4.16, 844.0),
+    "S_X": (401034.0, 3.30, 5791.0),
+    "Cl_X": (924675.0, 3.51, 7740.48),
+}
+
+#: distance (A) by which W99 moves each H repulsion-dispersion site towards its bonded atom
+W99_H_SHIFT_A = 0.1
+
+#: covalent radii (A), Cordero et al., Dalton Trans. 2832 (2008); bonds: d < r_i + r_j + 0.45
+COVALENT_RADII_A = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "F": 0.57, "S": 1.05, "Cl": 1.02}
+BOND_TOLERANCE_A = 0.45
+
+
+def bond_graph(symbols: tuple[str, ...] | list[str], coords_A: np.ndarray) -> list[list[int]]:
+    """Covalent neighbours of every atom, perceived from distances.
+
+    Args:
+        symbols: element symbols, length n_atoms.
+        coords_A: (n_atoms, 3) Cartesian coordinates, Angstrom.
+
+    Returns:
+        For each atom, the sorted indices of its bonded atoms (d < r_cov,i + r_cov,j + 0.45 A).
+
+    Raises:
+        ValueError: an element without a covalent radius here.
+    """
+    unknown = sorted(set(symbols) - set(COVALENT_RADII_A))
+    if unknown:
+        raise ValueError(f"no covalent radius for element(s) {unknown}")
+    xyz = np.asarray(coords_A, dtype=float)
+    radii = np.array([COVALENT_RADII_A[s] for s in symbols])
+    dist = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)
+    bonded = (dist < radii[:, None] + radii[None] + BOND_TOLERANCE_A) & ~np.eye(len(symbols), dtype=bool)
+    return [sorted(np.nonzero(row)[0].tolist()) for row in bonded]
+
+
+def assign_w99_types(symbols: tuple[str, ...] | list[str], coords_A: np.ndarray) -> tuple[str, ...]:
+    """W99 atom type of every atom from the distance-perceived bond graph (rules in module doc).
+
+    Args:
+        symbols: element symbols, length n_atoms.
+        coords_A: (n_atoms, 3) coordinates of one molecule, Angstrom.
+
+    Returns:
+        Type names, keys of :data:`W99_PARAMS`.
+
+    Raises:
+        ValueError: unsupported element, an isolated H, or an H bonded to an unsupported partner.
+    """
+    nbrs = bond_graph(symbols, coords_A)
+    sym = list(symbols)
+
+    def is_acid_o(o: int) -> bool:
+        # O-H whose carbon also carries a terminal (carbonyl) O: carboxylic acid
+        for c in nbrs[o]:
+            if sym[c] == "C" and any(sym[x] == "O" and len(nbrs[x]) == 1 for x in nbrs[c] if x != o):
+                return True
+        return False
+
+    types = []
+    for i, s in enumerate(sym):
+        deg = len(nbrs[i])
+        n_h = sum(sym[j] == "H" for j in nbrs[i])
+        if s == "C":
+            types.append("C_W2" if deg <= 2 else "C_W3" if deg == 3 else "C_W4")
+        elif s == "H":
+            if deg == 0:
+                raise ValueError(f"H atom {i} has no bonded atom")
+            partner = min(nbrs[i], key=lambda j: np.linalg.norm(coords_A[j] - coords_A[i]))
+            ps = sym[partner]
+            if ps in ("C", "S"):
+                types.append("H_W1")
+            elif ps == "O":
+                types.append("H_W3" if is_acid_o(partner) else "H_W2")
+            elif ps == "N":
+                types.append("H_W4")
+            else:
+                raise ValueError(f"H atom {i} bonded to {ps}: no W99 type")
+        elif s == "N":
+            if deg <= 1:
+                types.append("N_W1")
+            else:
+                types.append("N_W2" if n_h == 0 else "N_W3" if n_h == 1 else "N_W4")
+        elif s == "O":
+            types.append("O_W1" if deg <= 1 else "O_W2")
+        elif s in ("F", "S", "Cl"):
+            types.append(f"{s}_X")
+        else:
+            raise ValueError(f"element {s} has no W99 parameters")
+    return tuple(types)
+
+
+def _h_site_matrix(symbols: tuple[str, ...], coords_A: np.ndarray, shift_A: float) -> np.ndarray:
+    """(n, n) matrix M with sites = M @ atoms: each H moved ``shift_A`` towards its partner."""
+    n = len(symbols)
+    mat = np.eye(n)
+    if shift_A == 0.0:
+        return mat
+    nbrs = bond_graph(symbols, coords_A)
+    for i, s in enumerate(symbols):
+        if s == "H" and nbrs[i]:
+            j = min(nbrs[i], key=lambda k: np.linalg.norm(coords_A[k] - coords_A[i]))
+            frac = shift_A / float(np.linalg.norm(coords_A[j] - coords_A[i]))
+            mat[i, i] = 1.0 - frac
+            mat[i, j] = frac
+    return mat
+
+
+@functools.lru_cache(maxsize=1)
+def _pair_terms_function() -> type:
+    """Build (once, after importing torch) the autograd Function for the pair energies."""
+    import torch
+
+    class _PairTerms(torch.autograd.Function):
+        """Pair energies with analytic first derivatives (one fused pass, no autograd graph).
+
+        forward(d_site (M, 3), d_atom (M, 3), table (M, 4) = [A, B, C, qq], model) returns
+        the switched, damped exp-6 energy of each pair from |d_site| and the Ewald real-space
+        Coulomb energy from |d_atom| (zero beyond the cutoff), both (M,) kJ/mol. Backward
+        returns dE/dd = E'(r) d / r. Second derivatives are not supported.
+        """
+
+        @staticmethod
+        def forward(ctx, d_site, d_atom, table, model):  # noqa: D401
+            amp, neg_expo, c6, pref = table.unbind(dim=1)
+            r = d_site.norm(dim=1)
+            inv_r = r.reciprocal()
+            rep = amp * torch.exp(neg_expo * r)
+            disp = c6 * inv_r.square().pow(3)
+            e_rd = rep - disp
+            g_site = (neg_expo * rep + 6.0 * disp * inv_r) * inv_r  # dE/dr / r
+            short = (r < 1.6 * model.damping_radius_A).nonzero().squeeze(1)
+            if short.numel():
+                rs, ds, gs = r[short], disp[short], g_site[short]
+                y8 = (rs / model.damping_radius_A).pow(8)
+                keep = torch.exp(-y8)
+                g_site[short] = gs - (6.0 * ds * keep + ds * 8.0 * y8 * keep) / (rs * rs)
+                e_rd[short] = e_rd[short] + ds * keep
+            width = model.cutoff_A - model.switch_on_A
+            outer = (r > model.switch_on_A).nonzero().squeeze(1)
+            if outer.numel():
+                x = ((r[outer] - model.switch_on_A) / width).clamp(max=1.0)
+                sw = 1.0 - x * x * x * (10.0 - 15.0 * x + 6.0 * x * x)
+                d_sw = -30.0 * x * x * (1.0 - x) * (1.0 - x) / width
+                e_out = e_rd[outer]
+                g_site[outer] = g_site[outer] * sw + e_out * d_sw / r[outer]
+                e_rd[outer] = e_out * sw
+            if model._has_charges:
+                ra = d_atom.norm(dim=1) if d_atom is not d_site else r
+                inv_ra = ra.reciprocal() if d_atom is not d_site else inv_r
+                alpha = model.alpha_per_A
+                erfc_r = torch.special.erfc(alpha * ra) * inv_ra
+                e_el = pref * erfc_r
+                gauss = torch.exp((ra * alpha).square().neg()) * (2.0 * alpha / math.sqrt(math.pi))
+                g_atom = -(gauss + erfc_r) * pref * inv_ra * inv_ra
+            else:
+                e_el = torch.zeros_like(r)
+                g_atom = e_el
+            ctx.save_for_backward(d_site, d_atom, g_site, g_atom)
+            ctx.same = d_atom is d_site
+            return e_rd, e_el
+
+        @staticmethod
+        def backward(ctx, grad_rd, grad_el):
+            d_site, d_atom, g_site, g_atom = ctx.saved_tensors
+            if ctx.same:
+                return (grad_rd * g_site + grad_el * g_atom)[:, None] * d_site, None, None, None
+            return (grad_rd * g_site)[:, None] * d_site, (grad_el * g_atom)[:, None] * d_atom, None, None
+
+    return _PairTerms
+
+
+class LatticeEnergyModel:
+    """exp-6 (W99) repulsion-dispersion + Ewald point-charge electrostatics, torch, batched.
+
+    One model serves one rigid molecule; it evaluates B crystal structures with the same Z
+    at once. Neighbours are found per call from molecular centres (no stored lists), so the
+    energy is a smooth function of cell and coordinates that autograd differentiates.
+
+    Args:
+        molecule: the rigid molecule (atom order, charges and W99 types are taken from it).
+        cutoff_A: real-space cutoff (A) of both the exp-6 sum (switched off smoothly over the
+            last ``switch_width_A``) and the Ewald real-space sum.
+        ewald_accuracy: target relative accuracy eps of the Ewald sum; alpha =
+            sqrt(-ln eps) / cutoff_A and k_max = 2 alpha sqrt(-ln eps).
+        dtype: torch dtype (default float64).
+        switch_width_A: width of the exp-6 switching region (A).
+        damping_radius_A: r_d of the short-range dispersion damping 1 - exp(-(r/r_d)^8).
+        h_shift_A: foreshortening of the H repulsion-dispersion sites (W99: 0.1 A).
+        dispersion_tail: add the isotropic -C/r^6 tail beyond the switch.
+    """
+
+    def __init__(
+        self,
+        molecule: RigidMolecule,
+        cutoff_A: float = 12.0,
+        ewald_accuracy: float = 1e-6,
+        dtype: Any = None,
+        switch_width_A: float = 1.0,
+        damping_radius_A: float = 1.4,
+        h_shift_A: float = W99_H_SHIFT_A,
+        dispersion_tail: bool = True,
+    ) -> None:
+        import torch
+
+        if not (0.0 < ewald_accuracy < 1.0):
+            raise ValueError(f"ewald_accuracy must be in (0, 1), got {ewald_accuracy}")
+        if not (cutoff_A > switch_width_A > 0.0):
+            raise ValueError(f"need cutoff_A > switch_width_A > 0, got {cutoff_A}, {switch_width_A}")
+        unknown = sorted(set(molecule.ff_types) - set(W99_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown force-field type(s) {unknown}")
+        self.molecule = molecule
+        self.dtype = dtype or torch.float64
+        self.cutoff_A = float(cutoff_A)
+        self.switch_on_A = float(cutoff_A - switch_width_A)
+        self.damping_radius_A = float(damping_radius_A)
+        self.dispersion_tail = bool(dispersion_tail)
+        self.n_atoms = len(molecule.symbols)
+
+        params = np.array([W99_PARAMS[t] for t in molecule.ff_types])  # (n, 3)
+        a_ij = np.sqrt(np.outer(params[:, 0], params[:, 0]))
+        b_ij = 0.5 * (params[:, 1][:, None] + params[:, 1][None, :])
+        c_ij = np.sqrt(np.outer(params[:, 2], params[:, 2]))
+        charges = np.asarray(molecule.charges_e, dtype=float)
+        body = np.asarray(molecule.coords_A, dtype=float)
+        site_mat = _h_site_matrix(molecule.symbols, body, h_shift_A)
+        self.has_h_sites = not np.allclose(site_mat, np.eye(self.n_atoms))
+        sites = site_mat @ body
+        centred = np.concatenate([body, sites]) - body.mean(axis=0)
+        #: largest distance (A) of an atom or exp-6 site from the atom centroid
+        self.extent_A = float(np.linalg.norm(centred, axis=1).max())
+
+        log_eps = -math.log(ewald_accuracy)
+        self.alpha_per_A = math.sqrt(log_eps) / self.cutoff_A
+        self.kmax_per_A = 2.0 * self.alpha_per_A * math.sqrt(log_eps)
+
+        t = lambda x: torch.tensor(np.array(x, dtype=float), dtype=self.dtype)  # noqa: E731
+        self._A, self._B, self._C = t(a_ij), t(b_ij), t(c_ij)
+        self._q = t(charges)
+        self._qq = t(np.outer(charges, charges))
+        #: (n*n, 4) per atom pair (a, c) at row a*n + c: A, -B, C, k_e q_a q_c
+        self._pair_table = t(
+            np.stack([a_ij.ravel(), -b_ij.ravel(), c_ij.ravel(), COULOMB_KJMOL_A * np.outer(charges, charges).ravel()], axis=1)
+        )
+        self._site_mat = t(site_mat)
+        self._has_charges = bool(np.any(charges != 0.0))
+        self._sum_c = float(c_ij.sum())
+        # effective cutoff of the tail: int_{r_on}^inf (1 - S) r^-4 dr = 1 / (3 rc_eff^3)
+        r = np.linspace(self.switch_on_A, self.cutoff_A, 2001)
+        x = (r - self.switch_on_A) / switch_width_A
+        one_minus_s = x**3 * (10 - 15 * x + 6 * x * x)
+        integral = np.trapezoid(one_minus_s / r**4, r) + 1.0 / (3.0 * self.cutoff_A**3)
+        self.tail_radius_A = (1.0 / (3.0 * integral)) ** (1.0 / 3.0)
+
+    # ------------------------------------------------------------------ public API
+    def energy_kjmol(self, cell_A: torch.Tensor, coords_A: torch.Tensor) -> torch.Tensor:
+        """Lattice energy per molecule.
+
+        Args:
+            cell_A: (B, 3, 3) lattice vectors a, b, c as rows, Angstrom.
+            coords_A: (B, Z, n_atoms, 3) Cartesian positions of all atoms of the Z molecules
+                of each cell, atom order as in the molecule.
+
+        Returns:
+            (B,) lattice energy per molecule, kJ/mol (intermolecular exp-6 + electrostatics),
+            differentiable w.r.t. both inputs.
+
+        Raises:
+            ValueError: wrong shapes, non-finite input, or a degenerate cell.
+        """
+        terms = self.terms_kjmol(cell_A, coords_A)
+        return terms["repdisp_kjmol"] + terms["elec_kjmol"]
+
+    def energy_and_grad(
+        self, cell_A: torch.Tensor, coords_A: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energies and their gradients w.r.t. cell and coordinates.
+
+        Args:
+            cell_A: (B, 3, 3), Angstrom.
+            coords_A: (B, Z, n_atoms, 3), Angstrom.
+
+        Returns:
+            energy (B,) kJ/mol per molecule, dE/dcell (B, 3, 3) and dE/dcoords
+            (B, Z, n_atoms, 3) in kJ/mol/A (detached).
+        """
+        import torch
+
+        cell = cell_A.detach().clone().requires_grad_(True)
+        coords = coords_A.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            energy = self.energy_kjmol(cell, coords)
+            g_cell, g_coords = torch.autograd.grad(energy.sum(), (cell, coords))
+        return energy.detach(), g_cell, g_coords
+
+    def terms_kjmol(self, cell_A: torch.Tensor, coords_A: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The two parts of :meth:`energy_kjmol`: ``repdisp_kjmol`` and ``elec_kjmol``, each (B,)."""
+        import torch
+
+        cell, coords = self._check(cell_A, coords_A)
+        n_batch, n_mol = coords.shape[:2]
+        volume = torch.linalg.det(cell).abs()
+        if bool((volume < 1e-6).any()):
+            raise ValueError("degenerate cell (volume ~ 0)")
+        sites = torch.einsum("ij,bzjd->bzid", self._site_mat, coords) if self.has_h_sites else coords
+        b_idx, i_idx, j_idx, shift = self._molecule_pairs(cell.detach(), coords.detach().mean(dim=2))
+        repdisp = torch.zeros(n_batch, dtype=self.dtype)
+        elec = torch.zeros(n_batch, dtype=self.dtype)
+        if b_idx.numel():
+            translation = torch.einsum("pk,pkd->pd", shift, cell[b_idx])  # (P, 3)
+            e_rd, e_el, owner = self._pair_energies(sites, coords, b_idx, i_idx, j_idx, translation)
+            repdisp = repdisp.index_add(0, owner, e_rd)
+            elec = elec.index_add(0, owner, e_el)
+        if self.dispersion_tail:
+            repdisp = repdisp - (2.0 * math.pi * n_mol * self._sum_c) / (
+                3.0 * volume * self.tail_radius_A**3
+            ) * n_mol
+        if self._has_charges:
+            elec = elec + self._coulomb_reciprocal(cell, coords, volume) + self._coulomb_self_intra(coords)
+        return {"repdisp_kjmol": repdisp / n_mol, "elec_kjmol": elec / n_mol}
+
+    # ------------------------------------------------------------------ internals
+    def _check(self, cell_A: Any, coords_A: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        cell = torch.as_tensor(cell_A, dtype=self.dtype)
+        coords = torch.as_tensor(coords_A, dtype=self.dtype)
+        if cell.ndim != 3 or cell.shape[1:] != (3, 3):
+            raise ValueError(f"cell_A must have shape (B, 3, 3), got {tuple(cell.shape)}")
+        if coords.ndim != 4 or coords.shape[2:] != (self.n_atoms, 3) or coords.shape[0] != cell.shape[0]:
+            raise ValueError(
+                f"coords_A must have shape (B={cell.shape[0]}, Z, {self.n_atoms}, 3), got {tuple(coords.shape)}"
+            )
+        if not (torch.isfinite(cell).all() and torch.isfinite(coords).all()):
+            raise ValueError("cell_A and coords_A must be finite")
+        return cell, coords
+
+    def _molecule_pairs(
+        self, cell: torch.Tensor, centres: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Molecule pairs (b, i, j, lattice shift) whose atoms can come within the cutoff.
+
+        Each unordered pair of distinct molecules is listed once (i < j, every image); a
+        molecule and its own images (i == j) once per +-T pair (half space of shifts), so the
+        plain sum over the list is the energy per cell.
+
+        Args:
+            cell: (B, 3, 3) detached cell.
+            centres: (B, Z, 3) detached atom centroids of the molecules.
+
+        Returns:
+            b, i, j: (P,) long indices; shift: (P, 3) integer lattice shifts (as dtype).
+        """
+        import torch
+
+        n_batch, n_mol = centres.shape[:2]
+        reach = self.cutoff_A + 2.0 * self.extent_A
+        inv = torch.linalg.inv(cell)
+        widths = 1.0 / inv.norm(dim=1)  # (B, 3) perpendicular widths, 1 / |column k of inv|
+        n_max = torch.ceil(reach / widths + 0.5).amax(dim=0).long().tolist()
+        axes = [torch.arange(-m, m + 1, dtype=self.dtype) for m in n_max]
+        grid = torch.cartesian_prod(*axes)  # (K, 3)
+        is_half = (grid[:, 0] > 0) | ((grid[:, 0] == 0) & (grid[:, 1] > 0)) | (
+            (grid[:, 0] == 0) & (grid[:, 1] == 0) & (grid[:, 2] > 0)
+        )
+        upper = torch.triu(torch.ones(n_mol, n_mol, dtype=torch.bool), diagonal=1)
+        diag = torch.eye(n_mol, dtype=torch.bool)
+        allowed = upper[:, :, None] | (diag[:, :, None] & is_half[None, None, :])  # (Z, Z, K)
+
+        delta = centres[:, None, :, :] - centres[:, :, None, :]  # (B, Z, Z, 3): c_j - c_i
+        wrap = -torch.round(torch.einsum("bijd,bde->bije", delta, inv))
+        wrapped = delta + torch.einsum("bijk,bkd->bijd", wrap, cell)
+        chunk = max(1, int(4e6 // max(1, n_mol * n_mol * grid.shape[0])))
+        found = []
+        for start in range(0, n_batch, chunk):
+            sl = slice(start, start + chunk)
+            images = torch.einsum("kl,bld->bkd", grid, cell[sl])  # (b, K, 3)
+            dist = (wrapped[sl, :, :, None, :] + images[:, None, None, :, :]).norm(dim=-1)
+            idx = ((dist < reach) & allowed[None]).nonzero()
+            idx[:, 0] += start
+            found.append(idx)
+        idx = torch.cat(found)
+        b, i, j, k = idx.unbind(dim=1)
+        return b, i, j, wrap[b, i, j] + grid[k]
+
+    def _pair_energies(
+        self,
+        sites: torch.Tensor,
+        coords: torch.Tensor,
+        b_idx: torch.Tensor,
+        i_idx: torch.Tensor,
+        j_idx: torch.Tensor,
+        translation: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energies of the intermolecular atom pairs within the cutoff.
+
+        A detached, chunked distance screen over the molecule pairs selects the atom pairs
+        (flat list of length M); their separation vectors are then gathered differentiably
+        and handed to :class:`_PairTerms`, which returns energies and supplies analytic
+        first derivatives to autograd.
+
+        Args:
+            sites: (B, Z, n, 3) exp-6 sites; coords: (B, Z, n, 3) nuclei (charge sites).
+            b_idx, i_idx, j_idx: (P,) molecule pairs; translation: (P, 3) lattice vector of j.
+
+        Returns:
+            exp-6 energies (M,), real-space Coulomb energies (M,) in kJ/mol, and the (M,)
+            structure index of each atom pair.
+        """
+        import torch
+
+        n = self.n_atoms
+        n_mol = sites.shape[1]
+        screen = self.cutoff_A + (0.25 if self.has_h_sites else 0.0)
+        mol_i = b_idx * n_mol + i_idx  # (P,) flat molecule indices
+        mol_j = b_idx * n_mol + j_idx
+        site_mols = sites.reshape(-1, n, 3)
+        chunk = max(1, int(2e6 // (n * n)))
+        found = []
+        with torch.no_grad():
+            for start in range(0, len(b_idx), chunk):
+                sl = slice(start, start + chunk)
+                xi = site_mols.index_select(0, mol_i[sl])
+                xj = site_mols.index_select(0, mol_j[sl]) + translation[sl, None, :]
+                close = torch.cdist(xi, xj, compute_mode="donot_use_mm_for_euclid_dist") < screen
+                hit = close.nonzero()
+                hit[:, 0] += start
+                found.append(hit)
+        p, a, c = torch.cat(found).unbind(dim=1)
+        atom_i = mol_i.index_select(0, p) * n + a  # flat atom indices into (B*Z*n, 3)
+        atom_j = mol_j.index_select(0, p) * n + c
+        tp = translation.index_select(0, p)
+        flat_sites = sites.reshape(-1, 3)
+        d_site = flat_sites.index_select(0, atom_j) - flat_sites.index_select(0, atom_i) + tp
+        if self.has_h_sites:
+            flat_atoms = coords.reshape(-1, 3)
+            d_atom = flat_atoms.index_select(0, atom_j) - flat_atoms.index_select(0, atom_i) + tp
+        else:
+            d_atom = d_site
+        table = self._pair_table.index_select(0, a * n + c)
+        e_rd, e_el = _pair_terms_function().apply(d_site, d_atom, table, self)
+        return e_rd, e_el, b_idx.index_select(0, p)
+
+    def _coulomb_reciprocal(self, cell: torch.Tensor, coords: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+        """Ewald reciprocal-space energy per cell, half space of k with factor 2: (B,) kJ/mol."""
+        import torch
+
+        n_batch = cell.shape[0]
+        lengths = cell.detach().norm(dim=2)  # (B, 3)
+        m_max = torch.floor(self.kmax_per_A * lengths / (2.0 * math.pi)).amax(dim=0).long().tolist()
+        axes = [torch.arange(-m, m + 1, dtype=self.dtype) for m in m_max]
+        grid = torch.cartesian_prod(*axes)
+        half = (grid[:, 0] > 0) | ((grid[:, 0] == 0) & (grid[:, 1] > 0)) | (
+            (grid[:, 0] == 0) & (grid[:, 1] == 0) & (grid[:, 2] > 0)
+        )
+        grid = grid[half]
+        recip = 2.0 * math.pi * torch.linalg.inv(cell).transpose(1, 2)  # rows: reciprocal vectors
+        kvec = torch.einsum("ml,bld->bmd", grid, recip)  # (B, M, 3)
+        k2 = kvec.square().sum(dim=-1)
+        keep = k2 <= self.kmax_per_A**2
+        weight = torch.where(keep, torch.exp(-k2 / (4.0 * self.alpha_per_A**2)) / k2, torch.zeros_like(k2))
+        pos = coords.reshape(n_batch, -1, 3)
+        q = self._q.repeat(coords.shape[1])
+        phase = torch.einsum("bmd,bnd->bmn", kvec, pos)
+        s_cos = (torch.cos(phase) * q).sum(dim=-1)
+        s_sin = (torch.sin(phase) * q).sum(dim=-1)
+        total = (weight * (s_cos.square() + s_sin.square())).sum(dim=-1)
+        return COULOMB_KJMOL_A * 4.0 * math.pi / volume * total
+
+    def _coulomb_self_intra(self, coords: torch.Tensor) -> torch.Tensor:
+        """Self term plus removal of intramolecular pairs from the reciprocal sum: (B,) kJ/mol."""
+        import torch
+
+        n_mol = coords.shape[1]
+        self_term = -self.alpha_per_A / math.sqrt(math.pi) * float(self._q.square().sum()) * n_mol
+        iu, ju = torch.triu_indices(self.n_atoms, self.n_atoms, offset=1)
+        r = (coords[:, :, iu, :] - coords[:, :, ju, :]).norm(dim=-1)  # (B, Z, n_pairs)
+        intra = (self._qq[iu, ju] * torch.erf(self.alpha_per_A * r) / r).sum(dim=(1, 2))
+        return COULOMB_KJMOL_A * (self_term - intra)
