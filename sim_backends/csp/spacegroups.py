@@ -1,0 +1,167 @@
+"""Space groups searched by the CSP engine, with one molecule in a general position (Z' = 1).
+
+The symmetry operations (rotation matrix and translation acting on fractional
+coordinates, centring translations included) come from the spglib database in the
+standard setting of the International Tables (first Hall setting of each number:
+unique axis b, cell choice 1 for monoclinic groups). The ten groups below cover
+roughly 90 % of organic molecular crystals in the CSD (Baur & Kassner, Acta Cryst.
+B48, 356, 1992).
+
+Each group also declares its crystal system, which fixes the cell-parameter
+constraints used by trial generation and minimisation:
+
+=============  ========================  =================
+system          free parameters           fixed
+=============  ========================  =================
+triclinic       a, b, c, alpha, beta, gamma
+monoclinic      a, b, c, beta              alpha = gamma = 90
+orthorhombic    a, b, c                    alpha = beta = gamma = 90
+=============  ========================  =================
+
+Importing this module is cheap (spglib is imported inside :func:`get_space_group`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+#: our name -> (International Tables number, spglib Hall number of the standard setting)
+_GROUPS: dict[str, tuple[int, int]] = {
+    "P1": (1, 1),
+    "P-1": (2, 2),
+    "P2_1": (4, 6),
+    "C2": (5, 9),
+    "Cc": (9, 39),
+    "P2_1/c": (14, 81),
+    "C2/c": (15, 90),
+    "P2_12_12_1": (19, 115),
+    "Pna2_1": (33, 164),
+    "Pbca": (61, 290),
+}
+
+#: a frequency-ordered default list for searches (most common organic groups first)
+DEFAULT_SPACE_GROUPS: tuple[str, ...] = (
+    "P2_1/c", "P-1", "P2_12_12_1", "P2_1", "C2/c", "Pbca", "Pna2_1", "Cc", "C2", "P1",
+)
+
+#: indices into (a, b, c, alpha, beta, gamma) that are free, per crystal system
+FREE_CELL_PARAMETERS: dict[str, tuple[int, ...]] = {
+    "triclinic": (0, 1, 2, 3, 4, 5),
+    "monoclinic": (0, 1, 2, 4),
+    "orthorhombic": (0, 1, 2),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class SpaceGroup:
+    """A space group in its standard setting.
+
+    Attributes:
+        symbol: our short symbol, e.g. ``"P2_1/c"`` (also accepted by pymatgen).
+        number: International Tables number.
+        hall_number: spglib Hall number of the setting used.
+        rotations: (n_ops, 3, 3) integer matrices acting on fractional column vectors.
+        translations: (n_ops, 3) fractional translations, centring included.
+        crystal_system: "triclinic", "monoclinic" or "orthorhombic".
+    """
+
+    symbol: str
+    number: int
+    hall_number: int
+    rotations: np.ndarray
+    translations: np.ndarray
+    crystal_system: str
+
+    @property
+    def z(self) -> int:
+        """Molecules per conventional cell for one molecule in a general position."""
+        return int(self.rotations.shape[0])
+
+    @property
+    def free_cell_parameters(self) -> tuple[int, ...]:
+        """Indices of the free entries of (a, b, c, alpha, beta, gamma)."""
+        return FREE_CELL_PARAMETERS[self.crystal_system]
+
+    def apply(self, frac: np.ndarray) -> np.ndarray:
+        """Images of fractional positions under every operation.
+
+        Args:
+            frac: (..., 3) fractional coordinates.
+
+        Returns:
+            (n_ops, ..., 3) images, not wrapped into the cell.
+        """
+        frac = np.asarray(frac, dtype=float)
+        return np.einsum("oij,...j->o...i", self.rotations, frac) + self.translations.reshape(
+            (self.z,) + (1,) * (frac.ndim - 1) + (3,)
+        )
+
+
+def _crystal_system(number: int) -> str:
+    if number <= 2:
+        return "triclinic"
+    if number <= 15:
+        return "monoclinic"
+    if number <= 74:
+        return "orthorhombic"
+    raise ValueError(f"space group {number} is not supported (only triclinic to orthorhombic)")
+
+
+def canonical_symbol(symbol: str) -> str:
+    """Map user spellings (``P21/c``, ``p2_1/c``, ``14``) to our symbol.
+
+    Raises:
+        ValueError: unknown or unsupported space group (one line).
+    """
+    s = str(symbol).strip()
+    if s.isdigit():
+        for name, (num, _) in _GROUPS.items():
+            if num == int(s):
+                return name
+    norm = s.replace("_", "").replace(" ", "").lower()
+    for name in _GROUPS:
+        if name.replace("_", "").lower() == norm:
+            return name
+    raise ValueError(
+        f"unsupported space group {symbol!r}; supported: {', '.join(_GROUPS)}"
+    )
+
+
+@lru_cache(maxsize=None)
+def get_space_group(symbol: str) -> SpaceGroup:
+    """The :class:`SpaceGroup` for ``symbol`` (see :func:`canonical_symbol`)."""
+    import spglib
+
+    name = canonical_symbol(symbol)
+    number, hall = _GROUPS[name]
+    data = spglib.get_symmetry_from_database(hall)
+    rot = np.asarray(data["rotations"], dtype=float)
+    trans = np.mod(np.asarray(data["translations"], dtype=float), 1.0)
+    rot.setflags(write=False)
+    trans.setflags(write=False)
+    return SpaceGroup(name, number, hall, rot, trans, _crystal_system(number))
+
+
+def parse_space_groups(spec: str | list[str] | tuple[str, ...] | None) -> list[SpaceGroup]:
+    """Parse ``"P2_1/c,P-1"`` or a list of symbols; None gives :data:`DEFAULT_SPACE_GROUPS`.
+
+    Raises:
+        ValueError: empty list or unknown symbol (one line).
+    """
+    if spec is None:
+        names: list[str] = list(DEFAULT_SPACE_GROUPS)
+    elif isinstance(spec, str):
+        names = [s for s in spec.split(",") if s.strip()]
+    else:
+        names = list(spec)
+    if not names:
+        raise ValueError("no space groups given")
+    out: list[SpaceGroup] = []
+    for n in names:
+        sg = get_space_group(canonical_symbol(n))
+        if sg.symbol not in {o.symbol for o in out}:
+            out.append(sg)
+    return out

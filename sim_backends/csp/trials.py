@@ -1,0 +1,388 @@
+"""Quasi-random trial crystal structures for rigid molecules (Z' = 1).
+
+A trial is a point in the search space of one space group: cell parameters, the
+fractional position of the molecular centre of mass and the molecular orientation.
+Points come from a scrambled Sobol sequence (``scipy.stats.qmc.Sobol``, seeded), so a
+fixed seed gives the same trials and the space is covered more evenly than by
+pseudo-random numbers:
+
+* cell shape: log-uniform length ratios up to ``max_aspect``; angles uniform in
+  [60, 120] degrees where the crystal system leaves them free, rejecting nearly
+  flat triclinic cells; the cell is first scaled to ``V = Z * V_mol`` with ``V_mol``
+  the sum of Hofmann's mean atomic volumes in crystals (Hofmann, Acta Cryst. B58,
+  489, 2002);
+* centre: uniform fractional position in the unit cell (the symmetry images fill the
+  rest of the cell, so this covers the asymmetric unit uniformly, several times);
+* orientation: a uniform rotation from three Sobol dimensions (Shoemake, Graphics
+  Gems III, 124, 1992).
+
+Each trial is then scaled uniformly (fractional centres and orientations kept) to
+the smallest scale factor in ``scale_range`` at which no intermolecular contact is
+shorter than ``overlap_ratio`` times the sum of the Bondi van der Waals radii (Bondi,
+J. Phys. Chem. 68, 441, 1964; H = 1.10 A from Rowland & Taylor, J. Phys. Chem. 100,
+7384, 1996), found by bisection for all trials at once. This removes overlaps (the
+"expand the cell" trick) and also contracts sparse trials, so every trial starts
+near van der Waals contact. Trials that still overlap at the largest scale (far too
+sparse to be useful) or have a lattice vector shorter than ``min_length_A`` are
+rejected.
+
+The torch geometry helpers :func:`cell_matrix` and :func:`molecule_coords` build the
+Cartesian coordinates of all Z molecules from these variables; the minimiser uses
+the same functions so that symmetry is kept exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sim_backends.csp.spacegroups import SpaceGroup, get_space_group
+
+if TYPE_CHECKING:
+    import torch
+
+    from sim_backends.csp.rigid import RigidMolecule
+
+#: Hofmann (2002) mean atomic volumes in organic crystals, Angstrom^3
+HOFMANN_VOLUME_A3: dict[str, float] = {
+    "H": 5.08, "C": 13.87, "N": 11.8, "O": 11.39, "F": 11.17, "S": 25.2, "Cl": 25.8,
+}
+#: Bondi van der Waals radii, Angstrom (H from Rowland & Taylor 1996)
+VDW_RADIUS_A: dict[str, float] = {
+    "H": 1.10, "C": 1.70, "N": 1.55, "O": 1.52, "F": 1.47, "S": 1.80, "Cl": 1.75,
+}
+#: 1 amu / A^3 in g/cm^3
+AMU_PER_A3_TO_GCM3 = 1.66053906660
+
+
+def molecular_volume_A3(symbols: tuple[str, ...] | list[str]) -> float:
+    """Hofmann volume estimate of one molecule in a crystal (Angstrom^3)."""
+    try:
+        return float(sum(HOFMANN_VOLUME_A3[s] for s in symbols))
+    except KeyError as exc:
+        raise ValueError(f"no Hofmann volume for element {exc.args[0]!r}") from None
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def cell_matrix(params: torch.Tensor) -> torch.Tensor:
+    """Lattice vectors from cell parameters, in the standard orientation.
+
+    Args:
+        params: (B, 6) a, b, c in Angstrom and alpha, beta, gamma in radians.
+
+    Returns:
+        (B, 3, 3) rows a, b, c: a along x, b in the xy plane (pymatgen's convention
+        up to a rotation).
+    """
+    import torch
+
+    a, b, c, al, be, ga = params.unbind(-1)
+    ca, cb, cg, sg = torch.cos(al), torch.cos(be), torch.cos(ga), torch.sin(ga)
+    zero = torch.zeros_like(a)
+    cx = c * cb
+    cy = c * (ca - cb * cg) / sg
+    cz = torch.sqrt(torch.clamp(c * c - cx * cx - cy * cy, min=1e-8))
+    va = torch.stack([a, zero, zero], -1)
+    vb = torch.stack([b * cg, b * sg, zero], -1)
+    vc = torch.stack([cx, cy, cz], -1)
+    return torch.stack([va, vb, vc], -2)
+
+
+def metric_ok(angles_rad: np.ndarray, min_volume_fraction: float = 0.45) -> np.ndarray:
+    """Whether cells with these angles are far from flat.
+
+    Args:
+        angles_rad: (B, 3) alpha, beta, gamma.
+        min_volume_fraction: minimum of V / (a b c).
+
+    Returns:
+        (B,) booleans.
+    """
+    c = np.cos(angles_rad)
+    g = 1 - (c**2).sum(-1) + 2 * c.prod(-1)
+    return np.sqrt(np.clip(g, 0, None)) >= min_volume_fraction
+
+
+def rotation_from_quaternion(q: torch.Tensor) -> torch.Tensor:
+    """(B, 4) unit quaternions (w, x, y, z) -> (B, 3, 3) rotation matrices."""
+    import torch
+
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        [
+            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
+
+
+def uniform_quaternions(u: np.ndarray) -> np.ndarray:
+    """Shoemake's map from (B, 3) uniforms in [0, 1) to uniform unit quaternions (B, 4)."""
+    u1, u2, u3 = u[:, 0], 2 * math.pi * u[:, 1], 2 * math.pi * u[:, 2]
+    r1, r2 = np.sqrt(1 - u1), np.sqrt(u1)
+    return np.stack([r2 * np.cos(u3), r1 * np.sin(u2), r1 * np.cos(u2), r2 * np.sin(u3)], -1)
+
+
+def molecule_coords(
+    sg: SpaceGroup,
+    cell_A: torch.Tensor,
+    centre_frac: torch.Tensor,
+    rotation: torch.Tensor,
+    body_A: torch.Tensor,
+) -> torch.Tensor:
+    """Cartesian coordinates of all Z symmetry copies of a rigid molecule.
+
+    Each image's centre is wrapped into the unit cell (the wrapping shift is a
+    lattice vector, so energies are unaffected and gradients pass through).
+
+    Args:
+        sg: the space group.
+        cell_A: (B, 3, 3) lattice vectors as rows, Angstrom.
+        centre_frac: (B, 3) fractional centre of the reference molecule.
+        rotation: (B, 3, 3) rotation from the body frame to the Cartesian frame.
+        body_A: (n_atoms, 3) body-frame coordinates (centred), Angstrom.
+
+    Returns:
+        (B, Z, n_atoms, 3) Cartesian coordinates, Angstrom.
+    """
+    import torch
+
+    dt = cell_A.dtype
+    rot_ops = torch.as_tensor(sg.rotations, dtype=dt)
+    tr_ops = torch.as_tensor(sg.translations, dtype=dt)
+    inv_cell = torch.linalg.inv(cell_A)
+    centre_cart = centre_frac.unsqueeze(1) @ cell_A  # (B,1,3)
+    cart = centre_cart + body_A.unsqueeze(0) @ rotation.transpose(1, 2)  # (B,n,3)
+    frac = cart @ inv_cell  # (B,n,3)
+    frac_img = torch.einsum("oij,bnj->boni", rot_ops, frac) + tr_ops[None, :, None, :]
+    centre_img = torch.einsum("oij,bj->boi", rot_ops, centre_frac) + tr_ops[None]
+    shift = -torch.floor(centre_img.detach())  # (B,Z,3)
+    frac_img = frac_img + shift.unsqueeze(2)
+    return torch.einsum("boni,bij->bonj", frac_img, cell_A)
+
+
+# --------------------------------------------------------------------------- contacts
+
+
+def min_contact_ratio(cell_A: torch.Tensor, coords_A: torch.Tensor, radii_A: torch.Tensor,
+                      max_ratio: float = 1.0, chunk: int = 128) -> torch.Tensor:
+    """Closest intermolecular contact relative to the sum of van der Waals radii.
+
+    Args:
+        cell_A: (B, 3, 3) lattice vectors as rows.
+        coords_A: (B, Z, n_atoms, 3) Cartesian coordinates, molecular centres in the cell.
+        radii_A: (n_atoms,) van der Waals radii.
+        max_ratio: contacts are searched up to this ratio; larger results are
+            reported as ``max_ratio`` (no contact that close).
+        chunk: structures processed at once (bounds memory).
+
+    Returns:
+        (B,) min over atom pairs in different molecules (any lattice image) of
+        d_ij / (r_i + r_j), capped at ``max_ratio``.
+    """
+    import torch
+
+    out = []
+    for start in range(0, cell_A.shape[0], chunk):
+        out.append(_min_contact_chunk(cell_A[start:start + chunk], coords_A[start:start + chunk],
+                                      radii_A, max_ratio))
+    return torch.cat(out) if out else torch.zeros(0, dtype=cell_A.dtype)
+
+
+def _min_contact_chunk(cell, coords, radii, max_ratio):
+    import torch
+
+    n_b, n_mol, n_at, _ = coords.shape
+    centres = coords.mean(2)  # (B,Z,3)
+    r_mol = float((coords - centres[:, :, None]).norm(dim=-1).max())
+    reach = 2 * r_mol + 2 * float(radii.max()) * max_ratio
+    inv = torch.linalg.inv(cell)
+    widths = 1.0 / inv.norm(dim=1)  # (B,3) perpendicular widths
+    n_img = torch.ceil(reach / widths).amax(0).long().tolist()
+    grid = torch.cartesian_prod(*[torch.arange(-k, k + 1, dtype=cell.dtype) for k in n_img])
+    shifts = torch.einsum("kl,bld->bkd", grid, cell)  # (B,K,3)
+    dc = centres[:, None, :, None, :] + shifts[:, None, None] - centres[:, :, None, None, :]
+    near = dc.norm(dim=-1) < reach  # (B,Z,Z,K)
+    zero = (grid == 0).all(1)
+    near &= ~(torch.eye(n_mol, dtype=torch.bool)[None, :, :, None] & zero[None, None, None, :])
+    b, i, j, k = near.nonzero().unbind(1)
+    res = torch.full((n_b,), max_ratio, dtype=cell.dtype)
+    if b.numel() == 0:
+        return res
+    xa = coords[b, i]  # (P,n,3)
+    xb = coords[b, j] + shifts[b, k][:, None, :]
+    ratio = torch.cdist(xa, xb) / (radii[:, None] + radii[None, :])
+    pair_min = ratio.flatten(1).amin(1)
+    return res.scatter_reduce(0, b, pair_min, reduce="amin")
+
+
+# --------------------------------------------------------------------------- trials
+
+
+@dataclass
+class TrialSet:
+    """Trial structures of one space group (numpy, float64).
+
+    Attributes:
+        space_group: the group; Z = ``space_group.z``.
+        cell_params: (B, 6) a, b, c (Angstrom), alpha, beta, gamma (degrees).
+        centre_frac: (B, 3) fractional centre of the reference molecule.
+        quaternions: (B, 4) orientation of the reference molecule (w, x, y, z).
+        n_generated: Sobol points drawn to obtain these B trials.
+        n_rejected: points rejected (overlap, sparse or degenerate cells).
+    """
+
+    space_group: SpaceGroup
+    cell_params: np.ndarray
+    centre_frac: np.ndarray
+    quaternions: np.ndarray
+    n_generated: int = 0
+    n_rejected: int = 0
+
+    def __len__(self) -> int:
+        return int(self.cell_params.shape[0])
+
+    def subset(self, idx: np.ndarray | slice) -> TrialSet:
+        """The trials at ``idx``."""
+        return TrialSet(self.space_group, self.cell_params[idx], self.centre_frac[idx],
+                        self.quaternions[idx])
+
+
+def coords_numpy(sg: SpaceGroup, cell_params: np.ndarray, centre: np.ndarray,
+                 quat: np.ndarray, body_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy wrapper of :func:`cell_matrix` + :func:`molecule_coords`.
+
+    Args:
+        cell_params: (B, 6) with angles in degrees; centre (B, 3); quat (B, 4).
+
+    Returns:
+        cells (B, 3, 3) and coords (B, Z, n_atoms, 3), Angstrom.
+    """
+    import torch
+
+    p = torch.as_tensor(cell_params, dtype=torch.float64).clone()
+    p[:, 3:] = torch.deg2rad(p[:, 3:])
+    cell = cell_matrix(p)
+    rot = rotation_from_quaternion(torch.as_tensor(quat, dtype=torch.float64))
+    xyz = molecule_coords(sg, cell, torch.as_tensor(centre, dtype=torch.float64), rot,
+                          torch.as_tensor(body_A, dtype=torch.float64))
+    return cell.numpy(), xyz.numpy()
+
+
+def generate_trials(
+    molecule: RigidMolecule,
+    space_group: str | SpaceGroup,
+    n_trials: int,
+    seed: int = 0,
+    overlap_ratio: float = 0.75,
+    scale_range: tuple[float, float] = (0.8, 1.6),
+    max_aspect: float = 4.0,
+    min_length_A: float = 2.5,
+    max_draws_factor: int = 50,
+) -> TrialSet:
+    """Draw ``n_trials`` accepted trial structures (see the module docstring).
+
+    Args:
+        molecule: the rigid molecule (body-frame ``coords_A``, ``symbols``).
+        space_group: symbol or :class:`SpaceGroup`.
+        n_trials: number of accepted trials wanted (> 0).
+        seed: Sobol scrambling seed; the same seed gives the same trials.
+        overlap_ratio: minimum accepted closest contact / vdW sum.
+        scale_range: range of uniform length scale factors tried, relative to a cell
+            of volume ``Z V_mol`` (0.8 -> V = 0.51 Z V_mol, 1.6 -> 4.1 Z V_mol).
+        max_aspect: largest ratio of two cell lengths before scaling.
+        min_length_A: reject cells with a shorter lattice vector.
+        max_draws_factor: stop after drawing this many times ``n_trials`` points.
+
+    Returns:
+        A :class:`TrialSet`; may hold fewer than ``n_trials`` if too many points were
+        rejected (never more).
+
+    Raises:
+        ValueError: unknown space group or ``n_trials <= 0`` (one line).
+    """
+    from scipy.stats import qmc
+
+    if not isinstance(n_trials, (int, np.integer)) or isinstance(n_trials, bool) or n_trials <= 0:
+        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    sg = space_group if isinstance(space_group, SpaceGroup) else get_space_group(space_group)
+    body = np.asarray(molecule.coords_A, dtype=float)
+    radii = np.array([VDW_RADIUS_A.get(s, 1.8) for s in molecule.symbols])
+    v_mol = molecular_volume_A3(molecule.symbols)
+    free = sg.free_cell_parameters
+
+    # dims: 0-2 cell lengths, 3-5 angles, 6-8 centre, 9-11 orientation
+    engine = qmc.Sobol(d=12, scramble=True, seed=seed)
+    cells: list[np.ndarray] = []
+    centres: list[np.ndarray] = []
+    quats: list[np.ndarray] = []
+    n_drawn = 0
+    while len(cells) < n_trials and n_drawn < max_draws_factor * n_trials:
+        n_draw = int(2 ** math.ceil(math.log2(min(4096, max(64, 2 * (n_trials - len(cells)))))))
+        u = engine.random(n_draw)
+        n_drawn += n_draw
+        ang = np.full((n_draw, 3), 90.0)
+        for k in (3, 4, 5):
+            if k in free:
+                ang[:, k - 3] = 60.0 + 60.0 * u[:, k]
+        lengths = np.exp(np.log(max_aspect) * u[:, 0:3])
+        cosines = np.cos(np.deg2rad(ang))
+        shape_vol = lengths.prod(-1) * np.sqrt(
+            np.clip(1 - (cosines**2).sum(-1) + 2 * cosines.prod(-1), 1e-12, None))
+        lengths *= np.cbrt(sg.z * v_mol / shape_vol)[:, None]
+        params = np.concatenate([lengths, ang], -1)
+        ok = metric_ok(np.deg2rad(ang))
+        params, centre, quat = params[ok], u[ok, 6:9], uniform_quaternions(u[ok, 9:12])
+        scale = _smallest_scale(sg, params, centre, quat, body, radii, overlap_ratio, scale_range)
+        keep = np.isfinite(scale)
+        params[keep, :3] *= scale[keep, None]
+        keep &= params[:, :3].min(1) >= min_length_A
+        for i in np.nonzero(keep)[0][: n_trials - len(cells)]:
+            cells.append(params[i])
+            centres.append(centre[i])
+            quats.append(quat[i])
+    n_rej = n_drawn - len(cells)
+    if not cells:
+        return TrialSet(sg, np.zeros((0, 6)), np.zeros((0, 3)), np.zeros((0, 4)), n_drawn, n_rej)
+    return TrialSet(sg, np.array(cells), np.array(centres), np.array(quats), n_drawn, n_rej)
+
+
+def _smallest_scale(sg, params, centre, quat, body, radii, overlap_ratio, scale_range,
+                    n_bisect: int = 8) -> np.ndarray:
+    """Smallest uniform length scale in ``scale_range`` with no contact below ``overlap_ratio``.
+
+    Bisection on the scale factor for all trials at once (fractional centres and
+    orientations fixed). Returns (B,) scales, +inf where even the largest scale overlaps.
+    """
+    import torch
+
+    radii_t = torch.as_tensor(radii, dtype=torch.float64)
+
+    def passes(scales: np.ndarray) -> np.ndarray:
+        p = params.copy()
+        p[:, :3] *= scales[:, None]
+        cell, xyz = coords_numpy(sg, p, centre, quat, body)
+        ratio = min_contact_ratio(torch.as_tensor(cell), torch.as_tensor(xyz), radii_t,
+                                  max_ratio=overlap_ratio + 0.01)
+        return ratio.numpy() >= overlap_ratio
+
+    n = len(params)
+    lo = np.full(n, scale_range[0])
+    hi = np.full(n, scale_range[1])
+    if n == 0:
+        return hi
+    ok_hi = passes(hi)
+    ok_lo = passes(lo)
+    for _ in range(n_bisect):
+        mid = 0.5 * (lo + hi)
+        ok = passes(mid)
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid)
+    return np.where(ok_lo, scale_range[0], np.where(ok_hi, hi, np.inf))
