@@ -41,7 +41,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.lab.pxrd import TWO_THETA_MAX_DEG, TWO_THETA_MIN_DEG, TWO_THETA_STEP_DEG, bragg_peaks, two_theta_grid
+from agent.lab.pxrd import TWO_THETA_MAX_DEG, TWO_THETA_MIN_DEG, TWO_THETA_STEP_DEG, axis_groups, bragg_peaks, two_theta_grid
 
 if TYPE_CHECKING:
     import numpy as np
@@ -306,7 +306,7 @@ def identify(
     scale_step: float = 0.005,
     zero_shift_max_deg: float = 0.1,
     n_refine: int = 6,
-    match_threshold: float = 0.6,
+    match_threshold: float = 0.8,
     mixture_ratio: float = 0.6,
     min_fraction: float = 0.12,
     mixture_smooth_fwhm_deg: float = 0.15,
@@ -388,12 +388,16 @@ def identify(
         j, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
         best_score[i], best_scale[i], best_shift[i] = s[j, z], iso_scales[j], shifts[z]
 
-    leaders = list(np.argsort(-best_score)[: max(1, n_refine)])
+    leaders = list(np.argsort(-best_score)[: max(0, n_refine)])
     offsets = np.array([-0.015, -0.0075, 0.0, 0.0075, 0.015])
     fine = np.array([-0.00375, 0.0, 0.00375])
     for i in leaders:
+        groups = axis_groups(structures[i])
         for deltas in (offsets, fine):
-            grid3 = np.array(list(itertools.product(deltas, repeat=3)))
+            grid3 = np.zeros((len(deltas) ** len(groups), 3))
+            for row, combo in enumerate(itertools.product(deltas, repeat=len(groups))):
+                for group, d in zip(groups, combo):
+                    grid3[row, group] = d
             scales = np.clip(best_scale[i][None, :] + grid3, scale_range[0] - 0.01, scale_range[1] + 0.01)
             s, _ = scores_for(peaks_of[i], scales)
             j, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)

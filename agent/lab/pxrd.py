@@ -156,6 +156,27 @@ def expand_lattice(structure: Structure, factors: tuple[float, float, float]) ->
     return Structure(lat, structure.species, structure.frac_coords, coords_are_cartesian=False)
 
 
+def axis_groups(structure: Structure, rel_tol: float = 1e-3) -> list[list[int]]:
+    """Lattice axes that symmetry keeps equal under thermal expansion.
+
+    Tetragonal / hexagonal-like metrics (a = b, gamma = 90 or 120 deg) tie a and b;
+    cubic / rhombohedral-like metrics (a = b = c, equal angles) tie all three.
+
+    Returns:
+        Groups of axis indices, e.g. ``[[0, 1], [2]]``.
+    """
+    a, b, c, al, be, ga = structure.lattice.parameters
+
+    def eq(x: float, y: float) -> bool:
+        return abs(x - y) <= rel_tol * max(abs(x), abs(y))
+
+    if eq(a, b) and eq(b, c) and eq(al, be) and eq(be, ga):
+        return [[0, 1, 2]]
+    if eq(a, b) and eq(al, 90.0) and eq(be, 90.0) and (eq(ga, 90.0) or eq(ga, 120.0)):
+        return [[0, 1], [2]]
+    return [[0], [1], [2]]
+
+
 @dataclass(frozen=True)
 class BraggPeaks:
     """Ideal peaks of one structure in a 2-theta window.
@@ -303,10 +324,12 @@ def simulate_pxrd(
     info: dict[str, Any] = {"zero_shift_deg": zero_shift, "broadening": broadening, "eta": eta, "phases": []}
     for structure, fraction in phases:
         iso = rng.uniform(*cond.expansion_iso)
-        factors = tuple(
-            float(np.clip(1.0 + iso + rng.normal(0.0, cond.expansion_aniso_sd), 1 - cond.expansion_limit, 1 + cond.expansion_limit))
-            for _ in range(3)
-        )
+        factors_list = [1.0, 1.0, 1.0]
+        for group in axis_groups(structure):  # symmetry-equivalent axes expand alike
+            f = float(np.clip(1.0 + iso + rng.normal(0.0, cond.expansion_aniso_sd), 1 - cond.expansion_limit, 1 + cond.expansion_limit))
+            for ax in group:
+                factors_list[ax] = f
+        factors = tuple(factors_list)
         expanded = expand_lattice(structure, factors)  # type: ignore[arg-type]
         peaks = bragg_peaks(expanded, wavelength)
         r = float(rng.uniform(*cond.march_dollase_r))

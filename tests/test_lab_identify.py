@@ -1,0 +1,131 @@
+"""PXRD identification: right structure on noisy patterns, no-match, mixtures, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent.lab.identify import identify, snip_background
+from agent.lab.pxrd import simulate_amorphous, simulate_pxrd
+from tests.conftest import cli
+from tests.lab_helpers import target_i_landscape, x23_landscape
+
+
+@pytest.fixture(scope="module")
+def candidates():
+    from agent.lab.landscape import load_x23
+
+    entries = list(target_i_landscape())[:25] + load_x23()
+    return [e.structure for e in entries], [e.structure_id for e in entries]
+
+
+@pytest.mark.parametrize("index, seed", [(0, 11), (7, 12), (30, 13)])
+def test_identify_recovers_structure_from_noisy_pattern(candidates, index, seed):
+    structures, names = candidates
+    x, y, info = simulate_pxrd([(structures[index], 1.0)], np.random.default_rng(seed), "default")
+    res = identify((x, y), structures, names)
+    assert res.best == names[index]
+    assert res.is_match and not res.is_mixture
+    assert res.confidence > 0.9
+    assert res.ranked[0][0] == names[index] and res.score_gap > 0.05
+    # the fitted lattice factors follow the simulated thermal expansion
+    assert np.allclose(res.best_scales, info["phases"][0]["expansion"], atol=0.012)
+
+
+@pytest.mark.slow
+def test_scale_search_beats_plain_correlation(candidates):
+    """Expanded, shifted patterns: the full method ranks the truth first where the
+    plain Pearson baseline and WCC without the scale search mostly do not."""
+    from agent.lab.identify import pearson_rank
+
+    structures, names = candidates
+    n_full = n_plain = n_noscale = 0
+    for k, idx in enumerate((2, 9, 17, 28)):
+        x, y, _ = simulate_pxrd([(structures[idx], 1.0)], np.random.default_rng(40 + k), "high")
+        n_full += identify((x, y), structures, names).ranked[0][0] == names[idx]
+        n_noscale += identify((x, y), structures, names, scale_range=(1.0, 1.0), zero_shift_max_deg=0.0, n_refine=0).ranked[0][0] == names[idx]
+        n_plain += pearson_rank((x, y), structures, names)[0][0] == names[idx]
+    assert n_full >= 3
+    assert n_full > n_plain and n_full > n_noscale
+
+
+def test_amorphous_pattern_is_no_match(candidates):
+    structures, names = candidates
+    x, y, _ = simulate_amorphous(np.random.default_rng(2))
+    res = identify((x, y), structures, names)
+    assert not res.is_match and res.best is None and res.confidence == 0.0
+
+
+def test_structure_not_among_candidates_is_no_match():
+    from agent.lab.landscape import load_x23
+
+    x23 = load_x23()
+    x, y, _ = simulate_pxrd([(target_i_landscape()[0].structure, 1.0)], np.random.default_rng(3), "default")
+    res = identify((x, y), [e.structure for e in x23], [e.structure_id for e in x23])
+    assert not res.is_match
+
+
+def test_two_phase_mixture_is_recognised(candidates):
+    structures, names = candidates
+    x, y, _ = simulate_pxrd([(structures[26], 0.55), (structures[5], 0.45)], np.random.default_rng(21), "default")
+    res = identify((x, y), structures, names)
+    assert res.is_mixture
+    assert {n for n, _ in res.components} == {names[26], names[5]}
+    assert all(0.25 < f < 0.75 for _, f in res.components)
+
+
+def test_snip_removes_background_keeps_peaks():
+    x = np.linspace(5, 40, 1751)
+    bg = 200 + 300 * np.exp(-((x - 20) / 5) ** 2)
+    peaks = 1000 * np.exp(-((x - 15) / 0.05) ** 2)
+    est = snip_background(bg + peaks)
+    # the broad hump stays in the background (clipping flattens its top a little)
+    assert np.max(np.abs(est - bg)[200:-200]) < 0.3 * 300
+    assert (bg + peaks - est)[np.argmin(np.abs(x - 15))] > 900
+
+
+def test_bad_inputs_raise_one_line(candidates):
+    structures, names = candidates
+    with pytest.raises(ValueError, match="at least one candidate"):
+        identify((np.arange(100.0), np.ones(100)), [], [])
+    with pytest.raises(ValueError, match="names"):
+        identify((np.linspace(5, 40, 500), np.ones(500)), structures[:2], ["a"])
+    with pytest.raises(ValueError, match="need at least 10"):
+        identify((np.linspace(5, 8, 500), np.ones(500)), structures[:2], names[:2])
+    with pytest.raises(ValueError, match="non-finite"):
+        identify((np.linspace(5, 40, 500), np.full(500, np.nan)), structures[:2], names[:2])
+
+
+def test_feedback_record_and_figure(candidates):
+    from agent.lab.base import LabResult
+    from agent.lab.feedback import identification_record
+
+    structures, names = candidates
+    x, y, _ = simulate_pxrd([(structures[1], 1.0)], np.random.default_rng(8), "default")
+    result = LabResult("fb", "crystalline", tuple(x), tuple(y))
+    record, fig = identification_record(result, names, structures)
+    assert record.matched_structure_id == names[1] and record.is_match and not record.is_mixture
+    assert json.dumps(record.to_dict())
+    assert len(fig.axes[0].lines) == 3
+
+
+@pytest.mark.slow
+def test_cli_identify_json_and_errors(tmp_path):
+    from agent.lab.landscape import write_cif_dir
+
+    entries = list(x23_landscape())
+    write_cif_dir(entries, tmp_path / "cifs")
+    x, y, _ = simulate_pxrd([(entries[2].structure, 1.0)], np.random.default_rng(5), "default")
+    np.savetxt(tmp_path / "p.xy", np.column_stack([x, y]), header="2theta counts")
+    out = cli("lab", "identify", str(tmp_path / "p.xy"), "--structures", str(tmp_path / "cifs"), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["structures"][0]["file"] == f"{entries[2].structure_id}.cif"
+    assert len(data["structures"]) == len(entries)
+    bad = cli("lab", "identify", str(tmp_path / "missing.xy"), "--structures", str(tmp_path / "cifs"))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
+    (tmp_path / "junk.xy").write_text("a b\nc d\n")
+    bad = cli("lab", "identify", str(tmp_path / "junk.xy"), "--structures", str(tmp_path / "cifs"))
+    assert bad.returncode == 2 and "error" in bad.stderr
