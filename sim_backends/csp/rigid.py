@@ -132,6 +132,7 @@ class RigidMolecule:
         if mol is None:
             raise SetupError(f"invalid SMILES {smiles!r}")
         canonical = Chem.MolToSmiles(mol)
+        mol = Chem.MolFromSmiles(canonical)  # canonical atom order: same conformer, same cache entry
         if len(Chem.GetMolFrags(mol)) != 1:
             raise SetupError(f"{canonical}: more than one molecule (fragments); give a single molecule")
         if any(a.GetFormalCharge() != 0 for a in mol.GetAtoms()):
