@@ -10,7 +10,16 @@ import contextlib
 
 import pytest
 
-from agent.lab.base import ADAPTERS, LabRequest, LabRequestError, LabStatus, LabTicket, UnknownTicketError, get_adapter
+from agent.lab.base import (
+    ADAPTERS,
+    LabRequest,
+    LabRequestError,
+    LabStatus,
+    LabTicket,
+    UnknownAdapterError,
+    UnknownTicketError,
+    get_adapter,
+)
 from tests.lab_helpers import FakeClock, wait_terminal, x23_landscape
 
 TOKEN = "contract-token-0123"
@@ -138,3 +147,38 @@ def test_bad_requests_are_one_line_errors(kwargs, msg):
     with pytest.raises(LabRequestError, match=msg) as err:
         LabRequest(**{**base, **kwargs})
     assert "\n" not in str(err.value)
+
+
+def test_lab_modules_import_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import agent.lab, agent.lab.base, agent.lab.simulated, agent.lab.pxrd, agent.lab.identify, agent.lab.network\n"
+        "import agent.lab.server, agent.lab.safety, agent.lab.cli, agent.lab.feedback, agent.lab.landscape, agent.lab.config\n"
+        "print([m for m in ('torch', 'ray', 'pymatgen', 'mlflow', 'rdkit', 'numpy', 'scipy', 'ase') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_lab_config_builds_adapters_and_rejects_secrets(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from agent.lab.config import LabConfig, build_adapter
+    from agent.lab.safety import GuardedAdapter
+    from agent.lab.simulated import SimulatedLab
+
+    with pytest.raises(ValidationError, match="CRYSTAL_AGENT_LAB_TOKEN"):
+        LabConfig(adapter="network", params={"token": "abc"})
+    with pytest.raises(ValidationError):
+        LabConfig(auto_aprove=True)
+    sim = build_adapter(LabConfig(landscape="x23"), tmp_path)
+    assert isinstance(sim, SimulatedLab) and sim.health()["n_forms"]["*"] == 17
+    monkeypatch.setenv("CRYSTAL_AGENT_LAB_TOKEN", TOKEN)
+    net = build_adapter(LabConfig(adapter="network", daily_budget=3, params={"base_url": "http://127.0.0.1:9"}), tmp_path)
+    assert isinstance(net, GuardedAdapter) and net.daily_budget == 3 and not net.auto_approve
+    assert (tmp_path / "lab_approvals.sqlite").is_file()
+    with pytest.raises(UnknownAdapterError):
+        get_adapter("robot-arm")

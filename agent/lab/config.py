@@ -1,0 +1,78 @@
+"""The ``[lab]`` table of a campaign config, and building the adapter it describes.
+
+Example ``campaign.toml`` section (the token is never written here: it comes from
+``$CRYSTAL_AGENT_LAB_TOKEN`` or ``token_file``)::
+
+    [lab]
+    adapter = "network"
+    auto_approve = false        # hold every request for `crystal-agent lab approve`
+    daily_budget = 10           # experiments per UTC day
+    params = { base_url = "https://lab.example.org/api", timeout_s = 20 }
+
+The lead adds ``lab: LabConfig | None = None`` to ``CampaignConfig`` and calls
+:func:`build_adapter` with the campaign directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.lab.base import LabAdapter, get_adapter
+
+_SECRET_KEYS = {"token", "password", "api_key", "secret"}
+
+
+class LabConfig(BaseModel):
+    """Lab settings of a campaign.
+
+    Attributes:
+        adapter: registered adapter name ("simulated", "network").
+        params: constructor arguments of the adapter (never a token in clear).
+        auto_approve: send requests of hardware adapters without manual approval.
+        daily_budget: at most this many experiments per UTC day (None: no cap).
+        landscape: for the simulated adapter: "target_I", "x23" or a CIF folder.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    adapter: str = "simulated"
+    params: dict[str, Any] = Field(default_factory=dict)
+    auto_approve: bool = False
+    daily_budget: int | None = Field(default=None, ge=0)
+    landscape: str = "target_I"
+
+    @field_validator("params")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(k for k in v if k.lower() in _SECRET_KEYS)
+        if bad:
+            raise ValueError(f"put the lab {bad[0]} in $CRYSTAL_AGENT_LAB_TOKEN or a token_file, not in the config")
+        return v
+
+
+def load_landscape(spec: str) -> list[Any]:
+    """Landscape entries for a :attr:`LabConfig.landscape` spec."""
+    from agent.lab.landscape import load_cif_dir, load_target_i, load_x23
+
+    if spec == "target_I":
+        return load_target_i()
+    if spec == "x23":
+        return load_x23()
+    return load_cif_dir(Path(spec))
+
+
+def build_adapter(cfg: LabConfig, campaign_dir: str | Path) -> LabAdapter:
+    """The adapter a campaign uses; hardware adapters come behind the approval gate.
+
+    The simulated adapter gets its landscape from ``cfg.landscape`` unless
+    ``params`` gives one.
+    """
+    params = dict(cfg.params)
+    if cfg.adapter == "simulated" and "landscape" not in params:
+        params["landscape"] = load_landscape(cfg.landscape)
+    return get_adapter(
+        cfg.adapter, campaign_dir=str(campaign_dir), auto_approve=cfg.auto_approve, daily_budget=cfg.daily_budget, **params
+    )
