@@ -293,7 +293,10 @@ class MoleculeSurrogate:
         self._factorise()
 
     def _fit_hyperparameters(self) -> None:
-        """MAP estimate of B, means and noises by L-BFGS on a subset of observations.
+        """MAP estimate of B, means and noises by L-BFGS-B on a subset of observations.
+
+        As BoTorch's ``fit_gpytorch_mll``: scipy's L-BFGS-B with torch autograd
+        gradients (``torch.optim`` would import ``torch._dynamo``, ~5 s).
 
         ``B = F F^T + diag(kappa)`` is the parametrisation of GPyTorch's
         ``IndexKernel``; the noise variances carry the Gamma(1.1, 0.05) prior that
@@ -315,48 +318,49 @@ class MoleculeSurrogate:
         kt = self._gram[self.obs_u[sub]][:, self.obs_u[sub]]
         onehot = torch.nn.functional.one_hot(torch.as_tensor(self.obs_f[sub]), nf).double()
         y = torch.as_tensor(self.obs_y[sub], dtype=torch.float64)
-        params = {k: torch.nn.Parameter(torch.as_tensor(v.copy(), dtype=torch.float64))
-                  for k, v in self.hyper.items()}
+        names = list(self.hyper)
+        shapes = [self.hyper[k].shape for k in names]
+        sizes = [int(np.prod(sh)) for sh in shapes]
         noise_prior = torch.distributions.Gamma(torch.tensor(1.1, dtype=torch.float64),
                                                 torch.tensor(0.05, dtype=torch.float64))
         jitter = 1e-6 * torch.eye(len(sub), dtype=torch.float64)
 
-        def loss() -> torch.Tensor:
-            b = params["factor"] @ params["factor"].T + torch.diag(params["log_kappa"].exp())
-            noise = NOISE_FLOOR + params["log_noise"].exp()
+        def unpack(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            parts = torch.split(x, sizes)
+            return {k: p.reshape(sh) for k, p, sh in zip(names, parts, shapes, strict=True)}
+
+        def loss_and_grad(x_np: np.ndarray) -> tuple[float, np.ndarray]:
+            x = torch.as_tensor(x_np, dtype=torch.float64).requires_grad_(True)
+            p = unpack(x)
+            b = p["factor"] @ p["factor"].T + torch.diag(p["log_kappa"].exp())
+            noise = NOISE_FLOOR + p["log_noise"].exp()
             k = kt * (onehot @ b @ onehot.T) + torch.diag(onehot @ noise) + jitter
             chol, info = torch.linalg.cholesky_ex(k)
             if int(info) != 0:
-                return torch.tensor(1e10, dtype=torch.float64)
-            r = (y - onehot @ params["mean"]).unsqueeze(-1)
+                return 1e10, np.zeros_like(x_np)
+            r = (y - onehot @ p["mean"]).unsqueeze(-1)
             a = torch.cholesky_solve(r, chol)
             nll = 0.5 * (r * a).sum() + chol.diagonal().log().sum()
-            nll = nll - noise_prior.log_prob(noise).sum()
-            return nll / len(sub)
+            nll = (nll - noise_prior.log_prob(noise).sum()) / len(sub)
+            (grad,) = torch.autograd.grad(nll, x)
+            return float(nll.detach()), grad.numpy().copy()
 
+        from scipy.optimize import minimize
+
+        x0 = np.concatenate([self.hyper[k].ravel() for k in names])
         n_iter = self.n_iter_first if self.n_fits == 0 else self.n_iter_refit
-        opt = torch.optim.LBFGS(list(params.values()), lr=1.0, max_iter=n_iter,
-                                line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            value = loss()
-            if value.requires_grad:
-                value.backward()
-            return value
-
         n_threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            opt.step(closure)
-        except RuntimeError:
-            return
+            res = minimize(loss_and_grad, x0, jac=True, method="L-BFGS-B",
+                           options={"maxiter": n_iter})
         finally:
             torch.set_num_threads(n_threads)
-        new = {k: v.detach().numpy().copy() for k, v in params.items()}
+        if not np.all(np.isfinite(res.x)) or not np.isfinite(res.fun) or res.fun >= 1e10:
+            return
+        new = {k: v.detach().numpy().copy() for k, v in unpack(torch.as_tensor(res.x)).items()}
         new["log_kappa"] = np.clip(new["log_kappa"], np.log(1e-6), np.log(1e3))
-        if all(np.all(np.isfinite(v)) for v in new.values()):
-            self.hyper = new
+        self.hyper = new
 
     def _factorise(self) -> None:
         """Cholesky factor of the full training covariance and ``alpha = K^-1 (y - mu)``."""
@@ -372,12 +376,10 @@ class MoleculeSurrogate:
         u = torch.as_tensor(self.obs_u)
         k = self._gram[u][:, u] * b[fid][:, fid]
         k = k + torch.diag(torch.as_tensor(self.noise())[fid])
-        jitter = 1e-6
-        for _ in range(6):
+        for jitter in (0.0, 1e-8, 1e-6, 1e-4, 1e-2):
             chol, info = torch.linalg.cholesky_ex(k + jitter * torch.eye(n, dtype=torch.float64))
             if int(info) == 0:
                 break
-            jitter *= 10
         else:
             raise RuntimeError("training covariance is not positive definite")
         r = torch.as_tensor(self.obs_y - self.hyper["mean"][self.obs_f]).unsqueeze(-1)
@@ -523,9 +525,10 @@ class MoleculeSurrogate:
             s.obs_y = np.asarray(state["obs_y"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a MoleculeSurrogate state dict: {type(exc).__name__}: {exc}") from None
-        from agent.surrogates.fingerprints import tanimoto_matrix
-
-        s._gram = torch.as_tensor(tanimoto_matrix(s.train_fps, s.train_fps))
+        # the same float32 arithmetic as the pool cache, so predictions are bit-identical
+        gram = FingerprintIndex(s.train_fps).similarity_to(s.train_fps) if len(s.train_fps) \
+            else np.zeros((0, 0))
+        s._gram = torch.as_tensor(gram.astype(np.float64))
         s._factorise()
         return s
 

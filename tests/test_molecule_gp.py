@@ -1,0 +1,206 @@
+"""Tests of the molecule-level multi-fidelity Tanimoto GP and its fingerprints."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from agent.surrogates.fingerprints import (
+    FingerprintIndex,
+    morgan_fingerprints,
+    tanimoto_matrix,
+)
+from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
+
+CORES = ["c1cc({a})c({b})cc1", "c1ccc2cc({a})c({b})cc2c1", "c1c({a})sc({b})c1", "n1cc({a})c({b})cc1"]
+SUBS = ["", "C", "CC", "OC", "F", "Cl", "C#N", "N", "C(=O)C", "C(F)(F)F"]
+
+
+def small_pool() -> list[str]:
+    """Up to 400 real, valid SMILES from four aromatic cores and ten substituents."""
+    from rdkit import Chem
+
+    out: list[str] = []
+    for core in CORES:
+        for a in SUBS:
+            for b in SUBS:
+                m = Chem.MolFromSmiles(core.format(a=a, b=b).replace("()", ""))
+                s = Chem.MolToSmiles(m)
+                if s not in out:
+                    out.append(s)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool():
+    smiles = small_pool()
+    fps = morgan_fingerprints(smiles, n_bits=1024)
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=fps.shape[1]) * (rng.random(fps.shape[1]) < 0.5)
+    latent = fps @ w
+    return smiles, fps, (latent - latent.mean()) / latent.std()
+
+
+def brute_force_tanimoto(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(a), len(b)))
+    for i, x in enumerate(a.astype(bool)):
+        for j, y in enumerate(b.astype(bool)):
+            union = np.sum(x | y)
+            out[i, j] = np.sum(x & y) / union if union else 0.0
+    return out
+
+
+def test_morgan_fingerprints_shape_and_invalid_row():
+    fps = morgan_fingerprints(["c1ccccc1O", "not a smiles", "CCO"], n_bits=512, radius=2)
+    assert fps.shape == (3, 512) and fps.dtype == np.uint8
+    assert fps[1].sum() == 0 and fps[0].sum() > 5 and set(np.unique(fps)) <= {0, 1}
+    with pytest.raises(ValueError, match="n_bits"):
+        morgan_fingerprints(["C"], n_bits=0)
+
+
+def test_tanimoto_kernel_matches_numpy(pool):
+    import torch
+
+    from agent.surrogates.molecule_gp import TanimotoKernel
+
+    _, fps, _ = pool
+    a = np.vstack([fps[:7], np.zeros((1, fps.shape[1]), dtype=np.uint8)])
+    b = fps[5:16]
+    expected = brute_force_tanimoto(a, b)
+    kernel = TanimotoKernel()
+    got = kernel(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    np.testing.assert_allclose(got.to_dense().detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    diag = kernel(torch.as_tensor(b, dtype=torch.float64), diag=True).detach().numpy()
+    np.testing.assert_allclose(diag, np.ones(len(b)))
+    np.testing.assert_allclose(tanimoto_matrix(a, b), expected, rtol=1e-12)
+    np.testing.assert_allclose(FingerprintIndex(a).similarity_to(b), expected, rtol=1e-6)
+    # a valid kernel: the Gram matrix is positive semi-definite
+    gram = kernel(torch.as_tensor(fps[:60], dtype=torch.float64)).to_dense().detach().numpy()
+    assert np.linalg.eigvalsh(gram).min() > -1e-9
+
+
+def _exact_icm_posterior(model: MoleculeSurrogate, fps: np.ndarray, rows: np.ndarray, t: int):
+    """Textbook GP posterior (dense numpy) from the fitted hyperparameters."""
+    b, noise = model.coregionalisation(), model.noise()
+    x_train = model.train_fps[model.obs_u]
+    k_train = tanimoto_matrix(x_train, x_train) * b[np.ix_(model.obs_f, model.obs_f)]
+    k_train += np.diag(noise[model.obs_f])
+    k_cross = tanimoto_matrix(fps[rows], x_train) * b[t, model.obs_f]
+    resid = model.obs_y - model.hyper["mean"][model.obs_f]
+    mean = model.hyper["mean"][t] + k_cross @ np.linalg.solve(k_train, resid)
+    var = b[t, t] - np.einsum("ij,ji->i", k_cross, np.linalg.solve(k_train, k_cross.T))
+    return model.y_loc + model.y_scale * mean, model.y_scale * np.sqrt(var)
+
+
+def test_gp_interpolates_and_is_uncertain_far_away(pool):
+    smiles, fps, y = pool
+    benzene_rows = [i for i, s in enumerate(smiles) if "s" not in s and "n" not in s and len(s) < 14]
+    train = benzene_rows[:25]
+    obs = [Observation(i, 0, 10.0 + 3.0 * float(y[i])) for i in train]
+    model = MoleculeSurrogate(1, seed=0)
+    model.fit(fps, obs)
+    mean, std = model.predict(fps[train], 0)
+    np.testing.assert_allclose(mean, [o.value for o in obs], atol=0.35 * 3.0)
+    far = [i for i, s in enumerate(smiles) if "s" in s][:20]
+    _, std_far = model.predict(fps[far], 0)
+    assert np.median(std_far) > 2.0 * np.median(std)
+    # the cached, lazy implementation equals the dense textbook formulas
+    rows = np.array(train[:5] + far[:5])
+    ref_mean, ref_std = _exact_icm_posterior(model, fps, rows, 0)
+    got_mean, got_std = model.predict(fps[rows], 0)
+    np.testing.assert_allclose(got_mean, ref_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_std, ref_std, rtol=1e-4, atol=1e-5)
+
+
+def test_multifidelity_learns_offset_and_scale(pool):
+    _, fps, y = pool
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(len(fps))
+    cheap_rows, top_rows = rows[:160], rows[:30]
+    cheap = 5.0 * y  # xTB-like
+    top = 1.3 * 5.0 * y + 20.0  # DFT-like: scaled and shifted
+    obs = [Observation(int(i), 0, float(cheap[i])) for i in cheap_rows]
+    obs += [Observation(int(i), 1, float(top[i])) for i in top_rows]
+    model = MoleculeSurrogate(2, seed=1)
+    model.fit(fps, obs)
+    b = model.coregionalisation()
+    assert b[0, 1] / np.sqrt(b[0, 0] * b[1, 1]) > 0.9
+    assert abs(np.diff(model.fidelity_means())[0] - 20.0) < 3.0
+    only_cheap = rows[30:160]
+    mean, _ = model.predict(fps[only_cheap], 1)
+    mae_mf = np.mean(np.abs(mean - top[only_cheap]))
+    # the same expensive data without the cheap level
+    single = MoleculeSurrogate(1, seed=1)
+    single.fit(fps, [Observation(o.mol_index, 0, o.value) for o in obs if o.fidelity == 1])
+    mean_single, _ = single.predict(fps[only_cheap], 0)
+    mae_single = np.mean(np.abs(mean_single - top[only_cheap]))
+    assert mae_mf < 0.3 * mae_single
+    assert mae_mf < 0.15 * np.std(top)
+    ref_mean, ref_std = _exact_icm_posterior(model, fps, only_cheap[:8], 1)
+    got_mean, got_std = model.predict(fps[only_cheap[:8]], 1)
+    np.testing.assert_allclose(got_mean, ref_mean, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got_std, ref_std, rtol=1e-3, atol=1e-4)
+
+
+def test_warm_refit_and_holdout(pool):
+    _, fps, y = pool
+    obs = [Observation(i, 0, float(y[i])) for i in range(0, 120, 2)]
+    obs += [Observation(i, 1, float(2 * y[i] + 1)) for i in range(0, 60, 4)]
+    model = MoleculeSurrogate(2, seed=0)
+    model.fit(fps, obs[:40])
+    model.fit(fps, obs)
+    assert model.n_fits == 2
+    mae = model.holdout_error(fps, obs, fraction=0.3, seed=0)
+    assert mae is not None and 0.0 <= mae < 2.0 * np.std([o.value for o in obs if o.fidelity == 1])
+    assert model.holdout_error(fps, obs[:5], fraction=0.3, seed=0) is None
+    assert model.holdout_error(fps, obs, fraction=0.0, seed=0) is None
+
+
+def test_state_dict_round_trip(pool):
+    _, fps, y = pool
+    obs = [Observation(i, i % 2, float(y[i] + (i % 2))) for i in range(0, 90, 3)]
+    model = MoleculeSurrogate(2, seed=4)
+    model.fit(fps, obs)
+    blob = pickle.dumps(model.state_dict())
+    loaded = MoleculeSurrogate.load_state_dict(pickle.loads(blob))
+    for f in range(2):
+        m1, s1 = model.predict(fps, f)
+        m2, s2 = loaded.predict(fps, f)
+        np.testing.assert_array_equal(m1, m2)
+        np.testing.assert_array_equal(s1, s2)
+    with pytest.raises(ValueError, match="state dict"):
+        MoleculeSurrogate.load_state_dict({"n_fidelities": 2})
+
+
+def test_bad_input_gives_one_line_errors(pool):
+    _, fps, _ = pool
+    model = MoleculeSurrogate(2)
+    bad = [
+        [Observation(len(fps), 0, 1.0)],
+        [Observation(0, 2, 1.0)],
+        [Observation(0, 0, float("nan"))],
+    ]
+    for obs in bad:
+        with pytest.raises(ValueError) as err:
+            model.fit(fps, obs)
+        assert "\n" not in str(err.value)
+    model.fit(fps, [Observation(0, 0, 1.0), Observation(1, 0, 2.0)])
+    with pytest.raises(ValueError, match="bits"):
+        model.predict(np.zeros((2, 64), dtype=np.uint8), 0)
+    with pytest.raises(ValueError, match="fidelity"):
+        model.predict(fps, 5)
+    with pytest.raises(ValueError):
+        MoleculeSurrogate(0)
+
+
+def test_light_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, agent.surrogates.molecule_gp, agent.surrogates.fingerprints, "
+            "agent.acquisition\nprint([m for m in ('torch','gpytorch','botorch','rdkit','scipy') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
