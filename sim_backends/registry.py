@@ -18,6 +18,7 @@ BUILTIN: dict[str, str] = {
     "dft-reorg": "sim_backends.reorg:DftReorgBackend",
     "replay": "sim_backends.replay:ReplayBackend",
     "diagnostic": "sim_backends.diagnostic:DiagnosticBackend",
+    "csp-ff": "sim_backends.csp.backend:CSPBackend",
     "xtb-crystal": "sim_backends.xtb_crystal:XtbCrystalBackend",
     "phonon": "sim_backends.phonons:PhononBackend",
 }

@@ -1,0 +1,84 @@
+"""``crystal-agent csp``: run crystal structure prediction from the command line.
+
+    crystal-agent csp SMILES_OR_FILE --n-trials N [--space-groups P2_1/c,P-1]
+                      [--out DIR] [--seed S] [--json] [--charges resp|xtb]
+                      [--workers W] [--energy-window E]
+
+Prints a table of the lowest minima (or, with ``--json``, one JSON object with the
+landscape records without CIF text) and writes the landscape to ``--out`` when
+given. Errors are one line on stderr with exit code 2.
+
+Importing this module is cheap (argparse only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``csp`` sub-command to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "csp", help="crystal structure prediction for a rigid molecule (W99 force field)",
+        description="Crystal structure prediction: Sobol trials, batched rigid-body "
+                    "lattice-energy minimisation, duplicate removal.")
+    p.add_argument("molecule", metavar="SMILES_OR_FILE",
+                   help="SMILES, or a .smi/.txt file (first SMILES) or .xyz/.mol/.sdf geometry")
+    p.add_argument("--n-trials", type=int, required=True, help="number of trial structures")
+    p.add_argument("--space-groups", default=None,
+                   help="comma-separated, e.g. P2_1/c,P-1 (default: ten common groups)")
+    p.add_argument("--out", default=None, help="directory for landscape.csv, CIFs, plot")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--charges", choices=("resp", "xtb"), default="resp",
+                   help="point charges: RESP fit to the HF/6-31G* ESP (pyscf) or GFN2-xTB")
+    p.add_argument("--workers", type=int, default=1, help="parallel Ray workers (CPUs)")
+    p.add_argument("--energy-window", type=float, default=20.0,
+                   help="keep minima within this many kJ/mol of the lowest")
+    p.add_argument("--top", type=int, default=15, help="rows printed in the table")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=run_csp_command)
+    return p
+
+
+def run_csp_command(args: argparse.Namespace) -> int:
+    """Run the ``csp`` sub-command; returns the exit code (2 on bad input)."""
+    from sim_backends.base import BackendError
+    from sim_backends.csp.run import run_csp
+
+    try:
+        if args.n_trials <= 0:
+            raise ValueError(f"--n-trials must be positive, got {args.n_trials}")
+        landscape = run_csp(
+            args.molecule, args.n_trials, space_groups=args.space_groups, seed=args.seed,
+            energy_window_kjmol=args.energy_window, out_dir=args.out,
+            progress=not args.json and sys.stderr.isatty(), n_workers=args.workers,
+            charges=args.charges,
+        )
+    except (ValueError, BackendError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"crystal-agent csp: error: {msg}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"smiles": landscape.smiles, "meta": landscape.meta,
+                          "minima": landscape.to_records(with_cif=False)}, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    e0 = landscape.minima[0].energy_kjmol if landscape.minima else 0.0
+    table = Table(title=f"CSP {landscape.smiles}: {len(landscape)} unique minima from "
+                        f"{landscape.meta.get('n_trials')} trials "
+                        f"({landscape.meta.get('wall_s', 0):.0f} s)")
+    for col in ("id", "E (kJ/mol)", "dE", "density (g/cm3)", "space group", "searched in", "Z", "mult"):
+        table.add_column(col, justify="right")
+    for m in landscape.minima[: args.top]:
+        table.add_row(m.id, f"{m.energy_kjmol:.2f}", f"{m.energy_kjmol - e0:.2f}",
+                      f"{m.density_gcm3:.3f}", m.space_group, m.search_space_group, str(m.z),
+                      str(m.multiplicity))
+    Console().print(table)
+    if args.out:
+        print(f"landscape written to {args.out}")
+    return 0

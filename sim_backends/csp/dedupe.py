@@ -1,0 +1,140 @@
+"""Duplicate removal and symmetry detection for minimised crystal structures.
+
+Many trials minimise to the same crystal, often in different cells, origins, atom
+orders or even different search space groups (a P-1 structure found in P1 with Z=2).
+Duplicates are merged in two stages:
+
+1. a pre-filter: two minima can only be the same if their energies differ by less
+   than ``energy_tol_kjmol`` and their densities by less than ``density_tol_gcm3``
+   (candidates sorted by energy, so each minimum is compared with a short window);
+2. pymatgen's ``StructureMatcher`` on the heavy atoms (hydrogens follow the rigid
+   molecule) with ``ltol=0.2, stol=0.3, angle_tol=5`` degrees, ``primitive_cell=True``,
+   ``scale=False`` (same force field, so volumes are compared as they are) and
+   ``attempt_supercell=True`` (cells with different Z).
+
+The lowest-energy member of a group represents it; its ``multiplicity`` counts how
+many minima (trials) fell into the group, a rough measure of the basin size.
+
+Symmetry is detected after minimisation with spglib (through pymatgen's
+``SpacegroupAnalyzer``) at ``symprec=0.1`` A, so a Z'=1 search in a subgroup reports
+the full space group of a structure with molecules on special positions.
+
+Importing this module is cheap: pymatgen is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+#: StructureMatcher tolerances used for duplicate removal
+MATCHER_KWARGS: dict[str, Any] = {
+    "ltol": 0.2, "stol": 0.3, "angle_tol": 5.0, "primitive_cell": True, "scale": False,
+    "attempt_supercell": True,
+}
+
+
+def to_structure(symbols: tuple[str, ...] | list[str], cell_A: np.ndarray,
+                 coords_A: np.ndarray) -> Structure:
+    """A pymatgen Structure from a cell and Cartesian coordinates.
+
+    Args:
+        symbols: (n_atoms,) element symbols of one molecule.
+        cell_A: (3, 3) lattice vectors as rows, Angstrom.
+        coords_A: (Z, n_atoms, 3) Cartesian coordinates (molecules kept whole; sites
+            are not wrapped so that the molecules stay intact in the CIF).
+    """
+    from pymatgen.core import Lattice, Structure
+
+    z = coords_A.shape[0]
+    return Structure(Lattice(np.asarray(cell_A)), list(symbols) * z,
+                     np.asarray(coords_A).reshape(-1, 3), coords_are_cartesian=True,
+                     to_unit_cell=False)
+
+
+def heavy_atoms(structure: Structure) -> Structure:
+    """A copy without hydrogens (unchanged if the molecule is all hydrogen)."""
+    s = structure.copy()
+    if any(sp.symbol != "H" for sp in s.species):
+        s.remove_species(["H"])
+    return s
+
+
+def detect_space_group(structure: Structure, symprec: float = 0.1,
+                       angle_tolerance: float = 5.0) -> tuple[str, int]:
+    """(Hermann-Mauguin symbol, number) of ``structure`` found by spglib, ("P1", 1) on failure."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        sga = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance)
+        return sga.get_space_group_symbol(), int(sga.get_space_group_number())
+    except Exception:  # noqa: BLE001 - spglib failures just mean "no symmetry found"
+        return "P1", 1
+
+
+@dataclass
+class Candidate:
+    """A minimum to be deduplicated.
+
+    Attributes:
+        energy_kjmol: lattice energy per molecule.
+        density_gcm3: density.
+        structure: the structure (all atoms).
+        payload: anything the caller wants carried along (e.g. search metadata).
+        multiplicity: minima merged into this one (1 for a fresh candidate).
+    """
+
+    energy_kjmol: float
+    density_gcm3: float
+    structure: Structure
+    payload: dict[str, Any] = field(default_factory=dict)
+    multiplicity: int = 1
+    _heavy: Any = None
+
+    def heavy(self) -> Structure:
+        if self._heavy is None:
+            self._heavy = heavy_atoms(self.structure)
+        return self._heavy
+
+
+def dedupe(
+    candidates: list[Candidate],
+    energy_tol_kjmol: float = 1.0,
+    density_tol_gcm3: float = 0.03,
+    matcher_kwargs: dict[str, Any] | None = None,
+) -> list[Candidate]:
+    """Merge duplicate minima (see the module docstring).
+
+    Args:
+        candidates: minima in any order (their ``multiplicity`` is added up).
+        energy_tol_kjmol: largest energy difference of two copies of one minimum.
+        density_tol_gcm3: largest density difference of two copies.
+        matcher_kwargs: overrides of :data:`MATCHER_KWARGS`.
+
+    Returns:
+        The unique minima sorted by energy, each the lowest-energy member of its group.
+    """
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher(**{**MATCHER_KWARGS, **(matcher_kwargs or {})})
+    kept: list[Candidate] = []
+    for cand in sorted(candidates, key=lambda c: c.energy_kjmol):
+        match = None
+        for rep in reversed(kept):
+            if cand.energy_kjmol - rep.energy_kjmol > energy_tol_kjmol:
+                break
+            if abs(cand.density_gcm3 - rep.density_gcm3) > density_tol_gcm3:
+                continue
+            if matcher.fit(rep.heavy(), cand.heavy()):
+                match = rep
+                break
+        if match is None:
+            kept.append(cand)
+        else:
+            match.multiplicity += cand.multiplicity
+    return kept

@@ -1,0 +1,251 @@
+"""End-to-end CSP run: trials -> batched minimisation -> duplicate removal -> landscape.
+
+:func:`run_csp` splits the trials over the requested space groups, minimises them
+in batches (one space group per batch, so Z is shared), either in this process or
+as Ray tasks on a local instance with ``n_workers`` CPUs, keeps the converged minima
+within ``energy_window_kjmol`` of the lowest one, removes duplicates, detects the
+space group of each unique minimum and returns a :class:`Landscape` (written to
+``out_dir`` when given).
+
+Importing this module is cheap; torch, ray, pymatgen and rich are imported inside
+the functions.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim_backends.csp.landscape import CSPMinimum, Landscape
+from sim_backends.csp.spacegroups import SpaceGroup, parse_space_groups
+
+
+def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
+                  cache_dir: str | Path | None = None) -> Any:
+    """A RigidMolecule from a SMILES string, an existing molecule or a file.
+
+    Files: ``.smi``/``.txt`` (first token of the first non-empty line is the SMILES),
+    ``.xyz``/``.mol``/``.sdf`` (read with ASE; given geometry, RESP/xTB charges are not
+    computed for these -- use SMILES for charges).
+
+    Raises:
+        SetupError: invalid SMILES, unreadable file, unsupported molecule (one line).
+    """
+    from sim_backends.base import SetupError
+    from sim_backends.csp.rigid import RigidMolecule
+
+    if hasattr(smiles_or_molecule, "coords_A") and hasattr(smiles_or_molecule, "ff_types"):
+        return smiles_or_molecule
+    if not isinstance(smiles_or_molecule, (str, Path)):
+        raise SetupError(f"expected a SMILES string, a file or a RigidMolecule, got "
+                         f"{type(smiles_or_molecule).__name__}")
+    text = str(smiles_or_molecule).strip()
+    path = Path(text)
+    if path.suffix.lower() in {".smi", ".txt", ".xyz", ".mol", ".sdf"}:
+        if not path.is_file():
+            raise SetupError(f"no such file: {text}")
+        if path.suffix.lower() in {".smi", ".txt"}:
+            lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+            if not lines:
+                raise SetupError(f"{text}: no SMILES in file")
+            text = lines[0][0]
+        else:
+            from ase.io import read
+
+            try:
+                atoms = read(path)
+            except Exception as exc:  # noqa: BLE001 - any parser error is a bad file
+                raise SetupError(f"{text}: cannot read molecule ({exc})".splitlines()[0]) from None
+            return RigidMolecule.from_atoms(atoms.get_chemical_symbols(), atoms.get_positions(),
+                                            smiles=path.stem)
+    return RigidMolecule.from_smiles(text, charges=charges, cache_dir=cache_dir)
+
+
+def _unit_seed(seed: int, sg: SpaceGroup) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(sg.symbol.encode())) % (2**31)
+
+
+def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.ndarray],
+                  model_kwargs: dict[str, Any], min_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Minimise one batch of trials (runs in a worker; everything in/out is picklable).
+
+    Returns:
+        dict with ``energy_kjmol`` (B,), ``cells_A`` (B,3,3), ``coords_A`` (B,Z,n,3),
+        ``converged`` (B,), ``n_iter`` (B,), ``search_space_group`` and ``wall_s``.
+    """
+    import torch
+
+    from sim_backends.csp.forcefield import LatticeEnergyModel
+    from sim_backends.csp.minimise import minimise_batch
+    from sim_backends.csp.spacegroups import get_space_group
+    from sim_backends.csp.trials import TrialSet
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    sg = get_space_group(sg_symbol)
+    trials = TrialSet(sg, trials_arrays["cell_params"], trials_arrays["centre_frac"],
+                      trials_arrays["quaternions"])
+    model = LatticeEnergyModel(molecule, **model_kwargs)
+    res = minimise_batch(trials, molecule, model, **min_kwargs)
+    return {"energy_kjmol": res.energy_kjmol, "cells_A": res.cells_A, "coords_A": res.coords_A,
+            "converged": res.converged, "n_iter": res.n_iter, "search_space_group": sg.symbol,
+            "wall_s": time.perf_counter() - t0}
+
+
+def run_csp(
+    smiles_or_molecule: Any,
+    n_trials: int,
+    space_groups: str | list[str] | None = None,
+    seed: int = 0,
+    energy_window_kjmol: float = 20.0,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    n_workers: int = 1,
+    charges: str = "resp",
+    batch_size: int = 64,
+    cutoff_A: float = 12.0,
+    gtol: float = 0.05,
+    max_iter: int = 1000,
+    cache_dir: str | Path | None = None,
+) -> Landscape:
+    """Crystal structure prediction for a rigid molecule with Z' = 1.
+
+    Args:
+        smiles_or_molecule: SMILES, a molecule file (see :func:`load_molecule`) or a
+            ``RigidMolecule``.
+        n_trials: total trial structures, split evenly over the space groups (> 0).
+        space_groups: ``"P2_1/c,P-1"``, a list, or None for the ten default groups.
+        seed: seed of the Sobol sequences (per space group derived from it).
+        energy_window_kjmol: keep minima within this of the lowest one.
+        out_dir: write the landscape there when given.
+        progress: show a rich progress bar (stderr).
+        n_workers: > 1 runs batches as Ray tasks on that many CPUs.
+        charges: point-charge method for SMILES input ("resp" or "xtb").
+        batch_size: trials per minimisation batch (one task).
+        cutoff_A: real-space cutoff of the energy model.
+        gtol, max_iter: minimiser convergence settings.
+        cache_dir: charge cache directory.
+
+    Returns:
+        The :class:`Landscape`.
+
+    Raises:
+        ValueError: n_trials <= 0, unknown space group, bad n_workers (one line).
+        SetupError: molecule that cannot be used.
+    """
+    from sim_backends.csp.trials import generate_trials
+
+    if not isinstance(n_trials, (int, np.integer)) or isinstance(n_trials, bool) or n_trials <= 0:
+        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+    if energy_window_kjmol <= 0:
+        raise ValueError(f"energy_window_kjmol must be > 0, got {energy_window_kjmol}")
+    groups = parse_space_groups(space_groups)
+    t_start = time.perf_counter()
+    molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
+
+    per_group = [n_trials // len(groups) + (1 if i < n_trials % len(groups) else 0)
+                 for i in range(len(groups))]
+    units: list[tuple[str, dict[str, np.ndarray]]] = []
+    n_generated = 0
+    for sg, n in zip(groups, per_group):
+        if n == 0:
+            continue
+        ts = generate_trials(molecule, sg, n, seed=_unit_seed(seed, sg))
+        n_generated += ts.n_generated
+        for start in range(0, len(ts), batch_size):
+            sub = ts.subset(slice(start, start + batch_size))
+            units.append((sg.symbol, {"cell_params": sub.cell_params,
+                                      "centre_frac": sub.centre_frac,
+                                      "quaternions": sub.quaternions}))
+    t_trials = time.perf_counter() - t_start
+    model_kwargs = {"cutoff_A": cutoff_A}
+    min_kwargs = {"gtol": gtol, "max_iter": max_iter}
+    results = _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress)
+    t_min = time.perf_counter() - t_start - t_trials
+    landscape = _build_landscape(molecule, results, energy_window_kjmol)
+    landscape.meta.update({
+        "n_trials_requested": int(n_trials),
+        "n_trials": int(sum(len(u[1]["cell_params"]) for u in units)),
+        "n_sobol_points": int(n_generated),
+        "space_groups": [g.symbol for g in groups],
+        "seed": int(seed), "energy_window_kjmol": float(energy_window_kjmol),
+        "charge_method": getattr(molecule, "charge_method", ""),
+        "cutoff_A": cutoff_A, "gtol": gtol, "n_workers": n_workers,
+        "trials_wall_s": t_trials, "minimise_wall_s": t_min,
+        "minimise_cpu_s": float(sum(r["wall_s"] for r in results)),
+        "wall_s": time.perf_counter() - t_start,
+    })
+    if out_dir is not None:
+        landscape.write(out_dir)
+    return landscape
+
+
+def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress) -> list[dict]:
+    """Run :func:`minimise_unit` over all units, locally or as Ray tasks, with progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    n_total = sum(len(u[1]["cell_params"]) for u in units)
+    results: list[dict] = []
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), disable=not progress, transient=False) as bar:
+        task = bar.add_task("minimising trials", total=n_total)
+        if n_workers == 1:
+            for sg, arrays in units:
+                results.append(minimise_unit(molecule, sg, arrays, model_kwargs, min_kwargs))
+                bar.advance(task, len(arrays["cell_params"]))
+            return results
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+        remote = ray.remote(num_cpus=1)(minimise_unit)
+        mol_ref = ray.put(molecule)
+        pending = {remote.remote(mol_ref, sg, arrays, model_kwargs, min_kwargs): len(arrays["cell_params"])
+                   for sg, arrays in units}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                results.append(ray.get(ref))
+                bar.advance(task, pending.pop(ref))
+    return results
+
+
+def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float) -> Landscape:
+    """Filter converged minima in the energy window, dedupe, detect symmetry."""
+    from sim_backends.csp.dedupe import Candidate, dedupe, detect_space_group, to_structure
+
+    n_min = sum(len(r["energy_kjmol"]) for r in results)
+    n_conv = int(sum(r["converged"].sum() for r in results))
+    energies = np.concatenate([r["energy_kjmol"][r["converged"]] for r in results]) if results else np.zeros(0)
+    finite = energies[np.isfinite(energies)]
+    e_min = float(finite.min()) if finite.size else np.inf
+    cands: list[Candidate] = []
+    for r in results:
+        z = r["coords_A"].shape[1]
+        for i in np.nonzero(r["converged"])[0]:
+            e = float(r["energy_kjmol"][i])
+            if not np.isfinite(e) or e > e_min + energy_window_kjmol:
+                continue
+            vol = abs(float(np.linalg.det(r["cells_A"][i])))
+            density = z * molecule.mass_amu / vol * 1.66053906660
+            st = to_structure(molecule.symbols, r["cells_A"][i], r["coords_A"][i])
+            cands.append(Candidate(e, density, st, {"search_space_group": r["search_space_group"], "z": z}))
+    unique = dedupe(cands)
+    minima = []
+    for k, c in enumerate(unique):
+        sym, num = detect_space_group(c.structure)
+        minima.append(CSPMinimum(
+            id=f"m{k + 1:04d}", energy_kjmol=c.energy_kjmol, density_gcm3=c.density_gcm3,
+            space_group=sym, space_group_number=num,
+            search_space_group=c.payload["search_space_group"], z=c.payload["z"],
+            multiplicity=c.multiplicity, structure=c.structure))
+    meta = {"n_minimised": n_min, "n_converged": n_conv, "n_in_window": len(cands),
+            "n_unique": len(minima)}
+    return Landscape(getattr(molecule, "smiles", ""), minima, meta)
