@@ -188,16 +188,24 @@ def _pair_terms_function() -> type:
     import torch
 
     class _PairTerms(torch.autograd.Function):
-        """Pair energies with analytic first derivatives (one fused pass, no autograd graph).
+        """Pair energies with analytic first derivatives (one pass, no autograd graph inside).
 
-        forward(d_site (M, 3), d_atom (M, 3), table (M, 4) = [A, B, C, qq], model) returns
-        the switched, damped exp-6 energy of each pair from |d_site| and the Ewald real-space
-        Coulomb energy from |d_atom| (zero beyond the cutoff), both (M,) kJ/mol. Backward
-        returns dE/dd = E'(r) d / r. Second derivatives are not supported.
+        forward(flat_sites (N, 3), flat_atoms (N, 3) or None (= sites), translation (P, 3),
+        atom_i, atom_j (M,), pair (M,), table (M, 4) = [A, -B, C, k_e q q], model) forms the
+        pair vectors d = x[atom_j] + translation[pair] - x[atom_i] and returns the switched,
+        damped exp-6 energy of each pair from |d_site| and the Ewald real-space Coulomb
+        energy from |d_atom|, both (M,) kJ/mol. Backward scatters E'(r) d / r onto the
+        atoms and translations (index_add). Second derivatives are not supported.
         """
 
         @staticmethod
-        def forward(ctx, d_site, d_atom, table, model):  # noqa: D401
+        def forward(ctx, flat_sites, flat_atoms, translation, atom_i, atom_j, pair, table, model):  # noqa: D401
+            tp = translation.index_select(0, pair)
+            d_site = flat_sites.index_select(0, atom_j) - flat_sites.index_select(0, atom_i) + tp
+            if flat_atoms is None:
+                d_atom = d_site
+            else:
+                d_atom = flat_atoms.index_select(0, atom_j) - flat_atoms.index_select(0, atom_i) + tp
             amp, neg_expo, c6, pref = table.unbind(dim=1)
             r = d_site.norm(dim=1)
             inv_r = r.reciprocal()
@@ -232,16 +240,29 @@ def _pair_terms_function() -> type:
             else:
                 e_el = torch.zeros_like(r)
                 g_atom = e_el
-            ctx.save_for_backward(d_site, d_atom, g_site, g_atom)
+            ctx.save_for_backward(d_site, d_atom, g_site, g_atom, atom_i, atom_j, pair)
             ctx.same = d_atom is d_site
+            ctx.shapes = (flat_sites.shape, translation.shape)
             return e_rd, e_el
 
         @staticmethod
         def backward(ctx, grad_rd, grad_el):
-            d_site, d_atom, g_site, g_atom = ctx.saved_tensors
+            d_site, d_atom, g_site, g_atom, atom_i, atom_j, pair = ctx.saved_tensors
+            site_shape, trans_shape = ctx.shapes
+            f_site = (grad_rd * g_site)[:, None] * d_site  # dE/d(d_site), (M, 3)
+            f_atom = (grad_el * g_atom)[:, None] * d_atom
             if ctx.same:
-                return (grad_rd * g_site + grad_el * g_atom)[:, None] * d_site, None, None, None
-            return (grad_rd * g_site)[:, None] * d_site, (grad_el * g_atom)[:, None] * d_atom, None, None
+                f_site = f_site + f_atom
+            grad_sites = torch.zeros(site_shape, dtype=f_site.dtype)
+            grad_sites.index_add_(0, atom_j, f_site).index_add_(0, atom_i, f_site, alpha=-1.0)
+            grad_atoms = None
+            total = f_site
+            if not ctx.same:
+                grad_atoms = torch.zeros(site_shape, dtype=f_atom.dtype)
+                grad_atoms.index_add_(0, atom_j, f_atom).index_add_(0, atom_i, f_atom, alpha=-1.0)
+                total = f_site + f_atom
+            grad_trans = torch.zeros(trans_shape, dtype=total.dtype).index_add_(0, pair, total)
+            return grad_sites, grad_atoms, grad_trans, None, None, None, None, None
 
     return _PairTerms
 
@@ -506,16 +527,11 @@ class LatticeEnergyModel:
         p, a, c = torch.cat(found).unbind(dim=1)
         atom_i = mol_i.index_select(0, p) * n + a  # flat atom indices into (B*Z*n, 3)
         atom_j = mol_j.index_select(0, p) * n + c
-        tp = translation.index_select(0, p)
-        flat_sites = sites.reshape(-1, 3)
-        d_site = flat_sites.index_select(0, atom_j) - flat_sites.index_select(0, atom_i) + tp
-        if self.has_h_sites:
-            flat_atoms = coords.reshape(-1, 3)
-            d_atom = flat_atoms.index_select(0, atom_j) - flat_atoms.index_select(0, atom_i) + tp
-        else:
-            d_atom = d_site
+        flat_atoms = coords.reshape(-1, 3) if self.has_h_sites else None
         table = self._pair_table.index_select(0, a * n + c)
-        e_rd, e_el = _pair_terms_function().apply(d_site, d_atom, table, self)
+        e_rd, e_el = _pair_terms_function().apply(
+            sites.reshape(-1, 3), flat_atoms, translation, atom_i, atom_j, p, table, self
+        )
         return e_rd, e_el, b_idx.index_select(0, p)
 
     def _coulomb_reciprocal(self, cell: torch.Tensor, coords: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
