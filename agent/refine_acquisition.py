@@ -1,0 +1,226 @@
+"""Which predicted crystal structures get the expensive level next.
+
+Goal: identify the true low-energy set of a CSP landscape (the structures within the
+``top_k`` and within ``window_kjmol`` of the global minimum at the expensive level)
+with as few expensive calculations, weighted by their cost, as possible.
+
+Utility. A :class:`~agent.surrogates.structure_gp.DeltaGP` fitted to the computed
+structures gives a joint predictive distribution of every structure's expensive
+energy ``E_i = E_cheap,i + delta_i`` (computed structures are fixed at their known
+values). From ``n_samples`` joint Monte Carlo draws we estimate, per structure,
+
+    p_i = P(rank_i < top_k  and  E_i - min_j E_j <= window_kjmol)
+
+and pick the uncomputed structure with the largest ``p_i / cost_i`` (inverse
+cost-weighted utility, as BoTorch's ``InverseCostWeightedUtility``). Once a
+structure is computed its ``p_i`` is certain and it is never proposed again, so the
+policy spends calculations where membership in the low-energy set is still in doubt.
+
+Batches (``q > 1``) are built greedily with the kriging believer (Ginsbourger et al.,
+"Kriging is well-suited to parallelize optimization", 2010): each chosen structure,
+and every structure in ``pending``, is added to the GP at its predicted mean delta
+with hyperparameters kept, which removes its uncertainty and shrinks that of similar
+structures before the next pick.
+
+Observed-in-lab evidence. ``observed`` holds structures matched to an
+experimentally observed form. Observed forms are, with few exceptions, low in energy
+(polymorphs lie within ~10 kJ/mol of each other; Nyman & Day, CrystEngComm 17, 5154
+(2015)). They are (1) proposed first, before any other uncomputed structure, and
+(2) used as a soft constraint: each Monte Carlo draw is weighted by
+``prod_o sigmoid((window_kjmol - (E_o - min E)) / 1 kJ/mol)``, so draws in which an
+observed structure is far above the minimum count little. This never uses expensive
+energies of uncomputed structures.
+
+No ground truth is used: the function only sees cheap energies, descriptors,
+computed expensive energies and costs. Importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from agent.surrogates.structure_gp import DeltaGP, SurrogateError
+
+#: width of the soft observed-form constraint, kJ/mol per molecule
+OBSERVED_SOFTNESS_KJMOL = 1.0
+
+
+class AcquisitionError(ValueError):
+    """Bad input to structure selection; the message is one line."""
+
+
+def _check_index(i: object, n: int, what: str) -> int:
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise AcquisitionError(f"{what} index {i!r} is not an integer")
+    if not 0 <= int(i) < n:
+        raise AcquisitionError(f"{what} index {i} out of range for {n} structures")
+    return int(i)
+
+
+def fit_delta_model(
+    cheap_kjmol: np.ndarray,
+    X: np.ndarray,
+    computed: Mapping[int, float],
+    seed: int = 0,
+    gp_options: Mapping[str, Any] | None = None,
+) -> DeltaGP:
+    """Fit a :class:`DeltaGP` to the computed structures of a landscape.
+
+    Args:
+        cheap_kjmol: cheap-level energies ``(n,)``, kJ/mol per molecule.
+        X: descriptors of all structures ``(n, d)`` (e.g.
+            :func:`sim_backends.descriptors.structure_features` with cheap energies).
+        computed: structure index -> expensive energy, kJ/mol per molecule (any
+            fixed reference).
+        seed: model seed.
+        gp_options: keyword options of :class:`DeltaGP`.
+
+    Returns:
+        The fitted model (the prior if nothing is computed yet).
+    """
+    idx = np.array(sorted(computed), dtype=int)
+    delta = np.array([computed[i] for i in idx], dtype=float) - cheap_kjmol[idx]
+    gp = DeltaGP(seed=seed, **dict(gp_options or {}))
+    return gp.fit(X[idx], delta, X_unlabelled=X)
+
+
+def low_energy_probability(
+    energies_kjmol: np.ndarray,
+    top_k: int,
+    window_kjmol: float,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per structure, the (weighted) fraction of draws in which it is low in energy.
+
+    Args:
+        energies_kjmol: draws of all energies, shape ``(s, n)``.
+        top_k: a structure counts when its rank (0 = lowest) is below ``top_k`` ...
+        window_kjmol: ... and it lies within this of the draw's minimum.
+        weights: per-draw weights ``(s,)``; default equal.
+
+    Returns:
+        Probabilities, shape ``(n,)``.
+    """
+    s, n = energies_kjmol.shape
+    k = min(top_k, n)
+    order = np.argsort(energies_kjmol, axis=1, kind="stable")
+    in_top = np.zeros((s, n), dtype=bool)
+    np.put_along_axis(in_top, order[:, :k], True, axis=1)
+    within = energies_kjmol - energies_kjmol.min(axis=1, keepdims=True) <= window_kjmol
+    w = np.full(s, 1.0 / s) if weights is None else weights / weights.sum()
+    return w @ (in_top & within).astype(float)
+
+
+def select_structures(
+    cheap_kjmol: np.ndarray,
+    X: np.ndarray,
+    computed: Mapping[int, float],
+    pending: Sequence[int],
+    costs: np.ndarray,
+    q: int,
+    seed: int,
+    top_k: int = 10,
+    window_kjmol: float = 10.0,
+    observed: Collection[int] | None = None,
+    n_samples: int = 512,
+    gp_options: Mapping[str, Any] | None = None,
+    model: DeltaGP | None = None,
+) -> list[int]:
+    """Choose the next ``q`` structures for the expensive level.
+
+    Args:
+        cheap_kjmol: cheap-level energies ``(n,)``, kJ/mol per molecule.
+        X: descriptors ``(n, d)`` (see :func:`fit_delta_model`).
+        computed: index -> expensive energy (kJ/mol per molecule) of finished ones.
+        pending: indices submitted but not finished (treated as computed at their
+            predicted energy: kriging believer).
+        costs: expected cost of the expensive calculation per structure ``(n,)``,
+            any positive unit (e.g. CPU s).
+        q: batch size.
+        seed: seed of the model fit and of the Monte Carlo draws.
+        top_k, window_kjmol: definition of the low-energy set (module docstring).
+        observed: indices of structures matched to an observed form (evidence).
+        n_samples: Monte Carlo draws of the joint posterior.
+        gp_options: keyword options of :class:`DeltaGP`.
+        model: an already fitted model to use instead of fitting one.
+
+    Returns:
+        Up to ``q`` distinct indices, none computed or pending, best first; fewer
+        when fewer remain.
+
+    Raises:
+        AcquisitionError: inconsistent shapes, indices out of range, bad costs.
+    """
+    e_cheap = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
+    n = len(e_cheap)
+    try:
+        X = np.asarray(X, dtype=float)
+    except (TypeError, ValueError):
+        raise AcquisitionError("X must be a numeric array") from None
+    if X.ndim != 2 or len(X) != n:
+        raise AcquisitionError(f"X must have shape ({n}, d), got {X.shape}")
+    if not np.all(np.isfinite(e_cheap)):
+        raise AcquisitionError("cheap_kjmol contains NaN or infinite values")
+    cost = np.asarray(costs, dtype=float).reshape(-1)
+    if cost.shape != (n,) or not np.all(np.isfinite(cost)) or np.any(cost <= 0):
+        raise AcquisitionError(f"costs must be {n} positive finite numbers")
+    if int(q) < 1:
+        raise AcquisitionError(f"q must be >= 1, got {q}")
+    if top_k < 1 or window_kjmol <= 0 or n_samples < 2:
+        raise AcquisitionError("top_k >= 1, window_kjmol > 0 and n_samples >= 2 required")
+    done = {_check_index(i, n, "computed"): float(v) for i, v in computed.items()}
+    if not all(np.isfinite(v) for v in done.values()):
+        raise AcquisitionError("computed energies must be finite")
+    busy = [_check_index(i, n, "pending") for i in pending]
+    obs = sorted({_check_index(i, n, "observed") for i in (observed or ())})
+
+    candidates = [i for i in range(n) if i not in done and i not in set(busy)]
+    n_pick = min(int(q), len(candidates))
+    if n_pick == 0:
+        return []
+    try:
+        gp = model if model is not None else fit_delta_model(e_cheap, X, done, seed=seed, gp_options=gp_options)
+    except SurrogateError as exc:
+        raise AcquisitionError(f"surrogate: {exc}") from None
+
+    chosen: list[int] = []
+    believed = [i for i in busy if i not in done]
+    for i in obs:
+        if len(chosen) < n_pick and i in candidates:
+            chosen.append(i)
+    known_idx = np.array(sorted(done), dtype=int)
+    known_e = np.array([done[i] for i in known_idx], dtype=float)
+    while len(chosen) < n_pick:
+        fixed = believed + chosen
+        if fixed:
+            mean_fixed, _ = gp.predict(X[fixed])
+            model_now = gp.condition(X[fixed], mean_fixed)
+        else:
+            model_now = gp
+        draws = e_cheap + model_now.sample(X, n_samples, seed=seed + 7919 * len(chosen))
+        if len(known_idx):
+            draws[:, known_idx] = known_e
+        if fixed:
+            draws[:, fixed] = e_cheap[fixed] + model_now.predict(X[fixed])[0]
+        weights = None
+        if obs:
+            gap = draws[:, obs] - draws.min(axis=1, keepdims=True)
+            z = (window_kjmol - gap) / OBSERVED_SOFTNESS_KJMOL
+            weights = np.exp(-np.logaddexp(0.0, -z).sum(axis=1))
+            if not np.isfinite(weights.sum()) or weights.sum() <= 0:
+                weights = None
+        p = low_energy_probability(draws, top_k, window_kjmol, weights)
+        mean_e = draws.mean(axis=0)
+        score = p / cost
+        best, best_key = -1, None
+        for i in candidates:
+            if i in chosen:
+                continue
+            key = (score[i], -mean_e[i])
+            if best_key is None or key > best_key:
+                best, best_key = i, key
+        chosen.append(best)
+    return chosen

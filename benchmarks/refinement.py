@@ -1,0 +1,205 @@
+"""Benchmark "refinement": how many expensive calculations until the true top 10 are known.
+
+Replays complete multi-level CSP landscapes. The agent (Delta-GP on averaged SOAP +
+cheap extras, cost-aware top-k acquisition, see ``agent/refine_acquisition.py``) asks
+for structures batch by batch; the replay reveals only the expensive energies of the
+structures it asked for. We count the calculations made before all of the true
+top-10 structures (by expensive-level energy) have been computed. The agent never
+sees that stopping rule nor any uncomputed expensive energy.
+
+Baselines in the same run: cheap-level energy order, random order (median over
+seeds), oracle (= 10). Also the surrogate's MAE (kJ/mol per molecule) on the
+not-yet-computed structures within 10 kJ/mol of the true minimum as the computed
+fraction grows, against a constant-shift baseline (cheap energies plus the mean
+delta of the computed structures).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/refinement.py            # all known landscapes
+    python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \\
+        --cheap MACE --expensive PBE_MBD --seeds 3 --batch 1 --batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.landscape_io import load_landscape  # noqa: E402
+from agent.refine_acquisition import fit_delta_model, select_structures  # noqa: E402
+from sim_backends.descriptors import structure_features  # noqa: E402
+
+TOP_K = 10
+WINDOW_KJMOL = 10.0
+FRACTIONS = (0.05, 0.10, 0.20, 0.30, 0.50)
+DEFAULT = [(ROOT / "data/reference/landscapes/target_I", "MACE", "PBE_MBD")]
+
+
+def known_landscapes() -> list[tuple[Path, str, str]]:
+    """target_I plus every ``data/landscapes/NAME`` with a ``levels.json`` {cheap, expensive}."""
+    out = list(DEFAULT)
+    for meta in sorted((ROOT / "data/landscapes").glob("*/levels.json")):
+        info = json.loads(meta.read_text())
+        out.append((meta.parent, info["cheap"], info["expensive"]))
+    return out
+
+
+def count_until_top(order: list[int], top: set[int]) -> int:
+    """Number of calculations in ``order`` until every index of ``top`` is done."""
+    seen: set[int] = set()
+    for n, i in enumerate(order, 1):
+        seen.add(i)
+        if top <= seen:
+            return n
+    return len(order)
+
+
+def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None):
+    """Run the agent to completion of ``top``; returns (count, MAE per fraction)."""
+    n = len(e_cheap)
+    low = np.flatnonzero(e_exp - e_exp.min() <= WINDOW_KJMOL)
+    computed: dict[int, float] = {}
+    order: list[int] = []
+    mae: dict[float, tuple[float, float]] = {}
+    marks = {f: max(1, math.ceil(f * n)) for f in FRACTIONS}
+    while not top <= set(computed):
+        batch = select_structures(
+            e_cheap, X, computed, [], costs, q, seed, top_k=TOP_K, window_kjmol=WINDOW_KJMOL
+        )
+        for i in batch:
+            computed[i] = float(e_exp[i])
+            order.append(i)
+            for f, m in marks.items():
+                if len(order) == m and f not in mae:
+                    mae[f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed)
+        if progress is not None:
+            progress()
+    return len(order), mae
+
+
+def surrogate_mae(e_cheap, e_exp, X, computed, low, seed):
+    """(GP MAE, constant-shift MAE) on uncomputed low-energy structures, kJ/mol."""
+    rest = np.array([i for i in low if i not in computed], dtype=int)
+    if len(rest) == 0:
+        return (float("nan"), float("nan"))
+    gp = fit_delta_model(e_cheap, X, computed, seed=seed)
+    mean, _ = gp.predict(X[rest])
+    idx = np.array(sorted(computed))
+    shift = float(np.mean(e_exp[idx] - e_cheap[idx]))
+    return (
+        float(np.mean(np.abs(e_cheap[rest] + mean - e_exp[rest]))),
+        float(np.mean(np.abs(e_cheap[rest] + shift - e_exp[rest]))),
+    )
+
+
+def run_landscape(path, cheap, expensive, seeds, batches, console):
+    from rich.progress import Progress
+    from rich.table import Table
+
+    land = load_landscape(path, cheap, expensive)
+    e_cheap = land.energies_kjmol[cheap]
+    e_exp = land.energies_kjmol[expensive]
+    n = len(land)
+    X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap)
+    costs = (land.n_atoms() / land.n_atoms().mean()) ** 3
+    top = set(np.argsort(e_exp, kind="stable")[:TOP_K].tolist())
+    cheap_order = count_until_top(list(np.argsort(e_cheap, kind="stable")), top)
+    random_counts = [
+        count_until_top(list(np.random.default_rng(1000 + s).permutation(n)), top)
+        for s in range(max(seeds, 25))
+    ]
+    agent: dict[int, list[int]] = {}
+    maes: dict[float, list[tuple[float, float]]] = {f: [] for f in FRACTIONS}
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(f"{land.name} replays", total=None)
+        for q in batches:
+            for s in range(seeds):
+                count, mae = replay_agent(
+                    e_cheap, e_exp, X, costs, q, s, top, lambda: prog.advance(task)
+                )
+                agent.setdefault(q, []).append(count)
+                if q == batches[0]:
+                    for f, v in mae.items():
+                        maes[f].append(v)
+                console.log(f"{land.name} q={q} seed={s}: {count} calculations")
+    table = Table(title=f"{land.name}: calculations until the true top {TOP_K} are computed "
+                  f"({cheap} -> {expensive}, {n} structures)")
+    for col in ("method", "median", "all runs", "ratio to cheap order"):
+        table.add_column(col)
+    table.add_row("oracle", str(TOP_K), "", f"{TOP_K / cheap_order:.2f}")
+    table.add_row("cheap-level order", str(cheap_order), "", "1.00")
+    table.add_row("random (median of %d)" % len(random_counts),
+                  f"{np.median(random_counts):.0f}", "", f"{np.median(random_counts) / cheap_order:.2f}")
+    for q, counts in agent.items():
+        table.add_row(f"agent q={q} ({seeds} seeds)", f"{np.median(counts):.0f}",
+                      " ".join(map(str, counts)), f"{np.median(counts) / cheap_order:.2f}")
+    console.print(table)
+    mt = Table(title=f"{land.name}: MAE (kJ/mol) on uncomputed structures within "
+               f"{WINDOW_KJMOL:g} kJ/mol of the minimum, agent q={batches[0]}")
+    for col in ("computed fraction", "n computed", "Delta-GP", "constant shift", "ratio"):
+        mt.add_column(col)
+    for f in FRACTIONS:
+        vals = [v for v in maes[f] if np.isfinite(v[0])]
+        if not vals:
+            continue
+        gp_mae, base = np.median([v[0] for v in vals]), np.median([v[1] for v in vals])
+        mt.add_row(f"{f:.0%}", str(max(1, math.ceil(f * n))), f"{gp_mae:.2f}",
+                   f"{base:.2f}", f"{gp_mae / base:.2f}")
+    console.print(mt)
+    at10 = [v[0] for v in maes[0.10] if np.isfinite(v[0])]
+    best_q = batches[0]
+    return land.name, {
+        "n_structures": n,
+        "agent": float(np.median(agent[best_q])),
+        "agent_by_batch": {str(q): float(np.median(c)) for q, c in agent.items()},
+        "cheap_order": cheap_order,
+        "random": float(np.median(random_counts)),
+        "oracle": TOP_K,
+        "mae_at_10pct_kjmol": round(float(np.median(at10)), 3) if at10 else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from rich.console import Console
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--landscape", action="append", type=Path)
+    parser.add_argument("--cheap", action="append")
+    parser.add_argument("--expensive", action="append")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--batch", action="append", type=int)
+    args = parser.parse_args(argv)
+    if args.landscape:
+        n = len(args.landscape)
+        if len(args.cheap or []) != n or len(args.expensive or []) != n:
+            parser.error("give --cheap and --expensive once per --landscape")
+        cases = list(zip(args.landscape, args.cheap, args.expensive))
+    else:
+        cases = known_landscapes()
+    batches = args.batch or [1, 4]
+    console = Console()
+    warnings.filterwarnings("ignore")
+    out: dict = {"benchmark": "refinement", "top_k": TOP_K, "seeds": args.seeds,
+                 "batches": batches, "landscapes": {}}
+    for path, cheap, expensive in cases:
+        name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console)
+        out["landscapes"][name] = res
+    line = json.dumps(out)
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "refinement.json").write_text(line + "\n")
+    print(line)
+    return out
+
+
+if __name__ == "__main__":
+    main()
