@@ -96,6 +96,35 @@ class Landscape:
         """List of :meth:`CSPMinimum.to_dict` records, lowest energy first."""
         return [m.to_dict(with_cif) for m in self.minima]
 
+    def find_match(self, reference: Structure, ltol: float = 0.3, stol: float = 0.4,
+                   angle_tol: float = 10.0, heavy_only: bool = True) -> tuple[int, CSPMinimum, float] | None:
+        """The lowest-energy minimum matching a reference crystal (e.g. the experiment).
+
+        Compared with pymatgen ``StructureMatcher(ltol, stol, angle_tol, scale=True,
+        primitive_cell=True, attempt_supercell=True)`` -- ``scale=True`` because the
+        force-field cell volume differs from the reference by a few per cent -- on the
+        heavy atoms when ``heavy_only`` (hydrogen positions of X-ray and DFT
+        structures differ from the rigid MMFF geometry). The comparison is independent
+        of cell setting, origin and atom order.
+
+        Returns:
+            (rank starting at 1, the minimum, RMS displacement normalised by
+            (V/n)^(1/3) as pymatgen reports it), or None when nothing matches.
+        """
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+
+        from sim_backends.csp.dedupe import heavy_atoms
+
+        sm = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol, scale=True,
+                              primitive_cell=True, attempt_supercell=True)
+        ref = heavy_atoms(reference) if heavy_only else reference
+        for rank, m in enumerate(self.minima, 1):
+            st = heavy_atoms(m.structure) if heavy_only else m.structure
+            if sm.fit(ref, st):
+                rms = sm.get_rms_dist(ref, st)
+                return rank, m, float(rms[0]) if rms is not None else float("nan")
+        return None
+
     def write(self, out_dir: str | Path) -> Path:
         """Write CSV, CIFs, extxyz, plot and run.json into ``out_dir`` (created)."""
         out = Path(out_dir)

@@ -113,7 +113,7 @@ class CrystalVariables:
         self.sg = space_group
         self.model = model
         self.free_angles = [k - 3 for k in space_group.free_cell_parameters if k >= 3]
-        self.body = torch.as_tensor(np.asarray(molecule.coords_A, float), dtype=torch.float64)
+        self.body = torch.tensor(np.array(molecule.coords_A, dtype=float))
         self.len_scale = float(np.cbrt(space_group.z * molecular_volume_A3(molecule.symbols)))
         self.ang_scale = self.len_scale * _ANGLE_HALF_RANGE
         self.rot_scale = max(1.0, float(self.body.norm(dim=1).max()))
@@ -172,7 +172,7 @@ class CrystalVariables:
         return out
 
     def energy_and_grad(self, x: np.ndarray | torch.Tensor, r0: torch.Tensor,
-                        chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+                        chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
         """Energies (B,) and gradients (B, n_var) w.r.t. the scaled variables.
 
         Evaluated in sub-batches of ``chunk`` structures: the energy model is

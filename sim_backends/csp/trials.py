@@ -155,8 +155,8 @@ def molecule_coords(
     import torch
 
     dt = cell_A.dtype
-    rot_ops = torch.as_tensor(sg.rotations, dtype=dt)
-    tr_ops = torch.as_tensor(sg.translations, dtype=dt)
+    rot_ops = torch.tensor(np.array(sg.rotations), dtype=dt)
+    tr_ops = torch.tensor(np.array(sg.translations), dtype=dt)
     inv_cell = torch.linalg.inv(cell_A)
     centre_cart = centre_frac.unsqueeze(1) @ cell_A  # (B,1,3)
     cart = centre_cart + body_A.unsqueeze(0) @ rotation.transpose(1, 2)  # (B,n,3)
@@ -272,7 +272,7 @@ def coords_numpy(sg: SpaceGroup, cell_params: np.ndarray, centre: np.ndarray,
     cell = cell_matrix(p)
     rot = rotation_from_quaternion(torch.as_tensor(quat, dtype=torch.float64))
     xyz = molecule_coords(sg, cell, torch.as_tensor(centre, dtype=torch.float64), rot,
-                          torch.as_tensor(body_A, dtype=torch.float64))
+                          torch.tensor(np.array(body_A, dtype=float)))
     return cell.numpy(), xyz.numpy()
 
 

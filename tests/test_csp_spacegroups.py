@@ -1,0 +1,66 @@
+"""Space-group operations of the CSP search: group axioms and agreement with pymatgen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim_backends.csp.spacegroups import (
+    DEFAULT_SPACE_GROUPS, canonical_symbol, get_space_group, parse_space_groups,
+)
+
+EXPECTED = {  # symbol: (number, Z, crystal system)
+    "P1": (1, 1, "triclinic"), "P-1": (2, 2, "triclinic"), "P2_1": (4, 2, "monoclinic"),
+    "C2": (5, 4, "monoclinic"), "Cc": (9, 4, "monoclinic"), "P2_1/c": (14, 4, "monoclinic"),
+    "C2/c": (15, 8, "monoclinic"), "P2_12_12_1": (19, 4, "orthorhombic"),
+    "Pna2_1": (33, 4, "orthorhombic"), "Pbca": (61, 8, "orthorhombic"),
+}
+
+
+def _key(rot, tr):
+    return (tuple(np.rint(rot).astype(int).ravel()), tuple(np.round(np.mod(tr, 1.0), 6) % 1.0))
+
+
+@pytest.mark.parametrize("symbol", DEFAULT_SPACE_GROUPS)
+def test_numbers_z_and_system(symbol):
+    sg = get_space_group(symbol)
+    assert (sg.number, sg.z, sg.crystal_system) == EXPECTED[symbol]
+
+
+@pytest.mark.parametrize("symbol", DEFAULT_SPACE_GROUPS)
+def test_operations_form_a_group(symbol):
+    sg = get_space_group(symbol)
+    ops = {_key(r, t) for r, t in zip(sg.rotations, sg.translations)}
+    assert len(ops) == sg.z
+    assert _key(np.eye(3), np.zeros(3)) in ops
+    for r1, t1 in zip(sg.rotations, sg.translations):
+        for r2, t2 in zip(sg.rotations, sg.translations):
+            assert _key(r1 @ r2, r1 @ t2 + t1) in ops  # closure
+        assert _key(np.linalg.inv(r1), -np.linalg.inv(r1) @ t1) in ops  # inverses
+
+
+@pytest.mark.parametrize("symbol", DEFAULT_SPACE_GROUPS)
+def test_operations_match_pymatgen(symbol):
+    from pymatgen.symmetry.groups import SpaceGroup as PmgSpaceGroup
+
+    sg = get_space_group(symbol)
+    pmg = PmgSpaceGroup(symbol)
+    assert pmg.int_number == sg.number
+    # pymatgen may or may not list centring translations separately: compare orbits
+    x = np.array([0.1234, 0.3456, 0.789])
+    ours = {tuple(np.round(np.mod(p, 1.0), 6) % 1.0) for p in sg.apply(x)}
+    theirs = {tuple(np.round(np.mod(op.operate(x), 1.0), 6) % 1.0) for op in pmg.symmetry_ops}
+    assert ours == theirs
+
+
+def test_spellings_and_bad_input():
+    assert canonical_symbol("P21/c") == "P2_1/c"
+    assert canonical_symbol("14") == "P2_1/c"
+    assert canonical_symbol("p212121") == "P2_12_12_1"
+    assert [g.symbol for g in parse_space_groups("P2_1/c, P-1,P21/c")] == ["P2_1/c", "P-1"]
+    with pytest.raises(ValueError, match="unsupported space group"):
+        get_space_group("P4_32_12")
+    with pytest.raises(ValueError, match="unsupported space group"):
+        parse_space_groups("P2_1/c,Fm-3m")
+    with pytest.raises(ValueError, match="no space groups"):
+        parse_space_groups("")
