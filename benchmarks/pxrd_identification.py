@@ -46,7 +46,7 @@ def main() -> None:
     from agent.lab.landscape import load_target_i, load_x23
     from agent.lab.pxrd import simulate_amorphous, simulate_pxrd
 
-    console = Console()
+    console = Console(width=150)
     t_start = time.perf_counter()
     target = load_target_i()
     x23 = load_x23()
