@@ -21,6 +21,7 @@ BUILTIN: dict[str, str] = {
     "csp-ff": "sim_backends.csp.backend:CSPBackend",
     "xtb-crystal": "sim_backends.xtb_crystal:XtbCrystalBackend",
     "phonon": "sim_backends.phonons:PhononBackend",
+    "dft-crystal": "sim_backends.dft_crystal:DftCrystalBackend",
 }
 
 

@@ -1,0 +1,101 @@
+"""Fragment DFT-D3(BJ) lattice energies: dimer bookkeeping, D3, an end-to-end run, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sim_backends.base import EvalInput
+from sim_backends.registry import get_backend
+
+X23 = Path(__file__).resolve().parents[1] / "data" / "reference" / "x23"
+
+
+def _cif(name: str) -> str:
+    return (X23 / "cif" / f"{name}.cif").read_text()
+
+
+def test_co2_has_twelve_equivalent_nearest_neighbours():
+    """CO2 (Pa-3): molecules on fcc sites, 12 symmetry-equivalent nearest neighbours."""
+    from sim_backends.dft_crystal import enumerate_dimers, unique_dimers
+    from sim_backends.structures import load_crystal
+
+    crystal = load_crystal(_cif("co2"), "O=C=O")
+    dimers = enumerate_dimers(crystal, cutoff_A=4.0)
+    assert len(dimers) == 4 * 12
+    classes = unique_dimers(crystal, dimers)
+    assert [m for _, m in classes] == [48]
+    # fcc nearest-neighbour distance a/sqrt(2) (the PBE+TS cell is cubic to ~1e-4 A)
+    a = crystal.atoms.cell.cellpar()[0]
+    assert classes[0][0].com_A == pytest.approx(a / 2**0.5, abs=1e-3)
+    # the second shell (6 neighbours at a) enters with a centre-of-mass cutoff above a
+    shells = unique_dimers(crystal, enumerate_dimers(crystal, cutoff_A=a + 0.1, cutoff_mode="com"))
+    assert sorted(m for _, m in shells) == [24, 48]
+
+
+def test_dimer_multiplicities_add_up():
+    from sim_backends.dft_crystal import enumerate_dimers, unique_dimers
+    from sim_backends.structures import load_crystal
+
+    crystal = load_crystal(_cif("urea"), "NC(N)=O")
+    dimers = enumerate_dimers(crystal, cutoff_A=4.0)
+    classes = unique_dimers(crystal, dimers)
+    assert sum(m for _, m in classes) == len(dimers)
+    # every pair appears from both ends: same count of (i, J) and (j, -J) dimers
+    keys = {(d.i, d.j, d.shift) for d in dimers}
+    assert all((j, i, tuple(-s for s in sh)) in keys for i, j, sh in keys)
+    assert len(classes) < len(dimers) / 4
+
+
+def test_periodic_d3_binds_more_than_its_first_shell():
+    from sim_backends.dft_crystal import d3_energy_hartree
+    from sim_backends.structures import load_crystal
+
+    crystal = load_crystal(_cif("urea"), "NC(N)=O")
+    e_cell = d3_energy_hartree(crystal.atoms, "pbe") / crystal.z
+    e_mol = d3_energy_hartree(crystal.molecule(0), "pbe")
+    assert e_cell - e_mol < 0
+
+
+@pytest.mark.parametrize(
+    "params, cif, words",
+    [
+        ({}, "junk", "unreadable CIF"),
+        ({"functional": "no-such-xc"}, "co2", "functional"),
+        ({"basis": "no-such-basis"}, "co2", "basis"),
+        ({"cutoff_A": -1.0}, "co2", "cutoff_A"),
+        ({"cutof_A": 4.0}, "co2", "unknown dft-crystal param"),
+    ],
+)
+def test_bad_input_is_a_setup_failure(params, cif, words):
+    text = _cif(cif) if cif == "co2" else cif
+    r = get_backend("dft-crystal", **{"basis": "sto-3g", **params}).evaluate(
+        EvalInput(smiles="O=C=O", structure_cif=text))
+    assert r.status == "failed" and r.reason.startswith("setup:"), r.reason
+    assert words in r.reason
+
+
+def test_scf_max_cycles_one_is_a_run_failure():
+    r = get_backend("dft-crystal", basis="sto-3g", max_cycles=1).evaluate(
+        EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
+    assert r.status == "failed" and r.reason.startswith("run:") and "SCF" in r.reason
+    assert r.retryable
+
+
+@pytest.mark.slow
+def test_co2_end_to_end_sto3g():
+    """PBE-D3(BJ)/STO-3G, first shell of CO2: one unique dimer, bound crystal."""
+    r = get_backend("dft-crystal", basis="sto-3g", cutoff_A=4.0, counterpoise=True).evaluate(
+        EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
+    assert r.ok, r.reason
+    v, x = r.values, r.extra
+    assert x["n_unique_dimers"] == 1 and x["dimers"][0]["multiplicity"] == 48
+    assert v["energy_kjmol"] == pytest.approx(v["e_dft_2body_kjmol"] + v["e_d3_kjmol"])
+    # X23 reference -28.4 kJ/mol; D3 dominates for CO2
+    assert -60.0 < v["energy_kjmol"] < -10.0 and v["e_d3_kjmol"] < 0
+    # the periodic D3 sum binds more than its first-shell pairs alone
+    assert x["e_d3_within_cutoff_kjmol"] > v["e_d3_kjmol"]
+    dimer = x["dimers"][0]
+    assert dimer["scf_cycles"] > 0 and dimer["bsse_kjmol"] > 0  # CP removes overbinding
+    assert len(x["monomers"]) >= 1
