@@ -27,7 +27,7 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
         self.n_fidelities = blob["n_fidelities"]
         self.surrogate = MoleculeSurrogate.load_state_dict(blob["state_dict"])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
         import pandas as pd
 
         from agent.surrogates.fingerprints import morgan_fingerprints

@@ -56,10 +56,11 @@ class Tracker:
     def __init__(self, campaign: Campaign, runs_dir: str | Path, uri: str | None = None) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-        for name in ("mlflow", "alembic", "sqlalchemy"):
-            logging.getLogger(name).setLevel(logging.ERROR)
         import mlflow
         from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic", "sqlalchemy"):  # after import: mlflow sets its own
+            logging.getLogger(name).setLevel(logging.ERROR)
 
         self.campaign = campaign
         self.runs_dir = Path(runs_dir)
@@ -137,6 +138,8 @@ class Tracker:
 
     def _log_surrogate_model(self) -> None:
         import mlflow
+        import pandas as pd
+        from mlflow.models import infer_signature
 
         from agent.mlflow_model import MoleculeSurrogateModel
 
@@ -158,6 +161,14 @@ class Tracker:
                     artifacts={"state": str(path)},
                     code_paths=None,
                     pip_requirements=["crystal-agent", "torch==2.13.0", "botorch", "rdkit"],
+                    signature=infer_signature(
+                        pd.DataFrame({"smiles": ["c1ccccc1"]}),
+                        pd.DataFrame(
+                            {"smiles": ["c1ccccc1"]}
+                            | {f"{k}_{f}": [0.0] for f in range(len(c.cfg.backends))
+                               for k in ("mean", "std")}
+                        ),
+                    ),
                     step=c.n_evaluations,
                 )
 

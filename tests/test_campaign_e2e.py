@@ -78,7 +78,9 @@ def test_tiny_real_campaign(tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tiny")
     assert exp is not None
     (run,) = client.search_runs([exp.experiment_id])
