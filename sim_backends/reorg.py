@@ -1,0 +1,486 @@
+"""Hole reorganisation energy lambda_+ of a molecule at two fidelities.
+
+The internal reorganisation energy of hole transfer is computed with the four-point
+scheme (Nelsen, Blackstock & Kim, J. Am. Chem. Soc. 109, 677 (1987); Brédas et al.,
+Chem. Rev. 104, 4971 (2004)) from the neutral (N) and cation (C) equilibrium
+geometries::
+
+    lambda_+ = [E_C(geom_N) - E_C(geom_C)] + [E_N(geom_C) - E_N(geom_N)]
+             =        lambda_cation        +        lambda_neutral
+
+In Marcus theory the hopping rate falls as exp(-lambda / 4kT), so small lambda_+ is
+what a hole-transport material wants; rigid, extended pi systems have small values.
+Literature values at B3LYP/6-31G(d): naphthalene 0.187 eV, anthracene 0.138 eV,
+tetracene 0.113 eV, pentacene 0.095-0.098 eV (Coropceanu et al., Phys. Rev. Lett. 89,
+275503 (2002); Gruhn et al., J. Am. Chem. Soc. 124, 7918 (2002)); benzene's cation is
+Jahn-Teller distorted and its lambda_+ is much larger.
+
+Two levels share :class:`ReorgBackend` and differ only in the electronic-structure
+engine that relaxes geometries and computes energies:
+
+* :class:`XtbReorgBackend` (fidelity 0): GFN2-xTB (Bannwarth, Ehlert & Grimme,
+  J. Chem. Theory Comput. 15, 1652 (2019)) through ``tblite``'s ASE calculator, with
+  ASE's BFGS optimiser starting from an RDKit ETKDG/MMFF94 conformer. The cation is a
+  doublet with spin-resolved occupations of the (spin-independent) GFN2 Hamiltonian,
+  as ``xtb --chrg 1 --uhf 1`` does.
+* :class:`DftReorgBackend` (fidelity 1): Kohn-Sham DFT in PySCF (RKS for the neutral,
+  UKS for the cation), geometries relaxed with geomeTRIC (Wang & Song, J. Chem. Phys.
+  144, 214108 (2016)) starting from the GFN2-xTB geometries, or, with
+  ``geometry="xtb"``, DFT single points on the GFN2-xTB geometries.
+
+All values returned are in kJ/mol per molecule (1 eV = 96.485332 kJ/mol); ``extra``
+also holds lambda in eV, the four total energies in eV, and the optimised geometries
+as XYZ text for molecules up to 60 atoms. Heavy libraries are imported inside the
+functions that use them.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sim_backends.base import Backend, EvalInput, RunError, SetupError
+from sim_backends.molecule import MAX_HEAVY_ATOMS, embed_conformer, to_xyz, validate_smiles
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: kJ/mol per eV (CODATA 2018: e * N_A / 1000)
+KJMOL_PER_EV = 96.485332
+#: eV per hartree (CODATA 2018)
+EV_PER_HARTREE = 27.211386246
+#: largest molecule (atoms incl. H) whose optimised geometries are kept in ``extra``
+MAX_ATOMS_XYZ_IN_EXTRA = 60
+#: a component of lambda below this (kJ/mol) means an optimisation missed its minimum
+NEGATIVE_TOLERANCE_KJMOL = 0.5
+
+NEUTRAL = (0, 1)  # (charge, multiplicity)
+CATION = (1, 2)
+
+
+def _atom_counts(smiles: str) -> tuple[int, int, int]:
+    """(n_H, n_first_row, n_second_row) atoms of a molecule, hydrogens included."""
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return 0, 0, 0
+    n_h = sum(a.GetTotalNumHs() for a in mol.GetAtoms())
+    n_row2 = sum(1 for a in mol.GetAtoms() if a.GetAtomicNum() > 10)
+    return n_h, mol.GetNumHeavyAtoms() - n_row2, n_row2
+
+
+class ReorgBackend(Backend):
+    """Four-point hole reorganisation energy; subclasses supply the energy engine.
+
+    Common params:
+        seed (int, 0): seed of the RDKit conformer embedding.
+        max_heavy_atoms (int, 40): larger molecules are rejected (SetupError).
+
+    Subclasses implement :meth:`_relax` and :meth:`_energy` (energies in eV,
+    coordinates in angstrom) and may override :meth:`_start_geometries`.
+    """
+
+    target = "molecule"
+    computes: ClassVar[tuple[str, ...]] = (
+        "reorg_energy_kjmol",
+        "lambda_cation_kjmol",
+        "lambda_neutral_kjmol",
+        "ip_adiabatic_kjmol",
+        "ip_vertical_kjmol",
+    )
+    objective_key = "reorg_energy_kjmol"
+
+    # -- engine hooks ---------------------------------------------------------------------
+    @abstractmethod
+    def _relax(
+        self, symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], params: dict[str, Any]
+    ) -> tuple[float, np.ndarray, dict[str, Any]]:
+        """Relax one charge state; return ``(energy_eV, coords_A (n, 3), info)``."""
+
+    @abstractmethod
+    def _energy(
+        self, symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], params: dict[str, Any]
+    ) -> float:
+        """Single-point total energy in eV of ``state`` = (charge, multiplicity)."""
+
+    def _start_geometries(
+        self, symbols: list[str], coords_A: np.ndarray, params: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """Starting geometries (neutral, cation or None = the relaxed neutral), info."""
+        return coords_A, None, {}
+
+    def _relaxes_at_own_level(self, params: dict[str, Any]) -> bool:
+        """Whether both geometries are minima of this level's energy (then neither
+        component of lambda can be negative) or borrowed from a cheaper level."""
+        return True
+
+    # -- the scheme ------------------------------------------------------------------------
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        import time
+
+        import numpy as np
+
+        cpu0 = time.process_time()
+        p = inp.params
+        canon = validate_smiles(inp.smiles, int(p.get("max_heavy_atoms", MAX_HEAVY_ATOMS)))
+        symbols, coords0 = embed_conformer(canon, seed=int(p.get("seed", 0)))
+        start_n, start_c, start_info = self._start_geometries(symbols, coords0, p)
+        e_nn, geom_n, info_n = self._relax(symbols, start_n, NEUTRAL, p)
+        e_cc, geom_c, info_c = self._relax(
+            symbols, geom_n if start_c is None else start_c, CATION, p
+        )
+        e_cn = self._energy(symbols, geom_n, CATION, p)
+        e_nc = self._energy(symbols, geom_c, NEUTRAL, p)
+        lam_c_ev = e_cn - e_cc
+        lam_n_ev = e_nc - e_nn
+        lam_ev = lam_c_ev + lam_n_ev
+        if self._relaxes_at_own_level(p):
+            for label, lam in (("cation", lam_c_ev), ("neutral", lam_n_ev)):
+                if lam * KJMOL_PER_EV < -NEGATIVE_TOLERANCE_KJMOL:
+                    raise RunError(
+                        f"negative {label} relaxation energy {lam * KJMOL_PER_EV:.2f} kJ/mol: "
+                        "a geometry optimisation did not reach its minimum"
+                    )
+        elif lam_ev * KJMOL_PER_EV < -NEGATIVE_TOLERANCE_KJMOL:
+            raise RunError(
+                f"negative reorganisation energy {lam_ev * KJMOL_PER_EV:.2f} kJ/mol on borrowed "
+                "geometries; they do not resemble this level's minima (relax at this level)"
+            )
+        values = {
+            "reorg_energy_kjmol": lam_ev * KJMOL_PER_EV,
+            "lambda_cation_kjmol": lam_c_ev * KJMOL_PER_EV,
+            "lambda_neutral_kjmol": lam_n_ev * KJMOL_PER_EV,
+            "ip_adiabatic_kjmol": (e_cc - e_nn) * KJMOL_PER_EV,
+            "ip_vertical_kjmol": (e_cn - e_nn) * KJMOL_PER_EV,
+        }
+        extra: dict[str, Any] = {
+            "smiles": canon,
+            "n_atoms": len(symbols),
+            "reorg_energy_ev": lam_ev,
+            "energies_ev": {"N@N": e_nn, "C@C": e_cc, "C@N": e_cn, "N@C": e_nc},
+            "neutral": info_n,
+            "cation": info_c,
+            **start_info,
+            "cpu_s": time.process_time() - cpu0,
+            "rmsd_n_to_c_A": float(np.sqrt(np.mean(np.sum((geom_n - geom_c) ** 2, axis=1)))),
+        }
+        if len(symbols) <= MAX_ATOMS_XYZ_IN_EXTRA:
+            extra["xyz_neutral"] = to_xyz(symbols, geom_n, f"{canon} neutral {self.name}")
+            extra["xyz_cation"] = to_xyz(symbols, geom_c, f"{canon} cation {self.name}")
+        return values, extra
+
+
+# -- GFN2-xTB ------------------------------------------------------------------------------
+
+
+def _tblite_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tblite")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def xtb_relax(
+    symbols: list[str],
+    coords_A: np.ndarray,
+    state: tuple[int, int],
+    fmax_eV_A: float = 0.01,
+    max_steps: int = 500,
+    max_cycles: int = 250,
+) -> tuple[float, np.ndarray, int]:
+    """Relax a molecule with GFN2-xTB (tblite) and ASE's BFGS.
+
+    Args:
+        symbols: element symbols, length n.
+        coords_A: start coordinates, shape (n, 3), angstrom.
+        state: (charge, spin multiplicity).
+        fmax_eV_A: convergence threshold on the largest atomic force, eV/angstrom.
+        max_steps: optimiser step cap.
+        max_cycles: SCF iteration cap per energy.
+
+    Returns:
+        ``(energy_eV, coords_A (n, 3), n_steps)`` at the relaxed geometry.
+
+    Raises:
+        RunError: SCF not converged, or the optimiser used ``max_steps`` steps.
+    """
+    import numpy as np
+    from ase import Atoms
+    from ase.optimize import BFGS
+
+    atoms = Atoms(symbols, positions=np.asarray(coords_A, dtype=float))
+    atoms.calc = _tblite_calc(state, max_cycles)
+    opt = BFGS(atoms, logfile=None, maxstep=0.2)
+    try:
+        converged = opt.run(fmax=fmax_eV_A, steps=max_steps)
+        energy = float(atoms.get_potential_energy())
+    except Exception as exc:  # tblite raises ase CalculationFailed on SCF failure
+        raise RunError(f"xTB SCF failed for charge {state[0]:+d}: {' '.join(str(exc).split())}") from None
+    if not converged:
+        raise RunError(f"xTB optimisation (charge {state[0]:+d}) not converged in {max_steps} steps")
+    return energy, atoms.get_positions().copy(), int(opt.nsteps)
+
+
+def xtb_energy(
+    symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], max_cycles: int = 250
+) -> float:
+    """GFN2-xTB single-point energy in eV; coords_A shape (n, 3) in angstrom."""
+    import numpy as np
+    from ase import Atoms
+
+    atoms = Atoms(symbols, positions=np.asarray(coords_A, dtype=float))
+    atoms.calc = _tblite_calc(state, max_cycles)
+    try:
+        return float(atoms.get_potential_energy())
+    except Exception as exc:
+        raise RunError(f"xTB SCF failed for charge {state[0]:+d}: {' '.join(str(exc).split())}") from None
+
+
+def _tblite_calc(state: tuple[int, int], max_cycles: int):
+    from tblite.ase import TBLite
+
+    charge, mult = state
+    return TBLite(
+        method="GFN2-xTB", charge=charge, multiplicity=mult, verbosity=0,
+        max_iterations=int(max_cycles),
+    )
+
+
+class XtbReorgBackend(ReorgBackend):
+    """Hole reorganisation energy with GFN2-xTB (tblite), fidelity 0.
+
+    Params (besides those of :class:`ReorgBackend`):
+        fmax (float, 0.01): force convergence threshold, eV/angstrom.
+        max_steps (int, 500): BFGS step cap per optimisation.
+        max_cycles (int, 250): SCF iteration cap per energy.
+
+    Cost (measured on one core, see ``benchmarks/reorg_timing.py``): ~0.3 s for
+    thiophene, ~2 s for anthracene.
+    """
+
+    name = "xtb-reorg"
+    version = f"1+tblite-{_tblite_version()}"
+    fidelity = 0
+    description = "hole reorganisation energy lambda+ (four-point), GFN2-xTB via tblite"
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        n_h, n_1, n_2 = _atom_counts(inp.smiles)
+        n_atoms = n_h + n_1 + n_2
+        return 0.05 + 2.0e-4 * n_atoms**2
+
+    def _relax(self, symbols, coords_A, state, params):
+        energy, coords, n_steps = xtb_relax(
+            symbols, coords_A, state,
+            fmax_eV_A=float(params.get("fmax", 0.01)),
+            max_steps=int(params.get("max_steps", 500)),
+            max_cycles=int(params.get("max_cycles", 250)),
+        )
+        return energy, coords, {"n_opt_steps": n_steps}
+
+    def _energy(self, symbols, coords_A, state, params):
+        return xtb_energy(symbols, coords_A, state, int(params.get("max_cycles", 250)))
+
+
+# -- DFT (PySCF) ---------------------------------------------------------------------------
+
+
+def _pyscf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyscf")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+#: basis functions per (H, first-row, second-row) atom for common bases (spherical)
+_N_BF = {
+    "sto-3g": (1, 5, 9),
+    "3-21g": (2, 9, 13),
+    "6-31g": (2, 9, 13),
+    "6-31g*": (2, 14, 18),
+    "6-31g(d)": (2, 14, 18),
+    "def2-svp": (5, 14, 18),
+    "def2-svpd": (8, 17, 22),
+    "def2-tzvp": (6, 31, 37),
+}
+
+DFT_DEFAULTS: dict[str, Any] = {
+    "functional": "b3lyp",
+    "basis": "6-31g",
+    "geometry": "xtb",
+    "max_cycles": 100,
+    "conv_tol": 1e-8,
+    "max_opt_steps": 50,
+    "threads": 1,
+    "density_fit": True,
+    "grid_level": 1,
+}
+
+
+class DftReorgBackend(ReorgBackend):
+    """Hole reorganisation energy with Kohn-Sham DFT in PySCF, fidelity 1.
+
+    Params (besides those of :class:`ReorgBackend`; defaults in :data:`DFT_DEFAULTS`):
+        functional (str, "b3lyp"): exchange-correlation functional (libxc name).
+        basis (str, "6-31g"): Gaussian basis set.
+        geometry (str, "xtb"): "xtb" uses the GFN2-xTB geometries as they are (four
+            DFT single points); "dft" relaxes both states with geomeTRIC starting
+            from the GFN2-xTB geometries (about 10x costlier: ~10 gradient steps per
+            state; see the timings in ``benchmarks/reorg_timing.py``, which is why
+            "xtb" is the default).
+        max_cycles (int, 100): SCF iteration cap (then one second-order SCF attempt).
+        conv_tol (float, 1e-8): SCF energy convergence, hartree.
+        max_opt_steps (int, 50): geomeTRIC step cap per optimisation.
+        threads (int, 1): OpenMP threads for PySCF.
+        density_fit (bool, True): density fitting of the Coulomb and exchange
+            integrals (a large speed-up of hybrid functionals; errors in lambda well
+            under 0.1 kJ/mol for this energy difference).
+        grid_level (int, 1): PySCF DFT integration grid level (0-9); the XC grid
+            dominates the cost here and level 1 changes total energies by ~1e-6
+            hartree relative to level 3 (naphthalene cation, B3LYP/6-31G).
+    """
+
+    name = "dft-reorg"
+    version = f"1+pyscf-{_pyscf_version()}"
+    fidelity = 1
+    description = "hole reorganisation energy lambda+ (four-point), PySCF DFT + geomeTRIC"
+
+    def _p(self, params: dict[str, Any], key: str) -> Any:
+        return params.get(key, DFT_DEFAULTS[key])
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        p = {**self.params, **inp.params}
+        n_h, n_1, n_2 = _atom_counts(inp.smiles)
+        per = _N_BF.get(str(self._p(p, "basis")).lower(), _N_BF["def2-svp"])
+        n_bf = n_h * per[0] + n_1 * per[1] + n_2 * per[2]
+        n_atoms = n_h + n_1 + n_2
+        # a single RKS+UKS SCF pair costs ~a*n_bf^2.5 s; a relaxation ~ (5 + n_atoms/3)
+        # gradient steps per state (calibrated with benchmarks/reorg_timing.py)
+        scf_s = 1.0e-4 * max(n_bf, 1) ** 2.2
+        n_calls = 4.0 if self._p(p, "geometry") == "xtb" else 2.0 + 2.0 * (6 + n_atoms / 3) * 2.0
+        return 0.5 + scf_s * n_calls
+
+    def _relaxes_at_own_level(self, params: dict[str, Any]) -> bool:
+        return self._p(params, "geometry") == "dft"
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        try:
+            return super()._evaluate(inp)
+        finally:
+            self._dm_guess = {}  # densities belong to one evaluation; keep pickles small
+
+    def _start_geometries(self, symbols, coords_A, params):
+        geom = str(self._p(params, "geometry"))
+        if geom not in ("dft", "xtb"):
+            raise SetupError(f"unknown geometry option {geom!r}; use 'dft' or 'xtb'")
+        self._dm_guess: dict[tuple[int, int], Any] = {}
+        _, g_n, steps_n = xtb_relax(symbols, coords_A, NEUTRAL)
+        _, g_c, steps_c = xtb_relax(symbols, g_n, CATION)
+        return g_n, g_c, {"xtb_opt_steps": [steps_n, steps_c]}
+
+    def _mean_field(self, symbols, coords_A, state, params):
+        from pyscf import dft, gto, lib
+
+        lib.num_threads(int(self._p(params, "threads")))
+        charge, mult = state
+        try:
+            mol = gto.M(
+                atom=[(s, tuple(map(float, c))) for s, c in zip(symbols, coords_A)],
+                basis=str(self._p(params, "basis")), charge=charge, spin=mult - 1,
+                unit="Angstrom", verbose=0,
+            )
+        except Exception as exc:
+            raise SetupError(f"PySCF cannot build the molecule: {' '.join(str(exc).split())[:200]}") from None
+        mf = dft.RKS(mol) if mult == 1 else dft.UKS(mol)
+        mf.xc = str(self._p(params, "functional"))
+        mf.max_cycle = int(self._p(params, "max_cycles"))
+        mf.conv_tol = float(self._p(params, "conv_tol"))
+        mf.grids.level = int(self._p(params, "grid_level"))
+        if bool(self._p(params, "density_fit")):
+            mf = mf.density_fit()
+        return mf
+
+    def _converged_scf(self, mf, label: str, state: tuple[int, int]):
+        """Run the SCF; fall back to second-order SCF; RunError if both fail.
+
+        The converged density of the same charge state (at the other geometry of this
+        evaluation), when there is one, is the initial guess.
+        """
+        guesses = getattr(self, "_dm_guess", {})
+        try:
+            mf.kernel(dm0=guesses.get(state))
+            if mf.converged:
+                guesses[state] = mf.make_rdm1()
+                return mf
+            dm = mf.make_rdm1()
+            mf2 = mf.newton()
+            mf2.kernel(dm0=dm)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise SetupError(f"DFT setup failed ({label}): {' '.join(str(exc).split())[:200]}") from None
+        if not mf2.converged:
+            raise RunError(
+                f"SCF did not converge ({label}) in {mf.max_cycle} cycles, "
+                "nor with second-order SCF"
+            )
+        guesses[state] = mf2.make_rdm1()
+        return mf2
+
+    def _energy(self, symbols, coords_A, state, params):
+        mf = self._mean_field(symbols, coords_A, state, params)
+        mf = self._converged_scf(mf, f"charge {state[0]:+d} single point", state)
+        return float(mf.e_tot) * EV_PER_HARTREE
+
+    def _relax(self, symbols, coords_A, state, params):
+        import numpy as np
+
+        mf = self._mean_field(symbols, coords_A, state, params)
+        label = f"charge {state[0]:+d}"
+        mf = self._converged_scf(mf, label, state)
+        if self._p(params, "geometry") == "xtb":
+            return float(mf.e_tot) * EV_PER_HARTREE, np.asarray(coords_A, float), {"n_opt_steps": 0}
+        return self._geometric_relax(mf, symbols, state, params, label)
+
+    def _geometric_relax(self, mf, symbols, state, params, label):
+        import contextlib
+        import logging
+
+        import numpy as np
+        from pyscf import lib
+        from pyscf.geomopt import geometric_solver
+
+        trace: list[tuple[np.ndarray, float]] = []
+
+        def record(env: dict[str, Any]) -> None:
+            trace.append((np.array(env["coords"], float).reshape(-1, 3), float(env["energy"])))
+
+        max_steps = int(self._p(params, "max_opt_steps"))
+        geo_logger = logging.getLogger("geometric")
+        old_level, old_prop = geo_logger.level, geo_logger.propagate
+        geo_logger.setLevel(logging.ERROR)
+        geo_logger.propagate = False
+        try:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                converged, mol_eq = geometric_solver.kernel(
+                    mf, maxsteps=max_steps, callback=record, assert_convergence=True
+                )
+        except RuntimeError as exc:
+            if "not converged" in str(exc):
+                raise RunError(f"SCF did not converge during the DFT optimisation ({label})") from None
+            raise
+        finally:
+            geo_logger.setLevel(old_level)
+            geo_logger.propagate = old_prop
+        if not converged:
+            raise RunError(f"DFT geometry optimisation ({label}) not converged in {max_steps} steps")
+        coords_bohr = mol_eq.atom_coords()
+        if trace and np.allclose(trace[-1][0], coords_bohr, atol=1e-8):
+            energy_ev = trace[-1][1] * EV_PER_HARTREE
+        else:
+            energy_ev = self._energy(symbols, coords_bohr * lib.param.BOHR, state, params)
+        return energy_ev, coords_bohr * lib.param.BOHR, {"n_opt_steps": len(trace)}
+

@@ -1,0 +1,136 @@
+"""A replay backend: stored results of real calculations, served back by SMILES.
+
+Decision logic (acquisition, budgets, stopping) and benchmarks at scale need many
+evaluations; replaying a table of results computed earlier with the real backends
+makes them fast and exactly reproducible. The table is a CSV file with a header::
+
+    smiles,level,reorg_energy_kjmol,wall_s
+    c1ccc2ccccc2c1,xtb-reorg,12.94,0.17
+    c1ccc2ccccc2c1,dft-reorg,18.05,41.2
+
+Columns: ``smiles`` (any valid SMILES; canonicalised on load), ``level`` (or
+``backend``) naming the level a row belongs to, then numeric value columns. Empty
+cells are missing values. A ``wall_s`` column, if present, is the recorded cost of
+the original calculation and is reported in ``extra`` (never as a value).
+
+Params:
+    table (str): path of the CSV file (required).
+    level (str | None): rows of this level only; may be omitted when the table has a
+        single level.
+    fidelity (int, 0): fidelity this replayed level stands for.
+    cost_s (float, 1.0): the cost estimate to report (CPU seconds); when omitted and
+        the table has ``wall_s``, that molecule's recorded wall time is used.
+
+Each instance has its own ``fidelity`` (an instance attribute shadowing the class
+attribute), so one campaign can replay several levels of a ladder.
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sim_backends.base import Backend, EvalInput, SetupError
+
+_COST_COLUMN = "wall_s"
+
+
+@lru_cache(maxsize=16)
+def _load_table(path: str, mtime_ns: int) -> dict[tuple[str, str], dict[str, float]]:
+    """Parse a replay CSV into {(canonical smiles, level): {column: value}}.
+
+    ``mtime_ns`` is only part of the cache key, so an edited file is re-read.
+    """
+    from sim_backends.molecule import validate_smiles
+
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        if "smiles" not in fields:
+            raise SetupError(f"replay table {path} has no 'smiles' column")
+        level_col = "level" if "level" in fields else "backend" if "backend" in fields else None
+        table: dict[tuple[str, str], dict[str, float]] = {}
+        for i, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            try:
+                canon = validate_smiles(row["smiles"], max_heavy_atoms=10**6)
+            except SetupError:
+                continue  # a stored row for an invalid molecule cannot be asked for
+            level = row.get(level_col, "") if level_col else ""
+            values: dict[str, float] = {}
+            for key, text in row.items():
+                if key in ("smiles", level_col) or text == "":
+                    continue
+                try:
+                    values[key] = float(text)
+                except ValueError:
+                    raise SetupError(f"replay table {path} line {i}: {key}={text!r} is not a number") from None
+            table[(canon, level)] = values
+    return table
+
+
+class ReplayBackend(Backend):
+    """Serve stored results for a level from a CSV table (see module docstring)."""
+
+    name = "replay"
+    version = "1"
+    fidelity = 0
+    target = "molecule"
+    computes = ("reorg_energy_kjmol",)
+    objective_key = "reorg_energy_kjmol"
+    description = "replays stored results of real calculations from a CSV table"
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        try:
+            self.fidelity = int(params.get("fidelity", 0))
+        except (TypeError, ValueError):
+            raise SetupError(f"replay: fidelity must be an integer, got {params.get('fidelity')!r}") from None
+
+    def _table(self, params: dict[str, Any]) -> tuple[dict[tuple[str, str], dict[str, float]], str]:
+        path = params.get("table")
+        if not path:
+            raise SetupError("replay: param 'table' (path of a CSV file) is required")
+        p = Path(str(path)).expanduser()
+        if not p.is_file():
+            raise SetupError(f"replay table not found: {p}")
+        table = _load_table(str(p.resolve()), p.stat().st_mtime_ns)
+        levels = sorted({lvl for _, lvl in table})
+        level = params.get("level")
+        if level is None:
+            if len(levels) > 1:
+                raise SetupError(f"replay: table has levels {levels}; set param 'level'")
+            level = levels[0] if levels else ""
+        elif str(level) not in levels:
+            raise SetupError(f"replay: level {level!r} not in table (has {levels})")
+        return table, str(level)
+
+    def _lookup(self, inp: EvalInput) -> tuple[str, str, dict[str, float]]:
+        from sim_backends.molecule import validate_smiles
+
+        table, level = self._table(inp.params)
+        canon = validate_smiles(inp.smiles)
+        row = table.get((canon, level))
+        if row is None:
+            raise SetupError(f"no stored result for '{canon}' at level '{level}'")
+        return canon, level, row
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        params = {**self.params, **inp.params}
+        if "cost_s" in params:
+            return float(params["cost_s"])
+        try:
+            _, _, row = self._lookup(EvalInput(inp.smiles, params=params))
+        except SetupError:
+            return 1.0
+        return float(row.get(_COST_COLUMN, 1.0))
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        canon, level, row = self._lookup(inp)
+        values = {k: v for k, v in row.items() if k != _COST_COLUMN}
+        extra: dict[str, Any] = {"replayed_level": level, "smiles": canon}
+        if _COST_COLUMN in row:
+            extra["recorded_wall_s"] = row[_COST_COLUMN]
+        return values, extra
