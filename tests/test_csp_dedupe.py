@@ -1,0 +1,73 @@
+"""Duplicate removal: copies (translated, rotated, permuted, re-celled) merge; distinct
+structures stay; symmetry detection reports the full space group."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim_backends.csp.dedupe import Candidate, dedupe, detect_space_group, to_structure
+from sim_backends.csp.spacegroups import get_space_group
+from sim_backends.csp.trials import coords_numpy
+
+
+@pytest.fixture(scope="module")
+def structures():
+    from sim_backends.csp.rigid import RigidMolecule
+
+    mol = RigidMolecule.from_smiles("O=C1C=CC(=O)C=C1", charges="none")  # benzoquinone
+    sg = get_space_group("P2_1/c")
+    cell_p = np.array([[7.0, 6.2, 8.1, 90, 101.0, 90], [6.1, 7.9, 7.5, 90, 95.0, 90]])
+    centre = np.array([[0.21, 0.13, 0.32], [0.11, 0.27, 0.36]])
+    quat = np.array([[0.9, 0.1, 0.3, 0.3], [0.5, 0.5, -0.5, 0.5]])
+    quat /= np.linalg.norm(quat, axis=1, keepdims=True)
+    cells, xyz = coords_numpy(sg, cell_p, centre, quat, mol.coords_A)
+    a = to_structure(mol.symbols, cells[0], xyz[0])
+    b = to_structure(mol.symbols, cells[1], xyz[1])
+    return mol, a, b
+
+
+def _copy_variants(s):
+    """Translated + rotated, atom-permuted, and supercell/other-cell copies of s."""
+    from pymatgen.core import Structure
+    from pymatgen.transformations.standard_transformations import RotationTransformation
+
+    moved = s.copy()
+    moved.translate_sites(list(range(len(moved))), [0.37, 0.11, 0.52], frac_coords=True)
+    moved = RotationTransformation([1, 1, 0], 33.0).apply_transformation(moved)
+    order = np.random.default_rng(0).permutation(len(s))
+    permuted = Structure(s.lattice, [s.species[i] for i in order], s.frac_coords[order])
+    recelled = s.copy()
+    recelled.make_supercell([[1, 0, 0], [0, 1, 0], [1, 0, 1]])  # same lattice, other cell
+    doubled = s.copy()
+    doubled.make_supercell([2, 1, 1])  # Z = 8 description of the same crystal
+    return [moved, permuted, recelled, doubled]
+
+
+@pytest.mark.slow
+def test_copies_merge_and_distinct_structures_stay(structures):
+    _, a, b = structures
+    cands = [Candidate(-50.0, 1.40, a)]
+    cands += [Candidate(-50.0 + 0.1 * k, 1.40, c) for k, c in enumerate(_copy_variants(a), 1)]
+    cands += [Candidate(-49.7, 1.41, b), Candidate(-49.6, 1.41, _copy_variants(b)[0])]
+    unique = dedupe(cands)
+    assert len(unique) == 2
+    assert [u.multiplicity for u in unique] == [5, 2]
+    assert unique[0].structure is a  # the lowest-energy member represents its group
+
+
+def test_energy_prefilter_keeps_structures_apart(structures):
+    _, a, _ = structures
+    # identical geometry but energies 5 kJ/mol apart: the pre-filter never compares them
+    unique = dedupe([Candidate(-50.0, 1.40, a), Candidate(-45.0, 1.40, a.copy())],
+                    energy_tol_kjmol=1.0)
+    assert len(unique) == 2
+
+
+def test_detect_space_group(structures):
+    _, a, _ = structures
+    assert detect_space_group(a) == ("P2_1/c", 14)
+    p1 = a.copy()
+    p1.translate_sites([0], [0.05, 0.0, 0.0], frac_coords=False)  # breaks symmetry by 0.05 A
+    assert detect_space_group(p1, symprec=0.01)[1] == 1
+    assert detect_space_group(p1, symprec=0.1)[1] == 14
