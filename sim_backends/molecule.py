@@ -63,7 +63,8 @@ def validate_smiles(smiles: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS) -> str:
 
     Raises:
         SetupError: with a one-line message if the SMILES does not parse, has more
-            than one fragment, carries a net or formal charge, has unpaired electrons
+            than one fragment, carries a net charge (formal charges summing to zero, as in
+            nitro groups, are fine), has unpaired electrons
             (radical), contains an element outside
             :data:`~sim_backends.base.SUPPORTED_ELEMENTS` (named in the message), or
             has more than ``max_heavy_atoms`` heavy atoms.
@@ -84,8 +85,6 @@ def validate_smiles(smiles: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS) -> str:
     charge = Chem.GetFormalCharge(mol)
     if charge != 0:
         raise SetupError(f"SMILES '{s}' has net charge {charge:+d}; give a neutral molecule")
-    if any(a.GetFormalCharge() != 0 for a in mol.GetAtoms()):
-        raise SetupError(f"SMILES '{s}' has charged atoms (zwitterion); not supported")
     n_radical = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
     if n_radical:
         raise SetupError(f"SMILES '{s}' has {n_radical} unpaired electron(s); give a closed-shell molecule")

@@ -1,0 +1,98 @@
+"""Hole reorganisation energy backends with real GFN2-xTB (tblite) and DFT (PySCF)."""
+
+import pickle
+
+import pytest
+
+from sim_backends.base import EvalInput
+from sim_backends.reorg import KJMOL_PER_EV, DftReorgBackend, XtbReorgBackend
+
+
+def _check_four_point(res):
+    v, e = res.values, res.extra
+    assert v["reorg_energy_kjmol"] == pytest.approx(v["lambda_cation_kjmol"] + v["lambda_neutral_kjmol"])
+    assert e["reorg_energy_ev"] * KJMOL_PER_EV == pytest.approx(v["reorg_energy_kjmol"])
+    en = e["energies_ev"]
+    assert (en["C@N"] - en["C@C"]) * KJMOL_PER_EV == pytest.approx(v["lambda_cation_kjmol"])
+    assert (en["N@C"] - en["N@N"]) * KJMOL_PER_EV == pytest.approx(v["lambda_neutral_kjmol"])
+    assert v["ip_vertical_kjmol"] >= v["ip_adiabatic_kjmol"]
+    assert e["xyz_neutral"].startswith(str(e["n_atoms"]) + "\n")
+
+
+def test_xtb_thiophene_reorganisation_energy_is_plausible():
+    res = XtbReorgBackend().evaluate(EvalInput("c1ccsc1"))
+    assert res.ok, res.reason
+    _check_four_point(res)
+    lam = res.values["reorg_energy_kjmol"]
+    # thiophene lambda+ is ~0.2-0.4 eV at DFT level (~20-40 kJ/mol); GFN2 gives ~22
+    assert 5.0 < lam < 60.0
+    assert res.values["lambda_cation_kjmol"] > 0 and res.values["lambda_neutral_kjmol"] > 0
+    # GFN2-xTB ionisation energies of small heteroaromatics are 10-16 eV (no IPEA shift)
+    assert 900.0 < res.values["ip_adiabatic_kjmol"] < 1600.0
+    assert res.backend_version.startswith("1+tblite-")
+    pickle.loads(pickle.dumps(res))
+
+
+def test_xtb_reorganisation_energy_falls_along_the_acene_series():
+    b = XtbReorgBackend()
+    lam = [b.evaluate(EvalInput(s)).values["reorg_energy_kjmol"]
+           for s in ("c1ccc2ccccc2c1", "c1ccc2cc3ccccc3cc2c1")]
+    assert lam[0] > lam[1] > 0  # naphthalene > anthracene, as at every level of theory
+
+
+@pytest.mark.parametrize("backend", [XtbReorgBackend(), DftReorgBackend(basis="sto-3g")])
+@pytest.mark.parametrize("smiles, fragment", [("C1CC(", "invalid SMILES"), ("c1cc[se]c1", "Se")])
+def test_bad_molecules_fail_at_setup(backend, smiles, fragment):
+    res = backend.evaluate(EvalInput(smiles))
+    assert res.status == "failed" and res.reason.startswith("setup:") and fragment in res.reason
+    assert not res.retryable
+
+
+def test_xtb_scf_failure_is_a_retryable_run_error():
+    res = XtbReorgBackend(max_cycles=1).evaluate(EvalInput("c1ccsc1"))
+    assert res.status == "failed" and res.retryable
+    assert res.reason.startswith("run:") and "SCF" in res.reason
+
+
+def test_dft_scf_non_convergence_is_a_run_error():
+    res = DftReorgBackend(basis="sto-3g", max_cycles=1).evaluate(EvalInput("C=C"))
+    assert res.status == "failed" and res.retryable, res.reason
+    assert res.reason.startswith("run:") and "SCF did not converge" in res.reason
+
+
+def test_dft_unknown_options_fail_at_setup():
+    res = DftReorgBackend(geometry="mm").evaluate(EvalInput("C=C"))
+    assert res.reason.startswith("setup:") and "geometry" in res.reason
+    res = DftReorgBackend(basis="no-such-basis").evaluate(EvalInput("C=C"))
+    assert res.status == "failed" and res.reason.startswith("setup:"), res.reason
+
+
+def test_cost_estimates_grow_with_molecule_size_and_level():
+    small, big = EvalInput("c1ccsc1"), EvalInput("c1ccc2cc3ccccc3cc2c1")
+    for b in (XtbReorgBackend(), DftReorgBackend(), DftReorgBackend(geometry="dft")):
+        assert 0 < b.cost_estimate(small) < b.cost_estimate(big)
+    assert DftReorgBackend().cost_estimate(small) > 5 * XtbReorgBackend().cost_estimate(small)
+    assert DftReorgBackend(geometry="dft").cost_estimate(big) > DftReorgBackend().cost_estimate(big)
+    assert DftReorgBackend(basis="def2-svp").cost_estimate(big) > DftReorgBackend(basis="sto-3g").cost_estimate(big)
+
+
+@pytest.mark.slow
+def test_dft_ethylene_full_optimisation_sto3g():
+    res = DftReorgBackend(basis="sto-3g", geometry="dft").evaluate(EvalInput("C=C"))
+    assert res.ok, res.reason
+    _check_four_point(res)
+    v = res.values
+    assert v["lambda_cation_kjmol"] > 0 and v["lambda_neutral_kjmol"] > 0
+    # the ethylene cation twists about C=C and stretches it: a large lambda+ (~0.5-1 eV)
+    assert 30.0 < v["reorg_energy_kjmol"] < 150.0
+    assert res.extra["neutral"]["n_opt_steps"] >= 2 and res.extra["cation"]["n_opt_steps"] >= 2
+    assert res.backend_version.startswith("1+pyscf-")
+
+
+@pytest.mark.slow
+def test_dft_single_points_on_xtb_geometries_thiophene_sto3g():
+    res = DftReorgBackend(basis="sto-3g").evaluate(EvalInput("c1ccsc1"))
+    assert res.ok, res.reason
+    _check_four_point(res)
+    assert res.extra["neutral"]["n_opt_steps"] == 0
+    assert 5.0 < res.values["reorg_energy_kjmol"] < 80.0
