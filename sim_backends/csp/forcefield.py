@@ -249,19 +249,24 @@ def _pair_terms_function() -> type:
         def backward(ctx, grad_rd, grad_el):
             d_site, d_atom, g_site, g_atom, atom_i, atom_j, pair = ctx.saved_tensors
             site_shape, trans_shape = ctx.shapes
-            f_site = (grad_rd * g_site)[:, None] * d_site  # dE/d(d_site), (M, 3)
-            f_atom = (grad_el * g_atom)[:, None] * d_atom
+            # component-major (3, M) scatters are ~1.5x faster than row-major (M, 3) ones
+            f_site = (grad_rd * g_site)[None, :] * d_site.t()  # dE/d(d_site), (3, M)
+            f_atom = (grad_el * g_atom)[None, :] * d_atom.t()
+            n_rows = site_shape[0]
+
+            def scatter(force):
+                out = torch.zeros(3, n_rows, dtype=force.dtype)
+                out.index_add_(1, atom_j, force).index_add_(1, atom_i, force.neg())  # alpha=-1 is ~6x slower
+                return out.t()
+
             if ctx.same:
-                f_site = f_site + f_atom
-            grad_sites = torch.zeros(site_shape, dtype=f_site.dtype)
-            grad_sites.index_add_(0, atom_j, f_site).index_add_(0, atom_i, f_site, alpha=-1.0)
-            grad_atoms = None
-            total = f_site
-            if not ctx.same:
-                grad_atoms = torch.zeros(site_shape, dtype=f_atom.dtype)
-                grad_atoms.index_add_(0, atom_j, f_atom).index_add_(0, atom_i, f_atom, alpha=-1.0)
+                total = (f_site + f_atom).contiguous()
+                grad_sites, grad_atoms = scatter(total), None
+            else:
+                f_site, f_atom = f_site.contiguous(), f_atom.contiguous()
+                grad_sites, grad_atoms = scatter(f_site), scatter(f_atom)
                 total = f_site + f_atom
-            grad_trans = torch.zeros(trans_shape, dtype=total.dtype).index_add_(0, pair, total)
+            grad_trans = torch.zeros(3, trans_shape[0], dtype=total.dtype).index_add_(1, pair, total).t()
             return grad_sites, grad_atoms, grad_trans, None, None, None, None, None
 
     return _PairTerms

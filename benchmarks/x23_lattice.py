@@ -1,0 +1,244 @@
+"""X23 lattice energies with the W99 exp-6 + ESP point-charge rigid-molecule model.
+
+For every X23 crystal in data/reference/x23 (PBE+TS geometries), one molecule is cut from the
+crystal and made a RigidMolecule; every molecule of the cell is replaced by a rigid copy
+placed by a Kabsch fit. Charges are RESP-style fits to the HF/6-31G* ESP of that molecule
+(pyscf; cached). The lattice energy is evaluated at the experimental (PBE+TS) geometry and
+after minimisation of cell (9 components) and rigid-body coordinates (fractional centres,
+rotation vectors) with scipy L-BFGS-B and autograd gradients. The baseline, measured in the
+same run, is the same protocol with GFN2-xTB Mulliken charges (tblite).
+
+Reference: X23 lattice energies (Reilly & Tkatchenko 2013), back-corrected from sublimation
+enthalpies. A rigid-molecule lattice energy omits the molecular relaxation energy (the
+molecule's deformation in the crystal, typically +1 to +5 kJ/mol) and uses the crystal
+conformation for the gas-phase molecule; expect errors of ~10 kJ/mol even for good
+multipole models and more with point charges (W99 was fitted with point charges of its own).
+
+Also measures energy+gradient throughput of LatticeEnergyModel for B = 1, 64, 256 structures
+(oxalic acid alpha, Z = 4; naphthalene, Z = 2); the baseline there is B = 1.
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/x23_lattice.py [--systems a,b] [--max-iter N]
+Output: a table, one JSON line, and benchmarks/results/x23_lattice.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sim_backends.csp.charges import compute_charges  # noqa: E402
+from sim_backends.csp.forcefield import LatticeEnergyModel  # noqa: E402
+from sim_backends.csp.rigid import RigidMolecule, fit_rigid_pose, split_molecules, symmetry_classes  # noqa: E402
+
+X23_DIR = ROOT / "data" / "reference" / "x23"
+
+
+def load_x23() -> tuple[dict, dict[str, float]]:
+    """X23 frames by name and reference lattice energies (kJ/mol per molecule)."""
+    from ase.io import read
+
+    frames = {f.info["name"]: f for f in read(X23_DIR / "x23_pbe_ts_crystals.extxyz", ":")}
+    rows = [ln for ln in (X23_DIR / "x23_lattice_energies.csv").read_text().splitlines() if not ln.startswith("#")]
+    ref = {r["system"]: float(r["E_latt_X23_kJmol"]) for r in csv.DictReader(rows)}
+    return frames, ref
+
+
+def prepare(frame, charge_method: str):
+    """(RigidMolecule, cell (3,3), rotations (Z,3,3), centres (Z,3), max fit RMSD)."""
+    symbols = frame.get_chemical_symbols()
+    cell = frame.cell.array.copy()
+    mols = split_molecules(symbols, frame.positions, cell)
+    idx0, xyz0 = mols[0]
+    sym0 = [symbols[i] for i in idx0]
+    neutral = RigidMolecule.from_atoms(sym0, xyz0)
+    fit = compute_charges(
+        neutral.symbols, neutral.coords_A, charge_method, symmetry_classes(neutral.symbols, neutral.coords_A),
+        cache_key=f"x23:{frame.info['name']}",
+    )
+    mol = neutral.with_charges(fit.charges_e, fit.method, fit.rrms)
+    rots, centres, rmsd = [], [], 0.0
+    for idx, xyz in mols:
+        _, rot, trans, err = fit_rigid_pose(mol, [symbols[i] for i in idx], xyz)
+        rots.append(rot)
+        centres.append(trans)  # body frame is centred at the centre of mass
+        rmsd = max(rmsd, err)
+    return mol, cell, np.array(rots), np.array(centres), rmsd
+
+
+def rotation_matrices(vec):
+    """Rodrigues: rotation vectors (Z, 3) -> (Z, 3, 3), differentiable at 0."""
+    import torch
+
+    theta2 = (vec * vec).sum(dim=-1, keepdim=True)[..., None] + 1e-30
+    theta = theta2.sqrt()
+    kx = torch.zeros(vec.shape[:-1] + (3, 3), dtype=vec.dtype)
+    kx[..., 0, 1], kx[..., 0, 2], kx[..., 1, 2] = -vec[..., 2], vec[..., 1], -vec[..., 0]
+    kx = kx - kx.transpose(-1, -2)
+    small = theta2 < 1e-12
+    sin_c = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    cos_c = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2)
+    return torch.eye(3, dtype=vec.dtype) + sin_c * kx + cos_c * (kx @ kx)
+
+
+def minimise(model, mol, cell0, rots0, centres0, max_iter: int):
+    """Rigid-body + cell L-BFGS-B minimisation; returns dict of energies, volumes, iterations."""
+    import torch
+    from scipy.optimize import minimize
+
+    n_mol = len(rots0)
+    body = torch.tensor(np.asarray(mol.coords_A))
+    cell0_t = torch.tensor(cell0)
+    frac0 = torch.tensor(centres0 @ np.linalg.inv(cell0))
+    rot0 = torch.tensor(rots0)
+    inv0 = torch.linalg.inv(cell0_t)
+    rot_scale = 1.0 / max(1.0, model.extent_A)  # rotation variable in ~A of atom motion
+
+    def unpack(x):
+        x = torch.as_tensor(x, dtype=torch.float64)
+        cell = cell0_t + x[:9].reshape(3, 3)
+        shift = x[9 : 9 + 3 * n_mol].reshape(n_mol, 3)
+        omega = x[9 + 3 * n_mol :].reshape(n_mol, 3) * rot_scale
+        frac = frac0 + shift @ inv0
+        rot = rotation_matrices(omega) @ rot0
+        coords = (frac @ cell)[:, None, :] + torch.einsum("na,zba->znb", body, rot)
+        return cell, coords
+
+    def fun(x):
+        xt = torch.tensor(x, requires_grad=True)
+        cell, coords = unpack(xt)
+        energy = model.energy_kjmol(cell[None], coords[None])[0]
+        (grad,) = torch.autograd.grad(energy, xt)
+        return float(energy.detach()), grad.numpy().astype(float)
+
+    x0 = np.zeros(9 + 6 * n_mol)
+    lengths = np.linalg.norm(cell0, axis=1)
+    bounds = [(-0.3 * lengths[i // 3], 0.3 * lengths[i // 3]) for i in range(9)]
+    bounds += [(-4.0, 4.0)] * (3 * n_mol) + [(None, None)] * (3 * n_mol)
+    e0 = fun(x0)[0]
+    res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"maxiter": max_iter, "gtol": 1e-4, "ftol": 1e-12, "maxcor": 30})
+    cell, _ = unpack(res.x)
+    v0 = abs(np.linalg.det(cell0))
+    v1 = abs(float(torch.linalg.det(cell.detach())))
+    return {"e_exp_kjmol": e0, "e_min_kjmol": float(res.fun), "dv_percent": 100.0 * (v1 / v0 - 1.0),
+            "n_iter": int(res.nit), "converged": bool(res.success)}
+
+
+def throughput(name: str, frames, batch_sizes=(1, 64, 256), min_cpu_s: float = 2.0) -> dict[int, float]:
+    """energy+gradient evaluations per CPU second at each batch size (process CPU time)."""
+    import torch
+
+    mol, cell, rots, centres, _ = prepare(frames[name], "xtb")
+    model = LatticeEnergyModel(mol)
+    coords = centres[:, None, :] + np.einsum("na,zba->znb", mol.coords_A, rots)
+    rng = np.random.default_rng(0)
+    out = {}
+    for b in batch_sizes:
+        cells = torch.tensor(cell[None] * (1.0 + 0.02 * rng.normal(size=(b, 1, 1))))
+        xs = torch.tensor(coords[None] + 0.02 * rng.normal(size=(b,) + coords.shape))
+        model.energy_and_grad(cells, xs)
+        n, t0 = 0, time.process_time()
+        while n < 2 or time.process_time() - t0 < min_cpu_s:
+            model.energy_and_grad(cells, xs)
+            n += 1
+        out[b] = b * n / (time.process_time() - t0)
+    return out
+
+
+def main() -> None:
+    import torch
+    from rich.console import Console
+    from rich.progress import track
+    from rich.table import Table
+
+    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", default="", help="comma-separated X23 names (default: all)")
+    parser.add_argument("--max-iter", type=int, default=400)
+    parser.add_argument("--skip-timing", action="store_true")
+    args = parser.parse_args()
+    frames, ref = load_x23()
+    names = [s for s in args.systems.split(",") if s] or list(frames)
+    console = Console(width=150)
+    rows = []
+    for name in track(names, description="X23 minimisations", console=console):
+        row = {"system": name, "z": int(frames[name].info["n_mol"]), "e_ref_kjmol": ref[name]}
+        for method in ("resp", "xtb"):
+            t0 = time.perf_counter()
+            mol, cell, rots, centres, rmsd = prepare(frames[name], method)
+            model = LatticeEnergyModel(mol)
+            out = minimise(model, mol, cell, rots, centres, args.max_iter)
+            row[method] = {**out, "wall_s": time.perf_counter() - t0, "esp_rrms": mol.esp_rrms}
+            row["pose_rmsd_A"] = rmsd
+        rows.append(row)
+
+    table = Table(title="X23 lattice energies, W99 exp-6 + point charges, rigid molecules (kJ/mol per molecule)")
+    for col in ("system", "Z", "E_ref", "E_exp RESP", "E_min RESP", "err RESP", "dV% RESP", "E_min xTB",
+                "err xTB", "iter", "RRMS"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        a, b = r["resp"], r["xtb"]
+        table.add_row(r["system"], str(r["z"]), f"{r['e_ref_kjmol']:.1f}", f"{a['e_exp_kjmol']:.1f}",
+                      f"{a['e_min_kjmol']:.1f}", f"{a['e_min_kjmol'] - r['e_ref_kjmol']:+.1f}",
+                      f"{a['dv_percent']:+.1f}", f"{b['e_min_kjmol']:.1f}",
+                      f"{b['e_min_kjmol'] - r['e_ref_kjmol']:+.1f}", f"{a['n_iter']}{'' if a['converged'] else '*'}",
+                      f"{a['esp_rrms']:.3f}")
+    console.print(table)
+
+    def stats(method: str, key: str) -> tuple[float, float, str]:
+        err = np.array([r[method][key] - r["e_ref_kjmol"] for r in rows])
+        worst = int(np.abs(err).argmax())
+        return float(np.abs(err).mean()), float(err[worst]), rows[worst]["system"]
+
+    summary = {"benchmark": "x23_lattice", "n_systems": len(rows)}
+    for method in ("resp", "xtb"):
+        for key, tag in (("e_exp_kjmol", "exp_geom"), ("e_min_kjmol", "minimised")):
+            mae, worst, who = stats(method, key)
+            summary[f"mae_{method}_{tag}_kjmol"] = round(mae, 2)
+            summary[f"worst_{method}_{tag}_kjmol"] = round(worst, 2)
+            summary[f"worst_{method}_{tag}_system"] = who
+    summary["mean_abs_dv_percent_resp"] = round(float(np.mean([abs(r["resp"]["dv_percent"]) for r in rows])), 2)
+    summary["mae_ratio_resp_over_xtb_minimised"] = round(
+        summary["mae_resp_minimised_kjmol"] / max(1e-9, summary["mae_xtb_minimised_kjmol"]), 3)
+    console.print(
+        f"MAE vs X23 reference (minimised): RESP {summary['mae_resp_minimised_kjmol']:.1f} kJ/mol, "
+        f"xTB-charge baseline {summary['mae_xtb_minimised_kjmol']:.1f} kJ/mol "
+        f"(ratio {summary['mae_ratio_resp_over_xtb_minimised']:.2f}); at the PBE+TS geometry: RESP "
+        f"{summary['mae_resp_exp_geom_kjmol']:.1f}, xTB {summary['mae_xtb_exp_geom_kjmol']:.1f}. "
+        "Rigid molecules: the molecular relaxation energy (a few kJ/mol) is not included. * = not converged."
+    )
+
+    if not args.skip_timing:
+        timing = Table(title="LatticeEnergyModel energy+gradient throughput (structures per CPU second, cutoff 12 A)")
+        for col in ("system", "Z", "n_atoms", "B=1", "B=64", "B=256", "x B=64", "x B=256"):
+            timing.add_column(col, justify="right")
+        for name in ("oxalic_acid_alpha", "naphthalene"):
+            rates = throughput(name, frames)
+            timing.add_row(name, str(int(frames[name].info["n_mol"])), str(len(frames[name]) // int(frames[name].info["n_mol"])),
+                           *(f"{rates[b]:.0f}" for b in (1, 64, 256)),
+                           f"{rates[64] / rates[1]:.1f}", f"{rates[256] / rates[1]:.1f}")
+            for b in (1, 64, 256):
+                summary[f"evals_per_s_{name}_B{b}"] = round(rates[b], 1)
+        console.print(timing)
+
+    line = json.dumps(summary)
+    print(line)
+    out = ROOT / "benchmarks" / "results" / "x23_lattice.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
