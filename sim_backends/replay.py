@@ -10,8 +10,16 @@ makes them fast and exactly reproducible. The table is a CSV file with a header:
 
 Columns: ``smiles`` (any valid SMILES; canonicalised on load), ``level`` (or
 ``backend``) naming the level a row belongs to, then numeric value columns. Empty
-cells are missing values. A ``wall_s`` column, if present, is the recorded cost of
-the original calculation and is reported in ``extra`` (never as a value).
+cells are missing values; a ``name`` column is ignored. A ``wall_s`` column, if
+present, is the recorded cost of the original calculation and is reported in
+``extra`` (never as a value).
+
+"Wide" tables with one row per molecule and one column per level, such as
+``smiles,name,xtb_reorg_kjmol,dft_reorg_kjmol,xtb_wall_s,dft_wall_s``, are read by
+mapping columns to value names with ``columns`` and naming the cost column::
+
+    ReplayBackend(table="t.csv", columns={"reorg_energy_kjmol": "dft_reorg_kjmol"},
+                  cost_column="dft_wall_s", fidelity=1)
 
 Params:
     table (str): path of the CSV file (required).
@@ -19,7 +27,10 @@ Params:
         single level.
     fidelity (int, 0): fidelity this replayed level stands for.
     cost_s (float, 1.0): the cost estimate to report (CPU seconds); when omitted and
-        the table has ``wall_s``, that molecule's recorded wall time is used.
+        the table has a cost column, that molecule's recorded wall time is used.
+    columns (dict[str, str] | None): value name -> table column; only these values
+        are returned, and a molecule with an empty mapped cell has no stored result.
+    cost_column (str, "wall_s"): the column holding the recorded cost in seconds.
 
 Each instance has its own ``fidelity`` (an instance attribute shadowing the class
 attribute), so one campaign can replay several levels of a ladder.
@@ -35,6 +46,7 @@ from typing import Any
 from sim_backends.base import Backend, EvalInput, SetupError
 
 _COST_COLUMN = "wall_s"
+_TEXT_COLUMNS = frozenset({"name"})
 
 
 @lru_cache(maxsize=16)
@@ -61,7 +73,7 @@ def _load_table(path: str, mtime_ns: int) -> dict[tuple[str, str], dict[str, flo
             level = row.get(level_col, "") if level_col else ""
             values: dict[str, float] = {}
             for key, text in row.items():
-                if key in ("smiles", level_col) or text == "":
+                if key in ("smiles", level_col) or key in _TEXT_COLUMNS or text == "":
                     continue
                 try:
                     values[key] = float(text)
@@ -113,8 +125,23 @@ class ReplayBackend(Backend):
         table, level = self._table(inp.params)
         canon = validate_smiles(inp.smiles)
         row = table.get((canon, level))
+        where = f" at level '{level}'" if level else ""
         if row is None:
-            raise SetupError(f"no stored result for '{canon}' at level '{level}'")
+            raise SetupError(f"no stored result for '{canon}'{where}")
+        columns = inp.params.get("columns")
+        if columns:
+            if not isinstance(columns, dict):
+                raise SetupError("replay: param 'columns' must map value names to table columns")
+            missing = [c for c in columns.values() if c not in row]
+            if missing:
+                raise SetupError(f"no stored result for '{canon}'{where} in column(s) {', '.join(missing)}")
+            cost_col = str(inp.params.get("cost_column", _COST_COLUMN))
+            mapped = {name: row[col] for name, col in columns.items()}
+            if cost_col in row:
+                mapped[_COST_COLUMN] = row[cost_col]
+            row = mapped
+        elif str(inp.params.get("cost_column", _COST_COLUMN)) in row:
+            row = {**row, _COST_COLUMN: row[str(inp.params.get("cost_column", _COST_COLUMN))]}
         return canon, level, row
 
     def cost_estimate(self, inp: EvalInput) -> float:

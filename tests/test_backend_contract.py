@@ -109,3 +109,22 @@ def test_replay_bad_tables(tmp_path):
     bad.write_text("smiles,level,reorg_energy_kjmol\nC,x,abc\n")
     res = ReplayBackend(table=str(bad)).evaluate(EvalInput("C"))
     assert res.reason.startswith("setup:") and "not a number" in res.reason
+
+
+def test_replay_reads_wide_tables_with_column_mapping(tmp_path):
+    p = tmp_path / "wide.csv"
+    p.write_text(
+        "smiles,name,xtb_reorg_kjmol,dft_reorg_kjmol,xtb_wall_s,dft_wall_s\n"
+        "c1ccsc1,thiophene,22.24,24.76,0.26,34.0\n"
+        "C#C,acetylene,30.71,,0.02,\n"
+    )
+    dft = ReplayBackend(table=str(p), columns={"reorg_energy_kjmol": "dft_reorg_kjmol"},
+                        cost_column="dft_wall_s", fidelity=1)
+    res = dft.evaluate(EvalInput("S1C=CC=C1"))
+    assert res.ok and res.values == {"reorg_energy_kjmol": 24.76} and res.fidelity == 1
+    assert dft.cost_estimate(EvalInput("c1ccsc1")) == 34.0
+    miss = dft.evaluate(EvalInput("C#C"))
+    assert miss.reason.startswith("setup:") and "dft_reorg_kjmol" in miss.reason
+    xtb = ReplayBackend(table=str(p), columns={"reorg_energy_kjmol": "xtb_reorg_kjmol"},
+                        cost_column="xtb_wall_s")
+    assert xtb.evaluate(EvalInput("C#C")).values == {"reorg_energy_kjmol": 30.71}
