@@ -35,6 +35,7 @@ from sim_backends.base import EvalInput, EvalResult
 from sim_backends.registry import backend_class
 
 if TYPE_CHECKING:
+    from agent.structure_stage import StructureStage
     from agent.surrogates.molecule_gp import MoleculeSurrogate
 
 
@@ -96,6 +97,11 @@ class Campaign:
         self._fit_signature: tuple[int, int] | None = None
         self.last_holdout_mae: float | None = None
         self.n_refits = 0
+        self.stage: StructureStage | None = None
+        if cfg.structures.enabled:
+            from agent.structure_stage import StructureStage
+
+            self.stage = StructureStage(self)
         self._reload()
 
     # -- construction -------------------------------------------------------------------
@@ -177,10 +183,12 @@ class Campaign:
         self.wall_by_backend = {b.name: [] for b in self.cfg.backends}
         self.spent_cpu_s = 0.0
         self.n_evaluations = 0
+        self.n_molecule_evaluations = 0
         self.n_failed = 0
         self.history: list[dict[str, Any]] = []
         for ev in self.store.evaluations():
-            self._absorb(ev.molecule_id, ev.backend, ev.status, ev.reason, ev.values, ev.wall_s)
+            self._absorb(ev.molecule_id, ev.backend, ev.status, ev.reason, ev.values, ev.wall_s,
+                         ev.structure_id)
 
     def _fidelity_of(self, backend: str) -> int:
         for i, b in enumerate(self.cfg.backends):
@@ -190,10 +198,16 @@ class Campaign:
 
     def _absorb(
         self, molecule_id: int, backend: str, status: str, reason: str,
-        values: dict[str, float], wall_s: float,
+        values: dict[str, float], wall_s: float, structure_id: str | None = None,
     ) -> None:
         self.n_evaluations += 1
         self.spent_cpu_s += wall_s
+        if status != "ok":
+            self.n_failed += 1
+        if self.stage is not None and (structure_id is not None or backend == self.stage.cfg.csp.name):
+            self.stage.absorb(int(molecule_id), backend, structure_id, status, values)
+            return
+        self.n_molecule_evaluations += 1
         f = self._fidelity_of(backend)
         i = self._index_of.get(int(molecule_id))
         if f < 0 or i is None:
@@ -205,7 +219,6 @@ class Campaign:
         if status == "ok" and value is not None and np.isfinite(value):
             self.observations.append((i, f, float(value)))
         else:
-            self.n_failed += 1
             if reason.startswith("setup:"):
                 self.blocked[i, :] = True
             else:
@@ -265,19 +278,33 @@ class Campaign:
             first_best = next(h["n"] for h in self.history if h["best"] == best)
             if len(tops) and sum(h["n"] > first_best for h in tops) >= patience:
                 return f"no improvement in {patience} expensive evaluations"
-        if not self._allowed().any() and not self.pending:
+        if not self.pending and self._molecule_stage_exhausted() and (
+            self.stage is None or self.stage.is_exhausted()
+        ):
             return "no candidate left to evaluate"
         return ""
+
+    @property
+    def molecule_budget(self) -> int:
+        reserved = self.cfg.structures.budget_evaluations if self.stage is not None else 0
+        return self.cfg.max_evaluations - reserved
+
+    def _molecule_stage_exhausted(self) -> bool:
+        n_pending = sum(not t.payload.get("stage") for t in self.pending.values())
+        if self.n_molecule_evaluations + n_pending >= self.molecule_budget:
+            return True
+        return not self._allowed().any()
 
     # -- ask / tell -----------------------------------------------------------------------
     def _allowed(self) -> np.ndarray:
         allowed = ~(self.done | self.blocked)
         for t in self.pending.values():
-            allowed[t.payload["mol_index"], t.fidelity] = False
+            if not t.payload.get("stage"):
+                allowed[t.payload["mol_index"], t.fidelity] = False
         for f, b in enumerate(self.cfg.backends):
             if b.budget_evaluations is not None:
                 used = self.n_by_backend[b.name] + sum(
-                    t.fidelity == f for t in self.pending.values()
+                    t.fidelity == f and not t.payload.get("stage") for t in self.pending.values()
                 )
                 if used >= b.budget_evaluations:
                     allowed[:, f] = False
@@ -304,7 +331,7 @@ class Campaign:
             return []
         fps = self.fingerprints.astype(np.float32)
         chosen_rows = [i for i, f, _ in self.observations] + [
-            t.payload["mol_index"] for t in self.pending.values()
+            t.payload["mol_index"] for t in self.pending.values() if not t.payload.get("stage")
         ]
         picks: list[int] = []
         for _ in range(min(n, len(cand))):
@@ -348,11 +375,18 @@ class Campaign:
         n = min(n, self.cfg.max_evaluations - self.n_evaluations - len(self.pending))
         if n <= 0:
             return []
+        if self._molecule_stage_exhausted():
+            if self.stage is None:
+                return []
+            tasks = self.stage.ask(n)
+            for task in tasks:
+                self.pending[task.request_id] = task
+            return tasks
+        n_mol_pending = sum(not t.payload.get("stage") for t in self.pending.values())
+        n = min(n, self.molecule_budget - self.n_molecule_evaluations - n_mol_pending)
         allowed = self._allowed()
-        if not allowed.any():
-            return []
         n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
-        if n_cheap + len(self.pending) < self.cfg.surrogate.n_initial or len(
+        if n_cheap + n_mol_pending < self.cfg.surrogate.n_initial or len(
             self.observations
         ) < 2:
             picks = self._initial_design(n, allowed)
@@ -366,7 +400,8 @@ class Campaign:
                 q=n,
                 costs=self.costs(),
                 allowed=allowed,
-                pending=[(t.payload["mol_index"], t.fidelity) for t in self.pending.values()],
+                pending=[(t.payload["mol_index"], t.fidelity) for t in self.pending.values()
+                         if not t.payload.get("stage")],
                 best_value=self.best_value(),
                 direction=self.cfg.direction,
                 seed=self.cfg.seed + self.n_evaluations,
@@ -392,23 +427,29 @@ class Campaign:
     def tell(self, task: Task, result: EvalResult) -> bool:
         """Record a finished task; commits it to the store before returning."""
         self.pending.pop(task.request_id, None)
+        if task.payload.get("stage") == "csp" and self.stage is not None and result.ok:
+            self.stage.store_landscape(task, result)
+        structure_id = task.payload.get("structure_id")
         inserted = self.store.record_evaluation(
             request_id=task.request_id,
             molecule_id=task.payload["molecule_id"],
             result=result,
             submitted_at=task.submitted_at or time.time(),
             n_attempts=max(task.n_attempts, 1),
+            structure_id=structure_id,
         )
         if inserted:
             self._absorb(
-                task.payload["molecule_id"], result.backend if result.backend != "?" else task.backend,
-                result.status, result.reason, result.values, result.wall_s,
+                task.payload["molecule_id"], task.backend, result.status, result.reason,
+                result.values, result.wall_s, structure_id,
             )
         return inserted
 
     def forget_pending(self) -> None:
         """Drop in-flight bookkeeping (after the executor was stopped)."""
         self.pending.clear()
+        if self.stage is not None:
+            self.stage.pending_csp.clear()
 
     # -- summaries ------------------------------------------------------------------------
     def status(self) -> Status:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.lab.config import LabConfig
+
 
 class ConfigError(ValueError):
     """A campaign config that cannot be used; the message is one line."""
@@ -72,6 +74,33 @@ class SurrogateConfig(_Strict):
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
 
 
+class StructureStageConfig(_Strict):
+    """The structure stage: CSP for the best molecules, then structure-level refinement.
+
+    Attributes:
+        enabled: run the stage at all.
+        budget_evaluations: evaluations reserved for this stage (CSP + refinement);
+            the molecule stage gets ``max_evaluations`` minus this.
+        n_molecules: CSP for this many molecules, best at the top molecule fidelity.
+        csp: the CSP backend (a molecule-level backend returning a landscape).
+        refine: the structure-level backend the acquisition chooses structures for
+            (the expensive level; the CSP force field is the cheap level).
+        max_structures: keep at most this many lowest-energy minima per landscape.
+        top_k, window_kjmol: the low-energy set the acquisition tries to identify.
+    """
+
+    enabled: bool = False
+    budget_evaluations: int = Field(default=10, ge=1)
+    n_molecules: int = Field(default=1, ge=1)
+    csp: BackendConfig = Field(
+        default_factory=lambda: BackendConfig(name="csp-ff", params={"n_trials": 200})
+    )
+    refine: BackendConfig = Field(default_factory=lambda: BackendConfig(name="xtb-crystal"))
+    max_structures: int = Field(default=60, ge=2)
+    top_k: int = Field(default=5, ge=1)
+    window_kjmol: float = Field(default=10.0, gt=0)
+
+
 class TrackingConfig(_Strict):
     enabled: bool = True
     uri: str | None = None  # default sqlite:///<runs_dir>/mlflow.db
@@ -106,12 +135,18 @@ class CampaignConfig(_Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    structures: StructureStageConfig = Field(default_factory=StructureStageConfig)
+    lab: LabConfig | None = None
 
     @model_validator(mode="after")
     def _unique_backends(self) -> CampaignConfig:
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backends listed twice: {names}")
+        if self.structures.enabled and self.structures.budget_evaluations >= self.max_evaluations:
+            raise ValueError(
+                "structures.budget_evaluations must leave evaluations for the molecule stage"
+            )
         return self
 
 

@@ -10,15 +10,15 @@ This module imports mlflow at import time; only :mod:`agent.tracking` imports it
 from __future__ import annotations
 
 import pickle
-from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 
 class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
     """Artifacts: ``state`` -> a pickle of ``{"state_dict", "n_fidelities", "fingerprint"}``."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):
         from agent.surrogates.molecule_gp import MoleculeSurrogate
 
         with open(context.artifacts["state"], "rb") as fh:
@@ -27,14 +27,12 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
         self.n_fidelities = blob["n_fidelities"]
         self.surrogate = MoleculeSurrogate.load_state_dict(blob["state_dict"])
 
-    def predict(self, context, model_input, params=None):  # untyped: MLflow reads hints as a schema
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from agent.surrogates.fingerprints import morgan_fingerprints
 
         smiles = list(model_input["smiles"])
         fps = morgan_fingerprints(smiles, **self.fingerprint)
-        out: dict[str, Any] = {"smiles": smiles}
+        out = {"smiles": smiles}
         for f in range(self.n_fidelities):
             mean, std = self.surrogate.predict(fps, f)
             out[f"mean_{f}"] = mean

@@ -1,0 +1,251 @@
+"""The structure stage of a campaign: CSP landscapes, then structure-level refinement.
+
+Once the molecule stage has spent its share of the budget, the best molecules at the
+top molecule fidelity get a crystal structure prediction (the ``csp`` backend, a
+request like any other, run on Ray). Its unique minima are stored in the campaign
+store (``structures`` table). Then, batch by batch, a Delta-learning GP over
+structure descriptors (:mod:`agent.refine_acquisition`) chooses which predicted
+structures get the expensive structure-level backend (``refine``, e.g. periodic
+GFN2-xTB or fragment DFT), aiming to identify the true low-energy set with few
+expensive calculations. A structure computed at that level is never recomputed.
+
+Lab evidence: when a lab adapter is configured, the molecule whose landscape is
+ready is sent for crystallisation; a measured PXRD pattern matched to a predicted
+structure marks it *observed*, which the acquisition computes first and uses as a
+soft constraint that it is low in energy (see :mod:`agent.refine_acquisition`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.executor import Task
+from sim_backends.base import EvalInput, EvalResult
+
+if TYPE_CHECKING:
+    from agent.campaign import Campaign
+
+
+@dataclass
+class LandscapeState:
+    """One molecule's landscape as the refinement loop sees it."""
+
+    molecule_id: int
+    smiles: str
+    ids: list[str]
+    cifs: list[str]
+    ff_kjmol: np.ndarray  # cheap-level (force field) lattice energies, kJ/mol per molecule
+    n_atoms: np.ndarray
+    computed: dict[int, float] = field(default_factory=dict)  # index -> expensive energy
+    failed: set[int] = field(default_factory=set)
+    observed: set[int] = field(default_factory=set)
+    features: np.ndarray | None = None
+
+    def index(self, structure_id: str) -> int | None:
+        try:
+            return self.ids.index(structure_id)
+        except ValueError:
+            return None
+
+
+class StructureStage:
+    """Structure-stage bookkeeping and decisions for a :class:`Campaign`."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.campaign = campaign
+        self.cfg = campaign.cfg.structures
+        self.csp_done: set[int] = set()  # molecule ids with a CSP evaluation (ok or failed)
+        self.landscapes: dict[int, LandscapeState] = {}
+        self.pending_csp: set[int] = set()
+        self.n_evaluations = 0
+        self.last_model_mae: float | None = None
+
+    # -- state --------------------------------------------------------------------------
+    def load_landscape(self, molecule_id: int) -> None:
+        rows = self.campaign.store.structures(molecule_id)[: self.cfg.max_structures]
+        if not rows:
+            return
+        from pymatgen.core import Structure
+
+        smiles = next(m["smiles"] for m in self.campaign.store.molecules() if m["id"] == molecule_id)
+        n_atoms = np.array([len(Structure.from_str(r["cif"], fmt="cif")) for r in rows])
+        self.landscapes[molecule_id] = LandscapeState(
+            molecule_id=molecule_id,
+            smiles=smiles,
+            ids=[r["id"] for r in rows],
+            cifs=[r["cif"] for r in rows],
+            ff_kjmol=np.array([r["energy_kjmol"] for r in rows], dtype=float),
+            n_atoms=n_atoms,
+        )
+
+    def absorb(self, molecule_id: int, backend: str, structure_id: str | None,
+               status: str, values: dict[str, float]) -> None:
+        """Fold one stored structure-stage evaluation into the state."""
+        self.n_evaluations += 1
+        if backend == self.cfg.csp.name and structure_id is None:
+            self.csp_done.add(molecule_id)
+            self.pending_csp.discard(molecule_id)
+            if status == "ok" and molecule_id not in self.landscapes:
+                self.load_landscape(molecule_id)
+            return
+        land = self.landscapes.get(molecule_id)
+        if land is None or structure_id is None:
+            return
+        i = land.index(structure_id)
+        if i is None:
+            return
+        energy = values.get("energy_kjmol")
+        if status == "ok" and energy is not None and np.isfinite(energy):
+            land.computed[i] = float(energy)
+        else:
+            land.failed.add(i)
+
+    def store_landscape(self, task: Task, result: EvalResult) -> None:
+        """Put a CSP result's minima into the ``structures`` table (before it is told)."""
+        records = result.extra.pop("landscape", None) or []
+        mol_id = task.payload["molecule_id"]
+        rows = [
+            {
+                "id": f"m{mol_id}-{r['id']}",
+                "molecule_id": mol_id,
+                "source": result.backend,
+                "energy_kjmol": r["energy_kjmol"],
+                "density_gcm3": r.get("density_gcm3"),
+                "space_group": r.get("space_group"),
+                "z": r.get("z"),
+                "multiplicity": r.get("multiplicity", 1),
+                "cif": r["cif"],
+            }
+            for r in records
+        ]
+        if rows:
+            self.campaign.store.add_structures(rows)
+        result.extra["n_structures_stored"] = len(rows)
+
+    def mark_observed(self, molecule_id: int, structure_id: str) -> None:
+        land = self.landscapes.get(molecule_id)
+        if land is not None and (i := land.index(structure_id)) is not None:
+            land.observed.add(i)
+
+    # -- decisions ----------------------------------------------------------------------
+    @property
+    def remaining(self) -> int:
+        return self.cfg.budget_evaluations - self.n_evaluations - len(self.pending_tasks())
+
+    def pending_tasks(self) -> list[Task]:
+        return [t for t in self.campaign.pending.values() if t.payload.get("stage")]
+
+    def csp_candidates(self) -> list[int]:
+        """Molecule ids that should get CSP: best at the top molecule fidelity first."""
+        c = self.campaign
+        top = c.top_fidelity
+        sign = c._sign()
+        best: dict[int, float] = {}
+        for i, f, v in c.observations:
+            if f == top:
+                mid = int(c.mol_ids[i])
+                best[mid] = min(best.get(mid, np.inf), sign * v)
+        n_wanted = self.cfg.n_molecules - len(self.landscapes) - len(self.pending_csp)
+        if n_wanted <= 0:
+            return []
+        ranked = sorted(best, key=best.get)
+        return [m for m in ranked if m not in self.csp_done and m not in self.pending_csp][:n_wanted]
+
+    def _features(self, land: LandscapeState) -> np.ndarray:
+        if land.features is None:
+            from pymatgen.core import Structure
+            from pymatgen.io.ase import AseAtomsAdaptor
+
+            from sim_backends.descriptors import structure_features
+
+            atoms = [AseAtomsAdaptor.get_atoms(Structure.from_str(c, fmt="cif")) for c in land.cifs]
+            n_mol = [max(1, round(len(a) / self._atoms_per_molecule(land))) for a in atoms]
+            land.features = structure_features(atoms, n_mol, cheap_energies_kjmol=land.ff_kjmol)
+        return land.features
+
+    @staticmethod
+    def _atoms_per_molecule(land: LandscapeState) -> int:
+        from rdkit import Chem
+
+        return Chem.AddHs(Chem.MolFromSmiles(land.smiles)).GetNumAtoms()
+
+    def ask(self, n: int) -> list[Task]:
+        """Up to ``n`` structure-stage tasks (CSP first, then refinement)."""
+        n = min(n, self.remaining)
+        tasks: list[Task] = []
+        if n <= 0:
+            return tasks
+        for mol_id in self.csp_candidates()[:n]:
+            tasks.append(self._task(mol_id, self.cfg.csp.name, dict(self.cfg.csp.params),
+                                    EvalInput(self._smiles(mol_id)), stage="csp"))
+            self.pending_csp.add(mol_id)
+        n -= len(tasks)
+        if n <= 0 or not self.landscapes:
+            return tasks
+        from agent.refine_acquisition import select_structures
+
+        pending = [t.payload["structure_id"] for t in self.pending_tasks()
+                   if t.payload.get("stage") == "refine"]
+        for land in self.landscapes.values():
+            if n <= 0:
+                break
+            pend = [i for sid in pending if (i := land.index(sid)) is not None]
+            blocked = set(land.computed) | land.failed | set(pend)
+            if len(blocked) >= len(land.ids):
+                continue
+            computed = dict(land.computed)
+            # failed structures are treated as pending so they are never proposed again
+            picks = select_structures(
+                land.ff_kjmol, self._features(land), computed, pend + sorted(land.failed),
+                costs=(land.n_atoms / land.n_atoms.min()) ** 2.0, q=n,
+                seed=self.campaign.cfg.seed + len(computed),
+                top_k=min(self.cfg.top_k, len(land.ids)), window_kjmol=self.cfg.window_kjmol,
+                observed=land.observed or None,
+            )
+            for i in picks:
+                inp = EvalInput(land.smiles, structure_cif=land.cifs[i], structure_id=land.ids[i])
+                tasks.append(self._task(land.molecule_id, self.cfg.refine.name,
+                                        dict(self.cfg.refine.params), inp, stage="refine",
+                                        structure_id=land.ids[i]))
+                n -= 1
+        return tasks
+
+    def _smiles(self, mol_id: int) -> str:
+        return self.campaign.smiles[self.campaign._index_of[mol_id]]
+
+    def _task(self, mol_id: int, backend: str, params: dict[str, Any], inp: EvalInput,
+              stage: str, structure_id: str | None = None) -> Task:
+        return Task(
+            request_id=uuid.uuid4().hex, backend=backend, backend_params=params, inp=inp,
+            fidelity=0,
+            payload={"molecule_id": mol_id, "mol_index": self.campaign._index_of[mol_id],
+                     "stage": stage, "structure_id": structure_id},
+        )
+
+    def is_exhausted(self) -> bool:
+        """No structure-stage work can be proposed now or later."""
+        if self.remaining <= 0:
+            return True
+        if self.csp_candidates() or self.pending_csp:
+            return False
+        return all(
+            len(set(land.computed) | land.failed) >= len(land.ids)
+            for land in self.landscapes.values()
+        )
+
+    def corrected_landscape(self, molecule_id: int) -> dict[str, np.ndarray] | None:
+        """Force-field and GP-corrected energies (mean, std) of every structure."""
+        land = self.landscapes.get(molecule_id)
+        if land is None or not land.computed:
+            return None
+        from agent.refine_acquisition import fit_delta_model
+
+        X = self._features(land)
+        model = fit_delta_model(land.ff_kjmol, X, land.computed, seed=self.campaign.cfg.seed)
+        mean, std = model.predict(X)
+        return {"ff_kjmol": land.ff_kjmol, "corrected_kjmol": land.ff_kjmol + mean,
+                "std_kjmol": std, "computed": np.array(sorted(land.computed))}
