@@ -213,3 +213,18 @@ def test_bad_input_raises_one_line_errors():
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
         model.energy_kjmol(t(cell)[None], t(bad)[None])
+
+
+@pytest.mark.slow
+def test_cutoff_convergence_ewald_and_dispersion_tail():
+    """Ewald electrostatics do not depend on the real-space cutoff; the tail correction makes
+    the exp-6 sum nearly cutoff-independent (and is needed for that)."""
+    mol, cell, coords = x23_crystal("formamide")
+    terms = {}
+    for cutoff, tail in ((8.0, True), (13.0, True), (8.0, False), (13.0, False)):
+        model = LatticeEnergyModel(mol, cutoff_A=cutoff, dispersion_tail=tail)
+        terms[cutoff, tail] = {k: float(v[0]) for k, v in model.terms_kjmol(t(cell)[None], t(coords)[None]).items()}
+    assert terms[8.0, True]["elec_kjmol"] == pytest.approx(terms[13.0, True]["elec_kjmol"], abs=1e-3)
+    with_tail = abs(terms[8.0, True]["repdisp_kjmol"] - terms[13.0, True]["repdisp_kjmol"])
+    without = abs(terms[8.0, False]["repdisp_kjmol"] - terms[13.0, False]["repdisp_kjmol"])
+    assert with_tail < 0.3 and without > 2 * with_tail
