@@ -21,8 +21,9 @@ Beran, Chem. Rev. 116, 5567 (2016)):
   term included) summed over the whole periodic crystal, so dispersion has no cutoff.
 
 The electrostatic and exchange parts beyond the cutoff are not included, nor are
-three-body DFT terms or the molecular deformation energy (molecules are rigid at
-their crystal geometry, ``gas="rigid"``): see ``extra["notes"]``.
+three-body DFT terms. By default (``gas="rigid"``) molecules keep their crystal
+geometry and the molecular deformation energy is left out; ``gas="relaxed"`` adds it
+from a gas-phase DFT relaxation (geomeTRIC), as needed to compare with X23.
 
 SCF economy (the point of the fragment scheme on a laptop): each monomer SCF is done
 once and reused; every dimer starts from the superposition of its monomer density
@@ -96,7 +97,8 @@ def enumerate_dimers(crystal: Crystal, cutoff_A: float, cutoff_mode: str = "cont
     masses = atoms.get_masses()
     com = [masses[g] @ atoms.positions[g] / masses[g].sum() for g in crystal.groups]
     radius = max(float(np.linalg.norm(p - c, axis=1).max()) for p, c in zip(pos, com))
-    reach = cutoff_A + 2 * radius + (0.0 if cutoff_mode == "contact" else 0.0)
+    # largest centre-of-mass distance a selected dimer can have
+    reach = cutoff_A + 2 * radius if cutoff_mode == "contact" else cutoff_A
     volume = abs(np.linalg.det(cell))
     widths = [volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)]
     n_max = [int(np.ceil(reach / w)) + 1 for w in widths]
@@ -262,12 +264,57 @@ def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
             "dm": mf.make_rdm1(), "n_ao": int(mol.nao)}
 
 
+def relax_molecule(atoms: Atoms, s: ScfSettings, max_steps: int = 60) -> tuple[Atoms, dict[str, Any]]:
+    """Relax an isolated molecule at the DFT level (no dispersion) with geomeTRIC.
+
+    geomeTRIC (Wang & Song, J. Chem. Phys. 144, 214108 (2016)) in translation-rotation
+    internal coordinates, driven through PySCF's ``geometric_solver``.
+
+    Args:
+        atoms: the molecule (Angstrom), e.g. its crystal geometry.
+        s: SCF settings (functional, basis, grid, ...).
+        max_steps: optimiser step limit.
+
+    Returns:
+        ``(relaxed, info)``; info has ``energy_hartree``, ``converged``, ``wall_s``.
+
+    Raises:
+        RunError: the optimisation did not converge or an SCF on the way failed.
+    """
+    import contextlib
+    import io
+
+    from pyscf import dft, gto
+    from pyscf.geomopt.geometric_solver import kernel as geometric_kernel
+
+    t0 = time.perf_counter()
+    mol = gto.M(atom=list(zip(atoms.get_chemical_symbols(), map(tuple, atoms.positions))),
+                basis=s.basis, unit="Angstrom", verbose=0)
+    mf = dft.RKS(mol, xc=s.functional).density_fit()
+    mf.grids.level = int(s.grid_level)
+    mf.conv_tol = float(s.conv_tol)
+    mf.max_cycle = int(s.max_cycles)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            converged, mol_eq = geometric_kernel(mf, maxsteps=int(max_steps))
+    except Exception as exc:  # noqa: BLE001 - geomeTRIC/PySCF raise assorted errors
+        raise RunError(f"gas-phase DFT relaxation failed: {' '.join(str(exc).split())[:120]}") from None
+    if not converged:
+        raise RunError(f"gas-phase DFT relaxation not converged in {max_steps} steps")
+    relaxed = atoms.copy()
+    relaxed.positions = mol_eq.atom_coords(unit="Angstrom")
+    res = run_scf(relaxed, s, what="relaxed gas molecule")
+    return relaxed, {"energy_hartree": res["energy_hartree"], "converged": True,
+                     "wall_s": time.perf_counter() - t0}
+
+
 def fragment_lattice_energy(
     crystal: Crystal,
     settings: ScfSettings,
     cutoff_A: float = 4.0,
     cutoff_mode: str = "contact",
     counterpoise: bool = False,
+    gas: str = "rigid",
     progress: Any = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Two-body DFT + periodic D3(BJ) lattice energy (kJ/mol per molecule).
@@ -277,16 +324,24 @@ def fragment_lattice_energy(
         settings: SCF settings (functional, basis, ...).
         cutoff_A, cutoff_mode: dimer selection, see :func:`enumerate_dimers`.
         counterpoise: Boys-Bernardi counterpoise correction of every dimer.
+        gas: "rigid" (molecules at their crystal geometry; no deformation energy) or
+            "relaxed" (adds E_def = <E(molecule in crystal)> - E(relaxed gas molecule),
+            from a DFT relaxation of molecule 0 with :func:`relax_molecule`). Only
+            meaningful when the crystal geometry comes from a similar level: with a
+            small basis the bond-length mismatch to e.g. a PBE+TS plane-wave geometry
+            dominates E_def (about +50 kJ/mol for CO2 with STO-3G).
         progress: optional callback ``progress(done, total)`` after each dimer.
 
     Returns:
         ``(values, extra)``: values ``energy_kjmol`` (total), ``e_dft_2body_kjmol``,
-        ``e_d3_kjmol``; extra with per-dimer records (multiplicity, distances,
+        ``e_d3_kjmol``, ``e_deformation_kjmol`` (0 for rigid); extra with per-dimer records (multiplicity, distances,
         E_int, SCF cycles, wall time), monomer records and notes.
     """
     import numpy as np
     from scipy.linalg import block_diag
 
+    if gas not in ("rigid", "relaxed"):
+        raise SetupError(f"gas must be 'rigid' or 'relaxed', not {gas!r}")
     dimers = enumerate_dimers(crystal, cutoff_A, cutoff_mode)
     classes = unique_dimers(crystal, dimers)
     monomers: dict[int, dict[str, Any]] = {}
@@ -338,7 +393,17 @@ def fragment_lattice_energy(
     e_d3_mol = np.mean([d3_energy_hartree(crystal.molecule(k), settings.functional) for k in range(z)])
     e_d3 = (d3_energy_hartree(crystal.atoms, settings.functional) / z - e_d3_mol) * HARTREE_TO_KJMOL
     e_d3_within = sum(0.5 * r["multiplicity"] * r["e_d3_pair_kjmol"] for r in records) / z
-    values = {"energy_kjmol": e_dft + e_d3, "e_dft_2body_kjmol": e_dft, "e_d3_kjmol": e_d3}
+    e_def = 0.0
+    gas_info = None
+    if gas == "relaxed":
+        # geometry relaxed without D3 (intramolecular D3 changes little for small rigid
+        # molecules); energies on both sides with D3
+        e_in_crystal = np.mean([monomer(k)["energy_hartree"] for k in range(z)]) + e_d3_mol
+        relaxed, gas_info = relax_molecule(crystal.molecule(0), settings)
+        e_gas = gas_info["energy_hartree"] + d3_energy_hartree(relaxed, settings.functional)
+        e_def = (e_in_crystal - e_gas) * HARTREE_TO_KJMOL
+    values = {"energy_kjmol": e_dft + e_d3 + e_def, "e_dft_2body_kjmol": e_dft, "e_d3_kjmol": e_d3,
+              "e_deformation_kjmol": e_def}
     extra = {
         "z": z,
         "n_dimers": len(dimers),
@@ -350,6 +415,8 @@ def fragment_lattice_energy(
         "counterpoise": counterpoise,
         "newton": settings.newton,
         "e_d3_within_cutoff_kjmol": e_d3_within,
+        "gas": gas,
+        "gas_relax_wall_s": gas_info["wall_s"] if gas_info else None,
         "monomers": [{"k": k, "energy_hartree": m["energy_hartree"], "scf_cycles": m["n_cycles"],
                       "scf_wall_s": round(m["wall_s"], 3), "scf_cpu_s": round(m["cpu_s"], 3),
                       "n_ao": m["n_ao"]}
@@ -357,8 +424,9 @@ def fragment_lattice_energy(
         "dimers": records,
         "scf_cycles_total": sum(r["scf_cycles"] for r in records)
         + sum(m["n_cycles"] for m in monomers.values()),
-        "notes": "rigid molecules (no deformation energy); DFT two-body within cutoff; "
-                 "D3(BJ)+ATM summed over the whole crystal",
+        "notes": ("rigid molecules (no deformation energy); " if gas == "rigid" else
+                  "deformation from a DFT-relaxed gas molecule; ")
+        + "DFT two-body within cutoff; D3(BJ)+ATM summed over the whole crystal",
     }
     return values, extra
 
@@ -369,17 +437,19 @@ class DftCrystalBackend(Backend):
     Params:
         functional ("pbe"), basis ("def2-svp"), cutoff_A (4.0, closest contact),
         cutoff_mode ("contact" | "com"), counterpoise (False), newton (False),
+        gas ("rigid" | "relaxed": add the deformation energy from a DFT-relaxed molecule),
         max_cycles (100), conv_tol (1e-8), grid_level (2), threads (1; PySCF OpenMP
         threads for this evaluation).
 
-    Values: ``energy_kjmol`` (= ``e_dft_2body_kjmol`` + ``e_d3_kjmol``).
+    Values: ``energy_kjmol`` (= ``e_dft_2body_kjmol`` + ``e_d3_kjmol`` +
+    ``e_deformation_kjmol``).
     """
 
     name = "dft-crystal"
     version = "1"
     fidelity = 2
     target = "structure"
-    computes = ("energy_kjmol", "e_dft_2body_kjmol", "e_d3_kjmol")
+    computes = ("energy_kjmol", "e_dft_2body_kjmol", "e_d3_kjmol", "e_deformation_kjmol")
     objective_key = "energy_kjmol"
     description = "two-body fragment DFT-D3(BJ) lattice energy (pyscf + dftd3), rigid molecules"
 
@@ -394,7 +464,7 @@ class DftCrystalBackend(Backend):
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         p = inp.params
         unknown = set(p) - {"functional", "basis", "cutoff_A", "cutoff_mode", "counterpoise",
-                            "newton", "max_cycles", "conv_tol", "grid_level", "threads"}
+                            "newton", "max_cycles", "conv_tol", "grid_level", "threads", "gas"}
         if unknown:
             raise SetupError(f"unknown dft-crystal param(s): {', '.join(sorted(unknown))}")
         crystal = load_crystal(inp.structure_cif or "", inp.smiles)
@@ -415,6 +485,7 @@ class DftCrystalBackend(Backend):
             return fragment_lattice_energy(
                 crystal, settings, float(p.get("cutoff_A", 4.0)),
                 str(p.get("cutoff_mode", "contact")), bool(p.get("counterpoise", False)),
+                str(p.get("gas", "rigid")),
             )
         finally:
             lib.num_threads(old_threads)

@@ -86,14 +86,20 @@ def test_scf_max_cycles_one_is_a_run_failure():
 @pytest.mark.slow
 def test_co2_end_to_end_sto3g():
     """PBE-D3(BJ)/STO-3G, first shell of CO2: one unique dimer, bound crystal."""
-    r = get_backend("dft-crystal", basis="sto-3g", cutoff_A=4.0, counterpoise=True).evaluate(
+    r = get_backend("dft-crystal", basis="sto-3g", cutoff_A=4.0, counterpoise=True,
+                    gas="relaxed").evaluate(
         EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
     assert r.ok, r.reason
     v, x = r.values, r.extra
     assert x["n_unique_dimers"] == 1 and x["dimers"][0]["multiplicity"] == 48
-    assert v["energy_kjmol"] == pytest.approx(v["e_dft_2body_kjmol"] + v["e_d3_kjmol"])
-    # X23 reference -28.4 kJ/mol; D3 dominates for CO2
-    assert -60.0 < v["energy_kjmol"] < -10.0 and v["e_d3_kjmol"] < 0
+    assert v["energy_kjmol"] == pytest.approx(
+        v["e_dft_2body_kjmol"] + v["e_d3_kjmol"] + v["e_deformation_kjmol"])
+    # the relaxed gas molecule is a minimum, so deforming it into the crystal geometry
+    # costs energy; with STO-3G most of it is the C=O bond-length mismatch between the
+    # minimal basis and the PBE+TS crystal geometry (about 50 kJ/mol here)
+    assert v["e_deformation_kjmol"] > 0.0
+    # rigid-molecule part vs the X23 reference -28.4 kJ/mol; D3 dominates for CO2
+    assert -60.0 < v["e_dft_2body_kjmol"] + v["e_d3_kjmol"] < -10.0 and v["e_d3_kjmol"] < 0
     # the periodic D3 sum binds more than its first-shell pairs alone
     assert x["e_d3_within_cutoff_kjmol"] > v["e_d3_kjmol"]
     dimer = x["dimers"][0]
