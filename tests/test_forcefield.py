@@ -215,7 +215,6 @@ def test_bad_input_raises_one_line_errors():
         model.energy_kjmol(t(cell)[None], t(bad)[None])
 
 
-@pytest.mark.slow
 def test_cutoff_convergence_ewald_and_dispersion_tail():
     """Ewald electrostatics do not depend on the real-space cutoff; the tail correction makes
     the exp-6 sum nearly cutoff-independent (and is needed for that)."""
