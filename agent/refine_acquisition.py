@@ -22,6 +22,18 @@ and every structure in ``pending``, is added to the GP at its predicted mean del
 with hyperparameters kept, which removes its uncertainty and shrinks that of similar
 structures before the next pick.
 
+Initial design (optional, off by default). Until ``n_initial`` structures are
+computed or pending, picks are space-filling instead: farthest-point sampling in the GP's input space (PCA of the
+averaged SOAP, density, volume, cheap energy; all scaled to unit range) among the
+structures within ``2 * window_kjmol`` of the cheap-level minimum, starting from the
+cheap-level minimum. A Delta-GP trained only on the cheap-level front runners learns
+nothing about the correction elsewhere (e.g. that the cheap level over-penalises
+low-density packings) and is then overconfident about them; a small diverse design
+fixes the trend and the length scales before exploitation starts (the usual
+space-filling initial design of Bayesian optimisation). It costs early recall when
+the cheap level is already good (on target_I, MACE -> PBE+MBD, it delays the first
+true top-10 hits), so it is off unless asked for.
+
 Observed-in-lab evidence. ``observed`` holds structures matched to an
 experimentally observed form. Observed forms are, with few exceptions, low in energy
 (polymorphs lie within ~10 kJ/mol of each other; Nyman & Day, CrystEngComm 17, 5154
@@ -114,6 +126,31 @@ def low_energy_probability(
     return w @ (in_top & within).astype(float)
 
 
+def _space_filling(
+    Z: np.ndarray, pool: list[int], anchors: list[int], n_pick: int, e_cheap: np.ndarray
+) -> list[int]:
+    """Farthest-point picks from ``pool`` in the scaled input space ``Z`` ``(n, k)``.
+
+    Starts from ``anchors`` (already computed or chosen), or from the cheap-level
+    minimum of the pool when there are none.
+    """
+    pool = list(pool)
+    picks: list[int] = []
+    if n_pick <= 0 or not pool:
+        return picks
+    if not anchors:
+        first = min(pool, key=lambda i: e_cheap[i])
+        picks.append(first)
+        pool.remove(first)
+        anchors = [first]
+    dist = np.min(np.linalg.norm(Z[pool][:, None, :] - Z[anchors][None], axis=2), axis=1)
+    while pool and len(picks) < n_pick:
+        j = int(np.argmax(dist))
+        picks.append(pool.pop(j))
+        dist = np.minimum(np.delete(dist, j), np.linalg.norm(Z[pool] - Z[picks[-1]], axis=1))
+    return picks
+
+
 def select_structures(
     cheap_kjmol: np.ndarray,
     X: np.ndarray,
@@ -128,6 +165,7 @@ def select_structures(
     n_samples: int = 512,
     gp_options: Mapping[str, Any] | None = None,
     model: DeltaGP | None = None,
+    n_initial: int = 0,
 ) -> list[int]:
     """Choose the next ``q`` structures for the expensive level.
 
@@ -146,6 +184,7 @@ def select_structures(
         n_samples: Monte Carlo draws of the joint posterior.
         gp_options: keyword options of :class:`DeltaGP`.
         model: an already fitted model to use instead of fitting one.
+        n_initial: size of the space-filling initial design (0: none).
 
     Returns:
         Up to ``q`` distinct indices, none computed or pending, best first; fewer
@@ -191,6 +230,16 @@ def select_structures(
     for i in obs:
         if len(chosen) < n_pick and i in candidates:
             chosen.append(i)
+    n_init = int(n_initial)
+    if len(done) + len(believed) + len(chosen) < n_init:
+        chosen += _space_filling(
+            gp.transform(X),
+            [i for i in candidates if e_cheap[i] <= e_cheap.min() + 2.0 * window_kjmol
+             and i not in chosen],
+            sorted(set(done) | set(believed) | set(chosen)),
+            min(n_pick - len(chosen), n_init - len(done) - len(believed) - len(chosen)),
+            e_cheap,
+        )
     known_idx = np.array(sorted(done), dtype=int)
     known_e = np.array([done[i] for i in known_idx], dtype=float)
     while len(chosen) < n_pick:

@@ -81,6 +81,8 @@ class DeltaGP:
         min_scale_kjmol: float = 1.5,
         linear_dims: tuple[int, ...] = (2,),
         noise_frac: float = 0.3,
+        max_iter: int = 75,
+        ard: bool = False,
     ) -> None:
         if n_components < 1 or n_passthrough < 0:
             raise SurrogateError("n_components must be >= 1 and n_passthrough >= 0")
@@ -88,6 +90,8 @@ class DeltaGP:
             raise SurrogateError("prior_std_kjmol and min_scale_kjmol must be positive")
         self.seed = int(seed)
         self.noise_frac = float(noise_frac)
+        self.max_iter = int(max_iter)
+        self.ard = bool(ard)
         self.linear_dims = tuple(int(i) for i in linear_dims)
         if any(i < 0 or i >= n_passthrough for i in self.linear_dims):
             raise SurrogateError("linear_dims index passthrough columns (0..n_passthrough-1)")
@@ -211,7 +215,9 @@ class DeltaGP:
         from gpytorch.priors import GammaPrior, LogNormalPrior
 
         covar = ScaleKernel(
-            get_covar_module_with_dim_scaled_prior(ard_num_dims=Z.shape[1], use_rbf_kernel=False),
+            get_covar_module_with_dim_scaled_prior(
+                ard_num_dims=Z.shape[1] if self.ard else 1, use_rbf_kernel=False
+            ),
             outputscale_prior=GammaPrior(2.0, 4.0),
         )
         if self.linear_dims:
@@ -230,7 +236,7 @@ class DeltaGP:
         else:
             mll = ExactMarginalLogLikelihood(model.likelihood, model)
             try:
-                fit_gpytorch_mll(mll)
+                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
             except Exception:  # noqa: BLE001 - keep the prior hyperparameters
                 pass
         model.eval()

@@ -1,0 +1,160 @@
+"""Structure selection for the expensive level (agent/refine_acquisition.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.landscape_io import load_landscape
+from agent.refine_acquisition import (
+    AcquisitionError,
+    low_energy_probability,
+    select_structures,
+)
+from sim_backends.descriptors import structure_features
+
+TARGET_I = Path(__file__).resolve().parents[1] / "data" / "reference" / "landscapes" / "target_I"
+
+
+@pytest.fixture(scope="module")
+def target_i():
+    land = load_landscape(TARGET_I, "MACE", "PBE_MBD")
+    e_cheap = land.energies_kjmol["MACE"]
+    X = structure_features(land.atoms["MACE"], land.n_molecules, e_cheap)
+    return e_cheap, land.energies_kjmol["PBE_MBD"], X
+
+
+def _toy(n: int = 30, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    soap = rng.normal(size=(n, 12))
+    soap /= np.linalg.norm(soap, axis=1, keepdims=True)
+    e_cheap = rng.uniform(0, 20, n)
+    X = np.hstack([soap, rng.uniform(1.2, 1.4, (n, 1)), rng.uniform(120, 140, (n, 1)), e_cheap[:, None]])
+    return e_cheap, X
+
+
+def test_low_energy_probability_counts_top_k_and_window():
+    draws = np.array([[0.0, 1.0, 2.0, 30.0], [3.0, 0.0, 1.0, 40.0]])
+    p = low_energy_probability(draws, top_k=2, window_kjmol=10.0)
+    np.testing.assert_allclose(p, [0.5, 1.0, 0.5, 0.0])
+    p = low_energy_probability(draws, top_k=4, window_kjmol=1.5)
+    np.testing.assert_allclose(p, [0.5, 1.0, 0.5, 0.0])
+    p = low_energy_probability(draws, top_k=2, window_kjmol=10.0, weights=np.array([3.0, 1.0]))
+    np.testing.assert_allclose(p, [0.75, 1.0, 0.25, 0.0])
+
+
+def test_never_proposes_computed_or_pending_and_respects_q():
+    e_cheap, X = _toy()
+    computed = {int(i): float(e_cheap[i] - 1.0) for i in np.argsort(e_cheap)[:6]}
+    pending = [int(i) for i in np.argsort(e_cheap)[6:9]]
+    picks = select_structures(e_cheap, X, computed, pending, np.ones(30), q=5, seed=0)
+    assert len(picks) == 5 == len(set(picks))
+    assert not set(picks) & (set(computed) | set(pending))
+    # the rest of the landscape when fewer than q remain
+    everything_but_two = {i: float(e_cheap[i]) for i in range(28)}
+    assert sorted(select_structures(e_cheap, X, everything_but_two, [], np.ones(30), 5, 0)) == [28, 29]
+    assert select_structures(e_cheap, X, everything_but_two, [28, 29], np.ones(30), 5, 0) == []
+
+
+def test_deterministic_for_a_seed():
+    e_cheap, X = _toy()
+    computed = {int(i): float(e_cheap[i]) for i in np.argsort(e_cheap)[:5]}
+    a = select_structures(e_cheap, X, computed, [], np.ones(30), q=3, seed=4)
+    b = select_structures(e_cheap, X, computed, [], np.ones(30), q=3, seed=4)
+    assert a == b
+
+
+def test_no_data_prefers_low_cheap_energy_and_cost_matters():
+    e_cheap, X = _toy()
+    order = np.argsort(e_cheap)
+    first = select_structures(e_cheap, X, {}, [], np.ones(30), q=1, seed=0)
+    assert first[0] in order[:3].tolist()
+    costs = np.ones(30)
+    costs[order[:3]] = 1e4  # the three most promising are prohibitively costly
+    pick = select_structures(e_cheap, X, {}, [], costs, q=1, seed=0)
+    assert pick[0] not in order[:3].tolist()
+    assert pick[0] in order[:8].tolist()
+
+
+def test_observed_structures_come_first():
+    e_cheap, X = _toy()
+    worst = int(np.argmax(e_cheap))
+    picks = select_structures(e_cheap, X, {}, [], np.ones(30), q=2, seed=0, observed={worst})
+    assert picks[0] == worst
+    # once computed, an observed structure is not proposed again
+    picks = select_structures(
+        e_cheap, X, {worst: 0.0}, [], np.ones(30), q=2, seed=0, observed={worst}
+    )
+    assert worst not in picks
+
+
+def test_space_filling_initial_design_spreads_picks():
+    e_cheap, X = _toy()
+    picks = select_structures(e_cheap, X, {}, [], np.ones(30), q=4, seed=0, n_initial=4)
+    assert picks[0] == int(np.argmin(e_cheap))
+    assert len(set(picks)) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(q=0), "q must be"),
+        (dict(costs=-np.ones(30)), "costs"),
+        (dict(costs=np.ones(29)), "costs"),
+        (dict(computed={30: 1.0}), "out of range"),
+        (dict(pending=[-1]), "out of range"),
+        (dict(pending=["a"]), "not an integer"),
+        (dict(computed={0: float("nan")}), "finite"),
+        (dict(X=np.ones((29, 15))), "shape"),
+        (dict(top_k=0), "top_k"),
+    ],
+)
+def test_bad_input_gives_one_line_errors(kwargs, message):
+    e_cheap, X = _toy()
+    args = dict(cheap_kjmol=e_cheap, X=X, computed={}, pending=[], costs=np.ones(30), q=2, seed=0)
+    args.update(kwargs)
+    with pytest.raises(AcquisitionError, match=message) as info:
+        select_structures(**args)
+    assert "\n" not in str(info.value)
+
+
+def _replay(e_cheap, e_exp, X, q, seed, budget=None):
+    top = set(np.argsort(e_exp)[:10].tolist())
+    computed: dict[int, float] = {}
+    order: list[int] = []
+    while not top <= set(computed) and (budget is None or len(order) < budget):
+        for i in select_structures(e_cheap, X, computed, [], np.ones(len(e_cheap)), q, seed):
+            computed[i] = float(e_exp[i])
+            order.append(i)
+    return order, top
+
+
+@pytest.mark.slow
+def test_semisynthetic_replay_beats_cheap_order(target_i):
+    """Real target_I structures and MACE energies; expensive level = MACE + a smooth
+    function of the descriptors (amplitude ~7 kJ/mol), which the GP can learn; cheap
+    order then needs 29 calculations, the agent about 18."""
+    e_cheap, _, X = target_i
+    soap = X[:, :-3]
+    _, _, vt = np.linalg.svd(soap - soap.mean(0), full_matrices=False)
+    z = (soap - soap.mean(0)) @ vt[:3].T
+    z /= z.std(0)
+    e_exp = e_cheap + 3.0 * z[:, 2] + 4.0 * np.sin(1.5 * z[:, 1])
+    top = set(np.argsort(e_exp)[:10].tolist())
+    cheap_order = list(np.argsort(e_cheap))
+    n_cheap = max(cheap_order.index(i) for i in top) + 1
+    order, _ = _replay(e_cheap, e_exp, X, q=3, seed=0)
+    assert len(order) < n_cheap - 5
+
+
+@pytest.mark.slow
+def test_target_i_replay_finds_most_of_top_ten_early(target_i):
+    """Real MACE -> PBE+MBD: 16 calculations (18% of 88) recover >= 8 of the true top 10
+    (random order: 1.8 expected). The tenth (MACE rank 59) is an outlier no model
+    trained on this landscape predicts; see benchmarks/refinement.py."""
+    e_cheap, e_exp, X = target_i
+    order, top = _replay(e_cheap, e_exp, X, q=4, seed=1, budget=16)
+    assert len(order) == 16 == len(set(order))
+    assert len(top & set(order)) >= 8

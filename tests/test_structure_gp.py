@@ -1,0 +1,162 @@
+"""Structure descriptors (sim_backends/descriptors.py) and the Delta-GP
+(agent/surrogates/structure_gp.py) on real target_I structures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.landscape_io import load_landscape
+from agent.surrogates.structure_gp import DeltaGP, DeltaLadder, SurrogateError, corrected_energies
+from sim_backends import descriptors as desc
+
+TARGET_I = Path(__file__).resolve().parents[1] / "data" / "reference" / "landscapes" / "target_I"
+N_SUB = 40
+
+
+@pytest.fixture(scope="module")
+def land():
+    return load_landscape(TARGET_I, "MACE", "PBE_MBD")
+
+
+@pytest.fixture(scope="module")
+def features(land):
+    atoms = land.atoms["MACE"][:N_SUB]
+    return desc.structure_features(atoms, land.n_molecules[:N_SUB], land.energies_kjmol["MACE"][:N_SUB])
+
+
+def test_feature_shapes_and_normalisation(features):
+    soap = desc.SoapDescriptor(species=("C", "H", "O"))
+    assert features.shape == (N_SUB, soap.n_features + 3)
+    np.testing.assert_allclose(np.linalg.norm(features[:, :-3], axis=1), 1.0)
+    assert np.all((features[:, -3] > 1.0) & (features[:, -3] < 1.6))  # g/cm^3, organic crystal
+
+
+def test_descriptor_is_cached(land, monkeypatch):
+    soap = desc.SoapDescriptor(species=("C", "H", "O"), r_cut_a=4.0)
+    atoms = land.atoms["MACE"][:3]
+    first = soap(atoms)
+
+    def no_soap(self):
+        raise RuntimeError("not cached")
+
+    monkeypatch.setattr(desc.SoapDescriptor, "_soap", no_soap)
+    np.testing.assert_array_equal(soap(atoms), first)
+    np.testing.assert_array_equal(soap([a.copy() for a in atoms]), first)
+    moved = atoms[0].copy()
+    moved.positions[0, 0] += 0.05
+    with pytest.raises(RuntimeError, match="not cached"):
+        soap([moved])
+
+
+def test_descriptor_invariant_to_permutation_supercell_and_cell_choice(land):
+    from ase.build import make_supercell
+
+    soap = desc.SoapDescriptor(species=("C", "H", "O"))
+    a = land.atoms["MACE"][5]
+    perm = a[np.random.default_rng(0).permutation(len(a))]
+    sup = a.repeat((2, 1, 1))
+    skew = make_supercell(a, [[1, 1, 0], [0, 1, 0], [0, 0, 1]])  # same lattice, other basis
+    shifted = a.copy()
+    shifted.translate([0.7, -1.3, 2.1])
+    shifted.wrap()
+    ref, *others = soap([a, perm, sup, skew, shifted])
+    for v in others:
+        np.testing.assert_allclose(v, ref, atol=1e-10)
+    other = soap([land.atoms["MACE"][6]])[0]
+    assert np.abs(other - ref).max() > 1e-3
+
+
+def test_descriptor_bad_input_errors(land):
+    from ase import Atoms
+
+    soap = desc.SoapDescriptor(species=("C", "H"))
+    with pytest.raises(desc.DescriptorError, match="not in species"):
+        soap([land.atoms["MACE"][0]])
+    with pytest.raises(desc.DescriptorError, match="periodic"):
+        desc.SoapDescriptor(species=("C",))([Atoms("C2", positions=[[0, 0, 0], [1.4, 0, 0]])])
+    with pytest.raises(desc.DescriptorError):
+        desc.SoapDescriptor(species=())
+
+
+def _smooth_delta(X: np.ndarray) -> np.ndarray:
+    """A synthetic correction that is a smooth function of the leading SOAP PCs."""
+    soap = X[:, :-3]
+    _, _, vt = np.linalg.svd(soap - soap.mean(0), full_matrices=False)
+    z = (soap - soap.mean(0)) @ vt[:2].T
+    z = z / z.std(0)
+    return 3.0 * z[:, 0] + 2.0 * np.sin(1.5 * z[:, 1]) - 0.2 * X[:, -1]
+
+
+@pytest.mark.slow
+def test_gp_recovers_smooth_synthetic_correction(features):
+    y = _smooth_delta(features)
+    rng = np.random.default_rng(0)
+    train = rng.choice(N_SUB, 25, replace=False)
+    test = np.setdiff1d(np.arange(N_SUB), train)
+    gp = DeltaGP(seed=0).fit(features[train], y[train], X_unlabelled=features)
+    mean, std = gp.predict(features[test])
+    mae = np.mean(np.abs(mean - y[test]))
+    assert mae < 0.35 * np.mean(np.abs(y[test] - y[train].mean()))
+    assert np.all(std > 0)
+    m_tr, s_tr = gp.predict(features[train])
+    assert np.mean(s_tr) < np.mean(std)  # less uncertain where it has data
+
+
+def test_prior_without_data_and_prior_mean(features):
+    gp = DeltaGP(seed=0, prior_mean=-2.0, prior_std_kjmol=3.0).fit(
+        features[:0], np.zeros(0), X_unlabelled=features
+    )
+    mean, std = gp.predict(features)
+    np.testing.assert_allclose(mean, -2.0)
+    np.testing.assert_allclose(std, 3.0)
+    e, s = corrected_energies(np.arange(N_SUB, dtype=float), features, gp)
+    np.testing.assert_allclose(e, np.arange(N_SUB) - 2.0)
+    draws = gp.sample(features, 4000, seed=1)
+    assert draws.shape == (4000, N_SUB)
+    assert abs(draws.std() - 3.0) < 0.1
+
+
+def test_samples_match_predictive_moments_and_condition_shrinks(features):
+    y = _smooth_delta(features)
+    gp = DeltaGP(seed=0).fit(features[:10], y[:10], X_unlabelled=features)
+    mean, std = gp.predict(features)
+    draws = gp.sample(features, 4000, seed=3)
+    np.testing.assert_allclose(draws.mean(0), mean, atol=5 * std.max() / np.sqrt(4000))
+    np.testing.assert_allclose(draws.std(0), std, rtol=0.1)
+    believer = gp.condition(features[20:22], mean[20:22])
+    _, std2 = believer.predict(features)
+    assert np.all(std2[20:22] < std[20:22])
+    assert believer.n_train == 12 and gp.n_train == 10
+
+
+@pytest.mark.slow
+def test_ladder_uses_parent_prediction_as_prior(features):
+    y1 = _smooth_delta(features)
+    y2 = y1 + 0.5  # the costlier level differs from the first by a constant
+    ladder = DeltaLadder(levels=["PBE", "PBE0"], seed=0, parent={"PBE0": "PBE"})
+    ladder.fit(
+        features,
+        {"PBE": {i: y1[i] for i in range(25)}, "PBE0": {i: y2[i] for i in (0, 5, 9)}},
+    )
+    m1, _ = ladder.predict("PBE", features[25:])
+    m2, _ = ladder.predict("PBE0", features[25:])
+    np.testing.assert_allclose(m2 - m1, 0.5, atol=0.3)
+    with pytest.raises(SurrogateError, match="not fitted"):
+        ladder.predict("CCSD", features)
+
+
+def test_gp_bad_input(features):
+    with pytest.raises(SurrogateError, match="2-D"):
+        DeltaGP().fit(features[0], np.zeros(1))
+    with pytest.raises(SurrogateError, match="deltas"):
+        DeltaGP().fit(features[:3], np.zeros(2))
+    with pytest.raises(SurrogateError, match="NaN"):
+        DeltaGP().fit(features[:3], np.array([0.0, np.nan, 1.0]))
+    with pytest.raises(SurrogateError, match="not fitted"):
+        DeltaGP().predict(features)
+    gp = DeltaGP().fit(features[:5], np.zeros(5))
+    with pytest.raises(SurrogateError, match="features"):
+        gp.predict(features[:, :10])
