@@ -525,7 +525,7 @@ class LatticeEnergyModel:
                 sl = slice(start, start + chunk)
                 xi = site_mols.index_select(0, mol_i[sl])
                 xj = site_mols.index_select(0, mol_j[sl]) + translation[sl, None, :]
-                close = torch.cdist(xi, xj, compute_mode="donot_use_mm_for_euclid_dist") < screen
+                close = torch.cdist(xi, xj, compute_mode="use_mm_for_euclid_dist") < screen  # screen only
                 hit = close.nonzero()
                 hit[:, 0] += start
                 found.append(hit)
