@@ -25,10 +25,12 @@ Robustness to the effects of a real measurement (see :mod:`agent.lab.pxrd`):
 * preferred orientation: not modelled; WCC on whole profiles is tolerant of moderate
   intensity changes.
 
-No match: best score below ``match_threshold``. Mixture: a two-component
-non-negative least-squares fit of the (triangle-smoothed) measured pattern with the
-leading candidates leaves a residual below ``mixture_ratio`` times the best single
-fit and the minor component carries at least ``min_fraction``.
+No match: best score below ``match_threshold``. Mixture: the best one-phase
+non-negative least-squares fit of the (lightly smoothed) measured pattern leaves at
+least ``mixture_min_residual`` of the signal unexplained, a two-phase fit with the best
+match plus one of the candidates that best explain the residual (each refitted to the
+residual in lattice scale and zero shift) cuts the residual below ``mixture_ratio``
+times the one-phase residual, and the minor phase carries at least ``min_fraction``.
 
 Candidate peak lists are cached per structure (keyed by a hash of lattice, species and
 fractional coordinates, and the wavelength).
@@ -310,6 +312,7 @@ def identify(
     mixture_ratio: float = 0.6,
     min_fraction: float = 0.12,
     mixture_smooth_fwhm_deg: float = 0.15,
+    mixture_min_residual: float = 0.2,
     softmax_tau: float = 0.02,
 ) -> IdentifyResult:
     """Rank candidate structures by how well they explain a measured PXRD pattern.
@@ -331,6 +334,8 @@ def identify(
             the one-phase residual to call a mixture.
         min_fraction: minimum weight fraction of the minor phase of a mixture.
         mixture_smooth_fwhm_deg: Gaussian smoothing (deg) of the mixture fits.
+        mixture_min_residual: a mixture is only considered when the best one-phase
+            fit leaves at least this fraction of the squared signal unexplained.
         softmax_tau: temperature of the confidence softmax over scores.
 
     Returns:
@@ -365,18 +370,23 @@ def identify(
     k_gg = np.convolve(k_fg, gauss)  # P T P
     n_shift = int(round(zero_shift_max_deg / step))
     shifts = np.arange(-n_shift, n_shift + 1)
-    f_pad = np.pad(f, n_shift)
-    # f_z[i] = f[i + z]: the measured pattern moved by -z steps (candidate moved by +z)
-    f_shift = np.stack([f_pad[n_shift + z : n_shift + z + len(f)] for z in shifts])
-    ff = np.einsum("zn,zn->z", f_shift, _convolve_rows(f_shift, tri))
 
-    def scores_for(cand: CandidatePeaks, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def shifted(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Copies v_z[i] = v[i + z] for every zero shift z, and their <v_z, T v_z>."""
+        pad = np.pad(v, n_shift)
+        vz = np.stack([pad[n_shift + z : n_shift + z + len(v)] for z in shifts])
+        return vz, np.einsum("zn,zn->z", vz, _convolve_rows(vz, tri))
+
+    f_shift, ff = shifted(f)
+
+    def scores_for(cand: CandidatePeaks, scales: np.ndarray, target: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """WCC of the candidate at each scale (rows) and zero shift (columns)."""
+        t_shift, tt_norm = (f_shift, ff) if target is None else target
         tt, inten = cand.positions(scales)
         sticks = bin_sticks(grid, tt, inten)
-        num = _convolve_rows(sticks, k_fg) @ f_shift.T  # (m, z)
+        num = _convolve_rows(sticks, k_fg) @ t_shift.T  # (m, z)
         gg = np.einsum("mn,mn->m", sticks, _convolve_rows(sticks, k_gg))
-        den = np.sqrt(np.clip(gg[:, None] * ff[None, :], 1e-300, None))
-        return num / den, sticks
+        return num / np.sqrt(np.clip(gg[:, None] * tt_norm[None, :], 1e-300, None))
 
     iso = np.arange(scale_range[0], scale_range[1] + 1e-9, scale_step)
     iso_scales = np.repeat(iso[:, None], 3, axis=1)
@@ -384,7 +394,7 @@ def identify(
     best_scale = np.ones((len(structures), 3))
     best_shift = np.zeros(len(structures), int)
     for i, cand in enumerate(peaks_of):
-        s, _ = scores_for(cand, iso_scales)
+        s = scores_for(cand, iso_scales)
         j, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
         best_score[i], best_scale[i], best_shift[i] = s[j, z], iso_scales[j], shifts[z]
 
@@ -399,7 +409,7 @@ def identify(
                 for group, d in zip(groups, combo):
                     grid3[row, group] = d
             scales = np.clip(best_scale[i][None, :] + grid3, scale_range[0] - 0.01, scale_range[1] + 0.01)
-            s, _ = scores_for(peaks_of[i], scales)
+            s = scores_for(peaks_of[i], scales)
             j, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
             if s[j, z] > best_score[i]:
                 best_score[i], best_scale[i], best_shift[i] = s[j, z], scales[j], shifts[z]
@@ -420,11 +430,12 @@ def identify(
     bb = float(b @ b) or 1.0
     k_col = np.convolve(gauss, smooth)
     cols: dict[int, np.ndarray] = {}
+    mix_scale, mix_shift = best_scale.copy(), best_shift.copy()  # minor phases refit below
 
     def column(i: int) -> np.ndarray:
         if i not in cols:
-            tt, inten = peaks_of[i].positions(best_scale[i][None, :])
-            cols[i] = _convolve_rows(bin_sticks(grid, tt + best_shift[i] * step, inten), k_col)[0]
+            tt, inten = peaks_of[i].positions(mix_scale[i][None, :])
+            cols[i] = _convolve_rows(bin_sticks(grid, tt + mix_shift[i] * step, inten), k_col)[0]
         return cols[i]
 
     def fit(idx: list[int]) -> tuple[float, np.ndarray]:
@@ -444,12 +455,20 @@ def identify(
         second.append((float(resid @ _convolve_rows(c[None, :], tri)[0]) / np.sqrt(max(rr * cc, 1e-300)), j))
     second.sort(reverse=True)
     r2, pair, pair_coef = r1, (i1,), np.array([1.0])
-    for _, j in second[:3]:
+    resid_target = shifted(resid)
+    for _, j in second[:4]:
+        # the minor phase's own lattice factors: fitted to the residual, not the mixture
+        s = scores_for(peaks_of[j], iso_scales, resid_target)
+        a, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
+        mix_scale[j], mix_shift[j] = iso_scales[a], shifts[z]
+        cols.pop(j, None)
         r, coef = fit([i1, j])
         if r < r2 and min(coef) > 0:
             r2, pair, pair_coef = r, (i1, j), coef
     fractions = pair_coef / pair_coef.sum() if pair_coef.sum() > 0 else pair_coef
-    is_mixture = len(pair) == 2 and r2 < mixture_ratio * r1 and float(fractions.min()) >= min_fraction
+    is_mixture = (
+        len(pair) == 2 and r1 >= mixture_min_residual and r2 < mixture_ratio * r1 and float(fractions.min()) >= min_fraction
+    )
     is_match = bool(best_score[top] >= match_threshold) or (is_mixture and 1.0 - r2 >= match_threshold)
     if is_mixture:
         comp_order = np.argsort(-fractions)
