@@ -20,7 +20,7 @@ from agent.lab.base import (
     UnknownTicketError,
     get_adapter,
 )
-from tests.lab_helpers import FakeClock, wait_terminal, x23_landscape
+from agent.lab.testing import FakeClock, wait_terminal, x23_landscape
 
 TOKEN = "contract-token-0123"
 
@@ -157,6 +157,7 @@ def test_lab_modules_import_light():
         "import sys\n"
         "import agent.lab, agent.lab.base, agent.lab.simulated, agent.lab.pxrd, agent.lab.identify, agent.lab.network\n"
         "import agent.lab.server, agent.lab.safety, agent.lab.cli, agent.lab.feedback, agent.lab.landscape, agent.lab.config\n"
+        "import agent.lab.testing\n"
         "print([m for m in ('torch', 'ray', 'pymatgen', 'mlflow', 'rdkit', 'numpy', 'scipy', 'ase') if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

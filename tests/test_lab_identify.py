@@ -10,7 +10,7 @@ import pytest
 from agent.lab.identify import identify, snip_background
 from agent.lab.pxrd import simulate_amorphous, simulate_pxrd
 from tests.conftest import cli
-from tests.lab_helpers import target_i_landscape, x23_landscape
+from agent.lab.testing import target_i_landscape, x23_landscape
 
 
 @pytest.fixture(scope="module")

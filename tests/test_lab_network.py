@@ -18,7 +18,7 @@ from agent.lab.network import NetworkLabAdapter
 from agent.lab.safety import ApprovalQueue, GuardedAdapter, LabBudgetError
 from agent.lab.server import LabServer
 from tests.conftest import cli
-from tests.lab_helpers import x23_landscape
+from agent.lab.testing import x23_landscape
 
 TOKEN = "net-test-token-42"
 

@@ -7,7 +7,7 @@ import pytest
 
 from agent.lab.base import LabRequest, LabRequestError
 from agent.lab.simulated import SimulatedLab
-from tests.lab_helpers import FakeClock, target_i_landscape, x23_landscape
+from agent.lab.testing import FakeClock, target_i_landscape, x23_landscape
 
 
 def _lab(**kw):

@@ -1,4 +1,6 @@
-"""Helpers shared by the lab tests: small landscapes, a fake clock, bounded polling."""
+"""Test helpers kept beside the code (as BoTorch does): a manual clock for the
+time-based simulated lab, bounded polling, and cached small reference landscapes.
+Importing this module is cheap."""
 
 from __future__ import annotations
 
