@@ -35,6 +35,7 @@ from sim_backends.base import EvalInput, EvalResult
 from sim_backends.registry import backend_class
 
 if TYPE_CHECKING:
+    from agent.lab_stage import LabStage
     from agent.structure_stage import StructureStage
     from agent.surrogates.molecule_gp import MoleculeSurrogate
 
@@ -102,7 +103,14 @@ class Campaign:
             from agent.structure_stage import StructureStage
 
             self.stage = StructureStage(self)
+        self.lab: LabStage | None = None
+        if cfg.lab is not None and self.stage is not None:
+            from agent.lab_stage import LabStage
+
+            self.lab = LabStage(self)
         self._reload()
+        if self.lab is not None:
+            self.lab.reload_observed()
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -170,6 +178,8 @@ class Campaign:
             raise
 
     def close(self) -> None:
+        if self.lab is not None:
+            self.lab.close()
         self.store.close()
 
     # -- state --------------------------------------------------------------------------

@@ -143,6 +143,8 @@ class CampaignConfig(_Strict):
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backends listed twice: {names}")
+        if self.lab is not None and not self.structures.enabled:
+            raise ValueError("lab: needs the structure stage ([structures] enabled = true)")
         if self.structures.enabled and self.structures.budget_evaluations >= self.max_evaluations:
             raise ValueError(
                 "structures.budget_evaluations must leave evaluations for the molecule stage"

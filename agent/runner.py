@@ -9,6 +9,7 @@ same budget. A ``kill -9`` loses only the in-flight work.
 from __future__ import annotations
 
 import signal
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -77,8 +78,18 @@ def run_campaign(
                         executor.submit(task)
                     if tracker is not None and campaign.n_refits > n_refits:
                         tracker.log_refit()
+                lab_open = False
+                if campaign.lab is not None:
+                    campaign.lab.submit_ready()
+                    campaign.lab.poll()
+                    if tracker is not None:
+                        tracker.log_lab()
+                    lab_open = bool(campaign.lab.open_experiments())
                 if executor.n_in_flight == 0:
-                    break
+                    if not lab_open:
+                        break
+                    time.sleep(1.0)  # only lab experiments are running
+                    continue
                 for done in executor.wait(timeout_s=1.0):
                     campaign.tell(done.task, done.result)
                     if tracker is not None:

@@ -65,6 +65,20 @@ CREATE TABLE IF NOT EXISTS evaluations (
     finished_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_eval_mol ON evaluations(molecule_id, backend);
+CREATE TABLE IF NOT EXISTS lab_experiments (
+    request_id TEXT PRIMARY KEY,
+    molecule_id INTEGER NOT NULL REFERENCES molecules(id),
+    request_json TEXT NOT NULL,
+    ticket_json TEXT,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    result_json TEXT,
+    matched_structure_id TEXT,
+    confidence REAL,
+    identification_json TEXT,
+    submitted_at REAL NOT NULL,
+    finished_at REAL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
@@ -306,6 +320,29 @@ class Store:
             "SELECT COUNT(*) AS n, COALESCE(SUM(status = 'failed'), 0) AS nf FROM evaluations"
         ).fetchone()
         return int(row["n"]), int(row["nf"])
+
+    # -- lab experiments ------------------------------------------------------------------
+    def add_lab_experiment(self, request_id: str, molecule_id: int, request: dict[str, Any],
+                           ticket: dict[str, Any] | None, state: str, reason: str = "") -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO lab_experiments(request_id, molecule_id, request_json, "
+                "ticket_json, state, reason, submitted_at) VALUES (?,?,?,?,?,?,?)",
+                (request_id, molecule_id, json.dumps(request), json.dumps(ticket) if ticket else None,
+                 state, reason, time.time()),
+            )
+
+    def update_lab_experiment(self, request_id: str, **fields: Any) -> None:
+        """Set columns of one lab experiment (dict/list values are stored as JSON)."""
+        cols = {k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
+                for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        with self.transaction() as c:
+            c.execute(f"UPDATE lab_experiments SET {sets} WHERE request_id = ?",
+                      (*cols.values(), request_id))
+
+    def lab_experiments(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM lab_experiments ORDER BY submitted_at").fetchall()
 
     # -- events -------------------------------------------------------------------------
     def log_event(self, kind: str, **payload: Any) -> None:

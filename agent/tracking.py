@@ -172,6 +172,24 @@ class Tracker:
                     step=c.n_evaluations,
                 )
 
+    def log_lab(self) -> None:
+        """Lab experiments sent and identified, with the measured-vs-simulated plots."""
+        lab = self.campaign.lab
+        if lab is None:
+            return
+        rows = self.campaign.store.lab_experiments()
+        step = self.campaign.n_evaluations
+        self.client.log_metric(self.run_id, "lab_experiments_sent", len(rows), step=step)
+        done = [r for r in rows if r["state"] == "done"]
+        self.client.log_metric(self.run_id, "lab_results", len(done), step=step)
+        for rec in lab.new_records:
+            self.client.log_metric(self.run_id, "lab_match_confidence", rec["confidence"], step=step)
+            self.client.log_dict(self.run_id, rec, f"lab/{rec['request_id']}.json")
+        for path in lab.figures:
+            self.client.log_artifact(self.run_id, str(path), artifact_path="lab")
+        lab.new_records.clear()
+        lab.figures.clear()
+
     def log_plots(self) -> list[Path]:
         """Write the campaign's plots under runs/<name>/report/ and log them as artifacts."""
         from agent.report import write_plots

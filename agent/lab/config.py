@@ -33,7 +33,8 @@ class LabConfig(BaseModel):
         params: constructor arguments of the adapter (never a token in clear).
         auto_approve: send requests of hardware adapters without manual approval.
         daily_budget: at most this many experiments per UTC day (None: no cap).
-        landscape: for the simulated adapter: "target_I", "x23" or a CIF folder.
+        landscape: for the simulated adapter: "campaign" (the campaign's own predicted
+            landscapes, see :mod:`agent.lab_stage`), "target_I", "x23" or a CIF folder.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,7 +43,7 @@ class LabConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     auto_approve: bool = False
     daily_budget: int | None = Field(default=None, ge=0)
-    landscape: str = "target_I"
+    landscape: str = "campaign"
 
     @field_validator("params")
     @classmethod
@@ -57,6 +58,9 @@ def load_landscape(spec: str) -> list[Any]:
     """Landscape entries for a :attr:`LabConfig.landscape` spec."""
     from agent.lab.landscape import load_cif_dir, load_target_i, load_x23
 
+    if spec == "campaign":
+        raise ValueError("lab landscape 'campaign' exists only inside a campaign; "
+                         "give 'target_I', 'x23' or a CIF folder")
     if spec == "target_I":
         return load_target_i()
     if spec == "x23":
