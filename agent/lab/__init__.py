@@ -11,4 +11,6 @@ Modules (import what you need; importing this package loads nothing heavy):
 * :mod:`agent.lab.safety` -- approval queue, daily budget.
 * :mod:`agent.lab.feedback` -- identification record + figure for the campaign.
 * :mod:`agent.lab.landscape` -- landscape loaders (target I, X23, CIF folders).
+* :mod:`agent.lab.config` -- the ``[lab]`` campaign table and ``build_adapter``.
+* :mod:`agent.lab.testing` -- fake clock and bounded polling for tests.
 """
