@@ -4,7 +4,8 @@ A landscape directory holds one CSP landscape of one molecule computed at two or
 levels of theory, in the layout of ``data/reference/landscapes/target_I/``:
 
 * ``<NAME>_<LEVEL>.extxyz`` -- one frame per structure relaxed at ``LEVEL``, exact P1
-  cells; ``info`` carries ``id`` (structure id), ``Z`` (molecules per cell) and
+  cells (the CSP engine's ``landscape.csv`` + ``landscape_<LEVEL>.extxyz`` also fit:
+  ``NAME`` is then ``landscape``); ``info`` carries ``id`` (structure id), ``Z`` (molecules per cell) and
   ``connectivity_ok`` (False when relaxation broke the molecules);
 * ``<NAME>_landscape.csv`` -- one row per structure with column ``id`` and, per level,
   ``dE_<LEVEL>_kJmol_per_mol`` (energy relative to the level's minimum, kJ/mol per
@@ -118,8 +119,9 @@ def load_landscape(
     levels = [cheap, *([expensive] if isinstance(expensive, str) else list(expensive))]
     if len(set(levels)) != len(levels) or len(levels) < 2:
         raise LandscapeError(f"need a cheap and distinct expensive level(s), got {levels}")
-    csv_path = _find_one(directory, "*_landscape.csv", "landscape table")
-    name = csv_path.name[: -len("_landscape.csv")]
+    csv_path = _find_one(directory, "*landscape.csv", "landscape table")
+    stem = csv_path.stem
+    name = stem[: -len("_landscape")] if stem.endswith("_landscape") else stem
     with csv_path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or "id" not in rows[0]:

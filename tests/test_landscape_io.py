@@ -61,3 +61,28 @@ def test_missing_level_and_files_give_one_line_errors(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(LandscapeError, match="distinct"):
         load_landscape(TARGET_I, "MACE", "MACE")
+
+
+def test_csp_engine_layout_and_broken_frames(tmp_path):
+    """``landscape.csv`` + ``landscape_<LEVEL>.extxyz`` (the CSP engine's names) load;
+    a frame flagged connectivity_ok=False drops its structure."""
+    from ase.io import read, write
+
+    frames = read(str(TARGET_I / "Target_I_MACE.extxyz"), ":4")
+    for level, shift in (("ff", 0.0), ("xtb", 1.0)):
+        out = []
+        for k, a in enumerate(frames):
+            b = a.copy()
+            b.info = {"id": f"s{k}", "Z": 8, "connectivity_ok": not (level == "xtb" and k == 3)}
+            out.append(b)
+        write(str(tmp_path / f"landscape_{level}.extxyz"), out)
+    (tmp_path / "landscape.csv").write_text(
+        "id,dE_ff_kJmol_per_mol,dE_xtb_kJmol_per_mol\n"
+        "s0,1.0,5.0\ns1,0.0,2.0\ns2,3.0,4.5\ns3,2.0,0.0\n"
+    )
+    land = load_landscape(tmp_path, "ff", "xtb")
+    assert land.name == "landscape"
+    assert land.ids == ["s0", "s1", "s2"] and land.dropped_ids == ["s3"]
+    np.testing.assert_allclose(land.energies_kjmol["ff"], [1.0, 0.0, 3.0])
+    np.testing.assert_allclose(land.energies_kjmol["xtb"], [3.0, 0.0, 2.5])
+    assert land.observed == set()
