@@ -186,6 +186,12 @@ def test_batch_of_different_cells_equals_single_evaluations():
     single = [float(model.energy_kjmol(t(cells[k])[None], t(xs[k])[None])[0]) for k in range(3)]
     assert batch == pytest.approx(single, abs=1e-9)
     assert len(set(np.round(batch, 3))) == 3
+    # splitting the pair list into many segments changes nothing, gradients included
+    e_ref, gc_ref, gx_ref = model.energy_and_grad(t(cells), t(xs))
+    model.pair_chunk = 100
+    e_seg, gc_seg, gx_seg = model.energy_and_grad(t(cells), t(xs))
+    assert torch.allclose(e_seg, e_ref, atol=1e-9)
+    assert torch.allclose(gc_seg, gc_ref, atol=1e-8) and torch.allclose(gx_seg, gx_ref, atol=1e-8)
 
 
 def test_expanded_crystal_tends_to_zero_and_compressed_is_repulsive():

@@ -319,6 +319,8 @@ class LatticeEnergyModel:
         self.damping_radius_A = float(damping_radius_A)
         self.dispersion_tail = bool(dispersion_tail)
         self.n_atoms = len(molecule.symbols)
+        #: atom pairs screened per segment of the pair list (speed knob, no effect on results)
+        self.pair_chunk = 1_000_000
 
         params = np.array([W99_PARAMS[t] for t in molecule.ff_types])  # (n, 3)
         a_ij = np.sqrt(np.outer(params[:, 0], params[:, 0]))
@@ -411,9 +413,15 @@ class LatticeEnergyModel:
         elec = torch.zeros(n_batch, dtype=self.dtype)
         if b_idx.numel():
             translation = torch.einsum("pk,pkd->pd", shift, cell[b_idx])  # (P, 3)
-            e_rd, e_el, owner = self._pair_energies(sites, coords, b_idx, i_idx, j_idx, translation)
-            repdisp = repdisp.index_add(0, owner, e_rd)
-            elec = elec.index_add(0, owner, e_el)
+            # segments of the molecule-pair list keep the per-pair temporaries cache-sized
+            step = max(1, self.pair_chunk // (self.n_atoms * self.n_atoms))
+            for start in range(0, len(b_idx), step):
+                sl = slice(start, start + step)
+                e_rd, e_el, owner = self._pair_energies(
+                    sites, coords, b_idx[sl], i_idx[sl], j_idx[sl], translation[sl]
+                )
+                repdisp = repdisp.index_add(0, owner, e_rd)
+                elec = elec.index_add(0, owner, e_el)
         if self.dispersion_tail:
             repdisp = repdisp - (2.0 * math.pi * n_mol * self._sum_c) / (
                 3.0 * volume * self.tail_radius_A**3
