@@ -98,6 +98,7 @@ class Campaign:
         self._fit_signature: tuple[int, int] | None = None
         self.last_holdout_mae: float | None = None
         self.n_refits = 0
+        self.molecule_stage_enabled = True  # `crystal-agent refine` turns it off
         self.stage: StructureStage | None = None
         if cfg.structures.enabled:
             from agent.structure_stage import StructureStage
@@ -300,6 +301,8 @@ class Campaign:
         return self.cfg.max_evaluations - reserved
 
     def _molecule_stage_exhausted(self) -> bool:
+        if not self.molecule_stage_enabled:
+            return True
         n_pending = sum(not t.payload.get("stage") for t in self.pending.values())
         if self.n_molecule_evaluations + n_pending >= self.molecule_budget:
             return True
@@ -477,7 +480,9 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         if ev.backend == top and ev.ok and v is not None and (best is None or sign * (v - best) < 0):
             best, best_mol = v, ev.molecule_id
     mols = {m["id"]: m for m in store.molecules()}
-    n_by = {b.name: sum(ev.backend == b.name for ev in evs) for b in cfg.backends}
+    n_by = {b.name: 0 for b in cfg.backends}
+    for ev in evs:
+        n_by[ev.backend] = n_by.get(ev.backend, 0) + 1
     reason = camp.stop_reason() if camp is not None else (store.get_meta("stop_reason") or "")
     return Status(
         name=cfg.name,

@@ -1,0 +1,56 @@
+"""``crystal-agent refine NAME``: run (more of) the structure-level refinement stage of a
+campaign on its stored CSP landscapes, without spending anything on the molecule stage.
+
+    crystal-agent refine NAME [--runs-dir DIR] [--budget N] [--address ADDR] [--quiet]
+
+``--budget N`` adds N structure-stage evaluations to the campaign's budget (default:
+continue to the budget already configured). The campaign config must enable the
+structure stage (``[structures] enabled = true``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_refine_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("refine", help="run the structure-level refinement stage of a campaign")
+    p.add_argument("name", help="campaign name")
+    p.add_argument("--runs-dir", help="campaign directory root (default: runs/)")
+    p.add_argument("--budget", type=int, default=0, help="extra structure-stage evaluations")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_refine_command)
+
+
+def run_refine_command(args: argparse.Namespace) -> int:
+    from agent.campaign import Campaign
+    from agent.cli import CliError, _run_loop, _runs_dir
+    from agent.config import config_to_toml
+
+    if args.budget < 0:
+        raise CliError("--budget must be >= 0")
+    campaign = Campaign.open(args.name, _runs_dir(args))
+    try:
+        if campaign.stage is None:
+            raise CliError(
+                f"campaign {args.name!r} has no structure stage; set [structures] enabled = true"
+            )
+        if args.budget:
+            cfg = campaign.cfg
+            structures = cfg.structures.model_copy(
+                update={"budget_evaluations": cfg.structures.budget_evaluations + args.budget}
+            )
+            cfg = cfg.model_copy(update={
+                "structures": structures,
+                "max_evaluations": max(cfg.max_evaluations, campaign.n_evaluations) + args.budget,
+            })
+            campaign.store.set_meta("config_toml", config_to_toml(cfg))
+            campaign.cfg = cfg
+            campaign.stage.cfg = structures
+        campaign.molecule_stage_enabled = False
+        campaign.store.log_event("refine", budget=args.budget)
+    except BaseException:
+        campaign.close()
+        raise
+    return _run_loop(campaign, args)
