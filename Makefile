@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/crystal-agent run examples/demo.toml --name demo
+	$(VENV)/bin/crystal-agent run examples/demo.toml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
