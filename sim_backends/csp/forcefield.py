@@ -11,8 +11,8 @@ excluded), S is a C2 switch that takes the exp-6 term to zero between ``cutoff_A
 f(r) = 1 - exp(-(r/r_d)^8) with r_d = 1.4 A damps the dispersion at unphysically short
 contacts so that the energy rises monotonically down to r = 0 instead of diving to -inf
 (the "Buckingham catastrophe"). f differs from 1 by less than 1e-7 beyond 2.0 A, i.e. at any
-real intermolecular contact. E_elec is the Ewald sum (real space truncated at the same
-cutoff, reciprocal space up to k_max, self term) with the intramolecular Coulomb pairs
+real intermolecular contact. E_elec is the Ewald sum (real space truncated at the Ewald
+cutoff, default 9 A, reciprocal space up to k_max, self term) with the intramolecular Coulomb pairs
 removed by subtracting their erf(alpha r)/r reciprocal-space share.
 
 Parameters (W99): D. E. Williams, "Improved intermolecular force field for molecules containing
@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 #: e^2 / (4 pi eps0) in kJ/mol Angstrom (CODATA 2018)
 COULOMB_KJMOL_A = 1389.35457
+
+#: default real-space Ewald cutoff (A); beyond it W99 repulsion is < 1e-7 kJ/mol per pair
+DEFAULT_EWALD_CUTOFF_A = 9.0
 
 #: W99 (and extension) parameters per atom type: (A kJ/mol, B 1/A, C kJ/mol A^6)
 W99_PARAMS: dict[str, tuple[float, float, float]] = {
@@ -191,15 +194,16 @@ def _pair_terms_function() -> type:
         """Pair energies with analytic first derivatives (one pass, no autograd graph inside).
 
         forward(flat_sites (N, 3), flat_atoms (N, 3) or None (= sites), translation (P, 3),
-        atom_i, atom_j (M,), pair (M,), table (M, 4) = [A, -B, C, k_e q q], model) forms the
-        pair vectors d = x[atom_j] + translation[pair] - x[atom_i] and returns the switched,
-        damped exp-6 energy of each pair from |d_site| and the Ewald real-space Coulomb
-        energy from |d_atom|, both (M,) kJ/mol. Backward scatters E'(r) d / r onto the
+        atom_i, atom_j (M,), pair (M,), table (M, 4) = [A, -B, C, k_e q q], model, outer_shell)
+        forms the pair vectors d = x[atom_j] + translation[pair] - x[atom_i] and returns the
+        switched, damped exp-6 energy of each pair from |d_site| and the Ewald real-space
+        Coulomb energy from |d_atom|, both (M,) kJ/mol; with ``outer_shell`` only the
+        switched dispersion -C/r^6 (and zero Coulomb). Backward scatters E'(r) d / r onto the
         atoms and translations (index_add). Second derivatives are not supported.
         """
 
         @staticmethod
-        def forward(ctx, flat_sites, flat_atoms, translation, atom_i, atom_j, pair, table, model):  # noqa: D401
+        def forward(ctx, flat_sites, flat_atoms, translation, atom_i, atom_j, pair, table, model, outer_shell):
             tp = translation.index_select(0, pair)
             d_site = flat_sites.index_select(0, atom_j) - flat_sites.index_select(0, atom_i) + tp
             if flat_atoms is None:
@@ -209,10 +213,14 @@ def _pair_terms_function() -> type:
             amp, neg_expo, c6, pref = table.unbind(dim=1)
             r = d_site.norm(dim=1)
             inv_r = r.reciprocal()
-            rep = amp * torch.exp(neg_expo * r)
             disp = c6 * inv_r.square().pow(3)
-            e_rd = rep - disp
-            g_site = (neg_expo * rep + 6.0 * disp * inv_r) * inv_r  # dE/dr / r
+            if outer_shell:  # dispersion only
+                e_rd = disp.neg()
+                g_site = 6.0 * disp * inv_r * inv_r  # dE/dr / r
+            else:
+                rep = amp * torch.exp(neg_expo * r)
+                e_rd = rep - disp
+                g_site = (neg_expo * rep + 6.0 * disp * inv_r) * inv_r
             short = (r < 1.6 * model.damping_radius_A).nonzero().squeeze(1)
             if short.numel():
                 rs, ds, gs = r[short], disp[short], g_site[short]
@@ -229,7 +237,7 @@ def _pair_terms_function() -> type:
                 e_out = e_rd[outer]
                 g_site[outer] = g_site[outer] * sw + e_out * d_sw / r[outer]
                 e_rd[outer] = e_out * sw
-            if model._has_charges:
+            if model._has_charges and not outer_shell:
                 ra = d_atom.norm(dim=1) if d_atom is not d_site else r
                 inv_ra = ra.reciprocal() if d_atom is not d_site else inv_r
                 alpha = model.alpha_per_A
@@ -267,7 +275,7 @@ def _pair_terms_function() -> type:
                 grad_sites, grad_atoms = scatter(f_site), scatter(f_atom)
                 total = f_site + f_atom
             grad_trans = torch.zeros(3, trans_shape[0], dtype=total.dtype).index_add_(1, pair, total).t()
-            return grad_sites, grad_atoms, grad_trans, None, None, None, None, None
+            return grad_sites, grad_atoms, grad_trans, None, None, None, None, None, None
 
     return _PairTerms
 
@@ -281,15 +289,17 @@ class LatticeEnergyModel:
 
     Args:
         molecule: the rigid molecule (atom order, charges and W99 types are taken from it).
-        cutoff_A: real-space cutoff (A) of both the exp-6 sum (switched off smoothly over the
-            last ``switch_width_A``) and the Ewald real-space sum.
+        cutoff_A: cutoff (A) of the exp-6 sum, switched off smoothly over the last
+            ``switch_width_A``; pairs beyond ``ewald_cutoff_A`` get dispersion only.
         ewald_accuracy: target relative accuracy eps of the Ewald sum; alpha =
-            sqrt(-ln eps) / cutoff_A and k_max = 2 alpha sqrt(-ln eps).
+            sqrt(-ln eps) / ewald_cutoff_A and k_max = 2 alpha sqrt(-ln eps).
         dtype: torch dtype (default float64).
         switch_width_A: width of the exp-6 switching region (A).
         damping_radius_A: r_d of the short-range dispersion damping 1 - exp(-(r/r_d)^8).
         h_shift_A: foreshortening of the H repulsion-dispersion sites (W99: 0.1 A).
         dispersion_tail: add the isotropic -C/r^6 tail beyond the switch.
+        ewald_cutoff_A: real-space cutoff of the Ewald sum (default min(cutoff_A, 9 A)); a
+            shorter one moves work to the (cheap) reciprocal sum at the same accuracy.
     """
 
     def __init__(
@@ -302,6 +312,7 @@ class LatticeEnergyModel:
         damping_radius_A: float = 1.4,
         h_shift_A: float = W99_H_SHIFT_A,
         dispersion_tail: bool = True,
+        ewald_cutoff_A: float | None = None,
     ) -> None:
         import torch
 
@@ -309,6 +320,9 @@ class LatticeEnergyModel:
             raise ValueError(f"ewald_accuracy must be in (0, 1), got {ewald_accuracy}")
         if not (cutoff_A > switch_width_A > 0.0):
             raise ValueError(f"need cutoff_A > switch_width_A > 0, got {cutoff_A}, {switch_width_A}")
+        ewald_cutoff_A = min(cutoff_A, DEFAULT_EWALD_CUTOFF_A) if ewald_cutoff_A is None else ewald_cutoff_A
+        if not (0.0 < ewald_cutoff_A <= cutoff_A):
+            raise ValueError(f"need 0 < ewald_cutoff_A <= cutoff_A, got {ewald_cutoff_A}, {cutoff_A}")
         unknown = sorted(set(molecule.ff_types) - set(W99_PARAMS))
         if unknown:
             raise ValueError(f"unknown force-field type(s) {unknown}")
@@ -336,7 +350,8 @@ class LatticeEnergyModel:
         self.extent_A = float(np.linalg.norm(centred, axis=1).max())
 
         log_eps = -math.log(ewald_accuracy)
-        self.alpha_per_A = math.sqrt(log_eps) / self.cutoff_A
+        self.ewald_cutoff_A = float(ewald_cutoff_A)
+        self.alpha_per_A = math.sqrt(log_eps) / self.ewald_cutoff_A
         self.kmax_per_A = 2.0 * self.alpha_per_A * math.sqrt(log_eps)
 
         t = lambda x: torch.tensor(np.array(x, dtype=float), dtype=self.dtype)  # noqa: E731
@@ -417,11 +432,9 @@ class LatticeEnergyModel:
             step = max(1, self.pair_chunk // (self.n_atoms * self.n_atoms))
             for start in range(0, len(b_idx), step):
                 sl = slice(start, start + step)
-                e_rd, e_el, owner = self._pair_energies(
-                    sites, coords, b_idx[sl], i_idx[sl], j_idx[sl], translation[sl]
-                )
-                repdisp = repdisp.index_add(0, owner, e_rd)
-                elec = elec.index_add(0, owner, e_el)
+                e_rd, e_el = self._pair_energies(sites, coords, b_idx[sl], i_idx[sl], j_idx[sl], translation[sl])
+                repdisp = repdisp + e_rd
+                elec = elec + e_el
         if self.dispersion_tail:
             repdisp = repdisp - (2.0 * math.pi * n_mol * self._sum_c) / (
                 3.0 * volume * self.tail_radius_A**3
@@ -502,50 +515,62 @@ class LatticeEnergyModel:
         i_idx: torch.Tensor,
         j_idx: torch.Tensor,
         translation: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Energies of the intermolecular atom pairs within the cutoff.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies of the intermolecular atom pairs within the cutoff, summed per structure.
 
-        A detached, chunked distance screen over the molecule pairs selects the atom pairs
-        (flat list of length M); their separation vectors are then gathered differentiably
-        and handed to :class:`_PairTerms`, which returns energies and supplies analytic
-        first derivatives to autograd.
+        A detached distance screen over the molecule pairs splits the atom pairs into an
+        inner list (exp-6 sites closer than the Ewald real-space cutoff + 0.25 A: exp-6 and
+        real-space Coulomb) and an outer shell (up to the exp-6 cutoff: dispersion only, where
+        the repulsion, < 1e-7 kJ/mol, and erfc(alpha r) are negligible). Their separation
+        vectors are gathered inside :class:`_PairTerms`, which returns energies and supplies
+        analytic first derivatives to autograd.
 
         Args:
             sites: (B, Z, n, 3) exp-6 sites; coords: (B, Z, n, 3) nuclei (charge sites).
             b_idx, i_idx, j_idx: (P,) molecule pairs; translation: (P, 3) lattice vector of j.
 
         Returns:
-            exp-6 energies (M,), real-space Coulomb energies (M,) in kJ/mol, and the (M,)
-            structure index of each atom pair.
+            exp-6 and real-space Coulomb energies per structure, each (B,) kJ/mol (B from
+            ``sites``).
         """
         import torch
 
         n = self.n_atoms
-        n_mol = sites.shape[1]
-        screen = self.cutoff_A + (0.25 if self.has_h_sites else 0.0)
+        n_batch, n_mol = sites.shape[:2]
+        margin = 0.25 if self.has_h_sites else 0.0
+        screen = self.cutoff_A + margin
+        inner = self.ewald_cutoff_A + margin
         mol_i = b_idx * n_mol + i_idx  # (P,) flat molecule indices
         mol_j = b_idx * n_mol + j_idx
         site_mols = sites.reshape(-1, n, 3)
-        chunk = max(1, int(2e6 // (n * n)))
-        found = []
         with torch.no_grad():
-            for start in range(0, len(b_idx), chunk):
-                sl = slice(start, start + chunk)
-                xi = site_mols.index_select(0, mol_i[sl])
-                xj = site_mols.index_select(0, mol_j[sl]) + translation[sl, None, :]
-                close = torch.cdist(xi, xj, compute_mode="use_mm_for_euclid_dist") < screen  # screen only
-                hit = close.nonzero()
-                hit[:, 0] += start
-                found.append(hit)
-        p, a, c = torch.cat(found).unbind(dim=1)
-        atom_i = mol_i.index_select(0, p) * n + a  # flat atom indices into (B*Z*n, 3)
-        atom_j = mol_j.index_select(0, p) * n + c
+            xi = site_mols.index_select(0, mol_i)
+            xj = site_mols.index_select(0, mol_j) + translation[:, None, :]
+            dist = torch.cdist(xi, xj, compute_mode="use_mm_for_euclid_dist")  # screening only
+            hits = [(dist < inner).nonzero()]
+            if inner < screen:
+                hits.append(((dist >= inner) & (dist < screen)).nonzero())
+        flat_sites = sites.reshape(-1, 3)
         flat_atoms = coords.reshape(-1, 3) if self.has_h_sites else None
-        table = self._pair_table.index_select(0, a * n + c)
-        e_rd, e_el = _pair_terms_function().apply(
-            sites.reshape(-1, 3), flat_atoms, translation, atom_i, atom_j, p, table, self
-        )
-        return e_rd, e_el, b_idx.index_select(0, p)
+        repdisp = torch.zeros(n_batch, dtype=self.dtype)
+        elec = torch.zeros(n_batch, dtype=self.dtype)
+        for k, hit in enumerate(hits):
+            if not len(hit):
+                continue
+            p, a, c = hit.unbind(dim=1)
+            atom_i = mol_i.index_select(0, p) * n + a  # flat atom indices into (B*Z*n, 3)
+            atom_j = mol_j.index_select(0, p) * n + c
+            table = self._pair_table.index_select(0, a * n + c)
+            outer_shell = k == 1
+            e_rd, e_el = _pair_terms_function().apply(
+                flat_sites, None if outer_shell else flat_atoms, translation, atom_i, atom_j, p, table, self,
+                outer_shell,
+            )
+            owner = b_idx.index_select(0, p)
+            repdisp = repdisp.index_add(0, owner, e_rd)
+            if not outer_shell:
+                elec = elec.index_add(0, owner, e_el)
+        return repdisp, elec
 
     def _coulomb_reciprocal(self, cell: torch.Tensor, coords: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
         """Ewald reciprocal-space energy per cell, half space of k with factor 2: (B,) kJ/mol."""
