@@ -75,7 +75,8 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
 
     Returns:
         dict with ``energy_kjmol`` (B,), ``cells_A`` (B,3,3), ``coords_A`` (B,Z,n,3),
-        ``converged`` (B,), ``n_iter`` (B,), ``search_space_group`` and ``wall_s``.
+        ``converged`` (B,), ``n_iter`` (B,), ``search_space_group``, ``wall_s`` and
+        ``cpu_s`` (process CPU time of this unit).
     """
     import torch
 
@@ -86,6 +87,7 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     sg = get_space_group(sg_symbol)
     trials = TrialSet(sg, trials_arrays["cell_params"], trials_arrays["centre_frac"],
                       trials_arrays["quaternions"])
@@ -93,7 +95,8 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
     res = minimise_batch(trials, molecule, model, **min_kwargs)
     return {"energy_kjmol": res.energy_kjmol, "cells_A": res.cells_A, "coords_A": res.coords_A,
             "converged": res.converged, "n_iter": res.n_iter, "search_space_group": sg.symbol,
-            "wall_s": time.perf_counter() - t0}
+            "unit": int(trials_arrays.get("unit", 0)),
+            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
 def run_csp(
@@ -162,7 +165,8 @@ def run_csp(
             sub = ts.subset(slice(start, start + batch_size))
             units.append((sg.symbol, {"cell_params": sub.cell_params,
                                       "centre_frac": sub.centre_frac,
-                                      "quaternions": sub.quaternions}))
+                                      "quaternions": sub.quaternions,
+                                      "unit": np.array(len(units))}))
     t_trials = time.perf_counter() - t_start
     model_kwargs = {"cutoff_A": cutoff_A}
     min_kwargs = {"gtol": gtol, "max_iter": max_iter}
@@ -178,7 +182,7 @@ def run_csp(
         "charge_method": getattr(molecule, "charge_method", ""),
         "cutoff_A": cutoff_A, "gtol": gtol, "n_workers": n_workers,
         "trials_wall_s": t_trials, "minimise_wall_s": t_min,
-        "minimise_cpu_s": float(sum(r["wall_s"] for r in results)),
+        "minimise_cpu_s": float(sum(r["cpu_s"] for r in results)),
         "wall_s": time.perf_counter() - t_start,
     })
     if out_dir is not None:
@@ -199,21 +203,29 @@ def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress) -> 
             for sg, arrays in units:
                 results.append(minimise_unit(molecule, sg, arrays, model_kwargs, min_kwargs))
                 bar.advance(task, len(arrays["cell_params"]))
+            results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
             return results
         import ray
 
-        if not ray.is_initialized():
+        started = not ray.is_initialized()
+        if started:  # a local instance just for this run; an existing one is reused
             ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
-        remote = ray.remote(num_cpus=1)(minimise_unit)
-        mol_ref = ray.put(molecule)
-        pending = {remote.remote(mol_ref, sg, arrays, model_kwargs, min_kwargs): len(arrays["cell_params"])
-                   for sg, arrays in units}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                results.append(ray.get(ref))
-                bar.advance(task, pending.pop(ref))
+        try:
+            remote = ray.remote(num_cpus=1)(minimise_unit)
+            mol_ref = ray.put(molecule)
+            pending = {remote.remote(mol_ref, sg, arrays, model_kwargs, min_kwargs):
+                       len(arrays["cell_params"]) for sg, arrays in units}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    results.append(ray.get(ref))
+                    bar.advance(task, pending.pop(ref))
+        finally:
+            if started:
+                ray.shutdown()
+    # completion order varies with workers; sort so the landscape does not depend on it
+    results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
     return results
 
 
