@@ -9,7 +9,8 @@ DFT, phonons) can refine them.
 Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (default 200),
 ``space_groups`` (comma-separated or list; default: the ten common groups),
 ``seed`` (0), ``energy_window_kjmol`` (20), ``charges`` ("resp" or "xtb"),
-``n_workers`` (1).
+``n_workers`` (1), ``max_structures`` (100: the lowest minima whose records and CIFs go
+into ``extra["landscape"]``; the values are computed over all unique minima).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class CSPBackend(Backend):
 
     _DEFAULTS: ClassVar[dict[str, Any]] = {
         "n_trials": 200, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
-        "charges": "resp", "n_workers": 1,
+        "charges": "resp", "n_workers": 1, "max_structures": 100,
     }
 
     def cost_estimate(self, inp: EvalInput) -> float:
@@ -80,4 +81,5 @@ class CSPBackend(Backend):
             "n_trials": float(landscape.meta.get("n_trials", n_trials)),
         }
         meta = {k: v for k, v in landscape.meta.items() if isinstance(v, (int, float, str, list))}
-        return values, {"landscape": landscape.to_records(with_cif=True), "csp": meta}
+        records = landscape.to_records(with_cif=True)[: max(0, int(p["max_structures"]))]
+        return values, {"landscape": records, "csp": meta}
