@@ -38,7 +38,9 @@ def principal_frame(symbols: Sequence[str], coords_A: np.ndarray) -> np.ndarray:
 
     Axes are ordered by ascending moment of inertia; each axis sign is fixed so that the
     third moment sum_a m_a x_a^3 (or, if ~0, the first clearly non-zero coordinate) is
-    positive, and the z axis is then chosen to make the frame right-handed.
+    positive, and the z axis is then chosen to make the frame right-handed. For symmetric
+    tops (two equal moments, e.g. benzene) the axes within the degenerate plane are whatever
+    the eigensolver returns: deterministic for a given input, not for a rotated copy of it.
 
     Args:
         symbols: element symbols (n_atoms).
