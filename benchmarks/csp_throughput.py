@@ -89,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     rate_base = args.n_baseline / cpu_base
     shared = batched.energy_kjmol[: args.n_baseline]
     reproduced = float(np.mean([np.abs(shared - e).min() < 0.05 for e in base.energy_kjmol]))
+    reproduced_all = float(np.mean([np.abs(batched.energy_kjmol - e).min() < 0.05
+                                    for e in base.energy_kjmol]))
     same_trial = float(np.mean(np.abs(shared - base.energy_kjmol) < 0.05))
-    low_diff = float(abs(shared.min() - base.energy_kjmol.min()))
+    low_diff = float(batched.energy_kjmol.min() - base.energy_kjmol.min())
 
     table = Table(title="Rigid-body minimisation throughput, oxalic acid P2_1/c (Z=4), 1 thread")
     for c in ("method", "structures", "CPU s", "structures / CPU s", "ratio", "mean iters",
@@ -103,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rate_batched / rate_base:.2f}", f"{batched.n_iter.mean():.0f}",
                   f"{batched.converged.mean():.0%}", f"{batched.energy_kjmol.min():.3f}")
     Console().print(table)
-    print(f"same minima: {reproduced:.0%} of baseline minima reproduced (|dE| < 0.05 kJ/mol) "
-          f"by the batched run on the same {args.n_baseline} trials; same minimum from the same "
-          f"start for {same_trial:.0%}; lowest energies differ by {low_diff:.4f} kJ/mol")
+    print(f"same minima: {reproduced:.0%} of the baseline minima are reproduced (|dE| < 0.05 "
+          f"kJ/mol) by the batched run on the same {args.n_baseline} trials, {reproduced_all:.0%} "
+          f"by its {args.n_batched} trials; same minimum from the same start for {same_trial:.0%} "
+          f"(otherwise the two optimisers descend into different, equally valid basins); lowest "
+          f"energy batched minus baseline: {low_diff:+.4f} kJ/mol")
 
     console.print(f"CSP of oxalic acid, {args.csp_trials} trials, 10 space groups, "
                   f"{args.workers} workers ...")
@@ -138,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         "scipy_structures_per_cpu_s": round(rate_base, 4),
         "ratio_batched_vs_scipy": round(rate_batched / rate_base, 2),
         "baseline_minima_reproduced_fraction": round(reproduced, 3),
+        "baseline_minima_found_in_batched_set_fraction": round(reproduced_all, 3),
         "same_start_same_minimum_fraction": round(same_trial, 3),
-        "lowest_energy_diff_kjmol": round(low_diff, 5),
+        "lowest_energy_batched_minus_baseline_kjmol": round(low_diff, 5),
         "csp_trials_measured": args.csp_trials, "csp_workers": args.workers,
         "csp_wall_s_measured": round(wall, 1),
         "csp_unique_minima": len(land),
