@@ -5,7 +5,8 @@ levels of theory, in the layout of ``data/reference/landscapes/target_I/``:
 
 * ``<NAME>_<LEVEL>.extxyz`` -- one frame per structure relaxed at ``LEVEL``, exact P1
   cells (the CSP engine's ``landscape.csv`` + ``landscape_<LEVEL>.extxyz`` also fit:
-  ``NAME`` is then ``landscape``); ``info`` carries ``id`` (structure id), ``Z`` (molecules per cell) and
+  ``NAME`` is then ``landscape``); ``info`` carries ``id`` (structure id), ``Z``
+  (molecules per cell) and
   ``connectivity_ok`` (False when relaxation broke the molecules);
 * ``<NAME>_landscape.csv`` -- one row per structure with column ``id`` and, per level,
   ``dE_<LEVEL>_kJmol_per_mol`` (energy relative to the level's minimum, kJ/mol per

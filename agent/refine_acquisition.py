@@ -23,9 +23,9 @@ with hyperparameters kept, which removes its uncertainty and shrinks that of sim
 structures before the next pick.
 
 Initial design (optional, off by default). Until ``n_initial`` structures are
-computed or pending, picks are space-filling instead: farthest-point sampling in the GP's input space (PCA of the
-averaged SOAP, density, volume, cheap energy; all scaled to unit range) among the
-structures within ``2 * window_kjmol`` of the cheap-level minimum, starting from the
+computed or pending, picks are space-filling instead: farthest-point sampling in the
+GP's input space (PCA of the averaged SOAP, density, volume, cheap energy; all
+scaled to unit range) among the structures within ``2 * window_kjmol`` of the cheap-level minimum, starting from the
 cheap-level minimum. A Delta-GP trained only on the cheap-level front runners learns
 nothing about the correction elsewhere (e.g. that the cheap level over-penalises
 low-density packings) and is then overconfident about them; a small diverse design
@@ -221,7 +221,9 @@ def select_structures(
     if n_pick == 0:
         return []
     try:
-        gp = model if model is not None else fit_delta_model(e_cheap, X, done, seed=seed, gp_options=gp_options)
+        gp = model if model is not None else fit_delta_model(
+            e_cheap, X, done, seed=seed, gp_options=gp_options
+        )
     except SurrogateError as exc:
         raise AcquisitionError(f"surrogate: {exc}") from None
 
