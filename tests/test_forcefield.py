@@ -234,3 +234,10 @@ def test_cutoff_convergence_ewald_and_dispersion_tail():
     with_tail = abs(terms[8.0, True]["repdisp_kjmol"] - terms[13.0, True]["repdisp_kjmol"])
     without = abs(terms[8.0, False]["repdisp_kjmol"] - terms[13.0, False]["repdisp_kjmol"])
     assert with_tail < 0.3 and without > 2 * with_tail
+
+
+def test_model_rejects_charged_molecules():
+    mol, _, _ = x23_crystal("formamide")
+    charged = mol.with_charges(np.asarray(mol.charges_e) + 0.01, "test")
+    with pytest.raises(ValueError, match="neutral"):
+        LatticeEnergyModel(charged)

@@ -326,6 +326,9 @@ class LatticeEnergyModel:
         unknown = sorted(set(molecule.ff_types) - set(W99_PARAMS))
         if unknown:
             raise ValueError(f"unknown force-field type(s) {unknown}")
+        net = float(np.sum(molecule.charges_e))
+        if abs(net) > 1e-6:
+            raise ValueError(f"charges sum to {net:.2e} e; the Ewald sum here needs neutral molecules")
         self.molecule = molecule
         self.dtype = dtype or torch.float64
         self.cutoff_A = float(cutoff_A)
