@@ -204,3 +204,23 @@ def test_light_import():
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_incremental_update_equals_full_factorisation(pool):
+    _, fps, y = pool
+    obs = [Observation(i, i % 2, float(y[i] + 2 * (i % 2))) for i in range(0, 200, 2)]
+    model = MoleculeSurrogate(2, seed=2, hyper_refit_growth=0.5)
+    model.fit(fps, obs[:60])
+    model.fit(fps, obs[:70])  # 10 new points: Cholesky extended, hyperparameters kept
+    model.fit(fps, obs[:70] + [Observation(0, 1, 5.0)] + obs[70:80])  # repeats are fine
+    assert model.n_fits == 3 and model.n_hyper_fits == 1
+    full = MoleculeSurrogate.load_state_dict(model.state_dict())  # one full factorisation
+    for f in range(2):
+        m1, s1 = model.predict(fps, f)
+        m2, s2 = full.predict(fps, f)
+        np.testing.assert_allclose(m1, m2, rtol=1e-7, atol=1e-8)
+        np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-8)
+    model.fit(fps, obs)  # 90 % growth: hyperparameters re-optimised
+    assert model.n_hyper_fits == 2
+    model.fit(fps, obs[:50])  # not an extension: rebuilt from scratch
+    assert len(model.obs_f) == 50

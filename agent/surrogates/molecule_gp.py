@@ -176,10 +176,15 @@ class MoleculeSurrogate:
             fit (all of them enter the posterior).
         n_iter_first: L-BFGS iterations of the first fit.
         n_iter_refit: L-BFGS iterations of warm-started refits.
+        hyper_refit_growth: re-optimise hyperparameters once the number of
+            observations has grown by this fraction since they were last fitted;
+            in between, new observations extend the cached Cholesky factor
+            (``O(n^2 k)`` for ``k`` new points instead of ``O(n^3)``).
     """
 
     def __init__(self, n_fidelities: int, seed: int = 0, *, max_fit_points: int = 256,
-                 n_iter_first: int = 40, n_iter_refit: int = 6) -> None:
+                 n_iter_first: int = 40, n_iter_refit: int = 6,
+                 hyper_refit_growth: float = 0.1) -> None:
         if int(n_fidelities) != n_fidelities or n_fidelities < 1:
             raise ValueError(f"n_fidelities must be a positive integer, got {n_fidelities!r}")
         self.n_fidelities = int(n_fidelities)
@@ -187,6 +192,7 @@ class MoleculeSurrogate:
         self.max_fit_points = int(max_fit_points)
         self.n_iter_first = int(n_iter_first)
         self.n_iter_refit = int(n_iter_refit)
+        self.hyper_refit_growth = float(hyper_refit_growth)
         rng = np.random.default_rng(self.seed)
         nf = self.n_fidelities
         factor = 0.05 * rng.standard_normal((nf, nf))
@@ -200,12 +206,17 @@ class MoleculeSurrogate:
         self.y_loc = 0.0
         self.y_scale = 1.0
         self.n_fits = 0
-        self.train_fps = np.zeros((0, 0), dtype=np.uint8)  # (m, d) unique molecules
+        self.n_hyper_fits = 0
+        self.n_at_hyper_fit = 0  # observations at the last hyperparameter fit
+        self.pool_digest: str | None = None  # fingerprint matrix of the last fit
+        self.train_fps = np.zeros((0, 0), dtype=np.uint8)  # (m, d) molecules, first-seen order
         self.train_mol = np.zeros(0, dtype=np.int64)  # (m,) pool rows of those molecules
         self.obs_u = np.zeros(0, dtype=np.int64)  # (n,) index into train_fps
         self.obs_f = np.zeros(0, dtype=np.int64)  # (n,) fidelity
+        self.obs_value = np.zeros(0)  # (n,) values in objective units
         self.obs_y = np.zeros(0)  # (n,) standardised values
         self._cache: _SimilarityCache | None = None
+        self._cache_rows = np.zeros(0, dtype=np.int64)  # (m,) cache rows of the molecules
         self._chol: torch.Tensor | None = None
         self._alpha: torch.Tensor | None = None
 
@@ -242,55 +253,108 @@ class MoleculeSurrogate:
                 raise ValueError(f"observation of molecule {o.mol_index} has non-finite value {o.value}")
         return fps
 
-    def _similarity_cache(self, fps: np.ndarray) -> _SimilarityCache:
-        if self._cache is None or self._cache.fps is not fps:
-            if self._cache is None or self._cache.index.digest != fingerprint_digest(fps):
-                self._cache = _SimilarityCache(fps)
-            else:
-                self._cache.fps = fps
-        return self._cache
+    def _attach_pool(self, fps: np.ndarray, *, refit: bool) -> _SimilarityCache:
+        """The similarity cache of pool ``fps``; the training molecules must be rows of it.
 
-    def fit(self, fps: np.ndarray, observations: list[Observation]) -> None:
-        """Fit hyperparameters (warm-started) and the posterior to ``observations``.
+        With ``refit`` the pool may be new (the training set is rebuilt from it).
+        """
+        if self._cache is not None and (self._cache.fps is fps or (
+                self._cache.index.shape == fps.shape
+                and self._cache.index.digest == fingerprint_digest(fps))):
+            self._cache.fps = fps
+            return self._cache
+        cache = _SimilarityCache(fps)
+        if not refit and len(self.train_mol) and cache.index.digest != self.pool_digest:
+            raise ValueError("these fingerprints are not the pool the surrogate was fitted on")
+        self._cache = cache
+        self._cache_rows = self.train_mol.copy()
+        return cache
+
+    def _gram(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+        """Tanimoto similarity between training molecules ``a`` and ``b`` (float64)."""
+        import torch
+
+        cache = self._cache
+        pos = cache.ensure(self._cache_rows[b])
+        return torch.as_tensor(cache.cols[self._cache_rows[a]][:, pos], dtype=torch.float64)
+
+    def fit(self, fps: np.ndarray, observations: list[Observation], *,
+            refit_hyperparameters: bool | None = None) -> None:
+        """Update the GP with ``observations`` (all of them, not only the new ones).
+
+        When ``observations`` extends the previous call's list (same pool, same
+        first entries), the new points extend the cached Cholesky factor and the
+        hyperparameters stay; they are re-optimised (warm-started) on the first fit,
+        when the data are not an extension, or after ``hyper_refit_growth`` growth.
 
         Args:
             fps: ``(n_pool, d)`` 0/1 fingerprints; ``Observation.mol_index`` are rows.
             observations: finished evaluations (any fidelities; repeats are allowed).
+            refit_hyperparameters: force (True) or forbid (False) re-optimising the
+                hyperparameters; None decides as above.
 
         Raises:
             ValueError: on an out-of-range index or fidelity or a non-finite value.
         """
-        import torch
-
         fps = self._validate(fps, observations)
-        cache = self._similarity_cache(fps)
         rows = np.array([int(o.mol_index) for o in observations], dtype=np.int64)
-        uniq, obs_u = np.unique(rows, return_inverse=True)
-        self.train_mol = uniq
-        self.train_fps = (fps[uniq] != 0).astype(np.uint8) if len(uniq) else np.zeros(
-            (0, fps.shape[1]), dtype=np.uint8)
-        self.obs_u = obs_u.astype(np.int64)
-        self.obs_f = np.array([int(o.fidelity) for o in observations], dtype=np.int64)
-        y = np.array([float(o.value) for o in observations])
-        if len(y):
-            self.y_loc = float(np.mean(y))
-            self.y_scale = float(np.std(y)) if len(y) > 1 and np.std(y) > 0 else max(abs(self.y_loc), 1.0)
-        self.obs_y = (y - self.y_loc) / self.y_scale
-        if len(y) and self.n_fits == 0:
-            for f in range(self.n_fidelities):
-                sel = self.obs_f == f
-                if sel.any():
-                    self.hyper["mean"][f] = float(self.obs_y[sel].mean())
-        if len(uniq):
-            pos = cache.ensure(uniq)
-            gram = cache.cols[uniq][:, pos].astype(np.float64)
+        fids = np.array([int(o.fidelity) for o in observations], dtype=np.int64)
+        vals = np.array([float(o.value) for o in observations], dtype=np.float64)
+        n_prev = len(self.obs_f)
+        digest = fingerprint_digest(fps) if (self._cache is None or self._cache.fps is not fps) \
+            else self._cache.index.digest
+        is_extension = (
+            self._chol is not None and n_prev > 0 and len(rows) >= n_prev
+            and digest == self.pool_digest
+            and np.array_equal(rows[:n_prev], self.train_mol[self.obs_u])
+            and np.array_equal(fids[:n_prev], self.obs_f)
+            and np.array_equal(vals[:n_prev], self.obs_value)
+        )
+        refit = refit_hyperparameters
+        if refit is None:
+            grown = len(rows) - self.n_at_hyper_fit
+            refit = (not is_extension or self.n_hyper_fits == 0
+                     or grown >= max(1.0, self.hyper_refit_growth * self.n_at_hyper_fit))
+        if not is_extension:
+            n_prev = 0
+            self.train_mol = np.zeros(0, dtype=np.int64)
+            self.train_fps = np.zeros((0, fps.shape[1]), dtype=np.uint8)
+            self.obs_u = np.zeros(0, dtype=np.int64)
+        cache = self._attach_pool(fps, refit=not is_extension)
+        self.pool_digest = cache.index.digest
+        # register new molecules in first-seen order, so earlier indices stay valid
+        known = {int(r): k for k, r in enumerate(self.train_mol)}
+        new_mols = [r for r in dict.fromkeys(rows[n_prev:].tolist()) if r not in known]
+        for r in new_mols:
+            known[r] = len(known)
+        if new_mols:
+            self.train_mol = np.concatenate([self.train_mol, np.array(new_mols, dtype=np.int64)])
+            self.train_fps = np.concatenate([self.train_fps, (fps[new_mols] != 0).astype(np.uint8)])
+        self._cache_rows = self.train_mol.copy()
+        self.obs_u = np.concatenate([self.obs_u, np.array([known[r] for r in rows[n_prev:].tolist()],
+                                                          dtype=np.int64)])
+        self.obs_f = fids
+        self.obs_value = vals
+        if refit or not is_extension:
+            if len(vals) and refit:
+                self.y_loc = float(np.mean(vals))
+                spread = float(np.std(vals))
+                self.y_scale = spread if len(vals) > 1 and spread > 0 else max(abs(self.y_loc), 1.0)
+            self.obs_y = (vals - self.y_loc) / self.y_scale
+            if len(vals) and self.n_hyper_fits == 0:
+                for f in range(self.n_fidelities):
+                    sel = self.obs_f == f
+                    if sel.any():
+                        self.hyper["mean"][f] = float(self.obs_y[sel].mean())
+            if refit and len(vals) >= 2:
+                self._fit_hyperparameters()
+                self.n_hyper_fits += 1
+                self.n_at_hyper_fit = len(vals)
+            self._factorise()
         else:
-            gram = np.zeros((0, 0))
-        self._gram = torch.as_tensor(gram, dtype=torch.float64)
-        if len(y) >= 2:
-            self._fit_hyperparameters()
+            self.obs_y = (vals - self.y_loc) / self.y_scale
+            self._extend_factor(n_prev)
         self.n_fits += 1
-        self._factorise()
 
     def _fit_hyperparameters(self) -> None:
         """MAP estimate of B, means and noises by L-BFGS-B on a subset of observations.
@@ -306,7 +370,7 @@ class MoleculeSurrogate:
         import torch
 
         n = len(self.obs_y)
-        rng = np.random.default_rng(self.seed + self.n_fits)
+        rng = np.random.default_rng(self.seed + self.n_hyper_fits)
         if n > self.max_fit_points:
             # keep every observation of the scarcer fidelities first, then fill at random
             counts = np.bincount(self.obs_f, minlength=self.n_fidelities)
@@ -315,7 +379,7 @@ class MoleculeSurrogate:
         else:
             sub = np.arange(n)
         nf = self.n_fidelities
-        kt = self._gram[self.obs_u[sub]][:, self.obs_u[sub]]
+        kt = self._gram(self.obs_u[sub], self.obs_u[sub])
         onehot = torch.nn.functional.one_hot(torch.as_tensor(self.obs_f[sub]), nf).double()
         y = torch.as_tensor(self.obs_y[sub], dtype=torch.float64)
         names = list(self.hyper)
@@ -348,7 +412,7 @@ class MoleculeSurrogate:
         from scipy.optimize import minimize
 
         x0 = np.concatenate([self.hyper[k].ravel() for k in names])
-        n_iter = self.n_iter_first if self.n_fits == 0 else self.n_iter_refit
+        n_iter = self.n_iter_first if self.n_hyper_fits == 0 else self.n_iter_refit
         n_threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -362,6 +426,19 @@ class MoleculeSurrogate:
         new["log_kappa"] = np.clip(new["log_kappa"], np.log(1e-6), np.log(1e3))
         self.hyper = new
 
+    def _prior_cov(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+        """Prior covariance between observations ``a`` and ``b`` (index arrays)."""
+        import torch
+
+        bm = torch.as_tensor(self.coregionalisation())
+        fa, fb = torch.as_tensor(self.obs_f[a]), torch.as_tensor(self.obs_f[b])
+        return self._gram(self.obs_u[a], self.obs_u[b]) * bm[fa][:, fb]
+
+    def _residual(self) -> torch.Tensor:
+        import torch
+
+        return torch.as_tensor(self.obs_y - self.hyper["mean"][self.obs_f]).unsqueeze(-1)
+
     def _factorise(self) -> None:
         """Cholesky factor of the full training covariance and ``alpha = K^-1 (y - mu)``."""
         import torch
@@ -371,37 +448,60 @@ class MoleculeSurrogate:
             self._chol = torch.zeros((0, 0), dtype=torch.float64)
             self._alpha = torch.zeros(0, dtype=torch.float64)
             return
-        b = torch.as_tensor(self.coregionalisation())
-        fid = torch.as_tensor(self.obs_f)
-        u = torch.as_tensor(self.obs_u)
-        k = self._gram[u][:, u] * b[fid][:, fid]
-        k = k + torch.diag(torch.as_tensor(self.noise())[fid])
+        idx = np.arange(n)
+        k = self._prior_cov(idx, idx) + torch.diag(torch.as_tensor(self.noise()[self.obs_f]))
         for jitter in (0.0, 1e-8, 1e-6, 1e-4, 1e-2):
             chol, info = torch.linalg.cholesky_ex(k + jitter * torch.eye(n, dtype=torch.float64))
             if int(info) == 0:
                 break
         else:
             raise RuntimeError("training covariance is not positive definite")
-        r = torch.as_tensor(self.obs_y - self.hyper["mean"][self.obs_f]).unsqueeze(-1)
         self._chol = chol
-        self._alpha = torch.cholesky_solve(r, chol).squeeze(-1)
+        self._alpha = torch.cholesky_solve(self._residual(), chol).squeeze(-1)
+
+    def _extend_factor(self, n_prev: int) -> None:
+        """Append observations ``n_prev:`` to the Cholesky factor (block update)."""
+        import torch
+
+        n = len(self.obs_y)
+        if n == n_prev:
+            return
+        old, new = np.arange(n_prev), np.arange(n_prev, n)
+        k12 = self._prior_cov(old, new)
+        k22 = self._prior_cov(new, new) + torch.diag(torch.as_tensor(self.noise()[self.obs_f[new]]))
+        l21t = torch.linalg.solve_triangular(self._chol, k12, upper=False)
+        schur = k22 - l21t.T @ l21t
+        l22, info = torch.linalg.cholesky_ex(schur)
+        if int(info) != 0:
+            self._factorise()
+            return
+        chol = torch.zeros((n, n), dtype=torch.float64)
+        chol[:n_prev, :n_prev] = self._chol
+        chol[n_prev:, :n_prev] = l21t.T
+        chol[n_prev:, n_prev:] = l22
+        self._chol = chol
+        self._alpha = torch.cholesky_solve(self._residual(), chol).squeeze(-1)
 
     # -- prediction --------------------------------------------------------------------
     def _similarity(self, fps: np.ndarray) -> np.ndarray:
         """Tanimoto similarity of ``fps`` rows to the unique training molecules, (n, m)."""
         if len(self.train_mol) == 0:
             return np.zeros((fps.shape[0], 0), dtype=np.float32)
-        if self._cache is not None and (
-            self._cache.fps is fps or (fps.shape == self._cache.index.shape
-                                       and self._cache.index.digest == fingerprint_digest(fps))
-        ):
-            self._cache.fps = fps
-            pos = self._cache.ensure(self.train_mol)
-            return self._cache.cols[:, pos]
+        cache = self._cache
+        if cache is not None and (cache.fps is fps or (
+                fps.shape == cache.index.shape and cache.index.digest == fingerprint_digest(fps))):
+            cache.fps = fps
+            pos = cache.ensure(self._cache_rows)
+            return cache.cols[:, pos]
         return FingerprintIndex(fps).similarity_to(self.train_fps)
 
     def pool_posterior(self, fps: np.ndarray) -> PoolPosterior:
-        """A lazy posterior over every row of ``fps`` (see :class:`PoolPosterior`)."""
+        """A lazy posterior over every row of ``fps`` (see :class:`PoolPosterior`).
+
+        Raises:
+            ValueError: if ``fps`` is not the pool of the last fit (observations
+                index its rows).
+        """
         fps = np.asarray(fps)
         if fps.ndim != 2:
             raise ValueError(f"fingerprints must be a 2-d array, got shape {fps.shape}")
@@ -410,12 +510,9 @@ class MoleculeSurrogate:
                 f"fingerprints have {fps.shape[1]} bits, the surrogate was fitted on "
                 f"{self.train_fps.shape[1]}"
             )
+        cache = self._attach_pool(fps, refit=False)
         if self._chol is None:
             self._factorise()
-        cache = self._cache if self._cache is not None and self._cache.index.shape == fps.shape \
-            and (self._cache.fps is fps or self._cache.index.digest == fingerprint_digest(fps)) \
-            else _SimilarityCache(fps)
-        cache.fps = fps
         return PoolPosterior(self, fps, cache)
 
     def predict(self, fps: np.ndarray, fidelity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -462,8 +559,9 @@ class MoleculeSurrogate:
         """Mean absolute error at the top fidelity on held-out observations.
 
         A random ``fraction`` of the top-fidelity observations (at least one) is held
-        out; a copy of this surrogate (warm-started hyperparameters) is refitted on
-        the rest and predicts them.
+        out; a copy of this surrogate with the current hyperparameters (fitted on all
+        data: slightly optimistic, but one Cholesky factorisation instead of a
+        hyperparameter search) is conditioned on the rest and predicts them.
 
         Returns:
             MAE in objective units, or None with fewer than 3 top-fidelity
@@ -480,8 +578,8 @@ class MoleculeSurrogate:
         test = [observations[k] for k in sorted(out)]
         clone = copy.copy(self)
         clone.hyper = {k: v.copy() for k, v in self.hyper.items()}
-        clone.n_fits = max(self.n_fits, 1)
-        clone.fit(fps, train)
+        clone._chol = None
+        clone.fit(fps, train, refit_hyperparameters=False)
         rows = np.array([o.mol_index for o in test])
         mean, _ = clone.predict(np.asarray(fps)[rows], top)
         return float(np.mean(np.abs(mean - np.array([o.value for o in test]))))
@@ -495,10 +593,15 @@ class MoleculeSurrogate:
             "max_fit_points": self.max_fit_points,
             "n_iter_first": self.n_iter_first,
             "n_iter_refit": self.n_iter_refit,
+            "hyper_refit_growth": self.hyper_refit_growth,
             "hyper": {k: v.copy() for k, v in self.hyper.items()},
             "y_loc": self.y_loc,
             "y_scale": self.y_scale,
             "n_fits": self.n_fits,
+            "n_hyper_fits": self.n_hyper_fits,
+            "n_at_hyper_fit": self.n_at_hyper_fit,
+            "pool_digest": self.pool_digest,
+            "obs_value": self.obs_value.copy(),
             "n_bits": int(self.train_fps.shape[1]) if self.train_fps.ndim == 2 else 0,
             "train_fps_packed": np.packbits(self.train_fps, axis=1),
             "train_mol": self.train_mol.copy(),
@@ -509,26 +612,32 @@ class MoleculeSurrogate:
 
     @classmethod
     def load_state_dict(cls, state: dict[str, Any]) -> MoleculeSurrogate:
-        """Rebuild a surrogate from :meth:`state_dict` (predictions are identical)."""
-        import torch
+        """Rebuild a surrogate from :meth:`state_dict`.
 
+        Predictions are bit-identical when the saved model's last fit was a full
+        factorisation, and equal to round-off after incremental updates.
+        """
         try:
             s = cls(state["n_fidelities"], state["seed"], max_fit_points=state["max_fit_points"],
-                    n_iter_first=state["n_iter_first"], n_iter_refit=state["n_iter_refit"])
+                    n_iter_first=state["n_iter_first"], n_iter_refit=state["n_iter_refit"],
+                    hyper_refit_growth=state["hyper_refit_growth"])
             s.hyper = {k: np.asarray(v, dtype=np.float64).copy() for k, v in state["hyper"].items()}
-            s.y_loc, s.y_scale, s.n_fits = float(state["y_loc"]), float(state["y_scale"]), int(state["n_fits"])
+            s.y_loc, s.y_scale = float(state["y_loc"]), float(state["y_scale"])
+            s.n_fits, s.n_hyper_fits = int(state["n_fits"]), int(state["n_hyper_fits"])
+            s.n_at_hyper_fit, s.pool_digest = int(state["n_at_hyper_fit"]), state["pool_digest"]
             n_bits = int(state["n_bits"])
             s.train_fps = np.unpackbits(state["train_fps_packed"], axis=1, count=n_bits).astype(np.uint8)
             s.train_mol = np.asarray(state["train_mol"], dtype=np.int64)
             s.obs_u = np.asarray(state["obs_u"], dtype=np.int64)
             s.obs_f = np.asarray(state["obs_f"], dtype=np.int64)
             s.obs_y = np.asarray(state["obs_y"], dtype=np.float64)
+            s.obs_value = np.asarray(state["obs_value"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a MoleculeSurrogate state dict: {type(exc).__name__}: {exc}") from None
-        # the same float32 arithmetic as the pool cache, so predictions are bit-identical
-        gram = FingerprintIndex(s.train_fps).similarity_to(s.train_fps) if len(s.train_fps) \
-            else np.zeros((0, 0))
-        s._gram = torch.as_tensor(gram.astype(np.float64))
+        if len(s.train_fps):
+            # similarities among the training molecules, with the pool cache's arithmetic
+            s._cache = _SimilarityCache(s.train_fps)
+            s._cache_rows = np.arange(len(s.train_fps), dtype=np.int64)
         s._factorise()
         return s
 
@@ -559,7 +668,7 @@ class PoolPosterior:
         nf = model.n_fidelities
         n_pool = fps.shape[0]
         self.n_pool = n_pool
-        self._train_pos = cache.ensure(model.train_mol) if len(model.train_mol) else np.zeros(
+        self._train_pos = cache.ensure(model._cache_rows) if len(model.train_mol) else np.zeros(
             0, dtype=np.int64)
         self.mean = np.tile(model.hyper["mean"], (n_pool, 1)).astype(np.float64)
         alpha = model._alpha.numpy() if model._alpha is not None else np.zeros(0)
