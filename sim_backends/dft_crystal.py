@@ -334,8 +334,9 @@ def fragment_lattice_energy(
 
     Returns:
         ``(values, extra)``: values ``energy_kjmol`` (total), ``e_dft_2body_kjmol``,
-        ``e_d3_kjmol``, ``e_deformation_kjmol`` (0 for rigid); extra with per-dimer records (multiplicity, distances,
-        E_int, SCF cycles, wall time), monomer records and notes.
+        ``e_d3_kjmol``, ``e_deformation_kjmol`` (0 for rigid); extra with per-dimer
+        records (multiplicity, distances, E_int, BSSE, SCF cycles, wall and CPU time),
+        monomer records and notes.
     """
     import numpy as np
     from scipy.linalg import block_diag
@@ -371,8 +372,13 @@ def fragment_lattice_energy(
         if counterpoise:
             ghost_b = list(range(n_a, len(atoms)))
             ghost_a = list(range(n_a))
-            ea = run_scf(atoms, settings, ghost=ghost_b, what=f"dimer {n_done} CP monomer A")
-            eb = run_scf(atoms, settings, ghost=ghost_a, what=f"dimer {n_done} CP monomer B")
+            # the monomer density padded with zeros on the ghost functions is an
+            # excellent start for the monomer in the dimer basis
+            zero_a, zero_b = np.zeros_like(ma["dm"]), np.zeros_like(mb["dm"])
+            ea = run_scf(atoms, settings, dm0=block_diag(ma["dm"], zero_b), ghost=ghost_b,
+                         what=f"dimer {n_done} CP monomer A")
+            eb = run_scf(atoms, settings, dm0=block_diag(zero_a, mb["dm"]), ghost=ghost_a,
+                         what=f"dimer {n_done} CP monomer B")
             e_cp = res["energy_hartree"] - ea["energy_hartree"] - eb["energy_hartree"]
             rec["bsse_kjmol"] = (e_cp - e_int) * HARTREE_TO_KJMOL
             rec["cp_wall_s"] = round(ea["wall_s"] + eb["wall_s"], 3)
