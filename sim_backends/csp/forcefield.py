@@ -549,10 +549,17 @@ class LatticeEnergyModel:
         with torch.no_grad():
             xi = site_mols.index_select(0, mol_i)
             xj = site_mols.index_select(0, mol_j) + translation[:, None, :]
-            dist = torch.cdist(xi, xj, compute_mode="use_mm_for_euclid_dist")  # screening only
-            hits = [(dist < inner).nonzero()]
+            # squared distances by |x|^2 + |y|^2 - 2 x.y (screening only: ~1e-12 A^2 rounding)
+            dist2 = torch.baddbmm(
+                xi.square().sum(dim=2, keepdim=True) + xj.square().sum(dim=2)[:, None, :],
+                xi, xj.transpose(1, 2), alpha=-2.0,
+            )
+            flat_d2 = dist2.view(-1)
+            hit = (flat_d2 < screen * screen).nonzero().squeeze(1)  # flat (p, a, c) indices
+            hits = [hit]
             if inner < screen:
-                hits.append(((dist >= inner) & (dist < screen)).nonzero())
+                is_inner = flat_d2.index_select(0, hit) < inner * inner
+                hits = [hit[is_inner], hit[~is_inner]]
         flat_sites = sites.reshape(-1, 3)
         flat_atoms = coords.reshape(-1, 3) if self.has_h_sites else None
         repdisp = torch.zeros(n_batch, dtype=self.dtype)
@@ -560,10 +567,12 @@ class LatticeEnergyModel:
         for k, hit in enumerate(hits):
             if not len(hit):
                 continue
-            p, a, c = hit.unbind(dim=1)
+            p = torch.div(hit, n * n, rounding_mode="floor")
+            ac = hit - p * (n * n)  # a * n + c
+            a = torch.div(ac, n, rounding_mode="floor")
             atom_i = mol_i.index_select(0, p) * n + a  # flat atom indices into (B*Z*n, 3)
-            atom_j = mol_j.index_select(0, p) * n + c
-            table = self._pair_table.index_select(0, a * n + c)
+            atom_j = mol_j.index_select(0, p) * n + (ac - a * n)
+            table = self._pair_table.index_select(0, ac)
             outer_shell = k == 1
             e_rd, e_el = _pair_terms_function().apply(
                 flat_sites, None if outer_shell else flat_atoms, translation, atom_i, atom_j, p, table, self,
