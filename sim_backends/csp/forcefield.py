@@ -405,12 +405,14 @@ class LatticeEnergyModel:
 
         Returns:
             energy (B,) kJ/mol per molecule, dE/dcell (B, 3, 3) and dE/dcoords
-            (B, Z, n_atoms, 3) in kJ/mol/A (detached).
+            (B, Z, n_atoms, 3) in kJ/mol/A (detached). Only first derivatives are available
+            (the pair kernel has an analytic backward without double-backward support).
         """
         import torch
 
-        cell = cell_A.detach().clone().requires_grad_(True)
-        coords = coords_A.detach().clone().requires_grad_(True)
+        cell, coords = self._check(cell_A, coords_A)
+        cell = cell.detach().clone().requires_grad_(True)
+        coords = coords.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             energy = self.energy_kjmol(cell, coords)
             g_cell, g_coords = torch.autograd.grad(energy.sum(), (cell, coords))
@@ -438,10 +440,8 @@ class LatticeEnergyModel:
                 e_rd, e_el = self._pair_energies(sites, coords, b_idx[sl], i_idx[sl], j_idx[sl], translation[sl])
                 repdisp = repdisp + e_rd
                 elec = elec + e_el
-        if self.dispersion_tail:
-            repdisp = repdisp - (2.0 * math.pi * n_mol * self._sum_c) / (
-                3.0 * volume * self.tail_radius_A**3
-            ) * n_mol
+        if self.dispersion_tail:  # per cell: -2 pi Z^2 sum_ab C_ab / (3 V rc_eff^3)
+            repdisp = repdisp - 2.0 * math.pi * n_mol**2 * self._sum_c / (3.0 * volume * self.tail_radius_A**3)
         if self._has_charges:
             elec = elec + self._coulomb_reciprocal(cell, coords, volume) + self._coulomb_self_intra(coords)
         return {"repdisp_kjmol": repdisp / n_mol, "elec_kjmol": elec / n_mol}
