@@ -11,7 +11,9 @@ Baselines in the same run: cheap-level energy order, random order (median over
 seeds), oracle (= 10). Also the surrogate's MAE (kJ/mol per molecule) on the
 not-yet-computed structures within 10 kJ/mol of the true minimum as the computed
 fraction grows, against a constant-shift baseline (cheap energies plus the mean
-delta of the computed structures).
+delta of the computed structures). Costs given to the agent, and summed in
+``relative_cost_until_top10``, scale as n_atoms^3 of the cell (normalised to mean 1);
+the counts are plain numbers of calculations.
 
 Usage::
 
@@ -61,6 +63,11 @@ def count_until_top(order: list[int], top: set[int], n_missing: int = 0) -> int:
         if len(top & seen) >= len(top) - n_missing:
             return n
     return len(order)
+
+
+def cost_until_top(order: list[int], top: set[int], costs: np.ndarray) -> float:
+    """Summed relative cost of ``order`` up to the point where ``top`` is complete."""
+    return float(np.sum(costs[order[: count_until_top(order, top)]]))
 
 
 def recall_at(order: list[int], top: set[int], n: int) -> dict[float, int]:
@@ -121,6 +128,11 @@ def run_landscape(path, cheap, expensive, seeds, batches, console):
     random_orders = [list(np.random.default_rng(1000 + s).permutation(n)) for s in range(25)]
     random_counts = [count_until_top(o, top) for o in random_orders]
     cheap_list = list(np.argsort(e_cheap, kind="stable"))
+    cost = {
+        "agent": [],
+        "cheap_order": cost_until_top(cheap_list, top, costs),
+        "random": float(np.median([cost_until_top(o, top, costs) for o in random_orders])),
+    }
     until_9 = {
         "agent": [],
         "cheap_order": count_until_top(cheap_list, top, 1),
@@ -147,6 +159,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console):
                 agent.setdefault(q, []).append(count)
                 if q == batches[0]:
                     until_9["agent"].append(count_until_top(order, top, 1))
+                    cost["agent"].append(cost_until_top(order, top, costs))
                 agent_recall.setdefault(q, []).append(recall_at(order, top, n))
                 if q == batches[0]:
                     for f, v in mae.items():
@@ -204,6 +217,9 @@ def run_landscape(path, cheap, expensive, seeds, batches, console):
         "oracle": TOP_K,
         "mae_at_10pct_kjmol": round(float(np.median(at10)), 3) if at10 else None,
         "shift_mae_at_10pct_kjmol": round(float(np.median(shift10)), 3) if shift10 else None,
+        "relative_cost_until_top10": {
+            k: round(float(np.median(v)), 2) for k, v in cost.items()
+        },
         "until_9_of_10": {**until_9, "agent": float(np.median(until_9["agent"]))},
         "top10_found_at_20pct": {
             "agent": float(np.median([r[0.20] for r in agent_recall[best_q]])),
