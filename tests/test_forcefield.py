@@ -241,3 +241,19 @@ def test_model_rejects_charged_molecules():
     charged = mol.with_charges(np.asarray(mol.charges_e) + 0.01, "test")
     with pytest.raises(ValueError, match="neutral"):
         LatticeEnergyModel(charged)
+
+
+@pytest.mark.parametrize("name", ["benzene", "hexamine", "trioxane"])
+def test_fit_rigid_pose_recovers_rotated_shuffled_copies(name):
+    """Symmetric and spherical tops included: atom matching + Kabsch find the exact pose."""
+    mol, _, _ = x23_crystal(name, charges="none")
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        rot *= np.sign(np.linalg.det(rot))
+        shift = rng.normal(size=3)
+        perm = rng.permutation(mol.n_atoms)
+        target = (np.asarray(mol.coords_A) @ rot.T + shift)[perm]
+        found_perm, found_rot, found_shift, rmsd = fit_rigid_pose(mol, [mol.symbols[i] for i in perm], target)
+        assert rmsd < 1e-6
+        assert np.asarray(mol.coords_A) @ found_rot.T + found_shift == pytest.approx(target[found_perm], abs=1e-6)
