@@ -68,7 +68,7 @@ def principal_frame(symbols: Sequence[str], coords_A: np.ndarray) -> np.ndarray:
     return centred @ axes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: identity equality and hash
 class RigidMolecule:
     """A rigid molecule with point charges and W99 types, in its principal-axes frame.
 
