@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                       fmt(r.get("rank"), "{}"), fmt(r.get("gap_kjmol")),
                       str(r.get("match_space_group") or "-"), fmt(r.get("rms"), "{:.3f}"),
                       fmt(r.get("n_unique"), "{}"), fmt(r.get("wall_s"), "{:.0f}"))
-    Console().print(table)
+    Console(width=200).print(table)
     ran = rows
     found = [r for r in ran if r["status"] == "found"]
     summary = {

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("batched L-BFGS", str(args.n_batched), f"{cpu_batched:.1f}", f"{rate_batched:.3f}",
                   f"{rate_batched / rate_base:.2f}", f"{batched.n_iter.mean():.0f}",
                   f"{batched.converged.mean():.0%}", f"{batched.energy_kjmol.min():.3f}")
-    Console().print(table)
+    Console(width=200).print(table)
     print(f"same minima: {reproduced:.0%} of the baseline minima are reproduced (|dE| < 0.05 "
           f"kJ/mol) by the batched run on the same {args.n_baseline} trials, {reproduced_all:.0%} "
           f"by its {args.n_batched} trials; same minimum from the same start for {same_trial:.0%} "
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         table2.add_row(str(n), str(args.workers), f"{per_trial * n:.0f}",
                        f"{dedicated_per_trial * n:.0f}", "-", "-",
                        f"EXTRAPOLATED from {args.csp_trials}")
-    Console().print(table2)
+    Console(width=200).print(table2)
 
     summary = {
         "benchmark": "csp_throughput",
