@@ -17,7 +17,8 @@ al., J. Am. Chem. Soc. 124, 7918 (2002)). Wall times depend on the load of the
 machine; CPU seconds (``time.process_time``) much less so.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reorg_timing.py
-      [--full-opt thiophene,naphthalene] [--bases sto-3g,6-31g,def2-svp]
+      [--molecules benzene,thiophene] [--full-opt thiophene,naphthalene]
+      [--bases sto-3g,6-31g,def2-svp]
 Writes benchmarks/results/reorg_timing.json.
 """
 
@@ -62,7 +63,7 @@ def run_one(backend, smiles: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full-opt", default="thiophene,naphthalene",
+    ap.add_argument("--full-opt", default="thiophene",
                     help="molecules to relax fully with DFT (comma list, '' for none)")
     ap.add_argument("--molecules", default=",".join(MOLECULES),
                     help=f"molecules to time (comma list of {', '.join(MOLECULES)})")
@@ -84,10 +85,10 @@ def main() -> None:
     bases = [b for b in args.bases.split(",") if b]
     jobs = [("xtb", m, XtbReorgBackend()) for m in mols]
     jobs += [("dft//xtb", m, DftReorgBackend()) for m in mols]
-    jobs += [("dft-opt", m, DftReorgBackend(geometry="dft")) for m in full_opt]
     if "naphthalene" in mols:
         jobs += [(f"dft//xtb {b}", "naphthalene", DftReorgBackend(basis=b))
                  for b in bases if b != "6-31g"]
+    jobs += [("dft-opt", m, DftReorgBackend(geometry="dft")) for m in full_opt]
     from sim_backends.base import EvalInput
 
     XtbReorgBackend().evaluate(EvalInput("C"))  # import tblite/ase before timing
@@ -97,7 +98,11 @@ def main() -> None:
         task = progress.add_task("reorganisation energies", total=len(jobs))
         for level, mol, backend in jobs:
             progress.update(task, description=f"{level} {mol}")
-            results.setdefault(level, {})[mol] = run_one(backend, MOLECULES[mol])
+            r = results.setdefault(level, {})[mol] = run_one(backend, MOLECULES[mol])
+            progress.console.print(
+                f"{mol:12s} {level:18s} {r['status']:6s} wall {r['wall_s']:7.1f} s  "
+                f"CPU {r['cpu_s'] or float('nan'):7.1f} s  lambda {r['lambda_ev'] or float('nan'):.4f} eV"
+            )
             progress.advance(task)
 
     console = Console(width=150)
