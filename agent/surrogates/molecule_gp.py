@@ -35,9 +35,11 @@ Speed (the acquisition must decide in well under 2 s at 1,000 evaluations over a
   per molecule with a sparse product and cached across refits
   (:class:`~agent.surrogates.fingerprints.FingerprintIndex`);
 * hyperparameters (B, means, noises: ``n_f^2 + 2 n_f`` numbers) are fitted by
-  L-BFGS on the exact marginal likelihood of at most ``max_fit_points``
-  observations, warm-started from the previous fit (few iterations on refits);
-* the posterior uses one Cholesky factorisation of all observations;
+  L-BFGS-B on the exact marginal likelihood of at most ``max_fit_points``
+  observations, warm-started from the previous fit (few iterations on refits),
+  and only re-optimised when the data have grown by ``hyper_refit_growth``
+  (10 %); in between, new observations extend the cached Cholesky factor of all
+  observations by a block update;
 * :class:`PoolPosterior` gives posterior means for the whole pool (one mat-vec),
   cheap *upper bounds* on the posterior variance of every pool row, exact
   variances only for rows the acquisition asks for, and fantasised points
