@@ -339,9 +339,11 @@ class DftReorgBackend(ReorgBackend):
         basis (str, "6-31g"): Gaussian basis set.
         geometry (str, "xtb"): "xtb" uses the GFN2-xTB geometries as they are (four
             DFT single points); "dft" relaxes both states with geomeTRIC starting
-            from the GFN2-xTB geometries (about 10x costlier: ~10 gradient steps per
-            state; see the timings in ``benchmarks/reorg_timing.py``, which is why
-            "xtb" is the default).
+            from the GFN2-xTB geometries. Measured on one core (CPU s, B3LYP/6-31G,
+            ``benchmarks/reorg_timing.py``): DFT//xTB thiophene 10, benzene 16,
+            naphthalene 41, anthracene 104; full relaxation of thiophene 64 (6.5x
+            its DFT//xTB), and an estimated ~320 for naphthalene. A 10-20 heavy-atom
+            molecule within ~60-90 s forces "xtb" as the default.
         max_cycles (int, 100): SCF iteration cap (then one second-order SCF attempt).
         conv_tol (float, 1e-8): SCF energy convergence, hartree.
         max_opt_steps (int, 50): geomeTRIC step cap per optimisation.
@@ -371,9 +373,10 @@ class DftReorgBackend(ReorgBackend):
         # B3LYP/6-31G DFT//xTB (four SCFs) measured 9.8, 15.7, 41 and 104 CPU s for
         # thiophene, benzene, naphthalene, anthracene (57-146 basis functions): one SCF
         # ~ 1e-4 * n_bf^2.5 s. A relaxation step (SCF from the previous density plus
-        # gradient) costs about one SCF; ~(4 + n_atoms/4) steps per state.
+        # gradient) costs ~1.5 SCFs; ~(4 + n_atoms/4) steps per state (thiophene full
+        # relaxation: 6 + 10 steps, 64 CPU s).
         scf_s = 1.0e-4 * max(n_bf, 1) ** 2.5
-        n_scf = 4.0 if self._p(p, "geometry") == "xtb" else 2.0 + 2.0 * (4 + n_atoms / 4)
+        n_scf = 4.0 if self._p(p, "geometry") == "xtb" else 2.0 + 3.0 * (4 + n_atoms / 4)
         return 1.0 + scf_s * n_scf
 
     def _relaxes_at_own_level(self, params: dict[str, Any]) -> bool:
