@@ -43,7 +43,17 @@ class SetupError(BackendError):
 
 
 class RunError(BackendError):
-    """The calculation ran and did not succeed (e.g. SCF not converged); may retry."""
+    """The calculation ran and did not succeed (e.g. SCF not converged).
+
+    Args:
+        message: one-line reason.
+        retryable: whether a second attempt may succeed (False for deterministic
+            failures such as a negative reorganisation energy on given geometries).
+    """
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -164,7 +174,7 @@ class Backend(ABC):
         except SetupError as exc:
             status, reason = "failed", f"setup: {exc}"
         except RunError as exc:
-            status, reason, retryable = "failed", f"run: {exc}", True
+            status, reason, retryable = "failed", f"run: {exc}", exc.retryable
         except Exception as exc:  # noqa: BLE001 - a backend must never crash the loop
             status, reason = "failed", f"error: {type(exc).__name__}: {exc}"
         return EvalResult(

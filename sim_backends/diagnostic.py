@@ -1,7 +1,6 @@
 """A diagnostic backend for checking an executor or a cluster end to end.
 
-It computes a trivial but real descriptor (the number of heavy atoms of the molecule,
-from the SMILES string) after an optional delay, and can be told to fail in each of the
+It computes a trivial but real descriptor (the number of heavy atoms of the molecule) after an optional delay, and can be told to fail in each of the
 ways a real backend fails, so operators can see how their cluster and campaign handle
 it (``crystal-agent backends`` lists it; campaigns should not optimise with it):
 
@@ -14,13 +13,10 @@ it (``crystal-agent backends`` lists it; campaigns should not optimise with it):
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Any
 
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
-
-_HEAVY = re.compile(r"Cl|Br|[BCNOSPFI]|\[[^\]H]*?[A-Z][a-z]?|[cnops]")
 
 
 class DiagnosticBackend(Backend):
@@ -36,6 +32,11 @@ class DiagnosticBackend(Backend):
         return float(self.params.get("sleep_s", 0.0)) + 0.01
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        from rdkit import Chem
+
+        from sim_backends.molecule import validate_smiles
+
+        n_heavy = Chem.MolFromSmiles(validate_smiles(inp.smiles)).GetNumHeavyAtoms()
         mode = inp.params.get("mode", "ok")
         only = inp.params.get("fail_smiles")
         if only is not None and inp.smiles not in only:
@@ -49,4 +50,4 @@ class DiagnosticBackend(Backend):
             os._exit(13)
         if mode != "ok":
             raise SetupError(f"unknown diagnostic mode {mode!r}")
-        return {"n_heavy_atoms": float(len(_HEAVY.findall(inp.smiles)))}, {"pid": os.getpid()}
+        return {"n_heavy_atoms": float(n_heavy)}, {"pid": os.getpid()}

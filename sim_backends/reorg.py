@@ -153,7 +153,8 @@ class ReorgBackend(Backend):
         elif lam_ev * KJMOL_PER_EV < -NEGATIVE_TOLERANCE_KJMOL:
             raise RunError(
                 f"negative reorganisation energy {lam_ev * KJMOL_PER_EV:.2f} kJ/mol on borrowed "
-                "geometries; they do not resemble this level's minima (relax at this level)"
+                "geometries; they do not resemble this level's minima (relax at this level)",
+                retryable=False,
             )
         values = {
             "reorg_energy_kjmol": lam_ev * KJMOL_PER_EV,

@@ -41,10 +41,10 @@ def test_uneven_tasks_keep_workers_busy(ray_local):
     """With a long and many short tasks, short ones finish while the long one runs."""
     ex = RayExecutor(task_timeout_s=60)
     ex.start()
-    ex.submit(Task("long", "diagnostic", {}, EvalInput("C", params={"sleep_s": 3.0})))
+    ex.submit(Task("long", "diagnostic", {}, EvalInput("C", params={"sleep_s": 8.0})))
     order = []
     for i in range(6):
-        ex.submit(Task(f"s{i}", "diagnostic", {}, EvalInput("C", params={"sleep_s": 0.3})))
+        ex.submit(Task(f"s{i}", "diagnostic", {}, EvalInput("C", params={"sleep_s": 0.2})))
     while ex.n_in_flight:
         order += [c.task.request_id for c in ex.wait(0.5)]
     assert order[-1] == "long"
