@@ -10,9 +10,12 @@ the unique minima with pymatgen StructureMatcher (heavy atoms, ltol=0.3, stol=0.
 angle_tol=10, scale=True; independent of setting, origin and atom order). Reports the
 rank of the match, its energy above the global minimum, and the RMS displacement.
 
-Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/csp_recovery.py [--n-trials 64]
-      [--workers 2] [--charges xtb] [--systems benzene,pyrazine]
-Writes benchmarks/results/csp_recovery.json.
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/csp_recovery.py [--n-trials 48]
+      [--workers 2] [--charges xtb] [--systems benzene,pyrazine] [--merge]
+      [--conformer x23]
+Writes benchmarks/results/csp_recovery.json (``--conformer x23``: the rigid molecule
+takes the X23 gas-phase conformer instead of RDKit's, written to
+csp_recovery_x23conformer.json; this separates conformer errors from search errors).
 """
 
 from __future__ import annotations
@@ -83,16 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     from sim_backends.csp.run import run_csp
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-trials", type=int, default=64)
+    ap.add_argument("--n-trials", type=int, default=48)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--charges", default="resp")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--conformer", choices=("smiles", "x23"), default="smiles",
+                    help="x23: use the X23 gas-phase (crystal) conformer instead of the "
+                         "RDKit one; results go to csp_recovery_x23conformer.json")
     ap.add_argument("--merge", action="store_true",
                     help="keep rows of other systems from an earlier results file (same settings)")
     args = ap.parse_args(argv)
     rows = []
-    out = ROOT / "benchmarks/results/csp_recovery.json"
+    suffix = "_x23conformer" if args.conformer == "x23" else ""
+    out = ROOT / f"benchmarks/results/csp_recovery{suffix}.json"
     earlier = []
     if args.merge and out.is_file():
         old = json.loads(out.read_text())
@@ -108,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         from sim_backends.csp.rigid import RigidMolecule
 
         try:
+            if args.conformer == "x23":
+                raise SetupError("X23 conformer requested")
             mol = RigidMolecule.from_smiles(smiles, charges=args.charges)
             row["start"] = "SMILES"
         except SetupError as exc:
@@ -143,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     found = [r for r in ran if r["status"] == "found"]
     summary = {
         "benchmark": "csp_recovery", "n_trials_per_system": args.n_trials,
+        "conformer": args.conformer,
         "charges": args.charges, "n_systems": len(ran), "n_found": len(found),
         "n_rank1": sum(r["rank"] == 1 for r in found),
         "n_within_5kjmol": sum(r["gap_kjmol"] <= 5.0 for r in found),
