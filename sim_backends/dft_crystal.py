@@ -9,7 +9,7 @@ Beran, Chem. Rev. 116, 5567 (2016)):
 * ``E_int(i, J) = E_DFT(iJ) - E_DFT(i) - E_DFT(J)`` is the DFT interaction energy of the
   dimer made of molecule i of the cell and molecule J (any molecule of the crystal,
   with its lattice translation), both at their crystal geometries (rigid molecules),
-  optionally counterpoise-corrected (Boys & Bernardi, Mol. Phys. 19, 553 (1970): the
+  counterpoise-corrected by default (Boys & Bernardi, Mol. Phys. 19, 553 (1970): the
   monomers in the dimer basis). ``d(i, J)`` is the closest interatomic contact
   (``cutoff_mode="contact"``, default) or the centre-of-mass distance (``"com"``).
 * Dimers related by a crystal symmetry are computed once: two dimers are equivalent
@@ -313,7 +313,7 @@ def fragment_lattice_energy(
     settings: ScfSettings,
     cutoff_A: float = 4.0,
     cutoff_mode: str = "contact",
-    counterpoise: bool = False,
+    counterpoise: bool = True,
     gas: str = "rigid",
     progress: Any = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -323,7 +323,10 @@ def fragment_lattice_energy(
         crystal: crystal with whole molecules.
         settings: SCF settings (functional, basis, ...).
         cutoff_A, cutoff_mode: dimer selection, see :func:`enumerate_dimers`.
-        counterpoise: Boys-Bernardi counterpoise correction of every dimer.
+        counterpoise: Boys-Bernardi counterpoise correction of every dimer (default;
+            with def2-SVP the BSSE is 9-16 kJ/mol per hydrogen-bonded urea dimer and
+            ~50 kJ/mol per molecule in the urea lattice energy, see
+            benchmarks/dft_crystal_timing.py). Costs two more SCFs per dimer.
         gas: "rigid" (molecules at their crystal geometry; no deformation energy) or
             "relaxed" (adds E_def = <E(molecule in crystal)> - E(relaxed gas molecule),
             from a DFT relaxation of molecule 0 with :func:`relax_molecule`). Only
@@ -442,7 +445,7 @@ class DftCrystalBackend(Backend):
 
     Params:
         functional ("pbe"), basis ("def2-svp"), cutoff_A (4.0, closest contact),
-        cutoff_mode ("contact" | "com"), counterpoise (False), newton (False),
+        cutoff_mode ("contact" | "com"), counterpoise (True), newton (False),
         gas ("rigid" | "relaxed": add the deformation energy from a DFT-relaxed molecule),
         max_cycles (100), conv_tol (1e-8), grid_level (2), threads (1; PySCF OpenMP
         threads for this evaluation).
@@ -462,10 +465,13 @@ class DftCrystalBackend(Backend):
     def cost_estimate(self, inp: EvalInput) -> float:
         from sim_backends.xtb_crystal import estimate_cell_atoms
 
-        # ~ 8 unique dimers per molecule of the cell, ~ 45 s per 16-atom def2-SVP dimer,
-        # scaling ~ n^2.5 with dimer size (2 contended cores, density fitting)
+        # urea (16-atom cell, def2-SVP, 4 A cutoff): 5 unique dimers, ~82 CPU s without
+        # and ~2.5x that with counterpoise (benchmarks/dft_crystal_timing.py); unique
+        # dimers grow ~ with Z and the SCF cost ~ n_atoms^2 with density fitting
+        p = {**self.params, **inp.params}
         n = estimate_cell_atoms(inp.structure_cif)
-        return 45.0 * 8 * (n / 16.0) ** 1.5
+        cp = 2.5 if p.get("counterpoise", True) else 1.0
+        return 82.0 * cp * (n / 16.0) ** 2
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         p = inp.params
@@ -490,7 +496,7 @@ class DftCrystalBackend(Backend):
         try:
             return fragment_lattice_energy(
                 crystal, settings, float(p.get("cutoff_A", 4.0)),
-                str(p.get("cutoff_mode", "contact")), bool(p.get("counterpoise", False)),
+                str(p.get("cutoff_mode", "contact")), bool(p.get("counterpoise", True)),
                 str(p.get("gas", "rigid")),
             )
         finally:
