@@ -118,7 +118,8 @@ def _scores(post: PoolPosterior, rows: np.ndarray, var: np.ndarray, corr: np.nda
     """Log augmented EI per CPU second, ``(len(rows), n_f)``.
 
     ``var`` (r, n_f) are posterior variances (or upper bounds), ``corr`` (r, n_f)
-    absolute correlations with the top fidelity (or 1 for bounds).
+    absolute correlations with the top fidelity (or 1 for bounds); ``log_costs`` is
+    (1, n_f) or (n_pool, n_f).
     """
     top = var.shape[1] - 1
     log_ei = log_expected_improvement(sign * post.mean[rows, top] - best,
@@ -127,7 +128,7 @@ def _scores(post: PoolPosterior, rows: np.ndarray, var: np.ndarray, corr: np.nda
     discount = 1.0 - np.sqrt(noise / (np.clip(var, 0, None) + noise))
     with np.errstate(divide="ignore"):
         return (log_ei[:, None] + np.log(np.clip(corr, 0, 1)) + np.log(discount)
-                - log_costs[None, :])
+                - (log_costs if log_costs.shape[0] == 1 else log_costs[rows]))
 
 
 def _exact_scores(post: PoolPosterior, best: float, sign: float,
@@ -150,6 +151,7 @@ def select_batch(
     best_value: float | None,
     direction: Literal["minimize", "maximize"],
     seed: int,
+    pair_costs: np.ndarray | None = None,
 ) -> list[tuple[int, int]]:
     """Choose up to ``q`` distinct (molecule, fidelity) pairs to evaluate next.
 
@@ -164,6 +166,10 @@ def select_batch(
             units), or None.
         direction: "minimize" or "maximize".
         seed: breaks exact ties reproducibly.
+        pair_costs: optional ``(n_pool, n_f)`` CPU seconds per (molecule, fidelity),
+            e.g. a backend's size-dependent ``cost_estimate`` calibrated by measured
+            wall times; replaces ``costs`` when given (a DFT calculation on a
+            40-atom molecule costs far more than on a 6-atom one).
 
     Returns:
         Up to ``q`` distinct pairs, best first. Fewer when fewer pairs are allowed.
@@ -185,7 +191,13 @@ def select_batch(
         post.add_fantasy(int(i), int(f))
     sign = 1.0 if direction == "maximize" else -1.0
     best = _incumbent(post, surrogate, best_value, sign)
-    log_costs = np.log(np.asarray(costs, dtype=np.float64))
+    if pair_costs is None:
+        log_costs = np.log(np.asarray(costs, dtype=np.float64))[None, :]
+    else:
+        pair_costs = np.asarray(pair_costs, dtype=np.float64)
+        if pair_costs.shape != mask.shape or not np.all(pair_costs > 0):
+            raise ValueError(f"pair_costs must be positive with shape {mask.shape}")
+        log_costs = np.log(pair_costs)
     jitter = 1e-9 * np.random.default_rng(seed).random(post.n_pool)
 
     all_rows = np.arange(post.n_pool)

@@ -179,3 +179,18 @@ def test_bad_input_gives_one_line_errors(pool):
         with pytest.raises(ValueError) as err:
             select_batch(model, fps, **{**good, **change})
         assert "\n" not in str(err.value)
+
+
+def test_pair_costs_steer_the_choice(pool):
+    fps, top = pool
+    model, obs = fitted(fps, top + 1.0, top, 40, 10, seed=6)
+    allowed = allowed_for(len(fps), obs)
+    kw = dict(q=1, costs=[1.0, 30.0], allowed=allowed, pending=[], best_value=best_top(obs),
+              direction="minimize", seed=0)
+    default = select_batch(model, fps, **kw)[0]
+    target = next(i for i in range(len(fps)) if allowed[i, 1] and i != default[0])
+    pair_costs = np.tile([1.0, 30.0], (len(fps), 1))
+    pair_costs[target, 1] = 1e-6  # an almost free expensive evaluation of one molecule
+    assert select_batch(model, fps, pair_costs=pair_costs, **kw)[0] == (target, 1)
+    with pytest.raises(ValueError, match="pair_costs"):
+        select_batch(model, fps, pair_costs=np.ones((3, 2)), **kw)

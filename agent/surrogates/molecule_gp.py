@@ -66,6 +66,9 @@ if TYPE_CHECKING:
 
 #: lower bound on the noise variance of standardised values
 NOISE_FLOOR = 1e-4
+#: fewer observations than this keep the prior hyperparameters (a handful of points
+#: lets the marginal likelihood explain everything as noise of one fidelity)
+MIN_HYPER_FIT_POINTS = 8
 #: rows per chunk when streaming over the pool (bounds temporary memory)
 _ROW_CHUNK = 4096
 #: initial correlation between fidelities (prior belief: the cheap level tracks the top)
@@ -348,7 +351,7 @@ class MoleculeSurrogate:
                     sel = self.obs_f == f
                     if sel.any():
                         self.hyper["mean"][f] = float(self.obs_y[sel].mean())
-            if refit and len(vals) >= 2:
+            if refit and len(vals) >= MIN_HYPER_FIT_POINTS:
                 self._fit_hyperparameters()
                 self.n_hyper_fits += 1
                 self.n_at_hyper_fit = len(vals)
