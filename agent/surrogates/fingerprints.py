@@ -123,3 +123,42 @@ class FingerprintIndex:
         inter = np.asarray(self.csr @ q.T, dtype=np.float32)
         union = self.n_on[:, None] + q.sum(1)[None, :] - inter
         return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+class SimilarityCache:
+    """Tanimoto columns of one pool against every molecule seen, computed once each.
+
+    Columns live in a ``(n_pool, capacity)`` float32 buffer that doubles when full,
+    indexed by pool row through :attr:`col_of`. Rebuilt when a different fingerprint
+    matrix is passed.
+    """
+
+    def __init__(self, fps: np.ndarray) -> None:
+        self.index = FingerprintIndex(fps)
+        self.fps = fps
+        self.col_of: dict[int, int] = {}
+        self._buf = np.zeros((fps.shape[0], 64), dtype=np.float32)
+        self.n_cols = 0
+
+    @property
+    def cols(self) -> np.ndarray:
+        """``(n_pool, n_cols)`` similarities (a view; do not keep across :meth:`ensure`)."""
+        return self._buf[:, : self.n_cols]
+
+    def ensure(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Column positions of pool ``rows`` (computing the missing ones)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        missing = [r for r in dict.fromkeys(rows.tolist()) if r not in self.col_of]
+        if missing:
+            new = self.index.similarity_to(self.fps[missing])
+            need = self.n_cols + len(missing)
+            if need > self._buf.shape[1]:
+                buf = np.zeros((self._buf.shape[0], max(need, 2 * self._buf.shape[1])),
+                               dtype=np.float32)
+                buf[:, : self.n_cols] = self.cols
+                self._buf = buf
+            self._buf[:, self.n_cols: need] = new
+            for k, r in enumerate(missing):
+                self.col_of[r] = self.n_cols + k
+            self.n_cols = need
+        return np.array([self.col_of[r] for r in rows.tolist()], dtype=np.int64)

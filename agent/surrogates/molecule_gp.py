@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.surrogates.fingerprints import FingerprintIndex, fingerprint_digest
+from agent.surrogates.fingerprints import FingerprintIndex, SimilarityCache, fingerprint_digest
 
 if TYPE_CHECKING:
     import torch
@@ -132,45 +132,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _SimilarityCache:
-    """Tanimoto columns of one pool against every molecule seen, computed once each.
-
-    Columns live in a ``(n_pool, capacity)`` float32 buffer that doubles when full,
-    indexed by pool row through :attr:`col_of`. Rebuilt when a different fingerprint
-    matrix is passed.
-    """
-
-    def __init__(self, fps: np.ndarray) -> None:
-        self.index = FingerprintIndex(fps)
-        self.fps = fps
-        self.col_of: dict[int, int] = {}
-        self._buf = np.zeros((fps.shape[0], 64), dtype=np.float32)
-        self.n_cols = 0
-
-    @property
-    def cols(self) -> np.ndarray:
-        """``(n_pool, n_cols)`` similarities (a view; do not keep across :meth:`ensure`)."""
-        return self._buf[:, : self.n_cols]
-
-    def ensure(self, rows: np.ndarray | list[int]) -> np.ndarray:
-        """Column positions of pool ``rows`` (computing the missing ones)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        missing = [r for r in dict.fromkeys(rows.tolist()) if r not in self.col_of]
-        if missing:
-            new = self.index.similarity_to(self.fps[missing])
-            need = self.n_cols + len(missing)
-            if need > self._buf.shape[1]:
-                buf = np.zeros((self._buf.shape[0], max(need, 2 * self._buf.shape[1])),
-                               dtype=np.float32)
-                buf[:, : self.n_cols] = self.cols
-                self._buf = buf
-            self._buf[:, self.n_cols: need] = new
-            for k, r in enumerate(missing):
-                self.col_of[r] = self.n_cols + k
-            self.n_cols = need
-        return np.array([self.col_of[r] for r in rows.tolist()], dtype=np.int64)
-
-
 class MoleculeSurrogate:
     """Multi-fidelity Tanimoto GP over a fixed pool of molecules (see module doc).
 
@@ -220,7 +181,7 @@ class MoleculeSurrogate:
         self.obs_f = np.zeros(0, dtype=np.int64)  # (n,) fidelity
         self.obs_value = np.zeros(0)  # (n,) values in objective units
         self.obs_y = np.zeros(0)  # (n,) standardised values
-        self._cache: _SimilarityCache | None = None
+        self._cache: SimilarityCache | None = None
         self._cache_rows = np.zeros(0, dtype=np.int64)  # (m,) cache rows of the molecules
         self._chol: torch.Tensor | None = None
         self._alpha: torch.Tensor | None = None
@@ -258,7 +219,7 @@ class MoleculeSurrogate:
                 raise ValueError(f"observation of molecule {o.mol_index} has non-finite value {o.value}")
         return fps
 
-    def _attach_pool(self, fps: np.ndarray, *, refit: bool) -> _SimilarityCache:
+    def _attach_pool(self, fps: np.ndarray, *, refit: bool) -> SimilarityCache:
         """The similarity cache of pool ``fps``; the training molecules must be rows of it.
 
         With ``refit`` the pool may be new (the training set is rebuilt from it).
@@ -268,7 +229,7 @@ class MoleculeSurrogate:
                 and self._cache.index.digest == fingerprint_digest(fps))):
             self._cache.fps = fps
             return self._cache
-        cache = _SimilarityCache(fps)
+        cache = SimilarityCache(fps)
         if not refit and len(self.train_mol) and cache.index.digest != self.pool_digest:
             raise ValueError("these fingerprints are not the pool the surrogate was fitted on")
         self._cache = cache
@@ -641,7 +602,7 @@ class MoleculeSurrogate:
             raise ValueError(f"not a MoleculeSurrogate state dict: {type(exc).__name__}: {exc}") from None
         if len(s.train_fps):
             # similarities among the training molecules, with the pool cache's arithmetic
-            s._cache = _SimilarityCache(s.train_fps)
+            s._cache = SimilarityCache(s.train_fps)
             s._cache_rows = np.arange(len(s.train_fps), dtype=np.int64)
         s._factorise()
         return s
@@ -661,7 +622,7 @@ class PoolPosterior:
         noise: ``(n_f,)`` noise variances.
     """
 
-    def __init__(self, model: MoleculeSurrogate, fps: np.ndarray, cache: _SimilarityCache) -> None:
+    def __init__(self, model: MoleculeSurrogate, fps: np.ndarray, cache: SimilarityCache) -> None:
         import torch
 
         self.model = model
