@@ -242,9 +242,15 @@ def _pair_terms_function() -> type:
                 inv_ra = ra.reciprocal() if d_atom is not d_site else inv_r
                 alpha = model.alpha_per_A
                 erfc_r = torch.special.erfc(alpha * ra) * inv_ra
-                e_el = pref * erfc_r
                 gauss = torch.exp((ra * alpha).square().neg()) * (2.0 * alpha / math.sqrt(math.pi))
-                g_atom = -(gauss + erfc_r) * pref * inv_ra * inv_ra
+                if model.electrostatics == "dsf":  # shifted force: V and dV/dr vanish at r_c
+                    rc = model.ewald_cutoff_A
+                    inside = (ra < rc).to(ra.dtype)
+                    e_el = pref * inside * (erfc_r - model._dsf_shift + model._dsf_force * (ra - rc))
+                    g_atom = (model._dsf_force - (gauss + erfc_r) * inv_ra) * pref * inside * inv_ra
+                else:
+                    e_el = pref * erfc_r
+                    g_atom = -(gauss + erfc_r) * pref * inv_ra * inv_ra
             else:
                 e_el = torch.zeros_like(r)
                 g_atom = e_el
@@ -300,6 +306,14 @@ class LatticeEnergyModel:
         dispersion_tail: add the isotropic -C/r^6 tail beyond the switch.
         ewald_cutoff_A: real-space cutoff of the Ewald sum (default min(cutoff_A, 9 A)); a
             shorter one moves work to the (cheap) reciprocal sum at the same accuracy.
+            With ``electrostatics="dsf"`` it is the cutoff r_c of the DSF Coulomb sum.
+        electrostatics: ``"ewald"`` (default, converged Ewald sum) or ``"dsf"``: damped
+            shifted-force real-space Coulomb (Fennell & Gezelter, J. Chem. Phys. 124,
+            234104 (2006)) with no reciprocal sum -- cheaper and smooth, an approximation
+            used for the first stage of staged CSP (see ``tests/test_csp_speed.py`` for the
+            measured deviation from Ewald).
+        dsf_alpha_per_A: damping parameter alpha of the DSF sum (1/A; 0.2 as recommended by
+            Fennell & Gezelter for cutoffs of 9-12 A).
     """
 
     def __init__(
@@ -313,8 +327,15 @@ class LatticeEnergyModel:
         h_shift_A: float = W99_H_SHIFT_A,
         dispersion_tail: bool = True,
         ewald_cutoff_A: float | None = None,
+        electrostatics: str = "ewald",
+        dsf_alpha_per_A: float = 0.2,
     ) -> None:
         import torch
+
+        if electrostatics not in ("ewald", "dsf"):
+            raise ValueError(f"electrostatics must be 'ewald' or 'dsf', got {electrostatics!r}")
+        if electrostatics == "dsf" and not dsf_alpha_per_A >= 0.0:
+            raise ValueError(f"dsf_alpha_per_A must be >= 0, got {dsf_alpha_per_A}")
 
         if not (0.0 < ewald_accuracy < 1.0):
             raise ValueError(f"ewald_accuracy must be in (0, 1), got {ewald_accuracy}")
@@ -354,8 +375,16 @@ class LatticeEnergyModel:
 
         log_eps = -math.log(ewald_accuracy)
         self.ewald_cutoff_A = float(ewald_cutoff_A)
+        self.electrostatics = electrostatics
         self.alpha_per_A = math.sqrt(log_eps) / self.ewald_cutoff_A
         self.kmax_per_A = 2.0 * self.alpha_per_A * math.sqrt(log_eps)
+        if electrostatics == "dsf":
+            # Fennell & Gezelter, J. Chem. Phys. 124, 234104 (2006), eq. 19: the damped
+            # Coulomb erfc(a r)/r shifted so that energy and force vanish at r_c
+            self.alpha_per_A = float(dsf_alpha_per_A)
+            rc, a = self.ewald_cutoff_A, self.alpha_per_A
+            self._dsf_shift = math.erfc(a * rc) / rc
+            self._dsf_force = math.erfc(a * rc) / rc**2 + 2.0 * a / math.sqrt(math.pi) * math.exp(-(a * rc) ** 2) / rc
 
         t = lambda x: torch.tensor(np.array(x, dtype=float), dtype=self.dtype)  # noqa: E731
         self._A, self._B, self._C = t(a_ij), t(b_ij), t(c_ij)
@@ -442,7 +471,9 @@ class LatticeEnergyModel:
                 elec = elec + e_el
         if self.dispersion_tail:  # per cell: -2 pi Z^2 sum_ab C_ab / (3 V rc_eff^3)
             repdisp = repdisp - 2.0 * math.pi * n_mol**2 * self._sum_c / (3.0 * volume * self.tail_radius_A**3)
-        if self._has_charges:
+        if self._has_charges and self.electrostatics == "dsf":
+            elec = elec + self._dsf_self_intra(coords)
+        elif self._has_charges:
             elec = elec + self._coulomb_reciprocal(cell, coords, volume) + self._coulomb_self_intra(coords)
         return {"repdisp_kjmol": repdisp / n_mol, "elec_kjmol": elec / n_mol}
 
@@ -609,6 +640,29 @@ class LatticeEnergyModel:
         s_sin = (torch.sin(phase) * q).sum(dim=-1)
         total = (weight * (s_cos.square() + s_sin.square())).sum(dim=-1)
         return COULOMB_KJMOL_A * 4.0 * math.pi / volume * total
+
+    def _dsf_self_intra(self, coords: torch.Tensor) -> torch.Tensor:
+        """DSF self term and intramolecular correction per cell: (B,) kJ/mol.
+
+        The Wolf/DSF sum of Fennell & Gezelter runs over all pairs within r_c, plus the self
+        term -(erfc(a r_c) / (2 r_c) + a / sqrt(pi)) sum q^2. Intramolecular Coulomb is
+        excluded here, so every intramolecular pair contributes its energy-shifted damped
+        term minus the bare 1/r, q q (-erf(a r)/r - erfc(a r_c)/r_c); the force-shift part
+        is left out for them (it would not cancel for neutral molecules), so with a = 0 the
+        whole correction vanishes and with a > 0 it is the Ewald self + intramolecular term
+        plus a small shift. For rigid molecules this is a constant per molecule, kept so
+        that DSF and Ewald energies are on one scale.
+        """
+        import torch
+
+        n_mol = coords.shape[1]
+        rc, a = self.ewald_cutoff_A, self.alpha_per_A
+        self_term = -(math.erfc(a * rc) / (2.0 * rc) + a / math.sqrt(math.pi)) * float(self._q.square().sum()) * n_mol
+        iu, ju = torch.triu_indices(self.n_atoms, self.n_atoms, offset=1)
+        r = (coords[:, :, iu, :] - coords[:, :, ju, :]).norm(dim=-1)  # (B, Z, n_pairs)
+        v = -torch.erf(a * r) / r - self._dsf_shift
+        intra = (self._qq[iu, ju] * v).sum(dim=(1, 2))
+        return COULOMB_KJMOL_A * (self_term + intra)
 
     def _coulomb_self_intra(self, coords: torch.Tensor) -> torch.Tensor:
         """Self term plus removal of intramolecular pairs from the reciprocal sum: (B,) kJ/mol."""

@@ -239,6 +239,7 @@ def minimise_batch(
     history: int = 10,
     max_step: float = 0.5,
     pressure_gpa: float = 0.0,
+    chunk: int = 8,
 ) -> MinimisedSet:
     """Minimise all trials of one space group together (batched L-BFGS).
 
@@ -252,6 +253,8 @@ def minimise_batch(
         history: L-BFGS memory (pairs).
         max_step: largest change of any scaled variable in one step (~A).
         pressure_gpa: external pressure.
+        chunk: structures per energy-model call (speed knob only; larger suits cheap,
+            short-cutoff models).
 
     Returns:
         :class:`MinimisedSet` in the order of the trials.
@@ -264,7 +267,7 @@ def minimise_batch(
     dt = torch.float64
     x = torch.as_tensor(x0, dtype=dt)
     r0 = torch.as_tensor(r0_np, dtype=dt)
-    f, g = var.energy_and_grad(x, r0)
+    f, g = var.energy_and_grad(x, r0, chunk)
     n_evals = 1
     s_hist = torch.zeros(n, history, d, dtype=dt)
     y_hist = torch.zeros(n, history, d, dtype=dt)
@@ -299,7 +302,7 @@ def minimise_batch(
         step_cap = max_step / direction[act].abs().amax(1).clamp_min(1e-300)
         alpha[act] = torch.minimum(alpha[act], step_cap)
         x_try = x[act] + alpha[act, None] * direction[act]
-        f_try, g_try = var.energy_and_grad(x_try, r0[act])
+        f_try, g_try = var.energy_and_grad(x_try, r0[act], chunk)
         n_evals += 1
         slope = (g[act] * direction[act]).sum(1)
         armijo = torch.isfinite(f_try) & (f_try <= f[act] + 1e-4 * alpha[act] * slope)
@@ -361,6 +364,22 @@ def minimise_batch(
 def _first_step_scale(g: torch.Tensor) -> torch.Tensor:
     """Initial inverse-Hessian scale: first step moves the largest variable by 0.1."""
     return 0.1 / g.abs().amax(1).clamp_min(1e-12)
+
+
+def as_trials(res: MinimisedSet) -> TrialSet:
+    """Minimised structures as a :class:`TrialSet`, to restart a minimisation from them.
+
+    Args:
+        res: minimised structures (cell parameters in degrees, rotations (B, 3, 3)).
+
+    Returns:
+        Trial set with the same cells, centres and orientations (w, x, y, z quaternions).
+    """
+    from scipy.spatial.transform import Rotation
+
+    quat_xyzw = Rotation.from_matrix(res.rotation).as_quat()
+    return TrialSet(res.space_group, np.array(res.cell_params, dtype=float),
+                    np.array(res.centre_frac, dtype=float), quat_xyzw[:, [3, 0, 1, 2]])
 
 
 def _two_loop(g, s, y, rho, valid):

@@ -7,6 +7,17 @@ within ``energy_window_kjmol`` of the lowest one, removes duplicates, detects th
 space group of each unique minimum and returns a :class:`Landscape` (written to
 ``out_dir`` when given).
 
+Two protocols:
+
+* ``"full"``: every trial is minimised with the full model (W99 exp-6, 12 A cutoff,
+  Ewald electrostatics, gtol 0.05).
+* ``"staged"`` (default), as production CSP codes do: stage 1 minimises every trial
+  with a cheap smooth model (:data:`STAGE1_MODEL`: 7 A exp-6 cutoff, damped shifted-force
+  Coulomb instead of Ewald, loose gtol); stage-1 minima within the energy window plus
+  ``stage2_margin_kjmol`` are thinned by a tight energy/density duplicate screen and
+  only those are polished with the full model (stage 2). All reported energies are
+  full-model energies of stage-2 minima.
+
 Importing this module is cheap; torch, ray, pymatgen and rich are imported inside
 the functions.
 """
@@ -69,19 +80,27 @@ def _unit_seed(seed: int, sg: SpaceGroup) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(sg.symbol.encode())) % (2**31)
 
 
+#: energy model of stage 1 of the staged protocol (LatticeEnergyModel keyword arguments)
+STAGE1_MODEL: dict[str, Any] = {"cutoff_A": 7.0, "ewald_cutoff_A": 7.0, "electrostatics": "dsf",
+                                "dsf_alpha_per_A": 0.3}
+#: minimiser settings of stage 1 (loose gradient tolerance; bigger energy-call chunks)
+STAGE1_MIN: dict[str, Any] = {"gtol": 0.5, "chunk": 32}
+
+
 def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.ndarray],
                   model_kwargs: dict[str, Any], min_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Minimise one batch of trials (runs in a worker; everything in/out is picklable).
 
     Returns:
         dict with ``energy_kjmol`` (B,), ``cells_A`` (B,3,3), ``coords_A`` (B,Z,n,3),
-        ``converged`` (B,), ``n_iter`` (B,), ``search_space_group``, ``wall_s`` and
-        ``cpu_s`` (process CPU time of this unit).
+        ``converged`` (B,), ``n_iter`` (B,), ``cell_params`` (B,6), ``centre_frac`` (B,3),
+        ``quaternions`` (B,4) (to restart from the minima), ``search_space_group``,
+        ``wall_s`` and ``cpu_s`` (process CPU time of this unit).
     """
     import torch
 
     from sim_backends.csp.forcefield import LatticeEnergyModel
-    from sim_backends.csp.minimise import minimise_batch
+    from sim_backends.csp.minimise import as_trials, minimise_batch
     from sim_backends.csp.spacegroups import get_space_group
     from sim_backends.csp.trials import TrialSet
 
@@ -93,8 +112,12 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
                       trials_arrays["quaternions"])
     model = LatticeEnergyModel(molecule, **model_kwargs)
     res = minimise_batch(trials, molecule, model, **min_kwargs)
+    restart = as_trials(res)
     return {"energy_kjmol": res.energy_kjmol, "cells_A": res.cells_A, "coords_A": res.coords_A,
             "converged": res.converged, "n_iter": res.n_iter, "search_space_group": sg.symbol,
+            "cell_params": restart.cell_params, "centre_frac": restart.centre_frac,
+            "quaternions": restart.quaternions,
+            "multiplicity": np.asarray(trials_arrays.get("multiplicity", np.ones(len(trials))), dtype=int),
             "unit": int(trials_arrays.get("unit", 0)),
             "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
@@ -114,6 +137,8 @@ def run_csp(
     gtol: float = 0.05,
     max_iter: int = 1000,
     cache_dir: str | Path | None = None,
+    protocol: str = "staged",
+    stage2_margin_kjmol: float = 5.0,
 ) -> Landscape:
     """Crystal structure prediction for a rigid molecule with Z' = 1.
 
@@ -132,6 +157,11 @@ def run_csp(
         cutoff_A: real-space cutoff of the energy model.
         gtol, max_iter: minimiser convergence settings.
         cache_dir: charge cache directory.
+        protocol: ``"staged"`` (cheap stage-1 model for every trial, full-model polish of
+            the stage-1 minima within the window + margin) or ``"full"`` (full model for
+            every trial); see the module docstring. Final energies are full-model ones.
+        stage2_margin_kjmol: extra stage-1 energy window (kJ/mol) polished in stage 2, to
+            cover the re-ranking between the stage-1 and the full model.
 
     Returns:
         The :class:`Landscape`.
@@ -148,6 +178,10 @@ def run_csp(
         raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
     if energy_window_kjmol <= 0:
         raise ValueError(f"energy_window_kjmol must be > 0, got {energy_window_kjmol}")
+    if protocol not in ("staged", "full"):
+        raise ValueError(f"protocol must be 'staged' or 'full', got {protocol!r}")
+    if not stage2_margin_kjmol >= 0:
+        raise ValueError(f"stage2_margin_kjmol must be >= 0, got {stage2_margin_kjmol}")
     groups = parse_space_groups(space_groups)
     t_start = time.perf_counter()
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
@@ -170,9 +204,35 @@ def run_csp(
     t_trials = time.perf_counter() - t_start
     model_kwargs = {"cutoff_A": cutoff_A}
     min_kwargs = {"gtol": gtol, "max_iter": max_iter}
-    results = _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress)
+    stage_meta: dict[str, Any] = {"protocol": protocol}
+    if protocol == "full":
+        results = _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress)
+        cpu_s = float(sum(r["cpu_s"] for r in results))
+    else:
+        stage1 = _execute(molecule, units, STAGE1_MODEL, {**min_kwargs, **STAGE1_MIN}, n_workers,
+                          progress, "stage 1 (cheap model)")
+        t1 = time.perf_counter()
+        units2 = _stage2_units(stage1, energy_window_kjmol + stage2_margin_kjmol, batch_size,
+                               molecule.mass_amu)
+        t_select = time.perf_counter() - t1
+        results = _execute(molecule, units2, model_kwargs, min_kwargs, n_workers, progress,
+                           "stage 2 (full model)")
+        cpu1 = float(sum(r["cpu_s"] for r in stage1))
+        cpu_s = cpu1 + float(sum(r["cpu_s"] for r in results))
+        stage_meta.update({
+            "stage1_model": dict(STAGE1_MODEL), "stage1_min": dict(STAGE1_MIN),
+            "stage1_converged": int(sum(r["converged"].sum() for r in stage1)),
+            "stage2_n": int(sum(len(u[1]["cell_params"]) for u in units2)),
+            "stage2_margin_kjmol": float(stage2_margin_kjmol),
+            "stage1_cpu_s": cpu1, "stage2_select_s": t_select,
+        })
     t_min = time.perf_counter() - t_start - t_trials
     landscape = _build_landscape(molecule, results, energy_window_kjmol)
+    if protocol == "staged":  # counts of the trials (stage 1); stage-2 counts kept apart
+        stage_meta.update({"stage2_converged": landscape.meta["n_converged"],
+                           "n_minimised": int(sum(len(r["energy_kjmol"]) for r in stage1)),
+                           "n_converged": stage_meta["stage1_converged"]})
+    landscape.meta.update(stage_meta)
     landscape.meta.update({
         "n_trials_requested": int(n_trials),
         "n_trials": int(sum(len(u[1]["cell_params"]) for u in units)),
@@ -182,7 +242,7 @@ def run_csp(
         "charge_method": getattr(molecule, "charge_method", ""),
         "cutoff_A": cutoff_A, "gtol": gtol, "n_workers": n_workers,
         "trials_wall_s": t_trials, "minimise_wall_s": t_min,
-        "minimise_cpu_s": float(sum(r["cpu_s"] for r in results)),
+        "minimise_cpu_s": cpu_s,
         "wall_s": time.perf_counter() - t_start,
     })
     if out_dir is not None:
@@ -190,7 +250,60 @@ def run_csp(
     return landscape
 
 
-def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress) -> list[dict]:
+def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
+                  mass_amu: float) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Stage-1 minima to polish: converged, within ``window_kjmol`` of the lowest, thinned.
+
+    Thinning is a tight duplicate screen: within one search space group, a minimum whose
+    stage-1 energy is within 0.02 kJ/mol and density within 0.002 g/cm3 of a kept lower
+    one is taken as the same minimum reached from another trial (its count goes to the
+    kept one's multiplicity). The final StructureMatcher dedupe runs after stage 2.
+
+    Returns:
+        Units (space group, arrays) as for :func:`minimise_unit`, with ``multiplicity``.
+    """
+    energies = [r["energy_kjmol"][r["converged"]] for r in stage1]
+    finite = np.concatenate(energies) if energies else np.zeros(0)
+    finite = finite[np.isfinite(finite)]
+    units: list[tuple[str, dict[str, np.ndarray]]] = []
+    if not finite.size:
+        return units
+    e_cut = float(finite.min()) + window_kjmol
+    groups: dict[str, list[tuple[float, float, dict, int]]] = {}
+    for r in stage1:
+        z = r["coords_A"].shape[1]
+        dens = z * mass_amu / np.abs(np.linalg.det(r["cells_A"])) * 1.66053906660
+        for i in np.nonzero(r["converged"] & np.isfinite(r["energy_kjmol"]))[0]:
+            if r["energy_kjmol"][i] <= e_cut:
+                groups.setdefault(r["search_space_group"], []).append(
+                    (float(r["energy_kjmol"][i]), float(dens[i]), r, int(i)))
+    for sg in sorted(groups):
+        kept: list[list] = []
+        for e, d, r, i in sorted(groups[sg], key=lambda t: t[0]):
+            match = None
+            for k in reversed(kept):
+                if e - k[0] > 0.02:
+                    break
+                if abs(d - k[1]) < 0.002:
+                    match = k
+                    break
+            if match is None:
+                kept.append([e, d, r, i, int(r["multiplicity"][i])])
+            else:
+                match[4] += int(r["multiplicity"][i])
+        for start in range(0, len(kept), batch_size):
+            part = kept[start:start + batch_size]
+            units.append((sg, {
+                "cell_params": np.stack([k[2]["cell_params"][k[3]] for k in part]),
+                "centre_frac": np.stack([k[2]["centre_frac"][k[3]] for k in part]),
+                "quaternions": np.stack([k[2]["quaternions"][k[3]] for k in part]),
+                "multiplicity": np.array([k[4] for k in part]),
+                "unit": np.array(len(units))}))
+    return units
+
+
+def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress,
+             label: str = "minimising trials") -> list[dict]:
     """Run :func:`minimise_unit` over all units, locally or as Ray tasks, with progress."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -198,7 +311,7 @@ def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress) -> 
     results: list[dict] = []
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), disable=not progress, transient=False) as bar:
-        task = bar.add_task("minimising trials", total=n_total)
+        task = bar.add_task(label, total=n_total)
         if n_workers == 1:
             for sg, arrays in units:
                 results.append(minimise_unit(molecule, sg, arrays, model_kwargs, min_kwargs))
@@ -248,7 +361,8 @@ def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float) 
             vol = abs(float(np.linalg.det(r["cells_A"][i])))
             density = z * molecule.mass_amu / vol * 1.66053906660
             st = to_structure(molecule.symbols, r["cells_A"][i], r["coords_A"][i])
-            cands.append(Candidate(e, density, st, {"search_space_group": r["search_space_group"], "z": z}))
+            cands.append(Candidate(e, density, st, {"search_space_group": r["search_space_group"], "z": z},
+                                   multiplicity=int(r.get("multiplicity", np.ones(len(r["energy_kjmol"]), int))[i])))
     unique = dedupe(cands)
     minima = []
     for k, c in enumerate(unique):
