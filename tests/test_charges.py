@@ -109,9 +109,9 @@ def test_principal_frame_and_molecule_fields():
     [
         ("C1CC", "invalid SMILES"),
         ("", "invalid SMILES"),
-        ("CC.O", "more than one molecule"),
-        ("C[NH3+]", "charged"),
-        ("[CH3]", "radical"),
+        ("CC.O", "fragments"),
+        ("C[NH3+]", "net charge"),
+        ("[CH3]", "unpaired electron"),
         ("C[Si](C)(C)C", "unsupported element"),
         ("CCCCCC", "rotatable"),
         ("c1ccccc1-c1ccccc1", "rotatable"),

@@ -81,7 +81,7 @@ def test_cli_json_and_errors(capsys, tmp_path):
     for args, needle in [
         (["csp", "O=C=O", "--n-trials", "0"], "--n-trials must be positive"),
         (["csp", "O=C=O", "--n-trials", "2", "--space-groups", "P6_3"], "unsupported space group"),
-        (["csp", "C[N+](C)(C)C", "--n-trials", "2"], "charged"),
+        (["csp", "C[N+](C)(C)C", "--n-trials", "2"], "net charge"),
         (["csp", str(tmp_path / "missing.smi"), "--n-trials", "2"], "no such file"),
     ]:
         assert main(args) == 2

@@ -121,29 +121,13 @@ class RigidMolecule:
             SetupError: invalid SMILES, several fragments, net or formal charges, radicals,
                 unsupported elements, rotatable bonds, or a failed embedding.
         """
-        from rdkit import Chem, RDLogger
+        from rdkit import Chem
         from rdkit.Chem import AllChem
 
-        if not isinstance(smiles, str) or not smiles.strip() or any(c.isspace() for c in smiles.strip()):
-            raise SetupError(f"invalid SMILES {smiles!r}")
-        RDLogger.DisableLog("rdApp.*")
-        try:
-            mol = Chem.MolFromSmiles(smiles.strip())
-        finally:
-            RDLogger.EnableLog("rdApp.*")
-        if mol is None:
-            raise SetupError(f"invalid SMILES {smiles!r}")
-        canonical = Chem.MolToSmiles(mol)
+        from sim_backends.molecule import validate_smiles
+
+        canonical = validate_smiles(smiles)
         mol = Chem.MolFromSmiles(canonical)  # canonical atom order: same conformer, same cache entry
-        if len(Chem.GetMolFrags(mol)) != 1:
-            raise SetupError(f"{canonical}: more than one molecule (fragments); give a single molecule")
-        if any(a.GetFormalCharge() != 0 for a in mol.GetAtoms()):
-            raise SetupError(f"{canonical}: charged atoms; only neutral molecules without formal charges")
-        if any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
-            raise SetupError(f"{canonical}: radical; only closed-shell molecules")
-        elements = {a.GetSymbol() for a in mol.GetAtoms()}
-        if not elements <= SUPPORTED_ELEMENTS:
-            raise SetupError(f"{canonical}: unsupported element(s) {sorted(elements - SUPPORTED_ELEMENTS)}")
         n_rot = len(mol.GetSubstructMatches(Chem.MolFromSmarts(_ROTATABLE_SMARTS)))
         if n_rot:
             raise SetupError(f"{canonical}: {n_rot} rotatable bond(s); rigid-molecule CSP needs none")
