@@ -7,7 +7,7 @@ Three measurements, all in one run on this machine:
    smallest cell's cost, ratios per cell).
 2. Fragment DFT (``dft-crystal``, PBE-D3(BJ), two-body, rigid molecules) on one X23
    crystal (urea by default): per-dimer SCF cycles and CPU time, lattice energy vs the
-   X23 reference. On the strongest dimer the SCF start is compared in the same run:
+   X23 reference, without (baseline) and with counterpoise correction. On the strongest dimer the SCF start is compared in the same run:
    PySCF's default minao guess + DIIS (baseline) vs the superposition of the monomer
    densities + DIIS vs the same + second-order (Newton) SCF.
 3. Periodic DFT (pyscf.pbc, PBE/GTH-SZV, Gamma point, GDF) on the same crystal, in a child
@@ -176,36 +176,43 @@ def main() -> None:
                   f"{row['cpu_s'] / guess_rows[0]['cpu_s']:.2f}", f"{row['e_int_kjmol']:.3f}")
     console.print(t)
 
-    # 2b. fragment lattice energy
+    # 2b. fragment lattice energy, without (baseline) and with counterpoise correction
     from sim_backends.dft_crystal import ScfSettings, fragment_lattice_energy
     from sim_backends.structures import load_crystal
 
     crystal = load_crystal(cif(args.system), SMILES[args.system])
-    t0, c0 = time.perf_counter(), time.process_time()
-    with Progress(console=console, transient=True) as prog:
-        task = prog.add_task(f"fragment PBE-D3(BJ)/{basis} dimers", total=None)
-        values, extra = fragment_lattice_energy(
-            crystal, ScfSettings(basis=basis), cutoff_A=cutoff,
-            progress=lambda done, total: prog.update(task, completed=done, total=total))
-    frag_wall, frag_cpu = time.perf_counter() - t0, time.process_time() - c0
+    frag = {}
+    for cp in (False, True):
+        t0, c0 = time.perf_counter(), time.process_time()
+        with Progress(console=console, transient=True) as prog:
+            task = prog.add_task(f"fragment PBE-D3(BJ)/{basis} dimers, CP={cp}", total=None)
+            values, extra = fragment_lattice_energy(
+                crystal, ScfSettings(basis=basis), cutoff_A=cutoff, counterpoise=cp,
+                progress=lambda done, total: prog.update(task, completed=done, total=total))
+        frag[cp] = (values, extra, time.perf_counter() - t0, time.process_time() - c0)
+    values, extra, _, _ = frag[True]
     t = Table(title=f"{args.system}: fragment PBE-D3(BJ)/{basis}, contact cutoff {cutoff} A, "
                     f"{extra['n_unique_dimers']} unique of {extra['n_dimers']} dimers")
-    for col in ("dimer", "mult", "contact A", "COM A", "E_int DFT", "E_D3 pair", "cycles", "CPU s"):
+    for col in ("dimer", "mult", "contact A", "COM A", "E_int DFT (no CP)", "E_int DFT (CP)", "BSSE",
+                "E_D3 pair", "cycles", "CPU s (dimer)"):
         t.add_column(col, justify="right")
-    for k, d in enumerate(extra["dimers"]):
+    for k, (d0, d) in enumerate(zip(frag[False][1]["dimers"], extra["dimers"])):
         t.add_row(str(k), str(d["multiplicity"]), f"{d['contact_A']:.2f}", f"{d['com_A']:.2f}",
-                  f"{d['e_int_kjmol']:.2f}", f"{d['e_d3_pair_kjmol']:.2f}", str(d["scf_cycles"]),
-                  f"{d['scf_cpu_s']:.1f}")
+                  f"{d0['e_int_kjmol']:.2f}", f"{d['e_int_kjmol']:.2f}", f"{d['bsse_kjmol']:.2f}",
+                  f"{d['e_d3_pair_kjmol']:.2f}", str(d["scf_cycles"]), f"{d['scf_cpu_s']:.1f}")
     console.print(t)
+    for cp, (v, x, wall, cpu) in frag.items():
+        console.print(f"CP={cp}: E_latt = {v['e_dft_2body_kjmol']:.1f} (DFT 2-body) + {v['e_d3_kjmol']:.1f} "
+                      f"(periodic D3, of which {x['e_d3_within_cutoff_kjmol']:.1f} within cutoff) = "
+                      f"{v['energy_kjmol']:.1f} kJ/mol; X23 reference {ref[args.system]:.1f} "
+                      f"(error {v['energy_kjmol'] - ref[args.system]:+.1f}); {wall:.0f} s wall, {cpu:.0f} s CPU")
     e_frag = values["energy_kjmol"]
-    console.print(f"E_latt = {values['e_dft_2body_kjmol']:.1f} (DFT 2-body) + {values['e_d3_kjmol']:.1f} "
-                  f"(periodic D3, of which {extra['e_d3_within_cutoff_kjmol']:.1f} within cutoff) = "
-                  f"{e_frag:.1f} kJ/mol; X23 reference {ref[args.system]:.1f} "
-                  f"(error {e_frag - ref[args.system]:+.1f}); {frag_wall:.0f} s wall, {frag_cpu:.0f} s CPU")
+    e_frag_nocp = frag[False][0]["energy_kjmol"]
+    frag_wall, frag_cpu = frag[True][2], frag[True][3]
 
     # 3. periodic DFT in a child process under a time limit
     t0 = time.perf_counter()
-    periodic: dict = {"status": "timeout"}
+    periodic: dict = {"status": "timeout"}  # child's own timings land in periodic on success
     with console.status(f"periodic PBE/{args.periodic_basis} Gamma point (limit {timeout:.0f} s)"):
         try:
             out = subprocess.run(
@@ -222,7 +229,9 @@ def main() -> None:
     t = Table(title=f"{args.system}: fragment vs periodic DFT")
     for col in ("approach", "status", "wall s", "E_latt kJ/mol", "X23 ref"):
         t.add_column(col, justify="right")
-    t.add_row(f"fragment PBE-D3(BJ)/{basis}", "ok", f"{frag_wall:.0f}", f"{e_frag:.1f}", f"{ref[args.system]:.1f}")
+    t.add_row(f"fragment PBE-D3(BJ)/{basis}, no CP", "ok", f"{frag[False][2]:.0f}", f"{e_frag_nocp:.1f}",
+              f"{ref[args.system]:.1f}")
+    t.add_row(f"fragment PBE-D3(BJ)/{basis}, CP", "ok", f"{frag_wall:.0f}", f"{e_frag:.1f}", f"{ref[args.system]:.1f}")
     e_per = periodic.get("e_latt_kjmol")
     t.add_row(f"periodic PBE-D3(BJ)/{args.periodic_basis} Gamma", periodic["status"],
               f"{periodic_wall:.0f}" + ("" if periodic["status"] == "ok" else "+"),
@@ -242,11 +251,14 @@ def main() -> None:
         "dft_basis": basis,
         "dft_cutoff_A": cutoff,
         "dft_n_unique_dimers": extra["n_unique_dimers"],
-        "dft_elatt_kjmol": round(e_frag, 2),
+        "dft_elatt_cp_kjmol": round(e_frag, 2),
+        "dft_elatt_nocp_kjmol": round(e_frag_nocp, 2),
         "x23_ref_kjmol": ref[args.system],
-        "dft_error_kjmol": round(e_frag - ref[args.system], 2),
-        "dft_fragment_wall_s": round(frag_wall, 1),
-        "dft_fragment_cpu_s": round(frag_cpu, 1),
+        "dft_error_cp_kjmol": round(e_frag - ref[args.system], 2),
+        "dft_error_nocp_kjmol": round(e_frag_nocp - ref[args.system], 2),
+        "dft_fragment_cp_wall_s": round(frag_wall, 1),
+        "dft_fragment_cp_cpu_s": round(frag_cpu, 1),
+        "dft_fragment_nocp_cpu_s": round(frag[False][3], 1),
         "scf_cycles_minao": guess_rows[0]["cycles"],
         "scf_cycles_superposition": guess_rows[1]["cycles"],
         "scf_cycles_newton": guess_rows[2]["cycles"],
@@ -256,6 +268,7 @@ def main() -> None:
         "periodic_status": periodic["status"],
         "periodic_wall_s": round(periodic_wall, 1),
         "periodic_elatt_kjmol": round(e_per, 2) if e_per is not None else None,
+        "periodic_cell_cpu_s": round(periodic["cell_cpu_s"], 1) if "cell_cpu_s" in periodic else None,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     line = json.dumps(summary)
