@@ -165,7 +165,7 @@ class CrystalVariables:
         out = torch.full((x.shape[0],), math.inf, dtype=x.dtype)
         if bool(ok.any()):
             idx = ok.nonzero().squeeze(1)
-            e = self.model.energy_kjmol(cell[idx], coords[idx])
+            e = self.model.energy_kjmol(cell[idx], coords[idx]).to(x.dtype)
             if self.pressure_gpa:
                 e = e + self.pressure_gpa * vol[idx] / self.sg.z * GPA_A3_TO_KJMOL
             out = out.index_put((idx,), e)

@@ -85,6 +85,8 @@ STAGE1_MODEL: dict[str, Any] = {"cutoff_A": 7.0, "ewald_cutoff_A": 7.0, "electro
                                 "dsf_alpha_per_A": 0.3}
 #: minimiser settings of stage 1 (loose gradient tolerance; bigger energy-call chunks)
 STAGE1_MIN: dict[str, Any] = {"gtol": 0.5, "chunk": 32}
+#: stage-1 duplicate screen before stage 2: (energy kJ/mol, density g/cm3) tolerances
+STAGE1_DUPLICATE_TOL: tuple[float, float] = (0.2, 0.005)
 
 
 def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.ndarray],
@@ -255,7 +257,7 @@ def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
     """Stage-1 minima to polish: converged, within ``window_kjmol`` of the lowest, thinned.
 
     Thinning is a tight duplicate screen: within one search space group, a minimum whose
-    stage-1 energy is within 0.02 kJ/mol and density within 0.002 g/cm3 of a kept lower
+    stage-1 energy and density are within :data:`STAGE1_DUPLICATE_TOL` of a kept lower
     one is taken as the same minimum reached from another trial (its count goes to the
     kept one's multiplicity). The final StructureMatcher dedupe runs after stage 2.
 
@@ -282,9 +284,9 @@ def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
         for e, d, r, i in sorted(groups[sg], key=lambda t: t[0]):
             match = None
             for k in reversed(kept):
-                if e - k[0] > 0.02:
+                if e - k[0] > STAGE1_DUPLICATE_TOL[0]:
                     break
-                if abs(d - k[1]) < 0.002:
+                if abs(d - k[1]) < STAGE1_DUPLICATE_TOL[1]:
                     match = k
                     break
             if match is None:
