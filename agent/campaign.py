@@ -324,7 +324,12 @@ class Campaign:
         return allowed
 
     def costs(self) -> list[float]:
-        """CPU seconds per evaluation at each fidelity: measured mean, else the estimate."""
+        """The acquisition's cost of one evaluation at each fidelity, in the unit of the
+        budget that binds: CPU seconds (measured mean, else the backend's estimate) when
+        the campaign has a compute budget (``max_cpu_hours``), else one evaluation each,
+        since then every evaluation spends the same share of ``max_evaluations``."""
+        if self.cfg.max_cpu_hours is None:
+            return [1.0] * len(self.backends)
         out = []
         median_smiles = sorted(self.smiles, key=len)[len(self.smiles) // 2]
         for cls, b in zip(self.backends, self.cfg.backends, strict=True):
