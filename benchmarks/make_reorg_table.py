@@ -32,15 +32,10 @@ COLUMNS = ["smiles", "name", "xtb_reorg_kjmol", "dft_reorg_kjmol", "xtb_wall_s",
 
 
 def read_pool(path: Path) -> list[tuple[str, str]]:
-    """(smiles, name) pairs of a pool file: SMILES, then an optional name; '#' comments."""
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split(None, 1)
-        out.append((parts[0], parts[1].strip() if len(parts) > 1 else parts[0]))
-    return out
+    """(smiles, name) pairs of a pool file (the campaign's reader; '#' in SMILES is a bond)."""
+    from sim_backends.molecule import read_pool as read_pool_file
+
+    return [(smi, name or smi) for smi, name in read_pool_file(path)]
 
 
 def read_table(path: Path) -> dict[str, dict[str, str]]:
