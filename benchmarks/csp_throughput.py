@@ -12,7 +12,7 @@ ESP fit). Full energy model: W99 exp-6 + Ewald point charges, 12 A cutoff, float
    (b) batched: ``run_csp(protocol="full")`` -- every trial minimised by the batched
        L-BFGS on the full model;
    (c) staged: ``run_csp(protocol="staged")`` -- stage 1 (7 A exp-6, DSF Coulomb,
-       gtol 0.5) for every trial, stage 2 (full model, gtol 0.05) for the stage-1
+       gtol 0.1) for every trial, stage 2 (full model, gtol 0.05) for the stage-1
        minima within the 20 kJ/mol window + 5 kJ/mol margin after a duplicate screen.
    (b) and (c) use the same trials (P2_1/c, Z=4, ``--n-trials``); CPU is the summed
    minimisation CPU of the batches (both stages for (c)). Same-minima check: the unique
