@@ -90,6 +90,7 @@ class Tracker:
         self.run_id = run_id
         self.experiment_id = exp_id
         self._logged_refits = int(campaign.store.get_meta("mlflow_logged_refits", "0") or 0)
+        self._lab_counts: tuple[int, int] | None = None
 
     def _run_missing(self, run_id: str) -> bool:
         try:
@@ -179,9 +180,11 @@ class Tracker:
             return
         rows = self.campaign.store.lab_experiments()
         step = self.campaign.n_evaluations
-        self.client.log_metric(self.run_id, "lab_experiments_sent", len(rows), step=step)
-        done = [r for r in rows if r["state"] == "done"]
-        self.client.log_metric(self.run_id, "lab_results", len(done), step=step)
+        counts = (len(rows), sum(r["state"] == "done" for r in rows))
+        if counts != self._lab_counts:  # the runner calls this every loop; log changes only
+            self._lab_counts = counts
+            self.client.log_metric(self.run_id, "lab_experiments_sent", counts[0], step=step)
+            self.client.log_metric(self.run_id, "lab_results", counts[1], step=step)
         for rec in lab.new_records:
             self.client.log_metric(self.run_id, "lab_match_confidence", rec["confidence"], step=step)
             self.client.log_dict(self.run_id, rec, f"lab/{rec['request_id']}.json")
