@@ -152,6 +152,8 @@ class StructureStage:
         n_wanted = self.cfg.n_molecules - len(self.landscapes) - len(self.pending_csp)
         if n_wanted <= 0:
             return []
+        if any(not t.payload.get("stage") for t in c.pending.values()):
+            return []  # molecule-stage results still arriving may change the ranking
         ranked = sorted(best, key=best.get)
         return [m for m in ranked if m not in self.csp_done and m not in self.pending_csp][:n_wanted]
 
@@ -230,7 +232,9 @@ class StructureStage:
         """No structure-stage work can be proposed now or later."""
         if self.remaining <= 0:
             return True
-        if self.csp_candidates() or self.pending_csp:
+        if self.csp_candidates() or self.pending_csp or any(
+            not t.payload.get("stage") for t in self.campaign.pending.values()
+        ):
             return False
         return all(
             len(set(land.computed) | land.failed) >= len(land.ids)
