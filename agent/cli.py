@@ -17,6 +17,7 @@ interrupted campaign exits with 130.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -188,11 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("agent.refine_cli", "add_refine_parser"),
         ("agent.lab.cli", "add_lab_parser"),
     ):
-        try:
-            mod = __import__(module, fromlist=[adder])
-        except ImportError:
-            continue
-        getattr(mod, adder)(sub)
+        getattr(importlib.import_module(module), adder)(sub)
     return parser
 
 

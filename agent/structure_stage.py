@@ -71,7 +71,7 @@ class StructureStage:
             return
         from pymatgen.core import Structure
 
-        smiles = next(m["smiles"] for m in self.campaign.store.molecules() if m["id"] == molecule_id)
+        smiles = self._smiles(molecule_id)
         n_atoms = np.array([len(Structure.from_str(r["cif"], fmt="cif")) for r in rows])
         self.landscapes[molecule_id] = LandscapeState(
             molecule_id=molecule_id,
