@@ -132,3 +132,23 @@ def test_from_atoms_checks_input():
         RigidMolecule.from_atoms(["C", "O"], xyz, charges_e=[0.3, 0.1])
     mol = RigidMolecule.from_atoms(["C", "O"], xyz, charges_e=[0.3, -0.3])
     assert mol.charge_method == "given" and mol.mass_amu == pytest.approx(28.01, abs=0.01)
+
+
+@pytest.mark.parametrize("smiles", ["OC(=O)C(=O)O", "O=CC=O", "OC(=O)c1ccccc1"])
+def test_conjugated_links_count_as_rigid(smiles):
+    """Oxalic acid, glyoxal, benzoic acid: conjugated single bonds, planar MMFF conformer."""
+    mol = RigidMolecule.from_smiles(smiles, charges="none")
+    heavy = mol.coords_A[[s != "H" for s in mol.symbols]]
+    # principal frame: the plane of a planar molecule is spanned by x, y (smallest moments)
+    assert np.abs(heavy[:, 2]).max() < 0.05
+
+
+def test_rotatable_count_rule():
+    from rdkit import Chem
+
+    from sim_backends.csp.rigid import count_rotatable_bonds
+
+    counts = {s: count_rotatable_bonds(Chem.MolFromSmiles(s)) for s in
+              ["OC(=O)C(=O)O", "c1ccccc1-c1ccccc1", "CCCC", "CC(=O)NC", "OCCO"]}
+    assert counts == {"OC(=O)C(=O)O": 0, "c1ccccc1-c1ccccc1": 1, "CCCC": 1, "CC(=O)NC": 0,
+                      "OCCO": 1}

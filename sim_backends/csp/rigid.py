@@ -7,10 +7,17 @@ rotation and a translation; the force field needs nothing else.
 
 Rigidity rule (``from_smiles``): no rotatable bond, where a bond is rotatable if it is a
 single, acyclic bond between two atoms that both have at least two heavy-atom neighbours
-and it is not a C(=O)-NH amide bond (RDKit's strict rotatable-bond definition). Terminal
-rotors -OH, -NH2, -CH3, -SH, -COOH carbonyl-O-H, and amides are therefore allowed: their
-conformer is taken from the MMFF minimum and kept fixed (a known approximation of rigid-
-molecule CSP).
+and it is not a C(=O)-NH amide bond (RDKit's strict rotatable-bond definition), and it
+is not a conjugated single bond other than a biaryl link. Terminal rotors -OH, -NH2,
+-CH3, -SH, -COOH carbonyl-O-H, and amides are therefore allowed, and so are conjugated
+links between pi systems such as the C-C bond of oxalic acid, glyoxal or butadiene and
+the ring-carboxyl bond of benzoic acid: their planar conformers sit behind torsional
+barriers of roughly 10-30 kJ/mol, and rigid-molecule CSP conventionally treats such
+molecules as rigid (oxalic acid is a standard rigid CSP test system). A single bond
+between two aromatic rings (biphenyl) stays rotatable: its minimum is twisted and the
+torsion is soft (~6-8 kJ/mol barriers), so crystal packing changes it. In every allowed
+case the conformer is taken from the MMFF minimum and kept fixed (a known approximation
+of rigid-molecule CSP).
 
 Importing this module is cheap: rdkit is imported inside functions.
 """
@@ -31,6 +38,20 @@ from sim_backends.csp.forcefield import assign_w99_types, bond_graph
 ATOMIC_MASSES_AMU = {"H": 1.008, "C": 12.011, "N": 14.007, "O": 15.999, "F": 18.998, "S": 32.06, "Cl": 35.45}
 
 _ROTATABLE_SMARTS = "[!$([NH]!@C(=O))&!D1&!$(*#*)]-&!@[!$([NH]!@C(=O))&!D1&!$(*#*)]"
+
+
+def count_rotatable_bonds(mol) -> int:
+    """Bonds of an RDKit molecule that break the rigidity rule of the module docstring."""
+    from rdkit import Chem
+
+    n = 0
+    for a, b in mol.GetSubstructMatches(Chem.MolFromSmarts(_ROTATABLE_SMARTS)):
+        bond = mol.GetBondBetweenAtoms(a, b)
+        biaryl = mol.GetAtomWithIdx(a).GetIsAromatic() and mol.GetAtomWithIdx(b).GetIsAromatic()
+        if bond.GetIsConjugated() and not biaryl:
+            continue
+        n += 1
+    return n
 
 
 def principal_frame(symbols: Sequence[str], coords_A: np.ndarray) -> np.ndarray:
@@ -128,7 +149,7 @@ class RigidMolecule:
 
         canonical = validate_smiles(smiles)
         mol = Chem.MolFromSmiles(canonical)  # canonical atom order: same conformer, same cache entry
-        n_rot = len(mol.GetSubstructMatches(Chem.MolFromSmarts(_ROTATABLE_SMARTS)))
+        n_rot = count_rotatable_bonds(mol)
         if n_rot:
             raise SetupError(f"{canonical}: {n_rot} rotatable bond(s); rigid-molecule CSP needs none")
         molh = Chem.AddHs(mol)
