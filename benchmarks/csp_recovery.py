@@ -62,9 +62,8 @@ def reference_structure(name: str):
 
 
 def gas_phase_molecule(name: str, charges: str):
-    """Fallback: the rigid X23 gas-phase molecule (PBE+TS geometry) with fitted charges,
-    for molecules the SMILES route rejects (e.g. oxalic acid: its C-C bond counts as
-    rotatable there)."""
+    """The rigid X23 gas-phase molecule (PBE+TS geometry) with fitted charges: used
+    with ``--conformer x23``, and as a fallback for molecules the SMILES route rejects."""
     from ase.io import read
 
     from sim_backends.csp.charges import compute_charges
