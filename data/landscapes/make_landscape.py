@@ -2,21 +2,44 @@
 
 Cheap level ``ff``: the project's CSP engine (``sim_backends.csp.run_csp``: Sobol
 trials, rigid-molecule W99-type exp-6 + RESP point charges with Ewald sums, duplicate
-removal). Expensive level ``xtb``: a periodic GFN2-xTB single point (tblite;
-Bannwarth, Ehlert & Grimme, J. Chem. Theory Comput. 15, 1652 (2019)) of every
-force-field minimum, E_cell / Z. Both levels share the force-field geometries (a
-single-point correction, as in the Delta-learning literature the refinement agent
-follows). Energies are relative to each level's lowest structure, kJ/mol per molecule.
+removal), or the force-field frames of an earlier run (``--ff-extxyz``).
 
-Writes ``data/landscapes/<name>/``: ``<name>_ff.extxyz``, ``<name>_xtb.extxyz``,
-``<name>_landscape.csv`` (``id, dE_ff_kJmol_per_mol, dE_xtb_kJmol_per_mol, ...``),
-``levels.json`` (``{"cheap": "ff", "expensive": "xtb"}``, read by
-``benchmarks/refinement.py``) and ``run.json`` (settings, timings).
+Expensive level, evaluated at every force-field minimum (the same geometry at both
+levels: a single-point correction, as in the Delta-learning literature the refinement
+agent follows):
+
+* ``--expensive xtb``: periodic GFN2-xTB single point (tblite; Bannwarth, Ehlert &
+  Grimme, J. Chem. Theory Comput. 15, 1652 (2019)), E_cell / Z.
+* ``--expensive dft``: two-body fragment DFT-D3(BJ) lattice energy
+  (:func:`sim_backends.dft_crystal.fragment_lattice_energy`: monomers plus the
+  symmetry-unique dimers within a closest-contact cutoff, Boys-Bernardi counterpoise,
+  periodic D3(BJ)+ATM summed over the whole crystal), rigid molecules.
+
+Before any expensive work the force-field minima pass a physical-sanity filter
+(:func:`sanity_reason`): density at least ``--min-density`` g/cm^3 and a contact
+network (closest atom-atom distance below ``--contact-A``) that spans all three
+lattice directions. It removes e.g. slabs of hydrogen-bonded layers separated by a
+vacuum gap, which the rigid-body minimiser can leave behind because the energy is
+nearly flat in the gap width.
+
+Expensive results are appended to ``<work>/<level>_results.jsonl`` as they finish
+(at most ``--workers`` processes, one OpenMP thread each); a rerun skips structures
+already there, so an interrupted run resumes.
+
+Writes ``data/landscapes/<name>/``: ``<name>_ff.extxyz``, ``<name>_<level>.extxyz``,
+``<name>_landscape.csv`` (``id, dE_ff_kJmol_per_mol, dE_<level>_kJmol_per_mol, ...``),
+``levels.json`` (``{"cheap": "ff", "expensive": "<level>"}``, read by
+``benchmarks/refinement.py``) and ``run.json`` (settings, filter, timings, failures,
+the Pearson correlation of the two levels and the spread of the correction).
+Energies are relative to each level's lowest kept structure, kJ/mol per molecule.
 
 Usage::
 
     OMP_NUM_THREADS=1 python data/landscapes/make_landscape.py --smiles NC=O \\
         --name formamide --n-trials 320 --space-groups P2_1/c,P-1,P2_1,P2_12_12_1
+    OMP_NUM_THREADS=1 python data/landscapes/make_landscape.py --smiles NC=O \\
+        --name formamide_dft --expensive dft \\
+        --ff-extxyz data/landscapes/formamide_big/formamide_big_ff.extxyz
 """
 
 from __future__ import annotations
@@ -24,84 +47,353 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+if TYPE_CHECKING:
+    from ase import Atoms
+
 EV_TO_KJMOL = 96.48533212
+#: g/cm^3 per (amu / A^3)
+AMU_PER_A3_TO_GCM3 = 1.66053906660
+
+
+def density_gcm3(atoms: Atoms) -> float:
+    """Crystal density (g/cm^3) of a periodic cell."""
+    return float(sum(atoms.get_masses()) * AMU_PER_A3_TO_GCM3 / atoms.cell.volume)
+
+
+def contact_dimensionality(atoms: Atoms, contact_A: float) -> int:
+    """Number of lattice directions (0-3) spanned by the intermolecular contact network.
+
+    Molecules are nodes; every pair (molecule i, molecule j + lattice shift) whose
+    closest atom-atom distance is below ``contact_A`` is an edge. A spanning tree
+    assigns each molecule a lattice offset; each edge outside the tree closes a loop
+    whose net lattice translation is a period of the network. The rank of these
+    translations is the dimensionality (3 for a bulk crystal, 2 for isolated layers,
+    1 for chains, 0 for isolated clusters).
+
+    Args:
+        atoms: periodic cell, (n_atoms,), Angstrom.
+        contact_A: contact distance (A).
+    """
+    import numpy as np
+
+    from sim_backends.dft_crystal import enumerate_dimers
+    from sim_backends.structures import Crystal, make_whole
+
+    whole, groups = make_whole(atoms)
+    crystal = Crystal(atoms=whole, groups=groups)
+    edges = [(d.i, d.j, np.asarray(d.shift)) for d in enumerate_dimers(crystal, contact_A)]
+    offset: dict[int, np.ndarray] = {0: np.zeros(3, dtype=int)}
+    periods = []
+    grown = True
+    while grown:  # breadth-first growth of the tree over the Z molecules
+        grown = False
+        for i, j, s in edges:
+            if i in offset and j not in offset:
+                offset[j] = offset[i] + s
+                grown = True
+    if len(offset) < crystal.z:
+        return 0  # some molecule of the cell touches nothing connected to molecule 0
+    for i, j, s in edges:
+        periods.append(offset[i] + s - offset[j])
+    return int(np.linalg.matrix_rank(np.array(periods))) if periods else 0
+
+
+def sanity_reason(atoms: Atoms, min_density_gcm3: float, contact_A: float) -> str | None:
+    """Why a force-field minimum is not a physical bulk crystal, or None if it is.
+
+    Args:
+        atoms: periodic cell.
+        min_density_gcm3: lowest accepted density (g/cm^3); organic molecular crystals
+            lie at about 1.0-1.6 g/cm^3 (small light molecules near the low end).
+        contact_A: contact distance (A) for :func:`contact_dimensionality`.
+    """
+    rho = density_gcm3(atoms)
+    if rho < min_density_gcm3:
+        return f"density {rho:.3f} g/cm3 < {min_density_gcm3}"
+    dim = contact_dimensionality(atoms, contact_A)
+    if dim < 3:
+        return f"contact network (< {contact_A} A) spans only {dim} lattice direction(s)"
+    return None
+
+
+def _expensive_job(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """Evaluate one structure at the expensive level (runs in a worker process).
+
+    Args:
+        job: ``(level, extxyz_text_of_one_frame, settings)``.
+
+    Returns:
+        ``{"id", "status": "ok"|"failed", "energy_kjmol" (per molecule), "cpu_s",
+        "wall_s", ...}``; failures carry a one-line ``reason``.
+    """
+    import io
+
+    from ase.io import read
+
+    level, text, settings = job
+    atoms = read(io.StringIO(text), format="extxyz")
+    sid, z = str(atoms.info["id"]), int(atoms.info["Z"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    out: dict[str, Any] = {"id": sid}
+    try:
+        if level == "xtb":
+            from sim_backends.xtb_crystal import xtb_calculator
+
+            cell = atoms.copy()
+            cell.calc = xtb_calculator()
+            out["energy_kjmol"] = float(cell.get_potential_energy()) / z * EV_TO_KJMOL
+        else:
+            from pyscf import lib
+
+            from sim_backends.dft_crystal import ScfSettings, fragment_lattice_energy
+            from sim_backends.structures import Crystal, make_whole
+
+            lib.num_threads(1)
+            whole, groups = make_whole(atoms)
+            values, extra = fragment_lattice_energy(
+                Crystal(atoms=whole, groups=groups),
+                ScfSettings(functional=settings["functional"], basis=settings["basis"],
+                            conv_tol=settings["conv_tol"], grid_level=settings["grid_level"],
+                            density_fit=settings["density_fit"]),
+                cutoff_A=settings["cutoff_A"], cutoff_mode=settings["cutoff_mode"],
+                counterpoise=settings["counterpoise"])
+            out.update({k: float(v) for k, v in values.items()})
+            out["n_unique_dimers"] = int(extra["n_unique_dimers"])
+            out["scf_cycles_total"] = int(extra["scf_cycles_total"])
+            out["max_bsse_kjmol"] = max((abs(r.get("bsse_kjmol", 0.0)) for r in extra["dimers"]),
+                                        default=0.0)
+        out["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - SCF failure etc.: record and leave the structure out
+        out["status"] = "failed"
+        out["reason"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+    out["wall_s"] = round(time.perf_counter() - t0, 2)
+    out["cpu_s"] = round(time.process_time() - c0, 2)
+    return out
+
+
+def _frame_text(atoms: Atoms) -> str:
+    import io
+
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, atoms, format="extxyz")
+    return buf.getvalue()
+
+
+def run_expensive(frames: list[Atoms], level: str, settings: dict[str, Any], jsonl: Path,
+                  workers: int) -> dict[str, dict[str, Any]]:
+    """Evaluate every frame not yet in ``jsonl``; returns all results by id.
+
+    Results are appended to ``jsonl`` (one JSON object a line) as they arrive, so a
+    rerun resumes. ``workers`` > 1 uses a process pool (one OpenMP thread each).
+    """
+    import multiprocessing as mp
+
+    import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TimeRemainingColumn
+
+    done: dict[str, dict[str, Any]] = {}
+    if jsonl.exists():
+        for line in jsonl.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["id"]] = rec
+    todo = [a for a in frames if str(a.info["id"]) not in done]
+    # a fixed random order: partial results cover the whole energy range (monitoring)
+    order = np.random.default_rng(0).permutation(len(todo))
+    todo = [todo[k] for k in order]
+    jobs = [(level, _frame_text(a), settings) for a in todo]
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*cols) as bar, jsonl.open("a") as fh:
+        task = bar.add_task(f"{level} ({len(done)} done before)", total=len(jobs))
+        if workers > 1 and len(jobs) > 1:
+            pool = mp.get_context("fork").Pool(workers, maxtasksperchild=20)
+            results = pool.imap_unordered(_expensive_job, jobs)
+        else:
+            pool, results = None, map(_expensive_job, jobs)
+        try:
+            for rec in results:
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                done[rec["id"]] = rec
+                bar.advance(task)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+    return done
 
 
 def main(argv: list[str] | None = None) -> None:
+    import numpy as np
     from ase.io import read, write
-    from rich.progress import track
-
-    from sim_backends.csp.run import run_csp
-    from sim_backends.xtb_crystal import xtb_calculator
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smiles", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--n-trials", type=int, default=320)
-    p.add_argument("--space-groups", default="P2_1/c,P-1,P2_1,P2_12_12_1")
+    p.add_argument("--space-groups", default="P2_1/c,P-1,P2_1,P2_12_12_1",
+                   help="comma-separated, or 'default' for the CSP engine's ten groups")
     p.add_argument("--window", type=float, default=30.0, help="FF energy window, kJ/mol")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ff-extxyz", default=None,
+                   help="reuse these force-field minima instead of running CSP")
+    p.add_argument("--expensive", choices=("xtb", "dft"), default="xtb")
+    p.add_argument("--functional", default="pbe", help="dft: PySCF xc name (D3(BJ) to match)")
+    p.add_argument("--basis", default="def2-svp", help="dft: Gaussian basis")
+    p.add_argument("--cutoff", type=float, default=3.5, help="dft: dimer cutoff, A")
+    p.add_argument("--cutoff-mode", choices=("contact", "com"), default="contact")
+    p.add_argument("--no-counterpoise", action="store_true", help="dft: skip the CP correction")
+    p.add_argument("--grid-level", type=int, default=0, help="dft: PySCF grid level")
+    p.add_argument("--conv-tol", type=float, default=1e-7, help="dft: SCF tolerance, Hartree")
+    p.add_argument("--density-fit", action="store_true",
+                   help="dft: density fitting (default off: exact in-core integrals, faster "
+                        "for dimers of small molecules)")
+    p.add_argument("--only-done", action="store_true",
+                   help="compute nothing; write the landscape from the results already "
+                        "in the work directory")
+    p.add_argument("--min-density", type=float, default=0.8, help="sanity filter, g/cm^3")
+    p.add_argument("--contact-A", type=float, default=4.0, help="sanity filter contact, A")
+    p.add_argument("--workers", type=int, default=2, help="expensive-level processes")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate only the N lowest FF structures (pilot); writes nothing")
+    p.add_argument("--work", default=None, help="work directory (default /tmp/make_landscape_NAME)")
     args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+    level = args.expensive
     out = ROOT / "data" / "landscapes" / args.name
-    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work or f"/tmp/make_landscape_{args.name}")
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        run_csp(args.smiles, args.n_trials, space_groups=args.space_groups,
-                       seed=args.seed, energy_window_kjmol=args.window, out_dir=tmp)
-        frames = read(str(Path(tmp) / "landscape_ff.extxyz"), ":")
+    if args.ff_extxyz:
+        ff_source = str(args.ff_extxyz)
+        frames = read(ff_source, ":")
+    else:
+        ff_source = str(work / "csp" / "landscape_ff.extxyz")
+        if not Path(ff_source).exists():  # CSP results are kept in the work dir (resume)
+            from sim_backends.csp.run import run_csp
+
+            run_csp(args.smiles, args.n_trials,
+                    space_groups=None if args.space_groups == "default" else args.space_groups,
+                    seed=args.seed, energy_window_kjmol=args.window, out_dir=work / "csp")
+        frames = read(ff_source, ":")
     t_csp = time.perf_counter() - t0
-    rows, ff_frames, xtb_frames, failed = [], [], [], []
+    frames.sort(key=lambda a: float(a.info["energy_kjmol"]))
+
+    excluded, kept = {}, []
+    for atoms in frames:
+        why = sanity_reason(atoms, args.min_density, args.contact_A)
+        if why:
+            excluded[str(atoms.info["id"])] = why
+        else:
+            kept.append(atoms)
+    for sid, why in excluded.items():
+        print(f"excluded {sid}: {why}")
+    if args.limit:
+        kept = kept[: args.limit]
+
+    settings: dict[str, Any] = {"method": "GFN2-xTB"} if level == "xtb" else {
+        "functional": args.functional, "basis": args.basis, "cutoff_A": args.cutoff,
+        "cutoff_mode": args.cutoff_mode, "counterpoise": not args.no_counterpoise,
+        "grid_level": args.grid_level, "conv_tol": args.conv_tol,
+        "density_fit": args.density_fit,
+        "two_body": True, "gas": "rigid", "dispersion": "D3(BJ)+ATM, periodic"}
+    jsonl = work / f"{level}_results.jsonl"
+    meta = work / f"{level}_settings.json"
+    if jsonl.exists() and meta.exists() and json.loads(meta.read_text()) != settings:
+        raise SystemExit(f"{jsonl} was made with other settings ({meta}); use another --work")
+    meta.write_text(json.dumps(settings) + "\n")
     t1 = time.perf_counter()
-    for atoms in track(frames, description="GFN2-xTB single points"):
+    if args.only_done:
+        results = run_expensive([], level, settings, jsonl, 1)
+        n_all = len(kept)
+        kept = [a for a in kept if str(a.info["id"]) in results]
+        print(f"--only-done: {len(kept)} of {n_all} filtered structures have results")
+    else:
+        results = run_expensive(kept, level, settings, jsonl, args.workers)
+    t_exp = time.perf_counter() - t1
+
+    rows, ff_frames, exp_frames, failed = [], [], [], {}
+    for atoms in kept:
         sid, z = str(atoms.info["id"]), int(atoms.info["Z"])
-        cell = atoms.copy()
-        cell.calc = xtb_calculator()
-        try:
-            e_xtb = float(cell.get_potential_energy()) / z * EV_TO_KJMOL
-        except Exception as exc:  # noqa: BLE001 - SCF failure: leave the structure out
-            failed.append(f"{sid}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        rec = results[sid]
+        if rec["status"] != "ok":
+            failed[sid] = rec["reason"]
             continue
-        e_ff = float(atoms.info["energy_kjmol"])
+        e_ff, e_exp = float(atoms.info["energy_kjmol"]), float(rec["energy_kjmol"])
         info = {"id": sid, "Z": z, "connectivity_ok": True}
-        a_ff, a_xtb = atoms.copy(), atoms.copy()
+        a_ff, a_exp = atoms.copy(), atoms.copy()
         a_ff.info = {**info, "level": "ff", "energy_kjmol": e_ff}
-        a_xtb.info = {**info, "level": "xtb", "energy_cell_per_mol_kjmol": e_xtb}
+        a_exp.info = {**info, "level": level, "energy_cell_per_mol_kjmol": e_exp}
+        row = {"id": sid, "E_ff_kJmol_per_mol": e_ff, f"E_{level}_kJmol_per_mol": e_exp,
+               "Z": z, "n_atoms": len(atoms), "density_gcm3": round(density_gcm3(atoms), 4)}
+        if level == "dft":
+            for key in ("e_dft_2body_kjmol", "e_d3_kjmol", "n_unique_dimers", "cpu_s"):
+                row[key] = rec[key]
+                a_exp.info[key] = rec[key]
         ff_frames.append(a_ff)
-        xtb_frames.append(a_xtb)
-        rows.append({"id": sid, "E_ff_kJmol_per_mol": e_ff, "E_xtb_kJmol_per_mol": e_xtb,
-                     "Z": z, "n_atoms": len(atoms),
-                     "density_gcm3": float(sum(atoms.get_masses()) * 1.66053906660
-                                           / atoms.cell.volume)})
-    t_xtb = time.perf_counter() - t1
+        exp_frames.append(a_exp)
+        rows.append(row)
+    for sid, why in failed.items():
+        print(f"failed {sid}: {why}")
+    n_pilot = len(rows)
     if not rows:
         raise SystemExit("no structure survived; nothing written")
-    for level in ("ff", "xtb"):
-        e_min = min(r[f"E_{level}_kJmol_per_mol"] for r in rows)
+    for lv in ("ff", level):
+        e_min = min(r[f"E_{lv}_kJmol_per_mol"] for r in rows)
         for r in rows:
-            r[f"dE_{level}_kJmol_per_mol"] = round(r[f"E_{level}_kJmol_per_mol"] - e_min, 4)
+            r[f"dE_{lv}_kJmol_per_mol"] = round(r[f"E_{lv}_kJmol_per_mol"] - e_min, 4)
+    d_ff = np.array([r["dE_ff_kJmol_per_mol"] for r in rows])
+    d_exp = np.array([r[f"dE_{level}_kJmol_per_mol"] for r in rows])
+    corr = d_exp - d_ff
+    pearson = float(np.corrcoef(d_ff, d_exp)[0, 1]) if len(rows) > 2 else float("nan")
+    cpu = [float(results[r["id"]]["cpu_s"]) for r in rows]
+    stats = {"pearson_r_ff_vs_expensive": round(pearson, 3),
+             "correction_std_kjmol": round(float(corr.std()), 2),
+             "dE_ff_range_kjmol": round(float(d_ff.max()), 2),
+             f"dE_{level}_range_kjmol": round(float(d_exp.max()), 2),
+             "expensive_cpu_s_per_structure_median": round(float(np.median(cpu)), 1),
+             "expensive_cpu_s_total": round(float(np.sum(cpu)), 1)}
+    print(json.dumps({"n_structures": n_pilot, "n_failed": len(failed),
+                      "n_excluded": len(excluded), **stats}))
+    if args.limit:
+        print(f"pilot of {args.limit} structures: nothing written to {out}")
+        return
+
+    out.mkdir(parents=True, exist_ok=True)
     write(str(out / f"{args.name}_ff.extxyz"), ff_frames, format="extxyz")
-    write(str(out / f"{args.name}_xtb.extxyz"), xtb_frames, format="extxyz")
+    write(str(out / f"{args.name}_{level}.extxyz"), exp_frames, format="extxyz")
     with (out / f"{args.name}_landscape.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "levels.json").write_text(json.dumps({"cheap": "ff", "expensive": "xtb"}) + "\n")
+    (out / "levels.json").write_text(json.dumps({"cheap": "ff", "expensive": level}) + "\n")
     (out / "run.json").write_text(json.dumps({
-        "smiles": args.smiles, "n_trials": args.n_trials, "space_groups": args.space_groups,
+        "smiles": args.smiles, "ff_source": ff_source if args.ff_extxyz else "csp",
+        "n_trials": args.n_trials, "space_groups": args.space_groups,
         "window_kjmol": args.window, "seed": args.seed, "n_structures": len(rows),
-        "n_csp_minima": len(frames), "xtb_failed": failed, "csp_wall_s": round(t_csp, 1),
-        "xtb_wall_s": round(t_xtb, 1), "csp_charges": "resp", "xtb_method": "GFN2-xTB",
+        "n_ff_minima": len(frames), "expensive_level": level, "expensive_settings": settings,
+        "sanity_filter": {"min_density_gcm3": args.min_density, "contact_A": args.contact_A,
+                          "excluded": excluded},
+        "expensive_failed": failed, "only_done": args.only_done, "csp_wall_s": round(t_csp, 1),
+        "expensive_wall_s_this_run": round(t_exp, 1), "expensive_workers": args.workers,
+        "csp_charges": "resp", **stats,
     }, indent=1) + "\n")
-    print(f"{args.name}: {len(rows)} structures ({len(failed)} xTB failures) -> {out}")
+    print(f"{args.name}: {len(rows)} structures ({len(failed)} failed, {len(excluded)} excluded)"
+          f" -> {out}")
 
 
 if __name__ == "__main__":
