@@ -160,3 +160,35 @@ def test_gp_bad_input(features):
     gp = DeltaGP().fit(features[:5], np.zeros(5))
     with pytest.raises(SurrogateError, match="features"):
         gp.predict(features[:, :10])
+
+
+def test_loo_residuals_match_refits_and_calibration_scales_spread(land, features):
+    """Closed-form LOO z equals held-out refits with fixed hyperparameters; the
+    calibration factor multiplies the predictive std and the spread of the draws."""
+    import torch
+
+    y = (land.energies_kjmol["PBE_MBD"] - land.energies_kjmol["MACE"])[:N_SUB]
+    train = np.arange(0, N_SUB, 3)
+    gp = DeltaGP(seed=0).fit(features[train], y[train], X_unlabelled=features)
+    raw = DeltaGP(seed=0, calibrate=False).fit(features[train], y[train], X_unlabelled=features)
+    assert raw.calibration == 1.0
+    z_ref = []
+    for k in range(len(train)):
+        keep = np.delete(np.arange(len(train)), k)
+        held = gp._build(gp._train_Z[keep], gp._train_r[keep], state=gp._model.state_dict())
+        with torch.no_grad():
+            post = held.posterior(torch.as_tensor(gp._train_Z[k : k + 1]), observation_noise=True)
+        t = (gp._train_r[k] - gp._y_shift) / gp._y_scale
+        z_ref.append((t - post.mean.item()) / post.variance.sqrt().item())
+    np.testing.assert_allclose(gp.loo_z, z_ref, rtol=1e-5, atol=1e-6)
+    expected = np.sqrt((np.sum(gp.loo_z**2) + 4.0) / (len(train) + 4.0))
+    assert gp.calibration == pytest.approx(float(np.clip(expected, 1.0, 4.0)))
+    assert gp.calibration > 1.0  # these 14 target_I deltas include the 9 kJ/mol outlier
+    m_gp, s_gp = gp.predict(features)
+    m_raw, s_raw = raw.predict(features)
+    np.testing.assert_allclose(m_gp, m_raw, atol=1e-8)
+    np.testing.assert_allclose(s_gp, gp.calibration * s_raw, rtol=1e-8)
+    d_gp, d_raw = gp.sample(features, 64, seed=2), raw.sample(features, 64, seed=2)
+    np.testing.assert_allclose(d_gp - m_gp, gp.calibration * (d_raw - m_raw), atol=1e-6)
+    with pytest.raises(SurrogateError, match="max_calibration"):
+        DeltaGP(max_calibration=0.5)
