@@ -76,8 +76,9 @@ def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
     return RigidMolecule.from_smiles(text, charges=charges, cache_dir=cache_dir)
 
 
-def _unit_seed(seed: int, sg: SpaceGroup) -> int:
-    return (int(seed) * 1_000_003 + zlib.crc32(sg.symbol.encode())) % (2**31)
+def _unit_seed(seed: int, sg: SpaceGroup, block: int = 0) -> int:
+    """Sobol seed of trial block ``block`` of space group ``sg`` (block 0: the run's seed for it)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(sg.symbol.encode()) + 7_919 * int(block)) % (2**31)
 
 
 #: energy model of stage 1 of the staged protocol (LatticeEnergyModel keyword arguments)
@@ -94,25 +95,37 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
                   model_kwargs: dict[str, Any], min_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Minimise one batch of trials (runs in a worker; everything in/out is picklable).
 
+    ``trials_arrays`` holds either the trials (``cell_params``, ``centre_frac``,
+    ``quaternions``) or ``generate = [n, seed]``: draw n trials here with
+    :func:`~sim_backends.csp.trials.generate_trials` (so trial generation runs in the
+    workers, not in the driver).
+
     Returns:
         dict with ``energy_kjmol`` (B,), ``cells_A`` (B,3,3), ``coords_A`` (B,Z,n,3),
         ``converged`` (B,), ``n_iter`` (B,), ``cell_params`` (B,6), ``centre_frac`` (B,3),
         ``quaternions`` (B,4) (to restart from the minima), ``search_space_group``,
-        ``wall_s`` and ``cpu_s`` (process CPU time of this unit).
+        ``n_generated`` (Sobol points drawn, 0 for given trials), ``wall_s``, ``cpu_s``
+        (process CPU time of the minimisation) and ``trials_cpu_s`` (of the generation).
     """
     import torch
 
     from sim_backends.csp.forcefield import LatticeEnergyModel
     from sim_backends.csp.minimise import as_trials, minimise_batch
     from sim_backends.csp.spacegroups import get_space_group
-    from sim_backends.csp.trials import TrialSet
+    from sim_backends.csp.trials import TrialSet, generate_trials
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    c0 = time.process_time()
     sg = get_space_group(sg_symbol)
-    trials = TrialSet(sg, trials_arrays["cell_params"], trials_arrays["centre_frac"],
-                      trials_arrays["quaternions"])
+    c0 = time.process_time()
+    if "generate" in trials_arrays:
+        n_want, unit_seed = (int(v) for v in trials_arrays["generate"])
+        trials = generate_trials(molecule, sg, n_want, seed=unit_seed)
+    else:
+        trials = TrialSet(sg, trials_arrays["cell_params"], trials_arrays["centre_frac"],
+                          trials_arrays["quaternions"])
+    c_gen = time.process_time() - c0
+    c0 = time.process_time()
     model = LatticeEnergyModel(molecule, **model_kwargs)
     res = minimise_batch(trials, molecule, model, **min_kwargs)
     restart = as_trials(res)
@@ -122,6 +135,7 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
             "quaternions": restart.quaternions,
             "multiplicity": np.asarray(trials_arrays.get("multiplicity", np.ones(len(trials))), dtype=int),
             "unit": int(trials_arrays.get("unit", 0)),
+            "n_generated": int(trials.n_generated), "trials_cpu_s": c_gen,
             "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
@@ -174,8 +188,6 @@ def run_csp(
         ValueError: n_trials <= 0, unknown space group, bad n_workers (one line).
         SetupError: molecule that cannot be used.
     """
-    from sim_backends.csp.trials import generate_trials
-
     if not isinstance(n_trials, (int, np.integer)) or isinstance(n_trials, bool) or n_trials <= 0:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
     if not isinstance(n_workers, int) or n_workers < 1:
@@ -192,18 +204,12 @@ def run_csp(
 
     per_group = [n_trials // len(groups) + (1 if i < n_trials % len(groups) else 0)
                  for i in range(len(groups))]
+    # trials are drawn in the workers, one independently seeded Sobol block per unit
     units: list[tuple[str, dict[str, np.ndarray]]] = []
-    n_generated = 0
     for sg, n in zip(groups, per_group):
-        if n == 0:
-            continue
-        ts = generate_trials(molecule, sg, n, seed=_unit_seed(seed, sg))
-        n_generated += ts.n_generated
-        for start in range(0, len(ts), batch_size):
-            sub = ts.subset(slice(start, start + batch_size))
-            units.append((sg.symbol, {"cell_params": sub.cell_params,
-                                      "centre_frac": sub.centre_frac,
-                                      "quaternions": sub.quaternions,
+        for block, start in enumerate(range(0, n, batch_size)):
+            units.append((sg.symbol, {"generate": np.array([min(batch_size, n - start),
+                                                            _unit_seed(seed, sg, block)]),
                                       "unit": np.array(len(units))}))
     t_trials = time.perf_counter() - t_start
     model_kwargs = {"cutoff_A": cutoff_A}
@@ -212,6 +218,7 @@ def run_csp(
     if protocol == "full":
         results = _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress)
         cpu_s = float(sum(r["cpu_s"] for r in results))
+        first = results
     else:
         stage1 = _execute(molecule, units, STAGE1_MODEL, {**min_kwargs, **STAGE1_MIN}, n_workers,
                           progress, "stage 1 (cheap model)")
@@ -221,6 +228,7 @@ def run_csp(
         t_select = time.perf_counter() - t1
         results = _execute(molecule, units2, model_kwargs, min_kwargs, n_workers, progress,
                            "stage 2 (full model)")
+        first = stage1
         cpu1 = float(sum(r["cpu_s"] for r in stage1))
         cpu_s = cpu1 + float(sum(r["cpu_s"] for r in results))
         stage_meta.update({
@@ -239,8 +247,9 @@ def run_csp(
     landscape.meta.update(stage_meta)
     landscape.meta.update({
         "n_trials_requested": int(n_trials),
-        "n_trials": int(sum(len(u[1]["cell_params"]) for u in units)),
-        "n_sobol_points": int(n_generated),
+        "n_trials": int(sum(len(r["energy_kjmol"]) for r in first)),
+        "n_sobol_points": int(sum(r["n_generated"] for r in first)),
+        "trials_cpu_s": float(sum(r["trials_cpu_s"] for r in first)),
         "space_groups": [g.symbol for g in groups],
         "seed": int(seed), "energy_window_kjmol": float(energy_window_kjmol),
         "charge_method": getattr(molecule, "charge_method", ""),
@@ -306,12 +315,17 @@ def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
     return units
 
 
+def _unit_size(arrays: dict[str, np.ndarray]) -> int:
+    """Trials in a unit (given, or to be generated)."""
+    return int(arrays["generate"][0]) if "generate" in arrays else len(arrays["cell_params"])
+
+
 def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress,
              label: str = "minimising trials") -> list[dict]:
     """Run :func:`minimise_unit` over all units, locally or as Ray tasks, with progress."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    n_total = sum(len(u[1]["cell_params"]) for u in units)
+    n_total = sum(_unit_size(u[1]) for u in units)
     results: list[dict] = []
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), disable=not progress, transient=False) as bar:
@@ -319,7 +333,7 @@ def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress,
         if n_workers == 1:
             for sg, arrays in units:
                 results.append(minimise_unit(molecule, sg, arrays, model_kwargs, min_kwargs))
-                bar.advance(task, len(arrays["cell_params"]))
+                bar.advance(task, _unit_size(arrays))
             results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
             return results
         import ray
@@ -332,7 +346,7 @@ def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress,
             remote = ray.remote(num_cpus=1)(minimise_unit)
             mol_ref = ray.put(molecule)
             pending = {remote.remote(mol_ref, sg, arrays, model_kwargs, min_kwargs):
-                       len(arrays["cell_params"]) for sg, arrays in units}
+                       _unit_size(arrays) for sg, arrays in units}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
