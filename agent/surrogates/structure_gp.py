@@ -34,7 +34,17 @@ Model (:class:`DeltaGP`):
   can use the first level's corrected prediction as its prior (see
   :class:`DeltaLadder`).
 * predictions are predictive (latent + noise): the error bar is that of the energy of
-  a not-yet-computed structure.
+  a not-yet-computed structure. The spread (std and the deviations of joint draws
+  from the mean) is multiplied by a leave-one-out calibration factor >= 1
+  (:meth:`DeltaGP._loo_calibration`) when the computed structures' own held-out
+  residuals say the fitted GP is overconfident. Measured (target_I, random training
+  sets of 5/10/20 %, 4 repeats): mean factor 1.10/1.05/1.05, fraction of uncomputed
+  structures within 2 sigma 0.59/0.88/0.87 -> 0.62/0.88/0.89, mean predictive NLL
+  5.39/2.75/2.41 -> 5.01/2.68/2.37. It does not fix extrapolation: the one target_I
+  structure whose PBE+MBD correction is 9 kJ/mol off the trend of every cheap
+  descriptor tried (averaged SOAP, density, volume, MACE energy, D3 dispersion energy
+  and its part beyond 5 A, O...O contacts, GFN2-xTB intramolecular energy) stays
+  ~4 sigma away.
 
 With no training data the model returns the prior mean and ``prior_std_kjmol``.
 Importing this module is cheap; torch, gpytorch and BoTorch load on first fit.
