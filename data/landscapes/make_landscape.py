@@ -171,6 +171,9 @@ def _expensive_job(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
             out["scf_cycles_total"] = int(extra["scf_cycles_total"])
             out["max_bsse_kjmol"] = max((abs(r.get("bsse_kjmol", 0.0)) for r in extra["dimers"]),
                                         default=0.0)
+            # per unique dimer: multiplicity, closest contact (A), E_int and BSSE (kJ/mol)
+            out["dimers"] = [[r["multiplicity"], r["contact_A"], round(r["e_int_kjmol"], 4),
+                              round(r.get("bsse_kjmol", 0.0), 4)] for r in extra["dimers"]]
         out["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - SCF failure etc.: record and leave the structure out
         out["status"] = "failed"
