@@ -13,7 +13,9 @@ agent follows):
 * ``--expensive dft``: two-body fragment DFT-D3(BJ) lattice energy
   (:func:`sim_backends.dft_crystal.fragment_lattice_energy`: monomers plus the
   symmetry-unique dimers within a closest-contact cutoff, Boys-Bernardi counterpoise,
-  periodic D3(BJ)+ATM summed over the whole crystal), rigid molecules.
+  periodic D3(BJ)+ATM summed over the whole crystal), rigid molecules, plus the
+  point-charge electrostatics of the pairs beyond the cutoff (HMBI-style, see
+  :func:`long_range_electrostatics_kjmol`; ``--no-long-range`` leaves it out).
 
 Before any expensive work the force-field minima pass a physical-sanity filter
 (:func:`sanity_reason`): density at least ``--min-density`` g/cm^3 and a contact
@@ -57,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 if TYPE_CHECKING:
+    import numpy as np
     from ase import Atoms
 
 EV_TO_KJMOL = 96.48533212
@@ -123,6 +126,89 @@ def sanity_reason(atoms: Atoms, min_density_gcm3: float, contact_A: float) -> st
     if dim < 3:
         return f"contact network (< {contact_A} A) spans only {dim} lattice direction(s)"
     return None
+
+
+def molecule_charges(atoms: Atoms) -> np.ndarray:
+    """RESP charges (e) of the first molecule of a cell, HF/6-31G* ESP fit (n_mol_atoms,).
+
+    The force field's own charge model (``sim_backends.csp.charges.resp_charges``;
+    Bayly et al., J. Phys. Chem. 97, 10269 (1993)). Molecules are rigid and every
+    molecule of every structure has the same atom order, so one set serves a landscape.
+    """
+    from sim_backends.csp.charges import compute_charges
+    from sim_backends.structures import Crystal, make_whole
+
+    whole, groups = make_whole(atoms)
+    mol = Crystal(atoms=whole, groups=groups).molecule(0)
+    return compute_charges(mol.get_chemical_symbols(), mol.positions, method="resp").charges_e
+
+
+def long_range_electrostatics_kjmol(atoms: Atoms, charges_e: np.ndarray, cutoff_A: float,
+                                    cutoff_mode: str = "contact") -> dict[str, float]:
+    """Point-charge electrostatics of the pairs beyond the dimer cutoff (kJ/mol per molecule).
+
+    The two-body DFT sum stops at ``cutoff_A``; for polar molecules the electrostatic
+    interaction of the pairs beyond it is large and depends on the packing (formamide:
+    the rigid two-body energy of one structure moves by 18 kJ/mol between 3.0 and 3.5 A
+    closest-contact cutoffs). As in the hybrid many-body interaction (HMBI) method
+    (Beran & Nanda, J. Phys. Chem. Lett. 1, 3480 (2010); Wen & Beran, J. Chem. Theory
+    Comput. 7, 3733 (2011)) those pairs are taken from a classical model, here only
+    their point-charge electrostatics (D3 dispersion is already summed over the whole
+    crystal; exchange repulsion beyond a 3 A contact is negligible):
+
+        E_lr = E_elec(crystal, Ewald)/Z - (1/Z) sum_{(i,J) within cutoff} (1/2) E_elec(i, J)
+
+    E_elec(crystal) is the intermolecular Ewald energy (pymatgen ``EwaldSummation``,
+    tin-foil boundary) minus the intramolecular pairs of the home cell.
+
+    Args:
+        atoms: periodic cell, (n_atoms,), molecules in the same atom order.
+        charges_e: charges of one molecule, (n_mol_atoms,), e.
+        cutoff_A, cutoff_mode: the dimer cutoff used for the DFT two-body sum.
+
+    Returns:
+        ``{"e_elec_lr_kjmol", "e_elec_pc_total_kjmol", "e_elec_pc_within_kjmol"}``.
+
+    Raises:
+        ValueError: a molecule whose atom count or element order differs from the charges'.
+    """
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.core.ewald import EwaldSummation
+
+    from sim_backends.dft_crystal import enumerate_dimers
+    from sim_backends.structures import Crystal, make_whole
+
+    ev = EV_TO_KJMOL
+    coulomb_ev_a = 14.399645  # e^2 / (4 pi eps0) in eV A
+    whole, groups = make_whole(atoms)
+    crystal = Crystal(atoms=whole, groups=groups)
+    symbols = np.array(whole.get_chemical_symbols())
+    ref = symbols[groups[0]]
+    q = np.zeros(len(whole))
+    for g in groups:
+        if len(g) != len(charges_e) or list(symbols[g]) != list(ref):
+            raise ValueError("molecules of the cell differ in atom order; cannot assign charges")
+        q[g] = charges_e
+    struct = Structure(Lattice(whole.cell.array), list(symbols), whole.positions,
+                       coords_are_cartesian=True, site_properties={"charge": list(q)})
+    e_ewald = EwaldSummation(struct, compute_forces=False).total_energy  # eV
+    e_intra = 0.0
+    for g in groups:
+        r = np.linalg.norm(whole.positions[g][:, None] - whole.positions[g][None], axis=-1)
+        iu = np.triu_indices(len(g), 1)
+        e_intra += coulomb_ev_a * float((q[g][:, None] * q[g][None])[iu] @ (1.0 / r[iu]))
+    e_total = (e_ewald - e_intra) / crystal.z * ev
+    e_within = 0.0
+    cell = whole.cell.array
+    for d in enumerate_dimers(crystal, cutoff_A, cutoff_mode):
+        pa = whole.positions[groups[d.i]]
+        pb = whole.positions[groups[d.j]] + np.asarray(d.shift) @ cell
+        r = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
+        e_within += 0.5 * coulomb_ev_a * float(np.sum(np.outer(charges_e, charges_e) / r))
+    e_within = e_within / crystal.z * ev
+    return {"e_elec_lr_kjmol": e_total - e_within, "e_elec_pc_total_kjmol": e_total,
+            "e_elec_pc_within_kjmol": e_within}
 
 
 def _expensive_job(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
@@ -264,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--density-fit", action="store_true",
                    help="dft: density fitting (default off: exact in-core integrals, faster "
                         "for dimers of small molecules)")
+    p.add_argument("--no-long-range", action="store_true",
+                   help="dft: leave out the point-charge electrostatics beyond the cutoff")
     p.add_argument("--only-done", action="store_true",
                    help="compute nothing; write the landscape from the results already "
                         "in the work directory")
@@ -330,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     t_exp = time.perf_counter() - t1
 
     rows, ff_frames, exp_frames, failed = [], [], [], {}
+    long_range = level == "dft" and not args.no_long_range
+    charges = molecule_charges(kept[0]) if long_range and kept else None
     for atoms in kept:
         sid, z = str(atoms.info["id"]), int(atoms.info["Z"])
         rec = results[sid]
@@ -337,6 +427,9 @@ def main(argv: list[str] | None = None) -> None:
             failed[sid] = rec["reason"]
             continue
         e_ff, e_exp = float(atoms.info["energy_kjmol"]), float(rec["energy_kjmol"])
+        lr = (long_range_electrostatics_kjmol(atoms, charges, args.cutoff, args.cutoff_mode)
+              if charges is not None else {})
+        e_exp += lr.get("e_elec_lr_kjmol", 0.0)
         info = {"id": sid, "Z": z, "connectivity_ok": True}
         a_ff, a_exp = atoms.copy(), atoms.copy()
         a_ff.info = {**info, "level": "ff", "energy_kjmol": e_ff}
@@ -347,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
             for key in ("e_dft_2body_kjmol", "e_d3_kjmol", "n_unique_dimers", "cpu_s"):
                 row[key] = rec[key]
                 a_exp.info[key] = rec[key]
+            row["e_elec_lr_kjmol"] = round(lr.get("e_elec_lr_kjmol", 0.0), 4)
+            a_exp.info["e_elec_lr_kjmol"] = row["e_elec_lr_kjmol"]
         ff_frames.append(a_ff)
         exp_frames.append(a_exp)
         rows.append(row)
@@ -393,7 +488,11 @@ def main(argv: list[str] | None = None) -> None:
                           "excluded": excluded},
         "expensive_failed": failed, "only_done": args.only_done, "csp_wall_s": round(t_csp, 1),
         "expensive_wall_s_this_run": round(t_exp, 1), "expensive_workers": args.workers,
-        "csp_charges": "resp", **stats,
+        "csp_charges": "resp",
+        "long_range_electrostatics": ("RESP point charges (HF/6-31G*), Ewald, pairs beyond the "
+                                      "DFT cutoff" if long_range else None),
+        "resp_charges_e": [round(float(x), 4) for x in charges] if charges is not None else None,
+        **stats,
     }, indent=1) + "\n")
     print(f"{args.name}: {len(rows)} structures ({len(failed)} failed, {len(excluded)} excluded)"
           f" -> {out}")
