@@ -70,6 +70,10 @@ class MinimisedSet:
         converged: (B,) whether the convergence test was met (else max_iter hit or
             the line search stalled).
         n_batch_evals: number of batched energy+gradient calls made.
+        state: optimiser state to continue from (see ``warm_start`` of
+            :func:`minimise_batch`): ``x`` (B, n_var) scaled variables, ``r0`` (B, 3, 3)
+            reference rotations, L-BFGS memory ``s``, ``y`` (B, m, n_var), ``rho``,
+            ``valid`` (B, m).
     """
 
     space_group: SpaceGroup
@@ -94,6 +98,13 @@ class MinimisedSet:
         return self.space_group.z * self.mass_amu / vol * 1.66053906660
 
     mass_amu: float = 0.0
+    state: dict[str, np.ndarray] | None = None
+
+    def subset_state(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The optimiser state of structures ``idx`` (for ``warm_start``)."""
+        if self.state is None:
+            raise ValueError("no optimiser state stored")
+        return {k: v[idx] for k, v in self.state.items()}
 
 
 class CrystalVariables:
@@ -240,6 +251,7 @@ def minimise_batch(
     max_step: float = 0.5,
     pressure_gpa: float = 0.0,
     chunk: int = 8,
+    warm_start: dict[str, np.ndarray] | None = None,
 ) -> MinimisedSet:
     """Minimise all trials of one space group together (batched L-BFGS).
 
@@ -255,6 +267,12 @@ def minimise_batch(
         pressure_gpa: external pressure.
         chunk: structures per energy-model call (speed knob only; larger suits cheap,
             short-cutoff models).
+        warm_start: continue from a previous minimisation's ``state`` (same space group
+            and molecule, possibly another energy model) instead of the trials' own
+            variables: the same variables and reference rotations, and its L-BFGS memory
+            as the initial curvature model. Used by the staged CSP protocol: the cheap
+            stage-1 model's curvature is close to the full model's, so the stage-2 polish
+            needs fewer iterations than a cold start (which first probes with a 0.1 A step).
 
     Returns:
         :class:`MinimisedSet` in the order of the trials.
@@ -263,9 +281,13 @@ def minimise_batch(
 
     var = CrystalVariables(trials.space_group, molecule, model, pressure_gpa)
     x0, r0_np = var.encode(trials)
+    if warm_start is not None:
+        x0, r0_np = np.asarray(warm_start["x"], dtype=float), np.asarray(warm_start["r0"], dtype=float)
+        if x0.shape != (len(trials), var.n_var) or r0_np.shape != (len(trials), 3, 3):
+            raise ValueError(f"warm_start holds {x0.shape} variables, expected ({len(trials)}, {var.n_var})")
     n, d = x0.shape
     dt = torch.float64
-    x = torch.as_tensor(x0, dtype=dt)
+    x = torch.as_tensor(x0, dtype=dt).clone()
     r0 = torch.as_tensor(r0_np, dtype=dt)
     f, g = var.energy_and_grad(x, r0, chunk)
     n_evals = 1
@@ -273,6 +295,12 @@ def minimise_batch(
     y_hist = torch.zeros(n, history, d, dtype=dt)
     rho = torch.zeros(n, history, dtype=dt)
     valid = torch.zeros(n, history, dtype=torch.bool)
+    if warm_start is not None and warm_start.get("s") is not None:
+        m = min(history, warm_start["s"].shape[1])  # the newest m pairs
+        s_hist[:, -m:] = torch.as_tensor(warm_start["s"][:, -m:], dtype=dt)
+        y_hist[:, -m:] = torch.as_tensor(warm_start["y"][:, -m:], dtype=dt)
+        rho[:, -m:] = torch.as_tensor(warm_start["rho"][:, -m:], dtype=dt)
+        valid[:, -m:] = torch.as_tensor(warm_start["valid"][:, -m:], dtype=torch.bool)
     done = ~torch.isfinite(f)  # trials that cannot even be evaluated are left as they are
     converged = torch.zeros(n, dtype=torch.bool)
     n_iter = torch.zeros(n, dtype=torch.long)
@@ -356,6 +384,8 @@ def minimise_batch(
         converged=converged.numpy(),
         n_batch_evals=n_evals,
         mass_amu=float(getattr(molecule, "mass_amu", 0.0)),
+        state={"x": x_np.copy(), "r0": np.asarray(r0_np, dtype=float), "s": s_hist.numpy(),
+               "y": y_hist.numpy(), "rho": rho.numpy(), "valid": valid.numpy()},
         **geo,
     )
     return out

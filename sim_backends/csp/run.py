@@ -98,12 +98,14 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
     ``trials_arrays`` holds either the trials (``cell_params``, ``centre_frac``,
     ``quaternions``) or ``generate = [n, seed]``: draw n trials here with
     :func:`~sim_backends.csp.trials.generate_trials` (so trial generation runs in the
-    workers, not in the driver).
+    workers, not in the driver). An optional ``warm`` dict (a ``state`` of an earlier
+    unit, see :class:`~sim_backends.csp.minimise.MinimisedSet`) continues from there.
 
     Returns:
         dict with ``energy_kjmol`` (B,), ``cells_A`` (B,3,3), ``coords_A`` (B,Z,n,3),
         ``converged`` (B,), ``n_iter`` (B,), ``cell_params`` (B,6), ``centre_frac`` (B,3),
-        ``quaternions`` (B,4) (to restart from the minima), ``search_space_group``,
+        ``quaternions`` (B,4) (to restart from the minima), ``state`` (optimiser state
+        for a warm start), ``search_space_group``,
         ``n_generated`` (Sobol points drawn, 0 for given trials), ``wall_s``, ``cpu_s``
         (process CPU time of the minimisation) and ``trials_cpu_s`` (of the generation).
     """
@@ -127,12 +129,12 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
     c_gen = time.process_time() - c0
     c0 = time.process_time()
     model = LatticeEnergyModel(molecule, **model_kwargs)
-    res = minimise_batch(trials, molecule, model, **min_kwargs)
+    res = minimise_batch(trials, molecule, model, warm_start=trials_arrays.get("warm"), **min_kwargs)
     restart = as_trials(res)
     return {"energy_kjmol": res.energy_kjmol, "cells_A": res.cells_A, "coords_A": res.coords_A,
             "converged": res.converged, "n_iter": res.n_iter, "search_space_group": sg.symbol,
             "cell_params": restart.cell_params, "centre_frac": restart.centre_frac,
-            "quaternions": restart.quaternions,
+            "quaternions": restart.quaternions, "state": res.state,
             "multiplicity": np.asarray(trials_arrays.get("multiplicity", np.ones(len(trials))), dtype=int),
             "unit": int(trials_arrays.get("unit", 0)),
             "n_generated": int(trials.n_generated), "trials_cpu_s": c_gen,
@@ -156,6 +158,7 @@ def run_csp(
     cache_dir: str | Path | None = None,
     protocol: str = "staged",
     stage2_margin_kjmol: float = 5.0,
+    stage2_warm_start: bool = True,
 ) -> Landscape:
     """Crystal structure prediction for a rigid molecule with Z' = 1.
 
@@ -180,6 +183,8 @@ def run_csp(
             every trial); see the module docstring. Final energies are full-model ones.
         stage2_margin_kjmol: extra stage-1 energy window (kJ/mol) polished in stage 2, to
             cover the re-ranking between the stage-1 and the full model.
+        stage2_warm_start: start each stage-2 polish from the stage-1 optimiser state
+            (variables and L-BFGS curvature memory) rather than cold from the geometry.
 
     Returns:
         The :class:`Landscape`.
@@ -224,7 +229,7 @@ def run_csp(
                           progress, "stage 1 (cheap model)")
         t1 = time.perf_counter()
         units2 = _stage2_units(stage1, energy_window_kjmol + stage2_margin_kjmol, batch_size,
-                               molecule.mass_amu)
+                               molecule.mass_amu, stage2_warm_start)
         t_select = time.perf_counter() - t1
         results = _execute(molecule, units2, model_kwargs, min_kwargs, n_workers, progress,
                            "stage 2 (full model)")
@@ -264,7 +269,7 @@ def run_csp(
 
 
 def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
-                  mass_amu: float) -> list[tuple[str, dict[str, np.ndarray]]]:
+                  mass_amu: float, warm_start: bool = True) -> list[tuple[str, dict[str, Any]]]:
     """Stage-1 minima to polish: converged, within ``window_kjmol`` of the lowest, thinned.
 
     Thinning is a tight duplicate screen: within one search space group, a minimum whose
@@ -273,7 +278,8 @@ def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
     kept one's multiplicity). The final StructureMatcher dedupe runs after stage 2.
 
     Returns:
-        Units (space group, arrays) as for :func:`minimise_unit`, with ``multiplicity``.
+        Units (space group, arrays) as for :func:`minimise_unit`, with ``multiplicity``
+        (and the stage-1 optimiser states as ``warm`` if ``warm_start``).
     """
     energies = [r["energy_kjmol"][r["converged"]] for r in stage1]
     finite = np.concatenate(energies) if energies else np.zeros(0)
@@ -306,12 +312,16 @@ def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
                 match[4] += int(r["multiplicity"][i])
         for start in range(0, len(kept), batch_size):
             part = kept[start:start + batch_size]
-            units.append((sg, {
+            arrays: dict[str, Any] = {
                 "cell_params": np.stack([k[2]["cell_params"][k[3]] for k in part]),
                 "centre_frac": np.stack([k[2]["centre_frac"][k[3]] for k in part]),
                 "quaternions": np.stack([k[2]["quaternions"][k[3]] for k in part]),
                 "multiplicity": np.array([k[4] for k in part]),
-                "unit": np.array(len(units))}))
+                "unit": np.array(len(units))}
+            if warm_start:
+                arrays["warm"] = {key: np.stack([k[2]["state"][key][k[3]] for k in part])
+                                  for key in part[0][2]["state"]}
+            units.append((sg, arrays))
     return units
 
 
