@@ -39,12 +39,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.landscape_io import load_landscape  # noqa: E402
-from agent.refine_acquisition import fit_delta_model, select_structures  # noqa: E402
+from agent.refine_acquisition import (  # noqa: E402
+    completion_probability,
+    fit_delta_model,
+    select_structures,
+)
 from sim_backends.descriptors import structure_features  # noqa: E402
 
 TOP_K = 10
 WINDOW_KJMOL = 10.0
 FRACTIONS = (0.05, 0.10, 0.20, 0.30, 0.50)
+#: the agent "would stop" when it believes the low-energy set is complete with this
+STOP_PROBABILITY = 0.9
 DEFAULT = [(ROOT / "data/reference/landscapes/target_I", "MACE", "PBE_MBD")]
 
 
@@ -78,13 +84,16 @@ def recall_at(order: list[int], top: set[int], n: int) -> dict[float, int]:
 
 
 def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initial=0,
-                 decision_s=None):
+                 decision_s=None, stop_log=None):
     """Run the agent until ``top`` is computed.
 
     Returns:
         ``(order, stats)``: the computed indices in order, and per computed fraction
         the tuple of :func:`surrogate_mae`. Wall seconds of each ``select_structures``
-        call are appended to ``decision_s`` when given.
+        call are appended to ``decision_s`` when given. ``stop_log`` gets
+        ``(n computed, true top members among them)`` at the first step where the
+        agent's :func:`completion_probability` reaches ``STOP_PROBABILITY`` (where a
+        campaign using it as a stopping rule would stop).
     """
     n = len(e_cheap)
     low = np.flatnonzero(e_exp - e_exp.min() <= WINDOW_KJMOL)
@@ -92,14 +101,20 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
     order: list[int] = []
     mae: dict[float, tuple[float, ...]] = {}
     marks = {f: max(1, math.ceil(f * n)) for f in FRACTIONS}
+    stop = None
     while not top <= set(computed):
         t0 = time.perf_counter()
+        model = fit_delta_model(e_cheap, X, computed, seed=seed)
         batch = select_structures(
             e_cheap, X, computed, [], costs, q, seed, top_k=TOP_K, window_kjmol=WINDOW_KJMOL,
-            n_initial=n_initial,
+            n_initial=n_initial, model=model,
         )
         if decision_s is not None:
             decision_s.append(time.perf_counter() - t0)
+        if stop is None and len(computed) >= TOP_K and completion_probability(
+            e_cheap, X, computed, TOP_K, WINDOW_KJMOL, seed=seed, model=model
+        ) >= STOP_PROBABILITY:
+            stop = (len(computed), len(top & set(computed)))
         for i in batch:
             computed[i] = float(e_exp[i])
             order.append(i)
@@ -108,6 +123,8 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
                     mae[f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed)
         if progress is not None:
             progress()
+    if stop_log is not None:
+        stop_log.append(stop if stop is not None else (len(order), len(top)))
     return order, mae
 
 
@@ -172,6 +189,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0):
     decision_s: list[float] = []
     cheap_rank = np.argsort(np.argsort(e_cheap, kind="stable"), kind="stable")
     last_found: list[int] = []
+    stops: list[tuple[int, int]] = []
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"{land.name} replays", total=None)
         for q in batches:
@@ -179,11 +197,12 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0):
                 order, mae = replay_agent(
                     e_cheap, e_exp, X, costs, q, s, top, lambda: prog.advance(task),
                     n_initial=n_initial, decision_s=decision_s,
+                    stop_log=stops if q == batches[0] else None,
                 )
                 count = len(order)
                 agent.setdefault(q, []).append(count)
                 if q == batches[0]:
-                    last_found.append(int(cheap_rank[order[count - 1]]))
+                    last_found.append(int(cheap_rank[order[count_until_top(order, top) - 1]]))
                     until_9["agent"].append(count_until_top(order, top, 1))
                     cost["agent"].append(cost_until_top(order, top, costs))
                 agent_recall.setdefault(q, []).append(recall_at(order, top, n))
@@ -240,6 +259,11 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0):
         f"select_structures call: median {np.median(decision_s):.2f} s, max "
         f"{np.max(decision_s):.2f} s"
     )
+    console.print(
+        f"{land.name}: stopping rule P(top {TOP_K} complete) >= {STOP_PROBABILITY:g} "
+        f"would stop the agent (q={batches[0]}) after "
+        + ", ".join(f"{c} calculations with {k}/{TOP_K} found" for c, k in stops)
+    )
     at10 = [v[0] for v in maes[0.10] if np.isfinite(v[0])]
     shift10 = [v[1] for v in maes[0.10] if np.isfinite(v[1])]
     cover10 = [v[2] for v in maes[0.10] if np.isfinite(v[2])]
@@ -256,6 +280,10 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0):
         "within_2sigma_at_10pct": round(float(np.median(cover10)), 3) if cover10 else None,
         "last_found_cheap_rank": float(np.median(last_found)),
         "decision_s_median": round(float(np.median(decision_s)), 3),
+        "stop_at_p90": {
+            "calculations": float(np.median([c for c, _ in stops])),
+            "top10_found": float(np.median([k for _, k in stops])),
+        },
         "relative_cost_until_top10": {
             k: round(float(np.median(v)), 2) for k, v in cost.items()
         },

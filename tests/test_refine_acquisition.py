@@ -10,6 +10,7 @@ import pytest
 from agent.landscape_io import load_landscape
 from agent.refine_acquisition import (
     AcquisitionError,
+    completion_probability,
     low_energy_probability,
     select_structures,
 )
@@ -158,3 +159,20 @@ def test_target_i_replay_finds_most_of_top_ten_early(target_i):
     order, top = _replay(e_cheap, e_exp, X, q=4, seed=1, budget=16)
     assert len(order) == 16 == len(set(order))
     assert len(top & set(order)) >= 8
+
+
+def test_completion_probability_tracks_what_is_left():
+    e_cheap, X = _toy()
+    order = np.argsort(e_cheap)
+    e_cheap = e_cheap + 40.0
+    e_cheap[order[:3]] = [0.0, 1.0, 2.0]  # three clear front runners
+    X[:, -1] = e_cheap
+    assert completion_probability(e_cheap, X, {}, top_k=3) == 0.0
+    front = {int(i): float(e_cheap[i] + 0.3 * k) for k, i in enumerate(order[:3])}
+    assert completion_probability(e_cheap, X, front, top_k=3) > 0.95
+    two = {i: v for i, v in front.items() if i != order[2]}
+    assert completion_probability(e_cheap, X, two, top_k=3) < 0.05
+    everything = {i: float(e_cheap[i]) for i in range(30)}
+    assert completion_probability(e_cheap, X, everything, top_k=3) == 1.0
+    with pytest.raises(AcquisitionError, match="out of range"):
+        completion_probability(e_cheap, X, {31: 0.0})
