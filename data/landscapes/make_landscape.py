@@ -464,7 +464,9 @@ def main(argv: list[str] | None = None) -> None:
              "dE_ff_range_kjmol": round(float(d_ff.max()), 2),
              f"dE_{level}_range_kjmol": round(float(d_exp.max()), 2),
              "expensive_cpu_s_per_structure_median": round(float(np.median(cpu)), 1),
-             "expensive_cpu_s_total": round(float(np.sum(cpu)), 1)}
+             "expensive_cpu_s_total": round(float(np.sum(cpu)), 1),
+             "expensive_wall_s_per_structure_median": round(float(np.median(
+                 [float(results[r["id"]]["wall_s"]) for r in rows])), 1)}
     print(json.dumps({"n_structures": n_pilot, "n_failed": len(failed),
                       "n_excluded": len(excluded), **stats}))
     if args.limit:
@@ -481,8 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "levels.json").write_text(json.dumps({"cheap": "ff", "expensive": level}) + "\n")
     (out / "run.json").write_text(json.dumps({
         "smiles": args.smiles, "ff_source": ff_source if args.ff_extxyz else "csp",
-        "n_trials": args.n_trials, "space_groups": args.space_groups,
-        "window_kjmol": args.window, "seed": args.seed, "n_structures": len(rows),
+        **({} if args.ff_extxyz else {"n_trials": args.n_trials, "space_groups": args.space_groups,
+                                      "window_kjmol": args.window, "seed": args.seed}), "n_structures": len(rows),
         "n_ff_minima": len(frames), "expensive_level": level, "expensive_settings": settings,
         "sanity_filter": {"min_density_gcm3": args.min_density, "contact_A": args.contact_A,
                           "excluded": excluded},
