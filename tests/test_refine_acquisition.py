@@ -176,3 +176,27 @@ def test_completion_probability_tracks_what_is_left():
     assert completion_probability(e_cheap, X, everything, top_k=3) == 1.0
     with pytest.raises(AcquisitionError, match="out of range"):
         completion_probability(e_cheap, X, {31: 0.0})
+
+
+def test_explores_farthest_structure_once_confident():
+    from agent.refine_acquisition import fit_delta_model
+
+    e_cheap, X = _toy()
+    order = np.argsort(e_cheap)
+    e_cheap = e_cheap + 12.0
+    e_cheap[order[:3]] = [0.0, 1.0, 2.0]
+    X[:, -1] = e_cheap
+    front = {int(i): float(e_cheap[i]) for i in order[:3]}
+    assert completion_probability(e_cheap, X, front, top_k=3) > 0.9
+    Z = fit_delta_model(e_cheap, X, front).transform(X)
+    pool = [i for i in range(30) if i not in front and e_cheap[i] <= 20.0]
+    far = max(pool, key=lambda i: np.linalg.norm(Z[list(front)] - Z[i], axis=1).min())
+    args = dict(pending=[], costs=np.ones(30), q=2, seed=0, top_k=3)
+    greedy = select_structures(e_cheap, X, front, explore_above=None, **args)
+    mixed = select_structures(e_cheap, X, front, explore_above=0.9, **args)
+    assert far in mixed and far not in greedy  # one of the two picks explores
+    assert len(set(mixed) & set(greedy)) == 1
+    assert select_structures(e_cheap, X, front, explore_above=0.9, explore_fraction=0.0,
+                             **args) == greedy
+    with pytest.raises(AcquisitionError, match="explore_fraction"):
+        select_structures(e_cheap, X, front, explore_fraction=2.0, **args)
