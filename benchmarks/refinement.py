@@ -1,7 +1,9 @@
 """Benchmark "refinement": how many expensive calculations until the true top 10 are known.
 
 Replays complete multi-level CSP landscapes. The agent (Delta-GP on averaged SOAP +
-cheap extras, cost-aware top-k acquisition, see ``agent/refine_acquisition.py``) asks
+cheap extras with LOO-calibrated error bars, cost-aware top-k acquisition that
+switches half its picks to space-filling exploration once it believes the low-energy
+set complete; see ``agent/refine_acquisition.py``, default settings) asks
 for structures batch by batch; the replay reveals only the expensive energies of the
 structures it asked for. We count the calculations made before all of the true
 top-10 structures (by expensive-level energy) have been computed. The agent never
@@ -13,7 +15,10 @@ not-yet-computed structures within 10 kJ/mol of the true minimum as the computed
 fraction grows, against a constant-shift baseline (cheap energies plus the mean
 delta of the computed structures). Costs given to the agent, and summed in
 ``relative_cost_until_top10``, scale as n_atoms^3 of the cell (normalised to mean 1);
-the counts are plain numbers of calculations.
+the counts are plain numbers of calculations. Also printed: where the stopping
+rule P(top 10 complete) >= 0.9 (``completion_probability``) would have stopped the
+agent and how many true top-10 it had by then, the GP's 2-sigma coverage, the cheap
+rank of the top-10 structure found last, and the decision time per call.
 
 Usage::
 
