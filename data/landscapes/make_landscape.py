@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-density", type=float, default=0.8, help="sanity filter, g/cm^3")
     p.add_argument("--contact-A", type=float, default=4.0, help="sanity filter contact, A")
     p.add_argument("--workers", type=int, default=2, help="expensive-level processes")
+    p.add_argument("--max-structures", type=int, default=None,
+                   help="keep only the N lowest-FF structures that pass the filter")
     p.add_argument("--limit", type=int, default=None,
                    help="evaluate only the N lowest FF structures (pilot); writes nothing")
     p.add_argument("--work", default=None, help="work directory (default /tmp/make_landscape_NAME)")
@@ -393,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
             kept.append(atoms)
     for sid, why in excluded.items():
         print(f"excluded {sid}: {why}")
+    if args.max_structures:
+        kept = kept[: args.max_structures]  # the lowest force-field energies
     if args.limit:
         kept = kept[: args.limit]
 
@@ -486,6 +490,7 @@ def main(argv: list[str] | None = None) -> None:
         **({} if args.ff_extxyz else {"n_trials": args.n_trials, "space_groups": args.space_groups,
                                       "window_kjmol": args.window, "seed": args.seed}), "n_structures": len(rows),
         "n_ff_minima": len(frames), "expensive_level": level, "expensive_settings": settings,
+        "max_structures": args.max_structures,
         "sanity_filter": {"min_density_gcm3": args.min_density, "contact_A": args.contact_A,
                           "excluded": excluded},
         "expensive_failed": failed, "only_done": args.only_done, "csp_wall_s": round(t_csp, 1),
