@@ -135,3 +135,26 @@ def test_warm_started_polish_reaches_the_cold_minima_in_fewer_iterations():
     assert warm.n_iter.sum() < cold.n_iter.sum()
     with pytest.raises(ValueError, match="warm_start"):
         minimise_batch(restart.subset(slice(0, 2)), mol, full, warm_start=stage1.subset_state(np.arange(3)))
+
+
+@pytest.mark.slow
+def test_trials_are_generated_in_the_units_one_seeded_block_each():
+    """run_csp hands each unit a (size, seed) pair; the unit draws its own Sobol block.
+    Blocks of one space group get different seeds (different trials), block 0 keeps the
+    run's seed, and the same seed gives the same trials."""
+    from sim_backends.csp.rigid import RigidMolecule
+    from sim_backends.csp.run import STAGE1_MIN, STAGE1_MODEL, _unit_seed, minimise_unit
+    from sim_backends.csp.spacegroups import get_space_group
+
+    sg = get_space_group("P-1")
+    assert _unit_seed(3, sg) == _unit_seed(3, sg, 0)
+    assert len({_unit_seed(3, sg, k) for k in range(50)}) == 50
+    mol = RigidMolecule.from_smiles("O=C=O", charges="xtb")
+    kw = dict(model_kwargs=STAGE1_MODEL, min_kwargs={**STAGE1_MIN, "max_iter": 3})
+    a = minimise_unit(mol, "P-1", {"generate": np.array([3, _unit_seed(0, sg, 0)])}, **kw)
+    b = minimise_unit(mol, "P-1", {"generate": np.array([3, _unit_seed(0, sg, 1)])}, **kw)
+    a2 = minimise_unit(mol, "P-1", {"generate": np.array([3, _unit_seed(0, sg, 0)])}, **kw)
+    assert len(a["energy_kjmol"]) == 3 and a["n_generated"] >= 3 and a["trials_cpu_s"] > 0
+    assert np.array_equal(a["cell_params"], a2["cell_params"])
+    assert not np.allclose(a["cell_params"], b["cell_params"])
+    assert a["state"]["x"].shape[0] == 3  # optimiser state for a warm start

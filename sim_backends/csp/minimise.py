@@ -28,6 +28,10 @@ structures from the batch as they converge (max |gradient| < ``gtol`` or energy 
 variables and energy, one structure at a time, ``scipy.optimize.minimize`` with
 ``method="L-BFGS-B"`` and analytic gradients.
 
+A minimisation can continue from another's final optimiser state (``warm_start``:
+variables, reference rotations and L-BFGS memory), e.g. a full-model polish of minima
+found with a cheaper model.
+
 An optional pressure adds ``p V / Z`` (1 GPa A^3 = 0.602214 kJ/mol).
 """
 
