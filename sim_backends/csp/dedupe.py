@@ -95,11 +95,25 @@ class Candidate:
     payload: dict[str, Any] = field(default_factory=dict)
     multiplicity: int = 1
     _heavy: Any = None
+    _reduced: Any = None
 
     def heavy(self) -> Structure:
         if self._heavy is None:
             self._heavy = heavy_atoms(self.structure)
         return self._heavy
+
+    def reduced(self, primitive_cell: bool = True) -> Structure:
+        """Heavy atoms, Niggli-reduced then primitive: what StructureMatcher compares.
+
+        Computed once per candidate. StructureMatcher would redo it for every ``fit``
+        behind an LRU cache whose hit test compares whole structures site by site
+        (O(sites^2) numpy ``allclose`` calls): on a 10,000-trial oxalic acid CSP that was
+        ~70 % of the dedupe time.
+        """
+        if self._reduced is None:
+            red = self.heavy().get_reduced_structure(reduction_algo="niggli")
+            self._reduced = red.get_primitive_structure() if primitive_cell else red
+        return self._reduced
 
 
 def dedupe(
@@ -121,7 +135,9 @@ def dedupe(
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    matcher = StructureMatcher(**{**MATCHER_KWARGS, **(matcher_kwargs or {})})
+    kwargs = {**MATCHER_KWARGS, **(matcher_kwargs or {})}
+    matcher = StructureMatcher(**kwargs)
+    primitive = bool(kwargs.get("primitive_cell", True))
     kept: list[Candidate] = []
     for cand in sorted(candidates, key=lambda c: c.energy_kjmol):
         match = None
@@ -130,7 +146,8 @@ def dedupe(
                 break
             if abs(cand.density_gcm3 - rep.density_gcm3) > density_tol_gcm3:
                 continue
-            if matcher.fit(rep.heavy(), cand.heavy()):
+            # same reduction as fit() does internally (Niggli, then primitive), done once
+            if matcher.fit(rep.reduced(primitive), cand.reduced(primitive), skip_structure_reduction=True):
                 match = rep
                 break
         if match is None:
