@@ -52,7 +52,7 @@ uncomputed structure within ``2 * window_kjmol`` of the cheap minimum farthest (
 input space) from everything computed, pending or chosen, i.e. the place the model
 has least evidence about, the usual explore/exploit switch once exploitation has
 nothing left to gain. Measured (calculations until the true top 10 are computed,
-median of 3 seeds, q=1 / q=4): target_I 62/64 without, 26/26 with (0.9, 0.5);
+median of 3 seeds, q=1 / q=4): target_I 62/64 without, 26/28 with (0.9, 0.5);
 threshold 0.8 / 0.97 at share 1.0: 19 / 29; formamide_big (FF -> xTB, where the
 correction is nearly unpredictable) 61/68 without and 61/68 with. It found the
 target_I outlier because that structure is also unusual in descriptor space
