@@ -54,7 +54,9 @@ has least evidence about, the usual explore/exploit switch once exploitation has
 nothing left to gain. Measured (calculations until the true top 10 are computed,
 median of 3 seeds, q=1 / q=4): target_I 62/64 without, 26/28 with (0.9, 0.5);
 threshold 0.8 / 0.97 at share 1.0: 19 / 29; formamide_big (FF -> xTB, where the
-correction is nearly unpredictable) 61/68 without and 61/68 with. It found the
+correction is nearly unpredictable) 61/68 without and 61/68 with; formamide_dft (FF ->
+fragment PBE-D3, not seen when the default was chosen) 76 without and 77 with (q=1;
+its top 12 lie within 2.2 kJ/mol and the correction is not learnable). It found the
 target_I outlier because that structure is also unusual in descriptor space
 (farthest-point sampling from the cheap minimum reaches it as the 6th pick); a
 top-k member that looks ordinary to the descriptor stays hard to find.
