@@ -31,27 +31,30 @@ Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/csp_throughput.py
       [--n-baseline 12] [--n-trials 96] [--csp-trials 2000] [--workers 2]
 Writes benchmarks/results/csp_throughput.json.
 
-Results committed (24 Nov 2026, ``--csp-trials 10000``, other engineers' jobs kept the
-load at 4-6 on the 2 cores, so CPU times are inflated and wall times more so):
+Results committed (24 Nov 2026, ``--csp-trials 10000``; other engineers' jobs kept the
+load at 6-10 on the 2 cores, so CPU times are inflated and wall times much more so):
 
-* throughput (structures / CPU s): SciPy baseline 1.70, batched full model 3.77 (2.2x),
-  staged 11.3 (6.65x; 5.45x with a cold stage 2). The staged run found 26 of the 33
-  unique full-model minima of the batched run, 9 of its lowest 10 and the same global
-  minimum (-81.861 kJ/mol). Before this round: 1.75 / 2.72 (1.55x) / 8.9 (5.1x).
+* throughput (structures / CPU s): SciPy baseline 1.49, batched full model 3.69 (2.5x),
+  staged 10.8 (7.2x; 5.9x with a cold stage 2); an earlier run of the same code at load
+  4-6 gave 1.70 / 3.77 (2.2x) / 11.3 (6.65x). The staged run found 26 of the 33 unique
+  full-model minima of the batched run, 9 of its lowest 10 and the same global minimum
+  (-81.861 kJ/mol). Before this round: 1.75 / 2.72 (1.55x) / 8.9 (5.1x).
   Where the gain came from: the molecule-pair image search as one batched matrix
   product (it was ~25 % of a stage-1 evaluation), the Ewald k-space sum with an analytic
   backward over the k vectors inside the cutoff sphere only (helps the baseline too), and
-  the warm-started stage 2 (stage-2 CPU 3.85 -> 2.07 s). Tried and dropped: Verlet pair
+  the warm-started stage 2 (stage-2 CPU 4.2 -> 2.3 s). Tried and dropped: Verlet pair
   lists with a skin (slower: the large early L-BFGS steps and cell strains forced a
   rebuild on 36 % of the stage-1 evaluations at a 1 A skin, and a fresh search is as
   cheap as the bookkeeping in stage 2), float32 in stage 1 (no net gain, and the
   ftol test then ends trials with max |g| 0.2 > gtol), a 6 A stage 1 (lost 2 of the 10
   lowest minima), an L-BFGS memory of 20 (-8 % iterations, other basins).
 * 10,000-trial staged CSP of oxalic acid, 10 space groups, 2 Ray workers: MEASURED
-  743 s wall (the workers got ~45 % of a core each); 603 s minimisation CPU + 42 s
-  trial generation in the workers + 57 s serial (47 s dedupe and symmetry). 100,000
-  trials EXTRAPOLATED linearly: 7,427 s from the measured wall time, 3,790 s on idle
-  cores (CPU / 2 workers + serial).
+  1,037 s wall (load 6-10; the earlier run at load 4-6: 743 s); 652 s minimisation CPU +
+  44 s trial generation in the workers + 16 s serial (7 s dedupe and symmetry, was 47 s
+  before the dedupe fix). 187 unique minima, global minimum -81.861 kJ/mol. 100,000
+  trials EXTRAPOLATED linearly: 3,641 s on idle cores (CPU / 2 workers + serial; the
+  earlier run's CPU, 603 + 42 s, with this serial time gives 3,385 s), 10,374 s from the
+  measured (contended) wall time.
 """
 
 from __future__ import annotations
