@@ -1,9 +1,8 @@
 """Benchmark "refinement": how many expensive calculations until the true top 10 are known.
 
 Replays complete multi-level CSP landscapes. The agent (Delta-GP on averaged SOAP +
-cheap extras with LOO-calibrated error bars, cost-aware top-k acquisition that
-switches half its picks to space-filling exploration once it believes the low-energy
-set complete; see ``agent/refine_acquisition.py``, default settings) asks
+cheap extras with LOO-calibrated error bars, cost-aware top-k acquisition; see
+``agent/refine_acquisition.py``, default settings) asks
 for structures batch by batch; the replay reveals only the expensive energies of the
 structures it asked for. We count the calculations made before all of the true
 top-10 structures (by expensive-level energy) have been computed. The agent never

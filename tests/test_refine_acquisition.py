@@ -198,5 +198,6 @@ def test_explores_farthest_structure_once_confident():
     assert len(set(mixed) & set(greedy)) == 1
     assert select_structures(e_cheap, X, front, explore_above=0.9, explore_fraction=0.0,
                              **args) == greedy
+    assert select_structures(e_cheap, X, front, **args) == greedy  # off by default
     with pytest.raises(AcquisitionError, match="explore_fraction"):
         select_structures(e_cheap, X, front, explore_fraction=2.0, **args)
