@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sim_backends.base import EvalInput
@@ -131,3 +132,26 @@ def test_density_fit_is_a_known_param():
         EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
     # accepted (not a setup error); max_cycles=1 makes it a run failure
     assert r.status == "failed" and r.reason.startswith("run:")
+
+
+def test_cost_estimate_counts_unique_dimers():
+    """The fragment cost model follows the symmetry-unique dimers recorded by real runs."""
+    import csv
+    from pathlib import Path
+
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    from sim_backends.base import EvalInput
+    from sim_backends.dft_crystal import DftCrystalBackend
+
+    root = Path(__file__).resolve().parents[1] / "data/landscapes/formic_acid_dft"
+    rows = list(csv.DictReader(open(root / "formic_acid_dft_landscape.csv")))[:12]
+    atoms = read(root / "formic_acid_dft_ff.extxyz", index=":12")
+    backend = DftCrystalBackend(cutoff_A=3.0)
+    est = [backend.cost_estimate(EvalInput("OC=O", structure_cif=str(
+        CifWriter(AseAtomsAdaptor.get_structure(a))))) for a in atoms]
+    ratio = np.array(est) / np.array([float(r["n_unique_dimers"]) for r in rows])
+    assert np.allclose(ratio, ratio[0])
+    assert backend.cost_estimate(EvalInput("OC=O", structure_cif="not a cif")) > 0
