@@ -358,4 +358,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from agent.landscape_io import LandscapeError
+
+    try:
+        main()
+    except LandscapeError as exc:
+        sys.exit(f"refinement: error: {exc}")

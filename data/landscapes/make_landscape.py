@@ -63,13 +63,8 @@ if TYPE_CHECKING:
     from ase import Atoms
 
 EV_TO_KJMOL = 96.48533212
-#: g/cm^3 per (amu / A^3)
-AMU_PER_A3_TO_GCM3 = 1.66053906660
 
-
-def density_gcm3(atoms: Atoms) -> float:
-    """Crystal density (g/cm^3) of a periodic cell."""
-    return float(sum(atoms.get_masses()) * AMU_PER_A3_TO_GCM3 / atoms.cell.volume)
+from sim_backends.descriptors import density_gcm3  # noqa: E402  (light import)
 
 
 def contact_dimensionality(atoms: Atoms, contact_A: float) -> int:
@@ -506,4 +501,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sim_backends.base import SetupError
+
+    try:
+        main()
+    except (SetupError, ValueError, FileNotFoundError) as exc:
+        sys.exit(f"make_landscape: error: {exc}")
