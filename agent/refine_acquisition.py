@@ -147,14 +147,18 @@ def low_energy_probability(
     Returns:
         Probabilities, shape ``(n,)``.
     """
+    s = energies_kjmol.shape[0]
+    w = np.full(s, 1.0 / s) if weights is None else weights / weights.sum()
+    return w @ _low_energy_mask(energies_kjmol, top_k, window_kjmol).astype(float)
+
+
+def _low_energy_mask(energies_kjmol: np.ndarray, top_k: int, window_kjmol: float) -> np.ndarray:
+    """``(s, n)`` booleans: rank below ``top_k`` and within ``window_kjmol`` of the minimum."""
     s, n = energies_kjmol.shape
-    k = min(top_k, n)
     order = np.argsort(energies_kjmol, axis=1, kind="stable")
     in_top = np.zeros((s, n), dtype=bool)
-    np.put_along_axis(in_top, order[:, :k], True, axis=1)
-    within = energies_kjmol - energies_kjmol.min(axis=1, keepdims=True) <= window_kjmol
-    w = np.full(s, 1.0 / s) if weights is None else weights / weights.sum()
-    return w @ (in_top & within).astype(float)
+    np.put_along_axis(in_top, order[:, : min(top_k, n)], True, axis=1)
+    return in_top & (energies_kjmol - energies_kjmol.min(axis=1, keepdims=True) <= window_kjmol)
 
 
 def _space_filling(
@@ -239,9 +243,7 @@ def completion_probability(
     if done:
         idx = np.array(sorted(done), dtype=int)
         draws[:, idx] = np.array([done[i] for i in idx])
-    k = min(top_k, n)
-    kth = np.partition(draws, k - 1, axis=1)[:, k - 1 : k]
-    low = (draws <= kth) & (draws - draws.min(axis=1, keepdims=True) <= window_kjmol)
+    low = _low_energy_mask(draws, top_k, window_kjmol)
     return float(np.mean(~low[:, rest].any(axis=1)))
 
 
