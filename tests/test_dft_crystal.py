@@ -94,7 +94,9 @@ def test_co2_end_to_end_sto3g():
     v, x = r.values, r.extra
     assert x["n_unique_dimers"] == 1 and x["dimers"][0]["multiplicity"] == 48
     assert v["energy_kjmol"] == pytest.approx(
-        v["e_dft_2body_kjmol"] + v["e_d3_kjmol"] + v["e_deformation_kjmol"])
+        v["e_dft_2body_kjmol"] + v["e_d3_kjmol"] + v["e_deformation_kjmol"] + v["e_elec_lr_kjmol"])
+    # CO2 has no dipole, only a quadrupole: the point-charge term beyond 4 A is small
+    assert x["long_range_charges_e"] is not None and abs(v["e_elec_lr_kjmol"]) < 3.0
     # the relaxed gas molecule is a minimum, so deforming it into the crystal geometry
     # costs energy; with STO-3G most of it is the C=O bond-length mismatch between the
     # minimal basis and the PBE+TS crystal geometry (about 50 kJ/mol here)
@@ -155,3 +157,43 @@ def test_cost_estimate_counts_unique_dimers():
     ratio = np.array(est) / np.array([float(r["n_unique_dimers"]) for r in rows])
     assert np.allclose(ratio, ratio[0])
     assert backend.cost_estimate(EvalInput("OC=O", structure_cif="not a cif")) > 0
+
+
+@pytest.mark.parametrize("name", ["formamide_dft", "formic_acid_dft"])
+def test_long_range_electrostatics_reproduces_the_stored_landscape_term(name):
+    """The backend's HMBI-style long-range term, with the landscape's stored RESP charges,
+    gives the value stored with each structure of our FF -> DFT landscapes (it was
+    computed by the same formula when the landscape was made)."""
+    import csv
+    import json
+
+    from ase.io import read
+
+    from sim_backends.dft_crystal import long_range_electrostatics_kjmol
+    from sim_backends.structures import Crystal, make_whole
+
+    root = Path(__file__).resolve().parents[1] / "data" / "landscapes" / name
+    run = json.loads((root / "run.json").read_text())
+    stored = {r["id"]: float(r["e_elec_lr_kjmol"]) for r in csv.DictReader((root / f"{name}_landscape.csv").open())}
+    values = []
+    for atoms in read(root / f"{name}_ff.extxyz", index=":6"):
+        whole, groups = make_whole(atoms)
+        lr = long_range_electrostatics_kjmol(Crystal(atoms=whole, groups=groups), run["resp_charges_e"],
+                                             run["expensive_settings"]["cutoff_A"],
+                                             run["expensive_settings"]["cutoff_mode"])
+        assert lr["e_elec_lr_kjmol"] == pytest.approx(stored[atoms.info["id"]], abs=0.02)
+        assert lr["e_elec_lr_kjmol"] == pytest.approx(lr["e_elec_pc_total_kjmol"] - lr["e_elec_pc_within_kjmol"])
+        values.append(lr["e_elec_lr_kjmol"])
+    assert max(values) - min(values) > 1.0  # packing-dependent: the reason the term exists
+
+
+def test_long_range_electrostatics_refuses_charged_or_mismatched_molecules():
+    from sim_backends.base import SetupError
+    from sim_backends.dft_crystal import long_range_electrostatics_kjmol
+    from sim_backends.structures import load_crystal
+
+    crystal = load_crystal(_cif("co2"), "O=C=O")
+    with pytest.raises(SetupError, match="neutral"):
+        long_range_electrostatics_kjmol(crystal, [0.5, 0.0, 0.0], 4.0)
+    with pytest.raises(SetupError, match="atom order"):
+        long_range_electrostatics_kjmol(crystal, [0.0, 0.0], 4.0)

@@ -15,7 +15,8 @@ agent follows):
   symmetry-unique dimers within a closest-contact cutoff, Boys-Bernardi counterpoise,
   periodic D3(BJ)+ATM summed over the whole crystal), rigid molecules, plus the
   point-charge electrostatics of the pairs beyond the cutoff (HMBI-style, see
-  :func:`long_range_electrostatics_kjmol`; ``--no-long-range`` leaves it out).
+  :func:`sim_backends.dft_crystal.long_range_electrostatics_kjmol`; ``--no-long-range``
+  leaves it out).
 
 Before any expensive work the force-field minima pass a physical-sanity filter
 (:func:`sanity_reason`): density at least ``--min-density`` g/cm^3 and a contact
@@ -84,10 +85,8 @@ def contact_dimensionality(atoms: Atoms, contact_A: float) -> int:
     import numpy as np
 
     from sim_backends.dft_crystal import enumerate_dimers
-    from sim_backends.structures import Crystal, make_whole
 
-    whole, groups = make_whole(atoms)
-    crystal = Crystal(atoms=whole, groups=groups)
+    crystal = _crystal(atoms)
     edges = [(d.i, d.j, np.asarray(d.shift)) for d in enumerate_dimers(crystal, contact_A)]
     offset: dict[int, np.ndarray] = {0: np.zeros(3, dtype=int)}
     periods = []
@@ -123,87 +122,12 @@ def sanity_reason(atoms: Atoms, min_density_gcm3: float, contact_A: float) -> st
     return None
 
 
-def molecule_charges(atoms: Atoms) -> np.ndarray:
-    """RESP charges (e) of the first molecule of a cell, HF/6-31G* ESP fit (n_mol_atoms,).
-
-    The force field's own charge model (``sim_backends.csp.charges.resp_charges``;
-    Bayly et al., J. Phys. Chem. 97, 10269 (1993)). Molecules are rigid and every
-    molecule of every structure has the same atom order, so one set serves a landscape.
-    """
-    from sim_backends.csp.charges import compute_charges
+def _crystal(atoms: Atoms) -> Any:
+    """A :class:`sim_backends.structures.Crystal` with whole molecules from a periodic cell."""
     from sim_backends.structures import Crystal, make_whole
 
     whole, groups = make_whole(atoms)
-    mol = Crystal(atoms=whole, groups=groups).molecule(0)
-    return compute_charges(mol.get_chemical_symbols(), mol.positions, method="resp").charges_e
-
-
-def long_range_electrostatics_kjmol(atoms: Atoms, charges_e: np.ndarray, cutoff_A: float,
-                                    cutoff_mode: str = "contact") -> dict[str, float]:
-    """Point-charge electrostatics of the pairs beyond the dimer cutoff (kJ/mol per molecule).
-
-    The two-body DFT sum stops at ``cutoff_A``; for polar molecules the electrostatic
-    interaction of the pairs beyond it is large and depends on the packing (formamide:
-    the rigid two-body energy of one structure moves by 18 kJ/mol between 3.0 and 3.5 A
-    closest-contact cutoffs). As in the hybrid many-body interaction (HMBI) method
-    (Beran & Nanda, J. Phys. Chem. Lett. 1, 3480 (2010); Wen & Beran, J. Chem. Theory
-    Comput. 7, 3733 (2011)) those pairs are taken from a classical model, here only
-    their point-charge electrostatics (D3 dispersion is already summed over the whole
-    crystal; exchange repulsion beyond a 3 A contact is negligible):
-
-        E_lr = E_elec(crystal, Ewald)/Z - (1/Z) sum_{(i,J) within cutoff} (1/2) E_elec(i, J)
-
-    E_elec(crystal) is the intermolecular Ewald energy (pymatgen ``EwaldSummation``,
-    tin-foil boundary) minus the intramolecular pairs of the home cell.
-
-    Args:
-        atoms: periodic cell, (n_atoms,), molecules in the same atom order.
-        charges_e: charges of one molecule, (n_mol_atoms,), e.
-        cutoff_A, cutoff_mode: the dimer cutoff used for the DFT two-body sum.
-
-    Returns:
-        ``{"e_elec_lr_kjmol", "e_elec_pc_total_kjmol", "e_elec_pc_within_kjmol"}``.
-
-    Raises:
-        ValueError: a molecule whose atom count or element order differs from the charges'.
-    """
-    import numpy as np
-    from pymatgen.core import Lattice, Structure
-    from pymatgen.core.ewald import EwaldSummation
-
-    from sim_backends.dft_crystal import enumerate_dimers
-    from sim_backends.structures import Crystal, make_whole
-
-    ev = EV_TO_KJMOL
-    coulomb_ev_a = 14.399645  # e^2 / (4 pi eps0) in eV A
-    whole, groups = make_whole(atoms)
-    crystal = Crystal(atoms=whole, groups=groups)
-    symbols = np.array(whole.get_chemical_symbols())
-    ref = symbols[groups[0]]
-    q = np.zeros(len(whole))
-    for g in groups:
-        if len(g) != len(charges_e) or list(symbols[g]) != list(ref):
-            raise ValueError("molecules of the cell differ in atom order; cannot assign charges")
-        q[g] = charges_e
-    struct = Structure(Lattice(whole.cell.array), list(symbols), whole.positions,
-                       coords_are_cartesian=True, site_properties={"charge": list(q)})
-    e_ewald = EwaldSummation(struct, compute_forces=False).total_energy  # eV
-    e_intra = 0.0
-    for g in groups:
-        r = np.linalg.norm(whole.positions[g][:, None] - whole.positions[g][None], axis=-1)
-        iu = np.triu_indices(len(g), 1)
-        e_intra += coulomb_ev_a * float((q[g][:, None] * q[g][None])[iu] @ (1.0 / r[iu]))
-    e_total = (e_ewald - e_intra) / crystal.z * ev
-    e_within = 0.0
-    cell = whole.cell.array
-    for d in enumerate_dimers(crystal, cutoff_A, cutoff_mode):
-        pa = whole.positions[groups[d.i]]
-        pb = whole.positions[groups[d.j]] + np.asarray(d.shift) @ cell
-        r = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
-        e_within += 0.5 * coulomb_ev_a * float(np.sum(np.outer(charges_e, charges_e) / r))
-    e_within = e_within / crystal.z * ev
-    return {"e_elec_lr_kjmol": e_total - e_within, "e_elec_pc_total_kjmol": e_total,
-            "e_elec_pc_within_kjmol": e_within}
+    return Crystal(atoms=whole, groups=groups)
 
 
 def _expensive_job(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
@@ -236,12 +160,10 @@ def _expensive_job(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
             from pyscf import lib
 
             from sim_backends.dft_crystal import ScfSettings, fragment_lattice_energy
-            from sim_backends.structures import Crystal, make_whole
 
             lib.num_threads(1)
-            whole, groups = make_whole(atoms)
             values, extra = fragment_lattice_energy(
-                Crystal(atoms=whole, groups=groups),
+                _crystal(atoms),
                 ScfSettings(functional=settings["functional"], basis=settings["basis"],
                             conv_tol=settings["conv_tol"], grid_level=settings["grid_level"],
                             density_fit=settings["density_fit"]),
@@ -323,6 +245,8 @@ def run_expensive(frames: list[Atoms], level: str, settings: dict[str, Any], jso
 def main(argv: list[str] | None = None) -> None:
     import numpy as np
     from ase.io import read, write
+
+    from sim_backends.dft_crystal import long_range_electrostatics_kjmol, molecule_resp_charges
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smiles", required=True)
@@ -418,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows, ff_frames, exp_frames, failed = [], [], [], {}
     long_range = level == "dft" and not args.no_long_range
-    charges = molecule_charges(kept[0]) if long_range and kept else None
+    charges = molecule_resp_charges(_crystal(kept[0])) if long_range and kept else None
     for atoms in kept:
         sid, z = str(atoms.info["id"]), int(atoms.info["Z"])
         rec = results[sid]
@@ -426,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
             failed[sid] = rec["reason"]
             continue
         e_ff, e_exp = float(atoms.info["energy_kjmol"]), float(rec["energy_kjmol"])
-        lr = (long_range_electrostatics_kjmol(atoms, charges, args.cutoff, args.cutoff_mode)
+        lr = (long_range_electrostatics_kjmol(_crystal(atoms), charges, args.cutoff, args.cutoff_mode)
               if charges is not None else {})
         e_exp += lr.get("e_elec_lr_kjmol", 0.0)
         info = {"id": sid, "Z": z, "connectivity_ok": True}
