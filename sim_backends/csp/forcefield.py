@@ -331,6 +331,44 @@ def _reciprocal_function() -> type:
     return _Reciprocal
 
 
+@functools.lru_cache(maxsize=1)
+def _fused_pairs_function() -> type:
+    """Build (once, after importing torch) the autograd Function around the compiled pair kernel."""
+    import torch
+
+    from sim_backends.csp.pairkernel import pair_energies_and_grads
+
+    class _FusedPairs(torch.autograd.Function):
+        """Pair part of the lattice energy from :func:`~sim_backends.csp.pairkernel.pair_energies_and_grads`.
+
+        forward(sites (B, Z, n, 3), atoms (B, Z, n, 3), cell (B, 3, 3), model) -> exp-6 and
+        real-space Coulomb energies per cell, (B,) each, kJ/mol. The kernel runs on detached
+        float64 numpy copies and returns the analytic gradients with the energies; backward
+        scales them by the incoming gradients per structure. Second derivatives are not
+        supported.
+        """
+
+        @staticmethod
+        def forward(ctx, sites, atoms, cell, model):
+            def arr(x):
+                return x.detach().to(torch.float64).numpy()
+
+            e_rd, e_el, g_sites, g_atoms, g_cell_rd, g_cell_el = pair_energies_and_grads(
+                arr(sites), arr(atoms), arr(cell), model._pair_table_np, model._kernel_params
+            )
+            dtype = sites.dtype
+            ctx.save_for_backward(*(torch.from_numpy(g).to(dtype) for g in (g_sites, g_atoms, g_cell_rd, g_cell_el)))
+            return torch.from_numpy(e_rd).to(dtype), torch.from_numpy(e_el).to(dtype)
+
+        @staticmethod
+        def backward(ctx, grad_rd, grad_el):
+            g_sites, g_atoms, g_cell_rd, g_cell_el = ctx.saved_tensors
+            gr, ge = grad_rd[:, None, None], grad_el[:, None, None]
+            return (g_sites * gr[..., None], g_atoms * ge[..., None], g_cell_rd * gr + g_cell_el * ge, None)
+
+    return _FusedPairs
+
+
 class LatticeEnergyModel:
     """exp-6 (W99) repulsion-dispersion + Ewald point-charge electrostatics, torch, batched.
 
@@ -359,6 +397,11 @@ class LatticeEnergyModel:
             measured deviation from Ewald).
         dsf_alpha_per_A: damping parameter alpha of the DSF sum (1/A; 0.2 as recommended by
             Fennell & Gezelter for cutoffs of 9-12 A).
+        pair_kernel: ``"numba"`` (default): the molecule-pair search and all atom-pair
+            energies and gradients in one compiled pass
+            (:mod:`sim_backends.csp.pairkernel`); ``"torch"``: the same physics as batched
+            tensor operations (``_molecule_pairs`` + ``_pair_energies``). Both give the same
+            energies to rounding (``tests/test_pairkernel.py``).
     """
 
     def __init__(
@@ -374,9 +417,12 @@ class LatticeEnergyModel:
         ewald_cutoff_A: float | None = None,
         electrostatics: str = "ewald",
         dsf_alpha_per_A: float = 0.2,
+        pair_kernel: str = "numba",
     ) -> None:
         import torch
 
+        if pair_kernel not in ("numba", "torch"):
+            raise ValueError(f"pair_kernel must be 'numba' or 'torch', got {pair_kernel!r}")
         if electrostatics not in ("ewald", "dsf"):
             raise ValueError(f"electrostatics must be 'ewald' or 'dsf', got {electrostatics!r}")
         if electrostatics == "dsf" and not dsf_alpha_per_A >= 0.0:
@@ -402,6 +448,7 @@ class LatticeEnergyModel:
         self.damping_radius_A = float(damping_radius_A)
         self.dispersion_tail = bool(dispersion_tail)
         self.n_atoms = len(molecule.symbols)
+        self.pair_kernel = pair_kernel
         #: atom pairs screened per segment of the pair list (speed knob, no effect on results)
         self.pair_chunk = 1_000_000
 
@@ -441,6 +488,7 @@ class LatticeEnergyModel:
         )
         self._site_mat = t(site_mat)
         self._has_charges = bool(np.any(charges != 0.0))
+        self._pair_table_np = self._pair_table.to(torch.float64).numpy()
         self._sum_c = float(c_ij.sum())
         # effective cutoff of the tail: int_{r_on}^inf (1 - S) r^-4 dr = 1 / (3 rc_eff^3)
         r = np.linspace(self.switch_on_A, self.cutoff_A, 2001)
@@ -448,6 +496,10 @@ class LatticeEnergyModel:
         one_minus_s = x**3 * (10 - 15 * x + 6 * x * x)
         integral = np.trapezoid(one_minus_s / r**4, r) + 1.0 / (3.0 * self.cutoff_A**3)
         self.tail_radius_A = (1.0 / (3.0 * integral)) ** (1.0 / 3.0)
+        if pair_kernel == "numba":
+            from sim_backends.csp.pairkernel import kernel_params
+
+            self._kernel_params = kernel_params(self)
 
     # ------------------------------------------------------------------ public API
     def energy_kjmol(self, cell_A: torch.Tensor, coords_A: torch.Tensor) -> torch.Tensor:
@@ -502,6 +554,26 @@ class LatticeEnergyModel:
         if bool((volume < 1e-6).any()):
             raise ValueError("degenerate cell (volume ~ 0)")
         sites = torch.einsum("ij,bzjd->bzid", self._site_mat, coords) if self.has_h_sites else coords
+        if self.pair_kernel == "numba":
+            repdisp, elec = _fused_pairs_function().apply(sites, coords, cell, self)
+        else:
+            repdisp, elec = self._torch_pairs(cell, sites, coords)
+        if self.dispersion_tail:  # per cell: -2 pi Z^2 sum_ab C_ab / (3 V rc_eff^3)
+            repdisp = repdisp - 2.0 * math.pi * n_mol**2 * self._sum_c / (3.0 * volume * self.tail_radius_A**3)
+        if self._has_charges and self.electrostatics == "dsf":
+            elec = elec + self._dsf_self_intra(coords)
+        elif self._has_charges:
+            elec = elec + self._coulomb_reciprocal(cell, coords, volume) + self._coulomb_self_intra(coords)
+        return {"repdisp_kjmol": repdisp / n_mol, "elec_kjmol": elec / n_mol}
+
+    # ------------------------------------------------------------------ internals
+    def _torch_pairs(
+        self, cell: torch.Tensor, sites: torch.Tensor, coords: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair part on torch (``pair_kernel="torch"``): exp-6 and real-space Coulomb per cell, (B,) each."""
+        import torch
+
+        n_batch = coords.shape[0]
         b_idx, i_idx, j_idx, shift = self._molecule_pairs(cell.detach(), coords.detach().mean(dim=2))
         repdisp = torch.zeros(n_batch, dtype=self.dtype)
         elec = torch.zeros(n_batch, dtype=self.dtype)
@@ -514,15 +586,8 @@ class LatticeEnergyModel:
                 e_rd, e_el = self._pair_energies(sites, coords, b_idx[sl], i_idx[sl], j_idx[sl], translation[sl])
                 repdisp = repdisp + e_rd
                 elec = elec + e_el
-        if self.dispersion_tail:  # per cell: -2 pi Z^2 sum_ab C_ab / (3 V rc_eff^3)
-            repdisp = repdisp - 2.0 * math.pi * n_mol**2 * self._sum_c / (3.0 * volume * self.tail_radius_A**3)
-        if self._has_charges and self.electrostatics == "dsf":
-            elec = elec + self._dsf_self_intra(coords)
-        elif self._has_charges:
-            elec = elec + self._coulomb_reciprocal(cell, coords, volume) + self._coulomb_self_intra(coords)
-        return {"repdisp_kjmol": repdisp / n_mol, "elec_kjmol": elec / n_mol}
+        return repdisp, elec
 
-    # ------------------------------------------------------------------ internals
     def _check(self, cell_A: Any, coords_A: Any) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
