@@ -26,6 +26,15 @@ Usage::
     python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \\
         --cheap MACE --expensive PBE_MBD --seeds 3 --batch 1 --batch 4
     python benchmarks/refinement.py --n-initial 6   # agent with a space-filling start
+    python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \
+        --cheap MACE --expensive PBE_MBD --ff-features ff_dv_percent  # + FF relaxation feature
+
+``--ff-features`` appends columns of :func:`sim_backends.ff_relax.relaxation_features`
+(W99 rigid-molecule relaxation of each cheap-level structure; read from
+``<landscape>/<name>_ff_relax_<cheap>.csv`` when present, else computed, ~1 s per
+structure) to the descriptor, and ``--ff-linear`` gives them a linear kernel too.
+Results go to ``benchmarks/results/refinement.json`` for the default run over all known
+landscapes, else to ``refinement_<landscape names>[_ff].json``.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.landscape_io import load_landscape  # noqa: E402
+from agent.landscape_io import LandscapeError, load_landscape  # noqa: E402
 from agent.refine_acquisition import (  # noqa: E402
     completion_probability,
     fit_delta_model,
@@ -89,7 +98,7 @@ def recall_at(order: list[int], top: set[int], n: int) -> dict[float, int]:
 
 
 def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initial=0,
-                 decision_s=None, stop_log=None):
+                 decision_s=None, stop_log=None, gp_options=None):
     """Run the agent until ``top`` is computed.
 
     Returns:
@@ -98,7 +107,8 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
         call are appended to ``decision_s`` when given. ``stop_log`` gets
         ``(n computed, true top members among them)`` at the first step where the
         agent's :func:`completion_probability` reaches ``STOP_PROBABILITY`` (where a
-        campaign using it as a stopping rule would stop).
+        campaign using it as a stopping rule would stop). ``gp_options``: keyword
+        options of the agent's DeltaGP (e.g. ``n_passthrough`` for extra columns).
     """
     n = len(e_cheap)
     low = np.flatnonzero(e_exp - e_exp.min() <= WINDOW_KJMOL)
@@ -109,7 +119,7 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
     stop = None
     while not top <= set(computed):
         t0 = time.perf_counter()
-        model = fit_delta_model(e_cheap, X, computed, seed=seed)
+        model = fit_delta_model(e_cheap, X, computed, seed=seed, gp_options=gp_options)
         batch = select_structures(
             e_cheap, X, computed, [], costs, q, seed, top_k=TOP_K, window_kjmol=WINDOW_KJMOL,
             n_initial=n_initial, model=model,
@@ -125,7 +135,7 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
             order.append(i)
             for f, m in marks.items():
                 if len(order) == m and f not in mae:
-                    mae[f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed)
+                    mae[f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options)
         if progress is not None:
             progress()
     if stop_log is not None:
@@ -133,7 +143,7 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
     return order, mae
 
 
-def surrogate_mae(e_cheap, e_exp, X, computed, low, seed):
+def surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options=None):
     """Surrogate quality on the uncomputed low-energy structures.
 
     Returns:
@@ -143,7 +153,7 @@ def surrogate_mae(e_cheap, e_exp, X, computed, low, seed):
     rest = np.array([i for i in low if i not in computed], dtype=int)
     if len(rest) == 0:
         return (float("nan"),) * 4
-    gp = fit_delta_model(e_cheap, X, computed, seed=seed)
+    gp = fit_delta_model(e_cheap, X, computed, seed=seed, gp_options=gp_options)
     mean, std = gp.predict(X[rest])
     idx = np.array(sorted(computed))
     shift = float(np.mean(e_exp[idx] - e_cheap[idx]))
@@ -176,7 +186,26 @@ def expected_costs(path: Path, land) -> np.ndarray:
     return (land.n_atoms() / land.n_atoms().mean()) ** 3
 
 
-def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0):
+def ff_columns(path, land, cheap, names, console):
+    """Columns ``names`` of the FF relaxation features of the cheap-level structures."""
+    from rich.progress import Progress
+
+    from sim_backends.ff_relax import FEATURE_NAMES, cache_path, cached_relaxation_features
+
+    bad = sorted(set(names) - set(FEATURE_NAMES))
+    if bad:
+        raise LandscapeError(f"unknown --ff-features {bad}; choose from {list(FEATURE_NAMES)}")
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(f"{land.name}: FF relaxation features", total=len(land))
+        feats = cached_relaxation_features(
+            land.atoms[cheap], land.ids, cache_path(path, land.name, cheap),
+            cache_key=f"{land.name}:{cheap}", progress=lambda: prog.advance(task),
+        )
+    return feats[:, [FEATURE_NAMES.index(k) for k in names]]
+
+
+def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
+                  ff_features=(), ff_linear=False):
     from rich.progress import Progress
     from rich.table import Table
 
@@ -184,7 +213,15 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0):
     e_cheap = land.energies_kjmol[cheap]
     e_exp = land.energies_kjmol[expensive]
     n = len(land)
-    X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap)
+    gp_options = None
+    if ff_features:
+        extra = ff_columns(path, land, cheap, ff_features, console)
+        X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap, extra_columns=extra)
+        k = extra.shape[1]
+        gp_options = {"n_passthrough": 3 + k,
+                      "linear_dims": (2, *range(3, 3 + k)) if ff_linear else (2,)}
+    else:
+        X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap)
     costs = expected_costs(path, land)
     top = set(np.argsort(e_exp, kind="stable")[:TOP_K].tolist())
     cheap_order = count_until_top(list(np.argsort(e_cheap, kind="stable")), top)
@@ -222,7 +259,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0):
                 order, mae = replay_agent(
                     e_cheap, e_exp, X, costs, q, s, top, lambda: prog.advance(task),
                     n_initial=n_initial, decision_s=decision_s,
-                    stop_log=stops if q == batches[0] else None,
+                    stop_log=stops if q == batches[0] else None, gp_options=gp_options,
                 )
                 count = len(order)
                 agent.setdefault(q, []).append(count)
@@ -295,6 +332,8 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0):
     best_q = batches[0]
     return land.name, {
         "n_structures": n,
+        "ff_features": list(ff_features),
+        "ff_linear": bool(ff_linear),
         "agent": float(np.median(agent[best_q])),
         "agent_by_batch": {str(q): float(np.median(c)) for q, c in agent.items()},
         "cheap_order": cheap_order,
@@ -332,6 +371,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", action="append", type=int)
     parser.add_argument("--n-initial", type=int, default=0,
                         help="space-filling initial design size of the agent (default 0: none)")
+    parser.add_argument("--ff-features", default="",
+                        help="comma-separated sim_backends.ff_relax.FEATURE_NAMES to append to "
+                             "the descriptor (default: none)")
+    parser.add_argument("--ff-linear", action="store_true",
+                        help="also give the --ff-features columns a linear kernel")
     args = parser.parse_args(argv)
     if args.landscape:
         n = len(args.landscape)
@@ -343,24 +387,31 @@ def main(argv: list[str] | None = None) -> dict:
     batches = args.batch or [1, 4]
     console = Console()
     warnings.filterwarnings("ignore")
+    ff_features = tuple(k for k in args.ff_features.split(",") if k)
     out: dict = {"benchmark": "refinement", "top_k": TOP_K, "seeds": args.seeds,
                  "batches": batches, "n_initial": args.n_initial, "landscapes": {}}
     for path, cheap, expensive in cases:
         name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console,
-                                  n_initial=args.n_initial)
+                                  n_initial=args.n_initial, ff_features=ff_features,
+                                  ff_linear=args.ff_linear)
         out["landscapes"][name] = res
     line = json.dumps(out)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "refinement.json").write_text(line + "\n")
+    stem = "refinement"
+    if args.landscape:  # a chosen subset must not overwrite the all-landscapes result
+        stem += "_" + "_".join(out["landscapes"])
+    if ff_features:
+        stem += "_ff"
+    (results / f"{stem}.json").write_text(line + "\n")
     print(line)
     return out
 
 
 if __name__ == "__main__":
-    from agent.landscape_io import LandscapeError
+    from sim_backends.base import SetupError
 
     try:
         main()
-    except LandscapeError as exc:
+    except (LandscapeError, SetupError) as exc:
         sys.exit(f"refinement: error: {exc}")

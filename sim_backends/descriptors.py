@@ -189,6 +189,7 @@ def structure_features(
     n_molecules: Sequence[int],
     cheap_energies_kjmol: Sequence[float] | None = None,
     species: Sequence[str] | None = None,
+    extra_columns: np.ndarray | None = None,
     **soap_settings: float,
 ) -> np.ndarray:
     """Features for a structure-level GP: averaged SOAP, then cheap extras.
@@ -201,11 +202,16 @@ def structure_features(
             higher level usually correlates with it (structures the cheap level
             places high are often over-penalised), so Delta-GPs use it.
         species: element symbols; default all elements in ``atoms_list``.
+        extra_columns: optional ``(n, k)`` block appended last, e.g. the force-field
+            relaxation features of :func:`sim_backends.ff_relax.relaxation_features`;
+            a :class:`~agent.surrogates.structure_gp.DeltaGP` on such rows needs
+            ``n_passthrough=3 + k`` (with cheap energies).
         **soap_settings: ``r_cut_a``, ``n_max``, ``l_max``, ``sigma_a``.
 
     Returns:
         Array ``(n, n_soap + 2)`` or ``(n, n_soap + 3)``: unit-norm SOAP, density
-        (g/cm^3), volume per molecule (A^3)[, cheap energy (kJ/mol)].
+        (g/cm^3), volume per molecule (A^3)[, cheap energy (kJ/mol)], then the
+        ``k`` extra columns if given.
         :class:`agent.surrogates.structure_gp.DeltaGP` (defaults
         ``n_passthrough=3``) treats the trailing columns apart from the SOAP block.
     """
@@ -217,4 +223,10 @@ def structure_features(
         if len(e) != len(atoms_list) or not np.all(np.isfinite(e)):
             raise DescriptorError("cheap_energies_kjmol must be finite, one per structure")
         cols.append(e[:, None])
+    if extra_columns is not None:
+        extra = np.asarray(extra_columns, dtype=float)
+        extra = extra[:, None] if extra.ndim == 1 else extra
+        if extra.ndim != 2 or len(extra) != len(atoms_list) or not np.all(np.isfinite(extra)):
+            raise DescriptorError("extra_columns must be a finite (n, k) array, one row per structure")
+        cols.append(extra)
     return np.hstack(cols)
