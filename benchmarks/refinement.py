@@ -34,7 +34,7 @@ Usage::
 ``<landscape>/<name>_ff_relax_<cheap>.csv`` when present, else computed, ~1 s per
 structure) to the descriptor, and ``--ff-linear`` gives them a linear kernel too.
 Results go to ``benchmarks/results/refinement.json`` for the default run over all known
-landscapes, else to ``refinement_<landscape names>[_ff].json``.
+landscapes, else to ``refinement_<landscape names>[_<ff features>[_linear]].json``.
 """
 
 from __future__ import annotations
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.landscape:  # a chosen subset must not overwrite the all-landscapes result
         stem += "_" + "_".join(out["landscapes"])
     if ff_features:
-        stem += "_ff"
+        stem += "_" + "+".join(ff_features) + ("_linear" if args.ff_linear else "")
     (results / f"{stem}.json").write_text(line + "\n")
     print(line)
     return out

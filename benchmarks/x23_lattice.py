@@ -38,9 +38,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sim_backends.csp.charges import compute_charges  # noqa: E402
 from sim_backends.csp.forcefield import LatticeEnergyModel  # noqa: E402
-from sim_backends.csp.rigid import RigidMolecule, fit_rigid_pose, split_molecules, symmetry_classes  # noqa: E402
+from sim_backends.ff_relax import RigidCrystal, relax_rigid, rigid_crystal  # noqa: E402
 
 X23_DIR = ROOT / "data" / "reference" / "x23"
 
@@ -56,84 +55,19 @@ def load_x23() -> tuple[dict, dict[str, float]]:
 
 
 def prepare(frame, charge_method: str):
-    """(RigidMolecule, cell (3,3), rotations (Z,3,3), centres (Z,3), max fit RMSD)."""
-    symbols = frame.get_chemical_symbols()
-    cell = frame.cell.array.copy()
-    mols = split_molecules(symbols, frame.positions, cell)
-    idx0, xyz0 = mols[0]
-    sym0 = [symbols[i] for i in idx0]
-    neutral = RigidMolecule.from_atoms(sym0, xyz0)
-    fit = compute_charges(
-        neutral.symbols, neutral.coords_A, charge_method, symmetry_classes(neutral.symbols, neutral.coords_A),
-        cache_key=f"x23:{frame.info['name']}",
-    )
-    mol = neutral.with_charges(fit.charges_e, fit.method, fit.rrms)
-    rots, centres, rmsd = [], [], 0.0
-    for idx, xyz in mols:
-        _, rot, trans, err = fit_rigid_pose(mol, [symbols[i] for i in idx], xyz)
-        rots.append(rot)
-        centres.append(trans)  # body frame is centred at the centre of mass
-        rmsd = max(rmsd, err)
-    return mol, cell, np.array(rots), np.array(centres), rmsd
-
-
-def rotation_matrices(vec):
-    """Rodrigues: rotation vectors (Z, 3) -> (Z, 3, 3), differentiable at 0."""
-    import torch
-
-    theta2 = (vec * vec).sum(dim=-1, keepdim=True)[..., None] + 1e-30
-    theta = theta2.sqrt()
-    kx = torch.zeros(vec.shape[:-1] + (3, 3), dtype=vec.dtype)
-    kx[..., 0, 1], kx[..., 0, 2], kx[..., 1, 2] = -vec[..., 2], vec[..., 1], -vec[..., 0]
-    kx = kx - kx.transpose(-1, -2)
-    small = theta2 < 1e-12
-    sin_c = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
-    cos_c = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta)) / theta2)
-    return torch.eye(3, dtype=vec.dtype) + sin_c * kx + cos_c * (kx @ kx)
+    """(RigidMolecule, cell (3,3), rotations (Z,3,3), centres (Z,3), max fit RMSD); see
+    :func:`sim_backends.ff_relax.rigid_crystal`."""
+    crystal = rigid_crystal(frame.get_chemical_symbols(), frame.positions, frame.cell.array,
+                            charge_method=charge_method, cache_key=f"x23:{frame.info['name']}")
+    return crystal.molecule, crystal.cell_A, crystal.rotations, crystal.centres_A, crystal.fit_rmsd_A
 
 
 def minimise(model, mol, cell0, rots0, centres0, max_iter: int):
-    """Rigid-body + cell L-BFGS-B minimisation; returns dict of energies, volumes, iterations."""
-    import torch
-    from scipy.optimize import minimize
-
-    n_mol = len(rots0)
-    body = torch.tensor(np.asarray(mol.coords_A))
-    cell0_t = torch.tensor(cell0)
-    frac0 = torch.tensor(centres0 @ np.linalg.inv(cell0))
-    rot0 = torch.tensor(rots0)
-    inv0 = torch.linalg.inv(cell0_t)
-    rot_scale = 1.0 / max(1.0, model.extent_A)  # rotation variable in ~A of atom motion
-
-    def unpack(x):
-        x = torch.as_tensor(x, dtype=torch.float64)
-        cell = cell0_t + x[:9].reshape(3, 3)
-        shift = x[9 : 9 + 3 * n_mol].reshape(n_mol, 3)
-        omega = x[9 + 3 * n_mol :].reshape(n_mol, 3) * rot_scale
-        frac = frac0 + shift @ inv0
-        rot = rotation_matrices(omega) @ rot0
-        coords = (frac @ cell)[:, None, :] + torch.einsum("na,zba->znb", body, rot)
-        return cell, coords
-
-    def fun(x):
-        xt = torch.tensor(x, requires_grad=True)
-        cell, coords = unpack(xt)
-        energy = model.energy_kjmol(cell[None], coords[None])[0]
-        (grad,) = torch.autograd.grad(energy, xt)
-        return float(energy.detach()), grad.numpy().astype(float)
-
-    x0 = np.zeros(9 + 6 * n_mol)
-    lengths = np.linalg.norm(cell0, axis=1)
-    bounds = [(-0.3 * lengths[i // 3], 0.3 * lengths[i // 3]) for i in range(9)]
-    bounds += [(-4.0, 4.0)] * (3 * n_mol) + [(None, None)] * (3 * n_mol)
-    e0 = fun(x0)[0]
-    res = minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": max_iter, "gtol": 1e-4, "ftol": 1e-12, "maxcor": 30})
-    cell, _ = unpack(res.x)
-    v0 = abs(np.linalg.det(cell0))
-    v1 = abs(float(torch.linalg.det(cell.detach())))
-    return {"e_exp_kjmol": e0, "e_min_kjmol": float(res.fun), "dv_percent": 100.0 * (v1 / v0 - 1.0),
-            "n_iter": int(res.nit), "converged": bool(res.success)}
+    """Rigid-body + cell L-BFGS-B minimisation (:func:`sim_backends.ff_relax.relax_rigid`);
+    returns dict of energies, volume change, iterations."""
+    out = relax_rigid(model, RigidCrystal(mol, cell0, rots0, centres0, 0.0), max_iter=max_iter)
+    return {"e_exp_kjmol": out["e_start_kjmol"], "e_min_kjmol": out["e_min_kjmol"],
+            "dv_percent": out["dv_percent"], "n_iter": out["n_iter"], "converged": out["converged"]}
 
 
 def throughput(

@@ -117,6 +117,13 @@ def rigid_crystal(
     if bad:
         raise SetupError(f"unsupported element(s) {bad} for the W99 force field")
     mols = split_molecules(symbols, pos, cell)
+    ref = sorted(molecule.symbols) if molecule is not None else sorted(symbols[i] for i in mols[0][0])
+    for idx, _ in mols:
+        if sorted(symbols[i] for i in idx) != ref:
+            raise SetupError(
+                f"a molecule of the cell ({len(idx)} atoms) differs in composition from the rigid molecule "
+                f"({len(ref)} atoms); only one-component crystals of intact molecules are supported"
+            )
     if molecule is None:
         idx0, xyz0 = mols[0]
         neutral = RigidMolecule.from_atoms([symbols[i] for i in idx0], xyz0)
@@ -127,13 +134,7 @@ def rigid_crystal(
         molecule = neutral.with_charges(fit.charges_e, fit.method, fit.rrms)
     rots, centres, worst = [], [], 0.0
     for idx, xyz in mols:
-        sub = [symbols[i] for i in idx]
-        if sorted(sub) != sorted(molecule.symbols):
-            raise SetupError(
-                f"a molecule of the cell ({len(sub)} atoms) differs in composition from the rigid molecule "
-                f"({molecule.formula}); only one-component crystals of intact molecules are supported"
-            )
-        _, rot, trans, rmsd = fit_rigid_pose(molecule, sub, xyz)
+        _, rot, trans, rmsd = fit_rigid_pose(molecule, [symbols[i] for i in idx], xyz)
         rots.append(rot)
         centres.append(trans)  # the body frame is centred at the centre of mass
         worst = max(worst, float(rmsd))
