@@ -544,6 +544,106 @@ class LatticeEnergyModel:
             g_cell, g_coords = torch.autograd.grad(energy.sum(), (cell, coords))
         return energy.detach(), g_cell, g_coords
 
+    def energy_and_grad_numpy(
+        self, cell_A: np.ndarray, coords_A: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`energy_and_grad` without an autograd graph for the pair and tail terms (numba path).
+
+        The pair part and its gradients come straight from the compiled kernel; the dispersion
+        tail -K / V has dE/dH = (K / V) H^-T; the self and intramolecular Coulomb corrections
+        are summed in numpy (:meth:`_self_intra_numpy`), and only the Ewald k-space sum
+        (``electrostatics="ewald"``) goes through autograd. Same values as
+        :meth:`energy_and_grad` to rounding; used by the minimisers (about 40 tensor
+        operations and their backward per call fewer).
+
+        Args:
+            cell_A: (B, 3, 3) lattice vectors as rows, Angstrom (non-degenerate, finite).
+            coords_A: (B, Z, n_atoms, 3) Cartesian coordinates, Angstrom.
+
+        Returns:
+            energy (B,) kJ/mol per molecule, dE/dcell (B, 3, 3) and dE/dcoords
+            (B, Z, n_atoms, 3) in kJ/mol/A, float64 numpy arrays.
+
+        Raises:
+            ValueError: ``pair_kernel`` is not ``"numba"``.
+        """
+        import torch
+
+        from sim_backends.csp.pairkernel import pair_energies_and_grads
+
+        if self.pair_kernel != "numba":
+            raise ValueError("energy_and_grad_numpy needs pair_kernel='numba'")
+        cell = np.ascontiguousarray(cell_A, dtype=np.float64)
+        coords = np.ascontiguousarray(coords_A, dtype=np.float64)
+        n_mol = coords.shape[1]
+        site_mat = self._site_mat.to(torch.float64).numpy()
+        sites = site_mat @ coords if self.has_h_sites else coords
+        e_rd, e_el, g_sites, g_atoms, g_cell_rd, g_cell_el = pair_energies_and_grads(
+            sites, coords, cell, self._pair_table_np, self._kernel_params
+        )
+        energy = e_rd + e_el
+        g_cell = g_cell_rd + g_cell_el
+        g_coords = g_atoms + (site_mat.T @ g_sites if self.has_h_sites else g_sites)
+        if self.dispersion_tail:
+            det = np.linalg.det(cell)
+            tail = -2.0 * math.pi * n_mol**2 * self._sum_c / (3.0 * np.abs(det) * self.tail_radius_A**3)
+            energy = energy + tail
+            g_cell = g_cell - tail[:, None, None] * np.linalg.inv(cell).transpose(0, 2, 1)
+        if self._has_charges:
+            e_intra, g_intra = self._self_intra_numpy(coords)
+            energy = energy + e_intra
+            g_coords = g_coords + g_intra
+            if self.electrostatics == "ewald":
+                cell_t = torch.from_numpy(cell).to(self.dtype).requires_grad_(True)
+                coords_t = torch.from_numpy(coords).to(self.dtype).requires_grad_(True)
+                with torch.enable_grad():
+                    volume = torch.linalg.det(cell_t).abs()
+                    recip = self._coulomb_reciprocal(cell_t, coords_t, volume)
+                    gc, gx = torch.autograd.grad(recip.sum(), (cell_t, coords_t))
+                energy = energy + recip.detach().to(torch.float64).numpy()
+                g_cell = g_cell + gc.to(torch.float64).numpy()
+                g_coords = g_coords + gx.to(torch.float64).numpy()
+        return energy / n_mol, g_cell / n_mol, g_coords / n_mol
+
+    def _self_intra_numpy(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Self term plus intramolecular correction per cell and its coordinate gradient (numpy).
+
+        The same sums as :meth:`_dsf_self_intra` (DSF) and :meth:`_coulomb_self_intra` (Ewald):
+        both remove -k_e q_a q_b erf(alpha r)/r per intramolecular pair (DSF also the energy
+        shift erfc(alpha r_c)/r_c), so dE/dr = k_e q_a q_b (erf(alpha r)/r^2 - 2 alpha/sqrt(pi)
+        exp(-alpha^2 r^2)/r) in both cases.
+
+        Args:
+            coords: (B, Z, n, 3) float64, Angstrom.
+
+        Returns:
+            energy per cell (B,) kJ/mol and its gradient (B, Z, n, 3) kJ/mol/A.
+        """
+        from scipy.special import erf
+
+        n_mol = coords.shape[1]
+        a = self.alpha_per_A
+        iu, ju = np.triu_indices(self.n_atoms, 1)
+        qq_full = self._qq.double().numpy()
+        qq, q2 = qq_full[iu, ju], float(np.trace(qq_full))
+        d = coords[:, :, ju] - coords[:, :, iu]  # (B, Z, P, 3)
+        r = np.sqrt((d * d).sum(-1))
+        erf_r = erf(a * r) / r
+        if self.electrostatics == "dsf":
+            rc = self.ewald_cutoff_A
+            self_term = -(math.erfc(a * rc) / (2.0 * rc) + a / math.sqrt(math.pi)) * q2 * n_mol
+            pair = -erf_r - self._dsf_shift
+        else:
+            self_term = -a / math.sqrt(math.pi) * q2 * n_mol
+            pair = -erf_r
+        energy = COULOMB_KJMOL_A * (self_term + (pair @ qq).sum(1))
+        de_dr = COULOMB_KJMOL_A * qq * (erf_r - 2.0 * a / math.sqrt(math.pi) * np.exp(-(a * r) ** 2)) / r
+        force = (de_dr / r)[..., None] * d  # dE/d(x_ju) = -dE/d(x_iu), (B, Z, P, 3)
+        incidence = np.zeros((len(iu), self.n_atoms))
+        incidence[np.arange(len(iu)), ju] = 1.0
+        incidence[np.arange(len(iu)), iu] = -1.0
+        return energy, incidence.T @ force
+
     def terms_kjmol(self, cell_A: torch.Tensor, coords_A: torch.Tensor) -> dict[str, torch.Tensor]:
         """The two parts of :meth:`energy_kjmol`: ``repdisp_kjmol`` and ``elec_kjmol``, each (B,)."""
         import torch

@@ -132,6 +132,7 @@ class CrystalVariables:
         self.len_scale = float(np.cbrt(space_group.z * molecular_volume_A3(molecule.symbols)))
         self.ang_scale = self.len_scale * _ANGLE_HALF_RANGE
         self.rot_scale = max(1.0, float(self.body.norm(dim=1).max()))
+        self._body_np = self.body.numpy()
         self.pressure_gpa = float(pressure_gpa)
         self.n_var = 3 + len(self.free_angles) + 3 + 3
 
@@ -197,6 +198,12 @@ class CrystalVariables:
         import torch
 
         x = torch.as_tensor(x, dtype=torch.float64)
+        if getattr(self.model, "pair_kernel", None) == "numba":
+            r0_np = np.asarray(r0, dtype=np.float64)
+            parts = [self._energy_and_grad_numpy(x[i:i + chunk].numpy(), r0_np[i:i + chunk])
+                     for i in range(0, x.shape[0], chunk)]
+            return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                    torch.from_numpy(np.concatenate([p[1] for p in parts])))
         if x.shape[0] > chunk:
             parts = [self.energy_and_grad(x[i:i + chunk], r0[i:i + chunk], chunk)
                      for i in range(0, x.shape[0], chunk)]
@@ -211,6 +218,152 @@ class CrystalVariables:
                 g = torch.zeros_like(xv)
         g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
         return e.detach(), g.detach()
+
+    def _energy_and_grad_numpy(self, x: np.ndarray, r0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`energy_and_grad` for a ``pair_kernel="numba"`` model, without autograd.
+
+        The same map x -> (cell, coordinates) as :meth:`decode` and
+        :func:`~sim_backends.csp.trials.molecule_coords`, in numpy, and its chain rule
+        written out: with H the cell (rows), R = exp([w]x) R0 and fractional atom positions
+        f_on = W_o (c + b_n R^T H^-1) + t_o + s_o of image o, atom n (W_o, t_o the space-group
+        operation, s_o the wrapping shift, c the fractional centre), coords_on = f_on H, so
+        dE/dH = sum f_on^T G_on - H^-T (sum cart_n^T G'_n) H^-T + (c^T sum_n G'_n) with
+        G'_n = sum_o (G_on H^T) W_o H^-T, dE/dc = sum_n G'_n H^T (plus the direct c term), and
+        dE/dR = sum_n G'_n^T b_n. Rodrigues: R(w) = I + a K + b K^2 with a = sin t / t,
+        b = (1 - cos t) / t^2, t = |w|. Cell: :func:`~sim_backends.csp.trials.cell_matrix`.
+        Replaces ~150 small tensor operations and their autograd backward per call (they cost
+        as much as the compiled pair kernel itself in stage-1 minimisations).
+
+        Args:
+            x: (B, n_var) scaled variables; r0: (B, 3, 3) reference rotations.
+
+        Returns:
+            energies (B,) kJ/mol per molecule (+inf where the cell is invalid) and gradients
+            (B, n_var) (zero where invalid).
+        """
+        n = x.shape[0]
+        big_l, r_scale = self.len_scale, self.rot_scale
+        lengths = np.exp(x[:, :3] / big_l)
+        angles = np.full((n, 3), math.pi / 2)
+        k = 3
+        m = len(self.free_angles)
+        if m:
+            th = np.tanh(x[:, k:k + m] / self.ang_scale)
+            angles[:, self.free_angles] = math.pi / 2 + _ANGLE_HALF_RANGE * th
+            k += m
+        centre = x[:, k:k + 3] / big_l
+        w = x[:, k + 3:k + 6] / r_scale
+        # Rodrigues, with the same small-angle branch as _rodrigues
+        t2 = (w * w).sum(1)
+        t = np.sqrt(t2 + 1e-30)
+        small = t < 1e-4
+        a_rod = np.where(small, 1 - t2 / 6, np.sin(t) / t)
+        b_rod = np.where(small, 0.5 - t2 / 24, 2 * np.sin(t / 2) ** 2 / (t2 + 1e-30))
+        kmat = np.zeros((n, 3, 3))
+        kmat[:, 0, 1], kmat[:, 0, 2], kmat[:, 1, 2] = -w[:, 2], w[:, 1], -w[:, 0]
+        kmat[:, 1, 0], kmat[:, 2, 0], kmat[:, 2, 1] = w[:, 2], -w[:, 1], w[:, 0]
+        kk = kmat @ kmat
+        rod = np.eye(3) + a_rod[:, None, None] * kmat + b_rod[:, None, None] * kk
+        rot = rod @ r0
+        # cell_matrix
+        la, lb, lc = lengths[:, 0], lengths[:, 1], lengths[:, 2]
+        ca, cb, cg = np.cos(angles[:, 0]), np.cos(angles[:, 1]), np.cos(angles[:, 2])
+        sa, sb, sg = np.sin(angles[:, 0]), np.sin(angles[:, 1]), np.sin(angles[:, 2])
+        cx = lc * cb
+        cy = lc * (ca - cb * cg) / sg
+        cz2 = lc * lc - cx * cx - cy * cy
+        clamped = cz2 < 1e-8
+        cz = np.sqrt(np.maximum(cz2, 1e-8))
+        cell = np.zeros((n, 3, 3))
+        cell[:, 0, 0] = la
+        cell[:, 1, 0], cell[:, 1, 1] = lb * cg, lb * sg
+        cell[:, 2, 0], cell[:, 2, 1], cell[:, 2, 2] = cx, cy, cz
+        vol = cell[:, 0, 0] * cell[:, 1, 1] * cell[:, 2, 2]  # lower triangular
+        # molecule_coords
+        ops_w = np.asarray(self.sg.rotations, dtype=float)
+        ops_t = np.asarray(self.sg.translations, dtype=float)
+        body = self._body_np
+        with np.errstate(all="ignore"):
+            inv_cell = np.linalg.inv(cell)
+        # (matmul rather than einsum throughout: numpy's einsum is ~10x slower at these sizes)
+        ops_wt = ops_w.transpose(0, 2, 1)
+        cart = centre[:, None, :] @ cell + body @ rot.transpose(0, 2, 1)  # (B, n, 3)
+        frac = cart @ inv_cell
+        frac_img = frac[:, None] @ ops_wt + ops_t[None, :, None, :]  # (B, Z, n, 3)
+        centre_img = centre[:, None, None, :] @ ops_wt + ops_t[None, :, None, :]  # (B, Z, 1, 3)
+        frac_img += -np.floor(centre_img)
+        coords = frac_img @ cell[:, None]
+
+        energy = np.full(n, math.inf)
+        grad = np.zeros_like(x)
+        ok = np.isfinite(vol) & (vol > 1.0) & np.isfinite(coords).reshape(n, -1).all(1)
+        if not ok.any():
+            return energy, grad
+        idx = np.nonzero(ok)[0]
+        e, g_cell, g_xyz = self.model.energy_and_grad_numpy(cell[idx], coords[idx])
+        if self.pressure_gpa:
+            p_v = self.pressure_gpa * GPA_A3_TO_KJMOL / self.sg.z
+            e = e + p_v * vol[idx]
+            g_cell = g_cell + p_v * vol[idx, None, None] * inv_cell[idx].transpose(0, 2, 1)
+        energy[idx] = e
+        cell, inv_cell, frac_img, cart, centre = cell[idx], inv_cell[idx], frac_img[idx], cart[idx], centre[idx]
+        # coords = frac_img @ H
+        n_b = len(idx)
+        g_cell = g_cell + frac_img.reshape(n_b, -1, 3).transpose(0, 2, 1) @ g_xyz.reshape(n_b, -1, 3)
+        g_frac = ((g_xyz @ cell.transpose(0, 2, 1)[:, None]) @ ops_w[None]).sum(1)
+        # frac = cart @ H^-1
+        g_inv = cart.transpose(0, 2, 1) @ g_frac
+        g_cell -= inv_cell.transpose(0, 2, 1) @ g_inv @ inv_cell.transpose(0, 2, 1)
+        g_cart = g_frac @ inv_cell.transpose(0, 2, 1)
+        # cart = c H + body R^T
+        g_cart_sum = g_cart.sum(1)
+        g_centre = (cell @ g_cart_sum[:, :, None])[:, :, 0]
+        g_cell += centre[:, :, None] * g_cart_sum[:, None, :]
+        g_rot = g_cart.transpose(0, 2, 1) @ body
+        g_rod = g_rot @ r0[idx].transpose(0, 2, 1)
+        # Rodrigues: dE/dw = 2 w (a' <G,K> + b' <G,K^2>) + a vee(G) + b vee(G K^T + K^T G)
+        kv, kkv, wv, t2v, tv = kmat[idx], kk[idx], w[idx], t2[idx], t[idx]
+        series = tv < 1e-2
+        with np.errstate(all="ignore"):
+            da = np.where(series, -1 / 6 + t2v / 60, (tv * np.cos(tv) - np.sin(tv)) / (2 * tv**3))
+            db = np.where(series, -1 / 24 + t2v / 360, (tv * np.sin(tv) - 2 * (1 - np.cos(tv))) / (2 * tv**4))
+        da = np.where(small[idx], -1 / 6, da)
+        db = np.where(small[idx], -1 / 24, db)
+        inner_k = (g_rod * kv).sum((1, 2))
+        inner_kk = (g_rod * kkv).sum((1, 2))
+
+        def vee(mat):
+            return np.stack([mat[:, 2, 1] - mat[:, 1, 2], mat[:, 0, 2] - mat[:, 2, 0], mat[:, 1, 0] - mat[:, 0, 1]], 1)
+
+        kt = kv.transpose(0, 2, 1)
+        g_w = (2 * wv * (da * inner_k + db * inner_kk)[:, None] + a_rod[idx, None] * vee(g_rod)
+               + b_rod[idx, None] * vee(g_rod @ kt + kt @ g_rod))
+        # cell_matrix backward
+        g0, g1, g2 = g_cell[:, 0], g_cell[:, 1], g_cell[:, 2]
+        lb_, lc_ = lb[idx], lc[idx]
+        ca_, cb_, cg_, sa_, sb_, sg_ = ca[idx], cb[idx], cg[idx], sa[idx], sb[idx], sg[idx]
+        cz_, cl_ = cz[idx], clamped[idx]
+        gcx = np.where(cl_, g2[:, 0], g2[:, 0] - g2[:, 2] * cx[idx] / cz_)
+        gcy = np.where(cl_, g2[:, 1], g2[:, 1] - g2[:, 2] * cy[idx] / cz_)
+        gcc = np.where(cl_, 0.0, g2[:, 2] * lc_ / cz_)
+        g_len = np.stack([g0[:, 0], g1[:, 0] * cg_ + g1[:, 1] * sg_,
+                          gcc + gcx * cb_ + gcy * (ca_ - cb_ * cg_) / sg_], 1)
+        g_ang = np.stack([
+            -gcy * lc_ * sa_ / sg_,
+            -gcx * lc_ * sb_ + gcy * lc_ * sb_ * cg_ / sg_,
+            -g1[:, 0] * lb_ * sg_ + g1[:, 1] * lb_ * cg_ + gcy * lc_ * (cb_ - ca_ * cg_) / sg_**2,
+        ], 1)
+        # variables
+        gx = np.empty((len(idx), x.shape[1]))
+        gx[:, :3] = g_len * lengths[idx] / big_l
+        k = 3
+        if m:
+            gx[:, k:k + m] = g_ang[:, self.free_angles] * (_ANGLE_HALF_RANGE / self.ang_scale) * (1 - th[idx] ** 2)
+            k += m
+        gx[:, k:k + 3] = g_centre / big_l
+        gx[:, k + 3:k + 6] = g_w / r_scale
+        grad[idx] = np.where(np.isfinite(gx), gx, 0.0)
+        return energy, grad
 
     def finish(self, x: np.ndarray, r0: np.ndarray) -> dict[str, np.ndarray]:
         """Cell parameters (degrees), cells, centres, rotations and coordinates at x."""
