@@ -89,47 +89,66 @@ def write_plots(campaign: Campaign) -> list[Path]:
 
 
 def _landscape_plots(campaign: Campaign, out: Path, plt: object) -> list[Path]:
-    """Per refined landscape: force-field vs GP-corrected energies against density, and
-    the GP's predicted vs computed corrections (leave-one-out would cost a refit each;
-    these are in-sample for computed structures, out-of-sample for the rest)."""
+    """One :func:`landscape_plot` per refined landscape, ``landscape_m<molecule id>.png``."""
+    paths = []
+    for mol_id in campaign.stage.landscapes:
+        p = landscape_plot(campaign, mol_id, out / f"landscape_m{mol_id}.png", plt)
+        if p is not None:
+            paths.append(p)
+    return paths
+
+
+def landscape_plot(campaign: Campaign, mol_id: int, path: Path, plt: object = None) -> Path | None:
+    """Force-field vs GP-corrected energies against density (the landscape before and
+    after correction), and the GP's held-out predictions vs the computed energies
+    (leave-one-out, closed form with the hyperparameters fixed, so every point is a
+    prediction for a structure the GP did not see). ``None`` before anything is computed.
+    """
     import numpy as np
 
-    paths = []
+    if plt is None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     stage = campaign.stage
-    for mol_id, land in stage.landscapes.items():
-        corr = stage.corrected_landscape(mol_id)
-        if corr is None:
-            continue
-        dens = {r["id"]: r["density_gcm3"] for r in campaign.store.structures(mol_id)}
-        rho = np.array([dens.get(i) or np.nan for i in land.ids], dtype=float)
-        computed = corr["computed"]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=False)
-        ax = axes[0]
-        ax.scatter(rho, land.ff_kjmol - land.ff_kjmol.min(), s=14, c="0.6", label="force field")
-        e = corr["corrected_kjmol"] - corr["corrected_kjmol"].min()
-        ax.errorbar(rho, e, yerr=corr["std_kjmol"], fmt="o", ms=3, color="tab:blue", alpha=0.6,
-                    lw=0.6, label=f"corrected to {stage.cfg.refine.name} (GP mean ± 1σ)")
-        ax.scatter(rho[computed], e[computed], s=40, facecolors="none", edgecolors="tab:red",
-                   label="computed")
-        if land.observed:
-            obs = sorted(land.observed)
-            ax.scatter(rho[obs], e[obs], marker="*", s=160, color="gold", edgecolors="k",
-                       label="observed in lab", zorder=5)
-        ax.set_xlabel("density / g cm$^{-3}$")
-        ax.set_ylabel("relative lattice energy / kJ mol$^{-1}$")
-        ax.set_title(f"{land.smiles}: landscape before and after correction")
-        ax.legend(fontsize=7)
-        ax = axes[1]
-        true = np.array([land.computed[i] for i in computed])
-        ax.scatter(true, corr["corrected_kjmol"][computed], s=20)
-        lo, hi = float(min(true.min(), corr["corrected_kjmol"][computed].min())), float(true.max())
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel(f"computed {stage.cfg.refine.name} energy / kJ mol$^{{-1}}$")
-        ax.set_ylabel("GP-corrected energy / kJ mol$^{-1}$")
-        ax.set_title(f"{len(computed)} of {len(land.ids)} structures computed")
-        fig.tight_layout()
-        p = out / f"landscape_m{mol_id}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
-    return paths
+    land = stage.landscapes.get(mol_id)
+    corr = stage.corrected_landscape(mol_id) if land is not None else None
+    if corr is None:
+        return None
+    dens = {r["id"]: r["density_gcm3"] for r in campaign.store.structures(mol_id)}
+    rho = np.array([dens.get(i) or np.nan for i in land.ids], dtype=float)
+    computed = corr["computed"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=False)
+    ax = axes[0]
+    ax.scatter(rho, land.ff_kjmol - land.ff_kjmol.min(), s=14, c="0.6", label="force field")
+    e = corr["corrected_kjmol"] - corr["corrected_kjmol"].min()
+    ax.errorbar(rho, e, yerr=corr["std_kjmol"], fmt="o", ms=3, color="tab:blue", alpha=0.6,
+                lw=0.6, label=f"corrected to {stage.cfg.refine.name} (GP mean ± 1σ)")
+    ax.scatter(rho[computed], e[computed], s=40, facecolors="none", edgecolors="tab:red",
+               label="computed")
+    if land.observed:
+        obs = sorted(land.observed)
+        ax.scatter(rho[obs], e[obs], marker="*", s=160, color="gold", edgecolors="k",
+                   label="observed in lab", zorder=5)
+    ax.set_xlabel("density / g cm$^{-3}$")
+    ax.set_ylabel("relative lattice energy / kJ mol$^{-1}$")
+    ax.set_title(f"{land.smiles}: landscape before and after correction")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    true = np.array([land.computed[i] for i in computed])
+    held = corr.get("held_out_kjmol")
+    pred = held if held is not None else corr["corrected_kjmol"][computed]
+    ax.scatter(true, pred, s=20)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel(f"computed {stage.cfg.refine.name} energy / kJ mol$^{{-1}}$")
+    what = "held-out (LOO) GP prediction" if held is not None else "GP-corrected energy"
+    ax.set_ylabel(f"{what} / kJ mol$^{{-1}}$")
+    mae = f", LOO MAE {np.mean(np.abs(pred - true)):.2f} kJ/mol" if held is not None else ""
+    ax.set_title(f"{len(computed)} of {len(land.ids)} structures computed{mae}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -78,6 +78,8 @@ def run_campaign(
                         executor.submit(task)
                     if tracker is not None and campaign.n_refits > n_refits:
                         tracker.log_refit()
+                    if tracker is not None:
+                        tracker.log_structure_refits()
                 lab_open = False
                 if campaign.lab is not None:
                     campaign.lab.submit_ready()

@@ -62,7 +62,9 @@ class StructureStage:
         self.landscapes: dict[int, LandscapeState] = {}
         self.pending_csp: set[int] = set()
         self.n_evaluations = 0
-        self.last_model_mae: float | None = None
+        #: one record per Delta-GP refit made for a decision (see :meth:`_refit`),
+        #: read by :class:`agent.tracking.Tracker`
+        self.refits: list[dict[str, Any]] = []
 
     # -- state --------------------------------------------------------------------------
     def load_landscape(self, molecule_id: int) -> None:
@@ -200,13 +202,14 @@ class StructureStage:
             if len(blocked) >= len(land.ids):
                 continue
             computed = dict(land.computed)
+            seed = self.campaign.cfg.seed + len(computed)
+            model = self._refit(land, seed)
             # failed structures are treated as pending so they are never proposed again
             picks = select_structures(
                 land.ff_kjmol, self._features(land), computed, pend + sorted(land.failed),
-                costs=(land.n_atoms / land.n_atoms.min()) ** 2.0, q=n,
-                seed=self.campaign.cfg.seed + len(computed),
+                costs=(land.n_atoms / land.n_atoms.min()) ** 2.0, q=n, seed=seed,
                 top_k=min(self.cfg.top_k, len(land.ids)), window_kjmol=self.cfg.window_kjmol,
-                observed=land.observed or None,
+                observed=land.observed or None, model=model,
             )
             for i in picks:
                 inp = EvalInput(land.smiles, structure_cif=land.cifs[i], structure_id=land.ids[i])
@@ -215,6 +218,31 @@ class StructureStage:
                                         structure_id=land.ids[i]))
                 n -= 1
         return tasks
+
+    def _refit(self, land: LandscapeState, seed: int) -> Any:
+        """Fit the landscape's Delta-GP on what is computed and record its held-out error.
+
+        Appends ``{"molecule_id", "n_computed", "loo_mae_kjmol", "calibration",
+        "loo_residual_kjmol"}`` to :attr:`refits` when the computed set changed since
+        the last record (leave-one-out residuals in closed form, hyperparameters fixed:
+        the error on a structure the GP has not seen, without refitting per point).
+        """
+        from agent.refine_acquisition import fit_delta_model
+        from agent.surrogates.structure_gp import SurrogateError
+
+        try:
+            model = fit_delta_model(land.ff_kjmol, self._features(land), land.computed, seed=seed)
+        except SurrogateError:
+            return None  # select_structures refits and reports the error itself
+        n = len(land.computed)
+        last = next((r for r in reversed(self.refits) if r["molecule_id"] == land.molecule_id), None)
+        if n >= 2 and (last is None or last["n_computed"] != n):
+            self.refits.append({
+                "molecule_id": land.molecule_id, "n_computed": n,
+                "loo_mae_kjmol": model.loo_mae_kjmol, "calibration": float(model.calibration),
+                "loo_residual_kjmol": [float(x) for x in model.loo_residual_kjmol],
+            })
+        return model
 
     def _smiles(self, mol_id: int) -> str:
         return self.campaign.smiles[self.campaign._index_of[mol_id]]
@@ -251,5 +279,9 @@ class StructureStage:
         X = self._features(land)
         model = fit_delta_model(land.ff_kjmol, X, land.computed, seed=self.campaign.cfg.seed)
         mean, std = model.predict(X)
+        computed = np.array(sorted(land.computed))
+        held_out = None
+        if model.loo_residual_kjmol is not None:  # computed minus leave-one-out prediction
+            held_out = np.array([land.computed[i] for i in computed]) - model.loo_residual_kjmol
         return {"ff_kjmol": land.ff_kjmol, "corrected_kjmol": land.ff_kjmol + mean,
-                "std_kjmol": std, "computed": np.array(sorted(land.computed))}
+                "std_kjmol": std, "computed": computed, "held_out_kjmol": held_out}

@@ -91,6 +91,7 @@ class Tracker:
         self.experiment_id = exp_id
         self._logged_refits = int(campaign.store.get_meta("mlflow_logged_refits", "0") or 0)
         self._lab_counts: tuple[int, int] | None = None
+        self._logged_structure_refits = 0
 
     def _run_missing(self, run_id: str) -> bool:
         try:
@@ -192,6 +193,33 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path="lab")
         lab.new_records.clear()
         lab.figures.clear()
+
+    def log_structure_refits(self) -> None:
+        """Per structure-stage Delta-GP refit: its held-out (leave-one-out) MAE and
+        calibration factor as metrics (step = structures computed at the refine level,
+        one series per molecule, ``..._m<molecule id>``), and the landscape before and
+        after correction with the held-out parity plot as an artifact
+        (``structure_refits/landscape_m<id>_n<computed>.png``)."""
+        stage = self.campaign.stage
+        if stage is None or len(stage.refits) <= self._logged_structure_refits:
+            return
+        from agent.report import landscape_plot
+
+        new = stage.refits[self._logged_structure_refits:]
+        self._logged_structure_refits = len(stage.refits)
+        for rec in new:
+            mol, step = rec["molecule_id"], rec["n_computed"]
+            if rec["loo_mae_kjmol"] is not None:
+                self.client.log_metric(self.run_id, f"structure_gp_loo_mae_kjmol_m{mol}",
+                                       rec["loo_mae_kjmol"], step=step)
+            self.client.log_metric(self.run_id, f"structure_gp_calibration_m{mol}", rec["calibration"],
+                                   step=step)
+        for mol in sorted({rec["molecule_id"] for rec in new}):
+            step = max(rec["n_computed"] for rec in new if rec["molecule_id"] == mol)
+            with tempfile.TemporaryDirectory() as tmp:
+                p = landscape_plot(self.campaign, mol, Path(tmp) / f"landscape_m{mol}_n{step:03d}.png")
+                if p is not None:
+                    self.client.log_artifact(self.run_id, str(p), artifact_path="structure_refits")
 
     def log_plots(self) -> list[Path]:
         """Write the campaign's plots under runs/<name>/report/ and log them as artifacts."""

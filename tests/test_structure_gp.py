@@ -172,7 +172,7 @@ def test_loo_residuals_match_refits_and_calibration_scales_spread(land, features
     gp = DeltaGP(seed=0).fit(features[train], y[train], X_unlabelled=features)
     raw = DeltaGP(seed=0, calibrate=False).fit(features[train], y[train], X_unlabelled=features)
     assert raw.calibration == 1.0
-    z_ref = []
+    z_ref, res_ref = [], []
     for k in range(len(train)):
         keep = np.delete(np.arange(len(train)), k)
         held = gp._build(gp._train_Z[keep], gp._train_r[keep], state=gp._model.state_dict())
@@ -180,7 +180,10 @@ def test_loo_residuals_match_refits_and_calibration_scales_spread(land, features
             post = held.posterior(torch.as_tensor(gp._train_Z[k : k + 1]), observation_noise=True)
         t = (gp._train_r[k] - gp._y_shift) / gp._y_scale
         z_ref.append((t - post.mean.item()) / post.variance.sqrt().item())
+        res_ref.append((t - post.mean.item()) * gp._y_scale)  # kJ/mol, what the MLflow metric reports
     np.testing.assert_allclose(gp.loo_z, z_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gp.loo_residual_kjmol, res_ref, rtol=1e-5, atol=1e-6)
+    assert gp.loo_mae_kjmol == pytest.approx(float(np.mean(np.abs(res_ref))), rel=1e-5)
     expected = np.sqrt((np.sum(gp.loo_z**2) + 4.0) / (len(train) + 4.0))
     assert gp.calibration == pytest.approx(float(np.clip(expected, 1.0, 4.0)))
     assert gp.calibration > 1.0  # these 14 target_I deltas include the 9 kJ/mol outlier

@@ -137,6 +137,9 @@ class DeltaGP:
         self.calibration = 1.0
         #: leave-one-out standardized residuals of the training points, ``(n,)``
         self.loo_z: np.ndarray | None = None
+        #: leave-one-out residuals (computed - held-out prediction) of the training
+        #: corrections, kJ/mol per molecule, ``(n,)``
+        self.loo_residual_kjmol: np.ndarray | None = None
         self.linear_dims = tuple(int(i) for i in linear_dims)
         if any(i < 0 or i >= n_passthrough for i in self.linear_dims):
             raise SurrogateError("linear_dims index passthrough columns (0..n_passthrough-1)")
@@ -266,8 +269,18 @@ class DeltaGP:
                 len(tX), dtype=tX.dtype
             )
             K_inv = torch.linalg.inv(0.5 * (K + K.T))
-            z = (K_inv @ y) / torch.sqrt(K_inv.diagonal().clamp_min(1e-12))
+            diag = K_inv.diagonal().clamp_min(1e-12)
+            alpha = K_inv @ y
+            z = alpha / torch.sqrt(diag)
+        self.loo_residual_kjmol = (alpha / diag).numpy().astype(float) * self._y_scale
         return z.numpy().astype(float)
+
+    @property
+    def loo_mae_kjmol(self) -> float | None:
+        """Mean absolute leave-one-out error of the computed corrections (kJ/mol per
+        molecule), hyperparameters fixed; ``None`` before two structures are computed."""
+        r = self.loo_residual_kjmol
+        return float(np.mean(np.abs(r))) if r is not None and len(r) >= 2 else None
 
     def _loo_calibration(self, z: np.ndarray) -> float:
         """Spread factor ``sqrt((sum z^2 + n0) / (n + n0))``, clipped to [1, max].
