@@ -58,6 +58,7 @@ from agent.refine_acquisition import (  # noqa: E402
     fit_delta_model,
     select_structures,
 )
+from agent.surrogates.structure_gp import extra_column_options  # noqa: E402
 from sim_backends.descriptors import structure_features  # noqa: E402
 
 TOP_K = 10
@@ -217,9 +218,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
     if ff_features:
         extra = ff_columns(path, land, cheap, ff_features, console)
         X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap, extra_columns=extra)
-        k = extra.shape[1]
-        gp_options = {"n_passthrough": 3 + k,
-                      "linear_dims": (2, *range(3, 3 + k)) if ff_linear else (2,)}
+        gp_options = extra_column_options(extra.shape[1], linear=ff_linear)
     else:
         X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap)
     costs = expected_costs(path, land)

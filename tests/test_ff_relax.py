@@ -134,3 +134,26 @@ def test_feature_cache_round_trip(tmp_path, formamide, crystal):
     again = cached_relaxation_features([formamide], ["fa"], path, molecule=crystal.molecule, max_iter=5)
     assert again[0, 2] == 123.5  # read from the cache, not recomputed
     np.testing.assert_allclose(np.delete(again, 2, axis=1), np.delete(first, 2, axis=1), rtol=1e-5)
+
+
+def test_extra_column_options_give_the_extra_column_a_linear_kernel():
+    """A delta that is linear in an extra column is learnt from a few points with the
+    options of extra_column_options (and the column layout is accepted)."""
+    from agent.surrogates.structure_gp import DeltaGP, SurrogateError, extra_column_options
+
+    rng = np.random.default_rng(3)
+    n = 40
+    soap = rng.normal(size=(n, 6))
+    soap /= np.linalg.norm(soap, axis=1, keepdims=True)
+    extra = rng.uniform(-5.0, 15.0, size=n)  # like ff_dv_percent on target_I
+    X = np.column_stack([soap, rng.uniform(1.2, 1.4, n), rng.uniform(90, 110, n), rng.uniform(0, 20, n), extra])
+    delta = 0.5 * extra + 0.1 * rng.normal(size=n)
+    train, test = np.arange(8), np.arange(8, n)
+    options = extra_column_options(1)
+    assert options == {"n_passthrough": 4, "linear_dims": (2, 3)}
+    gp = DeltaGP(seed=0, **options).fit(X[train], delta[train], X_unlabelled=X)
+    mean, _ = gp.predict(X[test])
+    naive = np.abs(delta[test] - delta[train].mean()).mean()
+    assert np.abs(mean - delta[test]).mean() < 0.25 * naive
+    with pytest.raises(SurrogateError):
+        extra_column_options(-1)

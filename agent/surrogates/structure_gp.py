@@ -424,6 +424,27 @@ class DeltaGP:
         return prior + self._y_shift + self._y_scale * draws
 
 
+def extra_column_options(n_extra: int, linear: bool = True) -> dict[str, Any]:
+    """:class:`DeltaGP` options for rows of ``structure_features(..., extra_columns=(n, k))``.
+
+    The trailing block is then density, volume per molecule, cheap energy and the ``k``
+    extra columns; the cheap energy keeps its linear kernel and, with ``linear``, every
+    extra column gets one too (for features with a roughly linear relation to delta, such
+    as the force-field relaxation volume change of :mod:`sim_backends.ff_relax`).
+
+    Args:
+        n_extra: number of extra columns ``k >= 0``.
+        linear: add the extra columns to the linear kernel.
+
+    Returns:
+        ``{"n_passthrough": 3 + k, "linear_dims": (2, ...)}``.
+    """
+    if n_extra < 0:
+        raise SurrogateError(f"n_extra must be >= 0, got {n_extra}")
+    return {"n_passthrough": 3 + int(n_extra),
+            "linear_dims": (2, *range(3, 3 + int(n_extra))) if linear else (2,)}
+
+
 def corrected_energies(
     cheap_kjmol: np.ndarray, X: np.ndarray, model: DeltaGP
 ) -> tuple[np.ndarray, np.ndarray]:
