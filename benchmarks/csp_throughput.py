@@ -7,7 +7,13 @@ depend on conformer generation), RESP charges (pyscf HF/6-31G* ESP fit). Full en
 1. Throughput, one thread, minimised trial structures per CPU second
    (``time.process_time``), all measured in this run:
    (a) baseline: :func:`~sim_backends.csp.minimise.minimise_scipy` (one structure at a
-       time, SciPy L-BFGS-B, analytic gradients) on the full model, gtol 0.05;
+       time, SciPy L-BFGS-B, analytic gradients) on the full model, gtol 0.05, with the
+       torch implementation of the pair terms (``pair_kernel="torch"``, autograd through
+       the variable map) -- the baseline of the earlier rounds;
+   (a') the same SciPy baseline on the numba pair kernel (``pair_kernel="numba"``, the
+       default: compiled pair terms and the numpy chain rule of the minimiser), so that
+       the gain of the batched / staged protocol itself is visible
+       (``ratio_*_vs_scipy_same_kernel``);
    (b) batched: ``run_csp(protocol="full")`` -- every trial minimised by the batched
        L-BFGS on the full model;
    (c) staged: ``run_csp(protocol="staged")`` -- stage 1 (7 A exp-6, DSF Coulomb,

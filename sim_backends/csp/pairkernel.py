@@ -48,7 +48,38 @@ PARAM_NAMES = (
 )
 
 
-def _pair_kernel(sites, atoms, cells, table, params):  # pragma: no cover - compiled by numba
+#: piecewise polynomial erfcx(x) = exp(x^2) erfc(x) on [0, ERFCX_X_MAX): intervals and degree
+ERFCX_X_MAX = 6.0
+ERFCX_STEP = 0.125
+ERFCX_DEGREE = 8
+
+
+@functools.lru_cache(maxsize=1)
+def erfcx_coefficients() -> np.ndarray:
+    """Monomial coefficients of erfcx on each interval, (n_intervals, ERFCX_DEGREE + 1).
+
+    On interval k, x = (k + 1/2 + t/2) ERFCX_STEP with t in [-1, 1] and erfcx(x) =
+    sum_j coef[k, j] t^j: the degree-8 Chebyshev interpolant of ``scipy.special.erfcx``.
+    The kernel then forms erfc(x) = exp(-x^2) erfcx(x) and reuses exp(-x^2) for the Gaussian
+    of the Coulomb force, one exp instead of an exp and an erfc per pair (erfc was ~30 % of
+    the kernel time). Relative error of erfc below 1e-14 for x < 6 (tested against
+    ``math.erfc``); beyond, the kernel calls ``math.erfc``.
+    """
+    from scipy.special import erfcx
+
+    n_int = int(round(ERFCX_X_MAX / ERFCX_STEP))
+    coef = np.zeros((n_int, ERFCX_DEGREE + 1))
+    for k in range(n_int):
+        centre = (k + 0.5) * ERFCX_STEP
+        cheb = np.polynomial.chebyshev.Chebyshev.interpolate(
+            lambda t, c=centre: erfcx(c + 0.5 * ERFCX_STEP * t), ERFCX_DEGREE
+        )
+        mono = np.polynomial.chebyshev.cheb2poly(cheb.coef)
+        coef[k, :len(mono)] = mono
+    return coef
+
+
+def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef):  # pragma: no cover - compiled by numba
     """Energies and gradients of all intermolecular pairs (plain Python body; numba compiles it).
 
     Args:
@@ -57,6 +88,7 @@ def _pair_kernel(sites, atoms, cells, table, params):  # pragma: no cover - comp
         table: (n*n, 4) per atom pair (a, c) at row a*n + c: A (kJ/mol), -B (1/A),
             C (kJ/mol A^6), k_e q_a q_c (kJ/mol A).
         params: (12,) float64 in the order of :data:`PARAM_NAMES`.
+        erfcx_coef: :func:`erfcx_coefficients`.
 
     Returns:
         e_rd (B,), e_el (B,) kJ/mol per cell; g_sites (B, Z, n, 3) = dE_rd/dsites,
@@ -72,6 +104,10 @@ def _pair_kernel(sites, atoms, cells, table, params):  # pragma: no cover - comp
     short_r = 1.6 * r_damp
     screen2, inner2, reach2 = screen * screen, inner * inner, reach * reach
     gauss_pref = 2.0 * alpha / math.sqrt(math.pi)
+    n_deg = erfcx_coef.shape[1] - 1
+    step = ERFCX_X_MAX / erfcx_coef.shape[0]
+    inv_step = 1.0 / step
+    x_max = ERFCX_X_MAX
 
     e_rd = np.zeros(n_batch)
     e_el = np.zeros(n_batch)
@@ -193,8 +229,18 @@ def _pair_kernel(sites, atoms, cells, table, params):  # pragma: no cover - comp
                                             continue
                                         pref = table[row, 3]
                                         inv_ra = 1.0 / ra
-                                        erfc_r = math.erfc(alpha * ra) * inv_ra
-                                        gauss = math.exp(-(alpha * ra) ** 2) * gauss_pref
+                                        xa = alpha * ra
+                                        ex = math.exp(-xa * xa)
+                                        if xa < x_max:
+                                            k_int = int(xa * inv_step)
+                                            tt = (xa - (k_int + 0.5) * step) * (2.0 * inv_step)
+                                            poly = erfcx_coef[k_int, n_deg]
+                                            for p_j in range(n_deg - 1, -1, -1):
+                                                poly = poly * tt + erfcx_coef[k_int, p_j]
+                                            erfc_r = ex * poly * inv_ra
+                                        else:
+                                            erfc_r = math.erfc(xa) * inv_ra
+                                        gauss = ex * gauss_pref
                                         if is_dsf:
                                             e_el[b] += pref * (erfc_r - dsf_shift + dsf_force * (ra - rc))
                                             ga = (dsf_force - (gauss + erfc_r) * inv_ra) * pref * inv_ra
@@ -279,7 +325,7 @@ def pair_energies_and_grads(
     if table.shape != (sites.shape[2] ** 2, 4) or params.shape != (len(PARAM_NAMES),):
         raise ValueError(f"table must be ({sites.shape[2] ** 2}, 4) and params ({len(PARAM_NAMES)},), "
                          f"got {table.shape} and {params.shape}")
-    return compiled_kernel()(sites, atoms, cells, table, params)
+    return compiled_kernel()(sites, atoms, cells, table, params, erfcx_coefficients())
 
 
 def kernel_params(model) -> np.ndarray:
