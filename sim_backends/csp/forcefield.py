@@ -489,6 +489,13 @@ class LatticeEnergyModel:
         self._site_mat = t(site_mat)
         self._has_charges = bool(np.any(charges != 0.0))
         self._pair_table_np = self._pair_table.to(torch.float64).numpy()
+        iu, ju = np.triu_indices(self.n_atoms, 1)
+        incidence = np.zeros((len(iu), self.n_atoms))  # +1 at ju, -1 at iu: pair forces -> atoms
+        incidence[np.arange(len(iu)), ju] = 1.0
+        incidence[np.arange(len(iu)), iu] = -1.0
+        qq_full = np.outer(charges, charges)
+        #: intramolecular pairs for :meth:`_self_intra_numpy`: iu, ju, q q, sum q^2, incidence
+        self._intra_pairs = (iu, ju, qq_full[iu, ju], float(np.trace(qq_full)), incidence)
         self._sum_c = float(c_ij.sum())
         # effective cutoff of the tail: int_{r_on}^inf (1 - S) r^-4 dr = 1 / (3 rc_eff^3)
         r = np.linspace(self.switch_on_A, self.cutoff_A, 2001)
@@ -623,9 +630,7 @@ class LatticeEnergyModel:
 
         n_mol = coords.shape[1]
         a = self.alpha_per_A
-        iu, ju = np.triu_indices(self.n_atoms, 1)
-        qq_full = self._qq.double().numpy()
-        qq, q2 = qq_full[iu, ju], float(np.trace(qq_full))
+        iu, ju, qq, q2, incidence = self._intra_pairs
         d = coords[:, :, ju] - coords[:, :, iu]  # (B, Z, P, 3)
         r = np.sqrt((d * d).sum(-1))
         erf_r = erf(a * r) / r
@@ -639,9 +644,6 @@ class LatticeEnergyModel:
         energy = COULOMB_KJMOL_A * (self_term + (pair @ qq).sum(1))
         de_dr = COULOMB_KJMOL_A * qq * (erf_r - 2.0 * a / math.sqrt(math.pi) * np.exp(-(a * r) ** 2)) / r
         force = (de_dr / r)[..., None] * d  # dE/d(x_ju) = -dE/d(x_iu), (B, Z, P, 3)
-        incidence = np.zeros((len(iu), self.n_atoms))
-        incidence[np.arange(len(iu)), ju] = 1.0
-        incidence[np.arange(len(iu)), iu] = -1.0
         return energy, incidence.T @ force
 
     def terms_kjmol(self, cell_A: torch.Tensor, coords_A: torch.Tensor) -> dict[str, torch.Tensor]:

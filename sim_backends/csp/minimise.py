@@ -573,29 +573,31 @@ def _two_loop(g, s, y, rho, valid):
     """Batched L-BFGS two-loop recursion; history ordered oldest -> newest.
 
     Args:
-        g: (B, D) gradients; s, y: (B, m, D); rho: (B, m); valid: (B, m) bool.
+        g: (B, D) gradients; s, y: (B, m, D); rho: (B, m); valid: (B, m) bool (torch).
 
     Returns:
-        (B, D) search directions -H g.
+        (B, D) search directions -H g (torch). Computed in numpy on the shared buffers:
+        the ~4 m small operations cost ~4x less there than as torch operations.
     """
     import torch
 
-    m = s.shape[1]
-    q = g.clone()
-    a = torch.zeros_like(rho)
-    vf = valid.to(g.dtype)
+    g_np, s_np, y_np, rho_np = g.numpy(), s.numpy(), y.numpy(), rho.numpy()
+    vf = valid.numpy().astype(g_np.dtype)
+    m = s_np.shape[1]
+    q = g_np.copy()
+    a = np.zeros_like(rho_np)
     for k in range(m - 1, -1, -1):
-        a[:, k] = vf[:, k] * rho[:, k] * (s[:, k] * q).sum(1)
-        q = q - a[:, k, None] * y[:, k]
-    has = valid[:, -1]
-    yy = (y[:, -1] * y[:, -1]).sum(1)
-    sy = (s[:, -1] * y[:, -1]).sum(1)
-    gamma = torch.where(has, sy / yy.clamp_min(1e-300), _first_step_scale(g))
+        a[:, k] = vf[:, k] * rho_np[:, k] * np.einsum("bd,bd->b", s_np[:, k], q)
+        q -= a[:, k, None] * y_np[:, k]
+    yy = np.einsum("bd,bd->b", y_np[:, -1], y_np[:, -1])
+    sy = np.einsum("bd,bd->b", s_np[:, -1], y_np[:, -1])
+    first = 0.1 / np.maximum(np.abs(g_np).max(1), 1e-12)  # as _first_step_scale
+    gamma = np.where(valid.numpy()[:, -1], sy / np.maximum(yy, 1e-300), first)
     r = gamma[:, None] * q
     for k in range(m):
-        b = vf[:, k] * rho[:, k] * (y[:, k] * r).sum(1)
-        r = r + s[:, k] * (a[:, k] - b)[:, None]
-    return -r
+        b = vf[:, k] * rho_np[:, k] * np.einsum("bd,bd->b", y_np[:, k], r)
+        r += s_np[:, k] * (a[:, k] - b)[:, None]
+    return torch.from_numpy(-r)
 
 
 def minimise_scipy(
