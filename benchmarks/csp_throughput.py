@@ -37,30 +37,33 @@ Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/csp_throughput.py
       [--n-baseline 12] [--n-trials 96] [--csp-trials 2000] [--workers 2]
 Writes benchmarks/results/csp_throughput.json.
 
-Results committed (24 Nov 2026, ``--csp-trials 10000``; other engineers' jobs kept the
-load at 6-10 on the 2 cores, so CPU times are inflated and wall times much more so):
+Results committed (24 Nov 2026, ``--csp-trials 10000``, numba pair kernel; other engineers'
+jobs kept the load at 2-5 on the 2 cores, so CPU times are somewhat and wall times much
+inflated):
 
-* throughput (structures / CPU s): SciPy baseline 1.49, batched full model 3.69 (2.5x),
-  staged 10.8 (7.2x; 5.9x with a cold stage 2); an earlier run of the same code at load
-  4-6 gave 1.70 / 3.77 (2.2x) / 11.3 (6.65x). The staged run found 26 of the 33 unique
-  full-model minima of the batched run, 9 of its lowest 10 and the same global minimum
-  (-81.861 kJ/mol). Before this round: 1.75 / 2.72 (1.55x) / 8.9 (5.1x).
-  Where the gain came from: the molecule-pair image search as one batched matrix
-  product (it was ~25 % of a stage-1 evaluation), the Ewald k-space sum with an analytic
-  backward over the k vectors inside the cutoff sphere only (helps the baseline too), and
-  the warm-started stage 2 (stage-2 CPU 4.2 -> 2.3 s). Tried and dropped: Verlet pair
-  lists with a skin (slower: the large early L-BFGS steps and cell strains forced a
-  rebuild on 36 % of the stage-1 evaluations at a 1 A skin, and a fresh search is as
-  cheap as the bookkeeping in stage 2), float32 in stage 1 (no net gain, and the
-  ftol test then ends trials with max |g| 0.2 > gtol), a 6 A stage 1 (lost 2 of the 10
-  lowest minima), an L-BFGS memory of 20 (-8 % iterations, other basins).
-* 10,000-trial staged CSP of oxalic acid, 10 space groups, 2 Ray workers: MEASURED
-  1,037 s wall (load 6-10; the earlier run at load 4-6: 743 s); 652 s minimisation CPU +
-  44 s trial generation in the workers + 16 s serial (7 s dedupe and symmetry, was 47 s
-  before the dedupe fix). 187 unique minima, global minimum -81.861 kJ/mol. 100,000
-  trials EXTRAPOLATED linearly: 3,641 s on idle cores (CPU / 2 workers + serial; the
-  earlier run's CPU, 603 + 42 s, with this serial time gives 3,385 s), 10,374 s from the
-  measured (contended) wall time.
+* throughput (structures / CPU s): SciPy baseline on the torch pair path 1.94, SciPy on the
+  numba kernel 6.51, batched full model 14.4, staged 46.5 -- staged = 23.9x the torch-path
+  SciPy baseline (``ratio_staged_vs_scipy``) and 7.1x the same-kernel SciPy baseline
+  (``ratio_staged_vs_scipy_same_kernel``); cold stage 2: 37.0. Same minima as before the
+  kernel: the staged run finds 26 of the 33 unique full-model minima of the batched run, 9 of
+  its lowest 10 and the same global minimum (-81.861 kJ/mol). Previous round (torch pair
+  path): 1.49 / 3.69 / 10.8 (7.2x). Stage-1 CPU for the 96 trials 6.6 -> 1.5 s, stage 2
+  2.3 -> 0.6 s. Where the gain came from: the compiled pair kernel (molecule-pair search +
+  pair energies + analytic gradients in one pass, ~150 us per stage-1 structure instead of
+  ~100 tensor operations), the minimiser's chain rule written out in numpy instead of
+  autograd through the variable map, erfc from a tabulated erfcx sharing exp(-x^2) with the
+  Coulomb force, and the L-BFGS two-loop recursion in numpy. Stage-1 profile now (cProfile,
+  96 trials): pair kernel 60 %, numpy variable map + chain rule 12 %, L-BFGS bookkeeping
+  (torch indexing) 15 %, intramolecular/tail terms 7 %. Tried and dropped: a per-atom
+  centroid pre-screen and local gradient buffers in the kernel (no gain: the transcendental
+  functions dominate), fastmath (no gain, results off by 1e-3 relative in gradients).
+* 10,000-trial staged CSP of oxalic acid, 10 space groups, 2 Ray workers: MEASURED 261 s
+  wall (load 2-5; previous round 743-1,037 s); 141 s minimisation CPU (was 652 s) + 41 s
+  trial generation in the workers + 20 s serial (13 s dedupe and symmetry). 188 unique
+  minima, global minimum -81.861 kJ/mol. 100,000 trials EXTRAPOLATED linearly: 1,109 s on
+  idle cores (CPU / 2 workers + serial), 2,607 s from the measured (contended) wall time --
+  within the 1 h goal either way (not measured at 100,000). Trial generation is now 23 %
+  of the worker CPU.
 """
 
 from __future__ import annotations
