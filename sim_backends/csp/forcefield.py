@@ -39,7 +39,11 @@ for use with multipoles, not W99 point charges; treat F/S/Cl energies as rough.
 Units: Angstrom, elementary charges, kJ/mol. The Coulomb constant e^2/(4 pi eps0) is
 1389.35457 kJ/mol A (CODATA 2018).
 
-Importing this module is cheap (numpy only); torch is imported when a model is built.
+The pair sums run by default in one compiled pass (:mod:`sim_backends.csp.pairkernel`,
+numba) with analytic gradients; ``pair_kernel="torch"`` keeps the batched tensor
+implementation of the same sums (the two agree to rounding, ``tests/test_pairkernel.py``).
+
+Importing this module is cheap (numpy only); torch (and numba) are imported when a model is built.
 """
 
 from __future__ import annotations

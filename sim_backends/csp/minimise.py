@@ -17,7 +17,11 @@ Angstrom, which keeps the optimiser's curvature estimates well conditioned):
 
 Coordinates are built from these with the space-group operations
 (:func:`~sim_backends.csp.trials.molecule_coords`), so symmetry is kept exactly and
-gradients come from autograd through the energy model.
+gradients come from autograd through the energy model -- or, for models with the
+compiled pair kernel (``pair_kernel="numba"``, the default), from the kernel's analytic
+gradients and the chain rule of this map written out in numpy
+(:meth:`CrystalVariables._energy_and_grad_numpy`), which avoids ~150 small tensor
+operations and their backward per evaluation.
 
 The optimiser, :func:`minimise_batch`, is a batched L-BFGS (Nocedal & Wright,
 Numerical Optimization, 2nd ed., Alg. 7.4, two-loop recursion) with a per-structure
