@@ -144,6 +144,11 @@ def test_kernel_validates_shapes():
         pair_energies_and_grads(sites, sites, np.eye(3)[None], np.zeros((9, 4)), np.zeros(len(PARAM_NAMES)))
     with pytest.raises(ValueError, match="table must be"):
         pair_energies_and_grads(sites, sites, np.stack([np.eye(3)] * 2), np.zeros((4, 4)), np.zeros(len(PARAM_NAMES)))
+    table, params = np.zeros((9, 4)), np.zeros(len(PARAM_NAMES))
+    with pytest.raises(ValueError, match="degenerate cell"):
+        pair_energies_and_grads(sites, sites, np.stack([np.eye(3), np.diag([1.0, 1.0, 0.0])]), table, params)
+    with pytest.raises(ValueError, match="must be finite"):
+        pair_energies_and_grads(sites + np.nan, sites, np.stack([np.eye(3)] * 2), table, params)
 
 
 @pytest.mark.slow

@@ -311,7 +311,8 @@ def pair_energies_and_grads(
         (B, Z, n, 3) kJ/mol/A, and the cell gradients of each part (B, 3, 3) kJ/mol/A.
 
     Raises:
-        ValueError: inconsistent shapes or wrong parameter count.
+        ValueError: inconsistent shapes, wrong parameter count, non-finite input or a
+            degenerate cell.
     """
     sites = np.ascontiguousarray(sites_A, dtype=np.float64)
     atoms = np.ascontiguousarray(atoms_A, dtype=np.float64)
@@ -325,6 +326,10 @@ def pair_energies_and_grads(
     if table.shape != (sites.shape[2] ** 2, 4) or params.shape != (len(PARAM_NAMES),):
         raise ValueError(f"table must be ({sites.shape[2] ** 2}, 4) and params ({len(PARAM_NAMES)},), "
                          f"got {table.shape} and {params.shape}")
+    if not (np.isfinite(sites).all() and np.isfinite(atoms).all() and np.isfinite(cells).all()):
+        raise ValueError("sites, atoms and cells must be finite")
+    if cells.shape[0] and np.abs(np.linalg.det(cells)).min() < 1e-6:
+        raise ValueError("degenerate cell (volume ~ 0)")
     return compiled_kernel()(sites, atoms, cells, table, params, erfcx_coefficients())
 
 
