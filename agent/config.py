@@ -85,6 +85,10 @@ class StructureStageConfig(_Strict):
         csp: the CSP backend (a molecule-level backend returning a landscape).
         refine: the structure-level backend the acquisition chooses structures for
             (the expensive level; the CSP force field is the cheap level).
+        free_energy: optional vibrational free-energy level (e.g. ``phonon`` with an
+            xTB force backend) for structures whose static energy is computed; the
+            low-energy set is then ranked by E + F_vib, and the acquisition splits the
+            budget between the two levels (:func:`agent.refine_acquisition.split_levels`).
         max_structures: keep at most this many lowest-energy minima per landscape.
         top_k, window_kjmol: the low-energy set the acquisition tries to identify.
     """
@@ -96,6 +100,7 @@ class StructureStageConfig(_Strict):
         default_factory=lambda: BackendConfig(name="csp-ff", params={"n_trials": 200})
     )
     refine: BackendConfig = Field(default_factory=lambda: BackendConfig(name="xtb-crystal"))
+    free_energy: BackendConfig | None = None
     max_structures: int = Field(default=60, ge=2)
     top_k: int = Field(default=5, ge=1)
     window_kjmol: float = Field(default=10.0, gt=0)

@@ -89,6 +89,8 @@ from agent.surrogates.structure_gp import DeltaGP, SurrogateError
 
 #: width of the soft observed-form constraint, kJ/mol per molecule
 OBSERVED_SOFTNESS_KJMOL = 1.0
+#: structures less likely than this to be in the low-energy set never get a phonon run
+MIN_FREE_ENERGY_PROBABILITY = 1e-3
 
 
 class AcquisitionError(ValueError):
@@ -186,6 +188,16 @@ def _space_filling(
     return picks
 
 
+def _joint_draws(e_cheap: np.ndarray, X: np.ndarray, done: Mapping[int, float], gp: DeltaGP,
+                 n_samples: int, seed: int) -> np.ndarray:
+    """``(n_samples, n)`` joint draws of all expensive energies, computed ones fixed."""
+    draws = e_cheap + gp.sample(X, n_samples, seed=seed)
+    if done:
+        idx = np.array(sorted(done), dtype=int)
+        draws[:, idx] = np.array([done[i] for i in idx])
+    return draws
+
+
 def completion_probability(
     cheap_kjmol: np.ndarray,
     X: np.ndarray,
@@ -239,10 +251,7 @@ def completion_probability(
         )
     except SurrogateError as exc:
         raise AcquisitionError(f"surrogate: {exc}") from None
-    draws = e_cheap + gp.sample(X, n_samples, seed=seed + 104729)
-    if done:
-        idx = np.array(sorted(done), dtype=int)
-        draws[:, idx] = np.array([done[i] for i in idx])
+    draws = _joint_draws(e_cheap, X, done, gp, n_samples, seed + 104729)
     low = _low_energy_mask(draws, top_k, window_kjmol)
     return float(np.mean(~low[:, rest].any(axis=1)))
 
@@ -404,3 +413,91 @@ def select_structures(
                 best, best_key = i, key
         chosen.append(best)
     return chosen
+
+
+def split_levels(
+    cheap_kjmol: np.ndarray,
+    X: np.ndarray,
+    computed: Mapping[int, float],
+    free_energy: Mapping[int, float],
+    blocked_refine: Collection[int],
+    blocked_free: Collection[int],
+    refine_cost: np.ndarray,
+    free_cost: np.ndarray,
+    n: int,
+    top_k: int = 10,
+    window_kjmol: float = 10.0,
+    n_samples: int = 512,
+    seed: int = 0,
+    model: DeltaGP | None = None,
+) -> tuple[int, list[int]]:
+    """Which level gets the next ``n`` slots: static refinement or vibrational free energy.
+
+    The low-energy set is defined on the free energy ``G_i = E_i + F_vib,i`` (harmonic
+    vibrational free energy re-ranks polymorphs by about a third of their static
+    differences at room temperature, so the static set is not the answer). Both
+    levels compete for the same budget by the same inverse-cost-weighted utility as
+    :func:`select_structures`, ``p_i / cost_i`` with ``p_i`` the posterior probability
+    that structure ``i`` belongs to the low-energy set:
+
+    * a refinement candidate is a structure without an expensive static energy; its
+      draws come from the Delta-GP;
+    * a free-energy candidate is a structure whose static energy is computed but whose
+      ``F_vib`` is not; only there does ``F_vib`` decide anything (it is added to a
+      computed energy), so structures are never sent for phonons on a GP guess.
+
+    Structures whose ``F_vib`` is unknown get the mean of the computed ``F_vib`` (0
+    before any), the ones computed their value, so the free-energy draws are
+    ``E_draw + F_vib``. With phonons ~40x the cost of a single point the rule leaves
+    them until the static landscape is settled (no refinement candidate has
+    ``p_i / cost_i`` above the phonon candidates'), then computes them for the
+    structures most likely in the low-energy set first.
+
+    Args:
+        cheap_kjmol: cheap-level energies ``(n_s,)``, kJ/mol per molecule.
+        X: descriptors ``(n_s, d)``.
+        computed: index -> expensive static energy.
+        free_energy: index -> ``F_vib`` (kJ/mol per molecule) of computed structures.
+        blocked_refine, blocked_free: indices not to propose at each level (pending or
+            failed).
+        refine_cost, free_cost: expected cost of each structure at each level ``(n_s,)``,
+            same units (CPU seconds from the backends' ``cost_estimate``).
+        n: slots to fill.
+        top_k, window_kjmol, n_samples, seed, model: as :func:`select_structures`.
+
+    Returns:
+        ``(n_refine, free_picks)``: how many slots go to :func:`select_structures`, and
+        the structures (best first) that get the free-energy level.
+
+    Raises:
+        AcquisitionError: inconsistent shapes, indices or costs.
+    """
+    e_cheap = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
+    n_s = len(e_cheap)
+    rc = np.asarray(refine_cost, dtype=float).reshape(-1)
+    fc = np.asarray(free_cost, dtype=float).reshape(-1)
+    if len(rc) != n_s or len(fc) != n_s or not (np.all(rc > 0) and np.all(fc > 0)):
+        raise AcquisitionError(f"refine_cost and free_cost must be {n_s} positive numbers")
+    done = {_check_index(i, n_s, "computed"): float(v) for i, v in computed.items()}
+    fvib = {_check_index(i, n_s, "free_energy"): float(v) for i, v in free_energy.items()}
+    if n <= 0:
+        return 0, []
+    refine_pool = [i for i in range(n_s) if i not in done and i not in set(blocked_refine)]
+    free_pool = [i for i in sorted(done) if i not in fvib and i not in set(blocked_free)]
+    if not free_pool:
+        return n, []
+    try:
+        gp = model if model is not None else fit_delta_model(e_cheap, X, done, seed=seed)
+    except SurrogateError as exc:
+        raise AcquisitionError(f"surrogate: {exc}") from None
+    draws = _joint_draws(e_cheap, X, done, gp, n_samples, seed + 15485863)
+    f = np.full(n_s, float(np.mean(list(fvib.values()))) if fvib else 0.0)
+    for i, v in fvib.items():
+        f[i] = v
+    p = low_energy_probability(draws + f, top_k, window_kjmol)
+    # a phonon calculation for a structure that is in no draw's low-energy set changes nothing
+    scored = sorted([(p[i] / rc[i], -draws[:, i].mean(), "refine", i) for i in refine_pool]
+                    + [(p[i] / fc[i], -draws[:, i].mean(), "free", i) for i in free_pool
+                       if p[i] >= MIN_FREE_ENERGY_PROBABILITY], reverse=True)
+    best = scored[: int(n)]
+    return sum(1 for s in best if s[2] == "refine"), [s[3] for s in best if s[2] == "free"]

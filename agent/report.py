@@ -89,13 +89,53 @@ def write_plots(campaign: Campaign) -> list[Path]:
 
 
 def _landscape_plots(campaign: Campaign, out: Path, plt: object) -> list[Path]:
-    """One :func:`landscape_plot` per refined landscape, ``landscape_m<molecule id>.png``."""
+    """Per refined landscape: :func:`landscape_plot` (``landscape_m<molecule id>.png``)
+    and :func:`landscape_table` (``landscape_m<molecule id>.csv``)."""
     paths = []
     for mol_id in campaign.stage.landscapes:
         p = landscape_plot(campaign, mol_id, out / f"landscape_m{mol_id}.png", plt)
         if p is not None:
             paths.append(p)
+            paths.append(landscape_table(campaign, mol_id, out / f"landscape_m{mol_id}.csv"))
     return paths
+
+
+def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
+    """The ranked landscape as a CSV, one row per structure, lowest free energy first.
+
+    Columns: ``id, density_gcm3, ff_kjmol`` (force field), ``static_kjmol`` (the refine
+    level where computed, else the GP-corrected prediction), ``static_std_kjmol`` (0
+    where computed), ``computed``, ``f_vib_kjmol`` (empty where not computed),
+    ``g_kjmol`` = static + F_vib (F_vib of the uncomputed taken as the mean of the
+    computed ones; equal to static without a free-energy level), ``rank_static``,
+    ``rank_g``. Energies relative to the lowest, kJ/mol per molecule.
+    """
+    import numpy as np
+
+    stage = campaign.stage
+    land = stage.landscapes[mol_id]
+    corr = stage.corrected_landscape(mol_id)
+    static = corr["corrected_kjmol"].copy()
+    std = corr["std_kjmol"].copy()
+    for i, e in land.computed.items():
+        static[i], std[i] = e, 0.0
+    f_mean = float(np.mean(list(land.f_vib.values()))) if land.f_vib else 0.0
+    f = np.array([land.f_vib.get(i, f_mean) for i in range(len(land.ids))])
+    g = static + f
+    dens = {r["id"]: r["density_gcm3"] for r in campaign.store.structures(mol_id)}
+    rank_s = np.argsort(np.argsort(static, kind="stable"), kind="stable") + 1
+    rank_g = np.argsort(np.argsort(g, kind="stable"), kind="stable") + 1
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "density_gcm3", "ff_kjmol", "static_kjmol", "static_std_kjmol", "computed",
+                    "f_vib_kjmol", "g_kjmol", "rank_static", "rank_g"])
+        for i in np.argsort(g, kind="stable"):
+            fv = land.f_vib.get(int(i))
+            w.writerow([land.ids[i], dens.get(land.ids[i]), f"{land.ff_kjmol[i] - land.ff_kjmol.min():.3f}",
+                        f"{static[i] - static.min():.3f}", f"{std[i]:.3f}", int(i in land.computed),
+                        "" if fv is None else f"{fv:.3f}", f"{g[i] - g.min():.3f}",
+                        int(rank_s[i]), int(rank_g[i])])
+    return path
 
 
 def landscape_plot(campaign: Campaign, mol_id: int, path: Path, plt: object = None) -> Path | None:
@@ -127,6 +167,11 @@ def landscape_plot(campaign: Campaign, mol_id: int, path: Path, plt: object = No
                 lw=0.6, label=f"corrected to {stage.cfg.refine.name} (GP mean ± 1σ)")
     ax.scatter(rho[computed], e[computed], s=40, facecolors="none", edgecolors="tab:red",
                label="computed")
+    if land.f_vib:  # free energy G = E + F_vib where the phonons are computed
+        fv = sorted(land.f_vib)
+        f_mean = float(np.mean(list(land.f_vib.values())))
+        ax.scatter(rho[fv], e[fv] + np.array([land.f_vib[i] for i in fv]) - f_mean, marker="v", s=36,
+                   color="tab:green", label=f"+ F_vib ({stage.cfg.free_energy.name}), rel. to mean", zorder=4)
     if land.observed:
         obs = sorted(land.observed)
         ax.scatter(rho[obs], e[obs], marker="*", s=160, color="gold", edgecolors="k",

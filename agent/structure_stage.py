@@ -44,6 +44,9 @@ class LandscapeState:
     failed: set[int] = field(default_factory=set)
     observed: set[int] = field(default_factory=set)
     features: np.ndarray | None = None
+    f_vib: dict[int, float] = field(default_factory=dict)  # index -> F_vib (free-energy level)
+    f_failed: set[int] = field(default_factory=set)
+    costs: dict[str, np.ndarray] = field(default_factory=dict)  # backend -> CPU s per structure
 
     def index(self, structure_id: str) -> int | None:
         try:
@@ -56,8 +59,13 @@ class StructureStage:
     """Structure-stage bookkeeping and decisions for a :class:`Campaign`."""
 
     def __init__(self, campaign: Campaign) -> None:
+        from sim_backends.registry import backend_class
+
         self.campaign = campaign
         self.cfg = campaign.cfg.structures
+        for b in (self.cfg.csp, self.cfg.refine, self.cfg.free_energy):
+            if b is not None:
+                backend_class(b.name)  # an unknown name fails here, before any work
         self.csp_done: set[int] = set()  # molecule ids with a CSP evaluation (ok or failed)
         self.landscapes: dict[int, LandscapeState] = {}
         self.pending_csp: set[int] = set()
@@ -99,6 +107,13 @@ class StructureStage:
             return
         i = land.index(structure_id)
         if i is None:
+            return
+        if self.cfg.free_energy is not None and backend == self.cfg.free_energy.name:
+            f = values.get("f_vib_kjmol")
+            if status == "ok" and f is not None and np.isfinite(f):
+                land.f_vib[i] = float(f)
+            else:
+                land.f_failed.add(i)
             return
         energy = values.get("energy_kjmol")
         if status == "ok" and energy is not None and np.isfinite(energy):
@@ -190,32 +205,46 @@ class StructureStage:
         n -= len(tasks)
         if n <= 0 or not self.landscapes:
             return tasks
-        from agent.refine_acquisition import select_structures
+        from agent.refine_acquisition import select_structures, split_levels
 
         pending = [t.payload["structure_id"] for t in self.pending_tasks()
                    if t.payload.get("stage") == "refine"]
+        pending_free = [t.payload["structure_id"] for t in self.pending_tasks()
+                        if t.payload.get("stage") == "free_energy"]
         for land in self.landscapes.values():
             if n <= 0:
                 break
             pend = [i for sid in pending if (i := land.index(sid)) is not None]
             blocked = set(land.computed) | land.failed | set(pend)
-            if len(blocked) >= len(land.ids):
+            if len(blocked) >= len(land.ids) and not self._free_energy_open(land):
                 continue
             computed = dict(land.computed)
             seed = self.campaign.cfg.seed + len(computed)
             model = self._refit(land, seed)
+            top_k = min(self.cfg.top_k, len(land.ids))
+            n_refine, free_picks = n, []
+            if self.cfg.free_energy is not None:
+                pend_free = [i for sid in pending_free if (i := land.index(sid)) is not None]
+                n_refine, free_picks = split_levels(
+                    land.ff_kjmol, self._features(land), computed, land.f_vib, blocked,
+                    set(pend_free) | land.f_failed, self._costs(land, self.cfg.refine),
+                    self._costs(land, self.cfg.free_energy), n, top_k=top_k,
+                    window_kjmol=self.cfg.window_kjmol, seed=seed, model=model)
+            for i in free_picks:
+                tasks.append(self._structure_task(land, i, self.cfg.free_energy, "free_energy"))
+                n -= 1
+            if n_refine <= 0 or len(blocked) >= len(land.ids):
+                continue
             # failed structures are treated as pending so they are never proposed again
             picks = select_structures(
                 land.ff_kjmol, self._features(land), computed, pend + sorted(land.failed),
-                costs=(land.n_atoms / land.n_atoms.min()) ** 2.0, q=n, seed=seed,
-                top_k=min(self.cfg.top_k, len(land.ids)), window_kjmol=self.cfg.window_kjmol,
+                costs=(self._costs(land, self.cfg.refine) if self.cfg.free_energy is not None
+                       else (land.n_atoms / land.n_atoms.min()) ** 2.0),
+                q=n_refine, seed=seed, top_k=top_k, window_kjmol=self.cfg.window_kjmol,
                 observed=land.observed or None, model=model,
             )
             for i in picks:
-                inp = EvalInput(land.smiles, structure_cif=land.cifs[i], structure_id=land.ids[i])
-                tasks.append(self._task(land.molecule_id, self.cfg.refine.name,
-                                        dict(self.cfg.refine.params), inp, stage="refine",
-                                        structure_id=land.ids[i]))
+                tasks.append(self._structure_task(land, i, self.cfg.refine, "refine"))
                 n -= 1
         return tasks
 
@@ -244,6 +273,31 @@ class StructureStage:
             })
         return model
 
+    def _structure_task(self, land: LandscapeState, i: int, backend: Any, stage: str) -> Task:
+        inp = EvalInput(land.smiles, structure_cif=land.cifs[i], structure_id=land.ids[i])
+        return self._task(land.molecule_id, backend.name, dict(backend.params), inp, stage=stage,
+                          structure_id=land.ids[i])
+
+    def _free_energy_open(self, land: LandscapeState) -> bool:
+        """Computed structures still without a free-energy result (or attempt)."""
+        return self.cfg.free_energy is not None and any(
+            i not in land.f_vib and i not in land.f_failed for i in land.computed)
+
+    def _costs(self, land: LandscapeState, backend: Any) -> np.ndarray:
+        """Expected CPU seconds of ``backend`` for every structure (its ``cost_s`` override
+        or its own ``cost_estimate``), cached per landscape."""
+        if backend.name not in land.costs:
+            if backend.cost_s is not None:
+                land.costs[backend.name] = np.full(len(land.ids), float(backend.cost_s))
+            else:
+                from sim_backends.registry import backend_class
+
+                b = backend_class(backend.name)(**backend.params)
+                land.costs[backend.name] = np.array([
+                    max(float(b.cost_estimate(EvalInput(land.smiles, structure_cif=c))), 1e-3)
+                    for c in land.cifs])
+        return land.costs[backend.name]
+
     def _smiles(self, mol_id: int) -> str:
         return self.campaign.smiles[self.campaign._index_of[mol_id]]
 
@@ -265,7 +319,7 @@ class StructureStage:
         ):
             return False
         return all(
-            len(set(land.computed) | land.failed) >= len(land.ids)
+            len(set(land.computed) | land.failed) >= len(land.ids) and not self._free_energy_open(land)
             for land in self.landscapes.values()
         )
 

@@ -201,3 +201,37 @@ def test_explores_farthest_structure_once_confident():
     assert select_structures(e_cheap, X, front, **args) == greedy  # off by default
     with pytest.raises(AcquisitionError, match="explore_fraction"):
         select_structures(e_cheap, X, front, explore_fraction=2.0, **args)
+
+
+def test_split_levels_leaves_phonons_until_the_static_set_is_settled(target_i):
+    """Free-energy (phonon) runs compete with static refinement by p / cost: with
+    phonons 40x a single point they go to computed front runners only once no
+    uncomputed structure is worth a single point more; never to uncomputed, failed,
+    pending or irrelevant structures."""
+    from agent.refine_acquisition import split_levels
+
+    e_cheap, e_exp, X = target_i
+    n = len(e_cheap)
+    ones = np.ones(n)
+    top = [int(i) for i in np.argsort(e_exp)[:10]]
+    few = {i: float(e_exp[i]) for i in np.argsort(e_cheap)[:5]}
+    # early: five computed, the static landscape is still open -> all slots to refinement
+    n_ref, free = split_levels(e_cheap, X, few, {}, few.keys(), [], ones, 40 * ones, 4, seed=0)
+    assert (n_ref, free) == (4, [])
+    # the whole landscape computed: nothing left to refine, phonons for the low set only
+    everything = {i: float(e_exp[i]) for i in range(n)}
+    n_ref, free = split_levels(e_cheap, X, everything, {}, range(n), [], ones, 40 * ones, 4, seed=0)
+    assert n_ref == 0 and len(free) == 4 and set(free) <= set(top)
+    # computed free energies, pending and failed ones are never proposed again
+    blocked_free = free[:2]
+    done_f = {free[2]: 100.0}
+    _, free2 = split_levels(e_cheap, X, everything, done_f, range(n), blocked_free, ones, 40 * ones, 20,
+                            seed=0, top_k=10)
+    assert not set(free2) & (set(blocked_free) | set(done_f))
+    # structures in no draw's low-energy set never get a phonon run, even with slots to spare
+    assert set(free2) <= set(top) and len(free2) == 10 - 3
+    # cheaper phonons win earlier: the front runners then take slots from refinement
+    n_ref_cheap, free_cheap = split_levels(e_cheap, X, few, {}, few.keys(), [], ones, 0.01 * ones, 4, seed=0)
+    assert n_ref_cheap < 4 and free_cheap and set(free_cheap) <= set(few)
+    with pytest.raises(AcquisitionError, match="positive"):
+        split_levels(e_cheap, X, few, {}, [], [], ones, -ones, 4)
