@@ -32,7 +32,9 @@ Usage::
 ``--ff-features`` appends columns of :func:`sim_backends.ff_relax.relaxation_features`
 (W99 rigid-molecule relaxation of each cheap-level structure; read from
 ``<landscape>/<name>_ff_relax_<cheap>.csv`` when present, else computed, ~1 s per
-structure) to the descriptor, and ``--ff-linear`` gives them a linear kernel too.
+structure) to the descriptor, and ``--ff-linear`` gives them a linear kernel too
+(target_I with ``ff_dv_percent --ff-linear``: 37/40 calculations at q=1/4 vs 62/64; it
+hurts landscapes whose cheap level is this force field, see ``sim_backends/ff_relax.py``).
 Results go to ``benchmarks/results/refinement.json`` for the default run over all known
 landscapes, else to ``refinement_<landscape names>[_<ff features>[_linear]].json``.
 """
