@@ -28,8 +28,8 @@ linear model on E_MACE + ``ff_dv_percent`` still misses its delta by 8 kJ/mol in
 leave-one-out (9 without it). In the refinement benchmark (``benchmarks/refinement.py
 --ff-features ff_dv_percent --ff-linear``) the agent needs 37 / 40 calculations (q = 1 /
 q = 4, 3 seeds) instead of 62 / 64 for the true top 10 (cheap order 59); controls: the same
-column shuffled across structures 61, xTB instead of RESP charges 54, all five columns
-without a linear kernel 55. Where the cheap level is this force field's own minima
+column shuffled across structures 54-61 (4 permutations, median 59.5), xTB instead of
+RESP charges 54, all five columns without a linear kernel 55. Where the cheap level is this force field's own minima
 (``data/landscapes``), the features are ~0 and uncorrelated with delta (|r| <= 0.09), and
 adding them hurt formamide_big (61 -> 80) and left formamide_dft (65 -> 65) and
 formic_acid_dft (63 -> 64) unchanged: use them only when the cheap level is a different
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from sim_backends.base import SetupError
+from sim_backends.base import SUPPORTED_ELEMENTS, SetupError
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -123,7 +123,6 @@ def rigid_crystal(
     """
     from sim_backends.csp.charges import compute_charges
     from sim_backends.csp.rigid import RigidMolecule, fit_rigid_pose, split_molecules, symmetry_classes
-    from sim_backends.base import SUPPORTED_ELEMENTS
 
     symbols = [str(s) for s in symbols]
     pos = np.asarray(positions_A, dtype=float)
