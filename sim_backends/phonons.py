@@ -127,8 +127,11 @@ def harmonic_free_energy(
 
         n_molecules = len(molecule_indices(atoms))
 
+    # primitive_matrix "P": thermal properties per *input* cell, which is what dividing by
+    # its Z assumes; phonopy's default ("auto" in recent versions) reduces a centred cell
+    # (Cc, C2, C2/c from CSP) to its primitive cell and would halve F_vib per molecule
     phonon = Phonopy(_to_phonopy(atoms), supercell_matrix=np.diag(sc),
-                     primitive_matrix=None, symprec=symprec)
+                     primitive_matrix="P", symprec=symprec)
     phonon.generate_displacements(distance=float(displacement_A))
     displaced = phonon.supercells_with_displacements
     n_sc_atoms = len(phonon.supercell)

@@ -81,6 +81,24 @@ def test_spring_lattice_matches_analytic_free_energy():
     assert res["zpe_kjmol"] > 0 and res["f_vib_kjmol"][2] < res["f_vib_kjmol"][1] < res["zpe_kjmol"]
 
 
+def test_free_energy_per_molecule_does_not_depend_on_the_cell_choice():
+    """A doubled (non-primitive) cell gives the same F per atom: thermal properties are per
+    input cell, divided by its own count (phonopy's automatic primitive cell would halve
+    it; CSP gives centred cells such as C2/c)."""
+    from ase import Atoms
+
+    from sim_backends.phonons import harmonic_free_energy
+
+    mass = 39.948
+    doubled = Atoms("Ar2", positions=[[0.0, 0.0, 0.0], [A_LATT, 0.0, 0.0]],
+                    cell=np.diag([2 * A_LATT, A_LATT, A_LATT]), pbc=True, masses=[mass, mass])
+    res = harmonic_free_energy(doubled, _spring_forces, supercell=(2, 3, 3), displacement_A=0.01,
+                               temperatures_K=[298.15], mesh=[3, 6, 6], n_molecules=2)
+    # the [3, 6, 6] mesh of the doubled cell folds onto the [6, 6, 6] mesh of the simple one
+    assert res["f_vib_kjmol"][0] == pytest.approx(_analytic_free_energy_kjmol(mass, 6, 298.15), rel=2e-5)
+    assert res["zpe_kjmol"] == pytest.approx(_analytic_free_energy_kjmol(mass, 6, 0.0), rel=2e-5)
+
+
 def test_mass_scaling_of_zero_point_energy():
     """ZPE scales as m^(-1/2) for a fixed force constant (isotope effect)."""
     from sim_backends.phonons import harmonic_free_energy
