@@ -47,6 +47,8 @@ class LandscapeState:
     f_vib: dict[int, float] = field(default_factory=dict)  # index -> F_vib (free-energy level)
     f_failed: set[int] = field(default_factory=set)
     costs: dict[str, np.ndarray] = field(default_factory=dict)  # backend -> CPU s per structure
+    model: Any = None  # the last Delta-GP fitted for a decision ...
+    model_computed: dict[int, float] | None = None  # ... and the computed set it saw
 
     def index(self, structure_id: str) -> int | None:
         try:
@@ -263,6 +265,7 @@ class StructureStage:
             model = fit_delta_model(land.ff_kjmol, self._features(land), land.computed, seed=seed)
         except SurrogateError:
             return None  # select_structures refits and reports the error itself
+        land.model, land.model_computed = model, dict(land.computed)
         n = len(land.computed)
         last = next((r for r in reversed(self.refits) if r["molecule_id"] == land.molecule_id), None)
         if n >= 2 and (last is None or last["n_computed"] != n):
@@ -324,14 +327,17 @@ class StructureStage:
         )
 
     def corrected_landscape(self, molecule_id: int) -> dict[str, np.ndarray] | None:
-        """Force-field and GP-corrected energies (mean, std) of every structure."""
+        """Force-field and GP-corrected energies (mean, std) of every structure, from the
+        model of the last decision when nothing was computed since, else a fresh fit."""
         land = self.landscapes.get(molecule_id)
         if land is None or not land.computed:
             return None
         from agent.refine_acquisition import fit_delta_model
 
         X = self._features(land)
-        model = fit_delta_model(land.ff_kjmol, X, land.computed, seed=self.campaign.cfg.seed)
+        model = land.model
+        if model is None or land.model_computed != land.computed:
+            model = fit_delta_model(land.ff_kjmol, X, land.computed, seed=self.campaign.cfg.seed)
         mean, std = model.predict(X)
         computed = np.array(sorted(land.computed))
         held_out = None
