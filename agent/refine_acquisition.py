@@ -482,8 +482,9 @@ def split_levels(
     fvib = {_check_index(i, n_s, "free_energy"): float(v) for i, v in free_energy.items()}
     if n <= 0:
         return 0, []
-    refine_pool = [i for i in range(n_s) if i not in done and i not in set(blocked_refine)]
-    free_pool = [i for i in sorted(done) if i not in fvib and i not in set(blocked_free)]
+    skip_refine, skip_free = set(blocked_refine), set(blocked_free)
+    refine_pool = [i for i in range(n_s) if i not in done and i not in skip_refine]
+    free_pool = [i for i in sorted(done) if i not in fvib and i not in skip_free]
     if not free_pool:
         return n, []
     try:

@@ -253,8 +253,8 @@ class StructureStage:
     def _refit(self, land: LandscapeState, seed: int) -> Any:
         """Fit the landscape's Delta-GP on what is computed and record its held-out error.
 
-        Appends ``{"molecule_id", "n_computed", "loo_mae_kjmol", "calibration",
-        "loo_residual_kjmol"}`` to :attr:`refits` when the computed set changed since
+        Appends ``{"molecule_id", "n_computed", "loo_mae_kjmol", "calibration"}`` to
+        :attr:`refits` when the computed set changed since
         the last record (leave-one-out residuals in closed form, hyperparameters fixed:
         the error on a structure the GP has not seen, without refitting per point).
         """
@@ -272,7 +272,6 @@ class StructureStage:
             self.refits.append({
                 "molecule_id": land.molecule_id, "n_computed": n,
                 "loo_mae_kjmol": model.loo_mae_kjmol, "calibration": float(model.calibration),
-                "loo_residual_kjmol": [float(x) for x in model.loo_residual_kjmol],
             })
         return model
 

@@ -77,9 +77,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--temperature", type=float, default=298.15)
     args = ap.parse_args(argv)
     if args.n < 2:
-        raise SystemExit("--n must be at least 2")
-    levels = json.loads((args.landscape / "levels.json").read_text())
-    run = json.loads((args.landscape / "run.json").read_text())
+        raise SystemExit("free_energy_rerank: error: --n must be at least 2")
+    try:
+        levels = json.loads((args.landscape / "levels.json").read_text())
+        run = json.loads((args.landscape / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"free_energy_rerank: error: {args.landscape} is not a landscape made by "
+                         f"data/landscapes/make_landscape.py ({type(exc).__name__}: {exc})") from None
     land = load_landscape(args.landscape, levels["cheap"], levels["expensive"])
     e_static = land.energies_kjmol[levels["expensive"]]
     chosen = [int(i) for i in np.argsort(e_static, kind="stable")[: args.n]]
@@ -148,4 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from agent.landscape_io import LandscapeError
+
+    try:
+        main()
+    except LandscapeError as exc:
+        sys.exit(f"free_energy_rerank: error: {exc}")

@@ -224,6 +224,13 @@ class Crystal:
     def z(self) -> int:
         return len(self.groups)
 
+    @classmethod
+    def from_atoms(cls, atoms: Atoms) -> Crystal:
+        """A crystal from a periodic cell, molecules made whole (:func:`make_whole`); no
+        composition checks (use :func:`load_crystal` for untrusted input)."""
+        whole, groups = make_whole(atoms)
+        return cls(atoms=whole, groups=groups)
+
     def molecule(self, k: int) -> Atoms:
         """Molecule ``k`` as a non-periodic ``Atoms`` at its crystal geometry."""
         mol = self.atoms[self.groups[k]]
@@ -255,15 +262,15 @@ def load_crystal(cif_text: str, smiles: str | None = None, max_atoms: int = 400)
         raise SetupError(f"crystal contains unsupported element(s) {', '.join(bad)}")
     if len(atoms) > max_atoms:
         raise SetupError(f"cell has {len(atoms)} atoms; limit is {max_atoms}")
-    whole, groups = make_whole(atoms)
+    crystal = Crystal.from_atoms(atoms)
     if smiles is not None:
         want = formula_of_smiles(smiles)
         symbols = atoms.get_chemical_symbols()
-        for g in groups:
+        for g in crystal.groups:
             got = Counter(symbols[k] for k in g)
             if got != want:
                 raise SetupError(
                     f"molecule in cell has formula {_formula_text(got)}, "
                     f"SMILES {smiles!r} has {_formula_text(want)}"
                 )
-    return Crystal(atoms=whole, groups=groups)
+    return crystal

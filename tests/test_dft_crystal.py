@@ -170,15 +170,14 @@ def test_long_range_electrostatics_reproduces_the_stored_landscape_term(name):
     from ase.io import read
 
     from sim_backends.dft_crystal import long_range_electrostatics_kjmol
-    from sim_backends.structures import Crystal, make_whole
+    from sim_backends.structures import Crystal
 
     root = Path(__file__).resolve().parents[1] / "data" / "landscapes" / name
     run = json.loads((root / "run.json").read_text())
     stored = {r["id"]: float(r["e_elec_lr_kjmol"]) for r in csv.DictReader((root / f"{name}_landscape.csv").open())}
     values = []
     for atoms in read(root / f"{name}_ff.extxyz", index=":6"):
-        whole, groups = make_whole(atoms)
-        lr = long_range_electrostatics_kjmol(Crystal(atoms=whole, groups=groups), run["resp_charges_e"],
+        lr = long_range_electrostatics_kjmol(Crystal.from_atoms(atoms), run["resp_charges_e"],
                                              run["expensive_settings"]["cutoff_A"],
                                              run["expensive_settings"]["cutoff_mode"])
         assert lr["e_elec_lr_kjmol"] == pytest.approx(stored[atoms.info["id"]], abs=0.02)

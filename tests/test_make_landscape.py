@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim_backends.structures import Crystal
+
 ROOT = Path(__file__).resolve().parents[1]
 FF = ROOT / "data" / "landscapes" / "formamide_big" / "formamide_big_ff.extxyz"
 
@@ -43,7 +45,7 @@ def test_long_range_electrostatics_vanishes_with_the_cutoff(ml, frames):
     from sim_backends.dft_crystal import long_range_electrostatics_kjmol
 
     # formamide-like neutral charges on the molecule's atom order (N, C, O, H, H, H)
-    atoms = ml._crystal(frames["m0001"])
+    atoms = Crystal.from_atoms(frames["m0001"])
     q = np.array([-0.86, 0.56, -0.56, 0.41, 0.39, 0.06])
     q -= q.mean()
     none = long_range_electrostatics_kjmol(atoms, q, 0.5)  # no pair within 0.5 A
@@ -63,4 +65,4 @@ def test_charges_of_wrong_length_are_refused(ml, frames):
     from sim_backends.dft_crystal import long_range_electrostatics_kjmol
 
     with pytest.raises(SetupError, match="atom order"):
-        long_range_electrostatics_kjmol(ml._crystal(frames["m0001"]), np.zeros(5), 3.0)
+        long_range_electrostatics_kjmol(Crystal.from_atoms(frames["m0001"]), np.zeros(5), 3.0)

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 EV_TO_KJMOL = 96.48533212
 
 from sim_backends.descriptors import density_gcm3  # noqa: E402  (light import)
+from sim_backends.structures import Crystal  # noqa: E402  (light import)
 
 
 def contact_dimensionality(atoms: Atoms, contact_A: float) -> int:
@@ -86,7 +87,7 @@ def contact_dimensionality(atoms: Atoms, contact_A: float) -> int:
 
     from sim_backends.dft_crystal import enumerate_dimers
 
-    crystal = _crystal(atoms)
+    crystal = Crystal.from_atoms(atoms)
     edges = [(d.i, d.j, np.asarray(d.shift)) for d in enumerate_dimers(crystal, contact_A)]
     offset: dict[int, np.ndarray] = {0: np.zeros(3, dtype=int)}
     periods = []
@@ -122,14 +123,6 @@ def sanity_reason(atoms: Atoms, min_density_gcm3: float, contact_A: float) -> st
     return None
 
 
-def _crystal(atoms: Atoms) -> Any:
-    """A :class:`sim_backends.structures.Crystal` with whole molecules from a periodic cell."""
-    from sim_backends.structures import Crystal, make_whole
-
-    whole, groups = make_whole(atoms)
-    return Crystal(atoms=whole, groups=groups)
-
-
 def _expensive_job(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     """Evaluate one structure at the expensive level (runs in a worker process).
 
@@ -163,7 +156,7 @@ def _expensive_job(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
 
             lib.num_threads(1)
             values, extra = fragment_lattice_energy(
-                _crystal(atoms),
+                Crystal.from_atoms(atoms),
                 ScfSettings(functional=settings["functional"], basis=settings["basis"],
                             conv_tol=settings["conv_tol"], grid_level=settings["grid_level"],
                             density_fit=settings["density_fit"]),
@@ -342,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rows, ff_frames, exp_frames, failed = [], [], [], {}
     long_range = level == "dft" and not args.no_long_range
-    charges = molecule_resp_charges(_crystal(kept[0])) if long_range and kept else None
+    charges = molecule_resp_charges(Crystal.from_atoms(kept[0])) if long_range and kept else None
     for atoms in kept:
         sid, z = str(atoms.info["id"]), int(atoms.info["Z"])
         rec = results[sid]
@@ -350,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             failed[sid] = rec["reason"]
             continue
         e_ff, e_exp = float(atoms.info["energy_kjmol"]), float(rec["energy_kjmol"])
-        lr = (long_range_electrostatics_kjmol(_crystal(atoms), charges, args.cutoff, args.cutoff_mode)
+        lr = (long_range_electrostatics_kjmol(Crystal.from_atoms(atoms), charges, args.cutoff, args.cutoff_mode)
               if charges is not None else {})
         e_exp += lr.get("e_elec_lr_kjmol", 0.0)
         info = {"id": sid, "Z": z, "connectivity_ok": True}
