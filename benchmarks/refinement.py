@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.landscape_io import LandscapeError, load_landscape  # noqa: E402
+from agent.surrogates.fragment_gp import FragmentDeltaModel  # noqa: E402
 from agent.refine_acquisition import (  # noqa: E402
     completion_probability,
     fit_delta_model,
@@ -101,7 +102,7 @@ def recall_at(order: list[int], top: set[int], n: int) -> dict[float, int]:
 
 
 def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initial=0,
-                 decision_s=None, stop_log=None, gp_options=None):
+                 decision_s=None, stop_log=None, gp_options=None, fragment=None):
     """Run the agent until ``top`` is computed.
 
     Returns:
@@ -112,7 +113,12 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
         agent's :func:`completion_probability` reaches ``STOP_PROBABILITY`` (where a
         campaign using it as a stopping rule would stop). ``gp_options``: keyword
         options of the agent's DeltaGP (e.g. ``n_passthrough`` for extra columns).
+        ``fragment``: ``(terms, deltas)`` of :func:`fragment_data` -- the agent then uses the
+        fragment dimer GP (:class:`~agent.surrogates.fragment_gp.FragmentDeltaModel`), which
+        sees the dimer corrections of the structures it has computed only.
     """
+    if fragment is not None:
+        X = FragmentDeltaModel.index_rows(len(e_cheap))
     n = len(e_cheap)
     low = np.flatnonzero(e_exp - e_exp.min() <= WINDOW_KJMOL)
     computed: dict[int, float] = {}
@@ -122,7 +128,7 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
     stop = None
     while not top <= set(computed):
         t0 = time.perf_counter()
-        model = fit_delta_model(e_cheap, X, computed, seed=seed, gp_options=gp_options)
+        model = _agent_model(e_cheap, X, computed, seed, gp_options, fragment)
         batch = select_structures(
             e_cheap, X, computed, [], costs, q, seed, top_k=TOP_K, window_kjmol=WINDOW_KJMOL,
             n_initial=n_initial, model=model,
@@ -138,7 +144,7 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
             order.append(i)
             for f, m in marks.items():
                 if len(order) == m and f not in mae:
-                    mae[f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options)
+                    mae[f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options, fragment)
         if progress is not None:
             progress()
     if stop_log is not None:
@@ -146,7 +152,60 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
     return order, mae
 
 
-def surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options=None):
+def _agent_model(e_cheap, X, computed, seed, gp_options=None, fragment=None):
+    """The agent's surrogate for the computed structures: the SOAP Delta-GP, or the fragment
+    dimer GP when ``fragment`` data are given."""
+    if fragment is None:
+        return fit_delta_model(e_cheap, X, computed, seed=seed, gp_options=gp_options)
+    terms, deltas = fragment
+    return FragmentDeltaModel(terms, e_cheap, seed=seed).fit({i: deltas[i] for i in computed}, computed)
+
+
+def fragment_data(path: Path, land, cheap: str, console):
+    """Fragment terms of every structure and the DFT dimer corrections, for landscapes
+    whose expensive level is the two-body fragment DFT of ``dft-crystal``
+    (``dft_results.jsonl`` with per-dimer records and ``run.json`` with the cutoff).
+
+    The cheap terms (periodic D3(BJ) and the RESP point-charge Ewald sum) and the dimer
+    descriptors are computed here from the cheap-level structures, as the agent would in
+    a campaign; the DFT dimer records are what each expensive calculation returned.
+
+    Returns:
+        ``(terms, deltas)`` or None when the landscape has no fragment DFT records.
+    """
+    from rich.progress import Progress
+
+    from sim_backends.dft_crystal import molecule_resp_charges
+    from sim_backends.fragment_terms import dimer_deltas, fragment_terms
+    from sim_backends.structures import Crystal
+
+    rec_path, run_path = Path(path) / "dft_results.jsonl", Path(path) / "run.json"
+    if not rec_path.exists() or not run_path.exists():
+        return None
+    settings = json.loads(run_path.read_text()).get("expensive_settings", {})
+    records = {}
+    for line in rec_path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            records[r["id"]] = r
+    if not all(i in records and records[i].get("dimers") for i in land.ids):
+        return None
+    terms, deltas, charges = [], {}, None
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(f"{land.name}: fragment terms (D3, point-charge Ewald, dimers)", total=len(land))
+        for k, (sid, atoms) in enumerate(zip(land.ids, land.atoms[cheap])):
+            crystal = Crystal.from_atoms(atoms)
+            if charges is None:
+                charges = molecule_resp_charges(crystal)
+            t = fragment_terms(crystal, charges, float(settings.get("cutoff_A", 3.0)),
+                               str(settings.get("cutoff_mode", "contact")), str(settings.get("functional", "pbe")))
+            terms.append(t)
+            deltas[k] = dimer_deltas(t, records[sid]["dimers"])
+            prog.advance(task)
+    return terms, deltas
+
+
+def surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options=None, fragment=None):
     """Surrogate quality on the uncomputed low-energy structures.
 
     Returns:
@@ -156,7 +215,9 @@ def surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options=None):
     rest = np.array([i for i in low if i not in computed], dtype=int)
     if len(rest) == 0:
         return (float("nan"),) * 4
-    gp = fit_delta_model(e_cheap, X, computed, seed=seed, gp_options=gp_options)
+    gp = _agent_model(e_cheap, X, computed, seed, gp_options, fragment)
+    if fragment is not None:
+        X = FragmentDeltaModel.index_rows(len(e_cheap))
     mean, std = gp.predict(X[rest])
     idx = np.array(sorted(computed))
     shift = float(np.mean(e_exp[idx] - e_cheap[idx]))
@@ -165,7 +226,7 @@ def surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options=None):
         float(np.mean(np.abs(err))),
         float(np.mean(np.abs(e_cheap[rest] + shift - e_exp[rest]))),
         float(np.mean(np.abs(err) <= 2.0 * std)),
-        float(gp.calibration),
+        float(getattr(gp, "calibration", 1.0)),
     )
 
 
@@ -208,7 +269,7 @@ def ff_columns(path, land, cheap, names, console):
 
 
 def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
-                  ff_features=(), ff_linear=False):
+                  ff_features=(), ff_linear=False, surrogate="auto"):
     from rich.progress import Progress
     from rich.table import Table
 
@@ -224,6 +285,11 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
     else:
         X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap)
     costs = expected_costs(path, land)
+    fragment = None
+    if surrogate in ("auto", "fragment") and not ff_features:
+        fragment = fragment_data(path, land, cheap, console)
+        if fragment is None and surrogate == "fragment":
+            raise LandscapeError(f"{land.name}: no fragment DFT records (dft_results.jsonl with dimers, run.json)")
     top = set(np.argsort(e_exp, kind="stable")[:TOP_K].tolist())
     cheap_order = count_until_top(list(np.argsort(e_cheap, kind="stable")), top)
     random_orders = [list(np.random.default_rng(1000 + s).permutation(n)) for s in range(25)]
@@ -261,6 +327,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
                     e_cheap, e_exp, X, costs, q, s, top, lambda: prog.advance(task),
                     n_initial=n_initial, decision_s=decision_s,
                     stop_log=stops if q == batches[0] else None, gp_options=gp_options,
+                    fragment=fragment,
                 )
                 count = len(order)
                 agent.setdefault(q, []).append(count)
@@ -335,6 +402,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
         "n_structures": n,
         "ff_features": list(ff_features),
         "ff_linear": bool(ff_linear),
+        "surrogate": "fragment-dimer-gp" if fragment is not None else "soap-delta-gp",
         "agent": float(np.median(agent[best_q])),
         "agent_by_batch": {str(q): float(np.median(c)) for q, c in agent.items()},
         "cheap_order": cheap_order,
@@ -377,6 +445,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "the descriptor (default: none)")
     parser.add_argument("--ff-linear", action="store_true",
                         help="also give the --ff-features columns a linear kernel")
+    parser.add_argument("--surrogate", choices=("auto", "soap", "fragment"), default="auto",
+                        help="agent surrogate: the fragment dimer GP where the landscape has fragment DFT "
+                        "records (auto, default), always the SOAP Delta-GP (soap), or require fragment")
     args = parser.parse_args(argv)
     if args.landscape:
         n = len(args.landscape)
@@ -394,7 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
     for path, cheap, expensive in cases:
         name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console,
                                   n_initial=args.n_initial, ff_features=ff_features,
-                                  ff_linear=args.ff_linear)
+                                  ff_linear=args.ff_linear, surrogate=args.surrogate)
         out["landscapes"][name] = res
     line = json.dumps(out)
     results = ROOT / "benchmarks" / "results"
@@ -404,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict:
         stem += "_" + "_".join(out["landscapes"])
     if ff_features:
         stem += "_" + "+".join(ff_features) + ("_linear" if args.ff_linear else "")
+    if args.surrogate != "auto":
+        stem += f"_{args.surrogate}"
     (results / f"{stem}.json").write_text(line + "\n")
     print(line)
     return out

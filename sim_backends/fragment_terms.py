@@ -1,0 +1,227 @@
+"""The cheap, exactly computable parts of the fragment DFT lattice energy, and dimer descriptors.
+
+The ``dft-crystal`` level (:mod:`sim_backends.dft_crystal`) is
+
+    E = (1/Z) sum_{dimers d within the cutoff} (1/2) m_d E_int^DFT(d) + E_D3,latt + E_lr,
+    E_lr = E_pc,total - (1/Z) sum_d (1/2) m_d E_pc(d),
+
+with E_pc the RESP point-charge Coulomb energy (Ewald sum for the whole crystal, direct sum
+for a dimer). Rearranged:
+
+    E = [E_D3,latt + E_pc,total] + sum_d w_d delta(d),   w_d = m_d / (2 Z),
+    delta(d) = E_int^DFT(d) - E_pc(d).
+
+The bracket costs seconds per structure (D3 over the periodic cell, one Ewald sum), so it can
+be computed for *every* structure of a landscape. Only ``delta`` needs DFT, and it is a
+short-ranged quantity of one dimer: exchange repulsion, charge penetration, polarisation and
+charge transfer, i.e. what point charges get wrong at contact. It is a smooth function of the
+dimer geometry, while the structure-level correction (DFT minus force field) is not: which
+dimers fall inside the contact cutoff changes discontinuously between structures, and the
+two-body and long-range parts then move by +-12 kJ/mol in opposite directions (formamide
+landscape, std of each). A surrogate that learns ``delta`` per dimer (from the dimer records
+every DFT evaluation returns; ~5 symmetry-unique dimers per structure) and sums it with the
+weights ``w_d`` predicts the whole landscape from far fewer structures
+(:mod:`agent.surrogates.fragment_gp`).
+
+Dimer descriptor: for each element pair (A, B) of the molecule and decay length lambda in
+:data:`DECAYS_A`, s = sum over intermolecular atom pairs of that type of exp(-r / lambda),
+stored as log(1 + 1000 s) (the sums span orders of magnitude). Permutation-invariant,
+continuous, and dominated by the closest contacts, as the short-range terms are.
+
+Everything heavy (dftd3, pymatgen, pyscf for the RESP charges) is imported inside functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sim_backends.base import SetupError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sim_backends.structures import Crystal
+
+#: decay lengths (A) of the exponential contact sums of the dimer descriptor
+DECAYS_A = (0.25, 0.5, 1.0)
+#: the kJ/mol-A Coulomb constant used for point-charge dimer energies (as in dft_crystal)
+_COULOMB_KJMOL_A = 1389.35457
+
+
+def element_pairs(symbols: list[str]) -> list[str]:
+    """Sorted element pairs ("C-H", "H-O", ...) of a molecule, the descriptor's row labels."""
+    els = sorted(set(symbols))
+    return [f"{a}-{b}" for k, a in enumerate(els) for b in els[k:]]
+
+
+def feature_names(symbols: list[str]) -> list[str]:
+    """Column names of :func:`dimer_descriptor` for a molecule with these elements."""
+    return [f"{p}@{lam:g}A" for p in element_pairs(symbols) for lam in DECAYS_A]
+
+
+def dimer_descriptor(sym_a: list[str], pos_a: np.ndarray, sym_b: list[str], pos_b: np.ndarray,
+                     pairs: list[str]) -> np.ndarray:
+    """Exponential contact sums of one dimer, ``(len(pairs) * len(DECAYS_A),)``.
+
+    Args:
+        sym_a, pos_a: symbols and positions (A) of molecule a; sym_b, pos_b: of molecule b.
+        pairs: :func:`element_pairs` of the molecule (fixes the column order).
+    """
+    import numpy as np
+
+    r = np.linalg.norm(np.asarray(pos_a)[:, None, :] - np.asarray(pos_b)[None, :, :], axis=-1)
+    col = {p: k for k, p in enumerate(pairs)}
+    out = np.zeros((len(pairs), len(DECAYS_A)))
+    for a, sa in enumerate(sym_a):
+        for b, sb in enumerate(sym_b):
+            k = col["-".join(sorted((sa, sb)))]
+            out[k] += np.exp(-r[a, b] / np.asarray(DECAYS_A))
+    return np.log1p(1000.0 * out.reshape(-1))
+
+
+@dataclass
+class FragmentTerms:
+    """The cheap parts of the fragment DFT energy of one structure (kJ/mol per molecule).
+
+    Attributes:
+        known_kjmol: E_D3,latt + E_pc,total, the part of the energy computed without DFT.
+        e_d3_kjmol, e_pc_total_kjmol: its two terms.
+        keys: (i, j, shift) of each symmetry-unique dimer within the cutoff, in the order
+            of :func:`sim_backends.dft_crystal.unique_dimers` (the order of the DFT records).
+        contact_A: closest contact of each dimer.
+        weights: m_d / (2 Z) per dimer.
+        multiplicity: m_d, symmetry-equivalent copies of each dimer around the Z molecules.
+        e_pc_dimer_kjmol: point-charge Coulomb energy of each dimer (kJ/mol).
+        features: :func:`dimer_descriptor` of each dimer, ``(n_dimers, n_features)``.
+        feature_names: the descriptor's column names.
+    """
+
+    known_kjmol: float
+    e_d3_kjmol: float
+    e_pc_total_kjmol: float
+    keys: list[tuple[int, int, tuple[int, int, int]]]
+    contact_A: np.ndarray
+    weights: np.ndarray
+    multiplicity: np.ndarray
+    e_pc_dimer_kjmol: np.ndarray
+    features: np.ndarray
+    feature_names: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (for the campaign store)."""
+        return {"known_kjmol": self.known_kjmol, "e_d3_kjmol": self.e_d3_kjmol,
+                "e_pc_total_kjmol": self.e_pc_total_kjmol,
+                "keys": [[i, j, list(s)] for i, j, s in self.keys],
+                "contact_A": self.contact_A.tolist(), "weights": self.weights.tolist(),
+                "multiplicity": self.multiplicity.tolist(),
+                "e_pc_dimer_kjmol": self.e_pc_dimer_kjmol.tolist(), "features": self.features.tolist(),
+                "feature_names": list(self.feature_names)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FragmentTerms:
+        import numpy as np
+
+        n_feat = len(d["feature_names"])
+        return cls(known_kjmol=float(d["known_kjmol"]), e_d3_kjmol=float(d["e_d3_kjmol"]),
+                   e_pc_total_kjmol=float(d["e_pc_total_kjmol"]),
+                   keys=[(int(i), int(j), tuple(int(s) for s in sh)) for i, j, sh in d["keys"]],
+                   contact_A=np.asarray(d["contact_A"], dtype=float),
+                   weights=np.asarray(d["weights"], dtype=float),
+                   multiplicity=np.asarray(d["multiplicity"], dtype=int),
+                   e_pc_dimer_kjmol=np.asarray(d["e_pc_dimer_kjmol"], dtype=float),
+                   features=np.asarray(d["features"], dtype=float).reshape(-1, n_feat),
+                   feature_names=list(d["feature_names"]))
+
+
+def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.0,
+                   cutoff_mode: str = "contact", functional: str = "pbe",
+                   e_d3_kjmol: float | None = None) -> FragmentTerms:
+    """Cheap terms and dimer descriptors of one crystal for the fragment surrogate.
+
+    Args:
+        crystal: crystal with whole molecules (all with the atom order of ``charges_e``).
+        charges_e: RESP charges of one molecule
+            (:func:`sim_backends.dft_crystal.molecule_resp_charges`).
+        cutoff_A, cutoff_mode: the dimer cutoff of the DFT level (must match it).
+        functional: for the D3(BJ) parameters.
+        e_d3_kjmol: the periodic D3 lattice term if already known (e.g. from a stored DFT
+            result), else computed here (dftd3, about a second for 30 atoms).
+
+    Raises:
+        SetupError: charged molecules, molecules that differ in atom order, a functional
+            without D3(BJ) parameters, a bad cutoff.
+    """
+    import numpy as np
+
+    from sim_backends.dft_crystal import (
+        d3_energy_hartree,
+        enumerate_dimers,
+        long_range_electrostatics_kjmol,
+        unique_dimers,
+    )
+    from sim_backends.structures import HARTREE_TO_KJMOL
+
+    q = np.asarray(charges_e, dtype=float)
+    lr = long_range_electrostatics_kjmol(crystal, q, cutoff_A, cutoff_mode)
+    if e_d3_kjmol is None:
+        e_mol = np.mean([d3_energy_hartree(crystal.molecule(k), functional) for k in range(crystal.z)])
+        e_d3_kjmol = (d3_energy_hartree(crystal.atoms, functional) / crystal.z - e_mol) * HARTREE_TO_KJMOL
+    symbols = crystal.atoms.get_chemical_symbols()
+    sym_mol = [symbols[a] for a in crystal.groups[0]]
+    pairs = element_pairs(sym_mol)
+    cell = crystal.atoms.cell.array
+    qq = np.outer(q, q)
+    keys, contact, weights, mults, e_pc, feats = [], [], [], [], [], []
+    for dimer, mult in unique_dimers(crystal, enumerate_dimers(crystal, cutoff_A, cutoff_mode)):
+        pa = crystal.atoms.positions[crystal.groups[dimer.i]]
+        pb = crystal.atoms.positions[crystal.groups[dimer.j]] + np.asarray(dimer.shift) @ cell
+        r = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
+        keys.append((dimer.i, dimer.j, tuple(dimer.shift)))
+        contact.append(dimer.contact_A)
+        weights.append(mult / (2.0 * crystal.z))
+        mults.append(mult)
+        e_pc.append(_COULOMB_KJMOL_A * float(np.sum(qq / r)))
+        feats.append(dimer_descriptor(sym_mol, pa, [symbols[a] for a in crystal.groups[dimer.j]], pb, pairs))
+    n_feat = len(pairs) * len(DECAYS_A)
+    return FragmentTerms(
+        known_kjmol=float(e_d3_kjmol) + float(lr["e_elec_pc_total_kjmol"]),
+        e_d3_kjmol=float(e_d3_kjmol), e_pc_total_kjmol=float(lr["e_elec_pc_total_kjmol"]),
+        keys=keys, contact_A=np.asarray(contact, dtype=float), weights=np.asarray(weights, dtype=float),
+        multiplicity=np.asarray(mults, dtype=int), e_pc_dimer_kjmol=np.asarray(e_pc, dtype=float),
+        features=np.asarray(feats, dtype=float).reshape(-1, n_feat),
+        feature_names=feature_names(sym_mol),
+    )
+
+
+def dimer_deltas(terms: FragmentTerms, dimer_records: list[Any]) -> np.ndarray:
+    """delta(d) = E_int^DFT(d) - E_pc(d) per dimer of ``terms`` from a DFT result's records.
+
+    Args:
+        terms: :func:`fragment_terms` of the same crystal and cutoff.
+        dimer_records: ``extra["dimers"]`` of a ``dft-crystal`` evaluation (dicts with ``i``,
+            ``j``, ``shift``, ``multiplicity``, ``e_int_kjmol``), or stored compact records
+            ``[multiplicity, contact_A, e_int_kjmol, ...]`` in the same order.
+
+    Raises:
+        SetupError: when the records do not describe the same dimers (other cutoff, other
+            structure).
+    """
+    import numpy as np
+
+    if len(dimer_records) != len(terms.keys):
+        raise SetupError(f"{len(dimer_records)} DFT dimer records for {len(terms.keys)} dimers within the "
+                         "cutoff: not the same structure or cutoff")
+    e_int = np.empty(len(terms.keys))
+    for k, rec in enumerate(dimer_records):
+        if isinstance(rec, dict):
+            key = (int(rec["i"]), int(rec["j"]), tuple(int(s) for s in rec["shift"]))
+            same = key == terms.keys[k]
+            value = float(rec["e_int_kjmol"])
+        else:
+            mult, contact, value = int(rec[0]), float(rec[1]), float(rec[2])
+            same = abs(contact - terms.contact_A[k]) < 2e-3 and mult == int(terms.multiplicity[k])
+        if not same:
+            raise SetupError(f"DFT dimer record {k} does not match dimer {terms.keys[k]} of the structure")
+        e_int[k] = value
+    return e_int - terms.e_pc_dimer_kjmol
