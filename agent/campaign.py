@@ -199,7 +199,7 @@ class Campaign:
         self.history: list[dict[str, Any]] = []
         for ev in self.store.evaluations():
             self._absorb(ev.molecule_id, ev.backend, ev.status, ev.reason, ev.values, ev.wall_s,
-                         ev.structure_id)
+                         ev.structure_id, ev.extra)
 
     def _fidelity_of(self, backend: str) -> int:
         for i, b in enumerate(self.cfg.backends):
@@ -210,13 +210,14 @@ class Campaign:
     def _absorb(
         self, molecule_id: int, backend: str, status: str, reason: str,
         values: dict[str, float], wall_s: float, structure_id: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.n_evaluations += 1
         self.spent_cpu_s += wall_s
         if status != "ok":
             self.n_failed += 1
         if self.stage is not None and (structure_id is not None or backend == self.stage.cfg.csp.name):
-            self.stage.absorb(int(molecule_id), backend, structure_id, status, values)
+            self.stage.absorb(int(molecule_id), backend, structure_id, status, values, extra)
             return
         self.n_molecule_evaluations += 1
         f = self._fidelity_of(backend)
@@ -459,7 +460,7 @@ class Campaign:
         if inserted:
             self._absorb(
                 task.payload["molecule_id"], task.backend, result.status, result.reason,
-                result.values, result.wall_s, structure_id,
+                result.values, result.wall_s, structure_id, result.extra,
             )
         return inserted
 

@@ -49,6 +49,9 @@ class LandscapeState:
     costs: dict[str, np.ndarray] = field(default_factory=dict)  # backend -> CPU s per structure
     model: Any = None  # the last Delta-GP fitted for a decision ...
     model_computed: dict[int, float] | None = None  # ... and the computed set it saw
+    dimer_records: dict[int, list] = field(default_factory=dict)  # index -> fragment-DFT dimer records
+    fragment: list | None = None  # FragmentTerms per structure (fragment-DFT refinement only)
+    fragment_error: str | None = None  # why the fragment terms could not be computed
 
     def index(self, structure_id: str) -> int | None:
         try:
@@ -95,8 +98,9 @@ class StructureStage:
         )
 
     def absorb(self, molecule_id: int, backend: str, structure_id: str | None,
-               status: str, values: dict[str, float]) -> None:
-        """Fold one stored structure-stage evaluation into the state."""
+               status: str, values: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+        """Fold one stored structure-stage evaluation into the state (``extra``: the
+        result's extra record; the per-dimer records of fragment DFT are kept from it)."""
         self.n_evaluations += 1
         if backend == self.cfg.csp.name and structure_id is None:
             self.csp_done.add(molecule_id)
@@ -120,6 +124,8 @@ class StructureStage:
         energy = values.get("energy_kjmol")
         if status == "ok" and energy is not None and np.isfinite(energy):
             land.computed[i] = float(energy)
+            if extra and isinstance(extra.get("dimers"), list):
+                land.dimer_records[i] = extra["dimers"]
         else:
             land.failed.add(i)
 
@@ -228,7 +234,7 @@ class StructureStage:
             if self.cfg.free_energy is not None:
                 pend_free = [i for sid in pending_free if (i := land.index(sid)) is not None]
                 n_refine, free_picks = split_levels(
-                    land.ff_kjmol, self._features(land), computed, land.f_vib, blocked,
+                    land.ff_kjmol, self._inputs(land, model), computed, land.f_vib, blocked,
                     set(pend_free) | land.f_failed, self._costs(land, self.cfg.refine),
                     self._costs(land, self.cfg.free_energy), n, top_k=top_k,
                     window_kjmol=self.cfg.window_kjmol, seed=seed, model=model)
@@ -239,7 +245,7 @@ class StructureStage:
                 continue
             # failed structures are treated as pending so they are never proposed again
             picks = select_structures(
-                land.ff_kjmol, self._features(land), computed, pend + sorted(land.failed),
+                land.ff_kjmol, self._inputs(land, model), computed, pend + sorted(land.failed),
                 costs=(self._costs(land, self.cfg.refine) if self.cfg.free_energy is not None
                        else (land.n_atoms / land.n_atoms.min()) ** 2.0),
                 q=n_refine, seed=seed, top_k=top_k, window_kjmol=self.cfg.window_kjmol,
@@ -253,16 +259,15 @@ class StructureStage:
     def _refit(self, land: LandscapeState, seed: int) -> Any:
         """Fit the landscape's Delta-GP on what is computed and record its held-out error.
 
-        Appends ``{"molecule_id", "n_computed", "loo_mae_kjmol", "calibration"}`` to
+        Appends ``{"molecule_id", "n_computed", "loo_mae_kjmol", "calibration", "surrogate"}`` to
         :attr:`refits` when the computed set changed since
         the last record (leave-one-out residuals in closed form, hyperparameters fixed:
         the error on a structure the GP has not seen, without refitting per point).
         """
-        from agent.refine_acquisition import fit_delta_model
         from agent.surrogates.structure_gp import SurrogateError
 
         try:
-            model = fit_delta_model(land.ff_kjmol, self._features(land), land.computed, seed=seed)
+            model = self._fit_model(land, seed)
         except SurrogateError:
             return None  # select_structures refits and reports the error itself
         land.model, land.model_computed = model, dict(land.computed)
@@ -272,8 +277,66 @@ class StructureStage:
             self.refits.append({
                 "molecule_id": land.molecule_id, "n_computed": n,
                 "loo_mae_kjmol": model.loo_mae_kjmol, "calibration": float(model.calibration),
+                "surrogate": getattr(model, "kind", "soap-delta-gp"),
             })
         return model
+
+    # -- surrogate ----------------------------------------------------------------------
+    def _fragment_mode(self) -> bool:
+        """Whether refinement is the fragment DFT level whose energy splits into cheap terms
+        plus per-dimer corrections (``dft-crystal`` with its long-range term, the default)."""
+        ref = self.cfg.refine
+        return ref is not None and ref.name == "dft-crystal" and bool(ref.params.get("long_range", True))
+
+    def _fragment_terms(self, land: LandscapeState) -> list | None:
+        """:func:`~sim_backends.fragment_terms.fragment_terms` of every structure (cached);
+        None, with the reason kept in ``land.fragment_error``, when they cannot be computed."""
+        if land.fragment is None and land.fragment_error is None:
+            from sim_backends.base import SetupError
+            from sim_backends.dft_crystal import molecule_resp_charges
+            from sim_backends.fragment_terms import fragment_terms
+            from sim_backends.structures import load_crystal
+
+            p = self.cfg.refine.params
+            try:
+                crystals = [load_crystal(c, land.smiles) for c in land.cifs]
+                charges = molecule_resp_charges(crystals[0])
+                land.fragment = [fragment_terms(c, charges, float(p.get("cutoff_A", 4.0)),
+                                                str(p.get("cutoff_mode", "contact")),
+                                                str(p.get("functional", "pbe"))) for c in crystals]
+            except (SetupError, ValueError, RuntimeError) as exc:
+                land.fragment_error = str(exc)
+        return land.fragment
+
+    def _fit_model(self, land: LandscapeState, seed: int) -> Any:
+        """The landscape's surrogate on what is computed: the fragment dimer GP for fragment
+        DFT refinement (:mod:`agent.surrogates.fragment_gp`), else the SOAP Delta-GP."""
+        if self._fragment_mode() and (terms := self._fragment_terms(land)) is not None:
+            from agent.surrogates.fragment_gp import FragmentDeltaModel
+            from sim_backends.base import SetupError
+            from sim_backends.fragment_terms import dimer_deltas
+
+            deltas = {}
+            for i, recs in land.dimer_records.items():
+                if i in land.computed:
+                    try:
+                        deltas[i] = dimer_deltas(terms[i], recs)
+                    except SetupError:
+                        pass  # other cutoff than the terms (changed config): not used
+            model = FragmentDeltaModel(terms, land.ff_kjmol, seed=seed)
+            return model.fit(deltas, {i: land.computed[i] for i in deltas})
+        from agent.refine_acquisition import fit_delta_model
+
+        return fit_delta_model(land.ff_kjmol, self._features(land), land.computed, seed=seed)
+
+    def _inputs(self, land: LandscapeState, model: Any) -> np.ndarray:
+        """The ``X`` the acquisition passes to ``model``: structure indices for the fragment
+        model, the structure descriptors otherwise."""
+        from agent.surrogates.fragment_gp import FragmentDeltaModel
+
+        if isinstance(model, FragmentDeltaModel):
+            return FragmentDeltaModel.index_rows(len(land.ids))
+        return self._features(land)
 
     def _structure_task(self, land: LandscapeState, i: int, backend: Any, stage: str) -> Task:
         inp = EvalInput(land.smiles, structure_cif=land.cifs[i], structure_id=land.ids[i])
@@ -331,13 +394,10 @@ class StructureStage:
         land = self.landscapes.get(molecule_id)
         if land is None or not land.computed:
             return None
-        from agent.refine_acquisition import fit_delta_model
-
-        X = self._features(land)
         model = land.model
         if model is None or land.model_computed != land.computed:
-            model = fit_delta_model(land.ff_kjmol, X, land.computed, seed=self.campaign.cfg.seed)
-        mean, std = model.predict(X)
+            model = self._fit_model(land, self.campaign.cfg.seed)
+        mean, std = model.predict(self._inputs(land, model))
         computed = np.array(sorted(land.computed))
         held_out = None
         if model.loo_residual_kjmol is not None:  # computed minus leave-one-out prediction

@@ -196,7 +196,8 @@ class Tracker:
 
     def log_structure_refits(self) -> None:
         """Per structure-stage Delta-GP refit: its held-out (leave-one-out) MAE and
-        calibration factor as metrics (step = structures computed at the refine level,
+        calibration factor as metrics, which surrogate it is as a tag
+        (``structure_surrogate_m<id>``: ``soap-delta-gp`` or ``fragment-dimer-gp``) (step = structures computed at the refine level,
         one series per molecule, ``..._m<molecule id>``), and the landscape before and
         after correction with the held-out parity plot as an artifact
         (``structure_refits/landscape_m<id>_n<computed>.png``)."""
@@ -214,6 +215,8 @@ class Tracker:
                                        rec["loo_mae_kjmol"], step=step)
             self.client.log_metric(self.run_id, f"structure_gp_calibration_m{mol}", rec["calibration"],
                                    step=step)
+            if rec.get("surrogate"):
+                self.client.set_tag(self.run_id, f"structure_surrogate_m{mol}", rec["surrogate"])
         for mol in sorted({rec["molecule_id"] for rec in new}):
             step = max(rec["n_computed"] for rec in new if rec["molecule_id"] == mol)
             with tempfile.TemporaryDirectory() as tmp:

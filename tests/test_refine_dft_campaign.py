@@ -62,5 +62,8 @@ def test_dft_refinement_campaign(tmp_path):
     # one point per refit with >= 2 computed structures, stepped by the computed count
     assert [m.step for m in hist] == sorted({m.step for m in hist}) and hist[0].step >= 2
     assert all(m.value >= 0 for m in hist)
+    # fragment DFT refinement is modelled per dimer (agent/surrogates/fragment_gp.py)
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("structure_surrogate_m")}
+    assert tags and set(tags.values()) == {"fragment-dimer-gp"}, run.data.tags
     arts = [a.path for a in client.list_artifacts(rid, "structure_refits")]
     assert arts and all(a.endswith(".png") for a in arts)

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 class FragmentDeltaModel:
     """GP over dimer corrections, aggregated to structure energies (module docstring).
 
+    The leave-one-structure-out residuals (:attr:`loo_residual_kjmol`) play the role of the
+    Delta-GP's leave-one-out ones in the campaign's per-refit diagnostics.
+
     Args:
         terms: :class:`~sim_backends.fragment_terms.FragmentTerms` of every structure.
         cheap_kjmol: cheap-level energies of the structures, ``(n,)`` (the acquisition's
@@ -50,6 +53,9 @@ class FragmentDeltaModel:
         min_structures: computed structures needed before the dimer GP is used.
         max_iter: iterations of the marginal-likelihood fit.
     """
+
+    #: name in MLflow tags and benchmark output
+    kind = "fragment-dimer-gp"
 
     def __init__(self, terms: Sequence[FragmentTerms], cheap_kjmol: np.ndarray, seed: int = 0,
                  prior_std_kjmol: float = 4.0, min_structures: int = 2, max_iter: int = 100) -> None:
@@ -78,6 +84,10 @@ class FragmentDeltaModel:
         self._structures: set[int] = set()
         #: constant added to the absolute energies (see :meth:`fit`)
         self.offset = 0.0
+        #: computed minus leave-one-structure-out energies, sorted structure order, or None
+        self.loo_residual_kjmol: np.ndarray | None = None
+        #: the acquisition's calibration factor (1: the GP's own spread is used)
+        self.calibration = 1.0
         self._kernel: Any = None
         self._const = 0.0
         self._noise = 1.0
@@ -154,9 +164,41 @@ class FragmentDeltaModel:
         self._train_idx = np.concatenate(idx + [np.zeros(0, dtype=int)]).astype(int)
         self._train_y = np.concatenate(ys + [np.zeros(0)])
         self._kernel = None
+        self.loo_residual_kjmol = None
         if len(self._structures) >= self.min_structures and len(self._train_y) >= 3:
             self._fit_hyperparameters()
+            self.loo_residual_kjmol = self._loo_residuals()
         return self
+
+    def _loo_residuals(self) -> np.ndarray:
+        """Per computed structure (sorted index order): its energy from its own dimer data
+        minus the prediction of the model without them (hyperparameters fixed).
+
+        A structure's dimers are left out together, so this is the error on a structure the
+        model has not seen, the quantity the acquisition relies on.
+        """
+        from scipy.linalg import cho_factor, cho_solve
+
+        t, y = self._train_idx, (self._train_y - self._y_shift) / self._y_scale - self._const
+        K = self._k(t, t)
+        out = []
+        for s in sorted(self._structures):
+            own = (t >= self.offsets[s]) & (t < self.offsets[s + 1])
+            w = self.weights[t[own]]
+            if own.all():
+                out.append(float(w @ (self._train_y[own] - self._y_shift - self._y_scale * self._const)))
+                continue
+            keep = ~own
+            Kk = K[np.ix_(keep, keep)] + (self._noise + 1e-9) * np.eye(int(keep.sum()))
+            mean = K[np.ix_(own, keep)] @ cho_solve(cho_factor(Kk, lower=True), y[keep])
+            out.append(float(w @ (self._train_y[own] - self._y_shift - self._y_scale * (self._const + mean))))
+        return np.asarray(out)
+
+    @property
+    def loo_mae_kjmol(self) -> float | None:
+        """Mean absolute leave-one-structure-out error (kJ/mol per molecule), or None."""
+        r = self.loo_residual_kjmol
+        return None if r is None or len(r) == 0 else float(np.mean(np.abs(r)))
 
     def _fit_hyperparameters(self) -> None:
         import torch
@@ -300,6 +342,6 @@ class FragmentDeltaModel:
         return float(np.mean(np.concatenate(errs))) if errs else None
 
     def describe(self) -> dict[str, Any]:
-        return {"model": "fragment-dimer-gp", "n_structures": self.n_structures,
+        return {"model": self.kind, "n_structures": self.n_structures,
                 "n_dimers_trained": int(len(self._train_y)), "noise_kjmol": float(np.sqrt(self._noise) * self._y_scale)
                 if self.active else None}
