@@ -54,13 +54,16 @@ class FragmentDeltaModel:
         prior_std_kjmol: spread of the prior (before ``min_structures`` are computed).
         min_structures: computed structures needed before the dimer GP is used.
         max_iter: iterations of the marginal-likelihood fit.
+        calibrate, calibration_prior_n, max_calibration: scale the predictive spread by the
+            leave-one-structure-out calibration factor (:meth:`_calibrate`).
     """
 
     #: name in MLflow tags and benchmark output
     kind = "fragment-dimer-gp"
 
     def __init__(self, terms: Sequence[FragmentTerms], cheap_kjmol: np.ndarray, seed: int = 0,
-                 prior_std_kjmol: float = 4.0, min_structures: int = 2, max_iter: int = 100) -> None:
+                 prior_std_kjmol: float = 4.0, min_structures: int = 2, max_iter: int = 100,
+                 calibrate: bool = True, calibration_prior_n: float = 4.0, max_calibration: float = 4.0) -> None:
         self.cheap = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
         if len(terms) != len(self.cheap):
             raise SurrogateError(f"{len(terms)} fragment terms for {len(self.cheap)} structures")
@@ -71,6 +74,9 @@ class FragmentDeltaModel:
         self.prior_std_kjmol = float(prior_std_kjmol)
         self.min_structures = int(min_structures)
         self.max_iter = int(max_iter)
+        self.calibrate = bool(calibrate)
+        self.calibration_prior_n = float(calibration_prior_n)
+        self.max_calibration = float(max_calibration)
         self.known = np.array([t.known_kjmol for t in terms], dtype=float)
         counts = np.array([len(t.keys) for t in terms], dtype=int)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -93,7 +99,7 @@ class FragmentDeltaModel:
         self.offset = 0.0
         #: computed minus leave-one-structure-out energies, sorted structure order, or None
         self.loo_residual_kjmol: np.ndarray | None = None
-        #: the acquisition's calibration factor (1: the GP's own spread is used)
+        #: factor (>= 1) on the predictive spread from the leave-one-structure-out z-scores
         self.calibration = 1.0
         self._kernel: Any = None
         self._const = 0.0
@@ -172,9 +178,12 @@ class FragmentDeltaModel:
         self._train_y = np.concatenate(ys + [np.zeros(0)])
         self._kernel = None
         self.loo_residual_kjmol = None
+        self.calibration = 1.0
         if len(self._structures) >= self.min_structures and len(self._train_y) >= 3:
             self._fit_hyperparameters()
             self.loo_residual_kjmol = self._loo_residuals()
+            if self.calibrate:
+                self.calibration = self._calibrate()
         return self
 
     def _loo_residuals(self) -> np.ndarray:
@@ -188,7 +197,7 @@ class FragmentDeltaModel:
 
         t, y = self._train_idx, (self._train_y - self._y_shift) / self._y_scale - self._const
         K = self._k(t, t)
-        out = []
+        out, z2 = [], []
         for s in sorted(self._structures):
             own = (t >= self.offsets[s]) & (t < self.offsets[s + 1])
             w = self.weights[t[own]]
@@ -196,10 +205,22 @@ class FragmentDeltaModel:
                 out.append(float(w @ (self._train_y[own] - self._y_shift - self._y_scale * self._const)))
                 continue
             keep = ~own
-            Kk = K[np.ix_(keep, keep)] + (self._noise + 1e-9) * np.eye(int(keep.sum()))
-            mean = K[np.ix_(own, keep)] @ cho_solve(cho_factor(Kk, lower=True), y[keep])
+            Kk = cho_factor(K[np.ix_(keep, keep)] + (self._noise + 1e-9) * np.eye(int(keep.sum())), lower=True)
+            Kok = K[np.ix_(own, keep)]
+            mean = Kok @ cho_solve(Kk, y[keep])
             out.append(float(w @ (self._train_y[own] - self._y_shift - self._y_scale * (self._const + mean))))
+            var = self._y_scale**2 * float(w @ (K[np.ix_(own, own)] - Kok @ cho_solve(Kk, Kok.T)) @ w)
+            z2.append(out[-1] ** 2 / max(var, 1e-6))
+        self._loo_z2 = np.asarray(z2)
         return np.asarray(out)
+
+    def _calibrate(self) -> float:
+        """Spread factor from the leave-one-structure-out z-scores, as in
+        :class:`~agent.surrogates.structure_gp.DeltaGP`: sqrt of their mean square, shrunk
+        towards 1 with ``calibration_prior_n`` pseudo-observations, within [1, max_calibration]."""
+        z2 = getattr(self, "_loo_z2", np.zeros(0))
+        ratio = (self.calibration_prior_n + float(np.sum(z2))) / (self.calibration_prior_n + len(z2))
+        return float(np.clip(np.sqrt(ratio), 1.0, self.max_calibration))
 
     @property
     def loo_mae_kjmol(self) -> float | None:
@@ -310,7 +331,7 @@ class FragmentDeltaModel:
         if not self.active:
             return np.zeros(len(rows)), np.full(len(rows), self.prior_std_kjmol)
         mean, cov = self._structure_posterior(rows)
-        return mean - self.cheap[rows], np.sqrt(np.clip(np.diag(cov), 1e-12, None))
+        return mean - self.cheap[rows], self.calibration * np.sqrt(np.clip(np.diag(cov), 1e-12, None))
 
     def sample(self, X: np.ndarray, n_samples: int, seed: int | None = None) -> np.ndarray:
         """Joint draws of the corrections of ``X``, ``(n_samples, len(X))``."""
@@ -328,7 +349,7 @@ class FragmentDeltaModel:
                 jitter *= 10.0
         else:
             L = np.diag(np.sqrt(np.clip(np.diag(cov), 0.0, None)))
-        draws = mean[None, :] + rng.standard_normal((n_samples, len(rows))) @ L.T
+        draws = mean[None, :] + self.calibration * (rng.standard_normal((n_samples, len(rows))) @ L.T)
         return draws - self.cheap[rows]
 
     def transform(self, X: np.ndarray) -> np.ndarray:
