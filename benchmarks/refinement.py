@@ -1,8 +1,10 @@
 """Benchmark "refinement": how many expensive calculations until the true top 10 are known.
 
-Replays complete multi-level CSP landscapes. The agent (Delta-GP on averaged SOAP +
-cheap extras with LOO-calibrated error bars, cost-aware top-k acquisition; see
-``agent/refine_acquisition.py``, default settings) asks
+Replays complete multi-level CSP landscapes. The agent (cost-aware top-k acquisition, see
+``agent/refine_acquisition.py``, default settings, on the surrogate a campaign would use for
+that expensive level: the Delta-GP on averaged SOAP + cheap extras with LOO-calibrated
+error bars, or, for our fragment-DFT landscapes, the fragment dimer GP of
+``agent/surrogates/fragment_gp.py`` -- ``--surrogate soap`` forces the former) asks
 for structures batch by batch; the replay reveals only the expensive energies of the
 structures it asked for. We count the calculations made before all of the true
 top-10 structures (by expensive-level energy) have been computed. The agent never
@@ -19,6 +21,13 @@ as the number of symmetry-unique dimers for fragment-DFT landscapes
 rule P(top 10 complete) >= 0.9 (``completion_probability``) would have stopped the
 agent and how many true top-10 it had by then, the GP's 2-sigma coverage, the cheap
 rank of the top-10 structure found last, and the decision time per call.
+
+Fragment-DFT landscapes (``dft_results.jsonl`` with per-dimer records beside the table, as
+``data/landscapes/make_landscape.py --expensive dft`` writes them): the expensive energy is
+D3(BJ) over the periodic cell + a point-charge Ewald sum (both computed here for every
+structure, as a campaign does, :func:`fragment_data`) + a weighted sum of per-dimer
+corrections E_int^DFT - E_pc, which the agent learns from the dimer records of the
+structures it has computed -- each computed structure teaches it about ~5 dimers.
 
 Usage::
 

@@ -192,6 +192,15 @@ def d3_energy_hartree(atoms: Atoms, functional: str) -> float:
     return float(model.get_dispersion(param, grad=False)["energy"])
 
 
+def d3_lattice_kjmol(crystal: Crystal, functional: str) -> tuple[float, float]:
+    """Periodic D3(BJ) lattice term E_D3(cell)/Z - <E_D3(molecule)> (kJ/mol per molecule),
+    and the mean molecular D3 energy (Hartree) it subtracts."""
+    import numpy as np
+
+    e_mol = float(np.mean([d3_energy_hartree(crystal.molecule(k), functional) for k in range(crystal.z)]))
+    return (d3_energy_hartree(crystal.atoms, functional) / crystal.z - e_mol) * HARTREE_TO_KJMOL, e_mol
+
+
 @dataclass
 class ScfSettings:
     """Settings of every SCF in one lattice-energy evaluation.
@@ -525,8 +534,7 @@ def fragment_lattice_energy(
 
     z = crystal.z
     e_dft = e_2body_hartree / z * HARTREE_TO_KJMOL
-    e_d3_mol = np.mean([d3_energy_hartree(crystal.molecule(k), settings.functional) for k in range(z)])
-    e_d3 = (d3_energy_hartree(crystal.atoms, settings.functional) / z - e_d3_mol) * HARTREE_TO_KJMOL
+    e_d3, e_d3_mol = d3_lattice_kjmol(crystal, settings.functional)
     e_d3_within = sum(0.5 * r["multiplicity"] * r["e_d3_pair_kjmol"] for r in records) / z
     e_def = 0.0
     gas_info = None

@@ -155,18 +155,15 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
     import numpy as np
 
     from sim_backends.dft_crystal import (
-        d3_energy_hartree,
+        d3_lattice_kjmol,
         enumerate_dimers,
         long_range_electrostatics_kjmol,
         unique_dimers,
     )
-    from sim_backends.structures import HARTREE_TO_KJMOL
-
     q = np.asarray(charges_e, dtype=float)
     lr = long_range_electrostatics_kjmol(crystal, q, cutoff_A, cutoff_mode)
     if e_d3_kjmol is None:
-        e_mol = np.mean([d3_energy_hartree(crystal.molecule(k), functional) for k in range(crystal.z)])
-        e_d3_kjmol = (d3_energy_hartree(crystal.atoms, functional) / crystal.z - e_mol) * HARTREE_TO_KJMOL
+        e_d3_kjmol = d3_lattice_kjmol(crystal, functional)[0]
     symbols = crystal.atoms.get_chemical_symbols()
     sym_mol = [symbols[a] for a in crystal.groups[0]]
     pairs = element_pairs(sym_mol)
