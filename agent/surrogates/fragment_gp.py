@@ -14,7 +14,8 @@ structure-level correction that jumps whenever a dimer crosses the contact cutof
 Model: a GP on the dimer descriptors (kernel = scaled RBF with ARD lengthscales on the
 standardised log contact sums + a linear kernel on those and on the plain contact sums; the
 linear part on plain sums is a pairwise-additive correction sum_ab u_AB(r_ab), like a
-force-field repulsion/penetration fit; constant mean; Gaussian noise), hyperparameters by
+force-field repulsion/penetration fit; zero mean, as delta vanishes without overlap; Gaussian
+noise), hyperparameters by
 maximum marginal likelihood with BoTorch. The joint posterior of all dimers of the landscape maps to a joint
 Gaussian over the structure energies: mean K + W mu, covariance W Sigma W^T. Before
 ``min_structures`` structures are computed the model has no dimer data worth fitting and
@@ -236,12 +237,17 @@ class FragmentDeltaModel:
         from gpytorch.constraints import GreaterThan
         from gpytorch.kernels import LinearKernel, ScaleKernel
         from gpytorch.likelihoods import GaussianLikelihood
+        from gpytorch.means import ZeroMean
         from gpytorch.mlls import ExactMarginalLogLikelihood
         from gpytorch.priors import GammaPrior, LogNormalPrior
 
         torch.manual_seed(self.seed)
         y = self._train_y
-        self._y_shift = float(y.mean())
+        # zero prior mean: delta vanishes with the overlap of the two molecules, so a dimer
+        # unlike any computed one reverts to 0 rather than to the mean of the (mostly
+        # hydrogen-bonded) training dimers (10 seeds, calculations until the true top 10:
+        # formic_acid_dft 22 -> 18.5, formamide_dft 29.5 -> 31, against a constant mean)
+        self._y_shift = 0.0
         self._y_scale = float(max(y.std(), 0.5))
         Z = self._Z[self._train_idx]
         tX = torch.as_tensor(Z, dtype=torch.float64)
@@ -260,7 +266,8 @@ class FragmentDeltaModel:
         likelihood = GaussianLikelihood(noise_prior=noise_prior,
                                         noise_constraint=GreaterThan(1e-4, transform=None,
                                                                      initial_value=noise_prior.mode))
-        model = SingleTaskGP(tX, tY, likelihood=likelihood, covar_module=covar, outcome_transform=None)
+        model = SingleTaskGP(tX, tY, likelihood=likelihood, covar_module=covar, mean_module=ZeroMean(),
+                             outcome_transform=None)
         try:
             fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
                              optimizer_kwargs={"options": {"maxiter": self.max_iter}})
@@ -268,7 +275,7 @@ class FragmentDeltaModel:
             pass
         model.eval()
         self._kernel = model.covar_module
-        self._const = float(model.mean_module.constant.detach())
+        self._const = 0.0
         self._noise = float(model.likelihood.noise.detach().reshape(-1)[0])
         self._factorise()
 
