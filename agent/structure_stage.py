@@ -271,13 +271,16 @@ class StructureStage:
         except SurrogateError:
             return None  # select_structures refits and reports the error itself
         land.model, land.model_computed = model, dict(land.computed)
+        surrogate = getattr(model, "kind", "soap-delta-gp")
+        if self._fragment_mode() and land.fragment_error:  # say why the fragment model is not used
+            surrogate += f" (fragment terms failed: {land.fragment_error[:200]})"
         n = len(land.computed)
         last = next((r for r in reversed(self.refits) if r["molecule_id"] == land.molecule_id), None)
         if n >= 2 and (last is None or last["n_computed"] != n):
             self.refits.append({
                 "molecule_id": land.molecule_id, "n_computed": n,
                 "loo_mae_kjmol": model.loo_mae_kjmol, "calibration": float(model.calibration),
-                "surrogate": getattr(model, "kind", "soap-delta-gp"),
+                "surrogate": surrogate,
             })
         return model
 
