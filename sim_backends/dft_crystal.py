@@ -374,7 +374,8 @@ def molecule_resp_charges(crystal: Crystal) -> np.ndarray:
 
 
 def long_range_electrostatics_kjmol(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float,
-                                    cutoff_mode: str = "contact") -> dict[str, float]:
+                                    cutoff_mode: str = "contact",
+                                    dimers: list[Dimer] | None = None) -> dict[str, float]:
     """Point-charge electrostatics of the pairs beyond the dimer cutoff (kJ/mol per molecule).
 
     The HMBI-style long-range term (see the module docstring):
@@ -389,6 +390,8 @@ def long_range_electrostatics_kjmol(crystal: Crystal, charges_e: np.ndarray, cut
         crystal: crystal with whole molecules, all in the atom order of the charges.
         charges_e: charges of one molecule, (n_mol_atoms,), e; they must sum to ~0.
         cutoff_A, cutoff_mode: the dimer cutoff of the DFT two-body sum.
+        dimers: :func:`enumerate_dimers` of the crystal with that cutoff, when the caller
+            already has them.
 
     Returns:
         ``{"e_elec_lr_kjmol", "e_elec_pc_total_kjmol", "e_elec_pc_within_kjmol"}``.
@@ -425,7 +428,7 @@ def long_range_electrostatics_kjmol(crystal: Crystal, charges_e: np.ndarray, cut
     e_within = 0.0
     cell = whole.cell.array
     qq = np.outer(charges_e, charges_e)
-    for d in enumerate_dimers(crystal, cutoff_A, cutoff_mode):
+    for d in dimers if dimers is not None else enumerate_dimers(crystal, cutoff_A, cutoff_mode):
         pa = whole.positions[groups[d.i]]
         pb = whole.positions[groups[d.j]] + np.asarray(d.shift) @ cell
         r = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
@@ -480,7 +483,7 @@ def fragment_lattice_energy(
     dimers = enumerate_dimers(crystal, cutoff_A, cutoff_mode)
     # cheap and able to fail on bad input: before any SCF
     lr = ({"e_elec_lr_kjmol": 0.0} if long_range_charges_e is None else
-          long_range_electrostatics_kjmol(crystal, long_range_charges_e, cutoff_A, cutoff_mode))
+          long_range_electrostatics_kjmol(crystal, long_range_charges_e, cutoff_A, cutoff_mode, dimers))
     classes = unique_dimers(crystal, dimers)
     monomers: dict[int, dict[str, Any]] = {}
 

@@ -161,7 +161,8 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
         unique_dimers,
     )
     q = np.asarray(charges_e, dtype=float)
-    lr = long_range_electrostatics_kjmol(crystal, q, cutoff_A, cutoff_mode)
+    dimers = enumerate_dimers(crystal, cutoff_A, cutoff_mode)
+    lr = long_range_electrostatics_kjmol(crystal, q, cutoff_A, cutoff_mode, dimers)
     if e_d3_kjmol is None:
         e_d3_kjmol = d3_lattice_kjmol(crystal, functional)[0]
     symbols = crystal.atoms.get_chemical_symbols()
@@ -170,7 +171,7 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
     cell = crystal.atoms.cell.array
     qq = np.outer(q, q)
     keys, contact, weights, mults, e_pc, feats = [], [], [], [], [], []
-    for dimer, mult in unique_dimers(crystal, enumerate_dimers(crystal, cutoff_A, cutoff_mode)):
+    for dimer, mult in unique_dimers(crystal, dimers):
         pa = crystal.atoms.positions[crystal.groups[dimer.i]]
         pb = crystal.atoms.positions[crystal.groups[dimer.j]] + np.asarray(dimer.shift) @ cell
         r = np.linalg.norm(pa[:, None] - pb[None], axis=-1)
