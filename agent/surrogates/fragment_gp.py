@@ -84,14 +84,12 @@ class FragmentDeltaModel:
         self.features = (np.vstack([t.features for t in terms]) if counts.sum()
                          else np.zeros((0, len(next(iter(names))))))
         self.weights = np.concatenate([t.weights for t in terms]) if counts.sum() else np.zeros(0)
-        self.owner = np.repeat(np.arange(len(terms)), counts)
         # model inputs: the descriptor (log contact sums) for the RBF part, and the plain
         # contact sums for the linear part (a pairwise-additive correction, see the module docstring)
         raw = np.expm1(self.features) / 1000.0
         cols = np.hstack([self.features, raw])
-        mu, sd = cols.mean(0), cols.std(0)
-        self._f_mean, self._f_std = mu, np.where(sd > 1e-9, sd, 1.0)
-        self._Z = (cols - mu) / self._f_std
+        sd = cols.std(0)
+        self._Z = (cols - cols.mean(0)) / np.where(sd > 1e-9, sd, 1.0)
         self._n_log = self.features.shape[1]
         self._train_idx = np.zeros(0, dtype=int)  # rows of the dimer table with data
         self._train_y = np.zeros(0)
@@ -103,7 +101,6 @@ class FragmentDeltaModel:
         #: factor (>= 1) on the predictive spread from the leave-one-structure-out z-scores
         self.calibration = 1.0
         self._kernel: Any = None
-        self._const = 0.0
         self._noise = 1.0
         self._y_shift, self._y_scale = 0.0, 1.0
         self._alpha: np.ndarray | None = None
@@ -196,20 +193,20 @@ class FragmentDeltaModel:
         """
         from scipy.linalg import cho_factor, cho_solve
 
-        t, y = self._train_idx, (self._train_y - self._y_shift) / self._y_scale - self._const
+        t, y = self._train_idx, (self._train_y - self._y_shift) / self._y_scale
         K = self._k(t, t)
         out, z2 = [], []
         for s in sorted(self._structures):
             own = (t >= self.offsets[s]) & (t < self.offsets[s + 1])
             w = self.weights[t[own]]
             if own.all():
-                out.append(float(w @ (self._train_y[own] - self._y_shift - self._y_scale * self._const)))
+                out.append(float(w @ (self._train_y[own] - self._y_shift)))
                 continue
             keep = ~own
             Kk = cho_factor(K[np.ix_(keep, keep)] + (self._noise + 1e-9) * np.eye(int(keep.sum())), lower=True)
             Kok = K[np.ix_(own, keep)]
             mean = Kok @ cho_solve(Kk, y[keep])
-            out.append(float(w @ (self._train_y[own] - self._y_shift - self._y_scale * (self._const + mean))))
+            out.append(float(w @ (self._train_y[own] - self._y_shift - self._y_scale * mean)))
             var = self._y_scale**2 * float(w @ (K[np.ix_(own, own)] - Kok @ cho_solve(Kk, Kok.T)) @ w)
             z2.append(out[-1] ** 2 / max(var, 1e-6))
         self._loo_z2 = np.asarray(z2)
@@ -275,7 +272,6 @@ class FragmentDeltaModel:
             pass
         model.eval()
         self._kernel = model.covar_module
-        self._const = 0.0
         self._noise = float(model.likelihood.noise.detach().reshape(-1)[0])
         self._factorise()
 
@@ -292,7 +288,7 @@ class FragmentDeltaModel:
         t = self._train_idx
         K = self._k(t, t) + self._noise * np.eye(len(t))
         self._chol = cho_factor(K + 1e-9 * np.eye(len(t)), lower=True)
-        r = (self._train_y - self._y_shift) / self._y_scale - self._const
+        r = (self._train_y - self._y_shift) / self._y_scale
         self._alpha = cho_solve(self._chol, r)
 
     def condition(self, X_new: np.ndarray, delta_kjmol: np.ndarray) -> FragmentDeltaModel:
@@ -319,7 +315,7 @@ class FragmentDeltaModel:
         from scipy.linalg import cho_solve
 
         Ks = self._k(d_idx, self._train_idx)
-        mean = self._y_shift + self._y_scale * (self._const + Ks @ self._alpha)
+        mean = self._y_shift + self._y_scale * (Ks @ self._alpha)
         if not cov:
             return mean, None
         C = self._k(d_idx, d_idx) - Ks @ cho_solve(self._chol, Ks.T)
