@@ -5,6 +5,8 @@ acquisition picks, through Ray, the SQLite store and MLflow."""
 
 import sqlite3
 
+import numpy as np
+
 import pytest
 
 from conftest import cli, write_config
@@ -67,3 +69,18 @@ def test_dft_refinement_campaign(tmp_path):
     assert tags and set(tags.values()) == {"fragment-dimer-gp"}, run.data.tags
     arts = [a.path for a in client.list_artifacts(rid, "structure_refits")]
     assert arts and all(a.endswith(".png") for a in arts)
+
+    # reopened from its store (as on resume), the stage has the dimer records of every computed
+    # structure and rebuilds the same fragment model from them
+    from agent.campaign import Campaign
+    from agent.surrogates.fragment_gp import FragmentDeltaModel
+
+    reopened = Campaign.open("dftref", runs, readonly=True)
+    (land,) = reopened.stage.landscapes.values()
+    assert len(land.computed) == 4 and set(land.dimer_records) == set(land.computed)
+    model = reopened.stage._fit_model(land, seed=0)
+    assert isinstance(model, FragmentDeltaModel) and model.n_structures == 4
+    mean, _ = model.predict(FragmentDeltaModel.index_rows(len(land.ids)))
+    done = sorted(land.computed)
+    # computed structures come back at their DFT energies (up to the GP's noise term)
+    assert np.allclose(land.ff_kjmol[done] + mean[done], [land.computed[i] for i in done], atol=1.5)
