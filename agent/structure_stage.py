@@ -296,17 +296,14 @@ class StructureStage:
         None, with the reason kept in ``land.fragment_error``, when they cannot be computed."""
         if land.fragment is None and land.fragment_error is None:
             from sim_backends.base import SetupError
-            from sim_backends.dft_crystal import molecule_resp_charges
-            from sim_backends.fragment_terms import fragment_terms
+            from sim_backends.fragment_terms import landscape_fragment_terms
             from sim_backends.structures import load_crystal
 
             p = self.cfg.refine.params
             try:
-                crystals = [load_crystal(c, land.smiles) for c in land.cifs]
-                charges = molecule_resp_charges(crystals[0])
-                land.fragment = [fragment_terms(c, charges, float(p.get("cutoff_A", 4.0)),
-                                                str(p.get("cutoff_mode", "contact")),
-                                                str(p.get("functional", "pbe"))) for c in crystals]
+                land.fragment = landscape_fragment_terms(
+                    [load_crystal(c, land.smiles) for c in land.cifs], float(p.get("cutoff_A", 4.0)),
+                    str(p.get("cutoff_mode", "contact")), str(p.get("functional", "pbe")))
             except (SetupError, ValueError, RuntimeError) as exc:
                 land.fragment_error = str(exc)
         return land.fragment

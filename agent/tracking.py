@@ -92,6 +92,7 @@ class Tracker:
         self._logged_refits = int(campaign.store.get_meta("mlflow_logged_refits", "0") or 0)
         self._lab_counts: tuple[int, int] | None = None
         self._logged_structure_refits = 0
+        self._structure_surrogate: dict[int, str] = {}  # molecule id -> surrogate tag already set
 
     def _run_missing(self, run_id: str) -> bool:
         try:
@@ -215,8 +216,9 @@ class Tracker:
                                        rec["loo_mae_kjmol"], step=step)
             self.client.log_metric(self.run_id, f"structure_gp_calibration_m{mol}", rec["calibration"],
                                    step=step)
-            if rec.get("surrogate"):
+            if rec.get("surrogate") and self._structure_surrogate.get(mol) != rec["surrogate"]:
                 self.client.set_tag(self.run_id, f"structure_surrogate_m{mol}", rec["surrogate"])
+                self._structure_surrogate[mol] = rec["surrogate"]
         for mol in sorted({rec["molecule_id"] for rec in new}):
             step = max(rec["n_computed"] for rec in new if rec["molecule_id"] == mol)
             with tempfile.TemporaryDirectory() as tmp:

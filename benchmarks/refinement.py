@@ -184,8 +184,7 @@ def fragment_data(path: Path, land, cheap: str, console):
     """
     from rich.progress import Progress
 
-    from sim_backends.dft_crystal import molecule_resp_charges
-    from sim_backends.fragment_terms import dimer_deltas, fragment_terms
+    from sim_backends.fragment_terms import dimer_deltas, landscape_fragment_terms
     from sim_backends.structures import Crystal
 
     rec_path, run_path = Path(path) / "dft_results.jsonl", Path(path) / "run.json"
@@ -199,18 +198,13 @@ def fragment_data(path: Path, land, cheap: str, console):
             records[r["id"]] = r
     if not all(i in records and records[i].get("dimers") for i in land.ids):
         return None
-    terms, deltas, charges = [], {}, None
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"{land.name}: fragment terms (D3, point-charge Ewald, dimers)", total=len(land))
-        for k, (sid, atoms) in enumerate(zip(land.ids, land.atoms[cheap])):
-            crystal = Crystal.from_atoms(atoms)
-            if charges is None:
-                charges = molecule_resp_charges(crystal)
-            t = fragment_terms(crystal, charges, float(settings.get("cutoff_A", 3.0)),
-                               str(settings.get("cutoff_mode", "contact")), str(settings.get("functional", "pbe")))
-            terms.append(t)
-            deltas[k] = dimer_deltas(t, records[sid]["dimers"])
-            prog.advance(task)
+        terms = landscape_fragment_terms(
+            [Crystal.from_atoms(a) for a in land.atoms[cheap]], float(settings.get("cutoff_A", 3.0)),
+            str(settings.get("cutoff_mode", "contact")), str(settings.get("functional", "pbe")),
+            progress=lambda: prog.advance(task))
+    deltas = {k: dimer_deltas(t, records[sid]["dimers"]) for k, (sid, t) in enumerate(zip(land.ids, terms))}
     return terms, deltas
 
 

@@ -33,6 +33,7 @@ Everything heavy (dftd3, pymatgen, pyscf for the RESP charges) is imported insid
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,31 +109,6 @@ class FragmentTerms:
     features: np.ndarray
     feature_names: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable copy (for the campaign store)."""
-        return {"known_kjmol": self.known_kjmol, "e_d3_kjmol": self.e_d3_kjmol,
-                "e_pc_total_kjmol": self.e_pc_total_kjmol,
-                "keys": [[i, j, list(s)] for i, j, s in self.keys],
-                "contact_A": self.contact_A.tolist(), "weights": self.weights.tolist(),
-                "multiplicity": self.multiplicity.tolist(),
-                "e_pc_dimer_kjmol": self.e_pc_dimer_kjmol.tolist(), "features": self.features.tolist(),
-                "feature_names": list(self.feature_names)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> FragmentTerms:
-        import numpy as np
-
-        n_feat = len(d["feature_names"])
-        return cls(known_kjmol=float(d["known_kjmol"]), e_d3_kjmol=float(d["e_d3_kjmol"]),
-                   e_pc_total_kjmol=float(d["e_pc_total_kjmol"]),
-                   keys=[(int(i), int(j), tuple(int(s) for s in sh)) for i, j, sh in d["keys"]],
-                   contact_A=np.asarray(d["contact_A"], dtype=float),
-                   weights=np.asarray(d["weights"], dtype=float),
-                   multiplicity=np.asarray(d["multiplicity"], dtype=int),
-                   e_pc_dimer_kjmol=np.asarray(d["e_pc_dimer_kjmol"], dtype=float),
-                   features=np.asarray(d["features"], dtype=float).reshape(-1, n_feat),
-                   feature_names=list(d["feature_names"]))
-
 
 def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.0,
                    cutoff_mode: str = "contact", functional: str = "pbe",
@@ -190,6 +166,27 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
         features=np.asarray(feats, dtype=float).reshape(-1, n_feat),
         feature_names=feature_names(sym_mol),
     )
+
+
+def landscape_fragment_terms(crystals: Sequence[Crystal], cutoff_A: float, cutoff_mode: str = "contact",
+                             functional: str = "pbe", progress: Callable[[], None] | None = None) -> list[FragmentTerms]:
+    """:func:`fragment_terms` of every structure of one landscape (one molecule), with the RESP
+    charges fitted once on the first crystal (cached on disk by the charge module).
+
+    Raises:
+        SetupError: as :func:`fragment_terms`; an empty landscape.
+    """
+    from sim_backends.dft_crystal import molecule_resp_charges
+
+    if not crystals:
+        raise SetupError("no structures to compute fragment terms for")
+    charges = molecule_resp_charges(crystals[0])
+    out = []
+    for crystal in crystals:
+        out.append(fragment_terms(crystal, charges, cutoff_A, cutoff_mode, functional))
+        if progress is not None:
+            progress()
+    return out
 
 
 def dimer_deltas(terms: FragmentTerms, dimer_records: list[Any]) -> np.ndarray:

@@ -75,15 +75,6 @@ def test_dimer_records_of_another_structure_are_refused(landscape):
         dimer_deltas(t[0], recs)
 
 
-def test_terms_round_trip_through_json(landscape):
-    from sim_backends.fragment_terms import FragmentTerms
-
-    t = landscape["terms"][5]
-    back = FragmentTerms.from_json(json.loads(json.dumps(t.to_json())))
-    assert back.keys == t.keys and np.allclose(back.features, t.features)
-    assert back.known_kjmol == t.known_kjmol and np.array_equal(back.multiplicity, t.multiplicity)
-
-
 def test_fragment_model_learns_the_landscape_from_few_structures(landscape):
     from agent.surrogates.fragment_gp import FragmentDeltaModel
 
