@@ -493,6 +493,7 @@ class LatticeEnergyModel:
         self._site_mat = t(site_mat)
         self._has_charges = bool(np.any(charges != 0.0))
         self._pair_table_np = self._pair_table.to(torch.float64).numpy()
+        self._intra_per_molecule: float | None = None  # rigid-molecule constant (energy_and_grad_numpy)
         iu, ju = np.triu_indices(self.n_atoms, 1)
         incidence = np.zeros((len(iu), self.n_atoms))  # +1 at ju, -1 at iu: pair forces -> atoms
         incidence[np.arange(len(iu)), ju] = 1.0
@@ -556,7 +557,7 @@ class LatticeEnergyModel:
         return energy.detach(), g_cell, g_coords
 
     def energy_and_grad_numpy(
-        self, cell_A: np.ndarray, coords_A: np.ndarray
+        self, cell_A: np.ndarray, coords_A: np.ndarray, symmetric: bool = False, rigid: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`energy_and_grad` without an autograd graph for the pair and tail terms (numba path).
 
@@ -570,6 +571,15 @@ class LatticeEnergyModel:
         Args:
             cell_A: (B, 3, 3) lattice vectors as rows, Angstrom (non-degenerate, finite).
             coords_A: (B, Z, n_atoms, 3) Cartesian coordinates, Angstrom.
+            symmetric: the Z molecules are space-group images of molecule 0 (Z' = 1): the
+                pair sum runs over molecule 0's pairs only, weighted by Z (see
+                :func:`~sim_backends.csp.pairkernel.pair_energies_and_grads`). The energy is
+                unchanged; the gradients are exact only along symmetry-preserving
+                displacements, which is all a symmetry-constrained minimiser uses.
+            rigid: every molecule has this model's body geometry (rigid-body moves only): the
+                self and intramolecular Coulomb corrections are then a constant per molecule,
+                added without computing them again, and their gradient (internal forces: no
+                net force, torque or strain on a rigid body) is left out.
 
         Returns:
             energy (B,) kJ/mol per molecule, dE/dcell (B, 3, 3) and dE/dcoords
@@ -590,7 +600,7 @@ class LatticeEnergyModel:
         site_mat = self._site_mat.to(torch.float64).numpy()
         sites = site_mat @ coords if self.has_h_sites else coords
         e_rd, e_el, g_sites, g_atoms, g_cell_rd, g_cell_el = pair_energies_and_grads(
-            sites, coords, cell, self._pair_table_np, self._kernel_params
+            sites, coords, cell, self._pair_table_np, self._kernel_params, symmetric=symmetric
         )
         energy = e_rd + e_el
         g_cell = g_cell_rd + g_cell_el
@@ -601,9 +611,14 @@ class LatticeEnergyModel:
             energy = energy + tail
             g_cell = g_cell - tail[:, None, None] * np.linalg.inv(cell).transpose(0, 2, 1)
         if self._has_charges:
-            e_intra, g_intra = self._self_intra_numpy(coords)
-            energy = energy + e_intra
-            g_coords = g_coords + g_intra
+            if rigid:
+                if self._intra_per_molecule is None:
+                    self._intra_per_molecule = float(self._self_intra_numpy(coords[:1, :1])[0][0])
+                energy = energy + n_mol * self._intra_per_molecule
+            else:
+                e_intra, g_intra = self._self_intra_numpy(coords)
+                energy = energy + e_intra
+                g_coords = g_coords + g_intra
             if self.electrostatics == "ewald":
                 cell_t = torch.from_numpy(cell).to(self.dtype).requires_grad_(True)
                 coords_t = torch.from_numpy(coords).to(self.dtype).requires_grad_(True)

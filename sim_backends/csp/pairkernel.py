@@ -79,7 +79,7 @@ def erfcx_coefficients() -> np.ndarray:
     return coef
 
 
-def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef):  # pragma: no cover - compiled by numba
+def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # pragma: no cover - numba
     """Energies and gradients of all intermolecular pairs (plain Python body; numba compiles it).
 
     Args:
@@ -89,6 +89,10 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef):  # pragma: no 
             C (kJ/mol A^6), k_e q_a q_c (kJ/mol A).
         params: (12,) float64 in the order of :data:`PARAM_NAMES`.
         erfcx_coef: :func:`erfcx_coefficients`.
+        symmetric: the Z molecules are symmetry images of molecule 0 (Z' = 1): sum only the
+            pairs of molecule 0, weighted by Z / 2 (Z for its own images over the half space).
+            Same energy; the coordinate gradients are those of that sum, whose projection on
+            symmetry-preserving displacements equals the full sum's.
 
     Returns:
         e_rd (B,), e_el (B,) kJ/mol per cell; g_sites (B, Z, n, 3) = dE_rd/dsites,
@@ -150,8 +154,14 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef):  # pragma: no 
                     acc += atoms[b, m, a, d]
                 cen[m, d] = acc / n
 
-        for i in range(n_mol):
+        for i in range(1 if symmetric else n_mol):
             for j in range(i, n_mol):
+                if not symmetric:
+                    wgt = 1.0
+                elif j == 0:
+                    wgt = float(n_mol)
+                else:
+                    wgt = 0.5 * n_mol
                 for d in range(3):
                     w[d] = cen[j, d] - cen[i, d]
                 for k in range(3):
@@ -209,7 +219,8 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef):  # pragma: no 
                                             d_sw = -30.0 * x * x * (1.0 - x) * (1.0 - x) / width
                                             g = g * sw + e * d_sw * inv_r
                                             e = e * sw
-                                        e_rd[b] += e
+                                        e_rd[b] += wgt * e
+                                        g *= wgt
                                         fx, fy, fz = g * d0, g * d1, g * d2
                                         g_sites[b, j, c, 0] += fx
                                         g_sites[b, j, c, 1] += fy
@@ -241,6 +252,7 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef):  # pragma: no 
                                         else:
                                             erfc_r = math.erfc(xa) * inv_ra
                                         gauss = ex * gauss_pref
+                                        pref *= wgt
                                         if is_dsf:
                                             e_el[b] += pref * (erfc_r - dsf_shift + dsf_force * (ra - rc))
                                             ga = (dsf_force - (gauss + erfc_r) * inv_ra) * pref * inv_ra
@@ -294,7 +306,8 @@ def compiled_kernel() -> Callable:
 
 
 def pair_energies_and_grads(
-    sites_A: np.ndarray, atoms_A: np.ndarray, cells_A: np.ndarray, table: np.ndarray, params: np.ndarray
+    sites_A: np.ndarray, atoms_A: np.ndarray, cells_A: np.ndarray, table: np.ndarray, params: np.ndarray,
+    symmetric: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pair energies per cell and their gradients for a batch of crystals (compiled kernel).
 
@@ -304,6 +317,12 @@ def pair_energies_and_grads(
         cells_A: (B, 3, 3) lattice vectors as rows, Angstrom (non-degenerate).
         table: (n*n, 4) pair parameters A, -B, C, k_e q q (see :func:`_pair_kernel`).
         params: (12,) settings in the order of :data:`PARAM_NAMES`.
+        symmetric: every molecule is a space-group image of molecule 0 (Z' = 1 structures
+            built from the operations, as the CSP minimiser does): only molecule 0's pairs are
+            summed, weighted by Z (Z^2/2 molecule-pair blocks of all images become Z - 1/2: 2.3x
+            fewer pairs at Z = 4, 4.3x at Z = 8, 1.3x at Z = 2). The energy is the same; the coordinate gradients are
+            those of the weighted sum, so they are only meaningful after projection on
+            symmetric displacements (the chain rule to cell and rigid-body variables).
 
     Returns:
         ``(e_rd, e_el, g_sites, g_atoms, g_cell_rd, g_cell_el)``: exp-6 and real-space Coulomb
@@ -330,7 +349,7 @@ def pair_energies_and_grads(
         raise ValueError("sites, atoms and cells must be finite")
     if cells.shape[0] and np.abs(np.linalg.det(cells)).min() < 1e-6:
         raise ValueError("degenerate cell (volume ~ 0)")
-    return compiled_kernel()(sites, atoms, cells, table, params, erfcx_coefficients())
+    return compiled_kernel()(sites, atoms, cells, table, params, erfcx_coefficients(), bool(symmetric))
 
 
 def kernel_params(model) -> np.ndarray:
