@@ -180,11 +180,13 @@ def test_import_is_cheap_and_unwritable_source_dir_falls_back_to_temp_cache(tmp_
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_minimiser_numpy_chain_rule_matches_autograd(setting):
-    """CrystalVariables.energy_and_grad: the hand-written chain rule of the numba path (numpy
-    decode + molecule_coords + Rodrigues + cell_matrix backward) equals torch autograd through
-    the same map on the torch pair path, for space groups with 0, 1 and 3 free angles, rotation
-    vectors at 0, in the small-angle branch and beyond it, and under pressure."""
+def test_minimiser_compiled_chain_rule_matches_autograd(setting):
+    """CrystalVariables.energy_and_grad: the compiled map and chain rule of the numba path
+    (sim_backends.csp.varmap: decode + molecule_coords + Rodrigues + cell_matrix backward), with
+    and without the symmetry-adapted pair sum, equals torch autograd through the same map on the
+    torch pair path (whole cell), for space groups with 0, 1 and 3 free angles, Z = 2, 4 and 8,
+    centred cells, rotation vectors at 0, in the small-angle branch and beyond it, and under
+    pressure."""
     from sim_backends.csp.minimise import CrystalVariables
     from sim_backends.csp.trials import generate_trials
 
@@ -192,9 +194,12 @@ def test_minimiser_numpy_chain_rule_matches_autograd(setting):
     fast_model = LatticeEnergyModel(mol, **SETTINGS[setting])
     slow_model = LatticeEnergyModel(mol, pair_kernel="torch", **SETTINGS[setting])
     rng = np.random.default_rng(5)
-    for group, pressure in (("P2_1/c", 0.0), ("P-1", 0.3), ("P2_12_12_1", 0.0)):
+    cases = [("P2_1/c", 0.0, True), ("P-1", 0.3, True), ("P2_12_12_1", 0.0, True), ("C2/c", 0.0, True),
+             ("Pbca", 0.0, True), ("P2_1/c", 0.0, False), ("Cc", 0.2, False)]
+    for group, pressure, symmetric in cases:
         trials = generate_trials(mol, group, 4, seed=2)
-        fast = CrystalVariables(trials.space_group, mol, fast_model, pressure)
+        # symmetric: molecule 0's pairs weighted by Z (the minimiser's default); torch: the whole cell
+        fast = CrystalVariables(trials.space_group, mol, fast_model, pressure, symmetry_adapted=symmetric)
         slow = CrystalVariables(trials.space_group, mol, slow_model, pressure)
         x, r0 = fast.encode(trials)
         x = x + rng.normal(scale=0.2, size=x.shape)

@@ -19,12 +19,15 @@ Coordinates are built from these with the space-group operations
 (:func:`~sim_backends.csp.trials.molecule_coords`), so symmetry is kept exactly and
 gradients come from autograd through the energy model -- or, for models with the
 compiled pair kernel (``pair_kernel="numba"``, the default), from the kernel's analytic
-gradients and the chain rule of this map written out in numpy
-(:meth:`CrystalVariables._energy_and_grad_numpy`), which avoids ~150 small tensor
-operations and their backward per evaluation.
+gradients and the chain rule of this map, compiled (:mod:`sim_backends.csp.varmap`), which
+avoids ~150 small tensor operations and their backward per evaluation. Because every
+molecule is a symmetry image of the reference one, the pair energy is summed over the
+reference molecule's pairs only, weighted by Z (``symmetry_adapted``; the same energy and
+the same gradient in these variables as the whole-cell sum, 2.3x fewer pairs at Z = 4).
 
 The optimiser, :func:`minimise_batch`, is a batched L-BFGS (Nocedal & Wright,
-Numerical Optimization, 2nd ed., Alg. 7.4, two-loop recursion) with a per-structure
+Numerical Optimization, 2nd ed., Alg. 7.4, two-loop recursion; the initial inverse Hessian
+scaled per variable group) with a per-structure
 Armijo backtracking line search: every iteration evaluates each active structure once
 at its own trial step, accepts or shrinks its step independently, and drops
 structures from the batch as they converge (max |gradient| < ``gtol`` or energy change
@@ -326,6 +329,7 @@ def minimise_batch(
     chunk: int = 8,
     warm_start: dict[str, np.ndarray] | None = None,
     symmetry_adapted: bool = True,
+    group_scaling: bool = True,
 ) -> MinimisedSet:
     """Minimise all trials of one space group together (batched L-BFGS).
 
@@ -348,6 +352,13 @@ def minimise_batch(
             stage-1 model's curvature is close to the full model's, so the stage-2 polish
             needs fewer iterations than a cold start (which first probes with a 0.1 A step).
         symmetry_adapted: symmetry-unique pair sums (see :class:`CrystalVariables`).
+        group_scaling: initial inverse Hessian of each L-BFGS step scaled per variable group
+            (cell lengths, free angles, centre, rotation: s.y / y.y of the newest pair
+            restricted to the group) instead of one scalar for all. The groups have different
+            units and stiffness (a rotation by 1 "A" of arc moves every atom, a cell length
+            change of 1 A moves the neighbours), so one scalar fits none of them. Measured on
+            64 oxalic acid trials in each of P2_1/c, P-1, P2_12_12_1 and Pbca: 14-16 % fewer
+            energy evaluations for the stage-1 and the full model, the same lowest minima.
 
     Returns:
         :class:`MinimisedSet` in the order of the trials.
@@ -391,11 +402,16 @@ def minimise_batch(
 
     converged |= np.abs(g).max(1) < gtol
     done |= converged
+    groups = None
+    if group_scaling:
+        k = 3 + len(var.free_angles)
+        groups = [np.arange(0, 3), np.arange(3, k), np.arange(k, k + 3), np.arange(k + 3, k + 6)]
+        groups = [gr for gr in groups if gr.size]
     while not done.all():
         act = np.nonzero(~done)[0]
         nd = act[need_dir[act]]
         if nd.size:
-            dirs = _two_loop(g[nd], s_hist[nd], y_hist[nd], rho[nd], valid[nd])
+            dirs = _two_loop(g[nd], s_hist[nd], y_hist[nd], rho[nd], valid[nd], groups)
             descent = (dirs * g[nd]).sum(1) < 0
             if not descent.all():
                 bad = nd[~descent]
@@ -499,7 +515,7 @@ def as_trials(res: MinimisedSet) -> TrialSet:
                     np.array(res.centre_frac, dtype=float), quat_xyzw[:, [3, 0, 1, 2]])
 
 
-def _two_loop(g, s, y, rho, valid):
+def _two_loop(g, s, y, rho, valid, groups=None):
     """Batched L-BFGS two-loop recursion; history ordered oldest -> newest.
 
     Args:
@@ -518,7 +534,16 @@ def _two_loop(g, s, y, rho, valid):
     yy = np.einsum("bd,bd->b", y[:, -1], y[:, -1])
     sy = np.einsum("bd,bd->b", s[:, -1], y[:, -1])
     gamma = np.where(valid[:, -1], sy / np.maximum(yy, 1e-300), _first_step_scale(g))
-    r = gamma[:, None] * q
+    if groups is None:
+        r = gamma[:, None] * q
+    else:
+        gam = np.repeat(gamma[:, None], g.shape[1], 1)
+        for idx in groups:
+            syg = (s[:, -1, idx] * y[:, -1, idx]).sum(1)
+            yyg = (y[:, -1, idx] ** 2).sum(1)
+            okg = valid[:, -1] & (syg > 0) & (yyg > 0)
+            gam[:, idx] = np.where(okg, syg / np.maximum(yyg, 1e-300), gamma)[:, None]
+        r = gam * q
     for k in range(m):
         b = vf[:, k] * rho[:, k] * np.einsum("bd,bd->b", y[:, k], r)
         r += s[:, k] * (a[:, k] - b)[:, None]

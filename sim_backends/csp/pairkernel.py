@@ -24,6 +24,12 @@ sources):
 The cell gradient follows from d = x_j - x_i + s @ H for integer shift s and cell H (rows =
 lattice vectors): dE/dH[k, :] += s_k dE/dd. The image search uses the centroid of the nuclei
 and needs no derivative (the set of pairs only changes where their energy is exactly zero).
+Two exact screens cut the work without changing any result: a site of molecule i farther than
+``screen + (largest site-centroid distance of j)`` from the centroid of image j skips that
+image's sites (~25 % of the stage-1 CSP kernel time); a pair of sites that sit on their nuclei
+(everything but shifted H sites) reuses the site distance for the Coulomb term. With
+``symmetric=True`` (Z' = 1 crystals built from the space-group operations) only molecule 0's
+pairs are summed, weighted by Z.
 
 numba is imported when the kernel is first needed (importing this module is cheap). Compiled
 code is cached on disk: next to this file when that directory is writable, else in
@@ -128,8 +134,13 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
     trans = np.empty(3)
     f_rd = np.empty(3)
     f_el = np.empty(3)
+    plain = np.empty(n, dtype=np.bool_)
+    site_reach2 = np.empty(n_mol)
 
     for b in range(n_batch):
+        for a in range(n):  # exp-6 site on the nucleus (not a shifted H site): one distance for both terms
+            plain[a] = (sites[b, 0, a, 0] == atoms[b, 0, a, 0] and sites[b, 0, a, 1] == atoms[b, 0, a, 1]
+                        and sites[b, 0, a, 2] == atoms[b, 0, a, 2])
         h = cells[b]
         det = (h[0, 0] * (h[1, 1] * h[2, 2] - h[1, 2] * h[2, 1])
                - h[0, 1] * (h[1, 0] * h[2, 2] - h[1, 2] * h[2, 0])
@@ -153,6 +164,14 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                 for a in range(n):
                     acc += atoms[b, m, a, d]
                 cen[m, d] = acc / n
+            # an exp-6 site of another molecule farther than screen + (largest site distance
+            # from this molecule's centroid) from it has no partner in this molecule
+            ext2 = 0.0
+            for a in range(n):
+                e2 = ((sites[b, m, a, 0] - cen[m, 0]) ** 2 + (sites[b, m, a, 1] - cen[m, 1]) ** 2
+                      + (sites[b, m, a, 2] - cen[m, 2]) ** 2)
+                ext2 = max(ext2, e2)
+            site_reach2[m] = (screen + math.sqrt(ext2)) ** 2
 
         for i in range(1 if symmetric else n_mol):
             for j in range(i, n_mol):
@@ -185,8 +204,13 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                                 trans[d] = shift[0] * h[0, d] + shift[1] * h[1, d] + shift[2] * h[2, d]
                             f_rd[:] = 0.0
                             f_el[:] = 0.0
+                            cj0 = cen[j, 0] + trans[0]
+                            cj1 = cen[j, 1] + trans[1]
+                            cj2 = cen[j, 2] + trans[2]
                             for a in range(n):
                                 xa0, xa1, xa2 = sites[b, i, a, 0], sites[b, i, a, 1], sites[b, i, a, 2]
+                                if (cj0 - xa0) ** 2 + (cj1 - xa1) ** 2 + (cj2 - xa2) ** 2 >= site_reach2[j]:
+                                    continue
                                 for c in range(n):
                                     d0 = sites[b, j, c, 0] + trans[0] - xa0
                                     d1 = sites[b, j, c, 1] + trans[1] - xa1
@@ -232,10 +256,13 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                                         f_rd[1] += fy
                                         f_rd[2] += fz
                                     if has_charges and is_inner:
-                                        a0 = atoms[b, j, c, 0] + trans[0] - atoms[b, i, a, 0]
-                                        a1 = atoms[b, j, c, 1] + trans[1] - atoms[b, i, a, 1]
-                                        a2 = atoms[b, j, c, 2] + trans[2] - atoms[b, i, a, 2]
-                                        ra = math.sqrt(a0 * a0 + a1 * a1 + a2 * a2)
+                                        if plain[a] and plain[c]:
+                                            a0, a1, a2, ra = d0, d1, d2, r
+                                        else:
+                                            a0 = atoms[b, j, c, 0] + trans[0] - atoms[b, i, a, 0]
+                                            a1 = atoms[b, j, c, 1] + trans[1] - atoms[b, i, a, 1]
+                                            a2 = atoms[b, j, c, 2] + trans[2] - atoms[b, i, a, 2]
+                                            ra = math.sqrt(a0 * a0 + a1 * a1 + a2 * a2)
                                         if is_dsf and ra >= rc:
                                             continue
                                         pref = table[row, 3]

@@ -95,6 +95,8 @@ STAGE1_MODEL: dict[str, Any] = {"cutoff_A": 7.0, "ewald_cutoff_A": 7.0, "electro
 #: nothing, 0.3 lost one more; chunk 64 is ~7 % faster than 32; an L-BFGS memory of 20 cut the
 #: iterations by 8 % but ended in other basins, 8 instead of 9 of the 10 lowest found)
 STAGE1_MIN: dict[str, Any] = {"gtol": 0.1, "chunk": 64}
+#: minimiser settings of stage 2 (full model) beyond the run's gtol / max_iter
+STAGE2_MIN: dict[str, Any] = {"chunk": 32}
 #: stage-1 duplicate screen before stage 2: (energy kJ/mol, density g/cm3) tolerances
 STAGE1_DUPLICATE_TOL: tuple[float, float] = (0.2, 0.005)
 
@@ -289,7 +291,7 @@ def _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers, 
         units2 = _stage2_units(stage1, window2_kjmol, batch_size, molecule.mass_amu, warm_start)
         t2 = time.perf_counter()
         t_select = t2 - t1
-        results = _execute(molecule, units2, model_kwargs, min_kwargs, n_workers, progress,
+        results = _execute(molecule, units2, model_kwargs, {**min_kwargs, **STAGE2_MIN}, n_workers, progress,
                            "stage 2 (full model)")
         first = stage1
         cpu1 = float(sum(r["cpu_s"] for r in stage1))
