@@ -520,10 +520,23 @@ def _two_loop(g, s, y, rho, valid, groups=None):
 
     Args:
         g: (B, D) gradients; s, y: (B, m, D); rho: (B, m); valid: (B, m) bool (numpy).
+        groups: optional list of index arrays: the initial inverse Hessian is scaled per group.
 
     Returns:
-        (B, D) search directions -H g.
+        (B, D) search directions -H g (compiled, :func:`~sim_backends.csp.varmap._two_loop_kernel`).
     """
+    from sim_backends.csp.varmap import compiled_two_loop
+
+    group_of = np.zeros(g.shape[1], dtype=np.int64)
+    for i, idx in enumerate(groups or []):
+        group_of[idx] = i
+    return compiled_two_loop()(np.ascontiguousarray(g), np.ascontiguousarray(s), np.ascontiguousarray(y),
+                               np.ascontiguousarray(rho), np.ascontiguousarray(valid), group_of,
+                               max(1, len(groups or [])))
+
+
+def _two_loop_numpy(g, s, y, rho, valid, groups=None):
+    """Reference (vectorised numpy) version of :func:`_two_loop`, for tests."""
     vf = valid.astype(g.dtype)
     m = s.shape[1]
     q = g.copy()

@@ -307,3 +307,80 @@ def backward(g_cell: np.ndarray, g_xyz: np.ndarray, state: tuple, r0: np.ndarray
                cell, inv, frac_img, cart, vol, aux, np.ascontiguousarray(r0, dtype=np.float64),
                np.ascontiguousarray(free, dtype=np.int64), float(len_scale), float(ang_scale), float(rot_scale),
                ops_w, body, int(n_var))
+
+
+def _two_loop_kernel(g, s, y, rho, valid, group_of, n_groups):  # pragma: no cover - numba
+    """Batched L-BFGS two-loop recursion (history oldest -> newest), per-group initial scaling.
+
+    ``group_of`` (D,) assigns each variable to a group (all 0: one scalar); the initial inverse
+    Hessian of a group is s.y / y.y of the newest valid pair restricted to it (the scalar over
+    all variables where that is not positive), 0.1 / max|g| without history.
+    """
+    n_b, m, d = s.shape
+    out = np.empty((n_b, d))
+    q = np.empty(d)
+    a = np.empty(m)
+    sy_g = np.empty(n_groups)
+    yy_g = np.empty(n_groups)
+    for b in range(n_b):
+        for k in range(d):
+            q[k] = g[b, k]
+        for j in range(m - 1, -1, -1):
+            if valid[b, j]:
+                acc = 0.0
+                for k in range(d):
+                    acc += s[b, j, k] * q[k]
+                a[j] = rho[b, j] * acc
+                for k in range(d):
+                    q[k] -= a[j] * y[b, j, k]
+            else:
+                a[j] = 0.0
+        if valid[b, m - 1]:
+            sy = 0.0
+            yy = 0.0
+            for i in range(n_groups):
+                sy_g[i] = 0.0
+                yy_g[i] = 0.0
+            for k in range(d):
+                sk, yk = s[b, m - 1, k], y[b, m - 1, k]
+                sy += sk * yk
+                yy += yk * yk
+                sy_g[group_of[k]] += sk * yk
+                yy_g[group_of[k]] += yk * yk
+            gamma = sy / max(yy, 1e-300)
+            for k in range(d):
+                i = group_of[k]
+                if sy_g[i] > 0.0 and yy_g[i] > 0.0:
+                    q[k] *= sy_g[i] / yy_g[i]
+                else:
+                    q[k] *= gamma
+        else:
+            gmax = 0.0
+            for k in range(d):
+                gmax = max(gmax, abs(g[b, k]))
+            scale = 0.1 / max(gmax, 1e-12)
+            for k in range(d):
+                q[k] *= scale
+        for j in range(m):
+            if valid[b, j]:
+                acc = 0.0
+                for k in range(d):
+                    acc += y[b, j, k] * q[k]
+                beta = rho[b, j] * acc
+                for k in range(d):
+                    q[k] += s[b, j, k] * (a[j] - beta)
+        for k in range(d):
+            out[b, k] = -q[k]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_two_loop() -> Callable:
+    """The numba-compiled :func:`_two_loop_kernel`."""
+    compiled()  # cache directory set-up as for the map
+    import numba
+
+    try:
+        return numba.njit(cache=True, nogil=True)(_two_loop_kernel)
+    except RuntimeError:
+        return numba.njit(cache=False, nogil=True)(_two_loop_kernel)
