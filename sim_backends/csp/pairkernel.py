@@ -132,12 +132,12 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
     n_max = np.empty(3, dtype=np.int64)
     shift = np.empty(3)
     trans = np.empty(3)
-    f_rd = np.empty(3)
-    f_el = np.empty(3)
     plain = np.empty(n, dtype=np.bool_)
     site_reach2 = np.empty(n_mol)
 
     for b in range(n_batch):
+        er = 0.0
+        ee = 0.0
         for a in range(n):  # exp-6 site on the nucleus (not a shifted H site): one distance for both terms
             plain[a] = (sites[b, 0, a, 0] == atoms[b, 0, a, 0] and sites[b, 0, a, 1] == atoms[b, 0, a, 1]
                         and sites[b, 0, a, 2] == atoms[b, 0, a, 2])
@@ -202,8 +202,12 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                             shift[0], shift[1], shift[2] = wrap[0] + n0, wrap[1] + n1, wrap[2] + n2
                             for d in range(3):
                                 trans[d] = shift[0] * h[0, d] + shift[1] * h[1, d] + shift[2] * h[2, d]
-                            f_rd[:] = 0.0
-                            f_el[:] = 0.0
+                            fr0 = 0.0
+                            fr1 = 0.0
+                            fr2 = 0.0
+                            fe0 = 0.0
+                            fe1 = 0.0
+                            fe2 = 0.0
                             cj0 = cen[j, 0] + trans[0]
                             cj1 = cen[j, 1] + trans[1]
                             cj2 = cen[j, 2] + trans[2]
@@ -211,6 +215,13 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                                 xa0, xa1, xa2 = sites[b, i, a, 0], sites[b, i, a, 1], sites[b, i, a, 2]
                                 if (cj0 - xa0) ** 2 + (cj1 - xa1) ** 2 + (cj2 - xa2) ** 2 >= site_reach2[j]:
                                     continue
+                                # forces on site / nucleus a, summed in registers over c
+                                sa0 = 0.0
+                                sa1 = 0.0
+                                sa2 = 0.0
+                                na0 = 0.0
+                                na1 = 0.0
+                                na2 = 0.0
                                 for c in range(n):
                                     d0 = sites[b, j, c, 0] + trans[0] - xa0
                                     d1 = sites[b, j, c, 1] + trans[1] - xa1
@@ -243,18 +254,15 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                                             d_sw = -30.0 * x * x * (1.0 - x) * (1.0 - x) / width
                                             g = g * sw + e * d_sw * inv_r
                                             e = e * sw
-                                        e_rd[b] += wgt * e
+                                        er += wgt * e
                                         g *= wgt
                                         fx, fy, fz = g * d0, g * d1, g * d2
                                         g_sites[b, j, c, 0] += fx
                                         g_sites[b, j, c, 1] += fy
                                         g_sites[b, j, c, 2] += fz
-                                        g_sites[b, i, a, 0] -= fx
-                                        g_sites[b, i, a, 1] -= fy
-                                        g_sites[b, i, a, 2] -= fz
-                                        f_rd[0] += fx
-                                        f_rd[1] += fy
-                                        f_rd[2] += fz
+                                        sa0 += fx
+                                        sa1 += fy
+                                        sa2 += fz
                                     if has_charges and is_inner:
                                         if plain[a] and plain[c]:
                                             a0, a1, a2, ra = d0, d1, d2, r
@@ -281,25 +289,39 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                                         gauss = ex * gauss_pref
                                         pref *= wgt
                                         if is_dsf:
-                                            e_el[b] += pref * (erfc_r - dsf_shift + dsf_force * (ra - rc))
+                                            ee += pref * (erfc_r - dsf_shift + dsf_force * (ra - rc))
                                             ga = (dsf_force - (gauss + erfc_r) * inv_ra) * pref * inv_ra
                                         else:
-                                            e_el[b] += pref * erfc_r
+                                            ee += pref * erfc_r
                                             ga = -(gauss + erfc_r) * pref * inv_ra * inv_ra
                                         fx, fy, fz = ga * a0, ga * a1, ga * a2
                                         g_atoms[b, j, c, 0] += fx
                                         g_atoms[b, j, c, 1] += fy
                                         g_atoms[b, j, c, 2] += fz
-                                        g_atoms[b, i, a, 0] -= fx
-                                        g_atoms[b, i, a, 1] -= fy
-                                        g_atoms[b, i, a, 2] -= fz
-                                        f_el[0] += fx
-                                        f_el[1] += fy
-                                        f_el[2] += fz
+                                        na0 += fx
+                                        na1 += fy
+                                        na2 += fz
+                                g_sites[b, i, a, 0] -= sa0
+                                g_sites[b, i, a, 1] -= sa1
+                                g_sites[b, i, a, 2] -= sa2
+                                g_atoms[b, i, a, 0] -= na0
+                                g_atoms[b, i, a, 1] -= na1
+                                g_atoms[b, i, a, 2] -= na2
+                                fr0 += sa0
+                                fr1 += sa1
+                                fr2 += sa2
+                                fe0 += na0
+                                fe1 += na1
+                                fe2 += na2
                             for k in range(3):
-                                for d in range(3):
-                                    g_cell_rd[b, k, d] += shift[k] * f_rd[d]
-                                    g_cell_el[b, k, d] += shift[k] * f_el[d]
+                                g_cell_rd[b, k, 0] += shift[k] * fr0
+                                g_cell_rd[b, k, 1] += shift[k] * fr1
+                                g_cell_rd[b, k, 2] += shift[k] * fr2
+                                g_cell_el[b, k, 0] += shift[k] * fe0
+                                g_cell_el[b, k, 1] += shift[k] * fe1
+                                g_cell_el[b, k, 2] += shift[k] * fe2
+        e_rd[b] = er
+        e_el[b] = ee
     return e_rd, e_el, g_sites, g_atoms, g_cell_rd, g_cell_el
 
 
