@@ -62,6 +62,14 @@ if TYPE_CHECKING:
 
 GPA_A3_TO_KJMOL = 0.602214076
 _ANGLE_HALF_RANGE = math.pi / 3
+#: |x| / angle scale beyond which a free angle counts as pinned at its limit (tanh = 0.999,
+#: within 0.06 deg of 30 or 150 deg)
+_PINNED_ANGLE_X = math.atanh(0.999)
+#: accepted steps in a row with a pinned angle before a trajectory is stopped (oxalic acid,
+#: 128 stage-1 trials in each of P2_1/c, P-1, C2/c, P2_1, Cc: with 100 no trial that would have
+#: converged is lost -- some touch the limit and come back, after up to ~60 steps -- and the two
+#: 1,000-step runs stop; P2_1/c and C2/c units cost 35-60 % less)
+_PINNED_ITERATIONS = 100
 
 
 @dataclass
@@ -78,8 +86,8 @@ class MinimisedSet:
         energy_kjmol: (B,) lattice energy per molecule (+ pV/Z if a pressure was set).
         max_grad: (B,) final max |gradient| in scaled variables (kJ/mol per ~A).
         n_iter: (B,) accepted iterations.
-        converged: (B,) whether the convergence test was met (else max_iter hit or
-            the line search stalled).
+        converged: (B,) whether the convergence test was met (else max_iter hit, the
+            line search stalled or a free cell angle stayed at its 30/150 degree limit).
         n_batch_evals: number of batched energy+gradient calls made.
         state: optimiser state to continue from (see ``warm_start`` of
             :func:`minimise_batch`): ``x`` (B, n_var) scaled variables, ``r0`` (B, 3, 3)
@@ -402,6 +410,8 @@ def minimise_batch(
 
     converged |= np.abs(g).max(1) < gtol
     done |= converged
+    angle_idx = np.arange(3, 3 + len(var.free_angles))
+    n_pinned = np.zeros(n, dtype=np.int64)
     groups = None
     if group_scaling:
         k = 3 + len(var.free_angles)
@@ -457,6 +467,14 @@ def minimise_batch(
             conv = (np.abs(g[acc]).max(1) < gtol) | (n_small[acc] >= 3)
             converged[acc] |= conv
             done[acc] |= conv | (n_iter[acc] >= max_iter)
+            if angle_idx.size:
+                # a free angle at its limit (30 or 150 deg): the cell has left the reduced settings
+                # and slides along the asymptote of the angle map with a vanishing gradient (seen:
+                # 1,000 iterations at beta = 150 deg, 60 % of a unit's stage-1 CPU). The same
+                # packing in a reduced cell is another trial's job; stop this one, not converged.
+                pinned = (np.abs(x[acc][:, angle_idx]) > _PINNED_ANGLE_X * var.ang_scale).any(1)
+                n_pinned[acc] = np.where(pinned, n_pinned[acc] + 1, 0)
+                done[acc] |= (n_pinned[acc] >= _PINNED_ITERATIONS) & ~conv
 
         rej = act[~armijo]
         if rej.size:
