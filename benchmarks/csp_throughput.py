@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-baseline", type=int, default=12)
-    ap.add_argument("--n-trials", type=int, default=96)
+    ap.add_argument("--n-trials", type=int, default=384)
     ap.add_argument("--csp-trials", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--charges", default="resp")
