@@ -46,38 +46,33 @@ Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/csp_throughput.py
       [--n-baseline 24] [--n-trials 384] [--csp-trials 2000] [--workers 2]
 Writes benchmarks/results/csp_throughput.json.
 
-Results committed (24 Nov 2026, ``--csp-trials 10000``, numba pair kernel; other engineers'
-jobs kept the load at 2-5 on the 2 cores, so CPU times are somewhat and wall times much
-inflated):
+Results committed (2 Dec 2026, ``--csp-trials 10000``, idle machine except where noted):
 
-* throughput (structures / CPU s): SciPy baseline on the torch pair path 1.94, SciPy on the
-  numba kernel 6.51, batched full model 14.4, staged 46.5 -- staged = 23.9x the torch-path
-  SciPy baseline (``ratio_staged_vs_scipy``) and 7.1x the same-kernel SciPy baseline
-  (``ratio_staged_vs_scipy_same_kernel``); cold stage 2: 37.0. Same minima as before the
-  kernel: the staged run finds 26 of the 33 unique full-model minima of the batched run, 9 of
-  its lowest 10 and the same global minimum (-81.861 kJ/mol). Previous round (torch pair
-  path): 1.49 / 3.69 / 10.8 (7.2x). Stage-1 CPU for the 96 trials 6.6 -> 1.5 s, stage 2
-  2.3 -> 0.6 s. Where the gain came from: the compiled pair kernel (molecule-pair search +
-  pair energies + analytic gradients in one pass, ~150 us per stage-1 structure instead of
-  ~100 tensor operations), the minimiser's chain rule written out in numpy instead of
-  autograd through the variable map, erfc from a tabulated erfcx sharing exp(-x^2) with the
-  Coulomb force, and the L-BFGS two-loop recursion in numpy. Stage-1 profile now (cProfile,
-  96 trials): pair kernel 60 %, numpy variable map + chain rule 12 %, L-BFGS bookkeeping
-  (torch indexing) 15 %, intramolecular/tail terms 7 %. Tried and dropped: a per-atom
-  centroid pre-screen and local gradient buffers in the kernel (no gain: the transcendental
-  functions dominate), numba fastmath (no measurable gain).
-* 10,000-trial staged CSP of oxalic acid, 10 space groups, 2 Ray workers: MEASURED 261 s
-  wall (load 2-5; previous round 743-1,037 s); 141 s minimisation CPU (was 652 s) + 41 s
-  trial generation in the workers + 20 s serial (13 s dedupe and symmetry). 188 unique
-  minima, global minimum -81.861 kJ/mol. 100,000 trials EXTRAPOLATED linearly: 1,109 s on
-  idle cores (CPU / 2 workers + serial), 2,607 s from the measured (contended) wall time --
-  within the 1 h goal either way. Trial generation is now 23 % of the worker CPU.
-* 100,000-trial staged CSP of oxalic acid (``--csp-trials 100000``, same settings, load ~2):
-  MEASURED 1,047 s wall (17.4 min; goal: 1 h); 1,504 s minimisation CPU + 476 s trial
-  generation in the 2 workers + 24 s serial (18 s dedupe and symmetry); 968 structures
-  polished in stage 2; 225 unique minima, global minimum -81.861 kJ/mol (the same as at
-  10,000 trials). Throughput table of that run: SciPy torch path 1.42, SciPy numba kernel
-  4.62, batched 11.4, staged 38.6 structures / CPU s (27.3x and 8.4x).
+* throughput (structures / CPU s, P2_1/c, 384 trials, 24 baseline trials): SciPy on the torch
+  pair path 1.33; SciPy on the compiled kernel and map, whole cell (headline baseline) 5.58;
+  the same with the symmetric pair sum 7.41; batched full model 22.5; staged 123.2 (cold
+  stage 2: 143.8) -- staged = **22.1x** the headline baseline (cold 25.8x), 16.6x the
+  symmetric-sum SciPy baseline, 92.8x the torch-path one. Same minima: the staged run finds
+  49 of the 59 unique full-model minima of the batched run, all of its lowest 10, and the same
+  global minimum (-81.861 kJ/mol). An earlier run the same day (other jobs on the second
+  core): 25.1x at 384 trials, 15.0x at 96 trials (stage 2 then polishes 41 % of the trials
+  instead of 18 %).
+* what changed since the 24 Nov round (8.4x, staged 38.6 / CPU s): the pair sum runs over
+  the reference molecule's pairs only, weighted by Z (every molecule is a symmetry image of
+  it; energies and variable gradients equal to the whole-cell sum to 1e-12); an exact
+  per-site screen against each image's centroid and register accumulation in the kernel
+  (stage-1 kernel 93 -> 62 us per structure); the variable map, its chain rule and the
+  L-BFGS two-loop recursion compiled; the initial inverse Hessian scaled per variable group
+  (14-16 % fewer evaluations); units of 128 trials; trajectories whose cell angle stays at
+  the 30/150 deg limit of the angle map stopped after 100 steps (one had taken 1,000 steps,
+  60 % of a unit's CPU). The kernel and map changes also speed up the baselines (headline
+  baseline 4.62 -> 5.58 / CPU s).
+* 10,000-trial staged CSP of oxalic acid, 10 space groups, 2 Ray workers: MEASURED 71 s wall
+  (24 Nov: 261 s); 50 s minimisation CPU + 59 s trial generation in the workers + 13 s serial
+  (7 s dedupe and symmetry); 470 structures polished in stage 2; 197 unique minima, global
+  minimum -81.86 kJ/mol. 100,000 trials EXTRAPOLATED linearly: 712 s wall (675 s on idle
+  cores); measured on 24 Nov with the older code: 1,047 s. Trial generation (overlap
+  screening in torch) is now the largest share of the worker CPU.
 """
 
 from __future__ import annotations
