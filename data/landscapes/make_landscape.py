@@ -33,7 +33,9 @@ Writes ``data/landscapes/<name>/``: ``<name>_ff.extxyz``, ``<name>_<level>.extxy
 ``<name>_landscape.csv`` (``id, dE_ff_kJmol_per_mol, dE_<level>_kJmol_per_mol, ...``),
 ``levels.json`` (``{"cheap": "ff", "expensive": "<level>"}``, read by
 ``benchmarks/refinement.py``) and ``run.json`` (settings, filter, timings, failures,
-the Pearson correlation of the two levels and the spread of the correction).
+the Pearson correlation of the two levels and the spread of the correction); for the DFT
+level also ``dft_results.jsonl`` (the raw per-structure records with every unique dimer,
+which the fragment dimer GP learns from) and, after a CSP run, ``csp_run.json``.
 Energies are relative to each level's lowest kept structure, kJ/mol per molecule.
 
 Usage::
@@ -51,6 +53,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -413,6 +416,13 @@ def main(argv: list[str] | None = None) -> None:
         "resp_charges_e": [round(float(x), 4) for x in charges] if charges is not None else None,
         **stats,
     }, indent=1) + "\n")
+    kept_ids = {row["id"] for row in rows}
+    if level == "dft" and jsonl.exists():  # per-dimer records: the fragment dimer GP learns from them
+        records = [line for line in jsonl.read_text().splitlines()
+                   if line.strip() and json.loads(line).get("id") in kept_ids]
+        (out / "dft_results.jsonl").write_text("\n".join(records) + "\n")
+    if not args.ff_extxyz and (work / "csp" / "run.json").exists():
+        shutil.copyfile(work / "csp" / "run.json", out / "csp_run.json")
     print(f"{args.name}: {len(rows)} structures ({len(failed)} failed, {len(excluded)} excluded)"
           f" -> {out}")
 
