@@ -36,6 +36,7 @@ the same functions so that symmetry is kept exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -199,7 +200,85 @@ def min_contact_ratio(cell_A: torch.Tensor, coords_A: torch.Tensor, radii_A: tor
     return torch.cat(out) if out else torch.zeros(0, dtype=cell_A.dtype)
 
 
+def _contact_kernel(cells, coords, radii, max_ratio, reach, grid):  # pragma: no cover - numba
+    """Compiled core of :func:`_min_contact_chunk`: the same images, pairs and minimum."""
+    n_b, n_mol, n_at = coords.shape[0], coords.shape[1], coords.shape[2]
+    n_k = grid.shape[0]
+    out = np.full(n_b, max_ratio)
+    cen = np.empty((n_mol, 3))
+    shifts = np.empty((n_k, 3))
+    zero = np.empty(n_k, dtype=np.bool_)
+    for k in range(n_k):
+        zero[k] = grid[k, 0] == 0.0 and grid[k, 1] == 0.0 and grid[k, 2] == 0.0
+    for b in range(n_b):
+        for m in range(n_mol):
+            for d in range(3):
+                acc = 0.0
+                for a in range(n_at):
+                    acc += coords[b, m, a, d]
+                cen[m, d] = acc / n_at
+        for k in range(n_k):
+            for d in range(3):
+                shifts[k, d] = grid[k, 0] * cells[b, 0, d] + grid[k, 1] * cells[b, 1, d] + grid[k, 2] * cells[b, 2, d]
+        best = max_ratio
+        for i in range(n_mol):
+            for j in range(n_mol):
+                for k in range(n_k):
+                    if i == j and zero[k]:
+                        continue
+                    dx = cen[j, 0] + shifts[k, 0] - cen[i, 0]
+                    dy = cen[j, 1] + shifts[k, 1] - cen[i, 1]
+                    dz = cen[j, 2] + shifts[k, 2] - cen[i, 2]
+                    if math.sqrt(dx * dx + dy * dy + dz * dz) >= reach:
+                        continue
+                    for a in range(n_at):
+                        for c in range(n_at):
+                            ex = coords[b, i, a, 0] - (coords[b, j, c, 0] + shifts[k, 0])
+                            ey = coords[b, i, a, 1] - (coords[b, j, c, 1] + shifts[k, 1])
+                            ez = coords[b, i, a, 2] - (coords[b, j, c, 2] + shifts[k, 2])
+                            ratio = math.sqrt(ex * ex + ey * ey + ez * ez) / (radii[a] + radii[c])
+                            if ratio < best:
+                                best = ratio
+        out[b] = best
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_contact():
+    """The numba-compiled :func:`_contact_kernel` (cached on disk like the pair kernel)."""
+    from sim_backends.csp.pairkernel import compiled_kernel
+
+    compiled_kernel()  # sets NUMBA_CACHE_DIR where the source directory is read-only
+    import numba
+
+    try:
+        return numba.njit(cache=True, nogil=True)(_contact_kernel)
+    except RuntimeError:
+        return numba.njit(cache=False, nogil=True)(_contact_kernel)
+
+
 def _min_contact_chunk(cell, coords, radii, max_ratio):
+    """One chunk of :func:`min_contact_ratio`: molecule pairs whose centroids are within
+    ``2 r_mol + 2 r_vdW,max max_ratio`` over a lattice-image grid sized for the chunk, then the
+    closest atom pair of each (compiled; the torch version below is the test reference)."""
+    import torch
+
+    cell_np = np.ascontiguousarray(cell.detach().numpy(), dtype=np.float64)
+    xyz = np.ascontiguousarray(coords.detach().numpy(), dtype=np.float64)
+    rad = np.ascontiguousarray(radii.detach().numpy(), dtype=np.float64)
+    centres = xyz.mean(2)
+    r_mol = float(np.sqrt(((xyz - centres[:, :, None]) ** 2).sum(-1)).max())
+    reach = 2 * r_mol + 2 * float(rad.max()) * max_ratio
+    widths = 1.0 / np.linalg.norm(np.linalg.inv(cell_np), axis=1)
+    n_img = np.ceil(reach / widths).max(0).astype(int)
+    axes = [np.arange(-k, k + 1, dtype=np.float64) for k in n_img]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    out = _compiled_contact()(cell_np, xyz, rad, float(max_ratio), reach, np.ascontiguousarray(grid))
+    return torch.from_numpy(out).to(cell.dtype)
+
+
+def _min_contact_chunk_torch(cell, coords, radii, max_ratio):
+    """Reference (torch) version of :func:`_min_contact_chunk`, for tests."""
     import torch
 
     n_b, n_mol, n_at, _ = coords.shape
