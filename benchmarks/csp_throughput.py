@@ -75,7 +75,10 @@ Results committed (2 Dec 2026, ``--csp-trials 10000``, idle machine except where
   746 s wall (12.4 min; goal 1 h; 24 Nov: 1,047 s); 611 s minimisation CPU + 762 s trial
   generation in the 2 workers + 31 s serial (23 s dedupe and symmetry); 946 polished in stage
   2; 265 unique minima, the same global minimum. Trial generation (the overlap screen, in
-  torch) is now more than half of the worker CPU. The throughput table of that run: SciPy
+  torch) was then more than half of the worker CPU; the screen is now compiled (same trials,
+  bit for bit): in two later 10,000-trial runs trial generation took 30-31 CPU s instead of
+  59, wall 74-77 s (minimisation CPU 69-72 s against 50 s in the run above: this machine's
+  CPU time for identical work varies by up to ~40 % between runs). The throughput table of that run: SciPy
   torch path 1.11, headline baseline 3.58, symmetric-sum baseline 6.58, batched 18.7, staged
   100.7 / CPU s -- 28.1x the headline baseline, 15.3x the symmetric-sum one. Across the four
   384-trial runs of the day the staged / headline-baseline ratio was 22.1, 25.1, 28.1 and
