@@ -272,7 +272,7 @@ class CrystalVariables:
         n = x.shape[0]
         consts = (self._free_np, self.len_scale, self.ang_scale, self.rot_scale)
         state = varmap.forward(x, r0, *consts, self._ops_w, self._ops_t, self._body_np)
-        cell, inv_cell, coords, vol = state[0], state[1], state[2], state[6]
+        cell, inv_cell, coords, vol = state[0], state[1], state[2], state[5]
         energy = np.full(n, math.inf)
         grad = np.zeros_like(x)
         ok = np.isfinite(vol) & (vol > 1.0) & np.isfinite(coords).reshape(n, -1).all(1)
@@ -281,7 +281,7 @@ class CrystalVariables:
         if not ok.all():
             idx = np.nonzero(ok)[0]
             state = tuple(a[idx] for a in state)
-            cell, inv_cell, coords, vol, r0 = state[0], state[1], state[2], state[6], r0[idx]
+            cell, inv_cell, coords, vol, r0 = state[0], state[1], state[2], state[5], r0[idx]
         e, g_cell, g_xyz = self.model.energy_and_grad_numpy(cell, coords, symmetric=self.symmetry_adapted,
                                                              rigid=self.symmetry_adapted)
         if self.pressure_gpa:

@@ -332,13 +332,13 @@ def _cache_dir_is_writable(path: str) -> bool:
     return os.access(probe, os.W_OK | os.X_OK)
 
 
-@functools.lru_cache(maxsize=1)
-def compiled_kernel() -> Callable:
-    """The numba-compiled :func:`_pair_kernel` (compiled or loaded from the disk cache once).
+def njit_cached(func: Callable) -> Callable:
+    """``numba.njit(nogil=True)`` of ``func`` with the on-disk cache of this package's kernels.
 
-    If the source directory is not writable and ``NUMBA_CACHE_DIR`` is unset, the cache goes to
-    ``<tmp>/crystal_agent_numba_<uid>``; if no cache location works at all, the kernel is
-    compiled without a disk cache rather than failing.
+    If the source directory (``sim_backends/csp``) is not writable and ``NUMBA_CACHE_DIR`` is
+    unset, the cache goes to ``<tmp>/crystal_agent_numba_<uid>``; if no cache location works at
+    all, ``func`` is compiled without a disk cache rather than failing. Shared by every compiled
+    function of the CSP engine (pair kernel, variable map, two-loop recursion, contact screen).
     """
     here = os.path.dirname(os.path.abspath(__file__))
     if "NUMBA_CACHE_DIR" not in os.environ and not _cache_dir_is_writable(here):
@@ -349,9 +349,15 @@ def compiled_kernel() -> Callable:
     if os.environ.get("NUMBA_CACHE_DIR") and numba.config.CACHE_DIR != os.environ["NUMBA_CACHE_DIR"]:
         numba.core.config.reload_config()  # numba was imported before the variable was set
     try:
-        return numba.njit(cache=True, nogil=True, fastmath=False)(_pair_kernel)
+        return numba.njit(cache=True, nogil=True, fastmath=False)(func)
     except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, nogil=True, fastmath=False)(_pair_kernel)
+        return numba.njit(cache=False, nogil=True, fastmath=False)(func)
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_kernel() -> Callable:
+    """The numba-compiled :func:`_pair_kernel` (compiled or loaded from the disk cache once)."""
+    return njit_cached(_pair_kernel)
 
 
 def pair_energies_and_grads(

@@ -246,15 +246,9 @@ def _contact_kernel(cells, coords, radii, max_ratio, reach, grid):  # pragma: no
 @functools.lru_cache(maxsize=1)
 def _compiled_contact():
     """The numba-compiled :func:`_contact_kernel` (cached on disk like the pair kernel)."""
-    from sim_backends.csp.pairkernel import compiled_kernel
+    from sim_backends.csp.pairkernel import njit_cached
 
-    compiled_kernel()  # sets NUMBA_CACHE_DIR where the source directory is read-only
-    import numba
-
-    try:
-        return numba.njit(cache=True, nogil=True)(_contact_kernel)
-    except RuntimeError:
-        return numba.njit(cache=False, nogil=True)(_contact_kernel)
+    return njit_cached(_contact_kernel)
 
 
 def _min_contact_chunk(cell, coords, radii, max_ratio):

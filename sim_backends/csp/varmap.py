@@ -41,7 +41,7 @@ def _forward(x, r0, free, len_scale, ang_scale, rot_scale, ops_w, ops_t, body): 
     coords = np.empty((n_b, n_op, n_at, 3))
     frac_img = np.empty((n_b, n_op, n_at, 3))
     cart = np.empty((n_b, n_at, 3))
-    rot = np.empty((n_b, 3, 3))
+    rot = np.empty((3, 3))
     vol = np.empty(n_b)
     # per structure: lengths(3) angles(3) centre(3) w(3) t2 t a b clamped tanh(free...)
     aux = np.zeros((n_b, 17 + n_free))
@@ -82,7 +82,7 @@ def _forward(x, r0, free, len_scale, ang_scale, rot_scale, ops_w, ops_t, body): 
                 rod[i, j] = (1.0 if i == j else 0.0) + a_rod * kmat[i, j] + b_rod * kk
         for i in range(3):
             for j in range(3):
-                rot[b, i, j] = rod[i, 0] * r0[b, 0, j] + rod[i, 1] * r0[b, 1, j] + rod[i, 2] * r0[b, 2, j]
+                rot[i, j] = rod[i, 0] * r0[b, 0, j] + rod[i, 1] * r0[b, 1, j] + rod[i, 2] * r0[b, 2, j]
         la, lb, lc = lengths[0], lengths[1], lengths[2]
         ca, cb, cg = math.cos(angles[0]), math.cos(angles[1]), math.cos(angles[2])
         sg = math.sin(angles[2])
@@ -114,7 +114,7 @@ def _forward(x, r0, free, len_scale, ang_scale, rot_scale, ops_w, ops_t, body): 
         for n in range(n_at):
             for d in range(3):
                 cart[b, n, d] = (centre[0] * h[0, d] + centre[1] * h[1, d] + centre[2] * h[2, d]
-                                 + body[n, 0] * rot[b, d, 0] + body[n, 1] * rot[b, d, 1] + body[n, 2] * rot[b, d, 2])
+                                 + body[n, 0] * rot[d, 0] + body[n, 1] * rot[d, 1] + body[n, 2] * rot[d, 2])
         for o in range(n_op):
             for d in range(3):
                 cen_frac_img[d] = (centre[0] * ops_w[o, d, 0] + centre[1] * ops_w[o, d, 1]
@@ -128,7 +128,7 @@ def _forward(x, r0, free, len_scale, ang_scale, rot_scale, ops_w, ops_t, body): 
                 for d in range(3):
                     coords[b, o, n, d] = (frac_img[b, o, n, 0] * h[0, d] + frac_img[b, o, n, 1] * h[1, d]
                                           + frac_img[b, o, n, 2] * h[2, d])
-    return cell, inv, coords, frac_img, cart, rot, vol, aux
+    return cell, inv, coords, frac_img, cart, vol, aux
 
 
 def _backward(g_cell_in, g_xyz, cell, inv, frac_img, cart, vol, aux, r0, free, len_scale, ang_scale,
@@ -273,15 +273,9 @@ def _backward(g_cell_in, g_xyz, cell, inv, frac_img, cart, vol, aux, r0, free, l
 @functools.lru_cache(maxsize=1)
 def compiled() -> tuple[Callable, Callable]:
     """The numba-compiled (forward, backward) pair (compiled or loaded from the disk cache once)."""
-    from sim_backends.csp.pairkernel import compiled_kernel
+    from sim_backends.csp.pairkernel import njit_cached
 
-    compiled_kernel()  # sets NUMBA_CACHE_DIR where the source directory is read-only
-    import numba
-
-    try:
-        return (numba.njit(cache=True, nogil=True)(_forward), numba.njit(cache=True, nogil=True)(_backward))
-    except RuntimeError:  # no cache locator available
-        return (numba.njit(cache=False, nogil=True)(_forward), numba.njit(cache=False, nogil=True)(_backward))
+    return njit_cached(_forward), njit_cached(_backward)
 
 
 def forward(x: np.ndarray, r0: np.ndarray, free: np.ndarray, len_scale: float, ang_scale: float,
@@ -289,7 +283,7 @@ def forward(x: np.ndarray, r0: np.ndarray, free: np.ndarray, len_scale: float, a
     """Cells, coordinates and the intermediates :func:`backward` needs, for (B, V) variables.
 
     Returns:
-        ``(cell (B,3,3), inv_cell, coords (B,Z,n,3), frac_img, cart, rot, vol (B,), aux)``.
+        ``(cell (B,3,3), inv_cell, coords (B,Z,n,3), frac_img, cart, vol (B,), aux)``.
     """
     fwd, _ = compiled()
     return fwd(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(r0, dtype=np.float64),
@@ -302,7 +296,7 @@ def backward(g_cell: np.ndarray, g_xyz: np.ndarray, state: tuple, r0: np.ndarray
              n_var: int) -> np.ndarray:
     """dE/dx (B, V) from dE/dcell and dE/dcoords at the structures of ``state`` (a :func:`forward` result)."""
     _, bwd = compiled()
-    cell, inv, _, frac_img, cart, _, vol, aux = state
+    cell, inv, _, frac_img, cart, vol, aux = state
     return bwd(np.ascontiguousarray(g_cell, dtype=np.float64), np.ascontiguousarray(g_xyz, dtype=np.float64),
                cell, inv, frac_img, cart, vol, aux, np.ascontiguousarray(r0, dtype=np.float64),
                np.ascontiguousarray(free, dtype=np.int64), float(len_scale), float(ang_scale), float(rot_scale),
@@ -377,10 +371,6 @@ def _two_loop_kernel(g, s, y, rho, valid, group_of, n_groups):  # pragma: no cov
 @functools.lru_cache(maxsize=1)
 def compiled_two_loop() -> Callable:
     """The numba-compiled :func:`_two_loop_kernel`."""
-    compiled()  # cache directory set-up as for the map
-    import numba
+    from sim_backends.csp.pairkernel import njit_cached
 
-    try:
-        return numba.njit(cache=True, nogil=True)(_two_loop_kernel)
-    except RuntimeError:
-        return numba.njit(cache=False, nogil=True)(_two_loop_kernel)
+    return njit_cached(_two_loop_kernel)
