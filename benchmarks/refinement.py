@@ -1,7 +1,8 @@
 """Benchmark "refinement": how many expensive calculations until the true top 10 are known.
 
 Replays complete multi-level CSP landscapes. The agent (cost-aware top-k acquisition, see
-``agent/refine_acquisition.py``, default settings, on the surrogate a campaign would use for
+``agent/refine_acquisition.py``, default settings -- including the switch to space-filling
+picks once it believes the top 10 complete -- on the surrogate a campaign would use for
 that expensive level: the Delta-GP on averaged SOAP + cheap extras with LOO-calibrated
 error bars, or, for our fragment-DFT landscapes, the fragment dimer GP of
 ``agent/surrogates/fragment_gp.py`` -- ``--surrogate soap`` forces the former) asks
@@ -35,6 +36,7 @@ Usage::
     python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \\
         --cheap MACE --expensive PBE_MBD --seeds 3 --batch 1 --batch 4
     python benchmarks/refinement.py --n-initial 6   # agent with a space-filling start
+    python benchmarks/refinement.py --no-explore    # agent without exploration when confident
     python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \
         --cheap MACE --expensive PBE_MBD --ff-features ff_dv_percent  # + FF relaxation feature
 
@@ -66,6 +68,8 @@ sys.path.insert(0, str(ROOT))
 from agent.landscape_io import LandscapeError, load_landscape  # noqa: E402
 from agent.surrogates.fragment_gp import FragmentDeltaModel  # noqa: E402
 from agent.refine_acquisition import (  # noqa: E402
+    EXPLORE_ABOVE,
+    EXPLORE_FRACTION,
     completion_probability,
     fit_delta_model,
     select_structures,
@@ -111,7 +115,7 @@ def recall_at(order: list[int], top: set[int], n: int) -> dict[float, int]:
 
 
 def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initial=0,
-                 decision_s=None, stop_log=None, gp_options=None, fragment=None):
+                 decision_s=None, stop_log=None, gp_options=None, fragment=None, explore=None):
     """Run the agent until ``top`` is computed.
 
     Returns:
@@ -125,6 +129,9 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
         ``fragment``: ``(terms, deltas)`` of :func:`fragment_data` -- the agent then uses the
         fragment dimer GP (:class:`~agent.surrogates.fragment_gp.FragmentDeltaModel`), which
         sees the dimer corrections of the structures it has computed only.
+        ``explore``: ``(explore_above, explore_fraction)`` of
+        :func:`~agent.refine_acquisition.select_structures` (``explore_above`` None: never
+        space-filling), or None for its defaults.
     """
     if fragment is not None:
         X = FragmentDeltaModel.index_rows(len(e_cheap))
@@ -141,6 +148,7 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
         batch = select_structures(
             e_cheap, X, computed, [], costs, q, seed, top_k=TOP_K, window_kjmol=WINDOW_KJMOL,
             n_initial=n_initial, model=model,
+            **({} if explore is None else {"explore_above": explore[0], "explore_fraction": explore[1]}),
         )
         if decision_s is not None:
             decision_s.append(time.perf_counter() - t0)
@@ -271,7 +279,7 @@ def ff_columns(path, land, cheap, names, console):
     return feats[:, [FEATURE_NAMES.index(k) for k in names]]
 
 
-def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
+def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0, explore=None,
                   ff_features=(), ff_linear=False, surrogate="auto"):
     from rich.progress import Progress
     from rich.table import Table
@@ -328,7 +336,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
             for s in range(seeds):
                 order, mae = replay_agent(
                     e_cheap, e_exp, X, costs, q, s, top, lambda: prog.advance(task),
-                    n_initial=n_initial, decision_s=decision_s,
+                    n_initial=n_initial, decision_s=decision_s, explore=explore,
                     stop_log=stops if q == batches[0] else None, gp_options=gp_options,
                     fragment=fragment,
                 )
@@ -443,6 +451,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", action="append", type=int)
     parser.add_argument("--n-initial", type=int, default=0,
                         help="space-filling initial design size of the agent (default 0: none)")
+    parser.add_argument("--explore-above", type=float, default=EXPLORE_ABOVE,
+                        help="agent: all/some picks space-filling once P(top k complete) reaches this "
+                             f"(select_structures' explore_above; default {EXPLORE_ABOVE})")
+    parser.add_argument("--explore-fraction", type=float, default=EXPLORE_FRACTION,
+                        help=f"share of space-filling picks while confident (default {EXPLORE_FRACTION})")
+    parser.add_argument("--no-explore", action="store_true",
+                        help="agent: never space-filling when confident (explore_above=None)")
     parser.add_argument("--ff-features", default="",
                         help="comma-separated sim_backends.ff_relax.FEATURE_NAMES to append to "
                              "the descriptor (default: none)")
@@ -465,9 +480,12 @@ def main(argv: list[str] | None = None) -> dict:
     ff_features = tuple(k for k in args.ff_features.split(",") if k)
     out: dict = {"benchmark": "refinement", "top_k": TOP_K, "seeds": args.seeds,
                  "batches": batches, "n_initial": args.n_initial, "landscapes": {}}
+    explore = (None, args.explore_fraction) if args.no_explore else (args.explore_above, args.explore_fraction)
+    out["explore"] = {"above": explore[0], "fraction": explore[1]}
     for path, cheap, expensive in cases:
         name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console,
                                   n_initial=args.n_initial, ff_features=ff_features,
+                                  explore=explore,
                                   ff_linear=args.ff_linear, surrogate=args.surrogate)
         out["landscapes"][name] = res
     line = json.dumps(out)
@@ -480,6 +498,10 @@ def main(argv: list[str] | None = None) -> dict:
         stem += "_" + "+".join(ff_features) + ("_linear" if args.ff_linear else "")
     if args.surrogate != "auto":
         stem += f"_{args.surrogate}"
+    if args.no_explore:
+        stem += "_no_explore"
+    elif explore != (EXPLORE_ABOVE, EXPLORE_FRACTION):
+        stem += f"_explore{explore[0]:g}-{explore[1]:g}"
     (results / f"{stem}.json").write_text(line + "\n")
     print(line)
     return out

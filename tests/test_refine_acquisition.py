@@ -193,12 +193,14 @@ def test_explores_farthest_structure_once_confident():
     far = max(pool, key=lambda i: np.linalg.norm(Z[list(front)] - Z[i], axis=1).min())
     args = dict(pending=[], costs=np.ones(30), q=2, seed=0, top_k=3)
     greedy = select_structures(e_cheap, X, front, explore_above=None, **args)
-    mixed = select_structures(e_cheap, X, front, explore_above=0.9, **args)
+    mixed = select_structures(e_cheap, X, front, explore_above=0.9, explore_fraction=0.5, **args)
     assert far in mixed and far not in greedy  # one of the two picks explores
     assert len(set(mixed) & set(greedy)) == 1
     assert select_structures(e_cheap, X, front, explore_above=0.9, explore_fraction=0.0,
                              **args) == greedy
-    assert select_structures(e_cheap, X, front, **args) == greedy  # off by default
+    # on by default (0.8, all picks): both picks are space-filling, the farthest first
+    default = select_structures(e_cheap, X, front, **args)
+    assert default[0] == far and not set(default) & set(greedy)
     with pytest.raises(AcquisitionError, match="explore_fraction"):
         select_structures(e_cheap, X, front, explore_fraction=2.0, **args)
 
