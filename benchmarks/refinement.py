@@ -44,7 +44,8 @@ Usage::
 (W99 rigid-molecule relaxation of each cheap-level structure; read from
 ``<landscape>/<name>_ff_relax_<cheap>.csv`` when present, else computed, ~1 s per
 structure) to the descriptor, and ``--ff-linear`` gives them a linear kernel too
-(target_I with ``ff_dv_percent --ff-linear``: 37/40 calculations at q=1/4 vs 62/64; it
+(target_I with ``ff_dv_percent --ff-linear``: 37/40 calculations at q=1/4 vs 62/64, both measured
+before exploration when confident became the default, which alone gives 19/20; it
 hurts landscapes whose cheap level is this force field, see ``sim_backends/ff_relax.py``).
 Results go to ``benchmarks/results/refinement.json`` for the default run over all known
 landscapes, else to ``refinement_<landscape names>[_<ff features>[_linear]].json``.

@@ -27,7 +27,8 @@ PBE+MBD volume change itself), ``ff_energy_start_kjmol`` -0.35, ``ff_centre_shif
 linear model on E_MACE + ``ff_dv_percent`` still misses its delta by 8 kJ/mol in
 leave-one-out (9 without it). In the refinement benchmark (``benchmarks/refinement.py
 --ff-features ff_dv_percent --ff-linear``) the agent needs 37 / 40 calculations (q = 1 /
-q = 4, 3 seeds) instead of 62 / 64 for the true top 10 (cheap order 59); controls: the same
+q = 4, 3 seeds; without the acquisition's exploration when confident, since made its default,
+which alone gives 19 / 20) instead of 62 / 64 for the true top 10 (cheap order 59); controls: the same
 column shuffled across structures 54-61 (4 permutations, median 59.5), xTB instead of
 RESP charges 54, all five columns without a linear kernel 55. Where the cheap level is this force field's own minima
 (``data/landscapes``), the features are ~0 and uncorrelated with delta (|r| <= 0.09), and
