@@ -48,7 +48,9 @@ structure) to the descriptor, and ``--ff-linear`` gives them a linear kernel too
 before exploration when confident became the default, which alone gives 19/20; it
 hurts landscapes whose cheap level is this force field, see ``sim_backends/ff_relax.py``).
 Results go to ``benchmarks/results/refinement.json`` for the default run over all known
-landscapes, else to ``refinement_<landscape names>[_<ff features>[_linear]].json``.
+landscapes, else to ``refinement_<landscape names>[_<ff features>[_linear]].json``; a
+non-default ``--surrogate`` or exploration setting adds ``_<surrogate>`` and
+``_no_explore`` / ``_explore<above>-<fraction>``.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ def recall_at(order: list[int], top: set[int], n: int) -> dict[float, int]:
 
 
 def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initial=0,
-                 decision_s=None, stop_log=None, gp_options=None, fragment=None, explore=None):
+                 decision_s=None, stop_log=None, gp_options=None, fragment=None,
+                 explore=(EXPLORE_ABOVE, EXPLORE_FRACTION)):
     """Run the agent until ``top`` is computed.
 
     Returns:
@@ -132,7 +135,7 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
         sees the dimer corrections of the structures it has computed only.
         ``explore``: ``(explore_above, explore_fraction)`` of
         :func:`~agent.refine_acquisition.select_structures` (``explore_above`` None: never
-        space-filling), or None for its defaults.
+        space-filling).
     """
     if fragment is not None:
         X = FragmentDeltaModel.index_rows(len(e_cheap))
@@ -148,8 +151,7 @@ def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initia
         model = _agent_model(e_cheap, X, computed, seed, gp_options, fragment)
         batch = select_structures(
             e_cheap, X, computed, [], costs, q, seed, top_k=TOP_K, window_kjmol=WINDOW_KJMOL,
-            n_initial=n_initial, model=model,
-            **({} if explore is None else {"explore_above": explore[0], "explore_fraction": explore[1]}),
+            n_initial=n_initial, model=model, explore_above=explore[0], explore_fraction=explore[1],
         )
         if decision_s is not None:
             decision_s.append(time.perf_counter() - t0)
@@ -280,7 +282,8 @@ def ff_columns(path, land, cheap, names, console):
     return feats[:, [FEATURE_NAMES.index(k) for k in names]]
 
 
-def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0, explore=None,
+def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
+                  explore=(EXPLORE_ABOVE, EXPLORE_FRACTION),
                   ff_features=(), ff_linear=False, surrogate="auto"):
     from rich.progress import Progress
     from rich.table import Table
@@ -468,6 +471,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="agent surrogate: the fragment dimer GP where the landscape has fragment DFT "
                         "records (auto, default), always the SOAP Delta-GP (soap), or require fragment")
     args = parser.parse_args(argv)
+    if not 0.0 < args.explore_above <= 1.0 or not 0.0 <= args.explore_fraction <= 1.0:
+        parser.error("--explore-above must be in (0, 1] and --explore-fraction in [0, 1]")
     if args.landscape:
         n = len(args.landscape)
         if len(args.cheap or []) != n or len(args.expensive or []) != n:
