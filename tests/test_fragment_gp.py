@@ -136,3 +136,45 @@ def test_fragment_model_prior_loo_and_conditioning(landscape):
     m1, s1 = cond.predict(X[[j]])
     assert s1[0] < 0.8 * s0[0] and m1[0] == pytest.approx(m0[0], abs=0.05)
     assert model.transform(X).shape == (n, terms[0].features.shape[1])
+
+
+def test_dimer_baselines_track_the_dft_correction(landscape):
+    """The xTB dimer baselines are cheap estimates of delta: strongly correlated with it over
+    the landscape's dimers, and computed for every dimer (the model's extra inputs)."""
+    terms, deltas = landscape["terms"], landscape["deltas"]
+    assert terms[0].baseline_names == ["gfn2-xtb", "gfn1-xtb", "d3"]
+    base = np.vstack([t.baselines for t in terms])
+    delta = np.concatenate([deltas[k] for k in range(len(terms))])
+    assert base.shape == (len(delta), 3) and np.all(np.isfinite(base))
+    assert np.corrcoef(base[:, 0], delta)[0, 1] > 0.95
+    assert np.corrcoef(base[:, 1], delta)[0, 1] > 0.9
+    # D3(BJ) dispersion of a dimer is attractive
+    assert np.all(base[:, 2] < 0.0)
+
+
+def test_unknown_baseline_and_failed_baseline_values(landscape):
+    from agent.surrogates.fragment_gp import FragmentDeltaModel
+    from sim_backends.base import SetupError
+    from sim_backends.fragment_terms import fragment_terms
+    from sim_backends.structures import Crystal
+
+    crystal = Crystal.from_atoms(landscape["frames"][0])
+    with pytest.raises(SetupError, match="unknown dimer baseline"):
+        fragment_terms(crystal, landscape["charges"], 3.0, baselines=("gfn2-xtb", "mp2"))
+    bare = fragment_terms(crystal, landscape["charges"], 3.0, e_d3_kjmol=0.0, baselines=())
+    assert bare.baselines.shape == (len(bare.keys), 0)
+    # a dimer whose xTB SCF failed carries NaN; the model still fits and predicts finite values
+    terms = [copy_terms(t) for t in landscape["terms"]]
+    terms[5].baselines[0, 0] = np.nan
+    terms[40].baselines[:, 1] = np.nan
+    train = [0, 4, 5, 9, 17, 30, 40, 44, 61]
+    model = FragmentDeltaModel(terms, landscape["e_ff"], seed=0).fit(
+        {i: landscape["deltas"][i] for i in train}, {i: landscape["e_dft"][i] for i in train})
+    mean, std = model.predict(FragmentDeltaModel.index_rows(len(terms)))
+    assert model.active and np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
+
+
+def copy_terms(t):
+    from dataclasses import replace
+
+    return replace(t, baselines=np.array(t.baselines, copy=True))
