@@ -178,3 +178,20 @@ def copy_terms(t):
     from dataclasses import replace
 
     return replace(t, baselines=np.array(t.baselines, copy=True))
+
+
+def test_baseline_kernel_auto_keeps_the_better_leave_one_out_fit(landscape):
+    from agent.surrogates.fragment_gp import FragmentDeltaModel
+    from agent.surrogates.structure_gp import SurrogateError
+
+    terms, deltas, e_ff, e_dft = landscape["terms"], landscape["deltas"], landscape["e_ff"], landscape["e_dft"]
+    with pytest.raises(SurrogateError, match="baseline_kernel"):
+        FragmentDeltaModel(terms, e_ff, baseline_kernel="cubic")
+    train = [0, 4, 9, 17, 30, 44, 61, 70]
+    fits = {k: FragmentDeltaModel(terms, e_ff, seed=0, baseline_kernel=k).fit(
+        {i: deltas[i] for i in train}, {i: e_dft[i] for i in train}) for k in ("auto", "rbf", "linear")}
+    auto = fits["auto"]
+    assert auto.kernel_choice in ("rbf", "linear") and auto.describe()["baseline_kernel"] == auto.kernel_choice
+    assert auto.loo_mae_kjmol == pytest.approx(min(fits["rbf"].loo_mae_kjmol, fits["linear"].loo_mae_kjmol))
+    X = FragmentDeltaModel.index_rows(len(terms))
+    assert np.allclose(auto.predict(X)[0], fits[auto.kernel_choice].predict(X)[0])
