@@ -28,7 +28,11 @@ Fragment-DFT landscapes (``dft_results.jsonl`` with per-dimer records beside the
 D3(BJ) over the periodic cell + a point-charge Ewald sum (both computed here for every
 structure, as a campaign does, :func:`fragment_data`) + a weighted sum of per-dimer
 corrections E_int^DFT - E_pc, which the agent learns from the dimer records of the
-structures it has computed -- each computed structure teaches it about ~5 dimers.
+structures it has computed -- each computed structure teaches it about ~5 dimers. Its inputs
+also include GFN2-xTB, GFN1-xTB and D3(BJ) interaction energies of every dimer of the
+landscape (:mod:`sim_backends.fragment_terms`), computed here too: about 0.1 s per structure on
+one core, some 25 s for a 240-structure landscape, i.e. about one fragment DFT calculation
+(~27 CPU s each) -- not included in the counts.
 
 Usage::
 
