@@ -91,6 +91,10 @@ class StructureStageConfig(_Strict):
             budget between the two levels (:func:`agent.refine_acquisition.split_levels`).
         max_structures: keep at most this many lowest-energy minima per landscape.
         top_k, window_kjmol: the low-energy set the acquisition tries to identify.
+        dimer_baselines: for fragment-DFT refinement (``dft-crystal``), the cheap dimer
+            interaction energies computed for every dimer and given to the dimer GP as inputs
+            (:mod:`sim_backends.fragment_terms`); ``[]`` for none. They help on large
+            landscapes and can hurt on small ones (``benchmarks/refinement.py``).
     """
 
     enabled: bool = False
@@ -104,6 +108,8 @@ class StructureStageConfig(_Strict):
     max_structures: int = Field(default=60, ge=2)
     top_k: int = Field(default=5, ge=1)
     window_kjmol: float = Field(default=10.0, gt=0)
+    dimer_baselines: list[Literal["gfn2-xtb", "gfn1-xtb", "d3"]] = Field(
+        default_factory=lambda: ["gfn2-xtb", "gfn1-xtb", "d3"])
 
 
 class TrackingConfig(_Strict):

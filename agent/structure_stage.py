@@ -303,7 +303,8 @@ class StructureStage:
             try:
                 land.fragment = landscape_fragment_terms(
                     [load_crystal(c, land.smiles) for c in land.cifs], float(p.get("cutoff_A", 4.0)),
-                    str(p.get("cutoff_mode", "contact")), str(p.get("functional", "pbe")))
+                    str(p.get("cutoff_mode", "contact")), str(p.get("functional", "pbe")),
+                    baselines=tuple(self.cfg.dimer_baselines))
             except (SetupError, ValueError, RuntimeError) as exc:
                 land.fragment_error = str(exc)
         return land.fragment

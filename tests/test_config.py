@@ -60,3 +60,18 @@ def test_round_trip_through_toml(tmp_path):
     cfg = load_config(_write(tmp_path, 'seed = 7\n' + BASE + 'params = {basis = "sto-3g"}\n'))
     again = parse_config(tomllib.loads(config_to_toml(cfg)))
     assert again == cfg
+
+
+def test_dimer_baselines_key(tmp_path):
+    from sim_backends.fragment_terms import DEFAULT_BASELINES
+
+    cfg = load_config(_write(tmp_path, BASE + "[structures]\nenabled = true\n"))
+    assert tuple(cfg.structures.dimer_baselines) == DEFAULT_BASELINES
+    cfg = load_config(_write(tmp_path, BASE + "[structures]\nenabled = true\ndimer_baselines = []\n"))
+    assert cfg.structures.dimer_baselines == []
+    import tomllib
+
+    assert parse_config(tomllib.loads(config_to_toml(cfg))).structures.dimer_baselines == []
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, BASE + '[structures]\ndimer_baselines = ["gfn2-xtb", "mp2"]\n'))
+    assert "structures.dimer_baselines" in str(e.value) and "\n" not in str(e.value)

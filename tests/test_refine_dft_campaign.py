@@ -84,3 +84,9 @@ def test_dft_refinement_campaign(tmp_path):
     done = sorted(land.computed)
     # computed structures come back at their DFT energies (up to the GP's noise term)
     assert np.allclose(land.ff_kjmol[done] + mean[done], [land.computed[i] for i in done], atol=1.5)
+    # the dimer baselines are inputs of that model, and [structures] dimer_baselines = [] removes them
+    assert model.baseline_names == ["gfn2-xtb", "gfn1-xtb", "d3"]
+    reopened.stage.cfg = reopened.stage.cfg.model_copy(update={"dimer_baselines": []})
+    land.fragment = None
+    bare = reopened.stage._fit_model(land, seed=0)
+    assert isinstance(bare, FragmentDeltaModel) and bare.baseline_names == [] and bare.n_structures == 4
