@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.lab.config import LabConfig
+from sim_backends.fragment_terms import DEFAULT_BASELINES
 
 
 class ConfigError(ValueError):
@@ -109,7 +110,7 @@ class StructureStageConfig(_Strict):
     top_k: int = Field(default=5, ge=1)
     window_kjmol: float = Field(default=10.0, gt=0)
     dimer_baselines: list[Literal["gfn2-xtb", "gfn1-xtb", "d3"]] = Field(
-        default_factory=lambda: ["gfn2-xtb", "gfn1-xtb", "d3"])
+        default_factory=lambda: list(DEFAULT_BASELINES))
 
 
 class TrackingConfig(_Strict):

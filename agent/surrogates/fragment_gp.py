@@ -31,6 +31,7 @@ corrections relative to the cheap level, like :class:`~agent.surrogates.structur
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,8 +111,11 @@ class FragmentDeltaModel:
         xtb = [k for k, b in enumerate(self.baseline_names) if b.endswith("-xtb")]
         other = [k for k in range(n_b) if k not in xtb]
         cols = np.hstack([self.features, base[:, xtb], raw, base[:, other]])
-        with np.errstate(invalid="ignore"):
-            mu, sd = np.nanmean(cols, 0) if len(cols) else 0.0, np.nanstd(cols, 0) if len(cols) else 1.0
+        mu, sd = np.zeros(cols.shape[1]), np.ones(cols.shape[1])
+        if len(cols):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (every xTB SCF failed)
+                mu, sd = np.nan_to_num(np.nanmean(cols, 0)), np.nan_to_num(np.nanstd(cols, 0))
         self._Z = np.nan_to_num((cols - mu) / np.where(sd > 1e-9, sd, 1.0), nan=0.0)
         self._n_log = self.features.shape[1]
         self._rbf_options = {"rbf": list(range(self._n_log + len(xtb))), "linear": list(range(self._n_log))}
@@ -207,25 +211,29 @@ class FragmentDeltaModel:
         self.loo_residual_kjmol = None
         self.calibration = 1.0
         if len(self._structures) >= self.min_structures and len(self._train_y) >= 3:
-            choices = (["rbf", "linear"] if self.baseline_kernel == "auto" and len(self._rbf_options["rbf"])
-                       > len(self._rbf_options["linear"]) and len(self._structures) >= 3 else [None])
-            fits = []
-            for choice in choices:
-                if choice is not None:
-                    self._rbf_dims = self._rbf_options[choice]
-                self._fit_hyperparameters()
-                loo = self._loo_residuals()
-                fits.append((float(np.mean(np.abs(loo))), choice, self._kernel, self._noise, self._y_scale,
-                             self._alpha, self._chol, loo, self._loo_z2))
-            best = min(fits, key=lambda f: f[0])
-            (_, choice, self._kernel, self._noise, self._y_scale, self._alpha, self._chol,
-             self.loo_residual_kjmol, self._loo_z2) = best
-            if choice is not None:
-                self._rbf_dims = self._rbf_options[choice]
-            self.kernel_choice = choice or self.baseline_kernel
+            if self.baseline_kernel != "auto":
+                choices = [self.baseline_kernel]
+            elif len(self._rbf_options["rbf"]) > len(self._rbf_options["linear"]) and len(self._structures) >= 3:
+                choices = ["rbf", "linear"]
+            else:  # no xTB baselines (both layouts coincide) or too few structures to compare
+                choices = ["rbf"]
+            fits = [self._fit_kernel(c) for c in choices]
+            self.__dict__.update(min(fits, key=lambda f: float(np.mean(np.abs(f["loo_residual_kjmol"])))))
             if self.calibrate:
                 self.calibration = self._calibrate()
         return self
+
+    #: attributes one hyperparameter fit sets (kept for the winning layout under "auto")
+    _FIT_STATE = ("_rbf_dims", "kernel_choice", "_kernel", "_noise", "_y_scale", "_alpha", "_chol",
+                  "loo_residual_kjmol", "_loo_z2")
+
+    def _fit_kernel(self, choice: str) -> dict[str, Any]:
+        """Fit with the xTB baselines in the layout ``choice``; the resulting fit state."""
+        self._rbf_dims = self._rbf_options[choice]
+        self.kernel_choice = choice
+        self._fit_hyperparameters()
+        self.loo_residual_kjmol = self._loo_residuals()
+        return {k: getattr(self, k) for k in self._FIT_STATE}
 
     def _loo_residuals(self) -> np.ndarray:
         """Per computed structure (sorted index order): its energy from its own dimer data
