@@ -41,6 +41,8 @@ Usage::
         --cheap MACE --expensive PBE_MBD --seeds 3 --batch 1 --batch 4
     python benchmarks/refinement.py --n-initial 6   # agent with a space-filling start
     python benchmarks/refinement.py --no-explore    # agent without exploration when confident
+    python benchmarks/refinement.py --landscape data/landscapes/formamide_dft --cheap ff \
+        --expensive dft --dimer-baselines none       # fragment dimer GP without the xTB/D3 baselines
     python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \
         --cheap MACE --expensive PBE_MBD --ff-features ff_dv_percent  # + FF relaxation feature
 
@@ -53,8 +55,8 @@ before exploration when confident became the default, which alone gives 19/20; i
 hurts landscapes whose cheap level is this force field, see ``sim_backends/ff_relax.py``).
 Results go to ``benchmarks/results/refinement.json`` for the default run over all known
 landscapes, else to ``refinement_<landscape names>[_<ff features>[_linear]].json``; a
-non-default ``--surrogate`` or exploration setting adds ``_<surrogate>`` and
-``_no_explore`` / ``_explore<above>-<fraction>``.
+non-default ``--surrogate``, ``--dimer-baselines`` or exploration setting adds ``_<surrogate>``,
+``_baselines-<names or none>`` and ``_no_explore`` / ``_explore<above>-<fraction>``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ from agent.refine_acquisition import (  # noqa: E402
 )
 from agent.surrogates.structure_gp import extra_column_options  # noqa: E402
 from sim_backends.descriptors import structure_features  # noqa: E402
+from sim_backends.fragment_terms import DEFAULT_BASELINES  # noqa: E402
 
 TOP_K = 10
 WINDOW_KJMOL = 10.0
@@ -185,7 +188,7 @@ def _agent_model(e_cheap, X, computed, seed, gp_options=None, fragment=None):
     return FragmentDeltaModel(terms, e_cheap, seed=seed).fit({i: deltas[i] for i in computed}, computed)
 
 
-def fragment_data(path: Path, land, cheap: str, console):
+def fragment_data(path: Path, land, cheap: str, console, baselines=DEFAULT_BASELINES):
     """Fragment terms of every structure and the DFT dimer corrections, for landscapes
     whose expensive level is the two-body fragment DFT of ``dft-crystal``
     (``dft_results.jsonl`` with per-dimer records and ``run.json`` with the cutoff).
@@ -218,7 +221,7 @@ def fragment_data(path: Path, land, cheap: str, console):
         terms = landscape_fragment_terms(
             [Crystal.from_atoms(a) for a in land.atoms[cheap]], float(settings.get("cutoff_A", 3.0)),
             str(settings.get("cutoff_mode", "contact")), str(settings.get("functional", "pbe")),
-            progress=lambda: prog.advance(task))
+            progress=lambda: prog.advance(task), baselines=baselines)
     deltas = {k: dimer_deltas(t, records[sid]["dimers"]) for k, (sid, t) in enumerate(zip(land.ids, terms))}
     return terms, deltas
 
@@ -288,7 +291,7 @@ def ff_columns(path, land, cheap, names, console):
 
 def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
                   explore=(EXPLORE_ABOVE, EXPLORE_FRACTION),
-                  ff_features=(), ff_linear=False, surrogate="auto"):
+                  ff_features=(), ff_linear=False, surrogate="auto", baselines=DEFAULT_BASELINES):
     from rich.progress import Progress
     from rich.table import Table
 
@@ -306,7 +309,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
     costs = expected_costs(path, land)
     fragment = None
     if surrogate in ("auto", "fragment") and not ff_features:
-        fragment = fragment_data(path, land, cheap, console)
+        fragment = fragment_data(path, land, cheap, console, baselines)
         if fragment is None and surrogate == "fragment":
             raise LandscapeError(f"{land.name}: no fragment DFT records (dft_results.jsonl with dimers, run.json)")
     top = set(np.argsort(e_exp, kind="stable")[:TOP_K].tolist())
@@ -422,6 +425,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
         "ff_features": list(ff_features),
         "ff_linear": bool(ff_linear),
         "surrogate": "fragment-dimer-gp" if fragment is not None else "soap-delta-gp",
+        "dimer_baselines": list(baselines) if fragment is not None else [],
         "agent": float(np.median(agent[best_q])),
         "agent_by_batch": {str(q): float(np.median(c)) for q, c in agent.items()},
         "cheap_order": cheap_order,
@@ -474,7 +478,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--surrogate", choices=("auto", "soap", "fragment"), default="auto",
                         help="agent surrogate: the fragment dimer GP where the landscape has fragment DFT "
                         "records (auto, default), always the SOAP Delta-GP (soap), or require fragment")
+    parser.add_argument("--dimer-baselines", default=",".join(DEFAULT_BASELINES),
+                        help="comma-separated dimer baselines of the fragment dimer GP "
+                        f"(sim_backends.fragment_terms; default {','.join(DEFAULT_BASELINES)}; 'none' for none)")
     args = parser.parse_args(argv)
+    baselines = tuple(b for b in args.dimer_baselines.split(",") if b and b != "none")
+    if unknown := set(baselines) - set(DEFAULT_BASELINES):
+        parser.error(f"unknown --dimer-baselines {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_BASELINES)}")
     if not 0.0 < args.explore_above <= 1.0 or not 0.0 <= args.explore_fraction <= 1.0:
         parser.error("--explore-above must be in (0, 1] and --explore-fraction in [0, 1]")
     if args.landscape:
@@ -496,7 +506,7 @@ def main(argv: list[str] | None = None) -> dict:
         name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console,
                                   n_initial=args.n_initial, ff_features=ff_features,
                                   explore=explore,
-                                  ff_linear=args.ff_linear, surrogate=args.surrogate)
+                                  ff_linear=args.ff_linear, surrogate=args.surrogate, baselines=baselines)
         out["landscapes"][name] = res
     line = json.dumps(out)
     results = ROOT / "benchmarks" / "results"
@@ -508,6 +518,8 @@ def main(argv: list[str] | None = None) -> dict:
         stem += "_" + "+".join(ff_features) + ("_linear" if args.ff_linear else "")
     if args.surrogate != "auto":
         stem += f"_{args.surrogate}"
+    if baselines != DEFAULT_BASELINES:
+        stem += "_baselines-" + ("+".join(baselines) or "none")
     if args.no_explore:
         stem += "_no_explore"
     elif explore != (EXPLORE_ABOVE, EXPLORE_FRACTION):

@@ -62,9 +62,10 @@ class FragmentDeltaModel:
         baseline_kernel: where the xTB dimer baselines enter: "rbf" (the RBF and the linear
             part), "linear" (the linear part only), or "auto" (default: fit both, keep the
             one with the lower leave-one-structure-out MAE). Neither is better on both
-            production landscapes (20 of the 50 lowest structures computed, 10 draws, MAE on
-            the uncomputed within 10 kJ/mol: formic_acid_big_dft 1.11 rbf / 0.79 linear /
-            0.93 auto; formamide_big_dft 1.12 / 1.33 / 1.14).
+            production landscapes (``benchmarks/fragment_surrogate.py``: 20 of the 50 lowest
+            structures computed, 10 draws, MAE on the uncomputed within 10 kJ/mol:
+            formic_acid_big_dft 1.10 rbf / 0.79 linear / 0.93 auto, 2.12 without baselines;
+            formamide_big_dft 1.12 / 1.33 / 1.14, 1.74 without).
     """
 
     #: name in MLflow tags and benchmark output

@@ -1,0 +1,116 @@
+"""Benchmark "fragment_surrogate": accuracy of the fragment dimer GP with and without dimer baselines.
+
+Offline, no acquisition: for each fragment-DFT landscape, train
+:class:`~agent.surrogates.fragment_gp.FragmentDeltaModel` on ``--train`` structures drawn at
+random from the ``--pool`` lowest (by DFT energy), and score it on the structures not trained
+on that lie within 10 kJ/mol of the DFT minimum: mean absolute error of the structure energies
+and of the per-dimer corrections (kJ/mol), averaged over ``--draws`` draws (draw k uses seed k
+for both the training set and the fit). Configurations compared in the same run:
+
+- ``no baselines``: descriptor only (the model before the xTB/D3 dimer baselines), the baseline;
+- ``rbf``, ``linear``, ``auto``: the baselines with each ``baseline_kernel`` setting
+  (``auto``, the default, keeps whichever of the other two has the lower
+  leave-one-structure-out MAE).
+
+This is what chose the default; the end-to-end effect on the number of DFT calculations is
+``benchmarks/refinement.py`` (``--dimer-baselines none`` for the baseline).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/fragment_surrogate.py            # the two big landscapes
+    python benchmarks/fragment_surrogate.py --landscape data/landscapes/formamide_dft --draws 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from agent.landscape_io import load_landscape  # noqa: E402
+from agent.surrogates.fragment_gp import FragmentDeltaModel  # noqa: E402
+from refinement import WINDOW_KJMOL, fragment_data  # noqa: E402
+
+DEFAULT_LANDSCAPES = ("data/landscapes/formic_acid_big_dft", "data/landscapes/formamide_big_dft")
+CONFIGS = ("no baselines", "rbf", "linear", "auto")
+
+
+def score(terms, deltas, e_cheap, e_exp, config: str, n_train: int, pool: int, draws: int) -> tuple[float, float]:
+    """Mean (over draws) structure MAE and dimer MAE on the uncomputed low-energy structures."""
+    n = len(e_cheap)
+    low = np.flatnonzero(e_exp - e_exp.min() <= WINDOW_KJMOL)
+    lowest = np.argsort(e_exp)[:pool]
+    if config == "no baselines":
+        terms = [replace(t, baselines=np.zeros((len(t.keys), 0)), baseline_names=[]) for t in terms]
+    kernel = "auto" if config == "no baselines" else config
+    maes, dimer_maes = [], []
+    for k in range(draws):
+        train = sorted(np.random.default_rng(k).choice(lowest, n_train, replace=False).tolist())
+        model = FragmentDeltaModel(terms, e_cheap, seed=k, baseline_kernel=kernel).fit(
+            {i: deltas[i] for i in train}, {i: float(e_exp[i]) for i in train})
+        rest = np.array([i for i in low if i not in train])
+        mean, _ = model.predict(FragmentDeltaModel.index_rows(n)[rest])
+        maes.append(float(np.mean(np.abs(e_cheap[rest] + mean - e_exp[rest]))))
+        dimer_maes.append(model.dimer_mae_kjmol({i: deltas[i] for i in rest}))
+    return float(np.mean(maes)), float(np.mean(dimer_maes))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--landscape", action="append", help="fragment-DFT landscape directory (repeatable)")
+    parser.add_argument("--train", type=int, default=20, help="structures trained on per draw (default 20)")
+    parser.add_argument("--pool", type=int, default=50, help="drawn from this many lowest (default 50)")
+    parser.add_argument("--draws", type=int, default=10, help="random training sets (default 10)")
+    args = parser.parse_args(argv)
+    if not 2 <= args.train <= args.pool or args.draws < 1:
+        parser.error("need 2 <= --train <= --pool and --draws >= 1")
+    warnings.filterwarnings("ignore")
+    console = Console()
+    out: dict = {"benchmark": "fragment_surrogate", "train": args.train, "pool": args.pool,
+                 "draws": args.draws, "landscapes": {}}
+    for path in map(Path, args.landscape or DEFAULT_LANDSCAPES):
+        land = load_landscape(path, "ff", "dft")
+        data = fragment_data(path, land, "ff", console)
+        if data is None:
+            parser.error(f"{path}: no fragment-DFT dimer records (dft_results.jsonl, run.json)")
+        if len(land) < args.pool:
+            parser.error(f"{path}: {len(land)} structures, fewer than --pool {args.pool}")
+        e_cheap, e_exp = land.energies_kjmol["ff"], land.energies_kjmol["dft"]
+        table = Table(title=f"{land.name}: MAE on uncomputed structures within {WINDOW_KJMOL:g} kJ/mol "
+                      f"({args.train} of the {args.pool} lowest computed, {args.draws} draws)")
+        for col in ("model", "structure MAE (kJ/mol)", "dimer MAE (kJ/mol)", "vs no baselines"):
+            table.add_column(col)
+        res = {}
+        for config in CONFIGS:
+            with console.status(f"{land.name}: {config}"):
+                res[config] = score(*data, e_cheap, e_exp, config, args.train, args.pool, args.draws)
+            table.add_row(config, f"{res[config][0]:.2f}", f"{res[config][1]:.2f}",
+                          f"{res[config][0] / res['no baselines'][0]:.2f}x")
+        console.print(table)
+        out["landscapes"][land.name] = {
+            "n_structures": len(land),
+            **{f"mae_{c.replace(' ', '_')}_kjmol": round(v[0], 3) for c, v in res.items()},
+            **{f"dimer_mae_{c.replace(' ', '_')}_kjmol": round(v[1], 3) for c, v in res.items()},
+        }
+    line = json.dumps(out)
+    print(line)
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "fragment_surrogate.json").write_text(line + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
