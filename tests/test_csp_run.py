@@ -79,7 +79,7 @@ def test_cli_json_and_errors(capsys, tmp_path):
     smi = tmp_path / "mol.smi"
     smi.write_text("O=C=O co2\n")
     for args, needle in [
-        (["csp", "O=C=O", "--n-trials", "0"], "--n-trials must be positive"),
+        (["csp", "O=C=O", "--n-trials", "0"], "n_trials must be a positive integer"),
         (["csp", "O=C=O", "--n-trials", "2", "--space-groups", "P6_3"], "unsupported space group"),
         (["csp", "C[N+](C)(C)C", "--n-trials", "2"], "net charge"),
         (["csp", str(tmp_path / "missing.smi"), "--n-trials", "2"], "no such file"),
@@ -89,6 +89,117 @@ def test_cli_json_and_errors(capsys, tmp_path):
         assert needle in err and len(err.splitlines()) == 1
     assert main(["csp", str(smi), "--n-trials", "2", "--space-groups", "P1", "--charges", "xtb",
                  "--json"]) == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["bad.cif"], "crystal structure files are not CSP input; give a SMILES string"),
+    (["mol.pdb"], "give a SMILES string, a .smi/.txt file"),
+    (["C=O", "--n-trials", "1000000000000"], "above the limit of 200000"),
+    (["C=O", "--n-trials", "200001"], "above the limit of 200000"),
+    (["C=O", "--energy-window", "nan"], "energy_window_kjmol must be a finite number > 0"),
+    (["C=O", "--energy-window", "inf"], "energy_window_kjmol must be a finite number > 0"),
+    (["C=O", "--energy-window", "-1"], "energy_window_kjmol must be a finite number > 0"),
+    (["C=O", "--energy-window", "0"], "energy_window_kjmol must be a finite number > 0"),
+    (["C=O", "--seed", "-1"], "seed must be an integer"),
+    (["C=O", "--workers", "0"], "n_workers must be an integer"),
+    (["C=O", "--workers", "100000"], "n_workers must be an integer"),
+    (["C=O", "--top", "-1"], "--top must be >= 0"),
+    (["C=O", "--max-trials", "0"], "max_trials must be a positive integer"),
+    (["C=O", "--out", "FILE"], "exists and is not a directory"),
+])
+def test_cli_refuses_bad_arguments_before_any_work(capsys, tmp_path, monkeypatch, args, needle):
+    """Issue 17 item 5/7, issue 14 item 9: one line, exit 2, nothing created or computed."""
+    from agent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.cif").write_text("data_x\n_cell_length_a 1e6\n")
+    (tmp_path / "mol.pdb").write_text("HETATM\n")
+    (tmp_path / "FILE").write_text("")
+    args = [a if a != "FILE" else str(tmp_path / "FILE") for a in args]
+    if "--n-trials" not in args:
+        args += ["--n-trials", "4"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["csp", *args, "--charges", "xtb", "--space-groups", "P-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "invalid SMILES" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_large_n_trials_allowed_with_explicit_limit():
+    from sim_backends.csp.run import validate_csp_arguments
+
+    with pytest.raises(ValueError, match="above the limit"):
+        validate_csp_arguments(300_000)
+    validate_csp_arguments(300_000, max_trials=400_000)
+
+
+def test_xyz_input_gets_the_requested_charges(tmp_path):
+    """Issue 14 item 10: a geometry file with --charges gets those charges computed on its
+    geometry (it used to run with zero charges); same charges and landscape as from SMILES."""
+    from sim_backends.csp.rigid import RigidMolecule
+    from sim_backends.csp.run import load_molecule, run_csp
+
+    ref = RigidMolecule.from_smiles("NC#N", charges="xtb", cache_dir="")
+    xyz = tmp_path / "cyanamide.xyz"
+    xyz.write_text(f"{ref.n_atoms}\ncyanamide\n" + "\n".join(
+        f"{s} {x:.6f} {y:.6f} {z:.6f}" for s, (x, y, z) in zip(ref.symbols, ref.coords_A)) + "\n")
+    mol = load_molecule(xyz, charges="xtb", cache_dir="")
+    assert mol.charge_method == ref.charge_method == "xtb-gfn2-mulliken"
+    assert mol.smiles == "N#CN"  # perceived with rdDetermineBonds
+    assert np.abs(mol.charges_e).max() > 0.1
+    assert np.allclose(sorted(mol.charges_e), sorted(ref.charges_e), atol=2e-3)
+    kw = dict(space_groups="P-1", seed=0, progress=False, charges="xtb", cache_dir="")
+    e_xyz = run_csp(xyz, 8, **kw).minima[0].energy_kjmol
+    e_smi = run_csp("NC#N", 8, **kw).minima[0].energy_kjmol
+    assert e_xyz == pytest.approx(e_smi, abs=0.5)
+    odd = tmp_path / "radical.xyz"
+    odd.write_text("2\n\nC 0 0 0\nH 0 0 1.1\n")
+    from sim_backends.base import SetupError
+
+    with pytest.raises(SetupError, match="odd number of electrons"):
+        load_molecule(odd, charges="xtb", cache_dir="")
+
+
+def test_symmetrised_cif_round_trip(tmp_path):
+    """Issue 14 item 5: CSP CIFs carry the space group (symmetry operations, asymmetric
+    unit), a Niggli-reduced primitive cell, the molecule's formula and Z in molecules
+    (acetylene is C2H2, not HC), and the force-field energies with level and unit."""
+    import warnings
+
+    from pymatgen.core import Structure
+    from pymatgen.io.cif import CifParser
+
+    from sim_backends.csp.dedupe import detect_space_group
+    from sim_backends.csp.landscape import FF_LEVEL
+    from sim_backends.csp.run import run_csp
+
+    land = run_csp("C#C", 16, space_groups="P2_1/c,P-1", seed=0, progress=False, charges="xtb",
+                   cache_dir="", out_dir=tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "landscape.csv")))
+    assert len(rows) == len(land) >= 2
+    n_symmetric = 0
+    for m, row in zip(land.minima, rows, strict=True):
+        text = (tmp_path / row["cif"]).read_text()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (block, data), = CifParser.from_str(text).as_dict().items()
+            st = Structure.from_str(text, fmt="cif")
+        assert block == f"C2H2_{m.id}"
+        assert data["_chemical_formula_sum"] == "C2 H2"
+        z = int(data["_cell_formula_units_Z"])
+        assert len(st) == 4 * z and st.composition.reduced_formula == "HC"
+        assert z <= m.z and m.z % z == 0
+        assert detect_space_group(st)[0] == m.space_group == data["_symmetry_space_group_name_H-M"]
+        n_symmetric += len(data["_symmetry_equiv_pos_as_xyz"]) > 1
+        assert st.lattice.abc == pytest.approx(st.get_reduced_structure("niggli").lattice.abc, abs=1e-4)
+        assert st.density == pytest.approx(m.density_gcm3, rel=2e-3)
+        assert data["_crystal_agent_energy_level"] == [FF_LEVEL, FF_LEVEL]
+        assert data["_crystal_agent_energy_quantity"] == ["lattice energy", "relative energy"]
+        e, rel = map(float, data["_crystal_agent_energy_kJmol_per_molecule"])
+        assert e == pytest.approx(m.energy_kjmol, abs=1e-3)
+        assert rel == pytest.approx(m.energy_kjmol - land.minima[0].energy_kjmol, abs=1e-3)
+    assert n_symmetric >= 1
+    assert json.loads((tmp_path / "run.json").read_text())["levels"] == {"ff": FF_LEVEL}
 
 
 @pytest.mark.slow

@@ -2,11 +2,13 @@
 
     crystal-agent csp SMILES_OR_FILE --n-trials N [--space-groups P2_1/c,P-1]
                       [--out DIR] [--seed S] [--json] [--charges resp|xtb]
-                      [--workers W] [--energy-window E]
+                      [--workers W] [--energy-window E] [--max-trials M]
 
 Prints a table of the lowest minima (or, with ``--json``, one JSON object with the
 landscape records without CIF text) and writes the landscape to ``--out`` when
-given. Errors are one line on stderr with exit code 2.
+given. Every argument is validated before anything is computed or created
+(:func:`sim_backends.csp.run.validate_csp_arguments`; ``--n-trials`` above 200,000 needs
+``--max-trials``). Errors are one line on stderr with exit code 2.
 
 Importing this module is cheap (argparse only).
 """
@@ -37,6 +39,8 @@ def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel Ray workers (CPUs)")
     p.add_argument("--energy-window", type=float, default=20.0,
                    help="keep minima within this many kJ/mol of the lowest")
+    p.add_argument("--max-trials", type=int, default=None,
+                   help="raise the upper limit of --n-trials (default 200,000; memory grows with it)")
     p.add_argument("--top", type=int, default=15, help="rows printed in the table")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_csp_command)
@@ -45,17 +49,29 @@ def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_csp_command(args: argparse.Namespace) -> int:
     """Run the ``csp`` sub-command; returns the exit code (2 on bad input)."""
+    import os
+    from pathlib import Path
+
     from sim_backends.base import BackendError
-    from sim_backends.csp.run import run_csp
+    from sim_backends.csp.run import MAX_TRIALS_DEFAULT, run_csp, validate_csp_arguments
+    from sim_backends.csp.spacegroups import parse_space_groups
 
     try:
-        if args.n_trials <= 0:
-            raise ValueError(f"--n-trials must be positive, got {args.n_trials}")
+        max_trials = MAX_TRIALS_DEFAULT if args.max_trials is None else args.max_trials
+        validate_csp_arguments(args.n_trials, energy_window_kjmol=args.energy_window,
+                               n_workers=args.workers, seed=args.seed, max_trials=max_trials)
+        if args.workers > (os.cpu_count() or 1):
+            raise ValueError(f"--workers {args.workers} is more than the {os.cpu_count()} CPUs here")
+        if args.top < 0:
+            raise ValueError(f"--top must be >= 0, got {args.top}")
+        parse_space_groups(args.space_groups)
+        if args.out is not None:
+            _check_out_dir(Path(args.out))
         landscape = run_csp(
             args.molecule, args.n_trials, space_groups=args.space_groups, seed=args.seed,
             energy_window_kjmol=args.energy_window, out_dir=args.out,
             progress=not args.json and sys.stderr.isatty(), n_workers=args.workers,
-            charges=args.charges,
+            charges=args.charges, max_trials=max_trials,
         )
     except (ValueError, BackendError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -82,3 +98,16 @@ def run_csp_command(args: argparse.Namespace) -> int:
     if args.out:
         print(f"landscape written to {args.out}")
     return 0
+
+
+def _check_out_dir(out: "Path") -> None:
+    """Refuse an ``--out`` that cannot become a directory, before the run (OSError)."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a directory")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise PermissionError(f"--out {out}: {parent} is not a writable directory")

@@ -30,6 +30,8 @@ the functions.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import zlib
 from pathlib import Path
@@ -41,16 +43,28 @@ from sim_backends.csp.landscape import CSPMinimum, Landscape
 from sim_backends.csp.spacegroups import SpaceGroup, parse_space_groups
 
 
+#: input forms :func:`load_molecule` accepts, for error messages
+ACCEPTED_INPUTS = ("a SMILES string, a .smi/.txt file (first SMILES) or a single-molecule "
+                   ".xyz/.mol/.sdf geometry")
+#: default upper limit of ``n_trials`` (memory grows with it; raise with ``max_trials``)
+MAX_TRIALS_DEFAULT = 200_000
+_GEOMETRY_SUFFIXES = {".xyz", ".mol", ".sdf"}
+_SMILES_SUFFIXES = {".smi", ".txt"}
+
+
 def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
                   cache_dir: str | Path | None = None) -> Any:
     """A RigidMolecule from a SMILES string, an existing molecule or a file.
 
     Files: ``.smi``/``.txt`` (first token of the first non-empty line is the SMILES),
-    ``.xyz``/``.mol``/``.sdf`` (read with ASE; given geometry, RESP/xTB charges are not
-    computed for these -- use SMILES for charges).
+    ``.xyz``/``.mol``/``.sdf`` (read with ASE; the given geometry is kept rigid and its
+    charges are computed by ``charges`` on it, "resp" or "xtb", like for SMILES input;
+    "none" gives zero charges; the molecule must be neutral and closed-shell; its SMILES
+    is perceived with RDKit's ``rdDetermineBonds`` where possible, for labels only).
 
     Raises:
-        SetupError: invalid SMILES, unreadable file, unsupported molecule (one line).
+        SetupError: invalid SMILES, unreadable or unsupported file (the message names
+            the accepted forms), unsupported molecule (one line).
     """
     from sim_backends.base import SetupError
     from sim_backends.csp.rigid import RigidMolecule
@@ -60,26 +74,117 @@ def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
     if not isinstance(smiles_or_molecule, (str, Path)):
         raise SetupError(f"expected a SMILES string, a file or a RigidMolecule, got "
                          f"{type(smiles_or_molecule).__name__}")
+    if charges not in ("resp", "xtb", "none"):
+        raise SetupError(f"unknown charge method {charges!r}; use 'resp', 'xtb' or 'none'")
     text = str(smiles_or_molecule).strip()
     path = Path(text)
-    if path.suffix.lower() in {".smi", ".txt", ".xyz", ".mol", ".sdf"}:
+    suffix = path.suffix.lower()
+    if suffix in _SMILES_SUFFIXES | _GEOMETRY_SUFFIXES:
         if not path.is_file():
             raise SetupError(f"no such file: {text}")
-        if path.suffix.lower() in {".smi", ".txt"}:
-            lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+        if suffix in _SMILES_SUFFIXES:
+            lines = [ln.split() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
             if not lines:
                 raise SetupError(f"{text}: no SMILES in file")
             text = lines[0][0]
         else:
-            from ase.io import read
-
-            try:
-                atoms = read(path)
-            except Exception as exc:  # noqa: BLE001 - any parser error is a bad file
-                raise SetupError(f"{text}: cannot read molecule ({exc})".splitlines()[0]) from None
-            return RigidMolecule.from_atoms(atoms.get_chemical_symbols(), atoms.get_positions(),
-                                            smiles=path.stem)
+            return _molecule_from_geometry(path, charges, cache_dir)
+    elif not _parses_as_smiles(text) and (path.is_file() or re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,5}", suffix)):
+        what = "crystal structure files are not CSP input" if suffix in (".cif", ".res", ".pdb") else \
+            f"unsupported file type {suffix!r}"
+        raise SetupError(f"{text}: {what}; give {ACCEPTED_INPUTS}")
     return RigidMolecule.from_smiles(text, charges=charges, cache_dir=cache_dir)
+
+
+def _parses_as_smiles(text: str) -> bool:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        return len(text) < 10_000 and Chem.MolFromSmiles(text) is not None
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+
+
+def _molecule_from_geometry(path: Path, charges: str, cache_dir: str | Path | None) -> Any:
+    """A RigidMolecule with the geometry of a .xyz/.mol/.sdf file and charges computed on it."""
+    from ase.io import read
+
+    from sim_backends.base import SetupError
+    from sim_backends.csp.charges import compute_charges
+    from sim_backends.csp.rigid import RigidMolecule, symmetry_classes
+
+    try:
+        atoms = read(path)
+    except Exception as exc:  # noqa: BLE001 - any parser error is a bad file
+        raise SetupError(f"{path}: cannot read molecule ({exc})".splitlines()[0]) from None
+    symbols, xyz = atoms.get_chemical_symbols(), atoms.get_positions()
+    if not symbols:
+        raise SetupError(f"{path}: no atoms")
+    if sum(atoms.get_atomic_numbers()) % 2:
+        raise SetupError(f"{path}: odd number of electrons; CSP needs a neutral closed-shell molecule")
+    smiles = _perceive_smiles(symbols, xyz) or path.stem
+    mol = RigidMolecule.from_atoms(symbols, xyz, smiles=smiles)  # validates elements, one molecule
+    if charges == "none":
+        return mol
+    fit = compute_charges(symbols, xyz, charges, symmetry_classes(symbols, xyz), cache_dir,
+                          cache_key=smiles)
+    return mol.with_charges(fit.charges_e, fit.method, fit.rrms)
+
+
+def _perceive_smiles(symbols: list[str], xyz: np.ndarray) -> str:
+    """Canonical SMILES of a neutral molecule from its geometry (RDKit rdDetermineBonds),
+    '' when the bonding cannot be perceived."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdDetermineBonds
+
+    block = f"{len(symbols)}\n\n" + "\n".join(f"{s} {x:.6f} {y:.6f} {z:.6f}" for s, (x, y, z) in zip(symbols, xyz))
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        mol = Chem.MolFromXYZBlock(block)
+        rdDetermineBonds.DetermineBonds(mol, charge=0)
+        return Chem.MolToSmiles(Chem.RemoveHs(mol))
+    except Exception:  # noqa: BLE001 - perception is for labels only
+        return ""
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+
+
+def validate_csp_arguments(n_trials: Any, *, energy_window_kjmol: Any = 20.0, n_workers: Any = 1,
+                           seed: Any = 0, batch_size: Any = 128, cutoff_A: Any = 12.0, gtol: Any = 0.05,
+                           max_iter: Any = 1000, stage2_margin_kjmol: Any = 5.0,
+                           protocol: str = "staged", max_trials: int = MAX_TRIALS_DEFAULT) -> None:
+    """Refuse bad CSP settings before anything is allocated (one-line ValueError).
+
+    ``n_trials`` must be a positive integer <= ``max_trials`` (memory and time grow with
+    it; a user raises the limit explicitly); windows, cutoffs and tolerances finite and
+    positive (the stage-2 margin may be 0); ``seed`` >= 0.
+    """
+    def is_int(x: Any) -> bool:
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    def is_pos(x: Any, allow_zero: bool = False) -> bool:
+        return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
+            and math.isfinite(x) and (x >= 0 if allow_zero else x > 0)
+
+    if not is_int(max_trials) or max_trials < 1:
+        raise ValueError(f"max_trials must be a positive integer, got {max_trials!r}")
+    if not is_int(n_trials) or n_trials <= 0:
+        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if n_trials > max_trials:
+        raise ValueError(f"n_trials {n_trials} is above the limit of {max_trials} "
+                         f"(raise it explicitly: --max-trials / max_trials)")
+    for name, value, lo, hi in (("n_workers", n_workers, 1, 1024), ("batch_size", batch_size, 1, 100_000),
+                                ("max_iter", max_iter, 1, 1_000_000), ("seed", seed, 0, 2**32 - 1)):
+        if not is_int(value) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    for name, value in (("energy_window_kjmol", energy_window_kjmol), ("cutoff_A", cutoff_A), ("gtol", gtol)):
+        if not is_pos(value):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not is_pos(stage2_margin_kjmol, allow_zero=True):
+        raise ValueError(f"stage2_margin_kjmol must be a finite number >= 0, got {stage2_margin_kjmol!r}")
+    if protocol not in ("staged", "full"):
+        raise ValueError(f"protocol must be 'staged' or 'full', got {protocol!r}")
 
 
 def _unit_seed(seed: int, sg: SpaceGroup, block: int = 0) -> int:
@@ -171,6 +276,7 @@ def run_csp(
     protocol: str = "staged",
     stage2_margin_kjmol: float = 5.0,
     stage2_warm_start: bool = True,
+    max_trials: int = MAX_TRIALS_DEFAULT,
 ) -> Landscape:
     """Crystal structure prediction for a rigid molecule with Z' = 1.
 
@@ -184,7 +290,8 @@ def run_csp(
         out_dir: write the landscape there when given.
         progress: show a rich progress bar (stderr).
         n_workers: > 1 runs batches as Ray tasks on that many CPUs.
-        charges: point-charge method for SMILES input ("resp" or "xtb").
+        charges: point-charge method ("resp", "xtb"; "none" for zero charges), computed
+            on the molecule's geometry for SMILES and geometry-file input alike.
         batch_size: trials per minimisation batch (one task).
         cutoff_A: real-space cutoff of the energy model.
         gtol, max_iter: minimiser convergence settings of the full model (stage 2; stage 1
@@ -197,24 +304,19 @@ def run_csp(
             cover the re-ranking between the stage-1 and the full model.
         stage2_warm_start: start each stage-2 polish from the stage-1 optimiser state
             (variables and L-BFGS curvature memory) rather than cold from the geometry.
+        max_trials: upper limit of ``n_trials`` (:data:`MAX_TRIALS_DEFAULT`), raised explicitly.
 
     Returns:
         The :class:`Landscape`.
 
     Raises:
-        ValueError: n_trials <= 0, unknown space group, bad n_workers (one line).
+        ValueError: any setting refused by :func:`validate_csp_arguments`, unknown space
+            group (one line), before anything is allocated.
         SetupError: molecule that cannot be used.
     """
-    if not isinstance(n_trials, (int, np.integer)) or isinstance(n_trials, bool) or n_trials <= 0:
-        raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
-    if not isinstance(n_workers, int) or n_workers < 1:
-        raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
-    if energy_window_kjmol <= 0:
-        raise ValueError(f"energy_window_kjmol must be > 0, got {energy_window_kjmol}")
-    if protocol not in ("staged", "full"):
-        raise ValueError(f"protocol must be 'staged' or 'full', got {protocol!r}")
-    if not stage2_margin_kjmol >= 0:
-        raise ValueError(f"stage2_margin_kjmol must be >= 0, got {stage2_margin_kjmol}")
+    validate_csp_arguments(n_trials, energy_window_kjmol=energy_window_kjmol, n_workers=n_workers,
+                           seed=seed, batch_size=batch_size, cutoff_A=cutoff_A, gtol=gtol, max_iter=max_iter,
+                           stage2_margin_kjmol=stage2_margin_kjmol, protocol=protocol, max_trials=max_trials)
     groups = parse_space_groups(space_groups)
     t_start = time.perf_counter()
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
