@@ -606,6 +606,13 @@ class DftCrystalBackend(Backend):
     objective_key = "energy_kjmol"
     description = "two-body fragment DFT-D3(BJ) lattice energy (pyscf + dftd3), rigid molecules"
 
+    def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
+        """The level of ``energy_kjmol`` as printed next to it."""
+        p = {**self.params, **(params or {})}
+        lr = " + RESP long-range electrostatics" if p.get("long_range", True) else ""
+        return (f"fragment {str(p.get('functional', 'pbe')).upper()}-D3(BJ)/"
+                f"{str(p.get('basis', 'def2-svp'))} two-body{lr}")
+
     def cost_estimate(self, inp: EvalInput) -> float:
         """Expected CPU seconds: symmetry-unique dimers x the cost of one dimer.
 

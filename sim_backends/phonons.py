@@ -216,6 +216,12 @@ class PhononBackend(Backend):
     objective_key = "f_vib_kjmol"
     description = "harmonic phonon free energy F_vib(T) and ZPE (phonopy) over a force backend"
 
+    def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
+        """The level of ``f_vib_kjmol`` as printed next to it."""
+        p = {**self.params, **(params or {})}
+        return (f"harmonic F_vib({float(p.get('temperature_K', 298.15)):g} K), phonopy over "
+                f"{p.get('force_backend', 'xtb-crystal')}")
+
     def cost_estimate(self, inp: EvalInput) -> float:
         from sim_backends.registry import backend_class
 

@@ -200,6 +200,13 @@ class XtbCrystalBackend(Backend):
     objective_key = "energy_kjmol"
     description = "GFN2-xTB periodic lattice energy per molecule (tblite), optional relaxation"
 
+    def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
+        """The level of ``energy_kjmol`` as printed next to it."""
+        p = {**self.params, **(params or {})}
+        relax = {False: "", None: "", "positions": ", positions relaxed", True: ", positions relaxed",
+                 "full": ", cell and positions relaxed"}.get(p.get("relax", False), "")
+        return f"{p.get('method', 'GFN2-xTB')} periodic (tblite){relax}"
+
     def cost_estimate(self, inp: EvalInput) -> float:
         n = estimate_cell_atoms(inp.structure_cif)
         sp = _SP_S_BASE + _SP_S_PER_ATOM * n

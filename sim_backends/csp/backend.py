@@ -42,6 +42,12 @@ class CSPBackend(Backend):
         "charges": "resp", "n_workers": 1, "max_structures": 100,
     }
 
+    def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
+        """The level of the landscape's energies as printed next to them."""
+        charges = str({**self._DEFAULTS, **self.params, **(params or {})}["charges"])
+        label = {"resp": "RESP HF/6-31G*", "xtb": "GFN2-xTB Mulliken"}.get(charges, charges)
+        return f"W99 exp-6 + Ewald, {label} charges (rigid-molecule force field)"
+
     def cost_estimate(self, inp: EvalInput) -> float:
         """About 0.5 CPU s per trial for a small molecule (measured, W99 + Ewald, 12 A)."""
         p = {**self._DEFAULTS, **self.params, **inp.params}
