@@ -15,11 +15,21 @@ Decisions:
   molecule and fidelity together with in-flight work passed as pending points;
 * a molecule whose input is invalid (setup failure) is never proposed again at any
   fidelity; one whose run failed at a fidelity is not proposed again there.
+
+Creation is atomic: the config is checked against the registries and the pool validated
+(empty, all-invalid or oversized pools refused) before anything is written; the store is
+then built in a hidden temporary directory under the runs directory and renamed to
+``runs/<name>/``, so a refused or failed creation leaves nothing behind. :meth:`Campaign.open`
+re-validates the stored config together with any override.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.config import CampaignConfig, ConfigError, config_to_toml, parse_config
+from agent.config import (
+    CampaignConfig,
+    ConfigError,
+    check_name,
+    check_runnable,
+    config_to_toml,
+    parse_config,
+    parse_toml,
+)
 from agent.executor import Task
 from agent.store import Store
 from sim_backends.base import EvalInput, EvalResult
@@ -58,13 +76,97 @@ class Status:
     max_evaluations: int
     finished: bool
     stop_reason: str
+    best_note: str = ""  # why there is no best value yet (empty when there is one)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def campaign_dir(runs_dir: str | Path, name: str) -> Path:
-    return Path(runs_dir) / name
+    """``runs_dir/name`` after checking that ``name`` is one safe path component and
+    ``runs_dir`` is (or can become) a directory (one-line ConfigError otherwise)."""
+    check_name(name)
+    runs_dir = Path(runs_dir)
+    existing = next((p for p in (runs_dir, *runs_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"runs-dir {runs_dir}: {existing} is not a directory")
+    return runs_dir / name
+
+
+_INVALID_KINDS = (  # (pattern in the SetupError reason, summary label)
+    (r"characters; the limit", "too long"),
+    (r"^invalid SMILES", "unparsable SMILES"),
+    (r"fragments", "several fragments"),
+    (r"unsupported element\(s\) ([A-Za-z, ]+);", "unsupported element"),
+    (r"net charge", "charged"),
+    (r"unpaired electron", "radical"),
+    (r"heavy atoms", "too large"),
+)
+
+
+def _invalid_label(reason: str) -> str:
+    for pattern, label in _INVALID_KINDS:
+        m = re.search(pattern, reason)
+        if m:
+            return f"{label}: {m.group(1)}" if m.groups() else label
+    return "invalid"
+
+
+def summarise_invalid(reasons: list[str]) -> str:
+    """``"2 unparsable SMILES, 1 unsupported element: Fe"`` for a list of SetupError reasons."""
+    counts: dict[str, int] = {}
+    for r in reasons:
+        label = _invalid_label(r)
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def pool_summary(store: Store, name: str) -> str:
+    """One line on the stored pool, e.g. ``pool: 147 molecules, 3 invalid (2 unparsable
+    SMILES, 1 unsupported element: Fe); see `crystal-agent status NAME --invalid```."""
+    mols = store.molecules()
+    bad = [m["reason"] for m in mols if not m["is_valid"]]
+    line = f"pool: {len(mols)} molecules"
+    if bad:
+        line += (f", {len(bad)} invalid ({summarise_invalid(bad)}); "
+                 f"see `crystal-agent status {name} --invalid`")
+    return line
+
+
+def _validated_pool(cfg: CampaignConfig) -> list[tuple[str, str | None, bool, str]]:
+    """The pool as ``(smiles, name, is_valid, reason)`` rows, refused when it is empty,
+    too large or holds no valid molecule."""
+    from sim_backends.molecule import read_pool, validate_smiles
+
+    try:
+        entries = read_pool(cfg.pool)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config error: pool: {cfg.pool}: not UTF-8 text") from None
+    except FileNotFoundError:
+        raise ConfigError(f"config error: pool: file not found: {cfg.pool}") from None
+    if not entries:
+        raise ConfigError(f"config error: pool: no molecules in {cfg.pool}")
+    if len(entries) > cfg.max_pool_molecules:
+        raise ConfigError(f"config error: pool: {len(entries):,} molecules; the limit is "
+                          f"{cfg.max_pool_molecules:,} (raise max_pool_molecules to allow it)")
+    rows = []
+    seen: set[str] = set()
+    for smi, name in entries:
+        try:
+            canon, ok, reason = validate_smiles(smi), True, ""
+        except Exception as exc:  # SetupError; keep the entry, flagged invalid
+            shown = smi if len(smi) <= 200 else smi[:197] + "..."
+            canon, ok, reason = shown, False, str(exc)
+        if canon in seen:
+            continue
+        seen.add(canon)
+        rows.append((canon, name, ok, reason))
+    if not any(r[2] for r in rows):
+        raise ConfigError(
+            f"config error: pool: no valid molecule among {len(rows)} entries "
+            f"({summarise_invalid([r[3] for r in rows])})"
+        )
+    return rows
 
 
 class Campaign:
@@ -78,13 +180,8 @@ class Campaign:
         self.store = store
         self.directory = directory
         self.rng = np.random.default_rng(cfg.seed)
+        check_runnable(cfg)
         self.backends = [backend_class(b.name) for b in cfg.backends]
-        for cls, bcfg in zip(self.backends, cfg.backends, strict=True):
-            if cfg.objective not in cls.computes:
-                raise ConfigError(
-                    f"config error: backends: {bcfg.name!r} does not compute objective "
-                    f"{cfg.objective!r} (it computes {', '.join(cls.computes) or 'nothing'})"
-                )
         mols = store.molecules(valid_only=True)
         if not mols:
             raise ConfigError("config error: pool: no valid molecule in the pool")
@@ -116,41 +213,49 @@ class Campaign:
     # -- construction -------------------------------------------------------------------
     @classmethod
     def create(cls, cfg: CampaignConfig, runs_dir: str | Path) -> Campaign:
-        """Start a new campaign in ``runs_dir/cfg.name`` (refuses an existing one)."""
-        from sim_backends.molecule import read_pool, validate_smiles
+        """Start a new campaign in ``runs_dir/cfg.name`` (refuses an existing one).
 
+        Everything is checked before anything is written, and the campaign directory
+        appears complete or not at all (see the module docstring).
+        """
         directory = campaign_dir(runs_dir, cfg.name)
+        exists = ConfigError(
+            f"campaign {cfg.name!r} already exists in {directory}; use "
+            f"`crystal-agent resume {cfg.name}` or choose another --name"
+        )
         if (directory / STORE_FILE).exists():
-            raise ConfigError(
-                f"campaign {cfg.name!r} already exists in {directory}; use "
-                f"`crystal-agent resume {cfg.name}` or choose another --name"
-            )
-        entries = read_pool(cfg.pool)
-        rows = []
-        seen: set[str] = set()
-        for smi, name in entries:
+            raise exists
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise ConfigError(f"{directory} exists and is not a campaign; remove it or "
+                              "choose another --name")
+        check_runnable(cfg)
+        rows = _validated_pool(cfg)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.creating-", dir=directory.parent))
+        try:
+            with Store(tmp / STORE_FILE) as store:
+                store.add_molecules(rows)
+                store.set_meta("config_toml", config_to_toml(cfg))
+                store.set_meta("created_at", str(time.time()))
+                invalid = [r for r in rows if not r[2]]
+                store.log_event(
+                    "created", n_pool=len(rows), n_invalid=len(invalid),
+                    invalid=[{"smiles": r[0], "reason": r[3]} for r in invalid[:50]],
+                )
+            (tmp / "config.toml").write_text(config_to_toml(cfg))
             try:
-                canon, ok, reason = validate_smiles(smi), True, ""
-            except Exception as exc:  # SetupError; keep the entry, flagged invalid
-                canon, ok, reason = smi, False, str(exc)
-            if canon in seen:
-                continue
-            seen.add(canon)
-            rows.append((canon, name, ok, reason))
+                os.rename(tmp, directory)
+            except OSError:
+                raise exists from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         store = Store(directory / STORE_FILE, lock=True)
         try:
-            store.add_molecules(rows)
-            store.set_meta("config_toml", config_to_toml(cfg))
-            store.set_meta("created_at", str(time.time()))
-            invalid = [r for r in rows if not r[2]]
-            store.log_event(
-                "created", n_pool=len(rows), n_invalid=len(invalid),
-                invalid=[{"smiles": r[0], "reason": r[3]} for r in invalid[:50]],
-            )
-            (directory / "config.toml").write_text(config_to_toml(cfg))
             return cls(cfg, store, directory)
         except BaseException:
             store.close()
+            shutil.rmtree(directory, ignore_errors=True)
             raise
 
     @classmethod
@@ -159,17 +264,20 @@ class Campaign:
         *, readonly: bool = False,
     ) -> Campaign:
         """Reopen campaign ``name`` from its store: to resume it, or ``readonly`` to view it
-        (no lock taken, so it works while another process runs the campaign)."""
-        import tomllib
+        (no lock taken, so it works while another process runs the campaign).
 
+        The stored config is validated again, with ``max_evaluations`` applied first, so a
+        valid override also repairs a stored budget that is no longer accepted.
+        """
         directory = campaign_dir(runs_dir, name)
         if not (directory / STORE_FILE).exists():
             raise ConfigError(f"no campaign {name!r} in {Path(runs_dir).resolve()}")
         store = Store(directory / STORE_FILE, lock=not readonly)
         try:
-            cfg = parse_config(tomllib.loads(store.get_meta("config_toml") or ""))
-            if max_evaluations is not None and not readonly:
-                cfg = cfg.model_copy(update={"max_evaluations": max_evaluations})
+            override = None if readonly else max_evaluations
+            cfg = load_stored_config(store, max_evaluations=override)
+            check_runnable(cfg)
+            if override is not None:
                 store.set_meta("config_toml", config_to_toml(cfg))
             if not readonly:
                 store.log_event("resumed")
@@ -489,7 +597,19 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     n_by = {b.name: 0 for b in cfg.backends}
     for ev in evs:
         n_by[ev.backend] = n_by.get(ev.backend, 0) + 1
-    reason = camp.stop_reason() if camp is not None else (store.get_meta("stop_reason") or "")
+    finished = store.get_meta("finished") == "1"
+    reason = camp.stop_reason() if camp is not None else ""
+    if not reason and finished:
+        reason = store.get_meta("stop_reason") or "stopped (no reason recorded)"
+    note = ""
+    if best is None:
+        n_top = [ev.ok for ev in evs if ev.backend == top]
+        if not any(m["is_valid"] for m in mols.values()):
+            note = "no valid molecule in pool"
+        elif not n_top:
+            note = f"no {top} evaluation yet"
+        else:
+            note = f"all {len(n_top)} {top} evaluations failed"
     return Status(
         name=cfg.name,
         n_evaluations=len(evs),
@@ -500,15 +620,21 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         best_smiles=mols[best_mol]["smiles"] if best_mol else None,
         best_name=mols[best_mol]["name"] if best_mol else None,
         max_evaluations=cfg.max_evaluations,
-        finished=bool(store.get_meta("finished") == "1"),
+        finished=finished,
         stop_reason=reason,
+        best_note=note,
     )
 
 
-def load_stored_config(store: Store) -> CampaignConfig:
-    import tomllib
-
-    return parse_config(tomllib.loads(store.get_meta("config_toml") or ""))
+def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> CampaignConfig:
+    """The config kept in ``store``, validated (with ``max_evaluations`` applied first)."""
+    data = parse_toml(store.get_meta("config_toml") or "", "stored config")
+    if max_evaluations is not None:
+        data["max_evaluations"] = max_evaluations
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"campaign store {store.path.parent}: stored {exc}") from None
 
 
 def dump_status_json(status: Status) -> str:

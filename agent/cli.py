@@ -2,16 +2,17 @@
 
     crystal-agent run CONFIG [--name NAME] [--runs-dir DIR] [--address ADDR] [--max-evaluations N]
     crystal-agent resume NAME [--runs-dir DIR] [--address ADDR] [--max-evaluations N]
-    crystal-agent status NAME [--runs-dir DIR] [--json]
+    crystal-agent status NAME [--runs-dir DIR] [--json] [--invalid]
     crystal-agent report NAME [--runs-dir DIR]
     crystal-agent backends
     crystal-agent csp ...       (crystal structure prediction, see `crystal-agent csp -h`)
     crystal-agent refine NAME   (structure-level refinement, see `crystal-agent refine -h`)
     crystal-agent lab ...       (lab-robot adapters, see `crystal-agent lab -h`)
 
-Every expected failure (bad config, missing file, a campaign already running, ...)
-prints one line ``crystal-agent: error: ...`` on stderr and exits with status 2; an
-interrupted campaign exits with 130.
+Every expected failure (bad config, bad argument, missing file, a damaged store, a
+campaign already running, ...) prints one line ``crystal-agent: error: ...`` on stderr and
+exits with status 2; an unexpected exception prints one line naming its type (exit 1;
+``crystal-agent --debug ...`` shows the traceback); an interrupted campaign exits with 130.
 """
 
 from __future__ import annotations
@@ -25,11 +26,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
 
 
 class CliError(Exception):
     """An expected failure with a one-line message."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``PROG: error: ... (see PROG -h)``);
+    subcommand parsers inherit it."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        msg = " ".join(message.split())
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {msg} (see {self.prog} -h)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _runs_dir(args: argparse.Namespace) -> Path:
@@ -47,7 +69,8 @@ def _print_status(status: object, as_json: bool) -> None:
     print(f"evaluations   {s['n_evaluations']} / {s['max_evaluations']} ({s['n_failed']} failed)")
     print("by backend    " + ", ".join(f"{k}: {v}" for k, v in s["n_by_backend"].items()))
     print(f"CPU spent     {s['spent_cpu_s']:.1f} s")
-    best = "none yet" if s["best"] is None else f"{s['best']:.4g}  {s['best_name']}  {s['best_smiles']}"
+    best = (f"none yet ({s['best_note']})" if s["best"] is None
+            else f"{s['best']:.4g}  {s['best_name']}  {s['best_smiles']}")
     print(f"best          {best}")
     print(f"state         {'finished: ' + s['stop_reason'] if s['finished'] else 'not finished'}")
 
@@ -72,9 +95,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.campaign import Campaign
     from agent.config import load_config
 
+    runs_dir = _runs_dir(args)
     cfg = load_config(args.config)
     updates = {}
-    if args.name:
+    if args.name is not None:
         updates["name"] = args.name
     if args.max_evaluations is not None:
         updates["max_evaluations"] = args.max_evaluations
@@ -82,7 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from agent.config import parse_config
 
         cfg = parse_config({**cfg.model_dump(mode="json", exclude_none=True), **updates})
-    campaign = Campaign.create(cfg, _runs_dir(args))
+    campaign = Campaign.create(cfg, runs_dir)
+    from agent.campaign import pool_summary
+
+    print(pool_summary(campaign.store, cfg.name), flush=True)
     return _run_loop(campaign, args)
 
 
@@ -101,8 +128,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not path.exists():
         raise CliError(f"no campaign {args.name!r} in {_runs_dir(args).resolve()}")
     with Store(path) as store:
+        if args.invalid:
+            return _print_invalid(store, as_json=args.json)
         status = campaign_status(store, load_stored_config(store))
     _print_status(status, as_json=args.json)
+    return 0
+
+
+def _print_invalid(store: object, as_json: bool) -> int:
+    """The pool entries the campaign refused, with the reason for each."""
+    bad = [dict(smiles=m["smiles"], name=m["name"], reason=m["reason"])
+           for m in store.molecules() if not m["is_valid"]]
+    if as_json:
+        print(json.dumps(bad, indent=2))
+        return 0
+    print(f"{len(bad)} invalid pool entries")
+    for m in bad:
+        print(f"{m['smiles']}  {m['name'] or '-'}  {m['reason']}")
     return 0
 
 
@@ -120,10 +162,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    from sim_backends.registry import available, backend_class
+    from sim_backends.registry import backend_class, user_facing
 
     rows = []
-    for name in sorted(available()):
+    for name in sorted(user_facing()):
         try:
             cls = backend_class(name)
             rows.append((name, cls.target, str(cls.fidelity), ", ".join(cls.computes), cls.description))
@@ -143,10 +185,15 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from agent import __version__
+
+    parser = OneLineParser(
         prog="crystal-agent",
         description="Active-learning discovery agent for molecular crystals.",
     )
+    parser.add_argument("--version", action="version", version=f"crystal-agent {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -157,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="campaign name (default: from the config)")
     common(p)
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    p.add_argument("--max-evaluations", type=int, help="override the evaluation budget")
+    p.add_argument("--max-evaluations", type=positive_int, help="override the evaluation budget")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
@@ -165,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     common(p)
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    p.add_argument("--max-evaluations", type=int, help="raise or lower the evaluation budget")
+    p.add_argument("--max-evaluations", type=positive_int,
+                   help="raise or lower the evaluation budget")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_resume)
 
@@ -173,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     common(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--invalid", action="store_true",
+                   help="list the pool entries refused as invalid, with reasons")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="write a campaign's plots and tables")
@@ -193,29 +243,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage error (one line printed), --help or --version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    import sqlite3
+
     from pydantic import ValidationError
 
     from agent.config import ConfigError
-    from agent.store import StoreLockedError
+    from agent.store import StoreDamagedError, StoreLockedError
     from sim_backends.base import BackendError
     from sim_backends.registry import UnknownBackendError
 
     expected = (
-        CliError, ConfigError, StoreLockedError, UnknownBackendError, BackendError,
-        FileNotFoundError, ValidationError, ValueError,
+        CliError, ConfigError, StoreLockedError, StoreDamagedError, UnknownBackendError,
+        BackendError, ValidationError, ValueError, OSError,
     )
     try:
         return int(args.func(args) or 0)
-    except expected as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"crystal-agent: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("crystal-agent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, expected):
+            print(f"crystal-agent: error: {_first_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, sqlite3.DatabaseError):
+            print(f"crystal-agent: error: store damaged: {_first_line(exc)}; restore it from "
+                  "a backup or start a new campaign", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"crystal-agent: error: unexpected {type(exc).__name__}: {_first_line(exc)} "
+              "(rerun with `crystal-agent --debug ...` for the traceback)", file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

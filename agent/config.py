@@ -6,26 +6,59 @@ multi-line report into one line naming the offending key, e.g.::
     config error: backends.0.budget_evaluations: Input should be a valid integer
 
 Paths in the file (the molecule pool) are resolved relative to the file.
+
+Types are strict (``batch_size = true`` is not the integer 1, ``seed = 1.5`` is not an
+integer) and floats must be finite. A campaign name is one safe path component
+(:func:`check_name`). :func:`check_runnable` checks what the config names against the
+registries (backends and the objective they compute, lab adapters); a campaign is created
+or reopened only after it passes. A config file is at most :data:`MAX_CONFIG_BYTES`.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.lab.config import LabConfig
 from sim_backends.fragment_terms import DEFAULT_BASELINES
+
+
+#: largest accepted campaign config file (a config is a few hundred bytes)
+MAX_CONFIG_BYTES = 1_000_000
+#: longest accepted campaign name (characters)
+MAX_NAME_CHARS = 100
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class ConfigError(ValueError):
     """A campaign config that cannot be used; the message is one line."""
 
 
+def check_name(name: object) -> str:
+    """Return ``name`` if it is a usable campaign name, else raise a one-line ConfigError.
+
+    A name is one path component of letters, digits, ``_``, ``-`` and ``.``, not starting
+    with ``.`` (so never ``.``, ``..`` or hidden), at most :data:`MAX_NAME_CHARS` long.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError("name: give a campaign name")
+    shown = repr(name if len(name) <= 40 else name[:37] + "...")
+    if len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"name: {shown} has {len(name)} characters; the limit is {MAX_NAME_CHARS}")
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"name: {shown} is not one path component of letters, digits, '_', '-', '.' "
+            "(not starting with '.')"
+        )
+    return name
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class BackendConfig(_Strict):
@@ -132,15 +165,16 @@ class CampaignConfig(_Strict):
         seed: random seed; with replayed backends decisions are deterministic.
         max_evaluations: total evaluations (all backends).
         max_cpu_hours: total compute budget (sum of wall seconds of evaluations).
+        max_pool_molecules: refuse larger pools (raise it explicitly for a big screen).
     """
 
-    name: str = Field(default="campaign", pattern=r"^[A-Za-z0-9_.-]+$")
-    pool: Path
+    name: str = "campaign"
+    pool: Path = Field(strict=False)
     objective: str = "reorg_energy_kjmol"
     direction: Literal["minimize", "maximize"] = "minimize"
     backends: list[BackendConfig] = Field(min_length=1)
     batch_size: int = Field(default=4, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     max_evaluations: int = Field(default=50, ge=1)
     max_cpu_hours: float | None = Field(default=None, gt=0)
     stop: StopConfig = Field(default_factory=StopConfig)
@@ -149,6 +183,15 @@ class CampaignConfig(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     structures: StructureStageConfig = Field(default_factory=StructureStageConfig)
     lab: LabConfig | None = None
+    max_pool_molecules: int = Field(default=100_000, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        try:
+            return check_name(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("name: ")) from None
 
     @model_validator(mode="after")
     def _unique_backends(self) -> CampaignConfig:
@@ -157,6 +200,12 @@ class CampaignConfig(_Strict):
             raise ValueError(f"backends listed twice: {names}")
         if self.lab is not None and not self.structures.enabled:
             raise ValueError("lab: needs the structure stage ([structures] enabled = true)")
+        if self.lab is not None:
+            from agent.lab.base import ADAPTERS
+
+            if self.lab.adapter not in ADAPTERS:
+                raise ValueError(f"lab.adapter: unknown lab adapter {self.lab.adapter!r}; "
+                                 f"registered: {', '.join(sorted(ADAPTERS))}")
         if self.structures.enabled and self.structures.budget_evaluations >= self.max_evaluations:
             raise ValueError(
                 "structures.budget_evaluations must leave evaluations for the molecule stage"
@@ -185,19 +234,68 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Campaign
     return cfg
 
 
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """TOML text as a mapping; one-line ConfigError for invalid or absurdly nested TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error: {where}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config error: {where}: invalid TOML: nested too deeply") from None
+
+
 def load_config(path: str | Path) -> CampaignConfig:
     """Read and validate a campaign TOML file (one-line :class:`ConfigError` if bad)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config error: {path}: file too large ({size:,} bytes; "
+                          f"the limit is {MAX_CONFIG_BYTES:,})")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config error: {path}: invalid TOML: {exc}") from None
-    cfg = parse_config(data, base_dir=path.parent.resolve())
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config error: {path}: not UTF-8 text") from None
+    cfg = parse_config(parse_toml(text, str(path)), base_dir=path.parent.resolve())
     if not cfg.pool.is_file():
         raise ConfigError(f"config error: pool: file not found: {cfg.pool}")
     return cfg
+
+
+def check_runnable(cfg: CampaignConfig) -> None:
+    """Check the backends and their objective against the registry (one-line ConfigError).
+
+    Every ``[[backends]]`` entry must be a registered molecule-level backend that computes
+    ``objective``; the structure stage's backends must be registered structure- or
+    landscape-level ones. Lab adapters are checked by the config itself.
+    """
+    from sim_backends.registry import UnknownBackendError, backend_class, user_facing
+
+    def cls_of(where: str, name: str) -> Any:
+        try:
+            return backend_class(name)
+        except UnknownBackendError:
+            raise ConfigError(
+                f"config error: {where}: unknown backend {name!r}; "
+                f"available: {', '.join(sorted(user_facing()))}"
+            ) from None
+
+    for i, b in enumerate(cfg.backends):
+        cls = cls_of(f"backends.{i}.name", b.name)
+        if cls.target != "molecule":
+            raise ConfigError(f"config error: backends.{i}.name: {b.name!r} is a {cls.target}-level "
+                              "backend; give it under [structures]")
+        if cfg.objective not in cls.computes:
+            raise ConfigError(
+                f"config error: backends: {b.name!r} does not compute objective "
+                f"{cfg.objective!r} (it computes {', '.join(cls.computes) or 'nothing'})"
+            )
+    st = cfg.structures
+    if st.enabled:
+        for key, b in (("csp", st.csp), ("refine", st.refine), ("free_energy", st.free_energy)):
+            if b is not None:
+                cls_of(f"structures.{key}.name", b.name)
 
 
 def config_to_toml(cfg: CampaignConfig) -> str:

@@ -5,6 +5,11 @@ committed in its own transaction the moment it arrives, so a killed process lose
 most work that was still in flight. A campaign directory is owned by one launcher at
 a time through an advisory ``flock`` on ``runs/<name>/lock``, which the kernel drops
 when the process dies, even by SIGKILL.
+
+Opening an existing store never creates its tables: its schema is checked
+(every table and column of the current schema present, SQLite's quick check clean) and a
+damaged file is refused with a one-line :class:`StoreDamagedError` that says what is
+wrong and what to do. Only a new file gets the schema.
 """
 
 from __future__ import annotations
@@ -88,8 +93,29 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+def _reference_schema() -> sqlite3.Connection:
+    """An in-memory database with the current schema (what a store must contain)."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
 class StoreLockedError(RuntimeError):
     """Another launcher holds this campaign."""
+
+
+class StoreDamagedError(RuntimeError):
+    """The store file is not a usable campaign store (one-line message with a hint)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(f"store damaged: {what} ({path}); restore it from a backup "
+                         "or start a new campaign")
+
+
+def _schema_columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    return {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
 
 
 @dataclass(frozen=True)
@@ -133,19 +159,53 @@ class Store:
         self._lock_fd: int | None = None
         if lock:
             self._acquire_lock()
+        is_new = not self.path.exists()
         self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        with self.transaction():
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    self.conn.execute(stmt)
-            self.conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        try:
+            self.conn.row_factory = sqlite3.Row
+            if not is_new:
+                self._check_file()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            if is_new:
+                with self.transaction():
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            self.conn.execute(stmt)
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreDamagedError(self.path, str(exc).splitlines()[0]) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_file(self) -> None:
+        """Refuse an existing file that is not an SQLite database or fails the quick check."""
+        with open(self.path, "rb") as f:
+            head = f.read(16)
+        if head != b"SQLite format 3\x00":
+            what = "empty file" if not head else "not an SQLite database"
+            raise StoreDamagedError(self.path, what)
+        bad = [r[0] for r in self.conn.execute("PRAGMA quick_check(3)")]
+        if bad != ["ok"]:
+            raise StoreDamagedError(self.path, f"integrity check failed: {bad[0]}")
+
+    def _check_schema(self) -> None:
+        """Every table and column of the current schema must exist (extra ones are fine)."""
+        want = _schema_columns(_reference_schema())
+        have = _schema_columns(self.conn)
+        for table, cols in want.items():
+            if table not in have:
+                raise StoreDamagedError(self.path, f"missing table {table}")
+            missing = sorted(cols - have[table])
+            if missing:
+                raise StoreDamagedError(self.path, f"table {table} lacks column(s) {', '.join(missing)}")
 
     # -- locking ----------------------------------------------------------------------
     def _acquire_lock(self) -> None:
@@ -165,7 +225,8 @@ class Store:
         self._lock_fd = fd
 
     def close(self) -> None:
-        self.conn.close()
+        if getattr(self, "conn", None) is not None:
+            self.conn.close()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)

@@ -141,6 +141,8 @@ class Backend(ABC):
     computes: ClassVar[tuple[str, ...]] = ()
     objective_key: ClassVar[str | None] = None
     description: ClassVar[str] = ""
+    #: True for backends not offered to users (self-tests, replays, fault injection)
+    internal: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = dict(params)

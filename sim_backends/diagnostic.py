@@ -27,6 +27,7 @@ class DiagnosticBackend(Backend):
     computes = ("n_heavy_atoms",)
     objective_key = "n_heavy_atoms"
     description = "executor self-test: heavy-atom count after a delay; can fail on purpose"
+    internal = True
 
     def cost_estimate(self, inp: EvalInput) -> float:
         return float(self.params.get("sleep_s", 0.0)) + 0.01

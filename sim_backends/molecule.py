@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 #: default upper limit on heavy (non-hydrogen) atoms per molecule
 MAX_HEAVY_ATOMS = 40
+#: longest SMILES handed to RDKit (its parser is slow on huge strings: a line of a
+#: million ``C(`` takes a minute to reject)
+MAX_SMILES_CHARS = 2000
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -39,6 +42,9 @@ def _parse(smiles: str) -> Chem.Mol:
 
     if not isinstance(smiles, str) or not smiles.strip():
         raise SetupError(f"invalid SMILES {_short(repr(smiles))}: empty")
+    if len(smiles) > MAX_SMILES_CHARS:
+        raise SetupError(f"invalid SMILES '{_short(smiles)}': {len(smiles):,} characters; "
+                         f"the limit is {MAX_SMILES_CHARS:,}")
     if any(c.isspace() for c in smiles.strip()):
         raise SetupError(f"invalid SMILES '{_short(smiles)}': contains whitespace")
     RDLogger.DisableLog("rdApp.*")
@@ -62,7 +68,8 @@ def validate_smiles(smiles: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS) -> str:
         The RDKit canonical SMILES (hydrogens implicit).
 
     Raises:
-        SetupError: with a one-line message if the SMILES does not parse, has more
+        SetupError: with a one-line message if the SMILES is longer than
+            :data:`MAX_SMILES_CHARS` or does not parse, has more
             than one fragment, carries a net charge (formal charges summing to zero, as in
             nitro groups, are fine), has unpaired electrons
             (radical), contains an element outside

@@ -2,7 +2,9 @@
 
 Backends in this repository are listed in :data:`BUILTIN` as ``"module:Class"``
 strings, so listing them imports nothing heavy. Out-of-tree packages register through
-the ``crystal_agent.backends`` entry-point group.
+the ``crystal_agent.backends`` entry-point group. A backend class that declares
+``internal = True`` (self-tests, replays of stored results, fault injection) stays usable
+by name but is not offered to users (:func:`user_facing`, ``crystal-agent backends``).
 """
 
 from __future__ import annotations
@@ -59,3 +61,20 @@ def backend_class(name: str) -> type[Backend]:
 def get_backend(name: str, **params: Any) -> Backend:
     """Instantiate the backend registered as ``name`` with ``params``."""
     return backend_class(name)(**params)
+
+
+def user_facing() -> dict[str, str]:
+    """The registered backends offered to users: those whose class is not ``internal``.
+
+    Imports each backend's module (cheap: backends load heavy libraries inside methods);
+    one that cannot be imported is listed, so the user sees it and why it fails.
+    """
+    out = {}
+    for name, target in available().items():
+        try:
+            if getattr(backend_class(name), "internal", False):
+                continue
+        except Exception:  # noqa: BLE001 - shown to the user by `crystal-agent backends`
+            pass
+        out[name] = target
+    return out

@@ -93,6 +93,7 @@ class ReplayBackend(Backend):
     computes = ("reorg_energy_kjmol",)
     objective_key = "reorg_energy_kjmol"
     description = "replays stored results of real calculations from a CSV table"
+    internal = True
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

@@ -85,3 +85,268 @@ def test_backend_that_raises_and_task_that_times_out(tmp_path):
     reasons = [r[0] for r in sqlite3.connect(runs / "slow" / "store.sqlite").execute(
         "SELECT reason FROM evaluations")]
     assert all(r.startswith("timeout: exceeded 2 s") for r in reasons)
+
+
+# --- issue 17 (items 1-4, 7, 8) and issue 14 (items 7, 9): in-process through agent.cli.main ---
+
+class ReachedRunner(BaseException):
+    """Raised instead of starting Ray: the input got past every check."""
+
+
+@pytest.fixture
+def no_runner(monkeypatch):
+    """`run`/`resume` stop where the campaign loop would start (no Ray in these tests)."""
+    import agent.runner
+
+    def fake(campaign, runs_dir, **kw):
+        raise ReachedRunner(campaign.cfg.name)
+
+    monkeypatch.setattr(agent.runner, "run_campaign", fake)
+
+
+def _main(capsys, *argv):
+    from agent.cli import main
+
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _refused(capsys, *argv):
+    rc, _, err = _main(capsys, *argv)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc != 0 and len(lines) == 1, (rc, err)
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _diag_config(tmp_path, pool=GOOD, extra="", n=4, name="t", top=""):
+    return write_config(tmp_path, pool, top + DIAG.format(n=n, timeout=10, params="{}") + extra,
+                        name=name)
+
+
+def _created(tmp_path, name="t"):
+    """A campaign created (not run) in tmp_path/runs."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+
+    runs = tmp_path / "runs"
+    Campaign.create(load_config(_diag_config(tmp_path, name=name)), runs).close()
+    return runs
+
+
+def test_resume_rejects_non_positive_max_evaluations(tmp_path, capsys, no_runner):
+    """Issue 17.1: `resume --max-evaluations 0/-1` is refused and stores nothing."""
+    runs = _created(tmp_path)
+    for bad in ("0", "-1"):
+        msg = _refused(capsys, "resume", "t", "--runs-dir", str(runs), "--max-evaluations", bad)
+        assert "max_evaluations" in msg or "max-evaluations" in msg
+    rc, out, _ = _main(capsys, "status", "t", "--runs-dir", str(runs))
+    assert rc == 0 and "/ 4 " in out
+
+
+def test_open_revalidates_stored_config_and_override(tmp_path, capsys, no_runner):
+    """Issue 17.1: a bad stored config is a one-line error, and a valid override repairs it."""
+    from agent.store import Store
+
+    runs = _created(tmp_path)
+    with Store(runs / "t" / "store.sqlite") as s:
+        s.set_meta("config_toml", s.get_meta("config_toml").replace(
+            "max_evaluations = 4", "max_evaluations = 0"))
+    assert "max_evaluations" in _refused(capsys, "status", "t", "--runs-dir", str(runs))
+    assert "max_evaluations" in _refused(capsys, "resume", "t", "--runs-dir", str(runs))
+    with pytest.raises(ReachedRunner):
+        _main(capsys, "resume", "t", "--runs-dir", str(runs), "--max-evaluations", "5")
+    rc, out, _ = _main(capsys, "status", "t", "--runs-dir", str(runs))
+    assert rc == 0 and "/ 5 " in out
+
+
+@pytest.mark.parametrize("name", [".", "..", "/", "a/b", "/tmp/abs", "x" * 300, "bad\x01name",
+                                  "", ".hidden", "a b"])
+def test_names_are_one_safe_path_component(tmp_path, capsys, no_runner, name):
+    """Issue 17.2 and 17.8: names never escape runs/NAME/; one-line error, nothing written."""
+    cfg = _diag_config(tmp_path)
+    runs = tmp_path / "sub" / "runs"
+    runs.mkdir(parents=True)
+    msg = _refused(capsys, "run", str(cfg), "--name", name, "--runs-dir", str(runs))
+    assert "name" in msg
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["campaign.toml", "pool.smi", "sub", "runs"])
+    for cmd in ("status", "resume", "report"):
+        _refused(capsys, cmd, name, "--runs-dir", str(runs))
+    assert not any(runs.iterdir())
+
+
+BAD_RUNS = {
+    "objective no backend computes": ("", 'objective = "reorg_energy_kjmol"\n', GOOD),
+    "unknown backend": ("", "", None),
+    "seed -1": ("", "seed = -1\n", GOOD),
+    "empty pool": ("", "", []),
+    "all-invalid pool": ("", "", ["not-a-smiles", "[Fe]", "C1CC"]),
+    "batch_size = true": ("", "", GOOD),
+    "lab adapter nope": ('[structures]\nenabled = true\nbudget_evaluations = 2\n'
+                         '[lab]\nadapter = "nope"\n', "", GOOD),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUNS))
+def test_refused_run_leaves_nothing_and_same_name_works_after_fix(tmp_path, capsys, no_runner, case):
+    """Issue 17.3 and 17.7: refused before anything is created; the fixed config then runs."""
+    extra, top, pool = BAD_RUNS[case]
+    cfg = _diag_config(tmp_path, pool=GOOD if pool is None else pool, extra=extra, top=top)
+    if case == "unknown backend":
+        cfg.write_text(cfg.read_text().replace('"diagnostic"', '"no-such"'))
+    if case == "batch_size = true":
+        cfg.write_text(cfg.read_text().replace("batch_size = 2", "batch_size = true"))
+    if case == "objective no backend computes":
+        cfg.write_text(cfg.read_text().replace('objective = "n_heavy_atoms"\n', ""))
+    runs = tmp_path / "runs"
+    _refused(capsys, "run", str(cfg), "--runs-dir", str(runs))
+    assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
+    _diag_config(tmp_path)  # fixed config, same name
+    with pytest.raises(ReachedRunner):
+        _main(capsys, "run", str(cfg), "--runs-dir", str(runs))
+    assert (runs / "t" / "store.sqlite").is_file()
+
+
+def test_damaged_store_truncated_and_missing_table(tmp_path, capsys, no_runner):
+    """Issue 17.4: a damaged store is a one-line error with a hint; resume recreates nothing."""
+    runs = _created(tmp_path)
+    path = runs / "t" / "store.sqlite"
+    data = path.read_bytes()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE evaluations")
+    db.commit()
+    db.close()
+    for cmd in ("status", "resume", "report"):
+        msg = _refused(capsys, cmd, "t", "--runs-dir", str(runs))
+        assert "store damaged" in msg and "evaluations" in msg
+    tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert "evaluations" not in tables
+    path.write_bytes(data[: len(data) // 3])
+    for p in path.parent.glob("store.sqlite-*"):
+        p.unlink()
+    for cmd in ("status", "resume"):
+        assert "store damaged" in _refused(capsys, cmd, "t", "--runs-dir", str(runs))
+    path.write_bytes(b"garbage" * 1000)
+    assert "store damaged" in _refused(capsys, "status", "t", "--runs-dir", str(runs))
+
+
+def test_runs_dir_that_is_a_file(tmp_path, capsys, no_runner):
+    """Issue 17.8."""
+    cfg = _diag_config(tmp_path)
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert "runs-dir" in _refused(capsys, "run", str(cfg), "--runs-dir", str(f))
+    assert "runs-dir" in _refused(capsys, "status", "t", "--runs-dir", str(f))
+    assert "runs-dir" in _refused(capsys, "run", str(cfg), "--runs-dir", str(f / "below"))
+
+
+def test_deeply_nested_and_huge_toml(tmp_path, capsys):
+    """Issue 17.8: 3000-deep nested TOML and an oversized file are one-line errors."""
+    p = tmp_path / "deep.toml"
+    p.write_text("x = " + "[" * 3000 + "]" * 3000 + "\n")
+    assert "config" in _refused(capsys, "run", str(p), "--runs-dir", str(tmp_path / "r"))
+    p.write_text("x = {" + "a = {" * 3000 + "}" * 3001 + "\n")
+    assert "config" in _refused(capsys, "run", str(p), "--runs-dir", str(tmp_path / "r"))
+    p.write_text("# padding\n" * 2_000_000)
+    assert "too large" in _refused(capsys, "run", str(p), "--runs-dir", str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_rejects_non_positive_max_evaluations(tmp_path, capsys, no_runner):
+    cfg = _diag_config(tmp_path)
+    for bad in ("0", "-1", "abc"):
+        _refused(capsys, "run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--max-evaluations", bad)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_oversized_pool_line_rejected_before_rdkit(tmp_path, capsys, no_runner):
+    """Issue 17.6: a line of a million `C(` is rejected by length (the RDKit parse took 46-100 s)."""
+    cfg = _diag_config(tmp_path, pool=GOOD)
+    (tmp_path / "pool.smi").write_text("\n".join(GOOD) + "\n" + "C(" * 1_000_000 + "\n")
+    with pytest.raises(ReachedRunner):
+        _main(capsys, "run", str(cfg), "--runs-dir", str(tmp_path / "runs"))
+    from agent.store import Store
+
+    with Store(tmp_path / "runs" / "t" / "store.sqlite") as s:
+        bad = [m for m in s.molecules() if not m["is_valid"]]
+    assert len(bad) == 1 and "characters" in bad[0]["reason"] and len(bad[0]["smiles"]) < 1000
+
+
+def test_pool_summary_and_invalid_listing(tmp_path, capsys, no_runner):
+    """Issue 14.7: invalid pool entries are summarised in one line at start and listed by
+    `status --invalid`."""
+    pool = GOOD + ["not-a-smiles junk", "[Fe] iron", "C1CC ring", "[Na+].[Cl-] salt"]
+    cfg = _diag_config(tmp_path, pool=pool)
+    runs = tmp_path / "runs"
+    from agent.cli import main
+
+    with pytest.raises(ReachedRunner):
+        main(["run", str(cfg), "--runs-dir", str(runs)])
+    out = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if ln.startswith("pool:")]
+    assert len(line) == 1, out
+    assert "8 molecules" in line[0] and "4 invalid" in line[0] and "2 unparsable SMILES" in line[0]
+    assert "Fe" in line[0] and "status t --invalid" in line[0]
+    rc, out, _ = _main(capsys, "status", "t", "--runs-dir", str(runs), "--invalid")
+    assert rc == 0 and "[Fe]" in out and "iron" in out and "unsupported element" in out
+
+
+def test_stop_reason_and_best_note_never_empty(tmp_path, capsys):
+    """Issue 14.7: `state finished: <reason>` is never empty and `best none yet` says why."""
+    from agent.campaign import Campaign, campaign_status
+    from agent.config import load_config
+
+    runs = tmp_path / "runs"
+    camp = Campaign.create(load_config(_diag_config(tmp_path)), runs)
+    try:
+        camp.store.set_meta("finished", "1")
+        camp.store.set_meta("stop_reason", "no candidate left to evaluate")
+        st = campaign_status(camp.store, camp.cfg, camp)
+        assert st.stop_reason == "no candidate left to evaluate"
+        assert st.best is None and "no diagnostic evaluation yet" in st.best_note
+        camp.store.set_meta("stop_reason", "")
+        assert campaign_status(camp.store, camp.cfg).stop_reason  # never empty when finished
+    finally:
+        camp.close()
+    rc, out, _ = _main(capsys, "status", "t", "--runs-dir", str(runs))
+    state = [ln for ln in out.splitlines() if ln.startswith("state")][0]
+    best = [ln for ln in out.splitlines() if ln.startswith("best")][0]
+    assert state.split("finished:")[1].strip() and "(" in best
+
+
+def test_public_api_version_and_user_facing_backends(capsys):
+    """Issue 14.9."""
+    import subprocess
+    import sys
+
+    code = ("import sys, agent; from agent import Campaign, load_config; "
+            "from sim_backends.csp import run_csp; print(agent.__version__, Campaign.__name__, "
+            "load_config.__name__, run_csp.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    from agent.cli import main
+
+    assert main(["--version"]) == 0
+    import agent
+
+    assert agent.__version__ in capsys.readouterr().out
+    rc, out, _ = _main(capsys, "backends")
+    names = {ln.split()[0] for ln in out.splitlines()[1:] if ln and not ln.startswith(" ")}
+    assert rc == 0 and {"xtb-reorg", "dft-reorg", "csp-ff"} <= names
+    assert not names & {"diagnostic", "replay"}
+
+
+def test_unexpected_error_is_one_line_with_debug_hint(tmp_path, capsys, monkeypatch):
+    """Issue 17.8: an unexpected exception is one line naming its type, --debug shows it."""
+    import agent.cli
+
+    def boom(args):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(agent.cli, "cmd_backends", boom)
+    msg = _refused(capsys, "backends")
+    assert "KeyError" in msg and "--debug" in msg
+    with pytest.raises(KeyError):
+        agent.cli.main(["--debug", "backends"])

@@ -10,3 +10,14 @@ Modules:
 
 Importing this package is cheap: torch, pyscf and rdkit are imported inside functions.
 """
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """``from sim_backends.csp import run_csp`` (loaded on first use)."""
+    if name == "run_csp":
+        from sim_backends.csp.run import run_csp
+
+        return run_csp
+    raise AttributeError(f"module 'sim_backends.csp' has no attribute {name!r}")
