@@ -88,8 +88,8 @@ def _exact_icm_posterior(model: MoleculeSurrogate, fps: np.ndarray, rows: np.nda
     k_train = tanimoto_matrix(x_train, x_train) * b[np.ix_(model.obs_f, model.obs_f)]
     k_train += np.diag(noise[model.obs_f])
     k_cross = tanimoto_matrix(fps[rows], x_train) * b[t, model.obs_f]
-    resid = model.obs_y - model.hyper["mean"][model.obs_f]
-    mean = model.hyper["mean"][t] + k_cross @ np.linalg.solve(k_train, resid)
+    resid = model.obs_y - model.level_means()[model.obs_f]
+    mean = model.level_means()[t] + k_cross @ np.linalg.solve(k_train, resid)
     var = b[t, t] - np.einsum("ij,ji->i", k_cross, np.linalg.solve(k_train, k_cross.T))
     return model.y_loc + model.y_scale * mean, model.y_scale * np.sqrt(var)
 
@@ -144,7 +144,7 @@ def test_multifidelity_learns_offset_and_scale(pool):
     np.testing.assert_allclose(got_std, ref_std, rtol=1e-3, atol=1e-4)
 
 
-def test_warm_refit_and_holdout(pool):
+def test_warm_refit_and_leave_out_calibration(pool):
     _, fps, y = pool
     obs = [Observation(i, 0, float(y[i])) for i in range(0, 120, 2)]
     obs += [Observation(i, 1, float(2 * y[i] + 1)) for i in range(0, 60, 4)]
@@ -152,10 +152,26 @@ def test_warm_refit_and_holdout(pool):
     model.fit(fps, obs[:40])
     model.fit(fps, obs)
     assert model.n_fits == 2
-    mae = model.holdout_error(fps, obs, fraction=0.3, seed=0)
-    assert mae is not None and 0.0 <= mae < 2.0 * np.std([o.value for o in obs if o.fidelity == 1])
-    assert model.holdout_error(fps, obs[:5], fraction=0.3, seed=0) is None
-    assert model.holdout_error(fps, obs, fraction=0.0, seed=0) is None
+    cal = model.calibration(seed=0)
+    assert set(cal) == {"0", "top", "top_unseen"}
+    assert cal["top"]["n"] == 15 and cal["0"]["n"] == 60
+    for entry in cal.values():
+        assert 0.0 <= entry["coverage_68"] <= entry["coverage_95"] <= 1.0
+        assert entry["mae"] <= entry["rmse"]
+    # knowing the cheap value of a molecule helps predict its top value
+    assert cal["top"]["mae"] < cal["top_unseen"]["mae"]
+    # the closed form equals refitting without each held-out top value (same hyperparameters)
+    errors, zs = [], []
+    for j, o in enumerate(obs):
+        if o.fidelity != 1:
+            continue
+        clone = MoleculeSurrogate.load_state_dict(model.state_dict())
+        clone.fit(fps, obs[:j] + obs[j + 1:], refit_hyperparameters=False)
+        mean, std = clone.predict(fps[[o.mol_index]], 1)
+        errors.append(o.value - mean[0])
+        zs.append(errors[-1] / np.hypot(std[0], np.sqrt(model.noise()[1]) * model.y_scale))
+    np.testing.assert_allclose(cal["top"]["mae"], np.mean(np.abs(errors)), rtol=1e-6)
+    np.testing.assert_allclose(cal["top"]["z_std"], np.std(zs), rtol=1e-5)
 
 
 def test_state_dict_round_trip(pool):
@@ -212,7 +228,7 @@ def test_incremental_update_equals_full_factorisation(pool):
     model = MoleculeSurrogate(2, seed=2, hyper_refit_growth=0.5)
     model.fit(fps, obs[:60])
     model.fit(fps, obs[:70])  # 10 new points: Cholesky extended, hyperparameters kept
-    model.fit(fps, obs[:70] + [Observation(0, 1, 5.0)] + obs[70:80])  # repeats are fine
+    model.fit(fps, obs[:70] + [Observation(0, 0, 5.0)] + obs[70:80])  # repeats are fine
     assert model.n_fits == 3 and model.n_hyper_fits == 1
     full = MoleculeSurrogate.load_state_dict(model.state_dict())  # one full factorisation
     for f in range(2):
@@ -222,5 +238,8 @@ def test_incremental_update_equals_full_factorisation(pool):
         np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-8)
     model.fit(fps, obs)  # 90 % growth: hyperparameters re-optimised
     assert model.n_hyper_fits == 2
+    # the first value at a level is new information enough to re-optimise
+    model.fit(fps, obs + [Observation(3, 1, 7.0)])
+    assert model.n_hyper_fits == 3
     model.fit(fps, obs[:50])  # not an extension: rebuilt from scratch
     assert len(model.obs_f) == 50

@@ -53,7 +53,6 @@ Importing this module is cheap: torch and gpytorch load inside functions.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,8 +70,17 @@ NOISE_FLOOR = 1e-4
 MIN_HYPER_FIT_POINTS = 8
 #: rows per chunk when streaming over the pool (bounds temporary memory)
 _ROW_CHUNK = 4096
-#: initial correlation between fidelities (prior belief: the cheap level tracks the top)
-INITIAL_CORRELATION = 0.9
+#: prior of the auto-regressive coefficient of each level on the level below: N(1, 0.5^2)
+#: (standardised units, pooled over levels: rho = 1 means "same scale as the cheaper level")
+RHO_PRIOR = (1.0, 0.5)
+#: prior of log(var delta_l / var f_0): N(log 0.1, 1.5^2), i.e. the discrepancy between
+#: adjacent levels is a priori ~30 % of the signal's standard deviation (a prior
+#: correlation of 0.95), and the data may move it by orders of magnitude
+LOG_DELTA_RATIO_PRIOR = (float(np.log(0.1)), 1.5)
+#: prior of the mean shift of a level over rho times the level below: N(0, 1^2), standardised
+MEAN_DELTA_PRIOR_SD = 1.0
+#: prior of log var f_0: N(0, 2^2) (values are standardised, so weak)
+LOG_SIGNAL_PRIOR_SD = 2.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _ar1_structure(p: dict[str, Any], xp: Any) -> tuple[Any, Any]:
+    """``(B, means)`` of the auto-regressive ladder from its parameters.
+
+    ``f_0 = g_0`` and ``f_l = rho_l f_(l-1) + delta_l`` with independent ``g_0`` and
+    ``delta_l`` (variances ``exp(log_signal)``, ``exp(log_delta_l)``; means
+    ``mean_base``, ``mean_delta_l``), so ``f = A g`` with ``A`` lower triangular and
+    ``B = A diag(s) A^T``. ``xp`` is ``numpy`` or ``torch`` (for autograd).
+    """
+    nf = len(p["log_noise"])
+    eye = xp.eye(nf, dtype=xp.float64)
+    rows, means = [eye[0]], [p["mean_base"][0]]
+    for level in range(1, nf):
+        rows.append(p["rho"][level - 1] * rows[-1] + eye[level])
+        means.append(p["rho"][level - 1] * means[-1] + p["mean_delta"][level - 1])
+    a = xp.stack(rows)
+    s = xp.exp(xp.concatenate([p["log_signal"], p["log_delta"]]))
+    return (a * s[None, :]) @ a.T, xp.stack(means)
+
+
 class MoleculeSurrogate:
     """Multi-fidelity Tanimoto GP over a fixed pool of molecules (see module doc).
 
@@ -159,14 +186,13 @@ class MoleculeSurrogate:
         self.n_iter_first = int(n_iter_first)
         self.n_iter_refit = int(n_iter_refit)
         self.hyper_refit_growth = float(hyper_refit_growth)
-        rng = np.random.default_rng(self.seed)
         nf = self.n_fidelities
-        factor = 0.05 * rng.standard_normal((nf, nf))
-        factor[:, 0] = np.sqrt(INITIAL_CORRELATION)
         self.hyper: dict[str, np.ndarray] = {
-            "factor": factor,
-            "log_kappa": np.full(nf, np.log(1.0 - INITIAL_CORRELATION)),
-            "mean": np.zeros(nf),
+            "log_signal": np.zeros(1),
+            "rho": np.full(nf - 1, RHO_PRIOR[0]),
+            "log_delta": np.full(nf - 1, LOG_DELTA_RATIO_PRIOR[0]),
+            "mean_base": np.zeros(1),
+            "mean_delta": np.zeros(nf - 1),
             "log_noise": np.full(nf, np.log(1e-2)),
         }
         self.y_loc = 0.0
@@ -174,6 +200,7 @@ class MoleculeSurrogate:
         self.n_fits = 0
         self.n_hyper_fits = 0
         self.n_at_hyper_fit = 0  # observations at the last hyperparameter fit
+        self.counts_at_hyper_fit = np.zeros(nf, dtype=np.int64)  # per level, same moment
         self.pool_digest: str | None = None  # fingerprint matrix of the last fit
         self.train_fps = np.zeros((0, 0), dtype=np.uint8)  # (m, d) molecules, first-seen order
         self.train_mol = np.zeros(0, dtype=np.int64)  # (m,) pool rows of those molecules
@@ -189,8 +216,21 @@ class MoleculeSurrogate:
     # -- hyperparameters ---------------------------------------------------------------
     def coregionalisation(self) -> np.ndarray:
         """``B`` (n_f, n_f): signal covariance between fidelities (standardised units)."""
-        f = self.hyper["factor"]
-        return f @ f.T + np.diag(np.exp(self.hyper["log_kappa"]))
+        return _ar1_structure(self.hyper, np)[0]
+
+    def level_means(self) -> np.ndarray:
+        """Prior mean per fidelity in standardised units, shape (n_f,)."""
+        return _ar1_structure(self.hyper, np)[1]
+
+    def rho(self) -> np.ndarray:
+        """Auto-regressive coefficient of each level on the one below, shape (n_f - 1,)
+        (in objective units too: every level is standardised with the same scale)."""
+        return self.hyper["rho"].copy()
+
+    def level_correlation(self) -> np.ndarray:
+        """Prior correlation of each level with the top level, shape (n_f,)."""
+        b = self.coregionalisation()
+        return b[:, -1] / np.sqrt(np.diag(b) * b[-1, -1])
 
     def noise(self) -> np.ndarray:
         """Noise variance per fidelity (standardised units), shape (n_f,)."""
@@ -198,7 +238,7 @@ class MoleculeSurrogate:
 
     def fidelity_means(self) -> np.ndarray:
         """Prior mean per fidelity in objective units (e.g. kJ/mol), shape (n_f,)."""
-        return self.y_loc + self.y_scale * self.hyper["mean"]
+        return self.y_loc + self.y_scale * self.level_means()
 
     # -- fitting -----------------------------------------------------------------------
     def _validate(self, fps: np.ndarray, observations: list[Observation]) -> np.ndarray:
@@ -278,9 +318,10 @@ class MoleculeSurrogate:
         )
         refit = refit_hyperparameters
         if refit is None:
-            grown = len(rows) - self.n_at_hyper_fit
-            refit = (not is_extension or self.n_hyper_fits == 0
-                     or grown >= max(1.0, self.hyper_refit_growth * self.n_at_hyper_fit))
+            counts = np.bincount(fids, minlength=self.n_fidelities)
+            grown = counts - self.counts_at_hyper_fit
+            refit = (not is_extension or self.n_hyper_fits == 0 or bool(np.any(
+                grown >= np.maximum(1.0, self.hyper_refit_growth * self.counts_at_hyper_fit))))
         if not is_extension:
             n_prev = 0
             self.train_mol = np.zeros(0, dtype=np.int64)
@@ -303,34 +344,77 @@ class MoleculeSurrogate:
         self.obs_value = vals
         if refit or not is_extension:
             if len(vals) and refit:
-                self.y_loc = float(np.mean(vals))
+                loc = float(np.mean(vals))
                 spread = float(np.std(vals))
-                self.y_scale = spread if len(vals) > 1 and spread > 0 else max(abs(self.y_loc), 1.0)
+                scale = spread if len(vals) > 1 and spread > 0 else max(abs(loc), 1.0)
+                self._restandardise(loc, scale)
             self.obs_y = (vals - self.y_loc) / self.y_scale
             if len(vals) and self.n_hyper_fits == 0:
-                for f in range(self.n_fidelities):
-                    sel = self.obs_f == f
-                    if sel.any():
-                        self.hyper["mean"][f] = float(self.obs_y[sel].mean())
+                self._init_means()
             if refit and len(vals) >= MIN_HYPER_FIT_POINTS:
                 self._fit_hyperparameters()
                 self.n_hyper_fits += 1
                 self.n_at_hyper_fit = len(vals)
+                self.counts_at_hyper_fit = np.bincount(self.obs_f, minlength=self.n_fidelities)
             self._factorise()
         else:
             self.obs_y = (vals - self.y_loc) / self.y_scale
             self._extend_factor(n_prev)
         self.n_fits += 1
 
+    def _restandardise(self, loc: float, scale: float) -> None:
+        """Move the standardisation to ``(loc, scale)``, expressing the hyperparameters
+        in the new units (so a warm start starts from the same model)."""
+        old_means = self.y_loc + self.y_scale * self.level_means()
+        log_ratio = 2.0 * np.log(self.y_scale / scale)
+        for key in ("log_signal", "log_delta", "log_noise"):
+            self.hyper[key] = self.hyper[key] + log_ratio
+        self.y_loc, self.y_scale = loc, scale
+        self._set_means((old_means - loc) / scale)
+
+    def _set_means(self, means: np.ndarray) -> None:
+        """Set the per-level prior means (standardised) through the AR(1) parameters."""
+        self.hyper["mean_base"] = np.array([means[0]], dtype=np.float64)
+        self.hyper["mean_delta"] = np.asarray(means[1:] - self.hyper["rho"] * means[:-1],
+                                              dtype=np.float64)
+
+    def _init_means(self) -> None:
+        """Per-level means from the data (a level without data follows the one below)."""
+        means = self.level_means()
+        for f in range(self.n_fidelities):
+            sel = self.obs_f == f
+            if sel.any():
+                means[f] = float(self.obs_y[sel].mean())
+            elif f > 0:
+                means[f] = self.hyper["rho"][f - 1] * means[f - 1]
+        self._set_means(means)
+
+    def _log_prior(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Log density of the priors on the AR(1) hyperparameters (module constants)."""
+        import torch
+
+        def normal(x: torch.Tensor, mu: float, sd: float) -> torch.Tensor:
+            return (-0.5 * ((x - mu) / sd) ** 2).sum()
+
+        noise = NOISE_FLOOR + p["log_noise"].exp()
+        noise_prior = torch.distributions.Gamma(torch.tensor(1.1, dtype=torch.float64),
+                                                torch.tensor(0.05, dtype=torch.float64))
+        return (normal(p["rho"], *RHO_PRIOR)
+                + normal(p["log_delta"] - p["log_signal"], *LOG_DELTA_RATIO_PRIOR)
+                + normal(p["mean_delta"], 0.0, MEAN_DELTA_PRIOR_SD)
+                + normal(p["log_signal"], 0.0, LOG_SIGNAL_PRIOR_SD)
+                + noise_prior.log_prob(noise).sum())
+
     def _fit_hyperparameters(self) -> None:
-        """MAP estimate of B, means and noises by L-BFGS-B on a subset of observations.
+        """MAP estimate of the AR(1) parameters, means and noises by L-BFGS-B on a
+        subset of observations.
 
         As BoTorch's ``fit_gpytorch_mll``: scipy's L-BFGS-B with torch autograd
         gradients (``torch.optim`` would import ``torch._dynamo``, ~5 s).
 
-        ``B = F F^T + diag(kappa)`` is the parametrisation of GPyTorch's
-        ``IndexKernel``; the noise variances carry the Gamma(1.1, 0.05) prior that
-        BoTorch's ``SingleTaskGP`` uses by default. Runs single-threaded: at these
+        The priors are those of :meth:`_log_prior`; the noise variances carry the
+        Gamma(1.1, 0.05) prior that BoTorch's ``SingleTaskGP`` uses by default. Runs
+        single-threaded: at these
         sizes (<= ``max_fit_points``) threading costs more than it gains.
         """
         import torch
@@ -351,8 +435,6 @@ class MoleculeSurrogate:
         names = list(self.hyper)
         shapes = [self.hyper[k].shape for k in names]
         sizes = [int(np.prod(sh)) for sh in shapes]
-        noise_prior = torch.distributions.Gamma(torch.tensor(1.1, dtype=torch.float64),
-                                                torch.tensor(0.05, dtype=torch.float64))
         jitter = 1e-6 * torch.eye(len(sub), dtype=torch.float64)
 
         def unpack(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -362,16 +444,16 @@ class MoleculeSurrogate:
         def loss_and_grad(x_np: np.ndarray) -> tuple[float, np.ndarray]:
             x = torch.as_tensor(x_np, dtype=torch.float64).requires_grad_(True)
             p = unpack(x)
-            b = p["factor"] @ p["factor"].T + torch.diag(p["log_kappa"].exp())
+            b, means = _ar1_structure(p, torch)
             noise = NOISE_FLOOR + p["log_noise"].exp()
             k = kt * (onehot @ b @ onehot.T) + torch.diag(onehot @ noise) + jitter
             chol, info = torch.linalg.cholesky_ex(k)
             if int(info) != 0:
                 return 1e10, np.zeros_like(x_np)
-            r = (y - onehot @ p["mean"]).unsqueeze(-1)
+            r = (y - onehot @ means).unsqueeze(-1)
             a = torch.cholesky_solve(r, chol)
             nll = 0.5 * (r * a).sum() + chol.diagonal().log().sum()
-            nll = (nll - noise_prior.log_prob(noise).sum()) / len(sub)
+            nll = (nll - self._log_prior(p)) / len(sub)
             (grad,) = torch.autograd.grad(nll, x)
             return float(nll.detach()), grad.numpy().copy()
 
@@ -389,7 +471,8 @@ class MoleculeSurrogate:
         if not np.all(np.isfinite(res.x)) or not np.isfinite(res.fun) or res.fun >= 1e10:
             return
         new = {k: v.detach().numpy().copy() for k, v in unpack(torch.as_tensor(res.x)).items()}
-        new["log_kappa"] = np.clip(new["log_kappa"], np.log(1e-6), np.log(1e3))
+        for key in ("log_signal", "log_delta"):
+            new[key] = np.clip(new[key], np.log(1e-6), np.log(1e3))
         self.hyper = new
 
     def _prior_cov(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
@@ -403,7 +486,7 @@ class MoleculeSurrogate:
     def _residual(self) -> torch.Tensor:
         import torch
 
-        return torch.as_tensor(self.obs_y - self.hyper["mean"][self.obs_f]).unsqueeze(-1)
+        return torch.as_tensor(self.obs_y - self.level_means()[self.obs_f]).unsqueeze(-1)
 
     def _factorise(self) -> None:
         """Cholesky factor of the full training covariance and ``alpha = K^-1 (y - mu)``."""
@@ -508,7 +591,7 @@ class MoleculeSurrogate:
             self._factorise()
         b = self.coregionalisation()
         t = int(fidelity)
-        mean = np.full(fps.shape[0], self.hyper["mean"][t])
+        mean = np.full(fps.shape[0], self.level_means()[t])
         # T(x, x) = 0 for an all-zero fingerprint (invalid SMILES): no prior variance
         var = b[t, t] * ((fps != 0).sum(1) > 0)
         if len(self.obs_y):
@@ -520,35 +603,75 @@ class MoleculeSurrogate:
         std = np.sqrt(np.clip(var, 1e-12, None))
         return self.y_loc + self.y_scale * mean, self.y_scale * std
 
-    def holdout_error(self, fps: np.ndarray, observations: list[Observation], fraction: float,
-                      seed: int) -> float | None:
-        """Mean absolute error at the top fidelity on held-out observations.
+    def calibration(self, max_held_out: int = 200, seed: int = 0) -> dict[str, dict[str, float]]:
+        """Leave-out calibration of the current posterior, per fidelity.
 
-        A random ``fraction`` of the top-fidelity observations (at least one) is held
-        out; a copy of this surrogate with the current hyperparameters (fitted on all
-        data: slightly optimistic, but one Cholesky factorisation instead of a
-        hyperparameter search) is conditioned on the rest and predicts them.
+        Held out, at the current hyperparameters (closed form from the inverse
+        covariance, Rasmussen & Williams 2006, sec. 5.4.2, extended to blocks):
+
+        * a cheaper level ``f``: each molecule with a value at ``f``, *all* of its
+          observations at once (an unseen molecule);
+        * the top level, two ways: ``"top"`` leaves out only the molecule's
+          top-level value, its cheaper values stay known (the situation in which the
+          acquisition uses the model: predict DFT where xTB is known); ``"top_unseen"``
+          leaves out the whole molecule.
+
+        At most ``max_held_out`` molecules per entry (a seeded random subset).
 
         Returns:
-            MAE in objective units, or None with fewer than 3 top-fidelity
-            observations or ``fraction <= 0``.
+            ``{"<fidelity>" | "top" | "top_unseen": {"n", "mae", "rmse", "z_mean",
+            "z_std", "coverage_68", "coverage_95"}}``; errors in objective units,
+            ``z = (y - mean) / sd`` with the predictive sd (noise included), coverage
+            the fraction with ``|z| <= 1`` and ``<= 1.96``. A calibrated model has
+            ``z_std`` near 1 and coverages near 0.68 and 0.95. Entries with fewer
+            than 2 held-out values are omitted.
         """
+        import torch
+
+        if self._chol is None:
+            self._factorise()
+        n = len(self.obs_y)
         top = self.n_fidelities - 1
-        idx = [k for k, o in enumerate(observations) if o.fidelity == top]
-        if fraction <= 0 or len(idx) < 3:
-            return None
         rng = np.random.default_rng(seed)
-        n_out = min(max(1, int(round(fraction * len(idx)))), len(idx) - 1)
-        out = set(rng.choice(idx, size=n_out, replace=False).tolist())
-        train = [o for k, o in enumerate(observations) if k not in out]
-        test = [observations[k] for k in sorted(out)]
-        clone = copy.copy(self)
-        clone.hyper = {k: v.copy() for k, v in self.hyper.items()}
-        clone._chol = None
-        clone.fit(fps, train, refit_hyperparameters=False)
-        rows = np.array([o.mol_index for o in test])
-        mean, _ = clone.predict(np.asarray(fps)[rows], top)
-        return float(np.mean(np.abs(mean - np.array([o.value for o in test]))))
+        out: dict[str, dict[str, float]] = {}
+        if n < 3:
+            return out
+        resid = self._residual().squeeze(-1)
+        alpha = torch.cholesky_solve(resid.unsqueeze(-1), self._chol).squeeze(-1).numpy()
+        for key, level, whole in ([(str(f), f, True) for f in range(top)]
+                                  + [("top", top, False), ("top_unseen", top, True)]):
+            mols = np.unique(self.obs_u[self.obs_f == level])
+            if len(mols) > max_held_out:
+                mols = np.sort(rng.choice(mols, size=max_held_out, replace=False))
+            if len(mols) < 2 or (key == "top_unseen" and self.n_fidelities == 1):
+                continue
+            groups = [np.flatnonzero((self.obs_u == u) & (whole | (self.obs_f == level)))
+                      for u in mols]
+            cols = np.concatenate(groups)
+            eye = torch.zeros((n, len(cols)), dtype=torch.float64)
+            eye[torch.as_tensor(cols), torch.arange(len(cols))] = 1.0
+            z_cols = torch.linalg.solve_triangular(self._chol, eye, upper=False).numpy()
+            errors, zs, start = [], [], 0
+            for g in groups:
+                zg = z_cols[:, start: start + len(g)]
+                start += len(g)
+                cov = np.linalg.inv(zg.T @ zg)  # predictive covariance of the left-out block
+                err = cov @ alpha[g]  # y - leave-out mean
+                sel = self.obs_f[g] == level
+                sd = np.sqrt(np.clip(np.diag(cov)[sel], 1e-12, None))
+                errors.extend(err[sel] * self.y_scale)
+                zs.extend(err[sel] / sd)
+            errors_a, zs_a = np.asarray(errors), np.asarray(zs)
+            out[key] = {
+                "n": int(len(errors_a)),
+                "mae": float(np.mean(np.abs(errors_a))),
+                "rmse": float(np.sqrt(np.mean(errors_a ** 2))),
+                "z_mean": float(np.mean(zs_a)),
+                "z_std": float(np.std(zs_a)),
+                "coverage_68": float(np.mean(np.abs(zs_a) <= 1.0)),
+                "coverage_95": float(np.mean(np.abs(zs_a) <= 1.96)),
+            }
+        return out
 
     # -- persistence -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -566,6 +689,7 @@ class MoleculeSurrogate:
             "n_fits": self.n_fits,
             "n_hyper_fits": self.n_hyper_fits,
             "n_at_hyper_fit": self.n_at_hyper_fit,
+            "counts_at_hyper_fit": self.counts_at_hyper_fit.copy(),
             "pool_digest": self.pool_digest,
             "obs_value": self.obs_value.copy(),
             "n_bits": int(self.train_fps.shape[1]) if self.train_fps.ndim == 2 else 0,
@@ -591,6 +715,9 @@ class MoleculeSurrogate:
             s.y_loc, s.y_scale = float(state["y_loc"]), float(state["y_scale"])
             s.n_fits, s.n_hyper_fits = int(state["n_fits"]), int(state["n_hyper_fits"])
             s.n_at_hyper_fit, s.pool_digest = int(state["n_at_hyper_fit"]), state["pool_digest"]
+            s.counts_at_hyper_fit = np.asarray(state["counts_at_hyper_fit"], dtype=np.int64)
+            if set(s.hyper) != set(cls(s.n_fidelities).hyper):
+                raise ValueError(f"hyperparameters {sorted(s.hyper)} are not this model's")
             n_bits = int(state["n_bits"])
             s.train_fps = np.unpackbits(state["train_fps_packed"], axis=1, count=n_bits).astype(np.uint8)
             s.train_mol = np.asarray(state["train_mol"], dtype=np.int64)
@@ -636,7 +763,7 @@ class PoolPosterior:
         self.n_pool = n_pool
         self._train_pos = cache.ensure(model._cache_rows) if len(model.train_mol) else np.zeros(
             0, dtype=np.int64)
-        self.mean = np.tile(model.hyper["mean"], (n_pool, 1)).astype(np.float64)
+        self.mean = np.tile(model.level_means(), (n_pool, 1)).astype(np.float64)
         alpha = model._alpha.numpy() if model._alpha is not None else np.zeros(0)
         # per cache column: mean weights, and the largest variance reduction factor
         # B[t, f]^2 / (B[f, f] + noise_f) over the fidelities observed at that molecule
