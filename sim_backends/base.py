@@ -13,6 +13,11 @@ never crashes the campaign:
   element). Failed permanently, never retried.
 * :class:`RunError` -- the calculation ran and failed (SCF did not converge,
   optimiser diverged). Failed, may be retried by the executor.
+* :class:`PhysicsError` -- the calculation finished but its result violates what
+  physics allows (a negative relaxation energy, an absurd density). Raised by the
+  declared check :meth:`Backend._check_physical`, which :meth:`Backend.evaluate` runs
+  on every result; the result is failed with ``reason="unphysical: ..."``, its values
+  are dropped (kept in ``extra["unphysical_values"]`` for diagnosis), never retried.
 * anything else -- an unexpected error in the backend; recorded as failed with the
   exception type and message.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -54,6 +60,17 @@ class RunError(BackendError):
     def __init__(self, message: str, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class PhysicsError(RunError):
+    """A finished calculation whose result physics does not allow (never retried).
+
+    The message names the offending quantity with its value, unit and level of theory,
+    e.g. ``lambda_cation = -10.1 kJ/mol < -0.5 (B3LYP/6-31G//GFN2-xTB geometries)``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,8 @@ class Backend(ABC):
         target: ``"molecule"`` or ``"structure"``.
         computes: names of the values :meth:`_evaluate` returns.
         objective_key: the value a campaign optimises when this backend is used.
+        may_be_nan: values allowed to be NaN ("not defined"); any other non-finite
+            value fails the physical check.
     """
 
     name: ClassVar[str]
@@ -141,6 +160,8 @@ class Backend(ABC):
     computes: ClassVar[tuple[str, ...]] = ()
     objective_key: ClassVar[str | None] = None
     description: ClassVar[str] = ""
+    #: values that may be NaN meaning "not defined here" (e.g. a gap with one minimum)
+    may_be_nan: ClassVar[tuple[str, ...]] = ()
     #: True for backends not offered to users (self-tests, replays, fault injection)
     internal: ClassVar[bool] = False
 
@@ -154,6 +175,18 @@ class Backend(ABC):
     @abstractmethod
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         """Compute and return ``(values, extra)``; raise SetupError/RunError on failure."""
+
+    def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
+        """Raise :class:`PhysicsError` if ``values`` violate what physics allows.
+
+        Runs inside :meth:`evaluate` on every successful :meth:`_evaluate`. The base
+        check rejects non-finite values; subclasses extend it (calling ``super()``)
+        with the bounds of the quantities they compute, reading details from ``extra``.
+        """
+        bad = sorted(k for k, v in values.items()
+                     if not math.isfinite(v) and not (math.isnan(v) and k in self.may_be_nan))
+        if bad:
+            raise PhysicsError(f"non-finite value(s) {', '.join(f'{k} = {values[k]}' for k in bad)}")
 
     def evaluate(self, inp: EvalInput) -> EvalResult:
         """Validate, time and run :meth:`_evaluate`, never raising for bad inputs."""
@@ -173,6 +206,10 @@ class Backend(ABC):
         try:
             values, extra = self._evaluate(merged)
             values = {k: float(v) for k, v in values.items()}
+            self._check_physical(values, extra)
+        except PhysicsError as exc:
+            status, reason = "failed", f"unphysical: {exc}"
+            extra, values = {**extra, "unphysical_values": values}, {}
         except SetupError as exc:
             status, reason = "failed", f"setup: {exc}"
         except RunError as exc:

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
 from sim_backends.structures import HARTREE_TO_KJMOL, Crystal, load_crystal
+from sim_backends.validity import check_crystal_energy_result, check_structure_facts, structure_facts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -648,6 +649,10 @@ class DftCrystalBackend(Backend):
         if unknown:
             raise SetupError(f"unknown dft-crystal param(s): {', '.join(sorted(unknown))}")
         crystal = load_crystal(inp.structure_cif or "", inp.smiles)
+        level = (f"{str(p.get('functional', 'pbe')).upper()}-D3(BJ)/{p.get('basis', 'def2-svp')} "
+                 "two-body fragments")
+        facts = structure_facts(crystal)
+        check_structure_facts(facts, level)  # before any SCF: no DFT on overlapping molecules
         settings = ScfSettings(
             functional=str(p.get("functional", "pbe")),
             basis=str(p.get("basis", "def2-svp")),
@@ -664,10 +669,17 @@ class DftCrystalBackend(Backend):
         old_threads = lib.num_threads()
         lib.num_threads(int(p.get("threads", 1)))
         try:
-            return fragment_lattice_energy(
+            values, extra = fragment_lattice_energy(
                 crystal, settings, float(p.get("cutoff_A", 4.0)),
                 str(p.get("cutoff_mode", "contact")), bool(p.get("counterpoise", True)),
                 str(p.get("gas", "rigid")), long_range_charges_e=charges,
             )
         finally:
             lib.num_threads(old_threads)
+        return values, {**extra, "level": level, "validity": facts}
+
+    def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
+        """Density, intermolecular contacts and lattice energy in the bounds of
+        :mod:`sim_backends.validity`."""
+        super()._check_physical(values, extra)
+        check_crystal_energy_result(values, extra, self.name)

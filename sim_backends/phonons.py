@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
+from sim_backends.validity import check_imaginary_modes, check_structure_facts, structure_facts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -247,7 +248,7 @@ class PhononBackend(Backend):
         return name, (lambda: cls(**force_params).ase_calculator(**force_params))
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
-        from sim_backends.structures import load_crystal
+        from sim_backends.structures import Crystal, load_crystal
         from sim_backends.xtb_crystal import parse_relax_mode, relax_atoms, run_guarded
 
         p = inp.params
@@ -269,6 +270,8 @@ class PhononBackend(Backend):
                 )
         else:
             extra["relax"] = None
+        extra["level"] = f"harmonic phonons, {force_name} forces"
+        extra["validity"] = structure_facts(Crystal.from_atoms(atoms))
         calc = make_calc()
 
         def force_fn(a: Atoms):
@@ -292,3 +295,12 @@ class PhononBackend(Backend):
             "n_imaginary": float(res["n_imaginary"]),
         }
         return values, extra
+
+    def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
+        """F_vib and ZPE finite, no imaginary mode below -MAX_IMAGINARY_THZ, and the
+        (relaxed) structure's density and contacts in the bounds of
+        :mod:`sim_backends.validity`."""
+        super()._check_physical(values, extra)
+        level = extra.get("level", self.name)
+        check_structure_facts(extra["validity"], level)
+        check_imaginary_modes(extra["min_frequency_THz"], int(values["n_imaginary"]), level)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
 from sim_backends.structures import EV_TO_KJMOL, cif_from_atoms, load_crystal
+from sim_backends.validity import check_crystal_energy_result, structure_facts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -240,6 +241,8 @@ class XtbCrystalBackend(Backend):
             crystal = load_crystal(extra["relaxed_cif"], inp.smiles)
             atoms = crystal.atoms
 
+        extra["level"] = f"{p.get('method', 'GFN2-xTB')} periodic"
+        extra["validity"] = structure_facts(crystal)
         t0, c0 = time.perf_counter(), time.process_time()
         cell = atoms.copy()
         cell.calc = xtb_calculator(**calc_kw)
@@ -271,3 +274,9 @@ class XtbCrystalBackend(Backend):
             "e_gas_kjmol": e_gas,
         }
         return values, extra
+
+    def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
+        """Density, intermolecular contacts and lattice energy in the bounds of
+        :mod:`sim_backends.validity`, on the structure evaluated (after relaxation)."""
+        super()._check_physical(values, extra)
+        check_crystal_energy_result(values, extra, self.name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sim_backends.base import Backend, EvalInput, SetupError
+from sim_backends.validity import check_crystal_energy_result, structure_facts
 
 
 class CSPBackend(Backend):
@@ -32,6 +33,7 @@ class CSPBackend(Backend):
         "n_within_5kjmol", "energy_gap_kjmol", "n_trials",
     )
     objective_key: ClassVar[str | None] = "global_min_energy_kjmol"
+    may_be_nan: ClassVar[tuple[str, ...]] = ("energy_gap_kjmol",)
     description: ClassVar[str] = (
         "crystal structure prediction: Sobol trials in common space groups, batched "
         "rigid-body W99 + Ewald minimisation, StructureMatcher dedupe"
@@ -58,6 +60,7 @@ class CSPBackend(Backend):
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         from sim_backends.csp.run import run_csp
+        from sim_backends.structures import Crystal, atoms_from_cif
 
         p = {**self._DEFAULTS, **inp.params}
         unknown = sorted(set(p) - set(self._DEFAULTS))
@@ -88,4 +91,12 @@ class CSPBackend(Backend):
         }
         meta = {k: v for k, v in landscape.meta.items() if isinstance(v, (int, float, str, list))}
         records = landscape.to_records(with_cif=True)[: max(0, int(p["max_structures"]))]
-        return values, {"landscape": records, "csp": meta}
+        facts = structure_facts(Crystal.from_atoms(atoms_from_cif(landscape.minima[0].cif())))
+        return values, {"landscape": records, "csp": meta, "level": "W99 + Ewald rigid-molecule force field",
+                        "validity": facts}
+
+    def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
+        """The global minimum's density, intermolecular contacts and lattice energy in
+        the bounds of :mod:`sim_backends.validity`."""
+        super()._check_physical(values, extra)
+        check_crystal_energy_result({"energy_kjmol": values["global_min_energy_kjmol"]}, extra, self.name)
