@@ -7,7 +7,9 @@ wall-time budget is spent. Rows are appended to the CSV as they finish, and mole
 already in the CSV are skipped, so the script can be stopped and resumed.
 
 Output columns: ``smiles,name,xtb_reorg_kjmol,dft_reorg_kjmol,xtb_wall_s,dft_wall_s``
-(empty value = not computed or failed; the failure reason is printed).
+(empty value = not computed or failed; the failure reason is printed). Pool entries
+that fail :func:`sim_backends.molecule.validate_smiles` are reported and never become
+rows; rows of the existing table that are not valid pool molecules are dropped.
 
 Usage::
 
@@ -32,10 +34,22 @@ COLUMNS = ["smiles", "name", "xtb_reorg_kjmol", "dft_reorg_kjmol", "xtb_wall_s",
 
 
 def read_pool(path: Path) -> list[tuple[str, str]]:
-    """(smiles, name) pairs of a pool file (the campaign's reader; '#' in SMILES is a bond)."""
+    """Valid (smiles, name) pairs of a pool file (the campaign's reader; '#' in SMILES
+    is a bond); entries the backends can never treat are reported on stderr and left
+    out, so they never become rows."""
+    from sim_backends.base import SetupError
     from sim_backends.molecule import read_pool as read_pool_file
+    from sim_backends.molecule import validate_smiles
 
-    return [(smi, name or smi) for smi, name in read_pool_file(path)]
+    pool = []
+    for smi, name in read_pool_file(path):
+        try:
+            validate_smiles(smi)
+        except SetupError as exc:
+            print(f"skipping pool entry {name or smi!r}: {exc}", file=sys.stderr)
+            continue
+        pool.append((smi, name or smi))
+    return pool
 
 
 def read_table(path: Path) -> dict[str, dict[str, str]]:
@@ -77,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for s, name in pool:
         rows.setdefault(s, {"smiles": s, "name": name})
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(args.out, rows, order)  # drops rows that are not valid pool molecules
     xtb = backend_class("xtb-reorg")()
     dft = backend_class("dft-reorg")(geometry=args.dft_geometry)
 
