@@ -75,3 +75,56 @@ def test_dimer_baselines_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(_write(tmp_path, BASE + '[structures]\ndimer_baselines = ["gfn2-xtb", "mp2"]\n'))
     assert "structures.dimer_baselines" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("line", [
+    "batch_size = true", "seed = -1", "seed = 1.5", "max_evaluations = 0", "max_evaluations = true",
+    "max_cpu_hours = nan", "max_cpu_hours = inf", "batch_size = 2.0", 'name = ".."', 'name = "."',
+    'name = "a/b"', f'name = "{"x" * 101}"', 'name = ".hidden"', "max_pool_molecules = 0",
+])
+def test_strict_values_are_one_line_errors(tmp_path, line):
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, line + "\n" + BASE))
+    key = line.split()[0]
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_check_name():
+    from agent.config import check_name
+
+    assert check_name("demo-2026.12_a") == "demo-2026.12_a"
+    for bad in ("", ".", "..", "/", "a/b", "/abs", "x" * 101, "tab\tname", "nul\x00", "é"):
+        with pytest.raises(ConfigError):
+            check_name(bad)
+
+
+def test_deep_huge_and_binary_files(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("x = " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(p)
+    p.write_text("#" * 1_000_001)
+    with pytest.raises(ConfigError, match="too large"):
+        load_config(p)
+    p.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(p)
+
+
+def test_check_runnable_against_registries(tmp_path):
+    from agent.config import check_runnable
+
+    check_runnable(load_config(_write(tmp_path, BASE)))
+    cases = {
+        'objective = "n_heavy_atoms"\n': "does not compute objective",
+        BASE.replace("xtb-reorg", "nope"): "unknown backend 'nope'",
+        BASE.replace("xtb-reorg", "dft-crystal"): "structure-level",
+        BASE + '[structures]\nenabled = true\nrefine = {name = "nope"}\n': "structures.refine.name",
+    }
+    for body, msg in cases.items():
+        cfg = load_config(_write(tmp_path, body if body.startswith(BASE) else body + BASE.replace(
+            'objective = "reorg_energy_kjmol"\n', "")))
+        with pytest.raises(ConfigError, match=msg):
+            check_runnable(cfg)
+    with pytest.raises(ConfigError, match="unknown lab adapter 'nope'"):
+        load_config(_write(tmp_path, BASE + "[structures]\nenabled = true\n[lab]\nadapter = \"nope\"\n"))

@@ -51,3 +51,59 @@ def test_second_launcher_refused(tmp_path):
         p.kill()
         p.join()
     Store(path, lock=True).close()  # the kernel dropped the dead holder's lock
+
+
+def _make(path):
+    with Store(path, lock=True) as s:
+        s.add_molecules([("C", "methane", True, "")])
+        s.record_evaluation(request_id="r1", molecule_id=1, result=_result(), submitted_at=0)
+
+
+@pytest.mark.parametrize("table", ["evaluations", "molecules", "meta", "events"])
+def test_missing_table_refused_and_not_recreated(tmp_path, table):
+    import sqlite3
+
+    from agent.store import StoreDamagedError
+
+    path = tmp_path / "s.sqlite"
+    _make(path)
+    db = sqlite3.connect(path)
+    db.execute(f"DROP TABLE {table}")
+    db.commit()
+    db.close()
+    for lock in (False, True):
+        with pytest.raises(StoreDamagedError, match=f"store damaged: missing table {table}") as e:
+            Store(path, lock=lock)
+        assert "\n" not in str(e.value) and "backup" in str(e.value)
+    names = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert table not in names
+    Store(tmp_path / "new.sqlite").close()  # a new file still gets the schema
+
+
+def test_missing_column_truncated_garbage_and_empty_files(tmp_path):
+    import sqlite3
+
+    from agent.store import StoreDamagedError
+
+    path = tmp_path / "s.sqlite"
+    _make(path)
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE evaluations DROP COLUMN extra_json")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreDamagedError, match="evaluations lacks column"):
+        Store(path)
+    good = tmp_path / "g.sqlite"
+    _make(good)
+    data = good.read_bytes()
+    cases = {"truncated": data[: len(data) // 2], "garbage": bytes(range(256)) * 40, "empty": b""}
+    for what, content in cases.items():
+        bad = tmp_path / f"{what}.sqlite"
+        bad.write_bytes(content)
+        with pytest.raises(StoreDamagedError) as e:
+            Store(bad, lock=True)
+        assert str(e.value).startswith("store damaged:") and "\n" not in str(e.value), what
+        Store(good, lock=True).close()  # the failed opens released nothing they did not take
+    with Store(good) as s:  # extra tables and columns (later migrations) are fine
+        s.conn.execute("ALTER TABLE evaluations ADD COLUMN cpu_s REAL")
+    Store(good).close()
