@@ -2,7 +2,10 @@
 identify the measured PXRD pattern against the landscape, and feed the observed form
 back into the structure-level acquisition.
 
-Every experiment is a row of the store's ``lab_experiments`` table (request, ticket,
+Each molecule is sent once, under conditions the simulated lab's phase rules allow
+(:func:`agent.lab.substances.suggest_conditions`: slow evaporation from ethanol at
+298.15 K, or an in-situ cold crystallisation for compounds that are liquid or gaseous
+at room temperature). Every experiment is a row of the store's ``lab_experiments`` table (request, ticket,
 state, result, identification), written when it is submitted and when its result is
 identified, so a killed campaign re-polls its open experiments on resume. Requests
 are idempotent on their id (``<campaign>-m<molecule id>-<n>``), so re-submitting after
@@ -72,6 +75,7 @@ class LabStage:
     def submit_ready(self) -> int:
         """Send one experiment per landscape molecule that has none yet."""
         from agent.lab.base import LabError, LabRequest
+        from agent.lab.substances import suggest_conditions
 
         stage = self.campaign.stage
         if stage is None:
@@ -81,7 +85,8 @@ class LabStage:
         for mol_id, land in stage.landscapes.items():
             if mol_id in sent:
                 continue
-            req = LabRequest(request_id=f"{self.campaign.cfg.name}-m{mol_id}-1", smiles=land.smiles)
+            req = LabRequest(request_id=f"{self.campaign.cfg.name}-m{mol_id}-1", smiles=land.smiles,
+                             **suggest_conditions(land.smiles))  # type: ignore[arg-type]
             try:
                 ticket = self.adapter_for(mol_id).submit(req)
                 state, reason, tdict = "submitted", "", ticket.to_dict()

@@ -45,7 +45,7 @@ def test_scale_search_beats_plain_correlation(candidates):
     for k, idx in enumerate((2, 9, 17, 28)):
         x, y, _ = simulate_pxrd([(structures[idx], 1.0)], np.random.default_rng(40 + k), "high")
         n_full += identify((x, y), structures, names).ranked[0][0] == names[idx]
-        n_noscale += identify((x, y), structures, names, scale_range=(1.0, 1.0), zero_shift_max_deg=0.0, n_refine=0).ranked[0][0] == names[idx]
+        n_noscale += identify((x, y), structures, names, search="none").ranked[0][0] == names[idx]
         n_plain += pearson_rank((x, y), structures, names)[0][0] == names[idx]
     assert n_full >= 3
     assert n_full > n_plain and n_full > n_noscale

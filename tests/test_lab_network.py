@@ -55,7 +55,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-REQ = {"request_id": "n1", "smiles": "C", "method": "slurry", "solvent": "water", "temperature_K": 298.0}
+REQ = {"request_id": "n1", "smiles": "O=C1CCC(=O)CC1", "method": "slurry", "solvent": "water", "temperature_K": 298.0}
 
 
 def test_server_auth_validation_and_duplicates(server):
@@ -161,7 +161,7 @@ def test_results_arrive_exactly_once_across_server_restart(tmp_path, monkeypatch
     port = _free_port()
     srv = _server(tmp_path, port=port, run_delay_s=(0.2, 1.5)).start()
     a = NetworkLabAdapter(f"http://127.0.0.1:{port}", timeout_s=10, max_retries=8, backoff_s=0.05, max_backoff_s=0.5)
-    requests = [LabRequest(f"rs{i}", "C", "slow_evaporation", "ethanol", 290.0 + i) for i in range(8)]
+    requests = [LabRequest(f"rs{i}", "O=C1CCC(=O)CC1", "slow_evaporation", "ethanol", 290.0 + i) for i in range(8)]
     tickets = {r.request_id: a.submit(r) for r in requests}
     results: dict[str, object] = {}
     delivered: list[str] = []

@@ -65,7 +65,7 @@ def test_same_request_same_result_across_instances():
 def test_experiments_finish_out_of_order_with_injected_clock():
     clock = FakeClock()
     lab = SimulatedLab(list(x23_landscape()), seed=0, queue_delay_s=(0.0, 0.0), run_delay_s=(1.0, 100.0), clock=clock, failure_scale=0.0)
-    tickets = [lab.submit(LabRequest(f"o{i}", "C", "slurry", "water")) for i in range(6)]
+    tickets = [lab.submit(LabRequest(f"o{i}", "O=C1CCC(=O)CC1", "slurry", "water")) for i in range(6)]
     finished: list[str] = []
     for _ in range(101):
         clock.advance(1.0)
@@ -74,7 +74,7 @@ def test_experiments_finish_out_of_order_with_injected_clock():
                 finished.append(t.request_id)
     assert sorted(finished) == sorted(t.request_id for t in tickets)
     assert finished != [t.request_id for t in tickets]  # not first-in first-out
-    expected = sorted((lab.durations_s(LabRequest(f"o{i}", "C", "slurry", "water"))[1], f"o{i}") for i in range(6))
+    expected = sorted((lab.durations_s(LabRequest(f"o{i}", "O=C1CCC(=O)CC1", "slurry", "water"))[1], f"o{i}") for i in range(6))
     assert finished == [rid for _, rid in expected]
 
 
@@ -114,3 +114,61 @@ def test_unknown_molecule_and_empty_landscape():
         lab.submit(LabRequest("u", "CC", "slurry", "water"))
     with pytest.raises(LabRequestError, match="non-empty"):
         SimulatedLab([])
+
+
+def test_acetylene_from_ethanol_at_room_temperature_is_refused():
+    """Acetylene sublimes at 189.3 K at 1 atm: no solution crystallisation at 298 K."""
+    lab = SimulatedLab({"C#C": list(x23_landscape())}, failure_scale=0.0)
+    status = lab.run_experiment(LabRequest("ac1", "C#C", "slow_evaporation", "ethanol", 298.15))
+    assert status.state == "failed" and status.result is None
+    assert status.reason.startswith("refused: acetylene is a gas at 298.1 K")
+    assert "\n" not in status.reason
+    # a cold crystallisation below the sublimation point is carried out
+    cold = lab.run_experiment(LabRequest("ac2", "C#C", "sublimation", None, 160.0))
+    assert cold.state == "done" and cold.result is not None
+
+
+@pytest.mark.parametrize(
+    "smiles, method, solvent, temperature_K, phrase",
+    [
+        ("O=C1CCC(=O)CC1", "slurry", "water", 250.0, "below the melting point of water"),
+        ("O=C1CCC(=O)CC1", "slow_evaporation", "ethanol", 360.0, "above the boiling point of ethanol"),
+        ("O=C1CCC(=O)CC1", "cooling", "unobtainium", 298.15, "unknown solvent"),
+        ("c1ccccc1", "slow_evaporation", "ethanol", 298.15, "benzene is a liquid at 298.1 K"),
+        ("Oc1ccccc1", "sublimation", None, 320.0, "phenol is a liquid"),
+    ],
+)
+def test_physically_impossible_requests_fail_with_one_line_reason(smiles, method, solvent, temperature_K, phrase):
+    lab = SimulatedLab({smiles: list(x23_landscape())}, failure_scale=0.0)
+    status = lab.run_experiment(LabRequest("imp", smiles, method, solvent, temperature_K))
+    assert status.state == "failed" and phrase in status.reason and "\n" not in status.reason
+
+
+def test_forms_far_above_the_minimum_never_crystallise():
+    """Only forms within energy_window_kjmol of the minimum are drawn, whatever the method."""
+    entries = list(target_i_landscape())[:30]
+    e_min = min(e.energy_kjmol for e in entries)
+    far = {e.structure_id for e in entries if e.energy_kjmol - e_min > 4.0}
+    near = {e.structure_id for e in entries} - far
+    assert far and near
+    lab = SimulatedLab(entries, seed=2, energy_window_kjmol=4.0)
+    seen: set[str] = set()
+    for i in range(200):
+        drawn = lab.draw_outcome(LabRequest(f"w{i}", "Oc1ccccc1", "cooling", "toluene", 298.15))
+        seen |= {sid for sid, _ in drawn["forms"]}
+    assert seen and seen <= near
+    p = lab.outcome_probabilities(LabRequest("p", "Oc1ccccc1", "cooling", "toluene", 298.15))
+    assert sum(pi for e, pi in zip(entries, p) if e.structure_id in far) == 0.0
+
+
+def test_suggested_conditions_are_allowed():
+    from agent.lab.substances import crystallisation_problem, suggest_conditions
+
+    for smiles in ("C#C", "c1ccsc1", "c1ccoc1", "C=C", "Oc1ccccc1", "O=C1CCC(=O)CC1", "c1ccc2cc3ccccc3cc2c1"):
+        cond = suggest_conditions(smiles)
+        assert crystallisation_problem(smiles, cond["method"], cond["solvent"], cond["temperature_K"]) is None, smiles
+    assert suggest_conditions("C#C")["method"] == "sublimation" and suggest_conditions("C#C")["temperature_K"] < 189.3
+    assert suggest_conditions("c1ccc2cc3ccccc3cc2c1")["method"] == "slow_evaporation"
+    # methane melts at 90.7 K, below what the lab can reach: the request is refused
+    cond = suggest_conditions("C")
+    assert crystallisation_problem("C", cond["method"], cond["solvent"], cond["temperature_K"]) is not None

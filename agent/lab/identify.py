@@ -50,6 +50,11 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 _CACHE_MAX = 4096
+MAX_REFLECTIONS = 200_000
+"""Refuse candidate cells with more reflections than this up to 2-theta = 46 deg (Cu Ka:
+about 360,000 A^3; molecular-crystal cells are below 20,000 A^3)."""
+SOFTMAX_TAU = 0.02
+"""Temperature of the confidence softmax over WCC scores."""
 _PEAK_CACHE: dict[str, CandidatePeaks] = {}
 
 
@@ -63,12 +68,38 @@ class CandidatePeaks:
             factor at the unscaled position, shape (n_refl,).
         recip_metric: reciprocal metric tensor G* of the unscaled lattice, (3, 3), 1/A^2.
         wavelength_A: X-ray wavelength in angstrom.
+        point_ops: point-group rotations in fractional coordinates, (n_ops, 3, 3),
+            to average texture over symmetry-equivalent reflections.
     """
 
     hkl: np.ndarray
     intensity_no_lp: np.ndarray
     recip_metric: np.ndarray
     wavelength_A: float
+    point_ops: np.ndarray
+    _cos: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def texture_weights(self, textures: list[tuple[tuple[int, int, int], float]]) -> np.ndarray:
+        """March-Dollase weights per reflection for (direction hkl, r) pairs, (m, n_refl).
+
+        Averaged over the symmetry-equivalent reflections of each representative, as
+        in :func:`agent.lab.pxrd.texture_weights` (angles from the unscaled metric).
+        """
+        import numpy as np
+
+        from agent.lab.pxrd import march_dollase
+
+        out = np.empty((len(textures), len(self.hkl)))
+        for row, (direction, r) in enumerate(textures):
+            cos = self._cos.get(direction)
+            if cos is None:
+                eq = np.einsum("nj,ojk->onk", self.hkl, self.point_ops)  # (n_ops, n_refl, 3)
+                d = np.asarray(direction, float)
+                num = np.einsum("onk,kl,l->on", eq, self.recip_metric, d)
+                norm = np.sqrt(np.einsum("onk,kl,onl->on", eq, self.recip_metric, eq) * float(d @ self.recip_metric @ d))
+                cos = self._cos[direction] = num / np.clip(norm, 1e-300, None)
+            out[row] = march_dollase(cos, r).mean(axis=0)
+        return out
 
     def positions(self, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Peak positions and intensities for per-axis length factors.
@@ -104,20 +135,31 @@ def _structure_key(structure: Structure, wavelength: str) -> str:
     h.update(np.round(structure.lattice.matrix, 4).tobytes())
     h.update(np.round(structure.frac_coords % 1.0, 4).tobytes())
     h.update(" ".join(str(sp) for sp in structure.species).encode())
-    h.update(wavelength.encode())
+    h.update(str(wavelength).encode())
     return h.hexdigest()
 
 
-def candidate_peaks(structure: Structure, wavelength: str = "CuKa") -> CandidatePeaks:
+def candidate_peaks(structure: Structure, wavelength: str | float = "CuKa", name: str | None = None) -> CandidatePeaks:
     """Cached :class:`CandidatePeaks` of ``structure`` (pymatgen ``XRDCalculator``).
 
-    Reflections out to 2-theta = 46 deg are kept so a 4 % lattice contraction still
+    Reflections out to 2-theta = 46 deg are kept so a 5 % lattice contraction still
     fills the 40 deg end of the grid. A merged peak's intensity is split over its
     reflection families in proportion to their multiplicities.
+
+    Raises:
+        ValueError: a cell so large that its reflections up to 46 deg would exceed
+            :data:`MAX_REFLECTIONS` (one line naming ``name``), or a bad wavelength.
     """
     import numpy as np
-    from pymatgen.analysis.diffraction.xrd import WAVELENGTHS
 
+    lam = check_wavelength(wavelength)
+    s_max = 2.0 * np.sin(np.radians(TWO_THETA_MAX_DEG + 6.0) / 2) / lam
+    n_estimate = 4.0 / 3.0 * np.pi * s_max**3 * float(structure.lattice.volume)
+    if not np.isfinite(n_estimate) or n_estimate > MAX_REFLECTIONS:
+        raise ValueError(
+            f"structure {name or structure.composition.reduced_formula}: cell volume {structure.lattice.volume:.3g} A^3 gives "
+            f"~{n_estimate:.2g} reflections below 2theta = {TWO_THETA_MAX_DEG + 6.0:.0f} deg (limit {MAX_REFLECTIONS}); not a molecular-crystal cell"
+        )
     key = _structure_key(structure, wavelength)
     hit = _PEAK_CACHE.get(key)
     if hit is not None:
@@ -130,15 +172,27 @@ def candidate_peaks(structure: Structure, wavelength: str = "CuKa") -> Candidate
         for hkl, mult in fams:
             hkls.append((hkl[0], hkl[1], hkl[-1]))
             ints.append(inten * mult / n_mult / lp)
-    lam = float(WAVELENGTHS[wavelength]) if isinstance(wavelength, str) else float(wavelength)
     recip = structure.lattice.reciprocal_lattice_crystallographic.matrix
     cand = CandidatePeaks(
-        np.asarray(hkls, float).reshape(-1, 3), np.asarray(ints, float), recip @ recip.T, lam
+        np.asarray(hkls, float).reshape(-1, 3), np.asarray(ints, float), recip @ recip.T, lam, _point_ops(structure)
     )
     if len(_PEAK_CACHE) >= _CACHE_MAX:
         _PEAK_CACHE.pop(next(iter(_PEAK_CACHE)))
     _PEAK_CACHE[key] = cand
     return cand
+
+
+def _point_ops(structure: Structure) -> np.ndarray:
+    """Fractional point-group rotations of ``structure`` (spglib, symprec 0.1 A); the
+    inversion pair only when the symmetry search fails."""
+    import numpy as np
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        ops = [op.rotation_matrix for op in SpacegroupAnalyzer(structure, symprec=0.1).get_point_group_operations(cartesian=False)]
+    except Exception:  # spglib gives up on some distorted cells
+        ops = []
+    return np.asarray(ops, float) if ops else np.stack([np.eye(3), -np.eye(3)])
 
 
 def snip_background(y: np.ndarray, half_width_points: int = 40) -> np.ndarray:
@@ -296,24 +350,204 @@ def prepare_measured(two_theta: np.ndarray, intensity: np.ndarray, snip_half_wid
     return grid, signal
 
 
+class _Target:
+    """A measured signal prepared for WCC scores of many candidate lattices at once.
+
+    The WCC numerator <T P g, f_z> and the norm <g, P T P g> of a stick pattern g are
+    evaluated in Fourier space (zero-padded, so no wrap-around): one real FFT per
+    candidate lattice, then a matrix product over all zero shifts z.
+
+    Args:
+        grid: uniform 2-theta grid (deg), shape (n,).
+        signal: background-free measured signal on it, shape (n,).
+        triangle_half_width_deg: l of the WCC triangle weight (deg).
+        peak_fwhm_deg: Gaussian width given to candidate sticks (deg).
+        n_shift: zero shifts -n_shift..n_shift grid steps are scored.
+    """
+
+    def __init__(self, grid: np.ndarray, signal: np.ndarray, triangle_half_width_deg: float, peak_fwhm_deg: float, n_shift: int) -> None:
+        import numpy as np
+
+        self.grid = grid
+        self.step = float(grid[1] - grid[0])
+        tri = _triangle_kernel(triangle_half_width_deg, self.step)
+        gauss = _gaussian_kernel(peak_fwhm_deg, self.step)
+        pad = len(tri) + 2 * len(gauss) + 2 * n_shift + 4
+        self.n_fft = 1 << int(np.ceil(np.log2(len(grid) + pad)))
+        t_hat, p_hat = _kernel_spectrum(tri, self.n_fft), _kernel_spectrum(gauss, self.n_fft)
+        w = np.full(self.n_fft // 2 + 1, 2.0)
+        w[0] = 1.0
+        w[-1] = 1.0
+        w /= self.n_fft
+        f_hat = np.fft.rfft(signal, self.n_fft)
+        self.shifts = np.arange(-n_shift, n_shift + 1)
+        phase = np.exp(2j * np.pi * np.outer(np.arange(len(w)), self.shifts) / self.n_fft)
+        q = (w * t_hat * p_hat * f_hat)[:, None] * phase
+        self.q_re, self.q_im = np.ascontiguousarray(q.real), np.ascontiguousarray(q.imag)
+        self.k_gg = w * t_hat * p_hat**2
+        self.ff = max(float(np.sum(w * t_hat * np.abs(f_hat) ** 2)), 1e-300)
+
+    def scores(self, cand: CandidatePeaks, scales: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """WCC of ``cand`` at per-axis factors ``scales`` (m, 3) and every zero shift: (m, n_z).
+
+        ``weights`` (m, n_refl), if given, multiply the reflection intensities (texture).
+        """
+        import numpy as np
+
+        out = np.empty((len(scales), len(self.shifts)))
+        for lo in range(0, len(scales), 256):  # bounded memory
+            tt, inten = cand.positions(scales[lo : lo + 256])
+            if weights is not None:
+                inten = inten * weights[lo : lo + 256]
+            g_hat = np.fft.rfft(bin_sticks(self.grid, tt, inten), self.n_fft, axis=1)
+            num = g_hat.real @ self.q_re + g_hat.imag @ self.q_im
+            gg = (g_hat.real**2 + g_hat.imag**2) @ self.k_gg
+            out[lo : lo + 256] = num / np.sqrt(np.clip(gg, 1e-300, None) * self.ff)[:, None]
+        return out
+
+    def best(self, cand: CandidatePeaks, scales: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, np.ndarray, int]:
+        """(best score, its factors (3,), its zero shift in grid steps) over ``scales``."""
+        import numpy as np
+
+        s = np.nan_to_num(self.scores(cand, scales, weights), nan=-2.0)
+        j, z = np.unravel_index(int(np.argmax(s)), s.shape)
+        return float(s[j, z]), scales[j].copy(), int(self.shifts[z])
+
+    def best_texture(self, cand: CandidatePeaks, scale: np.ndarray, textures: list[tuple[tuple[int, int, int], float]]) -> tuple[float, int, int]:
+        """(best score, index into ``textures``, zero shift) at fixed factors ``scale``."""
+        import numpy as np
+
+        s = np.nan_to_num(self.scores(cand, np.repeat(scale[None, :], len(textures), axis=0), cand.texture_weights(textures)), nan=-2.0)
+        j, z = np.unravel_index(int(np.argmax(s)), s.shape)
+        return float(s[j, z]), int(j), int(self.shifts[z])
+
+
+TEXTURE_DIRECTIONS: tuple[tuple[int, int, int], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1))
+"""Preferred-orientation directions (reciprocal lattice) tried by :func:`identify`."""
+TEXTURE_R: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.15, 1.3)
+"""March-Dollase r values tried (r < 1 platelets, r > 1 needles; r = 1 is no texture)."""
+
+
+def _kernel_spectrum(kernel: np.ndarray, n_fft: int) -> np.ndarray:
+    """Real spectrum of a symmetric, centred odd-length kernel placed circularly."""
+    import numpy as np
+
+    h = len(kernel) // 2
+    circ = np.zeros(n_fft)
+    circ[: h + 1] = kernel[h:]
+    if h:
+        circ[-h:] = kernel[:h]
+    return np.fft.rfft(circ).real
+
+
+def _axis_grid(groups: list[list[int]], values: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
+    """Per-axis factor rows (m, 3): every combination of ``values`` over the axis groups
+    (axes in one group move together), added to ``center`` when given."""
+    import numpy as np
+
+    combos = np.array(list(itertools.product(values, repeat=len(groups))), float).reshape(-1, len(groups))
+    rows = np.zeros((len(combos), 3)) if center is None else np.repeat(center[None, :], len(combos), axis=0)
+    for k, group in enumerate(groups):
+        rows[:, group] += combos[:, k : k + 1]
+    return rows
+
+
+def _coarse_target(grid: np.ndarray, signal: np.ndarray, factor: int, triangle_half_width_deg: float, peak_fwhm_deg: float, zero_shift_max_deg: float) -> _Target:
+    """A :class:`_Target` on a grid ``factor`` times coarser (bin-averaged signal)."""
+    import numpy as np
+
+    n = len(grid) // factor * factor
+    g = grid[:n].reshape(-1, factor).mean(axis=1)
+    f = signal[:n].reshape(-1, factor).mean(axis=1)
+    n_shift = int(round(zero_shift_max_deg / float(g[1] - g[0])))
+    return _Target(g, f, triangle_half_width_deg, peak_fwhm_deg, n_shift)
+
+
+def _fit_all_axes(
+    cand: CandidatePeaks,
+    groups: list[list[int]],
+    coarse: _Target,
+    fine: _Target,
+    bounds: tuple[float, float],
+    coarse_step: float,
+    n_starts: int,
+    min_screen_score: float,
+) -> tuple[float, np.ndarray, int]:
+    """Per-axis lattice factors and zero shift of one candidate, independent of any other.
+
+    A grid over all per-axis factors in ``bounds`` (step ``coarse_step``) is scored with
+    the wide-triangle ``coarse`` target; the ``n_starts`` best grid points are refined
+    locally (steps coarse_step/3, /9, /27) with the ``fine`` target. Candidates whose
+    screen score stays below ``min_screen_score`` are not refined.
+
+    Returns:
+        (fine score, factors (3,), zero shift in fine grid steps).
+    """
+    import numpy as np
+
+    values = np.arange(bounds[0], bounds[1] + 1e-9, coarse_step)
+    rows = _axis_grid(groups, values)
+    s = np.nan_to_num(coarse.scores(cand, rows), nan=-2.0).max(axis=1)
+    order = np.argsort(-s)[: max(1, n_starts)]
+    if s[order[0]] < min_screen_score:
+        return fine.best(cand, rows[order[:1]])
+    best = (-2.0, rows[order[0]], 0)
+    for j in order:
+        score, center, shift = fine.best(cand, rows[j : j + 1])
+        for delta in (coarse_step / 3, coarse_step / 9, coarse_step / 27):
+            local = np.clip(_axis_grid(groups, delta * np.arange(-1.0, 2.0), center), bounds[0] - coarse_step, bounds[1] + coarse_step)
+            score_l, center_l, shift_l = fine.best(cand, local)
+            if score_l > score:
+                score, center, shift = score_l, center_l, shift_l
+        if score > best[0]:
+            best = (score, center, shift)
+    return best
+
+
+def check_wavelength(wavelength: str | float) -> float:
+    """The X-ray wavelength in angstrom for a pymatgen source name or a number (A).
+
+    Raises:
+        ValueError: unknown source name, or a number outside 0.1-5 A (one line).
+    """
+    from pymatgen.analysis.diffraction.xrd import WAVELENGTHS
+
+    if isinstance(wavelength, str) and wavelength in WAVELENGTHS:
+        return float(WAVELENGTHS[wavelength])
+    try:
+        lam = float(wavelength)
+    except (TypeError, ValueError):
+        raise ValueError(f"unknown X-ray wavelength {wavelength!r}: give a source ({', '.join(sorted(WAVELENGTHS)[:6])}, ...) or angstrom") from None
+    if not 0.1 <= lam <= 5.0:
+        raise ValueError(f"X-ray wavelength {lam} A outside 0.1-5 A")
+    return lam
+
+
 def identify(
     pattern: tuple[np.ndarray, np.ndarray] | Any,
     structures: list[Structure],
     names: list[str] | None = None,
     *,
-    wavelength: str = "CuKa",
+    wavelength: str | float = "CuKa",
+    search: str = "all",
     triangle_half_width_deg: float = 0.4,
+    screen_half_width_deg: float = 1.0,
     peak_fwhm_deg: float = 0.1,
+    scale_bounds: tuple[float, float] = (0.95, 1.05),
+    coarse_step: float = 0.0125,
+    n_starts: int = 3,
+    min_screen_score: float = 0.5,
+    fit_texture: bool = True,
+    zero_shift_max_deg: float = 0.1,
     scale_range: tuple[float, float] = (0.96, 1.04),
     scale_step: float = 0.005,
-    zero_shift_max_deg: float = 0.1,
     n_refine: int = 6,
     match_threshold: float = 0.8,
     mixture_ratio: float = 0.6,
     min_fraction: float = 0.12,
     mixture_smooth_fwhm_deg: float = 0.15,
     mixture_min_residual: float = 0.2,
-    softmax_tau: float = 0.02,
+    softmax_tau: float = SOFTMAX_TAU,
 ) -> IdentifyResult:
     """Rank candidate structures by how well they explain a measured PXRD pattern.
 
@@ -322,13 +556,28 @@ def identify(
             :class:`~agent.lab.base.LabResult`.
         structures: candidate crystal structures.
         names: one name per structure (default ``"0", "1", ...``).
-        wavelength: X-ray source of the measurement (pymatgen name, e.g. "CuKa").
-        triangle_half_width_deg: l of the WCC triangle weight (deg).
+        wavelength: X-ray source of the measurement (pymatgen name, e.g. "CuKa",
+            or the wavelength in angstrom).
+        search: "all" (default): every candidate's per-axis factors are fitted on its
+            own (:func:`_fit_all_axes`), so a candidate's score does not depend on
+            which other candidates are offered; "leaders": the earlier scheme, an
+            isotropic screen over ``scale_range`` with per-axis refinement of the
+            ``n_refine`` best only (kept as the benchmark baseline); "none": no
+            lattice or zero-shift search (ablation).
+        triangle_half_width_deg: l of the WCC triangle weight of the final score (deg).
+        screen_half_width_deg: l of the wide-triangle screen of ``search="all"``.
         peak_fwhm_deg: Gaussian width given to candidate sticks (deg).
-        scale_range: isotropic lattice-factor search interval.
-        scale_step: isotropic search step.
+        scale_bounds: per-axis lattice factors searched (``search="all"``).
+        coarse_step: screen grid step of the per-axis factors.
+        n_starts: screen grid points refined per candidate.
+        min_screen_score: candidates below this screen score are not refined
+            (they cannot reach ``match_threshold``).
+        fit_texture: with ``search="all"``, also fit March-Dollase preferred
+            orientation (:data:`TEXTURE_DIRECTIONS` x :data:`TEXTURE_R`) to every
+            refined candidate at its fitted lattice.
         zero_shift_max_deg: zero shifts searched in +- this (grid step).
-        n_refine: leading candidates refined with per-axis factors and tested for mixtures.
+        scale_range, scale_step, n_refine: isotropic screen and number of refined
+            leaders of ``search="leaders"``.
         match_threshold: minimum WCC score of a match.
         mixture_ratio: a two-phase fit must reduce the residual below this fraction of
             the one-phase residual to call a mixture.
@@ -342,7 +591,8 @@ def identify(
         :class:`IdentifyResult`.
 
     Raises:
-        ValueError: empty or inconsistent candidates, or a bad pattern (one line).
+        ValueError: empty or inconsistent candidates, a bad pattern, an unknown
+            wavelength or a cell too large to enumerate (one line).
     """
     import numpy as np
 
@@ -354,67 +604,51 @@ def identify(
         raise ValueError("pattern must be a (two_theta_deg, intensity) pair") from None
     if not structures:
         raise ValueError("identify needs at least one candidate structure")
+    if search not in ("all", "leaders", "none"):
+        raise ValueError(f"unknown search {search!r}; use all, leaders or none")
     names = [str(i) for i in range(len(structures))] if names is None else [str(n) for n in names]
     if len(names) != len(structures):
         raise ValueError(f"{len(names)} names for {len(structures)} structures")
+    check_wavelength(wavelength)
     grid, f = prepare_measured(np.asarray(two_theta), np.asarray(intensity))
     f_max = float(np.max(np.abs(f)))
     step = TWO_THETA_STEP_DEG
     if f_max > 0:
         f = f / f_max
-    peaks_of = [candidate_peaks(s, wavelength) for s in structures]
+    peaks_of = [candidate_peaks(s, wavelength, name=n) for s, n in zip(structures, names)]
+    n_shift = 0 if search == "none" else int(round(zero_shift_max_deg / step))
+    fine = _Target(grid, f, triangle_half_width_deg, peak_fwhm_deg, n_shift)
 
-    tri = _triangle_kernel(triangle_half_width_deg, step)
-    gauss = _gaussian_kernel(peak_fwhm_deg, step)
-    k_fg = np.convolve(tri, gauss)  # T P
-    k_gg = np.convolve(k_fg, gauss)  # P T P
-    n_shift = int(round(zero_shift_max_deg / step))
-    shifts = np.arange(-n_shift, n_shift + 1)
-
-    def shifted(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Copies v_z[i] = v[i + z] for every zero shift z, and their <v_z, T v_z>."""
-        pad = np.pad(v, n_shift)
-        vz = np.stack([pad[n_shift + z : n_shift + z + len(v)] for z in shifts])
-        return vz, np.einsum("zn,zn->z", vz, _convolve_rows(vz, tri))
-
-    f_shift, ff = shifted(f)
-
-    def scores_for(cand: CandidatePeaks, scales: np.ndarray, target: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """WCC of the candidate at each scale (rows) and zero shift (columns)."""
-        t_shift, tt_norm = (f_shift, ff) if target is None else target
-        tt, inten = cand.positions(scales)
-        sticks = bin_sticks(grid, tt, inten)
-        num = _convolve_rows(sticks, k_fg) @ t_shift.T  # (m, z)
-        gg = np.einsum("mn,mn->m", sticks, _convolve_rows(sticks, k_gg))
-        return num / np.sqrt(np.clip(gg[:, None] * tt_norm[None, :], 1e-300, None))
-
-    iso = np.arange(scale_range[0], scale_range[1] + 1e-9, scale_step)
-    iso_scales = np.repeat(iso[:, None], 3, axis=1)
     best_score = np.full(len(structures), -1.0)
     best_scale = np.ones((len(structures), 3))
     best_shift = np.zeros(len(structures), int)
-    for i, cand in enumerate(peaks_of):
-        s = scores_for(cand, iso_scales)
-        j, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
-        best_score[i], best_scale[i], best_shift[i] = s[j, z], iso_scales[j], shifts[z]
+    best_texture: list[tuple[tuple[int, int, int], float] | None] = [None] * len(structures)
+    if search == "all":
+        coarse = _coarse_target(grid, f, 3, screen_half_width_deg, peak_fwhm_deg, zero_shift_max_deg)
+        textures = [(d, r) for d in TEXTURE_DIRECTIONS for r in TEXTURE_R] if fit_texture else []
+        for i, cand in enumerate(peaks_of):
+            best_score[i], best_scale[i], best_shift[i] = _fit_all_axes(
+                cand, axis_groups(structures[i]), coarse, fine, scale_bounds, coarse_step, n_starts, min_screen_score
+            )
+            if textures and best_score[i] >= min_screen_score:
+                score, j, shift = fine.best_texture(cand, best_scale[i], textures)
+                if score > best_score[i]:
+                    best_score[i], best_shift[i], best_texture[i] = score, shift, textures[j]
+    else:
+        iso = np.arange(scale_range[0], scale_range[1] + 1e-9, scale_step) if search == "leaders" else np.ones(1)
+        iso_scales = np.repeat(iso[:, None], 3, axis=1)
+        for i, cand in enumerate(peaks_of):
+            best_score[i], best_scale[i], best_shift[i] = fine.best(cand, iso_scales)
+        leaders = np.argsort(-best_score)[: max(0, n_refine)] if search == "leaders" else []
+        for i in leaders:
+            groups = axis_groups(structures[i])
+            for deltas in (np.array([-0.015, -0.0075, 0.0, 0.0075, 0.015]), np.array([-0.00375, 0.0, 0.00375])):
+                scales = np.clip(_axis_grid(groups, deltas, best_scale[i]), scale_range[0] - 0.01, scale_range[1] + 0.01)
+                score, scale, shift = fine.best(peaks_of[i], scales)
+                if score > best_score[i]:
+                    best_score[i], best_scale[i], best_shift[i] = score, scale, shift
 
-    leaders = list(np.argsort(-best_score)[: max(0, n_refine)])
-    offsets = np.array([-0.015, -0.0075, 0.0, 0.0075, 0.015])
-    fine = np.array([-0.00375, 0.0, 0.00375])
-    for i in leaders:
-        groups = axis_groups(structures[i])
-        for deltas in (offsets, fine):
-            grid3 = np.zeros((len(deltas) ** len(groups), 3))
-            for row, combo in enumerate(itertools.product(deltas, repeat=len(groups))):
-                for group, d in zip(groups, combo):
-                    grid3[row, group] = d
-            scales = np.clip(best_scale[i][None, :] + grid3, scale_range[0] - 0.01, scale_range[1] + 0.01)
-            s = scores_for(peaks_of[i], scales)
-            j, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
-            if s[j, z] > best_score[i]:
-                best_score[i], best_scale[i], best_shift[i] = s[j, z], scales[j], shifts[z]
-
-    order = np.argsort(-best_score)
+    order = np.argsort(-best_score, kind="stable")
     ranked = [(names[i], float(best_score[i])) for i in order]
     top = int(order[0])
     gap = float(best_score[order[0]] - best_score[order[1]]) if len(order) > 1 else 1.0
@@ -425,6 +659,8 @@ def identify(
     # phase is searched among all candidates by how well each explains the residual
     from scipy.optimize import nnls
 
+    tri = _triangle_kernel(triangle_half_width_deg, step)
+    gauss = _gaussian_kernel(peak_fwhm_deg, step)
     smooth = _gaussian_kernel(mixture_smooth_fwhm_deg, step)
     b = _convolve_rows(f[None, :], smooth)[0]
     bb = float(b @ b) or 1.0
@@ -435,6 +671,8 @@ def identify(
     def column(i: int) -> np.ndarray:
         if i not in cols:
             tt, inten = peaks_of[i].positions(mix_scale[i][None, :])
+            if best_texture[i] is not None:
+                inten = inten * peaks_of[i].texture_weights([best_texture[i]])
             cols[i] = _convolve_rows(bin_sticks(grid, tt + mix_shift[i] * step, inten), k_col)[0]
         return cols[i]
 
@@ -444,27 +682,24 @@ def identify(
 
     i1 = top
     r1, coef1 = fit([i1])
-    resid = np.clip(b - coef1[0] * column(i1), 0, None)
-    rr = float(resid @ _convolve_rows(resid[None, :], tri)[0])
-    second = []
-    for j in range(len(structures)):
-        if j == i1 or rr <= 0:
-            continue
-        c = column(j)
-        cc = float(c @ _convolve_rows(c[None, :], tri)[0])
-        second.append((float(resid @ _convolve_rows(c[None, :], tri)[0]) / np.sqrt(max(rr * cc, 1e-300)), j))
-    second.sort(reverse=True)
     r2, pair, pair_coef = r1, (i1,), np.array([1.0])
-    resid_target = shifted(resid)
-    for _, j in second[:4]:
-        # the minor phase's own lattice factors: fitted to the residual, not the mixture
-        s = scores_for(peaks_of[j], iso_scales, resid_target)
-        a, z = np.unravel_index(int(np.nanargmax(np.nan_to_num(s, nan=-2))), s.shape)
-        mix_scale[j], mix_shift[j] = iso_scales[a], shifts[z]
-        cols.pop(j, None)
-        r, coef = fit([i1, j])
-        if r < r2 and min(coef) > 0:
-            r2, pair, pair_coef = r, (i1, j), coef
+    if r1 >= mixture_min_residual and len(structures) > 1:
+        # second phases ranked by their own fit (isotropic factors, zero shift) to the residual
+        resid = np.clip(b - coef1[0] * column(i1), 0, None)
+        resid_target = _Target(grid, resid, triangle_half_width_deg, peak_fwhm_deg, n_shift)
+        iso_resid = np.repeat(np.arange(scale_range[0], scale_range[1] + 1e-9, scale_step)[:, None], 3, axis=1)
+        second = []
+        for j in range(len(structures)):
+            if j != i1:
+                score, scale, shift = resid_target.best(peaks_of[j], iso_resid)
+                second.append((score, j, scale, shift))
+        second.sort(key=lambda t: -t[0])
+        for _, j, scale, shift in second[:4]:
+            mix_scale[j], mix_shift[j], best_texture[j] = scale, shift, None
+            cols.pop(j, None)
+            r, coef = fit([i1, j])
+            if r < r2 and min(coef) > 0:
+                r2, pair, pair_coef = r, (i1, j), coef
     fractions = pair_coef / pair_coef.sum() if pair_coef.sum() > 0 else pair_coef
     is_mixture = (
         len(pair) == 2 and r1 >= mixture_min_residual and r2 < mixture_ratio * r1 and float(fractions.min()) >= min_fraction
@@ -490,7 +725,7 @@ def identify(
         best_zero_shift_deg=float(best_shift[best_idx] * step),
         residual_single=float(r1),
         residual_pair=float(r2),
-        params={"triangle_half_width_deg": triangle_half_width_deg, "peak_fwhm_deg": peak_fwhm_deg},
+        params={"triangle_half_width_deg": triangle_half_width_deg, "peak_fwhm_deg": peak_fwhm_deg, "search": search},
     )
 
 

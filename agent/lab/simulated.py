@@ -1,12 +1,23 @@
 """A simulated crystallisation lab: outcomes drawn from a predicted energy landscape.
 
-Which form crystallises is modelled as a Boltzmann-like choice over the landscape's
-(free) energies at an effective temperature, perturbed by kinetic noise, the usual
-caricature of Ostwald's rule of stages vs thermodynamic control:
+Requests the physics forbids are refused first (a failed experiment with a one-line
+reason, see :func:`agent.lab.substances.crystallisation_problem`): a solution method
+outside its solvent's liquid range, or a listed compound above the temperature where
+its solid is stable at 1 atm (e.g. acetylene, which sublimes at 189.3 K, from ethanol
+at 298 K).
 
-    p_i  proportional to  exp(-(G_i + b_i(solvent) + k_i) / (R * T_eff)),
+Which form crystallises is modelled as a Boltzmann-like choice over the landscape's
+low (free) energy forms at an effective temperature, perturbed by kinetic noise, the
+usual caricature of Ostwald's rule of stages vs thermodynamic control:
+
+    p_i  proportional to  exp(-(G_i + b_i(solvent) + k_i) / (R * T_eff))   if G_i - G_min <= W,
+    p_i  = 0                                                               otherwise,
 
 * ``G_i``: free energy (or lattice energy) of form i, kJ/mol per molecule;
+* ``W``: the energy window of observable polymorphs, ``energy_window_kjmol`` (default
+  7.2 kJ/mol: 95 % of the observed polymorph pairs of Nyman & Day, CrystEngComm 17,
+  5154 (2015) lie closer in lattice energy); forms further above the minimum are not
+  what a lab crystallises;
 * ``b_i(solvent)``: a fixed, reproducible solvent bias per (solvent, form), N(0, 1 kJ/mol)
   (solvation changes relative nucleation rates);
 * ``k_i``: per-experiment kinetic noise, N(0, sigma_method);
@@ -97,6 +108,8 @@ class SimulatedLab(LabAdapter):
         smiles: if given (with a list landscape), requests for other molecules fail.
         failure_scale: multiplies the no-crystal / amorphous probabilities (0 turns
             failures off, e.g. for benchmarks of identification).
+        energy_window_kjmol: only forms within this of the landscape's minimum
+            crystallise.
 
     Raises:
         LabRequestError: empty landscape.
@@ -115,6 +128,7 @@ class SimulatedLab(LabAdapter):
         noise_level: str = "default",
         smiles: str | None = None,
         failure_scale: float = 1.0,
+        energy_window_kjmol: float = 7.2,
     ) -> None:
         from agent.lab.pxrd import conditions
 
@@ -131,6 +145,9 @@ class SimulatedLab(LabAdapter):
         self.clock = clock or time.monotonic
         self.noise_level = noise_level
         self.failure_scale = float(failure_scale)
+        if not float(energy_window_kjmol) >= 0.0:
+            raise LabRequestError(f"energy_window_kjmol must be >= 0, got {energy_window_kjmol!r}")
+        self.energy_window_kjmol = float(energy_window_kjmol)
         self._experiments: dict[str, _Experiment] = {}
         self._lock = threading.Lock()
 
@@ -159,19 +176,26 @@ class SimulatedLab(LabAdapter):
         )
         k = np.zeros(len(entries)) if kinetic_noise is None else np.asarray(kinetic_noise, float)
         x = -(g + bias + k) / (R_KJMOL_K * request.temperature_K * model.t_factor)
-        w = np.exp(x - x.max())
+        x[g - g.min() > self.energy_window_kjmol] = -np.inf
+        w = np.exp(x - x[np.isfinite(x)].max())
         return list(w / w.sum())
 
     def draw_outcome(self, request: LabRequest) -> dict[str, Any]:
         """The experiment's outcome (deterministic in seed and request_id).
 
         Returns:
-            ``{"outcome": "no_crystals" | "amorphous" | "crystalline" | "mixture",
-            "forms": [(structure_id, fraction), ...]}``.
+            ``{"outcome": "refused" | "no_crystals" | "amorphous" | "crystalline" |
+            "mixture", "forms": [(structure_id, fraction), ...]}``, with ``"reason"``
+            when refused.
         """
         import numpy as np
 
+        from agent.lab.substances import crystallisation_problem
+
         entries = self._landscape_for(request.smiles)
+        problem = crystallisation_problem(request.smiles, request.method, request.solvent, request.temperature_K)
+        if problem is not None:
+            return {"outcome": "refused", "forms": [], "reason": problem}
         model = METHOD_MODELS[request.method]
         rng = np.random.default_rng(_seed(self.seed, "outcome", request.request_id))
         u = rng.uniform()
@@ -181,7 +205,7 @@ class SimulatedLab(LabAdapter):
             return {"outcome": "amorphous", "forms": []}
         p = np.asarray(self.outcome_probabilities(request, rng.normal(0.0, model.kinetic_sd_kjmol, len(entries))))
         first = int(rng.choice(len(entries), p=p))
-        if len(entries) > 1 and rng.uniform() < model.p_mixture:
+        if np.count_nonzero(p) > 1 and rng.uniform() < model.p_mixture:
             rest = p.copy()
             rest[first] = 0.0
             second = int(rng.choice(len(entries), p=rest / rest.sum()))
@@ -202,6 +226,8 @@ class SimulatedLab(LabAdapter):
             "method": request.method, "solvent": request.solvent, "temperature_K": request.temperature_K,
             "lab": "simulated", "noise_level": self.noise_level,
         }
+        if drawn["outcome"] == "refused":
+            return LabStatus("failed", reason=f"refused: {drawn['reason']}")
         if drawn["outcome"] == "no_crystals":
             return LabStatus("failed", reason=f"no crystals formed ({request.method}, {request.solvent or 'no solvent'})")
         if drawn["outcome"] == "amorphous":
