@@ -128,3 +128,11 @@ def test_check_runnable_against_registries(tmp_path):
             check_runnable(cfg)
     with pytest.raises(ConfigError, match="unknown lab adapter 'nope'"):
         load_config(_write(tmp_path, BASE + "[structures]\nenabled = true\n[lab]\nadapter = \"nope\"\n"))
+
+
+@pytest.mark.parametrize("line", ["daily_budget = true", 'auto_approve = "yes"', "adapter = 1"])
+def test_lab_table_is_strict(tmp_path, line):
+    body = BASE + "[structures]\nenabled = true\n[lab]\n" + line + "\n"
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, body))
+    assert "lab." + line.split()[0] in str(e.value) and "\n" not in str(e.value)

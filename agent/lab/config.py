@@ -37,7 +37,7 @@ class LabConfig(BaseModel):
             landscapes, see :mod:`agent.lab_stage`), "target_I", "x23" or a CIF folder.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     adapter: str = "simulated"
     params: dict[str, Any] = Field(default_factory=dict)
