@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: evaluations.cpu_s
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     values_json TEXT NOT NULL DEFAULT '{}',
     extra_json TEXT NOT NULL DEFAULT '{}',
     wall_s REAL NOT NULL,
+    cpu_s REAL NOT NULL DEFAULT 0,
     n_attempts INTEGER NOT NULL DEFAULT 1,
     submitted_at REAL NOT NULL,
     finished_at REAL NOT NULL
@@ -135,6 +136,7 @@ class Evaluation:
     values: dict[str, float]
     extra: dict[str, Any]
     wall_s: float
+    cpu_s: float
     n_attempts: int
     submitted_at: float
     finished_at: float
@@ -160,6 +162,9 @@ class Store:
         if lock:
             self._acquire_lock()
         is_new = not self.path.exists()
+        if not is_new and not self.path.is_file():
+            self.close()
+            raise StoreDamagedError(self.path, "not a regular file")
         self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
             self.conn.row_factory = sqlite3.Row
@@ -177,6 +182,8 @@ class Store:
                         "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                         (str(SCHEMA_VERSION),),
                     )
+            else:
+                self._migrate()
             self._check_schema()
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -195,6 +202,21 @@ class Store:
         bad = [r[0] for r in self.conn.execute("PRAGMA quick_check(3)")]
         if bad != ["ok"]:
             raise StoreDamagedError(self.path, f"integrity check failed: {bad[0]}")
+
+    def _migrate(self) -> None:
+        """Bring a store of an older schema version up to date, in one transaction.
+
+        Version 1 -> 2 adds ``evaluations.cpu_s``; rows stored before it keep their
+        wall time as their CPU charge (what the budget was charged when they ran).
+        """
+        have = _schema_columns(self.conn)
+        if "evaluations" not in have or "cpu_s" in have["evaluations"]:
+            return
+        with self.transaction() as c:
+            c.execute("ALTER TABLE evaluations ADD COLUMN cpu_s REAL NOT NULL DEFAULT 0")
+            c.execute("UPDATE evaluations SET cpu_s = wall_s")
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                      (str(SCHEMA_VERSION),))
 
     def _check_schema(self) -> None:
         """Every table and column of the current schema must exist (extra ones are fine)."""
@@ -313,8 +335,8 @@ class Store:
             cur = c.execute(
                 "INSERT OR IGNORE INTO evaluations(request_id, molecule_id, structure_id, "
                 "backend, backend_version, fidelity, inputs_hash, status, reason, "
-                "values_json, extra_json, wall_s, n_attempts, submitted_at, finished_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "values_json, extra_json, wall_s, cpu_s, n_attempts, submitted_at, finished_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     request_id,
                     molecule_id,
@@ -328,6 +350,7 @@ class Store:
                     json.dumps(result.values),
                     json.dumps(result.extra, default=str),
                     result.wall_s,
+                    result.cpu_s,
                     n_attempts,
                     submitted_at,
                     time.time(),
@@ -367,6 +390,7 @@ class Store:
                 values=json.loads(r["values_json"]),
                 extra=json.loads(r["extra_json"]),
                 wall_s=r["wall_s"],
+                cpu_s=r["cpu_s"],
                 n_attempts=r["n_attempts"],
                 submitted_at=r["submitted_at"],
                 finished_at=r["finished_at"],
