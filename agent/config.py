@@ -267,8 +267,8 @@ def check_runnable(cfg: CampaignConfig) -> None:
     """Check the backends and their objective against the registry (one-line ConfigError).
 
     Every ``[[backends]]`` entry must be a registered molecule-level backend that computes
-    ``objective``; the structure stage's backends must be registered structure- or
-    landscape-level ones. Lab adapters are checked by the config itself.
+    ``objective``; the structure stage's backends must be registered, its ``refine`` and
+    ``free_energy`` levels structure-level ones. Lab adapters are checked by the config.
     """
     from sim_backends.registry import UnknownBackendError, backend_class, user_facing
 
@@ -293,9 +293,11 @@ def check_runnable(cfg: CampaignConfig) -> None:
             )
     st = cfg.structures
     if st.enabled:
-        for key, b in (("csp", st.csp), ("refine", st.refine), ("free_energy", st.free_energy)):
-            if b is not None:
-                cls_of(f"structures.{key}.name", b.name)
+        cls_of("structures.csp.name", st.csp.name)
+        for key, b in (("refine", st.refine), ("free_energy", st.free_energy)):
+            if b is not None and cls_of(f"structures.{key}.name", b.name).target != "structure":
+                raise ConfigError(f"config error: structures.{key}.name: {b.name!r} is not a "
+                                  "structure-level backend")
 
 
 def config_to_toml(cfg: CampaignConfig) -> str:

@@ -120,6 +120,7 @@ def test_check_runnable_against_registries(tmp_path):
         BASE.replace("xtb-reorg", "nope"): "unknown backend 'nope'",
         BASE.replace("xtb-reorg", "dft-crystal"): "structure-level",
         BASE + '[structures]\nenabled = true\nrefine = {name = "nope"}\n': "structures.refine.name",
+        BASE + '[structures]\nenabled = true\nrefine = {name = "xtb-reorg"}\n': "not a structure-level",
     }
     for body, msg in cases.items():
         cfg = load_config(_write(tmp_path, body if body.startswith(BASE) else body + BASE.replace(
