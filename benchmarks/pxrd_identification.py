@@ -1,22 +1,36 @@
-"""Benchmark: top-1 accuracy of PXRD identification against >= 100 candidate structures.
+"""Benchmark: PXRD top-1 identification among 5, 25 and all (100+) candidate structures.
 
-Candidates: the 88 predicted structures of CSP blind-test molecule I (PBE+MBD
-landscape) plus the 17 X23 crystals = 105 structures. For every candidate as the
-truth (or a subsample, ``--n-truth``), a measured pattern is simulated with the
-realistic effects of :mod:`agent.lab.pxrd` (thermal expansion, zero shift, peak
-broadening, preferred orientation, background + amorphous hump, Poisson noise) at
-three noise levels, and identified among all 105 candidates with
+Landscapes (the campaign's own and the reference one):
 
-* ``wcc+search``: :func:`agent.lab.identify.identify` (SNIP background removal,
-  weighted cross-correlation, lattice-scale and zero-shift search);
-* ``wcc``: the same WCC without scale / zero-shift search (ablation);
-* ``pearson`` (baseline): Pearson correlation of the raw pattern with each
-  candidate's unscaled simulated pattern.
+* ``formamide_big``: 114 force-field CSP minima of formamide (data/landscapes/);
+* ``formic_acid_big_dft``: 242 force-field CSP minima of formic acid (data/landscapes/);
+* ``target_I+X23``: the 88 predicted structures of CSP blind-test molecule I plus the
+  17 X23 crystals (data/reference/).
 
-Also measured at the default level: no-match behaviour (amorphous products, and
-target I patterns against the X23 set only) and two-phase mixture detection.
+For every landscape, ``--n-truth`` lab results are produced by the simulated lab
+(:class:`agent.lab.simulated.SimulatedLab`, noise level "anisotropic": per-axis thermal
+expansion of up to 5 %, March-Dollase texture r 0.6-1 along a random low-index
+direction, zero shift, Caglioti broadening, background, amorphous hump, Poisson noise;
+single-phase crystalline outcomes; the lab is given equal energies for all forms, so
+the truths cover the whole landscape, not only its few lowest forms). Each
+pattern is identified among nested candidate sets: the truth plus 4, plus 24, and the
+whole landscape (the 5-set is inside the 25-set), with
+
+* ``all`` (:func:`agent.lab.identify.identify`, default): per-axis lattice factors,
+  zero shift and texture fitted for every candidate on its own;
+* ``leaders`` (baseline, the earlier method): an isotropic lattice-scale screen, then
+  per-axis refinement of the 6 best candidates only.
+
+Reported per size: top-1 accuracy of the identified form (the one fed back to the
+campaign), median seconds per identification, and for ``all`` the calibration of the
+confidence (mean confidence vs accuracy, expected calibration error over 5 bins) and
+how often adding wrong candidates changed a right answer. Also at the default noise
+level: amorphous patterns and molecule-I patterns against X23 only that are called a
+match, and two-phase mixtures found.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/pxrd_identification.py [--n-truth N] [--seed S]
+(the default run writes benchmarks/results/pxrd_identification.json; other arguments
+write pxrd_identification_<args>.json).
 """
 
 from __future__ import annotations
@@ -29,141 +43,197 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = (5, 25, 0)  # 0 = the whole landscape
+METHODS = ("all", "leaders")
+
+
+def load_sets() -> dict[str, tuple[str, list, list[str]]]:
+    """name -> (SMILES for the lab, structures, ids)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from agent.lab.landscape import load_target_i, load_x23
+    from agent.landscape_io import load_landscape
+
+    sets = {}
+    for name, smiles in (("formamide_big", "NC=O"), ("formic_acid_big_dft", "O=CO")):
+        d = ROOT / "data" / "landscapes" / name
+        levels = json.loads((d / "levels.json").read_text())
+        land = load_landscape(d, levels["cheap"], levels["expensive"])
+        structures = [AseAtomsAdaptor.get_structure(a) for a in land.atoms[levels["cheap"]]]
+        sets[name] = (smiles, structures, list(land.ids))
+    entries = load_target_i() + load_x23()
+    # a SMILES the lab's phase table does not list: no phase check
+    sets["target_I+X23"] = ("target-I", [e.structure for e in entries], [e.structure_id for e in entries])
+    return sets
+
+
+def lab_patterns(smiles: str, structures: list, ids: list[str], n: int, seed: int, level: str) -> list[tuple]:
+    """``n`` single-phase crystalline results of the simulated lab: (x, y, truth id)."""
+    from agent.lab.base import LabRequest
+    from agent.lab.landscape import LandscapeEntry
+    from agent.lab.simulated import SimulatedLab
+
+    entries = [LandscapeEntry(i, s, 0.0) for i, s in zip(ids, structures)]
+    lab = SimulatedLab(entries, seed=seed, noise_level=level, failure_scale=0.0)
+    plans = (("cooling", "ethanol", 290.0), ("sublimation", None, 260.0), ("slow_evaporation", "acetone", 300.0))
+    out: list[tuple] = []
+    k = 0
+    while len(out) < n and k < 20 * n:
+        method, solvent, temperature = plans[k % len(plans)]
+        status = lab.run_experiment(LabRequest(f"bench-{seed}-{k}", smiles, method, solvent, temperature))
+        k += 1
+        truth = status.result.metadata["simulated_truth"] if status.result is not None else None
+        if truth is not None and truth["outcome"] == "crystalline":
+            out.append((np.asarray(status.result.two_theta_deg), np.asarray(status.result.intensity), truth["forms"][0][0]))
+    return out
+
+
+def calibration(conf: list[float], right: list[bool], n_bins: int = 5) -> float:
+    """Expected calibration error: sum over confidence bins of |accuracy - mean confidence| x share."""
+    c, r = np.asarray(conf), np.asarray(right, float)
+    edges = np.linspace(0, 1, n_bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (c >= lo) & ((c < hi) | (hi == 1.0))
+        if m.any():
+            ece += m.mean() * abs(r[m].mean() - c[m].mean())
+    return float(ece)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-truth", type=int, default=0, help="subsample this many truths per level (0 = all 105)")
-    ap.add_argument("--n-mixtures", type=int, default=30)
+    ap.add_argument("--n-truth", type=int, default=30, help="lab patterns per landscape (1-1000)")
+    ap.add_argument("--n-checks", type=int, default=15, help="patterns per no-match / mixture check (0-200)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not 1 <= args.n_truth <= 1000 or not 0 <= args.n_checks <= 200 or args.seed < 0:
+        raise SystemExit("pxrd_identification: --n-truth 1-1000, --n-checks 0-200, --seed >= 0")
     warnings.filterwarnings("ignore")
 
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
-    from agent.lab.identify import identify, pearson_rank
+    from agent.lab.identify import identify
     from agent.lab.landscape import load_target_i, load_x23
     from agent.lab.pxrd import simulate_amorphous, simulate_pxrd
 
-    console = Console(width=150)
+    console = Console(width=160)
     t_start = time.perf_counter()
-    target = load_target_i()
-    x23 = load_x23()
-    entries = target + x23
-    structures = [e.structure for e in entries]
-    names = [e.structure_id for e in entries]
-    n_cand = len(entries)
-    rng_pick = np.random.default_rng(args.seed)
-    truths = list(range(n_cand))
-    if args.n_truth and args.n_truth < n_cand:
-        truths = sorted(rng_pick.choice(n_cand, args.n_truth, replace=False).tolist())
+    sets = load_sets()
+    hits = {(m, s): 0 for m in METHODS for s in SIZES}
+    secs: dict[tuple[str, int], list[float]] = {(m, s): [] for m in METHODS for s in SIZES}
+    conf: dict[int, list[float]] = {s: [] for s in SIZES}
+    right: dict[int, list[bool]] = {s: [] for s in SIZES}
+    n_total = 0
+    changed_right = 0  # right among 5, wrong among more (method "all")
+    score_drift = 0.0  # largest change of the truth's score between nested sets ("all")
+    rows_by_set = {}
+    for li, (name, (smiles, structures, ids)) in enumerate(sets.items()):
+        patterns = lab_patterns(smiles, structures, ids, args.n_truth, args.seed * 1000 + li, "anisotropic")
+        set_hits = {s: 0 for s in SIZES}
+        for k, (x, y, truth) in enumerate(patterns):
+            t = ids.index(truth)
+            rng = np.random.default_rng([args.seed, li, k])
+            others = [i for i in rng.permutation(len(ids)) if i != t]
+            first_right, first_score = None, None
+            for size in SIZES:
+                idx = [t, *others] if size == 0 else [t, *others[: size - 1]]
+                cand, names = [structures[i] for i in idx], [ids[i] for i in idx]
+                for method in METHODS:
+                    t0 = time.perf_counter()
+                    res = identify((x, y), cand, names, search=method)
+                    secs[(method, size)].append(time.perf_counter() - t0)
+                    ok = res.best == truth
+                    hits[(method, size)] += ok
+                    if method == "all":
+                        set_hits[size] += ok
+                        conf[size].append(res.confidence)
+                        right[size].append(ok)
+                        score = dict(res.ranked)[truth]
+                        if first_right is None:
+                            first_right, first_score = ok, score
+                        else:
+                            changed_right += first_right and not ok
+                            score_drift = max(score_drift, abs(score - first_score))
+            n_total += 1
+        rows_by_set[name] = (len(ids), len(patterns), set_hits)
 
-    levels = ("low", "default", "high")
-    methods = ("wcc+search", "wcc", "pearson")
-    hits = {lv: {m: 0 for m in methods} for lv in levels}
-    truth_scores: dict[str, list[float]] = {lv: [] for lv in levels}
-    decoy_scores: dict[str, list[float]] = {lv: [] for lv in levels}
-    confident_wrong = {lv: 0 for lv in levels}
-    accepted = {lv: 0 for lv in levels}  # right top-1 and called a match
-    n_amorphous, n_foreign = 20, 20
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("identifying", total=len(levels) * len(truths) + n_amorphous + n_foreign + 2 * args.n_mixtures)
-        for li, level in enumerate(levels):
-            for t in truths:
-                rng = np.random.default_rng([args.seed, li, t])
-                x, y, _ = simulate_pxrd([(structures[t], 1.0)], rng, level)
-                res = identify((x, y), structures, names)
-                hits[level]["wcc+search"] += res.ranked[0][0] == names[t]
-                scores = dict(res.ranked)
-                truth_scores[level].append(scores[names[t]])
-                decoy_scores[level].append(max(s for n, s in res.ranked if n != names[t]))
-                confident_wrong[level] += res.ranked[0][0] != names[t] and res.confidence > 0.9
-                accepted[level] += res.ranked[0][0] == names[t] and res.is_match
-                plain = identify((x, y), structures, names, scale_range=(1.0, 1.0), zero_shift_max_deg=0.0, n_refine=0)
-                hits[level]["wcc"] += plain.ranked[0][0] == names[t]
-                hits[level]["pearson"] += pearson_rank((x, y), structures, names)[0][0] == names[t]
-                progress.advance(task)
-        # no-match: amorphous products and molecule-I patterns against X23 only
-        false_match_amorphous = 0
-        for k in range(n_amorphous):
-            x, y, _ = simulate_amorphous(np.random.default_rng([args.seed, 7, k]))
-            false_match_amorphous += identify((x, y), structures, names).is_match
-            progress.advance(task)
-        x23_structs, x23_names = [e.structure for e in x23], [e.structure_id for e in x23]
-        false_match_foreign = 0
-        for k in range(n_foreign):
-            t = int(rng_pick.integers(len(target)))
-            x, y, _ = simulate_pxrd([(target[t].structure, 1.0)], np.random.default_rng([args.seed, 8, k]), "default")
-            false_match_foreign += identify((x, y), x23_structs, x23_names).is_match
-            progress.advance(task)
-        # mixtures (minor fraction 0.25-0.45) and single-phase false-mixture rate
-        mix_found = mix_components_ok = false_mix = 0
-        for k in range(args.n_mixtures):
-            rng = np.random.default_rng([args.seed, 9, k])
-            i, j = rng.choice(n_cand, 2, replace=False)
-            minor = rng.uniform(0.25, 0.45)
-            x, y, _ = simulate_pxrd([(structures[i], 1 - minor), (structures[j], minor)], rng, "default")
-            res = identify((x, y), structures, names)
-            mix_found += res.is_mixture
-            mix_components_ok += res.is_mixture and {n for n, _ in res.components} == {names[i], names[j]}
-            progress.advance(task)
-            rng = np.random.default_rng([args.seed, 10, k])
-            t = int(rng.integers(n_cand))
-            x, y, _ = simulate_pxrd([(structures[t], 1.0)], rng, "default")
-            false_mix += identify((x, y), structures, names).is_mixture
-            progress.advance(task)
-
-    n = len(truths)
-    table = Table(title=f"PXRD top-1 identification among {n_cand} candidates ({n} truths per level)")
-    table.add_column("noise level")
-    for m in methods:
+    table = Table(title="PXRD top-1 identification, simulated-lab patterns (anisotropic expansion <= 5 %/axis, March-Dollase texture)")
+    table.add_column("candidates")
+    for m in METHODS:
         table.add_column(f"{m} top-1", justify="right")
-    table.add_column("ratio vs pearson", justify="right")
-    table.add_column("median truth score", justify="right")
-    table.add_column("median best decoy", justify="right")
-    table.add_column("wrong & conf>0.9", justify="right")
-    table.add_column("right & is_match", justify="right")
-    acc = {lv: {m: hits[lv][m] / n for m in methods} for lv in levels}
-    for lv in levels:
-        ratio = acc[lv]["wcc+search"] / max(acc[lv]["pearson"], 1e-9)
-        table.add_row(
-            lv, *[f"{acc[lv][m]:.1%}" for m in methods], f"{ratio:.1f}x",
-            f"{np.median(truth_scores[lv]):.3f}", f"{np.median(decoy_scores[lv]):.3f}", str(confident_wrong[lv]), f"{accepted[lv] / n:.1%}",
-        )
+        table.add_column(f"{m} s/identification", justify="right")
+    table.add_column("all: mean confidence", justify="right")
+    table.add_column("all: ECE", justify="right")
+    size_name = {5: "5", 25: "25", 0: "all (88-242)"}
+    for size in SIZES:
+        cells = []
+        for m in METHODS:
+            cells += [f"{hits[(m, size)] / n_total:.1%}", f"{np.median(secs[(m, size)]):.2f}"]
+        table.add_row(size_name[size], *cells, f"{np.mean(conf[size]):.2f}", f"{calibration(conf[size], right[size]):.3f}")
     console.print(table)
-    extra = Table(title="no-match and mixtures (default noise)")
-    extra.add_column("check")
-    extra.add_column("result", justify="right")
-    extra.add_row("amorphous patterns called a match", f"{false_match_amorphous}/{n_amorphous}")
-    extra.add_row("molecule-I patterns vs X23-only called a match", f"{false_match_foreign}/{n_foreign}")
-    extra.add_row("two-phase mixtures detected", f"{mix_found}/{args.n_mixtures}")
-    extra.add_row("  ... with both components right", f"{mix_components_ok}/{args.n_mixtures}")
-    extra.add_row("single phases called mixtures", f"{false_mix}/{args.n_mixtures}")
-    console.print(extra)
-    wall_s = time.perf_counter() - t_start
+    per_set = Table(title="method 'all' per landscape")
+    per_set.add_column("landscape")
+    per_set.add_column("structures", justify="right")
+    for size in SIZES:
+        per_set.add_column(f"top-1 among {size_name[size]}", justify="right")
+    for name, (n_struct, n_pat, set_hits) in rows_by_set.items():
+        per_set.add_row(name, str(n_struct), *[f"{set_hits[s]}/{n_pat}" for s in SIZES])
+    console.print(per_set)
+
+    # no-match and mixtures at the default noise level, 105 reference candidates
+    target, x23 = load_target_i(), load_x23()
+    ref = target + x23
+    ref_s, ref_n = [e.structure for e in ref], [e.structure_id for e in ref]
+    x23_s, x23_n = [e.structure for e in x23], [e.structure_id for e in x23]
+    false_amorphous = false_foreign = mix_found = mix_right = 0
+    for k in range(args.n_checks):
+        x, y, _ = simulate_amorphous(np.random.default_rng([args.seed, 7, k]))
+        false_amorphous += identify((x, y), ref_s, ref_n).is_match
+        rng = np.random.default_rng([args.seed, 8, k])
+        x, y, _ = simulate_pxrd([(target[int(rng.integers(len(target)))].structure, 1.0)], rng, "default")
+        false_foreign += identify((x, y), x23_s, x23_n).is_match
+        rng = np.random.default_rng([args.seed, 9, k])
+        i, j = rng.choice(len(ref), 2, replace=False)
+        minor = rng.uniform(0.25, 0.45)
+        x, y, _ = simulate_pxrd([(ref_s[i], 1 - minor), (ref_s[j], minor)], rng, "default")
+        res = identify((x, y), ref_s, ref_n)
+        mix_found += res.is_mixture
+        mix_right += res.is_mixture and {n for n, _ in res.components} == {ref_n[i], ref_n[j]}
+    checks = Table(title="no-match and mixtures (default noise, method 'all')")
+    checks.add_column("check")
+    checks.add_column("result", justify="right")
+    checks.add_row("amorphous patterns called a match (105 candidates)", f"{false_amorphous}/{args.n_checks}")
+    checks.add_row("molecule-I patterns vs X23 only called a match", f"{false_foreign}/{args.n_checks}")
+    checks.add_row("two-phase mixtures detected (105 candidates)", f"{mix_found}/{args.n_checks}")
+    checks.add_row("  ... with both components right", f"{mix_right}/{args.n_checks}")
+    checks.add_row("right answer among 5 lost among more candidates", f"{changed_right}/{n_total}")
+    checks.add_row("largest change of the truth's score between sets", f"{score_drift:.2e}")
+    console.print(checks)
+
     summary = {
         "benchmark": "pxrd_identification",
-        "n_candidates": n_cand,
-        "n_truths_per_level": n,
-        "top1_default": round(acc["default"]["wcc+search"], 4),
-        "top1_low": round(acc["low"]["wcc+search"], 4),
-        "top1_high": round(acc["high"]["wcc+search"], 4),
-        "accepted_match_default": round(accepted["default"] / n, 4),
-        "accepted_match_high": round(accepted["high"] / n, 4),
-        "baseline_pearson_top1_default": round(acc["default"]["pearson"], 4),
-        "ablation_wcc_no_search_top1_default": round(acc["default"]["wcc"], 4),
-        "ratio_vs_pearson_default": round(acc["default"]["wcc+search"] / max(acc["default"]["pearson"], 1e-9), 2),
-        "amorphous_false_match": f"{false_match_amorphous}/{n_amorphous}",
-        "foreign_false_match": f"{false_match_foreign}/{n_foreign}",
-        "mixture_detected": f"{mix_found}/{args.n_mixtures}",
-        "mixture_components_right": f"{mix_components_ok}/{args.n_mixtures}",
-        "single_called_mixture": f"{false_mix}/{args.n_mixtures}",
-        "wall_s": round(wall_s, 1),
+        "noise_level": "anisotropic",
+        "n_patterns": n_total,
+        "landscapes": {name: {"n_structures": n, "n_patterns": p} for name, (n, p, _) in rows_by_set.items()},
+        **{f"top1_{size_name[s].split()[0]}": round(hits[("all", s)] / n_total, 4) for s in SIZES},
+        **{f"baseline_leaders_top1_{size_name[s].split()[0]}": round(hits[("leaders", s)] / n_total, 4) for s in SIZES},
+        **{f"s_per_identification_{size_name[s].split()[0]}": round(float(np.median(secs[("all", s)])), 3) for s in SIZES},
+        **{f"ece_{size_name[s].split()[0]}": round(calibration(conf[s], right[s]), 4) for s in SIZES},
+        "right_among_5_lost_among_more": changed_right,
+        "max_truth_score_change": score_drift,
+        "amorphous_false_match": f"{false_amorphous}/{args.n_checks}",
+        "foreign_false_match": f"{false_foreign}/{args.n_checks}",
+        "mixture_detected": f"{mix_found}/{args.n_checks}",
+        "mixture_components_right": f"{mix_right}/{args.n_checks}",
+        "wall_s": round(time.perf_counter() - t_start, 1),
     }
     line = json.dumps(summary)
     print(line)
-    out = Path(__file__).resolve().parent / "results" / "pxrd_identification.json"
+    default = (args.n_truth, args.n_checks, args.seed) == (30, 15, 0)
+    suffix = "" if default else f"_n{args.n_truth}_c{args.n_checks}_s{args.seed}"
+    out = Path(__file__).resolve().parent / "results" / f"pxrd_identification{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(line + "\n")
 

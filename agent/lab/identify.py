@@ -542,7 +542,7 @@ def identify(
     scale_range: tuple[float, float] = (0.96, 1.04),
     scale_step: float = 0.005,
     n_refine: int = 6,
-    match_threshold: float = 0.8,
+    match_threshold: float = 0.9,
     mixture_ratio: float = 0.6,
     min_fraction: float = 0.12,
     mixture_smooth_fwhm_deg: float = 0.15,

@@ -20,6 +20,17 @@ Protocol (JSON bodies, ``Authorization: Bearer <token>`` on every route but /hea
 ``GET /health``                          ``{"ok": true, "n_experiments": ..}``.
 =======================================  =============================================
 
+Hostile or broken clients get an answer or are dropped, never served forever:
+
+* the listen backlog is ``backlog`` (default 128) connections, so bursts of concurrent
+  clients are queued by the kernel instead of reset;
+* every connection has a socket timeout (``socket_timeout_s``, default 5 s): a client
+  that announces a body and never sends it gets 408 and is disconnected, a client that
+  never finishes its headers is dropped;
+* request bodies are at most :data:`MAX_BODY_BYTES` (413 above) and JSON nesting at
+  most :data:`MAX_JSON_DEPTH` levels (400 deeper), checked before parsing;
+* malformed JSON or request fields: 422; an unexpected error: 500 with one line.
+
 Time is wall-clock (``time.time``) by default so delays survive restarts.
 """
 
@@ -40,7 +51,10 @@ from typing import Any
 from agent.lab.base import LabError, LabRequest, LabStatus
 from agent.lab.landscape import LandscapeEntry
 
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = 64 * 1024
+"""Largest accepted request body (a LabRequest is a few hundred bytes)."""
+MAX_JSON_DEPTH = 32
+"""Deepest accepted JSON nesting of a request body."""
 _EXP_PATH = re.compile(r"^/experiments/([A-Za-z0-9_-]{1,64})(/cancel)?$")
 
 _SCHEMA = """
@@ -75,6 +89,9 @@ class LabServer:
         queue_delay_s, run_delay_s: (low, high) experiment durations in seconds.
         noise_level: PXRD noise level of the simulated measurements.
         clock: wall-clock source in seconds.
+        backlog: listen backlog (connections waiting to be accepted).
+        socket_timeout_s: per-connection socket timeout in seconds (None: wait
+            forever, the stdlib default; only for comparisons).
     """
 
     def __init__(
@@ -89,11 +106,17 @@ class LabServer:
         run_delay_s: tuple[float, float] = (1.0, 5.0),
         noise_level: str = "default",
         clock: Callable[[], float] | None = None,
+        backlog: int = 128,
+        socket_timeout_s: float | None = 5.0,
     ) -> None:
         from agent.lab.simulated import SimulatedLab
 
         if not token or len(token) < 8:
             raise LabError("lab server token must be at least 8 characters")
+        if not 1 <= int(backlog) <= 65535:
+            raise LabError(f"backlog must be 1-65535, got {backlog}")
+        if socket_timeout_s is not None and not 0 < float(socket_timeout_s) <= 3600:
+            raise LabError(f"socket_timeout_s must be in (0, 3600] s, got {socket_timeout_s}")
         self.lab = SimulatedLab(landscape, seed=seed, queue_delay_s=queue_delay_s, run_delay_s=run_delay_s, noise_level=noise_level)
         self.clock = clock or time.time
         self._token = token.encode()
@@ -104,8 +127,8 @@ class LabServer:
         self._db = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
-        self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
-        self._httpd.daemon_threads = True
+        server_class = type("_LabHTTPServer", (ThreadingHTTPServer,), {"request_queue_size": int(backlog), "daemon_threads": True})
+        self._httpd = server_class((host, port), _make_handler(self, socket_timeout_s))
         self._thread: threading.Thread | None = None
 
     @property
@@ -233,23 +256,57 @@ class LabServer:
         return {"ok": True, "server": "crystal-agent reference lab", "n_experiments": sum(counts.values()), "by_state": counts}
 
 
-def _make_handler(server: LabServer) -> type[BaseHTTPRequestHandler]:
+class _BadBody(Exception):
+    """A request body refused before parsing; carries the HTTP status."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of arrays/objects in a JSON text (strings skipped), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in raw.decode("utf-8", errors="replace"):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _make_handler(server: LabServer, socket_timeout_s: float | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "crystal-agent-lab/1"
+        timeout = socket_timeout_s  # applied to the connection's socket by StreamRequestHandler
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet by default
             pass
 
         def _send(self, code: int, payload: dict[str, Any]) -> None:
             body = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")  # a refused body may be unread
-            self.end_headers()
             self.close_connection = True
-            self.wfile.write(body)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")  # a refused body may be unread
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:  # the client went away (or stalled past the timeout)
+                pass
 
         def _auth(self) -> bool:
             if server.authorised(self.headers.get("Authorization")):
@@ -261,11 +318,20 @@ def _make_handler(server: LabServer) -> type[BaseHTTPRequestHandler]:
             try:
                 n = int(self.headers.get("Content-Length") or 0)
             except ValueError:
-                n = -1
-            if n < 0 or n > MAX_BODY_BYTES:
-                raise ValueError(f"body must be 0-{MAX_BODY_BYTES} bytes")
-            raw = self.rfile.read(n) if n else b""
-            return json.loads(raw.decode() or "null")
+                raise _BadBody(400, "Content-Length must be an integer") from None
+            if n < 0:
+                raise _BadBody(400, "Content-Length must be >= 0")
+            if n > MAX_BODY_BYTES:
+                raise _BadBody(413, f"request body of {n} bytes exceeds {MAX_BODY_BYTES} bytes")
+            try:
+                raw = self.rfile.read(n) if n else b""
+            except (TimeoutError, OSError):
+                raise _BadBody(408, f"request body not received within {socket_timeout_s} s") from None
+            if len(raw) < n:
+                raise _BadBody(400, f"request body ended after {len(raw)} of {n} bytes")
+            if json_depth(raw) > MAX_JSON_DEPTH:
+                raise _BadBody(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            return json.loads(raw.decode("utf-8", errors="replace") or "null")
 
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             try:
@@ -289,8 +355,10 @@ def _make_handler(server: LabServer) -> type[BaseHTTPRequestHandler]:
                 if self.path == "/experiments":
                     try:
                         request = LabRequest.from_dict(self._read_json())
+                    except _BadBody as exc:
+                        return self._send(exc.code, {"error": str(exc)})
                     except (ValueError, TypeError) as exc:  # LabRequestError, JSONDecodeError
-                        return self._send(422, {"error": str(exc).splitlines()[0]})
+                        return self._send(422, {"error": (str(exc).splitlines() or [type(exc).__name__])[0]})
                     key = self.headers.get("Idempotency-Key")
                     if key is not None and key != request.request_id:
                         return self._send(422, {"error": "Idempotency-Key must equal request_id"})
