@@ -626,6 +626,22 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     )
 
 
+def discard_unstarted(directory: Path) -> bool:
+    """Remove a campaign directory in which nothing was evaluated or sent to a lab (after a
+    start that failed, e.g. without a connection to the Ray cluster), so that its name is
+    free again. Returns True if it was removed; a campaign in use or damaged is kept."""
+    from agent.store import StoreDamagedError, StoreLockedError
+
+    try:
+        with Store(directory / STORE_FILE, lock=True) as store:
+            if store.count_evaluations()[0] or store.lab_experiments():
+                return False
+    except (StoreLockedError, StoreDamagedError, OSError):
+        return False
+    shutil.rmtree(directory, ignore_errors=True)
+    return True
+
+
 def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> CampaignConfig:
     """The config kept in ``store``, validated (with ``max_evaluations`` applied first)."""
     data = parse_toml(store.get_meta("config_toml") or "", "stored config")

@@ -107,10 +107,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         cfg = parse_config({**cfg.model_dump(mode="json", exclude_none=True), **updates})
     campaign = Campaign.create(cfg, runs_dir)
-    from agent.campaign import pool_summary
+    from agent.campaign import discard_unstarted, pool_summary
 
     print(pool_summary(campaign.store, cfg.name), flush=True)
-    return _run_loop(campaign, args)
+    try:
+        return _run_loop(campaign, args)
+    except Exception:
+        discard_unstarted(campaign.directory)  # a failed start leaves nothing behind
+        raise
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -350,3 +350,30 @@ def test_unexpected_error_is_one_line_with_debug_hint(tmp_path, capsys, monkeypa
     assert "KeyError" in msg and "--debug" in msg
     with pytest.raises(KeyError):
         agent.cli.main(["--debug", "backends"])
+
+
+def test_failed_start_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    """Issue 14.6 / 17.3: a `run` whose campaign loop cannot start (here: the Ray connection
+    fails) removes the campaign it created, so the same name works afterwards."""
+    import agent.runner
+
+    def no_cluster(campaign, runs_dir, **kw):
+        raise ConnectionError("could not connect to the Ray cluster at 127.0.0.1:1")
+
+    monkeypatch.setattr(agent.runner, "run_campaign", no_cluster)
+    cfg = _diag_config(tmp_path)
+    runs = tmp_path / "runs"
+    assert "Ray cluster" in _refused(capsys, "run", str(cfg), "--runs-dir", str(runs))
+    assert not any(runs.iterdir())
+    # a campaign with results is never removed
+    from agent.campaign import Campaign, discard_unstarted
+    from agent.config import load_config
+    from sim_backends.base import EvalResult
+
+    camp = Campaign.create(load_config(cfg), runs)
+    camp.store.record_evaluation(request_id="r", molecule_id=1, submitted_at=0.0, result=EvalResult(
+        backend="diagnostic", backend_version="1", fidelity=0, status="ok",
+        values={"n_heavy_atoms": 3.0}, wall_s=0.1, inputs_hash="h"))
+    assert not discard_unstarted(camp.directory)  # locked by camp
+    camp.close()
+    assert not discard_unstarted(camp.directory) and (runs / "t" / "store.sqlite").is_file()
