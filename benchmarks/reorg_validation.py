@@ -6,11 +6,13 @@ functional, basis, grid and start geometries:
 
 * ``dft//xtb`` -- B3LYP/6-31G single points on the GFN2-xTB geometries of both charge
   states (``geometry="xtb"``, four SCF calculations);
+* ``dft//sto3g`` -- both states relaxed with geomeTRIC at B3LYP/STO-3G from the same
+  GFN2-xTB geometries, then B3LYP/6-31G single points (``opt_basis="sto-3g"``);
 * ``dft//dft`` -- both states relaxed with geomeTRIC at B3LYP/6-31G starting from the
   same GFN2-xTB geometries (``geometry="dft"``), the reference;
 
 and GFN2-xTB (``xtb-reorg``) as the cheap baseline of the same run. Reported: the
-table, MAE and largest deviation of DFT//xTB (and of xTB) from DFT//DFT, Spearman rank
+table, MAE and largest deviation of DFT//xTB, DFT//STO-3G (and of xTB) from DFT//DFT, Spearman rank
 correlations, the number of results the physical-validity check rejects, the CPU seconds
 of each protocol (``time.process_time`` around ``evaluate``, one thread), and the acenes
 against published B3LYP/6-31G(d) lambda_+ (naphthalene 0.187, anthracene 0.138,
@@ -67,7 +69,7 @@ ACENES_CHEAP = {
 }
 #: lambda_+ in eV at B3LYP/6-31G(d) (references in the module docstring)
 LITERATURE_EV = {"naphthalene": 0.187, "anthracene": 0.138, "tetracene": 0.113, "pentacene": 0.095}
-PROTOCOLS = ("xtb", "dft//xtb", "dft//dft")
+PROTOCOLS = ("xtb", "dft//xtb", "dft//sto3g", "dft//dft")
 KEYS = ("reorg_energy_kjmol", "lambda_cation_kjmol", "lambda_neutral_kjmol",
         "ip_adiabatic_kjmol", "ip_vertical_kjmol")
 
@@ -77,6 +79,8 @@ def make_backend(protocol: str):
 
     if protocol == "xtb":
         return XtbReorgBackend()
+    if protocol == "dft//sto3g":
+        return DftReorgBackend(functional="b3lyp", basis="6-31g", geometry="dft", opt_basis="sto-3g")
     return DftReorgBackend(functional="b3lyp", basis="6-31g",
                            geometry="xtb" if protocol == "dft//xtb" else "dft")
 
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also relax tetracene and pentacene fully with DFT (~1.5 CPU-h)")
     ap.add_argument("--progress", type=Path,
                     default=ROOT / "benchmarks" / "results" / "reorg_validation_progress.jsonl")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS),
+                    help=f"comma list of {', '.join(PROTOCOLS)} (computes only these; the summary shows all)")
     ap.add_argument("--table-only", action="store_true", help="summarise the progress file, compute nothing")
     args = ap.parse_args(argv)
 
@@ -144,10 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown molecule(s) {', '.join(unknown)}; choose from {', '.join(every)}",
               file=sys.stderr)
         return 2
+    protocols = [p for p in args.protocols.split(",") if p]
+    if sorted(set(protocols) - set(PROTOCOLS)):
+        print(f"error: unknown protocol(s) {', '.join(sorted(set(protocols) - set(PROTOCOLS)))}; "
+              f"choose from {', '.join(PROTOCOLS)}", file=sys.stderr)
+        return 2
     jobs = []
     for m in mols:
-        for p in PROTOCOLS:
-            if p == "dft//dft" and m in ACENES_CHEAP and not args.full_acenes:
+        for p in protocols:
+            if p in ("dft//dft", "dft//sto3g") and m in ACENES_CHEAP and not args.full_acenes:
                 continue
             jobs.append((m, p))
 
@@ -178,7 +189,7 @@ def summarise(mols: list[str], done: dict[tuple[str, str], dict], args) -> int:
 
     console = Console(width=170)
     table = Table(title="Hole reorganisation energy lambda+ (kJ/mol; eV in brackets): "
-                        "GFN2-xTB, B3LYP/6-31G//GFN2-xTB, B3LYP/6-31G//B3LYP/6-31G")
+                        "GFN2-xTB; B3LYP/6-31G on GFN2-xTB, B3LYP/STO-3G and B3LYP/6-31G geometries")
     for col in ("molecule", "protocol", "status", "lambda+ kJ/mol (eV)", "l_cation", "l_neutral",
                 "IP_ad - IP_v", "CPU s", "opt steps N/C", "lit. eV (6-31G(d))"):
         table.add_column(col, justify="left" if col in ("molecule", "protocol", "status") else "right")
@@ -211,7 +222,7 @@ def summarise(mols: list[str], done: dict[tuple[str, str], dict], args) -> int:
     # pairs where the reference succeeded; DFT//xTB values count even when rejected
     paired = [m for m in mols if ok(m, "dft//dft") and lam_of(m, "dft//xtb") is not None]
     stats = {}
-    for p in ("dft//xtb", "xtb"):
+    for p in ("dft//xtb", "dft//sto3g", "xtb"):
         ms = [m for m in paired if lam_of(m, p) is not None]
         if ms:
             stats[p] = deviation_stats([lam_of(m, "dft//dft") for m in ms], [lam_of(m, p) for m in ms])
@@ -249,9 +260,10 @@ def summarise(mols: list[str], done: dict[tuple[str, str], dict], args) -> int:
         "acenes_ev": lit,
     }
     line = json.dumps(summary)
-    default = not args.molecules and not args.full_acenes
-    tag = "" if default else "_" + ("full-acenes" if args.full_acenes else "") + "_".join(
-        m for m in args.molecules.split(",") if m)[:80]
+    parts = (["full-acenes"] if args.full_acenes else []) + [m for m in args.molecules.split(",") if m]
+    if args.protocols != ",".join(PROTOCOLS):
+        parts.append(args.protocols.replace("//", "-").replace(",", "+"))
+    tag = ("_" + "_".join(parts))[:80] if parts else ""
     out = ROOT / "benchmarks" / "results" / f"reorg_validation{tag}.json"
     out.write_text(line + "\n")
     print(line)

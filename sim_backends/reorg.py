@@ -348,6 +348,7 @@ DFT_DEFAULTS: dict[str, Any] = {
     "functional": "b3lyp",
     "basis": "6-31g",
     "geometry": "xtb",
+    "opt_basis": None,
     "max_cycles": 100,
     "conv_tol": 1e-8,
     "max_opt_steps": 50,
@@ -370,6 +371,9 @@ class DftReorgBackend(ReorgBackend):
             naphthalene 41, anthracene 104; full relaxation of thiophene 64 (6.5x
             its DFT//xTB), and an estimated ~320 for naphthalene. A 10-20 heavy-atom
             molecule within ~60-90 s forces "xtb" as the default.
+        opt_basis (str or None, None): with ``geometry="dft"``, relax both states in
+            this (smaller) basis and compute the four energies in ``basis`` at those
+            geometries, e.g. B3LYP/6-31G//B3LYP/STO-3G.
         max_cycles (int, 100): SCF iteration cap (then one second-order SCF attempt).
         conv_tol (float, 1e-8): SCF energy convergence, hartree.
         max_opt_steps (int, 50): geomeTRIC step cap per optimisation.
@@ -402,13 +406,23 @@ class DftReorgBackend(ReorgBackend):
         # gradient) costs ~1.5 SCFs; ~(4 + n_atoms/4) steps per state (thiophene full
         # relaxation: 6 + 10 steps, 64 CPU s).
         scf_s = 1.0e-4 * max(n_bf, 1) ** 2.5
-        n_scf = 4.0 if self._p(p, "geometry") == "xtb" else 2.0 + 3.0 * (4 + n_atoms / 4)
-        return 1.0 + scf_s * n_scf
+        if self._p(p, "geometry") == "xtb":
+            return 1.0 + 4.0 * scf_s
+        n_relax_scf = 2.0 + 3.0 * (4 + n_atoms / 4)
+        opt_basis = self._p(p, "opt_basis")
+        if not opt_basis:
+            return 1.0 + scf_s * n_relax_scf
+        per_o = _N_BF.get(str(opt_basis).lower(), _N_BF["def2-svp"])
+        n_bf_o = n_h * per_o[0] + n_1 * per_o[1] + n_2 * per_o[2]
+        return 1.0 + 1.0e-4 * max(n_bf_o, 1) ** 2.5 * n_relax_scf + 4.0 * scf_s
 
     def _level(self, params: dict[str, Any]) -> str:
-        own = f"{str(self._p(params, 'functional')).upper()}/{str(self._p(params, 'basis')).upper()}"
+        xc = str(self._p(params, "functional")).upper()
+        own = f"{xc}/{str(self._p(params, 'basis')).upper()}"
         if self._p(params, "geometry") == "xtb":
             return f"{own}//GFN2-xTB geometries"
+        if self._p(params, "opt_basis"):
+            return f"{own}//{xc}/{str(self._p(params, 'opt_basis')).upper()} geometries"
         return f"{own}, both states relaxed at this level"
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
@@ -421,7 +435,7 @@ class DftReorgBackend(ReorgBackend):
         geom = str(self._p(params, "geometry"))
         if geom not in ("dft", "xtb"):
             raise SetupError(f"unknown geometry option {geom!r}; use 'dft' or 'xtb'")
-        self._dm_guess: dict[tuple[int, int], Any] = {}
+        self._dm_guess: dict[tuple[tuple[int, int], int], Any] = {}
         _, g_n, steps_n = xtb_relax(symbols, coords_A, NEUTRAL)
         _, g_c, steps_c = xtb_relax(symbols, g_n, CATION)
         return g_n, g_c, {"xtb_opt_steps": [steps_n, steps_c]}
@@ -455,10 +469,11 @@ class DftReorgBackend(ReorgBackend):
         evaluation), when there is one, is the initial guess.
         """
         guesses = getattr(self, "_dm_guess", {})
+        key = (state, int(mf.mol.nao))  # a density fits only its own basis
         try:
-            mf.kernel(dm0=guesses.get(state))
+            mf.kernel(dm0=guesses.get(key))
             if mf.converged:
-                guesses[state] = mf.make_rdm1()
+                guesses[key] = mf.make_rdm1()
                 return mf
             dm = mf.make_rdm1()
             mf2 = mf.newton()
@@ -470,7 +485,7 @@ class DftReorgBackend(ReorgBackend):
                 f"SCF did not converge ({label}) in {mf.max_cycle} cycles, "
                 "nor with second-order SCF"
             )
-        guesses[state] = mf2.make_rdm1()
+        guesses[key] = mf2.make_rdm1()
         return mf2
 
     def _energy(self, symbols, coords_A, state, params):
@@ -481,12 +496,17 @@ class DftReorgBackend(ReorgBackend):
     def _relax(self, symbols, coords_A, state, params):
         import numpy as np
 
-        mf = self._mean_field(symbols, coords_A, state, params)
         label = f"charge {state[0]:+d}"
-        mf = self._converged_scf(mf, label, state)
         if self._p(params, "geometry") == "xtb":
+            mf = self._converged_scf(self._mean_field(symbols, coords_A, state, params), label, state)
             return float(mf.e_tot) * EV_PER_HARTREE, np.asarray(coords_A, float), {"n_opt_steps": 0}
-        return self._geometric_relax(mf, symbols, state, params, label)
+        opt_basis = self._p(params, "opt_basis")
+        relax_params = {**params, "basis": opt_basis} if opt_basis else params
+        mf = self._converged_scf(self._mean_field(symbols, coords_A, state, relax_params), label, state)
+        energy_ev, coords, info = self._geometric_relax(mf, symbols, state, relax_params, label)
+        if opt_basis:
+            energy_ev = self._energy(symbols, coords, state, params)
+        return energy_ev, coords, info
 
     def _geometric_relax(self, mf, symbols, state, params, label):
         import contextlib

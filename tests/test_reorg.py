@@ -96,3 +96,36 @@ def test_dft_single_points_on_xtb_geometries_thiophene_sto3g():
     _check_four_point(res)
     assert res.extra["neutral"]["n_opt_steps"] == 0
     assert 5.0 < res.values["reorg_energy_kjmol"] < 80.0
+
+
+@pytest.mark.slow
+def test_dft_on_xtb_geometries_of_formaldehyde_is_rejected_as_unphysical():
+    """B3LYP/6-31G on GFN2-xTB geometries: total lambda+ +8 kJ/mol looks fine, but the
+    cation component is -21 kJ/mol (IP_adiabatic > IP_vertical): not a result."""
+    res = DftReorgBackend().evaluate(EvalInput("C=O"))
+    assert res.status == "failed" and not res.retryable
+    assert res.reason.startswith("unphysical: lambda_cation = -")
+    assert res.reason.endswith("(B3LYP/6-31G//GFN2-xTB geometries)")
+    v = res.extra["unphysical_values"]
+    assert v["reorg_energy_kjmol"] > 0 and v["ip_adiabatic_kjmol"] > v["ip_vertical_kjmol"]
+    assert res.values == {}
+
+
+def test_cost_of_relaxing_in_a_smaller_basis_lies_between_the_protocols():
+    big = EvalInput("c1ccc2cc3ccccc3cc2c1")
+    cheap, mid, full = (DftReorgBackend(), DftReorgBackend(geometry="dft", opt_basis="sto-3g"),
+                        DftReorgBackend(geometry="dft"))
+    assert cheap.cost_estimate(big) < mid.cost_estimate(big) < full.cost_estimate(big)
+
+
+@pytest.mark.slow
+def test_dft_relaxation_in_a_smaller_basis_ethylene():
+    """B3LYP/6-31G energies at B3LYP/STO-3G minima: the level is named, the energies
+    are those of the 6-31G basis (not the STO-3G optimiser's)."""
+    res = DftReorgBackend(geometry="dft", opt_basis="sto-3g").evaluate(EvalInput("C=C"))
+    assert res.extra["level"] == "B3LYP/6-31G//B3LYP/STO-3G geometries"
+    assert res.ok, res.reason
+    _check_four_point(res)
+    sp = DftReorgBackend(basis="sto-3g", geometry="dft").evaluate(EvalInput("C=C"))
+    assert res.extra["energies_ev"]["N@N"] < sp.extra["energies_ev"]["N@N"] - 10.0  # 6-31G lies lower
+    assert res.extra["neutral"]["n_opt_steps"] == sp.extra["neutral"]["n_opt_steps"]
