@@ -430,6 +430,8 @@ class Campaign:
                 )
                 if used >= b.budget_evaluations:
                     allowed[:, f] = False
+        # a cheaper level is only worth running where the top level can still follow
+        allowed[:, :-1] &= allowed[:, -1:]
         return allowed
 
     def costs(self) -> list[float]:
@@ -489,11 +491,39 @@ class Campaign:
             self.surrogate.fit(self.fingerprints, obs)
             self._fit_signature = signature
             self.n_refits += 1
-            self.last_holdout_mae = self.surrogate.holdout_error(
-                self.fingerprints, obs, self.cfg.surrogate.holdout_fraction,
-                seed=self.cfg.seed + self.n_refits,
-            )
+            self._log_calibration()
         return self.surrogate
+
+    def refit_molecule_model(self) -> MoleculeSurrogate | None:
+        """Refit the molecule surrogate on every stored result (e.g. before the final
+        model is logged); None while there are too few results for a model."""
+        if len(self.observations) < 2:
+            return None
+        return self._refit()
+
+    def _log_calibration(self) -> None:
+        """Leave-out calibration of the refitted surrogate, as a ``molecule_refit`` event.
+
+        Levels are named by backend; the top level's entry holds out only its value
+        (the molecule's cheaper values stay known), ``"<top>, molecule unseen"`` the
+        whole molecule (see
+        :meth:`MoleculeSurrogate.calibration`). Errors in the objective's units.
+        """
+        model = self.surrogate
+        names = [b.name for b in self.cfg.backends]
+        cal = model.calibration(seed=self.cfg.seed + self.n_refits)
+        label = {"top": names[-1], "top_unseen": f"{names[-1]}, molecule unseen"}
+        by_level = {(names[int(k)] if k.isdigit() else label[k]): v for k, v in cal.items()}
+        top = cal.get("top")
+        self.last_holdout_mae = top["mae"] if top else None
+        self.store.log_event(
+            "molecule_refit", n_refit=self.n_refits, n_evaluations=self.n_evaluations,
+            n_by_level={n: int(np.sum(model.obs_f == f)) for f, n in enumerate(names)},
+            objective=self.cfg.objective, rho=model.rho().tolist(),
+            level_correlation=model.level_correlation().tolist(),
+            noise_sd=(np.sqrt(model.noise()) * model.y_scale).tolist(),
+            calibration=by_level,
+        )
 
     def ask(self, n: int) -> list[Task]:
         """Up to ``n`` new tasks (never more than the remaining budget allows)."""
@@ -512,6 +542,12 @@ class Campaign:
         n_mol_pending = sum(not t.payload.get("stage") for t in self.pending.values())
         n = min(n, self.molecule_budget - self.n_molecule_evaluations - n_mol_pending)
         allowed = self._allowed()
+        if self.cfg.max_cpu_hours is not None:
+            # never start work expected to overrun the compute budget
+            costs = self.costs()
+            left = self.cfg.max_cpu_hours * 3600 - self.spent_cpu_s - sum(
+                costs[t.fidelity] for t in self.pending.values() if not t.payload.get("stage"))
+            allowed &= (np.asarray(costs) <= left)[None, :]
         n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
         if n_cheap + n_mol_pending < self.cfg.surrogate.n_initial or len(
             self.observations

@@ -4,18 +4,25 @@ every result as it arrives, and log to MLflow.
 Ctrl-C (or SIGTERM) stops cleanly: in-flight tasks are cancelled, every completed
 result is already in the store, and ``crystal-agent resume NAME`` continues to the
 same budget. A ``kill -9`` loses only the in-flight work.
+
+Before a campaign is created, :func:`preflight` checks what can be checked without
+starting anything (the cluster address answers, ``cpus_per_task`` fits the local Ray,
+the MLflow tracking URI is usable), each failure one line; :func:`make_executor` builds
+the executor a caller starts before handing it to :func:`run_campaign`.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from agent.campaign import Campaign, Status
+    from agent.config import CampaignConfig
+    from agent.executor import RayExecutor
 
 
 class CampaignInterrupted(Exception):
@@ -26,27 +33,52 @@ def _sigterm_to_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_campaign(
-    campaign: Campaign,
-    runs_dir: str | Path,
-    *,
-    address: str | None = None,
-    progress: bool = True,
-) -> Status:
-    """Run ``campaign`` until a stop criterion holds; returns its final status."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def make_executor(cfg: CampaignConfig, address: str | None = None) -> RayExecutor:
+    """The Ray executor of ``cfg``'s ``[executor]`` table (``address`` overrides it); not
+    started yet."""
     from agent.executor import RayExecutor
 
-    cfg = campaign.cfg
     ex_cfg = cfg.executor
-    executor = RayExecutor(
+    return RayExecutor(
         address=address or ex_cfg.address,
         num_cpus=ex_cfg.num_cpus,
         cpus_per_task=ex_cfg.cpus_per_task,
         task_timeout_s=ex_cfg.task_timeout_s,
         max_retries=ex_cfg.max_retries,
     )
+
+
+def preflight(cfg: CampaignConfig, runs_dir: str | Path, address: str | None = None) -> None:
+    """Refuse, in one line and without creating anything, a campaign whose executor or
+    tracking cannot work: an unreachable cluster address
+    (:class:`~agent.executor.ExecutorError`), ``cpus_per_task`` above the local Ray's
+    CPUs, an unusable MLflow tracking URI (:class:`~agent.tracking.TrackingError`)."""
+    make_executor(cfg, address).preflight()
+    if cfg.tracking.enabled:
+        from agent.tracking import check_tracking_uri, tracking_uri
+
+        check_tracking_uri(tracking_uri(cfg, runs_dir))
+
+
+def run_campaign(
+    campaign: Campaign,
+    runs_dir: str | Path,
+    *,
+    address: str | None = None,
+    progress: bool = True,
+    executor: Any = None,
+) -> Status:
+    """Run ``campaign`` until a stop criterion holds; returns its final status.
+
+    ``executor`` (optional) is any object with the :class:`~agent.executor.RayExecutor`
+    interface, e.g. :class:`agent.local_executor.LocalExecutor` for tests and
+    benchmarks; by default a Ray executor is built from the ``[executor]`` config.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cfg = campaign.cfg
+    if executor is None:
+        executor = make_executor(cfg, address)
     tracker = None
     if cfg.tracking.enabled:
         from agent.tracking import Tracker
@@ -107,6 +139,8 @@ def run_campaign(
         store.set_meta("stop_reason", reason)
         store.set_meta("finished", "1")
         store.log_event("finished", reason=reason)
+        if campaign.molecule_stage_enabled:
+            campaign.refit_molecule_model()  # the final model has seen every result
         if tracker is not None:
             tracker.log_refit()
             tracker.log_plots()

@@ -19,6 +19,8 @@ BUILTIN: dict[str, str] = {
     "xtb-reorg": "sim_backends.reorg:XtbReorgBackend",
     "dft-reorg": "sim_backends.reorg:DftReorgBackend",
     "replay": "sim_backends.replay:ReplayBackend",
+    "replay-xtb-reorg": "sim_backends.replay:ReplayXtbReorgBackend",
+    "replay-dft-reorg": "sim_backends.replay:ReplayDftReorgBackend",
     "diagnostic": "sim_backends.diagnostic:DiagnosticBackend",
     "csp-ff": "sim_backends.csp.backend:CSPBackend",
     "xtb-crystal": "sim_backends.xtb_crystal:XtbCrystalBackend",

@@ -1,0 +1,169 @@
+"""The molecule stage on a replay of real results (GFN2-xTB and B3LYP/6-31G//GFN2-xTB
+hole reorganisation energies of the demo pool, data/benchmarks/reorg_table.csv):
+the top-level posterior must follow the cheap level instead of collapsing, and the real
+Campaign, run through run_campaign with the in-process executor, must keep choosing
+the expensive level after its first result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.campaign import Campaign
+from agent.config import parse_config
+from agent.local_executor import LocalExecutor
+from agent.runner import run_campaign
+from sim_backends.replay import REORG_TABLE, reorg_table_values
+
+
+def _table() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Canonical SMILES with an xTB value, their xTB and DFT values (NaN where none)."""
+    smiles, xtb, dft = reorg_table_values()
+    return smiles, np.array(xtb), np.array(dft)
+
+
+@pytest.fixture(scope="module")
+def table():
+    smiles, xtb, dft = _table()
+    if np.isfinite(dft).sum() < 8:
+        pytest.fail(f"{REORG_TABLE} has only {np.isfinite(dft).sum()} DFT values")
+    return smiles, xtb, dft
+
+
+@pytest.mark.parametrize("n_top", [1, 2, 3])
+def test_top_level_posterior_follows_the_cheap_level(table, n_top):
+    """After 1-3 DFT points the DFT-level means spread like the xTB values and track
+    them molecule by molecule (a flat DFT posterior fails both)."""
+    from agent.surrogates.fingerprints import morgan_fingerprints
+    from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
+
+    smiles, xtb, dft = table
+    fps = morgan_fingerprints(smiles)
+    with_dft = np.flatnonzero(np.isfinite(dft))
+    for seed in range(3):
+        chosen = np.random.default_rng(seed).choice(with_dft, size=n_top, replace=False)
+        obs = [Observation(i, 0, float(v)) for i, v in enumerate(xtb)]
+        obs += [Observation(int(i), 1, float(dft[i])) for i in chosen]
+        model = MoleculeSurrogate(2, seed=seed)
+        model.fit(fps, obs)
+        top_mean, _ = model.predict(fps, 1)
+        assert np.std(top_mean) > 0.5 * np.std(xtb), (seed, np.std(top_mean), np.std(xtb))
+        assert np.corrcoef(top_mean, xtb)[0, 1] > 0.9
+
+
+POOL_BODY = """
+objective = "reorg_energy_kjmol"
+direction = "minimize"
+batch_size = 2
+seed = {seed}
+max_cpu_hours = {hours}
+max_evaluations = 200
+[surrogate]
+n_initial = 4
+[tracking]
+enabled = false
+[[backends]]
+name = "replay-xtb-reorg"
+[[backends]]
+name = "replay-dft-reorg"
+"""
+
+
+def run_replay_campaign(tmp_path, smiles: list[str], seed: int, hours: float) -> Campaign:
+    import tomllib
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "pool.smi").write_text("\n".join(smiles) + "\n")
+    text = f'name = "replay-{seed}"\npool = "pool.smi"\n' + POOL_BODY.format(seed=seed, hours=hours)
+    cfg = parse_config(tomllib.loads(text), base_dir=tmp_path)
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    run_campaign(camp, tmp_path / "runs", executor=LocalExecutor(slots=2), progress=False)
+    return camp
+
+
+def test_acquisition_picks_the_expensive_level_again_after_the_first(table):
+    """Replay of the real table over the whole pool: 6 xTB values and one DFT value
+    (the best xTB molecule with a stored DFT value), then 40 single choices at the
+    table's mean costs (0.6 s xTB, 130 s DFT; DFT offered where a stored value exists,
+    xTB everywhere). DFT must be chosen again, repeatedly, while xTB is still offered."""
+    from agent.acquisition import select_batch
+    from agent.surrogates.fingerprints import morgan_fingerprints
+    from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
+
+    smiles, xtb, dft = table
+    fps = morgan_fingerprints(smiles)
+    n = len(smiles)
+    first = min(np.flatnonzero(np.isfinite(dft)), key=lambda i: xtb[i])
+    for seed in range(3):
+        init = np.random.default_rng(seed).choice(n, 6, replace=False)
+        allowed = np.ones((n, 2), dtype=bool)
+        allowed[:, 1] = np.isfinite(dft)
+        obs = [Observation(int(i), 0, float(xtb[i])) for i in set(init) | {first}]
+        obs.append(Observation(int(first), 1, float(dft[first])))
+        for o in obs:
+            allowed[o.mol_index, o.fidelity] = False
+        model = MoleculeSurrogate(2, seed=seed)
+        levels = []
+        for _ in range(40):
+            model.fit(fps, obs)
+            best = min(o.value for o in obs if o.fidelity == 1)
+            (i, f), = select_batch(model, fps, q=1, costs=[0.6, 130.0], allowed=allowed,
+                                   pending=[], best_value=best, direction="minimize", seed=seed)
+            obs.append(Observation(i, f, float((xtb, dft)[f][i])))
+            allowed[i, f] = False
+            levels.append(f)
+        assert allowed[:, 0].sum() > 50  # cheap evaluations were still on offer
+        assert sum(levels) >= 5, (seed, levels)
+        assert min(o.value for o in obs if o.fidelity == 1) == pytest.approx(np.nanmin(dft))
+
+
+def test_campaign_spends_the_budget_on_the_expensive_level(table, tmp_path):
+    """The real Campaign through run_campaign (in-process executor, replay backends) on
+    the 22 molecules with both values: most CPU seconds go to DFT, the DFT minimum is
+    found, and the calibration stored at the last refit has seen every result."""
+    smiles, _, dft = table
+    pool = [s for s, d in zip(smiles, dft, strict=True) if np.isfinite(d)]
+    for seed in (0, 1):
+        camp = run_replay_campaign(tmp_path / str(seed), pool, seed, hours=0.3)
+        try:
+            evs = camp.store.evaluations()
+            levels = [ev.backend for ev in evs]
+            first = levels.index("replay-dft-reorg")
+            assert levels[first + 1:].count("replay-dft-reorg") >= 3, (seed, levels)
+            dft_s = sum(ev.wall_s for ev in evs if ev.backend == "replay-dft-reorg")
+            assert dft_s > 0.8 * camp.spent_cpu_s
+            assert camp.best_value() == pytest.approx(float(np.nanmin(dft)))
+            refits = camp.store.events("molecule_refit")
+            assert refits and refits[-1]["n_by_level"]["replay-dft-reorg"] == sum(
+                ev.ok for ev in evs if ev.backend == "replay-dft-reorg")
+            cal = refits[-1]["calibration"]
+            assert {"replay-xtb-reorg", "replay-dft-reorg"} <= set(cal)
+            for entry in cal.values():
+                assert 0 <= entry["coverage_68"] <= entry["coverage_95"] <= 1
+                assert entry["mae"] >= 0 and entry["z_std"] >= 0
+        finally:
+            camp.close()
+
+
+def test_local_executor_contract():
+    from agent.executor import Task
+    from sim_backends.base import EvalInput
+
+    ex = LocalExecutor(slots=3, max_retries=0)
+    ex.start()
+    assert ex.capacity == 3 and ex.n_in_flight == 0 and ex.wait() == []
+    tasks = [Task(request_id=str(k), backend="replay-xtb-reorg", backend_params={},
+                  inp=EvalInput(s)) for k, s in enumerate(["c1ccc2ccccc2c1", "C1CC("])]
+    for t in tasks:
+        ex.submit(t)
+    assert ex.n_in_flight == 2 and ex.in_flight() == tasks
+    done = ex.wait() + ex.wait()
+    assert [d.task.request_id for d in done] == ["0", "1"]
+    assert done[0].result.ok and done[0].result.values["reorg_energy_kjmol"] == pytest.approx(12.9447)
+    assert done[0].result.wall_s == pytest.approx(0.781)  # charged the recorded cost
+    assert not done[1].result.ok and done[1].result.reason.startswith("setup:")
+    ex.submit(tasks[0])
+    ex.cancel_all()
+    assert ex.n_in_flight == 0
+    with pytest.raises(ValueError, match="slots"):
+        LocalExecutor(slots=0)
