@@ -391,7 +391,10 @@ class StructureStage:
 
     def corrected_landscape(self, molecule_id: int) -> dict[str, np.ndarray] | None:
         """Force-field and GP-corrected energies (mean, std) of every structure, from the
-        model of the last decision when nothing was computed since, else a fresh fit."""
+        model of the last decision when nothing was computed since, else a fresh fit;
+        ``held_out_kjmol`` (leave-one-out predictions of the computed structures, None when
+        the model's residuals do not cover them all) and ``loo_mae_kjmol`` (the model's own
+        figure, the one logged to MLflow per refit)."""
         land = self.landscapes.get(molecule_id)
         if land is None or not land.computed:
             return None
@@ -401,7 +404,9 @@ class StructureStage:
         mean, std = model.predict(self._inputs(land, model))
         computed = np.array(sorted(land.computed))
         held_out = None
-        if model.loo_residual_kjmol is not None:  # computed minus leave-one-out prediction
-            held_out = np.array([land.computed[i] for i in computed]) - model.loo_residual_kjmol
+        residual = model.loo_residual_kjmol
+        if residual is not None and len(residual) == len(computed):  # computed minus LOO prediction
+            held_out = np.array([land.computed[i] for i in computed]) - residual
         return {"ff_kjmol": land.ff_kjmol, "corrected_kjmol": land.ff_kjmol + mean,
-                "std_kjmol": std, "computed": computed, "held_out_kjmol": held_out}
+                "std_kjmol": std, "computed": computed, "held_out_kjmol": held_out,
+                "loo_mae_kjmol": model.loo_mae_kjmol}
