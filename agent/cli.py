@@ -58,21 +58,16 @@ def _runs_dir(args: argparse.Namespace) -> Path:
     return Path(args.runs_dir or os.environ.get("CRYSTAL_AGENT_RUNS", "runs"))
 
 
-def _print_status(status: object, as_json: bool) -> None:
-    from agent.campaign import dump_status_json
+def _print_status(status: object, as_json: bool, store: object, cfg: object) -> None:
+    """The status (:func:`agent.summary.status_record`): units and level of theory on every
+    figure, and the structure-stage results when there is a structure stage."""
+    from agent.summary import status_lines, status_record
 
+    rec = status_record(status, store, cfg)
     if as_json:
-        print(dump_status_json(status))
+        print(json.dumps(rec, indent=2, sort_keys=True, default=str))
         return
-    s = status.to_dict()
-    print(f"campaign      {s['name']}")
-    print(f"evaluations   {s['n_evaluations']} / {s['max_evaluations']} ({s['n_failed']} failed)")
-    print("by backend    " + ", ".join(f"{k}: {v}" for k, v in s["n_by_backend"].items()))
-    print(f"CPU spent     {s['spent_cpu_s']:.1f} s")
-    best = (f"none yet ({s['best_note']})" if s["best"] is None
-            else f"{s['best']:.4g}  {s['best_name']}  {s['best_smiles']}")
-    print(f"best          {best}")
-    print(f"state         {'finished: ' + s['stop_reason'] if s['finished'] else 'not finished'}")
+    print("\n".join(status_lines(rec)))
 
 
 def _run_loop(campaign: object, args: argparse.Namespace) -> int:
@@ -82,12 +77,12 @@ def _run_loop(campaign: object, args: argparse.Namespace) -> int:
         status = run_campaign(
             campaign, _runs_dir(args), address=args.address, progress=not args.quiet
         )
+        _print_status(status, False, campaign.store, campaign.cfg)
     except CampaignInterrupted as exc:
         print(f"crystal-agent: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         campaign.close()
-    _print_status(status, as_json=False)
     return 0
 
 
@@ -134,8 +129,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Store(path) as store:
         if args.invalid:
             return _print_invalid(store, as_json=args.json)
-        status = campaign_status(store, load_stored_config(store))
-    _print_status(status, as_json=args.json)
+        cfg = load_stored_config(store)
+        _print_status(campaign_status(store, cfg), args.json, store, cfg)
     return 0
 
 

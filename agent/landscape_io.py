@@ -1,4 +1,4 @@
-"""Read a multi-level crystal-energy landscape from disk.
+"""Read a multi-level crystal-energy landscape from disk; write a campaign's landscapes.
 
 A landscape directory holds one CSP landscape of one molecule computed at two or more
 levels of theory, in the layout of ``data/reference/landscapes/target_I/``:
@@ -18,16 +18,22 @@ Structures flagged ``connectivity_ok`` False at any requested level are dropped
 molecule any more. Energies are re-referenced to the minimum over the kept
 structures, per level.
 
-Importing this module is cheap; ASE is imported when a landscape is loaded.
+:func:`write_campaign_structures` writes the landscapes of a campaign's structure stage
+(``runs/<name>/structures/``): symmetrised CIFs with the energies at every level, and per
+landscape a CSV with one ``E_<LEVEL>_kJmol_per_mol`` / ``dE_<LEVEL>_kJmol_per_mol`` column
+pair per level, ``levels.json`` naming the level of theory of each.
+
+Importing this module is cheap; ASE and pymatgen are imported when used.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -191,3 +197,101 @@ def load_landscape(
         observed=observed,
         dropped_ids=dropped,
     )
+
+
+def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) -> list[Path]:
+    """Write a campaign's CSP landscapes as a crystallographer reads them.
+
+    Into ``out_dir`` (default ``runs/<name>/structures/``), per landscape molecule:
+
+    * ``<structure id>.cif`` for every structure (:func:`sim_backends.csp.landscape.crystal_cif`:
+      symmetrised, Niggli-reduced primitive cell, molecule formula, Z in molecules) with its
+      energies at every level computed (force-field lattice energy; refinement-level lattice
+      energy, computed or the Delta-GP prediction with its 1-sigma; F_vib where computed);
+    * ``landscape_m<molecule id>.csv``: one row per structure ranked at the highest level
+      (``rank``), columns ``id, rank, space_group, Z, density_gcm3`` then, per level ``L``
+      (backend name), ``E_<L>_kJmol_per_mol`` (lattice energy, kJ/mol per molecule;
+      empty where not computed), ``dE_<L>_kJmol_per_mol`` (relative to the lowest), for the
+      refinement level also ``E_<L>_best_kJmol_per_mol`` / ``E_<L>_std_kJmol_per_mol`` (the
+      computed value, else the Delta-GP mean and 1-sigma), ``status`` (``computed``,
+      ``failed`` at that level, or ``predicted``) and ``cif``;
+    * ``levels.json``: backend name -> level of theory of each column.
+
+    Returns:
+        The paths written (none without a structure stage or landscape).
+    """
+    from pymatgen.core import Structure
+
+    from agent.summary import landscape_rows, level_of_theory, structures_dir
+    from sim_backends.csp.landscape import LevelEnergy, crystal_cif
+
+    stage = getattr(campaign, "stage", None)
+    if stage is None or not stage.landscapes:
+        return []
+    scfg = campaign.cfg.structures
+    out = Path(out_dir) if out_dir is not None else structures_dir(campaign.directory)
+    out.mkdir(parents=True, exist_ok=True)
+    ff, ref, fe = scfg.csp.name, scfg.refine.name if scfg.refine else None, scfg.free_energy
+    levels = {ff: level_of_theory(scfg.csp)}
+    if ref:
+        levels[ref] = level_of_theory(scfg.refine)
+    if fe is not None:
+        levels[fe.name] = level_of_theory(fe)
+    paths = []
+    for mol_id, land in sorted(stage.landscapes.items()):
+        rows = landscape_rows(campaign, mol_id)
+        has_level = any(r["computed"] for r in rows)
+        order = sorted(range(len(rows)), key=lambda k: (rows[k]["energy_kjmol"] if has_level
+                                                        else rows[k]["ff_kjmol"]))
+        rank = {k: n for n, k in enumerate(order, 1)}
+        name = campaign.names[campaign._index_of[mol_id]] if mol_id in campaign._index_of else land.smiles
+        cols = ["id", "rank", "space_group", "Z", "density_gcm3", f"E_{ff}_kJmol_per_mol",
+                f"dE_{ff}_kJmol_per_mol"]
+        if ref:
+            cols += [f"E_{ref}_kJmol_per_mol", f"E_{ref}_best_kJmol_per_mol", f"E_{ref}_std_kJmol_per_mol",
+                     f"dE_{ref}_kJmol_per_mol", "status"]
+        if fe is not None:
+            cols.append(f"F_vib_{fe.name}_kJmol_per_mol")
+        cols.append("cif")
+        table = out / f"landscape_m{mol_id}.csv"
+        with table.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            for k in order:
+                r = rows[k]
+                energies = [LevelEnergy(levels[ff], "lattice energy", r["ff_kjmol"]),
+                            LevelEnergy(levels[ff], "relative energy", r["ff_rel_kjmol"])]
+                if ref and r["energy_kjmol"] is not None:
+                    what = "lattice energy" if r["computed"] else "lattice energy, Delta-GP prediction"
+                    energies += [LevelEnergy(levels[ref], what, r["energy_kjmol"],
+                                             None if r["computed"] else r["std_kjmol"]),
+                                 LevelEnergy(levels[ref], "relative energy" + ("" if r["computed"] else
+                                                                               ", Delta-GP prediction"),
+                                             r["rel_kjmol"])]
+                if fe is not None and r["f_vib_kjmol"] is not None:
+                    energies.append(LevelEnergy(levels[fe.name], "F_vib", r["f_vib_kjmol"]))
+                cif_path = out / f"{r['id']}.cif"
+                st = Structure.from_str(land.cifs[k], fmt="cif")
+                cif_path.write_text(crystal_cif(st, n_molecules=int(r["z"] or 1), name=name,
+                                                structure_id=r["id"], smiles=land.smiles, energies=energies,
+                                                space_group=r["space_group"] or ""))
+                paths.append(cif_path)
+                row = [r["id"], rank[k], r["space_group"], r["z"], _fmt(r["density_gcm3"], 4),
+                       _fmt(r["ff_kjmol"]), _fmt(r["ff_rel_kjmol"])]
+                if ref:
+                    row += [_fmt(r["energy_kjmol"]) if r["computed"] else "", _fmt(r["energy_kjmol"]),
+                            _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")),
+                            "computed" if r["computed"] else "failed" if r["failed"] else "predicted"]
+                if fe is not None:
+                    row.append(_fmt(r["f_vib_kjmol"]))
+                row.append(cif_path.name)
+                w.writerow(row)
+        paths.append(table)
+    levels_path = out / "levels.json"
+    levels_path.write_text(json.dumps({"energy_unit": "kJ/mol per molecule", "levels": levels}, indent=2))
+    paths.append(levels_path)
+    return paths
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"

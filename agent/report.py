@@ -1,99 +1,197 @@
 """Plots and tables of a campaign, written under ``runs/<name>/report/``.
 
-* ``convergence.png``: every evaluation's objective value against evaluation number,
-  coloured by fidelity, with the best expensive-level value found so far;
-* ``fidelity_parity.png``: cheap vs expensive values for molecules computed at both;
-* ``results.csv``: one row per molecule with its values at each fidelity.
+Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
+
+* ``convergence.png``: every successful evaluation's objective value against evaluation
+  number (integer ticks), coloured by level, the best top-level value found so far, the
+  top-level molecules named; failed evaluations are marked apart (ticks on the top edge,
+  counted in the legend), never drawn as values;
+* ``fidelity_parity.png``: cheap vs expensive values of the molecules computed at both,
+  only with at least :data:`MIN_PARITY_POINTS` of them (``summary.txt`` says why not);
+* ``results.csv``: one row per molecule with its values at each level;
+* ``landscape_m<id>.png`` / ``.csv`` per refined CSP landscape (:func:`landscape_plot`,
+  :func:`landscape_table`), and the landscapes as CIFs and tables in
+  ``runs/<name>/structures/`` (:func:`agent.landscape_io.write_campaign_structures`);
+* ``summary.txt``: the status text (:func:`agent.summary.status_lines`) and notes on plots
+  not drawn.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.campaign import Campaign
 
+#: a parity plot needs at least this many points; fewer are reported in words
+MIN_PARITY_POINTS = 5
+#: space groups shown individually in a landscape legend; the rest are grouped as "other"
+MAX_LEGEND_GROUPS = 9
+
 
 def write_plots(campaign: Campaign) -> list[Path]:
-    """Write the report files for ``campaign``; returns their paths."""
+    """Write the report files (and ``runs/<name>/structures/``) for ``campaign``; returns
+    their paths. When the campaign holds its store's lock (a run, not a read-only
+    ``report``), the structure results are saved for ``status`` as well."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from agent.landscape_io import write_campaign_structures
+    from agent.summary import save_structure_results, status_lines, status_record
+
     out = campaign.directory / "report"
     out.mkdir(parents=True, exist_ok=True)
-    cfg = campaign.cfg
-    names = [b.name for b in cfg.backends]
-    hist = campaign.history
-    paths: list[Path] = []
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-    for f, name in enumerate(names):
-        pts = [(h["n"], h["value"]) for h in hist if h["fidelity"] == f and h["value"] is not None
-               and h["status"] == "ok"]
-        if pts:
-            x, y = zip(*pts, strict=True)
-            ax.scatter(x, y, s=18, color=colours[f % 4], label=f"{name} (fidelity {f})", alpha=0.8)
-    fails = [h["n"] for h in hist if h["status"] != "ok"]
-    if fails:
-        ax.scatter(fails, [ax.get_ylim()[0]] * len(fails), marker="x", color="k", label="failed")
-    best = [(h["n"], h["best"]) for h in hist if h["best"] is not None]
-    if best:
-        x, y = zip(*best, strict=True)
-        ax.step(x, y, where="post", color="k", lw=1.5, label=f"best {names[-1]}")
-    ax.set_xlabel("evaluation number")
-    ax.set_ylabel(cfg.objective)
-    ax.set_title(f"campaign {cfg.name}: {cfg.direction} {cfg.objective}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = out / "convergence.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    paths.append(p)
-
-    by_mol: dict[int, dict[int, float]] = {}
-    for i, f, v in campaign.observations:
-        by_mol.setdefault(i, {})[f] = v
-    if len(names) > 1:
-        pairs = [(d[0], d[len(names) - 1]) for d in by_mol.values() if 0 in d and len(names) - 1 in d]
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        if pairs:
-            x, y = zip(*pairs, strict=True)
-            ax.scatter(x, y, s=20)
-            lo, hi = min(x + y), max(x + y)
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel(f"{names[0]} {cfg.objective}")
-        ax.set_ylabel(f"{names[-1]} {cfg.objective}")
-        ax.set_title(f"{len(pairs)} molecules at both fidelities")
-        fig.tight_layout()
-        p = out / "fidelity_parity.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
+    notes: list[str] = []
+    paths = [convergence_plot(campaign, out / "convergence.png", plt)]
+    p = fidelity_parity_plot(campaign, out / "fidelity_parity.png", plt, notes)
+    if p is not None:
         paths.append(p)
-
     if campaign.stage is not None:
-        paths += _landscape_plots(campaign, out, plt)
-
-    p = out / "results.csv"
-    with p.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["smiles", "name"] + [f"{n}_{cfg.objective}" for n in names])
-        for i, d in sorted(by_mol.items(), key=lambda kv: kv[1].get(len(names) - 1, float("inf"))):
-            w.writerow([campaign.smiles[i], campaign.names[i]] + [d.get(f, "") for f in range(len(names))])
-    paths.append(p)
+        paths += _landscape_plots(campaign, out, plt, notes)
+        paths += write_campaign_structures(campaign)
+        if getattr(campaign.store, "_lock_fd", None) is not None:  # the writer of this store
+            save_structure_results(campaign)
+    paths.append(results_table(campaign, out / "results.csv"))
+    rec = status_record(campaign.status(), campaign.store, campaign.cfg)
+    summary = out / "summary.txt"
+    summary.write_text("\n".join(status_lines(rec) + [""] + [f"note: {n}" for n in notes]) + "\n")
+    paths.append(summary)
     return paths
 
 
-def _landscape_plots(campaign: Campaign, out: Path, plt: object) -> list[Path]:
+def _levels(campaign: Campaign) -> list[str]:
+    from agent.summary import level_of_theory
+
+    return [level_of_theory(b) for b in campaign.cfg.backends]
+
+
+def convergence_plot(campaign: Campaign, path: Path, plt: Any) -> Path:
+    """:func:`convergence_figure` saved to ``path``."""
+    fig = convergence_figure(campaign, plt)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def convergence_figure(campaign: Campaign, plt: Any) -> Any:
+    """Objective value per evaluation, coloured by level; failures marked on the top edge."""
+    from matplotlib.ticker import MaxNLocator
+
+    from agent.summary import axis_label, quantity
+
+    cfg = campaign.cfg
+    names = [b.name for b in cfg.backends]
+    levels = _levels(campaign)
+    hist = campaign.history
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    top = len(names) - 1
+    for f, name in enumerate(names):
+        pts = [h for h in hist if h["fidelity"] == f and h["value"] is not None and h["status"] == "ok"]
+        if pts:
+            ax.scatter([h["n"] for h in pts], [h["value"] for h in pts], s=18 if f < top else 36,
+                       color=colours[f % 4], label=f"{levels[f]} ({name}, {len(pts)})", alpha=0.8,
+                       zorder=3)
+        if f == top and 0 < len(pts) <= 15:
+            for h in pts:
+                ax.annotate(campaign.names[h["mol_index"]], (h["n"], h["value"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    fails = [h["n"] for h in hist if h["status"] != "ok"]
+    if fails:  # not values: ticks on the top edge, in axes coordinates
+        ax.plot(fails, [0.985] * len(fails), ls="none", marker="|", ms=10, color="crimson",
+                transform=ax.get_xaxis_transform(), label=f"failed evaluation ({len(fails)})")
+    best = [(h["n"], h["best"]) for h in hist if h["best"] is not None]
+    if best:
+        x, y = zip(*best, strict=True)
+        ax.step(x, y, where="post", color="k", lw=1.5, label=f"best so far at {levels[-1]}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("evaluation number (all levels and stages)")
+    ax.set_ylabel(axis_label(cfg.objective))
+    label = quantity(cfg.objective)[0]
+    ax.set_title(f"campaign {cfg.name}: {cfg.direction.replace('imize', 'ise')} {label}", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def fidelity_parity_plot(campaign: Campaign, path: Path, plt: Any, notes: list[str]) -> Path | None:
+    """:func:`fidelity_parity_figure` saved to ``path``; None (and any stale plot
+    removed) when there is no figure."""
+    fig = fidelity_parity_figure(campaign, plt, notes)
+    if fig is None:
+        path.unlink(missing_ok=True)
+        return None
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fidelity_parity_figure(campaign: Campaign, plt: Any, notes: list[str]) -> Any | None:
+    """Cheapest vs top level for molecules computed at both; None (with a note appended
+    to ``notes``) below :data:`MIN_PARITY_POINTS` molecules or with one level."""
+    from agent.summary import quantity
+
+    cfg = campaign.cfg
+    names = [b.name for b in cfg.backends]
+    if len(names) < 2:
+        return None
+    levels = _levels(campaign)
+    by_mol = _by_molecule(campaign)
+    top = len(names) - 1
+    pairs = [(i, d[0], d[top]) for i, d in by_mol.items() if 0 in d and top in d]
+    if len(pairs) < MIN_PARITY_POINTS:
+        notes.append(f"no fidelity parity plot: {len(pairs)} molecule(s) computed at both "
+                     f"{levels[0]} and {levels[-1]} (fewer than {MIN_PARITY_POINTS})")
+        return None
+    label, _, unit = quantity(cfg.objective)
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    idx, x, y = zip(*pairs, strict=True)
+    ax.scatter(x, y, s=22)
+    for i, a, b in pairs:
+        ax.annotate(campaign.names[i], (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    lo, hi = min(x + y), max(x + y)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+    ax.set_xlabel(f"{label} ({unit}), {levels[0]}", fontsize=9)
+    ax.set_ylabel(f"{label} ({unit}), {levels[-1]}", fontsize=9)
+    ax.set_title(f"{len(pairs)} molecules at both levels", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _by_molecule(campaign: Campaign) -> dict[int, dict[int, float]]:
+    by_mol: dict[int, dict[int, float]] = {}
+    for i, f, v in campaign.observations:
+        by_mol.setdefault(i, {})[f] = v
+    return by_mol
+
+
+def results_table(campaign: Campaign, path: Path) -> Path:
+    """One row per molecule, its objective at each level, best top-level value first;
+    value columns ``<backend>_<objective>`` (the unit is the objective's suffix)."""
+    cfg = campaign.cfg
+    names = [b.name for b in cfg.backends]
+    by_mol = _by_molecule(campaign)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["smiles", "name"] + [f"{n}_{cfg.objective}" for n in names])
+        sign = 1.0 if cfg.direction == "minimize" else -1.0
+        for i, d in sorted(by_mol.items(), key=lambda kv: sign * kv[1].get(len(names) - 1, sign * float("inf"))):
+            w.writerow([campaign.smiles[i], campaign.names[i]] + [d.get(f, "") for f in range(len(names))])
+    return path
+
+
+def _landscape_plots(campaign: Campaign, out: Path, plt: object, notes: list[str]) -> list[Path]:
     """Per refined landscape: :func:`landscape_plot` (``landscape_m<molecule id>.png``)
     and :func:`landscape_table` (``landscape_m<molecule id>.csv``)."""
     paths = []
     for mol_id in campaign.stage.landscapes:
-        p = landscape_plot(campaign, mol_id, out / f"landscape_m{mol_id}.png", plt)
+        p = landscape_plot(campaign, mol_id, out / f"landscape_m{mol_id}.png", plt, notes)
         if p is not None:
             paths.append(p)
             paths.append(landscape_table(campaign, mol_id, out / f"landscape_m{mol_id}.csv"))
@@ -138,62 +236,86 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     return path
 
 
-def landscape_plot(campaign: Campaign, mol_id: int, path: Path, plt: object = None) -> Path | None:
-    """Force-field vs GP-corrected energies against density (the landscape before and
-    after correction), and the GP's held-out predictions vs the computed energies
-    (leave-one-out, closed form with the hyperparameters fixed, so every point is a
-    prediction for a structure the GP did not see). ``None`` before anything is computed.
-    """
-    import numpy as np
-
+def landscape_plot(campaign: Campaign, mol_id: int, path: Path, plt: object = None,
+                   notes: list[str] | None = None) -> Path | None:
+    """:func:`landscape_figure` saved to ``path``; None before anything is computed."""
     if plt is None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+    fig = landscape_figure(campaign, mol_id, plt, notes)
+    if fig is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str] | None = None) -> Any:
+    """Force-field vs GP-corrected energies against density (the landscape before and
+    after correction), and the GP's held-out predictions vs the computed energies
+    (leave-one-out, closed form with the hyperparameters fixed, so every point is a
+    prediction for a structure the GP did not see). The parity panel needs
+    :data:`MIN_PARITY_POINTS` computed structures (else it says how many there are); its
+    MAE is the model's own ``loo_mae_kjmol``, the figure logged to MLflow. ``None``
+    before anything is computed.
+    """
+    import numpy as np
+
+    from agent.summary import level_of_theory
+
     stage = campaign.stage
     land = stage.landscapes.get(mol_id)
     corr = stage.corrected_landscape(mol_id) if land is not None else None
     if corr is None:
         return None
+    ref_level, ff_level = level_of_theory(stage.cfg.refine), level_of_theory(stage.cfg.csp)
+    name = campaign.names[campaign._index_of[mol_id]] if mol_id in campaign._index_of else land.smiles
     dens = {r["id"]: r["density_gcm3"] for r in campaign.store.structures(mol_id)}
     rho = np.array([dens.get(i) or np.nan for i in land.ids], dtype=float)
     computed = corr["computed"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=False)
-    ax = axes[0]
-    ax.scatter(rho, land.ff_kjmol - land.ff_kjmol.min(), s=14, c="0.6", label="force field")
-    e = corr["corrected_kjmol"] - corr["corrected_kjmol"].min()
-    ax.errorbar(rho, e, yerr=corr["std_kjmol"], fmt="o", ms=3, color="tab:blue", alpha=0.6,
-                lw=0.6, label=f"corrected to {stage.cfg.refine.name} (GP mean ± 1σ)")
-    ax.scatter(rho[computed], e[computed], s=40, facecolors="none", edgecolors="tab:red",
-               label="computed")
-    if land.f_vib:  # free energy G = E + F_vib where the phonons are computed
-        fv = sorted(land.f_vib)
-        f_mean = float(np.mean(list(land.f_vib.values())))
-        ax.scatter(rho[fv], e[fv] + np.array([land.f_vib[i] for i in fv]) - f_mean, marker="v", s=36,
-                   color="tab:green", label=f"+ F_vib ({stage.cfg.free_energy.name}), rel. to mean", zorder=4)
-    if land.observed:
-        obs = sorted(land.observed)
-        ax.scatter(rho[obs], e[obs], marker="*", s=160, color="gold", edgecolors="k",
-                   label="observed in lab", zorder=5)
-    ax.set_xlabel("density / g cm$^{-3}$")
-    ax.set_ylabel("relative lattice energy / kJ mol$^{-1}$")
-    ax.set_title(f"{land.smiles}: landscape before and after correction")
-    ax.legend(fontsize=7)
-    ax = axes[1]
     true = np.array([land.computed[i] for i in computed])
     held = corr.get("held_out_kjmol")
-    pred = held if held is not None else corr["corrected_kjmol"][computed]
-    ax.scatter(true, pred, s=20)
-    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel(f"computed {stage.cfg.refine.name} energy / kJ mol$^{{-1}}$")
-    what = "held-out (LOO) GP prediction" if held is not None else "GP-corrected energy"
-    ax.set_ylabel(f"{what} / kJ mol$^{{-1}}$")
-    mae = f", LOO MAE {np.mean(np.abs(pred - true)):.2f} kJ/mol" if held is not None else ""
-    ax.set_title(f"{len(computed)} of {len(land.ids)} structures computed{mae}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    has_parity = held is not None and len(computed) >= MIN_PARITY_POINTS
+    fig, axes = plt.subplots(1, 2 if has_parity else 1, figsize=(11, 4.6) if has_parity else (7, 4.8),
+                             squeeze=False)
+    ax = axes[0][0]
+    ax.scatter(rho, land.ff_kjmol - land.ff_kjmol.min(), s=14, c="0.6", label=f"{ff_level}")
+    e = corr["corrected_kjmol"] - corr["corrected_kjmol"].min()
+    std = corr["std_kjmol"].copy()
+    std[computed] = 0.0  # computed energies are exact at this level
+    ax.errorbar(rho, e, yerr=std, fmt="o", ms=3, color="tab:blue", alpha=0.6,
+                lw=0.6, label=f"{ref_level}: Delta-GP mean ± 1σ")
+    ax.scatter(rho[computed], e[computed], s=40, facecolors="none", edgecolors="tab:red",
+               label=f"computed at {ref_level} ({len(computed)})")
+    if land.failed:
+        bad = sorted(land.failed)
+        ax.scatter(rho[bad], e[bad], marker="x", s=40, color="crimson", zorder=4,
+                   label=f"failed at {ref_level} ({len(bad)}; GP prediction shown)")
+    ax.set_xlabel("density (g/cm$^3$)")
+    ax.set_ylabel("lattice energy rel. to lowest (kJ/mol per molecule)")
+    ax.set_title(f"{name}: {len(land.ids)} CSP structures before and after correction", fontsize=9)
+    ax.legend(fontsize=6.5)
+    mae = corr.get("loo_mae_kjmol")
+    if not has_parity:
+        why = (f"{len(computed)} structure(s) computed at {ref_level}: fewer than {MIN_PARITY_POINTS}, "
+               "no held-out parity plot" if len(computed) < MIN_PARITY_POINTS
+               else "no leave-one-out predictions for this model: no held-out parity plot")
+        fig.text(0.01, 0.005, why, fontsize=7, color="0.3", ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        if notes is not None:
+            notes.append(f"{name}: {why}")
+    else:
+        ax = axes[0][1]
+        ax.scatter(true, held, s=20)
+        lo, hi = float(min(true.min(), held.min())), float(max(true.max(), held.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+        ax.set_xlabel(f"computed lattice energy (kJ/mol per molecule)\n{ref_level}", fontsize=8)
+        ax.set_ylabel("held-out (LOO) Delta-GP prediction (kJ/mol per molecule)", fontsize=8)
+        mae_text = f", LOO MAE {mae:.2f} kJ/mol per molecule" if mae is not None else ""
+        ax.set_title(f"{len(computed)} of {len(land.ids)} structures computed{mae_text}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+    return fig

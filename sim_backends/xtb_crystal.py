@@ -206,7 +206,8 @@ class XtbCrystalBackend(Backend):
         p = {**self.params, **(params or {})}
         relax = {False: "", None: "", "positions": ", positions relaxed", True: ", positions relaxed",
                  "full": ", cell and positions relaxed"}.get(p.get("relax", False), "")
-        return f"{p.get('method', 'GFN2-xTB')} periodic (tblite){relax}"
+        gas = ", rigid gas-phase reference" if p.get("gas", "relaxed") == "rigid" else ""
+        return f"{p.get('method', 'GFN2-xTB')} periodic (tblite){relax}{gas}"
 
     def cost_estimate(self, inp: EvalInput) -> float:
         n = estimate_cell_atoms(inp.structure_cif)

@@ -14,7 +14,7 @@ Written to disk as
   kJ/mol per molecule, level of theory named);
 * ``landscape_ff.extxyz``: the same structures as one multi-frame extxyz (``info``:
   ``id``, ``Z``, ``energy_kjmol``, ``connectivity_ok``);
-* ``landscape.png``: lattice energy vs density scatter (matplotlib, Agg);
+* ``landscape.png``: lattice energy vs density scatter by space group (matplotlib, Agg);
 * ``run.json``: run metadata (counts, timings, settings, ``levels``).
 
 The CIF the campaign computes on (:meth:`CSPMinimum.cif`, stored per structure) stays
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 FF_LEVEL = "W99 exp-6 + Ewald point charges, rigid molecule (force field)"
 #: spglib tolerance (A) of the written symmetry, the same as the space-group detection
 CIF_SYMPREC = 0.1
+#: space groups named in the landscape plot's legend; the rest are grouped as "other"
+MAX_LEGEND_GROUPS = 9
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ def molecule_formula(structure: Structure, n_molecules: int) -> str:
     if any(abs(v - round(v)) > 1e-6 for v in per.values()):
         raise ValueError(f"cell composition {structure.composition.formula} is not {n_molecules} molecules")
     return Composition({el: round(v) for el, v in per.items()}).hill_formula.replace(" ", "")
+
+
+def _mathtext_group(symbol: str) -> str:
+    """``P2_1/c`` -> ``P2$_1$/c`` (screw-axis subscripts for matplotlib)."""
+    return re.sub(r"_(\d)", r"$_\1$", symbol)
 
 
 def _block_name(text: str) -> str:
@@ -133,8 +140,8 @@ def crystal_cif(structure: Structure, *, n_molecules: int, name: str = "", struc
         items["_crystal_agent_space_group_detected"] = f"'{space_group}'"
     loops = list(old.loops)
     if energies:
-        cols = {"_crystal_agent_energy_level": [f"'{e.level}'" for e in energies],
-                "_crystal_agent_energy_quantity": [f"'{e.quantity}'" for e in energies],
+        cols = {"_crystal_agent_energy_level": [e.level for e in energies],  # CifBlock quotes or
+                "_crystal_agent_energy_quantity": [e.quantity for e in energies],  # ;-wraps these
                 "_crystal_agent_energy_kJmol_per_molecule": [_cif_number(e.energy_kjmol) for e in energies],
                 "_crystal_agent_energy_std_kJmol_per_molecule": [
                     "?" if e.std_kjmol is None else _cif_number(e.std_kjmol) for e in energies]}
@@ -302,25 +309,50 @@ class Landscape:
         if frames:
             write(path, frames, format="extxyz")
 
-    def plot(self, path: str | Path) -> None:
-        """Energy (relative, kJ/mol) vs density scatter, coloured by detected space group."""
+    def plot(self, path: str | Path, name: str = "") -> None:
+        """:meth:`figure` saved to ``path``."""
+        import matplotlib.pyplot as plt
+
+        fig = self.figure(name)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    def figure(self, name: str = "") -> Any:
+        """Energy (relative, kJ/mol per molecule) vs density scatter, coloured by detected
+        space group: the :data:`MAX_LEGEND_GROUPS` most populated groups by name, the rest
+        as "other", legend outside the axes."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         e0 = self.minima[0].energy_kjmol
-        fig, ax = plt.subplots(figsize=(5.5, 4.2))
-        groups = sorted({m.space_group for m in self.minima})
-        for sg in groups:
+        fig, ax = plt.subplots(figsize=(7.2, 4.4))
+        counts: dict[str, int] = {}
+        for m in self.minima:
+            counts[m.space_group] = counts.get(m.space_group, 0) + 1
+        named = sorted(counts, key=lambda g: (-counts[g], g))[:MAX_LEGEND_GROUPS]
+        if len(counts) == MAX_LEGEND_GROUPS + 1:  # "other" would hold one group: name it
+            named = sorted(counts, key=lambda g: (-counts[g], g))
+        colours = [c for k, c in enumerate(plt.get_cmap("tab10").colors) if k != 7]  # grey is "other"
+        for k, sg in enumerate(named):
             pts = [m for m in self.minima if m.space_group == sg]
-            ax.scatter([m.density_gcm3 for m in pts], [m.energy_kjmol - e0 for m in pts],
-                       s=18, label=sg, alpha=0.8)
+            ax.scatter([m.density_gcm3 for m in pts], [m.energy_kjmol - e0 for m in pts], s=18,
+                       color=colours[k % len(colours)], label=f"{_mathtext_group(sg)} ({len(pts)})",
+                       alpha=0.8)
+        rest = [m for m in self.minima if m.space_group not in named]
+        if rest:
+            n_groups = len({m.space_group for m in rest})
+            ax.scatter([m.density_gcm3 for m in rest], [m.energy_kjmol - e0 for m in rest], s=14,
+                       color="0.6", marker="s", label=f"other ({n_groups} groups, {len(rest)})", alpha=0.8)
         ax.set_xlabel("density (g/cm$^3$)")
-        ax.set_ylabel("lattice energy - global minimum (kJ/mol)")
-        ax.set_title(f"CSP landscape {self.smiles} ({len(self.minima)} minima)")
-        if len(groups) <= 12:
-            ax.legend(fontsize=7, frameon=False)
+        ax.set_ylabel("lattice energy rel. to global minimum\n(kJ/mol per molecule)")
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
+        title = name or self.smiles
+        ax.set_title(f"CSP landscape of {title}: {len(self.minima)} minima, "
+                     f"global minimum {e0:.1f} kJ/mol per molecule\n{FF_LEVEL}", fontsize=9)
+        ax.legend(fontsize=7, frameon=False, title="space group (n)", title_fontsize=7,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        return fig

@@ -1,0 +1,164 @@
+"""Report plots a chemist reads (issue 14 item 8): quantities with units and levels of
+theory on the axes, molecule names, integer evaluation ticks, failed evaluations never
+drawn as values, no parity plot from fewer than five points, a landscape legend that
+survives many space groups.
+
+The campaign is a real :class:`~agent.campaign.Campaign` (GFN2-xTB and
+B3LYP/6-31G//GFN2-xTB ladder) told stored results of real calculations
+(``data/benchmarks/reorg_table.csv``) instead of running them."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+
+import matplotlib
+import pytest
+
+from tests.conftest import ROOT, write_config
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TABLE = ROOT / "data/benchmarks/reorg_table.csv"
+BODY = """
+objective = "reorg_energy_kjmol"
+max_evaluations = 100
+[[backends]]
+name = "xtb-reorg"
+[[backends]]
+name = "dft-reorg"
+params = { functional = "b3lyp", basis = "6-31g" }
+"""
+
+
+def _stored_rows(n: int) -> list[dict]:
+    with TABLE.open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["xtb_reorg_kjmol"] and r["dft_reorg_kjmol"]]
+    return rows[:n]
+
+
+def _campaign(tmp_path, n_both: int):
+    """8 molecules told their stored xTB values, ``n_both`` of them their DFT values, and
+    one failed xTB evaluation (a ninth molecule)."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.executor import Task
+    from sim_backends.base import EvalInput, EvalResult
+
+    rows = _stored_rows(9)
+    cfg = write_config(tmp_path, [f"{r['smiles']} {r['name']}" for r in rows], BODY, name="plots")
+    camp = Campaign.create(load_config(cfg), tmp_path / "runs")
+
+    def tell(i: int, f: int, value: float | None) -> None:
+        backend = ("xtb-reorg", "dft-reorg")[f]
+        task = Task(uuid.uuid4().hex, backend, {}, EvalInput(camp.smiles[i]), fidelity=f,
+                    payload={"mol_index": i, "molecule_id": int(camp.mol_ids[i])})
+        ok = value is not None
+        camp.tell(task, EvalResult(backend, "stored", f, "ok" if ok else "failed",
+                                   {"reorg_energy_kjmol": value} if ok else {}, 1.0, "h",
+                                   reason="" if ok else "run: SCF did not converge"))
+
+    for i in range(8):
+        tell(i, 0, float(rows[i]["xtb_reorg_kjmol"]))
+    tell(8, 0, None)
+    for i in range(n_both):
+        tell(i, 1, float(rows[i]["dft_reorg_kjmol"]))
+    return camp
+
+
+def test_convergence_plot_units_levels_names_ticks_and_failures(tmp_path):
+    from agent.report import convergence_figure
+
+    camp = _campaign(tmp_path, n_both=3)
+    try:
+        fig = convergence_figure(camp, plt)
+        ax = fig.axes[0]
+        assert ax.get_ylabel() == "hole reorganisation energy λ+ (kJ/mol)"
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("GFN2-xTB" in t for t in legend)
+        assert any("B3LYP/6-31G//GFN2-xTB" in t for t in legend)
+        assert "failed evaluation (1)" in legend
+        # the failed evaluation (number 9) is not a value point: no scatter holds it
+        failed_n = next(h["n"] for h in camp.history if h["status"] != "ok")
+        for coll in ax.collections:
+            assert failed_n not in [round(x) for x, _ in coll.get_offsets()]
+        names = {t.get_text() for t in ax.texts}
+        assert {camp.names[i] for i in range(3)} <= names  # the DFT-level molecules are named
+        plt.close(fig)
+    finally:
+        camp.close()
+
+
+def test_parity_plot_refused_below_five_points(tmp_path):
+    from agent.report import fidelity_parity_figure, write_plots
+
+    camp = _campaign(tmp_path, n_both=2)
+    try:
+        notes: list[str] = []
+        assert fidelity_parity_figure(camp, plt, notes) is None
+        assert "2 molecule(s)" in notes[0] and "fewer than 5" in notes[0]
+        paths = write_plots(camp)
+        assert not (camp.directory / "report" / "fidelity_parity.png").exists()
+        assert "fewer than 5" in (camp.directory / "report" / "summary.txt").read_text()
+        assert camp.directory / "report" / "convergence.png" in paths
+    finally:
+        camp.close()
+
+
+def test_parity_plot_with_enough_points_names_both_levels(tmp_path):
+    from agent.report import fidelity_parity_figure
+
+    camp = _campaign(tmp_path, n_both=6)
+    try:
+        fig = fidelity_parity_figure(camp, plt, [])
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == "hole reorganisation energy λ+ (kJ/mol), GFN2-xTB"
+        assert ax.get_ylabel().startswith("hole reorganisation energy λ+ (kJ/mol), B3LYP/6-31G//GFN2-xTB")
+        assert len(ax.collections[0].get_offsets()) == 6
+        assert {t.get_text() for t in ax.texts} == {camp.names[i] for i in range(6)}
+        plt.close(fig)
+    finally:
+        camp.close()
+
+
+def test_csp_landscape_legend_groups_beyond_nine_space_groups():
+    """14 space groups: 9 named with counts, the other 5 grouped, none dropped."""
+    from pymatgen.core import Structure
+
+    from sim_backends.csp.landscape import CSPMinimum, Landscape
+
+    st = Structure.from_file(ROOT / "data/reference/x23/cif/co2.cif")
+    groups = ["P2_1/c", "P-1", "P2_1", "C2/c", "Pbca", "P2_12_12_1", "Pna2_1", "Cc", "C2",
+              "P1", "Pnma", "Cmce", "Immm", "C2/m"]
+    minima = [CSPMinimum(f"m{k:04d}", -30.0 + 0.5 * k, 1.5 + 0.01 * k, groups[k % 14], 1, "P-1", 2, 1, st)
+              for k in range(40)]
+    fig = Landscape("O=C=O", minima).figure("carbon dioxide")
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(legend) == 10 and legend[-1] == "other (5 groups, 13)"
+    assert sum(int(t.rsplit("(", 1)[1].rstrip(")").split(", ")[-1]) for t in legend) == 40
+    assert "P2$_1$/c (3)" in legend  # screw axes as subscripts
+    assert ax.get_ylabel().endswith("(kJ/mol per molecule)") and "density (g/cm$^3$)" == ax.get_xlabel()
+    assert "carbon dioxide" in ax.get_title() and "W99" in ax.get_title()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("reorg_energy_kjmol", "hole reorganisation energy λ+ (kJ/mol)"),
+    ("energy_kjmol", "lattice energy (kJ/mol per molecule)"),
+    ("some_new_thing_ev", "some new thing (eV)"),
+])
+def test_axis_labels_name_quantity_and_unit(name, expected):
+    from agent.summary import axis_label
+
+    assert axis_label(name) == expected
+
+
+def test_value_format_carries_unit_and_ev():
+    from agent.summary import format_value
+
+    assert format_value("reorg_energy_kjmol", 15.9) == "15.9 kJ/mol (0.165 eV)"
+    assert format_value("energy_kjmol", -65.31, 1.24) == "-65.3 ± 1.2 kJ/mol per molecule"
