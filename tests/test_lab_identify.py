@@ -129,3 +129,74 @@ def test_cli_identify_json_and_errors(tmp_path):
     (tmp_path / "junk.xy").write_text("a b\nc d\n")
     bad = cli("lab", "identify", str(tmp_path / "junk.xy"), "--structures", str(tmp_path / "cifs"))
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+ANISO = dict(expansion_iso=(0.0, 0.03), expansion_aniso_sd=0.015, expansion_limit=0.05, march_dollase_r=(0.6, 1.0))
+
+
+@pytest.fixture(scope="module")
+def formamide():
+    """The 114 force-field CSP minima of formamide (data/landscapes/formamide_big)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from agent.landscape_io import load_landscape
+    from agent.lab.landscape import REFERENCE_DIR
+
+    land = load_landscape(REFERENCE_DIR.parent / "landscapes" / "formamide_big", "ff", "xtb")
+    return [AseAtomsAdaptor.get_structure(a) for a in land.atoms["ff"]], list(land.ids)
+
+
+@pytest.mark.parametrize("k", [8, 22])
+def test_anisotropic_expansion_among_114_candidates_picks_the_truth(formamide, k):
+    """Per-axis expansion of several % plus texture: the truth wins among all 114
+    formamide minima (the isotropic screen + 6 refined leaders ranked it 13th / 23rd)."""
+    from dataclasses import replace
+
+    from agent.lab.pxrd import NOISE_LEVELS
+
+    structures, names = formamide
+    rng = np.random.default_rng([6, k])
+    t = int(rng.integers(len(structures)))
+    x, y, info = simulate_pxrd([(structures[t], 1.0)], rng, replace(NOISE_LEVELS["default"], **ANISO))
+    assert max(abs(f - 1) for f in info["phases"][0]["expansion"]) > 0.03
+    res = identify((x, y), structures, names)
+    assert res.best == names[t] and res.is_match
+    assert np.allclose(res.best_scales, info["phases"][0]["expansion"], atol=0.01)
+
+
+def test_adding_wrong_candidates_never_changes_scores_or_answer(formamide, candidates):
+    """Each candidate's score is its own fit: the five scores are bit-identical with 60
+    more wrong candidates offered (same molecule and other molecules), so the answer holds."""
+    from dataclasses import replace
+
+    from agent.lab.pxrd import NOISE_LEVELS
+
+    structures, names = formamide
+    rng = np.random.default_rng([6, 9])
+    t = int(rng.integers(len(structures)))
+    x, y, _ = simulate_pxrd([(structures[t], 1.0)], rng, replace(NOISE_LEVELS["default"], **ANISO))
+    others = [i for i in np.random.default_rng(1).permutation(len(structures)) if i != t]
+    small = [t, *others[:4]]
+    big = small + others[4:34]
+    small_res = identify((x, y), [structures[i] for i in small], [names[i] for i in small])
+    extra_s, extra_n = candidates[0][:30], candidates[1][:30]
+    big_res = identify((x, y), [structures[i] for i in big] + extra_s, [names[i] for i in big] + extra_n)
+    assert small_res.best == big_res.best == names[t]
+    big_scores = dict(big_res.ranked)
+    assert all(big_scores[n] == s for n, s in small_res.ranked)
+
+
+def test_cli_identify_refuses_absurd_cell_and_wavelength(tmp_path):
+    from agent.lab.landscape import write_cif_dir
+
+    entries = list(x23_landscape())[:1]
+    write_cif_dir(entries, tmp_path / "cifs")
+    x, y, _ = simulate_pxrd([(entries[0].structure, 1.0)], np.random.default_rng(5), "default")
+    np.savetxt(tmp_path / "p.xy", np.column_stack([x, y]))
+    bad = cli("lab", "identify", str(tmp_path / "p.xy"), "--structures", str(tmp_path / "cifs"), "--wavelength", "X")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown X-ray wavelength 'X'" in bad.stderr
+    huge = entries[0].structure.copy()
+    huge.scale_lattice(1e18)  # 1e6 A cell edges
+    huge.to(filename=str(tmp_path / "cifs" / "huge.cif"))
+    bad = cli("lab", "identify", str(tmp_path / "p.xy"), "--structures", str(tmp_path / "cifs"), timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "huge.cif" in bad.stderr and "reflections" in bad.stderr

@@ -30,7 +30,7 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("identify", help="rank candidate structures against a measured PXRD pattern")
     p.add_argument("pattern", help="two-column text file: 2theta(deg) intensity")
     p.add_argument("--structures", required=True, help="folder of candidate CIF files")
-    p.add_argument("--wavelength", default="CuKa", help="X-ray source (pymatgen name), default CuKa")
+    p.add_argument("--wavelength", default="CuKa", help="X-ray source (pymatgen name, e.g. CuKa, MoKa) or wavelength in angstrom; default CuKa")
     p.add_argument("--top", type=int, default=10, help="rows to print (text output)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -71,18 +71,23 @@ def read_pattern(path: str | Path) -> tuple[Any, Any]:
 
 
 def _identify(args: argparse.Namespace) -> int:
-    from agent.lab.identify import identify
+    from agent.lab.identify import check_wavelength, identify
     from agent.lab.landscape import load_cif_dir
 
+    import warnings
+
+    check_wavelength(args.wavelength)
     x, y = read_pattern(args.pattern)
-    entries = load_cif_dir(args.structures)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen's multi-line CIF notices; bad files still raise
+        entries = load_cif_dir(args.structures)
     result = identify((x, y), [e.structure for e in entries], [f"{e.structure_id}.cif" for e in entries], wavelength=args.wavelength)
     if args.json:
         out = result.to_dict()
         out["structures"] = [{"file": n, "score": round(s, 5)} for n, s in result.ranked]
         print(json.dumps(out))
         return 0
-    print(f"{'rank':>4}  {'score':>7}  file")
+    print(f"{'rank':>4}  {'WCC':>7}  file      (weighted cross-correlation of measured and fitted pattern, 1 = identical)")
     for i, (name, score) in enumerate(result.ranked[: args.top], start=1):
         print(f"{i:>4}  {score:7.4f}  {name}")
     if not result.is_match:

@@ -164,7 +164,8 @@ def candidate_peaks(structure: Structure, wavelength: str | float = "CuKa", name
     hit = _PEAK_CACHE.get(key)
     if hit is not None:
         return hit
-    peaks = bragg_peaks(structure, wavelength, margin_deg=6.0)
+    source = wavelength if isinstance(wavelength, str) and not _is_number(wavelength) else lam
+    peaks = bragg_peaks(structure, source, margin_deg=6.0)  # type: ignore[arg-type]
     hkls, ints = [], []
     for tt, inten, fams in zip(peaks.two_theta_deg, peaks.intensity, peaks.hkls):
         n_mult = sum(m for _, m in fams)
@@ -502,6 +503,14 @@ def _fit_all_axes(
         if score > best[0]:
             best = (score, center, shift)
     return best
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_wavelength(wavelength: str | float) -> float:
