@@ -28,6 +28,7 @@ from pathlib import Path
 EXIT_USAGE = 2
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 
 class CliError(Exception):
@@ -268,10 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         BackendError, ValidationError, ValueError, OSError,
     )
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return rc
     except KeyboardInterrupt:
         print("crystal-agent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`crystal-agent ... | head`): quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if args.debug:
             raise

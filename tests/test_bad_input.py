@@ -377,3 +377,15 @@ def test_failed_start_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
     assert not discard_unstarted(camp.directory)  # locked by camp
     camp.close()
     assert not discard_unstarted(camp.directory) and (runs / "t" / "store.sqlite").is_file()
+
+
+def test_closed_stdout_is_quiet():
+    """`crystal-agent backends | head -0`: no traceback, no error line, exit 141 (SIGPIPE)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "agent.cli", "backends"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == "", err
