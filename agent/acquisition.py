@@ -305,8 +305,8 @@ def select_batch(
         log_costs = np.log(pair_costs)
     jitter = 1e-9 * np.random.default_rng(seed).random(post.n_pool)
 
-    nf_mask = np.zeros_like(mask)
-    nf_mask[:, nf - 1] = mask[:, nf - 1]
+    top_mask = np.zeros_like(mask)
+    top_mask[:, nf - 1] = mask[:, nf - 1]
     picks: list[tuple[int, int]] = []
     while len(picks) < q:
         scorer = _Scorer(post, best, sign, log_costs, mask)
@@ -322,8 +322,8 @@ def select_batch(
                 + jitter[post.exact_rows]
             return out
 
-        nf_mask[:, top] = mask[:, top]
-        rate, _, _ = _lazy_best(post, nf_mask, direct_upper, exact_direct, FIRST_CHUNK)
+        top_mask[:, top] = mask[:, top]
+        rate, _, _ = _lazy_best(post, top_mask, direct_upper, exact_direct, FIRST_CHUNK)
         scorer.log_rate = rate
         upper = scorer.bounds(var_upper) + jitter[:, None]
         score, row, fid = _lazy_best(
