@@ -196,3 +196,26 @@ def test_pair_costs_steer_the_choice(pool):
     assert select_batch(model, fps, pair_costs=pair_costs, **kw)[0] == (target, 1)
     with pytest.raises(ValueError, match="pair_costs"):
         select_batch(model, fps, pair_costs=np.ones((3, 2)), **kw)
+
+
+def test_look_ahead_value_is_consistent_with_expected_improvement():
+    from agent.acquisition import expected_improvement, look_ahead_value
+
+    rng = np.random.default_rng(0)
+    imp = rng.normal(size=50)
+    var = rng.uniform(0.1, 2.0, size=50)
+    shift = var * rng.uniform(0.0, 1.0, size=50)
+    # with no threshold, observing first changes nothing on average (tower property;
+    # to the accuracy of the quadrature)
+    np.testing.assert_allclose(look_ahead_value(imp, var, shift, np.zeros(50)),
+                               expected_improvement(imp, np.sqrt(var)), rtol=2e-2, atol=1e-9)
+    # a threshold lowers it; it never exceeds the bound EI(imp - K, sd) the lazy search uses
+    k = rng.uniform(0.0, 0.5, size=50)
+    value = look_ahead_value(imp, var, shift, k)
+    assert np.all(value <= expected_improvement(imp, np.sqrt(var)) * 1.02)
+    slack = np.exp(acquisition.QUADRATURE_SLACK)
+    assert np.all(value <= expected_improvement(imp - k, np.sqrt(var)) * slack)
+    # an uninformative cheaper level (no shift) is worth max(EI - K, 0)
+    np.testing.assert_allclose(look_ahead_value(imp, var, np.zeros(50), k),
+                               np.clip(expected_improvement(imp, np.sqrt(var)) - k, 0, None),
+                               atol=1e-12)
