@@ -243,3 +243,31 @@ def test_incremental_update_equals_full_factorisation(pool):
     assert model.n_hyper_fits == 3
     model.fit(fps, obs[:50])  # not an extension: rebuilt from scratch
     assert len(model.obs_f) == 50
+
+
+def test_calibration_of_data_drawn_from_the_model_is_nominal(pool):
+    """Values drawn from the model's own prior (fixed hyperparameters): the leave-out
+    z-scores must have spread ~1 and the intervals their nominal coverage."""
+    _, fps, _ = pool
+    model = MoleculeSurrogate(2, seed=0)
+    model.hyper["log_noise"] = np.log(np.array([0.05, 0.02]))
+    rng = np.random.default_rng(11)
+    rows = rng.permutation(len(fps))
+    cheap_rows, top_rows = rows[:150], rows[100:190]  # 50 molecules at both levels
+    mol = np.concatenate([cheap_rows, top_rows])
+    lvl = np.concatenate([np.zeros(150, int), np.ones(90, int)])
+    k = tanimoto_matrix(fps[mol], fps[mol]) * model.coregionalisation()[np.ix_(lvl, lvl)]
+    k += np.diag(model.noise()[lvl])
+    chol = np.linalg.cholesky(k + 1e-9 * np.eye(len(mol)))
+    z_std, cov95 = [], []
+    for _ in range(8):
+        y = chol @ rng.standard_normal(len(mol))
+        obs = [Observation(int(i), int(f), float(v)) for i, f, v in zip(mol, lvl, y, strict=True)]
+        m = MoleculeSurrogate.load_state_dict(model.state_dict())
+        m.y_loc, m.y_scale = 0.0, 1.0
+        m.fit(fps, obs, refit_hyperparameters=False)
+        cal = m.calibration(seed=0)
+        z_std += [cal[k]["z_std"] for k in ("0", "top", "top_unseen")]
+        cov95 += [cal[k]["coverage_95"] for k in ("0", "top", "top_unseen")]
+    assert 0.85 < np.mean(z_std) < 1.15
+    assert 0.9 < np.mean(cov95) <= 1.0
