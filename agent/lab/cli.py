@@ -41,7 +41,7 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=None, help="file with the bearer token (else $CRYSTAL_AGENT_LAB_TOKEN)")
     p.add_argument("--structures", default=None, help="folder of CIFs + energies.csv (default: reference target I landscape)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise", default="default", choices=("low", "default", "high"))
+    p.add_argument("--noise", default="default", choices=("low", "default", "anisotropic", "high"))
 
     p = sub.add_parser("approve", help="approve held lab requests so they are sent to the lab")
     p.add_argument("name", nargs="?", help="request id to approve")
@@ -95,7 +95,10 @@ def _identify(args: argparse.Namespace) -> int:
     elif result.is_mixture:
         print("mixture: " + ", ".join(f"{n} ({f:.0%})" for n, f in result.components))
     else:
-        print(f"best: {result.best} (confidence {result.confidence:.3f}, score gap {result.score_gap:.3f})")
+        print(f"best: {result.best} (confidence {result.confidence:.3f}, WCC gap to the next {result.score_gap:.3f})")
+        a, b, c = result.best_scales
+        texture = "none" if result.best_texture is None else f"March-Dollase r = {result.best_texture[1]:.2f} along {result.best_texture[0]}"
+        print(f"fitted: lattice factors a x {a:.4f}, b x {b:.4f}, c x {c:.4f}; zero shift {result.best_zero_shift_deg:+.2f} deg 2theta; texture {texture}")
     return 0
 
 
