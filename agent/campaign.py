@@ -193,6 +193,7 @@ class Campaign:
         self.pending: dict[str, Task] = {}
         self.surrogate: MoleculeSurrogate | None = None
         self._fit_signature: tuple[int, int] | None = None
+        self._cost_estimates: np.ndarray | None = None  # (n_pool, n_f) backend estimates
         self.last_holdout_mae: float | None = None
         self.n_refits = 0
         self.molecule_stage_enabled = True  # `crystal-agent refine` turns it off
@@ -453,6 +454,30 @@ class Campaign:
                 out.append(float(cls(**b.params).cost_estimate(EvalInput(median_smiles))))
         return [max(c, 1e-3) for c in out]
 
+    def pair_costs(self) -> np.ndarray | None:
+        """``(n_pool, n_f)`` expected CPU seconds of each (molecule, level), or None
+        without a compute budget.
+
+        The backend's per-molecule ``cost_estimate`` (a DFT calculation on pentacene
+        costs ~25x one on pyrazine), scaled per level so that over the molecules
+        evaluated at that level it averages to :meth:`costs` (the measured mean; the
+        estimate or ``cost_s`` before any).
+        """
+        if self.cfg.max_cpu_hours is None:
+            return None
+        if self._cost_estimates is None:
+            est = np.empty((len(self.smiles), len(self.backends)))
+            for f, (cls, b) in enumerate(zip(self.backends, self.cfg.backends, strict=True)):
+                backend = cls(**b.params)
+                est[:, f] = [backend.cost_estimate(EvalInput(s)) for s in self.smiles]
+            self._cost_estimates = np.maximum(est, 1e-3)
+        est = self._cost_estimates
+        out = np.empty_like(est)
+        for f, mean_cost in enumerate(self.costs()):
+            ref = est[self.done[:, f], f] if self.done[:, f].any() else np.median(est[:, f])
+            out[:, f] = est[:, f] * (mean_cost / float(np.mean(ref)))
+        return out
+
     def _initial_design(self, n: int, allowed: np.ndarray) -> list[tuple[int, int]]:
         """Max-min Tanimoto-diverse molecules at the cheapest fidelity."""
         cand = np.flatnonzero(allowed[:, 0])
@@ -542,12 +567,13 @@ class Campaign:
         n_mol_pending = sum(not t.payload.get("stage") for t in self.pending.values())
         n = min(n, self.molecule_budget - self.n_molecule_evaluations - n_mol_pending)
         allowed = self._allowed()
-        if self.cfg.max_cpu_hours is not None:
+        pair_costs = self.pair_costs()
+        if pair_costs is not None:
             # never start work expected to overrun the compute budget
-            costs = self.costs()
             left = self.cfg.max_cpu_hours * 3600 - self.spent_cpu_s - sum(
-                costs[t.fidelity] for t in self.pending.values() if not t.payload.get("stage"))
-            allowed &= (np.asarray(costs) <= left)[None, :]
+                pair_costs[t.payload["mol_index"], t.fidelity] for t in self.pending.values()
+                if not t.payload.get("stage"))
+            allowed &= pair_costs <= left
         n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
         if n_cheap + n_mol_pending < self.cfg.surrogate.n_initial or len(
             self.observations
@@ -568,6 +594,7 @@ class Campaign:
                 best_value=self.best_value(),
                 direction=self.cfg.direction,
                 seed=self.cfg.seed + self.n_evaluations,
+                pair_costs=pair_costs,
             )
         tasks = []
         for i, f in picks:

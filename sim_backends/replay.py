@@ -175,7 +175,9 @@ class _ReorgReplay(ReplayBackend):
 
     The result's ``wall_s`` (and ``cpu_s`` where results carry it) is the recorded
     wall time of the original single-threaded calculation, so a campaign's budget
-    and cost model see what the real backend spent. A molecule without a stored
+    and cost model see what the real backend spent; ``cost_estimate`` is the real
+    backend's size-based estimate (never the recorded cost, which a campaign cannot
+    know in advance). A molecule without a stored
     value at this level is a setup failure (as an invalid input would be).
     Params are those of :class:`ReplayBackend`; ``table`` defaults to
     :data:`REORG_TABLE`.
@@ -184,12 +186,25 @@ class _ReorgReplay(ReplayBackend):
     internal = True
     value_column: str = ""
     cost_column: str = ""
+    #: the real backend whose size-based ``cost_estimate`` this replay reports (what a
+    #: campaign would know before running it); the recorded cost is what it charges
+    estimated_as: str = ""
 
     def __init__(self, **params: Any) -> None:
         defaults = {"table": str(REORG_TABLE), "fidelity": self.fidelity,
                     "columns": {"reorg_energy_kjmol": self.value_column},
                     "cost_column": self.cost_column}
         super().__init__(**{**defaults, **params})
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        from sim_backends.registry import get_backend
+
+        if "cost_s" in self.params:
+            return float(self.params["cost_s"])
+        try:
+            return float(get_backend(self.estimated_as).cost_estimate(inp))
+        except Exception:  # noqa: BLE001 - e.g. an invalid SMILES: no size to scale with
+            return 1.0
 
     def evaluate(self, inp: EvalInput) -> EvalResult:
         result = super().evaluate(inp)
@@ -209,6 +224,7 @@ class ReplayXtbReorgBackend(_ReorgReplay):
     fidelity = 0
     value_column = "xtb_reorg_kjmol"
     cost_column = "xtb_wall_s"
+    estimated_as = "xtb-reorg"
     description = "replays stored GFN2-xTB lambda+ (kJ/mol) of the demo pool"
 
 
@@ -220,6 +236,7 @@ class ReplayDftReorgBackend(_ReorgReplay):
     fidelity = 1
     value_column = "dft_reorg_kjmol"
     cost_column = "dft_wall_s"
+    estimated_as = "dft-reorg"
     description = "replays stored B3LYP/6-31G//GFN2-xTB lambda+ (kJ/mol) of the demo pool"
 
 
