@@ -7,7 +7,9 @@ Each molecule is sent once, under conditions the simulated lab's phase rules all
 298.15 K, or an in-situ cold crystallisation for compounds that are liquid or gaseous
 at room temperature). Every experiment is a row of the store's ``lab_experiments`` table (request, ticket,
 state, result, identification), written when it is submitted and when its result is
-identified, so a killed campaign re-polls its open experiments on resume. Requests
+identified, so a killed campaign re-polls its open experiments on resume. A single
+identified form is fed back as observed only when its (calibrated) confidence reaches
+``[lab] min_confidence`` (default 0.5); a mixture feeds back both components. Requests
 are idempotent on their id (``<campaign>-m<molecule id>-<n>``), so re-submitting after
 a crash creates no second experiment.
 
@@ -161,9 +163,7 @@ class LabStage:
             fig.savefig(path, dpi=110)
             plt.close(fig)
             self.figures.append(path)
-        observed = [record.matched_structure_id] if record.is_match and record.matched_structure_id else []
-        if record.is_mixture:
-            observed = [sid for sid, _ in record.components]
+        observed = _observed_forms(record.to_dict(), self.cfg.min_confidence)
         self.campaign.store.update_lab_experiment(
             request_id, state="done", result_json=result.to_dict(),
             matched_structure_id=record.matched_structure_id, confidence=record.confidence,
@@ -182,12 +182,20 @@ class LabStage:
         for row in self.campaign.store.lab_experiments():
             if row["state"] == "done" and row["identification_json"]:
                 ident = json.loads(row["identification_json"])
-                sids = [c[0] for c in ident["components"]] if ident["is_mixture"] else (
-                    [ident["matched_structure_id"]] if ident["is_match"] else [])
-                for sid in sids:
+                for sid in _observed_forms(ident, self.cfg.min_confidence):
                     self.campaign.stage.mark_observed(row["molecule_id"], sid)
 
     def close(self) -> None:
         for a in [*self._adapters.values(), self._shared]:
             if a is not None:
                 a.close()
+
+
+def _observed_forms(ident: dict[str, Any], min_confidence: float) -> list[str]:
+    """Structure ids an identification record makes observed: both components of a
+    mixture, or the single match when its confidence reaches ``min_confidence``."""
+    if ident["is_mixture"]:
+        return [c[0] for c in ident["components"]]
+    if ident["is_match"] and ident["matched_structure_id"] and ident["confidence"] >= min_confidence:
+        return [ident["matched_structure_id"]]
+    return []

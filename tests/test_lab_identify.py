@@ -200,3 +200,19 @@ def test_cli_identify_refuses_absurd_cell_and_wavelength(tmp_path):
     huge.to(filename=str(tmp_path / "cifs" / "huge.cif"))
     bad = cli("lab", "identify", str(tmp_path / "p.xy"), "--structures", str(tmp_path / "cifs"), timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "huge.cif" in bad.stderr and "reflections" in bad.stderr
+
+
+def test_only_confident_identifications_are_fed_back():
+    from pydantic import ValidationError
+
+    from agent.lab.config import LabConfig
+    from agent.lab_stage import _observed_forms
+
+    single = {"is_mixture": False, "is_match": True, "matched_structure_id": "m0019", "confidence": 0.51, "components": [("m0019", 1.0)]}
+    assert _observed_forms(single, LabConfig().min_confidence) == ["m0019"]
+    assert _observed_forms(single, 0.8) == []
+    assert _observed_forms({**single, "is_match": False}, 0.0) == []
+    mixture = {**single, "is_mixture": True, "components": [("m0019", 0.6), ("m0020", 0.4)]}
+    assert _observed_forms(mixture, 0.8) == ["m0019", "m0020"]
+    with pytest.raises(ValidationError):
+        LabConfig(min_confidence=1.5)

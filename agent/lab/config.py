@@ -35,6 +35,8 @@ class LabConfig(BaseModel):
         daily_budget: at most this many experiments per UTC day (None: no cap).
         landscape: for the simulated adapter: "campaign" (the campaign's own predicted
             landscapes, see :mod:`agent.lab_stage`), "target_I", "x23" or a CIF folder.
+        min_confidence: an identified single form is fed back to the structure stage
+            as observed only at this confidence or above (0-1).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -44,6 +46,7 @@ class LabConfig(BaseModel):
     auto_approve: bool = False
     daily_budget: int | None = Field(default=None, ge=0)
     landscape: str = "campaign"
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
 
     @field_validator("params")
     @classmethod
