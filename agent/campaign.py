@@ -69,7 +69,7 @@ class Status:
     n_evaluations: int
     n_failed: int
     n_by_backend: dict[str, int]
-    spent_cpu_s: float
+    spent_cpu_s: float  # CPU seconds measured in the workers (what the budget is charged)
     best: float | None
     best_smiles: str | None
     best_name: str | None
@@ -77,6 +77,7 @@ class Status:
     finished: bool
     stop_reason: str
     best_note: str = ""  # why there is no best value yet (empty when there is one)
+    spent_wall_s: float | None = None  # wall-clock seconds of the same evaluations
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -300,15 +301,16 @@ class Campaign:
         self.blocked = np.zeros((len(self.smiles), n_f), dtype=bool)
         self.observations: list[tuple[int, int, float]] = []
         self.n_by_backend = {b.name: 0 for b in self.cfg.backends}
-        self.wall_by_backend = {b.name: [] for b in self.cfg.backends}
-        self.spent_cpu_s = 0.0
+        self.cpu_by_backend: dict[str, list[float]] = {b.name: [] for b in self.cfg.backends}
+        self.spent_cpu_s = 0.0  # CPU seconds measured in the workers, failures included
+        self.spent_wall_s = 0.0
         self.n_evaluations = 0
         self.n_molecule_evaluations = 0
         self.n_failed = 0
         self.history: list[dict[str, Any]] = []
         for ev in self.store.evaluations():
             self._absorb(ev.molecule_id, ev.backend, ev.status, ev.reason, ev.values, ev.wall_s,
-                         ev.structure_id, ev.extra)
+                         ev.structure_id, ev.extra, cpu_s=ev.cpu_s)
 
     def _fidelity_of(self, backend: str) -> int:
         for i, b in enumerate(self.cfg.backends):
@@ -319,14 +321,16 @@ class Campaign:
     def _absorb(
         self, molecule_id: int, backend: str, status: str, reason: str,
         values: dict[str, float], wall_s: float, structure_id: str | None = None,
-        extra: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None, *, cpu_s: float = 0.0,
     ) -> None:
         self.n_evaluations += 1
-        self.spent_cpu_s += wall_s
+        self.spent_cpu_s += cpu_s
+        self.spent_wall_s += wall_s
         if status != "ok":
             self.n_failed += 1
         if self.stage is not None and (structure_id is not None or backend == self.stage.cfg.csp.name):
-            self.stage.absorb(int(molecule_id), backend, structure_id, status, values, extra)
+            self.stage.absorb(int(molecule_id), backend, structure_id, status, values, extra,
+                              cpu_s=cpu_s)
             return
         self.n_molecule_evaluations += 1
         f = self._fidelity_of(backend)
@@ -334,7 +338,7 @@ class Campaign:
         if f < 0 or i is None:
             return
         self.n_by_backend[backend] += 1
-        self.wall_by_backend[backend].append(wall_s)
+        self.cpu_by_backend[backend].append(cpu_s)
         self.done[i, f] = True
         value = values.get(self.cfg.objective)
         if status == "ok" and value is not None and np.isfinite(value):
@@ -346,7 +350,7 @@ class Campaign:
                 self.blocked[i, f] = True
         self.history.append(
             {"n": self.n_evaluations, "mol_index": i, "fidelity": f, "status": status,
-             "value": value, "wall_s": wall_s, "best": self.best_value()}
+             "value": value, "wall_s": wall_s, "cpu_s": cpu_s, "best": self.best_value()}
         )
 
     @property
@@ -437,17 +441,19 @@ class Campaign:
 
     def costs(self) -> list[float]:
         """The acquisition's cost of one evaluation at each fidelity, in the unit of the
-        budget that binds: CPU seconds (measured mean, else the backend's estimate) when
-        the campaign has a compute budget (``max_cpu_hours``), else one evaluation each,
-        since then every evaluation spends the same share of ``max_evaluations``."""
+        budget that binds: CPU seconds (the mean CPU time measured in the workers over the
+        level's finished tasks, failed ones included; the backend's ``cost_s`` or estimate
+        before any) when the campaign has a compute budget (``max_cpu_hours``), else one
+        evaluation each, since then every evaluation spends the same share of
+        ``max_evaluations``."""
         if self.cfg.max_cpu_hours is None:
             return [1.0] * len(self.backends)
         out = []
         median_smiles = sorted(self.smiles, key=len)[len(self.smiles) // 2]
         for cls, b in zip(self.backends, self.cfg.backends, strict=True):
-            walls = self.wall_by_backend[b.name]
-            if walls:
-                out.append(float(np.mean(walls)))
+            measured = self.cpu_by_backend[b.name]
+            if measured:
+                out.append(float(np.mean(measured)))
             elif b.cost_s is not None:
                 out.append(b.cost_s)
             else:
@@ -631,7 +637,7 @@ class Campaign:
         if inserted:
             self._absorb(
                 task.payload["molecule_id"], task.backend, result.status, result.reason,
-                result.values, result.wall_s, structure_id, result.extra,
+                result.values, result.wall_s, structure_id, result.extra, cpu_s=result.cpu_s,
             )
         return inserted
 
@@ -678,7 +684,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         n_evaluations=len(evs),
         n_failed=sum(not ev.ok for ev in evs),
         n_by_backend=n_by,
-        spent_cpu_s=float(sum(ev.wall_s for ev in evs)),
+        spent_cpu_s=float(sum(ev.cpu_s for ev in evs)),
+        spent_wall_s=float(sum(ev.wall_s for ev in evs)),
         best=best,
         best_smiles=mols[best_mol]["smiles"] if best_mol else None,
         best_name=mols[best_mol]["name"] if best_mol else None,

@@ -102,6 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from agent.config import parse_config
 
         cfg = parse_config({**cfg.model_dump(mode="json", exclude_none=True), **updates})
+    from agent.runner import preflight
+
+    preflight(cfg, runs_dir, args.address)  # cluster and tracking reachable: before creating
     campaign = Campaign.create(cfg, runs_dir)
     from agent.campaign import discard_unstarted, pool_summary
 
@@ -260,13 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from agent.config import ConfigError
+    from agent.executor import ExecutorError
     from agent.store import StoreDamagedError, StoreLockedError
+    from agent.tracking import TrackingError
     from sim_backends.base import BackendError
     from sim_backends.registry import UnknownBackendError
 
     expected = (
         CliError, ConfigError, StoreLockedError, StoreDamagedError, UnknownBackendError,
-        BackendError, ValidationError, ValueError, OSError,
+        BackendError, ValidationError, ValueError, OSError, ExecutorError, TrackingError,
     )
     try:
         rc = int(args.func(args) or 0)

@@ -1,10 +1,33 @@
 """Ray executor: backend evaluations as asynchronous Ray tasks.
 
 An embedded local Ray instance is started by default (``num_cpus`` from the config,
-default all cores); an existing cluster is used when ``RAY_ADDRESS`` or an explicit
-address is given. The executor is asynchronous: :meth:`RayExecutor.wait` returns as
-soon as *any* task finishes, so the caller can hand the freed worker new work at once
-and workers stay busy when task times differ by 10x.
+default all cores; never a cluster that ``ray start`` left running on this machine);
+an existing cluster is used when ``RAY_ADDRESS`` or an explicit address is given. The
+executor is asynchronous: :meth:`RayExecutor.wait` returns as soon as *any* task
+finishes, so the caller can hand the freed worker new work at once and workers stay
+busy when task times differ by 10x.
+
+Starting (:meth:`RayExecutor.start`) either works or raises :class:`ExecutorError`
+with one line, before the caller has created anything:
+
+* a cluster address is first checked for a listening TCP port (``CONNECT_TIMEOUT_S``),
+  then joined with Ray's connection retries bounded to the same time;
+* token authentication (``RAY_AUTH_MODE=token``, on by default for clusters started
+  where ``~/.ray/auth_token`` exists): when ``RAY_AUTH_MODE`` is unset and a token is
+  available (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) it
+  is sent, which a cluster without authentication accepts too; a refused token or a
+  missing one is explained in one line;
+* ``cpus_per_task`` larger than ``num_cpus`` (embedded) or than every node of the
+  cluster is refused, since such a task would wait for its timeout and fail.
+
+The embedded instance runs without dashboard, and a small reaper process (its own
+session) kills the instance's processes if the launcher dies without shutting Ray
+down (SIGKILL, OOM kill), since Ray's agents can outlive it for minutes.
+
+CPU accounting: a result carries the CPU seconds measured in the worker
+(:attr:`~sim_backends.base.EvalResult.cpu_s`); attempts that were retried add theirs;
+a task whose worker died or timed out is charged ``cpus_per_task`` x its wall time
+(the cores it held, since the worker cannot report).
 
 Failure handling, per task:
 
@@ -21,9 +44,14 @@ Failure handling, per task:
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sim_backends.base import EvalInput, EvalResult
@@ -41,6 +69,7 @@ class Task:
     payload: dict[str, Any] = field(default_factory=dict)  # caller's bookkeeping
     n_attempts: int = 0
     submitted_at: float = 0.0
+    cpu_s_retried: float = 0.0  # CPU seconds of earlier attempts that were retried
 
 
 @dataclass
@@ -55,7 +84,7 @@ def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput) ->
     return get_backend(backend, **params).evaluate(inp)
 
 
-def _failed(task: Task, reason: str, wall_s: float) -> EvalResult:
+def _failed(task: Task, reason: str, wall_s: float, cpu_s: float) -> EvalResult:
     return EvalResult(
         backend=task.backend,
         backend_version="?",
@@ -65,12 +94,197 @@ def _failed(task: Task, reason: str, wall_s: float) -> EvalResult:
         wall_s=wall_s,
         inputs_hash=task.inp.inputs_hash(task.backend, "?"),
         reason=reason,
+        cpu_s=cpu_s,
     )
+
+
+#: seconds to wait for a cluster's port and for Ray to join it
+CONNECT_TIMEOUT_S = 15.0
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot start (unreachable or refusing cluster, unsatisfiable
+    resource request); the message is one line."""
 
 
 def ray_address(address: str | None) -> str | None:
     """The cluster to join: an explicit address, else ``RAY_ADDRESS``, else None (local)."""
     return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for ``auto``."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    if rest in ("auto", "local"):
+        return None
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ExecutorError(f"Ray address {address!r} is not host:port (e.g. 127.0.0.1:6379)")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """Refuse (:class:`ExecutorError`) an address whose TCP port does not answer."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ExecutorError(
+            f"cannot reach the Ray cluster at {address}: {why} (is `ray start --head` "
+            "running there? leave --address and [executor] address unset for a local Ray)"
+        ) from None
+
+
+def _token_available() -> bool:
+    """Whether a Ray authentication token is at hand, where Ray looks for one."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return Path(path).is_file()
+
+
+def _send_token() -> None:
+    """Make this process authenticate with its token (``RAY_AUTH_MODE=token``)."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray caches its config at import; refresh it as ray.init does for a new cluster
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    except ImportError:  # a Ray without token authentication: nothing to refresh
+        pass
+
+
+@contextmanager
+def _stderr_captured(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 (Ray's C++ logging writes there) to ``path`` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _connect_error(address: str, exc: BaseException, log: str) -> ExecutorError:
+    """One line for a failed ``ray.init(address=...)``."""
+    text = f"{log}\n{exc!r}\n{exc.__cause__!r}"
+    if "InvalidAuthToken" in text or "AuthenticationError" in text or "Unauthenticated" in text:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            hint = ("the token sent was refused: use the cluster's token (`ray get-auth-token` "
+                    "on its head node) in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+        else:
+            hint = ("it requires token authentication: set RAY_AUTH_TOKEN to the cluster's "
+                    "token (`ray get-auth-token` on its head node) or copy it to ~/.ray/auth_token")
+        return ExecutorError(f"Ray cluster at {address} refused the connection: {hint}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ExecutorError(f"cannot join the Ray cluster at {address}: {first[:300]}")
+
+
+_WORKER_DIED = "A worker died or was killed"
+
+
+def _quiet_worker_deaths() -> None:
+    """Drop Ray's multi-line "A worker died or was killed ..." notices on the driver
+    (printed even with ``log_to_driver=False``); :meth:`RayExecutor.wait` reports each
+    death in one line instead. Other messages pass through unchanged."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_crystal_agent", False):
+        return
+
+    def print_to_stdstream(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        if any(_WORKER_DIED in str(line) for line in data.get("lines", ())):
+            return
+        original(data, *args, **kwargs)
+
+    print_to_stdstream._crystal_agent = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
+def _reaper_main(launcher_pid: int) -> None:
+    """Body of the reaper process (see the module docstring).
+
+    While the launcher lives, record its descendants that are Ray processes every
+    0.5 s; on a ``q`` line on stdin (orderly shutdown) exit; on end of input (the
+    launcher died) SIGTERM, then SIGKILL, the recorded processes still alive.
+    """
+    import select
+    import signal
+
+    def start_time(pid: int) -> str | None:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            return None
+
+    def descendants() -> dict[int, str]:
+        children: dict[int, list[int]] = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(d.name))
+        found: dict[int, str] = {}
+        todo = [launcher_pid]
+        while todo:
+            for pid in children.get(todo.pop(), []):
+                todo.append(pid)
+                try:
+                    cmd = (Path(f"/proc/{pid}/cmdline")).read_bytes()
+                except OSError:
+                    continue
+                st = start_time(pid)
+                if pid != os.getpid() and b"ray" in cmd and st is not None:
+                    found[pid] = st
+        return found
+
+    known: dict[int, str] = {}
+    while True:
+        known.update(descendants())
+        ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+        if ready:
+            line = sys.stdin.readline()
+            if line.strip() == "q":
+                return
+            if line == "":
+                break
+    def alive() -> list[int]:
+        return [p for p, st in known.items() if start_time(p) == st]
+
+    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
+        for pid in alive():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        t_end = time.monotonic() + wait_s
+        while alive() and time.monotonic() < t_end:
+            time.sleep(0.1)
 
 
 class RayExecutor:
@@ -99,10 +313,16 @@ class RayExecutor:
         self.max_retries = max_retries
         self._in_flight: dict[Any, tuple[Task, float]] = {}
         self._remote: Callable[..., Any] | None = None
-        self._started_ray = False
+        self._started_ray = False  # this executor started an embedded Ray ...
+        self._joined = False  # ... or joined a cluster (both: ray.shutdown() at the end)
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
+        """Start or join Ray (idempotent); :class:`ExecutorError` with one line if the
+        cluster cannot be used. Nothing but Ray itself is touched."""
+        if self._remote is not None:
+            return
         import ray
 
         if not ray.is_initialized():
@@ -112,18 +332,81 @@ class RayExecutor:
                 "configure_logging": True,
                 "logging_level": "ERROR",
             }
+            self.preflight()
             if self.address:
-                ray.init(address=self.address, **kwargs)
+                self._join(ray, kwargs)
             else:
                 ray.init(
+                    address="local",
                     num_cpus=self.num_cpus,
                     object_store_memory=256 * 1024**2,
                     **kwargs,
                 )
                 self._started_ray = True
+                self._start_reaper()
+        self._check_fits(ray)
+        _quiet_worker_deaths()
         self._remote = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(
             _evaluate_in_worker
         )
+
+    def preflight(self) -> None:
+        """The checks that need no Ray: the cluster's port answers, or ``cpus_per_task``
+        fits ``num_cpus`` of the embedded Ray (:class:`ExecutorError` otherwise)."""
+        if self.address:
+            check_reachable(self.address, CONNECT_TIMEOUT_S)
+        elif self.cpus_per_task > self.num_cpus:
+            raise ExecutorError(
+                f"executor: cpus_per_task = {self.cpus_per_task:g} exceeds num_cpus = "
+                f"{self.num_cpus} of the local Ray; no task could ever start"
+            )
+
+    def _join(self, ray: Any, kwargs: dict[str, Any]) -> None:
+        import tempfile
+
+        address = str(self.address)
+        if os.environ.get("RAY_AUTH_MODE") is None and _token_available():
+            _send_token()
+        with tempfile.TemporaryDirectory() as tmp:
+            log = Path(tmp) / "ray_connect.log"
+            try:
+                with _stderr_captured(log), _env(
+                    RAY_gcs_server_port_wait_time_s=str(int(CONNECT_TIMEOUT_S))
+                ):
+                    ray.init(address=address, **kwargs)
+                self._joined = True
+            except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; one line out
+                raise _connect_error(address, exc, log.read_text(errors="replace")) from None
+
+    def _check_fits(self, ray: Any) -> None:
+        """Refuse a per-task CPU request that no node of the cluster can satisfy."""
+        node_cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+        largest = max(node_cpus, default=0.0)
+        if self.cpus_per_task > largest:
+            where = f"cluster at {self.address}" if self.address else "local Ray"
+            self.shutdown()
+            raise ExecutorError(
+                f"executor: cpus_per_task = {self.cpus_per_task:g} exceeds the largest node of the "
+                f"{where} ({largest:g} CPUs); no task could ever start"
+            )
+
+    def _start_reaper(self) -> None:
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-c",
+             f"from agent.executor import _reaper_main; _reaper_main({os.getpid()})"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, cwd=str(Path(__file__).resolve().parents[1]),
+        )
+
+    def _stop_reaper(self) -> None:
+        if self._reaper is None:
+            return
+        try:
+            self._reaper.communicate(b"q\n", timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self._reaper.kill()
+            self._reaper.wait()
+        self._reaper = None
 
     @property
     def capacity(self) -> int:
@@ -134,12 +417,15 @@ class RayExecutor:
         return max(1, int(cpus // self.cpus_per_task))
 
     def shutdown(self) -> None:
-        self.cancel_all()
-        if self._started_ray:
+        if self._remote is not None:
+            self.cancel_all()
+        if self._started_ray or self._joined:
             import ray
 
             ray.shutdown()
-            self._started_ray = False
+            self._started_ray = self._joined = False
+        self._stop_reaper()
+        self._remote = None
 
     # -- work -------------------------------------------------------------------------
     @property
@@ -184,24 +470,29 @@ class RayExecutor:
             try:
                 result: EvalResult = ray.get(ref)
             except (TaskCancelledError, GetTimeoutError) as exc:
-                result = _failed(task, f"cancelled: {type(exc).__name__}", wall)
+                result = _failed(task, f"cancelled: {type(exc).__name__}", wall,
+                                 self.cpus_per_task * wall)
             except RayError as exc:
                 reason = f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                result = _failed(task, reason, wall)
+                result = _failed(task, reason, wall, self.cpus_per_task * wall)
                 result.retryable = True
+                again = task.n_attempts <= self.max_retries
+                print(f"crystal-agent: worker died running {task.backend} on {task.inp.smiles} "
+                      f"(attempt {task.n_attempts}; {'retrying' if again else 'recorded as failed'})",
+                      file=sys.stderr, flush=True)
             if not result.ok and result.retryable and task.n_attempts <= self.max_retries:
+                task.cpu_s_retried += result.cpu_s
                 self.submit(task)
                 continue
+            result.cpu_s += task.cpu_s_retried
             completed.append(Completed(task, result))
         now = time.monotonic()
         for ref, (task, t0) in list(self._in_flight.items()):
             if now - t0 > self.task_timeout_s:
                 ray.cancel(ref, force=True)
                 del self._in_flight[ref]
-                completed.append(
-                    Completed(
-                        task,
-                        _failed(task, f"timeout: exceeded {self.task_timeout_s:g} s", now - t0),
-                    )
-                )
+                wall = now - t0
+                result = _failed(task, f"timeout: exceeded {self.task_timeout_s:g} s", wall,
+                                 self.cpus_per_task * wall + task.cpu_s_retried)
+                completed.append(Completed(task, result))
         return completed

@@ -139,13 +139,13 @@ def run_campaign(
         store.set_meta("stop_reason", reason)
         store.set_meta("finished", "1")
         store.log_event("finished", reason=reason)
-        if campaign.molecule_stage_enabled:
-            campaign.refit_molecule_model()  # the final model has seen every result
         if tracker is not None:
-            tracker.log_refit()
+            tracker.finish_models()  # the last logged models have seen every result
             tracker.log_plots()
             tracker.finish("FINISHED")
         else:
+            if campaign.molecule_stage_enabled:
+                campaign.refit_molecule_model()  # the final model has seen every result
             from agent.report import write_plots
 
             write_plots(campaign)

@@ -46,7 +46,7 @@ class LandscapeState:
     features: np.ndarray | None = None
     f_vib: dict[int, float] = field(default_factory=dict)  # index -> F_vib (free-energy level)
     f_failed: set[int] = field(default_factory=set)
-    costs: dict[str, np.ndarray] = field(default_factory=dict)  # backend -> CPU s per structure
+    costs: dict[str, np.ndarray] = field(default_factory=dict)  # backend -> estimated CPU s per structure
     model: Any = None  # the last Delta-GP fitted for a decision ...
     model_computed: dict[int, float] | None = None  # ... and the computed set it saw
     dimer_records: dict[int, list] = field(default_factory=dict)  # index -> fragment-DFT dimer records
@@ -78,6 +78,8 @@ class StructureStage:
         #: one record per Delta-GP refit made for a decision (see :meth:`_refit`),
         #: read by :class:`agent.tracking.Tracker`
         self.refits: list[dict[str, Any]] = []
+        #: backend -> measured / estimated CPU s of each finished structure task
+        self.cpu_ratios: dict[str, list[float]] = {}
 
     # -- state --------------------------------------------------------------------------
     def load_landscape(self, molecule_id: int) -> None:
@@ -98,9 +100,11 @@ class StructureStage:
         )
 
     def absorb(self, molecule_id: int, backend: str, structure_id: str | None,
-               status: str, values: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+               status: str, values: dict[str, float], extra: dict[str, Any] | None = None,
+               *, cpu_s: float = 0.0) -> None:
         """Fold one stored structure-stage evaluation into the state (``extra``: the
-        result's extra record; the per-dimer records of fragment DFT are kept from it)."""
+        result's extra record; the per-dimer records of fragment DFT are kept from it;
+        ``cpu_s``: the CPU seconds it was charged, which calibrate the cost model)."""
         self.n_evaluations += 1
         if backend == self.cfg.csp.name and structure_id is None:
             self.csp_done.add(molecule_id)
@@ -114,6 +118,10 @@ class StructureStage:
         i = land.index(structure_id)
         if i is None:
             return
+        level = next((b for b in (self.cfg.refine, self.cfg.free_energy)
+                      if b is not None and b.name == backend), None)
+        if level is not None and cpu_s > 0:
+            self.cpu_ratios.setdefault(backend, []).append(cpu_s / self._estimates(land, level)[i])
         if self.cfg.free_energy is not None and backend == self.cfg.free_energy.name:
             f = values.get("f_vib_kjmol")
             if status == "ok" and f is not None and np.isfinite(f):
@@ -284,6 +292,13 @@ class StructureStage:
             })
         return model
 
+    def refit_all(self) -> None:
+        """Refit each landscape's Delta-GP whose model has not seen every computed
+        structure (at the end of a run, so the recorded and logged models are final)."""
+        for land in self.landscapes.values():
+            if len(land.computed) >= 2 and land.model_computed != land.computed:
+                self._refit(land, self.campaign.cfg.seed)
+
     # -- surrogate ----------------------------------------------------------------------
     def _fragment_mode(self) -> bool:
         """Whether refinement is the fragment DFT level whose energy splits into cheap terms
@@ -350,8 +365,18 @@ class StructureStage:
             i not in land.f_vib and i not in land.f_failed for i in land.computed)
 
     def _costs(self, land: LandscapeState, backend: Any) -> np.ndarray:
-        """Expected CPU seconds of ``backend`` for every structure (its ``cost_s`` override
-        or its own ``cost_estimate``), cached per landscape."""
+        """Expected CPU seconds of ``backend`` for every structure: the estimate
+        (:meth:`_estimates`) scaled by the mean ratio of measured to estimated CPU
+        seconds over the backend's finished structure tasks (failed ones included), so
+        the mean cost is the measured one while larger structures stay dearer; the bare
+        estimate before any task finished."""
+        ratios = self.cpu_ratios.get(backend.name)
+        scale = float(np.mean(ratios)) if ratios else 1.0
+        return np.maximum(self._estimates(land, backend) * scale, 1e-3)
+
+    def _estimates(self, land: LandscapeState, backend: Any) -> np.ndarray:
+        """Estimated CPU seconds of ``backend`` for every structure (its ``cost_s``
+        override or its own ``cost_estimate``), cached per landscape."""
         if backend.name not in land.costs:
             if backend.cost_s is not None:
                 land.costs[backend.name] = np.full(len(land.ids), float(backend.cost_s))

@@ -1,11 +1,26 @@
 """MLflow tracking: a view of the campaign store, never the source of truth.
 
-One experiment per campaign (named after it) holding one run per launch of the
-campaign lineage: the run id is kept in the store so ``resume`` continues the same
-run. Logged: the config as params; per told result and per refit the metrics
-``best_found``, ``budget_spent_cpu_s``, ``n_evaluations``, ``n_failed`` and
-``surrogate_holdout_mae`` (step = number of stored evaluations); the surrogate as an
-MLflow pyfunc model at each refit; the convergence plot as an artifact.
+One experiment per campaign (named after it, tagged ``mlflow.experimentKind =
+custom_model_development`` so MLflow 3 opens it in the classic model-training view,
+not the GenAI one) holding one run per launch of the campaign lineage: the run id is
+kept in the store so ``resume`` continues the same run. Logged: the config as params;
+per told result the metrics ``best_found``, ``budget_spent_cpu_s`` (CPU seconds
+measured in the workers), ``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``
+(step = number of stored evaluations); per refit ``surrogate_holdout_mae``; the plots
+as artifacts.
+
+Models are logged when they change materially, not at every refit: the molecule
+surrogate (an MLflow pyfunc, :mod:`agent.mlflow_model`) when ``MODEL_LOG_MIN_NEW_TOP``
+new top-level results arrived or its training set grew by ``MODEL_LOG_GROWTH`` since
+the last logged one; a structure-level Delta-GP (a pickled artifact
+``structure_models/m<id>_n<computed>.pkl`` with the structures and energies it was
+trained on) under the same rule per molecule. :meth:`Tracker.finish_models` logs the
+final models, so the last logged model of each kind has seen the last result.
+
+The tracking URI is checked before use (:func:`check_tracking_uri`): an HTTP server
+must answer within ``HTTP_TIMEOUT_S`` (MLflow's own retries are bounded likewise), a
+file or SQLite store must lie in an existing directory (MLflow would create a
+missing tree silently); each failure is one line (:class:`TrackingError`).
 
 The default store is ``sqlite:///<runs_dir>/mlflow.db`` with artifacts under
 ``<runs_dir>/mlartifacts/``; browse with
@@ -22,12 +37,91 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from agent.campaign import Campaign
 
 
+#: seconds an MLflow tracking server has to answer (connection and each request)
+HTTP_TIMEOUT_S = 10
+#: log the molecule / structure model after this many new top-level results ...
+MODEL_LOG_MIN_NEW_TOP = 5
+#: ... or when its training set grew by this fraction since the last logged model
+MODEL_LOG_GROWTH = 0.2
+#: the experiment tag and value that make MLflow 3's UI show the classic (non-GenAI) view
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used (one-line message)."""
+
+
 def default_tracking_uri(runs_dir: str | Path) -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri(cfg: Any, runs_dir: str | Path) -> str:
+    """The campaign's tracking URI: ``[tracking] uri`` or the default under ``runs_dir``."""
+    return cfg.tracking.uri or default_tracking_uri(runs_dir)
+
+
+def check_tracking_uri(uri: str, *, default: bool = False) -> None:
+    """Refuse a tracking URI MLflow cannot use, in one line (:class:`TrackingError`).
+
+    HTTP(S): the server's port must accept a connection within ``HTTP_TIMEOUT_S``.
+    ``sqlite:///PATH``, ``file://PATH`` or a bare path: no component of the path may be
+    a file, and the directory holding the store must exist, except for the ``default``
+    store (under the runs directory, which a campaign creates). Other schemes
+    (databases, Databricks) are left to MLflow.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("http", "https"):
+        try:
+            port = parsed.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise TrackingError(f"tracking: bad port in the tracking URI {uri!r}") from None
+        if not parsed.hostname:
+            raise TrackingError(f"tracking: no host in the tracking URI {uri!r}")
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=HTTP_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise TrackingError(
+                f"tracking: cannot reach the MLflow server at {uri}: {why} (start it, fix "
+                "[tracking] uri, or set [tracking] enabled = false)") from None
+        return
+    if scheme == "sqlite":
+        store_dir = Path(uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path).parent
+    elif scheme == "file":
+        store_dir = Path(parsed.path).parent
+    elif scheme == "" or (len(scheme) == 1 and uri[1:2] == ":"):
+        store_dir = Path(uri).parent
+    else:
+        return
+    for d in (store_dir, *store_dir.parents):
+        if d.exists():
+            if not d.is_dir():
+                raise TrackingError(f"tracking: {d} in the tracking URI {uri!r} is a file, "
+                                    "not a directory")
+            break
+    if not store_dir.is_dir() and not default:
+        raise TrackingError(f"tracking: directory {store_dir} of the tracking URI {uri!r} does "
+                            "not exist; create it first")
+
+
+def _material(n_now: int, n_top_now: int, n_logged: int, n_top_logged: int) -> bool:
+    """Whether a model trained on ``n_now`` results (``n_top_now`` at the top level)
+    differs materially from the last logged one (``n_logged``, ``n_top_logged``)."""
+    if n_logged <= 0:
+        return n_now > 0
+    return (n_top_now - n_top_logged >= MODEL_LOG_MIN_NEW_TOP
+            or n_now >= (1.0 + MODEL_LOG_GROWTH) * n_logged)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -56,6 +150,10 @@ class Tracker:
     def __init__(self, campaign: Campaign, runs_dir: str | Path, uri: str | None = None) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+        # a server that stops answering fails a call within about a minute, not 10+ minutes
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -64,16 +162,25 @@ class Tracker:
 
         self.campaign = campaign
         self.runs_dir = Path(runs_dir)
-        self.uri = uri or campaign.cfg.tracking.uri or default_tracking_uri(runs_dir)
+        self.uri = uri or tracking_uri(campaign.cfg, runs_dir)
+        check_tracking_uri(self.uri, default=self.uri == default_tracking_uri(runs_dir))
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         name = campaign.cfg.name
-        exp = self.client.get_experiment_by_name(name)
+        try:
+            exp = self.client.get_experiment_by_name(name)
+        except Exception as exc:  # noqa: BLE001 - any store failure: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise TrackingError(f"tracking: cannot use the MLflow store {self.uri}: {first}") from None
+        kind_tag, kind = EXPERIMENT_KIND_TAG
         if exp is None:
             artifacts = (self.runs_dir.resolve() / "mlartifacts" / name).as_uri()
-            exp_id = self.client.create_experiment(name, artifact_location=artifacts)
+            exp_id = self.client.create_experiment(name, artifact_location=artifacts,
+                                                   tags={kind_tag: kind})
         else:
             exp_id = exp.experiment_id
+            if exp.tags.get(kind_tag) != kind:
+                self.client.set_experiment_tag(exp_id, kind_tag, kind)
         run_id = campaign.store.get_meta("mlflow_run_id")
         if run_id is None or self._run_missing(run_id):
             run = self.client.create_run(exp_id, run_name=f"{name}-campaign")
@@ -90,6 +197,9 @@ class Tracker:
         self.run_id = run_id
         self.experiment_id = exp_id
         self._logged_refits = int(campaign.store.get_meta("mlflow_logged_refits", "0") or 0)
+        logged = campaign.store.get_meta("mlflow_model_logged", "0,0") or "0,0"
+        self._model_logged = tuple(int(x) for x in logged.split(","))  # (n_obs, n_top) of last model
+        self._structure_model_logged: dict[int, int] = {}  # molecule id -> n_computed of last model
         self._lab_counts: tuple[int, int] | None = None
         self._logged_structure_refits = 0
         self._structure_surrogate: dict[int, str] = {}  # molecule id -> surrogate tag already set
@@ -114,6 +224,7 @@ class Tracker:
             "n_evaluations": float(c.n_evaluations),
             "n_failed": float(c.n_failed),
             "budget_spent_cpu_s": c.spent_cpu_s,
+            "budget_spent_wall_s": c.spent_wall_s,
         }
         best = c.best_value()
         if best is not None:
@@ -124,20 +235,31 @@ class Tracker:
             self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
         )
 
-    def log_refit(self) -> None:
-        """After a surrogate refit: held-out error, and the surrogate as an MLflow model."""
+    def log_refit(self, *, final: bool = False) -> None:
+        """After a surrogate refit: its held-out error; the surrogate as an MLflow model
+        when it changed materially since the last logged one (see the module docstring),
+        or, ``final``, whenever it has seen results the last logged one has not."""
         c = self.campaign
-        if c.n_refits <= self._logged_refits or c.surrogate is None:
+        if c.surrogate is None:
             return
-        self._logged_refits = c.n_refits
-        c.store.set_meta("mlflow_logged_refits", str(c.n_refits))
-        if c.last_holdout_mae is not None:
-            self.client.log_metric(
-                self.run_id, "surrogate_holdout_mae", c.last_holdout_mae, step=c.n_evaluations
-            )
-        self.client.log_metric(self.run_id, "n_refits", c.n_refits, step=c.n_evaluations)
-        if c.cfg.tracking.log_models:
+        if c.n_refits > self._logged_refits:
+            self._logged_refits = c.n_refits
+            c.store.set_meta("mlflow_logged_refits", str(c.n_refits))
+            if c.last_holdout_mae is not None:
+                self.client.log_metric(
+                    self.run_id, "surrogate_holdout_mae", c.last_holdout_mae, step=c.n_evaluations
+                )
+            self.client.log_metric(self.run_id, "n_refits", c.n_refits, step=c.n_evaluations)
+        trained_f = np.asarray(c.surrogate.obs_f)  # the fidelity of each training result
+        n_obs, n_top = len(trained_f), int(np.sum(trained_f == c.top_fidelity))
+        last_obs, last_top = self._model_logged
+        changed = (n_obs, n_top) != (last_obs, last_top)
+        if c.cfg.tracking.log_models and changed and (
+            final or _material(n_obs, n_top, last_obs, last_top)
+        ):
             self._log_surrogate_model()
+            self._model_logged = (n_obs, n_top)
+            c.store.set_meta("mlflow_model_logged", f"{n_obs},{n_top}")
 
     def _log_surrogate_model(self) -> None:
         import mlflow
@@ -225,6 +347,44 @@ class Tracker:
                 p = landscape_plot(self.campaign, mol, Path(tmp) / f"landscape_m{mol}_n{step:03d}.png")
                 if p is not None:
                     self.client.log_artifact(self.run_id, str(p), artifact_path="structure_refits")
+            self._maybe_log_structure_model(mol, final=False)
+
+    def _maybe_log_structure_model(self, molecule_id: int, *, final: bool) -> None:
+        """Log the landscape's Delta-GP (pickled, with the structures and energies it was
+        trained on) when it changed materially since the last logged one, or, ``final``,
+        whenever it has seen structures that one has not."""
+        stage = self.campaign.stage
+        land = stage.landscapes.get(molecule_id) if stage is not None else None
+        if land is None or land.model is None or not self.campaign.cfg.tracking.log_models:
+            return
+        trained = land.model_computed or {}
+        n, last = len(trained), self._structure_model_logged.get(molecule_id, 0)
+        if n == last or not (final or _material(n, n, last, last)):
+            return
+        blob = {
+            "molecule_id": molecule_id, "smiles": land.smiles, "level": stage.cfg.refine.name,
+            "model": land.model,
+            "trained_on_kjmol": {land.ids[i]: e for i, e in sorted(trained.items())},
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"m{molecule_id}_n{n:03d}.pkl"
+            path.write_bytes(pickle.dumps(blob))
+            self.client.log_artifact(self.run_id, str(path), artifact_path="structure_models")
+        self._structure_model_logged[molecule_id] = n
+
+    def finish_models(self) -> None:
+        """At the end of a run: refit every model on all results and log each one that
+        has seen results its last logged version has not (metrics and plots included),
+        so the last logged models are the final ones."""
+        c = self.campaign
+        if c.molecule_stage_enabled:
+            c.refit_molecule_model()
+        self.log_refit(final=True)
+        if c.stage is not None:
+            c.stage.refit_all()
+            self.log_structure_refits()
+            for mol in sorted(c.stage.landscapes):
+                self._maybe_log_structure_model(mol, final=True)
 
     def log_plots(self) -> list[Path]:
         """Write the campaign's plots under runs/<name>/report/ and log them as artifacts."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,12 @@ Status = Literal["ok", "failed"]
 
 #: elements the physics backends are parametrised for (organic molecular crystals)
 SUPPORTED_ELEMENTS: frozenset[str] = frozenset({"H", "C", "N", "O", "F", "S", "Cl"})
+
+
+def process_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's threads and its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 class BackendError(Exception):
@@ -116,6 +123,10 @@ class EvalResult:
         retryable: whether a failure may succeed on a second try.
         values: named scalar results (e.g. ``{"reorg_energy_kjmol": 25.1}``).
         wall_s: wall-clock seconds spent in the backend.
+        cpu_s: CPU seconds spent in the backend: user + system time of every thread of
+            the evaluating process and of the child processes it waited for (what a
+            compute budget is charged; a task that waits on I/O or a loaded machine
+            costs wall time, not CPU).
         inputs_hash: see :meth:`EvalInput.inputs_hash`.
         extra: small JSON-able details (SCF cycles, geometries as XYZ text...).
     """
@@ -130,6 +141,7 @@ class EvalResult:
     reason: str = ""
     retryable: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -197,7 +209,7 @@ class Backend(ABC):
             params={**self.params, **inp.params},
         )
         h = merged.inputs_hash(self.name, self.version)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), process_cpu_s()
         status: Status = "ok"
         reason = ""
         retryable = False
@@ -227,4 +239,5 @@ class Backend(ABC):
             reason=reason.splitlines()[0][:500] if reason else "",
             retryable=retryable,
             extra=extra,
+            cpu_s=process_cpu_s() - cpu0,
         )

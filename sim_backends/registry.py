@@ -22,6 +22,7 @@ BUILTIN: dict[str, str] = {
     "replay-xtb-reorg": "sim_backends.replay:ReplayXtbReorgBackend",
     "replay-dft-reorg": "sim_backends.replay:ReplayDftReorgBackend",
     "diagnostic": "sim_backends.diagnostic:DiagnosticBackend",
+    "_faulty": "sim_backends.faulty:FaultyBackend",
     "csp-ff": "sim_backends.csp.backend:CSPBackend",
     "xtb-crystal": "sim_backends.xtb_crystal:XtbCrystalBackend",
     "phonon": "sim_backends.phonons:PhononBackend",

@@ -15,7 +15,7 @@ def _drain(ex):
 
 
 def test_failures_become_results(ray_local):
-    ex = RayExecutor(task_timeout_s=4.0, max_retries=1)
+    ex = RayExecutor(task_timeout_s=10.0, max_retries=1)  # from submission: room for a slow worker start
     ex.start()
     for rid, params in {
         "ok": {"sleep_s": 0.1},
@@ -28,7 +28,7 @@ def test_failures_become_results(ray_local):
     out = _drain(ex)
     assert out["ok"].result.ok and out["ok"].result.values["n_heavy_atoms"] == 7
     assert out["raise"].result.reason.startswith("error: ZeroDivisionError")
-    assert out["crash"].result.reason.startswith("worker died")
+    assert out["crash"].result.reason.startswith("worker died"), out["crash"].result.reason
     assert out["crash"].task.n_attempts == 2  # retried once, then recorded
     assert out["slow"].result.reason.startswith("timeout")
     assert out["flaky"].task.n_attempts == 2 and out["flaky"].result.reason.startswith("run:")
@@ -48,3 +48,118 @@ def test_uneven_tasks_keep_workers_busy(ray_local):
     while ex.n_in_flight:
         order += [c.task.request_id for c in ex.wait(0.5)]
     assert order[-1] == "long"
+
+
+# -- hostile conditions, through the CLI as users run it -------------------------------------
+
+import os  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from conftest import cli, write_config  # noqa: E402
+
+POOL = ["C", "CC", "CCC", "CCO", "CCN", "CCCO"]
+
+
+def _body(executor: str = "", params: str = "{ burn_s = 0.05 }", n: int = 2) -> str:
+    return f"""
+objective = "n_heavy_atoms"
+batch_size = 1
+max_evaluations = {n}
+[tracking]
+enabled = false
+[executor]
+{executor}
+[[backends]]
+name = "_faulty"
+params = {params}
+"""
+
+
+def _one_line_error(out) -> str:
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crystal-agent: error: "), out.stderr[-2000:]
+    return lines[0]
+
+
+def test_unreachable_cluster_is_one_line_and_creates_nothing(tmp_path):
+    cfg = write_config(tmp_path, POOL, _body('address = "127.0.0.1:1"'))
+    out = cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in _one_line_error(out)
+    assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_cpus_per_task_above_num_cpus_is_refused_before_start(tmp_path):
+    cfg = write_config(tmp_path, POOL, _body("num_cpus = 2\ncpus_per_task = 4"))
+    out = cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert "cpus_per_task = 4 exceeds num_cpus = 2" in _one_line_error(out)
+    assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_worker_crash_is_one_line_under_quiet(tmp_path):
+    cfg = write_config(tmp_path, POOL, _body("num_cpus = 1\nmax_retries = 0",
+                                             "{ crash_fraction = 1.0 }", n=2))
+    out = cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--quiet", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2, out.stderr[-3000:]  # one per crashed task, nothing else
+    assert all(ln.startswith("crystal-agent: worker died running _faulty on ") for ln in lines)
+    assert "A worker died or was killed" not in out.stdout + out.stderr
+    assert "(2 failed)" in out.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_stock_ray_start_head_with_token_authentication(tmp_path):
+    """`ray start --head` where ~/.ray/auth_token exists runs with token authentication
+    (Ray 2.60); `--address` to it works with that token and is a one-line explanation
+    without one, leaving no campaign behind."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(home)
+    port = _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    ray_tmp = tempfile.mkdtemp(prefix="ca-ray-", dir="/tmp")  # short: Unix socket paths
+    start = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", "1",
+         "--temp-dir", ray_tmp, "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # the cluster's processes keep this process group
+    )
+    try:
+        log, _ = start.communicate(timeout=180)
+        assert start.returncode == 0, log[-2000:]
+        assert "Token authentication is enabled" in log
+        cfg = write_config(tmp_path, POOL, _body())
+        ok = cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--quiet",
+                 "--address", f"127.0.0.1:{port}", env={**env, "RAY_ADDRESS": ""}, timeout=300)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        assert "2 / 2" in ok.stdout
+        stranger = tmp_path / "stranger"
+        stranger.mkdir()
+        bad = cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs2"), "--address",
+                  f"127.0.0.1:{port}", env={**env, "HOME": str(stranger), "RAY_ADDRESS": ""},
+                  timeout=120)
+        line = _one_line_error(bad)
+        assert "token" in line and f"127.0.0.1:{port}" in line
+        assert not (tmp_path / "runs2" / "t").exists()
+    finally:
+        try:
+            os.killpg(start.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)

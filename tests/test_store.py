@@ -105,5 +105,5 @@ def test_missing_column_truncated_garbage_and_empty_files(tmp_path):
         assert str(e.value).startswith("store damaged:") and "\n" not in str(e.value), what
         Store(good, lock=True).close()  # the failed opens released nothing they did not take
     with Store(good) as s:  # extra tables and columns (later migrations) are fine
-        s.conn.execute("ALTER TABLE evaluations ADD COLUMN cpu_s REAL")
+        s.conn.execute("ALTER TABLE evaluations ADD COLUMN later_col REAL")
     Store(good).close()

@@ -1,0 +1,101 @@
+"""Compute budgets in CPU seconds measured in the worker, with wall time recorded beside
+them: a task that sleeps costs ~0 CPU, one that computes is charged its CPU, failed
+tasks count, old stores are migrated, and the cost model uses the measured CPU."""
+
+import sqlite3
+
+import pytest
+
+from conftest import write_config
+
+POOL = ["C", "CC", "CCC", "CCCC", "CCO", "CCN", "CCCO", "CCCN"]
+
+
+def _run(tmp_path, body, name="b"):
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    cfg = load_config(write_config(tmp_path, POOL, body, name=name))
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        status = run_campaign(camp, tmp_path / "runs", progress=False,
+                              executor=LocalExecutor(slots=1, max_retries=0))
+    finally:
+        camp.close()
+    return camp, status
+
+
+def test_backend_charges_cpu_not_wall():
+    from rdkit import Chem  # noqa: F401 - imported before timing, as a warm worker has it
+
+    from sim_backends.base import EvalInput
+    from sim_backends.registry import get_backend
+
+    sleeper = get_backend("_faulty", sleep_s=0.4).evaluate(EvalInput("CCO"))
+    burner = get_backend("_faulty", burn_s=0.4).evaluate(EvalInput("CCO"))
+    assert sleeper.ok and burner.ok
+    assert sleeper.wall_s >= 0.4 and sleeper.cpu_s < 0.1
+    assert burner.cpu_s >= 0.39 and burner.cpu_s <= burner.wall_s + 0.05
+    failed = get_backend("_faulty", burn_s=0.3, raise_fraction=1.0).evaluate(EvalInput("CCO"))
+    assert not failed.ok and failed.cpu_s >= 0.29  # a failure is charged what it spent
+
+
+BODY = """
+objective = "n_heavy_atoms"
+batch_size = 1
+max_evaluations = 8
+max_cpu_hours = {hours}
+[tracking]
+enabled = false
+[[backends]]
+name = "_faulty"
+params = {params}
+"""
+
+
+def test_sleeping_tasks_do_not_exhaust_a_cpu_budget(tmp_path):
+    """0.25 s of sleep per task and a 0.5 CPU-s budget: charged by wall time the budget
+    would stop the campaign after two tasks; in CPU seconds all eight run."""
+    camp, status = _run(tmp_path, BODY.format(hours=0.5 / 3600, params="{ sleep_s = 0.25 }"))
+    assert status.n_evaluations == 8, status.stop_reason
+    assert status.spent_wall_s >= 8 * 0.25
+    assert status.spent_cpu_s < 0.5
+    rows = sqlite3.connect(camp.directory / "store.sqlite").execute(
+        "SELECT wall_s, cpu_s FROM evaluations").fetchall()
+    assert len(rows) == 8 and all(w >= 0.25 and c < w for w, c in rows)
+
+
+def test_burning_tasks_are_charged_and_stop_the_budget(tmp_path):
+    """0.3 CPU s per task (several failing after spending it) against a 1 CPU-s budget:
+    the campaign stops once the next task would overrun it, failures charged too."""
+    params = "{ burn_s = 0.3, raise_fraction = 0.5, seed = 0 }"
+    camp, status = _run(tmp_path, BODY.format(hours=1.0 / 3600, params=params))
+    assert status.n_evaluations < 8
+    assert status.spent_cpu_s > 1.0 - 0.3
+    assert status.n_failed >= 1
+    rows = sqlite3.connect(camp.directory / "store.sqlite").execute(
+        "SELECT status, cpu_s FROM evaluations").fetchall()
+    assert all(c >= 0.29 for _, c in rows) and any(st == "failed" for st, _ in rows)
+    assert camp.costs()[0] == pytest.approx(status.spent_cpu_s / status.n_evaluations, rel=1e-6)
+
+
+def test_old_store_is_migrated_with_wall_time_as_cpu(tmp_path):
+    from agent.store import SCHEMA_VERSION, Store
+
+    path = tmp_path / "old.sqlite"
+    with Store(path) as s:
+        s.add_molecules([("C", None, True, "")])
+    db = sqlite3.connect(path)  # make it a version-1 store: no cpu_s column
+    db.execute("ALTER TABLE evaluations DROP COLUMN cpu_s")
+    db.execute("INSERT INTO evaluations(request_id, molecule_id, backend, backend_version, "
+               "fidelity, inputs_hash, status, wall_s, submitted_at, finished_at) "
+               "VALUES ('r1', 1, 'xtb-reorg', '1', 0, 'h', 'ok', 12.5, 0, 0)")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with Store(path) as s:
+        (ev,) = s.evaluations()
+        assert ev.cpu_s == 12.5 and ev.wall_s == 12.5
+        assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
