@@ -9,7 +9,10 @@ A case is a :class:`Case`; ``case.make(tmp)`` writes its files into the empty di
 ``tmp`` and returns the argv (without the program name). ``runs`` in every argv is
 ``tmp / "runs"``. Categories and who owns the fix where it is not the CLI/config/store:
 ``config``, ``pool``, ``names``, ``args``, ``store`` (CLI, config, store), ``csp``
-(CSP arguments), ``lab`` (PXRD pattern and CIF files for ``lab identify``).
+(CSP arguments), ``lab`` (PXRD pattern and CIF files for ``lab identify``), ``connect``
+(unreachable Ray cluster or tracking server, tracking URIs under a file or a missing
+directory, resources a task can never get: these are checked when the campaign starts,
+so their cases need the real campaign loop).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from pathlib import Path
 from agent.config import _dump_toml as to_toml
 from agent.config import _toml_value
 
-CATEGORIES = ("config", "pool", "names", "args", "store", "csp", "lab")
-OWNER = {"csp": "helper F (CSP arguments)", "lab": "helper E (lab identify)"}
+CATEGORIES = ("config", "pool", "names", "args", "store", "csp", "lab", "connect")
+OWNER = {"csp": "helper F (CSP arguments)", "lab": "helper E (lab identify)",
+         "connect": "helper C (Ray/MLflow connections, resources)"}
 
 GOOD_POOL = ["CCO ethanol", "c1ccccc1 benzene", "CC(=O)O acetic_acid", "c1ccncc1 pyridine"]
 
@@ -371,9 +375,33 @@ def lab_cases(rng: random.Random, n: int) -> list[Case]:
     return [Case("lab", label, make) for label, make in specs[:n]]
 
 
+def connect_cases(rng: random.Random, n: int) -> list[Case]:
+    def cfg_with(**tables: dict) -> Callable[[Path], list[str]]:
+        def make(t: Path) -> list[str]:
+            cfg = json.loads(json.dumps(BASE))
+            for key, value in tables.items():
+                cfg[key] = {**cfg.get(key, {}), **value}
+            (t / "afile").write_text("x")
+            text = to_toml(cfg).replace("@T@", str(t))
+            return _run(t, write_campaign(t, text=text))
+        return make
+
+    specs = [
+        ("executor address 127.0.0.1:1", cfg_with(executor={"address": "127.0.0.1:1"})),
+        ("--address 127.0.0.1:1", lambda t: _run(t, write_campaign(t), "--address", "127.0.0.1:1")),
+        ("tracking uri http://127.0.0.1:1", cfg_with(tracking={"enabled": True, "uri": "http://127.0.0.1:1"})),
+        ("tracking uri under a file", cfg_with(tracking={"enabled": True, "uri": "sqlite:///@T@/afile/mlflow.db"})),
+        ("tracking uri under a missing directory",
+         cfg_with(tracking={"enabled": True, "uri": "sqlite:///@T@/missing/deeper/mlflow.db"})),
+        ("cpus_per_task > num_cpus", cfg_with(executor={"num_cpus": 1, "cpus_per_task": 4.0})),
+    ]
+    rng.shuffle(specs)
+    return [Case("connect", label, make, runs_command=True) for label, make in specs[:n]]
+
+
 GENERATORS = {
     "config": config_cases, "pool": pool_cases, "names": name_cases, "args": args_cases,
-    "store": store_cases, "csp": csp_cases, "lab": lab_cases,
+    "store": store_cases, "csp": csp_cases, "lab": lab_cases, "connect": connect_cases,
 }
 
 

@@ -5,8 +5,8 @@ and a refused ``run`` must leave no store (nor a half-built directory) behind. C
 in-process through :func:`agent.cli.main` (the campaign loop is replaced by a sentinel,
 so an input that gets past every check fails the test instead of starting Ray; Python
 warnings are printed to stderr as a standalone run prints them); the CSP cases, which may
-start real work, run as subprocesses, and a handful of cases go through the installed
-console script.
+start real work, and the connection cases, which need the real campaign loop, run as
+subprocesses, and a handful go through the installed console script.
 ``benchmarks/fuzz_cli.py`` runs a larger corpus, every case as a subprocess.
 """
 
@@ -23,8 +23,9 @@ import pytest
 from fuzz_corpus import OWNER, corpus, stores_left
 
 SEED = 17
-PER_CATEGORY = {"config": 30, "pool": 16, "names": 24, "args": 20, "store": 30, "csp": 10, "lab": 18}
-SUBPROCESS = {"csp"}
+PER_CATEGORY = {"config": 30, "pool": 16, "names": 24, "args": 20, "store": 30, "csp": 10, "lab": 18,
+                "connect": 6}
+SUBPROCESS = {"csp", "connect"}
 TIMEOUT_S = 30
 CASES = [c for cat, n in PER_CATEGORY.items() for c in corpus(SEED, n, (cat,))]
 #: cases another helper is fixing: xfail naming the owner (not strict: the fix may land)
