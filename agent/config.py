@@ -216,9 +216,12 @@ class CampaignConfig(_Strict):
 def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif (err["type"] != "value_error" and isinstance(err.get("input"), (bool, int, float, str))
+          and len(repr(err["input"])) <= 40):
+        msg += f" (got {err['input']!r})"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{loc}: {msg}{more}"
 
