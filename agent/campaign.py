@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -233,7 +232,8 @@ class Campaign:
         check_runnable(cfg)
         rows = _validated_pool(cfg)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.creating-", dir=directory.parent))
+        tmp = directory.parent / f".{cfg.name}.creating-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()  # the user's umask, unlike mkdtemp's 0700
         try:
             with Store(tmp / STORE_FILE) as store:
                 store.add_molecules(rows)

@@ -32,6 +32,8 @@ MAX_CONFIG_BYTES = 1_000_000
 #: longest accepted campaign name (characters)
 MAX_NAME_CHARS = 100
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+#: built-in lab landscapes (:func:`agent.lab.config.load_landscape`); else a CIF folder
+LAB_LANDSCAPES = ("campaign", "target_I", "x23")
 
 
 class ConfigError(ValueError):
@@ -271,7 +273,8 @@ def check_runnable(cfg: CampaignConfig) -> None:
 
     Every ``[[backends]]`` entry must be a registered molecule-level backend that computes
     ``objective``; the structure stage's backends must be registered, its ``refine`` and
-    ``free_energy`` levels structure-level ones. Lab adapters are checked by the config.
+    ``free_energy`` levels structure-level ones. Lab adapters are checked by the config,
+    the lab landscape here (a built-in name or an existing folder).
     """
     from sim_backends.registry import UnknownBackendError, backend_class, user_facing
 
@@ -294,6 +297,10 @@ def check_runnable(cfg: CampaignConfig) -> None:
                 f"config error: backends: {b.name!r} does not compute objective "
                 f"{cfg.objective!r} (it computes {', '.join(cls.computes) or 'nothing'})"
             )
+    if cfg.lab is not None and cfg.lab.landscape not in LAB_LANDSCAPES and not Path(
+            cfg.lab.landscape).is_dir():
+        raise ConfigError(f"config error: lab.landscape: {cfg.lab.landscape!r} is neither one of "
+                          f"{', '.join(LAB_LANDSCAPES)} nor a folder of CIF files")
     st = cfg.structures
     if st.enabled:
         cls_of("structures.csp.name", st.csp.name)

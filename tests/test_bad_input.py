@@ -1,6 +1,7 @@
 """Bad input through the CLI: one-line errors, non-zero exits, stores left intact."""
 
 import json
+import os
 import sqlite3
 
 import pytest
@@ -186,6 +187,8 @@ BAD_RUNS = {
     "batch_size = true": ("", "", GOOD),
     "lab adapter nope": ('[structures]\nenabled = true\nbudget_evaluations = 2\n'
                          '[lab]\nadapter = "nope"\n', "", GOOD),
+    "lab landscape missing": ('[structures]\nenabled = true\nbudget_evaluations = 2\n'
+                              '[lab]\nlandscape = "/nonexistent/cifs"\n', "", GOOD),
 }
 
 
@@ -207,6 +210,9 @@ def test_refused_run_leaves_nothing_and_same_name_works_after_fix(tmp_path, caps
     with pytest.raises(ReachedRunner):
         _main(capsys, "run", str(cfg), "--runs-dir", str(runs))
     assert (runs / "t" / "store.sqlite").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (runs / "t").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
 
 
 def test_damaged_store_truncated_and_missing_table(tmp_path, capsys, no_runner):
