@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 
 STORE_FILE = "store.sqlite"
+#: largest pool file read (a pool of max_pool_molecules SMILES is far smaller)
+MAX_POOL_BYTES = 256 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,10 @@ def _validated_pool(cfg: CampaignConfig) -> list[tuple[str, str | None, bool, st
     from sim_backends.molecule import read_pool, validate_smiles
 
     try:
+        size = cfg.pool.stat().st_size
+        if size > MAX_POOL_BYTES:
+            raise ConfigError(f"config error: pool: {cfg.pool}: file too large ({size:,} bytes; "
+                              f"the limit is {MAX_POOL_BYTES:,})")
         entries = read_pool(cfg.pool)
     except UnicodeDecodeError:
         raise ConfigError(f"config error: pool: {cfg.pool}: not UTF-8 text") from None

@@ -395,3 +395,12 @@ def test_closed_stdout_is_quiet():
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141 and err == "", err
+
+
+def test_huge_pool_file_refused_unread(tmp_path, capsys):
+    """A pool file over 256 MiB (sparse here) is refused by its size, before it is read."""
+    cfg = _diag_config(tmp_path)
+    with open(tmp_path / "pool.smi", "r+b") as f:
+        f.truncate(300 * 1024**2)
+    assert "too large" in _refused(capsys, "run", str(cfg), "--runs-dir", str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
