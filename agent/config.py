@@ -104,7 +104,7 @@ class StopConfig(_Strict):
 class SurrogateConfig(_Strict):
     """Molecule-level GP settings."""
 
-    fingerprint_bits: int = Field(default=2048, ge=64)
+    fingerprint_bits: int = Field(default=2048, ge=64, le=65536)  # pool x bits float32 in memory
     fingerprint_radius: int = Field(default=2, ge=1, le=4)
     n_initial: int = Field(default=4, ge=1)
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)

@@ -81,6 +81,7 @@ def test_dimer_baselines_key(tmp_path):
     "batch_size = true", "seed = -1", "seed = 1.5", "max_evaluations = 0", "max_evaluations = true",
     "max_cpu_hours = nan", "max_cpu_hours = inf", "batch_size = 2.0", 'name = ".."', 'name = "."',
     'name = "a/b"', f'name = "{"x" * 101}"', 'name = ".hidden"', "max_pool_molecules = 0",
+    "surrogate.fingerprint_bits = 1000000000",
 ])
 def test_strict_values_are_one_line_errors(tmp_path, line):
     with pytest.raises(ConfigError) as e:
