@@ -84,11 +84,15 @@ def run_csp_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from sim_backends.csp.landscape import FF_LEVEL
+
     e0 = landscape.minima[0].energy_kjmol if landscape.minima else 0.0
     table = Table(title=f"CSP {landscape.smiles}: {len(landscape)} unique minima from "
                         f"{landscape.meta.get('n_trials')} trials "
-                        f"({landscape.meta.get('wall_s', 0):.0f} s)")
-    for col in ("id", "E (kJ/mol)", "dE", "density (g/cm3)", "space group", "searched in", "Z", "mult"):
+                        f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{FF_LEVEL}, "
+                        f"{landscape.meta.get('charge_method')} charges")
+    for col in ("id", "E_latt (kJ/mol per molecule)", "dE (kJ/mol per molecule)", "density (g/cm3)",
+                "space group", "searched in", "Z", "mult"):
         table.add_column(col, justify="right")
     for m in landscape.minima[: args.top]:
         table.add_row(m.id, f"{m.energy_kjmol:.2f}", f"{m.energy_kjmol - e0:.2f}",
@@ -96,7 +100,8 @@ def run_csp_command(args: argparse.Namespace) -> int:
                       str(m.multiplicity))
     Console().print(table)
     if args.out:
-        print(f"landscape written to {args.out}")
+        print(f"landscape written to {args.out}: landscape.csv, cif/<id>.cif (symmetrised, with "
+              "energies), landscape.png, run.json")
     return 0
 
 

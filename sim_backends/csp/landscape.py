@@ -349,9 +349,13 @@ class Landscape:
         ax.set_xlabel("density (g/cm$^3$)")
         ax.set_ylabel("lattice energy rel. to global minimum\n(kJ/mol per molecule)")
         ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
-        title = name or self.smiles
-        ax.set_title(f"CSP landscape of {title}: {len(self.minima)} minima, "
-                     f"global minimum {e0:.1f} kJ/mol per molecule\n{FF_LEVEL}", fontsize=9)
+        m0 = self.minima[0]
+        formula = molecule_formula(m0.structure, m0.z)
+        title = f"{name} ({formula})" if name else f"{formula} ({self.smiles})" if self.smiles else formula
+        charges = self.meta.get("charge_method")
+        ax.set_title(f"CSP landscape of {title}: {len(self.minima)} minima, global minimum "
+                     f"{e0:.1f} kJ/mol per molecule\n{FF_LEVEL}" + (f", {charges} charges" if charges else ""),
+                     fontsize=9)
         ax.legend(fontsize=7, frameon=False, title="space group (n)", title_fontsize=7,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
