@@ -224,6 +224,56 @@ def _quiet_worker_deaths() -> None:
     ray_worker.print_to_stdstream = print_to_stdstream
 
 
+def process_start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks after boot, as text), to tell a
+    process from a later one that reuses its pid; None if there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def ray_descendants(root_pid: int) -> dict[int, str]:
+    """Ray processes below ``root_pid`` (Linux ``/proc``), mapped to their start times;
+    the reaper itself is left out."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    found: dict[int, str] = {}
+    todo = [root_pid]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            todo.append(pid)
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            st = process_start_time(pid)
+            if st is not None and b"ray" in cmd and b"_reaper_main" not in cmd:
+                found[pid] = st
+    return found
+
+
+def alive(procs: dict[int, str]) -> list[int]:
+    """The processes of ``procs`` (pid -> start time) still running (zombies are not)."""
+    out = []
+    for pid, st in procs.items():
+        if process_start_time(pid) != st:
+            continue
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
 def _reaper_main(launcher_pid: int) -> None:
     """Body of the reaper process (see the module docstring).
 
@@ -234,38 +284,9 @@ def _reaper_main(launcher_pid: int) -> None:
     import select
     import signal
 
-    def start_time(pid: int) -> str | None:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        except (OSError, IndexError):
-            return None
-
-    def descendants() -> dict[int, str]:
-        children: dict[int, list[int]] = {}
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(ppid, []).append(int(d.name))
-        found: dict[int, str] = {}
-        todo = [launcher_pid]
-        while todo:
-            for pid in children.get(todo.pop(), []):
-                todo.append(pid)
-                try:
-                    cmd = (Path(f"/proc/{pid}/cmdline")).read_bytes()
-                except OSError:
-                    continue
-                st = start_time(pid)
-                if pid != os.getpid() and b"ray" in cmd and st is not None:
-                    found[pid] = st
-        return found
-
     known: dict[int, str] = {}
     while True:
-        known.update(descendants())
+        known.update(ray_descendants(launcher_pid))
         ready, _, _ = select.select([sys.stdin], [], [], 0.5)
         if ready:
             line = sys.stdin.readline()
@@ -273,17 +294,14 @@ def _reaper_main(launcher_pid: int) -> None:
                 return
             if line == "":
                 break
-    def alive() -> list[int]:
-        return [p for p, st in known.items() if start_time(p) == st]
-
     for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
-        for pid in alive():
+        for pid in alive(known):
             try:
                 os.kill(pid, sig)
             except OSError:
                 pass
         t_end = time.monotonic() + wait_s
-        while alive() and time.monotonic() < t_end:
+        while alive(known) and time.monotonic() < t_end:
             time.sleep(0.1)
 
 

@@ -88,3 +88,57 @@ def test_second_launcher_refused_while_running(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_launcher_alone_leaves_no_ray_processes(tmp_path):
+    """As the OOM killer would: only the launcher dies. Its embedded Ray (raylet, GCS,
+    dashboard and runtime-env agents, workers) must be gone soon after, not minutes later."""
+    from agent.executor import alive, ray_descendants
+
+    body = """
+objective = "n_heavy_atoms"
+batch_size = 2
+max_evaluations = 12
+[tracking]
+enabled = false
+[[backends]]
+name = "_faulty"
+params = { sleep_s = 3.0 }
+"""
+    cfg = write_config(tmp_path, POOL, body, name="oom")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", str(cfg), "--runs-dir", str(tmp_path / "runs"),
+         "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    tree: dict[int, str] = {}
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            tree.update(ray_descendants(proc.pid))
+            names = " ".join(_cmdline(p) for p in alive(tree))
+            if "_evaluate_in_worker" in names and "Agent" in names:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the campaign ended before its Ray workers were seen"
+        time.sleep(1.0)
+        tree.update(ray_descendants(proc.pid))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        t_kill = time.time()
+        while alive(tree) and time.time() - t_kill < 30:
+            time.sleep(0.5)
+        left = alive(tree)
+        assert not left, [_cmdline(p)[:80] for p in left]
+    finally:
+        for pid in alive(tree):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
