@@ -210,7 +210,8 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
             "name": (mols[mol_id]["name"] or mols[mol_id]["smiles"]) if mol_id in mols else "",
             "level": level, "refine_level": level, "ff_level": level_of_theory(cfg.structures.csp),
             "n_structures": None, "n_computed": 0, "top": []})
-        top = {r["id"]: r for r in rec["top"]}
+        # force-field-ranked entries (saved before any refinement) have no energy at the level
+        top = {r["id"]: r for r in rec["top"] if r.get("energy_kjmol") is not None}
         top[row["id"]] = {**top.get(row["id"], {}), "id": row["id"], "space_group": row["space_group"],
                           "density_gcm3": row["density_gcm3"], "z": row["z"], "ff_kjmol": row["energy_kjmol"],
                           "energy_kjmol": computed[row["id"]], "std_kjmol": 0.0, "computed": True,
@@ -233,13 +234,14 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
     for rec in results:
         n_s = rec.get("n_structures")
         n_f = rec.get("n_failed") or 0
-        head = (f"structures    {rec['name']}: {rec['n_computed']} of {n_s if n_s is not None else '?'} "
-                f"computed at {rec['refine_level']}" + (f" ({n_f} failed)" if n_f else ""))
+        head = (f"structures    {rec.get('name')}: {rec.get('n_computed', 0)} of "
+                f"{n_s if n_s is not None else '?'} computed at {rec.get('refine_level')}"
+                + (f" ({n_f} failed)" if n_f else ""))
         lines.append(head)
-        if not rec["top"]:
+        if not rec.get("top"):
             continue
-        at = rec["level"]
-        lines.append(f"  best at {at}" + ("" if rec["n_computed"] else " (nothing refined yet)") + ":")
+        at = rec.get("level")
+        lines.append(f"  best at {at}" + ("" if rec.get("n_computed") else " (nothing refined yet)") + ":")
         for r in rec["top"]:
             if r.get("energy_kjmol") is not None:
                 e = format_value("energy_kjmol", r["energy_kjmol"],

@@ -169,3 +169,30 @@ def test_landscape_plot_mae_is_the_logged_figure(campaign):
     assert left.get_ylabel() == "lattice energy rel. to lowest (kJ/mol per molecule)"
     assert left.get_title().startswith("acetylene: ")
     plt.close(fig)
+
+
+@pytest.mark.slow
+def test_status_from_the_store_alone(campaign, capsys):
+    """Without saved results (status while the run is in its first refinements) or with
+    results saved before anything was refined, status ranks what is computed, exactly."""
+    from agent.cli import main
+    from agent.summary import STRUCTURE_RESULTS_META
+
+    camp, runs = campaign
+    saved = camp.store.get_meta(STRUCTURE_RESULTS_META)
+    computed = _computed(camp)
+    try:
+        for meta in ("", json.dumps({"landscapes": [
+                {"molecule_id": mid, "name": "acetylene", "level": "ff", "refine_level": LEVEL,
+                 "n_structures": 9, "n_computed": 0,
+                 "top": [{"id": "m1-m0001", "energy_kjmol": None, "ff_kjmol": -17.0, "computed": False}]}
+                for mid in camp.stage.landscapes]})):
+            camp.store.set_meta(STRUCTURE_RESULTS_META, meta)
+            assert main(["status", "cryst", "--runs-dir", str(runs), "--json"]) == 0
+            (land,) = json.loads(capsys.readouterr().out)["structures"]
+            best = sorted(computed.items(), key=lambda kv: kv[1])[:3]
+            assert [(t["id"], t["energy_kjmol"]) for t in land["top"]] == best
+            assert all(t["computed"] and t["std_kjmol"] == 0.0 for t in land["top"])
+            assert land["refine_level"] == LEVEL and land["n_computed"] == len(computed)
+    finally:
+        camp.store.set_meta(STRUCTURE_RESULTS_META, saved)
