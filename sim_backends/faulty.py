@@ -61,9 +61,9 @@ class FaultyBackend(Backend):
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         from rdkit import Chem
 
-        mol = Chem.MolFromSmiles(inp.smiles)
-        if mol is None:
-            raise SetupError(f"invalid SMILES {inp.smiles!r}")
+        from sim_backends.molecule import validate_smiles
+
+        mol = Chem.MolFromSmiles(validate_smiles(inp.smiles))  # SetupError for bad input
         p = inp.params
         mode = fault_of(inp.smiles, p)
         t_end = time.process_time() + float(p.get("burn_s", 0.0))
