@@ -8,7 +8,8 @@ finishes, so the caller can hand the freed worker new work at once and workers s
 busy when task times differ by 10x.
 
 Starting (:meth:`RayExecutor.start`) either works or raises :class:`ExecutorError`
-with one line, before the caller has created anything:
+with one line; :meth:`RayExecutor.preflight` runs the checks that need no Ray, so a
+caller can refuse a campaign before creating anything:
 
 * a cluster address is first checked for a listening TCP port (``CONNECT_TIMEOUT_S``),
   then joined with Ray's connection retries bounded to the same time;
@@ -36,7 +37,8 @@ Failure handling, per task:
   ``max_retries`` times;
 * a worker process that dies (segfault in a native library, OOM kill, ``os._exit``)
   surfaces as a Ray error; the task is retried up to ``max_retries`` times, then
-  recorded as a failed evaluation with the reason;
+  recorded as a failed evaluation with the reason; each death is one line on stderr
+  (Ray's own multi-line notice on the driver is suppressed);
 * a task running longer than ``task_timeout_s`` is cancelled (the worker is killed)
   and recorded as failed, never retried (it would time out again).
 """
