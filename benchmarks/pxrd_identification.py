@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -157,6 +158,7 @@ def main() -> None:
                             changed_right += first_right and not ok
                             score_drift = max(score_drift, abs(score - first_score))
             n_total += 1
+            print(f"{name} {k + 1}/{len(patterns)} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
         rows_by_set[name] = (len(ids), len(patterns), set_hits)
 
     table = Table(title="PXRD top-1 identification, simulated-lab patterns (anisotropic expansion <= 5 %/axis, March-Dollase texture)")

@@ -577,6 +577,7 @@ def identify(
     min_fraction: float = 0.12,
     mixture_smooth_fwhm_deg: float = 0.15,
     mixture_min_residual: float = 0.2,
+    mixture_max_residual: float = 0.2,
     softmax_tau: float = SOFTMAX_TAU,
 ) -> IdentifyResult:
     """Rank candidate structures by how well they explain a measured PXRD pattern.
@@ -615,6 +616,8 @@ def identify(
         mixture_smooth_fwhm_deg: Gaussian smoothing (deg) of the mixture fits.
         mixture_min_residual: a mixture is only considered when the best one-phase
             fit leaves at least this fraction of the squared signal unexplained.
+        mixture_max_residual: a mixture explains the pattern (is a match) when its
+            two-phase fit leaves at most this fraction unexplained.
         softmax_tau: temperature of the confidence softmax over scores.
 
     Returns:
@@ -734,7 +737,7 @@ def identify(
     is_mixture = (
         len(pair) == 2 and r1 >= mixture_min_residual and r2 < mixture_ratio * r1 and float(fractions.min()) >= min_fraction
     )
-    is_match = bool(best_score[top] >= match_threshold) or (is_mixture and 1.0 - r2 >= match_threshold)
+    is_match = bool(best_score[top] >= match_threshold) or (is_mixture and r2 <= mixture_max_residual)
     if is_mixture:
         comp_order = np.argsort(-fractions)
         components = [(names[pair[k]], float(fractions[k])) for k in comp_order]
