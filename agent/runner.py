@@ -55,9 +55,9 @@ def preflight(cfg: CampaignConfig, runs_dir: str | Path, address: str | None = N
     CPUs, an unusable MLflow tracking URI (:class:`~agent.tracking.TrackingError`)."""
     make_executor(cfg, address).preflight()
     if cfg.tracking.enabled:
-        from agent.tracking import check_tracking_uri, tracking_uri
+        from agent.tracking import check_campaign_tracking, tracking_uri
 
-        check_tracking_uri(tracking_uri(cfg, runs_dir))
+        check_campaign_tracking(tracking_uri(cfg, runs_dir), runs_dir)
 
 
 def run_campaign(

@@ -66,6 +66,12 @@ def tracking_uri(cfg: Any, runs_dir: str | Path) -> str:
     return cfg.tracking.uri or default_tracking_uri(runs_dir)
 
 
+def check_campaign_tracking(uri: str, runs_dir: str | Path) -> None:
+    """:func:`check_tracking_uri` for a campaign under ``runs_dir``, whose default store
+    may lie in a runs directory that the campaign is about to create."""
+    check_tracking_uri(uri, default=uri == default_tracking_uri(runs_dir))
+
+
 def check_tracking_uri(uri: str, *, default: bool = False) -> None:
     """Refuse a tracking URI MLflow cannot use, in one line (:class:`TrackingError`).
 
@@ -163,7 +169,7 @@ class Tracker:
         self.campaign = campaign
         self.runs_dir = Path(runs_dir)
         self.uri = uri or tracking_uri(campaign.cfg, runs_dir)
-        check_tracking_uri(self.uri, default=self.uri == default_tracking_uri(runs_dir))
+        check_campaign_tracking(self.uri, runs_dir)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         name = campaign.cfg.name

@@ -107,3 +107,11 @@ def test_check_tracking_uri_http_refused(uri):
 
     with pytest.raises(TrackingError, match="cannot reach the MLflow server"):
         check_tracking_uri(uri)
+
+
+def test_first_run_into_a_new_runs_dir_with_default_tracking(tmp_path):
+    """The default store lies in the runs directory the first campaign creates."""
+    cfg = write_config(tmp_path, POOL, BODY.format(n=1, tracking="enabled = true"))
+    out = cli("run", str(cfg), "--runs-dir", str(tmp_path / "new" / "runs"), "--quiet", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "new" / "runs" / "mlflow.db").is_file()
