@@ -473,7 +473,10 @@ class Campaign:
         The backend's per-molecule ``cost_estimate`` (a DFT calculation on pentacene
         costs ~25x one on pyrazine), scaled per level so that over the molecules
         evaluated at that level it averages to :meth:`costs` (the measured mean; the
-        estimate or ``cost_s`` before any).
+        estimate or ``cost_s`` before any). Used to never start work expected to
+        overrun the budget; the acquisition scores with the per-level means (with
+        per-molecule costs, EI per CPU second prefers many cheap, unpromising DFT
+        calculations to the one expensive calculation on the best candidate).
         """
         if self.cfg.max_cpu_hours is None:
             return None
@@ -606,7 +609,6 @@ class Campaign:
                 best_value=self.best_value(),
                 direction=self.cfg.direction,
                 seed=self.cfg.seed + self.n_evaluations,
-                pair_costs=pair_costs,
             )
         tasks = []
         for i, f in picks:
