@@ -215,6 +215,10 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
       refinement level also ``E_<L>_best_kJmol_per_mol`` / ``E_<L>_std_kJmol_per_mol`` (the
       computed value, else the Delta-GP mean and 1-sigma), ``status`` (``computed``,
       ``failed`` at that level, or ``predicted``) and ``cif``;
+    * ``energies.csv`` (``id, energy_kjmol, free_energy_kjmol``): the best estimate of
+      each structure's energy at the highest level (computed, else the Delta-GP mean; the
+      force field for structures failed at that level) and E + F_vib where computed, the
+      table ``crystal-agent lab identify --structures`` reads beside the CIFs;
     * ``levels.json``: backend name -> level of theory of each column.
 
     Returns:
@@ -238,6 +242,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     if fe is not None:
         levels[fe.name] = level_of_theory(fe)
     paths = []
+    best_energy: list[tuple[str, float, float | None]] = []  # for energies.csv
     for mol_id, land in sorted(stage.landscapes.items()):
         rows = landscape_rows(campaign, mol_id)
         has_level = any(r["computed"] for r in rows)
@@ -286,7 +291,15 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                     row.append(_fmt(r["f_vib_kjmol"]))
                 row.append(cif_path.name)
                 w.writerow(row)
+                e = r["energy_kjmol"] if r["energy_kjmol"] is not None and not r["failed"] else r["ff_kjmol"]
+                best_energy.append((r["id"], e, None if r["f_vib_kjmol"] is None else e + r["f_vib_kjmol"]))
         paths.append(table)
+    energies_path = out / "energies.csv"  # what `crystal-agent lab identify --structures` reads
+    with energies_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "energy_kjmol", "free_energy_kjmol"])
+        w.writerows([sid, _fmt(e), _fmt(g)] for sid, e, g in best_energy)
+    paths.append(energies_path)
     levels_path = out / "levels.json"
     levels_path.write_text(json.dumps({"energy_unit": "kJ/mol per molecule", "levels": levels}, indent=2))
     paths.append(levels_path)

@@ -11,7 +11,8 @@ Written to disk as
   Niggli-reduced cell, space-group operations and asymmetric unit (spglib at
   ``symprec``), data block and ``_chemical_formula_sum`` of the MOLECULE with ``Z`` in
   molecules, and its energy at every computed level (``_crystal_agent_energy_*`` loop,
-  kJ/mol per molecule, level of theory named);
+  kJ/mol per molecule, level of theory named); ``cif/energies.csv`` (``id,
+  energy_kjmol``) beside them, as ``crystal-agent lab identify --structures`` reads;
 * ``landscape_ff.extxyz``: the same structures as one multi-frame extxyz (``info``:
   ``id``, ``Z``, ``energy_kjmol``, ``connectivity_ok``);
 * ``landscape.png``: lattice energy vs density scatter by space group (matplotlib, Agg);
@@ -289,6 +290,10 @@ class Landscape:
                 w.writerow([m.id, rank, f"{m.energy_kjmol:.4f}", f"{rel:.4f}", f"{rel:.4f}",
                             f"{m.density_gcm3:.4f}", m.space_group, m.space_group_number,
                             m.search_space_group, m.z, m.multiplicity, f"cif/{m.id}.cif"])
+        with open(out / "cif" / "energies.csv", "w", newline="") as fh:  # for `lab identify --structures`
+            w = csv.writer(fh)
+            w.writerow(["id", "energy_kjmol"])
+            w.writerows([m.id, f"{m.energy_kjmol:.4f}"] for m in self.minima)
         self._write_extxyz(out / "landscape_ff.extxyz")
         if self.minima:
             self.plot(out / "landscape.png")
