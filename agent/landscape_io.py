@@ -226,7 +226,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     """
     from pymatgen.core import Structure
 
-    from agent.summary import landscape_rows, level_of_theory, structures_dir
+    from agent.summary import landscape_rows, level_of_theory, rank_key, structures_dir
     from sim_backends.csp.landscape import LevelEnergy, crystal_cif
 
     stage = getattr(campaign, "stage", None)
@@ -246,8 +246,8 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     for mol_id, land in sorted(stage.landscapes.items()):
         rows = landscape_rows(campaign, mol_id)
         has_level = any(r["computed"] for r in rows)
-        order = sorted(range(len(rows)), key=lambda k: (rows[k]["energy_kjmol"] if has_level
-                                                        else rows[k]["ff_kjmol"]))
+        order = sorted(range(len(rows)), key=lambda k: rank_key(rows[k]) if has_level
+                       else (False, rows[k]["ff_kjmol"]))
         rank = {k: n for n, k in enumerate(order, 1)}
         name = campaign.names[campaign._index_of[mol_id]] if mol_id in campaign._index_of else land.smiles
         cols = ["id", "rank", "space_group", "Z", "density_gcm3", f"E_{ff}_kJmol_per_mol",
@@ -266,7 +266,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                 r = rows[k]
                 energies = [LevelEnergy(levels[ff], "lattice energy", r["ff_kjmol"]),
                             LevelEnergy(levels[ff], "relative energy", r["ff_rel_kjmol"])]
-                if ref and r["energy_kjmol"] is not None:
+                if ref and r["energy_kjmol"] is not None and not r["failed"]:
                     what = "lattice energy" if r["computed"] else "lattice energy, Delta-GP prediction"
                     energies += [LevelEnergy(levels[ref], what, r["energy_kjmol"],
                                              None if r["computed"] else r["std_kjmol"]),

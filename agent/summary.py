@@ -107,9 +107,9 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
     """Per landscape of the campaign's structure stage, the structures ranked at the
     refinement level: computed energies exact, the others the Delta-GP posterior mean
     and 1-sigma (``corrected_landscape``); before any refinement result, the force-field
-    ranking. Structures whose calculation at the level failed are not ranked. Each record: ``molecule_id, smiles, name, level, ff_level, n_structures,
-    n_computed, n_failed, top`` (list of ``id, space_group, density_gcm3, z, energy_kjmol (at the
-    level), std_kjmol, computed, failed, rel_kjmol, ff_kjmol, f_vib_kjmol, cif``)."""
+    ranking. Structures whose calculation at the level failed are not ranked. Each
+    record: ``molecule_id, smiles, name, level, ff_level, n_structures, n_computed,
+    n_failed, top`` (list of :func:`landscape_rows` records)."""
     stage = campaign.stage
     if stage is None:
         return []
@@ -120,7 +120,7 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
         table = landscape_rows(campaign, mol_id)
         has_level = any(r["computed"] for r in table)
         ranked = sorted((r for r in table if not r["failed"]),  # unphysical or failed at the level
-                        key=lambda r: r["energy_kjmol"] if has_level else r["ff_kjmol"])
+                        key=lambda r: rank_key(r) if has_level else (False, r["ff_kjmol"]))
         idx = campaign._index_of.get(mol_id)
         out.append({
             "molecule_id": int(mol_id), "smiles": land.smiles,
@@ -132,14 +132,30 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
     return out
 
 
+def rank_key(row: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key at the refinement level: by energy there, structures without one (no
+    model could be fitted) after all others, by force-field energy."""
+    e = row["energy_kjmol"]
+    return (e is None, row["ff_kjmol"] if e is None else e)
+
+
 def landscape_rows(campaign: Campaign, mol_id: int) -> list[dict[str, Any]]:
-    """One record per structure of a landscape (see :func:`structure_results`), in
-    landscape order; ``energy_kjmol``/``std_kjmol`` are None before any refinement."""
+    """One record per structure of a landscape, in landscape order: ``id, space_group,
+    density_gcm3, z, ff_kjmol, ff_rel_kjmol`` (force field), ``energy_kjmol`` and
+    ``std_kjmol`` at the refinement level (computed: exact, std 0; else the Delta-GP mean
+    and 1-sigma; None before any refinement or when no model can be fitted),
+    ``rel_kjmol`` (relative to the lowest), ``computed``, ``failed``, ``f_vib_kjmol``,
+    ``cif`` (its path under ``runs/<name>/structures/``)."""
     import numpy as np
+
+    from agent.surrogates.structure_gp import SurrogateError
 
     stage = campaign.stage
     land = stage.landscapes[mol_id]
-    corr = stage.corrected_landscape(mol_id)
+    try:
+        corr = stage.corrected_landscape(mol_id)
+    except (SurrogateError, ValueError, RuntimeError):  # no model: computed energies only
+        corr = None
     rows = {r["id"]: r for r in campaign.store.structures(mol_id)}
     cif_dir = structures_dir(campaign.directory)
     out = []
@@ -159,10 +175,9 @@ def landscape_rows(campaign: Campaign, mol_id: int) -> list[dict[str, Any]]:
             "f_vib_kjmol": land.f_vib.get(i),
             "cif": str(cif_dir / f"{sid}.cif"),
         })
-    if corr is not None:
-        lo = min(r["energy_kjmol"] for r in out)
-        for r in out:
-            r["rel_kjmol"] = r["energy_kjmol"] - lo
+    known = [r["energy_kjmol"] for r in out if r["energy_kjmol"] is not None]
+    for r in out:
+        r["rel_kjmol"] = None if r["energy_kjmol"] is None else r["energy_kjmol"] - min(known)
     ff0 = float(np.min(land.ff_kjmol))
     for r in out:
         r["ff_rel_kjmol"] = r["ff_kjmol"] - ff0
