@@ -5,9 +5,9 @@ and CPU seconds and lambda_+ of
 
 * ``xtb-reorg`` -- GFN2-xTB relaxations of both charge states (the baseline: cost
   ratios are DFT / xTB, measured in the same run);
-* ``dft-reorg`` default -- B3LYP/6-31G (density fitting, grid level 1) single points
+* ``dft-reorg`` with ``geometry="xtb"`` -- B3LYP/6-31G (density fitting, grid level 1) single points
   on the GFN2-xTB geometries ("DFT//xTB", four SCF calculations);
-* ``dft-reorg`` with ``geometry="dft"`` -- both states relaxed with geomeTRIC at
+* ``dft-reorg`` default (``geometry="dft"``) -- both states relaxed with geomeTRIC at
   B3LYP/6-31G (molecules given by ``--full-opt``);
 
 then, for naphthalene, the DFT//xTB cost with other basis sets (``--bases``).
@@ -84,9 +84,9 @@ def main() -> None:
     full_opt = [m for m in args.full_opt.split(",") if m]
     bases = [b for b in args.bases.split(",") if b]
     jobs = [("xtb", m, XtbReorgBackend()) for m in mols]
-    jobs += [("dft//xtb", m, DftReorgBackend()) for m in mols]
+    jobs += [("dft//xtb", m, DftReorgBackend(geometry="xtb")) for m in mols]
     if "naphthalene" in mols:
-        jobs += [(f"dft//xtb {b}", "naphthalene", DftReorgBackend(basis=b))
+        jobs += [(f"dft//xtb {b}", "naphthalene", DftReorgBackend(basis=b, geometry="xtb"))
                  for b in bases if b != "6-31g"]
     jobs += [("dft-opt", m, DftReorgBackend(geometry="dft")) for m in full_opt]
     from sim_backends.base import EvalInput

@@ -53,9 +53,13 @@ MOLECULES = {
     "pyrazine": "c1cnccn1",
     "pyridine": "c1ccncc1",
     "pyrimidine": "c1cncnc1",
+    "thiazole": "c1cscn1",
+    "oxazole": "c1cocn1",
+    "pyridazine": "c1ccnnc1",
+    "imidazole": "c1c[nH]cn1",
+    "naphthalene": "c1ccc2ccccc2c1",
     "indole": "c1ccc2[nH]ccc2c1",
     "benzofuran": "c1ccc2occc2c1",
-    "naphthalene": "c1ccc2ccccc2c1",
     "quinoline": "c1ccc2ncccc2c1",
     "azulene": "c1ccc2cccc2cc1",
     "benzothiophene": "c1ccc2sccc2c1",
@@ -70,6 +74,9 @@ ACENES_CHEAP = {
 #: lambda_+ in eV at B3LYP/6-31G(d) (references in the module docstring)
 LITERATURE_EV = {"naphthalene": 0.187, "anthracene": 0.138, "tetracene": 0.113, "pentacene": 0.095}
 PROTOCOLS = ("xtb", "dft//xtb", "dft//sto3g", "dft//dft")
+#: protocols that relax at the DFT level (10-50x the cost of the others)
+EXPENSIVE = ("dft//sto3g", "dft//dft")
+N_FIRST_FULL = 10
 KEYS = ("reorg_energy_kjmol", "lambda_cation_kjmol", "lambda_neutral_kjmol",
         "ip_adiabatic_kjmol", "ip_vertical_kjmol")
 
@@ -158,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for m in mols:
         for p in protocols:
-            if p in ("dft//dft", "dft//sto3g") and m in ACENES_CHEAP and not args.full_acenes:
+            if p in EXPENSIVE and m in ACENES_CHEAP and not args.full_acenes:
                 continue
             jobs.append((m, p))
+    # every protocol for the first N_FIRST_FULL molecules, then the cheap protocols for
+    # the rest, then the expensive ones: a run stopped early has the most pairs
+    jobs.sort(key=lambda j: (0 if mols.index(j[0]) < N_FIRST_FULL else 1 + (j[1] in EXPENSIVE),
+                             mols.index(j[0])))
 
     args.progress.parent.mkdir(parents=True, exist_ok=True)
     done = load_progress(args.progress)

@@ -24,10 +24,25 @@ engine that relaxes geometries and computes energies:
   doublet with spin-resolved occupations of the (spin-independent) GFN2 Hamiltonian,
   as ``xtb --chrg 1 --uhf 1`` does.
 * :class:`DftReorgBackend` (fidelity 1): Kohn-Sham DFT in PySCF (RKS for the neutral,
-  UKS for the cation), by default B3LYP/6-31G single points on the GFN2-xTB
-  geometries of both states ("DFT//xTB", ``geometry="xtb"``); with
-  ``geometry="dft"`` both states are relaxed with geomeTRIC (Wang & Song, J. Chem.
-  Phys. 144, 214108 (2016)) starting from the GFN2-xTB geometries, ~10x costlier.
+  UKS for the cation). By default (``geometry="dft"``) both states are relaxed at
+  B3LYP/6-31G with geomeTRIC (Wang & Song, J. Chem. Phys. 144, 214108 (2016)) starting
+  from the GFN2-xTB geometries, so all four energies belong to one level at its own
+  minima. ``geometry="xtb"`` ("DFT//xTB": four B3LYP single points on the GFN2-xTB
+  geometries, 5-8x cheaper) is a screening option, NOT equivalent to it; and
+  ``opt_basis`` relaxes in a smaller basis.
+
+Choice of the default (``benchmarks/reorg_validation.py``, results in
+``benchmarks/results/reorg_validation.json``): against B3LYP/6-31G//B3LYP/6-31G on
+small rigid conjugated molecules (five- and six-membered heteroaromatics), DFT//xTB
+underestimates lambda_+ throughout (MAE 16.9 kJ/mol, largest deviation 37.7 kJ/mol for
+thiazole, 19 vs 57 kJ/mol; mean ratio 0.71; Spearman 0.55 over 8 molecules), only
+modestly closer than GFN2-xTB alone (MAE 24.1 kJ/mol): four DFT energies on GFN2-xTB
+geometries inherit the xTB relaxation pattern and cannot follow a cation whose B3LYP
+ground state differs from the GFN2-xTB one (n-ionised azines and azoles, quinones;
+chloranil, formaldehyde and ethylene even give lambda_cation < 0). Relaxing at the DFT
+level is therefore the default; DFT//xTB is a biased screening option, and B3LYP/STO-3G
+geometries (``opt_basis="sto-3g"``) overestimate by ~20 % (3 molecules), so neither is
+a validated substitute.
 
 Physical validity (:meth:`ReorgBackend._check_physical`, run by ``evaluate``): both
 components lambda_cation, lambda_neutral >= -0.5 kJ/mol, lambda_+ > 0 and
@@ -347,7 +362,7 @@ _N_BF = {
 DFT_DEFAULTS: dict[str, Any] = {
     "functional": "b3lyp",
     "basis": "6-31g",
-    "geometry": "xtb",
+    "geometry": "dft",
     "opt_basis": None,
     "max_cycles": 100,
     "conv_tol": 1e-8,
@@ -364,13 +379,14 @@ class DftReorgBackend(ReorgBackend):
     Params (besides those of :class:`ReorgBackend`; defaults in :data:`DFT_DEFAULTS`):
         functional (str, "b3lyp"): exchange-correlation functional (libxc name).
         basis (str, "6-31g"): Gaussian basis set.
-        geometry (str, "xtb"): "xtb" uses the GFN2-xTB geometries as they are (four
-            DFT single points); "dft" relaxes both states with geomeTRIC starting
-            from the GFN2-xTB geometries. Measured on one core (CPU s, B3LYP/6-31G,
-            ``benchmarks/reorg_timing.py``): DFT//xTB thiophene 10, benzene 16,
-            naphthalene 41, anthracene 104; full relaxation of thiophene 64 (6.5x
-            its DFT//xTB), and an estimated ~320 for naphthalene. A 10-20 heavy-atom
-            molecule within ~60-90 s forces "xtb" as the default.
+        geometry (str, "dft"): "dft" relaxes both states with geomeTRIC starting
+            from the GFN2-xTB geometries (the validated level, see the module
+            docstring); "xtb" uses the GFN2-xTB geometries as they are (four DFT
+            single points, a biased screening option). Measured on one core (CPU s,
+            B3LYP/6-31G, ``benchmarks/reorg_timing.py`` and
+            ``benchmarks/reorg_validation.py``): full relaxation of five- and
+            six-membered rings 40-80 (6-13 geomeTRIC steps per state), ~6-8x
+            their DFT//xTB (6-12); DFT//xTB naphthalene 41, anthracene 104.
         opt_basis (str or None, None): with ``geometry="dft"``, relax both states in
             this (smaller) basis and compute the four energies in ``basis`` at those
             geometries, e.g. B3LYP/6-31G//B3LYP/STO-3G.

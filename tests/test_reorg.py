@@ -60,6 +60,15 @@ def test_dft_scf_non_convergence_is_a_run_error():
     assert res.reason.startswith("run:") and "SCF did not converge" in res.reason
 
 
+def test_default_dft_level_relaxes_both_states_at_dft():
+    """DFT//xTB failed validation (benchmarks/reorg_validation.py): the default relaxes."""
+    from sim_backends.reorg import DFT_DEFAULTS
+
+    assert DFT_DEFAULTS["geometry"] == "dft"
+    assert DftReorgBackend()._level({}) == "B3LYP/6-31G, both states relaxed at this level"
+    assert DftReorgBackend()._level({"geometry": "xtb"}) == "B3LYP/6-31G//GFN2-xTB geometries"
+
+
 def test_dft_unknown_options_fail_at_setup():
     res = DftReorgBackend(geometry="mm").evaluate(EvalInput("C=C"))
     assert res.reason.startswith("setup:") and "geometry" in res.reason
@@ -69,10 +78,10 @@ def test_dft_unknown_options_fail_at_setup():
 
 def test_cost_estimates_grow_with_molecule_size_and_level():
     small, big = EvalInput("c1ccsc1"), EvalInput("c1ccc2cc3ccccc3cc2c1")
-    for b in (XtbReorgBackend(), DftReorgBackend(), DftReorgBackend(geometry="dft")):
+    for b in (XtbReorgBackend(), DftReorgBackend(geometry="xtb"), DftReorgBackend()):
         assert 0 < b.cost_estimate(small) < b.cost_estimate(big)
-    assert DftReorgBackend().cost_estimate(small) > 5 * XtbReorgBackend().cost_estimate(small)
-    assert DftReorgBackend(geometry="dft").cost_estimate(big) > DftReorgBackend().cost_estimate(big)
+    assert DftReorgBackend(geometry="xtb").cost_estimate(small) > 5 * XtbReorgBackend().cost_estimate(small)
+    assert DftReorgBackend().cost_estimate(big) > DftReorgBackend(geometry="xtb").cost_estimate(big)
     assert DftReorgBackend(basis="def2-svp").cost_estimate(big) > DftReorgBackend(basis="sto-3g").cost_estimate(big)
 
 
@@ -91,7 +100,7 @@ def test_dft_ethylene_full_optimisation_sto3g():
 
 @pytest.mark.slow
 def test_dft_single_points_on_xtb_geometries_thiophene_sto3g():
-    res = DftReorgBackend(basis="sto-3g").evaluate(EvalInput("c1ccsc1"))
+    res = DftReorgBackend(basis="sto-3g", geometry="xtb").evaluate(EvalInput("c1ccsc1"))
     assert res.ok, res.reason
     _check_four_point(res)
     assert res.extra["neutral"]["n_opt_steps"] == 0
@@ -102,7 +111,7 @@ def test_dft_single_points_on_xtb_geometries_thiophene_sto3g():
 def test_dft_on_xtb_geometries_of_formaldehyde_is_rejected_as_unphysical():
     """B3LYP/6-31G on GFN2-xTB geometries: total lambda+ +8 kJ/mol looks fine, but the
     cation component is -21 kJ/mol (IP_adiabatic > IP_vertical): not a result."""
-    res = DftReorgBackend().evaluate(EvalInput("C=O"))
+    res = DftReorgBackend(geometry="xtb").evaluate(EvalInput("C=O"))
     assert res.status == "failed" and not res.retryable
     assert res.reason.startswith("unphysical: lambda_cation = -")
     assert res.reason.endswith("(B3LYP/6-31G//GFN2-xTB geometries)")
@@ -113,8 +122,8 @@ def test_dft_on_xtb_geometries_of_formaldehyde_is_rejected_as_unphysical():
 
 def test_cost_of_relaxing_in_a_smaller_basis_lies_between_the_protocols():
     big = EvalInput("c1ccc2cc3ccccc3cc2c1")
-    cheap, mid, full = (DftReorgBackend(), DftReorgBackend(geometry="dft", opt_basis="sto-3g"),
-                        DftReorgBackend(geometry="dft"))
+    cheap, mid, full = (DftReorgBackend(geometry="xtb"), DftReorgBackend(opt_basis="sto-3g"),
+                        DftReorgBackend())
     assert cheap.cost_estimate(big) < mid.cost_estimate(big) < full.cost_estimate(big)
 
 
