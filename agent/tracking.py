@@ -13,7 +13,7 @@ Models are logged when they change materially, not at every refit: the molecule
 surrogate (an MLflow pyfunc, :mod:`agent.mlflow_model`) when ``MODEL_LOG_MIN_NEW_TOP``
 new top-level results arrived or its training set grew by ``MODEL_LOG_GROWTH`` since
 the last logged one; a structure-level Delta-GP (a pickled artifact
-``structure_models/m<id>_n<computed>.pkl`` with the structures and energies it was
+``structure_models/m<id>_n<computed>.pkl``, cloudpickled, with the structures and energies it was
 trained on) under the same rule per molecule. :meth:`Tracker.finish_models` logs the
 final models, so the last logged model of each kind has seen the last result.
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -356,8 +357,8 @@ class Tracker:
             self._maybe_log_structure_model(mol, final=False)
 
     def _maybe_log_structure_model(self, molecule_id: int, *, final: bool) -> None:
-        """Log the landscape's Delta-GP (pickled, with the structures and energies it was
-        trained on) when it changed materially since the last logged one, or, ``final``,
+        """Log the landscape's Delta-GP (cloudpickled, with the structures and energies it
+        was trained on; load with ``pickle.load``) when it changed materially since the last logged one, or, ``final``,
         whenever it has seen structures that one has not."""
         stage = self.campaign.stage
         land = stage.landscapes.get(molecule_id) if stage is not None else None
@@ -372,9 +373,19 @@ class Tracker:
             "model": land.model,
             "trained_on_kjmol": {land.ids[i]: e for i, e in sorted(trained.items())},
         }
+        import cloudpickle  # the models hold GPyTorch kernels with lambdas
+
+        try:
+            data = cloudpickle.dumps(blob)
+        except Exception as exc:  # noqa: BLE001 - never lose a finished campaign over this
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            self.client.set_tag(self.run_id, f"structure_model_m{molecule_id}_error", why)
+            print(f"crystal-agent: structure model m{molecule_id} not logged ({why})",
+                  file=sys.stderr)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"m{molecule_id}_n{n:03d}.pkl"
-            path.write_bytes(pickle.dumps(blob))
+            path.write_bytes(data)
             self.client.log_artifact(self.run_id, str(path), artifact_path="structure_models")
         self._structure_model_logged[molecule_id] = n
 
