@@ -41,7 +41,7 @@ def write_plots(campaign: Campaign) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from agent.landscape_io import write_campaign_structures
-    from agent.summary import save_structure_results, status_lines, status_record
+    from agent.summary import save_structure_results, status_lines, status_record, structure_results
 
     out = campaign.directory / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -50,13 +50,18 @@ def write_plots(campaign: Campaign) -> list[Path]:
     p = fidelity_parity_plot(campaign, out / "fidelity_parity.png", plt, notes)
     if p is not None:
         paths.append(p)
+    live = None
     if campaign.stage is not None:
         paths += _landscape_plots(campaign, out, plt, notes)
         paths += write_campaign_structures(campaign)
         if getattr(campaign.store, "_lock_fd", None) is not None:  # the writer of this store
-            save_structure_results(campaign)
+            live = save_structure_results(campaign)
+        else:
+            live = structure_results(campaign)
     paths.append(results_table(campaign, out / "results.csv"))
     rec = status_record(campaign.status(), campaign.store, campaign.cfg)
+    if live is not None:
+        rec["structures"] = live
     summary = out / "summary.txt"
     summary.write_text("\n".join(status_lines(rec) + [""] + [f"note: {n}" for n in notes]) + "\n")
     paths.append(summary)

@@ -224,7 +224,8 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
             "molecule_id": mol_id, "smiles": mols[mol_id]["smiles"] if mol_id in mols else "",
             "name": (mols[mol_id]["name"] or mols[mol_id]["smiles"]) if mol_id in mols else "",
             "level": level, "refine_level": level, "ff_level": level_of_theory(cfg.structures.csp),
-            "n_structures": None, "n_computed": 0, "top": []})
+            "n_structures": min(len(_ids_of(store, mol_id)), cfg.structures.max_structures),
+            "n_computed": 0, "top": []})
         # force-field-ranked entries (saved before any refinement) have no energy at the level
         top = {r["id"]: r for r in rec["top"] if r.get("energy_kjmol") is not None}
         top[row["id"]] = {**top.get(row["id"], {}), "id": row["id"], "space_group": row["space_group"],
