@@ -28,7 +28,7 @@ max_evaluations = 100
 name = "xtb-reorg"
 [[backends]]
 name = "dft-reorg"
-params = { functional = "b3lyp", basis = "6-31g" }
+params = { functional = "b3lyp", basis = "6-31g", geometry = "xtb" }  # as the stored values
 """
 
 
