@@ -136,16 +136,17 @@ def run_campaign(
                         + f"  failed {campaign.n_failed}",
                     )
         reason = campaign.stop_reason() or "acquisition proposed nothing more"
+        if tracker is not None:
+            tracker.finish_models()  # the last logged models have seen every result
+        elif campaign.molecule_stage_enabled:
+            campaign.refit_molecule_model()  # the final model has seen every result
         store.set_meta("stop_reason", reason)
         store.set_meta("finished", "1")
         store.log_event("finished", reason=reason)
         if tracker is not None:
-            tracker.finish_models()  # the last logged models have seen every result
             tracker.log_plots()
             tracker.finish("FINISHED")
         else:
-            if campaign.molecule_stage_enabled:
-                campaign.refit_molecule_model()  # the final model has seen every result
             from agent.report import write_plots
 
             write_plots(campaign)
