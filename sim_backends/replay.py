@@ -42,7 +42,7 @@ import csv
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
 
@@ -189,6 +189,7 @@ class _ReorgReplay(ReplayBackend):
     #: the real backend whose size-based ``cost_estimate`` this replay reports (what a
     #: campaign would know before running it); the recorded cost is what it charges
     estimated_as: str = ""
+    estimated_params: ClassVar[dict[str, Any]] = {}  # the table's protocol
 
     def __init__(self, **params: Any) -> None:
         defaults = {"table": str(REORG_TABLE), "fidelity": self.fidelity,
@@ -202,7 +203,7 @@ class _ReorgReplay(ReplayBackend):
         if "cost_s" in self.params:
             return float(self.params["cost_s"])
         try:
-            return float(get_backend(self.estimated_as).cost_estimate(inp))
+            return float(get_backend(self.estimated_as, **self.estimated_params).cost_estimate(inp))
         except Exception:  # noqa: BLE001 - e.g. an invalid SMILES: no size to scale with
             return 1.0
 
@@ -237,6 +238,8 @@ class ReplayDftReorgBackend(_ReorgReplay):
     value_column = "dft_reorg_kjmol"
     cost_column = "dft_wall_s"
     estimated_as = "dft-reorg"
+    estimated_params: ClassVar[dict[str, Any]] = {"functional": "b3lyp", "basis": "6-31g",
+                                                  "geometry": "xtb"}
     description = "replays stored B3LYP/6-31G//GFN2-xTB lambda+ (kJ/mol) of the demo pool"
 
 
