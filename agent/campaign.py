@@ -186,7 +186,7 @@ class Campaign:
         self.store = store
         self.directory = directory
         self.rng = np.random.default_rng(cfg.seed)
-        check_runnable(cfg)
+        check_runnable(cfg, params=False)  # create/open checked the parameters
         self.backends = [backend_class(b.name) for b in cfg.backends]
         mols = store.molecules(valid_only=True)
         if not mols:
@@ -284,7 +284,7 @@ class Campaign:
         try:
             override = None if readonly else max_evaluations
             cfg = load_stored_config(store, max_evaluations=override)
-            check_runnable(cfg)
+            check_runnable(cfg, params=not readonly)
             if override is not None:
                 store.set_meta("config_toml", config_to_toml(cfg))
             if not readonly:

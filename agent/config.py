@@ -268,27 +268,38 @@ def load_config(path: str | Path) -> CampaignConfig:
     return cfg
 
 
-def check_runnable(cfg: CampaignConfig) -> None:
+def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
     """Check the backends and their objective against the registry (one-line ConfigError).
 
     Every ``[[backends]]`` entry must be a registered molecule-level backend that computes
     ``objective``; the structure stage's backends must be registered, its ``refine`` and
-    ``free_energy`` levels structure-level ones. Lab adapters are checked by the config,
-    the lab landscape here (a built-in name or an existing folder).
+    ``free_energy`` levels structure-level ones. Every backend's ``params`` must pass its
+    declared check (:meth:`sim_backends.base.Backend.check_params`: known keys, types,
+    ranges, names PySCF knows); the error names the key, e.g.
+    ``config error: structures.csp.params.n_trials: ...``; ``params=False`` skips that
+    (viewing a stored campaign needs no runnable parameters). Lab adapters are checked by
+    the config, the lab landscape here (a built-in name or an existing folder).
     """
+    from sim_backends.base import ParamsError
     from sim_backends.registry import UnknownBackendError, backend_class, user_facing
 
-    def cls_of(where: str, name: str) -> Any:
+    def cls_of(where: str, b: BackendConfig) -> Any:
         try:
-            return backend_class(name)
+            cls = backend_class(b.name)
         except UnknownBackendError:
             raise ConfigError(
-                f"config error: {where}: unknown backend {name!r}; "
+                f"config error: {where}.name: unknown backend {b.name!r}; "
                 f"available: {', '.join(sorted(user_facing()))}"
             ) from None
+        try:
+            if params:
+                cls.check_params(b.params)
+        except ParamsError as exc:
+            raise ConfigError(f"config error: {where}.params.{exc.key}: {exc.reason}") from None
+        return cls
 
     for i, b in enumerate(cfg.backends):
-        cls = cls_of(f"backends.{i}.name", b.name)
+        cls = cls_of(f"backends.{i}", b)
         if cls.target != "molecule":
             raise ConfigError(f"config error: backends.{i}.name: {b.name!r} is a {cls.target}-level "
                               "backend; give it under [structures]")
@@ -303,9 +314,9 @@ def check_runnable(cfg: CampaignConfig) -> None:
                           f"{', '.join(LAB_LANDSCAPES)} nor a folder of CIF files")
     st = cfg.structures
     if st.enabled:
-        cls_of("structures.csp.name", st.csp.name)
+        cls_of("structures.csp", st.csp)
         for key, b in (("refine", st.refine), ("free_energy", st.free_energy)):
-            if b is not None and cls_of(f"structures.{key}.name", b.name).target != "structure":
+            if b is not None and cls_of(f"structures.{key}", b).target != "structure":
                 raise ConfigError(f"config error: structures.{key}.name: {b.name!r} is not a "
                                   "structure-level backend")
 

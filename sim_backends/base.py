@@ -69,6 +69,20 @@ class RunError(BackendError):
         self.retryable = retryable
 
 
+class ParamsError(SetupError):
+    """A backend parameter that can never work (unknown key, wrong type, out of range).
+
+    Attributes:
+        key: the parameter's name (``"force_params.method"`` for a nested one).
+        reason: one line saying what is wrong, naming the value given.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
 class PhysicsError(RunError):
     """A finished calculation whose result physics does not allow (never retried).
 
@@ -176,9 +190,25 @@ class Backend(ABC):
     may_be_nan: ClassVar[tuple[str, ...]] = ()
     #: True for backends not offered to users (self-tests, replays, fault injection)
     internal: ClassVar[bool] = False
+    #: the parameters this backend reads, each with its check (:mod:`sim_backends.params`);
+    #: None accepts any parameters
+    params_schema: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, **params: Any) -> None:
         self.params = dict(params)
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Raise :class:`ParamsError` (naming the key) for parameters that can never work.
+
+        Called on a campaign's config before anything is created. The default checks
+        ``params`` against :attr:`params_schema` (unknown keys and each value); subclasses
+        add checks across keys by overriding it (calling ``super()``).
+        """
+        if cls.params_schema is not None:
+            from sim_backends.params import check_schema
+
+            check_schema(cls.name, cls.params_schema, params)
 
     def cost_estimate(self, inp: EvalInput) -> float:
         """Expected CPU seconds for ``inp`` (used by cost-aware acquisition)."""

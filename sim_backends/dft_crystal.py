@@ -50,6 +50,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
 from sim_backends.structures import HARTREE_TO_KJMOL, Crystal, load_crystal
 from sim_backends.validity import check_crystal_energy_result, check_structure_facts, structure_facts
@@ -584,6 +585,17 @@ def fragment_lattice_energy(
     return values, extra
 
 
+def _d3_functional(value: Any) -> None:
+    """A functional PySCF knows and dftd3 has D3(BJ) parameters for."""
+    check.xc_functional(value)
+    from dftd3.interface import RationalDampingParam
+
+    try:
+        RationalDampingParam(method=value)
+    except Exception:  # noqa: BLE001 - dftd3 raises RuntimeError/ValueError
+        raise ValueError(f"{value!r} has no D3(BJ) parameters in dftd3") from None
+
+
 class DftCrystalBackend(Backend):
     """PBE-D3(BJ) (default) fragment lattice energy, kJ/mol per molecule.
 
@@ -606,6 +618,15 @@ class DftCrystalBackend(Backend):
     computes = ("energy_kjmol", "e_dft_2body_kjmol", "e_d3_kjmol", "e_deformation_kjmol", "e_elec_lr_kjmol")
     objective_key = "energy_kjmol"
     description = "two-body fragment DFT-D3(BJ) lattice energy (pyscf + dftd3), rigid molecules"
+    #: cutoff_A at most 30 A: the dimer count grows with its cube (4 A: tens of dimers)
+    params_schema = {
+        "functional": _d3_functional, "basis": check.basis_set,
+        "cutoff_A": check.number(0.0, 30.0, lo_open=True), "cutoff_mode": check.one_of("contact", "com"),
+        "counterpoise": check.boolean, "newton": check.boolean, "max_cycles": check.integer(1),
+        "conv_tol": check.number(0.0, lo_open=True), "grid_level": check.integer(0, 9),
+        "threads": check.integer(1, 1024), "gas": check.one_of("rigid", "relaxed"),
+        "density_fit": check.boolean, "long_range": check.boolean,
+    }
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         """The level of ``energy_kjmol`` as printed next to it."""
@@ -643,11 +664,7 @@ class DftCrystalBackend(Backend):
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         p = inp.params
-        unknown = set(p) - {"functional", "basis", "cutoff_A", "cutoff_mode", "counterpoise",
-                            "newton", "max_cycles", "conv_tol", "grid_level", "threads", "gas",
-                            "density_fit", "long_range"}
-        if unknown:
-            raise SetupError(f"unknown dft-crystal param(s): {', '.join(sorted(unknown))}")
+        self.check_params(p)
         crystal = load_crystal(inp.structure_cif or "", inp.smiles)
         level = (f"{str(p.get('functional', 'pbe')).upper()}-D3(BJ)/{p.get('basis', 'def2-svp')} "
                  "two-body fragments")

@@ -27,7 +27,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from sim_backends.base import Backend, EvalInput, RunError, SetupError
+from sim_backends import params as check
+from sim_backends.base import Backend, EvalInput, ParamsError, RunError, SetupError
 from sim_backends.validity import check_imaginary_modes, check_structure_facts, structure_facts
 
 if TYPE_CHECKING:
@@ -190,6 +191,31 @@ def harmonic_free_energy(
     }
 
 
+def _force_backend_class(name: Any) -> type[Backend]:
+    """The registered backend class ``name`` if it gives forces (``ase_calculator``)."""
+    from sim_backends.registry import UnknownBackendError, backend_class
+
+    check.text(name)
+    try:
+        cls = backend_class(name)
+    except UnknownBackendError as exc:
+        raise ValueError(str(exc)) from None
+    if not hasattr(cls, "ase_calculator"):
+        raise ValueError(f"backend {name!r} cannot give forces (no ase_calculator)")
+    return cls
+
+
+def _table(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a table of the force backend's parameters, got {value!r}")
+
+
+def _relax_mode(value: Any) -> None:
+    from sim_backends.xtb_crystal import parse_relax_mode
+
+    parse_relax_mode(value)
+
+
 class PhononBackend(Backend):
     """Harmonic vibrational free energy and ZPE (kJ/mol per molecule).
 
@@ -216,6 +242,26 @@ class PhononBackend(Backend):
     computes = ("f_vib_kjmol", "zpe_kjmol", "n_imaginary")
     objective_key = "f_vib_kjmol"
     description = "harmonic phonon free energy F_vib(T) and ZPE (phonopy) over a force backend"
+    params_schema = {
+        "force_backend": _force_backend_class, "force_params": _table,
+        "temperature_K": check.number(0.0, 1000.0), "relax": _relax_mode,
+        "fmax_eVA": check.number(0.0, 1.0, lo_open=True), "max_steps": check.integer(1),
+        "supercell": check.either(check.one_of("auto"), check.integers(3, 1, 8),
+                                  reason="must be 'auto' or three integers in [1, 8]"),
+        "displacement_A": check.number(1e-4, 0.1),
+        "mesh": check.either(check.integers(3, 1, 100), check.number(0.0, 500.0, lo_open=True),
+                             reason="must be three integers in [1, 100] or a length in A (> 0, <= 500)"),
+    }
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """The declared checks, then ``force_params`` against the force backend's own."""
+        super().check_params(params)
+        force = _force_backend_class(params.get("force_backend", "xtb-crystal"))
+        try:
+            force.check_params(params.get("force_params") or {})
+        except ParamsError as exc:
+            raise ParamsError(f"force_params.{exc.key}", exc.reason) from None
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         """The level of ``f_vib_kjmol`` as printed next to it."""
@@ -235,15 +281,11 @@ class PhononBackend(Backend):
         return force.cost_estimate(EvalInput(smiles=inp.smiles, structure_cif=inp.structure_cif)) * 40
 
     def _force_calculator(self, p: dict[str, Any]):
-        from sim_backends.registry import UnknownBackendError, backend_class
-
         name = p.get("force_backend", "xtb-crystal")
         try:
-            cls = backend_class(name)
-        except UnknownBackendError as exc:
+            cls = _force_backend_class(name)
+        except ValueError as exc:
             raise SetupError(str(exc)) from None
-        if not hasattr(cls, "ase_calculator"):
-            raise SetupError(f"backend {name!r} cannot give forces (no ase_calculator)")
         force_params = p.get("force_params", {}) or {}
         return name, (lambda: cls(**force_params).ase_calculator(**force_params))
 

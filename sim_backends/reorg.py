@@ -68,6 +68,7 @@ import os
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, PhysicsError, RunError, SetupError
 from sim_backends.molecule import MAX_HEAVY_ATOMS, embed_conformer, to_xyz, validate_smiles
 
@@ -122,6 +123,9 @@ class ReorgBackend(Backend):
         "ip_vertical_kjmol",
     )
     objective_key = "reorg_energy_kjmol"
+    params_schema: ClassVar[dict[str, Any]] = {
+        "seed": check.integer(0), "max_heavy_atoms": check.integer(1),
+    }
 
     # -- engine hooks ---------------------------------------------------------------------
     @abstractmethod
@@ -311,6 +315,10 @@ class XtbReorgBackend(ReorgBackend):
     version = f"1+tblite-{_tblite_version()}"
     fidelity = 0
     description = "hole reorganisation energy lambda+ (four-point), GFN2-xTB via tblite"
+    params_schema: ClassVar[dict[str, Any]] = {
+        **ReorgBackend.params_schema, "fmax": check.number(0.0, lo_open=True),
+        "max_steps": check.integer(1), "max_cycles": check.integer(1),
+    }
 
     def cost_estimate(self, inp: EvalInput) -> float:
         n_h, n_1, n_2 = _atom_counts(inp.smiles)
@@ -406,6 +414,13 @@ class DftReorgBackend(ReorgBackend):
     version = f"1+pyscf-{_pyscf_version()}"
     fidelity = 1
     description = "hole reorganisation energy lambda+ (four-point), PySCF DFT + geomeTRIC"
+    params_schema: ClassVar[dict[str, Any]] = {
+        **ReorgBackend.params_schema, "functional": check.xc_functional, "basis": check.basis_set,
+        "geometry": check.one_of("dft", "xtb"), "opt_basis": check.optional(check.basis_set),
+        "max_cycles": check.integer(1), "conv_tol": check.number(0.0, lo_open=True),
+        "max_opt_steps": check.integer(1), "threads": check.integer(1, 1024),
+        "density_fit": check.boolean, "grid_level": check.integer(0, 9),
+    }
 
     def _p(self, params: dict[str, Any], key: str) -> Any:
         return params.get(key, DFT_DEFAULTS[key])

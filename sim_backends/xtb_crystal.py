@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
 from sim_backends.structures import EV_TO_KJMOL, cif_from_atoms, load_crystal
 from sim_backends.validity import check_crystal_energy_result, structure_facts
+from sim_backends import params as check
 
 if TYPE_CHECKING:
     import numpy as np
@@ -200,6 +201,12 @@ class XtbCrystalBackend(Backend):
     computes = ("energy_kjmol", "e_cell_per_mol_kjmol", "e_gas_kjmol")
     objective_key = "energy_kjmol"
     description = "GFN2-xTB periodic lattice energy per molecule (tblite), optional relaxation"
+    params_schema = {
+        "method": check.one_of("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"), "gas": check.one_of("relaxed", "rigid"),
+        "relax": parse_relax_mode, "fmax_eVA": check.number(0.0, 1.0, lo_open=True),
+        "max_steps": check.integer(1), "accuracy": check.number(1e-4, 1000.0),
+        "max_iterations": check.integer(1),
+    }
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         """The level of ``energy_kjmol`` as printed next to it."""

@@ -10,15 +10,28 @@ Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (default 200
 ``space_groups`` (comma-separated or list; default: the ten common groups),
 ``seed`` (0), ``energy_window_kjmol`` (20), ``charges`` ("resp" or "xtb"),
 ``n_workers`` (1), ``max_structures`` (100: the lowest minima whose records and CIFs go
-into ``extra["landscape"]``; the values are computed over all unique minima).
+into ``extra["landscape"]``; the values are computed over all unique minima),
+``max_trials`` (the limit of ``n_trials``, :data:`~sim_backends.csp.run.MAX_TRIALS_DEFAULT`
+unless raised). :meth:`CSPBackend.check_params` refuses what :func:`run_csp` would.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sim_backends.base import Backend, EvalInput, SetupError
+from sim_backends import params as check
+from sim_backends.base import Backend, EvalInput, ParamsError, SetupError
 from sim_backends.validity import check_crystal_energy_result, structure_facts
+
+
+def _parse_groups(value: Any) -> None:
+    """Space groups as ``"P2_1/c,P-1"`` or a list of symbols, each one CSP supports."""
+    from sim_backends.csp.spacegroups import parse_space_groups
+
+    if value is not None and not (isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value))):
+        raise ValueError(f"must be a comma-separated string or a list of symbols, got {value!r}")
+    parse_space_groups(value)
 
 
 class CSPBackend(Backend):
@@ -41,8 +54,33 @@ class CSPBackend(Backend):
 
     _DEFAULTS: ClassVar[dict[str, Any]] = {
         "n_trials": 200, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
-        "charges": "resp", "n_workers": 1, "max_structures": 100,
+        "charges": "resp", "n_workers": 1, "max_structures": 100, "max_trials": None,
     }
+    params_schema: ClassVar[dict[str, Any]] = {
+        "n_trials": check.integer(1), "max_trials": check.integer(1),
+        "space_groups": _parse_groups, "seed": check.integer(0),
+        "energy_window_kjmol": check.number(0.0, lo_open=True),
+        "charges": check.one_of("resp", "xtb", "none"), "n_workers": check.integer(1),
+        "max_structures": check.integer(0),
+    }
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """The declared checks, then :func:`~sim_backends.csp.run.validate_csp_arguments`
+        (``n_trials`` within ``max_trials``, the ranges :func:`run_csp` enforces)."""
+        super().check_params(params)
+        from sim_backends.csp.run import validate_csp_arguments
+
+        p = {**cls._DEFAULTS, **params}
+        limit = {} if p["max_trials"] is None else {"max_trials": p["max_trials"]}
+        try:
+            validate_csp_arguments(p["n_trials"], energy_window_kjmol=p["energy_window_kjmol"],
+                                   n_workers=p["n_workers"], seed=p["seed"], **limit)
+        except ValueError as exc:
+            key = str(exc).split()[0]
+            if key not in cls._DEFAULTS:
+                raise ParamsError("n_trials", str(exc)) from None
+            raise ParamsError(key, str(exc).removeprefix(key + " ")) from None
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         """The level of the landscape's energies as printed next to them."""
@@ -63,15 +101,14 @@ class CSPBackend(Backend):
         from sim_backends.structures import Crystal, atoms_from_cif
 
         p = {**self._DEFAULTS, **inp.params}
-        unknown = sorted(set(p) - set(self._DEFAULTS))
-        if unknown:
-            raise SetupError(f"unknown csp-ff parameter(s): {', '.join(unknown)}")
+        self.check_params(inp.params)
+        limit = {} if p["max_trials"] is None else {"max_trials": int(p["max_trials"])}
         try:
             n_trials = int(p["n_trials"])
             landscape = run_csp(
                 inp.smiles, n_trials, space_groups=p["space_groups"], seed=int(p["seed"]),
                 energy_window_kjmol=float(p["energy_window_kjmol"]), progress=False,
-                n_workers=int(p["n_workers"]), charges=str(p["charges"]),
+                n_workers=int(p["n_workers"]), charges=str(p["charges"]), **limit,
             )
         except (ValueError, TypeError) as exc:
             raise SetupError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

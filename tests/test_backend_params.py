@@ -1,0 +1,127 @@
+"""Backend parameters are checked when the config is checked, before anything is created:
+an unknown key, a wrong type, a value out of range or a name PySCF/dftd3 does not know in
+``[[backends]] params`` or ``[structures] csp/refine/free_energy params`` is a one-line
+error naming the key (``backends.1.params.functional: ...``), never a failed evaluation
+after CSP and minutes of work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, check_runnable, load_config
+from conftest import ROOT, cli, write_config
+
+POOL = ["C=C", "c1ccoc1", "c1ccsc1"]
+LADDER = """
+objective = "reorg_energy_kjmol"
+max_evaluations = 20
+[tracking]
+enabled = false
+[[backends]]
+name = "xtb-reorg"
+params = {xtb}
+[[backends]]
+name = "dft-reorg"
+params = {dft}
+"""
+STRUCTURES = """
+[structures]
+enabled = true
+budget_evaluations = 5
+csp = {{name = "csp-ff", params = {csp}}}
+refine = {{name = "{refine}", params = {refine_params}}}
+free_energy = {{name = "phonon", params = {phonon}}}
+"""
+GOOD = {"xtb": "{}", "dft": '{functional = "b3lyp", basis = "6-31g"}', "csp": "{n_trials = 40}",
+        "refine": "xtb-crystal", "refine_params": "{}", "phonon": '{force_backend = "xtb-crystal"}'}
+
+
+def _config(tmp_path: Path, **changes: str) -> Path:
+    v = {**GOOD, **changes}
+    body = LADDER.format(xtb=v["xtb"], dft=v["dft"]) + STRUCTURES.format(
+        csp=v["csp"], refine=v["refine"], refine_params=v["refine_params"], phonon=v["phonon"])
+    return write_config(tmp_path, POOL, body, name="params")
+
+
+BAD = [
+    # (changes to GOOD, the key named in the error, words of the reason)
+    ({"dft": '{functional = "b3lpy"}'}, "backends.1.params.functional", "b3lpy"),
+    ({"dft": '{basis = "6-31gg"}'}, "backends.1.params.basis", "basis set"),
+    ({"dft": '{geometry = "mm"}'}, "backends.1.params.geometry", "'dft', 'xtb'"),
+    ({"dft": "{grid_level = 12}"}, "backends.1.params.grid_level", "[0, 9]"),
+    ({"dft": '{density_fit = "yes"}'}, "backends.1.params.density_fit", "true or false"),
+    ({"xtb": "{fmx = 0.01}"}, "backends.0.params.fmx", "unknown xtb-reorg parameter"),
+    ({"xtb": "{max_steps = 0}"}, "backends.0.params.max_steps", ">= 1"),
+    ({"csp": "{n_trials = 1000000000000}"}, "structures.csp.params.n_trials", "limit of 200000"),
+    ({"csp": "{n_trials = 1.5}"}, "structures.csp.params.n_trials", "integer"),
+    ({"csp": '{space_groups = "P2_1/c,P9"}'}, "structures.csp.params.space_groups", "'P9'"),
+    ({"csp": "{energy_window_kjmol = nan}"}, "structures.csp.params.energy_window_kjmol", "> 0"),
+    ({"csp": "{energy_window_kjmol = 0.0}"}, "structures.csp.params.energy_window_kjmol", "> 0"),
+    ({"csp": '{charges = "eem"}'}, "structures.csp.params.charges", "'resp'"),
+    ({"refine_params": '{relax = "sometimes"}'}, "structures.refine.params.relax", "relax must be"),
+    ({"refine_params": '{gas = "frozen"}'}, "structures.refine.params.gas", "'relaxed', 'rigid'"),
+    ({"refine": "dft-crystal", "refine_params": '{functional = "wb97x-d"}'},
+     "structures.refine.params.functional", "D3(BJ)"),
+    ({"refine": "dft-crystal", "refine_params": "{cutoff_A = 100.0}"},
+     "structures.refine.params.cutoff_A", "<= 30"),
+    ({"refine": "dft-crystal", "refine_params": '{cutof_A = 4.0}'},
+     "structures.refine.params.cutof_A", "unknown dft-crystal parameter"),
+    ({"phonon": '{force_backend = "dft-reorg"}'}, "structures.free_energy.params.force_backend",
+     "cannot give forces"),
+    ({"phonon": '{force_params = {method = "GFN3-xTB"}}'},
+     "structures.free_energy.params.force_params.method", "GFN2-xTB"),
+    ({"phonon": "{supercell = [2, 2]}"}, "structures.free_energy.params.supercell", "three integers"),
+    ({"phonon": "{temperature_K = -5.0}"}, "structures.free_energy.params.temperature_K", ">= 0"),
+]
+
+
+@pytest.mark.parametrize("changes, key, words", BAD, ids=[b[1] + "-" + str(i) for i, b in enumerate(BAD)])
+def test_bad_params_refused_at_config_time_naming_the_key(tmp_path, changes, key, words):
+    cfg = load_config(_config(tmp_path, **changes))
+    with pytest.raises(ConfigError) as e:
+        check_runnable(cfg)
+    msg = str(e.value)
+    assert msg.startswith(f"config error: {key}: ") and words in msg and "\n" not in msg, msg
+
+
+def test_good_params_and_an_explicitly_raised_trial_limit_pass(tmp_path):
+    check_runnable(load_config(_config(tmp_path)))
+    check_runnable(load_config(_config(
+        tmp_path, csp="{n_trials = 300000, max_trials = 400000}", refine="dft-crystal",
+        refine_params='{functional = "pbe", basis = "def2-svp", cutoff_A = 3.0, grid_level = 0}',
+        dft='{functional = "b3lyp", basis = "6-31g", geometry = "xtb", opt_basis = "sto-3g"}',
+        phonon='{force_backend = "xtb-crystal", force_params = {method = "GFN1-xTB"}, '
+               'supercell = "auto", mesh = 20.0, relax = "full"}')))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_examples_pass(path):
+    check_runnable(load_config(path))
+
+
+def test_every_declared_schema_accepts_the_defaults():
+    """A backend that declares its parameters accepts none given (its defaults), and the
+    csp-ff limit is the one run_csp enforces."""
+    from sim_backends.base import ParamsError
+    from sim_backends.csp.run import MAX_TRIALS_DEFAULT
+    from sim_backends.registry import available, backend_class
+
+    declared = [n for n in available() if backend_class(n).params_schema is not None]
+    assert {"csp-ff", "xtb-reorg", "dft-reorg", "xtb-crystal", "dft-crystal", "phonon"} <= set(declared)
+    for name in declared:
+        backend_class(name).check_params({})
+    csp = backend_class("csp-ff")
+    csp.check_params({"n_trials": MAX_TRIALS_DEFAULT})
+    with pytest.raises(ParamsError, match="n_trials"):
+        csp.check_params({"n_trials": MAX_TRIALS_DEFAULT + 1})
+
+
+def test_cli_run_with_a_bad_functional_creates_nothing(tmp_path):
+    cfg = _config(tmp_path, dft='{functional = "b3lpy", basis = "6-31g"}')
+    runs = tmp_path / "runs"
+    out = cli("run", str(cfg), "--runs-dir", str(runs), "--quiet", timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and "backends.1.params.functional" in out.stderr, out.stderr
+    assert not (runs / "params").exists() and not any(runs.glob(".params*"))
