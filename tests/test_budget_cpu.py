@@ -50,8 +50,8 @@ print(json.dumps(out))
     r = json.loads(run.stdout.strip().splitlines()[-1])
     assert r["sleep"]["ok"] and r["burn"]["ok"] and not r["fail"]["ok"]
     assert r["sleep"]["wall_s"] >= 0.4 and r["sleep"]["cpu_s"] < 0.1
-    assert r["burn"]["cpu_s"] >= 0.39
-    assert r["fail"]["cpu_s"] >= 0.29  # a failure is charged what it spent
+    assert r["burn"]["cpu_s"] >= 0.37  # os.times() counts whole clock ticks (10 ms)
+    assert r["fail"]["cpu_s"] >= 0.27  # a failure is charged what it spent
 
 
 BODY = """
@@ -89,7 +89,7 @@ def test_burning_tasks_are_charged_and_stop_the_budget(tmp_path):
     assert status.n_failed >= 1
     rows = sqlite3.connect(camp.directory / "store.sqlite").execute(
         "SELECT status, cpu_s FROM evaluations").fetchall()
-    assert all(c >= 0.29 for _, c in rows) and any(st == "failed" for st, _ in rows)
+    assert all(c >= 0.27 for _, c in rows) and any(st == "failed" for st, _ in rows)
     assert camp.costs()[0] == pytest.approx(status.spent_cpu_s / status.n_evaluations, rel=1e-6)
 
 
