@@ -19,8 +19,10 @@ Decisions:
 Creation is atomic: the config is checked against the registries and the pool validated
 (empty, all-invalid or oversized pools refused) before anything is written; the store is
 then built in a hidden temporary directory under the runs directory and renamed to
-``runs/<name>/``, so a refused or failed creation leaves nothing behind. :meth:`Campaign.open`
-re-validates the stored config together with any override.
+``runs/<name>/``, so a refused or failed creation leaves nothing behind; the hidden
+folder of a creation killed outright (SIGKILL) is removed by a later creation in the same
+runs directory once it is a minute old and unlocked (:func:`remove_stale_creations`).
+:meth:`Campaign.open` re-validates the stored config together with any override.
 """
 
 from __future__ import annotations
@@ -238,10 +240,11 @@ class Campaign:
         check_runnable(cfg)
         rows = _validated_pool(cfg)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.parent / f".{cfg.name}.creating-{uuid.uuid4().hex[:12]}"
+        remove_stale_creations(directory.parent)
+        tmp = directory.parent / f".{cfg.name}{_CREATING}{uuid.uuid4().hex[:12]}"
         tmp.mkdir()  # the user's umask, unlike mkdtemp's 0700
         try:
-            with Store(tmp / STORE_FILE) as store:
+            with Store(tmp / STORE_FILE, lock=True) as store:  # locked: not stale while built
                 store.add_molecules(rows)
                 store.set_meta("config_toml", config_to_toml(cfg))
                 store.set_meta("created_at", str(time.time()))
@@ -702,6 +705,39 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         stop_reason=reason,
         best_note=note,
     )
+
+
+_CREATING = ".creating-"
+#: a hidden creation folder this old (seconds) and not locked was left by a killed creation
+STALE_CREATION_S = 60.0
+
+
+def remove_stale_creations(runs_dir: Path, min_age_s: float = STALE_CREATION_S) -> list[Path]:
+    """Remove the hidden ``.NAME.creating-*`` folders in ``runs_dir`` that a creation killed
+    before its rename left behind (SIGKILL, OOM): those unchanged for ``min_age_s``
+    seconds whose store lock no process holds. Returns the folders removed."""
+    import fcntl
+
+    removed = []
+    now = time.time()
+    for path in Path(runs_dir).glob(f".*{_CREATING}*"):
+        try:
+            if path.is_symlink() or not path.is_dir() or now - path.stat().st_mtime < min_age_s:
+                continue
+            lock = path / "lock"
+            if lock.exists():
+                fd = os.open(lock, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a creation in progress
+                finally:
+                    os.close(fd)
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def discard_unstarted(directory: Path) -> bool:
