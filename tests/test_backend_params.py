@@ -125,3 +125,20 @@ def test_cli_run_with_a_bad_functional_creates_nothing(tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and "backends.1.params.functional" in out.stderr, out.stderr
     assert not (runs / "params").exists() and not any(runs.glob(".params*"))
+
+
+def test_stored_campaign_with_params_now_refused_can_be_viewed_not_resumed(tmp_path):
+    """A store written before the check (or by hand) with a bad parameter: status and
+    report (read-only) still open it, resume refuses it naming the key."""
+    from agent.campaign import Campaign
+    from agent.store import Store
+
+    runs = tmp_path / "runs"
+    Campaign.create(load_config(_config(tmp_path)), runs).close()
+    with Store(runs / "params" / "store.sqlite") as store:
+        toml = store.get_meta("config_toml")
+        assert 'basis = "6-31g"' in toml
+        store.set_meta("config_toml", toml.replace('basis = "6-31g"', 'basis = "6-31gg"'))
+    Campaign.open("params", runs, readonly=True).close()
+    with pytest.raises(ConfigError, match=r"^config error: backends\.1\.params\.basis: "):
+        Campaign.open("params", runs)
