@@ -150,9 +150,14 @@ def _token_available() -> bool:
 
 
 def _send_token() -> None:
-    """Make this process authenticate with its token (``RAY_AUTH_MODE=token``)."""
+    """Make this process authenticate with its token (``RAY_AUTH_MODE=token``, Ray's
+    documented switch). Ray reads it when it is imported, so :meth:`RayExecutor.start`
+    sets it before ``import ray``; only a process that imported Ray earlier (a Python
+    API user) needs Ray's internal refresh, which is used then and only then."""
     os.environ["RAY_AUTH_MODE"] = "token"
-    try:  # Ray caches its config at import; refresh it as ray.init does for a new cluster
+    if "ray" not in sys.modules:
+        return
+    try:
         from ray._private.authentication.authentication_token_setup import _enable_token_auth
 
         _enable_token_auth()
@@ -343,6 +348,8 @@ class RayExecutor:
         cluster cannot be used. Nothing but Ray itself is touched."""
         if self._remote is not None:
             return
+        if self.address and os.environ.get("RAY_AUTH_MODE") is None and _token_available():
+            _send_token()  # before Ray is imported: it reads the mode at import
         import ray
 
         if not ray.is_initialized():
