@@ -74,6 +74,11 @@ ACENES_CHEAP = {
 #: lambda_+ in eV at B3LYP/6-31G(d) (references in the module docstring)
 LITERATURE_EV = {"naphthalene": 0.187, "anthracene": 0.138, "tetracene": 0.113, "pentacene": 0.095}
 PROTOCOLS = ("xtb", "dft//xtb", "dft//sto3g", "dft//dft")
+#: a cheaper protocol counts as validated against DFT//DFT when its MAE is at most
+#: this (kJ/mol; ~0.03 eV, the change of lambda_+ between 6-31G and 6-31G(d) for acenes)
+#: and its Spearman rank correlation at least VALID_SPEARMAN, over >= 10 molecules
+VALID_MAE_KJMOL = 3.0
+VALID_SPEARMAN = 0.9
 #: protocols that relax at the DFT level (10-50x the cost of the others)
 EXPENSIVE = ("dft//sto3g", "dft//dft")
 N_FIRST_FULL = 10
@@ -193,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(mols: list[str], done: dict[tuple[str, str], dict], args) -> int:
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
@@ -239,6 +245,11 @@ def summarise(mols: list[str], done: dict[tuple[str, str], dict], args) -> int:
             stats[p] = deviation_stats([lam_of(m, "dft//dft") for m in ms], [lam_of(m, p) for m in ms])
     cpu = {p: {m: done[(m, p)]["cpu_s"] for m in mols if (m, p) in done} for p in PROTOCOLS}
     cpu_paired = {p: round(sum(cpu[p][m] for m in paired if m in cpu[p]), 1) for p in PROTOCOLS}
+    n_cpu = {p: sum(1 for m in paired if m in cpu[p]) for p in PROTOCOLS}
+    # CPU relative to DFT//xTB on the same molecules (the loads of the runs differ less within a pair)
+    cpu_ratio = {p: round(float(np.median([cpu[p][m] / cpu["dft//xtb"][m] for m in paired
+                                           if m in cpu[p] and m in cpu["dft//xtb"]])), 2)
+                 for p in PROTOCOLS if n_cpu[p]}
     n_rejected = {p: sum(1 for m in mols if (m, p) in done and done[(m, p)]["status"] != "ok")
                   for p in PROTOCOLS}
     lit = {m: {"literature_ev": LITERATURE_EV[m],
@@ -251,19 +262,30 @@ def summarise(mols: list[str], done: dict[tuple[str, str], dict], args) -> int:
                       f"{s['max_abs_dev_kjmol']:.2f} kJ/mol, mean signed {s['mean_signed_dev_kjmol']:+.2f} "
                       f"kJ/mol, mean ratio {s['mean_ratio']:.3f}, Spearman {s['spearman']}")
     for p in PROTOCOLS:
-        console.print(f"  CPU s over these molecules, {p:9s}: {cpu_paired[p]:9.1f}   "
+        console.print(f"  CPU s, {p:10s} over {n_cpu[p]:2d} of these molecules: {cpu_paired[p]:8.1f} "
+                      f"(median {cpu_ratio.get(p, float('nan')):.2f}x DFT//xTB); "
                       f"rejected as unphysical or failed: {n_rejected[p]}")
     for m, d in lit.items():
         console.print(f"  {m:12s} literature {d['literature_ev']:.3f} eV; "
                       + ", ".join(f"{p} {v:.3f}" for p, v in d.items() if p != "literature_ev"))
 
+    validated = {p: bool(st["n"] >= 10 and st["mae_kjmol"] <= VALID_MAE_KJMOL
+                         and (st["spearman"] or 0.0) >= VALID_SPEARMAN) for p, st in stats.items()}
+    for p, ok_p in validated.items():
+        console.print(f"  {p:9s} validated as a substitute for dft//dft (n >= 10, MAE <= {VALID_MAE_KJMOL} "
+                      f"kJ/mol, Spearman >= {VALID_SPEARMAN}): {'yes' if ok_p else 'no'}")
+    console.print(f"  dft-reorg default geometry: {DFT_DEFAULTS['geometry']!r}")
     summary = {
         "benchmark": "reorg_validation",
         "reference": "B3LYP/6-31G//B3LYP/6-31G (geomeTRIC, both states)",
         "default_geometry": DFT_DEFAULTS["geometry"],
+        "validated": validated,
+        "validation_criteria": {"min_molecules": 10, "max_mae_kjmol": VALID_MAE_KJMOL,
+                                "min_spearman": VALID_SPEARMAN},
         "molecules_paired": paired,
         "deviation_vs_dftdft": stats,
         "cpu_s_paired": cpu_paired,
+        "cpu_median_ratio_to_dftxtb": cpu_ratio,
         "cpu_s": cpu,
         "n_failed": n_rejected,
         "lambda_kjmol": {p: {m: lam_of(m, p) for m in mols if lam_of(m, p) is not None} for p in PROTOCOLS},
