@@ -206,3 +206,14 @@ def test_phonon_saddle_point_is_rejected_soft_noise_is_not():
         PhononBackend()._check_physical({**values, "n_imaginary": 2.0}, {**extra, "min_frequency_THz": -1.3})
     with pytest.raises(PhysicsError, match="non-finite"):
         PhononBackend()._check_physical({**values, "f_vib_kjmol": math.nan}, extra)
+
+
+def test_dft_crystal_refuses_overlapping_molecules_before_any_scf():
+    from sim_backends.registry import get_backend
+    from sim_backends.structures import cif_from_atoms
+
+    cif = cif_from_atoms(_h_clash(_naphthalene(), 0.9))
+    res = get_backend("dft-crystal").evaluate(EvalInput(NAPHTHALENE, structure_cif=cif))
+    assert res.status == "failed" and res.reason.startswith("unphysical: intermolecular H...H contact")
+    assert res.reason.endswith("(PBE-D3(BJ)/def2-svp two-body fragments)")
+    assert "dimers" not in res.extra  # refused before the fragment calculation
