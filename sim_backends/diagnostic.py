@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
 
 
@@ -28,6 +29,10 @@ class DiagnosticBackend(Backend):
     objective_key = "n_heavy_atoms"
     description = "executor self-test: heavy-atom count after a delay; can fail on purpose"
     internal = True
+    params_schema = {
+        "mode": check.one_of("ok", "raise", "run_error", "exit"), "sleep_s": check.number(0.0),
+        "fail_smiles": check.strings,
+    }
 
     def cost_estimate(self, inp: EvalInput) -> float:
         return float(self.params.get("sleep_s", 0.0)) + 0.01

@@ -24,7 +24,8 @@ import os
 import time
 from typing import Any
 
-from sim_backends.base import Backend, EvalInput, SetupError
+from sim_backends import params as check
+from sim_backends.base import Backend, EvalInput, ParamsError
 
 
 def fault_of(smiles: str, params: dict[str, Any]) -> str:
@@ -48,11 +49,22 @@ class FaultyBackend(Backend):
     objective_key = "n_heavy_atoms"
     description = "fault injection: raises, crashes or hangs on chosen fractions of tasks"
     internal = True
+    params_schema = {
+        "raise_fraction": check.number(0.0, 1.0), "crash_fraction": check.number(0.0, 1.0),
+        "hang_fraction": check.number(0.0, 1.0), "hang_s": check.number(0.0, lo_open=True),
+        "burn_s": check.number(0.0), "sleep_s": check.number(0.0), "seed": check.integer(0),
+    }
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """The declared checks; the three fractions sum to at most 1."""
+        super().check_params(params)
+        fractions = [params.get(f"{m}_fraction", 0.0) for m in ("raise", "crash", "hang")]
+        if sum(fractions) > 1.0:
+            raise ParamsError("raise_fraction", f"the fractions sum to {sum(fractions):g} > 1")
 
     def __init__(self, **params: Any) -> None:
-        fractions = [float(params.get(f"{m}_fraction", 0.0)) for m in ("raise", "crash", "hang")]
-        if any(not 0.0 <= f <= 1.0 for f in fractions) or sum(fractions) > 1.0:
-            raise SetupError(f"_faulty: fractions must lie in [0, 1] and sum to <= 1, got {fractions}")
+        self.check_params(params)
         super().__init__(**params)
 
     def cost_estimate(self, inp: EvalInput) -> float:

@@ -92,6 +92,12 @@ def text(value: Any) -> None:
         raise ValueError(f"must be a non-empty string, got {_shown(value)}")
 
 
+def strings(value: Any) -> None:
+    """A list of non-empty strings."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"must be a list of non-empty strings, got {_shown(value)}")
+
+
 def integers(n: int, lo: int = 1, hi: int | None = None) -> Check:
     """A list of ``n`` integers, each in ``[lo, hi]``."""
     each = integer(lo, hi)

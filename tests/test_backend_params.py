@@ -142,3 +142,15 @@ def test_stored_campaign_with_params_now_refused_can_be_viewed_not_resumed(tmp_p
     Campaign.open("params", runs, readonly=True).close()
     with pytest.raises(ConfigError, match=r"^config error: backends\.1\.params\.basis: "):
         Campaign.open("params", runs)
+
+
+def test_cli_run_with_bad_fault_injection_fractions_creates_nothing(tmp_path):
+    """The internal fault-injection backend declares its parameters too (its workers used
+    to die constructing it: every task recorded as failed, exit 0)."""
+    body = ('objective = "n_heavy_atoms"\nmax_evaluations = 3\n[tracking]\nenabled = false\n'
+            '[[backends]]\nname = "_faulty"\nparams = { raise_fraction = 0.6, crash_fraction = 0.6 }\n')
+    cfg = write_config(tmp_path, POOL, body, name="faulty")
+    out = cli("run", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--quiet", timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "backends.0.params.raise_fraction: the fractions sum to 1.2 > 1" in out.stderr
+    assert not (tmp_path / "runs").exists()
