@@ -14,6 +14,34 @@ With ``gas="rigid"`` the molecules are taken at their crystal geometries (the me
 over the Z molecules of the cell), which gives the intermolecular interaction energy
 only.
 
+The difference of the two references is reported separately as the molecular
+deformation energy ``deformation_kjmol`` = mean E(molecule at its crystal geometry) -
+E(relaxed molecule), >= 0. For a consistent structure it is small: rigid-molecule CSP
+structures carry the GFN2-xTB-relaxed molecule (:meth:`RigidMolecule.from_smiles`), so
+it is ~0 there, and experimental or DFT molecular geometries cost a few kJ/mol. A large
+value means the cell's molecules are not a GFN2-xTB geometry at all (e.g. a
+force-field conformer with a mistyped atom: MMFF94's CO2 with C=O 1.405 A lies
+453 kJ/mol above the GFN2 minimum), and a lattice energy with that strain in it is an
+artefact of the input, not a property of the crystal. Such an evaluation of an
+unrelaxed cell fails (``unphysical:``) when ``deformation_kjmol`` exceeds
+:data:`MAX_DEFORMATION_KJMOL`; relaxing the positions in the cell (``relax``) or
+giving GFN2-consistent molecules is the cure, not another reference. The relaxed
+reference stays the default because the X23 lattice energies are defined with it
+(both the cell and the molecule at minima of the same Hamiltonian), and the
+deformation energy is the same for every structure of a rigid-molecule landscape, so
+the reference does not change the ranking.
+
+Brillouin-zone sampling: tblite computes periodic systems at the Gamma point only, which
+is exact for a molecule in a big box (a molecule alone in a 20 A cubic box agrees with
+the isolated molecule to 0.01 kJ/mol: acetylene, CO2, benzene) but not for a small
+cell of a conjugated crystal: the X23 pyrazine cell (3.68 A stacking axis) comes out
+66 kJ/mol per molecule too high at Gamma (E_latt +16 instead of -50 kJ/mol). Every
+cell is therefore evaluated (and relaxed) as the smallest supercell whose three
+perpendicular widths are at least ``min_width_A`` (default :data:`MIN_WIDTH_A` = 9 A,
+which converges pyrazine to 0.3 kJ/mol per molecule; CO2's 5.8 A cubic cell is
+converged at 1x1x1 already); ``extra["supercell"]`` names it. A relaxed cell is
+reported (``relaxed_cif``) as that supercell.
+
 Optionally the crystal is first relaxed with ASE (``relax="positions"`` or ``True``:
 atoms only, fixed cell; ``relax="full"``: atoms and cell through ASE's
 ``FrechetCellFilter``) with the BFGS optimiser.
@@ -28,7 +56,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from sim_backends.base import Backend, EvalInput, RunError, SetupError
+from sim_backends.base import Backend, EvalInput, PhysicsError, RunError, SetupError
 from sim_backends.structures import EV_TO_KJMOL, cif_from_atoms, load_crystal
 from sim_backends.validity import check_crystal_energy_result, structure_facts
 from sim_backends import params as check
@@ -41,6 +69,12 @@ if TYPE_CHECKING:
 #: rough cost model: seconds per GFN2-xTB single point ~ a + b * n_atoms (2-core laptop;
 #: measured 1.1 s for 16 atoms, 2.9 s for 48 atoms, see benchmarks/dft_crystal_timing.py)
 _SP_S_BASE, _SP_S_PER_ATOM = 0.5, 0.05
+#: largest molecular deformation energy (kJ/mol per molecule) accepted for an unrelaxed
+#: cell: several times the few kJ/mol of experimental or DFT geometries at GFN2-xTB,
+#: far below the hundreds of a force-field mistyping
+MAX_DEFORMATION_KJMOL = 40.0
+#: smallest perpendicular width (A) of the Gamma-point supercell a cell is evaluated in
+MIN_WIDTH_A = 9.0
 
 
 def xtb_calculator(
@@ -169,6 +203,34 @@ def parse_relax_mode(value: Any) -> str | None:
     raise SetupError(f"relax must be False, True, 'positions' or 'full', not {value!r}")
 
 
+def gamma_supercell(cell: np.ndarray, min_width_A: float = MIN_WIDTH_A) -> tuple[int, int, int]:
+    """Repetitions (n1, n2, n3) making every perpendicular width of ``cell`` (3x3, rows
+    are the lattice vectors in A) at least ``min_width_A``."""
+    import numpy as np
+
+    cell = np.asarray(cell, float)
+    volume = abs(float(np.linalg.det(cell)))
+    widths = [volume / float(np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]))) for i in range(3)]
+    return tuple(max(1, int(np.ceil(min_width_A / w - 1e-9))) for w in widths)
+
+
+def _cif_cell_repetitions(cif_text: str, min_width_A: float = MIN_WIDTH_A) -> int:
+    """Cells in the Gamma-point supercell of a CIF, from its cell parameters (1 if absent)."""
+    pars = []
+    for key in ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"):
+        m = re.search(rf"_cell_{key}\s+([0-9.]+)", cif_text)
+        if not m:
+            return 1
+        pars.append(float(m.group(1)))
+    try:
+        from ase.geometry import cellpar_to_cell
+
+        reps = gamma_supercell(cellpar_to_cell(pars), min_width_A)
+    except (ValueError, ZeroDivisionError):
+        return 1
+    return reps[0] * reps[1] * reps[2]
+
+
 def estimate_cell_atoms(cif_text: str | None) -> int:
     """Cheap guess of the atoms in a CIF cell (atom-site rows x symmetry operations)."""
     if not cif_text:
@@ -185,20 +247,22 @@ class XtbCrystalBackend(Backend):
         method: "GFN2-xTB" (default) or "GFN1-xTB".
         gas: "relaxed" (default) or "rigid" reference molecule, see module docstring.
         relax: False (default), "positions" / True (fixed cell), "full" (with cell).
+        min_width_A: smallest perpendicular width of the Gamma-point supercell (9.0 A).
         fmax_eVA: relaxation force threshold (0.05).
         max_steps: relaxation step limit (200); the energy of the last step is
             returned and ``extra["relax"]["converged"]`` says whether it converged.
         accuracy, max_iterations: tblite settings (1.0, 250).
 
     Values: ``energy_kjmol`` (lattice energy per molecule), ``e_cell_per_mol_kjmol``
-    (E_cell/Z, absolute GFN2 energy), ``e_gas_kjmol`` (reference molecule).
+    (E_cell/Z, absolute GFN2 energy), ``e_gas_kjmol`` (reference molecule),
+    ``deformation_kjmol`` (molecular deformation energy, see module docstring).
     """
 
     name = "xtb-crystal"
     version = "1"
     fidelity = 1
     target = "structure"
-    computes = ("energy_kjmol", "e_cell_per_mol_kjmol", "e_gas_kjmol")
+    computes = ("energy_kjmol", "e_cell_per_mol_kjmol", "e_gas_kjmol", "deformation_kjmol")
     objective_key = "energy_kjmol"
     description = "GFN2-xTB periodic lattice energy per molecule (tblite), optional relaxation"
     params_schema = {
@@ -218,6 +282,9 @@ class XtbCrystalBackend(Backend):
 
     def cost_estimate(self, inp: EvalInput) -> float:
         n = estimate_cell_atoms(inp.structure_cif)
+        if inp.structure_cif:
+            width = {**self.params, **inp.params}.get("min_width_A", MIN_WIDTH_A)
+            n *= _cif_cell_repetitions(inp.structure_cif, float(width) if isinstance(width, (int, float)) else MIN_WIDTH_A)
         sp = _SP_S_BASE + _SP_S_PER_ATOM * n
         relax = {**self.params, **inp.params}.get("relax", False)
         return sp * (60.0 if relax else 1.5)
@@ -235,7 +302,15 @@ class XtbCrystalBackend(Backend):
         mode = parse_relax_mode(p.get("relax", False))
         crystal = load_crystal(inp.structure_cif or "", inp.smiles)
         calc_kw = {k: p[k] for k in ("method", "accuracy", "max_iterations") if k in p}
-        extra: dict[str, Any] = {"z": crystal.z, "n_atoms": len(crystal.atoms), "gas": gas}
+        width = p.get("min_width_A", MIN_WIDTH_A)
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0.0 <= width <= 50.0:
+            raise SetupError(f"min_width_A must be a number of angstrom in [0, 50], not {width!r}")
+        reps = gamma_supercell(crystal.atoms.cell.array, float(width))
+        unit = crystal
+        if reps != (1, 1, 1):
+            crystal = type(crystal).from_atoms(crystal.atoms.repeat(reps))
+        extra: dict[str, Any] = {"z": unit.z, "n_atoms": len(unit.atoms), "gas": gas,
+                                 "supercell": list(reps), "supercell_atoms": len(crystal.atoms)}
 
         atoms = crystal.atoms
         if mode is not None:
@@ -246,11 +321,14 @@ class XtbCrystalBackend(Backend):
             )
             extra["relax"] = {"mode": mode, **info, "wall_s": time.perf_counter() - t0}
             extra["relaxed_cif"] = cif_from_atoms(atoms)
-            crystal = load_crystal(extra["relaxed_cif"], inp.smiles)
+            z_before = crystal.z
+            crystal = unit = type(crystal).from_atoms(atoms)
             atoms = crystal.atoms
+            if crystal.z != z_before:
+                raise RunError(f"relaxation changed the molecules: {z_before} before, {crystal.z} after")
 
         extra["level"] = f"{p.get('method', 'GFN2-xTB')} periodic"
-        extra["validity"] = structure_facts(crystal)
+        extra["validity"] = structure_facts(unit)
         t0, c0 = time.perf_counter(), time.process_time()
         cell = atoms.copy()
         cell.calc = xtb_calculator(**calc_kw)
@@ -258,21 +336,21 @@ class XtbCrystalBackend(Backend):
         extra["cell_single_point_s"] = time.perf_counter() - t0
         extra["cell_single_point_cpu_s"] = time.process_time() - c0
 
-        if gas == "rigid":
-            energies = []
-            for k in range(crystal.z):
-                mol = crystal.molecule(k)
-                mol.calc = xtb_calculator(**calc_kw)
-                energies.append(float(run_guarded(mol.get_potential_energy, "molecule")))
-            e_gas_eV = sum(energies) / len(energies)
-        else:
-            mol, info = relax_atoms(crystal.molecule(0), xtb_calculator(**calc_kw), "positions",
-                                    0.01, 500)
-            if not info["converged"]:
-                raise RunError(f"gas-phase molecule relaxation not converged in {info['n_steps']} steps")
+        energies = []  # molecules at their crystal geometries (all distinct ones: the unit cell's)
+        for k in range(unit.z):
+            mol = unit.molecule(k)
             mol.calc = xtb_calculator(**calc_kw)
-            e_gas_eV = float(run_guarded(mol.get_potential_energy, "molecule"))
-            extra["gas_relax_steps"] = info["n_steps"]
+            energies.append(float(run_guarded(mol.get_potential_energy, "molecule")))
+        e_rigid_eV = sum(energies) / len(energies)
+        mol, info = relax_atoms(crystal.molecule(0), xtb_calculator(**calc_kw), "positions",
+                                0.01, 500)
+        if not info["converged"]:
+            raise RunError(f"gas-phase molecule relaxation not converged in {info['n_steps']} steps")
+        mol.calc = xtb_calculator(**calc_kw)
+        e_relaxed_eV = float(run_guarded(mol.get_potential_energy, "molecule"))
+        extra["gas_relax_steps"] = info["n_steps"]
+        extra["relaxed"] = mode is not None
+        e_gas_eV = e_rigid_eV if gas == "rigid" else e_relaxed_eV
 
         e_per_mol = e_cell_eV / crystal.z * EV_TO_KJMOL
         e_gas = e_gas_eV * EV_TO_KJMOL
@@ -280,6 +358,7 @@ class XtbCrystalBackend(Backend):
             "energy_kjmol": e_per_mol - e_gas,
             "e_cell_per_mol_kjmol": e_per_mol,
             "e_gas_kjmol": e_gas,
+            "deformation_kjmol": (e_rigid_eV - e_relaxed_eV) * EV_TO_KJMOL,
         }
         return values, extra
 
@@ -287,4 +366,11 @@ class XtbCrystalBackend(Backend):
         """Density, intermolecular contacts and lattice energy in the bounds of
         :mod:`sim_backends.validity`, on the structure evaluated (after relaxation)."""
         super()._check_physical(values, extra)
+        deformation = values.get("deformation_kjmol", 0.0)
+        if not extra.get("relaxed", True) and deformation > MAX_DEFORMATION_KJMOL:
+            raise PhysicsError(
+                f"the molecules in this cell are {deformation:.0f} kJ/mol per molecule above the "
+                f"{extra.get('level', self.name)} minimum of the isolated molecule (limit "
+                f"{MAX_DEFORMATION_KJMOL:.0f}): their geometry is not one of this level; relax the "
+                f"positions (relax='positions') or give molecules relaxed at this level")
         check_crystal_energy_result(values, extra, self.name)

@@ -16,8 +16,13 @@ barriers of roughly 10-30 kJ/mol, and rigid-molecule CSP conventionally treats s
 molecules as rigid (oxalic acid is a standard rigid CSP test system). A single bond
 between two aromatic rings (biphenyl) stays rotatable: its minimum is twisted and the
 torsion is soft (~6-8 kJ/mol barriers), so crystal packing changes it. In every allowed
-case the conformer is taken from the MMFF minimum and kept fixed (a known approximation
-of rigid-molecule CSP).
+case the conformer is taken from the MMFF minimum, then (``geometry="gfn2"``, the default)
+relaxed with GFN2-xTB (tblite) and kept fixed (a known approximation of rigid-molecule
+CSP). The GFN2 step makes the rigid molecule the minimum of the periodic GFN2-xTB
+refinement level, so its molecular deformation energy there is zero, and it repairs
+force-field typing errors: RDKit's MMFF94 types the oxygens of CO2 as carboxylate-like
+(type 32) and gives C=O 1.405 A (experiment 1.160 A, GFN2 1.144 A), 453 kJ/mol above
+the GFN2 minimum. ``geometry="mmff"`` keeps the force-field conformer.
 
 Importing this module is cheap: rdkit is imported inside functions.
 """
@@ -127,9 +132,10 @@ class RigidMolecule:
 
     @classmethod
     def from_smiles(
-        cls, smiles: str, charges: str = "resp", cache_dir: str | Path | None = None, seed: int = 0
+        cls, smiles: str, charges: str = "resp", cache_dir: str | Path | None = None, seed: int = 0,
+        geometry: str = "gfn2",
     ) -> RigidMolecule:
-        """Build from SMILES: RDKit ETKDG + MMFF94 conformer, charges by ``charges``.
+        """Build from SMILES: RDKit ETKDG + MMFF94 conformer (GFN2-xTB relaxed), charges by ``charges``.
 
         Args:
             smiles: one neutral molecule of H, C, N, O, F, S, Cl that is rigid (module doc).
@@ -137,11 +143,16 @@ class RigidMolecule:
                 "none" (all zero; for tests of the repulsion-dispersion part only).
             cache_dir: charge cache directory (default ``~/.cache/crystal-agent/charges``).
             seed: random seed of the conformer embedding.
+            geometry: "gfn2" (default: the MMFF94 conformer relaxed with GFN2-xTB to
+                0.01 eV/A) or "mmff" (the force-field conformer as it is).
 
         Raises:
             SetupError: invalid SMILES, several fragments, net or formal charges, radicals,
-                unsupported elements, rotatable bonds, or a failed embedding.
+                unsupported elements, rotatable bonds, a failed embedding or a GFN2-xTB
+                relaxation that does not converge.
         """
+        if geometry not in ("gfn2", "mmff"):
+            raise SetupError(f"geometry must be 'gfn2' or 'mmff', not {geometry!r}")
         from rdkit import Chem
         from rdkit.Chem import AllChem
 
@@ -162,7 +173,10 @@ class RigidMolecule:
         else:
             AllChem.UFFOptimizeMolecule(molh, maxIters=2000)
         symbols = tuple(a.GetSymbol() for a in molh.GetAtoms())
-        coords = principal_frame(symbols, molh.GetConformer().GetPositions())
+        xyz = molh.GetConformer().GetPositions()
+        if geometry == "gfn2":
+            xyz = gfn2_relaxed_geometry(symbols, xyz, what=canonical)
+        coords = principal_frame(symbols, xyz)
         classes = list(Chem.CanonicalRankAtoms(molh, breakTies=False))
         if charges == "none":
             q, method, rrms = np.zeros(len(symbols)), "none", float("nan")
@@ -234,6 +248,30 @@ class RigidMolecule:
         return RigidMolecule(
             self.smiles, self.symbols, self.coords_A, q, self.ff_types, self.mass_amu, charge_method, esp_rrms
         )
+
+
+def gfn2_relaxed_geometry(symbols: Sequence[str], coords_A: np.ndarray, what: str = "molecule",
+                          fmax_eVA: float = 0.01, max_steps: int = 500) -> np.ndarray:
+    """Coordinates (n, 3) in A of the isolated molecule relaxed with GFN2-xTB (tblite, ASE BFGS).
+
+    Raises:
+        SetupError: the relaxation did not converge to ``fmax_eVA`` in ``max_steps``
+            or xTB failed (one line).
+    """
+    from ase import Atoms
+
+    from sim_backends.base import RunError
+    from sim_backends.xtb_crystal import relax_atoms, xtb_calculator
+
+    try:
+        relaxed, info = relax_atoms(Atoms(list(symbols), positions=np.asarray(coords_A, float)),
+                                    xtb_calculator(), "positions", fmax_eVA, max_steps)
+    except RunError as exc:
+        raise SetupError(f"{what}: GFN2-xTB geometry relaxation failed: {exc}") from None
+    if not info["converged"]:
+        raise SetupError(f"{what}: GFN2-xTB geometry relaxation not converged in {info['n_steps']} "
+                         f"steps (max force {info['fmax_eVA']:.3f} eV/A)")
+    return relaxed.get_positions()
 
 
 def connected_components(neighbours: list[list[int]]) -> list[list[int]]:
