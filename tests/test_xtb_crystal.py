@@ -67,7 +67,7 @@ def test_bad_input_is_a_setup_failure(cif, smiles, words):
 
 
 def test_scf_non_convergence_is_a_run_failure():
-    r = get_backend("xtb-crystal", max_iterations=1, gas="rigid").evaluate(
+    r = get_backend("xtb-crystal", max_iterations=1, gas="rigid", min_width_A=0.0).evaluate(
         EvalInput(smiles="NC(N)=O", structure_cif=_cif("urea")))
     assert r.status == "failed" and r.reason.startswith("run:") and "SCF" in r.reason
     assert r.retryable
@@ -78,23 +78,21 @@ def test_urea_lattice_energy_plausible():
     """Urea (Z=2, 16 atoms): bound, X23 magnitude; rigid gas reference binds more."""
     relaxed = get_backend("xtb-crystal").evaluate(
         EvalInput(smiles="NC(N)=O", structure_cif=_cif("urea")))
-    rigid = get_backend("xtb-crystal", gas="rigid").evaluate(
-        EvalInput(smiles="NC(N)=O", structure_cif=_cif("urea")))
-    assert relaxed.ok and rigid.ok, (relaxed.reason, rigid.reason)
+    assert relaxed.ok, relaxed.reason
     e = relaxed.values["energy_kjmol"]
     # X23 reference -102.5 kJ/mol; GFN2-xTB underbinds urea (about -56 kJ/mol here)
     assert -130.0 < e < -35.0
-    # relaxing the isolated molecule lowers E_gas, so the rigid reference binds more
-    assert rigid.values["energy_kjmol"] < e
-    assert relaxed.values["e_cell_per_mol_kjmol"] == pytest.approx(rigid.values["e_cell_per_mol_kjmol"])
+    # relaxing the isolated molecule lowers E_gas: the PBE-TS molecule is strained at GFN2
+    assert 0.0 < relaxed.values["deformation_kjmol"] < 40.0
     assert relaxed.extra["z"] == 2 and relaxed.extra["gas_relax_steps"] > 0
 
 
 @pytest.mark.slow
 def test_full_relaxation_lowers_cell_energy():
     cif = _cif("urea")
-    sp = get_backend("xtb-crystal", gas="rigid").evaluate(EvalInput(smiles="NC(N)=O", structure_cif=cif))
-    rx = get_backend("xtb-crystal", gas="rigid", relax="full", max_steps=4).evaluate(
+    # the relaxation mechanics only: the unit cell (min_width_A=0) keeps it small
+    sp = get_backend("xtb-crystal", gas="rigid", min_width_A=0.0).evaluate(EvalInput(smiles="NC(N)=O", structure_cif=cif))
+    rx = get_backend("xtb-crystal", gas="rigid", relax="full", max_steps=4, min_width_A=0.0).evaluate(
         EvalInput(smiles="NC(N)=O", structure_cif=cif))
     assert rx.ok, rx.reason
     assert rx.values["e_cell_per_mol_kjmol"] < sp.values["e_cell_per_mol_kjmol"]
@@ -143,14 +141,17 @@ def test_co2_lattice_energy_and_deformation():
     """X23 CO2 (Z=4, 12 atoms): bound near the reference -28.4 kJ/mol, small deformation;
     the same cell with force-field-mistyped molecules (C=O 1.405 A) is refused for its
     deformation energy, not given a lattice energy of +450 kJ/mol."""
-    good = get_backend("xtb-crystal").evaluate(EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
+    # CO2's 5.8 A cubic cell is Gamma-converged alone (1x1x1 vs 3x3x3: 0.08 kJ/mol)
+    good = get_backend("xtb-crystal", min_width_A=5.0).evaluate(EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
     assert good.ok, good.reason
     assert 0.0 <= good.values["deformation_kjmol"] < 15.0   # PBE-TS geometry at GFN2: 6.6
     assert -45.0 < good.values["energy_kjmol"] < -15.0
-    rigid = get_backend("xtb-crystal", gas="rigid").evaluate(EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
+    rigid = get_backend("xtb-crystal", gas="rigid", min_width_A=5.0).evaluate(
+        EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
     assert rigid.values["energy_kjmol"] == pytest.approx(
         good.values["energy_kjmol"] - good.values["deformation_kjmol"], abs=1e-6)
-    bad = get_backend("xtb-crystal").evaluate(EvalInput(smiles="O=C=O", structure_cif=_stretched_co2_cif(1.405)))
+    bad = get_backend("xtb-crystal", min_width_A=5.0).evaluate(
+        EvalInput(smiles="O=C=O", structure_cif=_stretched_co2_cif(1.405)))
     assert bad.status == "failed" and bad.reason.startswith("unphysical:"), bad.reason
     assert "kJ/mol per molecule above" in bad.reason and "relax" in bad.reason and "\n" not in bad.reason
 
