@@ -269,7 +269,7 @@ class XtbCrystalBackend(Backend):
         "method": check.one_of("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"), "gas": check.one_of("relaxed", "rigid"),
         "relax": parse_relax_mode, "fmax_eVA": check.number(0.0, 1.0, lo_open=True),
         "max_steps": check.integer(1), "accuracy": check.number(1e-4, 1000.0),
-        "max_iterations": check.integer(1),
+        "max_iterations": check.integer(1), "min_width_A": check.number(0.0, 50.0),
     }
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:

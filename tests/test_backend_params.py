@@ -154,3 +154,25 @@ def test_cli_run_with_bad_fault_injection_fractions_creates_nothing(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "backends.0.params.raise_fraction: the fractions sum to 1.2 > 1" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_every_parameter_a_backend_reads_is_declared():
+    """The keys a backend's code reads (``p.get("key")``, ``p["key"]``, ``self._p(p, "key")``)
+    are in its schema, so a new parameter cannot be refused as unknown at config time."""
+    import inspect
+    import re
+
+    from sim_backends.base import Backend
+    from sim_backends.registry import available, backend_class
+
+    read = re.compile(r"""(?:\bp|\bparams|\})\.get\(\s*["'](\w+)["']|\bp\[["'](\w+)["']\]"""
+                      r"""|\b_p\(\w+,\s*["'](\w+)["']""")
+    for name in available():
+        cls = backend_class(name)
+        if cls.params_schema is None:
+            continue
+        src = "".join(inspect.getsource(k) for k in cls.__mro__
+                      if isinstance(k, type) and issubclass(k, Backend) and k is not Backend)
+        keys = {g for m in read.finditer(src) for g in m.groups() if g}
+        assert keys, name
+        assert keys <= set(cls.params_schema), (name, sorted(keys - set(cls.params_schema)))
