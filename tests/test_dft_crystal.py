@@ -86,12 +86,17 @@ def test_scf_max_cycles_one_is_a_run_failure():
 
 @pytest.mark.slow
 def test_co2_end_to_end_sto3g():
-    """PBE-D3(BJ)/STO-3G, first shell of CO2: one unique dimer, bound crystal."""
+    """PBE-D3(BJ)/STO-3G, first shell of CO2: one unique dimer. The rigid-molecule part
+    binds, but the minimal basis puts the relaxed gas molecule's C=O far from the PBE+TS
+    crystal geometry, so the total comes out positive: the validity contract reports that
+    as an unphysical failure with the computed terms kept in ``extra``."""
     r = get_backend("dft-crystal", basis="sto-3g", cutoff_A=4.0, counterpoise=True,
                     gas="relaxed").evaluate(
         EvalInput(smiles="O=C=O", structure_cif=_cif("co2")))
-    assert r.ok, r.reason
-    v, x = r.values, r.extra
+    assert not r.ok and r.reason.startswith("unphysical: lattice energy"), r.reason
+    assert not r.values
+    v, x = r.extra["unphysical_values"], r.extra
+    assert v["energy_kjmol"] > 0.0
     assert x["n_unique_dimers"] == 1 and x["dimers"][0]["multiplicity"] == 48
     assert v["energy_kjmol"] == pytest.approx(
         v["e_dft_2body_kjmol"] + v["e_d3_kjmol"] + v["e_deformation_kjmol"] + v["e_elec_lr_kjmol"])
