@@ -29,9 +29,7 @@ SUBPROCESS = {"csp", "connect"}
 TIMEOUT_S = 30
 CASES = [c for cat, n in PER_CATEGORY.items() for c in corpus(SEED, n, (cat,))]
 #: cases another helper is fixing: xfail naming the owner (not strict: the fix may land)
-KNOWN: dict[str, str] = {
-    "lab: empty pattern": "helper E: numpy's loadtxt warning is printed above the one-line error",
-}
+KNOWN: dict[str, str] = {}
 
 
 class ReachedRunner(BaseException):

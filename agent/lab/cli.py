@@ -61,10 +61,17 @@ def read_pattern(path: str | Path) -> tuple[Any, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pattern file not found: {path}")
+    import warnings
+
     try:
-        data = np.loadtxt(path, comments="#", ndmin=2, delimiter=None if "," not in path.read_text()[:2000] else ",")
-    except ValueError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an empty file warns; make it the one-line error
+            delimiter = None if "," not in path.read_text(errors="replace")[:2000] else ","
+            data = np.loadtxt(path, comments="#", ndmin=2, delimiter=delimiter)
+    except (ValueError, UserWarning) as exc:
         raise ValueError(f"cannot read {path.name}: {str(exc).splitlines()[0]}") from None
+    if data.size == 0:
+        raise ValueError(f"{path.name}: no data rows (two columns: 2theta intensity)")
     if data.shape[1] < 2:
         raise ValueError(f"{path.name}: need two columns (2theta intensity)")
     return data[:, 0], data[:, 1]
