@@ -415,6 +415,12 @@ class Campaign:
         if not self.pending and self._molecule_stage_exhausted() and (
             self.stage is None or self.stage.is_exhausted()
         ):
+            top = self.cfg.backends[-1]
+            if (self.molecule_stage_enabled and top.budget_evaluations is not None
+                    and self.n_by_backend[top.name] >= top.budget_evaluations
+                    and len(self.cfg.backends) > 1):
+                return (f"{top.name} budget spent ({top.budget_evaluations} evaluations); "
+                        "cheaper levels can no longer change the best value")
             return "no candidate left to evaluate"
         return ""
 

@@ -52,11 +52,13 @@ def test_tiny_real_campaign(tmp_path):
         "SELECT m.smiles, e.backend, e.status, e.reason, e.values_json, e.fidelity, e.backend_version "
         "FROM evaluations e JOIN molecules m ON m.id = e.molecule_id"
     ).fetchall()
-    assert len(rows) == 7
+    # the run ends at 7 evaluations or earlier, once the 2 DFT evaluations are spent:
+    # cheaper levels are only run where the top level can still follow
+    assert 5 <= len(rows) <= 7
     backends = [r[1] for r in rows]
     assert backends.count("dft-reorg") <= 2 and "xtb-reorg" in backends
     assert "dft-reorg" in backends, "the agent never used the expensive level"
-    assert len({(r[0], r[1]) for r in rows}) == 7, "a (molecule, level) pair was evaluated twice"
+    assert len({(r[0], r[1]) for r in rows}) == len(rows), "a (molecule, level) pair was evaluated twice"
     ok = [r for r in rows if r[2] == "ok"]
     assert len(ok) >= 5
     for r in ok:
@@ -71,7 +73,8 @@ def test_tiny_real_campaign(tmp_path):
 
     status = cli("status", "tiny", "--runs-dir", str(runs), "--json")
     s = json.loads(status.stdout)
-    assert s["n_evaluations"] == 7 and s["finished"] and s["best"] is not None
+    assert s["n_evaluations"] == len(rows) and s["finished"] and s["best"] is not None
+    assert len(rows) == 7 or "dft-reorg budget spent" in s["stop_reason"], s["stop_reason"]
     assert {"n_failed", "spent_cpu_s", "best"} <= set(s)
 
     # MLflow: one experiment, params, per-iteration metrics, models and plots
@@ -87,7 +90,7 @@ def test_tiny_real_campaign(tmp_path):
     assert run.data.params["backends.1.name"] == "dft-reorg"
     assert run.info.status == "FINISHED"
     hist = client.get_metric_history(run.info.run_id, "n_evaluations")
-    assert [m.value for m in hist][-1] == 7.0 and len(hist) == 7
+    assert [m.value for m in hist][-1] == len(rows) and len(hist) == len(rows)
     assert client.get_metric_history(run.info.run_id, "best_found")
     assert client.get_metric_history(run.info.run_id, "budget_spent_cpu_s")[-1].value > 0
     plots = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
