@@ -94,6 +94,10 @@ def run_campaign(
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
     )
+    from agent.summary import format_value, quantity
+
+    objective = cfg.objective
+    symbol = f"{quantity(objective)[1]} ({cfg.backends[-1].name}) ="
     try:
         executor.start()
         slots = min(cfg.batch_size, executor.capacity)
@@ -132,7 +136,8 @@ def run_campaign(
                     bar.update(
                         bar_id,
                         completed=campaign.n_evaluations,
-                        info=(f"best {best:.4g}" if best is not None else "")
+                        info=(f"best {symbol} {format_value(objective, best)}"
+                              if best is not None else "")
                         + f"  failed {campaign.n_failed}",
                     )
         reason = campaign.stop_reason() or "acquisition proposed nothing more"
