@@ -52,7 +52,11 @@ def test_static_then_free_energy_campaign(tmp_path):
     ranked = sorted(static, key=lambda e: json.loads(e[4])["energy_kjmol"])
     assert phonon[0][1] in {e[1] for e in ranked[:2]}
     for e in phonon:
-        assert e[2] == "ok", e
+        if e[2] != "ok":
+            # the validity contract: a structure with imaginary modes at the force level is
+            # a saddle point, reported as a failure with its reason, never an F_vib
+            assert e[3].startswith("unphysical:") and "imaginary mode" in e[3], e
+            continue
         v = json.loads(e[4])
         # acetylene: ZPE dominated by the C-H stretches, ~70 kJ/mol per molecule; F < ZPE at 298 K
         assert 40.0 < v["zpe_kjmol"] < 100.0 and v["f_vib_kjmol"] < v["zpe_kjmol"]
@@ -61,4 +65,5 @@ def test_static_then_free_energy_campaign(tmp_path):
     rows = list(csv.DictReader(table.open()))
     assert [int(r["rank_g"]) for r in rows] == list(range(1, len(rows) + 1))
     with_f = [r for r in rows if r["f_vib_kjmol"]]
-    assert len(with_f) == len(phonon) and all(r["computed"] == "1" for r in with_f)
+    n_phonon_ok = sum(e[2] == "ok" for e in phonon)
+    assert len(with_f) == n_phonon_ok and all(r["computed"] == "1" for r in with_f)
