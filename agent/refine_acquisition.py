@@ -70,6 +70,26 @@ target_I outlier because that structure is also unusual in descriptor space
 (farthest-point sampling from the cheap minimum reaches it as the 6th pick); a
 top-k member that looks ordinary to the descriptor stays hard to find.
 
+Skill test (worst case: cheap-level order). A surrogate that learned nothing is worse
+than none: its confident wrong error bars steer picks and the exploration above away
+from the cheap ranking, which on a landscape the cheap level already ranks well costs
+more than following it. So before every decision the fitted model's leave-one-out MAE
+on the computed structures is compared with that of the null model, a constant shift
+(:class:`~agent.surrogates.structure_gp.ShiftModel`: ``E_cheap`` + the mean computed
+correction, Student-t errors scaled by its LOO RMS). Only when at least ``min_skill_n``
+structures are computed and the model's LOO MAE is at most ``skill_ratio`` times the
+shift's (:func:`surrogate_skill`) does the model steer (Monte Carlo utility, exploration
+when confident); otherwise the picks are those of the shift model, i.e. the cheap-level
+order (made exactly monotone, weighed by cost: :func:`_cheap_order_picks`), and
+:func:`completion_probability` uses the shift model's error bars. This is model
+selection by held-out error between the learned correction and the prior the
+multi-fidelity CSP re-ranking literature starts from (cheap energy + constant;
+Egorova et al., J. Phys. Chem. Lett. 11, 9376 (2020)), rather than a portfolio such as
+GP-Hedge (Hoffman, Brochu & de Freitas, UAI 2011): a hedge learns its weights from the
+gains of each rule's own past picks, which in a top-k search arrive only after many
+calculations, whereas the LOO residuals judge the model on every computed structure
+from the fifth on, using only computed energies.
+
 Observed-in-lab evidence. ``observed`` holds structures matched to an
 experimentally observed form. Observed forms are, with few exceptions, low in energy
 (polymorphs lie within ~10 kJ/mol of each other; Nyman & Day, CrystEngComm 17, 5154
@@ -87,11 +107,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from agent.surrogates.structure_gp import DeltaGP, SurrogateError
+from agent.surrogates.structure_gp import DeltaGP, ShiftModel, SurrogateError
 
 #: width of the soft observed-form constraint, kJ/mol per molecule
 OBSERVED_SOFTNESS_KJMOL = 1.0
@@ -101,6 +122,66 @@ EXPLORE_ABOVE = 0.8
 EXPLORE_FRACTION = 1.0
 #: structures less likely than this to be in the low-energy set never get a phonon run
 MIN_FREE_ENERGY_PROBABILITY = 1e-3
+#: the surrogate steers the picks only when its leave-one-out MAE is at most this
+#: fraction of the constant shift's ("Skill test"); None in the functions: no test
+SKILL_RATIO = 0.9
+#: computed structures before the skill test can pass (before: cheap-level order)
+MIN_SKILL_N = 5
+#: factor on the spread of the draws of :func:`completion_probability` (stopping rule)
+STOP_INFLATION = 1.0
+
+
+@dataclass(frozen=True)
+class Skill:
+    """Outcome of :func:`surrogate_skill` (MAEs in kJ/mol per molecule, None when undefined)."""
+
+    n_computed: int
+    model_loo_mae_kjmol: float | None
+    shift_loo_mae_kjmol: float | None
+    skilled: bool
+
+    @property
+    def ratio(self) -> float | None:
+        """Model LOO MAE over constant-shift LOO MAE."""
+        if self.model_loo_mae_kjmol is None or not self.shift_loo_mae_kjmol:
+            return None
+        return self.model_loo_mae_kjmol / self.shift_loo_mae_kjmol
+
+
+def surrogate_skill(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, float],
+                    skill_ratio: float = SKILL_RATIO, min_n: int = MIN_SKILL_N) -> Skill:
+    """Whether ``model`` predicts held-out corrections better than a constant shift.
+
+    Compares the model's leave-one-out residuals (``model.loo_residual_kjmol``, one per
+    computed structure in sorted index order) with those of the constant shift
+    (:class:`~agent.surrogates.structure_gp.ShiftModel`) on the same structures. Skilled
+    when at least ``min_n`` structures are computed and the model's LOO MAE is at most
+    ``skill_ratio`` times the shift's. A model without residuals for every computed
+    structure is not skilled.
+    """
+    idx = np.array(sorted(computed), dtype=int)
+    delta = np.array([computed[i] for i in idx], dtype=float) - np.asarray(cheap_kjmol, dtype=float)[idx]
+    shift = ShiftModel(delta).loo_mae_kjmol
+    res = getattr(model, "loo_residual_kjmol", None)
+    model_mae = float(np.mean(np.abs(res))) if res is not None and len(res) == len(idx) and len(idx) else None
+    skilled = (len(idx) >= max(int(min_n), 2) and model_mae is not None and shift is not None
+               and model_mae <= float(skill_ratio) * shift)
+    return Skill(len(idx), model_mae, shift, bool(skilled))
+
+
+def gated_model(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, float],
+                skill_ratio: float | None = SKILL_RATIO, min_n: int = MIN_SKILL_N,
+                seed: int = 0) -> tuple[Any, Skill | None]:
+    """``(model, skill)`` when the model passes :func:`surrogate_skill` (or ``skill_ratio``
+    is None: no test, skill None), else ``(ShiftModel of the computed corrections, skill)``."""
+    if skill_ratio is None:
+        return model, None
+    skill = surrogate_skill(model, cheap_kjmol, computed, skill_ratio, min_n)
+    if skill.skilled:
+        return model, skill
+    idx = sorted(computed)
+    delta = np.array([computed[i] for i in idx], dtype=float) - np.asarray(cheap_kjmol, dtype=float)[idx]
+    return ShiftModel(delta, seed=seed), skill
 
 
 class AcquisitionError(ValueError):
@@ -199,9 +280,14 @@ def _space_filling(
 
 
 def _joint_draws(e_cheap: np.ndarray, X: np.ndarray, done: Mapping[int, float], gp: DeltaGP,
-                 n_samples: int, seed: int) -> np.ndarray:
-    """``(n_samples, n)`` joint draws of all expensive energies, computed ones fixed."""
-    draws = e_cheap + gp.sample(X, n_samples, seed=seed)
+                 n_samples: int, seed: int, inflation: float = 1.0) -> np.ndarray:
+    """``(n_samples, n)`` joint draws of all expensive energies, computed ones fixed;
+    ``inflation`` scales the draws' deviations from the predictive mean."""
+    delta = gp.sample(X, n_samples, seed=seed)
+    if inflation != 1.0:
+        mean = gp.predict(X)[0]
+        delta = mean + float(inflation) * (delta - mean)
+    draws = e_cheap + delta
     if done:
         idx = np.array(sorted(done), dtype=int)
         draws[:, idx] = np.array([done[i] for i in idx])
@@ -218,6 +304,9 @@ def completion_probability(
     seed: int = 0,
     model: DeltaGP | None = None,
     gp_options: Mapping[str, Any] | None = None,
+    skill_ratio: float | None = SKILL_RATIO,
+    min_skill_n: int = MIN_SKILL_N,
+    inflation: float = STOP_INFLATION,
 ) -> float:
     """Posterior probability that the whole low-energy set is already computed.
 
@@ -237,6 +326,10 @@ def completion_probability(
         seed: seed of the model fit and the draws.
         model: a fitted model to use instead of fitting one.
         gp_options: keyword options of :class:`DeltaGP`.
+        skill_ratio, min_skill_n: the skill test (:func:`gated_model`); a model that
+            fails it is replaced by the constant shift with its LOO error bars.
+        inflation: factor on the spread of the draws about the mean (>= 1 makes the
+            rule more cautious; see "Stopping rule" in the module docstring).
 
     Returns:
         Probability in [0, 1].
@@ -261,7 +354,10 @@ def completion_probability(
         )
     except SurrogateError as exc:
         raise AcquisitionError(f"surrogate: {exc}") from None
-    draws = _joint_draws(e_cheap, X, done, gp, n_samples, seed + 104729)
+    if not float(inflation) > 0:
+        raise AcquisitionError(f"inflation must be positive, got {inflation}")
+    gp, _ = gated_model(gp, e_cheap, done, skill_ratio, min_skill_n, seed)
+    draws = _joint_draws(e_cheap, X, done, gp, n_samples, seed + 104729, float(inflation))
     low = _low_energy_mask(draws, top_k, window_kjmol)
     return float(np.mean(~low[:, rest].any(axis=1)))
 
@@ -283,6 +379,8 @@ def select_structures(
     n_initial: int = 0,
     explore_above: float | None = EXPLORE_ABOVE,
     explore_fraction: float = EXPLORE_FRACTION,
+    skill_ratio: float | None = SKILL_RATIO,
+    min_skill_n: int = MIN_SKILL_N,
 ) -> list[int]:
     """Choose the next ``q`` structures for the expensive level.
 
@@ -311,6 +409,10 @@ def select_structures(
         explore_fraction: share of the picks that are space-filling while confident
             (counted over all computed and pending structures, so with ``q=1`` every
             other call explores at 0.5).
+        skill_ratio, min_skill_n: the skill test (:func:`surrogate_skill`); while the
+            model fails it the remaining picks (after observed structures and the
+            initial design) follow the cheap-level order, without exploration.
+            ``skill_ratio=None``: no test, the model always steers.
 
     Returns:
         Up to ``q`` distinct indices, none computed or pending, best first; fewer
@@ -370,12 +472,17 @@ def select_structures(
             min(n_pick - len(chosen), n_init - len(done) - len(believed) - len(chosen)),
             e_cheap,
         )
+    shift, skill = gated_model(gp, e_cheap, done, skill_ratio, min_skill_n, seed)
+    if skill is not None and not skill.skilled:
+        return chosen + _cheap_order_picks(e_cheap, X, done, believed, chosen, candidates, cost,
+                                           shift, n_pick - len(chosen), top_k, window_kjmol,
+                                           n_samples, seed)
     if (
         explore_above is not None
         and len(chosen) < n_pick
         and len(done) >= top_k
         and completion_probability(
-            e_cheap, X, done, top_k, window_kjmol, n_samples, seed, model=gp
+            e_cheap, X, done, top_k, window_kjmol, n_samples, seed, model=gp, skill_ratio=None
         ) >= float(explore_above)
     ):
         n_before = len(done) + len(believed) + len(chosen)
@@ -423,6 +530,27 @@ def select_structures(
                 best, best_key = i, key
         chosen.append(best)
     return chosen
+
+
+def _cheap_order_picks(e_cheap: np.ndarray, X: np.ndarray, done: Mapping[int, float],
+                       believed: list[int], chosen: list[int], candidates: list[int],
+                       cost: np.ndarray, shift: ShiftModel, n_pick: int, top_k: int,
+                       window_kjmol: float, n_samples: int, seed: int) -> list[int]:
+    """Picks of the constant-shift model: cheap-level order, weighed by cost.
+
+    Under independent identically distributed corrections P(low energy) falls
+    monotonically with the cheap energy; the Monte Carlo estimate is made monotone by
+    assigning its sorted values in cheap-level order, and the picks are the largest
+    ``p_i / cost_i`` (ties: lower cheap energy). With equal costs this is exactly the
+    cheap-level order.
+    """
+    draws = _joint_draws(e_cheap, X, done, shift, n_samples, seed + 7919)
+    if believed:
+        draws[:, believed] = e_cheap[believed] + shift.mean_kjmol
+    pool = sorted((i for i in candidates if i not in chosen), key=lambda i: (e_cheap[i], i))
+    p = low_energy_probability(draws, top_k, window_kjmol)
+    p_mono = dict(zip(pool, sorted(p[pool].tolist(), reverse=True)))
+    return sorted(pool, key=lambda i: (-p_mono[i] / cost[i], e_cheap[i], i))[:n_pick]
 
 
 def split_levels(

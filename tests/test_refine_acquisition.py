@@ -191,7 +191,8 @@ def test_explores_farthest_structure_once_confident():
     Z = fit_delta_model(e_cheap, X, front).transform(X)
     pool = [i for i in range(30) if i not in front and e_cheap[i] <= 20.0]
     far = max(pool, key=lambda i: np.linalg.norm(Z[list(front)] - Z[i], axis=1).min())
-    args = dict(pending=[], costs=np.ones(30), q=2, seed=0, top_k=3)
+    # the exploration mechanics while the model steers (3 points: below the skill test's minimum)
+    args = dict(pending=[], costs=np.ones(30), q=2, seed=0, top_k=3, skill_ratio=None)
     greedy = select_structures(e_cheap, X, front, explore_above=None, **args)
     mixed = select_structures(e_cheap, X, front, explore_above=0.9, explore_fraction=0.5, **args)
     assert far in mixed and far not in greedy  # one of the two picks explores
@@ -237,3 +238,62 @@ def test_split_levels_leaves_phonons_until_the_static_set_is_settled(target_i):
     assert n_ref_cheap < 4 and free_cheap and set(free_cheap) <= set(few)
     with pytest.raises(AcquisitionError, match="positive"):
         split_levels(e_cheap, X, few, {}, [], [], ones, -ones, 4)
+
+
+def test_shift_model_loo_residuals_and_draws():
+    from agent.surrogates.structure_gp import ShiftModel
+
+    d = np.array([1.0, 3.0, -2.0, 6.0, 0.5])
+    m = ShiftModel(d, seed=3)
+    brute = [d[i] - np.delete(d, i).mean() for i in range(len(d))]
+    np.testing.assert_allclose(m.loo_residual_kjmol, brute)
+    mean, std = m.predict(np.zeros((4, 1)))
+    np.testing.assert_allclose(mean, d.mean())
+    draws = m.sample(np.zeros((7, 1)), 4000)
+    assert draws.shape == (4000, 7)
+    assert abs(np.median(draws) - d.mean()) < 0.3
+    assert m.condition(np.zeros((1, 1)), np.zeros(1)) is m
+
+
+def test_skill_test_passes_a_predictive_model_and_fails_a_useless_one():
+    from agent.refine_acquisition import surrogate_skill
+
+    e_cheap = np.zeros(12)
+    computed = {i: float(i % 4) for i in range(8)}
+
+    class Residuals:
+        def __init__(self, r):
+            self.loo_residual_kjmol = np.asarray(r, dtype=float)
+
+    assert surrogate_skill(Residuals(0.1 * np.ones(8)), e_cheap, computed).skilled
+    useless = surrogate_skill(Residuals(5.0 * np.ones(8)), e_cheap, computed)
+    assert not useless.skilled and useless.ratio > 1.0
+    # too few computed structures, or residuals not covering all of them: no skill
+    few = {i: computed[i] for i in range(4)}
+    assert not surrogate_skill(Residuals(np.zeros(4)), e_cheap, few).skilled
+    assert not surrogate_skill(Residuals(np.zeros(5)), e_cheap, computed).skilled
+
+
+def test_no_skill_falls_back_to_cheap_order():
+    """A correction that is noise unrelated to every descriptor: the Delta-GP cannot beat
+    a constant shift, so the picks are the cheap-level order (without the test the GP's
+    guesses and the exploration picks go elsewhere)."""
+    e_cheap, X = _toy(40, seed=2)
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0.0, 4.0, 40)
+    computed = {int(i): float(e_cheap[i] + noise[i]) for i in rng.choice(40, 12, replace=False)}
+    rest = [i for i in np.argsort(e_cheap, kind="stable") if i not in computed]
+    args = dict(pending=[], costs=np.ones(40), q=4, seed=0)
+    assert select_structures(e_cheap, X, computed, **args) == [int(i) for i in rest[:4]]
+    assert select_structures(e_cheap, X, computed, skill_ratio=None, **args) != [int(i) for i in rest[:4]]
+
+
+def test_completion_probability_inflation_is_more_cautious():
+    e_cheap, X = _toy()
+    order = np.argsort(e_cheap)
+    computed = {int(i): float(e_cheap[i] + 0.5 * (k % 3)) for k, i in enumerate(order[:8])}
+    p1 = completion_probability(e_cheap, X, computed, top_k=3)
+    p3 = completion_probability(e_cheap, X, computed, top_k=3, inflation=3.0)
+    assert p3 < p1
+    with pytest.raises(AcquisitionError, match="inflation"):
+        completion_probability(e_cheap, X, computed, top_k=3, inflation=0.0)

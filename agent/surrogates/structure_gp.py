@@ -521,3 +521,67 @@ class DeltaLadder:
         if level not in self.models:
             raise SurrogateError(f"level {level!r} not fitted; known: {sorted(self.models)}")
         return self.models[level].predict(X)
+
+
+class ShiftModel:
+    """The null model of a correction: one constant shift, independent errors.
+
+    ``delta_i = m + e_i`` for every structure, ``m`` the mean correction of the computed
+    structures and ``e_i`` independent Student-t errors (``n - 1`` degrees of freedom)
+    whose scale is the leave-one-out RMS of the computed corrections about the mean of
+    the others, so its error bar is that of predicting a new structure by the shift. It
+    is what the acquisition falls back to when the fitted surrogate predicts no better
+    than it (:func:`agent.refine_acquisition.surrogate_skill`): its predictions rank the
+    uncomputed structures exactly as the cheap level does.
+
+    Rows of ``X`` are only counted (any descriptor or index rows). It offers the
+    interface :func:`agent.refine_acquisition.select_structures` uses (``predict``,
+    ``sample``, ``condition``, ``loo_residual_kjmol``, ``loo_mae_kjmol``, ``calibration``).
+
+    Args:
+        delta_kjmol: corrections ``E_expensive - E_cheap`` of the computed structures,
+            kJ/mol per molecule, ``(n,)``.
+        prior_std_kjmol: error scale while fewer than three corrections are known.
+        seed: default seed of :meth:`sample`.
+    """
+
+    kind = "constant-shift"
+
+    def __init__(self, delta_kjmol: np.ndarray, prior_std_kjmol: float = 4.0, seed: int = 0) -> None:
+        d = np.asarray(delta_kjmol, dtype=float).reshape(-1)
+        if not np.all(np.isfinite(d)):
+            raise SurrogateError("corrections must be finite")
+        if prior_std_kjmol <= 0:
+            raise SurrogateError("prior_std_kjmol must be positive")
+        self.seed = int(seed)
+        self.calibration = 1.0
+        n = len(d)
+        self.mean_kjmol = float(d.mean()) if n else 0.0
+        #: computed minus the mean of the other computed corrections, ``(n,)``
+        self.loo_residual_kjmol = (d - self.mean_kjmol) * n / (n - 1) if n >= 2 else None
+        self.dof = max(n - 1, 1)
+        if n >= 3:
+            rms = float(np.sqrt(np.mean(self.loo_residual_kjmol**2)))
+            self.scale_kjmol = max(rms, 1e-3)
+        else:
+            self.scale_kjmol = float(prior_std_kjmol)
+
+    @property
+    def loo_mae_kjmol(self) -> float | None:
+        r = self.loo_residual_kjmol
+        return None if r is None else float(np.mean(np.abs(r)))
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of delta, ``(n,)`` each (std of the Student-t, finite for dof > 2)."""
+        n = len(X)
+        std = self.scale_kjmol * (np.sqrt(self.dof / (self.dof - 2.0)) if self.dof > 2 else 2.0)
+        return np.full(n, self.mean_kjmol), np.full(n, std)
+
+    def sample(self, X: np.ndarray, n_samples: int, seed: int | None = None) -> np.ndarray:
+        """Independent draws of delta, ``(n_samples, n)``, kJ/mol per molecule."""
+        rng = np.random.default_rng(self.seed if seed is None else int(seed))
+        return self.mean_kjmol + self.scale_kjmol * rng.standard_t(self.dof, (int(n_samples), len(X)))
+
+    def condition(self, X_new: np.ndarray, delta_kjmol: np.ndarray) -> ShiftModel:
+        """Itself: believed (predicted-mean) corrections leave a constant shift unchanged."""
+        return self
