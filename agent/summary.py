@@ -116,6 +116,7 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
     cfg = campaign.cfg.structures
     level, ff_level = level_of_theory(cfg.refine), level_of_theory(cfg.csp)
     out = []
+    sampling = csp_sampling(campaign.store, cfg.csp.name if cfg.csp else "")
     for mol_id, land in sorted(stage.landscapes.items()):
         table = landscape_rows(campaign, mol_id)
         has_level = any(r["computed"] for r in table)
@@ -127,8 +128,24 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
             "name": campaign.names[idx] if idx is not None else land.smiles,
             "level": level if has_level else ff_level, "refine_level": level, "ff_level": ff_level,
             "n_structures": len(land.ids), "n_computed": len(land.computed), "n_failed": len(land.failed),
-            "top": ranked[:top],
+            "top": ranked[:top], "csp_sampling": sampling.get(int(mol_id)),
         })
+    return out
+
+
+def csp_sampling(store: Store, csp_backend: str) -> dict[int, dict[str, Any]]:
+    """Per molecule, how converged its CSP search was (from the CSP evaluation's
+    ``extra["csp"]["convergence"]``, :mod:`sim_backends.csp.sampling`): ``converged,
+    stopped_by, n_trials, n_groups, n_not_converged``."""
+    out: dict[int, dict[str, Any]] = {}
+    for ev in store.evaluations():
+        conv = (ev.extra.get("csp") or {}).get("convergence") if ev.backend == csp_backend and ev.ok else None
+        if conv:
+            per = conv.get("per_space_group") or {}
+            out[int(ev.molecule_id)] = {
+                "converged": bool(conv.get("converged")), "stopped_by": conv.get("stopped_by"),
+                "n_trials": int(sum(s.get("n_trials", 0) for s in per.values())), "n_groups": len(per),
+                "n_not_converged": sum(not s.get("converged") for s in per.values())}
     return out
 
 
@@ -254,6 +271,11 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
                 f"{n_s if n_s is not None else '?'} computed at {rec.get('refine_level')}"
                 + (f" ({n_f} failed)" if n_f else ""))
         lines.append(head)
+        if samp := rec.get("csp_sampling"):
+            lines.append(f"  CSP search: {samp['n_trials']} trials in {samp['n_groups']} space groups, "
+                         + ("low-energy region converged" if samp["converged"] else
+                            f"NOT converged in {samp['n_not_converged']} space groups (stopped by "
+                            f"{samp['stopped_by']}; WARNING: raise n_trials)"))
         if not rec.get("top"):
             continue
         at = rec.get("level")

@@ -12,7 +12,10 @@ Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (default 200
 ``n_workers`` (1), ``max_structures`` (100: the lowest minima whose records and CIFs go
 into ``extra["landscape"]``; the values are computed over all unique minima),
 ``max_trials`` (the limit of ``n_trials``, :data:`~sim_backends.csp.run.MAX_TRIALS_DEFAULT`
-unless raised). :meth:`CSPBackend.check_params` refuses what :func:`run_csp` would.
+unless raised), ``sampling`` ("converged": ``n_trials`` is a budget the search may stop
+short of once the low-energy region is converged; "fixed"). ``extra["csp"]["convergence"]``
+holds the per-space-group convergence record of the landscape.
+:meth:`CSPBackend.check_params` refuses what :func:`run_csp` would.
 """
 
 from __future__ import annotations
@@ -55,13 +58,14 @@ class CSPBackend(Backend):
     _DEFAULTS: ClassVar[dict[str, Any]] = {
         "n_trials": 200, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
         "charges": "resp", "n_workers": 1, "max_structures": 100, "max_trials": None,
+        "sampling": "converged",
     }
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1), "max_trials": check.integer(1),
         "space_groups": _parse_groups, "seed": check.integer(0),
         "energy_window_kjmol": check.number(0.0, lo_open=True),
         "charges": check.one_of("resp", "xtb", "none"), "n_workers": check.integer(1),
-        "max_structures": check.integer(0),
+        "max_structures": check.integer(0), "sampling": check.one_of("converged", "fixed"),
     }
 
     @classmethod
@@ -108,7 +112,7 @@ class CSPBackend(Backend):
             landscape = run_csp(
                 inp.smiles, n_trials, space_groups=p["space_groups"], seed=int(p["seed"]),
                 energy_window_kjmol=float(p["energy_window_kjmol"]), progress=False,
-                n_workers=int(p["n_workers"]), charges=str(p["charges"]), **limit,
+                n_workers=int(p["n_workers"]), charges=str(p["charges"]), sampling=str(p["sampling"]), **limit,
             )
         except (ValueError, TypeError) as exc:
             raise SetupError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
@@ -127,6 +131,7 @@ class CSPBackend(Backend):
             "n_trials": float(landscape.meta.get("n_trials", n_trials)),
         }
         meta = {k: v for k, v in landscape.meta.items() if isinstance(v, (int, float, str, list))}
+        meta["convergence"] = landscape.meta.get("convergence", {})
         records = landscape.to_records(with_cif=True)[: max(0, int(p["max_structures"]))]
         facts = structure_facts(Crystal.from_atoms(atoms_from_cif(landscape.minima[0].cif())))
         return values, {"landscape": records, "csp": meta, "level": "W99 + Ewald rigid-molecule force field",

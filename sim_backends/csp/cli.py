@@ -1,12 +1,16 @@
 """``crystal-agent csp``: run crystal structure prediction from the command line.
 
-    crystal-agent csp SMILES_OR_FILE --n-trials N [--space-groups P2_1/c,P-1]
-                      [--out DIR] [--seed S] [--json] [--charges resp|xtb]
-                      [--workers W] [--energy-window E] [--max-trials M]
+    crystal-agent csp SMILES_OR_FILE [--n-trials N] [--sampling converged|fixed]
+                      [--space-groups P2_1/c,P-1] [--out DIR] [--seed S] [--json]
+                      [--charges resp|xtb] [--workers W] [--energy-window E] [--max-trials M]
 
-Prints a table of the lowest minima (or, with ``--json``, one JSON object with the
-landscape records without CIF text) and writes the landscape to ``--out`` when
-given. Every argument is validated before anything is computed or created
+``--n-trials`` is the trial budget (default :data:`DEFAULT_TRIAL_BUDGET`): with the default
+converged sampling the search stops earlier when every space group's low-energy region
+is converged (:mod:`sim_backends.csp.sampling`); ``--sampling fixed`` draws all of them.
+Prints a table of the lowest minima, then per space group how converged it is, with a
+WARNING line when the budget ended the search first (or, with ``--json``, one JSON
+object with the landscape records without CIF text, ``meta.convergence`` included), and
+writes the landscape to ``--out`` when given. Every argument is validated before anything is computed or created
 (:func:`sim_backends.csp.run.validate_csp_arguments`; ``--n-trials`` above 200,000 needs
 ``--max-trials``). Errors are one line on stderr with exit code 2.
 
@@ -20,6 +24,9 @@ import json
 import sys
 from typing import Any
 
+#: trial budget of ``crystal-agent csp`` when ``--n-trials`` is not given
+DEFAULT_TRIAL_BUDGET = 10_000
+
 
 def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``csp`` sub-command to an argparse ``subparsers`` object."""
@@ -29,7 +36,11 @@ def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "lattice-energy minimisation, duplicate removal.")
     p.add_argument("molecule", metavar="SMILES_OR_FILE",
                    help="SMILES, or a .smi/.txt file (first SMILES) or .xyz/.mol/.sdf geometry")
-    p.add_argument("--n-trials", type=int, required=True, help="number of trial structures")
+    p.add_argument("--n-trials", type=int, default=DEFAULT_TRIAL_BUDGET,
+                   help=f"trial budget (default {DEFAULT_TRIAL_BUDGET:,}); converged sampling may stop earlier")
+    p.add_argument("--sampling", choices=("converged", "fixed"), default="converged",
+                   help="converged: trials in rounds until the low-energy region of every space group "
+                        "is converged or the budget is spent; fixed: all --n-trials, split evenly")
     p.add_argument("--space-groups", default=None,
                    help="comma-separated, e.g. P2_1/c,P-1 (default: ten common groups)")
     p.add_argument("--out", default=None, help="directory for landscape.csv, CIFs, plot")
@@ -59,7 +70,8 @@ def run_csp_command(args: argparse.Namespace) -> int:
     try:
         max_trials = MAX_TRIALS_DEFAULT if args.max_trials is None else args.max_trials
         validate_csp_arguments(args.n_trials, energy_window_kjmol=args.energy_window,
-                               n_workers=args.workers, seed=args.seed, max_trials=max_trials)
+                               n_workers=args.workers, seed=args.seed, max_trials=max_trials,
+                               sampling=args.sampling)
         if args.workers > (os.cpu_count() or 1):
             raise ValueError(f"--workers {args.workers} is more than the {os.cpu_count()} CPUs here")
         if args.top < 0:
@@ -71,7 +83,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
             args.molecule, args.n_trials, space_groups=args.space_groups, seed=args.seed,
             energy_window_kjmol=args.energy_window, out_dir=args.out,
             progress=not args.json and sys.stderr.isatty(), n_workers=args.workers,
-            charges=args.charges, max_trials=max_trials,
+            charges=args.charges, max_trials=max_trials, sampling=args.sampling,
         )
     except (ValueError, BackendError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -80,6 +92,11 @@ def run_csp_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"smiles": landscape.smiles, "meta": landscape.meta,
                           "minima": landscape.to_records(with_cif=False)}, default=str))
+        from sim_backends.csp.sampling import convergence_lines
+
+        for line in convergence_lines(landscape.meta.get("convergence") or {}):
+            if line.startswith("WARNING"):
+                print(line, file=sys.stderr)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -99,6 +116,15 @@ def run_csp_command(args: argparse.Namespace) -> int:
                       f"{m.density_gcm3:.3f}", m.space_group, m.search_space_group, str(m.z),
                       str(m.multiplicity))
     Console().print(table)
+    from sim_backends.csp.sampling import convergence_lines
+
+    conv = landscape.meta.get("convergence") or {}
+    lines = convergence_lines(conv)
+    if lines:
+        print(f"sampling ({landscape.meta.get('sampling')}, {conv.get('n_rounds')} rounds, stopped by "
+              f"{conv.get('stopped_by')}), per space group searched:")
+        for line in lines:
+            print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
     if args.out:
         print(f"landscape written to {args.out}: landscape.csv, cif/<id>.cif (symmetrised, with "
               "energies), landscape.png, run.json")

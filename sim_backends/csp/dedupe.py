@@ -133,25 +133,52 @@ def dedupe(
     Returns:
         The unique minima sorted by energy, each the lowest-energy member of its group.
     """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
     kwargs = {**MATCHER_KWARGS, **(matcher_kwargs or {})}
-    matcher = StructureMatcher(**kwargs)
-    primitive = bool(kwargs.get("primitive_cell", True))
+    matcher = _matcher(kwargs)
     kept: list[Candidate] = []
     for cand in sorted(candidates, key=lambda c: c.energy_kjmol):
-        match = None
-        for rep in reversed(kept):
-            if cand.energy_kjmol - rep.energy_kjmol > energy_tol_kjmol:
-                break
-            if abs(cand.density_gcm3 - rep.density_gcm3) > density_tol_gcm3:
-                continue
-            # same reduction as fit() does internally (Niggli, then primitive), done once
-            if matcher.fit(rep.reduced(primitive), cand.reduced(primitive), skip_structure_reduction=True):
-                match = rep
-                break
-        if match is None:
+        if merge_candidate(kept, cand, energy_tol_kjmol, density_tol_gcm3, kwargs, matcher,
+                           kept_sorted=True) is None:
             kept.append(cand)
-        else:
-            match.multiplicity += cand.multiplicity
     return kept
+
+
+def _matcher(kwargs: dict[str, Any]) -> Any:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(**kwargs)
+
+
+def merge_candidate(kept: list[Candidate], cand: Candidate, energy_tol_kjmol: float = 1.0,
+                    density_tol_gcm3: float = 0.03, matcher_kwargs: dict[str, Any] | None = None,
+                    matcher: Any = None, kept_sorted: bool = False) -> Candidate | None:
+    """Merge ``cand`` into the duplicate of it among ``kept`` (the :func:`dedupe` test).
+
+    The duplicate's ``multiplicity`` grows by ``cand.multiplicity``; when ``cand`` is
+    lower in energy it becomes the representative (energy, density, structure and
+    payload taken over). ``kept`` is not changed when there is no duplicate.
+    ``kept_sorted``: ``kept`` is in ascending energy and ``cand`` is not below any of it
+    (as in :func:`dedupe`), so the scan stops at the first member too far below.
+
+    Returns:
+        The matched member of ``kept``, or None (the caller appends ``cand`` if it wants).
+    """
+    kwargs = {**MATCHER_KWARGS, **(matcher_kwargs or {})}
+    matcher = matcher or _matcher(kwargs)
+    primitive = bool(kwargs.get("primitive_cell", True))
+    for rep in reversed(kept):
+        if abs(cand.energy_kjmol - rep.energy_kjmol) > energy_tol_kjmol:
+            if kept_sorted:
+                break
+            continue
+        if abs(cand.density_gcm3 - rep.density_gcm3) > density_tol_gcm3:
+            continue
+        # same reduction as fit() does internally (Niggli, then primitive), done once
+        if matcher.fit(rep.reduced(primitive), cand.reduced(primitive), skip_structure_reduction=True):
+            rep.multiplicity += cand.multiplicity
+            if cand.energy_kjmol < rep.energy_kjmol:
+                rep.energy_kjmol, rep.density_gcm3, rep.structure = (cand.energy_kjmol, cand.density_gcm3,
+                                                                      cand.structure)
+                rep.payload, rep._heavy, rep._reduced = cand.payload, cand._heavy, cand._reduced
+            return rep
+    return None

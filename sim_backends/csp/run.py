@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from sim_backends.csp.landscape import CSPMinimum, Landscape
+from sim_backends.csp.sampling import ConvergenceCriteria, ConvergenceTracker
 from sim_backends.csp.spacegroups import SpaceGroup, parse_space_groups
 
 
@@ -153,7 +154,8 @@ def _perceive_smiles(symbols: list[str], xyz: np.ndarray) -> str:
 def validate_csp_arguments(n_trials: Any, *, energy_window_kjmol: Any = 20.0, n_workers: Any = 1,
                            seed: Any = 0, batch_size: Any = 128, cutoff_A: Any = 12.0, gtol: Any = 0.05,
                            max_iter: Any = 1000, stage2_margin_kjmol: Any = 5.0,
-                           protocol: str = "staged", max_trials: int = MAX_TRIALS_DEFAULT) -> None:
+                           protocol: str = "staged", max_trials: int = MAX_TRIALS_DEFAULT,
+                           sampling: str = "converged") -> None:
     """Refuse bad CSP settings before anything is allocated (one-line ValueError).
 
     ``n_trials`` must be a positive integer <= ``max_trials`` (memory and time grow with
@@ -185,6 +187,8 @@ def validate_csp_arguments(n_trials: Any, *, energy_window_kjmol: Any = 20.0, n_
         raise ValueError(f"stage2_margin_kjmol must be a finite number >= 0, got {stage2_margin_kjmol!r}")
     if protocol not in ("staged", "full"):
         raise ValueError(f"protocol must be 'staged' or 'full', got {protocol!r}")
+    if sampling not in ("converged", "fixed"):
+        raise ValueError(f"sampling must be 'converged' or 'fixed', got {sampling!r}")
 
 
 def _unit_seed(seed: int, sg: SpaceGroup, block: int = 0) -> int:
@@ -277,13 +281,18 @@ def run_csp(
     stage2_margin_kjmol: float = 5.0,
     stage2_warm_start: bool = True,
     max_trials: int = MAX_TRIALS_DEFAULT,
+    sampling: str = "converged",
+    convergence: dict[str, Any] | ConvergenceCriteria | None = None,
 ) -> Landscape:
     """Crystal structure prediction for a rigid molecule with Z' = 1.
 
     Args:
         smiles_or_molecule: SMILES, a molecule file (see :func:`load_molecule`) or a
             ``RigidMolecule``.
-        n_trials: total trial structures, split evenly over the space groups (> 0).
+        n_trials: the trial budget (> 0). ``sampling="converged"``: trials are drawn in
+            rounds per space group until every group's low-energy region is converged
+            (:mod:`sim_backends.csp.sampling`) or the budget is spent; ``"fixed"``: all
+            ``n_trials`` are drawn, split evenly over the space groups.
         space_groups: ``"P2_1/c,P-1"``, a list, or None for the ten default groups.
         seed: seed of the Sobol sequences (per space group derived from it).
         energy_window_kjmol: keep minima within this of the lowest one.
@@ -305,6 +314,11 @@ def run_csp(
         stage2_warm_start: start each stage-2 polish from the stage-1 optimiser state
             (variables and L-BFGS curvature memory) rather than cold from the geometry.
         max_trials: upper limit of ``n_trials`` (:data:`MAX_TRIALS_DEFAULT`), raised explicitly.
+        sampling: ``"converged"`` (default) or ``"fixed"`` (see ``n_trials``). Either way
+            the landscape records how converged each space group is in
+            ``meta["convergence"]`` (``stopped_by`` "converged", "budget" or "fixed").
+        convergence: :class:`~sim_backends.csp.sampling.ConvergenceCriteria` or a dict of
+            its fields overriding the defaults.
 
     Returns:
         The :class:`Landscape`.
@@ -316,38 +330,76 @@ def run_csp(
     """
     validate_csp_arguments(n_trials, energy_window_kjmol=energy_window_kjmol, n_workers=n_workers,
                            seed=seed, batch_size=batch_size, cutoff_A=cutoff_A, gtol=gtol, max_iter=max_iter,
-                           stage2_margin_kjmol=stage2_margin_kjmol, protocol=protocol, max_trials=max_trials)
+                           stage2_margin_kjmol=stage2_margin_kjmol, protocol=protocol, max_trials=max_trials,
+                           sampling=sampling)
+    criteria = convergence if isinstance(convergence, ConvergenceCriteria) else \
+        ConvergenceCriteria.from_dict(convergence)
+    criteria.validate()
     groups = parse_space_groups(space_groups)
     t_start = time.perf_counter()
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
-
-    per_group = [n_trials // len(groups) + (1 if i < n_trials % len(groups) else 0)
-                 for i in range(len(groups))]
-    # trials are drawn in the workers, one independently seeded Sobol block per unit
-    units: list[tuple[str, dict[str, np.ndarray]]] = []
-    for sg, n in zip(groups, per_group):
-        for block, start in enumerate(range(0, n, batch_size)):
-            units.append((sg.symbol, {"generate": np.array([min(batch_size, n - start),
-                                                            _unit_seed(seed, sg, block)]),
-                                      "unit": np.array(len(units))}))
+    tracker = ConvergenceTracker([g.symbol for g in groups], criteria)
+    by_symbol = {g.symbol: g for g in groups}
+    if sampling == "fixed":
+        plan = {g.symbol: n_trials // len(groups) + (1 if i < n_trials % len(groups) else 0)
+                for i, g in enumerate(groups)}
+    else:
+        plan = tracker.first_round(n_trials)
     t_trials = time.perf_counter() - t_start
     model_kwargs = {"cutoff_A": cutoff_A}
     min_kwargs = {"gtol": gtol, "max_iter": max_iter}
     stage_meta: dict[str, Any] = {"protocol": protocol}
+    results: list[dict] = []
+    first: list[dict] = []
+    cpu_s = 0.0
+    blocks = {g.symbol: 0 for g in groups}  # Sobol blocks drawn so far per group
+    spent = 0
     ray_started = False
-    if n_workers > 1:  # one local Ray instance for both stages (an existing one is reused)
+    if n_workers > 1:  # one local Ray instance for all rounds (an existing one is reused)
         import ray
 
         if not ray.is_initialized():
             ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
             ray_started = True
     try:
-        results, first, cpu_s = _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers,
-                                            progress, energy_window_kjmol + stage2_margin_kjmol, batch_size,
-                                            stage2_warm_start, stage_meta)
+        while plan:
+            # trials are drawn in the workers, one independently seeded Sobol block per unit
+            units: list[tuple[str, dict[str, np.ndarray]]] = []
+            for sym, n in plan.items():
+                for start in range(0, n, batch_size):
+                    units.append((sym, {"generate": np.array([min(batch_size, n - start),
+                                                              _unit_seed(seed, by_symbol[sym], blocks[sym])]),
+                                        "unit": np.array(len(first) + len(units))}))
+                    blocks[sym] += 1
+            round_meta: dict[str, Any] = {"protocol": protocol}
+            e_floor = min((float(r["energy_kjmol"][r["converged"]].min()) for r in first
+                           if r["converged"].any()), default=math.inf)
+            res, fst, cpu = _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers,
+                                        progress, energy_window_kjmol + stage2_margin_kjmol, batch_size,
+                                        stage2_warm_start, round_meta, e_floor)
+            if res is not fst:  # stage-2 unit numbers unique over the rounds
+                for r in res:
+                    r["unit"] += len(results)
+            results += res
+            first += fst
+            cpu_s += cpu
+            _accumulate(stage_meta, round_meta)
+            spent += sum(plan.values())
+            e_keep = min(tracker.e_global, _lowest(res)) + criteria.window_kjmol + tracker.MARGIN_KJMOL
+            tracker.add_round(plan, {sym: _candidates(molecule, [r for r in res if r["search_space_group"] == sym],
+                                                      e_keep) for sym in plan})
+            if tracker.all_converged:
+                tracker.stopped_by = "converged"
+                break
+            if sampling == "fixed" or spent >= n_trials:
+                tracker.stopped_by = "fixed" if sampling == "fixed" else "budget"
+                break
+            plan = tracker.allocate(n_trials - spent)
     finally:
         if ray_started:
             ray.shutdown()
+    results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
+    first.sort(key=lambda r: (r["search_space_group"], r["unit"]))
     stage_meta["stage2_margin_kjmol"] = float(stage2_margin_kjmol)
     t_min = time.perf_counter() - t_start - t_trials
     t_land = time.perf_counter()
@@ -359,7 +411,8 @@ def run_csp(
                            "n_converged": stage_meta["stage1_converged"]})
     landscape.meta.update(stage_meta)
     landscape.meta.update({
-        "n_trials_requested": int(n_trials),
+        "n_trials_requested": int(n_trials), "sampling": sampling,
+        "convergence": tracker.summary(),
         "n_trials": int(sum(len(r["energy_kjmol"]) for r in first)),
         "n_sobol_points": int(sum(r["n_generated"] for r in first)),
         "trials_cpu_s": float(sum(r["trials_cpu_s"] for r in first)),
@@ -377,8 +430,11 @@ def run_csp(
 
 
 def _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers, progress, window2_kjmol,
-                batch_size, warm_start, stage_meta) -> tuple[list[dict], list[dict], float]:
-    """Minimise the trial units with the chosen protocol; fills ``stage_meta``.
+                batch_size, warm_start, stage_meta, e_floor: float = math.inf
+                ) -> tuple[list[dict], list[dict], float]:
+    """Minimise the trial units with the chosen protocol; fills ``stage_meta``. Stage 2
+    polishes stage-1 minima within ``window2_kjmol`` of the lowest of these units and
+    ``e_floor`` (the lowest stage-1 energy of earlier rounds).
 
     Returns:
         (final results, first-stage results, summed minimisation CPU s).
@@ -392,7 +448,7 @@ def _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers, 
         stage1 = _execute(molecule, units, STAGE1_MODEL, {**min_kwargs, **STAGE1_MIN}, n_workers,
                           progress, "stage 1 (cheap model)")
         t1 = time.perf_counter()
-        units2 = _stage2_units(stage1, window2_kjmol, batch_size, molecule.mass_amu, warm_start)
+        units2 = _stage2_units(stage1, window2_kjmol, batch_size, molecule.mass_amu, warm_start, e_floor)
         t2 = time.perf_counter()
         t_select = t2 - t1
         results = _execute(molecule, units2, model_kwargs, {**min_kwargs, **STAGE2_MIN}, n_workers, progress,
@@ -411,8 +467,10 @@ def _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers, 
 
 
 def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
-                  mass_amu: float, warm_start: bool = True) -> list[tuple[str, dict[str, Any]]]:
-    """Stage-1 minima to polish: converged, within ``window_kjmol`` of the lowest, thinned.
+                  mass_amu: float, warm_start: bool = True,
+                  e_floor: float = math.inf) -> list[tuple[str, dict[str, Any]]]:
+    """Stage-1 minima to polish: converged, within ``window_kjmol`` of the lowest (of these
+    and ``e_floor``), thinned.
 
     Thinning is a tight duplicate screen: within one search space group, a minimum whose
     stage-1 energy and density are within :data:`STAGE1_DUPLICATE_TOL` of a kept lower
@@ -429,7 +487,7 @@ def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
     units: list[tuple[str, dict[str, np.ndarray]]] = []
     if not finite.size:
         return units
-    e_cut = float(finite.min()) + window_kjmol
+    e_cut = min(float(finite.min()), e_floor) + window_kjmol
     groups: dict[str, list[tuple[float, float, dict, int]]] = {}
     for r in stage1:
         z = r["coords_A"].shape[1]
@@ -512,27 +570,51 @@ def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress,
     return results
 
 
-def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float) -> Landscape:
-    """Filter converged minima in the energy window, dedupe, detect symmetry."""
-    from sim_backends.csp.dedupe import Candidate, dedupe, detect_space_group, to_structure
-
-    n_min = sum(len(r["energy_kjmol"]) for r in results)
-    n_conv = int(sum(r["converged"].sum() for r in results))
+def _lowest(results: list[dict]) -> float:
+    """Lowest finite energy of the converged minima of ``results`` (inf if none)."""
     energies = np.concatenate([r["energy_kjmol"][r["converged"]] for r in results]) if results else np.zeros(0)
     finite = energies[np.isfinite(energies)]
-    e_min = float(finite.min()) if finite.size else np.inf
+    return float(finite.min()) if finite.size else math.inf
+
+
+def _candidates(molecule, results: list[dict], e_max: float) -> list:
+    """Dedupe Candidates of the converged minima of ``results`` at or below ``e_max``
+    (kJ/mol), each with its multiplicity (trials merged into it before)."""
+    from sim_backends.csp.dedupe import Candidate, to_structure
+
     cands: list[Candidate] = []
     for r in results:
         z = r["coords_A"].shape[1]
+        mult = r.get("multiplicity", np.ones(len(r["energy_kjmol"]), int))
         for i in np.nonzero(r["converged"])[0]:
             e = float(r["energy_kjmol"][i])
-            if not np.isfinite(e) or e > e_min + energy_window_kjmol:
+            if not np.isfinite(e) or e > e_max:
                 continue
             vol = abs(float(np.linalg.det(r["cells_A"][i])))
             density = z * molecule.mass_amu / vol * 1.66053906660
             st = to_structure(molecule.symbols, r["cells_A"][i], r["coords_A"][i])
             cands.append(Candidate(e, density, st, {"search_space_group": r["search_space_group"], "z": z},
-                                   multiplicity=int(r.get("multiplicity", np.ones(len(r["energy_kjmol"]), int))[i])))
+                                   multiplicity=int(mult[i])))
+    return cands
+
+
+def _accumulate(total: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add a round's stage metadata into the run's: numbers summed, the rest kept."""
+    for k, v in part.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(total.get(k), (int, float)):
+            total[k] += v
+        else:
+            total.setdefault(k, v)
+
+
+def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float) -> Landscape:
+    """Filter converged minima in the energy window, dedupe, detect symmetry."""
+
+    from sim_backends.csp.dedupe import dedupe, detect_space_group
+
+    n_min = sum(len(r["energy_kjmol"]) for r in results)
+    n_conv = int(sum(r["converged"].sum() for r in results))
+    cands = _candidates(molecule, results, _lowest(results) + energy_window_kjmol)
     unique = dedupe(cands)
     minima = []
     for k, c in enumerate(unique):
