@@ -258,6 +258,15 @@ class Landscape:
             (rank starting at 1, the minimum, RMS displacement normalised by
             (V/n)^(1/3) as pymatgen reports it), or None when nothing matches.
         """
+        hits = self.find_matches(reference, ltol, stol, angle_tol, heavy_only, first_only=True)
+        return hits[0] if hits else None
+
+    def find_matches(self, reference: Structure, ltol: float = 0.3, stol: float = 0.4,
+                     angle_tol: float = 10.0, heavy_only: bool = True,
+                     first_only: bool = False) -> list[tuple[int, CSPMinimum, float]]:
+        """Every minimum matching ``reference`` under the :meth:`find_match` test, as
+        (rank, minimum, normalised RMS) lowest first; more than one means the dedupe
+        left duplicates or the tolerances are too loose to tell the minima apart."""
         from pymatgen.analysis.structure_matcher import StructureMatcher
 
         from sim_backends.csp.dedupe import heavy_atoms
@@ -265,12 +274,15 @@ class Landscape:
         sm = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol, scale=True,
                               primitive_cell=True, attempt_supercell=True)
         ref = heavy_atoms(reference) if heavy_only else reference
+        hits = []
         for rank, m in enumerate(self.minima, 1):
             st = heavy_atoms(m.structure) if heavy_only else m.structure
             if sm.fit(ref, st):
                 rms = sm.get_rms_dist(ref, st)
-                return rank, m, float(rms[0]) if rms is not None else float("nan")
-        return None
+                hits.append((rank, m, float(rms[0]) if rms is not None else float("nan")))
+                if first_only:
+                    break
+        return hits
 
     def write(self, out_dir: str | Path) -> Path:
         """Write CSV, CIFs, extxyz, plot and run.json into ``out_dir`` (created)."""
