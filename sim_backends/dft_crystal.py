@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
+from sim_backends.scf_guess import REFERENCES, solve
 from sim_backends.structures import HARTREE_TO_KJMOL, Crystal, load_crystal
 from sim_backends.validity import check_crystal_energy_result, check_structure_facts, structure_facts
 
@@ -151,23 +152,33 @@ def _fingerprint(crystal: Crystal, dimer: Dimer) -> tuple[tuple[str, ...], np.nd
     return tuple(labels[k] for k in order), dist.ravel()[order]
 
 
-def unique_dimers(crystal: Crystal, dimers: list[Dimer]) -> list[tuple[Dimer, int]]:
+def unique_dimers(crystal: Crystal, dimers: list[Dimer],
+                  class_of: list[int] | None = None) -> list[tuple[Dimer, int]]:
     """Group symmetry-equivalent dimers; returns (representative, multiplicity) pairs.
 
     The multiplicities add up to ``len(dimers)``; representatives are ordered by
-    closest contact.
+    closest contact. If ``class_of`` is a list, it is filled with the index (into the
+    returned list) of each dimer's class, in the order of ``dimers``.
     """
     import numpy as np
 
     classes: list[list[Any]] = []  # [labels, distances, representative, count]
-    for dimer in sorted(dimers, key=lambda d: (d.contact_A, d.i, d.j, d.shift)):
+    labels_of = [0] * len(dimers)
+    order = sorted(range(len(dimers)), key=lambda k: (dimers[k].contact_A, dimers[k].i,
+                                                      dimers[k].j, dimers[k].shift))
+    for k in order:
+        dimer = dimers[k]
         labels, dist = _fingerprint(crystal, dimer)
-        for c in classes:
+        for ci, c in enumerate(classes):
             if c[0] == labels and np.max(np.abs(c[1] - dist)) < DIMER_MATCH_TOL_A:
                 c[3] += 1
+                labels_of[k] = ci
                 break
         else:
+            labels_of[k] = len(classes)
             classes.append([labels, dist, dimer, 1])
+    if class_of is not None:
+        class_of[:] = labels_of
     return [(c[2], c[3]) for c in classes]
 
 
@@ -233,7 +244,8 @@ class ScfSettings:
 
 def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
             ghost: list[int] | None = None, newton: bool = False, what: str = "",
-            share: dict[str, Any] | None = None) -> dict[str, Any]:
+            share: dict[str, Any] | None = None, keep_mf: bool = False,
+            guess: str = "given", solver: str | None = None) -> dict[str, Any]:
     """One closed-shell Kohn-Sham SCF with density fitting.
 
     Args:
@@ -250,9 +262,17 @@ def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
             density fitting, its in-core electron-repulsion integrals there; later calls
             reuse them. The counterpoise monomers then use exactly the dimer's
             quadrature, so grid errors cancel in the interaction energy.
+        keep_mf: also return the converged PySCF SCF object as ``"mf"`` (its
+            Fock matrix, overlap and orbitals; :mod:`sim_backends.transfer`).
+        guess: label of ``dm0`` in the SCF record (e.g. "rotated_reference").
+        solver: "diis", "newton" or "auto" (:func:`sim_backends.scf_guess.solve`);
+            None: "newton" if ``newton`` else "diis". A guess that is unusable or does
+            not converge falls back to the default guess (recorded).
 
     Returns:
-        ``{"energy_hartree", "n_cycles", "wall_s", "cpu_s", "dm", "n_ao"}`` (cpu_s is
+        ``{"energy_hartree", "n_cycles", "wall_s", "cpu_s", "dm", "n_ao", "scf"}`` ("scf":
+        the record of :func:`sim_backends.scf_guess.solve`: guess, solver, cycles, Fock
+        builds, fallback; cpu_s is
         this process's CPU time, a fairer cost measure on a shared machine).
 
     Raises:
@@ -283,28 +303,25 @@ def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
         mf._eri = share["eri"]
     mf.conv_tol = float(s.conv_tol)
     mf.max_cycle = int(s.max_cycles)
-    if newton:
-        mf = mf.newton()
-    n_cycles = [0]
-
-    def count(_envs: dict) -> None:
-        n_cycles[0] += 1
-
-    mf.callback = count
     try:
-        energy = mf.kernel(dm0=dm0)
+        mf, scf_rec = solve(mf, dm0, guess=guess, solver=solver or ("newton" if newton else "diis"),
+                            what=what)
     except KeyError as exc:
         raise SetupError(f"unknown functional {s.functional!r} ({exc})") from None
+    energy = scf_rec["energy_hartree"]
     if not mf.converged:
-        raise RunError(f"SCF of {what} not converged in {n_cycles[0]} cycles (max_cycles={s.max_cycles})")
+        raise RunError(f"SCF of {what} not converged in {scf_rec['cycles']} cycles (max_cycles={s.max_cycles})")
     if share is not None:
         base = getattr(mf, "_scf", mf)  # the newton() wrapper keeps the SCF object in _scf
         share.setdefault("grids", base.grids)
         if not s.density_fit and getattr(base, "_eri", None) is not None:
             share.setdefault("eri", base._eri)
-    return {"energy_hartree": float(energy), "n_cycles": n_cycles[0],
-            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-            "dm": mf.make_rdm1(), "n_ao": int(mol.nao)}
+    out = {"energy_hartree": float(energy), "n_cycles": scf_rec["cycles"],
+           "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+           "dm": mf.make_rdm1(), "n_ao": int(mol.nao), "scf": scf_rec}
+    if keep_mf:
+        out["mf"] = mf
+    return out
 
 
 def relax_molecule(atoms: Atoms, s: ScfSettings, max_steps: int = 60) -> tuple[Atoms, dict[str, Any]]:
@@ -634,6 +651,16 @@ class DftCrystalBackend(Backend):
         lr = " + RESP long-range electrostatics" if p.get("long_range", True) else ""
         return (f"fragment {str(p.get('functional', 'pbe')).upper()}-D3(BJ)/"
                 f"{str(p.get('basis', 'def2-svp'))} two-body{lr}")
+
+    def fragment_terms_settings(self) -> dict[str, Any] | None:
+        """The dimer cutoff and functional of the two-body sum (this backend's defaults),
+        when the long-range term is on (the energy is then fragment terms + dimers)."""
+        p = self.params
+        if not bool(p.get("long_range", True)):
+            return None
+        return {"cutoff_A": float(p.get("cutoff_A", 4.0)),
+                "cutoff_mode": str(p.get("cutoff_mode", "contact")),
+                "functional": str(p.get("functional", "pbe"))}
 
     def cost_estimate(self, inp: EvalInput) -> float:
         """Expected CPU seconds: symmetry-unique dimers x the cost of one dimer.

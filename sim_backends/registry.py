@@ -27,6 +27,10 @@ BUILTIN: dict[str, str] = {
     "xtb-crystal": "sim_backends.xtb_crystal:XtbCrystalBackend",
     "phonon": "sim_backends.phonons:PhononBackend",
     "dft-crystal": "sim_backends.dft_crystal:DftCrystalBackend",
+    "transfer-xtb": "sim_backends.transfer:XtbTransferBackend",
+    "transfer-dft": "sim_backends.transfer:DftTransferBackend",
+    "mobility-xtb": "sim_backends.mobility:XtbMobilityBackend",
+    "mobility-dft": "sim_backends.mobility:DftMobilityBackend",
 }
 
 

@@ -1,0 +1,540 @@
+"""Charge-transfer integrals between neighbouring molecules of a crystal (dimer projection).
+
+For every symmetry-unique pair of molecules of a periodic structure whose closest
+contact is below ``cutoff_A`` (pairs from :func:`sim_backends.dft_crystal.enumerate_dimers`,
+grouped by :func:`~sim_backends.dft_crystal.unique_dimers`), the hole (HOMO) and electron
+(LUMO) transfer integrals are computed by the dimer projection method (Valeev, Coropceanu,
+da Silva Filho, Salman & Brédas, J. Am. Chem. Soc. 128, 9882 (2006); Baumeier, Kirkpatrick
+& Andrienko, Phys. Chem. Chem. Phys. 12, 11103 (2010)):
+
+1. an SCF of each isolated molecule A and B at its crystal geometry gives the frontier
+   orbital ``phi_A`` (``phi_B``) as a coefficient vector over the monomer's atomic
+   orbitals; the dimer's atomic-orbital basis is the union of the two monomer bases
+   (A's atoms first), so ``phi_A`` is ``(c_A, 0)`` there and ``phi_B`` is ``(0, c_B)``;
+2. an SCF of the dimer gives its converged Fock (Kohn-Sham or tight-binding)
+   matrix ``F`` and overlap ``S`` in that basis;
+3. ``H = P^T F P`` and ``S_2 = P^T S P`` with ``P = (phi_A, phi_B)`` give the site
+   energies ``e_A, e_B``, the bare coupling ``J`` and the orbital overlap ``S_AB``;
+4. Lowdin orthogonalisation, ``H_eff = S_2^-1/2 H S_2^-1/2``, gives the effective site
+   energies and the effective transfer integral ``J_eff`` (the off-diagonal element;
+   ``J_eff = (J - S_AB (e_A + e_B)/2) / (1 - S_AB^2)`` exactly).
+
+For two identical, symmetry-related molecules (``e_A = e_B``) the eigenvalues of
+``H_eff`` are ``e_eff +- |J_eff|``: the splitting of the two dimer orbitals that
+derive from the monomer frontier orbitals is ``2 |J_eff|``. Only ``|J_eff|`` enters
+Marcus rates (:mod:`sim_backends.mobility`); its sign depends on the arbitrary phases
+of the monomer orbitals.
+
+The dimer Fock matrix is rebuilt from the converged orbitals, ``F = S C diag(eps) C^T S``
+(exact for a complete set of molecular orbitals, as both levels give). With tblite this
+is necessary: its ``"hamiltonian-matrix"`` result is the core (non-self-consistent)
+Hamiltonian, not the converged one.
+
+Levels (``level``):
+
+* ``"gfn2-xtb"`` (or ``"gfn1-xtb"``): tblite (Bannwarth, Ehlert & Grimme, J. Chem. Theory
+  Comput. 15, 1652 (2019)) with ``save-integrals``; a minimal valence basis, so the
+  values are systematically different from DFT (see benchmarks/transfer_validation.py);
+* ``"dft"``: PySCF Kohn-Sham (default B3LYP/6-31G, density fitting), the dimer SCF started
+  from the block-diagonal superposition of the monomer density matrices.
+
+Orbitals of one molecule do not change under a lattice translation (atom-centred basis
+functions), so each of the Z molecules of the cell has one monomer SCF, reused for all
+its dimers. Electronic polarisation by the rest of the crystal is not included (gas-phase
+dimers), as in the papers above.
+
+Units: energies in eV inside, meV at the API surface (``*_meV``); distances in Angstrom.
+A dimer or monomer SCF that fails raises :class:`~sim_backends.base.RunError`; a structure
+with no pair of molecules within the cutoff raises :class:`~sim_backends.base.SetupError`.
+Heavy libraries (tblite, PySCF, ASE) are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from sim_backends import params as check
+from sim_backends.base import Backend, EvalInput, PhysicsError, RunError, SetupError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from ase import Atoms
+
+    from sim_backends.structures import Crystal
+
+#: CODATA 2018 Hartree energy in eV
+HARTREE_TO_EV = 27.211386245988
+#: Angstrom -> Bohr
+ANGSTROM_TO_BOHR = 1.0 / 0.52917721090
+#: carriers and the monomer orbital each one hops through
+CARRIERS = ("hole", "electron")
+#: default closest-contact cutoff (A) selecting the dimers
+DEFAULT_CUTOFF_A = 4.0
+#: largest |J_eff| accepted as physical (meV): strongly coupled pi-stacks reach ~200 meV
+#: (and GFN-xTB overestimates by up to ~2x); beyond 1 eV the "dimer" is a bonded molecule
+MAX_ABS_J_MEV = 1000.0
+
+
+@dataclass
+class Orbitals:
+    """A converged closed-shell SCF in its atomic-orbital basis.
+
+    Attributes:
+        overlap: AO overlap matrix S, (n_ao, n_ao).
+        coefficients: MO coefficients, one orbital per column, (n_ao, n_mo); C^T S C = 1.
+        energies_eV: orbital energies, (n_mo,), ascending.
+        n_occupied: doubly occupied orbitals (HOMO is column n_occupied - 1).
+        cpu_s: CPU seconds of the SCF.
+    """
+
+    overlap: np.ndarray
+    coefficients: np.ndarray
+    energies_eV: np.ndarray
+    n_occupied: int
+    cpu_s: float = 0.0
+
+    def frontier(self, carrier: str) -> np.ndarray:
+        """The HOMO (``"hole"``) or LUMO (``"electron"``) coefficient vector, (n_ao,)."""
+        if carrier not in CARRIERS:
+            raise SetupError(f"carrier must be one of {', '.join(CARRIERS)}, not {carrier!r}")
+        k = self.n_occupied - 1 if carrier == "hole" else self.n_occupied
+        if not 0 <= k < self.coefficients.shape[1]:
+            raise RunError(f"no {'HOMO' if carrier == 'hole' else 'LUMO'} in the orbital set", retryable=False)
+        return self.coefficients[:, k]
+
+    def fock_eV(self) -> np.ndarray:
+        """The converged Fock matrix in the AO basis, ``S C diag(eps) C^T S`` (eV)."""
+        sc = self.overlap @ self.coefficients
+        return (sc * self.energies_eV) @ sc.T
+
+
+def project_coupling(fock: np.ndarray, overlap: np.ndarray, phi_a: np.ndarray,
+                     phi_b: np.ndarray) -> dict[str, float]:
+    """Site energies and transfer integrals of two orbitals by projection (module docstring).
+
+    Args:
+        fock: dimer Fock matrix (n_ao, n_ao), eV.
+        overlap: dimer AO overlap (n_ao, n_ao).
+        phi_a, phi_b: monomer orbitals expressed in the dimer AO basis, (n_ao,).
+
+    Returns:
+        ``e_a_meV``, ``e_b_meV`` (bare site energies), ``j_meV`` (bare coupling),
+        ``s_ab`` (orbital overlap), ``e_a_eff_meV``, ``e_b_eff_meV``, ``j_eff_meV``
+        (after Lowdin orthogonalisation). Energies in meV.
+
+    Raises:
+        RunError: the two orbitals are (nearly) linearly dependent (|S_AB| >= 0.99).
+    """
+    import numpy as np
+
+    p = np.stack([phi_a, phi_b], axis=1)
+    h = p.T @ fock @ p
+    s2 = p.T @ overlap @ p
+    # normalise each orbital in the dimer metric (it is normalised in its monomer's already)
+    norm = 1.0 / np.sqrt(np.diag(s2))
+    h, s2 = h * np.outer(norm, norm), s2 * np.outer(norm, norm)
+    if abs(s2[0, 1]) >= 0.99:
+        raise RunError(f"monomer orbitals overlap S_AB = {s2[0, 1]:.3f}: molecules on top of each other",
+                       retryable=False)
+    w, v = np.linalg.eigh(s2)
+    s_inv_half = (v / np.sqrt(w)) @ v.T
+    h_eff = s_inv_half @ h @ s_inv_half
+    return {
+        "e_a_meV": 1e3 * float(h[0, 0]), "e_b_meV": 1e3 * float(h[1, 1]),
+        "j_meV": 1e3 * float(0.5 * (h[0, 1] + h[1, 0])), "s_ab": float(s2[0, 1]),
+        "e_a_eff_meV": 1e3 * float(h_eff[0, 0]), "e_b_eff_meV": 1e3 * float(h_eff[1, 1]),
+        "j_eff_meV": 1e3 * float(0.5 * (h_eff[0, 1] + h_eff[1, 0])),
+    }
+
+
+def dimer_couplings(orb_a: Orbitals, orb_b: Orbitals, orb_dimer: Orbitals) -> dict[str, dict[str, float]]:
+    """Hole and electron couplings of a dimer whose AO basis is A's followed by B's.
+
+    Returns:
+        ``{"hole": project_coupling(...), "electron": ...}`` (meV).
+
+    Raises:
+        SetupError: the dimer basis is not the union of the monomer bases.
+    """
+    import numpy as np
+
+    n_a, n_b = orb_a.overlap.shape[0], orb_b.overlap.shape[0]
+    n = orb_dimer.overlap.shape[0]
+    if n != n_a + n_b:
+        raise SetupError(f"dimer has {n} basis functions, monomers {n_a} + {n_b}")
+    fock = orb_dimer.fock_eV()
+    out = {}
+    for carrier in CARRIERS:
+        phi_a = np.zeros(n)
+        phi_b = np.zeros(n)
+        phi_a[:n_a] = orb_a.frontier(carrier)
+        phi_b[n_a:] = orb_b.frontier(carrier)
+        out[carrier] = project_coupling(fock, orb_dimer.overlap, phi_a, phi_b)
+    return out
+
+
+def xtb_orbitals(atoms: Atoms, method: str = "GFN2-xTB", accuracy: float = 1.0,
+                 max_iterations: int = 250, electronic_temperature_K: float = 300.0,
+                 what: str = "") -> Orbitals:
+    """GFN-xTB orbitals and integrals of a neutral, closed-shell molecule or dimer (tblite).
+
+    Raises:
+        SetupError: odd number of electrons, or tblite refuses the input.
+        RunError: the SCC did not converge (message contains "SCF").
+    """
+    import contextlib
+    import io
+
+    import numpy as np
+    from tblite.interface import Calculator
+
+    c0 = time.process_time()
+    try:
+        calc = Calculator(method, np.asarray(atoms.numbers), np.asarray(atoms.positions) * ANGSTROM_TO_BOHR)
+        calc.set("verbosity", 0)
+        calc.set("save-integrals", 1)
+        calc.set("accuracy", float(accuracy))
+        calc.set("max-iter", int(max_iterations))
+        calc.set("temperature", float(electronic_temperature_K) * 3.166808578545117e-6)
+    except Exception as exc:  # noqa: BLE001 - tblite raises TBLiteValueError for bad input
+        raise SetupError(f"xTB rejected {what}: {' '.join(str(exc).split())[:120]}") from None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            res = calc.singlepoint()
+    except Exception as exc:  # noqa: BLE001 - TBLiteRuntimeError on SCC failure
+        raise RunError(f"xTB SCF of {what} failed: {' '.join(str(exc).split())[:120]}") from None
+    occ = np.asarray(res.get("orbital-occupations"))
+    n_el = int(round(float(occ.sum())))
+    if n_el % 2:
+        raise SetupError(f"{what} has {n_el} valence electrons: not closed-shell")
+    return Orbitals(
+        overlap=np.asarray(res.get("overlap-matrix")),
+        coefficients=np.asarray(res.get("orbital-coefficients")),
+        energies_eV=np.asarray(res.get("orbital-energies")) * HARTREE_TO_EV,
+        n_occupied=n_el // 2,
+        cpu_s=time.process_time() - c0,
+    )
+
+
+def dft_orbitals(atoms: Atoms, functional: str = "b3lyp", basis: str = "6-31g",
+                 max_cycles: int = 100, conv_tol: float = 1e-8, grid_level: int = 2,
+                 density_fit: bool = True, dm0: np.ndarray | None = None,
+                 what: str = "") -> tuple[Orbitals, np.ndarray]:
+    """Kohn-Sham orbitals of a neutral closed-shell system (PySCF, via
+    :func:`sim_backends.dft_crystal.run_scf`).
+
+    Returns:
+        ``(orbitals, density_matrix)``; the density matrix seeds the dimer SCF.
+
+    Raises:
+        SetupError: unknown basis or functional, odd electron count.
+        RunError: SCF not converged.
+    """
+    from sim_backends.dft_crystal import ScfSettings, run_scf
+
+    settings = ScfSettings(functional=functional, basis=basis, max_cycles=max_cycles,
+                           conv_tol=conv_tol, grid_level=grid_level, density_fit=density_fit)
+    c0 = time.process_time()
+    res = run_scf(atoms, settings, dm0=dm0, what=what, keep_mf=True)
+    mf = getattr(res["mf"], "_scf", res["mf"])
+    n_el = int(mf.mol.nelectron)
+    if n_el % 2:
+        raise SetupError(f"{what} has {n_el} electrons: not closed-shell")
+    orbitals = Orbitals(overlap=mf.get_ovlp(), coefficients=mf.mo_coeff,
+                        energies_eV=mf.mo_energy * HARTREE_TO_EV, n_occupied=n_el // 2,
+                        cpu_s=time.process_time() - c0)
+    return orbitals, res["dm"]
+
+
+@dataclass
+class DimerTransfer:
+    """Transfer integrals of one symmetry-unique dimer of a crystal.
+
+    Attributes:
+        i, j, shift: molecule i of the cell and molecule j translated by ``shift`` (lattice units).
+        contact_A: closest interatomic contact; com_A: centre-of-mass distance.
+        multiplicity: ordered dimers (i, J) of the cell in this symmetry class.
+        hole, electron: :func:`project_coupling` results (meV).
+        cpu_s: CPU seconds of the dimer SCF.
+    """
+
+    i: int
+    j: int
+    shift: tuple[int, int, int]
+    contact_A: float
+    com_A: float
+    multiplicity: int
+    hole: dict[str, float]
+    electron: dict[str, float]
+    cpu_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CrystalTransfer:
+    """Transfer integrals of a crystal and its hopping network.
+
+    Attributes:
+        dimers: one :class:`DimerTransfer` per symmetry-unique dimer within the cutoff.
+        neighbours: every ordered dimer (i, J) of the cell as ``(i, j, class_index)``,
+            ``class_index`` pointing into ``dimers``.
+        vectors_A: centre-of-mass hop vector of each neighbour (com_J - com_i), (n, 3) A.
+        z: molecules in the cell.
+        level: level of theory of the integrals.
+        cpu_s: CPU seconds of all SCFs (monomers and dimers).
+    """
+
+    dimers: list[DimerTransfer]
+    neighbours: list[tuple[int, int, int]]
+    vectors_A: np.ndarray
+    z: int
+    level: str
+    cpu_s: float
+
+    def couplings_meV(self, carrier: str) -> np.ndarray:
+        """|J_eff| of each neighbour for ``carrier``, (n_neighbours,) meV."""
+        import numpy as np
+
+        per_class = np.array([abs(getattr(d, carrier)["j_eff_meV"]) for d in self.dimers])
+        return per_class[[c for _, _, c in self.neighbours]]
+
+    def to_extra(self) -> dict[str, Any]:
+        """JSON-able form (for ``EvalResult.extra``)."""
+        return {"level": self.level, "z": self.z, "dimers": [d.to_dict() for d in self.dimers],
+                "neighbours": [list(n) for n in self.neighbours],
+                "vectors_A": [[round(float(x), 5) for x in v] for v in self.vectors_A]}
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> CrystalTransfer:
+        """Inverse of :meth:`to_extra`."""
+        import numpy as np
+
+        dimers = [DimerTransfer(**{**d, "shift": tuple(d["shift"])}) for d in extra["dimers"]]
+        return cls(dimers=dimers, neighbours=[tuple(n) for n in extra["neighbours"]],
+                   vectors_A=np.asarray(extra["vectors_A"], dtype=float).reshape(-1, 3),
+                   z=int(extra["z"]), level=str(extra["level"]), cpu_s=float(extra.get("cpu_s", 0.0)))
+
+
+#: an orbital calculator: (atoms, label, initial density matrix or None) -> (Orbitals, dm or None)
+OrbitalFn = Callable[["Atoms", str, Any], "tuple[Orbitals, Any]"]
+
+
+def orbital_fn(level: str, params: dict[str, Any] | None = None) -> tuple[OrbitalFn, str]:
+    """The orbital calculator of a level and its printed name.
+
+    Args:
+        level: ``"gfn2-xtb"``, ``"gfn1-xtb"`` or ``"dft"``.
+        params: for DFT ``functional`` ("b3lyp"), ``basis`` ("6-31g"), ``max_cycles``,
+            ``conv_tol``, ``grid_level``, ``density_fit``; for xTB ``max_iterations``.
+    """
+    p = dict(params or {})
+    if level in ("gfn2-xtb", "gfn1-xtb"):
+        method = "GFN2-xTB" if level == "gfn2-xtb" else "GFN1-xTB"
+
+        def run_xtb(atoms: Atoms, what: str, _dm0: Any) -> tuple[Orbitals, Any]:
+            return xtb_orbitals(atoms, method=method, max_iterations=int(p.get("max_iterations", 250)),
+                                what=what), None
+        return run_xtb, method
+    if level == "dft":
+        functional, basis = str(p.get("functional", "b3lyp")), str(p.get("basis", "6-31g"))
+
+        def run_dft(atoms: Atoms, what: str, dm0: Any) -> tuple[Orbitals, Any]:
+            return dft_orbitals(atoms, functional=functional, basis=basis,
+                                max_cycles=int(p.get("max_cycles", 100)),
+                                conv_tol=float(p.get("conv_tol", 1e-8)),
+                                grid_level=int(p.get("grid_level", 2)),
+                                density_fit=bool(p.get("density_fit", True)), dm0=dm0, what=what)
+        return run_dft, f"{functional.upper()}/{basis}"
+    raise SetupError(f"unknown transfer-integral level {level!r}; use gfn2-xtb, gfn1-xtb or dft")
+
+
+def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float = DEFAULT_CUTOFF_A,
+                     params: dict[str, Any] | None = None) -> CrystalTransfer:
+    """Hole and electron transfer integrals of every symmetry-unique dimer of a crystal.
+
+    Args:
+        crystal: crystal with whole molecules (:func:`sim_backends.structures.load_crystal`).
+        level: see :func:`orbital_fn`.
+        cutoff_A: closest-contact cutoff selecting the dimers (A).
+        params: level options (:func:`orbital_fn`).
+
+    Raises:
+        SetupError: no pair of molecules within ``cutoff_A``, or a level that cannot
+            run this input.
+        RunError: a monomer or dimer SCF failed (the message names which).
+    """
+    import numpy as np
+    from scipy.linalg import block_diag
+
+    from sim_backends.dft_crystal import dimer_atoms, enumerate_dimers, unique_dimers
+
+    run, level_name = orbital_fn(level, params)
+    dimers = enumerate_dimers(crystal, float(cutoff_A), "contact")
+    if not dimers:
+        raise SetupError(f"no two molecules closer than {cutoff_A:g} A (closest contact): "
+                         "no molecular contacts to hop between")
+    class_of: list[int] = []
+    unique = unique_dimers(crystal, dimers, class_of)
+    cpu = 0.0
+    monomers = []
+    for k in range(crystal.z):
+        orb, dm = run(crystal.molecule(k), f"molecule {k}", None)
+        monomers.append((orb, dm))
+        cpu += orb.cpu_s
+    records = []
+    for rep, mult in unique:
+        d_atoms = dimer_atoms(crystal, rep)
+        (orb_a, dm_a), (orb_b, dm_b) = monomers[rep.i], monomers[rep.j]
+        dm0 = block_diag(dm_a, dm_b) if dm_a is not None else None
+        what = f"dimer ({rep.i}, {rep.j}, shift {list(rep.shift)}, contact {rep.contact_A:.2f} A)"
+        orb_d, _ = run(d_atoms, what, dm0)
+        cpu += orb_d.cpu_s
+        c = dimer_couplings(orb_a, orb_b, orb_d)
+        records.append(DimerTransfer(rep.i, rep.j, rep.shift, rep.contact_A, rep.com_A, mult,
+                                     c["hole"], c["electron"], orb_d.cpu_s))
+    atoms = crystal.atoms
+    masses = atoms.get_masses()
+    com = [masses[g] @ atoms.positions[g] / masses[g].sum() for g in crystal.groups]
+    cell = atoms.cell.array
+    vectors = np.array([com[d.j] + np.asarray(d.shift) @ cell - com[d.i] for d in dimers])
+    neighbours = [(d.i, d.j, c) for d, c in zip(dimers, class_of)]
+    return CrystalTransfer(records, neighbours, vectors, crystal.z, level_name, cpu)
+
+
+def summary_values(transfer: CrystalTransfer) -> dict[str, float]:
+    """Scalar values of a crystal's transfer integrals: largest |J_eff| per carrier (meV),
+    the rate-relevant sum of J_eff^2 over one molecule's neighbours (meV^2), and counts."""
+    import numpy as np
+
+    out: dict[str, float] = {"n_unique_dimers": float(len(transfer.dimers)),
+                             "n_neighbours": float(len(transfer.neighbours)) / transfer.z}
+    for carrier in CARRIERS:
+        j = transfer.couplings_meV(carrier)
+        out[f"j_{carrier}_max_meV"] = float(np.max(j))
+        out[f"j2_{carrier}_sum_meV2"] = float(np.sum(j**2)) / transfer.z
+    return out
+
+
+LEVEL_PARAMS = {
+    "cutoff_A": check.number(0.0, 12.0, lo_open=True),
+    "threads": check.integer(1, 1024),
+}
+XTB_PARAMS = {**LEVEL_PARAMS, "method": check.one_of("gfn2-xtb", "gfn1-xtb"),
+              "max_iterations": check.integer(1, 10000)}
+DFT_PARAMS = {**LEVEL_PARAMS, "functional": check.xc_functional, "basis": check.basis_set,
+              "max_cycles": check.integer(1), "conv_tol": check.number(0.0, lo_open=True),
+              "grid_level": check.integer(0, 9), "density_fit": check.boolean}
+
+
+class _TransferBase(Backend):
+    """Shared evaluation of the transfer-integral backends (one level each)."""
+
+    target = "structure"
+    computes = ("j_hole_max_meV", "j_electron_max_meV", "j2_hole_sum_meV2", "j2_electron_sum_meV2",
+                "n_unique_dimers", "n_neighbours")
+    objective_key = "j_hole_max_meV"
+    level: str = "gfn2-xtb"
+
+    def _level(self, p: dict[str, Any]) -> str:
+        return self.level
+
+    def compute(self, inp: EvalInput) -> CrystalTransfer:
+        """Load the structure (checked against the SMILES) and compute its transfer integrals."""
+        from sim_backends.structures import load_crystal
+        from sim_backends.validity import check_structure_facts, structure_facts
+
+        p = inp.params
+        self.check_params(p)
+        crystal = load_crystal(inp.structure_cif or "", inp.smiles)
+        check_structure_facts(structure_facts(crystal), f"{self._level(p)} transfer integrals")
+        threads = int(p.get("threads", 1))
+        level_params = {k: v for k, v in p.items() if k not in ("cutoff_A", "threads", "method")}
+        if self._level(p) == "dft":
+            from pyscf import lib
+
+            old = lib.num_threads()
+            lib.num_threads(threads)
+            try:
+                return crystal_transfer(crystal, "dft", float(p.get("cutoff_A", DEFAULT_CUTOFF_A)), level_params)
+            finally:
+                lib.num_threads(old)
+        return crystal_transfer(crystal, self._level(p), float(p.get("cutoff_A", DEFAULT_CUTOFF_A)),
+                                level_params)
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        transfer = self.compute(inp)
+        return summary_values(transfer), {**transfer.to_extra(), "cpu_s_scf": transfer.cpu_s}
+
+    def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
+        """|J_eff| below :data:`MAX_ABS_J_MEV` for every dimer and carrier."""
+        super()._check_physical(values, extra)
+        check_couplings(values, extra.get("level", self.level))
+
+
+def check_couplings(values: dict[str, float], level: str) -> None:
+    """PhysicsError if a largest |J_eff| exceeds :data:`MAX_ABS_J_MEV` (covalent contact)."""
+    for carrier in CARRIERS:
+        j = values.get(f"j_{carrier}_max_meV")
+        if j is not None and j > MAX_ABS_J_MEV:
+            raise PhysicsError(f"|J_eff| {carrier} = {j:.0f} meV > {MAX_ABS_J_MEV:.0f} meV ({level}): "
+                               "molecules bonded, not a molecular contact")
+
+
+class XtbTransferBackend(_TransferBase):
+    """Hole/electron transfer integrals of every unique dimer, GFN2-xTB dimer projection.
+
+    Params: cutoff_A (4.0, closest contact), method ("gfn2-xtb" | "gfn1-xtb"),
+    max_iterations (250), threads (1).
+    Values (meV): ``j_hole_max_meV``, ``j_electron_max_meV`` (largest |J_eff|), ``j2_*_sum_meV2``
+    (sum of J_eff^2 over one molecule's neighbours), ``n_unique_dimers``, ``n_neighbours``
+    (per molecule). ``extra`` holds every dimer's site energies and couplings and the network.
+    """
+
+    name = "transfer-xtb"
+    version = "1"
+    fidelity = 1
+    description = "hole/electron transfer integrals of crystal dimers, GFN2-xTB dimer projection (tblite)"
+    params_schema = XTB_PARAMS
+
+    def _level(self, p: dict[str, Any]) -> str:
+        return str(p.get("method", "gfn2-xtb"))
+
+    def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
+        p = {**self.params, **(params or {})}
+        return f"{'GFN1' if p.get('method') == 'gfn1-xtb' else 'GFN2'}-xTB dimer projection"
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        """About 0.3 CPU s per dimer of a 24-atom molecule, ~n^3 in the atoms."""
+        from sim_backends.xtb_crystal import estimate_cell_atoms
+
+        return 2.0 + 0.05 * estimate_cell_atoms(inp.structure_cif) ** 1.5
+
+
+class DftTransferBackend(_TransferBase):
+    """Hole/electron transfer integrals of every unique dimer, DFT dimer projection (PySCF).
+
+    Params: cutoff_A (4.0), functional ("b3lyp"), basis ("6-31g"), max_cycles (100),
+    conv_tol (1e-8), grid_level (2), density_fit (True), threads (1).
+    Values as ``transfer-xtb``.
+    """
+
+    name = "transfer-dft"
+    version = "1"
+    fidelity = 2
+    level = "dft"
+    description = "hole/electron transfer integrals of crystal dimers, B3LYP/6-31G dimer projection (PySCF)"
+    params_schema = DFT_PARAMS
+
+    def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
+        p = {**self.params, **(params or {})}
+        return f"{str(p.get('functional', 'b3lyp')).upper()}/{p.get('basis', '6-31g')} dimer projection"
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        """Dimer SCFs dominate: ~30 CPU s for a 36-atom dimer in 6-31G, ~n^3."""
+        from sim_backends.xtb_crystal import estimate_cell_atoms
+
+        return 20.0 + 0.02 * estimate_cell_atoms(inp.structure_cif) ** 2.5
