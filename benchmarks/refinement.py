@@ -11,17 +11,39 @@ structures it asked for. We count the calculations made before all of the true
 top-10 structures (by expensive-level energy) have been computed. The agent never
 sees that stopping rule nor any uncomputed expensive energy.
 
-Baselines in the same run: cheap-level energy order, random order (median over
-seeds), oracle (= 10). Also the surrogate's MAE (kJ/mol per molecule) on the
+What drives the agent: :func:`run_agent`, a replay of the structure stage's decision
+(surrogate fitted on the computed structures, then ``select_structures`` with the campaign's
+defaults). It does not yet drive the real Campaign through a structure-keyed replay backend
+(the Stage refactor of issue 15 is in progress); :func:`run_agent` is the one function to
+replace when it lands.
+
+Baselines in the same run: cheap-level energy order, random order (median of 25 seeds),
+oracle (= 10). One summary table over all landscapes (7 seeds, q = 1 and 4 by default):
+medians and ranges, the ratio agent / min(cheap order, random), and, where the landscape
+stores per-structure CPU seconds, the expensive-level CPU seconds until the top 10 are
+complete -- the agent's including the CPU seconds this process spent on the fragment
+baselines and cheap terms (xTB/D3 dimer energies, periodic D3, point-charge Ewald) that
+its surrogate needs. Also the surrogate's MAE (kJ/mol per molecule) on the
 not-yet-computed structures within 10 kJ/mol of the true minimum as the computed
-fraction grows, against a constant-shift baseline (cheap energies plus the mean
-delta of the computed structures). Costs given to the agent, and summed in
-``relative_cost_until_top10``, scale as n_atoms^3 of the cell for periodic levels and
-as the number of symmetry-unique dimers for fragment-DFT landscapes
-(:func:`expected_costs`; normalised to mean 1); the counts are plain numbers of calculations. Also printed: where the stopping
-rule P(top 10 complete) >= 0.9 (``completion_probability``) would have stopped the
-agent and how many true top-10 it had by then, the GP's 2-sigma coverage, the cheap
-rank of the top-10 structure found last, and the decision time per call.
+fraction grows, against a constant-shift baseline, and how often the skill test passed.
+Costs given to the agent, and summed in ``relative_cost_until_top10``, scale as n_atoms^3
+of the cell for periodic levels and as the number of symmetry-unique dimers for
+fragment-DFT landscapes (:func:`expected_costs`; normalised to mean 1).
+
+Stopping-rule calibration: at every decision with at least 10 computed, each run records
+P(top 10 complete) (``completion_probability``) for the spread inflations
+:data:`STOP_INFLATIONS`; the rule "stop when P >= p" is kept when the true top 10 is
+complete at the first decision where it fires. The table gives, per landscape and pooled
+over all runs, the share of runs for which that held: the promise is kept when the share
+is at least p.
+
+``--grid`` replays, beside the agent, the settings grid {skill test off, on} x
+{exploration when confident on, off} (first batch size, ``--grid-seeds`` seeds; fitted
+surrogates are shared between settings that reach the same computed set) and reports
+leave-one-landscape-out choices: for each landscape the setting with the best mean
+log(agent / min(cheap, random)) on all the others, measured on it, next to its in-sample
+best; and the smallest stop inflation that kept the 0.9 promise on the others.
+Independent runs (e.g. one landscape per process) are merged with ``--combine``.
 
 Fragment-DFT landscapes (``dft_results.jsonl`` with per-dimer records beside the table, as
 ``data/landscapes/make_landscape.py --expensive dft`` writes them): the expensive energy is
@@ -36,15 +58,16 @@ one core, some 25 s for a 240-structure landscape, i.e. about one fragment DFT c
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/refinement.py            # all known landscapes
-    python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \\
+    OMP_NUM_THREADS=1 python benchmarks/refinement.py --grid     # all known landscapes
+    # or one process per landscape, then merge (writes refinement.json when complete):
+    python benchmarks/refinement.py --grid --landscape data/landscapes/formamide_dft --cheap ff --expensive dft
+    python benchmarks/refinement.py --combine benchmarks/results/refinement_*_grid.json
+    python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \
         --cheap MACE --expensive PBE_MBD --seeds 3 --batch 1 --batch 4
-    python benchmarks/refinement.py --n-initial 6   # agent with a space-filling start
-    python benchmarks/refinement.py --no-explore    # agent without exploration when confident
+    python benchmarks/refinement.py --no-skill-test   # the surrogate always steers
+    python benchmarks/refinement.py --no-explore      # agent without exploration when confident
     python benchmarks/refinement.py --landscape data/landscapes/formamide_dft --cheap ff \
         --expensive dft --dimer-baselines none       # fragment dimer GP without the xTB/D3 baselines
-    python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \
-        --cheap MACE --expensive PBE_MBD --ff-features ff_dv_percent  # + FF relaxation feature
 
 ``--ff-features`` appends columns of :func:`sim_backends.ff_relax.relaxation_features`
 (W99 rigid-molecule relaxation of each cheap-level structure; read from
@@ -55,18 +78,24 @@ before exploration when confident became the default, which alone gives 19/20; i
 hurts landscapes whose cheap level is this force field, see ``sim_backends/ff_relax.py``).
 Results go to ``benchmarks/results/refinement.json`` for the default run over all known
 landscapes, else to ``refinement_<landscape names>[_<ff features>[_linear]].json``; a
-non-default ``--surrogate``, ``--dimer-baselines`` or exploration setting adds ``_<surrogate>``,
-``_baselines-<names or none>`` and ``_no_explore`` / ``_explore<above>-<fraction>``.
+non-default ``--surrogate``, ``--dimer-baselines``, exploration, skill test, initial design,
+seeds or batch sizes adds ``_<surrogate>``, ``_baselines-<names or none>``, ``_no_explore`` /
+``_explore<above>-<fraction>``, ``_no_skill_test`` / ``_skill<ratio>``, ``_init<N>``,
+``_seeds<N>``, ``_q<batches>``, and ``--grid`` adds ``_grid``. ``--combine`` writes
+``refinement.json`` when the merged files cover every known landscape with the default
+settings, else ``refinement_combined.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +108,12 @@ from agent.surrogates.fragment_gp import FragmentDeltaModel  # noqa: E402
 from agent.refine_acquisition import (  # noqa: E402
     EXPLORE_ABOVE,
     EXPLORE_FRACTION,
+    SKILL_RATIO,
+    STOP_INFLATION,
     completion_probability,
     fit_delta_model,
     select_structures,
+    surrogate_skill,
 )
 from agent.surrogates.structure_gp import extra_column_options  # noqa: E402
 from sim_backends.descriptors import structure_features  # noqa: E402
@@ -124,59 +156,106 @@ def recall_at(order: list[int], top: set[int], n: int) -> dict[float, int]:
     return {f: len(top & set(order[: math.ceil(f * n)])) for f in FRACTIONS}
 
 
-def replay_agent(e_cheap, e_exp, X, costs, q, seed, top, progress=None, n_initial=0,
-                 decision_s=None, stop_log=None, gp_options=None, fragment=None,
-                 explore=(EXPLORE_ABOVE, EXPLORE_FRACTION)):
-    """Run the agent until ``top`` is computed.
+#: spread factors of completion_probability measured in every run (stopping-rule calibration)
+STOP_INFLATIONS = (1.0, 1.5, 2.0)
+#: promised probabilities whose achieved rate is reported
+STOP_LEVELS = (0.5, 0.8, 0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """The acquisition settings one agent run uses (a grid point of ``--grid``)."""
+
+    skill_ratio: float | None = SKILL_RATIO
+    explore_above: float | None = EXPLORE_ABOVE
+    explore_fraction: float = EXPLORE_FRACTION
+    n_initial: int = 0
+
+    @property
+    def label(self) -> str:
+        gate = "no skill test" if self.skill_ratio is None else f"skill<={self.skill_ratio:g}"
+        expl = "no explore" if self.explore_above is None else f"explore {self.explore_above:g}/{self.explore_fraction:g}"
+        return f"{gate}, {expl}" + (f", init {self.n_initial}" if self.n_initial else "")
+
+
+class ModelCache:
+    """Fitted surrogates keyed by the computed set: runs with other settings that reach
+    the same computed set reuse the fit (the fit depends on the data and seed only, not on
+    the acquisition settings), which makes a settings grid cost little more than one run
+    where the trajectories agree. One seed and batch size at a time (``clear``)."""
+
+    def __init__(self, e_cheap, X, seed, gp_options=None, fragment=None):
+        self.args = (e_cheap, X, seed, gp_options, fragment)
+        self.models: dict[tuple[int, ...], object] = {}
+
+    def get(self, computed):
+        key = tuple(sorted(computed))
+        if key not in self.models:
+            e_cheap, X, seed, gp_options, fragment = self.args
+            self.models[key] = _agent_model(e_cheap, X, computed, seed, gp_options, fragment)
+        return self.models[key]
+
+
+def run_agent(e_cheap, e_exp, X, costs, q, seed, top, settings=AgentSettings(), progress=None,
+              gp_options=None, fragment=None, cache=None, with_mae=True):
+    """One agent run until the true ``top`` set is computed: the replay loop.
+
+    This is the one function that stands for "the agent" in this benchmark (the
+    structure stage's decision: surrogate fit on the computed structures, then
+    :func:`~agent.refine_acquisition.select_structures` with the campaign's defaults);
+    driving the real Campaign through a structure-keyed replay backend replaces its body.
 
     Returns:
-        ``(order, stats)``: the computed indices in order, and per computed fraction
-        the tuple of :func:`surrogate_mae`. Wall seconds of each ``select_structures``
-        call are appended to ``decision_s`` when given. ``stop_log`` gets
-        ``(n computed, true top members among them)`` at the first step where the
-        agent's :func:`completion_probability` reaches ``STOP_PROBABILITY`` (where a
-        campaign using it as a stopping rule would stop). ``gp_options``: keyword
-        options of the agent's DeltaGP (e.g. ``n_passthrough`` for extra columns).
-        ``fragment``: ``(terms, deltas)`` of :func:`fragment_data` -- the agent then uses the
-        fragment dimer GP (:class:`~agent.surrogates.fragment_gp.FragmentDeltaModel`), which
-        sees the dimer corrections of the structures it has computed only.
-        ``explore``: ``(explore_above, explore_fraction)`` of
-        :func:`~agent.refine_acquisition.select_structures` (``explore_above`` None: never
-        space-filling).
+        dict with ``order`` (computed indices in order), ``mae`` (per computed fraction the
+        tuple of :func:`surrogate_mae`; empty unless ``with_mae``), ``decision_s`` (wall s
+        per decision), ``n_at`` (computed count at each decision), ``p_complete``
+        (inflation -> P(top 10 complete) at each decision with >= TOP_K computed, None
+        before) and ``skill`` (model / shift LOO MAE ratio at each decision, None when
+        undefined).
     """
     if fragment is not None:
         X = FragmentDeltaModel.index_rows(len(e_cheap))
+    cache = cache or ModelCache(e_cheap, X, seed, gp_options, fragment)
     n = len(e_cheap)
     low = np.flatnonzero(e_exp - e_exp.min() <= WINDOW_KJMOL)
     computed: dict[int, float] = {}
-    order: list[int] = []
-    mae: dict[float, tuple[float, ...]] = {}
+    out = {"order": [], "mae": {}, "decision_s": [], "n_at": [], "skill": [],
+           "p_complete": {k: [] for k in STOP_INFLATIONS}}
     marks = {f: max(1, math.ceil(f * n)) for f in FRACTIONS}
-    stop = None
     while not top <= set(computed):
         t0 = time.perf_counter()
-        model = _agent_model(e_cheap, X, computed, seed, gp_options, fragment)
+        model = cache.get(computed)
         batch = select_structures(
             e_cheap, X, computed, [], costs, q, seed, top_k=TOP_K, window_kjmol=WINDOW_KJMOL,
-            n_initial=n_initial, model=model, explore_above=explore[0], explore_fraction=explore[1],
+            n_initial=settings.n_initial, model=model, explore_above=settings.explore_above,
+            explore_fraction=settings.explore_fraction, skill_ratio=settings.skill_ratio,
         )
-        if decision_s is not None:
-            decision_s.append(time.perf_counter() - t0)
-        if stop is None and len(computed) >= TOP_K and completion_probability(
-            e_cheap, X, computed, TOP_K, WINDOW_KJMOL, seed=seed, model=model
-        ) >= STOP_PROBABILITY:
-            stop = (len(computed), len(top & set(computed)))
+        out["decision_s"].append(time.perf_counter() - t0)
+        out["n_at"].append(len(computed))
+        out["skill"].append(surrogate_skill(model, e_cheap, computed).ratio if computed else None)
+        for k in STOP_INFLATIONS:
+            out["p_complete"][k].append(completion_probability(
+                e_cheap, X, computed, TOP_K, WINDOW_KJMOL, seed=seed, model=model,
+                skill_ratio=settings.skill_ratio, inflation=k) if len(computed) >= TOP_K else None)
         for i in batch:
             computed[i] = float(e_exp[i])
-            order.append(i)
+            out["order"].append(i)
             for f, m in marks.items():
-                if len(order) == m and f not in mae:
-                    mae[f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options, fragment)
+                if with_mae and len(out["order"]) == m and f not in out["mae"]:
+                    out["mae"][f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options,
+                                                  fragment, cache, settings.skill_ratio)
         if progress is not None:
             progress()
-    if stop_log is not None:
-        stop_log.append(stop if stop is not None else (len(order), len(top)))
-    return order, mae
+    return out
+
+
+def premature_stop(run, level, inflation):
+    """Calculations at which the rule P(complete) >= ``level`` stops ``run`` before the true
+    top set is complete, or None (every recorded decision precedes completion)."""
+    for n_at, p in zip(run["n_at"], run["p_complete"][inflation]):
+        if p is not None and p >= level:
+            return n_at
+    return None
 
 
 def _agent_model(e_cheap, X, computed, seed, gp_options=None, fragment=None):
@@ -198,7 +277,9 @@ def fragment_data(path: Path, land, cheap: str, console, baselines=DEFAULT_BASEL
     a campaign; the DFT dimer records are what each expensive calculation returned.
 
     Returns:
-        ``(terms, deltas)`` or None when the landscape has no fragment DFT records.
+        ``(terms, deltas, cpu_s)`` (``cpu_s``: CPU seconds of this process computing the
+        terms, i.e. the agent's overhead for the fragment baselines and cheap terms), or
+        None when the landscape has no fragment DFT records.
     """
     from rich.progress import Progress
 
@@ -216,38 +297,45 @@ def fragment_data(path: Path, land, cheap: str, console, baselines=DEFAULT_BASEL
             records[r["id"]] = r
     if not all(i in records and records[i].get("dimers") for i in land.ids):
         return None
+    c0 = time.process_time()
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"{land.name}: fragment terms (D3, point-charge Ewald, dimers)", total=len(land))
         terms = landscape_fragment_terms(
             [Crystal.from_atoms(a) for a in land.atoms[cheap]], float(settings.get("cutoff_A", 3.0)),
             str(settings.get("cutoff_mode", "contact")), str(settings.get("functional", "pbe")),
             progress=lambda: prog.advance(task), baselines=baselines)
+    cpu_s = time.process_time() - c0
     deltas = {k: dimer_deltas(t, records[sid]["dimers"]) for k, (sid, t) in enumerate(zip(land.ids, terms))}
-    return terms, deltas
+    return terms, deltas, cpu_s
 
 
-def surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options=None, fragment=None):
+def surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options=None, fragment=None,
+                  cache=None, skill_ratio=SKILL_RATIO):
     """Surrogate quality on the uncomputed low-energy structures.
 
     Returns:
         ``(GP MAE, constant-shift MAE, fraction within the GP's 2-sigma interval,
-        the GP's LOO calibration factor)``; MAEs in kJ/mol per molecule.
+        the GP's LOO calibration factor, 1.0 if the GP passes the skill test else 0.0)``;
+        MAEs in kJ/mol per molecule.
     """
     rest = np.array([i for i in low if i not in computed], dtype=int)
     if len(rest) == 0:
-        return (float("nan"),) * 4
-    gp = _agent_model(e_cheap, X, computed, seed, gp_options, fragment)
+        return (float("nan"),) * 5
+    gp = cache.get(computed) if cache is not None else _agent_model(e_cheap, X, computed, seed,
+                                                                    gp_options, fragment)
     if fragment is not None:
         X = FragmentDeltaModel.index_rows(len(e_cheap))
     mean, std = gp.predict(X[rest])
     idx = np.array(sorted(computed))
     shift = float(np.mean(e_exp[idx] - e_cheap[idx]))
     err = e_cheap[rest] + mean - e_exp[rest]
+    skilled = skill_ratio is None or surrogate_skill(gp, e_cheap, computed, skill_ratio).skilled
     return (
         float(np.mean(np.abs(err))),
         float(np.mean(np.abs(e_cheap[rest] + shift - e_exp[rest]))),
         float(np.mean(np.abs(err) <= 2.0 * std)),
         float(getattr(gp, "calibration", 1.0)),
+        float(skilled),
     )
 
 
@@ -289,9 +377,30 @@ def ff_columns(path, land, cheap, names, console):
     return feats[:, [FEATURE_NAMES.index(k) for k in names]]
 
 
-def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
-                  explore=(EXPLORE_ABOVE, EXPLORE_FRACTION),
-                  ff_features=(), ff_linear=False, surrogate="auto", baselines=DEFAULT_BASELINES):
+def measured_cpu_s(path: Path, land) -> np.ndarray | None:
+    """Stored CPU seconds of each structure's expensive calculation (``cpu_s`` column of
+    ``*_landscape.csv``, as ``make_landscape.py`` writes it), or None."""
+    import csv
+
+    table = next(Path(path).glob("*_landscape.csv"))
+    with open(table, newline="") as fh:
+        rows = {r["id"]: r for r in csv.DictReader(fh)}
+    if not all(rows.get(i, {}).get("cpu_s") not in (None, "") for i in land.ids):
+        return None
+    return np.array([float(rows[i]["cpu_s"]) for i in land.ids])
+
+
+def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(AgentSettings(),),
+                  ff_features=(), ff_linear=False, surrogate="auto", baselines=DEFAULT_BASELINES,
+                  grid_seeds=None):
+    """Replay every setting of ``configs`` (the first is the reported agent) on one landscape.
+
+    Returns:
+        ``(name, result dict)``; ``result["grid"]`` holds, per setting label and batch size,
+        the calculation counts per seed (settings after the first: the first ``grid_seeds``
+        seeds only; ``result["grid_seeds"]``).
+    """
+    from rich.markup import escape
     from rich.progress import Progress
     from rich.table import Table
 
@@ -307,159 +416,174 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, n_initial=0,
     else:
         X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap)
     costs = expected_costs(path, land)
-    fragment = None
+    cpu = measured_cpu_s(path, land)
+    fragment, baseline_cpu_s = None, 0.0
     if surrogate in ("auto", "fragment") and not ff_features:
-        fragment = fragment_data(path, land, cheap, console, baselines)
-        if fragment is None and surrogate == "fragment":
+        data = fragment_data(path, land, cheap, console, baselines)
+        if data is None and surrogate == "fragment":
             raise LandscapeError(f"{land.name}: no fragment DFT records (dft_results.jsonl with dimers, run.json)")
+        if data is not None:
+            fragment, baseline_cpu_s = data[:2], float(data[2])
     top = set(np.argsort(e_exp, kind="stable")[:TOP_K].tolist())
-    cheap_order = count_until_top(list(np.argsort(e_cheap, kind="stable")), top)
+    cheap_list = [int(i) for i in np.argsort(e_cheap, kind="stable")]
+    cheap_order = count_until_top(cheap_list, top)
     random_orders = [list(np.random.default_rng(1000 + s).permutation(n)) for s in range(25)]
     random_counts = [count_until_top(o, top) for o in random_orders]
-    cheap_list = list(np.argsort(e_cheap, kind="stable"))
-    cost = {
-        "agent": [],
-        "cheap_order": cost_until_top(cheap_list, top, costs),
-        "random": float(np.median([cost_until_top(o, top, costs) for o in random_orders])),
-    }
-    until_9 = {
-        "agent": [],
-        "cheap_order": count_until_top(cheap_list, top, 1),
-        "random": float(np.median([count_until_top(o, top, 1) for o in random_orders])),
-    }
-    recall = {
-        "cheap-level order": recall_at(list(np.argsort(e_cheap, kind="stable")), top, n),
-        "random (median)": {
-            f: float(np.median([recall_at(o, top, n)[f] for o in random_orders]))
-            for f in FRACTIONS
-        },
-    }
-    agent: dict[int, list[int]] = {}
-    agent_recall: dict[int, list[dict[float, int]]] = {}
-    maes: dict[float, list[tuple[float, ...]]] = {f: [] for f in FRACTIONS}
-    decision_s: list[float] = []
-    cheap_rank = np.argsort(np.argsort(e_cheap, kind="stable"), kind="stable")
-    last_found: list[int] = []
-    stops: list[tuple[int, int]] = []
+    r_med = float(np.median(random_counts))
+
+    def cpu_until(order):
+        return float(np.sum(cpu[order[: count_until_top(order, top)]])) if cpu is not None else None
+
+    default = configs[0]
+    runs: dict[str, dict[int, list[dict]]] = {c.label: {q: [] for q in batches} for c in configs}
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"{land.name} replays", total=None)
         for q in batches:
             for s in range(seeds):
-                order, mae = replay_agent(
-                    e_cheap, e_exp, X, costs, q, s, top, lambda: prog.advance(task),
-                    n_initial=n_initial, decision_s=decision_s, explore=explore,
-                    stop_log=stops if q == batches[0] else None, gp_options=gp_options,
-                    fragment=fragment,
-                )
-                count = len(order)
-                agent.setdefault(q, []).append(count)
-                if q == batches[0]:
-                    last_found.append(int(cheap_rank[order[count_until_top(order, top) - 1]]))
-                    until_9["agent"].append(count_until_top(order, top, 1))
-                    cost["agent"].append(cost_until_top(order, top, costs))
-                agent_recall.setdefault(q, []).append(recall_at(order, top, n))
-                if q == batches[0]:
-                    for f, v in mae.items():
-                        maes[f].append(v)
-                console.log(f"{land.name} q={q} seed={s}: {count} calculations")
-    table = Table(title=f"{land.name}: calculations until the true top {TOP_K} are computed "
-                  f"({cheap} -> {expensive}, {n} structures)")
-    for col in ("method", "median", "all runs", "ratio to cheap order"):
+                cache = ModelCache(e_cheap, X, s, gp_options, fragment)
+                for c in configs:
+                    if c != configs[0] and (q != batches[0] or (grid_seeds is not None and s >= grid_seeds)):
+                        continue  # the grid's other settings: first batch size, first seeds
+                    run = run_agent(e_cheap, e_exp, X, costs, q, s, top, c, lambda: prog.advance(task),
+                                    gp_options, fragment, cache, with_mae=(c == default and q == batches[0]))
+                    run["count"] = count_until_top(run["order"], top)
+                    run["cpu_s"] = cpu_until(run["order"])
+                    run["last_found_cheap_rank"] = cheap_list.index(run["order"][run["count"] - 1])
+                    runs[c.label][q].append(run)
+                    console.log(escape(f"{land.name} q={q} seed={s} [{c.label}]: {run['count']} calculations"))
+    dflt = runs[default.label]
+    q0 = batches[0]
+    best = min(cheap_order, r_med)
+    table = Table(title=escape(f"{land.name}: calculations until the true top {TOP_K} are computed "
+                               f"({cheap} -> {expensive}, {n} structures), agent [{default.label}]"))
+    for col in ("method", "median", "all runs", "ratio to min(cheap, random)"):
         table.add_column(col)
-    table.add_row("oracle", str(TOP_K), "", f"{TOP_K / cheap_order:.2f}")
-    table.caption = (f"until {TOP_K - 1} of the top {TOP_K}: agent q={batches[0]} "
-                     f"{np.median(until_9['agent']):g}, cheap order {until_9['cheap_order']}, "
-                     f"random {until_9['random']:g}, oracle {TOP_K - 1}")
-    table.add_row("cheap-level order", str(cheap_order), "", "1.00")
-    r_med = float(np.median(random_counts))
-    table.add_row(f"random (median of {len(random_counts)})", f"{r_med:.0f}", "",
-                  f"{r_med / cheap_order:.2f}")
-    for q, counts in agent.items():
+    table.add_row("oracle", str(TOP_K), "", f"{TOP_K / best:.2f}")
+    table.add_row("cheap-level order", str(cheap_order), "", f"{cheap_order / best:.2f}")
+    table.add_row(f"random (median of {len(random_counts)})", f"{r_med:.0f}", "", f"{r_med / best:.2f}")
+    for q in batches:
+        counts = [r["count"] for r in dflt[q]]
         table.add_row(f"agent q={q} ({seeds} seeds)", f"{np.median(counts):.0f}",
-                      " ".join(map(str, counts)), f"{np.median(counts) / cheap_order:.2f}")
+                      " ".join(map(str, counts)), f"{np.median(counts) / best:.2f}")
     console.print(table)
-    rt = Table(title=f"{land.name}: true top-{TOP_K} structures found after computing a "
-               "fraction of the landscape")
-    rt.add_column("method")
-    for f in FRACTIONS:
-        rt.add_column(f"{f:.0%} ({math.ceil(f * n)})")
-    rt.add_row("oracle", *[str(min(TOP_K, math.ceil(f * n))) for f in FRACTIONS])
-    for name, rec in recall.items():
-        rt.add_row(name, *[f"{rec[f]:g}" for f in FRACTIONS])
-    for q, recs in agent_recall.items():
-        rt.add_row(f"agent q={q} (median)",
-                   *[f"{np.median([r[f] for r in recs]):g}" for f in FRACTIONS])
-    console.print(rt)
+    maes = {f: [r["mae"][f] for r in dflt[q0] if f in r["mae"]] for f in FRACTIONS}
     mt = Table(title=f"{land.name}: MAE (kJ/mol) on uncomputed structures within "
-               f"{WINDOW_KJMOL:g} kJ/mol of the minimum, agent q={batches[0]}")
-    for col in ("computed fraction", "n computed", "Delta-GP", "constant shift", "ratio",
-                "within GP 2 sigma", "LOO calibration"):
+               f"{WINDOW_KJMOL:g} kJ/mol of the minimum, agent q={q0}")
+    for col in ("computed fraction", "n computed", "surrogate", "constant shift", "ratio",
+                "within 2 sigma", "LOO calibration", "skill test passed"):
         mt.add_column(col)
     for f in FRACTIONS:
         vals = [v for v in maes[f] if np.isfinite(v[0])]
         if not vals:
             continue
         gp_mae, base = np.median([v[0] for v in vals]), np.median([v[1] for v in vals])
-        mt.add_row(f"{f:.0%}", str(max(1, math.ceil(f * n))), f"{gp_mae:.2f}",
-                   f"{base:.2f}", f"{gp_mae / base:.2f}",
-                   f"{np.median([v[2] for v in vals]):.0%}",
-                   f"{np.median([v[3] for v in vals]):.2f}")
+        mt.add_row(f"{f:.0%}", str(max(1, math.ceil(f * n))), f"{gp_mae:.2f}", f"{base:.2f}",
+                   f"{gp_mae / base:.2f}", f"{np.median([v[2] for v in vals]):.0%}",
+                   f"{np.median([v[3] for v in vals]):.2f}", f"{np.mean([v[4] for v in vals]):.0%} of runs")
     console.print(mt)
-    console.print(
-        f"{land.name}: the top-{TOP_K} structure found last by the agent (q={batches[0]}) "
-        f"has cheap-level rank {sorted(last_found)} (0 = lowest); decision time per "
-        f"select_structures call: median {np.median(decision_s):.2f} s, max "
-        f"{np.max(decision_s):.2f} s"
-    )
-    console.print(
-        f"{land.name}: stopping rule P(top {TOP_K} complete) >= {STOP_PROBABILITY:g} "
-        f"would stop the agent (q={batches[0]}) after "
-        + ", ".join(f"{c} calculations with {k}/{TOP_K} found" for c, k in stops)
-    )
-    at10 = [v[0] for v in maes[0.10] if np.isfinite(v[0])]
-    shift10 = [v[1] for v in maes[0.10] if np.isfinite(v[1])]
-    cover10 = [v[2] for v in maes[0.10] if np.isfinite(v[2])]
-    best_q = batches[0]
+    all_default = [r for q in batches for r in dflt[q]]
+    decision_s = [t for r in all_default for t in r["decision_s"]]
+    at10 = [v for v in maes[0.10] if np.isfinite(v[0])]
+    calib = {}
+    for k in STOP_INFLATIONS:
+        for lvl in STOP_LEVELS:
+            stops = [premature_stop(r, lvl, k) for r in all_default]
+            calib[f"{k:g}@{lvl:g}"] = {"runs": len(stops),
+                                      "complete_at_stop": sum(x is None for x in stops),
+                                      "premature_stop_at": [x for x in stops if x is not None]}
+    grid = {c.label: {str(q): [r["count"] for r in runs[c.label][q]] for q in batches} for c in configs}
+    agent_cpu = [r["cpu_s"] for r in dflt[q0] if r["cpu_s"] is not None]
     return land.name, {
+        "levels": f"{cheap} -> {expensive}",
         "n_structures": n,
         "ff_features": list(ff_features),
         "ff_linear": bool(ff_linear),
         "surrogate": "fragment-dimer-gp" if fragment is not None else "soap-delta-gp",
         "dimer_baselines": list(baselines) if fragment is not None else [],
-        "agent": float(np.median(agent[best_q])),
-        "agent_by_batch": {str(q): float(np.median(c)) for q, c in agent.items()},
+        "settings": default.label,
+        "agent": float(np.median([r["count"] for r in dflt[q0]])),
+        "agent_by_batch": {str(q): float(np.median([r["count"] for r in dflt[q]])) for q in batches},
+        "agent_runs": {str(q): [r["count"] for r in dflt[q]] for q in batches},
         "cheap_order": cheap_order,
-        "random": float(np.median(random_counts)),
+        "random": r_med,
         "oracle": TOP_K,
-        "mae_at_10pct_kjmol": round(float(np.median(at10)), 3) if at10 else None,
-        "shift_mae_at_10pct_kjmol": round(float(np.median(shift10)), 3) if shift10 else None,
-        "within_2sigma_at_10pct": round(float(np.median(cover10)), 3) if cover10 else None,
-        "last_found_cheap_rank": float(np.median(last_found)),
-        "decision_s_median": round(float(np.median(decision_s)), 3),
-        "stop_at_p90": {
-            "calculations": float(np.median([c for c, _ in stops])),
-            "top10_found": float(np.median([k for _, k in stops])),
-        },
+        "ratio_to_best_baseline": {str(q): round(float(np.median([r["count"] for r in dflt[q]])) / best, 3)
+                                   for q in batches},
+        "expensive_cpu_s_until_top10": None if cpu is None else {
+            "agent": round(float(np.median(agent_cpu)), 1),
+            "agent_incl_baselines": round(float(np.median(agent_cpu)) + baseline_cpu_s, 1),
+            "cheap_order": round(cpu_until(cheap_list), 1),
+            "random": round(float(np.median([cpu_until(o) for o in random_orders])), 1)},
+        "baseline_cpu_s": round(baseline_cpu_s, 1),
         "relative_cost_until_top10": {
-            k: round(float(np.median(v)), 2) for k, v in cost.items()
-        },
-        "until_9_of_10": {**until_9, "agent": float(np.median(until_9["agent"]))},
-        "top10_found_at_20pct": {
-            "agent": float(np.median([r[0.20] for r in agent_recall[best_q]])),
-            "cheap_order": recall["cheap-level order"][0.20],
-            "random": recall["random (median)"][0.20],
-        },
+            "agent": round(float(np.median([cost_until_top(r["order"], top, costs) for r in dflt[q0]])), 2),
+            "cheap_order": round(cost_until_top(cheap_list, top, costs), 2),
+            "random": round(float(np.median([cost_until_top(o, top, costs) for o in random_orders])), 2)},
+        "mae_at_10pct_kjmol": round(float(np.median([v[0] for v in at10])), 3) if at10 else None,
+        "shift_mae_at_10pct_kjmol": round(float(np.median([v[1] for v in at10])), 3) if at10 else None,
+        "within_2sigma_at_10pct": round(float(np.median([v[2] for v in at10])), 3) if at10 else None,
+        "last_found_cheap_rank": float(np.median([r["last_found_cheap_rank"] for r in dflt[q0]])),
+        "decision_s_median": round(float(np.median(decision_s)), 3),
+        "stop_calibration": calib,
+        "grid": grid,
+        "grid_seeds": grid_seeds if len(configs) > 1 else None,
     }
+
+
+def leave_one_landscape_out(results: dict, configs, batches) -> dict:
+    """Settings chosen on all other landscapes, measured on the held-out one.
+
+    Score of a setting on a landscape: log(agent median / min(cheap order, random)) at the
+    first batch size (the one the grid replays); the chosen setting minimises the mean score
+    over the other landscapes.
+    The stop inflation: the smallest of :data:`STOP_INFLATIONS` whose rule "P >= 0.9" left
+    the top set complete in at least 90 % of the other landscapes' runs (pooled).
+    """
+    names = list(results)
+
+    def counts(name, label, q):  # the seeds every setting ran
+        r = results[name]
+        return r["grid"][label][str(q)][: r.get("grid_seeds") or None]
+
+    def score(label, name):
+        r = results[name]
+        best = min(r["cheap_order"], r["random"])
+        return float(np.log(np.median(counts(name, label, batches[0])) / best))
+
+    def achieved(k, pool):
+        cells = [results[m]["stop_calibration"][f"{k:g}@0.9"] for m in pool]
+        return sum(c["complete_at_stop"] for c in cells) / max(1, sum(c["runs"] for c in cells))
+
+    out = {}
+    for held in names:
+        others = [m for m in names if m != held]
+        if not others:
+            break
+        chosen = min(configs, key=lambda c: (np.mean([score(c.label, m) for m in others]), configs.index(c)))
+        in_sample = min(configs, key=lambda c: (score(c.label, held), configs.index(c)))
+        kappa = next((k for k in STOP_INFLATIONS if achieved(k, others) >= 0.9), STOP_INFLATIONS[-1])
+        r = results[held]
+        out[held] = {
+            "chosen": chosen.label,
+            "agent_lolo": {str(q): float(np.median(counts(held, chosen.label, q))) for q in batches[:1]},
+            "in_sample_best": in_sample.label,
+            "agent_in_sample": {str(q): float(np.median(counts(held, in_sample.label, q))) for q in batches[:1]},
+            "default_same_seeds": {str(q): float(np.median(counts(held, configs[0].label, q))) for q in batches[:1]},
+            "stop_inflation_lolo": kappa,
+            "stop_achieved_lolo": round(achieved(kappa, [held]), 3),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
+    from rich.table import Table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--landscape", action="append", type=Path)
     parser.add_argument("--cheap", action="append")
     parser.add_argument("--expensive", action="append")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=7)
     parser.add_argument("--batch", action="append", type=int)
     parser.add_argument("--n-initial", type=int, default=0,
                         help="space-filling initial design size of the agent (default 0: none)")
@@ -470,6 +594,18 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"share of space-filling picks while confident (default {EXPLORE_FRACTION})")
     parser.add_argument("--no-explore", action="store_true",
                         help="agent: never space-filling when confident (explore_above=None)")
+    parser.add_argument("--skill-ratio", type=float, default=SKILL_RATIO,
+                        help=f"agent: skill test threshold (default {SKILL_RATIO})")
+    parser.add_argument("--no-skill-test", action="store_true",
+                        help="agent: the surrogate always steers (skill_ratio=None)")
+    parser.add_argument("--grid", action="store_true",
+                        help="also replay the settings grid (skill test off/on x exploration when "
+                             "confident on/off) and choose settings by leave-one-landscape-out")
+    parser.add_argument("--grid-seeds", type=int, default=3,
+                        help="seeds of the grid's other settings (default 3; the agent runs --seeds)")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                        help="compute nothing: merge result files of this benchmark (one landscape "
+                             "each, e.g. run in parallel), print the tables and leave-one-landscape-out")
     parser.add_argument("--ff-features", default="",
                         help="comma-separated sim_backends.ff_relax.FEATURE_NAMES to append to "
                              "the descriptor (default: none)")
@@ -487,6 +623,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown --dimer-baselines {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_BASELINES)}")
     if not 0.0 < args.explore_above <= 1.0 or not 0.0 <= args.explore_fraction <= 1.0:
         parser.error("--explore-above must be in (0, 1] and --explore-fraction in [0, 1]")
+    if not args.skill_ratio > 0:
+        parser.error("--skill-ratio must be positive")
+    if args.seeds < 1 or args.n_initial < 0:
+        parser.error("--seeds must be >= 1 and --n-initial >= 0")
     if args.landscape:
         n = len(args.landscape)
         if len(args.cheap or []) != n or len(args.expensive or []) != n:
@@ -495,19 +635,37 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         cases = known_landscapes()
     batches = args.batch or [1, 4]
-    console = Console()
+    if any(q < 1 for q in batches):
+        parser.error("--batch must be >= 1")
+    console = Console(width=250)
     warnings.filterwarnings("ignore")
     ff_features = tuple(k for k in args.ff_features.split(",") if k)
-    out: dict = {"benchmark": "refinement", "top_k": TOP_K, "seeds": args.seeds,
-                 "batches": batches, "n_initial": args.n_initial, "landscapes": {}}
     explore = (None, args.explore_fraction) if args.no_explore else (args.explore_above, args.explore_fraction)
-    out["explore"] = {"above": explore[0], "fraction": explore[1]}
+    agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial)
+    configs = [agent]
+    if args.combine:
+        return combine(args.combine, console)
+    if args.grid:
+        for ratio in (None, SKILL_RATIO):
+            for ex in ((EXPLORE_ABOVE, EXPLORE_FRACTION), (None, EXPLORE_FRACTION)):
+                c = AgentSettings(ratio, ex[0], ex[1], args.n_initial)
+                if c not in configs:
+                    configs.append(c)
+    out: dict = {"benchmark": "refinement", "top_k": TOP_K, "seeds": args.seeds,
+                 "batches": batches, "n_initial": args.n_initial, "settings": agent.label,
+                 "explore": {"above": explore[0], "fraction": explore[1]},
+                 "skill_ratio": agent.skill_ratio, "landscapes": {}}
     for path, cheap, expensive in cases:
-        name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console,
-                                  n_initial=args.n_initial, ff_features=ff_features,
-                                  explore=explore,
-                                  ff_linear=args.ff_linear, surrogate=args.surrogate, baselines=baselines)
+        name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console, configs,
+                                  ff_features=ff_features, ff_linear=args.ff_linear,
+                                  surrogate=args.surrogate, baselines=baselines,
+                                  grid_seeds=min(args.grid_seeds, args.seeds) if args.grid else None)
         out["landscapes"][name] = res
+    print_summary(out, batches, console)
+    if args.grid and len(out["landscapes"]) > 1:
+        out["leave_one_landscape_out"] = leave_one_landscape_out(out["landscapes"], configs, batches)
+        print_lolo(out, batches, console)
+    out["grid_settings"] = [dataclasses.asdict(c) for c in configs]
     line = json.dumps(out)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
@@ -524,9 +682,121 @@ def main(argv: list[str] | None = None) -> dict:
         stem += "_no_explore"
     elif explore != (EXPLORE_ABOVE, EXPLORE_FRACTION):
         stem += f"_explore{explore[0]:g}-{explore[1]:g}"
+    if args.no_skill_test:
+        stem += "_no_skill_test"
+    elif args.skill_ratio != SKILL_RATIO:
+        stem += f"_skill{args.skill_ratio:g}"
+    if args.n_initial:
+        stem += f"_init{args.n_initial}"
+    if args.seeds != 7:
+        stem += f"_seeds{args.seeds}"
+    if batches != [1, 4]:
+        stem += "_q" + "-".join(map(str, batches))
+    if args.grid:
+        stem += "_grid"
     (results / f"{stem}.json").write_text(line + "\n")
     print(line)
     return out
+
+
+def combine(files, console) -> dict:
+    """Merge result files (same agent settings, seeds and batch sizes), print the tables and
+    leave-one-landscape-out; writes ``refinement.json`` when they cover every known landscape
+    with the default settings, else ``refinement_combined.json``."""
+    parts = []
+    for f in files:
+        try:
+            parts.append(json.loads(Path(f).read_text().splitlines()[-1]))
+        except (OSError, ValueError, IndexError) as exc:
+            raise LandscapeError(f"cannot read result file {f}: {exc}") from None
+    keys = ("settings", "seeds", "batches", "n_initial")
+    for p in parts[1:]:
+        if any(p.get(k) != parts[0].get(k) for k in keys):
+            raise LandscapeError("result files differ in " + ", ".join(k for k in keys if p.get(k) != parts[0].get(k)))
+    out = {k: v for k, v in parts[0].items() if k not in ("landscapes", "leave_one_landscape_out")}
+    out["landscapes"] = {name: r for p in parts for name, r in p["landscapes"].items()}
+    batches = out["batches"]
+    print_summary(out, batches, console)
+    configs = [AgentSettings(**c) for c in out.get("grid_settings", [])]
+    if len(configs) > 1 and all(set(r["grid"]) == {c.label for c in configs} for r in out["landscapes"].values()):
+        out["leave_one_landscape_out"] = leave_one_landscape_out(out["landscapes"], configs, batches)
+        print_lolo(out, batches, console)
+    known = {load_name for load_name in _known_names()}
+    default = (out["settings"] == AgentSettings().label and out["seeds"] == 7 and batches == [1, 4]
+               and out.get("n_initial", 0) == 0 and known <= set(out["landscapes"]))
+    results = ROOT / "benchmarks" / "results"
+    line = json.dumps(out)
+    (results / ("refinement.json" if default else "refinement_combined.json")).write_text(line + "\n")
+    print(line)
+    return out
+
+
+def _known_names() -> list[str]:
+    """Landscape names of :func:`known_landscapes` (as ``load_landscape`` names them)."""
+    return [load_landscape(p, c, e).name for p, c, e in known_landscapes()]
+
+
+def print_summary(out: dict, batches, console) -> None:
+    """One table over all landscapes: counts, ratios, CPU seconds, stopping-rule calibration."""
+    from rich.table import Table
+
+    t = Table(title=f"Calculations until the true top {TOP_K} are computed (median over {out['seeds']} "
+              f"seeds; agent: {out['settings']}); CPU s: stored expensive-level CPU seconds until "
+              "then, the agent's including the fragment baselines (xTB/D3 dimer energies, D3 and "
+              "point-charge Ewald terms) it computed")
+    for col in ("landscape (cheap -> expensive, n)", "oracle", "cheap order", "random",
+                *[f"agent q={q}" for q in batches], *[f"ratio q={q}" for q in batches],
+                "CPU s agent (baselines) / cheap / random",
+                "P>=0.9 stop: complete / runs"):
+        t.add_column(col)
+    for name, r in out["landscapes"].items():
+        cpu = r["expensive_cpu_s_until_top10"]
+        cpu_txt = ("-" if cpu is None else
+                   f"{cpu['agent_incl_baselines']:.0f} ({r['baseline_cpu_s']:.0f}) / {cpu['cheap_order']:.0f} / {cpu['random']:.0f}")
+        c = r["stop_calibration"][f"{STOP_INFLATION:g}@0.9"]
+        t.add_row(f"{name} ({r['levels']}, {r['n_structures']})", str(r["oracle"]), str(r["cheap_order"]),
+                  f"{r['random']:.0f}",
+                  *[f"{r['agent_by_batch'][str(q)]:.0f} [{min(r['agent_runs'][str(q)])}-{max(r['agent_runs'][str(q)])}]"
+                    for q in batches],
+                  *[f"{r['ratio_to_best_baseline'][str(q)]:.2f}" for q in batches],
+                  cpu_txt, f"{c['complete_at_stop']}/{c['runs']}")
+    t.caption = "ratio = agent median / min(cheap order, random); target <= 1.1 against cheap order"
+    console.print(t)
+    ct = Table(title="Stopping rule P(top 10 complete) >= p: share of runs (all seeds and batch sizes) "
+               "in which the true top 10 was complete when the rule first fired, per spread inflation")
+    ct.add_column("landscape")
+    for k in STOP_INFLATIONS:
+        for lvl in STOP_LEVELS:
+            ct.add_column(f"x{k:g} p={lvl:g}")
+    pooled = {key: [0, 0] for key in next(iter(out["landscapes"].values()))["stop_calibration"]}
+    for name, r in out["landscapes"].items():
+        row = []
+        for key, c in r["stop_calibration"].items():
+            row.append(f"{c['complete_at_stop'] / c['runs']:.0%}")
+            pooled[key][0] += c["complete_at_stop"]
+            pooled[key][1] += c["runs"]
+        ct.add_row(name, *row)
+    ct.add_row("all", *[f"{a / b:.0%}" for a, b in pooled.values()])
+    console.print(ct)
+
+
+def print_lolo(out: dict, batches, console) -> None:
+    from rich.table import Table
+
+    t = Table(title="Leave-one-landscape-out: settings chosen on the other landscapes, measured on "
+              "the held-out one, next to the best setting for that landscape itself (in-sample)")
+    for col in ("held out", "chosen on the others", *[f"LOLO q={q}" for q in batches[:1]],
+                "in-sample best", *[f"in-sample q={q}" for q in batches[:1]],
+                *[f"default q={q}" for q in batches[:1]], "cheap order",
+                "stop inflation (LOLO)", "P>=0.9 complete (held out)"):
+        t.add_column(col)
+    for name, r in out["leave_one_landscape_out"].items():
+        t.add_row(name, r["chosen"], *[f"{r['agent_lolo'][str(q)]:.0f}" for q in batches[:1]],
+                  r["in_sample_best"], *[f"{r['agent_in_sample'][str(q)]:.0f}" for q in batches[:1]],
+                  *[f"{r['default_same_seeds'][str(q)]:.0f}" for q in batches[:1]],
+                  str(out["landscapes"][name]["cheap_order"]), f"{r['stop_inflation_lolo']:g}",
+                  f"{r['stop_achieved_lolo']:.0%}")
+    console.print(t)
 
 
 if __name__ == "__main__":
