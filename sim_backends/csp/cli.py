@@ -52,6 +52,12 @@ def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="keep minima within this many kJ/mol of the lowest")
     p.add_argument("--max-trials", type=int, default=None,
                    help="raise the upper limit of --n-trials (default 200,000; memory grows with it)")
+    p.add_argument("--flexible", choices=("auto", "rigid", "always"), default="auto",
+                   help="auto: a molecule with rotatable bonds is searched with its conformer ensemble "
+                        "(GFN2-xTB), intramolecular energies and torsion relaxation; always: every "
+                        "SMILES is; rigid: never (rotatable bonds refused)")
+    p.add_argument("--max-rotatable-bonds", type=int, default=None,
+                   help="refuse flexible molecules with more rotatable bonds (default 4)")
     p.add_argument("--top", type=int, default=15, help="rows printed in the table")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_csp_command)
@@ -84,6 +90,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
             energy_window_kjmol=args.energy_window, out_dir=args.out,
             progress=not args.json and sys.stderr.isatty(), n_workers=args.workers,
             charges=args.charges, max_trials=max_trials, sampling=args.sampling,
+            flexible=args.flexible, max_rotatable_bonds=args.max_rotatable_bonds,
         )
     except (ValueError, BackendError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -116,6 +123,11 @@ def run_csp_command(args: argparse.Namespace) -> int:
                       f"{m.density_gcm3:.3f}", m.space_group, m.search_space_group, str(m.z),
                       str(m.multiplicity))
     Console().print(table)
+    if landscape.meta.get("flexible"):
+        from sim_backends.csp.flexible import conformer_lines
+
+        for line in conformer_lines(landscape):
+            print(line)
     from sim_backends.csp.sampling import convergence_lines
 
     conv = landscape.meta.get("convergence") or {}

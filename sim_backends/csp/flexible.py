@@ -183,6 +183,22 @@ def _rotation(var: Any, x: np.ndarray, r0: np.ndarray) -> np.ndarray:
     return rot.numpy()
 
 
+def dedupe_conformational(candidates: list[Any], torsions: Any, torsion_tol_deg: float = TORSION_TOL_DEG) -> list[Any]:
+    """Unique minima, lowest first: candidates (:class:`~sim_backends.csp.dedupe.Candidate` with
+    ``payload["torsions_deg"]``) merge only when their torsions agree within ``torsion_tol_deg``
+    (:meth:`TorsionSet.distance_deg`) and :func:`~sim_backends.csp.dedupe.merge_candidate`
+    matches them; multiplicities add up."""
+    from sim_backends.csp.dedupe import merge_candidate
+
+    kept: list[Any] = []
+    for cand in sorted(candidates, key=lambda c: c.energy_kjmol):
+        same_conf = [k for k in kept if torsions.distance_deg(k.payload["torsions_deg"],
+                                                              cand.payload["torsions_deg"]) <= torsion_tol_deg]
+        if merge_candidate(same_conf, cand) is None:
+            kept.append(cand)
+    return kept
+
+
 def pose_from_minimum(minimum: CSPMinimum, molecule: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Cell parameters (6; degrees), fractional centre (3) and quaternion (w, x, y, z) of the
     reference molecule (the first ``n_atoms`` sites) of a rigid-molecule CSP minimum, and the
@@ -251,7 +267,7 @@ def run_flexible_csp(
     from sim_backends.csp.conformers import (
         CONFORMER_WINDOW_DEFAULT, MAX_ROTATABLE_BONDS_DEFAULT, ConformerEnsemble, build_ensemble,
     )
-    from sim_backends.csp.dedupe import Candidate, detect_space_group, merge_candidate, to_structure
+    from sim_backends.csp.dedupe import Candidate, detect_space_group, to_structure
     from sim_backends.csp.intramolecular import IntramolecularModel
     from sim_backends.csp.run import run_csp, validate_csp_arguments
     from sim_backends.csp.spacegroups import get_space_group, parse_space_groups
@@ -332,14 +348,8 @@ def run_flexible_csp(
     relax_cpu_s = time.process_time() - c_relax
     cands.sort(key=lambda c: c.energy_kjmol)
     e_min = cands[0].energy_kjmol if cands else math.inf
-    kept: list[Candidate] = []
-    for cand in cands:
-        if cand.energy_kjmol > e_min + energy_window_kjmol:
-            break
-        same_conf = [k for k in kept if ens.torsions.distance_deg(k.payload["torsions_deg"],
-                                                                   cand.payload["torsions_deg"]) <= torsion_tol_deg]
-        if merge_candidate(same_conf, cand) is None:
-            kept.append(cand)
+    kept = dedupe_conformational([c for c in cands if c.energy_kjmol <= e_min + energy_window_kjmol],
+                                 ens.torsions, torsion_tol_deg)
     minima, per_min = [], {}
     for k, c in enumerate(kept):
         sym, num = detect_space_group(c.structure)
@@ -367,5 +377,65 @@ def run_flexible_csp(
     }
     landscape = Landscape(ens.smiles, minima, meta)
     if out_dir is not None:
-        landscape.write(out_dir)
+        import json
+
+        path = landscape.write(out_dir) / "run.json"
+        run = json.loads(path.read_text())  # the level of these energies, not the rigid-molecule one
+        run["levels"] = {**run.get("levels", {}), "ff": FLEX_LEVEL}
+        path.write_text(json.dumps(run, indent=2, default=str))
     return landscape
+
+
+#: accepted values of ``run_csp(flexible=...)``
+FLEXIBLE_MODES = ("auto", "rigid", "always")
+
+
+def flexible_smiles(smiles_or_molecule: Any, flexible: str = "auto") -> str | None:
+    """The SMILES to search as a flexible molecule, or None for the rigid-molecule path.
+
+    ``"auto"``: a SMILES string (not a file, not a molecule object) with at least one
+    rotatable bond (:func:`~sim_backends.csp.rigid.count_rotatable_bonds`); ``"always"``: any
+    SMILES string (e.g. paracetamol, whose N-aryl torsion and O-H rotamers the rigidity rule
+    does not count); ``"rigid"``: never.
+
+    Raises:
+        ValueError: unknown mode (one line).
+    """
+    if flexible not in FLEXIBLE_MODES:
+        raise ValueError(f"flexible must be one of {', '.join(FLEXIBLE_MODES)}, got {flexible!r}")
+    if flexible == "rigid" or not isinstance(smiles_or_molecule, str):
+        return None
+    text = smiles_or_molecule.strip()
+    if Path(text).suffix.lower() in {".smi", ".txt", ".xyz", ".mol", ".sdf"} or Path(text).is_file():
+        return None
+    from rdkit import Chem, RDLogger
+
+    from sim_backends.csp.rigid import count_rotatable_bonds
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        mol = Chem.MolFromSmiles(text) if len(text) < 10_000 else None
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if mol is None:
+        return None  # the rigid path reports the invalid input
+    return text if flexible == "always" or count_rotatable_bonds(mol) > 0 else None
+
+
+def conformer_lines(landscape: Landscape) -> list[str]:
+    """Printable summary of the conformers a flexible CSP used (empty for rigid CSP)."""
+    meta = landscape.meta
+    if not meta.get("flexible"):
+        return []
+    lines = [f"conformers used: {meta['n_conformers']} within {meta['conformer_window_kjmol']:g} kJ/mol "
+             f"({meta['conformer_level']}); {meta['n_rotatable_bonds']} rotatable bond(s), torsions "
+             f"{meta['torsions']} (atom indices)",
+             f"lattice energies: {meta['level']}; {meta['n_relaxed']} lowest minima relaxed with free torsions"]
+    used: dict[int, int] = {}
+    for rec in meta.get("minimum_conformers", {}).values():
+        used[rec["conformer"]] = used.get(rec["conformer"], 0) + 1
+    for c in meta["conformers"]:
+        tors = ", ".join(f"{t:.1f}" for t in c["torsions_deg"])
+        lines.append(f"  conformer {c['index']}: dE_intra {c['energy_kjmol']:.2f} kJ/mol (GFN2-xTB), torsions "
+                     f"[{tors}] deg, {c['n_trials']} trials, {used.get(c['index'], 0)} minima in the landscape")
+    return lines

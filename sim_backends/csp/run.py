@@ -283,6 +283,8 @@ def run_csp(
     max_trials: int = MAX_TRIALS_DEFAULT,
     sampling: str = "converged",
     convergence: dict[str, Any] | ConvergenceCriteria | None = None,
+    flexible: str = "auto",
+    max_rotatable_bonds: int | None = None,
 ) -> Landscape:
     """Crystal structure prediction for a rigid molecule with Z' = 1.
 
@@ -319,6 +321,11 @@ def run_csp(
             ``meta["convergence"]`` (``stopped_by`` "converged", "budget" or "fixed").
         convergence: :class:`~sim_backends.csp.sampling.ConvergenceCriteria` or a dict of
             its fields overriding the defaults.
+        flexible: ``"auto"`` (default): a SMILES with rotatable bonds goes to the flexible-molecule
+            search :func:`~sim_backends.csp.flexible.run_flexible_csp` (conformer ensemble,
+            intramolecular energy, torsion relaxation; the same landscape format); ``"always"``:
+            every SMILES does; ``"rigid"``: never (a rotatable bond is then refused).
+        max_rotatable_bonds: rotatable-bond limit of the flexible search (default 4).
 
     Returns:
         The :class:`Landscape`.
@@ -336,6 +343,16 @@ def run_csp(
         ConvergenceCriteria.from_dict(convergence)
     criteria.validate()
     groups = parse_space_groups(space_groups)
+    from sim_backends.csp.flexible import flexible_smiles, run_flexible_csp
+
+    flex = flexible_smiles(smiles_or_molecule, flexible)
+    if flex is not None:
+        return run_flexible_csp(
+            flex, n_trials, space_groups=space_groups, seed=seed, energy_window_kjmol=energy_window_kjmol,
+            out_dir=out_dir, progress=progress, charges=charges, cache_dir=cache_dir,
+            max_rotatable_bonds=max_rotatable_bonds, cutoff_A=cutoff_A, n_workers=n_workers, batch_size=batch_size,
+            gtol=gtol, max_iter=max_iter, protocol=protocol, stage2_margin_kjmol=stage2_margin_kjmol,
+            stage2_warm_start=stage2_warm_start, max_trials=max_trials, sampling=sampling, convergence=convergence)
     t_start = time.perf_counter()
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
     tracker = ConvergenceTracker([g.symbol for g in groups], criteria)
