@@ -52,7 +52,7 @@ Heavy libraries (tblite, PySCF, ASE) are imported inside functions.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from sim_backends import params as check
@@ -72,6 +72,8 @@ ANGSTROM_TO_BOHR = 1.0 / 0.52917721090
 CARRIERS = ("hole", "electron")
 #: default closest-contact cutoff (A) selecting the dimers
 DEFAULT_CUTOFF_A = 4.0
+#: frontier orbitals closer than this to the next orbital (meV) are flagged as degenerate
+DEGENERATE_FRONTIER_MEV = 50.0
 #: largest |J_eff| accepted as physical (meV): strongly coupled pi-stacks reach ~200 meV
 #: (and GFN-xTB overestimates by up to ~2x); beyond 1 eV the "dimer" is a bonded molecule
 MAX_ABS_J_MEV = 1000.0
@@ -103,6 +105,16 @@ class Orbitals:
         if not 0 <= k < self.coefficients.shape[1]:
             raise RunError(f"no {'HOMO' if carrier == 'hole' else 'LUMO'} in the orbital set", retryable=False)
         return self.coefficients[:, k]
+
+    def frontier_spacing_meV(self, carrier: str) -> float:
+        """Gap between the frontier orbital and the next one on its side (HOMO - HOMO-1 for
+        holes, LUMO+1 - LUMO for electrons), meV. Near zero the frontier orbital is one of
+        a degenerate pair (benzene's e1g/e2u), and a single-orbital coupling is ill-defined."""
+        k = self.n_occupied - 1 if carrier == "hole" else self.n_occupied
+        other = k - 1 if carrier == "hole" else k + 1
+        if not 0 <= other < len(self.energies_eV):
+            return float("inf")
+        return 1e3 * abs(float(self.energies_eV[k] - self.energies_eV[other]))
 
     def fock_eV(self) -> np.ndarray:
         """The converged Fock matrix in the AO basis, ``S C diag(eps) C^T S`` (eV)."""
@@ -286,6 +298,10 @@ class CrystalTransfer:
         z: molecules in the cell.
         level: level of theory of the integrals.
         cpu_s: CPU seconds of all SCFs (monomers and dimers).
+        frontier_spacing_meV: per carrier, the smallest frontier spacing over the Z
+            monomers (:meth:`Orbitals.frontier_spacing_meV`); below
+            :data:`DEGENERATE_FRONTIER_MEV` the carrier's couplings use one orbital of a
+            (near-)degenerate pair and are listed in ``warnings``.
     """
 
     dimers: list[DimerTransfer]
@@ -294,6 +310,14 @@ class CrystalTransfer:
     z: int
     level: str
     cpu_s: float
+    frontier_spacing_meV: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per carrier whose frontier orbital is (nearly) degenerate."""
+        return [f"{c}: frontier orbital within {v:.0f} meV of the next one (degenerate pair); "
+                "single-orbital |J| is ill-defined" for c, v in self.frontier_spacing_meV.items()
+                if v < DEGENERATE_FRONTIER_MEV]
 
     def couplings_meV(self, carrier: str) -> np.ndarray:
         """|J_eff| of each neighbour for ``carrier``, (n_neighbours,) meV."""
@@ -304,7 +328,10 @@ class CrystalTransfer:
 
     def to_extra(self) -> dict[str, Any]:
         """JSON-able form (for ``EvalResult.extra``)."""
-        return {"level": self.level, "z": self.z, "dimers": [d.to_dict() for d in self.dimers],
+        return {"level": self.level, "z": self.z, "cpu_s": round(self.cpu_s, 3),
+                "dimers": [d.to_dict() for d in self.dimers],
+                "frontier_spacing_meV": {k: round(v, 3) for k, v in self.frontier_spacing_meV.items()},
+                "warnings": self.warnings,
                 "neighbours": [list(n) for n in self.neighbours],
                 "vectors_A": [[round(float(x), 5) for x in v] for v in self.vectors_A]}
 
@@ -316,7 +343,8 @@ class CrystalTransfer:
         dimers = [DimerTransfer(**{**d, "shift": tuple(d["shift"])}) for d in extra["dimers"]]
         return cls(dimers=dimers, neighbours=[tuple(n) for n in extra["neighbours"]],
                    vectors_A=np.asarray(extra["vectors_A"], dtype=float).reshape(-1, 3),
-                   z=int(extra["z"]), level=str(extra["level"]), cpu_s=float(extra.get("cpu_s", 0.0)))
+                   z=int(extra["z"]), level=str(extra["level"]), cpu_s=float(extra.get("cpu_s", 0.0)),
+                   frontier_spacing_meV=dict(extra.get("frontier_spacing_meV", {})))
 
 
 #: an orbital calculator: (atoms, label, initial density matrix or None) -> (Orbitals, dm or None)
@@ -402,7 +430,8 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
     cell = atoms.cell.array
     vectors = np.array([com[d.j] + np.asarray(d.shift) @ cell - com[d.i] for d in dimers])
     neighbours = [(d.i, d.j, c) for d, c in zip(dimers, class_of)]
-    return CrystalTransfer(records, neighbours, vectors, crystal.z, level_name, cpu)
+    spacing = {c: min(orb.frontier_spacing_meV(c) for orb, _ in monomers) for c in CARRIERS}
+    return CrystalTransfer(records, neighbours, vectors, crystal.z, level_name, cpu, spacing)
 
 
 def summary_values(transfer: CrystalTransfer) -> dict[str, float]:

@@ -193,3 +193,12 @@ def test_dft_symmetric_dimer_and_failed_scf():
         assert 2 * abs(x["j_eff_meV"]) == pytest.approx(1e3 * (e_high - e_low), rel=0.1)
     with pytest.raises(RunError, match="SCF"):
         dft_orbitals(a + b, basis="6-31g", max_cycles=1)
+
+
+def test_degenerate_frontier_orbitals_are_flagged():
+    benzene = (ROOT / "data/reference/x23/cif/benzene.cif").read_text()
+    tr = crystal_transfer(load_crystal(benzene, "c1ccccc1"), "gfn2-xtb", 4.0)
+    assert tr.frontier_spacing_meV["hole"] < 10.0 and len(tr.warnings) == 2  # crystal field splits e1g by ~1 meV
+    assert "degenerate" in tr.to_extra()["warnings"][0]
+    naph = crystal_transfer(load_crystal(NAPHTHALENE_CIF, NAPHTHALENE), "gfn2-xtb", 4.0)
+    assert naph.warnings == [] and naph.frontier_spacing_meV["hole"] > 500.0

@@ -1,0 +1,253 @@
+"""Transfer integrals and hopping mobilities on experimental acene crystals; xTB vs DFT.
+
+What it measures:
+
+1. For each crystal (X23 PBE+TS structures shipped in data/reference/x23/cif: naphthalene,
+   anthracene, benzene), the hole and electron effective transfer integrals |J_eff| of
+   every symmetry-unique dimer with a closest contact below 4 A, by dimer projection at
+   GFN2-xTB (tblite) and B3LYP/6-31G (PySCF) (:mod:`sim_backends.transfer`).
+2. The hole hopping mobility at 300 K (Marcus rates, exact periodic-network diffusion,
+   :mod:`sim_backends.mobility`) with published lambda+ (below); beside it the neighbour
+   Einstein sum and a kinetic Monte Carlo run (the baselines of the diffusion solver, same
+   network, same run).
+3. The xTB-vs-DFT correlation of |J_eff| over all unique dimers of one CSP landscape
+   (data/landscapes/formamide_dft, the ``--n-structures`` lowest structures at its DFT
+   level), and over the acene dimers.
+
+Reference values quoted in the table (not computed here):
+
+* lambda+ (B3LYP/6-31G**, adiabatic four-point): naphthalene 187 meV, anthracene 138 meV
+  (Coropceanu et al., Chem. Rev. 107, 926 (2007)); benzene has no entry (its hole is a
+  degenerate e1g pair, Jahn-Teller active: not a hopping semiconductor; only its J are
+  compared between levels).
+* Experimental room-temperature hole mobilities of ultrapure naphthalene and anthracene
+  crystals (time of flight) are of order 1 cm^2/(V s) (Karl, Synth. Met. 133-134, 649 (2003)).
+* Herringbone acene couplings at B3LYP/6-31G(d,p): pentacene T1/T2/P dimers 96.7/64.0/41.7
+  meV (PMC3366639, Table 2: experimental structure). Pentacene itself is not computed here:
+  no pentacene CIF with a shippable licence was available offline.
+
+Every SCF result is saved as it arrives (``--progress`` JSONL, keyed by structure and
+level), so an interrupted run resumes where it stopped.
+
+Usage:
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/transfer_validation.py
+    ... --levels xtb --n-structures 4      # quick look (writes its own result file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CRYSTALS = {  # name: (SMILES, lambda+ eV or None)
+    "naphthalene": ("c1ccc2ccccc2c1", 0.187),
+    "anthracene": ("c1ccc2cc3ccccc3cc2c1", 0.138),
+    "benzene": ("c1ccccc1", None),
+}
+LEVELS = {"xtb": ("gfn2-xtb", {}), "dft": ("dft", {"functional": "b3lyp", "basis": "6-31g", "conv_tol": 1e-7})}
+LEVEL_NAMES = {"xtb": "GFN2-xTB", "dft": "B3LYP/6-31G"}
+DEFAULTS = {"levels": "xtb,dft", "crystals": "naphthalene,anthracene,benzene", "n_structures": 10,
+            "cutoff": 4.0, "temperature": 300.0}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--levels", default=DEFAULTS["levels"], help="comma list of xtb, dft")
+    ap.add_argument("--crystals", default=DEFAULTS["crystals"])
+    ap.add_argument("--n-structures", type=int, default=DEFAULTS["n_structures"],
+                    help="lowest-energy formamide_dft landscape structures for the correlation (0: none)")
+    ap.add_argument("--cutoff", type=float, default=DEFAULTS["cutoff"], help="closest-contact cutoff, A")
+    ap.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="K")
+    ap.add_argument("--progress", default=None, help="JSONL of finished SCF sets (resume)")
+    args = ap.parse_args(argv)
+    levels = [x for x in args.levels.split(",") if x]
+    bad = [x for x in levels if x not in LEVELS] + [c for c in args.crystals.split(",") if c and c not in CRYSTALS]
+    if bad or not levels:
+        ap.error(f"unknown level/crystal {bad}; levels {list(LEVELS)}, crystals {list(CRYSTALS)}")
+    if args.n_structures < 0 or not 0 < args.cutoff <= 12 or args.temperature <= 0:
+        ap.error("--n-structures >= 0, 0 < --cutoff <= 12 A, --temperature > 0 K")
+    return args
+
+
+def result_name(args: argparse.Namespace) -> str:
+    diff = [f"{k}-{getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k]]
+    return "transfer_validation" + ("_" + "_".join(diff).replace(",", "+") if diff else "")
+
+
+def load_progress(path: Path) -> dict[str, dict]:
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["key"]] = rec
+    return done
+
+
+def compute(key: str, crystal, level: str, cutoff: float, done: dict, progress: Path) -> dict:
+    """Transfer integrals of one structure at one level, from ``done`` if already computed.
+
+    Returns the record: ``extra`` of :meth:`CrystalTransfer.to_extra`, ``cpu_s``, or
+    ``error`` (one line) when an SCF failed.
+    """
+    from sim_backends.base import BackendError, process_cpu_s
+    from sim_backends.transfer import crystal_transfer
+
+    if key in done:
+        return done[key]
+    name, params = LEVELS[level]
+    c0 = process_cpu_s()
+    try:
+        tr = crystal_transfer(crystal, name, cutoff, params)
+        rec = {"key": key, "transfer": tr.to_extra(), "cpu_s": round(process_cpu_s() - c0, 2)}
+    except BackendError as exc:
+        rec = {"key": key, "error": str(exc), "cpu_s": round(process_cpu_s() - c0, 2)}
+    with progress.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    done[key] = rec
+    return rec
+
+
+def pearson_spearman(x, y) -> tuple[float, float]:
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return float("nan"), float("nan")
+    return float(pearsonr(x, y)[0]), float(spearmanr(x, y)[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
+    from sim_backends.mobility import HoppingNetwork, crystal_mobility, kmc_diffusion, mobility_cm2Vs
+    from sim_backends.structures import Crystal, load_crystal
+    from sim_backends.transfer import CrystalTransfer
+
+    args = parse(argv)
+    levels = [x for x in args.levels.split(",") if x]
+    name = result_name(args)
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Path(args.progress) if args.progress else out_dir / f"{name}_progress.jsonl"
+    done = load_progress(progress)
+    t0 = time.time()
+    print(f"# transfer integrals: dimer projection, closest contact < {args.cutoff:g} A; "
+          f"mobility: Marcus hopping at {args.temperature:g} K", flush=True)
+
+    crystals_out = {}
+    pairs = {"hole": [], "electron": []}  # (xtb, dft) |J| over the acene dimers
+    for cname in [c for c in args.crystals.split(",") if c]:
+        smiles, lam = CRYSTALS[cname]
+        crystal = load_crystal((ROOT / "data/reference/x23/cif" / f"{cname}.cif").read_text(), smiles)
+        per_level = {}
+        for level in levels:
+            rec = compute(f"x23/{cname}/{level}/{args.cutoff:g}", crystal, level, args.cutoff, done, progress)
+            per_level[level] = rec
+            print(f"  {cname:12s} {LEVEL_NAMES[level]:12s} "
+                  + (f"{len(rec['transfer']['dimers'])} unique dimers, {rec['cpu_s']:.1f} CPU s"
+                     if "transfer" in rec else f"FAILED: {rec['error']}"), flush=True)
+        print(f"\n{cname} (X23 PBE+TS cell, Z = {crystal.z}): |J_eff| per unique dimer, meV")
+        print(f"  {'d_com/A':>7s} {'contact/A':>9s} {'mult':>4s} "
+              + " ".join(f"{'J_h ' + LEVEL_NAMES[lv]:>16s} {'J_e ' + LEVEL_NAMES[lv]:>16s}" for lv in levels))
+        ok = {lv: CrystalTransfer.from_extra(per_level[lv]["transfer"]) for lv in levels if "transfer" in per_level[lv]}
+        ref = next(iter(ok.values()), None)
+        rows = []
+        for k, d in enumerate(ref.dimers if ref else []):
+            vals = {lv: (abs(ok[lv].dimers[k].hole["j_eff_meV"]), abs(ok[lv].dimers[k].electron["j_eff_meV"]))
+                    for lv in ok}
+            rows.append({"com_A": round(d.com_A, 3), "contact_A": round(d.contact_A, 3),
+                         "multiplicity": d.multiplicity,
+                         **{f"j_{c}_{lv}_meV": round(vals[lv][ci], 3) for lv in vals for ci, c in enumerate(("hole", "electron"))}})
+            print(f"  {d.com_A:7.2f} {d.contact_A:9.2f} {d.multiplicity:4d} "
+                  + " ".join(f"{vals[lv][0]:16.2f} {vals[lv][1]:16.2f}" if lv in vals else f"{'-':>16s} {'-':>16s}"
+                             for lv in levels))
+            if "xtb" in vals and "dft" in vals:
+                pairs["hole"].append((vals["xtb"][0], vals["dft"][0]))
+                pairs["electron"].append((vals["xtb"][1], vals["dft"][1]))
+        mob = {}
+        if lam is not None:
+            for lv, tr in ok.items():
+                values, details = crystal_mobility(tr, {"hole": lam}, args.temperature)
+                net = HoppingNetwork.from_transfer(tr, "hole", lam, args.temperature)
+                kmc = kmc_diffusion(net, n_walkers=3000, n_hops=1000, seed=0)
+                mob[lv] = {"exact_iso": values["mobility_hole_cm2Vs"], "exact_max": values["mobility_hole_max_cm2Vs"],
+                           "einstein_iso": details["hole"]["einstein_sum"]["iso"],
+                           "kmc_iso": float(mobility_cm2Vs(np.trace(kmc.diffusion) / 3, args.temperature)),
+                           "kmc_stderr": float(mobility_cm2Vs(kmc.stderr_iso, args.temperature)),
+                           "relative_local_drift": details["hole"]["relative_local_drift"]}
+            print(f"  hole mobility, lambda+ = {lam * 1000:.0f} meV (B3LYP/6-31G**, Coropceanu 2007), "
+                  f"{args.temperature:g} K, cm2/(V s):")
+            print(f"  {'level':12s} {'exact iso':>10s} {'exact max':>10s} {'Einstein':>10s} {'KMC':>16s}")
+            for lv, m in mob.items():
+                print(f"  {LEVEL_NAMES[lv]:12s} {m['exact_iso']:10.3f} {m['exact_max']:10.3f} "
+                      f"{m['einstein_iso']:10.3f} {m['kmc_iso']:9.3f} +- {m['kmc_stderr']:.3f}")
+            print("  experiment (TOF, ultrapure crystals, room temperature): ~1 cm2/(V s) (Karl 2003)")
+        crystals_out[cname] = {"z": crystal.z, "dimers": rows, "mobility_hole_cm2Vs": mob,
+                               "lambda_hole_eV": lam,
+                               "cpu_s": {lv: per_level[lv]["cpu_s"] for lv in levels}}
+
+    landscape_out = {}
+    if args.n_structures and len(levels) == 2:
+        from agent.landscape_io import load_landscape
+
+        land = load_landscape(ROOT / "data/landscapes/formamide_dft", "ff", "dft")
+        order = np.argsort(land.energies_kjmol["dft"])[: args.n_structures]
+        lpairs = {"hole": [], "electron": []}
+        cpu = {lv: 0.0 for lv in levels}
+        n_failed = 0
+        for idx in order:
+            crystal = Crystal.from_atoms(land.atoms["ff"][idx])
+            recs = {lv: compute(f"formamide_dft/{land.ids[idx]}/{lv}/{args.cutoff:g}", crystal, lv, args.cutoff,
+                                done, progress) for lv in levels}
+            for lv in levels:
+                cpu[lv] += recs[lv]["cpu_s"]
+            if not all("transfer" in r for r in recs.values()):
+                n_failed += 1
+                continue
+            trs = {lv: CrystalTransfer.from_extra(recs[lv]["transfer"]) for lv in levels}
+            for a, b in zip(trs["xtb"].dimers, trs["dft"].dimers):
+                for c in ("hole", "electron"):
+                    lpairs[c].append((abs(getattr(a, c)["j_eff_meV"]), abs(getattr(b, c)["j_eff_meV"])))
+            print(f"  formamide {land.ids[idx]}: {len(trs['xtb'].dimers)} dimers", flush=True)
+        print(f"\nxTB vs DFT |J_eff| over all unique dimers of the {len(order)} lowest formamide_dft structures "
+              f"({n_failed} failed):")
+        for c in ("hole", "electron"):
+            x, y = np.array(lpairs[c]).T if lpairs[c] else (np.zeros(0), np.zeros(0))
+            r, rho = pearson_spearman(x, y)
+            ratio = float(np.median(y[x > 0.5] / x[x > 0.5])) if np.any(x > 0.5) else float("nan")
+            landscape_out[c] = {"n_dimers": int(len(x)), "pearson": r, "spearman": rho,
+                                "median_ratio_dft_over_xtb": ratio}
+            print(f"  {c:8s} n = {len(x):3d}  Pearson r = {r:.3f}  Spearman = {rho:.3f}  "
+                  f"median DFT/xTB (|J_xTB| > 0.5 meV) = {ratio:.2f}")
+        landscape_out["cpu_s"] = cpu
+
+    acene_corr = {}
+    if len(levels) == 2:
+        print("\nxTB vs DFT |J_eff| over the experimental-crystal dimers:")
+        for c in ("hole", "electron"):
+            x, y = np.array(pairs[c]).T if pairs[c] else (np.zeros(0), np.zeros(0))
+            r, rho = pearson_spearman(x, y)
+            ratio = float(np.median(y[x > 0.5] / x[x > 0.5])) if np.any(x > 0.5) else float("nan")
+            acene_corr[c] = {"n_dimers": int(len(x)), "pearson": r, "spearman": rho, "median_ratio_dft_over_xtb": ratio}
+            print(f"  {c:8s} n = {len(x):3d}  Pearson r = {r:.3f}  Spearman = {rho:.3f}  median DFT/xTB = {ratio:.2f}")
+
+    summary = {"benchmark": "transfer_validation", "levels": [LEVEL_NAMES[lv] for lv in levels],
+               "cutoff_A": args.cutoff, "temperature_K": args.temperature, "crystals": crystals_out,
+               "xtb_vs_dft_acenes": acene_corr, "xtb_vs_dft_landscape_formamide": landscape_out,
+               "wall_s": round(time.time() - t0, 1)}
+    text = json.dumps(summary)
+    (out_dir / f"{name}.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
