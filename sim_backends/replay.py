@@ -180,7 +180,8 @@ class _ReorgReplay(ReplayBackend):
     know in advance). A molecule without a stored
     value at this level is a setup failure (as an invalid input would be).
     Params are those of :class:`ReplayBackend`; ``table`` defaults to
-    :data:`REORG_TABLE`.
+    :data:`REORG_TABLE`; ``estimated_params`` (dict) overrides the real backend's params
+    of the size-based estimate (the protocol the table was computed with).
     """
 
     internal = True
@@ -202,8 +203,11 @@ class _ReorgReplay(ReplayBackend):
 
         if "cost_s" in self.params:
             return float(self.params["cost_s"])
+        # a table computed with another protocol of the real backend names it in
+        # ``estimated_params`` (e.g. {geometry = "dft"} for DFT-relaxed states)
+        estimated = {**self.estimated_params, **dict(self.params.get("estimated_params") or {})}
         try:
-            return float(get_backend(self.estimated_as, **self.estimated_params).cost_estimate(inp))
+            return float(get_backend(self.estimated_as, **estimated).cost_estimate(inp))
         except Exception:  # noqa: BLE001 - e.g. an invalid SMILES: no size to scale with
             return 1.0
 

@@ -167,3 +167,46 @@ def test_local_executor_contract():
     assert ex.n_in_flight == 0
     with pytest.raises(ValueError, match="slots"):
         LocalExecutor(slots=0)
+
+
+def _decisions_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "molecule_decisions.py"
+    spec = importlib.util.spec_from_file_location("molecule_decisions", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_replay_cost_estimate_follows_the_table_protocol():
+    """A replay of DFT-relaxed results estimates its cost as the DFT-relaxation protocol
+    (naphthalene ~320 s), not as DFT//xTB single points (~47 s): the estimate is what
+    the budget rule trusts before any DFT result is in."""
+    from sim_backends.base import EvalInput
+    from sim_backends.registry import get_backend
+
+    inp = EvalInput("c1ccc2ccccc2c1")
+    real = get_backend("dft-reorg", functional="b3lyp", basis="6-31g", geometry="dft").cost_estimate(inp)
+    replay = get_backend("replay-dft-reorg", estimated_params={"geometry": "dft"})
+    assert replay.cost_estimate(inp) == pytest.approx(real)
+    assert replay.cost_estimate(inp) > 3 * get_backend("replay-dft-reorg").cost_estimate(inp)
+
+
+def test_campaign_stays_within_a_small_budget_on_dft_relaxed_replay(tmp_path):
+    """benchmarks/molecule_decisions.py's second data set (GFN2-xTB and B3LYP/6-31G with
+    both states relaxed, 12 molecules, recorded CPU s): at 5 % of the cost of DFT on all
+    (61 CPU s) the real Campaign must not start naphthalene (262 CPU s recorded); it did
+    when the replay estimated every cost as DFT//xTB (264 s charged)."""
+    md = _decisions_benchmark()
+    smiles, _, top = md.replay_pool(md.table_path("dftdft"))
+    assert len(smiles) == 12 and np.isfinite(top).all()
+    from sim_backends.base import EvalInput
+    from sim_backends.registry import get_backend
+
+    dft = get_backend(md.LEVELS[1], **md.level_params("dftdft")[1])
+    budget = 0.05 * sum(dft.evaluate(EvalInput(s)).wall_s for s in smiles)
+    best, spent, n_dft = md.run_agent(smiles, budget, 0, tmp_path, "dftdft")
+    assert spent <= 1.3 * budget, (spent, budget)
+    assert n_dft >= 1 and np.isfinite(best)
