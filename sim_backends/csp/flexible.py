@@ -144,8 +144,17 @@ class FlexibleCrystal:
             grad[self.n_cryst:] = np.einsum("kna,na->k", jac, g_body) / self.lever
         return float(e_inter[0]), float(e_intra), grad, body
 
-    def relax(self, v0: np.ndarray, r0: np.ndarray, gtol: float = 0.05, max_iter: int = 600) -> dict[str, Any]:
-        """L-BFGS-B (SciPy) from ``v0``; returns energies, structure and torsions at the minimum."""
+    def relax(self, v0: np.ndarray, r0: np.ndarray, gtol: float = 0.05, max_iter: int = 600,
+              max_torsion_change_deg: float = 90.0) -> dict[str, Any]:
+        """L-BFGS-B (SciPy) from ``v0``; returns energies, structure and torsions at the minimum.
+
+        Torsions may move at most ``max_torsion_change_deg`` from their start (bounds), and the
+        result is flagged not ``converged`` when the molecule grew beyond the pair-search reach
+        of the model (its extent margin) or the gradient test failed.
+
+        Raises:
+            RuntimeError: a GFN2-xTB single point failed (one line).
+        """
         from scipy.optimize import minimize
 
         def fun(v):
@@ -155,10 +164,16 @@ class FlexibleCrystal:
                 return 1e10, np.zeros_like(v)
             return e, g
 
-        res = minimize(fun, v0, jac=True, method="L-BFGS-B", options={"gtol": gtol, "maxiter": max_iter})
+        span = np.radians(max_torsion_change_deg) * self.lever
+        bounds = [(None, None)] * self.n_cryst + [(v0[k] - span[i], v0[k] + span[i])
+                                                  for i, k in enumerate(range(self.n_cryst, self.n_var))]
+        res = minimize(fun, v0, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"gtol": gtol, "maxiter": max_iter})
         e_inter, e_intra, g, body = self.energy_terms(res.x, r0)
+        extent = float(np.linalg.norm(body - body.mean(0), axis=1).max())
+        within = extent <= self.model.extent_A
         return {"v": res.x, "energy_kjmol": e_inter + e_intra, "inter_kjmol": e_inter, "intra_kjmol": e_intra,
-                "max_grad": float(np.abs(g).max()), "converged": bool(np.abs(g).max() < 5 * gtol),
+                "max_grad": float(np.abs(g).max()), "converged": bool(np.abs(g).max() < 5 * gtol and within),
                 "n_evals": int(res.nfev), "body": body, **self.geometry(res.x, r0)}
 
     def geometry(self, v: np.ndarray, r0: np.ndarray) -> dict[str, np.ndarray]:
@@ -319,7 +334,7 @@ def run_flexible_csp(
                                    multiplicity=m.multiplicity))
     cands.sort(key=lambda c: c.energy_kjmol)
     c_relax = time.process_time()
-    n_relaxed = 0
+    n_relaxed = n_relax_failed = 0
     relax_evals = 0
     if cands and relax_top and len(ens.torsions):
         e_cut = cands[0].energy_kjmol + energy_window_kjmol + relax_margin_kjmol
@@ -332,9 +347,14 @@ def run_flexible_csp(
             if rmsd > 1e-3:
                 continue  # not a pose of this conformer (should not happen); keep it rigid
             v0, r0 = crystal.encode(params, centre, quat)
-            out = crystal.relax(v0, r0)
+            try:
+                out = crystal.relax(v0, r0)
+            except RuntimeError:
+                n_relax_failed += 1
+                continue  # a failed GFN2-xTB SCF: the minimum keeps its rigid-conformer energy
             relax_evals += out["n_evals"]
             if not (out["converged"] and out["energy_kjmol"] <= cand.energy_kjmol + 1e-6):
+                n_relax_failed += 1
                 continue
             z = out["coords_A"].shape[0]
             vol = abs(float(np.linalg.det(out["cell_A"])))
@@ -366,7 +386,8 @@ def run_flexible_csp(
         "conformers": conf_meta, "n_conformers": n_conf, "n_rotatable_bonds": ens.n_rotatable,
         "conformer_window_kjmol": ens.window_kjmol, "n_conformers_embedded": ens.n_embedded,
         "torsions": [list(t) for t in ens.torsions.atoms], "minimum_conformers": per_min,
-        "relax_top": int(relax_top), "n_relaxed": n_relaxed, "relax_evals": relax_evals,
+        "relax_top": int(relax_top), "n_relaxed": n_relaxed, "n_relax_failed": n_relax_failed,
+        "relax_evals": relax_evals,
         "relax_cpu_s": relax_cpu_s, "ensemble_cpu_s": ensemble_cpu_s, "search_cpu_s": cpu_search,
         "n_trials_requested": int(n_trials), "n_trials": int(sum(c["n_trials"] for c in conf_meta)),
         "n_minimised": n_minimised, "n_converged": n_converged, "n_unique": len(minima),

@@ -162,7 +162,8 @@ class RigidMolecule:
         mol = Chem.MolFromSmiles(canonical)  # canonical atom order: same conformer, same cache entry
         n_rot = count_rotatable_bonds(mol)
         if n_rot:
-            raise SetupError(f"{canonical}: {n_rot} rotatable bond(s); rigid-molecule CSP needs none")
+            raise SetupError(f"{canonical}: {n_rot} rotatable bond(s); rigid-molecule CSP needs none "
+                             "(flexible CSP: run_csp(flexible='auto'), crystal-agent csp --flexible auto)")
         molh = Chem.AddHs(mol)
         params = AllChem.ETKDGv3()
         params.randomSeed = int(seed)

@@ -1,0 +1,218 @@
+"""Benchmark ``csp_flexible``: CSP of flexible molecules from SMILES, and its cost against rigid CSP.
+
+Per molecule (paracetamol form I, COD 7105573, P2_1/n Z=4; succinic acid, X23 beta, P2_1/c Z=2
+on an inversion centre) :func:`sim_backends.csp.flexible.run_flexible_csp` runs from the
+SMILES (GFN2-xTB conformer ensemble, trials split over the conformers, W99 + Ewald +
+GFN2-xTB intramolecular energy, torsion relaxation of the lowest minima), and the table
+reports: whether the experimental crystal is found (pymatgen StructureMatcher on heavy atoms,
+ltol 0.3, stol 0.4, angle_tol 10, scale=True, as :meth:`Landscape.find_match`), its rank and
+gap to the global minimum (kJ/mol per molecule), the torsion RMSD (deg, modulo period and
+mirror image) between the experimental molecule and the closest ensemble conformer and the
+matched minimum, the lattice energy of the match with and without the intramolecular term
+(X23 reference for succinic acid), and CPU seconds (ensemble, search, relaxation).
+
+Baseline measured in the same run (throughput): minimised trials per CPU second of the rigid
+search of one conformer (the gas-phase global minimum as a rigid molecule) and of the flexible
+search, the same number of trials, same space groups and settings.
+
+Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_flexible.py
+          [--n-trials 20000] [--systems paracetamol,succinic_acid] [--charges resp|xtb]
+          [--throughput-trials 256] [--sampling converged|fixed]
+Progress (one JSON line per finished step) goes to benchmarks/results/csp_flexible_progress.jsonl
+(or a name with the non-default arguments); the summary to benchmarks/results/csp_flexible.json
+for the default arguments, else to a file named after them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+#: name -> (SMILES, space groups searched, experimental description, reference source)
+SYSTEMS: dict[str, tuple[str, str, str]] = {
+    "paracetamol": ("CC(=O)Nc1ccc(O)cc1", "P2_1/c,P-1,P2_12_12_1,P2_1,Pbca,C2/c",
+                    "form I, P2_1/n Z=4 (COD 7105573, 100 K)"),
+    "succinic_acid": ("OC(=O)CCC(=O)O", "P2_1,P2_1/c,P-1,P2_12_12_1,Pc,C2/c",
+                      "beta, P2_1/c Z=2 on -1 (X23, PBE+TS)"),
+}
+X23_REFERENCE = {"succinic_acid": -130.30}
+DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid", "charges": "resp",
+            "throughput_trials": 256, "sampling": "converged"}
+
+
+def reference(name: str):
+    """The experimental crystal as a pymatgen Structure."""
+    from pymatgen.core import Structure
+
+    if name == "paracetamol":
+        return Structure.from_file(str(ROOT / "data/reference/cod/COD_7105573_paracetamol_form_I.cif"))
+    from csp_recovery import reference_structure
+
+    return reference_structure(name)
+
+
+def experimental_torsions(structure, smiles: str, torsions) -> list[list[float]]:
+    """Torsion values (deg) of one molecule of ``structure`` for every atom mapping of the
+    SMILES' hydrogen-complete graph onto it (graph symmetry gives several)."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    from sim_backends.csp.intramolecular import dihedral_deg
+    from sim_backends.csp.rigid import split_molecules
+
+    symbols = [s.specie.symbol for s in structure]
+    idx, xyz = split_molecules(symbols, structure.cart_coords, structure.lattice.matrix)[0]
+    sym = [symbols[i] for i in idx]
+    block = f"{len(sym)}\n\n" + "\n".join(f"{s} {x:.6f} {y:.6f} {z:.6f}" for s, (x, y, z) in zip(sym, xyz))
+    exp = Chem.MolFromXYZBlock(block)
+    rdDetermineBonds.DetermineConnectivity(exp)
+    template = Chem.AddHs(Chem.MolFromSmiles(Chem.MolToSmiles(Chem.MolFromSmiles(smiles))))
+    plain = Chem.RWMol(template)
+    for b in plain.GetBonds():
+        b.SetBondType(Chem.BondType.SINGLE)
+        b.SetIsAromatic(False)
+    for a in plain.GetAtoms():
+        a.SetIsAromatic(False)
+        a.SetNoImplicit(True)
+    query = Chem.AdjustQueryProperties(plain.GetMol())
+    out = []
+    for match in exp.GetSubstructMatches(query, uniquify=False, maxMatches=64):
+        out.append([dihedral_deg(xyz[[match[i] for i in t]]) for t in torsions.atoms])
+    return out
+
+
+def torsion_rmsd(torsions, exp_sets: list[list[float]], values: list[float]) -> float:
+    """Smallest RMS torsion difference (deg) over atom mappings, modulo period and mirror image."""
+    import numpy as np
+
+    p = np.asarray(torsions.period_deg)
+    best = float("inf")
+    for exp in exp_sets:
+        for sign in (1.0, -1.0):
+            d = (np.asarray(exp) - sign * np.asarray(values) + p / 2) % p - p / 2
+            best = min(best, float(np.sqrt((d ** 2).mean())))
+    return best
+
+
+def run_system(name: str, args, progress_path: Path) -> dict:
+    from sim_backends.csp.conformers import build_ensemble
+    from sim_backends.csp.flexible import run_flexible_csp
+
+    smiles, groups, exp_text = SYSTEMS[name]
+    c0 = time.process_time()
+    ens = build_ensemble(smiles, charges=args.charges)
+    ens_cpu = time.process_time() - c0
+    ref = reference(name)
+    exp_sets = experimental_torsions(ref, ens.smiles, ens.torsions)
+    conf_rmsd = [torsion_rmsd(ens.torsions, exp_sets, c.torsions_deg) for c in ens.conformers]
+    _log(progress_path, {"system": name, "step": "ensemble", "n_conformers": len(ens), "cpu_s": ens_cpu,
+                         "conformers": ens.summary(), "exp_torsion_rmsd_deg": conf_rmsd})
+    land = run_flexible_csp(ens, args.n_trials, space_groups=groups, charges=args.charges, progress=False,
+                            sampling=args.sampling)
+    hit = land.find_match(ref)
+    row = {"system": name, "experiment": exp_text, "space_groups": groups, "n_trials_budget": args.n_trials,
+           "n_trials": land.meta["n_trials"], "n_conformers": len(ens), "n_unique": len(land),
+           "closest_conformer_torsion_rmsd_deg": min(conf_rmsd), "ensemble_cpu_s": ens_cpu,
+           "search_cpu_s": land.meta["search_cpu_s"], "relax_cpu_s": land.meta["relax_cpu_s"],
+           "cpu_s": ens_cpu + land.meta["cpu_s"], "wall_s": land.meta["wall_s"], "found": hit is not None,
+           "global_min_kjmol": land.minima[0].energy_kjmol if land.minima else None}
+    if hit is not None:
+        rank, m, rms = hit
+        rec = land.meta["minimum_conformers"][m.id]
+        row.update({"rank": rank, "gap_kjmol": m.energy_kjmol - land.minima[0].energy_kjmol, "rms": rms,
+                    "match_conformer": rec["conformer"], "match_relaxed": rec["relaxed"],
+                    "match_torsion_rmsd_deg": torsion_rmsd(ens.torsions, exp_sets, rec["torsions_deg"]),
+                    "E_latt_kjmol": m.energy_kjmol, "E_latt_no_intra_kjmol": m.energy_kjmol - rec["intra_kjmol"],
+                    "intra_kjmol": rec["intra_kjmol"]})
+    if name in X23_REFERENCE:
+        row["E_latt_X23_kjmol"] = X23_REFERENCE[name]
+    _log(progress_path, {"step": "search", **row})
+    return row
+
+
+def throughput(args, progress_path: Path) -> dict:
+    """Minimised trials per CPU second, rigid vs flexible, succinic acid in P2_1 and P-1."""
+    from sim_backends.csp.conformers import build_ensemble
+    from sim_backends.csp.flexible import run_flexible_csp
+    from sim_backends.csp.run import run_csp
+
+    ens = build_ensemble("OC(=O)CCC(=O)O", charges=args.charges)
+    n, groups = args.throughput_trials, "P2_1,P-1"
+    c0 = time.process_time()
+    rigid = run_csp(ens.conformers[0].molecule, n, space_groups=groups, progress=False, sampling="fixed")
+    rigid_cpu = time.process_time() - c0
+    c0 = time.process_time()
+    flex = run_flexible_csp(ens, n, space_groups=groups, progress=False, sampling="fixed")
+    flex_cpu = time.process_time() - c0
+    row = {"molecule": "succinic acid", "n_trials": n, "space_groups": groups,
+           "rigid_minimised": rigid.meta["n_minimised"], "rigid_cpu_s": rigid_cpu,
+           "flexible_minimised": flex.meta["n_minimised"], "flexible_cpu_s": flex_cpu,
+           "flexible_relax_cpu_s": flex.meta["relax_cpu_s"], "flexible_n_relaxed": flex.meta["n_relaxed"],
+           "n_conformers": len(ens),
+           "rigid_per_cpu_s": rigid.meta["n_minimised"] / rigid_cpu,
+           "flexible_per_cpu_s": flex.meta["n_minimised"] / flex_cpu}
+    row["ratio_rigid_over_flexible"] = row["rigid_per_cpu_s"] / row["flexible_per_cpu_s"]
+    _log(progress_path, {"step": "throughput", **row})
+    return row
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, default=float) + "\n")
+    print(json.dumps(record, default=float)[:400], flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-trials", type=int, default=DEFAULTS["n_trials"])
+    ap.add_argument("--systems", default=DEFAULTS["systems"])
+    ap.add_argument("--charges", choices=("resp", "xtb"), default=DEFAULTS["charges"])
+    ap.add_argument("--throughput-trials", type=int, default=DEFAULTS["throughput_trials"],
+                    help="trials of the rigid-vs-flexible throughput comparison (0: skip)")
+    ap.add_argument("--sampling", choices=("converged", "fixed"), default=DEFAULTS["sampling"])
+    args = ap.parse_args(argv)
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or args.n_trials < 1 or args.throughput_trials < 0:
+        print(f"csp_flexible: error: unknown systems {unknown} or bad counts (known: {', '.join(SYSTEMS)})",
+              file=sys.stderr)
+        return 2
+    changed = [f"{k.replace('_', '-')}-{getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k]]
+    stem = "csp_flexible" + ("_" + "_".join(changed).replace(",", "-").replace("/", "") if changed else "")
+    results = ROOT / "benchmarks/results"
+    results.mkdir(parents=True, exist_ok=True)
+    progress_path = results / f"{stem}_progress.jsonl"
+    rows = [run_system(s, args, progress_path) for s in systems]
+    tp = throughput(args, progress_path) if args.throughput_trials else None
+    print(f"\nFlexible CSP from SMILES ({args.charges} charges per conformer; energies kJ/mol per molecule, "
+          "W99 + Ewald + GFN2-xTB intramolecular rel. to the gas-phase global minimum)")
+    print(f"{'system':15s} {'trials':>7s} {'conf':>4s} {'found':>5s} {'rank':>4s} {'gap':>6s} {'tRMSD ens':>9s} "
+          f"{'tRMSD min':>9s} {'E_latt':>8s} {'E_noIntra':>9s} {'X23':>7s} {'CPU s':>8s}")
+    for r in rows:
+        f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
+        print(f"{r['system']:15s} {r['n_trials']:7d} {r['n_conformers']:4d} {str(r['found']):>5s} "
+              f"{f('rank', '4d'):>4s} {f('gap_kjmol', '6.2f'):>6s} {r['closest_conformer_torsion_rmsd_deg']:9.1f} "
+              f"{f('match_torsion_rmsd_deg', '9.1f'):>9s} {f('E_latt_kjmol', '8.2f'):>8s} "
+              f"{f('E_latt_no_intra_kjmol', '9.2f'):>9s} {f('E_latt_X23_kjmol', '7.1f'):>7s} {r['cpu_s']:8.0f}")
+    if tp:
+        print(f"\nthroughput (baseline: rigid search of the global-minimum conformer, same {tp['n_trials']} trials, "
+              f"{tp['space_groups']}): rigid {tp['rigid_per_cpu_s']:.2f} / flexible {tp['flexible_per_cpu_s']:.2f} "
+              f"minimised trials per CPU s (ratio {tp['ratio_rigid_over_flexible']:.2f}x; flexible includes "
+              f"{tp['flexible_relax_cpu_s']:.0f} CPU s torsion relaxation of {tp['flexible_n_relaxed']} minima)")
+    summary = {"benchmark": "csp_flexible", "args": vars(args), "systems": rows, "throughput": tp}
+    (results / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=float))
+    print(json.dumps(summary, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
