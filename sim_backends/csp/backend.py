@@ -134,7 +134,8 @@ class CSPBackend(Backend):
         meta["convergence"] = landscape.meta.get("convergence", {})
         records = landscape.to_records(with_cif=True)[: max(0, int(p["max_structures"]))]
         facts = structure_facts(Crystal.from_atoms(atoms_from_cif(landscape.minima[0].cif())))
-        return values, {"landscape": records, "csp": meta, "level": "W99 + Ewald rigid-molecule force field",
+        level = landscape.meta.get("level", "W99 + Ewald rigid-molecule force field")  # flexible: + intramolecular
+        return values, {"landscape": records, "csp": meta, "level": level,
                         "validity": facts}
 
     def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
