@@ -6,7 +6,8 @@ groups, the default convergence-driven sampling (:mod:`sim_backends.csp.sampling
 the CLI's default trial budget. The experimental structure (X23 PBE+TS geometries of
 the experimental crystals, Reilly & Tkatchenko, J. Chem. Phys. 139, 024705, 2013, in
 data/reference/x23; COD 2100348 benzene I from data/reference/cod) is then looked for
-among the unique minima with pymatgen StructureMatcher on the heavy atoms at
+among the unique minima with pymatgen StructureMatcher on the heavy atoms (all atoms for
+molecules with fewer than three heavy atoms: ammonia) at
 ltol = 0.3, stol = 0.4, angle_tol = 10 degrees, scale = True (setting, origin and atom
 order independent). Per system: found, rank, gap to the global minimum (kJ/mol per
 molecule, W99 exp-6 + Ewald RESP point charges), normalised rms of the match, CPU time.
@@ -128,7 +129,7 @@ def match_report(land, ref) -> dict:
     else:
         sm = StructureMatcher(**MATCHER_KWARGS)
         dup = [(a[1].id, b[1].id) for i, a in enumerate(hits) for b in hits[i + 1:]
-               if sm.fit(heavy_atoms(a[1].structure), heavy_atoms(b[1].structure))]
+               if sm.fit(heavy_atoms(a[1].structure, a[1].z), heavy_atoms(b[1].structure, b[1].z))]
         out["diagnosis"] = (f"dedupe left duplicates {dup}" if dup else
                             f"tolerance too loose: {len(hits)} distinct minima match at stol 0.4")
         for stol in TIGHTER_STOL:  # the largest stol at which one minimum is left

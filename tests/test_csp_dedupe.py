@@ -73,3 +73,26 @@ def test_detect_space_group(structures):
     p1.translate_sites([0], [0.03, 0.0, 0.0], frac_coords=False)
     assert detect_space_group(p1, symprec=0.01)[1] == 1
     assert detect_space_group(p1, symprec=0.1)[1] == 14
+
+
+def test_few_heavy_atoms_compared_with_hydrogens():
+    """Ammonia (one heavy atom): two crystals with the same N lattice but differently
+    oriented molecules are distinct minima; a translated copy still merges. (On the N
+    atoms alone -- the old comparison -- all three were one minimum.)"""
+    from pymatgen.core import Lattice, Structure
+    from scipy.spatial.transform import Rotation
+
+    nh3 = np.array([[0.0, 0.0, 0.0], [0.94, 0.0, -0.38], [-0.47, 0.81, -0.38], [-0.47, -0.81, -0.38]])
+    lat = Lattice.orthorhombic(4.1, 5.3, 6.2)
+    centre = np.array([1.0, 1.5, 2.0])
+
+    def crystal(rot_deg, shift=(0.0, 0.0, 0.0)):
+        xyz = Rotation.from_euler("y", rot_deg, degrees=True).apply(nh3) + centre + np.array(shift)
+        return Structure(lat, ["N", "H", "H", "H"], xyz, coords_are_cartesian=True)
+
+    cands = [Candidate(-30.0, 0.9, crystal(0.0), {"z": 1}),
+             Candidate(-29.9, 0.9, crystal(90.0), {"z": 1}),
+             Candidate(-29.95, 0.9, crystal(0.0, (0.3, 0.7, 1.1)), {"z": 1})]
+    unique = dedupe(cands)
+    assert [u.multiplicity for u in unique] == [2, 1]
+    assert unique[1].energy_kjmol == -29.9

@@ -8,7 +8,8 @@ Duplicates are merged in two stages:
    than ``energy_tol_kjmol`` and their densities by less than ``density_tol_gcm3``
    (candidates sorted by energy, so each minimum is compared with a short window);
 2. pymatgen's ``StructureMatcher`` on the heavy atoms (hydrogens follow the rigid
-   molecule) with ``ltol=0.2, stol=0.3, angle_tol=5`` degrees, ``primitive_cell=True``,
+   molecule; molecules with fewer than three heavy atoms, whose orientation the heavy
+   atoms do not fix, are compared with their hydrogens) with ``ltol=0.2, stol=0.3, angle_tol=5`` degrees, ``primitive_cell=True``,
    ``scale=False`` (same force field, so volumes are compared as they are) and
    ``attempt_supercell=True`` (cells with different Z).
 
@@ -57,10 +58,24 @@ def to_structure(symbols: tuple[str, ...] | list[str], cell_A: np.ndarray,
                      to_unit_cell=False)
 
 
-def heavy_atoms(structure: Structure) -> Structure:
-    """A copy without hydrogens (unchanged if the molecule is all hydrogen)."""
+#: fewest heavy atoms per molecule whose positions fix the molecule's orientation; with
+#: fewer (water, ammonia, HCl, ...) structures are compared with their hydrogens
+MIN_HEAVY_PER_MOLECULE = 3
+
+
+def keeps_hydrogens(structure: Structure, n_molecules: int | None) -> bool:
+    """True when ``structure`` must be compared with its hydrogens: no heavy atom, or
+    (``n_molecules`` given) fewer than :data:`MIN_HEAVY_PER_MOLECULE` heavy atoms per
+    molecule, whose positions alone would not tell apart crystals that differ only in
+    the molecules' orientations."""
+    n_heavy = sum(sp.symbol != "H" for sp in structure.species)
+    return n_heavy == 0 or (n_molecules is not None and n_heavy < MIN_HEAVY_PER_MOLECULE * n_molecules)
+
+
+def heavy_atoms(structure: Structure, n_molecules: int | None = None, keep_h: bool | None = None) -> Structure:
+    """A copy without hydrogens, unless :func:`keeps_hydrogens` (or ``keep_h``) says to keep them."""
     s = structure.copy()
-    if any(sp.symbol != "H" for sp in s.species):
+    if not (keeps_hydrogens(structure, n_molecules) if keep_h is None else keep_h):
         s.remove_species(["H"])
     return s
 
@@ -99,7 +114,7 @@ class Candidate:
 
     def heavy(self) -> Structure:
         if self._heavy is None:
-            self._heavy = heavy_atoms(self.structure)
+            self._heavy = heavy_atoms(self.structure, self.payload.get("z"))
         return self._heavy
 
     def reduced(self, primitive_cell: bool = True) -> Structure:

@@ -251,8 +251,10 @@ class Landscape:
         primitive_cell=True, attempt_supercell=True)`` -- ``scale=True`` because the
         force-field cell volume differs from the reference by a few per cent -- on the
         heavy atoms when ``heavy_only`` (hydrogen positions of X-ray and DFT
-        structures differ from the rigid MMFF geometry). The comparison is independent
-        of cell setting, origin and atom order.
+        structures differ from the rigid MMFF geometry), except for molecules with fewer
+        than three heavy atoms (:func:`~sim_backends.csp.dedupe.keeps_hydrogens`), whose
+        orientations only the hydrogens fix. The comparison is independent of cell
+        setting, origin and atom order.
 
         Returns:
             (rank starting at 1, the minimum, RMS displacement normalised by
@@ -269,14 +271,16 @@ class Landscape:
         left duplicates or the tolerances are too loose to tell the minima apart."""
         from pymatgen.analysis.structure_matcher import StructureMatcher
 
-        from sim_backends.csp.dedupe import heavy_atoms
+        from sim_backends.csp.dedupe import heavy_atoms, keeps_hydrogens
 
         sm = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol, scale=True,
                               primitive_cell=True, attempt_supercell=True)
-        ref = heavy_atoms(reference) if heavy_only else reference
+        if self.minima and keeps_hydrogens(self.minima[0].structure, self.minima[0].z):
+            heavy_only = False  # < 3 heavy atoms per molecule: their positions miss the orientations
+        ref = heavy_atoms(reference, keep_h=False) if heavy_only else reference
         hits = []
         for rank, m in enumerate(self.minima, 1):
-            st = heavy_atoms(m.structure) if heavy_only else m.structure
+            st = heavy_atoms(m.structure, keep_h=False) if heavy_only else m.structure
             if sm.fit(ref, st):
                 rms = sm.get_rms_dist(ref, st)
                 hits.append((rank, m, float(rms[0]) if rms is not None else float("nan")))
