@@ -1,20 +1,21 @@
-"""The campaign: the one stateful object of a discovery run.
+"""The campaign: the scheduler of a discovery run over its stages.
 
-``Campaign.ask(n)`` proposes up to ``n`` (molecule, backend) requests and
-``Campaign.tell(task, result)`` records a finished one. All durable state lives in
-the :class:`~agent.store.Store`; the in-memory state (pending requests, fitted
-surrogate) is rebuilt from it on resume, so a killed campaign continues where it
-stopped with nothing completed lost and nothing evaluated twice.
+A campaign owns the :class:`~agent.store.Store`, a list of stages
+(:mod:`agent.stages`: the molecule stage, the structure stage when ``[structures]`` is
+enabled, the lab stage when ``[lab]`` is given), their budget shares, the requests in
+flight and the stop rules; the science is in the stages. ``Campaign.ask(n)`` asks the
+stages, in order, for up to ``n`` :class:`~agent.stages.base.Request` objects (a stage
+is asked only once the stages it waits for are exhausted, and never for more than its
+share of ``max_evaluations``: the structure stage gets ``[structures]
+budget_evaluations``, the molecule stage the rest); ``Campaign.tell(task, result)``
+commits a finished one to the store, with the rows its stage derives from it, and only
+then tells the stage. All durable state lives in the store; on resume every stage is
+rebuilt from it (each stored evaluation names its stage), so a killed campaign
+continues where it stopped with nothing completed lost and nothing evaluated twice.
 
-Decisions:
-
-* an initial space-filling design at the cheapest fidelity (max-min Tanimoto
-  distance from a seeded random start) until ``surrogate.n_initial`` results exist;
-* then a multi-fidelity Tanimoto GP (:mod:`agent.surrogates.molecule_gp`) and a
-  cost-aware batch acquisition (:func:`agent.acquisition.select_batch`) that picks
-  molecule and fidelity together with in-flight work passed as pending points;
-* a molecule whose input is invalid (setup failure) is never proposed again at any
-  fidelity; one whose run failed at a fidelity is not proposed again there.
+Stop rules: the evaluation and CPU budgets (CPU seconds measured in the workers), the
+``[stop]`` target and patience on the campaign objective (the molecule stage's top
+level), and every stage exhausted with nothing in flight.
 
 Creation is atomic: the config is checked against the registries and the pool validated
 (empty, all-invalid or oversized pools refused) before anything is written; the store is
@@ -48,15 +49,19 @@ from agent.config import (
     parse_config,
     parse_toml,
 )
-from agent.executor import Task
+from agent.stages.base import Request
+from agent.stages.molecule import MoleculeStage
 from agent.store import Store
-from sim_backends.base import EvalInput, EvalResult
-from sim_backends.registry import backend_class
 
 if TYPE_CHECKING:
-    from agent.lab_stage import LabStage
-    from agent.structure_stage import StructureStage
-    from agent.surrogates.molecule_gp import MoleculeSurrogate
+    from collections.abc import Sequence
+
+    from agent.executor import Task
+    from agent.stages.base import Stage
+    from agent.stages.lab import LabStage
+    from agent.stages.structure import StructureStage
+    from agent.store import Evaluation
+    from sim_backends.base import EvalResult
 
 
 STORE_FILE = "store.sqlite"
@@ -178,46 +183,34 @@ def _validated_pool(cfg: CampaignConfig) -> list[tuple[str, str | None, bool, st
 
 
 class Campaign:
-    """Ask/tell over a molecule pool with a fidelity ladder of backends.
+    """The scheduler over a campaign's stages (see the module docstring).
 
     Use :meth:`create` for a new campaign and :meth:`open` to resume one.
+
+    Args:
+        stages: names of the stages that may be asked for work (default: all of the
+            config's); the others are still restored from the store (``crystal-agent
+            refine`` runs the structure and lab stages alone).
     """
 
-    def __init__(self, cfg: CampaignConfig, store: Store, directory: Path) -> None:
+    def __init__(self, cfg: CampaignConfig, store: Store, directory: Path,
+                 *, stages: Sequence[str] | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.directory = directory
-        self.rng = np.random.default_rng(cfg.seed)
         check_runnable(cfg, params=False)  # create/open checked the parameters
-        self.backends = [backend_class(b.name) for b in cfg.backends]
-        mols = store.molecules(valid_only=True)
-        if not mols:
+        if not store.molecules(valid_only=True):
             raise ConfigError("config error: pool: no valid molecule in the pool")
-        self.mol_ids = np.array([m["id"] for m in mols])
-        self.smiles = [m["smiles"] for m in mols]
-        self.names = [m["name"] or m["smiles"] for m in mols]
-        self._index_of = {int(mid): i for i, mid in enumerate(self.mol_ids)}
-        self._fps: np.ndarray | None = None
-        self.pending: dict[str, Task] = {}
-        self.surrogate: MoleculeSurrogate | None = None
-        self._fit_signature: tuple[int, int] | None = None
-        self._cost_estimates: np.ndarray | None = None  # (n_pool, n_f) backend estimates
-        self.last_holdout_mae: float | None = None
-        self.n_refits = 0
-        self.molecule_stage_enabled = True  # `crystal-agent refine` turns it off
-        self.stage: StructureStage | None = None
-        if cfg.structures.enabled:
-            from agent.structure_stage import StructureStage
-
-            self.stage = StructureStage(self)
-        self.lab: LabStage | None = None
-        if cfg.lab is not None and self.stage is not None:
-            from agent.lab_stage import LabStage
-
-            self.lab = LabStage(self)
-        self._reload()
-        if self.lab is not None:
-            self.lab.reload_observed()
+        self.stages: dict[str, Stage] = build_stages(cfg, directory)
+        unknown = set(stages or ()) - set(self.stages)
+        if unknown:
+            raise ConfigError(f"campaign {cfg.name!r} has no stage {', '.join(sorted(unknown))}")
+        self.enabled = tuple(stages) if stages is not None else tuple(self.stages)
+        reserved = cfg.structures.budget_evaluations if "structures" in self.stages else 0
+        #: evaluations each stage may use (a stage without a share is bounded by the total)
+        self.shares = {"molecule": cfg.max_evaluations - reserved, "structures": reserved}
+        self.pending: dict[str, Request] = {}
+        self._restore()
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -272,7 +265,7 @@ class Campaign:
     @classmethod
     def open(
         cls, name: str, runs_dir: str | Path, max_evaluations: int | None = None,
-        *, readonly: bool = False,
+        *, readonly: bool = False, stages: Sequence[str] | None = None,
     ) -> Campaign:
         """Reopen campaign ``name`` from its store: to resume it, or ``readonly`` to view it
         (no lock taken, so it works while another process runs the campaign).
@@ -292,106 +285,87 @@ class Campaign:
                 store.set_meta("config_toml", config_to_toml(cfg))
             if not readonly:
                 store.log_event("resumed")
-            return cls(cfg, store, directory)
+            return cls(cfg, store, directory, stages=stages)
         except BaseException:
             store.close()
             raise
 
     def close(self) -> None:
-        if self.lab is not None:
-            self.lab.close()
+        for stage in self.stages.values():
+            stage.close()
         self.store.close()
 
     # -- state --------------------------------------------------------------------------
-    def _reload(self) -> None:
-        """Rebuild the observation arrays from the store."""
-        n_f = len(self.cfg.backends)
-        self.done = np.zeros((len(self.smiles), n_f), dtype=bool)
-        self.blocked = np.zeros((len(self.smiles), n_f), dtype=bool)
-        self.observations: list[tuple[int, int, float]] = []
-        self.n_by_backend = {b.name: 0 for b in self.cfg.backends}
-        self.cpu_by_backend: dict[str, list[float]] = {b.name: [] for b in self.cfg.backends}
+    def _restore(self) -> None:
+        """Rebuild every stage from the store; attribute rows stored before schema 3."""
+        self.n_evaluations = 0
+        self.n_failed = 0
         self.spent_cpu_s = 0.0  # CPU seconds measured in the workers, failures included
         self.spent_wall_s = 0.0
-        self.n_evaluations = 0
-        self.n_molecule_evaluations = 0
-        self.n_failed = 0
-        self.history: list[dict[str, Any]] = []
+        self.n_by_stage = {name: 0 for name in self.stages}
+        self.n_by_backend: dict[str, int] = {b.name: 0 for b in self.cfg.backends}
+        for stage in self.stages.values():
+            stage.restore(self.store)
+        legacy: dict[int, str] = {}
         for ev in self.store.evaluations():
-            self._absorb(ev.molecule_id, ev.backend, ev.status, ev.reason, ev.values, ev.wall_s,
-                         ev.structure_id, ev.extra, cpu_s=ev.cpu_s)
+            name = ev.stage
+            if not name:
+                # the structure stage first: its CSP backend is a molecule-level backend
+                name = next((n for n in ("structures", "molecule", *self.stages)
+                             if n in self.stages and self.stages[n].owns(ev)), "")
+                if name:
+                    legacy[ev.id] = name
+            self._absorb(name, None, ev)
+        if legacy and self.store.writable:
+            self.store.set_stage(legacy)
 
-    def _fidelity_of(self, backend: str) -> int:
-        for i, b in enumerate(self.cfg.backends):
-            if b.name == backend:
-                return i
-        return -1
-
-    def _absorb(
-        self, molecule_id: int, backend: str, status: str, reason: str,
-        values: dict[str, float], wall_s: float, structure_id: str | None = None,
-        extra: dict[str, Any] | None = None, *, cpu_s: float = 0.0,
-    ) -> None:
+    def _absorb(self, stage_name: str, request: Request | None, ev: Evaluation) -> None:
         self.n_evaluations += 1
-        self.spent_cpu_s += cpu_s
-        self.spent_wall_s += wall_s
-        if status != "ok":
-            self.n_failed += 1
-        if self.stage is not None and (structure_id is not None or backend == self.stage.cfg.csp.name):
-            self.stage.absorb(int(molecule_id), backend, structure_id, status, values, extra,
-                              cpu_s=cpu_s)
-            return
-        self.n_molecule_evaluations += 1
-        f = self._fidelity_of(backend)
-        i = self._index_of.get(int(molecule_id))
-        if f < 0 or i is None:
-            return
-        self.n_by_backend[backend] += 1
-        self.cpu_by_backend[backend].append(cpu_s)
-        self.done[i, f] = True
-        value = values.get(self.cfg.objective)
-        if status == "ok" and value is not None and np.isfinite(value):
-            self.observations.append((i, f, float(value)))
-        else:
-            if reason.startswith("setup:"):
-                self.blocked[i, :] = True
-            else:
-                self.blocked[i, f] = True
-        self.history.append(
-            {"n": self.n_evaluations, "mol_index": i, "fidelity": f, "status": status,
-             "value": value, "wall_s": wall_s, "cpu_s": cpu_s, "best": self.best_value()}
-        )
+        self.spent_cpu_s += ev.cpu_s
+        self.spent_wall_s += ev.wall_s
+        self.n_failed += not ev.ok
+        self.n_by_backend[ev.backend] = self.n_by_backend.get(ev.backend, 0) + 1
+        stage = self.stages.get(stage_name)
+        if stage is not None:
+            self.n_by_stage[stage_name] += 1
+            stage.tell(request, ev)
+
+    # -- stages ---------------------------------------------------------------------------
+    @property
+    def molecules(self) -> MoleculeStage:
+        """The molecule stage (the campaign objective is its top level's value)."""
+        return self.stages["molecule"]  # type: ignore[return-value]
 
     @property
-    def top_fidelity(self) -> int:
-        return len(self.cfg.backends) - 1
+    def stage(self) -> StructureStage | None:
+        """The structure stage, if the config has one."""
+        return self.stages.get("structures")  # type: ignore[return-value]
+
+    @property
+    def lab(self) -> LabStage | None:
+        """The lab stage, if the config has one."""
+        return self.stages.get("lab")  # type: ignore[return-value]
+
+    def _remaining(self, name: str) -> int:
+        share = self.shares.get(name)
+        if share is None:
+            return self.cfg.max_evaluations
+        return share - self.n_by_stage[name] - sum(r.stage == name for r in self.pending.values())
+
+    def _exhausted(self, name: str) -> bool:
+        """Stage ``name`` can propose nothing now or later (or may not be asked)."""
+        if name not in self.stages:
+            return True
+        if name not in self.enabled or self._remaining(name) <= 0:
+            return True
+        return self.stages[name].is_exhausted(tuple(self.pending.values()))
+
+    # -- objective views (of the molecule stage) -----------------------------------------
+    def best_value(self) -> float | None:
+        return self.molecules.best_value()
 
     def _sign(self) -> float:
         return 1.0 if self.cfg.direction == "minimize" else -1.0
-
-    def best_value(self) -> float | None:
-        vals = [v for _, f, v in self.observations if f == self.top_fidelity]
-        if not vals:
-            return None
-        return float(min(vals) if self.cfg.direction == "minimize" else max(vals))
-
-    def best_molecule(self) -> int | None:
-        best = self.best_value()
-        for i, f, v in self.observations:
-            if f == self.top_fidelity and v == best:
-                return i
-        return None
-
-    @property
-    def fingerprints(self) -> np.ndarray:
-        if self._fps is None:
-            from agent.surrogates.fingerprints import morgan_fingerprints
-
-            s = self.cfg.surrogate
-            self._fps = morgan_fingerprints(
-                self.smiles, n_bits=s.fingerprint_bits, radius=s.fingerprint_radius
-            )
-        return self._fps
 
     # -- stopping -----------------------------------------------------------------------
     def stop_reason(self) -> str:
@@ -407,266 +381,129 @@ class Campaign:
         ):
             return f"target reached ({best:.4g})"
         patience = cfg.stop.patience_iterations
+        history = self.molecules.history
         if patience is not None and best is not None:
-            tops = [h for h in self.history if h["fidelity"] == self.top_fidelity]
-            first_best = next(h["n"] for h in self.history if h["best"] == best)
+            top = self.molecules.top_fidelity
+            tops = [h for h in history if h["fidelity"] == top]
+            first_best = next(h["n"] for h in history if h["best"] == best)
             if len(tops) and sum(h["n"] > first_best for h in tops) >= patience:
                 return f"no improvement in {patience} expensive evaluations"
-        if not self.pending and self._molecule_stage_exhausted() and (
-            self.stage is None or self.stage.is_exhausted()
-        ):
-            top = self.cfg.backends[-1]
-            if (self.molecule_stage_enabled and top.budget_evaluations is not None
-                    and self.n_by_backend[top.name] >= top.budget_evaluations
-                    and len(self.cfg.backends) > 1):
-                return (f"{top.name} budget spent ({top.budget_evaluations} evaluations); "
-                        "cheaper levels can no longer change the best value")
+        if not self.pending and all(self._exhausted(name) for name in self.stages):
+            if "molecule" in self.enabled and (why := self.molecules.exhausted_reason()):
+                return why
             return "no candidate left to evaluate"
         return ""
 
-    @property
-    def molecule_budget(self) -> int:
-        reserved = self.cfg.structures.budget_evaluations if self.stage is not None else 0
-        return self.cfg.max_evaluations - reserved
-
-    def _molecule_stage_exhausted(self) -> bool:
-        if not self.molecule_stage_enabled:
-            return True
-        n_pending = sum(not t.payload.get("stage") for t in self.pending.values())
-        if self.n_molecule_evaluations + n_pending >= self.molecule_budget:
-            return True
-        return not self._allowed().any()
-
     # -- ask / tell -----------------------------------------------------------------------
-    def _allowed(self) -> np.ndarray:
-        allowed = ~(self.done | self.blocked)
-        for t in self.pending.values():
-            if not t.payload.get("stage"):
-                allowed[t.payload["mol_index"], t.fidelity] = False
-        for f, b in enumerate(self.cfg.backends):
-            if b.budget_evaluations is not None:
-                used = self.n_by_backend[b.name] + sum(
-                    t.fidelity == f and not t.payload.get("stage") for t in self.pending.values()
-                )
-                if used >= b.budget_evaluations:
-                    allowed[:, f] = False
-        # a cheaper level is only worth running where the top level can still follow
-        allowed[:, :-1] &= allowed[:, -1:]
-        return allowed
-
-    def costs(self) -> list[float]:
-        """The acquisition's cost of one evaluation at each fidelity, in the unit of the
-        budget that binds: CPU seconds (the mean CPU time measured in the workers over the
-        level's finished tasks, failed ones included; the backend's ``cost_s`` or estimate
-        before any) when the campaign has a compute budget (``max_cpu_hours``), else one
-        evaluation each, since then every evaluation spends the same share of
-        ``max_evaluations``."""
-        if self.cfg.max_cpu_hours is None:
-            return [1.0] * len(self.backends)
-        out = []
-        median_smiles = sorted(self.smiles, key=len)[len(self.smiles) // 2]
-        for cls, b in zip(self.backends, self.cfg.backends, strict=True):
-            measured = self.cpu_by_backend[b.name]
-            if measured:
-                out.append(float(np.mean(measured)))
-            elif b.cost_s is not None:
-                out.append(b.cost_s)
-            else:
-                out.append(float(cls(**b.params).cost_estimate(EvalInput(median_smiles))))
-        return [max(c, 1e-3) for c in out]
-
-    def pair_costs(self) -> np.ndarray | None:
-        """``(n_pool, n_f)`` expected CPU seconds of each (molecule, level), or None
-        without a compute budget.
-
-        The backend's per-molecule ``cost_estimate`` (a DFT calculation on pentacene
-        costs ~25x one on pyrazine), scaled per level so that over the molecules
-        evaluated at that level it averages to :meth:`costs` (the measured mean; the
-        estimate or ``cost_s`` before any). Used to never start work expected to
-        overrun the budget; the acquisition scores with the per-level means (with
-        per-molecule costs, EI per CPU second prefers many cheap, unpromising DFT
-        calculations to the one expensive calculation on the best candidate).
-        """
-        if self.cfg.max_cpu_hours is None:
-            return None
-        if self._cost_estimates is None:
-            est = np.empty((len(self.smiles), len(self.backends)))
-            for f, (cls, b) in enumerate(zip(self.backends, self.cfg.backends, strict=True)):
-                backend = cls(**b.params)
-                est[:, f] = [backend.cost_estimate(EvalInput(s)) for s in self.smiles]
-            self._cost_estimates = np.maximum(est, 1e-3)
-        est = self._cost_estimates
-        out = np.empty_like(est)
-        for f, mean_cost in enumerate(self.costs()):
-            ref = est[self.done[:, f], f] if self.done[:, f].any() else np.median(est[:, f])
-            out[:, f] = est[:, f] * (mean_cost / float(np.mean(ref)))
-        return out
-
-    def _initial_design(self, n: int, allowed: np.ndarray) -> list[tuple[int, int]]:
-        """Max-min Tanimoto-diverse molecules at the cheapest fidelity."""
-        cand = np.flatnonzero(allowed[:, 0])
-        if len(cand) == 0:
-            return []
-        fps = self.fingerprints.astype(np.float32)
-        chosen_rows = [i for i, f, _ in self.observations] + [
-            t.payload["mol_index"] for t in self.pending.values() if not t.payload.get("stage")
-        ]
-        picks: list[int] = []
-        for _ in range(min(n, len(cand))):
-            ref = chosen_rows + picks
-            if not ref:
-                picks.append(int(self.rng.choice(cand)))
-                continue
-            a = fps[cand]
-            b = fps[ref]
-            inter = a @ b.T
-            union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-            sim = np.where(union > 0, inter / np.maximum(union, 1e-9), 1.0)
-            d = 1.0 - sim.max(axis=1)
-            d[np.isin(cand, picks)] = -1.0
-            picks.append(int(cand[int(np.argmax(d))]))
-        return [(i, 0) for i in picks]
-
-    def _refit(self) -> MoleculeSurrogate:
-        from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
-
-        signature = (len(self.observations), self.n_evaluations)
-        if self.surrogate is None:
-            self.surrogate = MoleculeSurrogate(
-                n_fidelities=len(self.cfg.backends), seed=self.cfg.seed
-            )
-        if signature != self._fit_signature:
-            obs = [Observation(i, f, v) for i, f, v in self.observations]
-            self.surrogate.fit(self.fingerprints, obs)
-            self._fit_signature = signature
-            self.n_refits += 1
-            self._log_calibration()
-        return self.surrogate
-
-    def refit_molecule_model(self) -> MoleculeSurrogate | None:
-        """Refit the molecule surrogate on every stored result (e.g. before the final
-        model is logged); None while there are too few results for a model."""
-        if len(self.observations) < 2:
-            return None
-        return self._refit()
-
-    def _log_calibration(self) -> None:
-        """Leave-out calibration of the refitted surrogate, as a ``molecule_refit`` event.
-
-        Levels are named by backend; the top level's entry holds out only its value
-        (the molecule's cheaper values stay known), ``"<top>, molecule unseen"`` the
-        whole molecule (see
-        :meth:`MoleculeSurrogate.calibration`). Errors in the objective's units.
-        """
-        model = self.surrogate
-        names = [b.name for b in self.cfg.backends]
-        cal = model.calibration(seed=self.cfg.seed + self.n_refits)
-        label = {"top": names[-1], "top_unseen": f"{names[-1]}, molecule unseen"}
-        by_level = {(names[int(k)] if k.isdigit() else label[k]): v for k, v in cal.items()}
-        top = cal.get("top")
-        self.last_holdout_mae = top["mae"] if top else None
-        self.store.log_event(
-            "molecule_refit", n_refit=self.n_refits, n_evaluations=self.n_evaluations,
-            n_by_level={n: int(np.sum(model.obs_f == f)) for f, n in enumerate(names)},
-            objective=self.cfg.objective, rho=model.rho().tolist(),
-            level_correlation=model.level_correlation().tolist(),
-            noise_sd=(np.sqrt(model.noise()) * model.y_scale).tolist(),
-            calibration=by_level,
-        )
-
     def ask(self, n: int) -> list[Task]:
         """Up to ``n`` new tasks (never more than the remaining budget allows)."""
         if self.stop_reason():
             return []
         n = min(n, self.cfg.max_evaluations - self.n_evaluations - len(self.pending))
-        if n <= 0:
-            return []
-        if self._molecule_stage_exhausted():
-            if self.stage is None:
-                return []
-            tasks = self.stage.ask(n)
-            for task in tasks:
-                self.pending[task.request_id] = task
-            return tasks
-        n_mol_pending = sum(not t.payload.get("stage") for t in self.pending.values())
-        n = min(n, self.molecule_budget - self.n_molecule_evaluations - n_mol_pending)
-        allowed = self._allowed()
-        pair_costs = self.pair_costs()
-        if pair_costs is not None:
-            # never start work expected to overrun the compute budget
-            left = self.cfg.max_cpu_hours * 3600 - self.spent_cpu_s - sum(
-                pair_costs[t.payload["mol_index"], t.fidelity] for t in self.pending.values()
-                if not t.payload.get("stage"))
-            allowed &= pair_costs <= left
-        n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
-        if n_cheap + n_mol_pending < self.cfg.surrogate.n_initial or len(
-            self.observations
-        ) < 2:
-            picks = self._initial_design(n, allowed)
-        else:
-            from agent.acquisition import select_batch
-
-            surrogate = self._refit()
-            picks = select_batch(
-                surrogate,
-                self.fingerprints,
-                q=n,
-                costs=self.costs(),
-                allowed=allowed,
-                pending=[(t.payload["mol_index"], t.fidelity) for t in self.pending.values()
-                         if not t.payload.get("stage")],
-                best_value=self.best_value(),
-                direction=self.cfg.direction,
-                seed=self.cfg.seed + self.n_evaluations,
-            )
-        tasks = []
-        for i, f in picks:
-            if not allowed[i, f]:
-                raise RuntimeError(f"acquisition proposed a disallowed pair {(i, f)}")
-            allowed[i, f] = False
-            b = self.cfg.backends[f]
-            task = Task(
-                request_id=uuid.uuid4().hex,
-                backend=b.name,
-                backend_params=dict(b.params),
-                inp=EvalInput(smiles=self.smiles[i]),
-                fidelity=f,
-                payload={"mol_index": i, "molecule_id": int(self.mol_ids[i])},
-            )
-            self.pending[task.request_id] = task
-            tasks.append(task)
+        tasks: list[Task] = []
+        for name, stage in self.stages.items():
+            if n <= 0:
+                break
+            if name not in self.enabled or not all(self._exhausted(w) for w in stage.waits_for):
+                continue
+            k = min(n, self._remaining(name))
+            if k <= 0:
+                continue
+            for request in stage.ask(k, tuple(self.pending.values()))[:k]:
+                self.pending[request.request_id] = request
+                tasks.append(request.to_task())
+                n -= 1
         return tasks
 
     def tell(self, task: Task, result: EvalResult) -> bool:
-        """Record a finished task; commits it to the store before returning."""
-        self.pending.pop(task.request_id, None)
-        if task.payload.get("stage") == "csp" and self.stage is not None and result.ok:
-            self.stage.store_landscape(task, result)
-        structure_id = task.payload.get("structure_id")
+        """Record a finished task: commit it (with the rows its stage derives from it, e.g.
+        a CSP landscape) to the store, then tell its stage. False if it was stored already."""
+        request = task.request
+        if request is None:
+            raise ValueError(f"task {task.request_id} carries no request")
+        self.pending.pop(request.request_id, None)
+        stage = self.stages.get(request.stage)
+        rows = stage.records(request, result) if stage is not None else {}
         inserted = self.store.record_evaluation(
-            request_id=task.request_id,
-            molecule_id=task.payload["molecule_id"],
+            request_id=request.request_id,
+            molecule_id=request.molecule_id,
             result=result,
             submitted_at=task.submitted_at or time.time(),
             n_attempts=max(task.n_attempts, 1),
-            structure_id=structure_id,
+            structure_id=request.structure_id,
+            stage=request.stage,
+            **rows,
         )
         if inserted:
-            self._absorb(
-                task.payload["molecule_id"], task.backend, result.status, result.reason,
-                result.values, result.wall_s, structure_id, result.extra, cpu_s=result.cpu_s,
-            )
+            self._absorb(request.stage, request, self.store.evaluation(request.request_id))
         return inserted
+
+    def step_external(self) -> bool:
+        """Advance the stages' work outside the executor (lab experiments); True while
+        some is open."""
+        return any([stage.step() for name, stage in self.stages.items() if name in self.enabled])
 
     def forget_pending(self) -> None:
         """Drop in-flight bookkeeping (after the executor was stopped)."""
         self.pending.clear()
-        if self.stage is not None:
-            self.stage.pending_csp.clear()
+
+    def refit_final(self) -> None:
+        """Refit the stages' models on every stored result (at the end of a run, so the
+        recorded and logged models have seen everything)."""
+        if "molecule" in self.enabled:
+            self.molecules.refit()
+        if self.stage is not None and "structures" in self.enabled:
+            self.stage.refit_all()
 
     # -- summaries ------------------------------------------------------------------------
     def status(self) -> Status:
         return campaign_status(self.store, self.cfg, self)
+
+    # -- views of the molecule stage, for report and summary ------------------------------
+    @property
+    def smiles(self) -> list[str]:
+        return self.molecules.smiles
+
+    @property
+    def names(self) -> list[str]:
+        return self.molecules.names
+
+    @property
+    def mol_ids(self) -> np.ndarray:
+        return self.molecules.mol_ids
+
+    @property
+    def _index_of(self) -> dict[int, int]:
+        return self.molecules.index_of
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.molecules.history
+
+    @property
+    def observations(self) -> list[tuple[int, int, float]]:
+        return self.molecules.observations
+
+    @property
+    def top_fidelity(self) -> int:
+        return self.molecules.top_fidelity
+
+    def costs(self) -> list[float]:
+        return self.molecules.costs()
+
+
+def build_stages(cfg: CampaignConfig, directory: Path) -> dict[str, Stage]:
+    """The stages a config asks for, in the order they are asked for work."""
+    stages: dict[str, Stage] = {"molecule": MoleculeStage(cfg)}
+    if cfg.structures.enabled:
+        from agent.stages.structure import StructureStage
+
+        stages["structures"] = StructureStage(cfg)
+        if cfg.lab is not None:
+            from agent.stages.lab import LabStage
+
+            stages["lab"] = LabStage(cfg, directory)
+    return stages
 
 
 def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:

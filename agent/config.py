@@ -79,6 +79,13 @@ class BackendConfig(_Strict):
     cost_s: float | None = Field(default=None, gt=0)
 
 
+class StructureLevelConfig(BackendConfig):
+    """One structure level (``[[structures.levels]]``): a structure-level backend and the
+    value it contributes, ``value`` (default: the backend's declared ``objective_key``)."""
+
+    value: str | None = None
+
+
 class ExecutorConfig(_Strict):
     """Ray executor settings; ``address`` None means an embedded local Ray."""
 
@@ -125,6 +132,11 @@ class StructureStageConfig(_Strict):
             xTB force backend) for structures whose static energy is computed; the
             low-energy set is then ranked by E + F_vib, and the acquisition splits the
             budget between the two levels (:func:`agent.refine_acquisition.split_levels`).
+        levels: the structure levels as a list (``[[structures.levels]]``), an
+            alternative to ``refine`` and ``free_energy``: the first level is the one
+            the landscape is ranked and refined by, a second one (optional) adds its
+            value to the first's (E + F_vib). Giving ``levels`` sets ``refine`` and
+            ``free_energy`` from it; giving both forms is refused unless they agree.
         max_structures: keep at most this many lowest-energy minima per landscape.
         top_k, window_kjmol: the low-energy set the acquisition tries to identify.
         dimer_baselines: for fragment-DFT refinement (``dft-crystal``), the cheap dimer
@@ -141,11 +153,40 @@ class StructureStageConfig(_Strict):
     )
     refine: BackendConfig = Field(default_factory=lambda: BackendConfig(name="xtb-crystal"))
     free_energy: BackendConfig | None = None
+    levels: list[StructureLevelConfig] | None = None
     max_structures: int = Field(default=60, ge=2)
     top_k: int = Field(default=5, ge=1)
     window_kjmol: float = Field(default=10.0, gt=0)
     dimer_baselines: list[Literal["gfn2-xtb", "gfn1-xtb", "d3"]] = Field(
         default_factory=lambda: list(DEFAULT_BASELINES))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _levels_to_refine(cls, data: Any) -> Any:
+        """``levels`` sets ``refine`` (first level) and ``free_energy`` (second)."""
+        if not isinstance(data, dict) or data.get("levels") is None:
+            return data
+        levels = data["levels"]
+        if not isinstance(levels, list) or not 1 <= len(levels) <= 2:
+            raise ValueError("levels: give one or two structure levels (a ranking level and "
+                             "optionally a level whose value is added to it)")
+        plain = [{k: v for k, v in lv.items() if k != "value"} if isinstance(lv, dict) else lv
+                 for lv in levels]
+        derived = {"refine": plain[0], "free_energy": plain[1] if len(plain) > 1 else None}
+        out = dict(data)
+        for key, want in derived.items():
+            if key in data and data[key] is not None and data[key] != want:
+                raise ValueError(f"{key}: give the structure levels either as levels or as "
+                                 "refine/free_energy, not both")
+            out[key] = want
+        return out
+
+    def level_configs(self) -> list[StructureLevelConfig]:
+        """The structure levels in order (``refine``, then ``free_energy`` if set)."""
+        if self.levels is not None:
+            return list(self.levels)
+        return [StructureLevelConfig(**b.model_dump())
+                for b in (self.refine, self.free_energy) if b is not None]
 
 
 class TrackingConfig(_Strict):
@@ -319,6 +360,13 @@ def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
             if b is not None and cls_of(f"structures.{key}", b).target != "structure":
                 raise ConfigError(f"config error: structures.{key}.name: {b.name!r} is not a "
                                   "structure-level backend")
+        for i, lv in enumerate(st.level_configs()):
+            cls = backend_class(lv.name)
+            value = lv.value or cls.objective_key
+            if value is None or value not in cls.computes:
+                raise ConfigError(
+                    f"config error: structures.levels.{i}.value: {lv.name!r} does not compute "
+                    f"{value!r} (it computes {', '.join(cls.computes) or 'nothing'})")
 
 
 def config_to_toml(cfg: CampaignConfig) -> str:

@@ -52,11 +52,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim_backends.base import EvalInput, EvalResult
+
+if TYPE_CHECKING:
+    from agent.stages.base import Request
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Task:
     backend_params: dict[str, Any]
     inp: EvalInput
     fidelity: int = 0
-    payload: dict[str, Any] = field(default_factory=dict)  # caller's bookkeeping
+    request: Request | None = None  # the campaign's request this task runs
     n_attempts: int = 0
     submitted_at: float = 0.0
     cpu_s_retried: float = 0.0  # CPU seconds of earlier attempts that were retried

@@ -30,25 +30,30 @@ def run_refine_command(args: argparse.Namespace) -> int:
 
     if args.budget < 0:
         raise CliError("--budget must be >= 0")
-    campaign = Campaign.open(args.name, _runs_dir(args))
+    stages = ("structures", "lab")
+    campaign = Campaign.open(args.name, _runs_dir(args), readonly=True)
     try:
         if campaign.stage is None:
             raise CliError(
                 f"campaign {args.name!r} has no structure stage; set [structures] enabled = true"
             )
-        if args.budget:
-            cfg = campaign.cfg
+        cfg, n_done = campaign.cfg, campaign.n_evaluations
+        stages = tuple(s for s in stages if s in campaign.stages)
+    finally:
+        campaign.close()
+    campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
+    try:
+        if args.budget:  # more structure-stage evaluations: a new stored config, reopened
             structures = cfg.structures.model_copy(
                 update={"budget_evaluations": cfg.structures.budget_evaluations + args.budget}
             )
             cfg = cfg.model_copy(update={
                 "structures": structures,
-                "max_evaluations": max(cfg.max_evaluations, campaign.n_evaluations) + args.budget,
+                "max_evaluations": max(cfg.max_evaluations, n_done) + args.budget,
             })
             campaign.store.set_meta("config_toml", config_to_toml(cfg))
-            campaign.cfg = cfg
-            campaign.stage.cfg = structures
-        campaign.molecule_stage_enabled = False
+            campaign.close()
+            campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
         campaign.store.log_event("refine", budget=args.budget)
     except BaseException:
         campaign.close()

@@ -109,20 +109,11 @@ def run_campaign(
             while True:
                 free = slots - executor.n_in_flight
                 if free > 0:
-                    n_refits = campaign.n_refits
                     for task in campaign.ask(free):
                         executor.submit(task)
-                    if tracker is not None and campaign.n_refits > n_refits:
-                        tracker.log_refit()
-                    if tracker is not None:
-                        tracker.log_structure_refits()
-                lab_open = False
-                if campaign.lab is not None:
-                    campaign.lab.submit_ready()
-                    campaign.lab.poll()
-                    if tracker is not None:
-                        tracker.log_lab()
-                    lab_open = bool(campaign.lab.open_experiments())
+                lab_open = campaign.step_external()
+                if tracker is not None:
+                    tracker.log_events()
                 if executor.n_in_flight == 0:
                     if not lab_open:
                         break
@@ -141,10 +132,9 @@ def run_campaign(
                         + f"  failed {campaign.n_failed}",
                     )
         reason = campaign.stop_reason() or "acquisition proposed nothing more"
+        campaign.refit_final()  # the final models have seen every result
         if tracker is not None:
-            tracker.finish_models()  # the last logged models have seen every result
-        elif campaign.molecule_stage_enabled:
-            campaign.refit_molecule_model()  # the final model has seen every result
+            tracker.finish_models()  # ... and are the last ones logged
         store.set_meta("stop_reason", reason)
         store.set_meta("finished", "1")
         store.log_event("finished", reason=reason)

@@ -6,6 +6,13 @@ most work that was still in flight. A campaign directory is owned by one launche
 a time through an advisory ``flock`` on ``runs/<name>/lock``, which the kernel drops
 when the process dies, even by SIGKILL.
 
+Tables shared between the stages of a campaign (:mod:`agent.stages`), which never see
+each other: ``molecules``; ``evaluations`` (each row names the ``stage`` that asked for
+it; ``''`` for rows stored before schema version 3, which the campaign attributes on
+open); ``structures`` (the CSP landscapes); ``lab_experiments``; ``observed_forms``
+(structures a lab identified, written by the lab stage, read by the structure stage);
+``events`` (refit diagnostics and the like, read by the tracker and ``report``).
+
 Opening an existing store never creates its tables: its schema is checked
 (every table and column of the current schema present, SQLite's quick check clean) and a
 damaged file is refused with a one-line :class:`StoreDamagedError` that says what is
@@ -25,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: evaluations.cpu_s
+SCHEMA_VERSION = 3  # 2: evaluations.cpu_s; 3: evaluations.stage, observed_forms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -66,6 +73,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     extra_json TEXT NOT NULL DEFAULT '{}',
     wall_s REAL NOT NULL,
     cpu_s REAL NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '',
     n_attempts INTEGER NOT NULL DEFAULT 1,
     submitted_at REAL NOT NULL,
     finished_at REAL NOT NULL
@@ -84,6 +92,13 @@ CREATE TABLE IF NOT EXISTS lab_experiments (
     identification_json TEXT,
     submitted_at REAL NOT NULL,
     finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS observed_forms (
+    molecule_id INTEGER NOT NULL REFERENCES molecules(id),
+    structure_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (molecule_id, structure_id)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -140,6 +155,7 @@ class Evaluation:
     n_attempts: int
     submitted_at: float
     finished_at: float
+    stage: str = ""  # the stage that asked for it ('' for rows of schema version < 3)
 
     @property
     def ok(self) -> bool:
@@ -208,13 +224,25 @@ class Store:
 
         Version 1 -> 2 adds ``evaluations.cpu_s``; rows stored before it keep their
         wall time as their CPU charge (what the budget was charged when they ran).
+        Version 2 -> 3 adds ``evaluations.stage`` (``''`` on old rows: the campaign
+        attributes them to a stage when it opens the store, :meth:`set_stage`) and the
+        ``observed_forms`` table (refilled by the lab stage from ``lab_experiments``).
         """
         have = _schema_columns(self.conn)
-        if "evaluations" not in have or "cpu_s" in have["evaluations"]:
+        if "evaluations" not in have:
+            return
+        cols = have["evaluations"]
+        if "cpu_s" in cols and "stage" in cols and "observed_forms" in have:
             return
         with self.transaction() as c:
-            c.execute("ALTER TABLE evaluations ADD COLUMN cpu_s REAL NOT NULL DEFAULT 0")
-            c.execute("UPDATE evaluations SET cpu_s = wall_s")
+            if "cpu_s" not in cols:
+                c.execute("ALTER TABLE evaluations ADD COLUMN cpu_s REAL NOT NULL DEFAULT 0")
+                c.execute("UPDATE evaluations SET cpu_s = wall_s")
+            if "stage" not in cols:
+                c.execute("ALTER TABLE evaluations ADD COLUMN stage TEXT NOT NULL DEFAULT ''")
+            if "observed_forms" not in have:
+                c.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS observed_forms"):
+                                  _SCHEMA.index("CREATE TABLE IF NOT EXISTS events")].rstrip().rstrip(";"))
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                       (str(SCHEMA_VERSION),))
 
@@ -245,6 +273,11 @@ class Store:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+
+    @property
+    def writable(self) -> bool:
+        """Whether this process holds the campaign's lock (readers must not write)."""
+        return self._lock_fd is not None
 
     def close(self) -> None:
         if getattr(self, "conn", None) is not None:
@@ -297,15 +330,19 @@ class Store:
     # -- structures ---------------------------------------------------------------------
     def add_structures(self, rows: Iterable[dict[str, Any]]) -> None:
         """Insert structures (keys as the ``structures`` columns); existing ids kept."""
-        now = time.time()
         with self.transaction() as c:
-            c.executemany(
-                "INSERT OR IGNORE INTO structures(id, molecule_id, source, energy_kjmol, "
-                "density_gcm3, space_group, z, multiplicity, cif, created_at) "
-                "VALUES (:id, :molecule_id, :source, :energy_kjmol, :density_gcm3, "
-                ":space_group, :z, :multiplicity, :cif, :created_at)",
-                [{"multiplicity": 1, "created_at": now, **r} for r in rows],
-            )
+            self._insert_structures(c, rows)
+
+    @staticmethod
+    def _insert_structures(c: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> None:
+        now = time.time()
+        c.executemany(
+            "INSERT OR IGNORE INTO structures(id, molecule_id, source, energy_kjmol, "
+            "density_gcm3, space_group, z, multiplicity, cif, created_at) "
+            "VALUES (:id, :molecule_id, :source, :energy_kjmol, :density_gcm3, "
+            ":space_group, :z, :multiplicity, :cif, :created_at)",
+            [{"multiplicity": 1, "created_at": now, **r} for r in rows],
+        )
 
     def structures(self, molecule_id: int | None = None) -> list[sqlite3.Row]:
         q = "SELECT * FROM structures"
@@ -325,8 +362,12 @@ class Store:
         submitted_at: float,
         n_attempts: int = 1,
         structure_id: str | None = None,
+        stage: str = "",
+        structures: Iterable[dict[str, Any]] = (),
     ) -> bool:
-        """Commit one finished evaluation (an ``EvalResult``) in its own transaction.
+        """Commit one finished evaluation (an ``EvalResult``) in its own transaction,
+        with the ``structures`` rows it produced (a CSP landscape, see
+        :meth:`add_structures`) in the same one.
 
         Returns False (and changes nothing) if ``request_id`` is already stored, so a
         result that arrives twice is never duplicated.
@@ -335,8 +376,8 @@ class Store:
             cur = c.execute(
                 "INSERT OR IGNORE INTO evaluations(request_id, molecule_id, structure_id, "
                 "backend, backend_version, fidelity, inputs_hash, status, reason, "
-                "values_json, extra_json, wall_s, cpu_s, n_attempts, submitted_at, finished_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "values_json, extra_json, wall_s, cpu_s, stage, n_attempts, submitted_at, "
+                "finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     request_id,
                     molecule_id,
@@ -351,6 +392,7 @@ class Store:
                     json.dumps(result.extra, default=str),
                     result.wall_s,
                     result.cpu_s,
+                    stage,
                     n_attempts,
                     submitted_at,
                     time.time(),
@@ -358,6 +400,7 @@ class Store:
             )
             inserted = cur.rowcount == 1
             if inserted:
+                self._insert_structures(c, structures)
                 c.execute(
                     "INSERT INTO events(ts, kind, payload) VALUES (?, 'result', ?)",
                     (
@@ -374,7 +417,10 @@ class Store:
         return inserted
 
     def evaluations(self) -> list[Evaluation]:
-        rows = self.conn.execute("SELECT * FROM evaluations ORDER BY id").fetchall()
+        return self._evaluation_rows("", ())
+
+    def _evaluation_rows(self, where: str, args: tuple[Any, ...]) -> list[Evaluation]:
+        rows = self.conn.execute(f"SELECT * FROM evaluations {where} ORDER BY id", args).fetchall()
         return [
             Evaluation(
                 id=r["id"],
@@ -391,12 +437,36 @@ class Store:
                 extra=json.loads(r["extra_json"]),
                 wall_s=r["wall_s"],
                 cpu_s=r["cpu_s"],
+                stage=r["stage"],
                 n_attempts=r["n_attempts"],
                 submitted_at=r["submitted_at"],
                 finished_at=r["finished_at"],
             )
             for r in rows
         ]
+
+    def set_stage(self, stages: dict[int, str]) -> None:
+        """Attribute evaluations (row id -> stage name) stored before schema version 3."""
+        with self.transaction() as c:
+            c.executemany("UPDATE evaluations SET stage = ? WHERE id = ? AND stage = ''",
+                          [(st, i) for i, st in stages.items()])
+
+    def evaluation(self, request_id: str) -> Evaluation | None:
+        """The stored evaluation of ``request_id`` (None if there is none)."""
+        rows = self._evaluation_rows("WHERE request_id = ?", (request_id,))
+        return rows[0] if rows else None
+
+    def values_of(self, backend: str, key: str) -> list[tuple[int, float]]:
+        """``(molecule_id, value)`` of value ``key`` of every successful ``backend``
+        evaluation, in stored order."""
+        rows = self.conn.execute(
+            "SELECT molecule_id, json_extract(values_json, '$.' || ?) FROM evaluations "
+            "WHERE backend = ? AND status = 'ok' ORDER BY id", (json.dumps(key), backend))
+        return [(int(m), float(v)) for m, v in rows if isinstance(v, (int, float))]
+
+    def spent_cpu_s(self) -> float:
+        """CPU seconds charged for every stored evaluation (failures included)."""
+        return float(self.conn.execute("SELECT COALESCE(SUM(cpu_s), 0) FROM evaluations").fetchone()[0])
 
     def count_evaluations(self) -> tuple[int, int]:
         """``(n_evaluations, n_failed)``."""
@@ -428,6 +498,22 @@ class Store:
     def lab_experiments(self) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT * FROM lab_experiments ORDER BY submitted_at").fetchall()
 
+    # -- observed forms ---------------------------------------------------------------
+    def add_observed_forms(self, molecule_id: int, structure_ids: Iterable[str], source: str) -> None:
+        """Mark structures of ``molecule_id`` observed (by ``source``, e.g. a lab request id);
+        marking one twice keeps the first record."""
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO observed_forms(molecule_id, structure_id, source, created_at) "
+                "VALUES (?,?,?,?)", [(molecule_id, sid, source, time.time()) for sid in structure_ids])
+
+    def observed_forms(self, molecule_id: int | None = None) -> list[str]:
+        """Structure ids observed (of ``molecule_id``, or of every molecule)."""
+        q, args = "SELECT structure_id FROM observed_forms", ()
+        if molecule_id is not None:
+            q, args = q + " WHERE molecule_id = ?", (molecule_id,)
+        return [r[0] for r in self.conn.execute(q + " ORDER BY created_at, structure_id", args)]
+
     # -- events -------------------------------------------------------------------------
     def log_event(self, kind: str, **payload: Any) -> None:
         with self.transaction() as c:
@@ -436,12 +522,14 @@ class Store:
                 (time.time(), kind, json.dumps(payload, default=str)),
             )
 
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        q, args = "SELECT ts, kind, payload FROM events", ()
+    def events(self, kind: str | None = None, *, after_id: int = 0) -> list[dict[str, Any]]:
+        """Events in order (of ``kind``; with ``id`` greater than ``after_id``), each a dict
+        of its payload plus ``ts``, ``kind`` and ``event_id``."""
+        q, args = "SELECT id, ts, kind, payload FROM events WHERE id > ?", (after_id,)
         if kind:
-            q, args = q + " WHERE kind = ?", (kind,)
+            q, args = q + " AND kind = ?", (after_id, kind)
         return [
-            {"ts": r["ts"], "kind": r["kind"], **json.loads(r["payload"])}
+            {"ts": r["ts"], "kind": r["kind"], **json.loads(r["payload"]), "event_id": r["id"]}
             for r in self.conn.execute(q + " ORDER BY id", args)
         ]
 

@@ -1,5 +1,11 @@
 """MLflow tracking: a view of the campaign store, never the source of truth.
 
+Metrics come from the store: the counters of the evaluations, and the store's events
+after the last one logged (``molecule_refit``, ``structure_refit``, ``lab_result``; the
+cursor is kept in the store's meta ``mlflow_event_cursor``), so what a stage records is
+logged whether or not the process that recorded it is the one logging. Model artifacts
+are the stages' fitted models (the only thing not in the store).
+
 One experiment per campaign (named after it, tagged ``mlflow.experimentKind =
 custom_model_development`` so MLflow 3 opens it in the classic model-training view,
 not the GenAI one) holding one run per launch of the campaign lineage: the run id is
@@ -203,12 +209,16 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
         self.experiment_id = exp_id
-        self._logged_refits = int(campaign.store.get_meta("mlflow_logged_refits", "0") or 0)
+        cursor = campaign.store.get_meta("mlflow_event_cursor")
+        if cursor is None:  # a run tracked before the cursor existed logged its events then
+            events = campaign.store.events() if run_id == campaign.store.get_meta("mlflow_run_id") \
+                and campaign.store.get_meta("mlflow_logged_refits") is not None else []
+            cursor = str(events[-1]["event_id"]) if events else "0"
+        self._cursor = int(cursor)
         logged = campaign.store.get_meta("mlflow_model_logged", "0,0") or "0,0"
         self._model_logged = tuple(int(x) for x in logged.split(","))  # (n_obs, n_top) of last model
         self._structure_model_logged: dict[int, int] = {}  # molecule id -> n_computed of last model
         self._lab_counts: tuple[int, int] | None = None
-        self._logged_structure_refits = 0
         self._structure_surrogate: dict[int, str] = {}  # molecule id -> surrogate tag already set
 
     def _run_missing(self, run_id: str) -> bool:
@@ -242,23 +252,41 @@ class Tracker:
             self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
         )
 
-    def log_refit(self, *, final: bool = False) -> None:
-        """After a surrogate refit: its held-out error; the surrogate as an MLflow model
-        when it changed materially since the last logged one (see the module docstring),
-        or, ``final``, whenever it has seen results the last logged one has not."""
+    def log_events(self) -> None:
+        """Log the store's events since the last logged one (see the module docstring)."""
         c = self.campaign
-        if c.surrogate is None:
+        events = c.store.events(after_id=self._cursor)
+        if not events:
             return
-        if c.n_refits > self._logged_refits:
-            self._logged_refits = c.n_refits
-            c.store.set_meta("mlflow_logged_refits", str(c.n_refits))
-            if c.last_holdout_mae is not None:
-                self.client.log_metric(
-                    self.run_id, "surrogate_holdout_mae", c.last_holdout_mae, step=c.n_evaluations
-                )
-            self.client.log_metric(self.run_id, "n_refits", c.n_refits, step=c.n_evaluations)
-        trained_f = np.asarray(c.surrogate.obs_f)  # the fidelity of each training result
-        n_obs, n_top = len(trained_f), int(np.sum(trained_f == c.top_fidelity))
+        structure_refits = []
+        for ev in events:
+            if ev["kind"] == "molecule_refit":
+                step = int(ev.get("n_evaluations", c.n_evaluations))
+                if ev.get("holdout_mae") is not None:
+                    self.client.log_metric(self.run_id, "surrogate_holdout_mae", ev["holdout_mae"], step=step)
+                self.client.log_metric(self.run_id, "n_refits", ev["n_refit"], step=step)
+            elif ev["kind"] == "structure_refit":
+                structure_refits.append(ev)
+            elif ev["kind"] == "lab_result" and ev.get("state") == "done":
+                self._log_lab_result(ev)
+        if any(ev["kind"] == "molecule_refit" for ev in events):
+            self._maybe_log_molecule_model(final=False)
+        if structure_refits:
+            self._log_structure_refits(structure_refits)
+        self._log_lab_counts()
+        self._cursor = events[-1]["event_id"]
+        c.store.set_meta("mlflow_event_cursor", str(self._cursor))
+
+    def _maybe_log_molecule_model(self, *, final: bool) -> None:
+        """The molecule surrogate as an MLflow model when it changed materially since the
+        last logged one (see the module docstring), or, ``final``, whenever it has seen
+        results the last logged one has not."""
+        c = self.campaign
+        surrogate = c.molecules.surrogate
+        if surrogate is None:
+            return
+        trained_f = np.asarray(surrogate.obs_f)  # the fidelity of each training result
+        n_obs, n_top = len(trained_f), int(np.sum(trained_f == c.molecules.top_fidelity))
         last_obs, last_top = self._model_logged
         changed = (n_obs, n_top) != (last_obs, last_top)
         if c.cfg.tracking.log_models and changed and (
@@ -278,7 +306,7 @@ class Tracker:
         c = self.campaign
         s = c.cfg.surrogate
         blob = {
-            "state_dict": c.surrogate.state_dict(),
+            "state_dict": c.molecules.surrogate.state_dict(),
             "n_fidelities": len(c.cfg.backends),
             "fingerprint": {"n_bits": s.fingerprint_bits, "radius": s.fingerprint_radius},
         }
@@ -288,7 +316,7 @@ class Tracker:
             path.write_bytes(pickle.dumps(blob))
             with mlflow.start_run(run_id=self.run_id):
                 mlflow.pyfunc.log_model(
-                    name=f"surrogate_refit_{c.n_refits:04d}",
+                    name=f"surrogate_refit_{c.molecules.n_refits:04d}",
                     python_model=MoleculeSurrogateModel(),
                     artifacts={"state": str(path)},
                     code_paths=None,
@@ -304,40 +332,49 @@ class Tracker:
                     step=c.n_evaluations,
                 )
 
-    def log_lab(self) -> None:
-        """Lab experiments sent and identified, with the measured-vs-simulated plots."""
-        lab = self.campaign.lab
-        if lab is None:
+    def _log_lab_counts(self) -> None:
+        """Lab experiments sent and identified (logged when they change)."""
+        if self.campaign.lab is None:
             return
         rows = self.campaign.store.lab_experiments()
-        step = self.campaign.n_evaluations
         counts = (len(rows), sum(r["state"] == "done" for r in rows))
-        if counts != self._lab_counts:  # the runner calls this every loop; log changes only
+        if counts != self._lab_counts:
             self._lab_counts = counts
+            step = self.campaign.n_evaluations
             self.client.log_metric(self.run_id, "lab_experiments_sent", counts[0], step=step)
             self.client.log_metric(self.run_id, "lab_results", counts[1], step=step)
-        for rec in lab.new_records:
-            self.client.log_metric(self.run_id, "lab_match_confidence", rec["confidence"], step=step)
-            self.client.log_dict(self.run_id, rec, f"lab/{rec['request_id']}.json")
-        for path in lab.figures:
-            self.client.log_artifact(self.run_id, str(path), artifact_path="lab")
-        lab.new_records.clear()
-        lab.figures.clear()
 
-    def log_structure_refits(self) -> None:
-        """Per structure-stage Delta-GP refit: its held-out (leave-one-out) MAE and
-        calibration factor as metrics, which surrogate it is as a tag
-        (``structure_surrogate_m<id>``: ``soap-delta-gp`` or ``fragment-dimer-gp``) (step = structures computed at the refine level,
-        one series per molecule, ``..._m<molecule id>``), and the landscape before and
-        after correction with the held-out parity plot as an artifact
-        (``structure_refits/landscape_m<id>_n<computed>.png``)."""
-        stage = self.campaign.stage
-        if stage is None or len(stage.refits) <= self._logged_structure_refits:
+    def _log_lab_result(self, event: dict[str, Any]) -> None:
+        """One identified lab result: its confidence, identification record and the
+        measured-vs-simulated plot."""
+        import json
+
+        from agent.stages.lab import pxrd_figure_path
+
+        c = self.campaign
+        rid = event["request_id"]
+        row = next((r for r in c.store.lab_experiments() if r["request_id"] == rid), None)
+        if row is None or not row["identification_json"]:
             return
+        record = {"request_id": rid, "molecule_id": row["molecule_id"],
+                  **json.loads(row["identification_json"])}
+        if record.get("confidence") is not None:
+            self.client.log_metric(self.run_id, "lab_match_confidence", record["confidence"],
+                                   step=c.n_evaluations)
+        self.client.log_dict(self.run_id, record, f"lab/{rid}.json")
+        path = pxrd_figure_path(c.directory, rid)
+        if path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path="lab")
+
+    def _log_structure_refits(self, new: list[dict[str, Any]]) -> None:
+        """Per ``structure_refit`` event: the held-out (leave-one-out) MAE and calibration
+        factor as metrics, which surrogate it is as a tag (``structure_surrogate_m<id>``:
+        ``soap-delta-gp`` or ``fragment-dimer-gp``) (step = structures computed at the first
+        structure level, one series per molecule, ``..._m<molecule id>``), and the
+        landscape before and after correction with the held-out parity plot as an
+        artifact (``structure_refits/landscape_m<id>_n<computed>.png``)."""
         from agent.report import landscape_plot
 
-        new = stage.refits[self._logged_structure_refits:]
-        self._logged_structure_refits = len(stage.refits)
         for rec in new:
             mol, step = rec["molecule_id"], rec["n_computed"]
             if rec["loo_mae_kjmol"] is not None:
@@ -348,6 +385,8 @@ class Tracker:
             if rec.get("surrogate") and self._structure_surrogate.get(mol) != rec["surrogate"]:
                 self.client.set_tag(self.run_id, f"structure_surrogate_m{mol}", rec["surrogate"])
                 self._structure_surrogate[mol] = rec["surrogate"]
+        if self.campaign.stage is None:
+            return
         for mol in sorted({rec["molecule_id"] for rec in new}):
             step = max(rec["n_computed"] for rec in new if rec["molecule_id"] == mol)
             with tempfile.TemporaryDirectory() as tmp:
@@ -369,7 +408,7 @@ class Tracker:
         if n == last or not (final or _material(n, n, last, last)):
             return
         blob = {
-            "molecule_id": molecule_id, "smiles": land.smiles, "level": stage.cfg.refine.name,
+            "molecule_id": molecule_id, "smiles": land.smiles, "level": stage.refine.name,
             "model": land.model,
             "trained_on_kjmol": {land.ids[i]: e for i, e in sorted(trained.items())},
         }
@@ -390,16 +429,13 @@ class Tracker:
         self._structure_model_logged[molecule_id] = n
 
     def finish_models(self) -> None:
-        """At the end of a run: refit every model on all results and log each one that
-        has seen results its last logged version has not (metrics and plots included),
-        so the last logged models are the final ones."""
+        """At the end of a run (after :meth:`agent.campaign.Campaign.refit_final`): log
+        the events left and each model that has seen results its last logged version has
+        not, so the last logged models are the final ones."""
         c = self.campaign
-        if c.molecule_stage_enabled:
-            c.refit_molecule_model()
-        self.log_refit(final=True)
+        self.log_events()
+        self._maybe_log_molecule_model(final=True)
         if c.stage is not None:
-            c.stage.refit_all()
-            self.log_structure_refits()
             for mol in sorted(c.stage.landscapes):
                 self._maybe_log_structure_model(mol, final=True)
 

@@ -210,6 +210,14 @@ class Backend(ABC):
 
             check_schema(cls.name, cls.params_schema, params)
 
+    def fragment_terms_settings(self) -> dict[str, Any] | None:
+        """For a structure-level backend whose energy is cheap fragment terms plus
+        per-dimer corrections, the settings its decomposition uses under this backend's
+        params and defaults (keys ``cutoff_A``, ``cutoff_mode``, ``functional``: the
+        arguments of :func:`sim_backends.fragment_terms.landscape_fragment_terms`), so a
+        per-dimer model can be fitted to its results; None (the default) otherwise."""
+        return None
+
     def cost_estimate(self, inp: EvalInput) -> float:
         """Expected CPU seconds for ``inp`` (used by cost-aware acquisition)."""
         return 1.0

@@ -111,24 +111,3 @@ def test_old_store_is_migrated_with_wall_time_as_cpu(tmp_path):
         (ev,) = s.evaluations()
         assert ev.cpu_s == 12.5 and ev.wall_s == 12.5
         assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
-
-
-def test_structure_cost_model_follows_measured_cpu():
-    """Before any structure task finished the refine level costs its estimate; after,
-    the estimate scaled so its mean is the measured CPU (failed tasks included)."""
-    import numpy as np
-
-    from agent.config import BackendConfig, StructureStageConfig
-    from agent.structure_stage import LandscapeState, StructureStage
-
-    stage = StructureStage.__new__(StructureStage)  # the cost model alone, no campaign
-    stage.cfg = StructureStageConfig(enabled=True, refine=BackendConfig(name="xtb-crystal", cost_s=10.0))
-    stage.cpu_ratios = {}
-    stage.n_evaluations = 0
-    land = LandscapeState(molecule_id=1, smiles="C=O", ids=["a", "b", "c"], cifs=["", "", ""],
-                          ff_kjmol=np.zeros(3), n_atoms=np.array([4, 4, 4]))
-    stage.landscapes = {1: land}
-    assert stage._costs(land, stage.cfg.refine).tolist() == [10.0, 10.0, 10.0]
-    stage.absorb(1, "xtb-crystal", "a", "ok", {"energy_kjmol": -50.0}, cpu_s=30.0)
-    stage.absorb(1, "xtb-crystal", "b", "failed", {}, cpu_s=10.0)
-    assert stage._costs(land, stage.cfg.refine) == pytest.approx([20.0, 20.0, 20.0])

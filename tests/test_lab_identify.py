@@ -206,7 +206,7 @@ def test_only_confident_identifications_are_fed_back():
     from pydantic import ValidationError
 
     from agent.lab.config import LabConfig
-    from agent.lab_stage import _observed_forms
+    from agent.stages.lab import _observed_forms
 
     single = {"is_mixture": False, "is_match": True, "matched_structure_id": "m0019", "confidence": 0.51, "components": [("m0019", 1.0)]}
     assert _observed_forms(single, LabConfig().min_confidence) == ["m0019"]

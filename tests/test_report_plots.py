@@ -10,7 +10,6 @@ B3LYP/6-31G//GFN2-xTB ladder) told stored results of real calculations
 from __future__ import annotations
 
 import csv
-import uuid
 
 import matplotlib
 import pytest
@@ -43,7 +42,7 @@ def _campaign(tmp_path, n_both: int):
     one failed xTB evaluation (a ninth molecule)."""
     from agent.campaign import Campaign
     from agent.config import load_config
-    from agent.executor import Task
+    from agent.stages.base import Request
     from sim_backends.base import EvalInput, EvalResult
 
     rows = _stored_rows(9)
@@ -52,8 +51,8 @@ def _campaign(tmp_path, n_both: int):
 
     def tell(i: int, f: int, value: float | None) -> None:
         backend = ("xtb-reorg", "dft-reorg")[f]
-        task = Task(uuid.uuid4().hex, backend, {}, EvalInput(camp.smiles[i]), fidelity=f,
-                    payload={"mol_index": i, "molecule_id": int(camp.mol_ids[i])})
+        task = Request("molecule", backend, {}, EvalInput(camp.smiles[i]),
+                       molecule_id=int(camp.mol_ids[i]), fidelity=f).to_task()
         ok = value is not None
         camp.tell(task, EvalResult(backend, "stored", f, "ok" if ok else "failed",
                                    {"reorg_energy_kjmol": value} if ok else {}, 1.0, "h",

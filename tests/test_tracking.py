@@ -68,7 +68,7 @@ def test_classic_view_and_material_model_logging(tmp_path):
     camp = Campaign.create(cfg, runs)
     try:
         run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=1))
-        n_refits, n_obs = camp.n_refits, len(camp.observations)
+        n_refits, n_obs = camp.molecules.n_refits, len(camp.observations)
     finally:
         camp.close()
     client = MlflowClient(f"sqlite:///{runs.resolve() / 'mlflow.db'}")

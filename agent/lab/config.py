@@ -34,7 +34,7 @@ class LabConfig(BaseModel):
         auto_approve: send requests of hardware adapters without manual approval.
         daily_budget: at most this many experiments per UTC day (None: no cap).
         landscape: for the simulated adapter: "campaign" (the campaign's own predicted
-            landscapes, see :mod:`agent.lab_stage`), "target_I", "x23" or a CIF folder.
+            landscapes, see :mod:`agent.stages.lab`), "target_I", "x23" or a CIF folder.
         min_confidence: an identified single form is fed back to the structure stage
             as observed only at this confidence or above (0-1).
     """

@@ -1,0 +1,86 @@
+"""Expected CPU seconds of a backend's tasks: the one cost model of the campaign.
+
+A :class:`CostModel` starts from a prior per input (the level's ``cost_s`` override, or
+the backend's own :meth:`~sim_backends.base.Backend.cost_estimate`) and is fitted to
+the CPU seconds measured in the workers as results arrive (failed tasks included): the
+expected cost of an input is its prior times ``sum(measured) / sum(prior)`` over the
+finished tasks, so the mean expected cost over finished tasks is the measured mean
+while relative sizes (pentacene vs pyrazine, a Z=8 cell vs a Z=2 one) come from the
+backend. Before any task finished the prior is used as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from sim_backends.base import EvalInput
+
+#: the smallest cost an input is given (CPU s), so ratios and logs stay finite
+MIN_COST_S = 1e-3
+
+
+class CostModelProtocol(Protocol):
+    def prior(self, inp: EvalInput) -> float: ...
+
+    def observe(self, inp: EvalInput, cpu_s: float) -> None: ...
+
+    def expected(self, inps: Sequence[EvalInput]) -> np.ndarray: ...
+
+
+class CostModel:
+    """The cost model of one level (see the module docstring).
+
+    Args:
+        backend: registry name.
+        params: the level's backend parameters.
+        cost_s: the config's fixed prior (CPU s per task), overriding the backend's estimate.
+    """
+
+    def __init__(self, backend: str, params: dict[str, Any], cost_s: float | None = None) -> None:
+        self.backend, self.params, self.cost_s = backend, dict(params), cost_s
+        self._backend: Any = None
+        self._prior: dict[Hashable, float] = {}
+        self.measured: list[float] = []
+        self._sum_measured = 0.0
+        self._sum_prior = 0.0
+
+    def _key(self, inp: EvalInput) -> Hashable:
+        return (inp.smiles, inp.structure_id, inp.structure_cif if inp.structure_id is None else None)
+
+    def prior(self, inp: EvalInput) -> float:
+        """The cost before fitting, CPU s (cached per input)."""
+        key = self._key(inp)
+        if key not in self._prior:
+            if self.cost_s is not None:
+                value = float(self.cost_s)
+            else:
+                if self._backend is None:
+                    from sim_backends.registry import backend_class
+
+                    self._backend = backend_class(self.backend)(**self.params)
+                value = float(self._backend.cost_estimate(inp))
+            self._prior[key] = max(value, MIN_COST_S)
+        return self._prior[key]
+
+    def observe(self, inp: EvalInput, cpu_s: float) -> None:
+        """Fit to one finished task's measured CPU seconds."""
+        self.measured.append(float(cpu_s))
+        self._sum_measured += float(cpu_s)
+        self._sum_prior += self.prior(inp)
+
+    @property
+    def scale(self) -> float:
+        """Measured over prior CPU seconds of the finished tasks (1 before any)."""
+        if not self.measured or self._sum_prior <= 0 or self._sum_measured <= 0:
+            return 1.0
+        return self._sum_measured / self._sum_prior
+
+    def mean_measured(self) -> float | None:
+        return float(np.mean(self.measured)) if self.measured else None
+
+    def expected(self, inps: Sequence[EvalInput]) -> np.ndarray:
+        """Expected CPU seconds of each input."""
+        return np.maximum(np.array([self.prior(i) for i in inps]) * self.scale, MIN_COST_S)

@@ -1,0 +1,310 @@
+"""The molecule stage: which molecule of the pool to evaluate next, at which level.
+
+Decisions:
+
+* an initial space-filling design at the cheapest fidelity (max-min Tanimoto
+  distance from a seeded random start) until ``surrogate.n_initial`` results exist;
+* then a multi-fidelity Tanimoto GP (:mod:`agent.surrogates.molecule_gp`) and a
+  cost-aware batch acquisition (:func:`agent.acquisition.select_batch`) that picks
+  molecule and fidelity together with in-flight work passed as pending points;
+* a molecule whose input is invalid (setup failure) is never proposed again at any
+  fidelity; one whose run failed at a fidelity is not proposed again there;
+* with a compute budget (``max_cpu_hours``), costs are CPU seconds from one
+  :class:`~agent.stages.costs.CostModel` per level, and no task is started whose
+  expected cost exceeds the budget left (spent CPU read from the store); without one,
+  every evaluation costs one unit;
+* a cheaper level is only offered where the top level can still follow (its
+  ``budget_evaluations`` not spent).
+
+Every refit of the surrogate is recorded as a ``molecule_refit`` event in the store
+(leave-out calibration per level), which the tracker logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.stages.base import Request
+from agent.stages.costs import CostModel
+from sim_backends.base import EvalInput
+
+if TYPE_CHECKING:
+    from agent.config import CampaignConfig
+    from agent.store import Evaluation, Store
+    from agent.surrogates.molecule_gp import MoleculeSurrogate
+    from sim_backends.base import EvalResult
+
+NAME = "molecule"
+
+
+class MoleculeStage:
+    """Ask/tell over the molecule pool with the ``[[backends]]`` fidelity ladder."""
+
+    name = NAME
+    waits_for: tuple[str, ...] = ()
+
+    def __init__(self, cfg: CampaignConfig) -> None:
+        self.cfg = cfg
+        self.levels = list(cfg.backends)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.store: Store | None = None
+        self.surrogate: MoleculeSurrogate | None = None
+        self._fit_signature: tuple[int, int] | None = None
+        self._fps: np.ndarray | None = None
+        self.last_holdout_mae: float | None = None
+        self.n_refits = 0
+        self.cost_models = [CostModel(b.name, b.params, b.cost_s) for b in self.levels]
+
+    # -- state --------------------------------------------------------------------------
+    def restore(self, store: Store) -> None:
+        self.store = store
+        mols = store.molecules(valid_only=True)
+        self.mol_ids = np.array([m["id"] for m in mols])
+        self.smiles = [m["smiles"] for m in mols]
+        self.names = [m["name"] or m["smiles"] for m in mols]
+        self.index_of = {int(mid): i for i, mid in enumerate(self.mol_ids)}
+        n_f = len(self.levels)
+        self.done = np.zeros((len(self.smiles), n_f), dtype=bool)
+        self.blocked = np.zeros((len(self.smiles), n_f), dtype=bool)
+        self.observations: list[tuple[int, int, float]] = []
+        self.n_by_backend = {b.name: 0 for b in self.levels}
+        self.n_evaluations = 0
+        self.history: list[dict[str, Any]] = []
+
+    def owns(self, evaluation: Evaluation) -> bool:
+        return evaluation.structure_id is None and self._fidelity_of(evaluation.backend) >= 0
+
+    def _fidelity_of(self, backend: str) -> int:
+        return next((i for i, b in enumerate(self.levels) if b.name == backend), -1)
+
+    def records(self, request: Request, result: EvalResult) -> dict[str, Any]:
+        return {}
+
+    def tell(self, request: Request | None, ev: Evaluation) -> None:
+        self.n_evaluations += 1
+        f = self._fidelity_of(ev.backend)
+        i = self.index_of.get(int(ev.molecule_id))
+        if f < 0 or i is None:
+            return
+        self.n_by_backend[ev.backend] += 1
+        self.cost_models[f].observe(EvalInput(self.smiles[i]), ev.cpu_s)
+        self.done[i, f] = True
+        value = ev.values.get(self.cfg.objective)
+        if ev.ok and value is not None and np.isfinite(value):
+            self.observations.append((i, f, float(value)))
+        elif ev.reason.startswith("setup:"):
+            self.blocked[i, :] = True
+        else:
+            self.blocked[i, f] = True
+        self.history.append(
+            {"n": ev.id, "mol_index": i, "fidelity": f, "status": ev.status, "value": value,
+             "wall_s": ev.wall_s, "cpu_s": ev.cpu_s, "best": self.best_value()}
+        )
+
+    def step(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    # -- views --------------------------------------------------------------------------
+    @property
+    def top_fidelity(self) -> int:
+        return len(self.levels) - 1
+
+    def sign(self) -> float:
+        return 1.0 if self.cfg.direction == "minimize" else -1.0
+
+    def best_value(self) -> float | None:
+        vals = [v for _, f, v in self.observations if f == self.top_fidelity]
+        if not vals:
+            return None
+        return float(min(vals) if self.cfg.direction == "minimize" else max(vals))
+
+    def best_molecule(self) -> int | None:
+        best = self.best_value()
+        for i, f, v in self.observations:
+            if f == self.top_fidelity and v == best:
+                return i
+        return None
+
+    @property
+    def fingerprints(self) -> np.ndarray:
+        if self._fps is None:
+            from agent.surrogates.fingerprints import morgan_fingerprints
+
+            s = self.cfg.surrogate
+            self._fps = morgan_fingerprints(
+                self.smiles, n_bits=s.fingerprint_bits, radius=s.fingerprint_radius
+            )
+        return self._fps
+
+    def _mine(self, pending: Sequence[Request]) -> list[Request]:
+        return [r for r in pending if r.stage == self.name]
+
+    def exhausted_reason(self) -> str:
+        """Why nothing more is asked when the top level's own budget is spent ('' else)."""
+        top = self.levels[-1]
+        if (top.budget_evaluations is not None and len(self.levels) > 1
+                and self.n_by_backend[top.name] >= top.budget_evaluations):
+            return (f"{top.name} budget spent ({top.budget_evaluations} evaluations); "
+                    "cheaper levels can no longer change the best value")
+        return ""
+
+    # -- decisions ----------------------------------------------------------------------
+    def allowed(self, pending: Sequence[Request] = ()) -> np.ndarray:
+        """``(n_pool, n_f)``: the (molecule, level) pairs that may be proposed now."""
+        mine = self._mine(pending)
+        allowed = ~(self.done | self.blocked)
+        for r in mine:
+            allowed[self.index_of[r.molecule_id], r.fidelity] = False
+        for f, b in enumerate(self.levels):
+            if b.budget_evaluations is not None:
+                used = self.n_by_backend[b.name] + sum(r.fidelity == f for r in mine)
+                if used >= b.budget_evaluations:
+                    allowed[:, f] = False
+        # a cheaper level is only worth running where the top level can still follow
+        allowed[:, :-1] &= allowed[:, -1:]
+        return allowed
+
+    def is_exhausted(self, pending: Sequence[Request]) -> bool:
+        return not self.allowed(pending).any()
+
+    def costs(self) -> list[float]:
+        """The acquisition's cost of one evaluation at each fidelity, in the unit of the
+        budget that binds: CPU seconds (the mean CPU time measured in the workers over the
+        level's finished tasks, failed ones included; the level's ``cost_s`` or the
+        backend's estimate for the pool's median-length molecule before any) when the
+        campaign has a compute budget (``max_cpu_hours``), else one evaluation each."""
+        if self.cfg.max_cpu_hours is None:
+            return [1.0] * len(self.levels)
+        median_smiles = sorted(self.smiles, key=len)[len(self.smiles) // 2]
+        out = []
+        for model in self.cost_models:
+            measured = model.mean_measured()
+            out.append(measured if measured is not None else model.prior(EvalInput(median_smiles)))
+        return [max(c, 1e-3) for c in out]
+
+    def pair_costs(self) -> np.ndarray | None:
+        """``(n_pool, n_f)`` expected CPU seconds of each (molecule, level) from the level's
+        :class:`~agent.stages.costs.CostModel`, or None without a compute budget. Used
+        to never start work expected to overrun the budget; the acquisition scores with
+        the per-level means (:meth:`costs`): with per-molecule costs, EI per CPU second
+        prefers many cheap, unpromising DFT calculations to the one expensive
+        calculation on the best candidate."""
+        if self.cfg.max_cpu_hours is None:
+            return None
+        inps = [EvalInput(s) for s in self.smiles]
+        return np.stack([m.expected(inps) for m in self.cost_models], axis=1)
+
+    def _initial_design(self, n: int, allowed: np.ndarray, pending: list[Request]) -> list[tuple[int, int]]:
+        """Max-min Tanimoto-diverse molecules at the cheapest fidelity."""
+        cand = np.flatnonzero(allowed[:, 0])
+        if len(cand) == 0:
+            return []
+        fps = self.fingerprints.astype(np.float32)
+        chosen_rows = [i for i, f, _ in self.observations] + [self.index_of[r.molecule_id] for r in pending]
+        picks: list[int] = []
+        for _ in range(min(n, len(cand))):
+            ref = chosen_rows + picks
+            if not ref:
+                picks.append(int(self.rng.choice(cand)))
+                continue
+            a = fps[cand]
+            b = fps[ref]
+            inter = a @ b.T
+            union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+            sim = np.where(union > 0, inter / np.maximum(union, 1e-9), 1.0)
+            d = 1.0 - sim.max(axis=1)
+            d[np.isin(cand, picks)] = -1.0
+            picks.append(int(cand[int(np.argmax(d))]))
+        return [(i, 0) for i in picks]
+
+    def _n_stored(self) -> int:
+        return self.store.count_evaluations()[0] if self.store is not None else self.n_evaluations
+
+    def refit(self) -> MoleculeSurrogate | None:
+        """The surrogate fitted on every stored result (refitted only when they changed);
+        None while there are too few results for a model."""
+        if len(self.observations) < 2:
+            return None
+        from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
+
+        n_stored = self._n_stored()
+        signature = (len(self.observations), n_stored)
+        if self.surrogate is None:
+            self.surrogate = MoleculeSurrogate(n_fidelities=len(self.levels), seed=self.cfg.seed)
+        if signature != self._fit_signature:
+            obs = [Observation(i, f, v) for i, f, v in self.observations]
+            self.surrogate.fit(self.fingerprints, obs)
+            self._fit_signature = signature
+            self.n_refits += 1
+            self._log_calibration(n_stored)
+        return self.surrogate
+
+    def _log_calibration(self, n_stored: int) -> None:
+        """Leave-out calibration of the refitted surrogate, as a ``molecule_refit`` event.
+
+        Levels are named by backend; the top level's entry holds out only its value
+        (the molecule's cheaper values stay known), ``"<top>, molecule unseen"`` the
+        whole molecule (see :meth:`MoleculeSurrogate.calibration`). Errors in the
+        objective's units.
+        """
+        model = self.surrogate
+        names = [b.name for b in self.levels]
+        cal = model.calibration(seed=self.cfg.seed + self.n_refits)
+        label = {"top": names[-1], "top_unseen": f"{names[-1]}, molecule unseen"}
+        by_level = {(names[int(k)] if k.isdigit() else label[k]): v for k, v in cal.items()}
+        top = cal.get("top")
+        self.last_holdout_mae = top["mae"] if top else None
+        self.store.log_event(
+            "molecule_refit", n_refit=self.n_refits, n_evaluations=n_stored,
+            n_by_level={n: int(np.sum(model.obs_f == f)) for f, n in enumerate(names)},
+            objective=self.cfg.objective, rho=model.rho().tolist(),
+            level_correlation=model.level_correlation().tolist(),
+            noise_sd=(np.sqrt(model.noise()) * model.y_scale).tolist(),
+            calibration=by_level, holdout_mae=self.last_holdout_mae,
+            n_obs=len(model.obs_f), n_top=int(np.sum(np.asarray(model.obs_f) == self.top_fidelity)),
+        )
+
+    def ask(self, n: int, pending: Sequence[Request]) -> list[Request]:
+        mine = self._mine(pending)
+        allowed = self.allowed(pending)
+        pair_costs = self.pair_costs()
+        if pair_costs is not None:
+            # never start work expected to overrun the compute budget
+            spent = self.store.spent_cpu_s() if self.store is not None else 0.0
+            left = self.cfg.max_cpu_hours * 3600 - spent - sum(
+                pair_costs[self.index_of[r.molecule_id], r.fidelity] for r in mine)
+            allowed &= pair_costs <= left
+        n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
+        if n_cheap + len(mine) < self.cfg.surrogate.n_initial or len(self.observations) < 2:
+            picks = self._initial_design(n, allowed, mine)
+        else:
+            from agent.acquisition import select_batch
+
+            surrogate = self.refit()
+            picks = select_batch(
+                surrogate,
+                self.fingerprints,
+                q=n,
+                costs=self.costs(),
+                allowed=allowed,
+                pending=[(self.index_of[r.molecule_id], r.fidelity) for r in mine],
+                best_value=self.best_value(),
+                direction=self.cfg.direction,
+                seed=self.cfg.seed + self._n_stored(),
+            )
+        out = []
+        for i, f in picks:
+            if not allowed[i, f]:
+                raise RuntimeError(f"acquisition proposed a disallowed pair {(i, f)}")
+            allowed[i, f] = False
+            b = self.levels[f]
+            out.append(Request(stage=self.name, backend=b.name, params=b.params,
+                               inp=EvalInput(smiles=self.smiles[i]),
+                               molecule_id=int(self.mol_ids[i]), fidelity=f))
+        return out

@@ -1,0 +1,428 @@
+"""The structure stage: CSP landscapes of the best molecules, then structure-level
+refinement of their predicted structures.
+
+Once the stages it waits for (the molecule stage) are exhausted, the best molecules at
+the top molecule level (ranked from the store's evaluations by the campaign objective)
+get a crystal structure prediction (the ``csp`` backend, a request like any other).
+Its unique minima are committed to the store's ``structures`` table in the same
+transaction as the CSP result. Then, batch by batch, a Delta-learning surrogate
+(:mod:`agent.refine_acquisition`) chooses which predicted structures get the structure
+levels (``[[structures.levels]]``, or ``refine`` and ``free_energy``), aiming to identify
+the true low-energy set with few expensive calculations. A structure computed at a
+level is never recomputed there.
+
+Levels: the first level ranks the landscape (its value key: the level's ``value`` or
+its backend's declared ``objective_key``); a second level's value is added to it for
+the structures where both are computed (E + F_vib), the budget split between the two
+by :func:`agent.refine_acquisition.split_levels`. Costs are CPU seconds from one
+:class:`~agent.stages.costs.CostModel` per level (the backend's estimate per structure,
+fitted to the measured CPU seconds). A first level whose backend declares a fragment
+decomposition (:meth:`~sim_backends.base.Backend.fragment_terms_settings`) is modelled
+per dimer (:mod:`agent.surrogates.fragment_gp`), others by the SOAP Delta-GP.
+
+Shared through the store only: the molecule ranking (``evaluations``), landscapes
+(``structures``), observed forms (``observed_forms``, written by the lab stage: the
+acquisition computes them first and uses them as a soft constraint that they are low in
+energy), and one ``structure_refit`` event per surrogate refit with its held-out error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.stages.base import Request
+from agent.stages.costs import CostModel
+from sim_backends.base import EvalInput
+
+if TYPE_CHECKING:
+    from agent.config import CampaignConfig, StructureLevelConfig
+    from agent.store import Evaluation, Store
+    from sim_backends.base import EvalResult
+
+NAME = "structures"
+CSP, REFINE, FREE = "csp", "refine", "free_energy"
+
+
+@dataclass
+class LandscapeState:
+    """One molecule's landscape as the refinement loop sees it."""
+
+    molecule_id: int
+    smiles: str
+    ids: list[str]
+    cifs: list[str]
+    ff_kjmol: np.ndarray  # cheap-level (CSP) lattice energies, kJ/mol per molecule
+    n_atoms: np.ndarray
+    computed: dict[int, float] = field(default_factory=dict)  # index -> first-level value
+    failed: set[int] = field(default_factory=set)
+    observed: set[int] = field(default_factory=set)
+    features: np.ndarray | None = None
+    f_vib: dict[int, float] = field(default_factory=dict)  # index -> second-level value
+    f_failed: set[int] = field(default_factory=set)
+    model: Any = None  # the last surrogate fitted for a decision ...
+    model_computed: dict[int, float] | None = None  # ... and the computed set it saw
+    dimer_records: dict[int, list] = field(default_factory=dict)  # index -> per-dimer records
+    fragment: list | None = None  # FragmentTerms per structure (fragment levels only)
+    fragment_error: str | None = None  # why the fragment terms could not be computed
+
+    def index(self, structure_id: str) -> int | None:
+        try:
+            return self.ids.index(structure_id)
+        except ValueError:
+            return None
+
+    def inp(self, i: int) -> EvalInput:
+        return EvalInput(self.smiles, structure_cif=self.cifs[i], structure_id=self.ids[i])
+
+
+class StructureStage:
+    """CSP and structure-level refinement (see the module docstring)."""
+
+    name = NAME
+    waits_for: tuple[str, ...] = ("molecule",)
+
+    def __init__(self, cfg: CampaignConfig) -> None:
+        from sim_backends.registry import backend_class
+
+        self.campaign_cfg = cfg
+        self.cfg = cfg.structures
+        levels = self.cfg.level_configs()
+        for b in (self.cfg.csp, *levels):
+            backend_class(b.name)  # an unknown name fails here, before any work
+        self.levels: list[StructureLevelConfig] = levels
+        #: the value key each level contributes (declared by its backend unless given)
+        self.value_keys = [lv.value or backend_class(lv.name).objective_key for lv in levels]
+        self.cost_models = {lv.name: CostModel(lv.name, lv.params, lv.cost_s) for lv in levels}
+        self.store: Store | None = None
+        self.csp_done: set[int] = set()  # molecule ids with a CSP evaluation (ok or failed)
+        self.landscapes: dict[int, LandscapeState] = {}
+        self.n_evaluations = 0
+        self._last_refit: dict[int, int] = {}  # molecule id -> n_computed of its last event
+
+    @property
+    def refine(self) -> StructureLevelConfig:
+        return self.levels[0]
+
+    @property
+    def free_energy(self) -> StructureLevelConfig | None:
+        return self.levels[1] if len(self.levels) > 1 else None
+
+    # -- state --------------------------------------------------------------------------
+    def restore(self, store: Store) -> None:
+        self.store = store
+        self._smiles = {int(m["id"]): m["smiles"] for m in store.molecules(valid_only=True)}
+        for ev in store.events("structure_refit"):
+            self._last_refit[int(ev["molecule_id"])] = int(ev["n_computed"])
+
+    def owns(self, ev: Evaluation) -> bool:
+        return ev.structure_id is not None or ev.backend == self.cfg.csp.name
+
+    def load_landscape(self, molecule_id: int) -> None:
+        rows = self.store.structures(molecule_id)[: self.cfg.max_structures]
+        if not rows:
+            return
+        from pymatgen.core import Structure
+
+        n_atoms = np.array([len(Structure.from_str(r["cif"], fmt="cif")) for r in rows])
+        self.landscapes[molecule_id] = LandscapeState(
+            molecule_id=molecule_id,
+            smiles=self._smiles[molecule_id],
+            ids=[r["id"] for r in rows],
+            cifs=[r["cif"] for r in rows],
+            ff_kjmol=np.array([r["energy_kjmol"] for r in rows], dtype=float),
+            n_atoms=n_atoms,
+        )
+
+    def records(self, request: Request, result: EvalResult) -> dict[str, Any]:
+        """A CSP result's minima as ``structures`` rows (committed with the result)."""
+        if request.fidelity != 0 or request.structure_id is not None or not result.ok:
+            return {}
+        records = result.extra.pop("landscape", None) or []
+        mol_id = request.molecule_id
+        rows = [
+            {
+                "id": f"m{mol_id}-{r['id']}",
+                "molecule_id": mol_id,
+                "source": result.backend,
+                "energy_kjmol": r["energy_kjmol"],
+                "density_gcm3": r.get("density_gcm3"),
+                "space_group": r.get("space_group"),
+                "z": r.get("z"),
+                "multiplicity": r.get("multiplicity", 1),
+                "cif": r["cif"],
+            }
+            for r in records
+        ]
+        result.extra["n_structures_stored"] = len(rows)
+        return {"structures": rows}
+
+    def tell(self, request: Request | None, ev: Evaluation) -> None:
+        """Fold one stored evaluation into the state (the per-dimer records of a fragment
+        level are kept from its ``extra``; its CPU seconds fit the level's cost model)."""
+        self.n_evaluations += 1
+        molecule_id = int(ev.molecule_id)
+        if ev.structure_id is None:  # CSP
+            self.csp_done.add(molecule_id)
+            if ev.ok and molecule_id not in self.landscapes:
+                self.load_landscape(molecule_id)
+            return
+        land = self.landscapes.get(molecule_id)
+        i = land.index(ev.structure_id) if land is not None else None
+        level = next((k for k, lv in enumerate(self.levels) if lv.name == ev.backend), None)
+        if i is None or level is None:
+            return
+        self.cost_models[ev.backend].observe(land.inp(i), ev.cpu_s)
+        value = ev.values.get(self.value_keys[level])
+        good = ev.ok and value is not None and np.isfinite(value)
+        if level == 1:
+            if good:
+                land.f_vib[i] = float(value)
+            else:
+                land.f_failed.add(i)
+            return
+        if good:
+            land.computed[i] = float(value)
+            if isinstance(ev.extra.get("dimers"), list):
+                land.dimer_records[i] = ev.extra["dimers"]
+        else:
+            land.failed.add(i)
+
+    def step(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    # -- decisions ----------------------------------------------------------------------
+    def csp_candidates(self, pending: Sequence[Request]) -> list[int]:
+        """Molecule ids that should get CSP: best at the top molecule level first (from the
+        store), none while molecule-level results are still arriving."""
+        pending_csp = {r.molecule_id for r in pending if r.stage == self.name and r.structure_id is None}
+        n_wanted = self.cfg.n_molecules - len(self.landscapes) - len(pending_csp)
+        if n_wanted <= 0 or any(r.stage in self.waits_for for r in pending):
+            return []
+        c = self.campaign_cfg
+        sign = 1.0 if c.direction == "minimize" else -1.0
+        best: dict[int, float] = {}
+        for mid, v in self.store.values_of(c.backends[-1].name, c.objective):
+            if np.isfinite(v):
+                best[mid] = min(best.get(mid, np.inf), sign * v)
+        ranked = sorted(best, key=lambda m: (best[m], m))
+        return [m for m in ranked if m not in self.csp_done and m not in pending_csp][:n_wanted]
+
+    def _features(self, land: LandscapeState) -> np.ndarray:
+        if land.features is None:
+            from pymatgen.core import Structure
+            from pymatgen.io.ase import AseAtomsAdaptor
+
+            from sim_backends.descriptors import structure_features
+
+            atoms = [AseAtomsAdaptor.get_atoms(Structure.from_str(c, fmt="cif")) for c in land.cifs]
+            n_mol = [max(1, round(len(a) / self._atoms_per_molecule(land))) for a in atoms]
+            land.features = structure_features(atoms, n_mol, cheap_energies_kjmol=land.ff_kjmol)
+        return land.features
+
+    @staticmethod
+    def _atoms_per_molecule(land: LandscapeState) -> int:
+        from rdkit import Chem
+
+        return Chem.AddHs(Chem.MolFromSmiles(land.smiles)).GetNumAtoms()
+
+    def _refresh_observed(self, land: LandscapeState) -> None:
+        for sid in self.store.observed_forms(land.molecule_id):
+            if (i := land.index(sid)) is not None:
+                land.observed.add(i)
+
+    def ask(self, n: int, pending: Sequence[Request]) -> list[Request]:
+        """Up to ``n`` requests (CSP first, then the structure levels)."""
+        out: list[Request] = []
+        if n <= 0:
+            return out
+        for mol_id in self.csp_candidates(pending)[:n]:
+            out.append(Request(stage=self.name, backend=self.cfg.csp.name, params=self.cfg.csp.params,
+                               inp=EvalInput(self._smiles[mol_id]), molecule_id=mol_id, fidelity=0))
+        n -= len(out)
+        if n <= 0 or not self.landscapes:
+            return out
+        from agent.refine_acquisition import select_structures, split_levels
+
+        mine = [r for r in pending if r.stage == self.name and r.structure_id is not None]
+        pending_refine = [r.structure_id for r in mine if r.backend == self.refine.name]
+        pending_free = [r.structure_id for r in mine if r.backend != self.refine.name]
+        for land in self.landscapes.values():
+            if n <= 0:
+                break
+            self._refresh_observed(land)
+            pend = [i for sid in pending_refine if (i := land.index(sid)) is not None]
+            blocked = set(land.computed) | land.failed | set(pend)
+            if len(blocked) >= len(land.ids) and not self._free_energy_open(land):
+                continue
+            computed = dict(land.computed)
+            seed = self.campaign_cfg.seed + len(computed)
+            model = self._refit(land, seed)
+            top_k = min(self.cfg.top_k, len(land.ids))
+            n_refine, free_picks = n, []
+            refine_costs = self._costs(land, self.refine)
+            if self.free_energy is not None:
+                pend_free = [i for sid in pending_free if (i := land.index(sid)) is not None]
+                n_refine, free_picks = split_levels(
+                    land.ff_kjmol, self._inputs(land, model), computed, land.f_vib, blocked,
+                    set(pend_free) | land.f_failed, refine_costs,
+                    self._costs(land, self.free_energy), n, top_k=top_k,
+                    window_kjmol=self.cfg.window_kjmol, seed=seed, model=model)
+            for i in free_picks:
+                out.append(self._request(land, i, self.free_energy, 1))
+                n -= 1
+            if n_refine <= 0 or len(blocked) >= len(land.ids):
+                continue
+            # failed structures are treated as pending so they are never proposed again
+            picks = select_structures(
+                land.ff_kjmol, self._inputs(land, model), computed, pend + sorted(land.failed),
+                costs=refine_costs, q=n_refine, seed=seed, top_k=top_k,
+                window_kjmol=self.cfg.window_kjmol, observed=land.observed or None, model=model,
+            )
+            for i in picks:
+                out.append(self._request(land, i, self.refine, 0))
+                n -= 1
+        return out
+
+    def _request(self, land: LandscapeState, i: int, level: StructureLevelConfig, k: int) -> Request:
+        return Request(stage=self.name, backend=level.name, params=level.params, inp=land.inp(i),
+                       molecule_id=land.molecule_id, fidelity=k + 1, structure_id=land.ids[i])
+
+    def is_exhausted(self, pending: Sequence[Request]) -> bool:
+        """No structure-stage work can be proposed now or later."""
+        if self.csp_candidates(pending) or any(
+                r.stage in self.waits_for or (r.stage == self.name and r.structure_id is None)
+                for r in pending):
+            return False
+        return all(
+            len(set(land.computed) | land.failed) >= len(land.ids) and not self._free_energy_open(land)
+            for land in self.landscapes.values()
+        )
+
+    def _refit(self, land: LandscapeState, seed: int) -> Any:
+        """Fit the landscape's surrogate on what is computed and record its held-out error
+        as a ``structure_refit`` event (``molecule_id``, ``n_computed``, ``loo_mae_kjmol``,
+        ``calibration``, ``surrogate``) when the computed set changed since the last one
+        (leave-one-out residuals in closed form, hyperparameters fixed)."""
+        from agent.surrogates.structure_gp import SurrogateError
+
+        try:
+            model = self._fit_model(land, seed)
+        except SurrogateError:
+            return None  # select_structures refits and reports the error itself
+        land.model, land.model_computed = model, dict(land.computed)
+        surrogate = getattr(model, "kind", "soap-delta-gp")
+        if self._fragment_settings() is not None and land.fragment_error:
+            surrogate += f" (fragment terms failed: {land.fragment_error[:200]})"
+        n = len(land.computed)
+        if n >= 2 and self._last_refit.get(land.molecule_id) != n:
+            self._last_refit[land.molecule_id] = n
+            self.store.log_event(
+                "structure_refit", molecule_id=land.molecule_id, n_computed=n,
+                loo_mae_kjmol=model.loo_mae_kjmol, calibration=float(model.calibration),
+                surrogate=surrogate, level=self.refine.name)
+        return model
+
+    def refit_all(self) -> None:
+        """Refit each landscape's surrogate whose model has not seen every computed
+        structure (at the end of a run, so the recorded and logged models are final)."""
+        for land in self.landscapes.values():
+            if len(land.computed) >= 2 and land.model_computed != land.computed:
+                self._refit(land, self.campaign_cfg.seed)
+
+    # -- surrogate ----------------------------------------------------------------------
+    def _fragment_settings(self) -> dict[str, Any] | None:
+        """The first level's fragment decomposition (its backend's declaration), if any."""
+        if not hasattr(self, "_fragment_cache"):
+            from sim_backends.registry import backend_class
+
+            ref = self.refine
+            self._fragment_cache = backend_class(ref.name)(**ref.params).fragment_terms_settings()
+        return self._fragment_cache
+
+    def _fragment_terms(self, land: LandscapeState) -> list | None:
+        """:func:`~sim_backends.fragment_terms.landscape_fragment_terms` of every structure
+        (cached); None, with the reason kept in ``land.fragment_error``, when they cannot
+        be computed."""
+        settings = self._fragment_settings()
+        if settings is not None and land.fragment is None and land.fragment_error is None:
+            from sim_backends.base import SetupError
+            from sim_backends.fragment_terms import landscape_fragment_terms
+            from sim_backends.structures import load_crystal
+
+            try:
+                land.fragment = landscape_fragment_terms(
+                    [load_crystal(c, land.smiles) for c in land.cifs], settings["cutoff_A"],
+                    settings["cutoff_mode"], settings["functional"],
+                    baselines=tuple(self.cfg.dimer_baselines))
+            except (SetupError, ValueError, RuntimeError) as exc:
+                land.fragment_error = str(exc)
+        return land.fragment
+
+    def _fit_model(self, land: LandscapeState, seed: int) -> Any:
+        """The landscape's surrogate on what is computed: the fragment dimer GP for a level
+        with a fragment decomposition (:mod:`agent.surrogates.fragment_gp`), else the
+        SOAP Delta-GP."""
+        if self._fragment_settings() is not None and (terms := self._fragment_terms(land)) is not None:
+            from agent.surrogates.fragment_gp import FragmentDeltaModel
+            from sim_backends.base import SetupError
+            from sim_backends.fragment_terms import dimer_deltas
+
+            deltas = {}
+            for i, recs in land.dimer_records.items():
+                if i in land.computed:
+                    try:
+                        deltas[i] = dimer_deltas(terms[i], recs)
+                    except SetupError:
+                        pass  # other cutoff than the terms (changed config): not used
+            model = FragmentDeltaModel(terms, land.ff_kjmol, seed=seed)
+            return model.fit(deltas, {i: land.computed[i] for i in deltas})
+        from agent.refine_acquisition import fit_delta_model
+
+        return fit_delta_model(land.ff_kjmol, self._features(land), land.computed, seed=seed)
+
+    def _inputs(self, land: LandscapeState, model: Any) -> np.ndarray:
+        """The ``X`` the acquisition passes to ``model``: structure indices for the fragment
+        model, the structure descriptors otherwise."""
+        from agent.surrogates.fragment_gp import FragmentDeltaModel
+
+        if isinstance(model, FragmentDeltaModel):
+            return FragmentDeltaModel.index_rows(len(land.ids))
+        return self._features(land)
+
+    def _free_energy_open(self, land: LandscapeState) -> bool:
+        """Computed structures still without a second-level result (or attempt)."""
+        return self.free_energy is not None and any(
+            i not in land.f_vib and i not in land.f_failed for i in land.computed)
+
+    def _costs(self, land: LandscapeState, level: StructureLevelConfig) -> np.ndarray:
+        """Expected CPU seconds of ``level`` for every structure of ``land``."""
+        return self.cost_models[level.name].expected([land.inp(i) for i in range(len(land.ids))])
+
+    def corrected_landscape(self, molecule_id: int) -> dict[str, np.ndarray] | None:
+        """Cheap-level and surrogate-corrected energies (mean, std) of every structure, from
+        the model of the last decision when nothing was computed since, else a fresh fit;
+        ``held_out_kjmol`` (leave-one-out predictions of the computed structures, None when
+        the model's residuals do not cover them all) and ``loo_mae_kjmol`` (the model's own
+        figure, the one logged to MLflow per refit)."""
+        land = self.landscapes.get(molecule_id)
+        if land is None or not land.computed:
+            return None
+        model = land.model
+        if model is None or land.model_computed != land.computed:
+            model = self._fit_model(land, self.campaign_cfg.seed)
+        mean, std = model.predict(self._inputs(land, model))
+        computed = np.array(sorted(land.computed))
+        held_out = None
+        residual = model.loo_residual_kjmol
+        if residual is not None and len(residual) == len(computed):  # computed minus LOO prediction
+            held_out = np.array([land.computed[i] for i in computed]) - residual
+        return {"ff_kjmol": land.ff_kjmol, "corrected_kjmol": land.ff_kjmol + mean,
+                "std_kjmol": std, "computed": computed, "held_out_kjmol": held_out,
+                "loo_mae_kjmol": model.loo_mae_kjmol}

@@ -1,0 +1,254 @@
+"""Every stage's ask/tell/restore through the real Campaign with the local executor and
+replayed backends (a stored CSP landscape of formamide and its stored periodic GFN2-xTB
+energies, tests/agent/landscape_replay.py), the scheduler's budget shares, the store as
+the stages' only shared memory, schema migration, and determinism."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+import landscape_replay  # noqa: F401 - registers replay-csp and replay-crystal
+from conftest import write_config
+
+POOL = ["NC=O formamide", "CC(=O)O acetic_acid", "CCCCO butanol", "c1ccccc1 benzene",
+        "OC(=O)C(=O)O oxalic_acid"]
+BODY = """
+objective = "n_heavy_atoms"
+batch_size = 2
+seed = 3
+max_evaluations = 12
+[surrogate]
+n_initial = 2
+[tracking]
+enabled = false
+[[backends]]
+name = "diagnostic"
+[structures]
+enabled = true
+budget_evaluations = 7
+csp = {name = "replay-csp", params = {n = 12}}
+max_structures = 12
+top_k = 3
+"""
+REFINE = 'refine = {name = "replay-crystal"}\n'
+
+
+def _run(tmp_path, body=BODY + REFINE, name="t", max_evaluations=None):
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    cfg = load_config(write_config(tmp_path, POOL, body, name=name))
+    runs = tmp_path / "runs"
+    camp = Campaign.create(cfg, runs)
+    status = run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=2))
+    return camp, status
+
+
+def _decisions(camp) -> list[tuple]:
+    return [(ev.stage, ev.backend, ev.molecule_id, ev.structure_id, ev.status)
+            for ev in camp.store.evaluations()]
+
+
+def test_request_is_immutable_and_becomes_a_task():
+    from dataclasses import FrozenInstanceError
+
+    from agent.stages.base import Request
+    from sim_backends.base import EvalInput
+
+    params = {"n": 1}
+    r = Request("molecule", "diagnostic", params, EvalInput("C"), molecule_id=1)
+    params["n"] = 2  # the request keeps its own copy
+    assert r.params["n"] == 1
+    with pytest.raises(FrozenInstanceError):
+        r.backend = "x"
+    with pytest.raises(TypeError):
+        r.params["n"] = 3
+    task = r.to_task()
+    assert task.request is r and task.backend_params == {"n": 1} and task.request_id == r.request_id
+    assert r.decision() == ("molecule", "diagnostic", 1, 0, None)
+
+
+def test_molecule_then_csp_then_refine_within_budget_shares(tmp_path):
+    camp, status = _run(tmp_path)
+    try:
+        evs = camp.store.evaluations()
+        assert len(evs) == 12 and status.stop_reason.startswith("evaluation budget reached")
+        mol = [e for e in evs if e.stage == "molecule"]
+        st = [e for e in evs if e.stage == "structures"]
+        assert len(mol) == 5 and len(st) == 7  # the shares: 12 - 7 and 7
+        assert all(e.backend == "diagnostic" and e.structure_id is None for e in mol)
+        # the structure stage waited for the molecule stage, then took its best molecule
+        assert max(e.id for e in mol) < min(e.id for e in st)
+        (csp,) = [e for e in st if e.backend == "replay-csp"]
+        formamide = next(m["id"] for m in camp.store.molecules() if m["smiles"] == "NC=O")
+        assert csp.ok and csp.molecule_id == formamide and csp.extra["n_structures_stored"] == 12
+        assert "landscape" not in csp.extra  # the minima live in the structures table
+        ids = {r["id"] for r in camp.store.structures(formamide)}
+        refined = [e for e in st if e.backend == "replay-crystal"]
+        assert len(refined) == 6 and all(e.ok and e.structure_id in ids for e in refined)
+        assert len({e.structure_id for e in refined}) == 6  # never computed twice
+        land = camp.stage.landscapes[formamide]
+        assert {land.ids[i] for i in land.computed} == {e.structure_id for e in refined}
+        refits = camp.store.events("structure_refit")
+        assert refits and refits[-1]["n_computed"] == 6 and refits[-1]["molecule_id"] == formamide
+        assert all(r["loo_mae_kjmol"] is None or r["loo_mae_kjmol"] >= 0 for r in refits)
+    finally:
+        camp.close()
+
+
+def test_restore_rebuilds_every_stage_and_continues(tmp_path):
+    from agent.campaign import Campaign
+
+    camp, _ = _run(tmp_path)
+    runs = camp.directory.parent
+    live_mol = (list(camp.molecules.observations), camp.molecules.done.copy(), camp.molecules.history)
+    land = next(iter(camp.stage.landscapes.values()))
+    live_land = (dict(land.computed), set(land.failed), list(land.ids))
+    live_costs = {k: m.scale for k, m in camp.stage.cost_models.items()}
+    camp.close()
+    again = Campaign.open("t", runs, max_evaluations=14)
+    try:
+        m = again.molecules
+        assert m.observations == live_mol[0] and (m.done == live_mol[1]).all() and m.history == live_mol[2]
+        land2 = next(iter(again.stage.landscapes.values()))
+        assert (dict(land2.computed), set(land2.failed), list(land2.ids)) == live_land
+        assert {k: md.scale for k, md in again.stage.cost_models.items()} == pytest.approx(live_costs)
+        assert again.n_by_stage == {"molecule": 5, "structures": 7}
+        # the structure share is spent; the two new evaluations go to the molecule stage,
+        # which has nothing left, so nothing is asked and the reason says so
+        assert again.ask(2) == [] and again.stop_reason() == "no candidate left to evaluate"
+    finally:
+        again.close()
+
+
+def test_refine_command_continues_the_structure_stage_only(tmp_path):
+    from agent.cli import main
+
+    camp, _ = _run(tmp_path)
+    runs = camp.directory.parent
+    camp.close()
+
+    import agent.runner
+    from agent.local_executor import LocalExecutor
+
+    real = agent.runner.run_campaign
+
+    def local(campaign, runs_dir, **kw):
+        assert campaign.enabled == ("structures",)
+        return real(campaign, runs_dir, progress=False, executor=LocalExecutor(slots=2))
+
+    agent.runner.run_campaign = local
+    try:
+        assert main(["refine", "t", "--runs-dir", str(runs), "--budget", "3", "--quiet"]) == 0
+    finally:
+        agent.runner.run_campaign = real
+    rows = sqlite3.connect(runs / "t" / "store.sqlite").execute(
+        "SELECT stage, backend, structure_id FROM evaluations ORDER BY id").fetchall()
+    assert len(rows) == 15 and [r[1] for r in rows[12:]] == ["replay-crystal"] * 3
+    assert len({r[2] for r in rows if r[1] == "replay-crystal"}) == 9
+
+
+def test_observed_form_in_the_store_is_computed_first(tmp_path):
+    """The lab stage's output (observed_forms) reaches the structure stage through the
+    store alone: an observed structure not yet computed is the next one proposed."""
+    from agent.campaign import Campaign
+
+    camp, _ = _run(tmp_path)
+    runs = camp.directory.parent
+    formamide, land = next(iter(camp.stage.landscapes.items()))
+    not_computed = [land.ids[i] for i in range(len(land.ids)) if i not in land.computed]
+    observed = not_computed[-1]  # the highest-energy one left: never the acquisition's own pick
+    camp.store.add_observed_forms(formamide, [observed], "lab-request-1")
+    camp.close()
+    again = Campaign.open("t", runs, max_evaluations=13, stages=("structures",))
+    try:
+        again.shares["structures"] += 1
+        (task,) = again.ask(1)
+        assert task.request.structure_id == observed and task.request.stage == "structures"
+    finally:
+        again.close()
+
+
+def test_second_structure_level_by_configuration_alone(tmp_path):
+    """[[structures.levels]]: the phonon level after the first one, nothing else changed.
+    Its value key comes from the backend's declaration (f_vib_kjmol), it is asked only for
+    structures computed at the first level, and its cost prior is the backend's estimate.
+    The phonon results told here are placeholders (the real phonon calculation takes
+    minutes per structure); what is tested is the stage's bookkeeping of a second level."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.executor import _evaluate_in_worker
+    from sim_backends.base import EvalResult
+
+    levels = """
+[[structures.levels]]
+name = "replay-crystal"
+[[structures.levels]]
+name = "phonon"
+params = {force_backend = "xtb-crystal"}
+"""
+    cfg = load_config(write_config(tmp_path, POOL, BODY + levels))
+    assert cfg.structures.free_energy.name == "phonon" and cfg.structures.refine.name == "replay-crystal"
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        assert camp.stage.value_keys == ["energy_kjmol", "f_vib_kjmol"]
+        seen_phonon = []
+        while tasks := camp.ask(2):
+            for t in tasks:
+                r = t.request
+                if r.backend == "phonon":
+                    land = camp.stage.landscapes[r.molecule_id]
+                    assert land.index(r.structure_id) in land.computed  # first level first
+                    seen_phonon.append(r.structure_id)
+                    result = EvalResult("phonon", "placeholder", 1, "ok",
+                                        {"f_vib_kjmol": 5.0 + len(seen_phonon)}, 0.1, "h", cpu_s=0.1)
+                else:
+                    result = _evaluate_in_worker(t.backend, t.backend_params, t.inp)
+                camp.tell(t, result)
+        assert seen_phonon and len(set(seen_phonon)) == len(seen_phonon)
+        land = next(iter(camp.stage.landscapes.values()))
+        assert {land.ids[i] for i in land.f_vib} == set(seen_phonon)
+        rows = camp.store.evaluations()
+        assert {e.stage for e in rows if e.backend == "phonon"} == {"structures"}
+        assert camp.stage.cost_models["phonon"].measured == [0.1] * len(seen_phonon)
+    finally:
+        camp.close()
+
+
+def test_schema_v2_store_is_migrated_and_resumes(tmp_path):
+    from agent.campaign import Campaign
+    from agent.store import SCHEMA_VERSION
+
+    camp, _ = _run(tmp_path)
+    runs, before = camp.directory.parent, _decisions(camp)
+    camp.close()
+    db = sqlite3.connect(runs / "t" / "store.sqlite")  # make it a version-2 store
+    db.execute("ALTER TABLE evaluations DROP COLUMN stage")
+    db.execute("DROP TABLE observed_forms")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    again = Campaign.open("t", runs)
+    try:
+        assert again.store.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+        assert _decisions(again) == before  # every row attributed to the stage that asked
+        assert again.n_by_stage == {"molecule": 5, "structures": 7}
+    finally:
+        again.close()
+
+
+def test_same_config_seed_and_replays_make_the_same_decisions(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, _ = _run(tmp_path / "a")
+    b, _ = _run(tmp_path / "b")
+    try:
+        da, db = _decisions(a), _decisions(b)
+        assert len(da) == 12 and da == db
+    finally:
+        a.close()
+        b.close()
