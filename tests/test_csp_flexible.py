@@ -207,3 +207,16 @@ def test_flexible_csp_recovers_succinic_acid(tmp_path):
     assert (tmp_path / "land" / "landscape.csv").is_file()
     run = json.loads((tmp_path / "land" / "run.json").read_text())
     assert len(run["conformers"]) == 2 and run["levels"]["ff"].startswith("W99 exp-6 + Ewald point charges (inter")
+
+
+@pytest.mark.slow
+def test_cli_flexible_summary_lists_conformers(capsys):
+    """``crystal-agent csp`` on a molecule with a rotatable bond (ethylene glycol) runs the
+    flexible search and prints the conformers used and the flexible energy model."""
+    from agent.cli import main
+
+    assert main(["csp", "OCCO", "--n-trials", "8", "--space-groups", "P1", "--charges", "xtb",
+                 "--sampling", "fixed", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "conformers used:" in out and "conformer 0: dE_intra 0.00 kJ/mol (GFN2-xTB)" in out
+    assert "GFN2-xTB conformer energy" in out and "rigid molecule (force field)" not in out

@@ -113,7 +113,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
     e0 = landscape.minima[0].energy_kjmol if landscape.minima else 0.0
     table = Table(title=f"CSP {landscape.smiles}: {len(landscape)} unique minima from "
                         f"{landscape.meta.get('n_trials')} trials "
-                        f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{FF_LEVEL}, "
+                        f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{landscape.meta.get('level', FF_LEVEL)}, "
                         f"{landscape.meta.get('charge_method')} charges")
     for col in ("id", "E_latt (kJ/mol per molecule)", "dE (kJ/mol per molecule)", "density (g/cm3)",
                 "space group", "searched in", "Z", "mult"):
