@@ -17,7 +17,7 @@ search, the same number of trials, same space groups and settings.
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_flexible.py
           [--n-trials 20000] [--systems paracetamol,succinic_acid] [--charges resp|xtb]
-          [--throughput-trials 256] [--sampling converged|fixed]
+          [--throughput-trials 256] [--sampling converged|fixed] [--space-groups P2_1/c]
 Progress (one JSON line per finished step) goes to benchmarks/results/csp_flexible_progress.jsonl
 (or a name with the non-default arguments); the summary to benchmarks/results/csp_flexible.json
 for the default arguments, else to a file named after them.
@@ -46,7 +46,7 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
 }
 X23_REFERENCE = {"succinic_acid": -130.30}
 DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid", "charges": "resp",
-            "throughput_trials": 256, "sampling": "converged"}
+            "throughput_trials": 256, "sampling": "converged", "space_groups": ""}
 
 
 def reference(name: str):
@@ -108,6 +108,7 @@ def run_system(name: str, args, progress_path: Path) -> dict:
     from sim_backends.csp.flexible import run_flexible_csp
 
     smiles, groups, exp_text = SYSTEMS[name]
+    groups = args.space_groups or groups
     c0 = time.process_time()
     ens = build_ensemble(smiles, charges=args.charges)
     ens_cpu = time.process_time() - c0
@@ -179,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--throughput-trials", type=int, default=DEFAULTS["throughput_trials"],
                     help="trials of the rigid-vs-flexible throughput comparison (0: skip)")
     ap.add_argument("--sampling", choices=("converged", "fixed"), default=DEFAULTS["sampling"])
+    ap.add_argument("--space-groups", default=DEFAULTS["space_groups"],
+                    help="override the per-system space groups (comma-separated) for a short run")
     args = ap.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     unknown = [s for s in systems if s not in SYSTEMS]
