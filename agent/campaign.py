@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -49,9 +48,13 @@ from agent.config import (
     parse_config,
     parse_toml,
 )
+from agent.pool import pool_summary, summarise_invalid, validated_pool
 from agent.stages.base import Request
 from agent.stages.molecule import MoleculeStage
 from agent.store import Store
+
+__all__ = ["Campaign", "Status", "campaign_dir", "campaign_status", "discard_unstarted",
+           "load_stored_config", "pool_summary", "remove_stale_creations", "summarise_invalid"]
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -65,8 +68,6 @@ if TYPE_CHECKING:
 
 
 STORE_FILE = "store.sqlite"
-#: largest pool file read (a pool of max_pool_molecules SMILES is far smaller)
-MAX_POOL_BYTES = 256 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -100,86 +101,6 @@ def campaign_dir(runs_dir: str | Path, name: str) -> Path:
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"runs-dir {runs_dir}: {existing} is not a directory")
     return runs_dir / name
-
-
-_INVALID_KINDS = (  # (pattern in the SetupError reason, summary label)
-    (r"characters; the limit", "too long"),
-    (r"^invalid SMILES", "unparsable SMILES"),
-    (r"fragments", "several fragments"),
-    (r"unsupported element\(s\) ([A-Za-z, ]+);", "unsupported element"),
-    (r"net charge", "charged"),
-    (r"unpaired electron", "radical"),
-    (r"heavy atoms", "too large"),
-)
-
-
-def _invalid_label(reason: str) -> str:
-    for pattern, label in _INVALID_KINDS:
-        m = re.search(pattern, reason)
-        if m:
-            return f"{label}: {m.group(1)}" if m.groups() else label
-    return "invalid"
-
-
-def summarise_invalid(reasons: list[str]) -> str:
-    """``"2 unparsable SMILES, 1 unsupported element: Fe"`` for a list of SetupError reasons."""
-    counts: dict[str, int] = {}
-    for r in reasons:
-        label = _invalid_label(r)
-        counts[label] = counts.get(label, 0) + 1
-    return ", ".join(f"{n} {label}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def pool_summary(store: Store, name: str) -> str:
-    """One line on the stored pool, e.g. ``pool: 147 molecules, 3 invalid (2 unparsable
-    SMILES, 1 unsupported element: Fe); see `crystal-agent status NAME --invalid```."""
-    mols = store.molecules()
-    bad = [m["reason"] for m in mols if not m["is_valid"]]
-    line = f"pool: {len(mols)} molecules"
-    if bad:
-        line += (f", {len(bad)} invalid ({summarise_invalid(bad)}); "
-                 f"see `crystal-agent status {name} --invalid`")
-    return line
-
-
-def _validated_pool(cfg: CampaignConfig) -> list[tuple[str, str | None, bool, str]]:
-    """The pool as ``(smiles, name, is_valid, reason)`` rows, refused when it is empty,
-    too large or holds no valid molecule."""
-    from sim_backends.molecule import read_pool, validate_smiles
-
-    try:
-        size = cfg.pool.stat().st_size
-        if size > MAX_POOL_BYTES:
-            raise ConfigError(f"config error: pool: {cfg.pool}: file too large ({size:,} bytes; "
-                              f"the limit is {MAX_POOL_BYTES:,})")
-        entries = read_pool(cfg.pool)
-    except UnicodeDecodeError:
-        raise ConfigError(f"config error: pool: {cfg.pool}: not UTF-8 text") from None
-    except FileNotFoundError:
-        raise ConfigError(f"config error: pool: file not found: {cfg.pool}") from None
-    if not entries:
-        raise ConfigError(f"config error: pool: no molecules in {cfg.pool}")
-    if len(entries) > cfg.max_pool_molecules:
-        raise ConfigError(f"config error: pool: {len(entries):,} molecules; the limit is "
-                          f"{cfg.max_pool_molecules:,} (raise max_pool_molecules to allow it)")
-    rows = []
-    seen: set[str] = set()
-    for smi, name in entries:
-        try:
-            canon, ok, reason = validate_smiles(smi), True, ""
-        except Exception as exc:  # SetupError; keep the entry, flagged invalid
-            shown = smi if len(smi) <= 200 else smi[:197] + "..."
-            canon, ok, reason = shown, False, str(exc)
-        if canon in seen:
-            continue
-        seen.add(canon)
-        rows.append((canon, name, ok, reason))
-    if not any(r[2] for r in rows):
-        raise ConfigError(
-            f"config error: pool: no valid molecule among {len(rows)} entries "
-            f"({summarise_invalid([r[3] for r in rows])})"
-        )
-    return rows
 
 
 class Campaign:
@@ -231,7 +152,7 @@ class Campaign:
             raise ConfigError(f"{directory} exists and is not a campaign; remove it or "
                               "choose another --name")
         check_runnable(cfg)
-        rows = _validated_pool(cfg)
+        rows = validated_pool(cfg)
         directory.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_creations(directory.parent)
         tmp = directory.parent / f".{cfg.name}{_CREATING}{uuid.uuid4().hex[:12]}"

@@ -219,11 +219,14 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
         return []
     raw = store.get_meta(STRUCTURE_RESULTS_META)
     saved = json.loads(raw)["landscapes"] if raw else []
+    from agent.stages.structure import level_value_keys
+
     refine = cfg.structures.refine.name if cfg.structures.refine else None
+    value_key = level_value_keys(cfg.structures)[0]  # what the first structure level ranks by
     computed: dict[str, float] = {}
     failed: set[str] = set()
     for ev in store.evaluations():
-        v = ev.values.get("energy_kjmol")
+        v = ev.values.get(value_key)
         if ev.structure_id and ev.backend == refine and ev.ok and v is not None and math.isfinite(v):
             computed[ev.structure_id] = float(v)
         elif ev.structure_id and ev.backend == refine:

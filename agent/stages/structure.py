@@ -47,6 +47,14 @@ NAME = "structures"
 CSP, REFINE, FREE = "csp", "refine", "free_energy"
 
 
+def level_value_keys(structures: Any) -> list[str]:
+    """The value key of each structure level of a ``[structures]`` config: the level's
+    ``value`` or its backend's declared ``objective_key``."""
+    from sim_backends.registry import backend_class
+
+    return [lv.value or backend_class(lv.name).objective_key for lv in structures.level_configs()]
+
+
 @dataclass
 class LandscapeState:
     """One molecule's landscape as the refinement loop sees it."""
@@ -95,7 +103,7 @@ class StructureStage:
             backend_class(b.name)  # an unknown name fails here, before any work
         self.levels: list[StructureLevelConfig] = levels
         #: the value key each level contributes (declared by its backend unless given)
-        self.value_keys = [lv.value or backend_class(lv.name).objective_key for lv in levels]
+        self.value_keys = level_value_keys(self.cfg)
         self.cost_models = {lv.name: CostModel(lv.name, lv.params, lv.cost_s) for lv in levels}
         self.store: Store | None = None
         self.csp_done: set[int] = set()  # molecule ids with a CSP evaluation (ok or failed)

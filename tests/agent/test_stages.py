@@ -48,6 +48,33 @@ def _run(tmp_path, body=BODY + REFINE, name="t", max_evaluations=None):
     return camp, status
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One campaign run to its end (closed): its runs directory, decisions and live state."""
+    tmp = tmp_path_factory.mktemp("finished")
+    camp, status = _run(tmp)
+    try:
+        land = next(iter(camp.stage.landscapes.values()))
+        live = {
+            "decisions": _decisions(camp), "status": status,
+            "molecule": (list(camp.molecules.observations), camp.molecules.done.copy(),
+                         camp.molecules.history),
+            "landscape": (dict(land.computed), set(land.failed), list(land.ids)),
+            "cost_scales": {k: m.scale for k, m in camp.stage.cost_models.items()},
+        }
+    finally:
+        camp.close()
+    return tmp / "runs", live
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished[0], runs)
+    return runs
+
+
 def _decisions(camp) -> list[tuple]:
     return [(ev.stage, ev.backend, ev.molecule_id, ev.structure_id, ev.status)
             for ev in camp.store.evaluations()]
@@ -72,8 +99,11 @@ def test_request_is_immutable_and_becomes_a_task():
     assert r.decision() == ("molecule", "diagnostic", 1, 0, None)
 
 
-def test_molecule_then_csp_then_refine_within_budget_shares(tmp_path):
-    camp, status = _run(tmp_path)
+def test_molecule_then_csp_then_refine_within_budget_shares(finished, tmp_path):
+    from agent.campaign import Campaign
+
+    status = finished[1]["status"]
+    camp = Campaign.open("t", _copy(finished, tmp_path))
     try:
         evs = camp.store.evaluations()
         assert len(evs) == 12 and status.stop_reason.startswith("evaluation budget reached")
@@ -100,17 +130,12 @@ def test_molecule_then_csp_then_refine_within_budget_shares(tmp_path):
         camp.close()
 
 
-def test_restore_rebuilds_every_stage_and_continues(tmp_path):
+def test_restore_rebuilds_every_stage_and_continues(finished, tmp_path):
     from agent.campaign import Campaign
 
-    camp, _ = _run(tmp_path)
-    runs = camp.directory.parent
-    live_mol = (list(camp.molecules.observations), camp.molecules.done.copy(), camp.molecules.history)
-    land = next(iter(camp.stage.landscapes.values()))
-    live_land = (dict(land.computed), set(land.failed), list(land.ids))
-    live_costs = {k: m.scale for k, m in camp.stage.cost_models.items()}
-    camp.close()
-    again = Campaign.open("t", runs, max_evaluations=14)
+    live = finished[1]
+    live_mol, live_land, live_costs = live["molecule"], live["landscape"], live["cost_scales"]
+    again = Campaign.open("t", _copy(finished, tmp_path), max_evaluations=14)
     try:
         m = again.molecules
         assert m.observations == live_mol[0] and (m.done == live_mol[1]).all() and m.history == live_mol[2]
@@ -125,12 +150,10 @@ def test_restore_rebuilds_every_stage_and_continues(tmp_path):
         again.close()
 
 
-def test_refine_command_continues_the_structure_stage_only(tmp_path):
+def test_refine_command_continues_the_structure_stage_only(finished, tmp_path):
     from agent.cli import main
 
-    camp, _ = _run(tmp_path)
-    runs = camp.directory.parent
-    camp.close()
+    runs = _copy(finished, tmp_path)
 
     import agent.runner
     from agent.local_executor import LocalExecutor
@@ -152,13 +175,13 @@ def test_refine_command_continues_the_structure_stage_only(tmp_path):
     assert len({r[2] for r in rows if r[1] == "replay-crystal"}) == 9
 
 
-def test_observed_form_in_the_store_is_computed_first(tmp_path):
+def test_observed_form_in_the_store_is_computed_first(finished, tmp_path):
     """The lab stage's output (observed_forms) reaches the structure stage through the
     store alone: an observed structure not yet computed is the next one proposed."""
     from agent.campaign import Campaign
 
-    camp, _ = _run(tmp_path)
-    runs = camp.directory.parent
+    runs = _copy(finished, tmp_path)
+    camp = Campaign.open("t", runs)
     formamide, land = next(iter(camp.stage.landscapes.items()))
     not_computed = [land.ids[i] for i in range(len(land.ids)) if i not in land.computed]
     observed = not_computed[-1]  # the highest-energy one left: never the acquisition's own pick
@@ -219,13 +242,11 @@ params = {force_backend = "xtb-crystal"}
         camp.close()
 
 
-def test_schema_v2_store_is_migrated_and_resumes(tmp_path):
+def test_schema_v2_store_is_migrated_and_resumes(finished, tmp_path):
     from agent.campaign import Campaign
     from agent.store import SCHEMA_VERSION
 
-    camp, _ = _run(tmp_path)
-    runs, before = camp.directory.parent, _decisions(camp)
-    camp.close()
+    runs, before = _copy(finished, tmp_path), finished[1]["decisions"]
     db = sqlite3.connect(runs / "t" / "store.sqlite")  # make it a version-2 store
     db.execute("ALTER TABLE evaluations DROP COLUMN stage")
     db.execute("DROP TABLE observed_forms")
@@ -241,14 +262,10 @@ def test_schema_v2_store_is_migrated_and_resumes(tmp_path):
         again.close()
 
 
-def test_same_config_seed_and_replays_make_the_same_decisions(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a, _ = _run(tmp_path / "a")
-    b, _ = _run(tmp_path / "b")
+def test_same_config_seed_and_replays_make_the_same_decisions(finished, tmp_path):
+    again, _ = _run(tmp_path)
     try:
-        da, db = _decisions(a), _decisions(b)
-        assert len(da) == 12 and da == db
+        first, second = finished[1]["decisions"], _decisions(again)
+        assert len(first) == 12 and second == first
     finally:
-        a.close()
-        b.close()
+        again.close()
