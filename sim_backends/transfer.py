@@ -448,13 +448,10 @@ def summary_values(transfer: CrystalTransfer) -> dict[str, float]:
     return out
 
 
-LEVEL_PARAMS = {
-    "cutoff_A": check.number(0.0, 12.0, lo_open=True),
-    "threads": check.integer(1, 1024),
-}
+LEVEL_PARAMS = {"cutoff_A": check.number(0.0, 12.0, lo_open=True)}
 XTB_PARAMS = {**LEVEL_PARAMS, "method": check.one_of("gfn2-xtb", "gfn1-xtb"),
               "max_iterations": check.integer(1, 10000)}
-DFT_PARAMS = {**LEVEL_PARAMS, "functional": check.xc_functional, "basis": check.basis_set,
+DFT_PARAMS = {**LEVEL_PARAMS, "threads": check.integer(1, 1024), "functional": check.xc_functional, "basis": check.basis_set,
               "max_cycles": check.integer(1), "conv_tol": check.number(0.0, lo_open=True),
               "grid_level": check.integer(0, 9), "density_fit": check.boolean}
 
@@ -480,17 +477,7 @@ class _TransferBase(Backend):
         self.check_params(p)
         crystal = load_crystal(inp.structure_cif or "", inp.smiles)
         check_structure_facts(structure_facts(crystal), f"{self._level(p)} transfer integrals")
-        threads = int(p.get("threads", 1))
         level_params = {k: v for k, v in p.items() if k not in ("cutoff_A", "threads", "method")}
-        if self._level(p) == "dft":
-            from pyscf import lib
-
-            old = lib.num_threads()
-            lib.num_threads(threads)
-            try:
-                return crystal_transfer(crystal, "dft", float(p.get("cutoff_A", DEFAULT_CUTOFF_A)), level_params)
-            finally:
-                lib.num_threads(old)
         return crystal_transfer(crystal, self._level(p), float(p.get("cutoff_A", DEFAULT_CUTOFF_A)),
                                 level_params)
 
@@ -517,7 +504,7 @@ class XtbTransferBackend(_TransferBase):
     """Hole/electron transfer integrals of every unique dimer, GFN2-xTB dimer projection.
 
     Params: cutoff_A (4.0, closest contact), method ("gfn2-xtb" | "gfn1-xtb"),
-    max_iterations (250), threads (1).
+    max_iterations (250).
     Values (meV): ``j_hole_max_meV``, ``j_electron_max_meV`` (largest |J_eff|), ``j2_*_sum_meV2``
     (sum of J_eff^2 over one molecule's neighbours), ``n_unique_dimers``, ``n_neighbours``
     (per molecule). ``extra`` holds every dimer's site energies and couplings and the network.
@@ -561,6 +548,17 @@ class DftTransferBackend(_TransferBase):
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         p = {**self.params, **(params or {})}
         return f"{str(p.get('functional', 'b3lyp')).upper()}/{p.get('basis', '6-31g')} dimer projection"
+
+    def compute(self, inp: EvalInput) -> CrystalTransfer:
+        """As the base class, with ``threads`` PySCF OpenMP threads for this evaluation."""
+        from pyscf import lib
+
+        old = lib.num_threads()
+        lib.num_threads(int(inp.params.get("threads", 1)))
+        try:
+            return super().compute(inp)
+        finally:
+            lib.num_threads(old)
 
     def cost_estimate(self, inp: EvalInput) -> float:
         """Dimer SCFs dominate: ~30 CPU s for a 36-atom dimer in 6-31G, ~n^3."""

@@ -1,0 +1,199 @@
+"""Build the energy-structure-function (ESF) replay data set, one molecule at a time, resumable.
+
+For each molecule of a pool (default: examples/pool.smi, rigid conjugated molecules, smallest
+first) and each requested fidelity, one JSON line is appended to ``<out>/esf_<fidelity>.jsonl``
+as soon as it is finished; a rerun skips the molecules already there, so the script can be
+killed and restarted at any time (run it nice'd in the background).
+
+Fidelities (the ladder of issue 19, item 4):
+
+* ``proxy``: the hole reorganisation energy lambda+ at GFN2-xTB (``xtb-reorg``), kJ/mol.
+* ``quick``: a quick CSP (``--quick-trials`` trials, W99 + Ewald force field, GFN2-xTB
+  charges, Z' = 1) keeping the structures within ``--window`` kJ/mol of the minimum (at most
+  ``--quick-structures``), GFN2-xTB dimer-projection transfer integrals for each and the hole
+  Marcus mobility at 300 K with the molecule's GFN2-xTB lambda+ (from ``proxy``, computed
+  here when missing); the landscape mobility is the Boltzmann-weighted mean over the kept
+  structures with an energy sd of :data:`FF_ENERGY_SD_KJMOL`
+  (:func:`sim_backends.mobility.landscape_mobility`).
+* ``refined``: a larger CSP (``--refined-trials``) and, for its ``--refined-structures``
+  lowest structures, B3LYP/6-31G transfer integrals (the mobility uses the same lambda+ so
+  that the fidelities differ in the crystal part only).
+
+Every record carries the CPU seconds of each step (``cpu_s``, this process's user+system
+time), the per-structure energies, densities, space groups, mobilities and the CIFs of the
+kept structures, so a replay can recompute the landscape property with other windows or
+uncertainties. A molecule whose step fails is recorded with ``error`` (one line) and its
+CPU seconds: failures are part of what an agent pays for.
+
+Usage:
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python data/esf/make_esf_dataset.py --fidelity quick --n 60
+    ... --fidelity refined --n 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+#: sd (kJ/mol) of force-field relative energies against fragment DFT on this project's
+#: landscapes (structures within 10 kJ/mol of the FF minimum: formamide 3.6, formic acid 5.5)
+FF_ENERGY_SD_KJMOL = 4.5
+TEMPERATURE_K = 300.0
+
+
+def read_pool(path: Path) -> list[tuple[str, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):  # '#' inside a SMILES is a triple bond
+            parts = line.split()
+            out.append((parts[0], parts[1] if len(parts) > 1 else parts[0]))
+    return out
+
+
+def heavy_atoms(smiles: str) -> int:
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    return mol.GetNumHeavyAtoms() if mol is not None else 10**6
+
+
+def done_keys(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return {r["smiles"]: r for r in recs}
+
+
+def append(path: Path, rec: dict) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+def proxy(smiles: str) -> dict:
+    from sim_backends.base import EvalInput
+    from sim_backends.registry import get_backend
+
+    r = get_backend("xtb-reorg").evaluate(EvalInput(smiles))
+    rec = {"cpu_s": round(r.cpu_s, 2), "level": "GFN2-xTB"}
+    if r.ok:
+        rec["reorg_energy_kjmol"] = r.values["reorg_energy_kjmol"]
+    else:
+        rec["error"] = r.reason
+    return rec
+
+
+def landscape_step(smiles: str, lam_kjmol: float, n_trials: int, n_keep: int, window: float,
+                   level: str, seed: int) -> dict:
+    """CSP, then transfer integrals + hole mobility for the kept structures (one record)."""
+    import numpy as np
+
+    from sim_backends.base import BackendError, process_cpu_s
+    from sim_backends.csp import run_csp
+    from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility, landscape_mobility
+    from sim_backends.structures import load_crystal
+    from sim_backends.transfer import crystal_transfer
+
+    c0 = process_cpu_s()
+    rec: dict = {"n_trials": n_trials, "transfer_level": "GFN2-xTB" if level == "gfn2-xtb" else "B3LYP/6-31G"}
+    try:
+        land = run_csp(smiles, n_trials, space_groups="P2_1/c,P-1,P2_12_12_1,C2/c,P2_1,Pbca",
+                       charges="xtb", progress=False, sampling="fixed", seed=seed)
+    except Exception as exc:  # noqa: BLE001 - any CSP failure is recorded, the run goes on
+        return {**rec, "error": f"csp: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                "cpu_s": {"csp": round(process_cpu_s() - c0, 2)}}
+    cpu_csp = process_cpu_s() - c0
+    rec["n_minima"] = len(land)
+    minima = [m for m in land.minima if m.energy_kjmol - land.minima[0].energy_kjmol <= window][:n_keep]
+    structures = []
+    c1 = process_cpu_s()
+    for m in minima:
+        s = {"id": m.id, "energy_kjmol": round(m.energy_kjmol, 3), "space_group": m.space_group, "z": m.z,
+             "density_gcm3": round(float(m.structure.density), 4), "cif": m.cif()}
+        try:
+            tr = crystal_transfer(load_crystal(m.cif(), smiles), level, 4.0,
+                                  {"functional": "b3lyp", "basis": "6-31g", "conv_tol": 1e-7} if level == "dft" else {})
+            values, _ = crystal_mobility(tr, {"hole": lam_kjmol * EV_PER_KJMOL}, TEMPERATURE_K)
+            s.update({"mobility_hole_cm2Vs": values["mobility_hole_cm2Vs"],
+                      "mobility_hole_max_cm2Vs": values["mobility_hole_max_cm2Vs"],
+                      "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
+                      "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
+                      "n_unique_dimers": len(tr.dimers), "warnings": tr.warnings})
+        except BackendError as exc:
+            s["error"] = str(exc)
+        structures.append(s)
+    rec["structures"] = structures
+    ok = [s for s in structures if "mobility_hole_cm2Vs" in s]
+    if ok:
+        lm = landscape_mobility([s["energy_kjmol"] for s in ok], [s["mobility_hole_cm2Vs"] for s in ok],
+                                FF_ENERGY_SD_KJMOL, window_kjmol=window, temperature_K=TEMPERATURE_K)
+        rec["landscape_mobility_hole_cm2Vs"] = {"mean": lm.mean, "sd": lm.sd, "n_in_window": lm.n_in_window,
+                                                "energy_sd_kjmol": FF_ENERGY_SD_KJMOL, "window_kjmol": window}
+        rec["global_minimum_mobility_hole_cm2Vs"] = ok[int(np.argmin([s["energy_kjmol"] for s in ok]))][
+            "mobility_hole_cm2Vs"]
+    else:
+        rec["error"] = "no structure with a mobility"
+    rec["cpu_s"] = {"csp": round(cpu_csp, 2), "transfer": round(process_cpu_s() - c1, 2)}
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pool", default=str(ROOT / "examples/pool.smi"))
+    ap.add_argument("--out", default=str(ROOT / "data/esf"))
+    ap.add_argument("--fidelity", choices=["proxy", "quick", "refined"], default="quick")
+    ap.add_argument("--n", type=int, default=60, help="molecules (smallest first)")
+    ap.add_argument("--quick-trials", type=int, default=150)
+    ap.add_argument("--quick-structures", type=int, default=6)
+    ap.add_argument("--refined-trials", type=int, default=600)
+    ap.add_argument("--refined-structures", type=int, default=3)
+    ap.add_argument("--window", type=float, default=7.0, help="kJ/mol above the CSP minimum")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.n < 1 or args.window <= 0 or min(args.quick_trials, args.refined_trials) < 1:
+        ap.error("--n >= 1, --window > 0, trials >= 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = sorted(read_pool(Path(args.pool)), key=lambda p: heavy_atoms(p[0]))[: args.n]
+    proxy_path = out / "esf_proxy.jsonl"
+    path = out / f"esf_{args.fidelity}.jsonl"
+    proxies = done_keys(proxy_path)
+    done = done_keys(path)
+    print(f"{args.fidelity}: {len(done)} of {len(pool)} molecules done; writing {path}", flush=True)
+    for k, (smiles, name) in enumerate(pool):
+        if smiles not in proxies:
+            t = time.time()
+            proxies[smiles] = {"smiles": smiles, "name": name, **proxy(smiles), "wall_s": round(time.time() - t, 1)}
+            append(proxy_path, proxies[smiles])
+        if args.fidelity == "proxy" or smiles in done:
+            continue
+        lam = proxies[smiles].get("reorg_energy_kjmol")
+        t = time.time()
+        if lam is None:
+            rec = {"error": f"no lambda+: {proxies[smiles].get('error', '')}", "cpu_s": {}}
+        elif args.fidelity == "quick":
+            rec = landscape_step(smiles, lam, args.quick_trials, args.quick_structures, args.window, "gfn2-xtb",
+                                 args.seed)
+        else:
+            rec = landscape_step(smiles, lam, args.refined_trials, args.refined_structures, args.window, "dft",
+                                 args.seed)
+        rec = {"smiles": smiles, "name": name, "fidelity": args.fidelity, "lambda_hole_kjmol": lam, **rec,
+               "wall_s": round(time.time() - t, 1)}
+        append(path, rec)
+        done[smiles] = rec
+        lm = rec.get("landscape_mobility_hole_cm2Vs", {})
+        print(f"[{k + 1}/{len(pool)}] {name}: "
+              + (f"mu_h = {lm['mean']:.3g} +- {lm['sd']:.2g} cm2/(V s) over {lm['n_in_window']} structures"
+                 if lm else f"failed: {rec.get('error')}")
+              + f", CPU s {rec.get('cpu_s')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
