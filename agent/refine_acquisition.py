@@ -328,11 +328,11 @@ def completion_probability(
         gp_options: keyword options of :class:`DeltaGP`.
         skill_ratio, min_skill_n: the skill test (:func:`gated_model`); a model that
             fails it is replaced by the constant shift with its LOO error bars.
-        inflation: factor on the spread of the draws about the mean (>= 1 makes the
-            rule more cautious; see "Stopping rule" in the module docstring).
+        inflation: factor on the spread of the draws about the mean (> 1 makes the
+            rule more cautious), or a sequence of factors (the same draws, scaled).
 
     Returns:
-        Probability in [0, 1].
+        Probability in [0, 1]; a list of them for a sequence of inflations.
 
     Raises:
         AcquisitionError: inconsistent shapes or indices.
@@ -354,12 +354,17 @@ def completion_probability(
         )
     except SurrogateError as exc:
         raise AcquisitionError(f"surrogate: {exc}") from None
-    if not float(inflation) > 0:
+    inflations = np.atleast_1d(np.asarray(inflation, dtype=float))
+    if inflations.ndim != 1 or not np.all(inflations > 0):
         raise AcquisitionError(f"inflation must be positive, got {inflation}")
     gp, _ = gated_model(gp, e_cheap, done, skill_ratio, min_skill_n, seed)
-    draws = _joint_draws(e_cheap, X, done, gp, n_samples, seed + 104729, float(inflation))
-    low = _low_energy_mask(draws, top_k, window_kjmol)
-    return float(np.mean(~low[:, rest].any(axis=1)))
+    draws = _joint_draws(e_cheap, X, done, gp, n_samples, seed + 104729)
+    mean = e_cheap + gp.predict(X)[0] if np.any(inflations != 1.0) else None
+    out = []
+    for k in inflations:
+        d = draws if k == 1.0 else np.where(np.isin(np.arange(n), rest), mean + k * (draws - mean), draws)
+        out.append(float(np.mean(~_low_energy_mask(d, top_k, window_kjmol)[:, rest].any(axis=1))))
+    return out[0] if np.ndim(inflation) == 0 else out
 
 
 def select_structures(

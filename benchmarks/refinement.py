@@ -233,10 +233,11 @@ def run_agent(e_cheap, e_exp, X, costs, q, seed, top, settings=AgentSettings(), 
         out["decision_s"].append(time.perf_counter() - t0)
         out["n_at"].append(len(computed))
         out["skill"].append(surrogate_skill(model, e_cheap, computed).ratio if computed else None)
-        for k in STOP_INFLATIONS:
-            out["p_complete"][k].append(completion_probability(
-                e_cheap, X, computed, TOP_K, WINDOW_KJMOL, seed=seed, model=model,
-                skill_ratio=settings.skill_ratio, inflation=k) if len(computed) >= TOP_K else None)
+        ps = (completion_probability(e_cheap, X, computed, TOP_K, WINDOW_KJMOL, seed=seed, model=model,
+                                     skill_ratio=settings.skill_ratio, inflation=list(STOP_INFLATIONS))
+              if len(computed) >= TOP_K else [None] * len(STOP_INFLATIONS))
+        for k, p in zip(STOP_INFLATIONS, ps):
+            out["p_complete"][k].append(p)
         for i in batch:
             computed[i] = float(e_exp[i])
             out["order"].append(i)
