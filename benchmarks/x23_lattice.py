@@ -17,8 +17,13 @@ multipole models and more with point charges (W99 was fitted with point charges 
 Also measures energy+gradient throughput of LatticeEnergyModel for B = 1, 64, 256 structures
 (oxalic acid alpha, Z = 4; naphthalene, Z = 2); the baseline there is B = 1.
 
+Polymorph pairs: for every pair of X23 crystals of one molecule run together (alpha and beta
+oxalic acid, the only pair in the shared data), the force-field lattice-energy difference
+against the X23 reference difference, with "predicting zero" as the baseline.
+
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/x23_lattice.py [--systems a,b] [--max-iter N]
-Output: a table, one JSON line, and benchmarks/results/x23_lattice.json.
+Output: a table, one JSON line, and benchmarks/results/x23_lattice.json (a run with
+non-default arguments writes x23_lattice_<args>.json instead).
 """
 
 from __future__ import annotations
@@ -92,6 +97,23 @@ def throughput(
             model.energy_and_grad(cells, xs)
             n += 1
         out[b] = b * n / (time.process_time() - t0)
+    return out
+
+
+#: X23 crystals of the same molecule (polymorphs), as (A, B)
+POLYMORPH_PAIRS = (("oxalic_acid_alpha", "oxalic_acid_beta"),)
+
+
+def polymorph_pairs(rows: list[dict]) -> list[dict]:
+    """Energy differences A - B (kJ/mol per molecule) of the :data:`POLYMORPH_PAIRS` both run."""
+    by = {r["system"]: r for r in rows}
+    out = []
+    for a, b in POLYMORPH_PAIRS:
+        if a in by and b in by:
+            ra, rb = by[a], by[b]
+            out.append({"pair": f"{a} - {b}", "d_ref_kjmol": ra["e_ref_kjmol"] - rb["e_ref_kjmol"],
+                        "d_resp_kjmol": ra["resp"]["e_min_kjmol"] - rb["resp"]["e_min_kjmol"],
+                        "d_xtb_kjmol": ra["xtb"]["e_min_kjmol"] - rb["xtb"]["e_min_kjmol"]})
     return out
 
 
@@ -175,9 +197,28 @@ def main() -> None:
                 summary[f"evals_per_s_{name}_rc{cutoff:.0f}_B{b}"] = round(rates[b], 1)
         console.print(timing)
 
+    pairs = polymorph_pairs(rows)
+    if pairs:
+        ptable = Table(title="Polymorph pairs: lattice-energy difference A - B (kJ/mol per molecule), "
+                             "W99 exp-6 + point charges, rigid, minimised; baseline: predicting 0")
+        for col in ("pair", "X23 ref", "RESP", "err RESP", "xTB charges", "err xTB", "err of 0"):
+            ptable.add_column(col, justify="right")
+        for p in pairs:
+            ptable.add_row(p["pair"], f"{p['d_ref_kjmol']:+.2f}", f"{p['d_resp_kjmol']:+.2f}",
+                           f"{p['d_resp_kjmol'] - p['d_ref_kjmol']:+.2f}", f"{p['d_xtb_kjmol']:+.2f}",
+                           f"{p['d_xtb_kjmol'] - p['d_ref_kjmol']:+.2f}", f"{-p['d_ref_kjmol']:+.2f}")
+        console.print(ptable)
+        summary["polymorph_pairs"] = pairs
+        summary["polymorph_mae_resp_kjmol"] = round(float(np.mean([abs(p["d_resp_kjmol"] - p["d_ref_kjmol"])
+                                                                    for p in pairs])), 2)
+        summary["polymorph_mae_zero_kjmol"] = round(float(np.mean([abs(p["d_ref_kjmol"]) for p in pairs])), 2)
+
     line = json.dumps(summary)
     print(line)
-    out = ROOT / "benchmarks" / "results" / "x23_lattice.json"
+    tag = "".join(f"_{k}-{v}" for k, v, d in (("systems", args.systems.replace(",", "-"), ""),
+                                               ("maxiter", args.max_iter, 400)) if v != d)
+    tag += "_skip-timing" if args.skip_timing else ""
+    out = ROOT / "benchmarks" / "results" / f"x23_lattice{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(line + "\n")
 
