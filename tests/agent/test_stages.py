@@ -269,3 +269,38 @@ def test_same_config_seed_and_replays_make_the_same_decisions(finished, tmp_path
         assert len(first) == 12 and second == first
     finally:
         again.close()
+
+
+def test_lab_stage_submits_identifies_and_records_observed_forms(tmp_path):
+    """The lab stage with the simulated robot drawing from the campaign's own landscape:
+    one experiment for the landscape molecule, identified against the stored structures,
+    the observed forms written to the store (what the structure stage reads), and a
+    reopened campaign re-derives nothing twice."""
+    import json
+
+    from agent.campaign import Campaign
+
+    lab = '[lab]\nadapter = "simulated"\nparams = {queue_delay_s = [0.0, 0.05], run_delay_s = [0.05, 0.1]}\n'
+    camp, _ = _run(tmp_path, BODY + REFINE + lab)
+    runs = camp.directory.parent
+    try:
+        (row,) = camp.store.lab_experiments()
+        formamide = next(m["id"] for m in camp.store.molecules() if m["smiles"] == "NC=O")
+        assert row["molecule_id"] == formamide and row["state"] == "done", dict(row)
+        ident = json.loads(row["identification_json"])
+        from agent.stages.lab import _observed_forms, pxrd_figure_path
+
+        expected = _observed_forms(ident, camp.cfg.lab.min_confidence)
+        assert camp.store.observed_forms(formamide) == expected
+        assert set(expected) <= {r["id"] for r in camp.store.structures(formamide)}
+        assert pxrd_figure_path(camp.directory, row["request_id"]).exists()
+        land = camp.stage.landscapes[formamide]
+        assert {land.ids[i] for i in land.observed} <= set(expected)
+    finally:
+        camp.close()
+    again = Campaign.open("t", runs)
+    try:
+        assert again.store.observed_forms(formamide) == expected
+        assert len(again.store.lab_experiments()) == 1
+    finally:
+        again.close()
