@@ -42,18 +42,24 @@ import numpy as np
 from agent.config import (
     CampaignConfig,
     ConfigError,
-    check_name,
     check_runnable,
     config_to_toml,
     parse_config,
     parse_toml,
+)
+from agent.directory import (
+    _CREATING,
+    STORE_FILE,
+    campaign_dir,
+    discard_unstarted,
+    remove_stale_creations,
 )
 from agent.pool import pool_summary, summarise_invalid, validated_pool
 from agent.stages.base import Request
 from agent.stages.molecule import MoleculeStage
 from agent.store import Store
 
-__all__ = ["Campaign", "Status", "campaign_dir", "campaign_status", "discard_unstarted",
+__all__ = ["STORE_FILE", "Campaign", "Status", "campaign_dir", "campaign_status", "discard_unstarted",
            "load_stored_config", "pool_summary", "remove_stale_creations", "summarise_invalid"]
 
 if TYPE_CHECKING:
@@ -67,7 +73,6 @@ if TYPE_CHECKING:
     from sim_backends.base import EvalResult
 
 
-STORE_FILE = "store.sqlite"
 
 
 @dataclass(frozen=True)
@@ -90,17 +95,6 @@ class Status:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def campaign_dir(runs_dir: str | Path, name: str) -> Path:
-    """``runs_dir/name`` after checking that ``name`` is one safe path component and
-    ``runs_dir`` is (or can become) a directory (one-line ConfigError otherwise)."""
-    check_name(name)
-    runs_dir = Path(runs_dir)
-    existing = next((p for p in (runs_dir, *runs_dir.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ConfigError(f"runs-dir {runs_dir}: {existing} is not a directory")
-    return runs_dir / name
 
 
 class Campaign:
@@ -469,55 +463,6 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         stop_reason=reason,
         best_note=note,
     )
-
-
-_CREATING = ".creating-"
-#: a hidden creation folder this old (seconds) and not locked was left by a killed creation
-STALE_CREATION_S = 60.0
-
-
-def remove_stale_creations(runs_dir: Path, min_age_s: float = STALE_CREATION_S) -> list[Path]:
-    """Remove the hidden ``.NAME.creating-*`` folders in ``runs_dir`` that a creation killed
-    before its rename left behind (SIGKILL, OOM): those unchanged for ``min_age_s``
-    seconds whose store lock no process holds. Returns the folders removed."""
-    import fcntl
-
-    removed = []
-    now = time.time()
-    for path in Path(runs_dir).glob(f".*{_CREATING}*"):
-        try:
-            if path.is_symlink() or not path.is_dir() or now - path.stat().st_mtime < min_age_s:
-                continue
-            lock = path / "lock"
-            if lock.exists():
-                fd = os.open(lock, os.O_RDONLY)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a creation in progress
-                finally:
-                    os.close(fd)
-        except OSError:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def discard_unstarted(directory: Path) -> bool:
-    """Remove a campaign directory in which nothing was evaluated or sent to a lab (after a
-    start that failed, e.g. without a connection to the Ray cluster), so that its name is
-    free again. Returns True if it was removed; a campaign in use or damaged is kept."""
-    from agent.store import StoreDamagedError, StoreLockedError
-
-    try:
-        with Store(directory / STORE_FILE, lock=True) as store:
-            if store.count_evaluations()[0] or store.lab_experiments():
-                return False
-    except (StoreLockedError, StoreDamagedError, OSError):
-        return False
-    shutil.rmtree(directory, ignore_errors=True)
-    return True
 
 
 def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> CampaignConfig:
