@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,17 @@ def test_degenerate_frontier_orbitals_are_flagged():
     assert "degenerate" in tr.to_extra()["warnings"][0]
     naph = crystal_transfer(load_crystal(NAPHTHALENE_CIF, NAPHTHALENE), "gfn2-xtb", 4.0)
     assert naph.warnings == [] and naph.frontier_spacing_meV["hole"] > 500.0
+
+
+def test_extra_round_trip_gives_the_same_network_and_mobility():
+    from sim_backends.mobility import crystal_mobility
+    from sim_backends.transfer import CrystalTransfer
+
+    tr = crystal_transfer(load_crystal(NAPHTHALENE_CIF, NAPHTHALENE), "gfn2-xtb", 4.0)
+    back = CrystalTransfer.from_extra(json.loads(json.dumps(tr.to_extra())))
+    assert back.neighbours == tr.neighbours and len(back.dimers) == len(tr.dimers)
+    np.testing.assert_allclose(back.couplings_meV("hole"), tr.couplings_meV("hole"))
+    mu = [crystal_mobility(t, {"hole": 0.187})[0]["mobility_hole_cm2Vs"] for t in (tr, back)]
+    assert mu[1] == pytest.approx(mu[0], rel=1e-4)  # vectors rounded to 1e-5 A
+    for d in back.dimers:  # site energies and effective couplings are reported per dimer
+        assert {"e_a_eff_meV", "e_b_eff_meV", "j_eff_meV", "s_ab"} <= set(d.hole)
