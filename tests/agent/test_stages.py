@@ -304,3 +304,30 @@ def test_lab_stage_submits_identifies_and_records_observed_forms(tmp_path):
         assert len(again.store.lab_experiments()) == 1
     finally:
         again.close()
+
+
+def test_tracker_logs_the_stores_events_once(finished, tmp_path):
+    """MLflow as a view of the store: structure refits recorded by an earlier process (no
+    in-memory outbox) are logged from the store's events, each once."""
+    from mlflow.tracking import MlflowClient
+
+    from agent.campaign import Campaign
+    from agent.tracking import Tracker
+
+    runs = _copy(finished, tmp_path)
+    camp = Campaign.open("t", runs)
+    try:
+        refits = camp.store.events("structure_refit")
+        tracker = Tracker(camp, runs)
+        tracker.log_events()
+        tracker.log_events()  # nothing new: nothing logged twice
+        client = MlflowClient(tracker.uri)
+        mol = refits[0]["molecule_id"]
+        history = client.get_metric_history(tracker.run_id, f"structure_gp_calibration_m{mol}")
+        assert sorted(m.step for m in history) == sorted(r["n_computed"] for r in refits)
+        assert int(camp.store.get_meta("mlflow_event_cursor")) == camp.store.events()[-1]["event_id"]
+        tags = client.get_run(tracker.run_id).data.tags
+        assert tags[f"structure_surrogate_m{mol}"] == refits[-1]["surrogate"]
+        tracker.finish()
+    finally:
+        camp.close()
