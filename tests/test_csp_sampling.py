@@ -136,3 +136,17 @@ def test_campaign_summary_says_whether_the_search_converged():
                         "(stopped by budget; WARNING: raise n_trials)")
     rec["csp_sampling"].update(converged=True, stopped_by="converged")
     assert structure_lines([rec])[1].endswith("low-energy region converged")
+
+
+def test_sampling_setting_is_validated():
+    from sim_backends.base import ParamsError
+    from sim_backends.csp.backend import CSPBackend
+    from sim_backends.csp.run import run_csp
+
+    with pytest.raises(ParamsError, match="sampling"):
+        CSPBackend.check_params({"sampling": "adaptive"})
+    CSPBackend.check_params({"sampling": "fixed"})
+    with pytest.raises(ValueError, match="sampling must be 'converged' or 'fixed'"):
+        run_csp("O=C=O", 4, sampling="adaptive", progress=False)
+    with pytest.raises(ValueError, match="unknown convergence setting"):
+        run_csp("O=C=O", 4, convergence={"k": 3}, progress=False, charges="xtb")
