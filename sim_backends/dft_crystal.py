@@ -33,11 +33,18 @@ fell from 10.0 to 3.7 kJ/mol). Three-body DFT terms are not included. By default
 geometry and the molecular deformation energy is left out; ``gas="relaxed"`` adds it
 from a gas-phase DFT relaxation (geomeTRIC), as needed to compare with X23.
 
-SCF economy (the point of the fragment scheme on a laptop): each monomer SCF is done
-once and reused; every dimer starts from the superposition of its monomer density
-matrices (block-diagonal in the dimer AO basis), optionally with second-order SCF
-(``newton=True``, PySCF's co-iterative augmented-Hessian solver). SCF cycles and times
-are recorded per dimer in ``extra["dimers"]``. Density fitting (def2-universal-jkfit)
+SCF economy (the point of the fragment scheme on a laptop; ``scf_guess="auto"``, the
+default, :mod:`sim_backends.scf_guess`): each monomer SCF is done once per structure and
+starts from the worker's converged density of the same rigid molecule rotated into place
+(one default-guess monomer SCF per worker and landscape); every dimer starts from the
+superposition of its monomer density matrices (block-diagonal in the dimer AO basis),
+and each counterpoise monomer from its monomer density padded with zeros, optionally
+with second-order SCF for the dimers (``newton=True``, PySCF's co-iterative
+augmented-Hessian solver). ``scf_guess="default"`` starts every SCF from PySCF's default
+(minao) guess. A guess that is unusable or does not converge falls back to the default
+guess. Guess, solver, SCF cycles, Fock builds, wall and CPU times are recorded for every
+SCF (``extra["dimers"][n]["scf"]``, ``extra["monomers"][k]["scf"]``, totals and
+fallbacks in ``extra``). Density fitting (def2-universal-jkfit)
 is used throughout unless ``density_fit=False``. An unconverged SCF raises :class:`RunError` ("SCF ...").
 
 PySCF and dftd3 are imported inside functions so importing this module stays cheap.
@@ -52,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
-from sim_backends.scf_guess import REFERENCES, solve
+from sim_backends.scf_guess import REFERENCES, solve, swapped_partner_density
 from sim_backends.structures import HARTREE_TO_KJMOL, Crystal, load_crystal
 from sim_backends.validity import check_crystal_energy_result, check_structure_facts, structure_facts
 
@@ -226,6 +233,8 @@ class ScfSettings:
             ~0.01 kJ/mol.
         grid_level: PySCF DFT grid level (0-9).
         newton: second-order SCF for dimers (starting from the monomer superposition).
+        scf_guess: "auto" (warm starts, see the module docstring) or "default" (PySCF's
+            minao guess for every SCF).
         density_fit: density fitting of the Coulomb term (def2-universal-jkfit). For
             dimers of very small molecules (<~120 basis functions) in-core exact
             four-centre integrals are faster on one thread (PBE/def2-SVP formamide
@@ -240,6 +249,7 @@ class ScfSettings:
     grid_level: int = 2
     newton: bool = False
     density_fit: bool = True
+    scf_guess: str = "auto"
 
 
 def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
@@ -252,7 +262,8 @@ def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
         atoms: molecule or dimer (non-periodic), Angstrom.
         s: SCF settings.
         dm0: initial density matrix (n_ao, n_ao) or None for PySCF's default
-            (minao superposition of atomic densities).
+            (minao superposition of atomic densities), or a callable
+            ``dm0(mol) -> (density or None, guess label)`` given the PySCF molecule.
         ghost: indices of atoms that carry basis functions only (counterpoise).
         newton: use second-order SCF.
         what: label for error messages.
@@ -303,6 +314,8 @@ def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
         mf._eri = share["eri"]
     mf.conv_tol = float(s.conv_tol)
     mf.max_cycle = int(s.max_cycles)
+    if callable(dm0):
+        dm0, guess = dm0(mol)
     try:
         mf, scf_rec = solve(mf, dm0, guess=guess, solver=solver or ("newton" if newton else "diis"),
                             what=what)
@@ -322,6 +335,32 @@ def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
     if keep_mf:
         out["mf"] = mf
     return out
+
+
+def _scf_record(res: dict[str, Any]) -> dict[str, Any]:
+    """The SCF record of a :func:`run_scf` result without its energy (kept elsewhere)."""
+    return {k: v for k, v in res["scf"].items() if k not in ("energy_hartree", "converged")}
+
+
+def monomer_scf(atoms: Atoms, s: ScfSettings, what: str = "monomer") -> dict[str, Any]:
+    """:func:`run_scf` of a molecule from this worker's converged density of a rigid copy.
+
+    The first molecule of given elements and SCF settings is converged from PySCF's
+    default guess and stored in :data:`sim_backends.scf_guess.REFERENCES` in its own
+    frame; every later copy (any orientation, mirror images included, atoms in the same
+    order) starts from that density rotated into place.
+    """
+    key = (tuple(atoms.get_chemical_symbols()), s.functional.lower(), s.basis.lower(),
+           int(s.grid_level), bool(s.density_fit), float(s.conv_tol))
+
+    def guess(mol: Any) -> tuple[Any, str]:
+        hit = REFERENCES.lookup(key, mol, atoms.positions)
+        return (None, "minao") if hit is None else (hit[0], "rotated_reference")
+
+    res = run_scf(atoms, s, dm0=guess, what=what)
+    if res["scf"]["guess"] == "minao":
+        REFERENCES.store(key, atoms.positions, res["dm"])
+    return res
 
 
 def relax_molecule(atoms: Atoms, s: ScfSettings, max_steps: int = 60) -> tuple[Atoms, dict[str, Any]]:
@@ -506,9 +545,12 @@ def fragment_lattice_energy(
     classes = unique_dimers(crystal, dimers)
     monomers: dict[int, dict[str, Any]] = {}
 
+    warm = settings.scf_guess == "auto"
+
     def monomer(k: int) -> dict[str, Any]:
         if k not in monomers:
-            monomers[k] = run_scf(crystal.molecule(k), settings, what=f"monomer {k}")
+            monomers[k] = (monomer_scf(crystal.molecule(k), settings, what=f"monomer {k}") if warm
+                           else run_scf(crystal.molecule(k), settings, what=f"monomer {k}"))
         return monomers[k]
 
     records = []
@@ -517,9 +559,9 @@ def fragment_lattice_energy(
         atoms = dimer_atoms(crystal, dimer)
         ma, mb = monomer(dimer.i), monomer(dimer.j)
         n_a = len(crystal.groups[dimer.i])
-        dm0 = block_diag(ma["dm"], mb["dm"])
+        dm0 = block_diag(ma["dm"], mb["dm"]) if warm else None
         share: dict[str, Any] = {}
-        res = run_scf(atoms, settings, dm0=dm0, newton=settings.newton,
+        res = run_scf(atoms, settings, dm0=dm0, newton=settings.newton, guess="monomer_superposition",
                       what=f"dimer {n_done}", share=share)
         e_int = res["energy_hartree"] - ma["energy_hartree"] - mb["energy_hartree"]
         rec = {
@@ -527,7 +569,7 @@ def fragment_lattice_energy(
             "multiplicity": mult, "contact_A": round(dimer.contact_A, 4),
             "com_A": round(dimer.com_A, 4), "scf_cycles": res["n_cycles"],
             "scf_wall_s": round(res["wall_s"], 3), "scf_cpu_s": round(res["cpu_s"], 3),
-            "n_ao": res["n_ao"],
+            "n_ao": res["n_ao"], "scf": [_scf_record(res)],
         }
         if counterpoise:
             ghost_b = list(range(n_a, len(atoms)))
@@ -535,10 +577,21 @@ def fragment_lattice_energy(
             # the monomer density padded with zeros on the ghost functions is an
             # excellent start for the monomer in the dimer basis
             zero_a, zero_b = np.zeros_like(ma["dm"]), np.zeros_like(mb["dm"])
-            ea = run_scf(atoms, settings, dm0=block_diag(ma["dm"], zero_b), ghost=ghost_b,
+            ea = run_scf(atoms, settings, dm0=block_diag(ma["dm"], zero_b) if warm else None,
+                         ghost=ghost_b, guess="padded_monomer",
                          what=f"dimer {n_done} CP monomer A", share=share)
-            eb = run_scf(atoms, settings, dm0=block_diag(zero_a, mb["dm"]), ghost=ghost_a,
+
+            def guess_b(mol: Any, ea: dict[str, Any] = ea, mb: dict[str, Any] = mb,
+                        atoms: Atoms = atoms, n_a: int = n_a) -> tuple[Any, str]:
+                # a dimer that a symmetry operation turns around: B's SCF is A's moved
+                partner = swapped_partner_density(mol, atoms.positions, n_a, ea["dm"])
+                if partner is not None:
+                    return partner, "exchanged_partner"
+                return block_diag(np.zeros((ea["n_ao"] - mb["dm"].shape[0],) * 2), mb["dm"]), "padded_monomer"
+
+            eb = run_scf(atoms, settings, dm0=guess_b if warm else None, ghost=ghost_a,
                          what=f"dimer {n_done} CP monomer B", share=share)
+            rec["scf"] += [_scf_record(ea), _scf_record(eb)]
             e_cp = res["energy_hartree"] - ea["energy_hartree"] - eb["energy_hartree"]
             rec["bsse_kjmol"] = (e_cp - e_int) * HARTREE_TO_KJMOL
             rec["cp_wall_s"] = round(ea["wall_s"] + eb["wall_s"], 3)
@@ -580,6 +633,7 @@ def fragment_lattice_energy(
         "basis": settings.basis,
         "counterpoise": counterpoise,
         "newton": settings.newton,
+        "scf_guess": settings.scf_guess,
         "e_d3_within_cutoff_kjmol": e_d3_within,
         "long_range": {k: float(v) for k, v in lr.items()} if long_range_charges_e is not None else None,
         "long_range_charges_e": ([round(float(x), 5) for x in long_range_charges_e]
@@ -588,11 +642,18 @@ def fragment_lattice_energy(
         "gas_relax_wall_s": gas_info["wall_s"] if gas_info else None,
         "monomers": [{"k": k, "energy_hartree": m["energy_hartree"], "scf_cycles": m["n_cycles"],
                       "scf_wall_s": round(m["wall_s"], 3), "scf_cpu_s": round(m["cpu_s"], 3),
-                      "n_ao": m["n_ao"]}
+                      "n_ao": m["n_ao"], "scf": _scf_record(m)}
                      for k, m in sorted(monomers.items())],
         "dimers": records,
         "scf_cycles_total": sum(r["scf_cycles"] for r in records)
         + sum(m["n_cycles"] for m in monomers.values()),
+        "scf_fock_builds_total": sum(x["fock_builds"] for r in records for x in r["scf"])
+        + sum(m["scf"]["fock_builds"] for m in monomers.values()),
+        "scf_cpu_s_total": round(sum(x["cpu_s"] for r in records for x in r["scf"])
+                                 + sum(m["scf"]["cpu_s"] for m in monomers.values()), 3),
+        "scf_fallbacks": [x["what"] + ": " + x["fallback"] for r in records for x in r["scf"]
+                          if "fallback" in x]
+        + [m["scf"]["what"] + ": " + m["scf"]["fallback"] for m in monomers.values() if "fallback" in m["scf"]],
         "notes": ("rigid molecules (no deformation energy); " if gas == "rigid" else
                   "deformation from a DFT-relaxed gas molecule; ")
         + "DFT two-body within cutoff; D3(BJ)+ATM summed over the whole crystal"
@@ -619,6 +680,7 @@ class DftCrystalBackend(Backend):
     Params:
         functional ("pbe"), basis ("def2-svp"), cutoff_A (4.0, closest contact),
         cutoff_mode ("contact" | "com"), counterpoise (True), newton (False),
+        scf_guess ("auto": warm-started SCFs | "default": PySCF's minao guess throughout),
         gas ("rigid" | "relaxed": add the deformation energy from a DFT-relaxed molecule),
         max_cycles (100), conv_tol (1e-8), grid_level (2), threads (1; PySCF OpenMP
         threads for this evaluation), density_fit (True), long_range (True: RESP
@@ -640,6 +702,7 @@ class DftCrystalBackend(Backend):
         "functional": _d3_functional, "basis": check.basis_set,
         "cutoff_A": check.number(0.0, 30.0, lo_open=True), "cutoff_mode": check.one_of("contact", "com"),
         "counterpoise": check.boolean, "newton": check.boolean, "max_cycles": check.integer(1),
+        "scf_guess": check.one_of("auto", "default"),
         "conv_tol": check.number(0.0, lo_open=True), "grid_level": check.integer(0, 9),
         "threads": check.integer(1, 1024), "gas": check.one_of("rigid", "relaxed"),
         "density_fit": check.boolean, "long_range": check.boolean,
@@ -714,6 +777,7 @@ class DftCrystalBackend(Backend):
             conv_tol=float(p.get("conv_tol", 1e-8)),
             grid_level=int(p.get("grid_level", 2)),
             newton=bool(p.get("newton", False)),
+            scf_guess=str(p.get("scf_guess", "auto")),
             density_fit=bool(p.get("density_fit", True)),
         )
         d3_energy_hartree(crystal.molecule(0), settings.functional)  # fail early on bad functional

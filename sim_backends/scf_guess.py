@@ -1,0 +1,331 @@
+"""SCF starting guesses, solver choice and cost accounting for the PySCF backends.
+
+Contracts:
+
+* :func:`ao_rotation` returns the matrix ``U`` (n_ao, n_ao) that carries the AO basis of a
+  reference molecule onto the same molecule moved by an orthogonal matrix ``R`` (proper
+  or improper) and a translation: every function of the moved molecule is
+  ``chi'_mu = sum_nu chi_nu U[nu, mu]`` and a density matrix moves as ``U D U^T``. The
+  per-shell blocks are found numerically from PySCF's own real spherical (or Cartesian)
+  functions, so any angular momentum and PySCF's p-ordering are handled without a
+  convention table; the residual of that fit is checked (< 1e-8).
+* :class:`MonomerReferences` holds one converged monomer density per molecule and SCF
+  settings in the molecule's own frame and returns it rotated onto any rigid copy
+  (atoms in the same order, Procrustes RMSD <= :data:`MAX_FIT_RMSD_A`). It lives in the
+  worker process (:data:`REFERENCES`), so a landscape's monomer density is computed once
+  per worker and never travels with the tasks.
+* :func:`solve` runs one SCF from a guess (``None`` = PySCF's default, minao) with
+  DIIS or PySCF's second-order solver (``newton``; ``"auto"`` picks it when the guess's
+  SCF error ||FDS - SDF|| is below :data:`NEWTON_MAX_GRAD`), and falls back to the default
+  guess with DIIS when the guess is unusable (wrong shape, electron count, occupations
+  outside [0, 2]) or does not converge; the fallback and its reason are recorded. Its
+  record holds the guess kind, solver, SCF cycles, Fock builds (every two-electron
+  potential: ``get_veff`` calls plus the response builds of Newton's micro-iterations),
+  wall and CPU seconds. The converged energy does not depend on the guess beyond the
+  SCF convergence threshold (tested against the default guess to 1e-6 Eh).
+
+PySCF is imported inside functions.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: ``scf_guess`` backend parameter values
+GUESS_MODES = ("auto", "default")
+#: largest RMSD (A) between a molecule and a stored reference after the best orthogonal fit
+MAX_FIT_RMSD_A = 0.05
+#: tolerated error of the electron count of a guess density (electrons)
+MAX_ELECTRON_ERROR = 1e-3
+#: occupations of a guess may leave [0, 2] by this much: a superposition of overlapping
+#: monomer densities is not idempotent (formic acid H-bonded dimer: up to 2.32)
+MAX_OCCUPATION_EXCESS = 1.0
+#: ``solver="auto"`` uses Newton when ||FDS - SDF|| of the guess is below this (a.u.)
+NEWTON_MAX_GRAD = 1e-3
+
+_SHELL_CACHE: dict[tuple[int, bool, bytes], np.ndarray] = {}
+
+
+def shell_rotation(l: int, R: np.ndarray, cart: bool = False) -> np.ndarray:
+    """Rotation matrix of one shell of angular momentum ``l`` in PySCF's AO order.
+
+    Args:
+        l: angular momentum.
+        R: orthogonal 3x3 matrix (rotation, or rotation times inversion).
+        cart: Cartesian instead of real spherical functions.
+
+    Returns:
+        ``D`` (n, n), n = 2l+1 (or (l+1)(l+2)/2), with ``f_m(R^T r) = sum_k f_k(r) D[k, m]``.
+    """
+    import numpy as np
+    from pyscf import gto
+
+    R = np.asarray(R, float)
+    key = (l, cart, np.round(R, 12).tobytes())
+    if key in _SHELL_CACHE:
+        return _SHELL_CACHE[key]
+    mol = gto.M(atom=[["He", (0.0, 0.0, 0.0)]], basis={"He": [[l, [1.0, 1.0]]]},
+                cart=cart, spin=None, verbose=0)
+    rng = np.random.default_rng(7)
+    pts = rng.normal(size=(4 * (2 * l + 1) + 8, 3))
+    kind = "GTOval_cart" if cart else "GTOval_sph"
+    a = mol.eval_gto(kind, pts)
+    b = mol.eval_gto(kind, pts @ R)  # rows p -> R^T p
+    d, *_ = np.linalg.lstsq(a, b, rcond=None)
+    if np.abs(a @ d - b).max() > 1e-8 * max(1.0, np.abs(b).max()):
+        raise ValueError(f"l={l} shell is not closed under the given transformation (R not orthogonal?)")
+    if len(_SHELL_CACHE) > 4096:
+        _SHELL_CACHE.clear()
+    _SHELL_CACHE[key] = d
+    return d
+
+
+def ao_rotation(mol: Any, R: np.ndarray) -> np.ndarray:
+    """AO transformation ``U`` of ``mol``'s basis under the orthogonal map ``R``.
+
+    Args:
+        mol: PySCF ``Mole`` of the moved molecule (its AO order defines ``U``'s).
+        R: orthogonal 3x3 matrix mapping reference coordinates onto ``mol``'s
+            (``x = R (x_ref - c_ref) + c``).
+
+    Returns:
+        ``U`` (n_ao, n_ao), block diagonal over shells; ``U @ D_ref @ U.T`` is the density of
+        the moved molecule when ``D_ref`` is the reference's in the same basis and atom order.
+    """
+    import numpy as np
+
+    ao_loc = mol.ao_loc_cart() if mol.cart else mol.ao_loc_nr()
+    u = np.zeros((ao_loc[-1], ao_loc[-1]))
+    for ib in range(mol.nbas):
+        l = mol.bas_angular(ib)
+        d = shell_rotation(l, R, bool(mol.cart))
+        n = d.shape[0]
+        for c in range(mol.bas_nctr(ib)):
+            p0 = ao_loc[ib] + c * n
+            u[p0:p0 + n, p0:p0 + n] = d
+    return u
+
+
+def orthogonal_fit(ref_A: np.ndarray, xyz_A: np.ndarray) -> tuple[np.ndarray, float]:
+    """Best orthogonal map (rotations and improper rotations) of ``ref_A`` onto ``xyz_A``.
+
+    Both (n, 3) in the same atom order, Angstrom. Returns ``(R, rmsd_A)`` with
+    ``xyz - mean(xyz) ~ (ref - mean(ref)) @ R.T``.
+    """
+    import numpy as np
+
+    p = ref_A - ref_A.mean(axis=0)
+    q = xyz_A - xyz_A.mean(axis=0)
+    u, _, vt = np.linalg.svd(q.T @ p)
+    R = u @ vt
+    rmsd = float(np.sqrt(np.mean(np.sum((p @ R.T - q) ** 2, axis=1))))
+    return R, rmsd
+
+
+class MonomerReferences:
+    """Converged monomer densities in their own frames, keyed by SCF settings and elements.
+
+    ``lookup`` returns the stored density carried onto a rigid copy of a stored
+    molecule, or None; ``store`` adds one. Bounded (``max_entries``); the per-process
+    instance :data:`REFERENCES` serves every evaluation a worker runs.
+    """
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self.max_entries = max_entries
+        self._refs: list[tuple[tuple, np.ndarray, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def clear(self) -> None:
+        self._refs.clear()
+
+    def lookup(self, key: tuple, mol: Any, xyz_A: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """(density for ``mol`` at ``xyz_A``, fit RMSD in A), or None without a matching reference."""
+        for ref_key, ref_xyz, ref_dm in self._refs:
+            if ref_key != key or ref_xyz.shape != xyz_A.shape or ref_dm.shape[-1] != mol.nao:
+                continue
+            R, rmsd = orthogonal_fit(ref_xyz, xyz_A)
+            if rmsd <= MAX_FIT_RMSD_A:
+                u = ao_rotation(mol, R)
+                return u @ ref_dm @ u.T, rmsd
+        return None
+
+    def store(self, key: tuple, xyz_A: np.ndarray, dm: np.ndarray) -> None:
+        import numpy as np
+
+        if len(self._refs) >= self.max_entries:
+            self._refs.pop(0)
+        self._refs.append((key, np.array(xyz_A, float), np.array(dm, float)))
+
+
+def swapped_partner_density(mol: Any, xyz_A: np.ndarray, n_a: int, dm: np.ndarray,
+                            tol_A: float = 1e-3) -> np.ndarray | None:
+    """For a dimer whose two molecules an orthogonal map exchanges (inversion centre,
+    2-fold axis, mirror), the density of the second-molecule SCF from the first one's.
+
+    Args:
+        mol: PySCF molecule of the dimer (atoms: first molecule's ``n_a``, then the
+            second's; ghost atoms allowed, they carry the same functions).
+        xyz_A: dimer coordinates (n, 3), Angstrom, in ``mol``'s order.
+        n_a: atoms of the first molecule.
+        dm: converged density (n_ao, n_ao) of an SCF of this dimer basis that is the
+            image of the wanted one (e.g. counterpoise monomer A -> monomer B).
+        tol_A: largest RMSD of the exchange fit.
+
+    Returns:
+        The density carried by the exchange (AO order of ``mol``), or None when the two
+        molecules differ or no orthogonal map exchanges them within ``tol_A``.
+    """
+    import numpy as np
+
+    n = len(xyz_A)
+    element = [mol.atom_pure_symbol(k).upper().removeprefix("GHOST-") for k in range(n)]
+    if 2 * n_a != n or element[:n_a] != element[n_a:]:
+        return None
+    perm = np.r_[np.arange(n_a, n), np.arange(n_a)]
+    R, rmsd = orthogonal_fit(xyz_A[perm], xyz_A)
+    if rmsd > tol_A:
+        return None
+    ao_loc = mol.ao_loc_nr() if not mol.cart else mol.ao_loc_cart()
+    first = mol.aoslice_by_atom()[n_a - 1][3] if n_a else 0
+    nao = int(ao_loc[-1])
+    p = np.r_[np.arange(first, nao), np.arange(first)]
+    u = ao_rotation(mol, R)
+    return u @ dm[np.ix_(p, p)] @ u.T
+
+
+#: the worker process's monomer references (one SCF per molecule and settings per worker)
+REFERENCES = MonomerReferences()
+
+
+def density_problem(mol: Any, dm: np.ndarray) -> str | None:
+    """Why ``dm`` cannot start an SCF of ``mol`` (None when it can).
+
+    Checks shape, finiteness, symmetry, the electron count tr(D S) (per spin for UKS
+    pairs) and that the occupations (eigenvalues of S^1/2 D S^1/2) lie within
+    :data:`MAX_OCCUPATION_EXCESS` of [0, 2] (restricted) or [0, 1] per spin.
+    """
+    import numpy as np
+    from scipy.linalg import eigh
+
+    dm = np.asarray(dm)
+    n = mol.nao
+    spin_resolved = dm.ndim == 3
+    if dm.shape not in ((n, n), (2, n, n)):
+        return f"shape {dm.shape}, basis has {n} functions"
+    if not np.all(np.isfinite(dm)):
+        return "non-finite elements"
+    s = mol.intor_symmetric("int1e_ovlp")
+    n_a, n_b = mol.nelec
+    targets = [(dm[0], n_a, 1.0), (dm[1], n_b, 1.0)] if spin_resolved else [(dm, n_a + n_b, 2.0)]
+    for d, n_el, max_occ in targets:
+        if np.abs(d - d.T).max() > 1e-6:
+            return "not symmetric"
+        count = float(np.einsum("ij,ji->", d, s))
+        if abs(count - n_el) > MAX_ELECTRON_ERROR * max(n_el, 1):
+            return f"{count:.3f} electrons, molecule has {n_el}"
+        occ = eigh(s @ d @ s, s, eigvals_only=True)
+        if occ.min() < -MAX_OCCUPATION_EXCESS or occ.max() > max_occ + MAX_OCCUPATION_EXCESS:
+            return f"occupations in [{occ.min():.2f}, {occ.max():.2f}]"
+    return None
+
+
+def count_fock_builds(mf: Any) -> dict[str, int]:
+    """Make ``mf`` count its two-electron potential builds; returns the live counter.
+
+    Every ``get_veff`` call and every response build (Newton micro-iterations, CPHF)
+    increments ``counter["n"]``; objects derived from ``mf`` (``newton()``, scanners)
+    share the counter.
+    """
+    counter = {"n": 0}
+    base = mf.__class__
+
+    class _Counting(base):  # type: ignore[misc, valid-type]
+        def get_veff(self, *args: Any, **kwargs: Any) -> Any:
+            counter["n"] += 1
+            return super().get_veff(*args, **kwargs)
+
+        def gen_response(self, *args: Any, **kwargs: Any) -> Any:
+            vind = super().gen_response(*args, **kwargs)
+
+            def counted(dm1: Any) -> Any:
+                counter["n"] += 1
+                return vind(dm1)
+
+            return counted
+
+    _Counting.__name__ = base.__name__
+    _Counting.__qualname__ = base.__qualname__
+    mf.__class__ = _Counting
+    return counter
+
+
+def commutator_norm(mf: Any, dm: np.ndarray) -> float:
+    """Frobenius norm of the SCF error F D S - S D F at ``dm`` (a.u.; one Fock build).
+
+    Zero at self-consistency; for an idempotent ``dm`` it measures the orbital gradient.
+    """
+    import numpy as np
+
+    fock = np.asarray(mf.get_fock(dm=dm))
+    s = mf.get_ovlp()
+    dm = np.asarray(dm)
+    pairs = [(fock, dm)] if dm.ndim == 2 else list(zip(fock, dm))
+    return float(np.sqrt(sum(np.linalg.norm(f @ d @ s - s @ d @ f) ** 2 for f, d in pairs)))
+
+
+def solve(mf: Any, dm0: np.ndarray | None = None, guess: str = "default",
+          solver: str = "diis", what: str = "SCF") -> tuple[Any, dict[str, Any]]:
+    """Converge ``mf`` from ``dm0`` with the chosen solver; fall back to the default guess.
+
+    Args:
+        mf: PySCF SCF object, not yet run (max_cycle, conv_tol, grids set).
+        dm0: guess density (RKS (n, n), UKS (2, n, n)) or None for PySCF's default.
+        guess: label of the guess recorded (e.g. "minao", "rotated_reference",
+            "monomer_superposition").
+        solver: "diis", "newton" or "auto" (Newton when ``dm0`` is given and the
+            SCF error :func:`commutator_norm` of ``dm0`` is below :data:`NEWTON_MAX_GRAD`).
+        what: label for records and errors.
+
+    Returns:
+        ``(converged_mf, record)``; record has ``guess``, ``solver``, ``cycles``,
+        ``fock_builds``, ``wall_s``, ``cpu_s``, ``converged`` and, after a fallback,
+        ``fallback`` (the reason). The returned object may be the Newton wrapper.
+    """
+    if solver not in ("diis", "newton", "auto"):
+        raise ValueError(f"solver must be 'diis', 'newton' or 'auto', not {solver!r}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    counter = count_fock_builds(mf)
+    cycles = [0]
+
+    def count_cycle(_envs: dict) -> None:
+        cycles[0] += 1
+
+    mf.callback = count_cycle
+    rec: dict[str, Any] = {"what": what, "guess": guess if dm0 is not None else "minao"}
+    if dm0 is not None:
+        problem = density_problem(mf.mol, dm0)
+        if problem is not None:
+            rec["fallback"] = f"guess rejected: {problem}"
+            dm0 = None
+    chosen = solver if dm0 is not None else "diis"
+    if chosen == "auto":
+        grad = commutator_norm(mf, dm0)
+        rec["guess_error_norm"] = grad
+        chosen = "newton" if grad < NEWTON_MAX_GRAD else "diis"
+    run = mf.newton() if chosen == "newton" else mf
+    run.kernel(dm0=dm0)
+    if not run.converged and dm0 is not None:
+        rec["fallback"] = f"not converged from the {rec['guess']} guess with {chosen} in {cycles[0]} cycles"
+        run = mf
+        chosen = "diis"
+        run.kernel(dm0=None)
+    rec.update({"solver": chosen, "cycles": cycles[0], "fock_builds": counter["n"],
+                "converged": bool(run.converged), "energy_hartree": float(run.e_tot),
+                "wall_s": round(time.perf_counter() - t0, 4), "cpu_s": round(time.process_time() - c0, 4)})
+    return run, rec

@@ -1,0 +1,190 @@
+"""SCF warm starts (sim_backends/scf_guess.py): AO rotations, guesses, fallback, records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LANDSCAPE = Path(__file__).resolve().parents[1] / "data" / "landscapes" / "formic_acid_dft"
+
+
+def _random_orthogonal(seed: int, proper: bool) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    if (np.linalg.det(q) > 0) != proper:
+        q = -q
+    return q
+
+
+WATER = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]])
+
+
+@pytest.mark.parametrize("proper", [True, False])
+def test_rotated_density_is_the_converged_density_of_the_rotated_molecule(proper):
+    """RHF/cc-pVTZ (s to f shells): no grid, so the densities must agree exactly."""
+    from pyscf import gto, scf
+
+    from sim_backends.scf_guess import ao_rotation, orthogonal_fit
+
+    R = _random_orthogonal(3, proper)
+    moved = WATER @ R.T + np.array([1.0, -2.0, 0.5])
+
+    def converged(xyz):
+        mol = gto.M(atom=[("O", xyz[0]), ("H", xyz[1]), ("H", xyz[2])], basis="cc-pvtz", verbose=0)
+        mf = scf.RHF(mol)
+        mf.conv_tol = 1e-11
+        mf.kernel()
+        return mol, mf.make_rdm1()
+
+    _, dm_ref = converged(WATER)
+    mol, dm_moved = converged(moved)
+    R_fit, rmsd = orthogonal_fit(WATER, moved)
+    assert rmsd < 1e-10
+    u = ao_rotation(mol, R_fit)
+    assert np.abs(u @ dm_ref @ u.T - dm_moved).max() < 1e-6
+    # and the unrotated density is far off (the test can fail)
+    assert np.abs(dm_ref - dm_moved).max() > 1e-2
+
+
+def _formic_acid_molecules(n_frames: int = 2):
+    from ase.io import read
+
+    from sim_backends.structures import Crystal
+
+    frames = read(str(LANDSCAPE / "formic_acid_dft_ff.extxyz"), index=f":{n_frames}")
+    return [Crystal.from_atoms(f) for f in frames]
+
+
+def _settings(**kw):
+    from sim_backends.dft_crystal import ScfSettings
+
+    # the shipped landscape settings (data/landscapes/formic_acid_dft/run.json)
+    return ScfSettings(basis="def2-svp", grid_level=0, density_fit=False, conv_tol=1e-7, **kw)
+
+
+def test_rotated_reference_converges_to_the_default_energy_in_fewer_fock_builds():
+    from sim_backends.dft_crystal import monomer_scf, run_scf
+    from sim_backends.scf_guess import REFERENCES
+
+    REFERENCES.clear()
+    c1, c2 = _formic_acid_molecules(2)
+    first = monomer_scf(c1.molecule(0), _settings())
+    assert first["scf"]["guess"] == "minao" and len(REFERENCES) == 1
+    for crystal in (c1, c2):
+        for k in range(crystal.z):
+            mol = crystal.molecule(k)
+            warm = monomer_scf(mol, _settings())
+            cold = run_scf(mol, _settings())
+            assert warm["scf"]["guess"] == "rotated_reference"
+            assert "fallback" not in warm["scf"]
+            assert warm["energy_hartree"] == pytest.approx(cold["energy_hartree"], abs=1e-6)
+            assert warm["scf"]["fock_builds"] < cold["scf"]["fock_builds"]
+
+
+@pytest.mark.parametrize("solver", ["diis", "newton", "auto"])
+def test_bad_guess_falls_back_to_the_default_and_says_so(solver):
+    from sim_backends.dft_crystal import run_scf
+
+    mol = _formic_acid_molecules(1)[0].molecule(0)
+    cold = run_scf(mol, _settings())
+    n = cold["n_ao"]
+    junk = np.random.default_rng(0).normal(size=(n, n))
+    bad = run_scf(mol, _settings(), dm0=junk + junk.T, guess="random", solver=solver)
+    assert bad["scf"]["fallback"].startswith("guess rejected")
+    assert bad["scf"]["guess"] == "random" and bad["scf"]["solver"] == "diis"
+    assert bad["energy_hartree"] == pytest.approx(cold["energy_hartree"], abs=1e-6)
+
+
+def test_guess_that_does_not_converge_falls_back():
+    """A plausible density (right electron count, the five highest virtual orbitals
+    occupied) that DIIS cannot converge within the cycles the default guess needs
+    (measured: 9 vs 7 cycles): the SCF is redone from the default guess."""
+    from pyscf import dft, gto
+
+    from sim_backends.scf_guess import solve
+
+    mol = gto.M(atom=[("O", WATER[0]), ("H", WATER[1]), ("H", WATER[2])], basis="def2-svp", verbose=0)
+
+    def fresh():
+        mf = dft.RKS(mol, xc="pbe")
+        mf.grids.level = 0
+        mf.conv_tol = 1e-8
+        return mf
+
+    cold, rec_cold = solve(fresh(), None)
+    c = cold.mo_coeff[:, -5:]
+    excited = 2.0 * c @ c.T
+    mf = fresh()
+    mf.max_cycle = rec_cold["cycles"]
+    warm, rec = solve(mf, excited, guess="excited")
+    assert "not converged from the excited guess" in rec["fallback"]
+    assert warm.converged
+    assert rec["energy_hartree"] == pytest.approx(rec_cold["energy_hartree"], abs=1e-6)
+    assert rec["fock_builds"] > rec_cold["fock_builds"]  # the failed attempt is charged
+
+
+def test_exchanged_partner_density_of_a_centrosymmetric_dimer():
+    """Counterpoise monomer B of an inversion-symmetric dimer is monomer A moved."""
+    from pyscf import gto, scf
+
+    from sim_backends.scf_guess import swapped_partner_density
+
+    a = WATER + np.array([0.0, 0.0, 1.6])
+    xyz = np.vstack([a, -a])  # inversion through the origin
+    sym = ["O", "H", "H"]
+
+    def cp(ghost_first: bool):
+        atom = [(("ghost-" if (k < 3) == ghost_first else "") + sym[k % 3], tuple(x)) for k, x in enumerate(xyz)]
+        mol = gto.M(atom=atom, basis="def2-svp", verbose=0)
+        mf = scf.RHF(mol)
+        mf.conv_tol = 1e-11
+        mf.kernel()
+        return mol, mf.make_rdm1()
+
+    mol_a, dm_a = cp(ghost_first=False)  # A real, B ghost
+    mol_b, dm_b = cp(ghost_first=True)
+    guess = swapped_partner_density(mol_b, xyz, 3, dm_a)
+    assert guess is not None
+    assert np.abs(guess - dm_b).max() < 1e-6
+    # a dimer without the exchange symmetry (B turned by 20 degrees about its O) gets no guess
+    t = np.radians(20.0)
+    turn = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(t), -np.sin(t)], [0.0, np.sin(t), np.cos(t)]])
+    skew = np.vstack([a, (-a - -a[0]) @ turn.T + -a[0]])
+    assert swapped_partner_density(mol_b, skew, 3, dm_a) is None
+
+
+@pytest.mark.slow
+def test_fragment_energy_with_warm_starts_equals_the_default_guess():
+    """Shipped landscape settings, formic acid m0001: every SCF energy to 1e-6 Eh."""
+    from sim_backends.dft_crystal import fragment_lattice_energy
+    from sim_backends.scf_guess import REFERENCES
+
+    REFERENCES.clear()
+    crystal = _formic_acid_molecules(1)[0]
+    v_def, x_def = fragment_lattice_energy(crystal, _settings(scf_guess="default"), 3.0)
+    v_warm, x_warm = fragment_lattice_energy(crystal, _settings(scf_guess="auto"), 3.0)
+    n_scf = sum(len(r["scf"]) for r in x_def["dimers"])
+    # E_2body is a sum of 3 energies per dimer with weights mult/(2Z): bound from 1e-6 Eh each
+    bound = 1e-6 * 2625.5 * sum(3 * r["multiplicity"] / (2 * crystal.z) for r in x_def["dimers"])
+    assert v_warm["e_dft_2body_kjmol"] == pytest.approx(v_def["e_dft_2body_kjmol"], abs=bound)
+    for m_def, m_warm in zip(x_def["monomers"], x_warm["monomers"]):
+        assert m_warm["energy_hartree"] == pytest.approx(m_def["energy_hartree"], abs=1e-6)
+    assert {x["guess"] for r in x_def["dimers"] for x in r["scf"]} == {"minao"}
+    guesses = {x["guess"] for r in x_warm["dimers"] for x in r["scf"]}
+    assert {"monomer_superposition", "padded_monomer"} <= guesses
+    assert x_warm["scf_fallbacks"] == [] and x_def["scf_fallbacks"] == []
+    assert n_scf == 3 * x_def["n_unique_dimers"]
+    assert x_warm["scf_fock_builds_total"] < 0.75 * x_def["scf_fock_builds_total"]
+    for r in x_warm["dimers"]:
+        for x in r["scf"]:
+            assert {"guess", "solver", "cycles", "fock_builds", "wall_s", "cpu_s"} <= set(x)
+
+
+def test_backend_declares_scf_guess():
+    from sim_backends.registry import get_backend
+
+    backend = get_backend("dft-crystal")
+    backend.check_params({"scf_guess": "default"})
+    with pytest.raises(Exception, match="scf_guess"):
+        backend.check_params({"scf_guess": "sad"})
