@@ -37,8 +37,8 @@ complete at the first decision where it fires. The table gives, per landscape an
 over all runs, the share of runs for which that held: the promise is kept when the share
 is at least p.
 
-``--grid`` replays, beside the agent, the settings grid {skill test off, on} x
-{exploration when confident on, off} (first batch size, ``--grid-seeds`` seeds; fitted
+``--grid`` replays, beside the agent, the agent without the skill test and the agent
+without exploration when confident (first batch size, ``--grid-seeds`` seeds; fitted
 surrogates are shared between settings that reach the same computed set) and reports
 leave-one-landscape-out choices: for each landscape the setting with the best mean
 log(agent / min(cheap, random)) on all the others, measured on it, next to its in-sample
@@ -600,8 +600,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-skill-test", action="store_true",
                         help="agent: the surrogate always steers (skill_ratio=None)")
     parser.add_argument("--grid", action="store_true",
-                        help="also replay the settings grid (skill test off/on x exploration when "
-                             "confident on/off) and choose settings by leave-one-landscape-out")
+                        help="also replay the agent without the skill test and without exploration when "
+                             "confident, and choose settings by leave-one-landscape-out")
     parser.add_argument("--grid-seeds", type=int, default=3,
                         help="seeds of the grid's other settings (default 3; the agent runs --seeds)")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
@@ -646,12 +646,11 @@ def main(argv: list[str] | None = None) -> dict:
     configs = [agent]
     if args.combine:
         return combine(args.combine, console)
-    if args.grid:
-        for ratio in (None, SKILL_RATIO):
-            for ex in ((EXPLORE_ABOVE, EXPLORE_FRACTION), (None, EXPLORE_FRACTION)):
-                c = AgentSettings(ratio, ex[0], ex[1], args.n_initial)
-                if c not in configs:
-                    configs.append(c)
+    if args.grid:  # the agent before the skill test, and the agent without exploration
+        for ratio, ex in ((None, (EXPLORE_ABOVE, EXPLORE_FRACTION)), (SKILL_RATIO, (None, EXPLORE_FRACTION))):
+            c = AgentSettings(ratio, ex[0], ex[1], args.n_initial)
+            if c not in configs:
+                configs.append(c)
     out: dict = {"benchmark": "refinement", "top_k": TOP_K, "seeds": args.seeds,
                  "batches": batches, "n_initial": args.n_initial, "settings": agent.label,
                  "explore": {"above": explore[0], "fraction": explore[1]},
