@@ -287,7 +287,10 @@ def run_flexible_csp(
     from sim_backends.csp.run import run_csp, validate_csp_arguments
     from sim_backends.csp.spacegroups import get_space_group, parse_space_groups
 
-    validate_csp_arguments(n_trials, energy_window_kjmol=energy_window_kjmol, seed=seed, cutoff_A=cutoff_A)
+    from sim_backends.csp.run import MAX_TRIALS_DEFAULT
+
+    validate_csp_arguments(n_trials, energy_window_kjmol=energy_window_kjmol, seed=seed, cutoff_A=cutoff_A,
+                           max_trials=csp_kwargs.get("max_trials", MAX_TRIALS_DEFAULT))
     for name, value in (("relax_top", relax_top),):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
