@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 SYSTEMS: dict[str, tuple[str, str, str]] = {
     "paracetamol": ("CC(=O)Nc1ccc(O)cc1", "P2_1/c,P-1,P2_12_12_1,P2_1,Pbca,C2/c",
                     "form I, P2_1/n Z=4 (COD 7105573, 100 K)"),
-    "succinic_acid": ("OC(=O)CCC(=O)O", "P2_1,P2_1/c,P-1,P2_12_12_1,Pc,C2/c",
+    "succinic_acid": ("OC(=O)CCC(=O)O", "P2_1,P2_1/c,P-1,P2_12_12_1,C2/c,Pbca",
                       "beta, P2_1/c Z=2 on -1 (X23, PBE+TS)"),
 }
 X23_REFERENCE = {"succinic_acid": -130.30}
