@@ -30,6 +30,7 @@ benzene I structure (measured in a diamond-anvil cell, not ambient); paracetamol
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_recovery.py
       [--systems urea,co2] [--n-trials BUDGET] [--workers 1] [--seed 0] [--no-baseline]
+      [--report-only] [--merge-progress FILE]
 Progress (one JSON line per finished system, resumed on a rerun with the same settings):
 benchmarks/results/csp_recovery[_<args>]_progress.jsonl; results
 benchmarks/results/csp_recovery[_<args>].json (default arguments: csp_recovery.json).
@@ -193,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
+    ap.add_argument("--report-only", action="store_true",
+                    help="compute nothing: table and JSON from the systems in the progress file "
+                         "(the others listed as not run)")
+    ap.add_argument("--merge-progress", default=None,
+                    help="add the rows of another progress file (e.g. a run over --systems) first")
     args = ap.parse_args(argv)
     names = args.systems.split(",")
     unknown = [n for n in names if n not in SYSTEMS]
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                                                ("s", args.seed, 0)) if v != d)
     tag += "_" + "-".join(names) if names != list(SYSTEMS) else ""
     tag += "_nobase" if args.no_baseline else ""
+    extra = ROOT / args.merge_progress if args.merge_progress else None
     out = ROOT / f"benchmarks/results/csp_recovery{tag}.json"
     progress = out.with_name(out.stem + "_progress.jsonl")
     previous = {}
@@ -215,15 +222,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             previous = {r["system"]: r.get("previous") or {} for r in old.get("systems", [])}
     done = {}
-    if progress.is_file():
-        for line in progress.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["system"]] = rec
+    for path in (extra, progress):
+        if path is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                done[rec["system"]] = rec
     console = Console(stderr=True)
     rows = []
+    not_run = []
     for name in names:
         if name in done:
             rows.append(done[name])
+            continue
+        if args.report_only:
+            not_run.append(name)
             continue
         console.print(f"[bold]{name}[/] {SYSTEMS[name][0]}: blind search, budget {args.n_trials}")
         row = {"system": name, "smiles": SYSTEMS[name][0], "experimental": SYSTEMS[name][2],
@@ -244,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
               "stopped by", "CPU s", "baseline rank/gap", "prev rank/gap"):
         table.add_column(c)
     fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
+    if not_run:
+        table.caption = f"not run (time): {', '.join(not_run)}"
     for r in rows:
         b, base, prev = r["blind"], r.get("baseline") or {}, r.get("previous") or {}
         table.add_row(r["system"], r["experimental"][:22], "yes" if b["found"] else "no", fmt(b["rank"], "{}"),
@@ -267,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                "trial_budget": args.n_trials, "charges": args.charges, "seed": args.seed, "match": MATCH,
                "blind": counts(blind), "baseline": counts(base) if base else None,
                "baseline_protocol": f"one known space group, {BASELINE_TRIALS} trials, fixed sampling",
-               "level": "W99 exp-6 + Ewald point charges, rigid molecule", "systems": rows}
+               "level": "W99 exp-6 + Ewald point charges, rigid molecule", "systems_not_run": not_run,
+               "systems": rows}
     out.write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "systems"}, default=str))
     return 0
