@@ -381,6 +381,7 @@ DFT_DEFAULTS: dict[str, Any] = {
     "threads": 1,
     "density_fit": True,
     "grid_level": 1,
+    "scf_guess": "auto",
 }
 
 
@@ -411,6 +412,10 @@ class DftReorgBackend(ReorgBackend):
         grid_level (int, 1): PySCF DFT integration grid level (0-9); the XC grid
             dominates the cost here and level 1 changes total energies by ~1e-6
             hartree relative to level 3 (naphthalene cation, B3LYP/6-31G).
+        scf_guess (str, "auto"): "auto" starts each SCF from the closest converged state
+            of the evaluation (see :meth:`_converged_scf`), "default" from PySCF's
+            minao guess. Every SCF's guess, cycles, Fock builds and times are in
+            ``extra["scf"]``.
     """
 
     name = "dft-reorg"
@@ -423,6 +428,7 @@ class DftReorgBackend(ReorgBackend):
         "max_cycles": check.integer(1), "conv_tol": check.number(0.0, lo_open=True),
         "max_opt_steps": check.integer(1), "threads": check.integer(1, 1024),
         "density_fit": check.boolean, "grid_level": check.integer(0, 9),
+        "scf_guess": check.one_of("auto", "default"),
     }
 
     def _p(self, params: dict[str, Any], key: str) -> Any:
@@ -460,16 +466,25 @@ class DftReorgBackend(ReorgBackend):
         return f"{own}, both states relaxed at this level"
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        self._scf_mode = str(self._p(inp.params, "scf_guess"))
+        self._scf_states: list[dict[str, Any]] = []
+        self._scf_records: list[dict[str, Any]] = []
         try:
-            return super()._evaluate(inp)
+            values, extra = super()._evaluate(inp)
+            extra["scf_guess"] = self._scf_mode
+            extra["scf"] = self._scf_records
+            extra["scf_fock_builds_total"] = sum(r["fock_builds"] for r in self._scf_records)
+            extra["scf_fallbacks"] = [f"{r['what']}: {r['fallback']}" for r in self._scf_records
+                                      if "fallback" in r]
+            return values, extra
         finally:
-            self._dm_guess = {}  # densities belong to one evaluation; keep pickles small
+            # orbitals belong to one evaluation; keep pickles small
+            self._scf_states, self._scf_records = [], []
 
     def _start_geometries(self, symbols, coords_A, params):
         geom = str(self._p(params, "geometry"))
         if geom not in ("dft", "xtb"):
             raise SetupError(f"unknown geometry option {geom!r}; use 'dft' or 'xtb'")
-        self._dm_guess: dict[tuple[tuple[int, int], int], Any] = {}
         _, g_n, steps_n = xtb_relax(symbols, coords_A, NEUTRAL)
         _, g_c, steps_c = xtb_relax(symbols, g_n, CATION)
         return g_n, g_c, {"xtb_opt_steps": [steps_n, steps_c]}
@@ -496,31 +511,56 @@ class DftReorgBackend(ReorgBackend):
             mf = mf.density_fit()
         return mf
 
-    def _converged_scf(self, mf, label: str, state: tuple[int, int]):
-        """Run the SCF; fall back to second-order SCF; RunError if both fail.
+    def _remember(self, mf, state: tuple[int, int], label: str) -> None:
+        """Keep a converged state's orbitals as a guess for the later SCFs of this evaluation."""
+        from pyscf import lib
 
-        The converged density of the same charge state (at the other geometry of this
-        evaluation), when there is one, is the initial guess.
+        states = getattr(self, "_scf_states", None)
+        if states is not None and getattr(mf, "mo_coeff", None) is not None:
+            states.append({"charge": state[0], "xyz_A": mf.mol.atom_coords() * lib.param.BOHR,
+                           "nao": int(mf.mol.nao), "mo_coeff": mf.mo_coeff, "mo_occ": mf.mo_occ,
+                           "label": label})
+
+    def _converged_scf(self, mf, label: str, state: tuple[int, int]):
+        """Run the SCF (:func:`sim_backends.scf_guess.solve`); RunError if it fails.
+
+        With ``scf_guess="auto"`` the initial guess is the closest converged state of
+        this evaluation (:func:`~sim_backends.scf_guess.closest_state`: the other charge
+        at the same geometry, or the same charge at a nearby geometry, orbitals
+        re-occupied for this charge by :func:`~sim_backends.scf_guess.state_density`),
+        else PySCF's default; a guess that fails falls back to the default guess. If
+        DIIS does not converge from the default guess either, one second-order SCF
+        attempt follows from its last density. The SCF record goes to ``extra["scf"]``.
         """
-        guesses = getattr(self, "_dm_guess", {})
-        key = (state, int(mf.mol.nao))  # a density fits only its own basis
+        from pyscf import lib
+
+        from sim_backends.scf_guess import closest_state, solve, state_density
+
+        dm0, guess = None, "minao"
+        if getattr(self, "_scf_mode", "auto") == "auto":
+            src = closest_state(getattr(self, "_scf_states", []), state[0],
+                                mf.mol.atom_coords() * lib.param.BOHR, int(mf.mol.nao))
+            if src is not None:
+                dm0, guess = state_density(mf.mol, src), src["label"]
         try:
-            mf.kernel(dm0=guesses.get(key))
-            if mf.converged:
-                guesses[key] = mf.make_rdm1()
-                return mf
-            dm = mf.make_rdm1()
-            mf2 = mf.newton()
-            mf2.kernel(dm0=dm)
+            mf, rec = solve(mf, dm0, guess=guess, what=label)
+            if not mf.converged:
+                mf2 = mf.newton()
+                mf2.kernel(dm0=mf.make_rdm1())
+                rec["fallback"] = rec.get("fallback", "") + "; second-order SCF after DIIS"
+                rec["fock_builds"] = mf.fock_counter["n"]
+                mf = mf2
         except (ValueError, KeyError, RuntimeError) as exc:
             raise SetupError(f"DFT setup failed ({label}): {' '.join(str(exc).split())[:200]}") from None
-        if not mf2.converged:
+        if not mf.converged:
             raise RunError(
                 f"SCF did not converge ({label}) in {mf.max_cycle} cycles, "
                 "nor with second-order SCF"
             )
-        guesses[key] = mf2.make_rdm1()
-        return mf2
+        rec.pop("energy_hartree", None)
+        getattr(self, "_scf_records", []).append(rec)
+        self._remember(mf, state, label)
+        return mf
 
     def _energy(self, symbols, coords_A, state, params):
         mf = self._mean_field(symbols, coords_A, state, params)
@@ -550,10 +590,17 @@ class DftReorgBackend(ReorgBackend):
         from pyscf import lib
         from pyscf.geomopt import geometric_solver
 
+        import time
+
         trace: list[tuple[np.ndarray, float]] = []
+        last: dict[str, Any] = {}
 
         def record(env: dict[str, Any]) -> None:
             trace.append((np.array(env["coords"], float).reshape(-1, 3), float(env["energy"])))
+            last["mf"] = getattr(env.get("g_scanner"), "base", None)
+
+        counter = getattr(mf, "fock_counter", {"n": 0})
+        n0, t0, c0 = counter["n"], time.perf_counter(), time.process_time()
 
         max_steps = int(self._p(params, "max_opt_steps"))
         geo_logger = logging.getLogger("geometric")
@@ -574,6 +621,13 @@ class DftReorgBackend(ReorgBackend):
             geo_logger.propagate = old_prop
         if not converged:
             raise RunError(f"DFT geometry optimisation ({label}) not converged in {max_steps} steps")
+        # every step's SCF starts from the previous step's density (PySCF's scanner)
+        getattr(self, "_scf_records", []).append({
+            "what": f"{label} relaxation", "guess": "previous_step", "solver": "diis",
+            "opt_steps": len(trace), "fock_builds": counter["n"] - n0,
+            "wall_s": round(time.perf_counter() - t0, 4), "cpu_s": round(time.process_time() - c0, 4)})
+        if last.get("mf") is not None:
+            self._remember(last["mf"], state, f"{label} relaxed")
         coords_bohr = mol_eq.atom_coords()
         if trace and np.allclose(trace[-1][0], coords_bohr, atol=1e-8):
             energy_ev = trace[-1][1] * EV_PER_HARTREE

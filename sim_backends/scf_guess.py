@@ -199,6 +199,61 @@ def swapped_partner_density(mol: Any, xyz_A: np.ndarray, n_a: int, dm: np.ndarra
     return u @ dm[np.ix_(p, p)] @ u.T
 
 
+def state_density(mol: Any, source: dict[str, Any]) -> np.ndarray:
+    """Guess density for ``mol`` (its charge and spin) from another converged state.
+
+    Args:
+        mol: PySCF molecule of the wanted state (same atoms, same basis as the source).
+        source: ``{"mo_coeff", "mo_occ"}`` of a converged RKS (arrays (n, n), (n,)) or
+            UKS ((2, n, n), (2, n)) calculation, at this or a nearby geometry.
+
+    Returns:
+        RKS density (n, n) for a closed-shell ``mol`` (twice the projector on the source's
+        lowest n_elec/2 occupied alpha orbitals), else the UKS pair (2, n, n) that fills
+        each spin's n_alpha and n_beta lowest occupied source orbitals: a cation at the
+        neutral's orbitals is the neutral with its HOMO emptied in the beta channel.
+    """
+    import numpy as np
+
+    c = np.asarray(source["mo_coeff"])
+    occ = np.asarray(source["mo_occ"])
+    if c.ndim == 2:
+        c, occ = np.stack([c, c]), np.stack([occ, occ])
+    n_a, n_b = mol.nelec
+
+    def projector(spin: int, n: int) -> np.ndarray:
+        # occupied orbitals first (in energy order), then the virtual ones
+        order = np.r_[np.flatnonzero(occ[spin] > 0), np.flatnonzero(occ[spin] <= 0)]
+        cs = c[spin][:, order[:n]]
+        return cs @ cs.T
+
+    if mol.spin == 0 and n_a == n_b:
+        return 2.0 * projector(0, n_a)
+    return np.stack([projector(0, n_a), projector(1, n_b)])
+
+
+def closest_state(states: list[dict[str, Any]], charge: int, xyz_A: np.ndarray, nao: int,
+                  charge_step_A: float = 0.05) -> dict[str, Any] | None:
+    """The converged state nearest to (``charge``, ``xyz_A``): smallest
+    RMSD(geometry, A) + ``charge_step_A`` x |charge difference|, same basis size; None if none.
+
+    ``states`` entries have ``charge``, ``xyz_A`` (n, 3), ``nao`` (and the orbitals that
+    :func:`state_density` reads). With the default step a state of the other charge at
+    the same geometry wins over the same charge more than 0.05 A RMSD away.
+    """
+    import numpy as np
+
+    best, best_cost = None, np.inf
+    for st in states:
+        if st["nao"] != nao or st["xyz_A"].shape != xyz_A.shape:
+            continue
+        rmsd = float(np.sqrt(np.mean(np.sum((st["xyz_A"] - xyz_A) ** 2, axis=1))))
+        cost = rmsd + charge_step_A * abs(st["charge"] - charge)
+        if cost < best_cost:
+            best, best_cost = st, cost
+    return best
+
+
 #: the worker process's monomer references (one SCF per molecule and settings per worker)
 REFERENCES = MonomerReferences()
 
@@ -262,6 +317,7 @@ def count_fock_builds(mf: Any) -> dict[str, int]:
     _Counting.__name__ = base.__name__
     _Counting.__qualname__ = base.__qualname__
     mf.__class__ = _Counting
+    mf.fock_counter = counter  # shared by reference with every object copied from mf
     return counter
 
 

@@ -188,3 +188,45 @@ def test_backend_declares_scf_guess():
     backend.check_params({"scf_guess": "default"})
     with pytest.raises(Exception, match="scf_guess"):
         backend.check_params({"scf_guess": "sad"})
+
+
+def test_state_density_reoccupies_orbitals_for_the_other_charge():
+    from pyscf import dft, gto
+
+    from sim_backends.scf_guess import closest_state, density_problem, state_density
+
+    def mol(charge, spin):
+        return gto.M(atom=[("O", WATER[0]), ("H", WATER[1]), ("H", WATER[2])], basis="def2-svp",
+                     charge=charge, spin=spin, verbose=0)
+
+    neutral = dft.RKS(mol(0, 0), xc="pbe").run()
+    cation_mol = mol(1, 1)
+    guess = state_density(cation_mol, {"mo_coeff": neutral.mo_coeff, "mo_occ": neutral.mo_occ})
+    assert guess.shape == (2, cation_mol.nao, cation_mol.nao)
+    assert density_problem(cation_mol, guess) is None
+    cation = dft.UKS(cation_mol, xc="pbe").run()
+    back = state_density(mol(0, 0), {"mo_coeff": cation.mo_coeff, "mo_occ": cation.mo_occ})
+    assert back.shape == (cation_mol.nao,) * 2 and density_problem(mol(0, 0), back) is None
+    states = [{"charge": 0, "xyz_A": WATER, "nao": 24}, {"charge": 1, "xyz_A": WATER + 0.1, "nao": 24}]
+    assert closest_state(states, 1, WATER, 24)["charge"] == 0  # same geometry beats 0.17 A away
+    assert closest_state(states, 1, WATER + 0.1, 24)["charge"] == 1
+    assert closest_state(states, 1, WATER, 25) is None
+
+
+@pytest.mark.slow
+def test_dft_reorg_closest_state_guesses_give_the_default_energies():
+    """B3LYP/6-31G//GFN2-xTB furan: the four energies with and without warm starts."""
+    from sim_backends.base import EvalInput
+    from sim_backends.reorg import DftReorgBackend
+
+    results = {mode: DftReorgBackend().evaluate(EvalInput(smiles="c1ccoc1", params={
+        "geometry": "xtb", "scf_guess": mode})) for mode in ("default", "auto")}
+    e_def, e_auto = (results[m].extra["energies_ev"] for m in ("default", "auto"))
+    for key in e_def:
+        assert e_auto[key] == pytest.approx(e_def[key], abs=1e-6 * 27.2114)
+    scf = results["auto"].extra["scf"]
+    # neutral first (nothing converged yet), then every SCF from a converged state
+    assert scf[0]["guess"] == "minao" and scf[1]["guess"] == "charge +0"
+    assert all(r["guess"] in ("charge +0", "charge +1") for r in scf[2:]) and len(scf) == 4
+    assert {r["guess"] for r in results["default"].extra["scf"]} == {"minao"}
+    assert all(r["fock_builds"] > 0 and r["cycles"] > 0 for r in scf)
