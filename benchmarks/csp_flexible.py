@@ -17,7 +17,7 @@ search, the same number of trials, same space groups and settings.
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_flexible.py
           [--n-trials 20000] [--systems paracetamol,succinic_acid] [--charges resp|xtb]
-          [--throughput-trials 256] [--sampling converged|fixed] [--space-groups P2_1/c]
+          [--throughput-trials 256] [--sampling converged|fixed] [--space-groups P2_1/c] [--x23-only]
 Progress (one JSON line per finished step) goes to benchmarks/results/csp_flexible_progress.jsonl
 (or a name with the non-default arguments); the summary to benchmarks/results/csp_flexible.json
 for the default arguments, else to a file named after them.
@@ -46,7 +46,7 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
 }
 X23_REFERENCE = {"succinic_acid": -130.30}
 DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid", "charges": "resp",
-            "throughput_trials": 256, "sampling": "converged", "space_groups": ""}
+            "throughput_trials": 256, "sampling": "converged", "space_groups": "", "x23_only": False}
 
 
 def reference(name: str):
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampling", choices=("converged", "fixed"), default=DEFAULTS["sampling"])
     ap.add_argument("--space-groups", default=DEFAULTS["space_groups"],
                     help="override the per-system space groups (comma-separated) for a short run")
+    ap.add_argument("--x23-only", action="store_true",
+                    help="only the X23 lattice energies at the experimental geometry (no search, no throughput)")
     args = ap.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     unknown = [s for s in systems if s not in SYSTEMS]
@@ -224,14 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"csp_flexible: error: unknown systems {unknown} or bad counts (known: {', '.join(SYSTEMS)})",
               file=sys.stderr)
         return 2
-    changed = [f"{k.replace('_', '-')}-{getattr(args, k)}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k]]
+    changed = [k.replace("_", "-") if getattr(args, k) is True else f"{k.replace('_', '-')}-{getattr(args, k)}"
+               for k in DEFAULTS if getattr(args, k) != DEFAULTS[k]]
     stem = "csp_flexible" + ("_" + "_".join(changed).replace(",", "-").replace("/", "") if changed else "")
     results = ROOT / "benchmarks/results"
     results.mkdir(parents=True, exist_ok=True)
     progress_path = results / f"{stem}_progress.jsonl"
-    rows = [run_system(s, args, progress_path) for s in systems]
+    rows = [] if args.x23_only else [run_system(s, args, progress_path) for s in systems]
     x23 = [x23_at_experiment(s, args.charges, progress_path) for s in systems if s in X23_REFERENCE]
-    tp = throughput(args, progress_path) if args.throughput_trials else None
+    tp = throughput(args, progress_path) if args.throughput_trials and not args.x23_only else None
     print(f"\nFlexible CSP from SMILES ({args.charges} charges per conformer; energies kJ/mol per molecule, "
           "W99 + Ewald + GFN2-xTB intramolecular rel. to the gas-phase global minimum)")
     print(f"{'system':15s} {'trials':>7s} {'conf':>4s} {'found':>5s} {'rank':>4s} {'gap':>6s} {'tRMSD ens':>9s} "
