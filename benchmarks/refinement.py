@@ -393,13 +393,16 @@ def measured_cpu_s(path: Path, land) -> np.ndarray | None:
 
 def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(AgentSettings(),),
                   ff_features=(), ff_linear=False, surrogate="auto", baselines=DEFAULT_BASELINES,
-                  grid_seeds=None):
+                  grid_seeds=None, progress_path=None, recorded_only=False):
     """Replay every setting of ``configs`` (the first is the reported agent) on one landscape.
 
     Returns:
         ``(name, result dict)``; ``result["grid"]`` holds, per setting label and batch size,
         the calculation counts per seed (settings after the first: the first ``grid_seeds``
-        seeds only; ``result["grid_seeds"]``).
+        seeds only; ``result["grid_seeds"]``). ``progress_path``: a JSONL file that gets one
+        line per finished run and is read first, so a rerun resumes; ``recorded_only``:
+        replay nothing, report the runs recorded there (a partial result says so in
+        ``agent_runs``).
     """
     from rich.markup import escape
     from rich.progress import Progress
@@ -418,13 +421,35 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
         X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap)
     costs = expected_costs(path, land)
     cpu = measured_cpu_s(path, land)
-    fragment, baseline_cpu_s = None, 0.0
-    if surrogate in ("auto", "fragment") and not ff_features:
+    recorded: dict[tuple[str, int, int], dict] = {}
+    meta: dict = {}
+    if progress_path is not None and Path(progress_path).exists():
+        for line in Path(progress_path).read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec.get("landscape") != land.name:
+                continue
+            if rec.get("meta"):
+                meta = rec
+                continue
+            rec["p_complete"] = {float(k): v for k, v in rec["p_complete"].items()}
+            rec["mae"] = {float(k): tuple(v) for k, v in rec["mae"].items()}
+            recorded[(rec["settings"], rec["q"], rec["seed"])] = rec
+    fragment, baseline_cpu_s = None, float(meta.get("baseline_cpu_s", 0.0))
+    if recorded_only and meta:
+        pass  # nothing to replay: the fragment terms' CPU seconds were recorded with the runs
+    elif surrogate in ("auto", "fragment") and not ff_features:
         data = fragment_data(path, land, cheap, console, baselines)
         if data is None and surrogate == "fragment":
             raise LandscapeError(f"{land.name}: no fragment DFT records (dft_results.jsonl with dimers, run.json)")
         if data is not None:
             fragment, baseline_cpu_s = data[:2], float(data[2])
+        meta = {"landscape": land.name, "meta": True, "baseline_cpu_s": baseline_cpu_s,
+                "surrogate": "fragment-dimer-gp" if fragment is not None else "soap-delta-gp"}
+        if progress_path is not None:
+            with open(progress_path, "a") as fh:
+                fh.write(json.dumps(meta) + "\n")
     top = set(np.argsort(e_exp, kind="stable")[:TOP_K].tolist())
     cheap_list = [int(i) for i in np.argsort(e_cheap, kind="stable")]
     cheap_order = count_until_top(cheap_list, top)
@@ -439,21 +464,35 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
     runs: dict[str, dict[int, list[dict]]] = {c.label: {q: [] for q in batches} for c in configs}
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"{land.name} replays", total=None)
-        for q in batches:
-            for s in range(seeds):
-                cache = ModelCache(e_cheap, X, s, gp_options, fragment)
+        for s in range(seeds):  # seed-major, so a partial run has both batch sizes for its seeds
+            cache = ModelCache(e_cheap, X, s, gp_options, fragment)  # fits depend on data and seed only
+            for q in batches:
                 for c in configs:
                     if c != configs[0] and (q != batches[0] or (grid_seeds is not None and s >= grid_seeds)):
                         continue  # the grid's other settings: first batch size, first seeds
+                    if (c.label, q, s) in recorded:
+                        runs[c.label][q].append(recorded[(c.label, q, s)])
+                        continue
+                    if recorded_only:
+                        continue
                     run = run_agent(e_cheap, e_exp, X, costs, q, s, top, c, lambda: prog.advance(task),
                                     gp_options, fragment, cache, with_mae=(c == default and q == batches[0]))
                     run["count"] = count_until_top(run["order"], top)
                     run["cpu_s"] = cpu_until(run["order"])
                     run["last_found_cheap_rank"] = cheap_list.index(run["order"][run["count"] - 1])
                     runs[c.label][q].append(run)
+                    if progress_path is not None:
+                        with open(progress_path, "a") as fh:
+                            fh.write(json.dumps({**run, "landscape": land.name, "settings": c.label, "q": q,
+                                                 "seed": s, "order": [int(i) for i in run["order"]],
+                                                 "p_complete": {str(k): v for k, v in run["p_complete"].items()},
+                                                 "mae": {str(k): v for k, v in run["mae"].items()}}) + "\n")
                     console.log(escape(f"{land.name} q={q} seed={s} [{c.label}]: {run['count']} calculations"))
     dflt = runs[default.label]
     q0 = batches[0]
+    if not dflt[q0]:
+        return land.name, None
+    batches = [q for q in batches if dflt[q]]  # a partial (recorded-only) result: what was run
     best = min(cheap_order, r_med)
     table = Table(title=escape(f"{land.name}: calculations until the true top {TOP_K} are computed "
                                f"({cheap} -> {expensive}, {n} structures), agent [{default.label}]"))
@@ -499,8 +538,8 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
         "n_structures": n,
         "ff_features": list(ff_features),
         "ff_linear": bool(ff_linear),
-        "surrogate": "fragment-dimer-gp" if fragment is not None else "soap-delta-gp",
-        "dimer_baselines": list(baselines) if fragment is not None else [],
+        "surrogate": meta.get("surrogate", "soap-delta-gp"),
+        "dimer_baselines": list(baselines) if meta.get("surrogate") == "fragment-dimer-gp" else [],
         "settings": default.label,
         "agent": float(np.median([r["count"] for r in dflt[q0]])),
         "agent_by_batch": {str(q): float(np.median([r["count"] for r in dflt[q]])) for q in batches},
@@ -541,10 +580,14 @@ def leave_one_landscape_out(results: dict, configs, batches) -> dict:
     the top set complete in at least 90 % of the other landscapes' runs (pooled).
     """
     names = list(results)
+    results = {m: results[m] for m in names}
 
     def counts(name, label, q):  # the seeds every setting ran
-        r = results[name]
-        return r["grid"][label][str(q)][: r.get("grid_seeds") or None]
+        grid = results[name]["grid"]
+        n_common = min(len(v.get(str(q), [])) for v in grid.values())
+        return grid[label][str(q)][:n_common]
+
+    names = [m for m in names if counts(m, configs[0].label, batches[0])]
 
     def score(label, name):
         r = results[name]
@@ -604,6 +647,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "confident, and choose settings by leave-one-landscape-out")
     parser.add_argument("--grid-seeds", type=int, default=3,
                         help="seeds of the grid's other settings (default 3; the agent runs --seeds)")
+    parser.add_argument("--recorded-only", action="store_true",
+                        help="replay nothing: report the runs recorded in the progress file "
+                             "(benchmarks/results/<result name>_progress.jsonl) of the same command")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
                         help="compute nothing: merge result files of this benchmark (one landscape "
                              "each, e.g. run in parallel), print the tables and leave-one-landscape-out")
@@ -655,23 +701,11 @@ def main(argv: list[str] | None = None) -> dict:
                  "batches": batches, "n_initial": args.n_initial, "settings": agent.label,
                  "explore": {"above": explore[0], "fraction": explore[1]},
                  "skill_ratio": agent.skill_ratio, "landscapes": {}}
-    for path, cheap, expensive in cases:
-        name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console, configs,
-                                  ff_features=ff_features, ff_linear=args.ff_linear,
-                                  surrogate=args.surrogate, baselines=baselines,
-                                  grid_seeds=min(args.grid_seeds, args.seeds) if args.grid else None)
-        out["landscapes"][name] = res
-    print_summary(out, batches, console)
-    if args.grid and len(out["landscapes"]) > 1:
-        out["leave_one_landscape_out"] = leave_one_landscape_out(out["landscapes"], configs, batches)
-        print_lolo(out, batches, console)
-    out["grid_settings"] = [dataclasses.asdict(c) for c in configs]
-    line = json.dumps(out)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     stem = "refinement"
     if args.landscape:  # a chosen subset must not overwrite the all-landscapes result
-        stem += "_" + "_".join(out["landscapes"])
+        stem += "_" + "_".join(load_landscape(p, c, e).name for p, c, e in cases)
     if ff_features:
         stem += "_" + "+".join(ff_features) + ("_linear" if args.ff_linear else "")
     if args.surrogate != "auto":
@@ -688,12 +722,30 @@ def main(argv: list[str] | None = None) -> dict:
         stem += f"_skill{args.skill_ratio:g}"
     if args.n_initial:
         stem += f"_init{args.n_initial}"
+    progress_stem = stem  # runs are keyed by settings, batch size and seed: more seeds resume
     if args.seeds != 7:
         stem += f"_seeds{args.seeds}"
     if batches != [1, 4]:
         stem += "_q" + "-".join(map(str, batches))
     if args.grid:
         stem += "_grid"
+    for path, cheap, expensive in cases:
+        name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console, configs,
+                                  ff_features=ff_features, ff_linear=args.ff_linear,
+                                  surrogate=args.surrogate, baselines=baselines,
+                                  grid_seeds=min(args.grid_seeds, args.seeds) if args.grid else None,
+                                  progress_path=results / f"{progress_stem}_progress.jsonl",
+                                  recorded_only=args.recorded_only)
+        if res is None:
+            console.print(f"{name}: no recorded run of the agent at q={batches[0]}; left out")
+            continue
+        out["landscapes"][name] = res
+    print_summary(out, batches, console)
+    if args.grid and len(out["landscapes"]) > 1:
+        out["leave_one_landscape_out"] = leave_one_landscape_out(out["landscapes"], configs, batches)
+        print_lolo(out, batches, console)
+    out["grid_settings"] = [dataclasses.asdict(c) for c in configs]
+    line = json.dumps(out)
     (results / f"{stem}.json").write_text(line + "\n")
     print(line)
     return out
@@ -756,9 +808,11 @@ def print_summary(out: dict, batches, console) -> None:
         c = r["stop_calibration"][f"{STOP_INFLATION:g}@0.9"]
         t.add_row(f"{name} ({r['levels']}, {r['n_structures']})", str(r["oracle"]), str(r["cheap_order"]),
                   f"{r['random']:.0f}",
-                  *[f"{r['agent_by_batch'][str(q)]:.0f} [{min(r['agent_runs'][str(q)])}-{max(r['agent_runs'][str(q)])}]"
+                  *[f"{r['agent_by_batch'][str(q)]:.0f} [{min(r['agent_runs'][str(q)])}-"
+                    f"{max(r['agent_runs'][str(q)])}] ({len(r['agent_runs'][str(q)])} runs)"
+                    if str(q) in r["agent_by_batch"] else "-" for q in batches],
+                  *[f"{r['ratio_to_best_baseline'][str(q)]:.2f}" if str(q) in r["agent_by_batch"] else "-"
                     for q in batches],
-                  *[f"{r['ratio_to_best_baseline'][str(q)]:.2f}" for q in batches],
                   cpu_txt, f"{c['complete_at_stop']}/{c['runs']}")
     t.caption = "ratio = agent median / min(cheap order, random); target <= 1.1 against cheap order"
     console.print(t)
