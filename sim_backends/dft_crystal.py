@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
-from sim_backends.scf_guess import REFERENCES, solve, swapped_partner_density
+from sim_backends.scf_guess import REFERENCES, MonomerReferences, solve, swapped_partner_density
 from sim_backends.structures import HARTREE_TO_KJMOL, Crystal, load_crystal
 from sim_backends.validity import check_crystal_energy_result, check_structure_facts, structure_facts
 
@@ -342,24 +342,27 @@ def _scf_record(res: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in res["scf"].items() if k not in ("energy_hartree", "converged")}
 
 
-def monomer_scf(atoms: Atoms, s: ScfSettings, what: str = "monomer") -> dict[str, Any]:
+def monomer_scf(atoms: Atoms, s: ScfSettings, what: str = "monomer",
+                references: MonomerReferences | None = None) -> dict[str, Any]:
     """:func:`run_scf` of a molecule from this worker's converged density of a rigid copy.
 
     The first molecule of given elements and SCF settings is converged from PySCF's
     default guess and stored in :data:`sim_backends.scf_guess.REFERENCES` in its own
     frame; every later copy (any orientation, mirror images included, atoms in the same
-    order) starts from that density rotated into place.
+    order) starts from that density rotated into place. ``references``: another store
+    than the worker's.
     """
+    refs = REFERENCES if references is None else references
     key = (tuple(atoms.get_chemical_symbols()), s.functional.lower(), s.basis.lower(),
            int(s.grid_level), bool(s.density_fit), float(s.conv_tol))
 
     def guess(mol: Any) -> tuple[Any, str]:
-        hit = REFERENCES.lookup(key, mol, atoms.positions)
+        hit = refs.lookup(key, mol, atoms.positions)
         return (None, "minao") if hit is None else (hit[0], "rotated_reference")
 
     res = run_scf(atoms, s, dm0=guess, what=what)
     if res["scf"]["guess"] == "minao":
-        REFERENCES.store(key, atoms.positions, res["dm"])
+        refs.store(key, atoms.positions, res["dm"])
     return res
 
 
@@ -505,6 +508,7 @@ def fragment_lattice_energy(
     gas: str = "rigid",
     progress: Any = None,
     long_range_charges_e: np.ndarray | None = None,
+    references: MonomerReferences | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Two-body DFT + periodic D3(BJ) lattice energy (kJ/mol per molecule).
 
@@ -526,6 +530,8 @@ def fragment_lattice_energy(
         long_range_charges_e: point charges of one molecule (n_mol_atoms,), e: adds
             :func:`long_range_electrostatics_kjmol` for the pairs beyond the cutoff
             (``None``: no long-range term, ``e_elec_lr_kjmol`` = 0).
+        references: monomer densities for warm starts (default: the worker's
+            :data:`~sim_backends.scf_guess.REFERENCES`).
 
     Returns:
         ``(values, extra)``: values ``energy_kjmol`` (total), ``e_dft_2body_kjmol``,
@@ -549,7 +555,7 @@ def fragment_lattice_energy(
 
     def monomer(k: int) -> dict[str, Any]:
         if k not in monomers:
-            monomers[k] = (monomer_scf(crystal.molecule(k), settings, what=f"monomer {k}") if warm
+            monomers[k] = (monomer_scf(crystal.molecule(k), settings, f"monomer {k}", references) if warm
                            else run_scf(crystal.molecule(k), settings, what=f"monomer {k}"))
         return monomers[k]
 

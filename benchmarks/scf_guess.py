@@ -1,0 +1,250 @@
+"""Benchmark ``scf_guess``: SCF warm starts against PySCF's default guess, in one run.
+
+Part 1, fragment DFT of a CSP landscape at its shipped settings (``run.json`` of the
+landscape: PBE/def2-SVP, counterpoise, contact cutoff 3.0 A, grid level 0, exact
+integrals, conv_tol 1e-7 Eh): for the first ``--n-structures`` structures, every
+SCF (monomers, dimers, counterpoise monomers) with
+
+* ``default``: PySCF's default (minao) guess, DIIS -- the baseline;
+* ``auto``: warm starts (``scf_guess="auto"``: monomer reference density rotated into
+  place, monomer superposition for dimers, padded monomer or exchanged partner for
+  counterpoise monomers), DIIS;
+* ``auto+newton``: the same guesses, second-order SCF (PySCF newton) for the dimers.
+
+Each warm configuration has its own monomer reference store, emptied at the start, so
+its one default-guess monomer SCF per landscape is charged to it. Configurations run
+interleaved per structure (same machine load). Part 2, hole reorganisation energies
+(``dft-reorg``, B3LYP/6-31G//GFN2-xTB four single points, ``geometry="xtb"``) of the
+``--n-molecules`` smallest molecules of ``--pool`` with ``scf_guess`` default and auto.
+
+Figures: Fock builds (two-electron potential builds counted in PySCF: ``get_veff`` plus
+Newton's response builds), SCF CPU seconds and wall seconds per calculation, and the
+largest energy difference to the default guess (monomer energies; dimer interaction
+energies, each a difference of three SCF energies; reorganisation: the four total
+energies), in Hartree. Wall time depends on the load of the shared machine; CPU seconds
+(``time.process_time``) much less.
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scf_guess.py
+      [--landscape data/landscapes/formic_acid_dft] [--n-structures 8]
+      [--pool examples/pool.smi] [--n-molecules 4]
+Writes benchmarks/results/scf_guess.json (other arguments: scf_guess_<tag>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HARTREE_TO_KJMOL = 2625.4996394799
+CONFIGS = ("default", "auto", "auto+newton")
+DEFAULTS = {"landscape": "data/landscapes/formic_acid_dft", "n_structures": 8,
+            "pool": "examples/pool.smi", "n_molecules": 4}
+
+
+def crystal_part(landscape: Path, n_structures: int, log) -> dict:
+    from ase.io import read
+    from pyscf import lib
+
+    from sim_backends.dft_crystal import ScfSettings, fragment_lattice_energy
+    from sim_backends.scf_guess import MonomerReferences
+    from sim_backends.structures import Crystal
+
+    lib.num_threads(1)
+    run = json.loads((landscape / "run.json").read_text())
+    st = run["expensive_settings"]
+    name = landscape.name
+    frames = read(str(landscape / f"{name}_ff.extxyz"), index=f":{n_structures}")
+    refs = {c: MonomerReferences() for c in CONFIGS}
+    rows = []
+    for fr in frames:
+        crystal = Crystal.from_atoms(fr)
+        row: dict = {"id": fr.info["id"], "z": crystal.z}
+        for config in CONFIGS:
+            settings = ScfSettings(functional=st["functional"], basis=st["basis"], conv_tol=st["conv_tol"],
+                                   grid_level=st["grid_level"], density_fit=st["density_fit"],
+                                   scf_guess="default" if config == "default" else "auto",
+                                   newton=config.endswith("newton"))
+            t0 = time.perf_counter()
+            values, extra = fragment_lattice_energy(crystal, settings, st["cutoff_A"], st["cutoff_mode"],
+                                                    st["counterpoise"], references=refs[config])
+            scf = [x for r in extra["dimers"] for x in r["scf"]] + [m["scf"] for m in extra["monomers"]]
+            row[config] = {
+                "fock_builds": extra["scf_fock_builds_total"], "scf_cpu_s": extra["scf_cpu_s_total"],
+                "scf_wall_s": round(sum(x["wall_s"] for x in scf), 3),
+                "wall_s": round(time.perf_counter() - t0, 3), "n_scf": len(scf),
+                "fallbacks": extra["scf_fallbacks"],
+                "by_guess": _by_guess(scf),
+                "e_2body_kjmol": values["e_dft_2body_kjmol"],
+                "e_int_kjmol": [r["e_int_kjmol"] for r in extra["dimers"]],
+                "monomer_eh": [m["energy_hartree"] for m in extra["monomers"]],
+            }
+        base = row["default"]
+        for config in CONFIGS[1:]:
+            r = row[config]
+            r["max_abs_diff_eh"] = max(
+                [abs(a - b) for a, b in zip(r["monomer_eh"], base["monomer_eh"])]
+                + [abs(a - b) / HARTREE_TO_KJMOL for a, b in zip(r["e_int_kjmol"], base["e_int_kjmol"])])
+        log(f"{row['id']}: Fock builds " + " / ".join(f"{c} {row[c]['fock_builds']}" for c in CONFIGS)
+            + "; SCF CPU s " + " / ".join(f"{row[c]['scf_cpu_s']:.1f}" for c in CONFIGS))
+        rows.append(row)
+    return {"landscape": str(landscape.relative_to(ROOT)) if landscape.is_relative_to(ROOT) else str(landscape),
+            "settings": st, "structures": rows}
+
+
+def _by_guess(scf: list[dict]) -> dict:
+    out: dict = {}
+    for x in scf:
+        g = out.setdefault(f"{x['guess']}/{x['solver']}", {"n": 0, "fock_builds": 0, "cpu_s": 0.0})
+        g["n"] += 1
+        g["fock_builds"] += x["fock_builds"]
+        g["cpu_s"] = round(g["cpu_s"] + x["cpu_s"], 3)
+    return out
+
+
+def reorg_part(smiles: list[tuple[str, str]], log) -> dict:
+    from sim_backends.base import EvalInput
+    from sim_backends.reorg import DftReorgBackend
+
+    rows = []
+    for smi, name in smiles:
+        row: dict = {"smiles": smi, "name": name}
+        for config in ("default", "auto"):
+            t0 = time.perf_counter()
+            res = DftReorgBackend().evaluate(EvalInput(smi, params={"geometry": "xtb", "scf_guess": config}))
+            ex = res.extra
+            row[config] = {"status": res.status, "reason": res.reason,
+                           "fock_builds": ex.get("scf_fock_builds_total"),
+                           "scf_cpu_s": round(sum(x["cpu_s"] for x in ex.get("scf", [])), 3),
+                           "scf_wall_s": round(sum(x["wall_s"] for x in ex.get("scf", [])), 3),
+                           "wall_s": round(time.perf_counter() - t0, 3),
+                           "energies_ev": ex.get("energies_ev"), "lambda_kjmol": res.values.get("reorg_energy_kjmol"),
+                           "per_scf": [(x["what"], x["guess"], x["fock_builds"]) for x in ex.get("scf", [])]}
+        e0, e1 = row["default"]["energies_ev"], row["auto"]["energies_ev"]
+        row["max_abs_diff_eh"] = (max(abs(e1[k] - e0[k]) for k in e0) / 27.211386246) if e0 and e1 else None
+        log(f"{name}: Fock builds default {row['default']['fock_builds']} / auto {row['auto']['fock_builds']}; "
+            f"SCF CPU s {row['default']['scf_cpu_s']:.1f} / {row['auto']['scf_cpu_s']:.1f}")
+        rows.append(row)
+    return {"level": "B3LYP/6-31G (density fitting, grid level 1) // GFN2-xTB geometries", "molecules": rows}
+
+
+def _read_pool(path: Path, n: int) -> list[tuple[str, str]]:
+    """The ``n`` smallest molecules of a pool file (fewest heavy atoms, file order within)."""
+    from rdkit import Chem
+
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            parts = line.split()
+            mol = Chem.MolFromSmiles(parts[0])
+            if mol is not None:
+                out.append((mol.GetNumHeavyAtoms(), len(out), parts[0], parts[1] if len(parts) > 1 else parts[0]))
+    return [(smi, name) for *_, smi, name in sorted(out)[:n]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--landscape", default=DEFAULTS["landscape"])
+    ap.add_argument("--n-structures", type=int, default=DEFAULTS["n_structures"])
+    ap.add_argument("--pool", default=DEFAULTS["pool"])
+    ap.add_argument("--n-molecules", type=int, default=DEFAULTS["n_molecules"])
+    args = ap.parse_args(argv)
+    landscape = (ROOT / args.landscape) if not Path(args.landscape).is_absolute() else Path(args.landscape)
+    if not (landscape / "run.json").is_file():
+        sys.exit(f"error: {args.landscape} is not a landscape directory (no run.json)")
+    if args.n_structures < 1 or args.n_molecules < 0:
+        sys.exit("error: --n-structures must be >= 1 and --n-molecules >= 0")
+    pool = (ROOT / args.pool) if not Path(args.pool).is_absolute() else Path(args.pool)
+    if args.n_molecules and not pool.is_file():
+        sys.exit(f"error: pool file {args.pool} not found")
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.0f} s] {msg}", flush=True)
+
+    cryst = crystal_part(landscape, args.n_structures, log)
+    reorg = reorg_part(_read_pool(pool, args.n_molecules), log) if args.n_molecules else {"molecules": []}
+
+    rows = cryst["structures"]
+    tot = {c: {k: sum(r[c][k] for r in rows) for k in ("fock_builds", "scf_cpu_s", "scf_wall_s", "wall_s", "n_scf")}
+           for c in CONFIGS}
+    print()
+    print(f"Fragment PBE/def2-SVP (CP, 3.0 A, grid 0, conv_tol 1e-7 Eh), {cryst['landscape']}, "
+          f"{len(rows)} structures, {tot['default']['n_scf']} SCFs per configuration")
+    print(f"{'configuration':<14}{'Fock builds':>12}{'per SCF':>9}{'SCF CPU s':>11}{'SCF wall s':>11}"
+          f"{'wall s':>9}{'build red.':>11}{'CPU x':>7}{'wall x':>8}{'max|dE| Eh':>12}")
+    summary = {}
+    for c in CONFIGS:
+        t = tot[c]
+        red = 1.0 - t["fock_builds"] / tot["default"]["fock_builds"]
+        cpu_x = tot["default"]["scf_cpu_s"] / t["scf_cpu_s"]
+        wall_x = tot["default"]["wall_s"] / t["wall_s"]
+        de = max((r[c].get("max_abs_diff_eh", 0.0) for r in rows), default=0.0)
+        summary[c] = {"fock_builds": t["fock_builds"], "scf_cpu_s": round(t["scf_cpu_s"], 2),
+                      "wall_s": round(t["wall_s"], 2), "fock_build_reduction": round(red, 4),
+                      "cpu_speedup": round(cpu_x, 3), "wall_speedup": round(wall_x, 3), "max_abs_energy_diff_eh": de,
+                      "fallbacks": sum(len(r[c]["fallbacks"]) for r in rows)}
+        print(f"{c:<14}{t['fock_builds']:>12}{t['fock_builds'] / t['n_scf']:>9.2f}{t['scf_cpu_s']:>11.1f}"
+              f"{t['scf_wall_s']:>11.1f}{t['wall_s']:>9.1f}{red:>11.1%}{cpu_x:>7.2f}{wall_x:>8.2f}{de:>12.1e}")
+    print("Fock builds per SCF by guess/solver (all structures):")
+    for c in CONFIGS:
+        agg: dict = {}
+        for r in rows:
+            for k, v in r[c]["by_guess"].items():
+                a = agg.setdefault(k, [0, 0])
+                a[0] += v["n"]
+                a[1] += v["fock_builds"]
+        print(f"  {c:<13}" + ", ".join(f"{k} {b / n:.1f} (n={n})" for k, (n, b) in sorted(agg.items())))
+    mols = [m for m in reorg["molecules"] if m["default"]["fock_builds"] and m["auto"]["fock_builds"]]
+    reorg_summary = None
+    if reorg["molecules"]:
+        print(f"\nHole reorganisation energy, {reorg.get('level')}, {len(reorg['molecules'])} molecules")
+        print(f"{'molecule':<22}{'builds def':>11}{'builds auto':>12}{'CPU s def':>10}{'CPU s auto':>11}{'max|dE| Eh':>12}")
+        for m in reorg["molecules"]:
+            d, a = m["default"], m["auto"]
+            de = m["max_abs_diff_eh"]
+            print(f"{m['name'][:21]:<22}{d['fock_builds'] or 0:>11}{a['fock_builds'] or 0:>12}{d['scf_cpu_s']:>10.1f}"
+                  f"{a['scf_cpu_s']:>11.1f}{(f'{de:.1e}' if de is not None else 'n/a'):>12}")
+        if mols:
+            fb = [sum(m[c]["fock_builds"] for m in mols) for c in ("default", "auto")]
+            cpu = [sum(m[c]["scf_cpu_s"] for m in mols) for c in ("default", "auto")]
+            reorg_summary = {"n_molecules": len(mols), "fock_builds": fb, "scf_cpu_s": [round(x, 2) for x in cpu],
+                             "fock_build_reduction": round(1 - fb[1] / fb[0], 4),
+                             "cpu_speedup": round(cpu[0] / cpu[1], 3),
+                             "max_abs_energy_diff_eh": max(m["max_abs_diff_eh"] for m in mols)}
+            print(f"{'total':<22}{fb[0]:>11}{fb[1]:>12}{cpu[0]:>10.1f}{cpu[1]:>11.1f}"
+                  f"{reorg_summary['max_abs_energy_diff_eh']:>12.1e}")
+
+    best = max(CONFIGS[1:], key=lambda c: summary[c]["fock_build_reduction"])
+    default_args = (args.landscape == DEFAULTS["landscape"] and args.n_structures == DEFAULTS["n_structures"]
+                    and args.pool == DEFAULTS["pool"] and args.n_molecules == DEFAULTS["n_molecules"])
+    tag = "" if default_args else f"_{landscape.name}_n{args.n_structures}_m{args.n_molecules}"
+    result = {
+        "benchmark": "scf_guess", "landscape": cryst["landscape"], "n_structures": len(rows),
+        "settings": cryst["settings"], "best_configuration": best,
+        "fock_build_reduction": summary[best]["fock_build_reduction"],
+        "wall_speedup": summary[best]["wall_speedup"], "cpu_speedup": summary[best]["cpu_speedup"],
+        "max_abs_energy_diff_eh": max(summary[c]["max_abs_energy_diff_eh"] for c in CONFIGS[1:]),
+        "targets": {"fock_build_reduction>=0.5": summary[best]["fock_build_reduction"] >= 0.5,
+                    "wall_speedup>=1.5": summary[best]["wall_speedup"] >= 1.5},
+        "configurations": summary, "reorg": reorg_summary,
+        "total_wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"scf_guess{tag}_detail.json").write_text(json.dumps({"crystal": cryst, "reorg": reorg}, indent=1))
+    line = json.dumps(result)
+    (out_dir / f"scf_guess{tag}.json").write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
