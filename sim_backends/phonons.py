@@ -20,6 +20,16 @@ Fidelity is composition: :class:`PhononBackend` takes the name of a force-capabl
 backend (one whose class offers ``ase_calculator(**params)`` returning an ASE
 calculator with forces, e.g. ``"xtb-crystal"``) and builds its force function from it.
 phonopy and ASE are imported inside functions so importing this module stays cheap.
+
+Gamma-point force levels. tblite evaluates a periodic cell at the Gamma point only, so
+forces on a small cell (an acetylene CSP cell is ~4-6 A wide) are those of an
+unconverged Brillouin-zone sum: relaxing and displacing with them gives spurious
+imaginary modes. For such a force backend (``"xtb-crystal"``) every energy, force and
+stress -- of the relaxation and of each displaced phonopy supercell -- is computed on the
+structure repeated to the smallest diagonal supercell whose perpendicular widths are all
+>= ``force_min_width_A`` (default :data:`sim_backends.xtb_crystal.MIN_WIDTH_A`, the
+width xtb-crystal's energies use) and mapped back (:class:`GammaSupercellCalculator`):
+the forces are those of the periodic structure itself, with a converged zone sum.
 """
 
 from __future__ import annotations
@@ -49,6 +59,39 @@ def auto_supercell(atoms: Atoms, min_length_A: float = 8.0) -> tuple[int, int, i
     widths = [volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))
               for k in range(3)]
     return tuple(int(max(1, np.ceil(min_length_A / w - 1e-9))) for w in widths)
+
+
+def gamma_supercell_calculator(inner, min_width_A: float):
+    """An ASE calculator giving ``inner``'s energy, forces and stress of a periodic
+    structure, each computed on the structure repeated to the smallest diagonal supercell
+    whose perpendicular widths are all >= ``min_width_A`` (energy per original cell;
+    forces of the first copy, all copies being equivalent; stress is intensive).
+
+    A structure that is already wide enough, or not periodic, is passed through."""
+    import numpy as np
+    from ase.calculators.calculator import Calculator, all_changes
+
+    from sim_backends.xtb_crystal import gamma_supercell
+
+    class GammaSupercellCalculator(Calculator):
+        implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            a = self.atoms
+            reps = gamma_supercell(a.cell.array, min_width_A) if a.pbc.all() else (1, 1, 1)
+            big = a.repeat(reps)
+            big.calc = inner
+            n, n_rep = len(a), int(np.prod(reps))
+            energy = big.get_potential_energy() / n_rep
+            self.results["energy"] = self.results["free_energy"] = energy
+            # atoms.repeat puts the original cell's atoms first
+            self.results["forces"] = np.asarray(big.get_forces())[:n].copy()
+            if "stress" in properties:
+                self.results["stress"] = np.asarray(big.get_stress())
+            self.results["supercell"] = list(reps)
+
+    return GammaSupercellCalculator()
 
 
 def _to_phonopy(atoms: Atoms):
@@ -230,6 +273,9 @@ class PhononBackend(Backend):
         supercell: three integers or "auto" ((1, 1, 1)); displacement_A (0.01);
         mesh: q-mesh as three integers or a length in A (default: the supercell's
             commensurate mesh; Gamma only for (1, 1, 1)).
+        force_min_width_A: with a Gamma-point force backend ("xtb-crystal"), every
+            force call runs on the structure repeated to perpendicular widths >= this
+            (default: xtb-crystal's ``MIN_WIDTH_A``, 9 A; 0 = the structure as it is).
 
     Values: ``f_vib_kjmol``, ``zpe_kjmol``, ``n_imaginary``. Extra: frequencies of
     imaginary modes at Gamma, the relaxation record, force-call count.
@@ -251,7 +297,11 @@ class PhononBackend(Backend):
         "displacement_A": check.number(1e-4, 0.1),
         "mesh": check.either(check.integers(3, 1, 100), check.number(0.0, 500.0, lo_open=True),
                              reason="must be three integers in [1, 100] or a length in A (> 0, <= 500)"),
+        "force_min_width_A": check.number(0.0, 50.0),
     }
+
+    #: force backends that evaluate a periodic cell at the Gamma point only
+    GAMMA_ONLY = frozenset({"xtb-crystal"})
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
@@ -287,7 +337,20 @@ class PhononBackend(Backend):
         except ValueError as exc:
             raise SetupError(str(exc)) from None
         force_params = p.get("force_params", {}) or {}
-        return name, (lambda: cls(**force_params).ase_calculator(**force_params))
+        width = self._force_width(p)
+        if width <= 0:
+            return name, (lambda: cls(**force_params).ase_calculator(**force_params))
+        return name, (lambda: gamma_supercell_calculator(
+            cls(**force_params).ase_calculator(**force_params), width))
+
+    def _force_width(self, p: dict[str, Any]) -> float:
+        """Width (A) of the supercell every force call runs in; 0 = the cell as it is."""
+        if p.get("force_backend", "xtb-crystal") not in self.GAMMA_ONLY:
+            return 0.0
+        from sim_backends.xtb_crystal import MIN_WIDTH_A
+
+        force_params = p.get("force_params", {}) or {}
+        return float(p.get("force_min_width_A", force_params.get("min_width_A", MIN_WIDTH_A)))
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         from sim_backends.structures import Crystal, load_crystal
@@ -313,6 +376,11 @@ class PhononBackend(Backend):
         else:
             extra["relax"] = None
         extra["level"] = f"harmonic phonons, {force_name} forces"
+        width = self._force_width(p)
+        if width > 0:
+            from sim_backends.xtb_crystal import gamma_supercell
+
+            extra["force_supercell"] = list(gamma_supercell(atoms.cell.array, width))
         extra["validity"] = structure_facts(Crystal.from_atoms(atoms))
         calc = make_calc()
 
