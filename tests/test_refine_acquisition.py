@@ -297,3 +297,42 @@ def test_completion_probability_inflation_is_more_cautious():
     assert p3 < p1
     with pytest.raises(AcquisitionError, match="inflation"):
         completion_probability(e_cheap, X, computed, top_k=3, inflation=0.0)
+
+
+def _benchmark():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "refinement.py"
+    spec = importlib.util.spec_from_file_location("refinement_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve their module
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_stop_rule_and_leave_one_landscape_out():
+    """The calibration bookkeeping and the leave-one-landscape-out choice of
+    benchmarks/refinement.py on hand-made results."""
+    bench = _benchmark()
+    run = {"n_at": [8, 10, 11, 12], "p_complete": {1.0: [None, 0.5, 0.92, 0.99], 2.0: [None, 0.3, 0.6, 0.8]}}
+    assert bench.premature_stop(run, 0.9, 1.0) == 11  # fired before the top set was complete
+    assert bench.premature_stop(run, 0.9, 2.0) is None  # never fired: the promise held
+    a, b = bench.AgentSettings(), bench.AgentSettings(skill_ratio=None)
+
+    def result(counts_a, counts_b, complete):
+        calib = {f"{k:g}@0.9": {"runs": 2, "complete_at_stop": complete[k], "premature_stop_at": []}
+                 for k in bench.STOP_INFLATIONS}
+        return {"cheap_order": 40, "random": 50, "grid": {a.label: {"1": counts_a}, b.label: {"1": counts_b}},
+                "stop_calibration": calib}
+
+    full = {k: 2 for k in bench.STOP_INFLATIONS}
+    results = {"L1": result([20, 22], [30, 30], full), "L2": result([25, 25], [35, 35], full),
+               "L3": result([40, 40], [12, 12], {1.0: 0, 1.5: 2, 2.0: 2})}
+    out = bench.leave_one_landscape_out(results, [a, b], [1])
+    assert out["L3"]["chosen"] == a.label and out["L3"]["agent_lolo"]["1"] == 40.0
+    assert out["L3"]["in_sample_best"] == b.label and out["L3"]["agent_in_sample"]["1"] == 12.0
+    assert out["L1"]["chosen"] == b.label  # L3 (0.3x cheap) outweighs L2 (0.88x) in the mean log ratio
+    # the 0.9 promise failed on L3 at inflation 1: held out L1, the others pool 2/4 -> 1.5
+    assert out["L1"]["stop_inflation_lolo"] == 1.5 and out["L3"]["stop_inflation_lolo"] == 1.0
+    assert out["L3"]["stop_achieved_lolo"] == 0.0
