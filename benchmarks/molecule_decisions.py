@@ -19,12 +19,20 @@
     linear in the number of choices; labelled "extrapolated"); ``--full-baseline``
     measures it on the whole pool instead.
 
-(b) Optimisation quality, through the real Campaign: minimise the B3LYP/6-31G//GFN2-xTB
-    hole reorganisation energy over the molecules of ``data/benchmarks/reorg_table.csv``
-    that have both a GFN2-xTB and a DFT value, under CPU budgets given as fractions of
-    the recorded cost of DFT on every one of them. Every evaluation goes through the
-    ``replay-xtb-reorg`` / ``replay-dft-reorg`` backends (stored real results, charged
-    their recorded cost). Strategies:
+(b) Optimisation quality, through the real Campaign: minimise the hole reorganisation
+    energy at the expensive level under CPU budgets given as fractions of the recorded
+    cost of the expensive level on every molecule, on two replay data sets of real
+    results (:data:`TABLES`):
+
+    * "demo-pool": GFN2-xTB and B3LYP/6-31G//GFN2-xTB, the 22 molecules of
+      ``data/benchmarks/reorg_table.csv`` with both, charged the recorded wall seconds;
+    * "dftdft": GFN2-xTB and B3LYP/6-31G with both charge states relaxed at that level
+      (the campaign's default expensive level), the 12 molecules of
+      ``benchmarks/reorg_validation.py``'s record, charged the recorded CPU seconds.
+
+    Every evaluation goes through the ``replay-xtb-reorg`` / ``replay-dft-reorg``
+    backends (stored real results, charged their recorded cost; the size-based cost
+    estimate is the real backend's for the data set's protocol). Strategies:
 
     * agent: :class:`agent.campaign.Campaign` built from a validated config and run by
       :func:`agent.runner.run_campaign` with the in-process
@@ -36,12 +44,14 @@
     The baselines are small loops over the same backends with the campaign's budget
     rule (an evaluation starts only if its expected cost -- the backend's size-based
     estimate scaled by charged / estimated so far at that level -- fits the budget
-    left; one that does not fit is skipped). Seeds 0..9; reported per budget: median / mean best DFT
-    value, its rank in the pool, how often the true minimum was found, DFT
-    evaluations and CPU seconds charged.
+    left; one that does not fit is skipped). Seeds 0..9; reported per budget: median /
+    mean best DFT value, its rank in the pool, how often the true minimum and the
+    oracle value (the best value whose DFT cost alone fits the budget: what knowing
+    every result in advance could reach) were found, DFT evaluations and CPU seconds
+    charged.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/molecule_decisions.py`` (part (a) ~15-20 min
-on 2 busy cores, part (b) ~1 min; ``--skip-quality`` / ``--skip-timing`` run one part,
+on 2 busy cores, part (b) ~5 min; ``--tables`` picks data sets; ``--skip-quality`` / ``--skip-timing`` run one part,
 the latter carrying the previous part (a) figures over into the JSON). Prints tables,
 one JSON line, and writes ``benchmarks/results/molecule_decisions.json`` -- or, with
 non-default arguments, ``molecule_decisions_<changed options>.json``.
