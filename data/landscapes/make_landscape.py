@@ -9,7 +9,9 @@ levels: a single-point correction, as in the Delta-learning literature the refin
 agent follows):
 
 * ``--expensive xtb``: periodic GFN2-xTB single point (tblite; Bannwarth, Ehlert &
-  Grimme, J. Chem. Theory Comput. 15, 1652 (2019)), E_cell / Z.
+  Grimme, J. Chem. Theory Comput. 15, 1652 (2019)), E_cell / Z, Gamma point; with
+  ``--min-width 9`` in the smallest supercell at least 9 A wide in every direction, as the
+  ``xtb-crystal`` backend evaluates a cell (default 0: the unit cell, as ``formamide_big``).
 * ``--expensive dft``: two-body fragment DFT-D3(BJ) lattice energy
   (:func:`sim_backends.dft_crystal.fragment_lattice_energy`: monomers plus the
   symmetry-unique dimers within a closest-contact cutoff, Boys-Bernardi counterpoise,
