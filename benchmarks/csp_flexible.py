@@ -17,7 +17,7 @@ search, the same number of trials, same space groups and settings.
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_flexible.py
           [--n-trials 20000] [--systems paracetamol,succinic_acid] [--charges resp|xtb]
-          [--throughput-trials 256] [--sampling converged|fixed] [--space-groups P2_1/c] [--x23-only]
+          [--throughput-trials 256] [--sampling converged|fixed] [--space-groups P2_1/c] [--x23-only] [--relax-top 20]
 Progress (one JSON line per finished step) goes to benchmarks/results/csp_flexible_progress.jsonl
 (or a name with the non-default arguments); the summary to benchmarks/results/csp_flexible.json
 for the default arguments, else to a file named after them.
@@ -46,7 +46,8 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
 }
 X23_REFERENCE = {"succinic_acid": -130.30}
 DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid", "charges": "resp",
-            "throughput_trials": 256, "sampling": "converged", "space_groups": "", "x23_only": False}
+            "throughput_trials": 256, "sampling": "converged", "space_groups": "", "x23_only": False,
+            "relax_top": 20}
 
 
 def reference(name: str):
@@ -118,7 +119,7 @@ def run_system(name: str, args, progress_path: Path) -> dict:
     _log(progress_path, {"system": name, "step": "ensemble", "n_conformers": len(ens), "cpu_s": ens_cpu,
                          "conformers": ens.summary(), "exp_torsion_rmsd_deg": conf_rmsd})
     land = run_flexible_csp(ens, args.n_trials, space_groups=groups, charges=args.charges, progress=False,
-                            sampling=args.sampling)
+                            sampling=args.sampling, relax_top=args.relax_top)
     hit = land.find_match(ref)
     row = {"system": name, "experiment": exp_text, "space_groups": groups, "n_trials_budget": args.n_trials,
            "n_trials": land.meta["n_trials"], "n_conformers": len(ens), "n_unique": len(land),
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampling", choices=("converged", "fixed"), default=DEFAULTS["sampling"])
     ap.add_argument("--space-groups", default=DEFAULTS["space_groups"],
                     help="override the per-system space groups (comma-separated) for a short run")
+    ap.add_argument("--relax-top", type=int, default=DEFAULTS["relax_top"],
+                    help="lowest minima relaxed with free torsions (run_flexible_csp relax_top)")
     ap.add_argument("--x23-only", action="store_true",
                     help="only the X23 lattice energies at the experimental geometry (no search, no throughput)")
     args = ap.parse_args(argv)
