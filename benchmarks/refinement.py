@@ -413,7 +413,9 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
     e_exp = land.energies_kjmol[expensive]
     n = len(land)
     gp_options = None
-    if ff_features:
+    if recorded_only:
+        X = None  # nothing is replayed
+    elif ff_features:
         extra = ff_columns(path, land, cheap, ff_features, console)
         X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap, extra_columns=extra)
         gp_options = extra_column_options(extra.shape[1], linear=ff_linear)
