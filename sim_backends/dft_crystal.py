@@ -731,16 +731,6 @@ class DftCrystalBackend(Backend):
                 "cutoff_mode": str(p.get("cutoff_mode", "contact")),
                 "functional": str(p.get("functional", "pbe"))}
 
-    def fragment_terms_settings(self) -> dict[str, Any] | None:
-        """The dimer cutoff and functional of the two-body sum (this backend's defaults),
-        when the long-range term is on (the energy is then fragment terms + dimers)."""
-        p = self.params
-        if not bool(p.get("long_range", True)):
-            return None
-        return {"cutoff_A": float(p.get("cutoff_A", 4.0)),
-                "cutoff_mode": str(p.get("cutoff_mode", "contact")),
-                "functional": str(p.get("functional", "pbe"))}
-
     def cost_estimate(self, inp: EvalInput) -> float:
         """Expected CPU seconds: symmetry-unique dimers x the cost of one dimer.
 
