@@ -28,6 +28,7 @@ import csv
 import json
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,38 @@ def _cif_number(x: float) -> str:
 def crystal_cif(structure: Structure, *, n_molecules: int, name: str = "", structure_id: str = "",
                 smiles: str = "", energies: Sequence[LevelEnergy] = (), space_group: str = "",
                 symprec: float = CIF_SYMPREC) -> str:
-    """The CIF of a molecular crystal a crystallographer can open.
+    """The CIF of a molecular crystal a crystallographer can open (see ``_crystal_cif_at``).
+
+    The symmetry written must expand back to exactly the cell's atoms: a structure that is
+    only nearly symmetric at ``symprec`` (atoms within ``symprec`` of a higher-symmetry
+    position) would expand into near-duplicate atoms in any reader. So the CIF is written
+    at ``symprec`` and read back; if the atom count differs, the tolerance is lowered by
+    10x (down to 1e-5 A) until it matches, and ``_crystal_agent_symprec_A`` records the
+    tolerance used. Atom positions are never moved.
+    """
+    from pymatgen.io.cif import CifParser
+
+    tol = float(symprec)
+    while True:
+        text, n_atoms = _crystal_cif_at(structure, n_molecules=n_molecules, name=name,
+                                        structure_id=structure_id, smiles=smiles, energies=energies,
+                                        space_group=space_group, symprec=tol)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                back = CifParser.from_str(text).parse_structures(primitive=False)
+            ok = len(back) == 1 and len(back[0]) == n_atoms
+        except Exception:  # noqa: BLE001 - an unreadable CIF counts as a mismatch
+            ok = False
+        if ok or tol <= 1e-5:
+            return text
+        tol /= 10.0
+
+
+def _crystal_cif_at(structure: Structure, *, n_molecules: int, name: str, structure_id: str,
+                    smiles: str, energies: Sequence[LevelEnergy], space_group: str,
+                    symprec: float) -> tuple[str, int]:
+    """The CIF text at one symmetry tolerance and the number of atoms its cell holds.
 
     The cell is the primitive cell spglib finds at ``symprec`` (A), Niggli-reduced
     (``Z`` counts the molecules in it, which may be fewer than in ``structure``), written
@@ -159,7 +191,7 @@ def crystal_cif(structure: Structure, *, n_molecules: int, name: str = "", struc
     comment = (f"# crystal-agent: {name or formula} ({formula}{', ' + smiles if smiles else ''}), "
                f"Z = {n_molecules} molecules\n# energies in kJ/mol per molecule"
                + (f"; levels: {levels}" if levels else ""))
-    return str(CifFile({header: CifBlock(ordered, loops, header)}, comment=comment))
+    return str(CifFile({header: CifBlock(ordered, loops, header)}, comment=comment)), len(reduced)
 
 
 @dataclass
