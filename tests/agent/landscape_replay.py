@@ -81,10 +81,13 @@ class ReplayCrystalBackend(Backend):
     internal = True
 
     def cost_estimate(self, inp: EvalInput) -> float:
-        """A size-based prior (CPU s): ~ (atoms in the cell)^2, as for periodic xTB."""
+        """A size-based prior (CPU s): ~ (atoms in the cell)^2, as for periodic xTB; 0 without
+        a structure (the backend contract: no estimate before the structure is known)."""
         from pymatgen.core import Structure
 
-        return 0.01 * len(Structure.from_str(inp.structure_cif or "", fmt="cif")) ** 2
+        if not inp.structure_cif:
+            return 0.0
+        return 0.01 * len(Structure.from_str(inp.structure_cif, fmt="cif")) ** 2
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         sid = (inp.structure_id or "").split("-", 1)[-1]
