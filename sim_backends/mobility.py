@@ -40,7 +40,7 @@ Three ways to get D from the network, all here:
 (2) is deterministic, costs a Z x Z linear solve and is exact for this model, so it is what
 the backends report; (1) and (3) are reported beside it (``extra``) and agree with it to
 the KMC error on 1D, isotropic and inversion-symmetric networks
-(tests/test_mobility.py; benchmarks/transfer_validation.py).
+(tests/sim_backends/test_mobility.py; benchmarks/transfer_validation.py).
 
 Hopping mobilities are an approximation (they neglect band-like transport and dynamic
 disorder, which matter when |J| approaches lambda/2); their use here is ranking molecules

@@ -1,6 +1,6 @@
 """A seeded corpus of bad inputs for the ``crystal-agent`` command line.
 
-Used by ``tests/test_fuzz_cli.py`` (a few dozen cases per category, in-process) and
+Used by ``tests/agent/test_fuzz_cli.py`` (a few dozen cases per category, in-process) and
 ``benchmarks/fuzz_cli.py`` (a larger corpus, each case in a subprocess with a timeout).
 Every case is bad input: the contract is one line on stderr, a non-zero exit, no
 traceback, no hang, and no campaign store left behind by a refused ``run``.

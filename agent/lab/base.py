@@ -14,7 +14,7 @@ to a submission can simply submit again.
 
 Adapters are registered like backends: :data:`ADAPTERS` maps a name to a
 ``"module:Class"`` string, imported only when used. The contract tests in
-``tests/test_lab_contract.py`` run over every registered adapter.
+``tests/agent/lab/test_lab_contract.py`` run over every registered adapter.
 
 Importing this module is cheap (stdlib only).
 """

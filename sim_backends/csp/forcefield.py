@@ -41,7 +41,7 @@ Units: Angstrom, elementary charges, kJ/mol. The Coulomb constant e^2/(4 pi eps0
 
 The pair sums run by default in one compiled pass (:mod:`sim_backends.csp.pairkernel`,
 numba) with analytic gradients; ``pair_kernel="torch"`` keeps the batched tensor
-implementation of the same sums (the two agree to rounding, ``tests/test_pairkernel.py``).
+implementation of the same sums (the two agree to rounding, ``tests/sim_backends/csp/test_pairkernel.py``).
 
 Importing this module is cheap (numpy only); torch (and numba) are imported when a model is built.
 """
@@ -397,7 +397,7 @@ class LatticeEnergyModel:
         electrostatics: ``"ewald"`` (default, converged Ewald sum) or ``"dsf"``: damped
             shifted-force real-space Coulomb (Fennell & Gezelter, J. Chem. Phys. 124,
             234104 (2006)) with no reciprocal sum -- cheaper and smooth, an approximation
-            used for the first stage of staged CSP (see ``tests/test_csp_speed.py`` for the
+            used for the first stage of staged CSP (see ``tests/sim_backends/csp/test_csp_speed.py`` for the
             measured deviation from Ewald).
         dsf_alpha_per_A: damping parameter alpha of the DSF sum (1/A; 0.2 as recommended by
             Fennell & Gezelter for cutoffs of 9-12 A).
@@ -405,7 +405,7 @@ class LatticeEnergyModel:
             energies and gradients in one compiled pass
             (:mod:`sim_backends.csp.pairkernel`); ``"torch"``: the same physics as batched
             tensor operations (``_molecule_pairs`` + ``_pair_energies``). Both give the same
-            energies to rounding (``tests/test_pairkernel.py``).
+            energies to rounding (``tests/sim_backends/csp/test_pairkernel.py``).
     """
 
     def __init__(

@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
 
 from sim_backends.csp.forcefield import LatticeEnergyModel  # noqa: E402
-from tests.test_forcefield import t, x23_crystal  # noqa: E402
+from tests.sim_backends.csp.test_forcefield import t, x23_crystal  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 #: (exp-6 cutoff, Ewald / DSF cutoff, electrostatics, DSF alpha): the full model and stage 1
 SETTINGS = {
     "ewald12": dict(cutoff_A=12.0, electrostatics="ewald"),

@@ -190,7 +190,7 @@ def test_flexible_csp_recovers_succinic_acid(tmp_path):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
     from csp_recovery import reference_structure
 
     from sim_backends.csp.flexible import run_flexible_csp

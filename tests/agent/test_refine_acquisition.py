@@ -16,7 +16,7 @@ from agent.refine_acquisition import (
 )
 from sim_backends.descriptors import structure_features
 
-TARGET_I = Path(__file__).resolve().parents[1] / "data" / "reference" / "landscapes" / "target_I"
+TARGET_I = Path(__file__).resolve().parents[2] / "data" / "reference" / "landscapes" / "target_I"
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def _benchmark():
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "refinement.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "refinement.py"
     spec = importlib.util.spec_from_file_location("refinement_benchmark", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses resolve their module

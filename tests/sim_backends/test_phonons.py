@@ -10,7 +10,7 @@ import pytest
 from sim_backends.base import EvalInput, SetupError
 from sim_backends.registry import get_backend
 
-X23 = Path(__file__).resolve().parents[1] / "data" / "reference" / "x23"
+X23 = Path(__file__).resolve().parents[2] / "data" / "reference" / "x23"
 
 # SI constants (CODATA 2018)
 HBAR = 1.054571817e-34

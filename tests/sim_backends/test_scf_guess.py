@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-LANDSCAPE = Path(__file__).resolve().parents[1] / "data" / "landscapes" / "formic_acid_dft"
+LANDSCAPE = Path(__file__).resolve().parents[2] / "data" / "landscapes" / "formic_acid_dft"
 
 
 def _random_orthogonal(seed: int, proper: bool) -> np.ndarray:

@@ -18,7 +18,7 @@ import pytest
 from sim_backends.base import Backend, EvalInput, PhysicsError
 from sim_backends.reorg import XtbReorgBackend
 
-X23_CIF = Path(__file__).resolve().parents[1] / "data" / "reference" / "x23" / "cif"
+X23_CIF = Path(__file__).resolve().parents[2] / "data" / "reference" / "x23" / "cif"
 NAPHTHALENE = "c1ccc2ccccc2c1"
 LEVEL = "B3LYP/6-31G//GFN2-xTB geometries"
 

@@ -11,7 +11,7 @@ import pytest
 
 from agent.landscape_io import LandscapeError, load_landscape
 
-TARGET_I = Path(__file__).resolve().parents[1] / "data" / "reference" / "landscapes" / "target_I"
+TARGET_I = Path(__file__).resolve().parents[2] / "data" / "reference" / "landscapes" / "target_I"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from agent.landscape_io import load_landscape
 from agent.surrogates.structure_gp import DeltaGP, DeltaLadder, SurrogateError, corrected_energies
 from sim_backends import descriptors as desc
 
-TARGET_I = Path(__file__).resolve().parents[1] / "data" / "reference" / "landscapes" / "target_I"
+TARGET_I = Path(__file__).resolve().parents[3] / "data" / "reference" / "landscapes" / "target_I"
 N_SUB = 40
 
 

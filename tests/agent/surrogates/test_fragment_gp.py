@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-LAND = Path(__file__).resolve().parents[1] / "data/landscapes/formic_acid_dft"
+LAND = Path(__file__).resolve().parents[3] / "data/landscapes/formic_acid_dft"
 
 
 @pytest.fixture(scope="module")

@@ -173,7 +173,7 @@ def _decisions_benchmark():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "molecule_decisions.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "molecule_decisions.py"
     spec = importlib.util.spec_from_file_location("molecule_decisions", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -10,7 +10,7 @@ import pytest
 
 from sim_backends.structures import Crystal
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FF = ROOT / "data" / "landscapes" / "formamide_big" / "formamide_big_ff.extxyz"
 
 

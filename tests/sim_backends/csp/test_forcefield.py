@@ -17,7 +17,7 @@ from sim_backends.csp.forcefield import (  # noqa: E402
 )
 from sim_backends.csp.rigid import RigidMolecule, fit_rigid_pose, split_molecules  # noqa: E402
 
-X23 = Path(__file__).resolve().parents[1] / "data" / "reference" / "x23" / "x23_pbe_ts_crystals.extxyz"
+X23 = Path(__file__).resolve().parents[3] / "data" / "reference" / "x23" / "x23_pbe_ts_crystals.extxyz"
 
 
 def x23_crystal(name: str, charges: str = "made-up") -> tuple[RigidMolecule, np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import pytest
 from sim_backends.base import EvalInput
 from sim_backends.registry import get_backend
 
-X23 = Path(__file__).resolve().parents[1] / "data" / "reference" / "x23"
+X23 = Path(__file__).resolve().parents[2] / "data" / "reference" / "x23"
 
 
 def _cif(name: str) -> str:
@@ -153,7 +153,7 @@ def test_cost_estimate_counts_unique_dimers():
     from sim_backends.base import EvalInput
     from sim_backends.dft_crystal import DftCrystalBackend
 
-    root = Path(__file__).resolve().parents[1] / "data/landscapes/formic_acid_dft"
+    root = Path(__file__).resolve().parents[2] / "data/landscapes/formic_acid_dft"
     rows = list(csv.DictReader(open(root / "formic_acid_dft_landscape.csv")))[:12]
     atoms = read(root / "formic_acid_dft_ff.extxyz", index=":12")
     backend = DftCrystalBackend(cutoff_A=3.0)
@@ -177,7 +177,7 @@ def test_long_range_electrostatics_reproduces_the_stored_landscape_term(name):
     from sim_backends.dft_crystal import long_range_electrostatics_kjmol
     from sim_backends.structures import Crystal
 
-    root = Path(__file__).resolve().parents[1] / "data" / "landscapes" / name
+    root = Path(__file__).resolve().parents[2] / "data" / "landscapes" / name
     run = json.loads((root / "run.json").read_text())
     stored = {r["id"]: float(r["e_elec_lr_kjmol"]) for r in csv.DictReader((root / f"{name}_landscape.csv").open())}
     values = []

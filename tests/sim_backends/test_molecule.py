@@ -8,7 +8,7 @@ import pytest
 from sim_backends.base import SetupError
 from sim_backends.molecule import embed_conformer, read_pool, to_xyz, validate_smiles
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

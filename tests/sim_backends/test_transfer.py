@@ -13,7 +13,7 @@ from sim_backends.registry import get_backend
 from sim_backends.structures import cif_from_atoms, load_crystal
 from sim_backends.transfer import crystal_transfer, dimer_couplings, project_coupling, xtb_orbitals
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAPHTHALENE_CIF = (ROOT / "data/reference/x23/cif/naphthalene.cif").read_text()
 NAPHTHALENE = "c1ccc2ccccc2c1"
 

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sim_backends.csp.forcefield import LatticeEnergyModel  # noqa: E402
-from tests.test_forcefield import t, x23_crystal  # noqa: E402
+from tests.sim_backends.csp.test_forcefield import t, x23_crystal  # noqa: E402
 
 
 @pytest.mark.parametrize("cutoff, alpha", [(7.0, 0.3), (12.0, 0.2)])

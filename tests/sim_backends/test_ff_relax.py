@@ -9,7 +9,7 @@ import pytest
 
 from sim_backends.base import SetupError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 X23 = ROOT / "data" / "reference" / "x23" / "x23_pbe_ts_crystals.extxyz"
 
 

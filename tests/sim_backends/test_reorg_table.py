@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sim_backends.molecule import validate_smiles
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_script():
