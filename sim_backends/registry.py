@@ -31,6 +31,11 @@ BUILTIN: dict[str, str] = {
     "transfer-dft": "sim_backends.transfer:DftTransferBackend",
     "mobility-xtb": "sim_backends.mobility:XtbMobilityBackend",
     "mobility-dft": "sim_backends.mobility:DftMobilityBackend",
+    "esf-proxy": "sim_backends.esf:EsfProxyBackend",
+    "esf-landscape": "sim_backends.esf:EsfLandscapeBackend",
+    "replay-esf-proxy": "sim_backends.esf:ReplayEsfProxyBackend",
+    "replay-esf-quick": "sim_backends.esf:ReplayEsfQuickBackend",
+    "replay-esf-refined": "sim_backends.esf:ReplayEsfRefinedBackend",
 }
 
 

@@ -41,9 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-#: sd (kJ/mol) of force-field relative energies against fragment DFT on this project's
-#: landscapes (structures within 10 kJ/mol of the FF minimum: formamide 3.6, formic acid 5.5)
-FF_ENERGY_SD_KJMOL = 4.5
+from sim_backends.esf import FF_ENERGY_SD_KJMOL  # noqa: E402 - after the path insert
+
 TEMPERATURE_K = 300.0
 
 
@@ -91,56 +90,12 @@ def proxy(smiles: str) -> dict:
 
 def landscape_step(smiles: str, lam_kjmol: float, n_trials: int, n_keep: int, window: float,
                    level: str, seed: int) -> dict:
-    """CSP, then transfer integrals + hole mobility for the kept structures (one record)."""
-    import numpy as np
+    """CSP, then transfer integrals + hole mobility for the kept structures (one record,
+    :func:`sim_backends.esf.landscape_record`)."""
+    from sim_backends.esf import landscape_record
 
-    from sim_backends.base import BackendError, process_cpu_s
-    from sim_backends.csp import run_csp
-    from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility, landscape_mobility
-    from sim_backends.structures import load_crystal
-    from sim_backends.transfer import crystal_transfer
-
-    c0 = process_cpu_s()
-    rec: dict = {"n_trials": n_trials, "transfer_level": "GFN2-xTB" if level == "gfn2-xtb" else "B3LYP/6-31G"}
-    try:
-        land = run_csp(smiles, n_trials, space_groups="P2_1/c,P-1,P2_12_12_1,C2/c,P2_1,Pbca",
-                       charges="xtb", progress=False, sampling="fixed", seed=seed)
-    except Exception as exc:  # noqa: BLE001 - any CSP failure is recorded, the run goes on
-        return {**rec, "error": f"csp: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
-                "cpu_s": {"csp": round(process_cpu_s() - c0, 2)}}
-    cpu_csp = process_cpu_s() - c0
-    rec["n_minima"] = len(land)
-    minima = [m for m in land.minima if m.energy_kjmol - land.minima[0].energy_kjmol <= window][:n_keep]
-    structures = []
-    c1 = process_cpu_s()
-    for m in minima:
-        s = {"id": m.id, "energy_kjmol": round(m.energy_kjmol, 3), "space_group": m.space_group, "z": m.z,
-             "density_gcm3": round(float(m.structure.density), 4), "cif": m.cif()}
-        try:
-            tr = crystal_transfer(load_crystal(m.cif(), smiles), level, 4.0,
-                                  {"functional": "b3lyp", "basis": "6-31g", "conv_tol": 1e-7} if level == "dft" else {})
-            values, _ = crystal_mobility(tr, {"hole": lam_kjmol * EV_PER_KJMOL}, TEMPERATURE_K)
-            s.update({"mobility_hole_cm2Vs": values["mobility_hole_cm2Vs"],
-                      "mobility_hole_max_cm2Vs": values["mobility_hole_max_cm2Vs"],
-                      "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
-                      "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
-                      "n_unique_dimers": len(tr.dimers), "warnings": tr.warnings})
-        except BackendError as exc:
-            s["error"] = str(exc)
-        structures.append(s)
-    rec["structures"] = structures
-    ok = [s for s in structures if "mobility_hole_cm2Vs" in s]
-    if ok:
-        lm = landscape_mobility([s["energy_kjmol"] for s in ok], [s["mobility_hole_cm2Vs"] for s in ok],
-                                FF_ENERGY_SD_KJMOL, window_kjmol=window, temperature_K=TEMPERATURE_K)
-        rec["landscape_mobility_hole_cm2Vs"] = {"mean": lm.mean, "sd": lm.sd, "n_in_window": lm.n_in_window,
-                                                "energy_sd_kjmol": FF_ENERGY_SD_KJMOL, "window_kjmol": window}
-        rec["global_minimum_mobility_hole_cm2Vs"] = ok[int(np.argmin([s["energy_kjmol"] for s in ok]))][
-            "mobility_hole_cm2Vs"]
-    else:
-        rec["error"] = "no structure with a mobility"
-    rec["cpu_s"] = {"csp": round(cpu_csp, 2), "transfer": round(process_cpu_s() - c1, 2)}
-    return rec
+    return landscape_record(smiles, lam_kjmol, n_trials, n_keep, window, level, seed,
+                            temperature_K=TEMPERATURE_K, energy_sd_kjmol=FF_ENERGY_SD_KJMOL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,400 @@
+"""The energy-structure-function (ESF) objective of a molecule: its landscape hole mobility,
+at three fidelities a campaign's molecule stage chooses between.
+
+The crystal-level objective is ``log10_landscape_mobility_hole``, log10 of the
+Boltzmann-weighted Marcus hole mobility (cm^2/(V s)) of the molecule's predicted crystal
+structures (:func:`sim_backends.mobility.landscape_mobility`: structures within a window
+of the global minimum, force-field energies with an assumed sd of
+:data:`FF_ENERGY_SD_KJMOL`). log10 because mobilities span orders of magnitude and the
+molecule GP assumes Gaussian errors. The levels of the ladder (one objective, so the
+multi-fidelity GP of the molecule stage can relate them):
+
+* ``esf-proxy`` (fidelity 0): gas phase only. The molecule's GFN2-xTB lambda+
+  (:class:`~sim_backends.reorg.XtbReorgBackend`) in a fixed reference crystal: a simple
+  cubic lattice of molecules :data:`REF_DISTANCE_A` apart with one hole transfer integral
+  :data:`REF_J_MEV` to each of the 6 neighbours (chosen once, not fitted: 10 meV and 5 A
+  are typical of pi-stacked neighbours). A monotone function of lambda+; seconds.
+* ``esf-landscape`` (fidelity 1 with the defaults, a "quick CSP"): crystal structure
+  prediction (W99 + Ewald force field, GFN2-xTB charges, Z' = 1, ``n_trials`` trials in
+  ``space_groups``), the ``n_structures`` lowest minima within ``window_kjmol`` get
+  dimer-projection transfer integrals at ``transfer`` (``"gfn2-xtb"`` or ``"dft"``:
+  B3LYP/6-31G) and their Marcus hole mobility at ``temperature_K`` with the molecule's
+  lambda+; the landscape mobility is their Boltzmann-weighted mean. The "refined"
+  fidelity is the same backend with more trials and DFT transfer integrals
+  (``fidelity = 2`` in its params). lambda+ is the ``lambda_hole_kjmol`` param when
+  given, else computed here with GFN2-xTB (its CPU seconds are charged to the result).
+
+Failures are failed evaluations with a one-line reason: no lambda+ (the xTB calculation
+failed), a CSP with no minimum, every kept structure without a mobility (no molecular
+contacts within the cutoff, a failed dimer SCF: the reasons of the structures are
+joined). A structure that fails while others succeed is left out of the landscape and
+named in ``extra["structures"]``.
+
+Replays (``replay-esf-proxy``, ``replay-esf-quick``, ``replay-esf-refined``) serve the
+project's data set ``data/esf/esf_<fidelity>.jsonl`` (made by
+``data/esf/make_esf_dataset.py`` with :func:`landscape_record`) and charge each result the
+CPU seconds recorded for it, so budgets and cost models see what the real calculation
+spent; their ``cost_estimate`` is the real backend's size-based estimate.
+
+Units: mobilities cm^2/(V s), energies kJ/mol, CPU seconds. Heavy imports inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sim_backends import params as check
+from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
+
+#: sd (kJ/mol) of force-field relative energies against fragment DFT on this project's
+#: landscapes (structures within 10 kJ/mol of the FF minimum: formamide 3.6, formic acid 5.5)
+FF_ENERGY_SD_KJMOL = 4.5
+#: the proxy's reference crystal: hole transfer integral to each of 6 neighbours (meV) ...
+REF_J_MEV = 10.0
+#: ... at this centre-of-mass distance (A), simple cubic
+REF_DISTANCE_A = 5.0
+#: the objective every level computes
+OBJECTIVE = "log10_landscape_mobility_hole"
+#: the space groups of the data set's CSP (about 80 % of organic crystals)
+ESF_SPACE_GROUPS = "P2_1/c,P-1,P2_12_12_1,C2/c,P2_1,Pbca"
+#: the data set of the replays
+ESF_DATA = Path(__file__).resolve().parents[1] / "data" / "esf"
+#: per heavy atom CPU s of one CSP trial (150-trial quick CSPs of data/esf: 5-40 CPU s
+#: for 6-11 heavy atoms)
+_CSP_S_PER_TRIAL_HEAVY = 0.008
+#: cell molecules assumed by the cost estimate of the transfer integrals
+_Z_ESTIMATE = 4
+
+
+def proxy_log10_mobility(lambda_hole_kjmol: float, temperature_K: float = 300.0) -> float:
+    """log10 of the hole mobility (cm^2/(V s)) of the reference crystal (module docstring)
+    for a molecule with this lambda+ (kJ/mol): Einstein relation on the cubic lattice,
+    ``D = k r^2``, ``mu = e D / (k_B T)``."""
+    from sim_backends.mobility import CM2_PER_A2, EV_PER_KJMOL, KB_EVK, marcus_rate
+
+    k = float(marcus_rate(REF_J_MEV, lambda_hole_kjmol * EV_PER_KJMOL, temperature_K))
+    mu = k * REF_DISTANCE_A**2 * CM2_PER_A2 / (KB_EVK * temperature_K)
+    return math.log10(mu)
+
+
+def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_structures: int,
+                     window_kjmol: float, transfer: str = "gfn2-xtb", seed: int = 0,
+                     space_groups: str = ESF_SPACE_GROUPS, temperature_K: float = 300.0,
+                     energy_sd_kjmol: float = FF_ENERGY_SD_KJMOL, cutoff_A: float = 4.0,
+                     level_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """CSP, transfer integrals and hole mobility of the kept structures, and the landscape
+    mobility: one JSON-ready record (the data set's and the backend's format).
+
+    Keys: ``n_trials``, ``transfer_level``, ``n_minima``, ``structures`` (per kept
+    structure: id, energy, space group, Z, density, CIF, mobility, largest |J|, warnings
+    or ``error``), ``landscape_mobility_hole_cm2Vs`` ({mean, sd, n_in_window, ...}),
+    ``global_minimum_mobility_hole_cm2Vs``, ``cpu_s`` ({csp, transfer}, this process's
+    CPU seconds); ``error`` (one line) when no structure has a mobility.
+    """
+    import numpy as np
+
+    from sim_backends.base import BackendError, process_cpu_s
+    from sim_backends.csp import run_csp
+    from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility, landscape_mobility
+    from sim_backends.structures import load_crystal
+    from sim_backends.transfer import crystal_transfer
+
+    c0 = process_cpu_s()
+    if transfer == "dft":
+        level_params = {"functional": "b3lyp", "basis": "6-31g", "conv_tol": 1e-7, **(level_params or {})}
+        level_name = f"{str(level_params['functional']).upper()}/{level_params['basis']}"
+    else:
+        level_name = "GFN2-xTB"
+    rec: dict[str, Any] = {"n_trials": n_trials, "transfer_level": level_name}
+    try:
+        land = run_csp(smiles, n_trials, space_groups=space_groups, charges="xtb", progress=False,
+                       sampling="fixed", seed=seed)
+    except Exception as exc:  # noqa: BLE001 - any CSP failure is recorded, the run goes on
+        return {**rec, "error": f"csp: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                "cpu_s": {"csp": round(process_cpu_s() - c0, 2)}}
+    cpu_csp = process_cpu_s() - c0
+    rec["n_minima"] = len(land)
+    if not len(land):
+        return {**rec, "error": "csp: no minimum found", "cpu_s": {"csp": round(cpu_csp, 2)}}
+    e0 = land.minima[0].energy_kjmol
+    minima = [m for m in land.minima if m.energy_kjmol - e0 <= window_kjmol][:n_structures]
+    structures = []
+    c1 = process_cpu_s()
+    for m in minima:
+        s: dict[str, Any] = {"id": m.id, "energy_kjmol": round(m.energy_kjmol, 3), "space_group": m.space_group,
+                             "z": m.z, "density_gcm3": round(float(m.structure.density), 4), "cif": m.cif()}
+        try:
+            tr = crystal_transfer(load_crystal(m.cif(), smiles), transfer, cutoff_A, level_params or {})
+            values, _ = crystal_mobility(tr, {"hole": lambda_hole_kjmol * EV_PER_KJMOL}, temperature_K)
+            s.update({"mobility_hole_cm2Vs": values["mobility_hole_cm2Vs"],
+                      "mobility_hole_max_cm2Vs": values["mobility_hole_max_cm2Vs"],
+                      "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
+                      "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
+                      "n_unique_dimers": len(tr.dimers), "warnings": tr.warnings})
+        except BackendError as exc:
+            s["error"] = " ".join(str(exc).split())[:300]
+        structures.append(s)
+    rec["structures"] = structures
+    ok = [s for s in structures if "mobility_hole_cm2Vs" in s]
+    if ok:
+        lm = landscape_mobility([s["energy_kjmol"] for s in ok], [s["mobility_hole_cm2Vs"] for s in ok],
+                                energy_sd_kjmol, window_kjmol=window_kjmol, temperature_K=temperature_K)
+        rec["landscape_mobility_hole_cm2Vs"] = {"mean": lm.mean, "sd": lm.sd, "n_in_window": lm.n_in_window,
+                                                "energy_sd_kjmol": energy_sd_kjmol, "window_kjmol": window_kjmol}
+        rec["global_minimum_mobility_hole_cm2Vs"] = ok[int(np.argmin([s["energy_kjmol"] for s in ok]))][
+            "mobility_hole_cm2Vs"]
+    else:
+        reasons = "; ".join(f"{s['id']}: {s['error']}" for s in structures)
+        rec["error"] = f"no structure with a mobility ({reasons})"
+    rec["cpu_s"] = {"csp": round(cpu_csp, 2), "transfer": round(process_cpu_s() - c1, 2)}
+    return rec
+
+
+def landscape_values(lambda_hole_kjmol: float, rec: dict[str, Any]) -> dict[str, float]:
+    """The values a level reports from a :func:`landscape_record` (or a proxy-only record
+    when it has no landscape): the objective, the mobility with its sd, lambda+."""
+    lm = rec.get("landscape_mobility_hole_cm2Vs")
+    if lm is None:
+        return {OBJECTIVE: proxy_log10_mobility(lambda_hole_kjmol), "reorg_energy_kjmol": lambda_hole_kjmol}
+    mean = max(float(lm["mean"]), 1e-12)  # a structure set without any coupling: mobility 0
+    return {OBJECTIVE: math.log10(mean), "landscape_mobility_hole_cm2Vs": float(lm["mean"]),
+            "landscape_mobility_hole_sd_cm2Vs": float(lm["sd"]),
+            "log10_landscape_mobility_hole_sd": float(lm["sd"]) / (mean * math.log(10)),
+            "n_structures_in_window": float(lm["n_in_window"]), "reorg_energy_kjmol": lambda_hole_kjmol}
+
+
+_VALUES = (OBJECTIVE, "reorg_energy_kjmol")
+_LANDSCAPE_VALUES = (*_VALUES, "landscape_mobility_hole_cm2Vs", "landscape_mobility_hole_sd_cm2Vs",
+                     "log10_landscape_mobility_hole_sd", "n_structures_in_window")
+
+
+def _lambda(p: dict[str, Any], smiles: str) -> tuple[float, float]:
+    """lambda+ (kJ/mol) from the params, else from GFN2-xTB; and the CPU s it cost here."""
+    if p.get("lambda_hole_kjmol") is not None:
+        return float(p["lambda_hole_kjmol"]), 0.0
+    from sim_backends.reorg import XtbReorgBackend
+
+    r = XtbReorgBackend().evaluate(EvalInput(smiles))
+    if not r.ok:
+        raise SetupError(f"no hole reorganisation energy for this molecule (GFN2-xTB lambda+ failed: {r.reason})")
+    return float(r.values["reorg_energy_kjmol"]), r.cpu_s
+
+
+class EsfProxyBackend(Backend):
+    """GFN2-xTB lambda+ in the reference crystal: the proxy of the landscape mobility."""
+
+    name = "esf-proxy"
+    version = "1"
+    fidelity = 0
+    computes: ClassVar[tuple[str, ...]] = _VALUES
+    objective_key = OBJECTIVE
+    description = "log10 hole mobility (cm2/Vs) of a reference crystal from the GFN2-xTB lambda+"
+    params_schema: ClassVar[dict[str, Any]] = {"temperature_K": check.number(0.0, 2000.0, lo_open=True),
+                                               "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True)}
+
+    def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
+        return f"Marcus hopping, GFN2-xTB lambda+, reference crystal (|J| {REF_J_MEV:g} meV, {REF_DISTANCE_A:g} A)"
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        from sim_backends.reorg import XtbReorgBackend
+
+        return XtbReorgBackend().cost_estimate(inp)
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        lam, _ = _lambda(inp.params, inp.smiles)
+        t = float(inp.params.get("temperature_K", 300.0))
+        return ({OBJECTIVE: proxy_log10_mobility(lam, t), "reorg_energy_kjmol": lam},
+                {"level": self.level_of_theory()})
+
+
+class EsfLandscapeBackend(Backend):
+    """Landscape hole mobility from a CSP of the molecule (module docstring)."""
+
+    name = "esf-landscape"
+    version = "1"
+    fidelity = 1
+    computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
+    objective_key = OBJECTIVE
+    description = ("log10 Boltzmann-weighted Marcus hole mobility (cm2/Vs) over a CSP landscape "
+                   "(W99 force field; GFN2-xTB or B3LYP/6-31G transfer integrals)")
+    _DEFAULTS: ClassVar[dict[str, Any]] = {"n_trials": 150, "n_structures": 6, "window_kjmol": 7.0,
+                                           "transfer": "gfn2-xtb", "seed": 0, "space_groups": ESF_SPACE_GROUPS,
+                                           "temperature_K": 300.0, "energy_sd_kjmol": FF_ENERGY_SD_KJMOL,
+                                           "cutoff_A": 4.0}
+    params_schema: ClassVar[dict[str, Any]] = {
+        "n_trials": check.integer(1, 1_000_000), "n_structures": check.integer(1, 1000),
+        "window_kjmol": check.number(0.0, 100.0, lo_open=True), "transfer": check.one_of("gfn2-xtb", "dft"),
+        "seed": check.integer(0), "space_groups": check.text,
+        "temperature_K": check.number(0.0, 2000.0, lo_open=True),
+        "energy_sd_kjmol": check.number(0.0, 100.0), "cutoff_A": check.number(2.0, 10.0),
+        "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True), "fidelity": check.integer(0, 10),
+        "functional": check.xc_functional, "basis": check.basis_set,
+        "max_iterations": check.integer(1, 10_000), "max_cycles": check.integer(1, 10_000),
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if "fidelity" in params:
+            self.fidelity = int(params["fidelity"])  # the refined level of a ladder
+
+    def _p(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**self._DEFAULTS, **self.params, **params}
+
+    def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
+        p = self._p(params or {})
+        tr = ("GFN2-xTB" if p["transfer"] == "gfn2-xtb"
+              else f"{str(p.get('functional', 'b3lyp')).upper()}/{p.get('basis', '6-31g')}")
+        return (f"Marcus hopping at {p['temperature_K']:g} K, {tr} transfer integrals, "
+                f"{p['n_trials']}-trial W99 CSP, Boltzmann mean within {p['window_kjmol']:g} kJ/mol")
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        from sim_backends.molecule import validate_smiles
+        from sim_backends.reorg import _atom_counts
+
+        p = self._p(inp.params)
+        try:
+            validate_smiles(inp.smiles)
+            n_h, n_1, n_2 = _atom_counts(inp.smiles)
+        except SetupError:
+            return 1.0
+        heavy = n_1 + n_2
+        csp = _CSP_S_PER_TRIAL_HEAVY * heavy * float(p["n_trials"])
+        n_cell = _Z_ESTIMATE * (n_h + heavy)
+        # the transfer backends' fits per structure (sim_backends.transfer)
+        per = 2e-4 * n_cell**2 if p["transfer"] == "gfn2-xtb" else 0.04 * n_cell**2.5
+        return csp + float(p["n_structures"]) * per
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        p = self._p(inp.params)
+        lam, cpu_lam = _lambda(p, inp.smiles)
+        keys = ("functional", "basis", "max_cycles") if p["transfer"] == "dft" else ("max_iterations",)
+        level_params = {k: p[k] for k in keys if k in p}
+        rec = landscape_record(inp.smiles, lam, int(p["n_trials"]), int(p["n_structures"]),
+                               float(p["window_kjmol"]), str(p["transfer"]), int(p["seed"]),
+                               str(p["space_groups"]), float(p["temperature_K"]), float(p["energy_sd_kjmol"]),
+                               float(p["cutoff_A"]), level_params)
+        if "error" in rec:
+            raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
+        values = landscape_values(lam, rec)
+        structures = [{k: v for k, v in s.items() if k != "cif"} for s in rec["structures"]]
+        return values, {"level": self.level_of_theory(inp.params), "structures": structures,
+                        "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
+                        "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
+
+
+def _run_error(message: str) -> Exception:
+    from sim_backends.base import RunError
+
+    return RunError(message, retryable=False)
+
+
+@lru_cache(maxsize=8)
+def _load_records(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    """{canonical SMILES: record} of one ``esf_<fidelity>.jsonl`` (``mtime_ns`` keys the cache)."""
+    from sim_backends.molecule import validate_smiles
+
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[validate_smiles(rec["smiles"], max_heavy_atoms=10**6)] = rec
+    return out
+
+
+def esf_records(fidelity: str, data_dir: str | Path = ESF_DATA) -> dict[str, dict[str, Any]]:
+    """The data set's records of one fidelity (``proxy``, ``quick``, ``refined``) by
+    canonical SMILES; SetupError when the file does not exist."""
+    p = Path(data_dir) / f"esf_{fidelity}.jsonl"
+    if not p.is_file():
+        raise SetupError(f"ESF data not found: {p}")
+    return _load_records(str(p.resolve()), p.stat().st_mtime_ns)
+
+
+def record_cpu_s(rec: dict[str, Any]) -> float:
+    """CPU seconds recorded for a record (all its steps)."""
+    c = rec.get("cpu_s", 0.0)
+    return float(sum(c.values()) if isinstance(c, dict) else c)
+
+
+class _EsfReplay(Backend):
+    """Replay of one fidelity of the ESF data set, charged the recorded CPU seconds. A
+    molecule with no record is a setup failure; a recorded failure is replayed as one."""
+
+    internal = True
+    data_fidelity: ClassVar[str] = ""
+    estimated_as: ClassVar[str] = ""
+    estimated_params: ClassVar[dict[str, Any]] = {}
+    params_schema: ClassVar[dict[str, Any]] = {"data_dir": check.text, "fidelity": check.integer(0, 10)}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if "fidelity" in params:
+            self.fidelity = int(params["fidelity"])
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        from sim_backends.registry import get_backend
+
+        return float(get_backend(self.estimated_as, **self.estimated_params).cost_estimate(inp))
+
+    def _record(self, inp: EvalInput) -> dict[str, Any]:
+        from sim_backends.molecule import validate_smiles
+
+        recs = esf_records(self.data_fidelity, inp.params.get("data_dir", ESF_DATA))
+        rec = recs.get(validate_smiles(inp.smiles))
+        if rec is None:
+            raise SetupError(f"no stored {self.data_fidelity} ESF result for '{inp.smiles}'")
+        return rec
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        rec = self._record(inp)
+        if rec.get("error"):
+            raise _run_error(f"replayed failure: {rec['error']}")
+        lam = rec.get("reorg_energy_kjmol", rec.get("lambda_hole_kjmol"))
+        return landscape_values(float(lam), rec), {"replayed": self.data_fidelity}
+
+    def evaluate(self, inp: EvalInput) -> EvalResult:
+        result = super().evaluate(inp)
+        try:
+            charged = record_cpu_s(self._record(EvalInput(inp.smiles, params={**self.params, **inp.params})))
+        except SetupError:
+            return result
+        return replace(result, cpu_s=charged, wall_s=charged)
+
+
+class ReplayEsfProxyBackend(_EsfReplay):
+    name = "replay-esf-proxy"
+    version = "1"
+    fidelity = 0
+    data_fidelity = "proxy"
+    estimated_as = "esf-proxy"
+    computes: ClassVar[tuple[str, ...]] = _VALUES
+    objective_key = OBJECTIVE
+    description = "replays the ESF data set's proxy (GFN2-xTB lambda+, reference crystal)"
+
+
+class ReplayEsfQuickBackend(_EsfReplay):
+    name = "replay-esf-quick"
+    version = "1"
+    fidelity = 1
+    data_fidelity = "quick"
+    estimated_as = "esf-landscape"
+    computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
+    objective_key = OBJECTIVE
+    description = "replays the ESF data set's quick-CSP landscape mobility (GFN2-xTB transfer)"
+
+
+class ReplayEsfRefinedBackend(_EsfReplay):
+    name = "replay-esf-refined"
+    version = "1"
+    fidelity = 2
+    data_fidelity = "refined"
+    estimated_as = "esf-landscape"
+    estimated_params: ClassVar[dict[str, Any]] = {"n_trials": 450, "n_structures": 2, "transfer": "dft"}
+    computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
+    objective_key = OBJECTIVE
+    description = "replays the ESF data set's refined landscape mobility (B3LYP/6-31G transfer)"

@@ -1,0 +1,148 @@
+"""The energy-structure-function loop as a campaign: the molecule stage optimises the
+landscape hole mobility (sim_backends/esf.py) over a proxy and a crystal fidelity; bad
+inputs end in failed evaluations with a clear reason while the campaign goes on; the
+replays of data/esf charge the recorded CPU seconds."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import tomllib
+
+import pytest
+
+from conftest import cli, write_config
+
+POOL = ["c1ccsc1 thiophene", "c1ccoc1 furan", "c1cc[nH]c1 pyrrole", "c1cnccn1 pyrazine"]
+
+BODY = """
+objective = "log10_landscape_mobility_hole"
+direction = "maximize"
+batch_size = 2
+seed = 1
+max_evaluations = {max_evals}
+[surrogate]
+n_initial = 2
+[executor]
+num_cpus = 2
+task_timeout_s = 900
+[tracking]
+enabled = {tracking}
+[[backends]]
+name = "esf-proxy"
+[[backends]]
+name = "esf-landscape"
+budget_evaluations = 2
+params = {{ n_trials = 8, n_structures = 2{extra} }}
+"""
+
+
+def test_proxy_is_the_marcus_mobility_of_the_reference_crystal():
+    """log10 mobility of a cubic lattice (6 neighbours, |J| 10 meV, 5 A) at 300 K: the
+    Einstein relation by hand; decreasing in lambda+."""
+    from sim_backends.esf import REF_DISTANCE_A, REF_J_MEV, proxy_log10_mobility
+
+    hbar, kb, lam = 6.582119569e-16, 8.617333262e-5, 20.0 / 96.48533212  # eV s, eV/K, eV
+    kt = kb * 300.0
+    k = 2 * math.pi / hbar * (REF_J_MEV * 1e-3) ** 2 / math.sqrt(4 * math.pi * lam * kt) * math.exp(-lam / (4 * kt))
+    mu = k * (REF_DISTANCE_A * 1e-8) ** 2 / kt
+    assert proxy_log10_mobility(20.0) == pytest.approx(math.log10(mu), abs=1e-9)
+    assert proxy_log10_mobility(5.0) > proxy_log10_mobility(20.0) > proxy_log10_mobility(40.0)
+
+
+def test_replays_charge_the_recorded_cpu_and_report_the_landscape_values():
+    from sim_backends.base import EvalInput
+    from sim_backends.esf import esf_records, record_cpu_s
+    from sim_backends.registry import get_backend
+
+    quick = esf_records("quick")
+    smiles, rec = next((s, r) for s, r in quick.items() if not r.get("error"))
+    r = get_backend("replay-esf-quick").evaluate(EvalInput(smiles))
+    assert r.ok, r.reason
+    assert r.cpu_s == pytest.approx(record_cpu_s(rec)) and r.cpu_s > 1.0
+    mean = rec["landscape_mobility_hole_cm2Vs"]["mean"]
+    assert r.values["log10_landscape_mobility_hole"] == pytest.approx(math.log10(mean))
+    assert r.values["landscape_mobility_hole_sd_cm2Vs"] == pytest.approx(rec["landscape_mobility_hole_cm2Vs"]["sd"])
+    missing = get_backend("replay-esf-quick").evaluate(EvalInput("CCCCCCCCO"))
+    assert not missing.ok and missing.reason.startswith("setup: no stored quick ESF result")
+
+
+def test_failed_lambda_record_replays_as_failed_evaluation(tmp_path):
+    """A molecule without a reorganisation energy has no landscape mobility: its stored
+    failure is replayed as a failed evaluation with the reason."""
+    from sim_backends.base import EvalInput
+    from sim_backends.registry import get_backend
+
+    (tmp_path / "esf_quick.jsonl").write_text(json.dumps(
+        {"smiles": "c1ccsc1", "name": "thiophene", "lambda_hole_kjmol": None,
+         "error": "no lambda+: run: xTB SCF failed", "cpu_s": {}}) + "\n")
+    r = get_backend("replay-esf-quick", data_dir=str(tmp_path)).evaluate(EvalInput("c1ccsc1"))
+    assert not r.ok and r.reason == "run: replayed failure: no lambda+: run: xTB SCF failed"
+
+
+def _run_local(tmp_path, body: str):
+    from agent.campaign import Campaign
+    from agent.config import parse_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "pool.smi").write_text("\n".join(POOL) + "\n")
+    cfg = parse_config(tomllib.loads('name = "esf"\npool = "pool.smi"\n' + body), base_dir=tmp_path)
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    status = run_campaign(camp, tmp_path / "runs", executor=LocalExecutor(slots=2), progress=False)
+    return camp, status
+
+
+@pytest.mark.slow
+def test_structures_without_contacts_and_failed_scf_are_failed_evaluations_campaign_goes_on(tmp_path):
+    """Crystal fidelity on every structure with no contact within 2 A (the closest
+    contacts of these crystals are H...H near 2.3 A), then with a one-iteration xTB SCF:
+    every landscape evaluation fails with the reason, the proxies keep running, the
+    campaign ends normally with a best proxy-level value."""
+    for extra, expected in ((", cutoff_A = 2.0", "no molecular contacts"), (", max_iterations = 1", "SCF")):
+        body = BODY.format(max_evals=6, tracking="false", extra=extra)
+        camp, status = _run_local(tmp_path / expected.replace(" ", "_"), body)
+        try:
+            evs = camp.store.evaluations()
+            land = [ev for ev in evs if ev.backend == "esf-landscape"]
+            assert land and all(not ev.ok for ev in land)
+            for ev in land:
+                assert ev.reason.startswith("run: no structure with a mobility (m") and expected in ev.reason, ev.reason
+            proxies = [ev for ev in evs if ev.backend == "esf-proxy"]
+            assert len(proxies) >= 3 and all(ev.ok for ev in proxies)
+            assert status.stop_reason
+        finally:
+            camp.close()
+
+
+@pytest.mark.slow
+def test_tiny_real_esf_campaign_two_fidelities_ray_mlflow(tmp_path):
+    """GFN2-xTB proxy and an 8-trial CSP landscape with GFN2-xTB transfer integrals,
+    through embedded Ray, the store and MLflow, driven by the CLI."""
+    cfg = write_config(tmp_path, POOL, BODY.format(max_evals=5, tracking="true", extra=""), name="esf-tiny")
+    runs = tmp_path / "runs"
+    out = cli("run", str(cfg), "--runs-dir", str(runs), "--quiet", timeout=1500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    db = sqlite3.connect(runs / "esf-tiny" / "store.sqlite")
+    rows = db.execute("SELECT e.backend, e.status, e.reason, e.values_json, e.cpu_s FROM evaluations e").fetchall()
+    by = {b: [r for r in rows if r[0] == b] for b in ("esf-proxy", "esf-landscape")}
+    assert by["esf-proxy"] and by["esf-landscape"], [r[:3] for r in rows]
+    for backend, status, reason, values, cpu in rows:
+        assert status == "ok", reason
+        v = json.loads(values)
+        assert -8.0 < v["log10_landscape_mobility_hole"] < 3.0 and 0 < v["reorg_energy_kjmol"] < 200
+        if backend == "esf-landscape":
+            assert v["landscape_mobility_hole_sd_cm2Vs"] >= 0 and v["n_structures_in_window"] >= 1
+            assert cpu > 1.0  # a CSP and transfer integrals were computed and charged
+    s = json.loads(cli("status", "esf-tiny", "--runs-dir", str(runs), "--json").stdout)
+    assert s["finished"] and s["best"] is not None
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("esf-tiny")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["backends.1.name"] == "esf-landscape"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "n_evaluations")][-1] == len(rows)
