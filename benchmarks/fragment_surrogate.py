@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from agent.landscape_io import load_landscape  # noqa: E402
+from sim_backends.landscape import Landscape  # noqa: E402
 from agent.surrogates.fragment_gp import FragmentDeltaModel  # noqa: E402
 from refinement import WINDOW_KJMOL, fragment_data  # noqa: E402
 
@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> dict:
     out: dict = {"benchmark": "fragment_surrogate", "train": args.train, "pool": args.pool,
                  "draws": args.draws, "landscapes": {}}
     for path in map(Path, args.landscape or DEFAULT_LANDSCAPES):
-        land = load_landscape(path, "ff", "dft")
+        land = Landscape.read(path, ["ff", "dft"])
         data = fragment_data(path, land, "ff", console)
         if data is None:
             parser.error(f"{path}: no fragment-DFT dimer records (dft_results.jsonl, run.json)")
         if len(land) < args.pool:
             parser.error(f"{path}: {len(land)} structures, fewer than --pool {args.pool}")
-        e_cheap, e_exp = land.energies_kjmol["ff"], land.energies_kjmol["dft"]
+        e_cheap, e_exp = land.energies("ff"), land.energies("dft")
         table = Table(title=f"{land.name}: MAE on uncomputed structures within {WINDOW_KJMOL:g} kJ/mol "
                       f"({args.train} of the {args.pool} lowest computed, {args.draws} draws)")
         for col in ("model", "structure MAE (kJ/mol)", "dimer MAE (kJ/mol)", "vs no baselines"):

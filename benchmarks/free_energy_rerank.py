@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.table import Table
     from scipy.stats import spearmanr
 
-    from agent.landscape_io import load_landscape
+    from sim_backends.landscape import Landscape
     from sim_backends.structures import cif_from_atoms
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
     except (OSError, ValueError) as exc:
         raise SystemExit(f"free_energy_rerank: error: {args.landscape} is not a landscape made by "
                          f"data/landscapes/make_landscape.py ({type(exc).__name__}: {exc})") from None
-    land = load_landscape(args.landscape, levels["cheap"], levels["expensive"])
-    e_static = land.energies_kjmol[levels["expensive"]]
+    land = Landscape.read(args.landscape, [levels["cheap"], levels["expensive"]])
+    e_static = land.energies(levels["expensive"])
     chosen = [int(i) for i in np.argsort(e_static, kind="stable")[: args.n]]
-    jobs = [(land.ids[i], run["smiles"], cif_from_atoms(land.atoms[levels["expensive"]][i]), args.temperature)
+    jobs = [(land.ids[i], run["smiles"], cif_from_atoms(land.minima[i].geometry(levels["expensive"])), args.temperature)
             for i in chosen]
     console = Console(stderr=True)
     results: dict[str, dict] = {}
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from agent.landscape_io import LandscapeError
+    from sim_backends.landscape import LandscapeError
 
     try:
         main()

@@ -59,31 +59,27 @@ METHODS = ("all", "leaders")
 
 def load_sets() -> dict[str, tuple[str, list, list[str]]]:
     """name -> (SMILES for the lab, structures, ids)."""
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    from agent.lab.landscape import load_target_i, load_x23
-    from agent.landscape_io import load_landscape
+    from sim_backends.landscape import Landscape, load_target_i, load_x23
 
     sets = {}
     for name, smiles in (("formamide_big", "NC=O"), ("formic_acid_big_dft", "O=CO")):
         d = ROOT / "data" / "landscapes" / name
         levels = json.loads((d / "levels.json").read_text())
-        land = load_landscape(d, levels["cheap"], levels["expensive"])
-        structures = [AseAtomsAdaptor.get_structure(a) for a in land.atoms[levels["cheap"]]]
-        sets[name] = (smiles, structures, list(land.ids))
-    entries = load_target_i() + load_x23()
+        land = Landscape.read(d, [levels["cheap"], levels["expensive"]])
+        sets[name] = (smiles, land.structures(), land.ids)
+    entries = load_target_i().minima + load_x23().minima
     # a SMILES the lab's phase table does not list: no phase check
-    sets["target_I+X23"] = ("target-I", [e.structure for e in entries], [e.structure_id for e in entries])
+    sets["target_I+X23"] = ("target-I", [e.structure for e in entries], [e.id for e in entries])
     return sets
 
 
 def lab_patterns(smiles: str, structures: list, ids: list[str], n: int, seed: int, level: str) -> list[tuple]:
     """``n`` single-phase crystalline results of the simulated lab: (x, y, truth id)."""
     from agent.lab.base import LabRequest
-    from agent.lab.landscape import LandscapeEntry
     from agent.lab.simulated import SimulatedLab
+    from sim_backends.landscape import LandscapeEntry
 
-    entries = [LandscapeEntry(i, s, 0.0) for i, s in zip(ids, structures)]
+    entries = [LandscapeEntry(i, 0.0, structure=s) for i, s in zip(ids, structures)]
     lab = SimulatedLab(entries, seed=seed, noise_level=level, failure_scale=0.0)
     plans = (("cooling", "ethanol", 290.0), ("sublimation", None, 260.0), ("slow_evaporation", "acetone", 300.0))
     out: list[tuple] = []
@@ -129,11 +125,11 @@ def mixture_features(n: int, seed: int) -> list[dict]:
     the 105 reference candidates, computed with the mixture rule switched off so that
     any rule can be applied afterwards (:func:`mixture_call`)."""
     from agent.lab.identify import identify
-    from agent.lab.landscape import load_target_i, load_x23
     from agent.lab.pxrd import simulate_pxrd
+    from sim_backends.landscape import load_target_i, load_x23
 
-    ref = load_target_i() + load_x23()
-    ref_s, ref_n = [e.structure for e in ref], [e.structure_id for e in ref]
+    ref = load_target_i().minima + load_x23().minima
+    ref_s, ref_n = [e.structure for e in ref], [e.id for e in ref]
     rows = []
     for k in range(2 * n):
         rng = np.random.default_rng([seed, 11, k])
@@ -260,8 +256,8 @@ def main() -> None:
     from rich.table import Table
 
     from agent.lab.identify import identify
-    from agent.lab.landscape import load_target_i, load_x23
     from agent.lab.pxrd import simulate_amorphous, simulate_pxrd
+    from sim_backends.landscape import load_target_i, load_x23
 
     console = Console(width=160)
     t_start = time.perf_counter()
@@ -329,10 +325,10 @@ def main() -> None:
     console.print(per_set)
 
     # no-match and mixtures at the default noise level, 105 reference candidates
-    target, x23 = load_target_i(), load_x23()
+    target, x23 = load_target_i().minima, load_x23().minima
     ref = target + x23
-    ref_s, ref_n = [e.structure for e in ref], [e.structure_id for e in ref]
-    x23_s, x23_n = [e.structure for e in x23], [e.structure_id for e in x23]
+    ref_s, ref_n = [e.structure for e in ref], [e.id for e in ref]
+    x23_s, x23_n = [e.structure for e in x23], [e.id for e in x23]
     false_amorphous = false_foreign = mix_found = mix_right = 0
     for k in range(args.n_checks):
         x, y, _ = simulate_amorphous(np.random.default_rng([args.seed, 7, k]))

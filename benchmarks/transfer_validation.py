@@ -205,15 +205,15 @@ def main(argv: list[str] | None = None) -> int:
 
     landscape_out = {}
     if args.n_structures and len(levels) == 2:
-        from agent.landscape_io import load_landscape
+        from sim_backends.landscape import Landscape
 
-        land = load_landscape(ROOT / "data/landscapes/formamide_dft", "ff", "dft")
-        order = np.argsort(land.energies_kjmol["dft"])[: args.n_structures]
+        land = Landscape.read(ROOT / "data/landscapes/formamide_dft", ["ff", "dft"])
+        order = np.argsort(land.energies("dft"))[: args.n_structures]
         lpairs = {"hole": [], "electron": []}
         cpu = {lv: 0.0 for lv in levels}
         n_failed = 0
         for idx in order:
-            crystal = Crystal.from_atoms(land.atoms["ff"][idx])
+            crystal = Crystal.from_atoms(land.minima[idx].atoms)
             recs = {lv: compute(f"formamide_dft/{land.ids[idx]}/{lv}/{args.cutoff:g}", crystal, lv, args.cutoff,
                                 done, progress, args.cached_only) for lv in levels}
             for lv in levels:

@@ -383,20 +383,20 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from agent.landscape_io import LandscapeError, load_landscape
+    from sim_backends.landscape import Landscape, LandscapeError
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description="force-field relaxation features of a CSP landscape")
-    parser.add_argument("landscape", type=Path, help="landscape directory (agent.landscape_io layout)")
+    parser.add_argument("landscape", type=Path, help="landscape directory (sim_backends.landscape table layout)")
     parser.add_argument("level", help="level whose geometries are relaxed, e.g. MACE")
-    parser.add_argument("expensive", help="another level of the landscape (its loader needs one), e.g. PBE_MBD")
+    parser.add_argument("expensive", help="the other level of the landscape (structures broken at either level are left out), e.g. PBE_MBD")
     parser.add_argument("--max-iter", type=int, default=300)
     args = parser.parse_args(argv)
     try:
-        land = load_landscape(args.landscape, args.level, args.expensive)
+        land = Landscape.read(args.landscape, [args.level, args.expensive])
         out = cache_path(args.landscape, land.name, args.level)
         feats = cached_relaxation_features(
-            land.atoms[args.level], land.ids, out, write=True, max_iter=args.max_iter,
+            land.atoms(args.level), land.ids, out, write=True, max_iter=args.max_iter,
             cache_key=f"{land.name}:{args.level}",
             comment=f"{CACHE_HEADER}; this file: OMP_NUM_THREADS=1 .venv/bin/python -m sim_backends.ff_relax "
                     f"{args.landscape} {args.level} {args.expensive} --max-iter {args.max_iter}",

@@ -10,7 +10,6 @@ Modules (import what you need; importing this package loads nothing heavy):
 * :mod:`agent.lab.network` / :mod:`agent.lab.server` -- HTTP client and reference robot server.
 * :mod:`agent.lab.safety` -- approval queue, daily budget.
 * :mod:`agent.lab.feedback` -- identification record + figure for the campaign.
-* :mod:`agent.lab.landscape` -- landscape loaders (target I, X23, CIF folders).
 * :mod:`agent.lab.config` -- the ``[lab]`` campaign table and ``build_adapter``.
 * :mod:`agent.lab.testing` -- fake clock and bounded polling for tests.
 """

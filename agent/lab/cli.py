@@ -79,7 +79,7 @@ def read_pattern(path: str | Path) -> tuple[Any, Any]:
 
 def _identify(args: argparse.Namespace) -> int:
     from agent.lab.identify import check_wavelength, identify
-    from agent.lab.landscape import load_cif_dir
+    from sim_backends.landscape import Landscape
 
     import warnings
 
@@ -87,8 +87,8 @@ def _identify(args: argparse.Namespace) -> int:
     x, y = read_pattern(args.pattern)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen's multi-line CIF notices; bad files still raise
-        entries = load_cif_dir(args.structures)
-    result = identify((x, y), [e.structure for e in entries], [f"{e.structure_id}.cif" for e in entries], wavelength=args.wavelength)
+        entries = Landscape.from_cif_dir(args.structures).minima
+    result = identify((x, y), [e.structure for e in entries], [f"{e.id}.cif" for e in entries], wavelength=args.wavelength)
     if args.json:
         out = result.to_dict()
         out["structures"] = [{"file": n, "score": round(s, 5)} for n, s in result.ranked]
@@ -110,12 +110,12 @@ def _identify(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from agent.lab.landscape import load_cif_dir, load_target_i
     from agent.lab.network import read_token
     from agent.lab.server import LabServer
+    from sim_backends.landscape import Landscape, load_target_i
 
     token = read_token("CRYSTAL_AGENT_LAB_TOKEN", args.token_file)
-    entries = load_cif_dir(args.structures) if args.structures else load_target_i()
+    entries = (Landscape.from_cif_dir(args.structures) if args.structures else load_target_i()).minima
     server = LabServer(entries, args.db, token, host=args.host, port=args.port, seed=args.seed, noise_level=args.noise)
     print(f"lab server on {server.url} ({len(entries)} forms, db {args.db}); Ctrl-C stops", file=sys.stderr, flush=True)
     try:

@@ -59,16 +59,16 @@ class LabConfig(BaseModel):
 
 def load_landscape(spec: str) -> list[Any]:
     """Landscape entries for a :attr:`LabConfig.landscape` spec."""
-    from agent.lab.landscape import load_cif_dir, load_target_i, load_x23
+    from sim_backends.landscape import Landscape, load_target_i, load_x23
 
     if spec == "campaign":
         raise ValueError("lab landscape 'campaign' exists only inside a campaign; "
                          "give 'target_I', 'x23' or a CIF folder")
     if spec == "target_I":
-        return load_target_i()
+        return load_target_i().minima
     if spec == "x23":
-        return load_x23()
-    return load_cif_dir(Path(spec))
+        return load_x23().minima
+    return Landscape.from_cif_dir(Path(spec)).minima
 
 
 def build_adapter(cfg: LabConfig, campaign_dir: str | Path) -> LabAdapter:

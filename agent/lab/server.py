@@ -46,10 +46,12 @@ import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.lab.base import LabError, LabRequest, LabStatus
-from agent.lab.landscape import LandscapeEntry
+
+if TYPE_CHECKING:
+    from sim_backends.landscape import LandscapeEntry
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest accepted request body (a LabRequest is a few hundred bytes)."""

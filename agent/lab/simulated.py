@@ -43,10 +43,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.lab.base import LabAdapter, LabRequest, LabRequestError, LabResult, LabStatus, LabTicket, UnknownTicketError
-from agent.lab.landscape import LandscapeEntry
+
+if TYPE_CHECKING:
+    from sim_backends.landscape import LandscapeEntry
 
 R_KJMOL_K = 0.008314462618  # gas constant, kJ/(mol K)
 
@@ -172,7 +174,7 @@ class SimulatedLab(LabAdapter):
         model = METHOD_MODELS[request.method]
         g = np.array([e.ranking_energy_kjmol for e in entries], float)
         bias = np.array(
-            [np.random.default_rng(_seed("solvent", request.solvent, e.structure_id)).normal(0.0, 1.0) for e in entries]
+            [np.random.default_rng(_seed("solvent", request.solvent, e.id)).normal(0.0, 1.0) for e in entries]
         )
         k = np.zeros(len(entries)) if kinetic_noise is None else np.asarray(kinetic_noise, float)
         x = -(g + bias + k) / (R_KJMOL_K * request.temperature_K * model.t_factor)
@@ -210,9 +212,9 @@ class SimulatedLab(LabAdapter):
             rest[first] = 0.0
             second = int(rng.choice(len(entries), p=rest / rest.sum()))
             minor = float(rng.uniform(0.2, 0.45))
-            forms = [(entries[first].structure_id, 1 - minor), (entries[second].structure_id, minor)]
+            forms = [(entries[first].id, 1 - minor), (entries[second].id, minor)]
             return {"outcome": "mixture", "forms": forms}
-        return {"outcome": "crystalline", "forms": [(entries[first].structure_id, 1.0)]}
+        return {"outcome": "crystalline", "forms": [(entries[first].id, 1.0)]}
 
     def run_experiment(self, request: LabRequest) -> LabStatus:
         """Carry out ``request`` now: draw the outcome and measure it."""
@@ -234,7 +236,7 @@ class SimulatedLab(LabAdapter):
             x, y, info = simulate_amorphous(rng, self.noise_level)
             meta["simulated_truth"] = {"outcome": "amorphous", "forms": []}
             return LabStatus("done", LabResult(request.request_id, "amorphous", tuple(x), tuple(y), metadata=meta))
-        by_id = {e.structure_id: e for e in self._landscape_for(request.smiles)}
+        by_id = {e.id: e for e in self._landscape_for(request.smiles)}
         phases = [(by_id[sid].structure, frac) for sid, frac in drawn["forms"]]
         x, y, info = simulate_pxrd(phases, rng, self.noise_level)
         props: dict[str, float] = {}

@@ -24,16 +24,16 @@ class FakeClock:
 @lru_cache(maxsize=1)
 def x23_landscape(n: int = 4):
     """First ``n`` X23 crystals (real structures, reference lattice energies)."""
-    from agent.lab.landscape import load_x23
+    from sim_backends.landscape import load_x23
 
-    return tuple(load_x23()[:n])
+    return tuple(load_x23().minima[:n])
 
 
 @lru_cache(maxsize=1)
 def target_i_landscape():
-    from agent.lab.landscape import load_target_i
+    from sim_backends.landscape import load_target_i
 
-    return tuple(load_target_i())
+    return tuple(load_target_i().minima)
 
 
 def wait_terminal(adapter, ticket, timeout_s: float = 30.0, step_s: float = 0.05, advance=None):

@@ -124,14 +124,10 @@ class LabStage:
     def adapter_for(self, molecule_id: int) -> LabAdapter:
         if self._uses_campaign_landscape():
             if molecule_id not in self._adapters:
-                from pymatgen.core import Structure
-
-                from agent.lab.landscape import LandscapeEntry
                 from agent.lab.simulated import SimulatedLab
+                from sim_backends.landscape import Landscape
 
-                entries = [LandscapeEntry(r["id"], Structure.from_str(r["cif"], fmt="cif"),
-                                          float(r["energy_kjmol"]))
-                           for r in self._landscape(molecule_id)]
+                entries = Landscape.from_records(self._smiles(molecule_id), self._landscape(molecule_id)).minima
                 self._adapters[molecule_id] = SimulatedLab(
                     landscape={self._smiles(molecule_id): entries}, seed=self.seed, **self.cfg.params
                 )

@@ -26,7 +26,7 @@
    :meth:`TorsionSet.distance_deg`) and which pymatgen's StructureMatcher matches
    (:func:`~sim_backends.csp.dedupe.merge_candidate`), so conformational polymorphs with the
    same heavy-atom packing stay apart;
-6. the result is an ordinary :class:`~sim_backends.csp.landscape.Landscape` (same files and
+6. the result is an ordinary :class:`~sim_backends.landscape.Landscape` (same files and
    records as rigid CSP); ``meta["conformers"]`` lists the ensemble (energies, torsions,
    level, trials per conformer), ``meta["minimum_conformers"]`` maps each minimum id to its
    starting conformer, final torsions, intramolecular energy and whether it was relaxed.
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from sim_backends.base import SetupError
-from sim_backends.csp.landscape import CSPMinimum, Landscape
+from sim_backends.landscape import Landscape, LandscapeEntry
 
 #: torsion difference (deg) above which two minima are different conformational polymorphs
 TORSION_TOL_DEG = 30.0
@@ -214,7 +214,7 @@ def dedupe_conformational(candidates: list[Any], torsions: Any, torsion_tol_deg:
     return kept
 
 
-def pose_from_minimum(minimum: CSPMinimum, molecule: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def pose_from_minimum(minimum: LandscapeEntry, molecule: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Cell parameters (6; degrees), fractional centre (3) and quaternion (w, x, y, z) of the
     reference molecule (the first ``n_atoms`` sites) of a rigid-molecule CSP minimum, and the
     RMSD (A) of the fit of ``molecule``'s body coordinates onto it (atom order as stored)."""
@@ -377,7 +377,7 @@ def run_flexible_csp(
     for k, c in enumerate(kept):
         sym, num = detect_space_group(c.structure)
         mid = f"m{k + 1:04d}"
-        minima.append(CSPMinimum(id=mid, energy_kjmol=c.energy_kjmol, density_gcm3=c.density_gcm3,
+        minima.append(LandscapeEntry(id=mid, energy_kjmol=c.energy_kjmol, density_gcm3=c.density_gcm3,
                                  space_group=sym, space_group_number=num,
                                  search_space_group=c.payload["search_space_group"], z=c.payload["z"],
                                  multiplicity=c.multiplicity, structure=c.structure))
@@ -399,14 +399,9 @@ def run_flexible_csp(
         "cutoff_A": cutoff_A, "wall_s": time.perf_counter() - t_start,
         "cpu_s": time.process_time() - c_start,
     }
-    landscape = Landscape(ens.smiles, minima, meta)
+    landscape = Landscape(ens.smiles, minima, meta, levels={"ff": FLEX_LEVEL})
     if out_dir is not None:
-        import json
-
-        path = landscape.write(out_dir) / "run.json"
-        run = json.loads(path.read_text())  # the level of these energies, not the rigid-molecule one
-        run["levels"] = {**run.get("levels", {}), "ff": FLEX_LEVEL}
-        path.write_text(json.dumps(run, indent=2, default=str))
+        landscape.write(out_dir)
     return landscape
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from sim_backends.csp.landscape import CSPMinimum, Landscape
+from sim_backends.landscape import Landscape, LandscapeEntry
 from sim_backends.csp.sampling import ConvergenceCriteria, ConvergenceTracker
 from sim_backends.csp.spacegroups import SpaceGroup, parse_space_groups
 
@@ -636,7 +636,7 @@ def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float) 
     minima = []
     for k, c in enumerate(unique):
         sym, num = detect_space_group(c.structure)
-        minima.append(CSPMinimum(
+        minima.append(LandscapeEntry(
             id=f"m{k + 1:04d}", energy_kjmol=c.energy_kjmol, density_gcm3=c.density_gcm3,
             space_group=sym, space_group_number=num,
             search_space_group=c.payload["search_space_group"], z=c.payload["z"],

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.landscape_io import load_landscape
 from agent.refine_acquisition import (
     AcquisitionError,
     completion_probability,
@@ -15,16 +14,17 @@ from agent.refine_acquisition import (
     select_structures,
 )
 from sim_backends.descriptors import structure_features
+from sim_backends.landscape import Landscape
 
 TARGET_I = Path(__file__).resolve().parents[2] / "data" / "reference" / "landscapes" / "target_I"
 
 
 @pytest.fixture(scope="module")
 def target_i():
-    land = load_landscape(TARGET_I, "MACE", "PBE_MBD")
-    e_cheap = land.energies_kjmol["MACE"]
-    X = structure_features(land.atoms["MACE"], land.n_molecules, e_cheap)
-    return e_cheap, land.energies_kjmol["PBE_MBD"], X
+    land = Landscape.read(TARGET_I, ["MACE", "PBE_MBD"])
+    e_cheap = land.energies("MACE")
+    X = structure_features(land.atoms("MACE"), land.n_molecules, e_cheap)
+    return e_cheap, land.energies("PBE_MBD"), X
 
 
 def _toy(n: int = 30, seed: int = 0):

@@ -127,12 +127,12 @@ def test_csp_landscape_legend_groups_beyond_nine_space_groups():
     """14 space groups: 9 named with counts, the other 5 grouped, none dropped."""
     from pymatgen.core import Structure
 
-    from sim_backends.csp.landscape import CSPMinimum, Landscape
+    from sim_backends.landscape import Landscape, LandscapeEntry
 
     st = Structure.from_file(ROOT / "data/reference/x23/cif/co2.cif")
     groups = ["P2_1/c", "P-1", "P2_1", "C2/c", "Pbca", "P2_12_12_1", "Pna2_1", "Cc", "C2",
               "P1", "Pnma", "Cmce", "Immm", "C2/m"]
-    minima = [CSPMinimum(f"m{k:04d}", -30.0 + 0.5 * k, 1.5 + 0.01 * k, groups[k % 14], 1, "P-1", 2, 1, st)
+    minima = [LandscapeEntry(f"m{k:04d}", -30.0 + 0.5 * k, 1.5 + 0.01 * k, groups[k % 14], 1, "P-1", 2, 1, st)
               for k in range(40)]
     fig = Landscape("O=C=O", minima).figure("carbon dioxide")
     ax = fig.axes[0]

@@ -116,9 +116,9 @@ def test_campaign_structures_written_as_cifs_with_every_level(campaign):
     assert {r["id"] for r in rows} == set(camp.stage.landscapes[mol_id].ids)
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     computed = _computed(camp)
-    from agent.lab.landscape import load_cif_dir  # `lab identify --structures runs/NAME/structures`
+    from sim_backends.landscape import Landscape  # `lab identify --structures runs/NAME/structures`
 
-    entries = {e.structure_id: e.energy_kjmol for e in load_cif_dir(out)}
+    entries = {e.id: e.energy_kjmol for e in Landscape.from_cif_dir(out).minima}
     assert entries.keys() == {r["id"] for r in rows}
     assert all(entries[sid] == pytest.approx(e, abs=1e-3) for sid, e in computed.items())
     for r in rows:

@@ -156,7 +156,7 @@ def test_lab_modules_import_light():
     code = (
         "import sys\n"
         "import agent.lab, agent.lab.base, agent.lab.simulated, agent.lab.pxrd, agent.lab.identify, agent.lab.network\n"
-        "import agent.lab.server, agent.lab.safety, agent.lab.cli, agent.lab.feedback, agent.lab.landscape, agent.lab.config\n"
+        "import agent.lab.server, agent.lab.safety, agent.lab.cli, agent.lab.feedback, agent.lab.config\n"
         "import agent.lab.testing\n"
         "print([m for m in ('torch', 'ray', 'pymatgen', 'mlflow', 'rdkit', 'numpy', 'scipy', 'ase') if m in sys.modules])\n"
     )

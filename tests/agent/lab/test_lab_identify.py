@@ -15,10 +15,10 @@ from agent.lab.testing import target_i_landscape, x23_landscape
 
 @pytest.fixture(scope="module")
 def candidates():
-    from agent.lab.landscape import load_x23
+    from sim_backends.landscape import load_x23
 
-    entries = list(target_i_landscape())[:25] + load_x23()
-    return [e.structure for e in entries], [e.structure_id for e in entries]
+    entries = list(target_i_landscape())[:25] + load_x23().minima
+    return [e.structure for e in entries], [e.id for e in entries]
 
 
 @pytest.mark.parametrize("index, seed", [(0, 11), (7, 12), (30, 13)])
@@ -59,11 +59,11 @@ def test_amorphous_pattern_is_no_match(candidates):
 
 
 def test_structure_not_among_candidates_is_no_match():
-    from agent.lab.landscape import load_x23
+    from sim_backends.landscape import load_x23
 
-    x23 = load_x23()
+    x23 = load_x23().minima
     x, y, _ = simulate_pxrd([(target_i_landscape()[0].structure, 1.0)], np.random.default_rng(3), "default")
-    res = identify((x, y), [e.structure for e in x23], [e.structure_id for e in x23])
+    res = identify((x, y), [e.structure for e in x23], [e.id for e in x23])
     assert not res.is_match
 
 
@@ -113,16 +113,16 @@ def test_feedback_record_and_figure(candidates):
 
 @pytest.mark.slow
 def test_cli_identify_json_and_errors(tmp_path):
-    from agent.lab.landscape import write_cif_dir
+    from sim_backends.landscape import Landscape
 
     entries = list(x23_landscape())
-    write_cif_dir(entries, tmp_path / "cifs")
+    Landscape("", entries).write_cif_dir(tmp_path / "cifs")
     x, y, _ = simulate_pxrd([(entries[2].structure, 1.0)], np.random.default_rng(5), "default")
     np.savetxt(tmp_path / "p.xy", np.column_stack([x, y]), header="2theta counts")
     out = cli("lab", "identify", str(tmp_path / "p.xy"), "--structures", str(tmp_path / "cifs"), "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["structures"][0]["file"] == f"{entries[2].structure_id}.cif"
+    assert data["structures"][0]["file"] == f"{entries[2].id}.cif"
     assert len(data["structures"]) == len(entries)
     bad = cli("lab", "identify", str(tmp_path / "missing.xy"), "--structures", str(tmp_path / "cifs"))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
@@ -137,13 +137,10 @@ ANISO = dict(expansion_iso=(0.0, 0.03), expansion_aniso_sd=0.015, expansion_limi
 @pytest.fixture(scope="module")
 def formamide():
     """The 114 force-field CSP minima of formamide (data/landscapes/formamide_big)."""
-    from pymatgen.io.ase import AseAtomsAdaptor
+    from sim_backends.landscape import REFERENCE_DIR, Landscape
 
-    from agent.landscape_io import load_landscape
-    from agent.lab.landscape import REFERENCE_DIR
-
-    land = load_landscape(REFERENCE_DIR.parent / "landscapes" / "formamide_big", "ff", "xtb")
-    return [AseAtomsAdaptor.get_structure(a) for a in land.atoms["ff"]], list(land.ids)
+    land = Landscape.read(REFERENCE_DIR.parent / "landscapes" / "formamide_big", ["ff", "xtb"])
+    return land.structures(), land.ids
 
 
 @pytest.mark.parametrize("k", [8, 22])
@@ -187,10 +184,10 @@ def test_adding_wrong_candidates_never_changes_scores_or_answer(formamide, candi
 
 
 def test_cli_identify_refuses_absurd_cell_and_wavelength(tmp_path):
-    from agent.lab.landscape import write_cif_dir
+    from sim_backends.landscape import Landscape
 
     entries = list(x23_landscape())[:1]
-    write_cif_dir(entries, tmp_path / "cifs")
+    Landscape("", entries).write_cif_dir(tmp_path / "cifs")
     x, y, _ = simulate_pxrd([(entries[0].structure, 1.0)], np.random.default_rng(5), "default")
     np.savetxt(tmp_path / "p.xy", np.column_stack([x, y]))
     bad = cli("lab", "identify", str(tmp_path / "p.xy"), "--structures", str(tmp_path / "cifs"), "--wavelength", "X")

@@ -235,9 +235,9 @@ def test_cli_serve_runs_the_reference_lab(tmp_path):
     import subprocess
     import sys
 
-    from agent.lab.landscape import write_cif_dir
+    from sim_backends.landscape import Landscape
 
-    write_cif_dir(list(x23_landscape()), tmp_path / "cifs")
+    Landscape("", list(x23_landscape())).write_cif_dir(tmp_path / "cifs")
     (tmp_path / "tok").write_text(TOKEN)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "CRYSTAL_AGENT_LAB_TOKEN"}

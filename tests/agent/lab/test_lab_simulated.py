@@ -17,7 +17,7 @@ def _lab(**kw):
 def test_outcomes_favour_low_energy_forms():
     lab = _lab(seed=3)
     entries = list(target_i_landscape())[:12]
-    energy = {e.structure_id: e.energy_kjmol for e in entries}
+    energy = {e.id: e.energy_kjmol for e in entries}
     counts: dict[str, int] = {}
     n_fail = 0
     for i in range(400):
@@ -29,8 +29,8 @@ def test_outcomes_favour_low_energy_forms():
         counts[sid] = counts.get(sid, 0) + 1
     ordered = sorted(entries, key=lambda e: e.energy_kjmol)
     low, high = ordered[:3], ordered[-3:]
-    n_low = sum(counts.get(e.structure_id, 0) for e in low)
-    n_high = sum(counts.get(e.structure_id, 0) for e in high)
+    n_low = sum(counts.get(e.id, 0) for e in low)
+    n_high = sum(counts.get(e.id, 0) for e in high)
     assert n_low > 5 * max(n_high, 1)
     most = max(counts, key=counts.get)
     assert energy[most] <= ordered[2].energy_kjmol
@@ -42,7 +42,7 @@ def test_kinetic_methods_spread_outcomes_more_than_slurry():
 
     def entropy(method, solvent):
         p = np.zeros(12)
-        ids = [e.structure_id for e in target_i_landscape()[:12]]
+        ids = [e.id for e in target_i_landscape()[:12]]
         for i in range(300):
             d = lab.draw_outcome(LabRequest(f"{method}{i}", "Oc1ccccc1", method, solvent, 298.15))
             if d["forms"]:
@@ -148,8 +148,8 @@ def test_forms_far_above_the_minimum_never_crystallise():
     """Only forms within energy_window_kjmol of the minimum are drawn, whatever the method."""
     entries = list(target_i_landscape())[:30]
     e_min = min(e.energy_kjmol for e in entries)
-    far = {e.structure_id for e in entries if e.energy_kjmol - e_min > 4.0}
-    near = {e.structure_id for e in entries} - far
+    far = {e.id for e in entries if e.energy_kjmol - e_min > 4.0}
+    near = {e.id for e in entries} - far
     assert far and near
     lab = SimulatedLab(entries, seed=2, energy_window_kjmol=4.0)
     seen: set[str] = set()
@@ -158,7 +158,7 @@ def test_forms_far_above_the_minimum_never_crystallise():
         seen |= {sid for sid, _ in drawn["forms"]}
     assert seen and seen <= near
     p = lab.outcome_probabilities(LabRequest("p", "Oc1ccccc1", "cooling", "toluene", 298.15))
-    assert sum(pi for e, pi in zip(entries, p) if e.structure_id in far) == 0.0
+    assert sum(pi for e, pi in zip(entries, p) if e.id in far) == 0.0
 
 
 def test_suggested_conditions_are_allowed():

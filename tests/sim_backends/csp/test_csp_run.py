@@ -200,9 +200,9 @@ def test_symmetrised_cif_round_trip(tmp_path):
         assert rel == pytest.approx(m.energy_kjmol - land.minima[0].energy_kjmol, abs=1e-3)
     assert n_symmetric >= 1
     assert json.loads((tmp_path / "run.json").read_text())["levels"] == {"ff": FF_LEVEL}
-    from agent.lab.landscape import load_cif_dir  # what `lab identify --structures DIR/cif` reads
+    from sim_backends.landscape import Landscape  # what `lab identify --structures DIR/cif` reads
 
-    entries = {e.structure_id: e for e in load_cif_dir(tmp_path / "cif")}
+    entries = {e.id: e for e in Landscape.from_cif_dir(tmp_path / "cif").minima}
     assert {k: e.energy_kjmol for k, e in entries.items()} == pytest.approx(
         {m.id: m.energy_kjmol for m in land.minima}, abs=1e-3)
 
