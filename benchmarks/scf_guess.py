@@ -6,13 +6,19 @@ integrals, conv_tol 1e-7 Eh): for the first ``--n-structures`` structures, every
 SCF (monomers, dimers, counterpoise monomers) with
 
 * ``default``: PySCF's default (minao) guess, DIIS -- the baseline;
-* ``auto``: warm starts (``scf_guess="auto"``: monomer reference density rotated into
-  place, monomer superposition for dimers, padded monomer or exchanged partner for
-  counterpoise monomers), DIIS;
-* ``auto+newton``: the same guesses, second-order SCF (PySCF newton) for the dimers.
+* ``superposition``: per-structure warm starts only (monomer reference density rotated
+  into place and converged, monomer superposition for dimers, padded monomer or
+  exchanged partner for counterpoise monomers), DIIS with PySCF's extra check cycle;
+* ``auto``: the shipped warm starts (``scf_guess="auto"``): as ``superposition``, plus
+  the nearest converged dimer of the landscape (relative-geometry RMSD <= 0.2 A) carried
+  into place block by block for dimers and counterpoise monomers, no monomer SCF for a
+  monomer identical to the reference (counterpoise, rigid molecules), no extra check cycle;
+* ``auto+newton``: as ``auto``, with second-order SCF (PySCF newton) for a dimer whose
+  guess's SCF error is below ``NEWTON_MAX_GRAD`` (decided per SCF).
 
-Each warm configuration has its own monomer reference store, emptied at the start, so
-its one default-guess monomer SCF per landscape is charged to it. Configurations run
+Each warm configuration has its own monomer and dimer reference stores, emptied at the
+start, so its default-guess monomer SCF and first dimers are charged to it. The
+per-guess table attributes the builds to each lever. Configurations run
 interleaved per structure (same machine load). Part 2, hole reorganisation energies
 (``dft-reorg``, B3LYP/6-31G//GFN2-xTB four single points, ``geometry="xtb"``) of the
 ``--n-molecules`` smallest molecules of ``--pool`` with ``scf_guess`` default and auto.
@@ -44,8 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 HARTREE_TO_KJMOL = 2625.4996394799
-CONFIGS = ("default", "auto", "auto+newton")
-DEFAULTS = {"landscape": "data/landscapes/formic_acid_dft", "n_structures": 8,
+CONFIGS = ("default", "superposition", "auto", "auto+newton")
+DEFAULTS = {"landscape": "data/landscapes/formic_acid_dft", "n_structures": 16,
             "pool": "examples/pool.smi", "n_molecules": 4}
 
 
@@ -54,7 +60,7 @@ def crystal_part(landscape: Path, n_structures: int, log) -> dict:
     from pyscf import lib
 
     from sim_backends.dft_crystal import ScfSettings, fragment_lattice_energy
-    from sim_backends.scf_guess import MonomerReferences
+    from sim_backends.scf_guess import DimerReferences, MonomerReferences
     from sim_backends.structures import Crystal
 
     lib.num_threads(1)
@@ -63,18 +69,21 @@ def crystal_part(landscape: Path, n_structures: int, log) -> dict:
     name = landscape.name
     frames = read(str(landscape / f"{name}_ff.extxyz"), index=f":{n_structures}")
     refs = {c: MonomerReferences() for c in CONFIGS}
+    dimer_refs = {c: DimerReferences() for c in CONFIGS}
+    levers = {"default": {"scf_guess": "default"},
+              "superposition": {"reuse_dimers": False, "reuse_monomers": False, "conv_check": True},
+              "auto": {}, "auto+newton": {"newton": "auto"}}
     rows = []
     for fr in frames:
         crystal = Crystal.from_atoms(fr)
         row: dict = {"id": fr.info["id"], "z": crystal.z}
         for config in CONFIGS:
             settings = ScfSettings(functional=st["functional"], basis=st["basis"], conv_tol=st["conv_tol"],
-                                   grid_level=st["grid_level"], density_fit=st["density_fit"],
-                                   scf_guess="default" if config == "default" else "auto",
-                                   newton=config.endswith("newton"))
+                                   grid_level=st["grid_level"], density_fit=st["density_fit"], **levers[config])
             t0 = time.perf_counter()
             values, extra = fragment_lattice_energy(crystal, settings, st["cutoff_A"], st["cutoff_mode"],
-                                                    st["counterpoise"], references=refs[config])
+                                                    st["counterpoise"], references=refs[config],
+                                                    dimer_references=dimer_refs[config])
             scf = [x for r in extra["dimers"] for x in r["scf"]] + [m["scf"] for m in extra["monomers"]]
             row[config] = {
                 "fock_builds": extra["scf_fock_builds_total"], "scf_cpu_s": extra["scf_cpu_s_total"],
@@ -84,13 +93,16 @@ def crystal_part(landscape: Path, n_structures: int, log) -> dict:
                 "by_guess": _by_guess(scf),
                 "e_2body_kjmol": values["e_dft_2body_kjmol"],
                 "e_int_kjmol": [r["e_int_kjmol"] for r in extra["dimers"]],
-                "monomer_eh": [m["energy_hartree"] for m in extra["monomers"]],
+                # reused monomers carry the reference's energy (another orientation on the grid)
+                "monomer_eh": [m["energy_hartree"] if m["scf"]["guess"] != "reused_reference" else None
+                               for m in extra["monomers"]],
             }
         base = row["default"]
         for config in CONFIGS[1:]:
             r = row[config]
             r["max_abs_diff_eh"] = max(
-                [abs(a - b) for a, b in zip(r["monomer_eh"], base["monomer_eh"])]
+                [abs(a - b) for a, b in zip(r["monomer_eh"], base["monomer_eh"]) if a is not None]
+                + [abs(r["e_2body_kjmol"] - base["e_2body_kjmol"]) / HARTREE_TO_KJMOL]
                 + [abs(a - b) / HARTREE_TO_KJMOL for a, b in zip(r["e_int_kjmol"], base["e_int_kjmol"])])
         log(f"{row['id']}: Fock builds " + " / ".join(f"{c} {row[c]['fock_builds']}" for c in CONFIGS)
             + "; SCF CPU s " + " / ".join(f"{row[c]['scf_cpu_s']:.1f}" for c in CONFIGS))

@@ -36,11 +36,17 @@ from a gas-phase DFT relaxation (geomeTRIC), as needed to compare with X23.
 SCF economy (the point of the fragment scheme on a laptop; ``scf_guess="auto"``, the
 default, :mod:`sim_backends.scf_guess`): each monomer SCF is done once per structure and
 starts from the worker's converged density of the same rigid molecule rotated into place
-(one default-guess monomer SCF per worker and landscape); every dimer starts from the
-superposition of its monomer density matrices (block-diagonal in the dimer AO basis),
-and each counterpoise monomer from its monomer density padded with zeros, optionally
-with second-order SCF for the dimers (``newton=True``, PySCF's co-iterative
-augmented-Hessian solver). ``scf_guess="default"`` starts every SCF from PySCF's default
+(one default-guess monomer SCF per worker and landscape; with counterpoise and rigid
+molecules an identical copy needs no SCF at all, ``ScfSettings.reuse_monomers``); every
+dimer and its counterpoise monomers start from the nearest converged dimer of the same
+pair type this worker has seen (:class:`~sim_backends.scf_guess.DimerReferences`, each
+molecule's block carried into place with its own rigid fit) when one is within
+``MAX_DIMER_RMSD_A``, else the dimer from the superposition of its monomer density
+matrices (block-diagonal in the dimer AO basis) and each counterpoise monomer from its
+monomer density padded with zeros (or its exchanged partner's), optionally with
+second-order SCF for the dimers (``newton=True``, PySCF's co-iterative
+augmented-Hessian solver; ``"auto"``: only from a guess already near convergence).
+Warm-started SCFs skip PySCF's extra check cycle after convergence. ``scf_guess="default"`` starts every SCF from PySCF's default
 (minao) guess. A guess that is unusable or does not converge falls back to the default
 guess. Guess, solver, SCF cycles, Fock builds, wall and CPU times are recorded for every
 SCF (``extra["dimers"][n]["scf"]``, ``extra["monomers"][k]["scf"]``, totals and
@@ -59,7 +65,18 @@ from typing import TYPE_CHECKING, Any
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, RunError, SetupError
-from sim_backends.scf_guess import REFERENCES, MonomerReferences, solve, swapped_partner_density
+from sim_backends.scf_guess import (
+    ACCEPT_GRAD_FACTOR,
+    DIMERS,
+    EXACT_GUESSES,
+    IDENTICAL_MONOMER_RMSD_A,
+    IDENTICAL_RMSD_A,
+    REFERENCES,
+    DimerReferences,
+    MonomerReferences,
+    solve,
+    swapped_partner_density,
+)
 from sim_backends.structures import HARTREE_TO_KJMOL, Crystal, load_crystal
 from sim_backends.validity import check_crystal_energy_result, check_structure_facts, structure_facts
 
@@ -232,9 +249,30 @@ class ScfSettings:
         conv_tol: SCF energy convergence (Hartree); 1e-8 keeps E_int converged to
             ~0.01 kJ/mol.
         grid_level: PySCF DFT grid level (0-9).
-        newton: second-order SCF for dimers (starting from the monomer superposition).
+        newton: second-order SCF for dimers (starting from their warm guess); "auto":
+            only when the guess's SCF error is below
+            :data:`~sim_backends.scf_guess.NEWTON_MAX_GRAD` (decided per SCF).
         scf_guess: "auto" (warm starts, see the module docstring) or "default" (PySCF's
             minao guess for every SCF).
+        reuse_dimers: with warm starts, start dimers and counterpoise monomers from the
+            nearest converged dimer of the same pair type
+            (:class:`~sim_backends.scf_guess.DimerReferences`) when one is close enough.
+        accept_exact: with warm starts, take a guess that is an image of a converged
+            density (rotated monomer reference, exchanged counterpoise partner) as
+            converged after one Fock build when its SCF error is below
+            ``ACCEPT_GRAD_FACTOR * sqrt(conv_tol)``. Off by default: on a coarse
+            grid (level 0) the quadrature is not rotation invariant and such images
+            miss that bar (SCF error 1e-4 to 4e-3 a.u. for formic acid).
+        reuse_monomers: with warm starts, counterpoise and rigid molecules, a monomer
+            identical to the stored reference up to an orthogonal map
+            (:data:`~sim_backends.scf_guess.IDENTICAL_MONOMER_RMSD_A`) gets no SCF: its
+            density is the reference's rotated into place (it only seeds guesses; the
+            counterpoise interaction energies do not contain monomer energies) and its
+            recorded energy is the reference's, which differs from an SCF in the new
+            orientation by the grid's orientation error (grid level 0, formic acid:
+            up to 5e-4 Eh), as does the uncorrected E_int behind ``bsse_kjmol``.
+        conv_check: PySCF's extra SCF cycle after convergence (one more Fock build);
+            None: on for default-guess SCFs, off with warm starts.
         density_fit: density fitting of the Coulomb term (def2-universal-jkfit). For
             dimers of very small molecules (<~120 basis functions) in-core exact
             four-centre integrals are faster on one thread (PBE/def2-SVP formamide
@@ -247,9 +285,13 @@ class ScfSettings:
     max_cycles: int = 100
     conv_tol: float = 1e-8
     grid_level: int = 2
-    newton: bool = False
+    newton: bool | str = False
     density_fit: bool = True
     scf_guess: str = "auto"
+    reuse_dimers: bool = True
+    accept_exact: bool = False
+    reuse_monomers: bool = True
+    conv_check: bool | None = None
 
 
 def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
@@ -314,11 +356,13 @@ def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
         mf._eri = share["eri"]
     mf.conv_tol = float(s.conv_tol)
     mf.max_cycle = int(s.max_cycles)
+    mf.conv_check = s.conv_check if s.conv_check is not None else s.scf_guess != "auto"
     if callable(dm0):
         dm0, guess = dm0(mol)
+    accept_tol = ACCEPT_GRAD_FACTOR * float(s.conv_tol) ** 0.5 if s.accept_exact and guess in EXACT_GUESSES else None
     try:
         mf, scf_rec = solve(mf, dm0, guess=guess, solver=solver or ("newton" if newton else "diis"),
-                            what=what)
+                            what=what, accept_tol=accept_tol)
     except KeyError as exc:
         raise SetupError(f"unknown functional {s.functional!r} ({exc})") from None
     energy = scf_rec["energy_hartree"]
@@ -343,14 +387,16 @@ def _scf_record(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def monomer_scf(atoms: Atoms, s: ScfSettings, what: str = "monomer",
-                references: MonomerReferences | None = None) -> dict[str, Any]:
+                references: MonomerReferences | None = None, reuse: bool = False) -> dict[str, Any]:
     """:func:`run_scf` of a molecule from this worker's converged density of a rigid copy.
 
     The first molecule of given elements and SCF settings is converged from PySCF's
     default guess and stored in :data:`sim_backends.scf_guess.REFERENCES` in its own
     frame; every later copy (any orientation, mirror images included, atoms in the same
     order) starts from that density rotated into place. ``references``: another store
-    than the worker's.
+    than the worker's. ``reuse``: a copy identical to the reference up to an orthogonal
+    map gets no SCF (guess "reused_reference", 0 Fock builds): the reference's energy
+    and its density rotated into place (see ``ScfSettings.reuse_monomers``).
     """
     refs = REFERENCES if references is None else references
     key = (tuple(atoms.get_chemical_symbols()), s.functional.lower(), s.basis.lower(),
@@ -360,9 +406,22 @@ def monomer_scf(atoms: Atoms, s: ScfSettings, what: str = "monomer",
         hit = refs.lookup(key, mol, atoms.positions)
         return (None, "minao") if hit is None else (hit[0], "rotated_reference")
 
+    if reuse:
+        from pyscf import gto
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        mol = gto.M(atom=[(sym, tuple(p)) for sym, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+                    basis=s.basis, unit="Angstrom", verbose=0)
+        hit = refs.lookup(key, mol, atoms.positions)
+        if hit is not None and hit[1] <= IDENTICAL_MONOMER_RMSD_A and hit[2] is not None:
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            rec = {"what": what, "guess": "reused_reference", "solver": "none", "cycles": 0, "fock_builds": 0,
+                   "fit_rmsd_A": float(hit[1]), "wall_s": round(wall, 4), "cpu_s": round(cpu, 4)}
+            return {"energy_hartree": float(hit[2]), "n_cycles": 0, "wall_s": wall, "cpu_s": cpu,
+                    "dm": hit[0], "n_ao": int(mol.nao), "scf": rec}
     res = run_scf(atoms, s, dm0=guess, what=what)
     if res["scf"]["guess"] == "minao":
-        refs.store(key, atoms.positions, res["dm"])
+        refs.store(key, atoms.positions, res["dm"], res["energy_hartree"])
     return res
 
 
@@ -509,6 +568,7 @@ def fragment_lattice_energy(
     progress: Any = None,
     long_range_charges_e: np.ndarray | None = None,
     references: MonomerReferences | None = None,
+    dimer_references: DimerReferences | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Two-body DFT + periodic D3(BJ) lattice energy (kJ/mol per molecule).
 
@@ -532,6 +592,9 @@ def fragment_lattice_energy(
             (``None``: no long-range term, ``e_elec_lr_kjmol`` = 0).
         references: monomer densities for warm starts (default: the worker's
             :data:`~sim_backends.scf_guess.REFERENCES`).
+        dimer_references: converged dimers for nearest-dimer warm starts (default: the
+            worker's :data:`~sim_backends.scf_guess.DIMERS`; used with
+            ``settings.reuse_dimers``).
 
     Returns:
         ``(values, extra)``: values ``energy_kjmol`` (total), ``e_dft_2body_kjmol``,
@@ -552,10 +615,13 @@ def fragment_lattice_energy(
     monomers: dict[int, dict[str, Any]] = {}
 
     warm = settings.scf_guess == "auto"
+    dimer_refs = DIMERS if dimer_references is None else dimer_references
+    dimer_solver = "auto" if settings.newton == "auto" else None
 
     def monomer(k: int) -> dict[str, Any]:
         if k not in monomers:
-            monomers[k] = (monomer_scf(crystal.molecule(k), settings, f"monomer {k}", references) if warm
+            monomers[k] = (monomer_scf(crystal.molecule(k), settings, f"monomer {k}", references,
+                                       reuse=settings.reuse_monomers and counterpoise and gas == "rigid") if warm
                            else run_scf(crystal.molecule(k), settings, what=f"monomer {k}"))
         return monomers[k]
 
@@ -566,9 +632,24 @@ def fragment_lattice_energy(
         ma, mb = monomer(dimer.i), monomer(dimer.j)
         n_a = len(crystal.groups[dimer.i])
         dm0 = block_diag(ma["dm"], mb["dm"]) if warm else None
+        near: dict[str, Any] = {}
+        dimer_key = (tuple(atoms.get_chemical_symbols()), settings.functional.lower(), settings.basis.lower(),
+                     int(settings.grid_level), bool(settings.density_fit), float(settings.conv_tol))
+
+        def guess_dimer(mol: Any, atoms: Atoms = atoms, n_a: int = n_a, dm0: Any = dm0,
+                        near: dict[str, Any] = near, key: tuple = dimer_key) -> tuple[Any, str]:
+            hit = dimer_refs.lookup(key, mol, atoms.positions, n_a) if settings.reuse_dimers else None
+            if hit is None:
+                return dm0, "monomer_superposition"
+            near.update(hit[0], rmsd_A=hit[1], label="identical_dimer" if hit[1] < IDENTICAL_RMSD_A
+                        else "nearest_dimer")
+            return hit[0]["dimer"], near["label"]
+
         share: dict[str, Any] = {}
-        res = run_scf(atoms, settings, dm0=dm0, newton=settings.newton, guess="monomer_superposition",
-                      what=f"dimer {n_done}", share=share)
+        res = run_scf(atoms, settings, dm0=guess_dimer if warm else None, newton=bool(settings.newton),
+                      what=f"dimer {n_done}", share=share, solver=dimer_solver)
+        if "rmsd_A" in near:
+            res["scf"]["nearest_rmsd_A"] = round(near["rmsd_A"], 4)
         e_int = res["energy_hartree"] - ma["energy_hartree"] - mb["energy_hartree"]
         rec = {
             "i": dimer.i, "j": dimer.j, "shift": list(dimer.shift),
@@ -582,9 +663,12 @@ def fragment_lattice_energy(
             ghost_a = list(range(n_a))
             # the monomer density padded with zeros on the ghost functions is an
             # excellent start for the monomer in the dimer basis
-            zero_a, zero_b = np.zeros_like(ma["dm"]), np.zeros_like(mb["dm"])
-            ea = run_scf(atoms, settings, dm0=block_diag(ma["dm"], zero_b) if warm else None,
-                         ghost=ghost_b, guess="padded_monomer",
+            # (or the nearest stored dimer's counterpoise monomer, carried into place)
+            zero_b = np.zeros_like(mb["dm"])
+            guess_a = ((near["cp_a"], near["label"]) if "cp_a" in near
+                       else (block_diag(ma["dm"], zero_b), "padded_monomer"))
+            ea = run_scf(atoms, settings, dm0=guess_a[0] if warm else None,
+                         ghost=ghost_b, guess=guess_a[1],
                          what=f"dimer {n_done} CP monomer A", share=share)
 
             def guess_b(mol: Any, ea: dict[str, Any] = ea, mb: dict[str, Any] = mb,
@@ -593,6 +677,8 @@ def fragment_lattice_energy(
                 partner = swapped_partner_density(mol, atoms.positions, n_a, ea["dm"])
                 if partner is not None:
                     return partner, "exchanged_partner"
+                if "cp_b" in near:
+                    return near["cp_b"], near["label"]
                 return block_diag(np.zeros((ea["n_ao"] - mb["dm"].shape[0],) * 2), mb["dm"]), "padded_monomer"
 
             eb = run_scf(atoms, settings, dm0=guess_b if warm else None, ghost=ghost_a,
@@ -602,6 +688,9 @@ def fragment_lattice_energy(
             rec["bsse_kjmol"] = (e_cp - e_int) * HARTREE_TO_KJMOL
             rec["cp_wall_s"] = round(ea["wall_s"] + eb["wall_s"], 3)
             e_int = e_cp
+        if warm and settings.reuse_dimers:
+            dimer_refs.store(dimer_key, atoms.positions, n_a, {"dimer": res["dm"], **(
+                {"cp_a": ea["dm"], "cp_b": eb["dm"]} if counterpoise else {})})
         rec["e_int_kjmol"] = e_int * HARTREE_TO_KJMOL
         rec["e_d3_pair_kjmol"] = (
             d3_energy_hartree(atoms, settings.functional)

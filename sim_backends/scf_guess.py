@@ -13,7 +13,13 @@ Contracts:
   settings in the molecule's own frame and returns it rotated onto any rigid copy
   (atoms in the same order, Procrustes RMSD <= :data:`MAX_FIT_RMSD_A`). It lives in the
   worker process (:data:`REFERENCES`), so a landscape's monomer density is computed once
-  per worker and never travels with the tasks.
+  per worker and never travels with the tasks. It also keeps the reference's energy, so
+  an identical rigid copy (RMSD <= :data:`IDENTICAL_MONOMER_RMSD_A`) can be reused
+  without an SCF where only its density is needed.
+* :class:`DimerReferences` holds converged dimers (and their counterpoise monomers) of
+  a landscape and carries the nearest one of the same pair type (relative-geometry RMSD
+  <= :data:`MAX_DIMER_RMSD_A`) onto a new dimer block by block, each molecule's AO block
+  with its own rigid fit (:data:`DIMERS`, per worker).
 * :func:`solve` runs one SCF from a guess (``None`` = PySCF's default, minao) with
   DIIS or PySCF's second-order solver (``newton``; ``"auto"`` picks it when the guess's
   SCF error ||FDS - SDF|| is below :data:`NEWTON_MAX_GRAD`), and falls back to the default
@@ -21,7 +27,8 @@ Contracts:
   outside [0, 2]) or does not converge; the fallback and its reason are recorded. Its
   record holds the guess kind, solver, SCF cycles, Fock builds (every two-electron
   potential: ``get_veff`` calls plus the response builds of Newton's micro-iterations),
-  wall and CPU seconds. The converged energy does not depend on the guess beyond the
+  wall and CPU seconds. With ``accept_tol`` a guess whose SCF error is already below it
+  is taken as converged after one Fock build (solver "accepted"). The converged energy does not depend on the guess beyond the
   SCF convergence threshold (tested against the default guess to 1e-6 Eh).
 
 PySCF is imported inside functions.
@@ -45,6 +52,17 @@ MAX_ELECTRON_ERROR = 1e-2
 #: occupations of a guess may leave [0, 2] by this much: a superposition of overlapping
 #: monomer densities is not idempotent (formic acid H-bonded dimer: up to 2.32)
 MAX_OCCUPATION_EXCESS = 1.0
+#: largest RMSD (A) of the relative geometry of a stored dimer whose densities start a new one
+MAX_DIMER_RMSD_A = 0.2
+#: guesses that are images of a converged density of the same system: accepted after one
+#: Fock build when their SCF error is below ``ACCEPT_GRAD_FACTOR * sqrt(conv_tol)``
+EXACT_GUESSES = ("rotated_reference", "exchanged_partner", "identical_dimer")
+#: a stored monomer this close (fit RMSD, A) is the same rigid molecule: its converged
+#: energy and density are reused without an SCF where only guesses need them
+IDENTICAL_MONOMER_RMSD_A = 1e-6
+#: a stored dimer this close (relative-geometry RMSD, A) gives an "identical_dimer" guess
+IDENTICAL_RMSD_A = 1e-3
+ACCEPT_GRAD_FACTOR = 0.3
 #: ``solver="auto"`` uses Newton when ||FDS - SDF|| of the guess is below this (a.u.)
 NEWTON_MAX_GRAD = 1e-3
 
@@ -111,11 +129,12 @@ def ao_rotation(mol: Any, R: np.ndarray) -> np.ndarray:
     return u
 
 
-def orthogonal_fit(ref_A: np.ndarray, xyz_A: np.ndarray) -> tuple[np.ndarray, float]:
+def orthogonal_fit(ref_A: np.ndarray, xyz_A: np.ndarray, det: int = 0) -> tuple[np.ndarray, float]:
     """Best orthogonal map (rotations and improper rotations) of ``ref_A`` onto ``xyz_A``.
 
     Both (n, 3) in the same atom order, Angstrom. Returns ``(R, rmsd_A)`` with
-    ``xyz - mean(xyz) ~ (ref - mean(ref)) @ R.T``.
+    ``xyz - mean(xyz) ~ (ref - mean(ref)) @ R.T``. ``det`` = +1 or -1 restricts ``R``
+    to proper or improper maps (for a planar molecule both fit equally well).
     """
     import numpy as np
 
@@ -123,6 +142,8 @@ def orthogonal_fit(ref_A: np.ndarray, xyz_A: np.ndarray) -> tuple[np.ndarray, fl
     q = xyz_A - xyz_A.mean(axis=0)
     u, _, vt = np.linalg.svd(q.T @ p)
     R = u @ vt
+    if det and np.sign(np.linalg.det(R)) != det:
+        R = u @ np.diag([1.0, 1.0, -1.0]) @ vt
     rmsd = float(np.sqrt(np.mean(np.sum((p @ R.T - q) ** 2, axis=1))))
     return R, rmsd
 
@@ -131,13 +152,13 @@ class MonomerReferences:
     """Converged monomer densities in their own frames, keyed by SCF settings and elements.
 
     ``lookup`` returns the stored density carried onto a rigid copy of a stored
-    molecule, or None; ``store`` adds one. Bounded (``max_entries``); the per-process
+    molecule (with the fit RMSD and the stored energy), or None; ``store`` adds one. Bounded (``max_entries``); the per-process
     instance :data:`REFERENCES` serves every evaluation a worker runs.
     """
 
     def __init__(self, max_entries: int = 64) -> None:
         self.max_entries = max_entries
-        self._refs: list[tuple[tuple, np.ndarray, np.ndarray]] = []
+        self._refs: list[tuple[tuple, np.ndarray, np.ndarray, float | None]] = []
 
     def __len__(self) -> int:
         return len(self._refs)
@@ -145,23 +166,102 @@ class MonomerReferences:
     def clear(self) -> None:
         self._refs.clear()
 
-    def lookup(self, key: tuple, mol: Any, xyz_A: np.ndarray) -> tuple[np.ndarray, float] | None:
-        """(density for ``mol`` at ``xyz_A``, fit RMSD in A), or None without a matching reference."""
-        for ref_key, ref_xyz, ref_dm in self._refs:
+    def lookup(self, key: tuple, mol: Any, xyz_A: np.ndarray) -> tuple[np.ndarray, float, float | None] | None:
+        """(density for ``mol`` at ``xyz_A``, fit RMSD in A, the reference's converged energy
+        in Hartree or None), or None without a matching reference."""
+        for ref_key, ref_xyz, ref_dm, ref_e in self._refs:
             if ref_key != key or ref_xyz.shape != xyz_A.shape or ref_dm.shape[-1] != mol.nao:
                 continue
             R, rmsd = orthogonal_fit(ref_xyz, xyz_A)
             if rmsd <= MAX_FIT_RMSD_A:
                 u = ao_rotation(mol, R)
-                return u @ ref_dm @ u.T, rmsd
+                return u @ ref_dm @ u.T, rmsd, ref_e
         return None
 
-    def store(self, key: tuple, xyz_A: np.ndarray, dm: np.ndarray) -> None:
+    def store(self, key: tuple, xyz_A: np.ndarray, dm: np.ndarray, energy_hartree: float | None = None) -> None:
         import numpy as np
 
         if len(self._refs) >= self.max_entries:
             self._refs.pop(0)
-        self._refs.append((key, np.array(xyz_A, float), np.array(dm, float)))
+        self._refs.append((key, np.array(xyz_A, float), np.array(dm, float), energy_hartree))
+
+
+class DimerReferences:
+    """Converged densities of dimers and of their counterpoise monomers, reused for the
+    nearest dimer of the same pair type (same elements, rigid molecules).
+
+    ``store`` keeps one dimer's coordinates and its densities (``{"dimer", "cp_a",
+    "cp_b"}``, AO order of the dimer basis); ``lookup`` finds the stored dimer whose
+    relative geometry is nearest (orthogonal fit of all atoms, in both molecule orders
+    when the two molecules are the same) and, when that RMSD is at most
+    :data:`MAX_DIMER_RMSD_A`, carries its densities onto the new dimer block by block:
+    each molecule's AO block with that molecule's own orthogonal fit (same handedness
+    as the dimer fit), the intermolecular block with both. For rigid molecules the
+    intramolecular blocks are then placed exactly and only the relative geometry
+    differs. Bounded (``max_entries``, oldest dropped); per-process (:data:`DIMERS`).
+    """
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self.max_entries = max_entries
+        self._refs: list[tuple[tuple, np.ndarray, int, dict[str, np.ndarray]]] = []
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def clear(self) -> None:
+        self._refs.clear()
+
+    def store(self, key: tuple, xyz_A: np.ndarray, n_a: int, dms: dict[str, np.ndarray]) -> None:
+        import numpy as np
+
+        if len(self._refs) >= self.max_entries:
+            self._refs.pop(0)
+        self._refs.append((key, np.array(xyz_A, float), int(n_a),
+                           {k: np.array(v, float) for k, v in dms.items()}))
+
+    def lookup(self, key: tuple, mol: Any, xyz_A: np.ndarray, n_a: int,
+               max_rmsd_A: float | None = None) -> tuple[dict[str, np.ndarray], float] | None:
+        """(densities carried onto ``mol`` at ``xyz_A``, relative-geometry RMSD in A) of the
+        nearest stored dimer, or None when none is within ``max_rmsd_A``
+        (default :data:`MAX_DIMER_RMSD_A`)."""
+        import numpy as np
+
+        limit = MAX_DIMER_RMSD_A if max_rmsd_A is None else max_rmsd_A
+        n = len(xyz_A)
+        swap_xyz = np.r_[np.arange(n_a, n), np.arange(n_a)]
+        best = None
+        for ref_key, ref_xyz, ref_na, dms in self._refs:
+            if ref_key != key or ref_xyz.shape != xyz_A.shape or next(iter(dms.values())).shape[-1] != mol.nao:
+                continue
+            orders = [False]
+            if ref_na == n_a and 2 * n_a == n and ref_key[0][:n_a] == ref_key[0][n_a:]:
+                orders.append(True)
+            elif ref_na != n_a:
+                continue
+            for swapped in orders:
+                ref = ref_xyz[swap_xyz] if swapped else ref_xyz
+                R, rmsd = orthogonal_fit(ref, xyz_A)
+                if rmsd <= limit and (best is None or rmsd < best[0]):
+                    best = (rmsd, R, ref, dms, swapped)
+        if best is None:
+            return None
+        rmsd, R, ref, dms, swapped = best
+        det = 1 if np.linalg.det(R) > 0 else -1
+        R_a, rmsd_a = orthogonal_fit(ref[:n_a], xyz_A[:n_a], det)
+        R_b, rmsd_b = orthogonal_fit(ref[n_a:], xyz_A[n_a:], det)
+        if max(rmsd_a, rmsd_b) > MAX_FIT_RMSD_A:
+            return None
+        first = mol.aoslice_by_atom()[n_a][2]
+        nao = mol.nao
+        u = ao_rotation(mol, R_a)
+        u[first:, first:] = ao_rotation(mol, R_b)[first:, first:]
+        p = np.r_[np.arange(first, nao), np.arange(first)] if swapped else np.arange(nao)
+        out = {}
+        for kind, dm in dms.items():
+            if swapped:
+                kind = {"cp_a": "cp_b", "cp_b": "cp_a"}.get(kind, kind)
+            out[kind] = u @ dm[np.ix_(p, p)] @ u.T
+        return out, float(rmsd)
 
 
 def swapped_partner_density(mol: Any, xyz_A: np.ndarray, n_a: int, dm: np.ndarray,
@@ -257,6 +357,8 @@ def closest_state(states: list[dict[str, Any]], charge: int, xyz_A: np.ndarray, 
 
 #: the worker process's monomer references (one SCF per molecule and settings per worker)
 REFERENCES = MonomerReferences()
+#: the worker process's converged dimers (nearest-dimer guesses over a landscape)
+DIMERS = DimerReferences()
 
 
 def density_problem(mol: Any, dm: np.ndarray) -> str | None:
@@ -339,22 +441,42 @@ def count_fock_builds(mf: Any) -> dict[str, int]:
     return counter
 
 
-def commutator_norm(mf: Any, dm: np.ndarray) -> float:
-    """Frobenius norm of the SCF error F D S - S D F at ``dm`` (a.u.; one Fock build).
+def commutator_norm(mf: Any, dm: np.ndarray, fock: np.ndarray | None = None) -> float:
+    """Frobenius norm of the SCF error F D S - S D F at ``dm`` (a.u.; one Fock build
+    unless ``fock`` at ``dm`` is given).
 
     Zero at self-consistency; for an idempotent ``dm`` it measures the orbital gradient.
     """
     import numpy as np
 
-    fock = np.asarray(mf.get_fock(dm=dm))
+    fock = np.asarray(mf.get_fock(dm=dm) if fock is None else fock)
     s = mf.get_ovlp()
     dm = np.asarray(dm)
     pairs = [(fock, dm)] if dm.ndim == 2 else list(zip(fock, dm))
     return float(np.sqrt(sum(np.linalg.norm(f @ d @ s - s @ d @ f) ** 2 for f, d in pairs)))
 
 
+def _accept(mf: Any, dm: np.ndarray, tol: float) -> tuple[bool, float]:
+    """One Fock build at ``dm``: when its SCF error is below ``tol``, ``mf`` is set to the
+    state of ``dm`` (energy at ``dm``, orbitals of its Fock matrix, converged). Returns
+    (accepted, SCF error norm)."""
+    import numpy as np
+
+    h1e = mf.get_hcore()
+    vhf = mf.get_veff(mf.mol, dm)
+    fock = np.asarray(mf.get_fock(h1e=h1e, vhf=vhf, dm=dm))
+    err = commutator_norm(mf, dm, fock)
+    if err >= tol:
+        return False, err
+    mf.e_tot = float(mf.energy_tot(dm, h1e, vhf))
+    mf.mo_energy, mf.mo_coeff = mf.eig(fock, mf.get_ovlp())
+    mf.mo_occ = mf.get_occ(mf.mo_energy, mf.mo_coeff)
+    mf.converged = True
+    return True, err
+
+
 def solve(mf: Any, dm0: np.ndarray | None = None, guess: str = "default",
-          solver: str = "diis", what: str = "SCF") -> tuple[Any, dict[str, Any]]:
+          solver: str = "diis", what: str = "SCF", accept_tol: float | None = None) -> tuple[Any, dict[str, Any]]:
     """Converge ``mf`` from ``dm0`` with the chosen solver; fall back to the default guess.
 
     Args:
@@ -365,6 +487,10 @@ def solve(mf: Any, dm0: np.ndarray | None = None, guess: str = "default",
         solver: "diis", "newton" or "auto" (Newton when ``dm0`` is given and the
             SCF error :func:`commutator_norm` of ``dm0`` is below :data:`NEWTON_MAX_GRAD`).
         what: label for records and errors.
+        accept_tol: for a guess that is an image of a converged density (e.g.
+            :data:`EXACT_GUESSES`): when its SCF error ||FDS - SDF|| is below this, it is
+            taken as converged after one Fock build (solver "accepted", 0 cycles; the
+            energy is variational, so its error is second order in that residual).
 
     Returns:
         ``(converged_mf, record)``; record has ``guess``, ``solver``, ``cycles``,
@@ -388,8 +514,16 @@ def solve(mf: Any, dm0: np.ndarray | None = None, guess: str = "default",
             rec["fallback"] = f"guess rejected: {problem}"
             dm0 = None
     chosen = solver if dm0 is not None else "diis"
+    if accept_tol is not None and dm0 is not None:
+        ok, err = _accept(mf, dm0, accept_tol)
+        rec["guess_error_norm"] = err
+        if ok:
+            rec.update({"solver": "accepted", "cycles": 0, "fock_builds": counter["n"], "converged": True,
+                        "energy_hartree": float(mf.e_tot), "wall_s": round(time.perf_counter() - t0, 4),
+                        "cpu_s": round(time.process_time() - c0, 4)})
+            return mf, rec
     if chosen == "auto":
-        grad = commutator_norm(mf, dm0)
+        grad = rec["guess_error_norm"] if "guess_error_norm" in rec else commutator_norm(mf, dm0)
         rec["guess_error_norm"] = grad
         chosen = "newton" if grad < NEWTON_MAX_GRAD else "diis"
     run = mf.newton() if chosen == "newton" else mf

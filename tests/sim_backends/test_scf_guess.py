@@ -163,7 +163,8 @@ def test_fragment_energy_with_warm_starts_equals_the_default_guess():
     REFERENCES.clear()
     crystal = _formic_acid_molecules(1)[0]
     v_def, x_def = fragment_lattice_energy(crystal, _settings(scf_guess="default"), 3.0)
-    v_warm, x_warm = fragment_lattice_energy(crystal, _settings(scf_guess="auto"), 3.0)
+    v_warm, x_warm = fragment_lattice_energy(crystal, _settings(scf_guess="auto", reuse_monomers=False,
+                                                                reuse_dimers=False), 3.0)
     n_scf = sum(len(r["scf"]) for r in x_def["dimers"])
     # E_2body is a sum of 3 energies per dimer with weights mult/(2Z): bound from 1e-6 Eh each
     bound = 1e-6 * 2625.5 * sum(3 * r["multiplicity"] / (2 * crystal.z) for r in x_def["dimers"])
@@ -230,3 +231,108 @@ def test_dft_reorg_closest_state_guesses_give_the_default_energies():
     assert all(r["guess"] in ("charge +0", "charge +1") for r in scf[2:]) and len(scf) == 4
     assert {r["guess"] for r in results["default"].extra["scf"]} == {"minao"}
     assert all(r["fock_builds"] > 0 and r["cycles"] > 0 for r in scf)
+
+
+def _water_dimer(turn_deg: float = 0.0) -> np.ndarray:
+    """A water dimer (6 atoms, Angstrom); ``turn_deg`` turns the second molecule about its O."""
+    t = np.radians(turn_deg)
+    turn = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
+    b = (WATER - WATER[0]) @ turn.T + np.array([0.3, 0.4, 2.9])
+    return np.vstack([WATER, b])
+
+
+def _rhf_density(xyz: np.ndarray, ghost: tuple[int, ...] = ()) -> tuple[object, np.ndarray]:
+    from pyscf import gto, scf
+
+    sym = ["O", "H", "H"] * 2
+    atom = [(("ghost-" if k in ghost else "") + sym[k], tuple(x)) for k, x in enumerate(xyz)]
+    mol = gto.M(atom=atom, basis="def2-svp", verbose=0)
+    mf = scf.RHF(mol)
+    mf.conv_tol = 1e-11
+    mf.kernel()
+    return mol, mf.make_rdm1()
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_nearest_dimer_densities_are_carried_onto_a_moved_copy(swap):
+    """RHF/def2-SVP (no grid): a stored dimer's and counterpoise monomers' densities,
+    carried onto the same dimer rotated (improperly), translated and, with ``swap``,
+    with its two molecules listed the other way round, are that dimer's converged
+    densities; a dimer 0.5 A away in relative geometry gets none."""
+    from sim_backends.scf_guess import DimerReferences
+
+    xyz = _water_dimer()
+    key = (("O", "H", "H") * 2, "rhf")
+    store = DimerReferences()
+    _, dm = _rhf_density(xyz)
+    _, cp_a = _rhf_density(xyz, ghost=(3, 4, 5))
+    store.store(key, xyz, 3, {"dimer": dm, "cp_a": cp_a})
+    moved = xyz @ _random_orthogonal(5, proper=False).T + np.array([2.0, -1.0, 0.7])
+    if swap:
+        moved = np.vstack([moved[3:], moved[:3]])
+    mol, dm_moved = _rhf_density(moved)
+    hit = store.lookup(key, mol, moved, 3)
+    assert hit is not None and hit[1] < 1e-8
+    assert np.abs(hit[0]["dimer"] - dm_moved).max() < 1e-6
+    # molecule A of the stored dimer is molecule B of the swapped copy
+    cp_kind, ghost = ("cp_b", (0, 1, 2)) if swap else ("cp_a", (3, 4, 5))
+    _, cp_moved = _rhf_density(moved, ghost=ghost)
+    assert set(hit[0]) == {"dimer", cp_kind}
+    assert np.abs(hit[0][cp_kind] - cp_moved).max() < 1e-6
+    # the stored density without the move is far off (the test can fail)
+    assert np.abs(dm - dm_moved).max() > 1e-2
+    far = _water_dimer(turn_deg=40.0)
+    assert store.lookup(key, mol, far, 3) is None
+    assert store.lookup(key, mol, far, 3, max_rmsd_A=1.0) is not None
+    assert store.lookup((("O", "H", "H") * 2, "other level"), mol, moved, 3) is None
+
+
+def test_identical_monomer_is_reused_without_an_scf():
+    """With ``reuse``, a rigid copy of the stored reference costs no Fock build and gets
+    the reference's energy and its density rotated into place; a copy 0.01 A off runs an SCF."""
+    from sim_backends.dft_crystal import monomer_scf
+    from sim_backends.scf_guess import MonomerReferences
+
+    refs = MonomerReferences()
+    crystal = _formic_acid_molecules(1)[0]
+    first = monomer_scf(crystal.molecule(0), _settings(), references=refs, reuse=True)
+    assert first["scf"]["guess"] == "minao" and first["scf"]["fock_builds"] > 0
+    copy = crystal.molecule(1)
+    again = monomer_scf(copy, _settings(), references=refs, reuse=True)
+    assert again["scf"]["guess"] == "reused_reference" and again["scf"]["fock_builds"] == 0
+    assert again["energy_hartree"] == first["energy_hartree"]
+    assert again["scf"]["fit_rmsd_A"] < 1e-6
+    nudged = copy.copy()
+    nudged.positions[0] += [0.01, 0.0, 0.0]
+    run = monomer_scf(nudged, _settings(), references=refs, reuse=True)
+    assert run["scf"]["guess"] == "rotated_reference" and run["scf"]["fock_builds"] > 0
+
+
+@pytest.mark.slow
+def test_landscape_warm_starts_give_the_default_energies_with_fewer_fock_builds():
+    """Shipped landscape settings: formic acid m0001, then the same crystal turned by an
+    arbitrary rotation. On the turned crystal the warm run starts its dimers and
+    counterpoise monomers from the first run's dimers carried into place, and its
+    monomers need no SCF; every counterpoise interaction energy equals the default
+    guess's on the same turned crystal to 1e-6 Eh."""
+    from sim_backends.dft_crystal import fragment_lattice_energy
+    from sim_backends.scf_guess import DimerReferences, MonomerReferences
+    from sim_backends.structures import Crystal
+
+    refs, dimers = MonomerReferences(), DimerReferences()
+    crystal = _formic_acid_molecules(1)[0]
+    _, x_first = fragment_lattice_energy(crystal, _settings(), 3.0, references=refs, dimer_references=dimers)
+    atoms = crystal.atoms.copy()
+    atoms.rotate(37.0, (1.0, 2.0, 0.5), rotate_cell=True)
+    turned = Crystal.from_atoms(atoms)
+    v_def, x_def = fragment_lattice_energy(turned, _settings(scf_guess="default"), 3.0)
+    v_warm, x_warm = fragment_lattice_energy(turned, _settings(), 3.0, references=refs, dimer_references=dimers)
+    assert len(dimers) == 2 * x_def["n_unique_dimers"]
+    assert x_warm["scf_fallbacks"] == []
+    for r_def, r_warm in zip(x_def["dimers"], x_warm["dimers"]):
+        assert abs(r_warm["e_int_kjmol"] - r_def["e_int_kjmol"]) / 2625.5 < 1e-6
+        assert [x["guess"] for x in r_warm["scf"]][:2] == ["identical_dimer"] * 2
+    assert abs(v_warm["e_dft_2body_kjmol"] - v_def["e_dft_2body_kjmol"]) / 2625.5 < 1e-6
+    assert {m["scf"]["guess"] for m in x_warm["monomers"]} == {"reused_reference"}
+    assert x_warm["scf_fock_builds_total"] < 0.7 * x_first["scf_fock_builds_total"]
+    assert x_warm["scf_fock_builds_total"] < 0.5 * x_def["scf_fock_builds_total"]
