@@ -6,7 +6,7 @@ landscape a CSV with one ``E_<LEVEL>_kJmol_per_mol`` / ``dE_<LEVEL>_kJmol_per_mo
 pair per level, ``levels.json`` naming the level of theory of each. Reading landscapes
 from disk is :meth:`sim_backends.landscape.Landscape.read`.
 
-Importing this module is cheap; pymatgen is imported when used.
+Importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     Returns:
         The paths written (none without a structure stage or landscape).
     """
-    from pymatgen.core import Structure
-
     from agent.summary import landscape_rows, level_of_theory, rank_key, structures_dir
     from sim_backends.csp.landscape import LevelEnergy, crystal_cif
 
@@ -96,8 +94,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                 if fe is not None and r["f_vib_kjmol"] is not None:
                     energies.append(LevelEnergy(levels[fe.name], "F_vib", r["f_vib_kjmol"]))
                 cif_path = out / f"{r['id']}.cif"
-                st = Structure.from_str(land.cifs[k], fmt="cif")
-                cif_path.write_text(crystal_cif(st, n_molecules=int(r["z"] or 1), name=name,
+                cif_path.write_text(crystal_cif(land.landscape.minima[k].structure, n_molecules=int(r["z"] or 1), name=name,
                                                 structure_id=r["id"], smiles=land.smiles, energies=energies,
                                                 space_group=r["space_group"] or ""))
                 paths.append(cif_path)

@@ -40,6 +40,9 @@ Relative energies (:meth:`Landscape.energies`) are re-referenced to the lowest k
 structure per level (from the ``dE`` column when the table has one, else from the
 stored values). Importing this module is cheap (numpy only); ASE and pymatgen are
 imported when used.
+
+Over 500 lines on purpose: the type and every format it reads and writes stay in one
+module, so a layout cannot be read in one place and written differently in another.
 """
 
 from __future__ import annotations
@@ -195,7 +198,9 @@ class LandscapeEntry:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> LandscapeEntry:
-        """The entry of a :meth:`to_dict` record (or a store ``structures`` row)."""
+        """The entry of a :meth:`to_dict` record (or a store ``structures`` row, any mapping)."""
+        record = dict(record)
+
         def num(key: str, default: float) -> float:
             v = record.get(key)
             return default if v is None else float(v)
