@@ -112,7 +112,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.surrogates.structure_gp import DeltaGP, ShiftModel, SurrogateError
+from agent.surrogates.base import StructureSurrogate, SurrogateError
+from agent.surrogates.structure_gp import ShiftModel, SoapDeltaSurrogate
 
 #: width of the soft observed-form constraint, kJ/mol per molecule
 OBSERVED_SOFTNESS_KJMOL = 1.0
@@ -162,8 +163,7 @@ def surrogate_skill(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, 
     structure is not skilled.
     """
     idx = np.array(sorted(computed), dtype=int)
-    delta = np.array([computed[i] for i in idx], dtype=float) - np.asarray(cheap_kjmol, dtype=float)[idx]
-    shift = ShiftModel(delta).loo_mae_kjmol
+    shift = ShiftModel(cheap_kjmol).fit(computed).loo_mae_kjmol
     res = getattr(model, "loo_residual_kjmol", None)
     model_mae = float(np.mean(np.abs(res))) if res is not None and len(res) == len(idx) and len(idx) else None
     skilled = (len(idx) >= max(int(min_n), 2) and model_mae is not None and shift is not None
@@ -181,9 +181,7 @@ def gated_model(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, floa
     skill = surrogate_skill(model, cheap_kjmol, computed, skill_ratio, min_n)
     if skill.skilled:
         return model, skill
-    idx = sorted(computed)
-    delta = np.array([computed[i] for i in idx], dtype=float) - np.asarray(cheap_kjmol, dtype=float)[idx]
-    return ShiftModel(delta, seed=seed), skill
+    return ShiftModel(cheap_kjmol, seed=seed).fit(computed), skill
 
 
 class AcquisitionError(ValueError):
@@ -204,8 +202,9 @@ def fit_delta_model(
     computed: Mapping[int, float],
     seed: int = 0,
     gp_options: Mapping[str, Any] | None = None,
-) -> DeltaGP:
-    """Fit a :class:`DeltaGP` to the computed structures of a landscape.
+) -> SoapDeltaSurrogate:
+    """Fit the SOAP Delta-GP (:class:`~agent.surrogates.structure_gp.SoapDeltaSurrogate`)
+    to the computed structures of a landscape.
 
     Args:
         cheap_kjmol: cheap-level energies ``(n,)``, kJ/mol per molecule.
@@ -214,15 +213,36 @@ def fit_delta_model(
         computed: structure index -> expensive energy, kJ/mol per molecule (any
             fixed reference).
         seed: model seed.
-        gp_options: keyword options of :class:`DeltaGP`.
+        gp_options: keyword options of :class:`~agent.surrogates.structure_gp.DeltaGP`.
 
     Returns:
         The fitted model (the prior if nothing is computed yet).
     """
-    idx = np.array(sorted(computed), dtype=int)
-    delta = np.array([computed[i] for i in idx], dtype=float) - cheap_kjmol[idx]
-    gp = DeltaGP(seed=seed, **dict(gp_options or {}))
-    return gp.fit(X[idx], delta, X_unlabelled=X)
+    return SoapDeltaSurrogate(cheap_kjmol, X, seed=seed, **dict(gp_options or {})).fit(computed)
+
+
+def _surrogate(e_cheap: np.ndarray, X: np.ndarray | None, done: Mapping[int, float],
+               model: StructureSurrogate | None, seed: int,
+               gp_options: Mapping[str, Any] | None) -> StructureSurrogate:
+    """``model`` (checked to be bound to a landscape of ``len(e_cheap)`` structures), or
+    the SOAP Delta-GP fitted on the descriptors ``X`` when no model is given."""
+    n = len(e_cheap)
+    if model is not None:
+        if model.n_landscape != n:
+            raise AcquisitionError(f"the model is bound to {model.n_landscape} structures, not {n}")
+        return model
+    if X is None:
+        raise AcquisitionError("descriptors X are needed when no fitted model is given")
+    try:
+        X = np.asarray(X, dtype=float)
+    except (TypeError, ValueError):
+        raise AcquisitionError("X must be a numeric array") from None
+    if X.ndim != 2 or len(X) != n:
+        raise AcquisitionError(f"X must have shape ({n}, d), got {X.shape}")
+    try:
+        return fit_delta_model(e_cheap, X, done, seed=seed, gp_options=gp_options)
+    except SurrogateError as exc:
+        raise AcquisitionError(f"surrogate: {exc}") from None
 
 
 def low_energy_probability(
@@ -281,13 +301,14 @@ def _space_filling(
     return picks
 
 
-def _joint_draws(e_cheap: np.ndarray, X: np.ndarray, done: Mapping[int, float], gp: DeltaGP,
+def _joint_draws(e_cheap: np.ndarray, done: Mapping[int, float], gp: StructureSurrogate,
                  n_samples: int, seed: int, inflation: float = 1.0) -> np.ndarray:
     """``(n_samples, n)`` joint draws of all expensive energies, computed ones fixed;
     ``inflation`` scales the draws' deviations from the predictive mean."""
-    delta = gp.sample(X, n_samples, seed=seed)
+    every = np.arange(len(e_cheap))
+    delta = gp.sample(every, n_samples, seed=seed)
     if inflation != 1.0:
-        mean = gp.predict(X)[0]
+        mean = gp.predict(every)[0]
         delta = mean + float(inflation) * (delta - mean)
     draws = e_cheap + delta
     if done:
@@ -298,13 +319,13 @@ def _joint_draws(e_cheap: np.ndarray, X: np.ndarray, done: Mapping[int, float], 
 
 def completion_probability(
     cheap_kjmol: np.ndarray,
-    X: np.ndarray,
+    X: np.ndarray | None,
     computed: Mapping[int, float],
     top_k: int = 10,
     window_kjmol: float = 10.0,
     n_samples: int = 512,
     seed: int = 0,
-    model: DeltaGP | None = None,
+    model: StructureSurrogate | None = None,
     gp_options: Mapping[str, Any] | None = None,
     skill_ratio: float | None = SKILL_RATIO,
     min_skill_n: int = MIN_SKILL_N,
@@ -321,13 +342,14 @@ def completion_probability(
 
     Args:
         cheap_kjmol: cheap-level energies ``(n,)``, kJ/mol per molecule.
-        X: descriptors ``(n, d)``.
+        X: descriptors ``(n, d)`` for the SOAP Delta-GP; may be None when ``model`` is given.
         computed: index -> expensive energy (kJ/mol per molecule).
         top_k, window_kjmol: the low-energy set (see :func:`low_energy_probability`).
         n_samples: Monte Carlo draws.
         seed: seed of the model fit and the draws.
-        model: a fitted model to use instead of fitting one.
-        gp_options: keyword options of :class:`DeltaGP`.
+        model: a fitted :class:`~agent.surrogates.base.StructureSurrogate` of this landscape
+            to use instead of fitting one.
+        gp_options: keyword options of :class:`~agent.surrogates.structure_gp.DeltaGP`.
         skill_ratio, min_skill_n: the skill test (:func:`gated_model`); a model that
             fails it is replaced by the constant shift with its LOO error bars.
         inflation: factor on the spread of the draws about the mean (> 1 makes the
@@ -341,27 +363,19 @@ def completion_probability(
     """
     e_cheap = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
     n = len(e_cheap)
-    X = np.asarray(X, dtype=float)
-    if X.ndim != 2 or len(X) != n:
-        raise AcquisitionError(f"X must have shape ({n}, d), got {X.shape}")
     if top_k < 1 or window_kjmol <= 0 or n_samples < 2:
         raise AcquisitionError("top_k >= 1, window_kjmol > 0 and n_samples >= 2 required")
     done = {_check_index(i, n, "computed"): float(v) for i, v in computed.items()}
     rest = np.array([i for i in range(n) if i not in done], dtype=int)
     if len(rest) == 0:
         return 1.0
-    try:
-        gp = model if model is not None else fit_delta_model(
-            e_cheap, X, done, seed=seed, gp_options=gp_options
-        )
-    except SurrogateError as exc:
-        raise AcquisitionError(f"surrogate: {exc}") from None
+    gp = _surrogate(e_cheap, X, done, model, seed, gp_options)
     inflations = np.atleast_1d(np.asarray(inflation, dtype=float))
     if inflations.ndim != 1 or not np.all(inflations > 0):
         raise AcquisitionError(f"inflation must be positive, got {inflation}")
     gp, _ = gated_model(gp, e_cheap, done, skill_ratio, min_skill_n, seed)
-    draws = _joint_draws(e_cheap, X, done, gp, n_samples, seed + 104729)
-    mean = e_cheap + gp.predict(X)[0] if np.any(inflations != 1.0) else None
+    draws = _joint_draws(e_cheap, done, gp, n_samples, seed + 104729)
+    mean = e_cheap + gp.predict(np.arange(n))[0] if np.any(inflations != 1.0) else None
     out = []
     for k in inflations:
         d = draws if k == 1.0 else np.where(np.isin(np.arange(n), rest), mean + k * (draws - mean), draws)
@@ -371,7 +385,7 @@ def completion_probability(
 
 def select_structures(
     cheap_kjmol: np.ndarray,
-    X: np.ndarray,
+    X: np.ndarray | None,
     computed: Mapping[int, float],
     pending: Sequence[int],
     costs: np.ndarray,
@@ -382,7 +396,7 @@ def select_structures(
     observed: Collection[int] | None = None,
     n_samples: int = 512,
     gp_options: Mapping[str, Any] | None = None,
-    model: DeltaGP | None = None,
+    model: StructureSurrogate | None = None,
     n_initial: int = 0,
     explore_above: float | None = EXPLORE_ABOVE,
     explore_fraction: float = EXPLORE_FRACTION,
@@ -393,7 +407,8 @@ def select_structures(
 
     Args:
         cheap_kjmol: cheap-level energies ``(n,)``, kJ/mol per molecule.
-        X: descriptors ``(n, d)`` (see :func:`fit_delta_model`).
+        X: descriptors ``(n, d)`` for the SOAP Delta-GP (see :func:`fit_delta_model`); may be
+            None when ``model`` is given.
         computed: index -> expensive energy (kJ/mol per molecule) of finished ones.
         pending: indices submitted but not finished (treated as computed at their
             predicted energy: kriging believer).
@@ -404,8 +419,9 @@ def select_structures(
         top_k, window_kjmol: definition of the low-energy set (module docstring).
         observed: indices of structures matched to an observed form (evidence).
         n_samples: Monte Carlo draws of the joint posterior.
-        gp_options: keyword options of :class:`DeltaGP`.
-        model: an already fitted model to use instead of fitting one.
+        gp_options: keyword options of :class:`~agent.surrogates.structure_gp.DeltaGP`.
+        model: a fitted :class:`~agent.surrogates.base.StructureSurrogate` of this landscape
+            to use instead of fitting one.
         n_initial: size of the space-filling initial design (0: none).
         explore_above: when the model's :func:`completion_probability` is at least
             this (and ``top_k`` structures are computed), a share of the picks is
@@ -430,12 +446,7 @@ def select_structures(
     """
     e_cheap = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
     n = len(e_cheap)
-    try:
-        X = np.asarray(X, dtype=float)
-    except (TypeError, ValueError):
-        raise AcquisitionError("X must be a numeric array") from None
-    if X.ndim != 2 or len(X) != n:
-        raise AcquisitionError(f"X must have shape ({n}, d), got {X.shape}")
+    every = np.arange(n)
     if not np.all(np.isfinite(e_cheap)):
         raise AcquisitionError("cheap_kjmol contains NaN or infinite values")
     cost = np.asarray(costs, dtype=float).reshape(-1)
@@ -457,12 +468,7 @@ def select_structures(
     n_pick = min(int(q), len(candidates))
     if n_pick == 0:
         return []
-    try:
-        gp = model if model is not None else fit_delta_model(
-            e_cheap, X, done, seed=seed, gp_options=gp_options
-        )
-    except SurrogateError as exc:
-        raise AcquisitionError(f"surrogate: {exc}") from None
+    gp = _surrogate(e_cheap, X, done, model, seed, gp_options)
 
     chosen: list[int] = []
     believed = [i for i in busy if i not in done]
@@ -472,7 +478,7 @@ def select_structures(
     n_init = int(n_initial)
     if len(done) + len(believed) + len(chosen) < n_init:
         chosen += _space_filling(
-            gp.transform(X),
+            gp.embedding(every),
             [i for i in candidates if e_cheap[i] <= e_cheap.min() + 2.0 * window_kjmol
              and i not in chosen],
             sorted(set(done) | set(believed) | set(chosen)),
@@ -481,7 +487,7 @@ def select_structures(
         )
     shift, skill = gated_model(gp, e_cheap, done, skill_ratio, min_skill_n, seed)
     if skill is not None and not skill.skilled:
-        return chosen + _cheap_order_picks(e_cheap, X, done, believed, chosen, candidates, cost,
+        return chosen + _cheap_order_picks(e_cheap, done, believed, chosen, candidates, cost,
                                            shift, n_pick - len(chosen), top_k, window_kjmol,
                                            n_samples, seed)
     if (
@@ -489,7 +495,7 @@ def select_structures(
         and len(chosen) < n_pick
         and len(done) >= top_k
         and completion_probability(
-            e_cheap, X, done, top_k, window_kjmol, n_samples, seed, model=gp, skill_ratio=None,
+            e_cheap, None, done, top_k, window_kjmol, n_samples, seed, model=gp, skill_ratio=None,
             inflation=1.0,
         ) >= float(explore_above)
     ):
@@ -498,7 +504,7 @@ def select_structures(
             n_before * explore_fraction
         )
         chosen += _space_filling(
-            gp.transform(X),
+            gp.embedding(every),
             [i for i in candidates if e_cheap[i] <= e_cheap.min() + 2.0 * window_kjmol
              and i not in chosen],
             sorted(set(done) | set(believed) | set(chosen)),
@@ -509,16 +515,12 @@ def select_structures(
     known_e = np.array([done[i] for i in known_idx], dtype=float)
     while len(chosen) < n_pick:
         fixed = believed + chosen
-        if fixed:
-            mean_fixed, _ = gp.predict(X[fixed])
-            model_now = gp.condition(X[fixed], mean_fixed)
-        else:
-            model_now = gp
-        draws = e_cheap + model_now.sample(X, n_samples, seed=seed + 7919 * len(chosen))
+        model_now = gp.condition(fixed) if fixed else gp
+        draws = e_cheap + model_now.sample(every, n_samples, seed=seed + 7919 * len(chosen))
         if len(known_idx):
             draws[:, known_idx] = known_e
         if fixed:
-            draws[:, fixed] = e_cheap[fixed] + model_now.predict(X[fixed])[0]
+            draws[:, fixed] = e_cheap[fixed] + model_now.predict(fixed)[0]
         weights = None
         if obs:
             gap = draws[:, obs] - draws.min(axis=1, keepdims=True)
@@ -540,7 +542,7 @@ def select_structures(
     return chosen
 
 
-def _cheap_order_picks(e_cheap: np.ndarray, X: np.ndarray, done: Mapping[int, float],
+def _cheap_order_picks(e_cheap: np.ndarray, done: Mapping[int, float],
                        believed: list[int], chosen: list[int], candidates: list[int],
                        cost: np.ndarray, shift: ShiftModel, n_pick: int, top_k: int,
                        window_kjmol: float, n_samples: int, seed: int) -> list[int]:
@@ -552,7 +554,7 @@ def _cheap_order_picks(e_cheap: np.ndarray, X: np.ndarray, done: Mapping[int, fl
     ``p_i / cost_i`` (ties: lower cheap energy). With equal costs this is exactly the
     cheap-level order.
     """
-    draws = _joint_draws(e_cheap, X, done, shift, n_samples, seed + 7919)
+    draws = _joint_draws(e_cheap, done, shift, n_samples, seed + 7919)
     if believed:
         draws[:, believed] = e_cheap[believed] + shift.mean_kjmol
     pool = sorted((i for i in candidates if i not in chosen), key=lambda i: (e_cheap[i], i))
@@ -563,7 +565,7 @@ def _cheap_order_picks(e_cheap: np.ndarray, X: np.ndarray, done: Mapping[int, fl
 
 def split_levels(
     cheap_kjmol: np.ndarray,
-    X: np.ndarray,
+    X: np.ndarray | None,
     computed: Mapping[int, float],
     free_energy: Mapping[int, float],
     blocked_refine: Collection[int],
@@ -575,7 +577,7 @@ def split_levels(
     window_kjmol: float = 10.0,
     n_samples: int = 512,
     seed: int = 0,
-    model: DeltaGP | None = None,
+    model: StructureSurrogate | None = None,
 ) -> tuple[int, list[int]]:
     """Which level gets the next ``n`` slots: static refinement or vibrational free energy.
 
@@ -601,7 +603,7 @@ def split_levels(
 
     Args:
         cheap_kjmol: cheap-level energies ``(n_s,)``, kJ/mol per molecule.
-        X: descriptors ``(n_s, d)``.
+        X: descriptors ``(n_s, d)``, or None with ``model``.
         computed: index -> expensive static energy.
         free_energy: index -> ``F_vib`` (kJ/mol per molecule) of computed structures.
         blocked_refine, blocked_free: indices not to propose at each level (pending or
@@ -633,11 +635,8 @@ def split_levels(
     free_pool = [i for i in sorted(done) if i not in fvib and i not in skip_free]
     if not free_pool:
         return n, []
-    try:
-        gp = model if model is not None else fit_delta_model(e_cheap, X, done, seed=seed)
-    except SurrogateError as exc:
-        raise AcquisitionError(f"surrogate: {exc}") from None
-    draws = _joint_draws(e_cheap, X, done, gp, n_samples, seed + 15485863)
+    gp = _surrogate(e_cheap, X, done, model, seed, None)
+    draws = _joint_draws(e_cheap, done, gp, n_samples, seed + 15485863)
     f = np.full(n_s, float(np.mean(list(fvib.values()))) if fvib else 0.0)
     for i, v in fvib.items():
         f[i] = v

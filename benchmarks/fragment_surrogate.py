@@ -58,10 +58,10 @@ def score(terms, deltas, e_cheap, e_exp, config: str, n_train: int, pool: int, d
     maes, dimer_maes = [], []
     for k in range(draws):
         train = sorted(np.random.default_rng(k).choice(lowest, n_train, replace=False).tolist())
-        model = FragmentDeltaModel(terms, e_cheap, seed=k, baseline_kernel=kernel).fit(
-            {i: deltas[i] for i in train}, {i: float(e_exp[i]) for i in train})
+        model = FragmentDeltaModel(terms, e_cheap, dimer_deltas={i: deltas[i] for i in train}, seed=k,
+                                   baseline_kernel=kernel).fit({i: float(e_exp[i]) for i in train})
         rest = np.array([i for i in low if i not in train])
-        mean, _ = model.predict(FragmentDeltaModel.index_rows(n)[rest])
+        mean, _ = model.predict(rest)
         maes.append(float(np.mean(np.abs(e_cheap[rest] + mean - e_exp[rest]))))
         dimer_maes.append(model.dimer_mae_kjmol({i: deltas[i] for i in rest}))
     return float(np.mean(maes)), float(np.mean(dimer_maes))

@@ -40,9 +40,9 @@ from sim_backends.base import EvalInput
 
 if TYPE_CHECKING:
     from agent.config import CampaignConfig, StructureLevelConfig
+    from agent.surrogates.base import StructureSurrogate
     from agent.store import Evaluation, Store
     from sim_backends.base import EvalResult
-    from sim_backends.landscape import Landscape
 
 NAME = "structures"
 CSP, REFINE, FREE = "csp", "refine", "free_energy"
@@ -58,12 +58,14 @@ def level_value_keys(structures: Any) -> list[str]:
 
 @dataclass
 class LandscapeState:
-    """One molecule's landscape as the refinement loop sees it: the stored CSP minima
-    (:class:`~sim_backends.landscape.Landscape`, each CIF parsed at most once) and what
-    the structure levels have computed on them."""
+    """One molecule's landscape as the refinement loop sees it."""
 
     molecule_id: int
-    landscape: Landscape
+    smiles: str
+    ids: list[str]
+    cifs: list[str]
+    ff_kjmol: np.ndarray  # cheap-level (CSP) lattice energies, kJ/mol per molecule
+    n_atoms: np.ndarray
     computed: dict[int, float] = field(default_factory=dict)  # index -> first-level value
     failed: set[int] = field(default_factory=set)
     observed: set[int] = field(default_factory=set)
@@ -76,21 +78,14 @@ class LandscapeState:
     fragment: list | None = None  # FragmentTerms per structure (fragment levels only)
     fragment_error: str | None = None  # why the fragment terms could not be computed
 
-    def __post_init__(self) -> None:
-        self.smiles = self.landscape.smiles
-        self.ids = self.landscape.ids
-        self.ff_kjmol = self.landscape.energies(relative=False)  # cheap-level (CSP) lattice energies, kJ/mol per molecule
-        self._index = {sid: i for i, sid in enumerate(self.ids)}
-
-    @property
-    def cifs(self) -> list[str]:
-        return [m.cif() for m in self.landscape.minima]
-
     def index(self, structure_id: str) -> int | None:
-        return self._index.get(structure_id)
+        try:
+            return self.ids.index(structure_id)
+        except ValueError:
+            return None
 
     def inp(self, i: int) -> EvalInput:
-        return EvalInput(self.smiles, structure_cif=self.landscape.minima[i].cif(), structure_id=self.ids[i])
+        return EvalInput(self.smiles, structure_cif=self.cifs[i], structure_id=self.ids[i])
 
 
 class StructureStage:
@@ -139,11 +134,16 @@ class StructureStage:
         rows = self.store.structures(molecule_id)[: self.cfg.max_structures]
         if not rows:
             return
-        from sim_backends.landscape import Landscape
+        from pymatgen.core import Structure
 
+        n_atoms = np.array([len(Structure.from_str(r["cif"], fmt="cif")) for r in rows])
         self.landscapes[molecule_id] = LandscapeState(
             molecule_id=molecule_id,
-            landscape=Landscape.from_records(self._smiles[molecule_id], rows, name=f"m{molecule_id}"),
+            smiles=self._smiles[molecule_id],
+            ids=[r["id"] for r in rows],
+            cifs=[r["cif"] for r in rows],
+            ff_kjmol=np.array([r["energy_kjmol"] for r in rows], dtype=float),
+            n_atoms=n_atoms,
         )
 
     def records(self, request: Request, result: EvalResult) -> dict[str, Any]:
@@ -225,9 +225,12 @@ class StructureStage:
 
     def _features(self, land: LandscapeState) -> np.ndarray:
         if land.features is None:
+            from pymatgen.core import Structure
+            from pymatgen.io.ase import AseAtomsAdaptor
+
             from sim_backends.descriptors import structure_features
 
-            atoms = land.landscape.atoms()
+            atoms = [AseAtomsAdaptor.get_atoms(Structure.from_str(c, fmt="cif")) for c in land.cifs]
             n_mol = [max(1, round(len(a) / self._atoms_per_molecule(land))) for a in atoms]
             land.features = structure_features(atoms, n_mol, cheap_energies_kjmol=land.ff_kjmol)
         return land.features
@@ -323,7 +326,7 @@ class StructureStage:
         except SurrogateError:
             return None  # select_structures refits and reports the error itself
         land.model, land.model_computed = model, dict(land.computed)
-        surrogate = getattr(model, "kind", "soap-delta-gp")
+        surrogate = model.kind
         if self._fragment_settings() is not None and land.fragment_error:
             surrogate += f" (fragment terms failed: {land.fragment_error[:200]})"
         n = len(land.computed)
@@ -371,10 +374,14 @@ class StructureStage:
                 land.fragment_error = str(exc)
         return land.fragment
 
-    def _fit_model(self, land: LandscapeState, seed: int) -> Any:
-        """The landscape's surrogate on what is computed: the fragment dimer GP for a level
-        with a fragment decomposition (:mod:`agent.surrogates.fragment_gp`), else the
-        SOAP Delta-GP."""
+    def _fit_model(self, land: LandscapeState, seed: int) -> StructureSurrogate:
+        """The landscape's :class:`~agent.surrogates.base.StructureSurrogate` fitted on what
+        is computed: the fragment dimer GP for a level whose backend declares a fragment
+        decomposition (:mod:`agent.surrogates.fragment_gp`), else the SOAP Delta-GP."""
+        return self._surrogate(land, seed).fit(land.computed)
+
+    def _surrogate(self, land: LandscapeState, seed: int) -> StructureSurrogate:
+        """The unfitted surrogate of ``land`` for the first level."""
         if self._fragment_settings() is not None and (terms := self._fragment_terms(land)) is not None:
             from agent.surrogates.fragment_gp import FragmentDeltaModel
             from sim_backends.base import SetupError
@@ -387,20 +394,15 @@ class StructureStage:
                         deltas[i] = dimer_deltas(terms[i], recs)
                     except SetupError:
                         pass  # other cutoff than the terms (changed config): not used
-            model = FragmentDeltaModel(terms, land.ff_kjmol, seed=seed)
-            return model.fit(deltas, {i: land.computed[i] for i in deltas})
-        from agent.refine_acquisition import fit_delta_model
+            return FragmentDeltaModel(terms, land.ff_kjmol, dimer_deltas=deltas, seed=seed)
+        from agent.surrogates.structure_gp import SoapDeltaSurrogate
 
-        return fit_delta_model(land.ff_kjmol, self._features(land), land.computed, seed=seed)
+        return SoapDeltaSurrogate(land.ff_kjmol, self._features(land), seed=seed)
 
-    def _inputs(self, land: LandscapeState, model: Any) -> np.ndarray:
-        """The ``X`` the acquisition passes to ``model``: structure indices for the fragment
-        model, the structure descriptors otherwise."""
-        from agent.surrogates.fragment_gp import FragmentDeltaModel
-
-        if isinstance(model, FragmentDeltaModel):
-            return FragmentDeltaModel.index_rows(len(land.ids))
-        return self._features(land)
+    def _inputs(self, land: LandscapeState, model: StructureSurrogate | None) -> np.ndarray | None:
+        """The descriptors the acquisition fits the SOAP Delta-GP on when no model could be
+        fitted (it then reports the surrogate's error); None with a fitted model."""
+        return self._features(land) if model is None else None
 
     def _free_energy_open(self, land: LandscapeState) -> bool:
         """Computed structures still without a second-level result (or attempt)."""
@@ -423,7 +425,7 @@ class StructureStage:
         model = land.model
         if model is None or land.model_computed != land.computed:
             model = self._fit_model(land, self.campaign_cfg.seed)
-        mean, std = model.predict(self._inputs(land, model))
+        mean, std = model.predict(np.arange(len(land.ids)))
         computed = np.array(sorted(land.computed))
         held_out = None
         residual = model.loo_residual_kjmol

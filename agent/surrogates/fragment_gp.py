@@ -23,61 +23,64 @@ Gaussian over the structure energies: mean K + W mu, covariance W Sigma W^T. Bef
 returns the prior: the cheap-level energy with an independent spread ``prior_std_kjmol``
 (i.e. the acquisition starts in cheap-level order).
 
-:class:`FragmentDeltaModel` offers the interface :func:`agent.refine_acquisition.select_structures`
-uses (``predict``, ``sample``, ``condition``, ``transform``) with rows of ``X`` being structure
-indices (``X = np.arange(n)[:, None]``, see :meth:`FragmentDeltaModel.index_rows`); values are
-corrections relative to the cheap level, like :class:`~agent.surrogates.structure_gp.DeltaGP`.
+:class:`FragmentDeltaModel` is a :class:`~agent.surrogates.base.StructureSurrogate`: bound to
+the landscape's fragment terms, cheap energies and the dimer corrections computed so far, and
+addressed by structure index; values are corrections relative to the cheap level (kJ/mol per
+molecule). Measured accuracy: ``benchmarks/results/NOTES.md``.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.surrogates.structure_gp import SurrogateError
+from agent.surrogates.base import StructureSurrogate, SurrogateError, block_loo, loo_calibration
 
 if TYPE_CHECKING:
     from sim_backends.fragment_terms import FragmentTerms
 
 
-class FragmentDeltaModel:
+class FragmentDeltaModel(StructureSurrogate):
     """GP over dimer corrections, aggregated to structure energies (module docstring).
 
-    The leave-one-structure-out residuals (:attr:`loo_residual_kjmol`) play the role of the
-    Delta-GP's leave-one-out ones in the campaign's per-refit diagnostics.
+    Its leave-one-out residuals (:attr:`loo_residual_kjmol`) leave a structure's dimers out
+    together: the error on a structure the model has not seen.
 
     Args:
         terms: :class:`~sim_backends.fragment_terms.FragmentTerms` of every structure.
         cheap_kjmol: cheap-level energies of the structures, ``(n,)`` (the acquisition's
             reference; predictions are returned relative to it).
+        dimer_deltas: structure index -> ``delta`` of each of its dimers (in the order of
+            its terms), kJ/mol, for the structures computed so far (and possibly more:
+            :meth:`fit` uses those of the computed set it is given).
         seed: seed of the hyperparameter fit and of the draws.
         prior_std_kjmol: spread of the prior (before ``min_structures`` are computed).
         min_structures: computed structures needed before the dimer GP is used.
         max_iter: iterations of the marginal-likelihood fit.
         calibrate, calibration_prior_n, max_calibration: scale the predictive spread by the
-            leave-one-structure-out calibration factor (:meth:`_calibrate`).
+            leave-one-structure-out calibration factor (:func:`~agent.surrogates.base.loo_calibration`).
         baseline_kernel: where the xTB dimer baselines enter: "rbf" (the RBF and the linear
             part), "linear" (the linear part only), or "auto" (default: fit both, keep the
-            one with the lower leave-one-structure-out MAE). Neither is better on both
-            production landscapes (``benchmarks/fragment_surrogate.py``: 20 of the 50 lowest
-            structures computed, 10 draws, MAE on the uncomputed within 10 kJ/mol:
-            formic_acid_big_dft 1.10 rbf / 0.79 linear / 0.93 auto, 2.12 without baselines;
-            formamide_big_dft 1.12 / 1.33 / 1.14, 1.74 without).
+            one with the lower leave-one-structure-out MAE; neither is better on both
+            production landscapes, see ``benchmarks/fragment_surrogate.py``).
     """
 
     #: name in MLflow tags and benchmark output
     kind = "fragment-dimer-gp"
 
-    def __init__(self, terms: Sequence[FragmentTerms], cheap_kjmol: np.ndarray, seed: int = 0,
+    def __init__(self, terms: Sequence[FragmentTerms], cheap_kjmol: np.ndarray,
+                 dimer_deltas: Mapping[int, np.ndarray] | None = None, seed: int = 0,
                  prior_std_kjmol: float = 4.0, min_structures: int = 2, max_iter: int = 100,
                  calibrate: bool = True, calibration_prior_n: float = 4.0, max_calibration: float = 4.0,
                  baseline_kernel: str = "auto") -> None:
-        self.cheap = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
-        if len(terms) != len(self.cheap):
-            raise SurrogateError(f"{len(terms)} fragment terms for {len(self.cheap)} structures")
+        self.cheap_kjmol = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
+        if len(terms) != len(self.cheap_kjmol):
+            raise SurrogateError(f"{len(terms)} fragment terms for {len(self.cheap_kjmol)} structures")
+        self.dimer_deltas = {int(i): np.asarray(d, dtype=float).reshape(-1)
+                             for i, d in (dimer_deltas or {}).items()}
         names = {tuple(t.feature_names) for t in terms}
         if len(names) != 1:
             raise SurrogateError("structures of one landscape must share the dimer descriptor columns")
@@ -140,17 +143,6 @@ class FragmentDeltaModel:
         self.kernel_choice: str | None = None
 
     # ----------------------------------------------------------------- helpers
-    @staticmethod
-    def index_rows(n: int) -> np.ndarray:
-        """The ``X`` to pass to the acquisition: one row per structure, its index."""
-        return np.arange(n, dtype=float)[:, None]
-
-    def _rows(self, X: np.ndarray) -> np.ndarray:
-        rows = np.asarray(X, dtype=float).reshape(len(X), -1)[:, 0].astype(int)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self.cheap)):
-            raise SurrogateError("X rows must be structure indices of the landscape")
-        return rows
-
     def _dimers_of(self, rows: np.ndarray) -> np.ndarray:
         return np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]
                               + [np.zeros(0, dtype=int)]).astype(int)
@@ -174,39 +166,28 @@ class FragmentDeltaModel:
         return self._kernel is not None
 
     # --------------------------------------------------------------------- fit
-    def fit(self, deltas: Mapping[int, np.ndarray],
-            energies: Mapping[int, float] | None = None) -> FragmentDeltaModel:
-        """Fit to the dimer corrections of computed structures.
+    def fit(self, computed: Mapping[int, float]) -> FragmentDeltaModel:
+        """Fit to the dimer corrections of the computed structures that have them.
 
         Args:
-            deltas: structure index -> ``delta`` of each of its dimers (in the order of its
-                :class:`~sim_backends.fragment_terms.FragmentTerms`), kJ/mol.
-            energies: structure index -> the expensive energy as the caller counts it
-                (e.g. relative to a landscape minimum). The model's energies are absolute
-                lattice energies K + sum w delta; the median difference over the computed
-                structures (exactly a constant, up to the precision of the Ewald sums) is
-                added to every prediction, so that predictions and computed values share
-                one reference. Default: absolute energies (offset 0).
+            computed: structure index -> the expensive energy as the caller counts it
+                (e.g. relative to a landscape minimum), kJ/mol per molecule. The model's
+                energies are absolute lattice energies K + sum w delta; the median difference
+                over the computed structures (exactly a constant, up to the precision of the
+                Ewald sums) is added to every prediction, so that predictions and computed
+                values share one reference. Computed structures without dimer corrections
+                (``dimer_deltas``) are not trained on.
         """
-        idx, ys = [], []
-        for s, d in deltas.items():
-            s = int(s)
-            d = np.asarray(d, dtype=float).reshape(-1)
-            n_d = self.offsets[s + 1] - self.offsets[s]
-            if len(d) != n_d or not np.all(np.isfinite(d)):
-                raise SurrogateError(f"structure {s}: {len(d)} dimer corrections for {n_d} dimers")
-            idx.append(np.arange(self.offsets[s], self.offsets[s + 1]))
-            ys.append(d)
-        self._structures = {int(s) for s in deltas}
+        self.indices(np.array(sorted(int(i) for i in computed), dtype=int))
+        deltas = {int(s): self.dimer_deltas[int(s)] for s in sorted(computed) if int(s) in self.dimer_deltas}
+        idx, ys = self._training(deltas)
+        self._structures = set(deltas)
         self.offset = 0.0
-        if energies:
-            diffs = [float(energies[s]) - self.known[int(s)]
-                     - float(self.weights[self.offsets[int(s)]:self.offsets[int(s) + 1]] @ np.asarray(deltas[s]))
-                     for s in deltas if s in energies]
-            if diffs:
-                self.offset = float(np.median(diffs))
-        self._train_idx = np.concatenate(idx + [np.zeros(0, dtype=int)]).astype(int)
-        self._train_y = np.concatenate(ys + [np.zeros(0)])
+        diffs = [float(computed[s]) - self.known[s] - float(self.weights[self.offsets[s]:self.offsets[s + 1]] @ d)
+                 for s, d in deltas.items()]
+        if diffs:
+            self.offset = float(np.median(diffs))
+        self._train_idx, self._train_y = idx, ys
         self._kernel = None
         self.kernel_choice = None
         self.loo_residual_kjmol = None
@@ -221,8 +202,34 @@ class FragmentDeltaModel:
             fits = [self._fit_kernel(c) for c in choices]
             self.__dict__.update(min(fits, key=lambda f: float(np.mean(np.abs(f["loo_residual_kjmol"])))))
             if self.calibrate:
-                self.calibration = self._calibrate()
+                self.calibration = loo_calibration(self._loo_z2, self.calibration_prior_n, self.max_calibration)
         return self
+
+    def _training(self, deltas: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the dimer table and their corrections for the structures of ``deltas``."""
+        idx, ys = [], []
+        for s, d in deltas.items():
+            n_d = self.offsets[s + 1] - self.offsets[s]
+            if len(d) != n_d or not np.all(np.isfinite(d)):
+                raise SurrogateError(f"structure {s}: {len(d)} dimer corrections for {n_d} dimers")
+            idx.append(np.arange(self.offsets[s], self.offsets[s + 1]))
+            ys.append(d)
+        return (np.concatenate(idx + [np.zeros(0, dtype=int)]).astype(int),
+                np.concatenate(ys + [np.zeros(0)]))
+
+    def refit_fixed(self, computed: Mapping[int, float]) -> FragmentDeltaModel:
+        """A copy trained on the dimers of ``computed`` (hyperparameters, scaling, calibration
+        and energy offset kept); the prior when it has none."""
+        rows = self.indices(np.array(sorted(int(i) for i in computed), dtype=int))
+        deltas = {int(s): self.dimer_deltas[int(s)] for s in rows if int(s) in self.dimer_deltas}
+        out = self._copy()
+        out._train_idx, out._train_y = self._training(deltas)
+        out._structures = set(deltas)
+        if not self.active or not len(out._train_y):
+            out._kernel = None
+            return out
+        out._factorise()
+        return out
 
     #: attributes one hyperparameter fit sets (kept for the winning layout under "auto")
     _FIT_STATE = ("_rbf_dims", "kernel_choice", "_kernel", "_noise", "_y_scale", "_alpha", "_chol",
@@ -238,45 +245,29 @@ class FragmentDeltaModel:
 
     def _loo_residuals(self) -> np.ndarray:
         """Per computed structure (sorted index order): its energy from its own dimer data
-        minus the prediction of the model without them (hyperparameters fixed).
+        minus the prediction of the model without them (hyperparameters fixed); the squared
+        z-scores (latent variance of the held-out sum) go to ``_loo_z2``.
 
-        A structure's dimers are left out together, so this is the error on a structure the
-        model has not seen, the quantity the acquisition relies on.
+        A structure's dimers are left out together (:func:`~agent.surrogates.base.block_loo`),
+        so this is the error on a structure the model has not seen, the quantity the
+        acquisition relies on.
         """
-        from scipy.linalg import cho_factor, cho_solve
-
         t, y = self._train_idx, (self._train_y - self._y_shift) / self._y_scale
-        K = self._k(t, t)
+        structures = sorted(self._structures)
+        blocks = [np.flatnonzero((t >= self.offsets[s]) & (t < self.offsets[s + 1])) for s in structures]
         out, z2 = [], []
-        for s in sorted(self._structures):
-            own = (t >= self.offsets[s]) & (t < self.offsets[s + 1])
+        if len(structures) == 1:  # nothing to hold it out against: predicted by the zero mean
+            w = self.weights[t]
+            self._loo_z2 = np.zeros(0)
+            return np.array([float(w @ (self._train_y - self._y_shift))])
+        K = self._k(t, t) + (self._noise + 1e-9) * np.eye(len(t))
+        for own, (res, cov) in zip(blocks, block_loo(K, y, blocks)):
             w = self.weights[t[own]]
-            if own.all():
-                out.append(float(w @ (self._train_y[own] - self._y_shift)))
-                continue
-            keep = ~own
-            Kk = cho_factor(K[np.ix_(keep, keep)] + (self._noise + 1e-9) * np.eye(int(keep.sum())), lower=True)
-            Kok = K[np.ix_(own, keep)]
-            mean = Kok @ cho_solve(Kk, y[keep])
-            out.append(float(w @ (self._train_y[own] - self._y_shift - self._y_scale * mean)))
-            var = self._y_scale**2 * float(w @ (K[np.ix_(own, own)] - Kok @ cho_solve(Kk, Kok.T)) @ w)
+            out.append(float(self._y_scale * w @ res))
+            var = self._y_scale**2 * float(w @ (cov - (self._noise + 1e-9) * np.eye(len(own))) @ w)
             z2.append(out[-1] ** 2 / max(var, 1e-6))
         self._loo_z2 = np.asarray(z2)
         return np.asarray(out)
-
-    def _calibrate(self) -> float:
-        """Spread factor from the leave-one-structure-out z-scores, as in
-        :class:`~agent.surrogates.structure_gp.DeltaGP`: sqrt of their mean square, shrunk
-        towards 1 with ``calibration_prior_n`` pseudo-observations, within [1, max_calibration]."""
-        z2 = getattr(self, "_loo_z2", np.zeros(0))
-        ratio = (self.calibration_prior_n + float(np.sum(z2))) / (self.calibration_prior_n + len(z2))
-        return float(np.clip(np.sqrt(ratio), 1.0, self.max_calibration))
-
-    @property
-    def loo_mae_kjmol(self) -> float | None:
-        """Mean absolute leave-one-structure-out error (kJ/mol per molecule), or None."""
-        r = self.loo_residual_kjmol
-        return None if r is None or len(r) == 0 else float(np.mean(np.abs(r)))
 
     def _fit_hyperparameters(self) -> None:
         import torch
@@ -341,21 +332,18 @@ class FragmentDeltaModel:
         r = (self._train_y - self._y_shift) / self._y_scale
         self._alpha = cho_solve(self._chol, r)
 
-    def condition(self, X_new: np.ndarray, delta_kjmol: np.ndarray) -> FragmentDeltaModel:
-        """A copy that treats the structures ``X_new`` as computed at their predicted
-        dimer corrections (kriging believer; hyperparameters kept). ``delta_kjmol`` (the
-        structure-level believed values) is accepted for interface compatibility: the
-        dimer-level posterior mean it comes from is what is added."""
-        rows = [r for r in self._rows(X_new) if r not in self._structures]
-        out = FragmentDeltaModel.__new__(FragmentDeltaModel)
-        out.__dict__.update(self.__dict__)
+    def condition(self, pending: Iterable[int]) -> FragmentDeltaModel:
+        """A copy that treats the structures ``pending`` as computed at their predicted dimer
+        corrections (kriging believer; hyperparameters kept)."""
+        rows = [int(r) for r in self.indices(pending) if int(r) not in self._structures]
+        out = self._copy()
         if not rows or not self.active:
             return out
         new = self._dimers_of(np.array(rows))
         mean_d, _ = self._dimer_posterior(new, cov=False)
         out._train_idx = np.concatenate([self._train_idx, new])
         out._train_y = np.concatenate([self._train_y, mean_d])
-        out._structures = self._structures | set(int(r) for r in rows)
+        out._structures = self._structures | set(rows)
         out._factorise()
         return out
 
@@ -378,37 +366,19 @@ class FragmentDeltaModel:
         m, C = self._dimer_posterior(d_idx)
         return self.known[rows] + self.offset + A @ m, A @ C @ A.T
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std of the correction (expensive - cheap) of the structures ``X``."""
-        rows = self._rows(X)
+    def posterior(self, idx: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean ``(m,)`` and covariance ``(m, m)`` of the corrections (expensive - cheap) of
+        the structures ``idx``, kJ/mol per molecule, calibrated."""
+        rows = self.indices(idx)
         if not self.active:
-            return np.zeros(len(rows)), np.full(len(rows), self.prior_std_kjmol)
+            return np.zeros(len(rows)), self.prior_std_kjmol**2 * np.eye(len(rows))
         mean, cov = self._structure_posterior(rows)
-        return mean - self.cheap[rows], self.calibration * np.sqrt(np.clip(np.diag(cov), 1e-12, None))
+        return mean - self.cheap_kjmol[rows], self.calibration**2 * cov
 
-    def sample(self, X: np.ndarray, n_samples: int, seed: int | None = None) -> np.ndarray:
-        """Joint draws of the corrections of ``X``, ``(n_samples, len(X))``."""
-        rows = self._rows(X)
-        rng = np.random.default_rng(self.seed if seed is None else int(seed))
-        if not self.active:
-            return self.prior_std_kjmol * rng.standard_normal((n_samples, len(rows)))
-        mean, cov = self._structure_posterior(rows)
-        jitter = 1e-8 * max(float(np.mean(np.diag(cov))), 1e-12)
-        for _ in range(8):
-            try:
-                L = np.linalg.cholesky(cov + jitter * np.eye(len(rows)))
-                break
-            except np.linalg.LinAlgError:
-                jitter *= 10.0
-        else:
-            L = np.diag(np.sqrt(np.clip(np.diag(cov), 0.0, None)))
-        draws = mean[None, :] + self.calibration * (rng.standard_normal((n_samples, len(rows))) @ L.T)
-        return draws - self.cheap[rows]
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
+    def embedding(self, idx: Iterable[int]) -> np.ndarray:
         """Per structure the weighted mean of its standardised dimer descriptors (for
         space-filling picks)."""
-        rows = self._rows(X)
+        rows = self.indices(idx)
         out = np.zeros((len(rows), self._n_log))
         for a, r in enumerate(rows):
             sl = slice(self.offsets[r], self.offsets[r + 1])

@@ -5,67 +5,65 @@ GP trained on a few expensive single points learns the correction
 ``delta = E_expensive - E_cheap`` as a smooth function of the structure descriptor
 and re-ranks the whole landscape, including structures never computed at the
 expensive level (McDonagh, Cooper, Day et al., J. Chem. Theory Comput. 15, 2743
-(2019); Egorova, Hafizi, Woods & Day, J. Phys. Chem. Lett. 11, 9376 (2020): under
-1 kJ/mol MAE after computing a few per cent of a landscape).
+(2019); Egorova, Hafizi, Woods & Day, J. Phys. Chem. Lett. 11, 9376 (2020)).
+
+* :class:`DeltaGP` -- the GP on descriptor rows (``fit(X, delta)``, ``predict(X)``).
+* :class:`SoapDeltaSurrogate` -- the same model bound to one landscape, a
+  :class:`~agent.surrogates.base.StructureSurrogate` addressed by structure index.
+* :class:`ShiftModel` -- the null model (one constant shift, independent errors), also
+  a :class:`~agent.surrogates.base.StructureSurrogate`.
 
 Model (:class:`DeltaGP`):
 
 * inputs: rows of :func:`sim_backends.descriptors.structure_features` -- a block of
   unit-norm SOAP columns followed by ``n_passthrough`` cheap extras (density,
-  volume per molecule). The SOAP block is reduced by PCA to ``n_components``; the PCA
-  basis and the [0, 1] input scaling are fitted on *all* structures of the landscape
-  when given (``X_unlabelled``), which uses only descriptors, never energies.
+  volume per molecule, cheap energy). The SOAP block is reduced by PCA to
+  ``n_components``; the PCA basis and the [0, 1] input scaling are fitted on *all*
+  structures of the landscape when given (``X_unlabelled``), which uses only
+  descriptors, never energies.
 * GP: BoTorch ``SingleTaskGP``; kernel = outputscale * Matern-5/2 over all inputs
   (isotropic by default, ``ard=True`` for one length scale per input; dimension-scaled
   log-normal length-scale prior of Hvarfner et al., ICML 2024; Gamma(2, 4) outputscale
   prior) + a linear kernel on selected extras (default: the cheap energy; Gamma(2,
-  0.15) variance prior). The linear part carries the trend that dominates on real
-  landscapes (structures the cheap level places high are corrected downwards: on
-  target_I, corr(delta, E_MACE) = -0.69), the Matern part what the structure adds. A
-  learned constant mean and a learned noise (log-normal prior around
-  ``noise_frac`` of the target scale: the part of delta the descriptor does not
-  explain); fitted by maximising the marginal likelihood (``fit_gpytorch_mll``,
-  L-BFGS-B, at most ``max_iter`` steps). Targets are ``delta - prior_mean(X)`` scaled
-  by ``max(std, min_scale_kjmol)``. On target_I (MACE -> PBE+MBD, random training
-  sets of 5/9/18 structures, MAE on the uncomputed ones below 10 kJ/mol) isotropic
-  beat ARD (2.03/1.53/1.70 vs 2.30/1.71/1.79 kJ/mol): with a handful of points ARD
-  over-fits.
-* prior mean: a float or a callable ``X -> (n,) kJ/mol``, so a second expensive level
-  can use the first level's corrected prediction as its prior (see
-  :class:`DeltaLadder`).
+  0.15) variance prior): the linear part carries the trend of the correction with the
+  cheap energy, the Matern part what the structure adds. A learned constant mean and a
+  learned noise (log-normal prior around ``noise_frac`` of the target scale), fitted by
+  maximising the marginal likelihood (``fit_gpytorch_mll``, L-BFGS-B, at most
+  ``max_iter`` steps). Targets are ``delta - prior_mean`` scaled by
+  ``max(std, min_scale_kjmol)``.
 * predictions are predictive (latent + noise): the error bar is that of the energy of
-  a not-yet-computed structure. The spread (std and the deviations of joint draws
-  from the mean) is multiplied by a leave-one-out calibration factor >= 1
-  (:meth:`DeltaGP._loo_calibration`) when the computed structures' own held-out
-  residuals say the fitted GP is overconfident. Measured (target_I, random training
-  sets of 5/10/20 %, 4 repeats): mean factor 1.10/1.05/1.05, fraction of uncomputed
-  structures within 2 sigma 0.59/0.88/0.87 -> 0.62/0.88/0.89, mean predictive NLL
-  5.39/2.75/2.41 -> 5.01/2.68/2.37. It does not fix extrapolation: the one target_I
-  structure whose PBE+MBD correction is 9 kJ/mol off the trend of every cheap
-  descriptor tried (averaged SOAP, density, volume, MACE energy, D3 dispersion energy
-  and its part beyond 5 A, O...O contacts, GFN2-xTB intramolecular energy) stays
-  ~4 sigma away.
+  a not-yet-computed structure, multiplied by the leave-one-out calibration factor
+  (:func:`agent.surrogates.base.loo_calibration`, >= 1) when the computed structures'
+  own held-out residuals say the fitted GP is overconfident.
 
 With no training data the model returns the prior mean and ``prior_std_kjmol``.
-Importing this module is cheap; torch, gpytorch and BoTorch load on first fit.
+Measured accuracy and calibration: ``benchmarks/results/NOTES.md``. Importing this module
+is cheap; torch, gpytorch and BoTorch load on first fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import copy
+
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from agent.surrogates.base import (
+    StructureSurrogate,
+    SurrogateError,
+    block_loo,
+    joint_draws,
+    loo_calibration,
+)
 
 if TYPE_CHECKING:
     from botorch.models import SingleTaskGP
 
 PriorMean = float | Callable[[np.ndarray], np.ndarray]
 
-
-class SurrogateError(ValueError):
-    """Bad input to a structure surrogate; the message is one line."""
+__all__ = ["DeltaGP", "ShiftModel", "SoapDeltaSurrogate", "SurrogateError", "extra_column_options"]
 
 
 def _as_2d(X: np.ndarray, name: str = "X") -> np.ndarray:
@@ -98,7 +96,7 @@ class DeltaGP:
         max_iter: L-BFGS-B iterations of the hyperparameter fit.
         ard: one Matern length scale per input instead of one in all.
         calibrate: scale the predictive spread by the leave-one-out calibration
-            factor :attr:`calibration` (see :meth:`_loo_calibration`).
+            factor :attr:`calibration` (:func:`~agent.surrogates.base.loo_calibration`).
         calibration_prior_n: pseudo-observations of a perfectly calibrated
             standardized residual (z^2 = 1) that the LOO estimate is shrunk towards.
         max_calibration: upper bound of the calibration factor.
@@ -246,34 +244,28 @@ class DeltaGP:
         self._train_r = r
         self._model = self._build(self._train_Z, r, state=None)
         self.loo_z = self._loo_z()
-        self.calibration = self._loo_calibration(self.loo_z) if self.calibrate else 1.0
+        self.calibration = (loo_calibration(self.loo_z**2, self.calibration_prior_n, self.max_calibration)
+                            if self.calibrate else 1.0)
         return self
 
     def _loo_z(self) -> np.ndarray:
-        """Leave-one-out standardized residuals of the training points, ``(n,)``.
-
-        Closed form for a GP with fixed hyperparameters (Rasmussen & Williams,
-        *Gaussian Processes for Machine Learning*, MIT Press 2006, eq. 5.12):
-        with ``K`` the training covariance including noise and ``a = K^-1 (y - m)``,
-        the held-out residual is ``a_i / [K^-1]_ii`` and its predictive variance
-        ``1 / [K^-1]_ii``, so ``z_i = a_i / sqrt([K^-1]_ii)``.
-        """
+        """Leave-one-out standardized residuals of the training points, ``(n,)``
+        (:func:`~agent.surrogates.base.block_loo` with one point per block, fitted
+        hyperparameters and constant mean kept); sets :attr:`loo_residual_kjmol`."""
         import torch
 
         model = self._model
         assert model is not None
         with torch.no_grad():
             tX = model.train_inputs[0]
-            y = model.train_targets - model.mean_module(tX)
-            K = model.covar_module(tX).to_dense() + model.likelihood.noise * torch.eye(
-                len(tX), dtype=tX.dtype
-            )
-            K_inv = torch.linalg.inv(0.5 * (K + K.T))
-            diag = K_inv.diagonal().clamp_min(1e-12)
-            alpha = K_inv @ y
-            z = alpha / torch.sqrt(diag)
-        self.loo_residual_kjmol = (alpha / diag).numpy().astype(float) * self._y_scale
-        return z.numpy().astype(float)
+            y = (model.train_targets - model.mean_module(tX)).numpy()
+            K = (model.covar_module(tX).to_dense() + model.likelihood.noise * torch.eye(
+                len(tX), dtype=tX.dtype)).numpy()
+        loo = block_loo(K, y, [np.array([i]) for i in range(len(y))])
+        r = np.array([float(res[0]) for res, _ in loo])
+        var = np.array([max(float(c[0, 0]), 1e-12) for _, c in loo])
+        self.loo_residual_kjmol = r * self._y_scale
+        return r / np.sqrt(var)
 
     @property
     def loo_mae_kjmol(self) -> float | None:
@@ -281,23 +273,6 @@ class DeltaGP:
         molecule), hyperparameters fixed; ``None`` before two structures are computed."""
         r = self.loo_residual_kjmol
         return float(np.mean(np.abs(r))) if r is not None and len(r) >= 2 else None
-
-    def _loo_calibration(self, z: np.ndarray) -> float:
-        """Spread factor ``sqrt((sum z^2 + n0) / (n + n0))``, clipped to [1, max].
-
-        A well-calibrated GP has LOO standardized residuals of unit variance. With a
-        few points the marginal-likelihood fit tends to explain everything and
-        returns error bars that are too small for structures unlike the training
-        set (on target_I, MACE -> PBE+MBD, the structure whose correction is 9
-        kJ/mol off the trend was predicted with a 1.5 kJ/mol error bar); scaling by
-        the observed LOO spread is the usual recalibration of GP predictive
-        variances (Sundararajan & Keerthi, Neural Comput. 13, 1103 (2001)).
-        ``n0 = calibration_prior_n`` pseudo-points at ``z^2 = 1`` keep one lucky or
-        unlucky point from dominating; the factor never shrinks the error bars.
-        """
-        n0 = self.calibration_prior_n
-        ratio = (float(np.sum(z**2)) + n0) / (len(z) + n0) if len(z) + n0 > 0 else 1.0
-        return float(np.clip(np.sqrt(ratio), 1.0, self.max_calibration))
 
     def _build(self, Z: np.ndarray, r: np.ndarray, state: dict[str, Any] | None) -> SingleTaskGP:
         import torch
@@ -352,21 +327,36 @@ class DeltaGP:
         y_new = np.asarray(delta_kjmol, dtype=float).reshape(-1)
         if len(y_new) != len(X_new):
             raise SurrogateError(f"{len(X_new)} rows but {len(y_new)} deltas")
-        out = DeltaGP.__new__(DeltaGP)
-        out.__dict__.update(self.__dict__)
         if len(X_new) == 0:
-            return out
+            return copy.copy(self)
         Z_new = self.transform(X_new)
         r_new = y_new - self._prior(X_new)
         if self._model is None:
-            out._y_shift, out._y_scale = float(r_new.mean()), self.prior_std_kjmol
-            out._train_Z, out._train_r = Z_new, r_new
-            out._model = out._build(Z_new, r_new, state=None)
-            return out
+            return self._with_train(Z_new, r_new)
         assert self._train_Z is not None and self._train_r is not None
-        out._train_Z = np.vstack([self._train_Z, Z_new])
-        out._train_r = np.concatenate([self._train_r, r_new])
-        out._model = out._build(out._train_Z, out._train_r, state=self._model.state_dict())
+        return self._with_train(np.vstack([self._train_Z, Z_new]), np.concatenate([self._train_r, r_new]))
+
+    def with_training(self, X: np.ndarray, delta_kjmol: np.ndarray) -> DeltaGP:
+        """A copy trained on ``(X, delta)`` only, hyperparameters, target scaling and
+        calibration kept (no refit, leave-one-out residuals not recomputed)."""
+        X = _as_2d(X)
+        y = np.asarray(delta_kjmol, dtype=float).reshape(-1)
+        if len(y) != len(X):
+            raise SurrogateError(f"{len(X)} rows but {len(y)} deltas")
+        return self._with_train(self.transform(X), y - self._prior(X))
+
+    def _with_train(self, Z: np.ndarray, r: np.ndarray) -> DeltaGP:
+        out = copy.copy(self)
+        if len(r) == 0:  # no data: the prior
+            out._model, out._train_Z, out._train_r = None, None, None
+            return out
+        if self._model is None:  # no hyperparameters yet: fit them on the believed data
+            out._y_shift, out._y_scale = float(r.mean()), self.prior_std_kjmol
+            out._train_Z, out._train_r = Z, r
+            out._model = out._build(Z, r, state=None)
+            return out
+        out._train_Z, out._train_r = Z, r
+        out._model = out._build(Z, r, state=self._model.state_dict())
         return out
 
     # ---------------------------------------------------------------- predict
@@ -393,35 +383,38 @@ class DeltaGP:
             self.calibration * self._y_scale * np.sqrt(var),
         )
 
-    def sample(self, X: np.ndarray, n_samples: int, seed: int | None = None) -> np.ndarray:
-        """Joint predictive samples of delta, shape ``(n_samples, n)``, kJ/mol per molecule."""
+    def posterior(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predictive mean ``(n,)`` and covariance ``(n, n)`` of delta (kJ/mol per molecule,
+        (kJ/mol)^2), calibrated."""
         Z = self.transform(X)
         prior = self._prior(np.asarray(X, dtype=float))
+        if self._model is None:
+            return prior, self.prior_std_kjmol**2 * np.eye(len(Z))
+        import torch
+
+        with torch.no_grad():
+            mvn = self._model.posterior(
+                torch.as_tensor(Z, dtype=torch.float64), observation_noise=True
+            ).distribution
+            mean = mvn.mean.reshape(-1).numpy()
+            cov = mvn.covariance_matrix.reshape(len(Z), len(Z)).numpy()
+        scale = self.calibration * self._y_scale
+        return prior + self._y_shift + self._y_scale * mean, scale**2 * 0.5 * (cov + cov.T)
+
+    def sample(self, X: np.ndarray, n_samples: int, seed: int | None = None) -> np.ndarray:
+        """Joint predictive samples of delta, shape ``(n_samples, n)``, kJ/mol per molecule."""
         rng_seed = self.seed if seed is None else int(seed)
         if self._model is None:
+            Z = self.transform(X)
+            prior = self._prior(np.asarray(X, dtype=float))
             rng = np.random.default_rng(rng_seed)
             return prior + self.prior_std_kjmol * rng.standard_normal((n_samples, len(Z)))
         import torch
 
-        with torch.no_grad():
-            post = self._model.posterior(
-                torch.as_tensor(Z, dtype=torch.float64), observation_noise=True
-            )
-            mvn = post.distribution
-            mean = mvn.mean.reshape(-1)
-            cov = mvn.covariance_matrix.reshape(len(Z), len(Z))
-            cov = 0.5 * (cov + cov.T)
-            jitter = 1e-8 * float(cov.diagonal().mean())
-            for _ in range(6):
-                eye = torch.eye(len(Z), dtype=cov.dtype)
-                L, info = torch.linalg.cholesky_ex(cov + jitter * eye)
-                if int(info) == 0:
-                    break
-                jitter *= 10.0
-            gen = torch.Generator().manual_seed(rng_seed)
-            eps = torch.randn(len(Z), n_samples, generator=gen, dtype=cov.dtype)
-            draws = (mean[:, None] + self.calibration * (L @ eps)).T.numpy()
-        return prior + self._y_shift + self._y_scale * draws
+        mean, cov = self.posterior(X)
+        gen = torch.Generator().manual_seed(rng_seed)
+        eps = torch.randn(len(mean), n_samples, generator=gen, dtype=torch.float64).T.numpy()
+        return joint_draws(mean, cov, eps)
 
 
 def extra_column_options(n_extra: int, linear: bool = True) -> dict[str, Any]:
@@ -445,85 +438,75 @@ def extra_column_options(n_extra: int, linear: bool = True) -> dict[str, Any]:
             "linear_dims": (2, *range(3, 3 + int(n_extra))) if linear else (2,)}
 
 
-def corrected_energies(
-    cheap_kjmol: np.ndarray, X: np.ndarray, model: DeltaGP
-) -> tuple[np.ndarray, np.ndarray]:
-    """Expensive-level energies predicted for every structure.
+class SoapDeltaSurrogate(StructureSurrogate):
+    """:class:`DeltaGP` bound to one landscape: a
+    :class:`~agent.surrogates.base.StructureSurrogate` addressed by structure index.
 
     Args:
-        cheap_kjmol: cheap-level energies, shape ``(n,)``, kJ/mol per molecule.
-        X: descriptors, shape ``(n, d)``.
-        model: a fitted :class:`DeltaGP` (or one with no data: the prior).
-
-    Returns:
-        ``(mean, std)``, each ``(n,)``, kJ/mol per molecule; same reference as
-        ``cheap_kjmol`` plus the learned correction.
-    """
-    e = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
-    if len(e) != len(np.asarray(X)):
-        raise SurrogateError(f"{len(e)} cheap energies but {len(np.asarray(X))} descriptor rows")
-    mean, std = model.predict(X)
-    return e + mean, std
-
-
-@dataclass
-class DeltaLadder:
-    """Corrections from one cheap level to several expensive levels.
-
-    Each level's GP learns ``E_level - E_cheap``; a level listed in ``parent`` uses
-    the parent's predicted correction as its prior mean, so a few points at a
-    costlier level (e.g. a hybrid functional) only learn what differs from the
-    cheaper expensive level (e.g. PBE-D3), in the spirit of multi-fidelity
-    Delta-learning (Egorova et al. 2020).
-
-    Attributes:
-        levels: expensive level names, cheapest first.
-        seed: seed passed to each :class:`DeltaGP`.
-        parent: optional map level -> level whose prediction is its prior mean.
-        models: fitted models per level (filled by :meth:`fit`).
+        cheap_kjmol: cheap-level energies of the landscape's structures ``(n,)``, kJ/mol
+            per molecule.
+        X: their descriptors ``(n, d)`` (:func:`sim_backends.descriptors.structure_features`);
+            all rows fix the PCA basis and input scaling.
+        seed: seed of the fit and of the draws.
+        **gp_options: keyword options of :class:`DeltaGP`.
     """
 
-    levels: list[str]
-    seed: int = 0
-    parent: dict[str, str] = field(default_factory=dict)
-    gp_options: dict[str, Any] = field(default_factory=dict)
-    models: dict[str, DeltaGP] = field(default_factory=dict)
+    kind = "soap-delta-gp"
 
-    def fit(
-        self,
-        X_all: np.ndarray,
-        computed: dict[str, dict[int, float]],
-    ) -> DeltaLadder:
-        """Fit every level.
+    def __init__(self, cheap_kjmol: np.ndarray, X: np.ndarray, seed: int = 0, **gp_options: Any) -> None:
+        self.cheap_kjmol = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
+        self.X = _as_2d(X)
+        if len(self.X) != len(self.cheap_kjmol):
+            raise SurrogateError(f"{len(self.cheap_kjmol)} cheap energies but {len(self.X)} descriptor rows")
+        if not np.all(np.isfinite(self.cheap_kjmol)):
+            raise SurrogateError("cheap energies must be finite")
+        self.seed = int(seed)
+        self.gp = DeltaGP(seed=seed, **gp_options)
+        self.computed: dict[int, float] = {}
 
-        Args:
-            X_all: descriptors of all structures ``(n, d)``.
-            computed: per level, structure index -> delta (kJ/mol per molecule).
-        """
-        X_all = _as_2d(X_all, "X_all")
-        for level in self.levels:
-            known = computed.get(level, {})
-            idx = np.array(sorted(known), dtype=int)
-            if len(idx) and (idx.min() < 0 or idx.max() >= len(X_all)):
-                raise SurrogateError(f"level {level!r}: structure index out of range")
-            par = self.parent.get(level)
-            if par is not None and par not in self.models:
-                raise SurrogateError(f"level {level!r}: parent {par!r} must come earlier")
-            prior: PriorMean = (
-                (lambda X, m=self.models[par]: m.predict(X)[0]) if par is not None else 0.0
-            )
-            gp = DeltaGP(seed=self.seed, prior_mean=prior, **self.gp_options)
-            gp.fit(X_all[idx], np.array([known[i] for i in idx]), X_unlabelled=X_all)
-            self.models[level] = gp
+    @property
+    def calibration(self) -> float:  # type: ignore[override]
+        return self.gp.calibration
+
+    @property
+    def loo_residual_kjmol(self) -> np.ndarray | None:  # type: ignore[override]
+        return self.gp.loo_residual_kjmol
+
+    def fit(self, computed: Mapping[int, float]) -> SoapDeltaSurrogate:
+        idx, y = self._deltas(computed)
+        self.gp.fit(self.X[idx], y, X_unlabelled=self.X)
+        self.computed = {int(i): float(computed[i]) for i in idx}
         return self
 
-    def predict(self, level: str, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if level not in self.models:
-            raise SurrogateError(f"level {level!r} not fitted; known: {sorted(self.models)}")
-        return self.models[level].predict(X)
+    def refit_fixed(self, computed: Mapping[int, float]) -> SoapDeltaSurrogate:
+        idx, y = self._deltas(computed)
+        out = self._copy()
+        out.gp = self.gp.with_training(self.X[idx], y)
+        out.computed = {int(i): float(computed[i]) for i in idx}
+        return out
+
+    def condition(self, pending: Iterable[int]) -> SoapDeltaSurrogate:
+        new = [int(i) for i in self.indices(pending) if int(i) not in self.computed]
+        out = self._copy()
+        if new:
+            out.gp = self.gp.condition(self.X[new], self.gp.predict(self.X[new])[0])
+        return out
+
+    def posterior(self, idx: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self.gp.posterior(self.X[self.indices(idx)])
+
+    def predict(self, idx: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self.gp.predict(self.X[self.indices(idx)])
+
+    def sample(self, idx: Iterable[int], n_samples: int, seed: int | None = None) -> np.ndarray:
+        return self.gp.sample(self.X[self.indices(idx)], n_samples, seed=seed)
+
+    def embedding(self, idx: Iterable[int]) -> np.ndarray:
+        """GP inputs: SOAP principal components and the cheap extras, scaled to unit range."""
+        return self.gp.transform(self.X[self.indices(idx)])
 
 
-class ShiftModel:
+class ShiftModel(StructureSurrogate):
     """The null model of a correction: one constant shift, independent errors.
 
     ``delta_i = m + e_i`` for every structure, ``m`` the mean correction of the computed
@@ -532,56 +515,75 @@ class ShiftModel:
     the others, so its error bar is that of predicting a new structure by the shift. It
     is what the acquisition falls back to when the fitted surrogate predicts no better
     than it (:func:`agent.refine_acquisition.surrogate_skill`): its predictions rank the
-    uncomputed structures exactly as the cheap level does.
-
-    Rows of ``X`` are only counted (any descriptor or index rows). It offers the
-    interface :func:`agent.refine_acquisition.select_structures` uses (``predict``,
-    ``sample``, ``condition``, ``loo_residual_kjmol``, ``loo_mae_kjmol``, ``calibration``).
+    uncomputed structures exactly as the cheap level does. Conditioning fixes the
+    pending structures at the shift (zero spread there); the others are independent.
 
     Args:
-        delta_kjmol: corrections ``E_expensive - E_cheap`` of the computed structures,
-            kJ/mol per molecule, ``(n,)``.
+        cheap_kjmol: cheap-level energies of the landscape ``(n,)``, kJ/mol per molecule.
         prior_std_kjmol: error scale while fewer than three corrections are known.
         seed: default seed of :meth:`sample`.
     """
 
     kind = "constant-shift"
 
-    def __init__(self, delta_kjmol: np.ndarray, prior_std_kjmol: float = 4.0, seed: int = 0) -> None:
-        d = np.asarray(delta_kjmol, dtype=float).reshape(-1)
-        if not np.all(np.isfinite(d)):
-            raise SurrogateError("corrections must be finite")
+    def __init__(self, cheap_kjmol: np.ndarray, prior_std_kjmol: float = 4.0, seed: int = 0) -> None:
+        self.cheap_kjmol = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
         if prior_std_kjmol <= 0:
             raise SurrogateError("prior_std_kjmol must be positive")
+        self.prior_std_kjmol = float(prior_std_kjmol)
         self.seed = int(seed)
         self.calibration = 1.0
+        self.mean_kjmol, self.dof, self.scale_kjmol = 0.0, 1, self.prior_std_kjmol
+        self.loo_residual_kjmol = None
+        self.fixed: frozenset[int] = frozenset()
+        self.computed: dict[int, float] = {}
+
+    def fit(self, computed: Mapping[int, float]) -> ShiftModel:
+        idx, d = self._deltas(computed)
         n = len(d)
+        self.computed = {int(i): float(computed[i]) for i in idx}
         self.mean_kjmol = float(d.mean()) if n else 0.0
         #: computed minus the mean of the other computed corrections, ``(n,)``
         self.loo_residual_kjmol = (d - self.mean_kjmol) * n / (n - 1) if n >= 2 else None
         self.dof = max(n - 1, 1)
         if n >= 3:
-            rms = float(np.sqrt(np.mean(self.loo_residual_kjmol**2)))
-            self.scale_kjmol = max(rms, 1e-3)
+            self.scale_kjmol = max(float(np.sqrt(np.mean(self.loo_residual_kjmol**2))), 1e-3)
         else:
-            self.scale_kjmol = float(prior_std_kjmol)
+            self.scale_kjmol = self.prior_std_kjmol
+        self.fixed = frozenset()
+        return self
+
+    def refit_fixed(self, computed: Mapping[int, float]) -> ShiftModel:
+        """The shift of ``computed`` with this model's error scale and degrees of freedom."""
+        idx, d = self._deltas(computed)
+        out = self._copy()
+        out.computed = {int(i): float(computed[i]) for i in idx}
+        out.mean_kjmol = float(d.mean()) if len(d) else 0.0
+        return out
+
+    def condition(self, pending: Iterable[int]) -> ShiftModel:
+        out = self._copy()
+        out.fixed = self.fixed | {int(i) for i in self.indices(pending) if int(i) not in self.computed}
+        return out
 
     @property
-    def loo_mae_kjmol(self) -> float | None:
-        r = self.loo_residual_kjmol
-        return None if r is None else float(np.mean(np.abs(r)))
+    def std_kjmol(self) -> float:
+        """Std of the Student-t errors (finite for dof > 2; twice the scale otherwise)."""
+        return self.scale_kjmol * (np.sqrt(self.dof / (self.dof - 2.0)) if self.dof > 2 else 2.0)
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std of delta, ``(n,)`` each (std of the Student-t, finite for dof > 2)."""
-        n = len(X)
-        std = self.scale_kjmol * (np.sqrt(self.dof / (self.dof - 2.0)) if self.dof > 2 else 2.0)
-        return np.full(n, self.mean_kjmol), np.full(n, std)
+    def posterior(self, idx: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.indices(idx)
+        var = np.where(np.isin(rows, list(self.fixed)), 0.0, self.std_kjmol**2)
+        return np.full(len(rows), self.mean_kjmol), np.diag(var)
 
-    def sample(self, X: np.ndarray, n_samples: int, seed: int | None = None) -> np.ndarray:
-        """Independent draws of delta, ``(n_samples, n)``, kJ/mol per molecule."""
+    def sample(self, idx: Iterable[int], n_samples: int, seed: int | None = None) -> np.ndarray:
+        """Independent Student-t draws of delta, ``(n_samples, m)``, kJ/mol per molecule."""
+        rows = self.indices(idx)
         rng = np.random.default_rng(self.seed if seed is None else int(seed))
-        return self.mean_kjmol + self.scale_kjmol * rng.standard_t(self.dof, (int(n_samples), len(X)))
+        draws = self.mean_kjmol + self.scale_kjmol * rng.standard_t(self.dof, (int(n_samples), len(rows)))
+        draws[:, np.isin(rows, list(self.fixed))] = self.mean_kjmol
+        return draws
 
-    def condition(self, X_new: np.ndarray, delta_kjmol: np.ndarray) -> ShiftModel:
-        """Itself: believed (predicted-mean) corrections leave a constant shift unchanged."""
-        return self
+    def embedding(self, idx: Iterable[int]) -> np.ndarray:
+        """The cheap energy, the only per-structure input of the shift (``(m, 1)``)."""
+        return self.cheap_kjmol[self.indices(idx)][:, None]

@@ -188,7 +188,7 @@ def test_explores_farthest_structure_once_confident():
     X[:, -1] = e_cheap
     front = {int(i): float(e_cheap[i]) for i in order[:3]}
     assert completion_probability(e_cheap, X, front, top_k=3) > 0.9
-    Z = fit_delta_model(e_cheap, X, front).transform(X)
+    Z = fit_delta_model(e_cheap, X, front).embedding(np.arange(30))
     pool = [i for i in range(30) if i not in front and e_cheap[i] <= 20.0]
     far = max(pool, key=lambda i: np.linalg.norm(Z[list(front)] - Z[i], axis=1).min())
     # the exploration mechanics while the model steers (3 points: below the skill test's minimum)
@@ -244,15 +244,18 @@ def test_shift_model_loo_residuals_and_draws():
     from agent.surrogates.structure_gp import ShiftModel
 
     d = np.array([1.0, 3.0, -2.0, 6.0, 0.5])
-    m = ShiftModel(d, seed=3)
+    cheap = np.arange(9, dtype=float)
+    m = ShiftModel(cheap, seed=3).fit({i: cheap[i] + d[i] for i in range(len(d))})
     brute = [d[i] - np.delete(d, i).mean() for i in range(len(d))]
     np.testing.assert_allclose(m.loo_residual_kjmol, brute)
-    mean, std = m.predict(np.zeros((4, 1)))
+    mean, std = m.predict([5, 6, 7, 8])
     np.testing.assert_allclose(mean, d.mean())
-    draws = m.sample(np.zeros((7, 1)), 4000)
+    draws = m.sample(np.arange(2, 9), 4000)
     assert draws.shape == (4000, 7)
     assert abs(np.median(draws) - d.mean()) < 0.3
-    assert m.condition(np.zeros((1, 1)), np.zeros(1)) is m
+    # a believed (pending) structure sits at the shift; the others are independent of it
+    cond = m.condition([7])
+    assert cond.predict([7])[1][0] < 1e-9 and cond.predict([8])[1][0] == pytest.approx(std[0])
 
 
 def test_skill_test_passes_a_predictive_model_and_fails_a_useless_one():

@@ -80,7 +80,7 @@ def test_dft_refinement_campaign(tmp_path):
     assert len(land.computed) == 4 and set(land.dimer_records) == set(land.computed)
     model = reopened.stage._fit_model(land, seed=0)
     assert isinstance(model, FragmentDeltaModel) and model.n_structures == 4
-    mean, _ = model.predict(FragmentDeltaModel.index_rows(len(land.ids)))
+    mean, _ = model.predict(np.arange(len(land.ids)))
     done = sorted(land.computed)
     # computed structures come back at their DFT energies (up to the GP's noise term)
     assert np.allclose(land.ff_kjmol[done] + mean[done], [land.computed[i] for i in done], atol=1.5)
