@@ -117,6 +117,34 @@ class SurrogateConfig(_Strict):
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
 
 
+def _acquisition_default(name: str) -> Any:
+    from agent import refine_acquisition
+
+    return getattr(refine_acquisition, name)
+
+
+class StructureAcquisitionConfig(_Strict):
+    """Settings of the structure-level acquisition
+    (:func:`agent.refine_acquisition.select_structures`); the defaults are that module's.
+    ``explore = false`` switches exploration when confident off, ``skill_test = false``
+    the skill test; ``n_initial`` is the size of a space-filling initial design."""
+
+    explore: bool = True
+    explore_above: float = Field(default_factory=lambda: _acquisition_default("EXPLORE_ABOVE"), gt=0, le=1)
+    explore_fraction: float = Field(default_factory=lambda: _acquisition_default("EXPLORE_FRACTION"),
+                                    ge=0, le=1)
+    skill_test: bool = True
+    skill_ratio: float = Field(default_factory=lambda: _acquisition_default("SKILL_RATIO"), gt=0)
+    n_initial: int = Field(default=0, ge=0)
+
+    def select_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``select_structures`` these settings stand for."""
+        return {"explore_above": self.explore_above if self.explore else None,
+                "explore_fraction": self.explore_fraction,
+                "skill_ratio": self.skill_ratio if self.skill_test else None,
+                "n_initial": self.n_initial}
+
+
 class StructureStageConfig(_Strict):
     """The structure stage: CSP for the best molecules, then structure-level refinement.
 
@@ -143,6 +171,7 @@ class StructureStageConfig(_Strict):
             interaction energies computed for every dimer and given to the dimer GP as inputs
             (:mod:`sim_backends.fragment_terms`); ``[]`` for none. They help on large
             landscapes and can hurt on small ones (``benchmarks/refinement.py``).
+        acquisition: the acquisition's settings (:class:`StructureAcquisitionConfig`).
     """
 
     enabled: bool = False
@@ -159,6 +188,7 @@ class StructureStageConfig(_Strict):
     window_kjmol: float = Field(default=10.0, gt=0)
     dimer_baselines: list[Literal["gfn2-xtb", "gfn1-xtb", "d3"]] = Field(
         default_factory=lambda: list(DEFAULT_BASELINES))
+    acquisition: StructureAcquisitionConfig = Field(default_factory=StructureAcquisitionConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,89 +1,72 @@
 """Benchmark "refinement": how many expensive calculations until the true top 10 are known.
 
-Replays complete multi-level CSP landscapes. The agent (cost-aware top-k acquisition, see
-``agent/refine_acquisition.py``, default settings -- including the switch to space-filling
-picks once it believes the top 10 complete -- on the surrogate a campaign would use for
-that expensive level: the Delta-GP on averaged SOAP + cheap extras with LOO-calibrated
-error bars, or, for our fragment-DFT landscapes, the fragment dimer GP of
-``agent/surrogates/fragment_gp.py`` -- ``--surrogate soap`` forces the former) asks
-for structures batch by batch; the replay reveals only the expensive energies of the
-structures it asked for. We count the calculations made before all of the true
-top-10 structures (by expensive-level energy) have been computed. The agent never
-sees that stopping rule nor any uncomputed expensive energy.
+Drives the real campaign (:class:`agent.campaign.Campaign`, the scheduler and stages users
+run) with the in-process executor (:class:`agent.local_executor.LocalExecutor`) on replays
+of complete multi-level CSP landscapes (``sim_backends/replay.py``): ``replay-csp`` serves
+the landscape's cheap-level structures as the CSP stage's output and ``replay-crystal``
+each structure's stored expensive-level energy, charged the stored CPU seconds of that
+calculation. The campaign has a one-molecule pool (the landscape's molecule, evaluated
+once by the ``diagnostic`` backend so the structure stage may start), then the structure
+stage asks with its defaults (``agent/refine_acquisition.py``; the Delta-GP on averaged
+SOAP, or, for a level whose replay declares the stored fragment-DFT decomposition, the
+fragment dimer GP of ``agent/surrogates/fragment_gp.py``; ``--surrogate soap`` makes the
+replay declare none). ``batch_size`` = q tasks are kept in flight, as ``run_campaign``
+does (ask for the free slots, run one task, tell it, ask again): q = 4 is the
+asynchronous batch a user gets, not four synchronous picks. We count the calculations
+made before all of the true top-10 structures (by expensive-level energy) have been
+computed; the loop stops there. The agent never sees that rule nor an uncomputed energy.
 
-What drives the agent: :func:`run_agent`, a replay of the structure stage's decision
-(surrogate fitted on the computed structures, then ``select_structures`` with the campaign's
-defaults). It does not yet drive the real Campaign through a structure-keyed replay backend
-(the Stage refactor of issue 15 is in progress); :func:`run_agent` is the one function to
-replace when it lands.
+target_I stores no SMILES; its pool entry is ``Oc1ccccc1``, a stand-in with target I's
+formula (C6H6O, 13 atoms: the stage reads only the atom count per molecule from it;
+phenol is not target I's molecule). The fragment terms of a landscape (D3, point-charge
+Ewald, GFN2-xTB/GFN1-xTB/D3 dimer baselines) are computed by the stage as in any
+campaign; this process computes them once per landscape and baseline set and reuses
+them in later runs (a pure function of the structures), and their CPU seconds are
+counted in the agent's CPU column.
 
 Baselines in the same run: cheap-level energy order, random order (median of 25 seeds),
 oracle (= 10). One summary table over all landscapes (7 seeds, q = 1 and 4 by default):
-medians and ranges, the ratio agent / min(cheap order, random), and, where the landscape
-stores per-structure CPU seconds, the expensive-level CPU seconds until the top 10 are
-complete -- the agent's including the CPU seconds this process spent on the fragment
-baselines and cheap terms (xTB/D3 dimer energies, periodic D3, point-charge Ewald) that
-its surrogate needs. Also the surrogate's MAE (kJ/mol per molecule) on the
-not-yet-computed structures within 10 kJ/mol of the true minimum as the computed
-fraction grows, against a constant-shift baseline, and how often the skill test passed.
-Costs given to the agent, and summed in ``relative_cost_until_top10``, scale as n_atoms^3
-of the cell for periodic levels and as the number of symmetry-unique dimers for
-fragment-DFT landscapes (:func:`expected_costs`; normalised to mean 1).
+medians and ranges, the ratio agent / min(cheap order, random), and the expensive-level
+CPU seconds until the top 10 are complete (stored per structure; "-" where a landscape
+stores none: the replay then charges its prior estimate), the agent's including the
+CPU seconds of the fragment baselines. Also the surrogate's MAE (kJ/mol per molecule) on the
+not-yet-computed structures within 10 kJ/mol of the true minimum as the computed fraction
+grows, against a constant-shift baseline, and how often the skill test passed.
 
 Stopping-rule calibration: at every decision with at least 10 computed, each run records
-P(top 10 complete) (``completion_probability``) for the spread inflations
-:data:`STOP_INFLATIONS`; the rule "stop when P >= p" is kept when the true top 10 is
-complete at the first decision where it fires. The table gives, per landscape and pooled
-over all runs, the share of runs for which that held: the promise is kept when the share
-is at least p.
+P(top 10 complete) (``completion_probability`` on the stage's own fitted model) for the
+spread inflations :data:`STOP_INFLATIONS`; the rule "stop when P >= p" is kept when the
+true top 10 is complete at the first decision where it fires. The table gives, per
+landscape and pooled, the share of runs for which that held.
 
-``--grid`` replays, beside the agent, the agent without the skill test and the agent
-without exploration when confident (first batch size, ``--grid-seeds`` seeds; fitted
-surrogates are shared between settings that reach the same computed set) and reports
-leave-one-landscape-out choices: for each landscape the setting with the best mean
-log(agent / min(cheap, random)) on all the others, measured on it, next to its in-sample
-best; and the smallest stop inflation that kept the 0.9 promise on the others.
-Independent runs (e.g. one landscape per process) are merged with ``--combine``.
-
-Fragment-DFT landscapes (``dft_results.jsonl`` with per-dimer records beside the table, as
-``data/landscapes/make_landscape.py --expensive dft`` writes them): the expensive energy is
-D3(BJ) over the periodic cell + a point-charge Ewald sum (both computed here for every
-structure, as a campaign does, :func:`fragment_data`) + a weighted sum of per-dimer
-corrections E_int^DFT - E_pc, which the agent learns from the dimer records of the
-structures it has computed -- each computed structure teaches it about ~5 dimers. Its inputs
-also include GFN2-xTB, GFN1-xTB and D3(BJ) interaction energies of every dimer of the
-landscape (:mod:`sim_backends.fragment_terms`), computed here too: about 0.1 s per structure on
-one core, some 25 s for a 240-structure landscape, i.e. about one fragment DFT calculation
-(~27 CPU s each) -- not included in the counts.
+``--grid`` runs, beside the agent, the agent without the skill test and the agent without
+exploration when confident (``[structures.acquisition]`` of the campaign config; first
+batch size, ``--grid-seeds`` seeds) and reports leave-one-landscape-out choices: for each
+landscape the setting with the best mean log(agent / min(cheap, random)) on all the
+others, measured on it, next to its in-sample best; and the smallest stop inflation that
+kept the 0.9 promise on the others. Independent runs (e.g. one landscape per process) are
+merged with ``--combine``. Every finished run is appended to a progress file
+(``benchmarks/results/<stem>_progress.jsonl``) and a rerun of the same command resumes.
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/refinement.py --grid     # all known landscapes
-    # or one process per landscape, then merge (writes refinement.json when complete):
-    python benchmarks/refinement.py --grid --landscape data/landscapes/formamide_dft --cheap ff --expensive dft
+    python benchmarks/refinement.py --landscape data/landscapes/formamide_dft --cheap ff --expensive dft
     python benchmarks/refinement.py --combine benchmarks/results/refinement_*_grid.json
-    python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \
+    python benchmarks/refinement.py --landscape data/reference/landscapes/target_I \\
         --cheap MACE --expensive PBE_MBD --seeds 3 --batch 1 --batch 4
     python benchmarks/refinement.py --no-skill-test   # the surrogate always steers
     python benchmarks/refinement.py --no-explore      # agent without exploration when confident
-    python benchmarks/refinement.py --landscape data/landscapes/formamide_dft --cheap ff \
+    python benchmarks/refinement.py --landscape data/landscapes/formamide_dft --cheap ff \\
         --expensive dft --dimer-baselines none       # fragment dimer GP without the xTB/D3 baselines
 
-``--ff-features`` appends columns of :func:`sim_backends.ff_relax.relaxation_features`
-(W99 rigid-molecule relaxation of each cheap-level structure; read from
-``<landscape>/<name>_ff_relax_<cheap>.csv`` when present, else computed, ~1 s per
-structure) to the descriptor, and ``--ff-linear`` gives them a linear kernel too
-(target_I with ``ff_dv_percent --ff-linear``: 37/40 calculations at q=1/4 vs 62/64, both measured
-before exploration when confident became the default, which alone gives 19/20; it
-hurts landscapes whose cheap level is this force field, see ``sim_backends/ff_relax.py``).
 Results go to ``benchmarks/results/refinement.json`` for the default run over all known
-landscapes, else to ``refinement_<landscape names>[_<ff features>[_linear]].json``; a
-non-default ``--surrogate``, ``--dimer-baselines``, exploration, skill test, initial design,
-seeds or batch sizes adds ``_<surrogate>``, ``_baselines-<names or none>``, ``_no_explore`` /
+landscapes (7 seeds, q = 1 and 4, default settings), else to ``refinement_<landscape
+names>...json`` (``_<surrogate>``, ``_baselines-<names or none>``, ``_no_explore`` /
 ``_explore<above>-<fraction>``, ``_no_skill_test`` / ``_skill<ratio>``, ``_init<N>``,
-``_seeds<N>``, ``_q<batches>``, and ``--grid`` adds ``_grid``. ``--combine`` writes
-``refinement.json`` when the merged files cover every known landscape with the default
-settings, else ``refinement_combined.json``.
+``_seeds<N>``, ``_q<batches>``, ``_grid`` for non-default arguments). ``--combine`` writes
+``refinement.json`` only when the merged files cover every known landscape with the
+default settings, else ``refinement_combined.json``.
 """
 
 from __future__ import annotations
@@ -93,6 +76,7 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -103,28 +87,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.landscape_io import LandscapeError, load_landscape  # noqa: E402
-from agent.surrogates.fragment_gp import FragmentDeltaModel  # noqa: E402
 from agent.refine_acquisition import (  # noqa: E402
     EXPLORE_ABOVE,
     EXPLORE_FRACTION,
     SKILL_RATIO,
     STOP_INFLATION,
     completion_probability,
-    fit_delta_model,
-    select_structures,
     surrogate_skill,
 )
-from agent.surrogates.structure_gp import extra_column_options  # noqa: E402
-from sim_backends.descriptors import structure_features  # noqa: E402
 from sim_backends.fragment_terms import DEFAULT_BASELINES  # noqa: E402
+from sim_backends.landscape import LandscapeError  # noqa: E402
 
 TOP_K = 10
 WINDOW_KJMOL = 10.0
 FRACTIONS = (0.05, 0.10, 0.20, 0.30, 0.50)
-#: the agent "would stop" when it believes the low-energy set is complete with this
-STOP_PROBABILITY = 0.9
 DEFAULT = [(ROOT / "data/reference/landscapes/target_I", "MACE", "PBE_MBD")]
+#: pool entry of a landscape without a stored SMILES (target_I: C6H6O; see the docstring)
+STAND_IN_SMILES = {"Target_I": "Oc1ccccc1"}
+#: spread factors of completion_probability measured in every run (stopping-rule calibration)
+STOP_INFLATIONS = (1.0, 1.5, 2.0)
+#: promised probabilities whose achieved rate is reported
+STOP_LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
 def known_landscapes() -> list[tuple[Path, str, str]]:
@@ -151,20 +134,10 @@ def cost_until_top(order: list[int], top: set[int], costs: np.ndarray) -> float:
     return float(np.sum(costs[order[: count_until_top(order, top)]]))
 
 
-def recall_at(order: list[int], top: set[int], n: int) -> dict[float, int]:
-    """How many of ``top`` are among the first ``ceil(f n)`` of ``order``, per fraction f."""
-    return {f: len(top & set(order[: math.ceil(f * n)])) for f in FRACTIONS}
-
-
-#: spread factors of completion_probability measured in every run (stopping-rule calibration)
-STOP_INFLATIONS = (1.0, 1.5, 2.0)
-#: promised probabilities whose achieved rate is reported
-STOP_LEVELS = (0.5, 0.8, 0.9, 0.95)
-
-
 @dataclass(frozen=True)
 class AgentSettings:
-    """The acquisition settings one agent run uses (a grid point of ``--grid``)."""
+    """The acquisition settings of one agent run (``[structures.acquisition]``; a grid point
+    of ``--grid``)."""
 
     skill_ratio: float | None = SKILL_RATIO
     explore_above: float | None = EXPLORE_ABOVE
@@ -177,77 +150,207 @@ class AgentSettings:
         expl = "no explore" if self.explore_above is None else f"explore {self.explore_above:g}/{self.explore_fraction:g}"
         return f"{gate}, {expl}" + (f", init {self.n_initial}" if self.n_initial else "")
 
-
-class ModelCache:
-    """Fitted surrogates keyed by the computed set: runs with other settings that reach
-    the same computed set reuse the fit (the fit depends on the data and seed only, not on
-    the acquisition settings), which makes a settings grid cost little more than one run
-    where the trajectories agree. One seed and batch size at a time (``clear``)."""
-
-    def __init__(self, e_cheap, X, seed, gp_options=None, fragment=None):
-        self.args = (e_cheap, X, seed, gp_options, fragment)
-        self.models: dict[tuple[int, ...], object] = {}
-
-    def get(self, computed):
-        key = tuple(sorted(computed))
-        if key not in self.models:
-            e_cheap, X, seed, gp_options, fragment = self.args
-            self.models[key] = _agent_model(e_cheap, X, computed, seed, gp_options, fragment)
-        return self.models[key]
+    def toml(self) -> str:
+        return ("{" + f"explore = {str(self.explore_above is not None).lower()}, "
+                f"explore_above = {self.explore_above or EXPLORE_ABOVE!r}, "
+                f"explore_fraction = {self.explore_fraction!r}, "
+                f"skill_test = {str(self.skill_ratio is not None).lower()}, "
+                f"skill_ratio = {self.skill_ratio or SKILL_RATIO!r}, n_initial = {self.n_initial}" + "}")
 
 
-def run_agent(e_cheap, e_exp, X, costs, q, seed, top, settings=AgentSettings(), progress=None,
-              gp_options=None, fragment=None, cache=None, with_mae=True):
-    """One agent run until the true ``top`` set is computed: the replay loop.
+@dataclass
+class Case:
+    """One landscape as the benchmark replays it."""
 
-    This is the one function that stands for "the agent" in this benchmark (the
-    structure stage's decision: surrogate fit on the computed structures, then
-    :func:`~agent.refine_acquisition.select_structures` with the campaign's defaults);
-    driving the real Campaign through a structure-keyed replay backend replaces its body.
+    path: Path
+    cheap: str
+    expensive: str
+    name: str
+    ids: list[str]
+    e_cheap: np.ndarray
+    e_exp: np.ndarray
+    smiles: str
+    cpu_s: np.ndarray | None  # stored CPU s of each expensive calculation
+    costs: np.ndarray  # relative prior cost per structure (mean 1)
+    fragment: bool  # the replay declares a fragment-DFT decomposition
+
+    @property
+    def top(self) -> set[int]:
+        return set(np.argsort(self.e_exp, kind="stable")[:TOP_K].tolist())
+
+
+def load_case(path: Path, cheap: str, expensive: str, surrogate: str = "auto") -> Case:
+    """The landscape at ``path`` through the replay backends' own reader."""
+    from sim_backends.base import EvalInput, SetupError
+    from sim_backends.replay import ReplayCrystalBackend, stored_landscape
+
+    if not Path(path).is_dir():
+        raise LandscapeError(f"landscape directory not found: {path}")
+    try:
+        land = stored_landscape(str(Path(path).resolve()), cheap, expensive)
+    except SetupError as exc:
+        raise LandscapeError(str(exc)) from None
+    smiles = land["smiles"] or STAND_IN_SMILES.get(land["name"])
+    if smiles is None:
+        raise LandscapeError(f"{land['name']}: no 'smiles' in run.json and no stand-in known")
+    fragment = land["fragment_settings"] is not None and surrogate != "soap"
+    if surrogate == "fragment" and not fragment:
+        raise LandscapeError(f"{land['name']}: no fragment DFT records (dft_results.jsonl with dimers, run.json)")
+    replay = ReplayCrystalBackend(landscape=str(path), cheap=cheap, level=expensive, fragment=fragment)
+    prior = np.array([replay.cost_estimate(EvalInput(smiles, structure_cif=c, structure_id=f"m1-{i}"))
+                      for i, c in zip(land["ids"], land["cifs"])])
+    return Case(Path(path), cheap, expensive, land["name"], list(land["ids"]), np.asarray(land["cheap_kjmol"]),
+                np.asarray(land["level_kjmol"]), smiles,
+                None if land["cpu_s"] is None else np.asarray(land["cpu_s"]), prior / prior.mean(), fragment)
+
+
+class _FragmentTermsOnce:
+    """Computes the fragment terms of a landscape once per process (the stage would
+    recompute the same pure function in every campaign run) and records the CPU seconds
+    of the first computation, which the table counts against the agent."""
+
+    def __init__(self) -> None:
+        import sim_backends.fragment_terms as ft
+
+        self.module, self.real = ft, ft.landscape_fragment_terms
+        self.cache: dict[tuple, tuple[list, float]] = {}
+        ft.landscape_fragment_terms = self
+
+    def __call__(self, crystals, cutoff_A, cutoff_mode="contact", functional="pbe", progress=None,
+                 baselines=DEFAULT_BASELINES):
+        key = (tuple(np.asarray(c.atoms.cell).tobytes() + c.atoms.positions.tobytes() for c in crystals[:3]), len(crystals),
+               cutoff_A, cutoff_mode, functional, tuple(baselines))
+        if key not in self.cache:
+            c0 = time.process_time()
+            terms = self.real(crystals, cutoff_A, cutoff_mode, functional, progress=progress, baselines=baselines)
+            self.cache[key] = (terms, time.process_time() - c0)
+        return self.cache[key][0]
+
+    def cpu_s(self) -> float:
+        return float(sum(c for _, c in self.cache.values()))
+
+
+FRAGMENT_TERMS: _FragmentTermsOnce | None = None
+
+
+def campaign_config(case: Case, q: int, seed: int, settings: AgentSettings, baselines,
+                    max_structures: int | None = None) -> str:
+    """The campaign TOML of one run (one molecule; its structure stage on the replays of the
+    ``max_structures`` lowest cheap-level structures, default all)."""
+    n = min(len(case.ids), max_structures or len(case.ids))
+    land = f'landscape = "{case.path.resolve()}", cheap = "{case.cheap}", level = "{case.expensive}"'
+    return f"""name = "refinement"
+pool = "pool.smi"
+objective = "n_heavy_atoms"
+batch_size = {q}
+seed = {seed}
+max_evaluations = {n + 2}
+[surrogate]
+n_initial = 1
+[tracking]
+enabled = false
+[[backends]]
+name = "diagnostic"
+[structures]
+enabled = true
+budget_evaluations = {n + 1}
+max_structures = {n}
+top_k = {TOP_K}
+window_kjmol = {WINDOW_KJMOL}
+dimer_baselines = {json.dumps(list(baselines))}
+acquisition = {settings.toml()}
+csp = {{name = "replay-csp", params = {{{land}, n = {n}}}}}
+refine = {{name = "replay-crystal", params = {{{land}, fragment = {str(case.fragment).lower()}}}}}
+"""
+
+
+def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSettings(),
+              baselines=DEFAULT_BASELINES, with_mae: bool = True, progress=None,
+              stop_after: int | None = None, max_structures: int | None = None) -> dict:
+    """One run of the real campaign on ``case`` until the true top 10 are computed (or
+    ``stop_after`` structures, for tests; ``max_structures``: replay only the lowest ones).
+
+    The loop is ``run_campaign``'s (ask for the free slots of ``batch_size`` = ``q``, run
+    the oldest task in flight, tell its result, repeat) with the stop "true top 10
+    computed" added; every decision is the structure stage's.
 
     Returns:
-        dict with ``order`` (computed indices in order), ``mae`` (per computed fraction the
-        tuple of :func:`surrogate_mae`; empty unless ``with_mae``), ``decision_s`` (wall s
-        per decision), ``n_at`` (computed count at each decision), ``p_complete``
+        dict with ``order`` (landscape indices in the order their results were told),
+        ``mae`` (per computed fraction the tuple of :func:`surrogate_mae`), ``decision_s``
+        (wall s per ask), ``n_at`` (computed count at each decision), ``p_complete``
         (inflation -> P(top 10 complete) at each decision with >= TOP_K computed, None
-        before) and ``skill`` (model / shift LOO MAE ratio at each decision, None when
-        undefined).
+        before), ``skill`` (model / shift LOO MAE ratio at each decision, None when
+        undefined) and ``decisions`` (the stored (backend, structure id) of every evaluation).
     """
-    if fragment is not None:
-        X = FragmentDeltaModel.index_rows(len(e_cheap))
-    cache = cache or ModelCache(e_cheap, X, seed, gp_options, fragment)
-    n = len(e_cheap)
-    low = np.flatnonzero(e_exp - e_exp.min() <= WINDOW_KJMOL)
-    computed: dict[int, float] = {}
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+
+    top = case.top
+    index = {sid: k for k, sid in enumerate(case.ids)}
+    n = len(case.ids)
+    low = np.flatnonzero(case.e_exp - case.e_exp.min() <= WINDOW_KJMOL)
+    marks = {f: max(1, math.ceil(f * n)) for f in FRACTIONS}
     out = {"order": [], "mae": {}, "decision_s": [], "n_at": [], "skill": [],
            "p_complete": {k: [] for k in STOP_INFLATIONS}}
-    marks = {f: max(1, math.ceil(f * n)) for f in FRACTIONS}
-    while not top <= set(computed):
-        t0 = time.perf_counter()
-        model = cache.get(computed)
-        batch = select_structures(
-            e_cheap, X, computed, [], costs, q, seed, top_k=TOP_K, window_kjmol=WINDOW_KJMOL,
-            n_initial=settings.n_initial, model=model, explore_above=settings.explore_above,
-            explore_fraction=settings.explore_fraction, skill_ratio=settings.skill_ratio,
-        )
-        out["decision_s"].append(time.perf_counter() - t0)
-        out["n_at"].append(len(computed))
-        out["skill"].append(surrogate_skill(model, e_cheap, computed).ratio if computed else None)
-        ps = (completion_probability(e_cheap, X, computed, TOP_K, WINDOW_KJMOL, seed=seed, model=model,
-                                     skill_ratio=settings.skill_ratio, inflation=list(STOP_INFLATIONS))
-              if len(computed) >= TOP_K else [None] * len(STOP_INFLATIONS))
-        for k, p in zip(STOP_INFLATIONS, ps):
-            out["p_complete"][k].append(p)
-        for i in batch:
-            computed[i] = float(e_exp[i])
-            out["order"].append(i)
-            for f, m in marks.items():
-                if with_mae and len(out["order"]) == m and f not in out["mae"]:
-                    out["mae"][f] = surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options,
-                                                  fragment, cache, settings.skill_ratio)
-        if progress is not None:
-            progress()
+    with tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "pool.smi").write_text(f"{case.smiles} {case.name}\n")
+        (tmp / "campaign.toml").write_text(campaign_config(case, q, seed, settings, baselines, max_structures))
+        cfg = load_config(tmp / "campaign.toml")
+        campaign = Campaign.create(cfg, tmp / "runs")
+        executor = LocalExecutor(slots=q)
+        try:
+            stage = campaign.stage
+            while not top <= set(out["order"]) and len(out["order"]) < (stop_after or n):
+                free = q - executor.n_in_flight
+                if free > 0:
+                    t0 = time.perf_counter()
+                    tasks = campaign.ask(free)
+                    land = next(iter(stage.landscapes.values()), None)
+                    if land is not None and any(t.request.structure_id for t in tasks):
+                        out["decision_s"].append(time.perf_counter() - t0)
+                        _record_decision(out, case, land, stage, seed, settings)
+                    for task in tasks:
+                        executor.submit(task)
+                if executor.n_in_flight == 0:
+                    raise RuntimeError(f"{case.name}: the campaign proposed nothing before the top {TOP_K} "
+                                       f"were computed ({campaign.stop_reason()})")
+                for done in executor.wait():
+                    campaign.tell(done.task, done.result)
+                    sid = done.task.request.structure_id
+                    if sid is None:
+                        continue
+                    if not done.result.ok:
+                        raise RuntimeError(f"{case.name}: replay failed for {sid}: {done.result.reason}")
+                    out["order"].append(index[sid.split("-", 1)[1]])
+                    land = next(iter(stage.landscapes.values()))
+                    for f, m in marks.items():
+                        if with_mae and len(out["order"]) == m and f not in out["mae"]:
+                            out["mae"][f] = surrogate_mae(case, land, stage, low, seed, settings)
+                    if progress is not None:
+                        progress()
+            out["decisions"] = [(ev.backend, ev.structure_id, ev.cpu_s) for ev in campaign.store.evaluations()]
+        finally:
+            executor.shutdown()
+            campaign.close()
     return out
+
+
+def _record_decision(out: dict, case: Case, land, stage, seed: int, settings: AgentSettings) -> None:
+    """P(top 10 complete) and the skill ratio of the model the stage fitted for this decision."""
+    model = land.model
+    computed = dict(land.computed)
+    out["n_at"].append(len(computed))
+    ok = model is not None and land.model_computed == computed
+    out["skill"].append(surrogate_skill(model, land.ff_kjmol, computed).ratio if ok and computed else None)
+    ps = [None] * len(STOP_INFLATIONS)
+    if ok and len(computed) >= TOP_K:
+        ps = completion_probability(land.ff_kjmol, stage._inputs(land, model), computed, TOP_K, WINDOW_KJMOL,
+                                    seed=seed, model=model, skill_ratio=settings.skill_ratio,
+                                    inflation=list(STOP_INFLATIONS))
+    for k, p in zip(STOP_INFLATIONS, ps):
+        out["p_complete"][k].append(p)
 
 
 def premature_stop(run, level, inflation):
@@ -259,205 +362,82 @@ def premature_stop(run, level, inflation):
     return None
 
 
-def _agent_model(e_cheap, X, computed, seed, gp_options=None, fragment=None):
-    """The agent's surrogate for the computed structures: the SOAP Delta-GP, or the fragment
-    dimer GP when ``fragment`` data are given."""
-    if fragment is None:
-        return fit_delta_model(e_cheap, X, computed, seed=seed, gp_options=gp_options)
-    terms, deltas = fragment
-    return FragmentDeltaModel(terms, e_cheap, seed=seed).fit({i: deltas[i] for i in computed}, computed)
-
-
-def fragment_data(path: Path, land, cheap: str, console, baselines=DEFAULT_BASELINES):
-    """Fragment terms of every structure and the DFT dimer corrections, for landscapes
-    whose expensive level is the two-body fragment DFT of ``dft-crystal``
-    (``dft_results.jsonl`` with per-dimer records and ``run.json`` with the cutoff).
-
-    The cheap terms (periodic D3(BJ) and the RESP point-charge Ewald sum) and the dimer
-    descriptors are computed here from the cheap-level structures, as the agent would in
-    a campaign; the DFT dimer records are what each expensive calculation returned.
-
-    Returns:
-        ``(terms, deltas, cpu_s)`` (``cpu_s``: CPU seconds of this process computing the
-        terms, i.e. the agent's overhead for the fragment baselines and cheap terms), or
-        None when the landscape has no fragment DFT records.
-    """
-    from rich.progress import Progress
-
-    from sim_backends.fragment_terms import dimer_deltas, landscape_fragment_terms
-    from sim_backends.structures import Crystal
-
-    rec_path, run_path = Path(path) / "dft_results.jsonl", Path(path) / "run.json"
-    if not rec_path.exists() or not run_path.exists():
-        return None
-    settings = json.loads(run_path.read_text()).get("expensive_settings", {})
-    records = {}
-    for line in rec_path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            records[r["id"]] = r
-    if not all(i in records and records[i].get("dimers") for i in land.ids):
-        return None
-    c0 = time.process_time()
-    with Progress(console=console, transient=True) as prog:
-        task = prog.add_task(f"{land.name}: fragment terms (D3, point-charge Ewald, dimers)", total=len(land))
-        terms = landscape_fragment_terms(
-            [Crystal.from_atoms(a) for a in land.atoms[cheap]], float(settings.get("cutoff_A", 3.0)),
-            str(settings.get("cutoff_mode", "contact")), str(settings.get("functional", "pbe")),
-            progress=lambda: prog.advance(task), baselines=baselines)
-    cpu_s = time.process_time() - c0
-    deltas = {k: dimer_deltas(t, records[sid]["dimers"]) for k, (sid, t) in enumerate(zip(land.ids, terms))}
-    return terms, deltas, cpu_s
-
-
-def surrogate_mae(e_cheap, e_exp, X, computed, low, seed, gp_options=None, fragment=None,
-                  cache=None, skill_ratio=SKILL_RATIO):
-    """Surrogate quality on the uncomputed low-energy structures.
+def surrogate_mae(case: Case, land, stage, low, seed, settings: AgentSettings):
+    """Quality of the stage's surrogate, fitted on what is computed now, on the uncomputed
+    low-energy structures.
 
     Returns:
         ``(GP MAE, constant-shift MAE, fraction within the GP's 2-sigma interval,
         the GP's LOO calibration factor, 1.0 if the GP passes the skill test else 0.0)``;
         MAEs in kJ/mol per molecule.
     """
-    rest = np.array([i for i in low if i not in computed], dtype=int)
-    if len(rest) == 0:
+    ids = [sid.split("-", 1)[1] for sid in land.ids]
+    pos = {sid: k for k, sid in enumerate(ids)}  # case index -> stage index through the id
+    stage_low = np.array([pos[case.ids[i]] for i in low
+                          if case.ids[i] in pos and pos[case.ids[i]] not in land.computed], dtype=int)
+    if len(stage_low) == 0:
         return (float("nan"),) * 5
-    gp = cache.get(computed) if cache is not None else _agent_model(e_cheap, X, computed, seed,
-                                                                    gp_options, fragment)
-    if fragment is not None:
-        X = FragmentDeltaModel.index_rows(len(e_cheap))
-    mean, std = gp.predict(X[rest])
-    idx = np.array(sorted(computed))
-    shift = float(np.mean(e_exp[idx] - e_cheap[idx]))
-    err = e_cheap[rest] + mean - e_exp[rest]
-    skilled = skill_ratio is None or surrogate_skill(gp, e_cheap, computed, skill_ratio).skilled
-    return (
-        float(np.mean(np.abs(err))),
-        float(np.mean(np.abs(e_cheap[rest] + shift - e_exp[rest]))),
-        float(np.mean(np.abs(err) <= 2.0 * std)),
-        float(getattr(gp, "calibration", 1.0)),
-        float(skilled),
-    )
+    e_exp = np.array([case.e_exp[case.ids.index(s)] for s in ids])
+    gp = stage._fit_model(land, seed)
+    mean, std = gp.predict(stage_low)  # a StructureSurrogate predicts by structure index
+    idx = np.array(sorted(land.computed))
+    shift = float(np.mean(e_exp[idx] - land.ff_kjmol[idx]))
+    err = land.ff_kjmol[stage_low] + mean - e_exp[stage_low]
+    skilled = settings.skill_ratio is None or surrogate_skill(gp, land.ff_kjmol, land.computed,
+                                                              settings.skill_ratio).skilled
+    return (float(np.mean(np.abs(err))),
+            float(np.mean(np.abs(land.ff_kjmol[stage_low] + shift - e_exp[stage_low]))),
+            float(np.mean(np.abs(err) <= 2.0 * std)),
+            float(getattr(gp, "calibration", 1.0)),
+            float(skilled))
 
 
-def expected_costs(path: Path, land) -> np.ndarray:
-    """Relative cost of the expensive calculation per structure, known before running it.
-
-    Fragment DFT landscapes (a ``n_unique_dimers`` column in ``*_landscape.csv``, made by
-    ``data/landscapes/make_landscape.py``): proportional to the number of symmetry-unique
-    dimers, a geometry-only count (Pearson r with the measured CPU time: 0.79 formamide,
-    0.98 formic acid; with (atoms per cell)^3 it is -0.12 and -0.03). Otherwise periodic
-    calculations: (atoms per cell)^3.
-    """
-    import csv
-
-    table = next(Path(path).glob("*_landscape.csv"))
-    with open(table, newline="") as fh:
-        rows = {r["id"]: r for r in csv.DictReader(fh)}
-    if all(rows.get(i, {}).get("n_unique_dimers") not in (None, "") for i in land.ids):
-        d = np.array([float(rows[i]["n_unique_dimers"]) for i in land.ids])
-        return d / d.mean()
-    return (land.n_atoms() / land.n_atoms().mean()) ** 3
-
-
-def ff_columns(path, land, cheap, names, console):
-    """Columns ``names`` of the FF relaxation features of the cheap-level structures."""
-    from rich.progress import Progress
-
-    from sim_backends.ff_relax import FEATURE_NAMES, cache_path, cached_relaxation_features
-
-    bad = sorted(set(names) - set(FEATURE_NAMES))
-    if bad:
-        raise LandscapeError(f"unknown --ff-features {bad}; choose from {list(FEATURE_NAMES)}")
-    with Progress(console=console, transient=True) as prog:
-        task = prog.add_task(f"{land.name}: FF relaxation features", total=len(land))
-        feats = cached_relaxation_features(
-            land.atoms[cheap], land.ids, cache_path(path, land.name, cheap),
-            cache_key=f"{land.name}:{cheap}", progress=lambda: prog.advance(task),
-        )
-    return feats[:, [FEATURE_NAMES.index(k) for k in names]]
-
-
-def measured_cpu_s(path: Path, land) -> np.ndarray | None:
-    """Stored CPU seconds of each structure's expensive calculation (``cpu_s`` column of
-    ``*_landscape.csv``, as ``make_landscape.py`` writes it), or None."""
-    import csv
-
-    table = next(Path(path).glob("*_landscape.csv"))
-    with open(table, newline="") as fh:
-        rows = {r["id"]: r for r in csv.DictReader(fh)}
-    if not all(rows.get(i, {}).get("cpu_s") not in (None, "") for i in land.ids):
-        return None
-    return np.array([float(rows[i]["cpu_s"]) for i in land.ids])
+def _read_progress(progress_path, name) -> dict:
+    recorded: dict[tuple[str, int, int], dict] = {}
+    if progress_path is None or not Path(progress_path).exists():
+        return recorded
+    for line in Path(progress_path).read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("landscape") != name or rec.get("driver") != "campaign":  # not older loops' runs
+            continue
+        rec["p_complete"] = {float(k): v for k, v in rec["p_complete"].items()}
+        rec["mae"] = {float(k): tuple(v) for k, v in rec["mae"].items()}
+        recorded[(rec["settings"], rec["q"], rec["seed"])] = rec
+    return recorded
 
 
 def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(AgentSettings(),),
-                  ff_features=(), ff_linear=False, surrogate="auto", baselines=DEFAULT_BASELINES,
-                  grid_seeds=None, progress_path=None, recorded_only=False):
-    """Replay every setting of ``configs`` (the first is the reported agent) on one landscape.
+                  surrogate="auto", baselines=DEFAULT_BASELINES, grid_seeds=None, progress_path=None,
+                  recorded_only=False):
+    """Run every setting of ``configs`` (the first is the reported agent) on one landscape.
 
     Returns:
         ``(name, result dict)``; ``result["grid"]`` holds, per setting label and batch size,
         the calculation counts per seed (settings after the first: the first ``grid_seeds``
-        seeds only; ``result["grid_seeds"]``). ``progress_path``: a JSONL file that gets one
-        line per finished run and is read first, so a rerun resumes; ``recorded_only``:
-        replay nothing, report the runs recorded there (a partial result says so in
-        ``agent_runs``).
+        seeds only). ``progress_path``: a JSONL file that gets one line per finished run
+        (with its fragment-term CPU seconds) and is read first, so a rerun resumes;
+        ``recorded_only``: run nothing, report the runs recorded there.
     """
     from rich.markup import escape
     from rich.progress import Progress
     from rich.table import Table
 
-    land = load_landscape(path, cheap, expensive)
-    e_cheap = land.energies_kjmol[cheap]
-    e_exp = land.energies_kjmol[expensive]
-    n = len(land)
-    gp_options = None
-    if recorded_only:
-        X = None  # nothing is replayed
-    elif ff_features:
-        extra = ff_columns(path, land, cheap, ff_features, console)
-        X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap, extra_columns=extra)
-        gp_options = extra_column_options(extra.shape[1], linear=ff_linear)
-    else:
-        X = structure_features(land.atoms[cheap], land.n_molecules, e_cheap)
-    costs = expected_costs(path, land)
-    cpu = measured_cpu_s(path, land)
-    recorded: dict[tuple[str, int, int], dict] = {}
-    meta: dict = {}
-    if progress_path is not None and Path(progress_path).exists():
-        for line in Path(progress_path).read_text().splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if rec.get("landscape") != land.name:
-                continue
-            if rec.get("meta"):
-                meta = rec
-                continue
-            rec["p_complete"] = {float(k): v for k, v in rec["p_complete"].items()}
-            rec["mae"] = {float(k): tuple(v) for k, v in rec["mae"].items()}
-            recorded[(rec["settings"], rec["q"], rec["seed"])] = rec
-    fragment, baseline_cpu_s = None, float(meta.get("baseline_cpu_s", 0.0))
-    if recorded_only and meta:
-        pass  # nothing to replay: the fragment terms' CPU seconds were recorded with the runs
-    elif surrogate in ("auto", "fragment") and not ff_features:
-        data = fragment_data(path, land, cheap, console, baselines)
-        if data is None and surrogate == "fragment":
-            raise LandscapeError(f"{land.name}: no fragment DFT records (dft_results.jsonl with dimers, run.json)")
-        if data is not None:
-            fragment, baseline_cpu_s = data[:2], float(data[2])
-        meta = {"landscape": land.name, "meta": True, "baseline_cpu_s": baseline_cpu_s,
-                "surrogate": "fragment-dimer-gp" if fragment is not None else "soap-delta-gp"}
-        if progress_path is not None:
-            with open(progress_path, "a") as fh:
-                fh.write(json.dumps(meta) + "\n")
-    top = set(np.argsort(e_exp, kind="stable")[:TOP_K].tolist())
-    cheap_list = [int(i) for i in np.argsort(e_cheap, kind="stable")]
+    global FRAGMENT_TERMS
+    case = load_case(path, cheap, expensive, surrogate)
+    n, top = len(case.ids), case.top
+    recorded = _read_progress(progress_path, case.name)
+    if FRAGMENT_TERMS is None:
+        FRAGMENT_TERMS = _FragmentTermsOnce()
+    cpu_before = FRAGMENT_TERMS.cpu_s()
+    baseline_cpu_s = max((r.get("baseline_cpu_s", 0.0) for r in recorded.values()), default=0.0)
+    cheap_list = [int(i) for i in np.argsort(case.e_cheap, kind="stable")]
     cheap_order = count_until_top(cheap_list, top)
     random_orders = [list(np.random.default_rng(1000 + s).permutation(n)) for s in range(25)]
     random_counts = [count_until_top(o, top) for o in random_orders]
     r_med = float(np.median(random_counts))
+    cpu = case.cpu_s
 
     def cpu_until(order):
         return float(np.sum(cpu[order[: count_until_top(order, top)]])) if cpu is not None else None
@@ -465,38 +445,44 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
     default = configs[0]
     runs: dict[str, dict[int, list[dict]]] = {c.label: {q: [] for q in batches} for c in configs}
     with Progress(console=console, transient=True) as prog:
-        task = prog.add_task(f"{land.name} replays", total=None)
+        task = prog.add_task(f"{case.name} campaigns", total=None)
         for s in range(seeds):  # seed-major, so a partial run has both batch sizes for its seeds
-            cache = ModelCache(e_cheap, X, s, gp_options, fragment)  # fits depend on data and seed only
             for q in batches:
                 for c in configs:
-                    if c != configs[0] and (q != batches[0] or (grid_seeds is not None and s >= grid_seeds)):
+                    if c != default and (q != batches[0] or (grid_seeds is not None and s >= grid_seeds)):
                         continue  # the grid's other settings: first batch size, first seeds
                     if (c.label, q, s) in recorded:
                         runs[c.label][q].append(recorded[(c.label, q, s)])
                         continue
                     if recorded_only:
                         continue
-                    run = run_agent(e_cheap, e_exp, X, costs, q, s, top, c, lambda: prog.advance(task),
-                                    gp_options, fragment, cache, with_mae=(c == default and q == batches[0]))
+                    t0 = time.perf_counter()
+                    run = run_agent(case, q, s, c, baselines, with_mae=(c == default and q == batches[0]),
+                                    progress=lambda: prog.advance(task))
+                    if case.fragment and FRAGMENT_TERMS.cpu_s() > cpu_before:
+                        baseline_cpu_s = FRAGMENT_TERMS.cpu_s() - cpu_before
+                    run["wall_s"] = round(time.perf_counter() - t0, 1)
                     run["count"] = count_until_top(run["order"], top)
                     run["cpu_s"] = cpu_until(run["order"])
+                    run["baseline_cpu_s"] = baseline_cpu_s
                     run["last_found_cheap_rank"] = cheap_list.index(run["order"][run["count"] - 1])
                     runs[c.label][q].append(run)
                     if progress_path is not None:
                         with open(progress_path, "a") as fh:
-                            fh.write(json.dumps({**run, "landscape": land.name, "settings": c.label, "q": q,
+                            fh.write(json.dumps({**run, "driver": "campaign", "landscape": case.name,
+                                                 "settings": c.label, "q": q,
                                                  "seed": s, "order": [int(i) for i in run["order"]],
                                                  "p_complete": {str(k): v for k, v in run["p_complete"].items()},
                                                  "mae": {str(k): v for k, v in run["mae"].items()}}) + "\n")
-                    console.log(escape(f"{land.name} q={q} seed={s} [{c.label}]: {run['count']} calculations"))
+                    console.log(escape(f"{case.name} q={q} seed={s} [{c.label}]: {run['count']} calculations, "
+                                       f"{run['wall_s']:.0f} s wall"))
     dflt = runs[default.label]
     q0 = batches[0]
     if not dflt[q0]:
-        return land.name, None
+        return case.name, None
     batches = [q for q in batches if dflt[q]]  # a partial (recorded-only) result: what was run
     best = min(cheap_order, r_med)
-    table = Table(title=escape(f"{land.name}: calculations until the true top {TOP_K} are computed "
+    table = Table(title=escape(f"{case.name}: calculations until the true top {TOP_K} are computed "
                                f"({cheap} -> {expensive}, {n} structures), agent [{default.label}]"))
     for col in ("method", "median", "all runs", "ratio to min(cheap, random)"):
         table.add_column(col)
@@ -505,11 +491,11 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
     table.add_row(f"random (median of {len(random_counts)})", f"{r_med:.0f}", "", f"{r_med / best:.2f}")
     for q in batches:
         counts = [r["count"] for r in dflt[q]]
-        table.add_row(f"agent q={q} ({seeds} seeds)", f"{np.median(counts):.0f}",
+        table.add_row(f"agent q={q} ({len(counts)} seeds)", f"{np.median(counts):.0f}",
                       " ".join(map(str, counts)), f"{np.median(counts) / best:.2f}")
     console.print(table)
-    maes = {f: [r["mae"][f] for r in dflt[q0] if f in r["mae"]] for f in FRACTIONS}
-    mt = Table(title=f"{land.name}: MAE (kJ/mol) on uncomputed structures within "
+    maes = {f: [tuple(r["mae"][f]) for r in dflt[q0] if f in r["mae"]] for f in FRACTIONS}
+    mt = Table(title=f"{case.name}: MAE (kJ/mol per molecule) on uncomputed structures within "
                f"{WINDOW_KJMOL:g} kJ/mol of the minimum, agent q={q0}")
     for col in ("computed fraction", "n computed", "surrogate", "constant shift", "ratio",
                 "within 2 sigma", "LOO calibration", "skill test passed"):
@@ -535,13 +521,13 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                                       "premature_stop_at": [x for x in stops if x is not None]}
     grid = {c.label: {str(q): [r["count"] for r in runs[c.label][q]] for q in batches} for c in configs}
     agent_cpu = [r["cpu_s"] for r in dflt[q0] if r["cpu_s"] is not None]
-    return land.name, {
+    baseline_cpu_s = max([baseline_cpu_s] + [r.get("baseline_cpu_s", 0.0) for r in all_default])
+    return case.name, {
         "levels": f"{cheap} -> {expensive}",
         "n_structures": n,
-        "ff_features": list(ff_features),
-        "ff_linear": bool(ff_linear),
-        "surrogate": meta.get("surrogate", "soap-delta-gp"),
-        "dimer_baselines": list(baselines) if meta.get("surrogate") == "fragment-dimer-gp" else [],
+        "driver": "agent.campaign.Campaign + LocalExecutor, replay-csp/replay-crystal",
+        "surrogate": "fragment-dimer-gp" if case.fragment else "soap-delta-gp",
+        "dimer_baselines": list(baselines) if case.fragment else [],
         "settings": default.label,
         "agent": float(np.median([r["count"] for r in dflt[q0]])),
         "agent_by_batch": {str(q): float(np.median([r["count"] for r in dflt[q]])) for q in batches},
@@ -558,14 +544,15 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
             "random": round(float(np.median([cpu_until(o) for o in random_orders])), 1)},
         "baseline_cpu_s": round(baseline_cpu_s, 1),
         "relative_cost_until_top10": {
-            "agent": round(float(np.median([cost_until_top(r["order"], top, costs) for r in dflt[q0]])), 2),
-            "cheap_order": round(cost_until_top(cheap_list, top, costs), 2),
-            "random": round(float(np.median([cost_until_top(o, top, costs) for o in random_orders])), 2)},
+            "agent": round(float(np.median([cost_until_top(r["order"], top, case.costs) for r in dflt[q0]])), 2),
+            "cheap_order": round(cost_until_top(cheap_list, top, case.costs), 2),
+            "random": round(float(np.median([cost_until_top(o, top, case.costs) for o in random_orders])), 2)},
         "mae_at_10pct_kjmol": round(float(np.median([v[0] for v in at10])), 3) if at10 else None,
         "shift_mae_at_10pct_kjmol": round(float(np.median([v[1] for v in at10])), 3) if at10 else None,
         "within_2sigma_at_10pct": round(float(np.median([v[2] for v in at10])), 3) if at10 else None,
         "last_found_cheap_rank": float(np.median([r["last_found_cheap_rank"] for r in dflt[q0]])),
-        "decision_s_median": round(float(np.median(decision_s)), 3),
+        "decision_s_median": round(float(np.median(decision_s)), 3) if decision_s else None,
+        "run_wall_s_median": round(float(np.median([r.get("wall_s", 0.0) for r in all_default])), 1),
         "stop_calibration": calib,
         "grid": grid,
         "grid_seeds": grid_seeds if len(configs) > 1 else None,
@@ -621,6 +608,36 @@ def leave_one_landscape_out(results: dict, configs, batches) -> dict:
     return out
 
 
+def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
+    """``(result stem, progress stem)``: ``refinement`` only for the default run over every
+    known landscape; any non-default argument adds its own suffix (module docstring)."""
+    stem = "refinement"
+    if args.landscape:  # a chosen subset must not overwrite the all-landscapes result
+        stem += "_" + "_".join(load_case(p, c, e).name for p, c, e in cases)
+    if args.surrogate != "auto":
+        stem += f"_{args.surrogate}"
+    if baselines != DEFAULT_BASELINES:
+        stem += "_baselines-" + ("+".join(baselines) or "none")
+    if args.no_explore:
+        stem += "_no_explore"
+    elif explore != (EXPLORE_ABOVE, EXPLORE_FRACTION):
+        stem += f"_explore{explore[0]:g}-{explore[1]:g}"
+    if args.no_skill_test:
+        stem += "_no_skill_test"
+    elif args.skill_ratio != SKILL_RATIO:
+        stem += f"_skill{args.skill_ratio:g}"
+    if args.n_initial:
+        stem += f"_init{args.n_initial}"
+    progress_stem = stem  # runs are keyed by settings, batch size and seed: more seeds resume
+    if args.seeds != 7:
+        stem += f"_seeds{args.seeds}"
+    if (args.batch or [1, 4]) != [1, 4]:
+        stem += "_q" + "-".join(map(str, args.batch))
+    if args.grid:
+        stem += "_grid"
+    return stem, progress_stem
+
+
 def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
@@ -650,16 +667,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grid-seeds", type=int, default=3,
                         help="seeds of the grid's other settings (default 3; the agent runs --seeds)")
     parser.add_argument("--recorded-only", action="store_true",
-                        help="replay nothing: report the runs recorded in the progress file "
+                        help="run nothing: report the runs recorded in the progress file "
                              "(benchmarks/results/<result name>_progress.jsonl) of the same command")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
                         help="compute nothing: merge result files of this benchmark (one landscape "
                              "each, e.g. run in parallel), print the tables and leave-one-landscape-out")
-    parser.add_argument("--ff-features", default="",
-                        help="comma-separated sim_backends.ff_relax.FEATURE_NAMES to append to "
-                             "the descriptor (default: none)")
-    parser.add_argument("--ff-linear", action="store_true",
-                        help="also give the --ff-features columns a linear kernel")
     parser.add_argument("--surrogate", choices=("auto", "soap", "fragment"), default="auto",
                         help="agent surrogate: the fragment dimer GP where the landscape has fragment DFT "
                         "records (auto, default), always the SOAP Delta-GP (soap), or require fragment")
@@ -688,7 +700,6 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--batch must be >= 1")
     console = Console(width=250)
     warnings.filterwarnings("ignore")
-    ff_features = tuple(k for k in args.ff_features.split(",") if k)
     explore = (None, args.explore_fraction) if args.no_explore else (args.explore_above, args.explore_fraction)
     agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial)
     configs = [agent]
@@ -705,35 +716,9 @@ def main(argv: list[str] | None = None) -> dict:
                  "skill_ratio": agent.skill_ratio, "landscapes": {}}
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    stem = "refinement"
-    if args.landscape:  # a chosen subset must not overwrite the all-landscapes result
-        stem += "_" + "_".join(load_landscape(p, c, e).name for p, c, e in cases)
-    if ff_features:
-        stem += "_" + "+".join(ff_features) + ("_linear" if args.ff_linear else "")
-    if args.surrogate != "auto":
-        stem += f"_{args.surrogate}"
-    if baselines != DEFAULT_BASELINES:
-        stem += "_baselines-" + ("+".join(baselines) or "none")
-    if args.no_explore:
-        stem += "_no_explore"
-    elif explore != (EXPLORE_ABOVE, EXPLORE_FRACTION):
-        stem += f"_explore{explore[0]:g}-{explore[1]:g}"
-    if args.no_skill_test:
-        stem += "_no_skill_test"
-    elif args.skill_ratio != SKILL_RATIO:
-        stem += f"_skill{args.skill_ratio:g}"
-    if args.n_initial:
-        stem += f"_init{args.n_initial}"
-    progress_stem = stem  # runs are keyed by settings, batch size and seed: more seeds resume
-    if args.seeds != 7:
-        stem += f"_seeds{args.seeds}"
-    if batches != [1, 4]:
-        stem += "_q" + "-".join(map(str, batches))
-    if args.grid:
-        stem += "_grid"
+    stem, progress_stem = result_stems(args, cases, baselines, explore)
     for path, cheap, expensive in cases:
         name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console, configs,
-                                  ff_features=ff_features, ff_linear=args.ff_linear,
                                   surrogate=args.surrogate, baselines=baselines,
                                   grid_seeds=min(args.grid_seeds, args.seeds) if args.grid else None,
                                   progress_path=results / f"{progress_stem}_progress.jsonl",
@@ -786,8 +771,8 @@ def combine(files, console) -> dict:
 
 
 def _known_names() -> list[str]:
-    """Landscape names of :func:`known_landscapes` (as ``load_landscape`` names them)."""
-    return [load_landscape(p, c, e).name for p, c, e in known_landscapes()]
+    """Landscape names of :func:`known_landscapes`."""
+    return [load_case(p, c, e).name for p, c, e in known_landscapes()]
 
 
 def print_summary(out: dict, batches, console) -> None:

@@ -21,6 +21,8 @@ BUILTIN: dict[str, str] = {
     "replay": "sim_backends.replay:ReplayBackend",
     "replay-xtb-reorg": "sim_backends.replay:ReplayXtbReorgBackend",
     "replay-dft-reorg": "sim_backends.replay:ReplayDftReorgBackend",
+    "replay-csp": "sim_backends.replay:ReplayCspBackend",
+    "replay-crystal": "sim_backends.replay:ReplayCrystalBackend",
     "diagnostic": "sim_backends.diagnostic:DiagnosticBackend",
     "_faulty": "sim_backends.faulty:FaultyBackend",
     "csp-ff": "sim_backends.csp.backend:CSPBackend",

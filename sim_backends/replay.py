@@ -34,6 +34,14 @@ Params:
 
 Each instance has its own ``fidelity`` (an instance attribute shadowing the class
 attribute), so one campaign can replay several levels of a ladder.
+
+Structure-keyed replays of a stored multi-level CSP landscape (a directory in the layout
+of ``data/landscapes/*`` or ``data/reference/landscapes/target_I``), for benchmarks and
+stage tests that drive the real campaign: ``replay-csp`` serves the landscape's
+cheap-level structures as the CSP stage's output, ``replay-crystal`` each structure's
+stored energy at another level, charged the stored CPU seconds of that calculation
+(see :class:`ReplayCspBackend`, :class:`ReplayCrystalBackend`). Both are internal
+(usable from a campaign TOML, hidden from ``crystal-agent backends``).
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
 
@@ -268,3 +278,232 @@ def reorg_table_values(path: Path = REORG_TABLE) -> tuple[list[str], list[float]
             xtb.append(float(row["xtb_reorg_kjmol"]))
             dft.append(float(row["dft_reorg_kjmol"]) if row.get("dft_reorg_kjmol") else float("nan"))
     return smiles, xtb, dft
+
+
+# -- structure-keyed replay of a stored multi-level CSP landscape ----------------------------
+
+
+def _landscape_dir(params: dict[str, Any]) -> Path:
+    path = params.get("landscape")
+    if not path:
+        raise SetupError("param 'landscape' (a landscape directory, e.g. data/landscapes/formamide_dft) is required")
+    p = Path(str(path)).expanduser()
+    if not p.is_dir():
+        raise SetupError(f"landscape directory not found: {p}")
+    return p.resolve()
+
+
+@lru_cache(maxsize=8)
+def stored_landscape(directory: str, cheap: str, level: str) -> dict[str, Any]:
+    """A stored landscape at ``cheap`` and ``level`` (table layout of
+    :meth:`sim_backends.landscape.Landscape.read`), as the replays serve it.
+
+    Returns:
+        dict with ``name``, ``ids`` (kept structures, table order), ``cheap_kjmol`` and
+        ``level_kjmol`` (relative energies, kJ/mol per molecule, 0 at each level's minimum),
+        ``cifs`` (P1 CIFs of the cheap-level structures), ``z``, ``density_gcm3``,
+        ``n_atoms``, ``periodic_xtb`` (the level is periodic GFN2-xTB), ``cpu_s`` (stored CPU seconds of each structure's ``level`` calculation,
+        None where the table has none), ``n_unique_dimers`` (None where absent),
+        ``dimers`` (id -> stored per-dimer records of a fragment-DFT level), ``smiles``
+        (from ``run.json``, None when not stored) and ``fragment_settings`` (the
+        two-body decomposition of a fragment-DFT level from ``run.json``, else None).
+
+    Raises:
+        SetupError: the directory cannot be read at these levels.
+    """
+    import json
+
+    from sim_backends.landscape import Landscape, LandscapeError
+
+    try:
+        land = Landscape.read(directory, [cheap, level])
+    except LandscapeError as exc:
+        raise SetupError(str(exc)) from None
+    table = next(Path(directory).glob("*landscape.csv"))
+    with table.open(newline="") as fh:
+        rows = {r["id"]: r for r in csv.DictReader(fh)}
+
+    def column(name: str, kind: type) -> list | None:
+        vals = [rows[i].get(name, "") for i in land.ids]
+        return None if any(v in ("", None) for v in vals) else [kind(float(v)) for v in vals]
+
+    run_path = Path(directory) / "run.json"
+    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    dimers: dict[str, list] = {}
+    rec_path = Path(directory) / "dft_results.jsonl"
+    if rec_path.is_file() and level == run.get("expensive_level"):
+        for line in rec_path.read_text().splitlines():
+            if line.strip() and (r := json.loads(line)).get("dimers"):
+                dimers[str(r["id"])] = r["dimers"]
+    settings = run.get("expensive_settings") or {}
+    fragment = None
+    if dimers and all(i in dimers for i in land.ids) and settings.get("two_body", True):
+        fragment = {"cutoff_A": float(settings.get("cutoff_A", 3.0)),
+                    "cutoff_mode": str(settings.get("cutoff_mode", "contact")),
+                    "functional": str(settings.get("functional", "pbe"))}
+    dens = [m.density_gcm3 for m in land.minima]
+    return {
+        "name": land.name, "ids": list(land.ids),
+        "cheap_kjmol": land.energies(cheap), "level_kjmol": land.energies(level),
+        "cifs": [m.cif() for m in land.minima], "z": [int(m.z) for m in land.minima],
+        "density_gcm3": None if any(not np.isfinite(d) for d in dens) else [float(d) for d in dens],
+        "n_atoms": [int(m.n_atoms) for m in land.minima],
+        "cpu_s": column("cpu_s", float), "n_unique_dimers": column("n_unique_dimers", int),
+        "dimers": dimers, "smiles": run.get("smiles") or None, "fragment_settings": fragment,
+        "periodic_xtb": level == "xtb" and bool(run.get("xtb_method")),
+    }
+
+
+def _landscape_schema(**more: Any) -> dict[str, Any]:
+    from sim_backends import params as check
+
+    return {"landscape": check.text, "cheap": check.text, "level": check.text, **more}
+
+
+def _stored(params: dict[str, Any]) -> dict[str, Any]:
+    for key in ("cheap", "level"):
+        if not params.get(key):
+            raise SetupError(f"param {key!r} (a level of the landscape table) is required")
+    return stored_landscape(str(_landscape_dir(params)), str(params["cheap"]), str(params["level"]))
+
+
+class ReplayCspBackend(Backend):
+    """A stored landscape's cheap-level structures served as a CSP result.
+
+    Params: ``landscape`` (directory, table layout of :meth:`sim_backends.landscape.Landscape.read`),
+    ``cheap`` and ``level`` (its two levels), ``n`` (int, optional: only the ``n`` lowest
+    at the cheap level). Returns ``n_minima`` and ``global_min_energy_kjmol`` with
+    ``extra["landscape"]`` records (id, cheap-level energy relative to the lowest kept
+    structure in kJ/mol per molecule, density, Z, P1 CIF), as ``csp-ff`` returns them.
+    A molecule other than the landscape's (``run.json`` ``smiles``, when stored) is a
+    setup failure. The cost charged is none (the stored landscape's CSP is not counted:
+    the benchmarks compare structure-level strategies on the same landscape).
+    """
+
+    name = "replay-csp"
+    version = "2"
+    target = "molecule"
+    computes = ("n_minima", "global_min_energy_kjmol")
+    objective_key = "global_min_energy_kjmol"
+    description = "replays a stored CSP landscape (cheap level) as the CSP stage's output"
+    internal = True
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        from sim_backends import params as check
+
+        check.check_schema(cls.name, _landscape_schema(n=check.integer(1)), params)
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        return 1.0
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        from sim_backends.molecule import validate_smiles
+
+        canon = validate_smiles(inp.smiles)
+        land = _stored(inp.params)
+        if land["smiles"] and validate_smiles(land["smiles"]) != canon:
+            raise SetupError(f"replay-csp: landscape {land['name']} is of {land['smiles']}, not {canon}")
+        order = sorted(range(len(land["ids"])), key=lambda i: (land["cheap_kjmol"][i], i))
+        if inp.params.get("n"):
+            order = order[: int(inp.params["n"])]
+        dens = land["density_gcm3"]
+        records = [{"id": land["ids"][i], "energy_kjmol": float(land["cheap_kjmol"][i]),
+                    "density_gcm3": None if dens is None else dens[i], "space_group": None,
+                    "z": land["z"][i], "multiplicity": 1, "cif": land["cifs"][i]} for i in order]
+        return ({"n_minima": float(len(records)), "global_min_energy_kjmol": records[0]["energy_kjmol"]},
+                {"landscape": records, "replayed": f"{land['name']} ({inp.params['cheap']})"})
+
+    def evaluate(self, inp: EvalInput) -> EvalResult:
+        return replace(super().evaluate(inp), cpu_s=0.0)
+
+
+#: prior CPU seconds per symmetry-unique dimer (fragment DFT) and per (cell atoms)^3
+#: (periodic levels); the campaign's cost model rescales both to the charged CPU seconds
+_PRIOR_S_PER_DIMER = 4.0
+_PRIOR_S_PER_ATOM3 = 1e-4
+
+
+class ReplayCrystalBackend(Backend):
+    """A stored landscape's energies at one level, served per structure.
+
+    Params: as :class:`ReplayCspBackend` (``landscape``, ``cheap``, ``level``; the same
+    values, so structure ids match) and ``fragment`` (bool, default True: declare the
+    stored fragment-DFT decomposition, so the campaign models the level per dimer).
+
+    Returns ``energy_kjmol``: the structure's ``level`` energy relative to the lowest
+    kept structure, kJ/mol per molecule; for a fragment-DFT level ``extra["dimers"]`` are
+    the stored per-dimer records (as ``dft-crystal`` returns them). The result's
+    ``cpu_s`` is the stored CPU seconds of that calculation (``cpu_s`` column of the
+    table); where none is stored, the prior estimate below (``extra["cpu_s_source"]``
+    says which). ``cost_estimate`` is what a campaign knows before running it: the
+    number of symmetry-unique dimers x 4 s for a fragment-DFT level (geometry only),
+    ``xtb-crystal``'s own estimate for a periodic GFN2-xTB level (``run.json`` with
+    ``xtb_method``), else 1e-4 s x (atoms per cell)^3; 0 without a structure.
+    """
+
+    name = "replay-crystal"
+    version = "2"
+    fidelity = 1
+    target = "structure"
+    computes = ("energy_kjmol",)
+    objective_key = "energy_kjmol"
+    description = "replays a stored landscape's energies at one level, per structure"
+    internal = True
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        from sim_backends import params as check
+
+        check.check_schema(cls.name, _landscape_schema(fragment=check.boolean), params)
+
+    def fragment_terms_settings(self) -> dict[str, Any] | None:
+        if not bool(self.params.get("fragment", True)):
+            return None
+        try:
+            return _stored(self.params)["fragment_settings"]
+        except SetupError:
+            return None
+
+    def _index(self, inp: EvalInput) -> tuple[dict[str, Any], int]:
+        land = _stored(inp.params)
+        sid = (inp.structure_id or "").split("-", 1)[-1]
+        try:
+            return land, land["ids"].index(sid)
+        except ValueError:
+            raise SetupError(f"replay-crystal: no stored {inp.params['level']} energy for structure "
+                             f"{inp.structure_id!r} in {land['name']}") from None
+
+    def cost_estimate(self, inp: EvalInput) -> float:
+        if not inp.structure_cif or not inp.structure_id:
+            return 0.0
+        try:
+            land, i = self._index(EvalInput(inp.smiles, params={**self.params, **inp.params},
+                                            structure_id=inp.structure_id))
+        except SetupError:
+            return 0.0
+        if land["fragment_settings"] is not None and land["n_unique_dimers"] is not None:
+            return _PRIOR_S_PER_DIMER * land["n_unique_dimers"][i]
+        if land["periodic_xtb"]:
+            from sim_backends.registry import get_backend
+
+            return float(get_backend("xtb-crystal").cost_estimate(inp))
+        return _PRIOR_S_PER_ATOM3 * land["n_atoms"][i] ** 3
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        land, i = self._index(inp)
+        extra: dict[str, Any] = {"level": f"{inp.params['level']} (stored, {land['name']})"}
+        if land["cpu_s"] is not None:
+            extra["stored_cpu_s"], extra["cpu_s_source"] = land["cpu_s"][i], "stored"
+        else:
+            extra["stored_cpu_s"], extra["cpu_s_source"] = self.cost_estimate(inp), "estimate"
+        sid = land["ids"][i]
+        if self.fragment_terms_settings() is not None and sid in land["dimers"]:
+            extra["dimers"] = land["dimers"][sid]
+        return {"energy_kjmol": float(land["level_kjmol"][i])}, extra
+
+    def evaluate(self, inp: EvalInput) -> EvalResult:
+        result = super().evaluate(inp)
+        if not result.ok:
+            return result
+        return replace(result, cpu_s=float(result.extra["stored_cpu_s"]))

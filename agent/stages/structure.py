@@ -293,6 +293,7 @@ class StructureStage:
                 land.ff_kjmol, self._inputs(land, model), computed, pend + sorted(land.failed),
                 costs=refine_costs, q=n_refine, seed=seed, top_k=top_k,
                 window_kjmol=self.cfg.window_kjmol, observed=land.observed or None, model=model,
+                **self.cfg.acquisition.select_kwargs(),
             )
             for i in picks:
                 out.append(self._request(land, i, self.refine, 0))

@@ -1,6 +1,6 @@
 """Every stage's ask/tell/restore through the real Campaign with the local executor and
 replayed backends (a stored CSP landscape of formamide and its stored periodic GFN2-xTB
-energies, tests/agent/landscape_replay.py), the scheduler's budget shares, the store as
+energies: sim_backends.replay's replay-csp and replay-crystal), the scheduler's budget shares, the store as
 the stages' only shared memory, schema migration, and determinism."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import sqlite3
 
 import pytest
 
-import landscape_replay  # noqa: F401 - registers replay-csp and replay-crystal
-from conftest import write_config
+from conftest import ROOT, write_config
 
+#: the stored formamide landscape both replays read (FF minima and periodic GFN2-xTB energies)
+LANDSCAPE = f'landscape = "{ROOT / "data/landscapes/formamide_big"}", cheap = "ff", level = "xtb"'
 POOL = ["NC=O formamide", "CC(=O)O acetic_acid", "CCCCO butanol", "c1ccccc1 benzene",
         "OC(=O)C(=O)O oxalic_acid"]
 BODY = """
@@ -28,11 +29,11 @@ name = "diagnostic"
 [structures]
 enabled = true
 budget_evaluations = 7
-csp = {name = "replay-csp", params = {n = 12}}
+csp = {name = "replay-csp", params = {%s, n = 12}}
 max_structures = 12
 top_k = 3
-"""
-REFINE = 'refine = {name = "replay-crystal"}\n'
+""" % LANDSCAPE
+REFINE = 'refine = {name = "replay-crystal", params = {%s}}\n' % LANDSCAPE
 
 
 def _run(tmp_path, body=BODY + REFINE, name="t", max_evaluations=None):
@@ -210,10 +211,11 @@ def test_second_structure_level_by_configuration_alone(tmp_path):
     levels = """
 [[structures.levels]]
 name = "replay-crystal"
+params = {%s}
 [[structures.levels]]
 name = "phonon"
 params = {force_backend = "xtb-crystal"}
-"""
+""" % LANDSCAPE
     cfg = load_config(write_config(tmp_path, POOL, BODY + levels))
     assert cfg.structures.free_energy.name == "phonon" and cfg.structures.refine.name == "replay-crystal"
     camp = Campaign.create(cfg, tmp_path / "runs")

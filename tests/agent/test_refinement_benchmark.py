@@ -1,0 +1,75 @@
+"""benchmarks/refinement.py drives the real Campaign on replayed landscapes: the same config,
+seed and replays make the same decisions in the same order; results are charged the stored
+CPU seconds; the fragment terms are computed once per landscape; non-default arguments
+never write the default result file."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+FORMIC = ROOT / "data/landscapes/formic_acid_dft"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import refinement
+
+    return refinement
+
+
+@pytest.mark.slow  # the fragment terms: GFN2-xTB/GFN1-xTB/D3 energies of every dimer of 20 structures
+def test_two_campaign_runs_on_a_replayed_landscape_decide_the_same(bench):
+    case = bench.load_case(FORMIC, "ff", "dft")
+    assert case.fragment and case.smiles == "OC=O"
+    bench.FRAGMENT_TERMS = bench._FragmentTermsOnce()
+    try:
+        runs = [bench.run_agent(case, q=2, seed=1, stop_after=6, max_structures=20, with_mae=False)
+                for _ in range(2)]
+        assert len(bench.FRAGMENT_TERMS.cache) == 1 and bench.FRAGMENT_TERMS.cpu_s() > 0  # computed once
+    finally:
+        bench.FRAGMENT_TERMS.module.landscape_fragment_terms = bench.FRAGMENT_TERMS.real
+        bench.FRAGMENT_TERMS = None
+    first, second = runs
+    assert first["decisions"] == second["decisions"] and first["order"] == second["order"]
+    backends = [d[0] for d in first["decisions"]]
+    assert backends[:2] == ["diagnostic", "replay-csp"] and set(backends[2:]) == {"replay-crystal"}
+    assert len(first["order"]) == 6 and len(set(first["order"])) == 6
+    lowest20 = set(sorted(range(len(case.ids)), key=lambda i: case.e_cheap[i])[:20])
+    assert set(first["order"]) <= lowest20
+    # each structure result is charged the stored CPU seconds of its DFT calculation
+    with next(FORMIC.glob("*landscape.csv")).open(newline="") as fh:
+        stored = {r["id"]: float(r["cpu_s"]) for r in csv.DictReader(fh)}
+    for backend, sid, cpu_s in first["decisions"][2:]:
+        assert cpu_s == pytest.approx(stored[sid.split("-", 1)[1]])
+    # one decision record per structure-stage ask, P(complete) None before 10 are computed
+    assert first["n_at"][0] == 0 and all(p is None for p in first["p_complete"][1.5]) and len(first["p_complete"][1.5]) == len(first["n_at"])
+
+
+def test_only_the_default_run_writes_the_default_result_file(bench):
+    def args(**kw):
+        base = dict(landscape=None, surrogate="auto", no_explore=False, explore_above=bench.EXPLORE_ABOVE,
+                    explore_fraction=bench.EXPLORE_FRACTION, no_skill_test=False, skill_ratio=bench.SKILL_RATIO,
+                    n_initial=0, seeds=7, batch=None, grid=False)
+        return SimpleNamespace(**{**base, **kw})
+
+    default = (bench.EXPLORE_ABOVE, bench.EXPLORE_FRACTION)
+    base = bench.DEFAULT_BASELINES
+    assert bench.result_stems(args(), [], base, default) == ("refinement", "refinement")
+    one = [(FORMIC, "ff", "dft")]
+    stems = {
+        bench.result_stems(args(landscape=[FORMIC]), one, base, default)[0],
+        bench.result_stems(args(seeds=3), [], base, default)[0],
+        bench.result_stems(args(batch=[1]), [], base, default)[0],
+        bench.result_stems(args(grid=True), [], base, default)[0],
+        bench.result_stems(args(no_explore=True), [], base, (None, 1.0))[0],
+        bench.result_stems(args(), [], ("d3",), default)[0],
+    }
+    assert len(stems) == 6 and "refinement" not in stems
+    assert bench.result_stems(args(landscape=[FORMIC]), one, base, default)[0] == "refinement_formic_acid_dft"
