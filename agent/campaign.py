@@ -28,7 +28,6 @@ runs directory once it is a minute old and unlocked (:func:`remove_stale_creatio
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -474,7 +473,3 @@ def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> C
         return parse_config(data)
     except ConfigError as exc:
         raise ConfigError(f"campaign store {store.path.parent}: stored {exc}") from None
-
-
-def dump_status_json(status: Status) -> str:
-    return json.dumps(status.to_dict(), indent=2, sort_keys=True)

@@ -328,11 +328,6 @@ class Store:
         return self.conn.execute(q + " ORDER BY id").fetchall()
 
     # -- structures ---------------------------------------------------------------------
-    def add_structures(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Insert structures (keys as the ``structures`` columns); existing ids kept."""
-        with self.transaction() as c:
-            self._insert_structures(c, rows)
-
     @staticmethod
     def _insert_structures(c: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> None:
         now = time.time()
@@ -366,8 +361,8 @@ class Store:
         structures: Iterable[dict[str, Any]] = (),
     ) -> bool:
         """Commit one finished evaluation (an ``EvalResult``) in its own transaction,
-        with the ``structures`` rows it produced (a CSP landscape, see
-        :meth:`add_structures`) in the same one.
+        with the ``structures`` rows it produced (a CSP landscape; keys as the ``structures``
+        columns, existing ids kept) in the same one.
 
         Returns False (and changes nothing) if ``request_id`` is already stored, so a
         result that arrives twice is never duplicated.

@@ -101,13 +101,6 @@ def cif_from_atoms(atoms: Atoms) -> str:
     return str(CifWriter(AseAtomsAdaptor.get_structure(atoms)))
 
 
-def structure_from_atoms(atoms: Atoms) -> Structure:
-    """ASE ``Atoms`` -> pymatgen ``Structure``."""
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    return AseAtomsAdaptor.get_structure(atoms)
-
-
 def molecule_indices(atoms: Atoms, bond_scale: float = BOND_SCALE) -> list[np.ndarray]:
     """Split a periodic cell into covalently bonded molecules.
 

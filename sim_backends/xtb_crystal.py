@@ -176,22 +176,6 @@ def relax_atoms(
     return work, info
 
 
-def xtb_force_fn(**calc_kwargs: Any) -> Callable[[Atoms], np.ndarray]:
-    """A force function ``f(atoms) -> (n_atoms, 3) eV/A`` reusing one xTB calculator.
-
-    Args:
-        **calc_kwargs: passed to :func:`xtb_calculator`.
-    """
-    calc = xtb_calculator(**calc_kwargs)
-
-    def forces(atoms: Atoms) -> np.ndarray:
-        work = atoms.copy()
-        work.calc = calc
-        return run_guarded(work.get_forces, "forces")
-
-    return forces
-
-
 def parse_relax_mode(value: Any) -> str | None:
     """Relax option -> None (no relaxation), "positions" (True) or "full"; SetupError else."""
     if value in (False, None, "none", "no"):

@@ -124,13 +124,6 @@ class MoleculeStage:
             return None
         return float(min(vals) if self.cfg.direction == "minimize" else max(vals))
 
-    def best_molecule(self) -> int | None:
-        best = self.best_value()
-        for i, f, v in self.observations:
-            if f == self.top_fidelity and v == best:
-                return i
-        return None
-
     @property
     def fingerprints(self) -> np.ndarray:
         if self._fps is None:

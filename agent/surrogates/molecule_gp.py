@@ -114,48 +114,6 @@ class Observation:
     value: float
 
 
-def _build_tanimoto_kernel_class() -> type:
-    import gpytorch
-    import torch
-
-    class TanimotoKernel(gpytorch.kernels.Kernel):
-        """Tanimoto kernel on binary vectors: ``<x,y> / (|x|^2 + |y|^2 - <x,y>)``.
-
-        Inputs are ``(..., n, d)`` and ``(..., m, d)`` 0/1 float tensors; the output is
-        ``(..., n, m)`` (or ``(..., n)`` with ``diag=True``). A pair of all-zero
-        vectors has similarity 0. Wrap in ``gpytorch.kernels.ScaleKernel`` for an
-        output scale; it has no lengthscale.
-        """
-
-        has_lengthscale = False
-
-        def forward(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False,
-                    last_dim_is_batch: bool = False, **params: Any) -> torch.Tensor:
-            if last_dim_is_batch:
-                raise NotImplementedError("last_dim_is_batch is not supported")
-            if diag:
-                inter = (x1 * x2).sum(-1)
-                union = (x1 * x1).sum(-1) + (x2 * x2).sum(-1) - inter
-            else:
-                inter = x1 @ x2.transpose(-2, -1)
-                union = (x1 * x1).sum(-1)[..., :, None] + (x2 * x2).sum(-1)[..., None, :] - inter
-            return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
-
-    return TanimotoKernel
-
-
-_LAZY: dict[str, Any] = {}
-
-
-def __getattr__(name: str) -> Any:
-    """Lazily build :class:`TanimotoKernel` (a GPyTorch kernel) on first access."""
-    if name == "TanimotoKernel":
-        if name not in _LAZY:
-            _LAZY[name] = _build_tanimoto_kernel_class()
-        return _LAZY[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _ar1_structure(p: dict[str, Any], xp: Any) -> tuple[Any, Any]:
     """``(B, means)`` of the auto-regressive ladder from its parameters.
 
