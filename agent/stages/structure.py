@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from agent.surrogates.base import StructureSurrogate
     from agent.store import Evaluation, Store
     from sim_backends.base import EvalResult
+    from sim_backends.landscape import Landscape
 
 NAME = "structures"
 CSP, REFINE, FREE = "csp", "refine", "free_energy"
@@ -58,14 +59,12 @@ def level_value_keys(structures: Any) -> list[str]:
 
 @dataclass
 class LandscapeState:
-    """One molecule's landscape as the refinement loop sees it."""
+    """One molecule's landscape as the refinement loop sees it: the stored CSP minima
+    (:class:`~sim_backends.landscape.Landscape`, each CIF parsed at most once) and what
+    the structure levels have computed on them."""
 
     molecule_id: int
-    smiles: str
-    ids: list[str]
-    cifs: list[str]
-    ff_kjmol: np.ndarray  # cheap-level (CSP) lattice energies, kJ/mol per molecule
-    n_atoms: np.ndarray
+    landscape: Landscape
     computed: dict[int, float] = field(default_factory=dict)  # index -> first-level value
     failed: set[int] = field(default_factory=set)
     observed: set[int] = field(default_factory=set)
@@ -78,14 +77,21 @@ class LandscapeState:
     fragment: list | None = None  # FragmentTerms per structure (fragment levels only)
     fragment_error: str | None = None  # why the fragment terms could not be computed
 
+    def __post_init__(self) -> None:
+        self.smiles = self.landscape.smiles
+        self.ids = self.landscape.ids
+        self.ff_kjmol = self.landscape.energies(relative=False)  # cheap-level (CSP) lattice energies, kJ/mol per molecule
+        self._index = {sid: i for i, sid in enumerate(self.ids)}
+
+    @property
+    def cifs(self) -> list[str]:
+        return [m.cif() for m in self.landscape.minima]
+
     def index(self, structure_id: str) -> int | None:
-        try:
-            return self.ids.index(structure_id)
-        except ValueError:
-            return None
+        return self._index.get(structure_id)
 
     def inp(self, i: int) -> EvalInput:
-        return EvalInput(self.smiles, structure_cif=self.cifs[i], structure_id=self.ids[i])
+        return EvalInput(self.smiles, structure_cif=self.landscape.minima[i].cif(), structure_id=self.ids[i])
 
 
 class StructureStage:
@@ -134,16 +140,11 @@ class StructureStage:
         rows = self.store.structures(molecule_id)[: self.cfg.max_structures]
         if not rows:
             return
-        from pymatgen.core import Structure
+        from sim_backends.landscape import Landscape
 
-        n_atoms = np.array([len(Structure.from_str(r["cif"], fmt="cif")) for r in rows])
         self.landscapes[molecule_id] = LandscapeState(
             molecule_id=molecule_id,
-            smiles=self._smiles[molecule_id],
-            ids=[r["id"] for r in rows],
-            cifs=[r["cif"] for r in rows],
-            ff_kjmol=np.array([r["energy_kjmol"] for r in rows], dtype=float),
-            n_atoms=n_atoms,
+            landscape=Landscape.from_records(self._smiles[molecule_id], rows, name=f"m{molecule_id}"),
         )
 
     def records(self, request: Request, result: EvalResult) -> dict[str, Any]:
@@ -225,12 +226,9 @@ class StructureStage:
 
     def _features(self, land: LandscapeState) -> np.ndarray:
         if land.features is None:
-            from pymatgen.core import Structure
-            from pymatgen.io.ase import AseAtomsAdaptor
-
             from sim_backends.descriptors import structure_features
 
-            atoms = [AseAtomsAdaptor.get_atoms(Structure.from_str(c, fmt="cif")) for c in land.cifs]
+            atoms = land.landscape.atoms()
             n_mol = [max(1, round(len(a) / self._atoms_per_molecule(land))) for a in atoms]
             land.features = structure_features(atoms, n_mol, cheap_energies_kjmol=land.ff_kjmol)
         return land.features

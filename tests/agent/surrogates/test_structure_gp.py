@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.landscape_io import load_landscape
+from sim_backends.landscape import Landscape
 from agent.surrogates.structure_gp import DeltaGP, SurrogateError
 from sim_backends import descriptors as desc
 
@@ -18,13 +18,13 @@ N_SUB = 40
 
 @pytest.fixture(scope="module")
 def land():
-    return load_landscape(TARGET_I, "MACE", "PBE_MBD")
+    return Landscape.read(TARGET_I, ["MACE", "PBE_MBD"])
 
 
 @pytest.fixture(scope="module")
 def features(land):
-    atoms = land.atoms["MACE"][:N_SUB]
-    return desc.structure_features(atoms, land.n_molecules[:N_SUB], land.energies_kjmol["MACE"][:N_SUB])
+    atoms = land.atoms("MACE")[:N_SUB]
+    return desc.structure_features(atoms, land.n_molecules[:N_SUB], land.energies("MACE")[:N_SUB])
 
 
 def test_feature_shapes_and_normalisation(features):
@@ -36,7 +36,7 @@ def test_feature_shapes_and_normalisation(features):
 
 def test_descriptor_is_cached(land, monkeypatch):
     soap = desc.SoapDescriptor(species=("C", "H", "O"), r_cut_a=4.0)
-    atoms = land.atoms["MACE"][:3]
+    atoms = land.atoms("MACE")[:3]
     first = soap(atoms)
 
     def no_soap(self):
@@ -55,7 +55,7 @@ def test_descriptor_invariant_to_permutation_supercell_and_cell_choice(land):
     from ase.build import make_supercell
 
     soap = desc.SoapDescriptor(species=("C", "H", "O"))
-    a = land.atoms["MACE"][5]
+    a = land.atoms("MACE")[5]
     perm = a[np.random.default_rng(0).permutation(len(a))]
     sup = a.repeat((2, 1, 1))
     skew = make_supercell(a, [[1, 1, 0], [0, 1, 0], [0, 0, 1]])  # same lattice, other basis
@@ -65,7 +65,7 @@ def test_descriptor_invariant_to_permutation_supercell_and_cell_choice(land):
     ref, *others = soap([a, perm, sup, skew, shifted])
     for v in others:
         np.testing.assert_allclose(v, ref, atol=1e-10)
-    other = soap([land.atoms["MACE"][6]])[0]
+    other = soap([land.atoms("MACE")[6]])[0]
     assert np.abs(other - ref).max() > 1e-3
 
 
@@ -74,7 +74,7 @@ def test_descriptor_bad_input_errors(land):
 
     soap = desc.SoapDescriptor(species=("C", "H"))
     with pytest.raises(desc.DescriptorError, match="not in species"):
-        soap([land.atoms["MACE"][0]])
+        soap([land.atoms("MACE")[0]])
     with pytest.raises(desc.DescriptorError, match="periodic"):
         desc.SoapDescriptor(species=("C",))([Atoms("C2", positions=[[0, 0, 0], [1.4, 0, 0]])])
     with pytest.raises(desc.DescriptorError):
@@ -149,7 +149,7 @@ def test_loo_residuals_match_refits_and_calibration_scales_spread(land, features
     calibration factor multiplies the predictive std and the spread of the draws."""
     import torch
 
-    y = (land.energies_kjmol["PBE_MBD"] - land.energies_kjmol["MACE"])[:N_SUB]
+    y = land.delta_kjmol("PBE_MBD")[:N_SUB]
     train = np.arange(0, N_SUB, 3)
     gp = DeltaGP(seed=0).fit(features[train], y[train], X_unlabelled=features)
     raw = DeltaGP(seed=0, calibrate=False).fit(features[train], y[train], X_unlabelled=features)
