@@ -198,11 +198,13 @@ class DimerReferences:
     each molecule's AO block with that molecule's own orthogonal fit (same handedness
     as the dimer fit), the intermolecular block with both. For rigid molecules the
     intramolecular blocks are then placed exactly and only the relative geometry
-    differs. Bounded (``max_entries``, oldest dropped); per-process (:data:`DIMERS`).
+    differs. Bounded (``max_entries`` and ``max_bytes`` of densities, oldest dropped);
+    per-process (:data:`DIMERS`).
     """
 
-    def __init__(self, max_entries: int = 512) -> None:
+    def __init__(self, max_entries: int = 512, max_bytes: int = 256 * 2**20) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._refs: list[tuple[tuple, np.ndarray, int, dict[str, np.ndarray]]] = []
 
     def __len__(self) -> int:
@@ -214,10 +216,14 @@ class DimerReferences:
     def store(self, key: tuple, xyz_A: np.ndarray, n_a: int, dms: dict[str, np.ndarray]) -> None:
         import numpy as np
 
-        if len(self._refs) >= self.max_entries:
-            self._refs.pop(0)
         self._refs.append((key, np.array(xyz_A, float), int(n_a),
                            {k: np.array(v, float) for k, v in dms.items()}))
+        while len(self._refs) > 1 and (len(self._refs) > self.max_entries or self.nbytes() > self.max_bytes):
+            self._refs.pop(0)
+
+    def nbytes(self) -> int:
+        """Bytes held by the stored densities."""
+        return sum(dm.nbytes for *_, dms in self._refs for dm in dms.values())
 
     def lookup(self, key: tuple, mol: Any, xyz_A: np.ndarray, n_a: int,
                max_rmsd_A: float | None = None) -> tuple[dict[str, np.ndarray], float] | None:

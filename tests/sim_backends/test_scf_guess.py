@@ -336,3 +336,13 @@ def test_landscape_warm_starts_give_the_default_energies_with_fewer_fock_builds(
     assert {m["scf"]["guess"] for m in x_warm["monomers"]} == {"reused_reference"}
     assert x_warm["scf_fock_builds_total"] < 0.7 * x_first["scf_fock_builds_total"]
     assert x_warm["scf_fock_builds_total"] < 0.5 * x_def["scf_fock_builds_total"]
+
+
+def test_dimer_store_is_bounded_by_bytes():
+    from sim_backends.scf_guess import DimerReferences
+
+    dm = np.eye(50)
+    store = DimerReferences(max_bytes=2 * dm.nbytes)
+    for k in range(3):
+        store.store(("key",), _water_dimer() + k, 3, {"dimer": dm})
+    assert len(store) == 2 and store.nbytes() == 2 * dm.nbytes
