@@ -4,8 +4,9 @@ Goal: identify the true low-energy set of a CSP landscape (the structures within
 ``top_k`` and within ``window_kjmol`` of the global minimum at the expensive level)
 with as few expensive calculations, weighted by their cost, as possible.
 
-Utility. A :class:`~agent.surrogates.structure_gp.DeltaGP` fitted to the computed
-structures gives a joint predictive distribution of every structure's expensive
+Utility. A :class:`~agent.surrogates.base.StructureSurrogate` of the landscape (the SOAP
+Delta-GP, or the fragment dimer GP for a level with a fragment decomposition) fitted to the
+computed structures gives a joint predictive distribution of every structure's expensive
 energy ``E_i = E_cheap,i + delta_i`` (computed structures are fixed at their known
 values). From ``n_samples`` joint Monte Carlo draws we estimate, per structure,
 
@@ -18,8 +19,8 @@ policy spends calculations where membership in the low-energy set is still in do
 
 Batches (``q > 1``) are built greedily with the kriging believer (Ginsbourger et al.,
 "Kriging is well-suited to parallelize optimization", 2010): each chosen structure,
-and every structure in ``pending``, is added to the GP at its predicted mean delta
-with hyperparameters kept, which removes its uncertainty and shrinks that of similar
+and every structure in ``pending``, is added to the model at its predicted mean delta
+(:meth:`~agent.surrogates.base.StructureSurrogate.condition`) with hyperparameters kept, which removes its uncertainty and shrinks that of similar
 structures before the next pick.
 
 Initial design (optional, off by default). Until ``n_initial`` structures are
@@ -30,14 +31,8 @@ cheap-level minimum. A Delta-GP trained only on the cheap-level front runners le
 nothing about the correction elsewhere (e.g. that the cheap level over-penalises
 low-density packings) and is then overconfident about them; a small diverse design
 fixes the trend and the length scales before exploitation starts (the usual
-space-filling initial design of Bayesian optimisation). It costs early recall when
-the cheap level is already good (on target_I, MACE -> PBE+MBD, it delays the first
-true top-10 hits), so it is off unless asked for. Measured with
-``benchmarks/refinement.py --n-initial N`` (seed 0, q=1, calculations until the true
-top 10 are computed): target_I 63/63/21/22 for N = 4/5/6/8 against 62 without a
-design; the drop at N = 6 is farthest-point sampling picking the one hard structure
-(MACE rank 59) directly as its 6th point, not a better model. On formamide_big (FF ->
-xTB) N = 6 costs 87 (3 seeds) against 61.
+space-filling initial design of Bayesian optimisation). It costs early recall when the cheap level is already good, so it is off unless asked for
+(figures: ``benchmarks/results/NOTES.md``).
 
 Exploration when confident. The Monte Carlo utility is only as good as the model's
 error bars, and a Delta-GP is confidently wrong about a structure whose correction no
@@ -51,24 +46,10 @@ computed), a share ``explore_fraction`` of the picks is space-filling instead: t
 uncomputed structure within ``2 * window_kjmol`` of the cheap minimum farthest (GP
 input space) from everything computed, pending or chosen, i.e. the place the model
 has least evidence about, the usual explore/exploit switch once exploitation has
-nothing left to gain. Measured first with the SOAP Delta-GP on every landscape
-(calculations until the true top 10 are computed, median of 3 seeds, q=1 / q=4):
-target_I 62/64 without, 26/28 with (0.9, 0.5); threshold 0.8 / 0.97 at share 1.0: 19 /
-29; formamide_big (FF -> xTB, where the correction is nearly unpredictable) 61/68 without
-and 61/68 with; formamide_dft 76 without and 77 with; formic_acid_dft 67 without and 81
-with (q=1; cheap order 53) -- so it was off by default while those landscapes used the
-SOAP model. With the fragment dimer GP that FF -> fragment-DFT landscapes now use
-(:mod:`agent.surrogates.fragment_gp`), whose error bars hold (92 % of the uncomputed
-low-energy structures within 2 sigma after 10 % computed), the agent rarely becomes
-confident before it is done, and (0.8, 1.0) costs little there: formic_acid_dft 19 -> 21,
-formamide_dft 31 -> 32, formic_acid_big_dft 29 -> 29 (same three seeds), formamide_big
-(FF -> xTB, SOAP) 61 -> 61 (q=1, 3 seeds each). It is the default
-(:data:`EXPLORE_ABOVE`, :data:`EXPLORE_FRACTION`); these two values were chosen on
-target_I, the one landscape where it matters, so treat that landscape's result with
-this setting as tuned. ``explore_above=None`` switches it off. It found the
-target_I outlier because that structure is also unusual in descriptor space
-(farthest-point sampling from the cheap minimum reaches it as the 6th pick); a
-top-k member that looks ordinary to the descriptor stays hard to find.
+nothing left to gain. It is the default (:data:`EXPLORE_ABOVE`, :data:`EXPLORE_FRACTION`);
+``explore_above=None`` switches it off. It finds a confidently mispredicted top-k member only
+when that structure is also unusual in descriptor space; the figures that chose the defaults
+(and on which landscape they were tuned) are in ``benchmarks/results/NOTES.md``.
 
 Skill test (worst case: cheap-level order). A surrogate that learned nothing is worse
 than none: its confident wrong error bars steer picks and the exploration above away
@@ -100,7 +81,14 @@ observed structure is far above the minimum count little. This never uses expens
 energies of uncomputed structures.
 
 No ground truth is used: the function only sees cheap energies, descriptors,
-computed expensive energies and costs. Importing this module is cheap.
+computed expensive energies and costs. The surrogate is used through the
+:class:`~agent.surrogates.base.StructureSurrogate` protocol only (structures by index).
+Importing this module is cheap.
+
+Over 500 lines on purpose: the utility, the batch rule, the skill test, the stopping
+probability and the two-level split share one set of Monte Carlo draws and helpers, and
+the structure stage calls them together; a split would only move private helpers across
+module boundaries.
 """
 
 from __future__ import annotations

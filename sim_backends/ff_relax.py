@@ -16,25 +16,9 @@ structure is from a minimum of a *different* physical model than the one that ma
 Delta-GP of the refinement stage (:func:`sim_backends.descriptors.structure_features`,
 ``extra_columns``).
 
-Measured on target_I (88 MACE-OFF23 minima of CSP blind-test molecule I, PBE+MBD as the
-expensive level; ``data/reference/landscapes/target_I``): all 88 relax in ~1 min on one
-core (median 29 L-BFGS-B iterations, all converged). Pearson r with delta = E_PBE+MBD -
-E_MACE (kJ/mol per molecule): ``ff_dv_percent`` +0.55 (Spearman +0.51; r = +0.75 with the
-PBE+MBD volume change itself), ``ff_energy_start_kjmol`` -0.35, ``ff_centre_shift_A``
--0.36, ``ff_rotation_deg`` -0.25, ``ff_relax_energy_kjmol`` +0.21. Structure 1935b788
-(delta -13.2, the largest) is contracted by the FF (-2.2 %, 5th percentile; landscape mean
-+9.5 %), but ``ff_dv_percent`` is also correlated with the MACE energy (r = -0.60), so a
-linear model on E_MACE + ``ff_dv_percent`` still misses its delta by 8 kJ/mol in
-leave-one-out (9 without it). In the refinement benchmark (``benchmarks/refinement.py
---ff-features ff_dv_percent --ff-linear``) the agent needs 37 / 40 calculations (q = 1 /
-q = 4, 3 seeds; without the acquisition's exploration when confident, since made its default,
-which alone gives 19 / 20) instead of 62 / 64 for the true top 10 (cheap order 59); controls: the same
-column shuffled across structures 54-61 (4 permutations, median 59.5), xTB instead of
-RESP charges 54, all five columns without a linear kernel 55. Where the cheap level is this force field's own minima
-(``data/landscapes``), the features are ~0 and uncorrelated with delta (|r| <= 0.09), and
-adding them hurt formamide_big (61 -> 80) and left formamide_dft (65 -> 65) and
-formic_acid_dft (63 -> 64) unchanged: use them only when the cheap level is a different
-model. They are off by default.
+Where the cheap level is a different model from this force field (e.g. MACE-OFF23 minima)
+the features carry information about the correction; on this force field's own minima they
+are ~0. They are off by default (figures: ``benchmarks/results/NOTES.md``).
 
 Units: Angstrom, degrees, kJ/mol per molecule, percent.
 

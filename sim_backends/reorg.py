@@ -31,21 +31,11 @@ engine that relaxes geometries and computes energies:
   geometries, 5-8x cheaper) is a screening option, NOT equivalent to it; and
   ``opt_basis`` relaxes in a smaller basis.
 
-Choice of the default (``benchmarks/reorg_validation.py``, results in
-``benchmarks/results/reorg_validation.json``): against B3LYP/6-31G//B3LYP/6-31G on 12
-small rigid conjugated molecules (ten five- and six-membered heteroaromatics,
-naphthalene, indole), DFT//xTB underestimates lambda_+ throughout (MAE 15.7 kJ/mol,
-largest deviation 37.7 kJ/mol for thiazole, 19 vs 57 kJ/mol; mean ratio 0.73; Spearman
-0.72), only modestly closer than GFN2-xTB alone (MAE 23.6 kJ/mol): four DFT energies on
-GFN2-xTB geometries inherit the xTB relaxation pattern and cannot follow a cation whose
-B3LYP ground state differs from the GFN2-xTB one (n-ionised azines and azoles,
-quinones; chloranil, formaldehyde and ethylene even give lambda_cation < 0). Relaxing
-at the DFT level is therefore the default, at ~6x the CPU of DFT//xTB; it gives
-naphthalene 0.184 eV against the published 0.187 eV (DFT//xTB 0.158). B3LYP/STO-3G
-geometries (``opt_basis="sto-3g"``) rank well (Spearman 0.98, 9 molecules) but are off
-by MAE 7.2 kJ/mol and save little CPU (~5x DFT//xTB: the XC grid, not the basis,
-dominates small molecules), so neither cheaper protocol is a validated substitute
-(criteria: MAE <= 3 kJ/mol and Spearman >= 0.9 over >= 10 molecules).
+Choice of the default: DFT//xTB (four DFT single points on GFN2-xTB geometries) inherits
+the xTB relaxation pattern and cannot follow a cation whose B3LYP ground state differs from
+the GFN2-xTB one, so both states are relaxed at the DFT level by default; neither cheaper
+protocol met the validation criteria (MAE <= 3 kJ/mol and Spearman >= 0.9 over >= 10
+molecules). Figures: ``benchmarks/reorg_validation.py``, ``benchmarks/results/NOTES.md``.
 
 Physical validity (:meth:`ReorgBackend._check_physical`, run by ``evaluate``): both
 components lambda_cation, lambda_neutral >= -0.5 kJ/mol, lambda_+ > 0 and
