@@ -41,6 +41,9 @@ Failure handling, per task:
   (Ray's own multi-line notice on the driver is suppressed);
 * a task running longer than ``task_timeout_s`` is cancelled (the worker is killed)
   and recorded as failed, never retried (it would time out again).
+
+Over 500 lines on purpose: the Ray connection, token authentication, worker-death handling and
+the process reaper are one lifecycle, started and torn down together.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Opening an existing store never creates its tables: its schema is checked
 (every table and column of the current schema present, SQLite's quick check clean) and a
 damaged file is refused with a one-line :class:`StoreDamagedError` that says what is
 wrong and what to do. Only a new file gets the schema.
+
+Over 500 lines on purpose: one class owns the SQLite schema, its migrations and every query, so
+the schema changes in one place.
 """
 
 from __future__ import annotations

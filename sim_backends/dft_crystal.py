@@ -54,6 +54,10 @@ fallbacks in ``extra``). Density fitting (def2-universal-jkfit)
 is used throughout unless ``density_fit=False``. An unconverged SCF raises :class:`RunError` ("SCF ...").
 
 PySCF and dftd3 are imported inside functions so importing this module stays cheap.
+
+Over 500 lines on purpose: dimer enumeration, the SCF settings, the counterpoise dimer and
+monomer SCFs and the backend are one fragment-DFT protocol whose parts must agree on
+settings and caching (what the agent needs without DFT is in fragment_terms.py).
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ and structures, as in the ESF papers.
 
 Units: J, lambda and energies in meV or kJ/mol as named; rates in 1/s; distances in A;
 D in cm^2/s; mobility in cm^2/(V s). numpy only; importing this module is cheap.
+
+Over 500 lines on purpose: Marcus rates, the hopping network, the three diffusion solvers
+(Einstein, exact, kinetic Monte Carlo: checked against each other in the tests) and the
+backends share the HoppingNetwork type.
 """
 
 from __future__ import annotations

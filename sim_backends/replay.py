@@ -42,6 +42,10 @@ cheap-level structures as the CSP stage's output, ``replay-crystal`` each struct
 stored energy at another level, charged the stored CPU seconds of that calculation
 (see :class:`ReplayCspBackend`, :class:`ReplayCrystalBackend`). Both are internal
 (usable from a campaign TOML, hidden from ``crystal-agent backends``).
+
+Over 500 lines on purpose: the replay backends (molecule-level tables, structure-keyed
+landscapes) share the table loading, parameter schema and CPU-charging rules of
+ReplayBackend.
 """
 
 from __future__ import annotations

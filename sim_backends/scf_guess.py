@@ -32,6 +32,9 @@ Contracts:
   SCF convergence threshold (tested against the default guess to 1e-6 Eh).
 
 PySCF is imported inside functions.
+
+Over 500 lines on purpose: AO rotations, the monomer and dimer reference stores and the
+Fock-build counting are one warm-start mechanism whose parts are only correct together.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ Units: energies in eV inside, meV at the API surface (``*_meV``); distances in A
 A dimer or monomer SCF that fails raises :class:`~sim_backends.base.RunError`; a structure
 with no pair of molecules within the cutoff raises :class:`~sim_backends.base.SetupError`.
 Heavy libraries (tblite, PySCF, ASE) are imported inside functions.
+
+Over 500 lines on purpose: the coupling projection, the GFN2-xTB and DFT orbital sources,
+the per-crystal transfer integrals and their backends share the Orbitals/DimerTransfer
+layout and its units.
 """
 
 from __future__ import annotations

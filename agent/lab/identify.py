@@ -52,6 +52,9 @@ two-phase mixtures and 60 single phases and checked on the other half
 
 Candidate peak lists are cached per structure (keyed by a hash of lattice, species and
 fractional coordinates, and the wavelength).
+
+Over 500 lines on purpose: peak simulation, background removal, profile fitting and ranking
+are one PXRD matching pipeline sharing its grids and caches.
 """
 
 from __future__ import annotations

@@ -65,6 +65,9 @@ Values are standardised internally; every public output is in the units of the
 observations (e.g. kJ/mol).
 
 Importing this module is cheap: torch and gpytorch load inside functions.
+
+Over 500 lines on purpose: the coregionalised Tanimoto GP, its hyperparameter fit
+and the pool posterior share one parameter layout (``_ar1_structure``, in numpy and torch).
 """
 
 from __future__ import annotations

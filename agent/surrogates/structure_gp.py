@@ -39,6 +39,11 @@ Model (:class:`DeltaGP`):
 With no training data the model returns the prior mean and ``prior_std_kjmol``.
 Measured accuracy and calibration: ``benchmarks/results/NOTES.md``. Importing this module
 is cheap; torch, gpytorch and BoTorch load on first fit.
+
+Over 500 lines on purpose: DeltaGP and its two landscape-bound forms
+(SoapDeltaSurrogate, and ShiftModel, the null model the skill test compares it with) share
+the input checks and the descriptor-row conventions; the protocol and shared GP helpers
+are in base.py.
 """
 
 from __future__ import annotations

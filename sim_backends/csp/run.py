@@ -26,6 +26,10 @@ hands out seeds, selects the stage-2 set, removes duplicates and detects symmetr
 
 Importing this module is cheap; torch, ray, pymatgen and rich are imported inside
 the functions.
+
+Over 500 lines on purpose: molecule loading, argument validation and the staged run_csp
+driver (units, stage-2 selection, de-duplication) are one user-facing entry point; the
+engines it drives are in trials.py, minimise.py and sampling.py.
 """
 
 from __future__ import annotations
