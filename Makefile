@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   installs into .venv (created when missing) and runs the demo campaign
 #   make test   installs into .venv (created when missing) and runs the test suite
+#   make test-fast  the same without the slow real-physics tests (pytest -m "not slow")
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,4 +21,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-.PHONY: install demo test
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+.PHONY: install demo test test-fast

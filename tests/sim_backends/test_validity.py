@@ -158,6 +158,7 @@ def test_h_h_clash_fails_the_structure_check():
         check_structure_facts(facts, "test")
 
 
+@pytest.mark.slow  # periodic GFN2-xTB SCFs of a naphthalene cell
 def test_xtb_crystal_rejects_h_h_clash():
     res = _xtb(_h_clash(_naphthalene(), 0.9))
     assert res.status == "failed" and not res.retryable
@@ -170,6 +171,7 @@ def test_xtb_crystal_rejects_absurd_density():
     assert res.reason == "unphysical: density = 0.304 g/cm3 outside [0.5, 3.0] (GFN2-xTB periodic)"
 
 
+@pytest.mark.slow  # periodic GFN2-xTB SCFs of a naphthalene cell
 def test_xtb_crystal_rejects_positive_lattice_energy():
     """10 % rigid compression: contacts (H...H 1.57 A) and density (1.71) pass, E_latt > 0."""
     res = _xtb(_rigidly_scaled(_naphthalene(), 0.9))
