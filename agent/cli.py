@@ -237,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_backends)
 
+    from agent.executor import csp_executor
+    from sim_backends.csp.cli import add_csp_parser
+
+    add_csp_parser(sub, executor_factory=csp_executor)  # Ray for --workers > 1, never nested
     for module, adder in (
-        ("sim_backends.csp.cli", "add_csp_parser"),
         ("agent.refine_cli", "add_refine_parser"),
         ("agent.lab.cli", "add_lab_parser"),
     ):

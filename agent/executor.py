@@ -1,5 +1,12 @@
 """Ray executor: backend evaluations as asynchronous Ray tasks.
 
+:class:`Executor` is the protocol the campaign runs on; :class:`RayExecutor` (here) and
+:class:`agent.local_executor.LocalExecutor` (in-process, for fast tests and benchmarks)
+implement it. It includes :class:`sim_backends.executor.MapExecutor` (``map_unordered``,
+``n_workers``), the map-style part physics engines are given: ``crystal-agent csp
+--workers N`` runs the CSP engine's minimisation units on a :class:`RayExecutor`
+(:func:`csp_executor`).
+
 An embedded local Ray instance is started by default (``num_cpus`` from the config,
 default all cores; never a cluster that ``ray start`` left running on this machine);
 an existing cluster is used when ``RAY_ADDRESS`` or an explicit address is given. The
@@ -53,11 +60,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sim_backends.base import EvalInput, EvalResult
 
@@ -108,6 +115,45 @@ def _failed(task: Task, reason: str, wall_s: float, cpu_s: float) -> EvalResult:
 
 #: seconds to wait for a cluster's port and for Ray to join it
 CONNECT_TIMEOUT_S = 15.0
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """What the campaign's runner needs of an executor (see the module docstring).
+
+    ``submit`` queues a :class:`Task` (``n_attempts`` incremented); ``wait`` returns the
+    tasks that finished (retryable failures resubmitted up to ``max_retries`` first);
+    ``capacity`` is how many tasks may be in flight; ``cancel_all`` drops them;
+    ``start``/``shutdown`` bracket its use. ``map_unordered``/``n_workers`` are
+    :class:`sim_backends.executor.MapExecutor`'s, for physics engines that fan out work.
+    """
+
+    address: str | None
+    max_retries: int
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def n_in_flight(self) -> int: ...
+
+    def in_flight(self) -> list[Task]: ...
+
+    def submit(self, task: Task) -> None: ...
+
+    def cancel_all(self) -> None: ...
+
+    def wait(self, timeout_s: float = 1.0) -> list[Completed]: ...
+
+    @property
+    def n_workers(self) -> int: ...
+
+    def map_unordered(self, fn: Callable[..., Any], items: Iterable[tuple[Any, ...]],
+                      shared: tuple[Any, ...] = ()) -> Iterator[Any]: ...
 
 
 class ExecutorError(RuntimeError):
@@ -460,6 +506,33 @@ class RayExecutor:
         self._stop_reaper()
         self._remote = None
 
+    # -- map-style work (sim_backends.executor.MapExecutor) ----------------------------
+    @property
+    def n_workers(self) -> int:
+        """Calls of :meth:`map_unordered` that run at once (:attr:`capacity`)."""
+        return self.capacity
+
+    def map_unordered(self, fn: Callable[..., Any], items: Iterable[tuple[Any, ...]],
+                      shared: tuple[Any, ...] = ()) -> Iterator[Any]:
+        """``fn(*shared, *item)`` for every item as Ray tasks of ``cpus_per_task`` CPUs,
+        results yielded as they finish (``shared`` put in the object store once). An
+        exception in ``fn`` or a dead worker is raised here (the remaining calls are
+        cancelled). Independent of the :meth:`submit`/:meth:`wait` tasks."""
+        import ray
+
+        self.start()
+        remote = ray.remote(num_cpus=self.cpus_per_task, max_retries=self.max_retries)(fn)
+        refs = [ray.put(s) for s in shared]
+        pending = [remote.remote(*refs, *item) for item in items]
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    yield ray.get(ref)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
     # -- work -------------------------------------------------------------------------
     @property
     def n_in_flight(self) -> int:
@@ -529,3 +602,21 @@ class RayExecutor:
                                  self.cpus_per_task * wall + task.cpu_s_retried)
                 completed.append(Completed(task, result))
         return completed
+
+
+@contextmanager
+def csp_executor(n_workers: int, address: str | None = None) -> Iterator[Any]:
+    """The executor ``crystal-agent csp`` runs the CSP engine on: ``n_workers`` > 1 a
+    :class:`RayExecutor` (an embedded local Ray with that many CPUs, or the cluster of
+    ``address`` / ``RAY_ADDRESS``), shut down afterwards; else the in-process one."""
+    if n_workers <= 1:
+        from sim_backends.executor import InProcessExecutor
+
+        yield InProcessExecutor()
+        return
+    ex = RayExecutor(address=address, num_cpus=n_workers)
+    ex.start()
+    try:
+        yield ex
+    finally:
+        ex.shutdown()

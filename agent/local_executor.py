@@ -1,4 +1,4 @@
-"""An in-process executor with the interface of :class:`agent.executor.RayExecutor`.
+"""An in-process :class:`agent.executor.Executor` (the protocol :class:`~agent.executor.RayExecutor` implements).
 
 For fast tests and benchmarks that drive the real :class:`~agent.campaign.Campaign`
 through :func:`agent.runner.run_campaign` with cheap backends (replays of stored
@@ -14,7 +14,9 @@ Contract (same as the Ray executor where it applies):
 * ``capacity`` is ``slots``: how many tasks the caller may keep in flight;
 * ``cancel_all`` drops queued tasks. There is no time limit (a task runs to its end
   in this process) and no isolation: a backend that crashes the interpreter crashes
-  the caller.
+  the caller;
+* ``map_unordered`` / ``n_workers`` (:class:`sim_backends.executor.MapExecutor`): every
+  call in this process, in order (:class:`~sim_backends.executor.InProcessExecutor`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from sim_backends.executor import InProcessExecutor
+
 if TYPE_CHECKING:
     from agent.executor import Completed, Task
 
 
-class LocalExecutor:
+class LocalExecutor(InProcessExecutor):
     """Run tasks one at a time in this process.
 
     Args:

@@ -162,12 +162,15 @@ def run_system(name: str, args, blind: bool) -> dict:
     except SetupError as exc:
         mol = gas_phase_molecule(name if SYSTEMS[name][3] == "x23" else "benzene", args.charges)
         row["start"] = f"X23 gas-phase geometry (SMILES route: {exc})"
-    if blind:
-        land = run_csp(mol, args.n_trials, space_groups=None, seed=args.seed, n_workers=args.workers,
-                       progress=False)
-    else:
-        land = run_csp(mol, BASELINE_TRIALS, space_groups=groups, seed=args.seed, n_workers=args.workers,
-                       progress=False, sampling="fixed")
+    from agent.executor import csp_executor
+
+    with csp_executor(args.workers) as executor:
+        if blind:
+            land = run_csp(mol, args.n_trials, space_groups=None, seed=args.seed, executor=executor,
+                           progress=False)
+        else:
+            land = run_csp(mol, BASELINE_TRIALS, space_groups=groups, seed=args.seed, executor=executor,
+                           progress=False, sampling="fixed")
     row.update(match_report(land, reference_structure(name)))
     conv = land.meta.get("convergence", {})
     cpu = time.process_time() - c0 + (land.meta.get("minimise_cpu_s", 0.0) if args.workers > 1 else 0.0)

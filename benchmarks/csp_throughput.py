@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, proto, warm in (("full", "full", True), ("staged", "staged", True), ("cold", "staged", False)):
         console.print(f"run_csp(protocol={proto!r}, stage2_warm_start={warm}) on {args.n_trials} P2_1/c trials, "
                       "1 process ...")
-        lands[name] = run_csp(mol, args.n_trials, space_groups="P2_1/c", seed=0, n_workers=1,
+        lands[name] = run_csp(mol, args.n_trials, space_groups="P2_1/c", seed=0,
                               progress=True, protocol=proto, stage2_warm_start=warm)
     full, staged, cold = lands["full"], lands["staged"], lands["cold"]
     rate_cold = args.n_trials / cold.meta["minimise_cpu_s"]
@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"staged CSP of oxalic acid, {args.csp_trials} trials, 10 space groups, "
                   f"{args.workers} workers ...")
     t0 = time.perf_counter()
-    land = run_csp(mol, args.csp_trials, seed=0, n_workers=args.workers, progress=True, protocol="staged")
+    from agent.executor import csp_executor
+
+    with csp_executor(args.workers) as executor:
+        land = run_csp(mol, args.csp_trials, seed=0, executor=executor, progress=True, protocol="staged")
     wall = time.perf_counter() - t0
     per_trial = wall / args.csp_trials
     # serial: driver work outside the workers (ray start-up, stage-2 selection, dedupe, symmetry)

@@ -2,14 +2,15 @@
 
 A molecule-level backend (fidelity 0, the cheapest rung of the ladder): given a
 SMILES it runs :func:`~sim_backends.csp.run.run_csp` and reports the landscape's
-summary values; ``extra["landscape"]`` holds the unique minima (id, energy_kjmol,
+summary values (the search runs in the calling process: inside a campaign that is the
+worker task, so no Ray is started inside Ray); ``extra["landscape"]`` holds the unique minima (id, energy_kjmol,
 density_gcm3, space_group, z, multiplicity, cif) so structure-level backends (xTB,
 DFT, phonons) can refine them.
 
 Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (default 200),
 ``space_groups`` (comma-separated or list; default: the ten common groups),
 ``seed`` (0), ``energy_window_kjmol`` (20), ``charges`` ("resp" or "xtb"),
-``n_workers`` (1), ``max_structures`` (100: the lowest minima whose records and CIFs go
+``max_structures`` (100: the lowest minima whose records and CIFs go
 into ``extra["landscape"]``; the values are computed over all unique minima),
 ``max_trials`` (the limit of ``n_trials``, :data:`~sim_backends.csp.run.MAX_TRIALS_DEFAULT`
 unless raised), ``sampling`` ("converged": ``n_trials`` is a budget the search may stop
@@ -57,14 +58,14 @@ class CSPBackend(Backend):
 
     _DEFAULTS: ClassVar[dict[str, Any]] = {
         "n_trials": 200, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
-        "charges": "resp", "n_workers": 1, "max_structures": 100, "max_trials": None,
+        "charges": "resp", "max_structures": 100, "max_trials": None,
         "sampling": "converged",
     }
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1), "max_trials": check.integer(1),
         "space_groups": _parse_groups, "seed": check.integer(0),
         "energy_window_kjmol": check.number(0.0, lo_open=True),
-        "charges": check.one_of("resp", "xtb", "none"), "n_workers": check.integer(1),
+        "charges": check.one_of("resp", "xtb", "none"),
         "max_structures": check.integer(0), "sampling": check.one_of("converged", "fixed"),
     }
 
@@ -79,7 +80,7 @@ class CSPBackend(Backend):
         limit = {} if p["max_trials"] is None else {"max_trials": p["max_trials"]}
         try:
             validate_csp_arguments(p["n_trials"], energy_window_kjmol=p["energy_window_kjmol"],
-                                   n_workers=p["n_workers"], seed=p["seed"], **limit)
+                                   seed=p["seed"], **limit)
         except ValueError as exc:
             key = str(exc).split()[0]
             if key not in cls._DEFAULTS:
@@ -112,7 +113,7 @@ class CSPBackend(Backend):
             landscape = run_csp(
                 inp.smiles, n_trials, space_groups=p["space_groups"], seed=int(p["seed"]),
                 energy_window_kjmol=float(p["energy_window_kjmol"]), progress=False,
-                n_workers=int(p["n_workers"]), charges=str(p["charges"]), sampling=str(p["sampling"]), **limit,
+                charges=str(p["charges"]), sampling=str(p["sampling"]), **limit,
             )
         except (ValueError, TypeError) as exc:
             raise SetupError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

@@ -20,6 +20,7 @@ Importing this module is cheap (argparse only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -28,8 +29,13 @@ from typing import Any
 DEFAULT_TRIAL_BUDGET = 10_000
 
 
-def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``csp`` sub-command to an argparse ``subparsers`` object."""
+def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.ArgumentParser:
+    """Add the ``csp`` sub-command to an argparse ``subparsers`` object.
+
+    ``executor_factory(n_workers)`` is a context manager yielding the
+    :class:`~sim_backends.executor.MapExecutor` the run uses (``crystal-agent`` passes
+    :func:`agent.executor.csp_executor`: Ray for ``--workers`` > 1); without one the run
+    is in-process and ``--workers`` > 1 is refused."""
     p = subparsers.add_parser(
         "csp", help="crystal structure prediction for a rigid molecule (W99 force field)",
         description="Crystal structure prediction: Sobol trials, batched rigid-body "
@@ -47,7 +53,9 @@ def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--charges", choices=("resp", "xtb"), default="resp",
                    help="point charges: RESP fit to the HF/6-31G* ESP (pyscf) or GFN2-xTB")
-    p.add_argument("--workers", type=int, default=1, help="parallel Ray workers (CPUs)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel Ray workers (CPUs of an embedded Ray; with RAY_ADDRESS set, tasks go "
+                        "to that cluster); 1: in this process")
     p.add_argument("--energy-window", type=float, default=20.0,
                    help="keep minima within this many kJ/mol of the lowest")
     p.add_argument("--max-trials", type=int, default=None,
@@ -60,7 +68,7 @@ def add_csp_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="refuse flexible molecules with more rotatable bonds (default 4)")
     p.add_argument("--top", type=int, default=15, help="rows printed in the table")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.set_defaults(func=run_csp_command)
+    p.set_defaults(func=run_csp_command, csp_executor_factory=executor_factory)
     return p
 
 
@@ -78,20 +86,24 @@ def run_csp_command(args: argparse.Namespace) -> int:
         validate_csp_arguments(args.n_trials, energy_window_kjmol=args.energy_window,
                                n_workers=args.workers, seed=args.seed, max_trials=max_trials,
                                sampling=args.sampling)
-        if args.workers > (os.cpu_count() or 1):
+        factory = getattr(args, "csp_executor_factory", None)
+        if args.workers > 1 and factory is None:
+            raise ValueError("--workers > 1 needs a Ray executor (run it as crystal-agent csp)")
+        if args.workers > (os.cpu_count() or 1) and not os.environ.get("RAY_ADDRESS"):
             raise ValueError(f"--workers {args.workers} is more than the {os.cpu_count()} CPUs here")
         if args.top < 0:
             raise ValueError(f"--top must be >= 0, got {args.top}")
         parse_space_groups(args.space_groups)
         if args.out is not None:
             _check_out_dir(Path(args.out))
-        landscape = run_csp(
-            args.molecule, args.n_trials, space_groups=args.space_groups, seed=args.seed,
-            energy_window_kjmol=args.energy_window, out_dir=args.out,
-            progress=not args.json and sys.stderr.isatty(), n_workers=args.workers,
-            charges=args.charges, max_trials=max_trials, sampling=args.sampling,
-            flexible=args.flexible, max_rotatable_bonds=args.max_rotatable_bonds,
-        )
+        with (factory or _in_process)(args.workers) as executor:
+            landscape = run_csp(
+                args.molecule, args.n_trials, space_groups=args.space_groups, seed=args.seed,
+                energy_window_kjmol=args.energy_window, out_dir=args.out,
+                progress=not args.json and sys.stderr.isatty(), executor=executor,
+                charges=args.charges, max_trials=max_trials, sampling=args.sampling,
+                flexible=args.flexible, max_rotatable_bonds=args.max_rotatable_bonds,
+            )
     except (ValueError, BackendError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"crystal-agent csp: error: {msg}", file=sys.stderr)
@@ -141,6 +153,13 @@ def run_csp_command(args: argparse.Namespace) -> int:
         print(f"landscape written to {args.out}: landscape.csv, cif/<id>.cif (symmetrised, with "
               "energies), landscape.png, run.json")
     return 0
+
+
+@contextlib.contextmanager
+def _in_process(n_workers: int) -> Any:
+    from sim_backends.executor import InProcessExecutor
+
+    yield InProcessExecutor()
 
 
 def _check_out_dir(out: "Path") -> None:

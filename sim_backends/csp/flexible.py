@@ -274,7 +274,7 @@ def run_flexible_csp(
         relax_margin_kjmol: extra window of the minima considered for relaxation.
         torsion_tol_deg: torsion tolerance of the duplicate test.
         **csp_kwargs: passed to each conformer's ``run_csp`` (protocol, batch_size, sampling,
-            n_workers, gtol, ...).
+            executor, gtol, ...).
 
     Raises:
         SetupError: molecule refused (too many rotatable bonds, ...); ValueError: bad settings.

@@ -1,8 +1,9 @@
 """End-to-end CSP run: trials -> batched minimisation -> duplicate removal -> landscape.
 
 :func:`run_csp` splits the trials over the requested space groups, minimises them
-in batches (one space group per batch, so Z is shared), either in this process or
-as Ray tasks on a local instance with ``n_workers`` CPUs, keeps the converged minima
+in batches (one space group per batch, so Z is shared) on the executor it is given
+(:mod:`sim_backends.executor`: in this process by default; it never starts Ray
+itself), keeps the converged minima
 within ``energy_window_kjmol`` of the lowest one, removes duplicates, detects the
 space group of each unique minimum and returns a :class:`Landscape` (written to
 ``out_dir`` when given).
@@ -24,7 +25,7 @@ Trial structures are drawn inside the units (workers): each unit of ``batch_size
 gets its own seeded scrambled-Sobol block (:func:`_unit_seed`), so the serial driver only
 hands out seeds, selects the stage-2 set, removes duplicates and detects symmetry.
 
-Importing this module is cheap; torch, ray, pymatgen and rich are imported inside
+Importing this module is cheap; torch, pymatgen and rich are imported inside
 the functions.
 
 Over 500 lines on purpose: molecule loading, argument validation and the staged run_csp
@@ -46,6 +47,7 @@ import numpy as np
 from sim_backends.landscape import Landscape, LandscapeEntry
 from sim_backends.csp.sampling import ConvergenceCriteria, ConvergenceTracker
 from sim_backends.csp.spacegroups import SpaceGroup, parse_space_groups
+from sim_backends.executor import InProcessExecutor, MapExecutor
 
 
 #: input forms :func:`load_molecule` accepts, for error messages
@@ -274,7 +276,7 @@ def run_csp(
     energy_window_kjmol: float = 20.0,
     out_dir: str | Path | None = None,
     progress: bool = True,
-    n_workers: int = 1,
+    executor: MapExecutor | None = None,
     charges: str = "resp",
     batch_size: int = 128,
     cutoff_A: float = 12.0,
@@ -304,7 +306,8 @@ def run_csp(
         energy_window_kjmol: keep minima within this of the lowest one.
         out_dir: write the landscape there when given.
         progress: show a rich progress bar (stderr).
-        n_workers: > 1 runs batches as Ray tasks on that many CPUs.
+        executor: where the minimisation units run (:mod:`sim_backends.executor`); None: in
+            this process, one after the other. The landscape does not depend on it.
         charges: point-charge method ("resp", "xtb"; "none" for zero charges), computed
             on the molecule's geometry for SMILES and geometry-file input alike.
         batch_size: trials per minimisation batch (one task).
@@ -339,7 +342,7 @@ def run_csp(
             group (one line), before anything is allocated.
         SetupError: molecule that cannot be used.
     """
-    validate_csp_arguments(n_trials, energy_window_kjmol=energy_window_kjmol, n_workers=n_workers,
+    validate_csp_arguments(n_trials, energy_window_kjmol=energy_window_kjmol,
                            seed=seed, batch_size=batch_size, cutoff_A=cutoff_A, gtol=gtol, max_iter=max_iter,
                            stage2_margin_kjmol=stage2_margin_kjmol, protocol=protocol, max_trials=max_trials,
                            sampling=sampling)
@@ -354,7 +357,7 @@ def run_csp(
         return run_flexible_csp(
             flex, n_trials, space_groups=space_groups, seed=seed, energy_window_kjmol=energy_window_kjmol,
             out_dir=out_dir, progress=progress, charges=charges, cache_dir=cache_dir,
-            max_rotatable_bonds=max_rotatable_bonds, cutoff_A=cutoff_A, n_workers=n_workers, batch_size=batch_size,
+            max_rotatable_bonds=max_rotatable_bonds, cutoff_A=cutoff_A, executor=executor, batch_size=batch_size,
             gtol=gtol, max_iter=max_iter, protocol=protocol, stage2_margin_kjmol=stage2_margin_kjmol,
             stage2_warm_start=stage2_warm_start, max_trials=max_trials, sampling=sampling, convergence=convergence)
     t_start = time.perf_counter()
@@ -375,50 +378,40 @@ def run_csp(
     cpu_s = 0.0
     blocks = {g.symbol: 0 for g in groups}  # Sobol blocks drawn so far per group
     spent = 0
-    ray_started = False
-    if n_workers > 1:  # one local Ray instance for all rounds (an existing one is reused)
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-            ray_started = True
-    try:
-        while plan:
-            # trials are drawn in the workers, one independently seeded Sobol block per unit
-            units: list[tuple[str, dict[str, np.ndarray]]] = []
-            for sym, n in plan.items():
-                for start in range(0, n, batch_size):
-                    units.append((sym, {"generate": np.array([min(batch_size, n - start),
-                                                              _unit_seed(seed, by_symbol[sym], blocks[sym])]),
-                                        "unit": np.array(len(first) + len(units))}))
-                    blocks[sym] += 1
-            round_meta: dict[str, Any] = {"protocol": protocol}
-            e_floor = min((float(r["energy_kjmol"][r["converged"]].min()) for r in first
-                           if r["converged"].any()), default=math.inf)
-            res, fst, cpu = _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers,
-                                        progress, energy_window_kjmol + stage2_margin_kjmol, batch_size,
-                                        stage2_warm_start, round_meta, e_floor)
-            if res is not fst:  # stage-2 unit numbers unique over the rounds
-                for r in res:
-                    r["unit"] += len(results)
-            results += res
-            first += fst
-            cpu_s += cpu
-            _accumulate(stage_meta, round_meta)
-            spent += sum(plan.values())
-            e_keep = min(tracker.e_global, _lowest(res)) + criteria.window_kjmol + tracker.MARGIN_KJMOL
-            tracker.add_round(plan, {sym: _candidates(molecule, [r for r in res if r["search_space_group"] == sym],
-                                                      e_keep) for sym in plan})
-            if tracker.all_converged:
-                tracker.stopped_by = "converged"
-                break
-            if sampling == "fixed" or spent >= n_trials:
-                tracker.stopped_by = "fixed" if sampling == "fixed" else "budget"
-                break
-            plan = tracker.allocate(n_trials - spent)
-    finally:
-        if ray_started:
-            ray.shutdown()
+    executor = executor if executor is not None else InProcessExecutor()
+    while plan:
+        # trials are drawn in the workers, one independently seeded Sobol block per unit
+        units: list[tuple[str, dict[str, np.ndarray]]] = []
+        for sym, n in plan.items():
+            for start in range(0, n, batch_size):
+                units.append((sym, {"generate": np.array([min(batch_size, n - start),
+                                                          _unit_seed(seed, by_symbol[sym], blocks[sym])]),
+                                    "unit": np.array(len(first) + len(units))}))
+                blocks[sym] += 1
+        round_meta: dict[str, Any] = {"protocol": protocol}
+        e_floor = min((float(r["energy_kjmol"][r["converged"]].min()) for r in first
+                       if r["converged"].any()), default=math.inf)
+        res, fst, cpu = _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, executor,
+                                    progress, energy_window_kjmol + stage2_margin_kjmol, batch_size,
+                                    stage2_warm_start, round_meta, e_floor)
+        if res is not fst:  # stage-2 unit numbers unique over the rounds
+            for r in res:
+                r["unit"] += len(results)
+        results += res
+        first += fst
+        cpu_s += cpu
+        _accumulate(stage_meta, round_meta)
+        spent += sum(plan.values())
+        e_keep = min(tracker.e_global, _lowest(res)) + criteria.window_kjmol + tracker.MARGIN_KJMOL
+        tracker.add_round(plan, {sym: _candidates(molecule, [r for r in res if r["search_space_group"] == sym],
+                                                  e_keep) for sym in plan})
+        if tracker.all_converged:
+            tracker.stopped_by = "converged"
+            break
+        if sampling == "fixed" or spent >= n_trials:
+            tracker.stopped_by = "fixed" if sampling == "fixed" else "budget"
+            break
+        plan = tracker.allocate(n_trials - spent)
     results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
     first.sort(key=lambda r: (r["search_space_group"], r["unit"]))
     stage_meta["stage2_margin_kjmol"] = float(stage2_margin_kjmol)
@@ -440,7 +433,7 @@ def run_csp(
         "space_groups": [g.symbol for g in groups],
         "seed": int(seed), "energy_window_kjmol": float(energy_window_kjmol),
         "charge_method": getattr(molecule, "charge_method", ""),
-        "cutoff_A": cutoff_A, "gtol": gtol, "n_workers": n_workers,
+        "cutoff_A": cutoff_A, "gtol": gtol, "n_workers": int(executor.n_workers),
         "trials_wall_s": t_trials, "minimise_wall_s": t_min,
         "minimise_cpu_s": cpu_s,
         "wall_s": time.perf_counter() - t_start,
@@ -450,7 +443,7 @@ def run_csp(
     return landscape
 
 
-def _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers, progress, window2_kjmol,
+def _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, executor, progress, window2_kjmol,
                 batch_size, warm_start, stage_meta, e_floor: float = math.inf
                 ) -> tuple[list[dict], list[dict], float]:
     """Minimise the trial units with the chosen protocol; fills ``stage_meta``. Stage 2
@@ -461,18 +454,18 @@ def _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, n_workers, 
         (final results, first-stage results, summed minimisation CPU s).
     """
     if protocol == "full":
-        results = _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress)
+        results = _execute(molecule, units, model_kwargs, min_kwargs, executor, progress)
         cpu_s = float(sum(r["cpu_s"] for r in results))
         first = results
     else:
         t0 = time.perf_counter()
-        stage1 = _execute(molecule, units, STAGE1_MODEL, {**min_kwargs, **STAGE1_MIN}, n_workers,
+        stage1 = _execute(molecule, units, STAGE1_MODEL, {**min_kwargs, **STAGE1_MIN}, executor,
                           progress, "stage 1 (cheap model)")
         t1 = time.perf_counter()
         units2 = _stage2_units(stage1, window2_kjmol, batch_size, molecule.mass_amu, warm_start, e_floor)
         t2 = time.perf_counter()
         t_select = t2 - t1
-        results = _execute(molecule, units2, model_kwargs, {**min_kwargs, **STAGE2_MIN}, n_workers, progress,
+        results = _execute(molecule, units2, model_kwargs, {**min_kwargs, **STAGE2_MIN}, executor, progress,
                            "stage 2 (full model)")
         first = stage1
         cpu1 = float(sum(r["cpu_s"] for r in stage1))
@@ -551,9 +544,9 @@ def _unit_size(arrays: dict[str, np.ndarray]) -> int:
     return int(arrays["generate"][0]) if "generate" in arrays else len(arrays["cell_params"])
 
 
-def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress,
+def _execute(molecule, units, model_kwargs, min_kwargs, executor: MapExecutor, progress,
              label: str = "minimising trials") -> list[dict]:
-    """Run :func:`minimise_unit` over all units, locally or as Ray tasks, with progress."""
+    """Run :func:`minimise_unit` over all units on ``executor``, with progress."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     n_total = sum(_unit_size(u[1]) for u in units)
@@ -561,31 +554,10 @@ def _execute(molecule, units, model_kwargs, min_kwargs, n_workers, progress,
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), disable=not progress, transient=False) as bar:
         task = bar.add_task(label, total=n_total)
-        if n_workers == 1:
-            for sg, arrays in units:
-                results.append(minimise_unit(molecule, sg, arrays, model_kwargs, min_kwargs))
-                bar.advance(task, _unit_size(arrays))
-            results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
-            return results
-        import ray
-
-        started = not ray.is_initialized()
-        if started:  # a local instance just for this run; an existing one is reused
-            ray.init(num_cpus=n_workers, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
-        try:
-            remote = ray.remote(num_cpus=1)(minimise_unit)
-            mol_ref = ray.put(molecule)
-            pending = {remote.remote(mol_ref, sg, arrays, model_kwargs, min_kwargs):
-                       _unit_size(arrays) for sg, arrays in units}
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    results.append(ray.get(ref))
-                    bar.advance(task, pending.pop(ref))
-        finally:
-            if started:
-                ray.shutdown()
+        items = [(sg, arrays, model_kwargs, min_kwargs) for sg, arrays in units]
+        for r in executor.map_unordered(minimise_unit, items, shared=(molecule,)):
+            results.append(r)
+            bar.advance(task, len(r["energy_kjmol"]))
     # completion order varies with workers; sort so the landscape does not depend on it
     results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
     return results

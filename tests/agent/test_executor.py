@@ -163,3 +163,107 @@ def test_stock_ray_start_head_with_token_authentication(tmp_path):
         except ProcessLookupError:
             pass
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# -- the map-style executor the CSP engine is given ------------------------------------------
+
+CSP_KW = dict(space_groups="P-1,P2_1", seed=2, progress=False, charges="xtb", batch_size=2, cache_dir="")
+
+
+def _minima(land):
+    return [(m.id, round(m.energy_kjmol, 6), m.space_group, m.multiplicity) for m in land.minima]
+
+
+class _ReversedExecutor:
+    """Yields the results last-first: the completion order of a busy cluster."""
+
+    n_workers = 3
+
+    def map_unordered(self, fn, items, shared=()):
+        return reversed([fn(*shared, *item) for item in items])
+
+
+def test_executors_satisfy_the_protocols():
+    from agent.executor import Executor
+    from agent.local_executor import LocalExecutor
+    from sim_backends.executor import InProcessExecutor, MapExecutor
+
+    def members(proto):  # what a class must have (not isinstance: it would call properties)
+        return {n for n in vars(proto) if not n.startswith("_")} | set(proto.__annotations__)
+
+    assert members(MapExecutor) == {"n_workers", "map_unordered"}
+    assert members(MapExecutor) < members(Executor)
+    for cls in (RayExecutor, LocalExecutor):
+        assert all(hasattr(cls, n) or n in vars(cls()) for n in members(Executor)), cls
+    for cls in (RayExecutor, LocalExecutor, InProcessExecutor, _ReversedExecutor):
+        assert all(hasattr(cls, n) for n in members(MapExecutor)), cls
+    assert not hasattr(InProcessExecutor, "submit")  # map-only: not enough for a campaign
+    assert isinstance(LocalExecutor(), Executor) and isinstance(_ReversedExecutor(), MapExecutor)
+
+
+def test_csp_same_minima_in_process_and_in_any_completion_order():
+    """The CSP engine on the in-process executors and on one returning results in reverse:
+    the same minima (ids, energies, groups, multiplicities)."""
+    from agent.local_executor import LocalExecutor
+    from sim_backends.csp.run import run_csp
+
+    local = run_csp("O=C=O", 4, executor=LocalExecutor(), **CSP_KW)
+    shuffled = run_csp("O=C=O", 4, executor=_ReversedExecutor(), **CSP_KW)
+    assert len(local) >= 2
+    assert _minima(local) == _minima(shuffled)
+    assert local.meta["n_workers"] == 1 and shuffled.meta["n_workers"] == 3
+
+
+@pytest.mark.slow
+def test_csp_backend_runs_in_process_without_ray():
+    """A campaign's CSP task runs the engine in its own process: no Ray imported there,
+    and the old ``n_workers`` parameter (which started Ray inside the Ray task) is refused."""
+    code = (
+        "import sys\n"
+        "from sim_backends.base import EvalInput\n"
+        "from sim_backends.registry import get_backend\n"
+        "r = get_backend('csp-ff').evaluate(EvalInput('O=C=O', params={'n_trials': 4, 'charges': 'xtb',"
+        " 'space_groups': 'P-1', 'sampling': 'fixed'}))\n"
+        "print(r.ok, 'ray' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr[-2000:]
+    from sim_backends.base import ParamsError
+    from sim_backends.registry import backend_class
+
+    with pytest.raises(ParamsError, match="n_workers"):
+        backend_class("csp-ff").check_params({"n_workers": 2})
+
+
+@pytest.mark.slow
+def test_csp_same_minima_on_ray_and_in_process():
+    """Two Ray workers (the executor ``crystal-agent csp --workers 2`` builds) and the
+    in-process executor minimise the same units: the same minima, same seed."""
+    from agent.executor import csp_executor
+    from agent.local_executor import LocalExecutor
+    from sim_backends.csp.run import run_csp
+
+    serial = run_csp("O=C=O", 4, executor=LocalExecutor(), **CSP_KW)
+    with csp_executor(2) as ex:
+        assert isinstance(ex, RayExecutor)
+        par = run_csp("O=C=O", 4, executor=ex, **CSP_KW)
+    assert _minima(par) == _minima(serial)
+    assert par.meta["n_workers"] == 2
+
+
+@pytest.mark.slow
+def test_csp_cli_workers_use_ray(tmp_path):
+    """``crystal-agent csp --workers 2`` runs on a local Ray (recorded in run.json) and
+    writes the same minima as ``--workers 1``."""
+    import json
+
+    runs = {}
+    for w in (1, 2):
+        out = cli("csp", "O=C=O", "--n-trials", "4", "--sampling", "fixed", "--space-groups", "P-1,P2_1",
+                  "--seed", "2", "--charges", "xtb", "--workers", str(w), "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs[w] = json.loads(out.stdout)
+    assert runs[2]["meta"]["n_workers"] == 2 and runs[1]["meta"]["n_workers"] == 1
+    key = [(m["id"], round(m["energy_kjmol"], 6)) for m in runs[1]["minima"]]
+    assert [(m["id"], round(m["energy_kjmol"], 6)) for m in runs[2]["minima"]] == key

@@ -228,18 +228,3 @@ def test_recovers_experimental_urea_from_smiles():
     # which leaves its subgroup P2_12_12 (18) -- both contain the searched P2_1
     assert minimum.space_group_number in (18, 113)
     assert np.isfinite(minimum.energy_kjmol) and minimum.energy_kjmol < -60.0
-
-
-@pytest.mark.slow
-def test_ray_workers_give_the_same_landscape():
-    """Two Ray workers and the serial path minimise the same batches: same landscape."""
-    from sim_backends.csp.run import run_csp
-
-    kw = dict(space_groups="P-1,P2_1", seed=2, progress=False, charges="xtb", batch_size=2)
-    serial = run_csp("O=C=O", 4, **kw)
-    par = run_csp("O=C=O", 4, n_workers=2, **kw)
-    assert len(par) == len(serial)
-    assert np.allclose([m.energy_kjmol for m in par.minima],
-                       [m.energy_kjmol for m in serial.minima], atol=1e-6)
-    assert [m.multiplicity for m in par.minima] == [m.multiplicity for m in serial.minima]
-    assert par.meta["n_workers"] == 2
