@@ -15,6 +15,28 @@ breaking) share one charge variable, so they come out exactly equal.
 Theory Comput. 15, 1652 (2019)), symmetrised by class averages. Cheap, not fitted to the
 ESP; recorded as ``charge_method="xtb-gfn2-mulliken"``.
 
+``resp-lp``: the same RESP fit with extra off-atom charge sites for the lone pairs of the
+hydrogen-bond acceptors (:func:`lone_pair_sites`); the charges are returned for the atoms
+followed by the sites (length n_atoms + n_sites), and
+:class:`~sim_backends.csp.forcefield.LatticeEnergyModel` rebuilds the sites from the
+molecule's geometry. Why off-atom sites: atom-centred charges cannot represent the anisotropy
+of the charge density around O and N acceptors (the lone pairs), which distributed multipoles
+capture (Price et al., DMACRYS, Phys. Chem. Chem. Phys. 12, 8478 (2010); W99 itself was
+re-used with DMA multipoles there); lone-pair sites are the point-charge route to the same
+anisotropy (Dixon & Kollman, J. Comput. Chem. 18, 1632 (1997)) and keep the charge-charge
+pair kernel. Site geometry (NOT fitted to crystal data): 0.35 A from the nucleus, as in the
+CHARMM Drude force field (Harder et al., J. Chem. Theory Comput. 2, 1587 (2006); Lopes et
+al., J. Chem. Theory Comput. 9, 5430 (2013)): carbonyl-type O (one bonded atom), two sites in
+the plane of O=C-X, C-O-site angle 110 deg; hydroxyl/ether O, two tetrahedral sites
+(109.5 deg) perpendicular to the X-O-Y plane; pyridine-type N (two bonded atoms, no H) and
+nitrile N, one site on the outward bisector/axis; sp3 amine N (three bonded atoms, none of
+them unsaturated), one site opposite the bonds. Each site is an affine combination of the
+parent atom, its neighbours and their neighbours (so it moves with the molecule); an atom
+whose sites this local frame cannot represent (the out-of-plane lone pairs of an OH in a
+planar molecule: frames with an rms distance from their best plane below 0.1 A count as
+planar, so that a slightly puckered copy of a molecule gets the same sites) gets none. The
+restraint applies to heavy atoms and sites alike.
+
 Importing this module is cheap: pyscf, tblite and rdkit are imported inside functions.
 """
 
@@ -37,6 +59,16 @@ BONDI_RADII_A = {"H": 1.20, "C": 1.70, "N": 1.55, "O": 1.52, "F": 1.47, "S": 1.8
 BOHR_A = 0.52917721090  # CODATA 2018
 RESP_SHELLS = (1.4, 1.6, 1.8, 2.0)
 RESP_LEVEL = "HF/6-31G*"
+#: distance (A) of an off-atom lone-pair charge site from its nucleus (CHARMM Drude value)
+LONE_PAIR_DISTANCE_A = 0.35
+#: carbonyl-type O: angle (deg) between the C-O bond (at O) and each lone-pair site
+CARBONYL_LP_ANGLE_DEG = 110.0
+#: sp3 O: angle (deg) between the two lone-pair sites (tetrahedral)
+SP3_LP_ANGLE_DEG = 109.47
+#: local frames flatter than this (rms distance from their best plane, A) count as planar
+PLANAR_RMS_A = 0.1
+#: charge methods :func:`compute_charges` knows
+CHARGE_METHODS = ("resp", "resp-lp", "xtb")
 
 
 @dataclass(frozen=True)
@@ -206,12 +238,108 @@ def fit_restrained_charges(
     return expand @ q, rrms
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def lone_pair_sites(symbols: Sequence[str], coords_A: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Off-atom lone-pair charge sites of a molecule as affine weights on its atoms.
+
+    Rules and geometry in the module docstring (``resp-lp``). Deterministic in the geometry
+    and the atom order, and invariant under rigid motions (the sites are rebuilt from the
+    atoms wherever they are needed).
+
+    Args:
+        symbols: element symbols (n_atoms).
+        coords_A: (n_atoms, 3), Angstrom.
+
+    Returns:
+        weights (n_sites, n_atoms), each row summing to 1 (site = weights @ coords), and the
+        parent atom of every site. (0, n_atoms) and [] for a molecule without acceptors.
+    """
+    from sim_backends.csp.forcefield import bond_graph
+
+    xyz = np.asarray(coords_A, dtype=float)
+    n = len(symbols)
+    nbrs = bond_graph(symbols, xyz)
+    d = LONE_PAIR_DISTANCE_A
+    rows: list[np.ndarray] = []
+    parents: list[int] = []
+
+    def weights_for(point: np.ndarray, centre: int) -> np.ndarray | None:
+        """Affine weights on the local atoms (centre, neighbours, their neighbours), or None."""
+        local = sorted({centre, *nbrs[centre], *(k for j in nbrs[centre] for k in nbrs[j])})
+        origin = xyz[local].mean(axis=0)
+        _, sing, vt = np.linalg.svd(xyz[local] - origin, full_matrices=True)
+        flatness = sing[2] / math.sqrt(len(local)) if len(sing) > 2 else 0.0  # rms off the best plane
+        if flatness < PLANAR_RMS_A:  # (near-)planar frame: in-plane sites only, solved in the plane
+            if abs((point - origin) @ vt[2]) > PLANAR_RMS_A:
+                return None
+            axes = vt[:2] if len(sing) > 1 and sing[1] > 1e-6 else vt[:1]  # a linear frame: its axis
+            mat = np.vstack([((xyz[local] - origin) @ axes.T).T, np.ones(len(local))])
+            target = np.append((point - origin) @ axes.T, 1.0)
+        else:
+            mat = np.vstack([xyz[local].T, np.ones(len(local))])  # (4, m)
+            target = np.append(point, 1.0)
+        w_loc = np.linalg.pinv(mat, rcond=1e-8) @ target
+        if np.abs(mat @ w_loc - target).max() > 1e-6 or np.abs(w_loc).max() > 10.0:
+            return None
+        w = np.zeros(n)
+        w[local] = w_loc
+        return w
+
+    def add(centre: int, points: list[np.ndarray]) -> None:
+        ws = [weights_for(p, centre) for p in points]
+        if any(w is None for w in ws):  # not representable: no sites on this atom
+            return
+        for w in ws:
+            rows.append(w)
+            parents.append(centre)
+
+    for i, s in enumerate(symbols):
+        nb = nbrs[i]
+        away = [_unit(xyz[i] - xyz[j]) for j in nb]  # unit bond vectors pointing to atom i
+        if s == "O" and len(nb) == 1:
+            j = nb[0]
+            u = away[0]
+            perp = None
+            for k in nbrs[j]:
+                if k == i:
+                    continue
+                v = xyz[k] - xyz[j]
+                v = v - (v @ u) * u
+                if np.linalg.norm(v) > 0.1:
+                    perp = _unit(v)
+                    break
+            if perp is None:  # linear X=C=O: one site on the axis
+                add(i, [xyz[i] + d * u])
+            else:
+                t = math.radians(180.0 - CARBONYL_LP_ANGLE_DEG)
+                add(i, [xyz[i] + d * (math.cos(t) * u + math.sin(t) * perp),
+                        xyz[i] + d * (math.cos(t) * u - math.sin(t) * perp)])
+        elif s == "O" and len(nb) == 2:
+            bis = _unit(away[0] + away[1])
+            normal = _unit(np.cross(away[0], away[1]))
+            h = math.radians(SP3_LP_ANGLE_DEG / 2.0)
+            add(i, [xyz[i] + d * (math.cos(h) * bis + math.sin(h) * normal),
+                    xyz[i] + d * (math.cos(h) * bis - math.sin(h) * normal)])
+        elif s == "N" and len(nb) == 1:
+            add(i, [xyz[i] + d * away[0]])
+        elif s == "N" and len(nb) == 2 and not any(symbols[j] == "H" for j in nb):
+            add(i, [xyz[i] + d * _unit(away[0] + away[1])])
+        elif s == "N" and len(nb) == 3 and all(symbols[j] == "H" or len(nbrs[j]) == 4 for j in nb):
+            add(i, [xyz[i] + d * _unit(away[0] + away[1] + away[2])])
+    weights = np.array(rows) if rows else np.zeros((0, n))
+    return weights, parents
+
+
 def resp_charges(
     symbols: Sequence[str],
     coords_A: np.ndarray,
     classes: Sequence[int] | None = None,
     total_charge: int = 0,
     basis: str = "6-31g*",
+    lone_pairs: bool = False,
 ) -> ChargeFit:
     """RESP-style charges from an HF ESP (module docstring); a few s to a minute per molecule.
 
@@ -221,6 +349,7 @@ def resp_charges(
         classes: symmetry classes (equal labels -> equal charges); None: no symmetrisation.
         total_charge: molecular charge.
         basis: pyscf basis (6-31G* is the RESP standard).
+        lone_pairs: also fit charges on the :func:`lone_pair_sites` (returned after the atoms).
 
     Raises:
         SetupError: an element without a Bondi radius. RunError: SCF failure.
@@ -232,8 +361,17 @@ def resp_charges(
     points = esp_grid(symbols, xyz)
     esp = pyscf_esp(symbols, xyz, points, basis=basis, charge=total_charge)
     is_heavy = np.array([s != "H" for s in symbols])
+    label = f"resp-pyscf HF/{basis}".replace("6-31g*", "6-31G*")
+    if lone_pairs:
+        weights, _ = lone_pair_sites(symbols, xyz)
+        n_lp = len(weights)
+        xyz = np.vstack([xyz, weights @ xyz])
+        is_heavy = np.concatenate([is_heavy, np.ones(n_lp, dtype=bool)])
+        if classes is not None:  # every site its own class
+            classes = list(classes) + [max(classes) + 1 + k for k in range(n_lp)]
+        label = label.replace("resp-pyscf", "resp-lp-pyscf") + f" ({n_lp} lone-pair sites)"
     charges, rrms = fit_restrained_charges(xyz, points, esp, is_heavy, classes, float(total_charge))
-    return ChargeFit(charges, f"resp-pyscf HF/{basis}".replace("6-31g*", "6-31G*"), rrms, len(points))
+    return ChargeFit(charges, label, rrms, len(points))
 
 
 def xtb_charges(
@@ -273,11 +411,12 @@ def compute_charges(
     cache_dir: str | Path | None = None,
     cache_key: str = "",
 ) -> ChargeFit:
-    """Charges by ``method`` ("resp" or "xtb"), cached as JSON per (key, method, geometry).
+    """Charges by ``method`` ("resp", "resp-lp" or "xtb"), cached as JSON per (key, method, geometry).
 
     Args:
         symbols, coords_A: the molecule (Angstrom).
-        method: "resp" (pyscf HF/6-31G* ESP fit) or "xtb" (GFN2-xTB Mulliken).
+        method: "resp" (pyscf HF/6-31G* ESP fit), "resp-lp" (the same with lone-pair sites:
+            n_atoms + n_sites charges, module docstring) or "xtb" (GFN2-xTB Mulliken).
         classes: symmetry classes for equal charges.
         cache_dir: cache directory (default :func:`default_cache_dir`); "" disables caching.
         cache_key: readable part of the key, e.g. the canonical SMILES.
@@ -285,8 +424,8 @@ def compute_charges(
     Raises:
         SetupError: unknown method.
     """
-    if method not in ("resp", "xtb"):
-        raise SetupError(f"unknown charge method {method!r}; use 'resp' or 'xtb'")
+    if method not in CHARGE_METHODS:
+        raise SetupError(f"unknown charge method {method!r}; use one of {', '.join(CHARGE_METHODS)}")
     xyz = np.round(np.asarray(coords_A, dtype=float), 4)
     payload = json.dumps([cache_key, method, list(symbols), xyz.tolist(), list(map(int, classes or []))])
     digest = hashlib.sha256(payload.encode()).hexdigest()[:20]
@@ -299,7 +438,10 @@ def compute_charges(
                 return ChargeFit(np.array(data["charges_e"]), data["method"], data["rrms"], data["n_points"])
             except (ValueError, KeyError):
                 pass  # corrupt cache entry: recompute and overwrite
-    fit = (resp_charges if method == "resp" else xtb_charges)(symbols, xyz, classes)
+    if method == "xtb":
+        fit = xtb_charges(symbols, xyz, classes)
+    else:
+        fit = resp_charges(symbols, xyz, classes, lone_pairs=method == "resp-lp")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -36,6 +36,14 @@ B42, 286 (1986); Cl from Hsu & Williams, Acta Cryst. A36, 277 (1980); S (thioeth
 listed with the FIT potential in the DMACRYS manual for the CSP blind tests. These were fitted
 for use with multipoles, not W99 point charges; treat F/S/Cl energies as rough.
 
+Off-atom charge sites: a molecule whose ``charges_e`` holds n_atoms + n_sites values
+(``charges="resp-lp"``, :mod:`sim_backends.csp.charges`) carries lone-pair charge sites; the
+model rebuilds them with :func:`~sim_backends.csp.charges.lone_pair_sites` as fixed affine
+combinations of the atoms (site = w @ atoms), so energies and gradients stay functions of the
+atom coordinates (the site gradients are mapped back by w^T). The sites carry charge only
+(no exp-6); the pair sums, the Ewald sums and the intramolecular exclusions then run over
+atoms + sites. With n_atoms charges (``resp``, ``xtb``) the model is the atom-centred one.
+
 Units: Angstrom, elementary charges, kJ/mol. The Coulomb constant e^2/(4 pi eps0) is
 1389.35457 kJ/mol A (CODATA 2018).
 
@@ -385,7 +393,8 @@ class LatticeEnergyModel:
     energy is a smooth function of cell and coordinates that autograd differentiates.
 
     Args:
-        molecule: the rigid molecule (atom order, charges and W99 types are taken from it).
+        molecule: the rigid molecule (atom order, charges and W99 types are taken from it);
+            n_atoms + n_sites charges switch on the lone-pair charge sites (module docstring).
         cutoff_A: cutoff (A) of the exp-6 sum, switched off smoothly over the last
             ``switch_width_A``; pairs beyond ``ewald_cutoff_A`` get dispersion only.
         ewald_accuracy: target relative accuracy eps of the Ewald sum; alpha =
@@ -460,16 +469,29 @@ class LatticeEnergyModel:
         #: atom pairs screened per segment of the pair list (speed knob, no effect on results)
         self.pair_chunk = 1_000_000
 
-        params = np.array([W99_PARAMS[t] for t in molecule.ff_types])  # (n, 3)
+        body = np.asarray(molecule.coords_A, dtype=float)
+        n_q = len(molecule.charges_e)
+        lp_weights = np.zeros((0, self.n_atoms))
+        if n_q != self.n_atoms:
+            from sim_backends.csp.charges import lone_pair_sites
+
+            lp_weights = lone_pair_sites(molecule.symbols, body)[0]
+            if n_q != self.n_atoms + len(lp_weights):
+                raise ValueError(f"{n_q} charges for {self.n_atoms} atoms and {len(lp_weights)} lone-pair sites")
+        #: off-atom charge sites (lone pairs, ``charges="resp-lp"``), after the atoms
+        self.n_virtual = len(lp_weights)
+        #: charge sites per molecule (atoms + lone-pair sites); the pair sums run over these
+        self.n_sites = self.n_atoms + self.n_virtual
+        params = np.array([W99_PARAMS[t] for t in molecule.ff_types] + [(0.0, 3.6, 0.0)] * self.n_virtual)
         a_ij = np.sqrt(np.outer(params[:, 0], params[:, 0]))
         b_ij = 0.5 * (params[:, 1][:, None] + params[:, 1][None, :])
         c_ij = np.sqrt(np.outer(params[:, 2], params[:, 2]))
         charges = np.asarray(molecule.charges_e, dtype=float)
-        body = np.asarray(molecule.coords_A, dtype=float)
-        site_mat = _h_site_matrix(molecule.symbols, body, h_shift_A)
-        self.has_h_sites = not np.allclose(site_mat, np.eye(self.n_atoms))
+        charge_mat = np.vstack([np.eye(self.n_atoms), lp_weights])  # (n_sites, n): charge positions
+        site_mat = np.vstack([_h_site_matrix(molecule.symbols, body, h_shift_A), lp_weights])
+        self.has_h_sites = not np.allclose(site_mat, charge_mat)
         sites = site_mat @ body
-        centred = np.concatenate([body, sites]) - body.mean(axis=0)
+        centred = np.concatenate([charge_mat @ body, sites]) - (charge_mat @ body).mean(axis=0)
         #: largest distance (A) of an atom or exp-6 site from the atom centroid
         self.extent_A = float(np.linalg.norm(centred, axis=1).max())
 
@@ -495,11 +517,12 @@ class LatticeEnergyModel:
             np.stack([a_ij.ravel(), -b_ij.ravel(), c_ij.ravel(), COULOMB_KJMOL_A * np.outer(charges, charges).ravel()], axis=1)
         )
         self._site_mat = t(site_mat)
+        self._charge_mat = t(charge_mat)
         self._has_charges = bool(np.any(charges != 0.0))
         self._pair_table_np = self._pair_table.to(torch.float64).numpy()
         self._intra_per_molecule: float | None = None  # rigid-molecule constant (energy_and_grad_numpy)
-        iu, ju = np.triu_indices(self.n_atoms, 1)
-        incidence = np.zeros((len(iu), self.n_atoms))  # +1 at ju, -1 at iu: pair forces -> atoms
+        iu, ju = np.triu_indices(self.n_sites, 1)
+        incidence = np.zeros((len(iu), self.n_sites))  # +1 at ju, -1 at iu: pair forces -> atoms
         incidence[np.arange(len(iu)), ju] = 1.0
         incidence[np.arange(len(iu)), iu] = -1.0
         qq_full = np.outer(charges, charges)
@@ -602,13 +625,20 @@ class LatticeEnergyModel:
         coords = np.ascontiguousarray(coords_A, dtype=np.float64)
         n_mol = coords.shape[1]
         site_mat = self._site_mat.to(torch.float64).numpy()
-        sites = site_mat @ coords if self.has_h_sites else coords
+        charge_mat = self._charge_mat.to(torch.float64).numpy()
+        atoms = charge_mat @ coords if self.n_virtual else coords  # charge sites (B, Z, n_sites, 3)
+        sites = site_mat @ coords if self.has_h_sites else atoms
         e_rd, e_el, g_sites, g_atoms, g_cell_rd, g_cell_el = pair_energies_and_grads(
-            sites, coords, cell, self._pair_table_np, self._kernel_params, symmetric=symmetric
+            sites, atoms, cell, self._pair_table_np, self._kernel_params, symmetric=symmetric
         )
         energy = e_rd + e_el
         g_cell = g_cell_rd + g_cell_el
-        g_coords = g_atoms + (site_mat.T @ g_sites if self.has_h_sites else g_sites)
+        if self.has_h_sites:  # gradient w.r.t. the charge sites, mapped to the atoms at the end
+            g_coords = site_mat.T @ g_sites
+            g_charge = g_atoms
+        else:
+            g_coords = np.zeros_like(coords)
+            g_charge = g_atoms + g_sites
         if self.dispersion_tail:
             det = np.linalg.det(cell)
             tail = -2.0 * math.pi * n_mol**2 * self._sum_c / (3.0 * np.abs(det) * self.tail_radius_A**3)
@@ -617,22 +647,23 @@ class LatticeEnergyModel:
         if self._has_charges:
             if rigid:
                 if self._intra_per_molecule is None:
-                    self._intra_per_molecule = float(self._self_intra_numpy(coords[:1, :1])[0][0])
+                    self._intra_per_molecule = float(self._self_intra_numpy(atoms[:1, :1])[0][0])
                 energy = energy + n_mol * self._intra_per_molecule
             else:
-                e_intra, g_intra = self._self_intra_numpy(coords)
+                e_intra, g_intra = self._self_intra_numpy(atoms)
                 energy = energy + e_intra
-                g_coords = g_coords + g_intra
+                g_charge = g_charge + g_intra
             if self.electrostatics == "ewald":
                 cell_t = torch.from_numpy(cell).to(self.dtype).requires_grad_(True)
-                coords_t = torch.from_numpy(coords).to(self.dtype).requires_grad_(True)
+                coords_t = torch.from_numpy(np.ascontiguousarray(atoms)).to(self.dtype).requires_grad_(True)
                 with torch.enable_grad():
                     volume = torch.linalg.det(cell_t).abs()
                     recip = self._coulomb_reciprocal(cell_t, coords_t, volume)
                     gc, gx = torch.autograd.grad(recip.sum(), (cell_t, coords_t))
                 energy = energy + recip.detach().to(torch.float64).numpy()
                 g_cell = g_cell + gc.to(torch.float64).numpy()
-                g_coords = g_coords + gx.to(torch.float64).numpy()
+                g_charge = g_charge + gx.to(torch.float64).numpy()
+        g_coords = g_coords + (charge_mat.T @ g_charge if self.n_virtual else g_charge)
         return energy / n_mol, g_cell / n_mol, g_coords / n_mol
 
     def _self_intra_numpy(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -674,11 +705,14 @@ class LatticeEnergyModel:
         import torch
 
         cell, coords = self._check(cell_A, coords_A)
+        coords_in = coords
         n_batch, n_mol = coords.shape[:2]
         volume = torch.linalg.det(cell).abs()
         if bool((volume < 1e-6).any()):
             raise ValueError("degenerate cell (volume ~ 0)")
-        sites = torch.einsum("ij,bzjd->bzid", self._site_mat, coords) if self.has_h_sites else coords
+        if self.n_virtual:  # charge sites: atoms, then lone-pair sites (affine in the atoms)
+            coords = torch.einsum("ij,bzjd->bzid", self._charge_mat, coords)
+        sites = torch.einsum("ij,bzjd->bzid", self._site_mat, coords_in) if self.has_h_sites else coords
         if self.pair_kernel == "numba":
             repdisp, elec = _fused_pairs_function().apply(sites, coords, cell, self)
         else:
@@ -705,7 +739,7 @@ class LatticeEnergyModel:
         if b_idx.numel():
             translation = torch.einsum("pk,pkd->pd", shift, cell[b_idx])  # (P, 3)
             # segments of the molecule-pair list keep the per-pair temporaries cache-sized
-            step = max(1, self.pair_chunk // (self.n_atoms * self.n_atoms))
+            step = max(1, self.pair_chunk // (self.n_sites * self.n_sites))
             for start in range(0, len(b_idx), step):
                 sl = slice(start, start + step)
                 e_rd, e_el = self._pair_energies(sites, coords, b_idx[sl], i_idx[sl], j_idx[sl], translation[sl])
@@ -810,7 +844,7 @@ class LatticeEnergyModel:
         """
         import torch
 
-        n = self.n_atoms
+        n = self.n_sites
         n_batch, n_mol = sites.shape[:2]
         margin = 0.25 if self.has_h_sites else 0.0
         screen = self.cutoff_A + margin
@@ -903,7 +937,7 @@ class LatticeEnergyModel:
         n_mol = coords.shape[1]
         rc, a = self.ewald_cutoff_A, self.alpha_per_A
         self_term = -(math.erfc(a * rc) / (2.0 * rc) + a / math.sqrt(math.pi)) * float(self._q.square().sum()) * n_mol
-        iu, ju = torch.triu_indices(self.n_atoms, self.n_atoms, offset=1)
+        iu, ju = torch.triu_indices(self.n_sites, self.n_sites, offset=1)
         r = (coords[:, :, iu, :] - coords[:, :, ju, :]).norm(dim=-1)  # (B, Z, n_pairs)
         v = -torch.erf(a * r) / r - self._dsf_shift
         intra = (self._qq[iu, ju] * v).sum(dim=(1, 2))
@@ -915,7 +949,7 @@ class LatticeEnergyModel:
 
         n_mol = coords.shape[1]
         self_term = -self.alpha_per_A / math.sqrt(math.pi) * float(self._q.square().sum()) * n_mol
-        iu, ju = torch.triu_indices(self.n_atoms, self.n_atoms, offset=1)
+        iu, ju = torch.triu_indices(self.n_sites, self.n_sites, offset=1)
         r = (coords[:, :, iu, :] - coords[:, :, ju, :]).norm(dim=-1)  # (B, Z, n_pairs)
         intra = (self._qq[iu, ju] * torch.erf(self.alpha_per_A * r) / r).sum(dim=(1, 2))
         return COULOMB_KJMOL_A * (self_term - intra)

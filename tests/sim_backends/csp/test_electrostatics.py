@@ -1,0 +1,149 @@
+"""Off-atom lone-pair charge sites (``charges="resp-lp"``): geometry, gradients, Ewald sum."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_forcefield import t, x23_crystal  # noqa: E402  (same test folder)
+
+from sim_backends.csp.charges import (  # noqa: E402
+    LONE_PAIR_DISTANCE_A,
+    compute_charges,
+    lone_pair_sites,
+)
+from sim_backends.csp.forcefield import COULOMB_KJMOL_A, LatticeEnergyModel  # noqa: E402
+
+
+def with_lone_pair_charges(mol):
+    """The molecule with made-up neutral charges on atoms and lone-pair sites (-0.2 e each)."""
+    weights, _ = lone_pair_sites(mol.symbols, mol.coords_A)
+    q_sites = -0.2 * np.ones(len(weights))
+    q_atoms = np.asarray(mol.charges_e) - q_sites.sum() / mol.n_atoms
+    return mol.with_charges(np.concatenate([q_atoms, q_sites]), "test-lp"), weights
+
+
+def test_lone_pair_site_geometry_of_formamide_and_pyrazine():
+    mol, _, _ = x23_crystal("formamide")
+    weights, parents = lone_pair_sites(mol.symbols, mol.coords_A)
+    o = mol.symbols.index("O")
+    c = mol.symbols.index("C")
+    assert parents == [o, o]  # the carbonyl O; the amide N gets none
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-12)
+    sites = weights @ mol.coords_A
+    for s in sites:
+        assert np.linalg.norm(s - mol.coords_A[o]) == pytest.approx(LONE_PAIR_DISTANCE_A, abs=0.02)
+        u, v = mol.coords_A[c] - mol.coords_A[o], s - mol.coords_A[o]
+        angle = math.degrees(math.acos(u @ v / np.linalg.norm(u) / np.linalg.norm(v)))
+        assert angle == pytest.approx(110.0, abs=2.0)
+    # invariant under a rigid motion of the molecule
+    rot = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    moved = mol.coords_A @ rot.T + np.array([1.0, -2.0, 3.0])
+    np.testing.assert_allclose(lone_pair_sites(mol.symbols, moved)[0], weights, atol=1e-8)
+
+    pyr, _, _ = x23_crystal("pyrazine")
+    w, parents = lone_pair_sites(pyr.symbols, pyr.coords_A)
+    assert sorted(pyr.symbols[p] for p in parents) == ["N", "N"]
+    for site, p in zip(w @ pyr.coords_A, parents):  # outward, on the C-N-C bisector
+        nbrs = [k for k, s in enumerate(pyr.symbols) if s == "C"
+                and np.linalg.norm(pyr.coords_A[k] - pyr.coords_A[p]) < 1.5]
+        out = 2 * pyr.coords_A[p] - pyr.coords_A[nbrs].sum(axis=0)
+        cos = (site - pyr.coords_A[p]) @ out / np.linalg.norm(out) / LONE_PAIR_DISTANCE_A
+        assert cos == pytest.approx(1.0, abs=1e-3)
+
+
+def test_out_of_plane_lone_pairs_of_a_planar_acid_are_left_out():
+    """Oxalic acid: the carbonyl O get their in-plane sites, the OH oxygens (whose sites would
+    stand out of the molecular plane) none, in both X23 polymorphs alike."""
+    for name in ("oxalic_acid_alpha", "oxalic_acid_beta"):
+        mol, _, _ = x23_crystal(name)
+        _, parents = lone_pair_sites(mol.symbols, mol.coords_A)
+        assert len(parents) == 4 and len(set(parents)) == 2
+
+
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+def test_lone_pair_gradients_match_finite_differences(kernel):
+    mol, cell, coords = x23_crystal("formamide")
+    mol, _ = with_lone_pair_charges(mol)
+    model = LatticeEnergyModel(mol, cutoff_A=12.0, pair_kernel=kernel)
+    assert model.n_virtual == 2 and model.n_sites == mol.n_atoms + 2
+    rng = np.random.default_rng(3)
+    cell = cell + rng.normal(scale=0.05, size=(3, 3))
+    coords = coords + rng.normal(scale=0.03, size=coords.shape)
+    energy, g_cell, g_coords = model.energy_and_grad(t(cell)[None], t(coords)[None])
+    if kernel == "numba":  # the minimisers' path gives the same energy and gradients
+        e_np, gc_np, gx_np = model.energy_and_grad_numpy(cell[None], coords[None])
+        assert e_np[0] == pytest.approx(float(energy[0]), abs=1e-8)
+        np.testing.assert_allclose(gc_np[0], g_cell[0].numpy(), atol=1e-7)
+        np.testing.assert_allclose(gx_np[0], g_coords[0].numpy(), atol=1e-7)
+
+    def e(c, x):
+        return float(model.energy_kjmol(t(c)[None], t(x)[None])[0])
+
+    h = 1e-5
+    o = mol.symbols.index("O")
+    picks = [(0, o, 0), (1, o, 2)] + [tuple(rng.integers(0, s) for s in coords.shape) for _ in range(6)]
+    for idx in picks:
+        xp, xm = coords.copy(), coords.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        fd = (e(cell, xp) - e(cell, xm)) / (2 * h)
+        assert fd == pytest.approx(float(g_coords[0][idx]), rel=1e-5, abs=1e-5)
+    for i, j in ((0, 0), (1, 2), (2, 1), (2, 2)):
+        cp, cm = cell.copy(), cell.copy()
+        cp[i, j] += h
+        cm[i, j] -= h
+        fd = (e(cp, coords) - e(cm, coords)) / (2 * h)
+        assert fd == pytest.approx(float(g_cell[0, i, j]), rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:No Pauling electronegativity")
+def test_lone_pair_ewald_matches_pymatgen():
+    """Electrostatics with lone-pair sites (intramolecular pairs excluded) + the bare
+    intramolecular Coulomb of all charge sites equals pymatgen's Ewald sum over atoms and sites."""
+    from pymatgen.analysis.ewald import EwaldSummation
+    from pymatgen.core import Lattice, Structure
+
+    mol, cell, coords = x23_crystal("formamide")
+    mol, weights = with_lone_pair_charges(mol)
+    n_mol = len(coords)
+    model = LatticeEnergyModel(mol, cutoff_A=10.0, ewald_accuracy=1e-8)
+    elec = float(model.terms_kjmol(t(cell)[None], t(coords)[None])["elec_kjmol"][0]) * n_mol
+    q = np.asarray(mol.charges_e)
+    full = np.array([np.vstack([x, weights @ x]) for x in coords])  # (Z, n + n_lp, 3)
+    iu, ju = np.triu_indices(len(q), k=1)
+    intra = sum(COULOMB_KJMOL_A * (q[iu] * q[ju] / np.linalg.norm(x[iu] - x[ju], axis=1)).sum() for x in full)
+    species = list(mol.symbols) + ["He"] * len(weights)  # species are labels only; charges given
+    structure = Structure(
+        Lattice(cell), species * n_mol, full.reshape(-1, 3), coords_are_cartesian=True,
+        site_properties={"charge": np.tile(q, n_mol).tolist()},
+    )
+    reference = EwaldSummation(structure, acc_factor=14.0).total_energy * 96.485332  # eV -> kJ/mol
+    assert abs(elec + intra) > 10.0
+    assert elec + intra == pytest.approx(reference, abs=2e-3)
+
+
+def test_model_refuses_charges_that_fit_neither_atoms_nor_sites():
+    mol, _, _ = x23_crystal("formamide")
+    bad = mol.with_charges(np.zeros(mol.n_atoms + 1), "test")
+    with pytest.raises(ValueError, match="lone-pair sites"):
+        LatticeEnergyModel(bad)
+
+
+def test_resp_lp_fits_the_esp_better_than_atom_charges(tmp_path):
+    """Formaldehyde at HF/6-31G*: two carbonyl lone-pair sites lower the ESP fit error."""
+    symbols = ["C", "O", "H", "H"]
+    xyz = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.205], [0.0, 0.94, -0.587], [0.0, -0.94, -0.587]])
+    classes = [0, 1, 2, 2]
+    plain = compute_charges(symbols, xyz, "resp", classes, cache_dir=tmp_path)
+    lp = compute_charges(symbols, xyz, "resp-lp", classes, cache_dir=tmp_path)
+    assert len(plain.charges_e) == 4 and len(lp.charges_e) == 6
+    assert abs(lp.charges_e.sum()) < 1e-8
+    assert "lone-pair" in lp.method
+    assert lp.rrms < 0.8 * plain.rrms
+    again = compute_charges(symbols, xyz, "resp-lp", classes, cache_dir=tmp_path)  # cached
+    np.testing.assert_allclose(again.charges_e, lp.charges_e)
