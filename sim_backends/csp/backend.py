@@ -9,7 +9,7 @@ DFT, phonons) can refine them.
 
 Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (default 200),
 ``space_groups`` (comma-separated or list; default: the ten common groups),
-``seed`` (0), ``energy_window_kjmol`` (20), ``charges`` ("resp" or "xtb"),
+``seed`` (0), ``energy_window_kjmol`` (20), ``charges`` ("resp", "resp-lp" or "xtb"),
 ``max_structures`` (100: the lowest minima whose records and CIFs go
 into ``extra["landscape"]``; the values are computed over all unique minima),
 ``max_trials`` (the limit of ``n_trials``, :data:`~sim_backends.csp.run.MAX_TRIALS_DEFAULT`
@@ -65,7 +65,7 @@ class CSPBackend(Backend):
         "n_trials": check.integer(1), "max_trials": check.integer(1),
         "space_groups": _parse_groups, "seed": check.integer(0),
         "energy_window_kjmol": check.number(0.0, lo_open=True),
-        "charges": check.one_of("resp", "xtb", "none"),
+        "charges": check.one_of("resp", "resp-lp", "xtb", "none"),
         "max_structures": check.integer(0), "sampling": check.one_of("converged", "fixed"),
     }
 
@@ -90,7 +90,8 @@ class CSPBackend(Backend):
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         """The level of the landscape's energies as printed next to them."""
         charges = str({**self._DEFAULTS, **self.params, **(params or {})}["charges"])
-        label = {"resp": "RESP HF/6-31G*", "xtb": "GFN2-xTB Mulliken"}.get(charges, charges)
+        label = {"resp": "RESP HF/6-31G*", "resp-lp": "RESP HF/6-31G* + lone-pair site",
+                 "xtb": "GFN2-xTB Mulliken"}.get(charges, charges)
         return f"W99 exp-6 + Ewald, {label} charges (rigid-molecule force field)"
 
     def cost_estimate(self, inp: EvalInput) -> float:

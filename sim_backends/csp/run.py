@@ -81,8 +81,8 @@ def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
     if not isinstance(smiles_or_molecule, (str, Path)):
         raise SetupError(f"expected a SMILES string, a file or a RigidMolecule, got "
                          f"{type(smiles_or_molecule).__name__}")
-    if charges not in ("resp", "xtb", "none"):
-        raise SetupError(f"unknown charge method {charges!r}; use 'resp', 'xtb' or 'none'")
+    if charges not in ("resp", "resp-lp", "xtb", "none"):
+        raise SetupError(f"unknown charge method {charges!r}; use 'resp', 'resp-lp', 'xtb' or 'none'")
     text = str(smiles_or_molecule).strip()
     path = Path(text)
     suffix = path.suffix.lower()
@@ -308,7 +308,8 @@ def run_csp(
         progress: show a rich progress bar (stderr).
         executor: where the minimisation units run (:mod:`sim_backends.executor`); None: in
             this process, one after the other. The landscape does not depend on it.
-        charges: point-charge method ("resp", "xtb"; "none" for zero charges), computed
+        charges: point-charge method ("resp", "xtb"; "resp-lp": RESP with lone-pair sites,
+            :mod:`sim_backends.csp.charges`; "none" for zero charges), computed
             on the molecule's geometry for SMILES and geometry-file input alike.
         batch_size: trials per minimisation batch (one task).
         cutoff_A: real-space cutoff of the energy model.

@@ -147,3 +147,19 @@ def test_resp_lp_fits_the_esp_better_than_atom_charges(tmp_path):
     assert lp.rrms < 0.8 * plain.rrms
     again = compute_charges(symbols, xyz, "resp-lp", classes, cache_dir=tmp_path)  # cached
     np.testing.assert_allclose(again.charges_e, lp.charges_e)
+
+
+@pytest.mark.slow
+def test_csp_from_smiles_with_lone_pair_charges_round_trips(tmp_path):
+    """run_csp(charges="resp-lp") on formamide: minima with the site model, written and read back."""
+    from sim_backends.csp import run_csp
+    from sim_backends.landscape import Landscape
+
+    land = run_csp("NC=O", 16, space_groups="P-1", charges="resp-lp", sampling="fixed", seed=1,
+                   cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
+    assert "lone-pair" in land.meta["charge_method"]
+    assert len(land) and all(np.isfinite(m.energy_kjmol) and m.energy_kjmol < -20.0 for m in land.minima)
+    back = Landscape.read(tmp_path / "out")
+    assert len(back) == len(land)
+    assert back.meta["charge_method"] == land.meta["charge_method"]
+    assert back.minima[0].energy_kjmol == pytest.approx(land.minima[0].energy_kjmol, abs=1e-4)  # 4 decimals
