@@ -197,11 +197,16 @@ class StructureStageConfig(_Strict):
         if not isinstance(data, dict) or data.get("levels") is None:
             return data
         levels = data["levels"]
-        if not isinstance(levels, list) or not 1 <= len(levels) <= 2:
-            raise ValueError("levels: give one or two structure levels (a ranking level and "
-                             "optionally a level whose value is added to it)")
+        from agent.stages.properties import is_property_level
+
+        prop = [isinstance(lv, dict) and is_property_level(str(lv.get("name"))) for lv in levels] \
+            if isinstance(levels, list) else []
+        n_energy = len(prop) - sum(prop)
+        if not isinstance(levels, list) or not 1 <= n_energy <= 2 or sum(prop) > 1 or prop[0]:
+            raise ValueError("levels: give one or two energy levels (a ranking level and optionally "
+                             "a level whose value is added to it), then at most one property level")
         plain = [{k: v for k, v in lv.items() if k != "value"} if isinstance(lv, dict) else lv
-                 for lv in levels]
+                 for lv, p in zip(levels, prop, strict=True) if not p]
         derived = {"refine": plain[0], "free_energy": plain[1] if len(plain) > 1 else None}
         out = dict(data)
         for key, want in derived.items():

@@ -14,13 +14,14 @@ multi-fidelity GP of the molecule stage can relate them):
   cubic lattice of molecules :data:`REF_DISTANCE_A` apart with one hole transfer integral
   :data:`REF_J_MEV` to each of the 6 neighbours (chosen once, not fitted: 10 meV and 5 A
   are typical of pi-stacked neighbours). A monotone function of lambda+; seconds.
-* ``esf-landscape`` (fidelity 1 with the defaults, a "quick CSP"): crystal structure
+* ``esf-landscape`` (fidelity 1, a "quick CSP"; ``esf-refined``, fidelity 2, the same
+  with 300 trials by default): crystal structure
   prediction (W99 + Ewald force field, GFN2-xTB charges, Z' = 1, ``n_trials`` trials in
   ``space_groups``), the ``n_structures`` lowest minima within ``window_kjmol`` get
   dimer-projection transfer integrals at ``transfer`` (``"gfn2-xtb"`` or ``"dft"``:
   B3LYP/6-31G) and their Marcus hole mobility at ``temperature_K`` with the molecule's
-  lambda+; the landscape mobility is their Boltzmann-weighted mean. The "refined"
-  fidelity is the same backend with more trials and DFT transfer integrals
+  lambda+; the landscape mobility is their Boltzmann-weighted mean. A "refined"
+  fidelity is the same backend with more trials and/or DFT transfer integrals
   (``fidelity = 2`` in its params). lambda+ is the ``lambda_hole_kjmol`` param when
   given, else computed here with GFN2-xTB (its CPU seconds are charged to the result).
 
@@ -287,6 +288,17 @@ class EsfLandscapeBackend(Backend):
                         "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
 
 
+class EsfRefinedBackend(EsfLandscapeBackend):
+    """The refined landscape fidelity: a longer CSP (300 trials, continuing the quick one's
+    sampling) and up to 6 structures; ``transfer = "dft"`` for B3LYP/6-31G integrals."""
+
+    name = "esf-refined"
+    fidelity = 2
+    description = ("log10 Boltzmann-weighted Marcus hole mobility (cm2/Vs) over a longer CSP landscape "
+                   "(refined fidelity; GFN2-xTB or B3LYP/6-31G transfer integrals)")
+    _DEFAULTS: ClassVar[dict[str, Any]] = {**EsfLandscapeBackend._DEFAULTS, "n_trials": 300}
+
+
 def _run_error(message: str) -> Exception:
     from sim_backends.base import RunError
 
@@ -393,8 +405,7 @@ class ReplayEsfRefinedBackend(_EsfReplay):
     version = "1"
     fidelity = 2
     data_fidelity = "refined"
-    estimated_as = "esf-landscape"
-    estimated_params: ClassVar[dict[str, Any]] = {"n_trials": 450, "n_structures": 2, "transfer": "dft"}
+    estimated_as = "esf-refined"
     computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
     objective_key = OBJECTIVE
-    description = "replays the ESF data set's refined landscape mobility (B3LYP/6-31G transfer)"
+    description = "replays the ESF data set's refined landscape mobility (300-trial CSP, GFN2-xTB transfer)"

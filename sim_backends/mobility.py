@@ -60,7 +60,7 @@ backends share the HoppingNetwork type.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, PhysicsError, SetupError
@@ -437,6 +437,10 @@ class _MobilityBase(Backend):
     objective_key = "mobility_hole_cm2Vs"
     may_be_nan = ("mobility_electron_cm2Vs", "mobility_electron_max_cm2Vs")
     transfer_backend: str = "transfer-xtb"
+    #: a property level of the structure stage (agent/stages/properties.py) ...
+    level_kind: ClassVar[str] = "property"
+    #: ... that reads the molecule's lambda+ from the molecule stage's values
+    molecule_inputs: ClassVar[dict[str, str]] = {"lambda_hole_kjmol": "reorg_energy_kjmol"}
     OWN_PARAMS = {"lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True),
                   "lambda_electron_kjmol": check.number(0.0, 500.0, lo_open=True),
                   "temperature_K": check.number(0.0, 2000.0, lo_open=True),

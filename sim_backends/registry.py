@@ -35,6 +35,7 @@ BUILTIN: dict[str, str] = {
     "mobility-dft": "sim_backends.mobility:DftMobilityBackend",
     "esf-proxy": "sim_backends.esf:EsfProxyBackend",
     "esf-landscape": "sim_backends.esf:EsfLandscapeBackend",
+    "esf-refined": "sim_backends.esf:EsfRefinedBackend",
     "replay-esf-proxy": "sim_backends.esf:ReplayEsfProxyBackend",
     "replay-esf-quick": "sim_backends.esf:ReplayEsfQuickBackend",
     "replay-esf-refined": "sim_backends.esf:ReplayEsfRefinedBackend",

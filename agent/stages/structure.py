@@ -14,7 +14,11 @@ level is never recomputed there.
 Levels: the first level ranks the landscape (its value key: the level's ``value`` or
 its backend's declared ``objective_key``); a second level's value is added to it for
 the structures where both are computed (E + F_vib), the budget split between the two
-by :func:`agent.refine_acquisition.split_levels`. Costs are CPU seconds from one
+by :func:`agent.refine_acquisition.split_levels`. A level whose backend declares
+``level_kind = "property"`` (a crystal property such as ``mobility-xtb``) is a property
+level (:mod:`agent.stages.properties`): computed on the low-energy structures the first
+level has ranked, with the molecule values it needs (lambda+) read from the molecule
+stage's rows, and summarised as a landscape property with uncertainty. Costs are CPU seconds from one
 :class:`~agent.stages.costs.CostModel` per level (the backend's estimate per structure,
 fitted to the measured CPU seconds). A first level whose backend declares a fragment
 decomposition (:meth:`~sim_backends.base.Backend.fragment_terms_settings`) is modelled
@@ -105,12 +109,20 @@ class StructureStage:
 
         self.campaign_cfg = cfg
         self.cfg = cfg.structures
+        from agent.stages.properties import PropertyLevel, is_property_level
+
         levels = self.cfg.level_configs()
         for b in (self.cfg.csp, *levels):
             backend_class(b.name)  # an unknown name fails here, before any work
-        self.levels: list[StructureLevelConfig] = levels
-        #: the value key each level contributes (declared by its backend unless given)
-        self.value_keys = level_value_keys(self.cfg)
+        keys = level_value_keys(self.cfg)
+        #: property levels (agent/stages/properties.py): computed on low-energy structures
+        self.properties = [PropertyLevel(lv, cfg, k) for lv, k in zip(levels, keys, strict=True)
+                           if is_property_level(lv.name)]
+        energy = [k for k, lv in enumerate(levels) if not is_property_level(lv.name)]
+        #: the energy levels: the first ranks the landscape, a second is added to it
+        self.levels: list[StructureLevelConfig] = [levels[k] for k in energy]
+        #: the value key each energy level contributes (declared by its backend unless given)
+        self.value_keys = [keys[k] for k in energy]
         self.cost_models = {lv.name: CostModel(lv.name, lv.params, lv.cost_s) for lv in levels}
         self.store: Store | None = None
         self.csp_done: set[int] = set()  # molecule ids with a CSP evaluation (ok or failed)
@@ -129,6 +141,8 @@ class StructureStage:
     # -- state --------------------------------------------------------------------------
     def restore(self, store: Store) -> None:
         self.store = store
+        for prop in self.properties:
+            prop.store = store
         self._smiles = {int(m["id"]): m["smiles"] for m in store.molecules(valid_only=True)}
         for ev in store.events("structure_refit"):
             self._last_refit[int(ev["molecule_id"])] = int(ev["n_computed"])
@@ -182,6 +196,13 @@ class StructureStage:
             return
         land = self.landscapes.get(molecule_id)
         i = land.index(ev.structure_id) if land is not None else None
+        prop = next((p for p in self.properties if p.name == ev.backend), None)
+        if prop is not None and i is not None:
+            self.cost_models[ev.backend].observe(land.inp(i), ev.cpu_s)
+            prop.tell(molecule_id, i, ev)
+            if request is not None:  # a new result (not a stored one replayed on restore)
+                prop.log(land, self._energy_sd(land), self.cfg.window_kjmol)
+            return
         level = next((k for k, lv in enumerate(self.levels) if lv.name == ev.backend), None)
         if i is None or level is None:
             return
@@ -264,6 +285,13 @@ class StructureStage:
             if n <= 0:
                 break
             self._refresh_observed(land)
+            for prop in self.properties:
+                reqs = prop.requests(land, n, self.cfg.window_kjmol, self.cfg.top_k, pending,
+                                     self._property_request)
+                out += reqs
+                n -= len(reqs)
+            if n <= 0:
+                break
             pend = [i for sid in pending_refine if (i := land.index(sid)) is not None]
             blocked = set(land.computed) | land.failed | set(pend)
             if len(blocked) >= len(land.ids) and not self._free_energy_open(land):
@@ -302,11 +330,38 @@ class StructureStage:
         return Request(stage=self.name, backend=level.name, params=level.params, inp=land.inp(i),
                        molecule_id=land.molecule_id, fidelity=k + 1, structure_id=land.ids[i])
 
+    def _property_request(self, land: LandscapeState, i: int, level: StructureLevelConfig,
+                          extra: dict[str, Any]) -> Request:
+        k = len(self.levels) + next(j for j, p in enumerate(self.properties) if p.level is level)
+        return Request(stage=self.name, backend=level.name, params={**level.params, **extra},
+                       inp=land.inp(i), molecule_id=land.molecule_id, fidelity=k + 1,
+                       structure_id=land.ids[i])
+
+    def _energy_sd(self, land: LandscapeState) -> float:
+        """The ranking level's energy error for the landscape property: the surrogate's
+        leave-one-out MAE (kJ/mol), 0 before a model exists."""
+        mae = getattr(land.model, "loo_mae_kjmol", None)
+        return float(mae) if mae is not None and np.isfinite(mae) else 0.0
+
+    def landscape_properties(self, molecule_id: int) -> dict[str, Any]:
+        """Level name -> :class:`~sim_backends.mobility.LandscapeMobility` of the
+        molecule's landscape at each property level with a value."""
+        land = self.landscapes.get(molecule_id)
+        if land is None:
+            return {}
+        out = {p.name: p.landscape_property(land, self._energy_sd(land), self.cfg.window_kjmol)
+               for p in self.properties}
+        return {k: v for k, v in out.items() if v is not None}
+
     def is_exhausted(self, pending: Sequence[Request]) -> bool:
         """No structure-stage work can be proposed now or later."""
         if self.csp_candidates(pending) or any(
                 r.stage in self.waits_for or (r.stage == self.name and r.structure_id is None)
                 for r in pending):
+            return False
+        mine = [r.structure_id for r in pending if r.stage == self.name and r.structure_id is not None]
+        if any(p.candidates(land, self.cfg.window_kjmol, self.cfg.top_k, mine)
+               for p in self.properties for land in self.landscapes.values()):
             return False
         return all(
             len(set(land.computed) | land.failed) >= len(land.ids) and not self._free_energy_open(land)

@@ -15,9 +15,11 @@ Fidelities (the ladder of issue 19, item 4):
   here when missing); the landscape mobility is the Boltzmann-weighted mean over the kept
   structures with an energy sd of :data:`FF_ENERGY_SD_KJMOL`
   (:func:`sim_backends.mobility.landscape_mobility`).
-* ``refined``: a larger CSP (``--refined-trials``) and, for its ``--refined-structures``
-  lowest structures, B3LYP/6-31G transfer integrals (the mobility uses the same lambda+ so
-  that the fidelities differ in the crystal part only).
+* ``refined``: a larger CSP (``--refined-trials``, the same seed: the quick CSP's trials
+  and more) and, for its ``--refined-structures`` lowest structures, transfer integrals at
+  ``--refined-transfer`` (B3LYP/6-31G by default; the shipped data set used GFN2-xTB, see
+  README) (the mobility uses the same lambda+ so that the fidelities differ in the crystal
+  part only).
 
 Every record carries the CPU seconds of each step (``cpu_s``, this process's user+system
 time), the per-structure energies, densities, space groups, mobilities and the CIFs of the
@@ -27,7 +29,7 @@ CPU seconds: failures are part of what an agent pays for.
 
 Usage:
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python data/esf/make_esf_dataset.py --fidelity quick --n 60
-    ... --fidelity refined --n 25
+    ... --fidelity refined --n 25 --refined-trials 300 --refined-structures 6 --refined-transfer gfn2-xtb
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick-structures", type=int, default=6)
     ap.add_argument("--refined-trials", type=int, default=600)
     ap.add_argument("--refined-structures", type=int, default=3)
+    ap.add_argument("--refined-transfer", choices=["dft", "gfn2-xtb"], default="dft",
+                    help="transfer integrals of the refined fidelity (B3LYP/6-31G or GFN2-xTB)")
     ap.add_argument("--window", type=float, default=7.0, help="kJ/mol above the CSP minimum")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -136,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = landscape_step(smiles, lam, args.quick_trials, args.quick_structures, args.window, "gfn2-xtb",
                                  args.seed)
         else:
-            rec = landscape_step(smiles, lam, args.refined_trials, args.refined_structures, args.window, "dft",
-                                 args.seed)
+            rec = landscape_step(smiles, lam, args.refined_trials, args.refined_structures, args.window,
+                                 args.refined_transfer, args.seed)
         rec = {"smiles": smiles, "name": name, "fidelity": args.fidelity, "lambda_hole_kjmol": lam, **rec,
                "wall_s": round(time.time() - t, 1)}
         append(path, rec)

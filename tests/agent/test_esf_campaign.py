@@ -146,3 +146,85 @@ def test_tiny_real_esf_campaign_two_fidelities_ray_mlflow(tmp_path):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["backends.1.name"] == "esf-landscape"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "n_evaluations")][-1] == len(rows)
+
+
+STRUCTURE_BODY = """
+objective = "{objective}"
+batch_size = 2
+seed = 0
+max_evaluations = 12
+[surrogate]
+n_initial = 2
+[tracking]
+enabled = false
+[[backends]]
+name = "{backend}"
+[structures]
+enabled = true
+budget_evaluations = 5
+csp = {{name = "csp-ff", params = {{n_trials = 20, charges = "xtb", space_groups = "P2_1/c,P-1"}}}}
+max_structures = 6
+top_k = 2
+window_kjmol = 15.0
+[[structures.levels]]
+name = "xtb-crystal"
+[[structures.levels]]
+name = "mobility-xtb"
+"""
+
+
+@pytest.mark.slow
+def test_mobility_property_level_reads_lambda_from_the_molecule_stage(tmp_path):
+    """[[structures.levels]] = xtb-crystal (ranks), mobility-xtb (property): the mobility
+    runs on low structures already ranked by periodic GFN2-xTB, with the molecule's stored
+    GFN2-xTB lambda+, and the landscape mobility is recorded with its uncertainty."""
+    camp, status = _run_local(tmp_path, STRUCTURE_BODY.format(objective="reorg_energy_kjmol", backend="xtb-reorg"))
+    try:
+        evs = camp.store.evaluations()
+        mob = [ev for ev in evs if ev.backend == "mobility-xtb"]
+        ranked = {ev.structure_id for ev in evs if ev.backend == "xtb-crystal" and ev.ok}
+        assert mob and all(ev.ok for ev in mob), [ev.reason for ev in mob]
+        assert {ev.structure_id for ev in mob} <= ranked
+        lam = dict(camp.store.values_of("xtb-reorg", "reorg_energy_kjmol"))
+        for ev in mob:
+            assert ev.extra["mobility"]["hole"]["lambda_eV"] == pytest.approx(lam[ev.molecule_id] / 96.48533212)
+        events = camp.store.events("landscape_property")
+        assert events and events[-1]["n_structures"] == len(mob)
+        assert events[-1]["mean"] > 0 and events[-1]["sd"] >= 0 and events[-1]["value_key"] == "mobility_hole_cm2Vs"
+        stage = camp.stages["structures"]
+        assert set(stage.landscape_properties(mob[0].molecule_id)) == {"mobility-xtb"}
+    finally:
+        camp.close()
+
+
+@pytest.mark.slow
+def test_molecule_without_reorganisation_energy_fails_once_campaign_goes_on(tmp_path):
+    """The molecule stage computes no lambda+ (diagnostic backend): one mobility request is
+    sent, fails with the reason, no other structure of the molecule is tried, and the
+    energy level goes on to the end of the budget."""
+    camp, status = _run_local(tmp_path, STRUCTURE_BODY.format(objective="n_heavy_atoms", backend="diagnostic"))
+    try:
+        evs = camp.store.evaluations()
+        mob = [ev for ev in evs if ev.backend == "mobility-xtb"]
+        assert len(mob) == 1 and not mob[0].ok
+        assert mob[0].reason.startswith("setup: no hole reorganisation energy"), mob[0].reason
+        assert sum(ev.backend == "xtb-crystal" for ev in evs) >= 2
+        assert mob[0].id < max(ev.id for ev in evs if ev.backend == "xtb-crystal")  # it went on
+        assert status.stop_reason
+    finally:
+        camp.close()
+
+
+def test_property_level_config_is_checked():
+    """A property level comes after one or two energy levels; the energy levels still set
+    refine/free_energy; a property level first, or two of them, is a one-line error."""
+    from agent.config import ConfigError, parse_config
+
+    base = 'name = "x"\npool = "p.smi"\n[[backends]]\nname = "xtb-reorg"\n[structures]\nenabled = true\n'
+    cfg = parse_config(tomllib.loads(base + '[[structures.levels]]\nname = "xtb-crystal"\n'
+                                     '[[structures.levels]]\nname = "mobility-dft"\n'))
+    assert cfg.structures.refine.name == "xtb-crystal" and cfg.structures.free_energy is None
+    for levels in (["mobility-xtb", "xtb-crystal"], ["xtb-crystal", "mobility-xtb", "mobility-dft"]):
+        text = base + "".join(f'[[structures.levels]]\nname = "{n}"\n' for n in levels)
+        with pytest.raises(ConfigError, match="at most one property level"):
+            parse_config(tomllib.loads(text))
