@@ -232,7 +232,8 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                                     row = a * n + c
                                     is_inner = r2 < inner2
                                     r = math.sqrt(r2)
-                                    if r < cutoff:
+                                    # charge-only sites (lone pairs) have no exp-6 term
+                                    if r < cutoff and (table[row, 0] != 0.0 or table[row, 2] != 0.0):
                                         inv_r = 1.0 / r
                                         inv_r2 = inv_r * inv_r
                                         disp = table[row, 2] * inv_r2 * inv_r2 * inv_r2
@@ -263,7 +264,7 @@ def _pair_kernel(sites, atoms, cells, table, params, erfcx_coef, symmetric):  # 
                                         sa0 += fx
                                         sa1 += fy
                                         sa2 += fz
-                                    if has_charges and is_inner:
+                                    if has_charges and is_inner and table[row, 3] != 0.0:
                                         if plain[a] and plain[c]:
                                             a0, a1, a2, ra = d0, d1, d2, r
                                         else:
