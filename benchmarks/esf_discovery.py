@@ -16,7 +16,8 @@ Strategies (each charged the recorded CPU seconds of every evaluation it makes):
   the three levels, cost-aware batch acquisition by expected gain per CPU second, batch
   of 2) through ``run_campaign`` with the in-process executor and the replay backends
   ``replay-esf-proxy``, ``replay-esf-quick``, ``replay-esf-refined``; one campaign per
-  seed, budget = the CPU of refining every molecule (censored at it);
+  seed, budget = the CPU of every level for every molecule (censored at it); initial
+  design ``--n-initial`` proxies (at most a third of the pool);
 * ``random``: molecules in a random order, each proxy (lambda+ is needed) then refined;
 * ``proxy_greedy``: the proxy for every molecule, then refined in the proxy's order;
 * ``csp_everything``: proxy and quick CSP for every molecule, then refined in the quick
@@ -132,7 +133,7 @@ def agent_order(data: dict, seed: int, workdir: Path, batch: int, n_initial: int
     d.mkdir(parents=True)
     (d / "pool.smi").write_text("".join(f"{s} {n.replace(' ', '_')}\n"
                                         for s, n in zip(data["smiles"], data["names"], strict=True)))
-    budget = sum(data["cost"]["proxy"]) + sum(data["cost"][data["truth"]])
+    budget = sum(float(sum(data["cost"][lv])) for lv in data["levels"])  # everything at every level
     text = CONFIG.format(seed=seed, batch=batch, hours=budget / 3600.0, max_evals=3 * len(data["smiles"]),
                          n_initial=n_initial)
     text += "".join(f'[[backends]]\nname = "{LEVELS[lv]}"\n' for lv in data["levels"])
@@ -189,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             orders = baseline_orders(data, seed)
-            orders["agent"], w = agent_order(data, seed, Path(tmp), args.batch, args.n_initial)
+            # the initial design never exceeds a third of the pool (with n_initial >= the pool
+            # size the molecule stage finds nothing to propose after it and the run ends)
+            n_init = min(args.n_initial, max(2, n // 3))
+            orders["agent"], w = agent_order(data, seed, Path(tmp), args.batch, n_init)
             wall.append(w)
             for s in strategies:
                 res[s]["best"].append(cost_to_find(orders[s], data, best))
