@@ -63,6 +63,7 @@ def _settings(**kw):
     return ScfSettings(basis="def2-svp", grid_level=0, density_fit=False, conv_tol=1e-7, **kw)
 
 
+@pytest.mark.slow  # PySCF def2-SVP SCFs
 def test_rotated_reference_converges_to_the_default_energy_in_fewer_fock_builds():
     from sim_backends.dft_crystal import monomer_scf, run_scf
     from sim_backends.scf_guess import REFERENCES

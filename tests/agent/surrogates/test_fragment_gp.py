@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# real physics on every test (RESP charges from HF, GFN2/GFN1-xTB dimer baselines for the whole
+# landscape); the fragment model's contract is also checked fast on a synthetic landscape
+# (test_structure_surrogate_contract.py)
+pytestmark = pytest.mark.slow
+
 LAND = Path(__file__).resolve().parents[3] / "data/landscapes/formic_acid_dft"
 
 

@@ -89,6 +89,7 @@ def test_intramolecular_energy_and_torsion_gradients_match_finite_differences():
         assert abs(fd) > 1e-3  # an embedded (not GFN2-relaxed) geometry: real torsional forces
 
 
+@pytest.mark.slow  # central differences of the flexible W99 + Ewald energy over every variable
 def test_flexible_crystal_energy_and_gradient():
     """Crystal (cell, centre, rotation) + torsion variables: total energy gradient vs central
     differences, and at the conformer's own geometry the energy is E_inter + conformer energy."""
