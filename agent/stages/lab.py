@@ -63,6 +63,7 @@ class LabStage:
         self.directory = Path(directory)
         self.store: Store | None = None
         self._adapters: dict[int, LabAdapter] = {}
+        self._landscapes: dict[int, Any] = {}  # molecule id -> its stored Landscape, parsed once
         self._shared: LabAdapter | None = None
 
     # -- the Stage protocol ---------------------------------------------------------------
@@ -106,8 +107,20 @@ class LabStage:
                 a.close()
 
     # -- landscapes (from the store) ------------------------------------------------------
-    def _landscape(self, molecule_id: int) -> list[Any]:
-        return self.store.structures(molecule_id)[: self.max_structures]
+    def _landscape(self, molecule_id: int) -> Any:
+        """The molecule's stored CSP minima as a :class:`~sim_backends.landscape.Landscape`
+        (read once: the store's landscape of a molecule is committed with its CSP result
+        and never changes; each CIF is parsed at most once for the simulated lab and
+        every identification)."""
+        if molecule_id not in self._landscapes:
+            from sim_backends.landscape import Landscape
+
+            rows = self.store.structures(molecule_id)[: self.max_structures]
+            land = Landscape.from_records(self._smiles(molecule_id), rows)
+            if not rows:
+                return land  # no CSP result yet: not cached
+            self._landscapes[molecule_id] = land
+        return self._landscapes[molecule_id]
 
     def _landscape_molecules(self) -> list[int]:
         return sorted({int(r["molecule_id"]) for r in self.store.structures()})
@@ -125,9 +138,8 @@ class LabStage:
         if self._uses_campaign_landscape():
             if molecule_id not in self._adapters:
                 from agent.lab.simulated import SimulatedLab
-                from sim_backends.landscape import Landscape
 
-                entries = Landscape.from_records(self._smiles(molecule_id), self._landscape(molecule_id)).minima
+                entries = self._landscape(molecule_id).minima
                 self._adapters[molecule_id] = SimulatedLab(
                     landscape={self._smiles(molecule_id): entries}, seed=self.seed, **self.cfg.params
                 )
@@ -214,13 +226,10 @@ class LabStage:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from pymatgen.core import Structure
-
         from agent.lab.feedback import identification_record
 
-        rows = self._landscape(mol_id)
-        structures = [Structure.from_str(r["cif"], fmt="cif") for r in rows]
-        record, fig = identification_record(result, [r["id"] for r in rows], structures)
+        land = self._landscape(mol_id)
+        record, fig = identification_record(result, land.ids, land.structures())
         if fig is not None:
             path = pxrd_figure_path(self.directory, request_id)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -201,8 +201,9 @@ def test_second_structure_level_by_configuration_alone(tmp_path):
     """[[structures.levels]]: the phonon level after the first one, nothing else changed.
     Its value key comes from the backend's declaration (f_vib_kjmol), it is asked only for
     structures computed at the first level, and its cost prior is the backend's estimate.
-    The phonon results told here are placeholders (the real phonon calculation takes
-    minutes per structure); what is tested is the stage's bookkeeping of a second level."""
+    The phonon results told here are placeholders, to keep this bookkeeping check in the
+    fast suite; the same level with real phonons (phonopy over GFN2-xTB forces on a CO2 CSP
+    landscape) runs in tests/agent/test_levels_by_config.py (slow)."""
     from agent.campaign import Campaign
     from agent.config import load_config
     from agent.executor import _evaluate_in_worker
