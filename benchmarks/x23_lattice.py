@@ -2,11 +2,13 @@
 
 For every X23 crystal in data/reference/x23 (PBE+TS geometries), one molecule is cut from the
 crystal and made a RigidMolecule; every molecule of the cell is replaced by a rigid copy
-placed by a Kabsch fit. Charges are RESP-style fits to the HF/6-31G* ESP of that molecule
-(pyscf; cached). The lattice energy is evaluated at the experimental (PBE+TS) geometry and
-after minimisation of cell (9 components) and rigid-body coordinates (fractional centres,
-rotation vectors) with scipy L-BFGS-B and autograd gradients. The baseline, measured in the
-same run, is the same protocol with GFN2-xTB Mulliken charges (tblite).
+placed by a Kabsch fit. Charges (``--methods``, first = the model, the rest = baselines
+measured in the same run): ``resp-lp``, RESP fit to the HF/6-31G* ESP with off-atom
+lone-pair sites on O/N acceptors (:mod:`sim_backends.csp.charges`); ``resp``, atom-centred
+RESP (the previous default model); ``xtb``, GFN2-xTB Mulliken charges (tblite). The lattice
+energy is evaluated at the experimental (PBE+TS) geometry and after minimisation of cell
+(9 components) and rigid-body coordinates (fractional centres, rotation vectors) with scipy
+L-BFGS-B and analytic gradients. No parameter of any model is fitted to these crystals.
 
 Reference: X23 lattice energies (Reilly & Tkatchenko 2013), back-corrected from sublimation
 enthalpies. A rigid-molecule lattice energy omits the molecular relaxation energy (the
@@ -15,13 +17,21 @@ conformation for the gas-phase molecule; expect errors of ~10 kJ/mol even for go
 multipole models and more with point charges (W99 was fitted with point charges of its own).
 
 Also measures energy+gradient throughput of LatticeEnergyModel for B = 1, 64, 256 structures
-(oxalic acid alpha, Z = 4; naphthalene, Z = 2); the baseline there is B = 1.
+(oxalic acid alpha, Z = 4, with the model's charges and with atom-centred RESP: the cost of
+the sites; naphthalene, Z = 2, no sites); the baseline there is B = 1.
 
 Polymorph pairs: for every pair of X23 crystals of one molecule run together (alpha and beta
 oxalic acid, the only pair in the shared data), the force-field lattice-energy difference
 against the X23 reference difference, with "predicting zero" as the baseline.
 
-Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/x23_lattice.py [--systems a,b] [--max-iter N]
+Lone-pair site distance: 0.35 A by default (CHARMM Drude, not fitted here); ``--lp-distance D``
+runs the site model at another distance (a study knob, own results file), and ``--loo FILES``
+makes the leave-one-out choice among the models of such result files (for each crystal the
+model with the lowest MAE on the other 16, its error on the held-out one counted), written
+to x23_lattice_loo.json.
+
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/x23_lattice.py [--systems a,b] [--max-iter N] [--methods resp-lp,resp,xtb]
+      [--lp-distance D] [--skip-timing];  benchmarks/x23_lattice.py --loo RESULTS.json ...
 Output: a table, one JSON line, and benchmarks/results/x23_lattice.json (a run with
 non-default arguments writes x23_lattice_<args>.json instead).
 """
@@ -76,17 +86,19 @@ def minimise(model, mol, cell0, rots0, centres0, max_iter: int):
 
 
 def throughput(
-    name: str, frames, batch_sizes=(1, 64, 256), min_cpu_s: float = 2.0, cutoff_A: float = 12.0
+    name: str, frames, batch_sizes=(1, 64, 256), min_cpu_s: float = 2.0, cutoff_A: float = 12.0,
+    charge_method: str = "resp",
 ) -> dict:
     """energy+gradient evaluations per CPU second at each batch size (process CPU time), and
     the energy at the PBE+TS geometry with this cutoff minus that with the 12 A default (kJ/mol)."""
     import torch
 
-    mol, cell, rots, centres, _ = prepare(frames[name], "resp")
+    mol, cell, rots, centres, _ = prepare(frames[name], charge_method)
     model = LatticeEnergyModel(mol, cutoff_A=cutoff_A)
     coords = centres[:, None, :] + np.einsum("na,zba->znb", mol.coords_A, rots)
     exact = [torch.tensor(cell)[None], torch.tensor(coords)[None]]
-    out = {"de_vs_12A_kjmol": float(model.energy_kjmol(*exact)[0] - LatticeEnergyModel(mol).energy_kjmol(*exact)[0])}
+    out = {"de_vs_12A_kjmol": float(model.energy_kjmol(*exact)[0] - LatticeEnergyModel(mol).energy_kjmol(*exact)[0]),
+           "n_sites": model.n_sites}
     rng = np.random.default_rng(0)
     for b in batch_sizes:
         cells = torch.tensor(cell[None] * (1.0 + 0.02 * rng.normal(size=(b, 1, 1))))
@@ -104,17 +116,46 @@ def throughput(
 POLYMORPH_PAIRS = (("oxalic_acid_alpha", "oxalic_acid_beta"),)
 
 
-def polymorph_pairs(rows: list[dict]) -> list[dict]:
-    """Energy differences A - B (kJ/mol per molecule) of the :data:`POLYMORPH_PAIRS` both run."""
+def polymorph_pairs(rows: list[dict], methods: tuple[str, ...] = ("resp", "xtb")) -> list[dict]:
+    """Energy differences A - B (kJ/mol per molecule) of the :data:`POLYMORPH_PAIRS` both run,
+    ``d_<method>_kjmol`` per charge method (``-`` in a method name becomes ``_``)."""
     by = {r["system"]: r for r in rows}
     out = []
     for a, b in POLYMORPH_PAIRS:
         if a in by and b in by:
             ra, rb = by[a], by[b]
             out.append({"pair": f"{a} - {b}", "d_ref_kjmol": ra["e_ref_kjmol"] - rb["e_ref_kjmol"],
-                        "d_resp_kjmol": ra["resp"]["e_min_kjmol"] - rb["resp"]["e_min_kjmol"],
-                        "d_xtb_kjmol": ra["xtb"]["e_min_kjmol"] - rb["xtb"]["e_min_kjmol"]})
+                        **{f"d_{_key(m)}_kjmol": ra[m]["e_min_kjmol"] - rb[m]["e_min_kjmol"] for m in methods}})
     return out
+
+
+def _key(method: str) -> str:
+    return method.replace("-", "_")
+
+
+def leave_one_out(paths: list[str]) -> dict:
+    """Leave-one-out choice among the charge models of several result files (e.g. runs at
+    different ``--lp-distance``): for each crystal, the model with the lowest MAE (minimised)
+    on the other crystals is chosen and its error on the held-out crystal counted."""
+    cands: dict[str, dict[str, float]] = {}
+    ref: dict[str, float] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text().splitlines()[-1])
+        for m in data["methods"]:
+            label = f"{m}@{data.get('lp_distance_A', 0.35)}A" if m == "resp-lp" else m
+            cands[label] = {r["system"]: r[f"e_min_{_key(m)}_kjmol"] - r["e_ref_kjmol"] for r in data["rows"]}
+            ref.update({r["system"]: r["e_ref_kjmol"] for r in data["rows"]})
+    systems = sorted(set.intersection(*(set(c) for c in cands.values())))
+    held = []
+    for s in systems:
+        others = [x for x in systems if x != s]
+        best = min(cands, key=lambda c: np.mean([abs(cands[c][x]) for x in others]))
+        held.append({"system": s, "chosen": best, "err_kjmol": round(cands[best][s], 2)})
+    errs = np.array([h["err_kjmol"] for h in held])
+    return {"benchmark": "x23_lattice_loo", "candidates": {c: round(float(np.mean([abs(v[s]) for s in systems])), 2)
+                                                           for c, v in cands.items()},
+            "held_out": held, "loo_mae_kjmol": round(float(np.abs(errs).mean()), 2),
+            "loo_worst_kjmol": float(errs[np.abs(errs).argmax()]), "n_systems": len(systems), "files": paths}
 
 
 def main() -> None:
@@ -128,33 +169,70 @@ def main() -> None:
     parser.add_argument("--systems", default="", help="comma-separated X23 names (default: all)")
     parser.add_argument("--max-iter", type=int, default=400)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--methods", default="resp-lp,resp,xtb",
+                        help="charge models, comma-separated; the first is the model, the rest baselines")
+    parser.add_argument("--lp-distance", type=float, default=None,
+                        help="study knob: distance (A) of the lone-pair charge sites (default 0.35)")
+    parser.add_argument("--loo", nargs="+", default=None, metavar="RESULTS_JSON",
+                        help="only the leave-one-out choice among the models of these result files")
     args = parser.parse_args()
+    from sim_backends.csp import charges as charges_mod
+    from sim_backends.csp.charges import CHARGE_METHODS
+
+    if args.loo:
+        missing = [p for p in args.loo if not Path(p).is_file()]
+        if missing:
+            parser.error(f"--loo: no such file(s) {missing}")
+        loo = leave_one_out(args.loo)
+        print(f"leave-one-out over {len(loo['candidates'])} models (MAE on all: {loo['candidates']}): "
+              f"LOO MAE {loo['loo_mae_kjmol']:.2f} kJ/mol, worst {loo['loo_worst_kjmol']:+.1f} kJ/mol; "
+              + ", ".join(f"{h['system']} {h['chosen']} {h['err_kjmol']:+.1f}" for h in loo["held_out"]))
+        line = json.dumps(loo)
+        print(line)
+        (ROOT / "benchmarks" / "results" / "x23_lattice_loo.json").write_text(line + "\n")
+        return
+    if args.lp_distance is not None:
+        if not 0.05 <= args.lp_distance <= 1.0:
+            parser.error("--lp-distance must be within [0.05, 1.0] A")
+        charges_mod.LONE_PAIR_DISTANCE_A = args.lp_distance
+
+    methods = tuple(m for m in args.methods.split(",") if m)
+    bad = [m for m in methods if m not in CHARGE_METHODS]
+    if bad or len(methods) < 1 or len(set(methods)) != len(methods):
+        parser.error(f"--methods: give distinct charge methods out of {', '.join(CHARGE_METHODS)}")
     frames, ref = load_x23()
     names = [s for s in args.systems.split(",") if s] or list(frames)
+    unknown = sorted(set(names) - set(frames))
+    if unknown:
+        parser.error(f"--systems: unknown X23 system(s) {unknown}; known: {', '.join(frames)}")
     console = Console(width=150)
     rows = []
     for name in track(names, description="X23 minimisations", console=console):
         row = {"system": name, "z": int(frames[name].info["n_mol"]), "e_ref_kjmol": ref[name]}
-        for method in ("resp", "xtb"):
+        for method in methods:
             t0 = time.perf_counter()
             mol, cell, rots, centres, rmsd = prepare(frames[name], method)
             model = LatticeEnergyModel(mol)
             out = minimise(model, mol, cell, rots, centres, args.max_iter)
-            row[method] = {**out, "wall_s": time.perf_counter() - t0, "esp_rrms": mol.esp_rrms}
+            row[method] = {**out, "wall_s": time.perf_counter() - t0, "esp_rrms": mol.esp_rrms,
+                           "n_charge_sites": len(mol.charges_e)}
             row["pose_rmsd_A"] = rmsd
         rows.append(row)
 
-    table = Table(title="X23 lattice energies, W99 exp-6 + point charges, rigid molecules (kJ/mol per molecule)")
-    for col in ("system", "Z", "E_ref", "E_exp RESP", "E_min RESP", "err RESP", "dV% RESP", "E_min xTB",
-                "err xTB", "iter", "RRMS"):
+    main_m = methods[0]
+    table = Table(title="X23 lattice energies, W99 exp-6 + Ewald charges, rigid molecules (kJ/mol per molecule); "
+                        f"model {main_m}, baselines {', '.join(methods[1:]) or '-'}")
+    for col in ("system", "Z", "E_ref", f"E_exp {main_m}", f"E_min {main_m}", f"err {main_m}", f"dV% {main_m}",
+                *(f"err {m}" for m in methods[1:]), *(f"dV% {m}" for m in methods[1:]), "iter", "RRMS"):
         table.add_column(col, justify="right")
     for r in rows:
-        a, b = r["resp"], r["xtb"]
+        a = r[main_m]
         table.add_row(r["system"], str(r["z"]), f"{r['e_ref_kjmol']:.1f}", f"{a['e_exp_kjmol']:.1f}",
                       f"{a['e_min_kjmol']:.1f}", f"{a['e_min_kjmol'] - r['e_ref_kjmol']:+.1f}",
-                      f"{a['dv_percent']:+.1f}", f"{b['e_min_kjmol']:.1f}",
-                      f"{b['e_min_kjmol'] - r['e_ref_kjmol']:+.1f}", f"{a['n_iter']}{'' if a['converged'] else '*'}",
-                      f"{a['esp_rrms']:.3f}")
+                      f"{a['dv_percent']:+.1f}",
+                      *(f"{r[m]['e_min_kjmol'] - r['e_ref_kjmol']:+.1f}" for m in methods[1:]),
+                      *(f"{r[m]['dv_percent']:+.1f}" for m in methods[1:]),
+                      f"{a['n_iter']}{'' if a['converged'] else '*'}", f"{a['esp_rrms']:.3f}")
     console.print(table)
 
     def stats(method: str, key: str) -> tuple[float, float, str]:
@@ -162,23 +240,26 @@ def main() -> None:
         worst = int(np.abs(err).argmax())
         return float(np.abs(err).mean()), float(err[worst]), rows[worst]["system"]
 
-    summary = {"benchmark": "x23_lattice", "n_systems": len(rows)}
-    for method in ("resp", "xtb"):
+    summary = {"benchmark": "x23_lattice", "n_systems": len(rows), "methods": list(methods),
+               "lp_distance_A": charges_mod.LONE_PAIR_DISTANCE_A,
+               "level": "W99 exp-6 + Ewald charges, rigid molecules, kJ/mol per molecule; volumes in %"}
+    for method in methods:
         for key, tag in (("e_exp_kjmol", "exp_geom"), ("e_min_kjmol", "minimised")):
             mae, worst, who = stats(method, key)
-            summary[f"mae_{method}_{tag}_kjmol"] = round(mae, 2)
-            summary[f"worst_{method}_{tag}_kjmol"] = round(worst, 2)
-            summary[f"worst_{method}_{tag}_system"] = who
-    summary["mean_abs_dv_percent_resp"] = round(float(np.mean([abs(r["resp"]["dv_percent"]) for r in rows])), 2)
-    summary["mae_ratio_resp_over_xtb_minimised"] = round(
-        summary["mae_resp_minimised_kjmol"] / max(1e-9, summary["mae_xtb_minimised_kjmol"]), 3)
-    console.print(
-        f"MAE vs X23 reference (minimised): RESP {summary['mae_resp_minimised_kjmol']:.1f} kJ/mol, "
-        f"xTB-charge baseline {summary['mae_xtb_minimised_kjmol']:.1f} kJ/mol "
-        f"(ratio {summary['mae_ratio_resp_over_xtb_minimised']:.2f}); at the PBE+TS geometry: RESP "
-        f"{summary['mae_resp_exp_geom_kjmol']:.1f}, xTB {summary['mae_xtb_exp_geom_kjmol']:.1f}. "
-        "Rigid molecules: the molecular relaxation energy (a few kJ/mol) is not included. * = not converged."
-    )
+            summary[f"mae_{_key(method)}_{tag}_kjmol"] = round(mae, 2)
+            summary[f"worst_{_key(method)}_{tag}_kjmol"] = round(worst, 2)
+            summary[f"worst_{_key(method)}_{tag}_system"] = who
+        dv = [abs(r[method]["dv_percent"]) for r in rows]
+        summary[f"mean_abs_dv_percent_{_key(method)}"] = round(float(np.mean(dv)), 2)
+        summary[f"max_abs_dv_percent_{_key(method)}"] = round(float(np.max(dv)), 2)
+    summary["rows"] = [{"system": r["system"], "e_ref_kjmol": r["e_ref_kjmol"],
+                        **{f"e_min_{_key(m)}_kjmol": round(r[m]["e_min_kjmol"], 2) for m in methods},
+                        **{f"e_exp_{_key(m)}_kjmol": round(r[m]["e_exp_kjmol"], 2) for m in methods},
+                        **{f"dv_percent_{_key(m)}": round(r[m]["dv_percent"], 2) for m in methods}} for r in rows]
+    console.print("MAE vs X23 reference (minimised / at the PBE+TS geometry), kJ/mol per molecule: " + "; ".join(
+        f"{m} {summary[f'mae_{_key(m)}_minimised_kjmol']:.1f} / {summary[f'mae_{_key(m)}_exp_geom_kjmol']:.1f}"
+        f" (mean |dV| {summary[f'mean_abs_dv_percent_{_key(m)}']:.1f} %)" for m in methods)
+        + ". Rigid molecules: the molecular relaxation energy (a few kJ/mol) is not included. * = not converged.")
 
     if not args.skip_timing:
         timing = Table(title="LatticeEnergyModel energy+gradient throughput (structures per CPU second); "
@@ -186,37 +267,46 @@ def main() -> None:
         for col in ("system", "Z", "n_atoms", "cutoff A", "B=1", "B=64", "B=256", "x B=64", "x B=256",
                     "E-E(12 A) kJ/mol"):
             timing.add_column(col, justify="right")
-        for name, cutoff in (("oxalic_acid_alpha", 12.0), ("naphthalene", 12.0), ("naphthalene", 9.0)):
-            rates = throughput(name, frames, cutoff_A=cutoff)
+        runs = [("oxalic_acid_alpha", 12.0, main_m), ("naphthalene", 12.0, main_m), ("naphthalene", 9.0, main_m)]
+        if main_m != "resp":  # the previous model on the molecule with lone-pair sites: the cost of the sites
+            runs.insert(1, ("oxalic_acid_alpha", 12.0, "resp"))
+        for name, cutoff, method in runs:
+            rates = throughput(name, frames, cutoff_A=cutoff, charge_method=method)
             z = int(frames[name].info["n_mol"])
-            timing.add_row(name, str(z), str(len(frames[name]) // z), f"{cutoff:.0f}",
+            timing.add_row(f"{name} ({method}, {rates['n_sites']} sites)", str(z), str(len(frames[name]) // z),
+                           f"{cutoff:.0f}",
                            *(f"{rates[b]:.0f}" for b in (1, 64, 256)),
                            f"{rates[64] / rates[1]:.1f}", f"{rates[256] / rates[1]:.1f}",
                            f"{rates['de_vs_12A_kjmol']:+.3f}")
             for b in (1, 64, 256):
-                summary[f"evals_per_s_{name}_rc{cutoff:.0f}_B{b}"] = round(rates[b], 1)
+                summary[f"evals_per_s_{name}_{_key(method)}_rc{cutoff:.0f}_B{b}"] = round(rates[b], 1)
         console.print(timing)
 
-    pairs = polymorph_pairs(rows)
+    pairs = polymorph_pairs(rows, methods)
     if pairs:
         ptable = Table(title="Polymorph pairs: lattice-energy difference A - B (kJ/mol per molecule), "
-                             "W99 exp-6 + point charges, rigid, minimised; baseline: predicting 0")
-        for col in ("pair", "X23 ref", "RESP", "err RESP", "xTB charges", "err xTB", "err of 0"):
+                             "W99 exp-6 + charges, rigid, minimised; baseline: predicting 0")
+        for col in ("pair", "X23 ref", *(c for m in methods for c in (m, f"err {m}")), "err of 0"):
             ptable.add_column(col, justify="right")
         for p in pairs:
-            ptable.add_row(p["pair"], f"{p['d_ref_kjmol']:+.2f}", f"{p['d_resp_kjmol']:+.2f}",
-                           f"{p['d_resp_kjmol'] - p['d_ref_kjmol']:+.2f}", f"{p['d_xtb_kjmol']:+.2f}",
-                           f"{p['d_xtb_kjmol'] - p['d_ref_kjmol']:+.2f}", f"{-p['d_ref_kjmol']:+.2f}")
+            ptable.add_row(p["pair"], f"{p['d_ref_kjmol']:+.2f}",
+                           *(c for m in methods for c in (f"{p[f'd_{_key(m)}_kjmol']:+.2f}",
+                                                          f"{p[f'd_{_key(m)}_kjmol'] - p['d_ref_kjmol']:+.2f}")),
+                           f"{-p['d_ref_kjmol']:+.2f}")
         console.print(ptable)
         summary["polymorph_pairs"] = pairs
-        summary["polymorph_mae_resp_kjmol"] = round(float(np.mean([abs(p["d_resp_kjmol"] - p["d_ref_kjmol"])
-                                                                    for p in pairs])), 2)
+        for m in methods:
+            summary[f"polymorph_mae_{_key(m)}_kjmol"] = round(float(np.mean(
+                [abs(p[f"d_{_key(m)}_kjmol"] - p["d_ref_kjmol"]) for p in pairs])), 2)
         summary["polymorph_mae_zero_kjmol"] = round(float(np.mean([abs(p["d_ref_kjmol"]) for p in pairs])), 2)
 
     line = json.dumps(summary)
     print(line)
     tag = "".join(f"_{k}-{v}" for k, v, d in (("systems", args.systems.replace(",", "-"), ""),
-                                               ("maxiter", args.max_iter, 400)) if v != d)
+                                               ("maxiter", args.max_iter, 400),
+                                               ("lp-distance", args.lp_distance, None),
+                                               ("methods", args.methods.replace(",", "-"), "resp-lp,resp,xtb".replace(",", "-")))
+                  if v != d)
     tag += "_skip-timing" if args.skip_timing else ""
     out = ROOT / "benchmarks" / "results" / f"x23_lattice{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -427,7 +427,10 @@ def compute_charges(
     if method not in CHARGE_METHODS:
         raise SetupError(f"unknown charge method {method!r}; use one of {', '.join(CHARGE_METHODS)}")
     xyz = np.round(np.asarray(coords_A, dtype=float), 4)
-    payload = json.dumps([cache_key, method, list(symbols), xyz.tolist(), list(map(int, classes or []))])
+    key = [cache_key, method, list(symbols), xyz.tolist(), list(map(int, classes or []))]
+    if method == "resp-lp" and LONE_PAIR_DISTANCE_A != 0.35:  # a site-distance study (x23_lattice --lp-distance)
+        key.append(LONE_PAIR_DISTANCE_A)
+    payload = json.dumps(key)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:20]
     path = None
     if cache_dir != "":
