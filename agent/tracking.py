@@ -269,6 +269,10 @@ class Tracker:
                 structure_refits.append(ev)
             elif ev["kind"] == "lab_result" and ev.get("state") == "done":
                 self._log_lab_result(ev)
+            elif ev["kind"] == "landscape_property":  # agent/stages/properties.py
+                key, step = f"landscape_{ev['value_key']}_m{ev['molecule_id']}", ev["n_structures"]
+                self.client.log_metric(self.run_id, key, ev["mean"], step=step)
+                self.client.log_metric(self.run_id, f"{key}_sd", ev["sd"], step=step)
         if any(ev["kind"] == "molecule_refit" for ev in events):
             self._maybe_log_molecule_model(final=False)
         if structure_refits:

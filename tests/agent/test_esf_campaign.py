@@ -156,7 +156,7 @@ max_evaluations = 12
 [surrogate]
 n_initial = 2
 [tracking]
-enabled = false
+enabled = {tracking}
 [[backends]]
 name = "{backend}"
 [structures]
@@ -178,7 +178,8 @@ def test_mobility_property_level_reads_lambda_from_the_molecule_stage(tmp_path):
     """[[structures.levels]] = xtb-crystal (ranks), mobility-xtb (property): the mobility
     runs on low structures already ranked by periodic GFN2-xTB, with the molecule's stored
     GFN2-xTB lambda+, and the landscape mobility is recorded with its uncertainty."""
-    camp, status = _run_local(tmp_path, STRUCTURE_BODY.format(objective="reorg_energy_kjmol", backend="xtb-reorg"))
+    camp, status = _run_local(tmp_path, STRUCTURE_BODY.format(objective="reorg_energy_kjmol", backend="xtb-reorg",
+                                                              tracking="true"))
     try:
         evs = camp.store.evaluations()
         mob = [ev for ev in evs if ev.backend == "mobility-xtb"]
@@ -193,6 +194,13 @@ def test_mobility_property_level_reads_lambda_from_the_molecule_stage(tmp_path):
         assert events[-1]["mean"] > 0 and events[-1]["sd"] >= 0 and events[-1]["value_key"] == "mobility_hole_cm2Vs"
         stage = camp.stages["structures"]
         assert set(stage.landscape_properties(mob[0].molecule_id)) == {"mobility-xtb"}
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+        (run,) = client.search_runs([client.get_experiment_by_name("esf").experiment_id])
+        key = f"landscape_mobility_hole_cm2Vs_m{mob[0].molecule_id}"
+        assert client.get_metric_history(run.info.run_id, key)[-1].value == pytest.approx(events[-1]["mean"])
+        assert client.get_metric_history(run.info.run_id, f"{key}_sd")
     finally:
         camp.close()
 
@@ -202,7 +210,8 @@ def test_molecule_without_reorganisation_energy_fails_once_campaign_goes_on(tmp_
     """The molecule stage computes no lambda+ (diagnostic backend): one mobility request is
     sent, fails with the reason, no other structure of the molecule is tried, and the
     energy level goes on to the end of the budget."""
-    camp, status = _run_local(tmp_path, STRUCTURE_BODY.format(objective="n_heavy_atoms", backend="diagnostic"))
+    camp, status = _run_local(tmp_path, STRUCTURE_BODY.format(objective="n_heavy_atoms", backend="diagnostic",
+                                                              tracking="false"))
     try:
         evs = camp.store.evaluations()
         mob = [ev for ev in evs if ev.backend == "mobility-xtb"]
