@@ -31,7 +31,7 @@ energies), in Hartree. Wall time depends on the load of the shared machine; CPU 
 (``time.process_time``) much less.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scf_guess.py
-      [--landscape data/landscapes/formic_acid_dft] [--n-structures 8]
+      [--landscape data/landscapes/formic_acid_dft] [--n-structures 16]
       [--pool examples/pool.smi] [--n-molecules 4]
 Writes benchmarks/results/scf_guess.json (other arguments: scf_guess_<tag>.json).
 """
