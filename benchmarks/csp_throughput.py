@@ -44,7 +44,8 @@ depend on conformer generation), RESP charges (pyscf HF/6-31G* ESP fit). Full en
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/csp_throughput.py
       [--n-baseline 24] [--n-trials 384] [--csp-trials 2000] [--workers 2]
-Writes benchmarks/results/csp_throughput.json.
+Writes benchmarks/results/csp_throughput.json (with ``--csp-trials 10000`` or the defaults;
+a run with other arguments writes csp_throughput_<args>.json).
 
 Results committed (2 Dec 2026, ``--csp-trials 10000``, idle machine except where noted):
 
@@ -110,8 +111,8 @@ def oxalic_acid(charges: str = "resp"):
                  if a.info.get("name") == "oxalic_acid_alpha")
     sym, xyz = atoms.get_chemical_symbols(), atoms.get_positions()
     fit = compute_charges(sym, xyz, charges, symmetry_classes(sym, xyz), cache_key="OC(=O)C(=O)O")
-    return RigidMolecule.from_atoms(sym, xyz, smiles="OC(=O)C(=O)O", charges_e=fit.charges_e,
-                                    charge_method=fit.method)
+    # with_charges: "resp-lp" gives atoms + lone-pair sites, more charges than atoms
+    return RigidMolecule.from_atoms(sym, xyz, smiles="OC(=O)C(=O)O").with_charges(fit.charges_e, fit.method, fit.rrms)
 
 
 def _example_input(model, mol):
@@ -293,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         if n != args.csp_trials:
             summary[f"csp_{key}_wall_s_extrapolated"] = round(per_trial * n, 0)
             summary[f"csp_{key}_wall_s_idle_cores_extrapolated"] = round(idle_per_trial * n, 0)
-    out = ROOT / "benchmarks/results/csp_throughput.json"
+    # a run with non-default arguments writes its own file, never the committed default one
+    # (which is the documented --csp-trials 10000 run)
+    tag = "".join(f"_{k.replace('_', '-')}-{v}" for k, v in vars(args).items()
+                  if v != ap.get_default(k) and (k, v) != ("csp_trials", 10_000))
+    out = ROOT / f"benchmarks/results/csp_throughput{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
