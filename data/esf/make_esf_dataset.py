@@ -29,7 +29,7 @@ CPU seconds: failures are part of what an agent pays for.
 
 Usage:
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python data/esf/make_esf_dataset.py --fidelity quick --n 60
-    ... --fidelity refined --n 25 --refined-trials 300 --refined-structures 6 --refined-transfer gfn2-xtb
+    ... --fidelity refined --n 40 --refined-trials 300 --refined-structures 6 --refined-transfer gfn2-xtb
 """
 
 from __future__ import annotations
