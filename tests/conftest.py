@@ -1,5 +1,6 @@
 """Shared fixtures: tiny pools and configs written to tmp dirs; Ray started once per
-session for the tests that use it."""
+session for the tests that use it; an MLflow SQLite store created (all migrations run)
+once per session and copied for tests that do not test the first-run creation."""
 
 from __future__ import annotations
 
@@ -42,3 +43,26 @@ def ray_local():
                  object_store_memory=256 * 1024**2, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store with every migration applied, made once per session."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # creates the tables, runs migrations
+    return db
+
+
+@pytest.fixture
+def premigrated_mlflow(mlflow_db_template):
+    """``put(runs_dir)``: copy the migrated empty store to ``runs_dir/mlflow.db`` (the
+    default tracking URI), so a test's tracker skips MLflow's table creation."""
+    import shutil
+
+    def put(runs_dir: Path) -> Path:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copyfile(mlflow_db_template, runs_dir / "mlflow.db"))
+
+    return put

@@ -309,7 +309,7 @@ def test_lab_stage_submits_identifies_and_records_observed_forms(tmp_path):
         again.close()
 
 
-def test_tracker_logs_the_stores_events_once(finished, tmp_path):
+def test_tracker_logs_the_stores_events_once(finished, tmp_path, premigrated_mlflow):
     """MLflow as a view of the store: structure refits recorded by an earlier process (no
     in-memory outbox) are logged from the store's events, each once."""
     from mlflow.tracking import MlflowClient
@@ -318,6 +318,7 @@ def test_tracker_logs_the_stores_events_once(finished, tmp_path):
     from agent.tracking import Tracker
 
     runs = _copy(finished, tmp_path)
+    premigrated_mlflow(runs)  # the default store, tables made once per session
     camp = Campaign.open("t", runs)
     try:
         refits = camp.store.events("structure_refit")

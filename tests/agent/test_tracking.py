@@ -53,7 +53,7 @@ def test_tracking_uri_under_missing_directory_or_file_is_refused(tmp_path):
     assert not (tmp_path / "runs" / "t").exists()
 
 
-def test_classic_view_and_material_model_logging(tmp_path):
+def test_classic_view_and_material_model_logging(tmp_path, premigrated_mlflow):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -64,6 +64,7 @@ def test_classic_view_and_material_model_logging(tmp_path):
     from agent.tracking import EXPERIMENT_KIND_TAG, MODEL_LOG_GROWTH, MODEL_LOG_MIN_NEW_TOP
 
     runs = tmp_path / "runs"
+    premigrated_mlflow(runs)  # the default store, tables made once per session
     cfg = load_config(write_config(tmp_path, POOL, BODY.format(n=30, tracking="enabled = true")))
     camp = Campaign.create(cfg, runs)
     try:
@@ -109,6 +110,7 @@ def test_check_tracking_uri_http_refused(uri):
         check_tracking_uri(uri)
 
 
+@pytest.mark.slow  # MLflow's first-run table creation in a fresh CLI process (~15-35 s)
 def test_first_run_into_a_new_runs_dir_with_default_tracking(tmp_path):
     """The default store lies in the runs directory the first campaign creates."""
     cfg = write_config(tmp_path, POOL, BODY.format(n=1, tracking="enabled = true"))
