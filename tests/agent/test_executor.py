@@ -103,6 +103,7 @@ def test_cpus_per_task_above_num_cpus_is_refused_before_start(tmp_path):
     assert not (tmp_path / "runs" / "t").exists()
 
 
+@pytest.mark.slow  # a CLI campaign starting its own embedded Ray (17-20 s at load 8)
 def test_worker_crash_is_one_line_under_quiet(tmp_path):
     cfg = write_config(tmp_path, POOL, _body("num_cpus = 1\nmax_retries = 0",
                                              "{ crash_fraction = 1.0 }", n=2))
