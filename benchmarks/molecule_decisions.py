@@ -1,23 +1,29 @@
 """Benchmark "molecule_decisions": speed and quality of the molecule-level decisions.
 
-(a) Decision time. One decision = refit the surrogate on all stored evaluations and
-    choose a batch of 5 (molecule, fidelity) pairs over a 20,000-molecule pool
-    (2048-bit Morgan fingerprints of *real, enumerated* SMILES: 16 aromatic cores x
-    25 substituents). Stored values are synthetic for timing only (a sparse linear
-    function of the fingerprint bits; cheap = 0.8 x expensive - 3 + noise; 80 % of
-    the evaluations cheap). Times at 100, 1,000 and 5,000 evaluations:
-    "cold" = first fit of a new surrogate (includes building the similarity cache),
-    "iteration" = steady state: 5 new results arrive, the cached Cholesky factor is
-    extended + a new batch (median of 3 iterations); "with hyperparameter refit" =
-    the same with warm-started hyperparameter re-optimisation, which the surrogate
-    does each time the data have grown by 10 %. Baseline measured in the same run: BoTorch
-    ``SingleTaskGP`` (default kernel) on 50 truncated-SVD features of the
-    fingerprints (+ a fidelity column) + ``fit_gpytorch_mll`` + ``qLogExpectedImprovement``
-    + ``optimize_acqf_discrete(q=5)`` over the pool, at 100 and 1,000 evaluations.
-    At 1,000 evaluations the baseline's acquisition runs on a 2,000-candidate
-    subsample and its time is scaled x10 to the full pool (the acquisition cost is
-    linear in the number of choices; labelled "extrapolated"); ``--full-baseline``
-    measures it on the whole pool instead.
+(a) Decision time of the real :class:`agent.campaign.Campaign`. A campaign over a
+    20,000-molecule pool (2048-bit Morgan fingerprints of *real, enumerated* SMILES: 16
+    aromatic cores x 25 substituents) with two levels, ``replay-xtb-reorg`` and
+    ``replay-dft-reorg`` over a synthetic replay table (values a sparse linear function
+    of the fingerprint bits; cheap = 0.8 x expensive - 3 + noise; each charged the real
+    backend's size-based CPU estimate times a log-normal factor), a batch size of 5 and a
+    CPU budget that never binds, so every ask prices each (molecule, level) with the
+    campaign's :class:`~agent.stages.costs.CostModel`. With 100, 1,000 and 5,000 stored
+    evaluations (80 % cheap), committed through ``Campaign.tell``, the campaign is reopened
+    from its store and ``Campaign.ask(5)`` is timed: "cold" = the first ask (pool
+    fingerprints, similarity cache, hyperparameter fit, the ``molecule_refit``
+    calibration event, the batch), then 4 iterations in the in-process
+    :class:`~agent.local_executor.LocalExecutor`: the 5 tasks run (replays), each
+    ``Campaign.tell`` is timed, the next ``ask(5)`` is timed; asks in which the surrogate
+    re-optimised its hyperparameters (its own 10 %-growth rule) are reported apart.
+    "iteration" = median ask without a hyperparameter refit + 5 x median tell. Baseline
+    measured in the same run on the same stored evaluations: BoTorch ``SingleTaskGP``
+    (default kernel) on 50 truncated-SVD features of the fingerprints (+ a fidelity
+    column) + ``fit_gpytorch_mll`` + ``qLogExpectedImprovement`` +
+    ``optimize_acqf_discrete(q=5)`` over the pool, at 100 and 1,000 evaluations. At
+    1,000 evaluations the baseline's acquisition runs on a 2,000-candidate subsample and
+    its time is scaled x10 to the full pool (the acquisition cost is linear in the
+    number of choices; labelled "extrapolated"); ``--full-baseline`` measures it on the
+    whole pool instead. All times are wall seconds.
 
 (b) Optimisation quality, through the real Campaign: minimise the hole reorganisation
     energy at the expensive level under CPU budgets given as fractions of the recorded
@@ -123,51 +129,148 @@ def synthetic_values(fps: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
 
 
 def make_observations(n_obs: int, cheap: np.ndarray, top: np.ndarray, rng: np.random.Generator):
-    from agent.surrogates.molecule_gp import Observation
-
+    """``n_obs`` stored evaluations (pool row, level, value): 80 % cheap, 20 % expensive
+    (the expensive ones on molecules that also have the cheap value)."""
     n_top = n_obs // 5
     rows = rng.choice(len(top), size=n_obs - n_top, replace=False)
-    obs = [Observation(int(i), 0, float(cheap[i])) for i in rows]
-    obs += [Observation(int(i), 1, float(top[i])) for i in rows[:n_top]]
+    obs = [(int(i), 0, float(cheap[i])) for i in rows]
+    obs += [(int(i), 1, float(top[i])) for i in rows[:n_top]]
     return obs
 
 
-def agent_decision_times(fps, cheap, top, n_obs: int, n_iter: int, seed: int) -> dict:
-    from agent.acquisition import select_batch
-    from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
+def synthetic_table(smiles: list[str], cheap: np.ndarray, top: np.ndarray, out: Path,
+                    seed: int) -> Path:
+    """The synthetic pool as a replay table (make_reorg_table.py's columns): the values of
+    :func:`synthetic_values`, charged the real backends' size-based CPU estimate times a
+    log-normal factor (sd 0.3), so the campaign's CostModel has something to fit."""
+    import csv
 
-    rng = np.random.default_rng(seed)
-    obs = make_observations(n_obs, cheap, top, rng)
-    costs = [2.0, 120.0]
-    allowed = np.ones((len(fps), 2), dtype=bool)
-    for o in obs:
-        allowed[o.mol_index, o.fidelity] = False
-    model = MoleculeSurrogate(2, seed=seed)
+    from sim_backends.base import EvalInput
+    from sim_backends.registry import get_backend
 
-    def decide(refit: bool | None = None) -> tuple[float, float, list[tuple[int, int]]]:
-        t0 = time.perf_counter()
-        model.fit(fps, obs, refit_hyperparameters=refit)
-        t1 = time.perf_counter()
-        best = min(o.value for o in obs if o.fidelity == 1)
-        picks = select_batch(model, fps, q=5, costs=costs, allowed=allowed, pending=[],
-                             best_value=best, direction="minimize", seed=seed)
-        return t1 - t0, time.perf_counter() - t1, picks
+    rng = np.random.default_rng(seed + 1)
+    est = [get_backend(name) for name in ("xtb-reorg", "dft-reorg")]
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["smiles", "xtb_reorg_kjmol", "dft_reorg_kjmol", "xtb_cpu_s", "dft_cpu_s"])
+        for s, c, t in zip(smiles, cheap, top, strict=True):
+            noise = np.exp(rng.normal(0.0, 0.3, size=2))
+            costs = [b.cost_estimate(EvalInput(s)) * k for b, k in zip(est, noise, strict=True)]
+            w.writerow([s, f"{c:.4f}", f"{t:.4f}", f"{costs[0]:.3f}", f"{costs[1]:.3f}"])
+    return out
 
-    fit_cold, sel_cold, picks = decide()
-    iters = []
-    for k in range(n_iter + 1):
-        for i, f in picks:
-            obs.append(Observation(i, f, float((cheap, top)[f][i])))
-            allowed[i, f] = False
-        # the last iteration re-optimises the hyperparameters (as every 10 % growth does)
-        fit_s, sel_s, picks = decide(refit=True if k == n_iter else None)
-        iters.append((fit_s, sel_s))
-    inc, hyper = iters[:-1], iters[-1]
-    return {"cold_s": fit_cold + sel_cold, "cold_fit_s": fit_cold, "cold_select_s": sel_cold,
-            "iter_s": statistics.median(a + b for a, b in inc),
-            "iter_fit_s": statistics.median(a for a, _ in inc),
-            "iter_select_s": statistics.median(b for _, b in inc),
-            "hyper_iter_s": hyper[0] + hyper[1], "n_hyper_fits": model.n_hyper_fits}
+
+def timing_config(table: Path, n_obs: int, n_iter: int, seed: int) -> str:
+    """The campaign TOML of part (a): both replay levels over the synthetic table, a
+    batch of 5, a CPU budget that never binds (so the CostModel's per-molecule costs
+    are computed on every ask, as in any budgeted campaign)."""
+    return f"""
+name = "timing-{n_obs}"
+pool = "pool.smi"
+objective = "reorg_energy_kjmol"
+direction = "minimize"
+batch_size = 5
+seed = {seed}
+max_cpu_hours = 1000000.0
+max_evaluations = {n_obs + 5 * (n_iter + 2)}
+[tracking]
+enabled = false
+[[backends]]
+name = "{LEVELS[0]}"
+params = {{ table = "{table}", cost_column = "xtb_cpu_s" }}
+[[backends]]
+name = "{LEVELS[1]}"
+params = {{ table = "{table}", cost_column = "dft_cpu_s" }}
+"""
+
+
+def campaign_decision_times(smiles: list[str], cheap, top, table: Path, n_obs: int,
+                            n_iter: int, seed: int, workdir: Path) -> dict:
+    """Time the real Campaign's own ask/tell with ``n_obs`` stored evaluations.
+
+    The synthetic evaluations (:func:`make_observations`, the same as the baseline's)
+    are run by the replay backends and committed through
+    ``Campaign.tell`` (untimed); the campaign is closed and reopened from its store
+    (``open_s``: every stage restored), then ``Campaign.ask(5)`` is timed: the first one
+    (``cold``: pool fingerprints, similarity cache, hyperparameter fit, the
+    ``molecule_refit`` calibration event, acquisition with the CostModel's costs) and
+    ``n_iter`` steady-state iterations (the 5 asked tasks run, each ``Campaign.tell``
+    timed, then the next ``ask(5)``). An ask in which the surrogate re-optimised its
+    hyperparameters (its own 10 %-growth rule) is reported apart."""
+    import tomllib
+
+    from agent.campaign import Campaign
+    from agent.config import parse_config
+    from agent.local_executor import LocalExecutor
+    from agent.stages.base import Request
+    from sim_backends.base import EvalInput
+    from sim_backends.registry import get_backend
+
+    d = workdir / f"timing-{n_obs}"
+    d.mkdir(parents=True)
+    (d / "pool.smi").write_text("\n".join(smiles) + "\n")
+    cfg = parse_config(tomllib.loads(timing_config(table, n_obs, n_iter, seed)), base_dir=d)
+    t0 = time.perf_counter()
+    camp = Campaign.create(cfg, d / "runs")
+    create_s = time.perf_counter() - t0
+    ex = LocalExecutor(slots=5)
+    try:
+        stage = camp.molecules
+        mol_id = {s: int(m) for s, m in zip(stage.smiles, stage.mol_ids, strict=True)}
+        if len(mol_id) != len(smiles) or set(mol_id) != set(smiles):
+            raise RuntimeError("the campaign's pool is not the enumerated pool")
+        # one backend instance per level (the executor builds one per task, ~50 ms each)
+        backends = [get_backend(lvl.name, **lvl.params) for lvl in stage.levels]
+        for i, f, _ in make_observations(n_obs, cheap, top, np.random.default_rng(seed)):
+            lvl = stage.levels[f]
+            task = Request(stage="molecule", backend=lvl.name, params=lvl.params,
+                           inp=EvalInput(smiles[i]), molecule_id=mol_id[smiles[i]],
+                           fidelity=f).to_task()
+            camp.tell(task, backends[f].evaluate(task.inp))
+    finally:
+        camp.close()
+    t0 = time.perf_counter()
+    camp = Campaign.open(cfg.name, d / "runs")
+    open_s = time.perf_counter() - t0
+    try:
+        if camp.n_evaluations != n_obs:
+            raise RuntimeError(f"reopened campaign has {camp.n_evaluations} evaluations, not {n_obs}")
+
+        def ask() -> tuple[float, bool, list]:
+            model = camp.molecules.surrogate
+            before = model.n_hyper_fits if model is not None else 0
+            t = time.perf_counter()
+            tasks = camp.ask(5)
+            dt = time.perf_counter() - t
+            if len(tasks) != 5:
+                raise RuntimeError(f"the campaign asked for {len(tasks)} tasks, not 5")
+            return dt, camp.molecules.surrogate.n_hyper_fits > before, tasks
+
+        cold_s, _, tasks = ask()
+        asks, tells, n_top = [], [], 0
+        for _ in range(n_iter):
+            n_top += sum(t.fidelity == 1 for t in tasks)
+            for t in tasks:
+                ex.submit(t)
+            for _ in tasks:
+                for done in ex.wait():
+                    t1 = time.perf_counter()
+                    camp.tell(done.task, done.result)
+                    tells.append(time.perf_counter() - t1)
+            dt, hyper, tasks = ask()
+            asks.append((dt, hyper))
+        plain = [a for a, h in asks if not h]
+        refit = [a for a, h in asks if h]
+        return {"create_s": create_s, "open_s": open_s, "cold_s": cold_s,
+                "ask_s": statistics.median(plain) if plain else float("nan"),
+                "ask_with_hyper_refit_s": statistics.median(refit) if refit else None,
+                "n_asks": len(asks), "n_hyper_refit_asks": len(refit),
+                "tell_s": statistics.median(tells),
+                "iteration_s": (statistics.median(plain) if plain else float("nan"))
+                + 5 * statistics.median(tells),
+                "n_top_chosen": n_top, "n_refits": camp.molecules.n_refits}
+    finally:
+        camp.close()
 
 
 def svd_features(fps: np.ndarray, k: int = 50) -> np.ndarray:
@@ -191,13 +294,13 @@ def baseline_decision_time(feats, cheap, top, n_obs: int, n_choices: int, seed: 
 
     rng = np.random.default_rng(seed)
     obs = make_observations(n_obs, cheap, top, rng)
-    x = np.array([np.append(feats[o.mol_index], float(o.fidelity)) for o in obs])
-    y = -np.array([o.value for o in obs])  # BoTorch maximises
+    x = np.array([np.append(feats[i], float(f)) for i, f, _ in obs])
+    y = -np.array([v for _, _, v in obs])  # BoTorch maximises
     t0 = time.perf_counter()
     model = SingleTaskGP(torch.as_tensor(x), torch.as_tensor(y).unsqueeze(-1))
     fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
     t1 = time.perf_counter()
-    best = max(-o.value for o in obs if o.fidelity == 1)
+    best = max(-v for _, f, v in obs if f == 1)
     acqf = qLogExpectedImprovement(model, best_f=best)
     rows = rng.choice(len(feats), size=n_choices, replace=False)
     choices = torch.as_tensor(np.hstack([feats[rows], np.ones((n_choices, 1))]))
@@ -468,51 +571,27 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"part (a) skipped: its figures are carried over from {RESULT.name} "
                       f"(measured {previous.get('timing_measured_utc', '?')})")
     if not args.skip_timing:
-        with Progress(console=console) as progress:
-            task = progress.add_task("pool + fingerprints", total=None)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
+            task = progress.add_task("pool + fingerprints + replay table", total=None)
             smiles = enumerate_pool(args.pool_size, seed=0)
             fps = morgan_fingerprints(smiles, n_bits=2048, radius=2)
             cheap, top = synthetic_values(fps, seed=0)
             feats = svd_features(fps)
+            table_csv = synthetic_table(smiles, cheap, top, Path(tmp) / "synthetic.csv", seed=0)
             progress.remove_task(task)
             task = progress.add_task("decision times", total=len(args.sizes) + len(args.baseline_sizes))
             agent_t, base_t = {}, {}
             for n_obs in args.sizes:
-                agent_t[n_obs] = agent_decision_times(fps, cheap, top, n_obs, n_iter=3, seed=0)
+                agent_t[n_obs] = campaign_decision_times(smiles, cheap, top, table_csv, n_obs,
+                                                         n_iter=4, seed=0, workdir=Path(tmp))
                 progress.advance(task)
             for n_obs in args.baseline_sizes:
                 n_choices = len(fps) if (args.full_baseline or n_obs <= 100) else 2000
                 base_t[n_obs] = baseline_decision_time(feats, cheap, top, n_obs, n_choices, seed=0)
                 progress.advance(task)
-        table = Table(title=f"(a) decision time, refit + batch of 5, pool {len(fps)} x 2048 bits "
-                            f"(mean {fps.sum(1).mean():.0f} bits set), torch threads {torch.get_num_threads()}")
-        for col in ["evaluations", "agent cold s", "agent iteration s (fit + select)",
-                    "agent iteration with hyperparameter refit s", "baseline s (fit + acq)",
-                    "speed-up (iteration)", "speed-up (with refit)"]:
-            table.add_column(col, justify="right")
-        for n_obs in args.sizes:
-            a = agent_t[n_obs]
-            b = base_t.get(n_obs)
-            table.add_row(
-                str(n_obs), f"{a['cold_s']:.2f}",
-                f"{a['iter_s']:.2f} ({a['iter_fit_s']:.2f} + {a['iter_select_s']:.2f})",
-                f"{a['hyper_iter_s']:.2f}",
-                "-" if b is None else f"{b['total_s']:.1f} ({b['fit_s']:.1f} + {b['acq_s']:.1f})"
-                + (" extrapolated" if b["extrapolated"] else ""),
-                "-" if b is None else f"{b['total_s'] / a['iter_s']:.0f}x",
-                "-" if b is None else f"{b['total_s'] / a['hyper_iter_s']:.0f}x")
-        console.print(table)
-        out["timing_measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        out["pool_size"] = len(fps)
-        out["fingerprint"] = "morgan r=2 2048 bits of enumerated SMILES; synthetic values"
-        out["agent_iteration_s"] = {str(k): round(v["iter_s"], 3) for k, v in agent_t.items()}
-        out["agent_cold_s"] = {str(k): round(v["cold_s"], 3) for k, v in agent_t.items()}
-        out["agent_iteration_with_hyper_refit_s"] = {str(k): round(v["hyper_iter_s"], 3)
-                                                     for k, v in agent_t.items()}
-        out["baseline_s"] = {str(k): round(v["total_s"], 2) for k, v in base_t.items()}
-        out["baseline_extrapolated"] = {str(k): v["extrapolated"] for k, v in base_t.items()}
-        out["speedup_iteration"] = {str(k): round(base_t[k]["total_s"] / agent_t[k]["iter_s"], 1)
-                                    for k in base_t if k in agent_t}
+        out.update(timing_table(agent_t, base_t, fps, console))
 
     # (b) -------------------------------------------------------------------------------
     if args.skip_quality:
@@ -523,6 +602,61 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.tables:
         out["quality"][name] = quality_part(name, args, console)
     return write_result(out, result)
+
+
+def timing_table(agent_t: dict, base_t: dict, fps: np.ndarray, console) -> dict:
+    """Print part (a)'s table; its JSON entries."""
+    import torch
+    from rich.table import Table
+
+    def fmt(v: float | None, nd: int = 2) -> str:
+        return "-" if v is None or not np.isfinite(v) else f"{v:.{nd}f}"
+
+    table = Table(title=f"(a) decision time of the real Campaign (ask(5) of its molecule stage: "
+                        f"refit + batch of 5 with the CostModel's CPU-s costs; LocalExecutor, "
+                        f"replay backends over synthetic values), pool {len(fps)} x 2048 bits "
+                        f"(mean {fps.sum(1).mean():.0f} bits set), torch threads "
+                        f"{torch.get_num_threads()}; wall s")
+    for col in ["evaluations", "reopen s (restore)", "cold ask s", "ask s (median)",
+                "ask with hyperparameter refit s (asks)", "tell s per result",
+                "iteration s (ask + 5 tells)", "baseline s (fit + acq)",
+                "baseline / iteration"]:
+        table.add_column(col, justify="right")
+    for n_obs, a in agent_t.items():
+        b = base_t.get(n_obs)
+        table.add_row(
+            str(n_obs), fmt(a["open_s"]), fmt(a["cold_s"]), fmt(a["ask_s"]),
+            f"{fmt(a['ask_with_hyper_refit_s'])} ({a['n_hyper_refit_asks']}/{a['n_asks']})",
+            fmt(a["tell_s"], 4), fmt(a["iteration_s"]),
+            "-" if b is None else f"{b['total_s']:.1f} ({b['fit_s']:.1f} + {b['acq_s']:.1f})"
+            + (" extrapolated" if b["extrapolated"] else ""),
+            "-" if b is None else f"{b['total_s'] / a['iteration_s']:.0f}x")
+    console.print(table)
+
+    def col(key: str, nd: int = 3) -> dict:
+        return {str(k): (None if v[key] is None or not np.isfinite(v[key]) else round(v[key], nd))
+                for k, v in agent_t.items()}
+
+    return {
+        "timing_measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "timing_source": "agent.campaign.Campaign ask/tell (LocalExecutor, replay-xtb-reorg / "
+                         "replay-dft-reorg over a synthetic table), wall s",
+        "pool_size": len(fps),
+        "fingerprint": "morgan r=2 2048 bits of enumerated SMILES; synthetic values",
+        "campaign_reopen_s": col("open_s"),
+        "campaign_cold_ask_s": col("cold_s"),
+        "campaign_ask_s": col("ask_s"),
+        "campaign_ask_with_hyper_refit_s": col("ask_with_hyper_refit_s"),
+        "campaign_n_hyper_refit_asks": {str(k): f"{v['n_hyper_refit_asks']}/{v['n_asks']}"
+                                        for k, v in agent_t.items()},
+        "campaign_tell_s": col("tell_s", 5),
+        "campaign_iteration_s": col("iteration_s"),
+        "baseline_s": {str(k): round(v["total_s"], 2) for k, v in base_t.items()},
+        "baseline_extrapolated": {str(k): v["extrapolated"] for k, v in base_t.items()},
+        "baseline_over_campaign_iteration": {
+            str(k): round(base_t[k]["total_s"] / agent_t[k]["iteration_s"], 1)
+            for k in base_t if k in agent_t and np.isfinite(agent_t[k]["iteration_s"])},
+    }
 
 
 def quality_part(name: str, args: argparse.Namespace, console) -> dict:
