@@ -268,3 +268,29 @@ def test_csp_cli_workers_use_ray(tmp_path):
     assert runs[2]["meta"]["n_workers"] == 2 and runs[1]["meta"]["n_workers"] == 1
     key = [(m["id"], round(m["energy_kjmol"], 6)) for m in runs[1]["minima"]]
     assert [(m["id"], round(m["energy_kjmol"], 6)) for m in runs[2]["minima"]] == key
+
+
+def test_worker_builds_each_backend_once_per_name_and_params(monkeypatch):
+    """A worker process looks a backend up in the registry (an entry-point scan, ~45 ms)
+    once per (name, params), not once per task; other params get their own instance."""
+    import sim_backends.registry as registry
+    from agent import executor
+    from agent.executor import _evaluate_in_worker
+
+    if hasattr(executor, "_WORKER_BACKENDS"):  # start from an empty cache
+        monkeypatch.setattr(executor, "_WORKER_BACKENDS", type(executor._WORKER_BACKENDS)())
+    real = registry.get_backend
+    built = []
+    monkeypatch.setattr(registry, "get_backend",
+                        lambda name, **p: built.append((name, p)) or real(name, **p))
+    results = [_evaluate_in_worker("diagnostic", {"sleep_s": 0.0}, EvalInput(s))
+               for s in ("C", "CC", "c1ccccc1O", "CCO")]
+    assert [r.values["n_heavy_atoms"] for r in results] == [1, 2, 7, 3]
+    assert built == [("diagnostic", {"sleep_s": 0.0})]
+    other = _evaluate_in_worker("diagnostic", {"sleep_s": 0.0, "mode": "raise"}, EvalInput("CC"))
+    assert not other.ok and other.reason.startswith("error: ZeroDivisionError")
+    assert len(built) == 2
+    # the task's own inputs still reach the shared instance
+    assert not _evaluate_in_worker("diagnostic", {"sleep_s": 0.0},
+                                   EvalInput("CC", params={"mode": "raise"})).ok
+    assert len(built) == 2
