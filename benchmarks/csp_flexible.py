@@ -37,15 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-#: name -> (SMILES, space groups searched, experimental description, reference source)
-SYSTEMS: dict[str, tuple[str, str, str]] = {
-    "paracetamol": ("CC(=O)Nc1ccc(O)cc1", "P2_1/c,P-1,P2_12_12_1,P2_1,Pbca,C2/c",
-                    "form I, P2_1/n Z=4 (COD 7105573, 100 K)"),
-    "succinic_acid": ("OC(=O)CCC(=O)O", "P2_1,P2_1/c,P-1,P2_12_12_1,C2/c,Pbca",
-                      "beta, P2_1/c Z=2 on -1 (X23, PBE+TS)"),
+#: name -> (SMILES, space groups searched ("" = the ten default groups), experimental description,
+#: reference crystals (names of :func:`reference`) the landscape is matched against)
+SYSTEMS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "paracetamol": ("CC(=O)Nc1ccc(O)cc1", "", "form I, P2_1/n Z=4 (COD 7105573, 100 K)", ("paracetamol",)),
+    "succinic_acid": ("OC(=O)CCC(=O)O", "", "beta, P2_1/c Z=2 on -1 (X23, PBE+TS)", ("succinic_acid",)),
+    "oxalic_acid": ("OC(=O)C(=O)O", "", "alpha Pcab Z=4 and beta P2_1/c Z=2 on -1 (X23, PBE+TS)",
+                    ("oxalic_acid_alpha", "oxalic_acid_beta")),
+    "14-cyclohexanedione": ("O=C1CCC(=O)CC1", "", "twist-boat ring, P2_1/c Z=2 on -1 (X23, PBE+TS)",
+                            ("14-cyclohexanedione",)),
 }
-X23_REFERENCE = {"succinic_acid": -130.30}
-DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid", "charges": "resp",
+#: X23 reference lattice energies (kJ/mol per molecule, data/reference/x23/x23_lattice_energies.csv)
+X23_REFERENCE = {"succinic_acid": -130.30, "oxalic_acid_alpha": -96.30, "oxalic_acid_beta": -96.10,
+                 "14-cyclohexanedione": -88.60}
+DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid", "charges": "xtb", "workers": 2,
             "throughput_trials": 256, "sampling": "converged", "space_groups": "", "x23_only": False,
             "relax_top": 20}
 
@@ -104,44 +109,81 @@ def torsion_rmsd(torsions, exp_sets: list[list[float]], values: list[float]) -> 
     return best
 
 
+def _done(progress_path: Path, step: str, key: str, value: str) -> dict | None:
+    """The last record of ``step`` for ``key == value`` in the progress file (resume), or None."""
+    if not progress_path.exists():
+        return None
+    hit = None
+    for line in progress_path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if rec.get("step") == step and rec.get(key) == value:
+            hit = rec
+    return hit
+
+
 def run_system(name: str, args, progress_path: Path) -> dict:
+    from agent.executor import csp_executor
     from sim_backends.csp.conformers import build_ensemble
     from sim_backends.csp.flexible import run_flexible_csp
 
-    smiles, groups, exp_text = SYSTEMS[name]
-    groups = args.space_groups or groups
-    c0 = time.process_time()
+    done = _done(progress_path, "search", "system", name)
+    if done is not None:
+        print(f"{name}: search already in {progress_path.name} (resumed)", flush=True)
+        return {k: v for k, v in done.items() if k != "step"}
+    smiles, groups, exp_text, ref_names = SYSTEMS[name]
+    groups = args.space_groups or groups or None
+    c0, t0 = time.process_time(), time.perf_counter()
     ens = build_ensemble(smiles, charges=args.charges)
     ens_cpu = time.process_time() - c0
-    ref = reference(name)
-    exp_sets = experimental_torsions(ref, ens.smiles, ens.torsions)
-    conf_rmsd = [torsion_rmsd(ens.torsions, exp_sets, c.torsions_deg) for c in ens.conformers]
+    refs = {r: reference(r) for r in ref_names}
+    exp_sets = {r: experimental_torsions(st, ens.smiles, ens.torsions) for r, st in refs.items()}
+    conf_rmsd = {r: [torsion_rmsd(ens.torsions, e, c.torsions_deg) for c in ens.conformers]
+                 for r, e in exp_sets.items()}
     _log(progress_path, {"system": name, "step": "ensemble", "n_conformers": len(ens), "cpu_s": ens_cpu,
                          "conformers": ens.summary(), "exp_torsion_rmsd_deg": conf_rmsd})
-    land = run_flexible_csp(ens, args.n_trials, space_groups=groups, charges=args.charges, progress=False,
-                            sampling=args.sampling, relax_top=args.relax_top)
-    hit = land.find_match(ref)
-    row = {"system": name, "experiment": exp_text, "space_groups": groups, "n_trials_budget": args.n_trials,
-           "n_trials": land.meta["n_trials"], "n_conformers": len(ens), "n_unique": len(land),
-           "closest_conformer_torsion_rmsd_deg": min(conf_rmsd), "ensemble_cpu_s": ens_cpu,
+    c1 = time.process_time()
+    with csp_executor(args.workers) as executor:
+        land = run_flexible_csp(ens, args.n_trials, space_groups=groups, charges=args.charges, progress=False,
+                                sampling=args.sampling, relax_top=args.relax_top, executor=executor)
+    main_cpu = time.process_time() - c1
+    # with Ray workers the trial generation + minimisation CPU is measured in the workers, not here
+    worker_cpu = float(land.meta["search_cpu_s"]) if args.workers > 1 else 0.0
+    conv = [{k: c.get(k) for k in ("index", "n_trials", "stopped_by", "converged")} for c in land.meta["conformers"]]
+    row = {"system": name, "smiles": ens.smiles, "experiment": exp_text,
+           "space_groups": land.meta["space_groups"], "n_trials_budget": args.n_trials,
+           "n_trials": land.meta["n_trials"], "n_minimised": land.meta["n_minimised"],
+           "n_conformers": len(ens), "n_torsions": len(ens.torsions), "n_unique": len(land),
+           "conformers": ens.summary(), "ensemble_cpu_s": ens_cpu,
            "search_cpu_s": land.meta["search_cpu_s"], "relax_cpu_s": land.meta["relax_cpu_s"],
-           "cpu_s": ens_cpu + land.meta["cpu_s"], "wall_s": land.meta["wall_s"], "found": hit is not None,
-           "global_min_kjmol": land.minima[0].energy_kjmol if land.minima else None}
-    if hit is not None:
-        rank, m, rms = hit
-        rec = land.meta["minimum_conformers"][m.id]
-        row.update({"rank": rank, "gap_kjmol": m.energy_kjmol - land.minima[0].energy_kjmol, "rms": rms,
-                    "match_conformer": rec["conformer"], "match_relaxed": rec["relaxed"],
-                    "match_torsion_rmsd_deg": torsion_rmsd(ens.torsions, exp_sets, rec["torsions_deg"]),
-                    "E_latt_kjmol": m.energy_kjmol, "E_latt_no_intra_kjmol": m.energy_kjmol - rec["intra_kjmol"],
-                    "intra_kjmol": rec["intra_kjmol"]})
-    if name in X23_REFERENCE:
-        row["E_latt_X23_kjmol"] = X23_REFERENCE[name]
+           "n_relaxed": land.meta["n_relaxed"], "workers": args.workers,
+           "cpu_s": ens_cpu + main_cpu + worker_cpu, "wall_s": time.perf_counter() - t0,
+           "load_avg_1min_end": os.getloadavg()[0], "convergence": conv,
+           "global_min_kjmol": land.minima[0].energy_kjmol if land.minima else None,
+           "global_min_space_group": land.minima[0].space_group if land.minima else None, "forms": []}
+    for r, st in refs.items():
+        hit = land.find_match(st)
+        form = {"reference": r, "found": hit is not None,
+                "closest_conformer_torsion_rmsd_deg": min(conf_rmsd[r]) if conf_rmsd[r] else None}
+        if hit is not None:
+            rank, m, rms = hit
+            rec = land.meta["minimum_conformers"][m.id]
+            form.update({"rank": rank, "gap_kjmol": m.energy_kjmol - land.minima[0].energy_kjmol, "rms": rms,
+                         "space_group": m.space_group, "match_conformer": rec["conformer"],
+                         "match_relaxed": rec["relaxed"],
+                         "match_torsion_rmsd_deg": torsion_rmsd(ens.torsions, exp_sets[r], rec["torsions_deg"]),
+                         "E_latt_kjmol": m.energy_kjmol, "E_latt_no_intra_kjmol": m.energy_kjmol - rec["intra_kjmol"],
+                         "intra_kjmol": rec["intra_kjmol"]})
+        if r in X23_REFERENCE:
+            form["E_latt_X23_kjmol"] = X23_REFERENCE[r]
+        row["forms"].append(form)
     _log(progress_path, {"step": "search", **row})
     return row
 
 
-def x23_at_experiment(name: str, charges: str, progress_path: Path) -> dict:
+def x23_at_experiment(name: str, smiles: str, charges: str, progress_path: Path) -> dict:
     """E_latt at the X23 crystal geometry and after a rigid-body + cell relaxation from it (W99 +
     Ewald, charges fitted to the crystal molecule), with and without the intramolecular term:
     the GFN2-xTB energy of the crystal molecule (its PBE+TS geometry as it is) above the GFN2-xTB
@@ -161,7 +203,7 @@ def x23_at_experiment(name: str, charges: str, progress_path: Path) -> dict:
                             charge_method=charges, cache_key=f"x23:{name}")
     mol = crystal.molecule
     out = relax_rigid(LatticeEnergyModel(mol), crystal)
-    ens = build_ensemble(SYSTEMS[name][0], charges="none")
+    ens = build_ensemble(smiles, charges="none")
     intra_model = IntramolecularModel(mol.symbols, ens.reference_energy_kjmol)
     intra = intra_model.energy_and_grad(mol.coords_A)[0]
     relaxed = gfn2_relaxed_geometry(mol.symbols, mol.coords_A, what=name)
@@ -218,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampling", choices=("converged", "fixed"), default=DEFAULTS["sampling"])
     ap.add_argument("--space-groups", default=DEFAULTS["space_groups"],
                     help="override the per-system space groups (comma-separated) for a short run")
+    ap.add_argument("--workers", type=int, default=DEFAULTS["workers"],
+                    help="CSP worker processes (local Ray when > 1, as crystal-agent csp --workers)")
     ap.add_argument("--relax-top", type=int, default=DEFAULTS["relax_top"],
                     help="lowest minima relaxed with free torsions (run_flexible_csp relax_top)")
     ap.add_argument("--x23-only", action="store_true",
@@ -225,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown or args.n_trials < 1 or args.throughput_trials < 0:
+    if unknown or args.n_trials < 1 or args.throughput_trials < 0 or args.workers < 1:
         print(f"csp_flexible: error: unknown systems {unknown} or bad counts (known: {', '.join(SYSTEMS)})",
               file=sys.stderr)
         return 2
@@ -236,18 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     progress_path = results / f"{stem}_progress.jsonl"
     rows = [] if args.x23_only else [run_system(s, args, progress_path) for s in systems]
-    x23 = [x23_at_experiment(s, args.charges, progress_path) for s in systems if s in X23_REFERENCE]
+    x23 = [x23_at_experiment(r, SYSTEMS[s][0], args.charges, progress_path)
+           for s in systems for r in SYSTEMS[s][3] if r in X23_REFERENCE]
     tp = throughput(args, progress_path) if args.throughput_trials and not args.x23_only else None
     print(f"\nFlexible CSP from SMILES ({args.charges} charges per conformer; energies kJ/mol per molecule, "
           "W99 + Ewald + GFN2-xTB intramolecular rel. to the gas-phase global minimum)")
-    print(f"{'system':15s} {'trials':>7s} {'conf':>4s} {'found':>5s} {'rank':>4s} {'gap':>6s} {'tRMSD ens':>9s} "
-          f"{'tRMSD min':>9s} {'E_latt':>8s} {'E_noIntra':>9s} {'X23':>7s} {'CPU s':>8s}")
+    print(f"{'system/form':22s} {'trials':>7s} {'conf':>4s} {'found':>5s} {'rank':>4s} {'gap':>6s} {'tRMSD ens':>9s} "
+          f"{'tRMSD min':>9s} {'E_latt':>8s} {'E_noIntra':>9s} {'X23':>7s} {'CPU s':>7s} {'wall s':>7s}")
     for r in rows:
-        f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
-        print(f"{r['system']:15s} {r['n_trials']:7d} {r['n_conformers']:4d} {str(r['found']):>5s} "
-              f"{f('rank', '4d'):>4s} {f('gap_kjmol', '6.2f'):>6s} {r['closest_conformer_torsion_rmsd_deg']:9.1f} "
-              f"{f('match_torsion_rmsd_deg', '9.1f'):>9s} {f('E_latt_kjmol', '8.2f'):>8s} "
-              f"{f('E_latt_no_intra_kjmol', '9.2f'):>9s} {f('E_latt_X23_kjmol', '7.1f'):>7s} {r['cpu_s']:8.0f}")
+        for fm in r["forms"]:
+            f = lambda k, fmt: format(fm[k], fmt) if fm.get(k) is not None else "-"  # noqa: E731
+            print(f"{fm['reference']:22s} {r['n_trials']:7d} {r['n_conformers']:4d} {str(fm['found']):>5s} "
+                  f"{f('rank', '4d'):>4s} {f('gap_kjmol', '6.2f'):>6s} {f('closest_conformer_torsion_rmsd_deg', '9.1f'):>9s} "
+                  f"{f('match_torsion_rmsd_deg', '9.1f'):>9s} {f('E_latt_kjmol', '8.2f'):>8s} "
+                  f"{f('E_latt_no_intra_kjmol', '9.2f'):>9s} {f('E_latt_X23_kjmol', '7.1f'):>7s} "
+                  f"{r['cpu_s']:7.0f} {r['wall_s']:7.0f}")
     for r in x23:
         print(f"\nX23 {r['system']} ({r['charges']} charges), kJ/mol per molecule: W99+Ewald at the X23 geometry "
               f"{r['E_inter_at_x23_kjmol']:.1f}, rigid-relaxed {r['E_inter_relaxed_kjmol']:.1f}; + GFN2-xTB "

@@ -17,10 +17,13 @@
    frame, W99 types) with its own charges (``"resp"``: HF/6-31G* ESP fit per conformer,
    cached by geometry in the charge cache; ``"xtb"``; ``"none"``).
 
-The number of rotatable bonds (the rigidity rule of :mod:`sim_backends.csp.rigid`) is
-limited by ``max_rotatable_bonds`` (default :data:`MAX_ROTATABLE_BONDS_DEFAULT`): the
-conformer space and the trials needed grow quickly with it, so a molecule beyond the limit
-is refused with a one-line :class:`~sim_backends.base.SetupError` unless the limit is raised.
+Flexible bonds (:func:`count_flexible_bonds`) are the rotatable bonds of the rigidity rule of
+:mod:`sim_backends.csp.rigid` plus the cross-conjugated links of :func:`cross_conjugated_bonds`
+(the C(aryl)-N bond of an anilide such as paracetamol, the O-aryl bond of an aryl ester such
+as aspirin). Their number is limited by ``max_rotatable_bonds`` (default
+:data:`MAX_ROTATABLE_BONDS_DEFAULT`): the conformer space and the trials needed grow quickly
+with it, so a molecule beyond the limit is refused with a one-line
+:class:`~sim_backends.base.SetupError` unless the limit is raised.
 
 Importing this module is cheap; rdkit and tblite are imported inside functions.
 """
@@ -79,7 +82,7 @@ class ConformerEnsemble:
         reference_energy_kjmol: total GFN2-xTB energy of the global minimum, kJ/mol (the zero
             of every intramolecular energy of this ensemble).
         window_kjmol: energy window applied.
-        n_rotatable: rotatable bonds by the rigidity rule of :mod:`sim_backends.csp.rigid`.
+        n_rotatable: flexible bonds (:func:`count_flexible_bonds`).
         n_embedded: ETKDG conformers embedded; ``n_unique``: unique after GFN2-xTB relaxation.
     """
 
@@ -108,6 +111,47 @@ class ConformerEnsemble:
     def summary(self) -> list[dict[str, Any]]:
         """JSON-able list of the conformers (index, energy, torsions, charges)."""
         return [c.to_dict() for c in self.conformers]
+
+
+#: an acyclic single bond from an sp2/aromatic carbon that is not itself a carbonyl, imine or
+#: thiocarbonyl carbon to an N or O whose lone pair is conjugated with a C=O / C=S on its other side
+_CROSS_CONJUGATED_SMARTS = ("[#6;X3,a;!$([#6]=[O,S,N])]-!@"
+                            "[$([NX3]-!@[CX3]=[O,S]),$([OX2]-!@[CX3]=[O,S])]")
+
+
+def cross_conjugated_bonds(mol: Any) -> list[tuple[int, int]]:
+    """Cross-conjugated links of an RDKit molecule: (carbon, heteroatom) atom pairs.
+
+    Rule: an acyclic single bond between an sp2 or aromatic carbon (not a C=O, C=N or C=S
+    carbon) and an amide/carbamate/urea nitrogen or an ester oxygen whose lone pair is
+    conjugated with a carbonyl (or thiocarbonyl) on its other side. The heteroatom shares its
+    lone pair between two pi acceptors; the amide/ester resonance keeps the C(=O)-X bond
+    planar (barriers of about 60-80 kJ/mol, not counted), so the link to the carbon side is
+    only weakly conjugated: its torsion is soft and crystal packing sets it (acetanilides and
+    paracetamol crystallise with C(aryl)-N torsions from about 0 to 40 degrees, aspirin's
+    ester O-aryl torsion is far from planar). The rigidity rule of
+    :mod:`sim_backends.csp.rigid` skips these bonds as conjugated (or, for an NH amide, as
+    amide bonds), so they are added here. Directly conjugated links (aryl-C(=O), the C-C of
+    oxalic acid, butadiene, anisole's O-aryl) are not counted: their planar conformers sit
+    behind barriers that packing rarely overcomes, as the rigidity rule argues.
+    """
+    from rdkit import Chem
+
+    pattern = Chem.MolFromSmarts(_CROSS_CONJUGATED_SMARTS)
+    out = []
+    for c, x in mol.GetSubstructMatches(pattern):
+        bond = mol.GetBondBetweenAtoms(c, x)
+        if bond is not None and bond.GetBondType() == Chem.BondType.SINGLE and not bond.IsInRing():
+            out.append((c, x))
+    return sorted(set(out))
+
+
+def count_flexible_bonds(mol: Any) -> int:
+    """Rotatable bonds of the rigidity rule plus the cross-conjugated links
+    (:func:`cross_conjugated_bonds`): the count ``flexible="auto"`` and ``max_rotatable_bonds`` use."""
+    from sim_backends.csp.rigid import count_rotatable_bonds
+
+    return count_rotatable_bonds(mol) + len(cross_conjugated_bonds(mol))
 
 
 def _polar_heavy_mol(molh: Any) -> Any:
@@ -156,7 +200,7 @@ def build_ensemble(
     from sim_backends.csp.charges import compute_charges
     from sim_backends.csp.forcefield import bond_graph
     from sim_backends.csp.intramolecular import IntramolecularModel
-    from sim_backends.csp.rigid import RigidMolecule, count_rotatable_bonds, gfn2_relaxed_geometry, principal_frame
+    from sim_backends.csp.rigid import RigidMolecule, gfn2_relaxed_geometry, principal_frame
     from sim_backends.molecule import validate_smiles
 
     for name, value, lo in (("n_embed", n_embed, 1), ("max_conformers", max_conformers, 1),
@@ -170,7 +214,7 @@ def build_ensemble(
         raise SetupError(f"unknown charge method {charges!r}; use 'resp', 'xtb' or 'none'")
     canonical = validate_smiles(smiles)
     mol = Chem.MolFromSmiles(canonical)
-    n_rot = count_rotatable_bonds(mol)
+    n_rot = count_flexible_bonds(mol)
     if n_rot > max_rotatable_bonds:
         raise SetupError(f"{canonical}: {n_rot} rotatable bonds, above the limit max_rotatable_bonds="
                          f"{max_rotatable_bonds} (raise it to search this molecule)")

@@ -327,8 +327,10 @@ def run_flexible_csp(
         cpu_search += float(land.meta.get("minimise_cpu_s", 0.0)) + float(land.meta.get("trials_cpu_s", 0.0))
         n_minimised += int(land.meta.get("n_minimised", 0))
         n_converged += int(land.meta.get("n_converged", 0))
+        conv = land.meta.get("convergence", {})
         conf_meta.append({**conf.to_dict(), "n_trials": int(land.meta.get("n_trials", n_k)),
-                          "n_trials_budget": int(n_k), "n_unique_minima": len(land)})
+                          "n_trials_budget": int(n_k), "n_unique_minima": len(land),
+                          "stopped_by": conv.get("stopped_by"), "converged": conv.get("converged")})
         for m in land.minima:
             cands.append(Candidate(m.energy_kjmol + conf.energy_kjmol, m.density_gcm3, m.structure,
                                    {"search_space_group": m.search_space_group, "z": m.z, "conformer": conf.index,
@@ -413,9 +415,9 @@ def flexible_smiles(smiles_or_molecule: Any, flexible: str = "auto") -> str | No
     """The SMILES to search as a flexible molecule, or None for the rigid-molecule path.
 
     ``"auto"``: a SMILES string (not a file, not a molecule object) with at least one
-    rotatable bond (:func:`~sim_backends.csp.rigid.count_rotatable_bonds`); ``"always"``: any
-    SMILES string (e.g. paracetamol, whose N-aryl torsion and O-H rotamers the rigidity rule
-    does not count); ``"rigid"``: never.
+    flexible bond (:func:`~sim_backends.csp.conformers.count_flexible_bonds`: the rotatable
+    bonds of the rigidity rule plus cross-conjugated links such as paracetamol's C(aryl)-N
+    anilide bond); ``"always"``: any SMILES string; ``"rigid"``: never.
 
     Raises:
         ValueError: unknown mode (one line).
@@ -429,7 +431,7 @@ def flexible_smiles(smiles_or_molecule: Any, flexible: str = "auto") -> str | No
         return None
     from rdkit import Chem, RDLogger
 
-    from sim_backends.csp.rigid import count_rotatable_bonds
+    from sim_backends.csp.conformers import count_flexible_bonds
 
     RDLogger.DisableLog("rdApp.*")
     try:
@@ -438,7 +440,7 @@ def flexible_smiles(smiles_or_molecule: Any, flexible: str = "auto") -> str | No
         RDLogger.EnableLog("rdApp.*")
     if mol is None:
         return None  # the rigid path reports the invalid input
-    return text if flexible == "always" or count_rotatable_bonds(mol) > 0 else None
+    return text if flexible == "always" or count_flexible_bonds(mol) > 0 else None
 
 
 def conformer_lines(landscape: Landscape) -> list[str]:
