@@ -20,7 +20,7 @@ On-disk layouts (:meth:`Landscape.read` detects which):
   minimum, kJ/mol per molecule) and/or ``E_<L>_kJmol_per_mol`` (absolute); optional
   ``connectivity_ok_<L>``, ``experimental_match`` (non-empty for a structure matching an
   observed crystal), ``density_gcm3``, ``space_group``, ``space_group_number``,
-  ``search_space_group``, ``z``, ``multiplicity``. ``<NAME>_<L>.extxyz``: one frame per
+  ``search_space_group``, ``z``, ``z_prime``, ``multiplicity``. ``<NAME>_<L>.extxyz``: one frame per
   structure relaxed at level ``L``, exact P1 cells, ``info`` with ``id``, ``Z``
   (molecules per cell) and ``connectivity_ok``. Optional ``levels.json`` (``{"cheap":
   L0, "expensive": L1 | [L1, ...]}``) orders the levels; ``run.json`` holds the run
@@ -85,6 +85,8 @@ class LandscapeEntry:
         density_gcm3, space_group, space_group_number: of the structure, if known.
         search_space_group: the group a CSP trial was generated and minimised in.
         z: molecules in the stored cell.
+        z_prime: independent molecules (Z' = z / symmetry operations of the cell; 0.5 for a
+            molecule on an inversion centre), None where not recorded.
         multiplicity: CSP trials that ended in this minimum.
         structure: the crystal as a pymatgen ``Structure`` ...
         cif: ... or as CIF text ...
@@ -101,7 +103,8 @@ class LandscapeEntry:
                  z: int = 1, multiplicity: int = 1, structure: Structure | None = None, *,
                  cif: str | None = None, atoms: Atoms | None = None,
                  free_energy_kjmol: float | None = None, energies: dict[str, float] | None = None,
-                 geometries: dict[str, Any] | None = None, observed: bool = False) -> None:
+                 geometries: dict[str, Any] | None = None, observed: bool = False,
+                 z_prime: float | None = None) -> None:
         if sum(x is not None for x in (structure, cif, atoms)) != 1:
             raise ValueError(f"entry {id}: give exactly one of structure, cif, atoms")
         self.id = str(id)
@@ -111,6 +114,7 @@ class LandscapeEntry:
         self.space_group_number = int(space_group_number)
         self.search_space_group = search_space_group
         self.z = int(z)
+        self.z_prime = None if z_prime is None or not math.isfinite(float(z_prime)) else float(z_prime)
         self.multiplicity = int(multiplicity)
         self.free_energy_kjmol = None if free_energy_kjmol is None else float(free_energy_kjmol)
         self.energies = dict(energies or {})
@@ -192,6 +196,8 @@ class LandscapeEntry:
             "search_space_group": self.search_space_group, "z": int(self.z),
             "multiplicity": int(self.multiplicity),
         }
+        if self.z_prime is not None:
+            d["z_prime"] = self.z_prime
         if with_cif:
             d["cif"] = self.cif()
         return d
@@ -208,7 +214,7 @@ class LandscapeEntry:
         return cls(str(record["id"]), float(record["energy_kjmol"]), num("density_gcm3", math.nan),
                    record.get("space_group") or "", int(num("space_group_number", 0)),
                    record.get("search_space_group") or "", int(num("z", 1)), int(num("multiplicity", 1)),
-                   cif=record["cif"])
+                   cif=record["cif"], z_prime=num("z_prime", math.nan))
 
     def output_cif(self, smiles: str = "", e_min_kjmol: float | None = None,
                    level_of_theory: str | None = None) -> str:
@@ -471,7 +477,8 @@ class Landscape:
                 geometries={lv: frames[lv][sid] for lv in levels[1:]},
                 free_energy_kjmol=None if row.get("free_energy_kjmol") in (None, "")
                 else float(row["free_energy_kjmol"]),
-                observed=bool(str(row.get("experimental_match", "") or "").strip())))
+                observed=bool(str(row.get("experimental_match", "") or "").strip()),
+                z_prime=_num(row.get("z_prime"))))
         if not entries:
             raise LandscapeError(f"{csv_path.name}: no usable structures")
         if dropped:
@@ -538,7 +545,7 @@ class Landscape:
         for lv in keys:
             cols += [f"E_{lv}_kJmol_per_mol", f"dE_{lv}_kJmol_per_mol"]
         cols += ["free_energy_kjmol", "density_gcm3", "space_group", "space_group_number",
-                 "search_space_group", "z", "multiplicity", "experimental_match", "cif"]
+                 "search_space_group", "z", "z_prime", "multiplicity", "experimental_match", "cif"]
         with open(out / "landscape.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(cols)
@@ -550,7 +557,7 @@ class Landscape:
                     e = m.energy_kjmol if lv == keys[0] else m.energies.get(lv)
                     row += [_fmt(e), _fmt(rel[lv][k])]
                 row += [_fmt(m.free_energy_kjmol), _fmt(m.density_gcm3), m.space_group,
-                        m.space_group_number, m.search_space_group, m.z, m.multiplicity,
+                        m.space_group_number, m.search_space_group, m.z, _fmt(m.z_prime), m.multiplicity,
                         "observed" if m.observed else "", f"cif/{m.id}.cif"]
                 w.writerow(row)
         self.write_energies(out / "cif" / "energies.csv")

@@ -3,6 +3,7 @@
     crystal-agent csp SMILES_OR_FILE [--n-trials N] [--sampling converged|fixed]
                       [--space-groups P2_1/c,P-1] [--out DIR] [--seed S] [--json]
                       [--charges resp|xtb] [--workers W] [--energy-window E] [--max-trials M]
+                      [--z-prime 1|2|1,2]
 
 ``--n-trials`` is the trial budget (default :data:`DEFAULT_TRIAL_BUDGET`): with the default
 converged sampling the search stops earlier when every space group's low-energy region
@@ -67,6 +68,9 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
                         "SMILES is; rigid: never (rotatable bonds refused)")
     p.add_argument("--max-rotatable-bonds", type=int, default=None,
                    help="refuse flexible molecules with more rotatable bonds (default 4)")
+    p.add_argument("--z-prime", default="1",
+                   help="Z' values searched: 1 (default), 2 or 1,2; Z'=2 (two independent molecules) "
+                        "runs in the given --space-groups, or by default in P2_1/c, P-1, P2_12_12_1, P2_1")
     p.add_argument("--top", type=int, default=15, help="rows printed in the table")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_csp_command, csp_executor_factory=executor_factory)
@@ -80,7 +84,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
 
     from sim_backends.base import BackendError
     from sim_backends.csp.run import MAX_TRIALS_DEFAULT, run_csp, validate_csp_arguments
-    from sim_backends.csp.spacegroups import parse_space_groups
+    from sim_backends.csp.spacegroups import parse_space_groups, parse_z_prime
 
     try:
         max_trials = MAX_TRIALS_DEFAULT if args.max_trials is None else args.max_trials
@@ -95,6 +99,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
         if args.top < 0:
             raise ValueError(f"--top must be >= 0, got {args.top}")
         parse_space_groups(args.space_groups)
+        parse_z_prime(args.z_prime)
         if args.out is not None:
             _check_out_dir(Path(args.out))
         with (factory or _in_process)(args.workers) as executor:
@@ -104,6 +109,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
                 progress=not args.json and sys.stderr.isatty(), executor=executor,
                 charges=args.charges, max_trials=max_trials, sampling=args.sampling,
                 flexible=args.flexible, max_rotatable_bonds=args.max_rotatable_bonds,
+                z_prime=args.z_prime,
             )
     except (ValueError, BackendError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -129,12 +135,12 @@ def run_csp_command(args: argparse.Namespace) -> int:
                         f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{landscape.meta.get('level', FF_LEVEL)}, "
                         f"{landscape.meta.get('charge_method')} charges")
     for col in ("id", "E_latt (kJ/mol per molecule)", "dE (kJ/mol per molecule)", "density (g/cm3)",
-                "space group", "searched in", "Z", "mult"):
+                "space group", "searched in", "Z", "Z'", "mult"):
         table.add_column(col, justify="right")
     for m in landscape.minima[: args.top]:
         table.add_row(m.id, f"{m.energy_kjmol:.2f}", f"{m.energy_kjmol - e0:.2f}",
                       f"{m.density_gcm3:.3f}", m.space_group, m.search_space_group, str(m.z),
-                      str(m.multiplicity))
+                      "?" if m.z_prime is None else f"{m.z_prime:g}", str(m.multiplicity))
     Console().print(table)
     if landscape.meta.get("flexible"):
         from sim_backends.csp.flexible import conformer_lines

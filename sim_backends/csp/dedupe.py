@@ -83,13 +83,27 @@ def heavy_atoms(structure: Structure, n_molecules: int | None = None, keep_h: bo
 def detect_space_group(structure: Structure, symprec: float = 0.1,
                        angle_tolerance: float = 5.0) -> tuple[str, int]:
     """(Hermann-Mauguin symbol, number) of ``structure`` found by spglib, ("P1", 1) on failure."""
+    return detect_symmetry(structure, 1, symprec, angle_tolerance)[:2]
+
+
+def detect_symmetry(structure: Structure, n_molecules: int, symprec: float = 0.1,
+                    angle_tolerance: float = 5.0) -> tuple[str, int, float]:
+    """(symbol, number, Z') of a crystal of ``n_molecules`` molecules in its cell.
+
+    Z' = molecules in the cell / symmetry operations of the cell (spglib, centring and other
+    pure translations of the cell included): 1 for one molecule in a general position, 2 for
+    two independent ones, 0.5 for a molecule on an inversion centre. ("P1", 1, n_molecules)
+    on failure.
+    """
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     try:
         sga = SpacegroupAnalyzer(structure, symprec=symprec, angle_tolerance=angle_tolerance)
-        return sga.get_space_group_symbol(), int(sga.get_space_group_number())
+        data = sga.get_symmetry_dataset()
+        n_ops = len(data["rotations"] if isinstance(data, dict) else data.rotations)
+        return sga.get_space_group_symbol(), int(sga.get_space_group_number()), n_molecules / max(n_ops, 1)
     except Exception:  # noqa: BLE001 - spglib failures just mean "no symmetry found"
-        return "P1", 1
+        return "P1", 1, float(n_molecules)
 
 
 @dataclass

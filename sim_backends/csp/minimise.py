@@ -15,6 +15,13 @@ Angstrom, which keeps the optimiser's curvature estimates well conditioned):
 * a rotation vector times the molecular radius, applied on the left of the trial
   orientation (``R = exp([w]x) R0``).
 
+With Z' > 1 independent molecules (same rigid molecule) the centre and rotation
+variables repeat per molecule (cell, angles, centre 1, rotation 1, centre 2, ...); the
+molecules' images are concatenated (all Z images of molecule 0, then molecule 1's), the
+pair energy is summed over the whole cell (no symmetry-adapted sum: the molecules are not
+all images of one), and the compiled variable map is applied per molecule with the cell
+gradient summed over them. Energies stay per molecule (the cell's Z Z' molecules).
+
 Coordinates are built from these with the space-group operations
 (:func:`~sim_backends.csp.trials.molecule_coords`), so symmetry is kept exactly and
 gradients come from autograd through the energy model -- or, for models with the
@@ -82,10 +89,10 @@ class MinimisedSet:
     Attributes:
         space_group: the group searched.
         cell_params: (B, 6) a, b, c (A), alpha, beta, gamma (degrees).
-        centre_frac: (B, 3) fractional centre of the reference molecule.
-        rotation: (B, 3, 3) body-to-Cartesian rotation of the reference molecule.
+        centre_frac: (B, 3) fractional centre of the reference molecule ((B, Z', 3) for Z' > 1).
+        rotation: (B, 3, 3) body-to-Cartesian rotation of the reference molecule ((B, Z', 3, 3)).
         cells_A: (B, 3, 3) lattice vectors as rows.
-        coords_A: (B, Z, n_atoms, 3) Cartesian coordinates.
+        coords_A: (B, Z Z', n_atoms, 3) Cartesian coordinates.
         energy_kjmol: (B,) lattice energy per molecule (+ pV/Z if a pressure was set).
         max_grad: (B,) final max |gradient| in scaled variables (kJ/mol per ~A).
         n_iter: (B,) accepted iterations.
@@ -117,7 +124,7 @@ class MinimisedSet:
     def density_gcm3(self) -> np.ndarray:
         """(B,) densities (needs ``mass_amu`` set by :func:`attach_mass`)."""
         vol = np.abs(np.linalg.det(self.cells_A))
-        return self.space_group.z * self.mass_amu / vol * 1.66053906660
+        return self.coords_A.shape[1] * self.mass_amu / vol * 1.66053906660
 
     mass_amu: float = 0.0
     state: dict[str, np.ndarray] | None = None
@@ -143,18 +150,21 @@ class CrystalVariables:
             cell sum's, with Z^2/2 molecule-pair blocks replaced by Z - 1/2), and add the
             rigid molecule's intramolecular Coulomb correction as the constant it is.
             ``False`` evaluates the whole cell and every term, as a generic optimiser calling
-            the model on the P1 coordinates would.
+            the model on the P1 coordinates would. With ``z_prime`` > 1 the pair sum is the
+            whole cell's either way (the rigid intramolecular constant is still used).
+        z_prime: independent molecules in the asymmetric unit (module docstring).
     """
 
     def __init__(self, space_group: SpaceGroup, molecule: Any, model: LatticeEnergyModel,
-                 pressure_gpa: float = 0.0, symmetry_adapted: bool = True) -> None:
+                 pressure_gpa: float = 0.0, symmetry_adapted: bool = True, z_prime: int = 1) -> None:
         import torch
 
         self.sg = space_group
         self.model = model
         self.free_angles = [k - 3 for k in space_group.free_cell_parameters if k >= 3]
         self.body = torch.tensor(np.array(molecule.coords_A, dtype=float))
-        self.len_scale = float(np.cbrt(space_group.z * molecular_volume_A3(molecule.symbols)))
+        self.z_prime = int(z_prime)
+        self.len_scale = float(np.cbrt(space_group.z * self.z_prime * molecular_volume_A3(molecule.symbols)))
         self.ang_scale = self.len_scale * _ANGLE_HALF_RANGE
         self.rot_scale = max(1.0, float(self.body.norm(dim=1).max()))
         self._body_np = np.ascontiguousarray(self.body.numpy())
@@ -163,25 +173,48 @@ class CrystalVariables:
         self._ops_t = np.ascontiguousarray(space_group.translations, dtype=np.float64)
         self.pressure_gpa = float(pressure_gpa)
         self.symmetry_adapted = bool(symmetry_adapted)
-        self.n_var = 3 + len(self.free_angles) + 3 + 3
+        #: index of the first molecular variable (after the cell lengths and free angles)
+        self.k_mol = 3 + len(self.free_angles)
+        self.n_var = self.k_mol + 6 * self.z_prime
 
     def encode(self, trials: TrialSet) -> tuple[np.ndarray, np.ndarray]:
-        """Trial set -> (x (B, n_var), R0 (B, 3, 3))."""
+        """Trial set -> (x (B, n_var), R0 (B, 3, 3); (B, Z', 3, 3) for Z' > 1)."""
         import torch
 
+        if trials.z_prime != self.z_prime:
+            raise ValueError(f"trials have Z' = {trials.z_prime}, the variables Z' = {self.z_prime}")
         p = trials.cell_params
         parts = [self.len_scale * np.log(p[:, :3])]
         if self.free_angles:
             ang = np.deg2rad(p[:, [3 + k for k in self.free_angles]])
             t = np.clip((ang - math.pi / 2) / _ANGLE_HALF_RANGE, -0.999, 0.999)
             parts.append(self.ang_scale * np.arctanh(t))
-        parts.append(self.len_scale * trials.centre_frac)
-        parts.append(np.zeros((len(p), 3)))
-        r0 = rotation_from_quaternion(torch.as_tensor(trials.quaternions, dtype=torch.float64))
-        return np.concatenate(parts, 1), r0.numpy()
+        centre = np.asarray(trials.centre_frac, dtype=float).reshape(len(p), self.z_prime, 3)
+        for j in range(self.z_prime):
+            parts.append(self.len_scale * centre[:, j])
+            parts.append(np.zeros((len(p), 3)))
+        quat = torch.as_tensor(np.asarray(trials.quaternions, dtype=float).reshape(-1, 4))
+        r0 = rotation_from_quaternion(quat).numpy()
+        r0 = r0 if self.z_prime == 1 else r0.reshape(len(p), self.z_prime, 3, 3)
+        return np.concatenate(parts, 1), r0
+
+    def molecule_x(self, x: np.ndarray, j: int) -> np.ndarray:
+        """The Z' = 1 variable vector (cell, centre, rotation) of independent molecule ``j``."""
+        k = self.k_mol
+        return np.ascontiguousarray(np.concatenate([x[:, :k], x[:, k + 6 * j:k + 6 * j + 6]], 1))
+
+    def coords(self, cell: torch.Tensor, centre: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+        """Coordinates (B, Z Z', n, 3) of :meth:`decode`'s cell, centres and rotations."""
+        import torch
+
+        if self.z_prime == 1:
+            return molecule_coords(self.sg, cell, centre, rot, self.body)
+        return torch.cat([molecule_coords(self.sg, cell, centre[:, j], rot[:, j], self.body)
+                          for j in range(self.z_prime)], 1)
 
     def decode(self, x: torch.Tensor, r0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, n_var) -> cell params (B, 6; radians), cells (B,3,3), centre (B,3), rotation (B,3,3)."""
+        """(B, n_var) -> cell params (B, 6; radians), cells (B,3,3), centre (B,3), rotation (B,3,3)
+        (for Z' > 1 centres (B, Z', 3) and rotations (B, Z', 3, 3))."""
         import torch
 
         n = x.shape[0]
@@ -193,10 +226,14 @@ class CrystalVariables:
             free = math.pi / 2 + _ANGLE_HALF_RANGE * torch.tanh(x[:, k:k + m] / self.ang_scale)
             angles = angles.index_put((torch.arange(n)[:, None], torch.tensor(self.free_angles)[None]), free)
             k += m
-        centre = x[:, k:k + 3] / self.len_scale
-        w = x[:, k + 3:k + 6] / self.rot_scale
-        rot = _rodrigues(w) @ r0
         params = torch.cat([lengths, angles], 1)
+        if self.z_prime == 1:
+            centre = x[:, k:k + 3] / self.len_scale
+            w = x[:, k + 3:k + 6] / self.rot_scale
+            return params, cell_matrix(params), centre, _rodrigues(w) @ r0
+        centre = torch.stack([x[:, k + 6 * j:k + 6 * j + 3] for j in range(self.z_prime)], 1) / self.len_scale
+        rot = torch.stack([_rodrigues(x[:, k + 6 * j + 3:k + 6 * j + 6] / self.rot_scale) @ r0[:, j]
+                           for j in range(self.z_prime)], 1)
         return params, cell_matrix(params), centre, rot
 
     def energy(self, x: torch.Tensor, r0: torch.Tensor) -> torch.Tensor:
@@ -204,7 +241,7 @@ class CrystalVariables:
         import torch
 
         _, cell, centre, rot = self.decode(x, r0)
-        coords = molecule_coords(self.sg, cell, centre, rot, self.body)
+        coords = self.coords(cell, centre, rot)
         vol = torch.linalg.det(cell)
         ok = torch.isfinite(vol) & (vol > 1.0) & torch.isfinite(coords).flatten(1).all(1)
         out = torch.full((x.shape[0],), math.inf, dtype=x.dtype)
@@ -212,7 +249,7 @@ class CrystalVariables:
             idx = ok.nonzero().squeeze(1)
             e = self.model.energy_kjmol(cell[idx], coords[idx]).to(x.dtype)
             if self.pressure_gpa:
-                e = e + self.pressure_gpa * vol[idx] / self.sg.z * GPA_A3_TO_KJMOL
+                e = e + self.pressure_gpa * vol[idx] / (self.sg.z * self.z_prime) * GPA_A3_TO_KJMOL
             out = out.index_put((idx,), e)
         return out
 
@@ -272,6 +309,8 @@ class CrystalVariables:
         """
         from sim_backends.csp import varmap
 
+        if self.z_prime > 1:
+            return self._energy_and_grad_zprime(x, r0)
         n = x.shape[0]
         consts = (self._free_np, self.len_scale, self.ang_scale, self.rot_scale)
         state = varmap.forward(x, r0, *consts, self._ops_w, self._ops_t, self._body_np)
@@ -295,13 +334,51 @@ class CrystalVariables:
         grad[ok] = varmap.backward(g_cell, g_xyz, state, r0, *consts, self._ops_w, self._body_np, self.n_var)
         return energy, grad
 
+    def _energy_and_grad_zprime(self, x: np.ndarray, r0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_energy_and_grad_numpy` for Z' > 1: the compiled map of each independent
+        molecule (:meth:`molecule_x`, its own R0), the images concatenated, the whole-cell pair
+        sum, and the chain rule per molecule with the cell-variable gradients summed (dE/dcell
+        of the energy model enters once)."""
+        from sim_backends.csp import varmap
+
+        n, k = x.shape[0], self.k_mol
+        consts = (self._free_np, self.len_scale, self.ang_scale, self.rot_scale)
+        r0 = np.asarray(r0, dtype=np.float64)
+        states = [varmap.forward(self.molecule_x(x, j), np.ascontiguousarray(r0[:, j]), *consts,
+                                 self._ops_w, self._ops_t, self._body_np) for j in range(self.z_prime)]
+        cell, inv_cell, vol = states[0][0], states[0][1], states[0][5]
+        coords = np.concatenate([st[2] for st in states], 1)
+        energy = np.full(n, math.inf)
+        grad = np.zeros_like(x)
+        ok = np.isfinite(vol) & (vol > 1.0) & np.isfinite(coords).reshape(n, -1).all(1)
+        if not ok.any():
+            return energy, grad
+        idx = np.nonzero(ok)[0]
+        states = [tuple(a[idx] for a in st) for st in states]
+        e, g_cell, g_xyz = self.model.energy_and_grad_numpy(cell[idx], coords[idx], symmetric=False, rigid=True)
+        if self.pressure_gpa:
+            p_v = self.pressure_gpa * GPA_A3_TO_KJMOL / (self.sg.z * self.z_prime)
+            e = e + p_v * vol[idx]
+            g_cell = g_cell + p_v * vol[idx][:, None, None] * inv_cell[idx].transpose(0, 2, 1)
+        energy[ok] = e
+        z = self.sg.z
+        g = np.zeros((len(idx), self.n_var))
+        for j, st in enumerate(states):
+            g_cell_j = g_cell if j == 0 else np.zeros_like(g_cell)
+            gj = varmap.backward(g_cell_j, np.ascontiguousarray(g_xyz[:, j * z:(j + 1) * z]), st,
+                                 np.ascontiguousarray(r0[idx, j]), *consts, self._ops_w, self._body_np, k + 6)
+            g[:, :k] += gj[:, :k]
+            g[:, k + 6 * j:k + 6 * j + 6] = gj[:, k:]
+        grad[ok] = g
+        return energy, grad
+
     def finish(self, x: np.ndarray, r0: np.ndarray) -> dict[str, np.ndarray]:
         """Cell parameters (degrees), cells, centres, rotations and coordinates at x."""
         import torch
 
         with torch.no_grad():
             p, cell, centre, rot = self.decode(torch.as_tensor(x), torch.as_tensor(r0))
-            coords = molecule_coords(self.sg, cell, centre, rot, self.body)
+            coords = self.coords(cell, centre, rot)
         p = p.numpy().copy()
         p[:, 3:] = np.rad2deg(p[:, 3:])
         return {"cell_params": p, "cells_A": cell.numpy(), "centre_frac": np.mod(centre.numpy(), 1.0),
@@ -374,11 +451,13 @@ def minimise_batch(
     Returns:
         :class:`MinimisedSet` in the order of the trials.
     """
-    var = CrystalVariables(trials.space_group, molecule, model, pressure_gpa, symmetry_adapted)
+    var = CrystalVariables(trials.space_group, molecule, model, pressure_gpa, symmetry_adapted,
+                           z_prime=trials.z_prime)
     x0, r0_np = var.encode(trials)
     if warm_start is not None:
         x0, r0_np = np.asarray(warm_start["x"], dtype=float), np.asarray(warm_start["r0"], dtype=float)
-        if x0.shape != (len(trials), var.n_var) or r0_np.shape != (len(trials), 3, 3):
+        r0_shape = (len(trials), 3, 3) if var.z_prime == 1 else (len(trials), var.z_prime, 3, 3)
+        if x0.shape != (len(trials), var.n_var) or r0_np.shape != r0_shape:
             raise ValueError(f"warm_start holds {x0.shape} variables, expected ({len(trials)}, {var.n_var})")
     n, d = x0.shape
     x = np.array(x0, dtype=np.float64)
@@ -417,8 +496,10 @@ def minimise_batch(
     n_pinned = np.zeros(n, dtype=np.int64)
     groups = None
     if group_scaling:
-        k = 3 + len(var.free_angles)
-        groups = [np.arange(0, 3), np.arange(3, k), np.arange(k, k + 3), np.arange(k + 3, k + 6)]
+        k = var.k_mol
+        mol = [np.arange(k + 6 * j, k + 6 * j + 6) for j in range(var.z_prime)]
+        groups = [np.arange(0, 3), np.arange(3, k), np.concatenate([m[:3] for m in mol]),
+                  np.concatenate([m[3:] for m in mol])]
         groups = [gr for gr in groups if gr.size]
     while not done.all():
         act = np.nonzero(~done)[0]
@@ -531,9 +612,11 @@ def as_trials(res: MinimisedSet) -> TrialSet:
     """
     from scipy.spatial.transform import Rotation
 
-    quat_xyzw = Rotation.from_matrix(res.rotation).as_quat()
+    rot = np.asarray(res.rotation, dtype=float)
+    quat_xyzw = Rotation.from_matrix(rot.reshape(-1, 3, 3)).as_quat()
+    quat = quat_xyzw[:, [3, 0, 1, 2]].reshape(rot.shape[:-2] + (4,))
     return TrialSet(res.space_group, np.array(res.cell_params, dtype=float),
-                    np.array(res.centre_frac, dtype=float), quat_xyzw[:, [3, 0, 1, 2]])
+                    np.array(res.centre_frac, dtype=float), quat)
 
 
 def _two_loop(g, s, y, rho, valid, groups=None):
@@ -603,7 +686,8 @@ def minimise_scipy(
     import torch
     from scipy.optimize import minimize
 
-    var = CrystalVariables(trials.space_group, molecule, model, pressure_gpa, symmetry_adapted)
+    var = CrystalVariables(trials.space_group, molecule, model, pressure_gpa, symmetry_adapted,
+                           z_prime=trials.z_prime)
     x0, r0_np = var.encode(trials)
     xs, fs, gs, its, conv = [], [], [], [], []
     n_evals = 0

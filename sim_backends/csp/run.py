@@ -21,6 +21,14 @@ Two protocols:
   close to the full model's, which halved the stage-2 CPU on oxalic acid). All reported
   energies are full-model energies of stage-2 minima.
 
+Z' = 2 (``z_prime``): a search is a (space group, Z') pair, named by
+:func:`~sim_backends.csp.spacegroups.search_label` (``"P-1 Z'=2"``); Z' = 2 searches draw
+trials with two independent copies of the molecule (:func:`~sim_backends.csp.trials.generate_trials`),
+minimise them with the same force field and protocol, and share the convergence bookkeeping,
+dedupe and landscape with the Z' = 1 ones. Each minimum records the Z' detected in it
+(``z_prime``: a Z' = 2 trial that relaxes into a higher-symmetry Z' = 1 crystal says so) and the
+search it came from (``search_space_group``).
+
 Trial structures are drawn inside the units (workers): each unit of ``batch_size`` trials
 gets its own seeded scrambled-Sobol block (:func:`_unit_seed`), so the serial driver only
 hands out seeds, selects the stage-2 set, removes duplicates and detects symmetry.
@@ -46,7 +54,9 @@ import numpy as np
 
 from sim_backends.landscape import Landscape, LandscapeEntry
 from sim_backends.csp.sampling import ConvergenceCriteria, ConvergenceTracker
-from sim_backends.csp.spacegroups import SpaceGroup, parse_space_groups
+from sim_backends.csp.spacegroups import (
+    SpaceGroup, parse_search_label, parse_space_groups, parse_z_prime, search_labels,
+)
 from sim_backends.executor import InProcessExecutor, MapExecutor
 
 
@@ -197,9 +207,11 @@ def validate_csp_arguments(n_trials: Any, *, energy_window_kjmol: Any = 20.0, n_
         raise ValueError(f"sampling must be 'converged' or 'fixed', got {sampling!r}")
 
 
-def _unit_seed(seed: int, sg: SpaceGroup, block: int = 0) -> int:
-    """Sobol seed of trial block ``block`` of space group ``sg`` (block 0: the run's seed for it)."""
-    return (int(seed) * 1_000_003 + zlib.crc32(sg.symbol.encode()) + 7_919 * int(block)) % (2**31)
+def _unit_seed(seed: int, sg: SpaceGroup | str, block: int = 0) -> int:
+    """Sobol seed of trial block ``block`` of space group ``sg`` or search label (block 0: the
+    run's seed for it; a Z' = 1 search's label is its symbol, so the same seeds)."""
+    label = sg.symbol if isinstance(sg, SpaceGroup) else str(sg)
+    return (int(seed) * 1_000_003 + zlib.crc32(label.encode()) + 7_919 * int(block)) % (2**31)
 
 
 #: energy model of stage 1 of the staged protocol (LatticeEnergyModel keyword arguments)
@@ -222,6 +234,7 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
                   model_kwargs: dict[str, Any], min_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Minimise one batch of trials (runs in a worker; everything in/out is picklable).
 
+    ``sg_symbol`` is a space-group symbol or a search label (``"P-1 Z'=2"``).
     ``trials_arrays`` holds either the trials (``cell_params``, ``centre_frac``,
     ``quaternions``) or ``generate = [n, seed]``: draw n trials here with
     :func:`~sim_backends.csp.trials.generate_trials` (so trial generation runs in the
@@ -245,11 +258,13 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    sg = get_space_group(sg_symbol)
+    symbol, z_prime = parse_search_label(sg_symbol)
+    sg = get_space_group(symbol)
+    label = sg_symbol if z_prime > 1 else sg.symbol
     c0 = time.process_time()
     if "generate" in trials_arrays:
         n_want, unit_seed = (int(v) for v in trials_arrays["generate"])
-        trials = generate_trials(molecule, sg, n_want, seed=unit_seed)
+        trials = generate_trials(molecule, sg, n_want, seed=unit_seed, z_prime=z_prime)
     else:
         trials = TrialSet(sg, trials_arrays["cell_params"], trials_arrays["centre_frac"],
                           trials_arrays["quaternions"])
@@ -259,7 +274,7 @@ def minimise_unit(molecule: Any, sg_symbol: str, trials_arrays: dict[str, np.nda
     res = minimise_batch(trials, molecule, model, warm_start=trials_arrays.get("warm"), **min_kwargs)
     restart = as_trials(res)
     return {"energy_kjmol": res.energy_kjmol, "cells_A": res.cells_A, "coords_A": res.coords_A,
-            "converged": res.converged, "n_iter": res.n_iter, "search_space_group": sg.symbol,
+            "converged": res.converged, "n_iter": res.n_iter, "search_space_group": label,
             "cell_params": restart.cell_params, "centre_frac": restart.centre_frac,
             "quaternions": restart.quaternions, "state": res.state,
             "multiplicity": np.asarray(trials_arrays.get("multiplicity", np.ones(len(trials))), dtype=int),
@@ -291,8 +306,9 @@ def run_csp(
     convergence: dict[str, Any] | ConvergenceCriteria | None = None,
     flexible: str = "auto",
     max_rotatable_bonds: int | None = None,
+    z_prime: int | str | list[int] | None = 1,
 ) -> Landscape:
-    """Crystal structure prediction for a rigid molecule with Z' = 1.
+    """Crystal structure prediction for a rigid molecule with Z' = 1 (and Z' = 2).
 
     Args:
         smiles_or_molecule: SMILES, a molecule file (see :func:`load_molecule`) or a
@@ -334,6 +350,9 @@ def run_csp(
             intramolecular energy, torsion relaxation; the same landscape format); ``"always"``:
             every SMILES does; ``"rigid"``: never (a rotatable bond is then refused).
         max_rotatable_bonds: rotatable-bond limit of the flexible search (default 4).
+        z_prime: ``1`` (default), ``2`` or ``"1,2"``: the Z' values searched. Z' = 2 runs in the
+            given space groups, or without ``space_groups`` in
+            :data:`~sim_backends.csp.spacegroups.ZPRIME2_SPACE_GROUPS`; rigid molecules only.
 
     Returns:
         The :class:`Landscape`.
@@ -351,9 +370,13 @@ def run_csp(
         ConvergenceCriteria.from_dict(convergence)
     criteria.validate()
     groups = parse_space_groups(space_groups)
+    labels = search_labels(space_groups, z_prime)
     from sim_backends.csp.flexible import flexible_smiles, run_flexible_csp
 
     flex = flexible_smiles(smiles_or_molecule, flexible)
+    if flex is not None and parse_z_prime(z_prime) != [1]:
+        raise ValueError("Z' > 1 searches are for rigid molecules; use z_prime=1 (--z-prime 1) "
+                         "or --flexible rigid")
     if flex is not None:
         return run_flexible_csp(
             flex, n_trials, space_groups=space_groups, seed=seed, energy_window_kjmol=energy_window_kjmol,
@@ -363,11 +386,10 @@ def run_csp(
             stage2_warm_start=stage2_warm_start, max_trials=max_trials, sampling=sampling, convergence=convergence)
     t_start = time.perf_counter()
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
-    tracker = ConvergenceTracker([g.symbol for g in groups], criteria)
-    by_symbol = {g.symbol: g for g in groups}
+    tracker = ConvergenceTracker(labels, criteria)
     if sampling == "fixed":
-        plan = {g.symbol: n_trials // len(groups) + (1 if i < n_trials % len(groups) else 0)
-                for i, g in enumerate(groups)}
+        plan = {lab: n_trials // len(labels) + (1 if i < n_trials % len(labels) else 0)
+                for i, lab in enumerate(labels)}
     else:
         plan = tracker.first_round(n_trials)
     t_trials = time.perf_counter() - t_start
@@ -377,7 +399,7 @@ def run_csp(
     results: list[dict] = []
     first: list[dict] = []
     cpu_s = 0.0
-    blocks = {g.symbol: 0 for g in groups}  # Sobol blocks drawn so far per group
+    blocks = {lab: 0 for lab in labels}  # Sobol blocks drawn so far per search
     spent = 0
     executor = executor if executor is not None else InProcessExecutor()
     while plan:
@@ -386,7 +408,7 @@ def run_csp(
         for sym, n in plan.items():
             for start in range(0, n, batch_size):
                 units.append((sym, {"generate": np.array([min(batch_size, n - start),
-                                                          _unit_seed(seed, by_symbol[sym], blocks[sym])]),
+                                                          _unit_seed(seed, sym, blocks[sym])]),
                                     "unit": np.array(len(first) + len(units))}))
                 blocks[sym] += 1
         round_meta: dict[str, Any] = {"protocol": protocol}
@@ -431,7 +453,8 @@ def run_csp(
         "n_trials": int(sum(len(r["energy_kjmol"]) for r in first)),
         "n_sobol_points": int(sum(r["n_generated"] for r in first)),
         "trials_cpu_s": float(sum(r["trials_cpu_s"] for r in first)),
-        "space_groups": [g.symbol for g in groups],
+        "space_groups": [g.symbol for g in groups], "searches": labels,
+        "z_prime": parse_z_prime(z_prime),
         "seed": int(seed), "energy_window_kjmol": float(energy_window_kjmol),
         "charge_method": getattr(molecule, "charge_method", ""),
         "cutoff_A": cutoff_A, "gtol": gtol, "n_workers": int(executor.n_workers),
@@ -587,7 +610,8 @@ def _candidates(molecule, results: list[dict], e_max: float) -> list:
             vol = abs(float(np.linalg.det(r["cells_A"][i])))
             density = z * molecule.mass_amu / vol * 1.66053906660
             st = to_structure(molecule.symbols, r["cells_A"][i], r["coords_A"][i])
-            cands.append(Candidate(e, density, st, {"search_space_group": r["search_space_group"], "z": z},
+            cands.append(Candidate(e, density, st, {"search_space_group": r["search_space_group"], "z": z,
+                                                    "z_prime_search": parse_search_label(r["search_space_group"])[1]},
                                    multiplicity=int(mult[i])))
     return cands
 
@@ -604,7 +628,7 @@ def _accumulate(total: dict[str, Any], part: dict[str, Any]) -> None:
 def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float) -> Landscape:
     """Filter converged minima in the energy window, dedupe, detect symmetry."""
 
-    from sim_backends.csp.dedupe import dedupe, detect_space_group
+    from sim_backends.csp.dedupe import dedupe, detect_symmetry
 
     n_min = sum(len(r["energy_kjmol"]) for r in results)
     n_conv = int(sum(r["converged"].sum() for r in results))
@@ -612,12 +636,12 @@ def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float) 
     unique = dedupe(cands)
     minima = []
     for k, c in enumerate(unique):
-        sym, num = detect_space_group(c.structure)
+        sym, num, zp = detect_symmetry(c.structure, c.payload["z"])
         minima.append(LandscapeEntry(
             id=f"m{k + 1:04d}", energy_kjmol=c.energy_kjmol, density_gcm3=c.density_gcm3,
             space_group=sym, space_group_number=num,
             search_space_group=c.payload["search_space_group"], z=c.payload["z"],
-            multiplicity=c.multiplicity, structure=c.structure))
+            multiplicity=c.multiplicity, structure=c.structure, z_prime=zp))
     meta = {"n_minimised": n_min, "n_converged": n_conv, "n_in_window": len(cands),
             "n_unique": len(minima)}
     return Landscape(getattr(molecule, "smiles", ""), minima, meta)

@@ -165,3 +165,55 @@ def parse_space_groups(spec: str | list[str] | tuple[str, ...] | None) -> list[S
         if sg.symbol not in {o.symbol for o in out}:
             out.append(sg)
     return out
+
+
+#: space groups a Z' = 2 search uses when none are given (the four most common Z' = 2
+#: groups of organic crystals; Steed, CrystEngComm 5, 169, 2003)
+ZPRIME2_SPACE_GROUPS: tuple[str, ...] = ("P2_1/c", "P-1", "P2_12_12_1", "P2_1")
+#: largest Z' a search accepts
+MAX_Z_PRIME = 2
+_ZPRIME_TAG = " Z'="
+
+
+def parse_z_prime(spec: int | str | list[int] | tuple[int, ...] | None) -> list[int]:
+    """``2``, ``"1,2"`` or ``[1, 2]`` -> sorted distinct Z' values (None: ``[1]``).
+
+    Raises:
+        ValueError: empty, not an integer, or outside 1..:data:`MAX_Z_PRIME` (one line).
+    """
+    if spec is None:
+        return [1]
+    items = spec.split(",") if isinstance(spec, str) else ([spec] if isinstance(spec, (int, np.integer)) else spec)
+    out: set[int] = set()
+    for item in items:
+        text = str(item).strip()
+        if isinstance(item, bool) or not text.isdigit() or not 1 <= int(text) <= MAX_Z_PRIME:
+            raise ValueError(f"z_prime must be integers from 1 to {MAX_Z_PRIME} (e.g. 1,2), got {spec!r}")
+        out.add(int(text))
+    if not out:
+        raise ValueError(f"z_prime must be integers from 1 to {MAX_Z_PRIME} (e.g. 1,2), got {spec!r}")
+    return sorted(out)
+
+
+def search_label(symbol: str, z_prime: int) -> str:
+    """The name of one search: the space-group symbol for Z' = 1, ``"P-1 Z'=2"`` otherwise."""
+    return symbol if z_prime == 1 else f"{symbol}{_ZPRIME_TAG}{z_prime}"
+
+
+def parse_search_label(label: str) -> tuple[str, int]:
+    """(space-group symbol, Z') of a :func:`search_label`."""
+    symbol, _, zp = str(label).partition(_ZPRIME_TAG)
+    return symbol, int(zp) if zp else 1
+
+
+def search_labels(space_groups: str | list[str] | tuple[str, ...] | None,
+                  z_prime: int | str | list[int] | tuple[int, ...] | None = 1) -> list[str]:
+    """The searches of a run: every group at Z' = 1, and at Z' = 2 the given groups (or,
+    when none are given, :data:`ZPRIME2_SPACE_GROUPS`)."""
+    zps = parse_z_prime(z_prime)
+    groups = [g.symbol for g in parse_space_groups(space_groups)]
+    labels = []
+    for zp in zps:
+        for g in groups if zp == 1 or space_groups is not None else list(ZPRIME2_SPACE_GROUPS):
+            labels.append(search_label(g, zp))
+    return labels

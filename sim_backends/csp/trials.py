@@ -1,4 +1,4 @@
-"""Quasi-random trial crystal structures for rigid molecules (Z' = 1).
+"""Quasi-random trial crystal structures for rigid molecules (Z' = 1 or more).
 
 A trial is a point in the search space of one space group: cell parameters, the
 fractional position of the molecular centre of mass and the molecular orientation.
@@ -15,6 +15,12 @@ pseudo-random numbers:
   rest of the cell, so this covers the asymmetric unit uniformly, several times);
 * orientation: a uniform rotation from three Sobol dimensions (Shoemake, Graphics
   Gems III, 124, 1992).
+
+With ``z_prime`` = Z' > 1 the asymmetric unit holds Z' copies of the same rigid molecule,
+each with its own centre and orientation (3 + 3 Sobol dimensions each), the cell is first
+scaled to ``V = Z Z' V_mol``, and every contact test covers all Z Z' molecules. Arrays of a
+Z' > 1 trial set carry a molecule axis: centres (B, Z', 3), quaternions (B, Z', 4); Z' = 1
+keeps (B, 3) and (B, 4) and the same Sobol stream as before.
 
 Each trial is then scaled uniformly (fractional centres and orientations kept) to
 the smallest scale factor in ``scale_range`` at which no intermolecular contact is
@@ -309,8 +315,9 @@ class TrialSet:
     Attributes:
         space_group: the group; Z = ``space_group.z``.
         cell_params: (B, 6) a, b, c (Angstrom), alpha, beta, gamma (degrees).
-        centre_frac: (B, 3) fractional centre of the reference molecule.
-        quaternions: (B, 4) orientation of the reference molecule (w, x, y, z).
+        centre_frac: (B, 3) fractional centre of the reference molecule; (B, Z', 3) for
+            Z' > 1 (one per independent molecule).
+        quaternions: (B, 4) orientation of the reference molecule (w, x, y, z); (B, Z', 4).
         n_generated: Sobol points drawn to obtain these B trials.
         n_rejected: points rejected (overlap, sparse or degenerate cells).
     """
@@ -325,6 +332,11 @@ class TrialSet:
     def __len__(self) -> int:
         return int(self.cell_params.shape[0])
 
+    @property
+    def z_prime(self) -> int:
+        """Independent molecules in the asymmetric unit (1 when the centres are (B, 3))."""
+        return 1 if np.ndim(self.centre_frac) == 2 else int(np.shape(self.centre_frac)[1])
+
     def subset(self, idx: np.ndarray | slice) -> TrialSet:
         """The trials at ``idx``."""
         return TrialSet(self.space_group, self.cell_params[idx], self.centre_frac[idx],
@@ -336,20 +348,27 @@ def coords_numpy(sg: SpaceGroup, cell_params: np.ndarray, centre: np.ndarray,
     """Numpy wrapper of :func:`cell_matrix` + :func:`molecule_coords`.
 
     Args:
-        cell_params: (B, 6) with angles in degrees; centre (B, 3); quat (B, 4).
+        cell_params: (B, 6) with angles in degrees; centre (B, 3); quat (B, 4); for Z' > 1
+            centre (B, Z', 3) and quat (B, Z', 4).
 
     Returns:
-        cells (B, 3, 3) and coords (B, Z, n_atoms, 3), Angstrom.
+        cells (B, 3, 3) and coords (B, Z, n_atoms, 3), Angstrom; for Z' > 1 (B, Z' Z, n_atoms, 3),
+        the Z images of independent molecule 0 first, then those of molecule 1, ...
     """
     import torch
 
     p = torch.as_tensor(cell_params, dtype=torch.float64).clone()
     p[:, 3:] = torch.deg2rad(p[:, 3:])
     cell = cell_matrix(p)
-    rot = rotation_from_quaternion(torch.as_tensor(quat, dtype=torch.float64))
-    xyz = molecule_coords(sg, cell, torch.as_tensor(centre, dtype=torch.float64), rot,
-                          torch.tensor(np.array(body_A, dtype=float)))
-    return cell.numpy(), xyz.numpy()
+    body = torch.tensor(np.array(body_A, dtype=float))
+    centre = np.asarray(centre, dtype=float)
+    quat = np.asarray(quat, dtype=float)
+    if centre.ndim == 2:
+        centre, quat = centre[:, None], quat[:, None]
+    parts = [molecule_coords(sg, cell, torch.as_tensor(centre[:, j]),
+                             rotation_from_quaternion(torch.as_tensor(quat[:, j])), body)
+             for j in range(centre.shape[1])]
+    return cell.numpy(), torch.cat(parts, 1).numpy()
 
 
 def generate_trials(
@@ -363,6 +382,7 @@ def generate_trials(
     min_length_A: float = 2.5,
     max_draws_factor: int = 50,
     squeeze: bool = True,
+    z_prime: int = 1,
 ) -> TrialSet:
     """Draw ``n_trials`` accepted trial structures (see the module docstring).
 
@@ -380,6 +400,7 @@ def generate_trials(
         squeeze: after the uniform scaling, shorten each lattice vector in turn (a, b,
             c) as far as the overlap test allows (bisection, down to half its length),
             so trials start dense in every direction.
+        z_prime: independent molecules in the asymmetric unit (see the module docstring).
 
     Returns:
         A :class:`TrialSet`; may hold fewer than ``n_trials`` if too many points were
@@ -392,14 +413,18 @@ def generate_trials(
 
     if not isinstance(n_trials, (int, np.integer)) or isinstance(n_trials, bool) or n_trials <= 0:
         raise ValueError(f"n_trials must be a positive integer, got {n_trials!r}")
+    if not isinstance(z_prime, (int, np.integer)) or isinstance(z_prime, bool) or not 1 <= z_prime <= 4:
+        raise ValueError(f"z_prime must be an integer from 1 to 4, got {z_prime!r}")
     sg = space_group if isinstance(space_group, SpaceGroup) else get_space_group(space_group)
     body = np.asarray(molecule.coords_A, dtype=float)
     radii = np.array([VDW_RADIUS_A.get(s, 1.8) for s in molecule.symbols])
     v_mol = molecular_volume_A3(molecule.symbols)
     free = sg.free_cell_parameters
 
-    # dims: 0-2 cell lengths, 3-5 angles, 6-8 centre, 9-11 orientation
-    engine = qmc.Sobol(d=12, scramble=True, seed=seed)
+    # dims: 0-2 cell lengths, 3-5 angles, then Z' centres (3 each), then Z' orientations (3 each)
+    # (Z' = 1: 6-8 centre, 9-11 orientation)
+    zp = int(z_prime)
+    engine = qmc.Sobol(d=6 + 6 * zp, scramble=True, seed=seed)
     cells: list[np.ndarray] = []
     centres: list[np.ndarray] = []
     quats: list[np.ndarray] = []
@@ -416,10 +441,17 @@ def generate_trials(
         cosines = np.cos(np.deg2rad(ang))
         shape_vol = lengths.prod(-1) * np.sqrt(
             np.clip(1 - (cosines**2).sum(-1) + 2 * cosines.prod(-1), 1e-12, None))
-        lengths *= np.cbrt(sg.z * v_mol / shape_vol)[:, None]
+        lengths *= np.cbrt(sg.z * zp * v_mol / shape_vol)[:, None]
         params = np.concatenate([lengths, ang], -1)
         ok = metric_ok(np.deg2rad(ang))
-        params, centre, quat = params[ok], u[ok, 6:9], uniform_quaternions(u[ok, 9:12])
+        u = u[ok]
+        params = params[ok]
+        if zp == 1:
+            centre, quat = u[:, 6:9], uniform_quaternions(u[:, 9:12])
+        else:
+            centre = u[:, 6:6 + 3 * zp].reshape(-1, zp, 3)
+            quat = np.stack([uniform_quaternions(u[:, 6 + 3 * zp + 3 * j:9 + 3 * zp + 3 * j])
+                             for j in range(zp)], 1)
         scale = _smallest_scale(sg, params, centre, quat, body, radii, overlap_ratio, scale_range)
         keep = np.isfinite(scale)
         params[keep, :3] *= scale[keep, None]
@@ -433,7 +465,9 @@ def generate_trials(
             quats.append(quat[i])
     n_rej = n_drawn - len(cells)
     if not cells:
-        return TrialSet(sg, np.zeros((0, 6)), np.zeros((0, 3)), np.zeros((0, 4)), n_drawn, n_rej)
+        mol_axis = () if zp == 1 else (zp,)
+        return TrialSet(sg, np.zeros((0, 6)), np.zeros((0, *mol_axis, 3)), np.zeros((0, *mol_axis, 4)),
+                        n_drawn, n_rej)
     return TrialSet(sg, np.array(cells), np.array(centres), np.array(quats), n_drawn, n_rej)
 
 
