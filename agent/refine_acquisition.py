@@ -255,6 +255,17 @@ def low_energy_probability(
     return w @ _low_energy_mask(energies_kjmol, top_k, window_kjmol).astype(float)
 
 
+def low_energy_set(energies_kjmol: np.ndarray, top_k: int, window_kjmol: float) -> set[int]:
+    """The low-energy set of one landscape: indices of the ``top_k`` lowest energies
+    (``(n,)``, ties in index order) that lie within ``window_kjmol`` of the minimum; the set
+    :func:`completion_probability` and the picks are about (use it to score a run against
+    known energies; ``window_kjmol=inf``: the ``top_k`` lowest)."""
+    e = np.asarray(energies_kjmol, dtype=float).reshape(1, -1)
+    if top_k < 1 or not window_kjmol > 0:
+        raise AcquisitionError("top_k >= 1 and window_kjmol > 0 required")
+    return {int(i) for i in np.flatnonzero(_low_energy_mask(e, top_k, window_kjmol)[0])}
+
+
 def _low_energy_mask(energies_kjmol: np.ndarray, top_k: int, window_kjmol: float) -> np.ndarray:
     """``(s, n)`` booleans: rank below ``top_k`` and within ``window_kjmol`` of the minimum."""
     s, n = energies_kjmol.shape

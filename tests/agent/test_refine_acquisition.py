@@ -11,6 +11,7 @@ from agent.refine_acquisition import (
     AcquisitionError,
     completion_probability,
     low_energy_probability,
+    low_energy_set,
     select_structures,
 )
 from sim_backends.descriptors import structure_features
@@ -318,9 +319,13 @@ def test_benchmark_stop_rule_and_leave_one_landscape_out():
     """The calibration bookkeeping and the leave-one-landscape-out choice of
     benchmarks/refinement.py on hand-made results."""
     bench = _benchmark()
-    run = {"n_at": [8, 10, 11, 12], "p_complete": {1.0: [None, 0.5, 0.92, 0.99], 2.0: [None, 0.3, 0.6, 0.8]}}
-    assert bench.premature_stop(run, 0.9, 1.0) == 11  # fired before the top set was complete
-    assert bench.premature_stop(run, 0.9, 2.0) is None  # never fired: the promise held
+    run = {"n_at": [8, 10, 11, 12], "p_complete": {1.0: [None, 0.5, 0.92, 0.99], 2.0: [None, 0.3, 0.6, 0.8]},
+           "order": list(range(20))}
+    assert bench.premature_stop(run, 0.9, 1.0, {3, 11}) == 11  # fired before the top set was complete
+    assert bench.premature_stop(run, 0.9, 2.0, {3, 11}) is None  # never fired: the promise held
+    # fired at 11 computed (structures 0-10) with the set {3, 10} complete: the promise held
+    assert bench.premature_stop(run, 0.9, 1.0, {3, 10}) is None
+    assert bench.premature_stop(run, 0.5, 1.0, {3, 10}) == 10  # fired at 10 computed, 10 missing
     a, b = bench.AgentSettings(), bench.AgentSettings(skill_ratio=None)
 
     def result(counts_a, counts_b, complete):
@@ -339,3 +344,12 @@ def test_benchmark_stop_rule_and_leave_one_landscape_out():
     # the 0.9 promise failed on L3 at inflation 1: held out L1, the others pool 2/4 -> 1.5
     assert out["L1"]["stop_inflation_lolo"] == 1.5 and out["L3"]["stop_inflation_lolo"] == 1.0
     assert out["L3"]["stop_achieved_lolo"] == 0.0
+
+
+def test_low_energy_set_is_the_top_k_within_the_window():
+    e = np.array([0.0, 11.0, 1.0, 12.0, 2.0, 30.0])
+    assert low_energy_set(e, 4, 10.0) == {0, 2, 4}  # the 4th lowest (11) lies outside the window
+    assert low_energy_set(e, 4, float("inf")) == {0, 1, 2, 4}
+    assert low_energy_set(e, 2, 10.0) == {0, 2}
+    with pytest.raises(AcquisitionError, match="window"):
+        low_energy_set(e, 4, 0.0)

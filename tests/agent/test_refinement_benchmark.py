@@ -56,7 +56,7 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
     def args(**kw):
         base = dict(landscape=None, surrogate="auto", no_explore=False, explore_above=bench.EXPLORE_ABOVE,
                     explore_fraction=bench.EXPLORE_FRACTION, no_skill_test=False, skill_ratio=bench.SKILL_RATIO,
-                    n_initial=0, seeds=7, batch=None, grid=False)
+                    n_initial=0, seeds=7, batch=None, grid=False, window=bench.WINDOW_KJMOL)
         return SimpleNamespace(**{**base, **kw})
 
     default = (bench.EXPLORE_ABOVE, bench.EXPLORE_FRACTION)
@@ -70,6 +70,25 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
         bench.result_stems(args(grid=True), [], base, default)[0],
         bench.result_stems(args(no_explore=True), [], base, (None, 1.0))[0],
         bench.result_stems(args(), [], ("d3",), default)[0],
+        bench.result_stems(args(window=1000.0), [], base, default)[0],
     }
-    assert len(stems) == 6 and "refinement" not in stems
+    assert len(stems) == 7 and "refinement" not in stems
     assert bench.result_stems(args(landscape=[FORMIC]), one, base, default)[0] == "refinement_formic_acid_dft"
+
+
+def test_the_target_set_is_the_one_the_campaign_is_told_to_find(bench):
+    """methanol_dft's 10th-lowest DFT structure lies 11.6 kJ/mol above the minimum: with the
+    campaign's window of 10 kJ/mol the set it is asked for has 7 members (all within 2.9 kJ/mol),
+    and a recorded run is scored on that set; --window 1000 asks for and scores the 10 lowest."""
+    import numpy as np
+
+    path = ROOT / "data/landscapes/methanol_dft"
+    case = bench.load_case(path, "ff", "dft")
+    spread = np.sort(case.e_exp) - case.e_exp.min()
+    assert spread[9] > bench.WINDOW_KJMOL and len(case.top) == 7
+    assert case.top == set(np.argsort(case.e_exp)[:7].tolist())
+    assert "window_kjmol = 10.0" in bench.campaign_config(case, 1, 0, bench.AgentSettings(), ())
+    wide = bench.load_case(path, "ff", "dft", window_kjmol=1000.0)
+    assert len(wide.top) == 10 and "window_kjmol = 1000.0" in bench.campaign_config(wide, 1, 0, bench.AgentSettings(), ())
+    cheap = [int(i) for i in np.argsort(case.e_cheap, kind="stable")]
+    assert bench.count_until_top(cheap, case.top) == 7 and bench.count_until_top(cheap, wide.top) == 11
