@@ -15,6 +15,7 @@ RDKit is imported inside the functions so that importing this module stays cheap
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,32 @@ def _parse(smiles: str) -> Chem.Mol:
     if mol is None:
         raise SetupError(f"invalid SMILES '{_short(smiles)}'")
     return mol
+
+
+@lru_cache(maxsize=1 << 16)
+def atom_counts(smiles: str) -> tuple[int, int, int]:
+    """``(n_H, n_light, n_heavier)`` atoms of a molecule, hydrogens included: hydrogens,
+    other atoms up to neon (Z <= 10), and atoms beyond it; ``(0, 0, 0)`` for a SMILES
+    RDKit cannot read. Cached per SMILES: size-based cost estimates price every molecule
+    of a pool at every level, so each SMILES is parsed once per process."""
+    from rdkit import Chem
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+
+    try:
+        mol = _parse(smiles)
+    except SetupError:
+        return 0, 0, 0
+    table = Chem.GetPeriodicTable()
+    n_h = n_light = n_heavier = 0
+    for symbol, n in re.findall(r"([A-Z][a-z]?)(\d*)", CalcMolFormula(mol)):
+        k = int(n) if n else 1
+        if symbol == "H":
+            n_h += k
+        elif table.GetAtomicNumber(symbol) <= 10:
+            n_light += k
+        else:
+            n_heavier += k
+    return n_h, n_light, n_heavier
 
 
 def validate_smiles(smiles: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS) -> str:

@@ -89,15 +89,11 @@ CATION = (1, 2)
 
 
 def _atom_counts(smiles: str) -> tuple[int, int, int]:
-    """(n_H, n_first_row, n_second_row) atoms of a molecule, hydrogens included."""
-    from rdkit import Chem
+    """(n_H, n_first_row, n_second_row) atoms of a molecule, hydrogens included
+    (:func:`sim_backends.molecule.atom_counts`, cached per SMILES)."""
+    from sim_backends.molecule import atom_counts
 
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        return 0, 0, 0
-    n_h = sum(a.GetTotalNumHs() for a in mol.GetAtoms())
-    n_row2 = sum(1 for a in mol.GetAtoms() if a.GetAtomicNum() > 10)
-    return n_h, mol.GetNumHeavyAtoms() - n_row2, n_row2
+    return atom_counts(smiles)
 
 
 class ReorgBackend(Backend):
