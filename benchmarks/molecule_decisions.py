@@ -48,9 +48,9 @@
     * random: DFT on molecules in a seeded random order.
 
     The baselines are small loops over the same backends with the campaign's budget
-    rule (an evaluation starts only if its expected cost -- the backend's size-based
-    estimate scaled by charged / estimated so far at that level -- fits the budget
-    left; one that does not fit is skipped). Seeds 0..9; reported per budget: median /
+    rule (an evaluation starts only if its cost fits the budget left with probability
+    0.9: the campaign's CostModel and cost-spread factor; one that does not fit is
+    skipped). Seeds 0..9; reported per budget: median /
     mean best DFT value, its rank in the pool, how often the true minimum and the
     oracle value (the best value whose DFT cost alone fits the budget: what knowing
     every result in advance could reach) were found, DFT evaluations and CPU seconds
@@ -450,39 +450,44 @@ params = {{ table = "{top['table']}", cost_column = "{top['cost_column']}", esti
 
 class BudgetedLoop:
     """A baseline's evaluations through the same replay backends, charged their recorded
-    cost, with the campaign's rule (:meth:`agent.campaign.Campaign.pair_costs`): start an
-    evaluation only while its expected cost fits the budget left, the expected cost
-    being the backend's size-based estimate scaled by charged / estimated so far at
-    that level."""
+    cost, with the campaign's rule (:meth:`agent.stages.molecule.MoleculeStage.ask`):
+    start an evaluation only while its cost fits the budget left with probability
+    ``COST_FIT_PROBABILITY``, i.e. its expected cost (the level's
+    :class:`~agent.stages.costs.CostModel`: the backend's size-based estimate scaled by
+    measured / estimated so far) times :func:`agent.stages.molecule.cost_fit_factor`
+    of the level's finished tasks fits."""
 
     def __init__(self, budget_s: float, data: str = "demo-pool") -> None:
+        from agent.stages.costs import CostModel
         from sim_backends.registry import get_backend
 
-        self.backends = [get_backend(name, **p) for name, p in zip(LEVELS, level_params(data), strict=True)]
+        params = level_params(data)
+        self.backends = [get_backend(name, **p) for name, p in zip(LEVELS, params, strict=True)]
+        self.cost_models = [CostModel(name, p) for name, p in zip(LEVELS, params, strict=True)]
+        self.log_ratios: list[list[float]] = [[], []]
         self.budget_s = budget_s
         self.spent_s = 0.0
-        self.charged = [0.0, 0.0]
-        self.estimated = [0.0, 0.0]
         self.best = float("nan")
 
     def expected_s(self, level: int, smiles: str) -> float:
         from sim_backends.base import EvalInput
 
-        estimate = self.backends[level].cost_estimate(EvalInput(smiles))
-        if self.estimated[level] > 0:
-            return estimate * self.charged[level] / self.estimated[level]
-        return estimate
+        return float(self.cost_models[level].expected([EvalInput(smiles)])[0])
 
     def evaluate(self, level: int, smiles: str) -> float | None:
         """The value, or None when the budget does not allow the evaluation."""
+        from agent.stages.molecule import cost_fit_factor
         from sim_backends.base import EvalInput
 
-        if self.expected_s(level, smiles) > self.budget_s - self.spent_s:
+        inp = EvalInput(smiles)
+        if self.expected_s(level, smiles) * cost_fit_factor(self.log_ratios[level]) > \
+                self.budget_s - self.spent_s:
             return None
-        res = self.backends[level].evaluate(EvalInput(smiles))
+        res = self.backends[level].evaluate(inp)
         self.spent_s += res.wall_s
-        self.charged[level] += res.wall_s
-        self.estimated[level] += self.backends[level].cost_estimate(EvalInput(smiles))
+        self.cost_models[level].observe(inp, res.wall_s)
+        if res.wall_s > 0:
+            self.log_ratios[level].append(float(np.log(res.wall_s / self.cost_models[level].prior(inp))))
         value = res.values.get("reorg_energy_kjmol", float("nan"))
         if level == 1 and res.ok:
             self.best = float(np.nanmin([self.best, value]))
@@ -730,9 +735,29 @@ def quality_part(name: str, args: argparse.Namespace, console) -> dict:
                                 "median_cpu_s": round(float(np.median([r[1] for r in runs])), 1),
                                 "best_per_seed_kjmol": [round(float(v), 3) for v in best]}
             console.print(tab)
+            agent_best = [r[0] for r in results["agent (Campaign)"]]
+            for sname in ("cheap-greedy", "random"):
+                entry[sname]["paired_vs_agent"] = paired(agent_best, [r[0] for r in results[sname]])
+            console.print("paired per seed (agent - baseline, kJ/mol; negative = agent better): "
+                          + "; ".join(f"{k}: {v['agent_better']} better / {v['ties']} ties / "
+                                      f"{v['agent_worse']} worse, mean {v['mean_difference_kjmol']:+.2f}"
+                                      for k, v in ((k, entry[k]["paired_vs_agent"])
+                                                   for k in ("cheap-greedy", "random"))))
             part["budgets"][f"{fraction:g}"] = {"budget_cpu_s": round(budget_s, 1),
                                                 "oracle_kjmol": round(oracle, 3), **entry}
     return part
+
+
+def paired(agent: list[float], baseline: list[float], tol: float = 1e-6) -> dict:
+    """Per-seed comparison of the best values found (minimised; NaN = nothing found,
+    worse than any value): how often the agent was better, tied or worse, and the mean
+    of agent - baseline over the seeds where both found a value."""
+    a = np.nan_to_num(np.asarray(agent, dtype=float), nan=np.inf)
+    b = np.nan_to_num(np.asarray(baseline, dtype=float), nan=np.inf)
+    both = np.isfinite(a) & np.isfinite(b)
+    return {"agent_better": int(np.sum(a < b - tol)), "ties": int(np.sum(np.abs(a - b) <= tol)),
+            "agent_worse": int(np.sum(a > b + tol)),
+            "mean_difference_kjmol": round(float(np.mean(a[both] - b[both])), 3) if both.any() else None}
 
 
 def write_result(out: dict, path: Path) -> int:
