@@ -123,6 +123,8 @@ class Campaign:
         reserved = cfg.structures.budget_evaluations if "structures" in self.stages else 0
         #: evaluations each stage may use (a stage without a share is bounded by the total)
         self.shares = {"molecule": cfg.max_evaluations - reserved, "structures": reserved}
+        # the molecule stage prices its evaluations by the budget that binds (stages/molecule.py)
+        self.stages["molecule"].evaluation_share = self.shares["molecule"]  # type: ignore[attr-defined]
         self.pending: dict[str, Request] = {}
         self._restore()
 

@@ -10,13 +10,18 @@ Decisions:
 * a molecule whose input is invalid (setup failure) is never proposed again at any
   fidelity; one whose run failed at a fidelity is not proposed again there;
 * with a compute budget (``max_cpu_hours``), costs are CPU seconds from one
-  :class:`~agent.stages.costs.CostModel` per level, and no task is started unless its
-  cost fits the budget left (spent CPU read from the store, in-flight work at its
-  expected cost) with probability :data:`COST_FIT_PROBABILITY` under a log-normal
-  spread of measured / prior CPU seconds (:meth:`MoleculeStage.cost_margin`); without
-  a budget, every evaluation costs one unit;
+  :class:`~agent.stages.costs.CostModel` per level, and no task is started whose
+  expected cost exceeds the budget left (spent CPU read from the store); without one,
+  every evaluation costs one unit;
 * a cheaper level is only offered where the top level can still follow (its
-  ``budget_evaluations`` not spent).
+  ``budget_evaluations`` not spent);
+* with both a compute budget and an evaluation budget (the stage's share of
+  ``max_evaluations``, set by the scheduler as :attr:`MoleculeStage.evaluation_share`),
+  the acquisition's cost of a task is what it uses up of the budget that binds
+  (:func:`evaluation_slot_price`): when the CPU left would pay for more of the cheapest
+  allowed tasks than there are evaluations left, an evaluation costs at least the CPU
+  left per evaluation left, so a 0.3 CPU-s proxy is not 100 times cheaper than a
+  30 CPU-s CSP when both use one of the last 16 evaluations.
 
 Every refit of the surrogate is recorded as a ``molecule_refit`` event in the store
 (leave-out calibration per level), which the tracker logs.
@@ -40,27 +45,6 @@ if TYPE_CHECKING:
     from sim_backends.base import EvalResult
 
 NAME = "molecule"
-#: a task starts only if its CPU cost fits the budget left with this probability
-COST_FIT_PROBABILITY = 0.9
-#: prior sd of log(measured / prior CPU s) of one task, and its weight in pseudo-tasks:
-#: the backends' size-based estimates are off by ~25 % per molecule (sd of the log ratio
-#: over the 12 DFT-relaxed reorganisation energies of benchmarks/reorg_validation.py)
-COST_LOG_SD_PRIOR = (0.25, 2.0)
-
-
-def cost_fit_factor(log_ratios: Sequence[float]) -> float:
-    """The factor on a task's expected CPU cost below which its cost stays with
-    probability :data:`COST_FIT_PROBABILITY`: ``exp(z sd)``, ``sd`` the spread of
-    ``log(measured / prior CPU s)`` over a level's finished tasks (``log_ratios``),
-    pooled with the prior :data:`COST_LOG_SD_PRIOR` so that one or two tasks do not
-    make it zero."""
-    from scipy.stats import norm
-
-    z = float(norm.ppf(COST_FIT_PROBABILITY))
-    sd0, k = COST_LOG_SD_PRIOR
-    logs = np.asarray(log_ratios, dtype=np.float64)
-    ss = float(np.sum((logs - logs.mean()) ** 2)) if len(logs) > 1 else 0.0
-    return float(np.exp(z * np.sqrt((k * sd0 ** 2 + ss) / (k + max(len(logs) - 1, 0)))))
 
 
 class MoleculeStage:
@@ -80,8 +64,8 @@ class MoleculeStage:
         self.last_holdout_mae: float | None = None
         self.n_refits = 0
         self.cost_models = [CostModel(b.name, b.params, b.cost_s) for b in self.levels]
-        # per level: log(measured / prior CPU s) of the finished tasks (the cost spread)
-        self.cost_log_ratios: list[list[float]] = [[] for _ in self.levels]
+        #: evaluations this stage may use in all (the scheduler's share; None: unbounded)
+        self.evaluation_share: int | None = None
 
     # -- state --------------------------------------------------------------------------
     def restore(self, store: Store) -> None:
@@ -115,10 +99,7 @@ class MoleculeStage:
         if f < 0 or i is None:
             return
         self.n_by_backend[ev.backend] += 1
-        inp = EvalInput(self.smiles[i])
-        self.cost_models[f].observe(inp, ev.cpu_s)
-        if ev.cpu_s > 0:
-            self.cost_log_ratios[f].append(float(np.log(ev.cpu_s / self.cost_models[f].prior(inp))))
+        self.cost_models[f].observe(EvalInput(self.smiles[i]), ev.cpu_s)
         self.done[i, f] = True
         value = ev.values.get(self.cfg.objective)
         if ev.ok and value is not None and np.isfinite(value):
@@ -221,10 +202,13 @@ class MoleculeStage:
         inps = [EvalInput(s) for s in self.smiles]
         return np.stack([m.expected(inps) for m in self.cost_models], axis=1)
 
-    def cost_margin(self) -> np.ndarray:
-        """``(n_f,)`` factors on the expected CPU cost of a task at each level
-        (:func:`cost_fit_factor` of the level's finished tasks)."""
-        return np.array([cost_fit_factor(logs) for logs in self.cost_log_ratios])
+    def levels_left(self, pending: Sequence[Request] = ()) -> list[int | None]:
+        """Evaluations each level may still start (its ``budget_evaluations`` left; None:
+        no per-level budget)."""
+        mine = self._mine(pending)
+        return [None if b.budget_evaluations is None else max(
+            0, b.budget_evaluations - self.n_by_backend[b.name] - sum(r.fidelity == f for r in mine))
+            for f, b in enumerate(self.levels)]
 
     def _initial_design(self, n: int, allowed: np.ndarray, pending: list[Request]) -> list[tuple[int, int]]:
         """Max-min Tanimoto-diverse molecules at the cheapest fidelity."""
@@ -301,12 +285,11 @@ class MoleculeStage:
         allowed = self.allowed(pending)
         pair_costs = self.pair_costs()
         if pair_costs is not None:
-            # never start work that may overrun the compute budget: its cost must fit
-            # the budget left with probability COST_FIT_PROBABILITY
+            # never start work expected to overrun the compute budget
             spent = self.store.spent_cpu_s() if self.store is not None else 0.0
             left = self.cfg.max_cpu_hours * 3600 - spent - sum(
                 pair_costs[self.index_of[r.molecule_id], r.fidelity] for r in mine)
-            allowed &= pair_costs * self.cost_margin()[None, :] <= left
+            allowed &= pair_costs <= left
         n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
         if n_cheap + len(mine) < self.cfg.surrogate.n_initial or len(self.observations) < 2:
             picks = self._initial_design(n, allowed, mine)
@@ -314,11 +297,17 @@ class MoleculeStage:
             from agent.acquisition import select_batch
 
             surrogate = self.refit()
+            costs = self.costs()
+            if pair_costs is not None and self.evaluation_share is not None:
+                # an evaluation slot has a price when the evaluation budget binds
+                slots = self.evaluation_share - self.n_evaluations - len(mine)
+                price = evaluation_slot_price(pair_costs, allowed, left, slots, self.levels_left(pending))
+                costs = [max(c, price) for c in costs]
             picks = select_batch(
                 surrogate,
                 self.fingerprints,
                 q=n,
-                costs=self.costs(),
+                costs=costs,
                 allowed=allowed,
                 pending=[(self.index_of[r.molecule_id], r.fidelity) for r in mine],
                 best_value=self.best_value(),
@@ -335,3 +324,30 @@ class MoleculeStage:
                                inp=EvalInput(smiles=self.smiles[i]),
                                molecule_id=int(self.mol_ids[i]), fidelity=f))
         return out
+
+def evaluation_slot_price(pair_costs: np.ndarray, allowed: np.ndarray, cpu_left: float, slots_left: int,
+                          levels_left: Sequence[int | None]) -> float:
+    """CPU seconds one evaluation is worth when the evaluation budget binds, else 0.
+
+    Two budgets limit the stage: CPU seconds (``cpu_left``) and evaluations
+    (``slots_left``). The evaluation budget binds when the CPU left would pay for more
+    tasks than there are evaluations left, counting the cheapest allowed tasks
+    (``pair_costs`` where ``allowed``, at most ``levels_left[f]`` of level ``f``). Then a
+    task uses one of ``slots_left`` evaluations as well as its CPU seconds, and is worth
+    at least the CPU left per evaluation left: the cost the acquisition divides by is
+    ``max(cpu_s, cpu_left / slots_left)``, the larger of the two fractions of the
+    remaining budgets the task uses up (scaled to CPU seconds). Otherwise the CPU budget
+    alone binds and the price is 0 (costs stay CPU seconds).
+    """
+    if slots_left <= 0:
+        return 0.0
+    costs = []
+    for f in range(allowed.shape[1]):
+        c = np.sort(pair_costs[allowed[:, f], f])
+        cap = levels_left[f]
+        costs.append(c if cap is None else c[:cap])
+    c = np.sort(np.concatenate(costs)) if costs else np.zeros(0)
+    affordable = int(np.searchsorted(np.cumsum(c), cpu_left, side="right"))
+    if affordable <= slots_left:
+        return 0.0
+    return float(max(cpu_left, 0.0) / slots_left)

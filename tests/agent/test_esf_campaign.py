@@ -237,3 +237,71 @@ def test_property_level_config_is_checked():
         text = base + "".join(f'[[structures.levels]]\nname = "{n}"\n' for n in levels)
         with pytest.raises(ConfigError, match="at most one property level"):
             parse_config(tomllib.loads(text))
+
+
+ESF_LADDER = """
+objective = "log10_landscape_mobility_hole"
+direction = "maximize"
+batch_size = 2
+seed = 0
+max_cpu_hours = 0.15
+max_evaluations = {max_evals}
+[surrogate]
+n_initial = 6
+[tracking]
+enabled = false
+[[backends]]
+name = "replay-esf-proxy"
+[[backends]]
+name = "replay-esf-quick"
+[[backends]]
+name = "replay-esf-refined"
+budget_evaluations = 6
+"""
+
+
+def test_esf_ladder_reaches_csp_when_the_evaluation_budget_binds(tmp_path):
+    """examples/esf.toml's ladder (proxy 0.2 CPU s, quick CSP ~11, refined CSP ~19 CPU s
+    per molecule) replayed on data/esf with 16 evaluations and 540 CPU s: the CPU left
+    pays for hundreds of proxies, so the 16 evaluations are what binds, and a proxy that
+    uses one of them is not ~100x cheaper than a CSP. Priced in CPU seconds alone, the
+    acquisition spent all 16 on proxies and never started a CSP."""
+    from agent.campaign import Campaign
+    from agent.config import parse_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+    from sim_backends.esf import esf_records
+
+    refined = esf_records("refined")
+    names = {s: r["name"].replace(" ", "_") for s, r in refined.items()}
+    (tmp_path / "pool.smi").write_text("".join(f"{s} {n}\n" for s, n in names.items()))
+    cfg = parse_config(tomllib.loads('name = "esf"\npool = "pool.smi"\n' + ESF_LADDER.format(max_evals=16)),
+                       base_dir=tmp_path)
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        assert camp.molecules.evaluation_share == 16
+        run_campaign(camp, tmp_path / "runs", executor=LocalExecutor(slots=2), progress=False)
+        by = camp.status().n_by_backend
+    finally:
+        camp.close()
+    assert by["replay-esf-proxy"] >= 6  # the initial design
+    assert by["replay-esf-refined"] == 6, by  # the refined CSP budget is used
+
+
+def test_evaluation_slot_price_only_when_the_evaluation_budget_binds():
+    import numpy as np
+
+    from agent.stages.molecule import evaluation_slot_price
+
+    # 50 molecules: proxy 0.3 CPU s, CSP 30 CPU s, all allowed
+    costs = np.column_stack([np.full(50, 0.3), np.full(50, 30.0)])
+    allowed = np.ones_like(costs, dtype=bool)
+    # 540 CPU s pay for 50 proxies + 17 CSPs = 67 tasks: 16 evaluations bind
+    assert evaluation_slot_price(costs, allowed, 540.0, 16, [None, None]) == pytest.approx(540.0 / 16)
+    # ... 200 evaluations do not: the CPU seconds alone price the tasks
+    assert evaluation_slot_price(costs, allowed, 540.0, 200, [None, None]) == 0.0
+    # a per-level budget caps what the CPU could buy: 50 proxies + 2 CSPs = 52 < 60 slots
+    assert evaluation_slot_price(costs, allowed, 540.0, 60, [None, 2]) == 0.0
+    # disallowed pairs are not counted; no evaluation left: no price
+    assert evaluation_slot_price(costs, np.zeros_like(allowed), 540.0, 16, [None, None]) == 0.0
+    assert evaluation_slot_price(costs, allowed, 540.0, 0, [None, None]) == 0.0
