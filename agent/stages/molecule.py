@@ -10,9 +10,11 @@ Decisions:
 * a molecule whose input is invalid (setup failure) is never proposed again at any
   fidelity; one whose run failed at a fidelity is not proposed again there;
 * with a compute budget (``max_cpu_hours``), costs are CPU seconds from one
-  :class:`~agent.stages.costs.CostModel` per level, and no task is started whose
-  expected cost exceeds the budget left (spent CPU read from the store); without one,
-  every evaluation costs one unit;
+  :class:`~agent.stages.costs.CostModel` per level, and no task is started unless its
+  cost fits the budget left (spent CPU read from the store, in-flight work at its
+  expected cost) with probability :data:`COST_FIT_PROBABILITY` under a log-normal
+  spread of measured / prior CPU seconds (:meth:`MoleculeStage.cost_margin`); without
+  a budget, every evaluation costs one unit;
 * a cheaper level is only offered where the top level can still follow (its
   ``budget_evaluations`` not spent);
 * with both a compute budget and an evaluation budget (the stage's share of
@@ -45,6 +47,27 @@ if TYPE_CHECKING:
     from sim_backends.base import EvalResult
 
 NAME = "molecule"
+#: a task starts only if its CPU cost fits the budget left with this probability
+COST_FIT_PROBABILITY = 0.9
+#: prior sd of log(measured / prior CPU s) of one task, and its weight in pseudo-tasks:
+#: the backends' size-based estimates are off by ~25 % per molecule (sd of the log ratio
+#: over the 12 DFT-relaxed reorganisation energies of benchmarks/reorg_validation.py)
+COST_LOG_SD_PRIOR = (0.25, 2.0)
+
+
+def cost_fit_factor(log_ratios: Sequence[float]) -> float:
+    """The factor on a task's expected CPU cost below which its cost stays with
+    probability :data:`COST_FIT_PROBABILITY`: ``exp(z sd)``, ``sd`` the spread of
+    ``log(measured / prior CPU s)`` over a level's finished tasks (``log_ratios``),
+    pooled with the prior :data:`COST_LOG_SD_PRIOR` so that one or two tasks do not
+    make it zero."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(COST_FIT_PROBABILITY))
+    sd0, k = COST_LOG_SD_PRIOR
+    logs = np.asarray(log_ratios, dtype=np.float64)
+    ss = float(np.sum((logs - logs.mean()) ** 2)) if len(logs) > 1 else 0.0
+    return float(np.exp(z * np.sqrt((k * sd0 ** 2 + ss) / (k + max(len(logs) - 1, 0)))))
 
 
 class MoleculeStage:
@@ -66,6 +89,8 @@ class MoleculeStage:
         self.cost_models = [CostModel(b.name, b.params, b.cost_s) for b in self.levels]
         #: evaluations this stage may use in all (the scheduler's share; None: unbounded)
         self.evaluation_share: int | None = None
+        # per level: log(measured / prior CPU s) of the finished tasks (the cost spread)
+        self.cost_log_ratios: list[list[float]] = [[] for _ in self.levels]
 
     # -- state --------------------------------------------------------------------------
     def restore(self, store: Store) -> None:
@@ -99,7 +124,10 @@ class MoleculeStage:
         if f < 0 or i is None:
             return
         self.n_by_backend[ev.backend] += 1
-        self.cost_models[f].observe(EvalInput(self.smiles[i]), ev.cpu_s)
+        inp = EvalInput(self.smiles[i])
+        self.cost_models[f].observe(inp, ev.cpu_s)
+        if ev.cpu_s > 0:
+            self.cost_log_ratios[f].append(float(np.log(ev.cpu_s / self.cost_models[f].prior(inp))))
         self.done[i, f] = True
         value = ev.values.get(self.cfg.objective)
         if ev.ok and value is not None and np.isfinite(value):
@@ -202,6 +230,11 @@ class MoleculeStage:
         inps = [EvalInput(s) for s in self.smiles]
         return np.stack([m.expected(inps) for m in self.cost_models], axis=1)
 
+    def cost_margin(self) -> np.ndarray:
+        """``(n_f,)`` factors on the expected CPU cost of a task at each level
+        (:func:`cost_fit_factor` of the level's finished tasks)."""
+        return np.array([cost_fit_factor(logs) for logs in self.cost_log_ratios])
+
     def levels_left(self, pending: Sequence[Request] = ()) -> list[int | None]:
         """Evaluations each level may still start (its ``budget_evaluations`` left; None:
         no per-level budget)."""
@@ -285,11 +318,12 @@ class MoleculeStage:
         allowed = self.allowed(pending)
         pair_costs = self.pair_costs()
         if pair_costs is not None:
-            # never start work expected to overrun the compute budget
+            # never start work that may overrun the compute budget: its cost must fit
+            # the budget left with probability COST_FIT_PROBABILITY
             spent = self.store.spent_cpu_s() if self.store is not None else 0.0
             left = self.cfg.max_cpu_hours * 3600 - spent - sum(
                 pair_costs[self.index_of[r.molecule_id], r.fidelity] for r in mine)
-            allowed &= pair_costs <= left
+            allowed &= pair_costs * self.cost_margin()[None, :] <= left
         n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
         if n_cheap + len(mine) < self.cfg.surrogate.n_initial or len(self.observations) < 2:
             picks = self._initial_design(n, allowed, mine)
@@ -324,6 +358,7 @@ class MoleculeStage:
                                inp=EvalInput(smiles=self.smiles[i]),
                                molecule_id=int(self.mol_ids[i]), fidelity=f))
         return out
+
 
 def evaluation_slot_price(pair_costs: np.ndarray, allowed: np.ndarray, cpu_left: float, slots_left: int,
                           levels_left: Sequence[int | None]) -> float:
