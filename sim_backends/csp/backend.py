@@ -14,7 +14,8 @@ Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (default 200
 into ``extra["landscape"]``; the values are computed over all unique minima),
 ``max_trials`` (the limit of ``n_trials``, :data:`~sim_backends.csp.run.MAX_TRIALS_DEFAULT`
 unless raised), ``sampling`` ("converged": ``n_trials`` is a budget the search may stop
-short of once the low-energy region is converged; "fixed"). ``extra["csp"]["convergence"]``
+short of once the low-energy region is converged; "fixed"), ``z_prime`` (1, 2, "1,2" or [1, 2]:
+the Z' values searched, :func:`~sim_backends.csp.run.run_csp`). ``extra["csp"]["convergence"]``
 holds the per-space-group convergence record of the landscape.
 :meth:`CSPBackend.check_params` refuses what :func:`run_csp` would.
 """
@@ -38,8 +39,17 @@ def _parse_groups(value: Any) -> None:
     parse_space_groups(value)
 
 
+def _parse_z_prime(value: Any) -> None:
+    """Z' values as 1, 2, ``"1,2"`` or a list of integers."""
+    from sim_backends.csp.spacegroups import parse_z_prime
+
+    if isinstance(value, float) or not isinstance(value, (int, str, list)):
+        raise ValueError(f"must be an integer, a comma-separated string or a list, got {value!r}")
+    parse_z_prime(value)
+
+
 class CSPBackend(Backend):
-    """Rigid-molecule CSP (Z' = 1, W99 exp-6 + Ewald point charges)."""
+    """Rigid-molecule CSP (Z' = 1, optionally Z' = 2; W99 exp-6 + Ewald point charges)."""
 
     name: ClassVar[str] = "csp-ff"
     version: ClassVar[str] = "1"
@@ -59,7 +69,7 @@ class CSPBackend(Backend):
     _DEFAULTS: ClassVar[dict[str, Any]] = {
         "n_trials": 200, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
         "charges": "resp", "max_structures": 100, "max_trials": None,
-        "sampling": "converged",
+        "sampling": "converged", "z_prime": 1,
     }
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1), "max_trials": check.integer(1),
@@ -67,6 +77,7 @@ class CSPBackend(Backend):
         "energy_window_kjmol": check.number(0.0, lo_open=True),
         "charges": check.one_of("resp", "resp-lp", "xtb", "none"),
         "max_structures": check.integer(0), "sampling": check.one_of("converged", "fixed"),
+        "z_prime": _parse_z_prime,
     }
 
     @classmethod
@@ -114,7 +125,7 @@ class CSPBackend(Backend):
             landscape = run_csp(
                 inp.smiles, n_trials, space_groups=p["space_groups"], seed=int(p["seed"]),
                 energy_window_kjmol=float(p["energy_window_kjmol"]), progress=False,
-                charges=str(p["charges"]), sampling=str(p["sampling"]), **limit,
+                charges=str(p["charges"]), sampling=str(p["sampling"]), z_prime=p["z_prime"], **limit,
             )
         except (ValueError, TypeError) as exc:
             raise SetupError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

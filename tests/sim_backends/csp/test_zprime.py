@@ -145,3 +145,14 @@ def test_cli_refuses_bad_z_prime(capsys, args, needle):
     assert main(["csp", *args, "--n-trials", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_csp_ff_backend_takes_z_prime():
+    from sim_backends.base import ParamsError
+    from sim_backends.csp.backend import CSPBackend
+
+    for ok in (1, 2, "1,2", [1, 2]):
+        CSPBackend.check_params({"z_prime": ok})
+    for bad in (3, "2,5", 1.5, {"a": 1}):
+        with pytest.raises(ParamsError, match="z_prime"):
+            CSPBackend.check_params({"z_prime": bad})
