@@ -27,24 +27,30 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     * ``<structure id>.cif`` for every structure (:func:`sim_backends.csp.landscape.crystal_cif`:
       symmetrised, Niggli-reduced primitive cell, molecule formula, Z in molecules) with its
       energies at every level computed (force-field lattice energy; refinement-level lattice
-      energy, computed or the Delta-GP prediction with its 1-sigma; F_vib where computed);
+      energy, computed or the Delta-GP prediction with its 1-sigma; the value of every
+      further energy level, e.g. F_vib, where computed);
     * ``landscape_m<molecule id>.csv``: one row per structure ranked at the highest level
-      (``rank``), columns ``id, rank, space_group, Z, density_gcm3`` then, per level ``L``
-      (backend name), ``E_<L>_kJmol_per_mol`` (lattice energy, kJ/mol per molecule;
-      empty where not computed), ``dE_<L>_kJmol_per_mol`` (relative to the lowest), for the
-      refinement level also ``E_<L>_best_kJmol_per_mol`` / ``E_<L>_std_kJmol_per_mol`` (the
-      computed value, else the Delta-GP mean and 1-sigma), ``status`` (``computed``,
-      ``failed`` at that level, or ``predicted``) and ``cif``;
+      (``rank``), columns ``id, rank, space_group, Z, density_gcm3`` then, for the CSP
+      level and the ranking level ``L`` (backend name), ``E_<L>_kJmol_per_mol`` (lattice
+      energy, kJ/mol per molecule; empty where not computed), ``dE_<L>_kJmol_per_mol``
+      (relative to the lowest), for the ranking level also ``E_<L>_best_kJmol_per_mol`` /
+      ``E_<L>_std_kJmol_per_mol`` (the computed value, else the Delta-GP mean and 1-sigma)
+      and ``status`` (``computed``, ``failed`` at that level, or ``predicted``); then one
+      column per further level of ``[structures]`` in config order, its value where
+      computed (:func:`level_column`: ``F_vib_phonon_kJmol_per_mol`` for an energy in
+      kJ/mol per molecule, ``mobility_hole_cm2Vs_mobility-xtb`` for a property level); then
+      ``cif``;
     * ``energies.csv`` (``id, energy_kjmol, free_energy_kjmol``): the best estimate of
-      each structure's energy at the highest level (computed, else the Delta-GP mean; the
-      force field for structures failed at that level) and E + F_vib where computed, the
+      each structure's energy at the ranking level (computed, else the Delta-GP mean; the
+      force field for structures failed at that level) and E plus the second energy
+      level's value (E + F_vib) where computed, the
       table ``crystal-agent lab identify --structures`` reads beside the CIFs;
     * ``levels.json``: backend name -> level of theory of each column.
 
     Returns:
         The paths written (none without a structure stage or landscape).
     """
-    from agent.summary import landscape_rows, level_of_theory, rank_key, structures_dir
+    from agent.summary import landscape_rows, level_of_theory, quantity, rank_key, structures_dir
     from sim_backends.csp.landscape import LevelEnergy, crystal_cif
 
     stage = getattr(campaign, "stage", None)
@@ -53,12 +59,15 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     scfg = campaign.cfg.structures
     out = Path(out_dir) if out_dir is not None else structures_dir(campaign.directory)
     out.mkdir(parents=True, exist_ok=True)
-    ff, ref, fe = scfg.csp.name, scfg.refine.name if scfg.refine else None, scfg.free_energy
-    levels = {ff: level_of_theory(scfg.csp)}
-    if ref:
-        levels[ref] = level_of_theory(scfg.refine)
-    if fe is not None:
-        levels[fe.name] = level_of_theory(fe)
+    ff, ref = scfg.csp.name, stage.refine.name
+    # every level after the ranking one: (config, value key, molecule id -> {index: value});
+    # the stage keeps a second energy level's values (added to the first's) in f_vib
+    further = [(lv, key, lambda mid: stage.landscapes[mid].f_vib)
+               for lv, key in zip(stage.levels[1:], stage.value_keys[1:], strict=True)]
+    further += [(p.level, p.value_key, lambda mid, p=p: p.state(mid).values) for p in stage.properties]
+    levels = {ff: level_of_theory(scfg.csp), ref: level_of_theory(stage.refine)}
+    for lv, _, _ in further:
+        levels[lv.name] = level_of_theory(lv)
     paths = []
     best_energy: list[tuple[str, float, float | None]] = []  # for energies.csv
     for mol_id, land in sorted(stage.landscapes.items()):
@@ -69,13 +78,11 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
         rank = {k: n for n, k in enumerate(order, 1)}
         name = campaign.names[campaign._index_of[mol_id]] if mol_id in campaign._index_of else land.smiles
         cols = ["id", "rank", "space_group", "Z", "density_gcm3", f"E_{ff}_kJmol_per_mol",
-                f"dE_{ff}_kJmol_per_mol"]
-        if ref:
-            cols += [f"E_{ref}_kJmol_per_mol", f"E_{ref}_best_kJmol_per_mol", f"E_{ref}_std_kJmol_per_mol",
-                     f"dE_{ref}_kJmol_per_mol", "status"]
-        if fe is not None:
-            cols.append(f"F_vib_{fe.name}_kJmol_per_mol")
+                f"dE_{ff}_kJmol_per_mol", f"E_{ref}_kJmol_per_mol", f"E_{ref}_best_kJmol_per_mol",
+                f"E_{ref}_std_kJmol_per_mol", f"dE_{ref}_kJmol_per_mol", "status"]
+        cols += [level_column(lv.name, key) for lv, key, _ in further]
         cols.append("cif")
+        values = [get(mol_id) for _, _, get in further]
         table = out / f"landscape_m{mol_id}.csv"
         with table.open("w", newline="") as fh:
             w = csv.writer(fh)
@@ -84,28 +91,28 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                 r = rows[k]
                 energies = [LevelEnergy(levels[ff], "lattice energy", r["ff_kjmol"]),
                             LevelEnergy(levels[ff], "relative energy", r["ff_rel_kjmol"])]
-                if ref and r["energy_kjmol"] is not None and not r["failed"]:
+                if r["energy_kjmol"] is not None and not r["failed"]:
                     what = "lattice energy" if r["computed"] else "lattice energy, Delta-GP prediction"
                     energies += [LevelEnergy(levels[ref], what, r["energy_kjmol"],
                                              None if r["computed"] else r["std_kjmol"]),
                                  LevelEnergy(levels[ref], "relative energy" + ("" if r["computed"] else
                                                                                ", Delta-GP prediction"),
                                              r["rel_kjmol"])]
-                if fe is not None and r["f_vib_kjmol"] is not None:
-                    energies.append(LevelEnergy(levels[fe.name], "F_vib", r["f_vib_kjmol"]))
+                for (lv, key, _), vals in zip(further, values, strict=True):
+                    if key.endswith("_kjmol") and k in vals:  # energies (kJ/mol per molecule)
+                        energies.append(LevelEnergy(levels[lv.name], quantity(key)[1], vals[k]))
                 cif_path = out / f"{r['id']}.cif"
                 cif_path.write_text(crystal_cif(land.landscape.minima[k].structure, n_molecules=int(r["z"] or 1), name=name,
                                                 structure_id=r["id"], smiles=land.smiles, energies=energies,
                                                 space_group=r["space_group"] or ""))
                 paths.append(cif_path)
                 row = [r["id"], rank[k], r["space_group"], r["z"], _fmt(r["density_gcm3"], 4),
-                       _fmt(r["ff_kjmol"]), _fmt(r["ff_rel_kjmol"])]
-                if ref:
-                    row += [_fmt(r["energy_kjmol"]) if r["computed"] else "", _fmt(r["energy_kjmol"]),
-                            _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")),
-                            "computed" if r["computed"] else "failed" if r["failed"] else "predicted"]
-                if fe is not None:
-                    row.append(_fmt(r["f_vib_kjmol"]))
+                       _fmt(r["ff_kjmol"]), _fmt(r["ff_rel_kjmol"]),
+                       _fmt(r["energy_kjmol"]) if r["computed"] else "", _fmt(r["energy_kjmol"]),
+                       _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")),
+                       "computed" if r["computed"] else "failed" if r["failed"] else "predicted"]
+                row += [_fmt(vals.get(k)) if key.endswith("_kjmol") else _fmt_g(vals.get(k))
+                        for (_, key, _), vals in zip(further, values, strict=True)]
                 row.append(cif_path.name)
                 w.writerow(row)
                 e = r["energy_kjmol"] if r["energy_kjmol"] is not None and not r["failed"] else r["ff_kjmol"]
@@ -123,5 +130,21 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     return paths
 
 
+def level_column(level: str, value_key: str) -> str:
+    """The ``landscape_m<id>.csv`` column of a further structure level's value:
+    ``<symbol>_<level>_kJmol_per_mol`` for an energy (a ``*_kjmol`` key, kJ/mol per
+    molecule; ``F_vib_phonon_kJmol_per_mol``), else ``<value key>_<level>`` (the key
+    names its unit, e.g. ``mobility_hole_cm2Vs_mobility-xtb``)."""
+    from agent.summary import quantity
+
+    if value_key.endswith("_kjmol"):
+        return f"{quantity(value_key)[1]}_{level}_kJmol_per_mol"
+    return f"{value_key}_{level}"
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _fmt_g(x: float | None) -> str:
+    return "" if x is None or not np.isfinite(x) else f"{x:.6g}"

@@ -34,6 +34,15 @@ max_structures = 12
 top_k = 3
 """ % LANDSCAPE
 REFINE = 'refine = {name = "replay-crystal", params = {%s}}\n' % LANDSCAPE
+#: the replayed periodic GFN2-xTB level, then phonons as a second level (config alone)
+TWO_LEVELS = """
+[[structures.levels]]
+name = "replay-crystal"
+params = {%s}
+[[structures.levels]]
+name = "phonon"
+params = {force_backend = "xtb-crystal"}
+""" % LANDSCAPE
 
 
 def _run(tmp_path, body=BODY + REFINE, name="t", max_evaluations=None):
@@ -209,15 +218,7 @@ def test_second_structure_level_by_configuration_alone(tmp_path):
     from agent.executor import _evaluate_in_worker
     from sim_backends.base import EvalResult
 
-    levels = """
-[[structures.levels]]
-name = "replay-crystal"
-params = {%s}
-[[structures.levels]]
-name = "phonon"
-params = {force_backend = "xtb-crystal"}
-""" % LANDSCAPE
-    cfg = load_config(write_config(tmp_path, POOL, BODY + levels))
+    cfg = load_config(write_config(tmp_path, POOL, BODY + TWO_LEVELS))
     assert cfg.structures.free_energy.name == "phonon" and cfg.structures.refine.name == "replay-crystal"
     camp = Campaign.create(cfg, tmp_path / "runs")
     try:
@@ -243,6 +244,57 @@ params = {force_backend = "xtb-crystal"}
         assert camp.stage.cost_models["phonon"].measured == [0.1] * len(seen_phonon)
     finally:
         camp.close()
+
+
+def test_structures_written_with_a_column_for_every_level(tmp_path):
+    """runs/<name>/structures/: landscape_m<id>.csv has a column per structure level (the
+    ranking level, a second energy level and a property level), levels.json names each
+    level's level of theory, and the CIFs carry every energy level computed. The phonon
+    and mobility results told here are placeholders (bookkeeping of the writer only)."""
+    import csv
+    import json
+
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.executor import _evaluate_in_worker
+    from agent.landscape_io import write_campaign_structures
+    from sim_backends.base import EvalResult
+
+    levels = TWO_LEVELS + '[[structures.levels]]\nname = "mobility-xtb"\n'
+    body = BODY.replace("max_evaluations = 12", "max_evaluations = 20").replace(
+        "budget_evaluations = 7", "budget_evaluations = 15")
+    camp = Campaign.create(load_config(write_config(tmp_path, POOL, body + levels)), tmp_path / "runs")
+    told = {"phonon": {}, "mobility-xtb": {}}
+    try:
+        while tasks := camp.ask(2):
+            for t in tasks:
+                r = t.request
+                if r.backend in told:
+                    key, value = (("f_vib_kjmol", 5.0 + len(told["phonon"])) if r.backend == "phonon"
+                                  else ("mobility_hole_cm2Vs", 0.0123 * (1 + len(told["mobility-xtb"]))))
+                    told[r.backend][r.structure_id] = value
+                    result = EvalResult(r.backend, "placeholder", 1, "ok", {key: value}, 0.1, "h", cpu_s=0.1)
+                else:
+                    result = _evaluate_in_worker(t.backend, t.backend_params, t.inp)
+                camp.tell(t, result)
+        assert told["phonon"] and told["mobility-xtb"]
+        out = tmp_path / "structures"
+        write_campaign_structures(camp, out)
+        (mol_id,) = camp.stage.landscapes
+    finally:
+        camp.close()
+    levels = json.loads((out / "levels.json").read_text())["levels"]
+    assert list(levels) == ["replay-csp", "replay-crystal", "phonon", "mobility-xtb"]
+    assert "phonopy" in levels["phonon"] and "xtb" in levels["mobility-xtb"].lower()
+    rows = {r["id"]: r for r in csv.DictReader((out / f"landscape_m{mol_id}.csv").open())}
+    f_col, mu_col = "F_vib_phonon_kJmol_per_mol", "mobility_hole_cm2Vs_mobility-xtb"
+    for sid, r in rows.items():
+        f, mu = told["phonon"].get(sid), told["mobility-xtb"].get(sid)
+        assert r[f_col] == ("" if f is None else f"{f:.3f}")
+        assert (r[mu_col] == "") if mu is None else float(r[mu_col]) == pytest.approx(mu, rel=1e-6)
+    sid, f = next(iter(told["phonon"].items()))
+    cif = (out / rows[sid]["cif"]).read_text()
+    assert "F_vib" in cif and f"{f:.3f}" in cif
 
 
 def test_schema_v2_store_is_migrated_and_resumes(finished, tmp_path):
