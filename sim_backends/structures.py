@@ -249,7 +249,21 @@ def load_crystal(cif_text: str, smiles: str | None = None, max_atoms: int = 400)
             connectivity, or a molecule whose formula differs from the SMILES (for
             example missing hydrogens or fragments cut by a bad cell).
     """
-    atoms = atoms_from_cif(cif_text)
+    return crystal_from_atoms(atoms_from_cif(cif_text), smiles, max_atoms)
+
+
+def crystal_from_atoms(atoms: Atoms, smiles: str | None = None, max_atoms: int = 400) -> Crystal:
+    """:func:`load_crystal` of a cell already parsed (e.g. a
+    :class:`~sim_backends.landscape.LandscapeEntry`'s ``atoms``): the same checks and the
+    same :class:`Crystal`, atom order kept; ``atoms`` is not modified.
+
+    Raises:
+        SetupError: as :func:`load_crystal` (except an unreadable CIF).
+    """
+    atoms = atoms.copy()
+    atoms.pbc = True
+    atoms.info.clear()
+    atoms.arrays = {k: v for k, v in atoms.arrays.items() if k in ("numbers", "positions")}
     bad = sorted(set(atoms.get_chemical_symbols()) - SUPPORTED_ELEMENTS)
     if bad:
         raise SetupError(f"crystal contains unsupported element(s) {', '.join(bad)}")

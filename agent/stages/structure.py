@@ -87,10 +87,6 @@ class LandscapeState:
         self.ff_kjmol = self.landscape.energies(relative=False)  # cheap-level (CSP) lattice energies, kJ/mol per molecule
         self._index = {sid: i for i, sid in enumerate(self.ids)}
 
-    @property
-    def cifs(self) -> list[str]:
-        return [m.cif() for m in self.landscape.minima]
-
     def index(self, structure_id: str) -> int | None:
         return self._index.get(structure_id)
 
@@ -417,11 +413,11 @@ class StructureStage:
         if settings is not None and land.fragment is None and land.fragment_error is None:
             from sim_backends.base import SetupError
             from sim_backends.fragment_terms import landscape_fragment_terms
-            from sim_backends.structures import load_crystal
+            from sim_backends.structures import crystal_from_atoms
 
-            try:
+            try:  # the Landscape's parsed structures (each CIF parsed once)
                 land.fragment = landscape_fragment_terms(
-                    [load_crystal(c, land.smiles) for c in land.cifs], settings["cutoff_A"],
+                    [crystal_from_atoms(a, land.smiles) for a in land.landscape.atoms()], settings["cutoff_A"],
                     settings["cutoff_mode"], settings["functional"],
                     baselines=tuple(self.cfg.dimer_baselines))
             except (SetupError, ValueError, RuntimeError) as exc:

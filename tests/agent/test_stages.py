@@ -297,6 +297,46 @@ def test_structures_written_with_a_column_for_every_level(tmp_path):
     assert "F_vib" in cif and f"{f:.3f}" in cif
 
 
+def test_fragment_level_uses_the_landscapes_parsed_structures(tmp_path, monkeypatch):
+    """A fragment-DFT level's pair terms are computed on the structures the Landscape
+    already parsed: no CIF is read again, and the crystals are those load_crystal makes
+    from the stored CIFs (same atoms, order, cell and molecules)."""
+    import numpy as np
+
+    import sim_backends.fragment_terms as fragment_terms
+    import sim_backends.structures as structures
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.executor import _evaluate_in_worker
+
+    dft = f'landscape = "{ROOT / "data/landscapes/formic_acid_dft"}", cheap = "ff", level = "dft"'
+    body = (BODY.replace(LANDSCAPE, dft) + "dimer_baselines = []\n"
+            + 'refine = {name = "replay-crystal", params = {%s}}\n' % dft)
+    pool = ["OC=O formic_acid", "CC(=O)O acetic_acid", "CCCCO butanol", "c1ccccc1 benzene"]
+    camp = Campaign.create(load_config(write_config(tmp_path, pool, body)), tmp_path / "runs")
+    try:
+        while not camp.stage.landscapes:  # the molecule stage, then the (replayed) CSP
+            for t in camp.ask(2):
+                camp.tell(t, _evaluate_in_worker(t.backend, t.backend_params, t.inp))
+        land = next(iter(camp.stage.landscapes.values()))
+        assert camp.stage._fragment_settings() is not None  # a fragment-decomposed level
+        parsed, given = [], []
+        read = structures.atoms_from_cif
+        monkeypatch.setattr(structures, "atoms_from_cif", lambda cif: parsed.append(cif) or read(cif))
+        monkeypatch.setattr(fragment_terms, "landscape_fragment_terms",
+                            lambda crystals, *a, **k: given.extend(crystals) or [])
+        assert camp.stage._fragment_terms(land) == []
+        assert parsed == [] and len(given) == len(land.ids) == 12
+        for crystal, entry in zip(given, land.landscape.minima, strict=True):
+            ref = structures.load_crystal(entry.cif(), land.smiles)
+            assert crystal.atoms.get_chemical_symbols() == ref.atoms.get_chemical_symbols()
+            assert np.allclose(crystal.atoms.positions, ref.atoms.positions, atol=1e-8)
+            assert np.allclose(crystal.atoms.cell[:], ref.atoms.cell[:], atol=1e-8)
+            assert [g.tolist() for g in crystal.groups] == [g.tolist() for g in ref.groups]
+    finally:
+        camp.close()
+
+
 def test_schema_v2_store_is_migrated_and_resumes(finished, tmp_path):
     from agent.campaign import Campaign
     from agent.store import SCHEMA_VERSION
