@@ -52,9 +52,10 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
                    help="comma-separated, e.g. P2_1/c,P-1 (default: ten common groups)")
     p.add_argument("--out", default=None, help="directory for landscape.csv, CIFs, plot")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--charges", choices=("resp", "resp-lp", "xtb"), default="resp",
+    p.add_argument("--charges", choices=("resp", "resp-lp", "xtb"), default=None,
                    help="point charges: RESP fit to the HF/6-31G* ESP (pyscf), the same with lone-pair "
-                        "sites (resp-lp), or GFN2-xTB")
+                        "sites (resp-lp), or GFN2-xTB (default: resp for a rigid molecule, xtb for a "
+                        "flexible one)")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel Ray workers (CPUs of an embedded Ray; with RAY_ADDRESS set, tasks go "
                         "to that cluster); 1: in this process")

@@ -292,7 +292,7 @@ def run_csp(
     out_dir: str | Path | None = None,
     progress: bool = True,
     executor: MapExecutor | None = None,
-    charges: str = "resp",
+    charges: str | None = None,
     batch_size: int = 128,
     cutoff_A: float = 12.0,
     gtol: float = 0.05,
@@ -326,7 +326,9 @@ def run_csp(
             this process, one after the other. The landscape does not depend on it.
         charges: point-charge method ("resp", "xtb"; "resp-lp": RESP with lone-pair sites,
             :mod:`sim_backends.csp.charges`; "none" for zero charges), computed
-            on the molecule's geometry for SMILES and geometry-file input alike.
+            on the molecule's geometry for SMILES and geometry-file input alike; None: "resp"
+            for a rigid molecule, :data:`~sim_backends.csp.flexible.FLEX_DEFAULT_CHARGES` for a
+            flexible one.
         batch_size: trials per minimisation batch (one task).
         cutoff_A: real-space cutoff of the energy model.
         gtol, max_iter: minimiser convergence settings of the full model (stage 2; stage 1
@@ -385,6 +387,7 @@ def run_csp(
             gtol=gtol, max_iter=max_iter, protocol=protocol, stage2_margin_kjmol=stage2_margin_kjmol,
             stage2_warm_start=stage2_warm_start, max_trials=max_trials, sampling=sampling, convergence=convergence)
     t_start = time.perf_counter()
+    charges = "resp" if charges is None else charges
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
     tracker = ConvergenceTracker(labels, criteria)
     if sampling == "fixed":

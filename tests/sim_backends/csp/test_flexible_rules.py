@@ -1,5 +1,6 @@
 """flexible="auto" routing rule (cross-conjugated links) and a one-torsion recovery from SMILES."""
 
+import json
 import sys
 
 import pytest
@@ -58,3 +59,16 @@ def test_one_torsion_molecule_recovers_both_oxalic_acid_forms():
         assert minimum.energy_kjmol - land.minima[0].energy_kjmol < 5.0, (form, rank)
         rec = land.meta["minimum_conformers"][minimum.id]
         assert rec["relaxed"] and abs(abs(rec["torsions_deg"][0]) - 180.0) < 5.0
+
+
+@pytest.mark.slow
+def test_flexible_search_defaults_to_xtb_charges(capsys):
+    """Without --charges a flexible molecule is searched with GFN2-xTB charges per conformer
+    (FLEX_DEFAULT_CHARGES) and the summary says so."""
+    from agent.cli import main
+
+    assert main(["csp", "OCCO", "--n-trials", "8", "--space-groups", "P1", "--sampling", "fixed",
+                 "--top", "2", "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)["meta"]
+    assert meta["flexible"] and meta["charge_method"].startswith("xtb")
+    assert all(c["charge_method"].startswith("xtb") for c in meta["conformers"])
