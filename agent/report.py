@@ -12,6 +12,10 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
 * ``landscape_m<id>.png`` / ``.csv`` per refined CSP landscape (:func:`landscape_plot`,
   :func:`landscape_table`), and the landscapes as CIFs and tables in
   ``runs/<name>/structures/`` (:func:`agent.landscape_io.write_campaign_structures`);
+* ``esf_map.png`` / ``esf_results.csv`` for a campaign with ESF levels: lattice energy
+  against hole mobility per predicted structure, per molecule, and the landscape
+  mobilities (:mod:`agent.esf_report`); the predicted global minima as CIFs in
+  ``runs/<name>/structures/esf_m<id>_<structure>.cif``;
 * ``summary.txt``: the status text (:func:`agent.summary.status_lines`) and notes on plots
   not drawn.
 """
@@ -59,7 +63,12 @@ def write_plots(campaign: Campaign) -> list[Path]:
         else:
             live = structure_results(campaign)
     paths.append(results_table(campaign, out / "results.csv"))
+    from agent.esf_report import write_esf_report
+
+    esf_paths, esf = write_esf_report(campaign.store, campaign.cfg, campaign.directory, out, plt, notes)
+    paths += esf_paths
     rec = status_record(campaign.status(), campaign.store, campaign.cfg)
+    rec["esf"] = esf  # with the CIF paths just written
     if live is not None:
         rec["structures"] = live
     summary = out / "summary.txt"

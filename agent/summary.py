@@ -47,6 +47,9 @@ QUANTITIES: dict[str, tuple[str, str, str]] = {
     "zpe_kjmol": ("zero-point energy", "ZPE", "kJ/mol per molecule"),
     "density_gcm3": ("density", "rho", "g/cm3"),
     "global_min_density_gcm3": ("density of the CSP global minimum", "rho", "g/cm3"),
+    "log10_landscape_mobility_hole": ("log10 landscape hole mobility", "log10 mu_h", "log10 cm2/(V s)"),
+    "landscape_mobility_hole_cm2Vs": ("landscape hole mobility", "mu_h", "cm2/(V s)"),
+    "mobility_hole_cm2Vs": ("hole mobility", "mu_h", "cm2/(V s)"),
 }
 _SUFFIX_UNITS = (("_kjmol", "kJ/mol"), ("_ev", "eV"), ("_gcm3", "g/cm3"), ("_s", "s"), ("_A", "A"))
 
@@ -72,6 +75,9 @@ def axis_label(name: str) -> str:
 def format_value(name: str, value: float, std: float | None = None) -> str:
     """``"15.9 kJ/mol (0.165 eV)"`` / ``"-65.3 ± 1.2 kJ/mol per molecule"``."""
     _, _, unit = quantity(name)
+    if name.startswith("log10_") and unit.startswith("log10 "):  # e.g. a mobility
+        pm = f" ± {std:.2f}" if std is not None and math.isfinite(std) and std > 0 else ""
+        return f"{value:.2f}{pm} (= {10 ** value:.1e} {unit[6:]})"
     pm = f" ± {std:.1f}" if std is not None and math.isfinite(std) and std > 0 else ""
     text = f"{value:.1f}{pm} {unit}".rstrip()
     if unit == "kJ/mol":
@@ -310,6 +316,9 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig) -> dict[str
     rec["objective"] = {"name": cfg.objective, "label": label, "symbol": short, "unit": unit,
                         "level": level_of_theory(cfg.backends[-1]), "direction": cfg.direction}
     rec["structures"] = stored_structure_results(store, cfg)
+    from agent.esf_report import esf_results
+
+    rec["esf"] = esf_results(store, cfg, Path(store.path).parent)  # [] without ESF levels
     return rec
 
 
@@ -336,5 +345,8 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         f"best          {best_line(s)}",
     ]
     lines += structure_lines(s.get("structures") or [])
+    from agent.esf_report import esf_lines
+
+    lines += esf_lines(s.get("esf") or [])
     lines.append(f"state         {'finished: ' + s['stop_reason'] if s['finished'] else 'not finished'}")
     return lines

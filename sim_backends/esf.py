@@ -29,13 +29,16 @@ Failures are failed evaluations with a one-line reason: no lambda+ (the xTB calc
 failed), a CSP with no minimum, every kept structure without a mobility (no molecular
 contacts within the cutoff, a failed dimer SCF: the reasons of the structures are
 joined). A structure that fails while others succeed is left out of the landscape and
-named in ``extra["structures"]``.
+named in ``extra["structures"]``, which lists every kept structure (energy, space group,
+Z, density, CIF, mobility or error): ``crystal-agent status``/``report`` show them
+(:mod:`agent.esf_report`).
 
 Replays (``replay-esf-proxy``, ``replay-esf-quick``, ``replay-esf-refined``) serve the
 project's data set ``data/esf/esf_<fidelity>.jsonl`` (made by
 ``data/esf/make_esf_dataset.py`` with :func:`landscape_record`) and charge each result the
 CPU seconds recorded for it, so budgets and cost models see what the real calculation
-spent; their ``cost_estimate`` is the real backend's size-based estimate.
+spent, and report the record's structures like the real levels; their ``cost_estimate``
+is the real backend's size-based estimate.
 
 Units: mobilities cm^2/(V s), energies kJ/mol, CPU seconds. Heavy imports inside functions.
 """
@@ -282,8 +285,7 @@ class EsfLandscapeBackend(Backend):
         if "error" in rec:
             raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
         values = landscape_values(lam, rec)
-        structures = [{k: v for k, v in s.items() if k != "cif"} for s in rec["structures"]]
-        return values, {"level": self.level_of_theory(inp.params), "structures": structures,
+        return values, {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
                         "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
                         "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
 
@@ -367,7 +369,10 @@ class _EsfReplay(Backend):
         if rec.get("error"):
             raise _run_error(f"replayed failure: {rec['error']}")
         lam = rec.get("reorg_energy_kjmol", rec.get("lambda_hole_kjmol"))
-        return landscape_values(float(lam), rec), {"replayed": self.data_fidelity}
+        extra: dict[str, Any] = {"replayed": self.data_fidelity}
+        if rec.get("structures"):  # the predicted structures (with CIFs), as the real level reports them
+            extra["structures"] = rec["structures"]
+        return landscape_values(float(lam), rec), extra
 
     def evaluate(self, inp: EvalInput) -> EvalResult:
         result = super().evaluate(inp)

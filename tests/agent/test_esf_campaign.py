@@ -9,6 +9,7 @@ import json
 import math
 import sqlite3
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -260,32 +261,99 @@ budget_evaluations = 6
 """
 
 
-def test_esf_ladder_reaches_csp_when_the_evaluation_budget_binds(tmp_path):
-    """examples/esf.toml's ladder (proxy 0.2 CPU s, quick CSP ~11, refined CSP ~19 CPU s
-    per molecule) replayed on data/esf with 16 evaluations and 540 CPU s: the CPU left
-    pays for hundreds of proxies, so the 16 evaluations are what binds, and a proxy that
-    uses one of them is not ~100x cheaper than a CSP. Priced in CPU seconds alone, the
-    acquisition spent all 16 on proxies and never started a CSP."""
+@pytest.fixture(scope="module")
+def esf_replay(tmp_path_factory):
+    """examples/esf.toml's ladder replayed on data/esf (the 40 molecules with all three
+    levels), 16 evaluations and 540 CPU s (``--max-evaluations 24`` less the structure
+    stage's 8); the campaign directory after the run."""
     from agent.campaign import Campaign
     from agent.config import parse_config
     from agent.local_executor import LocalExecutor
     from agent.runner import run_campaign
     from sim_backends.esf import esf_records
 
+    tmp = tmp_path_factory.mktemp("esf_replay")
     refined = esf_records("refined")
-    names = {s: r["name"].replace(" ", "_") for s, r in refined.items()}
-    (tmp_path / "pool.smi").write_text("".join(f"{s} {n}\n" for s, n in names.items()))
+    (tmp / "pool.smi").write_text("".join(f"{s} {r['name'].replace(' ', '_')}\n" for s, r in refined.items()))
     cfg = parse_config(tomllib.loads('name = "esf"\npool = "pool.smi"\n' + ESF_LADDER.format(max_evals=16)),
-                       base_dir=tmp_path)
-    camp = Campaign.create(cfg, tmp_path / "runs")
+                       base_dir=tmp)
+    camp = Campaign.create(cfg, tmp / "runs")
     try:
         assert camp.molecules.evaluation_share == 16
-        run_campaign(camp, tmp_path / "runs", executor=LocalExecutor(slots=2), progress=False)
+        run_campaign(camp, tmp / "runs", executor=LocalExecutor(slots=2), progress=False)
+    finally:
+        camp.close()
+    return tmp / "runs"
+
+
+def test_esf_ladder_reaches_csp_when_the_evaluation_budget_binds(esf_replay):
+    """Proxy 0.2 CPU s, quick CSP ~11, refined CSP ~19 CPU s per molecule; with 16
+    evaluations and 540 CPU s, the CPU left pays for hundreds of proxies, so the 16
+    evaluations are what binds, and a proxy that uses one of them is not ~100x cheaper
+    than a CSP. Priced in CPU seconds alone, the acquisition spent all 16 on proxies and
+    never started a CSP."""
+    from agent.campaign import Campaign
+
+    camp = Campaign.open("esf", esf_replay, readonly=True)
+    try:
         by = camp.status().n_by_backend
     finally:
         camp.close()
     assert by["replay-esf-proxy"] >= 6  # the initial design
     assert by["replay-esf-refined"] == 6, by  # the refined CSP budget is used
+
+
+def test_status_and_report_show_the_esf_results(esf_replay):
+    """status names each CSP-level molecule's landscape hole mobility with its sd, unit
+    and level, and its predicted global minimum; report writes the ESF map (lattice
+    energy vs mobility per structure), a table and the global minima as CIFs."""
+    import csv
+
+    from agent.campaign import Campaign
+    from agent.report import write_plots
+    from agent.summary import status_lines, status_record
+    from sim_backends.esf import esf_records
+    from sim_backends.structures import load_crystal
+
+    camp = Campaign.open("esf", esf_replay, readonly=True)
+    try:
+        refined = [ev for ev in camp.store.evaluations() if ev.backend == "replay-esf-refined" and ev.ok]
+        rec = status_record(camp.status(), camp.store, camp.cfg)
+        paths = write_plots(camp)
+        after = status_record(camp.status(), camp.store, camp.cfg)
+    finally:
+        camp.close()
+    esf = rec["esf"]
+    assert len(esf) == len(refined) >= 4  # one per molecule, at the highest level it reached
+    assert [r["mean"] for r in esf] == sorted((r["mean"] for r in esf), reverse=True)
+    recs = {validate(s): r for s, r in esf_records("refined").items()}
+    for r in esf:
+        truth = recs[validate(r["smiles"])]
+        assert r["backend"] == "replay-esf-refined" and r["source"] == "molecule stage"
+        assert r["mean"] == pytest.approx(truth["landscape_mobility_hole_cm2Vs"]["mean"])
+        assert r["sd"] == pytest.approx(truth["landscape_mobility_hole_cm2Vs"]["sd"])
+        ok = [s for s in truth["structures"] if "mobility_hole_cm2Vs" in s]
+        assert len(r["structures"]) == len(ok) and r["global_minimum"]["rel_kjmol"] == 0.0
+        assert "cif_text" not in r["global_minimum"]  # status carries paths, not CIF texts
+    text = "\n".join(status_lines(rec))
+    best = esf[0]
+    assert f"{best['name']}: mu_h = {best['mean']:.1e} ± {best['sd']:.1e} cm2/(V s)" in text
+    assert "300-trial CSP" in text and "predicted global minimum" in text
+    assert "log10 landscape hole mobility" not in text or "(= " in text  # the best line: log10 and the value
+    names = {p.name for p in paths}
+    assert {"esf_map.png", "esf_results.csv"} <= names
+    rows = list(csv.DictReader((esf_replay / "esf" / "report" / "esf_results.csv").open()))
+    assert [r["name"] for r in rows] == [r["name"] for r in esf]
+    cif = Path(after["esf"][0]["global_minimum"]["cif"])
+    assert cif.is_file() and cif.parent == esf_replay / "esf" / "structures"
+    assert load_crystal(cif.read_text(), best["smiles"]).z == after["esf"][0]["global_minimum"]["z"]
+    assert str(cif) in "\n".join(status_lines(after))
+
+
+def validate(smiles):
+    from sim_backends.molecule import validate_smiles
+
+    return validate_smiles(smiles)
 
 
 def test_evaluation_slot_price_only_when_the_evaluation_budget_binds():

@@ -1,0 +1,320 @@
+"""Energy-structure-function (ESF) results of a campaign: what ``status``, the run summary
+and ``report`` say about charge transport on the predicted crystals.
+
+* :func:`esf_results` -- per molecule with a landscape hole mobility, from the store alone:
+  the molecule stage's ESF levels (``esf-landscape``/``esf-refined`` and their replays:
+  the evaluation at the highest level the molecule reached) and the structure stage's
+  mobility property level (the latest ``landscape_property`` event with the computed
+  structures). Each record: ``molecule_id, name, smiles, source`` (``"molecule stage"``
+  or ``"structure stage"``), ``backend``, ``level`` (level of theory), ``mean``/``sd``
+  (Boltzmann-weighted hole mobility and its sd, cm2/(V s)), ``n_in_window``,
+  ``structures`` (per structure: ``id, energy_kjmol, rel_kjmol`` (kJ/mol per molecule,
+  relative to the lowest), ``mobility_hole_cm2Vs, density_gcm3, space_group, z, cif``
+  (a CIF text or a file path, when known)), ``global_minimum`` (the lowest structure
+  with a mobility). Best mobility first.
+* :func:`esf_lines` -- the text lines (units and level on every figure).
+* :func:`write_esf_cifs` -- the predicted global minimum of each molecule-stage ESF
+  landscape as ``runs/<name>/structures/esf_m<molecule>_<structure>.cif``.
+* :func:`esf_map_figure` -- the ESF maps: relative lattice energy against hole mobility per
+  predicted structure, one panel per molecule (best landscape mobility first), points
+  coloured by density, the Boltzmann window and the landscape mean ± sd marked.
+
+Importing this module is cheap (matplotlib and numpy load inside functions).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.config import CampaignConfig
+    from agent.store import Store
+
+#: the molecule-level value that marks an ESF landscape evaluation (sim_backends/esf.py)
+LANDSCAPE_KEY = "landscape_mobility_hole_cm2Vs"
+#: unit of every mobility printed
+MOBILITY_UNIT = "cm2/(V s)"
+#: molecules listed by ``status`` and drawn in the ESF map
+N_LISTED = 6
+
+
+def format_mobility(mean: float, sd: float | None = None) -> str:
+    """``"1.2e-02 ± 3.1e-03 cm2/(V s)"`` (mobilities span decades: 2 significant figures)."""
+    pm = f" ± {sd:.1e}" if sd is not None and math.isfinite(sd) and sd > 0 else ""
+    return f"{mean:.1e}{pm} {MOBILITY_UNIT}"
+
+
+def _level_of(backend: Any) -> str:
+    from agent.summary import level_of_theory
+
+    return level_of_theory(backend)
+
+
+def _molecule_stage(store: Store, cfg: CampaignConfig, names: dict[int, tuple[str, str]],
+                    cif_text: bool) -> list[dict[str, Any]]:
+    best: dict[int, tuple[int, Any]] = {}
+    fidelity = {b.name: f for f, b in enumerate(cfg.backends)}
+    for ev in store.evaluations():
+        if ev.structure_id is not None or ev.backend not in fidelity or not ev.ok:
+            continue
+        if LANDSCAPE_KEY not in ev.values:
+            continue
+        f = fidelity[ev.backend]
+        if ev.molecule_id not in best or f >= best[ev.molecule_id][0]:
+            best[ev.molecule_id] = (f, ev)
+    out = []
+    for mid, (f, ev) in best.items():
+        structures = []
+        for s in ev.extra.get("structures") or []:
+            if s.get("mobility_hole_cm2Vs") is None or s.get("energy_kjmol") is None:
+                continue
+            row = {k: s.get(k) for k in ("id", "energy_kjmol", "mobility_hole_cm2Vs", "density_gcm3",
+                                         "space_group", "z")}
+            row["cif"] = None
+            if cif_text and s.get("cif"):
+                row["cif_text"] = s["cif"]
+            structures.append(row)
+        name, smiles = names.get(mid, ("", ""))
+        out.append({"molecule_id": int(mid), "name": name, "smiles": smiles, "source": "molecule stage",
+                    "backend": ev.backend, "level": _level_of(cfg.backends[f]),
+                    "mean": float(ev.values[LANDSCAPE_KEY]),
+                    "sd": float(ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
+                    "n_in_window": int(ev.values.get("n_structures_in_window", len(structures))),
+                    "structures": structures})
+    return out
+
+
+def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
+                     names: dict[int, tuple[str, str]]) -> list[dict[str, Any]]:
+    if not cfg.structures.enabled:
+        return []
+    from agent.stages.properties import is_property_level
+    from agent.stages.structure import level_value_keys
+
+    levels = cfg.structures.level_configs()
+    keys = level_value_keys(cfg.structures)
+    props = {lv.name: (lv, k) for lv, k in zip(levels, keys, strict=True) if is_property_level(lv.name)}
+    energy = [(lv, k) for lv, k in zip(levels, keys, strict=True) if not is_property_level(lv.name)]
+    if not props or not energy:
+        return []
+    rank_level, rank_key = energy[0]
+    latest: dict[tuple[int, str], dict[str, Any]] = {}
+    for e in store.events("landscape_property"):
+        if e.get("level") in props:
+            latest[(int(e["molecule_id"]), e["level"])] = e
+    if not latest:
+        return []
+    energies: dict[str, float] = {}
+    prop_values: dict[str, dict[str, float]] = {name: {} for name in props}
+    for ev in store.evaluations():
+        if ev.structure_id is None or not ev.ok:
+            continue
+        if ev.backend == rank_level.name and rank_key in ev.values:
+            energies[ev.structure_id] = float(ev.values[rank_key])
+        elif ev.backend in props and props[ev.backend][1] in ev.values:
+            prop_values[ev.backend][ev.structure_id] = float(ev.values[props[ev.backend][1]])
+    rows = {r["id"]: r for r in store.structures()}
+    out = []
+    for (mid, level), e in sorted(latest.items()):
+        structures = []
+        for sid, mu in prop_values[level].items():
+            r = rows.get(sid)
+            if r is None or int(r["molecule_id"]) != mid or sid not in energies:
+                continue
+            cif = directory / "structures" / f"{sid}.cif" if directory is not None else None
+            structures.append({"id": sid, "energy_kjmol": energies[sid], "mobility_hole_cm2Vs": mu,
+                               "density_gcm3": r["density_gcm3"], "space_group": r["space_group"], "z": r["z"],
+                               "cif": str(cif) if cif is not None else None})
+        name, smiles = names.get(mid, ("", ""))
+        out.append({"molecule_id": mid, "name": name, "smiles": smiles, "source": "structure stage",
+                    "backend": level, "level": f"{_level_of(props[level][0])}; energies {_level_of(rank_level)}",
+                    "mean": float(e["mean"]), "sd": float(e["sd"]), "n_in_window": int(e["n_in_window"]),
+                    "structures": structures})
+    return out
+
+
+def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None,
+                *, cif_text: bool = False) -> list[dict[str, Any]]:
+    """The campaign's ESF results (module docstring), best landscape mobility first; a
+    molecule-stage global minimum's ``cif`` is its file path once :func:`write_esf_cifs`
+    wrote it (``cif_text``: every molecule-stage structure keeps its CIF text as
+    ``cif_text``, for writing)."""
+    names = {int(m["id"]): (m["name"] or m["smiles"], m["smiles"]) for m in store.molecules()}
+    out = _molecule_stage(store, cfg, names, cif_text) + _structure_stage(store, cfg, directory, names)
+    for rec in out:
+        s = rec["structures"]
+        if s:
+            e0 = min(x["energy_kjmol"] for x in s)
+            for x in s:
+                x["rel_kjmol"] = x["energy_kjmol"] - e0
+            s.sort(key=lambda x: x["energy_kjmol"])
+        rec["global_minimum"] = s[0] if s else None
+        p = esf_cif_path(directory, rec) if directory is not None else None
+        if p is not None and p.is_file():
+            rec["global_minimum"]["cif"] = str(p)
+    out.sort(key=lambda r: (-r["mean"], r["source"], r["molecule_id"]))
+    return out
+
+
+def esf_cif_path(directory: Path, rec: dict[str, Any]) -> Path | None:
+    """Where :func:`write_esf_cifs` puts a molecule-stage record's global minimum."""
+    gm = rec.get("global_minimum")
+    if gm is None or rec["source"] != "molecule stage":
+        return None
+    return Path(directory) / "structures" / f"esf_m{rec['molecule_id']}_{gm['id']}.cif"
+
+
+def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]:
+    """Write each molecule-stage landscape's global minimum as a CIF (results of
+    :func:`esf_results` with ``cif_text``); its ``cif`` becomes the file path and the
+    texts are dropped from the records."""
+    paths = []
+    for rec in results:
+        p = esf_cif_path(directory, rec)
+        gm = rec.get("global_minimum")
+        if p is not None and gm and gm.get("cif_text"):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(gm["cif_text"])
+            gm["cif"] = str(p)
+            paths.append(p)
+        for x in rec["structures"]:
+            x.pop("cif_text", None)
+    return paths
+
+
+def esf_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Status lines: per molecule (best first, at most :data:`N_LISTED`), the landscape
+    hole mobility with its sd, unit and level, and its predicted global minimum."""
+    if not results:
+        return []
+    lines = [f"ESF           landscape hole mobility mu_h ({MOBILITY_UNIT}; Boltzmann mean ± 1 sd over the "
+             "predicted structures in the energy window), best first:"]
+    for rec in results[:N_LISTED]:
+        log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
+        lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({log}), "
+                     f"{rec['n_in_window']} structures in window; {rec['source']} ({rec['backend']}): {rec['level']}")
+        gm = rec.get("global_minimum")
+        if gm:
+            cif = gm.get("cif")
+            where = f"  {cif}" if cif and Path(cif).is_file() else ""
+            dens = f", {gm['density_gcm3']:.3f} g/cm3" if gm.get("density_gcm3") is not None else ""
+            lines.append(f"    predicted global minimum {gm['id']} ({gm.get('space_group') or '?'}, "
+                         f"Z = {gm.get('z') or '?'}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"
+                         + where)
+    if len(results) > N_LISTED:
+        lines.append(f"  ({len(results) - N_LISTED} more in report/esf_results.csv)")
+    return lines
+
+
+def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
+    """One row per molecule and source: the landscape mobility, its sd, level, and the
+    global minimum (``report/esf_results.csv``)."""
+    import csv
+
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["molecule_id", "name", "smiles", "source", "backend", "level", "mobility_hole_cm2Vs",
+                    "mobility_hole_sd_cm2Vs", "n_in_window", "n_structures", "global_minimum_id",
+                    "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif"])
+        for r in results:
+            gm = r.get("global_minimum") or {}
+            w.writerow([r["molecule_id"], r["name"], r["smiles"], r["source"], r["backend"], r["level"],
+                        f"{r['mean']:.4g}", f"{r['sd']:.4g}", r["n_in_window"], len(r["structures"]),
+                        gm.get("id", ""), f"{gm['mobility_hole_cm2Vs']:.4g}" if gm else "",
+                        gm.get("cif") or ""])
+    return path
+
+
+def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float | None = None,
+                   title: str = "") -> Any | None:
+    """The ESF maps (module docstring); None without any structure with a mobility."""
+    import numpy as np
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    recs = [r for r in results if r["structures"]][:N_LISTED]
+    if not recs:
+        return None
+    n = len(recs)
+    ncol = min(n, 3)
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol + 1.0, 3.3 * nrow + 0.6), squeeze=False,
+                             layout="constrained")
+    dens_all = [s["density_gcm3"] for r in recs for s in r["structures"] if s.get("density_gcm3") is not None]
+    vmin, vmax = (min(dens_all), max(dens_all)) if dens_all else (0.0, 1.0)
+    sc = None
+    for k, rec in enumerate(recs):
+        ax = axes[k // ncol][k % ncol]
+        s = rec["structures"]
+        mu = np.array([max(x["mobility_hole_cm2Vs"], 1e-12) for x in s])
+        e = np.array([x["rel_kjmol"] for x in s])
+        rho = np.array([x["density_gcm3"] if x.get("density_gcm3") is not None else np.nan for x in s])
+        sc = ax.scatter(mu, e, c=rho, cmap="viridis", vmin=vmin, vmax=vmax, s=36, edgecolors="k", lw=0.4,
+                        zorder=3)
+        if window_kjmol is not None:
+            ax.axhspan(0, window_kjmol, color="0.92", zorder=0, label=f"window {window_kjmol:g} kJ/mol")
+        ax.axvline(rec["mean"], color="tab:red", lw=1.2, label="landscape mean ± 1 sd")
+        if rec["sd"] > 0 and math.isfinite(rec["sd"]):
+            ax.axvspan(max(rec["mean"] - rec["sd"], 1e-12), rec["mean"] + rec["sd"], color="tab:red", alpha=0.12)
+        ax.set_xscale("log")
+        lo, hi = float(min(mu.min(), rec["mean"])), float(max(mu.max(), rec["mean"]))
+        mid = math.sqrt(lo * hi)
+        span = max(hi / lo, 10.0) ** 0.5 * 1.3  # at least a decade, with a margin
+        ax.set_xlim(mid / span, mid * span)
+        ax.xaxis.set_major_locator(LogLocator(base=10.0, numticks=6))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"hole mobility mu_h ({MOBILITY_UNIT})", fontsize=8)
+        if k % ncol == 0:
+            ax.set_ylabel("lattice energy rel. to lowest\n(kJ/mol per molecule)", fontsize=8)
+        ax.set_title(f"{rec['name']}: {len(s)} structures\n{rec['source']}, {rec['backend']}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper right")
+    for k in range(n, nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    levels = sorted({r["level"] for r in recs})
+    fig.suptitle((title + "\n" if title else "") + "; ".join(levels), fontsize=7)
+    if sc is not None:
+        cb = fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.8)
+        cb.set_label("density (g/cm$^3$)", fontsize=8)
+    return fig
+
+
+def write_esf_report(store: Store, cfg: CampaignConfig, directory: Path, out: Path, plt: Any,
+                     notes: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """``report/esf_map.png`` and ``report/esf_results.csv`` and the global-minimum CIFs;
+    returns the paths and the results (empty lists for a campaign without ESF results)."""
+    results = esf_results(store, cfg, directory, cif_text=True)
+    if not results:
+        return [], []
+    paths = write_esf_cifs(directory, results)
+    paths.append(write_esf_table(results, out / "esf_results.csv"))
+    window = _esf_window(cfg) or (cfg.structures.window_kjmol if cfg.structures.enabled else None)
+    fig = esf_map_figure(results, plt, window, title=f"campaign {cfg.name}: ESF maps")
+    if fig is None:
+        notes.append("no structure with a hole mobility: no ESF map")
+    else:
+        p = out / "esf_map.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths, results
+
+
+def _esf_window(cfg: CampaignConfig) -> float | None:
+    """The energy window of the molecule stage's ESF levels (their ``window_kjmol``
+    param or the backend's default)."""
+    for b in reversed(cfg.backends):
+        from sim_backends.registry import UnknownBackendError, backend_class
+
+        try:
+            cls = backend_class(b.name)
+        except UnknownBackendError:
+            continue
+        defaults = getattr(cls, "_DEFAULTS", None) or {}
+        est = getattr(cls, "estimated_as", "")
+        if not defaults and est:
+            defaults = getattr(backend_class(est), "_DEFAULTS", None) or {}
+        if "window_kjmol" in b.params or "window_kjmol" in defaults:
+            return float(b.params.get("window_kjmol", defaults.get("window_kjmol")))
+    return None
