@@ -14,9 +14,14 @@ SCF (monomers, dimers, counterpoise monomers) with
   into place block by block for dimers and counterpoise monomers, no monomer SCF for a
   monomer identical to the reference (counterpoise, rigid molecules), no extra check cycle;
 * ``auto+newton``: as ``auto``, with second-order SCF (PySCF newton) for a dimer whose
-  guess's SCF error is below ``NEWTON_MAX_GRAD`` (decided per SCF).
+  guess's SCF error is below ``NEWTON_MAX_GRAD`` (decided per SCF);
+* ``learned``: as ``auto`` without the nearest-dimer store: dimers and counterpoise
+  monomers start from the learned density model (:mod:`sim_backends.density_model`,
+  kernel ridge on the correction over the monomer superposition, trained from empty on
+  every dimer this configuration converges) when it has a training dimer within its
+  reach, else from the superposition guesses.
 
-Each warm configuration has its own monomer and dimer reference stores, emptied at the
+Each warm configuration has its own monomer and dimer reference stores (and model), empty at the
 start, so its default-guess monomer SCF and first dimers are charged to it. The
 per-guess table attributes the builds to each lever. Configurations run
 interleaved per structure (same machine load). Part 2, hole reorganisation energies
@@ -28,11 +33,13 @@ Newton's response builds), SCF CPU seconds and wall seconds per calculation, and
 largest energy difference to the default guess (monomer energies; dimer interaction
 energies, each a difference of three SCF energies; reorganisation: the four total
 energies), in Hartree. Wall time depends on the load of the shared machine; CPU seconds
-(``time.process_time``) much less.
+(``time.process_time``) much less. The run is serial on one thread, so its total CPU
+seconds (``total_cpu_s``, with the load averages at start and end) estimate its wall
+time on an idle machine.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scf_guess.py
-      [--landscape data/landscapes/formic_acid_dft] [--n-structures 16]
-      [--pool examples/pool.smi] [--n-molecules 4]
+      [--landscape data/landscapes/formic_acid_dft] [--n-structures 10]
+      [--pool examples/pool.smi] [--n-molecules 20]
 Writes benchmarks/results/scf_guess.json (other arguments: scf_guess_<tag>.json).
 """
 
@@ -50,15 +57,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 HARTREE_TO_KJMOL = 2625.4996394799
-CONFIGS = ("default", "superposition", "auto", "auto+newton")
-DEFAULTS = {"landscape": "data/landscapes/formic_acid_dft", "n_structures": 16,
-            "pool": "examples/pool.smi", "n_molecules": 4}
+CONFIGS = ("default", "superposition", "auto", "auto+newton", "learned")
+DEFAULTS = {"landscape": "data/landscapes/formic_acid_dft", "n_structures": 10,
+            "pool": "examples/pool.smi", "n_molecules": 20}
 
 
 def crystal_part(landscape: Path, n_structures: int, log) -> dict:
     from ase.io import read
     from pyscf import lib
 
+    from sim_backends.density_model import DensityCorrectionModel
     from sim_backends.dft_crystal import ScfSettings, fragment_lattice_energy
     from sim_backends.scf_guess import DimerReferences, MonomerReferences
     from sim_backends.structures import Crystal
@@ -70,9 +78,11 @@ def crystal_part(landscape: Path, n_structures: int, log) -> dict:
     frames = read(str(landscape / f"{name}_ff.extxyz"), index=f":{n_structures}")
     refs = {c: MonomerReferences() for c in CONFIGS}
     dimer_refs = {c: DimerReferences() for c in CONFIGS}
+    model = DensityCorrectionModel()
     levers = {"default": {"scf_guess": "default"},
               "superposition": {"reuse_dimers": False, "reuse_monomers": False, "conv_check": True},
-              "auto": {}, "auto+newton": {"newton": "auto"}}
+              "auto": {}, "auto+newton": {"newton": "auto"},
+              "learned": {"scf_guess": "learned", "reuse_dimers": False}}
     rows = []
     for fr in frames:
         crystal = Crystal.from_atoms(fr)
@@ -83,7 +93,7 @@ def crystal_part(landscape: Path, n_structures: int, log) -> dict:
             t0 = time.perf_counter()
             values, extra = fragment_lattice_energy(crystal, settings, st["cutoff_A"], st["cutoff_mode"],
                                                     st["counterpoise"], references=refs[config],
-                                                    dimer_references=dimer_refs[config])
+                                                    dimer_references=dimer_refs[config], density_model=model)
             scf = [x for r in extra["dimers"] for x in r["scf"]] + [m["scf"] for m in extra["monomers"]]
             row[config] = {
                 "fock_builds": extra["scf_fock_builds_total"], "scf_cpu_s": extra["scf_cpu_s_total"],
@@ -107,8 +117,13 @@ def crystal_part(landscape: Path, n_structures: int, log) -> dict:
         log(f"{row['id']}: Fock builds " + " / ".join(f"{c} {row[c]['fock_builds']}" for c in CONFIGS)
             + "; SCF CPU s " + " / ".join(f"{row[c]['scf_cpu_s']:.1f}" for c in CONFIGS))
         rows.append(row)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        size = model.save(Path(tmp) / "density_model.npz").stat().st_size
+    model_info = {**model.summary(), "npz_bytes": size}
     return {"landscape": str(landscape.relative_to(ROOT)) if landscape.is_relative_to(ROOT) else str(landscape),
-            "settings": st, "structures": rows}
+            "settings": st, "structures": rows, "density_model": model_info}
 
 
 def _by_guess(scf: list[dict]) -> dict:
@@ -177,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     pool = (ROOT / args.pool) if not Path(args.pool).is_absolute() else Path(args.pool)
     if args.n_molecules and not pool.is_file():
         sys.exit(f"error: pool file {args.pool} not found")
-    t_start = time.perf_counter()
+    t_start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:7.0f} s] {msg}", flush=True)
@@ -206,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
                       "fallbacks": sum(len(r[c]["fallbacks"]) for r in rows)}
         print(f"{c:<14}{t['fock_builds']:>12}{t['fock_builds'] / t['n_scf']:>9.2f}{t['scf_cpu_s']:>11.1f}"
               f"{t['scf_wall_s']:>11.1f}{t['wall_s']:>9.1f}{red:>11.1%}{cpu_x:>7.2f}{wall_x:>8.2f}{de:>12.1e}")
+    dm_info = cryst["density_model"]
+    print(f"learned density model at the end: {dm_info['n_train']} training dimers, {dm_info['n_pair_types']} pair "
+          f"types, {dm_info['npz_bytes'] / 1e6:.2f} MB saved (.npz), length scales {dm_info['length_scales_A']} A")
     print("Fock builds per SCF by guess/solver (all structures):")
     for c in CONFIGS:
         agg: dict = {}
@@ -219,20 +237,25 @@ def main(argv: list[str] | None = None) -> None:
     reorg_summary = None
     if reorg["molecules"]:
         print(f"\nHole reorganisation energy, {reorg.get('level')}, {len(reorg['molecules'])} molecules")
-        print(f"{'molecule':<22}{'builds def':>11}{'builds auto':>12}{'CPU s def':>10}{'CPU s auto':>11}{'max|dE| Eh':>12}")
+        print("(default: PySCF's minao guess for the four SCFs; auto: each state from the closest converged state)")
+        print(f"{'molecule':<22}{'builds def':>11}{'builds auto':>12}{'CPU s def':>10}{'CPU s auto':>11}"
+              f"{'wall s def':>11}{'wall s auto':>12}{'max|dE| Eh':>12}")
         for m in reorg["molecules"]:
             d, a = m["default"], m["auto"]
             de = m["max_abs_diff_eh"]
             print(f"{m['name'][:21]:<22}{d['fock_builds'] or 0:>11}{a['fock_builds'] or 0:>12}{d['scf_cpu_s']:>10.1f}"
-                  f"{a['scf_cpu_s']:>11.1f}{(f'{de:.1e}' if de is not None else 'n/a'):>12}")
+                  f"{a['scf_cpu_s']:>11.1f}{d['wall_s']:>11.1f}{a['wall_s']:>12.1f}"
+                  f"{(f'{de:.1e}' if de is not None else 'n/a'):>12}")
         if mols:
             fb = [sum(m[c]["fock_builds"] for m in mols) for c in ("default", "auto")]
             cpu = [sum(m[c]["scf_cpu_s"] for m in mols) for c in ("default", "auto")]
+            wall = [sum(m[c]["wall_s"] for m in mols) for c in ("default", "auto")]
             reorg_summary = {"n_molecules": len(mols), "fock_builds": fb, "scf_cpu_s": [round(x, 2) for x in cpu],
+                             "wall_s": [round(x, 2) for x in wall],
                              "fock_build_reduction": round(1 - fb[1] / fb[0], 4),
-                             "cpu_speedup": round(cpu[0] / cpu[1], 3),
+                             "cpu_speedup": round(cpu[0] / cpu[1], 3), "wall_speedup": round(wall[0] / wall[1], 3),
                              "max_abs_energy_diff_eh": max(m["max_abs_diff_eh"] for m in mols)}
-            print(f"{'total':<22}{fb[0]:>11}{fb[1]:>12}{cpu[0]:>10.1f}{cpu[1]:>11.1f}"
+            print(f"{'total':<22}{fb[0]:>11}{fb[1]:>12}{cpu[0]:>10.1f}{cpu[1]:>11.1f}{wall[0]:>11.1f}{wall[1]:>12.1f}"
                   f"{reorg_summary['max_abs_energy_diff_eh']:>12.1e}")
 
     best = max(CONFIGS[1:], key=lambda c: summary[c]["fock_build_reduction"])
@@ -248,7 +271,10 @@ def main(argv: list[str] | None = None) -> None:
         "targets": {"fock_build_reduction>=0.5": summary[best]["fock_build_reduction"] >= 0.5,
                     "wall_speedup>=1.5": summary[best]["wall_speedup"] >= 1.5},
         "configurations": summary, "reorg": reorg_summary,
+        "density_model": cryst["density_model"],
         "total_wall_s": round(time.perf_counter() - t_start, 1),
+        "total_cpu_s": round(time.process_time() - cpu_start, 1),
+        "load_average_1min": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
     }
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

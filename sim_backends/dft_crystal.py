@@ -88,6 +88,8 @@ if TYPE_CHECKING:
     import numpy as np
     from ase import Atoms
 
+    from sim_backends.density_model import DensityCorrectionModel
+
 #: two dimers are symmetry-equivalent if their sorted distance lists agree within this (A)
 DIMER_MATCH_TOL_A = 2e-3
 #: bohr per angstrom
@@ -256,8 +258,10 @@ class ScfSettings:
         newton: second-order SCF for dimers (starting from their warm guess); "auto":
             only when the guess's SCF error is below
             :data:`~sim_backends.scf_guess.NEWTON_MAX_GRAD` (decided per SCF).
-        scf_guess: "auto" (warm starts, see the module docstring) or "default" (PySCF's
-            minao guess for every SCF).
+        scf_guess: "auto" (warm starts, see the module docstring), "learned" (as "auto",
+            with dimers and counterpoise monomers first guessed by the learned density
+            model, :mod:`sim_backends.density_model`, when it has a training dimer near
+            enough) or "default" (PySCF's minao guess for every SCF).
         reuse_dimers: with warm starts, start dimers and counterpoise monomers from the
             nearest converged dimer of the same pair type
             (:class:`~sim_backends.scf_guess.DimerReferences`) when one is close enough.
@@ -360,7 +364,7 @@ def run_scf(atoms: Atoms, s: ScfSettings, dm0: np.ndarray | None = None,
         mf._eri = share["eri"]
     mf.conv_tol = float(s.conv_tol)
     mf.max_cycle = int(s.max_cycles)
-    mf.conv_check = s.conv_check if s.conv_check is not None else s.scf_guess != "auto"
+    mf.conv_check = s.conv_check if s.conv_check is not None else s.scf_guess == "default"
     if callable(dm0):
         dm0, guess = dm0(mol)
     accept_tol = ACCEPT_GRAD_FACTOR * float(s.conv_tol) ** 0.5 if s.accept_exact and guess in EXACT_GUESSES else None
@@ -573,6 +577,7 @@ def fragment_lattice_energy(
     long_range_charges_e: np.ndarray | None = None,
     references: MonomerReferences | None = None,
     dimer_references: DimerReferences | None = None,
+    density_model: DensityCorrectionModel | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Two-body DFT + periodic D3(BJ) lattice energy (kJ/mol per molecule).
 
@@ -599,6 +604,9 @@ def fragment_lattice_energy(
         dimer_references: converged dimers for nearest-dimer warm starts (default: the
             worker's :data:`~sim_backends.scf_guess.DIMERS`; used with
             ``settings.reuse_dimers``).
+        density_model: with ``settings.scf_guess="learned"``, the model that guesses
+            dimers and counterpoise monomers and learns from every converged dimer
+            (default: the worker's :data:`~sim_backends.density_model.MODEL`).
 
     Returns:
         ``(values, extra)``: values ``energy_kjmol`` (total), ``e_dft_2body_kjmol``,
@@ -618,8 +626,13 @@ def fragment_lattice_energy(
     classes = unique_dimers(crystal, dimers)
     monomers: dict[int, dict[str, Any]] = {}
 
-    warm = settings.scf_guess == "auto"
+    warm = settings.scf_guess in ("auto", "learned")
     dimer_refs = DIMERS if dimer_references is None else dimer_references
+    model = None
+    if settings.scf_guess == "learned":
+        from sim_backends.density_model import MODEL
+
+        model = MODEL if density_model is None else density_model
     dimer_solver = "auto" if settings.newton == "auto" else None
 
     def monomer(k: int) -> dict[str, Any]:
@@ -642,6 +655,12 @@ def fragment_lattice_energy(
 
         def guess_dimer(mol: Any, atoms: Atoms = atoms, n_a: int = n_a, dm0: Any = dm0,
                         near: dict[str, Any] = near, key: tuple = dimer_key) -> tuple[Any, str]:
+            near["mol"] = mol
+            if model is not None:
+                learned = model.predict(key, mol, atoms.positions, n_a, ma["dm"], mb["dm"])
+                if learned is not None:
+                    near.update(learned[0], rmsd_A=learned[1], label="learned")
+                    return learned[0]["dimer"], "learned"
             hit = dimer_refs.lookup(key, mol, atoms.positions, n_a) if settings.reuse_dimers else None
             if hit is None:
                 return dm0, "monomer_superposition"
@@ -692,6 +711,9 @@ def fragment_lattice_energy(
             rec["bsse_kjmol"] = (e_cp - e_int) * HARTREE_TO_KJMOL
             rec["cp_wall_s"] = round(ea["wall_s"] + eb["wall_s"], 3)
             e_int = e_cp
+        if model is not None:
+            model.add(dimer_key, near["mol"], atoms.positions, n_a, ma["dm"], mb["dm"], {"dimer": res["dm"], **(
+                {"cp_a": ea["dm"], "cp_b": eb["dm"]} if counterpoise else {})})
         if warm and settings.reuse_dimers:
             dimer_refs.store(dimer_key, atoms.positions, n_a, {"dimer": res["dm"], **(
                 {"cp_a": ea["dm"], "cp_b": eb["dm"]} if counterpoise else {})})
@@ -779,7 +801,10 @@ class DftCrystalBackend(Backend):
     Params:
         functional ("pbe"), basis ("def2-svp"), cutoff_A (4.0, closest contact),
         cutoff_mode ("contact" | "com"), counterpoise (True), newton (False),
-        scf_guess ("auto": warm-started SCFs | "default": PySCF's minao guess throughout),
+        scf_guess ("auto": warm-started SCFs | "learned": as "auto", dimers and counterpoise
+        monomers first from the worker's learned density model
+        (:mod:`sim_backends.density_model`), which trains on every converged dimer |
+        "default": PySCF's minao guess throughout),
         gas ("rigid" | "relaxed": add the deformation energy from a DFT-relaxed molecule),
         max_cycles (100), conv_tol (1e-8), grid_level (2), threads (1; PySCF OpenMP
         threads for this evaluation), density_fit (True), long_range (True: RESP
@@ -801,7 +826,7 @@ class DftCrystalBackend(Backend):
         "functional": _d3_functional, "basis": check.basis_set,
         "cutoff_A": check.number(0.0, 30.0, lo_open=True), "cutoff_mode": check.one_of("contact", "com"),
         "counterpoise": check.boolean, "newton": check.boolean, "max_cycles": check.integer(1),
-        "scf_guess": check.one_of("auto", "default"),
+        "scf_guess": check.one_of("auto", "learned", "default"),
         "conv_tol": check.number(0.0, lo_open=True), "grid_level": check.integer(0, 9),
         "threads": check.integer(1, 1024), "gas": check.one_of("rigid", "relaxed"),
         "density_fit": check.boolean, "long_range": check.boolean,

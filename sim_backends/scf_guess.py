@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 #: ``scf_guess`` backend parameter values
-GUESS_MODES = ("auto", "default")
+GUESS_MODES = ("auto", "learned", "default")
 #: largest RMSD (A) between a molecule and a stored reference after the best orthogonal fit
 MAX_FIT_RMSD_A = 0.05
 #: tolerated relative error of the electron count of a guess density (PySCF's own minao
