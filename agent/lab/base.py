@@ -246,10 +246,18 @@ class LabAdapter(ABC):
         reaches_hardware: True if submissions may move real equipment; such adapters
             are wrapped in :class:`agent.lab.safety.GuardedAdapter` (dry run until
             approved, daily budget) by :func:`get_adapter`.
+        takes_landscape: True if the adapter draws its outcomes from predicted crystal
+            structures (a simulated lab): its constructor takes ``landscape`` (a list of
+            :class:`~sim_backends.landscape.LandscapeEntry`, or a mapping SMILES -> list)
+            and ``seed``. With ``[lab] landscape = "campaign"`` a campaign builds one such
+            adapter per molecule on its own predicted landscape
+            (:class:`agent.stages.lab.LabStage`); other adapters measure real crystals
+            and take no landscape.
     """
 
     name: ClassVar[str] = "abstract"
     reaches_hardware: ClassVar[bool] = False
+    takes_landscape: ClassVar[bool] = False
 
     @abstractmethod
     def submit(self, request: LabRequest) -> LabTicket:

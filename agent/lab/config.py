@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.lab.base import LabAdapter, get_adapter
+from agent.lab.base import ADAPTERS, LabAdapter, adapter_class, get_adapter
 
 _SECRET_KEYS = {"token", "password", "api_key", "secret"}
 
@@ -33,8 +33,12 @@ class LabConfig(BaseModel):
         params: constructor arguments of the adapter (never a token in clear).
         auto_approve: send requests of hardware adapters without manual approval.
         daily_budget: at most this many experiments per UTC day (None: no cap).
-        landscape: for the simulated adapter: "campaign" (the campaign's own predicted
-            landscapes, see :mod:`agent.stages.lab`), "target_I", "x23" or a CIF folder.
+        landscape: what an adapter that simulates from predicted structures
+            (``takes_landscape``, e.g. "simulated") draws from: "campaign" (the
+            campaign's own predicted landscape of each molecule, see
+            :mod:`agent.stages.lab`), "target_I", "x23" or a CIF folder. Adapters that
+            measure real crystals take none: for them only "campaign" (the default) is
+            accepted, and their patterns are identified against the campaign's landscape.
         min_confidence: an identified single form is fed back to the structure stage
             as observed only at this confidence or above (0-1).
     """
@@ -56,6 +60,16 @@ class LabConfig(BaseModel):
             raise ValueError(f"put the lab {bad[0]} in $CRYSTAL_AGENT_LAB_TOKEN or a token_file, not in the config")
         return v
 
+    @model_validator(mode="after")
+    def _landscape_taken(self) -> LabConfig:
+        if self.landscape != "campaign" and self.adapter in ADAPTERS \
+                and not adapter_class(self.adapter).takes_landscape:
+            raise ValueError(
+                f"landscape: lab adapter {self.adapter!r} measures real crystals and takes no landscape "
+                f"(got {self.landscape!r}); leave landscape unset: its patterns are identified "
+                "against the campaign's own predicted structures")
+        return self
+
 
 def load_landscape(spec: str) -> list[Any]:
     """Landscape entries for a :attr:`LabConfig.landscape` spec."""
@@ -74,11 +88,11 @@ def load_landscape(spec: str) -> list[Any]:
 def build_adapter(cfg: LabConfig, campaign_dir: str | Path) -> LabAdapter:
     """The adapter a campaign uses; hardware adapters come behind the approval gate.
 
-    The simulated adapter gets its landscape from ``cfg.landscape`` unless
-    ``params`` gives one.
+    An adapter that takes a landscape gets it from ``cfg.landscape`` unless ``params``
+    gives one (``"campaign"`` is built per molecule by :class:`agent.stages.lab.LabStage`).
     """
     params = dict(cfg.params)
-    if cfg.adapter == "simulated" and "landscape" not in params:
+    if adapter_class(cfg.adapter).takes_landscape and "landscape" not in params:
         params["landscape"] = load_landscape(cfg.landscape)
     return get_adapter(
         cfg.adapter, campaign_dir=str(campaign_dir), auto_approve=cfg.auto_approve, daily_budget=cfg.daily_budget, **params

@@ -119,6 +119,7 @@ class SimulatedLab(LabAdapter):
 
     name: ClassVar[str] = "simulated"
     reaches_hardware: ClassVar[bool] = False
+    takes_landscape: ClassVar[bool] = True
 
     def __init__(
         self,

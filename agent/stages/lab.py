@@ -21,9 +21,12 @@ re-submitting after a crash creates no second experiment. The measured-vs-simula
 plot of each identified result is written to ``report/lab/<request id>_pxrd.png``
 (:func:`pxrd_figure_path`).
 
-With the ``simulated`` adapter and ``landscape = "campaign"`` the simulated robot
+With an adapter that simulates from predicted structures (``takes_landscape``, e.g.
+``simulated``) and ``landscape = "campaign"`` (the default), one adapter per molecule
 draws its outcomes from the campaign's own predicted landscape (CSP energies, lower
-forms more likely, with kinetic noise and failures).
+forms more likely, with kinetic noise and failures); it is built like any adapter
+(:func:`agent.lab.base.get_adapter`, so one that reaches hardware is still behind the
+approval gate). Other adapters are shared by all molecules.
 """
 
 from __future__ import annotations
@@ -130,19 +133,22 @@ class LabStage:
 
     # -- adapters -----------------------------------------------------------------------
     def _uses_campaign_landscape(self) -> bool:
-        return self.cfg.adapter == "simulated" and self.cfg.landscape == "campaign" and (
-            "landscape" not in self.cfg.params
-        )
+        from agent.lab.base import adapter_class
+
+        return adapter_class(self.cfg.adapter).takes_landscape and self.cfg.landscape == "campaign" \
+            and "landscape" not in self.cfg.params
 
     def adapter_for(self, molecule_id: int) -> LabAdapter:
         if self._uses_campaign_landscape():
             if molecule_id not in self._adapters:
-                from agent.lab.simulated import SimulatedLab
+                from agent.lab.base import get_adapter
 
                 entries = self._landscape(molecule_id).minima
-                self._adapters[molecule_id] = SimulatedLab(
-                    landscape={self._smiles(molecule_id): entries}, seed=self.seed, **self.cfg.params
-                )
+                self._adapters[molecule_id] = get_adapter(
+                    self.cfg.adapter, campaign_dir=str(self.directory), auto_approve=self.cfg.auto_approve,
+                    daily_budget=self.cfg.daily_budget,
+                    **{"seed": self.seed, **self.cfg.params,
+                       "landscape": {self._smiles(molecule_id): entries}})
             return self._adapters[molecule_id]
         if self._shared is None:
             from agent.lab.config import build_adapter

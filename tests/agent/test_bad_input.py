@@ -189,6 +189,9 @@ BAD_RUNS = {
                          '[lab]\nadapter = "nope"\n', "", GOOD),
     "lab landscape missing": ('[structures]\nenabled = true\nbudget_evaluations = 2\n'
                               '[lab]\nlandscape = "/nonexistent/cifs"\n', "", GOOD),
+    "lab landscape for a real robot": ('[structures]\nenabled = true\nbudget_evaluations = 2\n'
+                                       '[lab]\nadapter = "network"\nlandscape = "x23"\n'
+                                       'params = {base_url = "https://lab.example.org/api"}\n', "", GOOD),
 }
 
 

@@ -6,6 +6,7 @@ the stages' only shared memory, schema migration, and determinism."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import pytest
 
@@ -399,6 +400,38 @@ def test_lab_stage_submits_identifies_and_records_observed_forms(tmp_path):
         assert len(again.store.lab_experiments()) == 1
     finally:
         again.close()
+
+
+def test_lab_stage_gives_the_campaign_landscape_to_any_adapter_that_takes_one(tmp_path, monkeypatch):
+    """landscape = "campaign" is not tied to the adapter named "simulated": any registered
+    adapter that declares takes_landscape gets the molecule's stored landscape (and the
+    campaign's seed), built through the adapter registry."""
+    from agent.lab.base import ADAPTERS
+    from agent.lab.simulated import SimulatedLab
+
+    given = []
+
+    class RecordingLab(SimulatedLab):  # a second simulator, e.g. another noise model
+        name = "recording"
+
+        def __init__(self, landscape, **kw):
+            given.append((landscape, kw.get("seed")))
+            super().__init__(landscape, **kw)
+
+    monkeypatch.setattr(sys.modules[__name__], "RecordingLab", RecordingLab, raising=False)
+    monkeypatch.setitem(ADAPTERS, "recording", f"{__name__}:RecordingLab")
+    lab = ('[lab]\nadapter = "recording"\n'
+           'params = {queue_delay_s = [0.0, 0.05], run_delay_s = [0.05, 0.1]}\n')
+    camp, _ = _run(tmp_path, BODY + REFINE + lab)
+    try:
+        (row,) = camp.store.lab_experiments()
+        assert row["state"] == "done", dict(row)
+        ((landscape, seed),) = given
+        assert list(landscape) == ["NC=O"] and seed == camp.cfg.seed
+        stored = [r["id"] for r in camp.store.structures(row["molecule_id"])]
+        assert [e.id for e in landscape["NC=O"]] == stored[: camp.cfg.structures.max_structures]
+    finally:
+        camp.close()
 
 
 def test_tracker_logs_the_stores_events_once(finished, tmp_path, premigrated_mlflow):

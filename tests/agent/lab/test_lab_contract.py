@@ -183,3 +183,7 @@ def test_lab_config_builds_adapters_and_rejects_secrets(tmp_path, monkeypatch):
     assert (tmp_path / "lab_approvals.sqlite").is_file()
     with pytest.raises(UnknownAdapterError):
         get_adapter("robot-arm")
+    # an adapter measuring real crystals takes no landscape: a chosen one is refused
+    with pytest.raises(ValidationError, match="'network' measures real crystals and takes no landscape"):
+        LabConfig(adapter="network", landscape="x23", params={"base_url": "http://127.0.0.1:9"})
+    assert LabConfig(adapter="network", params={"base_url": "http://127.0.0.1:9"}).landscape == "campaign"
