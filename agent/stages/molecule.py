@@ -13,8 +13,10 @@ Decisions:
   :class:`~agent.stages.costs.CostModel` per level, and no task is started unless its
   cost fits the budget left (spent CPU read from the store, in-flight work at its
   expected cost) with probability :data:`COST_FIT_PROBABILITY` under a log-normal
-  spread of measured / prior CPU seconds (:meth:`MoleculeStage.cost_margin`); without
-  a budget, every evaluation costs one unit;
+  spread of measured / prior CPU seconds (:meth:`MoleculeStage.cost_margin`), a cheaper
+  level only where the top level still fits after it; when nothing fits, the stage is
+  exhausted with a reason giving the CPU seconds left; without a budget, every
+  evaluation costs one unit;
 * a cheaper level is only offered where the top level can still follow (its
   ``budget_evaluations`` not spent);
 * with both a compute budget and an evaluation budget (the stage's share of
@@ -176,13 +178,47 @@ class MoleculeStage:
         return [r for r in pending if r.stage == self.name]
 
     def exhausted_reason(self) -> str:
-        """Why nothing more is asked when the top level's own budget is spent ('' else)."""
+        """Why nothing more is asked: the top level's own budget is spent, or no
+        evaluation fits the compute budget left ('' else)."""
         top = self.levels[-1]
         if (top.budget_evaluations is not None and len(self.levels) > 1
                 and self.n_by_backend[top.name] >= top.budget_evaluations):
             return (f"{top.name} budget spent ({top.budget_evaluations} evaluations); "
                     "cheaper levels can no longer change the best value")
+        allowed = self.allowed()
+        if allowed.any() and (fit := self._budget_fit([])) is not None:
+            needed, left = fit
+            if not self._within_budget(allowed, needed, left).any():
+                top = allowed[:, -1]
+                return (f"compute budget: no evaluation fits the {max(left, 0.0):.0f} CPU s left "
+                        f"(the cheapest {self.levels[-1].name} needs "
+                        f"{float(np.min(needed[top, -1])) if top.any() else float('nan'):.0f} "
+                        f"CPU s with its {COST_FIT_PROBABILITY:.0%} cost margin)")
         return ""
+
+    def _budget_fit(self, mine: Sequence[Request],
+                    pair_costs: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
+        """``(needed, left)``: the CPU seconds each (molecule, level) needs to fit with
+        probability :data:`COST_FIT_PROBABILITY` (expected cost x :meth:`cost_margin`)
+        and the CPU seconds left (spent read from the store, in-flight work ``mine`` at
+        its expected cost); None without a compute budget. ``pair_costs``: those of
+        :meth:`pair_costs` when already computed."""
+        pair_costs = self.pair_costs() if pair_costs is None else pair_costs
+        if pair_costs is None:
+            return None
+        spent = self.store.spent_cpu_s() if self.store is not None else 0.0
+        left = self.cfg.max_cpu_hours * 3600 - spent - sum(
+            pair_costs[self.index_of[r.molecule_id], r.fidelity] for r in mine)
+        return pair_costs * self.cost_margin()[None, :], float(left)
+
+    @staticmethod
+    def _within_budget(allowed: np.ndarray, needed: np.ndarray, left: float) -> np.ndarray:
+        """``allowed`` restricted to the pairs that fit the budget left, a cheaper level
+        only where the top level still fits after it (its value is the top level's to
+        follow)."""
+        out = allowed & (needed <= left)
+        out[:, :-1] &= out[:, -1:] & (needed[:, :-1] + needed[:, -1:] <= left)
+        return out
 
     # -- decisions ----------------------------------------------------------------------
     def allowed(self, pending: Sequence[Request] = ()) -> np.ndarray:
@@ -201,7 +237,12 @@ class MoleculeStage:
         return allowed
 
     def is_exhausted(self, pending: Sequence[Request]) -> bool:
-        return not self.allowed(pending).any()
+        """Nothing may be proposed: no (molecule, level) allowed, or none fits the
+        compute budget left."""
+        allowed = self.allowed(pending)
+        if allowed.any() and (fit := self._budget_fit(self._mine(pending))) is not None:
+            allowed = self._within_budget(allowed, *fit)
+        return not allowed.any()
 
     def costs(self) -> list[float]:
         """The acquisition's cost of one evaluation at each fidelity, in the unit of the
@@ -317,17 +358,16 @@ class MoleculeStage:
         mine = self._mine(pending)
         allowed = self.allowed(pending)
         pair_costs = self.pair_costs()
-        if pair_costs is not None:
+        if (fit := self._budget_fit(mine, pair_costs)) is not None:
             # never start work that may overrun the compute budget: its cost must fit
             # the budget left with probability COST_FIT_PROBABILITY
-            spent = self.store.spent_cpu_s() if self.store is not None else 0.0
-            left = self.cfg.max_cpu_hours * 3600 - spent - sum(
-                pair_costs[self.index_of[r.molecule_id], r.fidelity] for r in mine)
-            allowed &= pair_costs * self.cost_margin()[None, :] <= left
+            needed, left = fit
+            allowed = self._within_budget(allowed, needed, left)
         n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
-        if n_cheap + len(mine) < self.cfg.surrogate.n_initial or len(self.observations) < 2:
-            picks = self._initial_design(n, allowed, mine)
-        else:
+        initial = n_cheap + len(mine) < self.cfg.surrogate.n_initial or len(self.observations) < 2
+        # the initial design ends early when no cheap evaluation fits the budget any more
+        picks = self._initial_design(n, allowed, mine) if initial else []
+        if not picks and len(self.observations) >= 2:
             from agent.acquisition import select_batch
 
             surrogate = self.refit()

@@ -300,3 +300,23 @@ def test_no_task_starts_unless_its_cost_fits_the_budget(data, tmp_path):
     for baseline in (md.run_cheap_greedy, md.run_random):
         _, spent, _ = baseline(smiles, budget, 0, data)
         assert spent <= budget, (baseline.__name__, spent, budget)
+
+
+def test_stop_reason_says_no_evaluation_fits_the_budget_left(tmp_path):
+    """When the compute budget left is too small for any evaluation, the run ends with a
+    reason that says so, in CPU s (before: "acquisition proposed nothing more")."""
+    import sqlite3
+
+    md = _decisions_benchmark()
+    smiles, _, _ = md.replay_pool(md.table_path("dftdft"))
+    from sim_backends.base import EvalInput
+    from sim_backends.registry import get_backend
+
+    dft = get_backend(md.LEVELS[1], **md.level_params("dftdft")[1])
+    budget = 0.05 * sum(dft.evaluate(EvalInput(s)).wall_s for s in smiles)
+    _, spent, _ = md.run_agent(smiles, budget, 0, tmp_path, "dftdft")
+    store = tmp_path / "agent-0" / "runs" / "bench-0" / "store.sqlite"
+    with sqlite3.connect(store) as db:
+        reason = dict(db.execute("select key, value from meta"))["stop_reason"]
+    assert reason.startswith("compute budget: no evaluation fits the"), reason
+    assert f"{budget - spent:.0f} CPU s left" in reason, (reason, budget - spent)
