@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
+from sim_backends.replay import RecordedReplay, replay_backend
 
 #: sd (kJ/mol) of force-field relative energies against fragment DFT on this project's
 #: landscapes (structures within 10 kJ/mol of the FF minimum: formamide 3.6, formic acid 5.5)
@@ -335,25 +335,19 @@ def record_cpu_s(rec: dict[str, Any]) -> float:
     return float(sum(c.values()) if isinstance(c, dict) else c)
 
 
-class _EsfReplay(Backend):
-    """Replay of one fidelity of the ESF data set, charged the recorded CPU seconds. A
+class _EsfReplay(RecordedReplay):
+    """Replay of one fidelity of the ESF data set (:class:`~sim_backends.replay.RecordedReplay`:
+    the real level's cost estimate, charged the CPU seconds recorded for the molecule). A
     molecule with no record is a setup failure; a recorded failure is replayed as one."""
 
-    internal = True
+    version = "1"
     data_fidelity: ClassVar[str] = ""
-    estimated_as: ClassVar[str] = ""
-    estimated_params: ClassVar[dict[str, Any]] = {}
     params_schema: ClassVar[dict[str, Any]] = {"data_dir": check.text, "fidelity": check.integer(0, 10)}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         if "fidelity" in params:
             self.fidelity = int(params["fidelity"])
-
-    def cost_estimate(self, inp: EvalInput) -> float:
-        from sim_backends.registry import get_backend
-
-        return float(get_backend(self.estimated_as, **self.estimated_params).cost_estimate(inp))
 
     def _record(self, inp: EvalInput) -> dict[str, Any]:
         from sim_backends.molecule import validate_smiles
@@ -374,43 +368,25 @@ class _EsfReplay(Backend):
             extra["structures"] = rec["structures"]
         return landscape_values(float(lam), rec), extra
 
-    def evaluate(self, inp: EvalInput) -> EvalResult:
-        result = super().evaluate(inp)
+    def recorded_cpu_s(self, inp: EvalInput, result: EvalResult) -> float | None:
         try:
-            charged = record_cpu_s(self._record(EvalInput(inp.smiles, params={**self.params, **inp.params})))
+            return record_cpu_s(self._record(EvalInput(inp.smiles, params={**self.params, **inp.params})))
         except SetupError:
-            return result
-        return replace(result, cpu_s=charged, wall_s=charged)
+            return None
 
 
-class ReplayEsfProxyBackend(_EsfReplay):
-    name = "replay-esf-proxy"
-    version = "1"
-    fidelity = 0
-    data_fidelity = "proxy"
-    estimated_as = "esf-proxy"
-    computes: ClassVar[tuple[str, ...]] = _VALUES
-    objective_key = OBJECTIVE
-    description = "replays the ESF data set's proxy (GFN2-xTB lambda+, reference crystal)"
-
-
-class ReplayEsfQuickBackend(_EsfReplay):
-    name = "replay-esf-quick"
-    version = "1"
-    fidelity = 1
-    data_fidelity = "quick"
-    estimated_as = "esf-landscape"
-    computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
-    objective_key = OBJECTIVE
-    description = "replays the ESF data set's quick-CSP landscape mobility (GFN2-xTB transfer)"
-
-
-class ReplayEsfRefinedBackend(_EsfReplay):
-    name = "replay-esf-refined"
-    version = "1"
-    fidelity = 2
-    data_fidelity = "refined"
-    estimated_as = "esf-refined"
-    computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
-    objective_key = OBJECTIVE
-    description = "replays the ESF data set's refined landscape mobility (300-trial CSP, GFN2-xTB transfer)"
+#: the replays of the data set's three fidelities: registry name -> (fidelity, data set
+#: fidelity, the real level whose cost estimate they report, values, description)
+_REPLAYS: dict[str, tuple[int, str, str, tuple[str, ...], str]] = {
+    "replay-esf-proxy": (0, "proxy", "esf-proxy", _VALUES,
+                         "replays the ESF data set's proxy (GFN2-xTB lambda+, reference crystal)"),
+    "replay-esf-quick": (1, "quick", "esf-landscape", _LANDSCAPE_VALUES,
+                         "replays the ESF data set's quick-CSP landscape mobility (GFN2-xTB transfer)"),
+    "replay-esf-refined": (2, "refined", "esf-refined", _LANDSCAPE_VALUES,
+                           "replays the ESF data set's refined landscape mobility (300-trial CSP, "
+                           "GFN2-xTB transfer)"),
+}
+ReplayEsfProxyBackend, ReplayEsfQuickBackend, ReplayEsfRefinedBackend = (
+    replay_backend(_EsfReplay, name, description, fidelity=fidelity, data_fidelity=data,
+                   estimated_as=estimated_as, computes=computes, objective_key=OBJECTIVE)
+    for name, (fidelity, data, estimated_as, computes, description) in _REPLAYS.items())

@@ -54,7 +54,7 @@ import csv
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -184,41 +184,30 @@ class ReplayBackend(Backend):
 REORG_TABLE = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "reorg_table.csv"
 
 
-class _ReorgReplay(ReplayBackend):
-    """Replay of one level of :data:`REORG_TABLE`, charged its recorded cost.
+class RecordedReplay(Backend):
+    """Base of the replays of one level's stored results, looked up by molecule.
 
-    The result's ``wall_s`` (and ``cpu_s`` where results carry it) is the recorded
-    wall time of the original single-threaded calculation, so a campaign's budget
-    and cost model see what the real backend spent; ``cost_estimate`` is the real
-    backend's size-based estimate (never the recorded cost, which a campaign cannot
-    know in advance). A molecule without a stored
-    value at this level is a setup failure (as an invalid input would be).
-    Params are those of :class:`ReplayBackend`; ``table`` defaults to
-    :data:`REORG_TABLE`; ``estimated_params`` (dict) overrides the real backend's params
-    of the size-based estimate (the protocol the table was computed with).
+    ``cost_estimate`` is what a campaign knows before running the level: the real
+    backend's size-based estimate (:attr:`estimated_as` with :attr:`estimated_params`,
+    overridden by an ``estimated_params`` param: the protocol the table was computed
+    with), built once per instance; a ``cost_s`` param fixes it; 1.0 where the real
+    backend cannot estimate (e.g. an invalid SMILES). ``evaluate`` charges the result
+    the CPU seconds recorded for the original calculation (:meth:`recorded_cpu_s`; wall
+    seconds too), so a campaign's budget and cost model see what the real backend spent.
+    Subclasses read the table; :func:`replay_backend` makes one class per level.
     """
 
     internal = True
-    value_column: str = ""
-    cost_column: str = ""
-    #: the real backend whose size-based ``cost_estimate`` this replay reports (what a
-    #: campaign would know before running it); the recorded cost is what it charges
-    estimated_as: str = ""
-    estimated_params: ClassVar[dict[str, Any]] = {}  # the table's protocol
-
-    def __init__(self, **params: Any) -> None:
-        defaults = {"table": str(REORG_TABLE), "fidelity": self.fidelity,
-                    "columns": {"reorg_energy_kjmol": self.value_column},
-                    "cost_column": self.cost_column}
-        super().__init__(**{**defaults, **params})
+    #: the real backend whose size-based ``cost_estimate`` this replay reports
+    estimated_as: ClassVar[str] = ""
+    #: its params (the protocol the stored results were computed with)
+    estimated_params: ClassVar[dict[str, Any]] = {}
 
     def cost_estimate(self, inp: EvalInput) -> float:
         from sim_backends.registry import get_backend
 
         if "cost_s" in self.params:
             return float(self.params["cost_s"])
-        # a table computed with another protocol of the real backend names it in
-        # ``estimated_params`` (e.g. {geometry = "dft"} for DFT-relaxed states)
         estimated = {**self.estimated_params, **dict(self.params.get("estimated_params") or {})}
         try:
             # built once per instance: a registry lookup scans the installed entry
@@ -229,40 +218,69 @@ class _ReorgReplay(ReplayBackend):
         except Exception:  # noqa: BLE001 - e.g. an invalid SMILES: no size to scale with
             return 1.0
 
+    def recorded_cpu_s(self, inp: EvalInput, result: EvalResult) -> float | None:
+        """CPU seconds recorded for ``inp``'s stored calculation (None: nothing to charge)."""
+        raise NotImplementedError
+
     def evaluate(self, inp: EvalInput) -> EvalResult:
         result = super().evaluate(inp)
-        recorded = result.extra.get("recorded_wall_s")
-        if recorded is None:
+        charged = self.recorded_cpu_s(inp, result)
+        if charged is None:
             return result
-        charged = {"wall_s": float(recorded)}
-        if hasattr(result, "cpu_s"):
-            charged["cpu_s"] = float(recorded)
-        return replace(result, **charged)
+        return replace(result, cpu_s=float(charged), wall_s=float(charged))
 
 
-class ReplayXtbReorgBackend(_ReorgReplay):
-    """Stored GFN2-xTB hole reorganisation energies (kJ/mol) of :data:`REORG_TABLE`."""
-
-    name = "replay-xtb-reorg"
-    fidelity = 0
-    value_column = "xtb_reorg_kjmol"
-    cost_column = "xtb_wall_s"
-    estimated_as = "xtb-reorg"
-    description = "replays stored GFN2-xTB lambda+ (kJ/mol) of the demo pool"
+R = TypeVar("R", bound=RecordedReplay)
 
 
-class ReplayDftReorgBackend(_ReorgReplay):
-    """Stored B3LYP/6-31G//GFN2-xTB hole reorganisation energies (kJ/mol) of
-    :data:`REORG_TABLE` (only part of the pool has one)."""
+def replay_backend(base: type[R], name: str, description: str, **level: Any) -> type[R]:
+    """The replay backend of one level of ``base``'s stored table, registered as ``name``.
 
-    name = "replay-dft-reorg"
-    fidelity = 1
-    value_column = "dft_reorg_kjmol"
-    cost_column = "dft_wall_s"
-    estimated_as = "dft-reorg"
-    estimated_params: ClassVar[dict[str, Any]] = {"functional": "b3lyp", "basis": "6-31g",
-                                                  "geometry": "xtb"}
-    description = "replays stored B3LYP/6-31G//GFN2-xTB lambda+ (kJ/mol) of the demo pool"
+    The class is ``base`` with the level's class attributes (``fidelity``,
+    ``estimated_as``, ``estimated_params`` and what ``base`` reads, e.g. a table column),
+    named after ``name`` (``replay-xtb-reorg`` -> ``ReplayXtbReorgBackend``, the module
+    attribute the registry's ``"module:Class"`` names) in ``base``'s module.
+    """
+    cls_name = "".join(part.capitalize() for part in name.split("-")) + "Backend"
+    return type(base)(cls_name, (base,), {
+        "__module__": base.__module__, "__qualname__": cls_name, "__doc__": f"{description}.",
+        "name": name, "description": description, **level})
+
+
+class _ReorgReplay(RecordedReplay, ReplayBackend):
+    """Replay of one level of :data:`REORG_TABLE` (:class:`RecordedReplay`: the real
+    backend's estimate, charged the recorded cost).
+
+    The charge is the recorded wall time of the original single-threaded calculation
+    (its ``cost_column``). A molecule without a stored value at this level is a setup
+    failure (as an invalid input would be). Params are those of :class:`ReplayBackend`;
+    ``table`` defaults to :data:`REORG_TABLE`; ``estimated_params`` (dict) overrides the
+    real backend's params of the size-based estimate.
+    """
+
+    value_column: ClassVar[str] = ""
+    cost_column: ClassVar[str] = ""
+
+    def __init__(self, **params: Any) -> None:
+        defaults = {"table": str(REORG_TABLE), "fidelity": self.fidelity,
+                    "columns": {"reorg_energy_kjmol": self.value_column},
+                    "cost_column": self.cost_column}
+        super().__init__(**{**defaults, **params})
+
+    def recorded_cpu_s(self, inp: EvalInput, result: EvalResult) -> float | None:
+        return result.extra.get("recorded_wall_s")
+
+
+#: stored GFN2-xTB hole reorganisation energies (kJ/mol) of :data:`REORG_TABLE`
+ReplayXtbReorgBackend = replay_backend(
+    _ReorgReplay, "replay-xtb-reorg", "replays stored GFN2-xTB lambda+ (kJ/mol) of the demo pool",
+    fidelity=0, value_column="xtb_reorg_kjmol", cost_column="xtb_wall_s", estimated_as="xtb-reorg")
+#: stored B3LYP/6-31G//GFN2-xTB hole reorganisation energies (kJ/mol) of :data:`REORG_TABLE`
+#: (only part of the pool has one)
+ReplayDftReorgBackend = replay_backend(
+    _ReorgReplay, "replay-dft-reorg", "replays stored B3LYP/6-31G//GFN2-xTB lambda+ (kJ/mol) of the demo pool",
+    fidelity=1, value_column="dft_reorg_kjmol", cost_column="dft_wall_s", estimated_as="dft-reorg",
+    estimated_params={"functional": "b3lyp", "basis": "6-31g", "geometry": "xtb"})
 
 
 def reorg_table_values(path: Path = REORG_TABLE) -> tuple[list[str], list[float], list[float]]:
