@@ -35,6 +35,12 @@ Params:
 Each instance has its own ``fidelity`` (an instance attribute shadowing the class
 attribute), so one campaign can replay several levels of a ladder.
 
+Replays standing in for one level of a real backend derive from :class:`RecordedReplay`
+(the real backend's cost estimate before the run, the recorded CPU seconds charged
+after it) and are made one class per level by :func:`replay_backend` from a table of
+levels: ``replay-xtb-reorg`` / ``replay-dft-reorg`` here (:data:`REORG_TABLE`), the ESF
+replays in :mod:`sim_backends.esf`.
+
 Structure-keyed replays of a stored multi-level CSP landscape (a directory in the layout
 of ``data/landscapes/*`` or ``data/reference/landscapes/target_I``), for benchmarks and
 stage tests that drive the real campaign: ``replay-csp`` serves the landscape's
