@@ -88,6 +88,8 @@ def run_csp_command(args: argparse.Namespace) -> int:
     from sim_backends.csp.spacegroups import parse_space_groups, parse_z_prime
 
     try:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1 (1 runs in this process), got {args.workers}")
         max_trials = MAX_TRIALS_DEFAULT if args.max_trials is None else args.max_trials
         validate_csp_arguments(args.n_trials, energy_window_kjmol=args.energy_window,
                                n_workers=args.workers, seed=args.seed, max_trials=max_trials,
