@@ -415,6 +415,7 @@ def build_stages(cfg: CampaignConfig, directory: Path) -> dict[str, Stage]:
         from agent.stages.structure import StructureStage
 
         stages["structures"] = StructureStage(cfg)
+        stages["structures"].directory = directory
         if cfg.lab is not None:
             from agent.stages.lab import LabStage
 

@@ -442,6 +442,10 @@ class Tracker:
         if c.stage is not None:
             for mol in sorted(c.stage.landscapes):
                 self._maybe_log_structure_model(mol, final=True)
+        from sim_backends.density_model import MODEL_FILE
+
+        if (Path(c.directory) / MODEL_FILE).is_file():  # the learned SCF guess (scf_guess="learned")
+            self.client.log_artifact(self.run_id, str(Path(c.directory) / MODEL_FILE), artifact_path="scf_guess")
 
     def log_plots(self) -> list[Path]:
         """Write the campaign's plots under runs/<name>/report/ and log them as artifacts."""

@@ -30,6 +30,11 @@ Contracts:
   place), and predictions after ``load`` equal those before it. A pickled model carries
   only its training data (no factorisations), so it travels to Ray workers compactly.
 * Bounded: at most ``max_train`` dimers per pair type (the oldest dropped).
+* Campaign copy: :func:`sync` merges a worker's model with the model file in the
+  campaign directory and writes the union back under a file lock (the ``dft-crystal``
+  backend does this before and after each ``scf_guess="learned"`` evaluation whose
+  ``density_model`` parameter names the file), so every worker on that file system
+  trains on every converged dimer of the campaign.
 
 Spherical AO bases only (PySCF's default; Cartesian bases are refused with ValueError).
 numpy/scipy/PySCF are imported inside functions.
@@ -51,6 +56,8 @@ LENGTH_SCALES_A = (0.05, 0.1, 0.2, 0.4, 0.8)
 #: the density kinds a training dimer carries (counterpoise monomers optional)
 KINDS = ("dimer", "cp_a", "cp_b")
 FORMAT_VERSION = 1
+#: the campaign's model file in its directory (runs/<name>/)
+MODEL_FILE = "density_model.npz"
 
 
 def _frame(ref_A: np.ndarray, xyz_A: np.ndarray, dets: tuple[int, ...] = (1, -1)
@@ -326,6 +333,57 @@ class DensityCorrectionModel:
                 "Y": {k: arrays[f"t{i}_{k}"] for k in t["kinds"]}, "length_A": t["length_A"],
                 "n_at_choice": t["n_at_choice"]}
         return model
+
+
+def merge(model: DensityCorrectionModel, other: DensityCorrectionModel) -> int:
+    """Add ``other``'s training dimers that ``model`` does not hold (same descriptor and
+    targets); returns how many were added. Pair types whose reference frames differ
+    are taken only when ``model`` does not know them."""
+    import numpy as np
+
+    n_added = 0
+    for key, t in other._types.items():
+        mine = model._types.get(key)
+        if mine is None:
+            model._types[key] = {**t, "X": t["X"].copy(), "Y": {k: y.copy() for k, y in t["Y"].items()}}
+            n_added += len(t["X"])
+        elif (mine["n_a"], mine["nao"], sorted(mine["Y"])) == (t["n_a"], t["nao"], sorted(t["Y"])) \
+                and np.allclose(mine["ref_a"], t["ref_a"]):
+            seen = {(x.tobytes(), mine["Y"]["dimer"][i].tobytes()) for i, x in enumerate(mine["X"])}
+            new = [i for i, x in enumerate(t["X"]) if (x.tobytes(), t["Y"]["dimer"][i].tobytes()) not in seen]
+            if new:
+                mine["X"] = np.vstack([mine["X"], t["X"][new]])[-model.max_train:]
+                mine["Y"] = {k: np.vstack([mine["Y"][k], t["Y"][k][new]])[-model.max_train:] for k in mine["Y"]}
+                n_added += len(new)
+        else:
+            continue
+        model._cache.pop(key, None)
+    return n_added
+
+
+def sync(model: DensityCorrectionModel, path: str | Path) -> dict[str, Any]:
+    """Exchange training dimers with the model file at ``path`` (the campaign's copy):
+    under an exclusive lock (``path`` + ".lock"), merge the file's dimers into ``model``,
+    then write ``model`` back. Returns ``{"n_from_file", "n_train", "error"}``; an
+    unreadable file is replaced (its reason in "error"), never fatal."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"n_from_file": 0, "error": None}
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.exists():
+                try:
+                    out["n_from_file"] = merge(model, DensityCorrectionModel.load(path))
+                except ValueError as exc:
+                    out["error"] = str(exc)
+            model.save(path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    out["n_train"] = model.n_train()
+    return out
 
 
 #: the worker process's learned model (``scf_guess="learned"`` without an explicit model)

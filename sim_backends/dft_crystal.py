@@ -804,7 +804,10 @@ class DftCrystalBackend(Backend):
         scf_guess ("auto": warm-started SCFs | "learned": as "auto", dimers and counterpoise
         monomers first from the worker's learned density model
         (:mod:`sim_backends.density_model`), which trains on every converged dimer |
-        "default": PySCF's minao guess throughout),
+        "default": PySCF's minao guess throughout), density_model (with "learned": the
+        campaign's model file, ``runs/<name>/density_model.npz``, filled in by the structure
+        stage; merged with the worker's model before and after each evaluation,
+        :func:`sim_backends.density_model.sync`),
         gas ("rigid" | "relaxed": add the deformation energy from a DFT-relaxed molecule),
         max_cycles (100), conv_tol (1e-8), grid_level (2), threads (1; PySCF OpenMP
         threads for this evaluation), density_fit (True), long_range (True: RESP
@@ -829,7 +832,7 @@ class DftCrystalBackend(Backend):
         "scf_guess": check.one_of("auto", "learned", "default"),
         "conv_tol": check.number(0.0, lo_open=True), "grid_level": check.integer(0, 9),
         "threads": check.integer(1, 1024), "gas": check.one_of("rigid", "relaxed"),
-        "density_fit": check.boolean, "long_range": check.boolean,
+        "density_fit": check.boolean, "long_range": check.boolean, "density_model": check.text,
     }
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
@@ -898,6 +901,14 @@ class DftCrystalBackend(Backend):
         charges = molecule_resp_charges(crystal) if bool(p.get("long_range", True)) else None
         from pyscf import lib
 
+        model_path = p.get("density_model") if settings.scf_guess == "learned" else None
+        model_info: dict[str, Any] = {}
+        if model_path:
+            from sim_backends.density_model import MODEL, sync
+
+            before = sync(MODEL, model_path)
+            model_info = {"path": str(model_path), "n_train_before": before["n_train"],
+                          "load_error": before["error"]}
         old_threads = lib.num_threads()
         lib.num_threads(int(p.get("threads", 1)))
         try:
@@ -908,6 +919,9 @@ class DftCrystalBackend(Backend):
             )
         finally:
             lib.num_threads(old_threads)
+        if model_path:
+            model_info["n_train_after"] = sync(MODEL, model_path)["n_train"]
+            extra["density_model"] = model_info
         return values, {**extra, "level": level, "validity": facts}
 
     def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:

@@ -43,6 +43,8 @@ from agent.stages.costs import CostModel
 from sim_backends.base import EvalInput
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agent.config import CampaignConfig, StructureLevelConfig
     from agent.surrogates.base import StructureSurrogate
     from agent.store import Evaluation, Store
@@ -125,6 +127,9 @@ class StructureStage:
         self.landscapes: dict[int, LandscapeState] = {}
         self.n_evaluations = 0
         self._last_refit: dict[int, int] = {}  # molecule id -> n_computed of its last event
+        #: the campaign directory (set by build_stages): a level with scf_guess="learned"
+        #: trains the campaign's density model file there (sim_backends/density_model.py)
+        self.directory: Path | None = None
 
     @property
     def refine(self) -> StructureLevelConfig:
@@ -323,7 +328,12 @@ class StructureStage:
         return out
 
     def _request(self, land: LandscapeState, i: int, level: StructureLevelConfig, k: int) -> Request:
-        return Request(stage=self.name, backend=level.name, params=level.params, inp=land.inp(i),
+        params = dict(level.params)
+        if params.get("scf_guess") == "learned" and "density_model" not in params and self.directory is not None:
+            from sim_backends.density_model import MODEL_FILE
+
+            params["density_model"] = str(self.directory / MODEL_FILE)
+        return Request(stage=self.name, backend=level.name, params=params, inp=land.inp(i),
                        molecule_id=land.molecule_id, fidelity=k + 1, structure_id=land.ids[i])
 
     def _property_request(self, land: LandscapeState, i: int, level: StructureLevelConfig,

@@ -134,3 +134,57 @@ def test_backend_accepts_the_learned_guess():
     from sim_backends.registry import get_backend
 
     get_backend("dft-crystal").check_params({"scf_guess": "learned"})
+
+
+def test_workers_share_training_dimers_through_the_campaign_file(tmp_path):
+    """Two workers' models trained on different dimers: after both sync with the file,
+    the file and the second worker hold the union (nothing lost, nothing doubled)."""
+    from sim_backends.density_model import DensityCorrectionModel, sync
+
+    workers = [DensityCorrectionModel(), DensityCorrectionModel()]
+    for k, d in enumerate((2.8, 3.0, 3.2, 2.9, 3.1)):
+        xyz = _dimer(d, 7.0 * k)
+        c = _converged(xyz)
+        workers[k % 2].add(KEY, _mol(xyz), xyz, 3, c["a"], c["b"], {"dimer": c["dimer"]})
+    path = tmp_path / "density_model.npz"
+    first = sync(workers[0], path)
+    assert first == {"n_from_file": 0, "error": None, "n_train": 3}
+    second = sync(workers[1], path)
+    assert second["n_from_file"] == 3 and second["n_train"] == 5
+    assert DensityCorrectionModel.load(path).n_train() == 5
+    assert sync(workers[0], path)["n_train"] == 5  # the first worker now has the other's dimers
+    assert sync(workers[0], path)["n_from_file"] == 0
+    path.write_bytes(b"garbage")  # a damaged file is replaced, not fatal
+    assert "not a density model file" in sync(workers[0], path)["error"]
+    assert DensityCorrectionModel.load(path).n_train() == 5
+
+
+@pytest.mark.slow  # two fragment-DFT evaluations (PBE/def2-SVP, formic acid)
+def test_dft_crystal_learned_guess_trains_the_campaign_model_file(tmp_path):
+    from ase.io import read
+
+    from conftest import ROOT
+    from sim_backends import density_model
+    from sim_backends.base import EvalInput
+    from sim_backends.density_model import DensityCorrectionModel
+    from sim_backends.registry import get_backend
+    from sim_backends.structures import cif_from_atoms
+
+    density_model.MODEL = DensityCorrectionModel()  # a fresh worker
+    landscape = ROOT / "data" / "landscapes" / "formic_acid_dft"
+    frames = read(str(landscape / "formic_acid_dft_ff.extxyz"), index=":4")
+    path = tmp_path / "density_model.npz"
+    params = {"basis": "def2-svp", "grid_level": 0, "density_fit": False, "conv_tol": 1e-7, "cutoff_A": 3.0,
+              "long_range": False, "scf_guess": "learned", "density_model": str(path)}
+    backend = get_backend("dft-crystal")
+    results = []
+    for fr in (frames[2], frames[3]):  # m0004 has a dimer near one of m0003 (0.19 A)
+        res = backend.evaluate(EvalInput("OC=O", structure_cif=cif_from_atoms(fr), params=params))
+        assert res.status == "ok", res.reason
+        results.append(res)
+    first, second = (r.extra["density_model"] for r in results)
+    assert first["n_train_before"] == 0 and first["n_train_after"] == results[0].extra["n_unique_dimers"]
+    assert second["n_train_before"] == first["n_train_after"]
+    assert DensityCorrectionModel.load(path).n_train() == second["n_train_after"] > first["n_train_after"]
+    guesses = {x["guess"] for d in results[1].extra["dimers"] for x in d["scf"]}
+    assert "learned" in guesses and results[1].extra["scf_fallbacks"] == []
