@@ -517,8 +517,8 @@ class DftReorgBackend(ReorgBackend):
         With ``scf_guess="auto"`` the initial guess is the closest converged state of
         this evaluation (:func:`~sim_backends.scf_guess.closest_state`: the other charge
         at the same geometry, or the same charge at a nearby geometry, orbitals
-        re-occupied for this charge by :func:`~sim_backends.scf_guess.state_density`),
-        else PySCF's default; a guess that fails falls back to the default guess. If
+        re-occupied for this charge by :func:`~sim_backends.scf_guess.state_density`;
+        without PySCF's extra check cycle), else PySCF's default; a guess that fails falls back to the default guess. If
         DIIS does not converge from the default guess either, one second-order SCF
         attempt follows from its last density. The SCF record goes to ``extra["scf"]``.
         """
@@ -532,6 +532,7 @@ class DftReorgBackend(ReorgBackend):
                                 mf.mol.atom_coords() * lib.param.BOHR, int(mf.mol.nao))
             if src is not None:
                 dm0, guess = state_density(mf.mol, src), src["label"]
+                mf.conv_check = False  # no extra check cycle after a warm start (as dft-crystal)
         try:
             mf, rec = solve(mf, dm0, guess=guess, what=label)
             if not mf.converged:
