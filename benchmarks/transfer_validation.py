@@ -11,8 +11,10 @@ What it measures:
    Einstein sum and a kinetic Monte Carlo run (the baselines of the diffusion solver, same
    network, same run).
 3. The xTB-vs-DFT correlation of |J_eff| over all unique dimers of one CSP landscape
-   (data/landscapes/formamide_dft, the ``--n-structures`` lowest structures at its DFT
-   level), and over the acene dimers.
+   (``--landscape``: data/landscapes/formamide_dft, the ``--n-structures`` lowest
+   structures at its DFT level; or ``esf:<molecule>``, the predicted structures of that
+   molecule's refined landscape in data/esf, the ESF loop's own crystals), and over the
+   acene dimers.
 
 Reference values quoted in the table (not computed here):
 
@@ -32,6 +34,8 @@ level), so an interrupted run resumes where it stopped.
 Usage:
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/transfer_validation.py
     ... --levels xtb --n-structures 4      # quick look (writes its own result file)
+    ... --crystals anthracene --n-structures 0 --progress benchmarks/results/transfer_validation_progress.jsonl
+    ... --landscape esf:thiophene --n-structures 6 --crystals ''   # an ESF landscape, every structure
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ LEVEL_NAMES = {"xtb": "GFN2-xTB", "dft": "B3LYP/6-31G"}
 #: keys skipped by --cached-only (reported in the result as incomplete)
 MISSING: list[str] = []
 DEFAULTS = {"levels": "xtb,dft", "crystals": "naphthalene,anthracene,benzene", "n_structures": 5,
-            "cutoff": 4.0, "temperature": 300.0}
+            "cutoff": 4.0, "temperature": 300.0, "landscape": "formamide_dft"}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +70,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="lowest-energy formamide_dft landscape structures for the correlation (0: none)")
     ap.add_argument("--cutoff", type=float, default=DEFAULTS["cutoff"], help="closest-contact cutoff, A")
     ap.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="K")
+    ap.add_argument("--landscape", default=DEFAULTS["landscape"],
+                    help="formamide_dft (data/landscapes, ranked at its DFT level) or esf:<molecule name> "
+                         "(data/esf refined landscape, ranked by force-field energy)")
     ap.add_argument("--progress", default=None, help="JSONL of finished SCF sets (resume)")
     ap.add_argument("--cached-only", action="store_true",
                     help="no new DFT: report what the progress file holds, list the rest as missing")
@@ -76,7 +83,34 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown level/crystal {bad}; levels {list(LEVELS)}, crystals {list(CRYSTALS)}")
     if args.n_structures < 0 or not 0 < args.cutoff <= 12 or args.temperature <= 0:
         ap.error("--n-structures >= 0, 0 < --cutoff <= 12 A, --temperature > 0 K")
+    if args.landscape != "formamide_dft" and not (args.landscape.startswith("esf:") and args.landscape[4:]):
+        ap.error(f"--landscape must be formamide_dft or esf:<molecule name>, got {args.landscape!r}")
     return args
+
+
+def landscape_structures(spec: str, n: int) -> list[tuple[str, object]]:
+    """``(structure id, Crystal)`` of the ``n`` lowest structures of a landscape (see
+    ``--landscape``); SystemExit with one line when an ESF molecule has no refined record."""
+    import numpy as np
+
+    from sim_backends.structures import Crystal, load_crystal
+
+    if spec == "formamide_dft":
+        from sim_backends.landscape import Landscape
+
+        land = Landscape.read(ROOT / "data/landscapes/formamide_dft", ["ff", "dft"])
+        order = np.argsort(land.energies("dft"))[:n]
+        return [(f"formamide_dft/{land.ids[i]}", Crystal.from_atoms(land.minima[i].atoms)) for i in order]
+    from sim_backends.esf import esf_records
+
+    name = spec[4:]
+    recs = [r for r in esf_records("refined").values() if r.get("name") == name]
+    if not recs or not recs[0].get("structures"):
+        names = sorted(r.get("name", "") for r in esf_records("refined").values())
+        raise SystemExit(f"error: no refined ESF landscape for {name!r} in data/esf (have: {', '.join(names)})")
+    rec = recs[0]
+    structures = sorted(rec["structures"], key=lambda x: x["energy_kjmol"])[:n]
+    return [(f"esf/{name}/{x['id']}", load_crystal(x["cif"], rec["smiles"])) for x in structures]
 
 
 def result_name(args: argparse.Namespace) -> str:
@@ -136,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from sim_backends.mobility import HoppingNetwork, crystal_mobility, kmc_diffusion, mobility_cm2Vs
-    from sim_backends.structures import Crystal, load_crystal
+    from sim_backends.structures import load_crystal
     from sim_backends.transfer import CrystalTransfer
 
     args = parse(argv)
     levels = [x for x in args.levels.split(",") if x]
+    # the landscape first: an unknown ESF molecule is refused before any calculation
+    structures = landscape_structures(args.landscape, args.n_structures) \
+        if args.n_structures and len(levels) == 2 else []
     name = result_name(args)
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,17 +241,13 @@ def main(argv: list[str] | None = None) -> int:
                                "cpu_s": {lv: per_level[lv]["cpu_s"] for lv in levels}}
 
     landscape_out = {}
-    if args.n_structures and len(levels) == 2:
-        from sim_backends.landscape import Landscape
-
-        land = Landscape.read(ROOT / "data/landscapes/formamide_dft", ["ff", "dft"])
-        order = np.argsort(land.energies("dft"))[: args.n_structures]
+    if structures:
         lpairs = {"hole": [], "electron": []}
         cpu = {lv: 0.0 for lv in levels}
         n_failed = 0
-        for idx in order:
-            crystal = Crystal.from_atoms(land.minima[idx].atoms)
-            recs = {lv: compute(f"formamide_dft/{land.ids[idx]}/{lv}/{args.cutoff:g}", crystal, lv, args.cutoff,
+        table = []
+        for sid, crystal in structures:
+            recs = {lv: compute(f"{sid}/{lv}/{args.cutoff:g}", crystal, lv, args.cutoff,
                                 done, progress, args.cached_only) for lv in levels}
             for lv in levels:
                 cpu[lv] += recs[lv]["cpu_s"]
@@ -225,9 +258,17 @@ def main(argv: list[str] | None = None) -> int:
             for a, b in zip(trs["xtb"].dimers, trs["dft"].dimers):
                 for c in ("hole", "electron"):
                     lpairs[c].append((abs(getattr(a, c)["j_eff_meV"]), abs(getattr(b, c)["j_eff_meV"])))
-            print(f"  formamide {land.ids[idx]}: {len(trs['xtb'].dimers)} dimers", flush=True)
-        print(f"\nxTB vs DFT |J_eff| over all unique dimers of the {len(order)} lowest formamide_dft structures "
-              f"({n_failed} failed):")
+                table.append({"structure": sid, "com_A": round(a.com_A, 3), "contact_A": round(a.contact_A, 3),
+                              **{f"j_{c}_{lv}_meV": round(abs(getattr(d, c)["j_eff_meV"]), 3)
+                                 for lv, d in (("xtb", a), ("dft", b)) for c in ("hole", "electron")}})
+            print(f"  {sid}: {len(trs['xtb'].dimers)} dimers", flush=True)
+        print(f"\n|J_eff| per unique dimer, meV ({args.landscape}):")
+        print(f"  {'structure':28s} {'d_com/A':>7s} {'J_h xTB':>8s} {'J_h DFT':>8s} {'J_e xTB':>8s} {'J_e DFT':>8s}")
+        for t in table:
+            print(f"  {t['structure']:28s} {t['com_A']:7.2f} {t['j_hole_xtb_meV']:8.2f} {t['j_hole_dft_meV']:8.2f} "
+                  f"{t['j_electron_xtb_meV']:8.2f} {t['j_electron_dft_meV']:8.2f}")
+        print(f"\nxTB vs DFT |J_eff| over all unique dimers of the {len(structures)} lowest {args.landscape} "
+              f"structures ({n_failed} failed):")
         for c in ("hole", "electron"):
             x, y = np.array(lpairs[c]).T if lpairs[c] else (np.zeros(0), np.zeros(0))
             r, rho = pearson_spearman(x, y)
@@ -237,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {c:8s} n = {len(x):3d}  Pearson r = {r:.3f}  Spearman = {rho:.3f}  "
                   f"median DFT/xTB (|J_xTB| > 0.5 meV) = {ratio:.2f}")
         landscape_out["cpu_s"] = cpu
+        landscape_out["landscape"] = args.landscape
+        landscape_out["n_structures"] = len(structures)
+        landscape_out["dimers"] = table
         print("  CPU s over these structures: " + ", ".join(f"{LEVEL_NAMES[lv]} {cpu[lv]:.1f}" for lv in levels))
 
     acene_corr = {}
@@ -251,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {"benchmark": "transfer_validation", "levels": [LEVEL_NAMES[lv] for lv in levels],
                "cutoff_A": args.cutoff, "temperature_K": args.temperature, "crystals": crystals_out,
-               "xtb_vs_dft_acenes": acene_corr, "xtb_vs_dft_landscape_formamide": landscape_out,
+               "xtb_vs_dft_acenes": acene_corr,
+               ("xtb_vs_dft_landscape_formamide" if args.landscape == "formamide_dft"
+                else "xtb_vs_dft_landscape"): landscape_out,
                "incomplete": MISSING, "wall_s": round(time.time() - t0, 1)}
     text = json.dumps(summary)
     (out_dir / f"{name}.json").write_text(text + "\n")
