@@ -12,7 +12,8 @@ Contracts:
   orthogonal fit onto the pair type's reference copy of that molecule, proper when a
   proper fit is within :data:`~sim_backends.scf_guess.MAX_FIT_RMSD_A`, else improper),
   AO blocks carried by :func:`~sim_backends.scf_guess.ao_rotation`, so the model sees
-  the correction as a function of the relative geometry only (a prediction may use
+  the correction as a function of the relative geometry only (the reference copy is
+  put in a frame fixed by its labelled atoms, so every worker's model has the same one) (a prediction may use
   the other handedness when it also fits: a mirror image has the mirrored density). The descriptor is the
   second molecule's atom coordinates in that frame (A), divided by sqrt(n_atoms_B): the
   Euclidean distance of two descriptors is the RMSD of the second molecule between
@@ -72,6 +73,31 @@ def _frame(ref_A: np.ndarray, xyz_A: np.ndarray, dets: tuple[int, ...] = (1, -1)
         if rmsd <= MAX_FIT_RMSD_A:
             return R, rmsd
     return None
+
+
+def _canonical(xyz_A: np.ndarray) -> np.ndarray:
+    """A molecule's coordinates in a frame fixed by its labelled atoms (centroid at the
+    origin, x towards the first atom off the centroid, xy-plane through the first atom
+    off that axis, right-handed): the same for every rigid copy in any orientation, so
+    models trained in different workers share one reference."""
+    import numpy as np
+
+    p = xyz_A - xyz_A.mean(axis=0)
+    axes: list[np.ndarray] = []
+    for v in p:
+        for e in axes:
+            v = v - (v @ e) * e
+        if np.linalg.norm(v) > 1e-3:
+            axes.append(v / np.linalg.norm(v))
+        if len(axes) == 2:
+            break
+    while len(axes) < 2:  # a single atom or a linear molecule: any completion
+        trial = np.eye(3)[int(np.argmin(np.abs(axes[0]))) if axes else 0]
+        for e in axes:
+            trial = trial - (trial @ e) * e
+        axes.append(trial / np.linalg.norm(trial))
+    frame = np.array([axes[0], axes[1], np.cross(axes[0], axes[1])])
+    return p @ frame.T
 
 
 def _pack(m: np.ndarray) -> np.ndarray:
@@ -179,7 +205,7 @@ class DensityCorrectionModel:
         xyz_A = np.asarray(xyz_A, float)
         t = self._types.get(key)
         if t is None:
-            t = {"ref_a": xyz_A[:n_a] - xyz_A[:n_a].mean(axis=0), "n_a": int(n_a), "nao": int(mol.nao),
+            t = {"ref_a": _canonical(xyz_A[:n_a]), "n_a": int(n_a), "nao": int(mol.nao),
                  "X": np.zeros((0, 3 * (len(xyz_A) - n_a))), "Y": {}, "length_A": 0.2, "n_at_choice": 0}
         if t["n_a"] != n_a or t["nao"] != mol.nao:
             raise ValueError("dimer does not match its pair type (atom split or basis size differ)")
@@ -348,7 +374,7 @@ def merge(model: DensityCorrectionModel, other: DensityCorrectionModel) -> int:
             model._types[key] = {**t, "X": t["X"].copy(), "Y": {k: y.copy() for k, y in t["Y"].items()}}
             n_added += len(t["X"])
         elif (mine["n_a"], mine["nao"], sorted(mine["Y"])) == (t["n_a"], t["nao"], sorted(t["Y"])) \
-                and np.allclose(mine["ref_a"], t["ref_a"]):
+                and np.allclose(mine["ref_a"], t["ref_a"], atol=1e-6):
             seen = {(x.tobytes(), mine["Y"]["dimer"][i].tobytes()) for i, x in enumerate(mine["X"])}
             new = [i for i, x in enumerate(t["X"]) if (x.tobytes(), t["Y"]["dimer"][i].tobytes()) not in seen]
             if new:

@@ -137,13 +137,14 @@ def test_backend_accepts_the_learned_guess():
 
 
 def test_workers_share_training_dimers_through_the_campaign_file(tmp_path):
-    """Two workers' models trained on different dimers: after both sync with the file,
-    the file and the second worker hold the union (nothing lost, nothing doubled)."""
+    """Two workers' models trained on different dimers, each first seeing the dimer in
+    another orientation: after both sync with the file, the file and the second worker
+    hold the union (nothing lost, nothing doubled)."""
     from sim_backends.density_model import DensityCorrectionModel, sync
 
     workers = [DensityCorrectionModel(), DensityCorrectionModel()]
     for k, d in enumerate((2.8, 3.0, 3.2, 2.9, 3.1)):
-        xyz = _dimer(d, 7.0 * k)
+        xyz = _dimer(d, 7.0 * k, turn_a_deg=35.0 * k)
         c = _converged(xyz)
         workers[k % 2].add(KEY, _mol(xyz), xyz, 3, c["a"], c["b"], {"dimer": c["dimer"]})
     path = tmp_path / "density_model.npz"
