@@ -54,7 +54,8 @@
     mean best DFT value, its rank in the pool, how often the true minimum and the
     oracle value (the best value whose DFT cost alone fits the budget: what knowing
     every result in advance could reach) were found, DFT evaluations and CPU seconds
-    charged.
+    charged, and per seed the agent against each baseline (better / tied / worse, mean
+    difference).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/molecule_decisions.py`` (part (a) ~15-20 min
 on 2 busy cores, part (b) ~5 min; ``--tables`` picks data sets; ``--skip-quality`` / ``--skip-timing`` run one part,
