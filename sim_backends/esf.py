@@ -342,7 +342,8 @@ class _EsfReplay(RecordedReplay):
 
     version = "1"
     data_fidelity: ClassVar[str] = ""
-    params_schema: ClassVar[dict[str, Any]] = {"data_dir": check.text, "fidelity": check.integer(0, 10)}
+    params_schema: ClassVar[dict[str, Any]] = {"data_dir": check.text, "fidelity": check.integer(0, 10),
+                                               **RecordedReplay.recorded_params_schema}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

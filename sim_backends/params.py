@@ -92,6 +92,12 @@ def text(value: Any) -> None:
         raise ValueError(f"must be a non-empty string, got {_shown(value)}")
 
 
+def table(value: Any) -> None:
+    """A table (dict) with string keys, e.g. another backend's parameters."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"must be a table of named values, got {_shown(value)}")
+
+
 def strings(value: Any) -> None:
     """A list of non-empty strings."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):

@@ -64,6 +64,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
 
 _COST_COLUMN = "wall_s"
@@ -208,6 +209,9 @@ class RecordedReplay(Backend):
     estimated_as: ClassVar[str] = ""
     #: its params (the protocol the stored results were computed with)
     estimated_params: ClassVar[dict[str, Any]] = {}
+    #: the params read here, for the ``params_schema`` of a subclass that declares one
+    recorded_params_schema: ClassVar[dict[str, Any]] = {
+        "cost_s": check.number(0.0, lo_open=True), "estimated_params": check.table}
 
     def cost_estimate(self, inp: EvalInput) -> float:
         from sim_backends.registry import get_backend

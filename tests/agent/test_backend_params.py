@@ -171,8 +171,11 @@ def test_every_parameter_a_backend_reads_is_declared():
         cls = backend_class(name)
         if cls.params_schema is None:
             continue
+        # classes that define no function read no params themselves (e.g. a replay level
+        # made by sim_backends.replay.replay_backend, which has no source of its own)
         src = "".join(inspect.getsource(k) for k in cls.__mro__
-                      if isinstance(k, type) and issubclass(k, Backend) and k is not Backend)
+                      if isinstance(k, type) and issubclass(k, Backend) and k is not Backend
+                      and any(inspect.isfunction(v) for v in vars(k).values()))
         keys = {g for m in read.finditer(src) for g in m.groups() if g}
         assert keys, name
         assert keys <= set(cls.params_schema), (name, sorted(keys - set(cls.params_schema)))
