@@ -289,7 +289,7 @@ def write_esf_report(store: Store, cfg: CampaignConfig, directory: Path, out: Pa
         return [], []
     paths = write_esf_cifs(directory, results)
     paths.append(write_esf_table(results, out / "esf_results.csv"))
-    window = _esf_window(cfg) or (cfg.structures.window_kjmol if cfg.structures.enabled else None)
+    window = esf_window(cfg) or (cfg.structures.window_kjmol if cfg.structures.enabled else None)
     fig = esf_map_figure(results, plt, window, title=f"campaign {cfg.name}: ESF maps")
     if fig is None:
         notes.append("no structure with a hole mobility: no ESF map")
@@ -301,7 +301,7 @@ def write_esf_report(store: Store, cfg: CampaignConfig, directory: Path, out: Pa
     return paths, results
 
 
-def _esf_window(cfg: CampaignConfig) -> float | None:
+def esf_window(cfg: CampaignConfig) -> float | None:
     """The energy window of the molecule stage's ESF levels (their ``window_kjmol``
     param or the backend's default)."""
     for b in reversed(cfg.backends):

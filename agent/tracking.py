@@ -13,7 +13,9 @@ kept in the store so ``resume`` continues the same run. Logged: the config as pa
 per told result the metrics ``best_found``, ``budget_spent_cpu_s`` (CPU seconds
 measured in the workers), ``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``
 (step = number of stored evaluations); per refit ``surrogate_holdout_mae``; the plots
-as artifacts.
+as artifacts; for a campaign with ESF levels, the ESF maps
+(``esf_maps/esf_map_n<landscapes>.png``, :mod:`agent.esf_report`) at the first refit
+after each new molecule-stage landscape result, and at the end of a run.
 
 Models are logged when they change materially, not at every refit: the molecule
 surrogate (an MLflow pyfunc, :mod:`agent.mlflow_model`) when ``MODEL_LOG_MIN_NEW_TOP``
@@ -220,6 +222,7 @@ class Tracker:
         self._structure_model_logged: dict[int, int] = {}  # molecule id -> n_computed of last model
         self._lab_counts: tuple[int, int] | None = None
         self._structure_surrogate: dict[int, str] = {}  # molecule id -> surrogate tag already set
+        self._esf_logged = -1  # molecule-stage landscape results in the last logged ESF map
 
     def _run_missing(self, run_id: str) -> bool:
         try:
@@ -275,6 +278,7 @@ class Tracker:
                 self.client.log_metric(self.run_id, f"{key}_sd", ev["sd"], step=step)
         if any(ev["kind"] == "molecule_refit" for ev in events):
             self._maybe_log_molecule_model(final=False)
+            self._maybe_log_esf_map()
         if structure_refits:
             self._log_structure_refits(structure_refits)
         self._log_lab_counts()
@@ -432,6 +436,40 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path="structure_models")
         self._structure_model_logged[molecule_id] = n
 
+    def _maybe_log_esf_map(self) -> None:
+        """The ESF maps as an artifact when molecule-stage landscape results arrived since
+        the last logged map (counted from the campaign's per-backend counters)."""
+        from agent.esf_report import LANDSCAPE_KEY
+        from sim_backends.registry import UnknownBackendError, backend_class
+
+        c = self.campaign
+        n = 0
+        for b in c.cfg.backends:
+            try:
+                if LANDSCAPE_KEY in getattr(backend_class(b.name), "computes", ()):
+                    n += int(c.n_by_backend.get(b.name, 0))
+            except UnknownBackendError:
+                continue
+        if n == 0 or n == self._esf_logged:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from agent.esf_report import esf_map_figure, esf_results, esf_window
+
+        fig = esf_map_figure(esf_results(c.store, c.cfg), plt, esf_window(c.cfg),
+                             title=f"campaign {c.cfg.name}: ESF maps")
+        self._esf_logged = n
+        if fig is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"esf_map_n{n:03d}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            self.client.log_artifact(self.run_id, str(path), artifact_path="esf_maps")
+
     def finish_models(self) -> None:
         """At the end of a run (after :meth:`agent.campaign.Campaign.refit_final`): log
         the events left and each model that has seen results its last logged version has
@@ -439,6 +477,7 @@ class Tracker:
         c = self.campaign
         self.log_events()
         self._maybe_log_molecule_model(final=True)
+        self._maybe_log_esf_map()
         if c.stage is not None:
             for mol in sorted(c.stage.landscapes):
                 self._maybe_log_structure_model(mol, final=True)

@@ -139,6 +139,14 @@ def test_tiny_real_esf_campaign_two_fidelities_ray_mlflow(tmp_path):
             assert cpu > 1.0  # a CSP and transfer integrals were computed and charged
     s = json.loads(cli("status", "esf-tiny", "--runs-dir", str(runs), "--json").stdout)
     assert s["finished"] and s["best"] is not None
+    land = [json.loads(r[3]) for r in by["esf-landscape"]]
+    assert len(s["esf"]) == len(land)  # one ESF record per molecule with a landscape
+    assert {r["mean"] for r in s["esf"]} == {v["landscape_mobility_hole_cm2Vs"] for v in land}
+    text = cli("status", "esf-tiny", "--runs-dir", str(runs)).stdout
+    assert "ESF           landscape hole mobility" in text and " cm2/(V s) (log10 " in text
+    assert "GFN2-xTB transfer integrals, 8-trial W99 CSP" in text  # the level of every figure
+    cifs = sorted((runs / "esf-tiny" / "structures").glob("esf_m*.cif"))
+    assert len(cifs) == len(land) and all(str(c) in text for c in cifs)
 
     from mlflow.tracking import MlflowClient
 
@@ -147,6 +155,10 @@ def test_tiny_real_esf_campaign_two_fidelities_ray_mlflow(tmp_path):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["backends.1.name"] == "esf-landscape"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "n_evaluations")][-1] == len(rows)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/esf_map.png", "plots/esf_results.csv"} <= logged, logged
+    maps = [a.path for a in client.list_artifacts(run.info.run_id, "esf_maps")]  # during the run
+    assert maps and all(m.startswith("esf_maps/esf_map_n") for m in maps), maps
 
 
 STRUCTURE_BODY = """
