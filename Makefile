@@ -1,7 +1,9 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   installs into .venv (created when missing) and runs the demo campaign
 #   make test   installs into .venv (created when missing) and runs the test suite
-#   make test-fast  the same without the slow real-physics tests (pytest -m "not slow")
+#   make test-fast  the same without the slow real-physics tests (pytest -m "not slow"), in
+#                   TEST_WORKERS parallel pytest-xdist processes (default 2), whole test files
+#                   per process so a module's fixtures are built once
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,7 +23,8 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+TEST_WORKERS ?= 2
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install demo test test-fast

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny pools and configs written to tmp dirs; Ray started once per
-session for the tests that use it; an MLflow SQLite store created (all migrations run)
-once per session and copied for tests that do not test the first-run creation."""
+test process for the tests that use it; an MLflow SQLite store created (all migrations
+run) once per session, shared by the pytest-xdist workers of ``make test-fast``, and
+copied for tests that do not test the first-run creation."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | N
 
 @pytest.fixture(scope="session")
 def ray_local():
+    """An embedded Ray of this test process (never a cluster a `ray start` left running;
+    each pytest-xdist worker that needs one starts its own)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 1024**2, logging_level="ERROR")
     yield
     ray.shutdown()
@@ -47,11 +50,23 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def mlflow_db_template(tmp_path_factory) -> Path:
-    """An empty MLflow SQLite store with every migration applied, made once per session."""
+    """An empty MLflow SQLite store with every migration applied, made once per session
+    (once for all pytest-xdist workers: in their shared base directory, under a lock)."""
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    db = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()  # creates the tables, runs migrations
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / "mlflow_template"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("mlflow_template")
+    db = folder / "mlflow.db"
+    with FileLock(str(folder / "mlflow.db.lock")):
+        if not db.exists():
+            tmp = folder / "mlflow.db.part"
+            tmp.unlink(missing_ok=True)
+            MlflowClient(f"sqlite:///{tmp}").search_experiments()  # creates the tables, runs migrations
+            tmp.rename(db)
     return db
 
 

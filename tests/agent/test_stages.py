@@ -250,8 +250,10 @@ def test_second_structure_level_by_configuration_alone(tmp_path):
 def test_structures_written_with_a_column_for_every_level(tmp_path):
     """runs/<name>/structures/: landscape_m<id>.csv has a column per structure level (the
     ranking level, a second energy level and a property level), levels.json names each
-    level's level of theory, and the CIFs carry every energy level computed. The phonon
-    and mobility results told here are placeholders (bookkeeping of the writer only)."""
+    level's level of theory, and the CIFs carry every energy level computed; a reopened
+    campaign restores the property level's values and never asks for one again. The
+    phonon and mobility results told here are placeholders (bookkeeping only; the real
+    property level runs in tests/agent/test_esf_campaign.py, slow)."""
     import csv
     import json
 
@@ -282,8 +284,20 @@ def test_structures_written_with_a_column_for_every_level(tmp_path):
         out = tmp_path / "structures"
         write_campaign_structures(camp, out)
         (mol_id,) = camp.stage.landscapes
+        prop = camp.stage.properties[0]
+        live = (dict(prop.state(mol_id).values), dict(camp.stage.landscapes[mol_id].f_vib))
     finally:
         camp.close()
+    again = Campaign.open("t", tmp_path / "runs", max_evaluations=22)  # the property level restored
+    try:
+        land = again.stage.landscapes[mol_id]
+        assert (dict(again.stage.properties[0].state(mol_id).values), dict(land.f_vib)) == live
+        assert {land.ids[i] for i in live[0]} == set(told["mobility-xtb"])
+        again.shares["structures"] += 2
+        asked = [t.request for t in again.ask(2)]
+        assert not any(r.backend == "mobility-xtb" and r.structure_id in told["mobility-xtb"] for r in asked)
+    finally:
+        again.close()
     levels = json.loads((out / "levels.json").read_text())["levels"]
     assert list(levels) == ["replay-csp", "replay-crystal", "phonon", "mobility-xtb"]
     assert "phonopy" in levels["phonon"] and "xtb" in levels["mobility-xtb"].lower()
