@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title="CSP recovery from SMILES, blind over the 10 default space groups, converged sampling "
                         f"(budget {args.n_trials}); W99 exp-6 + Ewald {args.charges.upper()} charges, rigid Z'=1; "
                         "match ltol 0.3, stol 0.4, 10 deg, heavy atoms; energies kJ/mol per molecule")
-    for c in ("system", "experimental", "found", "rank", "gap", "rms", "matches", "diagnosis", "trials",
+    for c in ("system", "experimental", "found", "rank", "gap", "rms", "stol", "matches", "diagnosis", "trials",
               "stopped by", "CPU s", "baseline rank/gap", "prev rank/gap"):
         table.add_column(c)
     fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         b, base, prev = r["blind"], r.get("baseline") or {}, r.get("previous") or {}
         table.add_row(r["system"], r["experimental"][:22], "yes" if b["found"] else "no", fmt(b["rank"], "{}"),
-                      fmt(b["gap_kjmol"]), fmt(b["rms"], "{:.3f}"), str(b["n_matches"]), b["diagnosis"][:34],
+                      fmt(b["gap_kjmol"]), fmt(b["rms"], "{:.3f}"), fmt(b.get("stol_used"), "{:g}"),
+                      str(b["n_matches"]), b["diagnosis"][:34],
                       fmt(b["n_trials"], "{}"), f"{b['stopped_by']}", fmt(b["cpu_s"], "{:.0f}"),
                       (f"{fmt(base.get('rank'), '{}')}/{fmt(base.get('gap_kjmol'))}" if base else "-"),
                       (f"{fmt(prev.get('rank'), '{}')}/{fmt(prev.get('gap_kjmol'))}" if prev else "-"))
