@@ -26,7 +26,9 @@ Reference values quoted in the table (not computed here):
   crystals (time of flight) are of order 1 cm^2/(V s) (Karl, Synth. Met. 133-134, 649 (2003)).
 * Herringbone acene couplings at B3LYP/6-31G(d,p): pentacene T1/T2/P dimers 96.7/64.0/41.7
   meV (PMC3366639, Table 2: experimental structure). Pentacene itself is not computed here:
-  no pentacene CIF with a shippable licence was available offline.
+  no pentacene CIF with a shippable licence was available offline, nor a tetracene or
+  thiophene crystal (data/reference holds the X23 acenes, benzene and paracetamol only), so
+  naphthalene and anthracene are the two acenes compared with experiment.
 
 Every SCF result is saved as it arrives (``--progress`` JSONL, keyed by structure and
 level), so an interrupted run resumes where it stopped.
