@@ -212,14 +212,22 @@ def dedupe_conformational(candidates: list[Any], torsions: Any, torsion_tol_deg:
     ``payload["torsions_deg"]``) merge only when their torsions agree within ``torsion_tol_deg``
     (:meth:`TorsionSet.distance_deg`) and :func:`~sim_backends.csp.dedupe.merge_candidate`
     matches them; multiplicities add up."""
-    from sim_backends.csp.dedupe import merge_candidate
+    from bisect import bisect_left
 
+    from sim_backends.csp.dedupe import MATCHER_KWARGS, _matcher, merge_candidate
+
+    energy_tol = 1.0  # merge_candidate's energy tolerance (kJ/mol): only these need the torsion test
+    matcher = _matcher(dict(MATCHER_KWARGS))
     kept: list[Any] = []
+    energies: list[float] = []  # of kept, ascending (a representative never moves down: cands ascend)
     for cand in sorted(candidates, key=lambda c: c.energy_kjmol):
-        same_conf = [k for k in kept if torsions.distance_deg(k.payload["torsions_deg"],
+        near = kept[bisect_left(energies, cand.energy_kjmol - energy_tol):]
+        same_conf = [k for k in near if torsions.distance_deg(k.payload["torsions_deg"],
                                                               cand.payload["torsions_deg"]) <= torsion_tol_deg]
-        if merge_candidate(same_conf, cand) is None:
+        if merge_candidate(same_conf, cand, energy_tol_kjmol=energy_tol, matcher=matcher,
+                           kept_sorted=True) is None:
             kept.append(cand)
+            energies.append(cand.energy_kjmol)
     return kept
 
 
