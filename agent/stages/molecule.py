@@ -190,9 +190,9 @@ class MoleculeStage:
             needed, left = fit
             if not self._within_budget(allowed, needed, left).any():
                 top = allowed[:, -1]
-                return (f"compute budget: no evaluation fits the {max(left, 0.0):.0f} CPU s left "
+                return (f"compute budget: no evaluation fits the {max(left, 0.0):.3g} CPU s left "
                         f"(the cheapest {self.levels[-1].name} needs "
-                        f"{float(np.min(needed[top, -1])) if top.any() else float('nan'):.0f} "
+                        f"{float(np.min(needed[top, -1])) if top.any() else float('nan'):.3g} "
                         f"CPU s with its {COST_FIT_PROBABILITY:.0%} cost margin)")
         return ""
 
