@@ -1,7 +1,8 @@
 """Benchmark ``csp_flexible``: CSP of flexible molecules from SMILES, and its cost against rigid CSP.
 
 Per molecule (paracetamol form I, COD 7105573, P2_1/n Z=4; succinic acid, X23 beta, P2_1/c Z=2
-on an inversion centre) :func:`sim_backends.csp.flexible.run_flexible_csp` runs from the
+on an inversion centre; oxalic acid, X23 alpha and beta, one O=C-C=O torsion; 1,4-cyclohexanedione,
+X23, no rotatable bond but ring conformers (twist-boat in the crystal, chair in the gas phase)) :func:`sim_backends.csp.flexible.run_flexible_csp` runs from the
 SMILES (GFN2-xTB conformer ensemble, trials split over the conformers, W99 + Ewald +
 GFN2-xTB intramolecular energy, torsion relaxation of the lowest minima), and the table
 reports: whether the experimental crystal is found (pymatgen StructureMatcher on heavy atoms,
@@ -9,15 +10,17 @@ ltol 0.3, stol 0.4, angle_tol 10, scale=True, as :meth:`Landscape.find_match`), 
 gap to the global minimum (kJ/mol per molecule), the torsion RMSD (deg, modulo period and
 mirror image) between the experimental molecule and the closest ensemble conformer and the
 matched minimum, the lattice energy of the match with and without the intramolecular term
-(X23 reference for succinic acid), and CPU seconds (ensemble, search, relaxation).
+(X23 reference), the heavy-atom RMSD (A, symmetry-aware, mirror image allowed) of the experimental
+molecule to the closest ensemble conformer (the only conformer measure of a ring without torsions),
+and CPU seconds (ensemble, search, relaxation).
 
 Baseline measured in the same run (throughput): minimised trials per CPU second of the rigid
 search of one conformer (the gas-phase global minimum as a rigid molecule) and of the flexible
 search, the same number of trials, same space groups and settings.
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_flexible.py
-          [--n-trials 20000] [--systems paracetamol,succinic_acid] [--charges resp|xtb]
-          [--throughput-trials 256] [--sampling converged|fixed] [--space-groups P2_1/c] [--x23-only] [--relax-top 20]
+          [--n-trials 20000] [--systems paracetamol,succinic_acid,oxalic_acid,14-cyclohexanedione]
+          [--charges resp|xtb] [--throughput-trials 1024] [--sampling converged|fixed] [--space-groups P2_1/c] [--x23-only] [--relax-top 20]
 Progress (one JSON line per finished step) goes to benchmarks/results/csp_flexible_progress.jsonl
 (or a name with the non-default arguments); the summary to benchmarks/results/csp_flexible.json
 for the default arguments, else to a file named after them.
@@ -50,8 +53,8 @@ SYSTEMS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 #: X23 reference lattice energies (kJ/mol per molecule, data/reference/x23/x23_lattice_energies.csv)
 X23_REFERENCE = {"succinic_acid": -130.30, "oxalic_acid_alpha": -96.30, "oxalic_acid_beta": -96.10,
                  "14-cyclohexanedione": -88.60}
-DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid", "charges": "xtb", "workers": 2,
-            "throughput_trials": 256, "sampling": "converged", "space_groups": "", "x23_only": False,
+DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid,oxalic_acid,14-cyclohexanedione",
+            "charges": "xtb", "workers": 2, "throughput_trials": 1024, "sampling": "converged", "space_groups": "", "x23_only": False,
             "relax_top": 20}
 
 
@@ -96,10 +99,42 @@ def experimental_torsions(structure, smiles: str, torsions) -> list[list[float]]
     return out
 
 
-def torsion_rmsd(torsions, exp_sets: list[list[float]], values: list[float]) -> float:
-    """Smallest RMS torsion difference (deg) over atom mappings, modulo period and mirror image."""
+def conformer_rmsd(structure, ens) -> list[float]:
+    """Heavy-atom RMSD (A) of one experimental molecule of ``structure`` to each ensemble
+    conformer (RDKit GetBestRMS over the graph symmetries, the better of the conformer and its
+    mirror image)."""
+    import numpy as np
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds, rdMolAlign
+
+    from sim_backends.csp.rigid import split_molecules
+
+    def heavy_mol(sym, xyz):
+        keep = [k for k, e in enumerate(sym) if e != "H"]
+        block = f"{len(keep)}\n\n" + "\n".join(f"{sym[k]} {x:.6f} {y:.6f} {z:.6f}"
+                                              for k, (x, y, z) in zip(keep, xyz[keep]))
+        m = Chem.MolFromXYZBlock(block)
+        rdDetermineBonds.DetermineConnectivity(m)
+        return m
+
+    symbols = [s.specie.symbol for s in structure]
+    idx, xyz = split_molecules(symbols, structure.cart_coords, structure.lattice.matrix)[0]
+    exp = heavy_mol([symbols[i] for i in idx], np.asarray(xyz))
+    out = []
+    for c in ens.conformers:
+        sym, coords = list(c.molecule.symbols), np.asarray(c.molecule.coords_A)
+        out.append(min(rdMolAlign.GetBestRMS(heavy_mol(sym, coords * f), exp)
+                       for f in (np.ones(3), np.array([-1.0, 1.0, 1.0]))))
+    return out
+
+
+def torsion_rmsd(torsions, exp_sets: list[list[float]], values: list[float]) -> float | None:
+    """Smallest RMS torsion difference (deg) over atom mappings, modulo period and mirror image
+    (None for a molecule without flexible torsions)."""
     import numpy as np
 
+    if not len(torsions):
+        return None
     p = np.asarray(torsions.period_deg)
     best = float("inf")
     for exp in exp_sets:
@@ -142,8 +177,10 @@ def run_system(name: str, args, progress_path: Path) -> dict:
     exp_sets = {r: experimental_torsions(st, ens.smiles, ens.torsions) for r, st in refs.items()}
     conf_rmsd = {r: [torsion_rmsd(ens.torsions, e, c.torsions_deg) for c in ens.conformers]
                  for r, e in exp_sets.items()}
+    conf_xyz_rmsd = {r: conformer_rmsd(st, ens) for r, st in refs.items()}
     _log(progress_path, {"system": name, "step": "ensemble", "n_conformers": len(ens), "cpu_s": ens_cpu,
-                         "conformers": ens.summary(), "exp_torsion_rmsd_deg": conf_rmsd})
+                         "conformers": ens.summary(), "exp_torsion_rmsd_deg": conf_rmsd,
+                         "exp_heavy_rmsd_A": conf_xyz_rmsd})
     c1 = time.process_time()
     with csp_executor(args.workers) as executor:
         land = run_flexible_csp(ens, args.n_trials, space_groups=groups, charges=args.charges, progress=False,
@@ -165,8 +202,10 @@ def run_system(name: str, args, progress_path: Path) -> dict:
            "global_min_space_group": land.minima[0].space_group if land.minima else None, "forms": []}
     for r, st in refs.items():
         hit = land.find_match(st)
+        tors = [t for t in conf_rmsd[r] if t is not None]
         form = {"reference": r, "found": hit is not None,
-                "closest_conformer_torsion_rmsd_deg": min(conf_rmsd[r]) if conf_rmsd[r] else None}
+                "closest_conformer_torsion_rmsd_deg": min(tors) if tors else None,
+                "closest_conformer_heavy_rmsd_A": min(conf_xyz_rmsd[r])}
         if hit is not None:
             rank, m, rms = hit
             rec = land.meta["minimum_conformers"][m.id]
@@ -239,8 +278,11 @@ def throughput(args, progress_path: Path) -> dict:
     from sim_backends.csp.flexible import run_flexible_csp
     from sim_backends.csp.run import run_csp
 
-    ens = build_ensemble("OC(=O)CCC(=O)O", charges=args.charges)
     n, groups = args.throughput_trials, "P2_1,P-1"
+    done = _done(progress_path, "throughput", "n_trials", n)
+    if done is not None:
+        return {k: v for k, v in done.items() if k != "step"}
+    ens = build_ensemble("OC(=O)CCC(=O)O", charges=args.charges)
     c0 = time.process_time()
     rigid = run_csp(ens.conformers[0].molecule, n, space_groups=groups, progress=False, sampling="fixed")
     rigid_cpu = time.process_time() - c0
@@ -301,13 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     tp = throughput(args, progress_path) if args.throughput_trials and not args.x23_only else None
     print(f"\nFlexible CSP from SMILES ({args.charges} charges per conformer; energies kJ/mol per molecule, "
           "W99 + Ewald + GFN2-xTB intramolecular rel. to the gas-phase global minimum)")
-    print(f"{'system/form':22s} {'trials':>7s} {'conf':>4s} {'found':>5s} {'rank':>4s} {'gap':>6s} {'tRMSD ens':>9s} "
+    print(f"{'system/form':22s} {'trials':>7s} {'conf':>4s} {'found':>5s} {'rank':>4s} {'gap':>6s} {'tRMSD ens':>9s} {'RMSD A':>6s} "
           f"{'tRMSD min':>9s} {'E_latt':>8s} {'E_noIntra':>9s} {'X23':>7s} {'CPU s':>7s} {'wall s':>7s}")
     for r in rows:
         for fm in r["forms"]:
             f = lambda k, fmt: format(fm[k], fmt) if fm.get(k) is not None else "-"  # noqa: E731
             print(f"{fm['reference']:22s} {r['n_trials']:7d} {r['n_conformers']:4d} {str(fm['found']):>5s} "
                   f"{f('rank', '4d'):>4s} {f('gap_kjmol', '6.2f'):>6s} {f('closest_conformer_torsion_rmsd_deg', '9.1f'):>9s} "
+                  f"{f('closest_conformer_heavy_rmsd_A', '6.2f'):>6s} "
                   f"{f('match_torsion_rmsd_deg', '9.1f'):>9s} {f('E_latt_kjmol', '8.2f'):>8s} "
                   f"{f('E_latt_no_intra_kjmol', '9.2f'):>9s} {f('E_latt_X23_kjmol', '7.1f'):>7s} "
                   f"{r['cpu_s']:7.0f} {r['wall_s']:7.0f}")
