@@ -101,6 +101,40 @@ W99_PARAMS: dict[str, tuple[float, float, float]] = {
 #: distance (A) by which W99 moves each H repulsion-dispersion site towards its bonded atom
 W99_H_SHIFT_A = 0.1
 
+#: group of every type for the per-group scale factors of a refitted parameter set
+#: (H = H on C or S, Hp = polar H on O or N)
+TYPE_GROUPS: dict[str, str] = {
+    "C_W2": "C", "C_W3": "C", "C_W4": "C", "H_W1": "H", "H_W2": "Hp", "H_W3": "Hp", "H_W4": "Hp",
+    "N_W1": "N", "N_W2": "N", "N_W3": "N", "N_W4": "N", "O_W1": "O", "O_W2": "O",
+    "F_X": "F", "S_X": "S", "Cl_X": "Cl",
+}
+
+#: parameter sets: name -> (multipliers of A per group, multipliers of C per group) applied
+#: to :data:`W99_PARAMS` (groups not listed keep W99's values). ``"w99"`` is W99 itself.
+#: ``"w99-x23"``: see :data:`X23_FIT_NOTE`.
+PARAMETER_SETS: dict[str, tuple[dict[str, float], dict[str, float]]] = {
+    "w99": ({}, {}),
+}
+
+#: where the scale factors of the refitted sets come from
+X23_FIT_NOTE = "no refitted set yet"
+
+#: parameter set used when a model is built without ``params`` (read at construction time)
+DEFAULT_PARAMETER_SET = "w99"
+
+
+def parameter_table(name: str) -> dict[str, tuple[float, float, float]]:
+    """(A, B, C) per type of the parameter set ``name`` (a key of :data:`PARAMETER_SETS`).
+
+    Raises:
+        ValueError: unknown set.
+    """
+    if name not in PARAMETER_SETS:
+        raise ValueError(f"unknown force-field parameter set {name!r}; known: {', '.join(PARAMETER_SETS)}")
+    a_scale, c_scale = PARAMETER_SETS[name]
+    return {t: (a * a_scale.get(TYPE_GROUPS[t], 1.0), b, c * c_scale.get(TYPE_GROUPS[t], 1.0))
+            for t, (a, b, c) in W99_PARAMS.items()}
+
 #: covalent radii (A), Cordero et al., Dalton Trans. 2832 (2008); bonds: d < r_i + r_j + 0.45
 COVALENT_RADII_A = {"H": 0.31, "C": 0.76, "N": 0.71, "O": 0.66, "F": 0.57, "S": 1.05, "Cl": 1.02}
 BOND_TOLERANCE_A = 0.45
@@ -419,6 +453,8 @@ class LatticeEnergyModel:
             (:mod:`sim_backends.csp.pairkernel`); ``"torch"``: the same physics as batched
             tensor operations (``_molecule_pairs`` + ``_pair_energies``). Both give the same
             energies to rounding (``tests/sim_backends/csp/test_pairkernel.py``).
+        params: repulsion-dispersion parameter set, a key of :data:`PARAMETER_SETS`
+            (default :data:`DEFAULT_PARAMETER_SET`, read when the model is built).
     """
 
     def __init__(
@@ -435,6 +471,7 @@ class LatticeEnergyModel:
         electrostatics: str = "ewald",
         dsf_alpha_per_A: float = 0.2,
         pair_kernel: str = "numba",
+        params: str | None = None,
     ) -> None:
         import torch
 
@@ -455,6 +492,9 @@ class LatticeEnergyModel:
         unknown = sorted(set(molecule.ff_types) - set(W99_PARAMS))
         if unknown:
             raise ValueError(f"unknown force-field type(s) {unknown}")
+        #: name of the repulsion-dispersion parameter set (:data:`PARAMETER_SETS`)
+        self.params = DEFAULT_PARAMETER_SET if params is None else params
+        table = parameter_table(self.params)
         net = float(np.sum(molecule.charges_e))
         if abs(net) > 1e-6:
             raise ValueError(f"charges sum to {net:.2e} e; the Ewald sum here needs neutral molecules")
@@ -482,7 +522,7 @@ class LatticeEnergyModel:
         self.n_virtual = len(lp_weights)
         #: charge sites per molecule (atoms + lone-pair sites); the pair sums run over these
         self.n_sites = self.n_atoms + self.n_virtual
-        params = np.array([W99_PARAMS[t] for t in molecule.ff_types] + [(0.0, 3.6, 0.0)] * self.n_virtual)
+        params = np.array([table[t] for t in molecule.ff_types] + [(0.0, 3.6, 0.0)] * self.n_virtual)
         a_ij = np.sqrt(np.outer(params[:, 0], params[:, 0]))
         b_ij = 0.5 * (params[:, 1][:, None] + params[:, 1][None, :])
         c_ij = np.sqrt(np.outer(params[:, 2], params[:, 2]))
@@ -541,6 +581,42 @@ class LatticeEnergyModel:
             self._kernel_params = kernel_params(self)
 
     # ------------------------------------------------------------------ public API
+    def term_model(self, rep_scale: np.ndarray, disp_scale: np.ndarray, charges: bool) -> LatticeEnergyModel:
+        """A copy whose exp-6 pair table is scaled pair by pair (for fitting scale factors).
+
+        The energy is linear in each scale, so a set of term models (e.g. one per pair of
+        atom groups, repulsion and dispersion apart, and one for the charges) decomposes the
+        lattice energy into parts that any combination of scale factors recombines.
+
+        Args:
+            rep_scale, disp_scale: (n_sites, n_sites) multipliers of A_ab and C_ab (the
+                dispersion tail follows C).
+            charges: keep the electrostatics (False: charges off).
+        """
+        import copy
+
+        import torch
+
+        rep, disp = np.asarray(rep_scale, dtype=float), np.asarray(disp_scale, dtype=float)
+        if rep.shape != (self.n_sites, self.n_sites) or disp.shape != rep.shape:
+            raise ValueError(f"scales must have shape ({self.n_sites}, {self.n_sites})")
+        out = copy.copy(self)
+        table = self._pair_table.clone()
+        table[:, 0] *= torch.as_tensor(rep.ravel(), dtype=table.dtype)
+        table[:, 2] *= torch.as_tensor(disp.ravel(), dtype=table.dtype)
+        if not charges:
+            table[:, 3] = 0.0
+        out._pair_table = table
+        out._pair_table_np = table.to(torch.float64).numpy()
+        out._sum_c = float(out._pair_table_np[:, 2].sum())
+        out._has_charges = self._has_charges and charges
+        out._intra_per_molecule = None
+        if self.pair_kernel == "numba":
+            from sim_backends.csp.pairkernel import kernel_params
+
+            out._kernel_params = kernel_params(out)
+        return out
+
     def energy_kjmol(self, cell_A: torch.Tensor, coords_A: torch.Tensor) -> torch.Tensor:
         """Lattice energy per molecule.
 
