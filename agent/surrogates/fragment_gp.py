@@ -121,6 +121,15 @@ class FragmentDeltaModel(StructureSurrogate):
                 warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (every xTB SCF failed)
                 mu, sd = np.nan_to_num(np.nanmean(cols, 0)), np.nan_to_num(np.nanstd(cols, 0))
         self._Z = np.nan_to_num((cols - mu) / np.where(sd > 1e-9, sd, 1.0), nan=0.0)
+        from scipy.sparse import csr_matrix
+
+        #: ``(n_structures, n_dimers)`` sparse w_d of each structure's dimers (``_aggregate`` of all)
+        self._W = csr_matrix((self.weights, np.arange(len(self.weights)), self.offsets),
+                             shape=(len(terms), len(self.weights)))
+        #: per fit: the prior kernel among all dimers and its aggregates (:meth:`_full_kernel`),
+        #: shared with the copies that keep the fit (condition, refit_fixed)
+        self._kshared: dict[str, np.ndarray] = {}
+        self._post_memo: tuple | None = None  # (rows, mean, cov) of the last _structure_posterior
         self._n_log = self.features.shape[1]
         self._rbf_options = {"rbf": list(range(self._n_log + len(xtb))), "linear": list(range(self._n_log))}
         self._rbf_dims = self._rbf_options["rbf" if baseline_kernel == "auto" else baseline_kernel]
@@ -189,6 +198,7 @@ class FragmentDeltaModel(StructureSurrogate):
             self.offset = float(np.median(diffs))
         self._train_idx, self._train_y = idx, ys
         self._kernel = None
+        self._kshared, self._post_memo = {}, None
         self.kernel_choice = None
         self.loo_residual_kjmol = None
         self.calibration = 1.0
@@ -232,7 +242,7 @@ class FragmentDeltaModel(StructureSurrogate):
         return out
 
     #: attributes one hyperparameter fit sets (kept for the winning layout under "auto")
-    _FIT_STATE = ("_rbf_dims", "kernel_choice", "_kernel", "_noise", "_y_scale", "_alpha", "_chol",
+    _FIT_STATE = ("_rbf_dims", "kernel_choice", "_kernel", "_kshared", "_noise", "_y_scale", "_alpha", "_chol",
                   "loo_residual_kjmol", "_loo_z2")
 
     def _fit_kernel(self, choice: str) -> dict[str, Any]:
@@ -313,12 +323,31 @@ class FragmentDeltaModel(StructureSurrogate):
             pass
         model.eval()
         self._kernel = model.covar_module
+        self._kshared = {}
         self._noise = float(model.likelihood.noise.detach().reshape(-1)[0])
         self._factorise()
+
+    #: landscapes with at most this many dimers keep the prior kernel among all of them per
+    #: fit (:meth:`_full_kernel`; 8 bytes per entry)
+    FULL_KERNEL_MAX_DIMERS = 6000
+
+    def _full_kernel(self) -> np.ndarray | None:
+        """The prior kernel among all dimers of the landscape for the current hyperparameters,
+        computed once per fit (and kept by its copies), or None above
+        :data:`FULL_KERNEL_MAX_DIMERS` dimers."""
+        shared = self._kshared
+        if "K" not in shared and len(self._Z) <= self.FULL_KERNEL_MAX_DIMERS:
+            every = np.arange(len(self._Z))
+            shared["K"] = self._k(every, every)
+            shared["WK"] = np.asarray(self._W @ shared["K"])  # (n_structures, n_dimers)
+            shared["WKW"] = np.asarray((self._W @ shared["WK"].T).T)  # (n_structures, n_structures)
+        return shared.get("K")
 
     def _k(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         import torch
 
+        if "K" in self._kshared:
+            return self._kshared["K"][np.ix_(a, b)]
         with torch.no_grad():
             return self._kernel(torch.as_tensor(self._Z[a], dtype=torch.float64),
                                 torch.as_tensor(self._Z[b], dtype=torch.float64)).to_dense().numpy()
@@ -331,6 +360,7 @@ class FragmentDeltaModel(StructureSurrogate):
         self._chol = cho_factor(K + 1e-9 * np.eye(len(t)), lower=True)
         r = (self._train_y - self._y_shift) / self._y_scale
         self._alpha = cho_solve(self._chol, r)
+        self._post_memo = None
 
     def condition(self, pending: Iterable[int]) -> FragmentDeltaModel:
         """A copy that treats the structures ``pending`` as computed at their predicted dimer
@@ -360,7 +390,26 @@ class FragmentDeltaModel(StructureSurrogate):
         return mean, self._y_scale**2 * 0.5 * (C + C.T)
 
     def _structure_posterior(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and covariance of the expensive energies of ``rows``."""
+        """Mean and covariance of the expensive energies of ``rows``.
+
+        With the kernel among all dimers kept (:meth:`_full_kernel`) the aggregation is done
+        before the solve, ``W K W^T - (W K_t) K_tt^-1 (W K_t)^T`` (structure-sized products
+        instead of dimer-sized ones; the same matrix up to rounding), and the last result is
+        memoised (a decision draws from and predicts with the same model several times)."""
+        if self._full_kernel() is not None:
+            from scipy.linalg import cho_solve
+
+            key = rows.tobytes()
+            if self._post_memo is not None and self._post_memo[0] == key:
+                return self._post_memo[1].copy(), self._post_memo[2].copy()
+            shared = self._kshared
+            Ks = shared["WK"][np.ix_(rows, self._train_idx)]
+            mean = (self.known[rows] + self.offset + self._y_shift * np.asarray(self._W[rows].sum(axis=1)).reshape(-1)
+                    + self._y_scale * (Ks @ self._alpha))
+            C = shared["WKW"][np.ix_(rows, rows)] - Ks @ cho_solve(self._chol, Ks.T)
+            cov = self._y_scale**2 * 0.5 * (C + C.T)
+            self._post_memo = (key, mean, cov)
+            return mean.copy(), cov.copy()
         d_idx = self._dimers_of(rows)
         A = self._aggregate(rows, d_idx)
         m, C = self._dimer_posterior(d_idx)
@@ -404,3 +453,4 @@ class FragmentDeltaModel(StructureSurrogate):
                 "n_dimers_trained": int(len(self._train_y)),
                 "baseline_kernel": self.kernel_choice, "noise_kjmol": float(np.sqrt(self._noise) * self._y_scale)
                 if self.active else None}
+

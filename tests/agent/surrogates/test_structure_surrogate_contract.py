@@ -148,3 +148,24 @@ def test_the_acquisition_needs_nothing_but_the_protocol(fitted):
     assert 0.0 <= p <= 1.0
     with pytest.raises(AcquisitionError, match="bound to"):
         select_structures(cheap[:-1], None, {}, [], np.ones(N - 1), q=1, seed=0, model=model)
+
+
+def test_fragment_posterior_from_the_kept_dimer_kernel_equals_the_dimer_level_one():
+    """The fragment dimer GP aggregates the kernel kept per fit to structures before the solve
+    and memoises its last posterior; the numbers are the dimer-level ones up to rounding,
+    after conditioning and refit_fixed too (the memo never outlives the training set)."""
+    model, cheap, expensive = _fragment_landscape()
+    model.fit({i: float(expensive[i]) for i in COMPUTED})
+    every = np.arange(N)
+    for m in (model, model.condition([PENDING, 1]), model.refit_fixed({i: float(expensive[i]) for i in COMPUTED[:5]})):
+        fast = m.posterior(every)
+        assert "K" in m._kshared and m._post_memo is not None
+        assert np.array_equal(m.posterior(every)[1], fast[1])  # memoised
+        slow = type(m)._copy(m)
+        slow._kshared, slow._post_memo = {}, None
+        slow.FULL_KERNEL_MAX_DIMERS = 0  # the dimer-level path
+        ref = slow.posterior(every)
+        np.testing.assert_allclose(fast[0], ref[0], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(fast[1], ref[1], rtol=0, atol=1e-9)
+    # a conditioned copy does not reuse its parent's memo: the pending structure's spread shrinks
+    assert model.condition([PENDING]).predict([PENDING])[1][0] < 0.7 * model.predict([PENDING])[1][0]
