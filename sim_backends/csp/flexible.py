@@ -211,7 +211,13 @@ def dedupe_conformational(candidates: list[Any], torsions: Any, torsion_tol_deg:
     """Unique minima, lowest first: candidates (:class:`~sim_backends.csp.dedupe.Candidate` with
     ``payload["torsions_deg"]``) merge only when their torsions agree within ``torsion_tol_deg``
     (:meth:`TorsionSet.distance_deg`) and :func:`~sim_backends.csp.dedupe.merge_candidate`
-    matches them; multiplicities add up."""
+    matches them; multiplicities add up.
+
+    Two candidates with the same ``payload["landscape"]`` (not None) that are both unrelaxed
+    (``payload["relaxed"]`` false) are unique minima of one rigid-conformer landscape, which
+    :func:`~sim_backends.csp.dedupe.dedupe` has already compared with the same test, so they
+    are not compared again (the same result; on paracetamol, whose two conformers' torsions
+    agree modulo the ring flip, this is most of the StructureMatcher calls)."""
     from bisect import bisect_left
 
     from sim_backends.csp.dedupe import MATCHER_KWARGS, _matcher, merge_candidate
@@ -222,8 +228,11 @@ def dedupe_conformational(candidates: list[Any], torsions: Any, torsion_tol_deg:
     energies: list[float] = []  # of kept, ascending (a representative never moves down: cands ascend)
     for cand in sorted(candidates, key=lambda c: c.energy_kjmol):
         near = kept[bisect_left(energies, cand.energy_kjmol - energy_tol):]
-        same_conf = [k for k in near if torsions.distance_deg(k.payload["torsions_deg"],
-                                                              cand.payload["torsions_deg"]) <= torsion_tol_deg]
+        src = None if cand.payload.get("relaxed") else cand.payload.get("landscape")
+        same_conf = [k for k in near
+                     if not (src is not None and k.payload.get("landscape") == src and not k.payload.get("relaxed"))
+                     and torsions.distance_deg(k.payload["torsions_deg"], cand.payload["torsions_deg"])
+                     <= torsion_tol_deg]
         if merge_candidate(same_conf, cand, energy_tol_kjmol=energy_tol, matcher=matcher,
                            kept_sorted=True) is None:
             kept.append(cand)
@@ -353,6 +362,7 @@ def run_flexible_csp(
         for m in land.minima:
             cands.append(Candidate(m.energy_kjmol + conf.energy_kjmol, m.density_gcm3, m.structure,
                                    {"search_space_group": m.search_space_group, "z": m.z, "conformer": conf.index,
+                                    "landscape": conf.index,
                                     "torsions_deg": list(conf.torsions_deg), "intra_kjmol": conf.energy_kjmol,
                                     "relaxed": False, "rigid_minimum": m},
                                    multiplicity=m.multiplicity))

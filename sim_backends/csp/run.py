@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from sim_backends.landscape import Landscape, LandscapeEntry
+from sim_backends.csp.dedupe import fit_memo
 from sim_backends.csp.sampling import ConvergenceCriteria, ConvergenceTracker
 from sim_backends.csp.spacegroups import (
     SpaceGroup, parse_search_label, parse_space_groups, parse_z_prime, search_labels,
@@ -405,46 +406,52 @@ def run_csp(
     blocks = {lab: 0 for lab in labels}  # Sobol blocks drawn so far per search
     spent = 0
     executor = executor if executor is not None else InProcessExecutor()
-    while plan:
-        # trials are drawn in the workers, one independently seeded Sobol block per unit
-        units: list[tuple[str, dict[str, np.ndarray]]] = []
-        for sym, n in plan.items():
-            for start in range(0, n, batch_size):
-                units.append((sym, {"generate": np.array([min(batch_size, n - start),
-                                                          _unit_seed(seed, sym, blocks[sym])]),
-                                    "unit": np.array(len(first) + len(units))}))
-                blocks[sym] += 1
-        round_meta: dict[str, Any] = {"protocol": protocol}
-        e_floor = min((float(r["energy_kjmol"][r["converged"]].min()) for r in first
-                       if r["converged"].any()), default=math.inf)
-        res, fst, cpu = _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, executor,
-                                    progress, energy_window_kjmol + stage2_margin_kjmol, batch_size,
-                                    stage2_warm_start, round_meta, e_floor)
-        if res is not fst:  # stage-2 unit numbers unique over the rounds
-            for r in res:
-                r["unit"] += len(results)
-        results += res
-        first += fst
-        cpu_s += cpu
-        _accumulate(stage_meta, round_meta)
-        spent += sum(plan.values())
-        e_keep = min(tracker.e_global, _lowest(res)) + criteria.window_kjmol + tracker.MARGIN_KJMOL
-        tracker.add_round(plan, {sym: _candidates(molecule, [r for r in res if r["search_space_group"] == sym],
-                                                  e_keep) for sym in plan})
-        if tracker.all_converged:
-            tracker.stopped_by = "converged"
-            break
-        if sampling == "fixed" or spent >= n_trials:
-            tracker.stopped_by = "fixed" if sampling == "fixed" else "budget"
-            break
-        plan = tracker.allocate(n_trials - spent)
-    results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
-    first.sort(key=lambda r: (r["search_space_group"], r["unit"]))
-    stage_meta["stage2_margin_kjmol"] = float(stage2_margin_kjmol)
-    t_min = time.perf_counter() - t_start - t_trials
-    t_land = time.perf_counter()
-    landscape = _build_landscape(molecule, results, energy_window_kjmol)
-    stage_meta["landscape_s"] = time.perf_counter() - t_land
+    tracker_s = 0.0  # main-process wall time of the sampling tracker's dedupe
+    # the tracker and the landscape dedupe compare many of the same pairs: StructureMatcher once
+    with fit_memo():
+        while plan:
+            # trials are drawn in the workers, one independently seeded Sobol block per unit
+            units: list[tuple[str, dict[str, np.ndarray]]] = []
+            for sym, n in plan.items():
+                for start in range(0, n, batch_size):
+                    units.append((sym, {"generate": np.array([min(batch_size, n - start),
+                                                              _unit_seed(seed, sym, blocks[sym])]),
+                                        "unit": np.array(len(first) + len(units))}))
+                    blocks[sym] += 1
+            round_meta: dict[str, Any] = {"protocol": protocol}
+            e_floor = min((float(r["energy_kjmol"][r["converged"]].min()) for r in first
+                           if r["converged"].any()), default=math.inf)
+            res, fst, cpu = _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, executor,
+                                        progress, energy_window_kjmol + stage2_margin_kjmol, batch_size,
+                                        stage2_warm_start, round_meta, e_floor)
+            if res is not fst:  # stage-2 unit numbers unique over the rounds
+                for r in res:
+                    r["unit"] += len(results)
+            results += res
+            first += fst
+            cpu_s += cpu
+            _accumulate(stage_meta, round_meta)
+            spent += sum(plan.values())
+            e_keep = min(tracker.e_global, _lowest(res)) + criteria.window_kjmol + tracker.MARGIN_KJMOL
+            t_track = time.perf_counter()
+            tracker.add_round(plan, {sym: _candidates(molecule, [r for r in res if r["search_space_group"] == sym],
+                                                      e_keep) for sym in plan})
+            tracker_s += time.perf_counter() - t_track
+            if tracker.all_converged:
+                tracker.stopped_by = "converged"
+                break
+            if sampling == "fixed" or spent >= n_trials:
+                tracker.stopped_by = "fixed" if sampling == "fixed" else "budget"
+                break
+            plan = tracker.allocate(n_trials - spent)
+        results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
+        first.sort(key=lambda r: (r["search_space_group"], r["unit"]))
+        stage_meta["stage2_margin_kjmol"] = float(stage2_margin_kjmol)
+        t_min = time.perf_counter() - t_start - t_trials
+        t_land = time.perf_counter()
+        landscape = _build_landscape(molecule, results, energy_window_kjmol)
+        stage_meta["landscape_s"] = time.perf_counter() - t_land
+    stage_meta["tracker_dedupe_s"] = tracker_s
     if protocol == "staged":  # counts of the trials (stage 1); stage-2 counts kept apart
         stage_meta.update({"stage2_converged": landscape.meta["n_converged"],
                            "n_minimised": int(sum(len(r["energy_kjmol"]) for r in first)),
@@ -599,7 +606,9 @@ def _lowest(results: list[dict]) -> float:
 
 def _candidates(molecule, results: list[dict], e_max: float) -> list:
     """Dedupe Candidates of the converged minima of ``results`` at or below ``e_max``
-    (kJ/mol), each with its multiplicity (trials merged into it before)."""
+    (kJ/mol), each with its multiplicity (trials merged into it before) and
+    ``payload["key"]`` = (search, unit, index), the minimum's identity for
+    :func:`~sim_backends.csp.dedupe.fit_memo`."""
     from sim_backends.csp.dedupe import Candidate, to_structure
 
     cands: list[Candidate] = []
@@ -614,7 +623,8 @@ def _candidates(molecule, results: list[dict], e_max: float) -> list:
             density = z * molecule.mass_amu / vol * 1.66053906660
             st = to_structure(molecule.symbols, r["cells_A"][i], r["coords_A"][i])
             cands.append(Candidate(e, density, st, {"search_space_group": r["search_space_group"], "z": z,
-                                                    "z_prime_search": parse_search_label(r["search_space_group"])[1]},
+                                                    "z_prime_search": parse_search_label(r["search_space_group"])[1],
+                                                    "key": (r["search_space_group"], int(r["unit"]), int(i))},
                                    multiplicity=int(mult[i])))
     return cands
 
