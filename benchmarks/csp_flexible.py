@@ -20,7 +20,7 @@ search, the same number of trials, same space groups and settings.
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_flexible.py
           [--n-trials 20000] [--systems paracetamol,succinic_acid,oxalic_acid,14-cyclohexanedione]
-          [--charges resp|xtb] [--throughput-trials 1024] [--sampling converged|fixed] [--space-groups P2_1/c] [--x23-only] [--relax-top 20]
+          [--charges resp|xtb] [--throughput-trials 1024] [--dedupe-trials 1536] [--sampling converged|fixed] [--space-groups P2_1/c] [--x23-only] [--relax-top 20]
 Progress (one JSON line per finished step) goes to benchmarks/results/csp_flexible_progress.jsonl
 (or a name with the non-default arguments); the summary to benchmarks/results/csp_flexible.json
 for the default arguments, else to a file named after them.
@@ -54,7 +54,7 @@ SYSTEMS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 X23_REFERENCE = {"succinic_acid": -130.30, "oxalic_acid_alpha": -96.30, "oxalic_acid_beta": -96.10,
                  "14-cyclohexanedione": -88.60}
 DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid,oxalic_acid,14-cyclohexanedione",
-            "charges": "xtb", "workers": 2, "throughput_trials": 1024, "sampling": "converged", "space_groups": "", "x23_only": False,
+            "charges": "xtb", "workers": 2, "throughput_trials": 1024, "sampling": "converged", "space_groups": "", "x23_only": False, "dedupe_trials": 0,
             "relax_top": 20}
 
 
@@ -301,6 +301,93 @@ def throughput(args, progress_path: Path) -> dict:
     return row
 
 
+def _previous_dedupe(cands: list) -> list[tuple[float, int]]:
+    """The dedupe before commit 03fa591 (the baseline of :func:`dedupe_speed`): heavy atoms by copy +
+    remove_species, Niggli, pymatgen ``get_primitive_structure`` once per candidate, then
+    ``StructureMatcher.fit(skip_structure_reduction=True)`` per pair; (energy, multiplicity) of
+    the unique minima."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from sim_backends.csp.dedupe import MATCHER_KWARGS, keeps_hydrogens
+
+    sm = StructureMatcher(**MATCHER_KWARGS)
+
+    def reduced(c):
+        if c._reduced is None:
+            st = c.structure.copy()
+            if not keeps_hydrogens(c.structure, c.payload.get("z")):
+                st.remove_species(["H"])
+            c._reduced = st.get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
+        return c._reduced
+
+    kept: list = []
+    for c in sorted(cands, key=lambda c: c.energy_kjmol):
+        match = None
+        for rep in reversed(kept):
+            if c.energy_kjmol - rep.energy_kjmol > 1.0:
+                break
+            if abs(c.density_gcm3 - rep.density_gcm3) <= 0.03 and sm.fit(reduced(rep), reduced(c),
+                                                                        skip_structure_reduction=True):
+                match = rep
+                break
+        if match is None:
+            kept.append(c)
+        else:
+            match.multiplicity += c.multiplicity
+    return [(c.energy_kjmol, c.multiplicity) for c in kept]
+
+
+def dedupe_speed(n_trials: int, progress_path: Path) -> dict:
+    """Main-process dedupe CPU of one search, previous code (baseline) vs the product's.
+
+    The search: paracetamol, the gas-phase global-minimum GFN2-xTB conformer (xtb charges) as a
+    rigid molecule, ``n_trials`` trials over P2_1/c, P-1, P2_12_12_1 (fixed sampling, in this
+    process), run by :func:`~sim_backends.csp.run.run_csp`; its minima (the arguments of its
+    landscape step, kept when it calls it) are deduplicated again by :func:`_previous_dedupe` and
+    by :func:`~sim_backends.csp.dedupe.dedupe`, each from fresh candidates. Both must give the
+    same unique minima and multiplicities."""
+    import sim_backends.csp.run as run
+    from sim_backends.csp.conformers import build_ensemble
+    from sim_backends.csp.dedupe import dedupe
+
+    done = _done(progress_path, "dedupe_speed", "n_trials", n_trials)
+    if done is not None:
+        return {k: v for k, v in done.items() if k != "step"}
+    ens = build_ensemble(SYSTEMS["paracetamol"][0], charges="xtb")
+    seen: dict = {}
+    landscape_step = run._build_landscape
+
+    def keep_args(molecule, results, window):
+        seen["args"] = (molecule, results, window)
+        return landscape_step(molecule, results, window)
+
+    run._build_landscape = keep_args
+    try:
+        c0 = time.process_time()
+        land = run.run_csp(ens.conformers[0].molecule, n_trials, space_groups="P2_1/c,P-1,P2_12_12_1",
+                           sampling="fixed", progress=False, energy_window_kjmol=25.0)
+        search_cpu = time.process_time() - c0
+    finally:
+        run._build_landscape = landscape_step
+    molecule, results, window = seen["args"]
+    e_max = run._lowest(results) + window
+    c0 = time.process_time()
+    before = _previous_dedupe(run._candidates(molecule, results, e_max))
+    cpu_before = time.process_time() - c0
+    c0 = time.process_time()
+    after = [(c.energy_kjmol, c.multiplicity) for c in dedupe(run._candidates(molecule, results, e_max))]
+    cpu_after = time.process_time() - c0
+    row = {"n_trials": n_trials, "molecule": "paracetamol conformer 0 (rigid), xtb charges",
+           "space_groups": "P2_1/c,P-1,P2_12_12_1", "n_in_window": len(run._candidates(molecule, results, e_max)),
+           "n_unique_before": len(before), "n_unique_after": len(after), "same_unique_set": before == after,
+           "dedupe_cpu_s_before": cpu_before, "dedupe_cpu_s_after": cpu_after,
+           "speedup": cpu_before / cpu_after, "run_csp_cpu_s": search_cpu,
+           "run_csp_tracker_dedupe_s": land.meta.get("tracker_dedupe_s"),
+           "run_csp_landscape_s": land.meta.get("landscape_s")}
+    _log(progress_path, {"step": "dedupe_speed", **row})
+    return row
+
+
 def _log(path: Path, record: dict) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(record, default=float) + "\n")
@@ -321,12 +408,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="CSP worker processes (local Ray when > 1, as crystal-agent csp --workers)")
     ap.add_argument("--relax-top", type=int, default=DEFAULTS["relax_top"],
                     help="lowest minima relaxed with free torsions (run_flexible_csp relax_top)")
+    ap.add_argument("--dedupe-trials", type=int, default=DEFAULTS["dedupe_trials"],
+                    help="only the dedupe CPU comparison (previous vs current code) on a paracetamol search "
+                         "of this many trials (0: not run)")
     ap.add_argument("--x23-only", action="store_true",
                     help="only the X23 lattice energies at the experimental geometry (no search, no throughput)")
     args = ap.parse_args(argv)
     systems = [s for s in args.systems.split(",") if s]
     unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown or args.n_trials < 1 or args.throughput_trials < 0 or args.workers < 1:
+    if unknown or args.n_trials < 1 or args.throughput_trials < 0 or args.workers < 1 or args.dedupe_trials < 0:
         print(f"csp_flexible: error: unknown systems {unknown} or bad counts (known: {', '.join(SYSTEMS)})",
               file=sys.stderr)
         return 2
@@ -336,6 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     results = ROOT / "benchmarks/results"
     results.mkdir(parents=True, exist_ok=True)
     progress_path = results / f"{stem}_progress.jsonl"
+    if args.dedupe_trials:
+        row = dedupe_speed(args.dedupe_trials, progress_path)
+        print(f"\ndedupe of {row['n_in_window']} minima ({row['n_trials']} trials, {row['molecule']}, "
+              f"{row['space_groups']}): previous code {row['dedupe_cpu_s_before']:.2f} CPU s, {row['n_unique_before']} "
+              f"unique; now {row['dedupe_cpu_s_after']:.2f} CPU s, {row['n_unique_after']} unique "
+              f"(x{row['speedup']:.2f}, same set: {row['same_unique_set']})")
+        summary = {"benchmark": "csp_flexible", "args": vars(args), "dedupe_speed": row}
+        (results / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=float))
+        print(json.dumps(summary, default=float))
+        return 0 if row["same_unique_set"] else 1
     rows = [] if args.x23_only else [run_system(s, args, progress_path) for s in systems]
     # the lattice-energy comparison with both charge models (the search's first)
     x23 = [x23_at_experiment(r, SYSTEMS[s][0], q, progress_path) for s in systems for r in SYSTEMS[s][3]
