@@ -629,6 +629,7 @@ def leave_one_landscape_out(results: dict, configs, batches) -> dict:
             "default_same_seeds": {str(q): float(np.median(counts(held, configs[0].label, q))) for q in batches[:1]},
             "stop_inflation_lolo": kappa,
             "stop_achieved_lolo": round(achieved(kappa, [held]), 3),
+            "seeds": len(counts(held, configs[0].label, batches[0])),  # seeds every setting ran here
         }
     return out
 
@@ -862,13 +863,13 @@ def print_lolo(out: dict, batches, console) -> None:
 
     t = Table(title="Leave-one-landscape-out: settings chosen on the other landscapes, measured on "
               "the held-out one, next to the best setting for that landscape itself (in-sample)")
-    for col in ("held out", "chosen on the others", *[f"LOLO q={q}" for q in batches[:1]],
+    for col in ("held out (seeds per setting)", "chosen on the others", *[f"LOLO q={q}" for q in batches[:1]],
                 "in-sample best", *[f"in-sample q={q}" for q in batches[:1]],
                 *[f"default q={q}" for q in batches[:1]], "cheap order",
                 "stop inflation (LOLO)", "P>=0.9 complete (held out)"):
         t.add_column(col)
     for name, r in out["leave_one_landscape_out"].items():
-        t.add_row(name, r["chosen"], *[f"{r['agent_lolo'][str(q)]:.0f}" for q in batches[:1]],
+        t.add_row(f"{name} ({r.get('seeds', '?')})", r["chosen"], *[f"{r['agent_lolo'][str(q)]:.0f}" for q in batches[:1]],
                   r["in_sample_best"], *[f"{r['agent_in_sample'][str(q)]:.0f}" for q in batches[:1]],
                   *[f"{r['default_same_seeds'][str(q)]:.0f}" for q in batches[:1]],
                   str(out["landscapes"][name]["cheap_order"]), f"{r['stop_inflation_lolo']:g}",

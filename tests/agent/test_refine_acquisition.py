@@ -344,6 +344,7 @@ def test_benchmark_stop_rule_and_leave_one_landscape_out():
     # the 0.9 promise failed on L3 at inflation 1: held out L1, the others pool 2/4 -> 1.5
     assert out["L1"]["stop_inflation_lolo"] == 1.5 and out["L3"]["stop_inflation_lolo"] == 1.0
     assert out["L3"]["stop_achieved_lolo"] == 0.0
+    assert out["L1"]["seeds"] == 2  # seeds every setting ran on the held-out landscape
 
 
 def test_low_energy_set_is_the_top_k_within_the_window():
