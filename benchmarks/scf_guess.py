@@ -26,7 +26,10 @@ start, so its default-guess monomer SCF and first dimers are charged to it. The
 per-guess table attributes the builds to each lever. Configurations run
 interleaved per structure (same machine load). Part 2, hole reorganisation energies
 (``dft-reorg``, B3LYP/6-31G//GFN2-xTB four single points, ``geometry="xtb"``) of the
-``--n-molecules`` smallest molecules of ``--pool`` with ``scf_guess`` default and auto.
+``--n-molecules`` smallest molecules of ``--pool`` with ``scf_guess`` default and auto;
+both with the shipped UKS stability check of every cation SCF (``stability_check``),
+whose response builds and SCF restarts are counted in the builds and shown apart, so the
+cost without the check is the difference.
 
 Figures: Fock builds (two-electron potential builds counted in PySCF: ``get_veff`` plus
 Newton's response builds), SCF CPU seconds and wall seconds per calculation, and the
@@ -40,7 +43,10 @@ time on an idle machine.
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scf_guess.py
       [--landscape data/landscapes/formic_acid_dft] [--n-structures 10]
       [--pool examples/pool.smi] [--n-molecules 20]
-Writes benchmarks/results/scf_guess.json (other arguments: scf_guess_<tag>.json).
+      [--fresh]
+Writes benchmarks/results/scf_guess.json (other arguments: scf_guess_<tag>.json). Finished
+parts (each molecule; the crystal part as a whole) go to scf_guess[_<tag>]_progress.jsonl
+and a rerun resumes from it (``--fresh``: start over).
 """
 
 from __future__ import annotations
@@ -136,12 +142,16 @@ def _by_guess(scf: list[dict]) -> dict:
     return out
 
 
-def reorg_part(smiles: list[tuple[str, str]], log) -> dict:
+def reorg_part(smiles: list[tuple[str, str]], log, progress: Progress) -> dict:
     from sim_backends.base import EvalInput
     from sim_backends.reorg import DftReorgBackend
 
     rows = []
     for smi, name in smiles:
+        done = progress.get(f"reorg:{smi}")
+        if done is not None:
+            rows.append(done)
+            continue
         row: dict = {"smiles": smi, "name": name}
         for config in ("default", "auto"):
             t0 = time.perf_counter()
@@ -152,14 +162,50 @@ def reorg_part(smiles: list[tuple[str, str]], log) -> dict:
                            "scf_cpu_s": round(sum(x["cpu_s"] for x in ex.get("scf", [])), 3),
                            "scf_wall_s": round(sum(x["wall_s"] for x in ex.get("scf", [])), 3),
                            "wall_s": round(time.perf_counter() - t0, 3),
+                           "cpu_s": ex.get("cpu_s"),
                            "energies_ev": ex.get("energies_ev"), "lambda_kjmol": res.values.get("reorg_energy_kjmol"),
-                           "per_scf": [(x["what"], x["guess"], x["fock_builds"]) for x in ex.get("scf", [])]}
+                           "lambda_components_kjmol": [res.values.get("lambda_cation_kjmol"),
+                                                       res.values.get("lambda_neutral_kjmol")],
+                           "stability": ex.get("scf_stability"),
+                           "per_scf": [(x["what"], x["guess"], x["fock_builds"], x.get("stability"))
+                                       for x in ex.get("scf", [])]}
         e0, e1 = row["default"]["energies_ev"], row["auto"]["energies_ev"]
         row["max_abs_diff_eh"] = (max(abs(e1[k] - e0[k]) for k in e0) / 27.211386246) if e0 and e1 else None
         log(f"{name}: Fock builds default {row['default']['fock_builds']} / auto {row['auto']['fock_builds']}; "
-            f"SCF CPU s {row['default']['scf_cpu_s']:.1f} / {row['auto']['scf_cpu_s']:.1f}")
+            f"SCF CPU s {row['default']['scf_cpu_s']:.1f} / {row['auto']['scf_cpu_s']:.1f}; "
+            f"lambda+ {row['default']['lambda_kjmol']} / {row['auto']['lambda_kjmol']} kJ/mol")
+        progress.put(f"reorg:{smi}", row)
         rows.append(row)
     return {"level": "B3LYP/6-31G (density fitting, grid level 1) // GFN2-xTB geometries", "molecules": rows}
+
+
+class Progress:
+    """Finished parts of a run (each reorganisation molecule; the crystal part as a whole,
+    whose warm starts depend on the structures before), one JSON line each, so a killed run
+    resumes without repeating them. Figures of resumed parts are those of the run that
+    computed them."""
+
+    def __init__(self, path: Path, fresh: bool) -> None:
+        self.path, self.done, self.resumed = path, {}, 0
+        if fresh:
+            path.unlink(missing_ok=True)
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.done[rec["key"]] = rec["value"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a kill
+
+    def get(self, key: str):
+        if key in self.done:
+            self.resumed += 1
+        return self.done.get(key)
+
+    def put(self, key: str, value) -> None:
+        self.done[key] = value
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"key": key, "value": value}) + "\n")
 
 
 def _read_pool(path: Path, n: int) -> list[tuple[str, str]]:
@@ -183,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-structures", type=int, default=DEFAULTS["n_structures"])
     ap.add_argument("--pool", default=DEFAULTS["pool"])
     ap.add_argument("--n-molecules", type=int, default=DEFAULTS["n_molecules"])
+    ap.add_argument("--fresh", action="store_true", help="ignore the progress file of an earlier run")
     args = ap.parse_args(argv)
     landscape = (ROOT / args.landscape) if not Path(args.landscape).is_absolute() else Path(args.landscape)
     if not (landscape / "run.json").is_file():
@@ -197,8 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:7.0f} s] {msg}", flush=True)
 
-    cryst = crystal_part(landscape, args.n_structures, log)
-    reorg = reorg_part(_read_pool(pool, args.n_molecules), log) if args.n_molecules else {"molecules": []}
+    default_args = (args.landscape == DEFAULTS["landscape"] and args.n_structures == DEFAULTS["n_structures"]
+                    and args.pool == DEFAULTS["pool"] and args.n_molecules == DEFAULTS["n_molecules"])
+    tag = "" if default_args else f"_{landscape.name}_n{args.n_structures}_m{args.n_molecules}"
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(out_dir / f"scf_guess{tag}_progress.jsonl", args.fresh)
+    reorg = reorg_part(_read_pool(pool, args.n_molecules), log, progress) if args.n_molecules else {"molecules": []}
+    cryst = progress.get("crystal")
+    if cryst is None:
+        cryst = crystal_part(landscape, args.n_structures, log)
+        progress.put("crystal", cryst)
 
     rows = cryst["structures"]
     tot = {c: {k: sum(r[c][k] for r in rows) for k in ("fock_builds", "scf_cpu_s", "scf_wall_s", "wall_s", "n_scf")}
@@ -238,14 +294,26 @@ def main(argv: list[str] | None = None) -> None:
     if reorg["molecules"]:
         print(f"\nHole reorganisation energy, {reorg.get('level')}, {len(reorg['molecules'])} molecules")
         print("(default: PySCF's minao guess for the four SCFs; auto: each state from the closest converged state)")
-        print(f"{'molecule':<22}{'builds def':>11}{'builds auto':>12}{'CPU s def':>10}{'CPU s auto':>11}"
-              f"{'wall s def':>11}{'wall s auto':>12}{'max|dE| Eh':>12}")
+        print("builds: all Fock and response builds of the evaluation's SCFs, (stab.: of them the UKS stability")
+        print("checks and the SCF restarts they caused); follow: restarts; lambda+ in kJ/mol (- = failed)")
+        print(f"{'molecule':<22}{'builds def':>11}{'(stab.)':>8}{'builds auto':>12}{'(stab.)':>8}{'follow':>7}"
+              f"{'CPU s def':>10}{'CPU s auto':>11}{'wall s def':>11}{'wall s auto':>12}{'lambda def':>11}"
+              f"{'lambda auto':>12}{'max|dE| Eh':>12}")
+
+        def _stab(r: dict, key: str) -> int:
+            return (r.get("stability") or {}).get(key, 0)
+
+        def _lam(r: dict) -> str:
+            return f"{r['lambda_kjmol']:.2f}" if r["lambda_kjmol"] is not None else "-"
+
         for m in reorg["molecules"]:
             d, a = m["default"], m["auto"]
             de = m["max_abs_diff_eh"]
-            print(f"{m['name'][:21]:<22}{d['fock_builds'] or 0:>11}{a['fock_builds'] or 0:>12}{d['scf_cpu_s']:>10.1f}"
-                  f"{a['scf_cpu_s']:>11.1f}{d['wall_s']:>11.1f}{a['wall_s']:>12.1f}"
-                  f"{(f'{de:.1e}' if de is not None else 'n/a'):>12}")
+            fol = f"{_stab(d, 'followups')}/{_stab(a, 'followups')}"
+            print(f"{m['name'][:21]:<22}{d['fock_builds'] or 0:>11}{_stab(d, 'fock_builds'):>8}{a['fock_builds'] or 0:>12}"
+                  f"{_stab(a, 'fock_builds'):>8}{fol:>7}"
+                  f"{d['scf_cpu_s']:>10.1f}{a['scf_cpu_s']:>11.1f}{d['wall_s']:>11.1f}{a['wall_s']:>12.1f}"
+                  f"{_lam(d):>11}{_lam(a):>12}{(f'{de:.1e}' if de is not None else 'n/a'):>12}")
         if mols:
             fb = [sum(m[c]["fock_builds"] for m in mols) for c in ("default", "auto")]
             cpu = [sum(m[c]["scf_cpu_s"] for m in mols) for c in ("default", "auto")]
@@ -255,13 +323,27 @@ def main(argv: list[str] | None = None) -> None:
                              "fock_build_reduction": round(1 - fb[1] / fb[0], 4),
                              "cpu_speedup": round(cpu[0] / cpu[1], 3), "wall_speedup": round(wall[0] / wall[1], 3),
                              "max_abs_energy_diff_eh": max(m["max_abs_diff_eh"] for m in mols)}
-            print(f"{'total':<22}{fb[0]:>11}{fb[1]:>12}{cpu[0]:>10.1f}{cpu[1]:>11.1f}{wall[0]:>11.1f}{wall[1]:>12.1f}"
+            stab_fb = [sum(_stab(m[c], "fock_builds") for m in mols) for c in ("default", "auto")]
+            reorg_summary["stability"] = {
+                "fock_builds": stab_fb, "fraction_of_builds": [round(x / y, 4) for x, y in zip(stab_fb, fb)],
+                "cpu_s": [round(sum((m[c].get("stability") or {}).get("cpu_s", 0.0) for m in mols), 2)
+                          for c in ("default", "auto")],
+                "checks": [sum(_stab(m[c], "checks") for m in mols) for c in ("default", "auto")],
+                "followups": [sum(_stab(m[c], "followups") for m in mols) for c in ("default", "auto")],
+                "followed": {c: [f"{m['name']}: {w}" for m in mols for w in (m[c].get("stability") or {}).get("followed", [])]
+                             for c in ("default", "auto")}}
+            reorg_summary["failed"] = {c: [f"{m['name']}: {m[c]['reason']}" for m in reorg["molecules"]
+                                           if m[c]["status"] != "ok"] for c in ("default", "auto")}
+            fu = reorg_summary["stability"]["followups"]
+            print(f"{'total':<22}{fb[0]:>11}{stab_fb[0]:>8}{fb[1]:>12}{stab_fb[1]:>8}{f'{fu[0]}/{fu[1]}':>7}"
+                  f"{cpu[0]:>10.1f}{cpu[1]:>11.1f}{wall[0]:>11.1f}{wall[1]:>12.1f}{'':>23}"
                   f"{reorg_summary['max_abs_energy_diff_eh']:>12.1e}")
+            print(f"stability checks: {reorg_summary['stability']['checks']} (default/auto), "
+                  f"{reorg_summary['stability']['fraction_of_builds'][0]:.1%} / "
+                  f"{reorg_summary['stability']['fraction_of_builds'][1]:.1%} of the builds, "
+                  f"{reorg_summary['stability']['cpu_s']} CPU s; followed: {reorg_summary['stability']['followed']}")
 
     best = max(CONFIGS[1:], key=lambda c: summary[c]["fock_build_reduction"])
-    default_args = (args.landscape == DEFAULTS["landscape"] and args.n_structures == DEFAULTS["n_structures"]
-                    and args.pool == DEFAULTS["pool"] and args.n_molecules == DEFAULTS["n_molecules"])
-    tag = "" if default_args else f"_{landscape.name}_n{args.n_structures}_m{args.n_molecules}"
     result = {
         "benchmark": "scf_guess", "landscape": cryst["landscape"], "n_structures": len(rows),
         "settings": cryst["settings"], "best_configuration": best,
@@ -269,15 +351,17 @@ def main(argv: list[str] | None = None) -> None:
         "wall_speedup": summary[best]["wall_speedup"], "cpu_speedup": summary[best]["cpu_speedup"],
         "max_abs_energy_diff_eh": max(summary[c]["max_abs_energy_diff_eh"] for c in CONFIGS[1:]),
         "targets": {"fock_build_reduction>=0.5": summary[best]["fock_build_reduction"] >= 0.5,
-                    "wall_speedup>=1.5": summary[best]["wall_speedup"] >= 1.5},
+                    "wall_speedup>=1.5": summary[best]["wall_speedup"] >= 1.5,
+                    "max_abs_energy_diff_eh<=1e-6": (
+                        max(summary[c]["max_abs_energy_diff_eh"] for c in CONFIGS[1:]) <= 1e-6
+                        and (reorg_summary is None or reorg_summary["max_abs_energy_diff_eh"] <= 1e-6))},
         "configurations": summary, "reorg": reorg_summary,
         "density_model": cryst["density_model"],
         "total_wall_s": round(time.perf_counter() - t_start, 1),
         "total_cpu_s": round(time.process_time() - cpu_start, 1),
         "load_average_1min": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        "resumed_parts": progress.resumed,
     }
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"scf_guess{tag}_detail.json").write_text(json.dumps({"crystal": cryst, "reorg": reorg}, indent=1))
     line = json.dumps(result)
     (out_dir / f"scf_guess{tag}.json").write_text(line + "\n")

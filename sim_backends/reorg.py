@@ -84,6 +84,9 @@ MAX_ATOMS_XYZ_IN_EXTRA = 60
 #: optimiser thresholds and far below the 5-40 kJ/mol lambda_+ of rigid pi systems.
 NEGATIVE_TOLERANCE_KJMOL = 0.5
 
+#: re-relaxations of a state found unstable at its relaxed geometry (from the followed state)
+MAX_RELAX_RESTARTS = 1
+
 NEUTRAL = (0, 1)  # (charge, multiplicity)
 CATION = (1, 2)
 
@@ -372,6 +375,8 @@ DFT_DEFAULTS: dict[str, Any] = {
     "density_fit": True,
     "grid_level": 1,
     "scf_guess": "auto",
+    "stability_check": True,
+    "stability_followups": 3,
 }
 
 
@@ -406,6 +411,17 @@ class DftReorgBackend(ReorgBackend):
             of the evaluation (see :meth:`_converged_scf`), "default" from PySCF's
             minao guess. Every SCF's guess, cycles, Fock builds and times are in
             ``extra["scf"]``.
+        stability_check (bool, True): after every open-shell (cation, UKS) SCF, the
+            internal stability analysis of the UKS solution; while the orbital Hessian
+            has a negative eigenvalue the SCF restarts from the orbitals rotated along
+            that mode (:func:`sim_backends.scf_guess.follow_instabilities`, at most
+            ``stability_followups`` restarts, default 3), so every
+            guess lands in a stable (lowest reachable) UKS state. A relaxed cation is
+            checked again at its final geometry and relaxed once more from the followed
+            state if that was unstable. A state still unstable after the cap is a failed
+            evaluation (not retryable) naming the state. Without it PySCF's minao guess
+            put the pyridine cation at the neutral geometry 0.020 Eh above the stable
+            state (lambda+ 112 instead of 59 kJ/mol, B3LYP/6-31G//GFN2-xTB).
     """
 
     name = "dft-reorg"
@@ -418,7 +434,8 @@ class DftReorgBackend(ReorgBackend):
         "max_cycles": check.integer(1), "conv_tol": check.number(0.0, lo_open=True),
         "max_opt_steps": check.integer(1), "threads": check.integer(1, 1024),
         "density_fit": check.boolean, "grid_level": check.integer(0, 9),
-        "scf_guess": check.one_of("auto", "default"),
+        "scf_guess": check.one_of("auto", "default"), "stability_check": check.boolean,
+        "stability_followups": check.integer(0),
     }
 
     def _p(self, params: dict[str, Any], key: str) -> Any:
@@ -457,6 +474,8 @@ class DftReorgBackend(ReorgBackend):
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         self._scf_mode = str(self._p(inp.params, "scf_guess"))
+        self._stability = bool(self._p(inp.params, "stability_check"))
+        self._max_followups = int(self._p(inp.params, "stability_followups"))
         self._scf_states: list[dict[str, Any]] = []
         self._scf_records: list[dict[str, Any]] = []
         try:
@@ -466,6 +485,13 @@ class DftReorgBackend(ReorgBackend):
             extra["scf_fock_builds_total"] = sum(r["fock_builds"] for r in self._scf_records)
             extra["scf_fallbacks"] = [f"{r['what']}: {r['fallback']}" for r in self._scf_records
                                       if "fallback" in r]
+            stab = [r["stability"] for r in self._scf_records if "stability" in r]
+            extra["scf_stability"] = {
+                "checks": sum(x["checks"] for x in stab), "followups": sum(x["followups"] for x in stab),
+                "fock_builds": sum(x["fock_builds"] for x in stab),
+                "cpu_s": round(sum(x["cpu_s"] for x in stab), 3),
+                "followed": [r["what"] for r in self._scf_records
+                             if r.get("stability", {}).get("followups")]}
             return values, extra
         finally:
             # orbitals belong to one evaluation; keep pickles small
@@ -549,8 +575,29 @@ class DftReorgBackend(ReorgBackend):
                 "nor with second-order SCF"
             )
         rec.pop("energy_hartree", None)
+        if state[1] != 1 and getattr(self, "_stability", True):
+            mf = self._stable(mf, label, rec)
+            rec["fock_builds"] = mf.fock_counter["n"]
+            for key in ("cpu_s", "wall_s"):  # the record's totals include the check
+                rec[key] = round(rec.get(key, 0.0) + rec["stability"][key], 4)
         getattr(self, "_scf_records", []).append(rec)
         self._remember(mf, state, label)
+        return mf
+
+    def _stable(self, mf, label: str, rec: dict[str, Any]):
+        """Follow internal instabilities of a converged UKS ``mf``
+        (:func:`~sim_backends.scf_guess.follow_instabilities`); the check's record goes to
+        ``rec["stability"]``. RunError (not retryable) if the state stays unstable."""
+        from sim_backends.scf_guess import MAX_STABILITY_FOLLOWUPS, follow_instabilities
+
+        cap = getattr(self, "_max_followups", MAX_STABILITY_FOLLOWUPS)
+        mf, srec = follow_instabilities(mf, cap)
+        rec["stability"] = srec
+        if not srec["stable"]:
+            how = ("the restarted SCF did not converge" if srec.get("not_converged_after_followup")
+                   else f"lowest orbital-Hessian eigenvalue {srec['eigenvalues'][-1]:.2g} Eh/rad^2 after "
+                        f"{cap} follow-up(s)")
+            raise RunError(f"UKS solution of the {label} state is unstable: {how}", retryable=False)
         return mf
 
     def _energy(self, symbols, coords_A, state, params):
@@ -567,8 +614,17 @@ class DftReorgBackend(ReorgBackend):
             return float(mf.e_tot) * EV_PER_HARTREE, np.asarray(coords_A, float), {"n_opt_steps": 0}
         opt_basis = self._p(params, "opt_basis")
         relax_params = {**params, "basis": opt_basis} if opt_basis else params
-        mf = self._converged_scf(self._mean_field(symbols, coords_A, state, relax_params), label, state)
-        energy_ev, coords, info = self._geometric_relax(mf, symbols, state, relax_params, label)
+        coords = coords_A
+        for attempt in range(1 + MAX_RELAX_RESTARTS):
+            what = label if attempt == 0 else f"{label} (restart {attempt})"
+            mf = self._converged_scf(self._mean_field(symbols, coords, state, relax_params), what, state)
+            energy_ev, coords, info, followed = self._geometric_relax(mf, symbols, state, relax_params, what)
+            if not followed:
+                break
+        else:
+            raise RunError(f"the relaxed {label} state was unstable again after {MAX_RELAX_RESTARTS} "
+                           "re-relaxation(s) from the followed state", retryable=False)
+        info = {**info, "relax_restarts": attempt}
         if opt_basis:
             energy_ev = self._energy(symbols, coords, state, params)
         return energy_ev, coords, info
@@ -617,12 +673,24 @@ class DftReorgBackend(ReorgBackend):
             "what": f"{label} relaxation", "guess": "previous_step", "solver": "diis",
             "opt_steps": len(trace), "fock_builds": counter["n"] - n0,
             "wall_s": round(time.perf_counter() - t0, 4), "cpu_s": round(time.process_time() - c0, 4)})
+        coords_bohr = mol_eq.atom_coords()
+        at_end = bool(trace) and np.allclose(trace[-1][0], coords_bohr, atol=1e-8)
+        followed = False
+        if at_end and last.get("mf") is not None and state[1] != 1 and getattr(self, "_stability", True):
+            # the scanner carries one electronic state along the path: check it at the end
+            rec = getattr(self, "_scf_records", [{}])[-1] if getattr(self, "_scf_records", None) else {}
+            self._stable(last["mf"], f"{label} relaxed", rec)
+            followed = rec["stability"]["followups"] > 0
+            rec["fock_builds"] = counter["n"] - n0
+            for key in ("cpu_s", "wall_s"):
+                rec[key] = round(rec.get(key, 0.0) + rec["stability"][key], 4)
         if last.get("mf") is not None:
             self._remember(last["mf"], state, f"{label} relaxed")
-        coords_bohr = mol_eq.atom_coords()
-        if trace and np.allclose(trace[-1][0], coords_bohr, atol=1e-8):
+        if followed:  # the caller relaxes the followed (lower) state again
+            energy_ev = float(last["mf"].e_tot) * EV_PER_HARTREE
+        elif at_end:
             energy_ev = trace[-1][1] * EV_PER_HARTREE
         else:
             energy_ev = self._energy(symbols, coords_bohr * lib.param.BOHR, state, params)
-        return energy_ev, coords_bohr * lib.param.BOHR, {"n_opt_steps": len(trace)}
+        return energy_ev, coords_bohr * lib.param.BOHR, {"n_opt_steps": len(trace)}, followed
 

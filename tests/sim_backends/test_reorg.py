@@ -96,6 +96,11 @@ def test_dft_ethylene_full_optimisation_sto3g():
     assert 30.0 < v["reorg_energy_kjmol"] < 150.0
     assert res.extra["neutral"]["n_opt_steps"] >= 2 and res.extra["cation"]["n_opt_steps"] >= 2
     assert res.backend_version.startswith("1+pyscf-")
+    # the relaxed cation's UKS state is checked at its final geometry, the neutral's is not
+    relax = {r["what"]: r for r in res.extra["scf"] if r["what"].endswith("relaxation")}
+    assert relax["charge +1 relaxation"]["stability"]["stable"]
+    assert "stability" not in relax["charge +0 relaxation"]
+    assert res.extra["cation"]["relax_restarts"] in (0, 1)
 
 
 @pytest.mark.slow
@@ -138,3 +143,57 @@ def test_dft_relaxation_in_a_smaller_basis_ethylene():
     sp = DftReorgBackend(basis="sto-3g", geometry="dft").evaluate(EvalInput("C=C"))
     assert res.extra["energies_ev"]["N@N"] < sp.extra["energies_ev"]["N@N"] - 10.0  # 6-31G lies lower
     assert res.extra["neutral"]["n_opt_steps"] == sp.extra["neutral"]["n_opt_steps"]
+
+
+def _hcn(**params):
+    """B3LYP/6-31G//GFN2-xTB four-point run of HCN (3 atoms, a few CPU s). Its cation
+    (degenerate pi hole) is where PySCF's minao guess converges to an unstable UKS state."""
+    return DftReorgBackend(geometry="xtb", **params).evaluate(EvalInput("C#N"))
+
+
+def test_cation_stability_follow_up_makes_both_guesses_land_in_the_same_state():
+    unchecked = _hcn(scf_guess="default", stability_check=False)
+    default, auto = _hcn(scf_guess="default"), _hcn(scf_guess="auto")
+    e0, e_def, e_auto = (r.extra["energies_ev"] for r in (unchecked, default, auto))
+    # the stability follow-up lowers the minao cation states (0.0090 Eh at the cation geometry)
+    assert e_def["C@C"] < e0["C@C"] - 0.001 * 27.2114
+    assert "charge +1" in default.extra["scf_stability"]["followed"]
+    for key in e_def:  # and both guesses give the same four energies
+        assert e_auto[key] == pytest.approx(e_def[key], abs=1e-6 * 27.2114)
+    assert e_def["N@N"] == e0["N@N"]  # the closed-shell neutral is not checked
+    st = default.extra["scf_stability"]
+    assert st["checks"] >= 2 and st["followups"] >= 1 and 0 < st["fock_builds"] < default.extra["scf_fock_builds_total"]
+    cation_recs = [r for r in default.extra["scf"] if r["what"].startswith("charge +1")]
+    assert len(cation_recs) == 2 and all(r["stability"]["stable"] for r in cation_recs)
+    assert not any("stability" in r for r in default.extra["scf"] if r["what"].startswith("charge +0"))
+    assert unchecked.extra["scf_stability"]["checks"] == 0
+
+
+def test_cation_state_still_unstable_after_the_cap_is_a_failed_evaluation():
+    res = _hcn(scf_guess="default", stability_followups=0)
+    assert res.status == "failed" and not res.retryable and res.values == {}
+    assert res.reason.startswith("run: UKS solution of the charge +1 state is unstable")
+    assert "after 0 follow-up(s)" in res.reason
+
+
+def test_dft_on_xtb_geometries_of_hcn_is_still_checked_for_physical_validity():
+    """The stable states do not rescue borrowed geometries: GFN2-xTB's HCN+ geometry is not
+    a B3LYP minimum, so lambda_cation < 0 and the result is failed as unphysical."""
+    res = _hcn()
+    assert res.status == "failed" and res.reason.startswith("unphysical: lambda_cation = -")
+    v = res.extra["unphysical_values"]
+    assert v["ip_adiabatic_kjmol"] > v["ip_vertical_kjmol"]
+
+
+@pytest.mark.slow
+def test_pyridine_cation_lands_in_the_stable_state_from_either_guess():
+    """B3LYP/6-31G//GFN2-xTB pyridine: without the stability check PySCF's minao guess put
+    the cation at the neutral geometry 0.020 Eh above the stable state (lambda+ 112.0
+    instead of 59.4 kJ/mol); with it both guesses agree."""
+    res = {m: DftReorgBackend(geometry="xtb", scf_guess=m).evaluate(EvalInput("c1ccncc1"))
+           for m in ("default", "auto")}
+    assert all(r.ok for r in res.values()), [r.reason for r in res.values()]
+    _check_four_point(res["default"])
+    lam = [r.values["reorg_energy_kjmol"] for r in res.values()]
+    assert lam[0] == pytest.approx(lam[1], abs=0.01) and 55.0 < lam[0] < 65.0
+    assert "charge +1 single point" in res["default"].extra["scf_stability"]["followed"]

@@ -347,3 +347,60 @@ def test_dimer_store_is_bounded_by_bytes():
     for k in range(3):
         store.store(("key",), _water_dimer() + k, 3, {"dimer": dm})
     assert len(store) == 2 and store.nbytes() == 2 * dm.nbytes
+
+
+def _water_cation(dm0=None):
+    """B3LYP/6-31G UKS of H2O+ (density fitting), converged from ``dm0`` (None: minao)."""
+    from pyscf import dft, gto
+
+    mol = gto.M(atom=[("O", WATER[0]), ("H", WATER[1]), ("H", WATER[2])], basis="6-31g",
+                charge=1, spin=1, verbose=0)
+    mf = dft.UKS(mol, xc="b3lyp").density_fit()
+    mf.conv_tol = 1e-9
+    mf.kernel(dm0=dm0)
+    assert mf.converged
+    return mf
+
+
+def test_stability_follow_up_leaves_an_excited_cation_state_for_the_ground_state():
+    """H2O+ from the neutral's orbitals with the hole in HOMO-1 (3a1) instead of the HOMO
+    (1b1): DIIS converges to that excited configuration, a saddle point in orbital space
+    ~0.07 Eh above the ground state; the stability analysis finds the negative mode and one
+    restart along it reaches PySCF's default-guess energy. The ground state is left alone."""
+    from pyscf import dft, gto
+
+    from sim_backends.scf_guess import count_fock_builds, follow_instabilities
+
+    ground = _water_cation()
+    ground_rec = follow_instabilities(ground)[1]
+    assert ground_rec["stable"] and ground_rec["followups"] == 0 and ground_rec["eigenvalues"][0] > 0
+    assert ground_rec["energy_change_eh"] == 0.0
+
+    neutral = dft.RKS(gto.M(atom=ground.mol.atom, basis="6-31g", verbose=0), xc="b3lyp").run()
+    c = neutral.mo_coeff
+    beta = [0, 1, 2, 4]  # occupied 1a1 2a1 1b2 1b1; 3a1 (index 3) emptied
+    excited = _water_cation(np.stack([c[:, :5] @ c[:, :5].T, c[:, beta] @ c[:, beta].T]))
+    assert excited.e_tot > ground.e_tot + 0.03  # a different, higher UKS solution
+    counter = count_fock_builds(excited)
+    mf, rec = follow_instabilities(excited)
+    assert rec["eigenvalues"][0] < -0.01 and rec["followups"] >= 1 and rec["stable"]
+    assert mf.e_tot == pytest.approx(ground.e_tot, abs=1e-6)
+    assert rec["energy_change_eh"] < -0.03
+    assert rec["fock_builds"] == counter["n"] > 0
+
+
+def test_stability_cap_reports_an_unstable_state():
+    """With no follow-ups allowed, a saddle point stays and the record says so."""
+    from pyscf import dft, gto
+
+    from sim_backends.scf_guess import follow_instabilities
+
+    neutral = dft.RKS(gto.M(atom=[("O", WATER[0]), ("H", WATER[1]), ("H", WATER[2])], basis="6-31g",
+                            verbose=0), xc="b3lyp").run()
+    c = neutral.mo_coeff
+    beta = [0, 1, 2, 4]
+    excited = _water_cation(np.stack([c[:, :5] @ c[:, :5].T, c[:, beta] @ c[:, beta].T]))
+    e0 = excited.e_tot
+    mf, rec = follow_instabilities(excited, max_followups=0)
+    assert not rec["stable"] and rec["followups"] == 0 and rec["checks"] == 1
+    assert mf.e_tot == e0
