@@ -36,6 +36,16 @@ B42, 286 (1986); Cl from Hsu & Williams, Acta Cryst. A36, 277 (1980); S (thioeth
 listed with the FIT potential in the DMACRYS manual for the CSP blind tests. These were fitted
 for use with multipoles, not W99 point charges; treat F/S/Cl energies as rough.
 
+Parameter sets (``LatticeEnergyModel(params=...)``, :data:`PARAMETER_SETS`): ``"w99"`` (the
+default, :data:`DEFAULT_PARAMETER_SET`) is W99 as above; ``"x23fit-resp-lp"`` and
+``"x23fit-resp"`` multiply W99's A and C per atom group by factors refitted to the X23 lattice
+energies and PBE+TS volumes with RESP + lone-pair-site charges and with atom-centred RESP
+charges (:data:`X23_FIT_NOTE`); each belongs with its charges. The default stays W99: the
+refits do not improve the independent target I polymorph energies (NOTES.md).
+W99 was fitted to room-temperature structures and sublimation enthalpies, X23 to static
+lattice energies and structures: with W99 the hydrocarbons come out 3-15 kJ/mol underbound
+and 4-8 % too large against X23.
+
 Off-atom charge sites: a molecule whose ``charges_e`` holds n_atoms + n_sites values
 (``charges="resp-lp"``, :mod:`sim_backends.csp.charges`) carries lone-pair charge sites; the
 model rebuilds them with :func:`~sim_backends.csp.charges.lone_pair_sites` as fixed affine
@@ -102,9 +112,9 @@ W99_PARAMS: dict[str, tuple[float, float, float]] = {
 W99_H_SHIFT_A = 0.1
 
 #: group of every type for the per-group scale factors of a refitted parameter set
-#: (H = H on C or S, Hp = polar H on O or N)
+#: (H = H on C or S, HO = H on O, HN = H on N)
 TYPE_GROUPS: dict[str, str] = {
-    "C_W2": "C", "C_W3": "C", "C_W4": "C", "H_W1": "H", "H_W2": "Hp", "H_W3": "Hp", "H_W4": "Hp",
+    "C_W2": "C", "C_W3": "C", "C_W4": "C", "H_W1": "H", "H_W2": "HO", "H_W3": "HO", "H_W4": "HN",
     "N_W1": "N", "N_W2": "N", "N_W3": "N", "N_W4": "N", "O_W1": "O", "O_W2": "O",
     "F_X": "F", "S_X": "S", "Cl_X": "Cl",
 }
@@ -114,10 +124,23 @@ TYPE_GROUPS: dict[str, str] = {
 #: ``"w99-x23"``: see :data:`X23_FIT_NOTE`.
 PARAMETER_SETS: dict[str, tuple[dict[str, float], dict[str, float]]] = {
     "w99": ({}, {}),
+    # refit for RESP charges with lone-pair sites (charges="resp-lp"), see X23_FIT_NOTE
+    "x23fit-resp-lp": ({"C": 1.1482, "H": 0.6753, "N": 0.8429, "O": 1.1823, "HO": 1.5622, "HN": 0.2979},
+                       {"C": 1.1405, "H": 0.8682, "N": 0.8441, "O": 0.937}),
+    # refit for atom-centred RESP charges (charges="resp"), one factor for all polar H
+    "x23fit-resp": ({"C": 1.1384, "H": 0.6752, "N": 0.8446, "O": 1.2066, "HO": 0.5392, "HN": 0.5392},
+                    {"C": 1.1482, "H": 0.8549, "N": 1.0447, "O": 0.895}),
 }
 
 #: where the scale factors of the refitted sets come from
-X23_FIT_NOTE = "no refitted set yet"
+X23_FIT_NOTE = (
+    "x23fit-<charges>: W99 A and C multiplied per group (C, H on C, H on O, H on N, N, O; B unchanged), "
+    "10 factors fitted with benchmarks/x23_lattice_fit.py jointly to the X23 lattice energies (Reilly & "
+    "Tkatchenko, J. Chem. Phys. 139, 024705 (2013)) and zero volume change from the PBE+TS structures of the "
+    "17 shared X23 crystals, with the named charge model; chosen among nested parameterisations by "
+    "leave-one-out. Figures (full minimisation, LOO and in-sample) in benchmarks/results/NOTES.md and "
+    "benchmarks/results/x23_lattice_fit.json. Not fitted to anything outside X23; F, S, Cl keep W99-extension values."
+)
 
 #: parameter set used when a model is built without ``params`` (read at construction time)
 DEFAULT_PARAMETER_SET = "w99"

@@ -52,7 +52,7 @@ def test_default_set_is_read_at_construction(monkeypatch):
 def test_term_models_recombine_to_any_scaled_set(name, monkeypatch):
     """E(set) = elec + sum over group pairs of sqrt(a_g a_h) rep_gh + sqrt(c_g c_h) disp_gh."""
     mol, cell, coords = x23_crystal(name)
-    a_scale = {"C": 1.3, "H": 0.8, "Hp": 0.5, "N": 1.1, "O": 1.6}
+    a_scale = {"C": 1.3, "H": 0.8, "HO": 0.5, "HN": 0.7, "N": 1.1, "O": 1.6}
     c_scale = {"C": 1.2, "H": 0.9, "N": 1.4, "O": 0.7}
     monkeypatch.setitem(PARAMETER_SETS, "_test", (a_scale, c_scale))
     args = (t(cell)[None], t(coords)[None])
