@@ -92,7 +92,8 @@ class ExecutorConfig(_Strict):
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)
     cpus_per_task: float = Field(default=1.0, gt=0)
-    task_timeout_s: float = Field(default=1800.0, gt=0)
+    task_timeout_s: float = Field(default=7200.0, gt=0)  # wall-clock backstop per attempt
+    task_cpu_limit_s: float | None = Field(default=1800.0, gt=0)  # CPU s per attempt, in the worker
     max_retries: int = Field(default=1, ge=0)
 
 

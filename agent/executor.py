@@ -49,8 +49,12 @@ Failure handling, per task:
   surfaces as a Ray error; the task is retried up to ``max_retries`` times, then
   recorded as a failed evaluation with the reason; each death is one line on stderr
   (Ray's own multi-line notice on the driver is suppressed);
-* a task running longer than ``task_timeout_s`` is cancelled (the worker is killed)
-  and recorded as failed, never retried (it would time out again).
+* a task that has used ``task_cpu_limit_s`` CPU seconds is stopped in its worker (the
+  kernel's CPU-time limit) and recorded as failed with the CPU it measured, never
+  retried; on a loaded machine wall time stretches but this limit does not;
+* a task running longer than ``task_timeout_s`` of wall time (a backstop for a task
+  that hangs without computing) is cancelled (the worker is killed) and recorded as
+  failed, never retried (it would time out again).
 
 Over 500 lines on purpose: the Ray connection, token authentication, worker-death handling and
 the process reaper are one lifecycle, started and torn down together.
@@ -130,8 +134,69 @@ def worker_backend(backend: str, params: dict[str, Any]) -> Any:
     return instance
 
 
-def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput) -> EvalResult:
-    return worker_backend(backend, params).evaluate(inp)
+class CpuLimitExceeded(BaseException):
+    """Raised in a worker's main thread when a task has used up its CPU-second limit
+    (a ``BaseException``, so no ``except Exception`` in a backend or library swallows it)."""
+
+
+@contextmanager
+def cpu_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`CpuLimitExceeded` once this process has spent ``seconds`` more CPU
+    seconds (user + system, all threads) inside the block.
+
+    The kernel enforces it (``RLIMIT_CPU`` soft limit, whole seconds, ``SIGXCPU``), so a
+    loaded machine that stretches wall time does not kill a task that is still within
+    its compute; the limit and the signal handler are restored on exit. A no-op outside
+    the main thread or where ``RLIMIT_CPU`` is missing. Child processes inherit the soft
+    limit, which they count from their own start.
+    """
+    import math
+    import resource
+    import signal
+    import threading
+
+    if (seconds is None or not hasattr(resource, "RLIMIT_CPU")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    soft0, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    t = os.times()
+    soft = math.ceil(t.user + t.system + seconds)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+
+    def _raise(signum: int, frame: Any) -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft0, hard))  # one signal is enough
+        raise CpuLimitExceeded(f"exceeded {seconds:g} CPU s")
+
+    previous = signal.signal(signal.SIGXCPU, _raise)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft0, hard))
+        signal.signal(signal.SIGXCPU, previous)
+
+
+def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput,
+                        cpu_limit_s: float | None = None) -> EvalResult:
+    """Evaluate in a worker process; past ``cpu_limit_s`` CPU seconds the task stops and
+    comes back as a failed evaluation charged the CPU it measured."""
+    from sim_backends.base import process_cpu_s
+
+    instance = worker_backend(backend, params)
+    t0, cpu0 = time.perf_counter(), process_cpu_s()
+    try:
+        with cpu_limit(cpu_limit_s):
+            return instance.evaluate(inp)
+    except CpuLimitExceeded as exc:
+        result = EvalResult(
+            backend=backend, backend_version=instance.version, fidelity=instance.fidelity,
+            status="failed", values={}, wall_s=time.perf_counter() - t0,
+            inputs_hash=inp.inputs_hash(backend, instance.version),
+            reason=f"timeout: {exc}", cpu_s=process_cpu_s() - cpu0)
+        result.extra["cpu_limit_s"] = cpu_limit_s
+        return result
 
 
 def _failed(task: Task, reason: str, wall_s: float, cpu_s: float) -> EvalResult:
@@ -406,7 +471,11 @@ class RayExecutor:
         address: cluster address; None (and no ``RAY_ADDRESS``) starts a local Ray.
         num_cpus: CPUs of the embedded instance (ignored when joining a cluster).
         cpus_per_task: CPUs requested per task.
-        task_timeout_s: wall-clock limit per attempt.
+        task_timeout_s: wall-clock limit per attempt (a backstop for a task that hangs
+            without computing; the worker is killed and charged ``cpus_per_task`` x wall).
+        task_cpu_limit_s: CPU-second limit per attempt, enforced in the worker
+            (:func:`cpu_limit`): the task is recorded as failed and charged the CPU it
+            measured. None: no CPU limit.
         max_retries: extra attempts for retryable failures and dead workers.
     """
 
@@ -417,11 +486,13 @@ class RayExecutor:
         cpus_per_task: float = 1.0,
         task_timeout_s: float = 1800.0,
         max_retries: int = 1,
+        task_cpu_limit_s: float | None = None,
     ) -> None:
         self.address = ray_address(address)
         self.num_cpus = num_cpus or os.cpu_count() or 1
         self.cpus_per_task = cpus_per_task
         self.task_timeout_s = task_timeout_s
+        self.task_cpu_limit_s = task_cpu_limit_s
         self.max_retries = max_retries
         self._in_flight: dict[Any, tuple[Task, float]] = {}
         self._remote: Callable[..., Any] | None = None
@@ -581,7 +652,8 @@ class RayExecutor:
         task.n_attempts += 1
         if not task.submitted_at:
             task.submitted_at = time.time()
-        ref = self._remote.remote(task.backend, task.backend_params, task.inp)
+        ref = self._remote.remote(task.backend, task.backend_params, task.inp,
+                                  self.task_cpu_limit_s)
         self._in_flight[ref] = (task, time.monotonic())
 
     def cancel_all(self) -> None:

@@ -45,6 +45,7 @@ def make_executor(cfg: CampaignConfig, address: str | None = None) -> RayExecuto
         cpus_per_task=ex_cfg.cpus_per_task,
         task_timeout_s=ex_cfg.task_timeout_s,
         max_retries=ex_cfg.max_retries,
+        task_cpu_limit_s=ex_cfg.task_cpu_limit_s,
     )
 
 

@@ -1,5 +1,7 @@
 """The Ray executor against the diagnostic backend, which fails on purpose."""
 
+import time
+
 import pytest
 
 from agent.executor import RayExecutor, Task
@@ -294,3 +296,36 @@ def test_worker_builds_each_backend_once_per_name_and_params(monkeypatch):
     assert not _evaluate_in_worker("diagnostic", {"sleep_s": 0.0},
                                    EvalInput("CC", params={"mode": "raise"})).ok
     assert len(built) == 2
+
+
+def test_cpu_limit_stops_a_burning_task_in_process():
+    """The worker-side limit counts CPU seconds, not wall time: a busy loop is stopped
+    after ~1 CPU s, and the previous limit is restored afterwards."""
+    import resource
+
+    from agent.executor import CpuLimitExceeded, cpu_limit
+
+    before = resource.getrlimit(resource.RLIMIT_CPU)
+    t0 = time.process_time()
+    with pytest.raises(CpuLimitExceeded, match="exceeded 1 CPU s"):
+        with cpu_limit(1.0):
+            while time.process_time() - t0 < 30:
+                pass
+    assert time.process_time() - t0 < 5
+    assert resource.getrlimit(resource.RLIMIT_CPU) == before
+    with cpu_limit(1.0):  # sleeping costs no CPU: not stopped
+        time.sleep(1.5)
+
+
+def test_cpu_limited_task_is_a_failed_result_charged_its_cpu(ray_local):
+    """On Ray: a task past its CPU limit comes back failed with the CPU it measured
+    (not cores x wall); a task that only sleeps longer than the limit succeeds."""
+    ex = RayExecutor(task_timeout_s=120, task_cpu_limit_s=1.0, max_retries=1)
+    ex.start()
+    ex.submit(Task("burn", "_faulty", {}, EvalInput("CC", params={"burn_s": 20})))
+    ex.submit(Task("sleep", "_faulty", {}, EvalInput("CC", params={"sleep_s": 2.5})))
+    out = _drain(ex)
+    burn = out["burn"]
+    assert burn.result.reason == "timeout: exceeded 1 CPU s", burn.result.reason
+    assert burn.task.n_attempts == 1 and 0.9 < burn.result.cpu_s < 5
+    assert out["sleep"].result.ok, out["sleep"].result.reason
