@@ -2,8 +2,9 @@
 
 Per molecule (paracetamol form I, COD 7105573, P2_1/n Z=4; succinic acid, X23 beta, P2_1/c Z=2
 on an inversion centre; oxalic acid, X23 alpha and beta, one O=C-C=O torsion; 1,4-cyclohexanedione,
-X23, no rotatable bond but ring conformers (twist-boat in the crystal, chair in the gas phase)) :func:`sim_backends.csp.flexible.run_flexible_csp` runs from the
-SMILES (GFN2-xTB conformer ensemble, trials split over the conformers, W99 + Ewald +
+X23, P2_1 Z=2, no rotatable bond but ring conformers: the crystal's twist-boat is the GFN2-xTB
+gas-phase minimum, 0.17 A heavy-atom RMSD) :func:`sim_backends.csp.flexible.run_flexible_csp` runs from
+the SMILES (GFN2-xTB conformer ensemble, trials split over the conformers, W99 + Ewald +
 GFN2-xTB intramolecular energy, torsion relaxation of the lowest minima), and the table
 reports: whether the experimental crystal is found (pymatgen StructureMatcher on heavy atoms,
 ltol 0.3, stol 0.4, angle_tol 10, scale=True, as :meth:`Landscape.find_match`), its rank and
@@ -47,7 +48,7 @@ SYSTEMS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "succinic_acid": ("OC(=O)CCC(=O)O", "", "beta, P2_1/c Z=2 on -1 (X23, PBE+TS)", ("succinic_acid",)),
     "oxalic_acid": ("OC(=O)C(=O)O", "", "alpha Pcab Z=4 and beta P2_1/c Z=2 on -1 (X23, PBE+TS)",
                     ("oxalic_acid_alpha", "oxalic_acid_beta")),
-    "14-cyclohexanedione": ("O=C1CCC(=O)CC1", "", "twist-boat ring, P2_1/c Z=2 on -1 (X23, PBE+TS)",
+    "14-cyclohexanedione": ("O=C1CCC(=O)CC1", "", "twist-boat ring, P2_1 Z=2 (X23, PBE+TS)",
                             ("14-cyclohexanedione",)),
 }
 #: X23 reference lattice energies (kJ/mol per molecule, data/reference/x23/x23_lattice_energies.csv)
