@@ -35,7 +35,7 @@ Writes ``data/landscapes/<name>/``: ``<name>_ff.extxyz``, ``<name>_<level>.extxy
 ``<name>_landscape.csv`` (``id, dE_ff_kJmol_per_mol, dE_<level>_kJmol_per_mol, ...``),
 ``levels.json`` (``{"cheap": "ff", "expensive": "<level>"}``, read by
 ``benchmarks/refinement.py``) and ``run.json`` (settings, filter, timings, failures,
-the Pearson correlation of the two levels and the spread of the correction); for the DFT
+the Pearson and Spearman correlations of the two levels and the spread of the correction); for the DFT
 level also ``dft_results.jsonl`` (the raw per-structure records with every unique dimer,
 which the fragment dimer GP learns from) and, after a CSP run, ``csp_run.json``.
 Energies are relative to each level's lowest kept structure, kJ/mol per molecule.
@@ -393,7 +393,11 @@ def main(argv: list[str] | None = None) -> None:
     corr = d_exp - d_ff
     pearson = float(np.corrcoef(d_ff, d_exp)[0, 1]) if len(rows) > 2 else float("nan")
     cpu = [float(results[r["id"]]["cpu_s"]) for r in rows]
+    from scipy.stats import spearmanr
+
+    spearman = float(spearmanr(d_ff, d_exp)[0]) if len(rows) > 2 else float("nan")
     stats = {"pearson_r_ff_vs_expensive": round(pearson, 3),
+             "spearman_rho_ff_vs_expensive": round(spearman, 3),
              "correction_std_kjmol": round(float(corr.std()), 2),
              "dE_ff_range_kjmol": round(float(d_ff.max()), 2),
              f"dE_{level}_range_kjmol": round(float(d_exp.max()), 2),
