@@ -38,6 +38,10 @@ rejected.
 The torch geometry helpers :func:`cell_matrix` and :func:`molecule_coords` build the
 Cartesian coordinates of all Z molecules from these variables; the minimiser uses
 the same functions so that symmetry is kept exactly.
+
+Over 500 lines on purpose: the cell parametrisation, the overlap test (numba and torch
+paths) and the trial generator that squeezes cells with them share array layouts and are
+changed together.
 """
 
 from __future__ import annotations
