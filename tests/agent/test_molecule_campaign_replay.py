@@ -319,4 +319,4 @@ def test_stop_reason_says_no_evaluation_fits_the_budget_left(tmp_path):
     with sqlite3.connect(store) as db:
         reason = dict(db.execute("select key, value from meta"))["stop_reason"]
     assert reason.startswith("compute budget: no evaluation fits the"), reason
-    assert f"{budget - spent:.0f} CPU s left" in reason, (reason, budget - spent)
+    assert f"{budget - spent:.3g} CPU s left" in reason, (reason, budget - spent)
