@@ -55,6 +55,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_listening(proc, port: int, deadline_s: float = 180.0) -> None:
+    """Block until the server process accepts connections on ``port`` (or has exited)."""
+    import time
+
+    t_end = time.monotonic() + deadline_s
+    while time.monotonic() < t_end and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.2)
+
+
 REQ = {"request_id": "n1", "smiles": "O=C1CCC(=O)CC1", "method": "slurry", "solvent": "water", "temperature_K": 298.0}
 
 
@@ -247,12 +260,13 @@ def test_cli_serve_runs_the_reference_lab(tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
+        _wait_listening(proc, port)  # a cold interpreter (first run of a fresh venv) can take many seconds
         a = NetworkLabAdapter(f"http://127.0.0.1:{port}", token_file=tmp_path / "tok", max_retries=30, backoff_s=0.1, max_backoff_s=0.3)
         ticket = a.submit(LabRequest(**REQ))
         assert a.poll(ticket).state in ("queued", "running", "done", "failed")
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     no_token = cli("lab", "serve", "--port", str(port), env={"CRYSTAL_AGENT_LAB_TOKEN": ""})
     assert no_token.returncode == 2 and "no lab token" in no_token.stderr
