@@ -258,6 +258,9 @@ def test_cli_serve_runs_the_reference_lab(tmp_path):
         [sys.executable, "-m", "agent.cli", "lab", "serve", "--port", str(port), "--db", str(tmp_path / "s.sqlite"),
          "--token-file", str(tmp_path / "tok"), "--structures", str(tmp_path / "cifs")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a child inherits an ignored SIGINT (set by earlier tests' libraries in this
+        # pytest process), and Python then never raises KeyboardInterrupt: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         _wait_listening(proc, port)  # a cold interpreter (first run of a fresh venv) can take many seconds
