@@ -3,9 +3,14 @@
 What it measures:
 
 1. For each crystal (X23 PBE+TS structures shipped in data/reference/x23/cif: naphthalene,
-   anthracene, benzene), the hole and electron effective transfer integrals |J_eff| of
+   anthracene, benzene; the X-ray structure of pentacene, Campbell, Robertson & Trotter,
+   Acta Cryst. 14, 705 (1961) / 15, 289 (1962), CSD PENCEN, shipped in
+   data/reference/pentacene), the hole and electron effective transfer integrals |J_eff| of
    every symmetry-unique dimer with a closest contact below 4 A, by dimer projection at
-   GFN2-xTB (tblite) and B3LYP/6-31G (PySCF) (:mod:`sim_backends.transfer`).
+   GFN2-xTB (tblite) and B3LYP/6-31G (PySCF) (:mod:`sim_backends.transfer`). For pentacene
+   only the in-layer (herringbone) dimers are computed (centres of mass within 10 A): the
+   inter-layer dimers (14.6-16 A, end-to-end H...H contacts) have |J| below 0.3 meV at
+   GFN2-xTB, and each 72-atom dimer costs several hundred CPU s at B3LYP/6-31G.
 2. The hole hopping mobility at 300 K (Marcus rates, exact periodic-network diffusion,
    :mod:`sim_backends.mobility`) with published lambda+ (below); beside it the neighbour
    Einstein sum and a kinetic Monte Carlo run (the baselines of the diffusion solver, same
@@ -19,16 +24,18 @@ What it measures:
 Reference values quoted in the table (not computed here):
 
 * lambda+ (B3LYP/6-31G**, adiabatic four-point): naphthalene 187 meV, anthracene 138 meV
-  (Coropceanu et al., Chem. Rev. 107, 926 (2007)); benzene has no entry (its hole is a
+  (Coropceanu et al., Chem. Rev. 107, 926 (2007)), pentacene 95 meV (Bredas et al., Chem.
+  Rev. 104, 4971 (2004)); benzene has no entry (its hole is a
   degenerate e1g pair, Jahn-Teller active: not a hopping semiconductor; only its J are
   compared between levels).
 * Experimental room-temperature hole mobilities of ultrapure naphthalene and anthracene
   crystals (time of flight) are of order 1 cm^2/(V s) (Karl, Synth. Met. 133-134, 649 (2003)).
-* Herringbone acene couplings at B3LYP/6-31G(d,p): pentacene T1/T2/P dimers 96.7/64.0/41.7
-  meV (PMC3366639, Table 2: experimental structure). Pentacene itself is not computed here:
-  no pentacene CIF with a shippable licence was available offline, nor a tetracene or
-  thiophene crystal (data/reference holds the X23 acenes, benzene and paracetamol only), so
-  naphthalene and anthracene are the two acenes compared with experiment.
+* Pentacene herringbone couplings at B3LYP/6-31G(d,p): T1/T2/P dimers 96.7/64.0/41.7 meV at
+  centre-of-mass distances 4.73/5.20/6.28 A, hole mobility 2.20 cm2/(V s) at 300 K
+  (PMC3366639, Table 2, column "Pentacene"). That is another polymorph (the 14.1 A
+  single-crystal form, a = 6.27 A), not Campbell's 14.5 A bulk form computed here (P dimers
+  along b = 6.06 A, T dimers at 4.80/5.15 A): a comparison of magnitudes and ordering, not
+  of values. Experimental pentacene single-crystal hole mobilities are for the 14.1 A form.
 
 Every SCF result is saved as it arrives (``--progress`` JSONL, keyed by structure and
 level), so an interrupted run resumes where it stopped.
@@ -38,6 +45,8 @@ Usage:
     ... --levels xtb --n-structures 4      # quick look (writes its own result file)
     ... --crystals anthracene --n-structures 0 --progress benchmarks/results/transfer_validation_progress.jsonl
     ... --landscape esf:thiophene --n-structures 6 --crystals ''   # an ESF landscape, every structure
+    ... --crystals pentacene --n-structures 0 --progress benchmarks/results/transfer_validation_progress.jsonl
+    ... --cached-only        # the default table from the progress file, no new DFT (missing ones listed)
 """
 
 from __future__ import annotations
@@ -51,16 +60,68 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CRYSTALS = {  # name: (SMILES, lambda+ eV or None)
-    "naphthalene": ("c1ccc2ccccc2c1", 0.187),
-    "anthracene": ("c1ccc2cc3ccccc3cc2c1", 0.138),
-    "benzene": ("c1ccccc1", None),
+X23_CIF = "data/reference/x23/cif/{}.cif"
+LAMBDA_COROPCEANU = "B3LYP/6-31G**, Coropceanu 2007"
+#: name: SMILES, lambda+ (eV, None: no hopping mobility), its source, the structure file and
+#: its description, largest centre-of-mass distance of the dimers (None: every dimer within
+#: the contact cutoff) and the experimental mobility line printed beside the table
+CRYSTALS = {
+    "naphthalene": {"smiles": "c1ccc2ccccc2c1", "lambda_eV": 0.187, "lambda_source": LAMBDA_COROPCEANU,
+                    "file": X23_CIF.format("naphthalene"), "structure": "X23 PBE+TS cell", "max_com_A": None,
+                    "experiment": "TOF, ultrapure crystals, room temperature: ~1 cm2/(V s) (Karl 2003)"},
+    "anthracene": {"smiles": "c1ccc2cc3ccccc3cc2c1", "lambda_eV": 0.138, "lambda_source": LAMBDA_COROPCEANU,
+                   "file": X23_CIF.format("anthracene"), "structure": "X23 PBE+TS cell", "max_com_A": None,
+                   "experiment": "TOF, ultrapure crystals, room temperature: ~1 cm2/(V s) (Karl 2003)"},
+    "benzene": {"smiles": "c1ccccc1", "lambda_eV": None, "lambda_source": "",
+                "file": X23_CIF.format("benzene"), "structure": "X23 PBE+TS cell", "max_com_A": None,
+                "experiment": ""},
+    "pentacene": {"smiles": "c1ccc2cc3cc4cc5ccccc5cc4cc3cc2c1", "lambda_eV": 0.095,
+                  "lambda_source": "B3LYP, Bredas et al. 2004",
+                  "file": "data/reference/pentacene/POSCAR_PENCEN_emc",
+                  "structure": "X-ray, Campbell et al. 1961/62, CSD PENCEN", "max_com_A": 10.0,
+                  "experiment": "no mobility measured on this (14.5 A) polymorph; B3LYP/6-31G(d,p) on "
+                                "the 14.1 A form: 2.20 cm2/(V s) (PMC3366639)"},
 }
+
+
+def crystal_key(name: str, level: str, cutoff: float) -> str:
+    """Progress-file key of a shipped crystal at one level (X23 keys as before)."""
+    c = CRYSTALS[name]
+    base = f"x23/{name}" if c["file"] == X23_CIF.format(name) else f"ref/{name}"
+    return f"{base}/{level}/{cutoff:g}" + (f"/com{c['max_com_A']:g}" if c["max_com_A"] else "")
+
+
+def load_reference_crystal(name: str):
+    """The :class:`~sim_backends.structures.Crystal` of a shipped crystal (CIF or VASP POSCAR)."""
+    from sim_backends.structures import crystal_from_atoms, load_crystal
+
+    c = CRYSTALS[name]
+    path = ROOT / c["file"]
+    if path.suffix == ".cif":
+        return load_crystal(path.read_text(), c["smiles"])
+    from ase.io import read
+
+    return crystal_from_atoms(read(path, format="vasp"), c["smiles"])
+
+
+class DimerProgress(dict):
+    """A ``dimer_cache`` for :func:`sim_backends.transfer.crystal_transfer` that appends each
+    new dimer to the progress file (key ``<crystal key>/dimer/<dimer key>``), so a crystal
+    whose DFT dimers take hours resumes at the dimer it stopped at."""
+
+    def __init__(self, prefix: str, done: dict[str, dict], progress: Path):
+        super().__init__({k[len(prefix):]: r["dimer"] for k, r in done.items() if k.startswith(prefix)})
+        self.prefix, self.progress = prefix, progress
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        super().__setitem__(key, value)
+        with self.progress.open("a") as fh:
+            fh.write(json.dumps({"key": self.prefix + key, "dimer": value}) + "\n")
 LEVELS = {"xtb": ("gfn2-xtb", {}), "dft": ("dft", {"functional": "b3lyp", "basis": "6-31g", "conv_tol": 1e-7})}
 LEVEL_NAMES = {"xtb": "GFN2-xTB", "dft": "B3LYP/6-31G"}
 #: keys skipped by --cached-only (reported in the result as incomplete)
 MISSING: list[str] = []
-DEFAULTS = {"levels": "xtb,dft", "crystals": "naphthalene,anthracene,benzene", "n_structures": 5,
+DEFAULTS = {"levels": "xtb,dft", "crystals": "naphthalene,anthracene,benzene,pentacene", "n_structures": 5,
             "cutoff": 4.0, "temperature": 300.0, "landscape": "formamide_dft"}
 
 
@@ -131,8 +192,9 @@ def load_progress(path: Path) -> dict[str, dict]:
 
 
 def compute(key: str, crystal, level: str, cutoff: float, done: dict, progress: Path,
-            cached_only: bool = False) -> dict:
-    """Transfer integrals of one structure at one level, from ``done`` if already computed.
+            cached_only: bool = False, max_com_A: float | None = None) -> dict:
+    """Transfer integrals of one structure at one level, from ``done`` if already computed
+    (dimers finished by an interrupted run are taken from ``done`` too).
 
     Returns the record: ``extra`` of :meth:`CrystalTransfer.to_extra`, ``cpu_s``, or
     ``error`` (one line) when an SCF failed.
@@ -148,7 +210,8 @@ def compute(key: str, crystal, level: str, cutoff: float, done: dict, progress: 
     name, params = LEVELS[level]
     c0 = process_cpu_s()
     try:
-        tr = crystal_transfer(crystal, name, cutoff, params)
+        tr = crystal_transfer(crystal, name, cutoff, params, max_com_A=max_com_A,
+                              dimer_cache=DimerProgress(f"{key}/dimer/", done, progress))
         rec = {"key": key, "transfer": tr.to_extra(), "cpu_s": round(process_cpu_s() - c0, 2)}
     except BackendError as exc:
         rec = {"key": key, "error": str(exc), "cpu_s": round(process_cpu_s() - c0, 2)}
@@ -172,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from sim_backends.mobility import HoppingNetwork, crystal_mobility, kmc_diffusion, mobility_cm2Vs
-    from sim_backends.structures import load_crystal
     from sim_backends.transfer import CrystalTransfer
 
     args = parse(argv)
@@ -192,17 +254,19 @@ def main(argv: list[str] | None = None) -> int:
     crystals_out = {}
     pairs = {"hole": [], "electron": []}  # (xtb, dft) |J| over the acene dimers
     for cname in [c for c in args.crystals.split(",") if c]:
-        smiles, lam = CRYSTALS[cname]
-        crystal = load_crystal((ROOT / "data/reference/x23/cif" / f"{cname}.cif").read_text(), smiles)
+        spec = CRYSTALS[cname]
+        lam = spec["lambda_eV"]
+        crystal = load_reference_crystal(cname)
         per_level = {}
         for level in levels:
-            rec = compute(f"x23/{cname}/{level}/{args.cutoff:g}", crystal, level, args.cutoff, done, progress,
-                          args.cached_only)
+            rec = compute(crystal_key(cname, level, args.cutoff), crystal, level, args.cutoff, done, progress,
+                          args.cached_only, spec["max_com_A"])
             per_level[level] = rec
             print(f"  {cname:12s} {LEVEL_NAMES[level]:12s} "
                   + (f"{len(rec['transfer']['dimers'])} unique dimers, {rec['cpu_s']:.1f} CPU s"
                      if "transfer" in rec else f"FAILED: {rec['error']}"), flush=True)
-        print(f"\n{cname} (X23 PBE+TS cell, Z = {crystal.z}): |J_eff| per unique dimer, meV")
+        cut = f", dimers with centres of mass within {spec['max_com_A']:g} A" if spec["max_com_A"] else ""
+        print(f"\n{cname} ({spec['structure']}, Z = {crystal.z}{cut}): |J_eff| per unique dimer, meV")
         print(f"  {'d_com/A':>7s} {'contact/A':>9s} {'mult':>4s} "
               + " ".join(f"{'J_h ' + LEVEL_NAMES[lv]:>16s} {'J_e ' + LEVEL_NAMES[lv]:>16s}" for lv in levels))
         ok = {lv: CrystalTransfer.from_extra(per_level[lv]["transfer"]) for lv in levels if "transfer" in per_level[lv]}
@@ -231,15 +295,16 @@ def main(argv: list[str] | None = None) -> int:
                            "kmc_iso": float(mobility_cm2Vs(np.trace(kmc.diffusion) / 3, args.temperature)),
                            "kmc_stderr": float(mobility_cm2Vs(kmc.stderr_iso, args.temperature)),
                            "relative_local_drift": details["hole"]["relative_local_drift"]}
-            print(f"  hole mobility, lambda+ = {lam * 1000:.0f} meV (B3LYP/6-31G**, Coropceanu 2007), "
+            print(f"  hole mobility, lambda+ = {lam * 1000:.0f} meV ({spec['lambda_source']}), "
                   f"{args.temperature:g} K, cm2/(V s):")
             print(f"  {'level':12s} {'exact iso':>10s} {'exact max':>10s} {'Einstein':>10s} {'KMC':>16s}")
             for lv, m in mob.items():
                 print(f"  {LEVEL_NAMES[lv]:12s} {m['exact_iso']:10.3f} {m['exact_max']:10.3f} "
                       f"{m['einstein_iso']:10.3f} {m['kmc_iso']:9.3f} +- {m['kmc_stderr']:.3f}")
-            print("  experiment (TOF, ultrapure crystals, room temperature): ~1 cm2/(V s) (Karl 2003)")
-        crystals_out[cname] = {"z": crystal.z, "dimers": rows, "mobility_hole_cm2Vs": mob,
-                               "lambda_hole_eV": lam,
+            print(f"  experiment / literature: {spec['experiment']}")
+        crystals_out[cname] = {"z": crystal.z, "structure": spec["structure"], "max_com_A": spec["max_com_A"],
+                               "dimers": rows, "mobility_hole_cm2Vs": mob, "lambda_hole_eV": lam,
+                               "lambda_source": spec["lambda_source"],
                                "cpu_s": {lv: per_level[lv]["cpu_s"] for lv in levels}}
 
     landscape_out = {}

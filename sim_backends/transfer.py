@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, PhysicsError, RunError, SetupError
@@ -351,6 +351,12 @@ class CrystalTransfer:
                    frontier_spacing_meV=dict(extra.get("frontier_spacing_meV", {})))
 
 
+def dimer_key(i: int, j: int, shift: tuple[int, int, int] | list[int]) -> str:
+    """Key of a dimer (molecule i, molecule j translated by ``shift``) in a
+    :func:`crystal_transfer` ``dimer_cache``: ``"i,j,s1,s2,s3"``."""
+    return ",".join(str(int(x)) for x in (i, j, *shift))
+
+
 #: an orbital calculator: (atoms, label, initial density matrix or None) -> (Orbitals, dm or None)
 OrbitalFn = Callable[["Atoms", str, Any], "tuple[Orbitals, Any]"]
 
@@ -385,7 +391,8 @@ def orbital_fn(level: str, params: dict[str, Any] | None = None) -> tuple[Orbita
 
 
 def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float = DEFAULT_CUTOFF_A,
-                     params: dict[str, Any] | None = None) -> CrystalTransfer:
+                     params: dict[str, Any] | None = None, max_com_A: float | None = None,
+                     dimer_cache: MutableMapping[str, dict[str, Any]] | None = None) -> CrystalTransfer:
     """Hole and electron transfer integrals of every symmetry-unique dimer of a crystal.
 
     Args:
@@ -393,10 +400,19 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
         level: see :func:`orbital_fn`.
         cutoff_A: closest-contact cutoff selecting the dimers (A).
         params: level options (:func:`orbital_fn`).
+        max_com_A: when given, only dimers whose centres of mass are at most this far
+            apart (A) are kept (both in the unique set and in the hopping network), e.g.
+            the in-layer dimers of a layered herringbone crystal.
+        dimer_cache: optional mapping from :func:`dimer_key` to
+            :meth:`DimerTransfer.to_dict`; a unique dimer found in it is not recomputed
+            and every newly computed one is stored in it as soon as its SCF is done (a
+            caller whose mapping writes through to a file can resume an interrupted
+            crystal; the monomer SCFs are always recomputed). The caller keys it by
+            crystal and level.
 
     Raises:
-        SetupError: no pair of molecules within ``cutoff_A``, or a level that cannot
-            run this input.
+        SetupError: no pair of molecules within ``cutoff_A`` (and ``max_com_A``), or a
+            level that cannot run this input.
         RunError: a monomer or dimer SCF failed (the message names which).
     """
     import numpy as np
@@ -406,8 +422,11 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
 
     run, level_name = orbital_fn(level, params)
     dimers = enumerate_dimers(crystal, float(cutoff_A), "contact")
+    if max_com_A is not None:
+        dimers = [d for d in dimers if d.com_A <= float(max_com_A)]
     if not dimers:
-        raise SetupError(f"no two molecules closer than {cutoff_A:g} A (closest contact): "
+        within = "" if max_com_A is None else f" with centres of mass within {float(max_com_A):g} A"
+        raise SetupError(f"no two molecules closer than {cutoff_A:g} A (closest contact){within}: "
                          "no molecular contacts to hop between")
     class_of: list[int] = []
     unique = unique_dimers(crystal, dimers, class_of)
@@ -419,6 +438,12 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
         cpu += orb.cpu_s
     records = []
     for rep, mult in unique:
+        key = dimer_key(rep.i, rep.j, rep.shift)
+        if dimer_cache is not None and key in dimer_cache:
+            cached = dimer_cache[key]
+            records.append(DimerTransfer(**{**cached, "shift": tuple(cached["shift"]), "multiplicity": mult}))
+            cpu += float(cached["cpu_s"])
+            continue
         d_atoms = dimer_atoms(crystal, rep)
         (orb_a, dm_a), (orb_b, dm_b) = monomers[rep.i], monomers[rep.j]
         dm0 = block_diag(dm_a, dm_b) if dm_a is not None else None
@@ -428,6 +453,8 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
         c = dimer_couplings(orb_a, orb_b, orb_d)
         records.append(DimerTransfer(rep.i, rep.j, rep.shift, rep.contact_A, rep.com_A, mult,
                                      c["hole"], c["electron"], orb_d.cpu_s))
+        if dimer_cache is not None:
+            dimer_cache[key] = records[-1].to_dict()
     atoms = crystal.atoms
     masses = atoms.get_masses()
     com = [masses[g] @ atoms.positions[g] / masses[g].sum() for g in crystal.groups]

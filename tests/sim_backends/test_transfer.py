@@ -217,3 +217,26 @@ def test_extra_round_trip_gives_the_same_network_and_mobility():
     assert mu[1] == pytest.approx(mu[0], rel=1e-4)  # vectors rounded to 1e-5 A
     for d in back.dimers:  # site energies and effective couplings are reported per dimer
         assert {"e_a_eff_meV", "e_b_eff_meV", "j_eff_meV", "s_ab"} <= set(d.hole)
+
+
+def test_max_com_keeps_near_dimers_and_cache_resumes_without_recomputing(monkeypatch):
+    import sim_backends.transfer as transfer
+
+    crystal = load_crystal(NAPHTHALENE_CIF, NAPHTHALENE)
+    full = crystal_transfer(crystal, "gfn2-xtb", 4.0)
+    near = crystal_transfer(crystal, "gfn2-xtb", 4.0, max_com_A=6.0)
+    assert 0 < len(near.dimers) < len(full.dimers)
+    assert all(d.com_A <= 6.0 for d in near.dimers)
+    assert np.linalg.norm(near.vectors_A, axis=1).max() <= 6.0 + 1e-6  # the network is cut too
+    with pytest.raises(transfer.SetupError, match="centres of mass within 1"):
+        crystal_transfer(crystal, "gfn2-xtb", 4.0, max_com_A=1.0)
+    cache: dict = {}
+    first = crystal_transfer(crystal, "gfn2-xtb", 4.0, dimer_cache=cache)
+    assert len(cache) == len(first.dimers)
+    calls = []
+    real = transfer.xtb_orbitals
+    monkeypatch.setattr(transfer, "xtb_orbitals", lambda atoms, **kw: calls.append(len(atoms)) or real(atoms, **kw))
+    again = crystal_transfer(crystal, "gfn2-xtb", 4.0, dimer_cache=cache)
+    assert calls == [18, 18]  # the two monomers only: every dimer came from the cache
+    np.testing.assert_allclose(again.couplings_meV("hole"), first.couplings_meV("hole"))
+    assert [d.multiplicity for d in again.dimers] == [d.multiplicity for d in first.dimers]
