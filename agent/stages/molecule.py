@@ -14,7 +14,9 @@ Decisions:
   cost fits the budget left (spent CPU read from the store, in-flight work at its
   expected cost) with probability :data:`COST_FIT_PROBABILITY` under a log-normal
   spread of measured / prior CPU seconds (:meth:`MoleculeStage.cost_margin`), a cheaper
-  level only where the top level still fits after it; when nothing fits, the stage is
+  level only where the top level still fits after it; the tasks of one batch are
+  checked in turn against what the ones before them leave (a batch of two DFT tasks
+  that each fit alone but not together starts one); when nothing fits, the stage is
   exhausted with a reason giving the CPU seconds left; without a budget, every
   evaluation costs one unit;
 * a cheaper level is only offered where the top level can still follow (its
@@ -393,6 +395,14 @@ class MoleculeStage:
             if not allowed[i, f]:
                 raise RuntimeError(f"acquisition proposed a disallowed pair {(i, f)}")
             allowed[i, f] = False
+            if fit is not None:
+                # the batch together must fit: each pick against what the picks before
+                # it leave (at their expected cost, as in-flight work is counted); one
+                # that no longer fits waits for a later ask
+                if not self._within_budget(np.ones((1, len(self.levels)), bool),
+                                           needed[i:i + 1], left)[0, f]:
+                    continue
+                left -= float(pair_costs[i, f])
             b = self.levels[f]
             out.append(Request(stage=self.name, backend=b.name, params=b.params,
                                inp=EvalInput(smiles=self.smiles[i]),

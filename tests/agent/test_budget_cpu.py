@@ -113,3 +113,21 @@ def test_old_store_is_migrated_with_wall_time_as_cpu(tmp_path):
         (ev,) = s.evaluations()
         assert ev.cpu_s == 12.5 and ev.wall_s == 12.5
         assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
+
+
+@pytest.mark.parametrize("hours, n_expected", [(0.6 / 3600, 1), (3.0 / 3600, 2)])
+def test_a_batch_starts_only_what_fits_together(tmp_path, hours, n_expected):
+    """Two tasks of 0.31 CPU s expected (about 0.45 with the cost margin before any has
+    finished): a 0.6 CPU-s budget fits one of them alone but not both, so an ask for two
+    returns one; a 3 CPU-s budget returns both. (Each pick used to be checked alone, so a
+    batch could start two tasks that together overran the budget.)"""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+
+    body = BODY.format(hours=hours, params="{ burn_s = 0.3 }")
+    camp = Campaign.create(load_config(write_config(tmp_path, POOL, body, name="batch")),
+                           tmp_path / "runs")
+    try:
+        assert len(camp.ask(2)) == n_expected
+    finally:
+        camp.close()
