@@ -194,13 +194,18 @@ def run_system(name: str, args, progress_path: Path) -> dict:
                          "conformers": ens.summary(), "exp_torsion_rmsd_deg": conf_rmsd,
                          "exp_heavy_rmsd_A": conf_xyz_rmsd})
     c1 = time.process_time()
+    out_dir = ROOT / "runs" / progress_path.name.replace("_progress.jsonl", "") / name
     with csp_executor(args.workers) as executor:
         land = run_flexible_csp(ens, args.n_trials, space_groups=groups, charges=args.charges, progress=False,
-                                sampling=args.sampling, relax_top=args.relax_top, executor=executor)
+                                sampling=args.sampling, relax_top=args.relax_top, executor=executor,
+                                out_dir=out_dir)
     main_cpu = time.process_time() - c1
     # with Ray workers the trial generation + minimisation CPU is measured in the workers, not here
     worker_cpu = float(land.meta["search_cpu_s"]) if args.workers > 1 else 0.0
-    conv = [{k: c.get(k) for k in ("index", "n_trials", "stopped_by", "converged")} for c in land.meta["conformers"]]
+    conv = [{**{k: c.get(k) for k in ("index", "n_trials", "stopped_by", "converged")},
+             "per_space_group": {g: {k: st.get(k) for k in ("n_trials", "n_low_minima", "converged")}
+                                 for g, st in (c.get("convergence") or {}).get("per_space_group", {}).items()}}
+            for c in land.meta["conformers"]]
     row = {"system": name, "smiles": ens.smiles, "experiment": exp_text,
            "space_groups": land.meta["space_groups"], "n_trials_budget": args.n_trials,
            "n_trials": land.meta["n_trials"], "n_minimised": land.meta["n_minimised"],
@@ -211,7 +216,8 @@ def run_system(name: str, args, progress_path: Path) -> dict:
            "cpu_s": ens_cpu + main_cpu + worker_cpu, "wall_s": time.perf_counter() - t0,
            "load_avg_1min_end": os.getloadavg()[0], "convergence": conv,
            "global_min_kjmol": land.minima[0].energy_kjmol if land.minima else None,
-           "global_min_space_group": land.minima[0].space_group if land.minima else None, "forms": []}
+           "global_min_space_group": land.minima[0].space_group if land.minima else None,
+           "landscape_dir": str(out_dir.relative_to(ROOT)), "forms": []}
     for r, st in refs.items():
         hit = land.find_match(st)
         tors = [t for t in conf_rmsd[r] if t is not None]
@@ -229,9 +235,75 @@ def run_system(name: str, args, progress_path: Path) -> dict:
                          "intra_kjmol": rec["intra_kjmol"]})
         if r in X23_REFERENCE:
             form["E_latt_X23_kjmol"] = X23_REFERENCE[r]
+        form["experiment_relaxed"] = relaxed_experiment(st, ens, land)
         row["forms"].append(form)
     _log(progress_path, {"step": "search", **row})
     return row
+
+
+def relaxed_experiment(structure, ens, land) -> dict:
+    """Where the experimental crystal lands on the search's own energy model (the diagnosis of a
+    missed or high-ranked form).
+
+    Each ensemble conformer (its own charges, as searched) that fits every molecule of the
+    experimental cell within 1 A RMSD (all atoms, Kabsch) replaces them as a rigid copy; the crystal
+    is relaxed in P1 over the cell and the rigid-body coordinates (W99 + Ewald, 12 A cutoff, as the
+    search's final stage) and its lattice energy is E_inter + the conformer's GFN2-xTB energy, the
+    landscape's energy of an unrelaxed minimum. Per conformer: fit RMSD, energy, gap to the
+    landscape's global minimum, the rank it would take (1 + minima below it), the space group of
+    the relaxed crystal (spglib via pymatgen, symprec 0.1) and the first five landscape minima it
+    matches (:meth:`Landscape.find_matches`, heavy atoms, stol 0.4: loose enough to match another
+    conformer in a similar packing, so each match lists its conformer and torsions). ``model_check_kjmol``: the
+    landscape's lowest minimum re-evaluated with the same code minus its landscape energy (about 0
+    when the two energies are on one scale; that minimum's own conformer)."""
+    import numpy as np
+
+    from sim_backends.base import SetupError
+    from sim_backends.csp.dedupe import detect_space_group, to_structure
+    from sim_backends.csp.forcefield import LatticeEnergyModel
+    from sim_backends.ff_relax import relax_rigid, rigid_crystal
+
+    sym = [s.specie.symbol for s in structure]
+    pos, cell = structure.cart_coords, structure.lattice.matrix
+    energies = np.array([m.energy_kjmol for m in land.minima])
+    e0 = float(energies.min()) if len(energies) else float("nan")
+    out = {"conformers": []}
+    for conf in ens.conformers:
+        try:
+            crystal = rigid_crystal(sym, pos, cell, molecule=conf.molecule, max_fit_rmsd_A=1.0)
+        except SetupError as exc:
+            out["conformers"].append({"conformer": conf.index, "fit": str(exc)})
+            continue
+        res = relax_rigid(LatticeEnergyModel(conf.molecule), crystal)
+        body = np.asarray(conf.molecule.coords_A)
+        coords = res["centres_A"][:, None, :] + np.einsum("na,zba->znb", body, res["rotations"])
+        relaxed = to_structure(list(conf.molecule.symbols), res["cell_A"], coords)
+        e = res["e_min_kjmol"] + conf.energy_kjmol
+        hits = land.find_matches(relaxed)[:5]
+        out["conformers"].append({
+            "conformer": conf.index, "fit_rmsd_A": crystal.fit_rmsd_A, "E_start_kjmol": res["e_start_kjmol"] + conf.energy_kjmol,
+            "E_latt_kjmol": e, "gap_kjmol": e - e0, "rank_if_added": int((energies < e - 1e-9).sum()) + 1,
+            "dv_percent": res["dv_percent"], "converged": res["converged"],
+            "space_group": detect_space_group(relaxed)[0],
+            "matches": [{"rank": k, "id": h.id, "E_kjmol": h.energy_kjmol, "rms": rms,
+                         **land.meta["minimum_conformers"][h.id]} for k, h, rms in hits]})
+    if land.minima:
+        m = land.minima[0]
+        rec = land.meta["minimum_conformers"][m.id]
+        conf = ens.conformers[rec["conformer"]]
+        if not rec["relaxed"]:
+            st = m.structure
+            try:
+                crystal = rigid_crystal([s.specie.symbol for s in st], st.cart_coords, st.lattice.matrix,
+                                        molecule=conf.molecule, max_fit_rmsd_A=0.05)
+                e_check = relax_rigid(LatticeEnergyModel(conf.molecule), crystal, max_iter=0)["e_start_kjmol"]
+                out["model_check_kjmol"] = e_check + conf.energy_kjmol - m.energy_kjmol
+            except SetupError as exc:
+                out["model_check_kjmol"] = str(exc)
+    ok = [c for c in out["conformers"] if "E_latt_kjmol" in c]
+    if ok:
+        out["best"] = min(ok, key=lambda c: c["E_latt_kjmol"])
+    return out
 
 
 def x23_at_experiment(name: str, smiles: str, charges: str, progress_path: Path) -> dict:

@@ -28,7 +28,8 @@
    same heavy-atom packing stay apart;
 6. the result is an ordinary :class:`~sim_backends.landscape.Landscape` (same files and
    records as rigid CSP); ``meta["conformers"]`` lists the ensemble (energies, torsions,
-   level, trials per conformer), ``meta["minimum_conformers"]`` maps each minimum id to its
+   level, trials per conformer and that conformer's sampling-convergence record, the
+   ``meta["convergence"]`` of its search), ``meta["minimum_conformers"]`` maps each minimum id to its
    starting conformer, final torsions, intramolecular energy and whether it was relaxed.
 
 Default charges (:data:`FLEX_DEFAULT_CHARGES`): GFN2-xTB Mulliken charges per conformer, from
@@ -358,7 +359,8 @@ def run_flexible_csp(
         conv = land.meta.get("convergence", {})
         conf_meta.append({**conf.to_dict(), "n_trials": int(land.meta.get("n_trials", n_k)),
                           "n_trials_budget": int(n_k), "n_unique_minima": len(land),
-                          "stopped_by": conv.get("stopped_by"), "converged": conv.get("converged")})
+                          "stopped_by": conv.get("stopped_by"), "converged": conv.get("converged"),
+                          "convergence": conv})
         for m in land.minima:
             cands.append(Candidate(m.energy_kjmol + conf.energy_kjmol, m.density_gcm3, m.structure,
                                    {"search_space_group": m.search_space_group, "z": m.z, "conformer": conf.index,
@@ -473,7 +475,11 @@ def flexible_smiles(smiles_or_molecule: Any, flexible: str = "auto") -> str | No
 
 
 def conformer_lines(landscape: Landscape) -> list[str]:
-    """Printable summary of the conformers a flexible CSP used (empty for rigid CSP)."""
+    """Printable summary of the conformers a flexible CSP used (empty for rigid CSP): per conformer
+    its trials and minima, then its search's per-space-group sampling lines
+    (:func:`~sim_backends.csp.sampling.convergence_lines`, with the budget warning)."""
+    from sim_backends.csp.sampling import convergence_lines
+
     meta = landscape.meta
     if not meta.get("flexible"):
         return []
@@ -488,4 +494,6 @@ def conformer_lines(landscape: Landscape) -> list[str]:
         tors = ", ".join(f"{t:.1f}" for t in c["torsions_deg"])
         lines.append(f"  conformer {c['index']}: dE_intra {c['energy_kjmol']:.2f} kJ/mol (GFN2-xTB), torsions "
                      f"[{tors}] deg, {c['n_trials']} trials, {used.get(c['index'], 0)} minima in the landscape")
+        lines += [("  " + ln) if ln.startswith("  ") else f"  conformer {c['index']}: {ln}"
+                  for ln in convergence_lines(c.get("convergence") or {})]
     return lines

@@ -221,3 +221,29 @@ def test_cli_flexible_summary_lists_conformers(capsys):
     out = capsys.readouterr().out
     assert "conformers used:" in out and "conformer 0: dE_intra 0.00 kJ/mol (GFN2-xTB)" in out
     assert "GFN2-xTB conformer energy" in out and "rigid molecule (force field)" not in out
+
+
+def test_conformer_lines_report_each_conformers_sampling_and_the_budget_warning():
+    """The flexible summary carries every conformer search's per-space-group sampling lines, and
+    the warning when the budget ended a conformer's search before it converged."""
+    from sim_backends.csp.flexible import conformer_lines
+    from sim_backends.landscape import Landscape
+
+    def conv(stopped_by, converged):
+        return {"criteria": {"window_kjmol": 5.0}, "stopped_by": stopped_by, "converged": converged, "n_rounds": 3,
+                "per_space_group": {"P-1": {"n_trials": 640, "n_low_minima": 4, "counts": [5, 3, 1, 1],
+                                            "new_low_rate_per_trial": 0.01, "converged": converged,
+                                            "reason": "test"}}}
+
+    meta = {"flexible": True, "n_conformers": 2, "conformer_window_kjmol": 10.0, "conformer_level": "GFN2-xTB",
+            "n_rotatable_bonds": 2, "torsions": [[0, 1, 2, 3]], "level": "W99", "n_relaxed": 0,
+            "minimum_conformers": {},
+            "conformers": [{"index": 0, "energy_kjmol": 0.0, "torsions_deg": [60.0], "n_trials": 640,
+                            "convergence": conv("converged", True)},
+                           {"index": 1, "energy_kjmol": 3.0, "torsions_deg": [180.0], "n_trials": 640,
+                            "convergence": conv("budget", False)}]}
+    lines = conformer_lines(Landscape("CCOC(N)=O", [], meta))
+    per_group = [ln for ln in lines if ln.strip().startswith("P-1")]
+    assert len(per_group) == 2 and "NOT converged" in per_group[1] and "NOT" not in per_group[0]
+    warnings = [ln for ln in lines if "WARNING" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("  conformer 1: WARNING")
