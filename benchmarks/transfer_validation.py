@@ -197,7 +197,8 @@ def compute(key: str, crystal, level: str, cutoff: float, done: dict, progress: 
     (dimers finished by an interrupted run are taken from ``done`` too).
 
     Returns the record: ``extra`` of :meth:`CrystalTransfer.to_extra`, ``cpu_s``, or
-    ``error`` (one line) when an SCF failed.
+    ``error`` (one line) when an SCF failed; with ``cached_only`` a structure not finished
+    yet carries the dimers already in ``done`` as ``partial_dimers`` (dimer key -> dict).
     """
     from sim_backends.base import BackendError, process_cpu_s
     from sim_backends.transfer import crystal_transfer
@@ -206,7 +207,9 @@ def compute(key: str, crystal, level: str, cutoff: float, done: dict, progress: 
         return done[key]
     if cached_only and level != "xtb":  # GFN2-xTB costs seconds: always computed
         MISSING.append(key)
-        return {"key": key, "error": "not computed yet (--cached-only)", "cpu_s": 0.0}
+        partial = DimerProgress(f"{key}/dimer/", done, progress)
+        return {"key": key, "error": f"not computed yet (--cached-only; {len(partial)} dimers done)",
+                "cpu_s": round(sum(float(d["cpu_s"]) for d in partial.values()), 2), "partial_dimers": dict(partial)}
     name, params = LEVELS[level]
     c0 = process_cpu_s()
     try:
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from sim_backends.mobility import HoppingNetwork, crystal_mobility, kmc_diffusion, mobility_cm2Vs
-    from sim_backends.transfer import CrystalTransfer
+    from sim_backends.transfer import CrystalTransfer, DimerTransfer, dimer_key
 
     args = parse(argv)
     levels = [x for x in args.levels.split(",") if x]
@@ -271,10 +274,17 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{'J_h ' + LEVEL_NAMES[lv]:>16s} {'J_e ' + LEVEL_NAMES[lv]:>16s}" for lv in levels))
         ok = {lv: CrystalTransfer.from_extra(per_level[lv]["transfer"]) for lv in levels if "transfer" in per_level[lv]}
         ref = next(iter(ok.values()), None)
+        # per level, dimer key -> DimerTransfer (a level still running contributes its finished dimers)
+        by_key = {lv: {dimer_key(x.i, x.j, x.shift): x for x in tr.dimers} for lv, tr in ok.items()}
+        for lv in levels:
+            if "partial_dimers" in per_level[lv]:
+                by_key[lv] = {k: DimerTransfer(**{**x, "shift": tuple(x["shift"])})
+                              for k, x in per_level[lv]["partial_dimers"].items()}
         rows = []
-        for k, d in enumerate(ref.dimers if ref else []):
-            vals = {lv: (abs(ok[lv].dimers[k].hole["j_eff_meV"]), abs(ok[lv].dimers[k].electron["j_eff_meV"]))
-                    for lv in ok}
+        for d in ref.dimers if ref else []:
+            dk = dimer_key(d.i, d.j, d.shift)
+            vals = {lv: (abs(by_key[lv][dk].hole["j_eff_meV"]), abs(by_key[lv][dk].electron["j_eff_meV"]))
+                    for lv in levels if lv in by_key and dk in by_key[lv]}
             rows.append({"com_A": round(d.com_A, 3), "contact_A": round(d.contact_A, 3),
                          "multiplicity": d.multiplicity,
                          **{f"j_{c}_{lv}_meV": round(vals[lv][ci], 3) for lv in vals for ci, c in enumerate(("hole", "electron"))}})

@@ -408,7 +408,8 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
             and every newly computed one is stored in it as soon as its SCF is done (a
             caller whose mapping writes through to a file can resume an interrupted
             crystal; the monomer SCFs are always recomputed). The caller keys it by
-            crystal and level.
+            crystal and level. Unique dimers are computed closest (centres of mass)
+            first; the returned order does not depend on it.
 
     Raises:
         SetupError: no pair of molecules within ``cutoff_A`` (and ``max_com_A``), or a
@@ -436,12 +437,14 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
         orb, dm = run(crystal.molecule(k), f"molecule {k}", None)
         monomers.append((orb, dm))
         cpu += orb.cpu_s
-    records = []
-    for rep, mult in unique:
+    records: list[DimerTransfer | None] = [None] * len(unique)
+    # closest pairs first (usually the largest couplings): an interrupted cached run keeps those
+    for k in sorted(range(len(unique)), key=lambda n: unique[n][0].com_A):
+        rep, mult = unique[k]
         key = dimer_key(rep.i, rep.j, rep.shift)
         if dimer_cache is not None and key in dimer_cache:
             cached = dimer_cache[key]
-            records.append(DimerTransfer(**{**cached, "shift": tuple(cached["shift"]), "multiplicity": mult}))
+            records[k] = DimerTransfer(**{**cached, "shift": tuple(cached["shift"]), "multiplicity": mult})
             cpu += float(cached["cpu_s"])
             continue
         d_atoms = dimer_atoms(crystal, rep)
@@ -451,10 +454,10 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
         orb_d, _ = run(d_atoms, what, dm0)
         cpu += orb_d.cpu_s
         c = dimer_couplings(orb_a, orb_b, orb_d)
-        records.append(DimerTransfer(rep.i, rep.j, rep.shift, rep.contact_A, rep.com_A, mult,
-                                     c["hole"], c["electron"], orb_d.cpu_s))
+        records[k] = DimerTransfer(rep.i, rep.j, rep.shift, rep.contact_A, rep.com_A, mult,
+                                   c["hole"], c["electron"], orb_d.cpu_s)
         if dimer_cache is not None:
-            dimer_cache[key] = records[-1].to_dict()
+            dimer_cache[key] = records[k].to_dict()
     atoms = crystal.atoms
     masses = atoms.get_masses()
     com = [masses[g] @ atoms.positions[g] / masses[g].sum() for g in crystal.groups]
@@ -462,7 +465,8 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
     vectors = np.array([com[d.j] + np.asarray(d.shift) @ cell - com[d.i] for d in dimers])
     neighbours = [(d.i, d.j, c) for d, c in zip(dimers, class_of)]
     spacing = {c: min(orb.frontier_spacing_meV(c) for orb, _ in monomers) for c in CARRIERS}
-    return CrystalTransfer(records, neighbours, vectors, crystal.z, level_name, cpu, spacing)
+    return CrystalTransfer([r for r in records if r is not None], neighbours, vectors, crystal.z, level_name,
+                           cpu, spacing)
 
 
 def summary_values(transfer: CrystalTransfer) -> dict[str, float]:
