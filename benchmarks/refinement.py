@@ -44,7 +44,12 @@ P(low-energy set complete) (``completion_probability`` on the stage's own fitted
 the spread inflations :data:`STOP_INFLATIONS`; the rule "stop when P >= p" (checked from
 10 computed on) is kept when the true set is complete at the first decision where it fires,
 or when it never fires before the set is complete. The table gives, per
-landscape and pooled, the share of runs for which that held.
+landscape and pooled, the share of runs for which that held. A run ends when the set is
+complete, so it only sees premature firings; ``--past-completion N`` lets the campaign
+go on for up to N more calculations after completion (or until every rule has fired),
+which measures how many calculations after completion each rule fires, and reports per
+landscape and promised p the achieved rate among the runs in which the rule fired (its own
+result and progress files, suffix ``_past<N>``; the runs up to completion are the same).
 
 ``--grid`` runs, beside the agent, the agent without the skill test and the agent without
 exploration when confident (``[structures.acquisition]`` of the campaign config; first
@@ -280,9 +285,13 @@ refine = {{name = "replay-crystal", params = {{{land}, fragment = {str(case.frag
 
 def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSettings(),
               baselines=DEFAULT_BASELINES, with_mae: bool = True, progress=None,
-              stop_after: int | None = None, max_structures: int | None = None) -> dict:
+              stop_after: int | None = None, max_structures: int | None = None,
+              past_completion: int = 0) -> dict:
     """One run of the real campaign on ``case`` until the true low-energy set is computed (or
     ``stop_after`` structures, for tests; ``max_structures``: replay only the lowest ones).
+    With ``past_completion`` = N the campaign goes on after completion until every stop rule
+    of the calibration (:data:`STOP_INFLATIONS` x :data:`STOP_LEVELS`) has fired, N more
+    calculations were told, or the landscape is exhausted.
 
     The loop is ``run_campaign``'s (ask for the free slots of ``batch_size`` = ``q``, run
     the oldest task in flight, tell its result, repeat) with the stop "true low-energy set
@@ -316,7 +325,7 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
         executor = LocalExecutor(slots=q)
         try:
             stage = campaign.stage
-            while not top <= set(out["order"]) and len(out["order"]) < (stop_after or n):
+            while not _finished(out, top, past_completion) and len(out["order"]) < (stop_after or n):
                 free = q - executor.n_in_flight
                 if free > 0:
                     t0 = time.perf_counter()
@@ -337,10 +346,11 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
                         continue
                     if not done.result.ok:
                         raise RuntimeError(f"{case.name}: replay failed for {sid}: {done.result.reason}")
+                    was_complete = top <= set(out["order"])  # past completion: no MAE marks
                     out["order"].append(index[sid.split("-", 1)[1]])
                     land = next(iter(stage.landscapes.values()))
                     for f, m in marks.items():
-                        if with_mae and len(out["order"]) == m and f not in out["mae"]:
+                        if with_mae and not was_complete and len(out["order"]) == m and f not in out["mae"]:
                             out["mae"][f] = surrogate_mae(case, land, stage, low, seed, settings)
                     if progress is not None:
                         progress()
@@ -349,6 +359,30 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
             executor.shutdown()
             campaign.close()
     return out
+
+
+def _finished(out: dict, top: set[int], past_completion: int) -> bool:
+    """The run's end: the target set computed and, with ``past_completion`` = N, every stop
+    rule fired or N calculations told after completion."""
+    if not top <= set(out["order"]):
+        return False
+    if past_completion <= 0:
+        return True
+    if len(out["order"]) - count_until_top(out["order"], top) >= past_completion:
+        return True
+    return all(any(p is not None and p >= lvl for p in out["p_complete"][k])
+               for k in STOP_INFLATIONS for lvl in STOP_LEVELS)
+
+
+def stop_offset(run, level, inflation, top: set[int]):
+    """Calculations computed when the rule "P(complete) >= ``level``" first fired minus the
+    calculations at which the target set was complete (negative: premature, 0: at the first
+    decision after completion); None when it never fired in the run."""
+    n_complete = count_until_top(run["order"], top)
+    for n_at, p in zip(run["n_at"], run["p_complete"][inflation]):
+        if p is not None and p >= level:
+            return n_at - n_complete
+    return None
 
 
 def _record_decision(out: dict, case: Case, land, stage, seed: int, settings: AgentSettings) -> None:
@@ -428,7 +462,7 @@ def _read_progress(progress_path, name) -> dict:
 
 def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(AgentSettings(),),
                   surrogate="auto", baselines=DEFAULT_BASELINES, grid_seeds=None, progress_path=None,
-                  recorded_only=False, window_kjmol=WINDOW_KJMOL):
+                  recorded_only=False, window_kjmol=WINDOW_KJMOL, past_completion=0):
     """Run every setting of ``configs`` (the first is the reported agent) on one landscape.
 
     Returns:
@@ -436,7 +470,8 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
         the calculation counts per seed (settings after the first: the first ``grid_seeds``
         seeds only). ``progress_path``: a JSONL file that gets one line per finished run
         (with its fragment-term CPU seconds) and is read first, so a rerun resumes;
-        ``recorded_only``: run nothing, report the runs recorded there.
+        ``recorded_only``: run nothing, report the runs recorded there. ``past_completion``:
+        the default setting's runs go on after completion (:func:`run_agent`).
     """
     from rich.markup import escape
     from rich.progress import Progress
@@ -480,7 +515,8 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                         continue
                     t0 = time.perf_counter()
                     run = run_agent(case, q, s, c, baselines, with_mae=(c == default and q == batches[0]),
-                                    progress=lambda: prog.advance(task))
+                                    progress=lambda: prog.advance(task),
+                                    past_completion=past_completion if c == default else 0)
                     if case.fragment and FRAGMENT_TERMS.cpu_s() > cpu_before:
                         baseline_cpu_s = FRAGMENT_TERMS.cpu_s() - cpu_before
                     run["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -496,7 +532,8 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                                                  "seed": s, "order": [int(i) for i in run["order"]],
                                                  "p_complete": {str(k): v for k, v in run["p_complete"].items()},
                                                  "mae": {str(k): v for k, v in run["mae"].items()}}) + "\n")
-                    console.log(escape(f"{case.name} q={q} seed={s} [{c.label}]: {run['count']} calculations, "
+                    after = f" (+{len(run['order']) - run['count']} after completion)" if past_completion else ""
+                    console.log(escape(f"{case.name} q={q} seed={s} [{c.label}]: {run['count']} calculations{after}, "
                                        f"{run['wall_s']:.0f} s wall"))
     dflt = runs[default.label]
     q0 = batches[0]
@@ -542,6 +579,15 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
             calib[f"{k:g}@{lvl:g}"] = {"runs": len(stops),
                                       "complete_at_stop": sum(x is None for x in stops),
                                       "premature_stop_at": [x for x in stops if x is not None]}
+    after = {}  # runs that went on past completion (--past-completion): when each rule fired
+    if any(len(r["order"]) > r["count"] for r in all_default):
+        for k in STOP_INFLATIONS:
+            for lvl in STOP_LEVELS:
+                offs = [stop_offset(r, lvl, k, top) for r in all_default]
+                fired = [o for o in offs if o is not None]
+                after[f"{k:g}@{lvl:g}"] = {
+                    "runs": len(offs), "fired": len(fired), "complete_when_fired": sum(o >= 0 for o in fired),
+                    "offsets": offs, "extra_after_completion": [len(r["order"]) - r["count"] for r in all_default]}
     grid = {c.label: {str(q): [r["count"] for r in runs[c.label][q]] for q in batches} for c in configs}
     agent_cpu = [r["cpu_s"] for r in dflt[q0] if r["cpu_s"] is not None]
     baseline_cpu_s = max([baseline_cpu_s] + [r.get("baseline_cpu_s", 0.0) for r in all_default])
@@ -579,6 +625,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
         "decision_s_median": round(float(np.median(decision_s)), 3) if decision_s else None,
         "run_wall_s_median": round(float(np.median([r.get("wall_s", 0.0) for r in all_default])), 1),
         "stop_calibration": calib,
+        **({"stop_after_completion": after} if after else {}),
         "grid": grid,
         "grid_seeds": grid_seeds if len(configs) > 1 else None,
     }
@@ -589,7 +636,9 @@ def leave_one_landscape_out(results: dict, configs, batches) -> dict:
 
     Score of a setting on a landscape: log(agent median / min(cheap order, random)) at the
     first batch size (the one the grid replays); the chosen setting minimises the mean score
-    over the other landscapes.
+    over the other landscapes. ``chosen_minimax`` is the choice by the issue's worst-case
+    contract instead: the smallest largest ratio agent / cheap order over the other landscapes
+    (ties: the mean score, then the grid's order).
     The stop inflation: the smallest of :data:`STOP_INFLATIONS` whose rule "P >= 0.9" left
     the top set complete in at least 90 % of the other landscapes' runs (pooled).
     """
@@ -612,18 +661,26 @@ def leave_one_landscape_out(results: dict, configs, batches) -> dict:
         cells = [results[m]["stop_calibration"][f"{k:g}@0.9"] for m in pool]
         return sum(c["complete_at_stop"] for c in cells) / max(1, sum(c["runs"] for c in cells))
 
+    def worst(label, pool):  # the contract: agent / cheap order on every landscape
+        return max(float(np.median(counts(m, label, batches[0]))) / results[m]["cheap_order"] for m in pool)
+
     out = {}
     for held in names:
         others = [m for m in names if m != held]
         if not others:
             break
         chosen = min(configs, key=lambda c: (np.mean([score(c.label, m) for m in others]), configs.index(c)))
+        minimax = min(configs, key=lambda c: (round(worst(c.label, others), 6),
+                                              np.mean([score(c.label, m) for m in others]), configs.index(c)))
         in_sample = min(configs, key=lambda c: (score(c.label, held), configs.index(c)))
         kappa = next((k for k in STOP_INFLATIONS if achieved(k, others) >= 0.9), STOP_INFLATIONS[-1])
         r = results[held]
         out[held] = {
             "chosen": chosen.label,
             "agent_lolo": {str(q): float(np.median(counts(held, chosen.label, q))) for q in batches[:1]},
+            "chosen_minimax": minimax.label,
+            "agent_lolo_minimax": {str(q): float(np.median(counts(held, minimax.label, q))) for q in batches[:1]},
+            "worst_ratio_to_cheap_on_others": {c.label: round(worst(c.label, others), 3) for c in configs},
             "in_sample_best": in_sample.label,
             "agent_in_sample": {str(q): float(np.median(counts(held, in_sample.label, q))) for q in batches[:1]},
             "default_same_seeds": {str(q): float(np.median(counts(held, configs[0].label, q))) for q in batches[:1]},
@@ -656,6 +713,8 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += f"_init{args.n_initial}"
     if args.window != WINDOW_KJMOL:
         stem += f"_window{args.window:g}"
+    if args.past_completion:
+        stem += f"_past{args.past_completion}"
     progress_stem = stem  # runs are keyed by settings, batch size and seed: more seeds resume
     if args.seeds != 7:
         stem += f"_seeds{args.seeds}"
@@ -706,6 +765,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--window", type=float, default=WINDOW_KJMOL,
                         help="window_kjmol of the campaign and of the target set (the TOP_K lowest within "
                         f"this of the minimum; default {WINDOW_KJMOL:g} kJ/mol per molecule; e.g. 1000: the TOP_K lowest)")
+    parser.add_argument("--past-completion", type=int, default=0, metavar="N",
+                        help="the agent's runs go on for up to N calculations after the set is complete "
+                        "(or until every stop rule fired): stopping-rule calibration past completion")
     parser.add_argument("--dimer-baselines", default=",".join(DEFAULT_BASELINES),
                         help="comma-separated dimer baselines of the fragment dimer GP "
                         f"(sim_backends.fragment_terms; default {','.join(DEFAULT_BASELINES)}; 'none' for none)")
@@ -719,8 +781,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--skill-ratio must be positive")
     if not (args.window > 0 and math.isfinite(args.window)):
         parser.error("--window must be a positive finite number (kJ/mol per molecule)")
-    if args.seeds < 1 or args.n_initial < 0:
-        parser.error("--seeds must be >= 1 and --n-initial >= 0")
+    if args.seeds < 1 or args.n_initial < 0 or args.past_completion < 0:
+        parser.error("--seeds must be >= 1, --n-initial >= 0 and --past-completion >= 0")
     if args.landscape:
         n = len(args.landscape)
         if len(args.cheap or []) != n or len(args.expensive or []) != n:
@@ -755,7 +817,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   surrogate=args.surrogate, baselines=baselines,
                                   grid_seeds=min(args.grid_seeds, args.seeds) if args.grid else None,
                                   progress_path=results / f"{progress_stem}_progress.jsonl",
-                                  recorded_only=args.recorded_only, window_kjmol=args.window)
+                                  recorded_only=args.recorded_only, window_kjmol=args.window,
+                                  past_completion=args.past_completion)
         if res is None:
             console.print(f"{name}: no recorded run of the agent at q={batches[0]}; left out")
             continue
@@ -856,6 +919,44 @@ def print_summary(out: dict, batches, console) -> None:
         ct.add_row(name, *row)
     ct.add_row("all", *[f"{a / b:.0%}" for a, b in pooled.values()])
     console.print(ct)
+    print_after_completion(out, console)
+
+
+def print_after_completion(out: dict, console) -> None:
+    """P promised vs achieved from runs that went on past completion (``--past-completion``):
+    per landscape, inflation and p, the share of the runs in which the rule fired that had the
+    set complete then, and how many calculations after completion it fired."""
+    from rich.table import Table
+
+    rows = {name: r["stop_after_completion"] for name, r in out["landscapes"].items()
+            if r.get("stop_after_completion")}
+    if not rows:
+        return
+    t = Table(title="Stopping rule P >= p past completion: complete when it fired / runs in which it fired "
+              "(not fired within the extra calculations); calculations after completion at the first firing, "
+              "median (min..max; negative: premature)")
+    t.add_column("landscape (extra calcs run)")
+    keys = [f"{k:g}@{lvl:g}" for k in STOP_INFLATIONS for lvl in STOP_LEVELS]
+    for key in keys:
+        k, lvl = key.split("@")
+        t.add_column(f"x{k} p={lvl}")
+    pooled = {key: [0, 0, 0] for key in keys}
+    for name, a in rows.items():
+        cells = []
+        for key in keys:
+            c = a[key]
+            offs = [o for o in c["offsets"] if o is not None]
+            pooled[key][0] += c["complete_when_fired"]
+            pooled[key][1] += c["fired"]
+            pooled[key][2] += c["runs"] - c["fired"]
+            rate = f"{c['complete_when_fired']}/{c['fired']}" + (f" ({c['runs'] - c['fired']})" if c["runs"] > c["fired"] else "")
+            where = f" {np.median(offs):+.0f} ({min(offs):+d}..{max(offs):+d})" if offs else ""
+            cells.append(rate + where)
+        extra = next(iter(a.values()))["extra_after_completion"]
+        t.add_row(f"{name} ({min(extra)}-{max(extra)})", *cells)
+    t.add_row("all", *[f"{a}/{b} = {a / b:.0%}" + (f" ({c})" if c else "") if b else f"- ({c})"
+                       for a, b, c in pooled.values()])
+    console.print(t)
 
 
 def print_lolo(out: dict, batches, console) -> None:
@@ -864,12 +965,16 @@ def print_lolo(out: dict, batches, console) -> None:
     t = Table(title="Leave-one-landscape-out: settings chosen on the other landscapes, measured on "
               "the held-out one, next to the best setting for that landscape itself (in-sample)")
     for col in ("held out (seeds per setting)", "chosen on the others", *[f"LOLO q={q}" for q in batches[:1]],
+                "chosen by worst case on the others", *[f"LOLO worst-case q={q}" for q in batches[:1]],
                 "in-sample best", *[f"in-sample q={q}" for q in batches[:1]],
                 *[f"default q={q}" for q in batches[:1]], "cheap order",
                 "stop inflation (LOLO)", "P>=0.9 complete (held out)"):
         t.add_column(col)
     for name, r in out["leave_one_landscape_out"].items():
+        mm = r.get("chosen_minimax", "-")
         t.add_row(f"{name} ({r.get('seeds', '?')})", r["chosen"], *[f"{r['agent_lolo'][str(q)]:.0f}" for q in batches[:1]],
+                  mm, *[f"{r['agent_lolo_minimax'][str(q)]:.0f}" if "agent_lolo_minimax" in r else "-"
+                        for q in batches[:1]],
                   r["in_sample_best"], *[f"{r['agent_in_sample'][str(q)]:.0f}" for q in batches[:1]],
                   *[f"{r['default_same_seeds'][str(q)]:.0f}" for q in batches[:1]],
                   str(out["landscapes"][name]["cheap_order"]), f"{r['stop_inflation_lolo']:g}",

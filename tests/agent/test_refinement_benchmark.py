@@ -56,7 +56,7 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
     def args(**kw):
         base = dict(landscape=None, surrogate="auto", no_explore=False, explore_above=bench.EXPLORE_ABOVE,
                     explore_fraction=bench.EXPLORE_FRACTION, no_skill_test=False, skill_ratio=bench.SKILL_RATIO,
-                    n_initial=0, seeds=7, batch=None, grid=False, window=bench.WINDOW_KJMOL)
+                    n_initial=0, seeds=7, batch=None, grid=False, window=bench.WINDOW_KJMOL, past_completion=0)
         return SimpleNamespace(**{**base, **kw})
 
     default = (bench.EXPLORE_ABOVE, bench.EXPLORE_FRACTION)
@@ -71,8 +71,11 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
         bench.result_stems(args(no_explore=True), [], base, (None, 1.0))[0],
         bench.result_stems(args(), [], ("d3",), default)[0],
         bench.result_stems(args(window=1000.0), [], base, default)[0],
+        bench.result_stems(args(past_completion=20), [], base, default)[0],
     }
-    assert len(stems) == 7 and "refinement" not in stems
+    assert len(stems) == 8 and "refinement" not in stems
+    # runs that go on past completion keep their own progress file
+    assert bench.result_stems(args(past_completion=20), [], base, default)[1] == "refinement_past20"
     assert bench.result_stems(args(landscape=[FORMIC]), one, base, default)[0] == "refinement_formic_acid_dft"
 
 
@@ -114,3 +117,24 @@ def test_the_campaign_repeats_the_recorded_picks_of_the_committed_benchmark(benc
         bench.FRAGMENT_TERMS = None
     assert now["order"] == run["order"][:15]
     assert now["n_at"] == run["n_at"][:len(now["n_at"])]
+
+
+def test_stop_rule_offsets_and_the_end_of_a_run_past_completion(bench):
+    """A run that goes on past completion ends when every calibrated rule has fired or after N
+    more calculations; the offset of a rule is where it first fired minus where the set was
+    complete (negative: premature)."""
+    top = {0, 1}
+    levels = {k: [None, 0.5, 0.85, 0.92, 0.97] for k in bench.STOP_INFLATIONS}
+    run = {"order": [5, 0, 7, 1, 9, 8], "n_at": [1, 2, 3, 4, 5], "p_complete": levels}
+    # complete after 4 calculations; P first >= 0.5 at 2 computed (premature), >= 0.9 at 4, >= 0.95 at 5
+    assert bench.stop_offset(run, 0.5, 1.5, top) == -2
+    assert bench.stop_offset(run, 0.9, 1.5, top) == 0
+    assert bench.stop_offset(run, 0.95, 1.5, top) == 1
+    assert bench.stop_offset(run, 0.99, 1.5, top) is None
+    assert bench.premature_stop(run, 0.5, 1.5, top) == 2 and bench.premature_stop(run, 0.9, 1.5, top) is None
+    assert not bench._finished({"order": [5, 0], "p_complete": levels}, top, 0)  # incomplete
+    assert bench._finished({"order": [5, 0, 1], "p_complete": levels}, top, 0)  # default: stop at completion
+    never = {k: [None, 0.5] for k in bench.STOP_INFLATIONS}
+    assert not bench._finished({"order": [5, 0, 1, 7], "p_complete": never}, top, 3)
+    assert bench._finished({"order": [5, 0, 1, 7, 8, 9], "p_complete": never}, top, 3)  # 3 after completion
+    assert bench._finished({"order": [5, 0, 1], "p_complete": levels}, top, 3)  # every rule fired
