@@ -77,6 +77,16 @@ def targets(data: dict, k: int = 3) -> list[int]:
     return [int(i) for i in np.argsort(-v, kind="stable")[:k]]
 
 
+def rank_of(data: dict, i: int) -> dict[str, int]:
+    """Rank (1 = best) of molecule ``i`` by each level below the truth (failed values last)."""
+    out = {}
+    for lv in data["levels"]:
+        if lv != data["truth"]:
+            v = np.where(np.isfinite(data["value"][lv]), data["value"][lv], -np.inf)
+            out[lv] = int(np.sum(v > v[i])) + 1
+    return out
+
+
 def cost_to_find(order: list[tuple[int, str]], data: dict, wanted: list[int]) -> float:
     """Cumulative CPU s of ``order`` ((molecule, level) pairs) until every ``wanted``
     molecule has been evaluated at the truth level (inf if never)."""
@@ -182,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pool: {n} molecules with {', '.join(data['levels'])} records; truth level {truth_label}")
     print(f"best: {data['names'][best[0]]} (log10 mu_h = {data['value'][args.truth][best[0]]:.2f}, cm2/(V s)); "
           f"top 3: {', '.join(data['names'][i] for i in top3)}")
+    ranks = rank_of(data, best[0])
+    print("rank of the best at the cheaper levels (1 = best): " + ", ".join(f"{lv} {r}" for lv, r in ranks.items()))
     print("CPU s per evaluation (median, recorded): " + ", ".join(
         f"{lv} {np.median(data['cost'][lv]):.1f}" for lv in data["levels"]))
     strategies = ["agent", "random", "proxy_greedy"] + (["csp_everything"] if args.truth == "refined" else [])
@@ -221,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     name = "esf_discovery" + "".join(f"_{k.replace('_', '-')}-{getattr(args, k)}" for k in changed)
     out = {"benchmark": "esf_discovery", "pool": n, "truth": args.truth, "seeds": args.seeds,
            "best": data["names"][best[0]], "top3": [data["names"][i] for i in top3],
+           "rank_of_best": ranks,
            "cpu_s_to_best": {s: table[s]["best"]["median"] for s in strategies},
            "cpu_s_to_top3": {s: table[s]["top3"]["median"] for s in strategies},
            "table": table, "speedup_vs_agent": speedup, "agent_wall_s_median": round(float(np.median(wall)), 1),
+           "benchmark_cpu_s": round(time.process_time(), 1),
            "args": vars(args)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")

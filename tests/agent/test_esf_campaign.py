@@ -275,7 +275,7 @@ budget_evaluations = 6
 
 @pytest.fixture(scope="module")
 def esf_replay(tmp_path_factory):
-    """examples/esf.toml's ladder replayed on data/esf (the 40 molecules with all three
+    """examples/esf.toml's ladder replayed on data/esf (the 60 molecules with all three
     levels), 16 evaluations and 540 CPU s (``--max-evaluations 24`` less the structure
     stage's 8); the campaign directory after the run."""
     from agent.campaign import Campaign
