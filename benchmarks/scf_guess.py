@@ -36,13 +36,22 @@ Newton's response builds), SCF CPU seconds and wall seconds per calculation, and
 largest energy difference to the default guess (monomer energies; dimer interaction
 energies, each a difference of three SCF energies; reorganisation: the four total
 energies), in Hartree. Wall time depends on the load of the shared machine; CPU seconds
-(``time.process_time``) much less. The run is serial on one thread, so its total CPU
-seconds (``total_cpu_s``, with the load averages at start and end) estimate its wall
-time on an idle machine.
+(``time.process_time``) much less.
+
+Parallelism: ``--workers`` (default 2) processes, one thread each, run independent tasks:
+the crystal part as one task (its configurations stay interleaved per structure within
+it, its stores depend on the structures before) and each reorganisation molecule as one
+task (both guesses, one after the other), smallest first (a run stopped by the load of
+the shared machine has the most molecules; it resumes from the progress file). Every figure above is measured
+per calculation inside its worker. The JSON has ``total_wall_s``, ``total_cpu_s`` (this
+process plus all workers, ``getrusage``), ``cpu_s_by_worker`` (CPU of the tasks each
+worker ran) and the 1-minute load average sampled every 30 s; on an otherwise idle
+machine with one core per worker the run takes about max(``cpu_s_by_worker``) wall
+seconds (``idle_wall_estimate_s``).
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scf_guess.py
       [--landscape data/landscapes/formic_acid_dft] [--n-structures 10]
-      [--pool examples/pool.smi] [--n-molecules 20]
+      [--pool examples/pool.smi] [--n-molecules 20] [--workers 2]
       [--fresh]
 Writes benchmarks/results/scf_guess.json (other arguments: scf_guess_<tag>.json). Finished
 parts (each molecule; the crystal part as a whole) go to scf_guess[_<tag>]_progress.jsonl
@@ -65,7 +74,7 @@ sys.path.insert(0, str(ROOT))
 HARTREE_TO_KJMOL = 2625.4996394799
 CONFIGS = ("default", "superposition", "auto", "auto+newton", "learned")
 DEFAULTS = {"landscape": "data/landscapes/formic_acid_dft", "n_structures": 10,
-            "pool": "examples/pool.smi", "n_molecules": 20}
+            "pool": "examples/pool.smi", "n_molecules": 20, "workers": 2}
 
 
 def crystal_part(landscape: Path, n_structures: int, log) -> dict:
@@ -142,41 +151,51 @@ def _by_guess(scf: list[dict]) -> dict:
     return out
 
 
-def reorg_part(smiles: list[tuple[str, str]], log, progress: Progress) -> dict:
+def reorg_molecule(smi: str, name: str, log) -> dict:
+    """Both guesses' dft-reorg evaluations of one molecule (one task)."""
     from sim_backends.base import EvalInput
     from sim_backends.reorg import DftReorgBackend
 
-    rows = []
-    for smi, name in smiles:
-        done = progress.get(f"reorg:{smi}")
-        if done is not None:
-            rows.append(done)
-            continue
-        row: dict = {"smiles": smi, "name": name}
-        for config in ("default", "auto"):
-            t0 = time.perf_counter()
-            res = DftReorgBackend().evaluate(EvalInput(smi, params={"geometry": "xtb", "scf_guess": config}))
-            ex = res.extra
-            row[config] = {"status": res.status, "reason": res.reason,
-                           "fock_builds": ex.get("scf_fock_builds_total"),
-                           "scf_cpu_s": round(sum(x["cpu_s"] for x in ex.get("scf", [])), 3),
-                           "scf_wall_s": round(sum(x["wall_s"] for x in ex.get("scf", [])), 3),
-                           "wall_s": round(time.perf_counter() - t0, 3),
-                           "cpu_s": ex.get("cpu_s"),
-                           "energies_ev": ex.get("energies_ev"), "lambda_kjmol": res.values.get("reorg_energy_kjmol"),
-                           "lambda_components_kjmol": [res.values.get("lambda_cation_kjmol"),
-                                                       res.values.get("lambda_neutral_kjmol")],
-                           "stability": ex.get("scf_stability"),
-                           "per_scf": [(x["what"], x["guess"], x["fock_builds"], x.get("stability"))
-                                       for x in ex.get("scf", [])]}
-        e0, e1 = row["default"]["energies_ev"], row["auto"]["energies_ev"]
-        row["max_abs_diff_eh"] = (max(abs(e1[k] - e0[k]) for k in e0) / 27.211386246) if e0 and e1 else None
-        log(f"{name}: Fock builds default {row['default']['fock_builds']} / auto {row['auto']['fock_builds']}; "
-            f"SCF CPU s {row['default']['scf_cpu_s']:.1f} / {row['auto']['scf_cpu_s']:.1f}; "
-            f"lambda+ {row['default']['lambda_kjmol']} / {row['auto']['lambda_kjmol']} kJ/mol")
-        progress.put(f"reorg:{smi}", row)
-        rows.append(row)
-    return {"level": "B3LYP/6-31G (density fitting, grid level 1) // GFN2-xTB geometries", "molecules": rows}
+    row: dict = {"smiles": smi, "name": name}
+    for config in ("default", "auto"):
+        t0 = time.perf_counter()
+        res = DftReorgBackend().evaluate(EvalInput(smi, params={"geometry": "xtb", "scf_guess": config}))
+        ex = res.extra
+        row[config] = {"status": res.status, "reason": res.reason,
+                       "fock_builds": ex.get("scf_fock_builds_total"),
+                       "scf_cpu_s": round(sum(x["cpu_s"] for x in ex.get("scf", [])), 3),
+                       "scf_wall_s": round(sum(x["wall_s"] for x in ex.get("scf", [])), 3),
+                       "wall_s": round(time.perf_counter() - t0, 3),
+                       "cpu_s": ex.get("cpu_s"),
+                       "energies_ev": ex.get("energies_ev"), "lambda_kjmol": res.values.get("reorg_energy_kjmol"),
+                       "lambda_components_kjmol": [res.values.get("lambda_cation_kjmol"),
+                                                   res.values.get("lambda_neutral_kjmol")],
+                       "stability": ex.get("scf_stability"),
+                       "hole_placements": ex.get("scf_hole_placements"),
+                       "per_scf": [(x["what"], x["guess"], x["fock_builds"], x.get("stability"))
+                                   for x in ex.get("scf", [])]}
+    e0, e1 = row["default"]["energies_ev"], row["auto"]["energies_ev"]
+    row["max_abs_diff_eh"] = (max(abs(e1[k] - e0[k]) for k in e0) / 27.211386246) if e0 and e1 else None
+    log(f"{name}: Fock builds default {row['default']['fock_builds']} / auto {row['auto']['fock_builds']}; "
+        f"SCF CPU s {row['default']['scf_cpu_s']:.1f} / {row['auto']['scf_cpu_s']:.1f}; "
+        f"lambda+ {row['default']['lambda_kjmol']} / {row['auto']['lambda_kjmol']} kJ/mol")
+    return row
+
+
+REORG_LEVEL = "B3LYP/6-31G (density fitting, grid level 1) // GFN2-xTB geometries"
+
+
+def _task(kind: str, args: tuple, t_start_epoch: float) -> tuple[str, object, int, float]:
+    """Run one task in a worker: ("crystal", (landscape, n)) or ("reorg", (smiles, name)).
+    Returns (kind, result, worker pid, CPU s of the task)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    c0 = time.process_time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t_start_epoch:7.0f} s] {msg}", flush=True)
+
+    out = crystal_part(*args, log) if kind == "crystal" else reorg_molecule(*args, log)
+    return kind, out, os.getpid(), time.process_time() - c0
 
 
 class Progress:
@@ -208,6 +227,14 @@ class Progress:
             fh.write(json.dumps({"key": key, "value": value}) + "\n")
 
 
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of the finished child processes (the workers)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _read_pool(path: Path, n: int) -> list[tuple[str, str]]:
     """The ``n`` smallest molecules of a pool file (fewest heavy atoms, file order within)."""
     from rdkit import Chem
@@ -229,32 +256,58 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-structures", type=int, default=DEFAULTS["n_structures"])
     ap.add_argument("--pool", default=DEFAULTS["pool"])
     ap.add_argument("--n-molecules", type=int, default=DEFAULTS["n_molecules"])
+    ap.add_argument("--workers", type=int, default=DEFAULTS["workers"],
+                    help="worker processes for independent tasks (default 2)")
     ap.add_argument("--fresh", action="store_true", help="ignore the progress file of an earlier run")
     args = ap.parse_args(argv)
     landscape = (ROOT / args.landscape) if not Path(args.landscape).is_absolute() else Path(args.landscape)
     if not (landscape / "run.json").is_file():
         sys.exit(f"error: {args.landscape} is not a landscape directory (no run.json)")
-    if args.n_structures < 1 or args.n_molecules < 0:
-        sys.exit("error: --n-structures must be >= 1 and --n-molecules >= 0")
+    if args.n_structures < 1 or args.n_molecules < 0 or args.workers < 1:
+        sys.exit("error: --n-structures and --workers must be >= 1 and --n-molecules >= 0")
     pool = (ROOT / args.pool) if not Path(args.pool).is_absolute() else Path(args.pool)
     if args.n_molecules and not pool.is_file():
         sys.exit(f"error: pool file {args.pool} not found")
     t_start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()
+    t_start_epoch = time.time()
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:7.0f} s] {msg}", flush=True)
 
     default_args = (args.landscape == DEFAULTS["landscape"] and args.n_structures == DEFAULTS["n_structures"]
-                    and args.pool == DEFAULTS["pool"] and args.n_molecules == DEFAULTS["n_molecules"])
-    tag = "" if default_args else f"_{landscape.name}_n{args.n_structures}_m{args.n_molecules}"
+                    and args.pool == DEFAULTS["pool"] and args.n_molecules == DEFAULTS["n_molecules"]
+                    and args.workers == DEFAULTS["workers"])
+    tag = "" if default_args else f"_{landscape.name}_n{args.n_structures}_m{args.n_molecules}_w{args.workers}"
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(out_dir / f"scf_guess{tag}_progress.jsonl", args.fresh)
-    reorg = reorg_part(_read_pool(pool, args.n_molecules), log, progress) if args.n_molecules else {"molecules": []}
+    molecules = _read_pool(pool, args.n_molecules) if args.n_molecules else []
     cryst = progress.get("crystal")
-    if cryst is None:
-        cryst = crystal_part(landscape, args.n_structures, log)
-        progress.put("crystal", cryst)
+    done_rows = {smi: progress.get(f"reorg:{smi}") for smi, _ in molecules}
+    tasks = ([("crystal", (landscape, args.n_structures))] if cryst is None else []) + [
+        ("reorg", (smi, name)) for smi, name in molecules if done_rows[smi] is None]  # smallest first
+    cpu_by_worker: dict[int, float] = {}
+    loads = [round(load_start[0], 2)]
+    if tasks:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        log(f"{len(tasks)} tasks on {args.workers} worker process(es)")
+        with cf.ProcessPoolExecutor(max_workers=args.workers, mp_context=mp.get_context("spawn")) as pool_ex:
+            pending = {pool_ex.submit(_task, kind, targs, t_start_epoch) for kind, targs in tasks}
+            while pending:
+                finished, pending = cf.wait(pending, timeout=30, return_when=cf.FIRST_COMPLETED)
+                loads.append(round(os.getloadavg()[0], 2))
+                for fut in finished:
+                    kind, out, pid, cpu = fut.result()
+                    cpu_by_worker[pid] = cpu_by_worker.get(pid, 0.0) + cpu
+                    if kind == "crystal":
+                        cryst = out
+                        progress.put("crystal", cryst)
+                    else:
+                        done_rows[out["smiles"]] = out
+                        progress.put(f"reorg:{out['smiles']}", out)
+    reorg = {"level": REORG_LEVEL, "molecules": [done_rows[smi] for smi, _ in molecules]}
 
     rows = cryst["structures"]
     tot = {c: {k: sum(r[c][k] for r in rows) for k in ("fock_builds", "scf_cpu_s", "scf_wall_s", "wall_s", "n_scf")}
@@ -342,6 +395,16 @@ def main(argv: list[str] | None = None) -> None:
                   f"{reorg_summary['stability']['fraction_of_builds'][0]:.1%} / "
                   f"{reorg_summary['stability']['fraction_of_builds'][1]:.1%} of the builds, "
                   f"{reorg_summary['stability']['cpu_s']} CPU s; followed: {reorg_summary['stability']['followed']}")
+            # cation states at a degenerate-HOMO geometry: the hole placements tried, their spread
+            holes = {c: [(m["name"], h["what"], len(h["holes"]),
+                          max(h["energies_eh"].values()) - min(h["energies_eh"].values()))
+                         for m in mols for h in (m[c].get("hole_placements") or [])] for c in ("default", "auto")}
+            reorg_summary["hole_placements"] = {
+                c: [{"molecule": n, "state": w, "placements": k, "spread_eh": d} for n, w, k, d in v]
+                for c, v in holes.items()}
+            print("degenerate-HOMO cation states (hole placements tried, spread of their energies in Eh):")
+            for c, v in holes.items():
+                print(f"  {c:<8}" + ("; ".join(f"{n} {w}: {k}, {d:.1e}" for n, w, k, d in v) or "none"))
 
     best = max(CONFIGS[1:], key=lambda c: summary[c]["fock_build_reduction"])
     result = {
@@ -357,9 +420,14 @@ def main(argv: list[str] | None = None) -> None:
                         and (reorg_summary is None or reorg_summary["max_abs_energy_diff_eh"] <= 1e-6))},
         "configurations": summary, "reorg": reorg_summary,
         "density_model": cryst["density_model"],
+        "workers": args.workers,
         "total_wall_s": round(time.perf_counter() - t_start, 1),
-        "total_cpu_s": round(time.process_time() - cpu_start, 1),
-        "load_average_1min": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+        "total_cpu_s": round(time.process_time() - cpu_start + _children_cpu_s(), 1),
+        "cpu_s_by_worker": sorted((round(x, 1) for x in cpu_by_worker.values()), reverse=True),
+        "idle_wall_estimate_s": round(max(cpu_by_worker.values(), default=0.0), 1),
+        "load_average_1min": [loads[0], round(os.getloadavg()[0], 2)],
+        "load_average_1min_during": {"min": min(loads), "mean": round(sum(loads) / len(loads), 2),
+                                     "max": max(loads), "samples": len(loads)},
         "resumed_parts": progress.resumed,
     }
     (out_dir / f"scf_guess{tag}_detail.json").write_text(json.dumps({"crystal": cryst, "reorg": reorg}, indent=1))

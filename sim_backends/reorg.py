@@ -377,7 +377,13 @@ DFT_DEFAULTS: dict[str, Any] = {
     "scf_guess": "auto",
     "stability_check": True,
     "stability_followups": 3,
+    "degenerate_holes": True,
+    "degenerate_grid_level": 3,
 }
+
+
+class _FinerGrid(Exception):
+    """The first neutral SCF found a degenerate HOMO: redo the evaluation on a finer grid."""
 
 
 class DftReorgBackend(ReorgBackend):
@@ -422,6 +428,26 @@ class DftReorgBackend(ReorgBackend):
             evaluation (not retryable) naming the state. Without it PySCF's minao guess
             put the pyridine cation at the neutral geometry 0.020 Eh above the stable
             state (lambda+ 112 instead of 59 kJ/mol, B3LYP/6-31G//GFN2-xTB).
+        degenerate_holes (bool, True): a cation SCF at a geometry where the neutral's
+            HOMO is degenerate (occupied orbitals within
+            :data:`~sim_backends.scf_guess.DEGENERATE_HOMO_EH` of it; the neutral at that
+            geometry is the one the four-point scheme computes, or one extra SCF) starts,
+            in either ``scf_guess`` mode, from the neutral's orbitals with the hole in each
+            degenerate orbital in turn (the set turned to a fixed orientation on the
+            atoms); each is converged and stability-checked and the lowest is kept (ties
+            within :data:`~sim_backends.scf_guess.HOLE_TIE_EH`: the first placement). Such cations (benzene, 1,3,5-triazine, HCN) have several
+            stable broken-symmetry UKS solutions; which one an SCF reaches depends on its
+            guess, and the lowest is the cation's ground state at this level. A relaxation
+            starts from the lowest placement at its start geometry and follows it.
+        degenerate_grid_level (int, 3): when the first neutral SCF (at the neutral's start
+            geometry) has a degenerate HOMO, the whole evaluation (all four energies, one
+            grid) is done again on at least this grid level. The pruned level-1 grid is not
+            symmetric under the molecule's point group: it splits the degenerate HOMO
+            (benzene 1.1e-5, 1,3,5-triazine 1.0e-5 Eh) and turns the rotation of the hole
+            within the pair into a rippled surface with several stable cation states up to
+            9e-6 Eh apart, which the guess picks between; on level 3 the spread is below
+            1e-6 Eh (B3LYP/6-31G, ``benchmarks/results/NOTES.md``). The level-1 neutral SCF
+            stays in the records; ``extra["grid_level"]`` is the level used.
     """
 
     name = "dft-reorg"
@@ -435,7 +461,8 @@ class DftReorgBackend(ReorgBackend):
         "max_opt_steps": check.integer(1), "threads": check.integer(1, 1024),
         "density_fit": check.boolean, "grid_level": check.integer(0, 9),
         "scf_guess": check.one_of("auto", "default"), "stability_check": check.boolean,
-        "stability_followups": check.integer(0),
+        "stability_followups": check.integer(0), "degenerate_holes": check.boolean,
+        "degenerate_grid_level": check.integer(0, 9),
     }
 
     def _p(self, params: dict[str, Any], key: str) -> Any:
@@ -476,16 +503,28 @@ class DftReorgBackend(ReorgBackend):
         self._scf_mode = str(self._p(inp.params, "scf_guess"))
         self._stability = bool(self._p(inp.params, "stability_check"))
         self._max_followups = int(self._p(inp.params, "stability_followups"))
+        self._degenerate_holes = bool(self._p(inp.params, "degenerate_holes"))
+        self._grid_floor = 0
+        self._sp_energies: dict[tuple, float] = {}
         self._scf_states: list[dict[str, Any]] = []
         self._scf_records: list[dict[str, Any]] = []
         try:
-            values, extra = super()._evaluate(inp)
+            try:
+                values, extra = super()._evaluate(inp)
+            except _FinerGrid:
+                self._grid_floor = int(self._p(inp.params, "degenerate_grid_level"))
+                self._scf_states, self._sp_energies = [], {}
+                values, extra = super()._evaluate(inp)
+            extra["grid_level"] = max(int(self._p(inp.params, "grid_level")), self._grid_floor)
+            extra["degenerate_homo"] = self._grid_floor > 0
             extra["scf_guess"] = self._scf_mode
             extra["scf"] = self._scf_records
             extra["scf_fock_builds_total"] = sum(r["fock_builds"] for r in self._scf_records)
             extra["scf_fallbacks"] = [f"{r['what']}: {r['fallback']}" for r in self._scf_records
                                       if "fallback" in r]
             stab = [r["stability"] for r in self._scf_records if "stability" in r]
+            holes = [r["hole_placement"] for r in self._scf_records if "hole_placement" in r]
+            extra["scf_hole_placements"] = holes
             extra["scf_stability"] = {
                 "checks": sum(x["checks"] for x in stab), "followups": sum(x["followups"] for x in stab),
                 "fock_builds": sum(x["fock_builds"] for x in stab),
@@ -495,7 +534,8 @@ class DftReorgBackend(ReorgBackend):
             return values, extra
         finally:
             # orbitals belong to one evaluation; keep pickles small
-            self._scf_states, self._scf_records = [], []
+            self._scf_states, self._scf_records, self._sp_energies = [], [], {}
+            self._grid_floor = 0
 
     def _start_geometries(self, symbols, coords_A, params):
         geom = str(self._p(params, "geometry"))
@@ -522,7 +562,7 @@ class DftReorgBackend(ReorgBackend):
         mf.xc = str(self._p(params, "functional"))
         mf.max_cycle = int(self._p(params, "max_cycles"))
         mf.conv_tol = float(self._p(params, "conv_tol"))
-        mf.grids.level = int(self._p(params, "grid_level"))
+        mf.grids.level = max(int(self._p(params, "grid_level")), getattr(self, "_grid_floor", 0))
         if bool(self._p(params, "density_fit")):
             mf = mf.density_fit()
         return mf
@@ -535,9 +575,37 @@ class DftReorgBackend(ReorgBackend):
         if states is not None and getattr(mf, "mo_coeff", None) is not None:
             states.append({"charge": state[0], "xyz_A": mf.mol.atom_coords() * lib.param.BOHR,
                            "nao": int(mf.mol.nao), "mo_coeff": mf.mo_coeff, "mo_occ": mf.mo_occ,
+                           "mo_energy": getattr(mf, "mo_energy", None), "basis": str(mf.mol.basis),
                            "label": label})
 
-    def _converged_scf(self, mf, label: str, state: tuple[int, int]):
+    def _converged_scf(self, mf, label: str, state: tuple[int, int], params: dict[str, Any] | None = None):
+        """Converge ``mf`` (state ``state``); RunError if it fails.
+
+        A cation at a geometry where the neutral's HOMO is degenerate (``degenerate_holes``,
+        needs ``params``) goes to :meth:`_lowest_hole_placement`; every other SCF to
+        :meth:`_single_scf`. The converged state is kept as a guess for later SCFs.
+        """
+        from sim_backends.scf_guess import degenerate_holes
+
+        if state == CATION and params is not None and getattr(self, "_degenerate_holes", False):
+            neutral = self._neutral_at(mf.mol, params)
+            holes = degenerate_holes(neutral["mo_energy"], neutral["mo_occ"]) if neutral is not None else []
+            if holes:
+                mf = self._lowest_hole_placement(mf, label, state, neutral, holes)
+                self._remember(mf, state, label)
+                return mf
+        mf, rec = self._single_scf(mf, label, state)
+        getattr(self, "_scf_records", []).append(rec)
+        if (state == NEUTRAL and len(getattr(self, "_scf_records", [])) == 1 and params is not None
+                and getattr(self, "_degenerate_holes", False)
+                and int(mf.grids.level) < int(self._p(params, "degenerate_grid_level"))
+                and degenerate_holes(mf.mo_energy, mf.mo_occ)):
+            rec["degenerate_homo"] = "evaluation redone on a finer grid"
+            raise _FinerGrid
+        self._remember(mf, state, label)
+        return mf
+
+    def _single_scf(self, mf, label: str, state: tuple[int, int], guess_dm=None, guess_label: str = ""):
         """Run the SCF (:func:`sim_backends.scf_guess.solve`); RunError if it fails.
 
         With ``scf_guess="auto"`` the initial guess is the closest converged state of
@@ -546,14 +614,19 @@ class DftReorgBackend(ReorgBackend):
         re-occupied for this charge by :func:`~sim_backends.scf_guess.state_density`;
         without PySCF's extra check cycle), else PySCF's default; a guess that fails falls back to the default guess. If
         DIIS does not converge from the default guess either, one second-order SCF
-        attempt follows from its last density. The SCF record goes to ``extra["scf"]``.
+        attempt follows from its last density. ``guess_dm`` (labelled ``guess_label``)
+        replaces the mode's guess. Open-shell states are stability-checked
+        (:meth:`_stable`). Returns ``(mf, record)``.
         """
         from pyscf import lib
 
         from sim_backends.scf_guess import closest_state, solve, state_density
 
         dm0, guess = None, "minao"
-        if getattr(self, "_scf_mode", "auto") == "auto":
+        if guess_dm is not None:
+            dm0, guess = guess_dm, guess_label
+            mf.conv_check = False
+        elif getattr(self, "_scf_mode", "auto") == "auto":
             src = closest_state(getattr(self, "_scf_states", []), state[0],
                                 mf.mol.atom_coords() * lib.param.BOHR, int(mf.mol.nao))
             if src is not None:
@@ -580,9 +653,73 @@ class DftReorgBackend(ReorgBackend):
             rec["fock_builds"] = mf.fock_counter["n"]
             for key in ("cpu_s", "wall_s"):  # the record's totals include the check
                 rec[key] = round(rec.get(key, 0.0) + rec["stability"][key], 4)
-        getattr(self, "_scf_records", []).append(rec)
-        self._remember(mf, state, label)
-        return mf
+        return mf, rec
+
+    def _neutral_at(self, mol, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The converged closed-shell neutral of this evaluation at ``mol``'s geometry and
+        basis (a remembered state), else one neutral SCF there, whose energy
+        :meth:`_energy` then reuses. None if the neutral is not closed-shell."""
+        import numpy as np
+        from pyscf import lib
+
+        if mol.nelectron % 2 == 0:  # the cation has an even count: the neutral is open-shell
+            return None
+        xyz = mol.atom_coords() * lib.param.BOHR
+        for st in reversed(getattr(self, "_scf_states", [])):
+            if (st["charge"] == NEUTRAL[0] and st.get("basis") == str(mol.basis) and st["xyz_A"].shape == xyz.shape
+                    and np.ndim(st["mo_coeff"]) == 2 and st.get("mo_energy") is not None
+                    and np.abs(st["xyz_A"] - xyz).max() < 1e-6):
+                return st
+        symbols = [mol.atom_pure_symbol(k) for k in range(mol.natm)]
+        p = {**params, "basis": mol.basis}
+        nmf = self._converged_scf(self._mean_field(symbols, xyz, NEUTRAL, p), "charge +0 single point", NEUTRAL, p)
+        self._sp_energies[self._sp_key(NEUTRAL, p, xyz)] = float(nmf.e_tot) * EV_PER_HARTREE
+        return self._scf_states[-1]
+
+    def _sp_key(self, state: tuple[int, int], params: dict[str, Any], coords_A) -> tuple:
+        import numpy as np
+
+        return (state, str(self._p(params, "basis")).lower(), np.round(np.asarray(coords_A, float), 6).tobytes())
+
+    def _lowest_hole_placement(self, mf, label: str, state: tuple[int, int], neutral: dict[str, Any],
+                               holes: list[int]):
+        """Converge the cation from the neutral's orbitals with the hole in each degenerate
+        orbital ``holes``, each stability-checked; return the lowest. The degenerate
+        orbitals are first turned to a fixed orientation
+        (:func:`~sim_backends.scf_guess.canonical_degenerate_orbitals`: the most weight on
+        the first atom that splits them first), so the placements do not depend on how the
+        neutral's SCF happened to orient them. A
+        placement that fails is recorded and skipped; RunError if all fail. The chosen
+        SCF's record carries ``hole_placement`` (holes, neutral orbital gap, energies)."""
+        import numpy as np
+
+        from sim_backends.scf_guess import HOLE_TIE_EH, canonical_degenerate_orbitals, hole_density
+
+        c = np.array(neutral["mo_coeff"], float)
+        c[:, holes], atom = canonical_degenerate_orbitals(mf.mol, c, holes)
+        oriented = {**neutral, "mo_coeff": c}
+        done, errors = [], []
+        fresh = [mf] + [mf.copy() for _ in holes[1:]]  # unrun SCF objects (grid and DF shared)
+        for cand, (k, hole) in zip(fresh, enumerate(holes)):
+            what = f"{label} (hole in neutral orbital {hole})"
+            try:
+                cand, rec = self._single_scf(cand, what, state, hole_density(oriented, hole),
+                                             f"{neutral['label']} hole {hole}")
+            except RunError as exc:
+                errors.append(f"hole {hole}: {exc}")
+                continue
+            getattr(self, "_scf_records", []).append(rec)
+            done.append((float(cand.e_tot), k, hole, cand, rec))
+        if not done:
+            raise RunError(f"no hole placement of the {label} state converged: {'; '.join(errors)}",
+                           retryable=False)
+        e_min = min(d[0] for d in done)
+        e, _, hole, best, rec = min((d for d in done if d[0] - e_min < HOLE_TIE_EH), key=lambda d: d[1])
+        e_n = np.asarray(neutral["mo_energy"])
+        rec["hole_placement"] = {"what": label, "holes": holes, "chosen": hole, "oriented_on_atom": atom,
+                                 "neutral_gap_eh": float(e_n[holes[0]] - e_n[holes[-1]]),
+                                 "energies_eh": {str(d[2]): d[0] for d in done}, "failed": errors}
+        return best
 
     def _stable(self, mf, label: str, rec: dict[str, Any]):
         """Follow internal instabilities of a converged UKS ``mf``
@@ -601,8 +738,11 @@ class DftReorgBackend(ReorgBackend):
         return mf
 
     def _energy(self, symbols, coords_A, state, params):
+        done = getattr(self, "_sp_energies", {}).get(self._sp_key(state, params, coords_A))
+        if done is not None:  # computed earlier for a degenerate-HOMO check (same SCF)
+            return done
         mf = self._mean_field(symbols, coords_A, state, params)
-        mf = self._converged_scf(mf, f"charge {state[0]:+d} single point", state)
+        mf = self._converged_scf(mf, f"charge {state[0]:+d} single point", state, params)
         return float(mf.e_tot) * EV_PER_HARTREE
 
     def _relax(self, symbols, coords_A, state, params):
@@ -610,14 +750,15 @@ class DftReorgBackend(ReorgBackend):
 
         label = f"charge {state[0]:+d}"
         if self._p(params, "geometry") == "xtb":
-            mf = self._converged_scf(self._mean_field(symbols, coords_A, state, params), label, state)
+            mf = self._converged_scf(self._mean_field(symbols, coords_A, state, params), label, state, params)
             return float(mf.e_tot) * EV_PER_HARTREE, np.asarray(coords_A, float), {"n_opt_steps": 0}
         opt_basis = self._p(params, "opt_basis")
         relax_params = {**params, "basis": opt_basis} if opt_basis else params
         coords = coords_A
         for attempt in range(1 + MAX_RELAX_RESTARTS):
             what = label if attempt == 0 else f"{label} (restart {attempt})"
-            mf = self._converged_scf(self._mean_field(symbols, coords, state, relax_params), what, state)
+            mf = self._converged_scf(self._mean_field(symbols, coords, state, relax_params), what, state,
+                                     relax_params)
             energy_ev, coords, info, followed = self._geometric_relax(mf, symbols, state, relax_params, what)
             if not followed:
                 break
@@ -679,7 +820,7 @@ class DftReorgBackend(ReorgBackend):
         if at_end and last.get("mf") is not None and state[1] != 1 and getattr(self, "_stability", True):
             # the scanner carries one electronic state along the path: check it at the end
             rec = getattr(self, "_scf_records", [{}])[-1] if getattr(self, "_scf_records", None) else {}
-            self._stable(last["mf"], f"{label} relaxed", rec)
+            last["mf"] = self._stable(last["mf"], f"{label} relaxed", rec)
             followed = rec["stability"]["followups"] > 0
             rec["fock_builds"] = counter["n"] - n0
             for key in ("cpu_s", "wall_s"):

@@ -34,11 +34,17 @@ Contracts:
   the lowest eigenvalue of the orbital Hessian (:func:`lowest_orbital_hessian_mode`,
   PySCF's ``uhf_internal`` Hessian with better Davidson start vectors) is below
   -:data:`UNSTABLE_EIGENVALUE`, the SCF restarts from the orbitals rotated along that
-  mode, at most ``max_followups`` times; its record says whether the final state is
-  stable, and counts the checks, restarts, builds and the energy lowered. Open-shell SCFs
+  mode in both directions and keeps the lower, at most ``max_followups`` times; its
+  record says whether the final state is stable, and counts the checks, restarts, builds and the energy lowered. Open-shell SCFs
   can converge to saddle points (the hole in the wrong one of near-degenerate orbitals)
   whose energy depends on the guess by far more than the SCF threshold; the default-guess
   agreement above holds for open shells only after this check.
+* :func:`degenerate_holes`, :func:`canonical_degenerate_orbitals` and
+  :func:`hole_density` give the cation guesses of a closed-shell neutral whose HOMO is
+  degenerate (within :data:`DEGENERATE_HOMO_EH`): one per degenerate orbital, the set
+  turned to an orientation fixed by the atoms, so that two SCF paths try the same
+  placements. Such cations have several stable broken-symmetry solutions that a stability
+  check cannot choose between; the backends keep the lowest placement.
 
 PySCF is imported inside functions.
 
@@ -621,7 +627,9 @@ def _rotated_orbitals(mf: Any, step: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def follow_instabilities(mf: Any, max_followups: int = MAX_STABILITY_FOLLOWUPS) -> tuple[Any, dict[str, Any]]:
     """Make a converged UKS solution internally stable: while the orbital Hessian has an
     eigenvalue below -:data:`UNSTABLE_EIGENVALUE`, restart the SCF from the orbitals
-    rotated along that mode (PySCF's recipe), at most ``max_followups`` times.
+    rotated along that mode (PySCF's recipe) in both directions (the mode's sign is
+    arbitrary and the two can descend to different states: benzene cation, B3LYP/6-31G,
+    9e-6 Eh apart) and keep the lower, at most ``max_followups`` times.
 
     A converged UKS state can be a saddle point in orbital space (an excited
     configuration, e.g. the hole in the wrong one of two near-degenerate orbitals);
@@ -657,13 +665,89 @@ def follow_instabilities(mf: Any, max_followups: int = MAX_STABILITY_FOLLOWUPS) 
             break
         if rec["followups"] >= max_followups:
             break
-        mo = _rotated_orbitals(mf, mode)
-        mf.kernel(dm0=mf.make_rdm1(mo, mf.mo_occ))
+        # both directions along the mode (its sign is arbitrary; the energy along it need
+        # not be even): converge each, keep the lower converged one
+        starts = [mf.make_rdm1(_rotated_orbitals(mf, sign * mode), mf.mo_occ) for sign in (1.0, -1.0)]
+        other = mf.copy()  # shares the Fock-build counter
+        mf.kernel(dm0=starts[0])
+        other.kernel(dm0=starts[1])
         rec["followups"] += 1
-        if not mf.converged:
+        ends = [x for x in (mf, other) if x.converged]
+        if not ends:
             rec["not_converged_after_followup"] = True
             break
+        rec.setdefault("followup_energies_eh", []).append(
+            [float(x.e_tot) if x.converged else None for x in (mf, other)])
+        mf = min(ends, key=lambda x: float(x.e_tot))
     rec.update({"stable": stable, "energy_change_eh": float(mf.e_tot) - e0,
                 "fock_builds": counter["n"] - n0, "wall_s": round(time.perf_counter() - t0, 4),
                 "cpu_s": round(time.process_time() - c0, 4)})
     return mf, rec
+
+
+#: occupied orbitals of the closed-shell neutral within this (Eh) of its HOMO form a
+#: degenerate set whose hole placements :func:`degenerate_holes` returns. Symmetry-degenerate
+#: pairs come out split by the DFT grid and geometry noise (B3LYP/6-31G, grid level 1,
+#: GFN2-xTB geometries: benzene 1.1-1.3e-5, 1,3,5-triazine 2-9e-6 Eh); 1e-3 Eh (27 meV) is
+#: two orders above that. An accidental near-degeneracy within it is treated the same way
+#: (HCN at its GFN2-xTB geometry: a sigma orbital 3.4e-4 Eh below the pi pair, 3 placements).
+DEGENERATE_HOMO_EH = 1e-3
+#: hole placements whose converged energies differ by less than this (Eh) are a tie,
+#: resolved by the order of the placements (the oriented degenerate orbitals in turn), not by the noise
+HOLE_TIE_EH = 1e-7
+
+
+def degenerate_holes(mo_energy: np.ndarray, mo_occ: np.ndarray, tol: float = DEGENERATE_HOMO_EH) -> list[int]:
+    """Indices of the occupied orbitals of a closed-shell (RKS) state within ``tol`` (Eh)
+    of its HOMO, HOMO first, when there are at least two (a degenerate HOMO); else ``[]``."""
+    import numpy as np
+
+    e, occ = np.asarray(mo_energy, float), np.asarray(mo_occ, float)
+    if e.ndim != 1 or occ.shape != e.shape:
+        return []
+    occupied = np.flatnonzero(occ > 0)
+    if len(occupied) < 2:
+        return []
+    homo = occupied[np.argmax(e[occupied])]
+    near = [int(i) for i in occupied[np.argsort(-e[occupied], kind="stable")] if e[homo] - e[i] < tol]
+    return near if len(near) >= 2 else []
+
+
+def hole_density(source: dict[str, Any], hole: int) -> np.ndarray:
+    """UKS guess (2, n, n) of the cation with the hole in orbital ``hole`` of a converged
+    closed-shell state ``source`` (``mo_coeff`` (n, n), ``mo_occ`` (n,)) at the same geometry:
+    every occupied orbital in alpha, all but ``hole`` in beta."""
+    import numpy as np
+
+    c, occ = np.asarray(source["mo_coeff"]), np.asarray(source["mo_occ"])
+    if c.ndim != 2 or not occ[hole] > 0:
+        raise ValueError("hole_density needs a closed-shell source and an occupied hole orbital")
+    alpha = c[:, occ > 0]
+    beta = c[:, (occ > 0) & (np.arange(len(occ)) != hole)]
+    return np.stack([alpha @ alpha.T, beta @ beta.T])
+
+
+def canonical_degenerate_orbitals(mol: Any, mo_coeff: np.ndarray, idx: list[int],
+                                  min_split: float = 1e-3) -> tuple[np.ndarray, int | None]:
+    """A fixed orientation of a degenerate set of orbitals ``mo_coeff[:, idx]``.
+
+    Within a (near-)degenerate set the eigenvectors of a converged Fock matrix are fixed only
+    by the noise that splits it (grid, SCF residual), so two SCFs of the same state can return
+    them turned by any angle. Here the set is re-diagonalised on the Loewdin population of
+    the first atom that splits it by at least ``min_split`` (the orbital with the most weight
+    on that atom first): for benzene's e1g pair, the pi orbital with its largest lobe on C1
+    and the one with a node there. Returns ``(coefficients (n_ao, len(idx)), atom)``, or the
+    input orbitals and None when no atom splits the set (e.g. the pi pair of a linear
+    molecule, whose placements are exactly equivalent).
+    """
+    import numpy as np
+
+    c = np.asarray(mo_coeff)[:, idx]
+    s = mol.intor_symmetric("int1e_ovlp")
+    w, v = np.linalg.eigh(s)
+    x = (v * np.sqrt(w)) @ v.T @ c  # Loewdin coefficients (orthonormal columns)
+    for atom, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
+        e, u = np.linalg.eigh(x[p0:p1].T @ x[p0:p1])
+        if np.min(np.diff(e)) >= min_split:
+            return c @ u[:, ::-1], atom
+    return c, None

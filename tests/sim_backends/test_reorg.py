@@ -152,8 +152,10 @@ def _hcn(**params):
 
 
 def test_cation_stability_follow_up_makes_both_guesses_land_in_the_same_state():
-    unchecked = _hcn(scf_guess="default", stability_check=False)
-    default, auto = _hcn(scf_guess="default"), _hcn(scf_guess="auto")
+    # the stability check alone (the degenerate-hole rule would start HCN+ at the neutral
+    # geometry from the neutral's orbitals in both modes)
+    unchecked = _hcn(scf_guess="default", stability_check=False, degenerate_holes=False)
+    default, auto = (_hcn(scf_guess=m, degenerate_holes=False) for m in ("default", "auto"))
     e0, e_def, e_auto = (r.extra["energies_ev"] for r in (unchecked, default, auto))
     # the stability follow-up lowers the minao cation states (0.0090 Eh at the cation geometry)
     assert e_def["C@C"] < e0["C@C"] - 0.001 * 27.2114
@@ -169,8 +171,48 @@ def test_cation_stability_follow_up_makes_both_guesses_land_in_the_same_state():
     assert unchecked.extra["scf_stability"]["checks"] == 0
 
 
+def test_degenerate_homo_cation_is_the_lowest_hole_placement_from_either_guess():
+    """HCN's neutral HOMO (pi) is degenerate at its own geometry: the evaluation is redone
+    on grid level 3, and in both guess modes the cation there starts from the neutral's
+    orbitals with the hole in each degenerate orbital; the lowest (stable) state is kept,
+    so both modes agree to 1e-6 Eh."""
+    res = {m: _hcn(scf_guess=m) for m in ("default", "auto")}
+    for r in res.values():
+        assert r.extra["grid_level"] == 3 and r.extra["degenerate_homo"]
+        first = r.extra["scf"][0]  # the level-1 neutral SCF that found the degenerate HOMO
+        assert first["what"] == "charge +0" and first["degenerate_homo"].startswith("evaluation redone")
+    e_def, e_auto = (res[m].extra["energies_ev"] for m in ("default", "auto"))
+    for key in e_def:
+        assert e_auto[key] == pytest.approx(e_def[key], abs=1e-6 * 27.2114)
+    for r in res.values():
+        (hp,) = r.extra["scf_hole_placements"]  # C@N only: at the cation geometry it is not degenerate
+        assert hp["what"] == "charge +1 single point" and len(hp["holes"]) >= 2
+        energies = {int(k): v for k, v in hp["energies_eh"].items()}
+        assert set(energies) == set(hp["holes"]) and not hp["failed"]
+        assert energies[hp["chosen"]] == min(energies.values())
+        assert r.extra["energies_ev"]["C@N"] == pytest.approx(min(energies.values()) * 27.211386246, abs=1e-9)
+        placed = [x for x in r.extra["scf"] if "hole in neutral orbital" in x["what"]]
+        assert len(placed) == len(hp["holes"]) and all(x["stability"]["stable"] for x in placed)
+        # the neutral at the cation geometry is computed once (before the cation, reused for N@C)
+        assert sum(x["what"] == "charge +0 single point" for x in r.extra["scf"]) == 1
+    coarse = _hcn(scf_guess="default", degenerate_grid_level=1)  # no finer grid: same rule on level 1
+    assert coarse.extra["grid_level"] == 1 and len(coarse.extra["scf_hole_placements"]) == 1
+
+
+def test_non_degenerate_cations_are_unchanged_by_the_degenerate_hole_rule():
+    """Formaldehyde (non-degenerate HOMO): no hole placements, the same SCFs and energies."""
+    res = {flag: DftReorgBackend(geometry="xtb", scf_guess="default", degenerate_holes=flag).evaluate(
+        EvalInput("C=O")) for flag in (True, False)}
+    assert res[True].extra["scf_hole_placements"] == []
+    assert res[True].extra["grid_level"] == 1 and not res[True].extra["degenerate_homo"]
+    assert len(res[True].extra["scf"]) == len(res[False].extra["scf"]) == 4
+    for key, e in res[False].extra["energies_ev"].items():
+        assert res[True].extra["energies_ev"][key] == pytest.approx(e, abs=1e-9 * 27.2114)
+    assert res[True].status == res[False].status
+
+
 def test_cation_state_still_unstable_after_the_cap_is_a_failed_evaluation():
-    res = _hcn(scf_guess="default", stability_followups=0)
+    res = _hcn(scf_guess="default", stability_followups=0, degenerate_holes=False)
     assert res.status == "failed" and not res.retryable and res.values == {}
     assert res.reason.startswith("run: UKS solution of the charge +1 state is unstable")
     assert "after 0 follow-up(s)" in res.reason
@@ -197,3 +239,18 @@ def test_pyridine_cation_lands_in_the_stable_state_from_either_guess():
     lam = [r.values["reorg_energy_kjmol"] for r in res.values()]
     assert lam[0] == pytest.approx(lam[1], abs=0.01) and 55.0 < lam[0] < 65.0
     assert "charge +1 single point" in res["default"].extra["scf_stability"]["followed"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("smiles", ["c1ccccc1", "c1ncncn1"])
+def test_exactly_degenerate_cations_give_the_same_energies_from_either_guess(smiles):
+    """Benzene and 1,3,5-triazine (degenerate HOMO, several stable broken-symmetry UKS
+    cation states): B3LYP/6-31G//GFN2-xTB energies of both guess modes agree to 1e-6 Eh
+    (on grid level 1 and without the degenerate-HOMO rules: 9.2e-6 and 7.4e-6 Eh)."""
+    res = {m: DftReorgBackend(geometry="xtb", scf_guess=m).evaluate(EvalInput(smiles))
+           for m in ("default", "auto")}
+    e_def, e_auto = (res[m].extra["energies_ev"] for m in ("default", "auto"))
+    for key in e_def:
+        assert e_auto[key] == pytest.approx(e_def[key], abs=1e-6 * 27.2114)
+    for r in res.values():  # grid level 3; both cation states sit at a degenerate-HOMO geometry
+        assert r.extra["grid_level"] == 3 and len(r.extra["scf_hole_placements"]) == 2

@@ -229,7 +229,10 @@ def test_dft_reorg_closest_state_guesses_give_the_default_energies():
     scf = results["auto"].extra["scf"]
     # neutral first (nothing converged yet), then every SCF from a converged state
     assert scf[0]["guess"] == "minao" and scf[1]["guess"] == "charge +0"
-    assert all(r["guess"] in ("charge +0", "charge +1") for r in scf[2:]) and len(scf) == 4
+    # (the neutral at the cation geometry comes before the cation: its orbitals decide whether
+    # the HOMO is degenerate, and the N@C energy reuses it)
+    assert all(r["guess"].startswith(("charge +0", "charge +1")) for r in scf[2:]) and len(scf) == 4
+    assert not results["auto"].extra["scf_hole_placements"]  # furan's HOMO is not degenerate
     assert {r["guess"] for r in results["default"].extra["scf"]} == {"minao"}
     assert all(r["fock_builds"] > 0 and r["cycles"] > 0 for r in scf)
 
@@ -404,3 +407,32 @@ def test_stability_cap_reports_an_unstable_state():
     mf, rec = follow_instabilities(excited, max_followups=0)
     assert not rec["stable"] and rec["followups"] == 0 and rec["checks"] == 1
     assert mf.e_tot == e0
+
+
+def test_degenerate_holes_lists_the_orbitals_within_the_threshold_of_the_homo():
+    from sim_backends.scf_guess import DEGENERATE_HOMO_EH, degenerate_holes
+
+    occ = np.array([2.0, 2.0, 2.0, 2.0, 0.0, 0.0])
+    e = np.array([-1.0, -0.6, -0.30001, -0.3, 0.1, 0.1])
+    assert degenerate_holes(e, occ) == [3, 2]  # HOMO first; the degenerate virtuals do not count
+    e_far = e.copy()
+    e_far[2] = -0.3 - 2 * DEGENERATE_HOMO_EH
+    assert degenerate_holes(e_far, occ) == []
+    # a threefold set, equal energies in index order
+    assert degenerate_holes(np.array([-1.0, -0.3, -0.3, -0.3]), np.array([2.0, 2.0, 2.0, 2.0])) == [1, 2, 3]
+    assert degenerate_holes(e, np.stack([occ, occ])) == []  # not a closed-shell state
+
+
+def test_hole_density_empties_one_beta_orbital():
+    from sim_backends.scf_guess import hole_density
+
+    rng = np.random.default_rng(3)
+    c, _ = np.linalg.qr(rng.normal(size=(6, 6)))  # orthonormal orbitals (S = 1)
+    occ = np.array([2.0, 2.0, 2.0, 0.0, 0.0, 0.0])
+    dm = hole_density({"mo_coeff": c, "mo_occ": occ}, 1)
+    assert dm.shape == (2, 6, 6)
+    assert np.trace(dm[0]) == pytest.approx(3.0) and np.trace(dm[1]) == pytest.approx(2.0)
+    assert c[:, 1] @ dm[1] @ c[:, 1] == pytest.approx(0.0, abs=1e-12)  # the hole
+    assert c[:, 1] @ dm[0] @ c[:, 1] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        hole_density({"mo_coeff": c, "mo_occ": occ}, 4)  # a virtual orbital
