@@ -1,5 +1,7 @@
 # Two entry points for a fresh machine (see README):
-#   make demo   installs into .venv (created when missing) and runs the demo campaign
+#   make demo   installs into .venv (created when missing) and runs the demo campaign: the
+#               energy-structure-function loop of examples/esf.toml (about 4 min of a 2-core
+#               machine; the molecule-only campaign is examples/demo.toml)
 #   make test   installs into .venv (created when missing) and runs the test suite
 #   make test-fast  the same without the slow real-physics tests (pytest -m "not slow"), in
 #                   TEST_WORKERS parallel pytest-xdist processes (default 2), whole test files
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/crystal-agent run examples/demo.toml --name demo-$$(date +%Y%m%d-%H%M%S)
+	$(VENV)/bin/crystal-agent run examples/esf.toml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -323,6 +323,7 @@ def test_status_and_report_show_the_esf_results(esf_replay):
 
     from agent.campaign import Campaign
     from agent.report import write_plots
+    from agent.esf_report import hole_warnings
     from agent.summary import status_lines, status_record
     from sim_backends.esf import esf_records
     from sim_backends.structures import load_crystal
@@ -347,6 +348,7 @@ def test_status_and_report_show_the_esf_results(esf_replay):
         ok = [s for s in truth["structures"] if "mobility_hole_cm2Vs" in s]
         assert len(r["structures"]) == len(ok) and r["global_minimum"]["rel_kjmol"] == 0.0
         assert "cif_text" not in r["global_minimum"]  # status carries paths, not CIF texts
+        assert r["warnings"] == hole_warnings(x.get("warnings") for x in truth["structures"])
     text = "\n".join(status_lines(rec))
     best = esf[0]
     assert f"{best['name']}: mu_h = {best['mean']:.1e} ± {best['sd']:.1e} cm2/(V s)" in text
@@ -360,6 +362,36 @@ def test_status_and_report_show_the_esf_results(esf_replay):
     assert cif.is_file() and cif.parent == esf_replay / "esf" / "structures"
     assert load_crystal(cif.read_text(), best["smiles"]).z == after["esf"][0]["global_minimum"]["z"]
     assert str(cif) in "\n".join(status_lines(after))
+
+
+def test_status_warns_when_the_mobility_rests_on_a_degenerate_homo():
+    """A landscape whose transfer integrals carry a degenerate-HOMO warning (coronene,
+    benzene: single-orbital |J| ill-defined) gets a WARNING line under it in status and a
+    warnings column in report/esf_results.csv; electron-only warnings do not (the
+    objective is the hole mobility)."""
+    import csv
+
+    from agent.esf_report import esf_lines, hole_warnings, write_esf_table
+
+    hole = "hole: frontier orbital within 0 meV of the next one (degenerate pair); single-orbital |J| is ill-defined"
+    electron = hole.replace("hole:", "electron:")
+    assert hole_warnings([[hole, electron], [hole], None]) == [f"{hole} (2 of 3 structures)"]
+    assert hole_warnings([[electron], []]) == []
+    gm = {"id": "m0001", "energy_kjmol": -100.0, "rel_kjmol": 0.0, "mobility_hole_cm2Vs": 8.2,
+          "density_gcm3": 1.46, "space_group": "P2_1/c", "z": 4, "cif": None}
+    rec = {"molecule_id": 36, "name": "coronene", "smiles": "c1cc2ccc3ccc4ccc5ccc6ccc1c1c2c3c4c5c61",
+           "source": "molecule stage", "backend": "esf-refined", "level": "GFN2-xTB", "mean": 7.2, "sd": 1.8,
+           "n_in_window": 6, "structures": [gm], "global_minimum": gm,
+           "warnings": hole_warnings([[hole]] * 6)}
+    lines = esf_lines([rec])
+    assert lines[-1] == f"    WARNING {hole} (6 of 6 structures)"
+    assert not any("WARNING" in x for x in esf_lines([{**rec, "warnings": []}]))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_esf_table([rec], Path(tmp) / "esf_results.csv")
+        row = next(csv.DictReader(path.open()))
+    assert row["warnings"] == f"{hole} (6 of 6 structures)"
 
 
 def validate(smiles):
