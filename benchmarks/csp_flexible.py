@@ -253,9 +253,8 @@ def relaxed_experiment(structure, ens, land) -> dict:
     landscape's global minimum, the rank it would take (1 + minima below it), the space group of
     the relaxed crystal (spglib via pymatgen, symprec 0.1) and the first five landscape minima it
     matches (:meth:`Landscape.find_matches`, heavy atoms, stol 0.4: loose enough to match another
-    conformer in a similar packing, so each match lists its conformer and torsions). ``model_check_kjmol``: the
-    landscape's lowest minimum re-evaluated with the same code minus its landscape energy (about 0
-    when the two energies are on one scale; that minimum's own conformer)."""
+    conformer in a similar packing, so each match lists its conformer and torsions; a match of the
+    same conformer at rms ~0 has the same energy when the search found that basin)."""
     import numpy as np
 
     from sim_backends.base import SetupError
@@ -287,19 +286,6 @@ def relaxed_experiment(structure, ens, land) -> dict:
             "space_group": detect_space_group(relaxed)[0],
             "matches": [{"rank": k, "id": h.id, "E_kjmol": h.energy_kjmol, "rms": rms,
                          **land.meta["minimum_conformers"][h.id]} for k, h, rms in hits]})
-    if land.minima:
-        m = land.minima[0]
-        rec = land.meta["minimum_conformers"][m.id]
-        conf = ens.conformers[rec["conformer"]]
-        if not rec["relaxed"]:
-            st = m.structure
-            try:
-                crystal = rigid_crystal([s.specie.symbol for s in st], st.cart_coords, st.lattice.matrix,
-                                        molecule=conf.molecule, max_fit_rmsd_A=0.05)
-                e_check = relax_rigid(LatticeEnergyModel(conf.molecule), crystal, max_iter=0)["e_start_kjmol"]
-                out["model_check_kjmol"] = e_check + conf.energy_kjmol - m.energy_kjmol
-            except SetupError as exc:
-                out["model_check_kjmol"] = str(exc)
     ok = [c for c in out["conformers"] if "E_latt_kjmol" in c]
     if ok:
         out["best"] = min(ok, key=lambda c: c["E_latt_kjmol"])
