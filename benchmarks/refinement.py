@@ -808,7 +808,7 @@ def main(argv: list[str] | None = None) -> dict:
     out: dict = {"benchmark": "refinement", "top_k": TOP_K, "window_kjmol": args.window, "seeds": args.seeds,
                  "batches": batches, "n_initial": args.n_initial, "settings": agent.label,
                  "explore": {"above": explore[0], "fraction": explore[1]},
-                 "skill_ratio": agent.skill_ratio, "landscapes": {}}
+                 "skill_ratio": agent.skill_ratio, "past_completion": args.past_completion, "landscapes": {}}
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     stem, progress_stem = result_stems(args, cases, baselines, explore)
@@ -837,14 +837,17 @@ def main(argv: list[str] | None = None) -> dict:
 def combine(files, console) -> dict:
     """Merge result files (same agent settings, seeds and batch sizes), print the tables and
     leave-one-landscape-out; writes ``refinement.json`` when they cover every known landscape
-    with the default settings, else ``refinement_combined.json``."""
+    with the default settings, else ``refinement_combined.json`` (``_past<N>`` for runs that
+    went on past completion)."""
     parts = []
     for f in files:
         try:
             parts.append(json.loads(Path(f).read_text().splitlines()[-1]))
         except (OSError, ValueError, IndexError) as exc:
             raise LandscapeError(f"cannot read result file {f}: {exc}") from None
-    keys = ("settings", "seeds", "batches", "n_initial", "window_kjmol")
+    for p in parts:  # files written before the option ran to completion only
+        p["past_completion"] = p.get("past_completion") or 0
+    keys = ("settings", "seeds", "batches", "n_initial", "window_kjmol", "past_completion")
     for p in parts[1:]:
         if any(p.get(k) != parts[0].get(k) for k in keys):
             raise LandscapeError("result files differ in " + ", ".join(k for k in keys if p.get(k) != parts[0].get(k)))
@@ -859,10 +862,11 @@ def combine(files, console) -> dict:
     known = {load_name for load_name in _known_names()}
     default = (out["settings"] == AgentSettings().label and out["seeds"] == 7 and batches == [1, 4]
                and out.get("window_kjmol", WINDOW_KJMOL) == WINDOW_KJMOL
-               and out.get("n_initial", 0) == 0 and known <= set(out["landscapes"]))
+               and out.get("n_initial", 0) == 0 and not out.get("past_completion") and known <= set(out["landscapes"]))
     results = ROOT / "benchmarks" / "results"
     line = json.dumps(out)
-    (results / ("refinement.json" if default else "refinement_combined.json")).write_text(line + "\n")
+    past = f"_past{out['past_completion']}" if out.get("past_completion") else ""
+    (results / ("refinement.json" if default else f"refinement_combined{past}.json")).write_text(line + "\n")
     print(line)
     return out
 
