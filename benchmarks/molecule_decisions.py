@@ -27,14 +27,19 @@
 
 (b) Optimisation quality, through the real Campaign: minimise the hole reorganisation
     energy at the expensive level under CPU budgets given as fractions of the recorded
-    cost of the expensive level on every molecule, on two replay data sets of real
+    cost of the expensive level on every molecule, on three replay data sets of real
     results (:data:`TABLES`):
 
     * "demo-pool": GFN2-xTB and B3LYP/6-31G//GFN2-xTB, the 22 molecules of
       ``data/benchmarks/reorg_table.csv`` with both, charged the recorded wall seconds;
     * "dftdft": GFN2-xTB and B3LYP/6-31G with both charge states relaxed at that level
       (the campaign's default expensive level), the 12 molecules of
-      ``benchmarks/reorg_validation.py``'s record, charged the recorded CPU seconds.
+      ``benchmarks/reorg_validation.py``'s record, charged the recorded CPU seconds;
+    * "pool60": GFN2-xTB and B3LYP/6-31G//GFN2-xTB with the UKS stability check of
+      every cation SCF, the molecules of ``data/benchmarks/reorg_pool60.csv`` (the 60
+      smallest pool molecules, those of ``data/esf``; made by ``make_reorg_table.py``)
+      with both values, charged the recorded CPU seconds (molecules whose DFT failed the
+      physical-validity checks are left out, as in the other sets).
 
     Every evaluation goes through the ``replay-xtb-reorg`` / ``replay-dft-reorg``
     backends (stored real results, charged their recorded cost; the size-based cost
@@ -327,8 +332,10 @@ LEVELS = ("replay-xtb-reorg", "replay-dft-reorg")
 TABLES = {
     "demo-pool": (ROOT / "data" / "benchmarks" / "reorg_table.csv", "wall"),
     "dftdft": (ROOT / "benchmarks" / "results" / "reorg_validation_progress.jsonl", "cpu"),
+    "pool60": (ROOT / "data" / "benchmarks" / "reorg_pool60.csv", "cpu"),
 }
-LEVEL_NAMES = {"demo-pool": "B3LYP/6-31G//GFN2-xTB", "dftdft": "B3LYP/6-31G, both states relaxed"}
+LEVEL_NAMES = {"demo-pool": "B3LYP/6-31G//GFN2-xTB", "dftdft": "B3LYP/6-31G, both states relaxed",
+               "pool60": "B3LYP/6-31G//GFN2-xTB (UKS stability-checked cations)"}
 _BUILT: dict[str, Path] = {}
 
 
@@ -370,7 +377,7 @@ def table_path(name: str) -> Path:
 
 
 #: the real dft-reorg protocol of each data set, for the replay's size-based cost estimate
-ESTIMATED_GEOMETRY = {"demo-pool": "xtb", "dftdft": "dft"}
+ESTIMATED_GEOMETRY = {"demo-pool": "xtb", "dftdft": "dft", "pool60": "xtb"}
 
 
 def level_params(name: str) -> list[dict]:
@@ -741,7 +748,9 @@ def quality_part(name: str, args: argparse.Namespace, console) -> dict:
                 entry[sname]["paired_vs_agent"] = paired(agent_best, [r[0] for r in results[sname]])
             console.print("paired per seed (agent - baseline, kJ/mol; negative = agent better): "
                           + "; ".join(f"{k}: {v['agent_better']} better / {v['ties']} ties / "
-                                      f"{v['agent_worse']} worse, mean {v['mean_difference_kjmol']:+.2f}"
+                                      f"{v['agent_worse']} worse, mean "
+                                      + ("n/a" if v["mean_difference_kjmol"] is None
+                                         else f"{v['mean_difference_kjmol']:+.2f}")
                                       for k, v in ((k, entry[k]["paired_vs_agent"])
                                                    for k in ("cheap-greedy", "random"))))
             part["budgets"][f"{fraction:g}"] = {"budget_cpu_s": round(budget_s, 1),
@@ -756,8 +765,9 @@ def paired(agent: list[float], baseline: list[float], tol: float = 1e-6) -> dict
     a = np.nan_to_num(np.asarray(agent, dtype=float), nan=np.inf)
     b = np.nan_to_num(np.asarray(baseline, dtype=float), nan=np.inf)
     both = np.isfinite(a) & np.isfinite(b)
-    return {"agent_better": int(np.sum(a < b - tol)), "ties": int(np.sum(np.abs(a - b) <= tol)),
-            "agent_worse": int(np.sum(a > b + tol)),
+    tie = (a == b) | (both & (np.abs(np.where(both, a - b, 0.0)) <= tol))
+    return {"agent_better": int(np.sum(~tie & (a < b))), "ties": int(np.sum(tie)),
+            "agent_worse": int(np.sum(~tie & (a > b))),
             "mean_difference_kjmol": round(float(np.mean(a[both] - b[both])), 3) if both.any() else None}
 
 
