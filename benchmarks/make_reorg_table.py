@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     from sim_backends.base import EvalInput
     from sim_backends.registry import backend_class
 
-    pool = read_pool(args.pool)
+    try:
+        pool = read_pool(args.pool)
+    except FileNotFoundError as exc:
+        sys.exit(f"make_reorg_table: error: {exc}")
     order = [s for s, _ in pool]
     rows = read_table(args.out)
     for s, name in pool:
