@@ -190,27 +190,33 @@ def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput,
         with cpu_limit(cpu_limit_s):
             return instance.evaluate(inp)
     except CpuLimitExceeded as exc:
-        result = EvalResult(
-            backend=backend, backend_version=instance.version, fidelity=instance.fidelity,
-            status="failed", values={}, wall_s=time.perf_counter() - t0,
-            inputs_hash=inp.inputs_hash(backend, instance.version),
-            reason=f"timeout: {exc}", cpu_s=process_cpu_s() - cpu0)
+        result = _failed_result(backend, inp, f"timeout: {exc}", time.perf_counter() - t0,
+                                process_cpu_s() - cpu0, version=instance.version,
+                                fidelity=instance.fidelity)
         result.extra["cpu_limit_s"] = cpu_limit_s
         return result
 
 
-def _failed(task: Task, reason: str, wall_s: float, cpu_s: float) -> EvalResult:
+def _failed_result(backend: str, inp: EvalInput, reason: str, wall_s: float, cpu_s: float,
+                   *, version: str = "?", fidelity: int = 0) -> EvalResult:
+    """The failed evaluation the executor records for a task the backend did not finish
+    (every executor-made failure is built here, so their fields cannot drift)."""
     return EvalResult(
-        backend=task.backend,
-        backend_version="?",
-        fidelity=task.fidelity,
+        backend=backend,
+        backend_version=version,
+        fidelity=fidelity,
         status="failed",
         values={},
         wall_s=wall_s,
-        inputs_hash=task.inp.inputs_hash(task.backend, "?"),
+        inputs_hash=inp.inputs_hash(backend, version),
         reason=reason,
         cpu_s=cpu_s,
     )
+
+
+def _failed(task: Task, reason: str, wall_s: float, cpu_s: float) -> EvalResult:
+    """A failed result for ``task`` where the worker could not report (backend version unknown)."""
+    return _failed_result(task.backend, task.inp, reason, wall_s, cpu_s, fidelity=task.fidelity)
 
 
 #: seconds to wait for a cluster's port and for Ray to join it

@@ -329,3 +329,25 @@ def test_cpu_limited_task_is_a_failed_result_charged_its_cpu(ray_local):
     assert burn.result.reason == "timeout: exceeded 1 CPU s", burn.result.reason
     assert burn.task.n_attempts == 1 and 0.9 < burn.result.cpu_s < 5
     assert out["sleep"].result.ok, out["sleep"].result.reason
+
+
+def test_cpu_limit_failure_is_built_like_every_executor_failure():
+    """In the worker (here in-process, no Ray): a task past its CPU limit is the failed
+    result the executor builds for any unfinished task (one helper), with the backend's
+    version and fidelity, the reason text, the CPU it measured and the limit in extra."""
+    from dataclasses import asdict
+
+    from agent.executor import _evaluate_in_worker, _failed, _failed_result
+
+    inp = EvalInput("CC", params={"burn_s": 20})
+    got = _evaluate_in_worker("_faulty", {}, inp, cpu_limit_s=1.0)
+    assert got.status == "failed" and got.reason == "timeout: exceeded 1 CPU s", got.reason
+    assert 0.9 < got.cpu_s < 5 and got.extra == {"cpu_limit_s": 1.0}
+    want = _failed_result("_faulty", inp, got.reason, got.wall_s, got.cpu_s, version="1")
+    want.extra["cpu_limit_s"] = 1.0
+    assert asdict(got) == asdict(want)
+    # the worker-could-not-report failure: the same fields, version unknown
+    task = Task("t", "_faulty", {}, inp, fidelity=2)
+    lost = _failed(task, "worker died", 3.0, 6.0)
+    assert asdict(lost) == asdict(_failed_result("_faulty", inp, "worker died", 3.0, 6.0, fidelity=2))
+    assert lost.backend_version == "?" and lost.inputs_hash == inp.inputs_hash("_faulty", "?")
