@@ -58,7 +58,9 @@ landscape the setting with the best mean log(agent / min(cheap, random)) on all 
 others, measured on it, next to its in-sample best; and the smallest stop inflation that
 kept the 0.9 promise on the others. Independent runs (e.g. one landscape per process) are
 merged with ``--combine``. Every finished run is appended to a progress file
-(``benchmarks/results/<stem>_progress.jsonl``) and a rerun of the same command resumes.
+(``benchmarks/results/<stem>_progress.jsonl``) and a rerun of the same command resumes;
+a recorded run carries a digest of the landscape's structure list and is not reused once the
+landscape has grown or changed (it is rerun).
 
 Usage::
 
@@ -444,7 +446,18 @@ def surrogate_mae(case: Case, land, stage, low, seed, settings: AgentSettings):
             float(skilled))
 
 
-def _read_progress(progress_path, name) -> dict:
+def landscape_digest(ids) -> str:
+    """Short digest of a landscape's structure ids in their stored order: a run's ``order``
+    holds indices into that list, so a recorded run is reused only on the same list."""
+    import hashlib
+
+    return hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:12]
+
+
+def _read_progress(progress_path, name, digest: str | None = None) -> dict:
+    """Recorded runs of landscape ``name`` by (settings, q, seed). A record that stores the
+    digest of another structure list (the landscape grew or changed) is skipped; records
+    written before digests were stored are taken as they are."""
     recorded: dict[tuple[str, int, int], dict] = {}
     if progress_path is None or not Path(progress_path).exists():
         return recorded
@@ -453,6 +466,8 @@ def _read_progress(progress_path, name) -> dict:
             continue
         rec = json.loads(line)
         if rec.get("landscape") != name or rec.get("driver") != "campaign":  # not older loops' runs
+            continue
+        if digest is not None and rec.get("landscape_digest", digest) != digest:
             continue
         rec["p_complete"] = {float(k): v for k, v in rec["p_complete"].items()}
         rec["mae"] = {float(k): tuple(v) for k, v in rec["mae"].items()}
@@ -480,7 +495,8 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
     global FRAGMENT_TERMS
     case = load_case(path, cheap, expensive, surrogate, window_kjmol)
     n, top = len(case.ids), case.top
-    recorded = _read_progress(progress_path, case.name)
+    digest = landscape_digest(case.ids)
+    recorded = _read_progress(progress_path, case.name, digest)
     if FRAGMENT_TERMS is None:
         FRAGMENT_TERMS = _FragmentTermsOnce()
     cpu_before = FRAGMENT_TERMS.cpu_s()
@@ -528,6 +544,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                     if progress_path is not None:
                         with open(progress_path, "a") as fh:
                             fh.write(json.dumps({**run, "driver": "campaign", "landscape": case.name,
+                                                 "landscape_digest": digest, "n_structures": n,
                                                  "settings": c.label, "q": q,
                                                  "seed": s, "order": [int(i) for i in run["order"]],
                                                  "p_complete": {str(k): v for k, v in run["p_complete"].items()},

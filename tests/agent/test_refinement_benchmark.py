@@ -138,3 +138,19 @@ def test_stop_rule_offsets_and_the_end_of_a_run_past_completion(bench):
     assert not bench._finished({"order": [5, 0, 1, 7], "p_complete": never}, top, 3)
     assert bench._finished({"order": [5, 0, 1, 7, 8, 9], "p_complete": never}, top, 3)  # 3 after completion
     assert bench._finished({"order": [5, 0, 1], "p_complete": levels}, top, 3)  # every rule fired
+
+
+def test_recorded_runs_of_another_structure_list_are_not_reused(bench, tmp_path):
+    """A run's order indexes the landscape's structure list: after the landscape grows (or
+    changes), its recorded runs must not be replayed as if they were runs on the new list."""
+    import json
+
+    old, new = bench.landscape_digest(["m0001", "m0002"]), bench.landscape_digest(["m0001", "m0002", "m0003"])
+    assert old != new and bench.landscape_digest(["m0001", "m0002"]) == old
+    base = {"driver": "campaign", "landscape": "x", "settings": "s", "q": 1, "p_complete": {}, "mae": {}}
+    path = tmp_path / "progress.jsonl"
+    path.write_text("\n".join(json.dumps({**base, **extra}) for extra in (
+        {"seed": 0, "landscape_digest": old}, {"seed": 1, "landscape_digest": new}, {"seed": 2})) + "\n")
+    assert sorted(k[2] for k in bench._read_progress(path, "x", new)) == [1, 2]
+    assert sorted(k[2] for k in bench._read_progress(path, "x", old)) == [0, 2]
+    assert sorted(k[2] for k in bench._read_progress(path, "x")) == [0, 1, 2]
