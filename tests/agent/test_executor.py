@@ -8,22 +8,32 @@ from agent.executor import RayExecutor, Task
 from sim_backends.base import EvalInput
 
 
-def _drain(ex):
+#: how long a test waits for a condition before it fails: generous, since a loaded machine
+#: (load 10-17 on 2 cores) stretches a Ray worker's start to tens of seconds; an idle
+#: machine meets every condition within seconds, so nothing waits this long there
+DEADLINE_S = 180.0
+
+
+def _drain(ex, deadline_s: float = DEADLINE_S):
+    """Every in-flight task's completion, by request id; fails past ``deadline_s``."""
     out = {}
+    end = time.monotonic() + deadline_s
     while ex.n_in_flight:
+        assert time.monotonic() < end, f"tasks still running after {deadline_s:g} s: " + \
+            ", ".join(t.request_id for t in ex.in_flight())
         for c in ex.wait(0.5):
             out[c.task.request_id] = c
     return out
 
 
 def test_failures_become_results(ray_local):
-    ex = RayExecutor(task_timeout_s=10.0, max_retries=1)  # from submission: room for a slow worker start
+    # a wall-time limit far above any start-up delay for the tasks that must finish ...
+    ex = RayExecutor(task_timeout_s=DEADLINE_S - 30, max_retries=1)
     ex.start()
     for rid, params in {
         "ok": {"sleep_s": 0.1},
         "raise": {"mode": "raise"},
         "crash": {"mode": "exit"},
-        "slow": {"sleep_s": 60},
         "flaky": {"mode": "run_error"},
     }.items():
         ex.submit(Task(rid, "diagnostic", {}, EvalInput("c1ccccc1O", params=params)))
@@ -32,24 +42,36 @@ def test_failures_become_results(ray_local):
     assert out["raise"].result.reason.startswith("error: ZeroDivisionError")
     assert out["crash"].result.reason.startswith("worker died"), out["crash"].result.reason
     assert out["crash"].task.n_attempts == 2  # retried once, then recorded
-    assert out["slow"].result.reason.startswith("timeout")
     assert out["flaky"].task.n_attempts == 2 and out["flaky"].result.reason.startswith("run:")
+    # ... and a short one for a task that would hang for ten minutes (on a loaded machine
+    # it may time out before it starts: a timeout all the same)
+    ex.task_timeout_s = 2.0
+    ex.submit(Task("slow", "diagnostic", {}, EvalInput("C", params={"sleep_s": 600})))
+    slow = _drain(ex)["slow"]
+    assert slow.result.reason == "timeout: exceeded 2 s", slow.result.reason
+    assert slow.task.n_attempts == 1  # never retried
     # the executor is still usable after a crash and a timeout
+    ex.task_timeout_s = DEADLINE_S - 30
     ex.submit(Task("after", "diagnostic", {}, EvalInput("CC")))
     assert _drain(ex)["after"].result.ok
 
 
 def test_uneven_tasks_keep_workers_busy(ray_local):
-    """With a long and many short tasks, short ones finish while the long one runs."""
-    ex = RayExecutor(task_timeout_s=60)
+    """With a long and many short tasks, short ones finish while the long one runs: the
+    long task runs until the test ends it, so the order does not depend on load."""
+    ex = RayExecutor(task_timeout_s=DEADLINE_S + 60)
     ex.start()
-    ex.submit(Task("long", "diagnostic", {}, EvalInput("C", params={"sleep_s": 8.0})))
-    order = []
+    ex.submit(Task("long", "diagnostic", {}, EvalInput("C", params={"sleep_s": DEADLINE_S + 30})))
     for i in range(6):
         ex.submit(Task(f"s{i}", "diagnostic", {}, EvalInput("C", params={"sleep_s": 0.2})))
-    while ex.n_in_flight:
+    order = []
+    end = time.monotonic() + DEADLINE_S
+    while len(order) < 6 and time.monotonic() < end:
         order += [c.task.request_id for c in ex.wait(0.5)]
-    assert order[-1] == "long"
+    still = [t.request_id for t in ex.in_flight()]
+    ex.cancel_all()  # ends the long task (its worker is killed)
+    assert sorted(order) == [f"s{i}" for i in range(6)], (order, still)
+    assert still == ["long"]
 
 
 # -- hostile conditions, through the CLI as users run it -------------------------------------
