@@ -11,11 +11,15 @@ and ``report`` say about charge transport on the predicted crystals.
   ``structures`` (per structure: ``id, energy_kjmol, rel_kjmol`` (kJ/mol per molecule,
   relative to the lowest), ``mobility_hole_cm2Vs, density_gcm3, space_group, z, cif``
   (a CIF text or a file path, when known)), ``global_minimum`` (the lowest structure
-  with a mobility), ``warnings`` (hole-carrier warnings of the transfer integrals, e.g. a
-  degenerate HOMO whose single-orbital |J| is ill-defined, with how many structures carry
-  them: :func:`hole_warnings`). Best mobility first.
+  with a mobility), ``warnings`` (hole-carrier warnings of the transfer integrals: a
+  coupling that is not well defined, e.g. a degenerate HOMO projected as one orbital in a
+  result made before frontier manifolds, with how many structures carry them:
+  :func:`hole_warnings`), ``notes`` (hole-carrier INFO notes, e.g. a 2-fold degenerate
+  HOMO manifold whose rotation-invariant J_eff was used: :func:`hole_notes`). Best
+  mobility first.
 * :func:`esf_lines` -- the text lines (units and level on every figure; a ``WARNING`` line
-  under a molecule whose value rests on flagged transfer integrals).
+  under a molecule whose value rests on flagged transfer integrals, an ``INFO`` line naming
+  a degenerate HOMO manifold).
 * :func:`write_esf_cifs` -- the predicted global minimum of each molecule-stage ESF
   landscape as ``runs/<name>/structures/esf_m<molecule>_<structure>.cif``.
 * :func:`esf_map_figure` -- the ESF maps: relative lattice energy against hole mobility per
@@ -86,7 +90,8 @@ def _molecule_stage(store: Store, cfg: CampaignConfig, names: dict[int, tuple[st
                     "sd": float(ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
                     "n_in_window": int(ev.values.get("n_structures_in_window", len(structures))),
                     "structures": structures,
-                    "warnings": hole_warnings(s.get("warnings") for s in ev.extra.get("structures") or [])})
+                    "warnings": hole_warnings(s.get("warnings") for s in ev.extra.get("structures") or []),
+                    "notes": hole_notes(s.get("notes") for s in ev.extra.get("structures") or [])})
     return out
 
 
@@ -113,6 +118,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
     energies: dict[str, float] = {}
     prop_values: dict[str, dict[str, float]] = {name: {} for name in props}
     prop_warnings: dict[tuple[int, str], list[Any]] = {}
+    prop_notes: dict[tuple[int, str], list[Any]] = {}
     for ev in store.evaluations():
         if ev.structure_id is None or not ev.ok:
             continue
@@ -121,6 +127,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
         elif ev.backend in props and props[ev.backend][1] in ev.values:
             prop_values[ev.backend][ev.structure_id] = float(ev.values[props[ev.backend][1]])
             prop_warnings.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("warnings"))
+            prop_notes.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("notes"))
     rows = {r["id"]: r for r in store.structures()}
     out = []
     for (mid, level), e in sorted(latest.items()):
@@ -137,14 +144,26 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
         out.append({"molecule_id": mid, "name": name, "smiles": smiles, "source": "structure stage",
                     "backend": level, "level": f"{_level_of(props[level][0])}; energies {_level_of(rank_level)}",
                     "mean": float(e["mean"]), "sd": float(e["sd"]), "n_in_window": int(e["n_in_window"]),
-                    "structures": structures, "warnings": hole_warnings(prop_warnings.get((mid, level), []))})
+                    "structures": structures, "warnings": hole_warnings(prop_warnings.get((mid, level), [])),
+                    "notes": hole_notes(prop_notes.get((mid, level), []))})
     return out
 
 
 def hole_warnings(per_structure: Any) -> list[str]:
-    """The distinct hole-carrier warnings (e.g. a degenerate HOMO: single-orbital |J|
-    ill-defined, :attr:`sim_backends.transfer.CrystalTransfer.warnings`) over a landscape's
-    structures (an iterable of warning lists or None), each with how many structures carry it."""
+    """The distinct hole-carrier warnings (a coupling not well defined,
+    :attr:`sim_backends.transfer.CrystalTransfer.warnings`) over a landscape's structures
+    (an iterable of warning lists or None), each with how many structures carry it."""
+    return _hole_lines(per_structure)
+
+
+def hole_notes(per_structure: Any) -> list[str]:
+    """The distinct hole-carrier INFO notes (e.g. a degenerate HOMO manifold and its size,
+    :attr:`sim_backends.transfer.CrystalTransfer.notes`) over a landscape's structures,
+    each with how many structures carry it."""
+    return _hole_lines(per_structure)
+
+
+def _hole_lines(per_structure: Any) -> list[str]:
     counts: dict[str, int] = {}
     n = 0
     for ws in per_structure:
@@ -224,6 +243,7 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
                          f"Z = {gm.get('z') or '?'}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"
                          + where)
         lines.extend(f"    WARNING {w}" for w in rec.get("warnings") or [])
+        lines.extend(f"    INFO {w}" for w in rec.get("notes") or [])
     if len(results) > N_LISTED:
         lines.append(f"  ({len(results) - N_LISTED} more in report/esf_results.csv)")
     return lines
@@ -238,13 +258,13 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
         w = csv.writer(fh)
         w.writerow(["molecule_id", "name", "smiles", "source", "backend", "level", "mobility_hole_cm2Vs",
                     "mobility_hole_sd_cm2Vs", "n_in_window", "n_structures", "global_minimum_id",
-                    "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings"])
+                    "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes"])
         for r in results:
             gm = r.get("global_minimum") or {}
             w.writerow([r["molecule_id"], r["name"], r["smiles"], r["source"], r["backend"], r["level"],
                         f"{r['mean']:.4g}", f"{r['sd']:.4g}", r["n_in_window"], len(r["structures"]),
                         gm.get("id", ""), f"{gm['mobility_hole_cm2Vs']:.4g}" if gm else "",
-                        gm.get("cif") or "", "; ".join(r.get("warnings") or [])])
+                        gm.get("cif") or "", "; ".join(r.get("warnings") or []), "; ".join(r.get("notes") or [])])
     return path
 
 

@@ -95,7 +95,9 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
     mobility: one JSON-ready record (the data set's and the backend's format).
 
     Keys: ``n_trials``, ``transfer_level``, ``n_minima``, ``structures`` (per kept
-    structure: id, energy, space group, Z, density, CIF, mobility, largest |J|, warnings
+    structure: id, energy, space group, Z, density, CIF, mobility, largest |J|, the size of
+    the hole frontier manifold (``hole_manifold``; >1: degenerate HOMO, rotation-invariant
+    J_eff, :mod:`sim_backends.transfer`), ``warnings`` and INFO ``notes``
     or ``error``), ``landscape_mobility_hole_cm2Vs`` ({mean, sd, n_in_window, ...}),
     ``global_minimum_mobility_hole_cm2Vs``, ``cpu_s`` ({csp, transfer}, this process's
     CPU seconds); ``error`` (one line) when no structure has a mobility.
@@ -139,7 +141,8 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                       "mobility_hole_max_cm2Vs": values["mobility_hole_max_cm2Vs"],
                       "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
                       "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
-                      "n_unique_dimers": len(tr.dimers), "warnings": tr.warnings})
+                      "n_unique_dimers": len(tr.dimers), "hole_manifold": int(tr.manifolds["hole"]["n"]),
+                      "warnings": tr.warnings, "notes": tr.notes})
         except BackendError as exc:
             s["error"] = " ".join(str(exc).split())[:300]
         structures.append(s)

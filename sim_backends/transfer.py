@@ -25,6 +25,38 @@ derive from the monomer frontier orbitals is ``2 |J_eff|``. Only ``|J_eff|`` ent
 Marcus rates (:mod:`sim_backends.mobility`); its sign depends on the arbitrary phases
 of the monomer orbitals.
 
+Degenerate frontier orbitals. When the frontier orbital is one of a (near-)degenerate set
+(benzene's e1g HOMO pair, coronene's e2u pair, triphenylene's e''), any rotation inside
+the set is an equally valid "HOMO", and the single-orbital ``J_eff`` depends on that
+arbitrary choice. Each monomer's frontier *manifold* is every orbital within
+:data:`DEGENERATE_MANIFOLD_MEV` of the HOMO (resp. LUMO); for manifolds of n orbitals on
+each molecule, the projection above is done with the 2n orbitals at once (the same
+Lowdin orthogonalisation of their 2n x 2n overlap), giving the n x n block ``J_ab`` of
+effective couplings, and the carrier's coupling is ``J_eff^2 = (1/n) sum_ab |J_ab|^2``:
+the Marcus rate from an initial state averaged over the n degenerate (equally
+populated) states and summed over the n final ones (Fermi's golden rule). It is
+invariant to unitary rotations within each manifold (a Frobenius norm), it lies between
+``s_max / sqrt(n)`` and ``s_max`` (``s_max`` the block's largest singular value), and for
+n = 1 it is the single-orbital ``|J_eff|`` exactly. The same degenerate-level sum is done
+by VOTCA-XTP's dimer projection (``DFTcoupling::getCouplingElement``, votca/votca on GitHub,
+``xtp/src/libxtp/dftcoupling.cc``), which however divides by ``n_A n_B`` (the rms of the
+block, ``J_rms = J_eff / sqrt(n)``, reported beside it here as ``j_rms_meV``);
+the golden-rule rate sums over the final states, so ``1/n`` is used.
+The threshold (10 meV) is chosen against three scales: it is below k_B T (25.9 meV at
+300 K) and below most |J| (5-100 meV), where orbitals closer than that are both thermally
+populated and mixed by the coupling, so treating them as one degenerate level errs less
+than the single-orbital choice can (X23 benzene, one dimer: single-orbital |J_hole|
+1.5 meV against J_eff 6.5 meV, a factor 18 in the rate); it is
+above the splitting that the slightly distorted experimental geometry gives a
+symmetry-degenerate pair (X23 benzene: 1.3 meV for the e1g HOMO, 6.8 meV for the e2u LUMO;
+< 0.01 meV on the rigid CSP geometries of the project's pool); and it is below the closest
+accidental spacing among the pool's 60 smallest molecules (14 meV,
+dithieno[3,2-b:2',3'-d]thiophene; then 39 meV, coumarin).
+Manifold size, splitting and the gap to the next
+orbital are recorded per carrier (:attr:`CrystalTransfer.manifolds`); a frontier orbital
+with another orbital between the threshold and :data:`NEAR_DEGENERATE_MEV` away keeps the
+single-orbital coupling and an INFO note (:attr:`CrystalTransfer.notes`).
+
 The dimer Fock matrix is rebuilt from the converged orbitals, ``F = S C diag(eps) C^T S``
 (exact for a complete set of molecular orbitals, as both levels give). With tblite this
 is necessary: its ``"hamiltonian-matrix"`` result is the core (non-self-consistent)
@@ -76,8 +108,12 @@ ANGSTROM_TO_BOHR = 1.0 / 0.52917721090
 CARRIERS = ("hole", "electron")
 #: default closest-contact cutoff (A) selecting the dimers
 DEFAULT_CUTOFF_A = 4.0
-#: frontier orbitals closer than this to the next orbital (meV) are flagged as degenerate
-DEGENERATE_FRONTIER_MEV = 50.0
+#: orbitals within this of the HOMO (resp. LUMO), meV, form its degenerate frontier manifold
+#: (module docstring: 0.4 k_B T at 300 K, below typical |J|, above geometric distortion)
+DEGENERATE_MANIFOLD_MEV = 10.0
+#: a frontier orbital with another orbital within this (meV) but outside the manifold gets
+#: an INFO note: its single-orbital coupling neglects a thermally accessible neighbour
+NEAR_DEGENERATE_MEV = 50.0
 #: largest |J_eff| accepted as physical (meV): strongly coupled pi-stacks reach ~200 meV
 #: (and GFN-xTB overestimates by up to ~2x); beyond 1 eV the "dimer" is a bonded molecule
 MAX_ABS_J_MEV = 1000.0
@@ -119,6 +155,29 @@ class Orbitals:
         if not 0 <= other < len(self.energies_eV):
             return float("inf")
         return 1e3 * abs(float(self.energies_eV[k] - self.energies_eV[other]))
+
+    def frontier_manifold(self, carrier: str, threshold_meV: float = DEGENERATE_MANIFOLD_MEV) -> list[int]:
+        """Column indices of the frontier manifold: every orbital on the carrier's side
+        (occupied for holes, virtual for electrons) within ``threshold_meV`` of the HOMO
+        (resp. LUMO), frontier orbital first."""
+        import numpy as np
+
+        self.frontier(carrier)  # checks the carrier and that the orbital exists
+        e = 1e3 * np.asarray(self.energies_eV, dtype=float)
+        if carrier == "hole":
+            k = self.n_occupied - 1
+            return [i for i in range(k, -1, -1) if e[k] - e[i] < threshold_meV]
+        k = self.n_occupied
+        return [i for i in range(k, len(e)) if e[i] - e[k] < threshold_meV]
+
+    def manifold_info(self, carrier: str, threshold_meV: float = DEGENERATE_MANIFOLD_MEV) -> dict[str, float]:
+        """``n`` (orbitals in the frontier manifold), ``splitting_meV`` (energy spread
+        inside it) and ``gap_meV`` (to the next orbital on the carrier's side; inf if none)."""
+        idx = self.frontier_manifold(carrier, threshold_meV)
+        e = [1e3 * float(self.energies_eV[i]) for i in idx]
+        nxt = idx[-1] - 1 if carrier == "hole" else idx[-1] + 1
+        gap = abs(1e3 * float(self.energies_eV[nxt]) - e[0]) if 0 <= nxt < len(self.energies_eV) else float("inf")
+        return {"n": len(idx), "splitting_meV": max(e) - min(e), "gap_meV": gap}
 
     def fock_eV(self) -> np.ndarray:
         """The converged Fock matrix in the AO basis, ``S C diag(eps) C^T S`` (eV)."""
@@ -165,11 +224,76 @@ def project_coupling(fock: np.ndarray, overlap: np.ndarray, phi_a: np.ndarray,
     }
 
 
-def dimer_couplings(orb_a: Orbitals, orb_b: Orbitals, orb_dimer: Orbitals) -> dict[str, dict[str, float]]:
-    """Hole and electron couplings of a dimer whose AO basis is A's followed by B's.
+def project_manifold_coupling(fock: np.ndarray, overlap: np.ndarray, phi_a: np.ndarray,
+                              phi_b: np.ndarray) -> dict[str, Any]:
+    """Effective coupling between two frontier manifolds (module docstring).
+
+    Args:
+        fock: dimer Fock matrix (n_ao, n_ao), eV.
+        overlap: dimer AO overlap (n_ao, n_ao).
+        phi_a, phi_b: the n orbitals of each manifold in the dimer AO basis, (n_ao, n),
+            frontier orbital first.
 
     Returns:
-        ``{"hole": project_coupling(...), "electron": ...}`` (meV).
+        For n = 1 exactly :func:`project_coupling`'s result. For n > 1: ``j_eff_meV`` =
+        ``sqrt(sum_ab |J_ab|^2 / n)`` (>= 0; rotation-invariant), ``j_rms_meV`` (the block's
+        rms, ``j_eff / sqrt(n)``), ``j_block_meV`` (the n x n effective couplings),
+        ``j_block_max_sv_meV`` (its largest singular value), ``j_single_meV`` (the
+        frontier-frontier element alone: the old, rotation-dependent single-orbital value),
+        ``e_a_meV``/``e_b_meV``/``e_a_eff_meV``/``e_b_eff_meV`` (mean of each manifold's
+        diagonal), ``s_ab`` (the largest |overlap| between the manifolds), ``n_manifold``.
+
+    Raises:
+        RunError: the orbitals are (nearly) linearly dependent (smallest overlap eigenvalue
+            below 0.01, as |S_AB| >= 0.99 for one orbital each).
+        SetupError: the manifolds differ in size.
+    """
+    import numpy as np
+
+    phi_a, phi_b = np.atleast_2d(phi_a.T).T, np.atleast_2d(phi_b.T).T
+    n = phi_a.shape[1]
+    if phi_b.shape[1] != n:
+        raise SetupError(f"frontier manifolds differ in size ({n} and {phi_b.shape[1]} orbitals)")
+    if n == 1:
+        return project_coupling(fock, overlap, phi_a[:, 0], phi_b[:, 0])
+    p = np.concatenate([phi_a, phi_b], axis=1)
+    h = p.T @ fock @ p
+    s2 = p.T @ overlap @ p
+    norm = 1.0 / np.sqrt(np.diag(s2))
+    h, s2 = h * np.outer(norm, norm), s2 * np.outer(norm, norm)
+    w, v = np.linalg.eigh(s2)
+    if w.min() <= 0.01:
+        raise RunError(f"monomer frontier manifolds nearly linearly dependent (overlap eigenvalue {w.min():.3f}): "
+                       "molecules on top of each other", retryable=False)
+    s_inv_half = (v / np.sqrt(w)) @ v.T
+    h_eff = s_inv_half @ h @ s_inv_half
+    block = 1e3 * 0.5 * (h_eff[:n, n:] + h_eff[n:, :n].T)
+    j2 = float(np.sum(block**2)) / n
+    return {
+        "e_a_meV": 1e3 * float(np.mean(np.diag(h)[:n])), "e_b_meV": 1e3 * float(np.mean(np.diag(h)[n:])),
+        "j_meV": 1e3 * float(np.sqrt(np.sum((0.5 * (h[:n, n:] + h[n:, :n].T)) ** 2) / n)),
+        "s_ab": float(np.max(np.abs(s2[:n, n:]))),
+        "e_a_eff_meV": 1e3 * float(np.mean(np.diag(h_eff)[:n])),
+        "e_b_eff_meV": 1e3 * float(np.mean(np.diag(h_eff)[n:])),
+        "j_eff_meV": float(np.sqrt(j2)), "j_rms_meV": float(np.sqrt(j2 / n)),
+        "j_block_meV": [[round(float(x), 6) for x in row] for row in block],
+        "j_block_max_sv_meV": float(np.linalg.svd(block, compute_uv=False)[0]),
+        "j_single_meV": float(block[0, 0]), "n_manifold": n,
+    }
+
+
+def dimer_couplings(orb_a: Orbitals, orb_b: Orbitals, orb_dimer: Orbitals,
+                    manifold_size: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Hole and electron couplings of a dimer whose AO basis is A's followed by B's.
+
+    Args:
+        manifold_size: orbitals per frontier manifold and carrier; by default the larger
+            of the two monomers' :meth:`Orbitals.frontier_manifold` sizes (the same
+            number of orbitals is taken from each molecule, frontier orbital first).
+
+    Returns:
+        ``{"hole": project_manifold_coupling(...), "electron": ...}`` (meV); with one
+        orbital per manifold exactly :func:`project_coupling`'s result.
 
     Raises:
         SetupError: the dimer basis is not the union of the monomer bases.
@@ -183,11 +307,22 @@ def dimer_couplings(orb_a: Orbitals, orb_b: Orbitals, orb_dimer: Orbitals) -> di
     fock = orb_dimer.fock_eV()
     out = {}
     for carrier in CARRIERS:
-        phi_a = np.zeros(n)
-        phi_b = np.zeros(n)
-        phi_a[:n_a] = orb_a.frontier(carrier)
-        phi_b[n_a:] = orb_b.frontier(carrier)
-        out[carrier] = project_coupling(fock, orb_dimer.overlap, phi_a, phi_b)
+        m = (manifold_size or {}).get(carrier) or max(len(orb_a.frontier_manifold(carrier)),
+                                                       len(orb_b.frontier_manifold(carrier)))
+        orb_a.frontier(carrier)
+        k_a = orb_a.n_occupied - 1 if carrier == "hole" else orb_a.n_occupied
+        k_b = orb_b.n_occupied - 1 if carrier == "hole" else orb_b.n_occupied
+        step = -1 if carrier == "hole" else 1
+        cols_a = [k_a + step * i for i in range(m)]
+        cols_b = [k_b + step * i for i in range(m)]
+        if min(cols_a + cols_b) < 0 or max(cols_a) >= orb_a.coefficients.shape[1] \
+                or max(cols_b) >= orb_b.coefficients.shape[1]:
+            raise RunError(f"{carrier} manifold of {m} orbitals exceeds the orbital set", retryable=False)
+        phi_a = np.zeros((n, m))
+        phi_b = np.zeros((n, m))
+        phi_a[:n_a] = orb_a.coefficients[:, cols_a]
+        phi_b[n_a:] = orb_b.coefficients[:, cols_b]
+        out[carrier] = project_manifold_coupling(fock, orb_dimer.overlap, phi_a, phi_b)
     return out
 
 
@@ -303,9 +438,11 @@ class CrystalTransfer:
         level: level of theory of the integrals.
         cpu_s: CPU seconds of all SCFs (monomers and dimers).
         frontier_spacing_meV: per carrier, the smallest frontier spacing over the Z
-            monomers (:meth:`Orbitals.frontier_spacing_meV`); below
-            :data:`DEGENERATE_FRONTIER_MEV` the carrier's couplings use one orbital of a
-            (near-)degenerate pair and are listed in ``warnings``.
+            monomers (:meth:`Orbitals.frontier_spacing_meV`).
+        manifolds: per carrier, the frontier manifold used (:meth:`Orbitals.manifold_info`
+            over the Z monomers: ``n`` the largest size, ``splitting_meV`` the largest
+            spread, ``gap_meV`` the smallest gap to the next orbital; ``sizes`` per monomer).
+            Empty for results made before manifolds existed (single orbitals).
     """
 
     dimers: list[DimerTransfer]
@@ -315,13 +452,39 @@ class CrystalTransfer:
     level: str
     cpu_s: float
     frontier_spacing_meV: dict[str, float] = field(default_factory=dict)
+    manifolds: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[str]:
-        """One line per carrier whose frontier orbital is (nearly) degenerate."""
-        return [f"{c}: frontier orbital within {v:.0f} meV of the next one (degenerate pair); "
-                "single-orbital |J| is ill-defined" for c, v in self.frontier_spacing_meV.items()
-                if v < DEGENERATE_FRONTIER_MEV]
+        """Lines for couplings that are not well defined: a carrier whose frontier orbital
+        is (nearly) degenerate but was projected as a single orbital (results without
+        manifolds), or whose monomers disagree on the manifold size."""
+        out = []
+        for c, v in self.frontier_spacing_meV.items():
+            m = self.manifolds.get(c)
+            if m is None and v < DEGENERATE_MANIFOLD_MEV:
+                out.append(f"{c}: frontier orbital within {v:.0f} meV of the next one (degenerate pair); "
+                           "single-orbital |J| is ill-defined")
+            elif m is not None and len(set(m.get("sizes", [m["n"]]))) > 1:
+                out.append(f"{c}: frontier manifold sizes differ between the molecules of the cell "
+                           f"({sorted(set(m['sizes']))}); {m['n']} orbitals used for all")
+        return out
+
+    @property
+    def notes(self) -> list[str]:
+        """INFO lines: a degenerate frontier manifold (its size; the coupling is the
+        rotation-invariant J_eff), or a single frontier orbital with another orbital within
+        :data:`NEAR_DEGENERATE_MEV`."""
+        out = []
+        for c, m in self.manifolds.items():
+            if m["n"] > 1:
+                out.append(f"{c}: {m['n']}-fold degenerate frontier manifold (splitting {m['splitting_meV']:.1f} meV, "
+                           f"{m['gap_meV']:.0f} meV to the next orbital): rotation-invariant J_eff over the "
+                           f"{m['n']}x{m['n']} coupling block")
+            elif m["gap_meV"] < NEAR_DEGENERATE_MEV:
+                out.append(f"{c}: next orbital {m['gap_meV']:.0f} meV from the frontier one (outside the "
+                           f"{DEGENERATE_MANIFOLD_MEV:g} meV manifold threshold): single-orbital coupling")
+        return out
 
     def couplings_meV(self, carrier: str) -> np.ndarray:
         """|J_eff| of each neighbour for ``carrier``, (n_neighbours,) meV."""
@@ -335,7 +498,7 @@ class CrystalTransfer:
         return {"level": self.level, "z": self.z, "cpu_s": round(self.cpu_s, 3),
                 "dimers": [d.to_dict() for d in self.dimers],
                 "frontier_spacing_meV": {k: round(v, 3) for k, v in self.frontier_spacing_meV.items()},
-                "warnings": self.warnings,
+                "manifolds": self.manifolds, "warnings": self.warnings, "notes": self.notes,
                 "neighbours": [list(n) for n in self.neighbours],
                 "vectors_A": [[round(float(x), 5) for x in v] for v in self.vectors_A]}
 
@@ -348,7 +511,8 @@ class CrystalTransfer:
         return cls(dimers=dimers, neighbours=[tuple(n) for n in extra["neighbours"]],
                    vectors_A=np.asarray(extra["vectors_A"], dtype=float).reshape(-1, 3),
                    z=int(extra["z"]), level=str(extra["level"]), cpu_s=float(extra.get("cpu_s", 0.0)),
-                   frontier_spacing_meV=dict(extra.get("frontier_spacing_meV", {})))
+                   frontier_spacing_meV=dict(extra.get("frontier_spacing_meV", {})),
+                   manifolds=dict(extra.get("manifolds") or {}))
 
 
 def dimer_key(i: int, j: int, shift: tuple[int, int, int] | list[int]) -> str:
@@ -437,6 +601,15 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
         orb, dm = run(crystal.molecule(k), f"molecule {k}", None)
         monomers.append((orb, dm))
         cpu += orb.cpu_s
+    manifolds: dict[str, dict[str, Any]] = {}
+    for c in CARRIERS:
+        infos = [orb.manifold_info(c) for orb, _ in monomers]
+        manifolds[c] = {"n": max(x["n"] for x in infos),
+                        "splitting_meV": round(max(x["splitting_meV"] for x in infos), 4),
+                        "gap_meV": round(min(x["gap_meV"] for x in infos), 3),
+                        "sizes": [int(x["n"]) for x in infos],
+                        "threshold_meV": DEGENERATE_MANIFOLD_MEV}
+    sizes = {c: int(m["n"]) for c, m in manifolds.items()}
     records: list[DimerTransfer | None] = [None] * len(unique)
     # closest pairs first (usually the largest couplings): an interrupted cached run keeps those
     for k in sorted(range(len(unique)), key=lambda n: unique[n][0].com_A):
@@ -453,7 +626,7 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
         what = f"dimer ({rep.i}, {rep.j}, shift {list(rep.shift)}, contact {rep.contact_A:.2f} A)"
         orb_d, _ = run(d_atoms, what, dm0)
         cpu += orb_d.cpu_s
-        c = dimer_couplings(orb_a, orb_b, orb_d)
+        c = dimer_couplings(orb_a, orb_b, orb_d, sizes)
         records[k] = DimerTransfer(rep.i, rep.j, rep.shift, rep.contact_A, rep.com_A, mult,
                                    c["hole"], c["electron"], orb_d.cpu_s)
         if dimer_cache is not None:
@@ -466,7 +639,7 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
     neighbours = [(d.i, d.j, c) for d, c in zip(dimers, class_of)]
     spacing = {c: min(orb.frontier_spacing_meV(c) for orb, _ in monomers) for c in CARRIERS}
     return CrystalTransfer([r for r in records if r is not None], neighbours, vectors, crystal.z, level_name,
-                           cpu, spacing)
+                           cpu, spacing, manifolds)
 
 
 def summary_values(transfer: CrystalTransfer) -> dict[str, float]:

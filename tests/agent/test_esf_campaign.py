@@ -323,7 +323,7 @@ def test_status_and_report_show_the_esf_results(esf_replay):
 
     from agent.campaign import Campaign
     from agent.report import write_plots
-    from agent.esf_report import hole_warnings
+    from agent.esf_report import hole_notes, hole_warnings
     from agent.summary import status_lines, status_record
     from sim_backends.esf import esf_records
     from sim_backends.structures import load_crystal
@@ -349,6 +349,7 @@ def test_status_and_report_show_the_esf_results(esf_replay):
         assert len(r["structures"]) == len(ok) and r["global_minimum"]["rel_kjmol"] == 0.0
         assert "cif_text" not in r["global_minimum"]  # status carries paths, not CIF texts
         assert r["warnings"] == hole_warnings(x.get("warnings") for x in truth["structures"])
+        assert r["notes"] == hole_notes(x.get("notes") for x in truth["structures"])
     text = "\n".join(status_lines(rec))
     best = esf[0]
     assert f"{best['name']}: mu_h = {best['mean']:.1e} ± {best['sd']:.1e} cm2/(V s)" in text
@@ -365,33 +366,42 @@ def test_status_and_report_show_the_esf_results(esf_replay):
 
 
 def test_status_warns_when_the_mobility_rests_on_a_degenerate_homo():
-    """A landscape whose transfer integrals carry a degenerate-HOMO warning (coronene,
-    benzene: single-orbital |J| ill-defined) gets a WARNING line under it in status and a
-    warnings column in report/esf_results.csv; electron-only warnings do not (the
-    objective is the hole mobility)."""
+    """A landscape whose transfer integrals carry a hole warning (a coupling not well
+    defined, e.g. a degenerate HOMO projected as one orbital in a result made before
+    frontier manifolds) gets a WARNING line under it in status and a warnings column in
+    report/esf_results.csv; a degenerate HOMO handled by the manifold coupling gets an INFO
+    line naming the manifold size instead (no WARNING); electron-only lines are not shown
+    (the objective is the hole mobility)."""
     import csv
 
-    from agent.esf_report import esf_lines, hole_warnings, write_esf_table
+    from agent.esf_report import esf_lines, hole_notes, hole_warnings, write_esf_table
 
     hole = "hole: frontier orbital within 0 meV of the next one (degenerate pair); single-orbital |J| is ill-defined"
     electron = hole.replace("hole:", "electron:")
     assert hole_warnings([[hole, electron], [hole], None]) == [f"{hole} (2 of 3 structures)"]
     assert hole_warnings([[electron], []]) == []
+    note = ("hole: 2-fold degenerate frontier manifold (splitting 0.0 meV, 513 meV to the next orbital): "
+            "rotation-invariant J_eff over the 2x2 coupling block")
+    assert hole_notes([[note, note.replace("hole:", "electron:")], [note]]) == [f"{note} (2 of 2 structures)"]
     gm = {"id": "m0001", "energy_kjmol": -100.0, "rel_kjmol": 0.0, "mobility_hole_cm2Vs": 8.2,
           "density_gcm3": 1.46, "space_group": "P2_1/c", "z": 4, "cif": None}
     rec = {"molecule_id": 36, "name": "coronene", "smiles": "c1cc2ccc3ccc4ccc5ccc6ccc1c1c2c3c4c5c61",
            "source": "molecule stage", "backend": "esf-refined", "level": "GFN2-xTB", "mean": 7.2, "sd": 1.8,
            "n_in_window": 6, "structures": [gm], "global_minimum": gm,
-           "warnings": hole_warnings([[hole]] * 6)}
+           "warnings": hole_warnings([[hole]] * 6), "notes": []}
     lines = esf_lines([rec])
     assert lines[-1] == f"    WARNING {hole} (6 of 6 structures)"
     assert not any("WARNING" in x for x in esf_lines([{**rec, "warnings": []}]))
+    noted = {**rec, "warnings": [], "notes": hole_notes([[note]] * 6)}
+    assert esf_lines([noted])[-1] == f"    INFO {note} (6 of 6 structures)"
+    assert not any("WARNING" in x for x in esf_lines([noted]))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_esf_table([rec], Path(tmp) / "esf_results.csv")
-        row = next(csv.DictReader(path.open()))
-    assert row["warnings"] == f"{hole} (6 of 6 structures)"
+        path = write_esf_table([rec, noted], Path(tmp) / "esf_results.csv")
+        rows = list(csv.DictReader(path.open()))
+    assert rows[0]["warnings"] == f"{hole} (6 of 6 structures)" and rows[0]["notes"] == ""
+    assert rows[1]["warnings"] == "" and rows[1]["notes"] == f"{note} (6 of 6 structures)"
 
 
 def validate(smiles):
