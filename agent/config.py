@@ -95,6 +95,9 @@ class ExecutorConfig(_Strict):
     task_timeout_s: float = Field(default=7200.0, gt=0)  # wall-clock backstop per attempt
     task_cpu_limit_s: float | None = Field(default=1800.0, gt=0)  # CPU s per attempt, in the worker
     max_retries: int = Field(default=1, ge=0)
+    # niceness the embedded Ray's workers add to this process's (0: the campaign's own
+    # priority; Ray's default would be 15); a cluster's workers keep the cluster's setting
+    worker_niceness: int = Field(default=0, ge=0, le=19)
 
 
 class StopConfig(_Strict):

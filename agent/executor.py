@@ -28,6 +28,10 @@ caller can refuse a campaign before creating anything:
 * ``cpus_per_task`` larger than ``num_cpus`` (embedded) or than every node of the
   cluster is refused, since such a task would wait for its timeout and fail.
 
+The embedded instance's workers run at the launcher's priority plus ``worker_niceness``
+(default 0; Ray's own default, +15, would make a campaign yield to every other process
+on the machine); a cluster's workers keep the cluster's setting.
+
 The embedded instance runs without dashboard, and a small reaper process (its own
 session) kills the instance's processes if the launcher dies without shutting Ray
 down (SIGKILL, OOM kill), since Ray's agents can outlive it for minutes.
@@ -195,6 +199,21 @@ def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput,
                                 fidelity=instance.fidelity)
         result.extra["cpu_limit_s"] = cpu_limit_s
         return result
+
+
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables inside the block; restore the previous ones after it."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _failed_result(backend: str, inp: EvalInput, reason: str, wall_s: float, cpu_s: float,
@@ -483,6 +502,10 @@ class RayExecutor:
             (:func:`cpu_limit`): the task is recorded as failed and charged the CPU it
             measured. None: no CPU limit.
         max_retries: extra attempts for retryable failures and dead workers.
+        worker_niceness: niceness the workers of an embedded Ray add to this process's
+            (Ray's own default, 15, makes a campaign yield to everything else on the
+            machine; 0 runs the workers at the campaign's priority, so ``nice -n 10
+            crystal-agent run`` applies to them too). A cluster keeps its own setting.
     """
 
     def __init__(
@@ -493,6 +516,7 @@ class RayExecutor:
         task_timeout_s: float = 1800.0,
         max_retries: int = 1,
         task_cpu_limit_s: float | None = None,
+        worker_niceness: int = 0,
     ) -> None:
         self.address = ray_address(address)
         self.num_cpus = num_cpus or os.cpu_count() or 1
@@ -500,6 +524,7 @@ class RayExecutor:
         self.task_timeout_s = task_timeout_s
         self.task_cpu_limit_s = task_cpu_limit_s
         self.max_retries = max_retries
+        self.worker_niceness = worker_niceness
         self._in_flight: dict[Any, tuple[Task, float]] = {}
         self._remote: Callable[..., Any] | None = None
         self._started_ray = False  # this executor started an embedded Ray ...
@@ -527,12 +552,14 @@ class RayExecutor:
             if self.address:
                 self._join(ray, kwargs)
             else:
-                ray.init(
-                    address="local",
-                    num_cpus=self.num_cpus,
-                    object_store_memory=256 * 1024**2,
-                    **kwargs,
-                )
+                # the raylet reads its worker niceness from the environment it starts in
+                with _environ(RAY_worker_niceness=str(self.worker_niceness)):
+                    ray.init(
+                        address="local",
+                        num_cpus=self.num_cpus,
+                        object_store_memory=256 * 1024**2,
+                        **kwargs,
+                    )
                 self._started_ray = True
                 self._start_reaper()
         self._check_fits(ray)

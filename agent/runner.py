@@ -46,6 +46,7 @@ def make_executor(cfg: CampaignConfig, address: str | None = None) -> RayExecuto
         task_timeout_s=ex_cfg.task_timeout_s,
         max_retries=ex_cfg.max_retries,
         task_cpu_limit_s=ex_cfg.task_cpu_limit_s,
+        worker_niceness=ex_cfg.worker_niceness,
     )
 
 

@@ -373,3 +373,36 @@ def test_cpu_limit_failure_is_built_like_every_executor_failure():
     lost = _failed(task, "worker died", 3.0, 6.0)
     assert asdict(lost) == asdict(_failed_result("_faulty", inp, "worker died", 3.0, 6.0, fidelity=2))
     assert lost.backend_version == "?" and lost.inputs_hash == inp.inputs_hash("_faulty", "?")
+
+
+def test_worker_niceness_is_a_config_option_default_off():
+    """`[executor] worker_niceness` (default 0, not Ray's +15) reaches the executor."""
+    from agent.config import ExecutorConfig
+    from agent.runner import make_executor
+
+    assert ExecutorConfig().worker_niceness == 0
+    assert RayExecutor().worker_niceness == 0
+    cfg = type("Cfg", (), {"executor": ExecutorConfig(worker_niceness=7)})()
+    assert make_executor(cfg).worker_niceness == 7
+    with pytest.raises(ValueError, match="worker_niceness"):
+        ExecutorConfig(worker_niceness=-1)
+
+
+@pytest.mark.slow  # starts its own embedded Ray in a fresh process (~10-20 s)
+def test_embedded_ray_workers_run_at_the_configured_niceness():
+    """The workers of the embedded Ray run at the launcher's niceness + worker_niceness
+    (Ray alone would add 15), and the launcher's environment is left as it was."""
+    code = (
+        "import os, ray\n"
+        "from agent.executor import RayExecutor\n"
+        "for n in (0, 7):\n"
+        "    ex = RayExecutor(num_cpus=1, worker_niceness=n)\n"
+        "    ex.start()\n"
+        "    w = ray.get(ray.remote(lambda: os.nice(0)).remote())\n"
+        "    ex.shutdown()\n"
+        "    print(n, w - os.nice(0), os.environ.get('RAY_worker_niceness'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert out.stdout.split() == ["0", "0", "None", "7", "7", "None"], out.stdout + out.stderr[-2000:]
