@@ -126,6 +126,12 @@ class Campaign:
         # the molecule stage prices its evaluations by the budget that binds (stages/molecule.py)
         self.stages["molecule"].evaluation_share = self.shares["molecule"]  # type: ignore[attr-defined]
         self.pending: dict[str, Request] = {}
+        #: synchronous campaigns: results stored but not yet told to their stages, with
+        #: the order their requests were asked in (see :meth:`tell`)
+        self._deferred: list[tuple[int, Request, Evaluation]] = []
+        self._asked: dict[str, int] = {}
+        self._n_asked = 0
+        self._last_asked_at = 0.0
         self._restore()
 
     # -- construction -------------------------------------------------------------------
@@ -223,7 +229,10 @@ class Campaign:
         for stage in self.stages.values():
             stage.restore(self.store)
         legacy: dict[int, str] = {}
-        for ev in self.store.evaluations():
+        evaluations = self.store.evaluations()  # in the order they were stored
+        if self.cfg.synchronous:  # the order the stages were told them in (see tell)
+            evaluations.sort(key=lambda ev: (ev.submitted_at, ev.id))
+        for ev in evaluations:
             name = ev.stage
             if not name:
                 # the structure stage first: its CSP backend is a molecule-level backend
@@ -313,6 +322,7 @@ class Campaign:
     # -- ask / tell -----------------------------------------------------------------------
     def ask(self, n: int) -> list[Task]:
         """Up to ``n`` new tasks (never more than the remaining budget allows)."""
+        self.absorb_deferred()
         if self.stop_reason():
             return []
         n = min(n, self.cfg.max_evaluations - self.n_evaluations - len(self.pending))
@@ -327,13 +337,25 @@ class Campaign:
                 continue
             for request in stage.ask(k, tuple(self.pending.values()))[:k]:
                 self.pending[request.request_id] = request
-                tasks.append(request.to_task())
+                self._asked[request.request_id] = self._n_asked
+                self._n_asked += 1
+                task = request.to_task()
+                # strictly increasing, so the store keeps the order of asking
+                self._last_asked_at = task.submitted_at = max(time.time(), self._last_asked_at + 1e-6)
+                tasks.append(task)
                 n -= 1
         return tasks
 
-    def tell(self, task: Task, result: EvalResult) -> bool:
+    def tell(self, task: Task, result: EvalResult, *, defer: bool = False) -> bool:
         """Record a finished task: commit it (with the rows its stage derives from it, e.g.
-        a CSP landscape) to the store, then tell its stage. False if it was stored already."""
+        a CSP landscape) to the store, then tell its stage. False if it was stored already.
+
+        ``defer=True`` (synchronous campaigns) commits the result at once but tells the
+        stage only at :meth:`absorb_deferred` (called by :meth:`ask`), in the order the
+        requests were asked, so the stages' state after a batch does not depend on which
+        task finished first. A resumed synchronous campaign replays the store in
+        submission order for the same reason.
+        """
         request = task.request
         if request is None:
             raise ValueError(f"task {task.request_id} carries no request")
@@ -351,8 +373,20 @@ class Campaign:
             **rows,
         )
         if inserted:
-            self._absorb(request.stage, request, self.store.evaluation(request.request_id))
+            ev = self.store.evaluation(request.request_id)
+            if defer:
+                self._deferred.append((self._asked.pop(request.request_id, -1), request, ev))
+            else:
+                self._asked.pop(request.request_id, None)
+                self._absorb(request.stage, request, ev)
         return inserted
+
+    def absorb_deferred(self) -> None:
+        """Tell the stages the deferred results (see :meth:`tell`), in the order their
+        requests were asked."""
+        deferred, self._deferred = sorted(self._deferred, key=lambda d: d[0]), []
+        for _, request, ev in deferred:
+            self._absorb(request.stage, request, ev)
 
     def step_external(self) -> bool:
         """Advance the stages' work outside the executor (lab experiments); True while
@@ -366,6 +400,7 @@ class Campaign:
     def refit_final(self) -> None:
         """Refit the stages' models on every stored result (at the end of a run, so the
         recorded and logged models have seen everything)."""
+        self.absorb_deferred()
         if "molecule" in self.enabled:
             self.molecules.refit()
         if self.stage is not None and "structures" in self.enabled:

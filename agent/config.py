@@ -244,9 +244,16 @@ class CampaignConfig(_Strict):
         direction: "minimize" or "maximize".
         backends: the fidelity ladder, cheapest first.
         batch_size: how many requests are in flight at once (at most).
+        synchronous: ask for the next batch only when the whole previous batch has
+            finished, and tell the stages its results in submission order, so the
+            decisions depend only on the results and the seed, never on which worker
+            finished first (the same decisions on an idle or a loaded machine, or with
+            faster SCF settings); workers idle while the slowest task of a batch runs.
+            Default false: a free worker gets new work at once.
         seed: random seed; with replayed backends decisions are deterministic.
         max_evaluations: total evaluations (all backends).
-        max_cpu_hours: total compute budget (sum of wall seconds of evaluations).
+        max_cpu_hours: total compute budget (CPU seconds measured in the workers, failed
+            evaluations included).
         max_pool_molecules: refuse larger pools (raise it explicitly for a big screen).
     """
 
@@ -256,6 +263,7 @@ class CampaignConfig(_Strict):
     direction: Literal["minimize", "maximize"] = "minimize"
     backends: list[BackendConfig] = Field(min_length=1)
     batch_size: int = Field(default=4, ge=1)
+    synchronous: bool = False
     seed: int = Field(default=0, ge=0)
     max_evaluations: int = Field(default=50, ge=1)
     max_cpu_hours: float | None = Field(default=None, gt=0)

@@ -110,7 +110,7 @@ def run_campaign(
             )
             while True:
                 free = slots - executor.n_in_flight
-                if free > 0:
+                if free > 0 and not (cfg.synchronous and executor.n_in_flight):
                     for task in campaign.ask(free):
                         executor.submit(task)
                 lab_open = campaign.step_external()
@@ -122,7 +122,7 @@ def run_campaign(
                     time.sleep(1.0)  # only lab experiments are running
                     continue
                 for done in executor.wait(timeout_s=1.0):
-                    campaign.tell(done.task, done.result)
+                    campaign.tell(done.task, done.result, defer=cfg.synchronous)
                     if tracker is not None:
                         tracker.log_progress()
                     best = campaign.best_value()
