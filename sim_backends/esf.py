@@ -86,18 +86,38 @@ def proxy_log10_mobility(lambda_hole_kjmol: float, temperature_K: float = 300.0)
     return math.log10(mu)
 
 
+#: warning on a structure whose hole frontier manifold is degenerate while lambda+ came from
+#: GFN2-xTB: the coupling is defined (rotation-invariant J_eff), the reorganisation energy is not
+JAHN_TELLER_LAMBDA_WARNING = (
+    "hole: degenerate HOMO (Jahn-Teller cation) with a GFN2-xTB lambda+: its Fermi-smeared occupations "
+    "keep the cation undistorted (sim_backends/reorg.py), so lambda+ is too small and this mobility too large")
+
+
+def structure_warnings(transfer: Any, lambda_level: str | None) -> list[str]:
+    """A structure's warnings: the transfer integrals' own
+    (:attr:`sim_backends.transfer.CrystalTransfer.warnings`) and
+    :data:`JAHN_TELLER_LAMBDA_WARNING` when its hole frontier manifold has more than one
+    orbital and lambda+ is a GFN2-xTB value (``lambda_level == "GFN2-xTB"``)."""
+    out = list(transfer.warnings)
+    if lambda_level == "GFN2-xTB" and int((transfer.manifolds.get("hole") or {}).get("n", 1)) > 1:
+        out.append(JAHN_TELLER_LAMBDA_WARNING)
+    return out
+
+
 def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_structures: int,
                      window_kjmol: float, transfer: str = "gfn2-xtb", seed: int = 0,
                      space_groups: str = ESF_SPACE_GROUPS, temperature_K: float = 300.0,
                      energy_sd_kjmol: float = FF_ENERGY_SD_KJMOL, cutoff_A: float = 4.0,
-                     level_params: dict[str, Any] | None = None) -> dict[str, Any]:
+                     level_params: dict[str, Any] | None = None,
+                     lambda_level: str | None = None) -> dict[str, Any]:
     """CSP, transfer integrals and hole mobility of the kept structures, and the landscape
     mobility: one JSON-ready record (the data set's and the backend's format).
 
     Keys: ``n_trials``, ``transfer_level``, ``n_minima``, ``structures`` (per kept
     structure: id, energy, space group, Z, density, CIF, mobility, largest |J|, the size of
     the hole frontier manifold (``hole_manifold``; >1: degenerate HOMO, rotation-invariant
-    J_eff, :mod:`sim_backends.transfer`), ``warnings`` and INFO ``notes``
+    J_eff, :mod:`sim_backends.transfer`), ``warnings`` (:func:`structure_warnings`;
+    ``lambda_level`` names where lambda+ came from) and INFO ``notes``
     or ``error``), ``landscape_mobility_hole_cm2Vs`` ({mean, sd, n_in_window, ...}),
     ``global_minimum_mobility_hole_cm2Vs``, ``cpu_s`` ({csp, transfer}, this process's
     CPU seconds); ``error`` (one line) when no structure has a mobility.
@@ -142,7 +162,7 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                       "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
                       "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
                       "n_unique_dimers": len(tr.dimers), "hole_manifold": int(tr.manifolds["hole"]["n"]),
-                      "warnings": tr.warnings, "notes": tr.notes})
+                      "warnings": structure_warnings(tr, lambda_level), "notes": tr.notes})
         except BackendError as exc:
             s["error"] = " ".join(str(exc).split())[:300]
         structures.append(s)
@@ -284,7 +304,8 @@ class EsfLandscapeBackend(Backend):
         rec = landscape_record(inp.smiles, lam, int(p["n_trials"]), int(p["n_structures"]),
                                float(p["window_kjmol"]), str(p["transfer"]), int(p["seed"]),
                                str(p["space_groups"]), float(p["temperature_K"]), float(p["energy_sd_kjmol"]),
-                               float(p["cutoff_A"]), level_params)
+                               float(p["cutoff_A"]), level_params,
+                               lambda_level=None if p.get("lambda_hole_kjmol") is not None else "GFN2-xTB")
         if "error" in rec:
             raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
         values = landscape_values(lam, rec)

@@ -97,7 +97,8 @@ def landscape_step(smiles: str, lam_kjmol: float, n_trials: int, n_keep: int, wi
     from sim_backends.esf import landscape_record
 
     return landscape_record(smiles, lam_kjmol, n_trials, n_keep, window, level, seed,
-                            temperature_K=TEMPERATURE_K, energy_sd_kjmol=FF_ENERGY_SD_KJMOL)
+                            temperature_K=TEMPERATURE_K, energy_sd_kjmol=FF_ENERGY_SD_KJMOL,
+                            lambda_level="GFN2-xTB")  # lambda+ is the proxy's (xtb-reorg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,10 @@ mobilities and the Boltzmann-weighted landscape mobility redone, not the CSP.
 
 Selected records (default): those of ``esf_quick.jsonl`` and ``esf_refined.jsonl`` whose
 structures carry a frontier-orbital warning of the old single-orbital code (text
-``"frontier orbital within"``); ``--all`` takes every record with structures.
+``"frontier orbital within"``), or a degenerate hole manifold without the Jahn-Teller
+lambda+ warning (:data:`sim_backends.esf.JAHN_TELLER_LAMBDA_WARNING`: the data set's
+lambda+ is GFN2-xTB); ``--all`` takes every record with structures. A record recomputed
+twice keeps its first ``before`` values.
 
 Per selected record and structure: :func:`sim_backends.transfer.crystal_transfer` (the
 record's level, GFN2-xTB, 4 A contact cutoff), :func:`sim_backends.mobility.crystal_mobility`
@@ -41,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 HERE = Path(__file__).resolve().parent
 FIDELITIES = ("quick", "refined")
 OLD_WARNING = "frontier orbital within"
+JT_TEXT = "Jahn-Teller cation"
 TEMPERATURE_K = 300.0
 REASON = ("degenerate frontier manifolds: rotation-invariant J_eff^2 = (1/n) sum_ab |J_ab|^2 "
           "(sim_backends/transfer.py) replaces the single-orbital |J|")
@@ -62,12 +66,17 @@ def selected(rec: dict, take_all: bool) -> bool:
     structures = rec.get("structures") or []
     if not structures or rec.get("error"):
         return False
-    return take_all or any(OLD_WARNING in w for s in structures for w in (s.get("warnings") or []))
+    if take_all or any(OLD_WARNING in w for s in structures for w in (s.get("warnings") or [])):
+        return True
+    # a degenerate HOMO recomputed before the lambda+ warning existed
+    return any((s.get("hole_manifold") or 1) > 1 and JT_TEXT not in " ".join(s.get("warnings") or [])
+               for s in structures)
 
 
 def recompute(rec: dict, commit: str) -> dict:
     """The record with its transfer integrals, mobilities and landscape mobility redone."""
     from sim_backends.base import BackendError, process_cpu_s
+    from sim_backends.esf import structure_warnings
     from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility, landscape_mobility
     from sim_backends.structures import load_crystal
     from sim_backends.transfer import crystal_transfer
@@ -83,7 +92,7 @@ def recompute(rec: dict, commit: str) -> dict:
         if not s.get("cif"):
             structures.append(s)
             continue
-        s["before"] = {k: s.get(k) for k in ("mobility_hole_cm2Vs", "mobility_hole_max_cm2Vs", "j_hole_max_meV",
+        s["before"] = s.get("before") or {k: s.get(k) for k in ("mobility_hole_cm2Vs", "mobility_hole_max_cm2Vs", "j_hole_max_meV",
                                              "j_electron_max_meV", "warnings", "error") if k in s}
         for k in ("error", "warnings", "notes"):
             s.pop(k, None)
@@ -95,7 +104,7 @@ def recompute(rec: dict, commit: str) -> dict:
                       "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
                       "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
                       "n_unique_dimers": len(tr.dimers), "hole_manifold": int(tr.manifolds["hole"]["n"]),
-                      "warnings": tr.warnings, "notes": tr.notes})
+                      "warnings": structure_warnings(tr, "GFN2-xTB"), "notes": tr.notes})
         except BackendError as exc:
             for k in ("mobility_hole_cm2Vs", "mobility_hole_max_cm2Vs", "j_hole_max_meV", "j_electron_max_meV"):
                 s.pop(k, None)
@@ -106,7 +115,7 @@ def recompute(rec: dict, commit: str) -> dict:
     lm_old = rec.get("landscape_mobility_hole_cm2Vs") or {}
     sd = float(lm_old.get("energy_sd_kjmol", 4.5))
     window = float(lm_old.get("window_kjmol", 7.0))
-    before = {"landscape_mobility_hole_cm2Vs": lm_old.get("mean"), "landscape_sd": lm_old.get("sd"),
+    before = (rec.get("recomputed") or {}).get("before") or {"landscape_mobility_hole_cm2Vs": lm_old.get("mean"), "landscape_sd": lm_old.get("sd"),
               "global_minimum_mobility_hole_cm2Vs": rec.get("global_minimum_mobility_hole_cm2Vs")}
     if ok:
         lm = landscape_mobility([s["energy_kjmol"] for s in ok], [s["mobility_hole_cm2Vs"] for s in ok],
@@ -153,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{fid}: {len(todo)} records to recompute ({sum((fid, r['smiles']) in done for r in todo)} done before)")
         for r in todo:
             key = (fid, r["smiles"])
-            if key in done:
-                continue
+            if key in done and (args.all or not selected(done[key], False)):
+                continue  # done, and its result meets the current criteria
             new = recompute(r, commit)
             new["fidelity"] = fid
             with progress.open("a") as fh:

@@ -177,3 +177,20 @@ def test_old_results_without_manifolds_still_warn():
     frontier orbital keeps its warning: its single-orbital value is not defined."""
     tr = CrystalTransfer([], [], np.zeros((0, 3)), 2, "GFN2-xTB", 0.0, {"hole": 0.0, "electron": 900.0})
     assert len(tr.warnings) == 1 and tr.warnings[0].startswith("hole:") and tr.notes == []
+
+
+def test_degenerate_homo_with_an_xtb_lambda_warns_about_lambda():
+    """The coupling of a degenerate HOMO is now defined, its GFN2-xTB lambda+ is not (the
+    Jahn-Teller cation stays undistorted): a structure with a degenerate hole manifold and
+    a GFN2-xTB lambda+ carries that warning; one with lambda+ from elsewhere, or a single
+    HOMO, does not."""
+    from sim_backends.esf import JAHN_TELLER_LAMBDA_WARNING, structure_warnings
+
+    def tr(n):
+        return CrystalTransfer([], [], np.zeros((0, 3)), 2, "GFN2-xTB", 0.0, {"hole": 0.0, "electron": 900.0},
+                               {"hole": {"n": n, "splitting_meV": 0.0, "gap_meV": 500.0},
+                                "electron": {"n": 1, "splitting_meV": 0.0, "gap_meV": 900.0}})
+
+    assert structure_warnings(tr(2), "GFN2-xTB") == [JAHN_TELLER_LAMBDA_WARNING]
+    assert JAHN_TELLER_LAMBDA_WARNING.startswith("hole:")  # shown by status (hole warnings only)
+    assert structure_warnings(tr(2), None) == [] and structure_warnings(tr(1), "GFN2-xTB") == []
