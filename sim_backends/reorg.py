@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import os
 from abc import abstractmethod
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sim_backends import params as check
@@ -107,7 +108,10 @@ class ReorgBackend(Backend):
         max_heavy_atoms (int, 40): larger molecules are rejected (SetupError).
 
     Subclasses implement :meth:`_relax` and :meth:`_energy` (energies in eV,
-    coordinates in angstrom) and may override :meth:`_start_geometries`.
+    coordinates in angstrom) and may override :meth:`_start_geometries` and
+    :meth:`_new_context`. Every hook is given ``ctx``, the state of this one evaluation
+    (:meth:`_new_context`, made anew by each ``evaluate`` call): an instance keeps no
+    per-evaluation state, so evaluations on one instance cannot affect each other.
     """
 
     target = "molecule"
@@ -126,21 +130,27 @@ class ReorgBackend(Backend):
     # -- engine hooks ---------------------------------------------------------------------
     @abstractmethod
     def _relax(
-        self, symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], params: dict[str, Any]
+        self, symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], params: dict[str, Any],
+        ctx: Any,
     ) -> tuple[float, np.ndarray, dict[str, Any]]:
         """Relax one charge state; return ``(energy_eV, coords_A (n, 3), info)``."""
 
     @abstractmethod
     def _energy(
-        self, symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], params: dict[str, Any]
+        self, symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], params: dict[str, Any],
+        ctx: Any,
     ) -> float:
         """Single-point total energy in eV of ``state`` = (charge, multiplicity)."""
 
     def _start_geometries(
-        self, symbols: list[str], coords_A: np.ndarray, params: dict[str, Any]
+        self, symbols: list[str], coords_A: np.ndarray, params: dict[str, Any], ctx: Any
     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
         """Starting geometries (neutral, cation or None = the relaxed neutral), info."""
         return coords_A, None, {}
+
+    def _new_context(self, params: dict[str, Any]) -> Any:
+        """The state of one evaluation with ``params`` (None: the engine keeps none)."""
+        return None
 
 
     @abstractmethod
@@ -149,6 +159,10 @@ class ReorgBackend(Backend):
 
     # -- the scheme ------------------------------------------------------------------------
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        return self._four_point(inp, self._new_context(inp.params))
+
+    def _four_point(self, inp: EvalInput, ctx: Any) -> tuple[dict[str, float], dict[str, Any]]:
+        """The four-point scheme for ``inp``, every hook given the evaluation's ``ctx``."""
         import time
 
         import numpy as np
@@ -157,13 +171,13 @@ class ReorgBackend(Backend):
         p = inp.params
         canon = validate_smiles(inp.smiles, int(p.get("max_heavy_atoms", MAX_HEAVY_ATOMS)))
         symbols, coords0 = embed_conformer(canon, seed=int(p.get("seed", 0)))
-        start_n, start_c, start_info = self._start_geometries(symbols, coords0, p)
-        e_nn, geom_n, info_n = self._relax(symbols, start_n, NEUTRAL, p)
+        start_n, start_c, start_info = self._start_geometries(symbols, coords0, p, ctx)
+        e_nn, geom_n, info_n = self._relax(symbols, start_n, NEUTRAL, p, ctx)
         e_cc, geom_c, info_c = self._relax(
-            symbols, geom_n if start_c is None else start_c, CATION, p
+            symbols, geom_n if start_c is None else start_c, CATION, p, ctx
         )
-        e_cn = self._energy(symbols, geom_n, CATION, p)
-        e_nc = self._energy(symbols, geom_c, NEUTRAL, p)
+        e_cn = self._energy(symbols, geom_n, CATION, p, ctx)
+        e_nc = self._energy(symbols, geom_c, NEUTRAL, p, ctx)
         lam_c_ev = e_cn - e_cc
         lam_n_ev = e_nc - e_nn
         lam_ev = lam_c_ev + lam_n_ev
@@ -326,7 +340,7 @@ class XtbReorgBackend(ReorgBackend):
     def _level(self, params: dict[str, Any]) -> str:
         return "GFN2-xTB"
 
-    def _relax(self, symbols, coords_A, state, params):
+    def _relax(self, symbols, coords_A, state, params, ctx):
         energy, coords, n_steps = xtb_relax(
             symbols, coords_A, state,
             fmax_eV_A=float(params.get("fmax", 0.01)),
@@ -335,7 +349,7 @@ class XtbReorgBackend(ReorgBackend):
         )
         return energy, coords, {"n_opt_steps": n_steps}
 
-    def _energy(self, symbols, coords_A, state, params):
+    def _energy(self, symbols, coords_A, state, params, ctx):
         return xtb_energy(symbols, coords_A, state, int(params.get("max_cycles", 250)))
 
 
@@ -383,7 +397,34 @@ DFT_DEFAULTS: dict[str, Any] = {
 
 
 class _FinerGrid(Exception):
-    """The first neutral SCF found a degenerate HOMO: redo the evaluation on a finer grid."""
+    """Ends an evaluation whose first neutral SCF found a degenerate HOMO (on a grid below
+    ``degenerate_grid_level``): :meth:`DftReorgBackend._evaluate` starts it again with a
+    new :class:`DftEvaluation` on the finer grid."""
+
+
+@dataclass
+class DftEvaluation:
+    """The state of one :class:`DftReorgBackend` evaluation, made by each ``evaluate``
+    call and passed to every step; the backend instance holds none of it.
+
+    Attributes:
+        scf_mode, stability, max_followups, degenerate_holes: the evaluation's
+            ``scf_guess``, ``stability_check``, ``stability_followups`` and
+            ``degenerate_holes`` parameters.
+        grid_floor: lowest DFT grid level of every SCF (0: the ``grid_level`` param).
+        scf_states: converged states (orbitals), the guesses of later SCFs.
+        scf_records: one record per SCF or relaxation (``extra["scf"]``).
+        sp_energies: single-point energies (eV) already computed, by :meth:`DftReorgBackend._sp_key`.
+    """
+
+    scf_mode: str
+    stability: bool
+    max_followups: int
+    degenerate_holes: bool
+    grid_floor: int = 0
+    scf_states: list[dict[str, Any]] = field(default_factory=list)
+    scf_records: list[dict[str, Any]] = field(default_factory=list)
+    sp_energies: dict[tuple, float] = field(default_factory=dict)
 
 
 class DftReorgBackend(ReorgBackend):
@@ -499,45 +540,40 @@ class DftReorgBackend(ReorgBackend):
             return f"{own}//{xc}/{str(self._p(params, 'opt_basis')).upper()} geometries"
         return f"{own}, both states relaxed at this level"
 
-    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
-        self._scf_mode = str(self._p(inp.params, "scf_guess"))
-        self._stability = bool(self._p(inp.params, "stability_check"))
-        self._max_followups = int(self._p(inp.params, "stability_followups"))
-        self._degenerate_holes = bool(self._p(inp.params, "degenerate_holes"))
-        self._grid_floor = 0
-        self._sp_energies: dict[tuple, float] = {}
-        self._scf_states: list[dict[str, Any]] = []
-        self._scf_records: list[dict[str, Any]] = []
-        try:
-            try:
-                values, extra = super()._evaluate(inp)
-            except _FinerGrid:
-                self._grid_floor = int(self._p(inp.params, "degenerate_grid_level"))
-                self._scf_states, self._sp_energies = [], {}
-                values, extra = super()._evaluate(inp)
-            extra["grid_level"] = max(int(self._p(inp.params, "grid_level")), self._grid_floor)
-            extra["degenerate_homo"] = self._grid_floor > 0
-            extra["scf_guess"] = self._scf_mode
-            extra["scf"] = self._scf_records
-            extra["scf_fock_builds_total"] = sum(r["fock_builds"] for r in self._scf_records)
-            extra["scf_fallbacks"] = [f"{r['what']}: {r['fallback']}" for r in self._scf_records
-                                      if "fallback" in r]
-            stab = [r["stability"] for r in self._scf_records if "stability" in r]
-            holes = [r["hole_placement"] for r in self._scf_records if "hole_placement" in r]
-            extra["scf_hole_placements"] = holes
-            extra["scf_stability"] = {
-                "checks": sum(x["checks"] for x in stab), "followups": sum(x["followups"] for x in stab),
-                "fock_builds": sum(x["fock_builds"] for x in stab),
-                "cpu_s": round(sum(x["cpu_s"] for x in stab), 3),
-                "followed": [r["what"] for r in self._scf_records
-                             if r.get("stability", {}).get("followups")]}
-            return values, extra
-        finally:
-            # orbitals belong to one evaluation; keep pickles small
-            self._scf_states, self._scf_records, self._sp_energies = [], [], {}
-            self._grid_floor = 0
+    def _new_context(self, params: dict[str, Any]) -> DftEvaluation:
+        return DftEvaluation(
+            scf_mode=str(self._p(params, "scf_guess")),
+            stability=bool(self._p(params, "stability_check")),
+            max_followups=int(self._p(params, "stability_followups")),
+            degenerate_holes=bool(self._p(params, "degenerate_holes")))
 
-    def _start_geometries(self, symbols, coords_A, params):
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        ctx = self._new_context(inp.params)
+        try:
+            values, extra = self._four_point(inp, ctx)
+        except _FinerGrid:  # again on the finer grid; the coarse grid's SCF stays in the records
+            records = ctx.scf_records
+            ctx = self._new_context(inp.params)
+            ctx.grid_floor = int(self._p(inp.params, "degenerate_grid_level"))
+            ctx.scf_records = records
+            values, extra = self._four_point(inp, ctx)
+        records = ctx.scf_records
+        extra["grid_level"] = max(int(self._p(inp.params, "grid_level")), ctx.grid_floor)
+        extra["degenerate_homo"] = ctx.grid_floor > 0
+        extra["scf_guess"] = ctx.scf_mode
+        extra["scf"] = records
+        extra["scf_fock_builds_total"] = sum(r["fock_builds"] for r in records)
+        extra["scf_fallbacks"] = [f"{r['what']}: {r['fallback']}" for r in records if "fallback" in r]
+        stab = [r["stability"] for r in records if "stability" in r]
+        extra["scf_hole_placements"] = [r["hole_placement"] for r in records if "hole_placement" in r]
+        extra["scf_stability"] = {
+            "checks": sum(x["checks"] for x in stab), "followups": sum(x["followups"] for x in stab),
+            "fock_builds": sum(x["fock_builds"] for x in stab),
+            "cpu_s": round(sum(x["cpu_s"] for x in stab), 3),
+            "followed": [r["what"] for r in records if r.get("stability", {}).get("followups")]}
+        return values, extra
+
+    def _start_geometries(self, symbols, coords_A, params, ctx):
         geom = str(self._p(params, "geometry"))
         if geom not in ("dft", "xtb"):
             raise SetupError(f"unknown geometry option {geom!r}; use 'dft' or 'xtb'")
@@ -545,7 +581,7 @@ class DftReorgBackend(ReorgBackend):
         _, g_c, steps_c = xtb_relax(symbols, g_n, CATION)
         return g_n, g_c, {"xtb_opt_steps": [steps_n, steps_c]}
 
-    def _mean_field(self, symbols, coords_A, state, params):
+    def _mean_field(self, symbols, coords_A, state, params, ctx: DftEvaluation):
         from pyscf import dft, gto, lib
 
         lib.num_threads(int(self._p(params, "threads")))
@@ -562,50 +598,53 @@ class DftReorgBackend(ReorgBackend):
         mf.xc = str(self._p(params, "functional"))
         mf.max_cycle = int(self._p(params, "max_cycles"))
         mf.conv_tol = float(self._p(params, "conv_tol"))
-        mf.grids.level = max(int(self._p(params, "grid_level")), getattr(self, "_grid_floor", 0))
+        mf.grids.level = max(int(self._p(params, "grid_level")), ctx.grid_floor)
         if bool(self._p(params, "density_fit")):
             mf = mf.density_fit()
         return mf
 
-    def _remember(self, mf, state: tuple[int, int], label: str) -> None:
+    @staticmethod
+    def _remember(ctx: DftEvaluation, mf, state: tuple[int, int], label: str) -> None:
         """Keep a converged state's orbitals as a guess for the later SCFs of this evaluation."""
         from pyscf import lib
 
-        states = getattr(self, "_scf_states", None)
-        if states is not None and getattr(mf, "mo_coeff", None) is not None:
-            states.append({"charge": state[0], "xyz_A": mf.mol.atom_coords() * lib.param.BOHR,
+        if getattr(mf, "mo_coeff", None) is not None:
+            ctx.scf_states.append({"charge": state[0], "xyz_A": mf.mol.atom_coords() * lib.param.BOHR,
                            "nao": int(mf.mol.nao), "mo_coeff": mf.mo_coeff, "mo_occ": mf.mo_occ,
                            "mo_energy": getattr(mf, "mo_energy", None), "basis": str(mf.mol.basis),
                            "label": label})
 
-    def _converged_scf(self, mf, label: str, state: tuple[int, int], params: dict[str, Any] | None = None):
+    def _converged_scf(self, ctx: DftEvaluation, mf, label: str, state: tuple[int, int],
+                       params: dict[str, Any]):
         """Converge ``mf`` (state ``state``); RunError if it fails.
 
-        A cation at a geometry where the neutral's HOMO is degenerate (``degenerate_holes``,
-        needs ``params``) goes to :meth:`_lowest_hole_placement`; every other SCF to
-        :meth:`_single_scf`. The converged state is kept as a guess for later SCFs.
+        A cation at a geometry where the neutral's HOMO is degenerate (``degenerate_holes``)
+        goes to :meth:`_lowest_hole_placement`; every other SCF to :meth:`_single_scf`. The
+        converged state is kept as a guess for later SCFs. The evaluation's first SCF, a
+        neutral with a degenerate HOMO on a grid below ``degenerate_grid_level``, raises
+        :class:`_FinerGrid`.
         """
         from sim_backends.scf_guess import degenerate_holes
 
-        if state == CATION and params is not None and getattr(self, "_degenerate_holes", False):
-            neutral = self._neutral_at(mf.mol, params)
+        if state == CATION and ctx.degenerate_holes:
+            neutral = self._neutral_at(ctx, mf.mol, params)
             holes = degenerate_holes(neutral["mo_energy"], neutral["mo_occ"]) if neutral is not None else []
             if holes:
-                mf = self._lowest_hole_placement(mf, label, state, neutral, holes)
-                self._remember(mf, state, label)
+                mf = self._lowest_hole_placement(ctx, mf, label, state, neutral, holes)
+                self._remember(ctx, mf, state, label)
                 return mf
-        mf, rec = self._single_scf(mf, label, state)
-        getattr(self, "_scf_records", []).append(rec)
-        if (state == NEUTRAL and len(getattr(self, "_scf_records", [])) == 1 and params is not None
-                and getattr(self, "_degenerate_holes", False)
+        mf, rec = self._single_scf(ctx, mf, label, state)
+        ctx.scf_records.append(rec)
+        if (state == NEUTRAL and len(ctx.scf_records) == 1 and ctx.degenerate_holes
                 and int(mf.grids.level) < int(self._p(params, "degenerate_grid_level"))
                 and degenerate_holes(mf.mo_energy, mf.mo_occ)):
             rec["degenerate_homo"] = "evaluation redone on a finer grid"
             raise _FinerGrid
-        self._remember(mf, state, label)
+        self._remember(ctx, mf, state, label)
         return mf
 
-    def _single_scf(self, mf, label: str, state: tuple[int, int], guess_dm=None, guess_label: str = ""):
+    def _single_scf(self, ctx: DftEvaluation, mf, label: str, state: tuple[int, int], guess_dm=None,
+                    guess_label: str = ""):
         """Run the SCF (:func:`sim_backends.scf_guess.solve`); RunError if it fails.
 
         With ``scf_guess="auto"`` the initial guess is the closest converged state of
@@ -626,8 +665,8 @@ class DftReorgBackend(ReorgBackend):
         if guess_dm is not None:
             dm0, guess = guess_dm, guess_label
             mf.conv_check = False
-        elif getattr(self, "_scf_mode", "auto") == "auto":
-            src = closest_state(getattr(self, "_scf_states", []), state[0],
+        elif ctx.scf_mode == "auto":
+            src = closest_state(ctx.scf_states, state[0],
                                 mf.mol.atom_coords() * lib.param.BOHR, int(mf.mol.nao))
             if src is not None:
                 dm0, guess = state_density(mf.mol, src), src["label"]
@@ -648,14 +687,14 @@ class DftReorgBackend(ReorgBackend):
                 "nor with second-order SCF"
             )
         rec.pop("energy_hartree", None)
-        if state[1] != 1 and getattr(self, "_stability", True):
-            mf = self._stable(mf, label, rec)
+        if state[1] != 1 and ctx.stability:
+            mf = self._stable(ctx, mf, label, rec)
             rec["fock_builds"] = mf.fock_counter["n"]
             for key in ("cpu_s", "wall_s"):  # the record's totals include the check
                 rec[key] = round(rec.get(key, 0.0) + rec["stability"][key], 4)
         return mf, rec
 
-    def _neutral_at(self, mol, params: dict[str, Any]) -> dict[str, Any] | None:
+    def _neutral_at(self, ctx: DftEvaluation, mol, params: dict[str, Any]) -> dict[str, Any] | None:
         """The converged closed-shell neutral of this evaluation at ``mol``'s geometry and
         basis (a remembered state), else one neutral SCF there, whose energy
         :meth:`_energy` then reuses. None if the neutral is not closed-shell."""
@@ -665,24 +704,25 @@ class DftReorgBackend(ReorgBackend):
         if mol.nelectron % 2 == 0:  # the cation has an even count: the neutral is open-shell
             return None
         xyz = mol.atom_coords() * lib.param.BOHR
-        for st in reversed(getattr(self, "_scf_states", [])):
+        for st in reversed(ctx.scf_states):
             if (st["charge"] == NEUTRAL[0] and st.get("basis") == str(mol.basis) and st["xyz_A"].shape == xyz.shape
                     and np.ndim(st["mo_coeff"]) == 2 and st.get("mo_energy") is not None
                     and np.abs(st["xyz_A"] - xyz).max() < 1e-6):
                 return st
         symbols = [mol.atom_pure_symbol(k) for k in range(mol.natm)]
         p = {**params, "basis": mol.basis}
-        nmf = self._converged_scf(self._mean_field(symbols, xyz, NEUTRAL, p), "charge +0 single point", NEUTRAL, p)
-        self._sp_energies[self._sp_key(NEUTRAL, p, xyz)] = float(nmf.e_tot) * EV_PER_HARTREE
-        return self._scf_states[-1]
+        nmf = self._converged_scf(ctx, self._mean_field(symbols, xyz, NEUTRAL, p, ctx),
+                                  "charge +0 single point", NEUTRAL, p)
+        ctx.sp_energies[self._sp_key(NEUTRAL, p, xyz)] = float(nmf.e_tot) * EV_PER_HARTREE
+        return ctx.scf_states[-1]
 
     def _sp_key(self, state: tuple[int, int], params: dict[str, Any], coords_A) -> tuple:
         import numpy as np
 
         return (state, str(self._p(params, "basis")).lower(), np.round(np.asarray(coords_A, float), 6).tobytes())
 
-    def _lowest_hole_placement(self, mf, label: str, state: tuple[int, int], neutral: dict[str, Any],
-                               holes: list[int]):
+    def _lowest_hole_placement(self, ctx: DftEvaluation, mf, label: str, state: tuple[int, int],
+                               neutral: dict[str, Any], holes: list[int]):
         """Converge the cation from the neutral's orbitals with the hole in each degenerate
         orbital ``holes``, each stability-checked; return the lowest. The degenerate
         orbitals are first turned to a fixed orientation
@@ -703,12 +743,12 @@ class DftReorgBackend(ReorgBackend):
         for cand, (k, hole) in zip(fresh, enumerate(holes)):
             what = f"{label} (hole in neutral orbital {hole})"
             try:
-                cand, rec = self._single_scf(cand, what, state, hole_density(oriented, hole),
+                cand, rec = self._single_scf(ctx, cand, what, state, hole_density(oriented, hole),
                                              f"{neutral['label']} hole {hole}")
             except RunError as exc:
                 errors.append(f"hole {hole}: {exc}")
                 continue
-            getattr(self, "_scf_records", []).append(rec)
+            ctx.scf_records.append(rec)
             done.append((float(cand.e_tot), k, hole, cand, rec))
         if not done:
             raise RunError(f"no hole placement of the {label} state converged: {'; '.join(errors)}",
@@ -721,13 +761,14 @@ class DftReorgBackend(ReorgBackend):
                                  "energies_eh": {str(d[2]): d[0] for d in done}, "failed": errors}
         return best
 
-    def _stable(self, mf, label: str, rec: dict[str, Any]):
+    @staticmethod
+    def _stable(ctx: DftEvaluation, mf, label: str, rec: dict[str, Any]):
         """Follow internal instabilities of a converged UKS ``mf``
         (:func:`~sim_backends.scf_guess.follow_instabilities`); the check's record goes to
         ``rec["stability"]``. RunError (not retryable) if the state stays unstable."""
-        from sim_backends.scf_guess import MAX_STABILITY_FOLLOWUPS, follow_instabilities
+        from sim_backends.scf_guess import follow_instabilities
 
-        cap = getattr(self, "_max_followups", MAX_STABILITY_FOLLOWUPS)
+        cap = ctx.max_followups
         mf, srec = follow_instabilities(mf, cap)
         rec["stability"] = srec
         if not srec["stable"]:
@@ -737,29 +778,31 @@ class DftReorgBackend(ReorgBackend):
             raise RunError(f"UKS solution of the {label} state is unstable: {how}", retryable=False)
         return mf
 
-    def _energy(self, symbols, coords_A, state, params):
-        done = getattr(self, "_sp_energies", {}).get(self._sp_key(state, params, coords_A))
+    def _energy(self, symbols, coords_A, state, params, ctx: DftEvaluation):
+        done = ctx.sp_energies.get(self._sp_key(state, params, coords_A))
         if done is not None:  # computed earlier for a degenerate-HOMO check (same SCF)
             return done
-        mf = self._mean_field(symbols, coords_A, state, params)
-        mf = self._converged_scf(mf, f"charge {state[0]:+d} single point", state, params)
+        mf = self._mean_field(symbols, coords_A, state, params, ctx)
+        mf = self._converged_scf(ctx, mf, f"charge {state[0]:+d} single point", state, params)
         return float(mf.e_tot) * EV_PER_HARTREE
 
-    def _relax(self, symbols, coords_A, state, params):
+    def _relax(self, symbols, coords_A, state, params, ctx: DftEvaluation):
         import numpy as np
 
         label = f"charge {state[0]:+d}"
         if self._p(params, "geometry") == "xtb":
-            mf = self._converged_scf(self._mean_field(symbols, coords_A, state, params), label, state, params)
+            mf = self._converged_scf(ctx, self._mean_field(symbols, coords_A, state, params, ctx), label,
+                                     state, params)
             return float(mf.e_tot) * EV_PER_HARTREE, np.asarray(coords_A, float), {"n_opt_steps": 0}
         opt_basis = self._p(params, "opt_basis")
         relax_params = {**params, "basis": opt_basis} if opt_basis else params
         coords = coords_A
         for attempt in range(1 + MAX_RELAX_RESTARTS):
             what = label if attempt == 0 else f"{label} (restart {attempt})"
-            mf = self._converged_scf(self._mean_field(symbols, coords, state, relax_params), what, state,
-                                     relax_params)
-            energy_ev, coords, info, followed = self._geometric_relax(mf, symbols, state, relax_params, what)
+            mf = self._converged_scf(ctx, self._mean_field(symbols, coords, state, relax_params, ctx), what,
+                                     state, relax_params)
+            energy_ev, coords, info, followed = self._geometric_relax(ctx, mf, symbols, state, relax_params,
+                                                                      what)
             if not followed:
                 break
         else:
@@ -767,10 +810,10 @@ class DftReorgBackend(ReorgBackend):
                            "re-relaxation(s) from the followed state", retryable=False)
         info = {**info, "relax_restarts": attempt}
         if opt_basis:
-            energy_ev = self._energy(symbols, coords, state, params)
+            energy_ev = self._energy(symbols, coords, state, params, ctx)
         return energy_ev, coords, info
 
-    def _geometric_relax(self, mf, symbols, state, params, label):
+    def _geometric_relax(self, ctx: DftEvaluation, mf, symbols, state, params, label):
         import contextlib
         import logging
 
@@ -810,28 +853,28 @@ class DftReorgBackend(ReorgBackend):
         if not converged:
             raise RunError(f"DFT geometry optimisation ({label}) not converged in {max_steps} steps")
         # every step's SCF starts from the previous step's density (PySCF's scanner)
-        getattr(self, "_scf_records", []).append({
+        ctx.scf_records.append({
             "what": f"{label} relaxation", "guess": "previous_step", "solver": "diis",
             "opt_steps": len(trace), "fock_builds": counter["n"] - n0,
             "wall_s": round(time.perf_counter() - t0, 4), "cpu_s": round(time.process_time() - c0, 4)})
         coords_bohr = mol_eq.atom_coords()
         at_end = bool(trace) and np.allclose(trace[-1][0], coords_bohr, atol=1e-8)
         followed = False
-        if at_end and last.get("mf") is not None and state[1] != 1 and getattr(self, "_stability", True):
+        if at_end and last.get("mf") is not None and state[1] != 1 and ctx.stability:
             # the scanner carries one electronic state along the path: check it at the end
-            rec = getattr(self, "_scf_records", [{}])[-1] if getattr(self, "_scf_records", None) else {}
-            last["mf"] = self._stable(last["mf"], f"{label} relaxed", rec)
+            rec = ctx.scf_records[-1]  # this relaxation's record
+            last["mf"] = self._stable(ctx, last["mf"], f"{label} relaxed", rec)
             followed = rec["stability"]["followups"] > 0
             rec["fock_builds"] = counter["n"] - n0
             for key in ("cpu_s", "wall_s"):
                 rec[key] = round(rec.get(key, 0.0) + rec["stability"][key], 4)
         if last.get("mf") is not None:
-            self._remember(last["mf"], state, f"{label} relaxed")
+            self._remember(ctx, last["mf"], state, f"{label} relaxed")
         if followed:  # the caller relaxes the followed (lower) state again
             energy_ev = float(last["mf"].e_tot) * EV_PER_HARTREE
         elif at_end:
             energy_ev = trace[-1][1] * EV_PER_HARTREE
         else:
-            energy_ev = self._energy(symbols, coords_bohr * lib.param.BOHR, state, params)
+            energy_ev = self._energy(symbols, coords_bohr * lib.param.BOHR, state, params, ctx)
         return energy_ev, coords_bohr * lib.param.BOHR, {"n_opt_steps": len(trace)}, followed
 

@@ -199,6 +199,30 @@ def test_degenerate_homo_cation_is_the_lowest_hole_placement_from_either_guess()
     assert coarse.extra["grid_level"] == 1 and len(coarse.extra["scf_hole_placements"]) == 1
 
 
+def test_evaluations_on_one_instance_do_not_share_state():
+    """Each evaluate() call has its own evaluation state: formaldehyde after HCN (whose
+    degenerate HOMO moves its evaluation to grid level 3 and leaves converged orbitals and
+    hole placements behind) on one instance equals formaldehyde on a fresh instance, and
+    the instance keeps no attribute from either evaluation."""
+    shared = DftReorgBackend(geometry="xtb")
+    before = dict(vars(shared))
+    hcn = shared.evaluate(EvalInput("C#N"))
+    assert hcn.extra["grid_level"] == 3 and hcn.extra["scf_hole_placements"]
+    assert vars(shared) == before
+    second = shared.evaluate(EvalInput("C=O"))
+    fresh = DftReorgBackend(geometry="xtb").evaluate(EvalInput("C=O"))
+    assert vars(shared) == before
+    # (failed as unphysical on the borrowed GFN2-xTB geometries, with all four energies kept)
+    assert (second.status, second.reason) == (fresh.status, fresh.reason)
+    assert second.values == fresh.values
+    assert second.extra["energies_ev"] == fresh.extra["energies_ev"]
+    assert second.extra.get("unphysical_values") == fresh.extra.get("unphysical_values")
+    assert second.extra["grid_level"] == 1 and not second.extra["degenerate_homo"]
+    keys = ("what", "guess", "cycles", "fock_builds")
+    assert [[r.get(k) for k in keys] for r in second.extra["scf"]] == \
+        [[r.get(k) for k in keys] for r in fresh.extra["scf"]]
+
+
 def test_non_degenerate_cations_are_unchanged_by_the_degenerate_hole_rule():
     """Formaldehyde (non-degenerate HOMO): no hole placements, the same SCFs and energies."""
     res = {flag: DftReorgBackend(geometry="xtb", scf_guess="default", degenerate_holes=flag).evaluate(
