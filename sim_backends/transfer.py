@@ -610,7 +610,7 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
                         "sizes": [int(x["n"]) for x in infos],
                         "threshold_meV": DEGENERATE_MANIFOLD_MEV}
     sizes = {c: int(m["n"]) for c, m in manifolds.items()}
-    records: list[DimerTransfer | None] = [None] * len(unique)
+    records: dict[int, DimerTransfer] = {}  # by class: each is cached or computed (a failed dimer raises)
     # closest pairs first (usually the largest couplings): an interrupted cached run keeps those
     for k in sorted(range(len(unique)), key=lambda n: unique[n][0].com_A):
         rep, mult = unique[k]
@@ -638,8 +638,8 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
     vectors = np.array([com[d.j] + np.asarray(d.shift) @ cell - com[d.i] for d in dimers])
     neighbours = [(d.i, d.j, c) for d, c in zip(dimers, class_of)]
     spacing = {c: min(orb.frontier_spacing_meV(c) for orb, _ in monomers) for c in CARRIERS}
-    return CrystalTransfer([r for r in records if r is not None], neighbours, vectors, crystal.z, level_name,
-                           cpu, spacing, manifolds)
+    return CrystalTransfer([records[k] for k in range(len(unique))], neighbours, vectors, crystal.z,
+                           level_name, cpu, spacing, manifolds)
 
 
 def summary_values(transfer: CrystalTransfer) -> dict[str, float]:
