@@ -27,7 +27,7 @@
 
 (b) Optimisation quality, through the real Campaign: minimise the hole reorganisation
     energy at the expensive level under CPU budgets given as fractions of the recorded
-    cost of the expensive level on every molecule, on three replay data sets of real
+    cost of the expensive level on every molecule, on four replay data sets of real
     results (:data:`TABLES`):
 
     * "demo-pool": GFN2-xTB and B3LYP/6-31G//GFN2-xTB, the 22 molecules of
@@ -39,7 +39,11 @@
       every cation SCF, the molecules of ``data/benchmarks/reorg_pool60.csv`` (the 60
       smallest pool molecules, those of ``data/esf``; made by ``make_reorg_table.py``)
       with both values, charged the recorded CPU seconds (molecules whose DFT failed the
-      physical-validity checks are left out, as in the other sets).
+      physical-validity checks are left out, as in the other sets);
+    * "pool60-dftdft": GFN2-xTB and B3LYP/6-31G with both states relaxed (the default
+      expensive level) for the molecules of ``data/benchmarks/reorg_pool60_dftdft.csv``
+      with both values (cheapest first by the backend's cost estimate), charged the
+      recorded CPU seconds.
 
     Every evaluation goes through the ``replay-xtb-reorg`` / ``replay-dft-reorg``
     backends (stored real results, charged their recorded cost; the size-based cost
@@ -333,9 +337,11 @@ TABLES = {
     "demo-pool": (ROOT / "data" / "benchmarks" / "reorg_table.csv", "wall"),
     "dftdft": (ROOT / "benchmarks" / "results" / "reorg_validation_progress.jsonl", "cpu"),
     "pool60": (ROOT / "data" / "benchmarks" / "reorg_pool60.csv", "cpu"),
+    "pool60-dftdft": (ROOT / "data" / "benchmarks" / "reorg_pool60_dftdft.csv", "cpu"),
 }
 LEVEL_NAMES = {"demo-pool": "B3LYP/6-31G//GFN2-xTB", "dftdft": "B3LYP/6-31G, both states relaxed",
-               "pool60": "B3LYP/6-31G//GFN2-xTB (UKS stability-checked cations)"}
+               "pool60": "B3LYP/6-31G//GFN2-xTB (UKS stability-checked cations)",
+               "pool60-dftdft": "B3LYP/6-31G, both states relaxed (UKS stability-checked cations)"}
 _BUILT: dict[str, Path] = {}
 
 
@@ -377,7 +383,7 @@ def table_path(name: str) -> Path:
 
 
 #: the real dft-reorg protocol of each data set, for the replay's size-based cost estimate
-ESTIMATED_GEOMETRY = {"demo-pool": "xtb", "dftdft": "dft", "pool60": "xtb"}
+ESTIMATED_GEOMETRY = {"demo-pool": "xtb", "dftdft": "dft", "pool60": "xtb", "pool60-dftdft": "dft"}
 
 
 def level_params(name: str) -> list[dict]:
@@ -545,6 +551,16 @@ def warm_up_imports() -> None:
     MoleculeSurrogate(1).fit(fps, [Observation(0, 0, 1.0), Observation(1, 0, 2.0)])
 
 
+def _option_stem(key: str, value: object) -> str:
+    """File-name part of a non-default option: its name, and its value unless a flag
+    (so runs with different values never share a result file)."""
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return name
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return name + "-" + "-".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="molecule_decisions benchmark")
     ap.add_argument("--pool-size", type=int, default=20000)
@@ -575,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     # (a) -------------------------------------------------------------------------------
     changed = sorted(k for k, v in vars(args).items() if v != ap.get_default(k))
     result = RESULT if not changed else RESULT.with_name(
-        "molecule_decisions_" + "_".join(k.replace("_", "-") for k in changed) + ".json")
+        "molecule_decisions_" + "_".join(_option_stem(k, getattr(args, k)) for k in changed) + ".json")
     if args.skip_timing and RESULT.exists():
         previous = json.loads(RESULT.read_text())
         carried = {k: v for k, v in previous.items()
