@@ -181,7 +181,8 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
     wrote it (``cif_text``: every molecule-stage structure keeps its CIF text as
     ``cif_text``, for writing)."""
     names = {int(m["id"]): (m["name"] or m["smiles"], m["smiles"]) for m in store.molecules()}
-    out = _molecule_stage(store, cfg, names, cif_text) + _structure_stage(store, cfg, directory, names)
+    out = propagate_lambda_warnings(_molecule_stage(store, cfg, names, cif_text)
+                                    + _structure_stage(store, cfg, directory, names))
     for rec in out:
         s = rec["structures"]
         if s:
@@ -195,6 +196,24 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
             rec["global_minimum"]["cif"] = str(p)
     out.sort(key=lambda r: (-r["mean"], r["source"], r["molecule_id"]))
     return out
+
+
+def propagate_lambda_warnings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The structure stage's mobility level takes lambda+ from the molecule stage (its
+    ``reorg_energy_kjmol``), so a molecule-stage record warning that its GFN2-xTB lambda+
+    misses a Jahn-Teller relaxation (:data:`sim_backends.esf.JAHN_TELLER_LAMBDA_WARNING`)
+    applies to the same molecule's structure-stage record when that one has a degenerate
+    hole manifold too; it gets the warning (once). Returns ``records`` (changed in place)."""
+    from sim_backends.esf import JAHN_TELLER_LAMBDA_WARNING as jt
+
+    flagged = {r["molecule_id"] for r in records if r["source"] == "molecule stage"
+               and any(str(w).startswith(jt) for w in r.get("warnings") or [])}
+    for r in records:
+        if (r["source"] == "structure stage" and r["molecule_id"] in flagged
+                and any("degenerate frontier manifold" in str(n) for n in r.get("notes") or [])
+                and not any(str(w).startswith(jt) for w in r.get("warnings") or [])):
+            r["warnings"] = [*(r.get("warnings") or []), f"{jt} (lambda+ of the molecule stage)"]
+    return records
 
 
 def esf_cif_path(directory: Path, rec: dict[str, Any]) -> Path | None:

@@ -427,3 +427,20 @@ def test_evaluation_slot_price_only_when_the_evaluation_budget_binds():
     # disallowed pairs are not counted; no evaluation left: no price
     assert evaluation_slot_price(costs, np.zeros_like(allowed), 540.0, 16, [None, None]) == 0.0
     assert evaluation_slot_price(costs, allowed, 540.0, 0, [None, None]) == 0.0
+
+
+def test_structure_stage_inherits_the_jahn_teller_lambda_warning():
+    """The structure stage's mobility uses the molecule stage's lambda+: when that one is
+    flagged (degenerate HOMO, GFN2-xTB lambda+), the same molecule's structure-stage record
+    with a degenerate hole manifold gets the warning; other molecules do not."""
+    from agent.esf_report import propagate_lambda_warnings
+    from sim_backends.esf import JAHN_TELLER_LAMBDA_WARNING as jt
+
+    note = "hole: 2-fold degenerate frontier manifold (splitting 0.0 meV, 801 meV to the next orbital) (3 of 3)"
+    recs = [{"molecule_id": 36, "source": "molecule stage", "warnings": [f"{jt} (6 of 6 structures)"], "notes": [note]},
+            {"molecule_id": 36, "source": "structure stage", "warnings": [], "notes": [note]},
+            {"molecule_id": 7, "source": "structure stage", "warnings": [], "notes": [note]}]
+    out = propagate_lambda_warnings(recs)
+    assert out[1]["warnings"] == [f"{jt} (lambda+ of the molecule stage)"]
+    assert out[2]["warnings"] == []
+    assert propagate_lambda_warnings(out)[1]["warnings"] == out[1]["warnings"]  # once
