@@ -26,7 +26,7 @@ Marcus rates (:mod:`sim_backends.mobility`); its sign depends on the arbitrary p
 of the monomer orbitals.
 
 Degenerate frontier orbitals. When the frontier orbital is one of a (near-)degenerate set
-(benzene's e1g HOMO pair, coronene's e2u pair, triphenylene's e''), any rotation inside
+(the HOMO pairs of benzene, coronene, triphenylene), any rotation inside
 the set is an equally valid "HOMO", and the single-orbital ``J_eff`` depends on that
 arbitrary choice. Each monomer's frontier *manifold* is every orbital within
 :data:`DEGENERATE_MANIFOLD_MEV` of the HOMO (resp. LUMO); for manifolds of n orbitals on
