@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 HERE = Path(__file__).resolve().parent
 FIDELITIES = ("quick", "refined")
 OLD_WARNING = "frontier orbital within"
-JT_TEXT = "Jahn-Teller cation"
 TEMPERATURE_K = 300.0
 REASON = ("degenerate frontier manifolds: rotation-invariant J_eff^2 = (1/n) sum_ab |J_ab|^2 "
           "(sim_backends/transfer.py) replaces the single-orbital |J|")
@@ -68,8 +67,10 @@ def selected(rec: dict, take_all: bool) -> bool:
         return False
     if take_all or any(OLD_WARNING in w for s in structures for w in (s.get("warnings") or [])):
         return True
-    # a degenerate HOMO recomputed before the lambda+ warning existed
-    return any((s.get("hole_manifold") or 1) > 1 and JT_TEXT not in " ".join(s.get("warnings") or [])
+    # a degenerate HOMO without the current lambda+ warning (recomputed before it, or its text changed)
+    from sim_backends.esf import JAHN_TELLER_LAMBDA_WARNING
+
+    return any((s.get("hole_manifold") or 1) > 1 and JAHN_TELLER_LAMBDA_WARNING not in (s.get("warnings") or [])
                for s in structures)
 
 
