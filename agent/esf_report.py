@@ -205,13 +205,14 @@ def propagate_lambda_warnings(records: list[dict[str, Any]]) -> list[dict[str, A
     applies to the same molecule's structure-stage record when that one has a degenerate
     hole manifold too; it gets the warning (once). Returns ``records`` (changed in place)."""
     from sim_backends.esf import JAHN_TELLER_LAMBDA_WARNING as jt
+    from sim_backends.esf import JAHN_TELLER_PREFIX as prefix
 
     flagged = {r["molecule_id"] for r in records if r["source"] == "molecule stage"
-               and any(str(w).startswith(jt) for w in r.get("warnings") or [])}
+               and any(str(w).startswith(prefix) for w in r.get("warnings") or [])}
     for r in records:
         if (r["source"] == "structure stage" and r["molecule_id"] in flagged
                 and any("degenerate frontier manifold" in str(n) for n in r.get("notes") or [])
-                and not any(str(w).startswith(jt) for w in r.get("warnings") or [])):
+                and not any(str(w).startswith(prefix) for w in r.get("warnings") or [])):
             r["warnings"] = [*(r.get("warnings") or []), f"{jt} (lambda+ of the molecule stage)"]
     return records
 

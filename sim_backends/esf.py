@@ -88,8 +88,10 @@ def proxy_log10_mobility(lambda_hole_kjmol: float, temperature_K: float = 300.0)
 
 #: warning on a structure whose hole frontier manifold is degenerate while lambda+ came from
 #: GFN2-xTB: the coupling is defined (rotation-invariant J_eff), the reorganisation energy is not
+#: the stable start of that warning (its wording after it may change between versions)
+JAHN_TELLER_PREFIX = "hole: degenerate HOMO (Jahn-Teller cation)"
 JAHN_TELLER_LAMBDA_WARNING = (
-    "hole: degenerate HOMO (Jahn-Teller cation) with a GFN2-xTB lambda+: Fermi-smeared occupations can keep "
+    f"{JAHN_TELLER_PREFIX} with a GFN2-xTB lambda+: Fermi-smeared occupations can keep "
     "the cation undistorted (sim_backends/reorg.py; benchmarks/jahn_teller_lambda.py: coronene 2.7 vs 6.2 "
     "kJ/mol), so lambda+ may be too small and this mobility too large")
 

@@ -444,3 +444,6 @@ def test_structure_stage_inherits_the_jahn_teller_lambda_warning():
     assert out[1]["warnings"] == [f"{jt} (lambda+ of the molecule stage)"]
     assert out[2]["warnings"] == []
     assert propagate_lambda_warnings(out)[1]["warnings"] == out[1]["warnings"]  # once
+    older = [{**recs[0], "warnings": ["hole: degenerate HOMO (Jahn-Teller cation) with an older wording (6 of 6)"]},
+             {**recs[1], "warnings": []}]
+    assert len(propagate_lambda_warnings(older)[1]["warnings"]) == 1  # stored runs keep older texts
