@@ -5,7 +5,9 @@ PBE-D3(BJ)/def2-SVP refinement of the structures the agent picks) twice, with th
 refinement backend's ``scf_guess`` = "default" (PySCF's minao guess for every SCF) and
 "auto" (warm starts, :mod:`sim_backends.scf_guess`), each in a fresh campaign directory
 under ``--runs-dir`` (a temporary directory by default). Everything else is the same
-config, seed included.
+config, seed included. The example is ``synchronous = true``: its decisions depend only on
+the results, so the comparison is not decided by which worker happens to finish first
+(asynchronous runs of the same mode already differ from one another under load).
 
 Figures: DFT evaluations, their CPU seconds (measured in the workers, as the budget
 counts them), Fock builds and SCF fallbacks summed over the fragment-DFT evaluations,
