@@ -225,6 +225,30 @@ def esf_cif_path(directory: Path, rec: dict[str, Any]) -> Path | None:
     return Path(directory) / "structures" / f"esf_m{rec['molecule_id']}_{gm['id']}.cif"
 
 
+def _symmetrised_cif(rec: dict[str, Any], gm: dict[str, Any]) -> str:
+    """The CIF a crystallographer opens (:func:`~sim_backends.csp.landscape.crystal_cif`:
+    symmetrised, reduced cell, the molecule's formula and Z in molecules, the CSP
+    force-field lattice energy) of a molecule-stage global minimum stored as its P1 cell;
+    the P1 text with a comment saying why when that cannot be written."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    from sim_backends.csp.landscape import FF_LEVEL, LevelEnergy, crystal_cif
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(gm["cif_text"], fmt="cif")
+        energies = ([LevelEnergy(FF_LEVEL, "lattice energy", float(gm["energy_kjmol"]))]
+                    if gm.get("energy_kjmol") is not None else [])
+        return crystal_cif(structure, n_molecules=int(gm.get("z") or 1), name=rec.get("name") or "",
+                           structure_id=str(gm.get("id") or ""), smiles=rec.get("smiles") or "",
+                           energies=energies, space_group=gm.get("space_group") or "")
+    except (ValueError, KeyError) as exc:
+        return f"# P1 cell as computed; no symmetrised CIF: {' '.join(str(exc).split())[:200]}\n" + gm["cif_text"]
+
+
 def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]:
     """Write each molecule-stage landscape's global minimum as a CIF (results of
     :func:`esf_results` with ``cif_text``); its ``cif`` becomes the file path and the
@@ -235,7 +259,7 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
         gm = rec.get("global_minimum")
         if p is not None and gm and gm.get("cif_text"):
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(gm["cif_text"])
+            p.write_text(_symmetrised_cif(rec, gm))
             gm["cif"] = str(p)
             paths.append(p)
         for x in rec["structures"]:

@@ -1,0 +1,57 @@
+"""The ESF report's global-minimum CIFs are the ones a crystallographer opens.
+
+The molecule stage stores each predicted structure as the P1 cell the backends computed
+on (pymatgen's header: ``data_H4C4S``, ``_cell_formula_units_Z`` counting formula units
+of the whole cell). The written file must be the symmetrised CIF of
+:func:`sim_backends.csp.landscape.crystal_cif`: the space group's operations, the
+molecule's formula, Z in molecules of the written cell, the force-field energy. Real
+records of data/esf (150-trial CSP of furan and thiophene).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from agent.esf_report import write_esf_cifs
+
+ESF = Path(__file__).resolve().parents[2] / "data" / "esf" / "esf_quick.jsonl"
+
+
+def _record(name: str) -> dict:
+    for line in ESF.read_text().splitlines():
+        r = json.loads(line)
+        if r["name"] == name:
+            return r
+    raise AssertionError(f"{name} not in {ESF}")
+
+
+@pytest.mark.parametrize("name, formula", [("thiophene", "C4H4S"), ("furan", "C4H4O")])
+def test_global_minimum_cif_is_symmetrised_with_molecule_formula_and_z(tmp_path, name, formula):
+    from pymatgen.io.cif import CifParser
+
+    r = _record(name)
+    s = r["structures"][0]
+    gm = {"id": s["id"], "energy_kjmol": s["energy_kjmol"], "space_group": s["space_group"],
+          "z": s["z"], "cif_text": s["cif"]}
+    rec = {"molecule_id": 7, "name": name, "smiles": r["smiles"], "source": "molecule stage",
+           "global_minimum": gm, "structures": []}
+    assert "'P 1'" in s["cif"]  # the stored text: pymatgen's P1 listing
+    (path,) = write_esf_cifs(tmp_path, [rec])
+    text = path.read_text()
+    assert path.name == f"esf_m7_{s['id']}.cif"
+    assert "'P 1'" not in text and "_symmetry_equiv_pos_as_xyz" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (block,) = CifParser.from_str(text).as_dict().values()
+        (back,) = CifParser.from_str(text).parse_structures(primitive=False)
+    assert len(block["_symmetry_equiv_pos_as_xyz"]) > 1
+    assert block["_chemical_formula_sum"].replace(" ", "") == formula
+    z = int(block["_cell_formula_units_Z"])
+    n_atoms_per_molecule = 9
+    assert len(back) == z * n_atoms_per_molecule
+    assert f"{s['energy_kjmol']:.3f}" in text and "W99" in text
+    assert abs(back.density - s["density_gcm3"]) < 1e-3
