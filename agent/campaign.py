@@ -127,10 +127,8 @@ class Campaign:
         self.stages["molecule"].evaluation_share = self.shares["molecule"]  # type: ignore[attr-defined]
         self.pending: dict[str, Request] = {}
         #: synchronous campaigns: results stored but not yet told to their stages, with
-        #: the order their requests were asked in (see :meth:`tell`)
-        self._deferred: list[tuple[int, Request, Evaluation]] = []
-        self._asked: dict[str, int] = {}
-        self._n_asked = 0
+        #: the time their requests were asked (see :meth:`tell`)
+        self._deferred: list[tuple[float, Request, Evaluation]] = []
         self._last_asked_at = 0.0
         self._restore()
 
@@ -337,8 +335,6 @@ class Campaign:
                 continue
             for request in stage.ask(k, tuple(self.pending.values()))[:k]:
                 self.pending[request.request_id] = request
-                self._asked[request.request_id] = self._n_asked
-                self._n_asked += 1
                 task = request.to_task()
                 # strictly increasing, so the store keeps the order of asking
                 self._last_asked_at = task.submitted_at = max(time.time(), self._last_asked_at + 1e-6)
@@ -375,9 +371,8 @@ class Campaign:
         if inserted:
             ev = self.store.evaluation(request.request_id)
             if defer:
-                self._deferred.append((self._asked.pop(request.request_id, -1), request, ev))
+                self._deferred.append((ev.submitted_at, request, ev))
             else:
-                self._asked.pop(request.request_id, None)
                 self._absorb(request.stage, request, ev)
         return inserted
 

@@ -226,25 +226,15 @@ def esf_cif_path(directory: Path, rec: dict[str, Any]) -> Path | None:
 
 
 def _symmetrised_cif(rec: dict[str, Any], gm: dict[str, Any]) -> str:
-    """The CIF a crystallographer opens (:func:`~sim_backends.csp.landscape.crystal_cif`:
-    symmetrised, reduced cell, the molecule's formula and Z in molecules, the CSP
-    force-field lattice energy) of a molecule-stage global minimum stored as its P1 cell;
-    the P1 text with a comment saying why when that cannot be written."""
-    import warnings
-
-    from pymatgen.core import Structure
-
-    from sim_backends.csp.landscape import FF_LEVEL, LevelEnergy, crystal_cif
+    """The CIF a crystallographer opens (:meth:`~sim_backends.landscape.LandscapeEntry.output_cif`:
+    symmetrised, reduced cell, the molecule's formula, Z in molecules, the CSP force-field
+    lattice energy) of a molecule-stage global minimum stored as its P1 cell; the P1 text
+    with a comment saying why when that cannot be written."""
+    from sim_backends.landscape import LandscapeEntry
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structure = Structure.from_str(gm["cif_text"], fmt="cif")
-        energies = ([LevelEnergy(FF_LEVEL, "lattice energy", float(gm["energy_kjmol"]))]
-                    if gm.get("energy_kjmol") is not None else [])
-        return crystal_cif(structure, n_molecules=int(gm.get("z") or 1), name=rec.get("name") or "",
-                           structure_id=str(gm.get("id") or ""), smiles=rec.get("smiles") or "",
-                           energies=energies, space_group=gm.get("space_group") or "")
+        entry = LandscapeEntry.from_dict({**gm, "cif": gm["cif_text"]})
+        return entry.output_cif(smiles=rec.get("smiles") or "", name=rec.get("name") or "")
     except (ValueError, KeyError) as exc:
         return f"# P1 cell as computed; no symmetrised CIF: {' '.join(str(exc).split())[:200]}\n" + gm["cif_text"]
 

@@ -201,21 +201,6 @@ def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput,
         return result
 
 
-@contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables inside the block; restore the previous ones after it."""
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _failed_result(backend: str, inp: EvalInput, reason: str, wall_s: float, cpu_s: float,
                    *, version: str = "?", fidelity: int = 0) -> EvalResult:
     """The failed evaluation the executor records for a task the backend did not finish
@@ -553,7 +538,7 @@ class RayExecutor:
                 self._join(ray, kwargs)
             else:
                 # the raylet reads its worker niceness from the environment it starts in
-                with _environ(RAY_worker_niceness=str(self.worker_niceness)):
+                with _env(RAY_worker_niceness=str(self.worker_niceness)):
                     ray.init(
                         address="local",
                         num_cpus=self.num_cpus,

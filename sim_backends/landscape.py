@@ -217,10 +217,11 @@ class LandscapeEntry:
                    cif=record["cif"], z_prime=num("z_prime", math.nan))
 
     def output_cif(self, smiles: str = "", e_min_kjmol: float | None = None,
-                   level_of_theory: str | None = None) -> str:
+                   level_of_theory: str | None = None, name: str = "") -> str:
         """:func:`~sim_backends.csp.landscape.crystal_cif` of this structure with its
         first-level energy (the force field unless ``level_of_theory`` names another), the
-        energy relative to ``e_min_kjmol`` when given, and its free energy when known."""
+        energy relative to ``e_min_kjmol`` when given, and its free energy when known;
+        ``name`` (the molecule's) names the data block."""
         from sim_backends.csp.landscape import FF_LEVEL, LevelEnergy, crystal_cif
 
         level = level_of_theory or FF_LEVEL
@@ -229,7 +230,7 @@ class LandscapeEntry:
             energies.append(LevelEnergy(level, "relative energy", self.energy_kjmol - e_min_kjmol))
         if self.free_energy_kjmol is not None:
             energies.append(LevelEnergy(level, "free energy", self.free_energy_kjmol))
-        return crystal_cif(self.structure, n_molecules=self.z, structure_id=self.id, smiles=smiles,
+        return crystal_cif(self.structure, n_molecules=self.z, name=name, structure_id=self.id, smiles=smiles,
                            energies=energies, space_group=self.space_group)
 
 
