@@ -32,6 +32,7 @@ Importing this module is cheap (matplotlib and numpy load inside functions).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -314,7 +315,7 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
     n = len(recs)
     ncol = min(n, 3)
     nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol + 1.0, 3.3 * nrow + 0.6), squeeze=False,
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol + 1.0, 3.6 * nrow + 0.6), squeeze=False,
                              layout="constrained")
     dens_all = [s["density_gcm3"] for r in recs for s in r["structures"] if s.get("density_gcm3") is not None]
     vmin, vmax = (min(dens_all), max(dens_all)) if dens_all else (0.0, 1.0)
@@ -342,13 +343,17 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         ax.set_xlabel(f"hole mobility mu_h ({MOBILITY_UNIT})", fontsize=8)
         if k % ncol == 0:
             ax.set_ylabel("lattice energy rel. to lowest\n(kJ/mol per molecule)", fontsize=8)
-        ax.set_title(f"{rec['name']}: {len(s)} structures\n{rec['source']}, {rec['backend']}", fontsize=8)
+        # each panel names its own level (energies, transfer integrals, mobility model): a
+        # campaign mixes quick and refined landscapes, and one shared caption would not say which is which
+        level = textwrap.fill(str(rec["level"]), 62)
+        ax.set_title(f"{rec['name']}: {len(s)} structures ({rec['source']}, {rec['backend']})\n{level}",
+                     fontsize=7)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="upper right")
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].axis("off")
-    levels = sorted({r["level"] for r in recs})
-    fig.suptitle((title + "\n" if title else "") + "; ".join(levels), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     if sc is not None:
         cb = fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.8)
         cb.set_label("density (g/cm$^3$)", fontsize=8)
