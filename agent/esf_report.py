@@ -36,6 +36,8 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.summary import reported_z
+
 if TYPE_CHECKING:
     from agent.config import CampaignConfig
     from agent.store import Store
@@ -275,7 +277,7 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
             where = f"  {cif}" if cif and Path(cif).is_file() else ""
             dens = f", {gm['density_gcm3']:.3f} g/cm3" if gm.get("density_gcm3") is not None else ""
             lines.append(f"    predicted global minimum {gm['id']} ({gm.get('space_group') or '?'}, "
-                         f"Z = {gm.get('z') or '?'}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"
+                         f"Z = {reported_z(gm)}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"
                          + where)
         lines.extend(f"    WARNING {w}" for w in rec.get("warnings") or [])
         lines.extend(f"    INFO {w}" for w in rec.get("notes") or [])

@@ -302,7 +302,7 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
                   else "")
             cif = f"  {r['cif']}" if r.get("cif") and Path(r["cif"]).is_file() else ""
             lines.append(f"  {r['id']:<12} E_latt = {e} ({how}){fv}; {r.get('space_group') or '?'}, "
-                         f"Z = {r.get('z') or '?'}, {dens}{cif}")
+                         f"Z = {reported_z(r)}, {dens}{cif}")
     return lines
 
 
@@ -350,3 +350,12 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
     lines += esf_lines(s.get("esf") or [])
     lines.append(f"state         {'finished: ' + s['stop_reason'] if s['finished'] else 'not finished'}")
     return lines
+
+
+def reported_z(r: dict[str, Any]) -> int | str:
+    """Molecules per cell as the structure's CIF states it (the cell of its detected symmetry,
+    which can hold fewer molecules than the search cell in ``z``), else the search cell's."""
+    from sim_backends.csp.landscape import cif_formula_units
+
+    z = cif_formula_units(r["cif"], None) if r.get("cif") else None
+    return z or r.get("z") or "?"

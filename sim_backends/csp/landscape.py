@@ -17,6 +17,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -62,6 +63,18 @@ def molecule_formula(structure: Structure, n_molecules: int) -> str:
     if any(abs(v - round(v)) > 1e-6 for v in per.values()):
         raise ValueError(f"cell composition {structure.composition.formula} is not {n_molecules} molecules")
     return Composition({el: round(v) for el, v in per.items()}).hill_formula.replace(" ", "")
+
+
+def cif_formula_units(path: str | Path, default: int | None = None) -> int | None:
+    """Molecules in the cell of a CIF file that :func:`crystal_cif` wrote
+    (``_crystal_agent_Z_molecules``: the primitive cell of the detected symmetry, which can
+    hold fewer molecules than the search cell); ``default`` when the file or the item is
+    missing (a CIF from elsewhere, whose ``_cell_formula_units_Z`` may count formula units)."""
+    try:
+        m = re.search(r"^_crystal_agent_Z_molecules\s+(\d+)\s*$", Path(path).read_text(), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        return default
+    return int(m.group(1)) if m else default
 
 
 def _block_name(text: str) -> str:

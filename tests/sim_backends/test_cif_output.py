@@ -35,3 +35,23 @@ def test_nearly_symmetric_minimum_is_written_at_a_tolerance_that_expands_exactly
     assert float(re.search(r"_crystal_agent_symprec_A\s+(\S+)", text).group(1)) < 0.1
     assert back.density == pytest.approx(st.density, rel=1e-6)
     assert detect_space_group(back)[0] == detect_space_group(st)[0] == "R-3m"
+
+
+def test_stated_z_is_the_written_cells_molecule_count_and_foreign_cifs_are_not_trusted(tmp_path):
+    """Status lines print Z from the CIF the user opens (the molecules of the cell it
+    writes), not the search cell's count passed beside it. A CIF from elsewhere (its
+    ``_cell_formula_units_Z`` may count formula units, e.g. CH) gives the caller's default."""
+    from agent.summary import reported_z
+    from sim_backends.csp.landscape import cif_formula_units, crystal_cif
+
+    st = _read((DATA / "acetylene_near_R-3m.cif").read_text())
+    ours = tmp_path / "m0008.cif"
+    ours.write_text(crystal_cif(st, n_molecules=4, structure_id="m0008"))
+    z = cif_formula_units(ours)
+    assert z == len(_read(ours.read_text())) // 4  # 4 atoms per acetylene
+    assert reported_z({"cif": str(ours), "z": 99}) == z
+    foreign = tmp_path / "foreign.cif"
+    foreign.write_text("data_HC\n_cell_formula_units_Z 8\n")
+    assert cif_formula_units(foreign, None) is None
+    assert reported_z({"cif": str(foreign), "z": 4}) == 4
+    assert reported_z({"cif": str(tmp_path / "missing.cif"), "z": 4}) == 4
