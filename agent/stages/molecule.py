@@ -30,7 +30,10 @@ Decisions:
   30 CPU-s CSP when both use one of the last 16 evaluations.
 
 Every refit of the surrogate is recorded as a ``molecule_refit`` event in the store
-(leave-out calibration per level), which the tracker logs.
+(leave-out calibration per level), which the tracker logs, and the fitted surrogate is
+kept in the store's meta table: a resumed campaign continues from that fit (its
+hyperparameters, and the data counts that decide the next hyperparameter fit), so a
+synchronous campaign stopped and resumed makes the decisions of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -322,14 +325,51 @@ class MoleculeStage:
         n_stored = self._n_stored()
         signature = (len(self.observations), n_stored)
         if self.surrogate is None:
-            self.surrogate = MoleculeSurrogate(n_fidelities=len(self.levels), seed=self.cfg.seed)
+            self.surrogate = self._saved_surrogate() or MoleculeSurrogate(n_fidelities=len(self.levels),
+                                                                          seed=self.cfg.seed)
         if signature != self._fit_signature:
             obs = [Observation(i, f, v) for i, f, v in self.observations]
             self.surrogate.fit(self.fingerprints, obs)
             self._fit_signature = signature
             self.n_refits += 1
+            self._save_surrogate()
             self._log_calibration(n_stored)
         return self.surrogate
+
+    #: store meta key of the last fitted surrogate (:meth:`MoleculeSurrogate.to_bytes`, base64)
+    SURROGATE_META = "molecule_surrogate"
+
+    def _save_surrogate(self) -> None:
+        """Keep the fitted surrogate in the store, so a resumed campaign goes on from this fit
+        (the hyperparameters and the data they were fitted at decide when the next
+        hyperparameter fit happens, and where it starts) rather than from a fit from scratch."""
+        import base64
+
+        if self.store is not None and self.store.writable:
+            self.store.set_meta(self.SURROGATE_META, base64.b64encode(self.surrogate.to_bytes()).decode())
+            self.store.set_meta(f"{self.SURROGATE_META}_n_refits", str(self.n_refits))
+
+    def _saved_surrogate(self) -> MoleculeSurrogate | None:
+        """The surrogate :meth:`_save_surrogate` kept, when it is this stage's model (same
+        levels; its fit is then continued by :meth:`MoleculeSurrogate.fit`: an extension of
+        its data keeps its hyperparameters, anything else re-fits them from its values);
+        None when there is none or it cannot be read."""
+        import base64
+        import binascii
+
+        from agent.surrogates.molecule_gp import MoleculeSurrogate
+
+        text = self.store.get_meta(self.SURROGATE_META) if self.store is not None else None
+        if not text:
+            return None
+        try:
+            model = MoleculeSurrogate.from_bytes(base64.b64decode(text))
+        except (ValueError, binascii.Error):
+            return None
+        if model.n_fidelities != len(self.levels) or model.seed != self.cfg.seed:
+            return None
+        self.n_refits = int(self.store.get_meta(f"{self.SURROGATE_META}_n_refits", "0") or 0)
+        return model
 
     def _log_calibration(self, n_stored: int) -> None:
         """Leave-out calibration of the refitted surrogate, as a ``molecule_refit`` event.

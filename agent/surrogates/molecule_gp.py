@@ -685,6 +685,45 @@ class MoleculeSurrogate:
             "obs_y": self.obs_y.copy(),
         }
 
+    def to_bytes(self) -> bytes:
+        """:meth:`state_dict` as an ``.npz`` archive (no pickled objects), for a store."""
+        import io
+
+        flat: dict[str, np.ndarray] = {}
+        for k, v in self.state_dict().items():
+            if k == "hyper":
+                flat.update({f"hyper/{h}": np.asarray(x) for h, x in v.items()})
+            else:
+                flat[k] = np.asarray("" if v is None else v)
+        buf = io.BytesIO()
+        np.savez(buf, **flat)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MoleculeSurrogate:
+        """The surrogate of :meth:`to_bytes`.
+
+        Raises:
+            ValueError: not such an archive.
+        """
+        import io
+
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                flat = {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001 - any unreadable archive is the same error
+            raise ValueError(f"not a MoleculeSurrogate archive: {type(exc).__name__}: {exc}") from None
+        state: dict[str, Any] = {"hyper": {}}
+        for k, v in flat.items():
+            if k.startswith("hyper/"):
+                state["hyper"][k[len("hyper/"):]] = v
+            elif v.ndim == 0:
+                state[k] = v.item()
+            else:
+                state[k] = v
+        state["pool_digest"] = state.get("pool_digest") or None
+        return cls.load_state_dict(state)
+
     @classmethod
     def load_state_dict(cls, state: dict[str, Any]) -> MoleculeSurrogate:
         """Rebuild a surrogate from :meth:`state_dict`.

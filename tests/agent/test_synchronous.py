@@ -8,7 +8,8 @@ when one run has faster SCF settings. A synchronous campaign must make the same 
 in the same order with both; the default (asynchronous) one is shown to depend on the
 completion order on this same set-up, which is why the option exists. A synchronous
 campaign stopped half way and resumed from its store must continue with the decisions of
-the uninterrupted run.
+the uninterrupted run (its stages told the results in the same order, and the molecule GP
+continuing from its last fit, which the store keeps).
 """
 
 from __future__ import annotations
@@ -117,8 +118,7 @@ class KilledAtBatch(NewestFirst):
 def test_a_resumed_synchronous_campaign_is_told_its_results_in_submission_order(tmp_path, pool):
     """The store keeps results in completion order (here the reverse of submission);
     reopening a synchronous campaign tells its stages the same results in the same order
-    as the uninterrupted run told them. (Decisions after the resume can still differ: the
-    molecule GP is refitted from scratch instead of warm-started from the last fit.)"""
+    as the uninterrupted run told them."""
     from agent.runner import CampaignInterrupted
 
     tmp = tmp_path / "whole"
@@ -143,3 +143,23 @@ def test_a_resumed_synchronous_campaign_is_told_its_results_in_submission_order(
         assert list(camp.molecules.observations) == told[:n]  # ... the stages' order is
     finally:
         camp.close()
+
+
+def test_a_resumed_synchronous_campaign_makes_the_uninterrupted_runs_decisions(tmp_path, pool):
+    """Stopped after 9 results and resumed to the end, a synchronous campaign asks for the
+    same evaluations in the same order as the run that was never stopped: the molecule GP
+    continues from its saved last fit (hyperparameters and the data they were fitted at),
+    not from a fit from scratch."""
+    from agent.runner import CampaignInterrupted
+
+    whole = _run(tmp_path / "whole", pool, "whole", True, NewestFirst(slots=2))
+    with pytest.raises(CampaignInterrupted):
+        _run(tmp_path / "part", pool, "part", True, KilledAtBatch(after=9))
+    camp = Campaign.open("part", tmp_path / "part" / "runs")
+    try:
+        run_campaign(camp, tmp_path / "part" / "runs", executor=NewestFirst(slots=2), progress=False)
+        resumed = _decisions(camp)
+    finally:
+        camp.close()
+    assert len(whole) >= 20
+    assert resumed == whole

@@ -172,13 +172,19 @@ def test_state_dict_round_trip(pool):
     model.fit(fps, obs)
     blob = pickle.dumps(model.state_dict())
     loaded = MoleculeSurrogate.load_state_dict(pickle.loads(blob))
+    archived = MoleculeSurrogate.from_bytes(model.to_bytes())  # the store's form: npz, no pickle
     for f in range(2):
         m1, s1 = model.predict(fps, f)
-        m2, s2 = loaded.predict(fps, f)
-        np.testing.assert_array_equal(m1, m2)
-        np.testing.assert_array_equal(s1, s2)
+        for other in (loaded, archived):
+            m2, s2 = other.predict(fps, f)
+            np.testing.assert_array_equal(m1, m2)
+            np.testing.assert_array_equal(s1, s2)
+    assert archived.counts_at_hyper_fit.tolist() == model.counts_at_hyper_fit.tolist()
+    assert archived.pool_digest == model.pool_digest
     with pytest.raises(ValueError, match="state dict"):
         MoleculeSurrogate.load_state_dict({"n_fidelities": 2})
+    with pytest.raises(ValueError, match="archive"):
+        MoleculeSurrogate.from_bytes(b"not an archive")
 
 
 def test_bad_input_gives_one_line_errors(pool):
