@@ -4,7 +4,10 @@ Per molecule (paracetamol form I, COD 7105573, P2_1/n Z=4; succinic acid, X23 be
 on an inversion centre; oxalic acid, X23 alpha and beta, one O=C-C=O torsion; 1,4-cyclohexanedione,
 X23, P2_1 Z=2, no rotatable bond but ring conformers: the crystal's twist-boat is the GFN2-xTB
 gas-phase minimum, 0.17 A heavy-atom RMSD; ethyl carbamate, X23, P-1 Z=2, two rotatable bonds,
-shipped in data/reference/x23_extra and used only as a recovery check) :func:`sim_backends.csp.flexible.run_flexible_csp` runs from
+shipped in data/reference/x23_extra and used only as a recovery check; aspirin form I, CCDC 185472,
+neutron 100 K, P2_1/c Z=4, three torsions, shipped in data/reference/aspirin, a recovery check without
+an X23 lattice energy and not in the default run: ``--systems aspirin``)
+:func:`sim_backends.csp.flexible.run_flexible_csp` runs from
 the SMILES (GFN2-xTB conformer ensemble, trials split over the conformers, W99 + Ewald +
 GFN2-xTB intramolecular energy, torsion relaxation of the lowest minima), and the table
 reports: whether the experimental crystal is found (pymatgen StructureMatcher on heavy atoms,
@@ -21,7 +24,7 @@ search of one conformer (the gas-phase global minimum as a rigid molecule) and o
 search, the same number of trials, same space groups and settings.
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_flexible.py
-          [--n-trials 20000] [--systems paracetamol,succinic_acid,oxalic_acid,14-cyclohexanedione,ethyl_carbamate]
+          [--n-trials 20000] [--systems paracetamol,succinic_acid,oxalic_acid,14-cyclohexanedione,ethyl_carbamate(,aspirin)]
           [--charges resp|xtb] [--throughput-trials 1024] [--dedupe-trials 1536] [--sampling converged|fixed] [--space-groups P2_1/c] [--x23-only] [--relax-top 20]
 Progress (one JSON line per finished step) goes to benchmarks/results/csp_flexible_progress.jsonl
 (or a name with the non-default arguments); the summary to benchmarks/results/csp_flexible.json
@@ -52,6 +55,8 @@ SYSTEMS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "14-cyclohexanedione": ("O=C1CCC(=O)CC1", "", "twist-boat ring, P2_1 Z=2 (X23, PBE+TS)",
                             ("14-cyclohexanedione",)),
     "ethyl_carbamate": ("CCOC(N)=O", "", "P-1 Z=2 (X23, PBE+TS; data/reference/x23_extra)", ("ethyl_carbamate",)),
+    "aspirin": ("CC(=O)Oc1ccccc1C(=O)O", "", "form I, P2_1/c Z=4 (CCDC 185472, neutron, 100 K; data/reference/aspirin)",
+                ("aspirin",)),
 }
 #: X23 reference lattice energies (kJ/mol per molecule, data/reference/x23/x23_lattice_energies.csv)
 X23_REFERENCE = {"succinic_acid": -130.30, "oxalic_acid_alpha": -96.30, "oxalic_acid_beta": -96.10,
@@ -59,6 +64,8 @@ X23_REFERENCE = {"succinic_acid": -130.30, "oxalic_acid_alpha": -96.30, "oxalic_
 #: crystals of the X23 set shipped outside data/reference/x23 (recovery checks only, so the 17-crystal
 #: X23 benchmarks do not change): name -> extxyz file of the PBE+TS crystal
 X23_EXTRA = {"ethyl_carbamate": "data/reference/x23_extra/ethyl_carbamate_crystal.extxyz"}
+#: aspirin form I (neutron, 100 K; no X23 reference lattice energy, so the X23 lattice step skips it)
+ASPIRIN_CIF = "data/reference/aspirin/aspirin_form_I_CCDC185472.cif"
 DEFAULTS = {"n_trials": 20000, "systems": "paracetamol,succinic_acid,oxalic_acid,14-cyclohexanedione,ethyl_carbamate",
             "charges": "xtb", "workers": 2, "throughput_trials": 1024, "sampling": "converged", "space_groups": "", "x23_only": False, "dedupe_trials": 0,
             "relax_top": 20}
@@ -70,6 +77,8 @@ def reference(name: str):
 
     if name == "paracetamol":
         return Structure.from_file(str(ROOT / "data/reference/cod/COD_7105573_paracetamol_form_I.cif"))
+    if name == "aspirin":
+        return Structure.from_file(str(ROOT / ASPIRIN_CIF))
     if name in X23_EXTRA:
         from ase.io import read
         from pymatgen.io.ase import AseAtomsAdaptor
