@@ -87,22 +87,30 @@ def proxy_log10_mobility(lambda_hole_kjmol: float, temperature_K: float = 300.0)
 
 
 #: warning on a structure whose hole frontier manifold is degenerate while lambda+ came from
-#: GFN2-xTB: the coupling is defined (rotation-invariant J_eff), the reorganisation energy is not
+#: GFN2-xTB without the low-temperature cation (``xtb-reorg``'s ``extra["jahn_teller"]`` not
+#: resolved: its SCF failed, the test was off, or a record made before it): the coupling is
+#: defined (rotation-invariant J_eff), the reorganisation energy is not.
 #: the stable start of that warning (its wording after it may change between versions)
 JAHN_TELLER_PREFIX = "hole: degenerate HOMO (Jahn-Teller cation)"
 JAHN_TELLER_LAMBDA_WARNING = (
-    f"{JAHN_TELLER_PREFIX} with a GFN2-xTB lambda+: Fermi-smeared occupations can keep "
-    "the cation undistorted (sim_backends/reorg.py; benchmarks/jahn_teller_lambda.py: coronene 2.7 vs 6.2 "
-    "kJ/mol), so lambda+ may be too small and this mobility too large")
+    f"{JAHN_TELLER_PREFIX} with a GFN2-xTB lambda+ whose cation was not relaxed at a low electronic "
+    "temperature: the 300 K Fermi-smeared occupations can keep it undistorted (sim_backends/reorg.py), "
+    "so lambda+ may be too small and this mobility too large")
 
 
-def structure_warnings(transfer: Any, lambda_level: str | None) -> list[str]:
+def structure_warnings(transfer: Any, lambda_level: str | None, jahn_teller: str | None = None) -> list[str]:
     """A structure's warnings: the transfer integrals' own
     (:attr:`sim_backends.transfer.CrystalTransfer.warnings`) and
     :data:`JAHN_TELLER_LAMBDA_WARNING` when its hole frontier manifold has more than one
-    orbital and lambda+ is a GFN2-xTB value (``lambda_level == "GFN2-xTB"``)."""
+    orbital and lambda+ is a GFN2-xTB value (``lambda_level == "GFN2-xTB"``) whose
+    ``jahn_teller`` status (``xtb-reorg``'s ``extra["jahn_teller"]``) does not say the
+    cation was relaxed at the low electronic temperature
+    (:func:`sim_backends.reorg.jahn_teller_resolved`)."""
+    from sim_backends.reorg import jahn_teller_resolved
+
     out = list(transfer.warnings)
-    if lambda_level == "GFN2-xTB" and int((transfer.manifolds.get("hole") or {}).get("n", 1)) > 1:
+    if (lambda_level == "GFN2-xTB" and int((transfer.manifolds.get("hole") or {}).get("n", 1)) > 1
+            and not jahn_teller_resolved(jahn_teller)):
         out.append(JAHN_TELLER_LAMBDA_WARNING)
     return out
 
@@ -112,7 +120,7 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                      space_groups: str = ESF_SPACE_GROUPS, temperature_K: float = 300.0,
                      energy_sd_kjmol: float = FF_ENERGY_SD_KJMOL, cutoff_A: float = 4.0,
                      level_params: dict[str, Any] | None = None,
-                     lambda_level: str | None = None) -> dict[str, Any]:
+                     lambda_level: str | None = None, jahn_teller: str | None = None) -> dict[str, Any]:
     """CSP, transfer integrals and hole mobility of the kept structures, and the landscape
     mobility: one JSON-ready record (the data set's and the backend's format).
 
@@ -120,7 +128,8 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
     structure: id, energy, space group, Z, density, CIF, mobility, largest |J|, the size of
     the hole frontier manifold (``hole_manifold``; >1: degenerate HOMO, rotation-invariant
     J_eff, :mod:`sim_backends.transfer`), ``warnings`` (:func:`structure_warnings`;
-    ``lambda_level`` names where lambda+ came from) and INFO ``notes``
+    ``lambda_level`` names where lambda+ came from, ``jahn_teller`` the GFN2-xTB lambda+'s
+    degenerate-HOMO status) and INFO ``notes``
     or ``error``), ``landscape_mobility_hole_cm2Vs`` ({mean, sd, n_in_window, ...}),
     ``global_minimum_mobility_hole_cm2Vs``, ``cpu_s`` ({csp, transfer}, this process's
     CPU seconds); ``error`` (one line) when no structure has a mobility.
@@ -165,7 +174,7 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                       "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
                       "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
                       "n_unique_dimers": len(tr.dimers), "hole_manifold": int(tr.manifolds["hole"]["n"]),
-                      "warnings": structure_warnings(tr, lambda_level), "notes": tr.notes})
+                      "warnings": structure_warnings(tr, lambda_level, jahn_teller), "notes": tr.notes})
         except BackendError as exc:
             s["error"] = " ".join(str(exc).split())[:300]
         structures.append(s)
@@ -203,16 +212,18 @@ _LANDSCAPE_VALUES = (*_VALUES, "landscape_mobility_hole_cm2Vs", "landscape_mobil
                      "log10_landscape_mobility_hole_sd", "n_structures_in_window")
 
 
-def _lambda(p: dict[str, Any], smiles: str) -> tuple[float, float]:
-    """lambda+ (kJ/mol) from the params, else from GFN2-xTB; and the CPU s it cost here."""
+def _lambda(p: dict[str, Any], smiles: str) -> tuple[float, float, str | None]:
+    """lambda+ (kJ/mol) from the params, else from GFN2-xTB; the CPU s it cost here; and the
+    GFN2-xTB value's degenerate-HOMO status (``xtb-reorg``'s ``extra["jahn_teller"]``, None
+    for a non-degenerate HOMO or a given lambda+)."""
     if p.get("lambda_hole_kjmol") is not None:
-        return float(p["lambda_hole_kjmol"]), 0.0
+        return float(p["lambda_hole_kjmol"]), 0.0, None
     from sim_backends.reorg import XtbReorgBackend
 
     r = XtbReorgBackend().evaluate(EvalInput(smiles))
     if not r.ok:
         raise SetupError(f"no hole reorganisation energy for this molecule (GFN2-xTB lambda+ failed: {r.reason})")
-    return float(r.values["reorg_energy_kjmol"]), r.cpu_s
+    return float(r.values["reorg_energy_kjmol"]), r.cpu_s, r.extra.get("jahn_teller")
 
 
 class EsfProxyBackend(Backend):
@@ -236,10 +247,12 @@ class EsfProxyBackend(Backend):
         return XtbReorgBackend().cost_estimate(inp)
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
-        lam, _ = _lambda(inp.params, inp.smiles)
+        lam, _, jt = _lambda(inp.params, inp.smiles)
         t = float(inp.params.get("temperature_K", 300.0))
-        return ({OBJECTIVE: proxy_log10_mobility(lam, t), "reorg_energy_kjmol": lam},
-                {"level": self.level_of_theory()})
+        extra: dict[str, Any] = {"level": self.level_of_theory()}
+        if jt:
+            extra["jahn_teller"] = jt
+        return {OBJECTIVE: proxy_log10_mobility(lam, t), "reorg_energy_kjmol": lam}, extra
 
 
 class EsfLandscapeBackend(Backend):
@@ -301,20 +314,24 @@ class EsfLandscapeBackend(Backend):
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         p = self._p(inp.params)
-        lam, cpu_lam = _lambda(p, inp.smiles)
+        lam, cpu_lam, jt = _lambda(p, inp.smiles)
         keys = ("functional", "basis", "max_cycles") if p["transfer"] == "dft" else ("max_iterations",)
         level_params = {k: p[k] for k in keys if k in p}
         rec = landscape_record(inp.smiles, lam, int(p["n_trials"]), int(p["n_structures"]),
                                float(p["window_kjmol"]), str(p["transfer"]), int(p["seed"]),
                                str(p["space_groups"]), float(p["temperature_K"]), float(p["energy_sd_kjmol"]),
                                float(p["cutoff_A"]), level_params,
-                               lambda_level=None if p.get("lambda_hole_kjmol") is not None else "GFN2-xTB")
+                               lambda_level=None if p.get("lambda_hole_kjmol") is not None else "GFN2-xTB",
+                               jahn_teller=jt)
         if "error" in rec:
             raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
         values = landscape_values(lam, rec)
-        return values, {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
-                        "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
-                        "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
+        extra = {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
+                 "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
+                 "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
+        if jt:
+            extra["jahn_teller"] = jt
+        return values, extra
 
 
 class EsfRefinedBackend(EsfLandscapeBackend):

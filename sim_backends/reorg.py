@@ -45,9 +45,24 @@ the result is failed, ``reason="unphysical: ..."`` naming the value and the leve
 geometries (DFT//xTB) a component can come out negative when the xTB geometry is far
 from this level's minimum (a quinone such as chloranil).
 
-GFN2-xTB's fractional (Fermi-smeared) occupations keep degenerate HOMOs equally
-occupied, so Jahn-Teller cations such as benzene's stay undistorted at that level and
-its lambda_+ is far too small; small cations (ethylene) also get poor GFN2 geometries.
+Degenerate HOMO (Jahn-Teller cations), GFN2-xTB level. tblite smears the occupations at
+an electronic temperature of 300 K, which keeps a degenerate HOMO pair equally occupied in
+the cation: its hole is shared by the pair, the cation keeps the neutral's symmetry and its
+Jahn-Teller relaxation is missing, so lambda_+ comes out too small. When the relaxed
+neutral's HOMO is degenerate (its hole frontier manifold, orbitals within
+:data:`~sim_backends.transfer.DEGENERATE_MANIFOLD_MEV` of the HOMO at the neutral minimum,
+has more than one orbital: the test the transfer integrals use), :class:`XtbReorgBackend`
+computes both cation energies E_C(geom_N) and E_C(geom_C) at the electronic temperature
+``degenerate_cation_temperature_K`` (10 K: near-integer occupations) and relaxes the cation
+from the neutral minimum displaced by a fixed seeded random displacement
+(:data:`JAHN_TELLER_DISPLACEMENT_A` sd per coordinate, generator seeded by ``seed``) so that
+it can leave the symmetric geometry; the neutral stays at 300 K. ``extra["jahn_teller"]``
+says what was done: :data:`JAHN_TELLER_RESOLVED` when it was, ``"unresolved: <reason>;
+300 K value"`` when the low-temperature SCF or relaxation failed and the 300 K result is
+returned instead (benzene: its 10 K cation SCF does not converge), absent for a
+non-degenerate HOMO, whose result is the 300 K one unchanged; ``extra["hole_manifold"]``
+gives the test's numbers. Small cations (benzene, ethylene) also get poor GFN2-xTB
+geometries.
 
 All values returned are in kJ/mol per molecule (1 eV = 96.485332 kJ/mol); ``extra``
 also holds lambda in eV, the four total energies in eV, and the optimised geometries
@@ -87,6 +102,23 @@ NEGATIVE_TOLERANCE_KJMOL = 0.5
 
 #: re-relaxations of a state found unstable at its relaxed geometry (from the followed state)
 MAX_RELAX_RESTARTS = 1
+
+#: electronic temperature (K) of the GFN2-xTB cation when the neutral's HOMO is degenerate
+#: (``degenerate_cation_temperature_K``; module docstring)
+DEGENERATE_CATION_TEMPERATURE_K = 10.0
+#: sd (angstrom) of the fixed seeded random displacement of the neutral minimum from which
+#: such a cation is relaxed (breaks the symmetry the optimiser would otherwise keep)
+JAHN_TELLER_DISPLACEMENT_A = 0.02
+#: ``extra["jahn_teller"]`` of a degenerate-HOMO cation treated at the low temperature
+#: (formatted with the temperature); an unresolved one starts with "unresolved:"
+JAHN_TELLER_RESOLVED = "cation relaxed at {:g} K electronic temperature (degenerate HOMO)"
+
+
+def jahn_teller_resolved(status: str | None) -> bool:
+    """True when ``extra["jahn_teller"]`` of an ``xtb-reorg`` result says the
+    degenerate-HOMO cation was relaxed at the low electronic temperature."""
+    return bool(status) and str(status).startswith(JAHN_TELLER_RESOLVED.split("{")[0])
+
 
 NEUTRAL = (0, 1)  # (charge, multiplicity)
 CATION = (1, 2)
@@ -250,6 +282,7 @@ def xtb_relax(
     fmax_eV_A: float = 0.01,
     max_steps: int = 500,
     max_cycles: int = 250,
+    electronic_temperature_K: float | None = None,
 ) -> tuple[float, np.ndarray, int]:
     """Relax a molecule with GFN2-xTB (tblite) and ASE's BFGS.
 
@@ -260,6 +293,7 @@ def xtb_relax(
         fmax_eV_A: convergence threshold on the largest atomic force, eV/angstrom.
         max_steps: optimiser step cap.
         max_cycles: SCF iteration cap per energy.
+        electronic_temperature_K: tblite's electronic temperature (None: its default, 300 K).
 
     Returns:
         ``(energy_eV, coords_A (n, 3), n_steps)`` at the relaxed geometry.
@@ -272,7 +306,7 @@ def xtb_relax(
     from ase.optimize import BFGS
 
     atoms = Atoms(symbols, positions=np.asarray(coords_A, dtype=float))
-    atoms.calc = _tblite_calc(state, max_cycles)
+    atoms.calc = _tblite_calc(state, max_cycles, electronic_temperature_K)
     opt = BFGS(atoms, logfile=None, maxstep=0.2)
     try:
         converged = opt.run(fmax=fmax_eV_A, steps=max_steps)
@@ -285,27 +319,30 @@ def xtb_relax(
 
 
 def xtb_energy(
-    symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], max_cycles: int = 250
+    symbols: list[str], coords_A: np.ndarray, state: tuple[int, int], max_cycles: int = 250,
+    electronic_temperature_K: float | None = None,
 ) -> float:
-    """GFN2-xTB single-point energy in eV; coords_A shape (n, 3) in angstrom."""
+    """GFN2-xTB single-point energy in eV; coords_A shape (n, 3) in angstrom;
+    ``electronic_temperature_K`` None: tblite's default (300 K)."""
     import numpy as np
     from ase import Atoms
 
     atoms = Atoms(symbols, positions=np.asarray(coords_A, dtype=float))
-    atoms.calc = _tblite_calc(state, max_cycles)
+    atoms.calc = _tblite_calc(state, max_cycles, electronic_temperature_K)
     try:
         return float(atoms.get_potential_energy())
     except Exception as exc:
         raise RunError(f"xTB SCF failed for charge {state[0]:+d}: {' '.join(str(exc).split())}") from None
 
 
-def _tblite_calc(state: tuple[int, int], max_cycles: int):
+def _tblite_calc(state: tuple[int, int], max_cycles: int, electronic_temperature_K: float | None = None):
     from tblite.ase import TBLite
 
     charge, mult = state
+    extra = {} if electronic_temperature_K is None else {"electronic_temperature": float(electronic_temperature_K)}
     return TBLite(
         method="GFN2-xTB", charge=charge, multiplicity=mult, verbosity=0,
-        max_iterations=int(max_cycles),
+        max_iterations=int(max_cycles), **extra,
     )
 
 
@@ -316,18 +353,28 @@ class XtbReorgBackend(ReorgBackend):
         fmax (float, 0.01): force convergence threshold, eV/angstrom.
         max_steps (int, 500): BFGS step cap per optimisation.
         max_cycles (int, 250): SCF iteration cap per energy.
+        degenerate_cation_temperature_K (float, 10): when the relaxed neutral's HOMO is
+            degenerate, both cation energies and the cation relaxation (from the neutral
+            minimum with a fixed seeded displacement) use this electronic temperature
+            instead of tblite's 300 K, so the Jahn-Teller cation can distort (module
+            docstring); ``extra["jahn_teller"]`` records the outcome, including a fall-back
+            to the 300 K result when that SCF or relaxation fails. 0 turns the test off (every
+            molecule at 300 K). A non-degenerate HOMO is unaffected (one extra neutral SCF
+            for the test).
 
     Cost (CPU seconds on one core, ``benchmarks/reorg_timing.py``): 0.2-0.4 s for
-    thiophene to anthracene.
+    thiophene to anthracene; a degenerate HOMO adds one cation relaxation from a
+    displaced start (triphenylene, coronene ~1-2 s in all).
     """
 
     name = "xtb-reorg"
-    version = f"1+tblite-{_tblite_version()}"
+    version = f"2+tblite-{_tblite_version()}"
     fidelity = 0
     description = "hole reorganisation energy lambda+ (four-point), GFN2-xTB via tblite"
     params_schema: ClassVar[dict[str, Any]] = {
         **ReorgBackend.params_schema, "fmax": check.number(0.0, lo_open=True),
         "max_steps": check.integer(1), "max_cycles": check.integer(1),
+        "degenerate_cation_temperature_K": check.number(0.0, 300.0),
     }
 
     def cost_estimate(self, inp: EvalInput) -> float:
@@ -340,16 +387,80 @@ class XtbReorgBackend(ReorgBackend):
     def _level(self, params: dict[str, Any]) -> str:
         return "GFN2-xTB"
 
+    def _new_context(self, params: dict[str, Any]) -> dict[str, Any]:
+        """This evaluation's degenerate-HOMO state: the neutral minimum when its HOMO is
+        degenerate, the cation's electronic temperature (None: tblite's 300 K), its energy at
+        the neutral minimum, and what goes to ``extra`` (``hole_manifold``, ``jahn_teller``)."""
+        return {"geom_n": None, "t_cation": None, "e_cn": None, "report": {}}
+
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        ctx = self._new_context(inp.params)
+        values, extra = self._four_point(inp, ctx)
+        extra.update(ctx["report"])
+        return values, extra
+
     def _relax(self, symbols, coords_A, state, params, ctx):
-        energy, coords, n_steps = xtb_relax(
-            symbols, coords_A, state,
-            fmax_eV_A=float(params.get("fmax", 0.01)),
-            max_steps=int(params.get("max_steps", 500)),
-            max_cycles=int(params.get("max_cycles", 250)),
-        )
+        kw = {"fmax_eV_A": float(params.get("fmax", 0.01)), "max_steps": int(params.get("max_steps", 500)),
+              "max_cycles": int(params.get("max_cycles", 250))}
+        if state == CATION and ctx["geom_n"] is not None:
+            out = self._relax_jahn_teller(symbols, params, ctx, kw)
+            if out is not None:
+                return out
+        energy, coords, n_steps = xtb_relax(symbols, coords_A, state, **kw)
+        if state == NEUTRAL:
+            self._test_degenerate_homo(symbols, coords, params, ctx)
         return energy, coords, {"n_opt_steps": n_steps}
 
+    def _test_degenerate_homo(self, symbols, coords_A, params, ctx) -> None:
+        """Record the neutral minimum's hole frontier manifold; keep the geometry in ``ctx``
+        when it has more than one orbital and the low-temperature cation is on."""
+        t_low = float(params.get("degenerate_cation_temperature_K", DEGENERATE_CATION_TEMPERATURE_K) or 0.0)
+        if t_low <= 0.0:
+            return
+        from ase import Atoms
+
+        from sim_backends.base import BackendError
+        from sim_backends.transfer import xtb_orbitals
+
+        try:
+            orb = xtb_orbitals(Atoms(symbols, positions=coords_A), max_iterations=int(params.get("max_cycles", 250)),
+                               what="the neutral at its minimum")
+        except BackendError as exc:
+            ctx["report"]["jahn_teller"] = (f"unresolved: HOMO degeneracy not tested "
+                                            f"({' '.join(str(exc).split())[:120]}); 300 K value")
+            return
+        info = orb.manifold_info("hole")
+        ctx["report"]["hole_manifold"] = {k: (round(v, 3) if v != float("inf") else None) for k, v in info.items()}
+        if info["n"] > 1:
+            ctx["geom_n"] = coords_A.copy()
+
+    def _relax_jahn_teller(self, symbols, params, ctx, kw):
+        """Cation energy at the neutral minimum and the cation relaxed from the displaced
+        neutral minimum, both at the low electronic temperature; None (with the reason in
+        ``ctx``) when either fails, so the caller relaxes at 300 K."""
+        import numpy as np
+
+        t_low = float(params.get("degenerate_cation_temperature_K", DEGENERATE_CATION_TEMPERATURE_K))
+        geom_n = ctx["geom_n"]
+        shake = np.random.default_rng(int(params.get("seed", 0))).normal(0.0, JAHN_TELLER_DISPLACEMENT_A, geom_n.shape)
+        try:
+            e_cn = xtb_energy(symbols, geom_n, CATION, kw["max_cycles"], t_low)
+            energy, coords, n_steps = xtb_relax(symbols, geom_n + shake, CATION, **kw,
+                                                electronic_temperature_K=t_low)
+        except RunError as exc:
+            ctx["report"]["jahn_teller"] = f"unresolved: {t_low:g} K cation: {exc}; 300 K value"
+            return None
+        ctx.update({"t_cation": t_low, "e_cn": e_cn})
+        ctx["report"]["jahn_teller"] = JAHN_TELLER_RESOLVED.format(t_low)
+        return energy, coords, {"n_opt_steps": n_steps, "electronic_temperature_K": t_low}
+
     def _energy(self, symbols, coords_A, state, params, ctx):
+        if state == CATION and ctx["t_cation"] is not None:
+            import numpy as np
+
+            if np.array_equal(coords_A, ctx["geom_n"]):
+                return ctx["e_cn"]
+            return xtb_energy(symbols, coords_A, state, int(params.get("max_cycles", 250)), ctx["t_cation"])
         return xtb_energy(symbols, coords_A, state, int(params.get("max_cycles", 250)))
 
 

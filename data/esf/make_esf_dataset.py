@@ -85,20 +85,24 @@ def proxy(smiles: str) -> dict:
     rec = {"cpu_s": round(r.cpu_s, 2), "level": "GFN2-xTB"}
     if r.ok:
         rec["reorg_energy_kjmol"] = r.values["reorg_energy_kjmol"]
+        if r.extra.get("jahn_teller"):  # degenerate HOMO: the low-temperature cation's outcome
+            rec["jahn_teller"] = r.extra["jahn_teller"]
     else:
         rec["error"] = r.reason
     return rec
 
 
 def landscape_step(smiles: str, lam_kjmol: float, n_trials: int, n_keep: int, window: float,
-                   level: str, seed: int) -> dict:
+                   level: str, seed: int, jahn_teller: str | None = None) -> dict:
     """CSP, then transfer integrals + hole mobility for the kept structures (one record,
-    :func:`sim_backends.esf.landscape_record`)."""
+    :func:`sim_backends.esf.landscape_record`); ``jahn_teller``: the proxy's degenerate-HOMO
+    status (``xtb-reorg``'s ``extra["jahn_teller"]``)."""
     from sim_backends.esf import landscape_record
 
-    return landscape_record(smiles, lam_kjmol, n_trials, n_keep, window, level, seed,
-                            temperature_K=TEMPERATURE_K, energy_sd_kjmol=FF_ENERGY_SD_KJMOL,
-                            lambda_level="GFN2-xTB")  # lambda+ is the proxy's (xtb-reorg)
+    rec = landscape_record(smiles, lam_kjmol, n_trials, n_keep, window, level, seed,
+                           temperature_K=TEMPERATURE_K, energy_sd_kjmol=FF_ENERGY_SD_KJMOL,
+                           lambda_level="GFN2-xTB", jahn_teller=jahn_teller)  # lambda+ is the proxy's (xtb-reorg)
+    return {**rec, "lambda_jahn_teller": jahn_teller} if jahn_teller else rec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             rec = {"error": f"no lambda+: {proxies[smiles].get('error', '')}", "cpu_s": {}}
         elif args.fidelity == "quick":
             rec = landscape_step(smiles, lam, args.quick_trials, args.quick_structures, args.window, "gfn2-xtb",
-                                 args.seed)
+                                 args.seed, proxies[smiles].get("jahn_teller"))
         else:
             rec = landscape_step(smiles, lam, args.refined_trials, args.refined_structures, args.window,
-                                 args.refined_transfer, args.seed)
+                                 args.refined_transfer, args.seed, proxies[smiles].get("jahn_teller"))
         rec = {"smiles": smiles, "name": name, "fidelity": args.fidelity, "lambda_hole_kjmol": lam, **rec,
                "wall_s": round(time.time() - t, 1)}
         append(path, rec)

@@ -9,7 +9,9 @@ Selected records (default): those of ``esf_quick.jsonl`` and ``esf_refined.jsonl
 structures carry a frontier-orbital warning of the old single-orbital code (text
 ``"frontier orbital within"``), or a degenerate hole manifold without the Jahn-Teller
 lambda+ warning (:data:`sim_backends.esf.JAHN_TELLER_LAMBDA_WARNING`: the data set's
-lambda+ is GFN2-xTB); ``--all`` takes every record with structures. A record recomputed
+lambda+ is GFN2-xTB) unless the record's ``lambda_jahn_teller`` says the cation was relaxed at
+a low electronic temperature (``recompute_lambda.py``); ``--all`` takes every record with
+structures. A record recomputed
 twice keeps its first ``before`` values.
 
 Per selected record and structure: :func:`sim_backends.transfer.crystal_transfer` (the
@@ -49,13 +51,14 @@ REASON = ("degenerate frontier manifolds: rotation-invariant J_eff^2 = (1/n) sum
           "(sim_backends/transfer.py) replaces the single-orbital |J|")
 
 
-def code_commit() -> str:
-    """HEAD commit, with ``+dirty`` when the transfer/mobility code differs from it."""
+def code_commit(paths: tuple[str, ...] = ("sim_backends/transfer.py", "sim_backends/mobility.py",
+                                           "sim_backends/esf.py")) -> str:
+    """HEAD commit, with ``+dirty`` when the code in ``paths`` (default: transfer/mobility)
+    differs from it."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "sim_backends/transfer.py",
-                                "sim_backends/mobility.py", "sim_backends/esf.py"], cwd=ROOT).returncode
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *paths], cwd=ROOT).returncode
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -67,9 +70,13 @@ def selected(rec: dict, take_all: bool) -> bool:
         return False
     if take_all or any(OLD_WARNING in w for s in structures for w in (s.get("warnings") or [])):
         return True
-    # a degenerate HOMO without the current lambda+ warning (recomputed before it, or its text changed)
+    # a degenerate HOMO without the current lambda+ warning (recomputed before it, or its text
+    # changed), unless its lambda+ includes the Jahn-Teller relaxation (then there is none)
     from sim_backends.esf import JAHN_TELLER_LAMBDA_WARNING
+    from sim_backends.reorg import jahn_teller_resolved
 
+    if jahn_teller_resolved(rec.get("lambda_jahn_teller")):
+        return False
     return any((s.get("hole_manifold") or 1) > 1 and JAHN_TELLER_LAMBDA_WARNING not in (s.get("warnings") or [])
                for s in structures)
 
@@ -105,7 +112,8 @@ def recompute(rec: dict, commit: str) -> dict:
                       "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
                       "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
                       "n_unique_dimers": len(tr.dimers), "hole_manifold": int(tr.manifolds["hole"]["n"]),
-                      "warnings": structure_warnings(tr, "GFN2-xTB"), "notes": tr.notes})
+                      "warnings": structure_warnings(tr, "GFN2-xTB", rec.get("lambda_jahn_teller")),
+                      "notes": tr.notes})
         except BackendError as exc:
             for k in ("mobility_hole_cm2Vs", "mobility_hole_max_cm2Vs", "j_hole_max_meV", "j_electron_max_meV"):
                 s.pop(k, None)

@@ -194,3 +194,18 @@ def test_degenerate_homo_with_an_xtb_lambda_warns_about_lambda():
     assert structure_warnings(tr(2), "GFN2-xTB") == [JAHN_TELLER_LAMBDA_WARNING]
     assert JAHN_TELLER_LAMBDA_WARNING.startswith("hole:")  # shown by status (hole warnings only)
     assert structure_warnings(tr(2), None) == [] and structure_warnings(tr(1), "GFN2-xTB") == []
+
+
+def test_degenerate_homo_with_a_low_temperature_cation_does_not_warn():
+    """xtb-reorg relaxes a degenerate-HOMO cation at 10 K (its ``extra["jahn_teller"]``
+    says so): that lambda+ includes the Jahn-Teller relaxation and the structure carries no
+    lambda+ warning; an unresolved one (the 10 K SCF failed, 300 K value) still does."""
+    from sim_backends.esf import JAHN_TELLER_LAMBDA_WARNING, structure_warnings
+    from sim_backends.reorg import JAHN_TELLER_RESOLVED
+
+    t = CrystalTransfer([], [], np.zeros((0, 3)), 2, "GFN2-xTB", 0.0, {"hole": 0.0, "electron": 900.0},
+                        {"hole": {"n": 2, "splitting_meV": 0.0, "gap_meV": 500.0},
+                         "electron": {"n": 1, "splitting_meV": 0.0, "gap_meV": 900.0}})
+    assert structure_warnings(t, "GFN2-xTB", JAHN_TELLER_RESOLVED.format(10.0)) == []
+    unresolved = "unresolved: 10 K cation: xTB SCF failed for charge +1: SCF not converged; 300 K value"
+    assert structure_warnings(t, "GFN2-xTB", unresolved) == [JAHN_TELLER_LAMBDA_WARNING]
