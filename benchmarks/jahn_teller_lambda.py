@@ -5,10 +5,14 @@ default, so the hole of a cation whose HOMO is degenerate is shared equally by t
 and the cation keeps the neutral's symmetry: its Jahn-Teller relaxation is missing and
 lambda+ comes out too small (sim_backends/reorg.py docstring). This benchmark computes the
 four-point lambda+ = [E+(R0) - E+(R+)] + [E0(R+) - E0(R0)] twice per molecule: with the
-default 300 K electronic temperature for the cation (as ``xtb-reorg`` does) and with
-10 K (near-integer occupations), the cation relaxed from the neutral minimum displaced by
-a fixed random 0.02 A so that it can break the symmetry; the neutral always at 300 K.
-A molecule without a degenerate HOMO (naphthalene) is the control: both must agree.
+default 300 K electronic temperature for the cation (``xtb-reorg`` with
+``degenerate_cation_temperature_K = 0``, every molecule's treatment before the
+degenerate-HOMO rule) and with 10 K (near-integer occupations), the cation relaxed from the
+neutral minimum displaced by a fixed random 0.02 A so that it can break the symmetry; the
+neutral always at 300 K. A molecule without a degenerate HOMO (naphthalene) is the control:
+both must agree. The last columns are what ``xtb-reorg`` now returns with its defaults (its
+own conformer and displacement; ``extra["jahn_teller"]``): the 10 K protocol for a
+degenerate HOMO, the 300 K value when its 10 K SCF fails (benzene).
 
 Geometries: RDKit ETKDG (seed 1) + MMFF, then GFN2-xTB BFGS to fmax 0.01 eV/A.
 The last column is the factor by which the Marcus rate (hence the hopping mobility) of
@@ -92,7 +96,11 @@ def main() -> int:
 
     c0 = process_cpu_s()
     rows = []
-    print(f"{'molecule':16s} {'degenerate HOMO':>15s} {'lambda+ 300 K':>14s} {'lambda+ 10 K':>13s} {'rate factor':>12s}")
+    from sim_backends.base import EvalInput
+    from sim_backends.reorg import XtbReorgBackend
+
+    print(f"{'molecule':16s} {'degenerate HOMO':>15s} {'lambda+ 300 K':>14s} {'lambda+ 10 K':>13s} {'rate factor':>12s}"
+          f" {'xtb-reorg':>10s}  xtb-reorg Jahn-Teller status")
     for name, smi, degenerate in MOLECULES:
         t0 = process_cpu_s()
         lam = lambda_plus(smi)
@@ -100,15 +108,21 @@ def main() -> int:
         ok = hi == hi and lo == lo and hi > 0 and lo > 0
         factor = float(marcus_rate(10.0, lo * EV_PER_KJMOL) / marcus_rate(10.0, hi * EV_PER_KJMOL)) if ok \
             else float("nan")
+        backend = XtbReorgBackend().evaluate(EvalInput(smi))
+        now = backend.values.get("reorg_energy_kjmol", float("nan"))
+        status = backend.extra.get("jahn_teller") or ("-" if backend.ok else f"failed: {backend.reason}")
         rows.append({"molecule": name, "smiles": smi, "degenerate_homo": degenerate,
                      "lambda_plus_kjmol_tel300": round(hi, 3) if hi == hi else None,
                      "lambda_plus_kjmol_tel10": round(lo, 3) if lo == lo else None,
                      "rate_factor_300K": round(factor, 4) if factor == factor else None,
+                     "xtb_reorg_kjmol": round(now, 3) if now == now else None, "xtb_reorg_jahn_teller": status,
                      "errors": {k: v for k, v in lam.items() if k.startswith("error")},
                      "cpu_s": round(process_cpu_s() - t0, 2)})
-        print(f"{name:16s} {str(degenerate):>15s} {hi:14.2f} {lo:13.2f} {factor:12.3f}", flush=True)
-    print("lambda+ in kJ/mol (GFN2-xTB, cation electronic temperature 300 K = xtb-reorg's default, or 10 K); "
-          "rate factor = Marcus rate at 300 K with the 10 K lambda+ / with the 300 K one")
+        print(f"{name:16s} {str(degenerate):>15s} {hi:14.2f} {lo:13.2f} {factor:12.3f} {now:10.2f}  {status}",
+              flush=True)
+    print("lambda+ in kJ/mol (GFN2-xTB, cation electronic temperature 300 K = xtb-reorg before the degenerate-HOMO "
+          "rule, or 10 K); rate factor = Marcus rate at 300 K with the 10 K lambda+ / with the 300 K one; "
+          "xtb-reorg = the backend's value now (defaults)")
     result = {"benchmark": "jahn_teller_lambda", "rows": rows,
               "control_ok": abs(rows[0]["lambda_plus_kjmol_tel300"] - rows[0]["lambda_plus_kjmol_tel10"]) < 0.5,
               "cpu_s": round(process_cpu_s() - c0, 2), "date": time.strftime("%Y-%m-%d")}
