@@ -103,6 +103,10 @@ LOG_DELTA_RATIO_PRIOR = (float(np.log(0.1)), 1.5)
 MEAN_DELTA_PRIOR_SD = 1.0
 #: prior of log var f_0: N(0, 2^2) (values are standardised, so weak)
 LOG_SIGNAL_PRIOR_SD = 2.0
+#: prior of each level's noise variance (standardised units, above NOISE_FLOOR):
+#: ("lognormal", mu, sd) is log(noise var) ~ N(mu, sd^2), ("gamma", concentration, rate)
+#: a Gamma density on the noise variance
+NOISE_PRIOR: tuple[str, float, float] = ("gamma", 1.1, 0.05)
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,10 @@ class MoleculeSurrogate:
             in between, new observations extend the cached Cholesky factor
             (``O(n^2 k)`` for ``k`` new points instead of ``O(n^3)``).
     """
+
+    #: prior of the noise variances (see :data:`NOISE_PRIOR`; an instance may set its own
+    #: before fitting, e.g. for a calibration study; not part of :meth:`state_dict`)
+    noise_prior: tuple[str, float, float] = NOISE_PRIOR
 
     def __init__(self, n_fidelities: int, seed: int = 0, *, max_fit_points: int = 256,
                  n_iter_first: int = 40, n_iter_refit: int = 6,
@@ -381,14 +389,20 @@ class MoleculeSurrogate:
         def normal(x: torch.Tensor, mu: float, sd: float) -> torch.Tensor:
             return (-0.5 * ((x - mu) / sd) ** 2).sum()
 
-        noise = NOISE_FLOOR + p["log_noise"].exp()
-        noise_prior = torch.distributions.Gamma(torch.tensor(1.1, dtype=torch.float64),
-                                                torch.tensor(0.05, dtype=torch.float64))
+        kind, a, b = self.noise_prior
+        if kind == "lognormal":  # as a density on log_noise, the parameter optimised
+            noise_term = normal(p["log_noise"], a, b)
+        elif kind == "gamma":
+            noise = NOISE_FLOOR + p["log_noise"].exp()
+            noise_term = torch.distributions.Gamma(torch.tensor(a, dtype=torch.float64),
+                                                   torch.tensor(b, dtype=torch.float64)).log_prob(noise).sum()
+        else:
+            raise ValueError(f"unknown noise prior {kind!r}")
         return (normal(p["rho"], *RHO_PRIOR)
                 + normal(p["log_delta"] - p["log_signal"], *LOG_DELTA_RATIO_PRIOR)
                 + normal(p["mean_delta"], 0.0, MEAN_DELTA_PRIOR_SD)
                 + normal(p["log_signal"], 0.0, LOG_SIGNAL_PRIOR_SD)
-                + noise_prior.log_prob(noise).sum())
+                + noise_term)
 
     def _fit_hyperparameters(self) -> None:
         """MAP estimate of the AR(1) parameters, means and noises by L-BFGS-B on a
@@ -397,10 +411,10 @@ class MoleculeSurrogate:
         As BoTorch's ``fit_gpytorch_mll``: scipy's L-BFGS-B with torch autograd
         gradients (``torch.optim`` would import ``torch._dynamo``, ~5 s).
 
-        The priors are those of :meth:`_log_prior`; the noise variances carry the
-        Gamma(1.1, 0.05) prior that BoTorch's ``SingleTaskGP`` uses by default. Runs
-        single-threaded: at these
-        sizes (<= ``max_fit_points``) threading costs more than it gains.
+        The priors are those of :meth:`_log_prior`; the noise variances carry
+        ``noise_prior`` (by default the Gamma(1.1, 0.05) that BoTorch's ``SingleTaskGP``
+        used before 0.12). Runs single-threaded: at these sizes (<= ``max_fit_points``)
+        threading costs more than it gains.
         """
         import torch
 

@@ -268,3 +268,20 @@ def test_calibration_of_data_drawn_from_the_model_is_nominal(pool):
         cov95 += [cal[k]["coverage_95"] for k in ("0", "top", "top_unseen")]
     assert 0.85 < np.mean(z_std) < 1.15
     assert 0.9 < np.mean(cov95) <= 1.0
+
+
+def test_noise_prior_is_the_instances(pool):
+    """``noise_prior`` sets the prior of the fitted noise variances: a tight log-normal
+    holds them at its median; an unknown kind is an error at the fit."""
+    _, fps, y = pool
+    obs = [Observation(i, 0, float(5.0 * y[i])) for i in range(60)]
+    obs += [Observation(i, 1, float(6.0 * y[i] + 20.0)) for i in range(12)]
+    model = MoleculeSurrogate(2, seed=0)
+    model.noise_prior = ("lognormal", -7.0, 0.01)
+    model.fit(fps, obs)
+    np.testing.assert_allclose(model.noise(), 1e-4 + np.exp(-7.0), rtol=0.05)
+    assert MoleculeSurrogate(2).noise_prior[0] == "gamma"
+    bad = MoleculeSurrogate(2, seed=0)
+    bad.noise_prior = ("cauchy", 0.0, 1.0)
+    with pytest.raises(ValueError, match="unknown noise prior"):
+        bad.fit(fps, obs)
