@@ -89,9 +89,6 @@ Over 500 lines on purpose: the utility, the batch rule, the skill test, the stop
 probability and the two-level split share one set of Monte Carlo draws and helpers, and
 the structure stage calls them together; a split would only move private helpers across
 module boundaries.
-
-Over 500 lines on purpose: the skill test, the joint posterior draws, P(set complete) and
-the pick rule that uses them form one decision and are tested together.
 """
 
 from __future__ import annotations

@@ -68,9 +68,6 @@ Importing this module is cheap: torch and gpytorch load inside functions.
 
 Over 500 lines on purpose: the coregionalised Tanimoto GP, its hyperparameter fit
 and the pool posterior share one parameter layout (``_ar1_structure``, in numpy and torch).
-
-Over 500 lines on purpose: one model (the auto-regressive multi-fidelity GP with its
-priors, fit, LOO calibration and pool posterior) whose parts share its parametrisation.
 """
 
 from __future__ import annotations

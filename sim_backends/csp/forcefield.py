@@ -66,9 +66,6 @@ Importing this module is cheap (numpy only); torch (and numba) are imported when
 Over 500 lines on purpose: the W99 atom typing, the pair, reciprocal-space and fused
 kernels and the LatticeEnergyModel that combines them share one set of precomputed tensors
 and unit conventions and change together.
-
-Over 500 lines on purpose: the atom typing, the parameter sets, and the compiled pair,
-reciprocal-space and fused kernels are one energy model that must change in step.
 """
 
 from __future__ import annotations
