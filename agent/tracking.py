@@ -12,7 +12,10 @@ not the GenAI one) holding one run per launch of the campaign lineage: the run i
 kept in the store so ``resume`` continues the same run. Logged: the config as params;
 per told result the metrics ``best_found``, ``budget_spent_cpu_s`` (CPU seconds
 measured in the workers), ``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``
-(step = number of stored evaluations); per refit ``surrogate_holdout_mae``; the plots
+(step = number of stored evaluations); per refit ``surrogate_holdout_mae`` and, from
+:data:`MIN_CALIBRATION_N` held-out top-level values on, ``surrogate_holdout_z_std``,
+``surrogate_holdout_coverage_68`` and ``_95`` (the top level predicted with the cheaper
+values known, :meth:`~agent.surrogates.molecule_gp.MoleculeSurrogate.calibration`); the plots
 as artifacts; for a campaign with ESF levels, the ESF maps
 (``esf_maps/esf_map_n<landscapes>.png``, :mod:`agent.esf_report`) at the first refit
 after each new molecule-stage landscape result, and at the end of a run.
@@ -59,6 +62,9 @@ MODEL_LOG_MIN_NEW_TOP = 5
 #: ... or when its training set grew by this fraction since the last logged model
 MODEL_LOG_GROWTH = 0.2
 #: the experiment tag and value that make MLflow 3's UI show the classic (non-GenAI) view
+#: held-out top-level values below which no z spread or coverage is logged (with 2-4
+#: values a coverage of 1.0 says nothing about calibration)
+MIN_CALIBRATION_N = 5
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 
@@ -267,6 +273,12 @@ class Tracker:
                 step = int(ev.get("n_evaluations", c.n_evaluations))
                 if ev.get("holdout_mae") is not None:
                     self.client.log_metric(self.run_id, "surrogate_holdout_mae", ev["holdout_mae"], step=step)
+                # the top level's held-out calibration (cheaper values known), once enough
+                # values are held out for a coverage to mean something
+                top = ev.get("holdout_calibration")
+                if top and int(top.get("n", 0)) >= MIN_CALIBRATION_N:
+                    for name in ("z_std", "coverage_68", "coverage_95"):
+                        self.client.log_metric(self.run_id, f"surrogate_holdout_{name}", top[name], step=step)
                 self.client.log_metric(self.run_id, "n_refits", ev["n_refit"], step=step)
             elif ev["kind"] == "structure_refit":
                 structure_refits.append(ev)

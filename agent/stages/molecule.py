@@ -392,7 +392,7 @@ class MoleculeStage:
             objective=self.cfg.objective, rho=model.rho().tolist(),
             level_correlation=model.level_correlation().tolist(),
             noise_sd=(np.sqrt(model.noise()) * model.y_scale).tolist(),
-            calibration=by_level, holdout_mae=self.last_holdout_mae,
+            calibration=by_level, holdout_mae=self.last_holdout_mae, holdout_calibration=top,
             n_obs=len(model.obs_f), n_top=int(np.sum(np.asarray(model.obs_f) == self.top_fidelity)),
         )
 

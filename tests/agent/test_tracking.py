@@ -86,6 +86,16 @@ def test_classic_view_and_material_model_logging(tmp_path, premigrated_mlflow):
     for before, after in zip(trained, trained[1:-1], strict=False):  # all but the final one
         assert after - before >= MODEL_LOG_MIN_NEW_TOP or after >= (1 + MODEL_LOG_GROWTH) * before
     assert trained[-1] == n_obs == 30  # the last logged model has seen the last result
+    # held-out calibration is logged once enough values are held out to judge it
+    from agent.tracking import MIN_CALIBRATION_N
+
+    (run,) = client.search_runs([exp.experiment_id])
+    for name in ("z_std", "coverage_68", "coverage_95"):
+        hist = client.get_metric_history(run.info.run_id, f"surrogate_holdout_{name}")
+        assert 0 < len(hist) < n_refits, (name, len(hist), n_refits)
+        assert min(m.step for m in hist) >= MIN_CALIBRATION_N
+        if name.startswith("coverage"):
+            assert all(0.0 <= m.value <= 1.0 for m in hist)
     print(f"{len(models)} models logged over {n_refits} refits, trained on {trained}")
 
 
