@@ -23,6 +23,7 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,15 +164,17 @@ def fidelity_parity_figure(campaign: Campaign, plt: Any, notes: list[str]) -> An
                      f"{levels[0]} and {levels[-1]} (fewer than {MIN_PARITY_POINTS})")
         return None
     label, _, unit = quantity(cfg.objective)
-    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    fig, ax = plt.subplots(figsize=(6.0, 6.0))
     idx, x, y = zip(*pairs, strict=True)
     ax.scatter(x, y, s=22)
     for i, a, b in pairs:
         ax.annotate(campaign.names[i], (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
     lo, hi = min(x + y), max(x + y)
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-    ax.set_xlabel(f"{label} ({unit})\n{levels[0]}", fontsize=9)
-    ax.set_ylabel(f"{label} ({unit})\n{levels[-1]}", fontsize=9)
+    # levels can be long ("Marcus hopping at 300 K, GFN2-xTB transfer integrals, ..."): wrapped,
+    # so that tight_layout keeps the whole label on the figure
+    ax.set_xlabel(f"{label} ({unit})\n" + textwrap.fill(levels[0], 60), fontsize=8)
+    ax.set_ylabel(f"{label} ({unit})\n" + textwrap.fill(levels[-1], 60), fontsize=8)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"{len(pairs)} molecules at both levels", fontsize=10)
     ax.legend(fontsize=8)
