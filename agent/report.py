@@ -92,6 +92,10 @@ def convergence_plot(campaign: Campaign, path: Path, plt: Any) -> Path:
     return path
 
 
+#: top-level results named in the convergence plot (the best ones)
+N_NAMED_TOP = 5
+
+
 def convergence_figure(campaign: Campaign, plt: Any) -> Any:
     """Objective value per evaluation, coloured by level; failures marked on the top edge."""
     from matplotlib.ticker import MaxNLocator
@@ -102,19 +106,24 @@ def convergence_figure(campaign: Campaign, plt: Any) -> Any:
     names = [b.name for b in cfg.backends]
     levels = _levels(campaign)
     hist = campaign.history
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(7.5, 5.6), layout="constrained")
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     top = len(names) - 1
+    ranked: list[Any] = []  # legend entries of the named top-level results
     for f, name in enumerate(names):
         pts = [h for h in hist if h["fidelity"] == f and h["value"] is not None and h["status"] == "ok"]
         if pts:
             ax.scatter([h["n"] for h in pts], [h["value"] for h in pts], s=18 if f < top else 36,
                        color=colours[f % 4], label=f"{levels[f]} ({name}, {len(pts)})", alpha=0.8,
                        zorder=3)
-        if f == top and 0 < len(pts) <= 15:
-            for h in pts:
-                ax.annotate(campaign.names[h["mol_index"]], (h["n"], h["value"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+        if f == top and pts:
+            # the best few top-level results get their rank beside the point and their
+            # molecule's name in the legend (names next to clustered points overlap)
+            sign = 1.0 if cfg.direction == "maximize" else -1.0
+            for k, h in enumerate(sorted(pts, key=lambda h: -sign * h["value"])[:N_NAMED_TOP], start=1):
+                ax.annotate(str(k), (h["n"], h["value"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+                ranked.append(ax.plot([], [], ls="none",
+                                      label=f"{k}: {campaign.names[h['mol_index']]} ({h['value']:.3g})")[0])
     fails = [h["n"] for h in hist if h["status"] != "ok"]
     if fails:  # not values: ticks on the top edge, in axes coordinates
         ax.plot(fails, [0.985] * len(fails), ls="none", marker="|", ms=10, color="crimson",
@@ -128,9 +137,12 @@ def convergence_figure(campaign: Campaign, plt: Any) -> Any:
     ax.set_ylabel(axis_label(cfg.objective))
     label = quantity(cfg.objective)[0]
     ax.set_title(f"campaign {cfg.name}: {cfg.direction.replace('imize', 'ise')} {label}", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    handles = [h for h in ax.get_legend_handles_labels()[0] if h not in ranked]
+    if handles:  # below the axes: level names are long
+        fig.legend(handles=handles, fontsize=7, loc="outside lower center")
+    if ranked:
+        ax.legend(handles=ranked, fontsize=7, loc="best", handlelength=0, handletextpad=0,
+                  title=f"best at {names[top]}", title_fontsize=7)
     return fig
 
 

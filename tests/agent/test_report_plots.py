@@ -76,7 +76,7 @@ def test_convergence_plot_units_levels_names_ticks_and_failures(tmp_path):
         assert ax.get_ylabel() == "hole reorganisation energy λ+ (kJ/mol)"
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks)
-        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]  # levels: below the axes
         assert any("GFN2-xTB" in t for t in legend)
         assert any("B3LYP/6-31G//GFN2-xTB" in t for t in legend)
         assert "failed evaluation (1)" in legend
@@ -84,8 +84,10 @@ def test_convergence_plot_units_levels_names_ticks_and_failures(tmp_path):
         failed_n = next(h["n"] for h in camp.history if h["status"] != "ok")
         for coll in ax.collections:
             assert failed_n not in [round(x) for x, _ in coll.get_offsets()]
-        names = {t.get_text() for t in ax.texts}
-        assert {camp.names[i] for i in range(3)} <= names  # the DFT-level molecules are named
+        # the DFT-level molecules are ranked beside their points and named in the axes' legend
+        ranked = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert all(any(camp.names[i] in t for t in ranked) for i in range(3)), ranked
+        assert {t.get_text() for t in ax.texts} == {"1", "2", "3"}
         plt.close(fig)
     finally:
         camp.close()
