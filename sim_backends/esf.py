@@ -86,12 +86,13 @@ def proxy_log10_mobility(lambda_hole_kjmol: float, temperature_K: float = 300.0)
     return math.log10(mu)
 
 
+#: the stable start of :data:`JAHN_TELLER_LAMBDA_WARNING` (its wording after it may change
+#: between versions)
+JAHN_TELLER_PREFIX = "hole: degenerate HOMO (Jahn-Teller cation)"
 #: warning on a structure whose hole frontier manifold is degenerate while lambda+ came from
 #: GFN2-xTB without the low-temperature cation (``xtb-reorg``'s ``extra["jahn_teller"]`` not
 #: resolved: its SCF failed, the test was off, or a record made before it): the coupling is
-#: defined (rotation-invariant J_eff), the reorganisation energy is not.
-#: the stable start of that warning (its wording after it may change between versions)
-JAHN_TELLER_PREFIX = "hole: degenerate HOMO (Jahn-Teller cation)"
+#: defined (rotation-invariant J_eff), the reorganisation energy is not
 JAHN_TELLER_LAMBDA_WARNING = (
     f"{JAHN_TELLER_PREFIX} with a GFN2-xTB lambda+ whose cation was not relaxed at a low electronic "
     "temperature: the 300 K Fermi-smeared occupations can keep it undistorted (sim_backends/reorg.py), "
