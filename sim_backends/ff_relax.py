@@ -58,7 +58,11 @@ class RigidCrystal:
     Attributes:
         molecule: the rigid molecule (body frame, charges, W99 types).
         cell_A: (3, 3) lattice vectors as rows, Angstrom.
-        rotations: (Z, 3, 3) body-to-lab rotation of each molecule.
+        rotations: (Z, 3, 3) body-to-lab orthogonal matrix of each molecule: a proper
+            rotation, or (det -1) a rotation times the inversion for a copy that is the
+            mirror image of the body (a chiral conformer on a site related by an
+            inversion centre, mirror or glide plane). :func:`relax_rigid` moves each copy
+            by proper rotations only, so its handedness is kept.
         centres_A: (Z, 3) Cartesian centre of each molecule (body-frame origin), Angstrom.
         fit_rmsd_A: largest RMSD of a rigid copy from the molecule it replaces, Angstrom.
     """
@@ -137,7 +141,7 @@ def rigid_crystal(
         molecule = neutral.with_charges(fit.charges_e, fit.method, fit.rrms)
     rots, centres, worst = [], [], 0.0
     for idx, xyz in mols:
-        _, rot, trans, rmsd = fit_rigid_pose(molecule, [symbols[i] for i in idx], xyz)
+        _, rot, trans, rmsd = fit_rigid_pose(molecule, [symbols[i] for i in idx], xyz, allow_mirror=True)
         rots.append(rot)
         centres.append(trans)  # the body frame is centred at the centre of mass
         worst = max(worst, float(rmsd))

@@ -39,6 +39,9 @@ from sim_backends.base import SUPPORTED_ELEMENTS, SetupError
 from sim_backends.csp.charges import compute_charges
 from sim_backends.csp.forcefield import assign_w99_types, bond_graph
 
+#: a mirror-image placement in :func:`fit_rigid_pose` must beat the best proper one by more
+#: than this RMSD (Angstrom): an achiral molecule fits both ways within numerical noise
+MIRROR_MARGIN_A = 1e-3
 #: standard atomic masses (amu), IUPAC 2013 conventional values
 ATOMIC_MASSES_AMU = {"H": 1.008, "C": 12.011, "N": 14.007, "O": 15.999, "F": 18.998, "S": 32.06, "Cl": 35.45}
 
@@ -373,23 +376,31 @@ def split_molecules(
 
 
 def fit_rigid_pose(
-    molecule: RigidMolecule, symbols: Sequence[str], coords_A: np.ndarray
+    molecule: RigidMolecule, symbols: Sequence[str], coords_A: np.ndarray, allow_mirror: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Best rigid placement of ``molecule`` onto given atoms, with atom matching.
 
     Both sets are brought into their principal-axes frames; for each of the four proper
     axis-sign flips the atoms are matched element by element (Hungarian assignment on
-    distances) and superposed by the Kabsch algorithm; the lowest RMSD wins.
+    distances) and superposed by the Kabsch algorithm; the lowest RMSD wins. With
+    ``allow_mirror`` the four improper flips are tried too, and a mirror-image placement
+    (``det R = -1``) is returned only when it fits better than every proper one by more
+    than ``MIRROR_MARGIN_A``: a chiral conformer on a site related to the first molecule
+    by an inversion centre, mirror or glide plane is the other enantiomer, which no proper
+    rotation reproduces (an achiral or planar molecule fits both ways equally and keeps
+    the proper rotation).
 
     Args:
         molecule: the rigid molecule (body frame).
         symbols: element symbols of the target atoms (same composition).
         coords_A: (n_atoms, 3) target coordinates, any order, Angstrom.
+        allow_mirror: also consider mirror-image placements.
 
     Returns:
         perm: (n_atoms,) indices with ``coords_A[perm[a]]`` matched to body atom ``a``;
-        rotation: (3, 3) proper rotation R; translation: (3,) t, such that
-        ``molecule.coords_A @ R.T + t`` ~ ``coords_A[perm]``; rmsd in Angstrom.
+        rotation: (3, 3) orthogonal R (proper unless a mirror image was needed);
+        translation: (3,) t, such that ``molecule.coords_A @ R.T + t`` ~
+        ``coords_A[perm]``; rmsd in Angstrom.
 
     Raises:
         SetupError: the compositions differ.
@@ -403,27 +414,32 @@ def fit_rigid_pose(
     tgt_body = principal_frame(symbols, target)
     sym_t = np.array(symbols)
     sym_b = np.array(molecule.symbols)
-    best = None
-    for flip in (np.diag([1, 1, 1]), np.diag([-1, -1, 1]), np.diag([-1, 1, -1]), np.diag([1, -1, -1])):
-        trial = tgt_body @ flip
-        perm = np.empty(len(body), dtype=int)
-        for el in set(molecule.symbols):
-            ib, it = np.nonzero(sym_b == el)[0], np.nonzero(sym_t == el)[0]
-            cost = np.linalg.norm(body[ib][:, None] - trial[it][None], axis=-1)
-            rows, cols = linear_sum_assignment(cost)
-            perm[ib[rows]] = it[cols]
-        rot, trans, rmsd = _kabsch(body, target[perm])
-        if best is None or rmsd < best[3]:
-            best = (perm, rot, trans, rmsd)
-    return best
+    proper = [np.diag([1, 1, 1]), np.diag([-1, -1, 1]), np.diag([-1, 1, -1]), np.diag([1, -1, -1])]
+    best: dict[bool, tuple] = {}
+    for mirror in (False, True) if allow_mirror else (False,):
+        for flip in proper:
+            trial = tgt_body @ (-flip if mirror else flip)
+            perm = np.empty(len(body), dtype=int)
+            for el in set(molecule.symbols):
+                ib, it = np.nonzero(sym_b == el)[0], np.nonzero(sym_t == el)[0]
+                cost = np.linalg.norm(body[ib][:, None] - trial[it][None], axis=-1)
+                rows, cols = linear_sum_assignment(cost)
+                perm[ib[rows]] = it[cols]
+            rot, trans, rmsd = _kabsch(body, target[perm], improper=mirror)
+            if mirror not in best or rmsd < best[mirror][3]:
+                best[mirror] = (perm, rot, trans, rmsd)
+    if True in best and best[True][3] < best[False][3] - MIRROR_MARGIN_A:
+        return best[True]
+    return best[False]
 
 
-def _kabsch(body: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Proper rotation R and translation t minimising |body R^T + t - target| (equal weights)."""
+def _kabsch(body: np.ndarray, target: np.ndarray, improper: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Proper (``improper``: det -1) R and translation t minimising |body R^T + t - target|
+    (equal weights)."""
     cb, ct = body.mean(axis=0), target.mean(axis=0)
     h = (body - cb).T @ (target - ct)
     u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T))
+    d = np.sign(np.linalg.det(vt.T @ u.T)) * (-1.0 if improper else 1.0)
     rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
     trans = ct - cb @ rot.T
     rmsd = float(np.sqrt(((body @ rot.T + trans - target) ** 2).sum(axis=1).mean()))

@@ -157,3 +157,66 @@ def test_extra_column_options_give_the_extra_column_a_linear_kernel():
     assert np.abs(mean - delta[test]).mean() < 0.25 * naive
     with pytest.raises(SurrogateError):
         extra_column_options(-1)
+
+
+def _chiral_racemate():
+    """A chiral molecule (fluorochloromethanol, MMFF conformer) and its inversion image in a
+    P-1 cell: the second molecule is the other enantiomer."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("OC(F)Cl"))
+    AllChem.EmbedMolecule(mol, randomSeed=7)
+    AllChem.MMFFOptimizeMolecule(mol)
+    symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+    xyz = mol.GetConformer().GetPositions()
+    cell = np.diag([7.0, 7.5, 8.0])
+    centre = np.array([1.5, 1.8, 2.0])
+    first = xyz - xyz.mean(axis=0) + centre
+    second = -first  # inversion through the origin, wrapped below
+    return symbols, xyz, cell, np.vstack([first, second % np.diag(cell)])
+
+
+def test_rigid_crystal_fits_the_mirror_image_of_a_chiral_conformer():
+    """A chiral conformer on an inversion-related site is fitted by a mirror-image copy (det -1,
+    the exact atoms), and relaxation keeps each copy's handedness."""
+    from sim_backends.csp.forcefield import LatticeEnergyModel
+    from sim_backends.csp.rigid import RigidMolecule, fit_rigid_pose
+    from sim_backends.ff_relax import relax_rigid, rigid_crystal
+
+    symbols, xyz, cell, positions = _chiral_racemate()
+    q = {"O": -0.6, "C": 0.3, "F": -0.2, "Cl": -0.1, "H": 0.0}
+    charges = np.array([q[s] for s in symbols])
+    charges[symbols.index("H")] = 0.4  # O-H
+    charges -= charges.mean()
+    body = RigidMolecule.from_atoms(symbols, xyz, charges_e=charges, charge_method="test")
+    # proper rotations alone cannot place the other enantiomer
+    _, rot, _, rmsd = fit_rigid_pose(body, symbols, positions[len(symbols):] - 0.0)
+    assert rmsd > 0.2 and np.linalg.det(rot) > 0
+    crystal = rigid_crystal(symbols * 2, positions, cell, molecule=body)
+    assert crystal.fit_rmsd_A < 1e-4
+    assert np.linalg.det(crystal.rotations).round(6).tolist() == [1.0, -1.0]
+    inv = np.linalg.inv(cell)
+    wrap = lambda p: np.sort(np.round(((p @ inv) % 1.0) * 200.0) % 200.0, axis=0)  # noqa: E731
+    assert np.abs(wrap(crystal.coords_A().reshape(-1, 3)) - wrap(positions)).max() <= 1.0
+    out = relax_rigid(LatticeEnergyModel(body), crystal, max_iter=30)
+    assert np.isfinite(out["e_min_kjmol"]) and out["e_min_kjmol"] <= out["e_start_kjmol"]
+    assert np.linalg.det(out["rotations"]).round(6).tolist() == [1.0, -1.0]
+
+
+def test_fit_rigid_pose_keeps_proper_rotations_for_a_planar_molecule(crystal):
+    """A planar molecule fits both ways equally well: the proper rotation is kept."""
+    from sim_backends.csp.rigid import RigidMolecule, fit_rigid_pose
+
+    flat = np.asarray(crystal.molecule.coords_A).copy()
+    flat[:, 2] = 0.0  # principal frame: the largest moment (the plane normal) is z
+    body = RigidMolecule.from_atoms(list(crystal.molecule.symbols), flat)
+    rng = np.random.default_rng(5)
+    rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    rot *= np.sign(np.linalg.det(rot))
+    target = np.asarray(body.coords_A) @ rot.T + 3.0
+    for reverse in (False, True):
+        order = np.arange(len(target))[::-1] if reverse else np.arange(len(target))  # shuffled atoms
+        _, found, _, rmsd = fit_rigid_pose(body, [body.symbols[i] for i in order], target[order],
+                                           allow_mirror=True)
+        assert rmsd < 1e-6 and np.linalg.det(found) > 0
