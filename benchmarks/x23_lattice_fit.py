@@ -35,7 +35,7 @@ polymorph landscape (:func:`target_i_check`).
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/x23_lattice_fit.py [--methods resp,resp-lp]
       [--models M1,M2] [--verify auto,auto:resp|CHARGES:MODEL|none] [--anchor 2] [--no-target-i]
 Output: tables, one JSON line, benchmarks/results/x23_lattice_fit.json (default arguments;
-otherwise x23_lattice_fit_<args>.json). The surrogate terms are cached under runs/x23_fit_cache_v4/.
+otherwise x23_lattice_fit_<args>.json). The surrogate terms are cached under runs/x23_fit_cache_v5/.
 """
 
 from __future__ import annotations
@@ -58,10 +58,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 #: fit groups: W99 types gathered as the force field's :data:`~sim_backends.csp.forcefield.TYPE_GROUPS`, with
 #: three splits that the earlier (2026-12-04) fit did not have: C2 = C_W2 (sp C, in X23 only CO2) vs C (C_W3,
 #: C_W4); NA = N_W2 with three bonded atoms (tertiary amine N, in X23 only hexamine) vs N (every other N:
-#: aromatic ring N, N-H, N-H2, nitrile); O2 = O_W2 (hydroxyl and ether O) vs O (O_W1, carbonyl-type)
-GROUPS = ("C", "C2", "H", "HO", "HN", "N", "NA", "O", "O2")
+#: aromatic ring N, N-H, N-H2, nitrile); O2 = O_W2 (hydroxyl and ether O) vs O (O_W1, carbonyl-type);
+#: HCN = H on a C that is bonded to N (azines, hexamine, cytosine, formamide) vs H (other H on C)
+GROUPS = ("C", "C2", "H", "HCN", "HO", "HN", "N", "NA", "O", "O2")
 HP = ("HO", "HN")  # polar H
 C_ALL, N_ALL, O_ALL = ("C", "C2"), ("N", "NA"), ("O", "O2")  # the groups of the 2026-12-04 fit
+H_ALL = ("H", "HCN")
 
 
 def fine_groups(symbols, coords_A, ff_types) -> list[str]:
@@ -77,13 +79,15 @@ def fine_groups(symbols, coords_A, ff_types) -> list[str]:
             out.append("NA")
         elif ty == "O_W2":
             out.append("O2")
+        elif ty == H_CN_TYPE or (ty == "H_W1" and any(symbols[k] == "N" for j in graph[i] for k in graph[j])):
+            out.append("HCN")
         else:
             out.append({"C_W3": "C", "C_W4": "C"}.get(ty) or TYPE_GROUPS[ty])
     return out
 
 
-_CX = [("c", C_ALL), ("c", ("H",)), ("c", N_ALL), ("c", O_ALL)]
-_AX = [("a", C_ALL), ("a", ("H",)), ("a", N_ALL), ("a", O_ALL)]
+_CX = [("c", C_ALL), ("c", H_ALL), ("c", N_ALL), ("c", O_ALL)]
+_AX = [("a", C_ALL), ("a", H_ALL), ("a", N_ALL), ("a", O_ALL)]
 #: parameterisations: name -> list of (kind, groups) parameters; kind "a" scales A, "c" scales C,
 #: "q" the electrostatic energy (all charges times sqrt(q)). Groups left out keep W99's A or C.
 #: Models up to cX+aX+aHON are those of the 2026-12-04 fit (C, N, O each one group); the others:
@@ -92,26 +96,31 @@ _AX = [("a", C_ALL), ("a", ("H",)), ("a", N_ALL), ("a", O_ALL)]
 MODELS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "c": [("c", GROUPS)],
     "c+a": [("c", GROUPS), ("a", GROUPS)],
-    "c+a+aHp": [("c", GROUPS), ("a", C_ALL + ("H",) + N_ALL + O_ALL), ("a", HP)],
-    "cX+a+aHp": _CX + [("a", C_ALL + ("H",) + N_ALL + O_ALL), ("a", HP)],
-    "cX+a+aHp+q": _CX + [("a", C_ALL + ("H",) + N_ALL + O_ALL), ("a", HP), ("q", ())],
+    "c+a+aHp": [("c", GROUPS), ("a", C_ALL + H_ALL + N_ALL + O_ALL), ("a", HP)],
+    "cX+a+aHp": _CX + [("a", C_ALL + H_ALL + N_ALL + O_ALL), ("a", HP)],
+    "cX+a+aHp+q": _CX + [("a", C_ALL + H_ALL + N_ALL + O_ALL), ("a", HP), ("q", ())],
     "cX+aX": _CX + _AX + [("a", HP)],
     "cX+aX+aHON": _CX + _AX + [("a", ("HO",)), ("a", ("HN",))],
-    "cX+aX-NA": [("c", C_ALL), ("c", ("H",)), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", ("H",)), ("a", ("N",)),
+    "cX+aX-NA": [("c", C_ALL), ("c", H_ALL), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", H_ALL), ("a", ("N",)),
                  ("a", O_ALL), ("a", HP)],
-    "cX+aX+aHON-NA": [("c", C_ALL), ("c", ("H",)), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", ("H",)),
+    "cX+aX+aHON-NA": [("c", C_ALL), ("c", H_ALL), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", H_ALL),
                       ("a", ("N",)), ("a", O_ALL), ("a", ("HO",)), ("a", ("HN",))],
-    "cX+aX+aHON-NA-C2": [("c", ("C",)), ("c", ("H",)), ("c", ("N",)), ("c", O_ALL), ("a", ("C",)), ("a", ("H",)),
+    "cX+aX+aHON-NA-C2": [("c", ("C",)), ("c", H_ALL), ("c", ("N",)), ("c", O_ALL), ("a", ("C",)), ("a", H_ALL),
                          ("a", ("N",)), ("a", O_ALL), ("a", ("HO",)), ("a", ("HN",))],
-    "cX+aX+aHON+aO2": [("c", C_ALL), ("c", ("H",)), ("c", N_ALL), ("c", O_ALL), ("a", C_ALL), ("a", ("H",)),
+    "cX+aX+aHON+aO2": [("c", C_ALL), ("c", H_ALL), ("c", N_ALL), ("c", O_ALL), ("a", C_ALL), ("a", H_ALL),
                        ("a", N_ALL), ("a", ("O",)), ("a", ("O2",)), ("a", ("HO",)), ("a", ("HN",))],
-    "cX+aX+aHON+cO2": [("c", C_ALL), ("c", ("H",)), ("c", N_ALL), ("c", ("O",)), ("c", ("O2",)), ("a", C_ALL),
-                       ("a", ("H",)), ("a", N_ALL), ("a", O_ALL), ("a", ("HO",)), ("a", ("HN",))],
-    "cX+aX+aHON-NA+aO2": [("c", C_ALL), ("c", ("H",)), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", ("H",)),
+    "cX+aX+aHON+cO2": [("c", C_ALL), ("c", H_ALL), ("c", N_ALL), ("c", ("O",)), ("c", ("O2",)), ("a", C_ALL),
+                       ("a", H_ALL), ("a", N_ALL), ("a", O_ALL), ("a", ("HO",)), ("a", ("HN",))],
+    "cX+aX+aHON-NA-C2+aHCN": [("c", ("C",)), ("c", H_ALL), ("c", ("N",)), ("c", O_ALL), ("a", ("C",)),
+                              ("a", ("H",)), ("a", ("HCN",)), ("a", ("N",)), ("a", O_ALL), ("a", ("HO",)),
+                              ("a", ("HN",))],
+    "cX+aX-NA+aHCN": [("c", C_ALL), ("c", H_ALL), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", ("H",)),
+                      ("a", ("HCN",)), ("a", ("N",)), ("a", O_ALL), ("a", HP)],
+    "cX+aX+aHON-NA+aO2": [("c", C_ALL), ("c", H_ALL), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", H_ALL),
                           ("a", ("N",)), ("a", ("O",)), ("a", ("O2",)), ("a", ("HO",)), ("a", ("HN",))],
     # with charges "resp-lpf" (RESP + a fitted fraction f of the lone-pair charge model, :func:`mixed_charges`)
     "cX+aX+aHON+f": _CX + _AX + [("a", ("HO",)), ("a", ("HN",)), ("f", ())],
-    "cX+aX+aHON-NA+f": [("c", C_ALL), ("c", ("H",)), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", ("H",)),
+    "cX+aX+aHON-NA+f": [("c", C_ALL), ("c", H_ALL), ("c", ("N",)), ("c", O_ALL), ("a", C_ALL), ("a", H_ALL),
                         ("a", ("N",)), ("a", O_ALL), ("a", ("HO",)), ("a", ("HN",)), ("f", ())],
     "cX+aX+f": _CX + _AX + [("a", HP), ("f", ())],
 }
@@ -128,11 +137,13 @@ LOSS = "soft_l1"
 FD_STEP = 1e-3
 #: longest Newton step of the surrogate (x units: A of cell components and centre shifts)
 MAX_STEP = 1.5
-CACHE = ROOT / "runs" / "x23_fit_cache_v4"  # v2: polar H split into HO / HN; v4: C2, NA, O2 split off
+CACHE = ROOT / "runs" / "x23_fit_cache_v5"  # v2: polar H split into HO / HN; v4: C2, NA, O2 split off; v5: HCN
 
 
 #: fit-only W99 type of the amine N (an N_W2 with three bonded atoms; W99's N_W2 parameters)
 AMINE_N_TYPE = "N_W2A"
+#: fit-only W99 type of an H on a C bonded to N (W99's H_W1 parameters)
+H_CN_TYPE = "H_W1N"
 
 
 def use_fit_groups() -> None:
@@ -142,15 +153,17 @@ def use_fit_groups() -> None:
     from sim_backends.csp import forcefield as ff
 
     ff.W99_PARAMS.setdefault(AMINE_N_TYPE, ff.W99_PARAMS["N_W2"])
-    ff.TYPE_GROUPS.update({"C_W2": "C2", "O_W2": "O2", AMINE_N_TYPE: "NA"})
+    ff.W99_PARAMS.setdefault(H_CN_TYPE, ff.W99_PARAMS["H_W1"])
+    ff.TYPE_GROUPS.update({"C_W2": "C2", "O_W2": "O2", AMINE_N_TYPE: "NA", H_CN_TYPE: "HCN"})
 
 
 def fit_typed(molecule):
-    """``molecule`` with its amine N (N_W2 with three bonded atoms) typed :data:`AMINE_N_TYPE`."""
+    """``molecule`` with its amine N (N_W2 with three bonded atoms) typed :data:`AMINE_N_TYPE` and its H on
+    a C bonded to N typed :data:`H_CN_TYPE`."""
     import dataclasses
 
     groups = fine_groups(molecule.symbols, np.asarray(molecule.coords_A), molecule.ff_types)
-    types = tuple(AMINE_N_TYPE if g == "NA" else t for g, t in zip(groups, molecule.ff_types))
+    types = tuple({"NA": AMINE_N_TYPE, "HCN": H_CN_TYPE}.get(g, t) for g, t in zip(groups, molecule.ff_types))
     return dataclasses.replace(molecule, ff_types=types)
 
 

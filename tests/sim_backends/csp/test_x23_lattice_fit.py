@@ -26,19 +26,21 @@ def groups_of(name):
 
 
 def test_split_groups_amine_n_sp_c_and_hydroxyl_o():
-    assert groups_of("hexamine") == ["C", "H", "NA"]  # tertiary amine N
-    assert groups_of("triazine") == ["C", "H", "N"]  # ring N: same W99 type N_W2, other group
+    assert groups_of("hexamine") == ["C", "HCN", "NA"]  # tertiary amine N; H on C bonded to N
+    assert groups_of("triazine") == ["C", "HCN", "N"]  # ring N: same W99 type N_W2, other group
+    assert groups_of("benzene") == ["C", "H"]
     assert groups_of("co2") == ["C2", "O"]
     assert groups_of("oxalic_acid_alpha") == ["C", "HO", "O", "O2"]
     hexamine, _, _ = x23_crystal("hexamine")
-    assert fit.fit_typed(hexamine).ff_types.count(fit.AMINE_N_TYPE) == 4
+    typed = fit.fit_typed(hexamine).ff_types
+    assert typed.count(fit.AMINE_N_TYPE) == 4 and typed.count(fit.H_CN_TYPE) == 12
 
 
 def test_split_models_leave_their_groups_at_w99():
     model = "cX+aX+aHON-NA+f"
     theta = np.linspace(0.8, 1.3, len(fit.MODELS[model]))
     a, c = fit.scales_of(model, theta)
-    assert "NA" not in a and "NA" not in c and a["C"] == a["C2"] and c["O"] == c["O2"]
+    assert "NA" not in a and "NA" not in c and a["C"] == a["C2"] and c["O"] == c["O2"] and a["H"] == a["HCN"]
     assert fit.f_of(model, theta) == pytest.approx(theta[-1])
     assert fit.f_of("cX+aX+aHON", theta[:10]) == 1.0
     labels = ["elec", "elec_r", "elec_d", "rep:NA:H", "disp:N:N", "rep:O2:HO"]
