@@ -71,6 +71,18 @@ gains of each rule's own past picks, which in a top-k search arrive only after m
 calculations, whereas the LOO residuals judge the model on every computed structure
 from the fifth on, using only computed energies.
 
+Screening options of the skill test (module constants, read at call time, defaults unchanged;
+``benchmarks/refinement.py --skill-score lpd / --warmup plain / --[no-]skill-mix`` sets them for a
+run; figures in ``benchmarks/results/NOTES.md``, 2026-12-05): :data:`SKILL_SCORE` ``"lpd"``
+judges the model by its mean leave-one-out log predictive density against the shift's (a
+pseudo-Bayes factor, Geisser & Eddy, JASA 74, 153 (1979)) where the model gives LOO spreads
+(``loo_std_kjmol``: the fragment dimer GP); :data:`WARMUP` ``"plain"`` makes the picks before
+the test passes the cheap-level order without the cost weighting; :data:`SKILL_MIX` replaces
+the hard switch by a soft one while the model fails the test: ``w P_model + (1 - w) P_shift``
+with the pseudo-BMA weight ``w = 1 / (1 + exp(-n (lpd_model - lpd_shift)))`` of the two
+models' summed LOO log predictive densities (Yao, Vehtari, Simpson & Gelman, Bayesian
+Analysis 13, 917 (2018)), again only where the model gives LOO spreads.
+
 Observed-in-lab evidence. ``observed`` holds structures matched to an
 experimentally observed form. Observed forms are, with few exceptions, low in energy
 (polymorphs lie within ~10 kJ/mol of each other; Nyman & Day, CrystEngComm 17, 5154
@@ -116,6 +128,15 @@ MIN_FREE_ENERGY_PROBABILITY = 1e-3
 SKILL_RATIO = 0.9
 #: computed structures before the skill test can pass (before: cheap-level order)
 MIN_SKILL_N = 5
+#: what the skill test compares: "mae" (LOO MAE ratio <= SKILL_RATIO) or "lpd" (the model's
+#: mean LOO log predictive density at least the shift's, where the model gives LOO spreads)
+SKILL_SCORE = "mae"
+#: before the skill test passes: "cost" (cheap order weighed by cost) or "plain" (cheap order)
+WARMUP = "cost"
+#: while the model fails the skill test: False: the shift's picks (cheap order); True: the
+#: model's and the shift's P(low energy) mixed by pseudo-BMA weights from their LOO log
+#: predictive densities (where the model gives LOO spreads)
+SKILL_MIX = False
 #: factor on the spread of the draws of :func:`completion_probability` (stopping rule):
 #: chosen by leave-one-landscape-out as the smallest of 1, 1.5, 2 for which "P >= 0.9" left
 #: the true top 10 complete in >= 90 % of the other landscapes' runs (benchmarks/refinement.py)
@@ -124,12 +145,15 @@ STOP_INFLATION = 1.5
 
 @dataclass(frozen=True)
 class Skill:
-    """Outcome of :func:`surrogate_skill` (MAEs in kJ/mol per molecule, None when undefined)."""
+    """Outcome of :func:`surrogate_skill` (MAEs in kJ/mol per molecule, mean LOO log predictive
+    densities in nats per structure; None when undefined)."""
 
     n_computed: int
     model_loo_mae_kjmol: float | None
     shift_loo_mae_kjmol: float | None
     skilled: bool
+    model_loo_lpd: float | None = None
+    shift_loo_lpd: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -140,7 +164,7 @@ class Skill:
 
 
 def surrogate_skill(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, float],
-                    skill_ratio: float = SKILL_RATIO, min_n: int = MIN_SKILL_N) -> Skill:
+                    skill_ratio: float = SKILL_RATIO, min_n: int | None = None) -> Skill:
     """Whether ``model`` predicts held-out corrections better than a constant shift.
 
     Compares the model's leave-one-out residuals (``model.loo_residual_kjmol``, one per
@@ -148,19 +172,49 @@ def surrogate_skill(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, 
     (:class:`~agent.surrogates.structure_gp.ShiftModel`) on the same structures. Skilled
     when at least ``min_n`` structures are computed and the model's LOO MAE is at most
     ``skill_ratio`` times the shift's. A model without residuals for every computed
-    structure is not skilled.
+    structure is not skilled. With :data:`SKILL_SCORE` ``"lpd"`` the model's mean LOO log
+    predictive density must instead be at least the shift's (where the model gives LOO
+    spreads; else the MAE test). ``min_n`` None: :data:`MIN_SKILL_N` at call time. Both
+    models' LOO log predictive densities are returned whenever they are defined.
     """
+    min_n = MIN_SKILL_N if min_n is None else min_n
     idx = np.array(sorted(computed), dtype=int)
     shift = ShiftModel(cheap_kjmol).fit(computed).loo_mae_kjmol
     res = getattr(model, "loo_residual_kjmol", None)
     model_mae = float(np.mean(np.abs(res))) if res is not None and len(res) == len(idx) and len(idx) else None
-    skilled = (len(idx) >= max(int(min_n), 2) and model_mae is not None and shift is not None
-               and model_mae <= float(skill_ratio) * shift)
-    return Skill(len(idx), model_mae, shift, bool(skilled))
+    lpd_model, lpd_shift = _loo_lpd(model, cheap_kjmol, computed) if len(idx) >= 2 else (None, None)
+    if SKILL_SCORE == "lpd" and lpd_model is not None:
+        better = lpd_model >= lpd_shift
+    else:
+        better = model_mae is not None and shift is not None and model_mae <= float(skill_ratio) * shift
+    skilled = len(idx) >= max(int(min_n), 2) and better
+    return Skill(len(idx), model_mae, shift, bool(skilled), lpd_model, lpd_shift)
+
+
+def _loo_lpd(model: Any, cheap_kjmol: np.ndarray,
+             computed: Mapping[int, float]) -> tuple[float | None, float | None]:
+    """Mean leave-one-out log predictive density (per structure) of ``model`` (Gaussian,
+    its ``loo_residual_kjmol`` and ``loo_std_kjmol``) and of the constant shift fitted
+    without each structure (its Student-t); ``(None, None)`` when the model gives no LOO
+    spreads."""
+    from scipy import stats
+
+    idx = sorted(computed)
+    res = getattr(model, "loo_residual_kjmol", None)
+    sd = getattr(model, "loo_std_kjmol", None)
+    if res is None or sd is None or len(res) != len(idx) or len(sd) != len(idx):
+        return None, None
+    lpd_model = float(np.mean(stats.norm.logpdf(np.asarray(res, dtype=float), scale=np.asarray(sd, dtype=float))))
+    e = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
+    lp = []
+    for i in idx:
+        sh = ShiftModel(e).fit({j: computed[j] for j in idx if j != i})
+        lp.append(float(stats.t.logpdf(float(computed[i]) - e[i] - sh.mean_kjmol, sh.dof, scale=sh.scale_kjmol)))
+    return lpd_model, float(np.mean(lp))
 
 
 def gated_model(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, float],
-                skill_ratio: float | None = SKILL_RATIO, min_n: int = MIN_SKILL_N,
+                skill_ratio: float | None = SKILL_RATIO, min_n: int | None = None,
                 seed: int = 0) -> tuple[Any, Skill | None]:
     """``(model, skill)`` when the model passes :func:`surrogate_skill` (or ``skill_ratio``
     is None: no test, skill None), else ``(ShiftModel of the computed corrections, skill)``."""
@@ -327,7 +381,7 @@ def completion_probability(
     model: StructureSurrogate | None = None,
     gp_options: Mapping[str, Any] | None = None,
     skill_ratio: float | None = SKILL_RATIO,
-    min_skill_n: int = MIN_SKILL_N,
+    min_skill_n: int | None = None,
     inflation: float = STOP_INFLATION,
 ) -> float:
     """Posterior probability that the whole low-energy set is already computed.
@@ -400,7 +454,7 @@ def select_structures(
     explore_above: float | None = EXPLORE_ABOVE,
     explore_fraction: float = EXPLORE_FRACTION,
     skill_ratio: float | None = SKILL_RATIO,
-    min_skill_n: int = MIN_SKILL_N,
+    min_skill_n: int | None = None,
 ) -> list[int]:
     """Choose the next ``q`` structures for the expensive level.
 
@@ -485,6 +539,26 @@ def select_structures(
             e_cheap,
         )
     shift, skill = gated_model(gp, e_cheap, done, skill_ratio, min_skill_n, seed)
+    if (skill is not None and not skill.skilled and SKILL_MIX and skill.model_loo_lpd is not None
+            and len(chosen) < n_pick):
+        z = skill.n_computed * (skill.model_loo_lpd - skill.shift_loo_lpd)
+        w = float(1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))))
+        p_shift = _shift_probability(e_cheap, done, believed, chosen, candidates, shift, top_k,
+                                     window_kjmol, n_samples, seed)
+        while len(chosen) < n_pick:
+            fixed = believed + chosen
+            model_now = gp.condition(fixed) if fixed else gp
+            draws = e_cheap + model_now.sample(every, n_samples, seed=seed + 7919 * len(chosen))
+            if done:
+                kidx = np.array(sorted(done), dtype=int)
+                draws[:, kidx] = np.array([done[i] for i in kidx])
+            if fixed:
+                draws[:, fixed] = e_cheap[fixed] + model_now.predict(fixed)[0]
+            p_model = low_energy_probability(draws, top_k, window_kjmol)
+            pool = [i for i in candidates if i not in chosen]
+            chosen.append(max(pool, key=lambda i: ((w * p_model[i] + (1 - w) * p_shift.get(i, 0.0)) / cost[i],
+                                                   -e_cheap[i], -i)))
+        return chosen
     if skill is not None and not skill.skilled:
         return chosen + _cheap_order_picks(e_cheap, done, believed, chosen, candidates, cost,
                                            shift, n_pick - len(chosen), top_k, window_kjmol,
@@ -541,6 +615,19 @@ def select_structures(
     return chosen
 
 
+def _shift_probability(e_cheap: np.ndarray, done: Mapping[int, float], believed: list[int],
+                       chosen: list[int], candidates: list[int], shift: ShiftModel, top_k: int,
+                       window_kjmol: float, n_samples: int, seed: int) -> dict[int, float]:
+    """The shift model's P(low energy) of the uncomputed, unchosen candidates, made
+    monotone in the cheap-level order (as :func:`_cheap_order_picks`)."""
+    draws = _joint_draws(e_cheap, done, shift, n_samples, seed + 7919)
+    if believed:
+        draws[:, believed] = e_cheap[believed] + shift.mean_kjmol
+    pool = sorted((i for i in candidates if i not in chosen), key=lambda i: (e_cheap[i], i))
+    p = low_energy_probability(draws, top_k, window_kjmol)
+    return dict(zip(pool, sorted(p[pool].tolist(), reverse=True)))
+
+
 def _cheap_order_picks(e_cheap: np.ndarray, done: Mapping[int, float],
                        believed: list[int], chosen: list[int], candidates: list[int],
                        cost: np.ndarray, shift: ShiftModel, n_pick: int, top_k: int,
@@ -559,6 +646,8 @@ def _cheap_order_picks(e_cheap: np.ndarray, done: Mapping[int, float],
     pool = sorted((i for i in candidates if i not in chosen), key=lambda i: (e_cheap[i], i))
     p = low_energy_probability(draws, top_k, window_kjmol)
     p_mono = dict(zip(pool, sorted(p[pool].tolist(), reverse=True)))
+    if WARMUP == "plain":
+        return pool[:n_pick]
     return sorted(pool, key=lambda i: (-p_mono[i] / cost[i], e_cheap[i], i))[:n_pick]
 
 

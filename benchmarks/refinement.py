@@ -51,8 +51,12 @@ which measures how many calculations after completion each rule fires, and repor
 landscape and promised p the achieved rate among the runs in which the rule fired (its own
 result and progress files, suffix ``_past<N>``; the runs up to completion are the same).
 
-``--grid`` runs, beside the agent, the agent without the skill test and the agent without
-exploration when confident (``[structures.acquisition]`` of the campaign config; first
+``--skill-score lpd``, ``--warmup plain``, ``--skill-mix`` / ``--no-skill-mix`` and ``--min-skill-n N``
+set the skill test's options (module constants of ``agent/refine_acquisition.py``, set for the
+duration of each run; labels and result stems name them). ``--grid`` runs, beside the agent,
+the gate of the runs recorded before those options (skill test from 5 computed, cost-weighted
+warm-up, no mix; when the agent differs from it), the agent without the skill test and the
+agent without exploration when confident (``[structures.acquisition]`` of the campaign config; first
 batch size, ``--grid-seeds`` seeds) and reports leave-one-landscape-out choices: for each
 landscape the setting with the best mean log(agent / min(cheap, random)) on all the
 others, measured on it, next to its in-sample best; and the smallest stop inflation that
@@ -104,8 +108,12 @@ sys.path.insert(0, str(ROOT))
 from agent.refine_acquisition import (  # noqa: E402
     EXPLORE_ABOVE,
     EXPLORE_FRACTION,
+    MIN_SKILL_N,
+    SKILL_MIX,
+    SKILL_SCORE,
     SKILL_RATIO,
     STOP_INFLATION,
+    WARMUP,
     completion_probability,
     low_energy_set,
     surrogate_skill,
@@ -114,6 +122,8 @@ from sim_backends.fragment_terms import DEFAULT_BASELINES  # noqa: E402
 from sim_backends.landscape import LandscapeError  # noqa: E402
 
 TOP_K = 10
+#: MIN_SKILL_N of every run recorded before it was a setting: labels name any other value
+LEGACY_MIN_SKILL_N = 5
 WINDOW_KJMOL = 10.0
 FRACTIONS = (0.05, 0.10, 0.20, 0.30, 0.50)
 DEFAULT = [(ROOT / "data/reference/landscapes/target_I", "MACE", "PBE_MBD")]
@@ -158,10 +168,22 @@ class AgentSettings:
     explore_above: float | None = EXPLORE_ABOVE
     explore_fraction: float = EXPLORE_FRACTION
     n_initial: int = 0
+    min_skill_n: int = MIN_SKILL_N
+    skill_score: str = SKILL_SCORE
+    warmup: str = WARMUP
+    skill_mix: bool = SKILL_MIX
 
     @property
     def label(self) -> str:
         gate = "no skill test" if self.skill_ratio is None else f"skill<={self.skill_ratio:g}"
+        if self.skill_ratio is not None and self.min_skill_n != LEGACY_MIN_SKILL_N:
+            gate += f" from n={self.min_skill_n}"
+        if self.skill_ratio is not None and self.skill_score != "mae":
+            gate += f" by {self.skill_score}"
+        if self.skill_ratio is not None and self.warmup != "cost":
+            gate += f", warm-up {self.warmup}"
+        if self.skill_ratio is not None and self.skill_mix:
+            gate += ", else pseudo-BMA mix"
         expl = "no explore" if self.explore_above is None else f"explore {self.explore_above:g}/{self.explore_fraction:g}"
         return f"{gate}, {expl}" + (f", init {self.n_initial}" if self.n_initial else "")
 
@@ -318,7 +340,12 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
     marks = {f: max(1, math.ceil(f * n)) for f in FRACTIONS}
     out = {"order": [], "mae": {}, "decision_s": [], "n_at": [], "skill": [],
            "p_complete": {k: [] for k in STOP_INFLATIONS}}
-    with tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
+    import agent.refine_acquisition as acq
+
+    before = (acq.MIN_SKILL_N, acq.SKILL_SCORE, acq.WARMUP, acq.SKILL_MIX)
+    acq.MIN_SKILL_N, acq.SKILL_SCORE, acq.WARMUP, acq.SKILL_MIX = (settings.min_skill_n, settings.skill_score,
+                                                                   settings.warmup, settings.skill_mix)
+    with _restore(acq, before), tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
         tmp = Path(tmp)
         (tmp / "pool.smi").write_text(f"{case.smiles} {case.name}\n")
         (tmp / "campaign.toml").write_text(campaign_config(case, q, seed, settings, baselines, max_structures))
@@ -363,6 +390,20 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
     return out
 
 
+class _restore:
+    """Puts ``MIN_SKILL_N`` and ``SKILL_SCORE`` of the acquisition module back when a run ends."""
+
+    def __init__(self, module, value) -> None:
+        self.module, self.value = module, value
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (self.module.MIN_SKILL_N, self.module.SKILL_SCORE, self.module.WARMUP,
+         self.module.SKILL_MIX) = self.value
+
+
 def _finished(out: dict, top: set[int], past_completion: int) -> bool:
     """The run's end: the target set computed and, with ``past_completion`` = N, every stop
     rule fired or N calculations told after completion."""
@@ -393,11 +434,16 @@ def _record_decision(out: dict, case: Case, land, stage, seed: int, settings: Ag
     computed = dict(land.computed)
     out["n_at"].append(len(computed))
     ok = model is not None and land.model_computed == computed
-    out["skill"].append(surrogate_skill(model, land.ff_kjmol, computed).ratio if ok and computed else None)
+    sk = surrogate_skill(model, land.ff_kjmol, computed, min_n=settings.min_skill_n) if ok and computed else None
+    out["skill"].append(sk.ratio if sk is not None else None)
+    out.setdefault("skill_lpd", []).append(None if sk is None or sk.model_loo_lpd is None
+                                           else [round(sk.model_loo_lpd, 4), round(sk.shift_loo_lpd, 4)])
+    out.setdefault("skilled", []).append(None if sk is None else sk.skilled)
     ps = [None] * len(STOP_INFLATIONS)
     if ok and len(computed) >= TOP_K:
         ps = completion_probability(land.ff_kjmol, stage._inputs(land, model), computed, TOP_K, case.window_kjmol,
                                     seed=seed, model=model, skill_ratio=settings.skill_ratio,
+                                    min_skill_n=settings.min_skill_n,
                                     inflation=list(STOP_INFLATIONS))
     for k, p in zip(STOP_INFLATIONS, ps):
         out["p_complete"][k].append(p)
@@ -438,7 +484,7 @@ def surrogate_mae(case: Case, land, stage, low, seed, settings: AgentSettings):
     shift = float(np.mean(e_exp[idx] - land.ff_kjmol[idx]))
     err = land.ff_kjmol[stage_low] + mean - e_exp[stage_low]
     skilled = settings.skill_ratio is None or surrogate_skill(gp, land.ff_kjmol, land.computed,
-                                                              settings.skill_ratio).skilled
+                                                              settings.skill_ratio, settings.min_skill_n).skilled
     return (float(np.mean(np.abs(err))),
             float(np.mean(np.abs(land.ff_kjmol[stage_low] + shift - e_exp[stage_low]))),
             float(np.mean(np.abs(err) <= 2.0 * std)),
@@ -726,6 +772,14 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += "_no_skill_test"
     elif args.skill_ratio != SKILL_RATIO:
         stem += f"_skill{args.skill_ratio:g}"
+    if args.skill_mix != SKILL_MIX:
+        stem += "_mix" if args.skill_mix else "_no_mix"
+    if args.warmup != WARMUP:
+        stem += f"_warmup-{args.warmup}"
+    if args.skill_score != SKILL_SCORE:
+        stem += f"_{args.skill_score}"
+    if args.min_skill_n != MIN_SKILL_N:
+        stem += f"_skilln{args.min_skill_n}"
     if args.n_initial:
         stem += f"_init{args.n_initial}"
     if args.window != WINDOW_KJMOL:
@@ -763,6 +817,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help="agent: never space-filling when confident (explore_above=None)")
     parser.add_argument("--skill-ratio", type=float, default=SKILL_RATIO,
                         help=f"agent: skill test threshold (default {SKILL_RATIO})")
+    parser.add_argument("--min-skill-n", type=int, default=MIN_SKILL_N,
+                        help=f"agent: computed structures before the skill test can pass (default {MIN_SKILL_N})")
+    parser.add_argument("--skill-mix", action=argparse.BooleanOptionalAction, default=SKILL_MIX,
+                        help="agent: while the model fails the skill test, mix its and the shift's P(low energy) "
+                             f"by pseudo-BMA weights from their LOO log predictive densities (default {SKILL_MIX})")
+    parser.add_argument("--warmup", choices=("cost", "plain"), default=WARMUP,
+                        help="agent: picks before the skill test passes: cheap order weighed by cost (default) or plain")
+    parser.add_argument("--skill-score", choices=("mae", "lpd"), default=SKILL_SCORE,
+                        help=f"agent: what the skill test compares (default {SKILL_SCORE})")
     parser.add_argument("--no-skill-test", action="store_true",
                         help="agent: the surrogate always steers (skill_ratio=None)")
     parser.add_argument("--grid", action="store_true",
@@ -813,13 +876,15 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console(width=250)
     warnings.filterwarnings("ignore")
     explore = (None, args.explore_fraction) if args.no_explore else (args.explore_above, args.explore_fraction)
-    agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial)
+    agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial,
+                          args.min_skill_n, args.skill_score, args.warmup, args.skill_mix)
     configs = [agent]
     if args.combine:
         return combine(args.combine, console)
-    if args.grid:  # the agent before the skill test, and the agent without exploration
-        for ratio, ex in ((None, (EXPLORE_ABOVE, EXPLORE_FRACTION)), (SKILL_RATIO, (None, EXPLORE_FRACTION))):
-            c = AgentSettings(ratio, ex[0], ex[1], args.n_initial)
+    if args.grid:  # the gate before 2026-12-05, the agent before the skill test, and without exploration
+        for ratio, ex in ((SKILL_RATIO, (EXPLORE_ABOVE, EXPLORE_FRACTION)), (None, (EXPLORE_ABOVE, EXPLORE_FRACTION)),
+                          (SKILL_RATIO, (None, EXPLORE_FRACTION))):
+            c = AgentSettings(ratio, ex[0], ex[1], args.n_initial, LEGACY_MIN_SKILL_N, "mae", "cost", False)
             if c not in configs:
                 configs.append(c)
     out: dict = {"benchmark": "refinement", "top_k": TOP_K, "window_kjmol": args.window, "seeds": args.seeds,

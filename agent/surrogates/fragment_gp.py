@@ -201,6 +201,7 @@ class FragmentDeltaModel(StructureSurrogate):
         self._kshared, self._post_memo = {}, None
         self.kernel_choice = None
         self.loo_residual_kjmol = None
+        self._loo_var = None
         self.calibration = 1.0
         if len(self._structures) >= self.min_structures and len(self._train_y) >= 3:
             if self.baseline_kernel != "auto":
@@ -243,7 +244,7 @@ class FragmentDeltaModel(StructureSurrogate):
 
     #: attributes one hyperparameter fit sets (kept for the winning layout under "auto")
     _FIT_STATE = ("_rbf_dims", "kernel_choice", "_kernel", "_kshared", "_noise", "_y_scale", "_alpha", "_chol",
-                  "loo_residual_kjmol", "_loo_z2")
+                  "loo_residual_kjmol", "_loo_z2", "_loo_var")
 
     def _fit_kernel(self, choice: str) -> dict[str, Any]:
         """Fit with the xTB baselines in the layout ``choice``; the resulting fit state."""
@@ -265,10 +266,11 @@ class FragmentDeltaModel(StructureSurrogate):
         t, y = self._train_idx, (self._train_y - self._y_shift) / self._y_scale
         structures = sorted(self._structures)
         blocks = [np.flatnonzero((t >= self.offsets[s]) & (t < self.offsets[s + 1])) for s in structures]
-        out, z2 = [], []
+        out, z2, v = [], [], []
         if len(structures) == 1:  # nothing to hold it out against: predicted by the zero mean
             w = self.weights[t]
             self._loo_z2 = np.zeros(0)
+            self._loo_var = None
             return np.array([float(w @ (self._train_y - self._y_shift))])
         K = self._k(t, t) + (self._noise + 1e-9) * np.eye(len(t))
         for own, (res, cov) in zip(blocks, block_loo(K, y, blocks)):
@@ -276,8 +278,21 @@ class FragmentDeltaModel(StructureSurrogate):
             out.append(float(self._y_scale * w @ res))
             var = self._y_scale**2 * float(w @ (cov - (self._noise + 1e-9) * np.eye(len(own))) @ w)
             z2.append(out[-1] ** 2 / max(var, 1e-6))
+            v.append(max(var, 1e-6))
         self._loo_z2 = np.asarray(z2)
+        self._loo_var = np.asarray(v)
         return np.asarray(out)
+
+    @property
+    def loo_std_kjmol(self) -> np.ndarray | None:
+        """Per computed structure (as :attr:`loo_residual_kjmol`), the spread of its
+        leave-one-out prediction, calibration included (the spread the draws have); None
+        without a fitted model."""
+        v = getattr(self, "_loo_var", None)
+        r = self.loo_residual_kjmol
+        if v is None or r is None or len(v) != len(r):
+            return None
+        return self.calibration * np.sqrt(v)
 
     def _fit_hyperparameters(self) -> None:
         import torch

@@ -278,6 +278,105 @@ def test_skill_test_passes_a_predictive_model_and_fails_a_useless_one():
     assert not surrogate_skill(Residuals(np.zeros(5)), e_cheap, computed).skilled
 
 
+def test_skill_test_by_loo_log_predictive_density(monkeypatch):
+    """SKILL_SCORE = "lpd" (a screening option, benchmarks/results/NOTES.md 2026-12-05): the
+    model is skilled when its mean LOO log predictive density is at least the constant
+    shift's. Residuals of the shift's size with honest small spreads pass, over-confident
+    spreads fail, and a model without LOO spreads is judged by the MAE test."""
+    import agent.refine_acquisition as acq
+
+    e_cheap = np.zeros(12)
+    computed = {i: float(i % 4) for i in range(8)}  # shift LOO residuals ~1.3 kJ/mol
+
+    class Loo:
+        def __init__(self, r, sd=None):
+            self.loo_residual_kjmol = np.asarray(r, dtype=float)
+            self.loo_std_kjmol = None if sd is None else np.asarray(sd, dtype=float)
+
+    monkeypatch.setattr(acq, "SKILL_SCORE", "lpd")
+    honest = acq.surrogate_skill(Loo(0.5 * np.ones(8), 0.5 * np.ones(8)), e_cheap, computed)
+    assert honest.skilled and honest.model_loo_lpd > honest.shift_loo_lpd
+    overconfident = acq.surrogate_skill(Loo(0.5 * np.ones(8), 0.01 * np.ones(8)), e_cheap, computed)
+    assert not overconfident.skilled and overconfident.ratio < 0.9  # the MAE test would pass it
+    assert acq.surrogate_skill(Loo(0.1 * np.ones(8)), e_cheap, computed).skilled  # no spreads: MAE
+    assert not acq.surrogate_skill(Loo(5.0 * np.ones(8)), e_cheap, computed).skilled
+    assert not acq.surrogate_skill(Loo(np.zeros(8), np.ones(8)), e_cheap, computed, min_n=9).skilled
+    monkeypatch.setattr(acq, "MIN_SKILL_N", 9)  # the module default is read at call time
+    assert not acq.surrogate_skill(Loo(np.zeros(8), np.ones(8)), e_cheap, computed).skilled
+
+
+def test_plain_warm_up_ignores_cost(monkeypatch):
+    """WARMUP = "plain" (a screening option): before the skill test passes the picks are the
+    cheap-level order whatever the costs; the default weighs the order by cost."""
+    import agent.refine_acquisition as acq
+
+    e_cheap, X = _toy(40, seed=2)
+    order = [int(i) for i in np.argsort(e_cheap, kind="stable")]
+    costs = np.ones(40)
+    costs[order[:3]] = 3.0  # the three cheapest structures are expensive to compute
+    args = dict(pending=[], costs=costs, q=3, seed=0, n_samples=256)
+    assert acq.select_structures(e_cheap, X, {}, **args) != order[:3]
+    monkeypatch.setattr(acq, "WARMUP", "plain")
+    assert acq.select_structures(e_cheap, X, {}, **args) == order[:3]
+
+
+class _FixedModel:
+    """A surrogate with fixed independent Gaussian corrections and given LOO residuals and
+    spreads (duck-typed StructureSurrogate)."""
+
+    def __init__(self, mean, sd, loo_res, loo_sd):
+        self.mean, self.sd = np.asarray(mean, float), np.asarray(sd, float)
+        self.n_landscape = len(self.mean)
+        self.loo_residual_kjmol, self.loo_std_kjmol = np.asarray(loo_res, float), np.asarray(loo_sd, float)
+
+    def predict(self, idx):
+        idx = np.asarray(idx, dtype=int)
+        return self.mean[idx], self.sd[idx]
+
+    def sample(self, idx, n_samples, seed=0):
+        idx = np.asarray(idx, dtype=int)
+        rng = np.random.default_rng(seed)
+        return self.mean[idx] + self.sd[idx] * rng.standard_normal((n_samples, len(idx)))
+
+    def condition(self, pending):
+        return self
+
+    def embedding(self, idx):
+        return np.asarray(idx, dtype=float)[:, None]
+
+
+def test_skill_mix_weighs_the_model_by_its_loo_predictive_density(monkeypatch):
+    """SKILL_MIX (a screening option, benchmarks/results/NOTES.md 2026-12-05): while the model
+    fails the skill test, the picks use w * P_model + (1 - w) * P_shift with the pseudo-BMA
+    weight w = 1 / (1 + exp(-n (lpd_model - lpd_shift))). A model that is nearly as good as
+    the shift on held-out structures (w ~ 0.4) and sure that cheap rank 15 is the minimum
+    gets it computed first; one far worse (w ~ 0) leaves the cheap order."""
+    from scipy import optimize, stats
+
+    import agent.refine_acquisition as acq
+
+    n = 20
+    e_cheap = np.arange(n, dtype=float)
+    computed = {0: 0.0, 1: 3.0, 2: 1.0}  # corrections 0, 2, -1: shift LOO MAE ~2 kJ/mol
+    mean, sd = np.zeros(n), np.full(n, 0.5)
+    mean[15] = -15.0  # the model: structure 15 lies at 0 kJ/mol
+    shift_mae = acq.ShiftModel(e_cheap).fit(computed).loo_mae_kjmol
+    _, lpd_shift = acq._loo_lpd(_FixedModel(mean, sd, np.ones(3), np.ones(3)), e_cheap, computed)
+    res = np.full(3, shift_mae)  # MAE ratio 1.0: the model fails the skill test
+
+    def model_at(gap):  # LOO spreads (> the residual) giving lpd_model = lpd_shift - gap
+        f = lambda s: stats.norm.logpdf(shift_mae, scale=s) - (lpd_shift - gap)  # noqa: E731
+        return _FixedModel(mean, sd, res, np.full(3, optimize.brentq(f, shift_mae, 1e3 * shift_mae)))
+
+    args = dict(pending=[], costs=np.ones(n), q=1, seed=0, top_k=3, n_samples=256, min_skill_n=3)
+    near, far = model_at(0.1), model_at(5.0)
+    assert not acq.surrogate_skill(near, e_cheap, computed, min_n=3).skilled
+    assert acq.select_structures(e_cheap, None, computed, model=near, **args) == [3]  # default: cheap order
+    monkeypatch.setattr(acq, "SKILL_MIX", True)
+    assert acq.select_structures(e_cheap, None, computed, model=near, **args) == [15]
+    assert acq.select_structures(e_cheap, None, computed, model=far, **args) == [3]
+
+
 def test_no_skill_falls_back_to_cheap_order():
     """A correction that is noise unrelated to every descriptor: the Delta-GP cannot beat
     a constant shift, so the picks are the cheap-level order (without the test the GP's

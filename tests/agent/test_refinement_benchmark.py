@@ -56,7 +56,9 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
     def args(**kw):
         base = dict(landscape=None, surrogate="auto", no_explore=False, explore_above=bench.EXPLORE_ABOVE,
                     explore_fraction=bench.EXPLORE_FRACTION, no_skill_test=False, skill_ratio=bench.SKILL_RATIO,
-                    n_initial=0, seeds=7, batch=None, grid=False, window=bench.WINDOW_KJMOL, past_completion=0)
+                    n_initial=0, seeds=7, batch=None, grid=False, window=bench.WINDOW_KJMOL, past_completion=0,
+                    min_skill_n=bench.MIN_SKILL_N, skill_score=bench.SKILL_SCORE, warmup=bench.WARMUP,
+                    skill_mix=bench.SKILL_MIX)
         return SimpleNamespace(**{**base, **kw})
 
     default = (bench.EXPLORE_ABOVE, bench.EXPLORE_FRACTION)
@@ -72,8 +74,12 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
         bench.result_stems(args(), [], ("d3",), default)[0],
         bench.result_stems(args(window=1000.0), [], base, default)[0],
         bench.result_stems(args(past_completion=20), [], base, default)[0],
+        bench.result_stems(args(min_skill_n=3), [], base, default)[0],
+        bench.result_stems(args(skill_score="lpd"), [], base, default)[0],
+        bench.result_stems(args(warmup="plain"), [], base, default)[0],
+        bench.result_stems(args(skill_mix=not bench.SKILL_MIX), [], base, default)[0],
     }
-    assert len(stems) == 8 and "refinement" not in stems
+    assert len(stems) == 12 and "refinement" not in stems
     # runs that go on past completion keep their own progress file
     assert bench.result_stems(args(past_completion=20), [], base, default)[1] == "refinement_past20"
     assert bench.result_stems(args(landscape=[FORMIC]), one, base, default)[0] == "refinement_formic_acid_dft"

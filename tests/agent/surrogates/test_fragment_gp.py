@@ -129,6 +129,9 @@ def test_fragment_model_prior_loo_and_conditioning(landscape):
     pred_s = e_ff[s] + held.predict(X[[s]])[0][0]
     assert model.loo_residual_kjmol[2] == pytest.approx(e_dft[s] - pred_s, abs=0.05)
     assert model.loo_mae_kjmol == pytest.approx(np.mean(np.abs(model.loo_residual_kjmol)))
+    # ... and its spread is that model's predictive spread (calibration included)
+    assert model.loo_std_kjmol[2] == pytest.approx(held.predict(X[[s]])[1][0], rel=0.05)
+    assert prior.loo_std_kjmol is None
     # kriging believer: conditioning on a pending structure shrinks its spread, keeps its mean
     j = 70
     cond = model.condition([j])
