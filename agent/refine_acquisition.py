@@ -164,7 +164,8 @@ class Skill:
 
 
 def surrogate_skill(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, float],
-                    skill_ratio: float = SKILL_RATIO, min_n: int | None = None) -> Skill:
+                    skill_ratio: float = SKILL_RATIO, min_n: int | None = None,
+                    with_lpd: bool | None = None) -> Skill:
     """Whether ``model`` predicts held-out corrections better than a constant shift.
 
     Compares the model's leave-one-out residuals (``model.loo_residual_kjmol``, one per
@@ -175,14 +176,19 @@ def surrogate_skill(model: Any, cheap_kjmol: np.ndarray, computed: Mapping[int, 
     structure is not skilled. With :data:`SKILL_SCORE` ``"lpd"`` the model's mean LOO log
     predictive density must instead be at least the shift's (where the model gives LOO
     spreads; else the MAE test). ``min_n`` None: :data:`MIN_SKILL_N` at call time. Both
-    models' LOO log predictive densities are returned whenever they are defined.
+    models' LOO log predictive densities (``n`` constant-shift fits) are computed when the
+    test or :data:`SKILL_MIX` uses them, or when ``with_lpd`` is True (a benchmark's
+    record), and returned where they are defined.
     """
     min_n = MIN_SKILL_N if min_n is None else min_n
     idx = np.array(sorted(computed), dtype=int)
     shift = ShiftModel(cheap_kjmol).fit(computed).loo_mae_kjmol
     res = getattr(model, "loo_residual_kjmol", None)
     model_mae = float(np.mean(np.abs(res))) if res is not None and len(res) == len(idx) and len(idx) else None
-    lpd_model, lpd_shift = _loo_lpd(model, cheap_kjmol, computed) if len(idx) >= 2 else (None, None)
+    if with_lpd is None:
+        with_lpd = SKILL_SCORE == "lpd" or SKILL_MIX
+    lpd_model, lpd_shift = (_loo_lpd(model, cheap_kjmol, computed) if with_lpd and len(idx) >= 2
+                            else (None, None))
     if SKILL_SCORE == "lpd" and lpd_model is not None:
         better = lpd_model >= lpd_shift
     else:

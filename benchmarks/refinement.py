@@ -434,7 +434,8 @@ def _record_decision(out: dict, case: Case, land, stage, seed: int, settings: Ag
     computed = dict(land.computed)
     out["n_at"].append(len(computed))
     ok = model is not None and land.model_computed == computed
-    sk = surrogate_skill(model, land.ff_kjmol, computed, min_n=settings.min_skill_n) if ok and computed else None
+    sk = surrogate_skill(model, land.ff_kjmol, computed, min_n=settings.min_skill_n,
+                         with_lpd=True) if ok and computed else None
     out["skill"].append(sk.ratio if sk is not None else None)
     out.setdefault("skill_lpd", []).append(None if sk is None or sk.model_loo_lpd is None
                                            else [round(sk.model_loo_lpd, 4), round(sk.shift_loo_lpd, 4)])

@@ -435,12 +435,9 @@ def fit_rigid_pose(
 
 def _kabsch(body: np.ndarray, target: np.ndarray, improper: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """Proper (``improper``: det -1) R and translation t minimising |body R^T + t - target|
-    (equal weights)."""
-    cb, ct = body.mean(axis=0), target.mean(axis=0)
-    h = (body - cb).T @ (target - ct)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T)) * (-1.0 if improper else 1.0)
-    rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    trans = ct - cb @ rot.T
-    rmsd = float(np.sqrt(((body @ rot.T + trans - target) ** 2).sum(axis=1).mean()))
+    (equal weights): :func:`sim_backends.scf_guess.orthogonal_fit` with the translation."""
+    from sim_backends.scf_guess import orthogonal_fit
+
+    rot, rmsd = orthogonal_fit(body, target, det=-1 if improper else 1)
+    trans = target.mean(axis=0) - body.mean(axis=0) @ rot.T
     return rot, trans, rmsd
