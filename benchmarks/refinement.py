@@ -860,6 +860,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--explore-above must be in (0, 1] and --explore-fraction in [0, 1]")
     if not args.skill_ratio > 0:
         parser.error("--skill-ratio must be positive")
+    if args.min_skill_n < 2:
+        parser.error("--min-skill-n must be at least 2 (a leave-one-out test needs two computed structures)")
     if not (args.window > 0 and math.isfinite(args.window)):
         parser.error("--window must be a positive finite number (kJ/mol per molecule)")
     if args.seeds < 1 or args.n_initial < 0 or args.past_completion < 0:

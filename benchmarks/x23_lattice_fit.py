@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -534,6 +535,8 @@ def main() -> None:
                         help="re-expansions of the surrogate at the minima of the current all-crystal fit of "
                              "each (charges, model) before the leave-one-out fits (0: PBE+TS structures only)")
     args = parser.parse_args()
+    if not (args.sigma_v > 0 and math.isfinite(args.sigma_v)):
+        parser.error("--sigma-v must be a positive number of percent")
     globals()["SIGMA_V_PERCENT"] = args.sigma_v  # read by fit(); the LOO choice keeps 4 kJ/mol and 2 %
     from sim_backends.csp.charges import CHARGE_METHODS
 

@@ -160,3 +160,12 @@ def test_recorded_runs_of_another_structure_list_are_not_reused(bench, tmp_path)
     assert sorted(k[2] for k in bench._read_progress(path, "x", new)) == [1, 2]
     assert sorted(k[2] for k in bench._read_progress(path, "x", old)) == [0, 2]
     assert sorted(k[2] for k in bench._read_progress(path, "x")) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("argv", [["--min-skill-n", "1"], ["--skill-ratio", "0"]])
+def test_bad_options_end_in_a_one_line_usage_error(bench, argv, capsys):
+    """Nothing runs and nothing is written: argparse's exit 2 with the reason."""
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv + ["--landscape", str(ROOT / "data" / "landscapes" / "methanol_dft")])
+    assert exc.value.code == 2
+    assert " error: --" in capsys.readouterr().err.strip().splitlines()[-1]

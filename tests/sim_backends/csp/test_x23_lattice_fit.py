@@ -73,3 +73,13 @@ def test_lone_pair_fraction_electrostatics_is_quadratic_in_f():
     for f in (0.0, 0.4, 1.0):
         direct = elec(fit.mixed_charges(q_r, q_lp, f))
         assert direct == pytest.approx((1 - f) * e_r + f * e_lp + (f * f - f) * e_d, abs=1e-8)
+
+
+def test_a_non_positive_volume_weight_is_a_usage_error(monkeypatch, capsys):
+    """--sigma-v <= 0 stops before any fit with a one-line error (exit 2)."""
+    monkeypatch.setattr(sys, "argv", ["x23_lattice_fit.py", "--sigma-v", "-1"])
+    with pytest.raises(SystemExit) as exc:
+        fit.main()
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "x23_lattice_fit.py: error: --sigma-v must be a positive number of percent"
