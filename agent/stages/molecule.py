@@ -50,7 +50,7 @@ from sim_backends.base import EvalInput
 if TYPE_CHECKING:
     from agent.config import CampaignConfig
     from agent.store import Evaluation, Store
-    from agent.surrogates.molecule_gp import MoleculeSurrogate
+    from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
     from sim_backends.base import EvalResult
 
 NAME = "molecule"
@@ -324,11 +324,11 @@ class MoleculeStage:
 
         n_stored = self._n_stored()
         signature = (len(self.observations), n_stored)
+        obs = [Observation(i, f, v) for i, f, v in self.observations]
         if self.surrogate is None:
-            self.surrogate = self._saved_surrogate() or MoleculeSurrogate(n_fidelities=len(self.levels),
-                                                                          seed=self.cfg.seed)
+            self.surrogate = self._saved_surrogate(obs) or MoleculeSurrogate(n_fidelities=len(self.levels),
+                                                                             seed=self.cfg.seed)
         if signature != self._fit_signature:
-            obs = [Observation(i, f, v) for i, f, v in self.observations]
             self.surrogate.fit(self.fingerprints, obs)
             self._fit_signature = signature
             self.n_refits += 1
@@ -336,39 +336,54 @@ class MoleculeStage:
             self._log_calibration(n_stored)
         return self.surrogate
 
-    #: store meta key of the last fitted surrogate (:meth:`MoleculeSurrogate.to_bytes`, base64)
-    SURROGATE_META = "molecule_surrogate"
+    #: store meta key of the last fit (:meth:`MoleculeSurrogate.fit_state`, base64: settings,
+    #: hyperparameters, standardisation, counters and a digest of the observations, not the data)
+    SURROGATE_META = "molecule_surrogate_fit"
+    #: the key under which stores of earlier versions kept the whole model (read on resume)
+    SURROGATE_META_WHOLE = "molecule_surrogate"
 
     def _save_surrogate(self) -> None:
-        """Keep the fitted surrogate in the store, so a resumed campaign goes on from this fit
-        (the hyperparameters and the data they were fitted at decide when the next
-        hyperparameter fit happens, and where it starts) rather than from a fit from scratch."""
+        """Keep the last fit in the store, so a resumed campaign goes on from it (the
+        hyperparameters and the data they were fitted at decide when the next
+        hyperparameter fit happens, and where it starts) rather than from a fit from scratch.
+        Only the fit's parameters are written; its data are the store's own results."""
         import base64
 
         if self.store is not None and self.store.writable:
-            self.store.set_meta(self.SURROGATE_META, base64.b64encode(self.surrogate.to_bytes()).decode())
+            self.store.set_meta(self.SURROGATE_META, base64.b64encode(self.surrogate.fit_state()).decode())
             self.store.set_meta(f"{self.SURROGATE_META}_n_refits", str(self.n_refits))
+            if self.store.get_meta(self.SURROGATE_META_WHOLE):
+                self.store.set_meta(self.SURROGATE_META_WHOLE, "")
 
-    def _saved_surrogate(self) -> MoleculeSurrogate | None:
-        """The surrogate :meth:`_save_surrogate` kept, when it is this stage's model (same
-        levels; its fit is then continued by :meth:`MoleculeSurrogate.fit`: an extension of
-        its data keeps its hyperparameters, anything else re-fits them from its values);
-        None when there is none or it cannot be read."""
+    def _saved_surrogate(self, observations: list[Observation]) -> MoleculeSurrogate | None:
+        """The fit :meth:`_save_surrogate` kept, rebuilt on the first of ``observations``
+        (the store's results, in store order) when it is this stage's model (same levels
+        and seed); its fit is then continued by :meth:`MoleculeSurrogate.fit`: an extension
+        of its data keeps its hyperparameters. A whole model kept by an earlier version is
+        read as such. None when there is none, it cannot be read or its data are not the
+        store's."""
         import base64
         import binascii
 
         from agent.surrogates.molecule_gp import MoleculeSurrogate
 
-        text = self.store.get_meta(self.SURROGATE_META) if self.store is not None else None
+        if self.store is None:
+            return None
+        text = self.store.get_meta(self.SURROGATE_META)
+        whole = not text
+        text = text or self.store.get_meta(self.SURROGATE_META_WHOLE)
         if not text:
             return None
         try:
-            model = MoleculeSurrogate.from_bytes(base64.b64decode(text))
+            data = base64.b64decode(text)
+            model = (MoleculeSurrogate.from_bytes(data) if whole
+                     else MoleculeSurrogate.from_fit_state(data, self.fingerprints, observations))
         except (ValueError, binascii.Error):
             return None
         if model.n_fidelities != len(self.levels) or model.seed != self.cfg.seed:
             return None
-        self.n_refits = int(self.store.get_meta(f"{self.SURROGATE_META}_n_refits", "0") or 0)
+        key = self.SURROGATE_META_WHOLE if whole else self.SURROGATE_META
+        self.n_refits = int(self.store.get_meta(f"{key}_n_refits", "0") or 0)
         return model
 
     def _log_calibration(self, n_stored: int) -> None:

@@ -121,6 +121,17 @@ class Observation:
     value: float
 
 
+def _observation_digest(rows: np.ndarray, fids: np.ndarray, values: np.ndarray) -> str:
+    """SHA-256 of observations in order (molecule rows, fidelities, values as float64)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a, dtype in ((rows, np.int64), (fids, np.int64), (values, np.float64)):
+        h.update(np.ascontiguousarray(a, dtype=dtype).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
 def _ar1_structure(p: dict[str, Any], xp: Any) -> tuple[Any, Any]:
     """``(B, means)`` of the auto-regressive ladder from its parameters.
 
@@ -734,6 +745,84 @@ class MoleculeSurrogate:
                 state[k] = v
         state["pool_digest"] = state.get("pool_digest") or None
         return cls.load_state_dict(state)
+
+    #: keys of :meth:`fit_state`: the settings, hyperparameters, standardisation and counts
+    _FIT_STATE_KEYS = ("n_fidelities", "seed", "max_fit_points", "n_iter_first", "n_iter_refit",
+                       "hyper_refit_growth", "y_loc", "y_scale", "n_fits", "n_hyper_fits",
+                       "n_at_hyper_fit", "counts_at_hyper_fit", "pool_digest")
+
+    def fit_state(self) -> bytes:
+        """The last fit without its data, as an ``.npz`` archive (no pickled objects).
+
+        Holds the settings, hyperparameters, standardisation and fit counters, the number of
+        observations the model was fitted on and a digest of them (molecule rows,
+        fidelities and values in order): a few hundred bytes at any data size. The
+        observations themselves live where they came from (a campaign's store);
+        :meth:`from_fit_state` rebuilds the model from them.
+        """
+        import io
+
+        state = self.state_dict()
+        flat: dict[str, np.ndarray] = {f"hyper/{h}": np.asarray(x) for h, x in state["hyper"].items()}
+        for k in self._FIT_STATE_KEYS:
+            flat[k] = np.asarray("" if state[k] is None else state[k])
+        flat["n_obs"] = np.asarray(len(self.obs_f))
+        flat["obs_digest"] = np.asarray(_observation_digest(
+            self.train_mol[self.obs_u] if len(self.obs_u) else np.zeros(0, dtype=np.int64),
+            self.obs_f, self.obs_value))
+        buf = io.BytesIO()
+        np.savez(buf, **flat)
+        return buf.getvalue()
+
+    @classmethod
+    def from_fit_state(cls, data: bytes, fps: np.ndarray,
+                       observations: list[Observation]) -> MoleculeSurrogate:
+        """The model :meth:`fit_state` describes, refitted on its own data.
+
+        ``observations`` must begin with the observations the saved model was fitted on,
+        in the same order (a campaign's store returns them so); the model is factorised on
+        those with the saved hyperparameters and standardisation, so its predictions equal
+        the saved model's to round-off, and a later :meth:`fit` on the full list is an
+        extension of it, exactly as if the model had never been saved.
+
+        Raises:
+            ValueError: not such an archive, or ``observations`` does not begin with the
+                saved model's data.
+        """
+        import io
+
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                flat = {k: z[k] for k in z.files}
+            hyper = {k[len("hyper/"):]: np.asarray(v, dtype=np.float64)
+                     for k, v in flat.items() if k.startswith("hyper/")}
+            s = cls(int(flat["n_fidelities"]), int(flat["seed"]),
+                    max_fit_points=int(flat["max_fit_points"]),
+                    n_iter_first=int(flat["n_iter_first"]), n_iter_refit=int(flat["n_iter_refit"]),
+                    hyper_refit_growth=float(flat["hyper_refit_growth"]))
+            if set(hyper) != set(s.hyper):
+                raise ValueError(f"hyperparameters {sorted(hyper)} are not this model's")
+            n_obs, digest = int(flat["n_obs"]), str(flat["obs_digest"])
+            y_loc, y_scale = float(flat["y_loc"]), float(flat["y_scale"])
+            counters = (int(flat["n_fits"]), int(flat["n_hyper_fits"]), int(flat["n_at_hyper_fit"]))
+            counts = np.asarray(flat["counts_at_hyper_fit"], dtype=np.int64)
+        except Exception as exc:  # noqa: BLE001 - any unreadable archive is the same error
+            raise ValueError(f"not a MoleculeSurrogate fit state: {type(exc).__name__}: {exc}") from None
+        own = observations[:n_obs]
+        rows = np.array([int(o.mol_index) for o in own], dtype=np.int64)
+        fids = np.array([int(o.fidelity) for o in own], dtype=np.int64)
+        vals = np.array([float(o.value) for o in own], dtype=np.float64)
+        if len(own) != n_obs or _observation_digest(rows, fids, vals) != digest:
+            raise ValueError(f"the observations do not begin with the {n_obs} the saved "
+                             "model was fitted on")
+        s.hyper = hyper
+        s.y_loc, s.y_scale = y_loc, y_scale
+        s.n_hyper_fits = counters[1]
+        if n_obs:
+            s.fit(fps, own, refit_hyperparameters=False)
+        s.n_fits, s.n_hyper_fits, s.n_at_hyper_fit = counters
+        s.counts_at_hyper_fit = counts
+        return s
 
     @classmethod
     def load_state_dict(cls, state: dict[str, Any]) -> MoleculeSurrogate:

@@ -145,18 +145,32 @@ def test_a_resumed_synchronous_campaign_is_told_its_results_in_submission_order(
         camp.close()
 
 
-def test_a_resumed_synchronous_campaign_makes_the_uninterrupted_runs_decisions(tmp_path, pool):
+@pytest.mark.parametrize("legacy", [False, True], ids=["fit-state", "whole-model-of-earlier-versions"])
+def test_a_resumed_synchronous_campaign_makes_the_uninterrupted_runs_decisions(tmp_path, pool, legacy):
     """Stopped after 9 results and resumed to the end, a synchronous campaign asks for the
     same evaluations in the same order as the run that was never stopped: the molecule GP
     continues from its saved last fit (hyperparameters and the data they were fitted at),
-    not from a fit from scratch."""
+    not from a fit from scratch. A store of an earlier version, which kept the whole model
+    under another key, resumes the same way."""
+    import base64
+
     from agent.runner import CampaignInterrupted
+    from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
 
     whole = _run(tmp_path / "whole", pool, "whole", True, NewestFirst(slots=2))
     with pytest.raises(CampaignInterrupted):
         _run(tmp_path / "part", pool, "part", True, KilledAtBatch(after=9))
     camp = Campaign.open("part", tmp_path / "part" / "runs")
     try:
+        # the store keeps the fit's parameters, not a copy of its data (~8 kB of npz at any size)
+        saved = camp.store.get_meta(camp.molecules.SURROGATE_META)
+        assert saved and len(saved) < 12000
+        if legacy:
+            stage = camp.molecules
+            obs = [Observation(i, f, v) for i, f, v in stage.observations]
+            model = MoleculeSurrogate.from_fit_state(base64.b64decode(saved), stage.fingerprints, obs)
+            camp.store.set_meta(stage.SURROGATE_META, "")
+            camp.store.set_meta(stage.SURROGATE_META_WHOLE, base64.b64encode(model.to_bytes()).decode())
         run_campaign(camp, tmp_path / "part" / "runs", executor=NewestFirst(slots=2), progress=False)
         resumed = _decisions(camp)
     finally:

@@ -187,6 +187,39 @@ def test_state_dict_round_trip(pool):
         MoleculeSurrogate.from_bytes(b"not an archive")
 
 
+def test_fit_state_keeps_the_fit_without_its_data(pool):
+    _, fps, y = pool
+    obs = [Observation(i, i % 2, float(y[i] + (i % 2))) for i in range(0, 120, 3)]
+    model = MoleculeSurrogate(2, seed=4)
+    model.fit(fps, obs[:30])
+    model.fit(fps, obs[:33])  # an extension: the factor is extended, hyperparameters kept
+    state = model.fit_state()
+    assert len(state) < len(model.to_bytes()) / 2  # no fingerprints, no observations
+    restored = MoleculeSurrogate.from_fit_state(state, fps, obs)  # the store's list, longer
+    for f in range(2):
+        m1, s1 = model.predict(fps, f)
+        m2, s2 = restored.predict(fps, f)
+        np.testing.assert_allclose(m2, m1, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(s2, s1, rtol=1e-9, atol=1e-9)
+    assert (restored.n_fits, restored.n_hyper_fits, restored.n_at_hyper_fit) == (
+        model.n_fits, model.n_hyper_fits, model.n_at_hyper_fit)
+    # going on from the restored fit is going on from the saved one
+    model.fit(fps, obs)
+    restored.fit(fps, obs)
+    assert restored.n_hyper_fits == model.n_hyper_fits
+    for k, v in model.hyper.items():
+        np.testing.assert_allclose(restored.hyper[k], v, rtol=1e-6, atol=1e-8)
+    # other data than the fit's: refused, never silently used
+    changed = list(obs)
+    changed[5] = Observation(changed[5].mol_index, changed[5].fidelity, changed[5].value + 1.0)
+    with pytest.raises(ValueError, match="begin with the 33"):
+        MoleculeSurrogate.from_fit_state(state, fps, changed)
+    with pytest.raises(ValueError, match="begin with the 33"):
+        MoleculeSurrogate.from_fit_state(state, fps, obs[:20])
+    with pytest.raises(ValueError, match="fit state"):
+        MoleculeSurrogate.from_fit_state(b"not an archive", fps, obs)
+
+
 def test_bad_input_gives_one_line_errors(pool):
     _, fps, _ = pool
     model = MoleculeSurrogate(2)
