@@ -70,7 +70,7 @@ SYSTEMS: dict[str, tuple[str, str, str, str]] = {
     "benzene_cod": ("c1ccccc1", "P2_12_12_1", "Pbca (Z=4, on -1), COD 2100348, DAC", "cod"),
     "trioxane": ("C1OCOCO1", "Cc", "R3c (Z=6, on 3)", "x23"),
     "cytosine": ("Nc1ccnc(=O)[nH]1", "P2_12_12_1", "P2_12_12_1 (Z=4)", "x23"),
-    "14-cyclohexanedione": ("O=C1CCC(=O)CC1", "P2_1", "P2_1/c (Z=2, on -1)", "x23"),
+    "14-cyclohexanedione": ("O=C1CCC(=O)CC1", "P2_1", "P2_1 (Z=2, twist-boat)", "x23"),
     "naphthalene": ("c1ccc2ccccc2c1", "P2_1", "P2_1/a (Z=2, on -1)", "x23"),
     "hexamine": ("C1N2CN3CN1CN(C2)C3", "P1", "I-43m (Z=2, on -43m)", "x23"),
     "adamantane": ("C1C2CC3CC1CC(C2)C3", "P2_1", "P-42_1c (Z=2, on -4)", "x23"),

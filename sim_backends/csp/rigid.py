@@ -18,7 +18,8 @@ between two aromatic rings (biphenyl) stays rotatable: its minimum is twisted an
 torsion is soft (~6-8 kJ/mol barriers), so crystal packing changes it. In every allowed
 case the conformer is taken from the MMFF minimum, then (``geometry="gfn2"``, the default)
 relaxed with GFN2-xTB (tblite) and kept fixed (a known approximation of rigid-molecule
-CSP). The GFN2 step makes the rigid molecule the minimum of the periodic GFN2-xTB
+CSP); a molecule with a puckered ring (:func:`has_ring_conformers`) takes the lowest ring
+conformer of a GFN2-xTB conformer ensemble instead (:func:`lowest_ring_conformer`). The GFN2 step makes the rigid molecule the minimum of the periodic GFN2-xTB
 refinement level, so its molecular deformation energy there is zero, and it repairs
 force-field typing errors: RDKit's MMFF94 types the oxygens of CO2 as carboxylate-like
 (type 32) and gives C=O 1.405 A (experiment 1.160 A, GFN2 1.144 A), 453 kJ/mol above
@@ -46,6 +47,49 @@ MIRROR_MARGIN_A = 1e-3
 ATOMIC_MASSES_AMU = {"H": 1.008, "C": 12.011, "N": 14.007, "O": 15.999, "F": 18.998, "S": 32.06, "Cl": 35.45}
 
 _ROTATABLE_SMARTS = "[!$([NH]!@C(=O))&!D1&!$(*#*)]-&!@[!$([NH]!@C(=O))&!D1&!$(*#*)]"
+
+
+#: a ring conformer of the GFN2-xTB ensemble replaces the embedded one when it is lower by this
+RING_CONFORMER_MARGIN_KJMOL = 0.5
+
+
+def has_ring_conformers(mol) -> bool:
+    """Whether an RDKit molecule has a puckered ring: a non-aromatic ring of five or more
+    atoms with an sp3 atom (chair, boat and twist forms of a cyclohexane, envelopes of a
+    cyclopentane), whose conformers a single embedding does not choose between."""
+    from rdkit import Chem
+
+    for ring in mol.GetRingInfo().AtomRings():
+        atoms = [mol.GetAtomWithIdx(i) for i in ring]
+        if len(ring) >= 5 and any(not a.GetIsAromatic()
+                                  and a.GetHybridization() == Chem.HybridizationType.SP3
+                                  for a in atoms):
+            return True
+    return False
+
+
+def lowest_ring_conformer(smiles: str, symbols: Sequence[str], xyz: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The GFN2-xTB gas-phase minimum among the ring conformers of a rigid molecule.
+
+    ``xyz`` is the GFN2-xTB-relaxed embedding of ``smiles`` (atoms in the order of
+    ``Chem.AddHs`` of the canonical molecule). The conformer ensemble of
+    :func:`sim_backends.csp.conformers.build_ensemble` (30 ETKDG embeddings, each relaxed with
+    GFN2-xTB, no charges) gives the lowest conformer; it is returned when it lies more than
+    :data:`RING_CONFORMER_MARGIN_KJMOL` below ``xyz`` (another ring conformer: 1,4-cyclohexanedione's
+    twist-boat is 5.8 kJ/mol below its chair at GFN2-xTB), else ``xyz`` itself, so a molecule
+    with one ring conformer keeps its geometry exactly.
+    """
+    from sim_backends.csp.conformers import build_ensemble
+    from sim_backends.csp.intramolecular import IntramolecularModel
+
+    try:
+        ens = build_ensemble(smiles, charges="none", seed=seed, max_rotatable_bonds=0)
+        e_here = IntramolecularModel(symbols).total_energy_and_grad(xyz)[0]
+    except (SetupError, RuntimeError):
+        return xyz
+    if tuple(ens.symbols) != tuple(symbols) or e_here - ens.reference_energy_kjmol <= RING_CONFORMER_MARGIN_KJMOL:
+        return xyz
+    return np.array(ens.conformers[0].molecule.coords_A, dtype=float)
 
 
 def count_rotatable_bonds(mol) -> int:
@@ -180,6 +224,8 @@ class RigidMolecule:
         xyz = molh.GetConformer().GetPositions()
         if geometry == "gfn2":
             xyz = gfn2_relaxed_geometry(symbols, xyz, what=canonical)
+            if has_ring_conformers(mol):
+                xyz = lowest_ring_conformer(canonical, symbols, xyz, seed)
         coords = principal_frame(symbols, xyz)
         classes = list(Chem.CanonicalRankAtoms(molh, breakTies=False))
         if charges == "none":

@@ -72,3 +72,30 @@ def test_flexible_search_defaults_to_xtb_charges(capsys):
     meta = json.loads(capsys.readouterr().out)["meta"]
     assert meta["flexible"] and meta["charge_method"].startswith("xtb")
     assert all(c["charge_method"].startswith("xtb") for c in meta["conformers"])
+
+
+def test_a_rigid_molecule_with_a_puckered_ring_takes_its_lowest_ring_conformer():
+    """1,4-Cyclohexanedione has no rotatable bond, so it is searched as a rigid molecule, but
+    its ring has a chair and a twist-boat; the twist-boat is the GFN2-xTB gas-phase minimum,
+    5.8 kJ/mol below the chair a single embedding gives. The rigid molecule is that minimum;
+    rings that cannot pucker, and puckered rings with one conformer, keep the embedded geometry."""
+    from rdkit import Chem
+
+    from sim_backends.csp.conformers import build_ensemble
+    from sim_backends.csp.intramolecular import IntramolecularModel
+    from sim_backends.csp.rigid import RigidMolecule, has_ring_conformers, lowest_ring_conformer
+
+    for smi, puckered in (("O=C1CCC(=O)CC1", True), ("C1OCOCO1", True), ("c1ccccc1", False),
+                          ("OC(=O)C(=O)O", False), ("O=c1cc[nH]c(=O)[nH]1", False)):
+        assert has_ring_conformers(Chem.MolFromSmiles(smi)) is puckered, smi
+    chd = "O=C1CCC(=O)CC1"
+    ens = build_ensemble(chd, charges="none", max_rotatable_bonds=0)
+    assert len(ens) == 2 and ens.conformers[1].energy_kjmol > 3.0  # twist-boat, chair
+    mol = RigidMolecule.from_smiles(chd, charges="none")
+    e = IntramolecularModel(mol.symbols).total_energy_and_grad(mol.coords_A)[0]
+    assert e - ens.reference_energy_kjmol < 0.5
+    # the chair, given as the embedded geometry, is replaced; the twist-boat is kept as it is
+    chair = ens.conformers[1].molecule.coords_A
+    boat = ens.conformers[0].molecule.coords_A
+    assert lowest_ring_conformer(chd, mol.symbols, chair) is not chair
+    assert lowest_ring_conformer(chd, mol.symbols, boat) is boat
