@@ -327,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                 "not_unique": sum(r["n_matches"] > 1 for r in found),
                 "h_sites_checked": sum(r.get("h_sites_match") is not None for r in found),
                 "h_sites_differ": sum(r.get("h_sites_match") is False for r in found),
+                "found_h_consistent": sum(r.get("h_sites_match") is not False for r in found),
+                "within_5kjmol_h_consistent": sum(r["gap_kjmol"] <= 5.0 and r.get("h_sites_match") is not False
+                                                  for r in found),
                 "cpu_s": round(sum(r["cpu_s"] for r in rs), 1)}
 
     summary = {"benchmark": "csp_recovery",
