@@ -116,25 +116,15 @@ def gas_phase_molecule(name: str, charges: str):
                                     charge_method=fit.method)
 
 
-#: pseudo-species of heavy atoms that carry a hydrogen, for :func:`protonated_heavy_atoms`
-PROTONATED = {"O": "Ne", "N": "Ar", "S": "Kr"}
-#: X-H distance (A) below which a hydrogen is bonded to a heavy atom
-XH_BOND_A = 1.25
-
-
 def protonated_heavy_atoms(structure):
-    """Heavy atoms with every O, N and S that carries a hydrogen relabelled (:data:`PROTONATED`),
-    so that a match also needs the hydrogens on the same atoms: a carboxylic acid whose C=O and
-    C-OH oxygens are swapped (another rotamer or tautomer, another hydrogen-bond network) has
-    nearly the same heavy-atom positions but does not match."""
-    from pymatgen.core import Structure
+    """Heavy atoms with every O, N and S that carries a hydrogen relabelled
+    (:func:`sim_backends.csp.dedupe.heavy_atoms` with ``label_protonated``, as the search's
+    dedupe compares minima), so that a match also needs the hydrogens on the same atoms: a
+    carboxylic acid whose C=O and C-OH oxygens are swapped (another rotamer or tautomer, another
+    hydrogen-bond network) has nearly the same heavy-atom positions but does not match."""
+    from sim_backends.csp.dedupe import heavy_atoms
 
-    species = [sp.symbol for sp in structure.species]
-    centres, points, _, dists = structure.get_neighbor_list(XH_BOND_A)
-    carries_h = {int(c) for c, q, d in zip(centres, points, dists) if species[int(q)] == "H" and d > 0.5}
-    keep = [k for k, e in enumerate(species) if e != "H"]
-    labels = [PROTONATED.get(species[k], species[k]) if k in carries_h else species[k] for k in keep]
-    return Structure(structure.lattice, labels, structure.frac_coords[keep], to_unit_cell=False)
+    return heavy_atoms(structure, keep_h=False, label_protonated=True)
 
 
 def hydrogen_check(ref, entry) -> dict:
@@ -184,7 +174,9 @@ def match_report(land, ref) -> dict:
         rank, m, rms = unique[0]
         out.update(found=True, rank=rank, gap_kjmol=m.energy_kjmol - e0, rms=rms, match_space_group=m.space_group)
         out.update(hydrogen_check(ref, m))
-        if not any(sp.symbol in PROTONATED.values() for sp in protonated_heavy_atoms(ref).species):
+        from sim_backends.csp.dedupe import protonated_sites
+
+        if not protonated_sites(ref):
             out.update(h_sites_match=None, h_rms=None, h_sites_note="no H on O, N or S")
     else:
         out["found"] = False

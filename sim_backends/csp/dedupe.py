@@ -8,7 +8,9 @@ Duplicates are merged in two stages:
    than ``energy_tol_kjmol`` and their densities by less than ``density_tol_gcm3``
    (candidates sorted by energy, so each minimum is compared with a short window);
 2. pymatgen's ``StructureMatcher`` on the heavy atoms (hydrogens follow the rigid
-   molecule; molecules with fewer than three heavy atoms, whose orientation the heavy
+   molecule; an O, N or S that carries a hydrogen is its own species, so that minima whose
+   hydrogens sit on other heavy atoms -- another hydrogen-bond network -- are not merged;
+   molecules with fewer than three heavy atoms, whose orientation the heavy
    atoms do not fix, are compared with their hydrogens) with ``ltol=0.2, stol=0.3, angle_tol=5`` degrees, ``primitive_cell=True``,
    ``scale=False`` (same force field, so volumes are compared as they are) and
    ``attempt_supercell=True`` (cells with different Z).
@@ -81,17 +83,42 @@ def keeps_hydrogens(structure: Structure, n_molecules: int | None) -> bool:
     return n_heavy == 0 or (n_molecules is not None and n_heavy < MIN_HEAVY_PER_MOLECULE * n_molecules)
 
 
-def heavy_atoms(structure: Structure, n_molecules: int | None = None, keep_h: bool | None = None) -> Structure:
+#: pseudo-species (the heavier congener) of an O, N or S that carries a hydrogen (:func:`heavy_atoms` with
+#: ``label_protonated``): never elements of a molecule the force field treats
+PROTONATED_LABELS = {"O": "Se", "N": "As", "S": "Te"}
+#: X-H distance (A) below which a hydrogen is bonded to a heavy atom
+XH_BOND_A = 1.25
+
+
+def protonated_sites(structure: Structure) -> set[int]:
+    """Indices of the O, N and S sites of ``structure`` with a hydrogen within :data:`XH_BOND_A`."""
+    species = [sp.symbol for sp in structure.species]
+    if "H" not in species or not any(e in PROTONATED_LABELS for e in species):
+        return set()
+    centres, points, _, dists = structure.get_neighbor_list(XH_BOND_A)
+    return {int(c) for c, q, d in zip(centres, points, dists)
+            if species[int(q)] == "H" and species[int(c)] in PROTONATED_LABELS and d > 0.5}
+
+
+def heavy_atoms(structure: Structure, n_molecules: int | None = None, keep_h: bool | None = None,
+                label_protonated: bool = False) -> Structure:
     """A copy without hydrogens, unless :func:`keeps_hydrogens` (or ``keep_h``) says to keep them
-    (built from the heavy sites' arrays: a copy followed by ``remove_species`` cost twice as much)."""
+    (built from the heavy sites' arrays: a copy followed by ``remove_species`` cost twice as much).
+
+    ``label_protonated``: an O, N or S that carries a hydrogen becomes :data:`PROTONATED_LABELS`'s
+    pseudo-species, so that structures whose heavy atoms agree but whose hydrogens sit on other
+    atoms (a carboxylic acid turned so that its C=O and C-OH oxygens swap places: another
+    hydrogen-bond network) stay apart.
+    """
     from pymatgen.core import Structure
 
     if keep_h if keep_h is not None else keeps_hydrogens(structure, n_molecules):
         return structure.copy()
     species = [sp.symbol for sp in structure.species]
     keep = [k for k, e in enumerate(species) if e != "H"]
-    return Structure(structure.lattice, [species[k] for k in keep], structure.frac_coords[keep],
-                     to_unit_cell=False)
+    marked = protonated_sites(structure) if label_protonated else set()
+    labels = [PROTONATED_LABELS[species[k]] if k in marked else species[k] for k in keep]
+    return Structure(structure.lattice, labels, structure.frac_coords[keep], to_unit_cell=False)
 
 
 def detect_space_group(structure: Structure, symprec: float = 0.1,
@@ -142,7 +169,7 @@ class Candidate:
 
     def heavy(self) -> Structure:
         if self._heavy is None:
-            self._heavy = heavy_atoms(self.structure, self.payload.get("z"))
+            self._heavy = heavy_atoms(self.structure, self.payload.get("z"), label_protonated=True)
         return self._heavy
 
     def reduced(self, primitive_cell: bool = True) -> Structure:

@@ -96,3 +96,38 @@ def test_few_heavy_atoms_compared_with_hydrogens():
     unique = dedupe(cands)
     assert [u.multiplicity for u in unique] == [2, 1]
     assert unique[1].energy_kjmol == -29.9
+
+
+def test_minima_with_hydrogens_on_other_atoms_stay_apart():
+    """Oxalic acid placed twice with the same heavy atoms, once with each hydroxyl H moved to the
+    carbonyl O of its carboxyl (another hydrogen-bond network): heavy atoms alone match, the
+    dedupe keeps both because an O that carries an H is its own species."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from sim_backends.csp.dedupe import MATCHER_KWARGS, heavy_atoms
+    from sim_backends.csp.rigid import RigidMolecule
+
+    mol = RigidMolecule.from_smiles("OC(=O)C(=O)O", charges="none")
+    x = np.array(mol.coords_A, dtype=float)
+    sym = mol.symbols
+    flipped = x.copy()
+    for h in (i for i, e in enumerate(sym) if e == "H"):
+        o_h = min((i for i, e in enumerate(sym) if e == "O"), key=lambda i: np.linalg.norm(x[i] - x[h]))
+        c = min((i for i, e in enumerate(sym) if e == "C"), key=lambda i: np.linalg.norm(x[i] - x[o_h]))
+        o_c = next(i for i, e in enumerate(sym) if e == "O" and i != o_h and np.linalg.norm(x[i] - x[c]) < 1.5)
+        n = (x[o_c] - x[o_h]) / np.linalg.norm(x[o_c] - x[o_h])
+        flipped[h] = x[h] - 2.0 * np.dot(x[h] - x[c], n) * n  # mirror through C: O-H -> the other O
+        assert np.linalg.norm(flipped[h] - x[o_c]) < 1.2
+    sg = get_space_group("P2_1/c")
+    cell_p = np.array([[5.3, 6.1, 5.6, 90, 104.0, 90]])
+    centre, quat = np.array([[0.0, 0.0, 0.0]]), np.array([[0.9, 0.2, 0.3, 0.25]])
+    quat /= np.linalg.norm(quat, axis=1, keepdims=True)
+    structures = []
+    for body in (x, flipped):
+        cells, xyz = coords_numpy(sg, cell_p, centre, quat, body)
+        structures.append(to_structure(sym, cells[0], xyz[0]))
+    sm = StructureMatcher(**MATCHER_KWARGS)
+    assert sm.fit(heavy_atoms(structures[0], keep_h=False), heavy_atoms(structures[1], keep_h=False))
+    cands = [Candidate(-100.0, 1.9, s, {"z": 4}) for s in structures]
+    assert len(dedupe(cands)) == 2
+    assert len(dedupe([Candidate(-100.0, 1.9, structures[0], {"z": 4})] * 2)) == 1

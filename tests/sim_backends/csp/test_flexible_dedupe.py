@@ -71,13 +71,14 @@ def test_fit_reduced_equals_structure_matcher_fit(crystals):
 
 
 def _plain_dedupe(cands: list[Candidate]) -> list[tuple[float, int]]:
-    """The dedupe before the speed-ups: pymatgen StructureMatcher.fit (own reduction) on heavy atoms."""
+    """The dedupe before the speed-ups: pymatgen StructureMatcher.fit (own reduction) on heavy atoms,
+    an O, N or S that carries a hydrogen labelled as its own species."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     sm = StructureMatcher(**MATCHER_KWARGS)
     kept: list[list] = []
     for c in sorted(cands, key=lambda c: c.energy_kjmol):
-        heavy = heavy_atoms(c.structure, c.payload["z"])
+        heavy = heavy_atoms(c.structure, c.payload["z"], label_protonated=True)
         match = next((k for k in reversed(kept) if c.energy_kjmol - k[0] <= 1.0
                       and abs(c.density_gcm3 - k[1]) <= 0.03 and sm.fit(k[2], heavy)), None)
         if match is None:
