@@ -337,7 +337,8 @@ class Landscape:
 
     # -- matching --------------------------------------------------------------------------
     def find_match(self, reference: Structure, ltol: float = 0.3, stol: float = 0.4,
-                   angle_tol: float = 10.0, heavy_only: bool = True) -> tuple[int, LandscapeEntry, float] | None:
+                   angle_tol: float = 10.0, heavy_only: bool = True,
+                   h_sites: bool = False) -> tuple[int, LandscapeEntry, float] | None:
         """The first (lowest-energy, for CSP) structure matching a reference crystal.
 
         Compared with pymatgen ``StructureMatcher(ltol, stol, angle_tol, scale=True,
@@ -347,18 +348,23 @@ class Landscape:
         structures differ from the rigid MMFF geometry), except for molecules with fewer
         than three heavy atoms (:func:`~sim_backends.csp.dedupe.keeps_hydrogens`), whose
         orientations only the hydrogens fix. The comparison is independent of cell
-        setting, origin and atom order.
+        setting, origin and atom order. ``h_sites``: on heavy atoms, an O, N or S that carries
+        a hydrogen counts as its own species in both structures (as the CSP dedupe compares
+        minima), so a structure whose hydrogens sit on other atoms -- another hydrogen-bond
+        network, e.g. a carboxylic acid with its C=O and C-OH oxygens swapped -- does not
+        match; use it with a reference that has its hydrogens.
 
         Returns:
             (rank starting at 1, the entry, RMS displacement normalised by
             (V/n)^(1/3) as pymatgen reports it), or None when nothing matches.
         """
-        hits = self.find_matches(reference, ltol, stol, angle_tol, heavy_only, first_only=True)
+        hits = self.find_matches(reference, ltol, stol, angle_tol, heavy_only, first_only=True,
+                                 h_sites=h_sites)
         return hits[0] if hits else None
 
     def find_matches(self, reference: Structure, ltol: float = 0.3, stol: float = 0.4,
                      angle_tol: float = 10.0, heavy_only: bool = True,
-                     first_only: bool = False) -> list[tuple[int, LandscapeEntry, float]]:
+                     first_only: bool = False, h_sites: bool = False) -> list[tuple[int, LandscapeEntry, float]]:
         """Every structure matching ``reference`` under the :meth:`find_match` test, as
         (rank, entry, normalised RMS) in order; more than one means the dedupe left
         duplicates or the tolerances are too loose to tell the minima apart."""
@@ -370,10 +376,10 @@ class Landscape:
                               primitive_cell=True, attempt_supercell=True)
         if self.minima and keeps_hydrogens(self.minima[0].structure, self.minima[0].z):
             heavy_only = False  # < 3 heavy atoms per molecule: their positions miss the orientations
-        ref = heavy_atoms(reference, keep_h=False) if heavy_only else reference
+        ref = heavy_atoms(reference, keep_h=False, label_protonated=h_sites) if heavy_only else reference
         hits = []
         for rank, m in enumerate(self.minima, 1):
-            st = heavy_atoms(m.structure, keep_h=False) if heavy_only else m.structure
+            st = heavy_atoms(m.structure, keep_h=False, label_protonated=h_sites) if heavy_only else m.structure
             if sm.fit(ref, st):
                 rms = sm.get_rms_dist(ref, st)
                 hits.append((rank, m, float(rms[0]) if rms is not None else float("nan")))

@@ -98,13 +98,9 @@ def test_few_heavy_atoms_compared_with_hydrogens():
     assert unique[1].energy_kjmol == -29.9
 
 
-def test_minima_with_hydrogens_on_other_atoms_stay_apart():
-    """Oxalic acid placed twice with the same heavy atoms, once with each hydroxyl H moved to the
-    carbonyl O of its carboxyl (another hydrogen-bond network): heavy atoms alone match, the
-    dedupe keeps both because an O that carries an H is its own species."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    from sim_backends.csp.dedupe import MATCHER_KWARGS, heavy_atoms
+def _oxalic_acid_with_flipped_hydrogens():
+    """Oxalic acid in P2_1/c twice with the same heavy atoms, the second time with each hydroxyl H
+    moved to the carbonyl O of its carboxyl (another hydrogen-bond network)."""
     from sim_backends.csp.rigid import RigidMolecule
 
     mol = RigidMolecule.from_smiles("OC(=O)C(=O)O", charges="none")
@@ -126,8 +122,30 @@ def test_minima_with_hydrogens_on_other_atoms_stay_apart():
     for body in (x, flipped):
         cells, xyz = coords_numpy(sg, cell_p, centre, quat, body)
         structures.append(to_structure(sym, cells[0], xyz[0]))
+    return structures
+
+
+def test_minima_with_hydrogens_on_other_atoms_stay_apart():
+    """Heavy atoms alone match the flipped-H pair; the dedupe keeps both because an O that
+    carries an H is its own species."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from sim_backends.csp.dedupe import MATCHER_KWARGS, heavy_atoms
+
+    structures = _oxalic_acid_with_flipped_hydrogens()
     sm = StructureMatcher(**MATCHER_KWARGS)
     assert sm.fit(heavy_atoms(structures[0], keep_h=False), heavy_atoms(structures[1], keep_h=False))
     cands = [Candidate(-100.0, 1.9, s, {"z": 4}) for s in structures]
     assert len(dedupe(cands)) == 2
     assert len(dedupe([Candidate(-100.0, 1.9, structures[0], {"z": 4})] * 2)) == 1
+
+
+def test_find_matches_with_h_sites_needs_the_hydrogens_on_the_same_atoms():
+    from sim_backends.landscape import Landscape, LandscapeEntry
+
+    plain, flipped = _oxalic_acid_with_flipped_hydrogens()
+    land = Landscape("OC(=O)C(=O)O", [LandscapeEntry("m0001", -101.0, z=4, structure=flipped),
+                                      LandscapeEntry("m0002", -100.0, z=4, structure=plain)])
+    assert [m.id for _, m, _ in land.find_matches(plain)] == ["m0001", "m0002"]  # heavy atoms
+    assert [m.id for _, m, _ in land.find_matches(plain, h_sites=True)] == ["m0002"]
+    assert land.find_match(plain, h_sites=True)[0] == 2
