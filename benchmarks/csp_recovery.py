@@ -222,6 +222,7 @@ def run_system(name: str, args, blind: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from sim_backends.csp.cli import DEFAULT_TRIAL_BUDGET
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only:
             not_run.append(name)
             continue
-        console.print(f"[bold]{name}[/] {SYSTEMS[name][0]}: blind search, budget {args.n_trials}")
+        console.print(f"[bold]{name}[/] {escape(SYSTEMS[name][0])}: blind search, budget {args.n_trials}")
         row = {"system": name, "smiles": SYSTEMS[name][0], "experimental": SYSTEMS[name][2],
                "blind": run_system(name, args, blind=True)}
         if not args.no_baseline:

@@ -128,12 +128,13 @@ def run_csp_command(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from sim_backends.csp.landscape import FF_LEVEL
 
     e0 = landscape.minima[0].energy_kjmol if landscape.minima else 0.0
-    table = Table(title=f"CSP {landscape.smiles}: {len(landscape)} unique minima from "
+    table = Table(title=f"CSP {escape(landscape.smiles)}: {len(landscape)} unique minima from "
                         f"{landscape.meta.get('n_trials')} trials "
                         f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{landscape.meta.get('level', FF_LEVEL)}, "
                         f"{landscape.meta.get('charge_method')} charges")

@@ -91,6 +91,15 @@ def test_cli_json_and_errors(capsys, tmp_path):
                  "--json"]) == 0
 
 
+def test_cli_table_shows_the_smiles_as_given(capsys):
+    """Brackets of a SMILES ([nH]) are not rich markup: the table title shows them."""
+    from agent.cli import main
+
+    assert main(["csp", "c1cc[nH]c1", "--n-trials", "2", "--space-groups", "P1", "--charges", "xtb",
+                 "--sampling", "fixed"]) == 0
+    assert "CSP c1cc[nH]c1:" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, needle", [
     (["bad.cif"], "crystal structure files are not CSP input; give a SMILES string"),
     (["mol.pdb"], "give a SMILES string, a .smi/.txt file"),
