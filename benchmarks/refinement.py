@@ -53,7 +53,12 @@ result and progress files, suffix ``_past<N>``; the runs up to completion are th
 
 ``--skill-score lpd``, ``--warmup plain``, ``--skill-mix`` / ``--no-skill-mix`` and ``--min-skill-n N``
 set the skill test's options (module constants of ``agent/refine_acquisition.py``, set for the
-duration of each run; labels and result stems name them). ``--grid`` runs, beside the agent,
+duration of each run; labels and result stems name them); so do ``--warmup-dedup Q`` (suffix
+``_dedup<Q>``: warm-up picks skip near-duplicates of computed structures), ``--cost-power A``
+(``_costpow<A>``: picks by p / cost**A) and ``--refit-growth F`` (``_refit<F>``: the fragment
+dimer GP's hyperparameters refitted only after the computed set grew by F; ``REFIT_GROWTH`` of
+``agent/surrogates/fragment_gp.py``), all off by default (screens: ``benchmarks/results/NOTES.md``,
+task R4). ``--grid`` runs, beside the agent,
 the gate of the runs recorded before those options (skill test from 5 computed, cost-weighted
 warm-up, no mix; when the agent differs from it), the agent without the skill test and the
 agent without exploration when confident (``[structures.acquisition]`` of the campaign config; first
@@ -106,18 +111,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.refine_acquisition import (  # noqa: E402
+    COST_POWER,
     EXPLORE_ABOVE,
     EXPLORE_FRACTION,
     MIN_SKILL_N,
+    MODEL_COST_POWER,
     SKILL_MIX,
     SKILL_SCORE,
     SKILL_RATIO,
     STOP_INFLATION,
     WARMUP,
+    WARMUP_DEDUP,
     completion_probability,
     low_energy_set,
     surrogate_skill,
 )
+from agent.surrogates.fragment_gp import REFIT_GROWTH  # noqa: E402
 from sim_backends.fragment_terms import DEFAULT_BASELINES  # noqa: E402
 from sim_backends.landscape import LandscapeError  # noqa: E402
 
@@ -172,6 +181,10 @@ class AgentSettings:
     skill_score: str = SKILL_SCORE
     warmup: str = WARMUP
     skill_mix: bool = SKILL_MIX
+    warmup_dedup: float | None = WARMUP_DEDUP
+    refit_growth: float | None = REFIT_GROWTH
+    cost_power: float = COST_POWER
+    model_cost_power: float = MODEL_COST_POWER
 
     @property
     def label(self) -> str:
@@ -184,6 +197,14 @@ class AgentSettings:
             gate += f", warm-up {self.warmup}"
         if self.skill_ratio is not None and self.skill_mix:
             gate += ", else pseudo-BMA mix"
+        if self.skill_ratio is not None and self.warmup_dedup is not None:
+            gate += f", warm-up skips near-duplicates (q{self.warmup_dedup:g})"
+        if self.refit_growth is not None:
+            gate += f", hyperparameters refitted at +{self.refit_growth:.0%}"
+        if self.cost_power != 1.0:
+            gate += f", cost^{self.cost_power:g}"
+        if self.model_cost_power != 1.0:
+            gate += f", model picks cost^{self.model_cost_power:g}"
         expl = "no explore" if self.explore_above is None else f"explore {self.explore_above:g}/{self.explore_fraction:g}"
         return f"{gate}, {expl}" + (f", init {self.n_initial}" if self.n_initial else "")
 
@@ -341,11 +362,13 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
     out = {"order": [], "mae": {}, "decision_s": [], "n_at": [], "skill": [],
            "p_complete": {k: [] for k in STOP_INFLATIONS}}
     import agent.refine_acquisition as acq
+    import agent.surrogates.fragment_gp as fgp
 
-    before = (acq.MIN_SKILL_N, acq.SKILL_SCORE, acq.WARMUP, acq.SKILL_MIX)
-    acq.MIN_SKILL_N, acq.SKILL_SCORE, acq.WARMUP, acq.SKILL_MIX = (settings.min_skill_n, settings.skill_score,
-                                                                   settings.warmup, settings.skill_mix)
-    with _restore(acq, before), tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
+    acq_values = {"MIN_SKILL_N": settings.min_skill_n, "SKILL_SCORE": settings.skill_score, "WARMUP": settings.warmup,
+                  "SKILL_MIX": settings.skill_mix, "WARMUP_DEDUP": settings.warmup_dedup,
+                  "COST_POWER": settings.cost_power, "MODEL_COST_POWER": settings.model_cost_power}
+    with _restore(acq, acq_values), _restore(fgp, {"REFIT_GROWTH": settings.refit_growth}), \
+            tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
         tmp = Path(tmp)
         (tmp / "pool.smi").write_text(f"{case.smiles} {case.name}\n")
         (tmp / "campaign.toml").write_text(campaign_config(case, q, seed, settings, baselines, max_structures))
@@ -391,17 +414,24 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
 
 
 class _restore:
-    """Puts ``MIN_SKILL_N`` and ``SKILL_SCORE`` of the acquisition module back when a run ends."""
+    """Sets module constants of the acquisition (or surrogate) module for one run and puts them
+    back when it ends; remembered hyperparameter fits (``_KEPT_FITS``) are dropped at both ends,
+    so no run reuses another run's."""
 
-    def __init__(self, module, value) -> None:
-        self.module, self.value = module, value
+    def __init__(self, module, values: dict) -> None:
+        self.module, self.values = module, dict(values)
+        self.before = {k: getattr(module, k) for k in self.values}
 
     def __enter__(self):
+        for k, v in self.values.items():
+            setattr(self.module, k, v)
+        getattr(self.module, "_KEPT_FITS", {}).clear()
         return self
 
     def __exit__(self, *exc) -> None:
-        (self.module.MIN_SKILL_N, self.module.SKILL_SCORE, self.module.WARMUP,
-         self.module.SKILL_MIX) = self.value
+        for k, v in self.before.items():
+            setattr(self.module, k, v)
+        getattr(self.module, "_KEPT_FITS", {}).clear()
 
 
 def _finished(out: dict, top: set[int], past_completion: int) -> bool:
@@ -777,6 +807,14 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += "_mix" if args.skill_mix else "_no_mix"
     if args.warmup != WARMUP:
         stem += f"_warmup-{args.warmup}"
+    if args.cost_power != COST_POWER:
+        stem += f"_costpow{args.cost_power:g}"
+    if args.model_cost_power != MODEL_COST_POWER:
+        stem += f"_modelcostpow{args.model_cost_power:g}"
+    if args.refit_growth != REFIT_GROWTH:
+        stem += "_no_refit_growth" if args.refit_growth is None else f"_refit{args.refit_growth:g}"
+    if args.warmup_dedup != WARMUP_DEDUP:
+        stem += "_no_dedup" if args.warmup_dedup is None else f"_dedup{args.warmup_dedup:g}"
     if args.skill_score != SKILL_SCORE:
         stem += f"_{args.skill_score}"
     if args.min_skill_n != MIN_SKILL_N:
@@ -825,6 +863,22 @@ def main(argv: list[str] | None = None) -> dict:
                              f"by pseudo-BMA weights from their LOO log predictive densities (default {SKILL_MIX})")
     parser.add_argument("--warmup", choices=("cost", "plain"), default=WARMUP,
                         help="agent: picks before the skill test passes: cheap order weighed by cost (default) or plain")
+    parser.add_argument("--warmup-dedup", type=float, default=WARMUP_DEDUP, metavar="QUANTILE",
+                        help="agent: while the model fails the skill test, skip structures nearer to a computed or "
+                             "pending one than this quantile of the pairwise embedding distances (default "
+                             f"{WARMUP_DEDUP}: off)")
+    parser.add_argument("--cost-power", type=float, default=COST_POWER, metavar="ALPHA",
+                        help=f"agent: picks by p / cost**ALPHA (default {COST_POWER}: inverse cost weighting)")
+    parser.add_argument("--model-cost-power", type=float, default=MODEL_COST_POWER, metavar="ALPHA",
+                        help="agent: the model's own picks (skill test passed) by p / cost**ALPHA, the warm-up "
+                             f"unchanged (default {MODEL_COST_POWER})")
+    parser.add_argument("--refit-growth", type=float, default=REFIT_GROWTH, metavar="FRACTION",
+                        help="agent (fragment dimer GP): refit the hyperparameters only once the computed structures "
+                             f"grew by this fraction since the last fit (default {REFIT_GROWTH}: every fit)")
+    parser.add_argument("--no-refit-growth", dest="refit_growth", action="store_const", const=None,
+                        help="agent: fresh hyperparameters at every fit")
+    parser.add_argument("--no-warmup-dedup", dest="warmup_dedup", action="store_const", const=None,
+                        help="agent: no near-duplicate skipping in the warm-up")
     parser.add_argument("--skill-score", choices=("mae", "lpd"), default=SKILL_SCORE,
                         help=f"agent: what the skill test compares (default {SKILL_SCORE})")
     parser.add_argument("--no-skill-test", action="store_true",
@@ -860,6 +914,12 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--explore-above must be in (0, 1] and --explore-fraction in [0, 1]")
     if not args.skill_ratio > 0:
         parser.error("--skill-ratio must be positive")
+    if not all(0.0 <= a and math.isfinite(a) for a in (args.cost_power, args.model_cost_power)):
+        parser.error("--cost-power and --model-cost-power must be finite numbers >= 0")
+    if args.refit_growth is not None and not args.refit_growth > 0:
+        parser.error("--refit-growth must be positive")
+    if args.warmup_dedup is not None and not 0.0 < args.warmup_dedup < 1.0:
+        parser.error("--warmup-dedup must be a quantile in (0, 1)")
     if args.min_skill_n < 2:
         parser.error("--min-skill-n must be at least 2 (a leave-one-out test needs two computed structures)")
     if not (args.window > 0 and math.isfinite(args.window)):
@@ -880,14 +940,15 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore")
     explore = (None, args.explore_fraction) if args.no_explore else (args.explore_above, args.explore_fraction)
     agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial,
-                          args.min_skill_n, args.skill_score, args.warmup, args.skill_mix)
+                          args.min_skill_n, args.skill_score, args.warmup, args.skill_mix, args.warmup_dedup,
+                          args.refit_growth, args.cost_power, args.model_cost_power)
     configs = [agent]
     if args.combine:
         return combine(args.combine, console)
     if args.grid:  # the gate before 2026-12-05, the agent before the skill test, and without exploration
         for ratio, ex in ((SKILL_RATIO, (EXPLORE_ABOVE, EXPLORE_FRACTION)), (None, (EXPLORE_ABOVE, EXPLORE_FRACTION)),
                           (SKILL_RATIO, (None, EXPLORE_FRACTION))):
-            c = AgentSettings(ratio, ex[0], ex[1], args.n_initial, LEGACY_MIN_SKILL_N, "mae", "cost", False)
+            c = AgentSettings(ratio, ex[0], ex[1], args.n_initial, LEGACY_MIN_SKILL_N, "mae", "cost", False, None, None, 1.0, 1.0)
             if c not in configs:
                 configs.append(c)
     out: dict = {"benchmark": "refinement", "top_k": TOP_K, "window_kjmol": args.window, "seeds": args.seeds,

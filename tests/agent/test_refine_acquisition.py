@@ -320,6 +320,60 @@ def test_plain_warm_up_ignores_cost(monkeypatch):
     assert acq.select_structures(e_cheap, X, {}, **args) == order[:3]
 
 
+def test_cost_power_tempers_the_cost_weighting(monkeypatch):
+    """COST_POWER (a screening option): the picks weigh P(low energy) by cost ** COST_POWER;
+    0 ignores costs (the warm-up is then the plain cheap-level order), 1 is the default;
+    MODEL_COST_POWER does the same for the model's own picks only."""
+    import agent.refine_acquisition as acq
+
+    e_cheap, X = _toy(40, seed=2)
+    order = [int(i) for i in np.argsort(e_cheap, kind="stable")]
+    costs = np.ones(40)
+    costs[order[:3]] = 3.0
+    args = dict(pending=[], costs=costs, q=3, seed=0, n_samples=256)
+    weighted = acq.select_structures(e_cheap, X, {}, **args)
+    assert weighted != order[:3]
+    monkeypatch.setattr(acq, "COST_POWER", 0.0)
+    assert acq.select_structures(e_cheap, X, {}, **args) == order[:3]
+    monkeypatch.setattr(acq, "COST_POWER", 1.0)
+    assert acq.select_structures(e_cheap, X, {}, **args) == weighted
+    # the model's picks too: with cost ** 0 an expensive structure the model rates best comes first
+    model = _FixedModel(np.zeros(40), np.full(40, 0.5), np.zeros(8), np.ones(8))
+    pick = dict(pending=[], costs=costs, q=1, seed=0, n_samples=256, model=model, skill_ratio=None)
+    assert acq.select_structures(e_cheap, None, {}, **pick) != [order[0]]
+    monkeypatch.setattr(acq, "COST_POWER", 0.0)
+    assert acq.select_structures(e_cheap, None, {}, **pick) == [order[0]]
+    # MODEL_COST_POWER: only the model's picks; the warm-up keeps the cost weighting
+    monkeypatch.setattr(acq, "COST_POWER", 1.0)
+    monkeypatch.setattr(acq, "MODEL_COST_POWER", 0.0)
+    assert acq.select_structures(e_cheap, None, {}, **pick) == [order[0]]
+    assert acq.select_structures(e_cheap, X, {}, **args) == weighted
+
+
+def test_warm_up_skips_near_duplicates(monkeypatch):
+    """WARMUP_DEDUP (a screening option): while the model fails the skill test, a structure
+    nearly identical (GP input space) to one computed, pending or already chosen is passed
+    over; when every candidate is that near, the picks fall back to the cheap-level order."""
+    import agent.refine_acquisition as acq
+
+    e_cheap, X = _toy(40, seed=2)
+    order = [int(i) for i in np.argsort(e_cheap, kind="stable")]
+    a, b = order[0], order[1]
+    e_cheap[b] = e_cheap[a] + 0.01  # the second in cheap order duplicates the first
+    X[b] = X[a]
+    X[b, -1] = e_cheap[b]
+    args = dict(costs=np.ones(40), seed=0, n_samples=256)
+    monkeypatch.setattr(acq, "WARMUP", "plain")
+    assert acq.select_structures(e_cheap, X, {}, pending=[], q=3, **args) == order[:3]
+    monkeypatch.setattr(acq, "WARMUP_DEDUP", 0.02)
+    assert acq.select_structures(e_cheap, X, {}, pending=[], q=2, **args) == [a, order[2]]
+    assert acq.select_structures(e_cheap, X, {}, pending=[a], q=1, **args) == [order[2]]
+    assert acq.select_structures(e_cheap, X, {a: e_cheap[a] + 1.0}, pending=[], q=1, **args) == [order[2]]
+    # every candidate "near" (threshold at the largest pairwise distance): plain cheap order
+    monkeypatch.setattr(acq, "WARMUP_DEDUP", 0.999999)
+    assert acq.select_structures(e_cheap, X, {}, pending=[], q=3, **args) == order[:3]
+
+
 class _FixedModel:
     """A surrogate with fixed independent Gaussian corrections and given LOO residuals and
     spreads (duck-typed StructureSurrogate)."""
