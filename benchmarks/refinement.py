@@ -55,7 +55,9 @@ result and progress files, suffix ``_past<N>``; the runs up to completion are th
 set the skill test's options (module constants of ``agent/refine_acquisition.py``, set for the
 duration of each run; labels and result stems name them); so do ``--warmup-dedup Q`` (suffix
 ``_dedup<Q>``: warm-up picks skip near-duplicates of computed structures), ``--cost-power A``
-(``_costpow<A>``: picks by p / cost**A) and ``--refit-growth F`` (``_refit<F>``: the fragment
+(``_costpow<A>``: picks by p / cost**A), ``--model-cost-power A`` (``_modelcostpow<A>``: the same for
+the model's own picks only), ``--acq-inflation K`` (``_acqinfl<K>``: the model's draws in its picks
+with K times their spread) and ``--refit-growth F`` (``_refit<F>``: the fragment
 dimer GP's hyperparameters refitted only after the computed set grew by F; ``REFIT_GROWTH`` of
 ``agent/surrogates/fragment_gp.py``), all off by default (screens: ``benchmarks/results/NOTES.md``,
 task R4). ``--grid`` runs, beside the agent,
@@ -111,6 +113,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.refine_acquisition import (  # noqa: E402
+    ACQ_INFLATION,
     COST_POWER,
     EXPLORE_ABOVE,
     EXPLORE_FRACTION,
@@ -185,6 +188,7 @@ class AgentSettings:
     refit_growth: float | None = REFIT_GROWTH
     cost_power: float = COST_POWER
     model_cost_power: float = MODEL_COST_POWER
+    acq_inflation: float = ACQ_INFLATION
 
     @property
     def label(self) -> str:
@@ -205,6 +209,8 @@ class AgentSettings:
             gate += f", cost^{self.cost_power:g}"
         if self.model_cost_power != 1.0:
             gate += f", model picks cost^{self.model_cost_power:g}"
+        if self.acq_inflation != 1.0:
+            gate += f", model picks spread x{self.acq_inflation:g}"
         expl = "no explore" if self.explore_above is None else f"explore {self.explore_above:g}/{self.explore_fraction:g}"
         return f"{gate}, {expl}" + (f", init {self.n_initial}" if self.n_initial else "")
 
@@ -366,7 +372,8 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
 
     acq_values = {"MIN_SKILL_N": settings.min_skill_n, "SKILL_SCORE": settings.skill_score, "WARMUP": settings.warmup,
                   "SKILL_MIX": settings.skill_mix, "WARMUP_DEDUP": settings.warmup_dedup,
-                  "COST_POWER": settings.cost_power, "MODEL_COST_POWER": settings.model_cost_power}
+                  "COST_POWER": settings.cost_power, "MODEL_COST_POWER": settings.model_cost_power,
+                  "ACQ_INFLATION": settings.acq_inflation}
     with _restore(acq, acq_values), _restore(fgp, {"REFIT_GROWTH": settings.refit_growth}), \
             tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
         tmp = Path(tmp)
@@ -809,6 +816,8 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += f"_warmup-{args.warmup}"
     if args.cost_power != COST_POWER:
         stem += f"_costpow{args.cost_power:g}"
+    if args.acq_inflation != ACQ_INFLATION:
+        stem += f"_acqinfl{args.acq_inflation:g}"
     if args.model_cost_power != MODEL_COST_POWER:
         stem += f"_modelcostpow{args.model_cost_power:g}"
     if args.refit_growth != REFIT_GROWTH:
@@ -872,6 +881,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model-cost-power", type=float, default=MODEL_COST_POWER, metavar="ALPHA",
                         help="agent: the model's own picks (skill test passed) by p / cost**ALPHA, the warm-up "
                              f"unchanged (default {MODEL_COST_POWER})")
+    parser.add_argument("--acq-inflation", type=float, default=ACQ_INFLATION, metavar="K",
+                        help=f"agent: factor on the spread of the model's draws in its picks (default {ACQ_INFLATION})")
     parser.add_argument("--refit-growth", type=float, default=REFIT_GROWTH, metavar="FRACTION",
                         help="agent (fragment dimer GP): refit the hyperparameters only once the computed structures "
                              f"grew by this fraction since the last fit (default {REFIT_GROWTH}: every fit)")
@@ -916,6 +927,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--skill-ratio must be positive")
     if not all(0.0 <= a and math.isfinite(a) for a in (args.cost_power, args.model_cost_power)):
         parser.error("--cost-power and --model-cost-power must be finite numbers >= 0")
+    if not (args.acq_inflation > 0 and math.isfinite(args.acq_inflation)):
+        parser.error("--acq-inflation must be a positive number")
     if args.refit_growth is not None and not args.refit_growth > 0:
         parser.error("--refit-growth must be positive")
     if args.warmup_dedup is not None and not 0.0 < args.warmup_dedup < 1.0:
@@ -941,14 +954,15 @@ def main(argv: list[str] | None = None) -> dict:
     explore = (None, args.explore_fraction) if args.no_explore else (args.explore_above, args.explore_fraction)
     agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial,
                           args.min_skill_n, args.skill_score, args.warmup, args.skill_mix, args.warmup_dedup,
-                          args.refit_growth, args.cost_power, args.model_cost_power)
+                          args.refit_growth, args.cost_power, args.model_cost_power,
+                          args.acq_inflation)
     configs = [agent]
     if args.combine:
         return combine(args.combine, console)
     if args.grid:  # the gate before 2026-12-05, the agent before the skill test, and without exploration
         for ratio, ex in ((SKILL_RATIO, (EXPLORE_ABOVE, EXPLORE_FRACTION)), (None, (EXPLORE_ABOVE, EXPLORE_FRACTION)),
                           (SKILL_RATIO, (None, EXPLORE_FRACTION))):
-            c = AgentSettings(ratio, ex[0], ex[1], args.n_initial, LEGACY_MIN_SKILL_N, "mae", "cost", False, None, None, 1.0, 1.0)
+            c = AgentSettings(ratio, ex[0], ex[1], args.n_initial, LEGACY_MIN_SKILL_N, "mae", "cost", False, None, None, 1.0, 1.0, 1.0)
             if c not in configs:
                 configs.append(c)
     out: dict = {"benchmark": "refinement", "top_k": TOP_K, "window_kjmol": args.window, "seeds": args.seeds,

@@ -350,6 +350,19 @@ def test_cost_power_tempers_the_cost_weighting(monkeypatch):
     assert acq.select_structures(e_cheap, X, {}, **args) == weighted
 
 
+def test_acquisition_inflation_favours_uncertain_structures(monkeypatch):
+    """ACQ_INFLATION (a screening option): the model's picks use draws whose spread about the
+    mean is scaled; a wide, slightly higher structure overtakes a narrow low one."""
+    import agent.refine_acquisition as acq
+
+    model = _FixedModel([0.0, 0.1, 1.0, 20.0], [0.1, 0.1, 1.0, 0.1], np.zeros(2), np.ones(2))
+    pick = dict(pending=[], costs=np.ones(4), q=1, seed=0, n_samples=2000, model=model, skill_ratio=None,
+                explore_above=None, top_k=1)
+    assert acq.select_structures(np.zeros(4), None, {}, **pick) == [0]
+    monkeypatch.setattr(acq, "ACQ_INFLATION", 10.0)
+    assert acq.select_structures(np.zeros(4), None, {}, **pick) == [2]
+
+
 def test_warm_up_skips_near_duplicates(monkeypatch):
     """WARMUP_DEDUP (a screening option): while the model fails the skill test, a structure
     nearly identical (GP input space) to one computed, pending or already chosen is passed

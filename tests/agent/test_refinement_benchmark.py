@@ -59,7 +59,8 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
                     n_initial=0, seeds=7, batch=None, grid=False, window=bench.WINDOW_KJMOL, past_completion=0,
                     min_skill_n=bench.MIN_SKILL_N, skill_score=bench.SKILL_SCORE, warmup=bench.WARMUP,
                     skill_mix=bench.SKILL_MIX, warmup_dedup=bench.WARMUP_DEDUP, cost_power=bench.COST_POWER,
-                    refit_growth=bench.REFIT_GROWTH, model_cost_power=bench.MODEL_COST_POWER)
+                    refit_growth=bench.REFIT_GROWTH, model_cost_power=bench.MODEL_COST_POWER,
+                    acq_inflation=bench.ACQ_INFLATION)
         return SimpleNamespace(**{**base, **kw})
 
     default = (bench.EXPLORE_ABOVE, bench.EXPLORE_FRACTION)
@@ -84,8 +85,9 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
         bench.result_stems(args(refit_growth=0.25 if bench.REFIT_GROWTH is None else None), [], base, default)[0],
         bench.result_stems(args(model_cost_power=0.5 if bench.MODEL_COST_POWER == 1.0 else 1.0), [], base,
                            default)[0],
+        bench.result_stems(args(acq_inflation=1.5 if bench.ACQ_INFLATION == 1.0 else 1.0), [], base, default)[0],
     }
-    assert len(stems) == 16 and "refinement" not in stems
+    assert len(stems) == 17 and "refinement" not in stems
     # runs that go on past completion keep their own progress file
     assert bench.result_stems(args(past_completion=20), [], base, default)[1] == "refinement_past20"
     assert bench.result_stems(args(landscape=[FORMIC]), one, base, default)[0] == "refinement_formic_acid_dft"
