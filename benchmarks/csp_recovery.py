@@ -173,10 +173,11 @@ def match_report(land, ref) -> dict:
     if unique and len(unique) >= 1:
         rank, m, rms = unique[0]
         out.update(found=True, rank=rank, gap_kjmol=m.energy_kjmol - e0, rms=rms, match_space_group=m.space_group)
-        out.update(hydrogen_check(ref, m))
         from sim_backends.csp.dedupe import protonated_sites
 
-        if not protonated_sites(ref):
+        if protonated_sites(ref):
+            out.update(hydrogen_check(ref, m))
+        else:  # the check would be the heavy-atom match again
             out.update(h_sites_match=None, h_rms=None, h_sites_note="no H on O, N or S")
     else:
         out["found"] = False

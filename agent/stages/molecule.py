@@ -324,6 +324,8 @@ class MoleculeStage:
 
         n_stored = self._n_stored()
         signature = (len(self.observations), n_stored)
+        if self.surrogate is not None and signature == self._fit_signature:
+            return self.surrogate
         obs = [Observation(i, f, v) for i, f, v in self.observations]
         if self.surrogate is None:
             self.surrogate = self._saved_surrogate(obs) or MoleculeSurrogate(n_fidelities=len(self.levels),

@@ -132,6 +132,44 @@ def _observation_digest(rows: np.ndarray, fids: np.ndarray, values: np.ndarray) 
     return h.hexdigest()
 
 
+def _state_to_npz(state: dict[str, Any]) -> bytes:
+    """A state dict (its ``hyper`` entry flattened to ``hyper/<name>``, None as "") as an
+    ``.npz`` archive without pickled objects."""
+    import io
+
+    flat: dict[str, np.ndarray] = {}
+    for k, v in state.items():
+        if k == "hyper":
+            flat.update({f"hyper/{h}": np.asarray(x) for h, x in v.items()})
+        else:
+            flat[k] = np.asarray("" if v is None else v)
+    buf = io.BytesIO()
+    np.savez(buf, **flat)
+    return buf.getvalue()
+
+
+def _npz_to_state(data: bytes, what: str) -> dict[str, Any]:
+    """The state dict of :func:`_state_to_npz` (0-d arrays as Python scalars).
+
+    Raises:
+        ValueError: not an ``.npz`` archive (``what`` names the expected kind).
+    """
+    import io
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            flat = {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - any unreadable archive is the same error
+        raise ValueError(f"not a MoleculeSurrogate {what}: {type(exc).__name__}: {exc}") from None
+    state: dict[str, Any] = {"hyper": {}}
+    for k, v in flat.items():
+        if k.startswith("hyper/"):
+            state["hyper"][k[len("hyper/"):]] = v
+        else:
+            state[k] = v.item() if v.ndim == 0 else v
+    return state
+
+
 def _ar1_structure(p: dict[str, Any], xp: Any) -> tuple[Any, Any]:
     """``(B, means)`` of the auto-regressive ladder from its parameters.
 
@@ -709,17 +747,7 @@ class MoleculeSurrogate:
 
     def to_bytes(self) -> bytes:
         """:meth:`state_dict` as an ``.npz`` archive (no pickled objects), for a store."""
-        import io
-
-        flat: dict[str, np.ndarray] = {}
-        for k, v in self.state_dict().items():
-            if k == "hyper":
-                flat.update({f"hyper/{h}": np.asarray(x) for h, x in v.items()})
-            else:
-                flat[k] = np.asarray("" if v is None else v)
-        buf = io.BytesIO()
-        np.savez(buf, **flat)
-        return buf.getvalue()
+        return _state_to_npz(self.state_dict())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MoleculeSurrogate:
@@ -728,25 +756,11 @@ class MoleculeSurrogate:
         Raises:
             ValueError: not such an archive.
         """
-        import io
-
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                flat = {k: z[k] for k in z.files}
-        except Exception as exc:  # noqa: BLE001 - any unreadable archive is the same error
-            raise ValueError(f"not a MoleculeSurrogate archive: {type(exc).__name__}: {exc}") from None
-        state: dict[str, Any] = {"hyper": {}}
-        for k, v in flat.items():
-            if k.startswith("hyper/"):
-                state["hyper"][k[len("hyper/"):]] = v
-            elif v.ndim == 0:
-                state[k] = v.item()
-            else:
-                state[k] = v
+        state = _npz_to_state(data, "archive")
         state["pool_digest"] = state.get("pool_digest") or None
         return cls.load_state_dict(state)
 
-    #: keys of :meth:`fit_state`: the settings, hyperparameters, standardisation and counts
+    #: keys of :meth:`fit_state` besides ``hyper``: the settings, standardisation and counts
     _FIT_STATE_KEYS = ("n_fidelities", "seed", "max_fit_points", "n_iter_first", "n_iter_refit",
                        "hyper_refit_growth", "y_loc", "y_scale", "n_fits", "n_hyper_fits",
                        "n_at_hyper_fit", "counts_at_hyper_fit", "pool_digest")
@@ -756,23 +770,17 @@ class MoleculeSurrogate:
 
         Holds the settings, hyperparameters, standardisation and fit counters, the number of
         observations the model was fitted on and a digest of them (molecule rows,
-        fidelities and values in order): a few hundred bytes at any data size. The
-        observations themselves live where they came from (a campaign's store);
+        fidelities and values in order): about 8 kB whatever the number of observations.
+        The observations themselves live where they came from (a campaign's store);
         :meth:`from_fit_state` rebuilds the model from them.
         """
-        import io
-
-        state = self.state_dict()
-        flat: dict[str, np.ndarray] = {f"hyper/{h}": np.asarray(x) for h, x in state["hyper"].items()}
-        for k in self._FIT_STATE_KEYS:
-            flat[k] = np.asarray("" if state[k] is None else state[k])
-        flat["n_obs"] = np.asarray(len(self.obs_f))
-        flat["obs_digest"] = np.asarray(_observation_digest(
+        state: dict[str, Any] = {k: getattr(self, k) for k in self._FIT_STATE_KEYS}
+        state["hyper"] = self.hyper
+        state["n_obs"] = len(self.obs_f)
+        state["obs_digest"] = _observation_digest(
             self.train_mol[self.obs_u] if len(self.obs_u) else np.zeros(0, dtype=np.int64),
-            self.obs_f, self.obs_value))
-        buf = io.BytesIO()
-        np.savez(buf, **flat)
-        return buf.getvalue()
+            self.obs_f, self.obs_value)
+        return _state_to_npz(state)
 
     @classmethod
     def from_fit_state(cls, data: bytes, fps: np.ndarray,
@@ -789,24 +797,20 @@ class MoleculeSurrogate:
             ValueError: not such an archive, or ``observations`` does not begin with the
                 saved model's data.
         """
-        import io
-
+        state = _npz_to_state(data, "fit state")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                flat = {k: z[k] for k in z.files}
-            hyper = {k[len("hyper/"):]: np.asarray(v, dtype=np.float64)
-                     for k, v in flat.items() if k.startswith("hyper/")}
-            s = cls(int(flat["n_fidelities"]), int(flat["seed"]),
-                    max_fit_points=int(flat["max_fit_points"]),
-                    n_iter_first=int(flat["n_iter_first"]), n_iter_refit=int(flat["n_iter_refit"]),
-                    hyper_refit_growth=float(flat["hyper_refit_growth"]))
+            s = cls(int(state["n_fidelities"]), int(state["seed"]),
+                    max_fit_points=int(state["max_fit_points"]),
+                    n_iter_first=int(state["n_iter_first"]), n_iter_refit=int(state["n_iter_refit"]),
+                    hyper_refit_growth=float(state["hyper_refit_growth"]))
+            hyper = {k: np.asarray(v, dtype=np.float64) for k, v in state["hyper"].items()}
             if set(hyper) != set(s.hyper):
                 raise ValueError(f"hyperparameters {sorted(hyper)} are not this model's")
-            n_obs, digest = int(flat["n_obs"]), str(flat["obs_digest"])
-            y_loc, y_scale = float(flat["y_loc"]), float(flat["y_scale"])
-            counters = (int(flat["n_fits"]), int(flat["n_hyper_fits"]), int(flat["n_at_hyper_fit"]))
-            counts = np.asarray(flat["counts_at_hyper_fit"], dtype=np.int64)
-        except Exception as exc:  # noqa: BLE001 - any unreadable archive is the same error
+            n_obs, digest = int(state["n_obs"]), str(state["obs_digest"])
+            y_loc, y_scale = float(state["y_loc"]), float(state["y_scale"])
+            counters = (int(state["n_fits"]), int(state["n_hyper_fits"]), int(state["n_at_hyper_fit"]))
+            counts = np.asarray(state["counts_at_hyper_fit"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a MoleculeSurrogate fit state: {type(exc).__name__}: {exc}") from None
         own = observations[:n_obs]
         rows = np.array([int(o.mol_index) for o in own], dtype=np.int64)
