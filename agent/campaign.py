@@ -32,7 +32,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +91,8 @@ class Status:
     stop_reason: str
     best_note: str = ""  # why there is no best value yet (empty when there is one)
     spent_wall_s: float | None = None  # wall-clock seconds of the same evaluations
+    #: molecules a result showed infeasible ([[constraints]]): name or SMILES -> reason
+    infeasible: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -455,13 +457,17 @@ def build_stages(cfg: CampaignConfig, directory: Path) -> dict[str, Stage]:
 
 def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:
     """Summarise a campaign from its store alone (works while another process runs it)."""
+    from agent.constraints import infeasible_molecules
+
     evs = store.evaluations()
     top = cfg.backends[-1].name
     sign = 1.0 if cfg.direction == "minimize" else -1.0
+    infeasible = infeasible_molecules(evs, cfg.constraints)
     best, best_mol = None, None
     for ev in evs:
         v = ev.values.get(cfg.objective)
-        if ev.backend == top and ev.ok and v is not None and (best is None or sign * (v - best) < 0):
+        if (ev.backend == top and ev.ok and v is not None and ev.molecule_id not in infeasible
+                and (best is None or sign * (v - best) < 0)):
             best, best_mol = v, ev.molecule_id
     mols = {m["id"]: m for m in store.molecules()}
     n_by = {b.name: 0 for b in cfg.backends}
@@ -478,6 +484,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
             note = "no valid molecule in pool"
         elif not n_top:
             note = f"no {top} evaluation yet"
+        elif any(n_top):
+            note = f"every {top} result is of an infeasible molecule"
         else:
             note = f"all {len(n_top)} {top} evaluations failed"
     return Status(
@@ -494,6 +502,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         finished=finished,
         stop_reason=reason,
         best_note=note,
+        infeasible={(mols[m]["name"] or mols[m]["smiles"]) if m in mols else str(m): why
+                    for m, why in infeasible.items()},
     )
 
 

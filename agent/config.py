@@ -112,6 +112,25 @@ class StopConfig(_Strict):
     patience_iterations: int | None = Field(default=None, ge=1)
 
 
+class ConstraintConfig(_Strict):
+    """A feasibility bound on a molecule-level value (``[[constraints]]``,
+    :mod:`agent.constraints`): ``value`` (a key some ``[[backends]]`` entry computes), ``max``
+    and/or ``min`` in its unit, and ``why`` (printed with every molecule it excludes)."""
+
+    value: str
+    max: float | None = None
+    min: float | None = None
+    why: str = ""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ConstraintConfig:
+        if self.max is None and self.min is None:
+            raise ValueError(f"constraints: {self.value!r} needs max and/or min")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"constraints: {self.value!r} has min {self.min:g} > max {self.max:g}")
+        return self
+
+
 class SurrogateConfig(_Strict):
     """Molecule-level GP settings."""
 
@@ -255,6 +274,8 @@ class CampaignConfig(_Strict):
         max_cpu_hours: total compute budget (CPU seconds measured in the workers, failed
             evaluations included).
         max_pool_molecules: refuse larger pools (raise it explicitly for a big screen).
+        constraints: feasibility bounds on molecule-level values (:mod:`agent.constraints`);
+            an infeasible molecule is never proposed again nor reported as the best.
     """
 
     name: str = "campaign"
@@ -274,6 +295,7 @@ class CampaignConfig(_Strict):
     structures: StructureStageConfig = Field(default_factory=StructureStageConfig)
     lab: LabConfig | None = None
     max_pool_molecules: int = Field(default=100_000, ge=1)
+    constraints: list[ConstraintConfig] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -396,6 +418,10 @@ def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
                 f"config error: backends: {b.name!r} does not compute objective "
                 f"{cfg.objective!r} (it computes {', '.join(cls.computes) or 'nothing'})"
             )
+    for i, c in enumerate(cfg.constraints):
+        if not any(c.value in backend_class(b.name).computes for b in cfg.backends):
+            raise ConfigError(f"config error: constraints.{i}.value: no backend of [[backends]] computes "
+                              f"{c.value!r}")
     if cfg.lab is not None and cfg.lab.landscape not in LAB_LANDSCAPES and not Path(
             cfg.lab.landscape).is_dir():
         raise ConfigError(f"config error: lab.landscape: {cfg.lab.landscape!r} is neither one of "

@@ -179,8 +179,9 @@ def _hole_lines(per_structure: Any) -> list[str]:
 
 def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None,
                 *, cif_text: bool = False) -> list[dict[str, Any]]:
-    """The campaign's ESF results (module docstring), best landscape mobility first; a
-    molecule-stage global minimum's ``cif`` is its file path once :func:`write_esf_cifs`
+    """The campaign's ESF results (module docstring), best landscape mobility first, the
+    molecules a constraint excludes (``infeasible``: the reason, else None) after the
+    others; a molecule-stage global minimum's ``cif`` is its file path once :func:`write_esf_cifs`
     wrote it (``cif_text``: every molecule-stage structure keeps its CIF text as
     ``cif_text``, for writing)."""
     names = {int(m["id"]): (m["name"] or m["smiles"], m["smiles"]) for m in store.molecules()}
@@ -197,7 +198,12 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
         p = esf_cif_path(directory, rec) if directory is not None else None
         if p is not None and p.is_file():
             rec["global_minimum"]["cif"] = str(p)
-    out.sort(key=lambda r: (-r["mean"], r["source"], r["molecule_id"]))
+    from agent.constraints import infeasible_molecules
+
+    infeasible = infeasible_molecules(store.evaluations(), cfg.constraints)
+    for rec in out:
+        rec["infeasible"] = infeasible.get(rec["molecule_id"])
+    out.sort(key=lambda r: (r["infeasible"] is not None, -r["mean"], r["source"], r["molecule_id"]))
     return out
 
 
@@ -266,11 +272,15 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     if not results:
         return []
     lines = [f"ESF           landscape hole mobility mu_h ({MOBILITY_UNIT}; Boltzmann mean ± 1 sd over the "
-             "predicted structures in the energy window), best first:"]
+             "predicted structures in the energy window), best first"
+             + (", molecules a constraint excludes last" if any(r.get("infeasible") for r in results) else "")
+             + ":"]
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
         lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({log}), "
                      f"{rec['n_in_window']} structures in window; {rec['source']} ({rec['backend']}): {rec['level']}")
+        if rec.get("infeasible"):
+            lines.append(f"    EXCLUDED {rec['infeasible']}")
         gm = rec.get("global_minimum")
         if gm:
             cif = gm.get("cif")
@@ -295,13 +305,14 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
         w = csv.writer(fh)
         w.writerow(["molecule_id", "name", "smiles", "source", "backend", "level", "mobility_hole_cm2Vs",
                     "mobility_hole_sd_cm2Vs", "n_in_window", "n_structures", "global_minimum_id",
-                    "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes"])
+                    "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible"])
         for r in results:
             gm = r.get("global_minimum") or {}
             w.writerow([r["molecule_id"], r["name"], r["smiles"], r["source"], r["backend"], r["level"],
                         f"{r['mean']:.4g}", f"{r['sd']:.4g}", r["n_in_window"], len(r["structures"]),
                         gm.get("id", ""), f"{gm['mobility_hole_cm2Vs']:.4g}" if gm else "",
-                        gm.get("cif") or "", "; ".join(r.get("warnings") or []), "; ".join(r.get("notes") or [])])
+                        gm.get("cif") or "", "; ".join(r.get("warnings") or []), "; ".join(r.get("notes") or []),
+                        r.get("infeasible") or ""])
     return path
 
 
@@ -311,7 +322,7 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
     import numpy as np
     from matplotlib.ticker import LogLocator, NullFormatter
 
-    recs = [r for r in results if r["structures"]][:N_LISTED]
+    recs = [r for r in results if r["structures"] and not r.get("infeasible")][:N_LISTED]
     if not recs:
         return None
     n = len(recs)

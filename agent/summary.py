@@ -333,6 +333,10 @@ def best_line(rec: dict[str, Any]) -> str:
     return f"{obj['symbol']} = {format_value(obj['name'], rec['best'])}, {obj['level']}: {who}{smiles}"
 
 
+#: infeasible molecules named by ``status`` (the rest are counted)
+N_INFEASIBLE_LISTED = 3
+
+
 def status_lines(rec: dict[str, Any]) -> list[str]:
     """The text of ``crystal-agent status`` from :func:`status_record`."""
     s = rec
@@ -344,6 +348,11 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
                                                     if s.get("spent_wall_s") is not None else ""),
         f"best          {best_line(s)}",
     ]
+    if s.get("infeasible"):
+        shown = list(s["infeasible"].items())[:N_INFEASIBLE_LISTED]
+        more = len(s["infeasible"]) - len(shown)
+        lines.append(f"infeasible    {len(s['infeasible'])} molecules excluded by the constraints: "
+                     + "; ".join(f"{who}: {why}" for who, why in shown) + (f"; and {more} more" if more > 0 else ""))
     lines += structure_lines(s.get("structures") or [])
     from agent.esf_report import esf_lines
 

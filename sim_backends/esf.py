@@ -14,6 +14,9 @@ multi-fidelity GP of the molecule stage can relate them):
   cubic lattice of molecules :data:`REF_DISTANCE_A` apart with one hole transfer integral
   :data:`REF_J_MEV` to each of the 6 neighbours (chosen once, not fitted: 10 meV and 5 A
   are typical of pi-stacked neighbours). A monotone function of lambda+; seconds.
+  Every level that computes lambda+ itself also reports the molecule's estimated gas-phase
+  ionisation energy ``ip_gas_ev`` (``xtb-reorg``'s), which a campaign can bound
+  (``[[constraints]]``: hole injection, ``examples/esf.toml``).
 * ``esf-landscape`` (fidelity 1, a "quick CSP"; ``esf-refined``, fidelity 2, the same
   with 300 trials by default): crystal structure
   prediction (W99 + Ewald force field, GFN2-xTB charges, Z' = 1, ``n_trials`` trials in
@@ -208,23 +211,24 @@ def landscape_values(lambda_hole_kjmol: float, rec: dict[str, Any]) -> dict[str,
             "n_structures_in_window": float(lm["n_in_window"]), "reorg_energy_kjmol": lambda_hole_kjmol}
 
 
-_VALUES = (OBJECTIVE, "reorg_energy_kjmol")
+_VALUES = (OBJECTIVE, "reorg_energy_kjmol", "ip_gas_ev")
 _LANDSCAPE_VALUES = (*_VALUES, "landscape_mobility_hole_cm2Vs", "landscape_mobility_hole_sd_cm2Vs",
                      "log10_landscape_mobility_hole_sd", "n_structures_in_window")
 
 
-def _lambda(p: dict[str, Any], smiles: str) -> tuple[float, float, str | None]:
-    """lambda+ (kJ/mol) from the params, else from GFN2-xTB; the CPU s it cost here; and the
+def _lambda(p: dict[str, Any], smiles: str) -> tuple[float, float, str | None, float | None]:
+    """lambda+ (kJ/mol) from the params, else from GFN2-xTB; the CPU s it cost here; the
     GFN2-xTB value's degenerate-HOMO status (``xtb-reorg``'s ``extra["jahn_teller"]``, None
-    for a non-degenerate HOMO or a given lambda+)."""
+    for a non-degenerate HOMO or a given lambda+); and the estimated gas-phase ionisation
+    energy (eV, ``xtb-reorg``'s ``ip_gas_ev``; None for a given lambda+)."""
     if p.get("lambda_hole_kjmol") is not None:
-        return float(p["lambda_hole_kjmol"]), 0.0, None
+        return float(p["lambda_hole_kjmol"]), 0.0, None, None
     from sim_backends.reorg import XtbReorgBackend
 
     r = XtbReorgBackend().evaluate(EvalInput(smiles))
     if not r.ok:
         raise SetupError(f"no hole reorganisation energy for this molecule (GFN2-xTB lambda+ failed: {r.reason})")
-    return float(r.values["reorg_energy_kjmol"]), r.cpu_s, r.extra.get("jahn_teller")
+    return float(r.values["reorg_energy_kjmol"]), r.cpu_s, r.extra.get("jahn_teller"), float(r.values["ip_gas_ev"])
 
 
 class EsfProxyBackend(Backend):
@@ -248,12 +252,15 @@ class EsfProxyBackend(Backend):
         return XtbReorgBackend().cost_estimate(inp)
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
-        lam, _, jt = _lambda(inp.params, inp.smiles)
+        lam, _, jt, ip = _lambda(inp.params, inp.smiles)
         t = float(inp.params.get("temperature_K", 300.0))
         extra: dict[str, Any] = {"level": self.level_of_theory()}
         if jt:
             extra["jahn_teller"] = jt
-        return {OBJECTIVE: proxy_log10_mobility(lam, t), "reorg_energy_kjmol": lam}, extra
+        values = {OBJECTIVE: proxy_log10_mobility(lam, t), "reorg_energy_kjmol": lam}
+        if ip is not None:
+            values["ip_gas_ev"] = ip
+        return values, extra
 
 
 class EsfLandscapeBackend(Backend):
@@ -315,7 +322,7 @@ class EsfLandscapeBackend(Backend):
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         p = self._p(inp.params)
-        lam, cpu_lam, jt = _lambda(p, inp.smiles)
+        lam, cpu_lam, jt, ip = _lambda(p, inp.smiles)
         keys = ("functional", "basis", "max_cycles") if p["transfer"] == "dft" else ("max_iterations",)
         level_params = {k: p[k] for k in keys if k in p}
         rec = landscape_record(inp.smiles, lam, int(p["n_trials"]), int(p["n_structures"]),
@@ -327,6 +334,8 @@ class EsfLandscapeBackend(Backend):
         if "error" in rec:
             raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
         values = landscape_values(lam, rec)
+        if ip is not None:
+            values["ip_gas_ev"] = ip
         extra = {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
                  "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
                  "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}

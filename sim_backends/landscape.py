@@ -52,7 +52,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,19 @@ X23_DIR = REFERENCE_DIR / "x23"
 MAX_LEGEND_GROUPS = 9
 _EV_TO_KJMOL = 96.485
 
+
+
+
+@contextmanager
+def _quiet_cif_rounding() -> Iterator[None]:
+    """A context in which pymatgen's "Issues encountered while parsing CIF" warning (it
+    rounds fractional coordinates within 1e-4 of special positions, as this project's P1
+    CIFs have) is not printed; other warnings are."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Issues encountered while parsing CIF")
+        yield
 
 class LandscapeError(ValueError):
     """A landscape that cannot be read; the message is one line."""
@@ -137,7 +151,8 @@ class LandscapeEntry:
             if self._cif is not None:
                 from pymatgen.core import Structure
 
-                self._structure = Structure.from_str(self._cif, fmt="cif")
+                with _quiet_cif_rounding():
+                    self._structure = Structure.from_str(self._cif, fmt="cif")
             else:
                 from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -174,7 +189,8 @@ class LandscapeEntry:
             from pymatgen.core import Structure
             from pymatgen.io.ase import AseAtomsAdaptor
 
-            st = Structure.from_str(geo, fmt="cif") if isinstance(geo, str) else geo
+            with _quiet_cif_rounding():
+                st = Structure.from_str(geo, fmt="cif") if isinstance(geo, str) else geo
             geo = self.geometries[level] = AseAtomsAdaptor.get_atoms(st)
         return geo
 
@@ -529,7 +545,8 @@ class Landscape:
         entries = []
         for path in cifs:
             try:
-                structure = Structure.from_file(str(path))
+                with _quiet_cif_rounding():
+                    structure = Structure.from_file(str(path))
             except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise LandscapeError(f"cannot read {path.name}: {msg}") from None

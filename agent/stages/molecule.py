@@ -9,6 +9,8 @@ Decisions:
   molecule and fidelity together with in-flight work passed as pending points;
 * a molecule whose input is invalid (setup failure) is never proposed again at any
   fidelity; one whose run failed at a fidelity is not proposed again there;
+* a molecule a result shows infeasible (``[[constraints]]``, :mod:`agent.constraints`) is
+  never proposed again and is not the best; its results still train the surrogate;
 * with a compute budget (``max_cpu_hours``), costs are CPU seconds from one
   :class:`~agent.stages.costs.CostModel` per level, and no task is started unless its
   cost fits the budget left (spent CPU read from the store, in-flight work at its
@@ -114,6 +116,8 @@ class MoleculeStage:
         self.n_by_backend = {b.name: 0 for b in self.levels}
         self.n_evaluations = 0
         self.history: list[dict[str, Any]] = []
+        #: pool index -> why the molecule is infeasible (``[[constraints]]``)
+        self.infeasible: dict[int, str] = {}
 
     def owns(self, evaluation: Evaluation) -> bool:
         return evaluation.structure_id is None and self._fidelity_of(evaluation.backend) >= 0
@@ -137,6 +141,12 @@ class MoleculeStage:
             self.cost_log_ratios[f].append(float(np.log(ev.cpu_s / self.cost_models[f].prior(inp))))
         self.done[i, f] = True
         value = ev.values.get(self.cfg.objective)
+        if ev.ok and self.cfg.constraints and i not in self.infeasible:
+            from agent.constraints import violation
+
+            if (why := violation(ev.values, self.cfg.constraints)) is not None:
+                self.infeasible[i] = why
+                self.blocked[i, :] = True
         if ev.ok and value is not None and np.isfinite(value):
             self.observations.append((i, f, float(value)))
         elif ev.reason.startswith("setup:"):
@@ -163,7 +173,8 @@ class MoleculeStage:
         return 1.0 if self.cfg.direction == "minimize" else -1.0
 
     def best_value(self) -> float | None:
-        vals = [v for _, f, v in self.observations if f == self.top_fidelity]
+        """The best top-level value of a feasible molecule (None before there is one)."""
+        vals = [v for i, f, v in self.observations if f == self.top_fidelity and i not in self.infeasible]
         if not vals:
             return None
         return float(min(vals) if self.cfg.direction == "minimize" else max(vals))

@@ -232,7 +232,8 @@ class StructureStage:
     # -- decisions ----------------------------------------------------------------------
     def csp_candidates(self, pending: Sequence[Request]) -> list[int]:
         """Molecule ids that should get CSP: best at the top molecule level first (from the
-        store), none while molecule-level results are still arriving."""
+        store; infeasible molecules, :mod:`agent.constraints`, left out), none while
+        molecule-level results are still arriving."""
         pending_csp = {r.molecule_id for r in pending if r.stage == self.name and r.structure_id is None}
         n_wanted = self.cfg.n_molecules - len(self.landscapes) - len(pending_csp)
         if n_wanted <= 0 or any(r.stage in self.waits_for for r in pending):
@@ -243,6 +244,11 @@ class StructureStage:
         for mid, v in self.store.values_of(c.backends[-1].name, c.objective):
             if np.isfinite(v):
                 best[mid] = min(best.get(mid, np.inf), sign * v)
+        if c.constraints:
+            from agent.constraints import infeasible_molecules
+
+            for mid in infeasible_molecules(self.store.evaluations(), c.constraints):
+                best.pop(mid, None)
         ranked = sorted(best, key=lambda m: (best[m], m))
         return [m for m in ranked if m not in self.csp_done and m not in pending_csp][:n_wanted]
 
