@@ -108,3 +108,36 @@ def test_an_acceptor_with_the_lowest_lambda_is_not_the_best_of_a_hole_campaign(t
     assert stage.blocked[i].all() and not stage.allowed()[i].any()  # never proposed again
     assert stage.best_value() == pytest.approx(
         min(v for _, f, v in stage.observations if stage.names[_] != "terephthalonitrile"))
+
+
+def test_esf_status_lists_an_excluded_molecule_last_with_its_reason_and_not_in_the_map():
+    """esf_lines marks a record a constraint excludes (EXCLUDED + reason), the header says
+    excluded molecules come last, the CSV has the reason, the ESF map leaves it out."""
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agent.esf_report import esf_lines, esf_map_figure, write_esf_table
+
+    gm = {"id": "m0001", "energy_kjmol": -100.0, "rel_kjmol": 0.0, "mobility_hole_cm2Vs": 8.0,
+          "density_gcm3": 1.4, "space_group": "P-1", "z": 2, "cif": None}
+    good = {"molecule_id": 1, "name": "pentacene", "smiles": "x", "source": "molecule stage", "backend": "esf-refined",
+            "level": "GFN2-xTB", "mean": 3.0, "sd": 1.0, "n_in_window": 1, "structures": [gm], "global_minimum": gm,
+            "warnings": [], "notes": [], "infeasible": None}
+    bad = {**good, "molecule_id": 2, "name": "TCNQ", "mean": 5.0, "infeasible": "ip_gas_ev = 9.26 > 7.5 (hole injection)"}
+    lines = esf_lines([good, bad])
+    assert lines[0].endswith("best first, molecules a constraint excludes last:")
+    assert lines[-3].startswith("  TCNQ:") and lines[-2] == "    EXCLUDED ip_gas_ev = 9.26 > 7.5 (hole injection)"
+    assert not any("EXCLUDED" in x for x in esf_lines([good])) and esf_lines([good])[0].endswith("best first:")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = list(csv.DictReader(write_esf_table([good, bad], Path(tmp) / "t.csv").open()))
+    assert [r["infeasible"] for r in rows] == ["", "ip_gas_ev = 9.26 > 7.5 (hole injection)"]
+    fig = esf_map_figure([good, bad], plt)
+    titles = " ".join(ax.get_title() for ax in fig.axes)
+    assert "pentacene" in titles and "TCNQ" not in titles
+    plt.close(fig)
