@@ -93,6 +93,8 @@ class Status:
     spent_wall_s: float | None = None  # wall-clock seconds of the same evaluations
     #: molecules a result showed infeasible ([[constraints]]): name or SMILES -> reason
     infeasible: dict[str, str] = field(default_factory=dict)
+    constraints: str = ""  # the [[constraints]] bounds, one line (empty without any)
+    best_constrained: dict[str, float] = field(default_factory=dict)  # the best's constrained values
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -433,6 +435,11 @@ class Campaign:
         return self.molecules.observations
 
     @property
+    def infeasible(self) -> dict[int, str]:
+        """Pool index -> why a constraint excludes the molecule (:mod:`agent.constraints`)."""
+        return self.molecules.infeasible
+
+    @property
     def top_fidelity(self) -> int:
         return self.molecules.top_fidelity
 
@@ -457,7 +464,7 @@ def build_stages(cfg: CampaignConfig, directory: Path) -> dict[str, Stage]:
 
 def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:
     """Summarise a campaign from its store alone (works while another process runs it)."""
-    from agent.constraints import infeasible_molecules
+    from agent.constraints import describe, infeasible_molecules
 
     evs = store.evaluations()
     top = cfg.backends[-1].name
@@ -504,7 +511,21 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         best_note=note,
         infeasible={(mols[m]["name"] or mols[m]["smiles"]) if m in mols else str(m): why
                     for m, why in infeasible.items()},
+        constraints=describe(cfg.constraints),
+        best_constrained=_constrained_values(evs, best_mol, cfg),
     )
+
+
+def _constrained_values(evs: list[Any], mol_id: int | None, cfg: CampaignConfig) -> dict[str, float]:
+    """The constrained values (``[[constraints]]``) of molecule ``mol_id`` as first reported."""
+    out: dict[str, float] = {}
+    keys = {c.value for c in cfg.constraints}
+    for ev in evs:
+        if mol_id is not None and ev.molecule_id == mol_id and ev.ok and ev.structure_id is None:
+            for k in keys - set(out):
+                if k in ev.values:
+                    out[k] = float(ev.values[k])
+    return out
 
 
 def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> CampaignConfig:

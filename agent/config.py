@@ -125,9 +125,9 @@ class ConstraintConfig(_Strict):
     @model_validator(mode="after")
     def _bounded(self) -> ConstraintConfig:
         if self.max is None and self.min is None:
-            raise ValueError(f"constraints: {self.value!r} needs max and/or min")
+            raise ValueError(f"{self.value!r} needs max and/or min")
         if self.max is not None and self.min is not None and self.min > self.max:
-            raise ValueError(f"constraints: {self.value!r} has min {self.min:g} > max {self.max:g}")
+            raise ValueError(f"{self.value!r} has min {self.min:g} > max {self.max:g}")
         return self
 
 
@@ -419,9 +419,10 @@ def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
                 f"{cfg.objective!r} (it computes {', '.join(cls.computes) or 'nothing'})"
             )
     for i, c in enumerate(cfg.constraints):
-        if not any(c.value in backend_class(b.name).computes for b in cfg.backends):
+        computed = list(dict.fromkeys(k for b in cfg.backends for k in backend_class(b.name).computes))
+        if c.value not in computed:
             raise ConfigError(f"config error: constraints.{i}.value: no backend of [[backends]] computes "
-                              f"{c.value!r}")
+                              f"{c.value!r}; they compute {', '.join(computed)}")
     if cfg.lab is not None and cfg.lab.landscape not in LAB_LANDSCAPES and not Path(
             cfg.lab.landscape).is_dir():
         raise ConfigError(f"config error: lab.landscape: {cfg.lab.landscape!r} is neither one of "

@@ -39,10 +39,29 @@ def violation(values: Mapping[str, Any], constraints: Sequence[ConstraintConfig]
         v = float(v)
         why = f" ({c.why})" if c.why else ""
         if c.max is not None and v > c.max:
-            return f"{c.value} = {v:.3g} > {c.max:g}{why}"
+            return f"{c.value} = {_beyond(v, c.max)} > {c.max:g}{why}"
         if c.min is not None and v < c.min:
-            return f"{c.value} = {v:.3g} < {c.min:g}{why}"
+            return f"{c.value} = {_beyond(v, c.min)} < {c.min:g}{why}"
     return None
+
+
+def _beyond(v: float, bound: float) -> str:
+    """``v`` with the fewest significant digits (3 to 8) that keep it visibly past ``bound``."""
+    for digits in range(3, 9):
+        text = f"{v:.{digits}g}"
+        if float(text) != float(f"{bound:g}"):
+            return text
+    return repr(v)
+
+
+def describe(constraints: Sequence[ConstraintConfig]) -> str:
+    """``ip_gas_ev <= 7.5 (hole injection from Au)``; bounds joined by ``; ``."""
+    parts = []
+    for c in constraints:
+        lo = f"{c.min:g} <= " if c.min is not None else ""
+        hi = f" <= {c.max:g}" if c.max is not None else ""
+        parts.append(f"{lo}{c.value}{hi}" + (f" ({c.why})" if c.why else ""))
+    return "; ".join(parts)
 
 
 def infeasible_molecules(evaluations: Iterable[Any], constraints: Sequence[ConstraintConfig]) -> dict[int, str]:

@@ -120,7 +120,12 @@ def convergence_figure(campaign: Campaign, plt: Any) -> Any:
             # the best few top-level results get their rank beside the point and their
             # molecule's name in the legend (names next to clustered points overlap)
             sign = 1.0 if cfg.direction == "maximize" else -1.0
-            for k, h in enumerate(sorted(pts, key=lambda h: -sign * h["value"])[:N_NAMED_TOP], start=1):
+            excluded = [h for h in pts if h["mol_index"] in campaign.infeasible]
+            if excluded:  # a constraint excludes them: drawn, never ranked
+                ax.scatter([h["n"] for h in excluded], [h["value"] for h in excluded], s=60, marker="x",
+                           color="dimgrey", zorder=4, label=f"excluded by a constraint ({len(excluded)})")
+            feasible = [h for h in pts if h["mol_index"] not in campaign.infeasible]
+            for k, h in enumerate(sorted(feasible, key=lambda h: -sign * h["value"])[:N_NAMED_TOP], start=1):
                 ax.annotate(str(k), (h["n"], h["value"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
                 ranked.append(ax.plot([], [], ls="none",
                                       label=f"{k}: {campaign.names[h['mol_index']]} ({h['value']:.3g})")[0])
@@ -136,13 +141,13 @@ def convergence_figure(campaign: Campaign, plt: Any) -> Any:
     ax.set_xlabel("evaluation number (all levels and stages)")
     ax.set_ylabel(axis_label(cfg.objective))
     label = quantity(cfg.objective)[0]
-    ax.set_title(f"campaign {cfg.name}: {cfg.direction.replace('imize', 'ise')} {label}", fontsize=10)
+    ax.set_title(f"campaign {cfg.name}: {cfg.direction.replace('ize', 'ise')} {label}", fontsize=10)
     handles = [h for h in ax.get_legend_handles_labels()[0] if h not in ranked]
     if handles:  # below the axes: level names are long
         fig.legend(handles=handles, fontsize=7, loc="outside lower center")
     if ranked:
         ax.legend(handles=ranked, fontsize=7, loc="best", handlelength=0, handletextpad=0,
-                  title=f"best at {names[top]}", title_fontsize=7)
+                  title=f"best {'feasible ' if campaign.infeasible else ''}at {names[top]}", title_fontsize=7)
     return fig
 
 
@@ -202,17 +207,34 @@ def _by_molecule(campaign: Campaign) -> dict[int, dict[int, float]]:
 
 
 def results_table(campaign: Campaign, path: Path) -> Path:
-    """One row per molecule, its objective at each level, best top-level value first;
-    value columns ``<backend>_<objective>`` (the unit is the objective's suffix)."""
+    """One row per molecule, its objective at each level, best top-level value first and
+    the molecules a constraint excludes last; value columns ``<backend>_<objective>`` (the
+    unit is the objective's suffix), then each constrained value (as first reported) and
+    ``excluded_by`` (the reason, empty for a feasible molecule)."""
     cfg = campaign.cfg
     names = [b.name for b in cfg.backends]
     by_mol = _by_molecule(campaign)
+    keys = list(dict.fromkeys(c.value for c in cfg.constraints))
+    constrained: dict[int, dict[str, float]] = {}
+    if keys:
+        index_of = campaign.molecules.index_of
+        for ev in campaign.store.evaluations():
+            i = index_of.get(int(ev.molecule_id))
+            if ev.ok and ev.structure_id is None and i is not None:
+                for k in keys:
+                    if k in ev.values:
+                        constrained.setdefault(i, {}).setdefault(k, ev.values[k])
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["smiles", "name"] + [f"{n}_{cfg.objective}" for n in names])
+        w.writerow(["smiles", "name"] + [f"{n}_{cfg.objective}" for n in names] + keys
+                   + (["excluded_by"] if keys else []))
         sign = 1.0 if cfg.direction == "minimize" else -1.0
-        for i, d in sorted(by_mol.items(), key=lambda kv: sign * kv[1].get(len(names) - 1, sign * float("inf"))):
-            w.writerow([campaign.smiles[i], campaign.names[i]] + [d.get(f, "") for f in range(len(names))])
+        for i, d in sorted(by_mol.items(), key=lambda kv: (kv[0] in campaign.infeasible,
+                                                           sign * kv[1].get(len(names) - 1, sign * float("inf")))):
+            row = [campaign.smiles[i], campaign.names[i]] + [d.get(f, "") for f in range(len(names))]
+            if keys:
+                row += [constrained.get(i, {}).get(k, "") for k in keys] + [campaign.infeasible.get(i, "")]
+            w.writerow(row)
     return path
 
 

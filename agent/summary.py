@@ -348,11 +348,16 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
                                                     if s.get("spent_wall_s") is not None else ""),
         f"best          {best_line(s)}",
     ]
+    if s.get("constraints"):
+        own = ", ".join(f"{k} = {v:.4g}" for k, v in (s.get("best_constrained") or {}).items())
+        lines.append(f"constraints   {s['constraints']}" + (f"; the best has {own}" if own else ""))
     if s.get("infeasible"):
         shown = list(s["infeasible"].items())[:N_INFEASIBLE_LISTED]
         more = len(s["infeasible"]) - len(shown)
-        lines.append(f"infeasible    {len(s['infeasible'])} molecules excluded by the constraints: "
-                     + "; ".join(f"{who}: {why}" for who, why in shown) + (f"; and {more} more" if more > 0 else ""))
+        n = len(s["infeasible"])
+        lines.append(f"infeasible    {n} molecule{'s' if n != 1 else ''} excluded: "
+                     + "; ".join(f"{who}: {why}" for who, why in shown)
+                     + (f"; and {more} more (status --json lists all)" if more > 0 else ""))
     lines += structure_lines(s.get("structures") or [])
     from agent.esf_report import esf_lines
 

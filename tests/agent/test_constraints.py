@@ -43,6 +43,7 @@ def test_violation_names_the_value_the_bound_and_why():
     cons = _cfg(BODY + IP_BOUND + '[[constraints]]\nvalue = "reorg_energy_kjmol"\nmin = 1.0\n').constraints
     assert violation({"ip_gas_ev": 9.84}, cons) == "ip_gas_ev = 9.84 > 8.5 (hole injection)"
     assert violation({"ip_gas_ev": 8.5}, cons) is None  # on the bound is feasible
+    assert violation({"ip_gas_ev": 8.5004}, cons) == "ip_gas_ev = 8.5004 > 8.5 (hole injection)"  # never "8.5 > 8.5"
     assert violation({"reorg_energy_kjmol": 0.5}, cons) == "reorg_energy_kjmol = 0.5 < 1"
     assert violation({"ip_gas_ev": float("nan")}, cons) is None  # not reported: says nothing
     assert violation({}, cons) is None
@@ -66,7 +67,8 @@ def test_malformed_constraints_are_one_line_config_errors(extra, message):
 
 def test_a_constraint_on_a_value_no_backend_computes_is_refused():
     cfg = _cfg(BODY + '[[constraints]]\nvalue = "ip_gas_kjmol"\nmax = 800\n')
-    with pytest.raises(ConfigError, match="constraints.0.value: no backend of \\[\\[backends\\]\\] computes 'ip_gas_kjmol'"):
+    with pytest.raises(ConfigError, match="constraints.0.value: no backend of \\[\\[backends\\]\\] computes "
+                       "'ip_gas_kjmol'; they compute reorg_energy_kjmol, .*ip_gas_ev"):
         check_runnable(cfg)
     check_runnable(_cfg(BODY + IP_BOUND))
 
@@ -101,8 +103,27 @@ def test_an_acceptor_with_the_lowest_lambda_is_not_the_best_of_a_hole_campaign(t
     assert status.best_name in ("naphthalene", "anthracene"), status
     assert set(status.infeasible) == {"terephthalonitrile"}
     assert status.infeasible["terephthalonitrile"].startswith("ip_gas_ev = 9.") and "hole injection" in text
-    assert "infeasible    1 molecules excluded by the constraints: terephthalonitrile: ip_gas_ev = 9." in text
+    assert "infeasible    1 molecule excluded: terephthalonitrile: ip_gas_ev = 9." in text
+    assert "constraints   ip_gas_ev <= 8.5 (hole injection); the best has ip_gas_ev = " in text
     assert len(camp.store.evaluations()) == 3 and all(ev.ok for ev in camp.store.evaluations())
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agent.report import convergence_figure, results_table
+
+    rows = list(csv.DictReader(results_table(camp, tmp_path / "results.csv").open()))
+    assert rows[-1]["name"] == "terephthalonitrile" and rows[-1]["excluded_by"].startswith("ip_gas_ev = 9.")
+    assert all(not r["excluded_by"] and float(r["ip_gas_ev"]) <= 8.5 for r in rows[:-1])
+    fig = convergence_figure(camp, plt)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert fig.axes[0].get_legend().get_title().get_text() == "best feasible at xtb-reorg"
+    assert legend and not any("terephthalonitrile" in t for t in legend), legend
+    assert "minimise" in fig.axes[0].get_title()
+    plt.close(fig)
     stage = camp.molecules
     i = stage.names.index("terephthalonitrile")
     assert stage.blocked[i].all() and not stage.allowed()[i].any()  # never proposed again
