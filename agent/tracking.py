@@ -12,7 +12,8 @@ not the GenAI one) holding one run per launch of the campaign lineage: the run i
 kept in the store so ``resume`` continues the same run. Logged: the config as params;
 per told result the metrics ``best_found``, ``budget_spent_cpu_s`` (CPU seconds
 measured in the workers), ``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``
-(step = number of stored evaluations); per refit ``surrogate_holdout_mae`` and, from
+and, with ``[[constraints]]``, ``n_infeasible`` (``best_found`` is over the feasible
+molecules) (step = number of stored evaluations); per refit ``surrogate_holdout_mae`` and, from
 :data:`MIN_CALIBRATION_N` held-out top-level values on, ``surrogate_holdout_z_std``,
 ``surrogate_holdout_coverage_68`` and ``_95`` (the top level predicted with the cheaper
 values known, :meth:`~agent.surrogates.molecule_gp.MoleculeSurrogate.calibration`); the plots
@@ -255,6 +256,8 @@ class Tracker:
         best = c.best_value()
         if best is not None:
             metrics["best_found"] = best
+        if c.cfg.constraints:  # molecules a [[constraints]] bound excludes (best_found is over the others)
+            metrics["n_infeasible"] = float(len(c.infeasible))
         for name, n in c.n_by_backend.items():
             metrics[f"n_{name}"] = float(n)
         self.client.log_batch(

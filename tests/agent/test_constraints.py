@@ -99,7 +99,9 @@ def test_an_acceptor_with_the_lowest_lambda_is_not_the_best_of_a_hole_campaign(t
     # the calibrated IPs against experiment (NIST: 9.8?, 8.14, 7.44 eV) within the LOO error spread
     assert ips["terephthalonitrile"] > 9.3 and 7.9 < ips["naphthalene"] < 8.5 and 7.1 < ips["anthracene"] < 7.7
 
-    camp, status, text = _run(tmp_path / "bounded", BODY + IP_BOUND)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    camp, status, text = _run(tmp_path / "bounded", BODY.replace("enabled = false", f'enabled = true\nuri = "{uri}"\nlog_models = false')
+                              + IP_BOUND)
     assert status.best_name in ("naphthalene", "anthracene"), status
     assert set(status.infeasible) == {"terephthalonitrile"}
     assert status.infeasible["terephthalonitrile"].startswith("ip_gas_ev = 9.") and "hole injection" in text
@@ -124,6 +126,13 @@ def test_an_acceptor_with_the_lowest_lambda_is_not_the_best_of_a_hole_campaign(t
     assert legend and not any("terephthalonitrile" in t for t in legend), legend
     assert "minimise" in fig.axes[0].get_title()
     plt.close(fig)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("c").experiment_id])
+    assert run.data.params["constraints.0.value"] == "ip_gas_ev" and run.data.params["constraints.0.max"] == "8.5"
+    assert client.get_metric_history(run.info.run_id, "n_infeasible")[-1].value == 1.0
+    assert client.get_metric_history(run.info.run_id, "best_found")[-1].value == pytest.approx(status.best)
     stage = camp.molecules
     i = stage.names.index("terephthalonitrile")
     assert stage.blocked[i].all() and not stage.allowed()[i].any()  # never proposed again
