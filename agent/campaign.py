@@ -464,7 +464,7 @@ def build_stages(cfg: CampaignConfig, directory: Path) -> dict[str, Stage]:
 
 def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:
     """Summarise a campaign from its store alone (works while another process runs it)."""
-    from agent.constraints import describe, infeasible_molecules
+    from agent.constraints import constrained_values, describe, infeasible_molecules
 
     evs = store.evaluations()
     top = cfg.backends[-1].name
@@ -512,20 +512,9 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         infeasible={(mols[m]["name"] or mols[m]["smiles"]) if m in mols else str(m): why
                     for m, why in infeasible.items()},
         constraints=describe(cfg.constraints),
-        best_constrained=_constrained_values(evs, best_mol, cfg),
+        best_constrained=(constrained_values(evs, (c.value for c in cfg.constraints)).get(int(best_mol), {})
+                          if best_mol is not None else {}),
     )
-
-
-def _constrained_values(evs: list[Any], mol_id: int | None, cfg: CampaignConfig) -> dict[str, float]:
-    """The constrained values (``[[constraints]]``) of molecule ``mol_id`` as first reported."""
-    out: dict[str, float] = {}
-    keys = {c.value for c in cfg.constraints}
-    for ev in evs:
-        if mol_id is not None and ev.molecule_id == mol_id and ev.ok and ev.structure_id is None:
-            for k in keys - set(out):
-                if k in ev.values:
-                    out[k] = float(ev.values[k])
-    return out
 
 
 def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> CampaignConfig:

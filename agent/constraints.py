@@ -78,3 +78,20 @@ def infeasible_molecules(evaluations: Iterable[Any], constraints: Sequence[Const
         if reason is not None:
             out[int(ev.molecule_id)] = reason
     return out
+
+
+def constrained_values(evaluations: Iterable[Any], keys: Iterable[str]) -> dict[int, dict[str, float]]:
+    """Molecule id -> each of ``keys`` as the molecule's first successful molecule-level
+    result reports it (stored evaluations, as :func:`infeasible_molecules` reads them)."""
+    keys = list(dict.fromkeys(keys))
+    out: dict[int, dict[str, float]] = {}
+    if not keys:
+        return out
+    for ev in evaluations:
+        if ev.structure_id is not None or not ev.ok:
+            continue
+        for k in keys:
+            if k in ev.values:
+                out.setdefault(int(ev.molecule_id), {}).setdefault(k, float(ev.values[k]))
+    return out
+

@@ -62,11 +62,11 @@ def _level_of(backend: Any) -> str:
     return level_of_theory(backend)
 
 
-def _molecule_stage(store: Store, cfg: CampaignConfig, names: dict[int, tuple[str, str]],
+def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int, tuple[str, str]],
                     cif_text: bool) -> list[dict[str, Any]]:
     best: dict[int, tuple[int, Any]] = {}
     fidelity = {b.name: f for f, b in enumerate(cfg.backends)}
-    for ev in store.evaluations():
+    for ev in evaluations:
         if ev.structure_id is not None or ev.backend not in fidelity or not ev.ok:
             continue
         if LANDSCAPE_KEY not in ev.values:
@@ -185,7 +185,8 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
     wrote it (``cif_text``: every molecule-stage structure keeps its CIF text as
     ``cif_text``, for writing)."""
     names = {int(m["id"]): (m["name"] or m["smiles"], m["smiles"]) for m in store.molecules()}
-    out = propagate_lambda_warnings(_molecule_stage(store, cfg, names, cif_text)
+    evaluations = store.evaluations()
+    out = propagate_lambda_warnings(_molecule_stage(evaluations, cfg, names, cif_text)
                                     + _structure_stage(store, cfg, directory, names))
     for rec in out:
         s = rec["structures"]
@@ -200,7 +201,7 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
             rec["global_minimum"]["cif"] = str(p)
     from agent.constraints import infeasible_molecules
 
-    infeasible = infeasible_molecules(store.evaluations(), cfg.constraints)
+    infeasible = infeasible_molecules(evaluations, cfg.constraints)
     for rec in out:
         rec["infeasible"] = infeasible.get(rec["molecule_id"])
     out.sort(key=lambda r: (r["infeasible"] is not None, -r["mean"], r["source"], r["molecule_id"]))

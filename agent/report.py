@@ -217,13 +217,11 @@ def results_table(campaign: Campaign, path: Path) -> Path:
     keys = list(dict.fromkeys(c.value for c in cfg.constraints))
     constrained: dict[int, dict[str, float]] = {}
     if keys:
+        from agent.constraints import constrained_values
+
         index_of = campaign.molecules.index_of
-        for ev in campaign.store.evaluations():
-            i = index_of.get(int(ev.molecule_id))
-            if ev.ok and ev.structure_id is None and i is not None:
-                for k in keys:
-                    if k in ev.values:
-                        constrained.setdefault(i, {}).setdefault(k, ev.values[k])
+        constrained = {index_of[m]: v for m, v in constrained_values(campaign.store.evaluations(), keys).items()
+                       if m in index_of}
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["smiles", "name"] + [f"{n}_{cfg.objective}" for n in names] + keys

@@ -72,8 +72,6 @@ MAX_LEGEND_GROUPS = 9
 _EV_TO_KJMOL = 96.485
 
 
-
-
 @contextmanager
 def _quiet_cif_rounding() -> Iterator[None]:
     """A context in which pymatgen's "Issues encountered while parsing CIF" warning (it
@@ -84,6 +82,7 @@ def _quiet_cif_rounding() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Issues encountered while parsing CIF")
         yield
+
 
 class LandscapeError(ValueError):
     """A landscape that cannot be read; the message is one line."""
