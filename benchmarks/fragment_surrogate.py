@@ -12,8 +12,16 @@ for both the training set and the fit). Configurations compared in the same run:
   (``auto``, the default, keeps whichever of the other two has the lower
   leave-one-structure-out MAE).
 
+``--descriptor polar-h`` scores the same with the descriptor's donor H typed apart
+(:func:`sim_backends.fragment_terms.site_types`). A landscape smaller than ``--pool`` is
+drawn from all its structures, trained on at most half of them.
+
 This is what chose the default; the end-to-end effect on the number of DFT calculations is
 ``benchmarks/refinement.py`` (``--dimer-baselines none`` for the baseline).
+
+Prints a table per landscape and one JSON line, written to
+``benchmarks/results/fragment_surrogate.json`` (or, with non-default arguments,
+``fragment_surrogate_<changed options>.json``).
 
 Usage::
 
@@ -41,10 +49,32 @@ from rich.table import Table  # noqa: E402
 
 from sim_backends.landscape import Landscape  # noqa: E402
 from agent.surrogates.fragment_gp import FragmentDeltaModel  # noqa: E402
-from refinement import WINDOW_KJMOL, fragment_data  # noqa: E402
+from sim_backends.fragment_terms import DEFAULT_DESCRIPTOR, DESCRIPTORS  # noqa: E402
+from refinement import WINDOW_KJMOL  # noqa: E402
 
 DEFAULT_LANDSCAPES = ("data/landscapes/formic_acid_big_dft", "data/landscapes/formamide_big_dft")
 CONFIGS = ("no baselines", "rbf", "linear", "auto")
+
+
+def fragment_data(path: Path, cheap: str = "ff", expensive: str = "dft",
+                  descriptor: str = "element") -> tuple[list, dict[int, np.ndarray]] | None:
+    """The fragment terms of every structure of the landscape at ``path`` (the cheap-level
+    geometries the replay serves, the stored run's cutoff and functional) and the dimer
+    corrections delta of each (from its stored DFT dimer records); None when the landscape
+    has no fragment-DFT records."""
+    from sim_backends.fragment_terms import dimer_deltas, landscape_fragment_terms
+    from sim_backends.replay import stored_landscape
+    from sim_backends.structures import load_crystal
+
+    land = stored_landscape(str(Path(path).resolve()), cheap, expensive)
+    settings = land["fragment_settings"]
+    if settings is None:
+        return None
+    crystals = [load_crystal(cif, land["smiles"]) for cif in land["cifs"]]
+    terms = landscape_fragment_terms(crystals, settings["cutoff_A"], settings["cutoff_mode"], settings["functional"],
+                                     descriptor=descriptor)
+    deltas = {i: dimer_deltas(t, land["dimers"][sid]) for i, (sid, t) in enumerate(zip(land["ids"], terms, strict=True))}
+    return terms, deltas
 
 
 def score(terms, deltas, e_cheap, e_exp, config: str, n_train: int, pool: int, draws: int) -> tuple[float, float]:
@@ -67,40 +97,58 @@ def score(terms, deltas, e_cheap, e_exp, config: str, n_train: int, pool: int, d
     return float(np.mean(maes)), float(np.mean(dimer_maes))
 
 
+def result_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """``fragment_surrogate``, or with non-default arguments ``fragment_surrogate_<changes>``
+    (a run with other arguments never overwrites the default result)."""
+    diff = []
+    for key, value in sorted(vars(args).items()):
+        if value != parser.get_default(key):
+            val = "+".join(Path(v).name for v in value) if key == "landscape" else (
+                "+".join(map(str, value)) if isinstance(value, list) else str(value))
+            diff.append(f"{key}-{val}".replace(" ", ""))
+    return "_".join(["fragment_surrogate", *diff])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--landscape", action="append", help="fragment-DFT landscape directory (repeatable)")
     parser.add_argument("--train", type=int, default=20, help="structures trained on per draw (default 20)")
     parser.add_argument("--pool", type=int, default=50, help="drawn from this many lowest (default 50)")
     parser.add_argument("--draws", type=int, default=10, help="random training sets (default 10)")
+    parser.add_argument("--descriptor", default=DEFAULT_DESCRIPTOR, choices=DESCRIPTORS,
+                        help=f"atom typing of the dimer descriptor (default {DEFAULT_DESCRIPTOR})")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
+                        help="model configurations to score (default all; 'no baselines' is the ratio's reference)")
     args = parser.parse_args(argv)
     if not 2 <= args.train <= args.pool or args.draws < 1:
         parser.error("need 2 <= --train <= --pool and --draws >= 1")
     warnings.filterwarnings("ignore")
     console = Console()
     out: dict = {"benchmark": "fragment_surrogate", "train": args.train, "pool": args.pool,
-                 "draws": args.draws, "landscapes": {}}
+                 "draws": args.draws, "descriptor": args.descriptor, "landscapes": {}}
     for path in map(Path, args.landscape or DEFAULT_LANDSCAPES):
         land = Landscape.read(path, ["ff", "dft"])
-        data = fragment_data(path, land, "ff", console)
+        with console.status(f"{land.name}: fragment terms"):
+            data = fragment_data(path, descriptor=args.descriptor)
         if data is None:
             parser.error(f"{path}: no fragment-DFT dimer records (dft_results.jsonl, run.json)")
-        if len(land) < args.pool:
-            parser.error(f"{path}: {len(land)} structures, fewer than --pool {args.pool}")
+        pool = min(args.pool, len(land))  # a small landscape: train on at most half of it
+        train = min(args.train, pool // 2)
         e_cheap, e_exp = land.energies("ff"), land.energies("dft")
         table = Table(title=f"{land.name}: MAE on uncomputed structures within {WINDOW_KJMOL:g} kJ/mol "
-                      f"({args.train} of the {args.pool} lowest computed, {args.draws} draws)")
+                      f"({train} of the {pool} lowest computed, {args.draws} draws, {args.descriptor} descriptor)")
         for col in ("model", "structure MAE (kJ/mol)", "dimer MAE (kJ/mol)", "vs no baselines"):
             table.add_column(col)
         res = {}
-        for config in CONFIGS:
+        for config in args.configs:
             with console.status(f"{land.name}: {config}"):
-                res[config] = score(*data, e_cheap, e_exp, config, args.train, args.pool, args.draws)
+                res[config] = score(*data, e_cheap, e_exp, config, train, pool, args.draws)
+            ref = res.get("no baselines")
             table.add_row(config, f"{res[config][0]:.2f}", f"{res[config][1]:.2f}",
-                          f"{res[config][0] / res['no baselines'][0]:.2f}x")
+                          "-" if ref is None else f"{res[config][0] / ref[0]:.2f}x")
         console.print(table)
         out["landscapes"][land.name] = {
-            "n_structures": len(land),
+            "n_structures": len(land), "train": train, "pool": pool,
             **{f"mae_{c.replace(' ', '_')}_kjmol": round(v[0], 3) for c, v in res.items()},
             **{f"dimer_mae_{c.replace(' ', '_')}_kjmol": round(v[1], 3) for c, v in res.items()},
         }
@@ -108,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(line)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "fragment_surrogate.json").write_text(line + "\n")
+    (results / f"{result_name(parser, args)}.json").write_text(line + "\n")
     return out
 
 

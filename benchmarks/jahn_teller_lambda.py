@@ -24,6 +24,7 @@ writes ``benchmarks/results/jahn_teller_lambda.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -90,7 +91,8 @@ def lambda_plus(smiles: str, seed: int = 0) -> dict[str, float]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)  # no options; --help
     from sim_backends.base import process_cpu_s
     from sim_backends.mobility import EV_PER_KJMOL, marcus_rate
 

@@ -26,7 +26,11 @@ weights ``w_d`` predicts the whole landscape from far fewer structures
 Dimer descriptor: for each element pair (A, B) of the molecule and decay length lambda in
 :data:`DECAYS_A`, s = sum over intermolecular atom pairs of that type of exp(-r / lambda),
 stored as log(1 + 1000 s) (the sums span orders of magnitude). Permutation-invariant,
-continuous, and dominated by the closest contacts, as the short-range terms are.
+continuous, and dominated by the closest contacts, as the short-range terms are. With
+``descriptor="polar-h"`` the atoms are typed as a force field types them for hydrogen bonds:
+an H whose nearest atom in its molecule is N or O is "Hp" (the donor H), other H stay "H",
+so that O-H...O and C-H...O contacts get separate sums (:func:`site_types`);
+``"element"`` (:data:`DEFAULT_DESCRIPTOR`) types by element only.
 
 Dimer baselines: cheap physical estimates of the same dimer quantity, computed for every dimer
 of the landscape and given to the surrogate as extra inputs (:data:`DEFAULT_BASELINES`):
@@ -66,8 +70,38 @@ _XTB_METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 _COULOMB_KJMOL_A = 1389.35457
 
 
+#: dimer descriptor atom typing (module docstring): "element" or "polar-h"
+DESCRIPTORS = ("element", "polar-h")
+DEFAULT_DESCRIPTOR = "element"
+#: elements whose bonded H is typed "Hp" by the "polar-h" descriptor
+_POLAR_H_PARTNERS = ("N", "O")
+
+
+def site_types(symbols: list[str], positions: np.ndarray, descriptor: str = DEFAULT_DESCRIPTOR) -> list[str]:
+    """Atom types of one molecule for the dimer descriptor: the elements, and with
+    ``descriptor="polar-h"`` "Hp" for an H whose nearest other atom of the molecule is N or O.
+
+    Raises:
+        SetupError: unknown descriptor.
+    """
+    import numpy as np
+
+    if descriptor not in DESCRIPTORS:
+        raise SetupError(f"unknown dimer descriptor {descriptor!r}; known: {', '.join(DESCRIPTORS)}")
+    types = list(symbols)
+    if descriptor == "polar-h" and len(symbols) > 1:
+        pos = np.asarray(positions, dtype=float)
+        r = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+        np.fill_diagonal(r, np.inf)
+        for a, sym in enumerate(symbols):
+            if sym == "H" and symbols[int(np.argmin(r[a]))] in _POLAR_H_PARTNERS:
+                types[a] = "Hp"
+    return types
+
+
 def element_pairs(symbols: list[str]) -> list[str]:
-    """Sorted element pairs ("C-H", "H-O", ...) of a molecule, the descriptor's row labels."""
+    """Sorted type pairs ("C-H", "H-O", ...) of a molecule's atom types (elements, or
+    :func:`site_types`), the descriptor's row labels."""
     els = sorted(set(symbols))
     return [f"{a}-{b}" for k, a in enumerate(els) for b in els[k:]]
 
@@ -191,7 +225,8 @@ class _DimerBaselines:
 def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.0,
                    cutoff_mode: str = "contact", functional: str = "pbe",
                    e_d3_kjmol: float | None = None,
-                   baselines: Sequence[str] = DEFAULT_BASELINES) -> FragmentTerms:
+                   baselines: Sequence[str] = DEFAULT_BASELINES,
+                   descriptor: str = DEFAULT_DESCRIPTOR) -> FragmentTerms:
     """Cheap terms and dimer descriptors of one crystal for the fragment surrogate.
 
     Args:
@@ -203,10 +238,11 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
         e_d3_kjmol: the periodic D3 lattice term if already known (e.g. from a stored DFT
             result), else computed here (dftd3, about a second for 30 atoms).
         baselines: dimer baselines to compute (module docstring; ``()`` for none).
+        descriptor: atom typing of the dimer descriptor (:data:`DESCRIPTORS`).
 
     Raises:
         SetupError: charged molecules, molecules that differ in atom order, a functional
-            without D3(BJ) parameters, a bad cutoff, an unknown baseline.
+            without D3(BJ) parameters, a bad cutoff, an unknown baseline or descriptor.
     """
     import numpy as np
 
@@ -222,7 +258,8 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
     if e_d3_kjmol is None:
         e_d3_kjmol = d3_lattice_kjmol(crystal, functional)[0]
     symbols = crystal.atoms.get_chemical_symbols()
-    sym_mol = [symbols[a] for a in crystal.groups[0]]
+    sym_mol = site_types([symbols[a] for a in crystal.groups[0]],
+                         crystal.atoms.positions[crystal.groups[0]], descriptor)
     pairs = element_pairs(sym_mol)
     cell = crystal.atoms.cell.array
     qq = np.outer(q, q)
@@ -238,7 +275,7 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
         weights.append(mult / (2.0 * crystal.z))
         mults.append(mult)
         e_pc.append(_COULOMB_KJMOL_A * float(np.sum(qq / r)))
-        feats.append(dimer_descriptor(sym_mol, pa, [symbols[a] for a in crystal.groups[dimer.j]], pb, pairs))
+        feats.append(dimer_descriptor(sym_mol, pa, sym_mol, pb, pairs))
         base_rows.append(base(dimer.i, numbers[crystal.groups[dimer.i]], pa, dimer.j,
                               numbers[crystal.groups[dimer.j]], pb, e_pc[-1]))
     n_feat = len(pairs) * len(DECAYS_A)
@@ -256,7 +293,8 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
 
 def landscape_fragment_terms(crystals: Sequence[Crystal], cutoff_A: float, cutoff_mode: str = "contact",
                              functional: str = "pbe", progress: Callable[[], None] | None = None,
-                             baselines: Sequence[str] = DEFAULT_BASELINES) -> list[FragmentTerms]:
+                             baselines: Sequence[str] = DEFAULT_BASELINES,
+                             descriptor: str = DEFAULT_DESCRIPTOR) -> list[FragmentTerms]:
     """:func:`fragment_terms` of every structure of one landscape (one molecule), with the RESP
     charges fitted once on the first crystal (cached on disk by the charge module).
 
@@ -270,7 +308,8 @@ def landscape_fragment_terms(crystals: Sequence[Crystal], cutoff_A: float, cutof
     charges = molecule_resp_charges(crystals[0])
     out = []
     for crystal in crystals:
-        out.append(fragment_terms(crystal, charges, cutoff_A, cutoff_mode, functional, baselines=baselines))
+        out.append(fragment_terms(crystal, charges, cutoff_A, cutoff_mode, functional, baselines=baselines,
+                                  descriptor=descriptor))
         if progress is not None:
             progress()
     return out
