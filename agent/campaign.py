@@ -95,6 +95,7 @@ class Status:
     infeasible: dict[str, str] = field(default_factory=dict)
     constraints: str = ""  # the [[constraints]] bounds, one line (empty without any)
     best_constrained: dict[str, float] = field(default_factory=dict)  # the best's constrained values
+    best_constrained_level: dict[str, str] = field(default_factory=dict)  # the backend each comes from
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -464,7 +465,7 @@ def build_stages(cfg: CampaignConfig, directory: Path) -> dict[str, Stage]:
 
 def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:
     """Summarise a campaign from its store alone (works while another process runs it)."""
-    from agent.constraints import constrained_values, describe, infeasible_molecules
+    from agent.constraints import constrained_sources, describe, infeasible_molecules
 
     evs = store.evaluations()
     top = cfg.backends[-1].name
@@ -484,6 +485,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     reason = camp.stop_reason() if camp is not None else ""
     if not reason and finished:
         reason = store.get_meta("stop_reason") or "stopped (no reason recorded)"
+    best_src = (constrained_sources(evs, (c.value for c in cfg.constraints)).get(int(best_mol), {})
+                if best_mol is not None else {})
     note = ""
     if best is None:
         n_top = [ev.ok for ev in evs if ev.backend == top]
@@ -512,8 +515,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         infeasible={(mols[m]["name"] or mols[m]["smiles"]) if m in mols else str(m): why
                     for m, why in infeasible.items()},
         constraints=describe(cfg.constraints),
-        best_constrained=(constrained_values(evs, (c.value for c in cfg.constraints)).get(int(best_mol), {})
-                          if best_mol is not None else {}),
+        best_constrained={k: v[0] for k, v in best_src.items()},
+        best_constrained_level={k: v[2] for k, v in best_src.items()},
     )
 
 

@@ -9,13 +9,25 @@ it (``max`` and/or ``min``, in that value's unit), with a reason a chemist would
     max = 7.5
     why = "hole injection from gold"
 
-Contract: a molecule is infeasible as soon as any successful evaluation of it, at any
-level, reports the value outside its bounds (a value is a property of the molecule, so
-the first level that computes it decides; an evaluation that does not report the value
-says nothing). An infeasible molecule keeps its results (the surrogate still learns
-from them) but is never proposed again, never the campaign's best, never given CSP by
-the structure stage, and is listed with its reason by ``status``. A molecule without the
-value yet is feasible until a result says otherwise.
+Contract:
+
+* **Which value counts.** A molecule's value is the one its most accurate successful
+  molecule-level result reports: the highest-fidelity level that reports it (the first
+  such result if there are several). An evaluation that does not report the value says
+  nothing; a molecule without the value yet is feasible until a result says otherwise.
+* **Infeasible** = that value outside a bound. An infeasible molecule keeps its results
+  (the surrogate still learns from them) but is never the campaign's best, never given
+  CSP by the structure stage, and is listed with its reason by ``status``. A more accurate
+  level can overturn a cheaper one's verdict either way.
+* **Proposals** (the molecule stage). A backend may declare the typical error of a value
+  (``value_sd``, e.g. the IP calibration's leave-one-out RMSE). When a higher level of
+  the campaign reports the same value with a smaller error, a cheap verdict is not final:
+  the molecule's probability of lying within the bounds, p = Phi((max - v) / sd) (and the
+  same for ``min``), weights its acquisition (its cost is divided by p: expected
+  improvement times the probability of feasibility, i.e. constrained EI, Gardner et al.,
+  ICML 2014), and an infeasible molecule stays open to those levels while p >=
+  :data:`P_FEASIBLE_MIN`. Otherwise (no such level, or p below it) an infeasible molecule is
+  never proposed again, and a feasible one is weighted 1.
 """
 
 from __future__ import annotations
@@ -25,6 +37,30 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.config import ConstraintConfig
+
+#: an infeasible molecule stays open to a more accurate level that reports the constrained
+#: value while its probability of lying within the bounds is at least this (module docstring)
+P_FEASIBLE_MIN = 0.05
+
+
+def feasibility_probability(values: Mapping[str, tuple[float, float]],
+                            constraints: Sequence[ConstraintConfig]) -> float:
+    """Probability that every constrained value lies within its bounds, each value
+    normal with mean and sd ``values[key] = (value, sd)`` (sd 0: the value is exact);
+    constraints on values not in ``values`` count as met."""
+    import math
+
+    p = 1.0
+    for c in constraints:
+        if c.value not in values:
+            continue
+        v, sd = values[c.value]
+        for bound, side in ((c.max, 1.0), (c.min, -1.0)):
+            if bound is None:
+                continue
+            margin = side * (bound - v)
+            p *= (1.0 if margin >= 0 else 0.0) if sd <= 0 else 0.5 * math.erfc(-margin / (sd * math.sqrt(2.0)))
+    return p
 
 
 def violation(values: Mapping[str, Any], constraints: Sequence[ConstraintConfig]) -> str | None:
@@ -66,32 +102,41 @@ def describe(constraints: Sequence[ConstraintConfig]) -> str:
 
 def infeasible_molecules(evaluations: Iterable[Any], constraints: Sequence[ConstraintConfig]) -> dict[int, str]:
     """Molecule id -> reason, from stored evaluations (objects with ``molecule_id``,
-    ``structure_id``, ``ok`` and ``values``): the first violating molecule-level result of
-    each molecule (module docstring)."""
+    ``structure_id``, ``fidelity``, ``ok`` and ``values``): the molecules whose counted
+    values (:func:`constrained_values`) break a constraint (module docstring)."""
     out: dict[int, str] = {}
     if not constraints:
         return out
-    for ev in evaluations:
-        if ev.structure_id is not None or not ev.ok or ev.molecule_id in out:
-            continue
-        reason = violation(ev.values, constraints)
-        if reason is not None:
-            out[int(ev.molecule_id)] = reason
+    for mid, vals in constrained_values(evaluations, (c.value for c in constraints)).items():
+        if (reason := violation(vals, constraints)) is not None:
+            out[mid] = reason
     return out
 
 
-def constrained_values(evaluations: Iterable[Any], keys: Iterable[str]) -> dict[int, dict[str, float]]:
-    """Molecule id -> each of ``keys`` as the molecule's first successful molecule-level
-    result reports it (stored evaluations, as :func:`infeasible_molecules` reads them)."""
+def constrained_sources(evaluations: Iterable[Any], keys: Iterable[str]) -> dict[int, dict[str, tuple[float, int, str]]]:
+    """Molecule id -> key -> (value, fidelity, backend) of the result that counts for it:
+    the highest-fidelity successful molecule-level result that reports the key, the first
+    of those (module docstring)."""
+    import math
+
     keys = list(dict.fromkeys(keys))
-    out: dict[int, dict[str, float]] = {}
+    out: dict[int, dict[str, tuple[float, int, str]]] = {}
     if not keys:
         return out
     for ev in evaluations:
         if ev.structure_id is not None or not ev.ok:
             continue
         for k in keys:
-            if k in ev.values:
-                out.setdefault(int(ev.molecule_id), {}).setdefault(k, float(ev.values[k]))
+            v = ev.values.get(k)
+            if v is None or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+                continue
+            mol = out.setdefault(int(ev.molecule_id), {})
+            if k not in mol or int(ev.fidelity) > mol[k][1]:
+                mol[k] = (float(v), int(ev.fidelity), str(ev.backend))
     return out
 
+
+def constrained_values(evaluations: Iterable[Any], keys: Iterable[str]) -> dict[int, dict[str, float]]:
+    """Molecule id -> each of ``keys`` as the result that counts reports it
+    (:func:`constrained_sources`)."""
+    return {m: {k: v[0] for k, v in d.items()} for m, d in constrained_sources(evaluations, keys).items()}

@@ -349,7 +349,9 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         f"best          {best_line(s)}",
     ]
     if s.get("constraints"):
-        own = ", ".join(f"{k} = {v:.4g}" for k, v in (s.get("best_constrained") or {}).items())
+        src = s.get("best_constrained_level") or {}
+        own = ", ".join(f"{k} = {v:.4g}" + (f" ({src[k]})" if k in src else "")
+                        for k, v in (s.get("best_constrained") or {}).items())
         lines.append(f"constraints   {s['constraints']}" + (f"; the best has {own}" if own else ""))
     if s.get("infeasible"):
         shown = list(s["infeasible"].items())[:N_INFEASIBLE_LISTED]

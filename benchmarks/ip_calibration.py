@@ -55,31 +55,73 @@ def loo_errors(x: np.ndarray, y: np.ndarray, kind: str) -> tuple[np.ndarray, np.
     return ins, loo, c
 
 
+def level_backend(level: str):
+    """(backend, shift the backend applies, label) of ``level`` ("xtb" or "dft")."""
+    from sim_backends import reorg
+
+    if level == "xtb":
+        return reorg.XtbReorgBackend(), reorg.XTB_IP_SHIFT_EV, "GFN2-xTB"
+    return reorg.DftReorgBackend(), reorg.DFT_IP_SHIFT_EV, "B3LYP/6-31G (both states relaxed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from rich.progress import track
+    from rich.progress import Progress
     from rich.table import Table
 
     from sim_backends.base import EvalInput
-    from sim_backends.reorg import KJMOL_PER_EV, XTB_IP_SHIFT_EV, XtbReorgBackend
+    from sim_backends.reorg import KJMOL_PER_EV
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CSV with smiles, name, ie_ev")
+    ap.add_argument("--level", choices=("xtb", "dft"), default="xtb",
+                    help="xtb-reorg (default) or dft-reorg (the default expensive molecule level)")
+    ap.add_argument("--dft-budget-s", type=float, default=float("inf"),
+                    help="with --level dft: start no new molecule once this many CPU s are spent "
+                         "(molecules run cheapest first; finished ones are kept in a progress file, "
+                         "so a rerun resumes and can extend the set)")
     args = ap.parse_args(argv)
     console = Console()
     rows = list(csv.DictReader(args.data.open()))
-    backend = XtbReorgBackend()
-    names, x, y, failed, cpu = [], [], [], {}, 0.0
-    for r in track(rows, description="GFN2-xTB IPs", console=console):
-        c0 = time.process_time()
-        res = backend.evaluate(EvalInput(r["smiles"]))
-        cpu += time.process_time() - c0
-        if not res.ok:
-            failed[r["name"]] = res.reason
-            continue
-        names.append(r["name"])
-        x.append(res.values["ip_adiabatic_kjmol"] / KJMOL_PER_EV)
-        y.append(float(r["ie_ev"]))
+    backend, backend_shift, label = level_backend(args.level)
+    tag = "" if args.data.resolve() == DEFAULT_DATA.resolve() else f"_{args.data.stem}"
+    tag += "" if args.level == "xtb" else f"_{args.level}"
+    results = ROOT / "benchmarks" / "results"
+    progress_path = results / f"ip_calibration{tag}_progress.jsonl"
+    done: dict[str, dict] = {}
+    if args.level != "xtb" and progress_path.exists():
+        for line in progress_path.read_text().splitlines():
+            if line.strip() and (rec := json.loads(line)).get("version") == backend.version:
+                done[rec["smiles"]] = rec
+    rows.sort(key=lambda r: backend.cost_estimate(EvalInput(r["smiles"])))
+    names, x, y, failed, cpu, spent = [], [], [], {}, 0.0, 0.0
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"{label} IPs", total=len(rows))
+        for r in rows:
+            rec = done.get(r["smiles"])
+            if rec is None:
+                if spent >= args.dft_budget_s:
+                    bar.advance(task)
+                    continue
+                c0 = time.process_time()
+                res = backend.evaluate(EvalInput(r["smiles"]))
+                dt = time.process_time() - c0
+                rec = {"smiles": r["smiles"], "name": r["name"], "version": backend.version, "ok": res.ok,
+                       "reason": res.reason, "cpu_s": round(dt, 2),
+                       "ip_adiabatic_kjmol": res.values.get("ip_adiabatic_kjmol") if res.ok else None}
+                if args.level != "xtb":
+                    with progress_path.open("a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+            spent += rec["cpu_s"]
+            cpu += rec["cpu_s"]
+            bar.advance(task)
+            if not rec["ok"]:
+                failed[r["name"]] = rec["reason"]
+                continue
+            names.append(r["name"])
+            x.append(rec["ip_adiabatic_kjmol"] / KJMOL_PER_EV)
+            y.append(float(r["ie_ev"]))
+    not_run = len(rows) - len(names) - len(failed)
     x, y = np.asarray(x), np.asarray(y)
     fits = {}
     for kind in ("none", "shift", "affine"):
@@ -87,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         fits[kind] = {"constants": [round(v, 4) for v in c], "mae_ev": round(float(np.mean(np.abs(ins))), 3),
                       "loo_mae_ev": round(float(np.mean(np.abs(loo))), 3),
                       "loo_max_ev": round(float(np.max(np.abs(loo))), 3), "_loo": loo}
-    table = Table(title=f"GFN2-xTB adiabatic IP vs experiment ({len(x)} molecules), eV")
-    for col in ("molecule", "exp IE", "xTB Delta-SCF", "xTB + shift", "LOO error (shift)"):
+    table = Table(title=f"{label} adiabatic IP vs experiment ({len(x)} molecules), eV")
+    for col in ("molecule", "exp IE", "Delta-SCF", "+ shift", "LOO error (shift)"):
         table.add_column(col, justify="left" if col == "molecule" else "right")
-    shifted = x + XTB_IP_SHIFT_EV
+    shifted = x + backend_shift
     for i in np.argsort(y):
         table.add_row(names[i], f"{y[i]:.2f}", f"{x[i]:.2f}", f"{shifted[i]:.2f}", f"{fits['shift']['_loo'][i]:+.2f}")
     console.print(table)
-    summ = Table(title="calibrations of the GFN2-xTB IP (errors = calibrated - experiment, eV)")
+    summ = Table(title=f"calibrations of the {label} IP (errors = calibrated - experiment, eV)")
     for col in ("calibration", "constants", "MAE", "LOO MAE", "LOO max"):
         summ.add_column(col, justify="right")
     for kind, f in fits.items():
@@ -102,22 +144,24 @@ def main(argv: list[str] | None = None) -> int:
                      f"{f['loo_mae_ev']:.3f}", f"{f['loo_max_ev']:.3f}")
     console.print(summ)
     fitted = fits["shift"]["constants"][0]
-    console.print(f"backend shift XTB_IP_SHIFT_EV = {XTB_IP_SHIFT_EV:+.2f} eV; fitted here {fitted:+.3f} eV "
-                  f"({'matches' if abs(fitted - XTB_IP_SHIFT_EV) <= 0.01 else 'DIFFERS'})")
-    out = {"benchmark": "ip_calibration", "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT)
-                                                      else args.data),
-           "n_molecules": len(x), "n_failed": len(failed), "failed": failed,
-           "backend_shift_ev": XTB_IP_SHIFT_EV, "fitted_shift_ev": round(fitted, 3),
+    const = "XTB_IP_SHIFT_EV" if args.level == "xtb" else "DFT_IP_SHIFT_EV"
+    console.print(f"backend shift {const} = {backend_shift:+.2f} eV; fitted here {fitted:+.3f} eV "
+                  f"({'matches' if abs(fitted - backend_shift) <= 0.01 else 'DIFFERS'})"
+                  + (f"; {not_run} molecules not run (budget)" if not_run else ""))
+    out = {"benchmark": "ip_calibration", "level": label, "backend_version": backend.version,
+           "data": str(args.data.relative_to(ROOT) if args.data.is_relative_to(ROOT) else args.data),
+           "n_molecules": len(x), "n_failed": len(failed), "failed": failed, "n_not_run": not_run,
+           "backend_shift_ev": backend_shift, "fitted_shift_ev": round(fitted, 3),
            "mae_shift_ev": fits["shift"]["mae_ev"], "loo_mae_shift_ev": fits["shift"]["loo_mae_ev"],
            "loo_max_shift_ev": fits["shift"]["loo_max_ev"],
+           "loo_rmse_shift_ev": round(float(np.sqrt(np.mean(fits["shift"]["_loo"] ** 2))), 3),
            "loo_mae_affine_ev": fits["affine"]["loo_mae_ev"], "mae_uncalibrated_ev": fits["none"]["mae_ev"],
            "fits": {k: {kk: vv for kk, vv in f.items() if not kk.startswith("_")} for k, f in fits.items()},
-           "rows": [{"name": n, "exp_ev": float(b), "xtb_ev": round(float(a), 3),
+           "rows": [{"name": n, "exp_ev": float(b), "calc_ev": round(float(a), 3),
                      "loo_error_shift_ev": round(float(e), 3)}
                     for n, a, b, e in zip(names, x, y, fits["shift"]["_loo"])],
            "cpu_s": round(cpu, 1)}
-    tag = "" if args.data.resolve() == DEFAULT_DATA.resolve() else f"_{args.data.stem}"
-    path = ROOT / "benchmarks" / "results" / f"ip_calibration{tag}.json"
+    path = results / f"ip_calibration{tag}.json"
     line = json.dumps(out)
     path.write_text(line + "\n")
     print(line)

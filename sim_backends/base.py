@@ -177,6 +177,9 @@ class Backend(ABC):
         objective_key: the value a campaign optimises when this backend is used.
         may_be_nan: values allowed to be NaN ("not defined"); any other non-finite
             value fails the physical check.
+        value_sd: the typical error (standard deviation, the value's unit) of values that
+            are calibrated estimates of a measurable quantity, e.g. ``ip_gas_ev``; a
+            campaign's ``[[constraints]]`` read it (:mod:`agent.constraints`).
     """
 
     name: ClassVar[str]
@@ -188,6 +191,8 @@ class Backend(ABC):
     description: ClassVar[str] = ""
     #: values that may be NaN meaning "not defined here" (e.g. a gap with one minimum)
     may_be_nan: ClassVar[tuple[str, ...]] = ()
+    #: value -> its typical error (sd, the value's unit) where the backend knows it
+    value_sd: ClassVar[dict[str, float]] = {}
     #: True for backends not offered to users (self-tests, replays, fault injection)
     internal: ClassVar[bool] = False
     #: the parameters this backend reads, each with its check (:mod:`sim_backends.params`);

@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
+from sim_backends.reorg import XTB_IP_SD_EV
 from sim_backends.replay import RecordedReplay, replay_backend
 
 #: sd (kJ/mol) of force-field relative energies against fragment DFT on this project's
@@ -212,6 +213,8 @@ def landscape_values(lambda_hole_kjmol: float, rec: dict[str, Any]) -> dict[str,
 
 
 _VALUES = (OBJECTIVE, "reorg_energy_kjmol", "ip_gas_ev")
+#: the typical error of the values that estimate a measurable quantity (xtb-reorg's IP)
+_VALUE_SD = {"ip_gas_ev": XTB_IP_SD_EV}
 _LANDSCAPE_VALUES = (*_VALUES, "landscape_mobility_hole_cm2Vs", "landscape_mobility_hole_sd_cm2Vs",
                      "log10_landscape_mobility_hole_sd", "n_structures_in_window")
 
@@ -238,6 +241,7 @@ class EsfProxyBackend(Backend):
     version = "1"
     fidelity = 0
     computes: ClassVar[tuple[str, ...]] = _VALUES
+    value_sd: ClassVar[dict[str, float]] = _VALUE_SD
     objective_key = OBJECTIVE
     description = "log10 hole mobility (cm2/Vs) of a reference crystal from the GFN2-xTB lambda+"
     params_schema: ClassVar[dict[str, Any]] = {"temperature_K": check.number(0.0, 2000.0, lo_open=True),
@@ -270,6 +274,7 @@ class EsfLandscapeBackend(Backend):
     version = "1"
     fidelity = 1
     computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
+    value_sd: ClassVar[dict[str, float]] = _VALUE_SD
     objective_key = OBJECTIVE
     description = ("log10 Boltzmann-weighted Marcus hole mobility (cm2/Vs) over a CSP landscape "
                    "(W99 force field; GFN2-xTB or B3LYP/6-31G transfer integrals)")

@@ -66,6 +66,7 @@ import numpy as np
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
+from sim_backends.reorg import DFT_IP_SD_EV, XTB_IP_SD_EV
 
 _COST_COLUMN = "wall_s"
 _TEXT_COLUMNS = frozenset({"name"})
@@ -270,6 +271,9 @@ class _ReorgReplay(RecordedReplay, ReplayBackend):
 
     value_column: ClassVar[str] = ""
     cost_column: ClassVar[str] = ""
+    #: the table column of the level's adiabatic Delta-SCF IP (kJ/mol); where a row has it,
+    #: the replay reports ``ip_gas_ev`` calibrated as the real backend calibrates it
+    ip_column: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
         defaults = {"table": str(REORG_TABLE), "fidelity": self.fidelity,
@@ -280,17 +284,33 @@ class _ReorgReplay(RecordedReplay, ReplayBackend):
     def recorded_cpu_s(self, inp: EvalInput, result: EvalResult) -> float | None:
         return result.extra.get("recorded_wall_s")
 
+    def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
+        from sim_backends import reorg
+
+        values, extra = super()._evaluate(inp)
+        table, level = self._table(inp.params)
+        ip = table.get((extra["smiles"], level), {}).get(self.ip_column) if self.ip_column else None
+        if ip is not None:
+            calibrate = (reorg.gas_ionisation_energy_ev if self.estimated_as == "xtb-reorg"
+                         else reorg.dft_gas_ionisation_energy_ev)
+            values["ip_gas_ev"] = calibrate(ip)
+        return values, extra
+
 
 #: stored GFN2-xTB hole reorganisation energies (kJ/mol) of :data:`REORG_TABLE`
 ReplayXtbReorgBackend = replay_backend(
     _ReorgReplay, "replay-xtb-reorg", "replays stored GFN2-xTB lambda+ (kJ/mol) of the demo pool",
-    fidelity=0, value_column="xtb_reorg_kjmol", cost_column="xtb_wall_s", estimated_as="xtb-reorg")
+    fidelity=0, value_column="xtb_reorg_kjmol", cost_column="xtb_wall_s", estimated_as="xtb-reorg",
+    ip_column="xtb_ip_adiabatic_kjmol", computes=("reorg_energy_kjmol", "ip_gas_ev"),
+    value_sd={"ip_gas_ev": XTB_IP_SD_EV})
 #: stored B3LYP/6-31G//GFN2-xTB hole reorganisation energies (kJ/mol) of :data:`REORG_TABLE`
 #: (only part of the pool has one)
 ReplayDftReorgBackend = replay_backend(
     _ReorgReplay, "replay-dft-reorg", "replays stored B3LYP/6-31G//GFN2-xTB lambda+ (kJ/mol) of the demo pool",
     fidelity=1, value_column="dft_reorg_kjmol", cost_column="dft_wall_s", estimated_as="dft-reorg",
-    estimated_params={"functional": "b3lyp", "basis": "6-31g", "geometry": "xtb"})
+    estimated_params={"functional": "b3lyp", "basis": "6-31g", "geometry": "xtb"},
+    ip_column="dft_ip_adiabatic_kjmol", computes=("reorg_energy_kjmol", "ip_gas_ev"),
+    value_sd={"ip_gas_ev": DFT_IP_SD_EV})
 
 
 def reorg_table_values(path: Path = REORG_TABLE) -> tuple[list[str], list[float], list[float]]:

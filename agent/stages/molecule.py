@@ -10,7 +10,10 @@ Decisions:
 * a molecule whose input is invalid (setup failure) is never proposed again at any
   fidelity; one whose run failed at a fidelity is not proposed again there;
 * a molecule a result shows infeasible (``[[constraints]]``, :mod:`agent.constraints`) is
-  never proposed again and is not the best; its results still train the surrogate;
+  not the best, and is never proposed again unless a more accurate level of the campaign
+  reports the same value and may still find it within the bounds; a molecule whose
+  constrained value a more accurate level may still change is weighted by its probability
+  of feasibility (constrained EI); its results still train the surrogate;
 * with a compute budget (``max_cpu_hours``), costs are CPU seconds from one
   :class:`~agent.stages.costs.CostModel` per level, and no task is started unless its
   cost fits the budget left (spent CPU read from the store, in-flight work at its
@@ -118,6 +121,12 @@ class MoleculeStage:
         self.history: list[dict[str, Any]] = []
         #: pool index -> why the molecule is infeasible (``[[constraints]]``)
         self.infeasible: dict[int, str] = {}
+        #: pool index -> constrained value -> (value, fidelity, backend) of the result that
+        #: counts (:func:`agent.constraints.constrained_sources`)
+        self.constrained: dict[int, dict[str, tuple[float, int, str]]] = {}
+        #: pool index -> probability of feasibility still to be decided by a more accurate
+        #: level (the acquisition's weight; molecules not listed: 1)
+        self.feasibility_weight: dict[int, float] = {}
 
     def owns(self, evaluation: Evaluation) -> bool:
         return evaluation.structure_id is None and self._fidelity_of(evaluation.backend) >= 0
@@ -141,22 +150,80 @@ class MoleculeStage:
             self.cost_log_ratios[f].append(float(np.log(ev.cpu_s / self.cost_models[f].prior(inp))))
         self.done[i, f] = True
         value = ev.values.get(self.cfg.objective)
-        if ev.ok and self.cfg.constraints and i not in self.infeasible:
-            from agent.constraints import violation
-
-            if (why := violation(ev.values, self.cfg.constraints)) is not None:
-                self.infeasible[i] = why
-                self.blocked[i, :] = True
         if ev.ok and value is not None and np.isfinite(value):
             self.observations.append((i, f, float(value)))
         elif ev.reason.startswith("setup:"):
             self.blocked[i, :] = True
         else:
             self.blocked[i, f] = True
+        if self.cfg.constraints:
+            self._update_feasibility(i, ev)
         self.history.append(
             {"n": ev.id, "mol_index": i, "fidelity": f, "status": ev.status, "value": value,
              "wall_s": ev.wall_s, "cpu_s": ev.cpu_s, "best": self.best_value()}
         )
+
+    def _declared(self, backend: str) -> tuple[tuple[str, ...], int, dict[str, float]]:
+        """(computes, fidelity, value_sd) a backend declares (looked up once per name)."""
+        cache = self.__dict__.setdefault("_declared_cache", {})
+        if backend not in cache:
+            from sim_backends.registry import backend_class
+
+            try:
+                cls = backend_class(backend)
+                cache[backend] = (tuple(cls.computes), int(cls.fidelity), dict(cls.value_sd))
+            except (KeyError, ValueError):
+                cache[backend] = ((), -1, {})
+        return cache[backend]
+
+    def _value_sd(self, backend: str, key: str) -> float:
+        return float(self._declared(backend)[2].get(key, 0.0))
+
+    def _update_feasibility(self, i: int, ev: Evaluation) -> None:
+        """Keep molecule ``i``'s counted constrained values, its verdict, its acquisition
+        weight and which levels stay open to it after result ``ev`` (module docstring of
+        :mod:`agent.constraints`)."""
+        from agent.constraints import P_FEASIBLE_MIN, constrained_sources, feasibility_probability, violation
+
+        cons = self.cfg.constraints
+        if ev.ok:
+            new = constrained_sources([ev], (c.value for c in cons)).get(int(ev.molecule_id), {})
+            mine = self.constrained.setdefault(i, {})
+            for k, src in new.items():
+                if k not in mine or src[1] > mine[k][1]:
+                    mine[k] = src
+        mine = self.constrained.get(i)
+        if not mine:
+            return
+        why = violation({k: v[0] for k, v in mine.items()}, cons)
+        if why is None:
+            self.infeasible.pop(i, None)
+        else:
+            self.infeasible[i] = why
+        # the levels still open to i that report a counted value more accurately
+        open_ = ~(self.done[i] | self.blocked[i])
+        better: dict[str, list[int]] = {}
+        for k, (_, fid, backend) in mine.items():
+            sd = self._value_sd(backend, k)
+            better[k] = [lv for lv, b in enumerate(self.levels)
+                         if open_[lv] and k in self._declared(b.name)[0]
+                         and self._declared(b.name)[1] > fid and self._value_sd(b.name, k) < sd]
+        undecided = {k: (v[0], self._value_sd(v[2], k)) for k, v in mine.items() if better[k]}
+        p = feasibility_probability(undecided, cons)
+        decided_ok = violation({k: v[0] for k, v in mine.items() if not better[k]}, cons) is None
+        if not decided_ok or (why is not None and p < P_FEASIBLE_MIN):
+            self.blocked[i, :] = True
+            self.feasibility_weight.pop(i, None)
+            return
+        if why is not None:  # open only to the levels that can overturn the verdict
+            levels = set.intersection(*(set(better[k]) for k in better if better[k]))
+            for lv in range(len(self.levels)):
+                if lv not in levels:
+                    self.blocked[i, lv] = True
+        if p < 1.0:
+            self.feasibility_weight[i] = p
+        else:
+            self.feasibility_weight.pop(i, None)
 
     def step(self) -> bool:
         return False
@@ -447,11 +514,18 @@ class MoleculeStage:
                 slots = self.evaluation_share - self.n_evaluations - len(mine)
                 price = evaluation_slot_price(pair_costs, allowed, left, slots, self.levels_left(pending))
                 costs = [max(c, price) for c in costs]
+            weighted = None
+            if self.feasibility_weight:  # constrained EI: cost / probability of feasibility
+                w = np.ones(len(self.smiles))
+                for i, p in self.feasibility_weight.items():
+                    w[i] = max(p, 1e-6)
+                weighted = np.asarray(costs, dtype=float)[None, :] / w[:, None]
             picks = select_batch(
                 surrogate,
                 self.fingerprints,
                 q=n,
                 costs=costs,
+                pair_costs=weighted,
                 allowed=allowed,
                 pending=[(self.index_of[r.molecule_id], r.fidelity) for r in mine],
                 best_value=self.best_value(),

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from agent.config import ConfigError, check_runnable, parse_config
-from agent.constraints import infeasible_molecules, violation
+from agent.constraints import constrained_sources, feasibility_probability, infeasible_molecules, violation
 
 # terephthalonitrile: the lowest GFN2-xTB lambda+ of data/benchmarks/reorg_pool60_dftdft.csv
 # (3.0 kJ/mol) and a gas-phase IE near 9.8 eV; naphthalene 8.1 eV, anthracene 7.4 eV
@@ -47,11 +47,30 @@ def test_violation_names_the_value_the_bound_and_why():
     assert violation({"reorg_energy_kjmol": 0.5}, cons) == "reorg_energy_kjmol = 0.5 < 1"
     assert violation({"ip_gas_ev": float("nan")}, cons) is None  # not reported: says nothing
     assert violation({}, cons) is None
-    evs = [SimpleNamespace(molecule_id=1, structure_id=None, ok=True, values={"ip_gas_ev": 7.0}),
-           SimpleNamespace(molecule_id=2, structure_id=None, ok=False, values={}),
-           SimpleNamespace(molecule_id=2, structure_id=None, ok=True, values={"ip_gas_ev": 9.0}),
-           SimpleNamespace(molecule_id=3, structure_id="m1", ok=True, values={"ip_gas_ev": 9.0})]
+    ev = lambda mid, ok, values, fid=0, sid=None, backend="xtb-reorg": SimpleNamespace(  # noqa: E731
+        molecule_id=mid, structure_id=sid, ok=ok, values=values, fidelity=fid, backend=backend)
+    evs = [ev(1, True, {"ip_gas_ev": 7.0}), ev(2, False, {}), ev(2, True, {"ip_gas_ev": 9.0}),
+           ev(3, True, {"ip_gas_ev": 9.0}, sid="m1")]
     assert infeasible_molecules(evs, cons) == {2: "ip_gas_ev = 9 > 8.5 (hole injection)"}
+    # the most accurate level's value counts, either way; at one level the first result
+    evs += [ev(1, True, {"ip_gas_ev": 8.7}, fid=1, backend="dft-reorg"),
+            ev(2, True, {"ip_gas_ev": 8.4}, fid=1, backend="dft-reorg"),
+            ev(2, True, {"ip_gas_ev": 9.9}, fid=1, backend="dft-reorg"), ev(4, True, {"ip_gas_ev": 9.0}, fid=1)]
+    assert infeasible_molecules(evs, cons) == {1: "ip_gas_ev = 8.7 > 8.5 (hole injection)",
+                                              4: "ip_gas_ev = 9 > 8.5 (hole injection)"}
+    assert constrained_sources(evs, ["ip_gas_ev"])[2] == {"ip_gas_ev": (8.4, 1, "dft-reorg")}
+
+
+def test_feasibility_probability_is_the_normal_tail_inside_the_bounds():
+    cons = _cfg(BODY + IP_BOUND + '[[constraints]]\nvalue = "reorg_energy_kjmol"\nmin = 1.0\n').constraints
+    assert feasibility_probability({"ip_gas_ev": (8.5, 0.3)}, cons) == pytest.approx(0.5)
+    assert feasibility_probability({"ip_gas_ev": (8.8, 0.3)}, cons) == pytest.approx(0.158655, abs=1e-6)
+    assert feasibility_probability({"ip_gas_ev": (8.2, 0.3)}, cons) == pytest.approx(0.841345, abs=1e-6)
+    assert feasibility_probability({"ip_gas_ev": (8.6, 0.0)}, cons) == 0.0  # exact value: a step
+    assert feasibility_probability({"ip_gas_ev": (8.4, 0.0)}, cons) == 1.0
+    both = feasibility_probability({"ip_gas_ev": (8.5, 0.3), "reorg_energy_kjmol": (1.0, 2.0)}, cons)
+    assert both == pytest.approx(0.25)
+    assert feasibility_probability({}, cons) == 1.0
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -364,7 +364,10 @@ def test_cpu_limit_failure_is_built_like_every_executor_failure():
     inp = EvalInput("CC", params={"burn_s": 20})
     got = _evaluate_in_worker("_faulty", {}, inp, cpu_limit_s=1.0)
     assert got.status == "failed" and got.reason == "timeout: exceeded 1 CPU s", got.reason
-    assert 0.9 < got.cpu_s < 5 and got.extra == {"cpu_limit_s": 1.0}
+    # charged what it measured, about the limit: the kernel counts the limit on its precise
+    # CPU clock, os.times() on tick-sampled user/system time, which in a long-lived process
+    # (this pytest worker) can differ by a tenth of a second or more
+    assert 0.5 < got.cpu_s < 5 and got.extra == {"cpu_limit_s": 1.0}
     want = _failed_result("_faulty", inp, got.reason, got.wall_s, got.cpu_s, version="1")
     want.extra["cpu_limit_s"] = 1.0
     assert asdict(got) == asdict(want)
