@@ -88,7 +88,7 @@ def run_campaign(
         tracker = Tracker(campaign, runs_dir)
     store = campaign.store
     store.set_meta("finished", "0")
-    previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    previous = signal.getsignal(signal.SIGTERM)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -102,6 +102,8 @@ def run_campaign(
     symbol = f"{quantity(objective)[1]} ({cfg.backends[-1].name}) ="
     try:
         executor.start()
+        # after the executor: starting Ray installs its own SIGTERM handler (a stack dump)
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
         slots = min(cfg.batch_size, executor.capacity)
         store.log_event("started", slots=slots, address=executor.address or "local")
         with Progress(*columns, disable=not progress, transient=False) as bar:

@@ -69,6 +69,30 @@ def test_sigkill_then_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_with_one_line(tmp_path):
+    """``kill``, ``timeout``, SLURM and systemd send SIGTERM: the launcher (with a real local
+    Ray) stops as on Ctrl-C, with the one-line resume hint, exit 130, nothing from Ray's own
+    signal handler, and the campaign resumes to its budget."""
+    cfg = write_config(tmp_path, POOL, BODY, name="termme")
+    runs = tmp_path / "runs"
+    db_path = runs / "termme" / "store.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", str(cfg), "--runs-dir", str(runs), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while _count(db_path) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the launcher only, as `kill PID` does
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().count("\n") == 0 and "continue with `crystal-agent resume termme`" in err, err[-2000:]
+    out = cli("resume", "termme", "--runs-dir", str(runs), "--quiet", timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _count(db_path) == 10
+
+
+@pytest.mark.slow
 def test_second_launcher_refused_while_running(tmp_path):
     cfg = write_config(tmp_path, POOL, BODY, name="busy")
     runs = tmp_path / "runs"
