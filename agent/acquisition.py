@@ -41,7 +41,10 @@ on a fantasised observation at that point (kriging believer: the fantasy equals 
 posterior mean, so means stay and variances shrink). In-flight work (``pending``) is
 fantasised the same way before the first choice -- the role ``X_pending`` plays in
 BoTorch's acquisition functions -- so near-duplicates of pending or already chosen
-molecules lose value.
+molecules lose value. A level with an evaluation budget (``level_caps``) is closed for
+the rest of the batch once the batch has chosen as many of it as the budget has left;
+once the top level is closed, the cheaper levels are worth nothing (above) and the
+batch ends.
 
 Speed. Exact posterior variances cost ``O(n^2)`` per pool row. Each choice
 therefore ranks rows by cheap, valid *upper bounds* of their scores (variance given
@@ -260,6 +263,7 @@ def select_batch(
     direction: Literal["minimize", "maximize"],
     seed: int,
     pair_costs: np.ndarray | None = None,
+    level_caps: Sequence[int | None] | None = None,
 ) -> list[tuple[int, int]]:
     """Choose up to ``q`` distinct (molecule, fidelity) pairs to evaluate next.
 
@@ -278,6 +282,9 @@ def select_batch(
             e.g. a backend's size-dependent ``cost_estimate`` calibrated by measured
             wall times; replaces ``costs`` when given (a DFT calculation on a
             40-atom molecule costs far more than on a 6-atom one).
+        level_caps: optional, per fidelity, how many pairs of that level the batch
+            may choose at most (the level's evaluation budget left, in-flight work
+            counted); None: no cap.
 
     Returns:
         Up to ``q`` distinct pairs, best first. Fewer when fewer pairs are allowed.
@@ -291,6 +298,12 @@ def select_batch(
     mask = np.array(allowed, dtype=bool, copy=True)
     for i, f in pending:
         mask[int(i), int(f)] = False
+    caps = list(level_caps) if level_caps is not None else [None] * nf
+    if len(caps) != nf:
+        raise ValueError(f"level_caps must have {nf} entries, got {len(caps)}")
+    for f, cap in enumerate(caps):
+        if cap is not None and cap <= 0:
+            mask[:, f] = False
     if q == 0 or not mask.any():
         return []
     post = surrogate.pool_posterior(fps)
@@ -336,6 +349,8 @@ def select_batch(
             break
         picks.append((row, fid))
         mask[row, fid] = False
+        if caps[fid] is not None and sum(f == fid for _, f in picks) >= caps[fid]:
+            mask[:, fid] = False  # the level's budget is used up by this batch
         if len(picks) < q:
             post.add_fantasy(row, fid)
     return picks

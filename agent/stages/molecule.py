@@ -26,6 +26,11 @@ Decisions:
   evaluation costs one unit;
 * a cheaper level is only offered where the top level can still follow (its
   ``budget_evaluations`` not spent);
+* a level's ``budget_evaluations`` counts its stored results, its requests in flight
+  and the earlier requests of the same batch: a batch is what asking for its requests
+  one at a time would admit, so an ask for several at once (a synchronous batch, or
+  the first ask of a resumed campaign, when every slot is free) never asks a level for
+  more evaluations than it has left;
 * with both a compute budget and an evaluation budget (the stage's share of
   ``max_evaluations``, set by the scheduler as :attr:`MoleculeStage.evaluation_share`),
   the acquisition's cost of a task is what it uses up of the budget that binds
@@ -531,12 +536,15 @@ class MoleculeStage:
                 best_value=self.best_value(),
                 direction=self.cfg.direction,
                 seed=self.cfg.seed + self._n_stored(),
+                level_caps=self.levels_left(pending),
             )
         out = []
         for i, f in picks:
             if not allowed[i, f]:
                 raise RuntimeError(f"acquisition proposed a disallowed pair {(i, f)}")
             allowed[i, f] = False
+            if not self.allowed([*pending, *out])[i, f]:
+                continue  # the batch's earlier requests used up the level (or its top level)
             if fit is not None:
                 # the batch together must fit: each pick against what the picks before
                 # it leave (at their expected cost, as in-flight work is counted); one

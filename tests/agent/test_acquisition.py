@@ -128,6 +128,29 @@ def test_prefers_cheap_when_it_is_informative_and_top_when_it_is_not(pool):
     assert all(f == 1 for _, f in picks)
 
 
+def test_a_batch_never_takes_more_of_a_level_than_its_cap(pool):
+    """``level_caps``: a level's budget left bounds the batch's picks of it; once the top
+    level's is used, cheaper levels (whose value is the top level's to follow) are worth
+    nothing and the batch ends short of ``q``."""
+    fps, top = pool
+    n = len(fps)
+    noise = np.random.default_rng(9).normal(size=n) * 4.0
+    model, obs = fitted(fps, noise, top, 150, 40, seed=1)  # uncapped: four top-level picks
+    kwargs = dict(q=4, costs=[1.0, 5.0], allowed=allowed_for(n, obs), pending=[],
+                  best_value=best_top(obs), direction="minimize", seed=0)
+    uncapped = select_batch(model, fps, **kwargs)
+    assert [f for _, f in uncapped] == [1, 1, 1, 1]
+    assert select_batch(model, fps, level_caps=[None, 1], **kwargs) == uncapped[:1]
+    assert select_batch(model, fps, level_caps=[None, 0], **kwargs) == []
+    model, obs = fitted(fps, 0.9 * top - 4.0, top, 20, 20, seed=1)  # uncapped: four cheap picks
+    kwargs["allowed"], kwargs["best_value"] = allowed_for(n, obs), best_top(obs)
+    assert [f for _, f in select_batch(model, fps, **kwargs)] == [0, 0, 0, 0]
+    capped = select_batch(model, fps, level_caps=[2, None], **kwargs)
+    assert len(capped) == 4 and sum(f == 0 for _, f in capped) == 2
+    with pytest.raises(ValueError, match="level_caps"):
+        select_batch(model, fps, level_caps=[1], **kwargs)
+
+
 def test_pending_points_change_the_choice(pool):
     fps, top = pool
     model, obs = fitted(fps, top + 1.0, top, 80, 30, seed=3)

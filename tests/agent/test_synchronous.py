@@ -9,7 +9,8 @@ in the same order with both; the default (asynchronous) one is shown to depend o
 completion order on this same set-up, which is why the option exists. A synchronous
 campaign stopped half way and resumed from its store must continue with the decisions of
 the uninterrupted run (its stages told the results in the same order, and the molecule GP
-continuing from its last fit, which the store keeps).
+continuing from its last fit, which the store keeps), and neither run asks a level
+for more than its ``budget_evaluations`` (a batch counts its own requests).
 """
 
 from __future__ import annotations
@@ -65,10 +66,13 @@ def _decisions(camp: Campaign) -> list[tuple[str, int]]:
     return [(ev.backend, ev.molecule_id) for ev in evs]
 
 
-def _run(tmp_path, pool, name: str, sync: bool, executor, n: int = 24) -> list[tuple[str, int]]:
+def _run(tmp_path, pool, name: str, sync: bool, executor, n: int = 24,
+         extra: str = "") -> list[tuple[str, int]]:
+    """Run a new campaign to its end; ``extra`` is appended to the config (to the last
+    ``[[backends]]`` table, replay-dft-reorg)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "pool.smi").write_text("\n".join(pool) + "\n")
-    text = f'name = "{name}"\npool = "pool.smi"\n' + BODY.format(sync=str(sync).lower(), n=n)
+    text = f'name = "{name}"\npool = "pool.smi"\n' + BODY.format(sync=str(sync).lower(), n=n) + extra
     cfg = parse_config(tomllib.loads(text), base_dir=tmp_path)
     camp = Campaign.create(cfg, tmp_path / "runs")
     try:
@@ -176,4 +180,30 @@ def test_a_resumed_synchronous_campaign_makes_the_uninterrupted_runs_decisions(t
     finally:
         camp.close()
     assert len(whole) >= 20
+    assert resumed == whole
+
+
+@pytest.mark.parametrize("after", [9, 22], ids=["early", "one-dft-left"])
+def test_an_interrupted_campaign_never_exceeds_a_levels_budget(tmp_path, pool, after):
+    """The DFT level with ``budget_evaluations = 3``: the run asks for two DFT
+    evaluations in one batch when one is left (a batch of 2 with both slots free, as at
+    the first ask of any resumed campaign). Neither the uninterrupted run nor one stopped
+    (early, or just before that batch) and resumed exceeds the budget, and both make the
+    same decisions. Before the fix each such batch took both DFT evaluations (4 of 3)."""
+    from agent.runner import CampaignInterrupted
+
+    budget = "budget_evaluations = 3\n"
+    whole = _run(tmp_path / "whole", pool, "whole", True, NewestFirst(slots=2), extra=budget)
+    assert sum(b == "replay-dft-reorg" for b, _ in whole) == 3
+    with pytest.raises(CampaignInterrupted):
+        _run(tmp_path / "part", pool, "part", True, KilledAtBatch(after=after), extra=budget)
+    camp = Campaign.open("part", tmp_path / "part" / "runs")
+    try:
+        assert camp.molecules.n_by_backend["replay-dft-reorg"] == 2  # one left at resume
+        run_campaign(camp, tmp_path / "part" / "runs", executor=NewestFirst(slots=2), progress=False)
+        assert camp.molecules.n_by_backend["replay-dft-reorg"] == 3
+        assert "replay-dft-reorg budget spent" in camp.stop_reason()
+        resumed = _decisions(camp)
+    finally:
+        camp.close()
     assert resumed == whole
