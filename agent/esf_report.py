@@ -237,7 +237,7 @@ def esf_cif_path(directory: Path, rec: dict[str, Any]) -> Path | None:
 
 def _symmetrised_cif(rec: dict[str, Any], gm: dict[str, Any]) -> str:
     """The CIF a crystallographer opens (:meth:`~sim_backends.landscape.LandscapeEntry.output_cif`:
-    symmetrised, reduced cell, the molecule's formula, Z in molecules, the CSP force-field
+    symmetrised, in its output cell, the molecule's formula, Z in molecules, the CSP force-field
     lattice energy) of a molecule-stage global minimum stored as its P1 cell; the P1 text
     with a comment saying why when that cannot be written."""
     from sim_backends.landscape import LandscapeEntry
@@ -251,8 +251,11 @@ def _symmetrised_cif(rec: dict[str, Any], gm: dict[str, Any]) -> str:
 
 def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]:
     """Write each molecule-stage landscape's global minimum as a CIF (results of
-    :func:`esf_results` with ``cif_text``); its ``cif`` becomes the file path and the
-    texts are dropped from the records."""
+    :func:`esf_results` with ``cif_text``); its ``cif`` becomes the file path, its ``z`` the
+    written cell's (a record stored before landscapes kept their output cells has the search
+    cell's) and the texts are dropped from the records."""
+    from sim_backends.csp.landscape import cif_formula_units
+
     paths = []
     for rec in results:
         p = esf_cif_path(directory, rec)
@@ -261,6 +264,7 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(_symmetrised_cif(rec, gm))
             gm["cif"] = str(p)
+            gm["z"] = cif_formula_units(p, gm.get("z"))
             paths.append(p)
         for x in rec["structures"]:
             x.pop("cif_text", None)

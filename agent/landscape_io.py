@@ -25,12 +25,13 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     Into ``out_dir`` (default ``runs/<name>/structures/``), per landscape molecule:
 
     * ``<structure id>.cif`` for every structure (:func:`sim_backends.csp.landscape.crystal_cif`:
-      symmetrised, Niggli-reduced primitive cell, molecule formula, Z in molecules) with its
+      symmetrised, in the conventional cell of a centred space group, else the Niggli-reduced
+      primitive cell; molecule formula, Z in molecules of that cell) with its
       energies at every level computed (force-field lattice energy; refinement-level lattice
       energy, computed or the Delta-GP prediction with its 1-sigma; the value of every
       further energy level, e.g. F_vib, where computed);
     * ``landscape_m<molecule id>.csv``: one row per structure ranked at the highest level
-      (``rank``), columns ``id, rank, space_group, Z, density_gcm3`` then, for the CSP
+      (``rank``), columns ``id, rank, space_group, Z`` (the CIF's), ``density_gcm3`` then, for the CSP
       level and the ranking level ``L`` (backend name), ``E_<L>_kJmol_per_mol`` (lattice
       energy, kJ/mol per molecule; empty where not computed), ``dE_<L>_kJmol_per_mol``
       (relative to the lowest), for the ranking level also ``E_<L>_best_kJmol_per_mol`` /
@@ -51,7 +52,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
         The paths written (none without a structure stage or landscape).
     """
     from agent.summary import landscape_rows, level_of_theory, quantity, rank_key, structures_dir
-    from sim_backends.csp.landscape import LevelEnergy, crystal_cif
+    from sim_backends.csp.landscape import LevelEnergy, cif_formula_units, crystal_cif
 
     stage = getattr(campaign, "stage", None)
     if stage is None or not stage.landscapes:
@@ -106,7 +107,8 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                                                 structure_id=r["id"], smiles=land.smiles, energies=energies,
                                                 space_group=r["space_group"] or ""))
                 paths.append(cif_path)
-                row = [r["id"], rank[k], r["space_group"], r["z"], _fmt(r["density_gcm3"], 4),
+                row = [r["id"], rank[k], r["space_group"], cif_formula_units(cif_path, r["z"]),
+                       _fmt(r["density_gcm3"], 4),
                        _fmt(r["ff_kjmol"]), _fmt(r["ff_rel_kjmol"]),
                        _fmt(r["energy_kjmol"]) if r["computed"] else "", _fmt(r["energy_kjmol"]),
                        _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")),

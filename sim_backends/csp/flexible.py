@@ -310,9 +310,9 @@ def run_flexible_csp(
     from sim_backends.csp.conformers import (
         CONFORMER_WINDOW_DEFAULT, MAX_ROTATABLE_BONDS_DEFAULT, ConformerEnsemble, build_ensemble,
     )
-    from sim_backends.csp.dedupe import Candidate, detect_space_group, to_structure
+    from sim_backends.csp.dedupe import Candidate, to_structure
     from sim_backends.csp.intramolecular import IntramolecularModel
-    from sim_backends.csp.run import run_csp, validate_csp_arguments
+    from sim_backends.csp.run import csp_entry, run_csp, validate_csp_arguments
     from sim_backends.csp.spacegroups import get_space_group, parse_space_groups
 
     from sim_backends.csp.run import MAX_TRIALS_DEFAULT
@@ -352,7 +352,7 @@ def run_flexible_csp(
     for conf, n_k in zip(ens.conformers, shares):
         land = run_csp(conf.molecule, n_k, space_groups=[g.symbol for g in groups], seed=seed + 7919 * conf.index,
                        energy_window_kjmol=energy_window_kjmol + relax_margin_kjmol, progress=progress,
-                       charges=charges, cache_dir=cache_dir, cutoff_A=cutoff_A, **csp_kwargs)
+                       charges=charges, cache_dir=cache_dir, cutoff_A=cutoff_A, search_cells=True, **csp_kwargs)
         cpu_search += float(land.meta.get("minimise_cpu_s", 0.0)) + float(land.meta.get("trials_cpu_s", 0.0))
         n_minimised += int(land.meta.get("n_minimised", 0))
         n_converged += int(land.meta.get("n_converged", 0))
@@ -408,12 +408,9 @@ def run_flexible_csp(
                                  ens.torsions, torsion_tol_deg)
     minima, per_min = [], {}
     for k, c in enumerate(kept):
-        sym, num = detect_space_group(c.structure)
         mid = f"m{k + 1:04d}"
-        minima.append(LandscapeEntry(id=mid, energy_kjmol=c.energy_kjmol, density_gcm3=c.density_gcm3,
-                                 space_group=sym, space_group_number=num,
-                                 search_space_group=c.payload["search_space_group"], z=c.payload["z"],
-                                 multiplicity=c.multiplicity, structure=c.structure))
+        minima.append(csp_entry(mid, c.energy_kjmol, c.density_gcm3, c.structure, c.payload["z"],
+                                c.payload["search_space_group"], c.multiplicity))
         per_min[mid] = {"conformer": c.payload["conformer"], "relaxed": c.payload["relaxed"],
                         "intra_kjmol": round(float(c.payload["intra_kjmol"]), 4),
                         "torsions_deg": [round(float(t), 2) for t in c.payload["torsions_deg"]]}

@@ -6,7 +6,11 @@ in batches (one space group per batch, so Z is shared) on the executor it is giv
 itself), keeps the converged minima
 within ``energy_window_kjmol`` of the lowest one, removes duplicates, detects the
 space group of each unique minimum and returns a :class:`Landscape` (written to
-``out_dir`` when given).
+``out_dir`` when given). Each minimum is stored in its
+:func:`~sim_backends.csp.landscape.output_cell` (the conventional cell of a centred group,
+else the Niggli-reduced primitive cell, atoms as minimised) with the Z, Z' and space group
+of that cell, the ones its CIF states; the search cell (Z of the search group's general
+positions) can hold more or fewer molecules.
 
 Two protocols:
 
@@ -308,6 +312,7 @@ def run_csp(
     flexible: str = "auto",
     max_rotatable_bonds: int | None = None,
     z_prime: int | str | list[int] | None = 1,
+    search_cells: bool = False,
 ) -> Landscape:
     """Crystal structure prediction for a rigid molecule with Z' = 1 (and Z' = 2).
 
@@ -356,6 +361,10 @@ def run_csp(
         z_prime: ``1`` (default), ``2`` or ``"1,2"``: the Z' values searched. Z' = 2 runs in the
             given space groups, or without ``space_groups`` in
             :data:`~sim_backends.csp.spacegroups.ZPRIME2_SPACE_GROUPS`; rigid molecules only.
+        search_cells: keep each minimum in the cell it was minimised in (``z`` = the search
+            group's molecules per cell, the first molecule's atoms first) rather than its
+            output cell (module docstring): for callers that re-encode a minimum in its search
+            group (:func:`~sim_backends.csp.flexible.run_flexible_csp`); rigid molecules only.
 
     Returns:
         The :class:`Landscape`.
@@ -449,7 +458,7 @@ def run_csp(
         stage_meta["stage2_margin_kjmol"] = float(stage2_margin_kjmol)
         t_min = time.perf_counter() - t_start - t_trials
         t_land = time.perf_counter()
-        landscape = _build_landscape(molecule, results, energy_window_kjmol)
+        landscape = _build_landscape(molecule, results, energy_window_kjmol, search_cells)
         stage_meta["landscape_s"] = time.perf_counter() - t_land
     stage_meta["tracker_dedupe_s"] = tracker_s
     if protocol == "staged":  # counts of the trials (stage 1); stage-2 counts kept apart
@@ -629,6 +638,27 @@ def _candidates(molecule, results: list[dict], e_max: float) -> list:
     return cands
 
 
+def csp_entry(entry_id: str, energy_kjmol: float, density_gcm3: float, structure: Any, n_molecules: int,
+              search_space_group: str, multiplicity: int = 1, search_cell: bool = False) -> LandscapeEntry:
+    """A CSP minimum of ``n_molecules`` molecules in ``structure`` as a landscape entry in its
+    :func:`~sim_backends.csp.landscape.output_cell`, with that cell's space group, Z and Z';
+    ``search_cell``: kept in ``structure`` (``z`` = ``n_molecules``), the space group and Z'
+    detected in it."""
+    from sim_backends.csp.dedupe import detect_symmetry
+    from sim_backends.csp.landscape import output_cell
+
+    if search_cell:
+        sym, num, zp = detect_symmetry(structure, n_molecules)
+        z = n_molecules
+    else:
+        out = output_cell(structure, n_molecules)
+        structure, z, sym, num, zp = out.structure, out.n_molecules, out.space_group, \
+            out.space_group_number, out.z_prime
+    return LandscapeEntry(id=entry_id, energy_kjmol=energy_kjmol, density_gcm3=density_gcm3, space_group=sym,
+                          space_group_number=num, search_space_group=search_space_group, z=z,
+                          multiplicity=multiplicity, structure=structure, z_prime=zp)
+
+
 def _accumulate(total: dict[str, Any], part: dict[str, Any]) -> None:
     """Add a round's stage metadata into the run's: numbers summed, the rest kept."""
     for k, v in part.items():
@@ -638,23 +668,20 @@ def _accumulate(total: dict[str, Any], part: dict[str, Any]) -> None:
             total.setdefault(k, v)
 
 
-def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float) -> Landscape:
-    """Filter converged minima in the energy window, dedupe, detect symmetry."""
+def _build_landscape(molecule, results: list[dict], energy_window_kjmol: float,
+                     search_cells: bool = False) -> Landscape:
+    """Filter converged minima in the energy window, dedupe, detect symmetry; each minimum
+    in its output cell unless ``search_cells`` (:func:`run_csp`)."""
 
-    from sim_backends.csp.dedupe import dedupe, detect_symmetry
+    from sim_backends.csp.dedupe import dedupe
 
     n_min = sum(len(r["energy_kjmol"]) for r in results)
     n_conv = int(sum(r["converged"].sum() for r in results))
     cands = _candidates(molecule, results, _lowest(results) + energy_window_kjmol)
     unique = dedupe(cands)
-    minima = []
-    for k, c in enumerate(unique):
-        sym, num, zp = detect_symmetry(c.structure, c.payload["z"])
-        minima.append(LandscapeEntry(
-            id=f"m{k + 1:04d}", energy_kjmol=c.energy_kjmol, density_gcm3=c.density_gcm3,
-            space_group=sym, space_group_number=num,
-            search_space_group=c.payload["search_space_group"], z=c.payload["z"],
-            multiplicity=c.multiplicity, structure=c.structure, z_prime=zp))
+    minima = [csp_entry(f"m{k + 1:04d}", c.energy_kjmol, c.density_gcm3, c.structure, c.payload["z"],
+                        c.payload["search_space_group"], c.multiplicity, search_cell=search_cells)
+              for k, c in enumerate(unique)]
     meta = {"n_minimised": n_min, "n_converged": n_conv, "n_in_window": len(cands),
             "n_unique": len(minima)}
     return Landscape(getattr(molecule, "smiles", ""), minima, meta)
