@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sim_backends.csp.cli import positive_int  # argparse type, shared with the csp sub-command
+
 EXIT_USAGE = 2
 EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
@@ -42,17 +44,6 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         msg = " ".join(message.split())
         self.exit(EXIT_USAGE, f"{self.prog}: error: {msg} (see {self.prog} -h)\n")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _runs_dir(args: argparse.Namespace) -> Path:

@@ -309,7 +309,9 @@ class CampaignConfig(_Strict):
     def _unique_backends(self) -> CampaignConfig:
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
-            raise ValueError(f"backends listed twice: {names}")
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError("each backend may be listed once; repeated: "
+                             + ", ".join(f"{n} ({names.count(n)}x)" for n in twice))
         if self.lab is not None and not self.structures.enabled:
             raise ValueError("lab: needs the structure stage ([structures] enabled = true)")
         if self.lab is not None:

@@ -11,6 +11,7 @@ structure stage (``[structures] enabled = true``).
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_refine_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +56,18 @@ def run_refine_command(args: argparse.Namespace) -> int:
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
         campaign.store.log_event("refine", budget=args.budget)
+        n_before = campaign.n_evaluations
     except BaseException:
         campaign.close()
         raise
-    return _run_loop(campaign, args)
+    code = _run_loop(campaign, args)
+    if code == 0:
+        done = Campaign.open(args.name, _runs_dir(args), readonly=True)
+        try:
+            if done.n_evaluations == n_before:
+                print(f"crystal-agent: nothing refined: {done.status().stop_reason or 'nothing left to evaluate'}"
+                      + ("" if args.budget else "; `--budget N` adds structure-stage evaluations"),
+                      file=sys.stderr)
+        finally:
+            done.close()
+    return code

@@ -110,25 +110,26 @@ def convergence_figure(campaign: Campaign, plt: Any) -> Any:
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     top = len(names) - 1
     ranked: list[Any] = []  # legend entries of the named top-level results
+    excluded: list[dict[str, Any]] = []  # results of molecules a constraint excludes, any level
     for f, name in enumerate(names):
         pts = [h for h in hist if h["fidelity"] == f and h["value"] is not None and h["status"] == "ok"]
-        if pts:
-            ax.scatter([h["n"] for h in pts], [h["value"] for h in pts], s=18 if f < top else 36,
-                       color=colours[f % 4], label=f"{levels[f]} ({name}, {len(pts)})", alpha=0.8,
+        excluded += [h for h in pts if h["mol_index"] in campaign.infeasible]
+        feasible = [h for h in pts if h["mol_index"] not in campaign.infeasible]
+        if feasible:
+            ax.scatter([h["n"] for h in feasible], [h["value"] for h in feasible], s=18 if f < top else 36,
+                       color=colours[f % 4], label=f"{levels[f]} ({name}, {len(feasible)})", alpha=0.8,
                        zorder=3)
-        if f == top and pts:
+        if f == top and feasible:
             # the best few top-level results get their rank beside the point and their
             # molecule's name in the legend (names next to clustered points overlap)
             sign = 1.0 if cfg.direction == "maximize" else -1.0
-            excluded = [h for h in pts if h["mol_index"] in campaign.infeasible]
-            if excluded:  # a constraint excludes them: drawn, never ranked
-                ax.scatter([h["n"] for h in excluded], [h["value"] for h in excluded], s=60, marker="x",
-                           color="dimgrey", zorder=4, label=f"excluded by a constraint ({len(excluded)})")
-            feasible = [h for h in pts if h["mol_index"] not in campaign.infeasible]
             for k, h in enumerate(sorted(feasible, key=lambda h: -sign * h["value"])[:N_NAMED_TOP], start=1):
                 ax.annotate(str(k), (h["n"], h["value"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
                 ranked.append(ax.plot([], [], ls="none",
                                       label=f"{k}: {campaign.names[h['mol_index']]} ({h['value']:.3g})")[0])
+    if excluded:  # a constraint excludes their molecules: drawn apart, never ranked
+        ax.scatter([h["n"] for h in excluded], [h["value"] for h in excluded], s=40, marker="x",
+                   color="dimgrey", zorder=4, label=f"excluded by a constraint, any level ({len(excluded)})")
     fails = [h["n"] for h in hist if h["status"] != "ok"]
     if fails:  # not values: ticks on the top edge, in axes coordinates
         ax.plot(fails, [0.985] * len(fails), ls="none", marker="|", ms=10, color="crimson",

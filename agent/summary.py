@@ -344,8 +344,8 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         f"campaign      {s['name']}",
         f"evaluations   {s['n_evaluations']} / {s['max_evaluations']} ({s['n_failed']} failed)",
         "by backend    " + ", ".join(f"{k}: {v}" for k, v in s["n_by_backend"].items()),
-        f"CPU spent     {s['spent_cpu_s']:.1f} s" + (f" (wall {s['spent_wall_s']:.1f} s)"
-                                                    if s.get("spent_wall_s") is not None else ""),
+        f"CPU spent     {s['spent_cpu_s']:.1f} s in the tasks"
+        + (f" (their wall times add up to {s['spent_wall_s']:.1f} s)" if s.get("spent_wall_s") is not None else ""),
         f"best          {best_line(s)}",
     ]
     if s.get("constraints"):

@@ -72,10 +72,21 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
     p.add_argument("--z-prime", default="1",
                    help="Z' values searched: 1 (default), 2 or 1,2; Z'=2 (two independent molecules) "
                         "runs in the given --space-groups, or by default in P2_1/c, P-1, P2_12_12_1, P2_1")
-    p.add_argument("--top", type=int, default=15, help="rows printed in the table")
+    p.add_argument("--top", type=positive_int, default=15, help="rows printed in the table (>= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_csp_command, csp_executor_factory=executor_factory)
     return p
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (also used by ``crystal-agent``'s own options)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def run_csp_command(args: argparse.Namespace) -> int:
@@ -99,8 +110,6 @@ def run_csp_command(args: argparse.Namespace) -> int:
             raise ValueError("--workers > 1 needs a Ray executor (run it as crystal-agent csp)")
         if args.workers > (os.cpu_count() or 1) and not os.environ.get("RAY_ADDRESS"):
             raise ValueError(f"--workers {args.workers} is more than the {os.cpu_count()} CPUs here")
-        if args.top < 0:
-            raise ValueError(f"--top must be >= 0, got {args.top}")
         parse_space_groups(args.space_groups)
         parse_z_prime(args.z_prime)
         if args.out is not None:
@@ -137,10 +146,11 @@ def run_csp_command(args: argparse.Namespace) -> int:
     table = Table(title=f"CSP {escape(landscape.smiles)}: {len(landscape)} unique minima from "
                         f"{landscape.meta.get('n_trials')} trials "
                         f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{landscape.meta.get('level', FF_LEVEL)}, "
-                        f"{landscape.meta.get('charge_method')} charges")
-    for col in ("id", "E_latt (kJ/mol per molecule)", "dE (kJ/mol per molecule)", "density (g/cm3)",
-                "space group", "searched in", "Z", "Z'", "mult"):
-        table.add_column(col, justify="right")
+                        f"{landscape.meta.get('charge_method')} charges; E_latt, dE in kJ/mol per molecule, density in g/cm3")
+    for col in ("id", "E_latt", "dE", "density", "space group", "searched in", "Z", "Z'", "mult"):
+        # never truncate a space-group symbol (P2_12_1... could be No. 18 or 19)
+        table.add_column(col, justify="right", no_wrap=True, overflow="fold" if col == "id" else "ignore",
+                         min_width=len(col))
     for m in landscape.minima[: args.top]:
         table.add_row(m.id, f"{m.energy_kjmol:.2f}", f"{m.energy_kjmol - e0:.2f}",
                       f"{m.density_gcm3:.3f}", m.space_group, m.search_space_group, str(m.z),

@@ -142,3 +142,26 @@ def test_after_the_cheap_level_each_molecule_is_weighted_by_its_probability_of_f
             assert stage.feasibility_weight.get(i, 1.0) == pytest.approx(min(p, 1.0), abs=1e-9), n
     assert 0.2 < stage.feasibility_weight[idx["imidazole"]] < 0.35  # 9.29 eV, sd 0.32
     assert stage.feasibility_weight[idx["pyridine"]] > 0.85  # 8.68 eV: likely feasible, until DFT says 9.14
+
+
+def test_the_convergence_plot_draws_excluded_molecules_apart_at_every_level(run):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agent.report import convergence_figure
+
+    camp, _ = run
+    bad = set(camp.molecules.infeasible)
+    hist = [h for h in camp.history if h["status"] == "ok" and h["value"] is not None]
+    n_bad = sum(h["mol_index"] in bad for h in hist)
+    n_cheap_ok = sum(h["fidelity"] == 0 and h["mol_index"] not in bad for h in hist)
+    assert n_bad and any(h["fidelity"] == 0 and h["mol_index"] in bad for h in hist)
+    fig = convergence_figure(camp, plt)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert f"excluded by a constraint, any level ({n_bad})" in labels, labels
+    assert any(t.endswith(f"(replay-xtb-reorg, {n_cheap_ok})") for t in labels), labels
+    ranked = " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert not any(camp.molecules.names[i] in ranked for i in bad), ranked
+    plt.close(fig)

@@ -83,3 +83,9 @@ def test_full_loop_with_lab(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     n = db.execute("SELECT COUNT(*) FROM evaluations WHERE backend = 'xtb-crystal'").fetchone()[0]
     assert n == len(refined) + 1
+    assert "nothing refined" not in out.stderr
+    # without more budget there is nothing to do, and it says so in one line
+    out = cli("refine", "full", "--runs-dir", str(runs), "--quiet", timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.startswith("crystal-agent: nothing refined: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "--budget N" in out.stderr

@@ -113,7 +113,8 @@ def test_cli_table_shows_the_smiles_as_given(capsys):
     (["C=O", "--workers", "0"], "--workers must be >= 1 (1 runs in this process), got 0"),
     (["C=O", "--workers", "-2"], "--workers must be >= 1 (1 runs in this process), got -2"),
     (["C=O", "--workers", "100000"], "n_workers must be an integer"),
-    (["C=O", "--top", "-1"], "--top must be >= 0"),
+    (["C=O", "--top", "-1"], "argument --top: must be >= 1, got -1"),
+    (["C=O", "--top", "0"], "argument --top: must be >= 1, got 0"),
     (["C=O", "--max-trials", "0"], "max_trials must be a positive integer"),
     (["C=O", "--out", "FILE"], "exists and is not a directory"),
 ])
