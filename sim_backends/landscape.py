@@ -645,7 +645,7 @@ class Landscape:
         from sim_backends.csp.landscape import molecule_formula
 
         e0 = min(m.energy_kjmol for m in self.minima)
-        fig, ax = plt.subplots(figsize=(7.2, 4.4))
+        fig, ax = plt.subplots(figsize=(7.2, 4.4), layout="constrained")
         counts: dict[str, int] = {}
         for m in self.minima:
             counts[m.space_group] = counts.get(m.space_group, 0) + 1
@@ -670,12 +670,13 @@ class Landscape:
         formula = molecule_formula(m0.structure, m0.z)
         title = f"{name} ({formula})" if name else f"{formula} ({self.smiles})" if self.smiles else formula
         charges = self.meta.get("charge_method")
-        ax.set_title(f"CSP landscape of {title}: {len(self.minima)} minima, global minimum "
+        # a figure title (the axes are narrowed by the legend beside them: a title centred on
+        # them would be cut at the figure's edge)
+        fig.suptitle(f"CSP landscape of {title}: {len(self.minima)} minima, global minimum "
                      f"{e0:.1f} kJ/mol per molecule\n{self.levels[self.level_keys[0]]}"
                      + (f", {charges} charges" if charges else ""), fontsize=9)
         ax.legend(fontsize=7, frameon=False, title="space group (n)", title_fontsize=7,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
         return fig
 
 
