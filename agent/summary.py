@@ -85,6 +85,18 @@ def format_value(name: str, value: float, std: float | None = None) -> str:
     return text
 
 
+def level_caveat(backend: BackendConfig | None) -> str:
+    """The known systematic error a configured backend declares (``Backend.caveat``), or ''."""
+    if backend is None:
+        return ""
+    from sim_backends.registry import UnknownBackendError, backend_class
+
+    try:
+        return str(backend_class(backend.name).caveat)
+    except UnknownBackendError:
+        return ""
+
+
 def level_of_theory(backend: BackendConfig | None) -> str:
     """The level of a configured backend (name and params) as the backend declares it."""
     if backend is None:
@@ -133,6 +145,7 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
             "molecule_id": int(mol_id), "smiles": land.smiles,
             "name": campaign.names[idx] if idx is not None else land.smiles,
             "level": level if has_level else ff_level, "refine_level": level, "ff_level": ff_level,
+            "caveat": level_caveat(cfg.refine) if has_level else "",
             "n_structures": len(land.ids), "n_computed": len(land.computed), "n_failed": len(land.failed),
             "top": ranked[:top], "csp_sampling": sampling.get(int(mol_id)),
         })
@@ -260,6 +273,7 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
                           "cif": str(structures_dir(Path(store.path).parent) / f"{row['id']}.cif")}
         rec["top"] = sorted(top.values(), key=lambda r: r["energy_kjmol"])[:N_TOP_STRUCTURES]
         rec["level"] = level
+        rec["caveat"] = level_caveat(cfg.structures.refine)
         ids = _ids_of(store, mol_id)
         rec["n_computed"] = max(int(rec.get("n_computed") or 0), sum(sid in computed for sid in ids))
         rec["n_failed"] = max(int(rec.get("n_failed") or 0), sum(sid in failed for sid in ids))
@@ -289,6 +303,8 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
             continue
         at = rec.get("level")
         lines.append(f"  best at {at}" + ("" if rec.get("n_computed") else " (nothing refined yet)") + ":")
+        if rec.get("caveat") and rec.get("n_computed"):
+            lines.append(f"  note: {rec['caveat']}")
         for r in rec["top"]:
             if r.get("energy_kjmol") is not None:
                 e = format_value("energy_kjmol", r["energy_kjmol"],

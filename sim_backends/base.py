@@ -180,6 +180,8 @@ class Backend(ABC):
         value_sd: the typical error (standard deviation, the value's unit) of values that
             are calibrated estimates of a measurable quantity, e.g. ``ip_gas_ev``; a
             campaign's ``[[constraints]]`` read it (:mod:`agent.constraints`).
+        caveat: a known systematic error of the level (one line, with where it was
+            measured), printed beside its values by ``status`` and the run summary.
     """
 
     name: ClassVar[str]
@@ -193,6 +195,8 @@ class Backend(ABC):
     may_be_nan: ClassVar[tuple[str, ...]] = ()
     #: value -> its typical error (sd, the value's unit) where the backend knows it
     value_sd: ClassVar[dict[str, float]] = {}
+    #: a known systematic error of the level, one line, printed where its values are
+    caveat: ClassVar[str] = ""
     #: True for backends not offered to users (self-tests, replays, fault injection)
     internal: ClassVar[bool] = False
     #: the parameters this backend reads, each with its check (:mod:`sim_backends.params`);

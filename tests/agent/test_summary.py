@@ -201,3 +201,19 @@ def test_status_from_the_store_alone(campaign, capsys):
             assert land["refine_level"] == LEVEL and land["n_computed"] == len(computed)
     finally:
         camp.store.set_meta(STRUCTURE_RESULTS_META, saved)
+
+
+def test_a_level_with_a_known_bias_says_so_beside_its_structures():
+    from agent.config import BackendConfig
+    from agent.summary import level_caveat, structure_lines
+
+    caveat = level_caveat(BackendConfig(name="xtb-crystal"))
+    assert "underbinds" in caveat and "x23_xtb_crystal" in caveat
+    assert level_caveat(BackendConfig(name="csp-ff")) == ""
+    rec = {"name": "anthracene", "n_structures": 5, "n_computed": 2, "refine_level": "GFN2-xTB periodic",
+           "level": "GFN2-xTB periodic", "caveat": caveat,
+           "top": [{"id": "m1-m0001", "energy_kjmol": -79.7, "std_kjmol": 0.0, "computed": True,
+                    "space_group": "P2_1/c", "z": 2, "density_gcm3": 1.28}]}
+    lines = structure_lines([rec])
+    assert lines[2] == f"  note: {caveat}", lines
+    assert not any(line.startswith("  note:") for line in structure_lines([{**rec, "caveat": ""}]))
