@@ -4,9 +4,9 @@ heteroaromatics (data/benchmarks/reorg_ip_validation12.csv: hole reorganisation 
 adiabatic Delta-SCF IPs), with a bound on the estimated gas-phase IP.
 
 GFN2-xTB puts the azines' IPs 0.5-0.9 eV too low and the five-membered rings' too high
-(benchmarks/ip_calibration.py); B3LYP/6-31G does not. With ``ip_gas_ev <= 9.1`` a cheap
-verdict is overturned both ways: pyridine is feasible at xTB (8.68 eV) and not at DFT, and
-imidazole the reverse."""
+(benchmarks/ip_calibration.py); B3LYP/6-31G does not. With ``ip_gas_ev <= 9.12`` a cheap
+verdict is overturned both ways: pyridine is feasible at xTB (8.68 eV) and not at DFT (9.15;
+experiment 9.26), and imidazole the reverse (9.29 at xTB, 9.10 at DFT)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from agent.summary import status_lines, status_record
 from sim_backends.reorg import XTB_IP_SD_EV, dft_gas_ionisation_energy_ev, gas_ionisation_energy_ev
 
 TABLE = Path(__file__).resolve().parents[2] / "data" / "benchmarks" / "reorg_ip_validation12.csv"
-BOUND = 9.1
+BOUND = 9.12
 
 CONFIG = f"""
 name = "ip-levels"
