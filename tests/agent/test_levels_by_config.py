@@ -5,11 +5,16 @@ W99 + Ewald CSP, 6 trials in P-1, Z = 2: six atoms per cell, two minima). Nothin
 agent/ names either backend: the second level's value key (``f_vib_kjmol``) comes from
 the phonon backend's declaration, its cost prior from the backend's estimate.
 
-Measured (GFN2-xTB, unit-cell Gamma-only forces, ``force_min_width_A = 0``, to keep CI
-time): the R-3m minimum (m0001, 4.67 x 4.67 x 5.26 A) is a saddle point (2 imaginary
-modes, lowest -1.16 THz; 13 CPU s), the C2/c minimum (m0002) a true minimum: F_vib(298 K)
-26.1, ZPE 34.5 kJ/mol per molecule, 37 CPU s. With the default 9 A force supercell one
-phonon takes over 8 minutes here, too long for CI."""
+Measured (GFN2-xTB, forces of the stored cell alone at Gamma, ``force_min_width_A = 0``, to
+keep CI time): with the minima stored in their primitive cells the R-3m minimum was a saddle
+point (2 imaginary modes, lowest -1.16 THz) and the C2/c one a true minimum (F_vib(298 K) 26.1,
+ZPE 34.5 kJ/mol per molecule); stored in their conventional cells (116f1ef: twice the atoms, so
+Gamma of the cell samples a zone-boundary point of the primitive one as well) both are saddle
+points (lowest -4.08 and -2.35 THz). Either outcome is a correct report of the level, so the
+test checks what holds for both: a saddle point is a failed evaluation with its reason, a
+minimum an F_vib of the right size (the success path of real xTB phonons is
+tests/sim_backends/test_phonons.py). With the default 9 A force supercell one phonon takes
+over 8 minutes here, too long for CI."""
 
 from __future__ import annotations
 
@@ -70,7 +75,6 @@ def test_phonon_level_after_xtb_crystal_by_configuration_alone(tmp_path):
         (mol_id,) = camp.stage.landscapes
         land = camp.stage.landscapes[mol_id]
         ok = [e for e in phonon if e.ok]
-        assert ok, [(e.structure_id, e.reason) for e in phonon]  # the C2/c minimum at least
         assert {land.ids[i] for i in land.f_vib} == {e.structure_id for e in ok}
         assert {land.ids[i] for i in land.f_failed} == {e.structure_id for e in phonon if not e.ok}
         for e in phonon:

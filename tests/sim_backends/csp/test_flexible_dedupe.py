@@ -101,9 +101,9 @@ def test_small_search_keeps_the_plain_dedupe_unique_set(monkeypatch):
     seen = {}
     real = run._build_landscape
 
-    def keep_args(molecule, results, window):
+    def keep_args(molecule, results, window, *more, **kw):
         seen["args"] = (molecule, results, window)
-        return real(molecule, results, window)
+        return real(molecule, results, window, *more, **kw)
 
     monkeypatch.setattr(run, "_build_landscape", keep_args)
     mol = RigidMolecule.from_smiles("OC(=O)C(=O)O", charges="none")
