@@ -108,6 +108,8 @@ class MoleculeStage:
         self.evaluation_share: int | None = None
         # per level: log(measured / prior CPU s) of the finished tasks (the cost spread)
         self.cost_log_ratios: list[list[float]] = [[] for _ in self.levels]
+        #: backend name -> (computes, fidelity, value_sd) it declares (:meth:`_declared`)
+        self._declared_cache: dict[str, tuple[tuple[str, ...], int, dict[str, float]]] = {}
 
     # -- state --------------------------------------------------------------------------
     def restore(self, store: Store) -> None:
@@ -170,7 +172,7 @@ class MoleculeStage:
 
     def _declared(self, backend: str) -> tuple[tuple[str, ...], int, dict[str, float]]:
         """(computes, fidelity, value_sd) a backend declares (looked up once per name)."""
-        cache = self.__dict__.setdefault("_declared_cache", {})
+        cache = self._declared_cache
         if backend not in cache:
             from sim_backends.registry import backend_class
 
