@@ -25,8 +25,8 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     Into ``out_dir`` (default ``runs/<name>/structures/``), per landscape molecule:
 
     * ``<structure id>.cif`` for every structure (:func:`sim_backends.csp.landscape.crystal_cif`:
-      symmetrised, in the conventional cell of a centred space group, else the Niggli-reduced
-      primitive cell; molecule formula, Z in molecules of that cell) with its
+      symmetrised to its space group, in the ITA standard setting of its symbol; molecule
+      formula, Z in molecules of that cell, the same as the stored cell's) with its
       energies at every level computed (force-field lattice energy; refinement-level lattice
       energy, computed or the Delta-GP prediction with its 1-sigma; the value of every
       further energy level, e.g. F_vib, where computed);

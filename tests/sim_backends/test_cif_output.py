@@ -58,3 +58,60 @@ def test_stated_z_is_the_written_cells_molecule_count_and_foreign_cifs_are_not_t
     assert cif_formula_units(foreign, None) is None
     assert reported_z({"cif": str(foreign), "z": 4}) == 4
     assert reported_z({"cif": str(tmp_path / "missing.cif"), "z": 4}) == 4
+
+
+def test_nearly_orthorhombic_minimum_is_written_symmetrised_in_its_standard_setting():
+    """newuser34 #1: a campaign's thiophene global minimum (search group P2_1/c) is Pmmn at
+    0.1 A / 5 deg but was written under "Pmmn" in its computed cell, beta = 90.62 deg (spglib
+    at 0.1 A with its own angle test: P2/c). The minimiser stopped on a soft mode: the
+    structure symmetrised to Pmmn has the same force-field lattice energy (7e-5 kJ/mol
+    lower). The CIF now holds it symmetrised, in the standard setting of Pmmn (its operators
+    those of ``SpaceGroup("Pmmn")``, all angles 90 deg), with the computed volume."""
+    import re
+
+    import numpy as np
+    import torch
+    from pymatgen.core.operations import SymmOp
+    from pymatgen.io.cif import CifParser
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    from sim_backends.csp.forcefield import LatticeEnergyModel
+    from sim_backends.csp.landscape import crystal_cif, output_cell
+    from sim_backends.csp.run import load_molecule
+    from sim_backends.ff_relax import rigid_crystal
+
+    st = _read((DATA / "thiophene_near_Pmmn.cif").read_text())
+    assert st.lattice.beta == pytest.approx(90.62, abs=0.01)
+    out = output_cell(st, 2)
+    assert (out.space_group, out.n_molecules, out.z_prime) == ("Pmmn", 2, 0.25)
+    assert out.structure.lattice.beta == pytest.approx(90.62, abs=0.01)  # stored: as computed
+    text = crystal_cif(st, n_molecules=2, structure_id="m5-m0001", space_group="Pmmn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (data,) = CifParser.from_str(text).as_dict().values()
+    back = _read(text)
+    assert data["_symmetry_space_group_name_H-M"] == "Pmmn" and int(data["_cell_formula_units_Z"]) == 2
+
+    def key(op):
+        m = op.affine_matrix.copy()
+        m[:3, 3] = np.round(np.mod(m[:3, 3], 1.0), 6) % 1.0
+        return tuple(np.round(m.ravel(), 6))
+
+    assert {key(SymmOp.from_xyz_str(o)) for o in data["_symmetry_equiv_pos_as_xyz"]} == \
+        {key(o) for o in SpaceGroup("Pmmn").symmetry_ops}
+    assert back.lattice.angles == pytest.approx((90.0, 90.0, 90.0), abs=1e-6)
+    assert SpacegroupAnalyzer(back, symprec=1e-4).get_space_group_symbol() == "Pmmn"
+    assert len(back) == len(st) and back.density == pytest.approx(st.density, rel=1e-7)
+    assert re.search(r"symmetrised to Pmmn at 0.1 A", text)
+
+    molecule = load_molecule("c1ccsc1", charges="xtb", cache_dir="")
+    model = LatticeEnergyModel(molecule)
+
+    def energy(s):
+        rc = rigid_crystal([x.symbol for x in s.species], s.cart_coords, s.lattice.matrix, molecule=molecule)
+        return float(model.energy_kjmol(torch.tensor(rc.cell_A)[None], torch.tensor(rc.coords_A())[None])[0])
+
+    e_min = energy(st)
+    assert e_min == pytest.approx(-36.9295, abs=1e-3)
+    assert energy(back) == pytest.approx(e_min, abs=1e-3)
