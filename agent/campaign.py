@@ -522,10 +522,15 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
 
 def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> CampaignConfig:
     """The config kept in ``store``, validated (with ``max_evaluations`` applied first)."""
-    data = parse_toml(store.get_meta("config_toml") or "", "stored config")
+    text = store.get_meta("config_toml")
+    if not (text or "").strip():  # not a list of every missing key
+        raise ConfigError(f"campaign store {store.path.parent}: no stored config (the store is damaged); "
+                          "restore it from a backup or start a new campaign")
+    data = parse_toml(text, "stored config")
     if max_evaluations is not None:
         data["max_evaluations"] = max_evaluations
     try:
         return parse_config(data)
     except ConfigError as exc:
-        raise ConfigError(f"campaign store {store.path.parent}: stored {exc}") from None
+        raise ConfigError(lines=[f"campaign store {store.path.parent}: stored {line}"
+                                 for line in exc.lines]) from None

@@ -37,7 +37,12 @@ LAB_LANDSCAPES = ("campaign", "target_I", "x23")
 
 
 class ConfigError(ValueError):
-    """A campaign config that cannot be used; the message is one line."""
+    """A campaign config that cannot be used; the message is one line, or (``lines``, from
+    :func:`parse_config`) one line per invalid key."""
+
+    def __init__(self, message: str = "", lines: list[str] | None = None) -> None:
+        self.lines = list(lines) if lines else [message]
+        super().__init__("\n".join(self.lines) if lines else message)
 
 
 def check_name(name: object) -> str:
@@ -327,8 +332,11 @@ class CampaignConfig(_Strict):
         return self
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+#: at most this many errors of one config are listed (the rest are counted)
+MAX_LISTED_ERRORS = 20
+
+
+def _error_line(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
@@ -336,8 +344,19 @@ def _one_line(exc: ValidationError) -> str:
     elif (err["type"] != "value_error" and isinstance(err.get("input"), (bool, int, float, str))
           and len(repr(err["input"])) <= 40):
         msg += f" (got {err['input']!r})"
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{loc}: {msg}{more}"
+    return f"{loc}: {msg}"
+
+
+def _error_lines(exc: ValidationError) -> list[str]:
+    """One line per invalid key (its first error), at most :data:`MAX_LISTED_ERRORS`, so a
+    config with several mistakes is fixed in one go."""
+    lines: dict[tuple, str] = {}
+    for err in exc.errors():
+        lines.setdefault(tuple(err["loc"]), _error_line(err))
+    out = list(lines.values())
+    if len(out) > MAX_LISTED_ERRORS:
+        out = out[: MAX_LISTED_ERRORS - 1] + [f"(+{len(out) - MAX_LISTED_ERRORS + 1} more errors)"]
+    return out
 
 
 def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> CampaignConfig:
@@ -345,7 +364,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Campaign
     try:
         cfg = CampaignConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"config error: {_one_line(exc)}") from None
+        raise ConfigError(lines=[f"config error: {line}" for line in _error_lines(exc)]) from None
     if base_dir is not None and not cfg.pool.is_absolute():
         cfg = cfg.model_copy(update={"pool": (base_dir / cfg.pool).resolve()})
     return cfg

@@ -407,3 +407,24 @@ def test_huge_pool_file_refused_unread(tmp_path, capsys):
         f.truncate(300 * 1024**2)
     assert "too large" in _refused(capsys, "run", str(cfg), "--runs-dir", str(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_config_with_two_range_errors_lists_both(tmp_path, capsys, no_runner):
+    """newuser34: two range errors were reported as the first one '(+1 more)'; the second
+    was only named after the first was fixed. Every invalid key is its own line, exit 2,
+    nothing created; a stored config says the same, prefixed with its store."""
+    body = "max_cpu_hours = -1\n" + DIAG.format(n=4, timeout=10, params="{}") + "budget_evaluations = -3\n"
+    cfg = write_config(tmp_path, GOOD, body)
+    rc, _, err = _main(capsys, "run", str(cfg), "--runs-dir", str(tmp_path / "runs"))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 2, err
+    assert all(ln.startswith("crystal-agent: error: config error: ") for ln in lines)
+    assert "backends.0.budget_evaluations" in err and "(got -3)" in err
+    assert "max_cpu_hours" in err and "(got -1)" in err and "more)" not in err
+    assert not (tmp_path / "runs").exists()
+    from agent.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"name": "x", "pool": "p.smi", "objective": "n_heavy_atoms", "max_cpu_hours": -1,
+                      "max_evaluations": 0, "backends": [{"name": "diagnostic"}]})
+    assert len(info.value.lines) == 2 and str(info.value).count("\n") == 1
