@@ -148,11 +148,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     campaign = Campaign.open(args.name, _runs_dir(args), readonly=True)
     try:
-        for p in write_plots(campaign):
+        for p in write_plots(campaign, progress=_report_progress):
             print(p)
     finally:
         campaign.close()
     return 0
+
+
+def _report_progress(text: str) -> None:
+    """A slow step of ``report`` (stderr, so that stdout stays the list of files)."""
+    print(f"report: {text}", file=sys.stderr, flush=True)
 
 
 def cmd_backends(args: argparse.Namespace) -> int:

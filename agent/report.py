@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent.campaign import Campaign
 
 #: a parity plot needs at least this many points; fewer are reported in words
@@ -36,10 +38,13 @@ MIN_PARITY_POINTS = 5
 MAX_LEGEND_GROUPS = 9
 
 
-def write_plots(campaign: Campaign) -> list[Path]:
+def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = None) -> list[Path]:
     """Write the report files (and ``runs/<name>/structures/``) for ``campaign``; returns
     their paths. When the campaign holds its store's lock (a run, not a read-only
-    ``report``), the structure results are saved for ``status`` as well."""
+    ``report``), the structure results are saved for ``status`` and the corrected
+    landscapes for a later ``report`` as well (:mod:`agent.stages.corrected_cache`), so
+    that one re-fits nothing. ``progress(text)`` hears of the slow steps (fragment terms,
+    surrogate fits) when they have to be done."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,10 +62,12 @@ def write_plots(campaign: Campaign) -> list[Path]:
         paths.append(p)
     live = None
     if campaign.stage is not None:
+        campaign.stage.progress = progress
         paths += _landscape_plots(campaign, out, plt, notes)
         paths += write_campaign_structures(campaign)
         if getattr(campaign.store, "_lock_fd", None) is not None:  # the writer of this store
             live = save_structure_results(campaign)
+            campaign.stage.save_corrected()
         else:
             live = structure_results(campaign)
     paths.append(results_table(campaign, out / "results.csv"))

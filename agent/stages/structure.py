@@ -32,7 +32,7 @@ energy), and one ``structure_refit`` event per surrogate refit with its held-out
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +130,10 @@ class StructureStage:
         #: the campaign directory (set by build_stages): a level with scf_guess="learned"
         #: trains the campaign's density model file there (sim_backends/density_model.py)
         self.directory: Path | None = None
+        #: molecule id -> (fingerprint, decision model or None, result) of corrected_landscape
+        self._corrected: dict[int, tuple[str, Any, dict[str, Any]]] = {}
+        #: where the stage says what a slow step is doing (``crystal-agent report`` sets it)
+        self.progress: Callable[[str], None] | None = None
 
     @property
     def refine(self) -> StructureLevelConfig:
@@ -431,11 +435,21 @@ class StructureStage:
             from sim_backends.fragment_terms import landscape_fragment_terms
             from sim_backends.structures import crystal_from_atoms
 
+            n, done = len(land.ids), [0]
+            step = max(1, n // 10)
+
+            def tick() -> None:
+                done[0] += 1
+                if done[0] % step == 0 and done[0] < n:
+                    self._say(f"m{land.molecule_id}: fragment terms {done[0]}/{n}")
+
+            self._say(f"m{land.molecule_id}: fragment terms of {n} structures (D3, point-charge Ewald, "
+                      f"dimer baselines {', '.join(self.cfg.dimer_baselines) or 'none'}) ...")
             try:  # the Landscape's parsed structures (each CIF parsed once)
                 land.fragment = landscape_fragment_terms(
                     [crystal_from_atoms(a, land.smiles) for a in land.landscape.atoms()], settings["cutoff_A"],
                     settings["cutoff_mode"], settings["functional"],
-                    baselines=tuple(self.cfg.dimer_baselines))
+                    baselines=tuple(self.cfg.dimer_baselines), progress=tick if self.progress else None)
             except (SetupError, ValueError, RuntimeError) as exc:
                 land.fragment_error = str(exc)
         return land.fragment
@@ -484,12 +498,30 @@ class StructureStage:
         the model of the last decision when nothing was computed since, else a fresh fit;
         ``held_out_kjmol`` (leave-one-out predictions of the computed structures, None when
         the model's residuals do not cover them all) and ``loo_mae_kjmol`` (the model's own
-        figure, the one logged to MLflow per refit)."""
+        figure, the one logged to MLflow per refit). Kept while its inputs are unchanged,
+        and read from the store where the run saved it (:mod:`agent.stages.corrected_cache`),
+        so a report fits nothing twice; a copy the caller may change."""
+        from agent.stages import corrected_cache
+
         land = self.landscapes.get(molecule_id)
         if land is None or not land.computed:
             return None
-        model = land.model
-        if model is None or land.model_computed != land.computed:
+        digest = corrected_cache.fingerprint(self, land)
+        model = land.model if land.model is not None and land.model_computed == land.computed else None
+        kept = self._corrected.get(molecule_id)
+        if kept is None or kept[0] != digest or kept[1] is not model:
+            saved = None if model is not None else \
+                corrected_cache.load_saved(self.store, molecule_id, digest, land)
+            kept = (digest, model, saved if saved is not None else self._fit_corrected(land, model))
+            self._corrected[molecule_id] = kept
+        return corrected_cache.copy_result(kept[2])
+
+    def _fit_corrected(self, land: LandscapeState, model: Any) -> dict[str, Any]:
+        """:meth:`corrected_landscape` from the decision's ``model`` or (None) a fresh fit."""
+        if model is None:
+            self._fragment_terms(land)  # (says so itself when it computes them)
+            self._say(f"m{land.molecule_id}: fitting the structure surrogate on "
+                      f"{len(land.computed)} computed structures ...")
             model = self._fit_model(land, self.campaign_cfg.seed)
         mean, std = model.predict(np.arange(len(land.ids)))
         computed = np.array(sorted(land.computed))
@@ -500,3 +532,15 @@ class StructureStage:
         return {"ff_kjmol": land.ff_kjmol, "corrected_kjmol": land.ff_kjmol + mean,
                 "std_kjmol": std, "computed": computed, "held_out_kjmol": held_out,
                 "loo_mae_kjmol": model.loo_mae_kjmol}
+
+    def save_corrected(self) -> None:
+        """Save the corrected landscapes computed in this process in the store, for a
+        read-only ``report``/``status`` (:mod:`agent.stages.corrected_cache`; the lock
+        holder only)."""
+        from agent.stages import corrected_cache
+
+        corrected_cache.save(self.store, {m: (k[0], k[2]) for m, k in self._corrected.items()})
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
