@@ -37,18 +37,28 @@ planar molecule: frames with an rms distance from their best plane below 0.1 A c
 planar, so that a slightly puckered copy of a molecule gets the same sites) gets none. The
 restraint applies to heavy atoms and sites alike.
 
+Stage messages: a RESP fit that is not in the cache says what it computes, its size (atoms,
+basis functions, ESP points), a rough CPU estimate (:func:`resp_cost_estimate`) and the fast
+alternative, then the SCF cycles as they go (at most one line per :data:`PROGRESS_EVERY_S`),
+as INFO records of the logger ``sim_backends.csp.charges``; ``crystal-agent csp`` prints them
+on stderr (:func:`stage_messages`), a library caller sees them where it sends its logging.
+
 Importing this module is cheap: pyscf, tblite and rdkit are imported inside functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -69,6 +79,57 @@ SP3_LP_ANGLE_DEG = 109.47
 PLANAR_RMS_A = 0.1
 #: charge methods :func:`compute_charges` knows
 CHARGE_METHODS = ("resp", "resp-lp", "xtb")
+#: CPU seconds of the RESP SCF (RHF/6-31G*, conv_tol 1e-9, pyscf 2.14, one thread) measured
+#: for anthracene, 216 basis functions, two-electron integrals held in memory (10 cycles)
+RESP_CPU_REF_S = 32.0
+RESP_NAO_REF = 216
+#: growth of that cost with the number of basis functions: benzene (96) 1.8 s, naphthalene
+#: (156) 10.3 s, anthracene 32 s give N^3.5
+RESP_CPU_EXPONENT = 3.5
+#: extra factor when the integrals do not fit in pyscf's max_memory (direct SCF): tetracene
+#: (276 basis functions) took 261 CPU s against 75 s from the in-memory law
+RESP_DIRECT_FACTOR = 3.5
+#: at most one SCF progress line per this many seconds (wall)
+PROGRESS_EVERY_S = 15.0
+
+log = logging.getLogger(__name__)
+
+
+def resp_cost_estimate(nao: int, max_memory_mb: float = 4000.0) -> tuple[float, bool]:
+    """Rough CPU seconds of the RESP HF/6-31G* SCF for ``nao`` basis functions, and whether
+    pyscf keeps the two-electron integrals in memory (its own test: nao^4 / 1e6 MB below
+    0.95 ``max_memory``). From the measured constants above (one core of a shared 2-core
+    machine, so within a factor of ~2; the ESP integrals after it are a few % of it)."""
+    incore = nao**4 / 1e6 < 0.95 * max_memory_mb
+    cpu = RESP_CPU_REF_S * (nao / RESP_NAO_REF) ** RESP_CPU_EXPONENT
+    return (cpu if incore else cpu * RESP_DIRECT_FACTOR), incore
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@contextlib.contextmanager
+def stage_messages(stream: Any = None) -> Any:
+    """Print this module's stage messages (INFO) on ``stream`` (stderr) inside the block."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level, old_propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+        log.propagate = old_propagate
 
 
 @dataclass(frozen=True)
@@ -163,6 +224,7 @@ def pyscf_esp(
     mf = scf.RHF(mol)
     mf.conv_tol = 1e-9
     mf.max_cycle = 100
+    mf.callback = _ScfProgress()
     mf.kernel()
     if not mf.converged:
         mf = scf.newton(mf)
@@ -180,6 +242,23 @@ def pyscf_esp(
         ints = mol.intor("int1e_grids", grids=pts_bohr[start : start + chunk])  # (g, nao, nao)
         v_el[start : start + chunk] = np.einsum("gij,ij->g", ints, dm)
     return v_nuc - v_el
+
+
+class _ScfProgress:
+    """pyscf SCF callback: a progress line per cycle, at most one per PROGRESS_EVERY_S."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, env: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        grad = env.get("norm_gorb")
+        grad_text = f", |orbital gradient| {grad:.1e} (converged below ~3e-5)" if grad is not None else ""
+        log.info("charges: SCF cycle %d (usually 8-12 in all)%s, %s elapsed",
+                 int(env.get("cycle", 0)) + 1, grad_text, _duration(now - self.start))
 
 
 def fit_restrained_charges(
@@ -444,7 +523,11 @@ def compute_charges(
     if method == "xtb":
         fit = xtb_charges(symbols, xyz, classes)
     else:
+        _announce_resp(symbols, xyz, cache_key, path)
+        t0 = time.process_time()
         fit = resp_charges(symbols, xyz, classes, lone_pairs=method == "resp-lp")
+        log.info("charges: RESP fit done in %s CPU (relative ESP error %.3f)",
+                 _duration(time.process_time() - t0), fit.rrms)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -458,3 +541,26 @@ def compute_charges(
         tmp.write_text(json.dumps(record, allow_nan=True))
         os.replace(tmp, path)
     return fit
+
+
+def _announce_resp(symbols: Sequence[str], xyz: np.ndarray, cache_key: str, path: Path | None) -> None:
+    """The stage line of a RESP fit (module docstring), before it starts."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    from collections import Counter
+
+    from pyscf import gto
+
+    mol = gto.M(atom=[(s, tuple(x)) for s, x in zip(symbols, xyz)], basis="6-31g*", unit="Angstrom", verbose=0)
+    counts = Counter(symbols)
+    formula = "".join(f"{el}{counts[el] if counts[el] > 1 else ''}"
+                      for el in sorted(counts, key=lambda e: (e != "C", e != "H", e)))
+    cpu, incore = resp_cost_estimate(mol.nao, mol.max_memory)
+    n_points = len(esp_grid(symbols, xyz))
+    where = f"cached in {path.parent}: a rerun of this molecule skips it" if path is not None else "not cached"
+    log.info("charges: RESP fit to the %s electrostatic potential (pyscf) of %s%s: %d atoms, %d basis functions, "
+             "%d ESP points; estimated ~%s CPU (x2 either way%s)",
+             RESP_LEVEL, formula, f" ({cache_key})" if cache_key else "", len(symbols), mol.nao, n_points,
+             _duration(cpu), "" if incore else "; integrals too large for memory, recomputed every cycle")
+    log.info("charges: the fit is %s; much faster, less accurate: --charges xtb (GFN2-xTB Mulliken "
+             "charges, seconds)", where)

@@ -46,21 +46,24 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
     p.add_argument("--n-trials", type=int, default=DEFAULT_TRIAL_BUDGET,
                    help=f"trial budget (default {DEFAULT_TRIAL_BUDGET:,}); converged sampling may stop earlier")
     p.add_argument("--sampling", choices=("converged", "fixed"), default="converged",
-                   help="converged: trials in rounds until the low-energy region of every space group "
-                        "is converged or the budget is spent; fixed: all --n-trials, split evenly")
+                   help="converged (default): trials in rounds until the low-energy region of every space "
+                        "group is converged or the budget is spent; fixed: all --n-trials, split evenly")
     p.add_argument("--space-groups", default=None,
                    help="comma-separated, e.g. P2_1/c,P-1 (default: ten common groups)")
-    p.add_argument("--out", default=None, help="directory for landscape.csv, CIFs, plot")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None,
+                   help="directory for landscape.csv, CIFs, plot and run.json (default: none; without "
+                        "--out nothing is written, the results are only printed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Sobol trial sequences (>= 0, default 0)")
     p.add_argument("--charges", choices=("resp", "resp-lp", "xtb"), default=None,
                    help="point charges: RESP fit to the HF/6-31G* ESP (pyscf), the same with lone-pair "
                         "sites (resp-lp), or GFN2-xTB (default: resp for a rigid molecule, xtb for a "
-                        "flexible one)")
+                        "flexible one). RESP takes minutes for a larger molecule (~15 CPU min for "
+                        "C26H16); xtb seconds. Charges are cached per molecule")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel Ray workers (CPUs of an embedded Ray; with RAY_ADDRESS set, tasks go "
-                        "to that cluster); 1: in this process")
+                        "to that cluster); 1 (default): in this process")
     p.add_argument("--energy-window", type=float, default=20.0,
-                   help="keep minima within this many kJ/mol of the lowest")
+                   help="keep minima within this many kJ/mol (per molecule) of the lowest (default 20)")
     p.add_argument("--max-trials", type=int, default=None,
                    help="raise the upper limit of --n-trials (default 200,000; memory grows with it)")
     p.add_argument("--flexible", choices=("auto", "rigid", "always"), default="auto",
@@ -72,7 +75,7 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
     p.add_argument("--z-prime", default="1",
                    help="Z' values searched: 1 (default), 2 or 1,2; Z'=2 (two independent molecules) "
                         "runs in the given --space-groups, or by default in P2_1/c, P-1, P2_12_12_1, P2_1")
-    p.add_argument("--top", type=positive_int, default=15, help="rows printed in the table (>= 1)")
+    p.add_argument("--top", type=positive_int, default=15, help="rows printed in the table (>= 1, default 15)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_csp_command, csp_executor_factory=executor_factory)
     return p
@@ -114,7 +117,9 @@ def run_csp_command(args: argparse.Namespace) -> int:
         parse_z_prime(args.z_prime)
         if args.out is not None:
             _check_out_dir(Path(args.out))
-        with (factory or _in_process)(args.workers) as executor:
+        from sim_backends.csp.charges import stage_messages
+
+        with stage_messages(), (factory or _in_process)(args.workers) as executor:
             landscape = run_csp(
                 args.molecule, args.n_trials, space_groups=args.space_groups, seed=args.seed,
                 energy_window_kjmol=args.energy_window, out_dir=args.out,

@@ -152,3 +152,40 @@ def test_rotatable_count_rule():
               ["OC(=O)C(=O)O", "c1ccccc1-c1ccccc1", "CCCC", "CC(=O)NC", "OCCO"]}
     assert counts == {"OC(=O)C(=O)O": 0, "c1ccccc1-c1ccccc1": 1, "CCCC": 1, "CC(=O)NC": 0,
                       "OCCO": 1}
+
+
+def test_resp_fit_says_what_it_computes_its_size_estimate_and_the_fast_option(tmp_path, caplog, monkeypatch):
+    """newuser34: a RESP fit of a large molecule ran for minutes without a word. A fit that
+    is not cached announces itself (level, atoms, basis functions, ESP points, a CPU
+    estimate, the cache, --charges xtb), reports its SCF cycles when slow, and says when it
+    is done; a cached one says nothing."""
+    import logging
+
+    monkeypatch.setattr(charges_mod, "PROGRESS_EVERY_S", 0.0)  # every SCF cycle
+    symbols = ["O", "H", "H"]
+    xyz = np.array([[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    with caplog.at_level(logging.INFO, logger="sim_backends.csp.charges"):
+        charges_mod.compute_charges(symbols, xyz, "resp", [0, 1, 1], tmp_path, cache_key="O")
+    lines = [r.getMessage() for r in caplog.records]
+    stage = lines[0]
+    for needle in ("RESP fit", "HF/6-31G*", "H2O (O)", "3 atoms", "18 basis functions", "ESP points",
+                   "estimated ~", "CPU"):
+        assert needle in stage, stage
+    assert f"cached in {tmp_path}" in lines[1] and "--charges xtb" in lines[1]
+    assert any("SCF cycle 1 " in ln for ln in lines) and lines[-1].startswith("charges: RESP fit done in")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sim_backends.csp.charges"):
+        charges_mod.compute_charges(symbols, xyz, "resp", [0, 1, 1], tmp_path, cache_key="O")
+    assert caplog.records == []
+
+
+def test_resp_cost_estimate_follows_the_measured_sizes():
+    """The estimate reproduces the CPU seconds it was made from (module constants) and
+    switches to direct SCF where pyscf does (nao^4/1e6 MB above 0.95 max_memory)."""
+    est = charges_mod.resp_cost_estimate
+    assert est(96)[0] == pytest.approx(1.8, rel=0.1) and est(156)[0] == pytest.approx(10.3, rel=0.1)
+    assert est(216) == (pytest.approx(32.0), True)
+    cpu, incore = est(276)
+    assert not incore and cpu == pytest.approx(261, rel=0.1)
+    assert est(396)[0] > 600  # hexacene, C26H16: many minutes (newuser34 killed it after 8)
+    assert est(276, max_memory_mb=8000)[1]

@@ -242,3 +242,19 @@ def test_recovers_experimental_urea_from_smiles():
     # which leaves its subgroup P2_12_12 (18) -- both contain the searched P2_1
     assert minimum.space_group_number in (18, 113)
     assert np.isfinite(minimum.energy_kjmol) and minimum.energy_kjmol < -60.0
+
+
+def test_cli_announces_the_resp_fit_on_stderr(capsys, tmp_path, monkeypatch):
+    """newuser34: `csp` of hexacene printed nothing for 8 minutes (the RESP fit). The CLI
+    now says what it computes, how large, a CPU estimate and `--charges xtb`, on stderr
+    (a non-terminal too); a second run finds the charges in the cache and says nothing."""
+    from agent.cli import main
+
+    monkeypatch.setenv("CRYSTAL_AGENT_CACHE", str(tmp_path))
+    args = ["csp", "O", "--n-trials", "2", "--space-groups", "P1", "--sampling", "fixed", "--json"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "charges: RESP fit to the HF/6-31G* electrostatic potential" in err and "basis functions" in err
+    assert "estimated ~" in err and "--charges xtb" in err and f"cached in {tmp_path}" in err
+    assert main(args) == 0
+    assert "charges:" not in capsys.readouterr().err
