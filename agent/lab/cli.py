@@ -35,13 +35,19 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("serve", help="run the reference lab server (simulated robot)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--db", default="runs/lab_server.sqlite", help="SQLite file of the experiment queue")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free port, printed)")
+    p.add_argument("--db", default="runs/lab_server.sqlite", help="SQLite file of the experiment queue (default runs/lab_server.sqlite)")
     p.add_argument("--token-file", default=None, help="file with the bearer token (else $CRYSTAL_AGENT_LAB_TOKEN)")
     p.add_argument("--structures", default=None, help="folder of CIFs + energies.csv (default: reference target I landscape)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise", default="default", choices=("low", "default", "anisotropic", "high"))
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the simulated lab (default 0): with the request id it fixes every draw "
+                        "of an experiment (which form crystallises, failures, measurement noise)")
+    p.add_argument("--noise", default="default", choices=("low", "default", "anisotropic", "high"),
+                   help="PXRD measurement effects of the simulated robot (thermal expansion, zero shift, "
+                        "peak width, texture, background, counting noise): low, default (the default), "
+                        "anisotropic (per-axis expansion up to 5 %%, stronger texture) or high")
 
     p = sub.add_parser("approve", help="approve held lab requests so they are sent to the lab")
     p.add_argument("name", nargs="?", help="request id to approve")
