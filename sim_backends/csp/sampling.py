@@ -200,8 +200,9 @@ class ConvergenceTracker:
             converged = False
             n_rare = sum(k < c.min_count for k in counts)
             reason = (f"{n_rare} of {len(low)} low-energy minima found fewer than {c.min_count} times; "
-                      + (f"{rate:.3f} new per trial over the last {over} trials"
-                         if over >= c.rate_trials else f"rate not yet measurable ({over} trials)"))
+                      + (f"{rate:.3f} new per trial over the last {over} trials (>= {c.max_new_rate:g})"
+                         if over >= c.rate_trials else
+                         f"the rate test needs {c.rate_trials} trials, {over} so far"))
         return {"n_trials": n, "n_rounds": len(self.groups[g].round_trials), "n_low_minima": len(low),
                 "counts": counts, "low_energies_kjmol": [round(t.cand.energy_kjmol, 4) for t in low],
                 "min_count": min(counts) if counts else None,
@@ -263,11 +264,11 @@ def convergence_lines(conv: dict[str, Any]) -> list[str]:
     for g, s in conv.get("per_space_group", {}).items():
         counts = s.get("counts") or []
         shown = ",".join(str(k) for k in counts[:8]) + (",..." if len(counts) > 8 else "")
-        rate = s.get("new_low_rate_per_trial")
+        rate, over = s.get("new_low_rate_per_trial"), s.get("rate_over_trials")
+        rate_text = "-" if rate is None else f"{rate:.3f}/trial" + (f" over the last {over} trials" if over else "")
         lines.append(f"  {g:<11} {s['n_trials']:>6} trials, {s['n_low_minima']:>3} minima within "
                      f"{c.get('window_kjmol', '?')} kJ/mol (found x{shown or '-'}), new-minima rate "
-                     f"{'-' if rate is None else f'{rate:.3f}'}/trial: "
-                     f"{'converged' if s['converged'] else 'NOT converged'} ({s['reason']})")
+                     f"{rate_text}: {'converged' if s['converged'] else 'NOT converged'} ({s['reason']})")
     if conv.get("stopped_by") == "budget" and not conv.get("converged"):
         n_bad = sum(not s["converged"] for s in conv.get("per_space_group", {}).values())
         lines.append(f"WARNING: the trial budget ended the search before the low-energy region converged "

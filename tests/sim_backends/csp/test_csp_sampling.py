@@ -150,3 +150,22 @@ def test_sampling_setting_is_validated():
         run_csp("O=C=O", 4, sampling="adaptive", progress=False)
     with pytest.raises(ValueError, match="unknown convergence setting"):
         run_csp("O=C=O", 4, convergence={"k": 3}, progress=False, charges="xtb")
+
+
+def test_convergence_line_does_not_contradict_itself_below_the_rate_window():
+    """newuser34: 'new-minima rate 0.259/trial: NOT converged (... rate not yet measurable
+    (158 trials))'. A rate over fewer trials than the rate test needs is shown with the
+    trials it was measured over, and the reason says the test needs more, not that there
+    is no rate."""
+    from sim_backends.csp.sampling import ConvergenceCriteria, ConvergenceTracker, convergence_lines
+
+    crit = ConvergenceCriteria(window_kjmol=5.0, min_count=5, max_new_rate=0.01, rate_trials=20,
+                               min_trials=10, round_trials=10)
+    tr = ConvergenceTracker(["A"], crit)
+    tr.add_round({"A": 10}, {"A": [_cand(4.0, -10.0), _cand(4.5, -9.0), _cand(5.0, -8.0)]})
+    s = tr.status("A")
+    assert not s["converged"] and s["new_low_rate_per_trial"] == pytest.approx(0.3)
+    assert "not yet measurable" not in s["reason"]
+    assert "the rate test needs 20 trials, 10 so far" in s["reason"]
+    (line,) = convergence_lines(tr.summary())
+    assert "new-minima rate 0.300/trial over the last 10 trials: NOT converged" in line, line
