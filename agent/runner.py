@@ -33,6 +33,52 @@ def _sigterm_to_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class PlainProgress:
+    """The campaign progress as plain lines, for a stdout that is not a terminal (a log
+    file, a pipe), where a live bar is squeezed into 80 columns and drawn once: a line per
+    completed evaluation, at most one per :attr:`every_s` seconds, and always the last.
+    The subset of :class:`rich.progress.Progress` that :func:`run_campaign` uses."""
+
+    every_s = 10.0
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.last: float | None = None
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for task_id, task in self.tasks.items():
+            if task["shown"] != task["completed"]:
+                self._line(task_id)
+
+    def add_task(self, description: str, total: int, completed: int = 0, **fields: Any) -> int:
+        task_id = len(self.tasks)
+        self.tasks[task_id] = {"description": description, "total": total, "completed": completed,
+                               "shown": completed, **fields}
+        return task_id
+
+    def update(self, task_id: int, completed: int | None = None, **fields: Any) -> None:
+        task = self.tasks[task_id]
+        if completed is not None:
+            task["completed"] = completed
+        task.update(fields)
+        now = time.monotonic()
+        if self.last is None or now - self.last >= self.every_s or task["completed"] >= task["total"]:
+            self._line(task_id)
+
+    def _line(self, task_id: int) -> None:
+        task = self.tasks[task_id]
+        self.last, task["shown"] = time.monotonic(), task["completed"]
+        elapsed = int(self.last - self.start)
+        info = ", ".join(" ".join(part.split()) for part in str(task.get("info") or "").split("  ") if part.strip())
+        print(f"{task['description']}: {task['completed']}/{task['total']} evaluations, "
+              f"{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} elapsed"
+              + (f", {info}" if info else ""), flush=True)
+
+
 def make_executor(cfg: CampaignConfig, address: str | None = None) -> RayExecutor:
     """The Ray executor of ``cfg``'s ``[executor]`` table (``address`` overrides it); not
     started yet."""
@@ -106,7 +152,10 @@ def run_campaign(
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
         slots = min(cfg.batch_size, executor.capacity)
         store.log_event("started", slots=slots, address=executor.address or "local")
-        with Progress(*columns, disable=not progress, transient=False) as bar:
+        from rich.console import Console
+
+        plain = progress and not Console().is_terminal  # a log file or pipe: readable lines, no bar
+        with (PlainProgress() if plain else Progress(*columns, disable=not progress, transient=False)) as bar:
             bar_id = bar.add_task(
                 cfg.name, total=cfg.max_evaluations, completed=campaign.n_evaluations, info=""
             )

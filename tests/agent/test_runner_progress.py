@@ -1,0 +1,42 @@
+"""The campaign progress where stdout is not a terminal (newuser34: the rich bar was drawn
+once, squeezed to ``lab34 ━━━━ 13/… 0:0… best lambda+ ...``): plain, complete lines."""
+
+from __future__ import annotations
+
+from conftest import write_config
+from test_bad_input import DIAG
+
+
+def test_run_in_a_non_terminal_prints_plain_progress_lines(tmp_path, capsys):
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    cfg = load_config(write_config(tmp_path, ["CCO ethanol", "c1ccccc1 benzene", "CC(=O)O acid",
+                                              "c1ccncc1 pyridine", "CCCC butane"],
+                                  DIAG.format(n=4, timeout=10, params="{}"), name="plain"))
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        run_campaign(camp, tmp_path / "runs", progress=True, executor=LocalExecutor(slots=2))
+    finally:
+        camp.close()
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("plain: ")]
+    assert lines, out
+    assert "━" not in out and "…" not in out
+    last = lines[-1]
+    assert last.startswith("plain: 4/4 evaluations, 0:00:") and " elapsed, best " in last, last
+    assert last.endswith(", failed 0"), last
+
+
+def test_plain_progress_throttles_but_always_shows_the_last(capsys):
+    from agent.runner import PlainProgress
+
+    with PlainProgress() as bar:
+        task = bar.add_task("c", total=10, completed=0, info="")
+        for k in range(1, 10):
+            bar.update(task, completed=k, info=f"best x = {k}  failed 0")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("c: 1/10 evaluations") and lines[-1].startswith("c: 9/10 evaluations")
+    assert len(lines) == 2 and lines[-1].endswith("best x = 9, failed 0")
