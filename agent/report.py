@@ -75,10 +75,8 @@ def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = Non
 
     esf_paths, esf = write_esf_report(campaign.store, campaign.cfg, campaign.directory, out, plt, notes)
     paths += esf_paths
-    rec = status_record(campaign.status(), campaign.store, campaign.cfg)
+    rec = status_record(campaign.status(), campaign.store, campaign.cfg, structures=live)
     rec["esf"] = esf  # with the CIF paths just written
-    if live is not None:
-        rec["structures"] = live
     summary = out / "summary.txt"
     summary.write_text("\n".join(status_lines(rec) + [""] + [f"note: {n}" for n in notes]) + "\n")
     paths.append(summary)

@@ -512,6 +512,11 @@ class Store:
             q, args = q + " WHERE molecule_id = ?", (molecule_id,)
         return [r[0] for r in self.conn.execute(q + " ORDER BY created_at, structure_id", args)]
 
+    def observed_form_sources(self) -> list[tuple[str, str]]:
+        """``(structure id, source)`` of every observed form, first marked first."""
+        return [(r[0], r[1]) for r in self.conn.execute(
+            "SELECT structure_id, source FROM observed_forms ORDER BY created_at, structure_id")]
+
     # -- events -------------------------------------------------------------------------
     def log_event(self, kind: str, **payload: Any) -> None:
         with self.transaction() as c:

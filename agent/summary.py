@@ -9,9 +9,15 @@ and level of theory.
   the highest structure level with the Delta-GP posterior (mean, 1-sigma; exact where
   computed), space group, density, Z and CIF path; :func:`save_structure_results` writes
   them into the store (meta ``structure_results``), and :func:`stored_structure_results`
-  reads them back for ``status`` (store only), adding results computed since.
+  reads them back for ``status`` (store only), adding results computed since. Each
+  landscape also names ``best_computed`` (the lowest structure computed at the level, with
+  its rank among all, predictions included), ``observed`` (the lab's observed forms, also
+  marked in ``top``) and ``prediction_check`` (:func:`prediction_check`: a WARNING when the
+  leader is an uncomputed Delta-GP prediction that extrapolates beyond the computed
+  corrections or comes from a model without leave-one-out skill).
 * :func:`status_record` / :func:`status_lines` -- the ``crystal-agent status`` record
-  (``--json``) and text, also printed at the end of ``run`` / ``resume``.
+  (``--json``) and text, also printed at the end of ``run`` / ``resume``; with the lab's
+  experiments (:mod:`agent.lab.summary`).
 
 Importing this module is cheap; the structure posterior needs the campaign's models.
 """
@@ -135,21 +141,115 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
     level, ff_level = level_of_theory(cfg.refine), level_of_theory(cfg.csp)
     out = []
     sampling = csp_sampling(campaign.store, cfg.csp.name if cfg.csp else "")
+    observed = observed_sources(campaign.store)
     for mol_id, land in sorted(stage.landscapes.items()):
-        table = landscape_rows(campaign, mol_id)
+        corr = _corrected(stage, mol_id)
+        table = _rows(campaign, mol_id, corr)
         has_level = any(r["computed"] for r in table)
         ranked = sorted((r for r in table if not r["failed"]),  # unphysical or failed at the level
                         key=lambda r: rank_key(r) if has_level else (False, r["ff_kjmol"]))
+        for n, r in enumerate(ranked, 1):
+            r["rank"] = n
+            r["observed_by"] = observed.get(r["id"])
         idx = campaign._index_of.get(mol_id)
-        out.append({
+        rec = {
             "molecule_id": int(mol_id), "smiles": land.smiles,
             "name": campaign.names[idx] if idx is not None else land.smiles,
             "level": level if has_level else ff_level, "refine_level": level, "ff_level": ff_level,
             "caveat": level_caveat(cfg.refine) if has_level else "",
             "n_structures": len(land.ids), "n_computed": len(land.computed), "n_failed": len(land.failed),
-            "top": ranked[:top], "csp_sampling": sampling.get(int(mol_id)),
-        })
+            "n_ranked": len(ranked), "top": ranked[:top], "csp_sampling": sampling.get(int(mol_id)),
+            RANKING: [[r["id"], r["energy_kjmol"], r["std_kjmol"], r["computed"], r["ff_kjmol"]] for r in ranked],
+        }
+        rec["best_computed"] = best_computed(ranked, level)
+        rec["observed"] = [r for r in ranked if r["observed_by"]]
+        rec["prediction_check"] = prediction_check(ranked, corr.get("skill") if corr else None,
+                                                   cfg.acquisition.skill_ratio)
+        out.append(rec)
     return out
+
+
+#: key of a landscape record's full ranking at its level (``[id, energy, std, computed, ff]``
+#: per ranked structure): saved with the results, read by ``status`` for ranks, not printed
+RANKING = "ranking"
+#: unit of every lattice energy and correction in the structure and lab records
+ENERGY_UNIT = "kJ/mol per molecule"
+
+
+def _corrected(stage: Any, mol_id: int) -> dict[str, Any] | None:
+    """``stage.corrected_landscape(mol_id)``, None when no model can be fitted."""
+    from agent.surrogates.structure_gp import SurrogateError
+
+    try:
+        return stage.corrected_landscape(mol_id)
+    except (SurrogateError, ValueError, RuntimeError):  # no model: computed energies only
+        return None
+
+
+def observed_sources(store: Store) -> dict[str, str]:
+    """Structure id -> the lab request that made it an observed form (``observed_forms``)."""
+    return dict(store.observed_form_sources())
+
+
+def best_computed(ranked: list[dict[str, Any]], level: str) -> dict[str, Any] | None:
+    """The lowest structure computed at the ranking level, with its ``rank`` there (1 = the
+    lowest, predictions included) and ``level``; None before anything is computed."""
+    best = next((r for r in ranked if r.get("computed")), None)
+    return None if best is None else {**best, "level": level, "unit": ENERGY_UNIT}
+
+
+def prediction_check(ranked: list[dict[str, Any]], skill: Any, skill_ratio: float) -> dict[str, Any] | None:
+    """Whether the predicted leader of a ranking (an uncomputed structure ranked first) is an
+    extrapolation of the Delta-GP: its predicted correction (level minus force field) lies
+    outside the range of the computed corrections by more than its own 1-sigma, or the model
+    fails the acquisition's leave-one-out skill test (``skill``: a
+    :class:`agent.refine_acquisition.Skill`, the model must beat a constant shift; None: not
+    known, ``skilled`` None and only the range is checked). None when
+    the leader is computed or has no prediction. ``warning`` is the text line, None when
+    neither holds."""
+    leader = ranked[0] if ranked else None
+    if leader is None or leader.get("computed") or leader.get("energy_kjmol") is None:
+        return None
+    from agent.refine_acquisition import MIN_SKILL_N
+
+    corrections = [r["energy_kjmol"] - r["ff_kjmol"] for r in ranked if r.get("computed")]
+    if not corrections:
+        return None
+    lo, hi = min(corrections), max(corrections)
+    corr, sd = leader["energy_kjmol"] - leader["ff_kjmol"], float(leader.get("std_kjmol") or 0.0)
+    beyond = max(lo - corr, corr - hi, 0.0)
+    rec = {"leader_id": leader["id"], "leader_correction_kjmol": corr, "leader_std_kjmol": sd,
+           "computed_correction_min_kjmol": lo, "computed_correction_max_kjmol": hi,
+           "outside_computed_range_kjmol": beyond, "outside_by_more_than_sigma": bool(beyond > sd),
+           "n_computed": len(corrections), "min_skill_n": MIN_SKILL_N, "skill_ratio": float(skill_ratio),
+           "skilled": bool(skill.skilled) if skill is not None else None,  # None: not known
+           "model_loo_mae_kjmol": getattr(skill, "model_loo_mae_kjmol", None),
+           "shift_loo_mae_kjmol": getattr(skill, "shift_loo_mae_kjmol", None), "unit": ENERGY_UNIT}
+    rec["extrapolation"] = rec["outside_by_more_than_sigma"] or rec["skilled"] is False
+    rec["warning"] = _extrapolation_warning(rec) if rec["extrapolation"] else None
+    return rec
+
+
+def _extrapolation_warning(c: dict[str, Any]) -> str:
+    """The WARNING line of a :func:`prediction_check` record that found an extrapolation."""
+    why = []
+    if c["outside_by_more_than_sigma"]:
+        why.append(f"its predicted correction to the force field, {c['leader_correction_kjmol']:.1f} ± "
+                   f"{c['leader_std_kjmol']:.1f} kJ/mol per molecule, is more than 1 sigma outside the "
+                   f"{c['n_computed']} computed corrections ({c['computed_correction_min_kjmol']:.1f} to "
+                   f"{c['computed_correction_max_kjmol']:.1f})")
+    if c["skilled"] is False:
+        mae, shift = c["model_loo_mae_kjmol"], c["shift_loo_mae_kjmol"]
+        if c["n_computed"] < c["min_skill_n"]:
+            why.append(f"the Delta-GP's leave-one-out skill is untested ({c['n_computed']} computed, "
+                       f"the test needs {c['min_skill_n']})")
+        elif mae is None or shift is None:
+            why.append("the Delta-GP has no leave-one-out error to test")
+        else:
+            why.append(f"the Delta-GP has no leave-one-out skill (LOO MAE {mae:.2f} kJ/mol per molecule, "
+                       f"a constant shift {shift:.2f}; it must be at most {c['skill_ratio']:g} x the shift's)")
+    return (f"WARNING: the predicted leader {c['leader_id']} is an extrapolation, not a result: "
+            + "; ".join(why) + ". Compute it (crystal-agent refine) before calling it the global minimum.")
 
 
 def csp_sampling(store: Store, csp_backend: str) -> dict[int, dict[str, Any]]:
@@ -182,16 +282,14 @@ def landscape_rows(campaign: Campaign, mol_id: int) -> list[dict[str, Any]]:
     and 1-sigma; None before any refinement or when no model can be fitted),
     ``rel_kjmol`` (relative to the lowest), ``computed``, ``failed``, ``f_vib_kjmol``,
     ``cif`` (its path under ``runs/<name>/structures/``)."""
+    return _rows(campaign, mol_id, _corrected(campaign.stage, mol_id))
+
+
+def _rows(campaign: Campaign, mol_id: int, corr: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """:func:`landscape_rows` from a given ``corrected_landscape`` (None: no model)."""
     import numpy as np
 
-    from agent.surrogates.structure_gp import SurrogateError
-
-    stage = campaign.stage
-    land = stage.landscapes[mol_id]
-    try:
-        corr = stage.corrected_landscape(mol_id)
-    except (SurrogateError, ValueError, RuntimeError):  # no model: computed energies only
-        corr = None
+    land = campaign.stage.landscapes[mol_id]
     rows = {r["id"]: r for r in campaign.store.structures(mol_id)}
     cif_dir = structures_dir(campaign.directory)
     out = []
@@ -277,7 +375,52 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
         ids = _ids_of(store, mol_id)
         rec["n_computed"] = max(int(rec.get("n_computed") or 0), sum(sid in computed for sid in ids))
         rec["n_failed"] = max(int(rec.get("n_failed") or 0), sum(sid in failed for sid in ids))
+    rows = {r["id"]: r for r in store.structures()}
+    observed = observed_sources(store)
+    for rec in by_mol.values():
+        _refresh_ranks(rec, computed, failed, rows, observed, level, Path(store.path).parent)
     return [by_mol[k] for k in sorted(by_mol)]
+
+
+def _refresh_ranks(rec: dict[str, Any], computed: dict[str, float], failed: set[str],
+                   rows: dict[str, Any], observed: dict[str, str], level: str, directory: Path) -> None:
+    """A stored landscape record brought up to date with the store: its saved ranking
+    (:data:`RANKING`) with every structure computed since at its computed energy and those
+    failed since left out, the ``rank`` of each listed structure, ``best_computed``,
+    ``observed`` (the lab's observed forms) and ``prediction_check`` (kept only while its
+    leader is still the uncomputed leader). Without a saved ranking the computed structures
+    are ranked among themselves and carry no ``rank``."""
+    saved = rec.get(RANKING)
+    ranking = [list(e) for e in saved or []
+               if e[0] in computed or e[0] not in failed]
+    for e in ranking:
+        if e[0] in computed:
+            e[1:4] = [computed[e[0]], 0.0, True]
+    known = {e[0] for e in ranking}
+    ranking += [[sid, e, 0.0, True, rows[sid]["energy_kjmol"]] for sid, e in computed.items()
+                if sid not in known and sid in rows and int(rows[sid]["molecule_id"]) == rec["molecule_id"]]
+    ranking.sort(key=lambda e: (e[1] is None, e[4] if e[1] is None else e[1]))
+    rank = {e[0]: n for n, e in enumerate(ranking, 1)} if saved else {}
+
+    def entry(e: list[Any]) -> dict[str, Any]:
+        row = rows.get(e[0])
+        return {"id": e[0], "energy_kjmol": e[1], "std_kjmol": e[2], "computed": bool(e[3]), "ff_kjmol": e[4],
+                "space_group": row["space_group"] if row else None,
+                "density_gcm3": row["density_gcm3"] if row else None, "z": row["z"] if row else None,
+                "cif": str(structures_dir(directory) / f"{e[0]}.cif"),
+                "rank": rank.get(e[0]), "observed_by": observed.get(e[0])}
+
+    for r in rec.get("top") or []:
+        r["rank"], r["observed_by"] = rank.get(r["id"]), observed.get(r["id"])
+    rec[RANKING] = ranking if saved else []  # ranks among the computed only would mislead
+    if saved:
+        rec["n_ranked"] = len(ranking)
+    best = next((e for e in ranking if e[3]), None)
+    rec["best_computed"] = None if best is None else {**entry(best), "level": level, "unit": ENERGY_UNIT}
+    rec["observed"] = [entry(e) for e in ranking if e[0] in observed]
+    check, top = rec.get("prediction_check"), rec.get("top") or []
+    if check and not (top and top[0]["id"] == check["leader_id"] and not top[0].get("computed")):
+        rec["prediction_check"] = None  # its leader was computed since, or is no longer first
 
 
 def _ids_of(store: Store, mol_id: int) -> list[str]:
@@ -317,24 +460,62 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
             fv = (f", F_vib {r['f_vib_kjmol']:.1f} kJ/mol per molecule" if r.get("f_vib_kjmol") is not None
                   else "")
             cif = f"  {r['cif']}" if r.get("cif") and Path(r["cif"]).is_file() else ""
+            seen = f" [observed form, lab {r['observed_by']}]" if r.get("observed_by") else ""
             lines.append(f"  {r['id']:<12} E_latt = {e} ({how}){fv}; {r.get('space_group') or '?'}, "
-                         f"Z = {reported_z(r)}, {dens}{cif}")
+                         f"Z = {reported_z(r)}, {dens}{seen}{cif}")
+        lines += _beyond_top_lines(rec)
+    return lines
+
+
+def _beyond_top_lines(rec: dict[str, Any]) -> list[str]:
+    """Under a landscape's best structures: the best computed one when a prediction leads,
+    the lab's observed forms not listed, and the extrapolation warning of the leader."""
+    lines = []
+    shown = {r["id"] for r in rec.get("top") or []}
+    best, top = rec.get("best_computed"), rec.get("top") or []
+    if best and top and not top[0].get("computed"):
+        where = f"rank {best['rank']} of {rec.get('n_ranked') or '?'}" if best.get("rank") else "rank unknown"
+        lines.append(f"  best computed: {best['id']}  E_latt = {format_value('energy_kjmol', best['energy_kjmol'])}"
+                     f" (computed at {best.get('level') or rec.get('level')}; {where}); "
+                     f"{best.get('space_group') or '?'}, Z = {reported_z(best)}"
+                     + (f", {best['density_gcm3']:.3f} g/cm3" if best.get("density_gcm3") is not None else "")
+                     + (f" [observed form, lab {best['observed_by']}]" if best.get("observed_by") else "")
+                     + (f"  {best['cif']}" if best.get("cif") and Path(best["cif"]).is_file() else ""))
+    for r in rec.get("observed") or []:
+        if r["id"] in shown or (best and r["id"] == best["id"] and not top[0].get("computed")):
+            continue
+        e = (format_value("energy_kjmol", r["energy_kjmol"], None if r.get("computed") else r.get("std_kjmol"))
+             + (" (computed)" if r.get("computed") else " (Delta-GP prediction, 1 sigma)")
+             if r.get("energy_kjmol") is not None else "no energy at the level")
+        where = f"rank {r['rank']} of {rec.get('n_ranked') or '?'}" if r.get("rank") else "rank unknown"
+        lines.append(f"  observed form (lab {r['observed_by']}): {r['id']}  E_latt = {e}; {where}")
+    if (check := rec.get("prediction_check")) and check.get("warning"):
+        lines.append(f"  {check['warning']}")
     return lines
 
 
 # -- status ---------------------------------------------------------------------------------
-def status_record(status: Status, store: Store, cfg: CampaignConfig) -> dict[str, Any]:
+def status_record(status: Status, store: Store, cfg: CampaignConfig,
+                  structures: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The status as a JSON-able dict: the :class:`~agent.campaign.Status` fields plus
-    ``objective`` (name, label, unit, level of the best value) and ``structures``
-    (:func:`stored_structure_results`)."""
+    ``objective`` (name, label, unit, level of the best value), ``structures``
+    (``structures`` when given, e.g. a live campaign's :func:`structure_results`, else
+    :func:`stored_structure_results`; each with ``best_computed``, ``observed`` and
+    ``prediction_check``), ``esf`` and ``lab`` (:func:`agent.lab.summary.lab_results`:
+    the lab experiments, ranked on those structure results)."""
     label, short, unit = quantity(cfg.objective)
     rec = dict(status.to_dict())
     rec["objective"] = {"name": cfg.objective, "label": label, "symbol": short, "unit": unit,
                         "level": level_of_theory(cfg.backends[-1]), "direction": cfg.direction}
-    rec["structures"] = stored_structure_results(store, cfg)
+    if structures is None:
+        structures = stored_structure_results(store, cfg)
     from agent.esf_report import esf_results
+    from agent.lab.summary import lab_results
 
     rec["esf"] = esf_results(store, cfg, Path(store.path).parent)  # [] without ESF levels
+    rec["lab"] = lab_results(store, cfg, structures)  # None without a lab
+    # the full ranking served the ranks above; the record lists the best structures only
+    rec["structures"] = [{k: v for k, v in r.items() if k != RANKING} for r in structures]
     return rec
 
 
@@ -378,8 +559,10 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
                      + (f"; and {more} more (status --json lists all)" if more > 0 else ""))
     lines += structure_lines(s.get("structures") or [])
     from agent.esf_report import esf_lines
+    from agent.lab.summary import lab_lines
 
     lines += esf_lines(s.get("esf") or [])
+    lines += lab_lines(s.get("lab"))
     lines.append(f"state         {'finished: ' + s['stop_reason'] if s['finished'] else 'not finished'}")
     return lines
 

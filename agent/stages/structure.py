@@ -497,8 +497,11 @@ class StructureStage:
         """Cheap-level and surrogate-corrected energies (mean, std) of every structure, from
         the model of the last decision when nothing was computed since, else a fresh fit;
         ``held_out_kjmol`` (leave-one-out predictions of the computed structures, None when
-        the model's residuals do not cover them all) and ``loo_mae_kjmol`` (the model's own
-        figure, the one logged to MLflow per refit). Kept while its inputs are unchanged,
+        the model's residuals do not cover them all), ``loo_mae_kjmol`` (the model's own
+        figure, the one logged to MLflow per refit) and ``skill``: the acquisition's own
+        leave-one-out skill test of that model against a constant shift
+        (:func:`agent.refine_acquisition.surrogate_skill` with the configured ``skill_ratio``;
+        a model that fails it does not steer the picks). Kept while its inputs are unchanged,
         and read from the store where the run saved it (:mod:`agent.stages.corrected_cache`),
         so a report fits nothing twice; a copy the caller may change."""
         from agent.stages import corrected_cache
@@ -518,6 +521,8 @@ class StructureStage:
 
     def _fit_corrected(self, land: LandscapeState, model: Any) -> dict[str, Any]:
         """:meth:`corrected_landscape` from the decision's ``model`` or (None) a fresh fit."""
+        from agent.refine_acquisition import surrogate_skill
+
         if model is None:
             self._fragment_terms(land)  # (says so itself when it computes them)
             self._say(f"m{land.molecule_id}: fitting the structure surrogate on "
@@ -531,7 +536,8 @@ class StructureStage:
             held_out = np.array([land.computed[i] for i in computed]) - residual
         return {"ff_kjmol": land.ff_kjmol, "corrected_kjmol": land.ff_kjmol + mean,
                 "std_kjmol": std, "computed": computed, "held_out_kjmol": held_out,
-                "loo_mae_kjmol": model.loo_mae_kjmol}
+                "loo_mae_kjmol": model.loo_mae_kjmol,
+                "skill": surrogate_skill(model, land.ff_kjmol, land.computed, self.cfg.acquisition.skill_ratio)}
 
     def save_corrected(self) -> None:
         """Save the corrected landscapes computed in this process in the store, for a

@@ -1,0 +1,206 @@
+"""What the lab found and how far the predicted structures can be trusted, where a chemist
+looks (newuser34 items 2 and 3): `status` (text and --json), the run summary and
+report/summary.txt
+
+* name every lab experiment (request, molecule, conditions, outcome, the matched form with
+  its rank and energy on the landscape, confidence, fed back or not) and mark the observed
+  form among the structures;
+* always show the best structure COMPUTED at the structure level (id, level, energy, rank)
+  when an uncomputed Delta-GP prediction leads, and warn when that leader is an
+  extrapolation: its predicted correction more than 1 sigma outside the computed ones, or a
+  model that fails the acquisition's own leave-one-out skill test.
+
+A real Campaign run to its end (local executor, no Ray): replayed CSP and fragment-DFT
+energies of formic acid (data/landscapes/formic_acid_dft), five structures refined, and the
+simulated lab (no delays, so its result is fed back before the refinement starts)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import ROOT, write_config
+
+LANDSCAPE = f'landscape = "{ROOT / "data/landscapes/formic_acid_dft"}", cheap = "ff", level = "dft"'
+BODY = """
+objective = "n_heavy_atoms"
+batch_size = 2
+seed = 0
+synchronous = true
+max_evaluations = 8
+[surrogate]
+n_initial = 2
+[tracking]
+enabled = false
+[[backends]]
+name = "diagnostic"
+[structures]
+enabled = true
+budget_evaluations = 6
+csp = {name = "replay-csp", params = {%s, n = 60}}
+refine = {name = "replay-crystal", params = {%s}}
+max_structures = 60
+top_k = 3
+[lab]
+adapter = "simulated"
+params = {queue_delay_s = [0.0, 0.0], run_delay_s = [0.0, 0.0]}
+""" % (LANDSCAPE, LANDSCAPE)
+NAME = "a"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The campaign run to its end (report written by the run), closed: its runs dir."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    tmp = tmp_path_factory.mktemp("labpred")
+    # the simulated lab draws its outcome from the request id, so from the campaign name too:
+    # under this name (and seed) the run ends with a Delta-GP prediction in the lead that
+    # extrapolates, and a computed observed form below the listed best structures
+    cfg = load_config(write_config(tmp, ["OC=O formic_acid", "CC(=O)O acetic_acid"], BODY, name=NAME))
+    runs = tmp / "runs"
+    camp = Campaign.create(cfg, runs)
+    try:
+        run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=2))
+    finally:
+        camp.close()
+    return runs
+
+
+def _status(runs, capsys, *extra):
+    from agent.cli import main
+
+    assert main(["status", NAME, "--runs-dir", str(runs), *extra]) == 0
+    return capsys.readouterr().out
+
+
+def _truth(runs):
+    """From the store and the landscape table the run wrote: computed energies, force-field
+    energies, ranks at the level, the lab experiment and the observed forms."""
+    from agent.store import Store
+
+    with Store(runs / NAME / "store.sqlite") as store:
+        computed = {ev.structure_id: ev.values["energy_kjmol"] for ev in store.evaluations()
+                    if ev.backend == "replay-crystal" and ev.ok}
+        ff = {r["id"]: r["energy_kjmol"] for r in store.structures()}
+        (lab,) = store.lab_experiments()
+        lab = dict(lab)
+        observed = store.observed_forms()
+    (table,) = (runs / NAME / "structures").glob("landscape_m*.csv")
+    rank = {r["id"]: int(r["rank"]) for r in csv.DictReader(table.open())}
+    return computed, ff, rank, lab, observed
+
+
+def test_status_reports_the_lab_experiment_and_marks_the_observed_form(finished, capsys):
+    computed, ff, rank, lab, observed = _truth(finished)
+    assert lab["state"] == "done" and lab["matched_structure_id"] and observed, "the lab fed nothing back"
+    req = json.loads(lab["request_json"])
+    matched = lab["matched_structure_id"]
+
+    text = _status(finished, capsys)
+    lines = text.splitlines()
+    assert any(ln.startswith("lab           1 experiment (simulated adapter): 1 done, 0 open, 0 failed")
+               for ln in lines), text
+    row = next(ln for ln in lines if ln.startswith(f"  {lab['request_id']}  formic_acid: "))
+    assert f"{req['method'].replace('_', ' ')}" in row and f"at {req['temperature_K']:.1f} K" in row
+    assert "PXRD: crystalline" in row or "PXRD: mixture" in row
+    assert f"matched {matched} (rank {rank[matched]} of 60 at " in row
+    assert f"confidence {lab['confidence']:.2f}" in row
+    e = f"E_latt = {computed[matched]:.1f} kJ/mol per molecule (computed)" if matched in computed else \
+        "(Delta-GP prediction, 1 sigma)"
+    assert e in row
+    assert any(ln.startswith(f"    fed back: {matched} recorded as observed form") for ln in lines), text
+    # the observed form is marked where the structures are listed
+    marked = [ln for ln in lines if f"[observed form, lab {lab['request_id']}]" in ln
+              or ln.startswith(f"  observed form (lab {lab['request_id']}): ")]
+    assert {sid for sid in observed if any(sid in ln for ln in marked)} == set(observed), text
+
+    rec = json.loads(_status(finished, capsys, "--json"))
+    (exp,) = rec["lab"]["experiments"]
+    assert exp["request_id"] == lab["request_id"] and exp["name"] == "formic_acid"
+    assert exp["method"] == req["method"] and exp["temperature_K"] == req["temperature_K"]
+    assert exp["matched_structure_id"] == matched and exp["confidence"] == pytest.approx(lab["confidence"])
+    assert exp["fed_back"] and matched in exp["fed_back_ids"] and set(exp["fed_back_ids"]) == set(observed)
+    assert exp["not_fed_back_because"] is None
+    form = next(f for f in exp["forms"] if f["structure_id"] == matched)
+    assert form["rank"] == rank[matched] and form["n_ranked"] == 60 and form["observed"]
+    assert form["ff_kjmol"] == pytest.approx(ff[matched])
+    if matched in computed:
+        assert form["computed"] and form["energy_kjmol"] == pytest.approx(computed[matched])
+    assert rec["lab"]["units"]["temperature_K"] == "K" and rec["lab"]["units"]["energy_kjmol"] == \
+        "kJ/mol per molecule"
+    (land,) = rec["structures"]
+    assert "ranking" not in land  # an internal list, not printed
+    assert {r["id"] for r in land["observed"]} == set(observed)
+    assert all(r["observed_by"] == lab["request_id"] for r in land["observed"])
+
+    summary = (finished / NAME / "report" / "summary.txt").read_text()
+    assert row in summary.splitlines()
+
+
+def test_best_computed_is_shown_and_an_extrapolated_leader_is_flagged(finished, capsys):
+    computed, ff, rank, _, _ = _truth(finished)
+    best = min(computed, key=computed.get)
+
+    rec = json.loads(_status(finished, capsys, "--json"))
+    (land,) = rec["structures"]
+    leader = land["top"][0]
+    assert not leader["computed"], "the case this test is about: a prediction leads"
+    bc = land["best_computed"]
+    assert bc["id"] == best and bc["energy_kjmol"] == pytest.approx(computed[best]) and bc["computed"]
+    assert bc["rank"] == rank[best] > 1 and bc["level"] == land["refine_level"]
+    assert bc["unit"] == "kJ/mol per molecule"
+
+    check = land["prediction_check"]
+    corrections = [computed[s] - ff[s] for s in computed]
+    assert check["leader_id"] == leader["id"] and check["n_computed"] == len(computed) == 5
+    assert check["leader_correction_kjmol"] == pytest.approx(leader["energy_kjmol"] - ff[leader["id"]])
+    assert check["leader_std_kjmol"] == pytest.approx(leader["std_kjmol"])
+    assert check["computed_correction_min_kjmol"] == pytest.approx(min(corrections))
+    assert check["computed_correction_max_kjmol"] == pytest.approx(max(corrections))
+    assert check["outside_by_more_than_sigma"] and check["leader_correction_kjmol"] < min(corrections) - \
+        check["leader_std_kjmol"]
+    # the acquisition's own skill test: the model's LOO MAE against 0.9 x a constant shift's
+    assert not check["skilled"] and check["skill_ratio"] == 0.9
+    assert check["model_loo_mae_kjmol"] > 0.9 * check["shift_loo_mae_kjmol"]
+    assert check["extrapolation"] and check["unit"] == "kJ/mol per molecule"
+
+    text = _status(finished, capsys)
+    lines = text.splitlines()
+    head = next(ln for ln in lines if ln.startswith("  best computed: "))
+    assert head.startswith(f"  best computed: {best}  E_latt = {computed[best]:.1f} kJ/mol per molecule "
+                           f"(computed at {land['refine_level']}; rank {rank[best]} of 60)")
+    warn = next(ln for ln in lines if ln.startswith("  WARNING: the predicted leader "))
+    assert warn.startswith(f"  WARNING: the predicted leader {leader['id']} is an extrapolation")
+    assert f"{check['leader_correction_kjmol']:.1f} ± {check['leader_std_kjmol']:.1f}" in warn
+    assert "no leave-one-out skill" in warn
+    summary = (finished / NAME / "report" / "summary.txt").read_text().splitlines()
+    assert head in summary and warn in summary
+
+
+def test_prediction_check_is_quiet_for_a_computed_leader_or_a_skilled_interpolation():
+    from agent.refine_acquisition import Skill
+    from agent.summary import prediction_check
+
+    def row(sid, e, ff, computed, std=0.0):
+        return {"id": sid, "energy_kjmol": e, "ff_kjmol": ff, "computed": computed, "std_kjmol": std}
+
+    computed = [row("b", -10.0, -5.0, True), row("c", -8.0, -1.0, True)]  # corrections -5 and -7
+    skilled = Skill(5, 1.0, 2.0, True)
+    assert prediction_check([*computed, row("a", -9.0, -2.0, False, 1.0)], skilled, 0.9) is None
+    inside = prediction_check([row("a", -12.0, -6.0, False, 1.0), *computed], skilled, 0.9)
+    assert not inside["extrapolation"] and inside["warning"] is None
+    beyond = prediction_check([row("a", -12.0, -2.0, False, 1.0), *computed], skilled, 0.9)  # -10: 3 out
+    assert beyond["outside_computed_range_kjmol"] == pytest.approx(3.0) and beyond["extrapolation"]
+    assert "more than 1 sigma outside the 2 computed corrections (-7.0 to -5.0)" in beyond["warning"]
+    wide = prediction_check([row("a", -12.0, -2.0, False, 4.0), *computed], skilled, 0.9)  # 3 < 4
+    assert not wide["extrapolation"]
+    untested = prediction_check([row("a", -12.0, -6.0, False, 1.0), *computed], Skill(2, None, 2.0, False), 0.9)
+    assert untested["extrapolation"] and "untested (2 computed, the test needs 5)" in untested["warning"]
+    unknown = prediction_check([row("a", -12.0, -6.0, False, 1.0), *computed], None, 0.9)
+    assert unknown["skilled"] is None and not unknown["extrapolation"]
