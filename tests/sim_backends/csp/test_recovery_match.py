@@ -29,3 +29,54 @@ def test_swapping_which_oxygen_carries_the_hydrogen_breaks_the_match():
     as_o.replace_species({"Se": "O"})
     assert sm.fit(heavy_atoms(ref, keep_h=False), as_o)  # heavy atoms alone cannot tell
     assert hydrogen_check(ref, SimpleNamespace(structure=ref))["h_sites_match"]
+
+
+class _Landscape:
+    """The two things match_report reads from a landscape: its minima (energy order) and the
+    matches of a reference at a given stol (here a table: stol -> ids)."""
+
+    def __init__(self, energies: dict[str, float], matches: dict[float, dict[str, float]]):
+        self.minima = [SimpleNamespace(id=k, energy_kjmol=e, space_group="P2_1/c", structure=None, z=4)
+                       for k, e in sorted(energies.items(), key=lambda kv: kv[1])]
+        self.matches = matches
+
+    def find_matches(self, ref, ltol, stol, angle_tol):
+        hit = self.matches.get(stol, {})
+        return [(r, m, hit[m.id]) for r, m in enumerate(self.minima, 1) if m.id in hit]
+
+
+def _report(monkeypatch, land, relaxed=None):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import csp_recovery
+
+    from sim_backends.csp import dedupe
+
+    monkeypatch.setattr(dedupe, "heavy_atoms", lambda s, *a, **k: s)
+    monkeypatch.setattr(dedupe, "protonated_sites", lambda s: set())
+    # distinct minima: the dedupe's matcher never fits two of them (structures are None here)
+    monkeypatch.setattr("pymatgen.analysis.structure_matcher.StructureMatcher.fit", lambda self, a, b: a is b)
+    return csp_recovery.match_report(land, object(), relaxed)
+
+
+def test_several_matches_resolved_by_the_relaxed_experiment(monkeypatch):
+    """Two distinct minima match down to stol 0.2 and none at 0.1: the one that is the relaxed
+    experiment is the match, whatever its rms."""
+    land = _Landscape({"m1": -65.0, "m2": -64.8, "m3": -59.9},
+                      {0.4: {"m2": 0.128, "m3": 0.100}, 0.3: {"m2": 0.128, "m3": 0.100},
+                       0.2: {"m2": 0.128, "m3": 0.100}})
+    out = _report(monkeypatch, land, {"landscape_id": "m2"})
+    assert out["found"] and out["rank"] == 2 and abs(out["gap_kjmol"] - 0.2) < 1e-9 and not out["unique"]
+    assert "m2 is the relaxed experiment" in out["diagnosis"]
+
+
+def test_tightening_that_leaves_none_keeps_the_closest_match(monkeypatch):
+    """Without the relaxed experiment among them, stol is tightened; when a step leaves none the
+    closest match of the last step is reported (found, not unique), not "not found"."""
+    land = _Landscape({"m1": -65.0, "m2": -64.8, "m3": -59.9},
+                      {0.4: {"m2": 0.128, "m3": 0.100}, 0.3: {"m2": 0.128, "m3": 0.100}})
+    out = _report(monkeypatch, land, {"landscape_id": None})
+    assert out["found"] and out["rank"] == 3 and out["stol_used"] == 0.3 and not out["unique"]
+    assert "none at stol 0.2, the closest of stol 0.3 kept" in out["diagnosis"]
+    one = _Landscape({"m1": -65.0, "m2": -64.8}, {0.4: {"m1": 0.2, "m2": 0.1}, 0.3: {"m1": 0.2}})
+    out = _report(monkeypatch, one, None)
+    assert out["rank"] == 1 and out["stol_used"] == 0.3 and "unique at stol 0.3" in out["diagnosis"]
