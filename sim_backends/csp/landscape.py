@@ -23,14 +23,11 @@ level (``_crystal_agent_energy_*`` loop, kJ/mol per molecule, level of theory na
 Why symmetrise rather than detect with a tolerance so tight that the computed atoms have the
 group exactly: the rigid-molecule minimiser keeps the search group's symmetry exactly, and a
 minimum that relaxes onto a higher-symmetry point stops at the gradient tolerance with small
-residual deviations along soft modes (a monoclinic angle of 90.6 deg in a Pmmn thiophene
-minimum). Written this way, the CIFs of CSP landscapes of maleimide, pyrimidine, water and
-thiophene (658 minima) have force-field lattice energies within -2e-4 to +0.043 kJ/mol of
-their minima (5 differ by more than 1e-3 kJ/mol; the thiophene minimum is 7e-5 kJ/mol lower
-in Pmmn), while at 1e-3 A 47 of the 90 minima that relaxed to a group higher than their
-search group (that thiophene minimum: P-1) would be labelled with a lower group than the one
-they relaxed to. The stored cell keeps the atoms as computed, so every energy and every
-calculation on it is unchanged.
+residual deviations along soft modes; a tight tolerance would label it with a lower group than
+the one it relaxed to. The symmetrised CIF's force-field energy stays within a few 0.01 kJ/mol
+of the minimum's (checked by tests/sim_backends/csp/test_csp_output_cell.py; measurements in
+benchmarks/results/NOTES.md). The stored cell keeps the atoms as computed, so every energy and
+every calculation on it is unchanged.
 
 The landscape type itself (structures, energies per level, the on-disk layouts) is
 :class:`sim_backends.landscape.Landscape`; the CIF the campaign computes on
