@@ -335,7 +335,7 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
     true = np.array([land.computed[i] for i in computed])
     held = corr.get("held_out_kjmol")
     has_parity = held is not None and len(computed) >= MIN_PARITY_POINTS
-    fig, axes = plt.subplots(1, 2 if has_parity else 1, figsize=(11, 4.6) if has_parity else (7, 4.8),
+    fig, axes = plt.subplots(1, 2 if has_parity else 1, figsize=(11, 5.6) if has_parity else (7, 5.8),
                              squeeze=False)
     ax = axes[0][0]
     ax.scatter(rho, land.ff_kjmol - land.ff_kjmol.min(), s=14, c="0.6", label=f"{ff_level}")
@@ -353,7 +353,13 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
     ax.set_xlabel("density (g/cm$^3$)")
     ax.set_ylabel("lattice energy rel. to lowest (kJ/mol per molecule)")
     ax.set_title(f"{name}: {len(land.ids)} CSP structures before and after correction", fontsize=9)
-    ax.legend(fontsize=6.5)
+    # below the axes (inside, it covered the lowest structures and the top tick labels), one
+    # entry per line, long level names wrapped
+    import textwrap
+
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [textwrap.fill(t, 75) for t in labels], fontsize=6.5, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     mae = corr.get("loo_mae_kjmol")
     if not has_parity:
         why = (f"{len(computed)} structure(s) computed at {ref_level}: fewer than {MIN_PARITY_POINTS}, "
@@ -371,7 +377,7 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
         ax.set_xlabel(f"computed lattice energy (kJ/mol per molecule)\n{ref_level}", fontsize=8)
         ax.set_ylabel("held-out (LOO) Delta-GP prediction (kJ/mol per molecule)", fontsize=8)
         mae_text = f", LOO MAE {mae:.2f} kJ/mol per molecule" if mae is not None else ""
-        ax.set_title(f"{len(computed)} of {len(land.ids)} structures computed{mae_text}", fontsize=9)
+        ax.set_title(f"{len(computed)} of {len(land.ids)} structures computed{mae_text}", fontsize=8)
         ax.legend(fontsize=7)
         fig.tight_layout()
     return fig
