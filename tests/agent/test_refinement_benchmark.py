@@ -37,7 +37,10 @@ def test_two_campaign_runs_on_a_replayed_landscape_decide_the_same(bench):
         bench.FRAGMENT_TERMS.module.landscape_fragment_terms = bench.FRAGMENT_TERMS.real
         bench.FRAGMENT_TERMS = None
     first, second = runs
-    assert first["decisions"] == second["decisions"] and first["order"] == second["order"]
+    # the replayed results are charged their stored CPU seconds, the same in both runs; the one
+    # real (diagnostic) evaluation is charged the CPU it took, which varies by a clock tick
+    charged = [[(b, s, c if b.startswith("replay") else None) for b, s, c in r["decisions"]] for r in runs]
+    assert charged[0] == charged[1] and first["order"] == second["order"]
     backends = [d[0] for d in first["decisions"]]
     assert backends[:2] == ["diagnostic", "replay-csp"] and set(backends[2:]) == {"replay-crystal"}
     assert len(first["order"]) == 6 and len(set(first["order"])) == 6
