@@ -164,12 +164,11 @@ def relaxed_experiment(mol, ref, land) -> dict:
     """
     import numpy as np
     from pymatgen.analysis.structure_matcher import StructureMatcher
-    from pymatgen.core import Lattice, Structure
 
     from sim_backends.base import SetupError
-    from sim_backends.csp.dedupe import MATCHER_KWARGS, heavy_atoms
+    from sim_backends.csp.dedupe import MATCHER_KWARGS, heavy_atoms, to_structure
     from sim_backends.csp.forcefield import LatticeEnergyModel
-    from sim_backends.ff_relax import relax_rigid, rigid_crystal
+    from sim_backends.ff_relax import RigidCrystal, relax_rigid, rigid_crystal
 
     try:
         crystal = rigid_crystal([sp.symbol for sp in ref.species], ref.cart_coords, ref.lattice.matrix,
@@ -177,11 +176,10 @@ def relaxed_experiment(mol, ref, land) -> dict:
     except SetupError as exc:
         return {"error": str(exc)}
     out = relax_rigid(LatticeEnergyModel(mol), crystal, max_iter=2000)
-    z = len(out["centres_A"])
-    coords = np.asarray(out["centres_A"])[:, None, :] + np.einsum(
-        "na,zba->znb", np.asarray(mol.coords_A), np.asarray(out["rotations"]))
-    relaxed = Structure(Lattice(np.asarray(out["cell_A"])), list(mol.symbols) * z, coords.reshape(-1, 3),
-                        coords_are_cartesian=True)
+    minimum = RigidCrystal(mol, np.asarray(out["cell_A"]), np.asarray(out["rotations"]),
+                           np.asarray(out["centres_A"]), crystal.fit_rmsd_A)
+    z = minimum.n_molecules
+    relaxed = to_structure(mol.symbols, minimum.cell_A, minimum.coords_A())
     e0 = land.minima[0].energy_kjmol if land.minima else None
     row = {"e_kjmol": out["e_min_kjmol"], "gap_kjmol": out["e_min_kjmol"] - e0 if e0 is not None else None,
            "dv_percent": out["dv_percent"], "rotation_deg": out["rotation_deg"],
