@@ -28,21 +28,22 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
       symmetrised to its space group, in the ITA standard setting of its symbol; molecule
       formula, Z in molecules of that cell, the same as the stored cell's) with its
       energies at every level computed (force-field lattice energy; refinement-level lattice
-      energy, computed or the Delta-GP prediction with its 1-sigma; the value of every
+      energy, computed or the prediction (Delta-GP, or the constant shift when the
+      Delta-GP fails the acquisition's skill test) with its 1-sigma; the value of every
       further energy level, e.g. F_vib, where computed);
     * ``landscape_m<molecule id>.csv``: one row per structure ranked at the highest level
       (``rank``), columns ``id, rank, space_group, Z`` (the CIF's), ``density_gcm3`` then, for the CSP
       level and the ranking level ``L`` (backend name), ``E_<L>_kJmol_per_mol`` (lattice
       energy, kJ/mol per molecule; empty where not computed), ``dE_<L>_kJmol_per_mol``
       (relative to the lowest), for the ranking level also ``E_<L>_best_kJmol_per_mol`` /
-      ``E_<L>_std_kJmol_per_mol`` (the computed value, else the Delta-GP mean and 1-sigma)
+      ``E_<L>_std_kJmol_per_mol`` (the computed value, else the prediction's mean and 1-sigma)
       and ``status`` (``computed``, ``failed`` at that level, or ``predicted``); then one
       column per further level of ``[structures]`` in config order, its value where
       computed (:func:`level_column`: ``F_vib_phonon_kJmol_per_mol`` for an energy in
       kJ/mol per molecule, ``mobility_hole_cm2Vs_mobility-xtb`` for a property level); then
       ``cif``;
     * ``energies.csv`` (``id, energy_kjmol, free_energy_kjmol``): the best estimate of
-      each structure's energy at the ranking level (computed, else the Delta-GP mean; the
+      each structure's energy at the ranking level (computed, else the prediction's mean; the
       force field for structures failed at that level) and E plus the second energy
       level's value (E + F_vib) where computed, the
       table ``crystal-agent lab identify --structures`` reads beside the CIFs;
@@ -93,11 +94,11 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                 energies = [LevelEnergy(levels[ff], "lattice energy", r["ff_kjmol"]),
                             LevelEnergy(levels[ff], "relative energy", r["ff_rel_kjmol"])]
                 if r["energy_kjmol"] is not None and not r["failed"]:
-                    what = "lattice energy" if r["computed"] else "lattice energy, Delta-GP prediction"
+                    what = "lattice energy" if r["computed"] else f"lattice energy, {r['prediction']} prediction"
                     energies += [LevelEnergy(levels[ref], what, r["energy_kjmol"],
                                              None if r["computed"] else r["std_kjmol"]),
                                  LevelEnergy(levels[ref], "relative energy" + ("" if r["computed"] else
-                                                                               ", Delta-GP prediction"),
+                                                                               f", {r['prediction']} prediction"),
                                              r["rel_kjmol"])]
                 for (lv, key, _), vals in zip(further, values, strict=True):
                     if key.endswith("_kjmol") and k in vals:  # energies (kJ/mol per molecule)

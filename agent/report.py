@@ -339,17 +339,18 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
                              squeeze=False)
     ax = axes[0][0]
     ax.scatter(rho, land.ff_kjmol - land.ff_kjmol.min(), s=14, c="0.6", label=f"{ff_level}")
+    model = corr.get("ranking_model") or "Delta-GP"
     e = corr["corrected_kjmol"] - corr["corrected_kjmol"].min()
     std = corr["std_kjmol"].copy()
     std[computed] = 0.0  # computed energies are exact at this level
     ax.errorbar(rho, e, yerr=std, fmt="o", ms=3, color="tab:blue", alpha=0.6,
-                lw=0.6, label=f"{ref_level}: Delta-GP mean ± 1σ")
+                lw=0.6, label=f"{ref_level}: {model} prediction, mean ± 1σ")
     ax.scatter(rho[computed], e[computed], s=40, facecolors="none", edgecolors="tab:red",
                label=f"computed at {ref_level} ({len(computed)})")
     if land.failed:
         bad = sorted(land.failed)
         ax.scatter(rho[bad], e[bad], marker="x", s=40, color="crimson", zorder=4,
-                   label=f"failed at {ref_level} ({len(bad)}; GP prediction shown)")
+                   label=f"failed at {ref_level} ({len(bad)}; {model} prediction shown)")
     ax.set_xlabel("density (g/cm$^3$)")
     ax.set_ylabel("lattice energy rel. to lowest (kJ/mol per molecule)")
     ax.set_title(f"{name}: {len(land.ids)} CSP structures before and after correction", fontsize=9)
@@ -376,7 +377,11 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
         ax.set_xlabel(f"computed lattice energy (kJ/mol per molecule)\n{ref_level}", fontsize=8)
         ax.set_ylabel("held-out (LOO) Delta-GP prediction (kJ/mol per molecule)", fontsize=8)
-        mae_text = f", LOO MAE {mae:.2f} kJ/mol per molecule" if mae is not None else ""
+        mae_text = f", Delta-GP LOO MAE {mae:.2f} kJ/mol per molecule" if mae is not None else ""
+        skill = corr.get("skill")
+        shift = getattr(skill, "shift_loo_mae_kjmol", None)
+        if model != "Delta-GP" and shift is not None:  # the Delta-GP failed the skill test
+            mae_text += f";\nconstant shift {shift:.2f}: the ranking uses the shift"
         ax.set_title(f"{len(computed)} of {len(land.ids)} structures computed{mae_text}", fontsize=8)
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -6,15 +6,16 @@ and level of theory.
 * :func:`level_of_theory` -- the human-readable level of a configured backend, declared by
   the backend (``level_of_theory(params)``; the description as a fallback).
 * :func:`structure_results` -- per CSP landscape of a live campaign, the structures ranked at
-  the highest structure level with the Delta-GP posterior (mean, 1-sigma; exact where
-  computed), space group, density, Z and CIF path; :func:`save_structure_results` writes
+  the highest structure level with the posterior the acquisition uses (the Delta-GP's, or
+  the constant shift's while the Delta-GP fails its leave-one-out skill test; mean, 1-sigma;
+  exact where computed; ``ranking_model`` says which), space group, density, Z and CIF path; :func:`save_structure_results` writes
   them into the store (meta ``structure_results``), and :func:`stored_structure_results`
   reads them back for ``status`` (store only), adding results computed since. Each
   landscape also names ``best_computed`` (the lowest structure computed at the level, with
   its rank among all, predictions included), ``observed`` (the lab's observed forms, also
   marked in ``top``) and ``prediction_check`` (:func:`prediction_check`: a WARNING when the
   leader is an uncomputed Delta-GP prediction that extrapolates beyond the computed
-  corrections or comes from a model without leave-one-out skill).
+  corrections; a note when the leader is an uncomputed constant-shift prediction).
 * :func:`status_record` / :func:`status_lines` -- the ``crystal-agent status`` record
   (``--json``) and text, also printed at the end of ``run`` / ``resume``; with the lab's
   experiments (:mod:`agent.lab.summary`).
@@ -129,8 +130,9 @@ def structures_dir(campaign_directory: Path) -> Path:
 
 def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[dict[str, Any]]:
     """Per landscape of the campaign's structure stage, the structures ranked at the
-    refinement level: computed energies exact, the others the Delta-GP posterior mean
-    and 1-sigma (``corrected_landscape``); before any refinement result, the force-field
+    refinement level: computed energies exact, the others the posterior mean and 1-sigma
+    of ``corrected_landscape`` (``ranking_model``: Delta-GP, or the constant shift while the
+    Delta-GP fails the skill test); before any refinement result, the force-field
     ranking. Structures whose calculation at the level failed are not ranked. Each
     record: ``molecule_id, smiles, name, level, ff_level, n_structures, n_computed,
     n_failed, top`` (list of :func:`landscape_rows` records)."""
@@ -163,8 +165,9 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
         }
         rec["best_computed"] = best_computed(ranked, level)
         rec["observed"] = [r for r in ranked if r["observed_by"]]
+        rec["ranking_model"] = (corr.get("ranking_model") or DELTA_GP) if corr and has_level else None
         rec["prediction_check"] = prediction_check(ranked, corr.get("skill") if corr else None,
-                                                   cfg.acquisition.skill_ratio)
+                                                   cfg.acquisition.skill_ratio, rec["ranking_model"])
         out.append(rec)
     return out
 
@@ -174,6 +177,14 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
 RANKING = "ranking"
 #: unit of every lattice energy and correction in the structure and lab records
 ENERGY_UNIT = "kJ/mol per molecule"
+#: ``ranking_model`` values (:meth:`agent.stages.structure.StructureStage.corrected_landscape`)
+DELTA_GP, CONSTANT_SHIFT = "Delta-GP", "constant-shift"
+
+
+def prediction_label(row: dict[str, Any]) -> str:
+    """How an uncomputed structure's energy was predicted: ``Delta-GP prediction, 1 sigma`` or
+    ``constant-shift prediction, 1 sigma`` (its ``prediction``; Delta-GP when not recorded)."""
+    return f"{row.get('prediction') or DELTA_GP} prediction, 1 sigma"
 
 
 def _corrected(stage: Any, mol_id: int) -> dict[str, Any] | None:
@@ -198,7 +209,8 @@ def best_computed(ranked: list[dict[str, Any]], level: str) -> dict[str, Any] | 
     return None if best is None else {**best, "level": level, "unit": ENERGY_UNIT}
 
 
-def prediction_check(ranked: list[dict[str, Any]], skill: Any, skill_ratio: float) -> dict[str, Any] | None:
+def prediction_check(ranked: list[dict[str, Any]], skill: Any, skill_ratio: float,
+                     ranking_model: str | None = DELTA_GP) -> dict[str, Any] | None:
     """Whether the predicted leader of a ranking (an uncomputed structure ranked first) is an
     extrapolation of the Delta-GP: its predicted correction (level minus force field) lies
     outside the range of the computed corrections by more than its own 1-sigma, or the model
@@ -206,7 +218,9 @@ def prediction_check(ranked: list[dict[str, Any]], skill: Any, skill_ratio: floa
     :class:`agent.refine_acquisition.Skill`, the model must beat a constant shift; None: not
     known, ``skilled`` None and only the range is checked). None when
     the leader is computed or has no prediction. ``warning`` is the text line, None when
-    neither holds."""
+    neither holds. When the ranking is the constant shift's (``ranking_model``
+    :data:`CONSTANT_SHIFT`: the Delta-GP failed that test) the leader is no extrapolation (its
+    correction is the mean computed one) and ``note`` says how it was ranked instead."""
     leader = ranked[0] if ranked else None
     if leader is None or leader.get("computed") or leader.get("energy_kjmol") is None:
         return None
@@ -224,10 +238,31 @@ def prediction_check(ranked: list[dict[str, Any]], skill: Any, skill_ratio: floa
            "n_computed": len(corrections), "min_skill_n": MIN_SKILL_N, "skill_ratio": float(skill_ratio),
            "skilled": bool(skill.skilled) if skill is not None else None,  # None: not known
            "model_loo_mae_kjmol": getattr(skill, "model_loo_mae_kjmol", None),
-           "shift_loo_mae_kjmol": getattr(skill, "shift_loo_mae_kjmol", None), "unit": ENERGY_UNIT}
+           "shift_loo_mae_kjmol": getattr(skill, "shift_loo_mae_kjmol", None), "unit": ENERGY_UNIT,
+           "ranking_model": ranking_model or DELTA_GP}
+    if rec["ranking_model"] == CONSTANT_SHIFT:
+        rec["extrapolation"], rec["warning"] = False, None
+        rec["note"] = _shift_leader_note(rec)
+        return rec
     rec["extrapolation"] = rec["outside_by_more_than_sigma"] or rec["skilled"] is False
     rec["warning"] = _extrapolation_warning(rec) if rec["extrapolation"] else None
     return rec
+
+
+def _shift_leader_note(c: dict[str, Any]) -> str:
+    """The note under a ranking led by an uncomputed structure ranked by the constant shift."""
+    mae, shift = c["model_loo_mae_kjmol"], c["shift_loo_mae_kjmol"]
+    if c["n_computed"] < c["min_skill_n"]:
+        why = f"the Delta-GP is trusted from {c['min_skill_n']} computed structures on, {c['n_computed']} are"
+    elif mae is None or shift is None:
+        why = "the Delta-GP has no leave-one-out error to test"
+    else:
+        why = (f"the Delta-GP failed the leave-one-out skill test: LOO MAE {mae:.2f} kJ/mol per molecule "
+               f"against the shift's {shift:.2f}")
+    return (f"note: the leader {c['leader_id']} is not computed; it and every uncomputed structure are ranked "
+            f"by the force field plus the mean computed correction ({c['leader_correction_kjmol']:.1f} kJ/mol "
+            f"per molecule, a constant shift with its leave-one-out spread), as the acquisition ranks them, "
+            f"because {why}. Compute it (crystal-agent refine) before calling it the global minimum.")
 
 
 def _extrapolation_warning(c: dict[str, Any]) -> str:
@@ -295,16 +330,18 @@ def _rows(campaign: Campaign, mol_id: int, corr: dict[str, Any] | None) -> list[
     out = []
     for i, sid in enumerate(land.ids):
         r = rows.get(sid)
+        how = None
         if i in land.computed:
             e, std = land.computed[i], 0.0
         elif corr is not None:
             e, std = float(corr["corrected_kjmol"][i]), float(corr["std_kjmol"][i])
+            how = corr.get("ranking_model") or DELTA_GP
         else:
             e, std = None, None
         out.append({
             "id": sid, "space_group": r["space_group"] if r else None,
             "density_gcm3": r["density_gcm3"] if r else None, "z": r["z"] if r else None,
-            "ff_kjmol": float(land.ff_kjmol[i]), "energy_kjmol": e, "std_kjmol": std,
+            "ff_kjmol": float(land.ff_kjmol[i]), "energy_kjmol": e, "std_kjmol": std, "prediction": how,
             "computed": i in land.computed, "failed": i in land.failed and i not in land.computed,
             "f_vib_kjmol": land.f_vib.get(i),
             "cif": str(cif_dir / f"{sid}.cif"),
@@ -452,7 +489,7 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
             if r.get("energy_kjmol") is not None:
                 e = format_value("energy_kjmol", r["energy_kjmol"],
                                  None if r.get("computed") else r.get("std_kjmol"))
-                how = "computed" if r.get("computed") else "Delta-GP prediction, 1 sigma"
+                how = "computed" if r.get("computed") else prediction_label(r)
             else:
                 e = format_value("energy_kjmol", r["ff_kjmol"])
                 how = "force field"
@@ -485,12 +522,12 @@ def _beyond_top_lines(rec: dict[str, Any]) -> list[str]:
         if r["id"] in shown or (best and r["id"] == best["id"] and not top[0].get("computed")):
             continue
         e = (format_value("energy_kjmol", r["energy_kjmol"], None if r.get("computed") else r.get("std_kjmol"))
-             + (" (computed)" if r.get("computed") else " (Delta-GP prediction, 1 sigma)")
+             + (" (computed)" if r.get("computed") else f" ({prediction_label(r)})")
              if r.get("energy_kjmol") is not None else "no energy at the level")
         where = f"rank {r['rank']} of {rec.get('n_ranked') or '?'}" if r.get("rank") else "rank unknown"
         lines.append(f"  observed form (lab {r['observed_by']}): {r['id']}  E_latt = {e}; {where}")
-    if (check := rec.get("prediction_check")) and check.get("warning"):
-        lines.append(f"  {check['warning']}")
+    if (check := rec.get("prediction_check")) and (check.get("warning") or check.get("note")):
+        lines.append(f"  {check.get('warning') or check['note']}")
     return lines
 
 

@@ -6,7 +6,7 @@ and ``--json``), the run summary and ``report/summary.txt``.
   (:func:`agent.summary.stored_structure_results` or, in ``report``, the live ones): per
   experiment the request (molecule, method, solvent, temperature), its state, the lab's
   outcome, the identified form(s) with their rank and lattice energy on the landscape (at
-  the structure level that ranks it, computed or Delta-GP prediction, and at the force
+  the structure level that ranks it, computed or predicted, and at the force
   field), the identification's confidence, and whether the result was fed back as an
   observed form (and why not).
 * :func:`lab_lines` -- the text lines.
@@ -111,7 +111,8 @@ def _ranks(store: Store, cfg: CampaignConfig, structures: list[dict[str, Any]], 
         return {"ff_rank": n_ff, "n_ff": len(ff_rows), "ff_kjmol": e_ff,
                 "ff_rel_kjmol": None if e_ff is None or ff0 is None else e_ff - ff0,
                 "rank": rank, "n_ranked": len(ranking) or rec.get("n_ranked"), "energy_kjmol": energy,
-                "std_kjmol": std, "computed": computed, "level": rec.get("level")}
+                "std_kjmol": std, "computed": computed, "level": rec.get("level"),
+                "prediction": rec.get("ranking_model")}
 
     return of
 
@@ -129,12 +130,12 @@ def _why_not(ident: dict[str, Any], forms: list[dict[str, Any]], min_conf: float
 def _form_text(f: dict[str, Any]) -> str:
     """``m5-m0001 (rank 1 of 19 at LEVEL, E_latt = -43.8 kJ/mol per molecule, computed;
     force field rank 1 of 19)``."""
-    from agent.summary import format_value
+    from agent.summary import format_value, prediction_label
 
     parts = []
     if f["energy_kjmol"] is not None:
         e = format_value("energy_kjmol", f["energy_kjmol"], None if f["computed"] else f["std_kjmol"])
-        how = "computed" if f["computed"] else "Delta-GP prediction, 1 sigma"
+        how = "computed" if f["computed"] else prediction_label(f)
         rank = f"rank {f['rank']} of {f['n_ranked'] or '?'} " if f["rank"] is not None else ""
         parts.append(f"{rank}at {f['level']}: E_latt = {e} ({how})")
     elif f["rank"] is not None:
@@ -186,7 +187,7 @@ def lab_lines(lab: dict[str, Any] | None) -> list[str]:
         elif e["not_fed_back_because"]:
             lines.append(f"    not fed back: {e['not_fed_back_because']}")
         if e["measured_properties"]:
-            from agent.summary import format_value
+            from agent.summary import format_value, prediction_label
 
             lines.append("    measured: " + ", ".join(f"{k} = {format_value(k, v)}"
                                                       for k, v in sorted(e["measured_properties"].items())))

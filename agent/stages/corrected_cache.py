@@ -32,7 +32,7 @@ import numpy as np
 #: store meta key of the saved corrected landscapes (JSON: molecule id -> :func:`encode`)
 CORRECTED_META = "corrected_landscapes"
 #: version of the saved form and of what the fingerprint covers
-CORRECTED_FORMAT = 1
+CORRECTED_FORMAT = 2
 
 
 def fingerprint(stage: Any, land: Any) -> str:
@@ -74,8 +74,8 @@ def encode(result: dict[str, Any], digest: str) -> dict[str, Any]:
         "held_out_kjmol": _floats(result.get("held_out_kjmol")),
         "loo_mae_kjmol": _float(result.get("loo_mae_kjmol")),
     }
-    if "skill" in result:  # the acquisition's skill test of the model
-        out["skill"] = None if result["skill"] is None else asdict(result["skill"])
+    out["skill"] = None if result.get("skill") is None else asdict(result["skill"])
+    out["ranking_model"] = result["ranking_model"]
     return out
 
 
@@ -91,8 +91,8 @@ def decode(entry: dict[str, Any], land: Any) -> dict[str, Any]:
         "held_out_kjmol": _array(entry.get("held_out_kjmol")),
         "loo_mae_kjmol": _float(entry.get("loo_mae_kjmol")),
     }
-    if "skill" in entry:
-        out["skill"] = None if entry["skill"] is None else Skill(**entry["skill"])
+    out["skill"] = None if entry["skill"] is None else Skill(**entry["skill"])
+    out["ranking_model"] = str(entry["ranking_model"])
     return out
 
 

@@ -494,14 +494,19 @@ class StructureStage:
         return self.cost_models[level.name].expected([land.inp(i) for i in range(len(land.ids))])
 
     def corrected_landscape(self, molecule_id: int) -> dict[str, np.ndarray] | None:
-        """Cheap-level and surrogate-corrected energies (mean, std) of every structure, from
+        """Cheap-level and surrogate-corrected energies (mean, std; the computed value and 0
+        where computed) of every structure, from
         the model of the last decision when nothing was computed since, else a fresh fit;
         ``held_out_kjmol`` (leave-one-out predictions of the computed structures, None when
         the model's residuals do not cover them all), ``loo_mae_kjmol`` (the model's own
         figure, the one logged to MLflow per refit) and ``skill``: the acquisition's own
         leave-one-out skill test of that model against a constant shift
         (:func:`agent.refine_acquisition.surrogate_skill` with the configured ``skill_ratio``;
-        a model that fails it does not steer the picks). Kept while its inputs are unchanged,
+        a model that fails it does not steer the picks; None with ``skill_test = false``) and
+        ``ranking_model``: :data:`agent.summary.DELTA_GP` when the mean and std are the model's, else
+        :data:`agent.summary.CONSTANT_SHIFT` (the model failed that test, so the uncomputed structures are
+        ranked as the acquisition sees them: force field plus the mean computed correction,
+        with the shift's Student-t spread). Kept while its inputs are unchanged,
         and read from the store where the run saved it (:mod:`agent.stages.corrected_cache`),
         so a report fits nothing twice; a copy the caller may change."""
         from agent.stages import corrected_cache
@@ -522,22 +527,31 @@ class StructureStage:
     def _fit_corrected(self, land: LandscapeState, model: Any) -> dict[str, Any]:
         """:meth:`corrected_landscape` from the decision's ``model`` or (None) a fresh fit."""
         from agent.refine_acquisition import surrogate_skill
+        from agent.summary import CONSTANT_SHIFT, DELTA_GP
+        from agent.surrogates.structure_gp import ShiftModel
 
         if model is None:
             self._fragment_terms(land)  # (says so itself when it computes them)
             self._say(f"m{land.molecule_id}: fitting the structure surrogate on "
                       f"{len(land.computed)} computed structures ...")
             model = self._fit_model(land, self.campaign_cfg.seed)
-        mean, std = model.predict(np.arange(len(land.ids)))
+        acq = self.cfg.acquisition
+        skill = surrogate_skill(model, land.ff_kjmol, land.computed, acq.skill_ratio) if acq.skill_test else None
+        # the ranking comes from the model the acquisition trusts: a model that fails the skill
+        # test steers nothing, so the uncomputed structures are ranked by the constant shift
+        ranking = model if skill is None or skill.skilled else ShiftModel(land.ff_kjmol).fit(land.computed)
+        mean, std = ranking.predict(np.arange(len(land.ids)))
         computed = np.array(sorted(land.computed))
+        corrected = land.ff_kjmol + mean
+        corrected[computed], std[computed] = [land.computed[i] for i in computed], 0.0  # exact there
         held_out = None
         residual = model.loo_residual_kjmol
         if residual is not None and len(residual) == len(computed):  # computed minus LOO prediction
             held_out = np.array([land.computed[i] for i in computed]) - residual
-        return {"ff_kjmol": land.ff_kjmol, "corrected_kjmol": land.ff_kjmol + mean,
+        return {"ff_kjmol": land.ff_kjmol, "corrected_kjmol": corrected,
                 "std_kjmol": std, "computed": computed, "held_out_kjmol": held_out,
-                "loo_mae_kjmol": model.loo_mae_kjmol,
-                "skill": surrogate_skill(model, land.ff_kjmol, land.computed, self.cfg.acquisition.skill_ratio)}
+                "loo_mae_kjmol": model.loo_mae_kjmol, "skill": skill,
+                "ranking_model": CONSTANT_SHIFT if ranking is not model else DELTA_GP}
 
     def save_corrected(self) -> None:
         """Save the corrected landscapes computed in this process in the store, for a

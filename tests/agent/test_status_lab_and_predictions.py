@@ -6,9 +6,10 @@ report/summary.txt
   its rank and energy on the landscape, confidence, fed back or not) and mark the observed
   form among the structures;
 * always show the best structure COMPUTED at the structure level (id, level, energy, rank)
-  when an uncomputed Delta-GP prediction leads, and warn when that leader is an
-  extrapolation: its predicted correction more than 1 sigma outside the computed ones, or a
-  model that fails the acquisition's own leave-one-out skill test.
+  when an uncomputed prediction leads, and warn when that leader is an extrapolation of the
+  Delta-GP: its predicted correction more than 1 sigma outside the computed ones;
+* rank with the model the acquisition acts on: a Delta-GP that fails the acquisition's own
+  leave-one-out skill test ranks nothing, the constant shift does (and says so).
 
 A real Campaign run to its end (local executor, no Ray): replayed CSP and fragment-DFT
 energies of formic acid (data/landscapes/formic_acid_dft), five structures refined, and the
@@ -143,44 +144,47 @@ def test_status_reports_the_lab_experiment_and_marks_the_observed_form(finished,
     assert row in summary.splitlines()
 
 
-def test_best_computed_is_shown_and_an_extrapolated_leader_is_flagged(finished, capsys):
+def test_a_delta_gp_without_skill_does_not_rank_the_structures(finished, capsys):
+    """Under this name and seed the Delta-GP fails the acquisition's leave-one-out skill test
+    after the five refinements (before this mend it still ranked the landscape and put
+    an uncomputed structure with a correction of -14.9 kJ/mol, far outside the computed -9.8 to
+    -5.5, in the lead). The ranking a user reads must be the one the acquisition acts on: the
+    force field plus the mean computed correction."""
+    import numpy as np
+
+    from agent.store import Store
+
     computed, ff, rank, _, _ = _truth(finished)
-    best = min(computed, key=computed.get)
+    with Store(finished / NAME / "store.sqlite") as store:
+        (saved,) = json.loads(store.get_meta("corrected_landscapes")).values()
+    assert saved["skill"]["n_computed"] == 5 and not saved["skill"]["skilled"], "the case of this test"
+    assert saved["ranking_model"] == "constant-shift"
+    shift = float(np.mean([computed[s] - ff[s] for s in computed]))
 
     rec = json.loads(_status(finished, capsys, "--json"))
     (land,) = rec["structures"]
-    leader = land["top"][0]
-    assert not leader["computed"], "the case this test is about: a prediction leads"
-    bc = land["best_computed"]
-    assert bc["id"] == best and bc["energy_kjmol"] == pytest.approx(computed[best]) and bc["computed"]
-    assert bc["rank"] == rank[best] > 1 and bc["level"] == land["refine_level"]
-    assert bc["unit"] == "kJ/mol per molecule"
-
-    check = land["prediction_check"]
-    corrections = [computed[s] - ff[s] for s in computed]
-    assert check["leader_id"] == leader["id"] and check["n_computed"] == len(computed) == 5
-    assert check["leader_correction_kjmol"] == pytest.approx(leader["energy_kjmol"] - ff[leader["id"]])
-    assert check["leader_std_kjmol"] == pytest.approx(leader["std_kjmol"])
-    assert check["computed_correction_min_kjmol"] == pytest.approx(min(corrections))
-    assert check["computed_correction_max_kjmol"] == pytest.approx(max(corrections))
-    assert check["outside_by_more_than_sigma"] and check["leader_correction_kjmol"] < min(corrections) - \
-        check["leader_std_kjmol"]
-    # the acquisition's own skill test: the model's LOO MAE against 0.9 x a constant shift's
-    assert not check["skilled"] and check["skill_ratio"] == 0.9
-    assert check["model_loo_mae_kjmol"] > 0.9 * check["shift_loo_mae_kjmol"]
-    assert check["extrapolation"] and check["unit"] == "kJ/mol per molecule"
+    assert land["ranking_model"] == "constant-shift"
+    predicted = [r for r in land["top"] if not r["computed"]]
+    assert predicted, "some uncomputed structures are listed"
+    for r in predicted:
+        assert r["prediction"] == "constant-shift"
+        assert r["energy_kjmol"] == pytest.approx(ff[r["id"]] + shift)
+    stds = {round(r["std_kjmol"], 9) for r in predicted}
+    assert len(stds) == 1 and stds.pop() > 0  # the shift's one Student-t spread
+    for r in land["top"]:
+        if r["computed"]:
+            assert r["energy_kjmol"] == pytest.approx(computed[r["id"]]) and r["std_kjmol"] == 0.0
+    energies = [r["energy_kjmol"] for r in land["top"]]
+    assert energies == sorted(energies)
+    assert [r["rank"] for r in land["top"]] == [rank[r["id"]] for r in land["top"]]  # = the table's
+    best = min(computed, key=computed.get)
+    assert land["best_computed"]["id"] == best
 
     text = _status(finished, capsys)
-    lines = text.splitlines()
-    head = next(ln for ln in lines if ln.startswith("  best computed: "))
-    assert head.startswith(f"  best computed: {best}  E_latt = {computed[best]:.1f} kJ/mol per molecule "
-                           f"(computed at {land['refine_level']}; rank {rank[best]} of 60)")
-    warn = next(ln for ln in lines if ln.startswith("  WARNING: the predicted leader "))
-    assert warn.startswith(f"  WARNING: the predicted leader {leader['id']} is an extrapolation")
-    assert f"{check['leader_correction_kjmol']:.1f} ± {check['leader_std_kjmol']:.1f}" in warn
-    assert "no leave-one-out skill" in warn
-    summary = (finished / NAME / "report" / "summary.txt").read_text().splitlines()
-    assert head in summary and warn in summary
+    assert "Delta-GP prediction" not in text and "WARNING: the predicted leader" not in text, text
+    assert "(constant-shift prediction, 1 sigma)" in text
+    cif = (finished / NAME / "structures" / f"{predicted[0]['id']}.cif").read_text()
+    assert "constant-shift prediction" in cif and "Delta-GP" not in cif
 
 
 def test_prediction_check_is_quiet_for_a_computed_leader_or_a_skilled_interpolation():
@@ -204,3 +208,21 @@ def test_prediction_check_is_quiet_for_a_computed_leader_or_a_skilled_interpolat
     assert untested["extrapolation"] and "untested (2 computed, the test needs 5)" in untested["warning"]
     unknown = prediction_check([row("a", -12.0, -6.0, False, 1.0), *computed], None, 0.9)
     assert unknown["skilled"] is None and not unknown["extrapolation"]
+
+
+def test_prediction_check_of_a_constant_shift_leader_is_a_note_not_a_warning():
+    from agent.refine_acquisition import Skill
+    from agent.summary import prediction_check
+
+    def row(sid, e, ff, computed, std=0.0):
+        return {"id": sid, "energy_kjmol": e, "ff_kjmol": ff, "computed": computed, "std_kjmol": std}
+
+    computed = [row(f"c{k}", -10.0 - k, -4.0 - k + d, True) for k, d in enumerate([-1, 1, 0, -0.5, 0.5])]
+    failed = Skill(5, 3.0, 2.0, False)  # corrections -5, -7, -6, -5.5, -6.5: mean -6
+    check = prediction_check([row("a", -13.0, -7.0, False, 2.0), *computed], failed, 0.9, "constant-shift")
+    assert not check["extrapolation"] and check["warning"] is None
+    assert check["note"].startswith("note: the leader a is not computed")
+    assert "-6.0 kJ/mol per molecule" in check["note"] and "LOO MAE 3.00" in check["note"]
+    few = prediction_check([row("a", -13.0, -7.0, False, 2.0), *computed[:2]], Skill(2, None, 2.0, False), 0.9,
+                           "constant-shift")
+    assert "from 5 computed structures on, 2 are" in few["note"]
