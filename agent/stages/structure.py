@@ -427,8 +427,8 @@ class StructureStage:
 
     def _fragment_terms(self, land: LandscapeState) -> list | None:
         """:func:`~sim_backends.fragment_terms.landscape_fragment_terms` of every structure
-        (cached); None, with the reason kept in ``land.fragment_error``, when they cannot
-        be computed."""
+        (kept in memory, and on disk under the campaign directory: :mod:`agent.stages.fragment_cache`);
+        None, with the reason kept in ``land.fragment_error``, when they cannot be computed."""
         settings = self._fragment_settings()
         if settings is not None and land.fragment is None and land.fragment_error is None:
             from sim_backends.base import SetupError
@@ -443,15 +443,26 @@ class StructureStage:
                 if done[0] % step == 0 and done[0] < n:
                     self._say(f"m{land.molecule_id}: fragment terms {done[0]}/{n}")
 
+            from agent.stages import fragment_cache
+            from sim_backends import fragment_terms as ft
+
+            atoms = land.landscape.atoms()
+            digest = fragment_cache.key(land.smiles, {**settings, "decays_A": list(ft.DECAYS_A)},
+                                        self.cfg.dimer_baselines, ft.DEFAULT_DESCRIPTOR, atoms)
+            land.fragment = fragment_cache.load(self.directory, land.molecule_id, digest)
+            if land.fragment is not None and len(land.fragment) == n:
+                return land.fragment
             self._say(f"m{land.molecule_id}: fragment terms of {n} structures (D3, point-charge Ewald, "
                       f"dimer baselines {', '.join(self.cfg.dimer_baselines) or 'none'}) ...")
             try:  # the Landscape's parsed structures (each CIF parsed once)
                 land.fragment = landscape_fragment_terms(
-                    [crystal_from_atoms(a, land.smiles) for a in land.landscape.atoms()], settings["cutoff_A"],
+                    [crystal_from_atoms(a, land.smiles) for a in atoms], settings["cutoff_A"],
                     settings["cutoff_mode"], settings["functional"],
                     baselines=tuple(self.cfg.dimer_baselines), progress=tick if self.progress else None)
             except (SetupError, ValueError, RuntimeError) as exc:
-                land.fragment_error = str(exc)
+                land.fragment, land.fragment_error = None, str(exc)
+            else:  # kept for the next process of this campaign (resume, refine, report)
+                fragment_cache.save(self.directory, land.molecule_id, digest, land.fragment)
         return land.fragment
 
     def _fit_model(self, land: LandscapeState, seed: int) -> StructureSurrogate:

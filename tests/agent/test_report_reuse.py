@@ -81,6 +81,7 @@ def test_report_reuses_the_runs_corrected_landscapes(finished, tmp_path, capsys,
 
 
 def test_report_without_saved_results_fits_once_and_says_so(finished, tmp_path, capsys, monkeypatch):
+    import shutil
     import sqlite3
 
     from agent.stages.corrected_cache import CORRECTED_META
@@ -91,9 +92,78 @@ def test_report_without_saved_results_fits_once_and_says_so(finished, tmp_path, 
     with db:
         db.execute("DELETE FROM meta WHERE key = ?", (CORRECTED_META,))  # a campaign stopped before its end
     db.close()
+    shutil.rmtree(copy / "fr" / "cache")  # and the fragment terms the run kept
     calls = _count_work(monkeypatch)
     copy, out = _report(finished, tmp_path, capsys)
     assert calls == {"fit": 1, "terms": 1}, calls  # not once per plot, table and summary
     assert "report: m1: fragment terms of 12 structures" in out.err
     assert "report: m1: fitting the structure surrogate on" in out.err
     assert (copy / "fr" / "report" / "landscape_m1.csv").read_text() == ref
+
+
+def test_the_runs_fragment_terms_are_read_back_not_recomputed(finished, tmp_path, capsys, monkeypatch):
+    """A new process of the campaign (resume, refine, a report without the saved corrected
+    landscapes) reads the fragment terms the run saved under runs/<name>/cache/ and gets the
+    same numbers; a damaged file is recomputed, never used."""
+    import sqlite3
+
+    from agent.stages.corrected_cache import CORRECTED_META
+
+    (saved,) = (finished / "fr" / "cache" / "fragment_terms").glob("m1-*.json.gz")
+    ref = (finished / "fr" / "report" / "landscape_m1.csv").read_text()
+    copy, _ = _report(finished, tmp_path, capsys)
+    db = sqlite3.connect(copy / "fr" / "store.sqlite")
+    with db:
+        db.execute("DELETE FROM meta WHERE key = ?", (CORRECTED_META,))
+    db.close()
+    calls = _count_work(monkeypatch)
+    copy, out = _report(finished, tmp_path, capsys)
+    assert calls == {"fit": 1, "terms": 0}, calls
+    assert "fragment terms of" not in out.err
+    assert (copy / "fr" / "report" / "landscape_m1.csv").read_text() == ref
+
+    (cached,) = (copy / "fr" / "cache" / "fragment_terms").glob("m1-*.json.gz")
+    cached.write_bytes(cached.read_bytes()[:100])  # a truncated file
+    calls = _count_work(monkeypatch)
+    copy, out = _report(finished, tmp_path, capsys)
+    assert calls == {"fit": 1, "terms": 1}, calls
+    assert (copy / "fr" / "report" / "landscape_m1.csv").read_text() == ref
+
+
+def test_fragment_cache_round_trip_and_key():
+    import math
+
+    import numpy as np
+    from ase import Atoms
+
+    from agent.stages import fragment_cache
+    from sim_backends.fragment_terms import FragmentTerms
+
+    t = FragmentTerms(known_kjmol=-50.5, e_d3_kjmol=-30.25, e_pc_total_kjmol=-20.25,
+                      keys=[(0, 1, (0, 0, 1)), (0, 0, (1, -1, 0))], contact_A=np.array([1.7, 2.4]),
+                      weights=np.array([0.5, 1.0]), multiplicity=np.array([2, 4]),
+                      e_pc_dimer_kjmol=np.array([-30.1, 1.25]), features=np.arange(6.0).reshape(2, 3) / 7,
+                      feature_names=["C-O/0.25", "C-O/0.5", "C-O/1"],
+                      baselines=np.array([[1.0, np.nan], [2.0, 3.0]]), baseline_names=["gfn2-xtb", "d3"])
+    a = Atoms("CO", positions=[[0, 0, 0], [1.13, 0, 0]], cell=np.eye(3) * 5, pbc=True)
+    settings = {"cutoff_A": 3.0, "cutoff_mode": "contact", "functional": "pbe"}
+    k = fragment_cache.key("[C-]#[O+]", settings, ["gfn2-xtb"], "element", [a])
+    b = a.copy()
+    b.positions[1, 0] += 1e-3
+    assert fragment_cache.key("[C-]#[O+]", settings, ["gfn2-xtb"], "element", [b]) != k
+    assert fragment_cache.key("[C-]#[O+]", settings, ["d3"], "element", [a]) != k
+    assert fragment_cache.key("[C-]#[O+]", {**settings, "cutoff_A": 3.5}, ["gfn2-xtb"], "element", [a]) != k
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        assert fragment_cache.load(d, 3, k) is None
+        p = fragment_cache.save(d, 3, k, [t])
+        assert p is not None and [f.name for f in p.parent.iterdir()] == [p.name]  # no temporary left
+        (back,) = fragment_cache.load(d, 3, k)
+        assert fragment_cache.load(d, 3, "0" * 64) is None
+    assert back.keys == t.keys and back.feature_names == t.feature_names
+    for name in ("contact_A", "weights", "multiplicity", "e_pc_dimer_kjmol", "features"):
+        assert np.array_equal(getattr(back, name), getattr(t, name)) and getattr(back, name).dtype == \
+            getattr(t, name).dtype
+    assert back.baselines[0, 0] == 1.0 and math.isnan(back.baselines[0, 1])
+    assert (back.known_kjmol, back.e_d3_kjmol, back.baseline_names) == (-50.5, -30.25, ["gfn2-xtb", "d3"])
