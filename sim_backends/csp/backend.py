@@ -15,7 +15,9 @@ into ``extra["landscape"]``; the values are computed over all unique minima),
 ``max_trials`` (the limit of ``n_trials``, :data:`~sim_backends.csp.run.MAX_TRIALS_DEFAULT`
 unless raised), ``sampling`` ("converged": ``n_trials`` is a budget the search may stop
 short of once the low-energy region is converged; "fixed"), ``z_prime`` (1, 2, "1,2" or [1, 2]:
-the Z' values searched, :func:`~sim_backends.csp.run.run_csp`). ``extra["csp"]["convergence"]``
+the Z' values searched, :func:`~sim_backends.csp.run.run_csp`), ``racemic`` (False: a SMILES
+naming one enantiomer is searched only in Sohncke groups; :mod:`sim_backends.csp.chirality`).
+``extra["csp"]["convergence"]``
 holds the per-space-group convergence record of the landscape.
 :meth:`CSPBackend.check_params` refuses what :func:`run_csp` would.
 """
@@ -69,7 +71,7 @@ class CSPBackend(Backend):
     _DEFAULTS: ClassVar[dict[str, Any]] = {
         "n_trials": 200, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
         "charges": "resp", "max_structures": 100, "max_trials": None,
-        "sampling": "converged", "z_prime": 1,
+        "sampling": "converged", "z_prime": 1, "racemic": False,
     }
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1), "max_trials": check.integer(1),
@@ -77,7 +79,7 @@ class CSPBackend(Backend):
         "energy_window_kjmol": check.number(0.0, lo_open=True),
         "charges": check.one_of("resp", "resp-lp", "xtb", "none"),
         "max_structures": check.integer(0), "sampling": check.one_of("converged", "fixed"),
-        "z_prime": _parse_z_prime,
+        "z_prime": _parse_z_prime, "racemic": check.boolean,
     }
 
     @classmethod
@@ -125,7 +127,8 @@ class CSPBackend(Backend):
             landscape = run_csp(
                 inp.smiles, n_trials, space_groups=p["space_groups"], seed=int(p["seed"]),
                 energy_window_kjmol=float(p["energy_window_kjmol"]), progress=False,
-                charges=str(p["charges"]), sampling=str(p["sampling"]), z_prime=p["z_prime"], **limit,
+                charges=str(p["charges"]), sampling=str(p["sampling"]), z_prime=p["z_prime"],
+                racemic=bool(p["racemic"]), **limit,
             )
         except (ValueError, TypeError) as exc:
             raise SetupError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

@@ -3,7 +3,7 @@
     crystal-agent csp SMILES_OR_FILE [--n-trials N] [--sampling converged|fixed]
                       [--space-groups P2_1/c,P-1] [--out DIR] [--seed S] [--json]
                       [--charges resp|xtb] [--workers W] [--energy-window E] [--max-trials M]
-                      [--z-prime 1|2|1,2]
+                      [--z-prime 1|2|1,2] [--racemic]
 
 ``--n-trials`` is the trial budget (default :data:`DEFAULT_TRIAL_BUDGET`): with the default
 converged sampling the search stops earlier when every space group's low-energy region
@@ -75,6 +75,10 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
     p.add_argument("--z-prime", default="1",
                    help="Z' values searched: 1 (default), 2 or 1,2; Z'=2 (two independent molecules) "
                         "runs in the given --space-groups, or by default in P2_1/c, P-1, P2_12_12_1, P2_1")
+    p.add_argument("--racemic", action="store_true",
+                   help="for a SMILES with assigned stereocentres (one enantiomer): search the racemic compound "
+                        "in every space group; by default such a molecule is searched only in the Sohncke groups "
+                        "(P2_12_12_1, P2_1, C2, P1), whose crystals hold one enantiomer")
     p.add_argument("--top", type=positive_int, default=15, help="rows printed in the table (>= 1, default 15)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run_csp_command, csp_executor_factory=executor_factory)
@@ -113,8 +117,13 @@ def run_csp_command(args: argparse.Namespace) -> int:
             raise ValueError("--workers > 1 needs a Ray executor (run it as crystal-agent csp)")
         if args.workers > (os.cpu_count() or 1) and not os.environ.get("RAY_ADDRESS"):
             raise ValueError(f"--workers {args.workers} is more than the {os.cpu_count()} CPUs here")
-        parse_space_groups(args.space_groups)
+        from sim_backends.csp.chirality import stereo_policy
+
+        stereo = stereo_policy(args.molecule, args.racemic)
+        parse_space_groups(args.space_groups, stereo.sohncke_only)
         parse_z_prime(args.z_prime)
+        if stereo.note:
+            print(f"note: {stereo.note}", file=sys.stderr)
         if args.out is not None:
             _check_out_dir(Path(args.out))
         from sim_backends.csp.charges import stage_messages
@@ -126,7 +135,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
                 progress=not args.json and sys.stderr.isatty(), executor=executor,
                 charges=args.charges, max_trials=max_trials, sampling=args.sampling,
                 flexible=args.flexible, max_rotatable_bonds=args.max_rotatable_bonds,
-                z_prime=args.z_prime,
+                z_prime=args.z_prime, racemic=args.racemic,
             )
     except (ValueError, BackendError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -313,6 +313,7 @@ def run_csp(
     max_rotatable_bonds: int | None = None,
     z_prime: int | str | list[int] | None = 1,
     search_cells: bool = False,
+    racemic: bool = False,
 ) -> Landscape:
     """Crystal structure prediction for a rigid molecule with Z' = 1 (and Z' = 2).
 
@@ -365,6 +366,11 @@ def run_csp(
             group's molecules per cell, the first molecule's atoms first) rather than its
             output cell (module docstring): for callers that re-encode a minimum in its search
             group (:func:`~sim_backends.csp.flexible.run_flexible_csp`); rigid molecules only.
+        racemic: for a SMILES naming one enantiomer (assigned stereocentres,
+            :mod:`sim_backends.csp.chirality`): False (default) searches only Sohncke groups
+            (the defaults filtered; a given non-Sohncke group is refused), True the racemic
+            compound in every group. No effect on achiral or unassigned input.
+            ``meta["stereo"]`` records the decision.
 
     Returns:
         The :class:`Landscape`.
@@ -381,8 +387,11 @@ def run_csp(
     criteria = convergence if isinstance(convergence, ConvergenceCriteria) else \
         ConvergenceCriteria.from_dict(convergence)
     criteria.validate()
-    groups = parse_space_groups(space_groups)
-    labels = search_labels(space_groups, z_prime)
+    from sim_backends.csp.chirality import stereo_policy
+
+    stereo = stereo_policy(smiles_or_molecule, racemic)
+    groups = parse_space_groups(space_groups, stereo.sohncke_only)
+    labels = search_labels(space_groups, z_prime, stereo.sohncke_only)
     from sim_backends.csp.flexible import flexible_smiles, run_flexible_csp
 
     flex = flexible_smiles(smiles_or_molecule, flexible)
@@ -390,12 +399,16 @@ def run_csp(
         raise ValueError("Z' > 1 searches are for rigid molecules; use z_prime=1 (--z-prime 1) "
                          "or --flexible rigid")
     if flex is not None:
-        return run_flexible_csp(
-            flex, n_trials, space_groups=space_groups, seed=seed, energy_window_kjmol=energy_window_kjmol,
-            out_dir=out_dir, progress=progress, charges=charges, cache_dir=cache_dir,
+        land = run_flexible_csp(
+            flex, n_trials, space_groups=[g.symbol for g in groups], seed=seed, energy_window_kjmol=energy_window_kjmol,
+            out_dir=None, progress=progress, charges=charges, cache_dir=cache_dir,
             max_rotatable_bonds=max_rotatable_bonds, cutoff_A=cutoff_A, executor=executor, batch_size=batch_size,
             gtol=gtol, max_iter=max_iter, protocol=protocol, stage2_margin_kjmol=stage2_margin_kjmol,
             stage2_warm_start=stage2_warm_start, max_trials=max_trials, sampling=sampling, convergence=convergence)
+        land.meta["stereo"] = stereo.meta()
+        if out_dir is not None:
+            land.write(out_dir)
+        return land
     t_start = time.perf_counter()
     charges = "resp" if charges is None else charges
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
@@ -473,7 +486,7 @@ def run_csp(
         "n_sobol_points": int(sum(r["n_generated"] for r in first)),
         "trials_cpu_s": float(sum(r["trials_cpu_s"] for r in first)),
         "space_groups": [g.symbol for g in groups], "searches": labels,
-        "z_prime": parse_z_prime(z_prime),
+        "z_prime": parse_z_prime(z_prime), "stereo": stereo.meta(),
         "seed": int(seed), "energy_window_kjmol": float(energy_window_kjmol),
         "charge_method": getattr(molecule, "charge_method", ""),
         "cutoff_A": cutoff_A, "gtol": gtol, "n_workers": int(executor.n_workers),

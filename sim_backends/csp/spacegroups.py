@@ -81,6 +81,12 @@ class SpaceGroup:
         return int(self.rotations.shape[0])
 
     @property
+    def sohncke(self) -> bool:
+        """Every operation proper (det +1): a group an enantiopure crystal can have
+        (:mod:`sim_backends.csp.chirality`)."""
+        return bool(np.all(np.linalg.det(self.rotations) > 0))
+
+    @property
     def free_cell_parameters(self) -> tuple[int, ...]:
         """Indices of the free entries of (a, b, c, alpha, beta, gamma)."""
         return FREE_CELL_PARAMETERS[self.crystal_system]
@@ -145,14 +151,17 @@ def get_space_group(symbol: str) -> SpaceGroup:
     return SpaceGroup(name, number, hall, rot, trans, _crystal_system(number))
 
 
-def parse_space_groups(spec: str | list[str] | tuple[str, ...] | None) -> list[SpaceGroup]:
-    """Parse ``"P2_1/c,P-1"`` or a list of symbols; None gives :data:`DEFAULT_SPACE_GROUPS`.
+def parse_space_groups(spec: str | list[str] | tuple[str, ...] | None,
+                       sohncke_only: bool = False) -> list[SpaceGroup]:
+    """Parse ``"P2_1/c,P-1"`` or a list of symbols; None gives :data:`DEFAULT_SPACE_GROUPS`
+    (with ``sohncke_only``, the Sohncke groups among them: an enantiopure molecule).
 
     Raises:
-        ValueError: empty list or unknown symbol (one line).
+        ValueError: empty list or unknown symbol (one line); with ``sohncke_only``, a given
+            group that is not a Sohncke group.
     """
     if spec is None:
-        names: list[str] = list(DEFAULT_SPACE_GROUPS)
+        names: list[str] = [g for g in DEFAULT_SPACE_GROUPS if not sohncke_only or get_space_group(g).sohncke]
     elif isinstance(spec, str):
         names = [s for s in spec.split(",") if s.strip()]
     else:
@@ -162,6 +171,11 @@ def parse_space_groups(spec: str | list[str] | tuple[str, ...] | None) -> list[S
     out: list[SpaceGroup] = []
     for n in names:
         sg = get_space_group(canonical_symbol(n))
+        if sohncke_only and not sg.sohncke:
+            ok = ", ".join(g for g in _GROUPS if get_space_group(g).sohncke)
+            raise ValueError(f"space group {sg.symbol} has inversion, mirror or glide symmetry, which puts both "
+                             f"enantiomers of this enantiopure molecule in one crystal; use Sohncke groups "
+                             f"({ok}) or search the racemic compound (--racemic; racemic = true in csp params)")
         if sg.symbol not in {o.symbol for o in out}:
             out.append(sg)
     return out
@@ -207,13 +221,16 @@ def parse_search_label(label: str) -> tuple[str, int]:
 
 
 def search_labels(space_groups: str | list[str] | tuple[str, ...] | None,
-                  z_prime: int | str | list[int] | tuple[int, ...] | None = 1) -> list[str]:
+                  z_prime: int | str | list[int] | tuple[int, ...] | None = 1,
+                  sohncke_only: bool = False) -> list[str]:
     """The searches of a run: every group at Z' = 1, and at Z' = 2 the given groups (or,
-    when none are given, :data:`ZPRIME2_SPACE_GROUPS`)."""
+    when none are given, :data:`ZPRIME2_SPACE_GROUPS`); with ``sohncke_only`` only Sohncke
+    groups (:func:`parse_space_groups`)."""
     zps = parse_z_prime(z_prime)
-    groups = [g.symbol for g in parse_space_groups(space_groups)]
+    groups = [g.symbol for g in parse_space_groups(space_groups, sohncke_only)]
+    zp2 = [g for g in ZPRIME2_SPACE_GROUPS if not sohncke_only or get_space_group(g).sohncke]
     labels = []
     for zp in zps:
-        for g in groups if zp == 1 or space_groups is not None else list(ZPRIME2_SPACE_GROUPS):
+        for g in groups if zp == 1 or space_groups is not None else zp2:
             labels.append(search_label(g, zp))
     return labels
