@@ -100,7 +100,8 @@ def stereo_policy(smiles_or_molecule: Any, racemic: bool = False) -> StereoPolic
     pure = enantiopure(smiles_or_molecule)
     if pure and not racemic:
         note = ("enantiopure input (assigned stereocentres): searched only in Sohncke space groups, whose "
-                "crystals hold one enantiomer; pass racemic to search the racemic compound in every group")
+                "crystals hold one enantiomer; --racemic (racemic = true in a campaign's csp params) searches "
+                "the racemic compound in every group")
         return StereoPolicy(True, False, True, note)
     if pure:
         note = ("racemic search of a chiral molecule: groups with inversion, mirrors or glides put the given "

@@ -170,6 +170,9 @@ def run_csp_command(args: argparse.Namespace) -> int:
                       f"{m.density_gcm3:.3f}", m.space_group, m.search_space_group, str(m.z),
                       "?" if m.z_prime is None else f"{m.z_prime:g}", str(m.multiplicity))
     Console().print(table)
+    if str(landscape.meta.get("charge_method") or "").startswith("xtb"):
+        print("note: with GFN2-xTB Mulliken charges the lattice energies are 20-50 kJ/mol per molecule too weak "
+              "(they rank structures; use --charges resp for lattice energies)")
     if landscape.meta.get("flexible"):
         from sim_backends.csp.flexible import conformer_lines
 

@@ -232,17 +232,25 @@ def build_ensemble(
     graph0 = bond_graph(symbols, molh.GetConformer(conf_ids[0]).GetPositions())
     intra = IntramolecularModel(symbols)
     relaxed: list[tuple[float, np.ndarray]] = []
+    n_rebonded = 0
     for cid in conf_ids:
         try:
             xyz = gfn2_relaxed_geometry(symbols, molh.GetConformer(cid).GetPositions(), what=canonical)
         except SetupError:
             continue
         if bond_graph(symbols, xyz) != graph0:
+            n_rebonded += 1
             continue
         energy, _ = intra.total_energy_and_grad(xyz)
         relaxed.append((energy, xyz))
     if not relaxed:
-        raise SetupError(f"{canonical}: no conformer survived the GFN2-xTB relaxation")
+        charged = {a.GetFormalCharge() > 0 for a in mol.GetAtoms() if a.GetFormalCharge()}
+        if charged == {True, False} and n_rebonded:
+            raise SetupError(f"{canonical}: the zwitterion is not a gas-phase minimum at GFN2-xTB (its proton "
+                             f"moved back in {n_rebonded} of {len(conf_ids)} conformers); zwitterionic crystals "
+                             "such as amino acids cannot be searched with this gas-phase conformer model")
+        why = f" ({n_rebonded} of {len(conf_ids)} changed their bonds)" if n_rebonded else ""
+        raise SetupError(f"{canonical}: no conformer survived the GFN2-xTB relaxation{why}")
     relaxed.sort(key=lambda t: t[0])
     probe = _polar_heavy_mol(molh)
     keep_idx = [a.GetIdx() for a in molh.GetAtoms()

@@ -315,7 +315,8 @@ def run_csp(
     search_cells: bool = False,
     racemic: bool = False,
 ) -> Landscape:
-    """Crystal structure prediction for a rigid molecule with Z' = 1 (and Z' = 2).
+    """Crystal structure prediction from a SMILES or a molecule: rigid molecules at Z' = 1 (and
+    Z' = 2), a SMILES with rotatable bonds through the flexible-molecule search (``flexible``).
 
     Args:
         smiles_or_molecule: SMILES, a molecule file (see :func:`load_molecule`) or a
