@@ -32,7 +32,8 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
       Delta-GP fails the acquisition's skill test) with its 1-sigma; the value of every
       further energy level, e.g. F_vib, where computed);
     * ``landscape_m<molecule id>.csv``: one row per structure ranked at the highest level
-      (``rank``), columns ``id, rank, space_group, Z`` (the CIF's), ``density_gcm3`` then, for the CSP
+      (``rank``), columns ``id, rank, space_group, Z`` (the CIF's), ``Z_prime`` (independent molecules: the CSP's record, else Z over
+      the space group's general positions; empty when neither is known), ``density_gcm3`` then, for the CSP
       level and the ranking level ``L`` (backend name), ``E_<L>_kJmol_per_mol`` (lattice
       energy, kJ/mol per molecule; empty where not computed), ``dE_<L>_kJmol_per_mol``
       (relative to the lowest), for the ranking level also ``E_<L>_best_kJmol_per_mol`` /
@@ -79,7 +80,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                        else (False, rows[k]["ff_kjmol"]))
         rank = {k: n for n, k in enumerate(order, 1)}
         name = campaign.names[campaign._index_of[mol_id]] if mol_id in campaign._index_of else land.smiles
-        cols = ["id", "rank", "space_group", "Z", "density_gcm3", f"E_{ff}_kJmol_per_mol",
+        cols = ["id", "rank", "space_group", "Z", "Z_prime", "density_gcm3", f"E_{ff}_kJmol_per_mol",
                 f"dE_{ff}_kJmol_per_mol", f"E_{ref}_kJmol_per_mol", f"E_{ref}_best_kJmol_per_mol",
                 f"E_{ref}_std_kJmol_per_mol", f"dE_{ref}_kJmol_per_mol", "status"]
         cols += [level_column(lv.name, key) for lv, key, _ in further]
@@ -109,7 +110,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                                                 space_group=r["space_group"] or ""))
                 paths.append(cif_path)
                 row = [r["id"], rank[k], r["space_group"], cif_formula_units(cif_path, r["z"]),
-                       _fmt(r["density_gcm3"], 4),
+                       "" if r.get("z_prime") is None else f"{r['z_prime']:g}", _fmt(r["density_gcm3"], 4),
                        _fmt(r["ff_kjmol"]), _fmt(r["ff_rel_kjmol"]),
                        _fmt(r["energy_kjmol"]) if r["computed"] else "", _fmt(r["energy_kjmol"]),
                        _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")),

@@ -344,6 +344,8 @@ def _rows(campaign: Campaign, mol_id: int, corr: dict[str, Any] | None) -> list[
             "ff_kjmol": float(land.ff_kjmol[i]), "energy_kjmol": e, "std_kjmol": std, "prediction": how,
             "computed": i in land.computed, "failed": i in land.failed and i not in land.computed,
             "f_vib_kjmol": land.f_vib.get(i),
+            "z_prime": z_prime(getattr(land.landscape.minima[i], "z_prime", None), r["space_group"] if r else None,
+                               r["z"] if r else None),
             "cif": str(cif_dir / f"{sid}.cif"),
         })
     known = [r["energy_kjmol"] for r in out if r["energy_kjmol"] is not None]
@@ -498,8 +500,9 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
                   else "")
             cif = f"  {r['cif']}" if r.get("cif") and Path(r["cif"]).is_file() else ""
             seen = f" [observed form, lab {r['observed_by']}]" if r.get("observed_by") else ""
+            zp = f", Z' = {r['z_prime']:g}" if r.get("z_prime") is not None else ""
             lines.append(f"  {r['id']:<12} E_latt = {e} ({how}){fv}; {r.get('space_group') or '?'}, "
-                         f"Z = {reported_z(r)}, {dens}{seen}{cif}")
+                         f"Z = {reported_z(r)}{zp}, {dens}{seen}{cif}")
         lines += _beyond_top_lines(rec)
     return lines
 
@@ -602,6 +605,31 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
     lines += lab_lines(s.get("lab"))
     lines.append(f"state         {'finished: ' + s['stop_reason'] if s['finished'] else 'not finished'}")
     return lines
+
+
+def z_prime(recorded: float | None, space_group: str | None, z: int | None) -> float | None:
+    """Independent molecules of a structure: the CSP's record, else Z over the number of general
+    positions of its space group in the cell Z is counted in (conventional for centred groups,
+    as the stored cells are); None when neither is known."""
+    if recorded is not None:
+        return float(recorded)
+    n = _general_positions(space_group) if space_group and z else None
+    return None if not n else float(z) / n
+
+
+def _general_positions(symbol: str) -> int | None:
+    """Symmetry operations (centring included) of a space group's conventional cell; cached."""
+    if symbol not in _GENERAL:
+        from pymatgen.symmetry.groups import SpaceGroup
+
+        try:
+            _GENERAL[symbol] = len(SpaceGroup(symbol).symmetry_ops)
+        except (ValueError, KeyError):
+            _GENERAL[symbol] = None
+    return _GENERAL[symbol]
+
+
+_GENERAL: dict[str, int | None] = {}
 
 
 def reported_z(r: dict[str, Any]) -> int | str:

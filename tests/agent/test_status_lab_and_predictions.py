@@ -168,7 +168,7 @@ def test_a_delta_gp_without_skill_does_not_rank_the_structures(finished, capsys)
     assert predicted, "some uncomputed structures are listed"
     for r in predicted:
         assert r["prediction"] == "constant-shift"
-        assert r["energy_kjmol"] == pytest.approx(ff[r["id"]] + shift)
+        assert r["energy_kjmol"] == pytest.approx(ff[r["id"]] + shift, abs=0.01)  # (targets rounded to 0.01)
     stds = {round(r["std_kjmol"], 9) for r in predicted}
     assert len(stds) == 1 and stds.pop() > 0  # the shift's one Student-t spread
     for r in land["top"]:
