@@ -15,7 +15,9 @@ continues where it stopped with nothing completed lost and nothing evaluated twi
 
 Stop rules: the evaluation and CPU budgets (CPU seconds measured in the workers), the
 ``[stop]`` target and patience on the campaign objective (the molecule stage's top
-level), and every stage exhausted with nothing in flight.
+level), and every stage exhausted with nothing in flight (the reason then names a stage's
+budget share when that is what stopped a stage with candidates left, e.g. ``structure-stage
+budget reached (7 evaluations, ...)``).
 
 Creation is atomic: the config is checked against the registries and the pool validated
 (empty, all-invalid or oversized pools refused) before anything is written; the store is
@@ -32,6 +34,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,8 +146,15 @@ class Campaign:
         """Start a new campaign in ``runs_dir/cfg.name`` (refuses an existing one).
 
         Everything is checked before anything is written, and the campaign directory
-        appears complete or not at all (see the module docstring).
+        appears complete or not at all (see the module docstring). ``cfg`` is validated
+        again first (one-line :class:`~agent.config.ConfigError`, as the command line
+        gives): ``cfg.model_copy(update=...)``, the way to change a field of the frozen
+        config from Python, skips pydantic's validation.
         """
+        with warnings.catch_warnings():  # a wrong type set by model_copy: refused below
+            warnings.simplefilter("ignore")
+            data = cfg.model_dump(mode="json", exclude_none=True)
+        cfg = parse_config(data)
         directory = campaign_dir(runs_dir, cfg.name)
         exists = ConfigError(
             f"campaign {cfg.name!r} already exists in {directory}; use "
@@ -317,10 +327,32 @@ class Campaign:
             if len(tops) and sum(h["n"] > first_best for h in tops) >= patience:
                 return f"no improvement in {patience} expensive evaluations"
         if not self.pending and all(self._exhausted(name) for name in self.stages):
+            # the limit that bound: a stage's budget share spent while it had candidates
+            # left (the structure stage's first: it is what a user raises), else the
+            # molecule stage's own reason
+            if "structures" in self.enabled and (why := self._share_spent("structures")):
+                return why
             if "molecule" in self.enabled and (why := self.molecules.exhausted_reason()):
+                return why
+            if "molecule" in self.enabled and (why := self._share_spent("molecule")):
                 return why
             return "no candidate left to evaluate"
         return ""
+
+    def _share_spent(self, name: str) -> str:
+        """Why stage ``name`` stopped when its budget share is spent while it could still
+        propose work ('' else)."""
+        if name not in self.stages or self._remaining(name) > 0 or self.shares.get(name) is None:
+            return ""
+        if self.stages[name].is_exhausted(tuple(self.pending.values())):
+            return ""  # nothing left to propose anyway
+        share, cfg = self.shares[name], self.cfg
+        if name == "structures":
+            return (f"structure-stage budget reached ({share} evaluations, [structures] "
+                    f"budget_evaluations); `crystal-agent refine {cfg.name} --budget N` adds more")
+        return (f"molecule-stage budget reached ({share} evaluations: max_evaluations "
+                f"{cfg.max_evaluations} less the {self.shares.get('structures', 0)} of "
+                "[structures] budget_evaluations)")
 
     # -- ask / tell -----------------------------------------------------------------------
     def ask(self, n: int) -> list[Task]:

@@ -3,7 +3,7 @@
     crystal-agent run CONFIG [--name NAME] [--runs-dir DIR] [--address ADDR] [--max-evaluations N]
     crystal-agent resume NAME [--runs-dir DIR] [--address ADDR] [--max-evaluations N]
     crystal-agent status NAME [--runs-dir DIR] [--json] [--invalid]
-    crystal-agent report NAME [--runs-dir DIR]
+    crystal-agent report NAME [--runs-dir DIR] [--verbose]
     crystal-agent backends
     crystal-agent csp ...       (crystal structure prediction, see `crystal-agent csp -h`)
     crystal-agent refine NAME   (structure-level refinement, see `crystal-agent refine -h`)
@@ -62,12 +62,13 @@ def _print_status(status: object, as_json: bool, store: object, cfg: object) -> 
     print("\n".join(status_lines(rec)))
 
 
-def _run_loop(campaign: object, args: argparse.Namespace) -> int:
+def _run_loop(campaign: object, args: argparse.Namespace, on_start: object = None) -> int:
     from agent.runner import CampaignInterrupted, run_campaign
 
     try:
         status = run_campaign(
-            campaign, _runs_dir(args), address=args.address, progress=not args.quiet
+            campaign, _runs_dir(args), address=args.address, progress=not args.quiet,
+            **({"on_start": on_start} if on_start is not None else {}),
         )
         _print_status(status, False, campaign.store, campaign.cfg)
     except CampaignInterrupted as exc:
@@ -99,9 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     campaign = Campaign.create(cfg, runs_dir)
     from agent.campaign import discard_unstarted, pool_summary
 
-    print(pool_summary(campaign.store, cfg.name), flush=True)
+    def started() -> None:  # Ray started or the cluster joined: a refused start printed nothing
+        print(pool_summary(campaign.store, cfg.name), flush=True)
+
     try:
-        return _run_loop(campaign, args)
+        return _run_loop(campaign, args, on_start=started)
     except Exception:
         discard_unstarted(campaign.directory)  # a failed start leaves nothing behind
         raise
@@ -144,19 +147,19 @@ def _print_invalid(store: object, as_json: bool) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from agent.campaign import Campaign
-    from agent.report import write_plots
+    from agent.report import report_summary, write_plots
 
     campaign = Campaign.open(args.name, _runs_dir(args), readonly=True)
     try:
-        for p in write_plots(campaign, progress=_report_progress):
-            print(p)
+        paths = write_plots(campaign, progress=_report_progress)
+        print("\n".join(str(p) for p in paths) if args.verbose else "\n".join(report_summary(paths)))
     finally:
         campaign.close()
     return 0
 
 
 def _report_progress(text: str) -> None:
-    """A slow step of ``report`` (stderr, so that stdout stays the list of files)."""
+    """A slow step of ``report`` (stderr, so that stdout stays the summary or list of files)."""
     print(f"report: {text}", file=sys.stderr, flush=True)
 
 
@@ -227,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a campaign's plots and tables")
     p.add_argument("name")
     common(p)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="print every file written (default: the directories, with counts)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("backends", help="list registered backends")

@@ -4,7 +4,9 @@ campaign on its stored CSP landscapes, without spending anything on the molecule
     crystal-agent refine NAME [--runs-dir DIR] [--budget N] [--address ADDR] [--quiet]
 
 ``--budget N`` adds N structure-stage evaluations to the campaign's budget (default:
-continue to the budget already configured). The campaign config must enable the
+continue to the budget already configured): it raises ``[structures] budget_evaluations``
+and ``max_evaluations`` (from at least the evaluations done) by N in the stored config and
+prints one line saying so. The campaign config must enable the
 structure stage (``[structures] enabled = true``).
 """
 
@@ -48,11 +50,16 @@ def run_refine_command(args: argparse.Namespace) -> int:
             structures = cfg.structures.model_copy(
                 update={"budget_evaluations": cfg.structures.budget_evaluations + args.budget}
             )
+            before = cfg
             cfg = cfg.model_copy(update={
                 "structures": structures,
                 "max_evaluations": max(cfg.max_evaluations, n_done) + args.budget,
             })
             campaign.store.set_meta("config_toml", config_to_toml(cfg))
+            print(f"refine: {args.name}: structure-stage budget (structures.budget_evaluations) "
+                  f"{before.structures.budget_evaluations} -> {structures.budget_evaluations}, "
+                  f"total budget (max_evaluations) {before.max_evaluations} -> {cfg.max_evaluations} "
+                  "evaluations (stored: a later resume continues to it)", flush=True)
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
         campaign.store.log_event("refine", budget=args.budget)

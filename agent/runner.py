@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from agent.campaign import Campaign, Status
@@ -108,32 +109,51 @@ def preflight(cfg: CampaignConfig, runs_dir: str | Path, address: str | None = N
         check_campaign_tracking(tracking_uri(cfg, runs_dir), runs_dir)
 
 
+def campaign_runs_dir(campaign: Campaign, runs_dir: str | Path | None = None) -> Path:
+    """The runs directory ``campaign`` lives in; ``runs_dir``, if given, must be it
+    (:class:`ValueError` otherwise, before anything is written)."""
+    from pathlib import Path
+
+    own = Path(campaign.directory).parent
+    if runs_dir is not None and Path(runs_dir).resolve() != own.resolve():
+        raise ValueError(
+            f"run_campaign: campaign {campaign.cfg.name!r} lives in runs directory {own}, not "
+            f"{runs_dir}; pass runs_dir={str(own)!r} or leave runs_dir out (its store and "
+            "MLflow would be split between two directories)"
+        )
+    return own
+
+
 def run_campaign(
     campaign: Campaign,
-    runs_dir: str | Path,
+    runs_dir: str | Path | None = None,
     *,
     address: str | None = None,
     progress: bool = True,
     executor: Any = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Status:
     """Run ``campaign`` until a stop criterion holds; returns its final status.
 
-    ``executor`` (optional) is any object with the :class:`~agent.executor.RayExecutor`
-    interface, e.g. :class:`agent.local_executor.LocalExecutor` for tests and
-    benchmarks; by default a Ray executor is built from the ``[executor]`` config.
+    ``runs_dir`` is the runs directory the campaign lives in (by default the one it was
+    created or opened in; another one is refused with a :class:`ValueError`, since the
+    store would stay in one and the MLflow store, ``<runs_dir>/mlflow.db``, go to the
+    other). ``executor`` (optional) is any object with the
+    :class:`~agent.executor.RayExecutor` interface, e.g.
+    :class:`agent.local_executor.LocalExecutor` for tests and benchmarks; by default a
+    Ray executor is built from the ``[executor]`` config. It is started before anything
+    is logged, so a cluster that cannot be joined leaves no MLflow store behind;
+    ``on_start()`` (optional) is called once it has started (``crystal-agent run`` prints
+    its pool summary then, so a refused start prints only its one-line error).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     cfg = campaign.cfg
+    runs_dir = campaign_runs_dir(campaign, runs_dir)
     if executor is None:
         executor = make_executor(cfg, address)
     tracker = None
-    if cfg.tracking.enabled:
-        from agent.tracking import Tracker
-
-        tracker = Tracker(campaign, runs_dir)
     store = campaign.store
-    store.set_meta("finished", "0")
     previous = signal.getsignal(signal.SIGTERM)
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -148,6 +168,13 @@ def run_campaign(
     symbol = f"{quantity(objective)[1]} ({cfg.backends[-1].name}) ="
     try:
         executor.start()
+        if on_start is not None:
+            on_start()
+        if cfg.tracking.enabled:
+            from agent.tracking import Tracker
+
+            tracker = Tracker(campaign, runs_dir)
+        store.set_meta("finished", "0")
         # after the executor: starting Ray installs its own SIGTERM handler (a stack dump)
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
         slots = min(cfg.batch_size, executor.capacity)
@@ -172,10 +199,20 @@ def run_campaign(
                         break
                     time.sleep(1.0)  # only lab experiments are running
                     continue
+                told = False
                 for done in executor.wait(timeout_s=1.0):
                     campaign.tell(done.task, done.result, defer=cfg.synchronous)
+                    told = True
+                    if tracker is not None and not cfg.synchronous:
+                        tracker.log_progress()
+                if told and cfg.synchronous and executor.n_in_flight == 0:
+                    # the batch is complete: its results are told to the stages now (as the
+                    # next ask would, in the order asked), so that the counters and the
+                    # logged progress include them; logged once per batch
+                    campaign.absorb_deferred()
                     if tracker is not None:
                         tracker.log_progress()
+                if told:
                     best = campaign.best_value()
                     bar.update(
                         bar_id,
@@ -187,6 +224,7 @@ def run_campaign(
         reason = campaign.stop_reason() or "acquisition proposed nothing more"
         campaign.refit_final()  # the final models have seen every result
         if tracker is not None:
+            tracker.log_progress()  # the final counts (a no-op when already logged)
             tracker.finish_models()  # ... and are the last ones logged
         store.set_meta("stop_reason", reason)
         store.set_meta("finished", "1")

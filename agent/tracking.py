@@ -10,14 +10,18 @@ One experiment per campaign (named after it, tagged ``mlflow.experimentKind =
 custom_model_development`` so MLflow 3 opens it in the classic model-training view,
 not the GenAI one) holding one run per launch of the campaign lineage: the run id is
 kept in the store so ``resume`` continues the same run. Logged: the config as params;
-per told result the metrics ``best_found``, ``budget_spent_cpu_s`` (CPU seconds
+per new evaluation count the metrics ``best_found`` (its unit, quantity, direction and
+level of theory in the run tags ``best_found.*``), ``budget_spent_cpu_s`` (CPU seconds
 measured in the workers), ``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``
 and, with ``[[constraints]]``, ``n_infeasible`` (``best_found`` is over the feasible
-molecules) (step = number of stored evaluations); per refit ``surrogate_holdout_mae`` and, from
+molecules) and, with a structure stage whose first level is a lattice energy,
+``best_lattice_energy_kjmol_per_mol_m<id>`` (the lowest computed, per landscape) (step =
+number of evaluations told, each logged once, the last one at the end of a run); per refit ``surrogate_holdout_mae`` and, from
 :data:`MIN_CALIBRATION_N` held-out top-level values on, ``surrogate_holdout_z_std``,
 ``surrogate_holdout_coverage_68`` and ``_95`` (the top level predicted with the cheaper
-values known, :meth:`~agent.surrogates.molecule_gp.MoleculeSurrogate.calibration`); the plots
-as artifacts; for a campaign with ESF levels, the ESF maps
+values known, :meth:`~agent.surrogates.molecule_gp.MoleculeSurrogate.calibration`); the report's
+plots and tables as artifacts under ``plots/``, the CIFs and structure tables of
+``runs/<name>/structures/`` under ``structures/``; for a campaign with ESF levels, the ESF maps
 (``esf_maps/esf_map_n<landscapes>.png``, :mod:`agent.esf_report`) at the first refit
 after each new molecule-stage landscape result, and at the end of a run.
 
@@ -218,6 +222,12 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
         self.experiment_id = exp_id
+        # the evaluation count last logged by log_progress, in this run (a resumed run
+        # continues it, so no step is logged twice)
+        progress = campaign.store.get_meta("mlflow_progress_logged") or ""
+        run_of, _, step = progress.partition(":")
+        self._progress_step = int(step) if run_of == run_id and step.lstrip("-").isdigit() else -1
+        self._set_unit_tags()
         cursor = campaign.store.get_meta("mlflow_event_cursor")
         if cursor is None:  # a run tracked before the cursor existed logged its events then
             events = campaign.store.events() if run_id == campaign.store.get_meta("mlflow_run_id") \
@@ -238,12 +248,56 @@ class Tracker:
         except Exception:  # noqa: BLE001 - a deleted or foreign run: start a new one
             return True
 
+    def _set_unit_tags(self) -> None:
+        """What the unit-less metric names mean, as run tags: ``best_found.unit``,
+        ``best_found.quantity``, ``best_found.level`` (the objective's top level of theory)
+        and ``best_found.direction``; with a structure stage, the level of
+        ``best_lattice_energy_kjmol_per_mol_m<id>``."""
+        from mlflow.entities import RunTag
+
+        from agent.summary import ENERGY_UNIT, level_of_theory, quantity
+
+        cfg = self.campaign.cfg
+        label, _, unit = quantity(cfg.objective)
+        top = cfg.backends[-1]
+        tags = {
+            "best_found.quantity": f"{label} ({cfg.objective})",
+            "best_found.unit": unit or "dimensionless",
+            "best_found.level": f"{level_of_theory(top)} ({top.name})",
+            "best_found.direction": cfg.direction,
+        }
+        if self.campaign.stage is not None and self._lattice_level() is not None:
+            level = self._lattice_level()
+            tags["best_lattice_energy.level"] = f"{level_of_theory(level)} ({level.name})"
+            tags["best_lattice_energy.unit"] = ENERGY_UNIT
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+
+    def _lattice_level(self) -> Any:
+        """The structure level whose computed values are lattice energies (the first one,
+        when it reports ``energy_kjmol``), or None."""
+        from agent.stages.structure import level_value_keys
+
+        structures = self.campaign.cfg.structures
+        try:
+            levels, keys = structures.level_configs(), level_value_keys(structures)
+        except Exception:  # noqa: BLE001 - an unknown backend: no such metric
+            return None
+        return levels[0] if levels and keys and keys[0] == "energy_kjmol" else None
+
     def log_progress(self) -> None:
-        """Per told result: budget and best-found metrics at step n_evaluations."""
+        """Budget and best-found metrics at step n_evaluations, once per evaluation count
+        (a call that finds the count already logged does nothing): ``n_evaluations``,
+        ``n_failed``, ``budget_spent_cpu_s``, ``budget_spent_wall_s``, ``best_found``
+        (unit and level in the run's ``best_found.*`` tags), ``n_<backend>``, with
+        constraints ``n_infeasible``, and with a structure stage whose first level is a
+        lattice energy, ``best_lattice_energy_kjmol_per_mol_m<molecule id>``: the lowest
+        lattice energy computed at that level for each landscape."""
         from mlflow.entities import Metric
 
         c = self.campaign
         step = c.n_evaluations
+        if step == self._progress_step:
+            return
         import time
 
         ts = int(time.time() * 1000)
@@ -260,9 +314,16 @@ class Tracker:
             metrics["n_infeasible"] = float(len(c.infeasible))
         for name, n in c.n_by_backend.items():
             metrics[f"n_{name}"] = float(n)
+        if c.stage is not None and self._lattice_level() is not None:
+            for mol, land in sorted(c.stage.landscapes.items()):
+                energies = [e for e in land.computed.values() if np.isfinite(e)]
+                if energies:
+                    metrics[f"best_lattice_energy_kjmol_per_mol_m{mol}"] = min(energies)
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
         )
+        self._progress_step = step
+        c.store.set_meta("mlflow_progress_logged", f"{self.run_id}:{step}")
 
     def log_events(self) -> None:
         """Log the store's events since the last logged one (see the module docstring)."""
@@ -506,8 +567,12 @@ class Tracker:
         from agent.report import write_plots
 
         paths = write_plots(self.campaign)
+        structures = (Path(self.campaign.directory) / "structures").resolve()
         for p in paths:
-            self.client.log_artifact(self.run_id, str(p), artifact_path="plots")
+            # the CIFs and structure tables of runs/<name>/structures/ under structures/,
+            # the report's plots and tables under plots/
+            folder = "structures" if Path(p).resolve().parent == structures else "plots"
+            self.client.log_artifact(self.run_id, str(p), artifact_path=folder)
         return paths
 
     def finish(self, status: str = "FINISHED") -> None:

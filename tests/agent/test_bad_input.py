@@ -100,6 +100,8 @@ def no_runner(monkeypatch):
     import agent.runner
 
     def fake(campaign, runs_dir, **kw):
+        if kw.get("on_start") is not None:  # `run` prints its pool summary once Ray has started
+            kw["on_start"]()
         raise ReachedRunner(campaign.cfg.name)
 
     monkeypatch.setattr(agent.runner, "run_campaign", fake)

@@ -1,0 +1,81 @@
+"""The stop reason names the limit that bound (newuser35 item 7): after ``resume
+--max-evaluations N`` a campaign whose structure stage had spent its ``[structures]
+budget_evaluations`` said "no candidate left to evaluate" with most structures uncomputed;
+``refine NAME --budget N`` raised the total budget without saying so.
+
+A real Campaign, replayed backends (test_stages' formamide landscape: 12 structures, a
+structure-stage budget of 7 of 12 evaluations), the local executor."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_stages import _run
+
+
+@pytest.fixture
+def local_executor(monkeypatch):
+    """The command line's campaigns run on the local executor (no Ray)."""
+    import agent.runner
+    from agent.local_executor import LocalExecutor
+
+    monkeypatch.setattr(agent.runner, "make_executor", lambda cfg, address=None: LocalExecutor(slots=2))
+
+
+def test_stop_reason_names_the_structure_stage_budget(tmp_path, capsys, local_executor):
+    from agent.campaign import Campaign
+    from agent.cli import main
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    camp, status = _run(tmp_path, name="sr")
+    try:
+        land = next(iter(camp.stage.landscapes.values()))
+        assert status.stop_reason == "evaluation budget reached (12)"
+        assert camp.n_by_stage["structures"] == 7 and len(land.computed) < len(land.ids)
+    finally:
+        camp.close()
+    runs = tmp_path / "runs"
+
+    # more total evaluations: the molecule stage has nothing left, the structure stage's share binds
+    camp = Campaign.open("sr", runs, max_evaluations=14)
+    try:
+        status = run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=2))
+        assert status.n_evaluations == 12
+        assert status.stop_reason.startswith("structure-stage budget reached (7 evaluations"), \
+            status.stop_reason
+        assert "crystal-agent refine sr --budget N" in status.stop_reason
+        assert "no candidate left" not in status.stop_reason
+    finally:
+        camp.close()
+
+    capsys.readouterr()
+    assert main(["refine", "sr", "--runs-dir", str(runs), "--budget", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    changed = [ln for ln in out.splitlines() if ln.startswith("refine: sr:")]
+    assert len(changed) == 1, out
+    assert "budget_evaluations) 7 -> 9" in changed[0] and "max_evaluations) 14 -> 16" in changed[0], \
+        changed[0]
+    assert "structure-stage budget reached (9 evaluations" in out, out
+    assert "no candidate left" not in out
+    camp = Campaign.open("sr", runs, readonly=True)
+    try:
+        assert camp.n_evaluations == 14 and camp.cfg.max_evaluations == 16
+    finally:
+        camp.close()
+
+
+def test_no_candidate_left_when_every_structure_is_computed(tmp_path):
+    """A structure stage with its budget to spare that computed its whole landscape still
+    says there is nothing left (the share is not what bound)."""
+    from test_stages import BODY, REFINE
+
+    body = (BODY.replace("max_evaluations = 12", "max_evaluations = 40")
+            .replace("budget_evaluations = 7", "budget_evaluations = 30"))
+    camp, status = _run(tmp_path, body=body + REFINE, name="all")
+    try:
+        land = next(iter(camp.stage.landscapes.values()))
+        assert len(set(land.computed) | land.failed) == len(land.ids)
+        assert status.stop_reason == "no candidate left to evaluate", status.stop_reason
+    finally:
+        camp.close()
