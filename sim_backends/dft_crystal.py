@@ -709,6 +709,9 @@ def fragment_lattice_energy(
             rec["scf"] += [_scf_record(ea), _scf_record(eb)]
             e_cp = res["energy_hartree"] - ea["energy_hartree"] - eb["energy_hartree"]
             rec["bsse_kjmol"] = (e_cp - e_int) * HARTREE_TO_KJMOL
+            # with a reused monomer energy (no SCF in this orientation) the BSSE carries the
+            # grid's orientation error; the counterpoise e_int does not contain monomer energies
+            rec["bsse_from_reused_monomer"] = any(m["scf"].get("guess") == "reused_reference" for m in (ma, mb))
             rec["cp_wall_s"] = round(ea["wall_s"] + eb["wall_s"], 3)
             e_int = e_cp
         if model is not None:
@@ -761,7 +764,10 @@ def fragment_lattice_energy(
                                  if long_range_charges_e is not None else None),
         "gas": gas,
         "gas_relax_wall_s": gas_info["wall_s"] if gas_info else None,
-        "monomers": [{"k": k, "energy_hartree": m["energy_hartree"], "scf_cycles": m["n_cycles"],
+        "monomers": [{"k": k, "energy_hartree": m["energy_hartree"],
+                      "energy_source": ("reference in another orientation, no SCF"
+                                        if m["scf"].get("guess") == "reused_reference" else "SCF"),
+                      "scf_cycles": m["n_cycles"],
                       "scf_wall_s": round(m["wall_s"], 3), "scf_cpu_s": round(m["cpu_s"], 3),
                       "n_ao": m["n_ao"], "scf": _scf_record(m)}
                      for k, m in sorted(monomers.items())],
@@ -839,8 +845,11 @@ class DftCrystalBackend(Backend):
         """The level of ``energy_kjmol`` as printed next to it."""
         p = {**self.params, **(params or {})}
         lr = " + RESP long-range electrostatics" if p.get("long_range", True) else ""
+        grid = int(p.get("grid_level", ScfSettings.grid_level))
+        notes = ([f"grid level {grid}"] if grid != ScfSettings.grid_level else []) + \
+            (["no density fitting"] if not p.get("density_fit", ScfSettings.density_fit) else [])
         return (f"fragment {str(p.get('functional', 'pbe')).upper()}-D3(BJ)/"
-                f"{str(p.get('basis', 'def2-svp'))} two-body{lr}")
+                f"{str(p.get('basis', 'def2-svp'))} two-body{lr}" + (f" ({', '.join(notes)})" if notes else ""))
 
     def fragment_terms_settings(self) -> dict[str, Any] | None:
         """The dimer cutoff and functional of the two-body sum (this backend's defaults),
