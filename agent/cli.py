@@ -3,7 +3,7 @@
     crystal-agent run CONFIG [--name NAME] [--runs-dir DIR] [--address ADDR] [--max-evaluations N]
     crystal-agent resume NAME [--runs-dir DIR] [--address ADDR] [--max-evaluations N]
     crystal-agent status NAME [--runs-dir DIR] [--json] [--invalid]
-    crystal-agent report NAME [--runs-dir DIR]
+    crystal-agent report NAME [--runs-dir DIR] [--verbose]
     crystal-agent backends
     crystal-agent csp ...       (crystal structure prediction, see `crystal-agent csp -h`)
     crystal-agent refine NAME   (structure-level refinement, see `crystal-agent refine -h`)
@@ -147,19 +147,19 @@ def _print_invalid(store: object, as_json: bool) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from agent.campaign import Campaign
-    from agent.report import write_plots
+    from agent.report import report_summary, write_plots
 
     campaign = Campaign.open(args.name, _runs_dir(args), readonly=True)
     try:
-        for p in write_plots(campaign, progress=_report_progress):
-            print(p)
+        paths = write_plots(campaign, progress=_report_progress)
+        print("\n".join(str(p) for p in paths) if args.verbose else "\n".join(report_summary(paths)))
     finally:
         campaign.close()
     return 0
 
 
 def _report_progress(text: str) -> None:
-    """A slow step of ``report`` (stderr, so that stdout stays the list of files)."""
+    """A slow step of ``report`` (stderr, so that stdout stays the summary or list of files)."""
     print(f"report: {text}", file=sys.stderr, flush=True)
 
 
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a campaign's plots and tables")
     p.add_argument("name")
     common(p)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="print every file written (default: the directories, with counts)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("backends", help="list registered backends")

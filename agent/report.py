@@ -5,12 +5,15 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
 * ``convergence.png``: every successful evaluation's objective value against evaluation
   number (integer ticks), coloured by level, the best top-level value found so far, the
   top-level molecules named; failed evaluations are marked apart (ticks on the top edge,
-  counted in the legend), never drawn as values;
+  counted in the legend), never drawn as values; with a structure stage, a panel below on
+  the same evaluation numbers with each lattice energy computed at its ranking level and
+  the lowest so far (from :data:`MIN_PARITY_POINTS` of them; fewer are reported in words);
 * ``fidelity_parity.png``: cheap vs expensive values of the molecules computed at both,
   only with at least :data:`MIN_PARITY_POINTS` of them (``summary.txt`` says why not);
 * ``results.csv``: one row per molecule with its values at each level;
 * ``landscape_m<id>.png`` / ``.csv`` per refined CSP landscape (:func:`landscape_plot`,
-  :func:`landscape_table`), and the landscapes as CIFs and tables in
+  :func:`landscape_table`: each level's energies relative to its own lowest structure,
+  space group and Z as in the CIFs), and the landscapes as CIFs and tables in
   ``runs/<name>/structures/`` (:func:`agent.landscape_io.write_campaign_structures`);
 * ``esf_map.png`` / ``esf_results.csv`` for a campaign with ESF levels: lattice energy
   against hole mobility per predicted structure, per molecule, and the landscape
@@ -56,15 +59,15 @@ def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = Non
     out = campaign.directory / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    paths = [convergence_plot(campaign, out / "convergence.png", plt)]
+    paths = [convergence_plot(campaign, out / "convergence.png", plt, notes)]
     p = fidelity_parity_plot(campaign, out / "fidelity_parity.png", plt, notes)
     if p is not None:
         paths.append(p)
     live = None
     if campaign.stage is not None:
         campaign.stage.progress = progress
+        paths += write_campaign_structures(campaign)  # first: the report's tables give the CIFs' Z
         paths += _landscape_plots(campaign, out, plt, notes)
-        paths += write_campaign_structures(campaign)
         if getattr(campaign.store, "_lock_fd", None) is not None:  # the writer of this store
             live = save_structure_results(campaign)
             campaign.stage.save_corrected()
@@ -83,15 +86,46 @@ def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = Non
     return paths
 
 
+#: more files of one kind than this in a directory are counted, not named, in :func:`report_summary`
+MAX_NAMED_FILES = 6
+
+
+def report_summary(paths: list[Path]) -> list[str]:
+    """A few lines on the files :func:`write_plots` wrote (what ``crystal-agent report``
+    prints; ``--verbose`` prints every path): per directory, its files by name, or counted
+    by kind where there are more than :data:`MAX_NAMED_FILES` of one kind (the CIFs, one per
+    structure), and the file to start from."""
+    by_dir: dict[Path, list[Path]] = {}
+    for p in paths:
+        by_dir.setdefault(Path(p).parent, []).append(Path(p))
+    lines = [f"wrote {len(paths)} file{'s' if len(paths) != 1 else ''}:"]
+    for d, files in by_dir.items():
+        kinds: dict[str, list[str]] = {}
+        for f in files:
+            kinds.setdefault(f.suffix.lower(), []).append(f.name)
+        parts: list[str] = []
+        for suffix, names in kinds.items():
+            if len(names) > MAX_NAMED_FILES:
+                kind = suffix.lstrip(".").upper() or "file"
+                parts.append(f"{len(names)} {kind} files" + (" (one per structure)" if suffix == ".cif" else ""))
+            else:
+                parts += names
+        lines.append(f"  {d}/: " + ", ".join(parts))
+    summary = next((p for p in paths if Path(p).name == "summary.txt"), None)
+    if summary is not None:
+        lines.append(f"start with {summary} (status, best results, notes on plots not drawn)")
+    return lines
+
+
 def _levels(campaign: Campaign) -> list[str]:
     from agent.summary import level_of_theory
 
     return [level_of_theory(b) for b in campaign.cfg.backends]
 
 
-def convergence_plot(campaign: Campaign, path: Path, plt: Any) -> Path:
+def convergence_plot(campaign: Campaign, path: Path, plt: Any, notes: list[str] | None = None) -> Path:
     """:func:`convergence_figure` saved to ``path``."""
-    fig = convergence_figure(campaign, plt)
+    fig = convergence_figure(campaign, plt, notes)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -101,8 +135,114 @@ def convergence_plot(campaign: Campaign, path: Path, plt: Any) -> Path:
 N_NAMED_TOP = 5
 
 
-def convergence_figure(campaign: Campaign, plt: Any) -> Any:
-    """Objective value per evaluation, coloured by level; failures marked on the top edge."""
+def structure_trace(campaign: Campaign) -> list[dict[str, Any]]:
+    """The evaluations at the structure stage's ranking level (``structures.refine``: the
+    lattice energy the stage exists for), in store order: ``n`` (the evaluation number, the
+    numbering of the molecule-stage points), ``molecule_id``, ``structure_id``, ``value``
+    (kJ/mol per molecule; None for a failed one). Empty without a structure stage."""
+    import math
+
+    stage = campaign.stage
+    if stage is None:
+        return []
+    name, key = stage.refine.name, stage.value_keys[0]
+    out = []
+    for ev in campaign.store.evaluations():
+        if ev.backend != name or ev.structure_id is None:
+            continue
+        v = ev.values.get(key)
+        good = ev.ok and v is not None and math.isfinite(v)
+        out.append({"n": ev.id, "molecule_id": int(ev.molecule_id), "structure_id": ev.structure_id,
+                    "value": float(v) if good else None})
+    return out
+
+
+def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = None) -> Any:
+    """Objective value per evaluation, coloured by level; failures marked on the top edge.
+
+    With a structure stage and at least :data:`MIN_PARITY_POINTS` lattice energies at its
+    ranking level, a second panel below on the same evaluation numbers: each computed
+    lattice energy (kJ/mol per molecule, the level of theory named) and the lowest so far,
+    per landscape molecule, the CSP evaluations marked; with fewer, the figure and
+    ``notes`` say how many there are and that the landscape plots show them."""
+    from agent.summary import level_caveat, level_of_theory
+    from sim_backends.landscape import _mathtext_group
+
+    trace = structure_trace(campaign)
+    n_ok = sum(t["value"] is not None for t in trace)
+    if campaign.stage is None or n_ok < MIN_PARITY_POINTS:
+        fig = plt.figure(figsize=(7.5, 5.6), layout="constrained")
+        ax = fig.subplots()
+        _molecule_panel(campaign, fig, ax)
+        if campaign.stage is None:
+            ax.set_xlabel("evaluation number (all levels)")
+            return fig
+        level = level_of_theory(campaign.stage.refine)
+        ax.set_xlabel("evaluation number (all levels and stages; molecule stage shown)")
+        why = (f"structure stage: {n_ok} lattice energ{'y' if n_ok == 1 else 'ies'} at {level}, fewer than "
+               f"{MIN_PARITY_POINTS}: no structure-stage panel (the landscape plots show them)")
+        ax.set_title(ax.get_title() + "\n" + textwrap.fill(why, 100), fontsize=8)
+        if notes is not None:
+            notes.append(f"no structure-stage convergence panel: {n_ok} lattice energies at {level} "
+                         f"(fewer than {MIN_PARITY_POINTS})")
+        return fig
+    fig = plt.figure(figsize=(7.5, 9.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[0.8, 1.0])
+    ax = top.subplots()
+    _molecule_panel(campaign, top, ax)
+    ax.set_xlabel("evaluation number (all levels and stages)")
+    sax = bottom.subplots()
+    sax.sharex(ax)
+    stage = campaign.stage
+    level = level_of_theory(stage.refine)
+    mol_ids = sorted({t["molecule_id"] for t in trace})
+    names: list[str] = []
+    colours = ["tab:red", "tab:purple", "tab:brown", "tab:olive"]
+    for k, mid in enumerate(mol_ids):
+        name = campaign.names[campaign._index_of[mid]] if mid in campaign._index_of else f"m{mid}"
+        pts = [t for t in trace if t["molecule_id"] == mid and t["value"] is not None]
+        if not pts:
+            continue
+        c = colours[k % len(colours)]
+        sax.scatter([t["n"] for t in pts], [t["value"] for t in pts], s=30, color=c, alpha=0.85, zorder=3,
+                    label=f"{name}: computed lattice energy ({len(pts)})")
+        best, xs, ys = float("inf"), [], []
+        for t in pts:
+            best = min(best, t["value"])
+            xs.append(t["n"])
+            ys.append(best)
+        sax.step(xs, ys, where="post", color=c, lw=1.5, label=f"{name}: lowest so far")
+        low = min(pts, key=lambda t: t["value"])  # named beside its point
+        sg = {r["id"]: r["space_group"] for r in campaign.store.structures(mid)}.get(low["structure_id"])
+        sax.annotate(f"{low['structure_id']}" + (f", {_mathtext_group(sg)}" if sg else "")
+                     + f": {low['value']:.1f}", (low["n"], low["value"]), fontsize=7,
+                     xytext=(5, 4), textcoords="offset points", va="bottom")
+        names.append(name)
+    csp = [ev for ev in campaign.store.evaluations()
+           if stage.cfg.csp is not None and ev.backend == stage.cfg.csp.name and ev.structure_id is None]
+    for j, ev in enumerate(csp):
+        sax.axvline(ev.id, color="0.5", ls=":", lw=1.0,
+                    label=f"CSP search ({level_of_theory(stage.cfg.csp)})" if j == 0 else None)
+    fails = [t["n"] for t in trace if t["value"] is None]
+    if fails:
+        sax.plot(fails, [0.985] * len(fails), ls="none", marker="|", ms=10, color="crimson",
+                 transform=sax.get_xaxis_transform(), label=f"failed at this level ({len(fails)})")
+    sax.set_xlabel("evaluation number (all levels and stages)")
+    sax.set_ylabel("lattice energy (kJ/mol per molecule)")
+    sax.margins(y=0.08)
+    sax.set_title(f"structure stage: {n_ok} lattice energies of {', '.join(names)}\n"
+                  + textwrap.fill(level, 90), fontsize=9)
+    caveat = level_caveat(stage.refine)
+    if caveat:  # the level's known bias, as the last legend row (inside the axes it covered points)
+        sax.plot([], [], ls="none", label=f"note: {caveat}")
+    handles, labels = sax.get_legend_handles_labels()
+    bottom.legend(handles, [textwrap.fill(t, 95) for t in labels], fontsize=7, loc="outside lower center")
+    return fig
+
+
+def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
+    """The molecule stage's values per evaluation on ``ax``; the levels' legend below it
+    (a legend of ``fig``, a figure or subfigure), the best few named in the axes."""
     from matplotlib.ticker import MaxNLocator
 
     from agent.summary import axis_label, quantity
@@ -111,7 +251,6 @@ def convergence_figure(campaign: Campaign, plt: Any) -> Any:
     names = [b.name for b in cfg.backends]
     levels = _levels(campaign)
     hist = campaign.history
-    fig, ax = plt.subplots(figsize=(7.5, 5.6), layout="constrained")
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     top = len(names) - 1
     ranked: list[Any] = []  # legend entries of the named top-level results
@@ -144,17 +283,16 @@ def convergence_figure(campaign: Campaign, plt: Any) -> Any:
         x, y = zip(*best, strict=True)
         ax.step(x, y, where="post", color="k", lw=1.5, label=f"best so far at {levels[-1]}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("evaluation number (all levels and stages)")
     ax.set_ylabel(axis_label(cfg.objective))
     label = quantity(cfg.objective)[0]
-    ax.set_title(f"campaign {cfg.name}: {cfg.direction.replace('ize', 'ise')} {label}", fontsize=10)
+    stage = "molecule stage: " if campaign.stage is not None else ""
+    ax.set_title(f"campaign {cfg.name}: {stage}{cfg.direction.replace('ize', 'ise')} {label}", fontsize=10)
     handles = [h for h in ax.get_legend_handles_labels()[0] if h not in ranked]
     if handles:  # below the axes: level names are long
         fig.legend(handles=handles, fontsize=7, loc="outside lower center")
     if ranked:
         ax.legend(handles=ranked, fontsize=7, loc="best", handlelength=0, handletextpad=0,
                   title=f"best {'feasible ' if campaign.infeasible else ''}at {names[top]}", title_fontsize=7)
-    return fig
 
 
 def fidelity_parity_plot(campaign: Campaign, path: Path, plt: Any, notes: list[str]) -> Path | None:
@@ -255,16 +393,23 @@ def _landscape_plots(campaign: Campaign, out: Path, plt: object, notes: list[str
 
 
 def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
-    """The ranked landscape as a CSV, one row per structure, lowest free energy first.
+    """The ranked landscape as a CSV, one row per structure, lowest (free) energy first.
 
-    Columns: ``id, density_gcm3, ff_kjmol`` (force field), ``static_kjmol`` (the refine
-    level where computed, else the GP-corrected prediction), ``static_std_kjmol`` (0
-    where computed), ``computed``, ``f_vib_kjmol`` (empty where not computed),
-    ``g_kjmol`` = static + F_vib (F_vib of the uncomputed taken as the mean of the
-    computed ones; equal to static without a free-energy level), ``rank_static``,
-    ``rank_g``. Energies relative to the lowest, kJ/mol per molecule.
+    Columns: ``id, space_group, Z`` (molecules in the cell the structure's CIF under
+    ``runs/<name>/structures/`` states, as there and in its ``landscape_m<id>.csv``; the
+    search cell's when the CIF is not written yet), ``density_gcm3, ff_kjmol`` (force
+    field), ``static_kjmol`` (the refine level where computed, else the GP-corrected
+    prediction), ``static_std_kjmol`` (0 where computed), ``computed``, ``f_vib_kjmol``
+    (empty where not computed), ``g_kjmol`` = static + F_vib (F_vib of the uncomputed taken
+    as the mean of the computed ones), ``rank_static``, ``rank_g``. Without a free-energy
+    level (``[structures]`` has none) no free energy exists: ``f_vib_kjmol``, ``g_kjmol`` and
+    ``rank_g`` are empty and the rows are in static order. Energies in kJ/mol per molecule,
+    each level relative to its own lowest structure: ``ff_kjmol`` to the lowest force-field
+    one, ``static_kjmol`` to the lowest static one, ``g_kjmol`` to the lowest G.
     """
     import numpy as np
+
+    from agent.summary import landscape_rows, reported_z
 
     stage = campaign.stage
     land = stage.landscapes[mol_id]
@@ -273,22 +418,26 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     std = corr["std_kjmol"].copy()
     for i, e in land.computed.items():
         static[i], std[i] = e, 0.0
+    has_g = stage.free_energy is not None  # a free-energy level is configured
     f_mean = float(np.mean(list(land.f_vib.values()))) if land.f_vib else 0.0
     f = np.array([land.f_vib.get(i, f_mean) for i in range(len(land.ids))])
-    g = static + f
-    dens = {r["id"]: r["density_gcm3"] for r in campaign.store.structures(mol_id)}
+    g = static + f if has_g else static
+    rows = landscape_rows(campaign, mol_id)  # space group, density, Z and CIF path, in landscape order
     rank_s = np.argsort(np.argsort(static, kind="stable"), kind="stable") + 1
     rank_g = np.argsort(np.argsort(g, kind="stable"), kind="stable") + 1
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "density_gcm3", "ff_kjmol", "static_kjmol", "static_std_kjmol", "computed",
-                    "f_vib_kjmol", "g_kjmol", "rank_static", "rank_g"])
+        w.writerow(["id", "space_group", "Z", "density_gcm3", "ff_kjmol", "static_kjmol", "static_std_kjmol",
+                    "computed", "f_vib_kjmol", "g_kjmol", "rank_static", "rank_g"])
         for i in np.argsort(g, kind="stable"):
+            r = rows[i]
             fv = land.f_vib.get(int(i))
-            w.writerow([land.ids[i], dens.get(land.ids[i]), f"{land.ff_kjmol[i] - land.ff_kjmol.min():.3f}",
+            w.writerow([land.ids[i], r["space_group"] or "", reported_z(r),
+                        "" if r["density_gcm3"] is None else f"{r['density_gcm3']:.4f}",
+                        f"{land.ff_kjmol[i] - land.ff_kjmol.min():.3f}",
                         f"{static[i] - static.min():.3f}", f"{std[i]:.3f}", int(i in land.computed),
-                        "" if fv is None else f"{fv:.3f}", f"{g[i] - g.min():.3f}",
-                        int(rank_s[i]), int(rank_g[i])])
+                        "" if fv is None else f"{fv:.3f}", f"{g[i] - g.min():.3f}" if has_g else "",
+                        int(rank_s[i]), int(rank_g[i]) if has_g else ""])
     return path
 
 
@@ -338,13 +487,21 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
     fig, axes = plt.subplots(1, 2 if has_parity else 1, figsize=(11, 5.6) if has_parity else (7, 5.8),
                              squeeze=False)
     ax = axes[0][0]
-    ax.scatter(rho, land.ff_kjmol - land.ff_kjmol.min(), s=14, c="0.6", label=f"{ff_level}")
+    # two levels, two zeros: each level's energies relative to its own lowest structure (the
+    # force field and the refinement level differ by a systematic shift; the ranking is
+    # what is compared), each zero named with its absolute lattice energy in the legend
+    i_ff = int(np.argmin(land.ff_kjmol))
+    ax.scatter(rho, land.ff_kjmol - land.ff_kjmol[i_ff], s=14, c="0.6",
+               label=f"{ff_level}; 0 = its lowest, {land.ids[i_ff]}, {land.ff_kjmol[i_ff]:.1f} kJ/mol per molecule")
     model = corr.get("ranking_model") or "Delta-GP"
-    e = corr["corrected_kjmol"] - corr["corrected_kjmol"].min()
+    i_ref = int(np.argmin(corr["corrected_kjmol"]))
+    e = corr["corrected_kjmol"] - corr["corrected_kjmol"][i_ref]
     std = corr["std_kjmol"].copy()
     std[computed] = 0.0  # computed energies are exact at this level
+    how = "computed" if i_ref in set(np.asarray(computed).tolist()) else f"{model} prediction"
     ax.errorbar(rho, e, yerr=std, fmt="o", ms=3, color="tab:blue", alpha=0.6,
-                lw=0.6, label=f"{ref_level}: {model} prediction, mean ± 1σ")
+                lw=0.6, label=f"{ref_level}: {model} prediction, mean ± 1σ; 0 = its lowest, {land.ids[i_ref]} "
+                              f"({how}), {corr['corrected_kjmol'][i_ref]:.1f} kJ/mol per molecule")
     ax.scatter(rho[computed], e[computed], s=40, facecolors="none", edgecolors="tab:red",
                label=f"computed at {ref_level} ({len(computed)})")
     if land.failed:
@@ -353,7 +510,8 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
                    label=f"failed at {ref_level} ({len(bad)}; {model} prediction shown)")
     ax.set_xlabel("density (g/cm$^3$)")
     ax.set_ylabel("lattice energy rel. to lowest (kJ/mol per molecule)")
-    ax.set_title(f"{name}: {len(land.ids)} CSP structures before and after correction", fontsize=9)
+    ax.set_title(f"{name}: {len(land.ids)} CSP structures before and after correction\n"
+                 "each level relative to its own lowest structure", fontsize=9)
     # below the axes (inside, it covered the lowest structures and the top tick labels), one
     # entry per line, long level names wrapped
     import textwrap
