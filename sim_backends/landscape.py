@@ -635,17 +635,22 @@ class Landscape:
     def figure(self, name: str = "") -> Any:
         """First-level energy (relative, kJ/mol per molecule) vs density scatter, coloured by
         detected space group: the :data:`MAX_LEGEND_GROUPS` most populated groups by name,
-        the rest as "other", legend outside the axes."""
+        the rest as "other", legend outside the axes; where the minima have more than one Z'
+        (a Z' = 1,2 search, or molecules on special positions, Z' = 0.5) the marker's shape
+        gives Z', in a second legend. The title is wrapped to the figure's width."""
+        import textwrap
+
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
         from matplotlib.ticker import MaxNLocator
 
         from sim_backends.csp.landscape import molecule_formula
 
         e0 = min(m.energy_kjmol for m in self.minima)
-        fig, ax = plt.subplots(figsize=(7.2, 4.4), layout="constrained")
+        fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
         counts: dict[str, int] = {}
         for m in self.minima:
             counts[m.space_group] = counts.get(m.space_group, 0) + 1
@@ -653,16 +658,29 @@ class Landscape:
         if len(counts) == MAX_LEGEND_GROUPS + 1:  # "other" would hold one group: name it
             named = sorted(counts, key=lambda g: (-counts[g], g))
         colours = [c for k, c in enumerate(plt.get_cmap("tab10").colors) if k != 7]  # grey is "other"
+        z_primes = sorted({m.z_prime for m in self.minima if m.z_prime is not None})
+        # by Z', when there is more than one: circles for the usual Z' = 1
+        shapes = iter(["D", "v", "P", "*", "h"] * len(z_primes))
+        marker = {zp: {1.0: "o", 2.0: "^", 0.5: "s"}.get(zp) or next(shapes) for zp in z_primes} \
+            if len(z_primes) > 1 else {}
+
+        def scatter(pts: list[LandscapeEntry], colour: Any, label: str, size: float) -> None:
+            first = True  # one legend entry per group, whatever its markers
+            for zp in [*z_primes, None] if marker else [None]:
+                sub = [m for m in pts if m.z_prime == zp] if marker else pts
+                if sub:
+                    ax.scatter([m.density_gcm3 for m in sub], [m.energy_kjmol - e0 for m in sub], s=size,
+                               color=colour, marker=marker.get(zp, "X" if marker else "o"), alpha=0.8,
+                               label=label if first else None)
+                    first = False
+
         for k, sg in enumerate(named):
             pts = [m for m in self.minima if m.space_group == sg]
-            ax.scatter([m.density_gcm3 for m in pts], [m.energy_kjmol - e0 for m in pts], s=18,
-                       color=colours[k % len(colours)], label=f"{_mathtext_group(sg)} ({len(pts)})",
-                       alpha=0.8)
+            scatter(pts, colours[k % len(colours)], f"{_mathtext_group(sg)} ({len(pts)})", 18)
         rest = [m for m in self.minima if m.space_group not in named]
         if rest:
             n_groups = len({m.space_group for m in rest})
-            ax.scatter([m.density_gcm3 for m in rest], [m.energy_kjmol - e0 for m in rest], s=14,
-                       color="0.6", marker="s", label=f"other ({n_groups} groups, {len(rest)})", alpha=0.8)
+            scatter(rest, "0.6", f"other ({n_groups} groups, {len(rest)})", 14)
         ax.set_xlabel("density (g/cm$^3$)")
         ax.set_ylabel("lattice energy rel. to global minimum\n(kJ/mol per molecule)")
         ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
@@ -671,11 +689,21 @@ class Landscape:
         title = f"{name} ({formula})" if name else f"{formula} ({self.smiles})" if self.smiles else formula
         charges = self.meta.get("charge_method")
         # a figure title (the axes are narrowed by the legend beside them: a title centred on
-        # them would be cut at the figure's edge)
-        fig.suptitle(f"CSP landscape of {title}: {len(self.minima)} minima, global minimum "
-                     f"{e0:.1f} kJ/mol per molecule\n{self.levels[self.level_keys[0]]}"
-                     + (f", {charges} charges" if charges else ""), fontsize=9)
-        ax.legend(fontsize=7, frameon=False, title="space group (n)", title_fontsize=7,
+        # them would be cut at the figure's edge), each line wrapped to the figure's width
+        lines = [f"CSP landscape of {title}: {len(self.minima)} minima, global minimum "
+                 f"{e0:.1f} kJ/mol per molecule",
+                 self.levels[self.level_keys[0]] + (f", {charges} charges" if charges else "")]
+        fig.suptitle("\n".join(textwrap.fill(t, 100, break_on_hyphens=False) for t in lines), fontsize=9)
+        # one entry per space group (whatever its markers), coloured, beside the axes (the
+        # axes' legend); below it Z' by shape
+        handles, labels = ax.get_legend_handles_labels()
+        if marker:
+            n_zp = {zp: sum(m.z_prime == zp for m in self.minima) for zp in z_primes}
+            ax.add_artist(ax.legend([Line2D([], [], ls="none", marker=marker[zp], color="0.25") for zp in z_primes],
+                                    [f"Z' = {zp:g} ({n_zp[zp]})" for zp in z_primes], fontsize=7, frameon=False,
+                                    title="Z' (n)", title_fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0)))
+        ax.legend([Line2D([], [], ls="none", marker="o", color=h.get_facecolor()[0], alpha=0.8) for h in handles],
+                  labels, fontsize=7, frameon=False, title="space group (n)", title_fontsize=7,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return fig
 
