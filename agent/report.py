@@ -533,7 +533,7 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
         ax.scatter(true, held, s=20)
         lo, hi = float(min(true.min(), held.min())), float(max(true.max(), held.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-        ax.set_xlabel(f"computed lattice energy (kJ/mol per molecule)\n{ref_level}", fontsize=8)
+        ax.set_xlabel("computed lattice energy (kJ/mol per molecule)\n" + textwrap.fill(ref_level, 70), fontsize=8)
         ax.set_ylabel("held-out (LOO) Delta-GP prediction (kJ/mol per molecule)", fontsize=8)
         mae_text = f", Delta-GP LOO MAE {mae:.2f} kJ/mol per molecule" if mae is not None else ""
         skill = corr.get("skill")
