@@ -271,8 +271,15 @@ class CampaignConfig(_Strict):
         synchronous: ask for the next batch only when the whole previous batch has
             finished, and tell the stages its results in submission order, so the
             decisions depend only on the results and the seed, never on which worker
-            finished first (the same decisions on an idle or a loaded machine, or with
-            faster SCF settings); workers idle while the slowest task of a batch runs.
+            finished first. Results that differ only in their last digits (SCF warm
+            starts depend on what a worker computed before: ~1e-6 kJ/mol) give the same
+            decisions, as the structure surrogates round their targets to 0.01 kJ/mol
+            (:data:`agent.surrogates.base.TARGET_DECIMALS`; a value within that noise of a
+            rounding boundary still can differ). Measured CPU seconds, which depend on the
+            machine load, steer the decisions where costs weigh them: with
+            ``max_cpu_hours`` (the molecule stage's per-level costs and budget checks, the
+            stop) and between two structure energy levels; with one structure level and
+            no CPU budget they do not. Workers idle while the slowest task of a batch runs.
             Default false: a free worker gets new work at once.
         seed: random seed; with replayed backends decisions are deterministic.
         max_evaluations: total evaluations (all backends).

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.surrogates.base import StructureSurrogate, SurrogateError, block_loo, loo_calibration
+from agent.surrogates.base import StructureSurrogate, SurrogateError, block_loo, loo_calibration, rounded_targets
 
 if TYPE_CHECKING:
     from sim_backends.fragment_terms import FragmentTerms
@@ -269,14 +269,16 @@ class FragmentDeltaModel(StructureSurrogate):
         _KEPT_FITS[key] = (frozenset(self._structures), {k: getattr(self, k) for k in self._KEPT_STATE})
 
     def _training(self, deltas: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Rows of the dimer table and their corrections for the structures of ``deltas``."""
+        """Rows of the dimer table and their corrections for the structures of ``deltas``
+        (the training targets: rounded to :data:`~agent.surrogates.base.TARGET_DECIMALS`, so
+        that the SCF's last digits do not move the fit)."""
         idx, ys = [], []
         for s, d in deltas.items():
             n_d = self.offsets[s + 1] - self.offsets[s]
             if len(d) != n_d or not np.all(np.isfinite(d)):
                 raise SurrogateError(f"structure {s}: {len(d)} dimer corrections for {n_d} dimers")
             idx.append(np.arange(self.offsets[s], self.offsets[s + 1]))
-            ys.append(d)
+            ys.append(rounded_targets(d))
         return (np.concatenate(idx + [np.zeros(0, dtype=int)]).astype(int),
                 np.concatenate(ys + [np.zeros(0)]))
 
