@@ -153,8 +153,13 @@ class Campaign:
         """
         with warnings.catch_warnings():  # a wrong type set by model_copy: refused below
             warnings.simplefilter("ignore")
-            data = cfg.model_dump(mode="json", exclude_none=True)
-        cfg = parse_config(data)
+            given = cfg.model_dump(mode="json")
+        data = _without_none(given)
+        cfg = parse_config(data)  # as the stored config.toml (TOML has no null) will read back
+        if lost := _nulls_replaced(given, cfg.model_dump(mode="json")):
+            key, value = lost
+            raise ConfigError(f"{key} = None cannot be kept in the campaign's stored config (TOML has no null) "
+                              f"and would become its default {value!r}; give a value or leave it out")
         directory = campaign_dir(runs_dir, cfg.name)
         exists = ConfigError(
             f"campaign {cfg.name!r} already exists in {directory}; use "
@@ -566,3 +571,29 @@ def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> C
     except ConfigError as exc:
         raise ConfigError(lines=[f"campaign store {store.path.parent}: stored {line}"
                                  for line in exc.lines]) from None
+
+
+def _without_none(value: Any) -> Any:
+    """A JSON-like config dump without its None entries (what a TOML file can hold)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def _nulls_replaced(given: Any, parsed: Any, path: str = "") -> tuple[str, Any] | None:
+    """The first dotted key that is None in ``given`` but not in ``parsed`` (a default took its
+    place), with that value; None when there is none."""
+    if isinstance(given, dict) and isinstance(parsed, dict):
+        for k, v in given.items():
+            key = f"{path}.{k}" if path else str(k)
+            if v is None and parsed.get(k) is not None:
+                return key, parsed[k]
+            if (found := _nulls_replaced(v, parsed.get(k), key)) is not None:
+                return found
+    elif isinstance(given, list) and isinstance(parsed, list) and len(given) == len(parsed):
+        for n, (a, b) in enumerate(zip(given, parsed, strict=True)):
+            if (found := _nulls_replaced(a, b, f"{path}[{n}]")) is not None:
+                return found
+    return None

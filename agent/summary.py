@@ -405,7 +405,8 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
         # force-field-ranked entries (saved before any refinement) have no energy at the level
         top = {r["id"]: r for r in rec["top"] if r.get("energy_kjmol") is not None}
         top[row["id"]] = {**top.get(row["id"], {}), "id": row["id"], "space_group": row["space_group"],
-                          "density_gcm3": row["density_gcm3"], "z": row["z"], "ff_kjmol": row["energy_kjmol"],
+                          "density_gcm3": row["density_gcm3"], "z": row["z"],
+                          "z_prime": z_prime(None, row["space_group"], row["z"]), "ff_kjmol": row["energy_kjmol"],
                           "energy_kjmol": computed[row["id"]], "std_kjmol": 0.0, "computed": True,
                           "cif": str(structures_dir(Path(store.path).parent) / f"{row['id']}.cif")}
         rec["top"] = sorted(top.values(), key=lambda r: r["energy_kjmol"])[:N_TOP_STRUCTURES]
@@ -446,6 +447,7 @@ def _refresh_ranks(rec: dict[str, Any], computed: dict[str, float], failed: set[
         return {"id": e[0], "energy_kjmol": e[1], "std_kjmol": e[2], "computed": bool(e[3]), "ff_kjmol": e[4],
                 "space_group": row["space_group"] if row else None,
                 "density_gcm3": row["density_gcm3"] if row else None, "z": row["z"] if row else None,
+                "z_prime": z_prime(None, row["space_group"], row["z"]) if row else None,
                 "cif": str(structures_dir(directory) / f"{e[0]}.cif"),
                 "rank": rank.get(e[0]), "observed_by": observed.get(e[0])}
 

@@ -125,7 +125,8 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                      space_groups: str = ESF_SPACE_GROUPS, temperature_K: float = 300.0,
                      energy_sd_kjmol: float = FF_ENERGY_SD_KJMOL, cutoff_A: float = 4.0,
                      level_params: dict[str, Any] | None = None,
-                     lambda_level: str | None = None, jahn_teller: str | None = None) -> dict[str, Any]:
+                     lambda_level: str | None = None, jahn_teller: str | None = None,
+                     racemic: bool = False) -> dict[str, Any]:
     """CSP, transfer integrals and hole mobility of the kept structures, and the landscape
     mobility: one JSON-ready record (the data set's and the backend's format).
 
@@ -137,7 +138,10 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
     degenerate-HOMO status) and INFO ``notes``
     or ``error``), ``landscape_mobility_hole_cm2Vs`` ({mean, sd, n_in_window, ...}),
     ``global_minimum_mobility_hole_cm2Vs``, ``cpu_s`` ({csp, transfer}, this process's
-    CPU seconds); ``error`` (one line) when no structure has a mobility.
+    CPU seconds); ``error`` (one line) when no structure has a mobility. A SMILES naming one
+    enantiomer is searched only in the Sohncke groups of ``space_groups`` when that is the
+    default list (a given list with other groups is refused) unless ``racemic``
+    (:mod:`sim_backends.csp.chirality`).
     """
     import numpy as np
 
@@ -154,9 +158,14 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
     else:
         level_name = "GFN2-xTB"
     rec: dict[str, Any] = {"n_trials": n_trials, "transfer_level": level_name}
+    from sim_backends.csp.chirality import stereo_policy
+    from sim_backends.csp.spacegroups import get_space_group
+
+    if space_groups == ESF_SPACE_GROUPS and stereo_policy(smiles, racemic).sohncke_only:
+        space_groups = ",".join(g for g in ESF_SPACE_GROUPS.split(",") if get_space_group(g).sohncke)
     try:
         land = run_csp(smiles, n_trials, space_groups=space_groups, charges="xtb", progress=False,
-                       sampling="fixed", seed=seed)
+                       sampling="fixed", seed=seed, racemic=racemic)
     except Exception as exc:  # noqa: BLE001 - any CSP failure is recorded, the run goes on
         return {**rec, "error": f"csp: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
                 "cpu_s": {"csp": round(process_cpu_s() - c0, 2)}}
@@ -281,11 +290,11 @@ class EsfLandscapeBackend(Backend):
     _DEFAULTS: ClassVar[dict[str, Any]] = {"n_trials": 150, "n_structures": 6, "window_kjmol": 7.0,
                                            "transfer": "gfn2-xtb", "seed": 0, "space_groups": ESF_SPACE_GROUPS,
                                            "temperature_K": 300.0, "energy_sd_kjmol": FF_ENERGY_SD_KJMOL,
-                                           "cutoff_A": 4.0}
+                                           "cutoff_A": 4.0, "racemic": False}
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1, 1_000_000), "n_structures": check.integer(1, 1000),
         "window_kjmol": check.number(0.0, 100.0, lo_open=True), "transfer": check.one_of("gfn2-xtb", "dft"),
-        "seed": check.integer(0), "space_groups": check.text,
+        "seed": check.integer(0), "space_groups": check.text, "racemic": check.boolean,
         "temperature_K": check.number(0.0, 2000.0, lo_open=True),
         "energy_sd_kjmol": check.number(0.0, 100.0), "cutoff_A": check.number(2.0, 10.0),
         "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True), "fidelity": check.integer(0, 10),
@@ -335,7 +344,7 @@ class EsfLandscapeBackend(Backend):
                                str(p["space_groups"]), float(p["temperature_K"]), float(p["energy_sd_kjmol"]),
                                float(p["cutoff_A"]), level_params,
                                lambda_level=None if p.get("lambda_hole_kjmol") is not None else "GFN2-xTB",
-                               jahn_teller=jt)
+                               jahn_teller=jt, racemic=bool(p["racemic"]))
         if "error" in rec:
             raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
         values = landscape_values(lam, rec)

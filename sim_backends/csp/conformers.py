@@ -154,6 +154,16 @@ def count_flexible_bonds(mol: Any) -> int:
     return count_rotatable_bonds(mol) + len(cross_conjugated_bonds(mol))
 
 
+def _zwitterion(mol: Any) -> bool:
+    """A protonated base (N+ or O+ carrying H) and a deprotonated acid (O- or N- on an atom
+    other than that cation) in one molecule: the amino-acid form a gas-phase relaxation
+    undoes; not nitro groups, N-oxides or ylides (their charges sit on bonded atoms, no H)."""
+    cations = [a for a in mol.GetAtoms() if a.GetFormalCharge() > 0 and a.GetSymbol() in ("N", "O")
+               and a.GetTotalNumHs() > 0]
+    anions = [a for a in mol.GetAtoms() if a.GetFormalCharge() < 0 and a.GetSymbol() in ("O", "N", "S")]
+    return any(not mol.GetBondBetweenAtoms(c.GetIdx(), x.GetIdx()) for c in cations for x in anions)
+
+
 def _polar_heavy_mol(molh: Any) -> Any:
     """A copy without the hydrogens bonded to carbon (what the duplicate RMSD compares)."""
     from rdkit import Chem
@@ -244,8 +254,7 @@ def build_ensemble(
         energy, _ = intra.total_energy_and_grad(xyz)
         relaxed.append((energy, xyz))
     if not relaxed:
-        charged = {a.GetFormalCharge() > 0 for a in mol.GetAtoms() if a.GetFormalCharge()}
-        if charged == {True, False} and n_rebonded:
+        if _zwitterion(mol) and n_rebonded:
             raise SetupError(f"{canonical}: the zwitterion is not a gas-phase minimum at GFN2-xTB (its proton "
                              f"moved back in {n_rebonded} of {len(conf_ids)} conformers); zwitterionic crystals "
                              "such as amino acids cannot be searched with this gas-phase conformer model")
@@ -267,10 +276,14 @@ def build_ensemble(
         return m
 
     unique: list[tuple[float, np.ndarray, Any]] = []
+    # a mirror-image conformer is the same conformer of an achiral (or unassigned) molecule (its
+    # crystals are the mirror images, of equal energy), but the other enantiomer when the SMILES
+    # assigns stereocentres
+    chiral = bool(Chem.FindMolChiralCenters(mol, includeUnassigned=False, useLegacyImplementation=False))
     for energy, xyz in relaxed:
-        m, mirror = as_mol(xyz), as_mol(xyz * np.array([-1.0, 1.0, 1.0]))
-        if any(min(rdMolAlign.GetBestRMS(m, u[2]), rdMolAlign.GetBestRMS(mirror, u[2])) < rmsd_A
-               for u in unique):
+        m = as_mol(xyz)
+        images = [m] if chiral else [m, as_mol(xyz * np.array([-1.0, 1.0, 1.0]))]
+        if any(min(rdMolAlign.GetBestRMS(im, u[2]) for im in images) < rmsd_A for u in unique):
             continue
         unique.append((energy, xyz, m))
     e_ref = unique[0][0]

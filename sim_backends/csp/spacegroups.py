@@ -173,9 +173,9 @@ def parse_space_groups(spec: str | list[str] | tuple[str, ...] | None,
         sg = get_space_group(canonical_symbol(n))
         if sohncke_only and not sg.sohncke:
             ok = ", ".join(g for g in _GROUPS if get_space_group(g).sohncke)
-            raise ValueError(f"space group {sg.symbol} has inversion, mirror or glide symmetry, which puts both "
-                             f"enantiomers of this enantiopure molecule in one crystal; use Sohncke groups "
-                             f"({ok}) or search the racemic compound (--racemic; racemic = true in csp params)")
+            raise ValueError(f"space group {sg.symbol} has inversion, mirror or glide symmetry: its crystals hold "
+                             f"both enantiomers of this enantiopure molecule; use Sohncke groups ({ok}) or "
+                             f"racemic (--racemic)")
         if sg.symbol not in {o.symbol for o in out}:
             out.append(sg)
     return out

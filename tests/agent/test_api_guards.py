@@ -60,6 +60,19 @@ def test_create_accepts_a_valid_model_copy(tmp_path):
     camp.close()
 
 
+def test_create_refuses_a_none_the_stored_config_cannot_keep(tmp_path):
+    """executor.task_cpu_limit_s = None (no limit) would be written to config.toml without the
+    key and read back as the 1800 s default: refused in one line, nothing created."""
+    from agent.campaign import Campaign
+    from agent.config import ConfigError
+
+    cfg = _cfg(tmp_path)
+    cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"task_cpu_limit_s": None})})
+    with pytest.raises(ConfigError, match=r"executor.task_cpu_limit_s = None cannot be kept") as err:
+        Campaign.create(cfg, tmp_path / "runs")
+    assert "\n" not in str(err.value) and not (tmp_path / "runs" / "api").exists()
+
+
 def test_run_campaign_refuses_another_runs_dir(tmp_path, premigrated_mlflow):
     from mlflow.tracking import MlflowClient
 

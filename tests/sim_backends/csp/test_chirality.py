@@ -102,3 +102,18 @@ def test_an_enantiopure_molecule_gives_enantiopure_crystals(tmp_path):
     assert race.meta["stereo"]["racemic"] and not race.meta["stereo"]["sohncke_only"]
     centro = next(m for m in race.minima if m.space_group in ("P-1", "P2_1/c", "C2/c", "Pbca"))
     assert set(_molecule_smiles(tmp_path / "r" / "cif" / f"{centro.id}.cif")) == {want, mirror}
+
+
+def test_esf_landscapes_of_an_enantiopure_molecule_use_its_sohncke_groups():
+    """The ESF backends pass their own default list (P2_1/c, P-1, ... ) to run_csp; for one
+    enantiomer that list is filtered, not refused (review of stop 35)."""
+    from sim_backends.esf import landscape_record
+
+    rec = landscape_record(OXIRANE, 10.0, 8, 3, 7.0)
+    assert "error" not in rec and rec["structures"]
+    assert {s["space_group"] for s in rec["structures"]} <= {"P2_12_12_1", "P2_1", "C2", "P1"}
+    racemic = landscape_record(OXIRANE, 10.0, 8, 3, 7.0, space_groups="P-1", racemic=True)
+    assert "error" not in racemic
+    refused = landscape_record(OXIRANE, 10.0, 8, 3, 7.0, space_groups="P-1")
+    assert refused["error"].startswith("csp: ValueError: space group P-1 has inversion") and \
+        refused["error"].endswith("racemic (--racemic)")
