@@ -334,7 +334,9 @@ class CampaignConfig(_Strict):
                                  f"registered: {', '.join(sorted(ADAPTERS))}")
         if self.structures.enabled and self.structures.budget_evaluations >= self.max_evaluations:
             raise ValueError(
-                "structures.budget_evaluations must leave evaluations for the molecule stage"
+                f"structures.budget_evaluations ({self.structures.budget_evaluations}"
+                f"{'' if 'budget_evaluations' in self.structures.model_fields_set else ', its default'}) "
+                f"must leave evaluations for the molecule stage (max_evaluations = {self.max_evaluations})"
             )
         return self
 
