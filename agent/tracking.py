@@ -343,7 +343,7 @@ class Tracker:
                 if top and int(top.get("n", 0)) >= MIN_CALIBRATION_N:
                     for name in ("z_std", "coverage_68", "coverage_95"):
                         self.client.log_metric(self.run_id, f"surrogate_holdout_{name}", top[name], step=step)
-                self.client.log_metric(self.run_id, "n_refits", ev["n_refit"], step=step)
+                self.client.log_metric(self.run_id, "n_molecule_refits", ev["n_refit"], step=step)
             elif ev["kind"] == "structure_refit":
                 structure_refits.append(ev)
             elif ev["kind"] == "lab_result" and ev.get("state") == "done":
