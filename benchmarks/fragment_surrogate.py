@@ -13,7 +13,10 @@ for both the training set and the fit). Configurations compared in the same run:
   leave-one-structure-out MAE).
 
 ``--descriptor polar-h`` scores the same with the descriptor's donor H typed apart
-(:func:`sim_backends.fragment_terms.site_types`). A landscape smaller than ``--pool`` is
+(:func:`sim_backends.fragment_terms.site_types`); ``element+hbond``, ``element+r6``,
+``element+2A`` and ``element+r6+hbond`` with extra descriptor terms (an angular H-bond
+term, r^-6 sums, a 2 A decay; :data:`sim_backends.fragment_terms.DESCRIPTOR_TERMS`).
+A landscape smaller than ``--pool`` is
 drawn from all its structures, trained on at most half of them.
 
 This is what chose the default; the end-to-end effect on the number of DFT calculations is
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pool", type=int, default=50, help="drawn from this many lowest (default 50)")
     parser.add_argument("--draws", type=int, default=10, help="random training sets (default 10)")
     parser.add_argument("--descriptor", default=DEFAULT_DESCRIPTOR, choices=DESCRIPTORS,
-                        help=f"atom typing of the dimer descriptor (default {DEFAULT_DESCRIPTOR})")
+                        help=f"dimer descriptor: atom typing, extra terms (default {DEFAULT_DESCRIPTOR})")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
                         help="model configurations to score (default all; 'no baselines' is the ratio's reference)")
     args = parser.parse_args(argv)

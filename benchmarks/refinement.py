@@ -59,7 +59,8 @@ duration of each run; labels and result stems name them); so do ``--warmup-dedup
 the model's own picks only), ``--acq-inflation K`` (``_acqinfl<K>``: the model's draws in its picks
 with K times their spread) and ``--refit-growth F`` (``_refit<F>``: the fragment
 dimer GP's hyperparameters refitted only after the computed set grew by F; ``REFIT_GROWTH`` of
-``agent/surrogates/fragment_gp.py``), all off by default (screens: ``benchmarks/results/NOTES.md``,
+``agent/surrogates/fragment_gp.py``) and ``--descriptor D`` (``_desc-<D>``: the fragment dimer GP's
+dimer descriptor, ``sim_backends.fragment_terms.DESCRIPTORS``), all off by default (screens: ``benchmarks/results/NOTES.md``,
 task R4). ``--grid`` runs, beside the agent,
 the gate of the runs recorded before those options (skill test from 5 computed, cost-weighted
 warm-up, no mix; when the agent differs from it), the agent without the skill test and the
@@ -97,6 +98,7 @@ default settings, else ``refinement_combined.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -130,7 +132,7 @@ from agent.refine_acquisition import (  # noqa: E402
     surrogate_skill,
 )
 from agent.surrogates.fragment_gp import REFIT_GROWTH  # noqa: E402
-from sim_backends.fragment_terms import DEFAULT_BASELINES  # noqa: E402
+from sim_backends.fragment_terms import DEFAULT_BASELINES, DEFAULT_DESCRIPTOR, DESCRIPTORS  # noqa: E402
 from sim_backends.landscape import LandscapeError  # noqa: E402
 
 TOP_K = 10
@@ -189,6 +191,7 @@ class AgentSettings:
     cost_power: float = COST_POWER
     model_cost_power: float = MODEL_COST_POWER
     acq_inflation: float = ACQ_INFLATION
+    descriptor: str = DEFAULT_DESCRIPTOR
 
     @property
     def label(self) -> str:
@@ -211,6 +214,8 @@ class AgentSettings:
             gate += f", model picks cost^{self.model_cost_power:g}"
         if self.acq_inflation != 1.0:
             gate += f", model picks spread x{self.acq_inflation:g}"
+        if self.descriptor != DEFAULT_DESCRIPTOR:
+            gate += f", dimer descriptor {self.descriptor}"
         expl = "no explore" if self.explore_above is None else f"explore {self.explore_above:g}/{self.explore_fraction:g}"
         return f"{gate}, {expl}" + (f", init {self.n_initial}" if self.n_initial else "")
 
@@ -284,15 +289,18 @@ class _FragmentTermsOnce:
 
         self.module, self.real = ft, ft.landscape_fragment_terms
         self.cache: dict[tuple, tuple[list, float]] = {}
+        #: the dimer descriptor of the terms (``--descriptor``; set per run by :func:`run_agent`)
+        self.descriptor = DEFAULT_DESCRIPTOR
         ft.landscape_fragment_terms = self
 
     def __call__(self, crystals, cutoff_A, cutoff_mode="contact", functional="pbe", progress=None,
                  baselines=DEFAULT_BASELINES):
         key = (tuple(np.asarray(c.atoms.cell).tobytes() + c.atoms.positions.tobytes() for c in crystals[:3]), len(crystals),
-               cutoff_A, cutoff_mode, functional, tuple(baselines))
+               cutoff_A, cutoff_mode, functional, tuple(baselines), self.descriptor)
         if key not in self.cache:
             c0 = time.process_time()
-            terms = self.real(crystals, cutoff_A, cutoff_mode, functional, progress=progress, baselines=baselines)
+            terms = self.real(crystals, cutoff_A, cutoff_mode, functional, progress=progress, baselines=baselines,
+                              descriptor=self.descriptor)
             self.cache[key] = (terms, time.process_time() - c0)
         return self.cache[key][0]
 
@@ -374,8 +382,13 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
                   "SKILL_MIX": settings.skill_mix, "WARMUP_DEDUP": settings.warmup_dedup,
                   "COST_POWER": settings.cost_power, "MODEL_COST_POWER": settings.model_cost_power,
                   "ACQ_INFLATION": settings.acq_inflation}
+    global FRAGMENT_TERMS
+    if FRAGMENT_TERMS is None and settings.descriptor != DEFAULT_DESCRIPTOR:
+        FRAGMENT_TERMS = _FragmentTermsOnce()  # the stage's call gets the descriptor through it
+    terms_descriptor = (contextlib.nullcontext() if FRAGMENT_TERMS is None
+                        else _restore(FRAGMENT_TERMS, {"descriptor": settings.descriptor}))
     with _restore(acq, acq_values), _restore(fgp, {"REFIT_GROWTH": settings.refit_growth}), \
-            tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
+            terms_descriptor, tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
         tmp = Path(tmp)
         (tmp / "pool.smi").write_text(f"{case.smiles} {case.name}\n")
         (tmp / "campaign.toml").write_text(campaign_config(case, q, seed, settings, baselines, max_structures))
@@ -820,6 +833,8 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += f"_acqinfl{args.acq_inflation:g}"
     if args.model_cost_power != MODEL_COST_POWER:
         stem += f"_modelcostpow{args.model_cost_power:g}"
+    if args.descriptor != DEFAULT_DESCRIPTOR:
+        stem += f"_desc-{args.descriptor}"
     if args.refit_growth != REFIT_GROWTH:
         stem += "_no_refit_growth" if args.refit_growth is None else f"_refit{args.refit_growth:g}"
     if args.warmup_dedup != WARMUP_DEDUP:
@@ -886,6 +901,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--refit-growth", type=float, default=REFIT_GROWTH, metavar="FRACTION",
                         help="agent (fragment dimer GP): refit the hyperparameters only once the computed structures "
                              f"grew by this fraction since the last fit (default {REFIT_GROWTH}: every fit)")
+    parser.add_argument("--descriptor", default=DEFAULT_DESCRIPTOR, choices=DESCRIPTORS,
+                        help="agent (fragment dimer GP): the dimer descriptor, atom typing and extra terms "
+                             f"(sim_backends/fragment_terms.py; default {DEFAULT_DESCRIPTOR})")
     parser.add_argument("--no-refit-growth", dest="refit_growth", action="store_const", const=None,
                         help="agent: fresh hyperparameters at every fit")
     parser.add_argument("--no-warmup-dedup", dest="warmup_dedup", action="store_const", const=None,
@@ -955,7 +973,7 @@ def main(argv: list[str] | None = None) -> dict:
     agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial,
                           args.min_skill_n, args.skill_score, args.warmup, args.skill_mix, args.warmup_dedup,
                           args.refit_growth, args.cost_power, args.model_cost_power,
-                          args.acq_inflation)
+                          args.acq_inflation, args.descriptor)
     configs = [agent]
     if args.combine:
         return combine(args.combine, console)

@@ -30,7 +30,15 @@ continuous, and dominated by the closest contacts, as the short-range terms are.
 ``descriptor="polar-h"`` the atoms are typed as a force field types them for hydrogen bonds:
 an H whose nearest atom in its molecule is N or O is "Hp" (the donor H), other H stay "H",
 so that O-H...O and C-H...O contacts get separate sums (:func:`site_types`);
-``"element"`` (:data:`DEFAULT_DESCRIPTOR`) types by element only.
+``"element"`` (:data:`DEFAULT_DESCRIPTOR`) types by element only. Screening options (off by
+default; ``benchmarks/results/NOTES.md``) append terms to the element sums, ``"element+<term>"``
+(:data:`DESCRIPTOR_TERMS`), each stored as log(1 + 1000 s) like the sums:
+
+- ``hbond``: one column, s = sum over donor H (an H whose nearest atom in its molecule is N or
+  O) of either molecule and N/O atoms Y of the other of exp(-r_HY / 0.25 A) ((1 - cos t) / 2)^2,
+  t the X-H...Y angle at H (1 for a linear hydrogen bond, 0 when Y sits behind X-H);
+- ``r6``: per element pair, s = sum (3 A / r)^6 (a dispersion-like, longer-ranged sum);
+- ``2A``: a fourth decay length, 2.0 A, per element pair.
 
 Dimer baselines: cheap physical estimates of the same dimer quantity, computed for every dimer
 of the landscape and given to the surrogate as extra inputs (:data:`DEFAULT_BASELINES`):
@@ -70,11 +78,16 @@ _XTB_METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 _COULOMB_KJMOL_A = 1389.35457
 
 
-#: dimer descriptor atom typing (module docstring): "element" or "polar-h"
-DESCRIPTORS = ("element", "polar-h")
+#: terms a descriptor "element+<term>[+<term>]" appends to the contact sums (module docstring)
+DESCRIPTOR_TERMS = ("hbond", "r6", "2A")
+#: dimer descriptors (module docstring): the atom typing "element" or "polar-h", and the
+#: element sums with extra terms (screening options)
+DESCRIPTORS = ("element", "polar-h", "element+hbond", "element+r6", "element+2A", "element+r6+hbond")
 DEFAULT_DESCRIPTOR = "element"
-#: elements whose bonded H is typed "Hp" by the "polar-h" descriptor
+#: elements whose bonded H is typed "Hp" by the "polar-h" descriptor (and is a donor H of "hbond")
 _POLAR_H_PARTNERS = ("N", "O")
+#: decay (A) and angular power of the "hbond" term; reference distance (A) of the "r6" term
+_HBOND_DECAY_A, _HBOND_POWER, _R6_REF_A = 0.25, 2, 3.0
 
 
 def site_types(symbols: list[str], positions: np.ndarray, descriptor: str = DEFAULT_DESCRIPTOR) -> list[str]:
@@ -86,8 +99,7 @@ def site_types(symbols: list[str], positions: np.ndarray, descriptor: str = DEFA
     """
     import numpy as np
 
-    if descriptor not in DESCRIPTORS:
-        raise SetupError(f"unknown dimer descriptor {descriptor!r}; known: {', '.join(DESCRIPTORS)}")
+    _check(descriptor)
     types = list(symbols)
     if descriptor == "polar-h" and len(symbols) > 1:
         pos = np.asarray(positions, dtype=float)
@@ -99,6 +111,21 @@ def site_types(symbols: list[str], positions: np.ndarray, descriptor: str = DEFA
     return types
 
 
+def _check(descriptor: str) -> None:
+    if descriptor not in DESCRIPTORS:
+        raise SetupError(f"unknown dimer descriptor {descriptor!r}; known: {', '.join(DESCRIPTORS)}")
+
+
+def _terms(descriptor: str) -> list[str]:
+    """The extra terms of ``descriptor`` (after the typing)."""
+    _check(descriptor)
+    return descriptor.split("+")[1:]
+
+
+def _decays(descriptor: str) -> tuple[float, ...]:
+    return DECAYS_A + ((2.0,) if "2A" in _terms(descriptor) else ())
+
+
 def element_pairs(symbols: list[str]) -> list[str]:
     """Sorted type pairs ("C-H", "H-O", ...) of a molecule's atom types (elements, or
     :func:`site_types`), the descriptor's row labels."""
@@ -106,29 +133,71 @@ def element_pairs(symbols: list[str]) -> list[str]:
     return [f"{a}-{b}" for k, a in enumerate(els) for b in els[k:]]
 
 
-def feature_names(symbols: list[str]) -> list[str]:
-    """Column names of :func:`dimer_descriptor` for a molecule with these elements."""
-    return [f"{p}@{lam:g}A" for p in element_pairs(symbols) for lam in DECAYS_A]
+def feature_names(symbols: list[str], descriptor: str = DEFAULT_DESCRIPTOR) -> list[str]:
+    """Column names of :func:`dimer_descriptor` for a molecule with these atom types."""
+    pairs = element_pairs(symbols)
+    names = [f"{p}@{lam:g}A" for p in pairs for lam in _decays(descriptor)]
+    terms = _terms(descriptor)
+    if "r6" in terms:
+        names += [f"{p}@r^-6" for p in pairs]
+    if "hbond" in terms:
+        names.append(f"hbond@{_HBOND_DECAY_A:g}A")
+    return names
+
+
+def hbond_sum(sym_a: list[str], pos_a: np.ndarray, sym_b: list[str], pos_b: np.ndarray) -> float:
+    """The "hbond" sum (module docstring) of the donor H of molecule a towards the N/O
+    atoms of molecule b: sum exp(-r_HY / 0.25 A) ((1 - cos t) / 2)^2, t the X-H...Y angle."""
+    import numpy as np
+
+    pa, pb = np.asarray(pos_a, dtype=float), np.asarray(pos_b, dtype=float)
+    acc = [y for y, sy in enumerate(sym_b) if sy in _POLAR_H_PARTNERS]
+    if not acc or len(sym_a) < 2:
+        return 0.0
+    ra = np.linalg.norm(pa[:, None] - pa[None], axis=-1)
+    np.fill_diagonal(ra, np.inf)
+    s = 0.0
+    for h, sym in enumerate(sym_a):
+        x = int(np.argmin(ra[h]))
+        if not sym.startswith("H") or sym_a[x] not in _POLAR_H_PARTNERS:
+            continue
+        xh = pa[x] - pa[h]
+        hy = pb[acc] - pa[h]
+        d = np.linalg.norm(hy, axis=1)
+        cos = hy @ xh / (d * np.linalg.norm(xh))
+        s += float(np.sum(np.exp(-d / _HBOND_DECAY_A) * ((1.0 - cos) / 2.0) ** _HBOND_POWER))
+    return s
 
 
 def dimer_descriptor(sym_a: list[str], pos_a: np.ndarray, sym_b: list[str], pos_b: np.ndarray,
-                     pairs: list[str]) -> np.ndarray:
-    """Exponential contact sums of one dimer, ``(len(pairs) * len(DECAYS_A),)``.
+                     pairs: list[str], descriptor: str = DEFAULT_DESCRIPTOR) -> np.ndarray:
+    """Contact sums of one dimer, ``(len(feature_names(..., descriptor)),)``: the exponential
+    sums per type pair and decay, then the extra terms of ``descriptor`` (module docstring).
 
     Args:
-        sym_a, pos_a: symbols and positions (A) of molecule a; sym_b, pos_b: of molecule b.
+        sym_a, pos_a: atom types and positions (A) of molecule a; sym_b, pos_b: of molecule b.
         pairs: :func:`element_pairs` of the molecule (fixes the column order).
+        descriptor: one of :data:`DESCRIPTORS` (the typing of ``sym_a``/``sym_b`` is the caller's).
     """
     import numpy as np
 
+    decays = np.asarray(_decays(descriptor))
+    terms = _terms(descriptor)
     r = np.linalg.norm(np.asarray(pos_a)[:, None, :] - np.asarray(pos_b)[None, :, :], axis=-1)
     col = {p: k for k, p in enumerate(pairs)}
-    out = np.zeros((len(pairs), len(DECAYS_A)))
+    out = np.zeros((len(pairs), len(decays)))
+    r6 = np.zeros(len(pairs))
     for a, sa in enumerate(sym_a):
         for b, sb in enumerate(sym_b):
             k = col["-".join(sorted((sa, sb)))]
-            out[k] += np.exp(-r[a, b] / np.asarray(DECAYS_A))
-    return np.log1p(1000.0 * out.reshape(-1))
+            out[k] += np.exp(-r[a, b] / decays)
+            r6[k] += (_R6_REF_A / r[a, b]) ** 6
+    parts = [out.reshape(-1)]
+    if "r6" in terms:
+        parts.append(r6)
+    if "hbond" in terms:
+        parts.append([hbond_sum(sym_a, pos_a, sym_b, pos_b) + hbond_sum(sym_b, pos_b, sym_a, pos_a)])
+    return np.log1p(1000.0 * np.concatenate(parts))
 
 
 @dataclass
@@ -238,7 +307,7 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
         e_d3_kjmol: the periodic D3 lattice term if already known (e.g. from a stored DFT
             result), else computed here (dftd3, about a second for 30 atoms).
         baselines: dimer baselines to compute (module docstring; ``()`` for none).
-        descriptor: atom typing of the dimer descriptor (:data:`DESCRIPTORS`).
+        descriptor: the dimer descriptor (:data:`DESCRIPTORS`: atom typing, extra terms).
 
     Raises:
         SetupError: charged molecules, molecules that differ in atom order, a functional
@@ -275,17 +344,18 @@ def fragment_terms(crystal: Crystal, charges_e: np.ndarray, cutoff_A: float = 3.
         weights.append(mult / (2.0 * crystal.z))
         mults.append(mult)
         e_pc.append(_COULOMB_KJMOL_A * float(np.sum(qq / r)))
-        feats.append(dimer_descriptor(sym_mol, pa, sym_mol, pb, pairs))
+        feats.append(dimer_descriptor(sym_mol, pa, sym_mol, pb, pairs, descriptor))
         base_rows.append(base(dimer.i, numbers[crystal.groups[dimer.i]], pa, dimer.j,
                               numbers[crystal.groups[dimer.j]], pb, e_pc[-1]))
-    n_feat = len(pairs) * len(DECAYS_A)
+    names = feature_names(sym_mol, descriptor)
+    n_feat = len(names)
     return FragmentTerms(
         known_kjmol=float(e_d3_kjmol) + float(lr["e_elec_pc_total_kjmol"]),
         e_d3_kjmol=float(e_d3_kjmol), e_pc_total_kjmol=float(lr["e_elec_pc_total_kjmol"]),
         keys=keys, contact_A=np.asarray(contact, dtype=float), weights=np.asarray(weights, dtype=float),
         multiplicity=np.asarray(mults, dtype=int), e_pc_dimer_kjmol=np.asarray(e_pc, dtype=float),
         features=np.asarray(feats, dtype=float).reshape(-1, n_feat),
-        feature_names=feature_names(sym_mol),
+        feature_names=names,
         baselines=np.asarray(base_rows, dtype=float).reshape(len(keys), len(base.names)),
         baseline_names=list(base.names),
     )

@@ -63,7 +63,7 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
                     min_skill_n=bench.MIN_SKILL_N, skill_score=bench.SKILL_SCORE, warmup=bench.WARMUP,
                     skill_mix=bench.SKILL_MIX, warmup_dedup=bench.WARMUP_DEDUP, cost_power=bench.COST_POWER,
                     refit_growth=bench.REFIT_GROWTH, model_cost_power=bench.MODEL_COST_POWER,
-                    acq_inflation=bench.ACQ_INFLATION)
+                    acq_inflation=bench.ACQ_INFLATION, descriptor=bench.DEFAULT_DESCRIPTOR)
         return SimpleNamespace(**{**base, **kw})
 
     default = (bench.EXPLORE_ABOVE, bench.EXPLORE_FRACTION)
@@ -89,8 +89,11 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
         bench.result_stems(args(model_cost_power=0.5 if bench.MODEL_COST_POWER == 1.0 else 1.0), [], base,
                            default)[0],
         bench.result_stems(args(acq_inflation=1.5 if bench.ACQ_INFLATION == 1.0 else 1.0), [], base, default)[0],
+        bench.result_stems(args(descriptor="element+2A"), [], base, default)[0],
     }
-    assert len(stems) == 17 and "refinement" not in stems
+    assert len(stems) == 18 and "refinement" not in stems
+    assert bench.result_stems(args(descriptor="element+2A"), [], base, default)[0] == "refinement_desc-element+2A"
+    assert "descriptor element+2A" in bench.AgentSettings(descriptor="element+2A").label
     # runs that go on past completion keep their own progress file
     assert bench.result_stems(args(past_completion=20), [], base, default)[1] == "refinement_past20"
     assert bench.result_stems(args(landscape=[FORMIC]), one, base, default)[0] == "refinement_formic_acid_dft"
