@@ -25,6 +25,7 @@ Importing this module is cheap; the structure posterior needs the campaign's mod
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -619,19 +620,15 @@ def z_prime(recorded: float | None, space_group: str | None, z: int | None) -> f
     return None if not n else float(z) / n
 
 
+@functools.lru_cache(maxsize=None)
 def _general_positions(symbol: str) -> int | None:
-    """Symmetry operations (centring included) of a space group's conventional cell; cached."""
-    if symbol not in _GENERAL:
-        from pymatgen.symmetry.groups import SpaceGroup
+    """Symmetry operations (centring included) of a space group's conventional cell."""
+    from pymatgen.symmetry.groups import SpaceGroup
 
-        try:
-            _GENERAL[symbol] = len(SpaceGroup(symbol).symmetry_ops)
-        except (ValueError, KeyError):
-            _GENERAL[symbol] = None
-    return _GENERAL[symbol]
-
-
-_GENERAL: dict[str, int | None] = {}
+    try:
+        return len(SpaceGroup(symbol).symmetry_ops)
+    except (ValueError, KeyError):
+        return None
 
 
 def reported_z(r: dict[str, Any]) -> int | str:

@@ -45,11 +45,12 @@ def _smiles_of(smiles_or_molecule: Any) -> str | None:
     if suffix in _GEOMETRY_FILES:
         return None
     if suffix in _SMILES_FILES:
+        from sim_backends.csp.run import smiles_from_file
+
         try:
-            lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-        except (OSError, UnicodeDecodeError):
+            return smiles_from_file(path)
+        except OSError:
             return None
-        return lines[0][0] if lines else None
     return text if len(text) < 10_000 else None
 
 

@@ -105,10 +105,10 @@ def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
         if not path.is_file():
             raise SetupError(f"no such file: {text}")
         if suffix in _SMILES_SUFFIXES:
-            lines = [ln.split() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-            if not lines:
+            smiles = smiles_from_file(path)
+            if smiles is None:
                 raise SetupError(f"{text}: no SMILES in file")
-            text = lines[0][0]
+            text = smiles
         else:
             return _molecule_from_geometry(path, charges, cache_dir)
     elif not _parses_as_smiles(text) and (path.is_file() or re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,5}", suffix)):
@@ -116,6 +116,12 @@ def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
             f"unsupported file type {suffix!r}"
         raise SetupError(f"{text}: {what}; give {ACCEPTED_INPUTS}")
     return RigidMolecule.from_smiles(text, charges=charges, cache_dir=cache_dir)
+
+
+def smiles_from_file(path: Path) -> str | None:
+    """The SMILES of a ``.smi``/``.txt`` file: the first token of its first non-empty line."""
+    lines = [ln.split() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[0][0] if lines else None
 
 
 def _parses_as_smiles(text: str) -> bool:
