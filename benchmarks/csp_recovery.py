@@ -44,13 +44,21 @@ Rigid systems only: all X23 crystals but succinic acid (a flexible diacid), the 
 benzene I structure (measured in a diamond-anvil cell, not ambient); paracetamol
 (flexible) is left out.
 
+Parameter sets (``--params``): a key of :data:`sim_backends.csp.forcefield.PARAMETER_SETS` is used for
+every system; ``loo:x23fit-resp-lp`` / ``loo:x23fit-resp`` (:data:`LOO_FITS`) use, for a system whose
+crystal is in X23, the scale factors of that registered set's X23 fit refitted WITHOUT that crystal
+(``loo_theta`` of benchmarks/results/x23_lattice_fit.json; COD benzene I is X23's benzene crystal,
+:data:`LOO_CRYSTAL`), and the all-17 set otherwise (a molecule not in X23); :func:`loo_parameter_sets`.
+Each row says which set it ran with (``params``, ``params_source``).
+
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_recovery.py
       [--systems urea,co2] [--n-trials BUDGET] [--workers 1] [--seed 0] [--no-baseline]
-      [--charges resp|resp-lp|xtb] [--params w99|x23fit-resp|x23fit-resp-lp]
+      [--charges resp|resp-lp|xtb] [--params w99|x23fit-resp|x23fit-resp-lp|loo:x23fit-resp|loo:x23fit-resp-lp]
       [--report-only] [--merge-progress FILE]
 Progress (one JSON line per finished system, resumed on a rerun with the same settings):
 benchmarks/results/csp_recovery[_<args>]_progress.jsonl; results
-benchmarks/results/csp_recovery[_<args>].json (default arguments: csp_recovery.json).
+benchmarks/results/csp_recovery[_<args>].json (default arguments: csp_recovery.json; ``:`` of a
+``--params`` value becomes ``-`` in ``<args>``, e.g. ``_q-resp-lp_p-loo-x23fit-resp-lp_nobase``).
 """
 
 from __future__ import annotations
@@ -94,6 +102,65 @@ SYSTEMS: dict[str, tuple[str, str, str, str]] = {
     "anthracene": ("c1ccc2cc3ccccc3cc2c1", "P2_1", "P2_1/a (Z=2, on -1)", "x23"),
 }
 COD_FILES = {"benzene_cod": "data/reference/cod/COD_2100348_benzene_I.cif"}
+
+#: ``--params loo:<set>``: registered refitted set -> its model in benchmarks/results/x23_lattice_fit.json
+LOO_FITS = {"x23fit-resp-lp": "resp-lp:cX+aX+aHON", "x23fit-resp": "resp:cX+aX"}
+#: X23 crystal of a system whose name is not the X23 name (COD benzene I is X23's benzene, Pbca)
+LOO_CRYSTAL = {"benzene_cod": "benzene"}
+X23_FIT_JSON = "benchmarks/results/x23_lattice_fit.json"
+
+
+def loo_parameter_sets(spec: str, charges: str, fit_json: Path | None = None) -> dict[str, tuple[str, str]]:
+    """Per system, the parameter set of ``--params loo:<set>`` (registered in this process) and
+    where it comes from: system -> (set name, source).
+
+    ``<set>`` is a key of :data:`LOO_FITS`; its fit model's all-crystal factors (``theta``) must
+    give exactly the registered set (a check that the model is the one the set was made from).
+    A system whose crystal is in X23 (:data:`LOO_CRYSTAL` for other names) gets the factors
+    fitted without that crystal (``loo_theta``); any other gets the all-17 set itself.
+
+    Raises:
+        ValueError: unknown set, charges other than the set's, or a fit that does not
+            reproduce the registered set.
+    """
+    from sim_backends.csp import forcefield as ff
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from x23_lattice_fit import scales_of
+
+    base = spec.removeprefix("loo:")
+    if base not in LOO_FITS:
+        raise ValueError(f"unknown --params {spec!r}; leave-one-out sets: {', '.join('loo:' + k for k in LOO_FITS)}")
+    if base.removeprefix("x23fit-") != charges:
+        raise ValueError(f"--params {spec} was fitted with {base.removeprefix('x23fit-')} charges, not {charges}")
+    method_model = LOO_FITS[base]
+    fit = json.loads((fit_json or ROOT / X23_FIT_JSON).read_text())["scans"][method_model]
+    model = method_model.split(":", 1)[1]
+
+    def collapse(theta) -> tuple[dict, dict]:
+        """The fit's scales on the force field's groups (its finer groups share their parent's factor here)."""
+        out = []
+        for scale in scales_of(model, theta):
+            coarse = {g: v for g, v in scale.items() if g in ff.TYPE_GROUPS.values()}
+            for sub, parent in (("C2", "C"), ("HCN", "H"), ("NA", "N"), ("O2", "O")):
+                if sub in scale and scale[sub] != coarse.get(parent):
+                    raise ValueError(f"{method_model}: group {sub} has its own factor; not a force-field set")
+            out.append(coarse)
+        return out[0], out[1]
+
+    if collapse(fit["theta"]) != ff.PARAMETER_SETS[base]:
+        raise ValueError(f"{method_model} of {X23_FIT_JSON} does not reproduce the registered set {base}")
+    sets = {}
+    for name, (_, _, _, source) in SYSTEMS.items():
+        crystal = LOO_CRYSTAL.get(name, name if source == "x23" else None)
+        if crystal in fit["loo_theta"]:
+            set_name = f"{base}-loo-{crystal}"
+            if set_name not in ff.PARAMETER_SETS:
+                ff.register_parameter_set(set_name, *collapse(fit["loo_theta"][crystal]))
+            sets[name] = (set_name, f"{method_model} fitted without X23 {crystal} (leave-one-out)")
+        else:
+            sets[name] = (base, f"{method_model} fitted to all 17 X23 crystals ({name} not in X23)")
+    return sets
 
 
 def reference_structure(name: str):
@@ -263,9 +330,16 @@ def run_system(name: str, args, blind: bool) -> dict:
     from sim_backends.csp.rigid import RigidMolecule
     from sim_backends.csp.run import run_csp
 
+    from sim_backends.csp import forcefield
+
     smiles, groups, _, _ = SYSTEMS[name]
-    c0, t0 = time.process_time(), time.perf_counter()
     row: dict = {}
+    if getattr(args, "param_sets", None):  # --params loo:<set>: this system's set
+        row["params"], row["params_source"] = args.param_sets[name]
+    else:
+        row["params"] = args.params
+    forcefield.DEFAULT_PARAMETER_SET = row["params"]  # read by every model built below (in this process)
+    c0, t0 = time.process_time(), time.perf_counter()
     try:
         mol = RigidMolecule.from_smiles(smiles, charges=args.charges)
         row["start"] = "SMILES"
@@ -334,14 +408,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from sim_backends.csp import forcefield
 
-    if args.params not in forcefield.PARAMETER_SETS:
-        print(f"csp_recovery: error: unknown --params {args.params!r}; known: {', '.join(forcefield.PARAMETER_SETS)}",
-              file=sys.stderr)
+    args.param_sets = None
+    if args.params.startswith("loo:"):
+        try:
+            args.param_sets = loo_parameter_sets(args.params, args.charges)
+        except ValueError as exc:
+            print(f"csp_recovery: error: {exc}", file=sys.stderr)
+            return 2
+    elif args.params not in forcefield.PARAMETER_SETS:
+        print(f"csp_recovery: error: unknown --params {args.params!r}; known: {', '.join(forcefield.PARAMETER_SETS)}, "
+              f"{', '.join('loo:' + k for k in LOO_FITS)}", file=sys.stderr)
         return 2
     if args.params != "w99" and args.workers > 1:
         print("csp_recovery: error: --params needs --workers 1 (the set is chosen in this process)", file=sys.stderr)
         return 2
-    forcefield.DEFAULT_PARAMETER_SET = args.params  # read by every model the search builds (in this process)
     names = args.systems.split(",")
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
@@ -349,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tag = "".join(f"_{k}-{v}" for k, v, d in (("n", args.n_trials, DEFAULT_TRIAL_BUDGET),
                                                ("w", args.workers, 1), ("q", args.charges, "resp"),
-                                               ("p", args.params, "w99"), ("s", args.seed, 0)) if v != d)
+                                               ("p", args.params.replace(":", "-"), "w99"), ("s", args.seed, 0))
+                  if v != d)
     tag += "_" + "-".join(names) if names != list(SYSTEMS) else ""
     tag += "_nobase" if args.no_baseline else ""
     extra = ROOT / args.merge_progress if args.merge_progress else None

@@ -146,6 +146,29 @@ X23_FIT_NOTE = (
 DEFAULT_PARAMETER_SET = "w99"
 
 
+def register_parameter_set(name: str, a_scale: dict[str, float], c_scale: dict[str, float],
+                           replace: bool = False) -> None:
+    """Add the parameter set ``name`` to :data:`PARAMETER_SETS` (in this process only): W99's A
+    and C multiplied per group (``a_scale``, ``c_scale``: group of :data:`TYPE_GROUPS` -> factor;
+    groups left out keep W99's values), e.g. a leave-one-out refit that a benchmark evaluates.
+
+    Raises:
+        ValueError: an unknown group, a factor that is not finite and > 0, or ``name`` already
+            registered (unless ``replace``; ``"w99"`` can never be replaced).
+    """
+    groups = set(TYPE_GROUPS.values())
+    for scale in (a_scale, c_scale):
+        unknown = sorted(set(scale) - groups)
+        if unknown:
+            raise ValueError(f"parameter set {name!r}: unknown group(s) {unknown}; known: {', '.join(sorted(groups))}")
+        bad = {g: v for g, v in scale.items() if not (math.isfinite(v) and v > 0.0)}
+        if bad:
+            raise ValueError(f"parameter set {name!r}: factors must be finite and > 0, got {bad}")
+    if name == "w99" or (name in PARAMETER_SETS and not replace):
+        raise ValueError(f"parameter set {name!r} is already registered")
+    PARAMETER_SETS[name] = ({g: float(v) for g, v in a_scale.items()}, {g: float(v) for g, v in c_scale.items()})
+
+
 def parameter_table(name: str) -> dict[str, tuple[float, float, float]]:
     """(A, B, C) per type of the parameter set ``name`` (a key of :data:`PARAMETER_SETS`).
 

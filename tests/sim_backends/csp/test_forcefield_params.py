@@ -104,3 +104,26 @@ def test_gradients_of_every_set_match_finite_differences(params):
         cp[i, j] += h
         cm[i, j] -= h
         assert (e(cp, coords) - e(cm, coords)) / (2 * h) == pytest.approx(float(g_cell[0][i, j]), rel=1e-5, abs=1e-5)
+
+
+def test_register_parameter_set_adds_a_usable_set_and_refuses_bad_ones(monkeypatch):
+    monkeypatch.setattr(ff, "PARAMETER_SETS", dict(PARAMETER_SETS))  # registrations stay in this test
+    ff.register_parameter_set("_half_a_h", {"H": 0.5}, {"C": 1.1})
+    assert ff.PARAMETER_SETS["_half_a_h"] == ({"H": 0.5}, {"C": 1.1})
+    table = parameter_table("_half_a_h")
+    assert table["H_W1"][0] == pytest.approx(0.5 * W99_PARAMS["H_W1"][0])
+    assert table["C_W3"][2] == pytest.approx(1.1 * W99_PARAMS["C_W3"][2])
+    assert table["O_W1"] == W99_PARAMS["O_W1"]
+    mol, _, _ = x23_crystal("benzene")
+    assert LatticeEnergyModel(mol, params="_half_a_h").params == "_half_a_h"
+    with pytest.raises(ValueError, match="already registered"):
+        ff.register_parameter_set("_half_a_h", {}, {})
+    ff.register_parameter_set("_half_a_h", {"H": 0.6}, {}, replace=True)
+    assert ff.PARAMETER_SETS["_half_a_h"] == ({"H": 0.6}, {})
+    with pytest.raises(ValueError, match="already registered"):
+        ff.register_parameter_set("w99", {}, {}, replace=True)
+    with pytest.raises(ValueError, match=r"unknown group\(s\) \['C2'\]"):
+        ff.register_parameter_set("_sub", {"C2": 1.0}, {})
+    with pytest.raises(ValueError, match="finite and > 0"):
+        ff.register_parameter_set("_neg", {}, {"O": -1.0})
+    assert "_sub" not in ff.PARAMETER_SETS and "_neg" not in ff.PARAMETER_SETS

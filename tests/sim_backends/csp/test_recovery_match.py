@@ -80,3 +80,35 @@ def test_tightening_that_leaves_none_keeps_the_closest_match(monkeypatch):
     one = _Landscape({"m1": -65.0, "m2": -64.8}, {0.4: {"m1": 0.2, "m2": 0.1}, 0.3: {"m1": 0.2}})
     out = _report(monkeypatch, one, None)
     assert out["rank"] == 1 and out["stol_used"] == 0.3 and "unique at stol 0.3" in out["diagnosis"]
+
+
+def test_leave_one_out_parameter_sets(monkeypatch):
+    """``--params loo:x23fit-resp-lp``: an X23 system gets the factors fitted without its crystal
+    (COD benzene I those without X23 benzene), the fit's all-crystal factors are the registered
+    set, and a set is refused with charges other than its own."""
+    import json
+
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import csp_recovery
+    from x23_lattice_fit import scales_of
+
+    from sim_backends.csp import forcefield as ff
+
+    monkeypatch.setattr(ff, "PARAMETER_SETS", dict(ff.PARAMETER_SETS))
+    fit = json.loads((ROOT / csp_recovery.X23_FIT_JSON).read_text())["scans"]["resp-lp:cX+aX+aHON"]
+    monkeypatch.setitem(csp_recovery.SYSTEMS, "_not_x23", ("CC", "P2_1", "-", "cod"))
+    sets = csp_recovery.loo_parameter_sets("loo:x23fit-resp-lp", "resp-lp")
+    assert sets["urea"][0] == "x23fit-resp-lp-loo-urea" and "without X23 urea" in sets["urea"][1]
+    a, c = ff.PARAMETER_SETS["x23fit-resp-lp-loo-urea"]
+    a_fit, c_fit = scales_of("cX+aX+aHON", fit["loo_theta"]["urea"])
+    assert a == {g: v for g, v in a_fit.items() if g in ff.TYPE_GROUPS.values()} and a["HN"] == a_fit["HN"]
+    assert c["N"] == c_fit["N"] != ff.PARAMETER_SETS["x23fit-resp-lp"][1]["N"]
+    assert sets["benzene_cod"][0] == sets["benzene"][0] == "x23fit-resp-lp-loo-benzene"
+    assert sets["_not_x23"][0] == "x23fit-resp-lp"  # not in X23: the all-17 set
+    assert len({s for s, _ in sets.values()}) == len(csp_recovery.SYSTEMS) - 1  # one per crystal + all-17
+    with pytest.raises(ValueError, match="fitted with resp charges, not resp-lp"):
+        csp_recovery.loo_parameter_sets("loo:x23fit-resp", "resp-lp")
+    with pytest.raises(ValueError, match="unknown --params"):
+        csp_recovery.loo_parameter_sets("loo:w99", "resp")
