@@ -16,6 +16,9 @@ for both the training set and the fit). Configurations compared in the same run:
 (:func:`sim_backends.fragment_terms.site_types`); ``element+hbond``, ``element+r6``,
 ``element+2A`` and ``element+r6+hbond`` with extra descriptor terms (an angular H-bond
 term, r^-6 sums, a 2 A decay; :data:`sim_backends.fragment_terms.DESCRIPTOR_TERMS`).
+``--fit-starts N`` fits the hyperparameters from N optimiser starts (the initial values, then
+draws from the priors) and keeps the highest marginal likelihood (``n_fit_starts``);
+``--lengthscale-prior SHIFT,SPREAD`` sets the RBF lengthscales' log-normal prior (``lengthscale_prior``).
 A landscape smaller than ``--pool`` is
 drawn from all its structures, trained on at most half of them.
 
@@ -80,7 +83,8 @@ def fragment_data(path: Path, cheap: str = "ff", expensive: str = "dft",
     return terms, deltas
 
 
-def score(terms, deltas, e_cheap, e_exp, config: str, n_train: int, pool: int, draws: int) -> tuple[float, float]:
+def score(terms, deltas, e_cheap, e_exp, config: str, n_train: int, pool: int, draws: int,
+          n_fit_starts: int = 1, lengthscale_prior: tuple[float, float] | str = "default") -> tuple[float, float]:
     """Mean (over draws) structure MAE and dimer MAE on the uncomputed low-energy structures."""
     n = len(e_cheap)
     low = np.flatnonzero(e_exp - e_exp.min() <= WINDOW_KJMOL)
@@ -92,7 +96,8 @@ def score(terms, deltas, e_cheap, e_exp, config: str, n_train: int, pool: int, d
     for k in range(draws):
         train = sorted(np.random.default_rng(k).choice(lowest, n_train, replace=False).tolist())
         model = FragmentDeltaModel(terms, e_cheap, dimer_deltas={i: deltas[i] for i in train}, seed=k,
-                                   baseline_kernel=kernel).fit({i: float(e_exp[i]) for i in train})
+                                   baseline_kernel=kernel, n_fit_starts=n_fit_starts,
+                                   lengthscale_prior=lengthscale_prior).fit({i: float(e_exp[i]) for i in train})
         rest = np.array([i for i in low if i not in train])
         mean, _ = model.predict(rest)
         maes.append(float(np.mean(np.abs(e_cheap[rest] + mean - e_exp[rest]))))
@@ -122,7 +127,19 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"dimer descriptor: atom typing, extra terms (default {DEFAULT_DESCRIPTOR})")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
                         help="model configurations to score (default all; 'no baselines' is the ratio's reference)")
+    parser.add_argument("--fit-starts", type=int, default=1,
+                        help="optimiser starts per hyperparameter fit (FragmentDeltaModel n_fit_starts; default 1)")
+    parser.add_argument("--lengthscale-prior", default="botorch", metavar="SHIFT,SPREAD",
+                        help="log-normal RBF lengthscale prior (FragmentDeltaModel lengthscale_prior): log-median "
+                             "shift from BoTorch's dimension-scaled one and log spread (default botorch: its own)")
     args = parser.parse_args(argv)
+    try:
+        prior = "default" if args.lengthscale_prior == "botorch" else tuple(
+            float(v) for v in args.lengthscale_prior.split(","))
+    except ValueError:
+        parser.error("--lengthscale-prior takes SHIFT,SPREAD or botorch")
+    if args.fit_starts < 1:
+        parser.error("need --fit-starts >= 1")
     if not 2 <= args.train <= args.pool or args.draws < 1:
         parser.error("need 2 <= --train <= --pool and --draws >= 1")
     warnings.filterwarnings("ignore")
@@ -145,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         res = {}
         for config in args.configs:
             with console.status(f"{land.name}: {config}"):
-                res[config] = score(*data, e_cheap, e_exp, config, train, pool, args.draws)
+                res[config] = score(*data, e_cheap, e_exp, config, train, pool, args.draws, args.fit_starts, prior)
             ref = res.get("no baselines")
             table.add_row(config, f"{res[config][0]:.2f}", f"{res[config][1]:.2f}",
                           "-" if ref is None else f"{res[config][0] / ref[0]:.2f}x")

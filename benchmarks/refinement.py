@@ -60,7 +60,10 @@ the model's own picks only), ``--acq-inflation K`` (``_acqinfl<K>``: the model's
 with K times their spread) and ``--refit-growth F`` (``_refit<F>``: the fragment
 dimer GP's hyperparameters refitted only after the computed set grew by F; ``REFIT_GROWTH`` of
 ``agent/surrogates/fragment_gp.py``) and ``--descriptor D`` (``_desc-<D>``: the fragment dimer GP's
-dimer descriptor, ``sim_backends.fragment_terms.DESCRIPTORS``), all off by default (screens: ``benchmarks/results/NOTES.md``,
+dimer descriptor, ``sim_backends.fragment_terms.DESCRIPTORS``), ``--fit-starts N`` (``_starts<N>``: N
+optimiser starts per hyperparameter fit of the dimer GP, the highest MAP kept) and ``--lengthscale-prior
+SHIFT,SPREAD`` (``_lsprior<SHIFT>,<SPREAD>``, or ``botorch`` for BoTorch's own, ``_lsprior-botorch``: the
+dimer GP's log-normal RBF lengthscale prior; ``LENGTHSCALE_PRIOR`` of ``agent/surrogates/fragment_gp.py``), all off by default (screens: ``benchmarks/results/NOTES.md``,
 task R4). ``--grid`` runs, beside the agent,
 the gate of the runs recorded before those options (skill test from 5 computed, cost-weighted
 warm-up, no mix; when the agent differs from it), the agent without the skill test and the
@@ -131,7 +134,7 @@ from agent.refine_acquisition import (  # noqa: E402
     low_energy_set,
     surrogate_skill,
 )
-from agent.surrogates.fragment_gp import REFIT_GROWTH  # noqa: E402
+from agent.surrogates.fragment_gp import LENGTHSCALE_PRIOR, N_FIT_STARTS, REFIT_GROWTH  # noqa: E402
 from sim_backends.fragment_terms import DEFAULT_BASELINES, DEFAULT_DESCRIPTOR, DESCRIPTORS  # noqa: E402
 from sim_backends.landscape import LandscapeError  # noqa: E402
 
@@ -192,6 +195,12 @@ class AgentSettings:
     model_cost_power: float = MODEL_COST_POWER
     acq_inflation: float = ACQ_INFLATION
     descriptor: str = DEFAULT_DESCRIPTOR
+    fit_starts: int = N_FIT_STARTS
+    lengthscale_prior: tuple[float, float] | None = LENGTHSCALE_PRIOR
+
+    def __post_init__(self) -> None:  # a result file's JSON list back to the tuple
+        if self.lengthscale_prior is not None:
+            object.__setattr__(self, "lengthscale_prior", tuple(float(v) for v in self.lengthscale_prior))
 
     @property
     def label(self) -> str:
@@ -216,6 +225,11 @@ class AgentSettings:
             gate += f", model picks spread x{self.acq_inflation:g}"
         if self.descriptor != DEFAULT_DESCRIPTOR:
             gate += f", dimer descriptor {self.descriptor}"
+        if self.fit_starts != N_FIT_STARTS:
+            gate += f", {self.fit_starts} fit starts"
+        if self.lengthscale_prior != LENGTHSCALE_PRIOR:
+            gate += (", BoTorch lengthscale prior" if self.lengthscale_prior is None
+                     else ", lengthscale prior shift {:g} spread {:g}".format(*self.lengthscale_prior))
         expl = "no explore" if self.explore_above is None else f"explore {self.explore_above:g}/{self.explore_fraction:g}"
         return f"{gate}, {expl}" + (f", init {self.n_initial}" if self.n_initial else "")
 
@@ -387,7 +401,9 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
         FRAGMENT_TERMS = _FragmentTermsOnce()  # the stage's call gets the descriptor through it
     terms_descriptor = (contextlib.nullcontext() if FRAGMENT_TERMS is None
                         else _restore(FRAGMENT_TERMS, {"descriptor": settings.descriptor}))
-    with _restore(acq, acq_values), _restore(fgp, {"REFIT_GROWTH": settings.refit_growth}), \
+    with _restore(acq, acq_values), _restore(fgp, {"REFIT_GROWTH": settings.refit_growth,
+                                                               "N_FIT_STARTS": settings.fit_starts,
+                                                               "LENGTHSCALE_PRIOR": settings.lengthscale_prior}), \
             terms_descriptor, tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
         tmp = Path(tmp)
         (tmp / "pool.smi").write_text(f"{case.smiles} {case.name}\n")
@@ -805,6 +821,19 @@ def leave_one_landscape_out(results: dict, configs, batches) -> dict:
     return out
 
 
+def _prior_pair(text: str) -> tuple[float, float] | None:
+    """``--lengthscale-prior``: "SHIFT,SPREAD" (finite, spread > 0) or "botorch" (None)."""
+    if text.strip().lower() == "botorch":
+        return None
+    try:
+        shift, spread = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SHIFT,SPREAD or botorch, not {text!r}") from None
+    if not (math.isfinite(shift) and math.isfinite(spread) and spread > 0):
+        raise argparse.ArgumentTypeError(f"need a finite shift and a positive spread, not {text!r}")
+    return shift, spread
+
+
 def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
     """``(result stem, progress stem)``: ``refinement`` only for the default run over every
     known landscape; any non-default argument adds its own suffix (module docstring)."""
@@ -835,6 +864,11 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += f"_modelcostpow{args.model_cost_power:g}"
     if args.descriptor != DEFAULT_DESCRIPTOR:
         stem += f"_desc-{args.descriptor}"
+    if args.fit_starts != N_FIT_STARTS:
+        stem += f"_starts{args.fit_starts}"
+    if args.lengthscale_prior != LENGTHSCALE_PRIOR:
+        stem += ("_lsprior-botorch" if args.lengthscale_prior is None
+                 else "_lsprior{:g},{:g}".format(*args.lengthscale_prior))
     if args.refit_growth != REFIT_GROWTH:
         stem += "_no_refit_growth" if args.refit_growth is None else f"_refit{args.refit_growth:g}"
     if args.warmup_dedup != WARMUP_DEDUP:
@@ -904,6 +938,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--descriptor", default=DEFAULT_DESCRIPTOR, choices=DESCRIPTORS,
                         help="agent (fragment dimer GP): the dimer descriptor, atom typing and extra terms "
                              f"(sim_backends/fragment_terms.py; default {DEFAULT_DESCRIPTOR})")
+    parser.add_argument("--fit-starts", type=int, default=N_FIT_STARTS, metavar="N",
+                        help="agent (fragment dimer GP): optimiser starts per hyperparameter fit, the initial values "
+                             f"then draws from the priors, highest MAP kept (default {N_FIT_STARTS})")
+    parser.add_argument("--lengthscale-prior", type=_prior_pair, default=LENGTHSCALE_PRIOR, metavar="SHIFT,SPREAD",
+                        help="agent (fragment dimer GP): log-normal RBF lengthscale prior, log-median shift from "
+                             "BoTorch's dimension-scaled one and log spread, or 'botorch' "
+                             f"(default {LENGTHSCALE_PRIOR or 'botorch'})")
     parser.add_argument("--no-refit-growth", dest="refit_growth", action="store_const", const=None,
                         help="agent: fresh hyperparameters at every fit")
     parser.add_argument("--no-warmup-dedup", dest="warmup_dedup", action="store_const", const=None,
@@ -947,6 +988,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--cost-power and --model-cost-power must be finite numbers >= 0")
     if not (args.acq_inflation > 0 and math.isfinite(args.acq_inflation)):
         parser.error("--acq-inflation must be a positive number")
+    if args.fit_starts < 1:
+        parser.error("--fit-starts must be >= 1")
     if args.refit_growth is not None and not args.refit_growth > 0:
         parser.error("--refit-growth must be positive")
     if args.warmup_dedup is not None and not 0.0 < args.warmup_dedup < 1.0:
@@ -973,7 +1016,7 @@ def main(argv: list[str] | None = None) -> dict:
     agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial,
                           args.min_skill_n, args.skill_score, args.warmup, args.skill_mix, args.warmup_dedup,
                           args.refit_growth, args.cost_power, args.model_cost_power,
-                          args.acq_inflation, args.descriptor)
+                          args.acq_inflation, args.descriptor, args.fit_starts, args.lengthscale_prior)
     configs = [agent]
     if args.combine:
         return combine(args.combine, console)

@@ -31,11 +31,17 @@ molecule). Measured accuracy: ``benchmarks/results/NOTES.md``.
 :data:`REFIT_GROWTH` (a screening option, off by default) keeps the hyperparameters of an earlier
 fit on a subset of the computed structures until the set has grown by that fraction (steadier
 leave-one-out residuals between refits, and 2-3x faster decisions); it did not lower the
-calculation counts (``benchmarks/results/NOTES.md``, task R4).
+calculation counts (``benchmarks/results/NOTES.md``, task R4). :data:`N_FIT_STARTS` /
+:data:`FIT_SELECT` (several optimiser starts of the hyperparameter fit) and
+:data:`LENGTHSCALE_PRIOR` (a tighter or shifted RBF lengthscale prior) are screening options too,
+off by default (issue 16, ``benchmarks/results/NOTES.md``, stop 36): a tighter prior lowered
+formic_acid_big_dft's count but raised formamide_big_dft's.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -56,6 +62,17 @@ if TYPE_CHECKING:
 REFIT_GROWTH: float | None = None
 #: the remembered fits (landscape key -> (structures, fit state)); a few landscapes at most
 _KEPT_FITS: dict[tuple, tuple[frozenset, dict]] = {}
+#: default of :class:`FragmentDeltaModel`'s ``n_fit_starts``: optimiser starts of each
+#: marginal-likelihood fit (1: the kernel's initial values only; more: further starts drawn from
+#: the hyperparameter priors with the model's seed, the fit with the highest MAP objective kept)
+N_FIT_STARTS: int = 1
+#: default of ``fit_select``: which start's fit is kept, "mll" (highest marginal log likelihood
+#: plus log priors) or "loo" (lowest leave-one-structure-out MAE)
+FIT_SELECT: str = "mll"
+#: default of ``lengthscale_prior``: the log-normal prior of the RBF lengthscales as (shift of
+#: its log median from BoTorch's dimension-scaled sqrt(2) + log(d) / 2, its log-scale spread);
+#: None: BoTorch's prior as it is (shift 0, spread sqrt(3))
+LENGTHSCALE_PRIOR: tuple[float, float] | None = None
 
 
 class FragmentDeltaModel(StructureSurrogate):
@@ -81,6 +98,13 @@ class FragmentDeltaModel(StructureSurrogate):
             part), "linear" (the linear part only), or "auto" (default: fit both, keep the
             one with the lower leave-one-structure-out MAE; neither is better on both
             production landscapes, see ``benchmarks/fragment_surrogate.py``).
+        n_fit_starts: optimiser starts per marginal-likelihood fit (None: :data:`N_FIT_STARTS`):
+            the initial values, then draws from the hyperparameter priors (seeded by ``seed``);
+            the fit with the highest marginal log likelihood plus log priors is kept.
+        fit_select: with several starts, keep the fit with the highest MAP objective ("mll")
+            or the lowest leave-one-structure-out MAE ("loo"); None: :data:`FIT_SELECT`.
+        lengthscale_prior: ``(shift, spread)`` of the RBF lengthscales' log-normal prior
+            (:data:`LENGTHSCALE_PRIOR`); "default" for BoTorch's, None for :data:`LENGTHSCALE_PRIOR`.
     """
 
     #: name in MLflow tags and benchmark output
@@ -90,7 +114,23 @@ class FragmentDeltaModel(StructureSurrogate):
                  dimer_deltas: Mapping[int, np.ndarray] | None = None, seed: int = 0,
                  prior_std_kjmol: float = 4.0, min_structures: int = 2, max_iter: int = 100,
                  calibrate: bool = True, calibration_prior_n: float = 4.0, max_calibration: float = 4.0,
-                 baseline_kernel: str = "auto") -> None:
+                 baseline_kernel: str = "auto", n_fit_starts: int | None = None,
+                 fit_select: str | None = None,
+                 lengthscale_prior: tuple[float, float] | str | None = None) -> None:
+        self.n_fit_starts = int(N_FIT_STARTS if n_fit_starts is None else n_fit_starts)
+        if self.n_fit_starts < 1:
+            raise SurrogateError(f"n_fit_starts must be >= 1, not {self.n_fit_starts}")
+        self.fit_select = FIT_SELECT if fit_select is None else fit_select
+        if self.fit_select not in ("mll", "loo"):
+            raise SurrogateError(f"fit_select must be mll or loo, not {self.fit_select!r}")
+        prior = LENGTHSCALE_PRIOR if lengthscale_prior is None else lengthscale_prior
+        if prior == "default":
+            prior = None
+        if prior is not None:
+            prior = (float(prior[0]), float(prior[1]))
+            if not (np.isfinite(prior[0]) and np.isfinite(prior[1]) and prior[1] > 0):
+                raise SurrogateError(f"lengthscale_prior needs a finite shift and a positive spread, not {prior}")
+        self.lengthscale_prior: tuple[float, float] | None = prior
         self.cheap_kjmol = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
         if len(terms) != len(self.cheap_kjmol):
             raise SurrogateError(f"{len(terms)} fragment terms for {len(self.cheap_kjmol)} structures")
@@ -163,6 +203,9 @@ class FragmentDeltaModel(StructureSurrogate):
         self._y_shift, self._y_scale = 0.0, 1.0
         self._alpha: np.ndarray | None = None
         self._chol: np.ndarray | None = None
+        #: the MAP objective (marginal log likelihood + log priors, per training point) reached
+        #: from each optimiser start of the last hyperparameter fit (of the layout kept)
+        self.fit_objectives: list[float] = []
         #: where the xTB baselines entered the last fit ("rbf" or "linear"; see baseline_kernel)
         self.kernel_choice: str | None = None
 
@@ -245,7 +288,8 @@ class FragmentDeltaModel(StructureSurrogate):
         import hashlib
 
         digest = hashlib.sha1(np.ascontiguousarray(self._Z).tobytes() + self.weights.tobytes()).hexdigest()
-        return (digest, self.baseline_kernel, self.max_iter, self.min_structures)
+        return (digest, self.baseline_kernel, self.max_iter, self.min_structures, self.n_fit_starts,
+                self.fit_select, self.lengthscale_prior)
 
     def _kept_fit(self) -> dict | None:
         """The remembered fit state to reuse under :data:`REFIT_GROWTH`, or None (refit)."""
@@ -298,6 +342,7 @@ class FragmentDeltaModel(StructureSurrogate):
 
     #: attributes one hyperparameter fit sets (kept for the winning layout under "auto")
     _FIT_STATE = ("_rbf_dims", "kernel_choice", "_kernel", "_kshared", "_noise", "_y_scale", "_alpha", "_chol",
+                  "fit_objectives",
                   "loo_residual_kjmol", "_loo_z2", "_loo_var")
 
     def _fit_kernel(self, choice: str) -> dict[str, Any]:
@@ -353,14 +398,16 @@ class FragmentDeltaModel(StructureSurrogate):
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP
         from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+        from botorch.optim.utils import sample_all_priors
         from gpytorch.constraints import GreaterThan
-        from gpytorch.kernels import LinearKernel, ScaleKernel
+        from gpytorch.kernels import LinearKernel, RBFKernel, ScaleKernel
         from gpytorch.likelihoods import GaussianLikelihood
         from gpytorch.means import ZeroMean
         from gpytorch.mlls import ExactMarginalLogLikelihood
         from gpytorch.priors import GammaPrior, LogNormalPrior
 
         torch.manual_seed(self.seed)
+        self.fit_objectives = []
         y = self._train_y
         # zero prior mean: delta vanishes with the overlap of the two molecules, so a dimer
         # unlike any computed one reverts to 0 rather than to the mean of the (mostly
@@ -375,9 +422,15 @@ class FragmentDeltaModel(StructureSurrogate):
         # calculations until the true top 10: formamide_dft 34.5 -> 29.5, formic_acid_dft
         # 24.5 -> 22.5 against RBF and linear both on the log descriptor only, before baselines)
         rbf_dims, lin_dims = self._rbf_dims, self._lin_dims
-        covar = ScaleKernel(get_covar_module_with_dim_scaled_prior(ard_num_dims=len(rbf_dims), use_rbf_kernel=True,
-                                                                   active_dims=rbf_dims),
-                            outputscale_prior=GammaPrior(2.0, 4.0))
+        if self.lengthscale_prior is None:  # BoTorch's dimension-scaled prior
+            rbf = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(rbf_dims), use_rbf_kernel=True,
+                                                         active_dims=rbf_dims)
+        else:  # the same median shifted by exp(shift), log-normal spread as given
+            shift, spread = self.lengthscale_prior
+            ls_prior = LogNormalPrior(loc=math.sqrt(2) + math.log(len(rbf_dims)) * 0.5 + shift, scale=spread)
+            rbf = RBFKernel(ard_num_dims=len(rbf_dims), lengthscale_prior=ls_prior, active_dims=rbf_dims,
+                            lengthscale_constraint=GreaterThan(2.5e-2, transform=None, initial_value=ls_prior.mode))
+        covar = ScaleKernel(rbf, outputscale_prior=GammaPrior(2.0, 4.0))
         covar = covar + LinearKernel(variance_prior=GammaPrior(2.0, 20.0), active_dims=lin_dims)
         noise_prior = LogNormalPrior(loc=float(np.log(0.05)), scale=1.0)
         likelihood = GaussianLikelihood(noise_prior=noise_prior,
@@ -385,16 +438,53 @@ class FragmentDeltaModel(StructureSurrogate):
                                                                      initial_value=noise_prior.mode))
         model = SingleTaskGP(tX, tY, likelihood=likelihood, covar_module=covar, mean_module=ZeroMean(),
                              outcome_transform=None)
-        try:
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
-                             optimizer_kwargs={"options": {"maxiter": self.max_iter}})
-        except Exception:  # noqa: BLE001 - keep the prior hyperparameters
-            pass
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        initial = copy.deepcopy(model.state_dict())
+        best: tuple[float, dict] | None = None
+        for start in range(self.n_fit_starts):
+            if start:  # a further start: the initial values, then hyperparameters drawn from the priors
+                model.load_state_dict(initial)
+                sample_all_priors(model)
+            try:
+                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
+            except Exception:  # noqa: BLE001 - keep the start's hyperparameters
+                pass
+            self.fit_objectives.append(self._map_objective(mll))
+            if self.n_fit_starts == 1:
+                break
+            score = self.fit_objectives[-1]
+            if self.fit_select == "loo":  # minus the start's leave-one-structure-out MAE
+                model.eval()
+                self._kernel, self._kshared = model.covar_module, {}
+                self._noise = float(model.likelihood.noise.detach().reshape(-1)[0])
+                try:
+                    score = -float(np.mean(np.abs(self._loo_residuals())))
+                except Exception:  # noqa: BLE001 - e.g. a singular kernel matrix
+                    score = -float("inf")
+            if best is None or score > best[0]:
+                best = (score, copy.deepcopy(model.state_dict()))
+        if best is not None:
+            model.load_state_dict(best[1])
         model.eval()
         self._kernel = model.covar_module
         self._kshared = {}
         self._noise = float(model.likelihood.noise.detach().reshape(-1)[0])
         self._factorise()
+
+    @staticmethod
+    def _map_objective(mll: Any) -> float:
+        """Marginal log likelihood plus log priors (per training point, as the fit maximises
+        it) of ``mll``'s model at its current hyperparameters; -inf if it cannot be evaluated."""
+        import torch
+
+        model = mll.model
+        model.train()
+        try:
+            with torch.no_grad():
+                value = float(mll(model(*model.train_inputs), model.train_targets))
+        except Exception:  # noqa: BLE001 - e.g. a non-PSD kernel matrix
+            value = -float("inf")
+        return value if np.isfinite(value) else -float("inf")
 
     #: landscapes with at most this many dimers keep the prior kernel among all of them per
     #: fit (:meth:`_full_kernel`; 8 bytes per entry)

@@ -1,0 +1,64 @@
+"""The fragment dimer GP's hyperparameter fit options (issue 16): several optimiser starts
+(``n_fit_starts``, ``fit_select``) and the RBF lengthscale prior (``lengthscale_prior``), on the
+small synthetic landscape of the structure-surrogate contract test (fast)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from agent.surrogates.base import SurrogateError
+from tests.agent.surrogates.test_structure_surrogate_contract import COMPUTED, N, _fragment_landscape
+
+X = np.arange(N)
+
+
+def _fit(seed=0, **options):
+    """A fresh model of the synthetic landscape with the fit options set, fitted on COMPUTED."""
+    model, _, expensive = _fragment_landscape()
+    model.seed = seed
+    for key, value in options.items():
+        setattr(model, key, value)
+    return model.fit({i: float(expensive[i]) for i in COMPUTED})
+
+
+def test_more_starts_reach_at_least_the_single_start_objective_and_repeat_for_a_seed():
+    one = _fit()
+    assert one.n_fit_starts == 1 and len(one.fit_objectives) == 1
+    four = _fit(n_fit_starts=4)
+    assert len(four.fit_objectives) == 4
+    # the first start is the single-start fit; the kept one is the best of all
+    assert four.fit_objectives[0] == one.fit_objectives[0]
+    assert max(four.fit_objectives) >= one.fit_objectives[0]
+    if int(np.argmax(four.fit_objectives)) == 0:
+        assert np.array_equal(four.predict(X)[0], one.predict(X)[0])
+    again = _fit(n_fit_starts=4)
+    assert again.fit_objectives == four.fit_objectives
+    assert np.array_equal(again.predict(X)[0], four.predict(X)[0])
+    assert np.array_equal(again.predict(X)[1], four.predict(X)[1])
+    # another seed draws other starts
+    assert _fit(seed=1, n_fit_starts=4).fit_objectives[1:] != four.fit_objectives[1:]
+
+
+def test_loo_selection_keeps_the_start_with_the_lowest_leave_one_out_mae():
+    assert _fit(n_fit_starts=4, fit_select="loo").loo_mae_kjmol <= _fit().loo_mae_kjmol + 1e-12
+
+
+def test_lengthscale_prior_options():
+    from agent.surrogates.fragment_gp import FragmentDeltaModel
+
+    botorch = _fit(lengthscale_prior=None)
+    # BoTorch's prior written out (shift 0, spread sqrt(3)) is the same prior
+    explicit = _fit(lengthscale_prior=(0.0, math.sqrt(3.0)))
+    assert np.allclose(explicit.predict(X)[0], botorch.predict(X)[0], atol=1e-6)
+    tight = _fit(lengthscale_prior=(0.0, 1.0))
+    assert tight.active and not np.allclose(tight.predict(X)[0], botorch.predict(X)[0], atol=1e-6)
+    for bad in ((0.0, 0.0), (math.nan, 1.0)):
+        with pytest.raises(SurrogateError, match="lengthscale_prior"):
+            FragmentDeltaModel([], np.zeros(0), lengthscale_prior=bad)
+    with pytest.raises(SurrogateError, match="n_fit_starts"):
+        FragmentDeltaModel([], np.zeros(0), n_fit_starts=0)
+    with pytest.raises(SurrogateError, match="fit_select"):
+        FragmentDeltaModel([], np.zeros(0), fit_select="median")
