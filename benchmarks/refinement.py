@@ -196,10 +196,10 @@ class AgentSettings:
     acq_inflation: float = ACQ_INFLATION
     descriptor: str = DEFAULT_DESCRIPTOR
     fit_starts: int = N_FIT_STARTS
-    lengthscale_prior: tuple[float, float] | None = LENGTHSCALE_PRIOR
+    lengthscale_prior: tuple[float, float] | str | None = LENGTHSCALE_PRIOR
 
     def __post_init__(self) -> None:  # a result file's JSON list back to the tuple
-        if self.lengthscale_prior is not None:
+        if self.lengthscale_prior is not None and self.lengthscale_prior != "auto":
             object.__setattr__(self, "lengthscale_prior", tuple(float(v) for v in self.lengthscale_prior))
 
     @property
@@ -229,6 +229,7 @@ class AgentSettings:
             gate += f", {self.fit_starts} fit starts"
         if self.lengthscale_prior != LENGTHSCALE_PRIOR:
             gate += (", BoTorch lengthscale prior" if self.lengthscale_prior is None
+                     else ", lengthscale prior by LOO" if self.lengthscale_prior == "auto"
                      else ", lengthscale prior shift {:g} spread {:g}".format(*self.lengthscale_prior))
         expl = "no explore" if self.explore_above is None else f"explore {self.explore_above:g}/{self.explore_fraction:g}"
         return f"{gate}, {expl}" + (f", init {self.n_initial}" if self.n_initial else "")
@@ -821,10 +822,13 @@ def leave_one_landscape_out(results: dict, configs, batches) -> dict:
     return out
 
 
-def _prior_pair(text: str) -> tuple[float, float] | None:
-    """``--lengthscale-prior``: "SHIFT,SPREAD" (finite, spread > 0) or "botorch" (None)."""
+def _prior_pair(text: str) -> tuple[float, float] | str | None:
+    """``--lengthscale-prior``: "SHIFT,SPREAD" (finite, spread > 0), "botorch" (None) or "auto"
+    (each fit keeps the lower-LOO of ``fragment_gp.AUTO_LENGTHSCALE_PRIORS``)."""
     if text.strip().lower() == "botorch":
         return None
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         shift, spread = (float(v) for v in text.split(","))
     except ValueError:
@@ -868,6 +872,7 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += f"_starts{args.fit_starts}"
     if args.lengthscale_prior != LENGTHSCALE_PRIOR:
         stem += ("_lsprior-botorch" if args.lengthscale_prior is None
+                 else "_lsprior-auto" if args.lengthscale_prior == "auto"
                  else "_lsprior{:g},{:g}".format(*args.lengthscale_prior))
     if args.refit_growth != REFIT_GROWTH:
         stem += "_no_refit_growth" if args.refit_growth is None else f"_refit{args.refit_growth:g}"
@@ -943,7 +948,8 @@ def main(argv: list[str] | None = None) -> dict:
                              f"then draws from the priors, highest MAP kept (default {N_FIT_STARTS})")
     parser.add_argument("--lengthscale-prior", type=_prior_pair, default=LENGTHSCALE_PRIOR, metavar="SHIFT,SPREAD",
                         help="agent (fragment dimer GP): log-normal RBF lengthscale prior, log-median shift from "
-                             "BoTorch's dimension-scaled one and log spread, or 'botorch' "
+                             "BoTorch's dimension-scaled one and log spread, 'botorch', or 'auto' (per fit the lower "
+                             "leave-one-structure-out MAE of fragment_gp.AUTO_LENGTHSCALE_PRIORS) "
                              f"(default {LENGTHSCALE_PRIOR or 'botorch'})")
     parser.add_argument("--no-refit-growth", dest="refit_growth", action="store_const", const=None,
                         help="agent: fresh hyperparameters at every fit")

@@ -72,7 +72,11 @@ FIT_SELECT: str = "mll"
 #: default of ``lengthscale_prior``: the log-normal prior of the RBF lengthscales as (shift of
 #: its log median from BoTorch's dimension-scaled sqrt(2) + log(d) / 2, its log-scale spread);
 #: None: BoTorch's prior as it is (shift 0, spread sqrt(3))
-LENGTHSCALE_PRIOR: tuple[float, float] | None = None
+LENGTHSCALE_PRIOR: tuple[float, float] | str | None = None
+#: the lengthscale priors that ``lengthscale_prior="auto"`` fits, keeping the one with the lower
+#: leave-one-structure-out MAE (as ``baseline_kernel="auto"`` does for the layouts): BoTorch's
+#: dimension-scaled prior and the same median with a unit log-scale spread
+AUTO_LENGTHSCALE_PRIORS: tuple[tuple[float, float] | None, ...] = (None, (0.0, 1.0))
 
 
 class FragmentDeltaModel(StructureSurrogate):
@@ -126,11 +130,14 @@ class FragmentDeltaModel(StructureSurrogate):
         prior = LENGTHSCALE_PRIOR if lengthscale_prior is None else lengthscale_prior
         if prior == "default":
             prior = None
-        if prior is not None:
+        if prior is not None and prior != "auto":
             prior = (float(prior[0]), float(prior[1]))
             if not (np.isfinite(prior[0]) and np.isfinite(prior[1]) and prior[1] > 0):
                 raise SurrogateError(f"lengthscale_prior needs a finite shift and a positive spread, not {prior}")
-        self.lengthscale_prior: tuple[float, float] | None = prior
+        self.lengthscale_prior: tuple[float, float] | str | None = prior
+        #: the lengthscale prior of the fit being made / kept (one of :data:`AUTO_LENGTHSCALE_PRIORS`
+        #: under "auto")
+        self.prior_choice: tuple[float, float] | None = None if prior == "auto" else prior
         self.cheap_kjmol = np.asarray(cheap_kjmol, dtype=float).reshape(-1)
         if len(terms) != len(self.cheap_kjmol):
             raise SurrogateError(f"{len(terms)} fragment terms for {len(self.cheap_kjmol)} structures")
@@ -274,7 +281,8 @@ class FragmentDeltaModel(StructureSurrogate):
                 self._factorise()
                 self.loo_residual_kjmol = self._loo_residuals()
             else:
-                fits = [self._fit_kernel(c) for c in choices]
+                priors = AUTO_LENGTHSCALE_PRIORS if self.lengthscale_prior == "auto" else (self.lengthscale_prior,)
+                fits = [self._fit_kernel(c, p) for c in choices for p in priors]
                 self.__dict__.update(min(fits, key=lambda f: float(np.mean(np.abs(f["loo_residual_kjmol"])))))
                 self._keep_fit()
             if self.calibrate:
@@ -282,7 +290,7 @@ class FragmentDeltaModel(StructureSurrogate):
         return self
 
     #: what a remembered fit carries over (REFIT_GROWTH): the hyperparameters and their kernel
-    _KEPT_STATE = ("_rbf_dims", "kernel_choice", "_kernel", "_kshared", "_noise", "_y_shift", "_y_scale")
+    _KEPT_STATE = ("_rbf_dims", "kernel_choice", "prior_choice", "_kernel", "_kshared", "_noise", "_y_shift", "_y_scale")
 
     def _fit_key(self) -> tuple:
         import hashlib
@@ -341,14 +349,16 @@ class FragmentDeltaModel(StructureSurrogate):
         return out
 
     #: attributes one hyperparameter fit sets (kept for the winning layout under "auto")
-    _FIT_STATE = ("_rbf_dims", "kernel_choice", "_kernel", "_kshared", "_noise", "_y_scale", "_alpha", "_chol",
+    _FIT_STATE = ("_rbf_dims", "kernel_choice", "prior_choice", "_kernel", "_kshared", "_noise", "_y_scale", "_alpha", "_chol",
                   "fit_objectives",
                   "loo_residual_kjmol", "_loo_z2", "_loo_var")
 
-    def _fit_kernel(self, choice: str) -> dict[str, Any]:
-        """Fit with the xTB baselines in the layout ``choice``; the resulting fit state."""
+    def _fit_kernel(self, choice: str, prior: tuple[float, float] | None) -> dict[str, Any]:
+        """Fit with the xTB baselines in the layout ``choice`` and the lengthscale prior
+        ``prior``; the resulting fit state."""
         self._rbf_dims = self._rbf_options[choice]
         self.kernel_choice = choice
+        self.prior_choice = prior
         self._fit_hyperparameters()
         self.loo_residual_kjmol = self._loo_residuals()
         return {k: getattr(self, k) for k in self._FIT_STATE}
@@ -422,11 +432,11 @@ class FragmentDeltaModel(StructureSurrogate):
         # calculations until the true top 10: formamide_dft 34.5 -> 29.5, formic_acid_dft
         # 24.5 -> 22.5 against RBF and linear both on the log descriptor only, before baselines)
         rbf_dims, lin_dims = self._rbf_dims, self._lin_dims
-        if self.lengthscale_prior is None:  # BoTorch's dimension-scaled prior
+        if self.prior_choice is None:  # BoTorch's dimension-scaled prior
             rbf = get_covar_module_with_dim_scaled_prior(ard_num_dims=len(rbf_dims), use_rbf_kernel=True,
                                                          active_dims=rbf_dims)
         else:  # the same median shifted by exp(shift), log-normal spread as given
-            shift, spread = self.lengthscale_prior
+            shift, spread = self.prior_choice
             ls_prior = LogNormalPrior(loc=math.sqrt(2) + math.log(len(rbf_dims)) * 0.5 + shift, scale=spread)
             rbf = RBFKernel(ard_num_dims=len(rbf_dims), lengthscale_prior=ls_prior, active_dims=rbf_dims,
                             lengthscale_constraint=GreaterThan(2.5e-2, transform=None, initial_value=ls_prior.mode))

@@ -62,3 +62,14 @@ def test_lengthscale_prior_options():
         FragmentDeltaModel([], np.zeros(0), n_fit_starts=0)
     with pytest.raises(SurrogateError, match="fit_select"):
         FragmentDeltaModel([], np.zeros(0), fit_select="median")
+
+
+def test_auto_lengthscale_prior_keeps_the_candidate_with_the_lower_leave_one_out_mae():
+    from agent.surrogates.fragment_gp import AUTO_LENGTHSCALE_PRIORS
+
+    fits = [_fit(lengthscale_prior=p) for p in AUTO_LENGTHSCALE_PRIORS]
+    auto = _fit(lengthscale_prior="auto")
+    assert auto.prior_choice in AUTO_LENGTHSCALE_PRIORS
+    assert auto.loo_mae_kjmol == pytest.approx(min(f.loo_mae_kjmol for f in fits), abs=1e-9)
+    kept = fits[AUTO_LENGTHSCALE_PRIORS.index(auto.prior_choice)]
+    assert np.allclose(auto.predict(X)[0], kept.predict(X)[0], atol=1e-9)
