@@ -125,7 +125,8 @@ def loo_parameter_sets(spec: str, charges: str, fit_json: Path | None = None) ->
     """
     from sim_backends.csp import forcefield as ff
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     from x23_lattice_fit import scales_of
 
     base = spec.removeprefix("loo:")
@@ -155,8 +156,7 @@ def loo_parameter_sets(spec: str, charges: str, fit_json: Path | None = None) ->
         crystal = LOO_CRYSTAL.get(name, name if source == "x23" else None)
         if crystal in fit["loo_theta"]:
             set_name = f"{base}-loo-{crystal}"
-            if set_name not in ff.PARAMETER_SETS:
-                ff.register_parameter_set(set_name, *collapse(fit["loo_theta"][crystal]))
+            ff.register_parameter_set(set_name, *collapse(fit["loo_theta"][crystal]), replace=True)
             sets[name] = (set_name, f"{method_model} fitted without X23 {crystal} (leave-one-out)")
         else:
             sets[name] = (base, f"{method_model} fitted to all 17 X23 crystals ({name} not in X23)")

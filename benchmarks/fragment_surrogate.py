@@ -54,7 +54,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from sim_backends.landscape import Landscape  # noqa: E402
-from agent.surrogates.fragment_gp import FragmentDeltaModel  # noqa: E402
+from agent.surrogates.fragment_gp import N_FIT_STARTS, FragmentDeltaModel, parse_lengthscale_prior  # noqa: E402
 from sim_backends.fragment_terms import DEFAULT_DESCRIPTOR, DESCRIPTORS  # noqa: E402
 from refinement import WINDOW_KJMOL  # noqa: E402
 
@@ -127,17 +127,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"dimer descriptor: atom typing, extra terms (default {DEFAULT_DESCRIPTOR})")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS,
                         help="model configurations to score (default all; 'no baselines' is the ratio's reference)")
-    parser.add_argument("--fit-starts", type=int, default=1,
-                        help="optimiser starts per hyperparameter fit (FragmentDeltaModel n_fit_starts; default 1)")
-    parser.add_argument("--lengthscale-prior", default="botorch", metavar="SHIFT,SPREAD",
+    parser.add_argument("--fit-starts", type=int, default=N_FIT_STARTS,
+                        help="optimiser starts per hyperparameter fit (FragmentDeltaModel n_fit_starts; "
+                             f"default {N_FIT_STARTS})")
+    parser.add_argument("--lengthscale-prior", type=parse_lengthscale_prior, default=None, metavar="SHIFT,SPREAD",
                         help="log-normal RBF lengthscale prior (FragmentDeltaModel lengthscale_prior): log-median "
-                             "shift from BoTorch's dimension-scaled one and log spread (default botorch: its own)")
+                             "shift from BoTorch's dimension-scaled one and log spread, botorch (its own) or auto "
+                             "(per fit the lower leave-one-structure-out MAE; default botorch)")
     args = parser.parse_args(argv)
-    try:
-        prior = "default" if args.lengthscale_prior == "botorch" else tuple(
-            float(v) for v in args.lengthscale_prior.split(","))
-    except ValueError:
-        parser.error("--lengthscale-prior takes SHIFT,SPREAD or botorch")
+    prior = "default" if args.lengthscale_prior is None else args.lengthscale_prior
     if args.fit_starts < 1:
         parser.error("need --fit-starts >= 1")
     if not 2 <= args.train <= args.pool or args.draws < 1:
@@ -145,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore")
     console = Console()
     out: dict = {"benchmark": "fragment_surrogate", "train": args.train, "pool": args.pool,
-                 "draws": args.draws, "descriptor": args.descriptor, "landscapes": {}}
+                 "draws": args.draws, "descriptor": args.descriptor, "fit_starts": args.fit_starts,
+                 "lengthscale_prior": args.lengthscale_prior, "landscapes": {}}
     for path in map(Path, args.landscape or DEFAULT_LANDSCAPES):
         land = Landscape.read(path, ["ff", "dft"])
         with console.status(f"{land.name}: fragment terms"):

@@ -62,7 +62,8 @@ dimer GP's hyperparameters refitted only after the computed set grew by F; ``REF
 ``agent/surrogates/fragment_gp.py``) and ``--descriptor D`` (``_desc-<D>``: the fragment dimer GP's
 dimer descriptor, ``sim_backends.fragment_terms.DESCRIPTORS``), ``--fit-starts N`` (``_starts<N>``: N
 optimiser starts per hyperparameter fit of the dimer GP, the highest MAP kept) and ``--lengthscale-prior
-SHIFT,SPREAD`` (``_lsprior<SHIFT>,<SPREAD>``, or ``botorch`` for BoTorch's own, ``_lsprior-botorch``: the
+SHIFT,SPREAD`` (``_lsprior<SHIFT>,<SPREAD>``, or ``botorch`` for BoTorch's own, ``_lsprior-botorch``, or
+``auto``, ``_lsprior-auto``, per fit the lower-LOO of ``AUTO_LENGTHSCALE_PRIORS``: the
 dimer GP's log-normal RBF lengthscale prior; ``LENGTHSCALE_PRIOR`` of ``agent/surrogates/fragment_gp.py``), all off by default (screens: ``benchmarks/results/NOTES.md``,
 task R4). ``--grid`` runs, beside the agent,
 the gate of the runs recorded before those options (skill test from 5 computed, cost-weighted
@@ -134,7 +135,12 @@ from agent.refine_acquisition import (  # noqa: E402
     low_energy_set,
     surrogate_skill,
 )
-from agent.surrogates.fragment_gp import LENGTHSCALE_PRIOR, N_FIT_STARTS, REFIT_GROWTH  # noqa: E402
+from agent.surrogates.fragment_gp import (  # noqa: E402
+    LENGTHSCALE_PRIOR,
+    N_FIT_STARTS,
+    REFIT_GROWTH,
+    parse_lengthscale_prior,
+)
 from sim_backends.fragment_terms import DEFAULT_BASELINES, DEFAULT_DESCRIPTOR, DESCRIPTORS  # noqa: E402
 from sim_backends.landscape import LandscapeError  # noqa: E402
 
@@ -822,22 +828,6 @@ def leave_one_landscape_out(results: dict, configs, batches) -> dict:
     return out
 
 
-def _prior_pair(text: str) -> tuple[float, float] | str | None:
-    """``--lengthscale-prior``: "SHIFT,SPREAD" (finite, spread > 0), "botorch" (None) or "auto"
-    (each fit keeps the lower-LOO of ``fragment_gp.AUTO_LENGTHSCALE_PRIORS``)."""
-    if text.strip().lower() == "botorch":
-        return None
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        shift, spread = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SHIFT,SPREAD or botorch, not {text!r}") from None
-    if not (math.isfinite(shift) and math.isfinite(spread) and spread > 0):
-        raise argparse.ArgumentTypeError(f"need a finite shift and a positive spread, not {text!r}")
-    return shift, spread
-
-
 def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
     """``(result stem, progress stem)``: ``refinement`` only for the default run over every
     known landscape; any non-default argument adds its own suffix (module docstring)."""
@@ -946,7 +936,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fit-starts", type=int, default=N_FIT_STARTS, metavar="N",
                         help="agent (fragment dimer GP): optimiser starts per hyperparameter fit, the initial values "
                              f"then draws from the priors, highest MAP kept (default {N_FIT_STARTS})")
-    parser.add_argument("--lengthscale-prior", type=_prior_pair, default=LENGTHSCALE_PRIOR, metavar="SHIFT,SPREAD",
+    parser.add_argument("--lengthscale-prior", type=parse_lengthscale_prior, default=LENGTHSCALE_PRIOR, metavar="SHIFT,SPREAD",
                         help="agent (fragment dimer GP): log-normal RBF lengthscale prior, log-median shift from "
                              "BoTorch's dimension-scaled one and log spread, 'botorch', or 'auto' (per fit the lower "
                              "leave-one-structure-out MAE of fragment_gp.AUTO_LENGTHSCALE_PRIORS) "

@@ -33,9 +33,9 @@ fit on a subset of the computed structures until the set has grown by that fract
 leave-one-out residuals between refits, and 2-3x faster decisions); it did not lower the
 calculation counts (``benchmarks/results/NOTES.md``, task R4). :data:`N_FIT_STARTS` /
 :data:`FIT_SELECT` (several optimiser starts of the hyperparameter fit) and
-:data:`LENGTHSCALE_PRIOR` (a tighter or shifted RBF lengthscale prior) are screening options too,
-off by default (issue 16, ``benchmarks/results/NOTES.md``, stop 36): a tighter prior lowered
-formic_acid_big_dft's count but raised formamide_big_dft's.
+:data:`LENGTHSCALE_PRIOR` (a tighter or shifted RBF lengthscale prior, or "auto": per fit the
+lower leave-one-structure-out MAE of :data:`AUTO_LENGTHSCALE_PRIORS`) are screening options too,
+off by default (measurements: ``benchmarks/results/NOTES.md``, issue 16, stop 36).
 """
 
 from __future__ import annotations
@@ -79,6 +79,47 @@ LENGTHSCALE_PRIOR: tuple[float, float] | str | None = None
 AUTO_LENGTHSCALE_PRIORS: tuple[tuple[float, float] | None, ...] = (None, (0.0, 1.0))
 
 
+def _checked_prior(prior: Any) -> tuple[float, float] | str | None:
+    """A ``lengthscale_prior`` option as the model keeps it: None (BoTorch's; also "default"),
+    "auto", or a ``(shift, spread)`` pair of floats with a finite shift and a positive spread.
+
+    Raises:
+        SurrogateError: anything else (one line).
+    """
+    if prior is None or prior == "default":
+        return None
+    if prior == "auto":
+        return "auto"
+    try:
+        shift, spread = (float(v) for v in prior)
+    except (TypeError, ValueError):
+        raise SurrogateError(f"lengthscale_prior must be None, 'default', 'auto' or (shift, spread), "
+                             f"not {prior!r}") from None
+    if not (np.isfinite(shift) and np.isfinite(spread) and spread > 0):
+        raise SurrogateError(f"lengthscale_prior needs a finite shift and a positive spread, not {prior!r}")
+    return shift, spread
+
+
+def parse_lengthscale_prior(text: str) -> tuple[float, float] | str | None:
+    """The command-line spelling of ``lengthscale_prior``: "SHIFT,SPREAD", "botorch" (None) or
+    "auto".
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (one line; argparse prints it as a usage error,
+            so the function can be an argument's ``type``).
+    """
+    import argparse
+
+    word = text.strip().lower()
+    if word in ("botorch", "auto"):
+        return None if word == "botorch" else "auto"
+    try:
+        return _checked_prior(tuple(float(v) for v in text.split(",")))
+    except (ValueError, SurrogateError):
+        raise argparse.ArgumentTypeError(f"expected SHIFT,SPREAD (finite, spread > 0), botorch or auto, "
+                                         f"not {text!r}") from None
+
+
 class FragmentDeltaModel(StructureSurrogate):
     """GP over dimer corrections, aggregated to structure energies (module docstring).
 
@@ -104,11 +145,16 @@ class FragmentDeltaModel(StructureSurrogate):
             production landscapes, see ``benchmarks/fragment_surrogate.py``).
         n_fit_starts: optimiser starts per marginal-likelihood fit (None: :data:`N_FIT_STARTS`):
             the initial values, then draws from the hyperparameter priors (seeded by ``seed``);
-            the fit with the highest marginal log likelihood plus log priors is kept.
+            which one is kept is ``fit_select``'s choice (:attr:`fit_start_kept`).
         fit_select: with several starts, keep the fit with the highest MAP objective ("mll")
             or the lowest leave-one-structure-out MAE ("loo"); None: :data:`FIT_SELECT`.
-        lengthscale_prior: ``(shift, spread)`` of the RBF lengthscales' log-normal prior
-            (:data:`LENGTHSCALE_PRIOR`); "default" for BoTorch's, None for :data:`LENGTHSCALE_PRIOR`.
+        lengthscale_prior: ``(shift, spread)`` of the RBF lengthscales' log-normal prior, "default"
+            for BoTorch's, "auto" to fit each of :data:`AUTO_LENGTHSCALE_PRIORS` and keep the lower
+            leave-one-structure-out MAE (:attr:`prior_choice`), None for :data:`LENGTHSCALE_PRIOR`
+            (:func:`parse_lengthscale_prior` reads the command-line spelling).
+
+    Raises:
+        SurrogateError: an invalid option (one line).
     """
 
     #: name in MLflow tags and benchmark output
@@ -127,13 +173,7 @@ class FragmentDeltaModel(StructureSurrogate):
         self.fit_select = FIT_SELECT if fit_select is None else fit_select
         if self.fit_select not in ("mll", "loo"):
             raise SurrogateError(f"fit_select must be mll or loo, not {self.fit_select!r}")
-        prior = LENGTHSCALE_PRIOR if lengthscale_prior is None else lengthscale_prior
-        if prior == "default":
-            prior = None
-        if prior is not None and prior != "auto":
-            prior = (float(prior[0]), float(prior[1]))
-            if not (np.isfinite(prior[0]) and np.isfinite(prior[1]) and prior[1] > 0):
-                raise SurrogateError(f"lengthscale_prior needs a finite shift and a positive spread, not {prior}")
+        prior = _checked_prior(LENGTHSCALE_PRIOR if lengthscale_prior is None else lengthscale_prior)
         self.lengthscale_prior: tuple[float, float] | str | None = prior
         #: the lengthscale prior of the fit being made / kept (one of :data:`AUTO_LENGTHSCALE_PRIORS`
         #: under "auto")
@@ -213,6 +253,8 @@ class FragmentDeltaModel(StructureSurrogate):
         #: the MAP objective (marginal log likelihood + log priors, per training point) reached
         #: from each optimiser start of the last hyperparameter fit (of the layout kept)
         self.fit_objectives: list[float] = []
+        #: which of those starts the fit kept (0: the kernel's initial values)
+        self.fit_start_kept: int | None = None
         #: where the xTB baselines entered the last fit ("rbf" or "linear"; see baseline_kernel)
         self.kernel_choice: str | None = None
 
@@ -265,6 +307,8 @@ class FragmentDeltaModel(StructureSurrogate):
         self._kernel = None
         self._kshared, self._post_memo = {}, None
         self.kernel_choice = None
+        self.prior_choice = None if self.lengthscale_prior == "auto" else self.lengthscale_prior
+        self.fit_objectives, self.fit_start_kept = [], None
         self.loo_residual_kjmol = None
         self._loo_var = None
         self.calibration = 1.0
@@ -297,7 +341,7 @@ class FragmentDeltaModel(StructureSurrogate):
 
         digest = hashlib.sha1(np.ascontiguousarray(self._Z).tobytes() + self.weights.tobytes()).hexdigest()
         return (digest, self.baseline_kernel, self.max_iter, self.min_structures, self.n_fit_starts,
-                self.fit_select, self.lengthscale_prior)
+                self.fit_select, self.lengthscale_prior, self.seed if self.n_fit_starts > 1 else None)
 
     def _kept_fit(self) -> dict | None:
         """The remembered fit state to reuse under :data:`REFIT_GROWTH`, or None (refit)."""
@@ -350,7 +394,7 @@ class FragmentDeltaModel(StructureSurrogate):
 
     #: attributes one hyperparameter fit sets (kept for the winning layout under "auto")
     _FIT_STATE = ("_rbf_dims", "kernel_choice", "prior_choice", "_kernel", "_kshared", "_noise", "_y_scale", "_alpha", "_chol",
-                  "fit_objectives",
+                  "fit_objectives", "fit_start_kept",
                   "loo_residual_kjmol", "_loo_z2", "_loo_var")
 
     def _fit_kernel(self, choice: str, prior: tuple[float, float] | None) -> dict[str, Any]:
@@ -459,9 +503,10 @@ class FragmentDeltaModel(StructureSurrogate):
                 fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.max_iter}})
             except Exception:  # noqa: BLE001 - keep the start's hyperparameters
                 pass
-            self.fit_objectives.append(self._map_objective(mll))
             if self.n_fit_starts == 1:
+                self.fit_start_kept = 0
                 break
+            self.fit_objectives.append(self._map_objective(mll))
             score = self.fit_objectives[-1]
             if self.fit_select == "loo":  # minus the start's leave-one-structure-out MAE
                 model.eval()
@@ -473,6 +518,7 @@ class FragmentDeltaModel(StructureSurrogate):
                     score = -float("inf")
             if best is None or score > best[0]:
                 best = (score, copy.deepcopy(model.state_dict()))
+                self.fit_start_kept = start
         if best is not None:
             model.load_state_dict(best[1])
         model.eval()
@@ -620,6 +666,9 @@ class FragmentDeltaModel(StructureSurrogate):
     def describe(self) -> dict[str, Any]:
         return {"model": self.kind, "n_structures": self.n_structures,
                 "n_dimers_trained": int(len(self._train_y)),
-                "baseline_kernel": self.kernel_choice, "noise_kjmol": float(np.sqrt(self._noise) * self._y_scale)
+                "baseline_kernel": self.kernel_choice,
+                "lengthscale_prior": ("botorch" if self.prior_choice is None else list(self.prior_choice))
+                if self.active else None,
+                "noise_kjmol": float(np.sqrt(self._noise) * self._y_scale)
                 if self.active else None}
 

@@ -99,7 +99,8 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
     if bench.N_FIT_STARTS == 1 and bench.LENGTHSCALE_PRIOR is None:
         assert bench.result_stems(args(fit_starts=4), [], base, default)[0] == "refinement_starts4"
         assert bench.result_stems(args(lengthscale_prior=(-1.0, 0.5)), [], base, default)[0] == "refinement_lsprior-1,0.5"
-        assert bench._prior_pair("-1,0.5") == (-1.0, 0.5) and bench._prior_pair("botorch") is None
+        assert bench.result_stems(args(lengthscale_prior="auto"), [], base, default)[0] == "refinement_lsprior-auto"
+        assert "lengthscale prior by LOO" in bench.AgentSettings(lengthscale_prior="auto").label
         assert "4 fit starts" in bench.AgentSettings(fit_starts=4).label
         assert "lengthscale prior shift 0 spread 1" in bench.AgentSettings(lengthscale_prior=(0.0, 1.0)).label
     assert bench.result_stems(args(descriptor="element+2A"), [], base, default)[0] == "refinement_desc-element+2A"
