@@ -101,14 +101,28 @@ def site_types(symbols: list[str], positions: np.ndarray, descriptor: str = DEFA
 
     _check(descriptor)
     types = list(symbols)
-    if descriptor == "polar-h" and len(symbols) > 1:
-        pos = np.asarray(positions, dtype=float)
-        r = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-        np.fill_diagonal(r, np.inf)
-        for a, sym in enumerate(symbols):
-            if sym == "H" and symbols[int(np.argmin(r[a]))] in _POLAR_H_PARTNERS:
-                types[a] = "Hp"
+    if descriptor == "polar-h":
+        for h, _ in donor_hydrogens(symbols, positions):
+            types[h] = "Hp"
     return types
+
+
+def donor_hydrogens(symbols: list[str], positions: np.ndarray) -> list[tuple[int, int]]:
+    """(H, X) index pairs of a molecule's donor hydrogens: an H (or "Hp") whose nearest atom
+    in the molecule, X, is N or O."""
+    import numpy as np
+
+    if len(symbols) < 2:
+        return []
+    pos = np.asarray(positions, dtype=float)
+    r = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    np.fill_diagonal(r, np.inf)
+    out = []
+    for h, sym in enumerate(symbols):
+        x = int(np.argmin(r[h]))
+        if sym in ("H", "Hp") and symbols[x] in _POLAR_H_PARTNERS:
+            out.append((h, x))
+    return out
 
 
 def _check(descriptor: str) -> None:
@@ -152,15 +166,10 @@ def hbond_sum(sym_a: list[str], pos_a: np.ndarray, sym_b: list[str], pos_b: np.n
 
     pa, pb = np.asarray(pos_a, dtype=float), np.asarray(pos_b, dtype=float)
     acc = [y for y, sy in enumerate(sym_b) if sy in _POLAR_H_PARTNERS]
-    if not acc or len(sym_a) < 2:
+    if not acc:
         return 0.0
-    ra = np.linalg.norm(pa[:, None] - pa[None], axis=-1)
-    np.fill_diagonal(ra, np.inf)
     s = 0.0
-    for h, sym in enumerate(sym_a):
-        x = int(np.argmin(ra[h]))
-        if not sym.startswith("H") or sym_a[x] not in _POLAR_H_PARTNERS:
-            continue
+    for h, x in donor_hydrogens(sym_a, pa):
         xh = pa[x] - pa[h]
         hy = pb[acc] - pa[h]
         d = np.linalg.norm(hy, axis=1)
@@ -186,14 +195,15 @@ def dimer_descriptor(sym_a: list[str], pos_a: np.ndarray, sym_b: list[str], pos_
     r = np.linalg.norm(np.asarray(pos_a)[:, None, :] - np.asarray(pos_b)[None, :, :], axis=-1)
     col = {p: k for k, p in enumerate(pairs)}
     out = np.zeros((len(pairs), len(decays)))
-    r6 = np.zeros(len(pairs))
+    r6 = np.zeros(len(pairs)) if "r6" in terms else None
     for a, sa in enumerate(sym_a):
         for b, sb in enumerate(sym_b):
             k = col["-".join(sorted((sa, sb)))]
             out[k] += np.exp(-r[a, b] / decays)
-            r6[k] += (_R6_REF_A / r[a, b]) ** 6
+            if r6 is not None:
+                r6[k] += (_R6_REF_A / r[a, b]) ** 6
     parts = [out.reshape(-1)]
-    if "r6" in terms:
+    if r6 is not None:
         parts.append(r6)
     if "hbond" in terms:
         parts.append([hbond_sum(sym_a, pos_a, sym_b, pos_b) + hbond_sum(sym_b, pos_b, sym_a, pos_a)])
