@@ -94,6 +94,9 @@ class Status:
     stop_reason: str
     best_note: str = ""  # why there is no best value yet (empty when there is one)
     spent_wall_s: float | None = None  # wall-clock seconds of the same evaluations
+    #: of spent_cpu_s: the charge for tasks that runs left unfinished, and their number
+    interrupted_cpu_s: float = 0.0
+    n_interrupted: int = 0
     #: molecules a result showed infeasible ([[constraints]]): name or SMILES -> reason
     infeasible: dict[str, str] = field(default_factory=dict)
     constraints: str = ""  # the [[constraints]] bounds, one line (empty without any)
@@ -261,6 +264,16 @@ class Campaign:
             self._absorb(name, None, ev)
         if legacy and self.store.writable:
             self.store.set_stage(legacy)
+        self.interrupted_cpu_s, self.n_interrupted = self.store.interrupted_cpu_s()
+        self.spent_cpu_s += self.interrupted_cpu_s
+
+    def settle_interrupted(self) -> None:
+        """Charge the tasks that earlier runs left unfinished (``Store.settle_interrupted``);
+        called by the runner when a run starts."""
+        cpu, n = self.store.settle_interrupted()
+        self.spent_cpu_s += cpu
+        self.interrupted_cpu_s += cpu
+        self.n_interrupted += n
 
     def _absorb(self, stage_name: str, request: Request | None, ev: Evaluation) -> None:
         self.n_evaluations += 1
@@ -519,6 +532,7 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     for ev in evs:
         n_by[ev.backend] = n_by.get(ev.backend, 0) + 1
     finished = store.get_meta("finished") == "1"
+    interrupted = store.interrupted_cpu_s()
     reason = camp.stop_reason() if camp is not None else ""
     if not reason and finished:
         reason = store.get_meta("stop_reason") or "stopped (no reason recorded)"
@@ -540,8 +554,10 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         n_evaluations=len(evs),
         n_failed=sum(not ev.ok for ev in evs),
         n_by_backend=n_by,
-        spent_cpu_s=float(sum(ev.cpu_s for ev in evs)),
+        spent_cpu_s=float(sum(ev.cpu_s for ev in evs)) + interrupted[0],
         spent_wall_s=float(sum(ev.wall_s for ev in evs)),
+        interrupted_cpu_s=interrupted[0],
+        n_interrupted=interrupted[1],
         best=best,
         best_smiles=mols[best_mol]["smiles"] if best_mol else None,
         best_name=mols[best_mol]["name"] if best_mol else None,

@@ -3,7 +3,10 @@ every result as it arrives, and log to MLflow.
 
 Ctrl-C (or SIGTERM) stops cleanly: in-flight tasks are cancelled, every completed
 result is already in the store, and ``crystal-agent resume NAME`` continues to the
-same budget. A ``kill -9`` loses only the in-flight work.
+same budget. A ``kill -9`` loses only the in-flight work. Tasks a run left unfinished
+(cancelled or killed) are run again and charged to the CPU budget when the next run
+starts, at their CPUs x the wall time from submission to the run's last heartbeat
+(written every :data:`HEARTBEAT_S` s; ``Store.settle_interrupted``).
 
 Before a campaign is created, :func:`preflight` checks what can be checked without
 starting anything (the cluster address answers, ``cpus_per_task`` fits the local Ray,
@@ -24,6 +27,10 @@ if TYPE_CHECKING:
     from agent.campaign import Campaign, Status
     from agent.config import CampaignConfig
     from agent.executor import RayExecutor
+
+
+#: seconds between the run's heartbeats in the store (the end of an unfinished task's charge)
+HEARTBEAT_S = 5.0
 
 
 class CampaignInterrupted(Exception):
@@ -175,6 +182,10 @@ def run_campaign(
 
             tracker = Tracker(campaign, runs_dir)
         store.set_meta("finished", "0")
+        campaign.settle_interrupted()  # before this run's first heartbeat
+        cpus = float(getattr(executor, "cpus_per_task", cfg.executor.cpus_per_task))
+        store.heartbeat()
+        beat = time.monotonic()
         # after the executor: starting Ray installs its own SIGTERM handler (a stack dump)
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
         slots = min(cfg.batch_size, executor.capacity)
@@ -190,7 +201,11 @@ def run_campaign(
                 free = slots - executor.n_in_flight
                 if free > 0 and not (cfg.synchronous and executor.n_in_flight):
                     for task in campaign.ask(free):
+                        store.note_submitted(task.request_id, cpus)
                         executor.submit(task)
+                if time.monotonic() - beat >= HEARTBEAT_S:
+                    store.heartbeat()
+                    beat = time.monotonic()
                 lab_open = campaign.step_external()
                 if tracker is not None:
                     tracker.log_events()
@@ -238,6 +253,7 @@ def run_campaign(
             write_plots(campaign)
         return campaign.status()
     except KeyboardInterrupt:
+        store.heartbeat()  # the cancelled tasks ran until now
         executor.cancel_all()
         campaign.forget_pending()
         store.log_event("interrupted", n_evaluations=campaign.n_evaluations)

@@ -463,8 +463,51 @@ class Store:
         return [(int(m), float(v)) for m, v in rows if isinstance(v, (int, float))]
 
     def spent_cpu_s(self) -> float:
-        """CPU seconds charged for every stored evaluation (failures included)."""
-        return float(self.conn.execute("SELECT COALESCE(SUM(cpu_s), 0) FROM evaluations").fetchone()[0])
+        """CPU seconds charged: every stored evaluation (failures included) plus the tasks
+        an interrupted run left unfinished (:meth:`interrupted_cpu_s`)."""
+        stored = self.conn.execute("SELECT COALESCE(SUM(cpu_s), 0) FROM evaluations").fetchone()[0]
+        return float(stored) + self.interrupted_cpu_s()[0]
+
+    # -- work an interrupted run left unfinished ------------------------------------------
+    def note_submitted(self, request_id: str, cpus: float) -> None:
+        """Record that a task went to a worker (``submitted`` event; see
+        :meth:`settle_interrupted`)."""
+        self.log_event("submitted", request_id=request_id, cpus=float(cpus))
+
+    def heartbeat(self) -> None:
+        """Record that the run is alive now (the end of its unfinished tasks' charge)."""
+        self.set_meta("heartbeat", repr(time.time()))
+
+    def interrupted_cpu_s(self) -> tuple[float, int]:
+        """``(CPU seconds, tasks)`` charged for tasks that runs left unfinished."""
+        row = self.conn.execute(
+            "SELECT COALESCE(SUM(json_extract(payload, '$.cpu_s')), 0), COUNT(*) FROM events "
+            "WHERE kind = 'interrupted_task'").fetchone()
+        return float(row[0]), int(row[1])
+
+    def settle_interrupted(self) -> tuple[float, int]:
+        """Charge every task that was submitted, never stored and not charged yet (its run
+        was killed or interrupted): ``cpus`` x the wall time from its submission to the
+        run's last heartbeat (the CPU a worker cannot have exceeded up to then, to within
+        the heartbeat interval). One ``interrupted_task`` event each; returns ``(CPU
+        seconds, tasks)`` charged now. Call only while no run is going on (a run holds the
+        store's lock), before the new run's first heartbeat."""
+        last = float(self.get_meta("heartbeat") or 0.0)
+        charged = {e.get("submitted_event") for e in self.events("interrupted_task")}
+        stored = {r[0] for r in self.conn.execute("SELECT request_id FROM evaluations")}
+        todo = [e for e in self.events("submitted")
+                if e["event_id"] not in charged and e["request_id"] not in stored]
+        total = 0.0
+        with self.transaction() as c:
+            for e in todo:
+                wall = max(0.0, last - e["ts"])
+                cpu = wall * float(e.get("cpus", 1.0))
+                total += cpu
+                c.execute("INSERT INTO events(ts, kind, payload) VALUES (?, ?, ?)", (
+                    time.time(), "interrupted_task",
+                    json.dumps({"request_id": e["request_id"], "submitted_event": e["event_id"],
+                                "wall_s": wall, "cpu_s": cpu})))
+        return total, len(todo)
 
     def count_evaluations(self) -> tuple[int, int]:
         """``(n_evaluations, n_failed)``."""

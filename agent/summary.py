@@ -585,7 +585,10 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         f"evaluations   {s['n_evaluations']} / {s['max_evaluations']} ({s['n_failed']} failed)",
         "by backend    " + ", ".join(f"{k}: {v}" for k, v in s["n_by_backend"].items()),
         f"CPU spent     {s['spent_cpu_s']:.1f} s in the tasks"
-        + (f" (their wall times add up to {s['spent_wall_s']:.1f} s)" if s.get("spent_wall_s") is not None else ""),
+        + (f" (their wall times add up to {s['spent_wall_s']:.1f} s)" if s.get("spent_wall_s") is not None else "")
+        + (f"; {s['interrupted_cpu_s']:.1f} s of it charged for {s['n_interrupted']} task"
+           f"{'s' if s['n_interrupted'] != 1 else ''} an interrupted run left unfinished (CPUs x wall)"
+           if s.get("n_interrupted") else ""),
         f"best          {best_line(s)}",
     ]
     if s.get("constraints"):

@@ -131,3 +131,31 @@ def test_a_batch_starts_only_what_fits_together(tmp_path, hours, n_expected):
         assert len(camp.ask(2)) == n_expected
     finally:
         camp.close()
+
+
+def test_unfinished_tasks_are_charged_once(tmp_path):
+    """``settle_interrupted`` charges a submitted, never stored task its CPUs x the wall
+    time to the last heartbeat, once; the charge is part of the spent CPU."""
+    from agent.store import Store
+
+    with Store(tmp_path / "s.sqlite") as store:
+        store.note_submitted("a", 2.0)
+        store.note_submitted("b", 1.0)
+        t0 = store.events("submitted")[0]["ts"]
+        t1 = store.events("submitted")[1]["ts"]
+        store.set_meta("heartbeat", repr(t0 + 3.0))
+        cpu, n = store.settle_interrupted()
+        assert n == 2 and cpu == pytest.approx(2.0 * 3.0 + 1.0 * (t0 + 3.0 - t1))
+        assert store.settle_interrupted() == (0.0, 0)  # charged once
+        assert store.interrupted_cpu_s() == (pytest.approx(cpu), 2)
+        assert store.spent_cpu_s() == pytest.approx(cpu)
+
+
+def test_finished_run_leaves_nothing_to_charge(tmp_path):
+    camp, status = _run(tmp_path, BODY.format(hours=1.0, params="{ sleep_s = 0.01 }"), name="fin")
+    from agent.store import Store
+
+    with Store(tmp_path / "runs" / "fin" / "store.sqlite") as store:
+        assert len(store.events("submitted")) == status.n_evaluations
+        assert store.settle_interrupted() == (0.0, 0)
+    assert status.n_interrupted == 0 and status.interrupted_cpu_s == 0.0

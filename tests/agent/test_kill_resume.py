@@ -166,3 +166,51 @@ params = { sleep_s = 3.0 }
             os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_killed_tasks_are_charged_on_resume(tmp_path):
+    """kill -9 while two tasks burn CPU: the resumed run charges them (CPUs x wall up to
+    the last heartbeat, one ``interrupted_task`` event each) and runs them again; the
+    budget and ``status`` count the charge beside the stored evaluations' CPU."""
+    from agent.store import Store
+
+    body = """
+objective = "n_heavy_atoms"
+batch_size = 2
+max_evaluations = 6
+[tracking]
+enabled = false
+[[backends]]
+name = "_faulty"
+params = { burn_s = 8.0 }
+"""
+    cfg = write_config(tmp_path, POOL, body, name="charge")
+    runs = tmp_path / "runs"
+    db_path = runs / "charge" / "store.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", str(cfg), "--runs-dir", str(runs), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while _count(db_path) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(6.0)  # the next two tasks burn for a heartbeat or more
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= _count(db_path) < 6
+
+    out = cli("resume", "charge", "--runs-dir", str(runs), "--quiet", timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with Store(db_path) as store:
+        charged = store.events("interrupted_task")
+        cpu_stored = sum(ev.cpu_s for ev in store.evaluations())
+        assert len(store.evaluations()) == 6
+        assert len(charged) == 2, charged
+        assert all(0.5 < e["cpu_s"] <= e["wall_s"] + 1e-9 < 8.0 + 6.0 for e in charged), charged
+        total = sum(e["cpu_s"] for e in charged)
+        assert store.spent_cpu_s() == pytest.approx(cpu_stored + total)
+        assert store.interrupted_cpu_s() == (pytest.approx(total), 2)
+    status = cli("status", "charge", "--runs-dir", str(runs))
+    assert status.returncode == 0, status.stderr
+    assert "charged for 2 tasks an interrupted run left unfinished" in status.stdout, status.stdout
