@@ -35,18 +35,25 @@ def _count(db_path):
             return 0
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume(tmp_path):
-    cfg = write_config(tmp_path, POOL, BODY, name="killme")
-    runs = tmp_path / "runs"
-    db_path = runs / "killme" / "store.sqlite"
+def _run_until(cfg, runs, db_path, n):
+    """Start ``crystal-agent run`` in its own session; return it once ``n`` evaluations
+    are stored (or it ended, or 600 s passed)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "run", str(cfg), "--runs-dir", str(runs), "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.time() + 600
-    while _count(db_path) < 3 and time.time() < deadline and proc.poll() is None:
+    while _count(db_path) < n and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(tmp_path):
+    cfg = write_config(tmp_path, POOL, BODY, name="killme")
+    runs = tmp_path / "runs"
+    db_path = runs / "killme" / "store.sqlite"
+    proc = _run_until(cfg, runs, db_path, 3)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its Ray processes, no cleanup
     proc.wait()
     n_before = _count(db_path)
@@ -188,13 +195,7 @@ params = { burn_s = 8.0 }
     cfg = write_config(tmp_path, POOL, body, name="charge")
     runs = tmp_path / "runs"
     db_path = runs / "charge" / "store.sqlite"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", str(cfg), "--runs-dir", str(runs), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.time() + 600
-    while _count(db_path) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc = _run_until(cfg, runs, db_path, 2)
     time.sleep(6.0)  # the next two tasks burn for a heartbeat or more
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
