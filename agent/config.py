@@ -206,7 +206,7 @@ class StructureStageConfig(_Strict):
     budget_evaluations: int = Field(default=10, ge=1)
     n_molecules: int = Field(default=1, ge=1)
     csp: BackendConfig = Field(
-        default_factory=lambda: BackendConfig(name="csp-ff", params={"n_trials": 200})
+        default_factory=lambda: BackendConfig(name="csp-ff")  # its default: a converged search
     )
     refine: BackendConfig = Field(default_factory=lambda: BackendConfig(name="xtb-crystal"))
     free_energy: BackendConfig | None = None

@@ -7,7 +7,8 @@ worker task, so no Ray is started inside Ray); ``extra["landscape"]`` holds the 
 density_gcm3, space_group, z, multiplicity, cif) so structure-level backends (xTB,
 DFT, phonons) can refine them.
 
-Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (default 200),
+Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (the trial budget, default
+:data:`~sim_backends.csp.DEFAULT_TRIAL_BUDGET`, as ``crystal-agent csp``),
 ``space_groups`` (comma-separated or list; default: the ten common groups),
 ``seed`` (0), ``energy_window_kjmol`` (20), ``charges`` ("resp", "resp-lp" or "xtb"),
 ``max_structures`` (100: the lowest minima whose records and CIFs go
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sim_backends import params as check
+from sim_backends.csp import DEFAULT_TRIAL_BUDGET
 from sim_backends.base import Backend, EvalInput, ParamsError, SetupError
 from sim_backends.validity import check_crystal_energy_result, structure_facts
 
@@ -69,7 +71,7 @@ class CSPBackend(Backend):
     )
 
     _DEFAULTS: ClassVar[dict[str, Any]] = {
-        "n_trials": 200, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
+        "n_trials": DEFAULT_TRIAL_BUDGET, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
         "charges": "resp", "max_structures": 100, "max_trials": None,
         "sampling": "converged", "z_prime": 1, "racemic": False,
     }
@@ -107,13 +109,25 @@ class CSPBackend(Backend):
                  "xtb": "GFN2-xTB Mulliken"}.get(charges, charges)
         return f"W99 exp-6 + Ewald, {label} charges (rigid-molecule force field)"
 
+    #: trials a converged search usually needs (benchmarks/csp_recovery.py: 1,920-4,480)
+    TYPICAL_CONVERGED_TRIALS: ClassVar[int] = 3000
+
     def cost_estimate(self, inp: EvalInput) -> float:
-        """About 0.5 CPU s per trial for a small molecule (measured, W99 + Ewald, 12 A)."""
+        """CPU s: ~0.0025 s per trial and atom (hydrogens included; csp_recovery, default
+        search: urea 36 s for 2,560 trials with its RESP charges, naphthalene 106 s, anthracene
+        185 s), over ``n_trials`` or, with converged sampling, the trials a converged search
+        usually needs."""
+        from sim_backends.molecule import atom_counts
+
         p = {**self._DEFAULTS, **self.params, **inp.params}
         try:
-            return 0.5 * float(p["n_trials"])
+            n_trials = float(p["n_trials"])
+            n_atoms = sum(atom_counts(inp.smiles))
         except (TypeError, ValueError):
             return 100.0
+        if p.get("sampling", "converged") == "converged":
+            n_trials = min(n_trials, self.TYPICAL_CONVERGED_TRIALS)
+        return 5.0 + 0.0025 * max(n_atoms, 1) * n_trials
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         from sim_backends.csp.run import run_csp

@@ -26,8 +26,7 @@ import json
 import sys
 from typing import Any
 
-#: trial budget of ``crystal-agent csp`` when ``--n-trials`` is not given
-DEFAULT_TRIAL_BUDGET = 10_000
+from sim_backends.csp import DEFAULT_TRIAL_BUDGET  # the trial budget when --n-trials is not given
 
 
 def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.ArgumentParser:

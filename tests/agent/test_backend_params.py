@@ -179,3 +179,23 @@ def test_every_parameter_a_backend_reads_is_declared():
         keys = {g for m in read.finditer(src) for g in m.groups() if g}
         assert keys, name
         assert keys <= set(cls.params_schema), (name, sorted(keys - set(cls.params_schema)))
+
+
+def test_csp_default_is_a_converged_search_priced_by_size():
+    """The structure stage's default CSP is the csp-ff default, a converged search with the
+    CLI's trial ceiling (not a fixed 200 trials that never converge); its cost estimate
+    grows with the molecule and, with converged sampling, not with the ceiling."""
+    from agent.config import StructureStageConfig
+    from sim_backends.base import EvalInput
+    from sim_backends.csp import DEFAULT_TRIAL_BUDGET
+    from sim_backends.registry import get_backend
+
+    assert StructureStageConfig().csp.params == {}
+    csp = get_backend("csp-ff")
+    assert csp._DEFAULTS["n_trials"] == DEFAULT_TRIAL_BUDGET and csp._DEFAULTS["sampling"] == "converged"
+    urea, anthracene = EvalInput("NC(N)=O"), EvalInput("c1ccc2cc3ccccc3cc2c1")
+    assert 20 < csp.cost_estimate(urea) < csp.cost_estimate(anthracene) < 400
+    assert csp.cost_estimate(EvalInput("NC(N)=O", params={"n_trials": 100_000})) == csp.cost_estimate(urea)
+    fixed = {"sampling": "fixed"}
+    assert (csp.cost_estimate(EvalInput("NC(N)=O", params={**fixed, "n_trials": 400}))
+            < csp.cost_estimate(EvalInput("NC(N)=O", params={**fixed, "n_trials": 4000})))
