@@ -100,6 +100,8 @@ class Status:
     #: molecules a result showed infeasible ([[constraints]]): name or SMILES -> reason
     infeasible: dict[str, str] = field(default_factory=dict)
     constraints: str = ""  # the [[constraints]] bounds, one line (empty without any)
+    #: molecules whose top-level value its backend marks unreliable (never the best): name -> reason
+    unreliable: dict[str, str] = field(default_factory=dict)
     best_constrained: dict[str, float] = field(default_factory=dict)  # the best's constrained values
     best_constrained_level: dict[str, str] = field(default_factory=dict)  # the backend each comes from
 
@@ -521,11 +523,17 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     top = cfg.backends[-1].name
     sign = 1.0 if cfg.direction == "minimize" else -1.0
     infeasible = infeasible_molecules(evs, cfg.constraints)
+    from sim_backends.reorg import unreliable_lambda_reason
+
+    # a top-level value its backend marks unreliable (a Jahn-Teller cation left undistorted)
+    # is never the best; status names it
+    unreliable = {ev.molecule_id: why for ev in evs if ev.backend == top and ev.ok and ev.structure_id is None
+                  and (why := unreliable_lambda_reason(ev.extra))}
     best, best_mol = None, None
     for ev in evs:
         v = ev.values.get(cfg.objective)
         if (ev.backend == top and ev.ok and v is not None and ev.molecule_id not in infeasible
-                and (best is None or sign * (v - best) < 0)):
+                and ev.molecule_id not in unreliable and (best is None or sign * (v - best) < 0)):
             best, best_mol = v, ev.molecule_id
     mols = {m["id"]: m for m in store.molecules()}
     n_by = {b.name: 0 for b in cfg.backends}
@@ -546,7 +554,7 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         elif not n_top:
             note = f"no {top} evaluation yet"
         elif any(n_top):
-            note = f"every {top} result is of an infeasible molecule"
+            note = f"every {top} result is of an infeasible molecule or unreliable"
         else:
             note = f"all {len(n_top)} {top} evaluations failed"
     return Status(
@@ -567,6 +575,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         best_note=note,
         infeasible={(mols[m]["name"] or mols[m]["smiles"]) if m in mols else str(m): why
                     for m, why in infeasible.items()},
+        unreliable={(mols[m]["name"] or mols[m]["smiles"]) if m in mols else str(m): why
+                    for m, why in unreliable.items()},
         constraints=describe(cfg.constraints),
         best_constrained={k: v[0] for k, v in best_src.items()},
         best_constrained_level={k: v[2] for k, v in best_src.items()},

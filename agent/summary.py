@@ -596,6 +596,8 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         own = ", ".join(f"{k} = {v:.4g}" + (f" ({src[k]})" if k in src else "")
                         for k, v in (s.get("best_constrained") or {}).items())
         lines.append(f"constraints   {s['constraints']}" + (f"; the best has {own}" if own else ""))
+    for name, why in (s.get("unreliable") or {}).items():
+        lines.append(f"unreliable    {name}: {why}; not taken as the best")
     if s.get("infeasible"):
         shown = list(s["infeasible"].items())[:N_INFEASIBLE_LISTED]
         more = len(s["infeasible"]) - len(shown)

@@ -122,6 +122,20 @@ JAHN_TELLER_DISPLACEMENT_A = 0.02
 JAHN_TELLER_RESOLVED = "cation relaxed at {:g} K electronic temperature (degenerate HOMO)"
 
 
+def unreliable_lambda_reason(extra: dict[str, Any] | None) -> str | None:
+    """Why an ``xtb-reorg`` result's lambda+ must not be taken as a value, or None: the
+    neutral's hole frontier manifold is degenerate (a Jahn-Teller cation) and the
+    low-temperature cation failed, so lambda+ is the undistorted cation's, far too small
+    (benzene: 6.1 kJ/mol against 51.5 from a symmetry-broken start, data/esf/README.md)."""
+    extra = extra or {}
+    status = str(extra.get("jahn_teller") or "")
+    manifold = extra.get("hole_manifold") or {}
+    if status.startswith("unresolved") and int(manifold.get("n") or 0) > 1:
+        return ("degenerate HOMO (Jahn-Teller cation) not relaxed at low electronic temperature: "
+                "lambda+ of the undistorted cation, too small")
+    return None
+
+
 def jahn_teller_resolved(status: str | None) -> bool:
     """True when ``extra["jahn_teller"]`` of an ``xtb-reorg`` result says the
     degenerate-HOMO cation was relaxed at the low electronic temperature."""

@@ -1,0 +1,53 @@
+"""A top-level lambda+ that its backend marks unreliable (a degenerate-HOMO, Jahn-Teller cation
+whose low-temperature relaxation failed, so lambda+ is the undistorted cation's: benzene
+6.1 kJ/mol at GFN2-xTB against 51.5 from a symmetry-broken start) is never reported as
+the campaign's best; ``status`` names it with the reason (newuser37 S4)."""
+
+from conftest import write_config
+
+BODY = """
+objective = "reorg_energy_kjmol"
+max_evaluations = 4
+[tracking]
+enabled = false
+[[backends]]
+name = "xtb-reorg"
+"""
+UNRESOLVED = {"jahn_teller": "unresolved: 10 K cation: xTB SCF failed for charge +1: SCF not converged "
+                             "in 250 cycles; 300 K value", "hole_manifold": {"n": 2, "spread_eV": 0.0}}
+
+
+def _store(tmp_path, benzene_extra):
+    from agent.campaign import campaign_status
+    from agent.config import load_config
+    from agent.store import Store
+    from agent.summary import status_lines, status_record
+    from sim_backends.base import EvalResult
+
+    cfg = load_config(write_config(tmp_path, ["c1ccccc1 benzene", "c1ccc2ccccc2c1 naphthalene"], BODY))
+    store = Store(tmp_path / "s.sqlite")
+    store.add_molecules([("c1ccccc1", "benzene", True, ""), ("c1ccc2ccccc2c1", "naphthalene", True, "")])
+    for mid, (v, extra) in enumerate(((6.1, benzene_extra), (18.0, {"hole_manifold": {"n": 1}})), 1):
+        store.record_evaluation(request_id=f"r{mid}", molecule_id=mid, submitted_at=0.0, result=EvalResult(
+            backend="xtb-reorg", backend_version="1", fidelity=0, status="ok", inputs_hash="h",
+            values={"reorg_energy_kjmol": v}, extra=extra, wall_s=1.0))
+    status = campaign_status(store, cfg)
+    lines = status_lines(status_record(status, store, cfg))
+    store.close()
+    return status, "\n".join(lines)
+
+
+def test_unresolved_jahn_teller_value_is_not_the_best(tmp_path):
+    status, text = _store(tmp_path, UNRESOLVED)
+    assert status.best == 18.0 and status.best_name == "naphthalene"
+    assert set(status.unreliable) == {"benzene"}
+    assert "unreliable    benzene: degenerate HOMO (Jahn-Teller cation)" in text and "not taken as the best" in text
+
+
+def test_resolved_or_nondegenerate_values_count(tmp_path):
+    from sim_backends.reorg import JAHN_TELLER_RESOLVED
+
+    resolved = {"jahn_teller": JAHN_TELLER_RESOLVED.format(10), "hole_manifold": {"n": 2}}
+    status, text = _store(tmp_path, resolved)
+    assert status.best == 6.1 and status.best_name == "benzene" and not status.unreliable
+    assert "unreliable" not in text
