@@ -255,6 +255,19 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """A KeyboardInterrupt is in ``exc``'s cause or context chain (a compiled function that
+    was interrupted reports "returned a result with an exception set" as a SystemError)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
@@ -288,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as exc:
+        if _interrupted(exc):  # Ctrl-C inside a compiled kernel (numba, torch) wrapped as another error
+            print("crystal-agent: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if args.debug:
             raise
         if isinstance(exc, ConfigError) and len(exc.lines) > 1:  # every invalid key, one line each

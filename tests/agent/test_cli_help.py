@@ -39,3 +39,24 @@ def test_lab_serve_help_states_defaults(option, needle):
 
     helps = _helps(_subparser(build_parser(), "lab", "serve"))
     assert needle in helps[option], helps[option]
+
+
+def test_ctrl_c_inside_a_compiled_kernel_exits_as_interrupted(monkeypatch, capsys):
+    """numba reports an interrupted kernel as "SystemError: ... returned a result with an
+    exception set" caused by the KeyboardInterrupt: still "interrupted", exit 130
+    (newuser37 M8), not an unexpected error."""
+    import agent.cli as cli_mod
+
+    def interrupted_kernel(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("CPUDispatcher(<function _pair_kernel>) returned a result with an "
+                              "exception set") from exc
+
+    monkeypatch.setattr(cli_mod, "cmd_backends", interrupted_kernel)
+    assert cli_mod.main(["backends"]) == cli_mod.EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err.strip() == "crystal-agent: interrupted"
+    monkeypatch.setattr(cli_mod, "cmd_backends", lambda args: 1 / 0)
+    assert cli_mod.main(["backends"]) == cli_mod.EXIT_UNEXPECTED
+    assert "unexpected ZeroDivisionError" in capsys.readouterr().err
