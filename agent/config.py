@@ -448,6 +448,12 @@ def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
                 f"config error: backends: {b.name!r} does not compute objective "
                 f"{cfg.objective!r} (it computes {', '.join(cls.computes) or 'nothing'})"
             )
+    declared = [(b.name, int(b.params.get("fidelity", backend_class(b.name).fidelity))) for b in cfg.backends]
+    for (lo, f_lo), (hi, f_hi) in zip(declared, declared[1:]):
+        if f_hi <= f_lo:  # the ladder is read cheapest first: its last level is the objective's
+            raise ConfigError(
+                f"config error: backends: the fidelity ladder must go from cheap to expensive, but "
+                f"{hi!r} (fidelity {f_hi}) comes after {lo!r} (fidelity {f_lo}); list the cheapest first")
     for i, c in enumerate(cfg.constraints):
         computed = list(dict.fromkeys(k for b in cfg.backends for k in backend_class(b.name).computes))
         if c.value not in computed:

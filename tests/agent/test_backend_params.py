@@ -199,3 +199,26 @@ def test_csp_default_is_a_converged_search_priced_by_size():
     fixed = {"sampling": "fixed"}
     assert (csp.cost_estimate(EvalInput("NC(N)=O", params={**fixed, "n_trials": 400}))
             < csp.cost_estimate(EvalInput("NC(N)=O", params={**fixed, "n_trials": 4000})))
+
+
+@pytest.mark.parametrize("ladder, message", [
+    (["esf-refined", "esf-proxy"], "'esf-proxy' (fidelity 0) comes after 'esf-refined' (fidelity 2)"),
+    (["dft-reorg", "xtb-reorg"], "'xtb-reorg' (fidelity 0) comes after 'dft-reorg' (fidelity 1)"),
+    (["esf-proxy", "esf-landscape:0"], "'esf-landscape' (fidelity 0) comes after 'esf-proxy' (fidelity 0)"),
+])
+def test_fidelity_ladder_must_go_from_cheap_to_expensive(tmp_path, ladder, message):
+    """The last [[backends]] entry is the objective's level: a ladder listed expensive first
+    ran the expensive level and reported 'best none yet' (newuser37 M4); refused in one line,
+    and the same levels cheapest first pass (the shipped examples' ladders pass too)."""
+    def config(levels):
+        body = 'objective = "%s"\n' % ("reorg_energy_kjmol" if "reorg" in levels[0] else "log10_landscape_mobility_hole")
+        for entry in levels:
+            name, _, fidelity = entry.partition(":")
+            body += f'[[backends]]\nname = "{name}"\n' + (f"params = {{fidelity = {fidelity}}}\n" if fidelity else "")
+        return load_config(write_config(tmp_path, ["c1ccccc1"], body))
+
+    with pytest.raises(ConfigError, match="fidelity ladder must go from cheap to expensive") as err:
+        check_runnable(config(ladder))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    if ":" not in ladder[1]:
+        check_runnable(config(ladder[::-1]))
