@@ -1,12 +1,14 @@
 """``crystal-agent refine NAME``: run (more of) the structure-level refinement stage of a
 campaign on its stored CSP landscapes, without spending anything on the molecule stage.
 
-    crystal-agent refine NAME [--runs-dir DIR] [--budget N] [--address ADDR] [--quiet]
+    crystal-agent refine NAME [--runs-dir DIR] [--budget N] [--cpu-hours H] [--address ADDR] [--quiet]
 
 ``--budget N`` adds N structure-stage evaluations to the campaign's budget (default:
 continue to the budget already configured): it raises ``[structures] budget_evaluations``
 and ``max_evaluations`` (from at least the evaluations done) by N in the stored config and
-prints one line saying so. The campaign config must enable the
+prints one line saying so. ``--cpu-hours H`` adds H CPU hours to ``max_cpu_hours`` the same
+way. A campaign whose CPU budget is spent is refused in one line, its stored config
+unchanged, unless ``--cpu-hours`` raises it. The campaign config must enable the
 structure stage (``[structures] enabled = true``).
 """
 
@@ -21,6 +23,8 @@ def add_refine_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="campaign name")
     p.add_argument("--runs-dir", help="campaign directory root (default: runs/)")
     p.add_argument("--budget", type=int, default=0, help="extra structure-stage evaluations")
+    p.add_argument("--cpu-hours", type=float, default=0.0,
+                   help="extra CPU hours for a campaign with max_cpu_hours")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_refine_command)
@@ -31,8 +35,12 @@ def run_refine_command(args: argparse.Namespace) -> int:
     from agent.cli import CliError, _run_loop, _runs_dir
     from agent.config import config_to_toml
 
+    import math
+
     if args.budget < 0:
         raise CliError("--budget must be >= 0")
+    if not (math.isfinite(args.cpu_hours) and args.cpu_hours >= 0):
+        raise CliError("--cpu-hours must be a finite number >= 0")
     stages = ("structures", "lab")
     campaign = Campaign.open(args.name, _runs_dir(args), readonly=True)
     try:
@@ -42,6 +50,13 @@ def run_refine_command(args: argparse.Namespace) -> int:
             )
         cfg, n_done = campaign.cfg, campaign.n_evaluations
         stages = tuple(s for s in stages if s in campaign.stages)
+        if args.cpu_hours and cfg.max_cpu_hours is None:
+            raise CliError(f"campaign {args.name!r} has no CPU budget (max_cpu_hours) to raise; "
+                           "leave out --cpu-hours")
+        if (cfg.max_cpu_hours is not None and not args.cpu_hours
+                and campaign.spent_cpu_s >= cfg.max_cpu_hours * 3600):
+            raise CliError(f"campaign {args.name!r} has spent its CPU budget ({campaign.spent_cpu_s:.0f} of "
+                           f"{cfg.max_cpu_hours:g} CPU h x 3600 s); `--cpu-hours H` adds CPU time")
     finally:
         campaign.close()
     campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
@@ -62,7 +77,15 @@ def run_refine_command(args: argparse.Namespace) -> int:
                   "evaluations (stored: a later resume continues to it)", flush=True)
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
-        campaign.store.log_event("refine", budget=args.budget)
+        if args.cpu_hours:  # more CPU time: the same way
+            before_h = cfg.max_cpu_hours
+            cfg = cfg.model_copy(update={"max_cpu_hours": before_h + args.cpu_hours})
+            campaign.store.set_meta("config_toml", config_to_toml(cfg))
+            print(f"refine: {args.name}: CPU budget (max_cpu_hours) {before_h:g} -> {cfg.max_cpu_hours:g} "
+                  "CPU h (stored: a later resume continues to it)", flush=True)
+            campaign.close()
+            campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
+        campaign.store.log_event("refine", budget=args.budget, cpu_hours=args.cpu_hours)
         n_before = campaign.n_evaluations
     except BaseException:
         campaign.close()
@@ -72,9 +95,10 @@ def run_refine_command(args: argparse.Namespace) -> int:
         done = Campaign.open(args.name, _runs_dir(args), readonly=True)
         try:
             if done.n_evaluations == n_before:
-                print(f"crystal-agent: nothing refined: {done.status().stop_reason or 'nothing left to evaluate'}"
-                      + ("" if args.budget else "; `--budget N` adds structure-stage evaluations"),
-                      file=sys.stderr)
+                reason = done.status().stop_reason or "nothing left to evaluate"
+                hint = ("; `--cpu-hours H` adds CPU time" if reason.startswith("compute budget")
+                        else "" if args.budget else "; `--budget N` adds structure-stage evaluations")
+                print(f"crystal-agent: nothing refined: {reason}{hint}", file=sys.stderr)
         finally:
             done.close()
     return code

@@ -79,3 +79,46 @@ def test_no_candidate_left_when_every_structure_is_computed(tmp_path):
         assert status.stop_reason == "no candidate left to evaluate", status.stop_reason
     finally:
         camp.close()
+
+
+def test_refine_after_the_cpu_budget_is_spent(tmp_path, capsys, local_executor):
+    """newuser37 M6: ``refine --budget N`` on a campaign whose CPU budget was spent raised the
+    stored evaluation budgets, refined nothing and hinted at ``--budget``. Now it is refused in
+    one line with the stored config unchanged; ``--cpu-hours H`` raises max_cpu_hours and
+    refines."""
+    from agent.campaign import Campaign
+    from agent.cli import main
+    from agent.config import config_to_toml
+
+    camp, status = _run(tmp_path, name="cpu")
+    runs = tmp_path / "runs"
+    try:
+        spent = camp.spent_cpu_s
+        assert spent > 0
+        cfg = camp.cfg.model_copy(update={"max_cpu_hours": spent / 3600 / 2, "max_evaluations": 16})
+        camp.store.set_meta("config_toml", config_to_toml(cfg))
+    finally:
+        camp.close()
+    stored = Campaign.open("cpu", runs, readonly=True)
+    before = stored.store.get_meta("config_toml")
+    stored.close()
+
+    capsys.readouterr()
+    assert main(["refine", "cpu", "--runs-dir", str(runs), "--budget", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has spent its CPU budget" in err and "--cpu-hours H" in err and err.count("\n") == 1, err
+    camp = Campaign.open("cpu", runs, readonly=True)
+    try:
+        assert camp.store.get_meta("config_toml") == before  # nothing changed
+    finally:
+        camp.close()
+
+    assert main(["refine", "cpu", "--runs-dir", str(runs), "--cpu-hours", "1", "--budget", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU budget (max_cpu_hours)" in out and "(stored: a later resume continues to it)" in out, out
+    camp = Campaign.open("cpu", runs, readonly=True)
+    try:
+        assert camp.cfg.max_cpu_hours == pytest.approx(spent / 3600 / 2 + 1)
+        assert camp.n_by_stage["structures"] == 9  # refined: the two added evaluations ran
+    finally:
+        camp.close()
