@@ -7,7 +7,8 @@ Examples::
 
     crystal-agent lab identify measured.xy --structures cifs/ --json
     CRYSTAL_AGENT_LAB_TOKEN=... crystal-agent lab serve --port 8765 --db runs/lab.sqlite
-    crystal-agent lab approve --all --campaign-dir runs/my_campaign
+    crystal-agent lab approve REQUEST_ID            # the campaign found under runs/ by the id
+    crystal-agent lab approve --all --campaign my_campaign [--runs-dir runs]
     crystal-agent lab approve --list --campaign-dir runs/my_campaign
 """
 
@@ -54,7 +55,11 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="approve every pending request")
     p.add_argument("--list", action="store_true", help="list the queue instead")
     p.add_argument("--reject", action="store_true", help="reject NAME instead of approving it")
-    p.add_argument("--campaign-dir", default=".", help="campaign directory holding lab_approvals.sqlite")
+    p.add_argument("--campaign-dir", help="campaign directory holding lab_approvals.sqlite "
+                   "(default: the campaign named by --campaign, else the one under --runs-dir whose "
+                   "queue holds NAME, else the current directory)")
+    p.add_argument("--campaign", help="campaign name (under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs", help="campaign directory root (default: runs/)")
 
     lab.set_defaults(func=run_lab_command)
     return lab
@@ -131,12 +136,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _approval_queue(args: argparse.Namespace) -> Path:
+    """The ``lab_approvals.sqlite`` that ``lab approve`` works on (see its ``--campaign-dir``)."""
+    import sqlite3
+
+    name = "lab_approvals.sqlite"
+    if args.campaign_dir is not None:
+        path = Path(args.campaign_dir) / name
+    elif args.campaign is not None:
+        path = Path(args.runs_dir) / args.campaign / name
+    else:
+        path = Path(name)
+        if not path.is_file() and args.name:  # the campaign whose queue holds the request
+            for cand in sorted(Path(args.runs_dir).glob(f"*/{name}")):
+                with sqlite3.connect(f"file:{cand}?mode=ro", uri=True) as db:
+                    try:
+                        if db.execute("SELECT 1 FROM approvals WHERE request_id = ?", (args.name,)).fetchone():
+                            path = cand
+                            break
+                    except sqlite3.Error:
+                        continue
+    if not path.is_file():
+        raise FileNotFoundError(f"no approval queue at {path}" + (
+            "" if args.campaign_dir or args.campaign else
+            f" (nor one under {args.runs_dir}/ holding {args.name!r}); give --campaign NAME or --campaign-dir DIR"))
+    return path
+
+
 def _approve(args: argparse.Namespace) -> int:
     from agent.lab.safety import ApprovalQueue
 
-    path = Path(args.campaign_dir) / "lab_approvals.sqlite"
-    if not path.is_file():
-        raise FileNotFoundError(f"no approval queue at {path}")
+    path = _approval_queue(args)
     queue = ApprovalQueue(path)
     try:
         if args.list:

@@ -32,6 +32,7 @@ approval gate). Other adapters are shared by all molecules.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +68,7 @@ class LabStage:
         self.store: Store | None = None
         self._adapters: dict[int, LabAdapter] = {}
         self._landscapes: dict[int, Any] = {}  # molecule id -> its stored Landscape, parsed once
+        self._announced: set[str] = set()  # requests held for approval that this process printed
         self._shared: LabAdapter | None = None
 
     # -- the Stage protocol ---------------------------------------------------------------
@@ -210,6 +212,11 @@ class LabStage:
                 self.store.log_event("lab_poll_error", request_id=row["request_id"],
                                      reason=str(exc).splitlines()[0])
                 continue
+            if status.state == "awaiting_approval" and row["request_id"] not in self._announced:
+                # the run waits for a person: say so once per run, with the command to run
+                self._announced.add(row["request_id"])
+                print(f"lab: {status.reason or 'held for approval'} (the campaign waits for it)",
+                      file=sys.stderr, flush=True)
             if status.state == row["state"]:
                 continue
             if not status.is_terminal:
