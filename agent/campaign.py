@@ -176,7 +176,8 @@ class Campaign:
             raise ConfigError(f"{directory} exists and is not a campaign; remove it or "
                               "choose another --name")
         check_runnable(cfg)
-        rows = validated_pool(cfg)
+        duplicates: list[dict[str, str | None]] = []
+        rows = validated_pool(cfg, duplicates)
         directory.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_creations(directory.parent)
         tmp = directory.parent / f".{cfg.name}{_CREATING}{uuid.uuid4().hex[:12]}"
@@ -190,6 +191,7 @@ class Campaign:
                 store.log_event(
                     "created", n_pool=len(rows), n_invalid=len(invalid),
                     invalid=[{"smiles": r[0], "reason": r[3]} for r in invalid[:50]],
+                    duplicates=duplicates[:50],
                 )
             (tmp / "config.toml").write_text(config_to_toml(cfg))
             try:

@@ -57,12 +57,20 @@ def pool_summary(store: Store, name: str) -> str:
     if bad:
         line += (f", {len(bad)} invalid ({summarise_invalid(bad)}); "
                  f"see `crystal-agent status {name} --invalid`")
+    dups = next((e.get("duplicates") or [] for e in store.events("created")), [])
+    if dups:
+        shown = ", ".join(f"{d['name'] or d['smiles']} = {d['kept']}" for d in dups[:3])
+        line += (f"; {len(dups)} duplicate line{'s' if len(dups) != 1 else ''} dropped ({shown}"
+                 + (", ..." if len(dups) > 3 else "") + ")")
     return line
 
 
-def validated_pool(cfg: CampaignConfig) -> list[tuple[str, str | None, bool, str]]:
+def validated_pool(cfg: CampaignConfig,
+                   duplicates: list[dict[str, str | None]] | None = None) -> list[tuple[str, str | None, bool, str]]:
     """The pool as ``(smiles, name, is_valid, reason)`` rows, refused when it is empty,
-    too large or holds no valid molecule."""
+    too large or holds no valid molecule. A later line with the same canonical SMILES is
+    dropped; ``duplicates`` (a list, optional) receives one ``{"smiles", "name", "kept"}``
+    per dropped line (``kept``: the name of the entry kept)."""
     from sim_backends.molecule import read_pool, validate_smiles
 
     try:
@@ -89,6 +97,9 @@ def validated_pool(cfg: CampaignConfig) -> list[tuple[str, str | None, bool, str
             shown = smi if len(smi) <= 200 else smi[:197] + "..."
             canon, ok, reason = shown, False, str(exc)
         if canon in seen:
+            if duplicates is not None:
+                kept = next(r[1] or r[0] for r in rows if r[0] == canon)
+                duplicates.append({"smiles": smi, "name": name, "kept": kept})
             continue
         seen.add(canon)
         rows.append((canon, name, ok, reason))

@@ -119,6 +119,20 @@ def _reference_schema() -> sqlite3.Connection:
     return conn
 
 
+def _values_json(values: dict[str, Any]) -> str:
+    """``values`` as standard JSON: a NaN (a value a backend may leave undefined) is stored as
+    null, so SQLite's JSON functions can read every row (bare NaN is not JSON)."""
+    import math
+
+    return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()})
+
+
+def _values_from_json(text: str) -> dict[str, Any]:
+    """The inverse of :func:`_values_json` (null back to NaN; rows written with bare NaN read
+    as before)."""
+    return {k: (float("nan") if v is None else v) for k, v in json.loads(text).items()}
+
+
 class StoreLockedError(RuntimeError):
     """Another launcher holds this campaign."""
 
@@ -386,7 +400,7 @@ class Store:
                     result.inputs_hash,
                     result.status,
                     result.reason,
-                    json.dumps(result.values),
+                    _values_json(result.values),
                     json.dumps(result.extra, default=str),
                     result.wall_s,
                     result.cpu_s,
@@ -431,7 +445,7 @@ class Store:
                 inputs_hash=r["inputs_hash"],
                 status=r["status"],
                 reason=r["reason"],
-                values=json.loads(r["values_json"]),
+                values=_values_from_json(r["values_json"]),
                 extra=json.loads(r["extra_json"]),
                 wall_s=r["wall_s"],
                 cpu_s=r["cpu_s"],

@@ -124,7 +124,10 @@ def comparison_figure(
     ax.set_ylabel("normalised intensity")
     title = f"{result.request_id}: {result.outcome}"
     if record is not None:
-        title += f"; match {record.matched_structure_id} (confidence {record.confidence:.2f})"
+        if record.matched_structure_id is None:  # the plotted one is the closest, not a match
+            title += f"; no match (closest {name}, WCC {record.score:.2f})"
+        else:
+            title += f"; match {record.matched_structure_id} (confidence {record.confidence:.2f})"
         if record.is_mixture:
             title += " [mixture]"
     ax.set_title(title, fontsize=9)

@@ -304,6 +304,18 @@ def test_pool_summary_and_invalid_listing(tmp_path, capsys, no_runner):
     assert rc == 0 and "[Fe]" in out and "iron" in out and "unsupported element" in out
 
 
+def test_pool_summary_names_dropped_duplicates(tmp_path, capsys, no_runner):
+    """newuser37 C8: a second line with the same molecule was dropped without a word."""
+    pool = GOOD + ["C1=CC=CC=C1 benzene_dup"]
+    cfg = _diag_config(tmp_path, pool=pool)
+    from agent.cli import main
+
+    with pytest.raises(ReachedRunner):
+        main(["run", str(cfg), "--runs-dir", str(tmp_path / "runs")])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pool:")]
+    assert len(line) == 1 and "1 duplicate line dropped (benzene_dup = benzene)" in line[0], line
+
+
 def test_stop_reason_and_best_note_never_empty(tmp_path, capsys):
     """Issue 14.7: `state finished: <reason>` is never empty and `best none yet` says why."""
     from agent.campaign import Campaign, campaign_status

@@ -107,3 +107,21 @@ def test_missing_column_truncated_garbage_and_empty_files(tmp_path):
     with Store(good) as s:  # extra tables and columns (later migrations) are fine
         s.conn.execute("ALTER TABLE evaluations ADD COLUMN later_col REAL")
     Store(good).close()
+
+
+def test_nan_values_are_standard_json_and_read_back(tmp_path):
+    """A NaN value (e.g. an undefined electron mobility) is stored as null, so SQLite's JSON
+    functions read the row (bare NaN made json_extract fail on the whole table; newuser37 C1),
+    and it reads back as NaN."""
+    import math
+    import sqlite3
+
+    with Store(tmp_path / "s.sqlite", lock=True) as s:
+        s.add_molecules([("C", "methane", True, "")])
+        r = _result()
+        r.values["mu_e"] = float("nan")
+        s.record_evaluation(request_id="r1", molecule_id=1, result=r, submitted_at=0)
+        ev = s.evaluations()[0]
+        assert ev.values["x"] == 1.0 and math.isnan(ev.values["mu_e"])
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        assert db.execute("SELECT json_extract(values_json, '$.x') FROM evaluations").fetchone()[0] == 1.0
