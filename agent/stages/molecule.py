@@ -14,6 +14,14 @@ Decisions:
   reports the same value and may still find it within the bounds; a molecule whose
   constrained value a more accurate level may still change is weighted by its probability
   of feasibility (constrained EI); its results still train the surrogate;
+* a constrained value a cheaper level reports screens a molecule before any level above
+  it: the molecule gets those levels only once a completed evaluation has reported the
+  value (not before the cheaper level ran, nor while it is in flight), so a 0.3 CPU-s
+  check decides before a CSP is spent on a molecule it excludes (the acquisition weighs
+  the molecule at the higher level, and a pick of it runs the cheaper level that reports
+  the value first); only where the cheaper levels ran on it without reporting the value
+  may a higher level follow (it may report the value itself); campaigns without
+  constraints are not affected;
 * with a compute budget (``max_cpu_hours``), costs are CPU seconds from one
   :class:`~agent.stages.costs.CostModel` per level, and no task is started unless its
   cost fits the budget left (spent CPU read from the store, in-flight work at its
@@ -110,6 +118,8 @@ class MoleculeStage:
         self.cost_log_ratios: list[list[float]] = [[] for _ in self.levels]
         #: backend name -> (computes, fidelity, value_sd) it declares (:meth:`_declared`)
         self._declared_cache: dict[str, tuple[tuple[str, ...], int, dict[str, float]]] = {}
+        #: (level, constrained value, cheaper levels that report it) (:meth:`_screening`)
+        self._screening_cache: list[tuple[int, str, tuple[int, ...]]] | None = None
 
     # -- state --------------------------------------------------------------------------
     def restore(self, store: Store) -> None:
@@ -275,11 +285,11 @@ class MoleculeStage:
                 and self.n_by_backend[top.name] >= top.budget_evaluations):
             return (f"{top.name} budget spent ({top.budget_evaluations} evaluations); "
                     "cheaper levels can no longer change the best value")
-        allowed = self.allowed()
+        allowed, follows, _, _ = self._allowed()
         if allowed.any() and (fit := self._budget_fit([])) is not None:
             needed, left = fit
-            if not self._within_budget(allowed, needed, left).any():
-                top = allowed[:, -1]
+            if not self._within_budget(allowed, needed, left, follows=follows).any():
+                top = follows
                 return (f"compute budget: no evaluation fits the {max(left, 0.0):.3g} CPU s left "
                         f"(the cheapest {self.levels[-1].name} needs "
                         f"{float(np.min(needed[top, -1])) if top.any() else float('nan'):.3g} "
@@ -302,21 +312,38 @@ class MoleculeStage:
         return pair_costs * self.cost_margin()[None, :], float(left)
 
     @staticmethod
-    def _within_budget(allowed: np.ndarray, needed: np.ndarray, left: float) -> np.ndarray:
+    def _within_budget(allowed: np.ndarray, needed: np.ndarray, left: float,
+                       follows: np.ndarray | None = None) -> np.ndarray:
         """``allowed`` restricted to the pairs that fit the budget left, a cheaper level
         only where the top level still fits after it (its value is the top level's to
-        follow)."""
+        follow; ``follows``: where the top level may follow, default ``allowed[:, -1]``,
+        see :meth:`_allowed`)."""
         out = allowed & (needed <= left)
-        out[:, :-1] &= out[:, -1:] & (needed[:, :-1] + needed[:, -1:] <= left)
+        top = (allowed[:, -1:] if follows is None else follows[:, None]) & (needed[:, -1:] <= left)
+        out[:, :-1] &= top & (needed[:, :-1] + needed[:, -1:] <= left)
         return out
 
     # -- decisions ----------------------------------------------------------------------
     def allowed(self, pending: Sequence[Request] = ()) -> np.ndarray:
         """``(n_pool, n_f)``: the (molecule, level) pairs that may be proposed now."""
+        return self._allowed(pending)[0]
+
+    def _allowed(self, pending: Sequence[Request] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(allowed, follows, waiting, stand_in)``: the pairs that may be proposed now
+        (:meth:`allowed`); ``(n_pool,)`` where the top level may follow a cheaper one
+        (open and within its budget, its constraint screening aside: the cheap level that
+        screens a molecule is offered before the top level is); the pairs held back only
+        until an evaluation in flight reports the molecule's constrained value; and, per
+        pair held back by a screening that has not started, the level that screens it
+        (the cheapest one allowed that reports the value; -1 elsewhere): the acquisition
+        weighs such a pair as it is, and a pick of it runs that level instead
+        (:meth:`_unscreened`, :meth:`ask`)."""
         mine = self._mine(pending)
-        allowed = ~(self.done | self.blocked)
+        open_ = ~(self.done | self.blocked)
+        in_flight = np.zeros_like(open_)
         for r in mine:
-            allowed[self.index_of[r.molecule_id], r.fidelity] = False
+            in_flight[self.index_of[r.molecule_id], r.fidelity] = True
+        allowed = open_ & ~in_flight
         for f, b in enumerate(self.levels):
             if b.budget_evaluations is not None:
                 used = self.n_by_backend[b.name] + sum(r.fidelity == f for r in mine)
@@ -324,14 +351,72 @@ class MoleculeStage:
                     allowed[:, f] = False
         # a cheaper level is only worth running where the top level can still follow
         allowed[:, :-1] &= allowed[:, -1:]
-        return allowed
+        follows = allowed[:, -1].copy()
+        stand_in = np.full(allowed.shape, -1)
+        screening = self._screening()
+        if not screening:
+            return allowed, follows, np.zeros_like(allowed), stand_in
+        held, waiting = self._unscreened(in_flight)
+        before = allowed
+        allowed = before & ~np.any(list(held.values()), axis=0)
+        waiting &= before
+        for (f, _, cheaper), h in held.items():
+            rows = h[:, f] & before[:, f] & ~waiting[:, f]
+            for lv in cheaper:  # cheapest first: the first one allowed screens the molecule
+                at = rows & allowed[:, lv]
+                stand_in[at & ((stand_in[:, f] < 0) | (stand_in[:, f] > lv)), f] = lv
+                rows &= ~at
+        stand_in[waiting] = -1
+        return allowed, follows, waiting, stand_in
+
+    def _screening(self) -> list[tuple[int, str, tuple[int, ...]]]:
+        """``(level, key, cheaper)``: each constrained value ``key`` that a level cheaper
+        than ``level`` reports (``cheaper``, the levels that do, cheapest first); empty
+        without ``[[constraints]]``."""
+        if self._screening_cache is None:
+            keys = list(dict.fromkeys(c.value for c in self.cfg.constraints))
+            reports = [set(self._declared(b.name)[0]) for b in self.levels]
+            self._screening_cache = [
+                (f, k, cheaper) for f in range(len(self.levels)) for k in keys
+                if (cheaper := tuple(lv for lv in range(f) if k in reports[lv]))]
+        return self._screening_cache
+
+    def _unscreened(self, in_flight: np.ndarray) -> tuple[dict[tuple[int, str, tuple[int, ...]], np.ndarray],
+                                                           np.ndarray]:
+        """``(held, waiting)``: per entry of :meth:`_screening`, the ``(n_pool, n_f)``
+        pairs it holds back (only its level's column set), and ``(n_pool, n_f)`` those
+        held pairs that only wait for an evaluation in flight.
+
+        A molecule may be given a level above one that reports a constrained value only
+        once a completed evaluation has reported that value for it (its verdict then
+        decides, :meth:`_update_feasibility`): not before that cheaper level ran, nor while
+        it is in flight. Only where every cheaper level that reports the value has run on
+        the molecule (or may not: a failed run, a setup failure) without reporting it, and
+        none is in flight, may a higher level, which may report it itself, follow."""
+        screening = self._screening()
+        waiting = np.zeros_like(in_flight)
+        held: dict[tuple[int, str, tuple[int, ...]], np.ndarray] = {}
+        closed = self.done | self.blocked
+        known = {k: np.array([k in self.constrained.get(i, {}) for i in range(len(self.smiles))], dtype=bool)
+                 for k in {k for _, k, _ in screening}}
+        for entry in screening:
+            f, k, cheaper = entry
+            flying = in_flight[:, list(cheaper)].any(axis=1)
+            ran = closed[:, list(cheaper)].all(axis=1)
+            h = np.zeros_like(in_flight)
+            h[:, f] = ~known[k] & (flying | ~ran)
+            held[entry] = h
+            waiting[:, f] |= ~known[k] & flying
+        return held, waiting
 
     def is_exhausted(self, pending: Sequence[Request]) -> bool:
-        """Nothing may be proposed: no (molecule, level) allowed, or none fits the
+        """Nothing may be proposed, now or once the evaluations in flight report the
+        constrained values they screen: no (molecule, level) allowed, or none fits the
         compute budget left."""
-        allowed = self.allowed(pending)
+        allowed, follows, waiting, _ = self._allowed(pending)
+        allowed = allowed | waiting
         if allowed.any() and (fit := self._budget_fit(self._mine(pending))) is not None:
-            allowed = self._within_budget(allowed, *fit)
+            allowed = self._within_budget(allowed, *fit, follows=follows)
         return not allowed.any()
 
     def costs(self) -> list[float]:
@@ -500,13 +585,19 @@ class MoleculeStage:
 
     def ask(self, n: int, pending: Sequence[Request]) -> list[Request]:
         mine = self._mine(pending)
-        allowed = self.allowed(pending)
+        allowed, follows, _, stand_in = self._allowed(pending)
         pair_costs = self.pair_costs()
         if (fit := self._budget_fit(mine, pair_costs)) is not None:
             # never start work that may overrun the compute budget: its cost must fit
             # the budget left with probability COST_FIT_PROBABILITY
             needed, left = fit
-            allowed = self._within_budget(allowed, needed, left)
+            allowed = self._within_budget(allowed, needed, left, follows=follows)
+            stand_in[needed > left] = -1
+        # a pair a constraint holds back until a cheaper level has screened the molecule is
+        # weighed by the acquisition as it is; picking it runs the screening level instead
+        rows = np.arange(len(stand_in))[:, None]
+        stand_in[~allowed[rows, np.maximum(stand_in, 0)]] = -1
+        scoring = allowed | (stand_in >= 0)
         n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
         initial = n_cheap + len(mine) < self.cfg.surrogate.n_initial or len(self.observations) < 2
         # the initial design ends early when no cheap evaluation fits the budget any more
@@ -533,7 +624,7 @@ class MoleculeStage:
                 q=n,
                 costs=costs,
                 pair_costs=weighted,
-                allowed=allowed,
+                allowed=scoring,
                 pending=[(self.index_of[r.molecule_id], r.fidelity) for r in mine],
                 best_value=self.best_value(),
                 direction=self.cfg.direction,
@@ -542,9 +633,11 @@ class MoleculeStage:
             )
         out = []
         for i, f in picks:
-            if not allowed[i, f]:
+            if not scoring[i, f]:
                 raise RuntimeError(f"acquisition proposed a disallowed pair {(i, f)}")
-            allowed[i, f] = False
+            scoring[i, f] = False
+            if not allowed[i, f]:
+                f = int(stand_in[i, f])  # screen the molecule first (its constrained value)
             if not self.allowed([*pending, *out])[i, f]:
                 continue  # the batch's earlier requests used up the level (or its top level)
             if fit is not None:
