@@ -89,6 +89,7 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
         name, smiles = names.get(mid, ("", ""))
         out.append({"molecule_id": int(mid), "name": name, "smiles": smiles, "source": "molecule stage",
                     "backend": ev.backend, "level": _level_of(cfg.backends[f]),
+                    "csp_level": ev.extra.get("csp_level"),
                     "mean": float(ev.values[LANDSCAPE_KEY]),
                     "sd": float(ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
                     "n_in_window": int(ev.values.get("n_structures_in_window", len(structures))),
@@ -167,14 +168,28 @@ def hole_notes(per_structure: Any) -> list[str]:
 
 
 def _hole_lines(per_structure: Any) -> list[str]:
+    """Each distinct line once with its count of structures; the hopping-regime warnings
+    (:func:`sim_backends.mobility.hopping_regime_warning`, one ratio per structure) as one
+    line with the largest ratio."""
+    from sim_backends.mobility import split_regime_warning
+
     counts: dict[str, int] = {}
+    worst: dict[str, float] = {}
     n = 0
     for ws in per_structure:
         n += 1
-        for w in set(ws or []):
+        mine: dict[str, float | None] = {}
+        for w in ws or []:
             if str(w).startswith("hole"):
-                counts[str(w)] = counts.get(str(w), 0) + 1
-    return [f"{w} ({k} of {n} structures)" for w, k in sorted(counts.items())]
+                key, ratio = split_regime_warning(str(w))
+                if ratio is None or mine.get(key) is None or ratio > mine[key]:
+                    mine[key] = ratio if ratio is not None else mine.get(key)
+        for key, ratio in mine.items():
+            counts[key] = counts.get(key, 0) + 1
+            if ratio is not None:
+                worst[key] = max(ratio, worst.get(key, ratio))
+    return [f"{w} ({f'2|J|max/lambda up to {worst[w]:.2f}; ' if w in worst else ''}{k} of {n} structures)"
+            for w, k in sorted(counts.items())]
 
 
 def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None,
@@ -244,7 +259,8 @@ def _symmetrised_cif(rec: dict[str, Any], gm: dict[str, Any]) -> str:
 
     try:
         entry = LandscapeEntry.from_dict({**gm, "cif": gm["cif_text"]})
-        return entry.output_cif(smiles=rec.get("smiles") or "", name=rec.get("name") or "")
+        return entry.output_cif(smiles=rec.get("smiles") or "", name=rec.get("name") or "",
+                                level_of_theory=rec.get("csp_level"))
     except (ValueError, KeyError) as exc:
         return f"# P1 cell as computed; no symmetrised CIF: {' '.join(str(exc).split())[:200]}\n" + gm["cif_text"]
 

@@ -19,11 +19,19 @@ multi-fidelity GP of the molecule stage can relate them):
   (``[[constraints]]``: hole injection, ``examples/esf.toml``).
 * ``esf-landscape`` (fidelity 1, a "quick CSP"; ``esf-refined``, fidelity 2, the same
   with 300 trials by default): crystal structure
-  prediction (W99 + Ewald force field, GFN2-xTB charges, Z' = 1, ``n_trials`` trials in
+  prediction (W99 + Ewald force field with ``charges`` point charges: ``"resp"``, the
+  default, RESP fits to the HF/6-31G* electrostatic potential, once per molecule, then
+  cached: 31 CPU s for anthracene, minutes for the larger acenes; or ``"xtb"``, GFN2-xTB
+  Mulliken charges, seconds, but too small to keep the C-H quadrupole that makes the
+  acenes pack herringbone: with them the experimental anthracene crystal is rank 70,
+  +5.9 kJ/mol, and pi-stacks win, with RESP it is rank 1 (1,200 trials in P2_1/c and
+  P-1; naphthalene rank 41 against 1); Z' = 1, ``n_trials`` trials in
   ``space_groups``), the ``n_structures`` lowest minima within ``window_kjmol`` get
   dimer-projection transfer integrals at ``transfer`` (``"gfn2-xtb"`` or ``"dft"``:
   B3LYP/6-31G) and their Marcus hole mobility at ``temperature_K`` with the molecule's
-  lambda+; the landscape mobility is their Boltzmann-weighted mean. A "refined"
+  lambda+; the landscape mobility is their Boltzmann-weighted mean. A structure with
+  ``2 |J|max > lambda+`` is outside the Marcus hopping regime and carries that warning
+  (:func:`structure_warnings`). A "refined"
   fidelity is the same backend with more trials and/or DFT transfer integrals
   (``fidelity = 2`` in its params). lambda+ is the ``lambda_hole_kjmol`` param when
   given, else computed here with GFN2-xTB (its CPU seconds are charged to the result).
@@ -77,6 +85,24 @@ ESF_DATA = Path(__file__).resolve().parents[1] / "data" / "esf"
 _CSP_S_PER_TRIAL_HEAVY = 0.008
 #: cell molecules assumed by the cost estimate of the transfer integrals
 _Z_ESTIMATE = 4
+#: the CSP point charges of the ESF levels (``charges`` param) and how the levels name them
+CHARGE_LABELS = {"resp": "RESP HF/6-31G*", "resp-lp": "RESP HF/6-31G* + lone-pair sites",
+                 "xtb": "GFN2-xTB Mulliken"}
+#: the charges of the shipped data set ``data/esf`` (and so of its replays), and the
+#: default of :func:`landscape_record` (what ``data/esf/make_esf_dataset.py`` calls)
+DATA_SET_CHARGES = "xtb"
+
+
+def csp_level(charges: str) -> str:
+    """The level of the CSP lattice energies of an ESF landscape with these charges (the
+    CIF header of its structures, ``extra["csp_level"]``)."""
+    return f"W99 exp-6 + Ewald point charges ({CHARGE_LABELS.get(charges, charges)}), rigid molecule (force field)"
+
+
+def resp_basis_functions(n_h: int, n_light: int, n_heavier: int) -> int:
+    """Basis functions of a molecule in 6-31G* (pyscf's spherical d): 2 per H, 14 per
+    atom up to Ne, 18 per atom of the second row (Na-Ar; anthracene: 216)."""
+    return 2 * n_h + 14 * n_light + 18 * n_heavier
 
 
 def proxy_log10_mobility(lambda_hole_kjmol: float, temperature_K: float = 300.0) -> float:
@@ -103,20 +129,51 @@ JAHN_TELLER_LAMBDA_WARNING = (
     "so lambda+ may be too small and this mobility too large")
 
 
-def structure_warnings(transfer: Any, lambda_level: str | None, jahn_teller: str | None = None) -> list[str]:
+def structure_warnings(transfer: Any, lambda_level: str | None, jahn_teller: str | None = None,
+                       lambda_hole_kjmol: float | None = None) -> list[str]:
     """A structure's warnings: the transfer integrals' own
-    (:attr:`sim_backends.transfer.CrystalTransfer.warnings`) and
+    (:attr:`sim_backends.transfer.CrystalTransfer.warnings`);
     :data:`JAHN_TELLER_LAMBDA_WARNING` when its hole frontier manifold has more than one
     orbital and lambda+ is a GFN2-xTB value (``lambda_level == "GFN2-xTB"``) whose
     ``jahn_teller`` status (``xtb-reorg``'s ``extra["jahn_teller"]``) does not say the
     cation was relaxed at the low electronic temperature
-    (:func:`sim_backends.reorg.jahn_teller_resolved`)."""
+    (:func:`sim_backends.reorg.jahn_teller_resolved`); and, given ``lambda_hole_kjmol``,
+    the hopping-regime warning when ``2 |J|max > lambda+``
+    (:func:`sim_backends.mobility.hopping_regime_warning`)."""
     from sim_backends.reorg import jahn_teller_resolved
 
     out = list(transfer.warnings)
     if (lambda_level == "GFN2-xTB" and int((transfer.manifolds.get("hole") or {}).get("n", 1)) > 1
             and not jahn_teller_resolved(jahn_teller)):
         out.append(JAHN_TELLER_LAMBDA_WARNING)
+    if lambda_hole_kjmol is not None:
+        regime = _regime_warning(max((abs(d.hole["j_eff_meV"]) for d in transfer.dimers), default=0.0),
+                                 lambda_hole_kjmol)
+        if regime:
+            out.append(regime)
+    return out
+
+
+def _regime_warning(j_hole_max_meV: float, lambda_hole_kjmol: float) -> str | None:
+    from sim_backends.mobility import EV_PER_KJMOL, hopping_regime_warning
+
+    return hopping_regime_warning("hole", j_hole_max_meV, lambda_hole_kjmol * EV_PER_KJMOL)
+
+
+def with_regime_warnings(structures: list[dict[str, Any]], lambda_hole_kjmol: float) -> list[dict[str, Any]]:
+    """Copies of a record's structures, each with the hopping-regime warning
+    (:func:`structure_warnings`) from its stored ``j_hole_max_meV`` and this lambda+ when
+    it lacks one (records made before the warning existed)."""
+    from sim_backends.mobility import split_regime_warning
+
+    out = []
+    for s in structures:
+        ws = list(s.get("warnings") or [])
+        regime = (_regime_warning(float(s["j_hole_max_meV"]), lambda_hole_kjmol)
+                  if s.get("j_hole_max_meV") is not None else None)
+        if regime and not any(split_regime_warning(w)[1] is not None for w in ws):
+            s = {**s, "warnings": [*ws, regime]}
+        out.append(s)
     return out
 
 
@@ -126,11 +183,14 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                      energy_sd_kjmol: float = FF_ENERGY_SD_KJMOL, cutoff_A: float = 4.0,
                      level_params: dict[str, Any] | None = None,
                      lambda_level: str | None = None, jahn_teller: str | None = None,
-                     racemic: bool = False) -> dict[str, Any]:
+                     racemic: bool = False, charges: str = DATA_SET_CHARGES) -> dict[str, Any]:
     """CSP, transfer integrals and hole mobility of the kept structures, and the landscape
     mobility: one JSON-ready record (the data set's and the backend's format).
 
-    Keys: ``n_trials``, ``transfer_level``, ``n_minima``, ``structures`` (per kept
+    ``charges``: the CSP point charges (:data:`CHARGE_LABELS`; the default is the shipped
+    data set's, :data:`DATA_SET_CHARGES`: the backends pass their own, RESP by default).
+
+    Keys: ``n_trials``, ``transfer_level``, ``charges``, ``n_minima``, ``structures`` (per kept
     structure: id, energy, space group, Z, density, CIF, mobility, largest |J|, the size of
     the hole frontier manifold (``hole_manifold``; >1: degenerate HOMO, rotation-invariant
     J_eff, :mod:`sim_backends.transfer`), ``warnings`` (:func:`structure_warnings`;
@@ -157,14 +217,14 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
         level_name = f"{str(level_params['functional']).upper()}/{level_params['basis']}"
     else:
         level_name = "GFN2-xTB"
-    rec: dict[str, Any] = {"n_trials": n_trials, "transfer_level": level_name}
+    rec: dict[str, Any] = {"n_trials": n_trials, "transfer_level": level_name, "charges": charges}
     from sim_backends.csp.chirality import stereo_policy
     from sim_backends.csp.spacegroups import get_space_group
 
     if space_groups == ESF_SPACE_GROUPS and stereo_policy(smiles, racemic).sohncke_only:
         space_groups = ",".join(g for g in ESF_SPACE_GROUPS.split(",") if get_space_group(g).sohncke)
     try:
-        land = run_csp(smiles, n_trials, space_groups=space_groups, charges="xtb", progress=False,
+        land = run_csp(smiles, n_trials, space_groups=space_groups, charges=charges, progress=False,
                        sampling="fixed", seed=seed, racemic=racemic)
     except Exception as exc:  # noqa: BLE001 - any CSP failure is recorded, the run goes on
         return {**rec, "error": f"csp: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
@@ -188,7 +248,8 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                       "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
                       "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
                       "n_unique_dimers": len(tr.dimers), "hole_manifold": int(tr.manifolds["hole"]["n"]),
-                      "warnings": structure_warnings(tr, lambda_level, jahn_teller), "notes": tr.notes})
+                      "warnings": structure_warnings(tr, lambda_level, jahn_teller, lambda_hole_kjmol),
+                      "notes": tr.notes})
         except BackendError as exc:
             s["error"] = " ".join(str(exc).split())[:300]
         structures.append(s)
@@ -286,14 +347,15 @@ class EsfLandscapeBackend(Backend):
     value_sd: ClassVar[dict[str, float]] = _VALUE_SD
     objective_key = OBJECTIVE
     description = ("log10 Boltzmann-weighted Marcus hole mobility (cm2/Vs) over a CSP landscape "
-                   "(W99 force field; GFN2-xTB or B3LYP/6-31G transfer integrals)")
+                   "(W99 force field, RESP or GFN2-xTB charges; GFN2-xTB or B3LYP/6-31G transfer integrals)")
     _DEFAULTS: ClassVar[dict[str, Any]] = {"n_trials": 150, "n_structures": 6, "window_kjmol": 7.0,
                                            "transfer": "gfn2-xtb", "seed": 0, "space_groups": ESF_SPACE_GROUPS,
                                            "temperature_K": 300.0, "energy_sd_kjmol": FF_ENERGY_SD_KJMOL,
-                                           "cutoff_A": 4.0, "racemic": False}
+                                           "cutoff_A": 4.0, "racemic": False, "charges": "resp"}
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1, 1_000_000), "n_structures": check.integer(1, 1000),
         "window_kjmol": check.number(0.0, 100.0, lo_open=True), "transfer": check.one_of("gfn2-xtb", "dft"),
+        "charges": check.one_of(*CHARGE_LABELS),
         "seed": check.integer(0), "space_groups": check.text, "racemic": check.boolean,
         "temperature_K": check.number(0.0, 2000.0, lo_open=True),
         "energy_sd_kjmol": check.number(0.0, 100.0), "cutoff_A": check.number(2.0, 10.0),
@@ -314,10 +376,17 @@ class EsfLandscapeBackend(Backend):
         p = self._p(params or {})
         tr = ("GFN2-xTB" if p["transfer"] == "gfn2-xtb"
               else f"{str(p.get('functional', 'b3lyp')).upper()}/{p.get('basis', '6-31g')}")
+        charges = CHARGE_LABELS.get(str(p["charges"]), str(p["charges"]))
         return (f"Marcus hopping at {p['temperature_K']:g} K, {tr} transfer integrals, "
-                f"{p['n_trials']}-trial W99 CSP, Boltzmann mean within {p['window_kjmol']:g} kJ/mol")
+                f"{p['n_trials']}-trial W99 CSP with {charges} charges, "
+                f"Boltzmann mean within {p['window_kjmol']:g} kJ/mol")
 
     def cost_estimate(self, inp: EvalInput) -> float:
+        """CPU s: the CSP trials, the transfer integrals of ``n_structures`` structures and,
+        with RESP charges, the HF/6-31G* fit (:func:`sim_backends.csp.charges.resp_cost_estimate`,
+        measured anthracene 31 CPU s; charged in full although a molecule's charges are
+        cached after its first fit)."""
+        from sim_backends.csp.charges import resp_cost_estimate
         from sim_backends.molecule import validate_smiles
         from sim_backends.reorg import _atom_counts
 
@@ -332,7 +401,8 @@ class EsfLandscapeBackend(Backend):
         n_cell = _Z_ESTIMATE * (n_h + heavy)
         # the transfer backends' fits per structure (sim_backends.transfer)
         per = 2e-4 * n_cell**2 if p["transfer"] == "gfn2-xtb" else 0.04 * n_cell**2.5
-        return csp + float(p["n_structures"]) * per
+        charges = resp_cost_estimate(resp_basis_functions(n_h, n_1, n_2))[0] if str(p["charges"]) != "xtb" else 0.0
+        return charges + csp + float(p["n_structures"]) * per
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         p = self._p(inp.params)
@@ -344,13 +414,14 @@ class EsfLandscapeBackend(Backend):
                                str(p["space_groups"]), float(p["temperature_K"]), float(p["energy_sd_kjmol"]),
                                float(p["cutoff_A"]), level_params,
                                lambda_level=None if p.get("lambda_hole_kjmol") is not None else "GFN2-xTB",
-                               jahn_teller=jt, racemic=bool(p["racemic"]))
+                               jahn_teller=jt, racemic=bool(p["racemic"]), charges=str(p["charges"]))
         if "error" in rec:
             raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
         values = landscape_values(lam, rec)
         if ip is not None:
             values["ip_gas_ev"] = ip
         extra = {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
+                 "csp_level": csp_level(str(p["charges"])),
                  "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
                  "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
         if jt:
@@ -434,7 +505,8 @@ class _EsfReplay(RecordedReplay):
         lam = rec.get("reorg_energy_kjmol", rec.get("lambda_hole_kjmol"))
         extra: dict[str, Any] = {"replayed": self.data_fidelity}
         if rec.get("structures"):  # the predicted structures (with CIFs), as the real level reports them
-            extra["structures"] = rec["structures"]
+            extra["structures"] = with_regime_warnings(rec["structures"], float(lam))
+            extra["csp_level"] = csp_level(str(rec.get("charges", DATA_SET_CHARGES)))
         return landscape_values(float(lam), rec), extra
 
     def recorded_cpu_s(self, inp: EvalInput, result: EvalResult) -> float | None:
@@ -450,12 +522,15 @@ _REPLAYS: dict[str, tuple[int, str, str, tuple[str, ...], str]] = {
     "replay-esf-proxy": (0, "proxy", "esf-proxy", _VALUES,
                          "replays the ESF data set's proxy (GFN2-xTB lambda+, reference crystal)"),
     "replay-esf-quick": (1, "quick", "esf-landscape", _LANDSCAPE_VALUES,
-                         "replays the ESF data set's quick-CSP landscape mobility (GFN2-xTB transfer)"),
+                         "replays the ESF data set's quick-CSP landscape mobility (GFN2-xTB charges "
+                         "and transfer)"),
     "replay-esf-refined": (2, "refined", "esf-refined", _LANDSCAPE_VALUES,
                            "replays the ESF data set's refined landscape mobility (300-trial CSP, "
-                           "GFN2-xTB transfer)"),
+                           "GFN2-xTB charges and transfer)"),
 }
 ReplayEsfProxyBackend, ReplayEsfQuickBackend, ReplayEsfRefinedBackend = (
     replay_backend(_EsfReplay, name, description, fidelity=fidelity, data_fidelity=data,
-                   estimated_as=estimated_as, computes=computes, objective_key=OBJECTIVE)
+                   estimated_as=estimated_as, computes=computes, objective_key=OBJECTIVE,
+                   # the data set's protocol: its CSPs used GFN2-xTB charges (no RESP fit to price)
+                   estimated_params={} if fidelity == 0 else {"charges": DATA_SET_CHARGES})
     for name, (fidelity, data, estimated_as, computes, description) in _REPLAYS.items())

@@ -44,7 +44,9 @@ the KMC error on 1D, isotropic and inversion-symmetric networks
 
 Hopping mobilities are an approximation (they neglect band-like transport and dynamic
 disorder, which matter when |J| approaches lambda/2); their use here is ranking molecules
-and structures, as in the ESF papers.
+and structures, as in the ESF papers. A crystal with ``2 |J|max > lambda`` is outside the
+hopping regime: :func:`hopping_regime_warning` is its warning (the mobility backends and
+the ESF levels, :mod:`sim_backends.esf`, attach it to the structure).
 
 :func:`landscape_mobility` turns a landscape of structures into a molecule-level property
 (see its docstring).
@@ -84,6 +86,41 @@ CM2_PER_A2 = 1e-16
 #: experimentally; a hopping value beyond 1000 means |J| comparable with lambda, where the
 #: model does not apply
 MAX_MOBILITY_CM2VS = 1000.0
+
+
+#: the regime warning's fixed text after the carrier (:func:`hopping_regime_warning`); the
+#: numbers of one structure follow it in parentheses
+HOPPING_REGIME_TEXT = ("2|J| > lambda: Marcus hopping is outside its regime (it needs 2|J| < lambda; the "
+                       "carrier is delocalised over the dimer, transport is band-like), so this hopping "
+                       "mobility is not reliable")
+
+
+def hopping_regime_warning(carrier: str, j_max_meV: float, lambda_eV: float) -> str | None:
+    """The warning of a crystal whose largest transfer integral puts the carrier outside the
+    non-adiabatic hopping regime of :func:`marcus_rate`: ``2 |J|max > lambda`` (a localised
+    small polaron needs ``2|J| < lambda``; Marcus rates need ``|J| << lambda``), with the
+    ratio ``2|J|max / lambda`` and both values; None inside the regime or without numbers.
+    It starts ``"{carrier}: "`` (``agent.esf_report`` shows the hole warnings)."""
+    import math
+
+    j, lam_meV = abs(float(j_max_meV)), 1e3 * float(lambda_eV)
+    if not (math.isfinite(j) and math.isfinite(lam_meV) and lam_meV > 0) or 2.0 * j <= lam_meV:
+        return None
+    return (f"{carrier}: {HOPPING_REGIME_TEXT} (2|J|max/lambda = {2.0 * j / lam_meV:.2f}: "
+            f"|J|max {j:.1f} meV, lambda {lam_meV:.1f} meV)")
+
+
+def split_regime_warning(warning: str) -> tuple[str, float | None]:
+    """A :func:`hopping_regime_warning` as (its text without the numbers, its ratio
+    2|J|max/lambda), so a landscape's structures can be summarised in one line; any other
+    warning as ``(warning, None)``."""
+    head, sep, tail = str(warning).partition(f"{HOPPING_REGIME_TEXT} (2|J|max/lambda = ")
+    if not sep or not head.endswith(": "):
+        return str(warning), None
+    try:
+        return head + HOPPING_REGIME_TEXT, float(tail.split(":", 1)[0])
+    except ValueError:
+        return str(warning), None
 
 
 def marcus_rate(j_meV: Any, lambda_eV: float, temperature_K: float = 300.0,
@@ -475,8 +512,12 @@ class _MobilityBase(Backend):
         values.update(summary_values(transfer))
         level = (f"Marcus hopping at {t_k:g} K on {transfer_backend.level_of_theory(transfer_params)} "
                  "transfer integrals")
-        return values, {**transfer.to_extra(), "cpu_s_scf": transfer.cpu_s, "mobility": details,
-                        "level": level}
+        extra = {**transfer.to_extra(), "cpu_s_scf": transfer.cpu_s, "mobility": details, "level": level}
+        regime = [w for c, lam in lambdas.items() if lam is not None
+                  if (w := hopping_regime_warning(c, values[f"j_{c}_max_meV"], lam)) is not None]
+        if regime:
+            extra["warnings"] = [*(extra.get("warnings") or []), *regime]
+        return values, extra
 
     def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
         """Mobilities below :data:`MAX_MOBILITY_CM2VS` (beyond, hopping does not apply)."""
