@@ -138,6 +138,9 @@ class MoleculeStage:
         self.history: list[dict[str, Any]] = []
         #: pool index -> why the molecule is infeasible (``[[constraints]]``)
         self.infeasible: dict[int, str] = {}
+        #: pool index -> why its top-level value is unreliable (never the best;
+        #: :func:`sim_backends.reorg.unreliable_lambda_reason`)
+        self.unreliable: dict[int, str] = {}
         #: pool index -> constrained value -> (value, fidelity, backend) of the result that
         #: counts (:func:`agent.constraints.constrained_sources`)
         self.constrained: dict[int, dict[str, tuple[float, int, str]]] = {}
@@ -169,6 +172,11 @@ class MoleculeStage:
         value = ev.values.get(self.cfg.objective)
         if ev.ok and value is not None and np.isfinite(value):
             self.observations.append((i, f, float(value)))
+            if f == self.top_fidelity:
+                from sim_backends.reorg import unreliable_lambda_reason
+
+                if why := unreliable_lambda_reason(ev.extra):
+                    self.unreliable[i] = why
         elif ev.reason.startswith("setup:"):
             self.blocked[i, :] = True
         else:
@@ -257,8 +265,10 @@ class MoleculeStage:
         return 1.0 if self.cfg.direction == "minimize" else -1.0
 
     def best_value(self) -> float | None:
-        """The best top-level value of a feasible molecule (None before there is one)."""
-        vals = [v for i, f, v in self.observations if f == self.top_fidelity and i not in self.infeasible]
+        """The best top-level value of a feasible molecule whose value is not marked unreliable
+        (None before there is one)."""
+        vals = [v for i, f, v in self.observations
+                if f == self.top_fidelity and i not in self.infeasible and i not in self.unreliable]
         if not vals:
             return None
         return float(min(vals) if self.cfg.direction == "minimize" else max(vals))

@@ -51,3 +51,27 @@ def test_resolved_or_nondegenerate_values_count(tmp_path):
     status, text = _store(tmp_path, resolved)
     assert status.best == 6.1 and status.best_name == "benzene" and not status.unreliable
     assert "unreliable" not in text
+
+
+def test_the_molecule_stage_skips_it_too(tmp_path):
+    """The stage's own best (the progress bar, MLflow's best_found, a target stop) as well."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from sim_backends.base import EvalResult
+
+    cfg = load_config(write_config(tmp_path, ["c1ccccc1 benzene", "c1ccc2ccccc2c1 naphthalene"], BODY))
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        ids = {m["name"]: m["id"] for m in camp.store.molecules()}
+        for mid, v, extra in ((ids["benzene"], 6.1, UNRESOLVED), (ids["naphthalene"], 18.0, {})):
+            camp.store.record_evaluation(request_id=f"r{mid}", molecule_id=mid, submitted_at=0.0, result=EvalResult(
+                backend="xtb-reorg", backend_version="1", fidelity=0, status="ok", inputs_hash="h",
+                values={"reorg_energy_kjmol": v}, extra=extra, wall_s=1.0))
+    finally:
+        camp.close()
+    camp = Campaign.open("t", tmp_path / "runs", readonly=True)
+    try:
+        assert camp.best_value() == 18.0
+        assert list(camp.molecules.unreliable.values())[0].startswith("degenerate HOMO")
+    finally:
+        camp.close()
