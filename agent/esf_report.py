@@ -296,6 +296,10 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
              "predicted structures in the energy window), best first"
              + (", molecules a constraint excludes last" if any(r.get("infeasible") for r in results) else "")
              + ":"]
+    from sim_backends.esf import CHARGE_LABELS, XTB_CHARGE_CAVEAT
+
+    if any(CHARGE_LABELS["xtb"] in str(r.get("csp_level") or "") for r in results[:N_LISTED]):
+        lines.append(f"  CAVEAT {XTB_CHARGE_CAVEAT}")
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
         lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({log}), "

@@ -93,6 +93,15 @@ CHARGE_LABELS = {"resp": "RESP HF/6-31G*", "resp-lp": "RESP HF/6-31G* + lone-pai
 DATA_SET_CHARGES = "xtb"
 
 
+#: printed with ESF results whose CSP used GFN2-xTB charges (measured: newuser37 S1, `crystal-agent csp`
+#: with --charges xtb / resp, 1,200-1,500 trials in P2_1/c and P-1, matched to the X23 CIFs)
+XTB_CHARGE_CAVEAT = (
+    "CSP with GFN2-xTB Mulliken charges: too small to keep the C-H quadrupole, so herringbone packings "
+    "rank below pi-stacks (anthracene's experimental form rank 70, +5.9 kJ/mol, naphthalene's rank 41; "
+    "both rank 1 with RESP charges); the predicted crystals and their mobilities are indicative only "
+    '(charges = "resp" on the ESF levels for crystals worth reading)')
+
+
 def csp_level(charges: str) -> str:
     """The level of the CSP lattice energies of an ESF landscape with these charges (the
     CIF header of its structures, ``extra["csp_level"]``)."""

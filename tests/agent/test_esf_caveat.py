@@ -1,0 +1,18 @@
+"""ESF results from a CSP with GFN2-xTB charges carry the caveat that those charges rank
+herringbone packings below pi-stacks (newuser37 S1: anthracene's experimental form rank 70);
+with RESP charges there is no such line."""
+
+from agent.esf_report import esf_lines
+from sim_backends.esf import csp_level
+
+
+def _rec(charges):
+    return {"name": "anthracene", "mean": 0.25, "sd": 0.05, "n_in_window": 6, "source": "molecule stage",
+            "backend": "esf-refined", "level": "GFN2-xTB", "csp_level": csp_level(charges)}
+
+
+def test_xtb_charge_landscapes_are_flagged_once():
+    lines = esf_lines([_rec("xtb"), {**_rec("xtb"), "name": "tetracene"}])
+    caveats = [ln for ln in lines if "CAVEAT" in ln]
+    assert len(caveats) == 1 and "herringbone packings rank below pi-stacks" in caveats[0]
+    assert not any("CAVEAT" in ln for ln in esf_lines([_rec("resp")]))
