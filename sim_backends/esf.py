@@ -365,7 +365,7 @@ class EsfLandscapeBackend(Backend):
         "n_trials": check.integer(1, 1_000_000), "n_structures": check.integer(1, 1000),
         "window_kjmol": check.number(0.0, 100.0, lo_open=True), "transfer": check.one_of("gfn2-xtb", "dft"),
         "charges": check.one_of(*CHARGE_LABELS),
-        "seed": check.integer(0), "space_groups": check.text, "racemic": check.boolean,
+        "seed": check.integer(0), "space_groups": check.space_groups, "racemic": check.boolean,
         "temperature_K": check.number(0.0, 2000.0, lo_open=True),
         "energy_sd_kjmol": check.number(0.0, 100.0), "cutoff_A": check.number(2.0, 10.0),
         "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True), "fidelity": check.integer(0, 10),

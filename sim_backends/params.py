@@ -92,6 +92,14 @@ def text(value: Any) -> None:
         raise ValueError(f"must be a non-empty string, got {_shown(value)}")
 
 
+def space_groups(value: Any) -> None:
+    """Space groups as one comma-separated string (``"P2_1/c,P-1"``), each one CSP supports."""
+    text(value)
+    from sim_backends.csp.spacegroups import parse_space_groups
+
+    parse_space_groups(value)
+
+
 def table(value: Any) -> None:
     """A table (dict) with string keys, e.g. another backend's parameters."""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):

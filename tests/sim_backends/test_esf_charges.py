@@ -111,3 +111,17 @@ def test_structure_stage_mobility_level_warns(monkeypatch, j_meV, warned):
     regime = [w for w in extra["warnings"] if "outside its regime" in w]
     assert values["j_hole_max_meV"] == pytest.approx(j_meV)
     assert len(regime) == int(warned) and all(w.startswith("hole: ") for w in regime)  # no lambda-: no electron test
+
+
+def test_esf_space_groups_are_checked_at_config_time():
+    """newuser37 M3: a misspelt group ('P2_1/q') passed the config check and failed every
+    evaluation at run time; now refused up front, as csp-ff refuses it."""
+    import pytest
+
+    from sim_backends.base import ParamsError
+    from sim_backends.registry import backend_class
+
+    for name in ("esf-landscape", "esf-refined"):
+        with pytest.raises(ParamsError, match="unsupported space group 'P2_1/q'"):
+            backend_class(name).check_params({"space_groups": "P2_1/q"})
+        backend_class(name).check_params({"space_groups": "P2_1/c,P-1"})
