@@ -93,6 +93,7 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
                     "mean": float(ev.values[LANDSCAPE_KEY]),
                     "sd": float(ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
                     "n_in_window": int(ev.values.get("n_structures_in_window", len(structures))),
+                    "n_minima_in_window": ev.extra.get("n_minima_in_window"),  # before the cap
                     "structures": structures,
                     "warnings": hole_warnings(s.get("warnings") for s in ev.extra.get("structures") or []),
                     "notes": hole_notes(s.get("notes") for s in ev.extra.get("structures") or [])})
@@ -287,6 +288,15 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
     return paths
 
 
+def _window_text(rec: dict[str, Any]) -> str:
+    """``6 structures in window``, or, when a level's ``n_structures`` cap kept fewer than the
+    window holds, ``the lowest 6 of 31 structures in window``."""
+    total = rec.get("n_minima_in_window")
+    if total is not None and int(total) > rec["n_in_window"]:
+        return f"the lowest {rec['n_in_window']} of {int(total)} structures in window (n_structures)"
+    return f"{rec['n_in_window']} structures in window"
+
+
 def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     """Status lines: per molecule (best first, at most :data:`N_LISTED`), the landscape
     hole mobility with its sd, unit and level, and its predicted global minimum."""
@@ -303,7 +313,7 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
         lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({log}), "
-                     f"{rec['n_in_window']} structures in window; {rec['source']} ({rec['backend']}): {rec['level']}")
+                     f"{_window_text(rec)}; {rec['source']} ({rec['backend']}): {rec['level']}")
         if rec.get("infeasible"):
             lines.append(f"    EXCLUDED {rec['infeasible']}")
         gm = rec.get("global_minimum")

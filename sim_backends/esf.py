@@ -243,7 +243,9 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
     if not len(land):
         return {**rec, "error": "csp: no minimum found", "cpu_s": {"csp": round(cpu_csp, 2)}}
     e0 = land.minima[0].energy_kjmol
-    minima = [m for m in land.minima if m.energy_kjmol - e0 <= window_kjmol][:n_structures]
+    in_window = [m for m in land.minima if m.energy_kjmol - e0 <= window_kjmol]
+    rec["n_minima_in_window"] = len(in_window)  # before the n_structures cap
+    minima = in_window[:n_structures]
     structures = []
     c1 = process_cpu_s()
     for m in minima:
@@ -430,7 +432,7 @@ class EsfLandscapeBackend(Backend):
         if ip is not None:
             values["ip_gas_ev"] = ip
         extra = {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
-                 "csp_level": csp_level(str(p["charges"])),
+                 "csp_level": csp_level(str(p["charges"])), "n_minima_in_window": rec["n_minima_in_window"],
                  "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
                  "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
         if jt:

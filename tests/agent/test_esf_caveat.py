@@ -16,3 +16,11 @@ def test_xtb_charge_landscapes_are_flagged_once():
     caveats = [ln for ln in lines if "CAVEAT" in ln]
     assert len(caveats) == 1 and "herringbone packings rank below pi-stacks" in caveats[0]
     assert not any("CAVEAT" in ln for ln in esf_lines([_rec("resp")]))
+
+
+def test_window_count_says_when_the_cap_bound():
+    """newuser37 M2: '6 structures in window' was the n_structures cap; the window held dozens."""
+    capped = esf_lines([{**_rec("resp"), "n_minima_in_window": 31}])
+    assert any("the lowest 6 of 31 structures in window (n_structures)" in ln for ln in capped)
+    full = esf_lines([{**_rec("resp"), "n_minima_in_window": 6}])
+    assert any("6 structures in window;" in ln for ln in full)
