@@ -24,3 +24,21 @@ def test_window_count_says_when_the_cap_bound():
     assert any("the lowest 6 of 31 structures in window (n_structures)" in ln for ln in capped)
     full = esf_lines([{**_rec("resp"), "n_minima_in_window": 6}])
     assert any("6 structures in window;" in ln for ln in full)
+
+
+def test_demo_structure_stage_searches_as_the_refined_level():
+    """newuser37 S3: the demo's structure stage ran a 150-trial search on the molecule the
+    300-trial refined level had ranked, and lost that landscape's global minimum. Its CSP now
+    makes the refined level's run_csp call (checked: the same minima and ids, naphthalene)."""
+    from agent.config import load_config
+    from conftest import ROOT
+    from sim_backends.esf import ESF_SPACE_GROUPS
+    from sim_backends.registry import backend_class
+
+    cfg = load_config(ROOT / "examples" / "esf.toml")
+    refined = next(b for b in cfg.backends if b.name == "esf-refined")
+    ref = {**backend_class("esf-refined")._DEFAULTS, **refined.params}
+    csp = {**backend_class("csp-ff")._DEFAULTS, **cfg.structures.csp.params}
+    assert csp["sampling"] == "fixed" and csp["n_trials"] == ref["n_trials"]
+    assert csp["charges"] == ref["charges"] and csp["seed"] == ref["seed"]
+    assert csp["space_groups"] == ref["space_groups"] == ESF_SPACE_GROUPS
