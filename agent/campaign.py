@@ -191,7 +191,7 @@ class Campaign:
                 store.log_event(
                     "created", n_pool=len(rows), n_invalid=len(invalid),
                     invalid=[{"smiles": r[0], "reason": r[3]} for r in invalid[:50]],
-                    duplicates=duplicates[:50],
+                    duplicates=duplicates[:50], n_duplicates=len(duplicates),
                 )
             (tmp / "config.toml").write_text(config_to_toml(cfg))
             try:
@@ -228,7 +228,8 @@ class Campaign:
             override = None if readonly else max_evaluations
             cfg = load_stored_config(store, max_evaluations=override)
             check_runnable(cfg, params=not readonly)
-            if override is not None:
+            cfg, pinned = _pin_legacy_esf_charges(cfg, store)
+            if (override is not None or pinned) and not readonly:
                 store.set_meta("config_toml", config_to_toml(cfg))
             if not readonly:
                 store.log_event("resumed")
@@ -517,6 +518,21 @@ def build_stages(cfg: CampaignConfig, directory: Path) -> dict[str, Stage]:
     return stages
 
 
+def _pin_legacy_esf_charges(cfg: CampaignConfig, store: Store) -> tuple[CampaignConfig, bool]:
+    """A campaign whose ESF levels computed landscapes before their ``charges`` parameter
+    existed (GFN2-xTB charges then; no ``csp_level`` in the results) keeps those charges on
+    resume instead of taking today's default (RESP): one protocol per level. Returns the
+    config and whether it changed."""
+    esf = ("esf-landscape", "esf-refined")
+    legacy = {ev.backend for ev in store.evaluations()
+              if ev.backend in esf and ev.ok and "csp_level" not in ev.extra}
+    backends = [b.model_copy(update={"params": {**b.params, "charges": "xtb"}})
+                if b.name in legacy and "charges" not in b.params else b for b in cfg.backends]
+    if all(a is b for a, b in zip(backends, cfg.backends)):
+        return cfg, False
+    return cfg.model_copy(update={"backends": backends}), True
+
+
 def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:
     """Summarise a campaign from its store alone (works while another process runs it)."""
     from agent.constraints import constrained_sources, describe, infeasible_molecules
@@ -530,7 +546,7 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     # a top-level value its backend marks unreliable (a Jahn-Teller cation left undistorted)
     # is never the best; status names it
     unreliable = {ev.molecule_id: why for ev in evs if ev.backend == top and ev.ok and ev.structure_id is None
-                  and (why := unreliable_lambda_reason(ev.extra))}
+                  and (why := unreliable_lambda_reason(ev.extra, cfg.objective))}
     best, best_mol = None, None
     for ev in evs:
         v = ev.values.get(cfg.objective)

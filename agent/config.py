@@ -448,7 +448,9 @@ def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
                 f"config error: backends: {b.name!r} does not compute objective "
                 f"{cfg.objective!r} (it computes {', '.join(cls.computes) or 'nothing'})"
             )
-    declared = [(b.name, int(b.params.get("fidelity", backend_class(b.name).fidelity))) for b in cfg.backends]
+    # a new campaign only (params=True): a stored one made before this check stays viewable
+    declared = [(b.name, b.params.get("fidelity", backend_class(b.name).fidelity)) for b in cfg.backends] \
+        if params else []
     for (lo, f_lo), (hi, f_hi) in zip(declared, declared[1:]):
         if f_hi <= f_lo:  # the ladder is read cheapest first: its last level is the objective's
             raise ConfigError(

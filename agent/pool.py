@@ -57,11 +57,13 @@ def pool_summary(store: Store, name: str) -> str:
     if bad:
         line += (f", {len(bad)} invalid ({summarise_invalid(bad)}); "
                  f"see `crystal-agent status {name} --invalid`")
-    dups = next((e.get("duplicates") or [] for e in store.events("created")), [])
-    if dups:
+    created = next(iter(store.events("created")), {})
+    dups = created.get("duplicates") or []
+    n_dups = int(created.get("n_duplicates", len(dups)))
+    if n_dups:
         shown = ", ".join(f"{d['name'] or d['smiles']} = {d['kept']}" for d in dups[:3])
-        line += (f"; {len(dups)} duplicate line{'s' if len(dups) != 1 else ''} dropped ({shown}"
-                 + (", ..." if len(dups) > 3 else "") + ")")
+        line += (f"; {n_dups} duplicate line{'s' if n_dups != 1 else ''} dropped ({shown}"
+                 + (", ..." if n_dups > 3 else "") + ")")
     return line
 
 
@@ -89,7 +91,7 @@ def validated_pool(cfg: CampaignConfig,
         raise ConfigError(f"config error: pool: {len(entries):,} molecules; the limit is "
                           f"{cfg.max_pool_molecules:,} (raise max_pool_molecules to allow it)")
     rows = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # canonical SMILES -> the kept entry's name (or SMILES)
     for smi, name in entries:
         try:
             canon, ok, reason = validate_smiles(smi), True, ""
@@ -98,10 +100,9 @@ def validated_pool(cfg: CampaignConfig,
             canon, ok, reason = shown, False, str(exc)
         if canon in seen:
             if duplicates is not None:
-                kept = next(r[1] or r[0] for r in rows if r[0] == canon)
-                duplicates.append({"smiles": smi, "name": name, "kept": kept})
+                duplicates.append({"smiles": smi, "name": name, "kept": seen[canon]})
             continue
-        seen.add(canon)
+        seen[canon] = name or canon
         rows.append((canon, name, ok, reason))
     if not any(r[2] for r in rows):
         raise ConfigError(

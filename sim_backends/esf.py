@@ -108,12 +108,6 @@ def csp_level(charges: str) -> str:
     return f"W99 exp-6 + Ewald point charges ({CHARGE_LABELS.get(charges, charges)}), rigid molecule (force field)"
 
 
-def resp_basis_functions(n_h: int, n_light: int, n_heavier: int) -> int:
-    """Basis functions of a molecule in 6-31G* (pyscf's spherical d): 2 per H, 14 per
-    atom up to Ne, 18 per atom of the second row (Na-Ar; anthracene: 216)."""
-    return 2 * n_h + 14 * n_light + 18 * n_heavier
-
-
 def proxy_log10_mobility(lambda_hole_kjmol: float, temperature_K: float = 300.0) -> float:
     """log10 of the hole mobility (cm^2/(V s)) of the reference crystal (module docstring)
     for a molecule with this lambda+ (kJ/mol): Einstein relation on the cubic lattice,
@@ -397,7 +391,7 @@ class EsfLandscapeBackend(Backend):
         with RESP charges, the HF/6-31G* fit (:func:`sim_backends.csp.charges.resp_cost_estimate`,
         measured anthracene 31 CPU s; charged in full although a molecule's charges are
         cached after its first fit)."""
-        from sim_backends.csp.charges import resp_cost_estimate
+        from sim_backends.csp.charges import resp_basis_functions, resp_cost_estimate
         from sim_backends.molecule import validate_smiles
         from sim_backends.reorg import _atom_counts
 

@@ -122,15 +122,23 @@ JAHN_TELLER_DISPLACEMENT_A = 0.02
 JAHN_TELLER_RESOLVED = "cation relaxed at {:g} K electronic temperature (degenerate HOMO)"
 
 
-def unreliable_lambda_reason(extra: dict[str, Any] | None) -> str | None:
-    """Why an ``xtb-reorg`` result's lambda+ must not be taken as a value, or None: the
-    neutral's hole frontier manifold is degenerate (a Jahn-Teller cation) and the
-    low-temperature cation failed, so lambda+ is the undistorted cation's, far too small
-    (benzene: 6.1 kJ/mol against 51.5 from a symmetry-broken start, data/esf/README.md)."""
-    extra = extra or {}
-    status = str(extra.get("jahn_teller") or "")
-    manifold = extra.get("hole_manifold") or {}
-    if status.startswith("unresolved") and int(manifold.get("n") or 0) > 1:
+#: objectives computed from lambda+ (the reorganisation energy itself, the ESF hole mobilities)
+LAMBDA_OBJECTIVES = ("reorg_energy_kjmol", "log10_landscape_mobility_hole", "landscape_mobility_hole_cm2Vs")
+
+
+def unreliable_lambda_reason(extra: dict[str, Any] | None, objective: str = "reorg_energy_kjmol") -> str | None:
+    """Why a result's ``objective`` must not be taken as a value, or None: it is computed
+    from a GFN2-xTB lambda+ (:data:`LAMBDA_OBJECTIVES`) whose neutral has a degenerate hole
+    frontier manifold (a Jahn-Teller cation) and whose low-temperature cation failed, so
+    lambda+ is the undistorted cation's, far too small (benzene: 6.1 kJ/mol against 51.5
+    from a symmetry-broken start, data/esf/README.md). ``xtb-reorg`` and the ESF levels
+    record that status in ``extra["jahn_teller"]``."""
+    if objective not in LAMBDA_OBJECTIVES:
+        return None
+    status = str((extra or {}).get("jahn_teller") or "")
+    # written only after the neutral's hole manifold tested degenerate (the 10 K cation failed);
+    # "unresolved: HOMO degeneracy not tested" is not this
+    if status.startswith("unresolved:") and " K cation:" in status:
         return ("degenerate HOMO (Jahn-Teller cation) not relaxed at low electronic temperature: "
                 "lambda+ of the undistorted cation, too small")
     return None

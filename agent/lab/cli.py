@@ -15,6 +15,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -149,7 +150,7 @@ def _approval_queue(args: argparse.Namespace) -> Path:
         path = Path(name)
         if not path.is_file() and args.name:  # the campaign whose queue holds the request
             for cand in sorted(Path(args.runs_dir).glob(f"*/{name}")):
-                with sqlite3.connect(f"file:{cand}?mode=ro", uri=True) as db:
+                with contextlib.closing(sqlite3.connect(f"file:{cand}?mode=ro", uri=True)) as db:
                     try:
                         if db.execute("SELECT 1 FROM approvals WHERE request_id = ?", (args.name,)).fetchone():
                             path = cand
@@ -159,7 +160,8 @@ def _approval_queue(args: argparse.Namespace) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no approval queue at {path}" + (
             "" if args.campaign_dir or args.campaign else
-            f" (nor one under {args.runs_dir}/ holding {args.name!r}); give --campaign NAME or --campaign-dir DIR"))
+            (f" (nor one under {args.runs_dir}/ holding {args.name!r})" if args.name else "")
+            + "; give --campaign NAME or --campaign-dir DIR"))
     return path
 
 

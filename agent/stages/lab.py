@@ -215,7 +215,8 @@ class LabStage:
             if status.state == "awaiting_approval" and row["request_id"] not in self._announced:
                 # the run waits for a person: say so once per run, with the command to run
                 self._announced.add(row["request_id"])
-                print(f"lab: {status.reason or 'held for approval'} (the campaign waits for it)",
+                print(f"lab: {status.reason or 'held for approval'} (the campaign waits for it; "
+                      f"from another directory add --campaign-dir {self.directory})",
                       file=sys.stderr, flush=True)
             if status.state == row["state"]:
                 continue

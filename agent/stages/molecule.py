@@ -175,7 +175,7 @@ class MoleculeStage:
             if f == self.top_fidelity:
                 from sim_backends.reorg import unreliable_lambda_reason
 
-                if why := unreliable_lambda_reason(ev.extra):
+                if why := unreliable_lambda_reason(ev.extra, self.cfg.objective):
                     self.unreliable[i] = why
         elif ev.reason.startswith("setup:"):
             self.blocked[i, :] = True
@@ -354,11 +354,13 @@ class MoleculeStage:
         for r in mine:
             in_flight[self.index_of[r.molecule_id], r.fidelity] = True
         allowed = open_ & ~in_flight
+        spent = np.zeros(len(self.levels), dtype=bool)  # levels whose budget_evaluations are used up
         for f, b in enumerate(self.levels):
             if b.budget_evaluations is not None:
                 used = self.n_by_backend[b.name] + sum(r.fidelity == f for r in mine)
                 if used >= b.budget_evaluations:
                     allowed[:, f] = False
+                    spent[f] = True
         # a cheaper level is only worth running where the top level can still follow
         allowed[:, :-1] &= allowed[:, -1:]
         follows = allowed[:, -1].copy()
@@ -366,7 +368,7 @@ class MoleculeStage:
         screening = self._screening()
         if not screening:
             return allowed, follows, np.zeros_like(allowed), stand_in
-        held, waiting = self._unscreened(in_flight)
+        held, waiting = self._unscreened(in_flight, spent)
         before = allowed
         allowed = before & ~np.any(list(held.values()), axis=0)
         waiting &= before
@@ -391,8 +393,8 @@ class MoleculeStage:
                 if (cheaper := tuple(lv for lv in range(f) if k in reports[lv]))]
         return self._screening_cache
 
-    def _unscreened(self, in_flight: np.ndarray) -> tuple[dict[tuple[int, str, tuple[int, ...]], np.ndarray],
-                                                           np.ndarray]:
+    def _unscreened(self, in_flight: np.ndarray, spent: np.ndarray | None = None
+                    ) -> tuple[dict[tuple[int, str, tuple[int, ...]], np.ndarray], np.ndarray]:
         """``(held, waiting)``: per entry of :meth:`_screening`, the ``(n_pool, n_f)``
         pairs it holds back (only its level's column set), and ``(n_pool, n_f)`` those
         held pairs that only wait for an evaluation in flight.
@@ -401,8 +403,10 @@ class MoleculeStage:
         once a completed evaluation has reported that value for it (its verdict then
         decides, :meth:`_update_feasibility`): not before that cheaper level ran, nor while
         it is in flight. Only where every cheaper level that reports the value has run on
-        the molecule (or may not: a failed run, a setup failure) without reporting it, and
-        none is in flight, may a higher level, which may report it itself, follow."""
+        the molecule (or may not: a failed run, a setup failure, its ``budget_evaluations``
+        used up, ``spent``) without reporting it, and none is in flight, may a higher
+        level, which may report it itself, follow: a spent screening level does not starve
+        the levels above it."""
         screening = self._screening()
         waiting = np.zeros_like(in_flight)
         held: dict[tuple[int, str, tuple[int, ...]], np.ndarray] = {}
@@ -412,7 +416,10 @@ class MoleculeStage:
         for entry in screening:
             f, k, cheaper = entry
             flying = in_flight[:, list(cheaper)].any(axis=1)
-            ran = closed[:, list(cheaper)].all(axis=1)
+            gone = closed[:, list(cheaper)]
+            if spent is not None:
+                gone = gone | spent[list(cheaper)][None, :]
+            ran = gone.all(axis=1)
             h = np.zeros_like(in_flight)
             h[:, f] = ~known[k] & (flying | ~ran)
             held[entry] = h

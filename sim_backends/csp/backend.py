@@ -113,21 +113,25 @@ class CSPBackend(Backend):
     TYPICAL_CONVERGED_TRIALS: ClassVar[int] = 3000
 
     def cost_estimate(self, inp: EvalInput) -> float:
-        """CPU s: ~0.0025 s per trial and atom (hydrogens included; csp_recovery, default
-        search: urea 36 s for 2,560 trials with its RESP charges, naphthalene 106 s, anthracene
-        185 s), over ``n_trials`` or, with converged sampling, the trials a converged search
-        usually needs."""
+        """CPU s: the RESP fit with RESP charges
+        (:func:`~sim_backends.csp.charges.resp_cost_estimate`), then ~0.0025 s per trial and
+        atom (hydrogens included; csp_recovery, default search: urea 36 s for 2,560 trials,
+        naphthalene 106 s, anthracene 185 s), over ``n_trials`` or, with converged sampling,
+        the trials a converged search usually needs."""
+        from sim_backends.csp.charges import resp_basis_functions, resp_cost_estimate
         from sim_backends.molecule import atom_counts
 
         p = {**self._DEFAULTS, **self.params, **inp.params}
         try:
             n_trials = float(p["n_trials"])
-            n_atoms = sum(atom_counts(inp.smiles))
+            counts = atom_counts(inp.smiles)
         except (TypeError, ValueError):
             return 100.0
         if p.get("sampling", "converged") == "converged":
             n_trials = min(n_trials, self.TYPICAL_CONVERGED_TRIALS)
-        return 5.0 + 0.0025 * max(n_atoms, 1) * n_trials
+        # RESP charges: their HF/6-31G* fit first (coronene ~550 CPU s, anthracene 31 s)
+        fit = resp_cost_estimate(resp_basis_functions(*counts))[0] if str(p["charges"]).startswith("resp") else 0.0
+        return 5.0 + fit + 0.0025 * max(sum(counts), 1) * n_trials
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         from sim_backends.csp.run import run_csp

@@ -95,6 +95,12 @@ PROGRESS_EVERY_S = 15.0
 log = logging.getLogger(__name__)
 
 
+def resp_basis_functions(n_h: int, n_light: int, n_heavier: int) -> int:
+    """Basis functions of a molecule in 6-31G* (pyscf's spherical d): 2 per H, 14 per
+    atom up to Ne, 18 per atom of the second row (Na-Ar; anthracene: 216)."""
+    return 2 * n_h + 14 * n_light + 18 * n_heavier
+
+
 def resp_cost_estimate(nao: int, max_memory_mb: float = 4000.0) -> tuple[float, bool]:
     """Rough CPU seconds of the RESP HF/6-31G* SCF for ``nao`` basis functions, and whether
     pyscf keeps the two-electron integrals in memory (its own test: nao^4 / 1e6 MB below

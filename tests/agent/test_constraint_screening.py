@@ -24,6 +24,7 @@ evaluations so that proxies are not run first).
 from __future__ import annotations
 
 import csv
+import sys
 import tomllib
 from pathlib import Path
 
@@ -152,5 +153,26 @@ def test_without_constraints_the_choices_are_unchanged(tmp_path):
         constrained = camp.molecules.allowed()
         seen = {stage.index_of[ev.molecule_id] for ev in camp.store.evaluations()}
         assert {int(i) for i in constrained[:, 1].nonzero()[0]} <= seen
+    finally:
+        camp.close()
+
+
+def test_a_spent_screening_level_does_not_starve_the_top_level(tmp_path, monkeypatch):
+    """Review of 19b807d: with the cheap level's budget_evaluations (4) used up, the molecules
+    it never screened were held from the top level for good and the campaign stopped with
+    "no candidate left" after 2 top-level evaluations. A level that may no longer run cannot
+    screen: the top level goes on (to the evaluation budget), never on a molecule the
+    cheap level did screen out."""
+    head = HEAD.replace('cost_column = "xtb_cpu_s" }}', 'cost_column = "xtb_cpu_s" }}\nbudget_evaluations = 4', 1)
+    assert head != HEAD
+    monkeypatch.setattr(sys.modules[__name__], "HEAD", head)
+    camp = _run(tmp_path, TOP_FINAL, 0, 12, None)
+    try:
+        status = camp.status()
+        assert status.stop_reason == "evaluation budget reached (12)", status.stop_reason
+        assert status.n_by_backend == {"replay-xtb-reorg": 4, "replay": 8}
+        excluded = set(camp.molecules.infeasible)
+        tops = [camp.molecules.index_of[ev.molecule_id] for ev in camp.store.evaluations() if ev.backend == "replay"]
+        assert not excluded & set(tops)
     finally:
         camp.close()

@@ -42,3 +42,32 @@ def test_demo_structure_stage_searches_as_the_refined_level():
     assert csp["sampling"] == "fixed" and csp["n_trials"] == ref["n_trials"]
     assert csp["charges"] == ref["charges"] and csp["seed"] == ref["seed"]
     assert csp["space_groups"] == ref["space_groups"] == ESF_SPACE_GROUPS
+
+
+def test_a_campaign_from_before_the_charges_parameter_keeps_xtb_charges(tmp_path):
+    """Review of d0b092a: the ESF levels' default charges became RESP; a stored campaign whose
+    landscapes were made with GFN2-xTB charges (no csp_level in their results) would have
+    switched protocol mid-campaign on resume. It keeps xTB charges (and stores that)."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from conftest import write_config
+    from sim_backends.base import EvalResult
+
+    body = ('objective = "log10_landscape_mobility_hole"\n[tracking]\nenabled = false\n'
+            '[[backends]]\nname = "esf-proxy"\n[[backends]]\nname = "esf-landscape"\nparams = { n_trials = 20 }\n')
+    cfg = load_config(write_config(tmp_path, ["c1ccc2ccccc2c1 naphthalene"], body))
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    camp.store.record_evaluation(request_id="r1", molecule_id=1, submitted_at=0.0, result=EvalResult(
+        backend="esf-landscape", backend_version="1", fidelity=1, status="ok", inputs_hash="h",
+        values={"log10_landscape_mobility_hole": -0.5}, extra={"structures": []}, wall_s=1.0))
+    camp.close()
+    camp = Campaign.open("t", tmp_path / "runs")
+    try:
+        assert camp.cfg.backends[1].params == {"n_trials": 20, "charges": "xtb"}
+    finally:
+        camp.close()
+    camp = Campaign.open("t", tmp_path / "runs", readonly=True)
+    try:
+        assert camp.cfg.backends[1].params["charges"] == "xtb"  # stored
+    finally:
+        camp.close()

@@ -75,3 +75,16 @@ def test_the_molecule_stage_skips_it_too(tmp_path):
         assert list(camp.molecules.unreliable.values())[0].startswith("degenerate HOMO")
     finally:
         camp.close()
+
+
+def test_which_results_are_unreliable():
+    """Review: the ESF levels keep the status at the top of extra without the manifold size,
+    and an objective not computed from lambda+ (e.g. the IP) is not affected."""
+    from sim_backends.reorg import unreliable_lambda_reason
+
+    esf_extra = {"jahn_teller": UNRESOLVED["jahn_teller"], "structures": []}
+    assert unreliable_lambda_reason(esf_extra, "log10_landscape_mobility_hole")
+    assert unreliable_lambda_reason(UNRESOLVED, "reorg_energy_kjmol")
+    assert unreliable_lambda_reason(UNRESOLVED, "ip_gas_ev") is None
+    untested = {"jahn_teller": "unresolved: HOMO degeneracy not tested (SCF failed); 300 K value"}
+    assert unreliable_lambda_reason(untested, "reorg_energy_kjmol") is None
