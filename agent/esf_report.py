@@ -291,10 +291,11 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
 def _window_text(rec: dict[str, Any]) -> str:
     """``6 structures in window``, or, when a level's ``n_structures`` cap kept fewer than the
     window holds, ``the lowest 6 of 31 structures in window``."""
-    total = rec.get("n_minima_in_window")
-    if total is not None and int(total) > rec["n_in_window"]:
-        return f"the lowest {rec['n_in_window']} of {int(total)} structures in window (n_structures)"
-    return f"{rec['n_in_window']} structures in window"
+    total, kept, n = rec.get("n_minima_in_window"), len(rec.get("structures") or []), rec["n_in_window"]
+    failed = f", {n} with a mobility" if kept and n < kept else ""
+    if total is not None and kept and int(total) > kept:
+        return f"the lowest {kept} of {int(total)} structures in window (n_structures){failed}"
+    return f"{n} structures in window"
 
 
 def esf_lines(results: list[dict[str, Any]]) -> list[str]:

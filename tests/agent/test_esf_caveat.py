@@ -20,9 +20,12 @@ def test_xtb_charge_landscapes_are_flagged_once():
 
 def test_window_count_says_when_the_cap_bound():
     """newuser37 M2: '6 structures in window' was the n_structures cap; the window held dozens."""
-    capped = esf_lines([{**_rec("resp"), "n_minima_in_window": 31}])
-    assert any("the lowest 6 of 31 structures in window (n_structures)" in ln for ln in capped)
-    full = esf_lines([{**_rec("resp"), "n_minima_in_window": 6}])
+    six = [{"id": f"m000{i}"} for i in range(1, 7)]
+    capped = esf_lines([{**_rec("resp"), "n_minima_in_window": 31, "structures": six}])
+    assert any("the lowest 6 of 31 structures in window (n_structures);" in ln for ln in capped)
+    one_failed = esf_lines([{**_rec("resp"), "n_minima_in_window": 31, "structures": six, "n_in_window": 5}])
+    assert any("the lowest 6 of 31 structures in window (n_structures), 5 with a mobility;" in ln for ln in one_failed)
+    full = esf_lines([{**_rec("resp"), "n_minima_in_window": 6, "structures": six}])
     assert any("6 structures in window;" in ln for ln in full)
 
 
