@@ -31,6 +31,10 @@ from sim_backends.fragment_terms import DEFAULT_BASELINES
 MAX_CONFIG_BYTES = 1_000_000
 #: longest accepted campaign name (characters)
 MAX_NAME_CHARS = 100
+#: ceiling of ``max_cpu_hours``: a million CPU hours (114 CPU years, a year of a 114-core
+#: node) is beyond any campaign this runs; a larger value is a typo or a "no limit" wish
+#: (leave ``max_cpu_hours`` out for no CPU budget)
+MAX_CPU_HOURS = 1e6
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 #: built-in lab landscapes (:func:`agent.lab.config.load_landscape`); else a CIF folder
 LAB_LANDSCAPES = ("campaign", "target_I", "x23")
@@ -284,7 +288,7 @@ class CampaignConfig(_Strict):
         seed: random seed; with replayed backends decisions are deterministic.
         max_evaluations: total evaluations (all backends).
         max_cpu_hours: total compute budget (CPU seconds measured in the workers, failed
-            evaluations included).
+            evaluations included); at most :data:`MAX_CPU_HOURS` (leave it out for none).
         max_pool_molecules: refuse larger pools (raise it explicitly for a big screen).
         constraints: feasibility bounds on molecule-level values (:mod:`agent.constraints`);
             an infeasible molecule is never proposed again nor reported as the best.
@@ -316,6 +320,15 @@ class CampaignConfig(_Strict):
             return check_name(v)
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("name: ")) from None
+
+    @field_validator("max_cpu_hours")
+    @classmethod
+    def _plausible_cpu_budget(cls, v: float | None) -> float | None:
+        if v is not None and v > MAX_CPU_HOURS:
+            raise ValueError(f"{v:g} CPU hours ({v / 8766:,.0f} CPU years) is above the ceiling of "
+                             f"{MAX_CPU_HOURS:,.0f}; give the budget you mean, or leave max_cpu_hours out "
+                             "for no CPU budget")
+        return v
 
     @model_validator(mode="after")
     def _unique_backends(self) -> CampaignConfig:

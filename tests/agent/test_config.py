@@ -90,6 +90,20 @@ def test_strict_values_are_one_line_errors(tmp_path, line):
     assert key in str(e.value) and "\n" not in str(e.value)
 
 
+def test_absurd_cpu_budget_is_refused_with_the_ceiling(tmp_path):
+    """newuser37 C9: max_cpu_hours = 1e9 (114,000 CPU years) was accepted silently; above
+    the documented ceiling (1e6 CPU hours) it is a one-line config error naming the key,
+    the ceiling and the way to ask for no budget; the ceiling itself is accepted."""
+    from agent.config import MAX_CPU_HOURS
+
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, "max_cpu_hours = 1e9\n" + BASE))
+    msg = str(e.value)
+    assert msg.startswith("config error: max_cpu_hours: 1e+09 CPU hours (114,077 CPU years)"), msg
+    assert "ceiling of 1,000,000" in msg and "leave max_cpu_hours out" in msg and "\n" not in msg
+    assert load_config(_write(tmp_path, f"max_cpu_hours = {MAX_CPU_HOURS:g}\n" + BASE)).max_cpu_hours == MAX_CPU_HOURS
+
+
 def test_check_name():
     from agent.config import check_name
 
