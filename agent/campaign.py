@@ -355,6 +355,9 @@ class Campaign:
             # molecule stage's own reason
             if "structures" in self.enabled and (why := self._share_spent("structures")):
                 return why
+            if ("structures" in self.enabled and self.stage is not None
+                    and (why := self.stage.exhausted_reason(tuple(self.pending.values())))):
+                return why
             if "molecule" in self.enabled and (why := self.molecules.exhausted_reason()):
                 return why
             if "molecule" in self.enabled and (why := self._share_spent("molecule")):

@@ -44,6 +44,8 @@ class CostModel:
         self._backend: Any = None
         self._prior: dict[Hashable, float] = {}
         self.measured: list[float] = []
+        #: log(measured / prior CPU s) of each finished task (the spread of the estimate)
+        self.log_ratios: list[float] = []
         self._sum_measured = 0.0
         self._sum_prior = 0.0
 
@@ -67,9 +69,11 @@ class CostModel:
 
     def observe(self, inp: EvalInput, cpu_s: float) -> None:
         """Fit to one finished task's measured CPU seconds."""
+        prior = self.prior(inp)
         self.measured.append(float(cpu_s))
+        self.log_ratios.append(float(np.log(max(float(cpu_s), MIN_COST_S) / prior)))
         self._sum_measured += float(cpu_s)
-        self._sum_prior += self.prior(inp)
+        self._sum_prior += prior
 
     @property
     def scale(self) -> float:

@@ -122,6 +122,8 @@ class StructureStage:
         #: the value key each energy level contributes (declared by its backend unless given)
         self.value_keys = [keys[k] for k in energy]
         self.cost_models = {lv.name: CostModel(lv.name, lv.params, lv.cost_s) for lv in levels}
+        #: the CSP level's cost model (its own: a CSP backend may share a level's name)
+        self.csp_cost = CostModel(self.cfg.csp.name, self.cfg.csp.params, self.cfg.csp.cost_s)
         self.store: Store | None = None
         self.csp_done: set[int] = set()  # molecule ids with a CSP evaluation (ok or failed)
         self.landscapes: dict[int, LandscapeState] = {}
@@ -196,6 +198,8 @@ class StructureStage:
         molecule_id = int(ev.molecule_id)
         if ev.structure_id is None:  # CSP
             self.csp_done.add(molecule_id)
+            if molecule_id in self._smiles:
+                self.csp_cost.observe(EvalInput(self._smiles[molecule_id]), ev.cpu_s)
             if ev.ok and molecule_id not in self.landscapes:
                 self.load_landscape(molecule_id)
             return
@@ -281,9 +285,14 @@ class StructureStage:
         out: list[Request] = []
         if n <= 0:
             return out
-        for mol_id in self.csp_candidates(pending)[:n]:
-            out.append(Request(stage=self.name, backend=self.cfg.csp.name, params=self.cfg.csp.params,
-                               inp=EvalInput(self._smiles[mol_id]), molecule_id=mol_id, fidelity=0))
+        budget = _Budget(self, pending)
+        for mol_id in self.csp_candidates(pending):
+            if len(out) >= n:
+                break
+            request = Request(stage=self.name, backend=self.cfg.csp.name, params=self.cfg.csp.params,
+                              inp=EvalInput(self._smiles[mol_id]), molecule_id=mol_id, fidelity=0)
+            if budget.take(request):
+                out.append(request)
         n -= len(out)
         if n <= 0 or not self.landscapes:
             return out
@@ -297,8 +306,8 @@ class StructureStage:
                 break
             self._refresh_observed(land)
             for prop in self.properties:
-                reqs = prop.requests(land, n, self.cfg.window_kjmol, self.cfg.top_k, pending,
-                                     self._property_request)
+                reqs = [r for r in prop.requests(land, n, self.cfg.window_kjmol, self.cfg.top_k, pending,
+                                                 self._property_request) if budget.take(r)]
                 out += reqs
                 n -= len(reqs)
             if n <= 0:
@@ -321,21 +330,94 @@ class StructureStage:
                     self._costs(land, self.free_energy), n, top_k=top_k,
                     window_kjmol=self.cfg.window_kjmol, seed=seed, model=model)
             for i in free_picks:
-                out.append(self._request(land, i, self.free_energy, 1))
-                n -= 1
-            if n_refine <= 0 or len(blocked) >= len(land.ids):
+                if budget.take(request := self._request(land, i, self.free_energy, 1)):
+                    out.append(request)
+                    n -= 1
+            # structures whose refinement does not fit the budget left are held back as
+            # the pending ones are
+            unaffordable = budget.unaffordable(self.refine.name, refine_costs)
+            if n_refine <= 0 or len(blocked | set(unaffordable)) >= len(land.ids):
                 continue
             # failed structures are treated as pending so they are never proposed again
             picks = select_structures(
-                land.ff_kjmol, self._inputs(land, model), computed, pend + sorted(land.failed),
+                land.ff_kjmol, self._inputs(land, model), computed,
+                pend + sorted(land.failed | set(unaffordable)),
                 costs=refine_costs, q=n_refine, seed=seed, top_k=top_k,
                 window_kjmol=self.cfg.window_kjmol, observed=land.observed or None, model=model,
                 **self.cfg.acquisition.select_kwargs(),
             )
             for i in picks:
-                out.append(self._request(land, i, self.refine, 0))
-                n -= 1
+                if budget.take(request := self._request(land, i, self.refine, 0)):
+                    out.append(request)
+                    n -= 1
         return out
+
+    def expected_cost(self, request: Request) -> float:
+        """Expected CPU seconds of one of this stage's requests (its level's cost model)."""
+        model = self.csp_cost if request.structure_id is None else self.cost_models.get(request.backend)
+        return float(model.expected([request.inp])[0]) if model is not None else 0.0
+
+    def cost_margin(self, backend: str, csp: bool = False) -> float:
+        """The factor on a task's expected CPU cost below which it stays with probability
+        :data:`~agent.stages.molecule.COST_FIT_PROBABILITY` (the molecule stage's rule, from
+        the spread of this level's measured over estimated CPU seconds)."""
+        from agent.stages.molecule import cost_fit_factor
+
+        model = self.csp_cost if csp else self.cost_models.get(backend)
+        return cost_fit_factor(model.log_ratios if model is not None else [])
+
+    def cpu_left(self, pending: Sequence[Request]) -> float | None:
+        """CPU seconds of the campaign's budget left for new work (spent read from the
+        store, this stage's tasks in flight at their expected cost); None without a
+        compute budget."""
+        hours = self.campaign_cfg.max_cpu_hours
+        if hours is None or self.store is None:
+            return None
+        in_flight = sum(self.expected_cost(r) for r in pending if r.stage == self.name)
+        return hours * 3600 - self.store.spent_cpu_s() - in_flight
+
+    def exhausted_reason(self, pending: Sequence[Request] = ()) -> str:
+        """Why the stage proposes nothing although it has work left: the cheapest task it
+        could start does not fit the compute budget left ('' else)."""
+        left = self.cpu_left(pending)
+        if left is None:
+            return ""
+        cheapest = self._cheapest_open(pending)
+        if cheapest is None or cheapest[0] <= left:
+            return ""
+        need, level = cheapest
+        return (f"compute budget: no structure-stage evaluation fits the {max(left, 0.0):.3g} CPU s left "
+                f"(the cheapest, {level}, needs {need:.3g} CPU s with its "
+                f"{_fit_probability():.0%} cost margin)")
+
+    def _cheapest_open(self, pending: Sequence[Request]) -> tuple[float, str] | None:
+        """``(CPU s needed with the cost margin, level)`` of the cheapest task the stage
+        could start now (None when it has none)."""
+        options: list[tuple[float, str]] = []
+        csp_margin = self.cost_margin(self.cfg.csp.name, csp=True)
+        for mol_id in self.csp_candidates(pending):
+            inp = EvalInput(self._smiles[mol_id])
+            options.append((float(self.csp_cost.expected([inp])[0]) * csp_margin, self.cfg.csp.name))
+        mine = [r.structure_id for r in pending if r.stage == self.name and r.structure_id is not None]
+        for land in self.landscapes.values():
+            for prop in self.properties:
+                cand = prop.candidates(land, self.cfg.window_kjmol, self.cfg.top_k, mine)
+                if cand:
+                    cost = self._costs(land, prop.level)[cand] * self.cost_margin(prop.name)
+                    options.append((float(np.min(cost)), prop.name))
+            busy = {i for sid in mine if (i := land.index(sid)) is not None}
+            todo = [i for i in range(len(land.ids)) if i not in land.computed and i not in land.failed
+                    and i not in busy]
+            if todo:
+                cost = self._costs(land, self.refine)[todo] * self.cost_margin(self.refine.name)
+                options.append((float(np.min(cost)), self.refine.name))
+            if self.free_energy is not None and self._free_energy_open(land):
+                todo = [i for i in land.computed if i not in land.f_vib and i not in land.f_failed
+                        and i not in busy]
+                if todo:
+                    cost = self._costs(land, self.free_energy)[todo] * self.cost_margin(self.free_energy.name)
+                    options.append((float(np.min(cost)), self.free_energy.name))
+        return min(options) if options else None
 
     def _request(self, land: LandscapeState, i: int, level: StructureLevelConfig, k: int) -> Request:
         params = dict(level.params)
@@ -379,10 +461,14 @@ class StructureStage:
         if any(p.candidates(land, self.cfg.window_kjmol, self.cfg.top_k, mine)
                for p in self.properties for land in self.landscapes.values()):
             return False
-        return all(
+        if all(
             len(set(land.computed) | land.failed) >= len(land.ids) and not self._free_energy_open(land)
             for land in self.landscapes.values()
-        )
+        ):
+            return True
+        # work is left; the stage is done when none of it fits the compute budget and no
+        # task of its own is in flight (a finished one may change the cost estimates)
+        return not any(r.stage == self.name for r in pending) and bool(self.exhausted_reason(pending))
 
     def _refit(self, land: LandscapeState, seed: int) -> Any:
         """Fit the landscape's surrogate on what is computed and record its held-out error
@@ -575,3 +661,34 @@ class StructureStage:
     def _say(self, text: str) -> None:
         if self.progress is not None:
             self.progress(text)
+
+
+def _fit_probability() -> float:
+    from agent.stages.molecule import COST_FIT_PROBABILITY
+
+    return COST_FIT_PROBABILITY
+
+
+class _Budget:
+    """The compute budget left during one :meth:`StructureStage.ask`: a request is taken
+    only when its expected CPU cost times its level's cost margin fits what is left
+    (always, without a compute budget), and then its expected cost is set aside."""
+
+    def __init__(self, stage: StructureStage, pending: Sequence[Request]) -> None:
+        self.stage, self.left = stage, stage.cpu_left(pending)
+
+    def take(self, request: Request) -> bool:
+        if self.left is None:
+            return True
+        cost = self.stage.expected_cost(request)
+        margin = self.stage.cost_margin(request.backend, csp=request.structure_id is None)
+        if cost * margin > self.left:
+            return False
+        self.left -= cost
+        return True
+
+    def unaffordable(self, backend: str, costs: np.ndarray) -> list[int]:
+        """Indices whose expected cost (``costs``, CPU s) with the level's margin does not fit."""
+        if self.left is None:
+            return []
+        return [int(i) for i in np.flatnonzero(costs * self.stage.cost_margin(backend) > self.left)]
