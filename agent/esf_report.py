@@ -7,7 +7,11 @@ and ``report`` say about charge transport on the predicted crystals.
   mobility property level (the latest ``landscape_property`` event with the computed
   structures). Each record: ``molecule_id, name, smiles, source`` (``"molecule stage"``
   or ``"structure stage"``), ``backend``, ``level`` (level of theory), ``mean``/``sd``
-  (Boltzmann-weighted hole mobility and its sd, cm2/(V s)), ``n_in_window``,
+  (Boltzmann-weighted hole mobility and its sd, cm2/(V s)), ``sd_covers`` (what the sd
+  includes: the energy ranking's spread only, J and lambda errors not), ``n_in_window``; a
+  structure-stage record also ``n_with_mobility`` (of the window's structures, the uncomputed
+  predicted ones included), ``uncomputed_weight`` and ``sd_energy``, its ``sd`` widened for
+  the structures without a mobility (:func:`window_coverage`),
   ``structures`` (per structure: ``id, energy_kjmol, rel_kjmol`` (kJ/mol per molecule,
   relative to the lowest), ``mobility_hole_cm2Vs, density_gcm3, space_group, z, cif``
   (a CIF text or a file path, when known)), ``global_minimum`` (the lowest structure
@@ -48,6 +52,11 @@ LANDSCAPE_KEY = "landscape_mobility_hole_cm2Vs"
 MOBILITY_UNIT = "cm2/(V s)"
 #: molecules listed by ``status`` and drawn in the ESF map
 N_LISTED = 6
+#: the Boltzmann temperature of the structure stage's landscape property (K;
+#: :meth:`agent.stages.properties.PropertyLevel.landscape_property`)
+LANDSCAPE_TEMPERATURE_K = 300.0
+#: what the ± of a landscape mobility covers when every structure in the window has a value
+SD_ENERGY_ONLY = "energy-ranking spread only; J and lambda errors not included"
 
 
 def format_mobility(mean: float, sd: float | None = None) -> str:
@@ -92,6 +101,7 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
                     "csp_level": ev.extra.get("csp_level"),
                     "mean": float(ev.values[LANDSCAPE_KEY]),
                     "sd": float(ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
+                    "sd_covers": SD_ENERGY_ONLY,
                     "n_in_window": int(ev.values.get("n_structures_in_window", len(structures))),
                     "n_minima_in_window": ev.extra.get("n_minima_in_window"),  # before the cap
                     "structures": structures,
@@ -101,7 +111,8 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
 
 
 def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
-                     names: dict[int, tuple[str, str]]) -> list[dict[str, Any]]:
+                     names: dict[int, tuple[str, str]],
+                     molecule_records: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     if not cfg.structures.enabled:
         return []
     from agent.stages.properties import is_property_level
@@ -121,19 +132,26 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
     if not latest:
         return []
     energies: dict[str, float] = {}
+    rank_failed: set[str] = set()
     prop_values: dict[str, dict[str, float]] = {name: {} for name in props}
     prop_warnings: dict[tuple[int, str], list[Any]] = {}
     prop_notes: dict[tuple[int, str], list[Any]] = {}
     for ev in store.evaluations():
+        if ev.structure_id is not None and ev.backend == rank_level.name and not ev.ok \
+                and ev.structure_id not in energies:
+            rank_failed.add(ev.structure_id)
         if ev.structure_id is None or not ev.ok:
             continue
         if ev.backend == rank_level.name and rank_key in ev.values:
             energies[ev.structure_id] = float(ev.values[rank_key])
+            rank_failed.discard(ev.structure_id)
         elif ev.backend in props and props[ev.backend][1] in ev.values:
             prop_values[ev.backend][ev.structure_id] = float(ev.values[props[ev.backend][1]])
             prop_warnings.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("warnings"))
             prop_notes.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("notes"))
     rows = {r["id"]: r for r in store.structures()}
+    ranked = _window_energies(store, cfg, energies, rank_failed)
+    spread_elsewhere = {r["molecule_id"]: r for r in molecule_records}
     out = []
     for (mid, level), e in sorted(latest.items()):
         structures = []
@@ -146,12 +164,114 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                                "density_gcm3": r["density_gcm3"], "space_group": r["space_group"], "z": r["z"],
                                "cif": str(cif) if cif is not None else None})
         name, smiles = names.get(mid, ("", ""))
-        out.append({"molecule_id": mid, "name": name, "smiles": smiles, "source": "structure stage",
-                    "backend": level, "level": f"{_level_of(props[level][0])}; energies {_level_of(rank_level)}",
-                    "mean": float(e["mean"]), "sd": float(e["sd"]), "n_in_window": int(e["n_in_window"]),
-                    "structures": structures, "warnings": hole_warnings(prop_warnings.get((mid, level), [])),
-                    "notes": hole_notes(prop_notes.get((mid, level), []))})
+        rec = {"molecule_id": mid, "name": name, "smiles": smiles, "source": "structure stage",
+               "backend": level, "level": f"{_level_of(props[level][0])}; energies {_level_of(rank_level)}",
+               "mean": float(e["mean"]), "sd": float(e["sd"]), "n_in_window": int(e["n_in_window"]),
+               "structures": structures, "warnings": hole_warnings(prop_warnings.get((mid, level), [])),
+               "notes": hole_notes(prop_notes.get((mid, level), []))}
+        mine = {sid: mu for sid, mu in prop_values[level].items()
+                if sid in rows and int(rows[sid]["molecule_id"]) == mid}
+        rec.update(window_coverage(ranked.get(mid, {}), mine, float(e["mean"]), float(e["sd"]),
+                                   cfg.structures.window_kjmol, spread_elsewhere.get(mid)))
+        out.append(rec)
     return out
+
+
+def _window_energies(store: Store, cfg: CampaignConfig, computed: dict[str, float],
+                     failed: set[str]) -> dict[int, dict[str, float]]:
+    """Per molecule, every structure of the structure stage's landscape with its energy at the
+    ranking level: computed, else the prediction the stage ranks by (the saved ranking of
+    :func:`agent.summary.save_structure_results`: Delta-GP or constant shift), else, with no
+    saved ranking, the force field plus the mean computed correction (the constant shift);
+    structures failed at the level are left out (they are not ranked)."""
+    import json
+
+    from agent.summary import RANKING, STRUCTURE_RESULTS_META
+
+    raw = store.get_meta(STRUCTURE_RESULTS_META)
+    saved = {int(r["molecule_id"]): r.get(RANKING) or [] for r in (json.loads(raw)["landscapes"] if raw else [])}
+    by_mol: dict[int, list[Any]] = {}
+    for r in store.structures():
+        by_mol.setdefault(int(r["molecule_id"]), []).append(r)
+    out: dict[int, dict[str, float]] = {}
+    for mid, rows in by_mol.items():
+        mine = {}
+        for sid, e, *_ in saved.get(mid) or []:
+            if e is not None and sid not in failed:
+                mine[sid] = float(e)
+        if not mine:
+            rows = sorted(rows, key=lambda r: r["energy_kjmol"])[:cfg.structures.max_structures]
+            shifts = [computed[r["id"]] - r["energy_kjmol"] for r in rows if r["id"] in computed]
+            if not shifts:
+                continue
+            shift = sum(shifts) / len(shifts)
+            mine = {r["id"]: r["energy_kjmol"] + shift for r in rows if r["id"] not in failed}
+        ids = {r["id"] for r in by_mol[mid]}
+        mine.update({sid: e for sid, e in computed.items() if sid in ids})  # computed since it was saved
+        out[mid] = mine
+    return out
+
+
+def window_coverage(energies: dict[str, float], mobilities: dict[str, float], mean: float, sd_energy: float,
+                    window_kjmol: float, elsewhere: dict[str, Any] | None = None,
+                    temperature_K: float = LANDSCAPE_TEMPERATURE_K) -> dict[str, Any]:
+    """How much of a landscape's energy window a structure-stage landscape mobility covers,
+    and its sd widened for what it does not (newuser37 M5).
+
+    The landscape mobility (``mean``, ``sd_energy``: the Boltzmann mean over the structures
+    with a mobility and its spread from their energy errors) averages only the structures
+    whose mobility was computed; the window (``window_kjmol`` above the lowest of
+    ``energies``, computed or predicted at the ranking level) may hold more, the predicted
+    leader among them. Their mobilities are unknown, not zero and not the computed ones: each
+    uncomputed structure of the window carries its Boltzmann weight (from its energy, 300 K),
+    and their share ``w_u`` of the weight enters the sd as ``w_u * s``, with ``s`` the spread
+    (sd) of the mobilities computed on the landscape (the molecule-stage landscape's when
+    fewer than two are, else the mean itself): as if the uncomputed structures' mean mobility
+    could lie one structure-to-structure spread away from the computed ones' (conservative:
+    they move together). ``sd = sqrt(sd_energy^2 + (w_u s)^2)``.
+
+    Returns ``n_in_window`` (structures in the window), ``n_with_mobility`` (of them with a
+    value), ``uncomputed_weight`` (``w_u``), ``sd`` (widened), ``sd_energy`` and ``sd_covers``
+    (what the sd includes, for the printed line). Without energies (nothing ranked) the
+    window is the structures with a mobility and the sd is ``sd_energy``."""
+    import math
+
+    from sim_backends.mobility import KB_KJMOLK
+
+    with_mu = {sid: mu for sid, mu in mobilities.items() if sid in energies}
+    if not energies or not with_mu:
+        n = len(with_mu) if energies else len(mobilities)
+        return {"n_in_window": n, "n_with_mobility": n, "uncomputed_weight": 0.0, "sd": sd_energy,
+                "sd_energy": sd_energy, "sd_covers": SD_ENERGY_ONLY}
+    e0 = min(energies.values())
+    window = {sid: e for sid, e in energies.items() if e - e0 <= window_kjmol}
+    kt = KB_KJMOLK * temperature_K
+    w = {sid: math.exp(-(e - e0) / kt) for sid, e in window.items()}
+    total = sum(w.values())
+    w_u = sum(x for sid, x in w.items() if sid not in with_mu) / total
+    covered = [sid for sid in window if sid in with_mu]
+    out = {"n_in_window": len(window), "n_with_mobility": len(covered), "uncomputed_weight": w_u,
+           "sd_energy": sd_energy, "sd": sd_energy, "sd_covers": SD_ENERGY_ONLY}
+    if len(covered) == len(window):
+        return out
+    values = list(with_mu.values())
+    if len(values) >= 2:
+        spread, source = _sd(values), f"the {len(values)} computed mobilities"
+    elif elsewhere and len(elsewhere.get("structures") or []) >= 2:
+        spread = _sd([x["mobility_hole_cm2Vs"] for x in elsewhere["structures"]])
+        source = f"the molecule stage's {len(elsewhere['structures'])} structures ({elsewhere['backend']})"
+    else:
+        spread, source = mean, "100 % of the mean (one computed mobility)"
+    out["sd"] = math.hypot(sd_energy, w_u * spread)
+    out["sd_covers"] = (f"energy ranking and {len(window) - len(covered)} structures without a mobility "
+                        f"({w_u:.0%} of the Boltzmann weight) at the spread of {source}; "
+                        "J and lambda errors not included")
+    return out
+
+
+def _sd(values: list[float]) -> float:
+    m = sum(values) / len(values)
+    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def hole_warnings(per_structure: Any) -> list[str]:
@@ -202,8 +322,8 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
     ``cif_text``, for writing)."""
     names = {int(m["id"]): (m["name"] or m["smiles"], m["smiles"]) for m in store.molecules()}
     evaluations = store.evaluations()
-    out = propagate_lambda_warnings(_molecule_stage(evaluations, cfg, names, cif_text)
-                                    + _structure_stage(store, cfg, directory, names))
+    molecule = _molecule_stage(evaluations, cfg, names, cif_text)
+    out = propagate_lambda_warnings(molecule + _structure_stage(store, cfg, directory, names, molecule))
     for rec in out:
         s = rec["structures"]
         if s:
@@ -290,8 +410,12 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
 
 def _window_text(rec: dict[str, Any]) -> str:
     """``6 structures in window``, or, when a level's ``n_structures`` cap kept fewer than the
-    window holds, ``the lowest 6 of 31 structures in window``."""
+    window holds, ``the lowest 6 of 31 structures in window``; a structure-stage value over
+    part of its window ``mobility for 3 of 18 structures in window`` (:func:`window_coverage`)."""
     total, kept, n = rec.get("n_minima_in_window"), len(rec.get("structures") or []), rec["n_in_window"]
+    k = rec.get("n_with_mobility")
+    if k is not None and k < n:
+        return f"mobility for {k} of {n} structures in window"
     failed = f", {n} with a mobility" if kept and n < kept else ""
     if total is not None and kept and int(total) > kept:
         return f"the lowest {kept} of {int(total)} structures in window (n_structures){failed}"
@@ -313,7 +437,8 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
         lines.append(f"  CAVEAT {XTB_CHARGE_CAVEAT}")
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
-        lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({log}), "
+        covers = f"± {rec.get('sd_covers') or SD_ENERGY_ONLY}; " if rec["sd"] > 0 else ""
+        lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({covers}{log}), "
                      f"{_window_text(rec)}; {rec['source']} ({rec['backend']}): {rec['level']}")
         if rec.get("infeasible"):
             lines.append(f"    EXCLUDED {rec['infeasible']}")
@@ -333,19 +458,22 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
 
 
 def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
-    """One row per molecule and source: the landscape mobility, its sd, level, and the
-    global minimum (``report/esf_results.csv``)."""
+    """One row per molecule and source: the landscape mobility, its sd and what the sd
+    covers, the structures in the window and how many of them have a mobility, level, and
+    the global minimum (``report/esf_results.csv``)."""
     import csv
 
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["molecule_id", "name", "smiles", "source", "backend", "level", "mobility_hole_cm2Vs",
-                    "mobility_hole_sd_cm2Vs", "n_in_window", "n_structures", "global_minimum_id",
+                    "mobility_hole_sd_cm2Vs", "sd_covers", "n_in_window", "n_with_mobility_in_window",
+                    "n_structures", "global_minimum_id",
                     "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible"])
         for r in results:
             gm = r.get("global_minimum") or {}
             w.writerow([r["molecule_id"], r["name"], r["smiles"], r["source"], r["backend"], r["level"],
-                        f"{r['mean']:.4g}", f"{r['sd']:.4g}", r["n_in_window"], len(r["structures"]),
+                        f"{r['mean']:.4g}", f"{r['sd']:.4g}", r.get("sd_covers") or SD_ENERGY_ONLY, r["n_in_window"],
+                        r.get("n_with_mobility", r["n_in_window"]), len(r["structures"]),
                         gm.get("id", ""), f"{gm['mobility_hole_cm2Vs']:.4g}" if gm else "",
                         gm.get("cif") or "", "; ".join(r.get("warnings") or []), "; ".join(r.get("notes") or []),
                         r.get("infeasible") or ""])
