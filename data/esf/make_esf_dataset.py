@@ -10,7 +10,7 @@ Fidelities (the ladder of issue 19, item 4):
 * ``proxy``: the hole reorganisation energy lambda+ at GFN2-xTB (``xtb-reorg``), kJ/mol.
 * ``quick``: a quick CSP (``--quick-trials`` trials, W99 + Ewald force field, GFN2-xTB
   charges, Z' = 1) keeping the structures within ``--window`` kJ/mol of the minimum (at most
-  ``--quick-structures``), GFN2-xTB dimer-projection transfer integrals for each and the hole
+  ``--quick-structures``; ``--charges resp`` for RESP charges, the product's default), GFN2-xTB dimer-projection transfer integrals for each and the hole
   Marcus mobility at 300 K with the molecule's GFN2-xTB lambda+ (from ``proxy``, computed
   here when missing); the landscape mobility is the Boltzmann-weighted mean over the kept
   structures with an energy sd of :data:`FF_ENERGY_SD_KJMOL`
@@ -93,7 +93,7 @@ def proxy(smiles: str) -> dict:
 
 
 def landscape_step(smiles: str, lam_kjmol: float, n_trials: int, n_keep: int, window: float,
-                   level: str, seed: int, jahn_teller: str | None = None) -> dict:
+                   level: str, seed: int, jahn_teller: str | None = None, charges: str = "xtb") -> dict:
     """CSP, then transfer integrals + hole mobility for the kept structures (one record,
     :func:`sim_backends.esf.landscape_record`); ``jahn_teller``: the proxy's degenerate-HOMO
     status (``xtb-reorg``'s ``extra["jahn_teller"]``)."""
@@ -101,7 +101,8 @@ def landscape_step(smiles: str, lam_kjmol: float, n_trials: int, n_keep: int, wi
 
     rec = landscape_record(smiles, lam_kjmol, n_trials, n_keep, window, level, seed,
                            temperature_K=TEMPERATURE_K, energy_sd_kjmol=FF_ENERGY_SD_KJMOL,
-                           lambda_level="GFN2-xTB", jahn_teller=jahn_teller)  # lambda+ is the proxy's (xtb-reorg)
+                           lambda_level="GFN2-xTB", jahn_teller=jahn_teller,  # lambda+ is the proxy's (xtb-reorg)
+                           charges=charges)
     return {**rec, "lambda_jahn_teller": jahn_teller} if jahn_teller else rec
 
 
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="transfer integrals of the refined fidelity (B3LYP/6-31G or GFN2-xTB)")
     ap.add_argument("--window", type=float, default=7.0, help="kJ/mol above the CSP minimum")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--charges", choices=["xtb", "resp", "resp-lp"], default="xtb",
+                    help="CSP point charges (the shipped data/esf: xtb; the product's ESF levels: resp)")
     args = ap.parse_args(argv)
     if args.n < 1 or args.window <= 0 or min(args.quick_trials, args.refined_trials) < 1:
         ap.error("--n >= 1, --window > 0, trials >= 1")
@@ -143,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             rec = {"error": f"no lambda+: {proxies[smiles].get('error', '')}", "cpu_s": {}}
         elif args.fidelity == "quick":
             rec = landscape_step(smiles, lam, args.quick_trials, args.quick_structures, args.window, "gfn2-xtb",
-                                 args.seed, proxies[smiles].get("jahn_teller"))
+                                 args.seed, proxies[smiles].get("jahn_teller"), args.charges)
         else:
             rec = landscape_step(smiles, lam, args.refined_trials, args.refined_structures, args.window,
-                                 args.refined_transfer, args.seed, proxies[smiles].get("jahn_teller"))
+                                 args.refined_transfer, args.seed, proxies[smiles].get("jahn_teller"), args.charges)
         rec = {"smiles": smiles, "name": name, "fidelity": args.fidelity, "lambda_hole_kjmol": lam, **rec,
                "wall_s": round(time.time() - t, 1)}
         append(path, rec)
