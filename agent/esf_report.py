@@ -484,7 +484,6 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
                    title: str = "") -> Any | None:
     """The ESF maps (module docstring); None without any structure with a mobility."""
     import numpy as np
-    from matplotlib.ticker import LogLocator, NullFormatter
 
     recs = [r for r in results if r["structures"] and not r.get("infeasible")][:N_LISTED]
     if not recs:
@@ -515,16 +514,17 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         mid = math.sqrt(lo * hi)
         span = max(hi / lo, 10.0) ** 0.5 * 1.3  # at least a decade, with a margin
         ax.set_xlim(mid / span, mid * span)
-        ax.xaxis.set_major_locator(LogLocator(base=10.0, numticks=6))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        readable_log_ticks(ax.xaxis, mid / span, mid * span)
         ax.set_xlabel(f"hole mobility mu_h ({MOBILITY_UNIT})", fontsize=8)
         if k % ncol == 0:
             ax.set_ylabel("lattice energy rel. to lowest\n(kJ/mol per molecule)", fontsize=8)
         # each panel names its own level (energies, transfer integrals, mobility model): a
         # campaign mixes quick and refined landscapes, and one shared caption would not say which is which
         level = textwrap.fill(str(rec["level"]), 62)
-        ax.set_title(f"{rec['name']}: {len(s)} structures ({rec['source']}, {rec['backend']})\n{level}",
-                     fontsize=7)
+        n_window = rec.get("n_in_window")
+        of = f" of {n_window} in window" if rec.get("n_with_mobility") is not None and n_window > len(s) else ""
+        # the level of theory names the level; the config key (esf-refined) is not for a plot
+        ax.set_title(f"{rec['name']}: {len(s)} structures{of} ({rec['source']})\n{level}", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="upper right")
     for k in range(n, nrow * ncol):
@@ -535,6 +535,24 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         cb = fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.8)
         cb.set_label("density (g/cm$^3$)", fontsize=8)
     return fig
+
+
+def readable_log_ticks(axis: Any, lo: float, hi: float) -> None:
+    """Major ticks on a log ``axis`` spanning ``lo``..``hi`` that always give at least two
+    labelled values (newuser37 C3: a span of about a decade showed one label, ``10^0``):
+    decades over 2.5 decades or more; 1, 2, 5 x 10^n over one to 2.5; 1..9 x 10^n below a
+    decade. Labels as plain numbers (``0.2``, ``1``, ``5``, ``1e-05``); minor ticks unlabelled."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    decades = math.log10(hi / lo) if hi > lo > 0 else 1.0
+    every = tuple(float(k) for k in range(1, 10))
+    subs = (1.0,) if decades >= 2.5 else (1.0, 2.0, 5.0) if decades >= 1.0 else every
+    axis.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=12))
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    axis.set_minor_locator(LogLocator(base=10.0, subs=every, numticks=12))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def write_esf_report(store: Store, cfg: CampaignConfig, directory: Path, out: Path, plt: Any,

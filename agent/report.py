@@ -245,7 +245,7 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     (a legend of ``fig``, a figure or subfigure), the best few named in the axes."""
     from matplotlib.ticker import MaxNLocator
 
-    from agent.summary import axis_label, quantity
+    from agent.summary import quantity, shown_name
 
     cfg = campaign.cfg
     names = [b.name for b in cfg.backends]
@@ -283,7 +283,11 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
         x, y = zip(*best, strict=True)
         ax.step(x, y, where="post", color="k", lw=1.5, label=f"best so far at {levels[-1]}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(axis_label(cfg.objective))
+    # a level may show the objective's key under its own name (the ESF proxy: a reference
+    # crystal's mobility, not a landscape's): every name the levels' points carry
+    shown = list(dict.fromkeys(quantity(shown_name(b, cfg.objective))[0] for b in cfg.backends))
+    unit = quantity(cfg.objective)[2]
+    ax.set_ylabel(textwrap.fill(" or ".join(shown) + (f" ({unit})" if unit else ""), 60))
     label = quantity(cfg.objective)[0]
     stage = "molecule stage: " if campaign.stage is not None else ""
     ax.set_title(f"campaign {cfg.name}: {stage}{cfg.direction.replace('ize', 'ise')} {label}", fontsize=10)
@@ -291,8 +295,10 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     if handles:  # below the axes: level names are long
         fig.legend(handles=handles, fontsize=7, loc="outside lower center")
     if ranked:
+        # the level of theory, not the config key (newuser37 C3)
         ax.legend(handles=ranked, fontsize=7, loc="best", handlelength=0, handletextpad=0,
-                  title=f"best {'feasible ' if campaign.infeasible else ''}at {names[top]}", title_fontsize=7)
+                  title=textwrap.fill(f"best {'feasible ' if campaign.infeasible else ''}at {levels[top]}", 48),
+                  title_fontsize=7)
 
 
 def fidelity_parity_plot(campaign: Campaign, path: Path, plt: Any, notes: list[str]) -> Path | None:
@@ -353,8 +359,12 @@ def _by_molecule(campaign: Campaign) -> dict[int, dict[int, float]]:
 def results_table(campaign: Campaign, path: Path) -> Path:
     """One row per molecule, its objective at each level, best top-level value first and
     the molecules a constraint excludes last; value columns ``<backend>_<objective>`` (the
-    unit is the objective's suffix), then each constrained value (as first reported) and
-    ``excluded_by`` (the reason, empty for a feasible molecule)."""
+    unit is the objective's suffix; the name the level shows it under,
+    :func:`agent.summary.shown_name`: ``esf-proxy_log10_reference_crystal_mobility_hole``),
+    then each constrained value (as first reported) and ``excluded_by`` (the reason, empty
+    for a feasible molecule)."""
+    from agent.summary import shown_name
+
     cfg = campaign.cfg
     names = [b.name for b in cfg.backends]
     by_mol = _by_molecule(campaign)
@@ -368,7 +378,7 @@ def results_table(campaign: Campaign, path: Path) -> Path:
                        if m in index_of}
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["smiles", "name"] + [f"{n}_{cfg.objective}" for n in names] + keys
+        w.writerow(["smiles", "name"] + [f"{b.name}_{shown_name(b, cfg.objective)}" for b in cfg.backends] + keys
                    + (["excluded_by"] if keys else []))
         sign = 1.0 if cfg.direction == "minimize" else -1.0
         for i, d in sorted(by_mol.items(), key=lambda kv: (kv[0] in campaign.infeasible,

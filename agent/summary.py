@@ -56,6 +56,9 @@ QUANTITIES: dict[str, tuple[str, str, str]] = {
     "density_gcm3": ("density", "rho", "g/cm3"),
     "global_min_density_gcm3": ("density of the CSP global minimum", "rho", "g/cm3"),
     "log10_landscape_mobility_hole": ("log10 landscape hole mobility", "log10 mu_h", "log10 cm2/(V s)"),
+    # the ESF proxy's value of log10_landscape_mobility_hole (sim_backends.esf.PROXY_SHOWN_AS)
+    "log10_reference_crystal_mobility_hole": ("log10 reference-crystal hole mobility", "log10 mu_h,ref",
+                                              "log10 cm2/(V s)"),
     "landscape_mobility_hole_cm2Vs": ("landscape hole mobility", "mu_h", "cm2/(V s)"),
     "mobility_hole_cm2Vs": ("hole mobility", "mu_h", "cm2/(V s)"),
 }
@@ -72,6 +75,21 @@ def quantity(name: str) -> tuple[str, str, str]:
             stem = name[: -len(suffix)]
             return stem.replace("_", " "), stem, unit
     return name.replace("_", " "), name, ""
+
+
+def shown_name(backend: BackendConfig | None, key: str) -> str:
+    """The name a backend's value ``key`` is shown under (plot labels, ``results.csv``
+    columns): the backend's ``shown_as`` entry, e.g. the ESF proxy's
+    ``log10_reference_crystal_mobility_hole`` for the stored ``log10_landscape_mobility_hole``
+    (a fixed reference crystal, not a landscape), else ``key``. Stored keys never change."""
+    if backend is None:
+        return key
+    from sim_backends.registry import UnknownBackendError, backend_class
+
+    try:
+        return str((getattr(backend_class(backend.name), "shown_as", None) or {}).get(key, key))
+    except UnknownBackendError:
+        return key
 
 
 def axis_label(name: str) -> str:

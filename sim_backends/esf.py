@@ -76,6 +76,9 @@ REF_J_MEV = 10.0
 REF_DISTANCE_A = 5.0
 #: the objective every level computes
 OBJECTIVE = "log10_landscape_mobility_hole"
+#: what the proxy's value of :data:`OBJECTIVE` is shown as (plots, results.csv): the mobility of
+#: the fixed reference crystal, not of a landscape; the stored key stays :data:`OBJECTIVE`
+PROXY_SHOWN_AS = "log10_reference_crystal_mobility_hole"
 #: the space groups of the data set's CSP (about 80 % of organic crystals)
 ESF_SPACE_GROUPS = "P2_1/c,P-1,P2_12_12_1,C2/c,P2_1,Pbca"
 #: the data set of the replays
@@ -318,6 +321,8 @@ class EsfProxyBackend(Backend):
     computes: ClassVar[tuple[str, ...]] = _VALUES
     value_sd: ClassVar[dict[str, float]] = _VALUE_SD
     objective_key = OBJECTIVE
+    #: value key -> the name it is shown under (:func:`agent.summary.shown_name`)
+    shown_as: ClassVar[dict[str, str]] = {OBJECTIVE: PROXY_SHOWN_AS}
     description = "log10 hole mobility (cm2/Vs) of a reference crystal from the GFN2-xTB lambda+"
     params_schema: ClassVar[dict[str, Any]] = {"temperature_K": check.number(0.0, 2000.0, lo_open=True),
                                                "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True)}
@@ -539,3 +544,4 @@ ReplayEsfProxyBackend, ReplayEsfQuickBackend, ReplayEsfRefinedBackend = (
                    # the data set's protocol: its CSPs used GFN2-xTB charges (no RESP fit to price)
                    estimated_params={} if fidelity == 0 else {"charges": DATA_SET_CHARGES})
     for name, (fidelity, data, estimated_as, computes, description) in _REPLAYS.items())
+ReplayEsfProxyBackend.shown_as = EsfProxyBackend.shown_as  # a reference-crystal value as well

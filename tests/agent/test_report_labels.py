@@ -1,0 +1,144 @@
+"""What the report's plots and tables call things (newuser37 C3, C6): log mobility axes with
+readable ticks, levels named by their level of theory rather than config keys, and the ESF
+proxy's value shown as the reference crystal's mobility it is (its stored key unchanged).
+
+Data: the ESF data set (data/esf: GFN2-xTB landscapes and mobilities of real molecules),
+replayed through a real campaign with the local executor."""
+
+from __future__ import annotations
+
+import csv
+import tomllib
+
+import pytest
+
+LADDER = """
+name = "lbl"
+pool = "pool.smi"
+objective = "log10_landscape_mobility_hole"
+direction = "maximize"
+batch_size = 2
+seed = 0
+max_evaluations = 10
+[surrogate]
+n_initial = 4
+[tracking]
+enabled = false
+[[backends]]
+name = "replay-esf-proxy"
+[[backends]]
+name = "replay-esf-refined"
+budget_evaluations = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    """A proxy + refined-CSP ladder replayed on eight molecules of data/esf, run to its end;
+    the open campaign (read-only)."""
+    from agent.campaign import Campaign
+    from agent.config import parse_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+    from sim_backends.esf import esf_records
+
+    tmp = tmp_path_factory.mktemp("labels")
+    refined = list(esf_records("refined").items())[:8]
+    (tmp / "pool.smi").write_text("".join(f"{s} {r['name'].replace(' ', '_')}\n" for s, r in refined))
+    cfg = parse_config(tomllib.loads(LADDER), base_dir=tmp)
+    camp = Campaign.create(cfg, tmp / "runs")
+    try:
+        run_campaign(camp, tmp / "runs", executor=LocalExecutor(slots=2), progress=False)
+    finally:
+        camp.close()
+    camp = Campaign.open("lbl", tmp / "runs", readonly=True)
+    yield camp
+    camp.close()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def test_proxy_values_are_shown_as_the_reference_crystal_mobility(ladder, tmp_path):
+    """C6: results.csv called the proxy's column esf-proxy_log10_landscape_mobility_hole and
+    the convergence plot's y axis a "landscape" mobility, though the proxy is a fixed cubic
+    reference crystal (|J| 10 meV, 5 A). The shown names say which is which; the stored key
+    (what resumes and older stores read) is unchanged."""
+    from agent.report import convergence_figure, results_table
+    from sim_backends.esf import OBJECTIVE
+
+    proxy = [ev for ev in ladder.store.evaluations() if ev.backend == "replay-esf-proxy" and ev.ok]
+    assert proxy and all(OBJECTIVE in ev.values for ev in proxy)  # stored under the old key
+    header = next(csv.reader(results_table(ladder, tmp_path / "results.csv").open()))
+    assert "replay-esf-proxy_log10_reference_crystal_mobility_hole" in header, header
+    assert "replay-esf-refined_log10_landscape_mobility_hole" in header
+    assert not any(h.startswith("replay-esf-proxy_") and "landscape" in h for h in header)
+    plt = _plt()
+    fig = convergence_figure(ladder, plt)
+    ylabel = " ".join(fig.axes[0].get_ylabel().split())
+    assert ylabel == ("log10 reference-crystal hole mobility or log10 landscape hole mobility "
+                      "(log10 cm2/(V s))"), ylabel
+    plt.close(fig)
+
+
+def test_convergence_legend_names_the_top_level_by_its_level_of_theory(ladder):
+    """C3: the legend of the best results was titled with the config key ("best at
+    esf-refined"); it names the level of theory."""
+    from agent.report import convergence_figure
+    from agent.summary import level_of_theory
+
+    plt = _plt()
+    fig = convergence_figure(ladder, plt)
+    title = " ".join(fig.axes[0].get_legend().get_title().get_text().split())
+    plt.close(fig)
+    assert title == f"best at {level_of_theory(ladder.cfg.backends[-1])}", title
+    assert "replay-esf-refined" not in title
+
+
+def _records(names):
+    """ESF map records of data/esf molecules as :func:`agent.esf_report.esf_results` makes them."""
+    from agent.summary import level_of_theory
+    from agent.config import BackendConfig
+    from sim_backends.esf import esf_records
+
+    by_name = {r["name"]: r for r in esf_records("refined").values()}
+    out = []
+    for name in names:
+        r = by_name[name]
+        s = [dict(x) for x in r["structures"] if "mobility_hole_cm2Vs" in x]
+        e0 = min(x["energy_kjmol"] for x in s)
+        for x in s:
+            x["rel_kjmol"] = x["energy_kjmol"] - e0
+        lm = r["landscape_mobility_hole_cm2Vs"]
+        out.append({"name": name, "source": "molecule stage", "backend": "replay-esf-refined",
+                    "level": level_of_theory(BackendConfig(name="replay-esf-refined")), "mean": lm["mean"],
+                    "sd": lm["sd"], "n_in_window": len(s), "structures": s, "infeasible": None})
+    return out
+
+
+def test_esf_map_log_axes_have_at_least_two_labelled_ticks():
+    """C3: panels whose mobilities span about a decade or less showed one labelled tick
+    (10^0), so no value could be read off. Every panel now labels at least two ticks inside
+    its limits, for spans of 0.1 (imidazole), 1.2 (furan) and 2.5 decades
+    (1,4-dihydropyrrolo[3,2-b]pyrrole); panel titles carry no config key."""
+    from agent.esf_report import esf_map_figure
+
+    plt = _plt()
+    recs = _records(["imidazole", "furan", "1,4-dihydropyrrolo[3,2-b]pyrrole"])
+    fig = esf_map_figure(recs, plt, 7.0)
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 3
+    for ax in panels:
+        lo, hi = ax.get_xlim()
+        labelled = [t for t in ax.xaxis.get_major_ticks()
+                    if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi]
+        assert len(labelled) >= 2, (ax.get_title(), [t.label1.get_text() for t in labelled])
+        assert "replay-esf-refined" not in ax.get_title()
+    plt.close(fig)
