@@ -42,7 +42,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
       column per further level of ``[structures]`` in config order, its value where
       computed (:func:`level_column`: ``F_vib_phonon_kJmol_per_mol`` for an energy in
       kJ/mol per molecule, ``mobility_hole_cm2Vs_mobility-xtb`` for a property level); then
-      ``cif``;
+      ``observed`` (the lab request that observed the structure, else empty) and ``cif``;
     * ``energies.csv`` (``id, energy_kjmol, free_energy_kjmol``): the best estimate of
       each structure's energy at the ranking level (computed, else the prediction's mean; the
       force field for structures failed at that level) and E plus the second energy
@@ -53,7 +53,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     Returns:
         The paths written (none without a structure stage or landscape).
     """
-    from agent.summary import landscape_rows, level_of_theory, quantity, rank_key, structures_dir
+    from agent.summary import landscape_rows, level_of_theory, observed_sources, quantity, rank_key, structures_dir
     from sim_backends.csp.landscape import LevelEnergy, cif_formula_units, crystal_cif
 
     stage = getattr(campaign, "stage", None)
@@ -72,6 +72,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     for lv, _, _ in further:
         levels[lv.name] = level_of_theory(lv)
     paths = []
+    observed = observed_sources(campaign.store)
     best_energy: list[tuple[str, float, float | None]] = []  # for energies.csv
     for mol_id, land in sorted(stage.landscapes.items()):
         rows = landscape_rows(campaign, mol_id)
@@ -84,7 +85,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                 f"dE_{ff}_kJmol_per_mol", f"E_{ref}_kJmol_per_mol", f"E_{ref}_best_kJmol_per_mol",
                 f"E_{ref}_std_kJmol_per_mol", f"dE_{ref}_kJmol_per_mol", "status"]
         cols += [level_column(lv.name, key) for lv, key, _ in further]
-        cols.append("cif")
+        cols += ["observed", "cif"]
         values = [get(mol_id) for _, _, get in further]
         table = out / f"landscape_m{mol_id}.csv"
         with table.open("w", newline="") as fh:
@@ -117,7 +118,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                        "computed" if r["computed"] else "failed" if r["failed"] else "predicted"]
                 row += [_fmt(vals.get(k)) if key.endswith("_kjmol") else _fmt_g(vals.get(k))
                         for (_, key, _), vals in zip(further, values, strict=True)]
-                row.append(cif_path.name)
+                row += [observed.get(r["id"], ""), cif_path.name]
                 w.writerow(row)
                 e = r["energy_kjmol"] if r["energy_kjmol"] is not None and not r["failed"] else r["ff_kjmol"]
                 best_energy.append((r["id"], e, None if r["f_vib_kjmol"] is None else e + r["f_vib_kjmol"]))

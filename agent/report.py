@@ -415,11 +415,13 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     level (``[structures]`` has none) no free energy exists: ``f_vib_kjmol``, ``g_kjmol`` and
     ``rank_g`` are empty and the rows are in static order. Energies in kJ/mol per molecule,
     each level relative to its own lowest structure: ``ff_kjmol`` to the lowest force-field
-    one, ``static_kjmol`` to the lowest static one, ``g_kjmol`` to the lowest G.
+    one, ``static_kjmol`` to the lowest static one, ``g_kjmol`` to the lowest G. Last,
+    ``observed``: the lab request that observed the structure (a fed-back lab result), else
+    empty.
     """
     import numpy as np
 
-    from agent.summary import landscape_rows, reported_z
+    from agent.summary import landscape_rows, observed_sources, reported_z
 
     stage = campaign.stage
     land = stage.landscapes[mol_id]
@@ -435,10 +437,11 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     rows = landscape_rows(campaign, mol_id)  # space group, density, Z and CIF path, in landscape order
     rank_s = np.argsort(np.argsort(static, kind="stable"), kind="stable") + 1
     rank_g = np.argsort(np.argsort(g, kind="stable"), kind="stable") + 1
+    observed = observed_sources(campaign.store)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "space_group", "Z", "density_gcm3", "ff_kjmol", "static_kjmol", "static_std_kjmol",
-                    "computed", "f_vib_kjmol", "g_kjmol", "rank_static", "rank_g"])
+                    "computed", "f_vib_kjmol", "g_kjmol", "rank_static", "rank_g", "observed"])
         for i in np.argsort(g, kind="stable"):
             r = rows[i]
             fv = land.f_vib.get(int(i))
@@ -447,7 +450,7 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
                         f"{land.ff_kjmol[i] - land.ff_kjmol.min():.3f}",
                         f"{static[i] - static.min():.3f}", f"{std[i]:.3f}", int(i in land.computed),
                         "" if fv is None else f"{fv:.3f}", f"{g[i] - g.min():.3f}" if has_g else "",
-                        int(rank_s[i]), int(rank_g[i]) if has_g else ""])
+                        int(rank_s[i]), int(rank_g[i]) if has_g else "", observed.get(land.ids[i], "")])
     return path
 
 
@@ -518,6 +521,13 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
         bad = sorted(land.failed)
         ax.scatter(rho[bad], e[bad], marker="x", s=40, color="crimson", zorder=4,
                    label=f"failed at {ref_level} ({len(bad)}; {model} prediction shown)")
+    from agent.summary import observed_sources
+
+    observed = observed_sources(campaign.store)
+    for i in (i for i, sid in enumerate(land.ids) if sid in observed):  # the lab's observed forms
+        ax.scatter([rho[i]], [e[i]], marker="*", s=220, facecolors="gold", edgecolors="k", lw=0.8, zorder=5,
+                   label=f"observed by the lab: {land.ids[i]} ({observed[land.ids[i]]})")
+        ax.annotate(land.ids[i], (rho[i], e[i]), fontsize=7, xytext=(6, 6), textcoords="offset points")
     ax.set_xlabel("density (g/cm$^3$)")
     ax.set_ylabel("lattice energy rel. to lowest (kJ/mol per molecule)")
     ax.set_title(f"{name}: {len(land.ids)} CSP structures before and after correction\n"

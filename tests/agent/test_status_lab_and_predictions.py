@@ -144,6 +144,39 @@ def test_status_reports_the_lab_experiment_and_marks_the_observed_form(finished,
     assert row in summary.splitlines()
 
 
+def test_the_observed_form_is_marked_on_the_landscape_plot_and_in_its_tables(finished):
+    """newuser37 C4: the lab's observed form was named only in the summary text. The
+    report's landscape_m<id>.csv and the structures' landscape_m<id>.csv have an ``observed``
+    column (the lab request, else empty), and landscape_m<id>.png marks it (a legend entry
+    naming it and the request)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agent.campaign import Campaign
+    from agent.report import landscape_figure
+
+    _, _, _, lab, observed = _truth(finished)
+    assert observed
+    request = lab["request_id"]
+    for where in ("report", "structures"):
+        (table,) = (finished / NAME / where).glob("landscape_m*.csv")
+        rows = list(csv.DictReader(table.open()))
+        assert {r["id"] for r in rows if r["observed"]} == set(observed), where
+        assert all(r["observed"] == request for r in rows if r["observed"])
+    mol_id = int(table.stem.removeprefix("landscape_m"))
+    camp = Campaign.open(NAME, finished, readonly=True)
+    try:
+        fig = landscape_figure(camp, mol_id, plt)
+    finally:
+        camp.close()
+    labels = [" ".join(t.get_text().split()) for t in fig.axes[0].get_legend().get_texts()]
+    plt.close(fig)
+    for sid in observed:
+        assert f"observed by the lab: {sid} ({request})" in labels, labels
+
+
 def test_a_delta_gp_without_skill_does_not_rank_the_structures(finished, capsys):
     """Under this name and seed the Delta-GP fails the acquisition's leave-one-out skill test
     after the five refinements (before this mend it still ranked the landscape and put
