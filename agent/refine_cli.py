@@ -53,9 +53,11 @@ def run_refine_command(args: argparse.Namespace) -> int:
         if args.cpu_hours and cfg.max_cpu_hours is None:
             raise CliError(f"campaign {args.name!r} has no CPU budget (max_cpu_hours) to raise; "
                            "leave out --cpu-hours")
+        # what the run would charge first for tasks a killed run left unfinished counts too
+        spent = campaign.spent_cpu_s + campaign.store.unsettled_cpu_s()[0]
         if (cfg.max_cpu_hours is not None and not args.cpu_hours
-                and campaign.spent_cpu_s >= cfg.max_cpu_hours * 3600):
-            raise CliError(f"campaign {args.name!r} has spent its CPU budget ({campaign.spent_cpu_s:.0f} of "
+                and spent >= cfg.max_cpu_hours * 3600):
+            raise CliError(f"campaign {args.name!r} has spent its CPU budget ({spent:.0f} of "
                            f"{cfg.max_cpu_hours:g} CPU h x 3600 s); `--cpu-hours H` adds CPU time")
     finally:
         campaign.close()

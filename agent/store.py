@@ -499,6 +499,21 @@ class Store:
             "WHERE kind = 'interrupted_task'").fetchone()
         return float(row[0]), int(row[1])
 
+    def _unsettled(self) -> list[tuple[dict[str, Any], float]]:
+        """``(submitted event, wall s)`` of each task submitted, never stored and not yet
+        charged (see :meth:`settle_interrupted`)."""
+        last = float(self.get_meta("heartbeat") or 0.0)
+        charged = {e.get("submitted_event") for e in self.events("interrupted_task")}
+        stored = {r[0] for r in self.conn.execute("SELECT request_id FROM evaluations")}
+        return [(e, max(0.0, last - e["ts"])) for e in self.events("submitted")
+                if e["event_id"] not in charged and e["request_id"] not in stored]
+
+    def unsettled_cpu_s(self) -> tuple[float, int]:
+        """``(CPU seconds, tasks)`` that :meth:`settle_interrupted` would charge now (read
+        only: what the next run will charge for tasks a killed run left unfinished)."""
+        todo = self._unsettled()
+        return sum(wall * float(e.get("cpus", 1.0)) for e, wall in todo), len(todo)
+
     def settle_interrupted(self) -> tuple[float, int]:
         """Charge every task that was submitted, never stored and not charged yet (its run
         was killed or interrupted): ``cpus`` x the wall time from its submission to the
@@ -506,15 +521,10 @@ class Store:
         the heartbeat interval). One ``interrupted_task`` event each; returns ``(CPU
         seconds, tasks)`` charged now. Call only while no run is going on (a run holds the
         store's lock), before the new run's first heartbeat."""
-        last = float(self.get_meta("heartbeat") or 0.0)
-        charged = {e.get("submitted_event") for e in self.events("interrupted_task")}
-        stored = {r[0] for r in self.conn.execute("SELECT request_id FROM evaluations")}
-        todo = [e for e in self.events("submitted")
-                if e["event_id"] not in charged and e["request_id"] not in stored]
+        todo = self._unsettled()
         total = 0.0
         with self.transaction() as c:
-            for e in todo:
-                wall = max(0.0, last - e["ts"])
+            for e, wall in todo:
                 cpu = wall * float(e.get("cpus", 1.0))
                 total += cpu
                 c.execute("INSERT INTO events(ts, kind, payload) VALUES (?, ?, ?)", (

@@ -144,8 +144,10 @@ def test_unfinished_tasks_are_charged_once(tmp_path):
         t0 = store.events("submitted")[0]["ts"]
         t1 = store.events("submitted")[1]["ts"]
         store.set_meta("heartbeat", repr(t0 + 3.0))
+        before = store.unsettled_cpu_s()  # read only: what the next run will charge
         cpu, n = store.settle_interrupted()
         assert n == 2 and cpu == pytest.approx(2.0 * 3.0 + 1.0 * (t0 + 3.0 - t1))
+        assert before == (pytest.approx(cpu), 2) and store.unsettled_cpu_s() == (0.0, 0)
         assert store.settle_interrupted() == (0.0, 0)  # charged once
         assert store.interrupted_cpu_s() == (pytest.approx(cpu), 2)
         assert store.spent_cpu_s() == pytest.approx(cpu)

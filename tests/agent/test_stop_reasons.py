@@ -122,3 +122,30 @@ def test_refine_after_the_cpu_budget_is_spent(tmp_path, capsys, local_executor):
         assert camp.n_by_stage["structures"] == 9  # refined: the two added evaluations ran
     finally:
         camp.close()
+
+
+def test_refine_counts_what_a_killed_run_left_unfinished(tmp_path, capsys, local_executor):
+    """The CPU a killed run's unfinished tasks will be charged (``Store.unsettled_cpu_s``,
+    charged when the next run starts) counts when ``refine`` checks whether the CPU budget
+    is spent: refused in one line, not started only to stop on the budget at once."""
+    from agent.campaign import Campaign
+    from agent.cli import main
+    from agent.config import config_to_toml
+
+    camp, status = _run(tmp_path, name="kill")
+    runs = tmp_path / "runs"
+    try:
+        spent = camp.spent_cpu_s
+        # 5 CPU s of budget left, and a task the "killed" run left running for 10 s
+        cfg = camp.cfg.model_copy(update={"max_cpu_hours": (spent + 5.0) / 3600, "max_evaluations": 16})
+        camp.store.set_meta("config_toml", config_to_toml(cfg))
+        camp.store.note_submitted("killed-task", 1.0)
+        t = camp.store.events("submitted")[-1]["ts"]
+        camp.store.set_meta("heartbeat", repr(t + 10.0))
+    finally:
+        camp.close()
+    capsys.readouterr()
+    assert main(["refine", "kill", "--runs-dir", str(runs), "--budget", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has spent its CPU budget" in err and err.count("\n") == 1, err
+
