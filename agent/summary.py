@@ -309,16 +309,18 @@ def _extrapolation_warning(c: dict[str, Any]) -> str:
 def csp_sampling(store: Store, csp_backend: str) -> dict[int, dict[str, Any]]:
     """Per molecule, how converged its CSP search was (from the CSP evaluation's
     ``extra["csp"]["convergence"]``, :mod:`sim_backends.csp.sampling`): ``converged,
-    stopped_by, n_trials, n_groups, n_not_converged``."""
+    stopped_by, n_trials, n_groups, n_not_converged``, and the force field's ``warnings``
+    for the landscape (:mod:`sim_backends.csp.domain`)."""
     out: dict[int, dict[str, Any]] = {}
     for ev in store.evaluations():
-        conv = (ev.extra.get("csp") or {}).get("convergence") if ev.backend == csp_backend and ev.ok else None
-        if conv:
+        csp = (ev.extra.get("csp") or {}) if ev.backend == csp_backend and ev.ok else {}
+        if conv := csp.get("convergence"):
             per = conv.get("per_space_group") or {}
             out[int(ev.molecule_id)] = {
                 "converged": bool(conv.get("converged")), "stopped_by": conv.get("stopped_by"),
                 "n_trials": int(sum(s.get("n_trials", 0) for s in per.values())), "n_groups": len(per),
-                "n_not_converged": sum(not s.get("converged") for s in per.values())}
+                "n_not_converged": sum(not s.get("converged") for s in per.values()),
+                "warnings": list(csp.get("warnings") or [])}
     return out
 
 
@@ -502,6 +504,7 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
                          + ("low-energy region converged" if samp["converged"] else
                             f"NOT converged in {samp['n_not_converged']} space groups (stopped by "
                             f"{samp['stopped_by']}; WARNING: raise n_trials)"))
+            lines += [f"  WARNING: {w}" for w in samp.get("warnings") or []]
         if not rec.get("top"):
             continue
         at = rec.get("level")

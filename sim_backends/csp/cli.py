@@ -148,6 +148,8 @@ def run_csp_command(args: argparse.Namespace) -> int:
         for line in convergence_lines(landscape.meta.get("convergence") or {}):
             if line.startswith("WARNING"):
                 print(line, file=sys.stderr)
+        for line in landscape.meta.get("warnings") or []:
+            print(f"WARNING: {line}", file=sys.stderr)
         return 0
     from rich.console import Console
     from rich.markup import escape
@@ -186,6 +188,8 @@ def run_csp_command(args: argparse.Namespace) -> int:
               f"{conv.get('stopped_by')}), per space group searched:")
         for line in lines:
             print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
+    for line in landscape.meta.get("warnings") or []:
+        print(f"WARNING: {line}", file=sys.stderr)
     if args.out:
         print(f"landscape written to {args.out}: landscape.csv, cif/<id>.cif (symmetrised, with "
               "energies), landscape.png, run.json")

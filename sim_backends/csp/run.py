@@ -413,6 +413,9 @@ def run_csp(
             gtol=gtol, max_iter=max_iter, protocol=protocol, stage2_margin_kjmol=stage2_margin_kjmol,
             stage2_warm_start=stage2_warm_start, max_trials=max_trials, sampling=sampling, convergence=convergence)
         land.meta["stereo"] = stereo.meta()
+        from sim_backends.csp.domain import ff_types_of_smiles, model_warnings
+
+        land.meta["warnings"] = model_warnings(ff_types_of_smiles(flex), land.minima)
         if out_dir is not None:
             land.write(out_dir)
         return land
@@ -501,6 +504,9 @@ def run_csp(
         "minimise_cpu_s": cpu_s,
         "wall_s": time.perf_counter() - t_start,
     })
+    from sim_backends.csp.domain import model_warnings
+
+    landscape.meta["warnings"] = model_warnings(molecule.ff_types, landscape.minima)
     if out_dir is not None:
         landscape.write(out_dir)
     return landscape

@@ -1,0 +1,57 @@
+"""Force-field domain warnings on CSP landscapes (sim_backends/csp/domain.py; newuser38 S1:
+acetylene's minima 25-40 % too dense with no warning)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from sim_backends.csp.domain import (MIN_H_C_CONTACT_A, ff_types_of_smiles, model_warnings,
+                                     shortest_h_c_contact)
+
+
+class _Entry:
+    def __init__(self, id, atoms):
+        self.id, self.atoms = id, atoms
+
+
+def _acetylene_cubic(a):
+    """Cubic acetylene (Pa-3, Z = 4) with cell edge ``a`` A: molecules on the cube's body
+    diagonals, C-C 1.20, C-H 1.06 A."""
+    from ase import Atoms
+
+    pos, sym = [], []
+    centres = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) * a
+    axes = np.array([[1, 1, 1], [-1, -1, 1], [1, -1, -1], [-1, 1, -1]]) / np.sqrt(3)
+    for c, u in zip(centres, axes, strict=True):
+        for s, d in (("C", 0.60), ("C", -0.60), ("H", 1.66), ("H", -1.66)):
+            sym.append(s)
+            pos.append(c + d * u)
+    return Atoms(sym, positions=pos, cell=[a, a, a], pbc=True)
+
+
+def test_sp_carbon_is_flagged_and_others_are_not():
+    assert any("C_W2" in w for w in model_warnings(ff_types_of_smiles("C#C"), []))
+    assert any("C_W2" in w for w in model_warnings(ff_types_of_smiles("N#Cc1ccccc1"), []))
+    assert model_warnings(ff_types_of_smiles("c1ccccc1"), []) == []
+    assert model_warnings(ff_types_of_smiles("NC(N)=O"), []) == []
+
+
+def test_short_h_c_contacts_are_flagged_only_when_short():
+    wide, tight = _acetylene_cubic(6.1), _acetylene_cubic(5.5)
+    d_wide, d_tight = shortest_h_c_contact(wide)[0], shortest_h_c_contact(tight)[0]
+    assert d_wide > MIN_H_C_CONTACT_A > d_tight
+    assert model_warnings(["C_W3"], [_Entry("m0001", wide)]) == []
+    (w,) = model_warnings(["C_W3"], [_Entry("m0001", wide), _Entry("m0002", tight)])
+    assert "1 of the lowest 2 minima" in w and "m0002" in w and f"{d_tight:.2f} A" in w
+
+
+def test_csp_cli_prints_the_warning_for_acetylene(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "agent.cli", "csp", "C#C", "--n-trials", "40", "--json",
+                          "--space-groups", "P2_1/c,Pbca"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert any("C_W2" in w for w in out["meta"]["warnings"])
+    assert "WARNING: W99's carbon bonded to two atoms (C_W2" in run.stderr
