@@ -3,10 +3,10 @@ campaign on its stored CSP landscapes, without spending anything on the molecule
 
     crystal-agent refine NAME [--runs-dir DIR] [--budget N] [--cpu-hours H] [--address ADDR] [--quiet]
 
-``--budget N`` adds N structure-stage evaluations to the campaign's budget (default:
-continue to the budget already configured): it raises ``[structures] budget_evaluations``
-and ``max_evaluations`` (from at least the evaluations done) by N in the stored config and
-prints one line saying so. ``--cpu-hours H`` adds H CPU hours to ``max_cpu_hours`` the same
+``--budget N`` runs N more structure-stage evaluations than were done (default: continue
+to the budget already configured): it sets ``[structures] budget_evaluations`` to the
+stage's evaluations done + N, raises ``max_evaluations`` (from at least all evaluations
+done) by N in the stored config, and prints one line saying so. ``--cpu-hours H`` adds H CPU hours to ``max_cpu_hours`` the same
 way. A campaign whose CPU budget is spent is refused in one line, its stored config
 unchanged, unless ``--cpu-hours`` raises it. The campaign config must enable the
 structure stage (``[structures] enabled = true``).
@@ -63,10 +63,9 @@ def run_refine_command(args: argparse.Namespace) -> int:
         campaign.close()
     campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
     try:
-        if args.budget:  # more structure-stage evaluations: a new stored config, reopened
-            structures = cfg.structures.model_copy(
-                update={"budget_evaluations": cfg.structures.budget_evaluations + args.budget}
-            )
+        if args.budget:  # N more structure-stage evaluations: a new stored config, reopened
+            n_stage = campaign.n_by_stage.get("structures", 0)
+            structures = cfg.structures.model_copy(update={"budget_evaluations": n_stage + args.budget})
             before = cfg
             cfg = cfg.model_copy(update={
                 "structures": structures,
@@ -74,9 +73,9 @@ def run_refine_command(args: argparse.Namespace) -> int:
             })
             campaign.store.set_meta("config_toml", config_to_toml(cfg))
             print(f"refine: {args.name}: structure-stage budget (structures.budget_evaluations) "
-                  f"{before.structures.budget_evaluations} -> {structures.budget_evaluations}, "
-                  f"total budget (max_evaluations) {before.max_evaluations} -> {cfg.max_evaluations} "
-                  "evaluations (stored: a later resume continues to it)", flush=True)
+                  f"{before.structures.budget_evaluations} -> {structures.budget_evaluations} "
+                  f"({n_stage} done + {args.budget}), total budget (max_evaluations) {before.max_evaluations} "
+                  f"-> {cfg.max_evaluations} evaluations (stored: a later resume continues to it)", flush=True)
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
         if args.cpu_hours:  # more CPU time: the same way
