@@ -59,6 +59,23 @@ LANDSCAPE_TEMPERATURE_K = 300.0
 SD_ENERGY_ONLY = "energy-ranking spread only; J and lambda errors not included"
 
 
+#: where the ESF levels' lambda+ comes from unless the config gives it (the esf-proxy's xtb-reorg)
+LAMBDA_LEVEL = "GFN2-xTB"
+#: kJ/mol per eV
+KJMOL_PER_EV = 96.485332
+#: what GFN2-xTB lambda+ does to the mobilities (benchmarks/results/reorg_validation.json, "xtb")
+XTB_LAMBDA_CAVEAT = ("lambda+ at GFN2-xTB is 0.61x the B3LYP//B3LYP value on average (12 molecules, MAE 23.6 "
+                     "kJ/mol, Spearman 0.75; benchmarks/reorg_validation.py; published B3LYP: anthracene 0.138, "
+                     "tetracene 0.113, pentacene 0.095 eV), so these hopping rates are too fast and 2|J| > lambda "
+                     "warnings frequent; the mobilities rank molecules roughly, they are not predictions")
+
+
+def lambda_text(rec: dict[str, Any]) -> str:
+    """``"lambda+ 0.064 eV (6.15 kJ/mol, GFN2-xTB)"`` of an ESF record."""
+    lam = float(rec["lambda_hole_kjmol"])
+    return f"lambda+ {lam / KJMOL_PER_EV:.3f} eV ({lam:.2f} kJ/mol, {rec.get('lambda_level') or '?'})"
+
+
 def format_mobility(mean: float, sd: float | None = None) -> str:
     """``"1.2e-02 ± 3.1e-03 cm2/(V s)"`` (mobilities span decades: 2 significant figures)."""
     pm = f" ± {sd:.1e}" if sd is not None and math.isfinite(sd) and sd > 0 else ""
@@ -96,8 +113,12 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
                 row["cif_text"] = s["cif"]
             structures.append(row)
         name, smiles = names.get(mid, ("", ""))
+        lam = ev.values.get("reorg_energy_kjmol")
         out.append({"molecule_id": int(mid), "name": name, "smiles": smiles, "source": "molecule stage",
                     "backend": ev.backend, "level": _level_of(cfg.backends[f]),
+                    "lambda_hole_kjmol": float(lam) if lam is not None else None,
+                    "lambda_level": ("given in the config" if "lambda_hole_kjmol" in cfg.backends[f].params
+                                     else LAMBDA_LEVEL),
                     "csp_level": ev.extra.get("csp_level"),
                     "mean": float(ev.values[LANDSCAPE_KEY]),
                     "sd": float(ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
@@ -324,6 +345,11 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
     evaluations = store.evaluations()
     molecule = _molecule_stage(evaluations, cfg, names, cif_text)
     out = propagate_lambda_warnings(molecule + _structure_stage(store, cfg, directory, names, molecule))
+    lam = {r["molecule_id"]: r for r in molecule if r.get("lambda_hole_kjmol") is not None}
+    for rec in out:  # the structure stage's mobility level takes lambda+ from the molecule stage
+        if rec.get("lambda_hole_kjmol") is None and rec["molecule_id"] in lam:
+            rec["lambda_hole_kjmol"] = lam[rec["molecule_id"]]["lambda_hole_kjmol"]
+            rec["lambda_level"] = lam[rec["molecule_id"]]["lambda_level"]
     for rec in out:
         s = rec["structures"]
         if s:
@@ -435,11 +461,14 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
 
     if any(CHARGE_LABELS["xtb"] in str(r.get("csp_level") or "") for r in results[:N_LISTED]):
         lines.append(f"  CAVEAT {XTB_CHARGE_CAVEAT}")
+    if any(r.get("lambda_level") == LAMBDA_LEVEL for r in results[:N_LISTED]):
+        lines.append(f"  CAVEAT {XTB_LAMBDA_CAVEAT}")
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
         covers = f"± {rec.get('sd_covers') or SD_ENERGY_ONLY}; " if rec["sd"] > 0 else ""
         lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({covers}{log}), "
-                     f"{_window_text(rec)}; {rec['source']} ({rec['backend']}): {rec['level']}")
+                     f"{_window_text(rec)}; {rec['source']} ({rec['backend']}): {rec['level']}"
+                     + (f"; {lambda_text(rec)}" if rec.get("lambda_hole_kjmol") is not None else ""))
         if rec.get("infeasible"):
             lines.append(f"    EXCLUDED {rec['infeasible']}")
         gm = rec.get("global_minimum")
@@ -460,7 +489,7 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
 def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
     """One row per molecule and source: the landscape mobility, its sd and what the sd
     covers, the structures in the window and how many of them have a mobility, level, and
-    the global minimum (``report/esf_results.csv``)."""
+    the global minimum, and lambda+ with its level (``report/esf_results.csv``)."""
     import csv
 
     with path.open("w", newline="") as fh:
@@ -468,7 +497,8 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
         w.writerow(["molecule_id", "name", "smiles", "source", "backend", "level", "mobility_hole_cm2Vs",
                     "mobility_hole_sd_cm2Vs", "sd_covers", "n_in_window", "n_with_mobility_in_window",
                     "n_structures", "global_minimum_id",
-                    "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible"])
+                    "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible",
+                    "lambda_hole_kjmol", "lambda_hole_ev", "lambda_level"])
         for r in results:
             gm = r.get("global_minimum") or {}
             w.writerow([r["molecule_id"], r["name"], r["smiles"], r["source"], r["backend"], r["level"],
@@ -476,7 +506,9 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
                         r.get("n_with_mobility", r["n_in_window"]), len(r["structures"]),
                         gm.get("id", ""), f"{gm['mobility_hole_cm2Vs']:.4g}" if gm else "",
                         gm.get("cif") or "", "; ".join(r.get("warnings") or []), "; ".join(r.get("notes") or []),
-                        r.get("infeasible") or ""])
+                        r.get("infeasible") or "",
+                        *((f"{r['lambda_hole_kjmol']:.3f}", f"{r['lambda_hole_kjmol'] / KJMOL_PER_EV:.4f}",
+                           r.get("lambda_level") or "") if r.get("lambda_hole_kjmol") is not None else ("", "", ""))])
     return path
 
 

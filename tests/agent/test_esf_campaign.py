@@ -449,3 +449,35 @@ def test_structure_stage_inherits_the_jahn_teller_lambda_warning():
     older = [{**recs[0], "warnings": ["hole: degenerate HOMO (Jahn-Teller cation) with an older wording (6 of 6)"]},
              {**recs[1], "warnings": []}]
     assert len(propagate_lambda_warnings(older)[1]["warnings"]) == 1  # stored runs keep older texts
+
+
+def test_status_and_table_give_lambda_with_its_level(esf_replay):
+    """newuser38 M1: lambda+, the mobility's main input, was in no status line or CSV. Each
+    landscape mobility line now ends with it in eV and kJ/mol and its level, a CAVEAT says
+    what GFN2-xTB lambda+ does to the mobilities, and esf_results.csv has three columns."""
+    import csv
+
+    from agent.campaign import Campaign
+    from agent.esf_report import KJMOL_PER_EV, XTB_LAMBDA_CAVEAT
+    from agent.report import write_plots
+    from agent.summary import status_lines, status_record
+
+    camp = Campaign.open("esf", esf_replay, readonly=True)
+    try:
+        lam = {ev.molecule_id: ev.values["reorg_energy_kjmol"] for ev in camp.store.evaluations()
+               if ev.backend == "replay-esf-refined" and ev.ok}
+        rec = status_record(camp.status(), camp.store, camp.cfg)
+        write_plots(camp)
+    finally:
+        camp.close()
+    text = "\n".join(status_lines(rec))
+    assert f"  CAVEAT {XTB_LAMBDA_CAVEAT}" in text
+    for r in rec["esf"]:
+        assert r["lambda_hole_kjmol"] == pytest.approx(lam[r["molecule_id"]]) and r["lambda_level"] == "GFN2-xTB"
+    best = rec["esf"][0]
+    line = next(x for x in text.splitlines() if x.startswith(f"  {best['name']}: mu_h = "))
+    assert line.endswith(f"; lambda+ {best['lambda_hole_kjmol'] / KJMOL_PER_EV:.3f} eV "
+                         f"({best['lambda_hole_kjmol']:.2f} kJ/mol, GFN2-xTB)"), line
+    rows = list(csv.DictReader((esf_replay / "esf" / "report" / "esf_results.csv").open()))
+    assert all(float(r["lambda_hole_ev"]) * KJMOL_PER_EV == pytest.approx(float(r["lambda_hole_kjmol"]), rel=1e-3)
+               and r["lambda_level"] == "GFN2-xTB" for r in rows)
