@@ -17,6 +17,7 @@ the executor a caller starts before handing it to :func:`run_campaign`.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +43,10 @@ def _sigterm_to_interrupt(signum: int, frame: object) -> None:
 
 
 class PlainProgress:
-    """The campaign progress as plain lines, for a stdout that is not a terminal (a log
-    file, a pipe), where a live bar is squeezed into 80 columns and drawn once: a line per
-    completed evaluation, at most one per :attr:`every_s` seconds, and always the last.
-    The subset of :class:`rich.progress.Progress` that :func:`run_campaign` uses."""
+    """The campaign progress as plain lines on stderr (as the bar; stdout keeps the
+    results), for a stderr that is not a terminal (a log file, a pipe), where a live bar
+    is squeezed into 80 columns and drawn once: a line per completed evaluation, at most
+    one per :attr:`every_s` seconds, and always the last. The subset of :class:`rich.progress.Progress` that :func:`run_campaign` uses."""
 
     every_s = 10.0
 
@@ -84,7 +85,7 @@ class PlainProgress:
         info = ", ".join(" ".join(part.split()) for part in str(task.get("info") or "").split("  ") if part.strip())
         print(f"{task['description']}: {task['completed']}/{task['total']} evaluations, "
               f"{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} elapsed"
-              + (f", {info}" if info else ""), flush=True)
+              + (f", {info}" if info else ""), file=sys.stderr, flush=True)
 
 
 def make_executor(cfg: CampaignConfig, address: str | None = None) -> RayExecutor:
@@ -192,8 +193,12 @@ def run_campaign(
         store.log_event("started", slots=slots, address=executor.address or "local")
         from rich.console import Console
 
-        plain = progress and not Console().is_terminal  # a log file or pipe: readable lines, no bar
-        with (PlainProgress() if plain else Progress(*columns, disable=not progress, transient=False)) as bar:
+        # progress goes to stderr (stdout keeps the results and the summary); a log file or
+        # pipe gets readable lines, no bar
+        console = Console(stderr=True)
+        plain = progress and not console.is_terminal
+        with (PlainProgress() if plain
+              else Progress(*columns, console=console, disable=not progress, transient=False)) as bar:
             bar_id = bar.add_task(
                 cfg.name, total=cfg.max_evaluations, completed=campaign.n_evaluations, info=""
             )

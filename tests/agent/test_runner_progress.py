@@ -1,5 +1,6 @@
 """The campaign progress where stdout is not a terminal (newuser34: the rich bar was drawn
-once, squeezed to ``lab34 ━━━━ 13/… 0:0… best lambda+ ...``): plain, complete lines."""
+once, squeezed to ``lab34 ━━━━ 13/… 0:0… best lambda+ ...``): plain, complete lines, on
+stderr as the README says (newuser38 C1: they were on stdout, mixed with the results)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from conftest import write_config
 from test_bad_input import DIAG
 
 
-def test_run_in_a_non_terminal_prints_plain_progress_lines(tmp_path, capsys):
+def test_run_in_a_non_terminal_prints_plain_progress_lines_on_stderr(tmp_path, capsys):
     from agent.campaign import Campaign
     from agent.config import load_config
     from agent.local_executor import LocalExecutor
@@ -21,7 +22,9 @@ def test_run_in_a_non_terminal_prints_plain_progress_lines(tmp_path, capsys):
         run_campaign(camp, tmp_path / "runs", progress=True, executor=LocalExecutor(slots=2))
     finally:
         camp.close()
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "evaluations" not in captured.out, captured.out  # stdout keeps the results only
+    out = captured.err
     lines = [ln for ln in out.splitlines() if ln.startswith("plain: ")]
     assert lines, out
     assert "━" not in out and "…" not in out
@@ -37,6 +40,8 @@ def test_plain_progress_throttles_but_always_shows_the_last(capsys):
         task = bar.add_task("c", total=10, completed=0, info="")
         for k in range(1, 10):
             bar.update(task, completed=k, info=f"best x = {k}  failed 0")
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
     assert lines[0].startswith("c: 1/10 evaluations") and lines[-1].startswith("c: 9/10 evaluations")
     assert len(lines) == 2 and lines[-1].endswith("best x = 9, failed 0")
