@@ -30,7 +30,8 @@ quick record, the quick level as the truth (a larger pool; no ``csp_everything``
 Prints one table (median and quartiles over seeds, CPU s) and the ratios against the
 agent, then one JSON line ``{"benchmark": "esf_discovery", ..., "cpu_s_to_best": {...}}``
 written to ``benchmarks/results/esf_discovery.json`` (non-default arguments: a file named
-after them). Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/esf_discovery.py``.
+after them). ``--data DIR`` replays another data set of the same layout (e.g. ``data/esf_resp``,
+the CSPs with RESP charges). Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/esf_discovery.py``.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 LEVELS = {"proxy": "replay-esf-proxy", "quick": "replay-esf-quick", "refined": "replay-esf-refined"}
 
 
-def load(truth: str) -> dict:
-    """Pool (canonical SMILES, names), per-level values (NaN: failed) and CPU s."""
-    from sim_backends.esf import esf_records, landscape_values, record_cpu_s
+def load(truth: str, data_dir: str | None = None) -> dict:
+    """Pool (canonical SMILES, names), per-level values (NaN: failed) and CPU s, from
+    ``data_dir`` (default ``data/esf``)."""
+    from sim_backends.esf import ESF_DATA, esf_records, landscape_values, record_cpu_s
 
     levels = ["proxy", "quick"] + (["refined"] if truth == "refined" else [])
-    recs = {lv: esf_records(lv) for lv in levels}
+    recs = {lv: esf_records(lv, data_dir or ESF_DATA) for lv in levels}
     smiles = [s for s in recs[truth] if all(s in recs[lv] for lv in levels)]
     value = {lv: np.full(len(smiles), np.nan) for lv in levels}
     cost = {lv: np.zeros(len(smiles)) for lv in levels}
@@ -69,7 +71,8 @@ def load(truth: str) -> dict:
             if not r.get("error") and lam is not None:
                 value[lv][i] = landscape_values(float(lam), r)["log10_landscape_mobility_hole"]
     names = [recs[truth][s]["name"] for s in smiles]
-    return {"smiles": smiles, "names": names, "levels": levels, "value": value, "cost": cost, "truth": truth}
+    return {"smiles": smiles, "names": names, "levels": levels, "value": value, "cost": cost, "truth": truth,
+            "data_dir": str(data_dir) if data_dir else None}
 
 
 def targets(data: dict, k: int = 3) -> list[int]:
@@ -146,7 +149,8 @@ def agent_order(data: dict, seed: int, workdir: Path, batch: int, n_initial: int
     budget = sum(float(sum(data["cost"][lv])) for lv in data["levels"])  # everything at every level
     text = CONFIG.format(seed=seed, batch=batch, hours=budget / 3600.0, max_evals=3 * len(data["smiles"]),
                          n_initial=n_initial)
-    text += "".join(f'[[backends]]\nname = "{LEVELS[lv]}"\n' for lv in data["levels"])
+    extra = f'params = {{ data_dir = "{Path(data["data_dir"]).resolve()}" }}\n' if data.get("data_dir") else ""
+    text += "".join(f'[[backends]]\nname = "{LEVELS[lv]}"\n{extra}' for lv in data["levels"])
     cfg = parse_config(tomllib.loads(text), base_dir=d)
     t0 = time.time()
     camp = Campaign.create(cfg, d / "runs")
@@ -178,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", choices=["refined", "quick"], default="refined")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--n-initial", type=int, default=6)
+    ap.add_argument("--data", default=None,
+                    help="ESF data set directory (default data/esf; data/esf_resp: RESP-charge CSPs)")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.batch < 1 or args.n_initial < 1:
         ap.error("--seeds, --batch and --n-initial must be >= 1")
-    data = load(args.truth)
+    data = load(args.truth, args.data)
     n = len(data["smiles"])
     if n < 5:
         print(f"error: only {n} molecules have every level of the ESF data set (need >= 5)", file=sys.stderr)
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"agent vs {s}: x{x:.2f} (target x{targets_txt[s]:g}): {'reached' if x >= targets_txt[s] else 'NOT reached'}")
     defaults = {k: ap.get_default(k) for k in vars(args)}
     changed = sorted(k for k, v in vars(args).items() if v != defaults[k])
-    name = "esf_discovery" + "".join(f"_{k.replace('_', '-')}-{getattr(args, k)}" for k in changed)
+    name = "esf_discovery" + "".join(f"_{k.replace('_', '-')}-{Path(str(getattr(args, k))).name}" for k in changed)
     out = {"benchmark": "esf_discovery", "pool": n, "truth": args.truth, "seeds": args.seeds,
            "best": data["names"][best[0]], "top3": [data["names"][i] for i in top3],
            "rank_of_best": ranks,
