@@ -53,7 +53,7 @@ def pool_summary(store: Store, name: str) -> str:
     SMILES, 1 unsupported element: Fe); see `crystal-agent status NAME --invalid```."""
     mols = store.molecules()
     bad = [m["reason"] for m in mols if not m["is_valid"]]
-    line = f"pool: {len(mols)} molecules"
+    line = f"pool: {len(mols)} molecule{'s' if len(mols) != 1 else ''}"
     if bad:
         line += (f", {len(bad)} invalid ({summarise_invalid(bad)}); "
                  f"see `crystal-agent status {name} --invalid`")

@@ -58,7 +58,7 @@ def run_refine_command(args: argparse.Namespace) -> int:
         if (cfg.max_cpu_hours is not None and not args.cpu_hours
                 and spent >= cfg.max_cpu_hours * 3600):
             raise CliError(f"campaign {args.name!r} has spent its CPU budget ({spent:.0f} of "
-                           f"{cfg.max_cpu_hours:g} CPU h x 3600 s); `--cpu-hours H` adds CPU time")
+                           f"{cfg.max_cpu_hours * 3600:.0f} CPU s); `--cpu-hours H` adds CPU time")
     finally:
         campaign.close()
     campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)

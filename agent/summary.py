@@ -491,6 +491,9 @@ def _ids_of(store: Store, mol_id: int) -> list[str]:
 
 def structure_lines(results: list[dict[str, Any]]) -> list[str]:
     """Text lines of structure results: per landscape its level and best structures."""
+    from sim_backends.csp.dedupe import format_z_prime
+    from sim_backends.csp.sampling import stopped_by_text
+
     lines = []
     for rec in results:
         n_s = rec.get("n_structures")
@@ -502,8 +505,9 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
         if samp := rec.get("csp_sampling"):
             lines.append(f"  CSP search: {samp['n_trials']} trials in {samp['n_groups']} space groups, "
                          + ("low-energy region converged" if samp["converged"] else
-                            f"NOT converged in {samp['n_not_converged']} space groups (stopped by "
-                            f"{samp['stopped_by']}; WARNING: raise n_trials)"))
+                            f"NOT converged in {samp['n_not_converged']} space group"
+                            f"{'s' if samp['n_not_converged'] != 1 else ''} (stopped by "
+                            f"{stopped_by_text(samp['stopped_by'])}; WARNING: raise n_trials)"))
             lines += [f"  WARNING: {w}" for w in samp.get("warnings") or []]
         if not rec.get("top"):
             continue
@@ -524,7 +528,7 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
                   else "")
             cif = f"  {r['cif']}" if r.get("cif") and Path(r["cif"]).is_file() else ""
             seen = f" [observed form, lab {r['observed_by']}]" if r.get("observed_by") else ""
-            zp = f", Z' = {r['z_prime']:g}" if r.get("z_prime") is not None else ""
+            zp = f", Z' = {format_z_prime(r['z_prime'])}" if r.get("z_prime") is not None else ""
             lines.append(f"  {r['id']:<12} E_latt = {e} ({how}){fv}; {r.get('space_group') or '?'}, "
                          f"Z = {reported_z(r)}{zp}, {dens}{seen}{cif}")
         lines += _beyond_top_lines(rec)

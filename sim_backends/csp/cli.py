@@ -143,7 +143,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"smiles": landscape.smiles, "meta": landscape.meta,
                           "minima": landscape.to_records(with_cif=False)}, default=str))
-        from sim_backends.csp.sampling import convergence_lines
+        from sim_backends.csp.sampling import convergence_lines, stopped_by_text
 
         for line in convergence_lines(landscape.meta.get("convergence") or {}):
             if line.startswith("WARNING"):
@@ -155,6 +155,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from sim_backends.csp.dedupe import format_z_prime
     from sim_backends.csp.landscape import FF_LEVEL
 
     e0 = landscape.minima[0].energy_kjmol if landscape.minima else 0.0
@@ -169,7 +170,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
     for m in landscape.minima[: args.top]:
         table.add_row(m.id, f"{m.energy_kjmol:.2f}", f"{m.energy_kjmol - e0:.2f}",
                       f"{m.density_gcm3:.3f}", m.space_group, m.search_space_group, str(m.z),
-                      "?" if m.z_prime is None else f"{m.z_prime:g}", str(m.multiplicity))
+                      format_z_prime(m.z_prime), str(m.multiplicity))
     Console().print(table)
     if str(landscape.meta.get("charge_method") or "").startswith("xtb"):
         print("note: with GFN2-xTB Mulliken charges the lattice energies are 20-50 kJ/mol per molecule too weak "
@@ -179,13 +180,13 @@ def run_csp_command(args: argparse.Namespace) -> int:
 
         for line in conformer_lines(landscape):
             print(line)
-    from sim_backends.csp.sampling import convergence_lines
+    from sim_backends.csp.sampling import convergence_lines, stopped_by_text
 
     conv = landscape.meta.get("convergence") or {}
     lines = convergence_lines(conv)
     if lines:
         print(f"sampling ({landscape.meta.get('sampling')}, {conv.get('n_rounds')} rounds, stopped by "
-              f"{conv.get('stopped_by')}), per space group searched:")
+              f"{stopped_by_text(conv.get('stopped_by'))}), per space group searched:")
         for line in lines:
             print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
     for line in landscape.meta.get("warnings") or []:

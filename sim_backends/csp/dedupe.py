@@ -147,6 +147,17 @@ def detect_symmetry(structure: Structure, n_molecules: int, symprec: float = 0.1
         return "P1", 1, float(n_molecules)
 
 
+def format_z_prime(z_prime: float | None) -> str:
+    """Z' as people write it: ``1``, ``2``, ``1/2``, ``1/6`` (not ``0.166667``); ``?`` if
+    unknown."""
+    from fractions import Fraction
+
+    if z_prime is None:
+        return "?"
+    frac = Fraction(float(z_prime)).limit_denominator(192)
+    return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
+
+
 @dataclass
 class Candidate:
     """A minimum to be deduplicated.

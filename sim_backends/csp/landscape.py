@@ -346,8 +346,11 @@ def crystal_cif(structure: Structure, *, n_molecules: int, name: str = "", struc
         ordered[key] = value
     header = _block_name(f"{name or formula}_{structure_id}" if structure_id else (name or formula))
     levels = "; ".join(sorted({e.level for e in energies}))
-    comment = (f"# crystal-agent: {name or formula} ({formula}{', ' + smiles if smiles else ''}), "
-               f"Z = {n_molecules} molecules\n# atoms and cell symmetrised to {out.space_group} at "
-               f"{symprec:g} A (standard setting); energies in kJ/mol per molecule"
-               + (f"; levels: {levels}" if levels else ""))
+    # "name (formula, smiles)"; a pool-less molecule's name is its formula: not said twice
+    named = name if name and name != formula else None
+    details = ", ".join(x for x in (formula if named else "", smiles) if x)
+    what = (named or formula) + (f" ({details})" if details else "")
+    comment = (f"# crystal-agent: {what}, Z = {n_molecules} molecule{'s' if n_molecules != 1 else ''}\n"
+               f"# atoms and cell symmetrised to {out.space_group} at {symprec:g} A (standard setting); "
+               "energies in kJ/mol per molecule" + (f"; levels: {levels}" if levels else ""))
     return str(CifFile({header: CifBlock(ordered, loops, header)}, comment=comment))

@@ -272,5 +272,11 @@ def convergence_lines(conv: dict[str, Any]) -> list[str]:
     if conv.get("stopped_by") == "budget" and not conv.get("converged"):
         n_bad = sum(not s["converged"] for s in conv.get("per_space_group", {}).values())
         lines.append(f"WARNING: the trial budget ended the search before the low-energy region converged "
-                     f"({n_bad} space groups not converged); raise --n-trials")
+                     f"({n_bad} space group{'s' if n_bad != 1 else ''} not converged); raise --n-trials")
     return lines
+
+
+def stopped_by_text(stopped_by: str | None) -> str:
+    """What ended a search, in words, for ``meta["convergence"]["stopped_by"]``."""
+    return {"converged": "convergence", "budget": "the trial budget",
+            "fixed": "the fixed trial budget (sampling = fixed)"}.get(stopped_by or "", str(stopped_by))

@@ -442,3 +442,14 @@ def test_config_with_two_range_errors_lists_both(tmp_path, capsys, no_runner):
         parse_config({"name": "x", "pool": "p.smi", "objective": "n_heavy_atoms", "max_cpu_hours": -1,
                       "max_evaluations": 0, "backends": [{"name": "diagnostic"}]})
     assert len(info.value.lines) == 2 and str(info.value).count("\n") == 1
+
+
+def test_pool_summary_of_one_molecule_is_singular(tmp_path, capsys, no_runner):
+    """newuser38 C3: "pool: 1 molecules"."""
+    cfg = _diag_config(tmp_path, pool=["CCO ethanol"])
+    from agent.cli import main
+
+    with pytest.raises(ReachedRunner):
+        main(["run", str(cfg), "--runs-dir", str(tmp_path / "runs")])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pool:")]
+    assert line == ["pool: 1 molecule"], line

@@ -108,6 +108,8 @@ def test_refine_after_the_cpu_budget_is_spent(tmp_path, capsys, local_executor):
     assert main(["refine", "cpu", "--runs-dir", str(runs), "--budget", "2", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "has spent its CPU budget" in err and "--cpu-hours H" in err and err.count("\n") == 1, err
+    # newuser38 C3: "(605 of 0.15 CPU h x 3600 s)"
+    assert f" of {spent / 2:.0f} CPU s); " in err and "CPU h x" not in err, err
     camp = Campaign.open("cpu", runs, readonly=True)
     try:
         assert camp.store.get_meta("config_toml") == before  # nothing changed

@@ -115,3 +115,20 @@ def test_nearly_orthorhombic_minimum_is_written_symmetrised_in_its_standard_sett
     e_min = energy(st)
     assert e_min == pytest.approx(-36.9295, abs=1e-3)
     assert energy(back) == pytest.approx(e_min, abs=1e-3)
+
+
+def test_cif_header_names_a_pool_less_molecule_once_and_counts_one_molecule(tmp_path):
+    """newuser38 C3: the header said "C4H4N2 (C4H4N2, c1cncnc1)" for a molecule whose name is
+    its formula (``crystal-agent csp``) and "Z = 1 molecules"."""
+    from pymatgen.core import Lattice, Structure
+
+    from sim_backends.csp.landscape import crystal_cif
+
+    # one acetylene on an inversion centre of a triclinic cell: P-1, Z = 1
+    lat = Lattice.from_parameters(4.1, 4.6, 5.3, 81.0, 97.0, 104.0)
+    cart = [[0.60, 0, 0], [-0.60, 0, 0], [1.66, 0, 0], [-1.66, 0, 0]]
+    st = Structure(lat, ["C", "C", "H", "H"], cart, coords_are_cartesian=True)
+    text = crystal_cif(st, n_molecules=1, name="C2H2", smiles="C#C", structure_id="m0001")
+    assert text.splitlines()[0] == "# crystal-agent: C2H2 (C#C), Z = 1 molecule", text.splitlines()[0]
+    named = crystal_cif(st, n_molecules=1, name="acetylene", smiles="C#C", structure_id="m0001")
+    assert named.splitlines()[0] == "# crystal-agent: acetylene (C2H2, C#C), Z = 1 molecule"

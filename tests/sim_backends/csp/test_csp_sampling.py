@@ -133,7 +133,12 @@ def test_campaign_summary_says_whether_the_search_converged():
                             "n_not_converged": 7}}
     lines = structure_lines([rec])
     assert lines[1] == ("  CSP search: 200 trials in 10 space groups, NOT converged in 7 space groups "
-                        "(stopped by budget; WARNING: raise n_trials)")
+                        "(stopped by the trial budget; WARNING: raise n_trials)")
+    # newuser38 C3: "in 1 space groups (stopped by fixed; ...)"
+    rec["csp_sampling"].update(stopped_by="fixed", n_not_converged=1)
+    assert structure_lines([rec])[1] == (
+        "  CSP search: 200 trials in 10 space groups, NOT converged in 1 space group "
+        "(stopped by the fixed trial budget (sampling = fixed); WARNING: raise n_trials)")
     rec["csp_sampling"].update(converged=True, stopped_by="converged")
     assert structure_lines([rec])[1].endswith("low-energy region converged")
 
@@ -169,3 +174,16 @@ def test_convergence_line_does_not_contradict_itself_below_the_rate_window():
     assert "the rate test needs 20 trials, 10 so far" in s["reason"]
     (line,) = convergence_lines(tr.summary())
     assert "new-minima rate 0.300/trial over the last 10 trials: NOT converged" in line, line
+
+
+def test_the_budget_warning_counts_one_space_group_in_the_singular():
+    """newuser38 C3: "(1 space groups not converged)"."""
+    from sim_backends.csp.sampling import convergence_lines
+
+    conv = {"stopped_by": "budget", "converged": False, "criteria": {"window_kjmol": 5.0},
+            "per_space_group": {"P-1": {"n_trials": 10, "n_low_minima": 1, "counts": [1],
+                                        "new_low_rate_per_trial": None, "converged": False,
+                                        "reason": "fewer than 128 trials"}}}
+    assert convergence_lines(conv)[-1] == ("WARNING: the trial budget ended the search before the "
+                                           "low-energy region converged (1 space group not converged); "
+                                           "raise --n-trials")
