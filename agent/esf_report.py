@@ -126,7 +126,8 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
                     "n_in_window": int(ev.values.get("n_structures_in_window", len(structures))),
                     "n_minima_in_window": ev.extra.get("n_minima_in_window"),  # before the cap
                     "structures": structures,
-                    "warnings": hole_warnings(s.get("warnings") for s in ev.extra.get("structures") or []),
+                    "warnings": [*hole_warnings(s.get("warnings") for s in ev.extra.get("structures") or []),
+                                 *(f"CSP: {w}" for w in ev.extra.get("csp_warnings") or [])],
                     "notes": hole_notes(s.get("notes") for s in ev.extra.get("structures") or [])})
     return out
 

@@ -42,7 +42,9 @@ contacts within the cutoff, a failed dimer SCF: the reasons of the structures ar
 joined). A structure that fails while others succeed is left out of the landscape and
 named in ``extra["structures"]``, which lists every kept structure (energy, space group,
 Z, density, CIF, mobility or error): ``crystal-agent status``/``report`` show them
-(:mod:`agent.esf_report`).
+(:mod:`agent.esf_report`). ``extra["csp_warnings"]``: the force field's domain warnings for
+the landscape (:mod:`sim_backends.csp.domain`, e.g. W99's unvalidated sp carbon of a
+nitrile); the replays derive the atom-type part from the SMILES for records without them.
 
 Replays (``replay-esf-proxy``, ``replay-esf-quick``, ``replay-esf-refined``) serve the
 project's data set ``data/esf/esf_<fidelity>.jsonl`` (made by
@@ -237,6 +239,8 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                 "cpu_s": {"csp": round(process_cpu_s() - c0, 2)}}
     cpu_csp = process_cpu_s() - c0
     rec["n_minima"] = len(land)
+    if land.meta.get("warnings"):  # the force field's domain (sim_backends/csp/domain.py)
+        rec["csp_warnings"] = list(land.meta["warnings"])
     if not len(land):
         return {**rec, "error": "csp: no minimum found", "cpu_s": {"csp": round(cpu_csp, 2)}}
     e0 = land.minima[0].energy_kjmol
@@ -436,6 +440,8 @@ class EsfLandscapeBackend(Backend):
                  "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
         if jt:
             extra["jahn_teller"] = jt
+        if rec.get("csp_warnings"):
+            extra["csp_warnings"] = rec["csp_warnings"]
         return values, extra
 
 
@@ -517,6 +523,12 @@ class _EsfReplay(RecordedReplay):
         if rec.get("structures"):  # the predicted structures (with CIFs), as the real level reports them
             extra["structures"] = with_regime_warnings(rec["structures"], float(lam))
             extra["csp_level"] = csp_level(str(rec.get("charges", DATA_SET_CHARGES)))
+            from sim_backends.csp.domain import ff_types_of_smiles, model_warnings
+
+            # records made before the domain check carry none: the atom-type part from the SMILES
+            warnings = rec.get("csp_warnings") or model_warnings(ff_types_of_smiles(inp.smiles), [])
+            if warnings:
+                extra["csp_warnings"] = warnings
         return landscape_values(float(lam), rec), extra
 
     def recorded_cpu_s(self, inp: EvalInput, result: EvalResult) -> float | None:

@@ -481,3 +481,34 @@ def test_status_and_table_give_lambda_with_its_level(esf_replay):
     rows = list(csv.DictReader((esf_replay / "esf" / "report" / "esf_results.csv").open()))
     assert all(float(r["lambda_hole_ev"]) * KJMOL_PER_EV == pytest.approx(float(r["lambda_hole_kjmol"]), rel=1e-3)
                and r["lambda_level"] == "GFN2-xTB" for r in rows)
+
+
+
+def test_nitriles_carry_the_force_field_domain_warning(esf_replay):
+    """A molecule with W99's unvalidated sp carbon (a nitrile) gets the CSP domain warning
+    in its ESF result and status record (sim_backends/csp/domain.py); benzene does not."""
+    import dataclasses
+
+    from agent.campaign import Campaign
+    from agent.esf_report import _molecule_stage
+    from sim_backends.base import EvalInput
+    from sim_backends.csp.domain import UNVALIDATED_TYPES
+    from sim_backends.registry import get_backend
+
+    backend = get_backend("replay-esf-refined")
+    nitrile = backend.evaluate(EvalInput("N#Cc1ccc(C#N)cc1"))
+    plain = backend.evaluate(EvalInput("c1ccccc1"))
+    assert nitrile.ok and plain.ok
+    assert nitrile.extra["csp_warnings"] == [UNVALIDATED_TYPES["C_W2"]] and "csp_warnings" not in plain.extra
+    camp = Campaign.open("esf", esf_replay, readonly=True)
+    try:
+        ev = next(e for e in camp.store.evaluations()
+                  if e.backend == "replay-esf-refined" and e.ok and not e.extra.get("csp_warnings"))
+        cfg = camp.cfg
+    finally:
+        camp.close()
+    with_warning = dataclasses.replace(ev, extra={**ev.extra, "csp_warnings": nitrile.extra["csp_warnings"]})
+    (rec,) = _molecule_stage([with_warning], cfg, {}, cif_text=False)
+    assert f"CSP: {UNVALIDATED_TYPES['C_W2']}" in rec["warnings"]
+    (rec,) = _molecule_stage([ev], cfg, {}, cif_text=False)
+    assert not any(w.startswith("CSP: ") for w in rec["warnings"])
