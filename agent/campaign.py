@@ -178,10 +178,18 @@ class Campaign:
         check_runnable(cfg)
         duplicates: list[dict[str, str | None]] = []
         rows = validated_pool(cfg, duplicates)
-        directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create runs directory {directory.parent} (--runs-dir): "
+                              f"{exc.strerror or exc}") from None
         remove_stale_creations(directory.parent)
         tmp = directory.parent / f".{cfg.name}{_CREATING}{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()  # the user's umask, unlike mkdtemp's 0700
+        try:
+            tmp.mkdir()  # the user's umask, unlike mkdtemp's 0700
+        except OSError as exc:
+            raise ConfigError(f"cannot write in runs directory {directory.parent} (--runs-dir): "
+                              f"{exc.strerror or exc}") from None
         try:
             with Store(tmp / STORE_FILE, lock=True) as store:  # locked: not stale while built
                 store.add_molecules(rows)

@@ -416,6 +416,8 @@ def load_config(path: str | Path) -> CampaignConfig:
     except UnicodeDecodeError:
         raise ConfigError(f"config error: {path}: not UTF-8 text") from None
     cfg = parse_config(parse_toml(text, str(path)), base_dir=path.parent.resolve())
+    if cfg.pool.is_dir():
+        raise ConfigError(f"config error: pool: {cfg.pool} is a directory, not a file of SMILES")
     if not cfg.pool.is_file():
         raise ConfigError(f"config error: pool: file not found: {cfg.pool}")
     return cfg

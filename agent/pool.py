@@ -83,6 +83,8 @@ def validated_pool(cfg: CampaignConfig,
         entries = read_pool(cfg.pool)
     except UnicodeDecodeError:
         raise ConfigError(f"config error: pool: {cfg.pool}: not UTF-8 text") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config error: pool: {cfg.pool} is a directory, not a file of SMILES") from None
     except FileNotFoundError:
         raise ConfigError(f"config error: pool: file not found: {cfg.pool}") from None
     if not entries:

@@ -215,3 +215,12 @@ def _check_out_dir(out: "Path") -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise PermissionError(f"--out {out}: {parent} is not a writable directory")
+    if parent != out:  # try the first directory to create (e.g. /proc/x: ENOENT, not EACCES)
+        first = out
+        while first.parent != parent:
+            first = first.parent
+        try:
+            first.mkdir()
+            first.rmdir()
+        except OSError as exc:
+            raise OSError(f"cannot create --out directory {out}: {exc.strerror or exc}") from None

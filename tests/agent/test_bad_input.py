@@ -253,6 +253,14 @@ def test_runs_dir_that_is_a_file(tmp_path, capsys, no_runner):
     assert "runs-dir" in _refused(capsys, "run", str(cfg), "--runs-dir", str(f / "below"))
 
 
+def test_runs_dir_that_cannot_be_created_says_which_option(tmp_path, capsys, no_runner):
+    """newuser38 C4: `--runs-dir /proc/x` printed only "[Errno 2] No such file or directory"."""
+    cfg = _diag_config(tmp_path)
+    msg = _refused(capsys, "run", str(cfg), "--runs-dir", "/proc/no-such-runs-dir")
+    assert msg == ("crystal-agent: error: cannot create runs directory /proc/no-such-runs-dir "
+                   "(--runs-dir): No such file or directory"), msg
+
+
 def test_deeply_nested_and_huge_toml(tmp_path, capsys):
     """Issue 17.8: 3000-deep nested TOML and an oversized file are one-line errors."""
     p = tmp_path / "deep.toml"

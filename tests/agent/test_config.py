@@ -45,6 +45,10 @@ def test_missing_file_and_missing_pool(tmp_path):
     p.write_text('pool = "missing.smi"\n' + BASE)
     with pytest.raises(ConfigError, match="pool: file not found"):
         load_config(p)
+    # newuser38 C4: a directory said "file not found"
+    p.write_text('pool = "."\n' + BASE)
+    with pytest.raises(ConfigError, match=r"pool: .* is a directory, not a file of SMILES"):
+        load_config(p)
 
 
 def test_invalid_toml(tmp_path):

@@ -117,6 +117,9 @@ def test_cli_table_shows_the_smiles_as_given(capsys):
     (["C=O", "--top", "0"], "argument --top: must be >= 1, got 0"),
     (["C=O", "--max-trials", "0"], "max_trials must be a positive integer"),
     (["C=O", "--out", "FILE"], "exists and is not a directory"),
+    # newuser38 C4: only "[Errno 2] No such file or directory: '/proc/x'"
+    (["C=O", "--out", "/proc/no-such-x/y"],
+     "crystal-agent csp: error: cannot create --out directory /proc/no-such-x/y: No such file or directory"),
 ])
 def test_cli_refuses_bad_arguments_before_any_work(capsys, tmp_path, monkeypatch, args, needle):
     """Issue 17 item 5/7, issue 14 item 9: one line, exit 2, nothing created or computed."""
