@@ -171,7 +171,13 @@ def run_csp_command(args: argparse.Namespace) -> int:
         table.add_row(m.id, f"{m.energy_kjmol:.2f}", f"{m.energy_kjmol - e0:.2f}",
                       f"{m.density_gcm3:.3f}", m.space_group, m.search_space_group, str(m.z),
                       format_z_prime(m.z_prime), str(m.multiplicity))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: whole rows, not clipped to 80 columns
+        from rich.measure import Measurement
+
+        wide = Measurement.get(console, console.options.update(width=10_000), table).maximum
+        console = Console(width=max(console.width, wide))
+    console.print(table)
     if str(landscape.meta.get("charge_method") or "").startswith("xtb"):
         print("note: with GFN2-xTB Mulliken charges the lattice energies are 20-50 kJ/mol per molecule too weak "
               "(they rank structures; use --charges resp for lattice energies)")

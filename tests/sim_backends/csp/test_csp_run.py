@@ -261,3 +261,19 @@ def test_cli_announces_the_resp_fit_on_stderr(capsys, tmp_path, monkeypatch):
     assert "estimated ~" in err and "--charges xtb" in err and f"cached in {tmp_path}" in err
     assert main(args) == 0
     assert "charges:" not in capsys.readouterr().err
+
+
+def test_cli_table_keeps_whole_rows_when_output_is_not_a_terminal(capsys, monkeypatch):
+    """newuser38 C5: redirected to a file the table was cut at the console width (80, or
+    $COLUMNS): the header ended '┃ mult' with no border. Without a terminal the console is as
+    wide as the table."""
+    from agent.cli import main
+
+    monkeypatch.setenv("COLUMNS", "60")  # narrower than the table
+    assert main(["csp", "C=O", "--n-trials", "2", "--space-groups", "P1", "--charges", "xtb",
+                 "--sampling", "fixed"]) == 0
+    out = capsys.readouterr().out
+    header = next(ln for ln in out.splitlines() if "space group" in ln)
+    assert header.rstrip().endswith("mult ┃") and "searched in" in header, out
+    rows = [ln.rstrip() for ln in out.splitlines() if ln.startswith("│")]
+    assert rows and all(r.endswith("│") and r.count("│") == 10 for r in rows), out
