@@ -43,11 +43,14 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
       computed (:func:`level_column`: ``F_vib_phonon_kJmol_per_mol`` for an energy in
       kJ/mol per molecule, ``mobility_hole_cm2Vs_mobility-xtb`` for a property level); then
       ``observed`` (the lab request that observed the structure, else empty) and ``cif``;
-    * ``energies.csv`` (``id, energy_kjmol, free_energy_kjmol``): the best estimate of
-      each structure's energy at the ranking level (computed, else the prediction's mean; the
-      force field for structures failed at that level) and E plus the second energy
-      level's value (E + F_vib) where computed, the
-      table ``crystal-agent lab identify --structures`` reads beside the CIFs;
+    * ``energies.csv`` (``id, energy_kjmol, free_energy_kjmol, status, level``): the best
+      estimate of each structure's energy at the ranking level (computed, else the
+      prediction's mean; the force field for structures failed at that level) and E plus the
+      second energy level's value (E + F_vib) where computed; ``status`` says which
+      (``computed``, ``predicted``, ``failed``: the force field's energy; ``force field``
+      where the ranking level has no value yet) and ``level`` the level of theory of
+      ``energy_kjmol``. The table ``crystal-agent lab identify --structures`` reads beside
+      the CIFs (by column name: the last two are ignored there);
     * ``levels.json``: backend name -> level of theory of each column.
 
     Returns:
@@ -73,7 +76,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
         levels[lv.name] = level_of_theory(lv)
     paths = []
     observed = observed_sources(campaign.store)
-    best_energy: list[tuple[str, float, float | None]] = []  # for energies.csv
+    best_energy: list[tuple[str, float, float | None, str, str]] = []  # for energies.csv
     for mol_id, land in sorted(stage.landscapes.items()):
         rows = landscape_rows(campaign, mol_id)
         has_level = any(r["computed"] for r in rows)
@@ -110,24 +113,29 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                                                 structure_id=r["id"], smiles=land.smiles, energies=energies,
                                                 space_group=r["space_group"] or ""))
                 paths.append(cif_path)
+                status = "computed" if r["computed"] else "failed" if r["failed"] else "predicted"
                 row = [r["id"], rank[k], r["space_group"], cif_formula_units(cif_path, r["z"]),
                        "" if r.get("z_prime") is None else f"{r['z_prime']:g}", _fmt(r["density_gcm3"], 4),
                        _fmt(r["ff_kjmol"]), _fmt(r["ff_rel_kjmol"]),
                        _fmt(r["energy_kjmol"]) if r["computed"] else "", _fmt(r["energy_kjmol"]),
-                       _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")),
-                       "computed" if r["computed"] else "failed" if r["failed"] else "predicted"]
+                       _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")), status]
                 row += [_fmt(vals.get(k)) if key.endswith("_kjmol") else _fmt_g(vals.get(k))
                         for (_, key, _), vals in zip(further, values, strict=True)]
                 row += [observed.get(r["id"], ""), cif_path.name]
                 w.writerow(row)
-                e = r["energy_kjmol"] if r["energy_kjmol"] is not None and not r["failed"] else r["ff_kjmol"]
-                best_energy.append((r["id"], e, None if r["f_vib_kjmol"] is None else e + r["f_vib_kjmol"]))
+                at_ref = r["energy_kjmol"] is not None and not r["failed"]
+                e = r["energy_kjmol"] if at_ref else r["ff_kjmol"]
+                # what the energy is: computed, predicted (at the ranking level) or, failed
+                # there (or not ranked yet), the force field's
+                best_energy.append((r["id"], e, None if r["f_vib_kjmol"] is None else e + r["f_vib_kjmol"],
+                                    status if at_ref else "failed" if r["failed"] else "force field",
+                                    levels[ref] if at_ref else levels[ff]))
         paths.append(table)
     energies_path = out / "energies.csv"  # what `crystal-agent lab identify --structures` reads
     with energies_path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "energy_kjmol", "free_energy_kjmol"])
-        w.writerows([sid, _fmt(e), _fmt(g)] for sid, e, g in best_energy)
+        w.writerow(["id", "energy_kjmol", "free_energy_kjmol", "status", "level"])
+        w.writerows([sid, _fmt(e), _fmt(g), status, level] for sid, e, g, status, level in best_energy)
     paths.append(energies_path)
     levels_path = out / "levels.json"
     levels_path.write_text(json.dumps({"energy_unit": "kJ/mol per molecule", "levels": levels}, indent=2))

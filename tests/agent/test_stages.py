@@ -312,6 +312,22 @@ def test_structures_written_with_a_column_for_every_level(tmp_path):
     sid, f = next(iter(told["phonon"].items()))
     cif = (out / rows[sid]["cif"]).read_text()
     assert "F_vib" in cif and f"{f:.3f}" in cif
+    # newuser38 C6: energies.csv says which energies are computed and at what level
+    energies = list(csv.DictReader((out / "energies.csv").open()))
+    assert list(energies[0]) == ["id", "energy_kjmol", "free_energy_kjmol", "status", "level"]
+    assert {e["id"] for e in energies} == set(rows)
+    for e in energies:
+        r = rows[e["id"]]
+        if r["status"] == "failed" or r["E_replay-crystal_best_kJmol_per_mol"] == "":
+            assert e["level"] == levels["replay-csp"] and e["energy_kjmol"] == r["E_replay-csp_kJmol_per_mol"]
+        else:
+            assert (e["status"], e["level"]) == (r["status"], levels["replay-crystal"]), (e, r)
+            assert e["energy_kjmol"] == r["E_replay-crystal_best_kJmol_per_mol"]
+    assert {e["status"] for e in energies} >= {"computed", "predicted"}
+    from sim_backends.landscape import Landscape  # what `lab identify --structures` reads
+
+    read = {x.id: x.energy_kjmol for x in Landscape.from_cif_dir(out).minima}
+    assert read == {e["id"]: float(e["energy_kjmol"]) for e in energies}
 
 
 def test_fragment_level_uses_the_landscapes_parsed_structures(tmp_path, monkeypatch):
