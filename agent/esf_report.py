@@ -557,7 +557,9 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         n_window = rec.get("n_in_window")
         of = f" of {n_window} in window" if rec.get("n_with_mobility") is not None and n_window > len(s) else ""
         # the level of theory names the level; the config key (esf-refined) is not for a plot
-        ax.set_title(f"{rec['name']}: {len(s)} structures{of} ({rec['source']})\n{level}", fontsize=7)
+        # wrapped to the panel as the level: a long name ran into the next panel's title
+        head = textwrap.fill(f"{rec['name']}: {len(s)} structures{of} ({rec['source']})", 62)
+        ax.set_title(f"{head}\n{level}", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="upper right")
     for k in range(n, nrow * ncol):

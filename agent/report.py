@@ -292,8 +292,9 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     stage = "molecule stage: " if campaign.stage is not None else ""
     ax.set_title(f"campaign {cfg.name}: {stage}{cfg.direction.replace('ize', 'ise')} {label}", fontsize=10)
     handles = [h for h in ax.get_legend_handles_labels()[0] if h not in ranked]
-    if handles:  # below the axes: level names are long
-        fig.legend(handles=handles, fontsize=7, loc="outside lower center")
+    if handles:  # below the axes: level names are long, wrapped to the figure's width
+        fig.legend(handles, [textwrap.fill(h.get_label(), 95) for h in handles], fontsize=7,
+                   loc="outside lower center")
     if ranked:
         # the level of theory, not the config key (newuser37 C3)
         ax.legend(handles=ranked, fontsize=7, loc="best", handlelength=0, handletextpad=0,

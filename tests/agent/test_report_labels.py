@@ -142,3 +142,55 @@ def test_esf_map_log_axes_have_at_least_two_labelled_ticks():
         assert len(labelled) >= 2, (ax.get_title(), [t.label1.get_text() for t in labelled])
         assert "replay-esf-refined" not in ax.get_title()
     plt.close(fig)
+
+
+def _overlap(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_esf_map_titles_of_long_names_do_not_run_into_each_other():
+    """newuser38 C2: the titles of the "naphtho[2,3-b]thiophene" and
+    "benzo[b]naphtho[2,3-d]thiophene" panels ran together ("...esf-refined)benzo[b]..."):
+    each title is wrapped to its panel, so no two titles overlap and none is wider than
+    its panel plus the gap to the next."""
+    from agent.esf_report import esf_map_figure
+
+    plt = _plt()
+    recs = _records(["1,4-dihydropyrrolo[3,2-b]pyrrole", "dithieno[3,2-b:2',3'-d]thiophene",
+                     "thiophene-2,5-dicarbonitrile"])
+    for r in recs:  # a structure-stage landscape: the longest first line a title has
+        r.update(source="structure stage", n_with_mobility=len(r["structures"]), n_in_window=16)
+    fig = esf_map_figure(recs, plt, 7.0, title="campaign c: ESF maps")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    boxes = [ax.title.get_window_extent(renderer) for ax in panels]
+    plt.close(fig)
+    assert len(boxes) == 3
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not _overlap(boxes[i], boxes[j]), (panels[i].get_title(), panels[j].get_title())
+
+
+def test_convergence_legend_fits_in_the_figure(ladder, monkeypatch):
+    """newuser38 C2: the level names in the legend below the axes made it wider than the
+    figure; the saved PNG lost the markers on the left and "(esf-refin" on the right. The
+    replayed ladder drawn with the levels of theory of the live ESF backends (the demo's,
+    131 characters for esf-refined)."""
+    import agent.report
+    from agent.config import BackendConfig
+    from agent.report import convergence_figure
+    from agent.summary import level_of_theory
+
+    live = [level_of_theory(BackendConfig(name=n)) for n in ("esf-proxy", "esf-refined")]
+    monkeypatch.setattr(agent.report, "_levels", lambda campaign: live)
+    plt = _plt()
+    fig = convergence_figure(ladder, plt)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width = fig.bbox.width
+    for leg in fig.legends:
+        box = leg.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= width, ([t.get_text() for t in leg.get_texts()], box, width)
+    assert fig.legends
+    plt.close(fig)
