@@ -32,9 +32,14 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
 
         smiles = list(model_input["smiles"])
         fps = morgan_fingerprints(smiles, **self.fingerprint)
+        desc = None
+        if getattr(self.surrogate, "uses_descriptors", False):
+            from agent.surrogates.molecule_gp import molecule_descriptors
+
+            desc = molecule_descriptors(smiles)
         out = {"smiles": smiles}
         for f in range(self.n_fidelities):
-            mean, std = self.surrogate.predict(fps, f)
+            mean, std = self.surrogate.predict(fps, f, descriptors=desc)
             out[f"mean_{f}"] = mean
             out[f"std_{f}"] = std
         return pd.DataFrame(out)

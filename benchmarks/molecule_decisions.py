@@ -68,7 +68,9 @@
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/molecule_decisions.py`` (part (a) ~15-20 min
 on 2 busy cores, part (b) ~5 min; ``--tables`` picks data sets; ``--skip-quality`` / ``--skip-timing`` run one part,
-the latter carrying the previous part (a) figures over into the JSON). Prints tables,
+the latter carrying the previous part (a) figures over into the JSON; ``--molecule-kernel
+tanimoto`` or ``tanimoto+descriptors`` runs every campaign with that molecule-GP kernel instead of
+the campaign's default). Prints tables,
 one JSON line, and writes ``benchmarks/results/molecule_decisions.json`` -- or, with
 non-default arguments, ``molecule_decisions_<changed options>.json``.
 """
@@ -575,7 +577,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="replay data sets of part (b)")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--molecule-kernel", choices=["tanimoto", "tanimoto+descriptors"], default=None,
+                    help="the molecule GP's kernel for every campaign of this run (default: the "
+                         "campaign's, agent.surrogates.molecule_gp.KERNEL)")
     args = ap.parse_args(argv)
+    from agent.surrogates import molecule_gp
+
+    kernel = args.molecule_kernel or molecule_gp.KERNEL
+    molecule_gp.KERNEL = kernel
 
     import torch
     from rich.console import Console
@@ -585,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     from agent.surrogates.fingerprints import morgan_fingerprints
 
     console = Console(width=150)
-    out: dict = {"benchmark": "molecule_decisions", "torch_threads": torch.get_num_threads()}
+    out: dict = {"benchmark": "molecule_decisions", "torch_threads": torch.get_num_threads(),
+                 "molecule_kernel": kernel}
     warm_up_imports()
 
     # (a) -------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ over draws, objective units). Priors (``MoleculeSurrogate.noise_prior``):
 * ``nugget``: log(noise variance) ~ N(-7, 0.01), a fixed small nugget (reference).
 
 Also records the surrogate's own leave-out ``calibration()`` (mean over draws). CPU ~3 min.
+``--molecule-kernel tanimoto`` / ``tanimoto+descriptors``: that kernel instead of the campaign's
+(``molecule_gp.KERNEL``; issue 14).
 
 Prints one table and, last, one JSON line ``{"benchmark": "molecule_gp_calibration",
 ...}`` also written to ``benchmarks/results/molecule_gp_calibration.json`` (non-default
@@ -56,7 +58,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 SETS = ["demo-pool", "dftdft", "pool60", "pool60-dftdft", "esf"]
 PRIORS = {"gamma": ("gamma", 1.1, 0.05), "lognormal": ("lognormal", -4.0, 1.0),
           "nugget": ("lognormal", -7.0, 0.01)}
-DEFAULTS = {"sets": SETS, "draws": 10, "loo_draws": 30, "ks": ["2", "5", "10", "all-1"], "priors": list(PRIORS)}
+DEFAULTS = {"sets": SETS, "draws": 10, "loo_draws": 30, "ks": ["2", "5", "10", "all-1"], "priors": list(PRIORS),
+            "molecule_kernel": None}
 
 
 def load_set(name: str) -> tuple[list[str], np.ndarray, str]:
@@ -72,7 +75,8 @@ def load_set(name: str) -> tuple[list[str], np.ndarray, str]:
     return smiles, np.stack([cheap, top], 1), "kJ/mol"
 
 
-def one_draw(fps: np.ndarray, values: np.ndarray, train_top: np.ndarray, prior: tuple, seed: int) -> dict:
+def one_draw(fps: np.ndarray, values: np.ndarray, train_top: np.ndarray, prior: tuple, seed: int,
+             kernel: str = "tanimoto", desc: np.ndarray | None = None) -> dict:
     """Fit as the campaign does (cheap values, then the expensive ones one at a time) and
     predict the held-out expensive values with and without their cheap values."""
     from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
@@ -81,9 +85,9 @@ def one_draw(fps: np.ndarray, values: np.ndarray, train_top: np.ndarray, prior: 
     top = nf - 1
     cheap = [Observation(i, f, float(values[i, f])) for f in range(top) for i in range(n)
              if np.isfinite(values[i, f])]
-    m = MoleculeSurrogate(nf, seed=seed)
+    m = MoleculeSurrogate(nf, seed=seed, kernel=kernel)
     m.noise_prior = prior
-    m.fit(fps, cheap)
+    m.fit(fps, cheap, descriptors=desc)
     obs = list(cheap)
     for i in train_top:
         obs.append(Observation(int(i), top, float(values[i, top])))
@@ -93,12 +97,12 @@ def one_draw(fps: np.ndarray, values: np.ndarray, train_top: np.ndarray, prior: 
     calib = m.calibration()
     held = np.array([i for i in range(n) if i not in set(train_top.tolist()) and np.isfinite(values[i, top])])
     out = {"noise_sd": noise_sd, "calibration": calib, "y": values[held, top].tolist()}
-    mu, sd = m.predict(fps[held], top)
+    mu, sd = m.predict(fps[held], top, descriptors=None if desc is None else desc[held])
     out["known"] = (mu.tolist(), sd.tolist())
     mu_u, sd_u = [], []
     for i in held:
         m.fit(fps, [o for o in obs if o.mol_index != i], refit_hyperparameters=False)
-        a, b = m.predict(fps[i: i + 1], top)
+        a, b = m.predict(fps[i: i + 1], top, descriptors=None if desc is None else desc[i: i + 1])
         mu_u.append(float(a[0]))
         sd_u.append(float(b[0]))
     out["unseen"] = (mu_u, sd_u)
@@ -137,11 +141,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="draws of k = all-1 (each leaves out a different molecule)")
     ap.add_argument("--ks", nargs="+", default=DEFAULTS["ks"])
     ap.add_argument("--priors", nargs="+", default=DEFAULTS["priors"], choices=list(PRIORS))
+    ap.add_argument("--molecule-kernel", default=DEFAULTS["molecule_kernel"],
+                    choices=["tanimoto", "tanimoto+descriptors"],
+                    help="the molecule GP's kernel (default: the campaign's, molecule_gp.KERNEL)")
     args = ap.parse_args(argv)
     if args.draws < 1 or args.loo_draws < 1:
         ap.error("--draws and --loo-draws must be >= 1")
     from agent.surrogates.fingerprints import morgan_fingerprints
+    from agent.surrogates.molecule_gp import KERNEL, molecule_descriptors
 
+    kernel = args.molecule_kernel or KERNEL
     t0 = time.process_time()
     results: dict = {}
     print(f"{'set':14s} {'k':>5s} {'prior':9s} {'case':7s} {'n':>4s} {'MAE':>7s} {'z mean':>7s} {'z sd':>6s} "
@@ -149,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets:
         smiles, values, unit = load_set(name)
         fps = morgan_fingerprints(smiles, n_bits=2048, radius=2)
+        desc = molecule_descriptors(smiles) if kernel != "tanimoto" else None
         top = values.shape[1] - 1
         has_top = np.flatnonzero(np.isfinite(values[:, top]))
         results[name] = {"n_molecules": len(smiles), "n_top": int(len(has_top)), "units": unit, "k": {}}
@@ -164,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 trains = [rng.choice(has_top, size=k, replace=False) for _ in range(args.draws)]
             res_k = results[name]["k"].setdefault(k_arg, {"k": k})
             for pname in args.priors:
-                draws = [one_draw(fps, values, tr, PRIORS[pname], seed) for seed, tr in enumerate(trains)]
+                draws = [one_draw(fps, values, tr, PRIORS[pname], seed, kernel, desc)
+                         for seed, tr in enumerate(trains)]
                 noise = np.median(np.array([d["noise_sd"] for d in draws]), axis=0)
                 entry = {"noise_sd_median": noise.tolist(), "calibration_mean": mean_calibration(draws)}
                 for case in ("known", "unseen"):
@@ -178,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "molecule_gp_calibration", "sets": args.sets, "draws": args.draws, "loo_draws": args.loo_draws,
            "ks": args.ks, "priors": {p: list(PRIORS[p]) for p in args.priors}, "baseline_prior": "gamma",
            "results": results, "benchmark_cpu_s": round(time.process_time() - t0, 1),
+           "molecule_kernel": kernel,
            "args": {"sets": args.sets, "draws": args.draws, "loo_draws": args.loo_draws, "ks": args.ks,
-                    "priors": args.priors}}
+                    "priors": args.priors, "molecule_kernel": args.molecule_kernel}}
     non_default = [f"{a}-{'-'.join(map(str, v)) if isinstance(v, list) else v}"
                    for a, v in out["args"].items() if v != DEFAULTS[a]]
     path = RESULTS / ("molecule_gp_calibration" + ("_" + "_".join(non_default) if non_default else "") + ".json")

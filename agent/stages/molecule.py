@@ -109,6 +109,7 @@ class MoleculeStage:
         self.surrogate: MoleculeSurrogate | None = None
         self._fit_signature: tuple[int, int] | None = None
         self._fps: np.ndarray | None = None
+        self._descriptors: np.ndarray | None = None  # pool descriptors (descriptor kernel only)
         self.last_holdout_mae: float | None = None
         self.n_refits = 0
         self.cost_models = [CostModel(b.name, b.params, b.cost_s) for b in self.levels]
@@ -283,6 +284,20 @@ class MoleculeStage:
                 self.smiles, n_bits=s.fingerprint_bits, radius=s.fingerprint_radius
             )
         return self._fps
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        """The pool's composition descriptors (:func:`agent.surrogates.molecule_gp.molecule_descriptors`),
+        for the surrogate's "tanimoto+descriptors" kernel; computed once."""
+        if self._descriptors is None:
+            from agent.surrogates.molecule_gp import molecule_descriptors
+
+            self._descriptors = molecule_descriptors(self.smiles)
+        return self._descriptors
+
+    def _descriptors_for(self, model: MoleculeSurrogate) -> np.ndarray | None:
+        """The pool's descriptors when ``model``'s kernel uses them, else None (not computed)."""
+        return self.descriptors if model.uses_descriptors else None
 
     def _mine(self, pending: Sequence[Request]) -> list[Request]:
         return [r for r in pending if r.stage == self.name]
@@ -507,6 +522,7 @@ class MoleculeStage:
         None while there are too few results for a model."""
         if len(self.observations) < 2:
             return None
+        from agent.surrogates import molecule_gp
         from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
 
         n_stored = self._n_stored()
@@ -515,10 +531,10 @@ class MoleculeStage:
             return self.surrogate
         obs = [Observation(i, f, v) for i, f, v in self.observations]
         if self.surrogate is None:
-            self.surrogate = self._saved_surrogate(obs) or MoleculeSurrogate(n_fidelities=len(self.levels),
-                                                                             seed=self.cfg.seed)
+            self.surrogate = self._saved_surrogate(obs) or MoleculeSurrogate(
+                n_fidelities=len(self.levels), seed=self.cfg.seed, kernel=molecule_gp.KERNEL)
         if signature != self._fit_signature:
-            self.surrogate.fit(self.fingerprints, obs)
+            self.surrogate.fit(self.fingerprints, obs, descriptors=self._descriptors_for(self.surrogate))
             self._fit_signature = signature
             self.n_refits += 1
             self._save_surrogate()
@@ -554,6 +570,7 @@ class MoleculeStage:
         import base64
         import binascii
 
+        from agent.surrogates import molecule_gp
         from agent.surrogates.molecule_gp import MoleculeSurrogate
 
         if self.store is None:
@@ -566,10 +583,14 @@ class MoleculeStage:
         try:
             data = base64.b64decode(text)
             model = (MoleculeSurrogate.from_bytes(data) if whole
-                     else MoleculeSurrogate.from_fit_state(data, self.fingerprints, observations))
+                     else MoleculeSurrogate.from_fit_state(
+                         data, self.fingerprints, observations,
+                         descriptors=self.descriptors if molecule_gp.KERNEL == "tanimoto+descriptors" else None))
         except (ValueError, binascii.Error):
             return None
         if model.n_fidelities != len(self.levels) or model.seed != self.cfg.seed:
+            return None
+        if model.kernel != molecule_gp.KERNEL:  # the kernel setting changed: fit afresh
             return None
         key = self.SURROGATE_META_WHOLE if whole else self.SURROGATE_META
         self.n_refits = int(self.store.get_meta(f"{key}_n_refits", "0") or 0)

@@ -40,6 +40,13 @@ Why this model and these priors:
   no expensive data the top level is the cheap one with a small discrepancy: the
   prior belief that xTB tracks DFT.
 
+Kernel option (``kernel="tanimoto+descriptors"``, the campaign's default through
+:data:`KERNEL`): ``T`` is replaced by ``(1 - w) T + w K_d``, ``K_d`` a squared-exponential
+ARD kernel on a few size-normalised composition counts (:func:`molecule_descriptors`), so that
+a discrepancy learnt on one molecule carries over to molecules of the same make-up that share
+few substructures (pool median Tanimoto 0.10 on the replay tables); ``w`` and the lengthscales
+are fitted with the other hyperparameters. Still ``k(x, x) = 1`` and one kernel times ``B``.
+
 Calibration. :meth:`MoleculeSurrogate.calibration` holds out molecules in closed
 form (per level: MAE, z-score mean and spread, coverage of the 68/95 % intervals);
 the campaign stores it at every refit.
@@ -104,6 +111,76 @@ LOG_SIGNAL_PRIOR_SD = 2.0
 #: ("lognormal", mu, sd) is log(noise var) ~ N(mu, sd^2), ("gamma", concentration, rate)
 #: a Gamma density on the noise variance
 NOISE_PRIOR: tuple[str, float, float] = ("gamma", 1.1, 0.05)
+#: the kernel over molecules of the campaign's molecule stage (read by
+#: :class:`agent.stages.molecule.MoleculeStage` when it makes its surrogate; an instance keeps
+#: its own, and one made directly is "tanimoto" unless told otherwise):
+#: "tanimoto" = the Tanimoto kernel T on the fingerprints;
+#: "tanimoto+descriptors" = (1 - w) T + w K_d, K_d a squared-exponential kernel with one
+#: lengthscale per descriptor (ARD) on the size-normalised counts of
+#: :func:`molecule_descriptors`, ``w`` and the lengthscales fitted with the other
+#: hyperparameters (MAP). Both have k(x, x) = 1, so ``B`` and its priors keep their meaning.
+#: K_d can relate molecules that share no substructure but the same make-up (e.g. two
+#: sulfur-rich fused heteroaromatics), which T cannot. The campaign's default since
+#: 2026-12-06 (issue 14: never worse than "tanimoto" in median on the four reorganisation
+#: replay tables of benchmarks/molecule_decisions.py at 5-80 % budgets, better at four
+#: table-budgets; benchmarks/results/NOTES.md).
+KERNEL = "tanimoto+descriptors"
+KERNELS = ("tanimoto", "tanimoto+descriptors")
+#: descriptors of the "tanimoto+descriptors" kernel, each divided by its scale (roughly its
+#: spread over small aromatic molecules, so that a lengthscale of ~1 means "one typical step")
+DESCRIPTOR_NAMES = ("log_heavy_atoms", "frac_S", "frac_N", "frac_O", "frac_halogen",
+                    "frac_nitrile", "aromatic_rings", "frac_sp3_C")
+DESCRIPTOR_SCALES = (0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 1.0, 0.2)
+#: prior of logit(w), the descriptor kernel's weight: N(0, 1.5^2) (w = 0.5 a priori, free to go to 0 or 1)
+DESCRIPTOR_WEIGHT_PRIOR = (0.0, 1.5)
+#: prior of each log lengthscale of K_d: N(0.5 log(p), 1^2), p descriptors (the scaled distance
+#: of two molecules grows like sqrt(p); a dimension-scaled lengthscale prior as in Hvarfner,
+#: Hellsten & Nardi, ICML 2024)
+DESCRIPTOR_LOG_LS_PRIOR_SD = 1.0
+
+
+def molecule_descriptors(smiles: list[str]) -> np.ndarray:
+    """Size-normalised composition descriptors for the "tanimoto+descriptors" kernel.
+
+    Per molecule (heavy atoms only): log(number of heavy atoms), the fractions of S, N, O
+    and halogen atoms, the fraction of atoms in nitrile groups (C#N), the number of aromatic
+    rings and the fraction of sp3 carbons (rdkit, no network); each divided by
+    :data:`DESCRIPTOR_SCALES`.
+
+    Returns:
+        ``(n, len(DESCRIPTOR_NAMES))`` float64; a row of NaN for an invalid SMILES (such a
+        molecule has no similarity to anything, as its all-zero fingerprint).
+    """
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdMolDescriptors
+
+    RDLogger.DisableLog("rdApp.*")
+    nitrile = Chem.MolFromSmarts("C#N")
+    out = np.full((len(smiles), len(DESCRIPTOR_NAMES)), np.nan)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s) if isinstance(s, str) and s else None
+        if mol is None or mol.GetNumAtoms() == 0:
+            continue
+        symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+        n = len(symbols)
+
+        def frac(*els: str, _symbols: list[str] = symbols, _n: int = n) -> float:
+            return sum(e in els for e in _symbols) / _n
+
+        out[i] = (np.log(n), frac("S"), frac("N"), frac("O"), frac("F", "Cl", "Br", "I"),
+                  2.0 * len(mol.GetSubstructMatches(nitrile)) / n,
+                  rdMolDescriptors.CalcNumAromaticRings(mol), rdMolDescriptors.CalcFractionCSP3(mol))
+    return out / np.asarray(DESCRIPTOR_SCALES)
+
+
+def descriptor_kernel(a: np.ndarray, b: np.ndarray, log_ls: np.ndarray) -> np.ndarray:
+    """Squared-exponential ARD kernel between descriptor rows ``a`` (n, p) and ``b`` (m, p);
+    0 where either row is invalid (NaN), as the Tanimoto kernel of an all-zero fingerprint."""
+    ls = np.exp(np.asarray(log_ls, dtype=np.float64))
+    va, vb = np.all(np.isfinite(a), 1), np.all(np.isfinite(b), 1)
+    za, zb = np.nan_to_num(a / ls), np.nan_to_num(b / ls)
+    sq = (za ** 2).sum(1)[:, None] + (zb ** 2).sum(1)[None, :] - 2.0 * za @ zb.T
+    return np.exp(-0.5 * np.maximum(sq, 0.0)) * (va[:, None] & vb[None, :])
 
 
 @dataclass(frozen=True)
@@ -203,6 +280,8 @@ class MoleculeSurrogate:
             observations has grown by this fraction since they were last fitted;
             in between, new observations extend the cached Cholesky factor
             (``O(n^2 k)`` for ``k`` new points instead of ``O(n^3)``).
+        kernel: one of :data:`KERNELS` (see :data:`KERNEL`, the campaign's choice). With
+            descriptors, :meth:`fit` needs the pool's :func:`molecule_descriptors`.
     """
 
     #: prior of the noise variances (see :data:`NOISE_PRIOR`; an instance may set its own
@@ -211,9 +290,12 @@ class MoleculeSurrogate:
 
     def __init__(self, n_fidelities: int, seed: int = 0, *, max_fit_points: int = 256,
                  n_iter_first: int = 40, n_iter_refit: int = 6,
-                 hyper_refit_growth: float = 0.1) -> None:
+                 hyper_refit_growth: float = 0.1, kernel: str = "tanimoto") -> None:
         if int(n_fidelities) != n_fidelities or n_fidelities < 1:
             raise ValueError(f"n_fidelities must be a positive integer, got {n_fidelities!r}")
+        self.kernel = str(kernel)
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         self.n_fidelities = int(n_fidelities)
         self.seed = int(seed)
         self.max_fit_points = int(max_fit_points)
@@ -229,6 +311,13 @@ class MoleculeSurrogate:
             "mean_delta": np.zeros(nf - 1),
             "log_noise": np.full(nf, np.log(1e-2)),
         }
+        n_desc = len(DESCRIPTOR_NAMES)
+        if self.uses_descriptors:
+            self.hyper["desc_logit"] = np.full(1, DESCRIPTOR_WEIGHT_PRIOR[0])
+            self.hyper["desc_log_ls"] = np.full(n_desc, 0.5 * np.log(n_desc))
+        #: descriptors of the pool rows (set by :meth:`fit`) and of the training molecules
+        self.pool_desc: np.ndarray | None = None
+        self.train_desc = np.zeros((0, n_desc))
         self.y_loc = 0.0
         self.y_scale = 1.0
         self.n_fits = 0
@@ -244,8 +333,27 @@ class MoleculeSurrogate:
         self.obs_y = np.zeros(0)  # (n,) standardised values
         self._cache: SimilarityCache | None = None
         self._cache_rows = np.zeros(0, dtype=np.int64)  # (m,) cache rows of the molecules
+        self._mixed_cache: _MixedCache | None = None  # the descriptor kernel's pool columns
         self._chol: torch.Tensor | None = None
         self._alpha: torch.Tensor | None = None
+
+    @property
+    def uses_descriptors(self) -> bool:
+        """Whether the kernel has the descriptor term (see :data:`KERNEL`)."""
+        return self.kernel == "tanimoto+descriptors"
+
+    def descriptor_weight(self) -> float:
+        """``w`` of ``(1 - w) T + w K_d`` (0 for the plain Tanimoto kernel)."""
+        if not self.uses_descriptors:
+            return 0.0
+        return float(1.0 / (1.0 + np.exp(-self.hyper["desc_logit"][0])))
+
+    def _mix(self, tanimoto: np.ndarray, da: np.ndarray, db: np.ndarray) -> np.ndarray:
+        """The kernel from Tanimoto similarities and the two sides' descriptors."""
+        if not self.uses_descriptors:
+            return tanimoto
+        w = self.descriptor_weight()
+        return (1.0 - w) * tanimoto + w * descriptor_kernel(da, db, self.hyper["desc_log_ls"])
 
     # -- hyperparameters ---------------------------------------------------------------
     def coregionalisation(self) -> np.ndarray:
@@ -310,16 +418,20 @@ class MoleculeSurrogate:
         self._cache_rows = self.train_mol.copy()
         return cache
 
-    def _gram(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
-        """Tanimoto similarity between training molecules ``a`` and ``b`` (float64)."""
+    def _gram(self, a: np.ndarray, b: np.ndarray, *, tanimoto_only: bool = False) -> torch.Tensor:
+        """Kernel between training molecules ``a`` and ``b`` (float64); the Tanimoto part
+        alone with ``tanimoto_only``."""
         import torch
 
         cache = self._cache
         pos = cache.ensure(self._cache_rows[b])
-        return torch.as_tensor(cache.cols[self._cache_rows[a]][:, pos], dtype=torch.float64)
+        t = cache.cols[self._cache_rows[a]][:, pos].astype(np.float64)
+        if self.uses_descriptors and not tanimoto_only:
+            t = self._mix(t, self.train_desc[a], self.train_desc[b])
+        return torch.as_tensor(t, dtype=torch.float64)
 
     def fit(self, fps: np.ndarray, observations: list[Observation], *,
-            refit_hyperparameters: bool | None = None) -> None:
+            refit_hyperparameters: bool | None = None, descriptors: np.ndarray | None = None) -> None:
         """Update the GP with ``observations`` (all of them, not only the new ones).
 
         When ``observations`` extends the previous call's list (same pool, same
@@ -332,11 +444,24 @@ class MoleculeSurrogate:
             observations: finished evaluations (any fidelities; repeats are allowed).
             refit_hyperparameters: force (True) or forbid (False) re-optimising the
                 hyperparameters; None decides as above.
+            descriptors: ``(n_pool, p)`` :func:`molecule_descriptors` of the pool rows;
+                needed (once per pool) by the "tanimoto+descriptors" kernel, ignored else.
 
         Raises:
-            ValueError: on an out-of-range index or fidelity or a non-finite value.
+            ValueError: on an out-of-range index or fidelity or a non-finite value, or
+                without the descriptors the kernel needs.
         """
         fps = self._validate(fps, observations)
+        if self.uses_descriptors:
+            if descriptors is not None:
+                descriptors = np.asarray(descriptors, dtype=np.float64)
+                if descriptors.shape != (fps.shape[0], len(DESCRIPTOR_NAMES)):
+                    raise ValueError(f"descriptors must have shape ({fps.shape[0]}, "
+                                     f"{len(DESCRIPTOR_NAMES)}), got {descriptors.shape}")
+                self.pool_desc = descriptors
+            elif self.pool_desc is None or len(self.pool_desc) != fps.shape[0]:
+                raise ValueError("the 'tanimoto+descriptors' kernel needs the pool's descriptors "
+                                 "(molecule_descriptors(smiles))")
         rows = np.array([int(o.mol_index) for o in observations], dtype=np.int64)
         fids = np.array([int(o.fidelity) for o in observations], dtype=np.int64)
         vals = np.array([float(o.value) for o in observations], dtype=np.float64)
@@ -360,6 +485,7 @@ class MoleculeSurrogate:
             n_prev = 0
             self.train_mol = np.zeros(0, dtype=np.int64)
             self.train_fps = np.zeros((0, fps.shape[1]), dtype=np.uint8)
+            self.train_desc = np.zeros((0, len(DESCRIPTOR_NAMES)))
             self.obs_u = np.zeros(0, dtype=np.int64)
         cache = self._attach_pool(fps, refit=not is_extension)
         self.pool_digest = cache.index.digest
@@ -371,6 +497,8 @@ class MoleculeSurrogate:
         if new_mols:
             self.train_mol = np.concatenate([self.train_mol, np.array(new_mols, dtype=np.int64)])
             self.train_fps = np.concatenate([self.train_fps, (fps[new_mols] != 0).astype(np.uint8)])
+            if self.uses_descriptors:
+                self.train_desc = np.concatenate([self.train_desc, self.pool_desc[new_mols]])
         self._cache_rows = self.train_mol.copy()
         self.obs_u = np.concatenate([self.obs_u, np.array([known[r] for r in rows[n_prev:].tolist()],
                                                           dtype=np.int64)])
@@ -444,11 +572,16 @@ class MoleculeSurrogate:
                                                    torch.tensor(b, dtype=torch.float64)).log_prob(noise).sum()
         else:
             raise ValueError(f"unknown noise prior {kind!r}")
-        return (normal(p["rho"], *RHO_PRIOR)
-                + normal(p["log_delta"] - p["log_signal"], *LOG_DELTA_RATIO_PRIOR)
-                + normal(p["mean_delta"], 0.0, MEAN_DELTA_PRIOR_SD)
-                + normal(p["log_signal"], 0.0, LOG_SIGNAL_PRIOR_SD)
-                + noise_term)
+        out = (normal(p["rho"], *RHO_PRIOR)
+               + normal(p["log_delta"] - p["log_signal"], *LOG_DELTA_RATIO_PRIOR)
+               + normal(p["mean_delta"], 0.0, MEAN_DELTA_PRIOR_SD)
+               + normal(p["log_signal"], 0.0, LOG_SIGNAL_PRIOR_SD)
+               + noise_term)
+        if "desc_logit" in p:
+            out = (out + normal(p["desc_logit"], *DESCRIPTOR_WEIGHT_PRIOR)
+                   + normal(p["desc_log_ls"], 0.5 * float(np.log(len(DESCRIPTOR_NAMES))),
+                            DESCRIPTOR_LOG_LS_PRIOR_SD))
+        return out
 
     def _fit_hyperparameters(self) -> None:
         """MAP estimate of the AR(1) parameters, means and noises by L-BFGS-B on a
@@ -474,7 +607,12 @@ class MoleculeSurrogate:
         else:
             sub = np.arange(n)
         nf = self.n_fidelities
-        kt = self._gram(self.obs_u[sub], self.obs_u[sub])
+        kt = self._gram(self.obs_u[sub], self.obs_u[sub], tanimoto_only=True)
+        if self.uses_descriptors:
+            d_sub = self.train_desc[self.obs_u[sub]]
+            valid = np.all(np.isfinite(d_sub), 1)
+            d_t = torch.as_tensor(np.nan_to_num(d_sub), dtype=torch.float64)
+            valid_t = torch.as_tensor((valid[:, None] & valid[None, :]).astype(np.float64))
         onehot = torch.nn.functional.one_hot(torch.as_tensor(self.obs_f[sub]), nf).double()
         y = torch.as_tensor(self.obs_y[sub], dtype=torch.float64)
         names = list(self.hyper)
@@ -491,7 +629,13 @@ class MoleculeSurrogate:
             p = unpack(x)
             b, means = _ar1_structure(p, torch)
             noise = NOISE_FLOOR + p["log_noise"].exp()
-            k = kt * (onehot @ b @ onehot.T) + torch.diag(onehot @ noise) + jitter
+            ksim = kt
+            if self.uses_descriptors:
+                z = d_t / p["desc_log_ls"].exp()
+                sq = ((z ** 2).sum(1)[:, None] + (z ** 2).sum(1)[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
+                w = torch.sigmoid(p["desc_logit"][0])
+                ksim = (1.0 - w) * kt + w * torch.exp(-0.5 * sq) * valid_t
+            k = ksim * (onehot @ b @ onehot.T) + torch.diag(onehot @ noise) + jitter
             chol, info = torch.linalg.cholesky_ex(k)
             if int(info) != 0:
                 return 1e10, np.zeros_like(x_np)
@@ -518,6 +662,9 @@ class MoleculeSurrogate:
         new = {k: v.detach().numpy().copy() for k, v in unpack(torch.as_tensor(res.x)).items()}
         for key in ("log_signal", "log_delta"):
             new[key] = np.clip(new[key], np.log(1e-6), np.log(1e3))
+        if "desc_log_ls" in new:
+            new["desc_logit"] = np.clip(new["desc_logit"], -12.0, 12.0)
+            new["desc_log_ls"] = np.clip(new["desc_log_ls"], np.log(1e-2), np.log(1e3))
         self.hyper = new
 
     def _prior_cov(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
@@ -577,17 +724,30 @@ class MoleculeSurrogate:
         self._alpha = torch.cholesky_solve(self._residual(), chol).squeeze(-1)
 
     # -- prediction --------------------------------------------------------------------
-    def _similarity(self, fps: np.ndarray) -> np.ndarray:
-        """Tanimoto similarity of ``fps`` rows to the unique training molecules, (n, m)."""
+    def _similarity(self, fps: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
+        """Kernel of ``fps`` rows with the unique training molecules, (n, m): the Tanimoto
+        similarity, mixed with the descriptor kernel when the model has one (``descriptors``
+        of the rows; for the pool of the last fit, its own)."""
         if len(self.train_mol) == 0:
             return np.zeros((fps.shape[0], 0), dtype=np.float32)
         cache = self._cache
-        if cache is not None and (cache.fps is fps or (
-                fps.shape == cache.index.shape and cache.index.digest == fingerprint_digest(fps))):
+        is_pool = cache is not None and (cache.fps is fps or (
+            fps.shape == cache.index.shape and cache.index.digest == fingerprint_digest(fps)))
+        if is_pool:
             cache.fps = fps
             pos = cache.ensure(self._cache_rows)
-            return cache.cols[:, pos]
-        return FingerprintIndex(fps).similarity_to(self.train_fps)
+            sim = cache.cols[:, pos]
+        else:
+            sim = FingerprintIndex(fps).similarity_to(self.train_fps)
+        if not self.uses_descriptors:
+            return sim
+        if descriptors is None:
+            if not is_pool or self.pool_desc is None:
+                raise ValueError("the 'tanimoto+descriptors' kernel needs these molecules' "
+                                 "descriptors (molecule_descriptors(smiles))")
+            descriptors = self.pool_desc
+        return self._mix(sim.astype(np.float64), np.asarray(descriptors, dtype=np.float64),
+                         self.train_desc)
 
     def pool_posterior(self, fps: np.ndarray) -> PoolPosterior:
         """A lazy posterior over every row of ``fps`` (see :class:`PoolPosterior`).
@@ -607,14 +767,30 @@ class MoleculeSurrogate:
         cache = self._attach_pool(fps, refit=False)
         if self._chol is None:
             self._factorise()
+        if self.uses_descriptors:
+            if self.pool_desc is None or len(self.pool_desc) != fps.shape[0]:
+                raise ValueError("the 'tanimoto+descriptors' kernel needs the pool's descriptors "
+                                 "(give them to fit)")
+            mixed = self._mixed_cache
+            if (mixed is None or mixed.base is not cache or mixed.pool_desc is not self.pool_desc
+                    or mixed.weight != self.descriptor_weight()
+                    or not np.array_equal(mixed.log_ls, self.hyper["desc_log_ls"])):
+                # the mixed columns change with the hyperparameters only: kept across asks
+                mixed = _MixedCache(cache, self.pool_desc, self.descriptor_weight(),
+                                    self.hyper["desc_log_ls"])
+                self._mixed_cache = mixed
+            cache = mixed
         return PoolPosterior(self, fps, cache)
 
-    def predict(self, fps: np.ndarray, fidelity: int) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, fps: np.ndarray, fidelity: int,
+                descriptors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the latent value at one fidelity.
 
         Args:
             fps: ``(n, d)`` 0/1 fingerprints (any molecules, not only the pool).
             fidelity: index into the ladder.
+            descriptors: the molecules' :func:`molecule_descriptors` (the
+                "tanimoto+descriptors" kernel, for molecules outside the pool of the last fit).
 
         Returns:
             ``(mean, std)``, each ``(n,)`` float64 in objective units (noise-free
@@ -640,7 +816,7 @@ class MoleculeSurrogate:
         # T(x, x) = 0 for an all-zero fingerprint (invalid SMILES): no prior variance
         var = b[t, t] * ((fps != 0).sum(1) > 0)
         if len(self.obs_y):
-            sim = torch.as_tensor(self._similarity(fps), dtype=torch.float64)
+            sim = torch.as_tensor(self._similarity(fps, descriptors), dtype=torch.float64)
             kx = sim[:, torch.as_tensor(self.obs_u)] * torch.as_tensor(b[t, self.obs_f])
             mean = mean + (kx @ self._alpha).numpy()
             v = torch.linalg.solve_triangular(self._chol, kx.T, upper=False)
@@ -743,6 +919,8 @@ class MoleculeSurrogate:
             "obs_u": self.obs_u.copy(),
             "obs_f": self.obs_f.copy(),
             "obs_y": self.obs_y.copy(),
+            "kernel": self.kernel,
+            "train_desc": self.train_desc.copy(),
         }
 
     def to_bytes(self) -> bytes:
@@ -763,7 +941,7 @@ class MoleculeSurrogate:
     #: keys of :meth:`fit_state` besides ``hyper``: the settings, standardisation and counts
     _FIT_STATE_KEYS = ("n_fidelities", "seed", "max_fit_points", "n_iter_first", "n_iter_refit",
                        "hyper_refit_growth", "y_loc", "y_scale", "n_fits", "n_hyper_fits",
-                       "n_at_hyper_fit", "counts_at_hyper_fit", "pool_digest")
+                       "n_at_hyper_fit", "counts_at_hyper_fit", "pool_digest", "kernel")
 
     def fit_state(self) -> bytes:
         """The last fit without its data, as an ``.npz`` archive (no pickled objects).
@@ -783,8 +961,8 @@ class MoleculeSurrogate:
         return _state_to_npz(state)
 
     @classmethod
-    def from_fit_state(cls, data: bytes, fps: np.ndarray,
-                       observations: list[Observation]) -> MoleculeSurrogate:
+    def from_fit_state(cls, data: bytes, fps: np.ndarray, observations: list[Observation],
+                       descriptors: np.ndarray | None = None) -> MoleculeSurrogate:
         """The model :meth:`fit_state` describes, refitted on its own data.
 
         ``observations`` must begin with the observations the saved model was fitted on,
@@ -792,6 +970,9 @@ class MoleculeSurrogate:
         those with the saved hyperparameters and standardisation, so its predictions equal
         the saved model's to round-off, and a later :meth:`fit` on the full list is an
         extension of it, exactly as if the model had never been saved.
+
+        ``descriptors``: the pool's :func:`molecule_descriptors`, for a saved model with the
+        "tanimoto+descriptors" kernel (a state without a kernel is a Tanimoto model's).
 
         Raises:
             ValueError: not such an archive, or ``observations`` does not begin with the
@@ -802,7 +983,8 @@ class MoleculeSurrogate:
             s = cls(int(state["n_fidelities"]), int(state["seed"]),
                     max_fit_points=int(state["max_fit_points"]),
                     n_iter_first=int(state["n_iter_first"]), n_iter_refit=int(state["n_iter_refit"]),
-                    hyper_refit_growth=float(state["hyper_refit_growth"]))
+                    hyper_refit_growth=float(state["hyper_refit_growth"]),
+                    kernel=str(state.get("kernel") or "tanimoto"))
             hyper = {k: np.asarray(v, dtype=np.float64) for k, v in state["hyper"].items()}
             if set(hyper) != set(s.hyper):
                 raise ValueError(f"hyperparameters {sorted(hyper)} are not this model's")
@@ -822,8 +1004,10 @@ class MoleculeSurrogate:
         s.hyper = hyper
         s.y_loc, s.y_scale = y_loc, y_scale
         s.n_hyper_fits = counters[1]
+        if s.uses_descriptors and descriptors is not None:
+            s.pool_desc = np.asarray(descriptors, dtype=np.float64)
         if n_obs:
-            s.fit(fps, own, refit_hyperparameters=False)
+            s.fit(fps, own, refit_hyperparameters=False, descriptors=descriptors)
         s.n_fits, s.n_hyper_fits, s.n_at_hyper_fit = counters
         s.counts_at_hyper_fit = counts
         return s
@@ -838,13 +1022,14 @@ class MoleculeSurrogate:
         try:
             s = cls(state["n_fidelities"], state["seed"], max_fit_points=state["max_fit_points"],
                     n_iter_first=state["n_iter_first"], n_iter_refit=state["n_iter_refit"],
-                    hyper_refit_growth=state["hyper_refit_growth"])
+                    hyper_refit_growth=state["hyper_refit_growth"],
+                    kernel=str(state.get("kernel") or "tanimoto"))
             s.hyper = {k: np.asarray(v, dtype=np.float64).copy() for k, v in state["hyper"].items()}
             s.y_loc, s.y_scale = float(state["y_loc"]), float(state["y_scale"])
             s.n_fits, s.n_hyper_fits = int(state["n_fits"]), int(state["n_hyper_fits"])
             s.n_at_hyper_fit, s.pool_digest = int(state["n_at_hyper_fit"]), state["pool_digest"]
             s.counts_at_hyper_fit = np.asarray(state["counts_at_hyper_fit"], dtype=np.int64)
-            if set(s.hyper) != set(cls(s.n_fidelities).hyper):
+            if set(s.hyper) != set(cls(s.n_fidelities, kernel=s.kernel).hyper):
                 raise ValueError(f"hyperparameters {sorted(s.hyper)} are not this model's")
             n_bits = int(state["n_bits"])
             s.train_fps = np.unpackbits(state["train_fps_packed"], axis=1, count=n_bits).astype(np.uint8)
@@ -853,14 +1038,69 @@ class MoleculeSurrogate:
             s.obs_f = np.asarray(state["obs_f"], dtype=np.int64)
             s.obs_y = np.asarray(state["obs_y"], dtype=np.float64)
             s.obs_value = np.asarray(state["obs_value"], dtype=np.float64)
+            if s.uses_descriptors:
+                s.train_desc = np.asarray(state["train_desc"], dtype=np.float64).reshape(
+                    len(s.train_mol), len(DESCRIPTOR_NAMES))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a MoleculeSurrogate state dict: {type(exc).__name__}: {exc}") from None
         if len(s.train_fps):
             # similarities among the training molecules, with the pool cache's arithmetic
             s._cache = SimilarityCache(s.train_fps)
             s._cache_rows = np.arange(len(s.train_fps), dtype=np.int64)
+            if s.uses_descriptors:  # the cache's rows are the training molecules
+                s.pool_desc = s.train_desc
         s._factorise()
         return s
+
+
+class _MixedCache:
+    """A :class:`SimilarityCache` seen through the "tanimoto+descriptors" kernel: its
+    columns are ``(1 - w) T + w K_d`` at fixed hyperparameters (computed once per column,
+    as the Tanimoto columns are), with the same positions and :meth:`ensure`."""
+
+    def __init__(self, base: SimilarityCache, pool_desc: np.ndarray, weight: float,
+                 log_ls: np.ndarray) -> None:
+        self.base = base
+        self.index = base.index
+        self.fps = base.fps
+        self.pool_desc = pool_desc
+        self.weight = float(weight)
+        self.log_ls = np.asarray(log_ls, dtype=np.float64).copy()
+        self._buf = np.zeros((base.cols.shape[0], max(base.n_cols, 64)), dtype=np.float32)
+        self._n = 0
+
+    @property
+    def n_cols(self) -> int:
+        return self.base.n_cols
+
+    @property
+    def col_of(self) -> dict[int, int]:
+        return self.base.col_of
+
+    def ensure(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        pos = self.base.ensure(rows)
+        self._sync()
+        return pos
+
+    @property
+    def cols(self) -> np.ndarray:
+        self._sync()
+        return self._buf[:, : self._n]
+
+    def _sync(self) -> None:
+        need = self.base.n_cols
+        if need <= self._n:
+            return
+        row_of = {c: r for r, c in self.base.col_of.items()}
+        new_rows = np.array([row_of[c] for c in range(self._n, need)], dtype=np.int64)
+        kd = descriptor_kernel(self.pool_desc, self.pool_desc[new_rows], self.log_ls)
+        mixed = (1.0 - self.weight) * self.base.cols[:, self._n: need] + self.weight * kd
+        if need > self._buf.shape[1]:
+            buf = np.zeros((self._buf.shape[0], max(need, 2 * self._buf.shape[1])), dtype=np.float32)
+            buf[:, : self._n] = self._buf[:, : self._n]
+            self._buf = buf
+        self._buf[:, self._n: need] = mixed
+        self._n = need
 
 
 class PoolPosterior:
