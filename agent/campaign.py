@@ -159,6 +159,10 @@ class Campaign:
         with warnings.catch_warnings():  # a wrong type set by model_copy: refused below
             warnings.simplefilter("ignore")
             given = cfg.model_dump(mode="json")
+        if (given.get("surrogate") or {}).get("kernel") is None:  # today's default, kept with the campaign
+            from agent.surrogates.molecule_gp import KERNEL
+
+            given.setdefault("surrogate", {})["kernel"] = KERNEL
         data = _without_none(given)
         cfg = parse_config(data)  # as the stored config.toml (TOML has no null) will read back
         if lost := _nulls_replaced(given, cfg.model_dump(mode="json")):
@@ -237,6 +241,9 @@ class Campaign:
             cfg = load_stored_config(store, max_evaluations=override)
             check_runnable(cfg, params=not readonly)
             cfg, pinned = _pin_legacy_esf_charges(cfg, store)
+            if cfg.surrogate.kernel is None:  # stored before the kernel option: Tanimoto then
+                cfg = cfg.model_copy(update={"surrogate": cfg.surrogate.model_copy(update={"kernel": "tanimoto"})})
+                pinned = True
             if (override is not None or pinned) and not readonly:
                 store.set_meta("config_toml", config_to_toml(cfg))
             if not readonly:
@@ -622,7 +629,7 @@ def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> C
     if max_evaluations is not None:
         data["max_evaluations"] = max_evaluations
     try:
-        return parse_config(data)
+        return parse_config(data, stored=True)
     except ConfigError as exc:
         raise ConfigError(lines=[f"campaign store {store.path.parent}: stored {line}"
                                  for line in exc.lines]) from None

@@ -21,7 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from agent.lab.config import LabConfig
 from sim_backends.fragment_terms import DEFAULT_BASELINES
@@ -147,6 +147,11 @@ class SurrogateConfig(_Strict):
     fingerprint_radius: int = Field(default=2, ge=1, le=4)
     n_initial: int = Field(default=4, ge=1)
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    #: the GP's kernel (:data:`agent.surrogates.molecule_gp.KERNELS`); unset: the module's
+    #: default (:data:`~agent.surrogates.molecule_gp.KERNEL`), written into the campaign's
+    #: stored config when it is created, so a later change of default never switches a
+    #: running campaign; a stored config without it (made before the option) keeps Tanimoto
+    kernel: Literal["tanimoto", "tanimoto+descriptors"] | None = None
 
 
 def _acquisition_default(name: str) -> Any:
@@ -323,8 +328,9 @@ class CampaignConfig(_Strict):
 
     @field_validator("max_cpu_hours")
     @classmethod
-    def _plausible_cpu_budget(cls, v: float | None) -> float | None:
-        if v is not None and v > MAX_CPU_HOURS:
+    def _plausible_cpu_budget(cls, v: float | None, info: ValidationInfo) -> float | None:
+        # a stored campaign's budget is read as stored (it may predate the ceiling)
+        if v is not None and v > MAX_CPU_HOURS and not (info.context or {}).get("stored"):
             raise ValueError(f"{v:g} CPU hours ({v / 8766:,.0f} CPU years) is above the ceiling of "
                              f"{MAX_CPU_HOURS:,.0f}; give the budget you mean, or leave max_cpu_hours out "
                              "for no CPU budget")
@@ -381,10 +387,12 @@ def _error_lines(exc: ValidationError) -> list[str]:
     return out
 
 
-def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> CampaignConfig:
-    """Validate a config mapping; relative pool paths resolve against ``base_dir``."""
+def parse_config(data: dict[str, Any], base_dir: Path | None = None, *, stored: bool = False) -> CampaignConfig:
+    """Validate a config mapping; relative pool paths resolve against ``base_dir``.
+    ``stored``: a campaign's stored config, read back (limits on new configs that a
+    campaign made before them may exceed, :data:`MAX_CPU_HOURS`, are not applied)."""
     try:
-        cfg = CampaignConfig.model_validate(data)
+        cfg = CampaignConfig.model_validate(data, context={"stored": stored})
     except ValidationError as exc:
         raise ConfigError(lines=[f"config error: {line}" for line in _error_lines(exc)]) from None
     if base_dir is not None and not cfg.pool.is_absolute():

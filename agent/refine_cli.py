@@ -5,8 +5,9 @@ campaign on its stored CSP landscapes, without spending anything on the molecule
 
 ``--budget N`` runs N more structure-stage evaluations than were done (default: continue
 to the budget already configured): it sets ``[structures] budget_evaluations`` to the
-stage's evaluations done + N, raises ``max_evaluations`` (from at least all evaluations
-done) by N in the stored config, and prints one line saying so. ``--cpu-hours H`` adds H CPU hours to ``max_cpu_hours`` the same
+stage's evaluations done + N and ``max_evaluations`` so that the molecule stage's share
+(``max_evaluations`` less the structure budget) is unchanged and N more fit, in the stored
+config, and prints one line saying so. ``--cpu-hours H`` adds H CPU hours to ``max_cpu_hours`` the same
 way. A campaign whose CPU budget is spent is refused in one line, its stored config
 unchanged, unless ``--cpu-hours`` raises it. The campaign config must enable the
 structure stage (``[structures] enabled = true``).
@@ -50,6 +51,12 @@ def run_refine_command(args: argparse.Namespace) -> int:
             )
         cfg, n_done = campaign.cfg, campaign.n_evaluations
         stages = tuple(s for s in stages if s in campaign.stages)
+        from agent.config import MAX_CPU_HOURS
+
+        if args.cpu_hours and cfg.max_cpu_hours is not None and cfg.max_cpu_hours + args.cpu_hours > MAX_CPU_HOURS:
+            raise CliError(f"--cpu-hours {args.cpu_hours:g} would make the budget "
+                           f"{cfg.max_cpu_hours + args.cpu_hours:g} CPU hours, above the ceiling of "
+                           f"{MAX_CPU_HOURS:,.0f}; give the hours you mean")
         if args.cpu_hours and cfg.max_cpu_hours is None:
             raise CliError(f"campaign {args.name!r} has no CPU budget (max_cpu_hours) to raise; "
                            "leave out --cpu-hours")
@@ -67,9 +74,11 @@ def run_refine_command(args: argparse.Namespace) -> int:
             n_stage = campaign.n_by_stage.get("structures", 0)
             structures = cfg.structures.model_copy(update={"budget_evaluations": n_stage + args.budget})
             before = cfg
+            # the molecule stage's share (max_evaluations less the structure budget) stays as it was
             cfg = cfg.model_copy(update={
                 "structures": structures,
-                "max_evaluations": max(cfg.max_evaluations, n_done) + args.budget,
+                "max_evaluations": max(cfg.max_evaluations - cfg.structures.budget_evaluations
+                                       + structures.budget_evaluations, n_done + args.budget),
             })
             campaign.store.set_meta("config_toml", config_to_toml(cfg))
             print(f"refine: {args.name}: structure-stage budget (structures.budget_evaluations) "

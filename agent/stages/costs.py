@@ -44,7 +44,7 @@ class CostModel:
         self._backend: Any = None
         self._prior: dict[Hashable, float] = {}
         self.measured: list[float] = []
-        #: log(measured / prior CPU s) of each finished task (the spread of the estimate)
+        #: log(measured / prior CPU s) of each successful task charged CPU (the spread of the estimate)
         self.log_ratios: list[float] = []
         self._sum_measured = 0.0
         self._sum_prior = 0.0
@@ -67,11 +67,14 @@ class CostModel:
             self._prior[key] = max(value, MIN_COST_S)
         return self._prior[key]
 
-    def observe(self, inp: EvalInput, cpu_s: float) -> None:
-        """Fit to one finished task's measured CPU seconds."""
+    def observe(self, inp: EvalInput, cpu_s: float, ok: bool = True) -> None:
+        """Fit to one finished task's measured CPU seconds (failures included); the spread
+        of the estimate (:attr:`log_ratios`) only from tasks that succeeded and were
+        charged CPU (a fast failure or a replay at 0 s says nothing about a task's cost)."""
         prior = self.prior(inp)
         self.measured.append(float(cpu_s))
-        self.log_ratios.append(float(np.log(max(float(cpu_s), MIN_COST_S) / prior)))
+        if ok and cpu_s > 0:
+            self.log_ratios.append(float(np.log(float(cpu_s) / prior)))
         self._sum_measured += float(cpu_s)
         self._sum_prior += prior
 

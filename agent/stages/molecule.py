@@ -286,6 +286,14 @@ class MoleculeStage:
         return self._fps
 
     @property
+    def kernel(self) -> str:
+        """The GP's kernel: the config's (a campaign stores the default of its creation,
+        :class:`~agent.config.SurrogateConfig`), else the module default."""
+        from agent.surrogates import molecule_gp
+
+        return self.cfg.surrogate.kernel or molecule_gp.KERNEL
+
+    @property
     def descriptors(self) -> np.ndarray:
         """The pool's composition descriptors (:func:`agent.surrogates.molecule_gp.molecule_descriptors`),
         for the surrogate's "tanimoto+descriptors" kernel; computed once."""
@@ -522,7 +530,6 @@ class MoleculeStage:
         None while there are too few results for a model."""
         if len(self.observations) < 2:
             return None
-        from agent.surrogates import molecule_gp
         from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
 
         n_stored = self._n_stored()
@@ -532,7 +539,7 @@ class MoleculeStage:
         obs = [Observation(i, f, v) for i, f, v in self.observations]
         if self.surrogate is None:
             self.surrogate = self._saved_surrogate(obs) or MoleculeSurrogate(
-                n_fidelities=len(self.levels), seed=self.cfg.seed, kernel=molecule_gp.KERNEL)
+                n_fidelities=len(self.levels), seed=self.cfg.seed, kernel=self.kernel)
         if signature != self._fit_signature:
             self.surrogate.fit(self.fingerprints, obs, descriptors=self._descriptors_for(self.surrogate))
             self._fit_signature = signature
@@ -570,7 +577,6 @@ class MoleculeStage:
         import base64
         import binascii
 
-        from agent.surrogates import molecule_gp
         from agent.surrogates.molecule_gp import MoleculeSurrogate
 
         if self.store is None:
@@ -585,12 +591,12 @@ class MoleculeStage:
             model = (MoleculeSurrogate.from_bytes(data) if whole
                      else MoleculeSurrogate.from_fit_state(
                          data, self.fingerprints, observations,
-                         descriptors=self.descriptors if molecule_gp.KERNEL == "tanimoto+descriptors" else None))
+                         descriptors=self.descriptors if self.kernel == "tanimoto+descriptors" else None))
         except (ValueError, binascii.Error):
             return None
         if model.n_fidelities != len(self.levels) or model.seed != self.cfg.seed:
             return None
-        if model.kernel != molecule_gp.KERNEL:  # the kernel setting changed: fit afresh
+        if model.kernel != self.kernel:  # the kernel setting changed: fit afresh
             return None
         key = self.SURROGATE_META_WHOLE if whole else self.SURROGATE_META
         self.n_refits = int(self.store.get_meta(f"{key}_n_refits", "0") or 0)

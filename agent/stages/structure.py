@@ -199,7 +199,7 @@ class StructureStage:
         if ev.structure_id is None:  # CSP
             self.csp_done.add(molecule_id)
             if molecule_id in self._smiles:
-                self.csp_cost.observe(EvalInput(self._smiles[molecule_id]), ev.cpu_s)
+                self.csp_cost.observe(EvalInput(self._smiles[molecule_id]), ev.cpu_s, ev.ok)
             if ev.ok and molecule_id not in self.landscapes:
                 self.load_landscape(molecule_id)
             return
@@ -207,7 +207,7 @@ class StructureStage:
         i = land.index(ev.structure_id) if land is not None else None
         prop = next((p for p in self.properties if p.name == ev.backend), None)
         if prop is not None and i is not None:
-            self.cost_models[ev.backend].observe(land.inp(i), ev.cpu_s)
+            self.cost_models[ev.backend].observe(land.inp(i), ev.cpu_s, ev.ok)
             prop.tell(molecule_id, i, ev)
             if request is not None:  # a new result (not a stored one replayed on restore)
                 prop.log(land, self._energy_sd(land), self.cfg.window_kjmol)
@@ -215,7 +215,7 @@ class StructureStage:
         level = next((k for k, lv in enumerate(self.levels) if lv.name == ev.backend), None)
         if i is None or level is None:
             return
-        self.cost_models[ev.backend].observe(land.inp(i), ev.cpu_s)
+        self.cost_models[ev.backend].observe(land.inp(i), ev.cpu_s, ev.ok)
         value = ev.values.get(self.value_keys[level])
         good = ev.ok and value is not None and np.isfinite(value)
         if level == 1:
@@ -453,6 +453,8 @@ class StructureStage:
 
     def is_exhausted(self, pending: Sequence[Request]) -> bool:
         """No structure-stage work can be proposed now or later."""
+        if not any(r.stage == self.name for r in pending) and self.exhausted_reason(pending):
+            return True  # work is left but none of it fits the compute budget left
         if self.csp_candidates(pending) or any(
                 r.stage in self.waits_for or (r.stage == self.name and r.structure_id is None)
                 for r in pending):
@@ -461,14 +463,10 @@ class StructureStage:
         if any(p.candidates(land, self.cfg.window_kjmol, self.cfg.top_k, mine)
                for p in self.properties for land in self.landscapes.values()):
             return False
-        if all(
+        return all(
             len(set(land.computed) | land.failed) >= len(land.ids) and not self._free_energy_open(land)
             for land in self.landscapes.values()
-        ):
-            return True
-        # work is left; the stage is done when none of it fits the compute budget and no
-        # task of its own is in flight (a finished one may change the cost estimates)
-        return not any(r.stage == self.name for r in pending) and bool(self.exhausted_reason(pending))
+        )
 
     def _refit(self, land: LandscapeState, seed: int) -> Any:
         """Fit the landscape's surrogate on what is computed and record its held-out error

@@ -28,7 +28,7 @@ from typing import Any
 UNVALIDATED_TYPES = {
     "C_W2": ("W99's carbon bonded to two atoms (C_W2: alkynes, nitriles, cumulenes, CO2) is not validated: "
              "X23's CO2 relaxes 17.5 % too dense with W99 + RESP and acetylene's lowest minima (1.03-1.07 g/cm3) "
-             "are 25-40 % denser than its two crystal forms (0.76, 0.84 g/cm3), so densities and the ranking "
+             "are 23-41 % denser than its two crystal forms (0.76, 0.84 g/cm3), so densities and the ranking "
              "are indicative only"),
 }
 #: shortest plausible intermolecular H...C contact (A) of a minimum

@@ -51,6 +51,7 @@ def test_refine_budget_n_runs_n_more_after_a_cpu_stop(tmp_path, capsys, local_ex
     runs = tmp_path / "runs"
     camp = Campaign.open("b", runs, readonly=True)
     n_before, cap = camp.n_by_stage["structures"], camp.cfg.structures.budget_evaluations
+    share = camp.cfg.max_evaluations - cap  # the molecule stage's evaluations
     camp.close()
     assert n_before < cap - 1  # room left under the cap, so the old rule ran more than asked
     capsys.readouterr()
@@ -60,5 +61,68 @@ def test_refine_budget_n_runs_n_more_after_a_cpu_stop(tmp_path, capsys, local_ex
     camp = Campaign.open("b", runs, readonly=True)
     try:
         assert camp.n_by_stage["structures"] == n_before + 1
+        # the molecule stage got no extra evaluations for a later resume (review of 9a0cf9c)
+        assert camp.cfg.max_evaluations - camp.cfg.structures.budget_evaluations == share
     finally:
         camp.close()
+
+
+def test_refine_refuses_a_cpu_budget_above_the_ceiling(tmp_path, capsys, local_executor):
+    """``refine --cpu-hours`` that would pass the config's ceiling stored a config that no
+    longer opened (status and resume exit 2): refused in one line, nothing stored."""
+    from agent.campaign import Campaign
+    from agent.cli import main
+
+    _run(tmp_path, 0.01)
+    runs = tmp_path / "runs"
+    before = Campaign.open("b", runs, readonly=True)
+    text = before.store.get_meta("config_toml")
+    before.close()
+    capsys.readouterr()
+    assert main(["refine", "b", "--runs-dir", str(runs), "--cpu-hours", "2e6", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "above the ceiling" in err and err.count("\n") == 1, err
+    camp = Campaign.open("b", runs, readonly=True)
+    try:
+        assert camp.store.get_meta("config_toml") == text
+    finally:
+        camp.close()
+
+
+def test_an_unaffordable_csp_stops_with_the_budget_reason(tmp_path):
+    """When the only work left (a CSP priced at 1,000 CPU s) does not fit the budget, the
+    stage is exhausted and the run says why (it said "acquisition proposed nothing more")."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    body = (BODY + REFINE).replace("max_evaluations = 12", "max_evaluations = 12\nmax_cpu_hours = 0.01")
+    body = body.replace("n = 12}}", "n = 12}, cost_s = 1000}")
+    assert "cost_s = 1000" in body
+    cfg = load_config(write_config(tmp_path, POOL, body, name="c"))
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        status = run_campaign(camp, tmp_path / "runs", progress=False, executor=LocalExecutor(slots=2))
+        assert camp.n_by_stage["structures"] == 0
+    finally:
+        camp.close()
+    assert status.stop_reason.startswith("compute budget: no structure-stage evaluation fits"), status.stop_reason
+    assert "replay-csp" in status.stop_reason
+
+
+def test_the_cost_margin_learns_only_from_tasks_that_succeeded_and_were_charged():
+    """A fast failure (0.05 s against a 12 s estimate) or a replay charged 0 s widened the
+    cost margin sevenfold and turned work away with CPU left (review of 95c96de)."""
+    from agent.stages.costs import CostModel
+    from agent.stages.molecule import cost_fit_factor
+    from sim_backends.base import EvalInput
+
+    model = CostModel("x", {}, cost_s=12.0)
+    for cpu in (11.0, 13.0, 12.5, 11.5):
+        model.observe(EvalInput("C"), cpu)
+    margin = cost_fit_factor(model.log_ratios)
+    model.observe(EvalInput("C"), 0.05, ok=False)
+    model.observe(EvalInput("C"), 0.0)
+    assert len(model.log_ratios) == 4 and cost_fit_factor(model.log_ratios) == margin
+    assert len(model.measured) == 6  # both still count in the measured cost

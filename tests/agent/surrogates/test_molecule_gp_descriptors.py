@@ -179,8 +179,9 @@ def test_real_campaign_uses_the_kernel_of_the_module_setting(tmp_path, monkeypat
 
 
 def test_a_saved_fit_of_the_other_kernel_is_not_resumed(tmp_path, monkeypatch):
-    """A store whose saved fit is a Tanimoto model (every store before the descriptor
-    kernel) is refitted with the current kernel on resume, not continued."""
+    """A campaign keeps the kernel it was created with (stored in its config) when the
+    module default changes, and resumes its saved fit; a saved fit of another kernel than
+    the config's is refitted, not continued."""
     import base64
 
     from tests.agent.test_molecule_campaign_replay import _table as replay_table
@@ -197,6 +198,10 @@ def test_a_saved_fit_of_the_other_kernel_is_not_resumed(tmp_path, monkeypatch):
         assert MoleculeSurrogate.from_fit_state(saved, stage.fingerprints, obs).kernel == "tanimoto"
         assert stage._saved_surrogate(obs) is not None
         monkeypatch.setattr(mg, "KERNEL", "tanimoto+descriptors")
+        assert camp.cfg.surrogate.kernel == stage.kernel == "tanimoto"  # the campaign's own
+        assert stage._saved_surrogate(obs) is not None
+        stage.cfg = stage.cfg.model_copy(update={"surrogate": stage.cfg.surrogate.model_copy(
+            update={"kernel": "tanimoto+descriptors"})})
         assert stage._saved_surrogate(obs) is None
     finally:
         camp.close()

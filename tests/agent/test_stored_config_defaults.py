@@ -1,0 +1,72 @@
+"""A stored campaign keeps the settings it was made with when a default changes, and
+limits added for new configs do not lock older campaigns out (review of 2026-12-06)."""
+
+import numpy as np
+
+from conftest import write_config
+
+POOL = ["C", "CC", "CCC", "CCO"]
+BODY = """
+objective = "n_heavy_atoms"
+max_evaluations = 4
+[tracking]
+enabled = false
+[[backends]]
+name = "diagnostic"
+"""
+
+
+def _stored(camp):
+    import tomllib
+
+    return tomllib.loads(camp.store.get_meta("config_toml"))
+
+
+def test_the_molecule_kernel_of_creation_is_kept(tmp_path):
+    from agent.campaign import Campaign
+    from agent.config import config_to_toml, load_config, parse_config
+    from agent.surrogates import molecule_gp
+
+    runs = tmp_path / "runs"
+    camp = Campaign.create(load_config(write_config(tmp_path, POOL, BODY, name="k")), runs)
+    try:
+        assert _stored(camp)["surrogate"]["kernel"] == molecule_gp.KERNEL
+        # a campaign stored before the option: no kernel key
+        data = _stored(camp)
+        del data["surrogate"]["kernel"]
+        camp.store.set_meta("config_toml", config_to_toml(parse_config(data)))
+        assert "kernel" not in _stored(camp)["surrogate"]
+    finally:
+        camp.close()
+    camp = Campaign.open("k", runs)
+    try:
+        assert camp.cfg.surrogate.kernel == "tanimoto" and camp.molecules.kernel == "tanimoto"
+        assert _stored(camp)["surrogate"]["kernel"] == "tanimoto"  # pinned in the store
+    finally:
+        camp.close()
+    assert np.isfinite(molecule_gp.MoleculeSurrogate(n_fidelities=1, kernel="tanimoto").n_fidelities)
+
+
+def test_a_stored_budget_above_todays_ceiling_still_opens(tmp_path):
+    from agent.campaign import Campaign
+    from agent.config import MAX_CPU_HOURS, ConfigError, load_config
+
+    runs = tmp_path / "runs"
+    camp = Campaign.create(load_config(write_config(tmp_path, POOL, BODY, name="c")), runs)
+    try:
+        text = camp.store.get_meta("config_toml")
+        camp.store.set_meta("config_toml", text.replace("max_evaluations = 4",
+                                                        f"max_evaluations = 4\nmax_cpu_hours = {MAX_CPU_HOURS * 10:g}"))
+    finally:
+        camp.close()
+    camp = Campaign.open("c", runs, readonly=True)
+    try:
+        assert camp.cfg.max_cpu_hours == MAX_CPU_HOURS * 10
+    finally:
+        camp.close()
+    import pytest
+
+    (tmp_path / "new").mkdir()
+    with pytest.raises(ConfigError, match="above the ceiling"):
+        load_config(write_config(tmp_path / "new", POOL, BODY.replace(
+            "max_evaluations = 4", f"max_evaluations = 4\nmax_cpu_hours = {MAX_CPU_HOURS * 10:g}"), name="n"))
