@@ -143,7 +143,7 @@ def test_tiny_real_esf_campaign_two_fidelities_ray_mlflow(tmp_path):
     assert len(s["esf"]) == len(land)  # one ESF record per molecule with a landscape
     assert {r["mean"] for r in s["esf"]} == {v["landscape_mobility_hole_cm2Vs"] for v in land}
     text = cli("status", "esf-tiny", "--runs-dir", str(runs)).stdout
-    assert "ESF           landscape hole mobility" in text and " cm2/(V s) (log10 " in text
+    assert "ESF           landscape hole mobility" in text and " cm2/(V s) (" in text and "log10 " in text
     assert "GFN2-xTB transfer integrals, 8-trial W99 CSP" in text  # the level of every figure
     cifs = sorted((runs / "esf-tiny" / "structures").glob("esf_m*.cif"))
     assert len(cifs) == len(land) and all(str(c) in text for c in cifs)
