@@ -187,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.batch < 1 or args.n_initial < 1:
         ap.error("--seeds, --batch and --n-initial must be >= 1")
-    data = load(args.truth, args.data)
+    from sim_backends.base import SetupError
+
+    try:
+        data = load(args.truth, args.data)
+    except SetupError as exc:
+        print(f"esf_discovery: error: {exc}", file=sys.stderr)
+        return 2
     n = len(data["smiles"])
     if n < 5:
         print(f"error: only {n} molecules have every level of the ESF data set (need >= 5)", file=sys.stderr)
