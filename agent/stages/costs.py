@@ -22,6 +22,29 @@ from sim_backends.base import EvalInput
 MIN_COST_S = 1e-3
 
 
+#: a task starts only if its CPU cost fits the budget left with this probability
+COST_FIT_PROBABILITY = 0.9
+#: prior sd of log(measured / prior CPU s) of one task, and its weight in pseudo-tasks:
+#: the backends' size-based estimates are off by ~25 % per molecule (sd of the log ratio
+#: over the 12 DFT-relaxed reorganisation energies of benchmarks/reorg_validation.py)
+COST_LOG_SD_PRIOR = (0.25, 2.0)
+
+
+def cost_fit_factor(log_ratios: Sequence[float]) -> float:
+    """The factor on a task's expected CPU cost below which its cost stays with
+    probability :data:`COST_FIT_PROBABILITY`: ``exp(z sd)``, ``sd`` the spread of
+    ``log(measured / prior CPU s)`` over a level's finished tasks (``log_ratios``),
+    pooled with the prior :data:`COST_LOG_SD_PRIOR` so that one or two tasks do not
+    make it zero."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(COST_FIT_PROBABILITY))
+    sd0, k = COST_LOG_SD_PRIOR
+    logs = np.asarray(log_ratios, dtype=np.float64)
+    ss = float(np.sum((logs - logs.mean()) ** 2)) if len(logs) > 1 else 0.0
+    return float(np.exp(z * np.sqrt((k * sd0 ** 2 + ss) / (k + max(len(logs) - 1, 0)))))
+
+
 class CostModelProtocol(Protocol):
     def prior(self, inp: EvalInput) -> float: ...
 
@@ -84,6 +107,11 @@ class CostModel:
         if not self.measured or self._sum_prior <= 0 or self._sum_measured <= 0:
             return 1.0
         return self._sum_measured / self._sum_prior
+
+    def fit_factor(self) -> float:
+        """:func:`cost_fit_factor` of this level's :attr:`log_ratios`: the factor on an
+        expected cost below which a task's cost stays with :data:`COST_FIT_PROBABILITY`."""
+        return cost_fit_factor(self.log_ratios)
 
     def mean_measured(self) -> float | None:
         return float(np.mean(self.measured)) if self.measured else None

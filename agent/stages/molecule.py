@@ -62,7 +62,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.stages.base import Request
-from agent.stages.costs import CostModel
+# the budget rule is the stages' shared one (agent/stages/costs.py); its names stay importable here
+from agent.stages.costs import COST_FIT_PROBABILITY, COST_LOG_SD_PRIOR, CostModel, cost_fit_factor  # noqa: F401
 from sim_backends.base import EvalInput
 
 if TYPE_CHECKING:
@@ -72,27 +73,6 @@ if TYPE_CHECKING:
     from sim_backends.base import EvalResult
 
 NAME = "molecule"
-#: a task starts only if its CPU cost fits the budget left with this probability
-COST_FIT_PROBABILITY = 0.9
-#: prior sd of log(measured / prior CPU s) of one task, and its weight in pseudo-tasks:
-#: the backends' size-based estimates are off by ~25 % per molecule (sd of the log ratio
-#: over the 12 DFT-relaxed reorganisation energies of benchmarks/reorg_validation.py)
-COST_LOG_SD_PRIOR = (0.25, 2.0)
-
-
-def cost_fit_factor(log_ratios: Sequence[float]) -> float:
-    """The factor on a task's expected CPU cost below which its cost stays with
-    probability :data:`COST_FIT_PROBABILITY`: ``exp(z sd)``, ``sd`` the spread of
-    ``log(measured / prior CPU s)`` over a level's finished tasks (``log_ratios``),
-    pooled with the prior :data:`COST_LOG_SD_PRIOR` so that one or two tasks do not
-    make it zero."""
-    from scipy.stats import norm
-
-    z = float(norm.ppf(COST_FIT_PROBABILITY))
-    sd0, k = COST_LOG_SD_PRIOR
-    logs = np.asarray(log_ratios, dtype=np.float64)
-    ss = float(np.sum((logs - logs.mean()) ** 2)) if len(logs) > 1 else 0.0
-    return float(np.exp(z * np.sqrt((k * sd0 ** 2 + ss) / (k + max(len(logs) - 1, 0)))))
 
 
 class MoleculeStage:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.stages.base import Request
-from agent.stages.costs import CostModel
+from agent.stages.costs import COST_FIT_PROBABILITY, CostModel
 from sim_backends.base import EvalInput
 
 if TYPE_CHECKING:
@@ -352,19 +352,14 @@ class StructureStage:
                     n -= 1
         return out
 
+    def _cost_model(self, request: Request) -> CostModel | None:
+        """The cost model of a request's level (the CSP's own for a CSP request)."""
+        return self.csp_cost if request.structure_id is None else self.cost_models.get(request.backend)
+
     def expected_cost(self, request: Request) -> float:
         """Expected CPU seconds of one of this stage's requests (its level's cost model)."""
-        model = self.csp_cost if request.structure_id is None else self.cost_models.get(request.backend)
+        model = self._cost_model(request)
         return float(model.expected([request.inp])[0]) if model is not None else 0.0
-
-    def cost_margin(self, backend: str, csp: bool = False) -> float:
-        """The factor on a task's expected CPU cost below which it stays with probability
-        :data:`~agent.stages.molecule.COST_FIT_PROBABILITY` (the molecule stage's rule, from
-        the spread of this level's measured over estimated CPU seconds)."""
-        from agent.stages.molecule import cost_fit_factor
-
-        model = self.csp_cost if csp else self.cost_models.get(backend)
-        return cost_fit_factor(model.log_ratios if model is not None else [])
 
     def cpu_left(self, pending: Sequence[Request]) -> float | None:
         """CPU seconds of the campaign's budget left for new work (spent read from the
@@ -388,13 +383,13 @@ class StructureStage:
         need, level = cheapest
         return (f"compute budget: no structure-stage evaluation fits the {max(left, 0.0):.3g} CPU s left "
                 f"(the cheapest, {level}, needs {need:.3g} CPU s with its "
-                f"{_fit_probability():.0%} cost margin)")
+                f"{COST_FIT_PROBABILITY:.0%} cost margin)")
 
     def _cheapest_open(self, pending: Sequence[Request]) -> tuple[float, str] | None:
         """``(CPU s needed with the cost margin, level)`` of the cheapest task the stage
         could start now (None when it has none)."""
         options: list[tuple[float, str]] = []
-        csp_margin = self.cost_margin(self.cfg.csp.name, csp=True)
+        csp_margin = self.csp_cost.fit_factor()
         for mol_id in self.csp_candidates(pending):
             inp = EvalInput(self._smiles[mol_id])
             options.append((float(self.csp_cost.expected([inp])[0]) * csp_margin, self.cfg.csp.name))
@@ -403,19 +398,19 @@ class StructureStage:
             for prop in self.properties:
                 cand = prop.candidates(land, self.cfg.window_kjmol, self.cfg.top_k, mine)
                 if cand:
-                    cost = self._costs(land, prop.level)[cand] * self.cost_margin(prop.name)
+                    cost = self._costs(land, prop.level)[cand] * self.cost_models[prop.name].fit_factor()
                     options.append((float(np.min(cost)), prop.name))
             busy = {i for sid in mine if (i := land.index(sid)) is not None}
             todo = [i for i in range(len(land.ids)) if i not in land.computed and i not in land.failed
                     and i not in busy]
             if todo:
-                cost = self._costs(land, self.refine)[todo] * self.cost_margin(self.refine.name)
+                cost = self._costs(land, self.refine)[todo] * self.cost_models[self.refine.name].fit_factor()
                 options.append((float(np.min(cost)), self.refine.name))
             if self.free_energy is not None and self._free_energy_open(land):
                 todo = [i for i in land.computed if i not in land.f_vib and i not in land.f_failed
                         and i not in busy]
                 if todo:
-                    cost = self._costs(land, self.free_energy)[todo] * self.cost_margin(self.free_energy.name)
+                    cost = self._costs(land, self.free_energy)[todo] * self.cost_models[self.free_energy.name].fit_factor()
                     options.append((float(np.min(cost)), self.free_energy.name))
         return min(options) if options else None
 
@@ -661,12 +656,6 @@ class StructureStage:
             self.progress(text)
 
 
-def _fit_probability() -> float:
-    from agent.stages.molecule import COST_FIT_PROBABILITY
-
-    return COST_FIT_PROBABILITY
-
-
 class _Budget:
     """The compute budget left during one :meth:`StructureStage.ask`: a request is taken
     only when its expected CPU cost times its level's cost margin fits what is left
@@ -678,9 +667,11 @@ class _Budget:
     def take(self, request: Request) -> bool:
         if self.left is None:
             return True
-        cost = self.stage.expected_cost(request)
-        margin = self.stage.cost_margin(request.backend, csp=request.structure_id is None)
-        if cost * margin > self.left:
+        model = self.stage._cost_model(request)
+        if model is None:
+            return True
+        cost = float(model.expected([request.inp])[0])
+        if cost * model.fit_factor() > self.left:
             return False
         self.left -= cost
         return True
@@ -689,4 +680,4 @@ class _Budget:
         """Indices whose expected cost (``costs``, CPU s) with the level's margin does not fit."""
         if self.left is None:
             return []
-        return [int(i) for i in np.flatnonzero(costs * self.stage.cost_margin(backend) > self.left)]
+        return [int(i) for i in np.flatnonzero(costs * self.stage.cost_models[backend].fit_factor() > self.left)]

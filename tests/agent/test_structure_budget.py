@@ -115,7 +115,7 @@ def test_the_cost_margin_learns_only_from_tasks_that_succeeded_and_were_charged(
     """A fast failure (0.05 s against a 12 s estimate) or a replay charged 0 s widened the
     cost margin sevenfold and turned work away with CPU left (review of 95c96de)."""
     from agent.stages.costs import CostModel
-    from agent.stages.molecule import cost_fit_factor
+    from agent.stages.costs import cost_fit_factor
     from sim_backends.base import EvalInput
 
     model = CostModel("x", {}, cost_s=12.0)
