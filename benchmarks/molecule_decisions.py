@@ -470,8 +470,8 @@ class BudgetedLoop:
     start an evaluation only while its cost fits the budget left with probability
     ``COST_FIT_PROBABILITY``, i.e. its expected cost (the level's
     :class:`~agent.stages.costs.CostModel`: the backend's size-based estimate scaled by
-    measured / estimated so far) times :func:`agent.stages.molecule.cost_fit_factor`
-    of the level's finished tasks fits."""
+    measured / estimated so far) times :meth:`~agent.stages.costs.CostModel.fit_factor`
+    of the level's successful tasks fits."""
 
     def __init__(self, budget_s: float, data: str = "demo-pool") -> None:
         from agent.stages.costs import CostModel
@@ -480,7 +480,6 @@ class BudgetedLoop:
         params = level_params(data)
         self.backends = [get_backend(name, **p) for name, p in zip(LEVELS, params, strict=True)]
         self.cost_models = [CostModel(name, p) for name, p in zip(LEVELS, params, strict=True)]
-        self.log_ratios: list[list[float]] = [[], []]
         self.budget_s = budget_s
         self.spent_s = 0.0
         self.best = float("nan")
@@ -492,18 +491,15 @@ class BudgetedLoop:
 
     def evaluate(self, level: int, smiles: str) -> float | None:
         """The value, or None when the budget does not allow the evaluation."""
-        from agent.stages.molecule import cost_fit_factor
         from sim_backends.base import EvalInput
 
         inp = EvalInput(smiles)
-        if self.expected_s(level, smiles) * cost_fit_factor(self.log_ratios[level]) > \
+        if self.expected_s(level, smiles) * self.cost_models[level].fit_factor() > \
                 self.budget_s - self.spent_s:
             return None
         res = self.backends[level].evaluate(inp)
         self.spent_s += res.wall_s
-        self.cost_models[level].observe(inp, res.wall_s)
-        if res.wall_s > 0:
-            self.log_ratios[level].append(float(np.log(res.wall_s / self.cost_models[level].prior(inp))))
+        self.cost_models[level].observe(inp, res.wall_s, ok=res.ok)
         value = res.values.get("reorg_energy_kjmol", float("nan"))
         if level == 1 and res.ok:
             self.best = float(np.nanmin([self.best, value]))

@@ -95,8 +95,6 @@ class MoleculeStage:
         self.cost_models = [CostModel(b.name, b.params, b.cost_s) for b in self.levels]
         #: evaluations this stage may use in all (the scheduler's share; None: unbounded)
         self.evaluation_share: int | None = None
-        # per level: log(measured / prior CPU s) of the finished tasks (the cost spread)
-        self.cost_log_ratios: list[list[float]] = [[] for _ in self.levels]
         #: backend name -> (computes, fidelity, value_sd) it declares (:meth:`_declared`)
         self._declared_cache: dict[str, tuple[tuple[str, ...], int, dict[str, float]]] = {}
         #: (level, constrained value, cheaper levels that report it) (:meth:`_screening`)
@@ -146,9 +144,7 @@ class MoleculeStage:
             return
         self.n_by_backend[ev.backend] += 1
         inp = EvalInput(self.smiles[i])
-        self.cost_models[f].observe(inp, ev.cpu_s)
-        if ev.cpu_s > 0:
-            self.cost_log_ratios[f].append(float(np.log(ev.cpu_s / self.cost_models[f].prior(inp))))
+        self.cost_models[f].observe(inp, ev.cpu_s, ok=ev.ok)
         self.done[i, f] = True
         value = ev.values.get(self.cfg.objective)
         if ev.ok and value is not None and np.isfinite(value):
@@ -468,8 +464,9 @@ class MoleculeStage:
 
     def cost_margin(self) -> np.ndarray:
         """``(n_f,)`` factors on the expected CPU cost of a task at each level
-        (:func:`cost_fit_factor` of the level's finished tasks)."""
-        return np.array([cost_fit_factor(logs) for logs in self.cost_log_ratios])
+        (:meth:`CostModel.fit_factor`: from the level's tasks that succeeded and were
+        charged CPU; a fast failure says nothing about what a task costs)."""
+        return np.array([m.fit_factor() for m in self.cost_models])
 
     def levels_left(self, pending: Sequence[Request] = ()) -> list[int | None]:
         """Evaluations each level may still start (its ``budget_evaluations`` left; None:

@@ -324,3 +324,39 @@ def test_stop_reason_says_no_evaluation_fits_the_budget_left(tmp_path):
         reason = dict(db.execute("select key, value from meta"))["stop_reason"]
     assert reason.startswith("compute budget: no evaluation fits the"), reason
     assert f"{budget - spent:.3g} CPU s left" in reason, (reason, budget - spent)
+
+
+def test_molecule_cost_margin_ignores_fast_failures(table, tmp_path):
+    """The molecule stage's cost margin comes from the level's successful tasks charged CPU,
+    as the structure stage's does: a failure after 0.05 s of a task estimated at minutes
+    said nothing about what the level costs, but it used to widen the margin and turn
+    affordable work away."""
+    import tomllib
+
+    from agent.store import Evaluation
+
+    smiles = table[0][:6]
+    (tmp_path / "pool.smi").write_text("\n".join(smiles) + "\n")
+    text = 'name = "margin"\npool = "pool.smi"\n' + POOL_BODY.format(seed=0, hours=0.5)
+    camp = Campaign.create(parse_config(tomllib.loads(text), base_dir=tmp_path), tmp_path / "runs")
+    try:
+        stage = camp.stages["molecule"]
+        top = stage.top_fidelity
+        before = stage.cost_margin()[top]
+
+        def evaluation(n: int, status: str, cpu_s: float) -> Evaluation:
+            return Evaluation(id=n, request_id=f"r{n}", molecule_id=int(stage.mol_ids[n]), structure_id=None,
+                              backend=stage.levels[top].name, backend_version="1", fidelity=top,
+                              inputs_hash=f"h{n}", status=status, reason="" if status == "ok" else "scf: no",
+                              values={}, extra={}, wall_s=cpu_s, cpu_s=cpu_s, n_attempts=1,
+                              submitted_at=0.0, finished_at=0.0, stage="molecule")
+
+        stage.tell(None, evaluation(0, "failed", 0.05))
+        stage.tell(None, evaluation(1, "failed", 2.0))
+        assert stage.cost_margin()[top] == before
+        assert stage.cost_models[top].measured == [0.05, 2.0]  # still charged, in the mean cost
+        stage.tell(None, evaluation(2, "ok", 0.05))
+        stage.tell(None, evaluation(3, "ok", 500.0))
+        assert stage.cost_margin()[top] > before  # successes 10^4 apart in CPU are news
+    finally:
+        camp.close()
