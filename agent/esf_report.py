@@ -195,6 +195,10 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                 if sid in rows and int(rows[sid]["molecule_id"]) == mid}
         rec.update(window_coverage(ranked.get(mid, {}), mine, float(e["mean"]), float(e["sd"]),
                                    cfg.structures.window_kjmol, spread_elsewhere.get(mid)))
+        if ranked.get(mid):  # the landscape's lowest structure at the ranking level, computed or predicted
+            lowest = min(ranked[mid], key=ranked[mid].get)
+            rec["ranked_minimum"] = {"id": lowest, "energy_kjmol": ranked[mid][lowest],
+                                     "computed": lowest in energies}
         out.append(rec)
     return out
 
@@ -449,6 +453,20 @@ def _window_text(rec: dict[str, Any]) -> str:
     return f"{n} structures in window"
 
 
+def _minimum_label(rec: dict[str, Any]) -> tuple[str, str]:
+    """What the record's ``global_minimum`` (its lowest structure with a mobility) is, as
+    (label, suffix) of its status line: the predicted global minimum, or, when the
+    landscape's lowest structure at the ranking level has no mobility (a structure-stage
+    record), the lowest with one, and where the global minimum lies."""
+    gm, low = rec.get("global_minimum") or {}, rec.get("ranked_minimum")
+    if not low or low["id"] == gm.get("id"):
+        return "predicted global minimum", ""
+    how = "computed" if low.get("computed") else "predicted"
+    gap = gm.get("energy_kjmol", float("nan")) - low["energy_kjmol"]
+    return ("lowest structure with a mobility",
+            f"; the global minimum {low['id']} ({how}, {gap:.2f} kJ/mol lower) has no mobility yet")
+
+
 def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     """Status lines: per molecule (best first, at most :data:`N_LISTED`), the landscape
     hole mobility with its sd, unit and level, and its predicted global minimum."""
@@ -477,9 +495,10 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
             cif = gm.get("cif")
             where = f"  {cif}" if cif and Path(cif).is_file() else ""
             dens = f", {gm['density_gcm3']:.3f} g/cm3" if gm.get("density_gcm3") is not None else ""
-            lines.append(f"    predicted global minimum {gm['id']} ({gm.get('space_group') or '?'}, "
+            label, suffix = _minimum_label(rec)
+            lines.append(f"    {label} {gm['id']} ({gm.get('space_group') or '?'}, "
                          f"Z = {reported_z(gm)}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"
-                         + where)
+                         + suffix + where)
         lines.extend(f"    WARNING {w}" for w in rec.get("warnings") or [])
         lines.extend(f"    INFO {w}" for w in rec.get("notes") or [])
     if len(results) > N_LISTED:
@@ -489,8 +508,10 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
 
 def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
     """One row per molecule and source: the landscape mobility, its sd and what the sd
-    covers, the structures in the window and how many of them have a mobility, level, and
-    the global minimum, and lambda+ with its level (``report/esf_results.csv``)."""
+    covers, the structures in the window and how many of them have a mobility, level, the
+    lowest structure with a mobility (``global_minimum_*``), lambda+ with its level, and the
+    landscape's lowest structure at the ranking level (``landscape_minimum_id``; a
+    structure-stage landscape's may have no mobility) (``report/esf_results.csv``)."""
     import csv
 
     with path.open("w", newline="") as fh:
@@ -499,7 +520,7 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
                     "mobility_hole_sd_cm2Vs", "sd_covers", "n_in_window", "n_with_mobility_in_window",
                     "n_structures", "global_minimum_id",
                     "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible",
-                    "lambda_hole_kjmol", "lambda_hole_ev", "lambda_level"])
+                    "lambda_hole_kjmol", "lambda_hole_ev", "lambda_level", "landscape_minimum_id"])
         for r in results:
             gm = r.get("global_minimum") or {}
             w.writerow([r["molecule_id"], r["name"], r["smiles"], r["source"], r["backend"], r["level"],
@@ -509,7 +530,8 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
                         gm.get("cif") or "", "; ".join(r.get("warnings") or []), "; ".join(r.get("notes") or []),
                         r.get("infeasible") or "",
                         *((f"{r['lambda_hole_kjmol']:.3f}", f"{r['lambda_hole_kjmol'] / KJMOL_PER_EV:.4f}",
-                           r.get("lambda_level") or "") if r.get("lambda_hole_kjmol") is not None else ("", "", ""))])
+                           r.get("lambda_level") or "") if r.get("lambda_hole_kjmol") is not None else ("", "", "")),
+                        (r.get("ranked_minimum") or gm).get("id", "")])
     return path
 
 

@@ -21,7 +21,11 @@ number of evaluations told, each logged once, the last one at the end of a run);
 ``surrogate_holdout_coverage_68`` and ``_95`` (the top level predicted with the cheaper
 values known, :meth:`~agent.surrogates.molecule_gp.MoleculeSurrogate.calibration`); the report's
 plots and tables as artifacts under ``plots/``, the CIFs and structure tables of
-``runs/<name>/structures/`` under ``structures/``; for a campaign with ESF levels, the ESF maps
+``runs/<name>/structures/`` under ``structures/``; for a structure stage with property levels,
+per new value ``landscape_<key>_m<id>`` (the landscape's Boltzmann mean) and ``..._sd_energy``
+(its spread from the energy ranking alone), and at the end of a run ``..._sd`` (the sd the
+report prints: structures of the window without a value included) with ``..._n_in_window`` and
+``..._n_with_value_in_window``; for a campaign with ESF levels, the ESF maps
 (``esf_maps/esf_map_n<landscapes>.png``, :mod:`agent.esf_report`) at the first refit
 after each new molecule-stage landscape result, and at the end of a run.
 
@@ -351,7 +355,9 @@ class Tracker:
             elif ev["kind"] == "landscape_property":  # agent/stages/properties.py
                 key, step = f"landscape_{ev['value_key']}_m{ev['molecule_id']}", ev["n_structures"]
                 self.client.log_metric(self.run_id, key, ev["mean"], step=step)
-                self.client.log_metric(self.run_id, f"{key}_sd", ev["sd"], step=step)
+                # the spread from the energy ranking alone; the sd the report prints (window
+                # coverage included) is logged as <key>_sd at the end of a run
+                self.client.log_metric(self.run_id, f"{key}_sd_energy", ev["sd"], step=step)
         if any(ev["kind"] == "molecule_refit" for ev in events):
             self._maybe_log_molecule_model(final=False)
             self._maybe_log_esf_map()
@@ -562,11 +568,36 @@ class Tracker:
         if (Path(c.directory) / MODEL_FILE).is_file():  # the learned SCF guess (scf_guess="learned")
             self.client.log_artifact(self.run_id, str(Path(c.directory) / MODEL_FILE), artifact_path="scf_guess")
 
+    def _log_landscape_properties(self) -> None:
+        """The structure stage's landscape mobilities as the report prints them: mean and
+        sd (:func:`agent.esf_report.window_coverage`: widened for the window's structures
+        without a mobility) under ``landscape_<value key>_m<id>`` and ``..._sd``, with the
+        number of window structures with a mobility and in the window, at step = the number
+        of structures with a value (the step of the last ``landscape_property`` event)."""
+        c = self.campaign
+        if c.stage is None or not c.store.events("landscape_property"):
+            return
+        from agent.esf_report import esf_results
+
+        latest = {(int(e["molecule_id"]), e["level"]): e for e in c.store.events("landscape_property")}
+        for rec in esf_results(c.store, c.cfg):
+            ev = latest.get((rec["molecule_id"], rec["backend"])) if rec["source"] == "structure stage" else None
+            if ev is None:
+                continue
+            key, step = f"landscape_{ev['value_key']}_m{rec['molecule_id']}", int(ev["n_structures"])
+            self.client.log_metric(self.run_id, key, rec["mean"], step=step)
+            self.client.log_metric(self.run_id, f"{key}_sd", rec["sd"], step=step)
+            self.client.log_metric(self.run_id, f"{key}_n_in_window", rec["n_in_window"], step=step)
+            if rec.get("n_with_mobility") is not None:
+                self.client.log_metric(self.run_id, f"{key}_n_with_value_in_window", rec["n_with_mobility"],
+                                       step=step)
+
     def log_plots(self) -> list[Path]:
         """Write the campaign's plots under runs/<name>/report/ and log them as artifacts."""
         from agent.report import write_plots
 
         paths = write_plots(self.campaign)
+        self._log_landscape_properties()  # after write_plots saved the final structure ranking
         structures = (Path(self.campaign.directory) / "structures").resolve()
         for p in paths:
             # the CIFs and structure tables of runs/<name>/structures/ under structures/,

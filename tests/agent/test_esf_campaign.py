@@ -213,7 +213,17 @@ def test_mobility_property_level_reads_lambda_from_the_molecule_stage(tmp_path):
         (run,) = client.search_runs([client.get_experiment_by_name("esf").experiment_id])
         key = f"landscape_mobility_hole_cm2Vs_m{mob[0].molecule_id}"
         assert client.get_metric_history(run.info.run_id, key)[-1].value == pytest.approx(events[-1]["mean"])
-        assert client.get_metric_history(run.info.run_id, f"{key}_sd")
+        history = {name: client.get_metric_history(run.info.run_id, f"{key}{name}")
+                   for name in ("_sd_energy", "_sd", "_n_in_window", "_n_with_value_in_window")}
+        assert history["_sd_energy"][-1].value == pytest.approx(events[-1]["sd"])
+        # the sd logged at the end is the one the report prints (window coverage included)
+        from agent.esf_report import esf_results
+
+        (rec,) = [r for r in esf_results(camp.store, camp.cfg)
+                  if r["source"] == "structure stage" and r["molecule_id"] == mob[0].molecule_id]
+        assert history["_sd"][-1].value == pytest.approx(rec["sd"]) and rec["sd"] >= events[-1]["sd"]
+        assert history["_n_in_window"][-1].value == rec["n_in_window"]
+        assert history["_n_with_value_in_window"][-1].value == rec["n_with_mobility"]
     finally:
         camp.close()
 

@@ -142,3 +142,23 @@ def test_every_landscape_mobility_line_says_what_its_sd_covers():
     (line,) = [x for x in esf_lines([rec]) if x.startswith("  tetracene: ")]
     assert ("mu_h = 3.2e+00 ± 5.0e-01 cm2/(V s) (± energy-ranking spread only; J and lambda errors not "
             "included; log10 0.51)") in line
+
+
+def test_structure_stage_line_names_the_global_minimum_when_it_has_no_mobility():
+    """newuser38 follow-up: the structure stage's line called its lowest structure *with a
+    mobility* the 'predicted global minimum' even when the landscape's lowest structure at
+    the ranking level had none; it now says which is which."""
+    from agent.esf_report import esf_lines
+
+    gm = {"id": "m0007", "energy_kjmol": -98.5, "rel_kjmol": 0.0, "mobility_hole_cm2Vs": 3.0,
+          "density_gcm3": 1.2, "space_group": "P2_1/c", "z": 4, "cif": None}
+    rec = {"molecule_id": 1, "name": "tetracene", "smiles": "c1ccc2cc3cc4ccccc4cc3cc2c1",
+           "source": "structure stage", "backend": "mobility-xtb", "level": "GFN2-xTB", "mean": 3.0, "sd": 0.5,
+           "n_in_window": 5, "n_with_mobility": 1, "structures": [gm], "global_minimum": gm, "warnings": [],
+           "notes": [], "ranked_minimum": {"id": "m0002", "energy_kjmol": -100.0, "computed": False}}
+    text = "\n".join(esf_lines([rec]))
+    assert "predicted global minimum" not in text
+    assert ("lowest structure with a mobility m0007 (P2_1/c, Z = 4, 1.200 g/cm3): mu_h = 3.0e+00 cm2/(V s); "
+            "the global minimum m0002 (predicted, 1.50 kJ/mol lower) has no mobility yet") in text
+    rec["ranked_minimum"] = {"id": "m0007", "energy_kjmol": -98.5, "computed": True}
+    assert "predicted global minimum m0007" in "\n".join(esf_lines([rec]))
