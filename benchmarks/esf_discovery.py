@@ -31,7 +31,9 @@ Prints one table (median and quartiles over seeds, CPU s) and the ratios against
 agent, then one JSON line ``{"benchmark": "esf_discovery", ..., "cpu_s_to_best": {...}}``
 written to ``benchmarks/results/esf_discovery.json`` (non-default arguments: a file named
 after them). ``--data DIR`` replays another data set of the same layout (e.g. ``data/esf_resp``,
-the CSPs with RESP charges). Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/esf_discovery.py``.
+the CSPs with RESP charges; the header then states the truth level's protocol from its records and
+the directory). A malformed line is a one-line error naming file and line; a truncated last line
+(an interrupted ``make_esf_dataset.py``) is skipped with a warning naming it. Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/esf_discovery.py``.
 """
 
 from __future__ import annotations
@@ -70,9 +72,26 @@ def load(truth: str, data_dir: str | None = None) -> dict:
             lam = r.get("reorg_energy_kjmol", r.get("lambda_hole_kjmol"))
             if not r.get("error") and lam is not None:
                 value[lv][i] = landscape_values(float(lam), r)["log10_landscape_mobility_hole"]
-    names = [recs[truth][s]["name"] for s in smiles]
+    names = [recs[truth][s].get("name") or s for s in smiles]
     return {"smiles": smiles, "names": names, "levels": levels, "value": value, "cost": cost, "truth": truth,
-            "data_dir": str(data_dir) if data_dir else None}
+            "data_dir": str(data_dir) if data_dir else None,
+            "truth_protocol": protocol([recs[truth][s] for s in smiles], data_dir)}
+
+
+def protocol(records: list[dict], data_dir: str | None) -> str:
+    """The truth level's protocol as its records state it (``n_trials``, ``transfer_level``,
+    ``charges``), and where the data set is: "data: PATH" for a data set given with --data,
+    "user data: PATH" alone when its records say nothing of how they were made."""
+    def one(key: str) -> str | None:
+        vals = sorted({str(r[key]) for r in records if r.get(key) is not None})
+        return "/".join(vals) if vals else None
+
+    trials, transfer, charges = one("n_trials"), one("transfer_level"), one("charges")
+    parts = ([f"{trials}-trial CSP"] if trials else []) + ([f"{transfer} transfer"] if transfer else []) + (
+        [f"{charges} charges"] if charges else [])
+    if data_dir is None:
+        return ", ".join(parts) or "data/esf"
+    return (", ".join(parts) + f"; data: {data_dir}") if parts else f"user data: {data_dir}"
 
 
 def targets(data: dict, k: int = 3) -> list[int]:
@@ -189,18 +208,23 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seeds, --batch and --n-initial must be >= 1")
     from sim_backends.base import SetupError
 
+    import warnings
+
     try:
-        data = load(args.truth, args.data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = load(args.truth, args.data)
     except SetupError as exc:
         print(f"esf_discovery: error: {exc}", file=sys.stderr)
         return 2
+    for w in caught:
+        print(f"esf_discovery: warning: {w.message}", file=sys.stderr)
     n = len(data["smiles"])
     if n < 5:
         print(f"error: only {n} molecules have every level of the ESF data set (need >= 5)", file=sys.stderr)
         return 2
     best, top3 = targets(data, 1), targets(data, 3)
-    truth_label = {"refined": "refined (300-trial CSP, GFN2-xTB transfer)",
-                   "quick": "quick (GFN2-xTB transfer, 150-trial CSP)"}[args.truth]
+    truth_label = f"{args.truth} ({data['truth_protocol']})"
     print(f"pool: {n} molecules with {', '.join(data['levels'])} records; truth level {truth_label}")
     print(f"best: {data['names'][best[0]]} (log10 mu_h = {data['value'][args.truth][best[0]]:.2f}, cm2/(V s)); "
           f"top 3: {', '.join(data['names'][i] for i in top3)}")

@@ -462,16 +462,50 @@ def _run_error(message: str) -> Exception:
     return RunError(message, retryable=False)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @lru_cache(maxsize=8)
 def _load_records(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
-    """{canonical SMILES: record} of one ``esf_<fidelity>.jsonl`` (``mtime_ns`` keys the cache)."""
+    """{canonical SMILES: record} of one ``esf_<fidelity>.jsonl`` (``mtime_ns`` keys the cache).
+
+    A last line that is not JSON is skipped with a warning naming it: it is what an interrupted
+    ``make_esf_dataset.py`` (which appends one line per molecule and resumes) leaves, and a
+    rerun of the generator recomputes that molecule. Any other malformed line -- not JSON, no
+    ``smiles``, a SMILES that does not parse, a ``cpu_s`` or lambda that is not a number -- is
+    a SetupError naming the file and the line."""
+    import warnings
+
     from sim_backends.molecule import validate_smiles
 
+    lines = Path(path).read_text().splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     out = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        where = f"{path} line {i + 1}"
+        try:
             rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == last:
+                warnings.warn(f"{where}: not JSON, skipped (a truncated last record, as an interrupted "
+                              "make_esf_dataset.py leaves; rerun it to complete the data set)", stacklevel=2)
+                continue
+            raise SetupError(f"{where}: not JSON") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("smiles"), str):
+            raise SetupError(f"{where}: a record needs a 'smiles' string")
+        cpu = rec.get("cpu_s", 0.0)
+        if not (_is_number(cpu) or (isinstance(cpu, dict) and all(_is_number(v) for v in cpu.values()))):
+            raise SetupError(f"{where}: 'cpu_s' must be a number or an object of numbers, not {cpu!r}"[:300])
+        for key in ("reorg_energy_kjmol", "lambda_hole_kjmol"):
+            if rec.get(key) is not None and not _is_number(rec[key]):
+                raise SetupError(f"{where}: {key!r} must be a number, not {rec[key]!r}"[:300])
+        try:
             out[validate_smiles(rec["smiles"], max_heavy_atoms=10**6)] = rec
+        except SetupError as exc:
+            raise SetupError(f"{where}: {exc}") from None
     return out
 
 

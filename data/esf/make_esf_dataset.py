@@ -66,9 +66,24 @@ def heavy_atoms(smiles: str) -> int:
 
 
 def done_keys(path: Path) -> dict[str, dict]:
+    """Records already in ``path``. A last line that is not JSON (the generator was killed while
+    appending it) is removed from the file, with a note, so that the molecule is recomputed and the
+    next record starts on a line of its own."""
     if not path.exists():
         return {}
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    text = path.read_text()
+    lines = [x for x in text.splitlines() if x.strip()]
+    rewrite = bool(text) and not text.endswith("\n")
+    if lines:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            print(f"{path}: last line {len(lines)} is not JSON (interrupted write): removed, its molecule is "
+                  "recomputed", flush=True)
+            lines, rewrite = lines[:-1], True
+    if rewrite:
+        path.write_text("".join(x + "\n" for x in lines))
+    recs = [json.loads(x) for x in lines]
     return {r["smiles"]: r for r in recs}
 
 
