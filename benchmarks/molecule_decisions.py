@@ -67,7 +67,11 @@
     difference).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/molecule_decisions.py`` (part (a) ~15-20 min
-on 2 busy cores, part (b) ~5 min; ``--tables`` picks data sets; ``--skip-quality`` / ``--skip-timing`` run one part,
+on 2 busy cores, part (b) ~5 min; ``--tables`` picks data sets; ``--table CSV`` (repeatable) runs
+part (b) on a table of your own in the layout of ``data/benchmarks/reorg_pool60.csv`` (smiles,
+xtb_reorg_kjmol, dft_reorg_kjmol, and xtb_cpu_s + dft_cpu_s or xtb_wall_s + dft_wall_s; empty cell =
+no result; checked on reading, a bad cell or a missing column is a one-line error) instead of the
+shipped sets unless ``--tables`` is given too; ``--skip-quality`` / ``--skip-timing`` run one part,
 the latter carrying the previous part (a) figures over into the JSON; ``--molecule-kernel
 tanimoto`` or ``tanimoto+descriptors`` runs every campaign with that molecule-GP kernel instead of
 the campaign's default). Prints tables,
@@ -341,6 +345,8 @@ TABLES = {
     "pool60": (ROOT / "data" / "benchmarks" / "reorg_pool60.csv", "cpu"),
     "pool60-dftdft": (ROOT / "data" / "benchmarks" / "reorg_pool60_dftdft.csv", "cpu"),
 }
+#: the shipped data sets (``--tables``); ``--table`` adds a user's to TABLES
+BUILTIN_TABLES = tuple(TABLES)
 LEVEL_NAMES = {"demo-pool": "B3LYP/6-31G//GFN2-xTB", "dftdft": "B3LYP/6-31G, both states relaxed",
                "pool60": "B3LYP/6-31G//GFN2-xTB (UKS stability-checked cations)",
                "pool60-dftdft": "B3LYP/6-31G, both states relaxed (UKS stability-checked cations)"}
@@ -370,6 +376,87 @@ def validation_table(record: Path, out: Path) -> Path:
         for row in rows.values():
             w.writerow({c: row.get(c, "") for c in cols})
     return out
+
+
+#: value columns of a replay table; cost columns by the cost kind charged
+VALUE_COLUMNS = ("xtb_reorg_kjmol", "dft_reorg_kjmol")
+COST_COLUMNS = {"cpu": ("xtb_cpu_s", "dft_cpu_s"), "wall": ("xtb_wall_s", "dft_wall_s")}
+
+
+class TableError(ValueError):
+    """A replay table that cannot be used (one line: file, row, column)."""
+
+
+def check_table(path: Path) -> str:
+    """Validate a replay table in the layout of ``data/benchmarks/reorg_pool60.csv``
+    (make_reorg_table.py's columns) and return the cost charged: ``cpu`` when it has a
+    ``*_cpu_s`` column (then both are needed), else ``wall`` (both ``*_wall_s`` columns).
+
+    Raises:
+        TableError: no such file, no ``smiles`` or value column, no pair of cost columns, a
+            cell of a value or cost column that is neither empty nor a finite number
+            (naming the row and column), a value without its cost, or fewer than two
+            molecules with both values.
+    """
+    import csv
+    import math
+
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in ("smiles", *VALUE_COLUMNS) if c not in header]
+        if missing:
+            raise TableError(f"{path}: missing column(s) {', '.join(missing)}; a replay table has "
+                             f"smiles, {', '.join(VALUE_COLUMNS)} and {' + '.join(COST_COLUMNS['cpu'])} "
+                             f"or {' + '.join(COST_COLUMNS['wall'])}")
+        # the first kind with any column present (CPU before wall) is charged: both of its columns needed
+        kind = next((k for k, cols in COST_COLUMNS.items() if any(c in header for c in cols)), None)
+        if kind is None or not all(c in header for c in COST_COLUMNS[kind]):
+            absent = [c for c in COST_COLUMNS[kind or "cpu"] if c not in header]
+            raise TableError(f"{path}: missing cost column(s) {', '.join(absent)}; give "
+                             f"{' + '.join(COST_COLUMNS['cpu'])} (CPU s) or {' + '.join(COST_COLUMNS['wall'])} "
+                             "(wall s, without CPU columns)")
+        n_both = 0
+        for i, row in enumerate(reader, start=2):
+            for value_col, cost_col in zip(VALUE_COLUMNS, COST_COLUMNS[kind], strict=True):
+                for col in (value_col, cost_col):
+                    cell = (row.get(col) or "").strip()
+                    if not cell:
+                        continue
+                    try:
+                        ok = math.isfinite(float(cell))
+                    except ValueError:
+                        ok = False
+                    if not ok:
+                        raise TableError(f"{path} row {i - 1} (line {i}), column {col}: {cell[:40]!r} is not a "
+                                         "number (leave the cell empty for no result)")
+                if (row.get(value_col) or "").strip() and not (row.get(cost_col) or "").strip():
+                    raise TableError(f"{path} row {i - 1} (line {i}), column {cost_col}: empty, but "
+                                     f"{value_col} has a value (its cost is needed)")
+            n_both += all((row.get(c) or "").strip() for c in VALUE_COLUMNS)
+    if n_both < 2:
+        raise TableError(f"{path}: {n_both} molecule(s) with both {' and '.join(VALUE_COLUMNS)}; need >= 2")
+    return kind
+
+
+def add_user_table(path: str) -> str:
+    """Register a user's replay table (``--table``) as a data set of part (b) and return its
+    name (``table-<file stem>``); its level is described as user data at its path."""
+    p = Path(path).expanduser().resolve()
+    kind = check_table(p)
+    name = f"table-{p.stem}"
+    while name in TABLES and TABLES[name][0] != p:
+        name += "_"
+    TABLES[name] = (p, kind)
+    LEVEL_NAMES[name] = f"DFT (user data: {path})"
+    ESTIMATED_GEOMETRY[name] = "dft"  # the protocol is not known: the real backend's default for the estimate
+    return name
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def table_path(name: str) -> Path:
@@ -569,14 +656,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget-fractions", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.25],
                     help="CPU budgets as fractions of the recorded cost of DFT on every molecule")
-    ap.add_argument("--tables", nargs="+", choices=sorted(TABLES), default=list(TABLES),
-                    help="replay data sets of part (b)")
+    ap.add_argument("--tables", nargs="+", choices=sorted(BUILTIN_TABLES), default=None,
+                    help="replay data sets of part (b) (default: all, or none when --table is given)")
+    ap.add_argument("--table", action="append", default=None, metavar="CSV",
+                    help="a replay table of your own for part (b), in the layout of "
+                         "data/benchmarks/reorg_pool60.csv (repeatable)")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--molecule-kernel", choices=["tanimoto", "tanimoto+descriptors"], default=None,
                     help="the molecule GP's kernel for every campaign of this run (default: the "
                          "campaign's, agent.surrogates.molecule_gp.KERNEL)")
     args = ap.parse_args(argv)
+    try:
+        user_tables = [add_user_table(t) for t in args.table or []]
+        for name in args.tables or []:
+            if TABLES[name][0].suffix == ".csv" and not args.skip_quality:
+                check_table(TABLES[name][0])
+    except TableError as exc:
+        print(f"molecule_decisions: error: {exc}", file=sys.stderr)
+        return 2
+    data_sets = (args.tables or []) + user_tables if (args.tables or user_tables) else list(BUILTIN_TABLES)
     from agent.surrogates import molecule_gp
 
     kernel = args.molecule_kernel or molecule_gp.KERNEL
@@ -597,7 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     # (a) -------------------------------------------------------------------------------
     changed = sorted(k for k, v in vars(args).items() if v != ap.get_default(k))
     result = RESULT if not changed else RESULT.with_name(
-        "molecule_decisions_" + "_".join(_option_stem(k, getattr(args, k)) for k in changed) + ".json")
+        "molecule_decisions_" + "_".join(
+            _option_stem(k, [Path(t).stem for t in args.table] if k == "table" else getattr(args, k))
+            for k in changed) + ".json")
     if args.skip_timing and RESULT.exists():
         previous = json.loads(RESULT.read_text())
         carried = {k: v for k, v in previous.items()
@@ -634,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     out["quality_measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out["quality_source"] = "replay of real GFN2-xTB and B3LYP/6-31G results (see each data set)"
     out["quality"] = {}
-    for name in args.tables:
+    for name in data_sets:
         out["quality"][name] = quality_part(name, args, console)
     return write_result(out, result)
 
@@ -715,7 +816,7 @@ def quality_part(name: str, args: argparse.Namespace, console) -> dict:
 
     from scipy.stats import spearmanr
 
-    part = {"source": str(source.relative_to(ROOT)), "level": LEVEL_NAMES[name],
+    part = {"source": _shown(source), "level": LEVEL_NAMES[name],
             "cost_charged": f"recorded {cost_kind} s",
             "n_molecules": len(smiles_b),
             "true_min_kjmol": round(float(top_b.min()), 3),
