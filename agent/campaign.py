@@ -369,6 +369,10 @@ class Campaign:
             # left (the structure stage's first: it is what a user raises), else the
             # molecule stage's own reason
             if "structures" in self.enabled and (why := self._share_spent("structures")):
+                if self.stage is not None and (cpu := self.stage.exhausted_reason(tuple(self.pending.values()))):
+                    # both limits bind: raising only one of them would not restart the stage
+                    return f"{why}; {cpu.replace('compute budget: ', 'and the compute budget: ', 1)}" \
+                        " (refine --cpu-hours H adds CPU)"
                 return why
             if ("structures" in self.enabled and self.stage is not None
                     and (why := self.stage.exhausted_reason(tuple(self.pending.values())))):
@@ -385,8 +389,8 @@ class Campaign:
         propose work ('' else)."""
         if name not in self.stages or self._remaining(name) > 0 or self.shares.get(name) is None:
             return ""
-        if self.stages[name].is_exhausted(tuple(self.pending.values())):
-            return ""  # nothing left to propose anyway
+        if self.stages[name].is_exhausted(tuple(self.pending.values()), budget=False):
+            return ""  # nothing left to propose anyway, whatever the compute budget
         share, cfg = self.shares[name], self.cfg
         if name == "structures":
             return (f"structure-stage budget reached ({share} evaluations, [structures] "

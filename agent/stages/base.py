@@ -20,7 +20,7 @@ Order of calls, for every stage:
   evaluation (a CSP landscape's structures);
 * ``tell(request, evaluation)`` after the store committed the result (``evaluation`` is
   the stored row; ``request`` is None for rows replayed on restore);
-* ``is_exhausted(pending)``: nothing can be proposed now or later;
+* ``is_exhausted(pending, budget=True)``: nothing can be proposed now or later (``budget=False``: were the compute budget no limit);
 * ``step()``: advance work that runs outside the executor (a lab robot); True while
   some is open (False for stages whose work is all requests);
 * ``waits_for``: names of stages that must be exhausted before this one is asked.
@@ -114,7 +114,7 @@ class Stage(Protocol):
 
     def tell(self, request: Request | None, evaluation: Evaluation) -> None: ...
 
-    def is_exhausted(self, pending: Sequence[Request]) -> bool: ...
+    def is_exhausted(self, pending: Sequence[Request], budget: bool = True) -> bool: ...
 
     def step(self) -> bool: ...
 

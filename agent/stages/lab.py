@@ -97,7 +97,7 @@ class LabStage:
     def tell(self, request: Request | None, evaluation: Evaluation) -> None:
         pass
 
-    def is_exhausted(self, pending: Sequence[Request]) -> bool:
+    def is_exhausted(self, pending: Sequence[Request], budget: bool = True) -> bool:
         return not self.open_experiments()
 
     def step(self) -> bool:

@@ -425,13 +425,13 @@ class MoleculeStage:
             waiting[:, f] |= ~known[k] & flying
         return held, waiting
 
-    def is_exhausted(self, pending: Sequence[Request]) -> bool:
+    def is_exhausted(self, pending: Sequence[Request], budget: bool = True) -> bool:
         """Nothing may be proposed, now or once the evaluations in flight report the
         constrained values they screen: no (molecule, level) allowed, or none fits the
-        compute budget left."""
+        compute budget left (``budget=False``: were the compute budget no limit)."""
         allowed, follows, waiting, _ = self._allowed(pending)
         allowed = allowed | waiting
-        if allowed.any() and (fit := self._budget_fit(self._mine(pending))) is not None:
+        if budget and allowed.any() and (fit := self._budget_fit(self._mine(pending))) is not None:
             allowed = self._within_budget(allowed, *fit, follows=follows)
         return not allowed.any()
 

@@ -446,9 +446,10 @@ class StructureStage:
                for p in self.properties}
         return {k: v for k, v in out.items() if v is not None}
 
-    def is_exhausted(self, pending: Sequence[Request]) -> bool:
-        """No structure-stage work can be proposed now or later."""
-        if not any(r.stage == self.name for r in pending) and self.exhausted_reason(pending):
+    def is_exhausted(self, pending: Sequence[Request], budget: bool = True) -> bool:
+        """No structure-stage work can be proposed now or later (``budget=False``: were the
+        compute budget no limit)."""
+        if budget and not any(r.stage == self.name for r in pending) and self.exhausted_reason(pending):
             return True  # work is left but none of it fits the compute budget left
         if self.csp_candidates(pending) or any(
                 r.stage in self.waits_for or (r.stage == self.name and r.structure_id is None)

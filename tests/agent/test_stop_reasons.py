@@ -46,6 +46,16 @@ def test_stop_reason_names_the_structure_stage_budget(tmp_path, capsys, local_ex
             status.stop_reason
         assert "crystal-agent refine sr --budget N" in status.stop_reason
         assert "no candidate left" not in status.stop_reason
+        # fresh39 M1: when the compute budget left fits no structure-stage task as well, the
+        # reason names both limits (it named only the CPU one, though raising it alone
+        # would have run nothing more)
+        cpu = ("compute budget: no structure-stage evaluation fits the 1.94 CPU s left (the cheapest, "
+               "mobility-xtb, needs 17.2 CPU s with its 90% cost margin)")
+        camp.stage.exhausted_reason = lambda pending=(): cpu
+        both = camp.stop_reason()
+        assert both.startswith("structure-stage budget reached (7 evaluations"), both
+        assert "and the compute budget: no structure-stage evaluation fits the 1.94 CPU s left" in both
+        assert "--budget N" in both and "--cpu-hours H" in both
     finally:
         camp.close()
 
