@@ -33,11 +33,18 @@ makes the leave-one-out choice among the models of such result files (for each c
 model with the lowest MAE on the other 16, its error on the held-out one counted), written
 to x23_lattice_loo.json.
 
+Other crystals: ``--systems ethyl_carbamate`` runs the X23 member shipped in
+data/reference/x23_extra (never part of the default 17); ``--data DIR`` runs the crystals of a
+directory in the layout of data/reference/x23 (:func:`load_x23`: ``x23_pbe_ts_crystals.extxyz``
+and/or ``<name>_crystal.extxyz`` frames with ``name=`` and ``n_mol=`` in the comment line, and
+``x23_lattice_energies.csv`` with columns ``system,E_latt_X23_kJmol``; checked on reading, a bad
+file is a one-line error). ``--out DIR`` puts the results file there.
+
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/x23_lattice.py [--systems a,b] [--max-iter N] [--methods resp-lp,resp,xtb]
       [--params SET]
-      [--lp-distance D] [--skip-timing];  benchmarks/x23_lattice.py --loo RESULTS.json ...
+      [--lp-distance D] [--skip-timing] [--data DIR] [--out DIR];  benchmarks/x23_lattice.py --loo RESULTS.json ...
 Output: a table, one JSON line, and benchmarks/results/x23_lattice.json (a run with
-non-default arguments writes x23_lattice_<args>.json instead).
+non-default arguments writes x23_lattice_<args>.json instead, ``_data-<dir name>`` for --data).
 """
 
 from __future__ import annotations
@@ -61,16 +68,100 @@ from sim_backends.csp.forcefield import LatticeEnergyModel  # noqa: E402
 from sim_backends.ff_relax import RigidCrystal, relax_rigid, rigid_crystal  # noqa: E402
 
 X23_DIR = ROOT / "data" / "reference" / "x23"
+#: X23 members shipped apart so that the 17-crystal figures do not change; used only when named
+X23_EXTRA_DIR = ROOT / "data" / "reference" / "x23_extra"
+CRYSTALS_FILE, ENERGIES_FILE = "x23_pbe_ts_crystals.extxyz", "x23_lattice_energies.csv"
 
 
-def load_x23() -> tuple[dict, dict[str, float]]:
-    """X23 frames by name and reference lattice energies (kJ/mol per molecule)."""
+class X23DataError(ValueError):
+    """A data directory that cannot be used (a one-line message)."""
+
+
+def load_x23(data_dir: Path = X23_DIR) -> tuple[dict, dict[str, float]]:
+    """Crystals by name and reference lattice energies (kJ/mol per molecule) of a directory in the
+    layout of data/reference/x23: the crystals in ``x23_pbe_ts_crystals.extxyz`` and/or one per
+    ``<name>_crystal.extxyz`` (as data/reference/x23_extra), every frame periodic with
+    ``info["name"]`` and ``info["n_mol"]`` (molecules per cell); ``x23_lattice_energies.csv`` with
+    columns ``system`` and ``E_latt_X23_kJmol`` (``#`` lines are comments), a row per crystal.
+
+    Raises:
+        X23DataError: a missing directory, file, column or row, a file that is not extended XYZ
+            (e.g. an unknown element), a frame without name or n_mol, a non-numeric energy, a crystal
+            whose atoms are not n_mol whole molecules of one composition, or an element the force
+            field does not have.
+    """
     from ase.io import read
 
-    frames = {f.info["name"]: f for f in read(X23_DIR / "x23_pbe_ts_crystals.extxyz", ":")}
-    rows = [ln for ln in (X23_DIR / "x23_lattice_energies.csv").read_text().splitlines() if not ln.startswith("#")]
-    ref = {r["system"]: float(r["E_latt_X23_kJmol"]) for r in csv.DictReader(rows)}
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise X23DataError(f"{data_dir}: no such directory")
+    files = ([data_dir / CRYSTALS_FILE] if (data_dir / CRYSTALS_FILE).is_file() else []) + sorted(
+        data_dir.glob("*_crystal.extxyz"))
+    if not files:
+        raise X23DataError(f"{data_dir}: no {CRYSTALS_FILE} and no <name>_crystal.extxyz")
+    frames = {}
+    for path in files:
+        try:
+            got = read(path, ":")
+        except KeyError as exc:
+            raise X23DataError(f"{path}: unknown element {exc}") from None
+        except Exception as exc:  # noqa: BLE001 -- ASE raises many kinds for a malformed file
+            raise X23DataError(f"{path}: not readable as extended XYZ ({type(exc).__name__}: {exc})"[:300]) from None
+        for i, f in enumerate(got):
+            name = f.info.get("name")
+            if not name or not isinstance(f.info.get("n_mol"), (int, np.integer)) or f.info["n_mol"] < 1:
+                raise X23DataError(f"{path} frame {i + 1}: needs name=<system> and n_mol=<molecules per cell> "
+                                   "in its comment line")
+            if name in frames:
+                raise X23DataError(f"{path} frame {i + 1}: crystal {name!r} given twice")
+            frames[str(name)] = f
+    csv_path = data_dir / ENERGIES_FILE
+    if not csv_path.is_file():
+        raise X23DataError(f"{csv_path}: no such file (reference lattice energies: system,E_latt_X23_kJmol)")
+    lines = [ln for ln in csv_path.read_text().splitlines() if not ln.startswith("#")]
+    reader = csv.DictReader(lines)
+    missing = [c for c in ("system", "E_latt_X23_kJmol") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise X23DataError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    ref = {}
+    for i, r in enumerate(reader, start=1):
+        try:
+            ref[r["system"]] = float(r["E_latt_X23_kJmol"])
+        except (TypeError, ValueError):
+            raise X23DataError(f"{csv_path} row {i}, column E_latt_X23_kJmol: {r['E_latt_X23_kJmol']!r} "
+                               "is not a number") from None
+        if not np.isfinite(ref[r["system"]]):
+            raise X23DataError(f"{csv_path} row {i}, column E_latt_X23_kJmol: not finite")
+    no_ref = sorted(set(frames) - set(ref))
+    if no_ref:
+        raise X23DataError(f"{csv_path}: no reference lattice energy for {', '.join(no_ref)}")
+    for name, f in frames.items():
+        check_crystal(name, f)
     return frames, ref
+
+
+def check_crystal(name: str, frame) -> None:
+    """X23DataError unless ``frame`` is n_mol whole molecules of one composition, of elements
+    the force field has (the checks :func:`sim_backends.ff_relax.rigid_crystal` makes before
+    the charge fit, made on reading)."""
+    from sim_backends.base import SUPPORTED_ELEMENTS
+    from sim_backends.csp.rigid import split_molecules
+
+    symbols = frame.get_chemical_symbols()
+    bad = sorted(set(symbols) - SUPPORTED_ELEMENTS)
+    if bad:
+        raise X23DataError(f"crystal {name!r}: element(s) {', '.join(bad)} not supported by the force field "
+                           f"(supported: {', '.join(sorted(SUPPORTED_ELEMENTS))})")
+    if not all(frame.pbc) or abs(np.linalg.det(frame.cell.array)) < 1e-6:
+        raise X23DataError(f"crystal {name!r}: needs a periodic cell (Lattice=... pbc=\"T T T\")")
+    try:
+        mols = split_molecules(symbols, frame.positions, frame.cell.array)
+    except Exception as exc:  # noqa: BLE001
+        raise X23DataError(f"crystal {name!r}: cannot split into molecules ({exc})"[:300]) from None
+    comps = {tuple(sorted(symbols[i] for i in idx)) for idx, _ in mols}
+    if len(mols) != int(frame.info["n_mol"]) or len(comps) != 1:
+        raise X23DataError(f"crystal {name!r}: {len(mols)} molecule(s) of {len(comps)} composition(s) in the cell, "
+                           f"expected n_mol = {frame.info['n_mol']} of one")
 
 
 def prepare(frame, charge_method: str):
@@ -180,9 +271,16 @@ def main() -> None:
                              "default: the force field's default)")
     parser.add_argument("--lp-distance", type=float, default=None,
                         help="study knob: distance (A) of the lone-pair charge sites (default 0.35)")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="crystals and reference energies of your own, in the layout of data/reference/x23 "
+                             "(see load_x23); default: data/reference/x23, plus data/reference/x23_extra for "
+                             "crystals named in --systems")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="directory of the results file (default benchmarks/results)")
     parser.add_argument("--loo", nargs="+", default=None, metavar="RESULTS_JSON",
                         help="only the leave-one-out choice among the models of these result files")
     args = parser.parse_args()
+    from sim_backends.base import SetupError
     from sim_backends.csp import charges as charges_mod
     from sim_backends.csp.charges import CHARGE_METHODS
 
@@ -212,18 +310,32 @@ def main() -> None:
     bad = [m for m in methods if m not in CHARGE_METHODS]
     if bad or len(methods) < 1 or len(set(methods)) != len(methods):
         parser.error(f"--methods: give distinct charge methods out of {', '.join(CHARGE_METHODS)}")
-    frames, ref = load_x23()
-    names = [s for s in args.systems.split(",") if s] or list(frames)
+    def fail(message: str) -> None:
+        print(f"x23_lattice.py: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    try:
+        frames, ref = load_x23(Path(args.data) if args.data else X23_DIR)
+        names = [s for s in args.systems.split(",") if s] or list(frames)
+        if not args.data and set(names) - set(frames):  # a shipped X23 member outside the 17, named
+            extra_frames, extra_ref = load_x23(X23_EXTRA_DIR)
+            for n in set(names) & set(extra_frames):
+                frames[n], ref[n] = extra_frames[n], extra_ref[n]
+    except X23DataError as exc:
+        fail(str(exc))
     unknown = sorted(set(names) - set(frames))
     if unknown:
-        parser.error(f"--systems: unknown X23 system(s) {unknown}; known: {', '.join(frames)}")
+        fail(f"--systems: unknown X23 system(s) {unknown}; known: {', '.join(frames)}")
     console = Console(width=150)
     rows = []
     for name in track(names, description="X23 minimisations", console=console):
         row = {"system": name, "z": int(frames[name].info["n_mol"]), "e_ref_kjmol": ref[name]}
         for method in methods:
             t0 = time.perf_counter()
-            mol, cell, rots, centres, rmsd = prepare(frames[name], method)
+            try:
+                mol, cell, rots, centres, rmsd = prepare(frames[name], method)
+            except SetupError as exc:
+                fail(f"crystal {name!r}: {exc}")
             model = LatticeEnergyModel(mol, params=params)
             out = minimise(model, mol, cell, rots, centres, args.max_iter)
             row[method] = {**out, "wall_s": time.perf_counter() - t0, "esp_rrms": mol.esp_rrms,
@@ -233,7 +345,8 @@ def main() -> None:
 
     main_m = methods[0]
     table = Table(title=f"X23 lattice energies, exp-6 (parameter set {params}) + Ewald charges, rigid molecules "
-                        f"(kJ/mol per molecule); model {main_m}, baselines {', '.join(methods[1:]) or '-'}")
+                        f"(kJ/mol per molecule); model {main_m}, baselines {', '.join(methods[1:]) or '-'}"
+                        + (f"; user data: {args.data}" if args.data else ""))
     for col in ("system", "Z", "E_ref", f"E_exp {main_m}", f"E_min {main_m}", f"err {main_m}", f"dV% {main_m}",
                 *(f"err {m}" for m in methods[1:]), *(f"dV% {m}" for m in methods[1:]), "iter", "RRMS"):
         table.add_column(col, justify="right")
@@ -253,6 +366,7 @@ def main() -> None:
         return float(np.abs(err).mean()), float(err[worst]), rows[worst]["system"]
 
     summary = {"benchmark": "x23_lattice", "n_systems": len(rows), "methods": list(methods), "params": params,
+               "data": str(args.data) if args.data else "data/reference/x23 (+ x23_extra when named)",
                "lp_distance_A": charges_mod.LONE_PAIR_DISTANCE_A,
                "level": f"exp-6 ({params}) + Ewald charges, rigid molecules, kJ/mol per molecule; volumes in %"}
     for method in methods:
@@ -282,10 +396,11 @@ def main() -> None:
         runs = [("oxalic_acid_alpha", 12.0, main_m), ("naphthalene", 12.0, main_m), ("naphthalene", 9.0, main_m)]
         if main_m != "resp":  # the previous model on the molecule with lone-pair sites: the cost of the sites
             runs.insert(1, ("oxalic_acid_alpha", 12.0, "resp"))
+        shipped = frames if all(n in frames for n, _, _ in runs) else load_x23()[0]  # --data: the shipped crystals
         for name, cutoff, method in runs:
-            rates = throughput(name, frames, cutoff_A=cutoff, charge_method=method)
-            z = int(frames[name].info["n_mol"])
-            timing.add_row(f"{name} ({method}, {rates['n_sites']} sites)", str(z), str(len(frames[name]) // z),
+            rates = throughput(name, shipped, cutoff_A=cutoff, charge_method=method)
+            z = int(shipped[name].info["n_mol"])
+            timing.add_row(f"{name} ({method}, {rates['n_sites']} sites)", str(z), str(len(shipped[name]) // z),
                            f"{cutoff:.0f}",
                            *(f"{rates[b]:.0f}" for b in (1, 64, 256)),
                            f"{rates[64] / rates[1]:.1f}", f"{rates[256] / rates[1]:.1f}",
@@ -321,7 +436,8 @@ def main() -> None:
                                                ("methods", args.methods.replace(",", "-"), "resp-lp,resp,xtb".replace(",", "-")))
                   if v != d)
     tag += "_skip-timing" if args.skip_timing else ""
-    out = ROOT / "benchmarks" / "results" / f"x23_lattice{tag}.json"
+    tag += f"_data-{Path(args.data).resolve().name}" if args.data else ""
+    out = (Path(args.out) if args.out else ROOT / "benchmarks" / "results") / f"x23_lattice{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(line + "\n")
 
