@@ -317,7 +317,7 @@ def fidelity_parity_plot(campaign: Campaign, path: Path, plt: Any, notes: list[s
 def fidelity_parity_figure(campaign: Campaign, plt: Any, notes: list[str]) -> Any | None:
     """Cheapest vs top level for molecules computed at both; None (with a note appended
     to ``notes``) below :data:`MIN_PARITY_POINTS` molecules or with one level."""
-    from agent.summary import quantity
+    from agent.summary import quantity, shown_name
 
     cfg = campaign.cfg
     names = [b.name for b in cfg.backends]
@@ -331,7 +331,10 @@ def fidelity_parity_figure(campaign: Campaign, plt: Any, notes: list[str]) -> An
         notes.append(f"no fidelity parity plot: {len(pairs)} molecule(s) computed at both "
                      f"{levels[0]} and {levels[-1]} (fewer than {MIN_PARITY_POINTS})")
         return None
-    label, _, unit = quantity(cfg.objective)
+    # each axis under the name its level shows the value as (the ESF proxy's is a
+    # reference-crystal mobility, the refined level's a landscape one; fresh39 C1)
+    (xlabel, _, xunit), (ylabel, _, yunit) = (quantity(shown_name(b, cfg.objective))
+                                              for b in (cfg.backends[0], cfg.backends[-1]))
     fig, ax = plt.subplots(figsize=(6.0, 6.0))
     idx, x, y = zip(*pairs, strict=True)
     ax.scatter(x, y, s=22)
@@ -341,8 +344,8 @@ def fidelity_parity_figure(campaign: Campaign, plt: Any, notes: list[str]) -> An
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
     # levels can be long ("Marcus hopping at 300 K, GFN2-xTB transfer integrals, ..."): wrapped,
     # so that tight_layout keeps the whole label on the figure
-    ax.set_xlabel(f"{label} ({unit})\n" + textwrap.fill(levels[0], 60), fontsize=8)
-    ax.set_ylabel(f"{label} ({unit})\n" + textwrap.fill(levels[-1], 60), fontsize=8)
+    ax.set_xlabel(f"{xlabel} ({xunit})\n" + textwrap.fill(levels[0], 60), fontsize=8)
+    ax.set_ylabel(f"{ylabel} ({yunit})\n" + textwrap.fill(levels[-1], 60), fontsize=8)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"{len(pairs)} molecules at both levels", fontsize=10)
     ax.legend(fontsize=8)

@@ -87,6 +87,25 @@ def test_proxy_values_are_shown_as_the_reference_crystal_mobility(ladder, tmp_pa
     plt.close(fig)
 
 
+def test_parity_axes_show_the_proxy_as_the_reference_crystal_mobility(ladder, monkeypatch):
+    """fresh39 C1: fidelity_parity.png's x axis called the proxy's value a "log10 landscape
+    hole mobility" (the convergence plot already said reference-crystal); each axis now
+    carries the name its own level shows the value under. The ladder has 3 molecules at
+    both levels, so the parity minimum is lowered to draw it."""
+    import agent.report
+    from agent.report import fidelity_parity_figure
+
+    monkeypatch.setattr(agent.report, "MIN_PARITY_POINTS", 2)
+    plt = _plt()
+    fig = fidelity_parity_figure(ladder, plt, [])
+    assert fig is not None
+    ax = fig.axes[0]
+    xlabel, ylabel = (" ".join(t.split()) for t in (ax.get_xlabel(), ax.get_ylabel()))
+    plt.close(fig)
+    assert xlabel.startswith("log10 reference-crystal hole mobility (log10 cm2/(V s))"), xlabel
+    assert ylabel.startswith("log10 landscape hole mobility (log10 cm2/(V s))"), ylabel
+
+
 def test_convergence_legend_names_the_top_level_by_its_level_of_theory(ladder):
     """C3: the legend of the best results was titled with the config key ("best at
     esf-refined"); it names the level of theory."""
