@@ -74,9 +74,14 @@ landscape the setting with the best mean log(agent / min(cheap, random)) on all 
 others, measured on it, next to its in-sample best; and the smallest stop inflation that
 kept the 0.9 promise on the others. Independent runs (e.g. one landscape per process) are
 merged with ``--combine``. Every finished run is appended to a progress file
-(``benchmarks/results/<stem>_progress.jsonl``) and a rerun of the same command resumes;
-a recorded run carries a digest of the landscape's structure list and is not reused once the
-landscape has grown or changed (it is rerun).
+(``benchmarks/results/<stem>_progress.jsonl``, or ``--out DIR``) and a rerun of the same command
+resumes; a recorded run carries its levels and a digest of the data that decides it (structure ids,
+both levels' energies, CPU seconds, SMILES, geometries, dimer records: :func:`data_digest`) and is
+reused only on the same levels and data (stderr: "N of M runs reused from <file>"); ``--fresh``
+reuses none and writes ``<stem>_fresh`` files. A level pair other than the landscape's own
+(``levels.json``; target_I: MACE -> PBE_MBD) adds ``_<cheap>-<expensive>`` to the file names.
+Structures without a finite energy at either level (failed calculations) are dropped with a
+warning; the molecule comes from ``run.json`` (``{"smiles": "..."}``) or ``--smiles``.
 
 Usage::
 
@@ -152,10 +157,41 @@ FRACTIONS = (0.05, 0.10, 0.20, 0.30, 0.50)
 DEFAULT = [(ROOT / "data/reference/landscapes/target_I", "MACE", "PBE_MBD")]
 #: pool entry of a landscape without a stored SMILES (target_I: C6H6O; see the docstring)
 STAND_IN_SMILES = {"Target_I": "Oc1ccccc1"}
+#: structures beyond TOP_K a landscape needs (after dropping those without finite energies)
+MIN_EXTRA_STRUCTURES = 3
+#: data digest (:func:`data_digest`) of each committed landscape at its own level pair, for the
+#: recorded runs written before records carried one: such a record is reused only at that pair and
+#: while the data still has this digest. Every committed progress file was first committed after
+#: its landscape's last data change (git log, 2026-12-06), or, for pyrazine_dft, the records of the
+#: earlier data carry another structure-list digest.
+LEGACY_DATA_DIGESTS: dict[str, tuple[str, str, str]] = {
+    "Target_I": ("MACE", "PBE_MBD", "55d5cd4fcbd23b4e"),
+    "formamide_big": ("ff", "xtb", "95141e22085374ce"),
+    "formamide_big_dft": ("ff", "dft", "71feb15a6096b3f0"),
+    "formamide_dft": ("ff", "dft", "382e9b2e50ed6f7c"),
+    "formic_acid_big_dft": ("ff", "dft", "ecaecaf1243f740e"),
+    "formic_acid_dft": ("ff", "dft", "2208d6074c673cf8"),
+    "maleic_anhydride_xtb": ("ff", "xtb", "5276a38c661d3522"),
+    "methanol_dft": ("ff", "dft", "651850147b96b87e"),
+    "pyrazine_dft": ("ff", "dft", "cdec85451f544a70"),
+    "pyrazine_xtb": ("ff", "xtb", "9d90f6c846d98f0a"),
+}
 #: spread factors of completion_probability measured in every run (stopping-rule calibration)
 STOP_INFLATIONS = (1.0, 1.5, 2.0)
 #: promised probabilities whose achieved rate is reported
 STOP_LEVELS = (0.5, 0.8, 0.9, 0.95)
+
+
+LAYOUT_HELP = """landscape directory (table layout, sim_backends/landscape.py; e.g. data/landscapes/formamide_dft):
+  NAME_landscape.csv   one row per structure: id, dE_<L>_kJmol_per_mol (or E_<L>_kJmol_per_mol) for
+                       each level L; optional cpu_s (CPU s of the expensive calculation), connectivity_ok_<L>
+  NAME_<L>.extxyz      one frame per structure relaxed at level L, info with id (and Z)
+  run.json             {"smiles": "..."}: the molecule (or give --smiles); levels.json {"cheap": L0,
+                       "expensive": L1} optional
+Structures without a finite energy at --cheap or --expensive (failed calculations: empty or nan
+cells) are dropped with a warning. Finished runs are recorded in <--out>/<result name>_progress.jsonl
+with the levels and a digest of the data; a rerun of the same command on the same data reuses them
+(stderr says how many; --fresh recomputes)."""
 
 
 def known_landscapes() -> list[tuple[Path, str, str]]:
@@ -264,6 +300,7 @@ class Case:
     costs: np.ndarray  # relative prior cost per structure (mean 1)
     fragment: bool  # the replay declares a fragment-DFT decomposition
     window_kjmol: float = WINDOW_KJMOL  # the campaign's window_kjmol, and the target set's
+    data_digest: str = ""  # of everything in the data that decides a run (:func:`data_digest`)
 
     @property
     def top(self) -> set[int]:
@@ -274,8 +311,15 @@ class Case:
 
 
 def load_case(path: Path, cheap: str, expensive: str, surrogate: str = "auto",
-              window_kjmol: float = WINDOW_KJMOL) -> Case:
-    """The landscape at ``path`` through the replay backends' own reader."""
+              window_kjmol: float = WINDOW_KJMOL, smiles: str | None = None) -> Case:
+    """The landscape at ``path`` through the replay backends' own reader (structures without
+    a finite energy at ``cheap`` or ``expensive`` dropped with a warning). ``smiles``: the
+    molecule (``--smiles``) where the directory has no ``run.json`` with ``"smiles"``; it must
+    match the structures' atoms.
+
+    Raises:
+        LandscapeError: one line, for anything the benchmark cannot run on.
+    """
     from sim_backends.base import EvalInput, SetupError
     from sim_backends.replay import ReplayCrystalBackend, stored_landscape
 
@@ -285,19 +329,105 @@ def load_case(path: Path, cheap: str, expensive: str, surrogate: str = "auto",
         land = stored_landscape(str(Path(path).resolve()), cheap, expensive)
     except SetupError as exc:
         raise LandscapeError(str(exc)) from None
-    smiles = land["smiles"] or STAND_IN_SMILES.get(land["name"])
+    if smiles and land["smiles"] and _canonical(smiles) != _canonical(land["smiles"]):
+        raise LandscapeError(f"{land['name']}: --smiles {smiles} is not the molecule of {Path(path) / 'run.json'} "
+                             f"({land['smiles']})")
+    smiles = land["smiles"] or smiles or STAND_IN_SMILES.get(land["name"])
     if smiles is None:
-        raise LandscapeError(f"{land['name']}: no 'smiles' in run.json and no stand-in known")
+        raise LandscapeError(f"{land['name']}: the molecule is not known: give --smiles SMILES or put a run.json "
+                             f'into {path}: {{"smiles": "..."}}')
+    _check_formula(land, smiles)
+    n_min = TOP_K + MIN_EXTRA_STRUCTURES
+    if len(land["ids"]) < n_min:
+        raise LandscapeError(f"{land['name']}: only {len(land['ids'])} structures with finite energies at {cheap} "
+                             f"and {expensive}; the benchmark needs at least {n_min} (top {TOP_K} + "
+                             f"{MIN_EXTRA_STRUCTURES})")
     fragment = land["fragment_settings"] is not None and surrogate != "soap"
     if surrogate == "fragment" and not fragment:
         raise LandscapeError(f"{land['name']}: no fragment DFT records (dft_results.jsonl with dimers, run.json)")
     replay = ReplayCrystalBackend(landscape=str(path), cheap=cheap, level=expensive, fragment=fragment)
     prior = np.array([replay.cost_estimate(EvalInput(smiles, structure_cif=c, structure_id=f"m1-{i}"))
                       for i, c in zip(land["ids"], land["cifs"])])
-    return Case(Path(path), cheap, expensive, land["name"], list(land["ids"]), np.asarray(land["cheap_kjmol"]),
+    case = Case(Path(path), cheap, expensive, land["name"], list(land["ids"]), np.asarray(land["cheap_kjmol"]),
                 np.asarray(land["level_kjmol"]), smiles,
                 None if land["cpu_s"] is None else np.asarray(land["cpu_s"]), prior / prior.mean(), fragment,
                 float(window_kjmol))
+    case.data_digest = data_digest(case, land["geometry_digest"], land["dimers"] if fragment else None)
+    return case
+
+
+def _canonical(smiles: str) -> str:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise LandscapeError(f"SMILES {smiles!r} does not parse")
+    return Chem.MolToSmiles(mol)
+
+
+def _formula(smiles: str) -> dict[str, int]:
+    """Element -> count of the molecule, hydrogens included (one-line error for a bad SMILES)."""
+    from collections import Counter
+
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise LandscapeError(f"SMILES {smiles!r} does not parse")
+    return dict(Counter(a.GetSymbol() for a in Chem.AddHs(mol).GetAtoms()))
+
+
+def _formula_text(counts: dict[str, int]) -> str:
+    return "".join(f"{el}{counts[el] if counts[el] > 1 else ''}" for el in sorted(counts))
+
+
+def _check_formula(land: dict, smiles: str) -> None:
+    """Every structure's cell holds a whole number of ``smiles`` molecules (the stage takes the
+    atoms per molecule from the SMILES)."""
+    mol = _formula(smiles)
+    n_mol = sum(mol.values())
+    for sid, cell in zip(land["ids"], land["formulas"]):
+        k = sum(cell.values()) / n_mol
+        if not (k >= 1 and k == int(k) and all(cell.get(el, 0) == k * c for el, c in mol.items())
+                and set(cell) <= set(mol)):
+            raise LandscapeError(f"{land['name']}: SMILES {smiles} ({_formula_text(mol)}, {n_mol} atoms) does not fit "
+                                 f"structure {sid} ({_formula_text(cell)} per cell, {sum(cell.values())} atoms)")
+
+
+def data_digest(case: Case, geometry_digest: str, dimers: dict | None) -> str:
+    """Digest of what in the data decides a run on ``case``: the two level names, the structure
+    ids in order, both levels' energies (1e-6 kJ/mol), the stored CPU seconds, the SMILES of the
+    pool entry, the cheap-level geometries and, for the fragment surrogate, the stored dimer
+    records. A recorded run is reused only under the same digest (:func:`_read_progress`)."""
+    import hashlib
+
+    def fmt(values, digits):
+        return None if values is None else [f"{float(v):.{digits}f}" for v in values]
+
+    blob = {"levels": [case.cheap, case.expensive], "ids": list(case.ids), "cheap": fmt(case.e_cheap, 6),
+            "expensive": fmt(case.e_exp, 6), "cpu_s": fmt(case.cpu_s, 3), "smiles": case.smiles,
+            "geometry": geometry_digest, "fragment": bool(case.fragment),
+            "dimers": None if dimers is None else hashlib.sha1(json.dumps(dimers, sort_keys=True).encode()).hexdigest()}
+    return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_levels(path: Path) -> tuple[str, str] | None:
+    """The landscape's own (cheap, expensive) pair: ``levels.json`` (the first expensive level of
+    a list), target_I's MACE -> PBE_MBD, else None."""
+    meta = Path(path) / "levels.json"
+    if meta.is_file():
+        try:
+            info = json.loads(meta.read_text())
+            exp = info["expensive"]
+            return str(info["cheap"]), str(exp[0] if isinstance(exp, list) else exp)
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+    for p, c, e in DEFAULT:
+        if Path(path).resolve() == p.resolve():
+            return c, e
+    return None
 
 
 class _FragmentTermsOnce:
@@ -574,20 +704,35 @@ def landscape_digest(ids) -> str:
     return hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:12]
 
 
-def _read_progress(progress_path, name, digest: str | None = None) -> dict:
+def _read_progress(progress_path, name, digest: str | None = None, case: Case | None = None) -> dict:
     """Recorded runs of landscape ``name`` by (settings, q, seed). A record that stores the
-    digest of another structure list (the landscape grew or changed) is skipped; records
-    written before digests were stored are taken as they are."""
+    digest of another structure list (the landscape grew or changed) is skipped. With ``case``
+    a record is taken only when it was run on the same data: its ``cheap``, ``expensive`` and
+    ``data_digest`` (:func:`data_digest`) equal the case's; a record written before records
+    carried them only at the landscape's own pair of :data:`LEGACY_DATA_DIGESTS` while the
+    data still has the digest stored there. Without ``case`` (tests of the structure list):
+    records written before structure-list digests were stored are taken as they are."""
     recorded: dict[tuple[str, int, int], dict] = {}
     if progress_path is None or not Path(progress_path).exists():
         return recorded
+    legacy = LEGACY_DATA_DIGESTS.get(name)
+    legacy_ok = case is not None and legacy == (case.cheap, case.expensive, case.data_digest)
     for line in Path(progress_path).read_text().splitlines():
         if not line.strip():
             continue
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut short by an interrupted run
+            continue
         if rec.get("landscape") != name or rec.get("driver") != "campaign":  # not older loops' runs
             continue
         if digest is not None and rec.get("landscape_digest", digest) != digest:
+            continue
+        if case is not None and "data_digest" in rec:
+            if (rec.get("cheap"), rec.get("expensive"), rec["data_digest"]) != (case.cheap, case.expensive,
+                                                                                case.data_digest):
+                continue
+        elif case is not None and not legacy_ok:
             continue
         rec["p_complete"] = {float(k): v for k, v in rec["p_complete"].items()}
         rec["mae"] = {float(k): tuple(v) for k, v in rec["mae"].items()}
@@ -597,7 +742,8 @@ def _read_progress(progress_path, name, digest: str | None = None) -> dict:
 
 def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(AgentSettings(),),
                   surrogate="auto", baselines=DEFAULT_BASELINES, grid_seeds=None, progress_path=None,
-                  recorded_only=False, window_kjmol=WINDOW_KJMOL, past_completion=0):
+                  recorded_only=False, window_kjmol=WINDOW_KJMOL, past_completion=0, smiles=None,
+                  fresh=False):
     """Run every setting of ``configs`` (the first is the reported agent) on one landscape.
 
     Returns:
@@ -606,17 +752,20 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
         seeds only). ``progress_path``: a JSONL file that gets one line per finished run
         (with its fragment-term CPU seconds) and is read first, so a rerun resumes;
         ``recorded_only``: run nothing, report the runs recorded there. ``past_completion``:
-        the default setting's runs go on after completion (:func:`run_agent`).
+        the default setting's runs go on after completion (:func:`run_agent`). ``fresh``:
+        reuse no recorded run (new runs are still appended). One line on stderr says how
+        many runs were taken from the progress file.
     """
     from rich.markup import escape
     from rich.progress import Progress
     from rich.table import Table
 
     global FRAGMENT_TERMS
-    case = load_case(path, cheap, expensive, surrogate, window_kjmol)
+    case = load_case(path, cheap, expensive, surrogate, window_kjmol, smiles)
     n, top = len(case.ids), case.top
     digest = landscape_digest(case.ids)
-    recorded = _read_progress(progress_path, case.name, digest)
+    recorded = {} if fresh else _read_progress(progress_path, case.name, digest, case)
+    n_reused = n_runs = 0
     if FRAGMENT_TERMS is None:
         FRAGMENT_TERMS = _FragmentTermsOnce()
     cpu_before = FRAGMENT_TERMS.cpu_s()
@@ -640,7 +789,9 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                 for c in configs:
                     if c != default and (q != batches[0] or (grid_seeds is not None and s >= grid_seeds)):
                         continue  # the grid's other settings: first batch size, first seeds
+                    n_runs += 1
                     if (c.label, q, s) in recorded:  # scored against this case's target set
+                        n_reused += 1
                         run = recorded[(c.label, q, s)]
                         run["count"] = count_until_top(run["order"], top)
                         run["cpu_s"] = cpu_until(run["order"])
@@ -665,6 +816,8 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                         with open(progress_path, "a") as fh:
                             fh.write(json.dumps({**run, "driver": "campaign", "landscape": case.name,
                                                  "landscape_digest": digest, "n_structures": n,
+                                                 "cheap": case.cheap, "expensive": case.expensive,
+                                                 "data_digest": case.data_digest,
                                                  "settings": c.label, "q": q,
                                                  "seed": s, "order": [int(i) for i in run["order"]],
                                                  "p_complete": {str(k): v for k, v in run["p_complete"].items()},
@@ -672,6 +825,9 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                     after = f" (+{len(run['order']) - run['count']} after completion)" if past_completion else ""
                     console.log(escape(f"{case.name} q={q} seed={s} [{c.label}]: {run['count']} calculations{after}, "
                                        f"{run['wall_s']:.0f} s wall"))
+    if progress_path is not None:
+        print(f"{case.name} ({cheap} -> {expensive}): {n_reused} of {n_runs} runs reused from {progress_path}"
+              + ("" if fresh else " (--fresh to recompute)"), file=sys.stderr, flush=True)
     dflt = runs[default.label]
     q0 = batches[0]
     if not dflt[q0]:
@@ -833,7 +989,9 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
     known landscape; any non-default argument adds its own suffix (module docstring)."""
     stem = "refinement"
     if args.landscape:  # a chosen subset must not overwrite the all-landscapes result
-        stem += "_" + "_".join(load_case(p, c, e).name for p, c, e in cases)
+        # a pair of levels other than the landscape's own must not overwrite its result either
+        stem += "_" + "_".join(_landscape_name(p, c, e) + ("" if default_levels(p) == (c, e) else f"_{c}-{e}")
+                               for p, c, e in cases)
     if args.surrogate != "auto":
         stem += f"_{args.surrogate}"
     if baselines != DEFAULT_BASELINES:
@@ -878,6 +1036,8 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += f"_window{args.window:g}"
     if args.past_completion:
         stem += f"_past{args.past_completion}"
+    if getattr(args, "fresh", False):  # never appends to (or overwrites) the recorded runs' files
+        stem += "_fresh"
     progress_stem = stem  # runs are keyed by settings, batch size and seed: more seeds resume
     if args.seeds != 7:
         stem += f"_seeds{args.seeds}"
@@ -888,16 +1048,44 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
     return stem, progress_stem
 
 
+def _landscape_name(path, cheap: str, expensive: str) -> str:
+    """The name (file prefix) of the landscape at ``path`` read at these levels."""
+    from sim_backends.base import SetupError
+    from sim_backends.replay import stored_landscape
+
+    if not Path(path).is_dir():
+        raise LandscapeError(f"landscape directory not found: {path}")
+    try:
+        return stored_landscape(str(Path(path).resolve()), cheap, expensive)["name"]
+    except SetupError as exc:
+        raise LandscapeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--landscape", action="append", type=Path)
-    parser.add_argument("--cheap", action="append")
-    parser.add_argument("--expensive", action="append")
-    parser.add_argument("--seeds", type=int, default=7)
-    parser.add_argument("--batch", action="append", type=int)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=LAYOUT_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--landscape", action="append", type=Path, metavar="DIR",
+                        help="a landscape directory in the table layout (see below); repeat for several, each with "
+                             "its --cheap and --expensive (default: target_I and every data/landscapes/*)")
+    parser.add_argument("--cheap", action="append", metavar="LEVEL",
+                        help="the cheap level L of --landscape (its dE_L_kJmol_per_mol column and NAME_L.extxyz): "
+                             "the order the campaign starts from")
+    parser.add_argument("--expensive", action="append", metavar="LEVEL",
+                        help="the expensive level of --landscape: the energies the campaign pays for and is scored on")
+    parser.add_argument("--smiles", action="append", metavar="SMILES",
+                        help="the molecule of --landscape (once per --landscape) when its directory has no run.json "
+                             'with {"smiles": "..."}; checked against the atoms of the structures')
+    parser.add_argument("--fresh", action="store_true",
+                        help="reuse no recorded run: compute every run, written to <result name>_fresh_progress.jsonl "
+                             "and <result name>_fresh.json (the recorded runs' files are left alone)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", metavar="DIR",
+                        help="directory of the result and progress files (default benchmarks/results)")
+    parser.add_argument("--seeds", type=int, default=7, help="agent runs (seeds) per batch size (default 7)")
+    parser.add_argument("--batch", action="append", type=int,
+                        help="batch size q (tasks in flight); repeat for several (default 1 and 4)")
     parser.add_argument("--n-initial", type=int, default=0,
                         help="space-filling initial design size of the agent (default 0: none)")
     parser.add_argument("--explore-above", type=float, default=EXPLORE_ABOVE,
@@ -956,7 +1144,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="seeds of the grid's other settings (default 3; the agent runs --seeds)")
     parser.add_argument("--recorded-only", action="store_true",
                         help="run nothing: report the runs recorded in the progress file "
-                             "(benchmarks/results/<result name>_progress.jsonl) of the same command")
+                             "(<--out>/<result name>_progress.jsonl) of the same command")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
                         help="compute nothing: merge result files of this benchmark (one landscape "
                              "each, e.g. run in parallel), print the tables and leave-one-landscape-out")
@@ -1001,8 +1189,13 @@ def main(argv: list[str] | None = None) -> dict:
         if len(args.cheap or []) != n or len(args.expensive or []) != n:
             parser.error("give --cheap and --expensive once per --landscape")
         cases = list(zip(args.landscape, args.cheap, args.expensive))
+        if args.smiles and len(args.smiles) != n:
+            parser.error("give --smiles once per --landscape (or not at all)")
     else:
+        if args.smiles:
+            parser.error("--smiles needs --landscape")
         cases = known_landscapes()
+    smiles_of = list(args.smiles or [None] * len(cases))
     batches = args.batch or [1, 4]
     if any(q < 1 for q in batches):
         parser.error("--batch must be >= 1")
@@ -1015,7 +1208,7 @@ def main(argv: list[str] | None = None) -> dict:
                           args.acq_inflation, args.descriptor, args.fit_starts, args.lengthscale_prior)
     configs = [agent]
     if args.combine:
-        return combine(args.combine, console)
+        return combine(args.combine, console, args.out)
     if args.grid:  # the gate before 2026-12-05, the agent before the skill test, and without exploration
         for ratio, ex in ((SKILL_RATIO, (EXPLORE_ABOVE, EXPLORE_FRACTION)), (None, (EXPLORE_ABOVE, EXPLORE_FRACTION)),
                           (SKILL_RATIO, (None, EXPLORE_FRACTION))):
@@ -1026,16 +1219,24 @@ def main(argv: list[str] | None = None) -> dict:
                  "batches": batches, "n_initial": args.n_initial, "settings": agent.label,
                  "explore": {"above": explore[0], "fraction": explore[1]},
                  "skill_ratio": agent.skill_ratio, "past_completion": args.past_completion, "landscapes": {}}
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
+    results = args.out
+    for (path, cheap, expensive), smiles in zip(cases, smiles_of):  # every bad input refused before a run
+        load_case(path, cheap, expensive, args.surrogate, args.window, smiles)
     stem, progress_stem = result_stems(args, cases, baselines, explore)
-    for path, cheap, expensive in cases:
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LandscapeError(f"--out {results}: {exc.strerror or exc}") from None
+    progress_path = results / f"{progress_stem}_progress.jsonl"
+    if args.fresh and progress_path.exists() and not args.recorded_only:
+        progress_path.unlink()  # a fresh run starts its own file
+    for (path, cheap, expensive), smiles in zip(cases, smiles_of):
         name, res = run_landscape(path, cheap, expensive, args.seeds, batches, console, configs,
                                   surrogate=args.surrogate, baselines=baselines,
                                   grid_seeds=min(args.grid_seeds, args.seeds) if args.grid else None,
-                                  progress_path=results / f"{progress_stem}_progress.jsonl",
+                                  progress_path=progress_path,
                                   recorded_only=args.recorded_only, window_kjmol=args.window,
-                                  past_completion=args.past_completion)
+                                  past_completion=args.past_completion, smiles=smiles, fresh=args.fresh)
         if res is None:
             console.print(f"{name}: no recorded run of the agent at q={batches[0]}; left out")
             continue
@@ -1051,7 +1252,7 @@ def main(argv: list[str] | None = None) -> dict:
     return out
 
 
-def combine(files, console) -> dict:
+def combine(files, console, results: Path | None = None) -> dict:
     """Merge result files (same agent settings, seeds and batch sizes), print the tables and
     leave-one-landscape-out; writes ``refinement.json`` when they cover every known landscape
     with the default settings, else ``refinement_combined.json`` (``_past<N>`` for runs that
@@ -1080,7 +1281,8 @@ def combine(files, console) -> dict:
     default = (out["settings"] == AgentSettings().label and out["seeds"] == 7 and batches == [1, 4]
                and out.get("window_kjmol", WINDOW_KJMOL) == WINDOW_KJMOL
                and out.get("n_initial", 0) == 0 and not out.get("past_completion") and known <= set(out["landscapes"]))
-    results = ROOT / "benchmarks" / "results"
+    results = results or ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
     line = json.dumps(out)
     past = f"_past{out['past_completion']}" if out.get("past_completion") else ""
     (results / ("refinement.json" if default else f"refinement_combined{past}.json")).write_text(line + "\n")
@@ -1096,6 +1298,10 @@ def _known_names() -> list[str]:
 def print_summary(out: dict, batches, console) -> None:
     """One table over all landscapes: counts, ratios, CPU seconds, stopping-rule calibration."""
     from rich.table import Table
+
+    if not out["landscapes"]:  # e.g. --recorded-only with nothing recorded
+        console.print("no landscape with a run of the agent: no summary")
+        return
 
     t = Table(title=f"Calculations until the true low-energy set (the {TOP_K} lowest within "
               f"{out.get('window_kjmol', WINDOW_KJMOL):g} kJ/mol of the minimum, the set the campaign is told to "

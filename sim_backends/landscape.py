@@ -27,6 +27,9 @@ On-disk layouts (:meth:`Landscape.read` detects which):
   metadata and ``levels`` (key -> level of theory).
   Structures flagged ``connectivity_ok`` False at any requested level are dropped
   (:attr:`Landscape.dropped_ids`): their energies no longer describe the molecule.
+  Structures without a finite energy at a requested level (an empty, ``nan`` or ``inf``
+  cell: a failed calculation) are dropped with one warning naming them; a structure id
+  that appears twice in the table or in a level's extxyz is refused.
 * **CIF folder** (what ``crystal-agent lab identify --structures`` and ``lab serve``
   read): ``<id>.cif`` files and an optional ``energies.csv`` (``id, energy_kjmol[,
   free_energy_kjmol]``).
@@ -440,6 +443,11 @@ class Landscape:
             rows = list(csv.DictReader(fh))
         if not rows or "id" not in rows[0]:
             raise LandscapeError(f"{csv_path.name}: empty or without an 'id' column")
+        seen_ids: set[str] = set()
+        for row in rows:
+            if row["id"] in seen_ids:
+                raise LandscapeError(f"structure {row['id']} appears twice in {csv_path.name}")
+            seen_ids.add(row["id"])
         run = _read_json(directory / "run.json")
         described = run.get("levels") if isinstance(run.get("levels"), dict) else {}
         found = [m.group(1) for c in rows[0] if (m := re.fullmatch(r"d?E_(.+)_kJmol_per_mol", c))]
@@ -468,11 +476,14 @@ class Landscape:
             for atoms in read(str(path), ":"):
                 if "id" not in atoms.info:
                     raise LandscapeError(f"{path.name}: a frame has no 'id' in its info")
+                if str(atoms.info["id"]) in by_id:
+                    raise LandscapeError(f"structure {atoms.info['id']} appears twice in {path.name}")
                 by_id[str(atoms.info["id"])] = atoms
             frames[level] = by_id
 
         entries: list[LandscapeEntry] = []
         dropped: list[str] = []
+        unfinished: list[str] = []  # no finite energy at a requested level
         rel: dict[str, list[float]] = {lv: [] for lv in levels}
         for row in rows:
             sid = row["id"]
@@ -485,11 +496,17 @@ class Landscape:
                 continue
             try:
                 values = {lv: _level_value(row, lv) for lv in levels}
+                rel_row = {}
                 for lv in levels:
                     col = row.get(f"dE_{lv}_kJmol_per_mol")
-                    rel[lv].append(float(col) if col not in (None, "") else values[lv])
+                    rel_row[lv] = float(col) if col not in (None, "") else values[lv]
             except ValueError as exc:
                 raise LandscapeError(f"structure {sid}: bad energy ({exc})") from None
+            if not all(math.isfinite(v) for v in (*values.values(), *rel_row.values())):
+                unfinished.append(sid)  # a failed calculation: empty cell or nan/inf
+                continue
+            for lv in levels:
+                rel[lv].append(rel_row[lv])
             first = frames[levels[0]][sid]
             entries.append(LandscapeEntry(
                 sid, values[levels[0]], _num(row.get("density_gcm3")), row.get("space_group") or "",
@@ -501,6 +518,10 @@ class Landscape:
                 else float(row["free_energy_kjmol"]),
                 observed=bool(str(row.get("experimental_match", "") or "").strip()),
                 z_prime=_num(row.get("z_prime"))))
+        if unfinished:
+            logging.getLogger(__name__).warning(
+                "%s: dropped %d structure(s) without a finite energy at %s (failed calculations: empty or "
+                "nan cells): %s", name, len(unfinished), " and ".join(levels), ", ".join(unfinished))
         if not entries:
             raise LandscapeError(f"{csv_path.name}: no usable structures")
         if dropped:
@@ -766,11 +787,12 @@ def _num(text: Any, default: float = math.nan) -> float:
 
 
 def _level_value(row: dict[str, str], level: str) -> float:
-    """A level's energy in a table row: absolute ``E_<L>`` where given, else ``dE_<L>``."""
+    """A level's energy in a table row: absolute ``E_<L>`` where given, else ``dE_<L>``; nan
+    where both are empty (a failed calculation)."""
     text = row.get(f"E_{level}_kJmol_per_mol")
     if text in (None, ""):
         text = row.get(f"dE_{level}_kJmol_per_mol")
-    return float(text)
+    return math.nan if text in (None, "") else float(text)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

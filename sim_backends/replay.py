@@ -349,10 +349,10 @@ def _landscape_dir(params: dict[str, Any]) -> Path:
     return p.resolve()
 
 
-@lru_cache(maxsize=8)
 def stored_landscape(directory: str, cheap: str, level: str) -> dict[str, Any]:
     """A stored landscape at ``cheap`` and ``level`` (table layout of
-    :meth:`sim_backends.landscape.Landscape.read`), as the replays serve it.
+    :meth:`sim_backends.landscape.Landscape.read`), as the replays serve it; read once per
+    process while the directory's files keep their size and modification time.
 
     Returns:
         dict with ``name``, ``ids`` (kept structures, table order), ``cheap_kjmol`` and
@@ -361,13 +361,28 @@ def stored_landscape(directory: str, cheap: str, level: str) -> dict[str, Any]:
         ``n_atoms``, ``periodic_xtb`` (the level is periodic GFN2-xTB), ``cpu_s`` (stored CPU seconds of each structure's ``level`` calculation,
         None where the table has none), ``n_unique_dimers`` (None where absent),
         ``dimers`` (id -> stored per-dimer records of a fragment-DFT level), ``smiles``
-        (from ``run.json``, None when not stored) and ``fragment_settings`` (the
-        two-body decomposition of a fragment-DFT level from ``run.json``, else None).
+        (from ``run.json``, None when not stored), ``fragment_settings`` (the
+        two-body decomposition of a fragment-DFT level from ``run.json``, else None),
+        ``formulas`` (element -> atoms per cell of each structure) and ``geometry_digest``
+        (of the served cheap-level cells and positions, rounded to 1e-4 A).
 
     Raises:
         SetupError: the directory cannot be read at these levels.
     """
+    try:
+        stamp = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in Path(directory).iterdir()
+                             if f.is_file()))
+    except OSError:
+        stamp = ()
+    return _stored_landscape(directory, cheap, level, stamp)
+
+
+@lru_cache(maxsize=8)
+def _stored_landscape(directory: str, cheap: str, level: str, stamp: tuple) -> dict[str, Any]:
+    """:func:`stored_landscape` for one state (``stamp``) of the directory's files."""
+    import hashlib
     import json
+    from collections import Counter
 
     from sim_backends.landscape import Landscape, LandscapeError
 
@@ -398,6 +413,11 @@ def stored_landscape(directory: str, cheap: str, level: str) -> dict[str, Any]:
                     "cutoff_mode": str(settings.get("cutoff_mode", "contact")),
                     "functional": str(settings.get("functional", "pbe"))}
     dens = [m.density_gcm3 for m in land.minima]
+    geometry = hashlib.sha1()
+    for m in land.minima:  # the served cheap-level structures, rounded: a digest stable across readers
+        geometry.update(np.asarray(m.atoms.numbers, dtype=np.int64).tobytes())
+        geometry.update(np.round(np.asarray(m.atoms.cell, dtype=float), 4).tobytes())
+        geometry.update(np.round(np.asarray(m.atoms.positions, dtype=float), 4).tobytes())
     return {
         "name": land.name, "ids": list(land.ids),
         "cheap_kjmol": land.energies(cheap), "level_kjmol": land.energies(level),
@@ -407,6 +427,8 @@ def stored_landscape(directory: str, cheap: str, level: str) -> dict[str, Any]:
         "cpu_s": column("cpu_s", float), "n_unique_dimers": column("n_unique_dimers", int),
         "dimers": dimers, "smiles": run.get("smiles") or None, "fragment_settings": fragment,
         "periodic_xtb": level == "xtb" and bool(run.get("xtb_method")),
+        "formulas": [dict(Counter(m.atoms.get_chemical_symbols())) for m in land.minima],
+        "geometry_digest": geometry.hexdigest()[:16],
     }
 
 
