@@ -37,7 +37,8 @@ defaults (writes pxrd_mixture_calibration.json for N = 60, seed 0; ``--reuse-row
 re-chooses from that file's recorded fits).
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/pxrd_identification.py [--n-truth N] [--seed S]
-(the default run writes benchmarks/results/pxrd_identification.json; other arguments
+[--landscape DIR ... [--level L]] (a landscape of your own: a target_I-layout table or a CIF
+folder, in place of the shipped three) (the default run writes benchmarks/results/pxrd_identification.json; other arguments
 write pxrd_identification_<args>.json).
 """
 
@@ -55,6 +56,30 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (5, 25, 0)  # 0 = the whole landscape
 METHODS = ("all", "leaders")
+
+
+def load_user_sets(dirs: list[str], level: str | None = None) -> dict[str, tuple[str, list, list[str]]]:
+    """name -> (SMILES for the lab, structures, ids) of landscape directories a user gives
+    (either layout of :meth:`sim_backends.landscape.Landscape.read`: a landscape table with
+    its structures, or a folder of CIFs); ``level``: the table's level whose structures are
+    used (default: its first). Raises SystemExit with one line on a bad directory."""
+    from sim_backends.landscape import Landscape, LandscapeError
+
+    sets: dict[str, tuple[str, list, list[str]]] = {}
+    for d in dirs:
+        try:
+            land = Landscape.read(d, [level] if level else None)
+        except LandscapeError as exc:
+            raise SystemExit(f"pxrd_identification: error: {exc}") from None
+        if len(land.ids) < 5:
+            raise SystemExit(f"pxrd_identification: error: {d}: {len(land.ids)} structures; "
+                             "at least 5 are needed (candidate sets of 5, 25 and all)")
+        name = Path(d).resolve().name
+        if name in sets:
+            raise SystemExit(f"pxrd_identification: error: two landscapes named {name!r}")
+        # a SMILES the lab's phase table does not list: no phase check (as for target I)
+        sets[name] = (getattr(land, "smiles", None) or "user-landscape", land.structures(), list(land.ids))
+    return sets
 
 
 def load_sets() -> dict[str, tuple[str, list, list[str]]]:
@@ -233,7 +258,7 @@ def mixture_calibration(n: int, seed: int, reuse: bool = False) -> None:
     path.write_text(line + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-truth", type=int, default=30, help="lab patterns per landscape (1-1000)")
     ap.add_argument("--n-checks", type=int, default=15, help="patterns per no-match / mixture check (0-200)")
@@ -242,7 +267,16 @@ def main() -> None:
                     help="only choose the mixture rule on N mixtures + N single phases (held-out split)")
     ap.add_argument("--reuse-rows", action="store_true",
                     help="with --mixture-calibration: reuse the fit figures of the previous result file")
-    args = ap.parse_args()
+    ap.add_argument("--landscape", action="append", default=[], metavar="DIR",
+                    help="identify among a landscape of your own instead of the shipped ones (repeatable): a "
+                         "directory in the layout of data/reference/landscapes/target_I (a *landscape.csv table "
+                         "with its structures) or a folder of CIF files; the no-match and mixture checks still "
+                         "use target I + X23")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="directory of the result file (default benchmarks/results)")
+    ap.add_argument("--level", default=None,
+                    help="with --landscape: the table level whose structures are the candidates (default: the first)")
+    args = ap.parse_args(argv)
     if not 1 <= args.n_truth <= 1000 or not 0 <= args.n_checks <= 200 or args.seed < 0 \
             or not 0 <= args.mixture_calibration <= 500:
         raise SystemExit("pxrd_identification: --n-truth 1-1000, --n-checks 0-200, --seed >= 0, "
@@ -261,7 +295,7 @@ def main() -> None:
 
     console = Console(width=160)
     t_start = time.perf_counter()
-    sets = load_sets()
+    sets = load_user_sets(args.landscape, args.level) if args.landscape else load_sets()
     hits = {(m, s): 0 for m in METHODS for s in SIZES}
     secs: dict[tuple[str, int], list[float]] = {(m, s): [] for m in METHODS for s in SIZES}
     conf: dict[int, list[float]] = {s: [] for s in SIZES}
@@ -308,7 +342,8 @@ def main() -> None:
         table.add_column(f"{m} s/identification", justify="right")
     table.add_column("all: mean confidence", justify="right")
     table.add_column("all: ECE", justify="right")
-    size_name = {5: "5", 25: "25", 0: "all (88-242)"}
+    sizes = [n for n, _, _ in rows_by_set.values()]
+    size_name = {5: "5", 25: "25", 0: f"all ({min(sizes)}-{max(sizes)})" if min(sizes) != max(sizes) else f"all ({sizes[0]})"}
     for size in SIZES:
         cells = []
         for m in METHODS:
@@ -373,9 +408,11 @@ def main() -> None:
     }
     line = json.dumps(summary)
     print(line)
-    default = (args.n_truth, args.n_checks, args.seed) == (30, 15, 0)
+    default = (args.n_truth, args.n_checks, args.seed) == (30, 15, 0) and not args.landscape
     suffix = "" if default else f"_n{args.n_truth}_c{args.n_checks}_s{args.seed}"
-    out = Path(__file__).resolve().parent / "results" / f"pxrd_identification{suffix}.json"
+    if args.landscape:  # a user's landscapes: their own file, never the committed default's
+        suffix += "_" + "-".join(sets) + (f"_{args.level}" if args.level else "")
+    out = Path(args.out or Path(__file__).resolve().parent / "results") / f"pxrd_identification{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(line + "\n")
 
