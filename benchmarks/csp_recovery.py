@@ -54,7 +54,12 @@ Each row says which set it ran with (``params``, ``params_source``).
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_recovery.py
       [--systems urea,co2] [--n-trials BUDGET] [--workers 1] [--seed 0] [--no-baseline]
       [--charges resp|resp-lp|xtb] [--params w99|x23fit-resp|x23fit-resp-lp|loo:x23fit-resp|loo:x23fit-resp-lp]
-      [--report-only] [--merge-progress FILE]
+      [--report-only] [--merge-progress FILE] [--cif FILE --smiles SMILES [--name NAME]] [--out DIR]
+A crystal of your own: ``--cif FILE --smiles SMILES`` runs it (alone unless ``--systems`` names it
+with others) as the COD systems are run: the same match, hydrogen check and relaxed experiment;
+the baseline searches its own space group if the search has it, else P1 (:func:`add_user_system`:
+the file and SMILES are checked first, bad input is a one-line error). Its files carry
+``_cif-<name>``; ``--out DIR`` puts the results and progress files there.
 Progress (one JSON line per finished system, resumed on a rerun with the same settings):
 benchmarks/results/csp_recovery[_<args>]_progress.jsonl; results
 benchmarks/results/csp_recovery[_<args>].json (default arguments: csp_recovery.json; ``:`` of a
@@ -102,6 +107,8 @@ SYSTEMS: dict[str, tuple[str, str, str, str]] = {
     "anthracene": ("c1ccc2cc3ccccc3cc2c1", "P2_1", "P2_1/a (Z=2, on -1)", "x23"),
 }
 COD_FILES = {"benzene_cod": "data/reference/cod/COD_2100348_benzene_I.cif"}
+#: the systems shipped with the benchmark (``--cif`` adds to SYSTEMS and COD_FILES)
+BUILTIN_SYSTEMS = tuple(SYSTEMS)
 
 #: ``--params loo:<set>``: registered refitted set -> its model in benchmarks/results/x23_lattice_fit.json
 LOO_FITS = {"x23fit-resp-lp": "resp-lp:cX+aX+aHON", "x23fit-resp": "resp:cX+aX"}
@@ -161,6 +168,80 @@ def loo_parameter_sets(spec: str, charges: str, fit_json: Path | None = None) ->
         else:
             sets[name] = (base, f"{method_model} fitted to all 17 X23 crystals ({name} not in X23)")
     return sets
+
+
+class UserSystemError(ValueError):
+    """A ``--cif`` system that cannot be run (a one-line message)."""
+
+
+def add_user_system(path: str, smiles: str, name: str | None = None) -> str:
+    """Register an experimental crystal file (``--cif``; CIF or anything pymatgen reads) with
+    the SMILES of its molecule as a system of this run, matched and relaxed as the COD systems
+    are (:data:`COD_FILES`). The baseline's space group is the crystal's own when the search
+    has it, else P1. Returns the system name (``name`` or the file's stem).
+
+    Raises:
+        UserSystemError: no such file, a file pymatgen cannot read, a disordered structure, an
+            invalid SMILES, an element the force field lacks, a name of a built-in system, or a
+            crystal whose atoms are not a whole number of the SMILES' molecules (hydrogens
+            included; a crystal without any H atom is accepted when its heavy atoms are, with a
+            warning: the relaxed-experiment check then cannot fit it).
+    """
+    import re
+    from collections import Counter
+
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    from rdkit import Chem
+
+    from sim_backends.base import SUPPORTED_ELEMENTS, SetupError
+    from sim_backends.csp.spacegroups import _GROUPS
+    from sim_backends.molecule import validate_smiles
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserSystemError(f"--cif {path}: no such file")
+    name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", p.stem)
+    if name in SYSTEMS and COD_FILES.get(name) != str(p.resolve()):
+        raise UserSystemError(f"--name {name!r} is a built-in system; give another --name")
+    try:
+        validate_smiles(smiles)
+    except SetupError as exc:
+        raise UserSystemError(f"--smiles: {exc}") from None
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = Structure.from_file(str(p))
+    except Exception as exc:  # noqa: BLE001 -- pymatgen raises many kinds for a malformed file
+        raise UserSystemError(f"--cif {path}: not a readable crystal file ({type(exc).__name__}: {exc})"[:300]) from None
+    if not ref.is_ordered:
+        raise UserSystemError(f"--cif {path}: disordered (partial occupancies); give one ordered structure")
+    cell = Counter(sp.symbol for sp in ref.species)
+    bad = sorted(set(cell) - SUPPORTED_ELEMENTS)
+    if bad:
+        raise UserSystemError(f"--cif {path}: element(s) {', '.join(bad)} not supported by the force field")
+    mol = Counter(a.GetSymbol() for a in Chem.AddHs(Chem.MolFromSmiles(smiles)).GetAtoms())
+    heavy = lambda c: {e: n for e, n in c.items() if e != "H"}  # noqa: E731
+    z = max(1, round(sum(heavy(cell).values()) / max(1, sum(heavy(mol).values()))))
+    with_h = "H" in cell
+    if (dict(cell) if with_h else heavy(cell)) != {e: z * n for e, n in (mol if with_h else heavy(mol)).items()}:
+        formula = lambda c: "".join(f"{e}{n}" for e, n in sorted(c.items()))  # noqa: E731
+        raise UserSystemError(f"--cif {path}: the cell's atoms {formula(cell)} are not a whole number of "
+                              f"--smiles {smiles!r} molecules ({formula(mol)})")
+    if not with_h:
+        print(f"csp_recovery: warning: {p.name} has no H atoms: matched on heavy atoms, the relaxed "
+              "experiment cannot be fitted", file=sys.stderr)
+    try:
+        sga = SpacegroupAnalyzer(ref, symprec=0.1)
+        number, symbol = sga.get_space_group_number(), sga.get_space_group_symbol()
+    except Exception:  # noqa: BLE001
+        number, symbol = 1, "?"
+    group = next((g for g, (n, _) in _GROUPS.items() if n == number), "P1")
+    SYSTEMS[name] = (smiles, group, f"{symbol} (Z={z}, {p.name})", "cod")
+    COD_FILES[name] = str(p.resolve())
+    return name
 
 
 def reference_structure(name: str):
@@ -344,6 +425,8 @@ def run_system(name: str, args, blind: bool) -> dict:
         mol = RigidMolecule.from_smiles(smiles, charges=args.charges)
         row["start"] = "SMILES"
     except SetupError as exc:
+        if name not in BUILTIN_SYSTEMS:  # a --cif system: no stored gas-phase geometry to fall back on
+            raise
         mol = gas_phase_molecule(name if SYSTEMS[name][3] == "x23" else "benzene", args.charges)
         row["start"] = f"X23 gas-phase geometry (SMILES route: {exc})"
     from agent.executor import csp_executor
@@ -388,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from sim_backends.base import SetupError
     from sim_backends.csp.cli import DEFAULT_TRIAL_BUDGET
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -398,7 +482,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="w99",
                     help="repulsion-dispersion parameter set (sim_backends.csp.forcefield.PARAMETER_SETS)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=None,
+                    help=f"comma-separated systems (default: all built-in, or the --cif system alone); "
+                         f"built-in: {', '.join(BUILTIN_SYSTEMS)}")
+    ap.add_argument("--cif", default=None, metavar="FILE",
+                    help="an experimental crystal of your own (CIF, one ordered structure), run as a system "
+                         "(needs --smiles)")
+    ap.add_argument("--smiles", default=None, help="the SMILES of the --cif crystal's molecule")
+    ap.add_argument("--name", default=None, help="the --cif system's name (default: the file's stem)")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="directory of the results and progress files (default benchmarks/results)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline runs")
     ap.add_argument("--report-only", action="store_true",
                     help="compute nothing: table and JSON from the systems in the progress file "
@@ -408,6 +501,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from sim_backends.csp import forcefield
 
+    user = None
+    if args.cif or args.smiles or args.name:
+        if not (args.cif and args.smiles):
+            print("csp_recovery: error: --cif FILE needs --smiles SMILES (and --smiles, --name need --cif)",
+                  file=sys.stderr)
+            return 2
+        try:
+            user = add_user_system(args.cif, args.smiles, args.name)
+        except UserSystemError as exc:
+            print(f"csp_recovery: error: {exc}", file=sys.stderr)
+            return 2
     args.param_sets = None
     if args.params.startswith("loo:"):
         try:
@@ -422,19 +526,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.params != "w99" and args.workers > 1:
         print("csp_recovery: error: --params needs --workers 1 (the set is chosen in this process)", file=sys.stderr)
         return 2
-    names = args.systems.split(",")
+    names = args.systems.split(",") if args.systems else ([user] if user else list(BUILTIN_SYSTEMS))
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
-        print(f"csp_recovery: error: unknown system {unknown[0]!r}; known: {', '.join(SYSTEMS)}", file=sys.stderr)
+        print(f"csp_recovery: error: unknown system {unknown[0]!r}; known: {', '.join(SYSTEMS)} "
+              "(a crystal of your own: --cif FILE --smiles SMILES)", file=sys.stderr)
         return 2
     tag = "".join(f"_{k}-{v}" for k, v, d in (("n", args.n_trials, DEFAULT_TRIAL_BUDGET),
                                                ("w", args.workers, 1), ("q", args.charges, "resp"),
                                                ("p", args.params.replace(":", "-"), "w99"), ("s", args.seed, 0))
                   if v != d)
-    tag += "_" + "-".join(names) if names != list(SYSTEMS) else ""
+    tag += "_" + "-".join(names) if names not in (list(BUILTIN_SYSTEMS), [user]) else ""
+    tag += f"_cif-{user}" if user else ""  # never the file of a built-in system's run of the same name
     tag += "_nobase" if args.no_baseline else ""
     extra = ROOT / args.merge_progress if args.merge_progress else None
-    out = ROOT / f"benchmarks/results/csp_recovery{tag}.json"
+    out = (Path(args.out) if args.out else ROOT / "benchmarks/results") / f"csp_recovery{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     progress = out.with_name(out.stem + "_progress.jsonl")
     previous = {}
     committed = ROOT / "benchmarks/results/csp_recovery.json"
@@ -465,10 +572,14 @@ def main(argv: list[str] | None = None) -> int:
             not_run.append(name)
             continue
         console.print(f"[bold]{name}[/] {escape(SYSTEMS[name][0])}: blind search, budget {args.n_trials}")
-        row = {"system": name, "smiles": SYSTEMS[name][0], "experimental": SYSTEMS[name][2],
-               "blind": run_system(name, args, blind=True)}
-        if not args.no_baseline:
-            row["baseline"] = run_system(name, args, blind=False)
+        try:
+            row = {"system": name, "smiles": SYSTEMS[name][0], "experimental": SYSTEMS[name][2],
+                   "blind": run_system(name, args, blind=True)}
+            if not args.no_baseline:
+                row["baseline"] = run_system(name, args, blind=False)
+        except SetupError as exc:  # a --cif system whose SMILES the search cannot build
+            print(f"csp_recovery: error: {name}: {exc}", file=sys.stderr)
+            return 2
         prev = previous.get(name) or {}
         row["previous"] = {k: prev.get(k) for k in ("status", "rank", "gap_kjmol", "rms", "searched")} if prev else {}
         console.print(json.dumps(row, default=str)[:600])
