@@ -64,9 +64,14 @@ def feasibility_probability(values: Mapping[str, tuple[float, float]],
 
 
 def violation(values: Mapping[str, Any], constraints: Sequence[ConstraintConfig]) -> str | None:
-    """The first constraint ``values`` break, as a one-line reason (value, bound, why);
-    None when they break none (or report none of the constrained values)."""
+    """The first constraint ``values`` break, as a one-line reason (value and bound with
+    their unit, why), e.g. ``ip_gas_ev = 8.25 eV > 7.5 eV (hole injection)``; None when
+    they break none (or report none of the constrained values). The level of theory of the
+    value is not in it (the molecule stage's verdicts, which know no backend, must read the
+    same): ``status`` names the levels once (:func:`constraint_levels`)."""
     import math
+
+    from agent.summary import quantity
 
     for c in constraints:
         v = values.get(c.value)
@@ -74,11 +79,46 @@ def violation(values: Mapping[str, Any], constraints: Sequence[ConstraintConfig]
             continue
         v = float(v)
         why = f" ({c.why})" if c.why else ""
+        unit = f" {u}" if (u := quantity(c.value)[2]) else ""
         if c.max is not None and v > c.max:
-            return f"{c.value} = {_beyond(v, c.max)} > {c.max:g}{why}"
+            return f"{c.value} = {_beyond(v, c.max)}{unit} > {c.max:g}{unit}{why}"
         if c.min is not None and v < c.min:
-            return f"{c.value} = {_beyond(v, c.min)} < {c.min:g}{why}"
+            return f"{c.value} = {_beyond(v, c.min)}{unit} < {c.min:g}{unit}{why}"
     return None
+
+
+def value_level(backend: str, key: str) -> tuple[str, float | None]:
+    """The level of theory and typical error (sd in the value's unit; None when not
+    declared) of value ``key`` as ``backend`` reports it: the backend's ``value_levels``
+    and ``value_sd`` (a replay's: those of the level it replays, ``estimated_as``);
+    ``("", None)`` when it declares no level for ``key``."""
+    from sim_backends.registry import UnknownBackendError, backend_class
+
+    name = backend
+    for _ in range(2):  # the backend, then the level a replay stands for
+        try:
+            cls = backend_class(name)
+        except UnknownBackendError:
+            return "", None
+        if key in cls.value_levels:
+            sd = cls.value_sd.get(key)
+            return cls.value_levels[key], None if sd is None else float(sd)
+        name = str(getattr(cls, "estimated_as", "") or "")
+        if not name:
+            break
+    return "", None
+
+
+def constraint_levels(backends: Iterable[str], constraints: Sequence[ConstraintConfig]) -> dict[str, list[str]]:
+    """Constrained value -> the levels of theory (:func:`value_level`) the campaign's
+    ``backends`` (names, cheapest first) report it at, each once; values no backend declares
+    a level for are left out."""
+    out: dict[str, list[str]] = {}
+    for key in dict.fromkeys(c.value for c in constraints):
+        levels = list(dict.fromkeys(lv for b in backends if (lv := value_level(b, key)[0])))
+        if levels:
+            out[key] = levels
+    return out
 
 
 def _beyond(v: float, bound: float) -> str:
@@ -91,11 +131,14 @@ def _beyond(v: float, bound: float) -> str:
 
 
 def describe(constraints: Sequence[ConstraintConfig]) -> str:
-    """``ip_gas_ev <= 7.5 (hole injection from Au)``; bounds joined by ``; ``."""
+    """``ip_gas_ev <= 7.5 eV (hole injection from Au)``; bounds joined by ``; ``."""
+    from agent.summary import quantity
+
     parts = []
     for c in constraints:
-        lo = f"{c.min:g} <= " if c.min is not None else ""
-        hi = f" <= {c.max:g}" if c.max is not None else ""
+        unit = f" {u}" if (u := quantity(c.value)[2]) else ""
+        lo = f"{c.min:g}{unit} <= " if c.min is not None else ""
+        hi = f" <= {c.max:g}{unit}" if c.max is not None else ""
         parts.append(f"{lo}{c.value}{hi}" + (f" ({c.why})" if c.why else ""))
     return "; ".join(parts)
 

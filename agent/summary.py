@@ -575,6 +575,11 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     rec = dict(status.to_dict())
     rec["objective"] = {"name": cfg.objective, "label": label, "symbol": short, "unit": unit,
                         "level": level_of_theory(cfg.backends[-1]), "direction": cfg.direction}
+    if cfg.constraints:
+        from agent.constraints import constraint_levels
+
+        # the levels of theory of the constrained values, named once by the infeasible line
+        rec["constraint_levels"] = constraint_levels([b.name for b in cfg.backends], cfg.constraints)
     if structures is None:
         structures = stored_structure_results(store, cfg)
     from agent.esf_report import esf_results
@@ -598,6 +603,20 @@ def best_line(rec: dict[str, Any]) -> str:
     return f"{obj['symbol']} = {format_value(obj['name'], rec['best'])}, {obj['level']}: {who}{smiles}"
 
 
+def constrained_value_text(key: str, value: float, backend: str | None) -> str:
+    """``ip_gas_ev = 7.23 ± 0.32 eV (GFN2-xTB ΔSCF - 4.72 eV empirical shift)``:
+    a constrained value with its unit, its typical error and level of theory where the
+    backend declares them (:func:`agent.constraints.value_level`), else the backend's name;
+    3 significant digits (a calibrated IP is good to a few tenths of an eV)."""
+    from agent.constraints import value_level
+
+    level, sd = value_level(backend, key) if backend else ("", None)
+    unit = quantity(key)[2]
+    pm = f" ± {sd:.2g}" if sd else ""
+    return (f"{key} = {value:.3g}{pm}{' ' + unit if unit else ''}"
+            + (f" ({level or backend})" if backend else ""))
+
+
 #: infeasible molecules named by ``status`` (the rest are counted)
 N_INFEASIBLE_LISTED = 3
 
@@ -617,8 +636,8 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         f"best          {best_line(s)}",
     ]
     if s.get("constraints"):
-        src = s.get("best_constrained_level") or {}
-        own = ", ".join(f"{k} = {v:.4g}" + (f" ({src[k]})" if k in src else "")
+        src = s.get("best_constrained_level") or {}  # key -> the backend its value comes from
+        own = ", ".join(constrained_value_text(k, v, src.get(k))
                         for k, v in (s.get("best_constrained") or {}).items())
         lines.append(f"constraints   {s['constraints']}" + (f"; the best has {own}" if own else ""))
     for name, why in (s.get("unreliable") or {}).items():
@@ -627,7 +646,10 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         shown = list(s["infeasible"].items())[:N_INFEASIBLE_LISTED]
         more = len(s["infeasible"]) - len(shown)
         n = len(s["infeasible"])
-        lines.append(f"infeasible    {n} molecule{'s' if n != 1 else ''} excluded: "
+        levels = "; ".join(f"{k} at " + (lv[0] if len(lv) == 1 else f"the most accurate computed of {', '.join(lv)}")
+                           for k, lv in (s.get("constraint_levels") or {}).items())
+        lines.append(f"infeasible    {n} molecule{'s' if n != 1 else ''} excluded"
+                     + (f" ({levels})" if levels else "") + ": "
                      + "; ".join(f"{who}: {why}" for who, why in shown)
                      + (f"; and {more} more (status --json lists all)" if more > 0 else ""))
     lines += structure_lines(s.get("structures") or [])

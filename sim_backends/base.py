@@ -180,6 +180,9 @@ class Backend(ABC):
         value_sd: the typical error (standard deviation, the value's unit) of values that
             are calibrated estimates of a measurable quantity, e.g. ``ip_gas_ev``; a
             campaign's ``[[constraints]]`` read it (:mod:`agent.constraints`).
+        value_levels: the level of theory of such values where it is not the backend's
+            own (e.g. ``ip_gas_ev``: a calibrated GFN2-xTB Delta-SCF IP beside a mobility),
+            printed with them.
         caveat: a known systematic error of the level (one line, with where it was
             measured), printed beside its values by ``status`` and the run summary.
     """
@@ -195,6 +198,8 @@ class Backend(ABC):
     may_be_nan: ClassVar[tuple[str, ...]] = ()
     #: value -> its typical error (sd, the value's unit) where the backend knows it
     value_sd: ClassVar[dict[str, float]] = {}
+    #: value -> its level of theory, where it is not the backend's own level
+    value_levels: ClassVar[dict[str, str]] = {}
     #: a known systematic error of the level, one line, printed where its values are
     caveat: ClassVar[str] = ""
     #: True for backends not offered to users (self-tests, replays, fault injection)

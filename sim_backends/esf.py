@@ -66,7 +66,7 @@ from typing import Any, ClassVar
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
-from sim_backends.reorg import XTB_IP_SD_EV
+from sim_backends.reorg import XTB_IP_LEVEL, XTB_IP_SD_EV
 from sim_backends.replay import RecordedReplay, replay_backend
 
 #: sd (kJ/mol) of force-field relative energies against fragment DFT on this project's
@@ -297,6 +297,7 @@ def landscape_values(lambda_hole_kjmol: float, rec: dict[str, Any]) -> dict[str,
 _VALUES = (OBJECTIVE, "reorg_energy_kjmol", "ip_gas_ev")
 #: the typical error of the values that estimate a measurable quantity (xtb-reorg's IP)
 _VALUE_SD = {"ip_gas_ev": XTB_IP_SD_EV}
+_VALUE_LEVELS = {"ip_gas_ev": XTB_IP_LEVEL}  # not the level of the mobility beside it
 _LANDSCAPE_VALUES = (*_VALUES, "landscape_mobility_hole_cm2Vs", "landscape_mobility_hole_sd_cm2Vs",
                      "log10_landscape_mobility_hole_sd", "n_structures_in_window")
 
@@ -324,6 +325,7 @@ class EsfProxyBackend(Backend):
     fidelity = 0
     computes: ClassVar[tuple[str, ...]] = _VALUES
     value_sd: ClassVar[dict[str, float]] = _VALUE_SD
+    value_levels: ClassVar[dict[str, str]] = _VALUE_LEVELS
     objective_key = OBJECTIVE
     #: value key -> the name it is shown under (:func:`agent.summary.shown_name`)
     shown_as: ClassVar[dict[str, str]] = {OBJECTIVE: PROXY_SHOWN_AS}
@@ -359,6 +361,7 @@ class EsfLandscapeBackend(Backend):
     fidelity = 1
     computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
     value_sd: ClassVar[dict[str, float]] = _VALUE_SD
+    value_levels: ClassVar[dict[str, str]] = _VALUE_LEVELS
     objective_key = OBJECTIVE
     description = ("log10 Boltzmann-weighted Marcus hole mobility (cm2/Vs) over a CSP landscape "
                    "(W99 force field, RESP or GFN2-xTB charges; GFN2-xTB or B3LYP/6-31G transfer integrals)")

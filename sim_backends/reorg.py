@@ -398,6 +398,9 @@ DFT_IP_SD_EV = 0.13
 #: (with ``geometry="xtb"`` too: the DFT//xTB adiabatic IPs of the twelve molecules of
 #: benchmarks/reorg_validation.py differ from the DFT//DFT ones by 0.01-0.15 eV, median 0.06)
 DFT_IP_CALIBRATED_FOR = ("b3lyp", "6-31g")
+#: the level of theory of the ``ip_gas_ev`` each level reports (``Backend.value_levels``)
+XTB_IP_LEVEL = f"GFN2-xTB ΔSCF {'-' if XTB_IP_SHIFT_EV < 0 else '+'} {abs(XTB_IP_SHIFT_EV):.2f} eV empirical shift"
+DFT_IP_LEVEL = f"B3LYP/6-31G ΔSCF {'-' if DFT_IP_SHIFT_EV < 0 else '+'} {abs(DFT_IP_SHIFT_EV):.2f} eV empirical shift"
 
 
 def gas_ionisation_energy_ev(ip_adiabatic_xtb_kjmol: float) -> float:
@@ -438,6 +441,7 @@ class XtbReorgBackend(ReorgBackend):
     fidelity = 0
     computes: ClassVar[tuple[str, ...]] = (*ReorgBackend.computes, "ip_gas_ev")
     value_sd: ClassVar[dict[str, float]] = {"ip_gas_ev": XTB_IP_SD_EV}
+    value_levels: ClassVar[dict[str, str]] = {"ip_gas_ev": XTB_IP_LEVEL}
     description = "hole reorganisation energy lambda+ (four-point), GFN2-xTB via tblite"
     params_schema: ClassVar[dict[str, Any]] = {
         **ReorgBackend.params_schema, "fmax": check.number(0.0, lo_open=True),
@@ -676,6 +680,7 @@ class DftReorgBackend(ReorgBackend):
     fidelity = 1
     computes: ClassVar[tuple[str, ...]] = (*ReorgBackend.computes, "ip_gas_ev")
     value_sd: ClassVar[dict[str, float]] = {"ip_gas_ev": DFT_IP_SD_EV}
+    value_levels: ClassVar[dict[str, str]] = {"ip_gas_ev": DFT_IP_LEVEL}
     description = "hole reorganisation energy lambda+ (four-point), PySCF DFT + geomeTRIC"
     params_schema: ClassVar[dict[str, Any]] = {
         **ReorgBackend.params_schema, "functional": check.xc_functional, "basis": check.basis_set,

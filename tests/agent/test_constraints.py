@@ -41,24 +41,50 @@ def _cfg(text: str, tmp_path=None):
 
 def test_violation_names_the_value_the_bound_and_why():
     cons = _cfg(BODY + IP_BOUND + '[[constraints]]\nvalue = "reorg_energy_kjmol"\nmin = 1.0\n').constraints
-    assert violation({"ip_gas_ev": 9.84}, cons) == "ip_gas_ev = 9.84 > 8.5 (hole injection)"
+    assert violation({"ip_gas_ev": 9.84}, cons) == "ip_gas_ev = 9.84 eV > 8.5 eV (hole injection)"
     assert violation({"ip_gas_ev": 8.5}, cons) is None  # on the bound is feasible
-    assert violation({"ip_gas_ev": 8.5004}, cons) == "ip_gas_ev = 8.5004 > 8.5 (hole injection)"  # never "8.5 > 8.5"
-    assert violation({"reorg_energy_kjmol": 0.5}, cons) == "reorg_energy_kjmol = 0.5 < 1"
+    # never "8.5 > 8.5"
+    assert violation({"ip_gas_ev": 8.5004}, cons) == "ip_gas_ev = 8.5004 eV > 8.5 eV (hole injection)"
+    assert violation({"reorg_energy_kjmol": 0.5}, cons) == "reorg_energy_kjmol = 0.5 kJ/mol < 1 kJ/mol"
     assert violation({"ip_gas_ev": float("nan")}, cons) is None  # not reported: says nothing
     assert violation({}, cons) is None
     ev = lambda mid, ok, values, fid=0, sid=None, backend="xtb-reorg": SimpleNamespace(  # noqa: E731
         molecule_id=mid, structure_id=sid, ok=ok, values=values, fidelity=fid, backend=backend)
     evs = [ev(1, True, {"ip_gas_ev": 7.0}), ev(2, False, {}), ev(2, True, {"ip_gas_ev": 9.0}),
            ev(3, True, {"ip_gas_ev": 9.0}, sid="m1")]
-    assert infeasible_molecules(evs, cons) == {2: "ip_gas_ev = 9 > 8.5 (hole injection)"}
+    assert infeasible_molecules(evs, cons) == {2: "ip_gas_ev = 9 eV > 8.5 eV (hole injection)"}
     # the most accurate level's value counts, either way; at one level the first result
     evs += [ev(1, True, {"ip_gas_ev": 8.7}, fid=1, backend="dft-reorg"),
             ev(2, True, {"ip_gas_ev": 8.4}, fid=1, backend="dft-reorg"),
             ev(2, True, {"ip_gas_ev": 9.9}, fid=1, backend="dft-reorg"), ev(4, True, {"ip_gas_ev": 9.0}, fid=1)]
-    assert infeasible_molecules(evs, cons) == {1: "ip_gas_ev = 8.7 > 8.5 (hole injection)",
-                                              4: "ip_gas_ev = 9 > 8.5 (hole injection)"}
+    assert infeasible_molecules(evs, cons) == {1: "ip_gas_ev = 8.7 eV > 8.5 eV (hole injection)",
+                                              4: "ip_gas_ev = 9 eV > 8.5 eV (hole injection)"}
     assert constrained_sources(evs, ["ip_gas_ev"])[2] == {"ip_gas_ev": (8.4, 1, "dft-reorg")}
+
+
+def test_the_best_molecules_constrained_value_names_its_level_and_error_not_a_backend():
+    """fresh39 C2: status printed "the best has ip_gas_ev = 7.231 (esf-refined)": a config
+    key for a level, and four digits for a value good to ~0.3 eV. It names the level of
+    theory of the IP (not the mobility level esf-refined is), its typical error and unit;
+    a replay names the level it replays; a level that declares none keeps its name."""
+    from agent.summary import constrained_value_text
+
+    xtb = "ip_gas_ev = 7.23 ± 0.32 eV (GFN2-xTB ΔSCF - 4.72 eV empirical shift)"
+    assert constrained_value_text("ip_gas_ev", 7.2312, "esf-refined") == xtb
+    assert constrained_value_text("ip_gas_ev", 7.2312, "replay-esf-refined") == xtb
+    assert constrained_value_text("ip_gas_ev", 7.2312, "replay-xtb-reorg") == xtb
+    assert constrained_value_text("ip_gas_ev", 6.91, "dft-reorg") == (
+        "ip_gas_ev = 6.91 ± 0.13 eV (B3LYP/6-31G ΔSCF + 0.36 eV empirical shift)")
+    assert constrained_value_text("reorg_energy_kjmol", 12.345, "xtb-reorg") == (
+        "reorg_energy_kjmol = 12.3 kJ/mol (xtb-reorg)")
+    # the excluded-molecules line names the levels the IP was computed at, once
+    from agent.constraints import constraint_levels
+
+    cons = _cfg(BODY + IP_BOUND).constraints
+    assert constraint_levels(["esf-proxy", "esf-refined"], cons) == {
+        "ip_gas_ev": ["GFN2-xTB ΔSCF - 4.72 eV empirical shift"]}
+    assert constraint_levels(["replay-xtb-reorg", "replay-dft-reorg"], cons) == {
+        "ip_gas_ev": ["GFN2-xTB ΔSCF - 4.72 eV empirical shift", "B3LYP/6-31G ΔSCF + 0.36 eV empirical shift"]}
 
 
 def test_feasibility_probability_is_the_normal_tail_inside_the_bounds():
@@ -124,8 +150,9 @@ def test_an_acceptor_with_the_lowest_lambda_is_not_the_best_of_a_hole_campaign(t
     assert status.best_name in ("naphthalene", "anthracene"), status
     assert set(status.infeasible) == {"terephthalonitrile"}
     assert status.infeasible["terephthalonitrile"].startswith("ip_gas_ev = 9.") and "hole injection" in text
-    assert "infeasible    1 molecule excluded: terephthalonitrile: ip_gas_ev = 9." in text
-    assert "constraints   ip_gas_ev <= 8.5 (hole injection); the best has ip_gas_ev = " in text
+    assert ("infeasible    1 molecule excluded (ip_gas_ev at GFN2-xTB ΔSCF - 4.72 eV empirical shift): "
+            "terephthalonitrile: ip_gas_ev = 9.") in text
+    assert "constraints   ip_gas_ev <= 8.5 eV (hole injection); the best has ip_gas_ev = " in text
     assert len(camp.store.evaluations()) == 3 and all(ev.ok for ev in camp.store.evaluations())
     import csv
 
