@@ -88,6 +88,23 @@ class PlainProgress:
               + (f", {info}" if info else ""), file=sys.stderr, flush=True)
 
 
+def progress_info(campaign: Campaign, symbol: str) -> str:
+    """The text after the progress bar: the CPU spent of the budget when there is one (the
+    bar counts evaluations up to ``max_evaluations``, so it stops short when the CPU budget
+    binds, fresh39 C3), the best value so far, the failed evaluations."""
+    from agent.summary import format_value
+
+    cfg = campaign.cfg
+    parts = []
+    if cfg.max_cpu_hours is not None:
+        parts.append(f"CPU {campaign.spent_cpu_s:.0f} of {cfg.max_cpu_hours * 3600:.0f} s")
+    best = campaign.best_value()
+    if best is not None:
+        parts.append(f"best {symbol} {format_value(cfg.objective, best)}")
+    parts.append(f"failed {campaign.n_failed}")
+    return "  ".join(parts)
+
+
 def make_executor(cfg: CampaignConfig, address: str | None = None) -> RayExecutor:
     """The Ray executor of ``cfg``'s ``[executor]`` table (``address`` overrides it); not
     started yet."""
@@ -170,10 +187,9 @@ def run_campaign(
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
     )
-    from agent.summary import format_value, quantity
+    from agent.summary import quantity
 
-    objective = cfg.objective
-    symbol = f"{quantity(objective)[1]} ({cfg.backends[-1].name}) ="
+    symbol = f"{quantity(cfg.objective)[1]} ({cfg.backends[-1].name}) ="
     try:
         executor.start()
         if on_start is not None:
@@ -200,7 +216,8 @@ def run_campaign(
         with (PlainProgress() if plain
               else Progress(*columns, console=console, disable=not progress, transient=False)) as bar:
             bar_id = bar.add_task(
-                cfg.name, total=cfg.max_evaluations, completed=campaign.n_evaluations, info=""
+                cfg.name, total=cfg.max_evaluations, completed=campaign.n_evaluations,
+                info=progress_info(campaign, symbol) if cfg.max_cpu_hours is not None else ""
             )
             while True:
                 free = slots - executor.n_in_flight
@@ -233,14 +250,7 @@ def run_campaign(
                     if tracker is not None:
                         tracker.log_progress()
                 if told:
-                    best = campaign.best_value()
-                    bar.update(
-                        bar_id,
-                        completed=campaign.n_evaluations,
-                        info=(f"best {symbol} {format_value(objective, best)}"
-                              if best is not None else "")
-                        + f"  failed {campaign.n_failed}",
-                    )
+                    bar.update(bar_id, completed=campaign.n_evaluations, info=progress_info(campaign, symbol))
         reason = campaign.stop_reason() or "acquisition proposed nothing more"
         campaign.refit_final()  # the final models have seen every result
         if tracker is not None:

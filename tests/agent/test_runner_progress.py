@@ -45,3 +45,21 @@ def test_plain_progress_throttles_but_always_shows_the_last(capsys):
     lines = captured.err.splitlines()
     assert lines[0].startswith("c: 1/10 evaluations") and lines[-1].startswith("c: 9/10 evaluations")
     assert len(lines) == 2 and lines[-1].endswith("best x = 9, failed 0")
+
+
+def test_progress_shows_the_cpu_spent_of_a_cpu_budget():
+    """fresh39 C3: the bar counts to max_evaluations and stopped at 140/200 when the CPU
+    budget bound, with no sign of it. With a CPU budget the text beside the bar gives the
+    CPU spent of it; without one, nothing about CPU."""
+    from types import SimpleNamespace
+
+    from agent.runner import progress_info
+
+    def camp(max_cpu_hours, best):
+        cfg = SimpleNamespace(max_cpu_hours=max_cpu_hours, objective="log10_landscape_mobility_hole")
+        return SimpleNamespace(cfg=cfg, spent_cpu_s=718.1, n_failed=0, best_value=lambda: best)
+
+    assert progress_info(camp(0.2, 0.59), "log10 mu_h (esf-refined) =") == (
+        "CPU 718 of 720 s  best log10 mu_h (esf-refined) = 0.59 (= 3.9e+00 cm2/(V s))  failed 0")
+    assert progress_info(camp(0.2, None), "x =") == "CPU 718 of 720 s  failed 0"
+    assert progress_info(camp(None, None), "x =") == "failed 0"
