@@ -519,6 +519,12 @@ class _MobilityBase(Backend):
             extra["warnings"] = [*(extra.get("warnings") or []), *regime]
         return values, extra
 
+    def _hopping(self, params: dict[str, Any] | None = None) -> str:
+        """``Marcus hopping at 300 K``: the rate model and its temperature (the first part
+        of the level of theory, as the ESF levels give it; fresh39 C6)."""
+        t_k = float({**self.params, **(params or {})}.get("temperature_K", 300.0))
+        return f"Marcus hopping at {t_k:g} K"
+
     def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
         """Mobilities below :data:`MAX_MOBILITY_CM2VS` (beyond, hopping does not apply)."""
         import math
@@ -546,7 +552,7 @@ class XtbMobilityBackend(_MobilityBase):
     params_schema = None  # set below (needs the transfer schema)
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
-        return "Marcus hopping, GFN2-xTB dimer projection"
+        return f"{self._hopping(params)}, GFN2-xTB dimer projection"
 
 
 class DftMobilityBackend(_MobilityBase):
@@ -561,7 +567,7 @@ class DftMobilityBackend(_MobilityBase):
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         p = {**self.params, **(params or {})}
-        return f"Marcus hopping, {str(p.get('functional', 'b3lyp')).upper()}/{p.get('basis', '6-31g')} dimer projection"
+        return f"{self._hopping(p)}, {str(p.get('functional', 'b3lyp')).upper()}/{p.get('basis', '6-31g')} dimer projection"
 
 
 def _schemas() -> None:

@@ -213,3 +213,15 @@ def test_convergence_legend_fits_in_the_figure(ladder, monkeypatch):
         assert box.x0 >= 0 and box.x1 <= width, ([t.get_text() for t in leg.get_texts()], box, width)
     assert fig.legends
     plt.close(fig)
+
+
+def test_structure_stage_mobility_level_gives_the_temperature():
+    """fresh39 C6: the structure-stage row's level read "Marcus hopping, GFN2-xTB dimer
+    projection" where the molecule-stage rows say "Marcus hopping at 300 K, ..."."""
+    from agent.config import BackendConfig
+    from agent.summary import level_of_theory
+
+    assert level_of_theory(BackendConfig(name="mobility-xtb")) == "Marcus hopping at 300 K, GFN2-xTB dimer projection"
+    assert level_of_theory(BackendConfig(name="mobility-xtb", params={"temperature_K": 250})).startswith(
+        "Marcus hopping at 250 K, ")
+    assert level_of_theory(BackendConfig(name="mobility-dft")) == "Marcus hopping at 300 K, B3LYP/6-31g dimer projection"
