@@ -158,7 +158,8 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
     prop_values: dict[str, dict[str, float]] = {name: {} for name in props}
     prop_warnings: dict[tuple[int, str], list[Any]] = {}
     prop_notes: dict[tuple[int, str], list[Any]] = {}
-    for ev in store.evaluations():
+    evaluations = store.evaluations()
+    for ev in evaluations:
         if ev.structure_id is not None and ev.backend == rank_level.name and not ev.ok \
                 and ev.structure_id not in energies:
             rank_failed.add(ev.structure_id)
@@ -171,6 +172,19 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             prop_values[ev.backend][ev.structure_id] = float(ev.values[props[ev.backend][1]])
             prop_warnings.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("warnings"))
             prop_notes.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("notes"))
+    # values the molecule stage computed on the same structures (agent/stages/properties.py)
+    from agent.stages.properties import reused_values
+
+    reused: dict[tuple[int, str], dict[str, str]] = {}  # (molecule, level) -> structure id -> source
+    for (mid, level), event in latest.items():
+        if "n_reused" not in event:
+            continue  # logged before reuse: its mean was taken over computed values only
+        for sid, rec in reused_values(store, cfg, props[level][0], mid, evaluations).items():
+            if sid not in prop_values[level]:
+                reused.setdefault((mid, level), {})[sid] = rec["source"]
+                prop_values[level][sid] = rec["value"]
+                prop_warnings.setdefault((mid, level), []).append(rec["warnings"])
+                prop_notes.setdefault((mid, level), []).append(rec["notes"])
     rows = {r["id"]: r for r in store.structures()}
     ranked = _window_energies(store, cfg, energies, rank_failed)
     spread_elsewhere = {r["molecule_id"]: r for r in molecule_records}
@@ -184,13 +198,17 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             cif = directory / "structures" / f"{sid}.cif" if directory is not None else None
             structures.append({"id": sid, "energy_kjmol": energies[sid], "mobility_hole_cm2Vs": mu,
                                "density_gcm3": r["density_gcm3"], "space_group": r["space_group"], "z": r["z"],
-                               "cif": str(cif) if cif is not None else None})
+                               "cif": str(cif) if cif is not None else None,
+                               "reused_from": (reused.get((mid, level)) or {}).get(sid)})
         name, smiles = names.get(mid, ("", ""))
         rec = {"molecule_id": mid, "name": name, "smiles": smiles, "source": "structure stage",
                "backend": level, "level": f"{_level_of(props[level][0])}; energies {_level_of(rank_level)}",
                "mean": float(e["mean"]), "sd": float(e["sd"]), "n_in_window": int(e["n_in_window"]),
                "structures": structures, "warnings": hole_warnings(prop_warnings.get((mid, level), [])),
-               "notes": hole_notes(prop_notes.get((mid, level), []))}
+               "notes": hole_notes(prop_notes.get((mid, level), [])),
+               "n_reused": sum(1 for x in structures if x.get("reused_from")),
+               "reused_from": sorted({x["reused_from"].split(" evaluation")[0] for x in structures
+                                      if x.get("reused_from")})}
         mine = {sid: mu for sid, mu in prop_values[level].items()
                 if sid in rows and int(rows[sid]["molecule_id"]) == mid}
         rec.update(window_coverage(ranked.get(mid, {}), mine, float(e["mean"]), float(e["sd"]),
@@ -445,8 +463,12 @@ def _window_text(rec: dict[str, Any]) -> str:
     part of its window ``mobility for 3 of 18 structures in window`` (:func:`window_coverage`)."""
     total, kept, n = rec.get("n_minima_in_window"), len(rec.get("structures") or []), rec["n_in_window"]
     k = rec.get("n_with_mobility")
+    reused = (f" ({rec['n_reused']} of them from the molecule stage's {', '.join(rec.get('reused_from') or [])} "
+              "on the same structures)") if rec.get("n_reused") else ""
     if k is not None and k < n:
-        return f"mobility for {k} of {n} structures in window"
+        return f"mobility for {k} of {n} structures in window{reused}"
+    if reused:
+        return f"{n} structures in window{reused}"
     failed = f", {n} with a mobility" if kept and n < kept else ""
     if total is not None and kept and int(total) > kept:
         return f"the lowest {kept} of {int(total)} structures in window (n_structures){failed}"

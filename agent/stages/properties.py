@@ -24,7 +24,18 @@ Boltzmann-weighted mean over the structures with a property value, their ranking
 energies, with the surrogate's leave-one-out error of those energies as their sd
 (0 before a model exists), within the stage's window. It is recorded as a
 ``landscape_property`` event (``molecule_id``, ``level``, ``value_key``, ``mean``, ``sd``,
-``n_structures``, ``n_in_window``) each time a property value arrives.
+``n_structures``, ``n_in_window``) each time a property value arrives, and each time a
+ranking-level energy arrives on a landscape that has property values.
+
+Reuse (:func:`reused_values`): a structure whose value the molecule stage already computed
+is not computed again. An ESF level of the molecule stage (``esf-landscape``/``esf-refined``)
+stores, per kept CSP minimum, its CIF and its Marcus hole mobility; when the structure
+stage's landscape holds the same structure (identical CIF text: the structure stage's CSP
+makes the same ``run_csp`` call) and the property level would compute it the same way
+(same transfer-integral level, cutoff and temperature, no KMC check, and the same lambda+
+as the molecule value it would be given), the stored value is the property value, with
+its warnings and its source (``reused``: the ESF evaluation it came from). It costs no CPU
+and no evaluation.
 """
 
 from __future__ import annotations
@@ -56,6 +67,91 @@ class PropertyState:
     values: dict[int, float] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
     missing_input: str = ""  # the reason when a molecule value is missing (no more requests)
+    reused: dict[int, str] = field(default_factory=dict)  # index -> where a reused value came from
+
+
+def molecule_value(store: Store, cfg: CampaignConfig, molecule_id: int, key: str) -> float | None:
+    """The molecule's ``key`` from the highest molecule level that has it (its latest value
+    there), None without one."""
+    for b in reversed(cfg.backends):
+        found = [v for mid, v in store.values_of(b.name, key) if mid == molecule_id]
+        if found:
+            return float(found[-1])
+    return None
+
+
+def _esf_signature(params: dict[str, Any]) -> tuple[Any, ...]:
+    """How an ESF level computes a structure's hole mobility: transfer level (with the DFT
+    functional and basis), contact cutoff (A), temperature (K)."""
+    p = {"transfer": "gfn2-xtb", "cutoff_A": 4.0, "temperature_K": 300.0, **params}
+    if p["transfer"] == "dft":
+        level: tuple[Any, ...] = ("dft", str(p.get("functional", "b3lyp")).lower(), str(p.get("basis", "6-31g")).lower())
+    else:
+        level = ("gfn2-xtb",)
+    return (*level, float(p["cutoff_A"]), float(p["temperature_K"]))
+
+
+def _property_signature(name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The same for a mobility property level; None when it computes something an ESF level
+    does not (another transfer method, a KMC check, an electron lambda)."""
+    from sim_backends.registry import UnknownBackendError, backend_class
+    from sim_backends.transfer import DEFAULT_CUTOFF_A
+
+    try:
+        transfer = getattr(backend_class(name), "transfer_backend", None)
+    except UnknownBackendError:
+        return None
+    if int(params.get("kmc_walkers", 0) or 0) or params.get("method", "gfn2-xtb") != "gfn2-xtb":
+        return None
+    if transfer == "transfer-xtb":
+        level: tuple[Any, ...] = ("gfn2-xtb",)
+    elif transfer == "transfer-dft":
+        level = ("dft", str(params.get("functional", "b3lyp")).lower(), str(params.get("basis", "6-31g")).lower())
+    else:
+        return None
+    return (*level, float(params.get("cutoff_A", DEFAULT_CUTOFF_A)), float(params.get("temperature_K", 300.0)))
+
+
+def reused_values(store: Store, cfg: CampaignConfig, level: StructureLevelConfig, molecule_id: int,
+                  evaluations: Sequence[Evaluation] | None = None) -> dict[str, dict[str, Any]]:
+    """Structure id -> ``{"value", "source", "warnings", "notes"}`` for the molecule's
+    structure-stage structures whose ``level`` value (the hole mobility) an ESF level of
+    the molecule stage already computed the same way (module docstring: identical CIF,
+    transfer level, cutoff, temperature and lambda+). ``evaluations``: the store's, when
+    already read."""
+    import math
+
+    from sim_backends.registry import UnknownBackendError, backend_class
+
+    mine = _property_signature(level.name, dict(level.params))
+    if mine is None or "lambda_hole_kjmol" in level.params:
+        return {}
+    lam = molecule_value(store, cfg, molecule_id, "reorg_energy_kjmol")
+    if lam is None:
+        return {}
+    by_cif = {str(r["cif"]): str(r["id"]) for r in store.structures(molecule_id)}
+    params = {b.name: dict(b.params) for b in cfg.backends}
+    out: dict[str, dict[str, Any]] = {}
+    for ev in evaluations if evaluations is not None else store.evaluations():
+        if ev.molecule_id != molecule_id or not ev.ok or ev.structure_id is not None or ev.backend not in params:
+            continue
+        try:
+            if "landscape_mobility_hole_cm2Vs" not in getattr(backend_class(ev.backend), "computes", ()):
+                continue
+        except UnknownBackendError:
+            continue
+        used = ev.values.get("reorg_energy_kjmol")
+        if used is None or not math.isclose(float(used), lam, rel_tol=1e-9, abs_tol=1e-9) \
+                or _esf_signature(params[ev.backend]) != mine:
+            continue
+        for s in ev.extra.get("structures") or []:
+            sid = by_cif.get(str(s.get("cif")))
+            mu = s.get("mobility_hole_cm2Vs")
+            if sid is None or mu is None or not math.isfinite(float(mu)):
+                continue
+            out[sid] = {"value": float(mu), "source": f"{ev.backend} evaluation {ev.id}",
+                        "warnings": list(s.get("warnings") or []), "notes": list(s.get("notes") or [])}
+    return out
 
 
 class PropertyLevel:
@@ -82,18 +178,31 @@ class PropertyLevel:
         for param, key in self.inputs.items():
             if param in self.level.params:
                 continue
-            for b in reversed(self.campaign_cfg.backends):
-                found = [v for mid, v in self.store.values_of(b.name, key) if mid == molecule_id]
-                if found:
-                    out[param] = float(found[-1])
-                    break
+            if (value := molecule_value(self.store, self.campaign_cfg, molecule_id, key)) is not None:
+                out[param] = value
         return out
+
+    def import_reused(self, land: Any) -> int:
+        """Take the values the molecule stage already computed on ``land``'s structures
+        (:func:`reused_values`; not where this level has its own result). Returns how many."""
+        st = self.state(land.molecule_id)
+        n = 0
+        for sid, rec in reused_values(self.store, self.campaign_cfg, self.level, land.molecule_id).items():
+            i = land.index(sid)
+            if i is None or i in st.values or i in st.failed:
+                continue
+            st.values[i] = rec["value"]
+            st.reused[i] = rec["source"]
+            n += 1
+        return n
 
     def tell(self, molecule_id: int, i: int, ev: Evaluation) -> None:
         import math
 
         st = self.state(molecule_id)
         value = ev.values.get(self.value_key)
+        if st.reused.pop(i, None) is not None:  # a computed value (a campaign from before reuse) replaces it
+            st.values.pop(i, None)
         if ev.ok and value is not None and math.isfinite(value):
             st.values[i] = float(value)
             return
@@ -142,6 +251,8 @@ class PropertyLevel:
     def log(self, land: Any, energy_sd_kjmol: float, window_kjmol: float) -> None:
         lm = self.landscape_property(land, energy_sd_kjmol, window_kjmol)
         if lm is not None:
+            st = self.state(land.molecule_id)
             self.store.log_event("landscape_property", molecule_id=land.molecule_id, level=self.name,
                                  value_key=self.value_key, mean=lm.mean, sd=lm.sd,
-                                 n_structures=len(self.state(land.molecule_id).values), n_in_window=lm.n_in_window)
+                                 n_structures=len(st.values), n_in_window=lm.n_in_window,
+                                 n_reused=len(st.reused))

@@ -163,10 +163,12 @@ class StructureStage:
             return
         from sim_backends.landscape import Landscape
 
-        self.landscapes[molecule_id] = LandscapeState(
+        land = self.landscapes[molecule_id] = LandscapeState(
             molecule_id=molecule_id,
             landscape=Landscape.from_records(self._smiles[molecule_id], rows, name=f"m{molecule_id}"),
         )
+        for prop in self.properties:  # values the molecule stage already computed on these structures
+            prop.import_reused(land)
 
     def records(self, request: Request, result: EvalResult) -> dict[str, Any]:
         """A CSP result's minima as ``structures`` rows (committed with the result)."""
@@ -228,6 +230,10 @@ class StructureStage:
             land.computed[i] = float(value)
             if isinstance(ev.extra.get("dimers"), list):
                 land.dimer_records[i] = ev.extra["dimers"]
+            if request is not None:  # a new energy moves the landscape property (reused values)
+                for prop in self.properties:
+                    if prop.state(molecule_id).values:
+                        prop.log(land, self._energy_sd(land), self.cfg.window_kjmol)
         else:
             land.failed.add(i)
 
