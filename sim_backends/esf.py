@@ -334,7 +334,9 @@ class EsfProxyBackend(Backend):
                                                "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True)}
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
-        return f"Marcus hopping, GFN2-xTB lambda+, reference crystal (|J| {REF_J_MEV:g} meV, {REF_DISTANCE_A:g} A)"
+        t_k = float({**self.params, **(params or {})}.get("temperature_K", 300.0))
+        return (f"Marcus hopping at {t_k:g} K, GFN2-xTB lambda+, reference crystal "
+                f"(|J| {REF_J_MEV:g} meV, {REF_DISTANCE_A:g} A)")
 
     def cost_estimate(self, inp: EvalInput) -> float:
         from sim_backends.reorg import XtbReorgBackend
@@ -344,7 +346,7 @@ class EsfProxyBackend(Backend):
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         lam, _, jt, ip = _lambda(inp.params, inp.smiles)
         t = float(inp.params.get("temperature_K", 300.0))
-        extra: dict[str, Any] = {"level": self.level_of_theory()}
+        extra: dict[str, Any] = {"level": self.level_of_theory(inp.params)}
         if jt:
             extra["jahn_teller"] = jt
         values = {OBJECTIVE: proxy_log10_mobility(lam, t), "reorg_energy_kjmol": lam}

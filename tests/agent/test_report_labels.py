@@ -217,7 +217,8 @@ def test_convergence_legend_fits_in_the_figure(ladder, monkeypatch):
 
 def test_structure_stage_mobility_level_gives_the_temperature():
     """fresh39 C6: the structure-stage row's level read "Marcus hopping, GFN2-xTB dimer
-    projection" where the molecule-stage rows say "Marcus hopping at 300 K, ..."."""
+    projection" where the molecule-stage rows say "Marcus hopping at 300 K, ..."; the ESF
+    proxy's level (a plot axis) left it out too."""
     from agent.config import BackendConfig
     from agent.summary import level_of_theory
 
@@ -225,3 +226,4 @@ def test_structure_stage_mobility_level_gives_the_temperature():
     assert level_of_theory(BackendConfig(name="mobility-xtb", params={"temperature_K": 250})).startswith(
         "Marcus hopping at 250 K, ")
     assert level_of_theory(BackendConfig(name="mobility-dft")) == "Marcus hopping at 300 K, B3LYP/6-31g dimer projection"
+    assert level_of_theory(BackendConfig(name="esf-proxy")).startswith("Marcus hopping at 300 K, GFN2-xTB lambda+, ")
