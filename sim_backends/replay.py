@@ -426,7 +426,9 @@ def _stored_landscape(directory: str, cheap: str, level: str, stamp: tuple) -> d
         "n_atoms": [int(m.n_atoms) for m in land.minima],
         "cpu_s": column("cpu_s", float), "n_unique_dimers": column("n_unique_dimers", int),
         "dimers": dimers, "smiles": run.get("smiles") or None, "fragment_settings": fragment,
-        "periodic_xtb": level == "xtb" and bool(run.get("xtb_method")),
+        # periodic GFN2-xTB: formamide_big's run.json names it ``xtb_method``, make_landscape.py's
+        # ``expensive_level = "xtb"``
+        "periodic_xtb": level == "xtb" and bool(run.get("xtb_method") or run.get("expensive_level") == "xtb"),
         "formulas": [dict(Counter(m.atoms.get_chemical_symbols())) for m in land.minima],
         "geometry_digest": geometry.hexdigest()[:16],
     }
@@ -517,7 +519,8 @@ class ReplayCrystalBackend(Backend):
     says which). ``cost_estimate`` is what a campaign knows before running it: the
     number of symmetry-unique dimers x 4 s for a fragment-DFT level (geometry only),
     ``xtb-crystal``'s own estimate for a periodic GFN2-xTB level (``run.json`` with
-    ``xtb_method``), else 1e-4 s x (atoms per cell)^3; 0 without a structure.
+    ``xtb_method``, or ``expensive_level = "xtb"`` as ``make_landscape.py`` writes it), else
+    1e-4 s x (atoms per cell)^3; 0 without a structure.
     """
 
     name = "replay-crystal"
