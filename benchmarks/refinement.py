@@ -163,12 +163,12 @@ MIN_EXTRA_STRUCTURES = 3
 #: recorded runs written before records carried one: such a record is reused only at that pair and
 #: while the data still has this digest. Every committed progress file was first committed after
 #: its landscape's last data change (git log, 2026-12-06), or, for pyrazine_dft, the records of the
-#: earlier data carry another structure-list digest. maleic_anhydride_xtb and pyrazine_xtb are not
-#: listed: their records were run with the replay's atoms^3 cost prior, before it recognised their
-#: periodic GFN2-xTB level (xtb-crystal's estimate since 2026-12-06), so they are recomputed.
+#: earlier data carry another structure-list digest. The three periodic GFN2-xTB landscapes are not
+#: listed: their records were run with other prior costs (maleic_anhydride_xtb and pyrazine_xtb with
+#: the replay's atoms^3 prior before it recognised their level; all three before xtb-crystal's
+#: estimate became a fitted power law, 2026-12-06), so they are recomputed.
 LEGACY_DATA_DIGESTS: dict[str, tuple[str, str, str]] = {
     "Target_I": ("MACE", "PBE_MBD", "cd39eb742f7293ec"),
-    "formamide_big": ("ff", "xtb", "b16888b0a2fe92ff"),
     "formamide_big_dft": ("ff", "dft", "92d0d66e1394ef53"),
     "formamide_dft": ("ff", "dft", "4fe4c98dcb4547d9"),
     "formic_acid_big_dft": ("ff", "dft", "81500567db675c29"),

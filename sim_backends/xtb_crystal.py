@@ -73,9 +73,15 @@ if TYPE_CHECKING:
     from ase import Atoms
     from ase.calculators.calculator import Calculator
 
-#: rough cost model: seconds per GFN2-xTB single point ~ a + b * n_atoms (2-core laptop;
-#: measured 1.1 s for 16 atoms, 2.9 s for 48 atoms, see benchmarks/dft_crystal_timing.py)
-_SP_S_BASE, _SP_S_PER_ATOM = 0.5, 0.05
+#: cost model of one evaluation without relaxation (the Gamma-point supercell's single point
+#: and the gas-phase molecule), CPU s = A * n ** B with n the supercell's atoms; fitted to the
+#: 126 stored evaluations of maleic_anhydride_xtb, pyrazine_xtb and the demo's coronene cells
+#: (n = 72-432, one thread): B 1.73-1.88 per molecule, log-sd of measured / predicted 0.10-0.14
+#: leaving each molecule out, against 0.28-0.46 for the linear model it replaced
+#: (benchmarks/results/NOTES.md, 2026-12-06)
+_SP_COST_A, _SP_COST_B = 8.8e-4, 1.865
+#: a relaxation costs this many single-point evaluations
+_RELAX_COST_FACTOR = 40.0
 #: largest molecular deformation energy (kJ/mol per molecule) accepted for an unrelaxed
 #: cell: several times the few kJ/mol of experimental or DFT geometries at GFN2-xTB,
 #: far below the hundreds of a force-field mistyping
@@ -280,9 +286,9 @@ class XtbCrystalBackend(Backend):
         if inp.structure_cif:
             width = {**self.params, **inp.params}.get("min_width_A", MIN_WIDTH_A)
             n *= _cif_cell_repetitions(inp.structure_cif, float(width) if isinstance(width, (int, float)) else MIN_WIDTH_A)
-        sp = _SP_S_BASE + _SP_S_PER_ATOM * n
+        sp = max(0.5, _SP_COST_A * float(n) ** _SP_COST_B)
         relax = {**self.params, **inp.params}.get("relax", False)
-        return sp * (60.0 if relax else 1.5)
+        return sp * (_RELAX_COST_FACTOR if relax else 1.0)
 
     def ase_calculator(self, **params: Any) -> Calculator:
         """The ASE calculator of this level (forces and stress), for phonons."""
