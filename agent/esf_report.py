@@ -209,8 +209,10 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                "n_reused": sum(1 for x in structures if x.get("reused_from")),
                "reused_from": sorted({x["reused_from"].split(" evaluation")[0] for x in structures
                                       if x.get("reused_from")})}
+        # the structures the landscape mean is over: a mobility and a computed ranking energy (a
+        # reused mobility of a structure not ranked yet is not in the mean, so it covers nothing)
         mine = {sid: mu for sid, mu in prop_values[level].items()
-                if sid in rows and int(rows[sid]["molecule_id"]) == mid}
+                if sid in rows and int(rows[sid]["molecule_id"]) == mid and sid in energies}
         rec.update(window_coverage(ranked.get(mid, {}), mine, float(e["mean"]), float(e["sd"]),
                                    cfg.structures.window_kjmol, spread_elsewhere.get(mid)))
         if ranked.get(mid):  # the landscape's lowest structure at the ranking level, computed or predicted
