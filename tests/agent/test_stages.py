@@ -215,13 +215,18 @@ def test_second_structure_level_by_configuration_alone(tmp_path):
     structures computed at the first level, and its cost prior is the backend's estimate.
     The phonon results told here are placeholders, to keep this bookkeeping check in the
     fast suite; the same level with real phonons (phonopy over GFN2-xTB forces on a CO2 CSP
-    landscape) runs in tests/agent/test_levels_by_config.py (slow)."""
+    landscape) runs in tests/agent/test_levels_by_config.py (slow). The first level's cost
+    prior is fixed (``cost_s``) so that which structures it computes, and so when the phonon
+    level's turn comes within the 7 structure-stage evaluations, depends on the energies,
+    not on xtb-crystal's cost model (whose change moved the phonons past the budget)."""
     from agent.campaign import Campaign
     from agent.config import load_config
     from agent.executor import _evaluate_in_worker
     from sim_backends.base import EvalResult
 
-    cfg = load_config(write_config(tmp_path, POOL, BODY + TWO_LEVELS))
+    body = (BODY + TWO_LEVELS).replace('name = "replay-crystal"\nparams', 'name = "replay-crystal"\ncost_s = 10.0\nparams')
+    assert "cost_s = 10.0" in body
+    cfg = load_config(write_config(tmp_path, POOL, body))
     assert cfg.structures.free_energy.name == "phonon" and cfg.structures.refine.name == "replay-crystal"
     camp = Campaign.create(cfg, tmp_path / "runs")
     try:
