@@ -46,19 +46,27 @@ MIN_O_H_O_A = 2.58
 N_CHECKED = 10
 
 
+def _cell_and_molecules(atoms: Any) -> tuple[Any, Any]:
+    """The periodic cell as :class:`~sim_backends.structures.Crystal` sees it and the molecule
+    index of each of its atoms (from the bond graph)."""
+    import numpy as np
+
+    from sim_backends.structures import Crystal
+
+    crystal = Crystal.from_atoms(atoms)
+    mol_of = np.empty(len(crystal.atoms), dtype=int)
+    for k, g in enumerate(crystal.groups):
+        mol_of[g] = k
+    return crystal.atoms, mol_of
+
+
 def shortest_h_c_contact(atoms: Any) -> tuple[float, str] | None:
     """``(distance A, "H3...C17")`` of the shortest intermolecular H...C contact of a
     periodic cell (molecules found from the bond graph), None when none is within 3 A."""
     import numpy as np
     from ase.neighborlist import neighbor_list
 
-    from sim_backends.structures import Crystal
-
-    crystal = Crystal.from_atoms(atoms)
-    cell = crystal.atoms
-    mol_of = np.empty(len(cell), dtype=int)
-    for k, g in enumerate(crystal.groups):
-        mol_of[g] = k
+    cell, mol_of = _cell_and_molecules(atoms)
     i, j, d, shift = neighbor_list("ijdS", cell, 3.0)
     symbols = np.asarray(cell.get_chemical_symbols())
     sel = np.flatnonzero(((mol_of[i] != mol_of[j]) | np.any(shift != 0, axis=1))
@@ -76,13 +84,7 @@ def shortest_o_h_o(atoms: Any, max_h_o_A: float = 2.2, min_angle_deg: float = 12
     import numpy as np
     from ase.neighborlist import neighbor_list
 
-    from sim_backends.structures import Crystal
-
-    crystal = Crystal.from_atoms(atoms)
-    cell = crystal.atoms
-    mol_of = np.empty(len(cell), dtype=int)
-    for k, g in enumerate(crystal.groups):
-        mol_of[g] = k
+    cell, mol_of = _cell_and_molecules(atoms)
     symbols = np.asarray(cell.get_chemical_symbols())
     i, j, vec = neighbor_list("ijD", cell, 1.2)
     donor = {int(a): (int(b), -v) for a, b, v in zip(i, j, vec) if symbols[a] == "H" and symbols[b] == "O"}
