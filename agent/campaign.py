@@ -241,6 +241,8 @@ class Campaign:
             cfg = load_stored_config(store, max_evaluations=override)
             check_runnable(cfg, params=not readonly)
             cfg, pinned = _pin_legacy_esf_charges(cfg, store)
+            cfg, pinned_csp = _pin_legacy_csp_charges(cfg, store)
+            pinned = pinned or pinned_csp
             if cfg.surrogate.kernel is None:  # stored before the kernel option: Tanimoto then
                 cfg = cfg.model_copy(update={"surrogate": cfg.surrogate.model_copy(update={"kernel": "tanimoto"})})
                 pinned = True
@@ -553,6 +555,31 @@ def _pin_legacy_esf_charges(cfg: CampaignConfig, store: Store) -> tuple[Campaign
     if all(a is b for a, b in zip(backends, cfg.backends)):
         return cfg, False
     return cfg.model_copy(update={"backends": backends}), True
+
+
+def _pin_legacy_csp_charges(cfg: CampaignConfig, store: Store) -> tuple[CampaignConfig, bool]:
+    """A campaign whose ``csp-ff`` searches ran before its default charges became the search's
+    own (RESP then for every molecule: a landscape whose charge method is plain
+    ``resp-pyscf``) keeps RESP on resume, where the config leaves ``charges`` unset, instead of
+    switching to RESP with N lone-pair sites part-way: one protocol per campaign. Returns the
+    config and whether it changed."""
+    legacy = any(ev.backend == "csp-ff" and ev.ok
+                 and str((ev.extra.get("csp") or {}).get("charge_method", "")).startswith("resp-pyscf")
+                 for ev in store.evaluations())
+    if not legacy:
+        return cfg, False
+
+    def pin(b):
+        if b.name != "csp-ff" or "charges" in b.params:
+            return b
+        return b.model_copy(update={"params": {**b.params, "charges": "resp"}})
+
+    backends = [pin(b) for b in cfg.backends]
+    csp = pin(cfg.structures.csp)
+    if csp is cfg.structures.csp and all(a is b for a, b in zip(backends, cfg.backends)):
+        return cfg, False
+    return cfg.model_copy(update={"backends": backends,
+                                  "structures": cfg.structures.model_copy(update={"csp": csp})}), True
 
 
 def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:

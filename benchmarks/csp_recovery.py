@@ -53,7 +53,7 @@ Each row says which set it ran with (``params``, ``params_source``).
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_recovery.py
       [--systems urea,co2] [--n-trials BUDGET] [--workers 1] [--seed 0] [--no-baseline]
-      [--charges resp|resp-lp|xtb] [--params w99|x23fit-resp|x23fit-resp-lp|loo:x23fit-resp|loo:x23fit-resp-lp]
+      [--charges resp-lpn|resp|resp-lp|xtb] [--params w99|x23fit-resp|x23fit-resp-lp|loo:x23fit-resp|loo:x23fit-resp-lp]
       [--report-only] [--merge-progress FILE] [--cif FILE --smiles SMILES [--name NAME]] [--out DIR]
 A crystal of your own: ``--cif FILE --smiles SMILES`` runs it (alone unless ``--systems`` names it
 with others) as the COD systems are run: the same match, hydrogen check and relaxed experiment;
@@ -78,6 +78,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from sim_backends.csp import DEFAULT_CHARGES  # noqa: E402  (light: a constant)
 
 #: matching tolerances (the issue's limits: no looser than these)
 MATCH = {"ltol": 0.3, "stol": 0.4, "angle_tol": 10.0}
@@ -477,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-trials", type=int, default=DEFAULT_TRIAL_BUDGET, help="trial budget of the blind run")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--charges", default="resp", choices=("resp", "resp-lp", "xtb"),
+    ap.add_argument("--charges", default=DEFAULT_CHARGES, choices=("resp", "resp-lp", "resp-lpn", "xtb"),
                     help="charge model of the rigid molecule (resp-lp: RESP with lone-pair sites)")
     ap.add_argument("--params", default="w99",
                     help="repulsion-dispersion parameter set (sim_backends.csp.forcefield.PARAMETER_SETS)")
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
               "(a crystal of your own: --cif FILE --smiles SMILES)", file=sys.stderr)
         return 2
     tag = "".join(f"_{k}-{v}" for k, v, d in (("n", args.n_trials, DEFAULT_TRIAL_BUDGET),
-                                               ("w", args.workers, 1), ("q", args.charges, "resp"),
+                                               ("w", args.workers, 1), ("q", args.charges, DEFAULT_CHARGES),
                                                ("p", args.params.replace(":", "-"), "w99"), ("s", args.seed, 0))
                   if v != d)
     tag += "_" + "-".join(names) if names not in (list(BUILTIN_SYSTEMS), [user]) else ""

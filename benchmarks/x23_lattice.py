@@ -3,9 +3,10 @@
 For every X23 crystal in data/reference/x23 (PBE+TS geometries), one molecule is cut from the
 crystal and made a RigidMolecule; every molecule of the cell is replaced by a rigid copy
 placed by a Kabsch fit. Charges (``--methods``, first = the model, the rest = baselines
-measured in the same run): ``resp-lp``, RESP fit to the HF/6-31G* ESP with off-atom
-lone-pair sites on O/N acceptors (:mod:`sim_backends.csp.charges`); ``resp``, atom-centred
-RESP (the previous default model); ``xtb``, GFN2-xTB Mulliken charges (tblite). The lattice
+measured in the same run): ``resp-lpn``, the CSP default, RESP fit to the HF/6-31G* ESP
+with off-atom lone-pair sites on the N acceptors (:mod:`sim_backends.csp.charges`); ``resp``,
+atom-centred RESP (the default before it); ``resp-lp``, sites on the O and N acceptors;
+``xtb``, GFN2-xTB Mulliken charges (tblite). The lattice
 energy is evaluated at the experimental (PBE+TS) geometry and after minimisation of cell
 (9 components) and rigid-body coordinates (fractional centres, rotation vectors) with scipy
 L-BFGS-B and analytic gradients. With the default W99 parameters no parameter of any model
@@ -20,8 +21,9 @@ conformation for the gas-phase molecule; expect errors of ~10 kJ/mol even for go
 multipole models and more with point charges (W99 was fitted with point charges of its own).
 
 Also measures energy+gradient throughput of LatticeEnergyModel for B = 1, 64, 256 structures
-(oxalic acid alpha, Z = 4, with the model's charges and with atom-centred RESP: the cost of
-the sites; naphthalene, Z = 2, no sites); the baseline there is B = 1.
+(a crystal where the model has sites, pyrazine, Z = 2, for ``resp-lpn``, oxalic acid alpha,
+Z = 4, for ``resp-lp``, with the model's charges and with atom-centred RESP: the cost of the
+sites; naphthalene, Z = 2, no sites); the baseline there is B = 1.
 
 Polymorph pairs: for every pair of X23 crystals of one molecule run together (alpha and beta
 oxalic acid, the only pair in the shared data), the force-field lattice-energy difference
@@ -40,7 +42,7 @@ and/or ``<name>_crystal.extxyz`` frames with ``name=`` and ``n_mol=`` in the com
 ``x23_lattice_energies.csv`` with columns ``system,E_latt_X23_kJmol``; checked on reading, a bad
 file is a one-line error). ``--out DIR`` puts the results file there.
 
-Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/x23_lattice.py [--systems a,b] [--max-iter N] [--methods resp-lp,resp,xtb]
+Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/x23_lattice.py [--systems a,b] [--max-iter N] [--methods resp-lpn,resp,resp-lp,xtb]
       [--params SET]
       [--lp-distance D] [--skip-timing] [--data DIR] [--out DIR];  benchmarks/x23_lattice.py --loo RESULTS.json ...
 Output: a table, one JSON line, and benchmarks/results/x23_lattice.json (a run with
@@ -62,6 +64,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the charge models of a default run: the first is the model (the CSP default), the rest baselines
+DEFAULT_METHODS = "resp-lpn,resp,resp-lp,xtb"
 sys.path.insert(0, str(ROOT))
 
 from sim_backends.csp.forcefield import LatticeEnergyModel  # noqa: E402
@@ -264,7 +268,7 @@ def main() -> None:
     parser.add_argument("--systems", default="", help="comma-separated X23 names (default: all)")
     parser.add_argument("--max-iter", type=int, default=400)
     parser.add_argument("--skip-timing", action="store_true")
-    parser.add_argument("--methods", default="resp-lp,resp,xtb",
+    parser.add_argument("--methods", default=DEFAULT_METHODS,
                         help="charge models, comma-separated; the first is the model, the rest baselines")
     parser.add_argument("--params", default=None,
                         help="repulsion-dispersion parameter set (sim_backends.csp.forcefield.PARAMETER_SETS; "
@@ -393,9 +397,12 @@ def main() -> None:
         for col in ("system", "Z", "n_atoms", "cutoff A", "B=1", "B=64", "B=256", "x B=64", "x B=256",
                     "E-E(12 A) kJ/mol"):
             timing.add_column(col, justify="right")
-        runs = [("oxalic_acid_alpha", 12.0, main_m), ("naphthalene", 12.0, main_m), ("naphthalene", 9.0, main_m)]
-        if main_m != "resp":  # the previous model on the molecule with lone-pair sites: the cost of the sites
-            runs.insert(1, ("oxalic_acid_alpha", 12.0, "resp"))
+        # a crystal where the model has lone-pair sites (oxalic acid: O sites; pyrazine: N sites), and the
+        # same crystal with atom-centred RESP beside it: the cost of the sites
+        with_sites = "pyrazine" if main_m == "resp-lpn" else "oxalic_acid_alpha"
+        runs = [(with_sites, 12.0, main_m), ("naphthalene", 12.0, main_m), ("naphthalene", 9.0, main_m)]
+        if main_m != "resp":
+            runs.insert(1, (with_sites, 12.0, "resp"))
         shipped = frames if all(n in frames for n, _, _ in runs) else load_x23()[0]  # --data: the shipped crystals
         for name, cutoff, method in runs:
             rates = throughput(name, shipped, cutoff_A=cutoff, charge_method=method)
@@ -433,7 +440,7 @@ def main() -> None:
                                                ("maxiter", args.max_iter, 400),
                                                ("lp-distance", args.lp_distance, None),
                                                ("params", args.params, None),
-                                               ("methods", args.methods.replace(",", "-"), "resp-lp,resp,xtb".replace(",", "-")))
+                                               ("methods", args.methods.replace(",", "-"), DEFAULT_METHODS.replace(",", "-")))
                   if v != d)
     tag += "_skip-timing" if args.skip_timing else ""
     tag += f"_data-{Path(args.data).resolve().name}" if args.data else ""

@@ -92,6 +92,7 @@ _CSP_S_PER_TRIAL_HEAVY = 0.008
 _Z_ESTIMATE = 4
 #: the CSP point charges of the ESF levels (``charges`` param) and how the levels name them
 CHARGE_LABELS = {"resp": "RESP HF/6-31G*", "resp-lp": "RESP HF/6-31G* + lone-pair sites",
+                 "resp-lpn": "RESP HF/6-31G* + N lone-pair sites",
                  "xtb": "GFN2-xTB Mulliken"}
 #: the charges of the shipped data set ``data/esf`` (and so of its replays), and the
 #: default of :func:`landscape_record` (what ``data/esf/make_esf_dataset.py`` calls)

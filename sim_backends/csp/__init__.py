@@ -19,6 +19,12 @@ from typing import Any
 #: benchmarks/csp_recovery.py), so this is a ceiling, not the usual count
 DEFAULT_TRIAL_BUDGET = 10_000
 
+#: the point charges of a rigid-molecule search when none are given (``crystal-agent csp``, the
+#: ``csp-ff`` backend, :func:`~sim_backends.csp.run.run_csp`): RESP fitted to the HF/6-31G* ESP
+#: with off-atom lone-pair sites on the N acceptors (:mod:`sim_backends.csp.charges`,
+#: ``resp-lpn``); the ESF levels keep their own default (``sim_backends/esf.py``)
+DEFAULT_CHARGES = "resp-lpn"
+
 
 def __getattr__(name: str) -> Any:
     """``from sim_backends.csp import run_csp`` (loaded on first use)."""

@@ -10,7 +10,9 @@ DFT, phonons) can refine them.
 Params (``EvalInput.params`` or constructor keywords): ``n_trials`` (the trial budget, default
 :data:`~sim_backends.csp.DEFAULT_TRIAL_BUDGET`, as ``crystal-agent csp``),
 ``space_groups`` (comma-separated or list; default: the ten common groups),
-``seed`` (0), ``energy_window_kjmol`` (20), ``charges`` ("resp", "resp-lp" or "xtb"),
+``seed`` (0), ``energy_window_kjmol`` (20), ``charges`` ("resp", "resp-lp", "resp-lpn" or "xtb"; default
+the search's own, :func:`~sim_backends.csp.run.run_csp` with ``charges=None``: "resp-lpn" for a rigid
+molecule, GFN2-xTB per conformer for a flexible one, as ``crystal-agent csp``),
 ``max_structures`` (100: the lowest minima whose records and CIFs go
 into ``extra["landscape"]``; the values are computed over all unique minima),
 ``max_trials`` (the limit of ``n_trials``, :data:`~sim_backends.csp.run.MAX_TRIALS_DEFAULT`
@@ -28,7 +30,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sim_backends import params as check
-from sim_backends.csp import DEFAULT_TRIAL_BUDGET
+from sim_backends.csp import DEFAULT_CHARGES, DEFAULT_TRIAL_BUDGET
 from sim_backends.base import Backend, EvalInput, ParamsError, SetupError
 from sim_backends.validity import check_crystal_energy_result, structure_facts
 
@@ -72,14 +74,14 @@ class CSPBackend(Backend):
 
     _DEFAULTS: ClassVar[dict[str, Any]] = {
         "n_trials": DEFAULT_TRIAL_BUDGET, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
-        "charges": "resp", "max_structures": 100, "max_trials": None,
+        "charges": None, "max_structures": 100, "max_trials": None,
         "sampling": "converged", "z_prime": 1, "racemic": False,
     }
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1), "max_trials": check.integer(1),
         "space_groups": _parse_groups, "seed": check.integer(0),
         "energy_window_kjmol": check.number(0.0, lo_open=True),
-        "charges": check.one_of("resp", "resp-lp", "xtb", "none"),
+        "charges": check.one_of("resp", "resp-lp", "resp-lpn", "xtb", "none"),
         "max_structures": check.integer(0), "sampling": check.one_of("converged", "fixed"),
         "z_prime": _parse_z_prime, "racemic": check.boolean,
     }
@@ -104,8 +106,12 @@ class CSPBackend(Backend):
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         """The level of the landscape's energies as printed next to them."""
-        charges = str({**self._DEFAULTS, **self.params, **(params or {})}["charges"])
+        charges = {**self._DEFAULTS, **self.params, **(params or {})}["charges"]
+        if charges is None:  # the search's default, by molecule
+            return ("W99 exp-6 + Ewald, RESP HF/6-31G* + N lone-pair site charges (rigid-molecule force field; "
+                    "a flexible molecule: GFN2-xTB Mulliken charges per conformer)")
         label = {"resp": "RESP HF/6-31G*", "resp-lp": "RESP HF/6-31G* + lone-pair site",
+                 "resp-lpn": "RESP HF/6-31G* + N lone-pair site",
                  "xtb": "GFN2-xTB Mulliken"}.get(charges, charges)
         return f"W99 exp-6 + Ewald, {label} charges (rigid-molecule force field)"
 
@@ -130,7 +136,8 @@ class CSPBackend(Backend):
         if p.get("sampling", "converged") == "converged":
             n_trials = min(n_trials, self.TYPICAL_CONVERGED_TRIALS)
         # RESP charges: their HF/6-31G* fit first (coronene ~550 CPU s, anthracene 31 s)
-        fit = resp_cost_estimate(resp_basis_functions(*counts))[0] if str(p["charges"]).startswith("resp") else 0.0
+        charges = DEFAULT_CHARGES if p["charges"] is None else str(p["charges"])  # (a flexible molecule: less)
+        fit = resp_cost_estimate(resp_basis_functions(*counts))[0] if charges.startswith("resp") else 0.0
         return 5.0 + fit + 0.0025 * max(sum(counts), 1) * n_trials
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
@@ -145,7 +152,7 @@ class CSPBackend(Backend):
             landscape = run_csp(
                 inp.smiles, n_trials, space_groups=p["space_groups"], seed=int(p["seed"]),
                 energy_window_kjmol=float(p["energy_window_kjmol"]), progress=False,
-                charges=str(p["charges"]), sampling=str(p["sampling"]), z_prime=p["z_prime"],
+                charges=None if p["charges"] is None else str(p["charges"]), sampling=str(p["sampling"]), z_prime=p["z_prime"],
                 racemic=bool(p["racemic"]), **limit,
             )
         except (ValueError, TypeError) as exc:

@@ -37,6 +37,12 @@ planar molecule: frames with an rms distance from their best plane below 0.1 A c
 planar, so that a slightly puckered copy of a molecule gets the same sites) gets none. The
 restraint applies to heavy atoms and sites alike.
 
+``resp-lpn``: the same with the sites of the N acceptors only (pyridine-type, nitrile and sp3
+amine N); O atoms keep their atom-centred charges. It exists because the two models disagree by
+element: on the CSP recovery benchmark the N sites move pyrazine's experimental form from
++9.1 to +3.6 kJ/mol above the global minimum, while the carbonyl/hydroxyl O sites move oxalic
+acid alpha from the H-misplaced minimum to +11.7 (``benchmarks/results/NOTES.md``).
+
 Stage messages: a RESP fit that is not in the cache says what it computes, its size (atoms,
 basis functions, ESP points), a rough CPU estimate (:func:`resp_cost_estimate`) and the fast
 alternative, then the SCF cycles as they go (at most one line per :data:`PROGRESS_EVERY_S`),
@@ -58,6 +64,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Sequence
 
 import numpy as np
@@ -78,7 +85,9 @@ SP3_LP_ANGLE_DEG = 109.47
 #: local frames flatter than this (rms distance from their best plane, A) count as planar
 PLANAR_RMS_A = 0.1
 #: charge methods :func:`compute_charges` knows
-CHARGE_METHODS = ("resp", "resp-lp", "xtb")
+CHARGE_METHODS = ("resp", "resp-lp", "resp-lpn", "xtb")
+#: the acceptor elements with lone-pair sites of each charge method that has them
+LONE_PAIR_ELEMENTS = {"resp-lp": ("N", "O"), "resp-lpn": ("N",)}
 #: CPU seconds of the RESP SCF (RHF/6-31G*, conv_tol 1e-9, pyscf 2.14, one thread) measured
 #: for anthracene, 216 basis functions, two-electron integrals held in memory (10 cycles)
 RESP_CPU_REF_S = 32.0
@@ -327,7 +336,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def lone_pair_sites(symbols: Sequence[str], coords_A: np.ndarray) -> tuple[np.ndarray, list[int]]:
+def lone_pair_sites(symbols: Sequence[str], coords_A: np.ndarray,
+                    elements: Collection[str] = ("N", "O")) -> tuple[np.ndarray, list[int]]:
     """Off-atom lone-pair charge sites of a molecule as affine weights on its atoms.
 
     Rules and geometry in the module docstring (``resp-lp``). Deterministic in the geometry
@@ -337,6 +347,7 @@ def lone_pair_sites(symbols: Sequence[str], coords_A: np.ndarray) -> tuple[np.nd
     Args:
         symbols: element symbols (n_atoms).
         coords_A: (n_atoms, 3), Angstrom.
+        elements: the acceptor elements that get sites (``("N",)``: the ``resp-lpn`` model).
 
     Returns:
         weights (n_sites, n_atoms), each row summing to 1 (site = weights @ coords), and the
@@ -382,6 +393,8 @@ def lone_pair_sites(symbols: Sequence[str], coords_A: np.ndarray) -> tuple[np.nd
             parents.append(centre)
 
     for i, s in enumerate(symbols):
+        if s not in elements:
+            continue
         nb = nbrs[i]
         away = [_unit(xyz[i] - xyz[j]) for j in nb]  # unit bond vectors pointing to atom i
         if s == "O" and len(nb) == 1:
@@ -424,7 +437,7 @@ def resp_charges(
     classes: Sequence[int] | None = None,
     total_charge: int = 0,
     basis: str = "6-31g*",
-    lone_pairs: bool = False,
+    lone_pairs: bool | Collection[str] = False,
 ) -> ChargeFit:
     """RESP-style charges from an HF ESP (module docstring); a few s to a minute per molecule.
 
@@ -434,7 +447,8 @@ def resp_charges(
         classes: symmetry classes (equal labels -> equal charges); None: no symmetrisation.
         total_charge: molecular charge.
         basis: pyscf basis (6-31G* is the RESP standard).
-        lone_pairs: also fit charges on the :func:`lone_pair_sites` (returned after the atoms).
+        lone_pairs: also fit charges on the :func:`lone_pair_sites` (returned after the atoms):
+            True for the sites of N and O, or the elements whose sites to use.
 
     Raises:
         SetupError: an element without a Bondi radius. RunError: SCF failure.
@@ -448,13 +462,15 @@ def resp_charges(
     is_heavy = np.array([s != "H" for s in symbols])
     label = f"resp-pyscf HF/{basis}".replace("6-31g*", "6-31G*")
     if lone_pairs:
-        weights, _ = lone_pair_sites(symbols, xyz)
+        elements = ("N", "O") if lone_pairs is True else tuple(lone_pairs)
+        weights, _ = lone_pair_sites(symbols, xyz, elements)
         n_lp = len(weights)
         xyz = np.vstack([xyz, weights @ xyz])
         is_heavy = np.concatenate([is_heavy, np.ones(n_lp, dtype=bool)])
         if classes is not None:  # every site its own class
             classes = list(classes) + [max(classes) + 1 + k for k in range(n_lp)]
-        label = label.replace("resp-pyscf", "resp-lp-pyscf") + f" ({n_lp} lone-pair sites)"
+        name = "resp-lp-pyscf" if set(elements) == {"N", "O"} else "resp-lp" + "".join(sorted(elements)).lower() + "-pyscf"
+        label = label.replace("resp-pyscf", name) + f" ({n_lp} lone-pair site{'' if n_lp == 1 else 's'})"
     charges, rrms = fit_restrained_charges(xyz, points, esp, is_heavy, classes, float(total_charge))
     return ChargeFit(charges, label, rrms, len(points))
 
@@ -496,12 +512,12 @@ def compute_charges(
     cache_dir: str | Path | None = None,
     cache_key: str = "",
 ) -> ChargeFit:
-    """Charges by ``method`` ("resp", "resp-lp" or "xtb"), cached as JSON per (key, method, geometry).
+    """Charges by ``method`` ("resp", "resp-lp", "resp-lpn" or "xtb"), cached as JSON per (key, method, geometry).
 
     Args:
         symbols, coords_A: the molecule (Angstrom).
         method: "resp" (pyscf HF/6-31G* ESP fit), "resp-lp" (the same with lone-pair sites:
-            n_atoms + n_sites charges, module docstring) or "xtb" (GFN2-xTB Mulliken).
+            n_atoms + n_sites charges, module docstring), "resp-lpn" (sites on N only) or "xtb" (GFN2-xTB Mulliken).
         classes: symmetry classes for equal charges.
         cache_dir: cache directory (default :func:`default_cache_dir`); "" disables caching.
         cache_key: readable part of the key, e.g. the canonical SMILES.
@@ -513,7 +529,7 @@ def compute_charges(
         raise SetupError(f"unknown charge method {method!r}; use one of {', '.join(CHARGE_METHODS)}")
     xyz = np.round(np.asarray(coords_A, dtype=float), 4)
     key = [cache_key, method, list(symbols), xyz.tolist(), list(map(int, classes or []))]
-    if method == "resp-lp" and LONE_PAIR_DISTANCE_A != 0.35:  # a site-distance study (x23_lattice --lp-distance)
+    if method.startswith("resp-lp") and LONE_PAIR_DISTANCE_A != 0.35:  # a site-distance study (x23_lattice --lp-distance)
         key.append(LONE_PAIR_DISTANCE_A)
     payload = json.dumps(key)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:20]
@@ -531,7 +547,7 @@ def compute_charges(
     else:
         _announce_resp(symbols, xyz, cache_key, path)
         t0 = time.process_time()
-        fit = resp_charges(symbols, xyz, classes, lone_pairs=method == "resp-lp")
+        fit = resp_charges(symbols, xyz, classes, lone_pairs=LONE_PAIR_ELEMENTS.get(method, False))
         log.info("charges: RESP fit done in %s CPU (relative ESP error %.3f)",
                  _duration(time.process_time() - t0), fit.rrms)
     if path is not None:

@@ -2,7 +2,7 @@
 
     crystal-agent csp SMILES_OR_FILE [--n-trials N] [--sampling converged|fixed]
                       [--space-groups P2_1/c,P-1] [--out DIR] [--seed S] [--json]
-                      [--charges resp|xtb] [--workers W] [--energy-window E] [--max-trials M]
+                      [--charges resp-lpn|resp|resp-lp|xtb] [--workers W] [--energy-window E] [--max-trials M]
                       [--z-prime 1|2|1,2] [--racemic]
 
 ``--n-trials`` is the trial budget (default :data:`DEFAULT_TRIAL_BUDGET`): with the default
@@ -53,9 +53,10 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
                    help="directory for landscape.csv, CIFs, plot and run.json (default: none; without "
                         "--out nothing is written, the results are only printed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Sobol trial sequences (>= 0, default 0)")
-    p.add_argument("--charges", choices=("resp", "resp-lp", "xtb"), default=None,
-                   help="point charges: RESP fit to the HF/6-31G* ESP (pyscf), the same with lone-pair "
-                        "sites (resp-lp), or GFN2-xTB (default: resp for a rigid molecule, xtb for a "
+    p.add_argument("--charges", choices=("resp", "resp-lp", "resp-lpn", "xtb"), default=None,
+                   help="point charges: RESP fit to the HF/6-31G* ESP (pyscf) with lone-pair sites on the "
+                        "N acceptors (resp-lpn), without sites (resp), with sites on N and O (resp-lp), or "
+                        "GFN2-xTB (default: resp-lpn for a rigid molecule, xtb for a "
                         "flexible one). RESP takes minutes for a larger molecule (~15 CPU min for "
                         "C26H16); xtb seconds. Charges are cached per molecule")
     p.add_argument("--workers", type=int, default=1,
@@ -180,7 +181,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
     console.print(table)
     if str(landscape.meta.get("charge_method") or "").startswith("xtb"):
         print("note: with GFN2-xTB Mulliken charges the lattice energies are 20-50 kJ/mol per molecule too weak "
-              "(they rank structures; use --charges resp for lattice energies)")
+              "(they rank structures; use --charges resp-lpn for lattice energies)")
     if landscape.meta.get("flexible"):
         from sim_backends.csp.flexible import conformer_lines
 

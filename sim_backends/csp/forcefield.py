@@ -561,10 +561,14 @@ class LatticeEnergyModel:
         if n_q != self.n_atoms:
             from sim_backends.csp.charges import lone_pair_sites
 
-            lp_weights = lone_pair_sites(molecule.symbols, body)[0]
-            if n_q != self.n_atoms + len(lp_weights):
-                raise ValueError(f"{n_q} charges for {self.n_atoms} atoms and {len(lp_weights)} lone-pair sites")
-        #: off-atom charge sites (lone pairs, ``charges="resp-lp"``), after the atoms
+            # the sites of N and O (resp-lp) or of N only (resp-lpn): the charge count tells which
+            # (the two site sets differ in size unless the molecule has no O site, then they are equal)
+            options = [lone_pair_sites(molecule.symbols, body, elements)[0] for elements in (("N", "O"), ("N",))]
+            lp_weights = next((w for w in options if n_q == self.n_atoms + len(w)), None)
+            if lp_weights is None:
+                raise ValueError(f"{n_q} charges for {self.n_atoms} atoms and {len(options[0])} lone-pair sites "
+                                 f"({len(options[1])} on N)")
+        #: off-atom charge sites (lone pairs, ``charges="resp-lp"`` or ``"resp-lpn"``), after the atoms
         self.n_virtual = len(lp_weights)
         #: charge sites per molecule (atoms + lone-pair sites); the pair sums run over these
         self.n_sites = self.n_atoms + self.n_virtual

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from sim_backends.landscape import Landscape, LandscapeEntry
+from sim_backends.csp import DEFAULT_CHARGES
 from sim_backends.csp.dedupe import fit_memo
 from sim_backends.csp.sampling import ConvergenceCriteria, ConvergenceTracker
 from sim_backends.csp.spacegroups import (
@@ -96,8 +97,8 @@ def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
     if not isinstance(smiles_or_molecule, (str, Path)):
         raise SetupError(f"expected a SMILES string, a file or a RigidMolecule, got "
                          f"{type(smiles_or_molecule).__name__}")
-    if charges not in ("resp", "resp-lp", "xtb", "none"):
-        raise SetupError(f"unknown charge method {charges!r}; use 'resp', 'resp-lp', 'xtb' or 'none'")
+    if charges not in ("resp", "resp-lp", "resp-lpn", "xtb", "none"):
+        raise SetupError(f"unknown charge method {charges!r}; use 'resp', 'resp-lp', 'resp-lpn', 'xtb' or 'none'")
     text = str(smiles_or_molecule).strip()
     path = Path(text)
     suffix = path.suffix.lower()
@@ -339,9 +340,9 @@ def run_csp(
         executor: where the minimisation units run (:mod:`sim_backends.executor`); None: in
             this process, one after the other. The landscape does not depend on it.
         charges: point-charge method ("resp", "xtb"; "resp-lp": RESP with lone-pair sites,
-            :mod:`sim_backends.csp.charges`; "none" for zero charges), computed
-            on the molecule's geometry for SMILES and geometry-file input alike; None: "resp"
-            for a rigid molecule, :data:`~sim_backends.csp.flexible.FLEX_DEFAULT_CHARGES` for a
+            "resp-lpn": the same with sites on N only, :mod:`sim_backends.csp.charges`; "none" for zero charges), computed
+            on the molecule's geometry for SMILES and geometry-file input alike; None:
+            :data:`~sim_backends.csp.DEFAULT_CHARGES` ("resp-lpn") for a rigid molecule, :data:`~sim_backends.csp.flexible.FLEX_DEFAULT_CHARGES` for a
             flexible one.
         batch_size: trials per minimisation batch (one task).
         cutoff_A: real-space cutoff of the energy model.
@@ -420,7 +421,7 @@ def run_csp(
             land.write(out_dir)
         return land
     t_start = time.perf_counter()
-    charges = "resp" if charges is None else charges
+    charges = DEFAULT_CHARGES if charges is None else charges
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
     tracker = ConvergenceTracker(labels, criteria)
     if sampling == "fixed":

@@ -223,3 +223,45 @@ def test_fidelity_ladder_must_go_from_cheap_to_expensive(tmp_path, ladder, messa
     check_runnable(config(ladder), params=False)  # a stored campaign from before the check stays viewable
     if ":" not in ladder[1]:
         check_runnable(config(ladder[::-1]))
+
+
+def test_a_campaign_with_plain_resp_landscapes_keeps_resp_on_resume(tmp_path):
+    """The csp-ff default charges became the search's own (RESP with N lone-pair sites for a
+    rigid molecule); a stored campaign whose CSP ran with plain RESP before and leaves
+    ``charges`` unset keeps RESP on resume (stored), a new campaign does not get it."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from sim_backends.base import EvalResult
+
+    cfg = load_config(_config(tmp_path))
+    assert "charges" not in cfg.structures.csp.params
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    camp.store.record_evaluation(request_id="r1", molecule_id=1, submitted_at=0.0, result=EvalResult(
+        backend="csp-ff", backend_version="1", fidelity=0, status="ok", inputs_hash="h",
+        values={"n_minima": 3.0}, extra={"csp": {"charge_method": "resp-pyscf HF/6-31G*"}, "landscape": []},
+        wall_s=1.0))
+    camp.close()
+    camp = Campaign.open("params", tmp_path / "runs")
+    try:
+        assert camp.cfg.structures.csp.params == {"n_trials": 40, "charges": "resp"}
+    finally:
+        camp.close()
+    camp = Campaign.open("params", tmp_path / "runs", readonly=True)
+    try:
+        assert camp.cfg.structures.csp.params["charges"] == "resp"  # stored
+    finally:
+        camp.close()
+    (tmp_path / "new").mkdir()
+    fresh = load_config(_config(tmp_path / "new"))
+    camp = Campaign.create(fresh, tmp_path / "runs2")
+    camp.store.record_evaluation(request_id="r1", molecule_id=1, submitted_at=0.0, result=EvalResult(
+        backend="csp-ff", backend_version="1", fidelity=0, status="ok", inputs_hash="h",
+        values={"n_minima": 3.0},
+        extra={"csp": {"charge_method": "resp-lpn-pyscf HF/6-31G* (1 lone-pair site)"}, "landscape": []},
+        wall_s=1.0))
+    camp.close()
+    camp = Campaign.open("params", tmp_path / "runs2")
+    try:
+        assert "charges" not in camp.cfg.structures.csp.params
+    finally:
+        camp.close()

@@ -1,4 +1,4 @@
-"""Off-atom lone-pair charge sites (``charges="resp-lp"``): geometry, gradients, Ewald sum."""
+"""Off-atom lone-pair charge sites (``charges="resp-lp"`` and ``"resp-lpn"``): geometry, gradients, Ewald sum."""
 
 from __future__ import annotations
 
@@ -127,6 +127,43 @@ def test_lone_pair_ewald_matches_pymatgen():
     assert elec + intra == pytest.approx(reference, abs=2e-3)
 
 
+def test_n_only_sites_of_cytosine_and_their_model():
+    """``resp-lpn``: the sites of the N acceptors only. Cytosine has one (the ring N3; its
+    carbonyl O's two sites are left out), the same site as in the N-and-O set; the lattice
+    model tells the two site sets apart by the number of charges, and its gradients match
+    finite differences with the N-only site."""
+    mol, cell, coords = x23_crystal("cytosine")
+    w_all, p_all = lone_pair_sites(mol.symbols, mol.coords_A)
+    w_n, p_n = lone_pair_sites(mol.symbols, mol.coords_A, ("N",))
+    assert [mol.symbols[p] for p in p_n] == ["N"] and sorted(mol.symbols[p] for p in p_all) == ["N", "O", "O"]
+    np.testing.assert_allclose(w_n[0], w_all[p_all.index(p_n[0])], atol=1e-12)
+    q_site = np.array([-0.3])
+    q_atoms = np.asarray(mol.charges_e) - q_site.sum() / mol.n_atoms
+    mol_n = mol.with_charges(np.concatenate([q_atoms, q_site]), "test-lpn")
+    model = LatticeEnergyModel(mol_n, cutoff_A=12.0)
+    assert model.n_virtual == 1 and model.n_sites == mol.n_atoms + 1
+    ox, _, _ = x23_crystal("oxalic_acid_beta")  # no N: no site, the plain RESP model
+    assert lone_pair_sites(ox.symbols, ox.coords_A, ("N",))[0].shape == (0, ox.n_atoms)
+    rng = np.random.default_rng(5)
+    coords = coords + rng.normal(scale=0.03, size=coords.shape)
+    energy, g_cell, g_coords = model.energy_and_grad(t(cell)[None], t(coords)[None])
+
+    def e(c, x):
+        return float(model.energy_kjmol(t(c)[None], t(x)[None])[0])
+
+    h = 1e-5
+    n3 = p_n[0]
+    for idx in [(0, n3, 0), (1, n3, 2)] + [tuple(rng.integers(0, s) for s in coords.shape) for _ in range(4)]:
+        xp, xm = coords.copy(), coords.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        assert (e(cell, xp) - e(cell, xm)) / (2 * h) == pytest.approx(float(g_coords[0][idx]), rel=1e-5, abs=1e-5)
+    cp, cm = cell.copy(), cell.copy()
+    cp[1, 1] += h
+    cm[1, 1] -= h
+    assert (e(cp, coords) - e(cm, coords)) / (2 * h) == pytest.approx(float(g_cell[0, 1, 1]), rel=1e-5, abs=1e-5)
+
+
 def test_model_refuses_charges_that_fit_neither_atoms_nor_sites():
     mol, _, _ = x23_crystal("formamide")
     bad = mol.with_charges(np.zeros(mol.n_atoms + 1), "test")
@@ -163,3 +200,21 @@ def test_csp_from_smiles_with_lone_pair_charges_round_trips(tmp_path):
     assert len(back) == len(land)
     assert back.meta["charge_method"] == land.meta["charge_method"]
     assert back.minima[0].energy_kjmol == pytest.approx(land.minima[0].energy_kjmol, abs=1e-4)  # 4 decimals
+
+
+def test_resp_lpn_fits_sites_on_n_only(tmp_path):
+    """HF/6-31G* RESP of HCN: ``resp-lpn`` puts a site on the nitrile N, fits the ESP better
+    than atom charges and labels the fit; formaldehyde, whose only acceptor is O, gets the
+    plain RESP charges."""
+    hcn = (["H", "C", "N"], np.array([[0.0, 0.0, -1.066], [0.0, 0.0, 0.0], [0.0, 0.0, 1.153]]))
+    plain = compute_charges(*hcn, "resp", [0, 1, 2], cache_dir=tmp_path)
+    lpn = compute_charges(*hcn, "resp-lpn", [0, 1, 2], cache_dir=tmp_path)
+    assert len(lpn.charges_e) == 4 and abs(lpn.charges_e.sum()) < 1e-8
+    assert lpn.method.startswith("resp-lpn") and "(1 lone-pair site)" in lpn.method
+    assert lpn.rrms < plain.rrms
+    formaldehyde = (["C", "O", "H", "H"],
+                    np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.205], [0.0, 0.94, -0.587], [0.0, -0.94, -0.587]]))
+    only_o = compute_charges(*formaldehyde, "resp-lpn", [0, 1, 2, 2], cache_dir=tmp_path)
+    np.testing.assert_allclose(only_o.charges_e,
+                               compute_charges(*formaldehyde, "resp", [0, 1, 2, 2], cache_dir=tmp_path).charges_e,
+                               atol=1e-10)
