@@ -56,7 +56,15 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     Returns:
         The paths written (none without a structure stage or landscape).
     """
-    from agent.summary import landscape_rows, level_of_theory, observed_sources, quantity, rank_key, structures_dir
+    from agent.summary import (
+        csp_levels,
+        landscape_rows,
+        level_of_theory,
+        observed_sources,
+        quantity,
+        rank_key,
+        structures_dir,
+    )
     from sim_backends.csp.landscape import LevelEnergy, cif_formula_units, crystal_cif
 
     stage = getattr(campaign, "stage", None)
@@ -72,6 +80,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
                for lv, key in zip(stage.levels[1:], stage.value_keys[1:], strict=True)]
     further += [(p.level, p.value_key, lambda mid, p=p: p.state(mid).values) for p in stage.properties]
     levels = {ff: level_of_theory(scfg.csp), ref: level_of_theory(stage.refine)}
+    ff_levels = csp_levels(campaign.store, ff)  # per molecule: the charges its search used
     for lv, _, _ in further:
         levels[lv.name] = level_of_theory(lv)
     paths = []
@@ -79,6 +88,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     best_energy: list[tuple[str, float, float | None, str, str]] = []  # for energies.csv
     for mol_id, land in sorted(stage.landscapes.items()):
         rows = landscape_rows(campaign, mol_id)
+        levels[ff] = ff_levels.get(int(mol_id), level_of_theory(scfg.csp))
         has_level = any(r["computed"] for r in rows)
         order = sorted(range(len(rows)), key=lambda k: rank_key(rows[k]) if has_level
                        else (False, rows[k]["ff_kjmol"]))

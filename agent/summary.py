@@ -142,6 +142,14 @@ def level_of_theory(backend: BackendConfig | None) -> str:
         return backend.name
 
 
+def csp_levels(store: Any, csp_name: str) -> dict[int, str]:
+    """Molecule id -> the level its CSP landscape was computed at, as the search recorded it
+    (force field and the charges it used, e.g. RESP with N lone-pair sites for a rigid molecule,
+    GFN2-xTB charges per conformer for a flexible one); molecules without one are absent."""
+    return {int(ev.molecule_id): str(ev.extra["level"]) for ev in store.evaluations()
+            if ev.backend == csp_name and ev.ok and ev.structure_id is None and ev.extra.get("level")}
+
+
 # -- structure stage ------------------------------------------------------------------------
 def structures_dir(campaign_directory: Path) -> Path:
     return Path(campaign_directory) / "structures"
@@ -159,9 +167,10 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
     if stage is None:
         return []
     cfg = campaign.cfg.structures
-    level, ff_level = level_of_theory(cfg.refine), level_of_theory(cfg.csp)
+    level, ff_config_level = level_of_theory(cfg.refine), level_of_theory(cfg.csp)
     out = []
     sampling = csp_sampling(campaign.store, cfg.csp.name if cfg.csp else "")
+    ff_levels = csp_levels(campaign.store, cfg.csp.name if cfg.csp else "")
     observed = observed_sources(campaign.store)
     for mol_id, land in sorted(stage.landscapes.items()):
         corr = _corrected(stage, mol_id)
@@ -173,6 +182,7 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
             r["rank"] = n
             r["observed_by"] = observed.get(r["id"])
         idx = campaign._index_of.get(mol_id)
+        ff_level = ff_levels.get(int(mol_id), ff_config_level)
         rec = {
             "molecule_id": int(mol_id), "smiles": land.smiles,
             "name": campaign.names[idx] if idx is not None else land.smiles,

@@ -107,13 +107,13 @@ class CSPBackend(Backend):
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         """The level of the landscape's energies as printed next to them."""
         charges = {**self._DEFAULTS, **self.params, **(params or {})}["charges"]
-        if charges is None:  # the search's default, by molecule
-            return ("W99 exp-6 + Ewald, RESP HF/6-31G* + N lone-pair site charges (rigid-molecule force field; "
-                    "a flexible molecule: GFN2-xTB Mulliken charges per conformer)")
+        if charges is None:  # the search's default, by molecule (each landscape records its own)
+            return ("W99 exp-6 + Ewald force field; charges by molecule: RESP HF/6-31G* + N lone-pair sites "
+                    "(rigid), GFN2-xTB Mulliken per conformer (flexible)")
         label = {"resp": "RESP HF/6-31G*", "resp-lp": "RESP HF/6-31G* + lone-pair site",
                  "resp-lpn": "RESP HF/6-31G* + N lone-pair site",
                  "xtb": "GFN2-xTB Mulliken"}.get(charges, charges)
-        return f"W99 exp-6 + Ewald, {label} charges (rigid-molecule force field)"
+        return f"W99 exp-6 + Ewald force field, {label} charges"
 
     #: trials a converged search usually needs (benchmarks/csp_recovery.py: 1,920-4,480)
     TYPICAL_CONVERGED_TRIALS: ClassVar[int] = 3000
@@ -175,7 +175,8 @@ class CSPBackend(Backend):
         meta["convergence"] = landscape.meta.get("convergence", {})
         records = landscape.to_records(with_cif=True)[: max(0, int(p["max_structures"]))]
         facts = structure_facts(Crystal.from_atoms(atoms_from_cif(landscape.minima[0].cif())))
-        level = landscape.meta.get("level", "W99 + Ewald rigid-molecule force field")  # flexible: + intramolecular
+        # the landscape's own level: the force field and the charges this molecule got (flexible: + intramolecular)
+        level = landscape.levels.get("ff") or landscape.meta.get("level", "W99 + Ewald rigid-molecule force field")
         return values, {"landscape": records, "csp": meta, "level": level,
                         "validity": facts}
 

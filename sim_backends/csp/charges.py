@@ -463,14 +463,21 @@ def resp_charges(
     label = f"resp-pyscf HF/{basis}".replace("6-31g*", "6-31G*")
     if lone_pairs:
         elements = ("N", "O") if lone_pairs is True else tuple(lone_pairs)
-        weights, _ = lone_pair_sites(symbols, xyz, elements)
+        weights, parents = lone_pair_sites(symbols, xyz, elements)
         n_lp = len(weights)
         xyz = np.vstack([xyz, weights @ xyz])
         is_heavy = np.concatenate([is_heavy, np.ones(n_lp, dtype=bool)])
-        if classes is not None:  # every site its own class
-            classes = list(classes) + [max(classes) + 1 + k for k in range(n_lp)]
+        if classes is not None:
+            # the single site of an atom shares its class with the sites of the atoms equivalent to
+            # it (pyrazine's two N sites get one charge); an atom with two sites (a carbonyl O) keeps
+            # them apart, since which site of one atom matches which of another is not defined here
+            base = max(classes) + 1
+            n_of = {p: parents.count(p) for p in parents}
+            classes = list(classes) + [base + classes[p] if n_of[p] == 1 else base + max(classes) + 1 + k
+                                       for k, p in enumerate(parents)]
         name = "resp-lp-pyscf" if set(elements) == {"N", "O"} else "resp-lp" + "".join(sorted(elements)).lower() + "-pyscf"
-        label = label.replace("resp-pyscf", name) + f" ({n_lp} lone-pair site{'' if n_lp == 1 else 's'})"
+        sites = "no lone-pair site" if n_lp == 0 else f"{n_lp} lone-pair site{'' if n_lp == 1 else 's'}"
+        label = label.replace("resp-pyscf", name) + f" ({sites})"
     charges, rrms = fit_restrained_charges(xyz, points, esp, is_heavy, classes, float(total_charge))
     return ChargeFit(charges, label, rrms, len(points))
 
@@ -531,6 +538,8 @@ def compute_charges(
     key = [cache_key, method, list(symbols), xyz.tolist(), list(map(int, classes or []))]
     if method.startswith("resp-lp") and LONE_PAIR_DISTANCE_A != 0.35:  # a site-distance study (x23_lattice --lp-distance)
         key.append(LONE_PAIR_DISTANCE_A)
+    if method.startswith("resp-lp"):  # fits since equivalent atoms' single sites share a charge
+        key.append("equivalent-sites")
     payload = json.dumps(key)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:20]
     path = None

@@ -57,7 +57,7 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
                    help="point charges: RESP fit to the HF/6-31G* ESP (pyscf) with lone-pair sites on the "
                         "N acceptors (resp-lpn), without sites (resp), with sites on N and O (resp-lp), or "
                         "GFN2-xTB (default: resp-lpn for a rigid molecule, xtb for a "
-                        "flexible one). RESP takes minutes for a larger molecule (~15 CPU min for "
+                        "flexible one, which takes resp or xtb only). RESP takes minutes for a larger molecule (~15 CPU min for "
                         "C26H16); xtb seconds. Charges are cached per molecule")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel Ray workers (CPUs of an embedded Ray; with RAY_ADDRESS set, tasks go "
@@ -180,8 +180,9 @@ def run_csp_command(args: argparse.Namespace) -> int:
         console = Console(width=max(console.width, wide))
     console.print(table)
     if str(landscape.meta.get("charge_method") or "").startswith("xtb"):
+        better = "resp" if landscape.meta.get("flexible") else "resp-lpn"  # the conformer search takes no sites
         print("note: with GFN2-xTB Mulliken charges the lattice energies are 20-50 kJ/mol per molecule too weak "
-              "(they rank structures; use --charges resp-lpn for lattice energies)")
+              f"(they rank structures; use --charges {better} for lattice energies)")
     if landscape.meta.get("flexible"):
         from sim_backends.csp.flexible import conformer_lines
 

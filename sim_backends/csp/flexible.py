@@ -429,7 +429,7 @@ def run_flexible_csp(
         "cutoff_A": cutoff_A, "wall_s": time.perf_counter() - t_start,
         "cpu_s": time.process_time() - c_start,
     }
-    landscape = Landscape(ens.smiles, minima, meta, levels={"ff": FLEX_LEVEL})
+    landscape = Landscape(ens.smiles, minima, meta, levels={"ff": f"{FLEX_LEVEL}, {meta['charge_method']} charges"})
     if out_dir is not None:
         landscape.write(out_dir)
     return landscape

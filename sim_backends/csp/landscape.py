@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 #: level of theory of the CSP lattice energies (:mod:`sim_backends.csp.forcefield`)
 FF_LEVEL = "W99 exp-6 + Ewald point charges, rigid molecule (force field)"
+#: longest CIF value written on one line (levels of theory with their charges run to ~150)
+CIF_VALUE_LINE = 400
 #: spglib tolerance (A) of the written symmetry, the same as the space-group detection
 CIF_SYMPREC = 0.1
 #: spglib angle tolerance (degrees), pymatgen's SpacegroupAnalyzer default, as the detection
@@ -353,4 +355,9 @@ def crystal_cif(structure: Structure, *, n_molecules: int, name: str = "", struc
     comment = (f"# crystal-agent: {what}, Z = {n_molecules} molecule{'s' if n_molecules != 1 else ''}\n"
                f"# atoms and cell symmetrised to {out.space_group} at {symprec:g} A (standard setting); "
                "energies in kJ/mol per molecule" + (f"; levels: {levels}" if levels else ""))
-    return str(CifFile({header: CifBlock(ordered, loops, header)}, comment=comment))
+    block = CifBlock(ordered, loops, header)
+    # one line per value up to CIF 1.1's 2048-character limit: pymatgen's default wraps values over
+    # 70 characters into ;-text fields at hyphens too, and a reader joins the lines with a space
+    # ("xtb-gfn2" came back as "xtb- gfn2")
+    block.max_len = CIF_VALUE_LINE
+    return str(CifFile({header: block}, comment=comment))

@@ -71,6 +71,12 @@ ACCEPTED_INPUTS = ("a SMILES string, a .smi/.txt file (first SMILES) or a single
                    ".xyz/.mol/.sdf geometry")
 #: default upper limit of ``n_trials`` (memory grows with it; raise with ``max_trials``)
 MAX_TRIALS_DEFAULT = 200_000
+#: a minimum below this lattice energy per atom of the molecule (kJ/mol) has collapsed: a point charge
+#: fell onto an opposite one of a neighbour (the exp-6 repulsion stays finite at r = 0, the Coulomb
+#: term does not; seen with a lone-pair site and an N-H hydrogen). Real molecular crystals lie at
+#: -5 to -15 kJ/mol per atom (X23: ammonia -9, cytosine -13, oxalic acid -12); such minima count as
+#: failed minimisations (``n_collapsed`` in the landscape's meta), never as the global minimum.
+COLLAPSE_KJMOL_PER_ATOM = -30.0
 _GEOMETRY_SUFFIXES = {".xyz", ".mol", ".sdf"}
 _SMILES_SUFFIXES = {".smi", ".txt"}
 
@@ -406,6 +412,9 @@ def run_csp(
     if flex is not None and parse_z_prime(z_prime) != [1]:
         raise ValueError("Z' > 1 searches are for rigid molecules; use z_prime=1 (--z-prime 1) "
                          "or --flexible rigid")
+    if flex is not None and charges in ("resp-lp", "resp-lpn"):
+        raise ValueError(f"charges {charges!r} (lone-pair sites) are for rigid molecules; {flex} is searched as a "
+                         "flexible molecule: use 'resp' or 'xtb' (its default), or flexible='rigid' (--flexible rigid)")
     if flex is not None:
         land = run_flexible_csp(
             flex, n_trials, space_groups=[g.symbol for g in groups], seed=seed, energy_window_kjmol=energy_window_kjmol,
@@ -506,8 +515,17 @@ def run_csp(
         "wall_s": time.perf_counter() - t_start,
     })
     from sim_backends.csp.domain import model_warnings
+    from sim_backends.csp.landscape import FF_LEVEL
 
     landscape.meta["warnings"] = model_warnings(molecule.ff_types, landscape.minima)
+    seen = {id(r): r for r in results + first}  # stage 1 and 2 (the same dicts with protocol "full")
+    landscape.meta["n_collapsed"] = int(sum(r.get("n_collapsed", 0) for r in seen.values()))
+    if landscape.meta.get("n_collapsed"):
+        landscape.meta["warnings"].append(
+            f"{landscape.meta['n_collapsed']} minimisation(s) collapsed below {COLLAPSE_KJMOL_PER_ATOM:g} kJ/mol per atom "
+            "(a charge site fell onto a neighbour's opposite charge) and were discarded")
+    # the level named in landscape.csv, run.json and every CIF header carries the charge model
+    landscape.levels = {"ff": f"{FF_LEVEL}, {landscape.meta['charge_method'] or 'no'} charges"}
     if out_dir is not None:
         landscape.write(out_dir)
     return landscape
@@ -630,6 +648,19 @@ def _execute(molecule, units, model_kwargs, min_kwargs, executor: MapExecutor, p
             bar.advance(task, len(r["energy_kjmol"]))
     # completion order varies with workers; sort so the landscape does not depend on it
     results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
+    return discard_collapsed(results, len(getattr(molecule, "symbols", ()) or ()))
+
+
+def discard_collapsed(results: list[dict], n_atoms: int) -> list[dict]:
+    """Mark minima below :data:`COLLAPSE_KJMOL_PER_ATOM` x ``n_atoms`` as not converged (in
+    place; ``n_collapsed`` per result): a collapsed minimum is a failed minimisation, never the
+    global minimum nor the anchor of the energy window."""
+    floor = COLLAPSE_KJMOL_PER_ATOM * max(1, int(n_atoms))
+    for r in results:
+        collapsed = np.asarray(r["converged"], dtype=bool) & (np.asarray(r["energy_kjmol"], dtype=float) < floor)
+        r["n_collapsed"] = int(collapsed.sum())
+        if r["n_collapsed"]:
+            r["converged"] = np.asarray(r["converged"], dtype=bool) & ~collapsed
     return results
 
 

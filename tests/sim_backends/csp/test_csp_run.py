@@ -210,13 +210,14 @@ def test_symmetrised_cif_round_trip(tmp_path):
         refined = SpacegroupAnalyzer(st, symprec=1e-3).get_refined_structure()  # the standard setting
         assert st.lattice.parameters == pytest.approx(refined.lattice.parameters, abs=1e-4)
         assert st.density == pytest.approx(m.density_gcm3, rel=2e-3)
-        assert data["_crystal_agent_energy_level"] == [FF_LEVEL, FF_LEVEL]
+        level = f"{FF_LEVEL}, xtb-gfn2-mulliken charges"  # the level names the charges
+        assert data["_crystal_agent_energy_level"] == [level, level]
         assert data["_crystal_agent_energy_quantity"] == ["lattice energy", "relative energy"]
         e, rel = map(float, data["_crystal_agent_energy_kJmol_per_molecule"])
         assert e == pytest.approx(m.energy_kjmol, abs=1e-3)
         assert rel == pytest.approx(m.energy_kjmol - land.minima[0].energy_kjmol, abs=1e-3)
     assert n_symmetric >= 1
-    assert json.loads((tmp_path / "run.json").read_text())["levels"] == {"ff": FF_LEVEL}
+    assert json.loads((tmp_path / "run.json").read_text())["levels"] == {"ff": f"{FF_LEVEL}, xtb-gfn2-mulliken charges"}
     from sim_backends.landscape import Landscape  # what `lab identify --structures DIR/cif` reads
 
     entries = {e.id: e for e in Landscape.from_cif_dir(tmp_path / "cif").minima}
@@ -277,3 +278,21 @@ def test_cli_table_keeps_whole_rows_when_output_is_not_a_terminal(capsys, monkey
     assert header.rstrip().endswith("mult ┃") and "searched in" in header, out
     rows = [ln.rstrip() for ln in out.splitlines() if ln.startswith("│")]
     assert rows and all(r.endswith("│") and r.count("│") == 10 for r in rows), out
+
+
+def test_collapsed_minima_are_failed_minimisations():
+    """A minimisation that collapsed (a lone-pair site fell onto an N-H hydrogen of a neighbour:
+    cytosine, -5.8e15 kJ/mol, once in 1,920 trials) is not converged: it neither becomes the
+    global minimum nor anchors the energy window that keeps the others (it used to leave a
+    landscape of that one structure)."""
+    import numpy as np
+
+    from sim_backends.csp.run import COLLAPSE_KJMOL_PER_ATOM, _lowest, discard_collapsed
+
+    results = [{"energy_kjmol": np.array([-120.0, -5.8e15, -110.0]), "converged": np.array([True, True, False])},
+               {"energy_kjmol": np.array([-123.8]), "converged": np.array([True])}]
+    discard_collapsed(results, n_atoms=13)
+    assert [r["n_collapsed"] for r in results] == [1, 0]
+    assert results[0]["converged"].tolist() == [True, False, False]
+    assert _lowest(results) == -123.8
+    assert -123.8 > COLLAPSE_KJMOL_PER_ATOM * 13  # a real cytosine minimum is far above the floor
