@@ -595,11 +595,26 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     from agent.esf_report import esf_results
     from agent.lab.summary import lab_results
 
+    rec["failures"] = failure_summary(store)
     rec["esf"] = esf_results(store, cfg, Path(store.path).parent)  # [] without ESF levels
     rec["lab"] = lab_results(store, cfg, structures)  # None without a lab
     # the full ranking served the ranks above; the record lists the best structures only
     rec["structures"] = [{k: v for k, v in r.items() if k != RANKING} for r in structures]
     return rec
+
+
+def failure_summary(store: Store) -> dict[str, dict[str, Any]]:
+    """Backend -> ``{"n": failed evaluations, "reason": the latest one's reason}``: why work
+    failed, in the status itself rather than only in the store."""
+    out: dict[str, dict[str, Any]] = {}
+    for ev in store.evaluations():  # oldest first: the last reason seen is the latest
+        if not ev.ok:
+            f = out.setdefault(ev.backend, {"n": 0, "reason": ""})
+            f["n"] += 1
+            reason = (ev.reason or "").strip()
+            if reason:
+                f["reason"] = reason.splitlines()[0][:300]
+    return out
 
 
 def best_line(rec: dict[str, Any]) -> str:
@@ -645,6 +660,8 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
            if s.get("n_interrupted") else ""),
         f"best          {best_line(s)}",
     ]
+    for backend, f in (s.get("failures") or {}).items():
+        lines.append(f"failed        {backend}: {f['n']}" + (f" (latest: {f['reason']})" if f["reason"] else ""))
     if s.get("constraints"):
         src = s.get("best_constrained_level") or {}  # key -> the backend its value comes from
         own = ", ".join(constrained_value_text(k, v, src.get(k))

@@ -265,3 +265,27 @@ def test_a_campaign_with_plain_resp_landscapes_keeps_resp_on_resume(tmp_path):
         assert "charges" not in camp.cfg.structures.csp.params
     finally:
         camp.close()
+
+
+def test_status_names_why_evaluations_failed(tmp_path):
+    """newuser40 M2: a campaign whose CSP tasks all failed said only "(2 failed)"; the status now
+    names, per backend, how many failed and the latest reason (text and --json)."""
+    from agent.campaign import Campaign, campaign_status
+    from agent.config import load_config
+    from agent.summary import status_lines, status_record
+    from sim_backends.base import EvalResult
+
+    cfg = load_config(_config(tmp_path))
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        for k, why in enumerate(["first reason", "charges 'resp-lpn' (lone-pair sites) are for rigid molecules"]):
+            camp.store.record_evaluation(request_id=f"r{k}", molecule_id=1, submitted_at=0.0, result=EvalResult(
+                backend="csp-ff", backend_version="1", fidelity=0, status="failed", inputs_hash=f"h{k}",
+                values={}, reason=why, wall_s=1.0))
+        rec = status_record(campaign_status(camp.store, camp.cfg, camp), camp.store, camp.cfg)
+        assert rec["failures"] == {"csp-ff": {"n": 2, "reason": "charges 'resp-lpn' (lone-pair sites) are for "
+                                                               "rigid molecules"}}
+        line = next(x for x in status_lines(rec) if x.startswith("failed "))
+        assert "csp-ff: 2 (latest: charges 'resp-lpn'" in line
+    finally:
+        camp.close()
