@@ -152,7 +152,8 @@ class CSPBackend(Backend):
             landscape = run_csp(
                 inp.smiles, n_trials, space_groups=p["space_groups"], seed=int(p["seed"]),
                 energy_window_kjmol=float(p["energy_window_kjmol"]), progress=False,
-                charges=None if p["charges"] is None else str(p["charges"]), sampling=str(p["sampling"]), z_prime=p["z_prime"],
+                charges=None if p["charges"] is None else str(p["charges"]), sampling=str(p["sampling"]),
+                z_prime=p["z_prime"],
                 racemic=bool(p["racemic"]), **limit,
             )
         except (ValueError, TypeError) as exc:

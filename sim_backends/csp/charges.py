@@ -38,10 +38,10 @@ planar, so that a slightly puckered copy of a molecule gets the same sites) gets
 restraint applies to heavy atoms and sites alike.
 
 ``resp-lpn``: the same with the sites of the N acceptors only (pyridine-type, nitrile and sp3
-amine N); O atoms keep their atom-centred charges. It exists because the two models disagree by
-element: on the CSP recovery benchmark the N sites move pyrazine's experimental form from
-+9.1 to +3.6 kJ/mol above the global minimum, while the carbonyl/hydroxyl O sites move oxalic
-acid alpha from the H-misplaced minimum to +11.7 (``benchmarks/results/NOTES.md``).
+amine N); O atoms keep their atom-centred charges, so a molecule without such N gets exactly
+the ``resp`` charges. The single site of each of a set of symmetry-equivalent atoms shares one
+charge variable, as the atoms do; the two sites of a carbonyl O keep their own. Why N only:
+``benchmarks/results/NOTES.md`` (stop 40).
 
 Stage messages: a RESP fit that is not in the cache says what it computes, its size (atoms,
 basis functions, ESP points), a rough CPU estimate (:func:`resp_cost_estimate`) and the fast
@@ -62,9 +62,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Collection
 from typing import Any, Sequence
 
 import numpy as np
@@ -475,7 +475,8 @@ def resp_charges(
             n_of = {p: parents.count(p) for p in parents}
             classes = list(classes) + [base + classes[p] if n_of[p] == 1 else base + max(classes) + 1 + k
                                        for k, p in enumerate(parents)]
-        name = "resp-lp-pyscf" if set(elements) == {"N", "O"} else "resp-lp" + "".join(sorted(elements)).lower() + "-pyscf"
+        suffix = "" if set(elements) == {"N", "O"} else "".join(sorted(elements)).lower()
+        name = f"resp-lp{suffix}-pyscf"
         sites = "no lone-pair site" if n_lp == 0 else f"{n_lp} lone-pair site{'' if n_lp == 1 else 's'}"
         label = label.replace("resp-pyscf", name) + f" ({sites})"
     charges, rrms = fit_restrained_charges(xyz, points, esp, is_heavy, classes, float(total_charge))
