@@ -296,3 +296,14 @@ def test_collapsed_minima_are_failed_minimisations():
     assert results[0]["converged"].tolist() == [True, False, False]
     assert _lowest(results) == -123.8
     assert -123.8 > COLLAPSE_KJMOL_PER_ATOM * 13  # a real cytosine minimum is far above the floor
+
+
+@pytest.mark.parametrize("charges", ["resp-lp", "resp-lpn"])
+def test_lone_pair_charges_on_a_flexible_molecule_are_refused_in_one_line(charges):
+    """newuser40 M1: the conformer search has no lone-pair sites; asking for them on a flexible
+    molecule (paracetamol) is one clear error naming the way out, before any work."""
+    from sim_backends.csp.run import run_csp
+
+    with pytest.raises(ValueError, match="are for rigid molecules.*use 'resp' or 'xtb'") as err:
+        run_csp("CC(=O)Nc1ccc(O)cc1", 10, space_groups="P2_1/c", charges=charges, progress=False)
+    assert "\n" not in str(err.value)
