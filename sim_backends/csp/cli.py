@@ -37,7 +37,7 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
     :func:`agent.executor.csp_executor`: Ray for ``--workers`` > 1); without one the run
     is in-process and ``--workers`` > 1 is refused."""
     p = subparsers.add_parser(
-        "csp", help="crystal structure prediction for a rigid molecule (W99 force field)",
+        "csp", help="crystal structure prediction for a rigid or flexible molecule (W99 force field)",
         description="Crystal structure prediction: Sobol trials, batched rigid-body "
                     "lattice-energy minimisation, duplicate removal.")
     p.add_argument("molecule", metavar="SMILES_OR_FILE",
