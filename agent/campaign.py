@@ -240,9 +240,7 @@ class Campaign:
             override = None if readonly else max_evaluations
             cfg = load_stored_config(store, max_evaluations=override)
             check_runnable(cfg, params=not readonly)
-            cfg, pinned = _pin_legacy_esf_charges(cfg, store)
-            cfg, pinned_csp = _pin_legacy_csp_charges(cfg, store)
-            pinned = pinned or pinned_csp
+            cfg, pinned = _pin_legacy_charges(cfg, store)
             if cfg.surrogate.kernel is None:  # stored before the kernel option: Tanimoto then
                 cfg = cfg.model_copy(update={"surrogate": cfg.surrogate.model_copy(update={"kernel": "tanimoto"})})
                 pinned = True
@@ -542,37 +540,32 @@ def build_stages(cfg: CampaignConfig, directory: Path) -> dict[str, Stage]:
     return stages
 
 
-def _pin_legacy_esf_charges(cfg: CampaignConfig, store: Store) -> tuple[CampaignConfig, bool]:
-    """A campaign whose ESF levels computed landscapes before their ``charges`` parameter
-    existed (GFN2-xTB charges then; no ``csp_level`` in the results) keeps those charges on
-    resume instead of taking today's default (RESP): one protocol per level. Returns the
-    config and whether it changed."""
+def _pin_legacy_charges(cfg: CampaignConfig, store: Store) -> tuple[CampaignConfig, bool]:
+    """A campaign keeps, on resume, the charges its landscapes were computed with where its
+    config leaves ``charges`` unset and the default has changed since: one protocol per level.
+
+    * ESF levels that computed landscapes before their ``charges`` parameter existed (no
+      ``csp_level`` in the results) used GFN2-xTB charges; today's default is RESP.
+    * ``csp-ff`` searches that ran before its default became the search's own (a landscape whose
+      charge method is plain ``resp-pyscf``) used RESP; today's default for a rigid molecule is
+      RESP with N lone-pair sites.
+
+    Returns the config and whether it changed."""
     esf = ("esf-landscape", "esf-refined")
-    legacy = {ev.backend for ev in store.evaluations()
-              if ev.backend in esf and ev.ok and "csp_level" not in ev.extra}
-    backends = [b.model_copy(update={"params": {**b.params, "charges": "xtb"}})
-                if b.name in legacy and "charges" not in b.params else b for b in cfg.backends]
-    if all(a is b for a, b in zip(backends, cfg.backends)):
-        return cfg, False
-    return cfg.model_copy(update={"backends": backends}), True
-
-
-def _pin_legacy_csp_charges(cfg: CampaignConfig, store: Store) -> tuple[CampaignConfig, bool]:
-    """A campaign whose ``csp-ff`` searches ran before its default charges became the search's
-    own (RESP then for every molecule: a landscape whose charge method is plain
-    ``resp-pyscf``) keeps RESP on resume, where the config leaves ``charges`` unset, instead of
-    switching to RESP with N lone-pair sites part-way: one protocol per campaign. Returns the
-    config and whether it changed."""
-    legacy = any(ev.backend == "csp-ff" and ev.ok
-                 and str((ev.extra.get("csp") or {}).get("charge_method", "")).startswith("resp-pyscf")
-                 for ev in store.evaluations())
-    if not legacy:
-        return cfg, False
+    pinned: dict[str, str] = {}  # backend name -> the charges its stored results were made with
+    for ev in store.evaluations():
+        if not ev.ok:
+            continue
+        if ev.backend in esf and "csp_level" not in ev.extra:
+            pinned[ev.backend] = "xtb"
+        elif ev.backend == "csp-ff" and str((ev.extra.get("csp") or {}).get("charge_method", "")).startswith(
+                "resp-pyscf"):
+            pinned["csp-ff"] = "resp"
 
     def pin(b):
-        if b.name != "csp-ff" or "charges" in b.params:
+        if b.name not in pinned or "charges" in b.params:
             return b
-        return b.model_copy(update={"params": {**b.params, "charges": "resp"}})
+        return b.model_copy(update={"params": {**b.params, "charges": pinned[b.name]}})
 
     backends = [pin(b) for b in cfg.backends]
     csp = pin(cfg.structures.csp)

@@ -81,6 +81,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     further += [(p.level, p.value_key, lambda mid, p=p: p.state(mid).values) for p in stage.properties]
     levels = {ff: level_of_theory(scfg.csp), ref: level_of_theory(stage.refine)}
     ff_levels = csp_levels(campaign.store, ff)  # per molecule: the charges its search used
+    ff_config_level = levels[ff]
     for lv, _, _ in further:
         levels[lv.name] = level_of_theory(lv)
     paths = []
@@ -88,7 +89,7 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     best_energy: list[tuple[str, float, float | None, str, str]] = []  # for energies.csv
     for mol_id, land in sorted(stage.landscapes.items()):
         rows = landscape_rows(campaign, mol_id)
-        levels[ff] = ff_levels.get(int(mol_id), level_of_theory(scfg.csp))
+        levels[ff] = ff_levels.get(int(mol_id), ff_config_level)
         has_level = any(r["computed"] for r in rows)
         order = sorted(range(len(rows)), key=lambda k: rank_key(rows[k]) if has_level
                        else (False, rows[k]["ff_kjmol"]))
