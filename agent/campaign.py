@@ -56,7 +56,7 @@ from agent.directory import (
     discard_unstarted,
     remove_stale_creations,
 )
-from agent.pool import pool_summary, summarise_invalid, validated_pool
+from agent.pool import check_charges_for_pool, pool_summary, summarise_invalid, validated_pool
 from agent.stages.base import Request
 from agent.stages.molecule import MoleculeStage
 from agent.store import Store
@@ -182,6 +182,7 @@ class Campaign:
         check_runnable(cfg)
         duplicates: list[dict[str, str | None]] = []
         rows = validated_pool(cfg, duplicates)
+        check_charges_for_pool(cfg, rows)
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

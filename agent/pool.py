@@ -3,7 +3,9 @@ created (empty, all-invalid or oversized pools refused, one line each).
 
 An invalid entry (SMILES RDKit cannot parse, several fragments, unsupported elements,
 charged or radical, too large) is kept, flagged with its reason, so ``status --invalid``
-can list it; duplicates (same canonical SMILES) are dropped.
+can list it; duplicates (same canonical SMILES) are dropped. A backend with lone-pair CSP
+charges is refused when a valid molecule of the pool is searched as flexible
+(:func:`check_charges_for_pool`).
 """
 
 from __future__ import annotations
@@ -112,3 +114,34 @@ def validated_pool(cfg: CampaignConfig,
             f"({summarise_invalid([r[3] for r in rows])})"
         )
     return rows
+
+
+#: CSP charge models with off-atom lone-pair sites, which only a rigid molecule can carry
+#: (:func:`sim_backends.csp.run.run_csp` refuses them for a molecule searched as flexible)
+LONE_PAIR_CHARGES = ("resp-lp", "resp-lpn")
+
+
+def check_charges_for_pool(cfg: CampaignConfig, rows: list[tuple[str, str | None, bool, str]]) -> None:
+    """Refuse, in one line before anything is created, a backend configured with lone-pair
+    charges (:data:`LONE_PAIR_CHARGES`) when the pool holds a valid molecule that CSP searches
+    as flexible (:func:`sim_backends.csp.flexible.flexible_smiles`): every CSP of such a
+    molecule would fail. Backends that leave ``charges`` unset choose by molecule."""
+    configured = [(f"backends.{i}", b) for i, b in enumerate(cfg.backends)]
+    st = cfg.structures
+    if st.enabled:
+        configured.append(("structures.csp", st.csp))
+        configured += [(f"structures.levels.{i}", lv) for i, lv in enumerate(st.level_configs())]
+    lone_pair = [(where, b) for where, b in configured if b.params.get("charges") in LONE_PAIR_CHARGES]
+    if not lone_pair:
+        return
+    from sim_backends.csp.flexible import flexible_smiles
+
+    flexible = [name or smi for smi, name, ok, _ in rows if ok and flexible_smiles(smi) is not None]
+    if flexible:
+        where, b = lone_pair[0]
+        n_valid = sum(1 for r in rows if r[2])
+        shown = ", ".join(flexible[:3]) + (", ..." if len(flexible) > 3 else "")
+        raise ConfigError(
+            f"config error: {where}.params.charges: {b.params['charges']!r} (lone-pair sites) is for rigid "
+            f"molecules, but {len(flexible)} of {n_valid} valid pool molecules "
+            f"{'is' if len(flexible) == 1 else 'are'} searched as flexible ({shown}); use 'resp' or 'xtb', or leave charges unset")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sqlite3
 
 import pytest
@@ -461,3 +462,33 @@ def test_pool_summary_of_one_molecule_is_singular(tmp_path, capsys, no_runner):
         main(["run", str(cfg), "--runs-dir", str(tmp_path / "runs")])
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pool:")]
     assert line == ["pool: 1 molecule"], line
+
+
+CSP_LONE_PAIRS = """
+objective = "global_min_energy_kjmol"
+max_evaluations = 2
+[tracking]
+enabled = false
+[[backends]]
+name = "csp-ff"
+params = {params}
+"""
+
+
+def test_lone_pair_charges_with_a_flexible_pool_molecule_refused_before_creation(tmp_path, capsys, no_runner):
+    """Stop-40 note: a csp-ff level with lone-pair charges and a flexible molecule in the pool
+    failed every CSP task of that molecule; it is now refused at the start, naming it."""
+    pool = ["c1ccncc1 pyridine", "CC(C)Cc1ccc(cc1)C(C)C(=O)O ibuprofen", "c1cnccn1 pyrazine"]
+    cfg = write_config(tmp_path, pool, CSP_LONE_PAIRS.format(params='{charges = "resp-lpn"}'))
+    runs = tmp_path / "runs"
+    line = _refused(capsys, "run", str(cfg), "--runs-dir", str(runs))
+    assert "config error: backends.0.params.charges: 'resp-lpn' (lone-pair sites)" in line, line
+    assert "1 of 3 valid pool molecules is searched as flexible" in line and "ibuprofen" in line, line
+    assert not runs.exists() or not any(runs.iterdir())
+    # rigid molecules only: lone-pair charges are fine; a flexible pool with charges unset too
+    for pool_lines, params in ((["c1ccncc1 pyridine", "c1cnccn1 pyrazine"], '{charges = "resp-lpn"}'),
+                               (pool, "{}")):
+        cfg = write_config(tmp_path, pool_lines, CSP_LONE_PAIRS.format(params=params))
+        shutil.rmtree(runs, ignore_errors=True)
+        with pytest.raises(ReachedRunner):
+            _main(capsys, "run", str(cfg), "--runs-dir", str(runs))
