@@ -48,7 +48,9 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
                    help="converged (default): trials in rounds until the low-energy region of every space "
                         "group is converged or the budget is spent; fixed: all --n-trials, split evenly")
     p.add_argument("--space-groups", default=None,
-                   help="comma-separated, e.g. P2_1/c,P-1 (default: ten common groups)")
+                   help="comma-separated symbols or numbers, e.g. P2_1/c,P-1 or 14,2: P1, P-1, P2_1, C2, Cc, "
+                        "P2_1/c, C2/c, P2_12_12_1, Pna2_1, Pbca; other settings (P2_1/n, I2/a) are searched "
+                        "in the standard one (default: all ten)")
     p.add_argument("--out", default=None,
                    help="directory for landscape.csv, CIFs, plot and run.json (default: none; without "
                         "--out nothing is written, the results are only printed)")

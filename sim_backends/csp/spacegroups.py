@@ -42,6 +42,18 @@ _GROUPS: dict[str, tuple[int, int]] = {
     "Pbca": (61, 290),
 }
 
+#: other settings of these groups (cell choices and axis labels of the International Tables),
+#: searched as the same group in its standard setting: a crystal reported in P2_1/n is a
+#: P2_1/c crystal in another cell
+_SETTINGS: dict[str, str] = {
+    "P2_1/n": "P2_1/c", "P2_1/a": "P2_1/c",
+    "A2/n": "C2/c", "I2/a": "C2/c",
+    "An": "Cc", "Ia": "Cc",
+    "A2": "C2", "I2": "C2",
+    "Pbn2_1": "Pna2_1", "Pn2_1a": "Pna2_1",
+    "Pcab": "Pbca",
+}
+
 #: a frequency-ordered default list for searches (most common organic groups first)
 DEFAULT_SPACE_GROUPS: tuple[str, ...] = (
     "P2_1/c", "P-1", "P2_12_12_1", "P2_1", "C2/c", "Pbca", "Pna2_1", "Cc", "C2", "P1",
@@ -117,7 +129,8 @@ def _crystal_system(number: int) -> str:
 
 
 def canonical_symbol(symbol: str) -> str:
-    """Map user spellings (``P21/c``, ``p2_1/c``, ``14``) to our symbol.
+    """Map user spellings (``P21/c``, ``p2_1/c``, ``14``) and other settings of a supported
+    group (``P2_1/n``, ``I2/a``: :data:`_SETTINGS`) to our symbol.
 
     Raises:
         ValueError: unknown or unsupported space group (one line).
@@ -131,9 +144,19 @@ def canonical_symbol(symbol: str) -> str:
     for name in _GROUPS:
         if name.replace("_", "").lower() == norm:
             return name
+    for alias, name in _SETTINGS.items():
+        if alias.replace("_", "").lower() == norm:
+            return name
     raise ValueError(
-        f"unsupported space group {symbol!r}; supported: {', '.join(_GROUPS)}"
+        f"unsupported space group {symbol!r}; supported: {supported_groups_text()}"
     )
+
+
+def supported_groups_text() -> str:
+    """``"P1 (1), P-1 (2), ..."``: the searchable groups with their numbers, and a note on
+    other settings."""
+    return (", ".join(f"{name} ({num})" for name, (num, _) in _GROUPS.items())
+            + "; other settings such as P2_1/n or I2/a are searched in the standard one")
 
 
 @lru_cache(maxsize=None)

@@ -64,3 +64,23 @@ def test_spellings_and_bad_input():
         parse_space_groups("P2_1/c,Fm-3m")
     with pytest.raises(ValueError, match="no space groups"):
         parse_space_groups("")
+
+
+def test_other_settings_map_to_the_same_group_number():
+    """newuser40 C4: P2_1/n (the common setting of No. 14) was refused. Every alias is a
+    setting spglib's database lists under the number of the group it maps to."""
+    import spglib
+
+    from sim_backends.csp.spacegroups import _GROUPS, _SETTINGS, supported_groups_text
+
+    settings: dict[str, set[int]] = {}
+    for hall in range(1, 531):
+        t = spglib.get_spacegroup_type(hall)
+        full = "".join(p for p in t.international_full.split() if p != "1")  # P 1 2_1/n 1 -> P2_1/n
+        for symbol in {full, t.international_short}:
+            settings.setdefault(symbol, set()).add(t.number)
+    for alias, name in _SETTINGS.items():
+        assert settings.get(alias) == {_GROUPS[name][0]}, (alias, settings.get(alias), name)
+        assert canonical_symbol(alias) == name
+    assert [g.symbol for g in parse_space_groups("P2_1/n,P21/c,i2/a")] == ["P2_1/c", "C2/c"]
+    assert "P2_1/c (14)" in supported_groups_text()
