@@ -428,8 +428,13 @@ class Store:
                 )
         return inserted
 
-    def evaluations(self) -> list[Evaluation]:
-        return self._evaluation_rows("", ())
+    def evaluations(self, backend: str | None = None, status: str | None = None) -> list[Evaluation]:
+        """Every stored evaluation in the order stored; ``backend`` and ``status`` (``"ok"``
+        or ``"failed"``) select in the query, so a summary of one backend does not decode
+        every other result (CSP landscapes carry their CIFs)."""
+        where = [(c, v) for c, v in (("backend", backend), ("status", status)) if v is not None]
+        return self._evaluation_rows("WHERE " + " AND ".join(f"{c} = ?" for c, _ in where) if where else "",
+                                     tuple(v for _, v in where))
 
     def _evaluation_rows(self, where: str, args: tuple[Any, ...]) -> list[Evaluation]:
         rows = self.conn.execute(f"SELECT * FROM evaluations {where} ORDER BY id", args).fetchall()

@@ -146,8 +146,8 @@ def csp_levels(store: Any, csp_name: str) -> dict[int, str]:
     """Molecule id -> the level its CSP landscape was computed at, as the search recorded it
     (force field and the charges it used, e.g. RESP with N lone-pair sites for a rigid molecule,
     GFN2-xTB charges per conformer for a flexible one); molecules without one are absent."""
-    return {int(ev.molecule_id): str(ev.extra["level"]) for ev in store.evaluations()
-            if ev.backend == csp_name and ev.ok and ev.structure_id is None and ev.extra.get("level")}
+    return {int(ev.molecule_id): str(ev.extra["level"]) for ev in store.evaluations(csp_name, "ok")
+            if ev.structure_id is None and ev.extra.get("level")}
 
 
 # -- structure stage ------------------------------------------------------------------------
@@ -322,8 +322,8 @@ def csp_sampling(store: Store, csp_backend: str) -> dict[int, dict[str, Any]]:
     stopped_by, n_trials, n_groups, n_not_converged``, and the force field's ``warnings``
     for the landscape (:mod:`sim_backends.csp.domain`)."""
     out: dict[int, dict[str, Any]] = {}
-    for ev in store.evaluations():
-        csp = (ev.extra.get("csp") or {}) if ev.backend == csp_backend and ev.ok else {}
+    for ev in store.evaluations(csp_backend, "ok"):
+        csp = ev.extra.get("csp") or {}
         if conv := csp.get("convergence"):
             per = conv.get("per_space_group") or {}
             out[int(ev.molecule_id)] = {
@@ -412,11 +412,11 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
     value_key = level_value_keys(cfg.structures)[0]  # what the first structure level ranks by
     computed: dict[str, float] = {}
     failed: set[str] = set()
-    for ev in store.evaluations():
+    for ev in store.evaluations(refine) if refine else []:
         v = ev.values.get(value_key)
-        if ev.structure_id and ev.backend == refine and ev.ok and v is not None and math.isfinite(v):
+        if ev.structure_id and ev.ok and v is not None and math.isfinite(v):
             computed[ev.structure_id] = float(v)
-        elif ev.structure_id and ev.backend == refine:
+        elif ev.structure_id:
             failed.add(ev.structure_id)
     level = level_of_theory(cfg.structures.refine)
     by_mol = {int(r["molecule_id"]): r for r in saved}
@@ -607,13 +607,12 @@ def failure_summary(store: Store) -> dict[str, dict[str, Any]]:
     """Backend -> ``{"n": failed evaluations, "reason": the latest one's reason}``: why work
     failed, in the status itself rather than only in the store."""
     out: dict[str, dict[str, Any]] = {}
-    for ev in store.evaluations():  # oldest first: the last reason seen is the latest
-        if not ev.ok:
-            f = out.setdefault(ev.backend, {"n": 0, "reason": ""})
-            f["n"] += 1
-            reason = (ev.reason or "").strip()
-            if reason:
-                f["reason"] = reason.splitlines()[0][:300]
+    for ev in store.evaluations(status="failed"):  # oldest first: the last reason seen is the latest
+        f = out.setdefault(ev.backend, {"n": 0, "reason": ""})
+        f["n"] += 1
+        reason = (ev.reason or "").strip()
+        if reason:
+            f["reason"] = reason.splitlines()[0][:300]
     return out
 
 

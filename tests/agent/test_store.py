@@ -125,3 +125,20 @@ def test_nan_values_are_standard_json_and_read_back(tmp_path):
         assert ev.values["x"] == 1.0 and math.isnan(ev.values["mu_e"])
     with sqlite3.connect(tmp_path / "s.sqlite") as db:
         assert db.execute("SELECT json_extract(values_json, '$.x') FROM evaluations").fetchone()[0] == 1.0
+
+
+def test_evaluations_selected_by_backend_and_status(tmp_path):
+    """The summaries read one backend's (or only the failed) evaluations by query, in stored order."""
+    import dataclasses
+
+    with Store(tmp_path / "s.sqlite", lock=True) as s:
+        s.add_molecules([("C", "methane", True, "")])
+        for k, (backend, status) in enumerate([("a", "ok"), ("b", "failed"), ("a", "failed"), ("a", "ok")]):
+            r = dataclasses.replace(_result(status, v=float(k)), backend=backend)
+            s.record_evaluation(request_id=f"r{k}", molecule_id=1, result=r, submitted_at=0)
+        ids = lambda evs: [e.request_id for e in evs]  # noqa: E731
+        assert ids(s.evaluations()) == ["r0", "r1", "r2", "r3"]
+        assert ids(s.evaluations("a")) == ["r0", "r2", "r3"]
+        assert ids(s.evaluations("a", "ok")) == ["r0", "r3"]
+        assert ids(s.evaluations(status="failed")) == ["r1", "r2"]
+        assert s.evaluations("c") == []
