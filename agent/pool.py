@@ -136,12 +136,14 @@ def check_charges_for_pool(cfg: CampaignConfig, rows: list[tuple[str, str | None
         return
     from sim_backends.csp.flexible import flexible_smiles
 
-    flexible = [name or smi for smi, name, ok, _ in rows if ok and flexible_smiles(smi) is not None]
-    if flexible:
-        where, b = lone_pair[0]
-        n_valid = sum(1 for r in rows if r[2])
-        shown = ", ".join(flexible[:3]) + (", ..." if len(flexible) > 3 else "")
-        raise ConfigError(
-            f"config error: {where}.params.charges: {b.params['charges']!r} (lone-pair sites) is for rigid "
-            f"molecules, but {len(flexible)} of {n_valid} valid pool molecules "
-            f"{'is' if len(flexible) == 1 else 'are'} searched as flexible ({shown}); use 'resp' or 'xtb', or leave charges unset")
+    n_valid = sum(1 for r in rows if r[2])
+    for where, b in lone_pair:
+        mode = str(b.params.get("flexible", "auto"))  # csp-ff's own choice; other CSP users search by "auto"
+        flexible = [name or smi for smi, name, ok, _ in rows if ok and flexible_smiles(smi, mode) is not None]
+        if flexible:
+            shown = ", ".join(flexible[:3]) + (", ..." if len(flexible) > 3 else "")
+            raise ConfigError(
+                f"config error: {where}.params.charges: {b.params['charges']!r} (lone-pair sites) is for rigid "
+                f"molecules, but {len(flexible)} of {n_valid} valid pool molecules "
+                f"{'is' if len(flexible) == 1 else 'are'} searched as flexible ({shown}); use 'resp' or 'xtb', "
+                "or leave charges unset")

@@ -19,8 +19,10 @@ into ``extra["landscape"]``; the values are computed over all unique minima),
 unless raised), ``sampling`` ("converged": ``n_trials`` is a budget the search may stop
 short of once the low-energy region is converged; "fixed"), ``z_prime`` (1, 2, "1,2" or [1, 2]:
 the Z' values searched, :func:`~sim_backends.csp.run.run_csp`), ``racemic`` (False: a SMILES
-naming one enantiomer is searched only in Sohncke groups; :mod:`sim_backends.csp.chirality`).
-``extra["csp"]["convergence"]``
+naming one enantiomer is searched only in Sohncke groups; :mod:`sim_backends.csp.chirality`),
+``flexible`` ("auto": a SMILES with rotatable bonds gets the flexible-molecule search; "rigid";
+"always") and ``max_rotatable_bonds`` (the flexible search's limit, default 4), as the CLI's
+``--flexible`` and ``--max-rotatable-bonds``. ``extra["csp"]["convergence"]``
 holds the per-space-group convergence record of the landscape.
 :meth:`CSPBackend.check_params` refuses what :func:`run_csp` would.
 """
@@ -76,6 +78,7 @@ class CSPBackend(Backend):
         "n_trials": DEFAULT_TRIAL_BUDGET, "space_groups": None, "seed": 0, "energy_window_kjmol": 20.0,
         "charges": None, "max_structures": 100, "max_trials": None,
         "sampling": "converged", "z_prime": 1, "racemic": False,
+        "flexible": "auto", "max_rotatable_bonds": None,
     }
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1), "max_trials": check.integer(1),
@@ -84,6 +87,7 @@ class CSPBackend(Backend):
         "charges": check.one_of("resp", "resp-lp", "resp-lpn", "xtb", "none"),
         "max_structures": check.integer(0), "sampling": check.one_of("converged", "fixed"),
         "z_prime": _parse_z_prime, "racemic": check.boolean,
+        "flexible": check.one_of("auto", "rigid", "always"), "max_rotatable_bonds": check.integer(0),
     }
 
     @classmethod
@@ -153,7 +157,8 @@ class CSPBackend(Backend):
                 inp.smiles, n_trials, space_groups=p["space_groups"], seed=int(p["seed"]),
                 energy_window_kjmol=float(p["energy_window_kjmol"]), progress=False,
                 charges=None if p["charges"] is None else str(p["charges"]), sampling=str(p["sampling"]),
-                z_prime=p["z_prime"],
+                z_prime=p["z_prime"], flexible=str(p["flexible"]),
+                max_rotatable_bonds=None if p["max_rotatable_bonds"] is None else int(p["max_rotatable_bonds"]),
                 racemic=bool(p["racemic"]), **limit,
             )
         except (ValueError, TypeError) as exc:

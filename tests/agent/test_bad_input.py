@@ -487,7 +487,7 @@ def test_lone_pair_charges_with_a_flexible_pool_molecule_refused_before_creation
     assert not runs.exists() or not any(runs.iterdir())
     # rigid molecules only: lone-pair charges are fine; a flexible pool with charges unset too
     for pool_lines, params in ((["c1ccncc1 pyridine", "c1cnccn1 pyrazine"], '{charges = "resp-lpn"}'),
-                               (pool, "{}")):
+                               (pool, "{}"), (pool, '{charges = "resp-lpn", flexible = "rigid"}')):
         cfg = write_config(tmp_path, pool_lines, CSP_LONE_PAIRS.format(params=params))
         shutil.rmtree(runs, ignore_errors=True)
         with pytest.raises(ReachedRunner):

@@ -159,3 +159,19 @@ def test_csp_ff_backend_takes_z_prime():
     for bad in (3, "2,5", 1.5, {"a": 1}):
         with pytest.raises(ParamsError, match="z_prime"):
             CSPBackend.check_params({"z_prime": bad})
+
+
+def test_csp_ff_backend_takes_the_flexible_search_options():
+    """newuser41 #2: a failed campaign CSP said "raise max_rotatable_bonds", which csp-ff did not
+    accept; it now takes ``flexible`` and ``max_rotatable_bonds`` as the CLI does."""
+    from sim_backends.base import EvalInput, ParamsError
+    from sim_backends.csp.backend import CSPBackend
+
+    for ok in ({"flexible": "rigid"}, {"flexible": "always"}, {"max_rotatable_bonds": 8}):
+        CSPBackend.check_params(ok)
+    for bad in ({"flexible": "yes"}, {"max_rotatable_bonds": -1}, {"max_rotatable_bonds": 2.5}):
+        with pytest.raises(ParamsError, match=next(iter(bad))):
+            CSPBackend.check_params(bad)
+    # the limit reaches the search: nonanoic acid (7 rotatable bonds) refused at limit 2, before any work
+    res = CSPBackend().evaluate(EvalInput(smiles="CCCCCCCCC(=O)O", params={"max_rotatable_bonds": 2, "n_trials": 8}))
+    assert res.status == "failed" and "max_rotatable_bonds=2" in res.reason, res.reason
