@@ -102,6 +102,9 @@ class Status:
     constraints: str = ""  # the [[constraints]] bounds, one line (empty without any)
     #: molecules whose top-level value its backend marks unreliable (never the best): name -> reason
     unreliable: dict[str, str] = field(default_factory=dict)
+    #: the same for values of the cheaper levels (kept out of the surrogate's training data):
+    #: name -> {backend: reason}
+    unreliable_cheap: dict[str, dict[str, str]] = field(default_factory=dict)
     best_constrained: dict[str, float] = field(default_factory=dict)  # the best's constrained values
     best_constrained_level: dict[str, str] = field(default_factory=dict)  # the backend each comes from
 
@@ -590,6 +593,11 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     # is never the best; status names it
     unreliable = {ev.molecule_id: why for ev in evs if ev.backend == top and ev.ok and ev.structure_id is None
                   and (why := unreliable_lambda_reason(ev.extra, cfg.objective))}
+    unreliable_cheap: dict[int, dict[str, str]] = {}  # a cheaper level's (the molecule stage does not train on it)
+    for ev in evs:
+        if (ev.backend != top and ev.ok and ev.structure_id is None and ev.backend in {b.name for b in cfg.backends}
+                and (why := unreliable_lambda_reason(ev.extra, cfg.objective))):
+            unreliable_cheap.setdefault(ev.molecule_id, {})[ev.backend] = why
     best, best_mol = None, None
     for ev in evs:
         v = ev.values.get(cfg.objective)
@@ -638,6 +646,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
                     for m, why in infeasible.items()},
         unreliable={(mols[m]["name"] or mols[m]["smiles"]) if m in mols else str(m): why
                     for m, why in unreliable.items()},
+        unreliable_cheap={(mols[m]["name"] or mols[m]["smiles"]) if m in mols else str(m): by
+                          for m, by in unreliable_cheap.items()},
         constraints=describe(cfg.constraints),
         best_constrained={k: v[0] for k, v in best_src.items()},
         best_constrained_level={k: v[2] for k, v in best_src.items()},

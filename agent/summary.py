@@ -668,6 +668,9 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         lines.append(f"constraints   {s['constraints']}" + (f"; the best has {own}" if own else ""))
     for name, why in (s.get("unreliable") or {}).items():
         lines.append(f"unreliable    {name}: {why}; not taken as the best")
+    for name, by in (s.get("unreliable_cheap") or {}).items():
+        for backend, why in by.items():
+            lines.append(f"WARNING: {name} at {backend}: {why}; not used to choose molecules")
     if s.get("infeasible"):
         shown = list(s["infeasible"].items())[:N_INFEASIBLE_LISTED]
         more = len(s["infeasible"]) - len(shown)

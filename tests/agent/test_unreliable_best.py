@@ -88,3 +88,40 @@ def test_which_results_are_unreliable():
     assert unreliable_lambda_reason(UNRESOLVED, "ip_gas_ev") is None
     untested = {"jahn_teller": "unresolved: HOMO degeneracy not tested (SCF failed); 300 K value"}
     assert unreliable_lambda_reason(untested, "reorg_energy_kjmol") is None
+
+
+TWO_LEVELS = BODY + """[[backends]]
+name = "dft-reorg"
+"""
+
+
+def test_a_cheap_level_value_is_flagged_and_kept_out_of_training(tmp_path):
+    """newuser41 #3: in a two-level campaign benzene's unresolved GFN2-xTB lambda+ (6.1 kJ/mol, the
+    pool's lowest) trained the surrogate as a very attractive point and status said nothing."""
+    from agent.campaign import Campaign, campaign_status
+    from agent.config import load_config
+    from agent.summary import status_lines, status_record
+    from sim_backends.base import EvalResult
+
+    cfg = load_config(write_config(tmp_path, ["c1ccccc1 benzene", "c1ccc2ccccc2c1 naphthalene"], TWO_LEVELS))
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        ids = {m["name"]: m["id"] for m in camp.store.molecules()}
+        for mid, v, extra in ((ids["benzene"], 6.1, UNRESOLVED), (ids["naphthalene"], 18.0, {})):
+            camp.store.record_evaluation(request_id=f"r{mid}", molecule_id=mid, submitted_at=0.0, result=EvalResult(
+                backend="xtb-reorg", backend_version="1", fidelity=0, status="ok", inputs_hash="h",
+                values={"reorg_energy_kjmol": v}, extra=extra, wall_s=1.0))
+        status = campaign_status(camp.store, cfg)
+        text = "\n".join(status_lines(status_record(status, camp.store, cfg)))
+    finally:
+        camp.close()
+    assert set(status.unreliable_cheap) == {"benzene"} and not status.unreliable
+    assert "WARNING: benzene at xtb-reorg: degenerate HOMO (Jahn-Teller cation)" in text, text
+    camp = Campaign.open("t", tmp_path / "runs", readonly=True)
+    try:
+        stage = camp.molecules
+        trained = {stage.smiles[i] for i, f, _ in stage.observations}
+        assert trained == {"c1ccc2ccccc2c1"}, trained
+        assert stage.done[stage.smiles.index("c1ccccc1"), 0]  # not recomputed; DFT may still follow
+    finally:
+        camp.close()
