@@ -32,12 +32,14 @@ On-disk layouts (:meth:`Landscape.read` detects which):
   that appears twice in the table or in a level's extxyz is refused.
 * **CIF folder** (what ``crystal-agent lab identify --structures`` and ``lab serve``
   read): ``<id>.cif`` files and an optional ``energies.csv`` (``id, energy_kjmol[,
-  free_energy_kjmol]``).
+  free_energy_kjmol]``); when there is one, a CIF without a row in it is refused (one line
+  naming it), not given an energy.
 
 :meth:`Landscape.write` writes the table layout (every level: CSV columns and one
 extxyz per level with a geometry) plus ``cif/<id>.cif`` as crystallographers read them
 (:func:`sim_backends.csp.landscape.crystal_cif`) with ``cif/energies.csv``, ``run.json``
-and ``landscape.png``; :meth:`Landscape.read` reads it back with every level.
+and ``landscape.png``, replacing the outputs of a landscape written there before (other
+files stay); :meth:`Landscape.read` reads it back with every level.
 
 Relative energies (:meth:`Landscape.energies`) are re-referenced to the lowest kept
 structure per level (from the ``dE`` column when the table has one, else from the
@@ -534,14 +536,20 @@ class Landscape:
                    _relative={lv: np.asarray(v) - min(v) for lv, v in rel.items()})
 
     @classmethod
-    def from_cif_dir(cls, directory: str | Path) -> Landscape:
+    def from_cif_dir(cls, directory: str | Path, allow_missing_energies: bool = False) -> Landscape:
         """All ``*.cif`` in ``directory`` (ids: file stems); energies from ``energies.csv``
-        there (columns ``id,energy_kjmol[,free_energy_kjmol]``; 0 for a structure it lacks).
+        there (columns ``id,energy_kjmol[,free_energy_kjmol]``), which then needs a row for
+        every CIF; without an ``energies.csv`` every energy is 0 (a folder of structures only).
         The CIFs are parsed here, once, so a bad file fails now.
 
+        Args:
+            allow_missing_energies: the caller reads the structures only (``lab identify``):
+                a CIF without a row gets energy nan instead of an error.
+
         Raises:
-            LandscapeError: no such directory, no CIF, an unreadable CIF or a malformed
-                energies.csv (one line).
+            LandscapeError: no such directory, no CIF, an unreadable CIF, a malformed
+                energies.csv or (unless ``allow_missing_energies``) a CIF without a row
+                there (one line naming them).
         """
         from pymatgen.core import Structure
 
@@ -562,6 +570,11 @@ class Landscape:
                                                float(free) if free not in (None, "") else None)
                     except (KeyError, TypeError, ValueError):
                         raise LandscapeError(f"{table}:{i}: need columns id,energy_kjmol[,free_energy_kjmol]") from None
+            missing = [p.name for p in cifs if p.stem not in energies]
+            if missing and not allow_missing_energies:  # e.g. a CIF of another run: 0 would rank it wrongly
+                shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+                raise LandscapeError(f"{table} has no energy for {len(missing)} of the {len(cifs)} CIFs there: "
+                                     f"{shown}; add their rows (id,energy_kjmol) or remove those CIFs")
         entries = []
         for path in cifs:
             try:
@@ -570,7 +583,7 @@ class Landscape:
             except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise LandscapeError(f"cannot read {path.name}: {msg}") from None
-            energy, free = energies.get(path.stem, (0.0, None))
+            energy, free = energies.get(path.stem, (math.nan if energies else 0.0, None))  # 0: no energies.csv
             z = _cif_z(path)
             entries.append(LandscapeEntry(path.stem, energy, structure.density, z=z, structure=structure,
                                           free_energy_kjmol=free))
@@ -579,8 +592,15 @@ class Landscape:
     # -- writing ---------------------------------------------------------------------------
     def write(self, out_dir: str | Path, plot: bool = True) -> Path:
         """Write the table layout with every level, ``cif/`` (crystallographer's CIFs and
-        ``energies.csv``), ``run.json`` and (``plot``) ``landscape.png`` into ``out_dir``."""
+        ``energies.csv``), ``run.json`` and (``plot``) ``landscape.png`` into ``out_dir``.
+
+        A landscape written there before is replaced: its own outputs (:func:`_written_by_write`:
+        the ``cif/<id>.cif`` its ``landscape.csv`` lists, its levels' extxyz, ``landscape.png``)
+        are deleted first, so no structure of the earlier run stays beside this one's; any
+        other file in ``out_dir`` is left alone."""
         out = Path(out_dir)
+        for old in _written_by_write(out):
+            old.unlink(missing_ok=True)
         (out / "cif").mkdir(parents=True, exist_ok=True)
         keys = self.level_keys
         e0 = min((m.energy_kjmol for m in self.minima), default=0.0)
@@ -793,6 +813,32 @@ def _level_value(row: dict[str, str], level: str) -> float:
     if text in (None, ""):
         text = row.get(f"dE_{level}_kJmol_per_mol")
     return math.nan if text in (None, "") else float(text)
+
+
+def _written_by_write(out: Path) -> list[Path]:
+    """The files an earlier :meth:`Landscape.write` into ``out`` left there, read from its
+    ``landscape.csv``: ``cif/<id>.cif`` of each row (the names it writes), ``landscape_<L>.extxyz``
+    of each level column ``E_<L>_kJmol_per_mol``, ``landscape.png``, ``cif/energies.csv``,
+    ``run.json`` and the table itself. None without a ``landscape.csv`` (no earlier landscape:
+    nothing of the folder is touched)."""
+    table = out / "landscape.csv"
+    if not table.is_file():
+        return []
+    try:
+        with open(table, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    if "id" not in header:
+        return []  # not a table this writer wrote
+    files = [out / "cif" / f"{row['id']}.cif" for row in rows
+             if row.get("id") and "/" not in row["id"] and "\\" not in row["id"]
+             and row.get("cif", f"cif/{row['id']}.cif") == f"cif/{row['id']}.cif"]
+    files += [out / f"landscape_{m.group(1)}.extxyz" for col in header
+              if (m := re.fullmatch(r"E_(.+)_kJmol_per_mol", col)) and "/" not in m.group(1)]
+    return [*files, out / "landscape.png", out / "cif" / "energies.csv", out / "run.json", table]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

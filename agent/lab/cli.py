@@ -99,7 +99,7 @@ def _identify(args: argparse.Namespace) -> int:
     x, y = read_pattern(args.pattern)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen's multi-line CIF notices; bad files still raise
-        entries = Landscape.from_cif_dir(args.structures).minima
+        entries = Landscape.from_cif_dir(args.structures, allow_missing_energies=True).minima  # structures only
     result = identify((x, y), [e.structure for e in entries], [f"{e.id}.cif" for e in entries], wavelength=args.wavelength)
     if args.json:
         out = result.to_dict()

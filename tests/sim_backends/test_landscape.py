@@ -183,3 +183,44 @@ def test_cif_dir_errors(tmp_path):
     (tmp_path / "bad.cif").write_text("data_x\n_cell_length_a 3\n")
     with pytest.raises(LandscapeError, match="cannot read bad.cif"):
         Landscape.from_cif_dir(tmp_path)
+
+
+def test_writing_over_an_earlier_landscape_replaces_its_outputs_only(tmp_path):
+    """newuser41: a second `crystal-agent csp --out DIR` (fewer minima) left the first run's
+    later CIFs in DIR/cif, read back with energy 0. The earlier landscape's own files go (its
+    CIFs, a level's extxyz the new one lacks, the plot); a user's files in the folder stay."""
+    src = Landscape.read(FORMAMIDE)
+    Landscape("NC=O", src.minima[:5], name="formamide", levels=src.levels).write(tmp_path, plot=False)
+    (tmp_path / "landscape.png").write_bytes(b"an earlier plot")
+    assert (tmp_path / "landscape_xtb.extxyz").is_file()
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "cif" / "README").write_text("mine")
+    second = Landscape("NC=O", [src.minima[k] for k in (3, 1)], name="formamide", levels={"ff": src.levels["ff"]})
+    second.write(tmp_path, plot=False)
+    assert sorted(p.name for p in (tmp_path / "cif").iterdir()) == sorted(
+        ["README", "energies.csv", *(f"{i}.cif" for i in second.ids)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["cif", "landscape.csv", "landscape_ff.extxyz", "notes.txt", "run.json"])
+    back = Landscape.read(tmp_path)
+    assert back.ids == second.ids and back.level_keys == ["ff"]
+    cifs = Landscape.from_cif_dir(tmp_path / "cif")
+    assert sorted(cifs.ids) == sorted(second.ids)
+    assert {m.id: m.energy_kjmol for m in cifs.minima} == pytest.approx(
+        {m.id: m.energy_kjmol for m in second.minima}, abs=1e-3)
+
+
+def test_cif_dir_refuses_a_cif_without_an_energy_row(tmp_path):
+    """With an energies.csv, a CIF it has no row for (e.g. one of another run) is an error
+    naming it, not a structure of energy 0; without one, every energy is 0."""
+    src = Landscape.read(FORMAMIDE)
+    Landscape("NC=O", src.minima[:3]).write_cif_dir(tmp_path)
+    shutil.copy(tmp_path / f"{src.minima[0].id}.cif", tmp_path / "stale.cif")
+    with pytest.raises(LandscapeError, match=r"energies\.csv has no energy for 1 of the 4 CIFs there: stale\.cif;"):
+        Landscape.from_cif_dir(tmp_path)
+    # what `lab identify` reads (structures only): the CIF is kept, without an invented energy
+    structures = {m.id: m.energy_kjmol for m in Landscape.from_cif_dir(tmp_path, allow_missing_energies=True).minima}
+    assert len(structures) == 4 and np.isnan(structures.pop("stale"))
+    assert structures == pytest.approx({m.id: m.energy_kjmol for m in src.minima[:3]}, abs=1e-3)
+    (tmp_path / "energies.csv").unlink()
+    land = Landscape.from_cif_dir(tmp_path)
+    assert len(land) == 4 and {m.energy_kjmol for m in land.minima} == {0.0}
