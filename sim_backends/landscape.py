@@ -583,7 +583,7 @@ class Landscape:
             except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise LandscapeError(f"cannot read {path.name}: {msg}") from None
-            energy, free = energies.get(path.stem, (math.nan if energies else 0.0, None))  # 0: no energies.csv
+            energy, free = energies.get(path.stem, (math.nan if table.is_file() else 0.0, None))  # 0: no energies.csv
             z = _cif_z(path)
             entries.append(LandscapeEntry(path.stem, energy, structure.density, z=z, structure=structure,
                                           free_energy_kjmol=free))
@@ -728,12 +728,13 @@ class Landscape:
         m0 = self.minima[0]
         formula = molecule_formula(m0.structure, m0.z)
         title = f"{name} ({formula})" if name else f"{formula} ({self.smiles})" if self.smiles else formula
-        charges = self.meta.get("charge_method")
+        level, charges = self.levels[self.level_keys[0]], self.meta.get("charge_method")
+        if charges and f"{charges} charges" not in level:  # a CSP run's level names them already
+            level += f", {charges} charges"
         # a figure title (the axes are narrowed by the legend beside them: a title centred on
         # them would be cut at the figure's edge), each line wrapped to the figure's width
         lines = [f"CSP landscape of {title}: {len(self.minima)} minima, global minimum "
-                 f"{e0:.1f} kJ/mol per molecule",
-                 self.levels[self.level_keys[0]] + (f", {charges} charges" if charges else "")]
+                 f"{e0:.1f} kJ/mol per molecule", level]
         fig.suptitle("\n".join(textwrap.fill(t, 100, break_on_hyphens=False) for t in lines), fontsize=9)
         # one entry per space group (whatever its markers), coloured, beside the axes (the
         # axes' legend); below it Z' by shape

@@ -67,3 +67,25 @@ def test_one_z_prime_gives_circles_and_no_z_prime_legend(z_primes):
         assert sum(isinstance(a, matplotlib.legend.Legend) for a in ax.get_children()) == 1
     finally:
         plt.close(fig)
+
+
+@pytest.mark.parametrize("flexible", [False, True])
+def test_the_title_names_the_charge_model_once(flexible):
+    """newuser41: the title read "..., resp-lpn-pyscf HF/6-31G* (no lone-pair site) charges,
+    resp-lpn-pyscf HF/6-31G* (no lone-pair site) charges": run_csp's level names the charges
+    already. A level without them (an older run.json) still gets them from the run's meta."""
+    from sim_backends.csp.landscape import FF_LEVEL
+
+    charges = "resp-lpn-pyscf HF/6-31G* (no lone-pair site)"
+    land = _landscape([1.0])
+    land.meta["charge_method"] = charges
+    base = FLEX if flexible else FF_LEVEL
+    for level in (f"{base}, {charges} charges", base):
+        land.levels = {"ff": level}
+        fig = land.figure("carbon dioxide")
+        try:
+            title = fig.get_suptitle().replace("\n", " ")
+        finally:
+            plt.close(fig)
+        assert title.count(charges) == 1, title
+        assert title.endswith(f"{base}, {charges} charges")
