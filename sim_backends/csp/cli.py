@@ -105,7 +105,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
 
     from sim_backends.base import BackendError
     from sim_backends.csp.run import MAX_TRIALS_DEFAULT, run_csp, validate_csp_arguments
-    from sim_backends.csp.spacegroups import parse_space_groups, parse_z_prime
+    from sim_backends.csp.spacegroups import parse_space_groups, parse_z_prime, setting_notes
 
     try:
         if args.workers < 1:
@@ -126,6 +126,8 @@ def run_csp_command(args: argparse.Namespace) -> int:
         parse_z_prime(args.z_prime)
         if stereo.note:
             print(f"note: {stereo.note}", file=sys.stderr)
+        for line in setting_notes(args.space_groups):  # P2_1/n given: searched (and written) as P2_1/c
+            print(f"note: {line}", file=sys.stderr)
         if args.out is not None:
             _check_out_dir(Path(args.out))
         from sim_backends.csp.charges import stage_messages

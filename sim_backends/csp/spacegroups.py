@@ -133,23 +133,58 @@ def canonical_symbol(symbol: str) -> str:
     group (``P2_1/n``, ``I2/a``: :data:`_SETTINGS`) to our symbol.
 
     Raises:
-        ValueError: unknown or unsupported space group (one line).
+        ValueError: unknown or unsupported space group (one line; a number 1-230 is named by
+            its symbol, e.g. "unsupported space group 62 (Pnma); supported: ...").
     """
     s = str(symbol).strip()
     if s.isdigit():
         for name, (num, _) in _GROUPS.items():
             if num == int(s):
                 return name
+        if 1 <= int(s) <= 230:  # name it: the user may know the group by its symbol only
+            raise ValueError(f"unsupported space group {int(s)} ({_itc_symbols()[int(s)]}); "
+                             f"supported: {supported_groups_text()}")
+        raise ValueError(f"unsupported space group {symbol!r} (space-group numbers run from 1 to 230); "
+                         f"supported: {supported_groups_text()}")
     norm = s.replace("_", "").replace(" ", "").lower()
     for name in _GROUPS:
         if name.replace("_", "").lower() == norm:
             return name
-    for alias, name in _SETTINGS.items():
-        if alias.replace("_", "").lower() == norm:
-            return name
+    if (alias := _setting_alias(s)) is not None:
+        return _SETTINGS[alias]
     raise ValueError(
         f"unsupported space group {symbol!r}; supported: {supported_groups_text()}"
     )
+
+
+def _setting_alias(symbol: str) -> str | None:
+    """The :data:`_SETTINGS` key ``symbol`` spells (``p21/n`` -> ``P2_1/n``), else None."""
+    norm = str(symbol).strip().replace("_", "").replace(" ", "").lower()
+    return next((alias for alias in _SETTINGS if alias.replace("_", "").lower() == norm), None)
+
+
+def setting_notes(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """One line per other setting among the groups of ``spec`` (as :func:`parse_space_groups`
+    takes it), saying which standard-setting group is searched instead, e.g. ``"P2_1/n is
+    searched as P2_1/c (No. 14, standard setting); the CIFs are in P2_1/c"``."""
+    if spec is None:
+        return []
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    aliases = dict.fromkeys(a for a in map(_setting_alias, items) if a is not None)
+    return [f"{a} is searched as {_SETTINGS[a]} (No. {_GROUPS[_SETTINGS[a]][0]}, standard setting); "
+            f"the CIFs are in {_SETTINGS[a]}" for a in aliases]
+
+
+@lru_cache(maxsize=1)
+def _itc_symbols() -> dict[int, str]:
+    """International Tables number -> short symbol of its standard setting (spglib's database)."""
+    import spglib
+
+    symbols: dict[int, str] = {}
+    for hall in range(1, 531):
+        t = spglib.get_spacegroup_type(hall)
+        symbols.setdefault(int(t.number), t.international_short)
+    return symbols
 
 
 def supported_groups_text() -> str:

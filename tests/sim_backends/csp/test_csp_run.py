@@ -307,3 +307,20 @@ def test_lone_pair_charges_on_a_flexible_molecule_are_refused_in_one_line(charge
     with pytest.raises(ValueError, match="are for rigid molecules.*use 'resp' or 'xtb'") as err:
         run_csp("CC(=O)Nc1ccc(O)cc1", 10, space_groups="P2_1/c", charges=charges, progress=False)
     assert "\n" not in str(err.value)
+
+
+def test_cli_names_an_unsupported_group_and_notes_another_setting(capsys):
+    """newuser41: `--space-groups 62` is named (Pnma); P2_1/n, searched as P2_1/c, gets one
+    note line on stderr saying so (the JSON on stdout stays one object)."""
+    from agent.cli import main
+
+    assert main(["csp", "O=C=O", "--n-trials", "2", "--space-groups", "62", "--charges", "xtb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("crystal-agent csp: error: unsupported space group 62 (Pnma); supported: P1 (1)")
+    assert len(err.splitlines()) == 1
+    assert main(["csp", "O=C=O", "--n-trials", "2", "--space-groups", "P21/n", "--charges", "xtb",
+                 "--sampling", "fixed", "--json"]) == 0
+    captured = capsys.readouterr()
+    notes = [ln for ln in captured.err.splitlines() if "searched as" in ln]
+    assert notes == ["note: P2_1/n is searched as P2_1/c (No. 14, standard setting); the CIFs are in P2_1/c"]
+    assert json.loads(captured.out)["meta"]["space_groups"] == ["P2_1/c"]

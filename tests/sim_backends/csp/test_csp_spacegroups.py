@@ -84,3 +84,29 @@ def test_other_settings_map_to_the_same_group_number():
         assert canonical_symbol(alias) == name
     assert [g.symbol for g in parse_space_groups("P2_1/n,P21/c,i2/a")] == ["P2_1/c", "C2/c"]
     assert "P2_1/c (14)" in supported_groups_text()
+
+
+@pytest.mark.parametrize("given, message", [
+    ("62", "unsupported space group 62 (Pnma); supported: P1 (1), P-1 (2)"),
+    (" 3", "unsupported space group 3 (P2); supported:"),
+    ("230", "unsupported space group 230 (Ia-3d); supported:"),
+    ("231", "unsupported space group '231' (space-group numbers run from 1 to 230); supported:"),
+    ("0", "unsupported space group '0' (space-group numbers run from 1 to 230); supported:"),
+    ("Pnma", "unsupported space group 'Pnma'; supported: P1 (1)"),
+])
+def test_an_unsupported_number_is_named(given, message):
+    """newuser41: `--space-groups 62` said "unsupported space group '62'"; the user may know
+    the group by its symbol only. Symbols keep their message."""
+    with pytest.raises(ValueError) as err:
+        canonical_symbol(given)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_other_settings_are_noted_once_each():
+    from sim_backends.csp.spacegroups import setting_notes
+
+    assert setting_notes("P21/n, P-1,p2_1/n,I2/a,14") == [
+        "P2_1/n is searched as P2_1/c (No. 14, standard setting); the CIFs are in P2_1/c",
+        "I2/a is searched as C2/c (No. 15, standard setting); the CIFs are in C2/c"]
+    assert setting_notes("P2_1/c,P-1") == setting_notes(None) == []
+    assert setting_notes(["Pcab"]) == ["Pcab is searched as Pbca (No. 61, standard setting); the CIFs are in Pbca"]
