@@ -51,14 +51,16 @@ def summarise_invalid(reasons: list[str]) -> str:
 
 
 def pool_summary(store: Store, name: str) -> str:
-    """One line on the stored pool, e.g. ``pool: 147 molecules, 3 invalid (2 unparsable
-    SMILES, 1 unsupported element: Fe); see `crystal-agent status NAME --invalid```."""
+    """One line on the stored pool, e.g. ``pool: 147 molecules``, or with refused entries
+    ``pool: 144 valid molecules of 147 entries; 3 invalid (2 unparsable SMILES, 1 unsupported
+    element: Fe); see `crystal-agent status NAME --invalid```."""
     mols = store.molecules()
     bad = [m["reason"] for m in mols if not m["is_valid"]]
     line = f"pool: {len(mols)} molecule{'s' if len(mols) != 1 else ''}"
-    if bad:
-        line += (f", {len(bad)} invalid ({summarise_invalid(bad)}); "
-                 f"see `crystal-agent status {name} --invalid`")
+    if bad:  # the count is of entries: say how many of them are run
+        n_ok = len(mols) - len(bad)
+        line = (f"pool: {n_ok} valid molecule{'s' if n_ok != 1 else ''} of {len(mols)} entries; "
+                f"{len(bad)} invalid ({summarise_invalid(bad)}); see `crystal-agent status {name} --invalid`")
     created = next(iter(store.events("created")), {})
     dups = created.get("duplicates") or []
     n_dups = int(created.get("n_duplicates", len(dups)))

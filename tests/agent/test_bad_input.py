@@ -307,7 +307,8 @@ def test_pool_summary_and_invalid_listing(tmp_path, capsys, no_runner):
     out = capsys.readouterr().out
     line = [ln for ln in out.splitlines() if ln.startswith("pool:")]
     assert len(line) == 1, out
-    assert "8 molecules" in line[0] and "4 invalid" in line[0] and "2 unparsable SMILES" in line[0]
+    assert line[0].startswith("pool: 4 valid molecules of 8 entries; 4 invalid") and "2 unparsable SMILES" in line[0]
+    assert "4 invalid" in line[0] and "2 unparsable SMILES" in line[0]
     assert "Fe" in line[0] and "status t --invalid" in line[0]
     rc, out, _ = _main(capsys, "status", "t", "--runs-dir", str(runs), "--invalid")
     assert rc == 0 and "[Fe]" in out and "iron" in out and "unsupported element" in out
