@@ -45,15 +45,17 @@ benzene I structure (measured in a diamond-anvil cell, not ambient); paracetamol
 (flexible) is left out.
 
 Parameter sets (``--params``): a key of :data:`sim_backends.csp.forcefield.PARAMETER_SETS` is used for
-every system; ``loo:x23fit-resp-lp`` / ``loo:x23fit-resp`` (:data:`LOO_FITS`) use, for a system whose
-crystal is in X23, the scale factors of that registered set's X23 fit refitted WITHOUT that crystal
-(``loo_theta`` of benchmarks/results/x23_lattice_fit.json; COD benzene I is X23's benzene crystal,
-:data:`LOO_CRYSTAL`), and the all-17 set otherwise (a molecule not in X23); :func:`loo_parameter_sets`.
+every system; ``loo:<set>`` (:data:`LOO_FITS`: x23fit-resp-lp, x23fit-resp, x23fit-resp-lpn, ...) use,
+for a system whose crystal is in X23, the scale factors of that set's X23 fit refitted WITHOUT that crystal
+(``loo_theta`` of benchmarks/results/x23_lattice_fit.json, or the set's file in :data:`LOO_FIT_FILES`; COD
+benzene I is X23's benzene crystal, :data:`LOO_CRYSTAL`), and the all-17 factors otherwise (a molecule not in
+X23); :func:`loo_parameter_sets`.
 Each row says which set it ran with (``params``, ``params_source``).
 
 Run:  OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/csp_recovery.py
       [--systems urea,co2] [--n-trials BUDGET] [--workers 1] [--seed 0] [--no-baseline]
-      [--charges resp-lpn|resp|resp-lp|xtb] [--params w99|x23fit-resp|x23fit-resp-lp|loo:x23fit-resp|loo:x23fit-resp-lp]
+      [--charges resp-lpn|resp|resp-lp|xtb]
+      [--params w99|x23fit-resp|x23fit-resp-lp|loo:x23fit-resp|loo:x23fit-resp-lp|loo:x23fit-resp-lpn]
       [--report-only] [--merge-progress FILE] [--cif FILE --smiles SMILES [--name NAME]] [--out DIR]
 A crystal of your own: ``--cif FILE --smiles SMILES`` runs it (alone unless ``--systems`` names it
 with others) as the COD systems are run: the same match, hydrogen check and relaxed experiment;
@@ -112,63 +114,120 @@ COD_FILES = {"benzene_cod": "data/reference/cod/COD_2100348_benzene_I.cif"}
 #: the systems shipped with the benchmark (``--cif`` adds to SYSTEMS and COD_FILES)
 BUILTIN_SYSTEMS = tuple(SYSTEMS)
 
-#: ``--params loo:<set>``: registered refitted set -> its model in benchmarks/results/x23_lattice_fit.json
-LOO_FITS = {"x23fit-resp-lp": "resp-lp:cX+aX+aHON", "x23fit-resp": "resp:cX+aX"}
+#: ``--params loo:<set>``: refitted set -> its model in its fit file (:data:`LOO_FIT_FILES`, else
+#: benchmarks/results/x23_lattice_fit.json). x23fit-resp-lpn is this benchmark's own (not a set of the force
+#: field): the X23 refit with resp-lpn charges of the stop-41 measurement (NOTES.md; the LOO choice, and
+#: x23fit-resp-lpn-nac2 the runner-up model)
+LOO_FITS = {"x23fit-resp-lp": "resp-lp:cX+aX+aHON", "x23fit-resp": "resp:cX+aX",
+            "x23fit-resp-lpn": "resp-lpn:cX+aX+aHON+aO2", "x23fit-resp-lpn-nac2": "resp-lpn:cX+aX+aHON-NA-C2"}
 #: X23 crystal of a system whose name is not the X23 name (COD benzene I is X23's benzene, Pbca)
 LOO_CRYSTAL = {"benzene_cod": "benzene"}
 X23_FIT_JSON = "benchmarks/results/x23_lattice_fit.json"
+_LPN_FIT = ("benchmarks/results/x23_lattice_fit_methods-resp-lpn_models-cX+aX+aHON+aO2-cX+aX+aHON-NA-C2_verify-"
+            "resp-lpn-cX+aX+aHON+aO2-resp-lpn-cX+aX+aHON-NA-C2_sigma-v-1.0.json")
+LOO_FIT_FILES = {"x23fit-resp-lpn": _LPN_FIT, "x23fit-resp-lpn-nac2": _LPN_FIT}
+#: fit groups of benchmarks/x23_lattice_fit.py that the force field folds into one of its groups
+FOLDED_GROUPS = {"C2": "C", "HCN": "H", "NA": "N", "O2": "O"}
+
+
+def fit_groups_of(smiles: str) -> set[str]:
+    """The fit groups (``x23_lattice_fit.fine_groups``) of the molecule ``smiles`` (RDKit geometry)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from sim_backends.csp.forcefield import assign_w99_types
+    from x23_lattice_fit import fine_groups
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    if AllChem.EmbedMolecule(mol, randomSeed=0) != 0:
+        raise ValueError(f"no 3D geometry for {smiles!r}")
+    symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+    coords = mol.GetConformer().GetPositions()
+    return set(fine_groups(symbols, coords, assign_w99_types(symbols, coords)))
 
 
 def loo_parameter_sets(spec: str, charges: str, fit_json: Path | None = None) -> dict[str, tuple[str, str]]:
     """Per system, the parameter set of ``--params loo:<set>`` (registered in this process) and
     where it comes from: system -> (set name, source).
 
-    ``<set>`` is a key of :data:`LOO_FITS`; its fit model's all-crystal factors (``theta``) must
-    give exactly the registered set (a check that the model is the one the set was made from).
-    A system whose crystal is in X23 (:data:`LOO_CRYSTAL` for other names) gets the factors
-    fitted without that crystal (``loo_theta``); any other gets the all-17 set itself.
+    ``<set>`` is a key of :data:`LOO_FITS`; if the force field has a set of that name, its fit model's
+    all-crystal factors (``theta``) must give exactly that set (a check that the model is the one the
+    set was made from). A system whose crystal is in X23 (:data:`LOO_CRYSTAL` for other names) gets
+    the factors fitted without that crystal (``loo_theta``); any other gets the all-17 factors.
+
+    The fit's finer groups (:data:`FOLDED_GROUPS`) are folded onto the force field's groups per
+    molecule: a group takes the factor of the finer group the molecule has (a model that leaves the
+    amine N at W99, ``-NA``, gives hexamine's N W99's values and triazine's N the N factor). A model
+    with an own factor for sp C or hydroxyl/ether O (or one that leaves them at W99) has the force
+    field tell C_W2 and O_W2 apart in this process (``x23_lattice_fit.use_fit_groups``).
 
     Raises:
-        ValueError: unknown set, charges other than the set's, or a fit that does not
-            reproduce the registered set.
+        ValueError: unknown set, charges other than the set's, a fit that does not reproduce the
+            registered set, or a molecule with two finer groups of different factors in one
+            force-field group.
     """
     from sim_backends.csp import forcefield as ff
 
     if str(ROOT / "benchmarks") not in sys.path:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-    from x23_lattice_fit import scales_of
+    from x23_lattice_fit import MODELS, scales_of, use_fit_groups
 
     base = spec.removeprefix("loo:")
     if base not in LOO_FITS:
         raise ValueError(f"unknown --params {spec!r}; leave-one-out sets: {', '.join('loo:' + k for k in LOO_FITS)}")
-    if base.removeprefix("x23fit-") != charges:
-        raise ValueError(f"--params {spec} was fitted with {base.removeprefix('x23fit-')} charges, not {charges}")
     method_model = LOO_FITS[base]
-    fit = json.loads((fit_json or ROOT / X23_FIT_JSON).read_text())["scans"][method_model]
+    if method_model.split(":", 1)[0] != charges:
+        raise ValueError(f"--params {spec} was fitted with {method_model.split(':', 1)[0]} charges, not {charges}")
+    fit_file = fit_json or ROOT / LOO_FIT_FILES.get(base, X23_FIT_JSON)
+    fit = json.loads(fit_file.read_text())["scans"][method_model]
     model = method_model.split(":", 1)[1]
 
-    def collapse(theta) -> tuple[dict, dict]:
-        """The fit's scales on the force field's groups (its finer groups share their parent's factor here)."""
+    def factor_index(kind: str, group: str) -> int | None:
+        return next((i for i, (k, gs) in enumerate(MODELS[model]) if k == kind and group in gs), None)
+
+    folded = dict(FOLDED_GROUPS)
+    if any(factor_index(k, sub) != factor_index(k, folded[sub]) for sub in ("C2", "O2") for k in "ac"):
+        if base in ff.PARAMETER_SETS:
+            raise ValueError(f"{method_model}: sp C or hydroxyl/ether O has its own factor; not the registered set")
+        use_fit_groups()  # C_W2 -> group C2, O_W2 -> O2 (this process)
+        folded = {k: v for k, v in folded.items() if k not in ("C2", "O2")}
+
+    def collapse(theta, groups: set[str] | None = None) -> tuple[dict, dict]:
+        """The fit's scales on the force field's groups; ``groups``: the molecule's fit groups (None:
+        every finer group must share its parent's factor)."""
         out = []
         for scale in scales_of(model, theta):
-            coarse = {g: v for g, v in scale.items() if g in ff.TYPE_GROUPS.values()}
-            for sub, parent in (("C2", "C"), ("HCN", "H"), ("NA", "N"), ("O2", "O")):
-                if sub in scale and scale[sub] != coarse.get(parent):
-                    raise ValueError(f"{method_model}: group {sub} has its own factor; not a force-field set")
+            coarse = {}
+            for g in sorted(set(ff.TYPE_GROUPS.values()) - set(folded)):
+                members = [g] + [sub for sub, parent in folded.items() if parent == g]
+                present = members if groups is None else [m for m in members if m in groups]
+                values = {scale.get(m) for m in present}  # None: W99
+                if len(values) > 1:
+                    raise ValueError(f"{method_model}: groups {', '.join(present)} have different factors; "
+                                     "not a force-field set" + ("" if groups is None else " for this molecule"))
+                value = values.pop() if values else scale.get(g)
+                if value is not None:
+                    coarse[g] = value
             out.append(coarse)
         return out[0], out[1]
 
-    if collapse(fit["theta"]) != ff.PARAMETER_SETS[base]:
-        raise ValueError(f"{method_model} of {X23_FIT_JSON} does not reproduce the registered set {base}")
+    if base in ff.PARAMETER_SETS and collapse(fit["theta"]) != ff.PARAMETER_SETS[base]:
+        raise ValueError(f"{method_model} of {fit_file.name} does not reproduce the registered set {base}")
     sets = {}
-    for name, (_, _, _, source) in SYSTEMS.items():
+    for name, (smiles, _, _, source) in SYSTEMS.items():
         crystal = LOO_CRYSTAL.get(name, name if source == "x23" else None)
+        groups = fit_groups_of(smiles)
         if crystal in fit["loo_theta"]:
             set_name = f"{base}-loo-{crystal}"
-            ff.register_parameter_set(set_name, *collapse(fit["loo_theta"][crystal]), replace=True)
+            ff.register_parameter_set(set_name, *collapse(fit["loo_theta"][crystal], groups), replace=True)
             sets[name] = (set_name, f"{method_model} fitted without X23 {crystal} (leave-one-out)")
-        else:
-            sets[name] = (base, f"{method_model} fitted to all 17 X23 crystals ({name} not in X23)")
+            continue
+        scales = collapse(fit["theta"], groups)
+        set_name = base
+        if scales != ff.PARAMETER_SETS.get(base):  # not the force field's set: this molecule's own
+            set_name = f"{base}-all-{name}"
+            ff.register_parameter_set(set_name, *scales, replace=True)
+        sets[name] = (set_name, f"{method_model} fitted to all 17 X23 crystals ({name} not in X23)")
     return sets
 
 

@@ -112,3 +112,63 @@ def test_leave_one_out_parameter_sets(monkeypatch):
         csp_recovery.loo_parameter_sets("loo:x23fit-resp", "resp-lp")
     with pytest.raises(ValueError, match="unknown --params"):
         csp_recovery.loo_parameter_sets("loo:w99", "resp")
+
+
+def test_leave_one_out_sets_of_a_model_with_split_groups(monkeypatch, tmp_path):
+    """A fit that leaves the amine N and sp C at W99 (``-NA-C2``, a set the force field does not have):
+    each molecule gets the factor of the finer group it has (hexamine's N W99's, triazine's N the N
+    factor), sp C is told apart from C in this process, and a molecule with both amine and ring N is
+    refused."""
+    import json
+
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import csp_recovery
+    from x23_lattice_fit import MODELS
+
+    from sim_backends.csp import forcefield as ff
+
+    for name in ("PARAMETER_SETS", "TYPE_GROUPS", "W99_PARAMS"):
+        monkeypatch.setattr(ff, name, dict(getattr(ff, name)))
+    model = "cX+aX+aHON-NA-C2"
+    theta = [1.1 + 0.01 * i for i in range(len(MODELS[model]))]  # c: C H N O, a: C H N O HO HN
+    loo = {c: [v + 0.1 for v in theta] for c in ("hexamine", "triazine", "co2", "benzene", "oxalic_acid_alpha")}
+    fit_json = tmp_path / "fit.json"
+    fit_json.write_text(json.dumps({"scans": {f"resp-lpn:{model}": {"theta": theta, "loo_theta": loo}}}))
+    monkeypatch.setitem(csp_recovery.LOO_FITS, "x23fit-resp-lpn", f"resp-lpn:{model}")
+    monkeypatch.setattr(csp_recovery, "SYSTEMS", {k: csp_recovery.SYSTEMS[k] for k in (*loo, "benzene_cod")})
+    monkeypatch.setitem(csp_recovery.SYSTEMS, "_not_x23", ("c1ccncc1", "P2_1", "-", "cod"))
+    sets = csp_recovery.loo_parameter_sets("loo:x23fit-resp-lpn", "resp-lpn", fit_json)
+    assert ff.TYPE_GROUPS["C_W2"] == "C2" and ff.TYPE_GROUPS["O_W2"] == "O2"  # this process only
+    a, c = ff.PARAMETER_SETS[sets["hexamine"][0]]
+    assert "N" not in a and "N" not in c and a["H"] == round(loo["hexamine"][5], 4)  # amine N: W99
+    a, c = ff.PARAMETER_SETS[sets["triazine"][0]]
+    assert a["N"] == round(loo["triazine"][6], 4) and c["N"] == round(loo["triazine"][2], 4)
+    a, c = ff.PARAMETER_SETS[sets["co2"][0]]
+    assert "C2" not in a and "C2" not in c and c["O"] == round(loo["co2"][3], 4)  # sp C: W99
+    a, _ = ff.PARAMETER_SETS[sets["oxalic_acid_alpha"][0]]
+    ox = loo["oxalic_acid_alpha"]
+    assert a["O"] == a["O2"] == round(ox[7], 4) and a["C"] == round(ox[4], 4)
+    table = ff.parameter_table(sets["co2"][0])
+    assert table["C_W2"] == ff.W99_PARAMS["C_W2"] and table["C_W3"] != ff.W99_PARAMS["C_W3"]
+    assert sets["benzene_cod"][0] == "x23fit-resp-lpn-loo-benzene"
+    assert sets["_not_x23"] == ("x23fit-resp-lpn-all-_not_x23", f"resp-lpn:{model} fitted to all 17 X23 crystals "
+                                "(_not_x23 not in X23)")
+    assert ff.PARAMETER_SETS["x23fit-resp-lpn-all-_not_x23"][0]["N"] == round(theta[6], 4)
+    monkeypatch.setitem(csp_recovery.SYSTEMS, "_not_x23", ("CN(C)c1ccncc1", "P2_1", "-", "cod"))
+    with pytest.raises(ValueError, match="groups N, NA have different factors; not a force-field set for this"):
+        csp_recovery.loo_parameter_sets("loo:x23fit-resp-lpn", "resp-lpn", fit_json)
+
+
+def test_leave_one_out_sets_resp_lpn_fit_file():
+    """``loo:x23fit-resp-lpn`` (and -nac2) read their models from their own committed fit file (stop 41)."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import csp_recovery
+
+    for name in ("x23fit-resp-lpn", "x23fit-resp-lpn-nac2"):
+        method_model = csp_recovery.LOO_FITS[name]
+        fit = json.loads((ROOT / csp_recovery.LOO_FIT_FILES[name]).read_text())
+        assert method_model.startswith("resp-lpn:") and len(fit["scans"][method_model]["loo_theta"]) == 17
