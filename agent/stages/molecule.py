@@ -308,7 +308,9 @@ class MoleculeStage:
                 return (f"compute budget: no evaluation fits the {max(left, 0.0):.3g} CPU s left "
                         f"(the cheapest {self.levels[-1].name} needs "
                         f"{float(np.min(needed[top, -1])) if top.any() else float('nan'):.3g} "
-                        f"CPU s with its {COST_FIT_PROBABILITY:.0%} cost margin)")
+                        f"CPU s with its {COST_FIT_PROBABILITY:.0%} cost margin"
+                        + (f"; a cheaper level runs only where {self.levels[-1].name} can follow it)"
+                           if len(self.levels) > 1 else ")"))
         return ""
 
     def _budget_fit(self, mine: Sequence[Request],

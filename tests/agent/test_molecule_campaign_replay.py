@@ -324,6 +324,8 @@ def test_stop_reason_says_no_evaluation_fits_the_budget_left(tmp_path):
         reason = dict(db.execute("select key, value from meta"))["stop_reason"]
     assert reason.startswith("compute budget: no evaluation fits the"), reason
     assert f"{budget - spent:.3g} CPU s left" in reason, (reason, budget - spent)
+    # newuser41 #10: with two levels the reason says why no cheap evaluation is started either
+    assert reason.endswith(f"a cheaper level runs only where {md.LEVELS[1]} can follow it)"), reason
 
 
 def test_molecule_cost_margin_ignores_fast_failures(table, tmp_path):
