@@ -9,9 +9,12 @@
 converged sampling the search stops earlier when every space group's low-energy region
 is converged (:mod:`sim_backends.csp.sampling`); ``--sampling fixed`` draws all of them.
 Prints a table of the lowest minima, then per space group how converged it is, with a
-WARNING line when the budget ended the search first (or, with ``--json``, one JSON
-object with the landscape records without CIF text, ``meta.convergence`` included), and
-writes the landscape to ``--out`` when given. Every argument is validated before anything is computed or created
+WARNING line on stderr when the budget ended the search first (every warning, :func:`csp_warnings`,
+goes to stderr), or, with ``--json``, one JSON object: the level of theory (``level``, and
+``levels`` per level key), ``energy_unit`` (kJ/mol per molecule), ``warnings`` (every warning
+the text mode prints, also in ``meta.warnings``), ``notes``, ``meta`` (``convergence``
+included) and the landscape records without CIF text. Writes the landscape to ``--out``
+when given. Every argument is validated before anything is computed or created
 (:func:`sim_backends.csp.run.validate_csp_arguments`; ``--n-trials`` above 200,000 needs
 ``--max-trials``). Errors are one line on stderr with exit code 2.
 
@@ -27,6 +30,9 @@ import sys
 from typing import Any
 
 from sim_backends.csp import DEFAULT_TRIAL_BUDGET  # the trial budget when --n-trials is not given
+
+#: the unit of every energy the sub-command prints
+ENERGY_UNIT = "kJ/mol per molecule"
 
 
 def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.ArgumentParser:
@@ -145,15 +151,14 @@ def run_csp_command(args: argparse.Namespace) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"crystal-agent csp: error: {msg}", file=sys.stderr)
         return 2
+    warnings, notes = csp_warnings(landscape), csp_notes(landscape)
     if args.json:
-        print(json.dumps({"smiles": landscape.smiles, "meta": landscape.meta,
+        level = landscape.levels[landscape.level_keys[0]]
+        print(json.dumps({"smiles": landscape.smiles, "level": level, "levels": landscape.levels,
+                          "energy_unit": ENERGY_UNIT, "warnings": warnings, "notes": notes,
+                          "meta": {**landscape.meta, "warnings": warnings},
                           "minima": landscape.to_records(with_cif=False)}, default=str))
-        from sim_backends.csp.sampling import convergence_lines, stopped_by_text
-
-        for line in convergence_lines(landscape.meta.get("convergence") or {}):
-            if line.startswith("WARNING"):
-                print(line, file=sys.stderr)
-        for line in landscape.meta.get("warnings") or []:
+        for line in warnings:
             print(f"WARNING: {line}", file=sys.stderr)
         return 0
     from rich.console import Console
@@ -161,13 +166,12 @@ def run_csp_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from sim_backends.csp.dedupe import format_z_prime
-    from sim_backends.csp.landscape import FF_LEVEL
 
     e0 = landscape.minima[0].energy_kjmol if landscape.minima else 0.0
     table = Table(title=f"CSP {escape(landscape.smiles)}: {len(landscape)} unique minima from "
                         f"{landscape.meta.get('n_trials')} trials "
-                        f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{landscape.meta.get('level', FF_LEVEL)}, "
-                        f"{landscape.meta.get('charge_method')} charges; E_latt, dE in kJ/mol per molecule, density in g/cm3")
+                        f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{landscape.levels[landscape.level_keys[0]]}; "
+                        f"E_latt, dE in {ENERGY_UNIT}, density in g/cm3")
     for col in ("id", "E_latt", "dE", "density", "space group", "searched in", "Z", "Z'", "mult"):
         # never truncate a space-group symbol (P2_12_1... could be No. 18 or 19)
         table.add_column(col, justify="right", no_wrap=True, overflow="fold" if col == "id" else "ignore",
@@ -183,10 +187,8 @@ def run_csp_command(args: argparse.Namespace) -> int:
         wide = Measurement.get(console, console.options.update(width=10_000), table).maximum
         console = Console(width=max(console.width, wide))
     console.print(table)
-    if str(landscape.meta.get("charge_method") or "").startswith("xtb"):
-        better = "resp" if landscape.meta.get("flexible") else "resp-lpn"  # the conformer search takes no sites
-        print("note: with GFN2-xTB Mulliken charges the lattice energies are 20-50 kJ/mol per molecule too weak "
-              f"(they rank structures; use --charges {better} for lattice energies)")
+    for line in notes:
+        print(f"note: {line}")
     if landscape.meta.get("flexible"):
         from sim_backends.csp.flexible import conformer_lines
 
@@ -195,18 +197,40 @@ def run_csp_command(args: argparse.Namespace) -> int:
     from sim_backends.csp.sampling import convergence_lines, stopped_by_text
 
     conv = landscape.meta.get("convergence") or {}
-    lines = convergence_lines(conv)
+    lines = [ln for ln in convergence_lines(conv) if not ln.startswith("WARNING")]  # warnings: below
     if lines:
         print(f"sampling ({landscape.meta.get('sampling')}, {conv.get('n_rounds')} rounds, stopped by "
               f"{stopped_by_text(conv.get('stopped_by'))}), per space group searched:")
         for line in lines:
-            print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
-    for line in landscape.meta.get("warnings") or []:
+            print(line)
+    for line in warnings:
         print(f"WARNING: {line}", file=sys.stderr)
     if args.out:
         print(f"landscape written to {args.out}: landscape.csv, cif/<id>.cif (symmetrised, with "
               "energies), landscape.png, run.json")
     return 0
+
+
+def csp_warnings(landscape: Any) -> list[str]:
+    """Every warning of a CSP run, as the CLI prints them on stderr (without the "WARNING: "
+    prefix) and lists them in its JSON: the trial budget ending the search unconverged (rigid:
+    :func:`~sim_backends.csp.sampling.convergence_warning`; flexible: per conformer,
+    :func:`~sim_backends.csp.flexible.conformer_warnings`), then ``meta["warnings"]`` (the
+    force field's domain, collapsed minimisations)."""
+    from sim_backends.csp.flexible import conformer_warnings
+    from sim_backends.csp.sampling import convergence_warning
+
+    budget = convergence_warning(landscape.meta.get("convergence") or {})
+    return [*([budget] if budget else []), *conformer_warnings(landscape), *(landscape.meta.get("warnings") or [])]
+
+
+def csp_notes(landscape: Any) -> list[str]:
+    """Caveats on the energies that are not warnings (the "note:" lines of the CLI)."""
+    if str(landscape.meta.get("charge_method") or "").startswith("xtb"):
+        better = "resp" if landscape.meta.get("flexible") else "resp-lpn"  # the conformer search takes no sites
+        return [f"with GFN2-xTB Mulliken charges the lattice energies are 20-50 kJ/mol per molecule too weak "
+                f"(they rank structures; use --charges {better} for lattice energies)"]
+    return []
 
 
 @contextlib.contextmanager

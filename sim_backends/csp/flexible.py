@@ -474,7 +474,8 @@ def flexible_smiles(smiles_or_molecule: Any, flexible: str = "auto") -> str | No
 def conformer_lines(landscape: Landscape) -> list[str]:
     """Printable summary of the conformers a flexible CSP used (empty for rigid CSP): per conformer
     its trials and minima, then its search's per-space-group sampling lines
-    (:func:`~sim_backends.csp.sampling.convergence_lines`, with the budget warning)."""
+    (:func:`~sim_backends.csp.sampling.convergence_lines`); the budget warnings are
+    :func:`conformer_warnings` (stderr, and the JSON's ``warnings``)."""
     from sim_backends.csp.sampling import convergence_lines
 
     meta = landscape.meta
@@ -491,6 +492,17 @@ def conformer_lines(landscape: Landscape) -> list[str]:
         tors = ", ".join(f"{t:.1f}" for t in c["torsions_deg"])
         lines.append(f"  conformer {c['index']}: dE_intra {c['energy_kjmol']:.2f} kJ/mol (GFN2-xTB), torsions "
                      f"[{tors}] deg, {c['n_trials']} trials, {used.get(c['index'], 0)} minima in the landscape")
-        lines += [("  " + ln) if ln.startswith("  ") else f"  conformer {c['index']}: {ln}"
-                  for ln in convergence_lines(c.get("convergence") or {})]
+        lines += ["  " + ln for ln in convergence_lines(c.get("convergence") or {}) if ln.startswith("  ")]
     return lines
+
+
+def conformer_warnings(landscape: Landscape) -> list[str]:
+    """Per conformer whose search the trial budget ended before it converged, its warning
+    (``"conformer 1: the trial budget ended the search ..."``, without a "WARNING: " prefix);
+    empty for rigid CSP."""
+    from sim_backends.csp.sampling import convergence_warning
+
+    if not landscape.meta.get("flexible"):
+        return []
+    return [f"conformer {c['index']}: {w}" for c in landscape.meta.get("conformers", [])
+            if (w := convergence_warning(c.get("convergence") or {}))]

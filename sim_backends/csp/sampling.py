@@ -269,11 +269,19 @@ def convergence_lines(conv: dict[str, Any]) -> list[str]:
         lines.append(f"  {g:<11} {s['n_trials']:>6} trials, {s['n_low_minima']:>3} minima within "
                      f"{c.get('window_kjmol', '?')} kJ/mol (found x{shown or '-'}), new-minima rate "
                      f"{rate_text}: {'converged' if s['converged'] else 'NOT converged'} ({s['reason']})")
-    if conv.get("stopped_by") == "budget" and not conv.get("converged"):
-        n_bad = sum(not s["converged"] for s in conv.get("per_space_group", {}).values())
-        lines.append(f"WARNING: the trial budget ended the search before the low-energy region converged "
-                     f"({n_bad} space group{'s' if n_bad != 1 else ''} not converged); raise --n-trials")
+    if warning := convergence_warning(conv):
+        lines.append(f"WARNING: {warning}")
     return lines
+
+
+def convergence_warning(conv: dict[str, Any]) -> str | None:
+    """The warning (without its "WARNING: " prefix) of a ``meta["convergence"]`` record
+    whose search the trial budget ended before the landscape converged, else None."""
+    if not (conv.get("stopped_by") == "budget" and not conv.get("converged")):
+        return None
+    n_bad = sum(not s["converged"] for s in conv.get("per_space_group", {}).values())
+    return (f"the trial budget ended the search before the low-energy region converged "
+            f"({n_bad} space group{'s' if n_bad != 1 else ''} not converged); raise --n-trials")
 
 
 def stopped_by_text(stopped_by: str | None) -> str:

@@ -223,27 +223,63 @@ def test_cli_flexible_summary_lists_conformers(capsys):
     assert "GFN2-xTB conformer energy" in out and "rigid molecule (force field)" not in out
 
 
-def test_conformer_lines_report_each_conformers_sampling_and_the_budget_warning():
-    """The flexible summary carries every conformer search's per-space-group sampling lines, and
-    the warning when the budget ended a conformer's search before it converged."""
-    from sim_backends.csp.flexible import conformer_lines
-    from sim_backends.landscape import Landscape
-
+def _flexible_meta():
+    """The meta of a flexible search of two conformers, the second ended by the trial budget."""
     def conv(stopped_by, converged):
         return {"criteria": {"window_kjmol": 5.0}, "stopped_by": stopped_by, "converged": converged, "n_rounds": 3,
                 "per_space_group": {"P-1": {"n_trials": 640, "n_low_minima": 4, "counts": [5, 3, 1, 1],
                                             "new_low_rate_per_trial": 0.01, "converged": converged,
                                             "reason": "test"}}}
 
-    meta = {"flexible": True, "n_conformers": 2, "conformer_window_kjmol": 10.0, "conformer_level": "GFN2-xTB",
+    return {"flexible": True, "n_conformers": 2, "conformer_window_kjmol": 10.0, "conformer_level": "GFN2-xTB",
             "n_rotatable_bonds": 2, "torsions": [[0, 1, 2, 3]], "level": "W99", "n_relaxed": 0,
-            "minimum_conformers": {},
+            "minimum_conformers": {}, "charge_method": "resp-pyscf HF/6-31G*", "n_trials": 1280, "warnings": [],
             "conformers": [{"index": 0, "energy_kjmol": 0.0, "torsions_deg": [60.0], "n_trials": 640,
                             "convergence": conv("converged", True)},
                            {"index": 1, "energy_kjmol": 3.0, "torsions_deg": [180.0], "n_trials": 640,
                             "convergence": conv("budget", False)}]}
-    lines = conformer_lines(Landscape("CCOC(N)=O", [], meta))
+
+
+def test_conformer_lines_report_each_conformers_sampling_and_the_budget_warning():
+    """The flexible summary carries every conformer search's per-space-group sampling lines;
+    the warning when the budget ended a conformer's search before it converged is apart
+    (conformer_warnings: stderr, not the summary on stdout)."""
+    from sim_backends.csp.flexible import conformer_lines, conformer_warnings
+    from sim_backends.landscape import Landscape
+
+    land = Landscape("CCOC(N)=O", [], _flexible_meta())
+    lines = conformer_lines(land)
     per_group = [ln for ln in lines if ln.strip().startswith("P-1")]
     assert len(per_group) == 2 and "NOT converged" in per_group[1] and "NOT" not in per_group[0]
-    warnings = [ln for ln in lines if "WARNING" in ln]
-    assert len(warnings) == 1 and warnings[0].startswith("  conformer 1: WARNING")
+    assert not any("WARNING" in ln for ln in lines)
+    assert conformer_warnings(land) == ["conformer 1: the trial budget ended the search before the low-energy "
+                                        "region converged (1 space group not converged); raise --n-trials"]
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_cli_flexible_warnings_go_to_stderr_and_into_the_json(capsys, monkeypatch, json_mode):
+    """newuser41: a flexible search's budget warning was printed on stdout ("conformer 1:
+    WARNING: ...") in text mode and nowhere with --json. Both modes print it on stderr; the
+    JSON lists it and names the level of theory with its charges and unit."""
+    import json
+
+    import sim_backends.csp.run as run_module
+    from agent.cli import main
+    from sim_backends.csp.flexible import FLEX_LEVEL
+    from sim_backends.landscape import Landscape
+
+    level = f"{FLEX_LEVEL}, resp-pyscf HF/6-31G* charges"
+    monkeypatch.setattr(run_module, "run_csp", lambda *a, **k: Landscape("OCC(=O)O", [], _flexible_meta(),
+                                                                         levels={"ff": level}))
+    assert main(["csp", "OCC(=O)O", "--n-trials", "40", *(["--json"] if json_mode else [])]) == 0
+    captured = capsys.readouterr()
+    warning = ("WARNING: conformer 1: the trial budget ended the search before the low-energy region converged "
+               "(1 space group not converged); raise --n-trials")
+    assert warning in captured.err.splitlines() and "WARNING" not in captured.out
+    if json_mode:
+        out = json.loads(captured.out)
+        assert out["warnings"] == out["meta"]["warnings"] == [warning.removeprefix("WARNING: ")]
+        assert out["level"] == level and out["levels"] == {"ff": level}
+        assert out["energy_unit"] == "kJ/mol per molecule"
+    else:
+        assert "conformer 1: dE_intra 3.00 kJ/mol" in captured.out and "resp-pyscf HF/6-31G* charges" in captured.out

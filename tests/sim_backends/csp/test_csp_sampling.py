@@ -125,6 +125,26 @@ def test_budget_stop_is_reported_and_warned(capsys, tmp_path):
     assert meta["n_trials"] == 20 and meta["sampling"] == "converged"
 
 
+def test_json_carries_the_level_unit_and_the_budget_warning(capsys):
+    """newuser41: with --json, meta.warnings was [] while stderr warned that the budget ended
+    the search, and neither the force field nor the unit was named. The JSON carries both and
+    every warning the text mode prints; stderr still has it; stdout is the one JSON object."""
+    from agent.cli import main
+
+    assert main(["csp", "O=C=O", "--n-trials", "20", "--space-groups", "P-1,P2_1", "--charges", "xtb",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    budget = ("the trial budget ended the search before the low-energy region converged (2 space groups not "
+              "converged); raise --n-trials")
+    assert out["warnings"][0] == budget and out["meta"]["warnings"] == out["warnings"]
+    assert [ln for ln in captured.err.splitlines() if ln.startswith("WARNING")] == [f"WARNING: {w}"
+                                                                                     for w in out["warnings"]]
+    assert out["level"].startswith("W99 exp-6") and out["level"].endswith("xtb-gfn2-mulliken charges")
+    assert out["levels"] == {"ff": out["level"]} and out["energy_unit"] == "kJ/mol per molecule"
+    assert out["notes"] and "too weak" in out["notes"][0]
+
+
 def test_campaign_summary_says_whether_the_search_converged():
     from agent.summary import structure_lines
 
