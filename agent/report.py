@@ -218,11 +218,12 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
                      + f": {low['value']:.1f}", (low["n"], low["value"]), fontsize=7,
                      xytext=(5, 4), textcoords="offset points", va="bottom")
         names.append(name)
-    csp = [ev for ev in campaign.store.evaluations()
-           if stage.cfg.csp is not None and ev.backend == stage.cfg.csp.name and ev.structure_id is None]
+    csp = [ev for ev in campaign.store.evaluations(stage.cfg.csp.name)
+           if ev.structure_id is None] if stage.cfg.csp is not None else []
     for j, ev in enumerate(csp):
+        csp_level = (ev.extra.get("level") if ev.ok else None) or level_of_theory(stage.cfg.csp)
         sax.axvline(ev.id, color="0.5", ls=":", lw=1.0,
-                    label=f"CSP search ({level_of_theory(stage.cfg.csp)})" if j == 0 else None)
+                    label=f"CSP search ({csp_level})" if j == 0 else None)
     fails = [t["n"] for t in trace if t["value"] is None]
     if fails:
         sax.plot(fails, [0.985] * len(fails), ls="none", marker="|", ms=10, color="crimson",
@@ -493,7 +494,12 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
     corr = stage.corrected_landscape(mol_id) if land is not None else None
     if corr is None:
         return None
-    ref_level, ff_level = level_of_theory(stage.cfg.refine), level_of_theory(stage.cfg.csp)
+    from agent.summary import csp_levels
+
+    ref_level = level_of_theory(stage.cfg.refine)
+    # the charges this molecule's search used (recorded by it), not the config's by-molecule rule
+    ff_level = (csp_levels(campaign.store, stage.cfg.csp.name).get(int(mol_id)) if stage.cfg.csp else None) \
+        or level_of_theory(stage.cfg.csp)
     name = campaign.names[campaign._index_of[mol_id]] if mol_id in campaign._index_of else land.smiles
     dens = {r["id"]: r["density_gcm3"] for r in campaign.store.structures(mol_id)}
     rho = np.array([dens.get(i) or np.nan for i in land.ids], dtype=float)

@@ -120,6 +120,24 @@ def test_landscape_figure_names_each_levels_zero(camp):
         plt.close(fig)
 
 
+def test_landscape_figure_names_the_level_the_molecules_search_recorded(camp, monkeypatch):
+    """newuser41 #6: the force-field entry named the config's by-molecule charge rule ("charges by
+    molecule: ... (rigid), ... (flexible)"), not the charges this molecule's search used, which
+    its CSP evaluation records (a replayed search records none, so the level is given here)."""
+    import agent.summary
+    from agent.report import landscape_figure
+
+    (mol_id,) = camp.stage.landscapes
+    level = "W99 exp-6 + Ewald force field, RESP HF/6-31G* charges (as recorded)"
+    monkeypatch.setattr(agent.summary, "csp_levels", lambda store, name: {int(mol_id): level})
+    fig = landscape_figure(camp, mol_id, plt)
+    try:
+        labels = [t.get_text().replace("\n", " ") for t in fig.axes[0].get_legend().get_texts()]
+        assert any(t.startswith(f"{level}; 0 = its lowest") for t in labels), labels
+    finally:
+        plt.close(fig)
+
+
 def test_landscape_table_has_the_cifs_space_group_and_z_and_no_free_energy(runs):
     from agent.cli import main
 
