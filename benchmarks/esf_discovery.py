@@ -203,7 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-initial", type=int, default=6)
     ap.add_argument("--data", default=None,
                     help="ESF data set directory (default data/esf; data/esf_resp: RESP-charge CSPs)")
+    ap.add_argument("--delta-ratio", type=float, default=None,
+                    help="centre of the molecule GP's discrepancy prior, var(delta)/var(f_0), for every "
+                         "campaign (default: the campaign's, agent.surrogates.molecule_gp.LOG_DELTA_RATIO_PRIOR)")
     args = ap.parse_args(argv)
+    if args.delta_ratio is not None:
+        if args.delta_ratio <= 0:
+            ap.error("--delta-ratio must be > 0")
+        from agent.surrogates import molecule_gp  # read by each campaign's surrogate when it is made
+
+        molecule_gp.LOG_DELTA_RATIO_PRIOR = (math.log(args.delta_ratio), molecule_gp.LOG_DELTA_RATIO_PRIOR[1])
     if args.seeds < 1 or args.batch < 1 or args.n_initial < 1:
         ap.error("--seeds, --batch and --n-initial must be >= 1")
     from sim_backends.base import SetupError

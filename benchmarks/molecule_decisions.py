@@ -666,7 +666,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--molecule-kernel", choices=["tanimoto", "tanimoto+descriptors"], default=None,
                     help="the molecule GP's kernel for every campaign of this run (default: the "
                          "campaign's, agent.surrogates.molecule_gp.KERNEL)")
+    ap.add_argument("--delta-ratio", type=float, default=None,
+                    help="centre of the molecule GP's discrepancy prior, var(delta)/var(f_0), for every "
+                         "campaign of this run (default: the campaign's, exp of "
+                         "agent.surrogates.molecule_gp.LOG_DELTA_RATIO_PRIOR[0])")
     args = ap.parse_args(argv)
+    if args.delta_ratio is not None and args.delta_ratio <= 0:
+        ap.error("--delta-ratio must be > 0")
     try:
         user_tables = [add_user_table(t) for t in args.table or []]
         for name in args.tables or []:
@@ -680,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
 
     kernel = args.molecule_kernel or molecule_gp.KERNEL
     molecule_gp.KERNEL = kernel
+    if args.delta_ratio is not None:  # read by each campaign's surrogate when it is made
+        molecule_gp.LOG_DELTA_RATIO_PRIOR = (float(np.log(args.delta_ratio)), molecule_gp.LOG_DELTA_RATIO_PRIOR[1])
 
     import torch
     from rich.console import Console
@@ -690,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=150)
     out: dict = {"benchmark": "molecule_decisions", "torch_threads": torch.get_num_threads(),
-                 "molecule_kernel": kernel}
+                 "molecule_kernel": kernel,
+                 "delta_ratio_prior": [round(float(np.exp(molecule_gp.LOG_DELTA_RATIO_PRIOR[0])), 4),
+                                       molecule_gp.LOG_DELTA_RATIO_PRIOR[1]]}
     warm_up_imports()
 
     # (a) -------------------------------------------------------------------------------

@@ -58,8 +58,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 SETS = ["demo-pool", "dftdft", "pool60", "pool60-dftdft", "esf"]
 PRIORS = {"gamma": ("gamma", 1.1, 0.05), "lognormal": ("lognormal", -4.0, 1.0),
           "nugget": ("lognormal", -7.0, 0.01)}
+#: the variance ratio var(delta) / var(f_0) at the centre of the discrepancy prior, the
+#: campaign's (exp of molecule_gp.LOG_DELTA_RATIO_PRIOR[0]) unless --delta-ratios names others
+DEFAULT_DELTA_RATIO = None
 DEFAULTS = {"sets": SETS, "draws": 10, "loo_draws": 30, "ks": ["2", "5", "10", "all-1"], "priors": list(PRIORS),
-            "molecule_kernel": None}
+            "molecule_kernel": None, "delta_ratios": None}
 
 
 def load_set(name: str) -> tuple[list[str], np.ndarray, str]:
@@ -76,16 +79,24 @@ def load_set(name: str) -> tuple[list[str], np.ndarray, str]:
 
 
 def one_draw(fps: np.ndarray, values: np.ndarray, train_top: np.ndarray, prior: tuple, seed: int,
-             kernel: str = "tanimoto", desc: np.ndarray | None = None) -> dict:
+             kernel: str = "tanimoto", desc: np.ndarray | None = None, delta_ratio: float | None = None) -> dict:
     """Fit as the campaign does (cheap values, then the expensive ones one at a time) and
-    predict the held-out expensive values with and without their cheap values."""
+    predict the held-out expensive values with and without their cheap values
+    (``delta_ratio``: centre of the discrepancy prior instead of the campaign's)."""
+    from agent.surrogates import molecule_gp
     from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
 
     n, nf = values.shape
     top = nf - 1
     cheap = [Observation(i, f, float(values[i, f])) for f in range(top) for i in range(n)
              if np.isfinite(values[i, f])]
-    m = MoleculeSurrogate(nf, seed=seed, kernel=kernel)
+    default_prior = molecule_gp.LOG_DELTA_RATIO_PRIOR
+    if delta_ratio is not None:  # read by the surrogate when it is made
+        molecule_gp.LOG_DELTA_RATIO_PRIOR = (float(np.log(delta_ratio)), default_prior[1])
+    try:
+        m = MoleculeSurrogate(nf, seed=seed, kernel=kernel)
+    finally:
+        molecule_gp.LOG_DELTA_RATIO_PRIOR = default_prior
     m.noise_prior = prior
     m.fit(fps, cheap, descriptors=desc)
     obs = list(cheap)
@@ -117,7 +128,9 @@ def pooled(draws: list[dict], case: str) -> dict:
     noise = np.concatenate([np.full(len(d["y"]), d["noise_top_var"]) for d in draws])
     z = (y - mu) / np.sqrt(sd ** 2 + noise)
     z_lat = (y - mu) / sd
+    nlpd = 0.5 * np.log(2 * np.pi * (sd ** 2 + noise)) + 0.5 * z ** 2  # per molecule, in the set's units
     return {"n": int(len(y)), "mae": float(np.mean(np.abs(y - mu))), "z_mean": float(np.mean(z)),
+            "nlpd": float(np.mean(nlpd)),
             "z_std": float(np.std(z)), "coverage_68": float(np.mean(np.abs(z) <= 1.0)),
             "coverage_95": float(np.mean(np.abs(z) <= 1.96)), "z_std_latent": float(np.std(z_lat)),
             "pred_sd_median": float(np.median(np.sqrt(sd ** 2 + noise)))}
@@ -144,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--molecule-kernel", default=DEFAULTS["molecule_kernel"],
                     choices=["tanimoto", "tanimoto+descriptors"],
                     help="the molecule GP's kernel (default: the campaign's, molecule_gp.KERNEL)")
+    ap.add_argument("--delta-ratios", nargs="+", type=float, default=DEFAULTS["delta_ratios"],
+                    help="centres of the discrepancy prior var(delta)/var(f_0) to compare (default: the "
+                         "campaign's); with several, a leave-one-set-out choice by predictive log density")
     args = ap.parse_args(argv)
+    if args.delta_ratios is not None and min(args.delta_ratios) <= 0:
+        ap.error("--delta-ratios must be > 0")
     if args.draws < 1 or args.loo_draws < 1:
         ap.error("--draws and --loo-draws must be >= 1")
     from agent.surrogates.fingerprints import morgan_fingerprints
@@ -154,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.process_time()
     results: dict = {}
     print(f"{'set':14s} {'k':>5s} {'prior':9s} {'case':7s} {'n':>4s} {'MAE':>7s} {'z mean':>7s} {'z sd':>6s} "
-          f"{'cov68':>6s} {'cov95':>6s} {'z sd lat':>8s} {'pred sd':>7s}  noise sd per level (median)")
+          f"{'cov68':>6s} {'cov95':>6s} {'z sd lat':>8s} {'pred sd':>7s} {'NLPD':>7s}  noise sd per level (median)")
     for name in args.sets:
         smiles, values, unit = load_set(name)
         fps = morgan_fingerprints(smiles, n_bits=2048, radius=2)
@@ -173,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 trains = [rng.choice(has_top, size=k, replace=False) for _ in range(args.draws)]
             res_k = results[name]["k"].setdefault(k_arg, {"k": k})
-            for pname in args.priors:
-                draws = [one_draw(fps, values, tr, PRIORS[pname], seed, kernel, desc)
+            for pname, ratio in [(p, r) for p in args.priors for r in (args.delta_ratios or [None])]:
+                draws = [one_draw(fps, values, tr, PRIORS[pname], seed, kernel, desc, ratio)
                          for seed, tr in enumerate(trains)]
+                pname = pname if ratio is None else f"{pname} r={ratio:g}"
                 noise = np.median(np.array([d["noise_sd"] for d in draws]), axis=0)
                 entry = {"noise_sd_median": noise.tolist(), "calibration_mean": mean_calibration(draws)}
                 for case in ("known", "unseen"):
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry[case] = s
                     print(f"{name:14s} {k_arg:>5s} {pname:9s} {case:7s} {s['n']:4d} {s['mae']:7.3f} "
                           f"{s['z_mean']:7.2f} {s['z_std']:6.2f} {s['coverage_68']:6.2f} {s['coverage_95']:6.2f} "
-                          f"{s['z_std_latent']:8.2f} {s['pred_sd_median']:7.3f}  "
+                          f"{s['z_std_latent']:8.2f} {s['pred_sd_median']:7.3f} {s['nlpd']:7.3f}  "
                           + " / ".join(f"{x:.3g}" for x in noise) + f" {unit}", flush=True)
                 res_k[pname] = entry
     out = {"benchmark": "molecule_gp_calibration", "sets": args.sets, "draws": args.draws, "loo_draws": args.loo_draws,
@@ -191,13 +210,43 @@ def main(argv: list[str] | None = None) -> int:
            "results": results, "benchmark_cpu_s": round(time.process_time() - t0, 1),
            "molecule_kernel": kernel,
            "args": {"sets": args.sets, "draws": args.draws, "loo_draws": args.loo_draws, "ks": args.ks,
-                    "priors": args.priors, "molecule_kernel": args.molecule_kernel}}
+                    "priors": args.priors, "molecule_kernel": args.molecule_kernel,
+                    "delta_ratios": args.delta_ratios}}
+    if args.delta_ratios and len(args.delta_ratios) > 1:
+        out["delta_ratio_leave_one_set_out"] = leave_one_set_out(results, args.priors, args.delta_ratios, args.ks)
     non_default = [f"{a}-{'-'.join(map(str, v)) if isinstance(v, list) else v}"
                    for a, v in out["args"].items() if v != DEFAULTS[a]]
     path = RESULTS / ("molecule_gp_calibration" + ("_" + "_".join(non_default) if non_default else "") + ".json")
     path.write_text(json.dumps(out) + "\n")
     print(json.dumps(out))
     return 0
+
+
+def leave_one_set_out(results: dict, priors: list[str], ratios: list[float], ks: list[str]) -> dict:
+    """Per noise prior and held-out set: the discrepancy-prior centre with the lowest mean
+    predictive log density on the OTHER sets (mean over their k < all-1 and both cases of the
+    NLPD relative to the first ratio, so the sets' units cancel), and its NLPD there."""
+    out: dict = {}
+    small = [k for k in ks if k != "all-1"]
+    for pname in priors:
+        keys = [f"{pname} r={r:g}" for r in ratios]
+
+        def score(name: str, key: str) -> float | None:
+            vals = [results[name]["k"][k][key][c]["nlpd"] - results[name]["k"][k][keys[0]][c]["nlpd"]
+                    for k in small if k in results[name]["k"] for c in ("known", "unseen")]
+            return float(np.mean(vals)) if vals else None
+
+        per = {}
+        for held in results:
+            others = [n for n in results if n != held]
+            totals = {key: np.mean([v for n in others if (v := score(n, key)) is not None]) for key in keys}
+            chosen = min(totals, key=totals.get)
+            per[held] = {"chosen": chosen, "others_mean_dnlpd": {k: round(float(v), 4) for k, v in totals.items()},
+                         "held_out_dnlpd": {k: score(held, k) for k in keys}}
+            print(f"leave out {held:14s} ({pname}): chosen {chosen}; held-out dNLPD "
+                  + ", ".join(f"{k.split()[-1]} {score(held, k):+.3f}" for k in keys))
+        out[pname] = per
+    return out
 
 
 if __name__ == "__main__":

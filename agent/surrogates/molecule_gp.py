@@ -34,7 +34,7 @@ Why this model and these priors:
   auto-regressive parameters carry priors instead (maximum a posteriori, in the
   spirit of Le Gratiet's Bayesian treatment of ``rho`` and the trend): ``rho_l ~
   N(1, 0.5^2)`` (the levels share one standardisation, so 1 = same scale),
-  ``log(s_delta_l / s_0) ~ N(log 0.1, 1.5^2)`` (a prior correlation of 0.95
+  ``log(s_delta_l / s_0) ~ N(log 0.3, 1.5^2)`` (a prior correlation of 0.88
   between adjacent levels that the data can move by orders of magnitude),
   ``mean_delta_l ~ N(0, 1)``, and BoTorch's Gamma(1.1, 0.05) on the noises. With
   no expensive data the top level is the cheap one with a small discrepancy: the
@@ -99,10 +99,11 @@ _ROW_CHUNK = 4096
 #: prior of the auto-regressive coefficient of each level on the level below: N(1, 0.5^2)
 #: (standardised units, pooled over levels: rho = 1 means "same scale as the cheaper level")
 RHO_PRIOR = (1.0, 0.5)
-#: prior of log(var delta_l / var f_0): N(log 0.1, 1.5^2), i.e. the discrepancy between
-#: adjacent levels is a priori ~30 % of the signal's standard deviation (a prior
-#: correlation of 0.95), and the data may move it by orders of magnitude
-LOG_DELTA_RATIO_PRIOR = (float(np.log(0.1)), 1.5)
+#: prior of log(var delta_l / var f_0): N(log 0.3, 1.5^2), i.e. the discrepancy between
+#: adjacent levels is a priori ~55 % of the signal's standard deviation (a prior correlation
+#: of 0.88), and the data may move it by orders of magnitude (chosen among 0.1, 0.3, 1 and 3
+#: by held-out calibration and decisions on the replay tables: benchmarks/results/NOTES.md)
+LOG_DELTA_RATIO_PRIOR = (float(np.log(0.3)), 1.5)
 #: prior of the mean shift of a level over rho times the level below: N(0, 1^2), standardised
 MEAN_DELTA_PRIOR_SD = 1.0
 #: prior of log var f_0: N(0, 2^2) (values are standardised, so weak)
@@ -303,10 +304,12 @@ class MoleculeSurrogate:
         self.n_iter_refit = int(n_iter_refit)
         self.hyper_refit_growth = float(hyper_refit_growth)
         nf = self.n_fidelities
+        #: the discrepancy prior of this instance (:data:`LOG_DELTA_RATIO_PRIOR` when made)
+        self.delta_ratio_prior = (float(LOG_DELTA_RATIO_PRIOR[0]), float(LOG_DELTA_RATIO_PRIOR[1]))
         self.hyper: dict[str, np.ndarray] = {
             "log_signal": np.zeros(1),
             "rho": np.full(nf - 1, RHO_PRIOR[0]),
-            "log_delta": np.full(nf - 1, LOG_DELTA_RATIO_PRIOR[0]),
+            "log_delta": np.full(nf - 1, self.delta_ratio_prior[0]),
             "mean_base": np.zeros(1),
             "mean_delta": np.zeros(nf - 1),
             "log_noise": np.full(nf, np.log(1e-2)),
@@ -573,7 +576,7 @@ class MoleculeSurrogate:
         else:
             raise ValueError(f"unknown noise prior {kind!r}")
         out = (normal(p["rho"], *RHO_PRIOR)
-               + normal(p["log_delta"] - p["log_signal"], *LOG_DELTA_RATIO_PRIOR)
+               + normal(p["log_delta"] - p["log_signal"], *self.delta_ratio_prior)
                + normal(p["mean_delta"], 0.0, MEAN_DELTA_PRIOR_SD)
                + normal(p["log_signal"], 0.0, LOG_SIGNAL_PRIOR_SD)
                + noise_term)
