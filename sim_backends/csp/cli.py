@@ -171,8 +171,9 @@ def run_csp_command(args: argparse.Namespace) -> int:
     table = Table(title=f"CSP {escape(landscape.smiles)}: {len(landscape)} unique minima from "
                         f"{landscape.meta.get('n_trials')} trials "
                         f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{landscape.levels[landscape.level_keys[0]]}; "
-                        f"E_latt, dE in {ENERGY_UNIT}, density in g/cm3")
-    for col in ("id", "E_latt", "dE", "density", "space group", "searched in", "Z", "Z'", "mult"):
+                        f"E_latt, dE in {ENERGY_UNIT}, density in g/cm3; searched in: the space group "
+                        "of the trials; found: trials that ended in the minimum")
+    for col in ("id", "E_latt", "dE", "density", "space group", "searched in", "Z", "Z'", "found"):
         # never truncate a space-group symbol (P2_12_1... could be No. 18 or 19)
         table.add_column(col, justify="right", no_wrap=True, overflow="fold" if col == "id" else "ignore",
                          min_width=len(col))
