@@ -270,11 +270,13 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
             sign = 1.0 if cfg.direction == "maximize" else -1.0
             for k, h in enumerate(sorted(feasible, key=lambda h: -sign * h["value"])[:N_NAMED_TOP], start=1):
                 ax.annotate(str(k), (h["n"], h["value"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-                ranked.append(ax.plot([], [], ls="none",
-                                      label=f"{k}: {campaign.names[h['mol_index']]} ({h['value']:.3g})")[0])
+                unit = quantity(cfg.objective)[2]
+                ranked.append(ax.plot([], [], ls="none", label=f"{k}: {campaign.names[h['mol_index']]} "
+                                                               f"({h['value']:.3g}{' ' + unit if unit else ''})")[0])
     if excluded:  # a constraint excludes their molecules: drawn apart, never ranked
+        at = ", ".join(dict.fromkeys(levels[h["fidelity"]] for h in sorted(excluded, key=lambda h: h["fidelity"])))
         ax.scatter([h["n"] for h in excluded], [h["value"] for h in excluded], s=40, marker="x",
-                   color="dimgrey", zorder=4, label=f"excluded by a constraint, any level ({len(excluded)})")
+                   color="dimgrey", zorder=4, label=f"excluded by a constraint ({len(excluded)}; at {at})")
     fails = [h["n"] for h in hist if h["status"] != "ok"]
     if fails:  # not values: ticks on the top edge, in axes coordinates
         ax.plot(fails, [0.985] * len(fails), ls="none", marker="|", ms=10, color="crimson",

@@ -160,8 +160,12 @@ def test_the_convergence_plot_draws_excluded_molecules_apart_at_every_level(run)
     n_cheap_ok = sum(h["fidelity"] == 0 and h["mol_index"] not in bad for h in hist)
     assert n_bad and any(h["fidelity"] == 0 and h["mol_index"] in bad for h in hist)
     fig = convergence_figure(camp, plt)
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert f"excluded by a constraint, any level ({n_bad})" in labels, labels
+    labels = [" ".join(t.get_text().split()) for t in fig.legends[0].get_texts()]
+    # newuser41 #13: the entry names the levels the excluded points were computed at
+    excl = [t for t in labels if t.startswith(f"excluded by a constraint ({n_bad}; at ")]
+    from agent.report import _levels
+
+    assert len(excl) == 1 and " ".join(_levels(camp)[0].split()) in excl[0], (labels, _levels(camp))
     assert any(t.endswith(f"(replay-xtb-reorg, {n_cheap_ok})") for t in labels), labels
     ranked = " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
     assert not any(camp.molecules.names[i] in ranked for i in bad), ranked

@@ -115,9 +115,12 @@ def test_convergence_legend_names_the_top_level_by_its_level_of_theory(ladder):
     plt = _plt()
     fig = convergence_figure(ladder, plt)
     title = " ".join(fig.axes[0].get_legend().get_title().get_text().split())
+    entries = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     plt.close(fig)
     assert title == f"best at {level_of_theory(ladder.cfg.backends[-1])}", title
     assert "replay-esf-refined" not in title
+    # newuser41 #13: each ranked value carries its unit ("1: coronene (0.59 log10 cm2/(V s))")
+    assert entries and all(t.endswith(" log10 cm2/(V s))") for t in entries), entries
 
 
 def _records(names):
