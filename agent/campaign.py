@@ -594,8 +594,9 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     unreliable = {ev.molecule_id: why for ev in evs if ev.backend == top and ev.ok and ev.structure_id is None
                   and (why := unreliable_lambda_reason(ev.extra, cfg.objective))}
     unreliable_cheap: dict[int, dict[str, str]] = {}  # a cheaper level's (the molecule stage does not train on it)
+    cheaper = {b.name for b in cfg.backends[:-1]}
     for ev in evs:
-        if (ev.backend != top and ev.ok and ev.structure_id is None and ev.backend in {b.name for b in cfg.backends}
+        if (ev.backend in cheaper and ev.ok and ev.structure_id is None
                 and (why := unreliable_lambda_reason(ev.extra, cfg.objective))):
             unreliable_cheap.setdefault(ev.molecule_id, {})[ev.backend] = why
     best, best_mol = None, None
