@@ -139,9 +139,12 @@ def check_charges_for_pool(cfg: CampaignConfig, rows: list[tuple[str, str | None
     from sim_backends.csp.flexible import flexible_smiles
 
     n_valid = sum(1 for r in rows if r[2])
+    by_mode: dict[str, list[str]] = {}  # flexible mode -> the valid molecules searched as flexible
     for where, b in lone_pair:
         mode = str(b.params.get("flexible", "auto"))  # csp-ff's own choice; other CSP users search by "auto"
-        flexible = [name or smi for smi, name, ok, _ in rows if ok and flexible_smiles(smi, mode) is not None]
+        if mode not in by_mode:  # each SMILES parsed once per mode, not once per backend
+            by_mode[mode] = [name or smi for smi, name, ok, _ in rows if ok and flexible_smiles(smi, mode) is not None]
+        flexible = by_mode[mode]
         if flexible:
             shown = ", ".join(flexible[:3]) + (", ..." if len(flexible) > 3 else "")
             raise ConfigError(

@@ -253,6 +253,7 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     levels = _levels(campaign)
     hist = campaign.history
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    unit = quantity(cfg.objective)[2]
     top = len(names) - 1
     ranked: list[Any] = []  # legend entries of the named top-level results
     excluded: list[dict[str, Any]] = []  # results of molecules a constraint excludes, any level
@@ -270,7 +271,6 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
             sign = 1.0 if cfg.direction == "maximize" else -1.0
             for k, h in enumerate(sorted(feasible, key=lambda h: -sign * h["value"])[:N_NAMED_TOP], start=1):
                 ax.annotate(str(k), (h["n"], h["value"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-                unit = quantity(cfg.objective)[2]
                 ranked.append(ax.plot([], [], ls="none", label=f"{k}: {campaign.names[h['mol_index']]} "
                                                                f"({h['value']:.3g}{' ' + unit if unit else ''})")[0])
     if excluded:  # a constraint excludes their molecules: drawn apart, never ranked
@@ -289,7 +289,6 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     # a level may show the objective's key under its own name (the ESF proxy: a reference
     # crystal's mobility, not a landscape's): every name the levels' points carry
     shown = list(dict.fromkeys(quantity(shown_name(b, cfg.objective))[0] for b in cfg.backends))
-    unit = quantity(cfg.objective)[2]
     ax.set_ylabel(textwrap.fill(" or ".join(shown) + (f" ({unit})" if unit else ""), 60))
     label = quantity(cfg.objective)[0]
     stage = "molecule stage: " if campaign.stage is not None else ""

@@ -146,9 +146,9 @@ def canonical_symbol(symbol: str) -> str:
                              f"supported: {supported_groups_text()}")
         raise ValueError(f"unsupported space group {symbol!r} (space-group numbers run from 1 to 230); "
                          f"supported: {supported_groups_text()}")
-    norm = s.replace("_", "").replace(" ", "").lower()
+    norm = _normalised(s)
     for name in _GROUPS:
-        if name.replace("_", "").lower() == norm:
+        if _normalised(name) == norm:
             return name
     if (alias := _setting_alias(s)) is not None:
         return _SETTINGS[alias]
@@ -159,8 +159,13 @@ def canonical_symbol(symbol: str) -> str:
 
 def _setting_alias(symbol: str) -> str | None:
     """The :data:`_SETTINGS` key ``symbol`` spells (``p21/n`` -> ``P2_1/n``), else None."""
-    norm = str(symbol).strip().replace("_", "").replace(" ", "").lower()
-    return next((alias for alias in _SETTINGS if alias.replace("_", "").lower() == norm), None)
+    norm = _normalised(symbol)
+    return next((alias for alias in _SETTINGS if _normalised(alias) == norm), None)
+
+
+def _normalised(symbol: str) -> str:
+    """A symbol as spellings are compared: no underscores or spaces, lower case (P2_1/c = p21/c)."""
+    return str(symbol).strip().replace("_", "").replace(" ", "").lower()
 
 
 def setting_notes(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
