@@ -3,8 +3,11 @@
 :func:`write_campaign_structures` writes the landscapes of a campaign's structure stage
 (``runs/<name>/structures/``): symmetrised CIFs with the energies at every level, and per
 landscape a CSV with one ``E_<LEVEL>_kJmol_per_mol`` / ``dE_<LEVEL>_kJmol_per_mol`` column
-pair per level, ``levels.json`` naming the level of theory of each. Reading landscapes
-from disk is :meth:`sim_backends.landscape.Landscape.read`.
+pair per level, ``levels.json`` naming the level of theory of each. An export replaces the
+previous one: the files an earlier export wrote there (:data:`MANIFEST`) and this one does
+not are deleted, nothing else of the folder is touched (``esf_m<id>_<structure>.cif`` of
+:func:`agent.esf_report.write_esf_cifs` lives there too). Reading landscapes from disk is
+:meth:`sim_backends.landscape.Landscape.read`.
 
 Importing this module is cheap.
 """
@@ -13,10 +16,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: the names of the files the last :func:`write_campaign_structures` wrote into its folder
+#: (a JSON list), so the next export deletes those it does not write again and no other file
+MANIFEST = ".write_campaign_structures.json"
+#: where an export is written before its files replace the previous export's
+_STAGING = ".write_campaign_structures.tmp"
 
 
 def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) -> list[Path]:
@@ -53,26 +65,39 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
       the CIFs (by column name: the last two are ignored there);
     * ``levels.json``: backend name -> level of theory of each column.
 
+    The files of an earlier export into ``out_dir`` that this one does not write (a
+    structure of a landscape since re-made, a molecule no longer exported) are deleted
+    (:func:`_replace_export`), so :meth:`sim_backends.landscape.Landscape.from_cif_dir` reads
+    this export's structures only; every file is written into a staging folder first, so an
+    export that fails part-way leaves the earlier one as it was.
+
     Returns:
-        The paths written (none without a structure stage or landscape).
+        The paths written (none without a structure stage or landscape; the manifest aside).
     """
-    from agent.summary import (
-        csp_levels,
-        landscape_rows,
-        level_of_theory,
-        observed_sources,
-        quantity,
-        rank_key,
-        structures_dir,
-    )
-    from sim_backends.csp.landscape import LevelEnergy, cif_formula_units, crystal_cif
+    from agent.summary import structures_dir
 
     stage = getattr(campaign, "stage", None)
     if stage is None or not stage.landscapes:
         return []
-    scfg = campaign.cfg.structures
     out = Path(out_dir) if out_dir is not None else structures_dir(campaign.directory)
     out.mkdir(parents=True, exist_ok=True)
+    stage_dir = out / _STAGING  # this writer's own: a crashed export's is replaced
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    stage_dir.mkdir()
+    try:
+        names = _write_structures(campaign, stage, stage_dir)
+        _replace_export(out, stage_dir, names)
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    return [out / n for n in names]
+
+
+def _write_structures(campaign: Any, stage: Any, out: Path) -> list[str]:
+    """The files of :func:`write_campaign_structures`, written into ``out``; their names."""
+    from agent.summary import csp_levels, landscape_rows, level_of_theory, observed_sources, quantity, rank_key
+    from sim_backends.csp.landscape import LevelEnergy, cif_formula_units, crystal_cif
+
+    scfg = campaign.cfg.structures
     ff, ref = scfg.csp.name, stage.refine.name
     # every level after the ranking one: (config, value key, molecule id -> {index: value});
     # the stage keeps a second energy level's values (added to the first's) in f_vib
@@ -151,7 +176,54 @@ def write_campaign_structures(campaign: Any, out_dir: str | Path | None = None) 
     levels_path = out / "levels.json"
     levels_path.write_text(json.dumps({"energy_unit": "kJ/mol per molecule", "levels": levels}, indent=2))
     paths.append(levels_path)
-    return paths
+    return [p.name for p in paths]
+
+
+def _replace_export(out: Path, staged: Path, names: list[str]) -> None:
+    """Move the files ``names`` written into ``staged`` into ``out``, deleting the files of
+    the previous export (:func:`_written_before`) that are not among them.
+
+    At every step the folder reads as the previous export, or as this one, or fails loudly in
+    :meth:`~sim_backends.landscape.Landscape.from_cif_dir`: ``energies.csv`` is emptied to its
+    header first (a CIF without its row is refused there; no CIF is paired with another
+    export's energy) and replaced last, and the manifest lists the files of both exports
+    until the new ones are all in place, so an export that dies half-way is cleaned up by
+    the next."""
+    old = _written_before(out)
+    _write_manifest(out, sorted(old | set(names)))
+    energies = "energies.csv"
+    header = staged / ".energies_header.csv"
+    with open(staged / energies, newline="") as fh:
+        header.write_text(fh.readline())
+    os.replace(header, out / energies)
+    for name in sorted(old - set(names)):
+        (out / name).unlink(missing_ok=True)
+    for name in names:
+        if name != energies:
+            os.replace(staged / name, out / name)
+    os.replace(staged / energies, out / energies)
+    _write_manifest(out, names)
+
+
+def _write_manifest(out: Path, names: list[str]) -> None:
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(names, indent=0) + "\n")
+    os.replace(tmp, out / MANIFEST)
+
+
+def _written_before(out: Path) -> set[str]:
+    """The names of the files an earlier :func:`write_campaign_structures` wrote into
+    ``out``: the list in its :data:`MANIFEST`. A folder exported before there was a manifest:
+    the names its own tables give (each ``landscape_m<id>.csv`` with this writer's columns,
+    the ``cif`` of each row where that is ``<id>.cif``, ``energies.csv`` and ``levels.json``;
+    a CIF no table lists any more is not recognised). Plain file names only."""
+    try:
+        listed = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        listed = None
+    names = ([n for n in listed if isinstance(n, str)] if isinstance(listed, list)
+             else _named_by_tables(out))
+    return {n for n in names if n == Path(n).name and n not in ("", ".", "..") and not n.startswith(".")}
 
 
 def level_column(level: str, value_key: str) -> str:
@@ -164,6 +236,27 @@ def level_column(level: str, value_key: str) -> str:
     if value_key.endswith("_kjmol"):
         return f"{quantity(value_key)[1]}_{level}_kJmol_per_mol"
     return f"{value_key}_{level}"
+
+
+def _named_by_tables(out: Path) -> list[str]:
+    """:func:`_written_before` of a folder without a manifest, from the ``landscape_m<id>.csv``
+    there that have this writer's columns."""
+    names: list[str] = []
+    for table in out.glob("landscape_m*.csv"):
+        if not re.fullmatch(r"landscape_m\d+\.csv", table.name):
+            continue
+        try:
+            with open(table, newline="") as fh:
+                reader = csv.DictReader(fh)
+                header = list(reader.fieldnames or [])
+                rows = list(reader)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+        if header[:4] != ["id", "rank", "space_group", "Z"] or "cif" not in header:
+            continue  # not a table this writer wrote
+        names.append(table.name)
+        names += [r["cif"] for r in rows if r.get("id") and r.get("cif") == f"{r['id']}.cif"]
+    return (names + ["energies.csv", "levels.json"]) if names else []
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

@@ -335,6 +335,65 @@ def test_structures_written_with_a_column_for_every_level(tmp_path):
     assert read == {e["id"]: float(e["energy_kjmol"]) for e in energies}
 
 
+def test_structures_export_replaces_the_previous_one(finished, tmp_path, monkeypatch):
+    """An export into runs/<name>/structures/ deletes the CIFs and tables an earlier export
+    wrote there and it does not (a landscape re-made smaller), known from its manifest or,
+    for a folder exported before there was one, from the earlier tables; another writer's
+    files (the ESF global minima) and the user's are kept, so `lab identify --structures`
+    (Landscape.from_cif_dir, which refuses a CIF without an energies.csv row) reads exactly
+    this export. An export that fails part-way leaves the earlier one readable as it was."""
+    import agent.summary
+    import sim_backends.csp.landscape as csp_landscape
+    from agent.campaign import Campaign
+    from agent.landscape_io import MANIFEST, write_campaign_structures
+    from sim_backends.landscape import Landscape
+
+    def read_ids(out):
+        return {x.id for x in Landscape.from_cif_dir(out).minima}
+
+    full_rows, real_cif = agent.summary.landscape_rows, csp_landscape.crystal_cif
+    camp = Campaign.open("t", _copy(finished, tmp_path))
+    try:
+        out = tmp_path / "structures"
+        (mol_id,) = camp.stage.landscapes
+        ids = [r["id"] for r in full_rows(camp, mol_id)]
+        assert len(ids) > 5
+        write_campaign_structures(camp, out)
+        (out / MANIFEST).unlink()  # as written before exports kept a manifest
+        (out / "notes.txt").write_text("mine")
+        esf = out / f"esf_m{mol_id}_{ids[0]}.cif"  # agent.esf_report's, in the same folder
+        esf.write_text((out / f"{ids[0]}.cif").read_text())
+        monkeypatch.setattr(agent.summary, "landscape_rows", lambda c, m: full_rows(c, m)[:-3])
+        written = write_campaign_structures(camp, out)
+        assert {p.name for p in written} == {f"{s}.cif" for s in ids[:-3]} | {
+            f"landscape_m{mol_id}.csv", "energies.csv", "levels.json"}
+        assert not any((out / f"{s}.cif").exists() for s in ids[-3:])
+        assert (out / "notes.txt").read_text() == "mine" and esf.is_file()
+        esf.unlink()  # no row in energies.csv: the strict read refuses it (not this writer's)
+        assert read_ids(out) == set(ids[:-3])
+        monkeypatch.setattr(agent.summary, "landscape_rows", lambda c, m: full_rows(c, m)[:-5])
+        write_campaign_structures(camp, out)  # the manifest names the previous export's files
+        assert read_ids(out) == set(ids[:-5]) and (out / "notes.txt").is_file()
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            [MANIFEST, "notes.txt", f"landscape_m{mol_id}.csv", "energies.csv", "levels.json"]
+            + [f"{s}.cif" for s in ids[:-5]])
+        monkeypatch.setattr(agent.summary, "landscape_rows", full_rows)
+        calls = []
+
+        def fails_at_the_third(*args, **kw):
+            calls.append(1)
+            if len(calls) == 3:
+                raise OSError("disk full")
+            return real_cif(*args, **kw)
+
+        monkeypatch.setattr(csp_landscape, "crystal_cif", fails_at_the_third)
+        with pytest.raises(OSError, match="disk full"):
+            write_campaign_structures(camp, out)
+        assert read_ids(out) == set(ids[:-5]) and not any(p.name.endswith(".tmp") for p in out.iterdir())
+    finally:
+        camp.close()
+
+
 def test_fragment_level_uses_the_landscapes_parsed_structures(tmp_path, monkeypatch):
     """A fragment-DFT level's pair terms are computed on the structures the Landscape
     already parsed: no CIF is read again, and the crystals are those load_crystal makes
