@@ -591,14 +591,16 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
 
     # a top-level value its backend marks unreliable (a Jahn-Teller cation left undistorted)
     # is never the best; status names it
-    unreliable = {ev.molecule_id: why for ev in evs if ev.backend == top and ev.ok and ev.structure_id is None
-                  and (why := unreliable_lambda_reason(ev.extra, cfg.objective))}
+    unreliable: dict[int, str] = {}
     unreliable_cheap: dict[int, dict[str, str]] = {}  # a cheaper level's (the molecule stage does not train on it)
     cheaper = {b.name for b in cfg.backends[:-1]}
     for ev in evs:
-        if (ev.backend in cheaper and ev.ok and ev.structure_id is None
+        if (ev.ok and ev.structure_id is None and (ev.backend == top or ev.backend in cheaper)
                 and (why := unreliable_lambda_reason(ev.extra, cfg.objective))):
-            unreliable_cheap.setdefault(ev.molecule_id, {})[ev.backend] = why
+            if ev.backend == top:
+                unreliable[ev.molecule_id] = why
+            if ev.backend in cheaper:
+                unreliable_cheap.setdefault(ev.molecule_id, {})[ev.backend] = why
     best, best_mol = None, None
     for ev in evs:
         v = ev.values.get(cfg.objective)
