@@ -441,7 +441,9 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
     """Write each molecule-stage landscape's global minimum as a CIF (results of
     :func:`esf_results` with ``cif_text``); its ``cif`` becomes the file path, its ``z`` the
     written cell's (a record stored before landscapes kept their output cells has the search
-    cell's) and the texts are dropped from the records."""
+    cell's) and the texts are dropped from the records. A molecule's CIF of an earlier
+    global minimum (``esf_m<id>_<other structure>.cif``) is removed when its current one is
+    written, so the folder holds one per molecule."""
     from sim_backends.csp.landscape import cif_formula_units
 
     paths = []
@@ -451,6 +453,9 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
         if p is not None and gm and gm.get("cif_text"):
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(_symmetrised_cif(rec, gm))
+            for old in p.parent.glob(f"esf_m{rec['molecule_id']}_*.cif"):
+                if old.name != p.name:
+                    old.unlink(missing_ok=True)
             gm["cif"] = str(p)
             gm["z"] = cif_formula_units(p, gm.get("z"))
             paths.append(p)

@@ -55,3 +55,23 @@ def test_global_minimum_cif_is_symmetrised_with_molecule_formula_and_z(tmp_path,
     assert len(back) == z * n_atoms_per_molecule
     assert f"{s['energy_kjmol']:.3f}" in text and "W99" in text
     assert abs(back.density - s["density_gcm3"]) < 1e-3
+
+
+def test_a_new_global_minimum_replaces_the_molecules_earlier_cif(tmp_path):
+    """When a molecule's predicted global minimum changes (a refined level re-ranks its
+    landscape), the CIF of the earlier one is removed; other molecules' CIFs stay."""
+    r = _record("thiophene")
+    first, second = r["structures"][0], r["structures"][1]
+
+    def rec(mol_id: int, s: dict) -> dict:
+        gm = {"id": s["id"], "energy_kjmol": s["energy_kjmol"], "space_group": s["space_group"],
+              "z": s["z"], "cif_text": s["cif"]}
+        return {"molecule_id": mol_id, "name": "thiophene", "smiles": r["smiles"], "source": "molecule stage",
+                "global_minimum": gm, "structures": []}
+
+    (old,) = write_esf_cifs(tmp_path, [rec(7, first)])
+    (other,) = write_esf_cifs(tmp_path, [rec(77, first)])
+    (new,) = write_esf_cifs(tmp_path, [rec(7, second)])
+    assert new != old and new.exists() and not old.exists()
+    assert other.exists()
+    assert sorted(p.name for p in (tmp_path / "structures").glob("esf_m7_*.cif")) == [new.name]
