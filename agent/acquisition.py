@@ -264,6 +264,7 @@ def select_batch(
     seed: int,
     pair_costs: np.ndarray | None = None,
     level_caps: Sequence[int | None] | None = None,
+    cost_power: float = 1.0,
 ) -> list[tuple[int, int]]:
     """Choose up to ``q`` distinct (molecule, fidelity) pairs to evaluate next.
 
@@ -285,6 +286,9 @@ def select_batch(
         level_caps: optional, per fidelity, how many pairs of that level the batch
             may choose at most (the level's evaluation budget left, in-flight work
             counted); None: no cap.
+        cost_power: every rate divides by cost**cost_power (1: value per CPU second;
+            0: value alone), e.g. the cost cooling of
+            :data:`agent.stages.molecule.COST_COOLING`.
 
     Returns:
         Up to ``q`` distinct pairs, best first. Fewer when fewer pairs are allowed.
@@ -319,6 +323,9 @@ def select_batch(
         if pair_costs.shape != mask.shape or not np.all(pair_costs > 0):
             raise ValueError(f"pair_costs must be positive with shape {mask.shape}")
         log_costs = np.log(pair_costs)
+    if not 0.0 <= cost_power <= 1.0:
+        raise ValueError(f"cost_power must be in [0, 1], got {cost_power!r}")
+    log_costs = cost_power * log_costs
     jitter = 1e-9 * np.random.default_rng(seed).random(post.n_pool)
 
     top_mask = np.zeros_like(mask)

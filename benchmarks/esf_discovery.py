@@ -206,7 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delta-ratio", type=float, default=None,
                     help="centre of the molecule GP's discrepancy prior, var(delta)/var(f_0), for every "
                          "campaign (default: the campaign's, agent.surrogates.molecule_gp.LOG_DELTA_RATIO_PRIOR)")
+    ap.add_argument("--discrepancy", default=None, choices=["map", "posterior-mean"],
+                    help="how the molecule GP's discrepancy variances enter its predictions, for every "
+                         "campaign (default: the campaign's, agent.surrogates.molecule_gp.DISCREPANCY_ESTIMATE)")
+    ap.add_argument("--cost-cooling", action="store_true",
+                    help="every campaign divides its acquisition by cost**(fraction of the budget left) "
+                         "(agent.stages.molecule.COST_COOLING) instead of the campaign's default")
     args = ap.parse_args(argv)
+    if args.cost_cooling:  # read by each campaign's molecule stage when it asks
+        from agent.stages import molecule as molecule_stage
+
+        molecule_stage.COST_COOLING = True
+    if args.discrepancy is not None:
+        from agent.surrogates import molecule_gp  # read by each campaign's surrogate when it is made
+
+        molecule_gp.DISCREPANCY_ESTIMATE = args.discrepancy
     if args.delta_ratio is not None:
         if args.delta_ratio <= 0:
             ap.error("--delta-ratio must be > 0")

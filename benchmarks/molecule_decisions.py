@@ -670,7 +670,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="centre of the molecule GP's discrepancy prior, var(delta)/var(f_0), for every "
                          "campaign of this run (default: the campaign's, exp of "
                          "agent.surrogates.molecule_gp.LOG_DELTA_RATIO_PRIOR[0])")
+    ap.add_argument("--discrepancy", default=None, choices=["map", "posterior-mean"],
+                    help="how the molecule GP's discrepancy variances enter its predictions, for every "
+                         "campaign of this run (default: the campaign's, "
+                         "agent.surrogates.molecule_gp.DISCREPANCY_ESTIMATE)")
+    ap.add_argument("--cost-cooling", action="store_true",
+                    help="every campaign divides its acquisition by cost**(fraction of the budget left) "
+                         "(agent.stages.molecule.COST_COOLING) instead of the campaign's default")
     args = ap.parse_args(argv)
+    if args.cost_cooling:  # read by each campaign's molecule stage when it asks
+        from agent.stages import molecule as molecule_stage
+
+        molecule_stage.COST_COOLING = True
     if args.delta_ratio is not None and args.delta_ratio <= 0:
         ap.error("--delta-ratio must be > 0")
     try:
@@ -686,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
 
     kernel = args.molecule_kernel or molecule_gp.KERNEL
     molecule_gp.KERNEL = kernel
+    if args.discrepancy is not None:  # read by each campaign's surrogate when it is made
+        molecule_gp.DISCREPANCY_ESTIMATE = args.discrepancy
     if args.delta_ratio is not None:  # read by each campaign's surrogate when it is made
         molecule_gp.LOG_DELTA_RATIO_PRIOR = (float(np.log(args.delta_ratio)), molecule_gp.LOG_DELTA_RATIO_PRIOR[1])
 
@@ -698,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=150)
     out: dict = {"benchmark": "molecule_decisions", "torch_threads": torch.get_num_threads(),
-                 "molecule_kernel": kernel,
+                 "molecule_kernel": kernel, "discrepancy_estimate": molecule_gp.DISCREPANCY_ESTIMATE,
+                 "cost_cooling": bool(args.cost_cooling),
                  "delta_ratio_prior": [round(float(np.exp(molecule_gp.LOG_DELTA_RATIO_PRIOR[0])), 4),
                                        molecule_gp.LOG_DELTA_RATIO_PRIOR[1]]}
     warm_up_imports()

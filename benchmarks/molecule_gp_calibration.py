@@ -62,7 +62,7 @@ PRIORS = {"gamma": ("gamma", 1.1, 0.05), "lognormal": ("lognormal", -4.0, 1.0),
 #: campaign's (exp of molecule_gp.LOG_DELTA_RATIO_PRIOR[0]) unless --delta-ratios names others
 DEFAULT_DELTA_RATIO = None
 DEFAULTS = {"sets": SETS, "draws": 10, "loo_draws": 30, "ks": ["2", "5", "10", "all-1"], "priors": list(PRIORS),
-            "molecule_kernel": None, "delta_ratios": None}
+            "molecule_kernel": None, "delta_ratios": None, "discrepancy": None}
 
 
 def load_set(name: str) -> tuple[list[str], np.ndarray, str]:
@@ -160,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delta-ratios", nargs="+", type=float, default=DEFAULTS["delta_ratios"],
                     help="centres of the discrepancy prior var(delta)/var(f_0) to compare (default: the "
                          "campaign's); with several, a leave-one-set-out choice by predictive log density")
+    ap.add_argument("--discrepancy", default=DEFAULTS["discrepancy"], choices=["map", "posterior-mean"],
+                    help="how the discrepancy variances enter the predictions (default: the campaign's, "
+                         "molecule_gp.DISCREPANCY_ESTIMATE)")
     args = ap.parse_args(argv)
+    if args.discrepancy is not None:
+        from agent.surrogates import molecule_gp  # read by each surrogate when it is made
+
+        molecule_gp.DISCREPANCY_ESTIMATE = args.discrepancy
     if args.delta_ratios is not None and min(args.delta_ratios) <= 0:
         ap.error("--delta-ratios must be > 0")
     if args.draws < 1 or args.loo_draws < 1:
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
            "molecule_kernel": kernel,
            "args": {"sets": args.sets, "draws": args.draws, "loo_draws": args.loo_draws, "ks": args.ks,
                     "priors": args.priors, "molecule_kernel": args.molecule_kernel,
-                    "delta_ratios": args.delta_ratios}}
+                    "delta_ratios": args.delta_ratios, "discrepancy": args.discrepancy}}
     if args.delta_ratios and len(args.delta_ratios) > 1:
         out["delta_ratio_leave_one_set_out"] = leave_one_set_out(results, args.priors, args.delta_ratios, args.ks)
     non_default = [f"{a}-{'-'.join(map(str, v)) if isinstance(v, list) else v}"

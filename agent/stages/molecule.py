@@ -76,6 +76,11 @@ if TYPE_CHECKING:
     from sim_backends.base import EvalResult
 
 NAME = "molecule"
+#: cost cooling (Lee, Eriksson & Bindel, "Cost-aware Bayesian optimization", arXiv:2003.10870,
+#: 2020): with a compute budget, the acquisition divides by cost**alpha with alpha the
+#: fraction of the budget left (1 at the start, 0 when spent), so that value per CPU second
+#: steers early and value alone the last picks; False: alpha = 1 throughout
+COST_COOLING = False
 
 
 class MoleculeStage:
@@ -636,6 +641,9 @@ class MoleculeStage:
 
             surrogate = self.refit()
             costs = self.costs()
+            cost_power = 1.0
+            if COST_COOLING and fit is not None and self.cfg.max_cpu_hours:
+                cost_power = float(np.clip(fit[1] / (self.cfg.max_cpu_hours * 3600), 0.0, 1.0))
             if pair_costs is not None and self.evaluation_share is not None:
                 # an evaluation slot has a price when the evaluation budget binds
                 slots = self.evaluation_share - self.n_evaluations - len(mine)
@@ -659,6 +667,7 @@ class MoleculeStage:
                 direction=self.cfg.direction,
                 seed=self.cfg.seed + self._n_stored(),
                 level_caps=self.levels_left(pending),
+                cost_power=cost_power,
             )
         out = []
         for i, f in picks:

@@ -104,6 +104,11 @@ RHO_PRIOR = (1.0, 0.5)
 #: of 0.88), and the data may move it by orders of magnitude (chosen among 0.1, 0.3, 1 and 3
 #: by held-out calibration and decisions on the replay tables: benchmarks/results/NOTES.md)
 LOG_DELTA_RATIO_PRIOR = (float(np.log(0.3)), 1.5)
+#: how each discrepancy variance var(delta_l) enters the predictions: "map" = its MAP estimate
+#: with the other hyperparameters; "posterior-mean" = its posterior mean given the others at
+#: their MAP (see :meth:`MoleculeSurrogate._discrepancy_posterior_mean`)
+DISCREPANCY_ESTIMATE = "map"
+DISCREPANCY_ESTIMATES = ("map", "posterior-mean")
 #: prior of the mean shift of a level over rho times the level below: N(0, 1^2), standardised
 MEAN_DELTA_PRIOR_SD = 1.0
 #: prior of log var f_0: N(0, 2^2) (values are standardised, so weak)
@@ -306,6 +311,11 @@ class MoleculeSurrogate:
         nf = self.n_fidelities
         #: the discrepancy prior of this instance (:data:`LOG_DELTA_RATIO_PRIOR` when made)
         self.delta_ratio_prior = (float(LOG_DELTA_RATIO_PRIOR[0]), float(LOG_DELTA_RATIO_PRIOR[1]))
+        #: how the discrepancy variances are estimated (:data:`DISCREPANCY_ESTIMATE` when made)
+        self.discrepancy_estimate = str(DISCREPANCY_ESTIMATE)
+        if self.discrepancy_estimate not in DISCREPANCY_ESTIMATES:
+            raise ValueError(f"discrepancy_estimate must be one of {DISCREPANCY_ESTIMATES}, "
+                             f"got {self.discrepancy_estimate!r}")
         self.hyper: dict[str, np.ndarray] = {
             "log_signal": np.zeros(1),
             "rho": np.full(nf - 1, RHO_PRIOR[0]),
@@ -627,9 +637,8 @@ class MoleculeSurrogate:
             parts = torch.split(x, sizes)
             return {k: p.reshape(sh) for k, p, sh in zip(names, parts, shapes, strict=True)}
 
-        def loss_and_grad(x_np: np.ndarray) -> tuple[float, np.ndarray]:
-            x = torch.as_tensor(x_np, dtype=torch.float64).requires_grad_(True)
-            p = unpack(x)
+        def neg_log_posterior(p: dict[str, torch.Tensor]) -> torch.Tensor | None:
+            """-(log marginal likelihood + log prior) of the subset; None if not positive definite."""
             b, means = _ar1_structure(p, torch)
             noise = NOISE_FLOOR + p["log_noise"].exp()
             ksim = kt
@@ -641,11 +650,17 @@ class MoleculeSurrogate:
             k = ksim * (onehot @ b @ onehot.T) + torch.diag(onehot @ noise) + jitter
             chol, info = torch.linalg.cholesky_ex(k)
             if int(info) != 0:
-                return 1e10, np.zeros_like(x_np)
+                return None
             r = (y - onehot @ means).unsqueeze(-1)
             a = torch.cholesky_solve(r, chol)
-            nll = 0.5 * (r * a).sum() + chol.diagonal().log().sum()
-            nll = (nll - self._log_prior(p)) / len(sub)
+            return 0.5 * (r * a).sum() + chol.diagonal().log().sum() - self._log_prior(p)
+
+        def loss_and_grad(x_np: np.ndarray) -> tuple[float, np.ndarray]:
+            x = torch.as_tensor(x_np, dtype=torch.float64).requires_grad_(True)
+            nlp = neg_log_posterior(unpack(x))
+            if nlp is None:
+                return 1e10, np.zeros_like(x_np)
+            nll = nlp / len(sub)
             (grad,) = torch.autograd.grad(nll, x)
             return float(nll.detach()), grad.numpy().copy()
 
@@ -668,7 +683,58 @@ class MoleculeSurrogate:
         if "desc_log_ls" in new:
             new["desc_logit"] = np.clip(new["desc_logit"], -12.0, 12.0)
             new["desc_log_ls"] = np.clip(new["desc_log_ls"], np.log(1e-2), np.log(1e3))
+        if self.discrepancy_estimate == "posterior-mean":
+            with torch.no_grad():
+                for level in range(nf - 1):
+                    new["log_delta"][level] = self._discrepancy_posterior_mean(new, level, neg_log_posterior)
         self.hyper = new
+
+    def _discrepancy_posterior_mean(self, p: dict[str, np.ndarray], level: int, neg_log_posterior: Any) -> float:
+        """log E[var delta_(level+1)] under its posterior given the other parameters at ``p``.
+
+        A MAP estimate of a variance from a handful of expensive values sits where those
+        few happen to fit the cheap level well, and the model is then over-confident about
+        every molecule whose cheap value it knows (held-out z sd 2-5 at five expensive
+        values on the replay tables). The predictive variance is linear in the discrepancy
+        variance, so the moment-matched predictive of the model averaged over it takes its
+        posterior mean (Bayesian model averaging over one hyperparameter; the others stay
+        at their MAP). Computed on a grid of log var delta (step 0.25, +-6 around the
+        MAP, extended while the edge carries weight); with many expensive values the
+        posterior is sharp and the mean is the MAP.
+        """
+        import torch
+
+        centre = float(p["log_delta"][level])
+        grid = centre + np.arange(-6.0, 6.0 + 1e-9, 0.25)
+        tp = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in p.items()}
+
+        def log_post(g: float) -> float:
+            q = dict(tp)
+            ld = tp["log_delta"].clone()
+            ld[level] = g
+            q["log_delta"] = ld
+            v = neg_log_posterior(q)
+            return -np.inf if v is None else -float(v)
+
+        lp = np.array([log_post(g) for g in grid])
+        for _ in range(8):  # extend a grid whose edge still carries weight (a flat likelihood)
+            if not np.isfinite(lp).any():
+                return centre
+            top = np.nanmax(lp)
+            if lp[0] < top - 12.0 and lp[-1] < top - 12.0:
+                break
+            lo, hi = grid[0], grid[-1]
+            add_lo = np.arange(lo - 3.0, lo - 1e-9, 0.25) if lp[0] >= top - 12.0 else np.zeros(0)
+            add_hi = np.arange(hi + 0.25, hi + 3.0 + 1e-9, 0.25) if lp[-1] >= top - 12.0 else np.zeros(0)
+            grid = np.concatenate([add_lo, grid, add_hi])
+            lp = np.concatenate([[log_post(g) for g in add_lo], lp, [log_post(g) for g in add_hi]])
+        ok = np.isfinite(lp)
+        w = np.exp(lp[ok] - lp[ok].max())
+        w /= w.sum()
+        # log sum w exp(g), stably
+        g = grid[ok]
+        m = g.max()
+        return float(np.clip(m + np.log(np.sum(w * np.exp(g - m))), np.log(1e-6), np.log(1e3)))
 
     def _prior_cov(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
         """Prior covariance between observations ``a`` and ``b`` (index arrays)."""

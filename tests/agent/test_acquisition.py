@@ -221,6 +221,25 @@ def test_pair_costs_steer_the_choice(pool):
         select_batch(model, fps, pair_costs=np.ones((3, 2)), **kw)
 
 
+def test_cost_power_zero_ignores_cost_and_one_divides_by_it(pool):
+    """cost_power 1: an almost free expensive evaluation wins; cost_power 0: the pick is the
+    highest expected improvement, whatever it costs (cost cooling's end point)."""
+    fps, top = pool
+    model, obs = fitted(fps, top + 1.0, top, 40, 10, seed=6)
+    allowed = allowed_for(len(fps), obs)
+    allowed[:, 0] = False  # the top level alone: the rate is EI / cost**power
+    kw = dict(q=1, costs=[1.0, 30.0], allowed=allowed, pending=[], best_value=best_top(obs),
+              direction="minimize", seed=0)
+    by_value = select_batch(model, fps, **kw)[0]  # equal costs: the highest EI
+    target = next(i for i in range(len(fps)) if allowed[i, 1] and i != by_value[0])
+    pair_costs = np.tile([1.0, 30.0], (len(fps), 1))
+    pair_costs[target, 1] = 1e-3
+    assert select_batch(model, fps, pair_costs=pair_costs, **kw)[0] == (target, 1)
+    assert select_batch(model, fps, pair_costs=pair_costs, cost_power=0.0, **kw)[0] == by_value
+    with pytest.raises(ValueError, match="cost_power"):
+        select_batch(model, fps, cost_power=1.5, **kw)
+
+
 def test_look_ahead_value_is_consistent_with_expected_improvement():
     from agent.acquisition import expected_improvement, look_ahead_value
 
