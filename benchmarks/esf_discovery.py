@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"agent vs {s}: x{x:.2f} (target x{targets_txt[s]:g}): {'reached' if x >= targets_txt[s] else 'NOT reached'}")
     defaults = {k: ap.get_default(k) for k in vars(args)}
     changed = sorted(k for k, v in vars(args).items() if v != defaults[k])
-    name = "esf_discovery" + "".join(f"_{k.replace('_', '-')}-{Path(str(getattr(args, k))).name}" for k in changed)
+    name = "esf_discovery" + "".join(
+        f"_{k.replace('_', '-')}" + ("" if getattr(args, k) is True else f"-{Path(str(getattr(args, k))).name}")
+        for k in changed)
     out = {"benchmark": "esf_discovery", "pool": n, "truth": args.truth, "seeds": args.seeds,
            "best": data["names"][best[0]], "top3": [data["names"][i] for i in top3],
            "rank_of_best": ranks,

@@ -33,8 +33,9 @@ Decisions:
   level only where the top level still fits after it; the tasks of one batch are
   checked in turn against what the ones before them leave (a batch of two DFT tasks
   that each fit alone but not together starts one); when nothing fits, the stage is
-  exhausted with a reason giving the CPU seconds left; without a budget, every
-  evaluation costs one unit;
+  exhausted with a reason giving the CPU seconds left; the acquisition divides by
+  cost**alpha, alpha the fraction of the budget left (cost cooling, :data:`COST_COOLING`);
+  without a budget, every evaluation costs one unit;
 * a cheaper level is only offered where the top level can still follow (its
   ``budget_evaluations`` not spent);
 * a level's ``budget_evaluations`` counts its stored results, its requests in flight
@@ -79,8 +80,11 @@ NAME = "molecule"
 #: cost cooling (Lee, Eriksson & Bindel, "Cost-aware Bayesian optimization", arXiv:2003.10870,
 #: 2020): with a compute budget, the acquisition divides by cost**alpha with alpha the
 #: fraction of the budget left (1 at the start, 0 when spent), so that value per CPU second
-#: steers early and value alone the last picks; False: alpha = 1 throughout
-COST_COOLING = False
+#: steers early and value alone the last picks (value per CPU second alone keeps spending the
+#: end of a budget on cheap, uncertain molecules); False: alpha = 1 throughout. On since
+#: 2026-12-06 (issue 14: identical decisions at 29 of the 32 table-budgets of
+#: benchmarks/molecule_decisions.py, better at the other three; benchmarks/results/NOTES.md)
+COST_COOLING = True
 
 
 class MoleculeStage:

@@ -362,3 +362,38 @@ def test_molecule_cost_margin_ignores_fast_failures(table, tmp_path):
         assert stage.cost_margin()[top] > before  # successes 10^4 apart in CPU are news
     finally:
         camp.close()
+
+
+def test_cost_cooling_divides_by_cost_to_the_fraction_of_the_budget_left(table, tmp_path, monkeypatch):
+    """The real Campaign (replay backends, a CPU budget): every acquisition call gets
+    cost_power = the fraction of the budget left at that ask, 1 at the start and falling
+    as results come in; with COST_COOLING off it is 1 throughout."""
+    import agent.acquisition as acq
+    from agent.stages import molecule as molecule_stage
+
+    real = acq.select_batch
+    powers: list[float] = []
+
+    def recording(*args, **kwargs):
+        powers.append(kwargs["cost_power"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(acq, "select_batch", recording)
+    smiles, _, dft = table
+    pool = [s for s, d in zip(smiles, dft, strict=True) if np.isfinite(d)]
+    assert molecule_stage.COST_COOLING is True
+    camp = run_replay_campaign(tmp_path / "on", pool, 0, hours=0.1)
+    try:
+        budget = 0.1 * 3600
+        assert len(powers) >= 5
+        assert all(0.0 <= p <= 1.0 for p in powers)
+        assert powers[0] > 0.9 and powers[-1] < 0.5  # the budget was spent along the way
+        assert all(b <= a + 1e-12 for a, b in zip(powers, powers[1:], strict=False))
+        assert camp.spent_cpu_s <= budget
+    finally:
+        camp.close()
+    powers.clear()
+    monkeypatch.setattr(molecule_stage, "COST_COOLING", False)
+    camp = run_replay_campaign(tmp_path / "off", pool, 0, hours=0.1)
+    camp.close()
+    assert powers and set(powers) == {1.0}
