@@ -209,14 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--discrepancy", default=None, choices=["map", "posterior-mean"],
                     help="how the molecule GP's discrepancy variances enter its predictions, for every "
                          "campaign (default: the campaign's, agent.surrogates.molecule_gp.DISCREPANCY_ESTIMATE)")
-    ap.add_argument("--cost-cooling", action="store_true",
-                    help="every campaign divides its acquisition by cost**(fraction of the budget left) "
-                         "(agent.stages.molecule.COST_COOLING) instead of the campaign's default")
+    ap.add_argument("--cost-cooling", choices=["on", "off"], default=None,
+                    help="whether every campaign divides its acquisition by cost**(fraction of the budget "
+                         "left) (default: the campaign's, agent.stages.molecule.COST_COOLING)")
     args = ap.parse_args(argv)
-    if args.cost_cooling:  # read by each campaign's molecule stage when it asks
+    if args.cost_cooling is not None:  # read by each campaign's molecule stage when it asks
         from agent.stages import molecule as molecule_stage
 
-        molecule_stage.COST_COOLING = True
+        molecule_stage.COST_COOLING = args.cost_cooling == "on"
     if args.discrepancy is not None:
         from agent.surrogates import molecule_gp  # read by each campaign's surrogate when it is made
 

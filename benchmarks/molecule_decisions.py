@@ -674,14 +674,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="how the molecule GP's discrepancy variances enter its predictions, for every "
                          "campaign of this run (default: the campaign's, "
                          "agent.surrogates.molecule_gp.DISCREPANCY_ESTIMATE)")
-    ap.add_argument("--cost-cooling", action="store_true",
-                    help="every campaign divides its acquisition by cost**(fraction of the budget left) "
-                         "(agent.stages.molecule.COST_COOLING) instead of the campaign's default")
+    ap.add_argument("--cost-cooling", choices=["on", "off"], default=None,
+                    help="whether every campaign divides its acquisition by cost**(fraction of the budget "
+                         "left) (default: the campaign's, agent.stages.molecule.COST_COOLING)")
     args = ap.parse_args(argv)
-    if args.cost_cooling:  # read by each campaign's molecule stage when it asks
+    if args.cost_cooling is not None:  # read by each campaign's molecule stage when it asks
         from agent.stages import molecule as molecule_stage
 
-        molecule_stage.COST_COOLING = True
+        molecule_stage.COST_COOLING = args.cost_cooling == "on"
     if args.delta_ratio is not None and args.delta_ratio <= 0:
         ap.error("--delta-ratio must be > 0")
     try:
@@ -707,12 +707,13 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
+    from agent.stages import molecule as molecule_stage
     from agent.surrogates.fingerprints import morgan_fingerprints
 
     console = Console(width=150)
     out: dict = {"benchmark": "molecule_decisions", "torch_threads": torch.get_num_threads(),
                  "molecule_kernel": kernel, "discrepancy_estimate": molecule_gp.DISCREPANCY_ESTIMATE,
-                 "cost_cooling": bool(args.cost_cooling),
+                 "cost_cooling": molecule_stage.COST_COOLING,
                  "delta_ratio_prior": [round(float(np.exp(molecule_gp.LOG_DELTA_RATIO_PRIOR[0])), 4),
                                        molecule_gp.LOG_DELTA_RATIO_PRIOR[1]]}
     warm_up_imports()
