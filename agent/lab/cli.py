@@ -39,7 +39,8 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the reference lab server (simulated robot)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free port, printed)")
+    p.add_argument("--port", type=port_number, default=8765,
+                   help="TCP port, 0-65535 (default 8765; 0: any free port, printed)")
     p.add_argument("--db", default="runs/lab_server.sqlite", help="SQLite file of the experiment queue (default runs/lab_server.sqlite)")
     p.add_argument("--token-file", default=None, help="file with the bearer token (else $CRYSTAL_AGENT_LAB_TOKEN)")
     p.add_argument("--structures", default=None, help="folder of CIFs + energies.csv (default: reference target I landscape)")
@@ -64,6 +65,17 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     lab.set_defaults(func=run_lab_command)
     return lab
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0-65535 (0: any free port); else a usage error (exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, got {value}")
+    return value
 
 
 def read_pattern(path: str | Path) -> tuple[Any, Any]:

@@ -273,3 +273,18 @@ def test_cli_serve_runs_the_reference_lab(tmp_path):
     assert proc.returncode == 0, err
     no_token = cli("lab", "serve", "--port", str(port), env={"CRYSTAL_AGENT_LAB_TOKEN": ""})
     assert no_token.returncode == 2 and "no lab token" in no_token.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_cli_serve_refuses_a_port_outside_0_65535(tmp_path, capsys, port):
+    """newuser42 item 1: `lab serve --port 99999` was "unexpected OverflowError" (exit 1)
+    after creating the queue's SQLite file; now a one-line usage error, exit 2, nothing made."""
+    from agent.cli import main
+
+    (tmp_path / "tok").write_text(TOKEN)
+    rc = main(["lab", "serve", "--port", port, "--db", str(tmp_path / "s.sqlite"),
+               "--token-file", str(tmp_path / "tok")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--port" in err, err
+    assert "unexpected" not in err and "Traceback" not in err
+    assert not (tmp_path / "s.sqlite").exists()
