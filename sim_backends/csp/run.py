@@ -85,7 +85,7 @@ def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
                   cache_dir: str | Path | None = None) -> Any:
     """A RigidMolecule from a SMILES string, an existing molecule or a file.
 
-    Files: ``.smi``/``.txt`` (first token of the first non-empty line is the SMILES),
+    Files: ``.smi``/``.txt`` (the first SMILES, read as a pool file: :func:`smiles_from_file`),
     ``.xyz``/``.mol``/``.sdf`` (read with ASE; the given geometry is kept rigid and its
     charges are computed by ``charges`` on it, "resp" or "xtb", like for SMILES input;
     "none" gives zero charges; the molecule must be neutral and closed-shell; its SMILES
@@ -126,9 +126,21 @@ def load_molecule(smiles_or_molecule: Any, charges: str = "resp",
 
 
 def smiles_from_file(path: Path) -> str | None:
-    """The SMILES of a ``.smi``/``.txt`` file: the first token of its first non-empty line."""
-    lines = [ln.split() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[0][0] if lines else None
+    """The SMILES of a ``.smi``/``.txt`` file: its first entry as a campaign reads a pool file
+    (:func:`sim_backends.molecule.read_pool`: blank and ``#`` comment lines skipped, a name
+    after the SMILES ignored); None when it holds none.
+
+    Raises:
+        SetupError: the file is not UTF-8 text (one line).
+    """
+    from sim_backends.base import SetupError
+    from sim_backends.molecule import read_pool
+
+    try:
+        entries = read_pool(path)
+    except UnicodeDecodeError:
+        raise SetupError(f"{path}: not UTF-8 text") from None
+    return entries[0][0] if entries else None
 
 
 def _parses_as_smiles(text: str) -> bool:

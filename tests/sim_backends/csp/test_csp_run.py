@@ -91,6 +91,23 @@ def test_cli_json_and_errors(capsys, tmp_path):
                  "--json"]) == 0
 
 
+def test_smiles_file_is_read_like_a_pool_file(capsys, tmp_path):
+    """newuser42 item 3: `csp examples/tiny_pool.smi` failed with "invalid SMILES '#'": the
+    first SMILES of a .smi file is its first pool entry (comment and blank lines skipped)."""
+    from agent.cli import main
+    from sim_backends.csp.run import smiles_from_file
+
+    assert smiles_from_file(ROOT / "examples" / "tiny_pool.smi") == "C=C"
+    smi = tmp_path / "co2.smi"
+    smi.write_text("# comment\n\n   \nO=C=O carbon dioxide  # trailing comment\nC#C\n")
+    assert smiles_from_file(smi) == "O=C=O"
+    (tmp_path / "empty.smi").write_text("# only a comment\n")
+    assert smiles_from_file(tmp_path / "empty.smi") is None
+    assert main(["csp", str(smi), "--n-trials", "2", "--space-groups", "P1", "--charges", "xtb",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["smiles"] == "O=C=O"
+
+
 def test_cli_table_shows_the_smiles_as_given(capsys):
     """Brackets of a SMILES ([nH]) are not rich markup: the table title shows them."""
     from agent.cli import main
