@@ -306,10 +306,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         if args.debug:
             raise
-        if isinstance(exc, ConfigError) and len(exc.lines) > 1:  # every invalid key, one line each
-            for line in exc.lines:
-                print(f"crystal-agent: error: {_first_line(ValueError(line))}", file=sys.stderr)
-            return EXIT_USAGE
         if isinstance(exc, expected):
             print(f"crystal-agent: error: {_first_line(exc)}", file=sys.stderr)
             return EXIT_USAGE

@@ -41,12 +41,23 @@ LAB_LANDSCAPES = ("campaign", "target_I", "x23")
 
 
 class ConfigError(ValueError):
-    """A campaign config that cannot be used; the message is one line, or (``lines``, from
-    :func:`parse_config`) one line per invalid key."""
+    """A campaign config that cannot be used; the message is one line. ``lines`` (from
+    :func:`parse_config`) holds one entry per invalid key; the message names them all, their
+    shared prefix once: ``config error: pool: Field required; backends: Field required``."""
 
     def __init__(self, message: str = "", lines: list[str] | None = None) -> None:
         self.lines = list(lines) if lines else [message]
-        super().__init__("\n".join(self.lines) if lines else message)
+        super().__init__(_one_line(self.lines) if lines else message)
+
+
+def _one_line(lines: list[str]) -> str:
+    """``lines`` joined by ``"; "``, a prefix they share up to ``config error: `` stated once."""
+    marker = "config error: "
+    heads = {ln[: ln.find(marker) + len(marker)] if marker in ln else None for ln in lines}
+    head = heads.pop() if len(heads) == 1 else None
+    if head is None:
+        return "; ".join(lines)
+    return head + "; ".join(ln[len(head):] for ln in lines)
 
 
 def check_name(name: object) -> str:

@@ -435,14 +435,15 @@ def test_huge_pool_file_refused_unread(tmp_path, capsys):
 
 def test_config_with_two_range_errors_lists_both(tmp_path, capsys, no_runner):
     """newuser34: two range errors were reported as the first one '(+1 more)'; the second
-    was only named after the first was fixed. Every invalid key is its own line, exit 2,
-    nothing created; a stored config says the same, prefixed with its store."""
+    was only named after the first was fixed. Every invalid key is named, in one line
+    (newuser42 item 7: one line per key was two error lines), exit 2, nothing created; a
+    stored config says the same, prefixed with its store."""
     body = "max_cpu_hours = -1\n" + DIAG.format(n=4, timeout=10, params="{}") + "budget_evaluations = -3\n"
     cfg = write_config(tmp_path, GOOD, body)
     rc, _, err = _main(capsys, "run", str(cfg), "--runs-dir", str(tmp_path / "runs"))
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert rc == 2 and len(lines) == 2, err
-    assert all(ln.startswith("crystal-agent: error: config error: ") for ln in lines)
+    assert rc == 2 and len(lines) == 1, err
+    assert lines[0].startswith("crystal-agent: error: config error: ") and err.count("config error") == 1, err
     assert "backends.0.budget_evaluations" in err and "(got -3)" in err
     assert "max_cpu_hours" in err and "(got -1)" in err and "more)" not in err
     assert not (tmp_path / "runs").exists()
@@ -451,7 +452,18 @@ def test_config_with_two_range_errors_lists_both(tmp_path, capsys, no_runner):
     with pytest.raises(ConfigError) as info:
         parse_config({"name": "x", "pool": "p.smi", "objective": "n_heavy_atoms", "max_cpu_hours": -1,
                       "max_evaluations": 0, "backends": [{"name": "diagnostic"}]})
-    assert len(info.value.lines) == 2 and str(info.value).count("\n") == 1
+    assert len(info.value.lines) == 2 and "\n" not in str(info.value)
+    assert str(info.value).startswith("config error: ") and "; " in str(info.value)
+
+
+def test_blank_config_is_one_line_naming_every_missing_key(tmp_path, capsys, no_runner):
+    """newuser42 item 7: an empty config file printed two error lines, one per missing key."""
+    cfg = tmp_path / "blank.toml"
+    cfg.write_text("")
+    rc, _, err = _main(capsys, "run", str(cfg), "--runs-dir", str(tmp_path / "runs"))
+    assert rc == 2 and err == ("crystal-agent: error: config error: pool: Field required; "
+                               "backends: Field required\n"), err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_pool_summary_of_one_molecule_is_singular(tmp_path, capsys, no_runner):
