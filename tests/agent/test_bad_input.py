@@ -198,9 +198,8 @@ BAD_RUNS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_RUNS))
-def test_refused_run_leaves_nothing_and_same_name_works_after_fix(tmp_path, capsys, no_runner, case):
-    """Issue 17.3 and 17.7: refused before anything is created; the fixed config then runs."""
+def _bad_run_config(tmp_path, case):
+    """The config of :data:`BAD_RUNS` ``case`` (name "t"), written to tmp_path."""
     extra, top, pool = BAD_RUNS[case]
     cfg = _diag_config(tmp_path, pool=GOOD if pool is None else pool, extra=extra, top=top)
     if case == "unknown backend":
@@ -209,6 +208,13 @@ def test_refused_run_leaves_nothing_and_same_name_works_after_fix(tmp_path, caps
         cfg.write_text(cfg.read_text().replace("batch_size = 2", "batch_size = true"))
     if case == "objective no backend computes":
         cfg.write_text(cfg.read_text().replace('objective = "n_heavy_atoms"\n', ""))
+    return cfg
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUNS))
+def test_refused_run_leaves_nothing_and_same_name_works_after_fix(tmp_path, capsys, no_runner, case):
+    """Issue 17.3 and 17.7: refused before anything is created; the fixed config then runs."""
+    cfg = _bad_run_config(tmp_path, case)
     runs = tmp_path / "runs"
     _refused(capsys, "run", str(cfg), "--runs-dir", str(runs))
     assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
@@ -219,6 +225,25 @@ def test_refused_run_leaves_nothing_and_same_name_works_after_fix(tmp_path, caps
     umask = os.umask(0)
     os.umask(umask)
     assert (runs / "t").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("unknown backend", "unknown backend 'no-such'"),
+    ("objective no backend computes", "reorg_energy_kjmol"),
+    ("empty pool", "no molecules in"),
+])
+def test_broken_config_with_a_taken_name_names_the_config_error(tmp_path, capsys, no_runner, case, needle):
+    """newuser42 item 8: with a campaign of the same name present, a broken config was
+    refused as "campaign 't' already exists ...; use crystal-agent resume t"; the config's
+    own error comes first, and nothing is created or changed."""
+    runs = _created(tmp_path)
+    cfg = _bad_run_config(tmp_path, case)
+    before = sorted((p.relative_to(runs), p.stat().st_mtime_ns) for p in runs.rglob("*"))
+    msg = _refused(capsys, "run", str(cfg), "--runs-dir", str(runs))
+    assert needle in msg and "already exists" not in msg, msg
+    assert sorted((p.relative_to(runs), p.stat().st_mtime_ns) for p in runs.rglob("*")) == before
+    _diag_config(tmp_path)  # a valid config: now the name is what is wrong
+    assert "already exists" in _refused(capsys, "run", str(cfg), "--runs-dir", str(runs))
 
 
 def test_damaged_store_truncated_and_missing_table(tmp_path, capsys, no_runner):
