@@ -84,6 +84,15 @@ def atom_counts(smiles: str) -> tuple[int, int, int]:
     return n_h, n_light, n_heavier
 
 
+def check_elements(what: str, symbols: object) -> None:
+    """Refuse elements outside :data:`~sim_backends.base.SUPPORTED_ELEMENTS` in one line,
+    ``WHAT contains unsupported element(s) Pt; supported: C Cl F H N O S`` (SetupError)."""
+    bad = sorted(set(symbols) - SUPPORTED_ELEMENTS)
+    if bad:
+        raise SetupError(f"{what} contains unsupported element(s) {', '.join(bad)}; "
+                         f"supported: {' '.join(sorted(SUPPORTED_ELEMENTS))}")
+
+
 def validate_smiles(smiles: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS) -> str:
     """Check that a molecule can be treated by the physics backends.
 
@@ -110,12 +119,7 @@ def validate_smiles(smiles: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS) -> str:
     n_frags = len(Chem.GetMolFrags(mol))
     if n_frags != 1:
         raise SetupError(f"SMILES '{s}' has {n_frags} fragments; give one molecule")
-    bad = sorted({a.GetSymbol() for a in mol.GetAtoms()} - SUPPORTED_ELEMENTS)
-    if bad:
-        raise SetupError(
-            f"SMILES '{s}' contains unsupported element(s) {', '.join(bad)}; "
-            f"supported: {' '.join(sorted(SUPPORTED_ELEMENTS))}"
-        )
+    check_elements(f"SMILES '{s}'", [a.GetSymbol() for a in mol.GetAtoms()])
     charge = Chem.GetFormalCharge(mol)
     if charge != 0:
         raise SetupError(f"SMILES '{s}' has net charge {charge:+d}; give a neutral molecule")

@@ -18,7 +18,8 @@ Contract:
 * :func:`stereo_policy` turns that and the user's ``racemic`` choice into the search's rule:
   ``sohncke_only`` (an enantiopure input searched as such, the default for one) or not (an achiral
   or unassigned input, or ``racemic=True``: the racemate is searched in every group, with the
-  given enantiomer and its mirror image). A ``note`` says what was decided when it matters.
+  given enantiomer and its mirror image). A ``note`` says what was decided when it matters, and
+  that ``racemic=True`` has no effect on an input that names no single enantiomer.
 * Space-group lists are filtered or refused by :mod:`sim_backends.csp.spacegroups`
   (``sohncke_only``).
 
@@ -108,4 +109,7 @@ def stereo_policy(smiles_or_molecule: Any, racemic: bool = False) -> StereoPolic
         note = ("racemic search of a chiral molecule: groups with inversion, mirrors or glides put the given "
                 "enantiomer and its mirror image in one crystal")
         return StereoPolicy(True, True, False, note)
-    return StereoPolicy(False, bool(racemic), False, "")
+    note = ("--racemic (racemic = true) has no effect: the input names no single enantiomer (achiral, "
+            "stereocentres unassigned, or a geometry file), so it is searched in every space group anyway"
+            if racemic else "")
+    return StereoPolicy(False, bool(racemic), False, note)

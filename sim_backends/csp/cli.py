@@ -119,7 +119,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
         max_trials = MAX_TRIALS_DEFAULT if args.max_trials is None else args.max_trials
         validate_csp_arguments(args.n_trials, energy_window_kjmol=args.energy_window,
                                n_workers=args.workers, seed=args.seed, max_trials=max_trials,
-                               sampling=args.sampling)
+                               sampling=args.sampling, max_rotatable_bonds=args.max_rotatable_bonds)
         factory = getattr(args, "csp_executor_factory", None)
         if args.workers > 1 and factory is None:
             raise ValueError("--workers > 1 needs a Ray executor (run it as crystal-agent csp)")

@@ -106,6 +106,14 @@ def count_rotatable_bonds(mol) -> int:
     return n
 
 
+def _w99_types(symbols: Sequence[str], coords_A: np.ndarray) -> tuple[str, ...]:
+    """:func:`~sim_backends.csp.forcefield.assign_w99_types`, an untypable atom a one-line SetupError."""
+    try:
+        return assign_w99_types(symbols, coords_A)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+
+
 def principal_frame(symbols: Sequence[str], coords_A: np.ndarray) -> np.ndarray:
     """Coordinates moved to the centre of mass and rotated onto the principal axes.
 
@@ -227,13 +235,14 @@ class RigidMolecule:
             if has_ring_conformers(mol):
                 xyz = lowest_ring_conformer(canonical, symbols, xyz, seed)
         coords = principal_frame(symbols, xyz)
+        types = _w99_types(symbols, coords)  # before the charges: an untypable atom costs no ESP fit
         classes = list(Chem.CanonicalRankAtoms(molh, breakTies=False))
         if charges == "none":
             q, method, rrms = np.zeros(len(symbols)), "none", float("nan")
         else:
             fit = compute_charges(symbols, coords, charges, classes, cache_dir, cache_key=canonical)
             q, method, rrms = fit.charges_e, fit.method, fit.rrms
-        return cls._build(canonical, symbols, coords, q, method, rrms)
+        return cls._build(canonical, symbols, coords, q, method, rrms, types)
 
     @classmethod
     def from_atoms(
@@ -279,11 +288,8 @@ class RigidMolecule:
         return cls._build(smiles, symbols, principal_frame(symbols, xyz), q, charge_method, float("nan"))
 
     @classmethod
-    def _build(cls, smiles, symbols, coords, charges, method, rrms) -> RigidMolecule:
-        try:
-            types = assign_w99_types(symbols, coords)
-        except ValueError as exc:
-            raise SetupError(str(exc)) from None
+    def _build(cls, smiles, symbols, coords, charges, method, rrms, types=None) -> RigidMolecule:
+        types = _w99_types(symbols, coords) if types is None else types
         mass = float(sum(ATOMIC_MASSES_AMU[s] for s in symbols))
         coords = np.ascontiguousarray(coords)
         charges = np.ascontiguousarray(charges, dtype=float)

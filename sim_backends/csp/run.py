@@ -168,6 +168,9 @@ def _molecule_from_geometry(path: Path, charges: str, cache_dir: str | Path | No
     symbols, xyz = atoms.get_chemical_symbols(), atoms.get_positions()
     if not symbols:
         raise SetupError(f"{path}: no atoms")
+    from sim_backends.molecule import check_elements
+
+    check_elements(str(path), symbols)  # before the electron count: Pt-Cl is refused for Pt
     if sum(atoms.get_atomic_numbers()) % 2:
         raise SetupError(f"{path}: odd number of electrons; CSP needs a neutral closed-shell molecule")
     smiles = _perceive_smiles(symbols, xyz) or path.stem
@@ -201,12 +204,13 @@ def validate_csp_arguments(n_trials: Any, *, energy_window_kjmol: Any = 20.0, n_
                            seed: Any = 0, batch_size: Any = 128, cutoff_A: Any = 12.0, gtol: Any = 0.05,
                            max_iter: Any = 1000, stage2_margin_kjmol: Any = 5.0,
                            protocol: str = "staged", max_trials: int = MAX_TRIALS_DEFAULT,
-                           sampling: str = "converged") -> None:
+                           sampling: str = "converged", max_rotatable_bonds: Any = None) -> None:
     """Refuse bad CSP settings before anything is allocated (one-line ValueError).
 
     ``n_trials`` must be a positive integer <= ``max_trials`` (memory and time grow with
     it; a user raises the limit explicitly); windows, cutoffs and tolerances finite and
-    positive (the stage-2 margin may be 0); ``seed`` >= 0.
+    positive (the stage-2 margin may be 0); ``seed`` >= 0; ``max_rotatable_bonds`` None or
+    an integer >= 0 (refused for a rigid molecule too, which does not use it).
     """
     def is_int(x: Any) -> bool:
         return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
@@ -235,6 +239,8 @@ def validate_csp_arguments(n_trials: Any, *, energy_window_kjmol: Any = 20.0, n_
         raise ValueError(f"protocol must be 'staged' or 'full', got {protocol!r}")
     if sampling not in ("converged", "fixed"):
         raise ValueError(f"sampling must be 'converged' or 'fixed', got {sampling!r}")
+    if max_rotatable_bonds is not None and (not is_int(max_rotatable_bonds) or max_rotatable_bonds < 0):
+        raise ValueError(f"max_rotatable_bonds must be an integer >= 0, got {max_rotatable_bonds!r}")
 
 
 def _unit_seed(seed: int, sg: SpaceGroup | str, block: int = 0) -> int:
@@ -409,7 +415,7 @@ def run_csp(
     validate_csp_arguments(n_trials, energy_window_kjmol=energy_window_kjmol,
                            seed=seed, batch_size=batch_size, cutoff_A=cutoff_A, gtol=gtol, max_iter=max_iter,
                            stage2_margin_kjmol=stage2_margin_kjmol, protocol=protocol, max_trials=max_trials,
-                           sampling=sampling)
+                           sampling=sampling, max_rotatable_bonds=max_rotatable_bonds)
     criteria = convergence if isinstance(convergence, ConvergenceCriteria) else \
         ConvergenceCriteria.from_dict(convergence)
     criteria.validate()

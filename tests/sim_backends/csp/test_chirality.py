@@ -34,6 +34,10 @@ def test_enantiopure_inputs(tmp_path):
     assert stereo_policy(CAMPHOR).sohncke_only and "Sohncke" in stereo_policy(CAMPHOR).note
     assert not stereo_policy(CAMPHOR, racemic=True).sohncke_only
     assert not stereo_policy("c1ccccc1").sohncke_only and stereo_policy("c1ccccc1").note == ""
+    # newuser42 item 9: racemic on an input that names no enantiomer is said to do nothing
+    for achiral in ("c1ccccc1", "CC1(C)C2CCC1(C)C(=O)C2", str(xyz)):
+        policy = stereo_policy(achiral, racemic=True)
+        assert not policy.sohncke_only and "has no effect" in policy.note, achiral
 
 
 def test_sohncke_groups_and_filtering():

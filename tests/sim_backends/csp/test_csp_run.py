@@ -133,6 +133,9 @@ def test_cli_table_shows_the_smiles_as_given(capsys):
     (["C=O", "--top", "-1"], "argument --top: must be >= 1, got -1"),
     (["C=O", "--top", "0"], "argument --top: must be >= 1, got 0"),
     (["C=O", "--max-trials", "0"], "max_trials must be a positive integer"),
+    # newuser42 item 9: a rigid molecule ran a full search with it; a flexible one was refused
+    (["O=C1C=CC(=O)C=C1", "--max-rotatable-bonds", "-1"], "max_rotatable_bonds must be an integer >= 0, got -1"),
+    (["CCCCO", "--max-rotatable-bonds", "-1"], "max_rotatable_bonds must be an integer >= 0, got -1"),
     (["C=O", "--out", "FILE"], "exists and is not a directory"),
     # newuser38 C4: only "[Errno 2] No such file or directory: '/proc/x'"
     (["C=O", "--out", "/proc/no-such-x/y"],
@@ -154,6 +157,56 @@ def test_cli_refuses_bad_arguments_before_any_work(capsys, tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1 and "invalid SMILES" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_notes_that_racemic_does_nothing_for_an_achiral_molecule(capsys, monkeypatch):
+    """newuser42 item 9: `csp p-benzoquinone --racemic` said nothing of --racemic being ignored;
+    a one-line note on stderr before the search."""
+    import sim_backends.csp.run
+    from agent.cli import main
+
+    def searched(*args, **kw):
+        raise ValueError("search reached")
+
+    monkeypatch.setattr(sim_backends.csp.run, "run_csp", searched)
+    assert main(["csp", "O=C1C=CC(=O)C=C1", "--racemic", "--n-trials", "4"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("note: --racemic") and "has no effect" in err[0], err
+    assert err[1] == "crystal-agent csp: error: search reached"
+    assert main(["csp", "O=C1C=CC(=O)C=C1", "--n-trials", "4"]) == 2
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_untypable_hydrogen_refused_before_the_charge_fit(capsys, monkeypatch):
+    """newuser42 item 9: `csp '[H][H]'` ran (and cached) the HF RESP fit, then failed on the
+    W99 typing; the typing is checked first."""
+    import sim_backends.csp.rigid
+    from agent.cli import main
+
+    def fit(*args, **kw):
+        raise AssertionError("charges computed for a molecule the force field cannot type")
+
+    monkeypatch.setattr(sim_backends.csp.rigid, "compute_charges", fit)
+    assert main(["csp", "[H][H]", "--n-trials", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err == "crystal-agent csp: error: H atom 0 bonded to H: no W99 type\n", err
+
+
+def test_geometry_file_elements_checked_first_as_for_smiles(capsys, tmp_path):
+    """newuser42 item 9: Pt-Cl from a .xyz was refused for its odd electron count, PtCl2 with
+    "unsupported element(s) ['Pt']"; both now as a SMILES is: the element, then what is supported."""
+    from agent.cli import main
+
+    supported = "supported: C Cl F H N O S"
+    for name, atoms in (("ptcl.xyz", "Pt 0 0 0\nCl 0 0 2.3\n"),
+                        ("ptcl2.xyz", "Pt 0 0 0\nCl 0 0 2.3\nCl 0 0 -2.3\n")):
+        path = tmp_path / name
+        path.write_text(f"{atoms.count(chr(10))}\n\n{atoms}")
+        assert main(["csp", str(path), "--n-trials", "4"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"crystal-agent csp: error: {path} contains unsupported element(s) Pt; {supported}\n", err
+    assert main(["csp", "Cl[Pt]Cl", "--n-trials", "4"]) == 2
+    assert f"contains unsupported element(s) Pt; {supported}" in capsys.readouterr().err
 
 
 def test_large_n_trials_allowed_with_explicit_limit():
