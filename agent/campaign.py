@@ -107,6 +107,11 @@ class Status:
     unreliable_cheap: dict[str, dict[str, str]] = field(default_factory=dict)
     best_constrained: dict[str, float] = field(default_factory=dict)  # the best's constrained values
     best_constrained_level: dict[str, str] = field(default_factory=dict)  # the backend each comes from
+    #: pool coverage: valid molecules, those with a result at some molecule-stage level, and
+    #: those whose every evaluation failed (the rest were never evaluated)
+    n_pool_valid: int = 0
+    n_pool_evaluated: int = 0
+    n_pool_failed_only: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -611,6 +616,11 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     n_by = {b.name: 0 for b in cfg.backends}
     for ev in evs:
         n_by[ev.backend] = n_by.get(ev.backend, 0) + 1
+    # pool coverage at the molecule stage's levels (a structure-stage CSP follows one of them)
+    valid = {m for m, r in mols.items() if r["is_valid"]}
+    levels = {b.name for b in cfg.backends}
+    tried = {ev.molecule_id for ev in evs if ev.structure_id is None and ev.backend in levels} & valid
+    evaluated = {ev.molecule_id for ev in evs if ev.structure_id is None and ev.backend in levels and ev.ok} & valid
     finished = store.get_meta("finished") == "1"
     interrupted = store.interrupted_cpu_s()
     reason = camp.stop_reason() if camp is not None else ""
@@ -654,6 +664,9 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         constraints=describe(cfg.constraints),
         best_constrained={k: v[0] for k, v in best_src.items()},
         best_constrained_level={k: v[2] for k, v in best_src.items()},
+        n_pool_valid=len(valid),
+        n_pool_evaluated=len(evaluated),
+        n_pool_failed_only=len(tried - evaluated),
     )
 
 

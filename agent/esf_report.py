@@ -359,6 +359,24 @@ def _hole_lines(per_structure: Any) -> list[str]:
             for w, k in sorted(counts.items())]
 
 
+def regime_violation(results: list[dict[str, Any]], smiles: str | None, backend: str) -> str | None:
+    """``"Marcus hopping regime violated (2|J| > lambda) in 6 of 6 structures"``: the
+    hopping-regime line of :func:`hole_warnings` in brief, of the molecule-stage record of
+    ``smiles`` at ``backend`` (the structures its landscape mobility is over); None when it
+    has none."""
+    import re
+
+    from sim_backends.mobility import HOPPING_REGIME_TEXT
+
+    rec = next((r for r in results if r["smiles"] == smiles and r["source"] == "molecule stage"
+                and r["backend"] == backend), None)
+    for w in (rec or {}).get("warnings") or []:
+        if str(w).startswith(f"hole: {HOPPING_REGIME_TEXT} (") and (
+                m := re.search(r"(\d+) of (\d+) structures\)$", str(w))):
+            return f"Marcus hopping regime violated (2|J| > lambda) in {m[1]} of {m[2]} structures"
+    return None
+
+
 def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None,
                 *, cif_text: bool = False) -> list[dict[str, Any]]:
     """The campaign's ESF results (module docstring), best landscape mobility first, the

@@ -580,7 +580,9 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     (``structures`` when given, e.g. a live campaign's :func:`structure_results`, else
     :func:`stored_structure_results`; each with ``best_computed``, ``observed`` and
     ``prediction_check``), ``esf`` and ``lab`` (:func:`agent.lab.summary.lab_results`:
-    the lab experiments, ranked on those structure results)."""
+    the lab experiments, ranked on those structure results) and ``best_warning`` (the
+    hopping-regime warning of the best value's structures in brief,
+    :func:`agent.esf_report.regime_violation`, else None)."""
     label, short, unit = quantity(cfg.objective)
     rec = dict(status.to_dict())
     rec["objective"] = {"name": cfg.objective, "label": label, "symbol": short, "unit": unit,
@@ -592,11 +594,13 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
         rec["constraint_levels"] = constraint_levels([b.name for b in cfg.backends], cfg.constraints)
     if structures is None:
         structures = stored_structure_results(store, cfg)
-    from agent.esf_report import esf_results
+    from agent.esf_report import esf_results, regime_violation
     from agent.lab.summary import lab_results
 
     rec["failures"] = failure_summary(store)
     rec["esf"] = esf_results(store, cfg, Path(store.path).parent)  # [] without ESF levels
+    # the best value's own validity warning, said on the best line (newuser42 #2)
+    rec["best_warning"] = regime_violation(rec["esf"], rec["best_smiles"], cfg.backends[-1].name)
     rec["lab"] = lab_results(store, cfg, structures)  # None without a lab
     # the full ranking served the ranks above; the record lists the best structures only
     rec["structures"] = [{k: v for k, v in r.items() if k != RANKING} for r in structures]
@@ -624,7 +628,8 @@ def best_line(rec: dict[str, Any]) -> str:
         return f"none yet ({note})"
     who = rec["best_name"] or rec["best_smiles"]
     smiles = f"  {rec['best_smiles']}" if rec["best_name"] and rec["best_name"] != rec["best_smiles"] else ""
-    return f"{obj['symbol']} = {format_value(obj['name'], rec['best'])}, {obj['level']}: {who}{smiles}"
+    warning = f" -- {rec['best_warning']}, see its WARNING under ESF" if rec.get("best_warning") else ""
+    return f"{obj['symbol']} = {format_value(obj['name'], rec['best'])}, {obj['level']}: {who}{smiles}{warning}"
 
 
 def constrained_value_text(key: str, value: float, backend: str | None) -> str:
@@ -641,6 +646,19 @@ def constrained_value_text(key: str, value: float, backend: str | None) -> str:
             + (f" ({level or backend})" if backend else ""))
 
 
+def pool_lines(rec: dict[str, Any]) -> list[str]:
+    """``pool          122 of 147 valid molecules evaluated at some level (25 never)``: how much
+    of the pool has a result at any molecule-stage level (a best is the best of those only);
+    none for a record without the counts."""
+    n, k, failed = rec.get("n_pool_valid"), rec.get("n_pool_evaluated"), rec.get("n_pool_failed_only") or 0
+    if not n or k is None:
+        return []
+    rest = [f"{n - k - failed} never"] if n - k - failed else []
+    rest += [f"{failed} only in failed evaluations"] if failed else []
+    return [f"pool          {k} of {n} valid molecule{'s' if n != 1 else ''} evaluated at some level"
+            + (f" ({', '.join(rest)})" if rest else "")]
+
+
 #: infeasible molecules named by ``status`` (the rest are counted)
 N_INFEASIBLE_LISTED = 3
 
@@ -652,6 +670,7 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         f"campaign      {s['name']}",
         f"evaluations   {s['n_evaluations']} / {s['max_evaluations']} ({s['n_failed']} failed)",
         "by backend    " + ", ".join(f"{k}: {v}" for k, v in s["n_by_backend"].items()),
+        *pool_lines(s),
         f"CPU spent     {s['spent_cpu_s']:.1f} s in the tasks"
         + (f" (their wall times add up to {s['spent_wall_s']:.1f} s)" if s.get("spent_wall_s") is not None else "")
         + (f"; {s['interrupted_cpu_s']:.1f} s of it charged for {s['n_interrupted']} task"

@@ -230,3 +230,17 @@ def test_structure_stage_mobility_level_gives_the_temperature():
         "Marcus hopping at 250 K, ")
     assert level_of_theory(BackendConfig(name="mobility-dft")) == "Marcus hopping at 300 K, B3LYP/6-31g dimer projection"
     assert level_of_theory(BackendConfig(name="esf-proxy")).startswith("Marcus hopping at 300 K, GFN2-xTB lambda+, ")
+
+
+def test_best_line_names_the_regime_warning_of_its_structures(ladder):
+    """newuser42 #2: the best's mobility rests on structures its own WARNING says are outside
+    Marcus hopping's regime; the best line says so (from the same warning, not recomputed)."""
+    from agent.summary import status_lines, status_record
+
+    rec = status_record(ladder.status(), ladder.store, ladder.cfg)
+    best = next(line for line in status_lines(rec) if line.startswith("best "))
+    esf = next(r for r in rec["esf"] if r["smiles"] == rec["best_smiles"] and r["source"] == "molecule stage")
+    regime = next(w for w in esf["warnings"] if "outside its regime" in w)
+    k_of_n = regime.rsplit("; ", 1)[1].removesuffix(")")  # e.g. "4 of 6 structures"
+    assert rec["best_warning"] == f"Marcus hopping regime violated (2|J| > lambda) in {k_of_n}"
+    assert best.endswith(f" -- {rec['best_warning']}, see its WARNING under ESF"), best
