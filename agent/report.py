@@ -176,6 +176,7 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
         _molecule_panel(campaign, fig, ax)
         if campaign.stage is None:
             ax.set_xlabel("evaluation number (all levels)")
+            _fit_ylabel(fig, ax)
             return fig
         level = level_of_theory(campaign.stage.refine)
         ax.set_xlabel("evaluation number (all levels and stages; molecule stage shown)")
@@ -185,6 +186,7 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
         if notes is not None:
             notes.append(f"no structure-stage convergence panel: {n_ok} lattice energies at {level} "
                          f"(fewer than {MIN_PARITY_POINTS})")
+        _fit_ylabel(fig, ax)
         return fig
     fig = plt.figure(figsize=(7.5, 9.6), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[0.8, 1.0])
@@ -238,7 +240,20 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
         sax.plot([], [], ls="none", label=f"note: {caveat}")
     handles, labels = sax.get_legend_handles_labels()
     bottom.legend(handles, [textwrap.fill(t, 95) for t in labels], fontsize=7, loc="outside lower center")
+    _fit_ylabel(fig, ax)
     return fig
+
+
+def _fit_ylabel(fig: Any, ax: Any) -> None:
+    """Wrap ``ax``'s y label narrower (then smaller) until it is no taller than the axes: a
+    long one (two levels' names) in a short panel ran off the figure's top edge
+    (newuser42 #11). ``fig`` is the figure that lays the axes out."""
+    text = " ".join(ax.get_ylabel().split())
+    for width, size in ((60, None), (45, None), (36, None), (36, 8), (30, 7)):
+        ax.set_ylabel(textwrap.fill(text, width), fontsize=size)
+        fig.draw_without_rendering()  # the constrained layout sizes the axes
+        if ax.yaxis.label.get_window_extent().height <= ax.get_window_extent().height:
+            return
 
 
 def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
@@ -257,14 +272,21 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     top = len(names) - 1
     ranked: list[Any] = []  # legend entries of the named top-level results
     excluded: list[dict[str, Any]] = []  # results of molecules a constraint excludes, any level
+    flagged = unreliable_evaluations(campaign)
+    unreliable: list[dict[str, Any]] = []  # values their backend flags unreliable (status warns), any level
     for f, name in enumerate(names):
         pts = [h for h in hist if h["fidelity"] == f and h["value"] is not None and h["status"] == "ok"]
         excluded += [h for h in pts if h["mol_index"] in campaign.infeasible]
-        feasible = [h for h in pts if h["mol_index"] not in campaign.infeasible]
+        feasible = [h for h in pts if h["mol_index"] not in campaign.infeasible and h["n"] not in flagged]
+        mine = [h for h in pts if h["mol_index"] not in campaign.infeasible and h["n"] in flagged]
+        unreliable += mine
         if feasible:
             ax.scatter([h["n"] for h in feasible], [h["value"] for h in feasible], s=18 if f < top else 36,
                        color=colours[f % 4], label=f"{levels[f]} ({name}, {len(feasible)})", alpha=0.8,
                        zorder=3)
+        if mine:  # hollow, in the level's colour: not a value to read as the others
+            ax.scatter([h["n"] for h in mine], [h["value"] for h in mine], s=18 if f < top else 36,
+                       facecolors="none", edgecolors=colours[f % 4], linewidths=1.2, zorder=3)
         if f == top and feasible:
             # the best few top-level results get their rank beside the point and their
             # molecule's name in the legend (names next to clustered points overlap)
@@ -273,6 +295,9 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
                 ax.annotate(str(k), (h["n"], h["value"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
                 ranked.append(ax.plot([], [], ls="none", label=f"{k}: {campaign.names[h['mol_index']]} "
                                                                f"({h['value']:.3g}{' ' + unit if unit else ''})")[0])
+    if unreliable:  # one legend entry for every level's (each point in its level's colour)
+        ax.scatter([], [], s=30, facecolors="none", edgecolors="0.3", linewidths=1.2,
+                   label=f"value flagged unreliable, hollow (see status; {len(unreliable)})")
     if excluded:  # a constraint excludes their molecules: drawn apart, never ranked
         at = ", ".join(dict.fromkeys(levels[h["fidelity"]] for h in sorted(excluded, key=lambda h: h["fidelity"])))
         ax.scatter([h["n"] for h in excluded], [h["value"] for h in excluded], s=40, marker="x",
@@ -299,8 +324,10 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
                    loc="outside lower center")
     if ranked:
         # the level of theory, not the config key (newuser37 C3)
-        ax.legend(handles=ranked, fontsize=7, loc="best", handlelength=0, handletextpad=0,
-                  title=textwrap.fill(f"best {'feasible ' if campaign.infeasible else ''}at {levels[top]}", 48),
+        # beside the axes: inside, it covered points wherever it went (newuser42 #11)
+        ax.legend(handles=ranked, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                  handlelength=0, handletextpad=0,
+                  title=textwrap.fill(f"best {'feasible ' if campaign.infeasible else ''}at {levels[top]}", 36),
                   title_fontsize=7)
 
 
@@ -363,17 +390,20 @@ def _by_molecule(campaign: Campaign) -> dict[int, dict[int, float]]:
 
 
 def results_table(campaign: Campaign, path: Path) -> Path:
-    """One row per molecule, its objective at each level, best top-level value first and
-    the molecules a constraint excludes last; value columns ``<backend>_<objective>`` (the
-    unit is the objective's suffix; the name the level shows it under,
+    """One row per molecule with a value, its objective at each level, best top-level value
+    first, the molecules whose top-level value is unreliable after them and the molecules a
+    constraint excludes last; value columns ``<backend>_<objective>`` (the unit is the
+    objective's suffix; the name the level shows it under,
     :func:`agent.summary.shown_name`: ``esf-proxy_log10_reference_crystal_mobility_hole``),
     then each constrained value (as first reported) and ``excluded_by`` (the reason, empty
-    for a feasible molecule)."""
+    for a feasible molecule), and ``notes``: the levels whose value is flagged unreliable
+    and why (:func:`sim_backends.reorg.unreliable_lambda_reason`, as ``status`` warns; the
+    value is kept in its column)."""
     from agent.summary import shown_name
 
     cfg = campaign.cfg
     names = [b.name for b in cfg.backends]
-    by_mol = _by_molecule(campaign)
+    by_mol, unreliable = _table_values(campaign)
     keys = list(dict.fromkeys(c.value for c in cfg.constraints))
     constrained: dict[int, dict[str, float]] = {}
     if keys:
@@ -382,18 +412,60 @@ def results_table(campaign: Campaign, path: Path) -> Path:
         index_of = campaign.molecules.index_of
         constrained = {index_of[m]: v for m, v in constrained_values(campaign.store.evaluations(), keys).items()
                        if m in index_of}
+    top = len(names) - 1
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["smiles", "name"] + [f"{b.name}_{shown_name(b, cfg.objective)}" for b in cfg.backends] + keys
-                   + (["excluded_by"] if keys else []))
+                   + (["excluded_by"] if keys else []) + ["notes"])
         sign = 1.0 if cfg.direction == "minimize" else -1.0
         for i, d in sorted(by_mol.items(), key=lambda kv: (kv[0] in campaign.infeasible,
-                                                           sign * kv[1].get(len(names) - 1, sign * float("inf")))):
+                                                           top in unreliable.get(kv[0], {}),
+                                                           sign * kv[1].get(top, sign * float("inf")))):
             row = [campaign.smiles[i], campaign.names[i]] + [d.get(f, "") for f in range(len(names))]
             if keys:
                 row += [constrained.get(i, {}).get(k, "") for k in keys] + [campaign.infeasible.get(i, "")]
+            row.append("; ".join(f"{names[f]} value unreliable: {why}"
+                                 for f, why in sorted(unreliable.get(i, {}).items())))
             w.writerow(row)
     return path
+
+
+def unreliable_evaluations(campaign: Campaign) -> dict[int, str]:
+    """Evaluation id -> why its objective value is unreliable
+    (:func:`sim_backends.reorg.unreliable_lambda_reason`, what ``status`` warns of), over the
+    molecule stage's successful evaluations."""
+    from sim_backends.reorg import unreliable_lambda_reason
+
+    cfg = campaign.cfg
+    levels = {b.name for b in cfg.backends}
+    return {ev.id: why for ev in campaign.store.evaluations(status="ok")
+            if ev.structure_id is None and ev.backend in levels
+            and (why := unreliable_lambda_reason(ev.extra, cfg.objective))}
+
+
+def _table_values(campaign: Campaign) -> tuple[dict[int, dict[int, float]], dict[int, dict[int, str]]]:
+    """Pool index -> fidelity -> the latest value of the objective, for every successful
+    molecule-stage evaluation (those flagged unreliable too, which the surrogate's
+    observations leave out at the cheaper levels); and pool index -> fidelity -> why a value
+    is unreliable."""
+    import math
+
+    cfg = campaign.cfg
+    fidelity = {b.name: f for f, b in enumerate(cfg.backends)}
+    flagged = unreliable_evaluations(campaign)
+    values: dict[int, dict[int, float]] = {}
+    unreliable: dict[int, dict[int, str]] = {}
+    for ev in campaign.store.evaluations(status="ok"):
+        i, f, v = campaign._index_of.get(int(ev.molecule_id)), fidelity.get(ev.backend), ev.values.get(cfg.objective)
+        if ev.structure_id is not None or i is None or f is None or v is None or not math.isfinite(v):
+            continue
+        values.setdefault(i, {})[f] = float(v)
+        why = flagged.get(ev.id)
+        if why:
+            unreliable.setdefault(i, {})[f] = why
+        else:
+            unreliable.get(i, {}).pop(f, None)
+    return values, unreliable
 
 
 def _landscape_plots(campaign: Campaign, out: Path, plt: object, notes: list[str]) -> list[Path]:

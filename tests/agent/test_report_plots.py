@@ -164,3 +164,54 @@ def test_value_format_carries_unit_and_ev():
 
     assert format_value("reorg_energy_kjmol", 15.9) == "15.9 kJ/mol (0.165 eV)"
     assert format_value("energy_kjmol", -65.31, 1.24) == "-65.3 ± 1.2 kJ/mol per molecule"
+
+
+def test_unreliable_value_is_drawn_hollow_and_not_ranked(tmp_path):
+    """newuser42 #11: acetylene's xtb-reorg lambda+, which status flags unreliable (a degenerate
+    HOMO whose cation was not relaxed), was drawn like any other point."""
+    from agent.report import convergence_figure
+    from agent.stages.base import Request
+    from sim_backends.base import EvalInput, EvalResult
+
+    unresolved = {"jahn_teller": "unresolved: 10 K cation: xTB SCF failed for charge +1; 300 K value"}
+    camp = _campaign(tmp_path, n_both=3)
+    try:
+        task = Request("molecule", "dft-reorg", {}, EvalInput(camp.smiles[3]), molecule_id=int(camp.mol_ids[3]),
+                       fidelity=1).to_task()
+        camp.tell(task, EvalResult("dft-reorg", "stored", 1, "ok", {"reorg_energy_kjmol": 1.0}, 1.0, "h",
+                                   extra=unresolved))
+        n = camp.history[-1]["n"]
+        fig = convergence_figure(camp, plt)
+        ax = fig.axes[0]
+        (hollow,) = [c for c in ax.collections if n in [round(x) for x, _ in c.get_offsets()]]
+        assert len(hollow.get_facecolors()) == 0 and len(hollow.get_edgecolors()) == 1
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert "value flagged unreliable, hollow (see status; 1)" in legend, legend
+        ranked = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert not any(camp.names[3] in t for t in ranked), ranked  # 1.0 kJ/mol is never the best
+        plt.close(fig)
+    finally:
+        camp.close()
+
+
+def test_long_y_label_and_best_legend_stay_clear(tmp_path, monkeypatch):
+    """newuser42 #11: a long y label ran off the figure's top edge and the legend of the best
+    results sat on the points."""
+    from agent import summary
+    from agent.report import convergence_figure
+
+    label = "hole reorganisation energy λ+ " + "of a very long level of theory named in full " * 4
+    monkeypatch.setitem(summary.QUANTITIES, "reorg_energy_kjmol", (label, "lambda+", "kJ/mol"))
+    camp = _campaign(tmp_path, n_both=3)
+    try:
+        fig = convergence_figure(camp, plt)
+        fig.draw_without_rendering()
+        ax = fig.axes[0]
+        text = ax.yaxis.label.get_window_extent()
+        assert 0 <= text.y0 and text.y1 <= fig.bbox.height, (text, fig.bbox)
+        assert " ".join(ax.get_ylabel().split()) == " ".join(f"{label} (kJ/mol)".split())
+        legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.x0 >= axes.x1 and legend.x1 <= fig.bbox.width  # beside the axes, on the figure
+        plt.close(fig)
+    finally:
+        camp.close()
