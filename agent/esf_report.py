@@ -445,12 +445,16 @@ def _symmetrised_cif(rec: dict[str, Any], gm: dict[str, Any]) -> str:
     symmetrised, in its output cell, the molecule's formula, Z in molecules, the CSP force-field
     lattice energy) of a molecule-stage global minimum stored as its P1 cell; the P1 text
     with a comment saying why when that cannot be written."""
+    from sim_backends.csp.landscape import ff_level
+    from sim_backends.esf import CHARGE_LABELS, csp_level
     from sim_backends.landscape import LandscapeEntry
 
+    # the level under the name the structure stage's CIF of the same structure gives it (newuser42 #11)
+    level = rec.get("csp_level")
+    level = next((ff_level(k) for k in CHARGE_LABELS if csp_level(k) == level), level)
     try:
         entry = LandscapeEntry.from_dict({**gm, "cif": gm["cif_text"]})
-        return entry.output_cif(smiles=rec.get("smiles") or "", name=rec.get("name") or "",
-                                level_of_theory=rec.get("csp_level"))
+        return entry.output_cif(smiles=rec.get("smiles") or "", name=rec.get("name") or "", level_of_theory=level)
     except (ValueError, KeyError) as exc:
         return f"# P1 cell as computed; no symmetrised CIF: {' '.join(str(exc).split())[:200]}\n" + gm["cif_text"]
 

@@ -53,6 +53,20 @@ if TYPE_CHECKING:
 
 #: level of theory of the CSP lattice energies (:mod:`sim_backends.csp.forcefield`)
 FF_LEVEL = "W99 exp-6 + Ewald point charges, rigid molecule (force field)"
+#: the charge method a rigid-molecule search records for each ``charges`` option
+#: (:mod:`sim_backends.csp.charges`; a RESP fit with lone-pair sites adds their number, which
+#: only the search that placed them knows)
+CHARGE_METHODS = {"xtb": "xtb-gfn2-mulliken", "resp": "resp-pyscf HF/6-31G*", "resp-lp": "resp-lp-pyscf HF/6-31G*",
+                  "resp-lpn": "resp-lpn-pyscf HF/6-31G*"}
+
+
+def ff_level(charges: str | None) -> str:
+    """The level of a rigid-molecule search's lattice energies as the search names it
+    (landscape.csv, run.json, its CIF headers, a campaign's ``csp_levels``): :data:`FF_LEVEL`
+    and the charge method of a ``charges`` option (``"xtb"``: ``..., xtb-gfn2-mulliken charges``)."""
+    return f"{FF_LEVEL}, {CHARGE_METHODS.get(charges, charges) if charges else 'no'} charges"
+
+
 #: longest CIF value written on one line (levels of theory with their charges run to ~150)
 CIF_VALUE_LINE = 400
 #: spglib tolerance (A) of the written symmetry, the same as the space-group detection

@@ -75,3 +75,27 @@ def test_a_new_global_minimum_replaces_the_molecules_earlier_cif(tmp_path):
     assert new != old and new.exists() and not old.exists()
     assert other.exists()
     assert sorted(p.name for p in (tmp_path / "structures").glob("esf_m7_*.cif")) == [new.name]
+
+
+def test_the_esf_cif_names_the_force_field_level_as_the_structure_stage_does(tmp_path):
+    """newuser42 #11: esf_m36_m0001.cif said "W99 exp-6 + Ewald point charges (GFN2-xTB Mulliken),
+    rigid molecule (force field)" and m36-m0001.cif of the same structure (the structure
+    stage's CSP: the search's own level, ``csp_levels``) "..., rigid molecule (force field),
+    xtb-gfn2-mulliken charges"; both now use the search's name."""
+    import numpy as np
+
+    from sim_backends.csp.charges import xtb_charges
+    from sim_backends.csp.landscape import FF_LEVEL
+    from sim_backends.esf import csp_level
+
+    r = _record("thiophene")
+    s = r["structures"][0]
+    gm = {"id": s["id"], "energy_kjmol": s["energy_kjmol"], "space_group": s["space_group"],
+          "z": s["z"], "cif_text": s["cif"]}
+    rec = {"molecule_id": 7, "name": "thiophene", "smiles": r["smiles"], "source": "molecule stage",
+           "global_minimum": gm, "structures": [], "csp_level": csp_level("xtb")}
+    (path,) = write_esf_cifs(tmp_path, [rec])
+    text = " ".join(path.read_text().split())
+    method = xtb_charges(["O", "H", "H"], np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])).method
+    assert f"{FF_LEVEL}, {method} charges" in text  # what run_csp records for its landscapes
+    assert "(GFN2-xTB Mulliken)" not in text
