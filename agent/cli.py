@@ -62,7 +62,9 @@ def _print_status(status: object, as_json: bool, store: object, cfg: object) -> 
     print("\n".join(status_lines(rec)))
 
 
-def _run_loop(campaign: object, args: argparse.Namespace, on_start: object = None) -> int:
+def _run_loop(campaign: object, args: argparse.Namespace, on_start: object = None,
+              show_status: object = None) -> int:
+    """Run ``campaign`` and print its final status, unless ``show_status(status)`` is False."""
     from agent.runner import CampaignInterrupted, run_campaign
 
     try:
@@ -70,7 +72,8 @@ def _run_loop(campaign: object, args: argparse.Namespace, on_start: object = Non
             campaign, _runs_dir(args), address=args.address, progress=not args.quiet,
             **({"on_start": on_start} if on_start is not None else {}),
         )
-        _print_status(status, False, campaign.store, campaign.cfg)
+        if show_status is None or show_status(status):
+            _print_status(status, False, campaign.store, campaign.cfg)
     except CampaignInterrupted as exc:
         print(f"crystal-agent: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -10,7 +10,9 @@ stage's evaluations done + N and ``max_evaluations`` so that the molecule stage'
 config, and prints one line saying so. ``--cpu-hours H`` adds H CPU hours to ``max_cpu_hours`` the same
 way. A campaign whose CPU budget is spent is refused in one line, its stored config
 unchanged, unless ``--cpu-hours`` raises it. The campaign config must enable the
-structure stage (``[structures] enabled = true``).
+structure stage (``[structures] enabled = true``). When nothing was refined (no budget
+left, nothing left to evaluate) the status is not printed, only one line on stderr saying
+why, with what would add more (exit 0).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def run_refine_command(args: argparse.Namespace) -> int:
     except BaseException:
         campaign.close()
         raise
-    code = _run_loop(campaign, args)
+    code = _run_loop(campaign, args, show_status=lambda status: status.n_evaluations != n_before)
     if code == 0:
         done = Campaign.open(args.name, _runs_dir(args), readonly=True)
         try:
@@ -108,6 +110,8 @@ def run_refine_command(args: argparse.Namespace) -> int:
                 reason = done.status().stop_reason or "nothing left to evaluate"
                 hint = ("; `--cpu-hours H` adds CPU time" if reason.startswith("compute budget")
                         else "" if args.budget else "; `--budget N` adds structure-stage evaluations")
+                option = hint.partition("`")[2].split(" ")[0]  # "--budget", "--cpu-hours" or ""
+                hint = "" if option in reason else hint  # the reason gives that hint already
                 print(f"crystal-agent: nothing refined: {reason}{hint}", file=sys.stderr)
         finally:
             done.close()

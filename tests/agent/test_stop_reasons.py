@@ -76,6 +76,38 @@ def test_stop_reason_names_the_structure_stage_budget(tmp_path, capsys, local_ex
         camp.close()
 
 
+def test_refine_with_nothing_to_do_says_why_in_one_line(tmp_path, capsys, local_executor):
+    """newuser42 item 10: `refine NAME` (or `--budget 0`) with the structure-stage budget spent
+    printed the whole status, then a line giving the `--budget N` hint twice. Now only that
+    line, the hint once, exit 0, nothing evaluated."""
+    from agent.campaign import Campaign
+    from agent.cli import main
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    camp, _ = _run(tmp_path, name="sr")
+    camp.close()
+    runs = tmp_path / "runs"
+    camp = Campaign.open("sr", runs, max_evaluations=14)  # the structure stage's share binds
+    try:
+        status = run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=2))
+        assert status.stop_reason.startswith("structure-stage budget reached"), status.stop_reason
+    finally:
+        camp.close()
+    for extra in ([], ["--budget", "0"]):
+        capsys.readouterr()
+        assert main(["refine", "sr", "--runs-dir", str(runs), "--quiet", *extra]) == 0
+        out, err = capsys.readouterr()
+        assert out == "", out
+        assert err.startswith("crystal-agent: nothing refined: structure-stage budget reached (7 evaluations")
+        assert err.count("\n") == 1 and err.count("--budget N") == 1, err
+    camp = Campaign.open("sr", runs, readonly=True)
+    try:
+        assert camp.n_evaluations == 12
+    finally:
+        camp.close()
+
+
 def test_no_candidate_left_when_every_structure_is_computed(tmp_path):
     """A structure stage with its budget to spare that computed its whole landscape still
     says there is nothing left (the share is not what bound)."""
