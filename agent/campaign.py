@@ -182,15 +182,16 @@ class Campaign:
             f"campaign {cfg.name!r} already exists in {directory}; use "
             f"`crystal-agent resume {cfg.name}` or choose another --name"
         )
+        # the config and the pool first: a broken config says so even when its name is taken
+        check_runnable(cfg)
+        duplicates: list[dict[str, str | None]] = []
+        rows = validated_pool(cfg, duplicates)
+        check_charges_for_pool(cfg, rows)
         if (directory / STORE_FILE).exists():
             raise exists
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise ConfigError(f"{directory} exists and is not a campaign; remove it or "
                               "choose another --name")
-        check_runnable(cfg)
-        duplicates: list[dict[str, str | None]] = []
-        rows = validated_pool(cfg, duplicates)
-        check_charges_for_pool(cfg, rows)
         try:
             directory.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

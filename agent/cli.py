@@ -97,14 +97,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         from agent.config import parse_config
 
         cfg = parse_config({**cfg.model_dump(mode="json", exclude_none=True), **updates})
-    from agent.directory import campaign_dir
-
-    if campaign_dir(runs_dir, cfg.name).exists():  # name taken: a broken config is said first
-        from agent.config import check_runnable
-        from agent.pool import check_charges_for_pool, validated_pool
-
-        check_runnable(cfg)
-        check_charges_for_pool(cfg, validated_pool(cfg))
     from agent.runner import preflight
 
     preflight(cfg, runs_dir, args.address)  # cluster and tracking reachable: before creating

@@ -246,6 +246,19 @@ def test_broken_config_with_a_taken_name_names_the_config_error(tmp_path, capsys
     assert "already exists" in _refused(capsys, "run", str(cfg), "--runs-dir", str(runs))
 
 
+def test_campaign_create_checks_the_config_before_the_name(tmp_path, capsys, no_runner):
+    """The Python API gives the same order as the command line: Campaign.create with a
+    config no backend can run and a taken name names the config's error."""
+    from agent.campaign import Campaign
+    from agent.config import ConfigError, load_config
+
+    runs = _created(tmp_path)
+    cfg = load_config(_bad_run_config(tmp_path, "objective no backend computes"))
+    with pytest.raises(ConfigError) as err:
+        Campaign.create(cfg, runs)
+    assert "reorg_energy_kjmol" in str(err.value) and "already exists" not in str(err.value)
+
+
 def test_damaged_store_truncated_and_missing_table(tmp_path, capsys, no_runner):
     """Issue 17.4: a damaged store is a one-line error with a hint; resume recreates nothing."""
     runs = _created(tmp_path)
