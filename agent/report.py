@@ -317,7 +317,10 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     ax.set_ylabel(textwrap.fill(" or ".join(shown) + (f" ({unit})" if unit else ""), 60))
     label = quantity(cfg.objective)[0]
     stage = "molecule stage: " if campaign.stage is not None else ""
-    ax.set_title(f"campaign {cfg.name}: {stage}{cfg.direction.replace('ize', 'ise')} {label}", fontsize=10)
+    # wrapped: with the ranked legend beside it the axes are narrow, and a title wider than its
+    # axes runs off the figure (the layout does not shrink text)
+    ax.set_title(textwrap.fill(f"campaign {cfg.name}: {stage}{cfg.direction.replace('ize', 'ise')} {label}",
+                               50 if ranked else 90), fontsize=10)
     handles = [h for h in ax.get_legend_handles_labels()[0] if h not in ranked]
     if handles:  # below the axes: level names are long, wrapped to the figure's width
         fig.legend(handles, [textwrap.fill(h.get_label(), 95) for h in handles], fontsize=7,
