@@ -11,7 +11,7 @@ Decisions:
   fidelity; one whose run failed at a fidelity is not proposed again there;
 * a value its backend marks unreliable (:func:`sim_backends.reorg.unreliable_lambda_reason`: a
   Jahn-Teller cation left undistorted) is never the best at the top level and is not trained on
-  at a cheaper level (the molecule is not recomputed there; a higher level may still follow);
+  at any level (the molecule is not recomputed there; a higher level may still follow);
 * a molecule a result shows infeasible (``[[constraints]]``, :mod:`agent.constraints`) is
   not the best, and is never proposed again unless a more accurate level of the campaign
   reports the same value and may still find it within the bounds; a molecule whose
@@ -163,11 +163,9 @@ class MoleculeStage:
             from sim_backends.reorg import unreliable_lambda_reason
 
             why = unreliable_lambda_reason(ev.extra, self.cfg.objective)
-            if f == self.top_fidelity:
-                self.observations.append((i, f, float(value)))
-                if why:
-                    self.unreliable[i] = why
-            elif not why:  # a cheaper level's unreliable value (too small by far) would steer the surrogate
+            if why and f == self.top_fidelity:
+                self.unreliable[i] = why  # never the best (status names it)
+            if not why:  # an unreliable value (too small by far) at any level would steer the surrogate
                 self.observations.append((i, f, float(value)))
         elif ev.reason.startswith("setup:"):
             self.blocked[i, :] = True

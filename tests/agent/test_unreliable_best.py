@@ -73,6 +73,9 @@ def test_the_molecule_stage_skips_it_too(tmp_path):
     try:
         assert camp.best_value() == 18.0
         assert list(camp.molecules.unreliable.values())[0].startswith("degenerate HOMO")
+        stage = camp.molecules  # nor does it train the surrogate (as at a cheaper level)
+        assert {stage.smiles[i] for i, f, _ in stage.observations} == {"c1ccc2ccccc2c1"}
+        assert stage.done[stage.smiles.index("c1ccccc1"), stage.top_fidelity]  # not recomputed
     finally:
         camp.close()
 
