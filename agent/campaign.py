@@ -600,9 +600,16 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     unreliable: dict[int, str] = {}
     unreliable_cheap: dict[int, dict[str, str]] = {}  # a cheaper level's (the molecule stage does not train on it)
     cheaper = {b.name for b in cfg.backends[:-1]}
+    tried: set[int] = set()  # pool coverage at the molecule stage's levels (a structure-stage CSP follows one)
+    evaluated: set[int] = set()
     for ev in evs:
-        if (ev.ok and ev.structure_id is None and (ev.backend == top or ev.backend in cheaper)
-                and (why := unreliable_lambda_reason(ev.extra, cfg.objective))):
+        if ev.structure_id is not None or (ev.backend != top and ev.backend not in cheaper):
+            continue
+        tried.add(ev.molecule_id)
+        if not ev.ok:
+            continue
+        evaluated.add(ev.molecule_id)
+        if why := unreliable_lambda_reason(ev.extra, cfg.objective):
             if ev.backend == top:
                 unreliable[ev.molecule_id] = why
             if ev.backend in cheaper:
@@ -617,11 +624,9 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     n_by = {b.name: 0 for b in cfg.backends}
     for ev in evs:
         n_by[ev.backend] = n_by.get(ev.backend, 0) + 1
-    # pool coverage at the molecule stage's levels (a structure-stage CSP follows one of them)
     valid = {m for m, r in mols.items() if r["is_valid"]}
-    levels = {b.name for b in cfg.backends}
-    tried = {ev.molecule_id for ev in evs if ev.structure_id is None and ev.backend in levels} & valid
-    evaluated = {ev.molecule_id for ev in evs if ev.structure_id is None and ev.backend in levels and ev.ok} & valid
+    tried &= valid
+    evaluated &= valid
     finished = store.get_meta("finished") == "1"
     interrupted = store.interrupted_cpu_s()
     reason = camp.stop_reason() if camp is not None else ""

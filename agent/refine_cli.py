@@ -108,10 +108,11 @@ def run_refine_command(args: argparse.Namespace) -> int:
         try:
             if done.n_evaluations == n_before:
                 reason = done.status().stop_reason or "nothing left to evaluate"
-                hint = ("; `--cpu-hours H` adds CPU time" if reason.startswith("compute budget")
-                        else "" if args.budget else "; `--budget N` adds structure-stage evaluations")
-                option = hint.partition("`")[2].split(" ")[0]  # "--budget", "--cpu-hours" or ""
-                hint = "" if option in reason else hint  # the reason gives that hint already
+                option, hint = (("--cpu-hours", "; `--cpu-hours H` adds CPU time") if reason.startswith("compute budget")
+                                else ("", "") if args.budget
+                                else ("--budget", "; `--budget N` adds structure-stage evaluations"))
+                if option in reason:  # the reason gives that hint already ("" is in every reason: no hint)
+                    hint = ""
                 print(f"crystal-agent: nothing refined: {reason}{hint}", file=sys.stderr)
         finally:
             done.close()

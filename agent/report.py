@@ -449,13 +449,13 @@ def unreliable_evaluations(campaign: Campaign) -> dict[int, str]:
 def _table_values(campaign: Campaign) -> tuple[dict[int, dict[int, float]], dict[int, dict[int, str]]]:
     """Pool index -> fidelity -> the latest value of the objective, for every successful
     molecule-stage evaluation (those flagged unreliable too, which the surrogate's
-    observations leave out at the cheaper levels); and pool index -> fidelity -> why a value
-    is unreliable."""
+    observations leave out); and pool index -> fidelity -> why a value is unreliable."""
     import math
+
+    from sim_backends.reorg import unreliable_lambda_reason
 
     cfg = campaign.cfg
     fidelity = {b.name: f for f, b in enumerate(cfg.backends)}
-    flagged = unreliable_evaluations(campaign)
     values: dict[int, dict[int, float]] = {}
     unreliable: dict[int, dict[int, str]] = {}
     for ev in campaign.store.evaluations(status="ok"):
@@ -463,7 +463,7 @@ def _table_values(campaign: Campaign) -> tuple[dict[int, dict[int, float]], dict
         if ev.structure_id is not None or i is None or f is None or v is None or not math.isfinite(v):
             continue
         values.setdefault(i, {})[f] = float(v)
-        why = flagged.get(ev.id)
+        why = unreliable_lambda_reason(ev.extra, cfg.objective)  # as unreliable_evaluations, in this one pass
         if why:
             unreliable.setdefault(i, {})[f] = why
         else:

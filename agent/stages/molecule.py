@@ -645,7 +645,7 @@ class MoleculeStage:
             costs = self.costs()
             cost_power = 1.0
             if COST_COOLING and fit is not None and self.cfg.max_cpu_hours:
-                cost_power = float(np.clip(fit[1] / (self.cfg.max_cpu_hours * 3600), 0.0, 1.0))
+                cost_power = float(np.clip(left / (self.cfg.max_cpu_hours * 3600), 0.0, 1.0))
             if pair_costs is not None and self.evaluation_share is not None:
                 # an evaluation slot has a price when the evaluation budget binds
                 slots = self.evaluation_share - self.n_evaluations - len(mine)
