@@ -100,6 +100,11 @@ RESP_CPU_EXPONENT = 3.5
 RESP_DIRECT_FACTOR = 3.5
 #: at most one SCF progress line per this many seconds (wall)
 PROGRESS_EVERY_S = 15.0
+#: version of the charge fits a cache entry was computed by; part of its key, so a change of
+#: the ESP grid, the restraint or the sites (raise it then) never reuses charges of older code
+CHARGE_FIT_VERSION = 2
+#: the library whose version enters the cache key of each charge method
+CHARGE_LIBRARY = {"resp": "pyscf", "resp-lp": "pyscf", "resp-lpn": "pyscf", "xtb": "tblite"}
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +167,16 @@ class ChargeFit:
     method: str
     rrms: float
     n_points: int
+
+
+def _library_version(name: str) -> str:
+    """Installed version of distribution ``name`` (no import), or "unknown"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def default_cache_dir() -> Path:
@@ -522,6 +537,10 @@ def compute_charges(
 ) -> ChargeFit:
     """Charges by ``method`` ("resp", "resp-lp", "resp-lpn" or "xtb"), cached as JSON per (key, method, geometry).
 
+    The cache key also holds :data:`CHARGE_FIT_VERSION` and the version of the library that
+    computes the method's charges (pyscf or tblite), so charges cached by older code or
+    another library version are computed afresh, never reused; an entry records its key.
+
     Args:
         symbols, coords_A: the molecule (Angstrom).
         method: "resp" (pyscf HF/6-31G* ESP fit), "resp-lp" (the same with lone-pair sites:
@@ -536,7 +555,8 @@ def compute_charges(
     if method not in CHARGE_METHODS:
         raise SetupError(f"unknown charge method {method!r}; use one of {', '.join(CHARGE_METHODS)}")
     xyz = np.round(np.asarray(coords_A, dtype=float), 4)
-    key = [cache_key, method, list(symbols), xyz.tolist(), list(map(int, classes or []))]
+    key = [cache_key, method, list(symbols), xyz.tolist(), list(map(int, classes or [])),
+           CHARGE_FIT_VERSION, _library_version(CHARGE_LIBRARY[method])]
     if method.startswith("resp-lp") and LONE_PAIR_DISTANCE_A != 0.35:  # a site-distance study (x23_lattice --lp-distance)
         key.append(LONE_PAIR_DISTANCE_A)
     if method.startswith("resp-lp"):  # fits since equivalent atoms' single sites share a charge
@@ -565,6 +585,7 @@ def compute_charges(
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         record = {
             "key": cache_key,
+            "key_payload": key,
             "charges_e": fit.charges_e.tolist(),
             "method": fit.method,
             "rrms": fit.rrms,

@@ -218,3 +218,28 @@ def test_resp_lpn_fits_sites_on_n_only(tmp_path):
     np.testing.assert_allclose(only_o.charges_e,
                                compute_charges(*formaldehyde, "resp", [0, 1, 2, 2], cache_dir=tmp_path).charges_e,
                                atol=1e-10)
+
+
+def test_charge_cache_key_carries_the_fit_version(tmp_path, monkeypatch):
+    """A cached charge set is reused only by the same fit version: raising
+    ``CHARGE_FIT_VERSION`` computes (and caches) the charges afresh, and each entry records
+    the key it was stored under (fit version and library version included)."""
+    import json
+
+    from sim_backends.csp import charges as charges_mod
+
+    hcn = (["H", "C", "N"], np.array([[0.0, 0.0, -1.066], [0.0, 0.0, 0.0], [0.0, 0.0, 1.153]]))
+    first = compute_charges(*hcn, "xtb", [0, 1, 2], cache_dir=tmp_path, cache_key="C#N")
+    files = sorted(tmp_path.glob("xtb-*.json"))
+    assert len(files) == 1
+    payload = json.loads(files[0].read_text())["key_payload"]
+    assert payload[-2] == charges_mod.CHARGE_FIT_VERSION and payload[-1] not in ("", "unknown")
+    calls = []
+    real = charges_mod.xtb_charges
+    monkeypatch.setattr(charges_mod, "xtb_charges", lambda *a: calls.append(1) or real(*a))
+    compute_charges(*hcn, "xtb", [0, 1, 2], cache_dir=tmp_path, cache_key="C#N")
+    assert calls == []  # same version: read from the cache
+    monkeypatch.setattr(charges_mod, "CHARGE_FIT_VERSION", charges_mod.CHARGE_FIT_VERSION + 1)
+    again = compute_charges(*hcn, "xtb", [0, 1, 2], cache_dir=tmp_path, cache_key="C#N")
+    assert calls == [1] and len(list(tmp_path.glob("xtb-*.json"))) == 2
+    np.testing.assert_allclose(again.charges_e, first.charges_e, atol=1e-10)
