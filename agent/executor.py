@@ -40,9 +40,15 @@ A worker process builds each backend once per (registry name, parameters) and re
 for every later task with the same pair (:func:`worker_backend`).
 
 CPU accounting: a result carries the CPU seconds measured in the worker
-(:attr:`~sim_backends.base.EvalResult.cpu_s`); attempts that were retried add theirs;
-a task whose worker died or timed out is charged ``cpus_per_task`` x its wall time
-(the cores it held, since the worker cannot report).
+(:attr:`~sim_backends.base.EvalResult.cpu_s`); attempts that were retried add theirs.
+With a ``progress_dir`` (the campaign's ``task_cpu`` folder, set by the runner) each
+attempt's worker also records the CPU seconds it has used so far in
+``<request_id>.<attempt>.json`` there every :data:`TASK_PROGRESS_S` s and when it ends
+(:func:`task_cpu_record`), so a task that does not come back (its worker died or was
+cancelled, it timed out, or the launcher was interrupted or killed) is charged what it
+measured plus ``cpus_per_task`` x the wall time since its last record, never more than
+``cpus_per_task`` x its whole wall time (the cores it held). Without a record (a worker
+on another node, whose disk the launcher does not see) the charge is that bound.
 
 Failure handling, per task:
 
@@ -182,16 +188,68 @@ def cpu_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGXCPU, previous)
 
 
+#: seconds between a worker's records of the CPU its task has used (see the module docstring)
+TASK_PROGRESS_S = 2.0
+
+
+def task_cpu_record(path: Path, cpu_s: float, wall_s: float, done: bool) -> None:
+    """Write a task attempt's CPU record (atomically: a reader sees the old or the new)."""
+    import json
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"cpu_s": cpu_s, "wall_s": wall_s, "time": time.time(),
+                               "pid": os.getpid(), "done": done}))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _reporting_cpu(progress_path: str | None, cpu0: float, t0: float) -> Iterator[None]:
+    """Record this process's CPU seconds since ``cpu0`` in ``progress_path`` every
+    :data:`TASK_PROGRESS_S` s (a daemon thread) and on exit. A no-op without a path or
+    when its folder does not exist here (a worker on another node)."""
+    import threading
+
+    from sim_backends.base import process_cpu_s
+
+    path = Path(progress_path) if progress_path else None
+    if path is None or not path.parent.is_dir():
+        yield
+        return
+    stop = threading.Event()
+
+    def record(done: bool) -> None:
+        try:
+            task_cpu_record(path, process_cpu_s() - cpu0, time.perf_counter() - t0, done)
+        except OSError:
+            pass  # a full or vanished disk must not fail the task
+
+    def loop() -> None:
+        while not stop.wait(TASK_PROGRESS_S):
+            record(False)
+
+    record(False)
+    thread = threading.Thread(target=loop, name="task-cpu-record", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        record(True)
+
+
 def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput,
-                        cpu_limit_s: float | None = None) -> EvalResult:
+                        cpu_limit_s: float | None = None,
+                        progress_path: str | None = None) -> EvalResult:
     """Evaluate in a worker process; past ``cpu_limit_s`` CPU seconds the task stops and
-    comes back as a failed evaluation charged the CPU it measured."""
+    comes back as a failed evaluation charged the CPU it measured. With
+    ``progress_path`` the CPU used so far is recorded there as the task runs."""
     from sim_backends.base import process_cpu_s
 
     instance = worker_backend(backend, params)
     t0, cpu0 = time.perf_counter(), process_cpu_s()
     try:
-        with cpu_limit(cpu_limit_s):
+        with _reporting_cpu(progress_path, cpu0, t0), cpu_limit(cpu_limit_s):
             return instance.evaluate(inp)
     except CpuLimitExceeded as exc:
         result = _failed_result(backend, inp, f"timeout: {exc}", time.perf_counter() - t0,
@@ -199,6 +257,47 @@ def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput,
                                 fidelity=instance.fidelity)
         result.extra["cpu_limit_s"] = cpu_limit_s
         return result
+
+
+def read_task_cpu(progress_dir: Path | None, request_id: str,
+                  attempt: int | None = None) -> tuple[float, float] | None:
+    """``(CPU seconds, time of the latest record)`` of attempt ``attempt`` of
+    ``request_id`` (default: summed over its attempts) recorded in ``progress_dir``
+    (:func:`task_cpu_record`), or None when there is no readable record."""
+    import json
+
+    if progress_dir is None:
+        return None
+    cpu, latest, found = 0.0, 0.0, False
+    for path in Path(progress_dir).glob(f"{request_id}.{'*' if attempt is None else attempt}.json"):
+        try:
+            rec = json.loads(path.read_text())
+            cpu += float(rec["cpu_s"])
+            latest = max(latest, float(rec["time"]))
+            found = True
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return (cpu, latest) if found else None
+
+
+def unfinished_charge(measured: tuple[float, float] | None, cpus: float, wall_s: float,
+                      end: float) -> float:
+    """CPU seconds to charge a task that did not come back, having run ``wall_s`` until
+    ``end`` (epoch s) on ``cpus`` cores: its measured CPU plus ``cpus`` x the time after
+    its latest record, at most ``cpus`` x ``wall_s``; that bound without a record."""
+    bound = cpus * max(wall_s, 0.0)
+    if measured is None:
+        return bound
+    cpu, latest = measured
+    return min(bound, cpu + cpus * max(0.0, end - latest))
+
+
+def forget_task_cpu(progress_dir: Path | None, request_id: str) -> None:
+    """Remove the CPU records of ``request_id`` (its result is stored or charged)."""
+    if progress_dir is None:
+        return
+    for path in Path(progress_dir).glob(f"{request_id}.*.json"):
+        path.unlink(missing_ok=True)
 
 
 def _failed_result(backend: str, inp: EvalInput, reason: str, wall_s: float, cpu_s: float,
@@ -502,8 +601,10 @@ class RayExecutor:
         max_retries: int = 1,
         task_cpu_limit_s: float | None = None,
         worker_niceness: int = 0,
+        progress_dir: Path | None = None,
     ) -> None:
         self.address = ray_address(address)
+        self.progress_dir = progress_dir
         self.num_cpus = num_cpus or os.cpu_count() or 1
         self.cpus_per_task = cpus_per_task
         self.task_timeout_s = task_timeout_s
@@ -670,9 +771,18 @@ class RayExecutor:
         task.n_attempts += 1
         if not task.submitted_at:
             task.submitted_at = time.time()
+        progress = (str(Path(self.progress_dir) / f"{task.request_id}.{task.n_attempts}.json")
+                    if self.progress_dir is not None else None)
         ref = self._remote.remote(task.backend, task.backend_params, task.inp,
-                                  self.task_cpu_limit_s)
+                                  self.task_cpu_limit_s, progress)
         self._in_flight[ref] = (task, time.monotonic())
+
+    def _unfinished_cpu(self, task: Task, wall: float) -> float:
+        """CPU seconds of the attempt of ``task`` that did not come back (after ``wall``
+        s): what its worker recorded, else the cores it held (:func:`unfinished_charge`).
+        Earlier attempts of the task are in ``task.cpu_s_retried``."""
+        measured = read_task_cpu(self.progress_dir, task.request_id, task.n_attempts)
+        return unfinished_charge(measured, self.cpus_per_task, wall, time.time())
 
     def cancel_all(self) -> None:
         import ray
@@ -702,10 +812,10 @@ class RayExecutor:
                 result: EvalResult = ray.get(ref)
             except (TaskCancelledError, GetTimeoutError) as exc:
                 result = _failed(task, f"cancelled: {type(exc).__name__}", wall,
-                                 self.cpus_per_task * wall)
+                                 self._unfinished_cpu(task, wall))
             except RayError as exc:
                 reason = f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                result = _failed(task, reason, wall, self.cpus_per_task * wall)
+                result = _failed(task, reason, wall, self._unfinished_cpu(task, wall))
                 result.retryable = True
                 again = task.n_attempts <= self.max_retries
                 print(f"crystal-agent: worker died running {task.backend} on {task.inp.smiles} "
@@ -716,6 +826,7 @@ class RayExecutor:
                 self.submit(task)
                 continue
             result.cpu_s += task.cpu_s_retried
+            forget_task_cpu(self.progress_dir, task.request_id)
             completed.append(Completed(task, result))
         now = time.monotonic()
         for ref, (task, t0) in list(self._in_flight.items()):
@@ -724,7 +835,8 @@ class RayExecutor:
                 del self._in_flight[ref]
                 wall = now - t0
                 result = _failed(task, f"timeout: exceeded {self.task_timeout_s:g} s", wall,
-                                 self.cpus_per_task * wall + task.cpu_s_retried)
+                                 self._unfinished_cpu(task, wall) + task.cpu_s_retried)
+                forget_task_cpu(self.progress_dir, task.request_id)
                 completed.append(Completed(task, result))
         return completed
 

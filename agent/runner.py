@@ -5,8 +5,12 @@ Ctrl-C (or SIGTERM) stops cleanly: in-flight tasks are cancelled, every complete
 result is already in the store, and ``crystal-agent resume NAME`` continues to the
 same budget. A ``kill -9`` loses only the in-flight work. Tasks a run left unfinished
 (cancelled or killed) are run again and charged to the CPU budget when the next run
-starts, at their CPUs x the wall time from submission to the run's last heartbeat
-(written every :data:`HEARTBEAT_S` s; ``Store.settle_interrupted``).
+starts: the CPU seconds their workers recorded (every
+:data:`agent.executor.TASK_PROGRESS_S` s, in the campaign's ``task_cpu`` folder) plus
+their CPUs x the time from that record to the run's last heartbeat (written every
+:data:`HEARTBEAT_S` s), at most their CPUs x the wall time from submission to that
+heartbeat, which is the charge of a task whose worker left no record
+(``Store.settle_interrupted``).
 
 Before a campaign is created, :func:`preflight` checks what can be checked without
 starting anything (the cluster address answers, ``cpus_per_task`` fits the local Ray,
@@ -179,6 +183,9 @@ def run_campaign(
         executor = make_executor(cfg, address)
     tracker = None
     store = campaign.store
+    if getattr(executor, "progress_dir", False) is None:  # a Ray executor: workers record CPU
+        store.task_cpu_dir.mkdir(parents=True, exist_ok=True)
+        executor.progress_dir = store.task_cpu_dir
     previous = signal.getsignal(signal.SIGTERM)
     columns = (
         TextColumn("[bold]{task.description}"),

@@ -504,38 +504,60 @@ class Store:
             "WHERE kind = 'interrupted_task'").fetchone()
         return float(row[0]), int(row[1])
 
-    def _unsettled(self) -> list[tuple[dict[str, Any], float]]:
-        """``(submitted event, wall s)`` of each task submitted, never stored and not yet
-        charged (see :meth:`settle_interrupted`)."""
+    @property
+    def task_cpu_dir(self) -> Path:
+        """The folder where a run's workers record the CPU their tasks have used so far
+        (:func:`agent.executor.task_cpu_record`), beside the store."""
+        return self.path.parent / "task_cpu"
+
+    def _unsettled(self) -> list[tuple[dict[str, Any], float, float]]:
+        """``(submitted event, wall s, CPU s to charge)`` of each task submitted, never
+        stored and not yet charged (see :meth:`settle_interrupted`)."""
+        from agent.executor import read_task_cpu, unfinished_charge
+
         last = float(self.get_meta("heartbeat") or 0.0)
         charged = {e.get("submitted_event") for e in self.events("interrupted_task")}
         stored = {r[0] for r in self.conn.execute("SELECT request_id FROM evaluations")}
-        return [(e, max(0.0, last - e["ts"])) for e in self.events("submitted")
-                if e["event_id"] not in charged and e["request_id"] not in stored]
+        out = []
+        for e in self.events("submitted"):
+            if e["event_id"] in charged or e["request_id"] in stored:
+                continue
+            wall = max(0.0, last - e["ts"])
+            measured = read_task_cpu(self.task_cpu_dir, e["request_id"])
+            out.append((e, wall, unfinished_charge(measured, float(e.get("cpus", 1.0)), wall, last)))
+        return out
 
     def unsettled_cpu_s(self) -> tuple[float, int]:
         """``(CPU seconds, tasks)`` that :meth:`settle_interrupted` would charge now (read
         only: what the next run will charge for tasks a killed run left unfinished)."""
         todo = self._unsettled()
-        return sum(wall * float(e.get("cpus", 1.0)) for e, wall in todo), len(todo)
+        return sum(cpu for _, _, cpu in todo), len(todo)
 
     def settle_interrupted(self) -> tuple[float, int]:
         """Charge every task that was submitted, never stored and not charged yet (its run
-        was killed or interrupted): ``cpus`` x the wall time from its submission to the
-        run's last heartbeat (the CPU a worker cannot have exceeded up to then, to within
-        the heartbeat interval). One ``interrupted_task`` event each; returns ``(CPU
-        seconds, tasks)`` charged now. Call only while no run is going on (a run holds the
-        store's lock), before the new run's first heartbeat."""
+        was killed or interrupted): the CPU seconds its worker recorded plus ``cpus`` x the
+        time from its latest record to the run's last heartbeat, at most ``cpus`` x the
+        wall time from its submission to that heartbeat (the CPU a worker cannot have
+        exceeded up to then, to within the heartbeat interval), which is also the charge
+        when the worker left no record (:func:`agent.executor.unfinished_charge`). One
+        ``interrupted_task`` event each; returns ``(CPU seconds, tasks)`` charged now.
+        Call only while no run is going on (a run holds the store's lock), before the new
+        run's first heartbeat."""
+        from agent.executor import forget_task_cpu, read_task_cpu
+
         todo = self._unsettled()
         total = 0.0
         with self.transaction() as c:
-            for e, wall in todo:
-                cpu = wall * float(e.get("cpus", 1.0))
+            for e, wall, cpu in todo:
                 total += cpu
+                measured = read_task_cpu(self.task_cpu_dir, e["request_id"])
                 c.execute("INSERT INTO events(ts, kind, payload) VALUES (?, ?, ?)", (
                     time.time(), "interrupted_task",
                     json.dumps({"request_id": e["request_id"], "submitted_event": e["event_id"],
-                                "wall_s": wall, "cpu_s": cpu})))
+                                "wall_s": wall, "cpu_s": cpu,
+                                "measured_cpu_s": None if measured is None else measured[0]})))
+        for e, _, _ in todo:
+            forget_task_cpu(self.task_cpu_dir, e["request_id"])
         return total, len(todo)
 
     def count_evaluations(self) -> tuple[int, int]:

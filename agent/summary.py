@@ -674,7 +674,7 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         f"CPU spent     {s['spent_cpu_s']:.1f} s in the tasks"
         + (f" (their wall times add up to {s['spent_wall_s']:.1f} s)" if s.get("spent_wall_s") is not None else "")
         + (f"; {s['interrupted_cpu_s']:.1f} s of it charged for {s['n_interrupted']} task"
-           f"{'s' if s['n_interrupted'] != 1 else ''} an interrupted run left unfinished (CPUs x wall)"
+           f"{'s' if s['n_interrupted'] != 1 else ''} an interrupted run left unfinished (measured by their workers where recorded, else CPUs x wall)"
            if s.get("n_interrupted") else ""),
         f"best          {best_line(s)}",
     ]

@@ -177,9 +177,10 @@ params = { sleep_s = 3.0 }
 
 @pytest.mark.slow
 def test_killed_tasks_are_charged_on_resume(tmp_path):
-    """kill -9 while two tasks burn CPU: the resumed run charges them (CPUs x wall up to
-    the last heartbeat, one ``interrupted_task`` event each) and runs them again; the
-    budget and ``status`` count the charge beside the stored evaluations' CPU."""
+    """kill -9 while two tasks burn CPU: the resumed run charges them (the CPU their workers
+    recorded, at most CPUs x wall up to the last heartbeat, one ``interrupted_task`` event
+    each) and runs them again; the budget and ``status`` count the charge beside the stored
+    evaluations' CPU."""
     from agent.store import Store
 
     body = """
@@ -216,3 +217,46 @@ params = { burn_s = 8.0 }
     assert status.returncode == 0, status.stderr
     tasks = "2 tasks" if len(charged) == 2 else "1 task"
     assert f"charged for {tasks} an interrupted run left unfinished" in status.stdout, status.stdout
+
+
+@pytest.mark.slow
+def test_killed_tasks_that_wait_are_charged_the_cpu_their_workers_measured(tmp_path):
+    """kill -9 while two tasks mostly sleep (0.3 CPU s, then 20 s asleep): the resumed run
+    charges each the CPU its worker recorded plus at most one record interval of its core,
+    far below its wall time (the bound a worker without a record is charged), and the
+    workers' records are gone once every task is stored or charged."""
+    from agent.executor import TASK_PROGRESS_S
+    from agent.store import Store
+
+    body = """
+objective = "n_heavy_atoms"
+batch_size = 2
+max_evaluations = 4
+[tracking]
+enabled = false
+[[backends]]
+name = "_faulty"
+params = { burn_s = 0.3, sleep_s = 20.0 }
+"""
+    cfg = write_config(tmp_path, POOL, body, name="idle")
+    runs = tmp_path / "runs"
+    db_path = runs / "idle" / "store.sqlite"
+    proc = _run_until(cfg, runs, db_path, 2)
+    time.sleep(12.0)  # the next two tasks are asleep
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= _count(db_path) < 4
+    records = list((runs / "idle" / "task_cpu").glob("*.json"))
+    assert records, "the workers recorded nothing"
+
+    out = cli("resume", "idle", "--runs-dir", str(runs), "--quiet", timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with Store(db_path) as store:
+        charged = store.events("interrupted_task")
+        assert len(store.evaluations()) == 4
+        assert 1 <= len(charged) <= 2, charged
+        for e in charged:
+            assert e["measured_cpu_s"] is not None and e["measured_cpu_s"] < 2.0, e
+            assert e["cpu_s"] <= e["measured_cpu_s"] + TASK_PROGRESS_S + 0.5, e
+            assert e["wall_s"] > 6.0 and e["cpu_s"] < 0.6 * e["wall_s"], e
+    assert not list((runs / "idle" / "task_cpu").glob("*.json"))
