@@ -409,3 +409,22 @@ def test_embedded_ray_workers_run_at_the_configured_niceness():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert out.stdout.split() == ["0", "0", "None", "7", "7", "None"], out.stdout + out.stderr[-2000:]
+
+
+def test_a_timed_out_task_is_charged_the_cpu_its_worker_recorded(ray_local, tmp_path):
+    """On Ray with a record folder: a task that sleeps past its wall-time limit (12 s) is
+    charged the CPU its worker recorded plus at most one record interval of its core, not
+    cores x wall; a finished task leaves no record behind."""
+    from agent.executor import TASK_PROGRESS_S
+
+    ex = RayExecutor(task_timeout_s=12.0, max_retries=1, progress_dir=tmp_path)
+    ex.start()
+    ex.submit(Task("ok", "_faulty", {}, EvalInput("CC", params={"sleep_s": 0.1})))
+    assert _drain(ex)["ok"].result.ok
+    assert not list(tmp_path.glob("*.json"))
+    ex.submit(Task("sleeper", "_faulty", {}, EvalInput("CC", params={"sleep_s": 600})))
+    slow = _drain(ex)["sleeper"]
+    assert slow.result.reason == "timeout: exceeded 12 s", slow.result.reason
+    assert slow.result.wall_s >= 12.0
+    assert slow.result.cpu_s <= 1.0 + TASK_PROGRESS_S + 0.5 < 0.75 * slow.result.wall_s, slow.result.cpu_s
+    assert not list(tmp_path.glob("*.json"))
