@@ -146,6 +146,8 @@ class Campaign:
         self.shares = {"molecule": cfg.max_evaluations - reserved, "structures": reserved}
         # the molecule stage prices its evaluations by the budget that binds (stages/molecule.py)
         self.stages["molecule"].evaluation_share = self.shares["molecule"]  # type: ignore[attr-defined]
+        if "structures" in self.stages:  # ... and so does the structure stage (stages/structure.py)
+            self.stages["structures"].evaluation_share = reserved  # type: ignore[attr-defined]
         self.pending: dict[str, Request] = {}
         #: synchronous campaigns: results stored but not yet told to their stages, with
         #: the time their requests were asked (see :meth:`tell`)

@@ -119,3 +119,31 @@ class CostModel:
     def expected(self, inps: Sequence[EvalInput]) -> np.ndarray:
         """Expected CPU seconds of each input."""
         return np.maximum(np.array([self.prior(i) for i in inps]) * self.scale, MIN_COST_S)
+
+
+def evaluation_slot_price(pair_costs: np.ndarray, allowed: np.ndarray, cpu_left: float, slots_left: int,
+                          levels_left: Sequence[int | None]) -> float:
+    """CPU seconds one evaluation is worth when the evaluation budget binds, else 0.
+
+    Two budgets limit the stage: CPU seconds (``cpu_left``) and evaluations
+    (``slots_left``). The evaluation budget binds when the CPU left would pay for more
+    tasks than there are evaluations left, counting the cheapest allowed tasks
+    (``pair_costs`` where ``allowed``, at most ``levels_left[f]`` of level ``f``). Then a
+    task uses one of ``slots_left`` evaluations as well as its CPU seconds, and is worth
+    at least the CPU left per evaluation left: the cost the acquisition divides by is
+    ``max(cpu_s, cpu_left / slots_left)``, the larger of the two fractions of the
+    remaining budgets the task uses up (scaled to CPU seconds). Otherwise the CPU budget
+    alone binds and the price is 0 (costs stay CPU seconds).
+    """
+    if slots_left <= 0:
+        return 0.0
+    costs = []
+    for f in range(allowed.shape[1]):
+        c = np.sort(pair_costs[allowed[:, f], f])
+        cap = levels_left[f]
+        costs.append(c if cap is None else c[:cap])
+    c = np.sort(np.concatenate(costs)) if costs else np.zeros(0)
+    affordable = int(np.searchsorted(np.cumsum(c), cpu_left, side="right"))
+    if affordable <= slots_left:
+        return 0.0
+    return float(max(cpu_left, 0.0) / slots_left)

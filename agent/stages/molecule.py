@@ -67,7 +67,13 @@ import numpy as np
 
 from agent.stages.base import Request
 # the budget rule is the stages' shared one (agent/stages/costs.py); its names stay importable here
-from agent.stages.costs import COST_FIT_PROBABILITY, COST_LOG_SD_PRIOR, CostModel, cost_fit_factor  # noqa: F401
+from agent.stages.costs import (  # noqa: F401
+    COST_FIT_PROBABILITY,
+    COST_LOG_SD_PRIOR,
+    CostModel,
+    cost_fit_factor,
+    evaluation_slot_price,
+)
 from sim_backends.base import EvalInput
 
 if TYPE_CHECKING:
@@ -693,31 +699,3 @@ class MoleculeStage:
                                inp=EvalInput(smiles=self.smiles[i]),
                                molecule_id=int(self.mol_ids[i]), fidelity=f))
         return out
-
-
-def evaluation_slot_price(pair_costs: np.ndarray, allowed: np.ndarray, cpu_left: float, slots_left: int,
-                          levels_left: Sequence[int | None]) -> float:
-    """CPU seconds one evaluation is worth when the evaluation budget binds, else 0.
-
-    Two budgets limit the stage: CPU seconds (``cpu_left``) and evaluations
-    (``slots_left``). The evaluation budget binds when the CPU left would pay for more
-    tasks than there are evaluations left, counting the cheapest allowed tasks
-    (``pair_costs`` where ``allowed``, at most ``levels_left[f]`` of level ``f``). Then a
-    task uses one of ``slots_left`` evaluations as well as its CPU seconds, and is worth
-    at least the CPU left per evaluation left: the cost the acquisition divides by is
-    ``max(cpu_s, cpu_left / slots_left)``, the larger of the two fractions of the
-    remaining budgets the task uses up (scaled to CPU seconds). Otherwise the CPU budget
-    alone binds and the price is 0 (costs stay CPU seconds).
-    """
-    if slots_left <= 0:
-        return 0.0
-    costs = []
-    for f in range(allowed.shape[1]):
-        c = np.sort(pair_costs[allowed[:, f], f])
-        cap = levels_left[f]
-        costs.append(c if cap is None else c[:cap])
-    c = np.sort(np.concatenate(costs)) if costs else np.zeros(0)
-    affordable = int(np.searchsorted(np.cumsum(c), cpu_left, side="right"))
-    if affordable <= slots_left:
-        return 0.0
-    return float(max(cpu_left, 0.0) / slots_left)

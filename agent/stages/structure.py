@@ -24,6 +24,14 @@ fitted to the measured CPU seconds). A first level whose backend declares a frag
 decomposition (:meth:`~sim_backends.base.Backend.fragment_terms_settings`) is modelled
 per dimer (:mod:`agent.surrogates.fragment_gp`), others by the SOAP Delta-GP.
 
+When the stage's evaluation budget (``budget_evaluations``) binds before the CPU budget
+(the CPU left would pay for more of the open tasks than there are evaluations left), an
+evaluation is priced as the molecule stage prices it
+(:func:`~agent.stages.costs.evaluation_slot_price`): the acquisition weighs each task by
+``max(CPU s, CPU left / evaluations left)``, so a cheaper cell is not preferred for a
+saving the budget cannot use (the cheap level's global minimum, a Z = 2 cell, was left
+for three Z = 1 cells with a third of the CPU unspent).
+
 Shared through the store only: the molecule ranking (``evaluations``), landscapes
 (``structures``), observed forms (``observed_forms``, written by the lab stage: the
 acquisition computes them first and uses them as a soft constraint that they are low in
@@ -128,6 +136,9 @@ class StructureStage:
         self.csp_done: set[int] = set()  # molecule ids with a CSP evaluation (ok or failed)
         self.landscapes: dict[int, LandscapeState] = {}
         self.n_evaluations = 0
+        #: evaluations this stage may use (set by the campaign: its budget_evaluations);
+        #: prices an evaluation when that budget binds (module docstring)
+        self.evaluation_share: int | None = None
         self._last_refit: dict[int, int] = {}  # molecule id -> n_computed of its last event
         #: the campaign directory (set by build_stages): a level with scf_guess="learned"
         #: trains the campaign's density model file there (sim_backends/density_model.py)
@@ -328,12 +339,14 @@ class StructureStage:
             top_k = min(self.cfg.top_k, len(land.ids))
             n_refine, free_picks = n, []
             refine_costs = self._costs(land, self.refine)
+            free_costs = self._costs(land, self.free_energy) if self.free_energy is not None else None
+            price = self._slot_price(land, refine_costs, free_costs, blocked, budget.left, pending, len(out))
             if self.free_energy is not None:
                 pend_free = [i for sid in pending_free if (i := land.index(sid)) is not None]
                 n_refine, free_picks = split_levels(
                     land.ff_kjmol, self._inputs(land, model), computed, land.f_vib, blocked,
-                    set(pend_free) | land.f_failed, refine_costs,
-                    self._costs(land, self.free_energy), n, top_k=top_k,
+                    set(pend_free) | land.f_failed, np.maximum(refine_costs, price),
+                    np.maximum(free_costs, price), n, top_k=top_k,
                     window_kjmol=self.cfg.window_kjmol, seed=seed, model=model)
             for i in free_picks:
                 if budget.take(request := self._request(land, i, self.free_energy, 1)):
@@ -348,7 +361,7 @@ class StructureStage:
             picks = select_structures(
                 land.ff_kjmol, self._inputs(land, model), computed,
                 pend + sorted(land.failed | set(unaffordable)),
-                costs=refine_costs, q=n_refine, seed=seed, top_k=top_k,
+                costs=np.maximum(refine_costs, price), q=n_refine, seed=seed, top_k=top_k,
                 window_kjmol=self.cfg.window_kjmol, observed=land.observed or None, model=model,
                 **self.cfg.acquisition.select_kwargs(),
             )
@@ -357,6 +370,27 @@ class StructureStage:
                     out.append(request)
                     n -= 1
         return out
+
+    def _slot_price(self, land: LandscapeState, refine_costs: np.ndarray, free_costs: np.ndarray | None,
+                    blocked: set[int], cpu_left: float | None, pending: Sequence[Request],
+                    n_taken: int) -> float:
+        """CPU seconds an evaluation is worth when the stage's evaluation budget binds
+        (module docstring), else 0: from the open refinement (and second-level) tasks of
+        ``land`` at their expected costs, the CPU left (``cpu_left``, after this ask's
+        requests so far) and the evaluations left (share minus stored, in flight and
+        ``n_taken`` asked now)."""
+        if self.evaluation_share is None or cpu_left is None:
+            return 0.0
+        from agent.stages.costs import evaluation_slot_price
+
+        slots = (self.evaluation_share - self.n_evaluations
+                 - sum(1 for r in pending if r.stage == self.name) - n_taken)
+        open_refine = [i for i in range(len(land.ids)) if i not in blocked]
+        costs = [refine_costs[open_refine]]
+        if free_costs is not None:
+            costs.append(free_costs[[i for i in land.computed if i not in land.f_vib and i not in land.f_failed]])
+        c = np.concatenate(costs)[:, None]
+        return evaluation_slot_price(c, np.ones_like(c, dtype=bool), cpu_left, slots, [None])
 
     def _cost_model(self, request: Request) -> CostModel | None:
         """The cost model of a request's level (the CSP's own for a CSP request)."""

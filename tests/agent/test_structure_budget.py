@@ -126,3 +126,33 @@ def test_the_cost_margin_learns_only_from_tasks_that_succeeded_and_were_charged(
     model.observe(EvalInput("C"), 0.0)
     assert len(model.log_ratios) == 4 and cost_fit_factor(model.log_ratios) == margin
     assert len(model.measured) == 6  # both still count in the measured cost
+
+
+def test_an_evaluation_budget_that_binds_does_not_trade_the_global_minimum_for_cheaper_cells(tmp_path):
+    """newuser43 F3: with 3 refinements allowed (``budget_evaluations = 4``: the CSP and 3)
+    and CPU to spare, cost weighting chose the cheap level's ranks 2, 7 and 8 (9.3 CPU s
+    each) over its global minimum (16 CPU s), leaving CPU unspent. When the evaluation
+    budget binds, an evaluation is priced at the CPU left per evaluation left, so the
+    acquisition weighs the structures by their chance of being low in energy: ranks 1-3."""
+    import numpy as np
+
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    body = (BODY + REFINE).replace("max_evaluations = 12", "max_evaluations = 12\nmax_cpu_hours = 1").replace(
+        "budget_evaluations = 7", "budget_evaluations = 4").replace("batch_size = 2", "batch_size = 1")
+    cfg = load_config(write_config(tmp_path, POOL, body, name="slots"))
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        status = run_campaign(camp, tmp_path / "runs", progress=False, executor=LocalExecutor(slots=1))
+        stage = camp.stages["structures"]
+        land = next(iter(stage.landscapes.values()))
+        rank = {land.ids[i]: r + 1 for r, i in enumerate(np.argsort(land.ff_kjmol, kind="stable"))}
+        refined = [e.structure_id for e in camp.store.evaluations() if e.structure_id]
+        assert sorted(rank[s] for s in refined) == [1, 2, 3], refined
+        assert camp.store.spent_cpu_s() < 3600  # the evaluation budget, not the CPU, ended it
+        assert "budget_evaluations" in status.stop_reason or "evaluation" in status.stop_reason, status.stop_reason
+    finally:
+        camp.close()
