@@ -181,8 +181,9 @@ class Campaign:
                               f"and would become its default {value!r}; give a value or leave it out")
         directory = campaign_dir(runs_dir, cfg.name)
         exists = ConfigError(
-            f"campaign {cfg.name!r} already exists in {directory}; use "
-            f"`crystal-agent resume {cfg.name}` or choose another --name"
+            f"campaign {cfg.name!r} already exists in {directory}; continue it with "
+            f"`crystal-agent resume {cfg.name}` (Python: Campaign.open({cfg.name!r}, runs_dir)) "
+            f"or choose another name (--name, or the config's name)"
         )
         # the config and the pool first: a broken config says so even when its name is taken
         check_runnable(cfg)

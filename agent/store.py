@@ -291,6 +291,25 @@ class Store:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
+    def running_pid(self) -> str | None:
+        """The pid of the process that holds the campaign's lock (a run going on now), or
+        None. Read-only: a shared lock is tried and released at once."""
+        if self._lock_fd is not None:
+            return str(os.getpid())
+        try:
+            fd = os.open(self.path.parent / "lock", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     @property
     def writable(self) -> bool:
         """Whether this process holds the campaign's lock (readers must not write)."""
