@@ -4,7 +4,9 @@ and level of theory.
 * :func:`quantity` -- label, short symbol and unit of a computed value (``reorg_energy_kjmol``
   is the "hole reorganisation energy λ+" in kJ/mol); plots and text use the same names.
 * :func:`level_of_theory` -- the human-readable level of a configured backend, declared by
-  the backend (``level_of_theory(params)``; the description as a fallback).
+  the backend (``level_of_theory(params)``; the description as a fallback); given a value
+  key, that value's level where the backend declares one (``value_levels``): the best line
+  names the objective's.
 * :func:`structure_results` -- per CSP landscape of a live campaign, the structures ranked at
   the highest structure level with the posterior the acquisition uses (the Delta-GP's, or
   the constant shift's while the Delta-GP fails its leave-one-out skill test; mean, 1-sigma;
@@ -123,8 +125,11 @@ def level_caveat(backend: BackendConfig | None) -> str:
         return ""
 
 
-def level_of_theory(backend: BackendConfig | None) -> str:
-    """The level of a configured backend (name and params) as the backend declares it."""
+def level_of_theory(backend: BackendConfig | None, key: str | None = None) -> str:
+    """The level of a configured backend (name and params) as the backend declares it; with
+    a value ``key``, the level of that value where the backend declares one for it
+    (``value_levels``, e.g. the ESF levels' lambda+: a gas-phase GFN2-xTB value beside a
+    landscape mobility; a replay's, those of the level it replays), else the backend's."""
     if backend is None:
         return ""
     from sim_backends.registry import backend_class
@@ -133,6 +138,12 @@ def level_of_theory(backend: BackendConfig | None) -> str:
         cls = backend_class(backend.name)
         inst = cls(**dict(backend.params))
         params = dict(backend.params)
+        if key is not None:
+            from agent.constraints import value_level
+
+            declared = (getattr(inst, "value_levels", None) or {}).get(key) or value_level(backend.name, key)[0]
+            if declared:
+                return str(declared)
         if callable(getattr(inst, "level_of_theory", None)):
             return str(inst.level_of_theory(params))
         if callable(getattr(inst, "_level", None)):
@@ -586,7 +597,7 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     label, short, unit = quantity(cfg.objective)
     rec = dict(status.to_dict())
     rec["objective"] = {"name": cfg.objective, "label": label, "symbol": short, "unit": unit,
-                        "level": level_of_theory(cfg.backends[-1]), "direction": cfg.direction}
+                        "level": level_of_theory(cfg.backends[-1], cfg.objective), "direction": cfg.direction}
     if cfg.constraints:
         from agent.constraints import constraint_levels
 

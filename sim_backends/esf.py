@@ -16,7 +16,12 @@ multi-fidelity GP of the molecule stage can relate them):
   are typical of pi-stacked neighbours). A monotone function of lambda+; seconds.
   Every level that computes lambda+ itself also reports the molecule's estimated gas-phase
   ionisation energy ``ip_gas_ev`` (``xtb-reorg``'s), which a campaign can bound
-  (``[[constraints]]``: hole injection, ``examples/esf.toml``).
+  (``[[constraints]]``: hole injection, ``examples/esf.toml``). lambda+
+  (``reorg_energy_kjmol``) and ``ip_gas_ev`` are the same GFN2-xTB calculation at every
+  level, declared as such (``value_levels``: :data:`LAMBDA_VALUE_LEVEL`, printed with them
+  instead of the mobility's level): a ladder of ESF levels refines the mobility only, and a
+  campaign whose objective is one of them on two ESF levels is refused
+  (:func:`agent.config.check_runnable`).
 * ``esf-landscape`` (fidelity 1, a "quick CSP"; ``esf-refined``, fidelity 2, the same
   with 300 trials by default): crystal structure
   prediction (W99 + Ewald force field with ``charges`` point charges: ``"resp"``, the
@@ -298,7 +303,23 @@ def landscape_values(lambda_hole_kjmol: float, rec: dict[str, Any]) -> dict[str,
 _VALUES = (OBJECTIVE, "reorg_energy_kjmol", "ip_gas_ev")
 #: the typical error of the values that estimate a measurable quantity (xtb-reorg's IP)
 _VALUE_SD = {"ip_gas_ev": XTB_IP_SD_EV}
-_VALUE_LEVELS = {"ip_gas_ev": XTB_IP_LEVEL}  # not the level of the mobility beside it
+#: the level of the lambda+ every ESF level reports (``reorg_energy_kjmol``): the same
+#: ``xtb-reorg`` calculation at every fidelity (:func:`_lambda`), not the level of the mobility
+LAMBDA_VALUE_LEVEL = "GFN2-xTB four-point lambda+ (tblite), gas phase"
+#: the level of each value an ESF level reports that is not its mobility's (``value_levels``):
+#: the values of the shared GFN2-xTB calculation, the same computation at every fidelity (a
+#: ladder of ESF levels cannot refine them: :func:`agent.config.check_runnable` refuses one
+#: with either as its objective)
+_VALUE_LEVELS = {"ip_gas_ev": XTB_IP_LEVEL, "reorg_energy_kjmol": LAMBDA_VALUE_LEVEL}
+
+
+def _value_levels(params: dict[str, Any]) -> dict[str, str]:
+    """:data:`_VALUE_LEVELS` for a level with these params: a lambda+ given in them
+    (``lambda_hole_kjmol``) is reported as given, not computed."""
+    if params.get("lambda_hole_kjmol") is None:
+        return _VALUE_LEVELS
+    return {**_VALUE_LEVELS, "reorg_energy_kjmol": f"given in the params (lambda_hole_kjmol = "
+                                                   f"{float(params['lambda_hole_kjmol']):g} kJ/mol)"}
 _LANDSCAPE_VALUES = (*_VALUES, "landscape_mobility_hole_cm2Vs", "landscape_mobility_hole_sd_cm2Vs",
                      "log10_landscape_mobility_hole_sd", "n_structures_in_window")
 
@@ -333,6 +354,10 @@ class EsfProxyBackend(Backend):
     description = "log10 hole mobility (cm2/Vs) of a reference crystal from the GFN2-xTB lambda+"
     params_schema: ClassVar[dict[str, Any]] = {"temperature_K": check.number(0.0, 2000.0, lo_open=True),
                                                "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True)}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.value_levels = _value_levels(params)
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         t_k = float({**self.params, **(params or {})}.get("temperature_K", 300.0))
@@ -386,6 +411,7 @@ class EsfLandscapeBackend(Backend):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        self.value_levels = _value_levels(params)
         if "fidelity" in params:
             self.fidelity = int(params["fidelity"])  # the refined level of a ladder
 
