@@ -97,8 +97,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from agent.config import parse_config
 
         cfg = parse_config({**cfg.model_dump(mode="json", exclude_none=True), **updates})
+    from agent.config import check_runnable
     from agent.runner import preflight
 
+    for note in check_runnable(cfg):  # create checks again; its non-fatal notes, said once here
+        print(f"crystal-agent: warning: {note}", file=sys.stderr, flush=True)
     preflight(cfg, runs_dir, args.address)  # cluster and tracking reachable: before creating
     campaign = Campaign.create(cfg, runs_dir)
     from agent.campaign import discard_unstarted, pool_summary

@@ -12,6 +12,11 @@ integer) and floats must be finite. A campaign name is one safe path component
 (:func:`check_name`). :func:`check_runnable` checks what the config names against the
 registries (backends and the objective they compute, lab adapters); a campaign is created
 or reopened only after it passes. A config file is at most :data:`MAX_CONFIG_BYTES`.
+
+Non-fatal notes: :func:`config_warnings` (also ``CampaignConfig.warnings`` and what
+:func:`check_runnable` returns) lists, one line each, what a valid config does that its
+author likely did not mean, e.g. a structure stage whose CSP searches otherwise than the ESF
+level whose landscape it re-ranks; ``crystal-agent run`` prints them on stderr.
 """
 
 from __future__ import annotations
@@ -329,6 +334,11 @@ class CampaignConfig(_Strict):
     max_pool_molecules: int = Field(default=100_000, ge=1)
     constraints: list[ConstraintConfig] = Field(default_factory=list)
 
+    @property
+    def warnings(self) -> list[str]:
+        """The config's non-fatal notes, one line each (:func:`config_warnings`)."""
+        return config_warnings(self)
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
@@ -442,11 +452,15 @@ def load_config(path: str | Path) -> CampaignConfig:
     return cfg
 
 
-def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
-    """Check the backends and their objective against the registry (one-line ConfigError).
+def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> list[str]:
+    """Check the backends and their objective against the registry (one-line ConfigError);
+    return the config's non-fatal notes (:func:`config_warnings`).
 
     Every ``[[backends]]`` entry must be a registered molecule-level backend that computes
-    ``objective``; the structure stage's backends must be registered, its ``refine`` and
+    ``objective``, and (a new campaign: ``params``) no two of them may compute it the same
+    way (the same declared level of the value, ``value_levels``: the ESF levels' lambda+
+    is one GFN2-xTB calculation, so a higher ESF level cannot refine it, only spend CPU on
+    it); the structure stage's backends must be registered, its ``refine`` and
     ``free_energy`` levels structure-level ones. Every backend's ``params`` must pass its
     declared check (:meth:`sim_backends.base.Backend.check_params`: known keys, types,
     ranges, names PySCF knows); the error names the key, e.g.
@@ -490,6 +504,8 @@ def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
             raise ConfigError(
                 f"config error: backends: the fidelity ladder must go from cheap to expensive, but "
                 f"{hi!r} (fidelity {f_hi}) comes after {lo!r} (fidelity {f_lo}); list the cheapest first")
+    if params:
+        _refuse_repeated_objective_level(cfg)
     for i, c in enumerate(cfg.constraints):
         computed = list(dict.fromkeys(k for b in cfg.backends for k in backend_class(b.name).computes))
         if c.value not in computed:
@@ -513,6 +529,55 @@ def check_runnable(cfg: CampaignConfig, *, params: bool = True) -> None:
                 raise ConfigError(
                     f"config error: structures.levels.{i}.value: {lv.name!r} does not compute "
                     f"{value!r} (it computes {', '.join(cls.computes) or 'nothing'})")
+    return config_warnings(cfg)
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _refuse_repeated_objective_level(cfg: CampaignConfig) -> None:
+    """One-line ConfigError when two ``[[backends]]`` levels report the objective at the same
+    declared level of theory (:func:`agent.constraints.value_level`): the same computation,
+    so the higher one adds no fidelity (newuser43 F1: lambda+ on an ESF ladder)."""
+    from agent.constraints import value_level
+    from agent.summary import level_of_theory
+
+    by_level: dict[str, list[str]] = {}
+    for b in cfg.backends:
+        if value_level(b.name, cfg.objective)[0]:
+            by_level.setdefault(level_of_theory(b, cfg.objective), []).append(b.name)
+    for level, names in by_level.items():
+        if len(names) > 1:
+            raise ConfigError(
+                f"config error: backends: {_names(names)} compute {cfg.objective} the same way ({level}): "
+                f"a ladder's levels must differ for its objective; keep one of them (the others would spend "
+                f"CPU on the same value)")
+
+
+def config_warnings(cfg: CampaignConfig) -> list[str]:
+    """The config's non-fatal notes, one line each (module docstring): a structure stage whose
+    ``csp-ff`` search differs from the run_csp call of the highest ESF landscape level of
+    ``[[backends]]`` (the landscape whose global minimum and mobilities the ESF results report)
+    in any of :data:`sim_backends.esf.CSP_SEARCH_KEYS`: the two landscapes, their global minima
+    and their structure ids differ (newuser43 F2). Unknown backends are left to
+    :func:`check_runnable`."""
+    out: list[str] = []
+    st = cfg.structures
+    if st.enabled and st.csp is not None and st.csp.name == "csp-ff":
+        from sim_backends.esf import csp_search_differences, esf_csp_search
+
+        esf = [b for b in cfg.backends if esf_csp_search(b.name, dict(b.params)) is not None]
+        if esf:
+            top = esf[-1]
+            diff = csp_search_differences(dict(st.csp.params), top.name, dict(top.params))
+            if diff:
+                out.append(
+                    f"structures.csp searches otherwise than {top.name}, whose landscape the ESF results "
+                    f"report ({'; '.join(diff)}): the two landscapes will differ (each its own global minimum, "
+                    f"the same structure id naming different crystals, no mobility reused); give "
+                    f"structures.csp the {top.name} search (as examples/esf.toml does)")
+    return out
 
 
 def config_to_toml(cfg: CampaignConfig) -> str:

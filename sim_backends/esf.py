@@ -488,6 +488,67 @@ class EsfRefinedBackend(EsfLandscapeBackend):
     _DEFAULTS: ClassVar[dict[str, Any]] = {**EsfLandscapeBackend._DEFAULTS, "n_trials": 300}
 
 
+#: the run_csp settings that decide a CSP landscape (its minima and their ids): a structure
+#: stage re-ranks the landscape of an ESF level only when its ``csp-ff`` shares them all
+#: (:func:`csp_search_differences`; ``examples/esf.toml``, newuser37 S3, newuser43 F2)
+CSP_SEARCH_KEYS = ("n_trials", "space_groups", "charges", "sampling", "seed", "z_prime", "racemic", "flexible")
+
+
+def _groups(spec: Any) -> str:
+    from sim_backends.csp.spacegroups import parse_space_groups
+
+    try:
+        return ",".join(g.symbol for g in parse_space_groups(spec))
+    except (ValueError, KeyError):
+        return str(spec)
+
+
+def esf_csp_search(backend: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The :data:`CSP_SEARCH_KEYS` of the run_csp call of ESF level ``backend`` (a registry
+    name) with these params; None for a backend that is not an ESF landscape level."""
+    from sim_backends.registry import UnknownBackendError, backend_class
+
+    try:
+        cls = backend_class(backend)
+    except UnknownBackendError:
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, EsfLandscapeBackend)):
+        return None
+    p = {**cls._DEFAULTS, **params}
+    # landscape_record's call: fixed sampling, Z' = 1, the search's own flexibility rule
+    return {"n_trials": int(p["n_trials"]), "space_groups": _groups(p["space_groups"]), "charges": str(p["charges"]),
+            "sampling": "fixed", "seed": int(p["seed"]), "z_prime": "1", "racemic": bool(p["racemic"]),
+            "flexible": "auto"}
+
+
+def csp_ff_search(params: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`CSP_SEARCH_KEYS` of ``csp-ff`` with these params (its defaults included)."""
+    from sim_backends.csp.backend import CSPBackend
+    from sim_backends.csp.spacegroups import parse_z_prime
+
+    p = {**CSPBackend._DEFAULTS, **params}
+    try:
+        z_prime = ",".join(str(z) for z in parse_z_prime(p["z_prime"]))
+    except ValueError:
+        z_prime = str(p["z_prime"])
+    return {"n_trials": int(p["n_trials"]), "space_groups": _groups(p["space_groups"]),
+            "charges": "the search's default" if p["charges"] is None else str(p["charges"]),
+            "sampling": str(p["sampling"]), "seed": int(p["seed"]), "z_prime": z_prime, "racemic": bool(p["racemic"]),
+            "flexible": str(p["flexible"])}
+
+
+def csp_search_differences(csp_params: dict[str, Any], esf_backend: str, esf_params: dict[str, Any]) -> list[str]:
+    """The settings in which a structure stage's ``csp-ff`` search (``csp_params``) differs
+    from the one of ESF level ``esf_backend`` (with ``esf_params``), each as
+    ``"n_trials 150 vs 300"`` (the structure stage's first); [] when they make the same
+    run_csp call or ``esf_backend`` is no ESF landscape level."""
+    esf = esf_csp_search(esf_backend, esf_params)
+    if esf is None:
+        return []
+    csp = csp_ff_search(csp_params)
+    return [f"{k} {csp[k]} vs {esf[k]}" for k in CSP_SEARCH_KEYS if csp[k] != esf[k]]
+
+
 def _run_error(message: str) -> Exception:
     from sim_backends.base import RunError
 

@@ -18,7 +18,7 @@ LAMBDA_LEVEL = "GFN2-xTB four-point lambda+ (tblite), gas phase"
 
 def _cfg(tmp_path, body: str):
     (tmp_path / "pool.smi").write_text("c1ccc2ccccc2c1 naphthalene\n")
-    return parse_config(tomllib.loads('name = "lam"\npool = "pool.smi"\n[tracking]\nenabled = false\n' + body),
+    return parse_config(tomllib.loads('name = "lam"\npool = "pool.smi"\n' + body + '\n[tracking]\nenabled = false\n'),
                         base_dir=tmp_path)
 
 
@@ -61,3 +61,94 @@ def test_best_line_names_the_level_of_a_lambda_objective(tmp_path):
     assert rec["objective"]["level"] == LAMBDA_LEVEL
     best = next(line for line in status_lines(rec) if line.startswith("best "))
     assert f"kJ/mol (" in best and f"eV), {LAMBDA_LEVEL}: " in best and "Marcus" not in best, best
+
+
+LADDER = """
+objective = "{objective}"
+[[backends]]
+name = "esf-proxy"
+[[backends]]
+name = "esf-landscape"
+params = {{ n_trials = 150, charges = "xtb" }}
+[[backends]]
+name = "esf-refined"
+params = {{ n_trials = 300, charges = "xtb" }}
+"""
+
+
+@pytest.mark.parametrize("objective, level", [("reorg_energy_kjmol", LAMBDA_LEVEL), ("ip_gas_ev", "GFN2-xTB ΔSCF")])
+def test_a_ladder_whose_levels_compute_the_objective_the_same_way_is_refused(tmp_path, objective, level):
+    """newuser43 F1: objective = "reorg_energy_kjmol" on esf-proxy + esf-landscape was
+    accepted; both columns held the same lambda+ to every digit and the landscape level's CSPs
+    (half the CPU) could not change it. Refused in one line naming the levels and the level."""
+    with pytest.raises(ConfigError) as err:
+        check_runnable(_cfg(tmp_path, LADDER.format(objective=objective)))
+    msg = str(err.value)
+    assert msg.startswith(f"config error: backends: esf-proxy, esf-landscape and esf-refined compute {objective} "
+                          f"the same way ({level}") and "a ladder's levels must differ for its objective" in msg, msg
+    assert "\n" not in msg
+    # the same ladder for the mobility passes, and so does one ESF level for lambda+
+    check_runnable(_cfg(tmp_path, LADDER.format(objective="log10_landscape_mobility_hole")))
+    check_runnable(_cfg(tmp_path, f'objective = "{objective}"\n[[backends]]\nname = "esf-landscape"\n'))
+    # levels whose lambda+ differs: one computed, one given in the params
+    check_runnable(_cfg(tmp_path, 'objective = "reorg_energy_kjmol"\n[[backends]]\nname = "esf-proxy"\n'
+                                  '[[backends]]\nname = "esf-landscape"\nparams = { lambda_hole_kjmol = 12.0 }\n'))
+    # a stored campaign from before the check stays viewable
+    check_runnable(_cfg(tmp_path, LADDER.format(objective=objective)), params=False)
+
+
+def test_shipped_examples_validate_without_warnings():
+    from agent.config import load_config
+    from conftest import ROOT
+
+    for path in sorted((ROOT / "examples").glob("*.toml")):
+        cfg = load_config(path)
+        assert check_runnable(cfg) == [] and cfg.warnings == [], path
+
+
+STRUCTURES = """
+objective = "log10_landscape_mobility_hole"
+direction = "maximize"
+max_evaluations = 20
+[[backends]]
+name = "esf-proxy"
+[[backends]]
+name = "esf-landscape"
+params = { n_trials = 150, charges = "xtb" }
+[structures]
+enabled = true
+budget_evaluations = 4
+csp = { name = "csp-ff", params = { %s } }
+[[structures.levels]]
+name = "xtb-crystal"
+"""
+SAME = 'n_trials = 150, sampling = "fixed", charges = "xtb", space_groups = "P2_1/c,P-1,P2_12_12_1,C2/c,P2_1,Pbca"'
+
+
+def test_structure_stage_csp_that_searches_otherwise_than_the_esf_level_is_warned_of(tmp_path):
+    """newuser43 F2: the structure stage searched P2_1/c,P-1 with 150 converged trials, the
+    ESF level its 6 groups with fixed sampling: two "global minima" for one molecule and
+    "m0001" naming two crystals. The config check says so (non-fatal), naming the settings."""
+    (note,) = check_runnable(_cfg(tmp_path, STRUCTURES % 'n_trials = 150, charges = "xtb", '
+                                                         'space_groups = "P2_1/c,P-1"'))
+    assert note.startswith("structures.csp searches otherwise than esf-landscape, whose landscape the ESF results "
+                           "report (space_groups P2_1/c,P-1 vs P2_1/c,P-1,P2_12_12_1,C2/c,P2_1,Pbca; "
+                           "sampling converged vs fixed): the two landscapes will differ"), note
+    assert "\n" not in note
+    cfg = _cfg(tmp_path, STRUCTURES % 'n_trials = 300, sampling = "fixed"')
+    assert cfg.warnings == check_runnable(cfg)
+    assert "n_trials 300 vs 150" in cfg.warnings[0] and "charges the search's default vs xtb" in cfg.warnings[0]
+    assert check_runnable(_cfg(tmp_path, STRUCTURES % SAME)) == []
+
+
+def test_cli_run_prints_the_warning_on_stderr(tmp_path):
+    """The CLI says the note in one line on stderr when it checks the config (here the run
+    then stops at an unreachable cluster, before anything is created)."""
+    from conftest import cli, write_config
+
+    path = write_config(tmp_path, ["c1ccc2ccccc2c1 naphthalene"],
+                        STRUCTURES % 'n_trials = 150, charges = "xtb"' + "[tracking]\nenabled = false\n")
+    r = cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), env={"RAY_ADDRESS": "127.0.0.1:9"})
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("crystal-agent: warning: structures.csp searches")]
+    assert len(warned) == 1 and "n_trials 150" not in warned[0] and "space_groups " in warned[0], r.stderr
+    assert r.returncode != 0 and not (tmp_path / "runs" / "t").exists(), r.stderr
