@@ -97,6 +97,12 @@ class Status:
     #: of spent_cpu_s: the charge for tasks that runs left unfinished, and their number
     interrupted_cpu_s: float = 0.0
     n_interrupted: int = 0
+    #: tasks a stopped run left unfinished, not charged yet (charged when a run resumes),
+    #: and the CPU seconds they will be charged; 0 while a run is going on
+    unsettled_cpu_s: float = 0.0
+    n_unsettled: int = 0
+    #: the pid of the process running the campaign now (None when no run is going on)
+    running_pid: str | None = None
     #: molecules a result showed infeasible ([[constraints]]): name or SMILES -> reason
     infeasible: dict[str, str] = field(default_factory=dict)
     constraints: str = ""  # the [[constraints]] bounds, one line (empty without any)
@@ -299,12 +305,15 @@ class Campaign:
             self.store.set_stage(legacy)
         self.interrupted_cpu_s, self.n_interrupted = self.store.interrupted_cpu_s()
         self.spent_cpu_s += self.interrupted_cpu_s
+        self.spent_wall_s += self.store.interrupted_wall_s()
 
     def settle_interrupted(self) -> None:
         """Charge the tasks that earlier runs left unfinished (``Store.settle_interrupted``);
         called by the runner when a run starts."""
+        wall = self.store.interrupted_wall_s()
         cpu, n = self.store.settle_interrupted()
         self.spent_cpu_s += cpu
+        self.spent_wall_s += self.store.interrupted_wall_s() - wall
         self.interrupted_cpu_s += cpu
         self.n_interrupted += n
 
@@ -632,6 +641,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     evaluated &= valid
     finished = store.get_meta("finished") == "1"
     interrupted = store.interrupted_cpu_s()
+    running = store.running_pid()
+    unsettled = store.unsettled_cpu_s() if running is None and not finished else (0.0, 0)
     reason = camp.stop_reason() if camp is not None else ""
     if not reason and finished:
         reason = store.get_meta("stop_reason") or "stopped (no reason recorded)"
@@ -654,9 +665,12 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         n_failed=sum(not ev.ok for ev in evs),
         n_by_backend=n_by,
         spent_cpu_s=float(sum(ev.cpu_s for ev in evs)) + interrupted[0],
-        spent_wall_s=float(sum(ev.wall_s for ev in evs)),
+        spent_wall_s=float(sum(ev.wall_s for ev in evs)) + store.interrupted_wall_s(),
         interrupted_cpu_s=interrupted[0],
         n_interrupted=interrupted[1],
+        unsettled_cpu_s=unsettled[0],
+        n_unsettled=unsettled[1],
+        running_pid=running,
         best=best,
         best_smiles=mols[best_mol]["smiles"] if best_mol else None,
         best_name=mols[best_mol]["name"] if best_mol else None,

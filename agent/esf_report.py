@@ -403,7 +403,7 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
         rec["global_minimum"] = s[0] if s else None
         p = esf_cif_path(directory, rec) if directory is not None else None
         if p is not None and p.is_file():
-            rec["global_minimum"]["cif"] = str(p)
+            rec["global_minimum"]["cif"] = str(p.absolute())
     from agent.constraints import infeasible_molecules
 
     infeasible = infeasible_molecules(evaluations, cfg.constraints)
@@ -478,7 +478,7 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
             for old in p.parent.glob(f"esf_m{rec['molecule_id']}_*.cif"):
                 if old.name != p.name:
                     old.unlink(missing_ok=True)
-            gm["cif"] = str(p)
+            gm["cif"] = str(p.absolute())
             gm["z"] = cif_formula_units(p, gm.get("z"))
             paths.append(p)
         for x in rec["structures"]:

@@ -516,6 +516,14 @@ class Store:
         """Record that the run is alive now (the end of its unfinished tasks' charge)."""
         self.set_meta("heartbeat", repr(time.time()))
 
+    def interrupted_wall_s(self) -> float:
+        """Wall seconds of the tasks that runs left unfinished, from submission to their
+        run's last heartbeat (the span their charge covers)."""
+        row = self.conn.execute(
+            "SELECT COALESCE(SUM(json_extract(payload, '$.wall_s')), 0) FROM events "
+            "WHERE kind = 'interrupted_task'").fetchone()
+        return float(row[0])
+
     def interrupted_cpu_s(self) -> tuple[float, int]:
         """``(CPU seconds, tasks)`` charged for tasks that runs left unfinished."""
         row = self.conn.execute(

@@ -388,7 +388,7 @@ def _rows(campaign: Campaign, mol_id: int, corr: dict[str, Any] | None) -> list[
             "f_vib_kjmol": land.f_vib.get(i),
             "z_prime": z_prime(getattr(land.landscape.minima[i], "z_prime", None), r["space_group"] if r else None,
                                r["z"] if r else None),
-            "cif": str(cif_dir / f"{sid}.cif"),
+            "cif": str((cif_dir / f"{sid}.cif").absolute()),
         })
     known = [r["energy_kjmol"] for r in out if r["energy_kjmol"] is not None]
     for r in out:
@@ -450,7 +450,7 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
                           "density_gcm3": row["density_gcm3"], "z": row["z"],
                           "z_prime": z_prime(None, row["space_group"], row["z"]), "ff_kjmol": row["energy_kjmol"],
                           "energy_kjmol": computed[row["id"]], "std_kjmol": 0.0, "computed": True,
-                          "cif": str(structures_dir(Path(store.path).parent) / f"{row['id']}.cif")}
+                          "cif": str((structures_dir(Path(store.path).parent) / f"{row['id']}.cif").absolute())}
         rec["top"] = sorted(top.values(), key=lambda r: r["energy_kjmol"])[:N_TOP_STRUCTURES]
         rec["level"] = level
         rec["caveat"] = level_caveat(cfg.structures.refine)
@@ -490,7 +490,7 @@ def _refresh_ranks(rec: dict[str, Any], computed: dict[str, float], failed: set[
                 "space_group": row["space_group"] if row else None,
                 "density_gcm3": row["density_gcm3"] if row else None, "z": row["z"] if row else None,
                 "z_prime": z_prime(None, row["space_group"], row["z"]) if row else None,
-                "cif": str(structures_dir(directory) / f"{e[0]}.cif"),
+                "cif": str((structures_dir(directory) / f"{e[0]}.cif").absolute()),
                 "rank": rank.get(e[0]), "observed_by": observed.get(e[0])}
 
     for r in rec.get("top") or []:
@@ -685,7 +685,8 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         f"CPU spent     {s['spent_cpu_s']:.1f} s in the tasks"
         + (f" (their wall times add up to {s['spent_wall_s']:.1f} s)" if s.get("spent_wall_s") is not None else "")
         + (f"; {s['interrupted_cpu_s']:.1f} s of it charged for {s['n_interrupted']} task"
-           f"{'s' if s['n_interrupted'] != 1 else ''} an interrupted run left unfinished (measured by their workers where recorded, else CPUs x wall)"
+           f"{'s' if s['n_interrupted'] != 1 else ''} that interrupted runs left unfinished (measured by their "
+           "workers where recorded, else CPUs x wall)"
            if s.get("n_interrupted") else ""),
         f"best          {best_line(s)}",
     ]
@@ -717,8 +718,22 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
 
     lines += esf_lines(s.get("esf") or [])
     lines += lab_lines(s.get("lab"))
-    lines.append(f"state         {'finished: ' + s['stop_reason'] if s['finished'] else 'not finished'}")
+    lines.append(f"state         {state_text(s)}")
     return lines
+
+
+def state_text(s: dict[str, Any]) -> str:
+    """``finished: <reason>``, ``running (pid 4242)``, or ``stopped before its end`` with
+    what a resume continues and will charge for the tasks the stopped run left unfinished."""
+    if s["finished"]:
+        return f"finished: {s['stop_reason']}"
+    if s.get("running_pid"):
+        return f"running (pid {s['running_pid']})"
+    text = f"stopped before its end; `crystal-agent resume {s['name']}` continues it"
+    if n := s.get("n_unsettled"):
+        text += (f"; {n} task{'s' if n != 1 else ''} running when it stopped will be charged "
+                 f"{s['unsettled_cpu_s']:.1f} CPU s when it resumes (not counted above yet)")
+    return text
 
 
 def z_prime(recorded: float | None, space_group: str | None, z: int | None) -> float | None:

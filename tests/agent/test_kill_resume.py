@@ -216,7 +216,7 @@ params = { burn_s = 8.0 }
     status = cli("status", "charge", "--runs-dir", str(runs))
     assert status.returncode == 0, status.stderr
     tasks = "2 tasks" if len(charged) == 2 else "1 task"
-    assert f"charged for {tasks} an interrupted run left unfinished" in status.stdout, status.stdout
+    assert f"charged for {tasks} that interrupted runs left unfinished" in status.stdout, status.stdout
 
 
 @pytest.mark.slow
