@@ -10,7 +10,8 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
   the lowest so far (from :data:`MIN_PARITY_POINTS` of them; fewer are reported in words);
 * ``fidelity_parity.png``: cheap vs expensive values of the molecules computed at both,
   only with at least :data:`MIN_PARITY_POINTS` of them (``summary.txt`` says why not);
-* ``results.csv``: one row per molecule with its values at each level;
+* ``results.csv``: one row per molecule with its values at each level (and lambda+ in kJ/mol
+  and eV where a level computes it beside another objective, e.g. every ESF level);
 * ``landscape_m<id>.png`` / ``.csv`` per refined CSP landscape (:func:`landscape_plot`,
   :func:`landscape_table`: each level's energies relative to its own lowest structure,
   space group and Z as in the CIFs), and the landscapes as CIFs and tables in
@@ -118,9 +119,44 @@ def report_summary(paths: list[Path]) -> list[str]:
 
 
 def _levels(campaign: Campaign) -> list[str]:
+    """The level of theory of each level's objective value (its declared one where the
+    backend declares one for the objective, :func:`agent.summary.level_of_theory`)."""
     from agent.summary import level_of_theory
 
-    return [level_of_theory(b) for b in campaign.cfg.backends]
+    return [level_of_theory(b, campaign.cfg.objective) for b in campaign.cfg.backends]
+
+
+def wrap_label(text: str, width: int) -> list[str]:
+    """``text`` (whitespace collapsed) in lines of at most ``width`` characters, broken only
+    at spaces outside parentheses, so a unit such as "(log10 cm2/(V s))" stays whole
+    (newuser43 F6); a parenthesised part longer than a line is broken at its own spaces."""
+    chunks, cur, depth = [], "", 0
+    for ch in " ".join(text.split()):
+        if ch == " " and depth == 0:
+            chunks.append(cur)
+            cur = ""
+            continue
+        depth = max(0, depth + (ch == "(") - (ch == ")"))
+        cur += ch
+    chunks.append(cur)
+    lines: list[str] = []
+    line = ""
+    for c in (c for c in chunks if c):
+        joined = f"{line} {c}" if line else c
+        if len(joined) <= width:
+            line = joined
+        elif len(c) <= width:
+            lines.append(line)
+            line = c
+        else:  # too long for any line: broken at its spaces, after what the line holds
+            *full, line = textwrap.wrap(joined, width, break_long_words=False, break_on_hyphens=False)
+            lines += full
+    return [*lines, line] if line else lines
+
+
+def fill_label(text: str, width: int) -> str:
+    """:func:`wrap_label` joined by newlines."""
+    return "\n".join(wrap_label(text, width))
 
 
 def convergence_plot(campaign: Campaign, path: Path, plt: Any, notes: list[str] | None = None) -> Path:
@@ -239,7 +275,7 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
     if caveat:  # the level's known bias, as the last legend row (inside the axes it covered points)
         sax.plot([], [], ls="none", label=f"note: {caveat}")
     handles, labels = sax.get_legend_handles_labels()
-    bottom.legend(handles, [textwrap.fill(t, 95) for t in labels], fontsize=7, loc="outside lower center")
+    bottom.legend(handles, [fill_label(t, 95) for t in labels], fontsize=7, loc="outside lower center")
     _fit_ylabel(fig, ax)
     return fig
 
@@ -250,7 +286,7 @@ def _fit_ylabel(fig: Any, ax: Any) -> None:
     (newuser42 #11). ``fig`` is the figure that lays the axes out."""
     text = " ".join(ax.get_ylabel().split())
     for width, size in ((60, None), (45, None), (36, None), (36, 8), (30, 7)):
-        ax.set_ylabel(textwrap.fill(text, width), fontsize=size)
+        ax.set_ylabel(fill_label(text, width), fontsize=size)
         fig.draw_without_rendering()  # the constrained layout sizes the axes
         if ax.yaxis.label.get_window_extent().height <= ax.get_window_extent().height:
             return
@@ -274,6 +310,16 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     excluded: list[dict[str, Any]] = []  # results of molecules a constraint excludes, any level
     flagged = unreliable_evaluations(campaign)
     unreliable: list[dict[str, Any]] = []  # values their backend flags unreliable (status warns), any level
+    described: set[int] = set()  # levels whose description a legend entry already gives
+
+    def level_at(f: int) -> str:
+        """A level in a legend entry: its description the first time, its backend after
+        (the legend repeated the full description in every entry; newuser43 F6)."""
+        if f in described:
+            return names[f]
+        described.add(f)
+        return levels[f]
+
     for f, name in enumerate(names):
         pts = [h for h in hist if h["fidelity"] == f and h["value"] is not None and h["status"] == "ok"]
         excluded += [h for h in pts if h["mol_index"] in campaign.infeasible]
@@ -282,7 +328,7 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
         unreliable += mine
         if feasible:
             ax.scatter([h["n"] for h in feasible], [h["value"] for h in feasible], s=18 if f < top else 36,
-                       color=colours[f % 4], label=f"{levels[f]} ({name}, {len(feasible)})", alpha=0.8,
+                       color=colours[f % 4], label=f"{level_at(f)} ({name}, {len(feasible)})", alpha=0.8,
                        zorder=3)
         if mine:  # hollow, in the level's colour: not a value to read as the others
             ax.scatter([h["n"] for h in mine], [h["value"] for h in mine], s=18 if f < top else 36,
@@ -299,7 +345,7 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
         ax.scatter([], [], s=30, facecolors="none", edgecolors="0.3", linewidths=1.2,
                    label=f"value flagged unreliable, hollow (see status; {len(unreliable)})")
     if excluded:  # a constraint excludes their molecules: drawn apart, never ranked
-        at = ", ".join(dict.fromkeys(levels[h["fidelity"]] for h in sorted(excluded, key=lambda h: h["fidelity"])))
+        at = ", ".join(level_at(f) for f in sorted({h["fidelity"] for h in excluded}))
         ax.scatter([h["n"] for h in excluded], [h["value"] for h in excluded], s=40, marker="x",
                    color="dimgrey", zorder=4, label=f"excluded by a constraint ({len(excluded)}; at {at})")
     fails = [h["n"] for h in hist if h["status"] != "ok"]
@@ -309,12 +355,12 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
     best = [(h["n"], h["best"]) for h in hist if h["best"] is not None]
     if best:
         x, y = zip(*best, strict=True)
-        ax.step(x, y, where="post", color="k", lw=1.5, label=f"best so far at {levels[-1]}")
+        ax.step(x, y, where="post", color="k", lw=1.5, label=f"best so far at {level_at(top)}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     # a level may show the objective's key under its own name (the ESF proxy: a reference
     # crystal's mobility, not a landscape's): every name the levels' points carry
     shown = list(dict.fromkeys(quantity(shown_name(b, cfg.objective))[0] for b in cfg.backends))
-    ax.set_ylabel(textwrap.fill(" or ".join(shown) + (f" ({unit})" if unit else ""), 60))
+    ax.set_ylabel(fill_label(" or ".join(shown) + (f" ({unit})" if unit else ""), 60))
     label = quantity(cfg.objective)[0]
     stage = "molecule stage: " if campaign.stage is not None else ""
     # wrapped: with the ranked legend beside it the axes are narrow, and a title wider than its
@@ -323,14 +369,14 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
                                50 if ranked else 90), fontsize=10)
     handles = [h for h in ax.get_legend_handles_labels()[0] if h not in ranked]
     if handles:  # below the axes: level names are long, wrapped to the figure's width
-        fig.legend(handles, [textwrap.fill(h.get_label(), 95) for h in handles], fontsize=7,
+        fig.legend(handles, [fill_label(h.get_label(), 95) for h in handles], fontsize=7,
                    loc="outside lower center")
     if ranked:
         # the level of theory, not the config key (newuser37 C3)
         # beside the axes: inside, it covered points wherever it went (newuser42 #11)
         ax.legend(handles=ranked, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
                   handlelength=0, handletextpad=0,
-                  title=textwrap.fill(f"best {'feasible ' if campaign.infeasible else ''}at {levels[top]}", 36),
+                  title=fill_label(f"best {'feasible ' if campaign.infeasible else ''}at {levels[top]}", 36),
                   title_fontsize=7)
 
 
@@ -376,8 +422,8 @@ def fidelity_parity_figure(campaign: Campaign, plt: Any, notes: list[str]) -> An
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
     # levels can be long ("Marcus hopping at 300 K, GFN2-xTB transfer integrals, ..."): wrapped,
     # so that tight_layout keeps the whole label on the figure
-    ax.set_xlabel(f"{xlabel} ({xunit})\n" + textwrap.fill(levels[0], 60), fontsize=8)
-    ax.set_ylabel(f"{ylabel} ({yunit})\n" + textwrap.fill(levels[-1], 60), fontsize=8)
+    ax.set_xlabel(f"{xlabel} ({xunit})\n" + fill_label(levels[0], 60), fontsize=8)
+    ax.set_ylabel(f"{ylabel} ({yunit})\n" + fill_label(levels[-1], 60), fontsize=8)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"{len(pairs)} molecules at both levels", fontsize=10)
     ax.legend(fontsize=8)
@@ -392,22 +438,41 @@ def _by_molecule(campaign: Campaign) -> dict[int, dict[int, float]]:
     return by_mol
 
 
+#: lambda+ (kJ/mol) and its column in eV in ``results.csv``
+LAMBDA_KEY, LAMBDA_EV = "reorg_energy_kjmol", "reorg_energy_ev"
+
+
 def results_table(campaign: Campaign, path: Path) -> Path:
     """One row per molecule with a value, its objective at each level, best top-level value
     first, the molecules whose top-level value is unreliable after them and the molecules a
     constraint excludes last; value columns ``<backend>_<objective>`` (the unit is the
     objective's suffix; the name the level shows it under,
     :func:`agent.summary.shown_name`: ``esf-proxy_log10_reference_crystal_mobility_hole``),
-    then each constrained value (as first reported) and ``excluded_by`` (the reason, empty
+    then, when a level computes lambda+ and it is not the objective (every ESF level),
+    ``reorg_energy_kjmol`` and ``reorg_energy_ev`` (:data:`LAMBDA_KEY`, as the most accurate
+    level reports it, :func:`agent.constraints.constrained_values`), then each constrained
+    value (as first reported) and ``excluded_by`` (the reason, empty
     for a feasible molecule), and ``notes``: the levels whose value is flagged unreliable
     and why (:func:`sim_backends.reorg.unreliable_lambda_reason`, as ``status`` warns; the
     value is kept in its column)."""
-    from agent.summary import shown_name
+    from agent.summary import KJMOL_PER_EV, shown_name
+    from sim_backends.registry import UnknownBackendError, backend_class
 
     cfg = campaign.cfg
     names = [b.name for b in cfg.backends]
     by_mol, unreliable = _table_values(campaign)
     keys = list(dict.fromkeys(c.value for c in cfg.constraints))
+
+    def computes(name: str) -> tuple[str, ...]:
+        try:
+            return tuple(backend_class(name).computes)
+        except UnknownBackendError:
+            return ()
+
+    # lambda+ beside another objective (newuser43 F5: ESF levels computed it, the table had no column)
+    lam = cfg.objective != LAMBDA_KEY and any(LAMBDA_KEY in computes(n) for n in names)
+    if lam:
+        keys = [LAMBDA_KEY, *(k for k in keys if k != LAMBDA_KEY)]
     constrained: dict[int, dict[str, float]] = {}
     if keys:
         from agent.constraints import constrained_values
@@ -418,15 +483,21 @@ def results_table(campaign: Campaign, path: Path) -> Path:
     top = len(names) - 1
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["smiles", "name"] + [f"{b.name}_{shown_name(b, cfg.objective)}" for b in cfg.backends] + keys
-                   + (["excluded_by"] if keys else []) + ["notes"])
+        bounded = [c.value for c in cfg.constraints]
+        w.writerow(["smiles", "name"] + [f"{b.name}_{shown_name(b, cfg.objective)}" for b in cfg.backends]
+                   + ([LAMBDA_KEY, LAMBDA_EV] if lam else []) + keys[int(lam):]
+                   + (["excluded_by"] if bounded else []) + ["notes"])
         sign = 1.0 if cfg.direction == "minimize" else -1.0
         for i, d in sorted(by_mol.items(), key=lambda kv: (kv[0] in campaign.infeasible,
                                                            top in unreliable.get(kv[0], {}),
                                                            sign * kv[1].get(top, sign * float("inf")))):
             row = [campaign.smiles[i], campaign.names[i]] + [d.get(f, "") for f in range(len(names))]
-            if keys:
-                row += [constrained.get(i, {}).get(k, "") for k in keys] + [campaign.infeasible.get(i, "")]
+            mine = constrained.get(i, {})
+            if lam:
+                row += [mine.get(LAMBDA_KEY, ""), mine[LAMBDA_KEY] / KJMOL_PER_EV if LAMBDA_KEY in mine else ""]
+            row += [mine.get(k, "") for k in keys[int(lam):]]
+            if bounded:
+                row.append(campaign.infeasible.get(i, ""))
             row.append("; ".join(f"{names[f]} value unreliable: {why}"
                                  for f, why in sorted(unreliable.get(i, {}).items())))
             w.writerow(row)
