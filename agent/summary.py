@@ -611,7 +611,11 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     rec["failures"] = failure_summary(store)
     rec["esf"] = esf_results(store, cfg, Path(store.path).parent)  # [] without ESF levels
     # the best value's own validity warning, said on the best line (newuser42 #2)
-    rec["best_warning"] = regime_violation(rec["esf"], rec["best_smiles"], cfg.backends[-1].name)
+    # (a hopping-mobility warning: only when the objective is the landscape mobility)
+    from sim_backends.esf import OBJECTIVE as ESF_OBJECTIVE
+
+    rec["best_warning"] = (regime_violation(rec["esf"], rec["best_smiles"], cfg.backends[-1].name)
+                           if cfg.objective == ESF_OBJECTIVE else None)
     rec["lab"] = lab_results(store, cfg, structures)  # None without a lab
     # the full ranking served the ranks above; the record lists the best structures only
     rec["structures"] = [{k: v for k, v in r.items() if k != RANKING} for r in structures]

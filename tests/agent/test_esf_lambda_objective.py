@@ -152,3 +152,30 @@ def test_cli_run_prints_the_warning_on_stderr(tmp_path):
     warned = [ln for ln in r.stderr.splitlines() if ln.startswith("crystal-agent: warning: structures.csp searches")]
     assert len(warned) == 1 and "n_trials 150" not in warned[0] and "space_groups " in warned[0], r.stderr
     assert r.returncode != 0 and not (tmp_path / "runs" / "t").exists(), r.stderr
+
+
+@pytest.mark.parametrize("objective, warned", [("log10_landscape_mobility_hole", True),
+                                               ("reorg_energy_kjmol", False)])
+def test_the_hopping_regime_warning_goes_on_a_mobility_best_line_only(tmp_path, objective, warned):
+    """Naphthalene's refined landscape has structures with 2|J| > lambda+: that says the
+    mobility is out of the Marcus regime, nothing about lambda+, so a best line for a
+    lambda+ objective does not carry it."""
+    from agent.campaign import Campaign
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+    from agent.summary import best_line, status_record
+
+    (tmp_path / "pool.smi").write_text("c1ccc2ccccc2c1 naphthalene\n")
+    cfg = parse_config(tomllib.loads(
+        f'name = "w"\npool = "pool.smi"\nobjective = "{objective}"\nmax_evaluations = 1\nbatch_size = 1\n'
+        '[surrogate]\nn_initial = 1\n[tracking]\nenabled = false\n[[backends]]\nname = "replay-esf-refined"\n'),
+        base_dir=tmp_path)
+    camp = Campaign.create(cfg, tmp_path / "runs")
+    try:
+        status = run_campaign(camp, tmp_path / "runs", executor=LocalExecutor(slots=1), progress=False)
+        rec = status_record(status, camp.store, camp.cfg)
+    finally:
+        camp.close()
+    assert rec["best"] is not None
+    assert bool(rec["best_warning"]) is warned, rec["best_warning"]
+    assert ("Marcus hopping regime violated" in best_line(rec)) is warned, best_line(rec)
