@@ -195,7 +195,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             r = rows.get(sid)
             if r is None or int(r["molecule_id"]) != mid or sid not in energies:
                 continue
-            cif = directory / "structures" / f"{sid}.cif" if directory is not None else None
+            cif = (directory / "structures" / f"{sid}.cif").absolute() if directory is not None else None
             structures.append({"id": sid, "energy_kjmol": energies[sid], "mobility_hole_cm2Vs": mu,
                                "density_gcm3": r["density_gcm3"], "space_group": r["space_group"], "z": r["z"],
                                "cif": str(cif) if cif is not None else None,

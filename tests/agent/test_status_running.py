@@ -95,3 +95,31 @@ def test_state_text_of_a_finished_campaign():
 
     assert state_text({"finished": True, "stop_reason": "evaluation budget", "name": "x"}) == \
         "finished: evaluation budget"
+
+
+def test_status_cif_paths_are_absolute_with_a_relative_runs_dir(tmp_path, monkeypatch):
+    """newuser43 F6: with ``--runs-dir runs`` status printed the leader's CIF absolute and
+    the next ones relative; every CIF path of the record is absolute now."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_stages import BODY as STAGE_BODY
+    from test_stages import POOL, REFINE
+
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+    from agent.summary import status_record
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(write_config(tmp_path, POOL, STAGE_BODY + REFINE, name="rel"))
+    camp = Campaign.create(cfg, Path("runs"))
+    try:
+        status = run_campaign(camp, Path("runs"), progress=False, executor=LocalExecutor(slots=2))
+        rec = status_record(status, camp.store, camp.cfg)
+    finally:
+        camp.close()
+    paths = [r["cif"] for land in rec["structures"] for r in land.get("top") or [] if r.get("cif")]
+    assert paths and all(Path(p).is_absolute() for p in paths), paths
