@@ -284,12 +284,20 @@ def unfinished_charge(measured: tuple[float, float] | None, cpus: float, wall_s:
                       end: float) -> float:
     """CPU seconds to charge a task that did not come back, having run ``wall_s`` until
     ``end`` (epoch s) on ``cpus`` cores: its measured CPU plus ``cpus`` x the time after
-    its latest record, at most ``cpus`` x ``wall_s``; that bound without a record."""
-    bound = cpus * max(wall_s, 0.0)
+    its latest record, at most ``cpus`` x its wall time (to ``end``, or to its latest
+    record when the worker outlived ``end``, e.g. a launcher's last heartbeat); ``cpus`` x
+    ``wall_s`` without a record."""
     if measured is None:
-        return bound
+        return cpus * max(wall_s, 0.0)
     cpu, latest = measured
+    bound = cpus * max(wall_s + max(0.0, latest - end), 0.0)
     return min(bound, cpu + cpus * max(0.0, end - latest))
+
+
+def unfinished_wall(measured: tuple[float, float] | None, wall_s: float, end: float) -> float:
+    """The wall time :func:`unfinished_charge` bounds the charge by: ``wall_s`` to ``end``,
+    extended to the latest record of a worker that outlived ``end``."""
+    return max(wall_s, 0.0) + (max(0.0, measured[1] - end) if measured is not None else 0.0)
 
 
 def forget_task_cpu(progress_dir: Path | None, request_id: str) -> None:

@@ -539,8 +539,10 @@ class Store:
 
     def _unsettled(self) -> list[tuple[dict[str, Any], float, float]]:
         """``(submitted event, wall s, CPU s to charge)`` of each task submitted, never
-        stored and not yet charged (see :meth:`settle_interrupted`)."""
-        from agent.executor import read_task_cpu, unfinished_charge
+        stored and not yet charged (see :meth:`settle_interrupted`); the wall time runs from
+        submission to the run's last heartbeat, or to the task's latest CPU record when its
+        worker outlived that heartbeat."""
+        from agent.executor import read_task_cpu, unfinished_charge, unfinished_wall
 
         last = float(self.get_meta("heartbeat") or 0.0)
         charged = {e.get("submitted_event") for e in self.events("interrupted_task")}
@@ -551,7 +553,8 @@ class Store:
                 continue
             wall = max(0.0, last - e["ts"])
             measured = read_task_cpu(self.task_cpu_dir, e["request_id"])
-            out.append((e, wall, unfinished_charge(measured, float(e.get("cpus", 1.0)), wall, last)))
+            out.append((e, unfinished_wall(measured, wall, last),
+                        unfinished_charge(measured, float(e.get("cpus", 1.0)), wall, last)))
         return out
 
     def unsettled_cpu_s(self) -> tuple[float, int]:
@@ -564,9 +567,9 @@ class Store:
         """Charge every task that was submitted, never stored and not charged yet (its run
         was killed or interrupted): the CPU seconds its worker recorded plus ``cpus`` x the
         time from its latest record to the run's last heartbeat, at most ``cpus`` x the
-        wall time from its submission to that heartbeat (the CPU a worker cannot have
-        exceeded up to then, to within the heartbeat interval), which is also the charge
-        when the worker left no record (:func:`agent.executor.unfinished_charge`). One
+        wall time from its submission to that heartbeat (or to its latest record, when the
+        worker outlived the heartbeat), which is also the charge when the worker left no
+        record (:func:`agent.executor.unfinished_charge`). One
         ``interrupted_task`` event each; returns ``(CPU seconds, tasks)`` charged now.
         Call only while no run is going on (a run holds the store's lock), before the new
         run's first heartbeat."""

@@ -12,6 +12,7 @@ from agent.executor import (
     read_task_cpu,
     task_cpu_record,
     unfinished_charge,
+    unfinished_wall,
 )
 from sim_backends.base import EvalInput
 
@@ -54,8 +55,12 @@ def test_records_of_all_attempts_are_summed_and_forgotten(tmp_path):
 def test_unfinished_charge():
     # measured 2 CPU s, last record 3 s before the end, 1 core: 2 + 3
     assert unfinished_charge((2.0, 100.0), 1.0, 30.0, 103.0) == pytest.approx(5.0)
-    # a record after the end (the worker outlived the launcher's last heartbeat): what it measured
+    # a record after the end (the worker outlived the launcher's last heartbeat): what it measured,
+    # bounded by the cores held until that record (a burning task: 12.1 CPU s in 10.2 + 2 s)
     assert unfinished_charge((2.0, 105.0), 1.0, 30.0, 103.0) == pytest.approx(2.0)
+    assert unfinished_charge((12.1, 105.0), 1.0, 10.2, 103.0) == pytest.approx(12.1)
+    assert unfinished_wall((12.1, 105.0), 10.2, 103.0) == pytest.approx(12.2)
+    assert unfinished_wall(None, 10.2, 103.0) == pytest.approx(10.2)
     # never more than the cores held for the wall time
     assert unfinished_charge((50.0, 100.0), 2.0, 10.0, 103.0) == pytest.approx(20.0)
     # no record: the cores held for the wall time
