@@ -126,6 +126,8 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
                     "n_in_window": int(ev.values.get("n_structures_in_window", len(structures))),
                     "n_minima_in_window": ev.extra.get("n_minima_in_window"),  # before the cap
                     "structures": structures,
+                    # (structures out of the Marcus hopping regime, structures): the best line's warning
+                    "regime_violations": regime_count(s.get("warnings") for s in ev.extra.get("structures") or []),
                     "warnings": [*hole_warnings(s.get("warnings") for s in ev.extra.get("structures") or []),
                                  *(f"CSP: {w}" for w in ev.extra.get("csp_warnings") or [])],
                     "notes": hole_notes(s.get("notes") for s in ev.extra.get("structures") or [])})
@@ -359,22 +361,28 @@ def _hole_lines(per_structure: Any) -> list[str]:
             for w, k in sorted(counts.items())]
 
 
+def regime_count(per_structure: Any) -> tuple[int, int]:
+    """``(structures with a hopping-regime warning, structures)`` over a landscape's
+    structures (an iterable of warning lists or None), counted as :func:`hole_warnings`
+    counts them."""
+    from sim_backends.mobility import split_regime_warning
+
+    k = n = 0
+    for ws in per_structure:
+        n += 1
+        k += any(str(w).startswith("hole") and split_regime_warning(str(w))[1] is not None for w in ws or [])
+    return k, n
+
+
 def regime_violation(results: list[dict[str, Any]], smiles: str | None, backend: str) -> str | None:
     """``"Marcus hopping regime violated (2|J| > lambda) in 6 of 6 structures"``: the
-    hopping-regime line of :func:`hole_warnings` in brief, of the molecule-stage record of
-    ``smiles`` at ``backend`` (the structures its landscape mobility is over); None when it
-    has none."""
-    import re
-
-    from sim_backends.mobility import HOPPING_REGIME_TEXT
-
+    hopping-regime count (:func:`regime_count`) of the molecule-stage record of ``smiles``
+    at ``backend`` (the structures its landscape mobility is over); None when none of its
+    structures is out of the regime."""
     rec = next((r for r in results if r["smiles"] == smiles and r["source"] == "molecule stage"
                 and r["backend"] == backend), None)
-    for w in (rec or {}).get("warnings") or []:
-        if str(w).startswith(f"hole: {HOPPING_REGIME_TEXT} (") and (
-                m := re.search(r"(\d+) of (\d+) structures\)$", str(w))):
-            return f"Marcus hopping regime violated (2|J| > lambda) in {m[1]} of {m[2]} structures"
-    return None
+    k, n = (rec or {}).get("regime_violations") or (0, 0)
+    return f"Marcus hopping regime violated (2|J| > lambda) in {k} of {n} structures" if k else None
 
 
 def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None,
