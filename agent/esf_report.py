@@ -120,6 +120,7 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
                     "lambda_level": ("given in the config" if "lambda_hole_kjmol" in cfg.backends[f].params
                                      else LAMBDA_LEVEL),
                     "csp_level": ev.extra.get("csp_level"),
+                    "csp_charges": ev.extra.get("csp_charges"),  # the charge method's key
                     "mean": float(ev.values[LANDSCAPE_KEY]),
                     "sd": float(ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
                     "sd_covers": SD_ENERGY_ONLY,
@@ -457,9 +458,13 @@ def _symmetrised_cif(rec: dict[str, Any], gm: dict[str, Any]) -> str:
     from sim_backends.esf import CHARGE_LABELS, csp_level
     from sim_backends.landscape import LandscapeEntry
 
-    # the level under the name the structure stage's CIF of the same structure gives it (newuser42 #11)
+    # the level under the name the structure stage's CIF of the same structure gives it (newuser42 #11),
+    # from the charge method's key; a record stored before it kept the key, by its label
     level = rec.get("csp_level")
-    level = next((ff_level(k) for k in CHARGE_LABELS if csp_level(k) == level), level)
+    if rec.get("csp_charges"):
+        level = ff_level(str(rec["csp_charges"]))
+    else:
+        level = next((ff_level(k) for k in CHARGE_LABELS if csp_level(k) == level), level)
     try:
         entry = LandscapeEntry.from_dict({**gm, "cif": gm["cif_text"]})
         return entry.output_cif(smiles=rec.get("smiles") or "", name=rec.get("name") or "", level_of_theory=level)

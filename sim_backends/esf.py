@@ -115,7 +115,8 @@ XTB_CHARGE_CAVEAT = (
 
 def csp_level(charges: str) -> str:
     """The level of the CSP lattice energies of an ESF landscape with these charges (the
-    CIF header of its structures, ``extra["csp_level"]``)."""
+    CIF header of its structures, ``extra["csp_level"]``; the charge method's key itself is
+    ``extra["csp_charges"]``)."""
     return f"W99 exp-6 + Ewald point charges ({CHARGE_LABELS.get(charges, charges)}), rigid molecule (force field)"
 
 
@@ -467,7 +468,8 @@ class EsfLandscapeBackend(Backend):
         if ip is not None:
             values["ip_gas_ev"] = ip
         extra = {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
-                 "csp_level": csp_level(str(p["charges"])), "n_minima_in_window": rec["n_minima_in_window"],
+                 "csp_level": csp_level(str(p["charges"])), "csp_charges": str(p["charges"]),
+                 "n_minima_in_window": rec["n_minima_in_window"],
                  "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
                  "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
         if jt:
@@ -650,6 +652,7 @@ class _EsfReplay(RecordedReplay):
         if rec.get("structures"):  # the predicted structures (with CIFs), as the real level reports them
             extra["structures"] = with_regime_warnings(rec["structures"], float(lam))
             extra["csp_level"] = csp_level(str(rec.get("charges", DATA_SET_CHARGES)))
+            extra["csp_charges"] = str(rec.get("charges", DATA_SET_CHARGES))
             from sim_backends.csp.domain import ff_types_of_smiles, model_warnings
 
             # records made before the domain check carry none: the atom-type part from the SMILES

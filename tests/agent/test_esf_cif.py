@@ -99,3 +99,24 @@ def test_the_esf_cif_names_the_force_field_level_as_the_structure_stage_does(tmp
     method = xtb_charges(["O", "H", "H"], np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])).method
     assert f"{FF_LEVEL}, {method} charges" in text  # what run_csp records for its landscapes
     assert "(GFN2-xTB Mulliken)" not in text
+
+
+def test_cif_level_comes_from_the_charge_key_the_evaluation_records(tmp_path):
+    """The ESF evaluation records its CSP charge method's key (``extra["csp_charges"]``) and
+    the CIF header names the force-field level from it, as the structure stage's CIFs do,
+    even when the record's label would not map back to a key."""
+    from sim_backends.base import EvalInput
+    from sim_backends.csp.landscape import ff_level
+    from sim_backends.registry import get_backend
+
+    r = _record("thiophene")
+    ev = get_backend("replay-esf-refined").evaluate(EvalInput(r["smiles"]))
+    assert ev.ok and ev.extra["csp_charges"] == r.get("charges", "xtb")
+    s = r["structures"][0]
+    gm = {"id": s["id"], "energy_kjmol": s["energy_kjmol"], "space_group": s["space_group"],
+          "z": s["z"], "cif_text": s["cif"]}
+    rec = {"molecule_id": 7, "name": "thiophene", "smiles": r["smiles"], "source": "molecule stage",
+           "global_minimum": gm, "structures": [], "csp_level": "a label no charge method has",
+           "csp_charges": ev.extra["csp_charges"]}
+    (path,) = write_esf_cifs(tmp_path, [rec])
+    assert ff_level(ev.extra["csp_charges"]) in path.read_text()
