@@ -229,8 +229,8 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
     ax = top.subplots()
     _molecule_panel(campaign, top, ax)
     ax.set_xlabel("evaluation number (all levels and stages)")
-    sax = bottom.subplots()
-    sax.sharex(ax)
+    sax = bottom.subplots()  # its own x range: the structure stage's evaluations (its axes are
+    # narrower or wider than the top panel's, so a shared range lined nothing up and left it empty)
     stage = campaign.stage
     level = level_of_theory(stage.refine)
     mol_ids = sorted({t["molecule_id"] for t in trace})
@@ -266,7 +266,12 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
     if fails:
         sax.plot(fails, [0.985] * len(fails), ls="none", marker="|", ms=10, color="crimson",
                  transform=sax.get_xaxis_transform(), label=f"failed at this level ({len(fails)})")
-    sax.set_xlabel("evaluation number (all levels and stages)")
+    span = [t["n"] for t in trace] + [ev.id for ev in csp]
+    from matplotlib.ticker import MaxNLocator
+
+    sax.set_xlim(min(span) - 1.0, max(span) + 1.0)
+    sax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    sax.set_xlabel("evaluation number (all levels and stages; the structure stage's span)")
     sax.set_ylabel("lattice energy (kJ/mol per molecule)")
     sax.margins(y=0.08)
     sax.set_title(f"structure stage: {n_ok} lattice energies of {', '.join(names)}\n"
