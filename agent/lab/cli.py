@@ -141,7 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
     token = read_token("CRYSTAL_AGENT_LAB_TOKEN", args.token_file)
     entries = (Landscape.from_cif_dir(args.structures) if args.structures else load_target_i()).minima
     server = LabServer(entries, args.db, token, host=args.host, port=args.port, seed=args.seed, noise_level=args.noise)
-    print(f"lab server on {server.url} ({len(entries)} forms, db {args.db}); Ctrl-C stops", file=sys.stderr, flush=True)
+    molecules = ", ".join(f"{len(v)} of {f}" for f, v in sorted(server.forms_by_formula.items()))
+    print(f"lab server on {server.url} (forms: {molecules}; other molecules are refused; db {args.db}); "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

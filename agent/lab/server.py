@@ -31,6 +31,12 @@ Hostile or broken clients get an answer or are dropped, never served forever:
   most :data:`MAX_JSON_DEPTH` levels (400 deeper), checked before parsing;
 * malformed JSON or request fields: 422; an unexpected error: 500 with one line.
 
+Molecules: the landscape's forms are grouped by their molecule's empirical formula (a
+campaign's ``structures/`` folder may hold several molecules' forms); a request is answered
+from the forms of its SMILES's formula only, and a request for a molecule the server has no
+form of is refused (422, one line naming the formulas it has), never answered with another
+molecule's forms.
+
 Time is wall-clock (``time.time``) by default so delays survive restarts.
 """
 
@@ -48,7 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.lab.base import LabError, LabRequest, LabStatus
+from agent.lab.base import LabError, LabRequest, LabRequestError, LabStatus
 
 if TYPE_CHECKING:
     from sim_backends.landscape import LandscapeEntry
@@ -120,6 +126,10 @@ class LabServer:
         if socket_timeout_s is not None and not 0 < float(socket_timeout_s) <= 3600:
             raise LabError(f"socket_timeout_s must be in (0, 3600] s, got {socket_timeout_s}")
         self.lab = SimulatedLab(landscape, seed=seed, queue_delay_s=queue_delay_s, run_delay_s=run_delay_s, noise_level=noise_level)
+        #: the forms by their molecule's empirical formula (module docstring)
+        self.forms_by_formula: dict[str, list[LandscapeEntry]] = {}
+        for entry in landscape:
+            self.forms_by_formula.setdefault(entry.structure.composition.reduced_formula, []).append(entry)
         self.clock = clock or time.time
         self._token = token.encode()
         self._db_lock = threading.Lock()
@@ -186,9 +196,27 @@ class LabServer:
                 (experiment_id,),
             ).fetchone()
 
+    def _forms_for(self, smiles: str) -> list[LandscapeEntry]:
+        """The forms of the molecule ``smiles`` (by empirical formula)."""
+        from pymatgen.core import Composition
+        from rdkit import Chem
+        from rdkit.Chem import rdMolDescriptors
+
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None:
+            raise LabRequestError(f"invalid SMILES {smiles!r}")
+        formula = rdMolDescriptors.CalcMolFormula(Chem.AddHs(mol))
+        forms = self.forms_by_formula.get(Composition(formula).reduced_formula)
+        if not forms:
+            raise LabRequestError(
+                f"this lab has no form of {smiles} ({formula}); its forms are of "
+                + ", ".join(f"{f} ({len(v)})" for f, v in sorted(self.forms_by_formula.items())))
+        return forms
+
     def submit(self, request: LabRequest) -> tuple[int, dict[str, Any]]:
-        """Create (201) or find (200) the experiment; 409 if the id was used differently."""
-        self.lab._landscape_for(request.smiles)
+        """Create (201) or find (200) the experiment; 409 if the id was used differently;
+        :class:`~agent.lab.base.LabRequestError` for a molecule the server has no form of."""
+        self.lab.add_molecule(request.smiles, self._forms_for(request.smiles))
         eid = experiment_id_for(request.request_id)
         body = json.dumps(request.to_dict(), sort_keys=True)
         with self._db_lock:

@@ -154,6 +154,13 @@ class SimulatedLab(LabAdapter):
         self._experiments: dict[str, _Experiment] = {}
         self._lock = threading.Lock()
 
+    def add_molecule(self, smiles: str, candidates: Sequence[LandscapeEntry]) -> None:
+        """Serve requests for ``smiles`` from ``candidates`` (kept when already set)."""
+        if not candidates:
+            raise LabRequestError(f"no candidate forms for {smiles!r}")
+        with self._lock:
+            self._landscapes.setdefault(smiles, list(candidates))
+
     # -- the outcome model -------------------------------------------------------------
     def _landscape_for(self, smiles: str) -> list[LandscapeEntry]:
         if smiles in self._landscapes:
