@@ -39,8 +39,9 @@ class LabConfig(BaseModel):
             :mod:`agent.stages.lab`), "target_I", "x23" or a CIF folder. Adapters that
             measure real crystals take none: for them only "campaign" (the default) is
             accepted, and their patterns are identified against the campaign's landscape.
-        min_confidence: an identified single form is fed back to the structure stage
-            as observed only at this confidence or above (0-1).
+        min_confidence: an identified form (a single form, or both components of a
+            mixture) is fed back to the structure stage as observed only at this
+            confidence or above (0-1).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

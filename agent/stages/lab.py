@@ -14,8 +14,10 @@ Each molecule is sent once, under conditions the simulated lab's phase rules all
 at room temperature). Every experiment is a row of the store's ``lab_experiments`` table
 (request, ticket, state, result, identification), written when it is submitted and when
 its result is identified, so a killed campaign re-polls its open experiments on resume.
-A single identified form is observed only when its (calibrated) confidence reaches
-``[lab] min_confidence`` (default 0.5); a mixture makes both components observed.
+An identified form is observed only when its (calibrated) confidence reaches
+``[lab] min_confidence`` (default 0.5); a mixture makes both components observed under
+the same gate (its confidence is the major phase's: a mixture no better established than
+a single form feeds back nothing).
 Requests are idempotent on their id (``<campaign>-m<molecule id>-<n>``), so
 re-submitting after a crash creates no second experiment. The measured-vs-simulated
 plot of each identified result is written to ``report/lab/<request id>_pxrd.png``
@@ -263,10 +265,13 @@ class LabStage:
 
 
 def _observed_forms(ident: dict[str, Any], min_confidence: float) -> list[str]:
-    """Structure ids an identification record makes observed: both components of a
-    mixture, or the single match when its confidence reaches ``min_confidence``."""
+    """Structure ids an identification record makes observed, only when its confidence
+    reaches ``min_confidence``: both components of a mixture, or the single match.
+
+    A mixture passes the same gate as a single form: its minor component is never written
+    back on weaker evidence than a single identification would need."""
+    if not (ident["is_match"] and ident["matched_structure_id"] and ident["confidence"] >= min_confidence):
+        return []
     if ident["is_mixture"]:
         return [c[0] for c in ident["components"]]
-    if ident["is_match"] and ident["matched_structure_id"] and ident["confidence"] >= min_confidence:
-        return [ident["matched_structure_id"]]
-    return []
+    return [ident["matched_structure_id"]]
