@@ -155,15 +155,15 @@ def crystallisation_problem(smiles: str, method: str, solvent_name: str | None, 
         if sol is None:
             return f"unknown solvent {solvent_name!r}: the simulated lab stocks {', '.join(sorted(SOLVENTS))}"
         if t <= sol.mp_K:
-            return f"{t:.1f} K is below the melting point of {sol.name} ({sol.mp_K:.1f} K): the solvent is frozen"
+            return f"{t:.2f} K is below the melting point of {sol.name} ({sol.mp_K:.1f} K): the solvent is frozen"
         if sol.bp_K is not None and t >= sol.bp_K:
-            return f"{t:.1f} K is above the boiling point of {sol.name} ({sol.bp_K:.1f} K at 1 atm)"
+            return f"{t:.2f} K is above the boiling point of {sol.name} ({sol.bp_K:.1f} K at 1 atm)"
     comp = compound(smiles)
     if comp is not None and t >= comp.solid_below_K:
         if comp.bp_K is not None and comp.bp_K <= t:
-            state = f"a gas at {t:.1f} K ({'sublimes' if comp.bp_K < comp.mp_K else 'boils'} at {comp.bp_K:.1f} K at 1 atm)"
+            state = f"a gas at {t:.2f} K ({'sublimes' if comp.bp_K < comp.mp_K else 'boils'} at {comp.bp_K:.1f} K at 1 atm)"
         else:
-            state = f"a liquid at {t:.1f} K (melts at {comp.mp_K:.1f} K)"
+            state = f"a liquid at {t:.2f} K (melts at {comp.mp_K:.1f} K)"
         return f"{comp.name} is {state}: it cannot crystallise; crystallise below {comp.solid_below_K:.1f} K"
     return None
 

@@ -161,7 +161,7 @@ def lab_lines(lab: dict[str, Any] | None) -> list[str]:
     for e in lab["experiments"]:
         how = (e["method"] or "?").replace("_", " ")
         how += f" from {e['solvent']}" if e.get("solvent") else ""
-        how += f" at {e['temperature_K']:.1f} K" if e.get("temperature_K") is not None else ""
+        how += f" at {e['temperature_K']:.2f} K" if e.get("temperature_K") is not None else ""
         what = ", ".join(m.upper() if m == "pxrd" else m for m in e["measure"])
         text = f"  {e['request_id']}  {e['name']}: {how}, {what}: "
         if e["state"] != "done":

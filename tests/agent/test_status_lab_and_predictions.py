@@ -108,7 +108,7 @@ def test_status_reports_the_lab_experiment_and_marks_the_observed_form(finished,
     assert any(ln.startswith("lab           1 experiment (simulated adapter): 1 done, 0 open, 0 failed")
                for ln in lines), text
     row = next(ln for ln in lines if ln.startswith(f"  {lab['request_id']}  formic_acid: "))
-    assert f"{req['method'].replace('_', ' ')}" in row and f"at {req['temperature_K']:.1f} K" in row
+    assert f"{req['method'].replace('_', ' ')}" in row and f"at {req['temperature_K']:.2f} K" in row
     assert "PXRD: crystalline" in row or "PXRD: mixture" in row
     assert f"matched {matched} (rank {rank[matched]} of 60 at " in row
     assert f"confidence {lab['confidence']:.2f}" in row

@@ -121,7 +121,7 @@ def test_acetylene_from_ethanol_at_room_temperature_is_refused():
     lab = SimulatedLab({"C#C": list(x23_landscape())}, failure_scale=0.0)
     status = lab.run_experiment(LabRequest("ac1", "C#C", "slow_evaporation", "ethanol", 298.15))
     assert status.state == "failed" and status.result is None
-    assert status.reason.startswith("refused: acetylene is a gas at 298.1 K")
+    assert status.reason.startswith("refused: acetylene is a gas at 298.15 K")
     assert "\n" not in status.reason
     # a cold crystallisation below the sublimation point is carried out
     cold = lab.run_experiment(LabRequest("ac2", "C#C", "sublimation", None, 160.0))
@@ -134,7 +134,7 @@ def test_acetylene_from_ethanol_at_room_temperature_is_refused():
         ("O=C1CCC(=O)CC1", "slurry", "water", 250.0, "below the melting point of water"),
         ("O=C1CCC(=O)CC1", "slow_evaporation", "ethanol", 360.0, "above the boiling point of ethanol"),
         ("O=C1CCC(=O)CC1", "cooling", "unobtainium", 298.15, "unknown solvent"),
-        ("c1ccccc1", "slow_evaporation", "ethanol", 298.15, "benzene is a liquid at 298.1 K"),
+        ("c1ccccc1", "slow_evaporation", "ethanol", 298.15, "benzene is a liquid at 298.15 K"),
         ("Oc1ccccc1", "sublimation", None, 320.0, "phenol is a liquid"),
     ],
 )
