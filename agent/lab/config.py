@@ -9,8 +9,8 @@ Example ``campaign.toml`` section (the token is never written here: it comes fro
     daily_budget = 10           # experiments per UTC day
     params = { base_url = "https://lab.example.org/api", timeout_s = 20 }
 
-The lead adds ``lab: LabConfig | None = None`` to ``CampaignConfig`` and calls
-:func:`build_adapter` with the campaign directory.
+``CampaignConfig.lab`` holds it (None without a ``[lab]`` table); the lab stage builds the
+adapter with :func:`build_adapter` and the campaign directory.
 """
 
 from __future__ import annotations
