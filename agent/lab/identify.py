@@ -17,8 +17,10 @@ Robustness to the effects of a real measurement (see :mod:`agent.lab.pxrd`):
   the LLS-transformed counts;
 * peak widths / profile shape: candidate sticks are broadened with a Gaussian and the
   WCC triangle tolerates residual peak misplacement up to ~l;
-* anisotropic thermal expansion: every candidate's per-axis lattice factors (a, b, c
-  within ``scale_bounds``, 0.95-1.05; axes that symmetry ties move together) are fitted
+* anisotropic thermal expansion: every candidate's per-axis lattice factors (a, b, c of
+  its standard setting, the cell its CIF is written in, whatever basis it is stored in:
+  :func:`agent.lab.pxrd.standard_setting`; within ``scale_bounds``, 0.95-1.05; axes that
+  symmetry ties move together) are fitted
   on its own: a grid screen scored with a wide triangle (l = 1 deg, tolerant of the
   grid's residual misplacement) on a 3x coarser 2-theta grid, then local refinement of
   the best grid points with the final l (peak positions recomputed from the Miller
@@ -64,7 +66,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.lab.pxrd import TWO_THETA_MAX_DEG, TWO_THETA_MIN_DEG, TWO_THETA_STEP_DEG, axis_groups, bragg_peaks, two_theta_grid
+from agent.lab.pxrd import TWO_THETA_MAX_DEG, TWO_THETA_MIN_DEG, TWO_THETA_STEP_DEG, axis_groups, bragg_peaks, standard_setting, two_theta_grid
 
 if TYPE_CHECKING:
     import numpy as np
@@ -163,7 +165,10 @@ def _structure_key(structure: Structure, wavelength: str) -> str:
 
 
 def candidate_peaks(structure: Structure, wavelength: str | float = "CuKa", name: str | None = None) -> CandidatePeaks:
-    """Cached :class:`CandidatePeaks` of ``structure`` (pymatgen ``XRDCalculator``).
+    """Cached :class:`CandidatePeaks` of ``structure`` (pymatgen ``XRDCalculator``), in
+    its standard setting (:func:`agent.lab.pxrd.standard_setting`): Miller indices, metric
+    and per-axis factors refer to the axes of the CIF written for it, whatever basis
+    ``structure`` is stored in.
 
     Reflections out to 2-theta = 46 deg are kept so a 5 % lattice contraction still
     fills the 40 deg end of the grid. A merged peak's intensity is split over its
@@ -188,6 +193,7 @@ def candidate_peaks(structure: Structure, wavelength: str | float = "CuKa", name
     if hit is not None:
         return hit
     source = wavelength if isinstance(wavelength, str) and not _is_number(wavelength) else lam
+    structure = standard_setting(structure)  # per-axis factors refer to the CIF's standard axes
     peaks = bragg_peaks(structure, source, margin_deg=6.0)  # type: ignore[arg-type]
     hkls, ints = [], []
     for tt, inten, fams in zip(peaks.two_theta_deg, peaks.intensity, peaks.hkls):
@@ -304,7 +310,7 @@ class IdentifyResult:
         is_match: whether the pattern is explained by the candidates.
         is_mixture: whether two candidates explain it significantly better than one.
         components: (name, weight fraction) of the explaining phases, major first.
-        best_scales: per-axis lattice factors (a, b, c) of the best match.
+        best_scales: per-axis lattice factors (a, b, c of its standard setting) of the best match.
         best_zero_shift_deg: 2-theta zero shift of the best match.
         residual_single: relative squared residual of the best one-phase fit.
         residual_pair: relative squared residual of the best two-phase fit.
@@ -667,7 +673,7 @@ def identify(
         textures = [(d, r) for d in TEXTURE_DIRECTIONS for r in TEXTURE_R] if fit_texture else []
         for i, cand in enumerate(peaks_of):
             best_score[i], best_scale[i], best_shift[i] = _fit_all_axes(
-                cand, axis_groups(structures[i]), coarse, fine, scale_bounds, coarse_step, n_starts, min_screen_score
+                cand, axis_groups(standard_setting(structures[i])), coarse, fine, scale_bounds, coarse_step, n_starts, min_screen_score
             )
             if textures and best_score[i] >= min_screen_score:
                 score, j, shift = fine.best_texture(cand, best_scale[i], textures)
@@ -680,7 +686,7 @@ def identify(
             best_score[i], best_scale[i], best_shift[i] = fine.best(cand, iso_scales)
         leaders = np.argsort(-best_score)[: max(0, n_refine)] if search == "leaders" else []
         for i in leaders:
-            groups = axis_groups(structures[i])
+            groups = axis_groups(standard_setting(structures[i]))
             for deltas in (np.array([-0.015, -0.0075, 0.0, 0.0075, 0.015]), np.array([-0.00375, 0.0, 0.00375])):
                 scales = np.clip(_axis_grid(groups, deltas, best_scale[i]), scale_range[0] - 0.01, scale_range[1] + 0.01)
                 score, scale, shift = fine.best(peaks_of[i], scales)

@@ -161,6 +161,37 @@ def expand_lattice(structure: Structure, factors: tuple[float, float, float]) ->
     return Structure(lat, structure.species, structure.frac_coords, coords_are_cartesian=False)
 
 
+_STANDARD_CACHE: dict[str, Structure] = {}
+
+
+def standard_setting(structure: Structure) -> Structure:
+    """``structure`` in the cell its CIF is written in: the ITA standard setting
+    (:func:`sim_backends.csp.landscape.standard_symmetrised` at the CIF tolerance, the
+    cell :func:`~sim_backends.csp.landscape.crystal_cif` writes and the lab server
+    simulates from). Per-axis lattice factors (thermal expansion, its fit in
+    :func:`agent.lab.identify.identify`) refer to these axes, so the same crystal stored in
+    another basis (a CSP search cell, e.g. a monoclinic crystal with gamma 112.8 deg
+    instead of beta 118.3 deg) is expanded and fitted alike. Cached per structure."""
+    import hashlib
+
+    import numpy as np
+
+    from sim_backends.csp.landscape import CIF_SYMPREC, standard_symmetrised
+
+    h = hashlib.sha1()
+    h.update(np.round(structure.lattice.matrix, 6).tobytes())
+    h.update(np.round(structure.frac_coords % 1.0, 6).tobytes())
+    h.update(" ".join(str(sp) for sp in structure.species).encode())
+    key = h.hexdigest()
+    hit = _STANDARD_CACHE.get(key)
+    if hit is None:
+        hit = standard_symmetrised(structure, CIF_SYMPREC)
+        if len(_STANDARD_CACHE) >= 4096:
+            _STANDARD_CACHE.pop(next(iter(_STANDARD_CACHE)))
+        _STANDARD_CACHE[key] = hit
+    return hit
+
+
 def axis_groups(structure: Structure, rel_tol: float = 1e-3) -> list[list[int]]:
     """Lattice axes that symmetry keeps equal under thermal expansion.
 
@@ -328,6 +359,7 @@ def simulate_pxrd(
     signal = np.zeros_like(grid)
     info: dict[str, Any] = {"zero_shift_deg": zero_shift, "broadening": broadening, "eta": eta, "phases": []}
     for structure, fraction in phases:
+        structure = standard_setting(structure)  # expansion along the crystal's standard axes
         iso = rng.uniform(*cond.expansion_iso)
         factors_list = [1.0, 1.0, 1.0]
         for group in axis_groups(structure):  # symmetry-equivalent axes expand alike

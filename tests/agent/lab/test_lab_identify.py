@@ -67,12 +67,16 @@ def test_structure_not_among_candidates_is_no_match():
     assert not res.is_match
 
 
-def test_two_phase_mixture_is_recognised(candidates):
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_two_phase_mixture_is_recognised(candidates, seed):
+    """A 55/45 mixture of anthracene and a target I form. (The pair this test used before,
+    adamantane + 730eaffdfb690c0, was recognised in 1 of seeds 21-23 only, seed 21 the one
+    it ran; the detection rate over many mixtures is benchmarks/pxrd_identification.py's.)"""
     structures, names = candidates
-    x, y, _ = simulate_pxrd([(structures[26], 0.55), (structures[5], 0.45)], np.random.default_rng(21), "default")
+    x, y, _ = simulate_pxrd([(structures[28], 0.55), (structures[3], 0.45)], np.random.default_rng(seed), "default")
     res = identify((x, y), structures, names)
     assert res.is_mixture
-    assert {n for n, _ in res.components} == {names[26], names[5]}
+    assert {n for n, _ in res.components} == {names[28], names[3]}
     assert all(0.25 < f < 0.75 for _, f in res.components)
 
 
@@ -228,3 +232,28 @@ def test_mixture_with_a_small_one_phase_residual_is_recognised(candidates):
     assert res.is_mixture and res.is_match
     assert {n for n, _ in res.components} == {names[i], names[j]}
     assert 0.1 < res.residual_single < 0.2
+
+
+def test_identification_does_not_depend_on_the_cell_setting_candidates_are_stored_in():
+    """A single form expanded along its standard (CIF) axes, candidates in the CSP search
+    cells the store keeps (thiophene m5-m0002: gamma 112.8 deg, CIF: beta 118.3 deg): one
+    form, as against the CIFs (new-user trial 43b: a 77/23 mixture with m5-m0004 before)."""
+    import dataclasses
+    from pathlib import Path
+
+    from pymatgen.core import Structure
+
+    from agent.lab.pxrd import conditions, expand_lattice, standard_setting
+
+    data = Path(__file__).parent / "data"
+    ids = ["m5-m0002", "m5-m0004"]
+    search = [Structure.from_file(data / f"thiophene_{i}_search_cell.cif") for i in ids]
+    std = standard_setting(search[0])
+    assert abs(search[0].lattice.gamma - 112.76) < 0.01 and abs(std.lattice.beta - 118.34) < 0.01
+    still = dataclasses.replace(conditions("default"), expansion_iso=(0.0, 0.0), expansion_aniso_sd=0.0, zero_shift_sd_deg=0.0)
+    x, y, _ = simulate_pxrd([(expand_lattice(std, (1.025, 1.008, 1.006)), 1.0)], np.random.default_rng(1), still)
+    for candidates in (search, [standard_setting(s) for s in search]):
+        result = identify((x, y), candidates, ids)
+        assert not result.is_mixture and result.components == [("m5-m0002", 1.0)]
+        assert result.ranked[0][1] > 0.98
+        assert result.best_scales[0] > max(result.best_scales[1:])  # a expanded most, on the standard axes
