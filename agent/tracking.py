@@ -224,6 +224,7 @@ class Tracker:
                 self.client.log_batch(run_id, params=items[i : i + 90])
         else:
             self.client.update_run(run_id, status="RUNNING")
+            self._tag_config_changes(run_id, campaign.cfg)
         self.run_id = run_id
         self.experiment_id = exp_id
         # the evaluation count last logged by log_progress, in this run (a resumed run
@@ -244,6 +245,21 @@ class Tracker:
         self._lab_counts: tuple[int, int] | None = None
         self._structure_surrogate: dict[int, str] = {}  # molecule id -> surrogate tag already set
         self._esf_logged = -1  # molecule-stage landscape results in the last logged ESF map
+
+    def _tag_config_changes(self, run_id: str, cfg: Any) -> None:
+        """A run's params are its config when it started, and MLflow keeps them as they are;
+        a later change (``crystal-agent refine`` raising the budgets, ``resume
+        --max-evaluations``) becomes a tag ``config_now.<key>`` with the value the campaign
+        runs under now, and ``config_changed`` lists those keys."""
+        from mlflow.entities import RunTag
+
+        logged = self.client.get_run(run_id).data.params
+        now = _flatten(cfg.model_dump(mode="json"))
+        changed = sorted(k for k, v in now.items() if k in logged and logged[k] != v)
+        if changed:
+            tags = [RunTag(f"config_now.{k}", now[k]) for k in changed]
+            tags.append(RunTag("config_changed", ", ".join(changed)[:5000]))
+            self.client.log_batch(run_id, tags=tags)
 
     def _run_missing(self, run_id: str) -> bool:
         try:

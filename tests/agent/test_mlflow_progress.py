@@ -112,3 +112,26 @@ def test_best_computed_lattice_energy_is_a_metric(tracked):
     assert run.data.metrics[key] == pytest.approx(best)
     history = client.get_metric_history(run.info.run_id, key)
     assert len({m.step for m in history}) == len(history)
+
+
+def test_a_config_change_after_the_run_started_is_tagged(tracked):
+    """newuser43b #5: after ``refine --budget 1`` the run's params still said the old budgets.
+    A tracker reopening the run under a changed config tags the keys that changed with
+    their current values (the params keep the values the run started with)."""
+    from mlflow.tracking import MlflowClient
+
+    from agent.campaign import Campaign
+    from agent.tracking import Tracker
+
+    runs, _, run = tracked
+    camp = Campaign.open("ms", runs, readonly=True)
+    try:
+        camp.cfg = camp.cfg.model_copy(update={"max_evaluations": camp.cfg.max_evaluations + 1})
+        Tracker(camp, runs)
+    finally:
+        camp.close()
+    client = MlflowClient(f"sqlite:///{runs.resolve() / 'mlflow.db'}")
+    after = client.get_run(run.info.run_id)
+    assert after.data.params["max_evaluations"] == run.data.params["max_evaluations"]
+    assert after.data.tags["config_now.max_evaluations"] == str(int(run.data.params["max_evaluations"]) + 1)
+    assert after.data.tags["config_changed"] == "max_evaluations"
