@@ -537,8 +537,9 @@ class Store:
         (:func:`agent.executor.task_cpu_record`), beside the store."""
         return self.path.parent / "task_cpu"
 
-    def _unsettled(self) -> list[tuple[dict[str, Any], float, float]]:
-        """``(submitted event, wall s, CPU s to charge)`` of each task submitted, never
+    def _unsettled(self) -> list[tuple[dict[str, Any], float, float, float | None]]:
+        """``(submitted event, wall s, CPU s to charge, CPU s its worker recorded or None)``
+        of each task submitted, never
         stored and not yet charged (see :meth:`settle_interrupted`); the wall time runs from
         submission to the run's last heartbeat, or to the task's latest CPU record when its
         worker outlived that heartbeat."""
@@ -554,14 +555,15 @@ class Store:
             wall = max(0.0, last - e["ts"])
             measured = read_task_cpu(self.task_cpu_dir, e["request_id"])
             out.append((e, unfinished_wall(measured, wall, last),
-                        unfinished_charge(measured, float(e.get("cpus", 1.0)), wall, last)))
+                        unfinished_charge(measured, float(e.get("cpus", 1.0)), wall, last),
+                        None if measured is None else measured[0]))
         return out
 
     def unsettled_cpu_s(self) -> tuple[float, int]:
         """``(CPU seconds, tasks)`` that :meth:`settle_interrupted` would charge now (read
         only: what the next run will charge for tasks a killed run left unfinished)."""
         todo = self._unsettled()
-        return sum(cpu for _, _, cpu in todo), len(todo)
+        return sum(cpu for _, _, cpu, _ in todo), len(todo)
 
     def settle_interrupted(self) -> tuple[float, int]:
         """Charge every task that was submitted, never stored and not charged yet (its run
@@ -573,20 +575,19 @@ class Store:
         ``interrupted_task`` event each; returns ``(CPU seconds, tasks)`` charged now.
         Call only while no run is going on (a run holds the store's lock), before the new
         run's first heartbeat."""
-        from agent.executor import forget_task_cpu, read_task_cpu
+        from agent.executor import forget_task_cpu
 
         todo = self._unsettled()
         total = 0.0
         with self.transaction() as c:
-            for e, wall, cpu in todo:
+            for e, wall, cpu, measured in todo:
                 total += cpu
-                measured = read_task_cpu(self.task_cpu_dir, e["request_id"])
                 c.execute("INSERT INTO events(ts, kind, payload) VALUES (?, ?, ?)", (
                     time.time(), "interrupted_task",
                     json.dumps({"request_id": e["request_id"], "submitted_event": e["event_id"],
                                 "wall_s": wall, "cpu_s": cpu,
-                                "measured_cpu_s": None if measured is None else measured[0]})))
-        for e, _, _ in todo:
+                                "measured_cpu_s": measured})))
+        for e, *_ in todo:
             forget_task_cpu(self.task_cpu_dir, e["request_id"])
         return total, len(todo)
 
