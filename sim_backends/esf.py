@@ -548,7 +548,13 @@ def csp_search_differences(csp_params: dict[str, Any], esf_backend: str, esf_par
     if esf is None:
         return []
     csp = csp_ff_search(csp_params)
-    return [f"{k} {csp[k]} vs {esf[k]}" for k in CSP_SEARCH_KEYS if csp[k] != esf[k]]
+
+    def same(k: str) -> bool:
+        if k == "space_groups":  # each group's trials are seeded by its symbol: order is immaterial
+            return sorted(str(csp[k]).split(",")) == sorted(str(esf[k]).split(","))
+        return csp[k] == esf[k]
+
+    return [f"{k} {csp[k]} vs {esf[k]}" for k in CSP_SEARCH_KEYS if not same(k)]
 
 
 def _run_error(message: str) -> Exception:

@@ -139,6 +139,22 @@ def test_structure_stage_csp_that_searches_otherwise_than_the_esf_level_is_warne
     assert cfg.warnings == check_runnable(cfg)
     assert "n_trials 300 vs 150" in cfg.warnings[0] and "charges the search's default vs xtb" in cfg.warnings[0]
     assert check_runnable(_cfg(tmp_path, STRUCTURES % SAME)) == []
+    # each group's trials are seeded by its symbol, so the same groups in another order make
+    # the same landscape: no note
+    reordered = SAME.replace("P2_1/c,P-1,P2_12_12_1,C2/c,P2_1,Pbca", "Pbca,P2_1,C2/c,P2_12_12_1,P-1,P2_1/c")
+    assert check_runnable(_cfg(tmp_path, STRUCTURES % reordered)) == []
+
+
+def test_the_order_of_the_space_groups_does_not_change_the_landscape():
+    """What the note's order-blindness rests on: the same search with its groups listed in
+    another order gives the same minima (fixed and converged sampling)."""
+    from sim_backends.csp.run import run_csp
+
+    for sampling in ("fixed", "converged"):
+        a, b = (run_csp("O=C1C=CC(=O)C=C1", 24, space_groups=g, sampling=sampling, charges="xtb", progress=False)
+                for g in ("P2_1/c,P-1,P2_12_12_1", "P2_12_12_1,P-1,P2_1/c"))
+        assert [(m.space_group, round(m.energy_kjmol, 6)) for m in a.minima] == \
+            [(m.space_group, round(m.energy_kjmol, 6)) for m in b.minima], sampling
 
 
 def test_cli_run_prints_the_warning_on_stderr(tmp_path):
