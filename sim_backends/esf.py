@@ -71,7 +71,7 @@ from typing import Any, ClassVar
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
-from sim_backends.reorg import XTB_IP_LEVEL, XTB_IP_SD_EV
+from sim_backends.reorg import XTB_IP_LEVEL, XTB_IP_SD_EV, XTB_LAMBDA_LEVEL
 from sim_backends.replay import RecordedReplay, replay_backend
 
 #: sd (kJ/mol) of force-field relative energies against fragment DFT on this project's
@@ -306,7 +306,7 @@ _VALUES = (OBJECTIVE, "reorg_energy_kjmol", "ip_gas_ev")
 _VALUE_SD = {"ip_gas_ev": XTB_IP_SD_EV}
 #: the level of the lambda+ every ESF level reports (``reorg_energy_kjmol``): the same
 #: ``xtb-reorg`` calculation at every fidelity (:func:`_lambda`), not the level of the mobility
-LAMBDA_VALUE_LEVEL = "GFN2-xTB four-point lambda+ (tblite), gas phase"
+LAMBDA_VALUE_LEVEL = XTB_LAMBDA_LEVEL
 #: the level of each value an ESF level reports that is not its mobility's (``value_levels``):
 #: the values of the shared GFN2-xTB calculation, the same computation at every fidelity (a
 #: ladder of ESF levels cannot refine them: :func:`agent.config.check_runnable` refuses one

@@ -401,6 +401,13 @@ DFT_IP_CALIBRATED_FOR = ("b3lyp", "6-31g")
 #: the level of theory of the ``ip_gas_ev`` each level reports (``Backend.value_levels``)
 XTB_IP_LEVEL = f"GFN2-xTB ΔSCF {'-' if XTB_IP_SHIFT_EV < 0 else '+'} {abs(XTB_IP_SHIFT_EV):.2f} eV empirical shift"
 DFT_IP_LEVEL = f"B3LYP/6-31G ΔSCF {'-' if DFT_IP_SHIFT_EV < 0 else '+'} {abs(DFT_IP_SHIFT_EV):.2f} eV empirical shift"
+#: the level of the lambda+ ``xtb-reorg`` reports with its default calculation settings (the
+#: one the ESF levels report too: they call it, :func:`sim_backends.esf._lambda`)
+XTB_LAMBDA_LEVEL = "GFN2-xTB four-point lambda+ (tblite), gas phase"
+#: ``xtb-reorg`` params that change its lambda+ calculation (``max_heavy_atoms`` only refuses)
+#: with their defaults
+_XTB_CALCULATION_DEFAULTS = {"seed": 0, "fmax": 0.01, "max_steps": 500, "max_cycles": 250,
+                             "degenerate_cation_temperature_K": None}
 
 
 def gas_ionisation_energy_ev(ip_adiabatic_xtb_kjmol: float) -> float:
@@ -441,13 +448,25 @@ class XtbReorgBackend(ReorgBackend):
     fidelity = 0
     computes: ClassVar[tuple[str, ...]] = (*ReorgBackend.computes, "ip_gas_ev")
     value_sd: ClassVar[dict[str, float]] = {"ip_gas_ev": XTB_IP_SD_EV}
-    value_levels: ClassVar[dict[str, str]] = {"ip_gas_ev": XTB_IP_LEVEL}
+    value_levels: ClassVar[dict[str, str]] = {"ip_gas_ev": XTB_IP_LEVEL, "reorg_energy_kjmol": XTB_LAMBDA_LEVEL}
     description = "hole reorganisation energy lambda+ (four-point), GFN2-xTB via tblite"
     params_schema: ClassVar[dict[str, Any]] = {
         **ReorgBackend.params_schema, "fmax": check.number(0.0, lo_open=True),
         "max_steps": check.integer(1), "max_cycles": check.integer(1),
         "degenerate_cation_temperature_K": check.number(0.0, 300.0),
     }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        # calculation settings other than the defaults make another lambda+ than the ESF
+        # levels' (a ladder of the two is then not one computation twice)
+        defaults = {**_XTB_CALCULATION_DEFAULTS, "degenerate_cation_temperature_K": DEGENERATE_CATION_TEMPERATURE_K}
+        own = {k: params[k] for k, d in defaults.items() if params.get(k) is not None and params[k] != d}
+        if own:
+            settings = ", ".join(f"{k} = {v:g}" if isinstance(v, (int, float)) else f"{k} = {v}"
+                                 for k, v in own.items())
+            self.value_levels = {**type(self).value_levels,
+                                 "reorg_energy_kjmol": f"{XTB_LAMBDA_LEVEL} ({settings})"}
 
     def cost_estimate(self, inp: EvalInput) -> float:
         n_h, n_1, n_2 = _atom_counts(inp.smiles)

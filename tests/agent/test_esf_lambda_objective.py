@@ -33,8 +33,8 @@ def test_esf_levels_declare_the_level_of_their_lambda():
     assert level_of_theory(BackendConfig(name="esf-landscape")).startswith("Marcus hopping at 300 K")
     given = BackendConfig(name="esf-landscape", params={"lambda_hole_kjmol": 12.5})
     assert level_of_theory(given, "reorg_energy_kjmol") == "given in the params (lambda_hole_kjmol = 12.5 kJ/mol)"
-    # a backend that declares nothing for the key keeps its own level
-    assert level_of_theory(BackendConfig(name="xtb-reorg"), "reorg_energy_kjmol") == "GFN2-xTB"
+    # xtb-reorg declares its lambda+ level too: the calculation the ESF levels call
+    assert level_of_theory(BackendConfig(name="xtb-reorg"), "reorg_energy_kjmol") == LAMBDA_LEVEL
 
 
 def test_best_line_names_the_level_of_a_lambda_objective(tmp_path):
@@ -95,6 +95,24 @@ def test_a_ladder_whose_levels_compute_the_objective_the_same_way_is_refused(tmp
                                   '[[backends]]\nname = "esf-landscape"\nparams = { lambda_hole_kjmol = 12.0 }\n'))
     # a stored campaign from before the check stays viewable
     check_runnable(_cfg(tmp_path, LADDER.format(objective=objective)), params=False)
+
+
+def test_an_xtb_reorg_level_below_an_esf_level_for_lambda_is_refused(tmp_path):
+    """Stop-43 note: xtb-reorg declared no level for its lambda+, so xtb-reorg -> esf-landscape
+    with objective lambda+ passed though the ESF level reports xtb-reorg's own default
+    calculation. Refused; xtb-reorg with other calculation settings (a different lambda+) is not."""
+    body = 'objective = "reorg_energy_kjmol"\n[[backends]]\nname = "xtb-reorg"\n{params}\n' \
+           '[[backends]]\nname = "esf-landscape"\n'
+    for params in ("", "params = { seed = 0, fmax = 0.01 }"):  # the defaults, given or not
+        with pytest.raises(ConfigError, match=r"^config error: backends: xtb-reorg and esf-landscape compute "
+                                              r"reorg_energy_kjmol the same way \(GFN2-xTB four-point"):
+            check_runnable(_cfg(tmp_path, body.format(params=params)))
+    assert check_runnable(_cfg(tmp_path, body.format(params="params = { fmax = 0.02 }"))) == []
+    from agent.summary import level_of_theory
+
+    assert level_of_theory(BackendConfig(name="xtb-reorg"), "reorg_energy_kjmol") == LAMBDA_LEVEL
+    assert level_of_theory(BackendConfig(name="xtb-reorg", params={"fmax": 0.02}),
+                           "reorg_energy_kjmol") == LAMBDA_LEVEL + " (fmax = 0.02)"
 
 
 def test_shipped_examples_validate_without_warnings():
