@@ -66,6 +66,11 @@
     charged, and per seed the agent against each baseline (better / tied / worse, mean
     difference).
 
+(c) Part (b) as one verdict per baseline (:func:`overall`): the seed-paired comparisons over
+    every data set and budget (agent better / tied / worse), a two-sided sign test of better
+    against worse, the mean of agent - baseline, and the data set-budgets whose median the
+    agent wins, ties or loses (the lost ones named). In the JSON line as ``overall``.
+
 Run: ``OMP_NUM_THREADS=1 python benchmarks/molecule_decisions.py`` (part (a) ~15-20 min
 on 2 busy cores, part (b) ~5 min; ``--tables`` picks data sets; ``--table CSV`` (repeatable) runs
 part (b) on a table of your own in the layout of ``data/benchmarks/reorg_pool60.csv`` (smiles,
@@ -762,7 +767,59 @@ def main(argv: list[str] | None = None) -> int:
     out["quality"] = {}
     for name in data_sets:
         out["quality"][name] = quality_part(name, args, console)
+    out["overall"] = overall(out["quality"], console)
     return write_result(out, result)
+
+
+def overall(quality: dict, console=None) -> dict:
+    """Part (b) over every data set and budget at once, per baseline: the seed-paired
+    comparisons (agent better / tied / worse), a two-sided sign test of better against worse
+    (ties left out), the mean of agent - baseline, and the data set-budgets where the agent's
+    median is better, equal or worse (those worse named)."""
+    from scipy.stats import binomtest
+
+    out = {}
+    for base in ("cheap-greedy", "random"):
+        better = ties = worse = 0
+        diffs: list[float] = []
+        cells = {"better": 0, "tied": 0, "worse": 0}
+        worse_cells = []
+        for name, part in quality.items():
+            for fraction, entry in part["budgets"].items():
+                p = entry[base]["paired_vs_agent"]
+                better, ties, worse = better + p["agent_better"], ties + p["ties"], worse + p["agent_worse"]
+                a = np.nan_to_num(np.asarray(entry["agent (Campaign)"]["best_per_seed_kjmol"], float), nan=np.inf)
+                b = np.nan_to_num(np.asarray(entry[base]["best_per_seed_kjmol"], float), nan=np.inf)
+                both = np.isfinite(a) & np.isfinite(b)
+                diffs += list(a[both] - b[both])
+                ma, mb = entry["agent (Campaign)"]["median_best_kjmol"], entry[base]["median_best_kjmol"]
+                key = "tied" if abs(ma - mb) <= 1e-6 else ("better" if ma < mb else "worse")
+                cells[key] += 1
+                if key == "worse":
+                    worse_cells.append(f"{name} {float(fraction):.0%}: {ma:.2f} vs {mb:.2f}")
+        p_sign = float(binomtest(better, better + worse).pvalue) if better + worse else None
+        out[base] = {"pairs_agent_better": better, "pairs_tied": ties, "pairs_agent_worse": worse,
+                     "sign_test_p": None if p_sign is None else float(f"{p_sign:.3g}"),
+                     "mean_difference_kjmol": round(float(np.mean(diffs)), 3) if diffs else None,
+                     "cells_median_better": cells["better"], "cells_median_tied": cells["tied"],
+                     "cells_median_worse": cells["worse"], "cells_worse": worse_cells}
+    if console is not None:
+        from rich.table import Table
+
+        n_cells = sum(len(part["budgets"]) for part in quality.values())
+        tab = Table(title=f"(c) the agent against each baseline over all {len(quality)} data sets x budgets "
+                          f"({n_cells} cells; seed-paired best expensive-level lambda+, kJ/mol)")
+        for col in ["baseline", "pairs: agent better / tied / worse", "sign test p (two-sided)",
+                    "mean agent - baseline", "cells by median: better / tied / worse", "cells worse"]:
+            tab.add_column(col, justify="right")
+        for base, o in out.items():
+            tab.add_row(base, f"{o['pairs_agent_better']} / {o['pairs_tied']} / {o['pairs_agent_worse']}",
+                        "-" if o["sign_test_p"] is None else f"{o['sign_test_p']:.2g}",
+                        "-" if o["mean_difference_kjmol"] is None else f"{o['mean_difference_kjmol']:+.2f}",
+                        f"{o['cells_median_better']} / {o['cells_median_tied']} / {o['cells_median_worse']}",
+                        "; ".join(o["cells_worse"]) or "none")
+        console.print(tab)
+    return out
 
 
 def timing_table(agent_t: dict, base_t: dict, fps: np.ndarray, console) -> dict:
