@@ -79,6 +79,7 @@ def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = Non
 
     esf_paths, esf = write_esf_report(campaign.store, campaign.cfg, campaign.directory, out, plt, notes)
     paths += esf_paths
+    paths += sorted((out / "lab").glob("*_pxrd.png"))  # the lab stage's PXRD plots (report/lab/)
     rec = status_record(campaign.status(), campaign.store, campaign.cfg, structures=live)
     rec["esf"] = esf  # with the CIF paths just written
     summary = out / "summary.txt"

@@ -27,12 +27,31 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
-METHODS: tuple[str, ...] = ("slow_evaporation", "slurry", "sublimation", "cooling")
+METHODS: tuple[str, ...] = ("slow_evaporation", "slurry", "sublimation", "cooling", "cryocrystallisation")
+#: methods without a solvent (the request's ``solvent`` must be None)
+SOLVENT_FREE_METHODS: tuple[str, ...] = ("sublimation", "cryocrystallisation")
+#: what each method asks the lab (or its operator) to do; ``temperature_K`` is where the crystals grow
+METHOD_DESCRIPTIONS: dict[str, str] = {
+    "slow_evaporation": "slow evaporation of a solution in the solvent, held at temperature_K",
+    "slurry": "slurry ripening: a suspension stirred in the solvent at temperature_K",
+    "cooling": "cooling crystallisation: a saturated hot solution cooled to temperature_K",
+    "sublimation": "growth from the vapour without solvent (sublimation, physical vapour transport, or "
+                   "deposition of a gas) onto a surface held at temperature_K",
+    "cryocrystallisation": "in-situ cryocrystallisation of the neat liquid (or condensed gas), e.g. sealed "
+                           "in a capillary on the diffractometer, frozen and grown at temperature_K below "
+                           "its melting point; no solvent",
+}
 MEASUREMENTS: tuple[str, ...] = ("pxrd", "density_gcm3")
 States = Literal["queued", "running", "done", "failed", "cancelled", "awaiting_approval"]
 TERMINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def format_K(temperature_K: float) -> str:
+    """A temperature in K as given, to at most 0.01 K: 298.15 -> "298.15", 204.9 -> "204.9",
+    300.0 -> "300" (never 298.15 shown as 298.1)."""
+    return f"{float(temperature_K):.2f}".rstrip("0").rstrip(".")
 
 
 class LabError(Exception):
@@ -70,10 +89,14 @@ class LabRequest:
     Attributes:
         request_id: caller-chosen unique id (idempotency key), ``[A-Za-z0-9_.:-]{1,128}``.
         smiles: the molecule.
-        method: one of :data:`METHODS`.
-        solvent: solvent name; must be None for sublimation, required otherwise.
+        method: one of :data:`METHODS` (see :data:`METHOD_DESCRIPTIONS`).
+        solvent: solvent name; must be None for the :data:`SOLVENT_FREE_METHODS`
+            (sublimation, cryocrystallisation), required otherwise.
         temperature_K: crystallisation temperature (K), 100-600.
         measure: measurements to take, a subset of :data:`MEASUREMENTS`; "pxrd" always.
+        note: free text for the lab's operator on where the conditions come from (e.g.
+            "default assumption: ..."); not used by the lab, left out of
+            :meth:`to_dict` when None.
     """
 
     request_id: str
@@ -82,6 +105,7 @@ class LabRequest:
     solvent: str | None = "ethanol"
     temperature_K: float = 298.15
     measure: tuple[str, ...] = ("pxrd",)
+    note: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.request_id, str) or not _REQUEST_ID.match(self.request_id):
@@ -92,16 +116,16 @@ class LabRequest:
             raise LabRequestError("request smiles must be a non-empty string")
         if self.method not in METHODS:
             raise LabRequestError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        if self.method == "sublimation" and self.solvent is not None:
-            raise LabRequestError("sublimation takes no solvent (solvent must be None)")
-        if self.method != "sublimation" and not (isinstance(self.solvent, str) and self.solvent.strip()):
+        if self.method in SOLVENT_FREE_METHODS and self.solvent is not None:
+            raise LabRequestError(f"{self.method} takes no solvent (solvent must be None)")
+        if self.method not in SOLVENT_FREE_METHODS and not (isinstance(self.solvent, str) and self.solvent.strip()):
             raise LabRequestError(f"method {self.method} needs a solvent")
         try:
             temperature = float(self.temperature_K)
         except (TypeError, ValueError):
             raise LabRequestError(f"temperature_K must be a number, got {self.temperature_K!r}") from None
         if not 100.0 <= temperature <= 600.0:
-            raise LabRequestError(f"temperature_K={temperature} outside 100-600 K")
+            raise LabRequestError(f"temperature_K={format_K(temperature)} outside 100-600 K")
         object.__setattr__(self, "temperature_K", temperature)
         measure = tuple(self.measure) if not isinstance(self.measure, str) else (self.measure,)
         unknown = [m for m in measure if m not in MEASUREMENTS]
@@ -110,10 +134,14 @@ class LabRequest:
         if "pxrd" not in measure:
             measure = ("pxrd", *measure)
         object.__setattr__(self, "measure", measure)
+        if self.note is not None and not isinstance(self.note, str):
+            raise LabRequestError("note must be a string")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["measure"] = list(self.measure)
+        if d["note"] is None:  # requests stored before notes existed compare equal
+            del d["note"]
         return d
 
     @classmethod
@@ -121,7 +149,7 @@ class LabRequest:
         """Build from a JSON-like mapping; :class:`LabRequestError` if malformed."""
         if not isinstance(data, dict):
             raise LabRequestError("request must be a JSON object")
-        allowed = {"request_id", "smiles", "method", "solvent", "temperature_K", "measure"}
+        allowed = {"request_id", "smiles", "method", "solvent", "temperature_K", "measure", "note"}
         extra = sorted(set(data) - allowed)
         if extra:
             raise LabRequestError(f"unknown request field {extra[0]!r}")

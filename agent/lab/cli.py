@@ -180,15 +180,28 @@ def _approval_queue(args: argparse.Namespace) -> Path:
 
 
 def _approve(args: argparse.Namespace) -> int:
+    from agent.lab.base import format_K
     from agent.lab.safety import ApprovalQueue
 
     path = _approval_queue(args)
     queue = ApprovalQueue(path)
     try:
         if args.list:
-            for e in queue.list():
-                r = e["request"]
-                print(f"{e['state']:<10} {e['request_id']}  {r['smiles']}  {r['method']}  {r.get('solvent') or '-'}  {r['temperature_K']} K")
+            entries = queue.list()
+            if not entries:
+                print(f"no lab requests in {path}")
+                return 0
+            rows = [(e["state"], e["request_id"], e["request"]["smiles"], e["request"]["method"],
+                     e["request"].get("solvent") or "-", f"{format_K(e['request']['temperature_K'])} K") for e in entries]
+            header = ("state", "request", "smiles", "method", "solvent", "temperature")
+            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+            for e, row in zip(entries, rows):
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+                if e["request"].get("note"):
+                    print(f"    conditions: {e['request']['note']}")
+                if e.get("reason"):
+                    print(f"    {e['state']}: {e['reason']}")
             return 0
         if args.all == bool(args.name):
             raise ValueError("give exactly one of NAME or --all")
@@ -198,8 +211,21 @@ def _approve(args: argparse.Namespace) -> int:
             changed = int(queue.reject(args.name))
             print(f"rejected {changed} request(s)")
             return 0
-        changed = queue.approve(None if args.all else args.name)
-        print(f"approved {changed} request(s)")
+        if args.all:
+            changed = queue.approve(None)
+            print(f"approved {changed} request(s)" if changed else "no pending lab requests to approve")
+            return 0
+        before = queue.get(args.name)
+        if before is not None and before["state"] in ("rejected", "refused"):
+            why = f" by the lab: {before['reason']}" if before["state"] == "refused" and before.get("reason") else ""
+            raise ValueError(f"lab request {args.name!r} was {before['state']}{why}; it cannot be approved")
+        changed = queue.approve(args.name)
+        if changed:
+            print(f"approved {changed} request(s)")
+        elif before is not None and before["state"] == "forwarded":
+            print(f"lab request {args.name!r} is already approved and was sent to the lab")
+        else:
+            print(f"lab request {args.name!r} is already approved (the campaign sends it when it next polls)")
         return 0
     finally:
         queue.close()

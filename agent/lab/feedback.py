@@ -4,7 +4,8 @@
 :class:`~agent.lab.base.LabResult` against the molecule's landscape and returns a
 flat, JSON-able :class:`IdentificationRecord` (for the store / MLflow) and a
 matplotlib figure of the measured pattern (background removed) against the
-best-matching simulated pattern.
+best-matching simulated pattern; for a mixture, against the fitted sum of its
+components, each drawn too with its weight fraction and lattice factors.
 """
 
 from __future__ import annotations
@@ -93,7 +94,12 @@ def identification_record(
     fig = None
     if make_figure:
         shown = ident.best if ident.best is not None else top_name
-        fig = comparison_figure(result, structures[structure_ids.index(shown)], shown, ident.best_scales, ident.best_zero_shift_deg, record)
+        components = None
+        if ident.is_mixture:
+            components = [(structures[structure_ids.index(n)], n, f, sc, zs) for (n, f), sc, zs
+                          in zip(ident.components, ident.component_scales, ident.component_zero_shifts_deg)]
+        fig = comparison_figure(result, structures[structure_ids.index(shown)], shown, ident.best_scales,
+                                ident.best_zero_shift_deg, record, components=components)
     return record, fig
 
 
@@ -104,21 +110,40 @@ def comparison_figure(
     scales: tuple[float, float, float],
     zero_shift_deg: float,
     record: IdentificationRecord | None = None,
+    components: list[tuple[Structure, str, float, tuple[float, float, float], float]] | None = None,
 ) -> Figure:
-    """Measured (background-subtracted) vs simulated pattern, with the difference curve."""
+    """Measured (background-subtracted) vs simulated pattern, with the difference curve.
+
+    ``components`` (a mixture: (structure, name, weight fraction, lattice factors, zero
+    shift) per phase, major first): the simulated curve is their fitted sum (non-negative
+    least squares of the measured pattern on the components' profiles), and each
+    component is drawn as fitted, labelled with its fraction and lattice factors.
+    """
     import numpy as np
     from matplotlib.figure import Figure
+    from scipy.optimize import nnls
 
     from agent.lab.identify import prepare_measured, simulated_profile
 
     x, y = result.pattern()
     grid, signal = prepare_measured(x, y)
     measured = signal / max(float(np.max(signal)), 1e-300)
-    sim = simulated_profile(structure, grid, scales, zero_shift_deg, wavelength=result.wavelength)
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
     ax.plot(grid, measured, color="k", lw=0.8, label="measured (background removed)")
-    ax.plot(grid, sim, color="tab:red", lw=0.8, alpha=0.8, label=f"simulated {name}")
+    if components and len(components) > 1:
+        profiles = np.stack([simulated_profile(st, grid, sc, zs, wavelength=result.wavelength)
+                             for st, _, _, sc, zs in components], axis=1)
+        coef, _ = nnls(profiles, measured)
+        sim = profiles @ coef
+        ax.plot(grid, sim, color="tab:red", lw=0.8, alpha=0.8, label="fitted sum of the components")
+        for k, ((_, cname, frac, sc, _), color) in enumerate(zip(components, ("tab:blue", "tab:green", "tab:orange", "tab:purple"))):
+            ax.plot(grid, coef[k] * profiles[:, k], color=color, lw=0.7, ls="--", alpha=0.8,
+                    label=f"{cname}: {frac:.0%} by weight (a x {sc[0]:.3f}, b x {sc[1]:.3f}, c x {sc[2]:.3f})")
+    else:
+        sim = simulated_profile(structure, grid, scales, zero_shift_deg, wavelength=result.wavelength)
+        ax.plot(grid, sim, color="tab:red", lw=0.8, alpha=0.8,
+                label=f"simulated {name} (a x {scales[0]:.3f}, b x {scales[1]:.3f}, c x {scales[2]:.3f})")
     ax.plot(grid, measured - sim - 0.3, color="tab:gray", lw=0.6, label="difference (offset)")
     ax.set_xlabel("2θ (deg, Cu Kα)")
     ax.set_ylabel("normalised intensity")
@@ -129,7 +154,7 @@ def comparison_figure(
         else:
             title += f"; match {record.matched_structure_id} (confidence {record.confidence:.2f})"
         if record.is_mixture:
-            title += " [mixture]"
+            title += " [mixture: " + ", ".join(f"{n} {f:.0%}" for n, f in record.components) + "]"
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()

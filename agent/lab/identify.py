@@ -316,6 +316,9 @@ class IdentifyResult:
         residual_pair: relative squared residual of the best two-phase fit.
         best_texture: fitted March-Dollase (direction hkl, r) of the best match, None
             when no texture correction improved it.
+        component_scales: per-axis lattice factors of each of ``components`` (same
+            order) as used in the fit (a mixture's minor phase: its fit to the residual).
+        component_zero_shifts_deg: 2-theta zero shift of each of ``components``.
     """
 
     ranked: list[tuple[str, float]]
@@ -331,6 +334,8 @@ class IdentifyResult:
     residual_pair: float = 1.0
     best_texture: tuple[tuple[int, int, int], float] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    component_scales: list[tuple[float, float, float]] = field(default_factory=list)
+    component_zero_shifts_deg: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -346,6 +351,8 @@ class IdentifyResult:
             "residual_single": self.residual_single,
             "residual_pair": self.residual_pair,
             "best_texture": None if self.best_texture is None else {"hkl": list(self.best_texture[0]), "march_dollase_r": self.best_texture[1]},
+            "component_scales": [list(c) for c in self.component_scales],
+            "component_zero_shifts_deg": list(self.component_zero_shifts_deg),
         }
 
 
@@ -755,9 +762,11 @@ def identify(
         components = [(names[pair[k]], float(fractions[k])) for k in comp_order]
         best_name = components[0][0]
         best_idx = pair[int(comp_order[0])]
+        comp_idx = [pair[int(k)] for k in comp_order]
     else:
         components = [(names[top], 1.0)] if is_match else []
         best_name, best_idx = names[top], top
+        comp_idx = [top] if is_match else []
     return IdentifyResult(
         ranked=ranked,
         best=best_name if is_match else None,
@@ -772,6 +781,8 @@ def identify(
         residual_pair=float(r2),
         best_texture=best_texture[best_idx],
         params={"triangle_half_width_deg": triangle_half_width_deg, "peak_fwhm_deg": peak_fwhm_deg, "search": search},
+        component_scales=[tuple(float(x) for x in mix_scale[i]) for i in comp_idx],  # type: ignore[misc]
+        component_zero_shifts_deg=[float(mix_shift[i] * step) for i in comp_idx],
     )
 
 

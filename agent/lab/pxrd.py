@@ -7,7 +7,14 @@ real Bragg-Brentano diffractometer adds on top are then applied:
 
 * lattice thermal expansion: per-axis length factors ``1 + e_iso + e_axis`` (predicted
   structures are 0 K minima; molecular crystals expand by 1-3 % per axis between 0 K
-  and room temperature, anisotropically);
+  and room temperature, anisotropically). The noise levels' ``expansion_iso`` ranges are
+  at room temperature (298.15 K); given the experiment's ``temperature_K``, the drawn
+  ``e_iso`` is scaled by ``temperature_K / 298.15``, i.e. a volumetric expansion
+  ``alpha_V * T`` with ``alpha_V = 3 e_iso / 298.15 K`` (5e-5 to 2e-4 /K for
+  "default", ~1.3e-4 /K on average, typical of molecular crystals), so a 100 K
+  cryocrystallisation expands a third as much as a room-temperature one and a 400 K
+  sublimation a third more. The anisotropic part ``e_axis`` is kept as drawn, and the
+  factors stay clipped to ``1 +- expansion_limit``;
 * specimen displacement / zero shift of the 2-theta scale;
 * peak broadening with Caglioti-type widths, FWHM^2 = U tan^2(theta) + V tan(theta) + W
   (Caglioti, Paoletti & Ricci, Nucl. Instrum. 3, 223 (1958)), and pseudo-Voigt peak
@@ -38,6 +45,8 @@ if TYPE_CHECKING:
 TWO_THETA_MIN_DEG = 5.0
 TWO_THETA_MAX_DEG = 40.0
 TWO_THETA_STEP_DEG = 0.02
+ROOM_TEMPERATURE_K = 298.15
+"""Temperature at which :class:`MeasurementConditions` expansion ranges apply."""
 
 
 def two_theta_grid(
@@ -332,6 +341,7 @@ def simulate_pxrd(
     level: str | MeasurementConditions = "default",
     wavelength: str = "CuKa",
     grid: np.ndarray | None = None,
+    temperature_K: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """A measured PXRD pattern of a sample made of one or more crystalline phases.
 
@@ -341,6 +351,10 @@ def simulate_pxrd(
         level: noise-level name or explicit :class:`MeasurementConditions`.
         wavelength: X-ray source for pymatgen (``"CuKa"``).
         grid: 2-theta grid, default :func:`two_theta_grid`.
+        temperature_K: temperature of the sample; scales the isotropic thermal
+            expansion by ``temperature_K / 298.15`` (module docstring). None: room
+            temperature (the level's ranges as they are). The random draws are the
+            same at any temperature.
 
     Returns:
         ``(two_theta_deg, counts, info)``: arrays of shape (n_points,) and a dict with
@@ -356,11 +370,14 @@ def simulate_pxrd(
     total = sum(f for _, f in phases)
     if not phases or total <= 0:
         raise ValueError("simulate_pxrd needs at least one phase with a positive fraction")
+    if temperature_K is not None and not 0.0 < float(temperature_K) <= 2000.0:
+        raise ValueError(f"temperature_K must be in (0, 2000] K, got {temperature_K!r}")
+    t_scale = 1.0 if temperature_K is None else float(temperature_K) / ROOM_TEMPERATURE_K
     signal = np.zeros_like(grid)
     info: dict[str, Any] = {"zero_shift_deg": zero_shift, "broadening": broadening, "eta": eta, "phases": []}
     for structure, fraction in phases:
         structure = standard_setting(structure)  # expansion along the crystal's standard axes
-        iso = rng.uniform(*cond.expansion_iso)
+        iso = rng.uniform(*cond.expansion_iso) * t_scale
         factors_list = [1.0, 1.0, 1.0]
         for group in axis_groups(structure):  # symmetry-equivalent axes expand alike
             f = float(np.clip(1.0 + iso + rng.normal(0.0, cond.expansion_aniso_sd), 1 - cond.expansion_limit, 1 + cond.expansion_limit))

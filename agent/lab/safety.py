@@ -11,6 +11,11 @@ A per-day budget (UTC calendar day) caps how many experiments are accepted and h
 many are sent to the lab: beyond it :meth:`GuardedAdapter.submit` raises
 :class:`LabBudgetError` with a one-line message naming the budget, and approved
 requests wait for the next day.
+
+A lab that refuses an approved request when it is sent (HTTP 422 from
+:mod:`agent.lab.server`: conditions it cannot run, a molecule it has no form of) does not
+leave it waiting: the entry becomes ``refused`` with the lab's one-line reason, and
+:meth:`GuardedAdapter.poll` reports it as a failed experiment with that reason.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ CREATE TABLE IF NOT EXISTS approvals (
     request_id TEXT PRIMARY KEY,
     request_json TEXT NOT NULL,
     created_s REAL NOT NULL,
-    state TEXT NOT NULL,            -- pending | approved | forwarded | rejected
+    state TEXT NOT NULL,            -- pending | approved | forwarded | rejected | refused
     decided_s REAL,
     forwarded_s REAL,
-    ticket_json TEXT
+    ticket_json TEXT,
+    reason TEXT                     -- the lab's reason when refused
 );
 """
+_COLUMNS = "request_id, request_json, created_s, state, decided_s, forwarded_s, ticket_json, reason"
 
 
 class LabBudgetError(LabError):
@@ -70,6 +77,8 @@ class ApprovalQueue:
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        if "reason" not in {r[1] for r in self._db.execute("PRAGMA table_info(approvals)")}:  # queue of an older version
+            self._db.execute("ALTER TABLE approvals ADD COLUMN reason TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -96,14 +105,14 @@ class ApprovalQueue:
     def get(self, request_id: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT request_id, request_json, created_s, state, decided_s, forwarded_s, ticket_json FROM approvals WHERE request_id = ?",
+                f"SELECT {_COLUMNS} FROM approvals WHERE request_id = ?",
                 (request_id,),
             ).fetchone()
         return None if row is None else _row_dict(row)
 
     def list(self, state: str | None = None) -> list[dict[str, Any]]:
         """All entries (optionally of one state), oldest first."""
-        q = "SELECT request_id, request_json, created_s, state, decided_s, forwarded_s, ticket_json FROM approvals"
+        q = f"SELECT {_COLUMNS} FROM approvals"
         with self._lock:
             rows = self._db.execute(q + (" WHERE state = ?" if state else "") + " ORDER BY created_s", (state,) if state else ()).fetchall()
         return [_row_dict(r) for r in rows]
@@ -136,6 +145,14 @@ class ApprovalQueue:
             )
             return cur.rowcount > 0
 
+    def mark_refused(self, request_id: str, reason: str) -> None:
+        """The lab refused the approved request when it was sent (``reason``: one line)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE approvals SET state = 'refused', forwarded_s = ?, reason = ? WHERE request_id = ? AND state = 'approved'",
+                (self.clock(), reason, request_id),
+            )
+
     def mark_forwarded(self, request_id: str, ticket: LabTicket) -> None:
         with self._lock:
             self._db.execute(
@@ -152,10 +169,11 @@ class ApprovalQueue:
 
 
 def _row_dict(row: tuple) -> dict[str, Any]:
-    rid, req, created, state, decided, forwarded, ticket = row
+    rid, req, created, state, decided, forwarded, ticket, reason = row
     return {
         "request_id": rid, "request": json.loads(req), "created_s": created, "state": state,
         "decided_s": decided, "forwarded_s": forwarded, "ticket": None if ticket is None else json.loads(ticket),
+        "reason": reason,
     }
 
 
@@ -201,17 +219,24 @@ class GuardedAdapter(LabAdapter):
         self.queue.add(request)
         if self.auto_approve:
             self.queue.approve(request.request_id)
-        self._forward(request.request_id)
+        self._forward(request.request_id, raise_refusal=True)
         return LabTicket(request.request_id, request.request_id, self._ticket_adapter)
 
-    def _forward(self, request_id: str) -> dict[str, Any]:
+    def _forward(self, request_id: str, raise_refusal: bool = False) -> dict[str, Any]:
         entry = self.queue.get(request_id)
         if entry is None:
             raise UnknownTicketError(f"unknown lab request {request_id!r}")
         if entry["state"] == "approved":
             left = self._budget_left("forwarded_s")
             if left is None or left > 0:
-                ticket = self.inner.submit(LabRequest.from_dict(entry["request"]))  # idempotent
+                try:
+                    ticket = self.inner.submit(LabRequest.from_dict(entry["request"]))  # idempotent
+                except LabRequestError as exc:  # the lab will never run it (its 4xx answer)
+                    self.queue.mark_refused(request_id, (str(exc).splitlines() or [type(exc).__name__])[0])
+                    entry = self.queue.get(request_id) or entry
+                    if raise_refusal:
+                        raise  # refused at submission: the caller learns it at once
+                    return entry
                 self.queue.mark_forwarded(request_id, ticket)
                 entry = self.queue.get(request_id) or entry
         return entry
@@ -228,6 +253,8 @@ class GuardedAdapter(LabAdapter):
             return LabStatus("awaiting_approval", reason=f"held for approval: run `crystal-agent lab approve {ticket.request_id}`")
         if state == "rejected":
             return LabStatus("cancelled", reason="rejected before it was sent to the lab")
+        if state == "refused":
+            return LabStatus("failed", reason=entry.get("reason") or "refused by the lab")
         if state == "approved":
             return LabStatus(
                 "awaiting_approval",
@@ -240,7 +267,7 @@ class GuardedAdapter(LabAdapter):
         if entry["state"] in ("pending", "approved"):
             self.queue.reject(ticket.request_id)
             return self.poll(ticket)
-        if entry["state"] == "rejected":
+        if entry["state"] in ("rejected", "refused"):
             return self.poll(ticket)
         return self.inner.cancel(LabTicket.from_dict(entry["ticket"]))
 

@@ -13,7 +13,11 @@ Protocol (JSON bodies, ``Authorization: Bearer <token>`` on every route but /hea
                                          ``Idempotency-Key`` (= request_id if given).
                                          201 new, 200 duplicate (same experiment),
                                          401 bad token, 409 id reused for another
-                                         request, 422 malformed body.
+                                         request, 422 malformed body, a molecule
+                                         the lab has no form of, or conditions the
+                                         lab refuses (one line with the reason, e.g.
+                                         "refused: benzene is a liquid at 298.15 K
+                                         ..."; nothing is queued).
 ``GET /experiments/{id}``                ``{"experiment_id", "request_id", "status"}``
                                          with status = LabStatus.to_dict(); 404 unknown.
 ``POST /experiments/{id}/cancel``        cancels if not finished; returns as GET.
@@ -215,12 +219,19 @@ class LabServer:
 
     def submit(self, request: LabRequest) -> tuple[int, dict[str, Any]]:
         """Create (201) or find (200) the experiment; 409 if the id was used differently;
-        :class:`~agent.lab.base.LabRequestError` for a molecule the server has no form of."""
+        :class:`~agent.lab.base.LabRequestError` for a molecule the server has no form of or
+        conditions its lab refuses (:func:`~agent.lab.substances.crystallisation_problem`),
+        so they are refused at submission rather than queued and failed later."""
+        from agent.lab.substances import crystallisation_problem
+
         self.lab.add_molecule(request.smiles, self._forms_for(request.smiles))
+        problem = crystallisation_problem(request.smiles, request.method, request.solvent, request.temperature_K)
         eid = experiment_id_for(request.request_id)
         body = json.dumps(request.to_dict(), sort_keys=True)
         with self._db_lock:
             row = self._db.execute("SELECT request_json FROM experiments WHERE request_id = ?", (request.request_id,)).fetchone()
+            if row is None and problem is not None:  # (one stored before this check is served as it is)
+                raise LabRequestError(f"refused: {problem}")
             if row is None:
                 queue_s, run_s = self.lab.durations_s(request)
                 self._db.execute(

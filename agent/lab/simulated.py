@@ -1,10 +1,12 @@
 """A simulated crystallisation lab: outcomes drawn from a predicted energy landscape.
 
-Requests the physics forbids are refused first (a failed experiment with a one-line
-reason, see :func:`agent.lab.substances.crystallisation_problem`): a solution method
-outside its solvent's liquid range, or a listed compound above the temperature where
-its solid is stable at 1 atm (e.g. acetylene, which sublimes at 189.3 K, from ethanol
-at 298 K).
+Requests the physics forbids are refused (one-line reason, see
+:func:`agent.lab.substances.crystallisation_problem`): a solution method outside its
+solvent's liquid range, or a listed compound above the temperature where its solid is
+stable at 1 atm (e.g. acetylene, which sublimes at 189.3 K, from ethanol at 298 K).
+:meth:`SimulatedLab.submit` refuses them at once (:class:`~agent.lab.base.LabRequestError`);
+:meth:`SimulatedLab.run_experiment` on such a request gives a failed experiment with the
+reason.
 
 Which form crystallises is modelled as a Boltzmann-like choice over the landscape's
 low (free) energy forms at an effective temperature, perturbed by kinetic noise, the
@@ -23,12 +25,14 @@ usual caricature of Ostwald's rule of stages vs thermodynamic control:
 * ``k_i``: per-experiment kinetic noise, N(0, sigma_method);
 * ``T_eff = temperature_K * t_factor_method``.
 
-Methods: slurry ripening approaches the thermodynamic form (low T factor and noise),
-slow evaporation is intermediate, crash cooling and sublimation give more metastable
-forms. Some experiments give no crystals (failed), amorphous solid (a hump pattern),
+Methods (:data:`agent.lab.base.METHOD_DESCRIPTIONS`): slurry ripening approaches the
+thermodynamic form (low T factor and noise), slow evaporation is intermediate, crash
+cooling, sublimation and in-situ cryocrystallisation of the neat liquid (modelled like
+sublimation) give more metastable forms. Some experiments give no crystals (failed), amorphous solid (a hump pattern),
 or a mixture of two forms. The product's PXRD pattern is simulated with
 :func:`agent.lab.pxrd.simulate_pxrd` (thermal expansion, zero shift, broadening,
-texture, background, counting noise).
+texture, background, counting noise), its thermal expansion scaled with the experiment
+temperature (``temperature_K``).
 
 Every random draw of an experiment comes from a generator seeded by
 ``(lab seed, request_id)``: the same request always gives the same result, also
@@ -77,6 +81,8 @@ METHOD_MODELS: dict[str, MethodModel] = {
     "slow_evaporation": MethodModel(1.5, 1.5, 0.08, 0.03, 0.12),
     "cooling": MethodModel(2.0, 2.5, 0.10, 0.08, 0.15),
     "sublimation": MethodModel(1.8, 2.0, 0.05, 0.02, 0.10),
+    # solvent-free growth from the neat liquid: modelled like growth from the vapour
+    "cryocrystallisation": MethodModel(1.8, 2.0, 0.05, 0.02, 0.10),
 }
 
 
@@ -246,7 +252,7 @@ class SimulatedLab(LabAdapter):
             return LabStatus("done", LabResult(request.request_id, "amorphous", tuple(x), tuple(y), metadata=meta))
         by_id = {e.id: e for e in self._landscape_for(request.smiles)}
         phases = [(by_id[sid].structure, frac) for sid, frac in drawn["forms"]]
-        x, y, info = simulate_pxrd(phases, rng, self.noise_level)
+        x, y, info = simulate_pxrd(phases, rng, self.noise_level, temperature_K=request.temperature_K)
         props: dict[str, float] = {}
         if "density_gcm3" in request.measure:
             # measured density of the product: volume-weighted over phases, thermally
@@ -272,9 +278,16 @@ class SimulatedLab(LabAdapter):
 
     # -- the adapter protocol ----------------------------------------------------------
     def submit(self, request: LabRequest) -> LabTicket:
+        """Queue ``request``; :class:`LabRequestError` (one line) at once for a molecule
+        without landscape or conditions the physics forbids."""
+        from agent.lab.substances import crystallisation_problem
+
         if not isinstance(request, LabRequest):
             raise LabRequestError(f"submit needs a LabRequest, got {type(request).__name__}")
         self._landscape_for(request.smiles)
+        problem = crystallisation_problem(request.smiles, request.method, request.solvent, request.temperature_K)
+        if problem is not None:
+            raise LabRequestError(f"refused: {problem}")
         with self._lock:
             exp = self._experiments.get(request.request_id)
             if exp is not None:

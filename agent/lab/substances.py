@@ -11,15 +11,34 @@ Rules (:func:`crystallisation_problem`), at 1 atm:
 
 * solution methods (slow evaporation, slurry, cooling) need a listed solvent and a
   temperature inside its liquid range (mp < T < bp);
+* cryocrystallisation (of the neat liquid) needs a liquid: a listed compound that
+  sublimes at 1 atm (bp < mp: acetylene, carbon dioxide) is grown by sublimation instead;
 * a listed compound crystallises only below the temperature at which its solid stops
   being stable, min(mp, bp): above it the compound is a liquid or a gas at 1 atm;
 * the lab works between 100 and 600 K (:class:`~agent.lab.base.LabRequest`).
 
-:func:`suggest_conditions` picks a request the rules allow: room-temperature slow
-evaporation from ethanol for compounds that are solid up to 308 K (or not listed), else
-an in-situ cold crystallisation, modelled as sublimation onto a surface held 30 K
-below min(mp, bp) (at least 100 K), as done for liquids and gases such as benzene or
-acetylene.
+:func:`suggest_conditions` picks a request the rules allow, with a one-line ``note`` saying
+where it comes from:
+
+* a listed compound solid up to 308 K: slow evaporation from ethanol at 298.15 K; but a
+  listed non-polar polyaromatic (only C, H, S, F atoms, >= 3 aromatic rings) solid up to
+  450 K or more (anthracene, tetracene), practically insoluble in ethanol, is grown from
+  the vapour (``sublimation``, i.e. physical vapour transport) at min(423.15 K, 30 K below
+  min(mp, bp));
+* a listed compound liquid at room temperature (thiophene, benzene) or a gas with a liquid
+  range at 1 atm (ethylene, ammonia): ``cryocrystallisation``, in-situ crystallisation of
+  the neat liquid (condensed gas) in a capillary, 30 K below its melting point (at least
+  100 K);
+* a listed compound that sublimes at 1 atm (acetylene, carbon dioxide): ``sublimation``
+  (deposition from the gas onto a cold surface) 30 K below its sublimation point;
+* a compound not listed (no melting point known) gets a *default assumption*, said so in
+  the note: a non-polar aromatic with >= 4 aromatic rings (pentacene, coronene, BTBT) is
+  taken as high-melting and insoluble, grown by physical vapour transport at 423.15 K;
+  anything else slow evaporation from ethanol at 298.15 K (solubility not checked).
+
+A campaign's ``[lab]`` table can override these (:class:`agent.lab.config.LabConfig`);
+the simulated lab still refuses what the rules forbid. Temperatures in messages are
+printed as given, to at most 0.01 K (:func:`agent.lab.base.format_K`).
 
 Importing this module is cheap (stdlib only; RDKit is imported when a SMILES is
 canonicalised).
@@ -149,34 +168,88 @@ def crystallisation_problem(smiles: str, method: str, solvent_name: str | None, 
     See the module docstring for the rules; an unlisted compound is only checked
     against its solvent.
     """
+    from agent.lab.base import SOLVENT_FREE_METHODS, format_K
+
     t = float(temperature_K)
-    if method != "sublimation":
+    tk = format_K(t)
+    if method not in SOLVENT_FREE_METHODS:
         sol = solvent(solvent_name or "")
         if sol is None:
             return f"unknown solvent {solvent_name!r}: the simulated lab stocks {', '.join(sorted(SOLVENTS))}"
         if t <= sol.mp_K:
-            return f"{t:.2f} K is below the melting point of {sol.name} ({sol.mp_K:.1f} K): the solvent is frozen"
+            return f"{tk} K is below the melting point of {sol.name} ({format_K(sol.mp_K)} K): the solvent is frozen"
         if sol.bp_K is not None and t >= sol.bp_K:
-            return f"{t:.2f} K is above the boiling point of {sol.name} ({sol.bp_K:.1f} K at 1 atm)"
+            return f"{tk} K is above the boiling point of {sol.name} ({format_K(sol.bp_K)} K at 1 atm)"
     comp = compound(smiles)
+    if comp is not None and method == "cryocrystallisation" and comp.bp_K is not None and comp.bp_K < comp.mp_K:
+        return (f"{comp.name} has no liquid phase at 1 atm (sublimes at {format_K(comp.bp_K)} K): "
+                "cryocrystallisation needs the neat liquid; grow it by sublimation")
     if comp is not None and t >= comp.solid_below_K:
         if comp.bp_K is not None and comp.bp_K <= t:
-            state = f"a gas at {t:.2f} K ({'sublimes' if comp.bp_K < comp.mp_K else 'boils'} at {comp.bp_K:.1f} K at 1 atm)"
+            verb = "sublimes" if comp.bp_K < comp.mp_K else "boils"
+            state = f"a gas at {tk} K ({verb} at {format_K(comp.bp_K)} K at 1 atm)"
         else:
-            state = f"a liquid at {t:.2f} K (melts at {comp.mp_K:.1f} K)"
-        return f"{comp.name} is {state}: it cannot crystallise; crystallise below {comp.solid_below_K:.1f} K"
+            state = f"a liquid at {tk} K (melts at {format_K(comp.mp_K)} K)"
+        return f"{comp.name} is {state}: it cannot crystallise; crystallise below {format_K(comp.solid_below_K)} K"
     return None
 
 
-def suggest_conditions(smiles: str) -> dict[str, object]:
-    """``method``, ``solvent`` and ``temperature_K`` of a request the rules allow.
+#: growth temperature of physical vapour transport when nothing else is known (K)
+VAPOUR_GROWTH_K = 423.15
+#: a listed non-polar polyaromatic solid up to this (K) is grown from the vapour, not from ethanol
+HIGH_MELTING_K = 450.0
 
-    Compounds solid up to 10 K above room temperature (or not listed): slow
-    evaporation from ethanol at 298.15 K. Others: in-situ cold crystallisation (sublimation) 30 K below
-    min(mp, bp), at least 100 K (which may still be refused: methane melts at 90.7 K).
+
+def nonpolar_aromatic_rings(smiles: str) -> int:
+    """Aromatic rings of a non-polar aromatic (atoms C, H, S, F only), else 0 (also for a bad SMILES)."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdMolDescriptors
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None or any(a.GetSymbol() not in ("C", "H", "S", "F") for a in mol.GetAtoms()):
+        return 0
+    return int(rdMolDescriptors.CalcNumAromaticRings(mol))
+
+
+def suggest_conditions(smiles: str) -> dict[str, object]:
+    """``method``, ``solvent``, ``temperature_K`` and ``note`` of a request the rules allow.
+
+    See the module docstring: slow evaporation from ethanol at 298.15 K for listed solids,
+    growth from the vapour for listed high-melting non-polar polyaromatics,
+    cryocrystallisation of the neat liquid 30 K below the melting point for liquids and
+    liquefiable gases, sublimation (deposition) 30 K below the sublimation point for
+    compounds that sublime at 1 atm (at least 100 K, which may still be refused: methane
+    melts at 90.7 K); for unlisted compounds a default assumption that the note states.
     """
+    from agent.lab.base import format_K
+
     comp = compound(smiles)
-    if comp is None or comp.solid_below_K > ROOM_TEMPERATURE_K + ROOM_MARGIN_K:
-        return {"method": "slow_evaporation", "solvent": "ethanol", "temperature_K": ROOM_TEMPERATURE_K}
-    cold = max(LAB_MIN_K, round(comp.solid_below_K - COLD_MARGIN_K, 1))
-    return {"method": "sublimation", "solvent": None, "temperature_K": cold}
+    rings = nonpolar_aromatic_rings(smiles)
+    where = "set [lab] conditions in the campaign config to change"
+    if comp is None:
+        if rings >= 4:
+            return {"method": "sublimation", "solvent": None, "temperature_K": VAPOUR_GROWTH_K,
+                    "note": f"default assumption: not in the substances table; a non-polar aromatic with {rings} "
+                            "aromatic rings is taken as high-melting and insoluble in common solvents, grown by "
+                            f"physical vapour transport at {format_K(VAPOUR_GROWTH_K)} K ({where})"}
+        return {"method": "slow_evaporation", "solvent": "ethanol", "temperature_K": ROOM_TEMPERATURE_K,
+                "note": "default assumption: not in the substances table (melting point and solubility "
+                        f"unknown): slow evaporation from ethanol at {format_K(ROOM_TEMPERATURE_K)} K ({where})"}
+    solid = comp.solid_below_K
+    if solid > ROOM_TEMPERATURE_K + ROOM_MARGIN_K:
+        if rings >= 3 and solid >= HIGH_MELTING_K:
+            t = round(min(VAPOUR_GROWTH_K, solid - COLD_MARGIN_K), 2)
+            return {"method": "sublimation", "solvent": None, "temperature_K": t,
+                    "note": f"{comp.name} (solid to {format_K(solid)} K) is a non-polar polyaromatic, poorly "
+                            f"soluble in ethanol: grown from the vapour (physical vapour transport) at {format_K(t)} K"}
+        return {"method": "slow_evaporation", "solvent": "ethanol", "temperature_K": ROOM_TEMPERATURE_K,
+                "note": f"{comp.name} is solid to {format_K(solid)} K: slow evaporation from ethanol at room temperature"}
+    cold = max(LAB_MIN_K, round(solid - COLD_MARGIN_K, 2))
+    if comp.bp_K is not None and comp.bp_K < comp.mp_K:
+        return {"method": "sublimation", "solvent": None, "temperature_K": cold,
+                "note": f"{comp.name} sublimes at {format_K(comp.bp_K)} K at 1 atm: deposited from the gas onto "
+                        f"a surface held at {format_K(cold)} K"}
+    return {"method": "cryocrystallisation", "solvent": None, "temperature_K": cold,
+            "note": f"{comp.name} melts at {format_K(comp.mp_K)} K: in-situ cryocrystallisation of the neat "
+                    f"liquid (e.g. in a capillary) at {format_K(cold)} K"}

@@ -68,6 +68,7 @@ def lab_results(store: Store, cfg: CampaignConfig, structures: list[dict[str, An
             "name": (mol["name"] or mol["smiles"]) if mol else None, "smiles": req.get("smiles"),
             "method": req.get("method"), "solvent": req.get("solvent"),
             "temperature_K": req.get("temperature_K"), "measure": req.get("measure") or ["pxrd"],
+            "conditions_note": req.get("note"),  # where the conditions come from (a default assumption, the config)
             "state": row["state"], "reason": row["reason"] or "",
             "outcome": (ident or result or {}).get("outcome"),
             "matched_structure_id": row["matched_structure_id"], "confidence": row["confidence"],
@@ -162,6 +163,8 @@ def lab_lines(lab: dict[str, Any] | None) -> list[str]:
         how = (e["method"] or "?").replace("_", " ")
         how += f" from {e['solvent']}" if e.get("solvent") else ""
         how += f" at {e['temperature_K']:.2f} K" if e.get("temperature_K") is not None else ""
+        how += " (default assumption: not in the substances table)" if str(
+            e.get("conditions_note") or "").startswith("default assumption") else ""
         what = ", ".join(m.upper() if m == "pxrd" else m for m in e["measure"])
         text = f"  {e['request_id']}  {e['name']}: {how}, {what}: "
         if e["state"] != "done":

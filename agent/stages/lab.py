@@ -9,11 +9,13 @@ molecule, as the structure stage sees them) and writes what it identifies to the
 other.
 
 Each molecule is sent once, under conditions the simulated lab's phase rules allow
-(:func:`agent.lab.substances.suggest_conditions`: slow evaporation from ethanol at
-298.15 K, or an in-situ cold crystallisation for compounds that are liquid or gaseous
-at room temperature). Every experiment is a row of the store's ``lab_experiments`` table
-(request, ticket, state, result, identification), written when it is submitted and when
-its result is identified, so a killed campaign re-polls its open experiments on resume.
+(:func:`agent.lab.substances.suggest_conditions`: e.g. slow evaporation from ethanol at
+298.15 K, growth from the vapour for high-melting polyaromatics, in-situ
+cryocrystallisation for liquids), or under those set in ``[lab] conditions`` /
+``molecule_conditions`` (:meth:`agent.lab.config.LabConfig.request_conditions`).
+Every experiment is a row of the store's ``lab_experiments`` table (request, ticket,
+state, result, identification), written when it is submitted and when its result is
+identified, so a killed campaign re-polls its open experiments on resume.
 An identified form is observed only when its (calibrated) confidence reaches
 ``[lab] min_confidence`` (default 0.5); a mixture makes both components observed under
 the same gate (its confidence is the major phase's: a mixture no better established than
@@ -168,7 +170,6 @@ class LabStage:
     def submit_ready(self) -> int:
         """Send one experiment per landscape molecule that has none yet."""
         from agent.lab.base import LabError, LabRequest
-        from agent.lab.substances import suggest_conditions
 
         sent = {r["molecule_id"] for r in self.store.lab_experiments()}
         n = 0
@@ -177,7 +178,7 @@ class LabStage:
                 continue
             smiles = self._smiles(mol_id)
             req = LabRequest(request_id=f"{self.campaign_name}-m{mol_id}-1", smiles=smiles,
-                             **suggest_conditions(smiles))  # type: ignore[arg-type]
+                             **self.cfg.request_conditions(smiles))  # suggested, or set in [lab]
             try:
                 ticket = self.adapter_for(mol_id).submit(req)
                 state, reason, tdict = "submitted", "", ticket.to_dict()

@@ -452,8 +452,10 @@ def run_csp(
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
     tracker = ConvergenceTracker(labels, criteria)
     if sampling == "fixed":
-        plan = {lab: n_trials // len(labels) + (1 if i < n_trials % len(labels) else 0)
-                for i, lab in enumerate(labels)}
+        # an even split; the remainder by label, not by the order given (the same groups in any
+        # order make the same search, as each group's trials are seeded by its label)
+        extra = set(sorted(labels)[: n_trials % len(labels)])
+        plan = {lab: n_trials // len(labels) + (1 if lab in extra else 0) for lab in labels}
     else:
         plan = tracker.first_round(n_trials)
     t_trials = time.perf_counter() - t_start

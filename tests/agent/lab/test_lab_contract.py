@@ -113,7 +113,7 @@ def test_poll_moves_forward_to_done_with_pattern(name, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_cancel_before_done_and_unknown_ticket(name, tmp_path, monkeypatch):
     with FACTORIES[name](tmp_path, monkeypatch) as (lab, advance):
-        ticket = lab.submit(_req(4, method="cooling", temperature_K=260.0))
+        ticket = lab.submit(_req(4, method="cooling", temperature_K=280.0))
         status = lab.cancel(ticket)
         assert status.state == "cancelled"
         assert lab.poll(ticket).state == "cancelled"

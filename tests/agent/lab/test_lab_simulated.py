@@ -168,7 +168,9 @@ def test_suggested_conditions_are_allowed():
         cond = suggest_conditions(smiles)
         assert crystallisation_problem(smiles, cond["method"], cond["solvent"], cond["temperature_K"]) is None, smiles
     assert suggest_conditions("C#C")["method"] == "sublimation" and suggest_conditions("C#C")["temperature_K"] < 189.3
-    assert suggest_conditions("c1ccc2cc3ccccc3cc2c1")["method"] == "slow_evaporation"
+    assert suggest_conditions("c1ccsc1")["method"] == "cryocrystallisation"  # a liquid: not "sublimed"
+    assert suggest_conditions("c1ccc2cc3ccccc3cc2c1")["method"] == "sublimation"  # anthracene: vapour growth
+    assert suggest_conditions("Oc1ccccc1")["method"] == "slow_evaporation"
     # methane melts at 90.7 K, below what the lab can reach: the request is refused
     cond = suggest_conditions("C")
     assert crystallisation_problem("C", cond["method"], cond["solvent"], cond["temperature_K"]) is not None
