@@ -848,7 +848,8 @@ def timing_table(agent_t: dict, base_t: dict, fps: np.ndarray, console) -> dict:
             fmt(a["tell_s"], 4), fmt(a["iteration_s"]),
             "-" if b is None else f"{b['total_s']:.1f} ({b['fit_s']:.1f} + {b['acq_s']:.1f})"
             + (" extrapolated" if b["extrapolated"] else ""),
-            "-" if b is None else f"{b['total_s'] / a['iteration_s']:.0f}x")
+            "-" if b is None or a["iteration_s"] is None or not np.isfinite(a["iteration_s"])
+            else f"{b['total_s'] / a['iteration_s']:.0f}x")
     console.print(table)
 
     def col(key: str, nd: int = 3) -> dict:
