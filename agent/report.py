@@ -12,10 +12,12 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
   only with at least :data:`MIN_PARITY_POINTS` of them (``summary.txt`` says why not);
 * ``results.csv``: one row per molecule with its values at each level (and lambda+ in kJ/mol
   and eV where a level computes it beside another objective, e.g. every ESF level);
-* ``landscape_m<id>.png`` / ``.csv`` per refined CSP landscape (:func:`landscape_plot`,
-  :func:`landscape_table`: each level's energies relative to its own lowest structure,
-  space group and Z as in the CIFs), and the landscapes as CIFs and tables in
-  ``runs/<name>/structures/`` (:func:`agent.landscape_io.write_campaign_structures`);
+* ``landscape_m<id>.png`` and ``landscape_model_m<id>.csv`` per refined CSP landscape
+  (:func:`landscape_plot`, :func:`landscape_table`: the landscape as the structure
+  surrogate sees it, every structure's energy computed or predicted, each level relative to
+  its own lowest structure, space group and Z as in the CIFs), and the landscapes as CIFs
+  and tables of the computed energies in ``runs/<name>/structures/`` (its
+  ``landscape_m<id>.csv``, :func:`agent.landscape_io.write_campaign_structures`);
 * ``esf_map.png`` / ``esf_results.csv`` for a campaign with ESF levels: lattice energy
   against hole mobility per predicted structure, per molecule, and the landscape
   mobilities (:mod:`agent.esf_report`); the predicted global minima as CIFs in
@@ -550,32 +552,63 @@ def _table_values(campaign: Campaign) -> tuple[dict[int, dict[int, float]], dict
 
 def _landscape_plots(campaign: Campaign, out: Path, plt: object, notes: list[str]) -> list[Path]:
     """Per refined landscape: :func:`landscape_plot` (``landscape_m<molecule id>.png``)
-    and :func:`landscape_table` (``landscape_m<molecule id>.csv``)."""
+    and :func:`landscape_table` (``landscape_model_m<molecule id>.csv``; the table an
+    earlier version wrote as ``report/landscape_m<id>.csv``, a name it shared with the
+    structures' table, is removed)."""
     paths = []
     for mol_id in campaign.stage.landscapes:
+        (out / f"landscape_m{mol_id}.csv").unlink(missing_ok=True)
         p = landscape_plot(campaign, mol_id, out / f"landscape_m{mol_id}.png", plt, notes)
         if p is not None:
             paths.append(p)
-            paths.append(landscape_table(campaign, mol_id, out / f"landscape_m{mol_id}.csv"))
+            paths.append(landscape_table(campaign, mol_id, out / f"landscape_model_m{mol_id}.csv"))
     return paths
 
 
-def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
-    """The ranked landscape as a CSV, one row per structure, lowest (free) energy first.
+def landscape_table_columns(campaign: Campaign) -> dict[str, str]:
+    """The columns of :func:`landscape_table` by role (``ff``, ``dE``, ``sd``,
+    ``computed``, ``second``, ``dG``, ``rank_dE``, ``rank_dG``): names with the level
+    (backend name) and unit of each value."""
+    from agent.landscape_io import level_column
 
-    Columns: ``id, space_group, Z`` (molecules in the cell the structure's CIF under
-    ``runs/<name>/structures/`` states, as there and in its ``landscape_m<id>.csv``; the
-    search cell's when the CIF is not written yet), ``density_gcm3, ff_kjmol`` (force
-    field), ``static_kjmol`` (the refine level where computed, else the GP-corrected
-    prediction), ``static_std_kjmol`` (0 where computed), ``computed``, ``f_vib_kjmol``
-    (empty where not computed), ``g_kjmol`` = static + F_vib (F_vib of the uncomputed taken
-    as the mean of the computed ones), ``rank_static``, ``rank_g``. Without a free-energy
-    level (``[structures]`` has none) no free energy exists: ``f_vib_kjmol``, ``g_kjmol`` and
-    ``rank_g`` are empty and the rows are in static order. Energies in kJ/mol per molecule,
-    each level relative to its own lowest structure: ``ff_kjmol`` to the lowest force-field
-    one, ``static_kjmol`` to the lowest static one, ``g_kjmol`` to the lowest G. Last,
-    ``observed``: the lab request that observed the structure (a fed-back lab result), else
-    empty.
+    stage = campaign.stage
+    ff, ref = campaign.cfg.structures.csp.name, stage.refine.name
+    second = stage.free_energy
+    return {
+        "ff": f"dE_{ff}_kJmol_per_mol",
+        "dE": f"dE_predicted_{ref}_kJmol_per_mol",
+        "sd": f"dE_predicted_sd_{ref}_kJmol_per_mol",
+        "computed": f"computed_{ref}",
+        "second": (level_column(second.name, stage.value_keys[1]) if second is not None
+                   else "F_vib_kJmol_per_mol"),
+        "dG": "dG_kJmol_per_mol",
+        "rank_dE": f"rank_by_dE_{ref}",
+        "rank_dG": "rank_by_dG",
+    }
+
+
+def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
+    """The landscape as the model ranks it (``report/landscape_model_m<id>.csv``): one row
+    per structure, every structure's energy at the ranking level computed or predicted by
+    the structure surrogate (Delta-GP), lowest (free) energy first. The table of the
+    computed energies with absolute values is ``runs/<name>/structures/landscape_m<id>.csv``.
+
+    Energies in kJ/mol per molecule, ``dE`` relative to the lowest structure of its own
+    column; ``<FF>`` is the CSP level's backend name, ``<L>`` the ranking level's
+    (:func:`landscape_table_columns`). Columns: ``id, space_group, Z`` (molecules in the
+    cell the structure's CIF under ``runs/<name>/structures/`` states, as there; the search
+    cell's when the CIF is not written yet), ``density_gcm3``, ``dE_<FF>_kJmol_per_mol``
+    (force field), ``dE_predicted_<L>_kJmol_per_mol`` (the lattice energy at ``<L>``: the
+    computed value where computed, else the Delta-GP prediction; no vibrational term),
+    ``dE_predicted_sd_<L>_kJmol_per_mol`` (the prediction's 1-sigma, 0 where computed),
+    ``computed_<L>`` (1 computed, 0 predicted), then with a second energy level (e.g.
+    ``phonon``) its value where computed (``F_vib_phonon_kJmol_per_mol``, absolute) and
+    ``dG_kJmol_per_mol`` = E + F_vib relative to the lowest (F_vib of the uncomputed taken
+    as the mean of the computed ones), ``rank_by_dE_<L>``, ``rank_by_dG``. Without a second
+    energy level (``[structures]`` has none) no free energy exists: ``F_vib_kJmol_per_mol``,
+    ``dG_kJmol_per_mol`` and ``rank_by_dG`` are empty and the rows are in ``dE`` order.
+    Last, ``observed``: the lab request that observed the structure (a fed-back lab
+    result), else empty.
     """
     import numpy as np
 
@@ -598,8 +631,10 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     observed = observed_sources(campaign.store)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "space_group", "Z", "density_gcm3", "ff_kjmol", "static_kjmol", "static_std_kjmol",
-                    "computed", "f_vib_kjmol", "g_kjmol", "rank_static", "rank_g", "observed"])
+        cols = landscape_table_columns(campaign)
+        w.writerow(["id", "space_group", "Z", "density_gcm3", cols["ff"], cols["dE"], cols["sd"],
+                    cols["computed"], cols["second"], cols["dG"], cols["rank_dE"], cols["rank_dG"],
+                    "observed"])
         for i in np.argsort(g, kind="stable"):
             r = rows[i]
             fv = land.f_vib.get(int(i))

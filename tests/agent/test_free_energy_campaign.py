@@ -71,9 +71,12 @@ def test_static_then_free_energy_campaign(tmp_path):
         # acetylene: ZPE dominated by the C-H stretches, ~70 kJ/mol per molecule; F < ZPE at 298 K
         assert 40.0 < v["zpe_kjmol"] < 100.0 and v["f_vib_kjmol"] < v["zpe_kjmol"]
     # the report ranks by G = E + F_vib
-    table = next((runs / "gvib" / "report").glob("landscape_m*.csv"))
+    table = next((runs / "gvib" / "report").glob("landscape_model_m*.csv"))
     rows = list(csv.DictReader(table.open()))
-    assert [int(r["rank_g"]) for r in rows] == list(range(1, len(rows) + 1))
-    with_f = [r for r in rows if r["f_vib_kjmol"]]
+    assert [int(r["rank_by_dG"]) for r in rows] == list(range(1, len(rows) + 1))
+    (f_col,) = [c for c in rows[0] if c.startswith("F_vib_")]
+    assert f_col == "F_vib_phonon_kJmol_per_mol"
+    with_f = [r for r in rows if r[f_col]]
     n_phonon_ok = sum(e[2] == "ok" for e in phonon)
-    assert len(with_f) == n_phonon_ok and all(r["computed"] == "1" for r in with_f)
+    (computed_col,) = [c for c in rows[0] if c.startswith("computed_")]
+    assert len(with_f) == n_phonon_ok and all(r[computed_col] == "1" for r in with_f)

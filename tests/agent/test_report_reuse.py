@@ -72,12 +72,12 @@ def _report(runs, tmp_path, capsys):
 
 
 def test_report_reuses_the_runs_corrected_landscapes(finished, tmp_path, capsys, monkeypatch):
-    ref = (finished / "fr" / "report" / "landscape_m1.csv").read_text()
+    ref = (finished / "fr" / "report" / "landscape_model_m1.csv").read_text()
     calls = _count_work(monkeypatch)
     copy, out = _report(finished, tmp_path, capsys)
     assert calls == {"fit": 0, "terms": 0}, calls
     assert out.err == ""  # nothing slow to announce
-    assert (copy / "fr" / "report" / "landscape_m1.csv").read_text() == ref  # the run's own numbers
+    assert (copy / "fr" / "report" / "landscape_model_m1.csv").read_text() == ref  # the run's own numbers
 
 
 def test_report_without_saved_results_fits_once_and_says_so(finished, tmp_path, capsys, monkeypatch):
@@ -86,7 +86,7 @@ def test_report_without_saved_results_fits_once_and_says_so(finished, tmp_path, 
 
     from agent.stages.corrected_cache import CORRECTED_META
 
-    ref = (finished / "fr" / "report" / "landscape_m1.csv").read_text()
+    ref = (finished / "fr" / "report" / "landscape_model_m1.csv").read_text()
     copy, _ = _report(finished, tmp_path, capsys)
     db = sqlite3.connect(copy / "fr" / "store.sqlite")
     with db:
@@ -98,7 +98,7 @@ def test_report_without_saved_results_fits_once_and_says_so(finished, tmp_path, 
     assert calls == {"fit": 1, "terms": 1}, calls  # not once per plot, table and summary
     assert "report: m1: fragment terms of 12 structures" in out.err
     assert "report: m1: fitting the structure surrogate on" in out.err
-    assert (copy / "fr" / "report" / "landscape_m1.csv").read_text() == ref
+    assert (copy / "fr" / "report" / "landscape_model_m1.csv").read_text() == ref
 
 
 def test_the_runs_fragment_terms_are_read_back_not_recomputed(finished, tmp_path, capsys, monkeypatch):
@@ -110,7 +110,7 @@ def test_the_runs_fragment_terms_are_read_back_not_recomputed(finished, tmp_path
     from agent.stages.corrected_cache import CORRECTED_META
 
     (saved,) = (finished / "fr" / "cache" / "fragment_terms").glob("m1-*.json.gz")
-    ref = (finished / "fr" / "report" / "landscape_m1.csv").read_text()
+    ref = (finished / "fr" / "report" / "landscape_model_m1.csv").read_text()
     copy, _ = _report(finished, tmp_path, capsys)
     db = sqlite3.connect(copy / "fr" / "store.sqlite")
     with db:
@@ -120,14 +120,14 @@ def test_the_runs_fragment_terms_are_read_back_not_recomputed(finished, tmp_path
     copy, out = _report(finished, tmp_path, capsys)
     assert calls == {"fit": 1, "terms": 0}, calls
     assert "fragment terms of" not in out.err
-    assert (copy / "fr" / "report" / "landscape_m1.csv").read_text() == ref
+    assert (copy / "fr" / "report" / "landscape_model_m1.csv").read_text() == ref
 
     (cached,) = (copy / "fr" / "cache" / "fragment_terms").glob("m1-*.json.gz")
     cached.write_bytes(cached.read_bytes()[:100])  # a truncated file
     calls = _count_work(monkeypatch)
     copy, out = _report(finished, tmp_path, capsys)
     assert calls == {"fit": 1, "terms": 1}, calls
-    assert (copy / "fr" / "report" / "landscape_m1.csv").read_text() == ref
+    assert (copy / "fr" / "report" / "landscape_model_m1.csv").read_text() == ref
 
 
 def test_fragment_cache_round_trip_and_key():

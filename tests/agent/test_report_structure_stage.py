@@ -141,23 +141,35 @@ def test_landscape_figure_names_the_level_the_molecules_search_recorded(camp, mo
 
 
 def test_landscape_table_has_the_cifs_space_group_and_z_and_no_free_energy(runs):
+    """The report's landscape table is ``landscape_model_m<id>.csv`` (newuser43b #8: it
+    shared ``landscape_m<id>.csv`` with the structures' table), its energies named as
+    relative (``dE_``), by level, with their unit, not "static"."""
     from agent.cli import main
 
     assert main(["report", NAME, "--runs-dir", str(runs)]) == 0
-    (table,) = (runs / NAME / "report").glob("landscape_m*.csv")
+    (table,) = (runs / NAME / "report").glob("landscape*.csv")
+    assert table.name.startswith("landscape_model_m")
     rows = list(csv.DictReader(table.open()))
     (structures,) = (runs / NAME / "structures").glob("landscape_m*.csv")
     ref = {r["id"]: r for r in csv.DictReader(structures.open())}
-    assert list(rows[0])[:4] == ["id", "space_group", "Z", "density_gcm3"]
+    assert list(rows[0]) == ["id", "space_group", "Z", "density_gcm3", "dE_replay-csp_kJmol_per_mol",
+                             "dE_predicted_replay-crystal_kJmol_per_mol",
+                             "dE_predicted_sd_replay-crystal_kJmol_per_mol", "computed_replay-crystal",
+                             "F_vib_kJmol_per_mol", "dG_kJmol_per_mol", "rank_by_dE_replay-crystal",
+                             "rank_by_dG", "observed"]
+    assert not [c for c in rows[0] if "static" in c]
     assert len(rows) == len(ref)
     for r in rows:
         assert (r["space_group"], r["Z"]) == (ref[r["id"]]["space_group"], ref[r["id"]]["Z"])
         assert int(r["Z"]) >= 1  # (the replayed landscape stores no space groups)
         assert r["density_gcm3"] == ref[r["id"]]["density_gcm3"]
         # no free-energy level: no F_vib, no G, no rank by G
-        assert r["f_vib_kjmol"] == r["g_kjmol"] == r["rank_g"] == ""
-    assert [int(r["rank_static"]) for r in rows] == list(range(1, len(rows) + 1))
-    assert float(rows[0]["static_kjmol"]) == 0.0
+        assert r["F_vib_kJmol_per_mol"] == r["dG_kJmol_per_mol"] == r["rank_by_dG"] == ""
+        if r["computed_replay-crystal"] == "1":  # a computed energy has no prediction spread
+            assert float(r["dE_predicted_sd_replay-crystal_kJmol_per_mol"]) == 0.0
+    assert [int(r["rank_by_dE_replay-crystal"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert float(rows[0]["dE_predicted_replay-crystal_kJmol_per_mol"]) == 0.0
+    assert min(float(r["dE_replay-csp_kJmol_per_mol"]) for r in rows) == 0.0
 
 
 def test_report_prints_directories_with_counts_and_every_file_with_verbose(runs, capsys):

@@ -146,7 +146,7 @@ def test_status_reports_the_lab_experiment_and_marks_the_observed_form(finished,
 
 def test_the_observed_form_is_marked_on_the_landscape_plot_and_in_its_tables(finished):
     """newuser37 C4: the lab's observed form was named only in the summary text. The
-    report's landscape_m<id>.csv and the structures' landscape_m<id>.csv have an ``observed``
+    report's landscape_model_m<id>.csv and the structures' landscape_m<id>.csv have an ``observed``
     column (the lab request, else empty), and landscape_m<id>.png marks it (a legend entry
     naming it and the request)."""
     import matplotlib
@@ -160,8 +160,8 @@ def test_the_observed_form_is_marked_on_the_landscape_plot_and_in_its_tables(fin
     _, _, _, lab, observed = _truth(finished)
     assert observed
     request = lab["request_id"]
-    for where in ("report", "structures"):
-        (table,) = (finished / NAME / where).glob("landscape_m*.csv")
+    for where, pattern in (("report", "landscape_model_m*.csv"), ("structures", "landscape_m*.csv")):
+        (table,) = (finished / NAME / where).glob(pattern)
         rows = list(csv.DictReader(table.open()))
         assert {r["id"] for r in rows if r["observed"]} == set(observed), where
         assert all(r["observed"] == request for r in rows if r["observed"])
