@@ -1,8 +1,14 @@
 """The molecule surrogate as an MLflow pyfunc model.
 
 Loaded with ``mlflow.pyfunc.load_model(uri)``; ``predict`` takes a DataFrame with a
-``smiles`` column and returns, for every fidelity ``f`` of the campaign's ladder,
-columns ``mean_f`` and ``std_f`` (objective units, e.g. kJ/mol).
+``smiles`` column and returns, for every level of the campaign's ladder (cheapest first),
+columns ``<objective>_<level>_mean`` and ``<objective>_<level>_std`` (the prediction and
+its 1-sigma in the objective's unit, e.g. ``reorg_energy_kjmol_xtb-reorg_mean`` in kJ/mol;
+``<level>`` is the level's backend name, see :func:`output_columns`). The logged model's
+tags say the unit and level of theory of each column (``output.<column>``).
+
+A model logged before the columns were named (its state has no ``"columns"``) still
+loads, and predicts its old columns ``mean_<fidelity>`` / ``std_<fidelity>``.
 
 This module imports mlflow at import time; only :mod:`agent.tracking` imports it.
 """
@@ -15,8 +21,20 @@ import mlflow.pyfunc
 import pandas as pd
 
 
+def output_columns(objective: str, levels: list[str]) -> list[str]:
+    """The column stem ``<objective>_<level>`` of each fidelity (``levels``: the backend
+    names, cheapest first); a level named twice gets its fidelity appended (``_f<i>``)."""
+    stems = []
+    for f, name in enumerate(levels):
+        stem = f"{objective}_{name}"
+        stems.append(f"{stem}_f{f}" if levels.count(name) > 1 else stem)
+    return stems
+
+
 class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
-    """Artifacts: ``state`` -> a pickle of ``{"state_dict", "n_fidelities", "fingerprint"}``."""
+    """Artifacts: ``state`` -> a pickle of ``{"state_dict", "n_fidelities", "fingerprint",
+    "columns"}`` (``columns``: the output column stem per fidelity; absent in models logged
+    before it existed, which predict ``mean_<f>`` / ``std_<f>``)."""
 
     def load_context(self, context):
         from agent.surrogates.molecule_gp import MoleculeSurrogate
@@ -25,6 +43,7 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
             blob = pickle.load(fh)
         self.fingerprint = blob["fingerprint"]
         self.n_fidelities = blob["n_fidelities"]
+        self.columns = blob.get("columns")
         self.surrogate = MoleculeSurrogate.load_state_dict(blob["state_dict"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -38,8 +57,11 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
 
             desc = molecule_descriptors(smiles)
         out = {"smiles": smiles}
+        columns = getattr(self, "columns", None)
         for f in range(self.n_fidelities):
             mean, std = self.surrogate.predict(fps, f, descriptors=desc)
-            out[f"mean_{f}"] = mean
-            out[f"std_{f}"] = std
+            if columns:
+                out[f"{columns[f]}_mean"], out[f"{columns[f]}_std"] = mean, std
+            else:  # a model logged before its columns were named
+                out[f"mean_{f}"], out[f"std_{f}"] = mean, std
         return pd.DataFrame(out)

@@ -9,32 +9,48 @@ are the stages' fitted models (the only thing not in the store).
 One experiment per campaign (named after it, tagged ``mlflow.experimentKind =
 custom_model_development`` so MLflow 3 opens it in the classic model-training view,
 not the GenAI one) holding one run per launch of the campaign lineage: the run id is
-kept in the store so ``resume`` continues the same run. Logged: the config as params;
-per new evaluation count the metrics ``best_found`` (its unit, quantity, direction and
-level of theory in the run tags ``best_found.*``), ``budget_spent_cpu_s`` (CPU seconds
-measured in the workers), ``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``
-and, with ``[[constraints]]``, ``n_infeasible`` (``best_found`` is over the feasible
-molecules) and, with a structure stage whose first level is a lattice energy,
-``best_lattice_energy_kjmol_per_mol_m<id>`` (the lowest computed, per landscape) (step =
-number of evaluations told, each logged once, the last one at the end of a run); per refit ``surrogate_holdout_mae`` and, from
-:data:`MIN_CALIBRATION_N` held-out top-level values on, ``surrogate_holdout_z_std``,
+kept in the store so ``resume`` continues the same run. Logged: the config as params.
+
+Every metric's step is the number of evaluations told (stored) when its value arose, so
+all series share one x-axis; a count that is a quantity of its own (structures computed,
+structures with a property value) is a metric, not a step. Per new evaluation count the
+metrics ``best_found`` (its unit, quantity, direction and level of theory in the run tags
+``best_found.*``), ``budget_spent_cpu_s`` (CPU seconds measured in the workers),
+``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``, ``n_<backend>`` and, with
+``[[constraints]]``, ``n_infeasible`` (``best_found`` is over the feasible molecules)
+and, with a structure stage whose first level is a lattice energy,
+``best_lattice_energy_kjmol_per_mol_m<id>`` (the lowest computed, per landscape) (each
+logged once, the last one at the end of a run); per molecule-surrogate refit
+``surrogate_holdout_mae_<unit>`` (:func:`holdout_mae_metric`, the objective's unit;
+``surrogate_holdout_mae`` in runs logged before 2026-12-06), ``n_molecule_refits`` and,
+from :data:`MIN_CALIBRATION_N` held-out top-level values on, ``surrogate_holdout_z_std``,
 ``surrogate_holdout_coverage_68`` and ``_95`` (the top level predicted with the cheaper
-values known, :meth:`~agent.surrogates.molecule_gp.MoleculeSurrogate.calibration`); the report's
-plots and tables as artifacts under ``plots/``, the CIFs and structure tables of
-``runs/<name>/structures/`` under ``structures/``; for a structure stage with property levels,
-per new value ``landscape_<key>_m<id>`` (the landscape's Boltzmann mean) and ``..._sd_energy``
-(its spread from the energy ranking alone), and at the end of a run ``..._sd`` (the sd the
-report prints: structures of the window without a value included) with ``..._n_in_window`` and
-``..._n_with_value_in_window``; for a campaign with ESF levels, the ESF maps
-(``esf_maps/esf_map_n<landscapes>.png``, :mod:`agent.esf_report`) at the first refit
-after each new molecule-stage landscape result, and at the end of a run.
+values known, :meth:`~agent.surrogates.molecule_gp.MoleculeSurrogate.calibration`); per
+structure-surrogate refit ``structures_computed_m<id>``, ``structure_gp_loo_mae_kjmol_m<id>``
+and, from :data:`MIN_CALIBRATION_N` computed structures on, ``structure_gp_calibration_m<id>``
+(:meth:`Tracker._log_structure_refits`); with a lab, ``lab_experiments_sent`` and
+``lab_results`` when they change (one point per step, :meth:`Tracker._log_lab_counts`) and
+``lab_match_confidence`` per identified result; for a structure stage with property
+levels, per new value ``landscape_<key>_m<id>`` (the landscape's Boltzmann mean),
+``..._sd_energy`` (its spread from the energy ranking alone) and ``..._n_with_value``, and
+at the end of a run ``..._sd`` (the sd the report prints: structures of the window without
+a value included) with ``..._n_in_window`` and ``..._n_with_value_in_window``.
+
+Artifacts: the report's plots under ``plots/``, its tables and text (``summary.txt``,
+``results.csv``, ``landscape_model_m<id>.csv``, ...) under ``report/``, the CIFs and
+structure tables of ``runs/<name>/structures/`` under ``structures/``; for a campaign with
+ESF levels, the ESF maps (``esf_maps/esf_map_n<landscapes>.png``, :mod:`agent.esf_report`)
+at the first refit after each new molecule-stage landscape result, and at the end of a run.
 
 Models are logged when they change materially, not at every refit: the molecule
-surrogate (an MLflow pyfunc, :mod:`agent.mlflow_model`) when ``MODEL_LOG_MIN_NEW_TOP``
+surrogate (an MLflow pyfunc named ``molecule_surrogate_<objective>_refit_<n>``,
+:mod:`agent.mlflow_model`, predicting ``<objective>_<level>_mean`` / ``_std`` per level,
+unit and level of theory in its tags) when ``MODEL_LOG_MIN_NEW_TOP``
 new top-level results arrived or its training set grew by ``MODEL_LOG_GROWTH`` since
 the last logged one; a structure-level Delta-GP (a pickled artifact
 ``structure_models/m<id>_n<computed>.pkl``, cloudpickled, with the structures and energies it was
-trained on) under the same rule per molecule. :meth:`Tracker.finish_models` logs the
+trained on; not an MLflow model: it loads with ``pickle.load`` under the same code version)
+under the same rule per molecule. :meth:`Tracker.finish_models` logs the
 final models, so the last logged model of each kind has seen the last result.
 
 The tracking URI is checked before use (:func:`check_tracking_uri`): an HTTP server
@@ -70,11 +86,14 @@ HTTP_TIMEOUT_S = 10
 MODEL_LOG_MIN_NEW_TOP = 5
 #: ... or when its training set grew by this fraction since the last logged model
 MODEL_LOG_GROWTH = 0.2
-#: the experiment tag and value that make MLflow 3's UI show the classic (non-GenAI) view
 #: held-out top-level values below which no z spread or coverage is logged (with 2-4
-#: values a coverage of 1.0 says nothing about calibration)
+#: values a coverage of 1.0 says nothing about calibration), and computed structures below
+#: which no structure-GP calibration factor is logged (it sits at its floor there)
 MIN_CALIBRATION_N = 5
+#: the experiment tag and value that make MLflow 3's UI show the classic (non-GenAI) view
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+#: report files logged under the artifact path ``plots/``; the report's other files go under ``report/``
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 class TrackingError(RuntimeError):
@@ -152,6 +171,24 @@ def _material(n_now: int, n_top_now: int, n_logged: int, n_top_logged: int) -> b
         return n_now > 0
     return (n_top_now - n_top_logged >= MODEL_LOG_MIN_NEW_TOP
             or n_now >= (1.0 + MODEL_LOG_GROWTH) * n_logged)
+
+
+#: units as they appear in metric names
+_UNIT_SLUGS = {"kJ/mol": "kjmol", "kJ/mol per molecule": "kjmol_per_mol", "eV": "ev", "g/cm3": "gcm3",
+               "cm2/(V s)": "cm2Vs", "log10 cm2/(V s)": "log10_cm2Vs", "s": "s", "A": "A"}
+
+
+def holdout_mae_metric(objective: str) -> str:
+    """The molecule surrogate's held-out MAE metric, its unit in the name (the objective's:
+    ``surrogate_holdout_mae_kjmol`` for a reorganisation energy, ``..._dimensionless`` for a
+    count). Runs logged before 2026-12-06 have it as ``surrogate_holdout_mae``."""
+    import re
+
+    from agent.summary import quantity
+
+    unit = quantity(objective)[2]
+    slug = _UNIT_SLUGS.get(unit) or re.sub(r"[^A-Za-z0-9]+", "_", unit).strip("_") or "dimensionless"
+    return f"surrogate_holdout_mae_{slug}"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -242,7 +279,9 @@ class Tracker:
         logged = campaign.store.get_meta("mlflow_model_logged", "0,0") or "0,0"
         self._model_logged = tuple(int(x) for x in logged.split(","))  # (n_obs, n_top) of last model
         self._structure_model_logged: dict[int, int] = {}  # molecule id -> n_computed of last model
-        self._lab_counts: tuple[int, int] | None = None
+        # lab counts not yet logged: (evaluation count, {metric: value}) (_log_lab_counts)
+        self._lab_pending: tuple[int, dict[str, float]] | None = None
+        self._points: dict[str, tuple[int, float] | None] = {}  # metric -> last (step, value)
         self._structure_surrogate: dict[int, str] = {}  # molecule id -> surrogate tag already set
         self._esf_logged = -1  # molecule-stage landscape results in the last logged ESF map
 
@@ -344,6 +383,7 @@ class Tracker:
         )
         self._progress_step = step
         c.store.set_meta("mlflow_progress_logged", f"{self.run_id}:{step}")
+        self._log_lab_counts()  # counts held at an earlier evaluation count are logged now
 
     def log_events(self) -> None:
         """Log the store's events since the last logged one (see the module docstring)."""
@@ -356,7 +396,8 @@ class Tracker:
             if ev["kind"] == "molecule_refit":
                 step = int(ev.get("n_evaluations", c.n_evaluations))
                 if ev.get("holdout_mae") is not None:
-                    self.client.log_metric(self.run_id, "surrogate_holdout_mae", ev["holdout_mae"], step=step)
+                    self.client.log_metric(self.run_id, holdout_mae_metric(c.cfg.objective),
+                                           ev["holdout_mae"], step=step)
                 # the top level's held-out calibration (cheaper values known), once enough
                 # values are held out for a coverage to mean something
                 top = ev.get("holdout_calibration")
@@ -369,11 +410,12 @@ class Tracker:
             elif ev["kind"] == "lab_result" and ev.get("state") == "done":
                 self._log_lab_result(ev)
             elif ev["kind"] == "landscape_property":  # agent/stages/properties.py
-                key, step = f"landscape_{ev['value_key']}_m{ev['molecule_id']}", ev["n_structures"]
-                self.client.log_metric(self.run_id, key, ev["mean"], step=step)
+                key = f"landscape_{ev['value_key']}_m{ev['molecule_id']}"
                 # the spread from the energy ranking alone; the sd the report prints (window
                 # coverage included) is logged as <key>_sd at the end of a run
-                self.client.log_metric(self.run_id, f"{key}_sd_energy", ev["sd"], step=step)
+                self._log_new_points({key: ev["mean"], f"{key}_sd_energy": ev["sd"],
+                                      f"{key}_n_with_value": ev["n_structures"]},
+                                     int(ev.get("n_evaluations", c.n_evaluations)))
         if any(ev["kind"] == "molecule_refit" for ev in events):
             self._maybe_log_molecule_model(final=False)
             self._maybe_log_esf_map()
@@ -403,52 +445,124 @@ class Tracker:
             c.store.set_meta("mlflow_model_logged", f"{n_obs},{n_top}")
 
     def _log_surrogate_model(self) -> None:
+        """The molecule surrogate as an MLflow pyfunc model named
+        ``molecule_surrogate_<objective>_refit_<n>`` (model type ``molecule-surrogate``),
+        predicting ``<objective>_<level>_mean`` / ``_std`` per level
+        (:mod:`agent.mlflow_model`). Its tags say the objective, unit and level of theory
+        of each output column (``output.<column>``); its params are the surrogate's own
+        (fingerprint, levels, training counts), not the campaign's config, which stays on
+        the run: the logged model is created first (:func:`mlflow.initialize_logged_model`),
+        so ``log_model`` does not copy the run's params onto it."""
         import mlflow
         import pandas as pd
         from mlflow.models import infer_signature
 
-        from agent.mlflow_model import MoleculeSurrogateModel
+        from agent.mlflow_model import MoleculeSurrogateModel, output_columns
+        from agent.summary import level_of_theory, quantity
 
         c = self.campaign
         s = c.cfg.surrogate
+        backends = list(c.cfg.backends)
+        columns = output_columns(c.cfg.objective, [b.name for b in backends])
+        label, _, unit = quantity(c.cfg.objective)
+        unit = unit or "dimensionless"
         blob = {
             "state_dict": c.molecules.surrogate.state_dict(),
-            "n_fidelities": len(c.cfg.backends),
+            "n_fidelities": len(backends),
             "fingerprint": {"n_bits": s.fingerprint_bits, "radius": s.fingerprint_radius},
+            "columns": columns,
         }
+        trained_f = np.asarray(c.molecules.surrogate.obs_f)
+        tags = {
+            "objective": c.cfg.objective,
+            "quantity": label,
+            "unit": unit,
+            "campaign": c.cfg.name,
+            "outputs": "per level (cheapest first): <objective>_<level>_mean and _std, the "
+                       "prediction and its 1-sigma in the unit above",
+        }
+        for f, (b, col) in enumerate(zip(backends, columns, strict=True)):
+            tags[f"output.{col}"] = f"{label}, {unit}, {level_of_theory(b)} ({b.name}), fidelity {f}"
+        params = {
+            "fingerprint_bits": s.fingerprint_bits,
+            "fingerprint_radius": s.fingerprint_radius,
+            "levels": ", ".join(b.name for b in backends),
+            "n_training_results": len(trained_f),
+            "n_training_results_top_level": int(np.sum(trained_f == c.molecules.top_fidelity)),
+            "n_refit": c.molecules.n_refits,
+            "n_evaluations": c.n_evaluations,
+        }
+        example_out = {"smiles": ["c1ccccc1"]} | {f"{col}_{k}": [0.0] for col in columns
+                                                  for k in ("mean", "std")}
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = Path(tmp) / "surrogate_state.pkl"
             path.write_bytes(pickle.dumps(blob))
             with mlflow.start_run(run_id=self.run_id):
+                model = mlflow.initialize_logged_model(
+                    name=f"molecule_surrogate_{c.cfg.objective}_refit_{c.molecules.n_refits:04d}",
+                    source_run_id=self.run_id, model_type="molecule-surrogate",
+                    tags={k: v[:5000] for k, v in tags.items()},
+                    params={k: str(v) for k, v in params.items()},
+                    experiment_id=self.experiment_id,
+                )
                 mlflow.pyfunc.log_model(
-                    name=f"surrogate_refit_{c.molecules.n_refits:04d}",
+                    model_id=model.model_id,
                     python_model=MoleculeSurrogateModel(),
                     artifacts={"state": str(path)},
                     code_paths=None,
                     pip_requirements=["crystal-agent", "torch==2.13.0", "botorch", "rdkit"],
-                    signature=infer_signature(
-                        pd.DataFrame({"smiles": ["c1ccccc1"]}),
-                        pd.DataFrame(
-                            {"smiles": ["c1ccccc1"]}
-                            | {f"{k}_{f}": [0.0] for f in range(len(c.cfg.backends))
-                               for k in ("mean", "std")}
-                        ),
-                    ),
+                    signature=infer_signature(pd.DataFrame({"smiles": ["c1ccccc1"]}),
+                                              pd.DataFrame(example_out)),
                     step=c.n_evaluations,
                 )
 
-    def _log_lab_counts(self) -> None:
-        """Lab experiments sent and identified (logged when they change)."""
+    def _log_lab_counts(self, *, final: bool = False) -> None:
+        """Lab experiments sent and identified, ``lab_experiments_sent`` and ``lab_results``
+        (step = evaluations told), each logged only when its value changed, one point per
+        step: the counts at an evaluation count are held until the count moves on (or,
+        ``final``, the run ends), so a request sent and its result arriving at the same
+        evaluation count give one point of each, not two values at one step."""
         if self.campaign.lab is None:
             return
         rows = self.campaign.store.lab_experiments()
-        counts = (len(rows), sum(r["state"] == "done" for r in rows))
-        if counts != self._lab_counts:
-            self._lab_counts = counts
-            step = self.campaign.n_evaluations
-            self.client.log_metric(self.run_id, "lab_experiments_sent", counts[0], step=step)
-            self.client.log_metric(self.run_id, "lab_results", counts[1], step=step)
+        counts = {"lab_experiments_sent": len(rows),
+                  "lab_results": sum(r["state"] == "done" for r in rows)}
+        step = self.campaign.n_evaluations
+        if self._lab_pending is not None and self._lab_pending[0] < step:
+            self._log_new_points(self._lab_pending[1], self._lab_pending[0], on_change=True)
+        self._lab_pending = (step, counts)
+        if final:
+            self._log_new_points(counts, step, on_change=True)
+            self._lab_pending = None
+
+    def _last_point(self, key: str) -> tuple[int, float] | None:
+        """(step, value) of the metric's point at its highest step in this run (read from
+        MLflow once per tracker, then kept), or None."""
+        if key not in self._points:
+            hist = self.client.get_metric_history(self.run_id, key)
+            last = max(hist, key=lambda m: (m.step, m.timestamp), default=None)
+            self._points[key] = None if last is None else (int(last.step), float(last.value))
+        return self._points[key]
+
+    def _log_new_points(self, metrics: dict[str, float], step: int, *, on_change: bool = False) -> None:
+        """Log each metric at ``step`` unless the run already has a point of it at that step
+        or a later one (so no step gets two values, and a replayed event logs nothing), or,
+        ``on_change``, its last point has the same value."""
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = []
+        for key, value in metrics.items():
+            last = self._last_point(key)
+            if last is not None and (step <= last[0] or (on_change and last[1] == float(value))):
+                continue
+            batch.append(Metric(key, float(value), ts, int(step)))
+            self._points[key] = (int(step), float(value))
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def _log_lab_result(self, event: dict[str, Any]) -> None:
         """One identified lab result: its confidence, identification record and the
@@ -473,21 +587,27 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path="lab")
 
     def _log_structure_refits(self, new: list[dict[str, Any]]) -> None:
-        """Per ``structure_refit`` event: the held-out (leave-one-out) MAE and calibration
-        factor as metrics, which surrogate it is as a tag (``structure_surrogate_m<id>``:
-        ``soap-delta-gp`` or ``fragment-dimer-gp``) (step = structures computed at the first
-        structure level, one series per molecule, ``..._m<molecule id>``), and the
-        landscape before and after correction with the held-out parity plot as an
-        artifact (``structure_refits/landscape_m<id>_n<computed>.png``)."""
+        """Per ``structure_refit`` event, one series per molecule (``..._m<molecule id>``)
+        at step = evaluations told when the refit happened, like every other metric:
+        ``structures_computed_m<id>`` (structures computed at the first structure level, the
+        refit's training set), the held-out (leave-one-out) MAE and, from
+        :data:`MIN_CALIBRATION_N` computed structures on, the calibration factor (with fewer
+        it sits at its floor and says nothing); which surrogate it is as a tag
+        (``structure_surrogate_m<id>``: ``soap-delta-gp`` or ``fragment-dimer-gp``); and the
+        landscape before and after correction with the held-out parity plot as an artifact
+        (``structure_refits/landscape_m<id>_n<computed>.png``)."""
         from agent.report import landscape_plot
 
+        c = self.campaign
         for rec in new:
-            mol, step = rec["molecule_id"], rec["n_computed"]
+            mol, n = rec["molecule_id"], int(rec["n_computed"])
+            metrics = {f"structures_computed_m{mol}": n}
             if rec["loo_mae_kjmol"] is not None:
-                self.client.log_metric(self.run_id, f"structure_gp_loo_mae_kjmol_m{mol}",
-                                       rec["loo_mae_kjmol"], step=step)
-            self.client.log_metric(self.run_id, f"structure_gp_calibration_m{mol}", rec["calibration"],
-                                   step=step)
+                metrics[f"structure_gp_loo_mae_kjmol_m{mol}"] = rec["loo_mae_kjmol"]
+            if n >= MIN_CALIBRATION_N:
+                metrics[f"structure_gp_calibration_m{mol}"] = rec["calibration"]
+            # events recorded before they carried the evaluation count: the current one
+            self._log_new_points(metrics, int(rec.get("n_evaluations", c.n_evaluations)))
             if rec.get("surrogate") and self._structure_surrogate.get(mol) != rec["surrogate"]:
                 self.client.set_tag(self.run_id, f"structure_surrogate_m{mol}", rec["surrogate"])
                 self._structure_surrogate[mol] = rec["surrogate"]
@@ -574,6 +694,7 @@ class Tracker:
         not, so the last logged models are the final ones."""
         c = self.campaign
         self.log_events()
+        self._log_lab_counts(final=True)
         self._maybe_log_molecule_model(final=True)
         self._maybe_log_esf_map()
         if c.stage is not None:
@@ -588,8 +709,8 @@ class Tracker:
         """The structure stage's landscape mobilities as the report prints them: mean and
         sd (:func:`agent.esf_report.window_coverage`: widened for the window's structures
         without a mobility) under ``landscape_<value key>_m<id>`` and ``..._sd``, with the
-        number of window structures with a mobility and in the window, at step = the number
-        of structures with a value (the step of the last ``landscape_property`` event)."""
+        number of window structures with a mobility and in the window, at step = evaluations
+        told at the end of the run (each only when it changed since its last point)."""
         c = self.campaign
         if c.stage is None or not c.store.events("landscape_property"):
             return
@@ -600,16 +721,17 @@ class Tracker:
             ev = latest.get((rec["molecule_id"], rec["backend"])) if rec["source"] == "structure stage" else None
             if ev is None:
                 continue
-            key, step = f"landscape_{ev['value_key']}_m{rec['molecule_id']}", int(ev["n_structures"])
-            self.client.log_metric(self.run_id, key, rec["mean"], step=step)
-            self.client.log_metric(self.run_id, f"{key}_sd", rec["sd"], step=step)
-            self.client.log_metric(self.run_id, f"{key}_n_in_window", rec["n_in_window"], step=step)
+            key = f"landscape_{ev['value_key']}_m{rec['molecule_id']}"
+            metrics = {key: rec["mean"], f"{key}_sd": rec["sd"], f"{key}_n_in_window": rec["n_in_window"]}
             if rec.get("n_with_mobility") is not None:
-                self.client.log_metric(self.run_id, f"{key}_n_with_value_in_window", rec["n_with_mobility"],
-                                       step=step)
+                metrics[f"{key}_n_with_value_in_window"] = rec["n_with_mobility"]
+            self._log_new_points(metrics, c.n_evaluations, on_change=True)
 
     def log_plots(self) -> list[Path]:
-        """Write the campaign's plots under runs/<name>/report/ and log them as artifacts."""
+        """Write the campaign's report under runs/<name>/report/ and log it as artifacts:
+        figures under ``plots/``, tables and text (``summary.txt``, ``results.csv``,
+        ``landscape_model_m<id>.csv``, ...) under ``report/``, the CIFs and tables of
+        ``runs/<name>/structures/`` under ``structures/``."""
         from agent.report import write_plots
 
         paths = write_plots(self.campaign)
@@ -617,8 +739,11 @@ class Tracker:
         structures = (Path(self.campaign.directory) / "structures").resolve()
         for p in paths:
             # the CIFs and structure tables of runs/<name>/structures/ under structures/,
-            # the report's plots and tables under plots/
-            folder = "structures" if Path(p).resolve().parent == structures else "plots"
+            # the report's figures under plots/, its tables and text under report/
+            if Path(p).resolve().parent == structures:
+                folder = "structures"
+            else:
+                folder = "plots" if Path(p).suffix.lower() in PLOT_SUFFIXES else "report"
             self.client.log_artifact(self.run_id, str(p), artifact_path=folder)
         return paths
 

@@ -255,4 +255,5 @@ class PropertyLevel:
             self.store.log_event("landscape_property", molecule_id=land.molecule_id, level=self.name,
                                  value_key=self.value_key, mean=lm.mean, sd=lm.sd,
                                  n_structures=len(st.values), n_in_window=lm.n_in_window,
-                                 n_reused=len(st.reused))
+                                 n_reused=len(st.reused),
+                                 n_evaluations=self.store.count_evaluations()[0])  # MLflow's step

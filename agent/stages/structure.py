@@ -507,7 +507,8 @@ class StructureStage:
     def _refit(self, land: LandscapeState, seed: int) -> Any:
         """Fit the landscape's surrogate on what is computed and record its held-out error
         as a ``structure_refit`` event (``molecule_id``, ``n_computed``, ``loo_mae_kjmol``,
-        ``calibration``, ``surrogate``) when the computed set changed since the last one
+        ``calibration``, ``surrogate``, ``n_evaluations``: the campaign's evaluations stored,
+        MLflow's step) when the computed set changed since the last one
         (leave-one-out residuals in closed form, hyperparameters fixed)."""
         from agent.surrogates.structure_gp import SurrogateError
 
@@ -525,7 +526,8 @@ class StructureStage:
             self.store.log_event(
                 "structure_refit", molecule_id=land.molecule_id, n_computed=n,
                 loo_mae_kjmol=model.loo_mae_kjmol, calibration=float(model.calibration),
-                surrogate=surrogate, level=self.refine.name)
+                surrogate=surrogate, level=self.refine.name,
+                n_evaluations=self.store.count_evaluations()[0])
         return model
 
     def refit_all(self) -> None:

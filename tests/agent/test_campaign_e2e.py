@@ -101,8 +101,10 @@ def test_tiny_real_campaign(tmp_path):
     import pandas as pd
 
     pred = model.predict(pd.DataFrame({"smiles": ["C=C", "c1ccsc1"]}))
-    assert list(pred.columns) == ["smiles", "mean_0", "std_0", "mean_1", "std_1"]
-    assert (pred["std_1"] > 0).all()
+    assert list(pred.columns) == ["smiles", "reorg_energy_kjmol_xtb-reorg_mean", "reorg_energy_kjmol_xtb-reorg_std",
+                                  "reorg_energy_kjmol_dft-reorg_mean", "reorg_energy_kjmol_dft-reorg_std"]
+    assert (pred["reorg_energy_kjmol_dft-reorg_std"] > 0).all()
+    assert models[0].tags["unit"] == "kJ/mol" and "dft-reorg" in models[0].tags["output.reorg_energy_kjmol_dft-reorg"]
 
     rep = cli("report", "tiny", "--runs-dir", str(runs))
     assert rep.returncode == 0 and "convergence.png" in rep.stdout

@@ -1,7 +1,7 @@
 """What MLflow shows of a synchronous campaign (newuser35 items 3 and 11): the last batch is
 logged (runs ended at n_evaluations 15 where the store said 16, with less CPU), no step is
 logged twice (each batch was logged once per result with the count before it), the CIFs
-are under ``structures/`` (not ``plots/``), ``best_found`` has its unit and level in the
+are under ``structures/`` and the report's tables under ``report/`` (not ``plots/``), ``best_found`` has its unit and level in the
 run's tags, and the best computed lattice energy of the structure stage is a metric.
 
 A real Campaign, replayed backends (test_stages' formamide landscape), the local executor."""
@@ -86,6 +86,12 @@ def test_cifs_are_logged_under_structures_and_best_found_has_its_unit(tracked):
     structures = [a.path for a in client.list_artifacts(run_id, "structures")]
     assert "plots/convergence.png" in plots
     assert not [p for p in plots if p.endswith(".cif")], plots
+    # newuser43b #8: the report's tables and text are not under plots/
+    assert all(p.endswith(".png") for p in plots), plots
+    report = [a.path for a in client.list_artifacts(run_id, "report")]
+    (mol,) = [p.stem.removeprefix("landscape_model_m") for p in (runs / "ms" / "report").glob("landscape_model_m*.csv")]
+    assert {"report/summary.txt", "report/results.csv", f"report/landscape_model_m{mol}.csv"} <= set(report), report
+    assert f"structures/landscape_m{mol}.csv" in structures
     cifs = [p for p in structures if p.endswith(".cif")]
     assert cifs and len(cifs) == len(list((runs / "ms" / "structures").glob("*.cif")))
 

@@ -548,8 +548,21 @@ def test_tracker_logs_the_stores_events_once(finished, tmp_path, premigrated_mlf
         tracker.log_events()  # nothing new: nothing logged twice
         client = MlflowClient(tracker.uri)
         mol = refits[0]["molecule_id"]
-        history = client.get_metric_history(tracker.run_id, f"structure_gp_calibration_m{mol}")
-        assert sorted(m.step for m in history) == sorted(r["n_computed"] for r in refits)
+        # newuser43b #7: every series on evaluations told (the structures computed are a
+        # metric of their own), and no calibration factor below MIN_CALIBRATION_N structures
+        from agent.tracking import MIN_CALIBRATION_N
+
+        def points(key):
+            return sorted((m.step, m.value) for m in client.get_metric_history(tracker.run_id, key))
+
+        assert all("n_evaluations" in r for r in refits)
+        assert points(f"structures_computed_m{mol}") == sorted((r["n_evaluations"], r["n_computed"]) for r in refits)
+        assert [s for s, _ in points(f"structure_gp_loo_mae_kjmol_m{mol}")] == sorted(
+            r["n_evaluations"] for r in refits if r["loo_mae_kjmol"] is not None)
+        calibrated = [r for r in refits if r["n_computed"] >= MIN_CALIBRATION_N]
+        assert any(r["n_computed"] < MIN_CALIBRATION_N for r in refits) and calibrated
+        assert points(f"structure_gp_calibration_m{mol}") == sorted(
+            (r["n_evaluations"], pytest.approx(r["calibration"])) for r in calibrated)
         assert int(camp.store.get_meta("mlflow_event_cursor")) == camp.store.events()[-1]["event_id"]
         tags = client.get_run(tracker.run_id).data.tags
         assert tags[f"structure_surrogate_m{mol}"] == refits[-1]["surrogate"]

@@ -127,3 +127,125 @@ def test_first_run_into_a_new_runs_dir_with_default_tracking(tmp_path):
     out = cli("run", str(cfg), "--runs-dir", str(tmp_path / "new" / "runs"), "--quiet", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "new" / "runs" / "mlflow.db").is_file()
+
+
+def test_logged_surrogate_names_its_outputs_by_objective_level_and_unit(tmp_path, premigrated_mlflow):
+    """newuser43b #6: the logged molecule surrogate predicted ``mean_0, std_0``, was named
+    ``surrogate_refit_<n>`` and carried all the campaign's params. Its columns now name the
+    objective and level, its tags the unit and level of theory of each, its name the
+    surrogate, and its params are the surrogate's own. A model logged the old way (state
+    without column names) still loads and predicts its old columns."""
+    import pickle
+
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.mlflow_model import MoleculeSurrogateModel
+    from agent.runner import run_campaign
+
+    runs = tmp_path / "runs"
+    premigrated_mlflow(runs)
+    cfg = load_config(write_config(tmp_path, POOL, BODY.format(n=8, tracking="enabled = true")))
+    levels = [b.name for b in cfg.backends]
+    camp = Campaign.create(cfg, runs)
+    try:
+        run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=1))
+        state = camp.molecules.surrogate.state_dict()
+    finally:
+        camp.close()
+    client = MlflowClient(f"sqlite:///{runs.resolve() / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("t")
+    (run,) = client.search_runs([exp.experiment_id])
+    models = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    assert models
+    for m in models:
+        assert m.name.startswith("molecule_surrogate_n_heavy_atoms_refit_"), m.name
+        assert m.model_type == "molecule-surrogate"
+        assert not set(m.params) & set(run.data.params), sorted(set(m.params) & set(run.data.params))
+        assert m.params["levels"] == ", ".join(levels)
+        assert m.tags["objective"] == "n_heavy_atoms" and m.tags["unit"] == "dimensionless"
+        for level in levels:
+            tag = m.tags[f"output.n_heavy_atoms_{level}"]
+            assert f"({level})" in tag and "dimensionless" in tag
+    last = max(models, key=lambda m: m.creation_timestamp)
+    pred = mlflow.pyfunc.load_model(f"models:/{last.model_id}").predict(
+        pd.DataFrame({"smiles": ["CCO", "CCCN"]}))
+    assert list(pred.columns) == ["smiles"] + [f"n_heavy_atoms_{lv}_{k}" for lv in levels for k in ("mean", "std")]
+    assert (pred[f"n_heavy_atoms_{levels[-1]}_std"] > 0).all()
+    # the held-out MAE names its unit
+    from agent.tracking import holdout_mae_metric
+
+    assert client.get_metric_history(run.info.run_id, holdout_mae_metric("n_heavy_atoms"))
+    assert holdout_mae_metric("n_heavy_atoms") == "surrogate_holdout_mae_dimensionless"
+    assert holdout_mae_metric("reorg_energy_kjmol") == "surrogate_holdout_mae_kjmol"
+    assert not client.get_metric_history(run.info.run_id, "surrogate_holdout_mae")
+
+    # a model logged before the columns were named: the same state without "columns"
+    old = tmp_path / "old_state.pkl"
+    old.write_bytes(pickle.dumps({"state_dict": state, "n_fidelities": len(levels),
+                                  "fingerprint": {"n_bits": cfg.surrogate.fingerprint_bits,
+                                                  "radius": cfg.surrogate.fingerprint_radius}}))
+    mlflow.set_tracking_uri(f"sqlite:///{runs.resolve() / 'mlflow.db'}")
+    with mlflow.start_run(experiment_id=exp.experiment_id):
+        info = mlflow.pyfunc.log_model(name="surrogate_refit_0001", python_model=MoleculeSurrogateModel(),
+                                       artifacts={"state": str(old)}, pip_requirements=["crystal-agent"])
+    pred_old = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"smiles": ["CCO"]}))
+    assert list(pred_old.columns) == ["smiles"] + [f"{k}_{f}" for f in range(len(levels)) for k in ("mean", "std")]
+    top = len(levels) - 1
+    assert pred_old[f"mean_{top}"].iloc[0] == pytest.approx(pred[f"n_heavy_atoms_{levels[-1]}_mean"].iloc[0])
+
+
+def test_lab_counts_are_logged_on_change_with_one_point_per_step(tmp_path, premigrated_mlflow):
+    """newuser43b #7: ``lab_experiments_sent`` was ``[(0,0),(6,1),(6,1)]`` and ``lab_results``
+    ``[(0,0),(6,0),(6,1)]``: a repeated point, and two values at one step (the request
+    sent and its result arriving at the same evaluation count). Each is now logged when it
+    changes, at a strictly increasing step, the counts at an evaluation count held until
+    the count moves on or the run ends."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from agent.tracking import Tracker
+
+    uri = f"sqlite:///{premigrated_mlflow(tmp_path / 'runs').resolve()}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("lab")).info.run_id
+    rows: list[dict[str, str]] = []
+    camp = SimpleNamespace(lab=object(), n_evaluations=0,
+                           store=SimpleNamespace(lab_experiments=lambda: list(rows)))
+    tracker = Tracker.__new__(Tracker)  # the lab-count logging alone, on a real MLflow store
+    tracker.client, tracker.run_id, tracker.campaign = client, run_id, camp
+    tracker._lab_pending, tracker._points, tracker._lab_counts = None, {}, None
+
+    tracker._log_lab_counts()                    # step 0: nothing sent
+    camp.n_evaluations = 6
+    tracker._log_lab_counts()                    # step 6: still nothing
+    rows.append({"state": "queued"})
+    tracker._log_lab_counts()                    # step 6: one sent
+    rows[0]["state"] = "done"
+    tracker._log_lab_counts()                    # step 6: its result
+    camp.n_evaluations = 7
+    tracker._log_lab_counts()                    # step 7: no change
+    rows.append({"state": "queued"})
+    camp.n_evaluations = 9
+    tracker._log_lab_counts()                    # step 9: a second one sent
+
+    def points(key):
+        return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+    assert points("lab_experiments_sent") == [(0, 0), (6, 1)]  # step 9's count held ...
+    assert points("lab_results") == [(0, 0), (6, 1)]
+    tracker._log_lab_counts(final=True)          # ... until the run ends
+    assert points("lab_experiments_sent") == [(0, 0), (6, 1), (9, 2)]
+    assert points("lab_results") == [(0, 0), (6, 1)]
+    # a tracker reopening the run (resume) logs nothing already there
+    again = Tracker.__new__(Tracker)
+    again.client, again.run_id, again.campaign = client, run_id, camp
+    again._lab_pending, again._points = None, {}
+    again._log_lab_counts(final=True)
+    assert points("lab_experiments_sent") == [(0, 0), (6, 1), (9, 2)]
+    assert points("lab_results") == [(0, 0), (6, 1)]
