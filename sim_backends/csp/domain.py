@@ -10,10 +10,12 @@ beside the structures; it never changes energies or ranks. Two checks:
   (``benchmarks/x23_lattice.py``); acetylene's eight lowest minima of a 400-trial search
   are 1.03-1.07 g/cm3 against 0.76 (cubic, Pa-3) and 0.84 g/cm3 (orthorhombic) for its
   crystal forms, their shortest H...C contacts 2.49-2.68 A.
-* **Contacts far inside the van der Waals sum.** The shortest intermolecular H...C contact
+* **Contacts far inside the van der Waals sum.** The shortest intermolecular C-H...C contact
   of each of the lowest :data:`N_CHECKED` minima; C-H...C and C-H...pi contacts in organic
   crystals are rarely shorter than ~2.6 A (Bondi sum 2.9 A), so below
-  :data:`MIN_H_C_CONTACT_A` the model overbinds that contact and the cell is too small.
+  :data:`MIN_H_C_CONTACT_A` the model overbinds that contact and the cell is too small. Only
+  H bonded to C counts: N-H...pi and O-H...pi hydrogen bonds (pyrrole's, H...C 2.3-2.5 A)
+  are expected that short.
 * **Compressed O-H...O hydrogen bonds.** The shortest intermolecular O-H...O donor-acceptor
   distance of each of the lowest :data:`N_CHECKED` minima: neutral O-H...O bonds in
   organic crystals are 2.60-2.70 A (carboxylic acids ~2.65; the PBE+TS X23 structures of
@@ -44,6 +46,8 @@ MIN_H_C_CONTACT_A = 2.4
 MIN_O_H_O_A = 2.58
 #: how many of the lowest minima the contact check looks at
 N_CHECKED = 10
+#: an H within this distance (A) of C, N or O is bonded to it (C-H 1.09, N-H 1.01, O-H 0.97)
+_X_H_BOND_A = 1.25
 
 
 def _cell_and_molecules(atoms: Any) -> tuple[Any, Any]:
@@ -61,16 +65,21 @@ def _cell_and_molecules(atoms: Any) -> tuple[Any, Any]:
 
 
 def shortest_h_c_contact(atoms: Any) -> tuple[float, str] | None:
-    """``(distance A, "H3...C17")`` of the shortest intermolecular H...C contact of a
-    periodic cell (molecules found from the bond graph), None when none is within 3 A."""
+    """``(distance A, "H3...C17")`` of the shortest intermolecular C-H...C contact of a
+    periodic cell (molecules found from the bond graph; only H bonded to C, within
+    :data:`_X_H_BOND_A`: N-H...pi and O-H...pi hydrogen bonds, 2.3-2.6 A in pyrrole-like
+    crystals, are not this check's), None when none is within 3 A."""
     import numpy as np
     from ase.neighborlist import neighbor_list
 
     cell, mol_of = _cell_and_molecules(atoms)
-    i, j, d, shift = neighbor_list("ijdS", cell, 3.0)
     symbols = np.asarray(cell.get_chemical_symbols())
+    bi, bj = neighbor_list("ij", cell, _X_H_BOND_A)
+    c_bonded = np.zeros(len(cell), dtype=bool)
+    c_bonded[bi[(symbols[bi] == "H") & (symbols[bj] == "C")]] = True
+    i, j, d, shift = neighbor_list("ijdS", cell, 3.0)
     sel = np.flatnonzero(((mol_of[i] != mol_of[j]) | np.any(shift != 0, axis=1))
-                         & (symbols[i] == "H") & (symbols[j] == "C"))
+                         & c_bonded[i] & (symbols[j] == "C"))
     if not sel.size:
         return None
     k = sel[np.argmin(d[sel])]

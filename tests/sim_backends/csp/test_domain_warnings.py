@@ -98,3 +98,31 @@ def test_compressed_acid_hydrogen_bonds_are_flagged_and_reference_ones_are_not()
             if "O-H...O" in w]
     assert "1 of the lowest 2 minima" in w and "O-H...O" in w and "m0002" in w and f"{d_tight:.2f} A" in w
     assert shortest_o_h_o(_x23("urea")) is None  # N-H...O only: not this check's
+
+
+def _benzene_and_ammonia(h_c_A, a=12.0):
+    """Benzene in the xy plane with an ammonia above it whose N-H points at the ring centre,
+    that H ``h_c_A`` A from each ring carbon: an N-H...pi hydrogen bond (pyrrole's motif,
+    H...C 2.3-2.5 A in its crystal), in a cubic cell of edge ``a``."""
+    from ase import Atoms
+
+    ang = np.arange(6) * np.pi / 3
+    ring = np.c_[1.39 * np.cos(ang), 1.39 * np.sin(ang), np.zeros(6)]
+    hs = np.c_[2.48 * np.cos(ang), 2.48 * np.sin(ang), np.zeros(6)]
+    z_h = np.sqrt(h_c_A ** 2 - 1.39 ** 2)
+    n = np.array([0.0, 0.0, z_h + 1.01])
+    nh3 = [n - [0, 0, 1.01]]
+    for phi in (0.0, 2 * np.pi / 3, 4 * np.pi / 3):  # the other two H of a pyramidal NH3 (H-N-H ~107 deg)
+        if phi:
+            nh3.append(n + [0.95 * np.cos(phi), 0.95 * np.sin(phi), 0.33])
+    pos = np.vstack([ring, hs, [n], nh3]) + a / 2
+    return Atoms("C6H6N" + "H3", positions=pos, cell=[a, a, a], pbc=True)
+
+
+def test_n_h_pi_hydrogen_bonds_are_not_short_c_h_contacts():
+    """newuser44a #4: pyrrole's N-H...pi bonds (H...C 2.31-2.48 A) set off the C-H...C
+    warning ("the cells are too small"); only H bonded to C counts."""
+    atoms = _benzene_and_ammonia(2.35)
+    contact = shortest_h_c_contact(atoms)
+    assert contact is None or contact[0] > MIN_H_C_CONTACT_A, contact
+    assert not [w for w in model_warnings(["C_W3"], [_Entry("m0001", atoms)]) if "H...C" in w]
