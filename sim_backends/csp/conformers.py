@@ -164,6 +164,31 @@ def _zwitterion(mol: Any) -> bool:
     return any(not mol.GetBondBetweenAtoms(c.GetIdx(), x.GetIdx()) for c in cations for x in anions)
 
 
+#: an aliphatic amine N (every heavy neighbour an sp3 carbon; not an amide, aniline, imine or
+#: aromatic N) and a carboxylic or sulfonic acid
+_AMINE_SMARTS = "[NX3;+0;!$(N~[!#6;!#1]);!$(N[#6;!X4])]"
+_ACID_SMARTS = "[$([CX3](=O)[OX2H1]),$([SX4](=O)(=O)[OX2H1])]"
+
+
+def zwitterion_prone(mol: Any) -> bool:
+    """A neutral molecule with both a basic aliphatic amine and a carboxylic (or sulfonic)
+    acid, like a neutral amino acid (glycine ``NCC(=O)O``, taurine): its crystals are almost
+    always of the zwitterion, which :func:`build_ensemble` refuses (:func:`_zwitterion`), so
+    the neutral tautomer's landscape will not contain its known forms. Not anilines, amides
+    or aromatic N (4-aminobenzoic acid, hippuric acid, nicotinic acid: neutral crystals)."""
+    from rdkit import Chem
+
+    if mol is None:
+        return False
+    return (mol.HasSubstructMatch(Chem.MolFromSmarts(_AMINE_SMARTS))
+            and mol.HasSubstructMatch(Chem.MolFromSmarts(_ACID_SMARTS)))
+
+
+ZWITTERION_PRONE_TEXT = ("{smiles} has a basic amine and an acid: it most likely crystallises as the zwitterion "
+                         "(as amino acids do), which this gas-phase conformer model cannot search; this landscape "
+                         "of the neutral tautomer will not contain its known forms")
+
+
 def _polar_heavy_mol(molh: Any) -> Any:
     """A copy without the hydrogens bonded to carbon (what the duplicate RMSD compares)."""
     from rdkit import Chem

@@ -434,6 +434,7 @@ def run_csp(
         raise ValueError(f"charges {charges!r} (lone-pair sites) are for rigid molecules; {flex} is searched as a "
                          "flexible molecule: use 'resp' or 'xtb' (its default), or flexible='rigid' (--flexible rigid)")
     if flex is not None:
+        _warn_early(flex)
         land = run_flexible_csp(
             flex, n_trials, space_groups=[g.symbol for g in groups], seed=seed, energy_window_kjmol=energy_window_kjmol,
             out_dir=None, progress=progress, charges=charges, cache_dir=cache_dir,
@@ -443,13 +444,16 @@ def run_csp(
         land.meta["stereo"] = stereo.meta()
         from sim_backends.csp.domain import ff_types_of_smiles, model_warnings
 
-        land.meta["warnings"] = model_warnings(ff_types_of_smiles(flex), land.minima)
+        land.meta["warnings"] = model_warnings(ff_types_of_smiles(flex), land.minima, smiles=flex,
+                                               charge_method=land.meta.get("charge_method"))
         if out_dir is not None:
             land.write(out_dir)
         return land
     t_start = time.perf_counter()
     charges = DEFAULT_CHARGES if charges is None else charges
     molecule = load_molecule(smiles_or_molecule, charges=charges, cache_dir=cache_dir)
+    if isinstance(smiles_or_molecule, (str, Path)):  # (not a flexible search's conformer: warned above)
+        _warn_early(getattr(molecule, "smiles", None))
     tracker = ConvergenceTracker(labels, criteria)
     if sampling == "fixed":
         # an even split; the remainder by label, not by the order given (the same groups in any
@@ -537,7 +541,9 @@ def run_csp(
     from sim_backends.csp.domain import model_warnings
     from sim_backends.csp.landscape import FF_LEVEL
 
-    landscape.meta["warnings"] = model_warnings(molecule.ff_types, landscape.minima)
+    landscape.meta["warnings"] = model_warnings(molecule.ff_types, landscape.minima,
+                                                smiles=getattr(molecule, "smiles", None) or None,
+                                                charge_method=landscape.meta["charge_method"])
     seen = {id(r): r for r in results + first}  # stage 1 and 2 (the same dicts with protocol "full")
     landscape.meta["n_collapsed"] = int(sum(r.get("n_collapsed", 0) for r in seen.values()))
     if landscape.meta.get("n_collapsed"):
@@ -549,6 +555,22 @@ def run_csp(
     if out_dir is not None:
         landscape.write(out_dir)
     return landscape
+
+
+def _warn_early(smiles: Any) -> None:
+    """Before the search: the warnings that depend on the molecule only (a neutral amino acid,
+    :func:`~sim_backends.csp.conformers.zwitterion_prone`), on the charge-stage channel the
+    CLI prints as the run starts (:func:`~sim_backends.csp.charges.stage_messages`); the
+    landscape's ``meta["warnings"]`` repeats them."""
+    if not isinstance(smiles, str) or not smiles:
+        return
+    from rdkit import Chem
+
+    from sim_backends.csp.charges import log as stage_log
+    from sim_backends.csp.conformers import ZWITTERION_PRONE_TEXT, zwitterion_prone
+
+    if zwitterion_prone(Chem.MolFromSmiles(smiles)):
+        stage_log.warning("WARNING: %s", ZWITTERION_PRONE_TEXT.format(smiles=smiles))
 
 
 def _run_stages(molecule, units, protocol, model_kwargs, min_kwargs, executor, progress, window2_kjmol,
