@@ -675,8 +675,10 @@ class Landscape:
 
     def figure(self, name: str = "") -> Any:
         """First-level energy (relative, kJ/mol per molecule) vs density scatter, coloured by
-        detected space group: the :data:`MAX_LEGEND_GROUPS` most populated groups by name,
-        the rest as "other", legend outside the axes; where the minima have more than one Z'
+        detected space group: the :data:`MAX_LEGEND_GROUPS` most populated groups by name
+        (the global minimum's always among them: it takes the last place when it is rarer),
+        the rest as "other", legend outside the axes; the global minimum's point is labelled
+        with its id and space group; where the minima have more than one Z'
         (a Z' = 1,2 search, or molecules on special positions, Z' = 0.5) the marker's shape
         gives Z', in a second legend. The title is wrapped to the figure's width."""
         import textwrap
@@ -698,6 +700,9 @@ class Landscape:
         named = sorted(counts, key=lambda g: (-counts[g], g))[:MAX_LEGEND_GROUPS]
         if len(counts) == MAX_LEGEND_GROUPS + 1:  # "other" would hold one group: name it
             named = sorted(counts, key=lambda g: (-counts[g], g))
+        lowest = min(self.minima, key=lambda m: m.energy_kjmol)
+        if lowest.space_group not in named:  # the global minimum is never a grey "other" point
+            named = [*named[: MAX_LEGEND_GROUPS - 1], lowest.space_group]
         colours = [c for k, c in enumerate(plt.get_cmap("tab10").colors) if k != 7]  # grey is "other"
         z_primes = sorted({m.z_prime for m in self.minima if m.z_prime is not None})
         # by Z', when there is more than one: circles for the usual Z' = 1
@@ -722,6 +727,12 @@ class Landscape:
         if rest:
             n_groups = len({m.space_group for m in rest})
             scatter(rest, "0.6", f"other ({n_groups} groups, {len(rest)})", 14)
+        # the global minimum named beside its point (its id as in landscape.csv and cif/)
+        densities = [m.density_gcm3 for m in self.minima]
+        left = lowest.density_gcm3 > (min(densities) + max(densities)) / 2  # the label towards the middle
+        ax.annotate(f"{lowest.id} {_mathtext_group(lowest.space_group)}", (lowest.density_gcm3, 0.0),
+                    xytext=(-6 if left else 6, 2), textcoords="offset points", fontsize=7, va="bottom",
+                    ha="right" if left else "left")
         ax.set_xlabel("density (g/cm$^3$)")
         ax.set_ylabel("lattice energy rel. to global minimum\n(kJ/mol per molecule)")
         ax.yaxis.set_major_locator(MaxNLocator(nbins=8))

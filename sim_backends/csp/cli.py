@@ -3,7 +3,7 @@
     crystal-agent csp SMILES_OR_FILE [--n-trials N] [--sampling converged|fixed]
                       [--space-groups P2_1/c,P-1] [--out DIR] [--seed S] [--json]
                       [--charges resp-lpn|resp|resp-lp|xtb] [--workers W] [--energy-window E] [--max-trials M]
-                      [--z-prime 1|2|1,2] [--racemic]
+                      [--z-prime 1|2|1,2] [--racemic] [--overwrite]
 
 ``--n-trials`` is the trial budget (default :data:`DEFAULT_TRIAL_BUDGET`): with the default
 converged sampling the search stops earlier when every space group's low-energy region
@@ -13,8 +13,13 @@ WARNING line on stderr when the budget ended the search first (every warning, :f
 goes to stderr), or, with ``--json``, one JSON object: the level of theory (``level``, and
 ``levels`` per level key), ``energy_unit`` (kJ/mol per molecule), ``warnings`` (every warning
 the text mode prints, also in ``meta.warnings``), ``notes``, ``meta`` (``convergence``
-included) and the landscape records without CIF text. Writes the landscape to ``--out``
-when given. Every argument is validated before anything is computed or created
+included) and the landscape records without CIF text. The table's title gives the wall and
+CPU seconds of the command (``wall_s_total``, ``cpu_s_total`` in ``meta`` and ``run.json``,
+:func:`command_cpu_s`). Progress goes to stderr: a rich bar on a terminal, else (a log file,
+a pipe, and always with ``--json``) a plain line at most every :attr:`PlainProgress.every_s`
+seconds. Writes the landscape to ``--out`` when given; a landscape already there is replaced
+with a line on stderr saying so, and one of another molecule is refused (exit 2, nothing
+touched) unless ``--overwrite`` is given. Every argument is validated before anything is computed or created
 (:func:`sim_backends.csp.run.validate_csp_arguments`; ``--n-trials`` above 200,000 needs
 ``--max-trials``). Errors are one line on stderr with exit code 2.
 
@@ -59,7 +64,12 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
                         "in the standard one (default: all ten)")
     p.add_argument("--out", default=None,
                    help="directory for landscape.csv, CIFs, plot and run.json (default: none; without "
-                        "--out nothing is written, the results are only printed)")
+                        "--out nothing is written, the results are only printed). A landscape written there "
+                        "before is replaced (its files deleted, other files kept; a line on stderr says so); "
+                        "one of another molecule is refused unless --overwrite is given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace a landscape of a different molecule (the same molecule's is "
+                        "always replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Sobol trial sequences (>= 0, default 0)")
     p.add_argument("--charges", choices=("resp", "resp-lp", "resp-lpn", "xtb"), default=None,
                    help="point charges: RESP fit to the HF/6-31G* ESP (pyscf) with lone-pair sites on the "
@@ -107,7 +117,10 @@ def positive_int(text: str) -> int:
 def run_csp_command(args: argparse.Namespace) -> int:
     """Run the ``csp`` sub-command; returns the exit code (2 on bad input)."""
     import os
+    import time
     from pathlib import Path
+
+    t_cmd, cpu_cmd = time.monotonic(), os.times()
 
     from sim_backends.base import BackendError
     from sim_backends.csp.run import MAX_TRIALS_DEFAULT, run_csp, validate_csp_arguments
@@ -134,19 +147,45 @@ def run_csp_command(args: argparse.Namespace) -> int:
             print(f"note: {stereo.note}", file=sys.stderr)
         for line in setting_notes(args.space_groups):  # P2_1/n given: searched (and written) as P2_1/c
             print(f"note: {line}", file=sys.stderr)
+        previous = None
         if args.out is not None:
             _check_out_dir(Path(args.out))
+            previous = previous_landscape(Path(args.out))
+            given = input_smiles(args.molecule) if previous is not None else None
+            if given is not None and not getattr(args, "overwrite", False) and not same_molecule(given, previous[0]):
+                raise ValueError(f"--out {args.out} holds the landscape of {previous[0] or 'an unnamed molecule'} "
+                                 f"({previous[1]} structures), not of {args.molecule}: give --overwrite to replace it, "
+                                 "or another --out")
         from sim_backends.csp.charges import stage_messages
+        from sim_backends.executor import InProcessExecutor
 
+        # a rich bar only on a terminal (and never with --json: it draws on stdout); else plain lines on stderr
+        bar = not args.json and sys.stderr.isatty()
         with stage_messages(), (factory or _in_process)(args.workers) as executor:
+            in_process = isinstance(executor, InProcessExecutor)
+            plain = None if bar else PlainProgress(executor, args.n_trials, t_cmd)
             landscape = run_csp(
                 args.molecule, args.n_trials, space_groups=args.space_groups, seed=args.seed,
-                energy_window_kjmol=args.energy_window, out_dir=args.out,
-                progress=not args.json and sys.stderr.isatty(), executor=executor,
+                energy_window_kjmol=args.energy_window, out_dir=None,
+                progress=bar, executor=plain or executor,
                 charges=args.charges, max_trials=max_trials, sampling=args.sampling,
                 flexible=args.flexible, max_rotatable_bonds=args.max_rotatable_bonds,
                 z_prime=args.z_prime, racemic=args.racemic,
             )
+            if plain is not None:
+                plain.finish()
+        if args.out is not None:
+            if previous is not None:
+                print(f"replacing the landscape of {previous[0] or 'an unnamed molecule'} ({previous[1]} structures) "
+                      f"in {args.out}", file=sys.stderr)
+            landscape.write(args.out)
+        landscape.meta["cpu_s_total"] = round(command_cpu_s(cpu_cmd, landscape.meta, in_process), 2)
+        landscape.meta["wall_s_total"] = round(time.monotonic() - t_cmd, 2)
+        if args.out is not None:  # run.json has the totals, the writing's CPU included
+            run_json = Path(args.out) / "run.json"
+            data = json.loads(run_json.read_text())
+            data.update({k: landscape.meta[k] for k in ("cpu_s_total", "wall_s_total")})
+            run_json.write_text(json.dumps(data, indent=2, default=str))
     except (ValueError, BackendError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"crystal-agent csp: error: {msg}", file=sys.stderr)
@@ -170,7 +209,8 @@ def run_csp_command(args: argparse.Namespace) -> int:
     e0 = landscape.minima[0].energy_kjmol if landscape.minima else 0.0
     table = Table(title=f"CSP {escape(landscape.smiles)}: {len(landscape)} unique minima from "
                         f"{landscape.meta.get('n_trials')} trials "
-                        f"({landscape.meta.get('wall_s', 0):.0f} s wall)\n{landscape.levels[landscape.level_keys[0]]}; "
+                        f"({landscape.meta['wall_s_total']:.0f} s wall, {landscape.meta['cpu_s_total']:.0f} CPU s)\n"
+                        f"{landscape.levels[landscape.level_keys[0]]}; "
                         f"E_latt, dE in {ENERGY_UNIT}, density in g/cm3; searched in: the space group "
                         "of the trials; found: trials that ended in the minimum")
     for col in ("id", "E_latt", "dE", "density", "space group", "searched in", "Z", "Z'", "found"):
@@ -232,6 +272,160 @@ def csp_notes(landscape: Any) -> list[str]:
         return [f"with GFN2-xTB Mulliken charges the lattice energies are 20-50 kJ/mol per molecule too weak "
                 f"(they rank structures; use --charges {better} for lattice energies)"]
     return []
+
+
+class PlainProgress:
+    """The search's progress as plain lines on stderr, for a stderr that is not a terminal
+    (nohup, SLURM, a pipe) and for ``--json`` (stdout keeps the JSON), where a rich bar is
+    drawn once or not at all (``crystal-agent run`` does the same: :class:`agent.runner.PlainProgress`).
+
+    Wraps the run's :class:`~sim_backends.executor.MapExecutor` and counts the minimisation
+    units as they complete: trials minimised of the budget (converged sampling may stop
+    earlier), their converged minima (before duplicate removal), stage-2 re-minimisations,
+    elapsed time since the command started; a line at most every :attr:`every_s` seconds (the
+    first unit's at once), and the last by :meth:`finish`."""
+
+    every_s = 10.0
+
+    def __init__(self, executor: Any, budget: int, start: float | None = None, stream: Any = None) -> None:
+        import time
+
+        self.executor, self.budget = executor, int(budget)
+        self.start = time.monotonic() if start is None else start
+        self.stream = stream
+        self.trials = self.converged = self.polished = 0
+        self.last: float | None = None
+        self.shown = (0, 0)
+
+    @property
+    def n_workers(self) -> int:
+        return self.executor.n_workers
+
+    def map_unordered(self, fn: Any, items: Any, shared: tuple[Any, ...] = ()) -> Any:
+        import time
+
+        for result in self.executor.map_unordered(fn, items, shared=shared):
+            if isinstance(result, dict) and "energy_kjmol" in result:
+                n = len(result["energy_kjmol"])
+                if result.get("n_generated", 1):  # a unit of new trials (stage 1, or the full protocol)
+                    self.trials += n
+                    self.converged += int(sum(bool(c) for c in result.get("converged", ())))
+                else:  # given trials: stage-2 re-minimisation of stage-1 minima
+                    self.polished += n
+                now = time.monotonic()
+                if self.last is None or now - self.last >= self.every_s:
+                    self._line()
+            yield result
+
+    def finish(self) -> None:
+        """The last line, when the counts changed since the one shown."""
+        if self.shown != (self.trials, self.polished):
+            self._line()
+
+    def _line(self) -> None:
+        import time
+
+        self.last = time.monotonic()
+        self.shown = (self.trials, self.polished)
+        elapsed = int(self.last - self.start)
+        polished = f", {self.polished:,} re-minimised with the full model" if self.polished else ""
+        print(f"csp: {self.trials:,} of at most {self.budget:,} trials minimised, {self.converged:,} converged "
+              f"minima (before duplicate removal){polished}, "
+              f"{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} elapsed",
+              file=self.stream or sys.stderr, flush=True)
+
+
+def command_cpu_s(start: Any, meta: dict[str, Any], in_process: bool) -> float:
+    """CPU seconds (user + system) of the command since ``start`` (an :func:`os.times` result):
+    this process's own CPU, plus, for an in-process run, its waited-for children's (what
+    ``time`` counts), or, for workers elsewhere (Ray), their CPU as the landscape records it
+    (:func:`workers_cpu_s`; the children's is left out there, as Ray's worker processes could be
+    among them, and so is the CPU of Ray's own daemons). The interpreter's start-up and imports
+    before the command (about 1.5 CPU s) are not counted: for an in-process run the figure is
+    that much below ``time``'s user + sys (9.0 vs 10.5 s for a 512-trial benzoquinone run)."""
+    import os
+
+    now = os.times()
+    own = (now.user - start.user) + (now.system - start.system)
+    if in_process:
+        return own + (now.children_user - start.children_user) + (now.children_system - start.children_system)
+    return own + workers_cpu_s(meta)
+
+
+def workers_cpu_s(meta: dict[str, Any]) -> float:
+    """The CPU seconds of the minimisation units (trial generation and minimisation) a CSP
+    landscape's ``meta`` records: ``search_cpu_s`` of a flexible search, else ``trials_cpu_s`` +
+    ``minimise_cpu_s``."""
+    if meta.get("flexible"):
+        return float(meta.get("search_cpu_s") or 0.0)
+    return float(meta.get("trials_cpu_s") or 0.0) + float(meta.get("minimise_cpu_s") or 0.0)
+
+
+def previous_landscape(out: "Path") -> tuple[str, int] | None:
+    """``(smiles, number of structures)`` of the landscape written into ``out`` before (its
+    ``landscape.csv`` and ``run.json``), None when there is none."""
+    import csv
+
+    table = out / "landscape.csv"
+    if not table.is_file():
+        return None
+    try:
+        with open(table, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if "id" not in (reader.fieldnames or []):
+                return None  # not a table Landscape.write wrote (it would not touch it)
+            n = sum(1 for _ in reader)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    try:
+        smiles = str(json.loads((out / "run.json").read_text()).get("smiles") or "")
+    except (OSError, ValueError, AttributeError):
+        smiles = ""
+    return smiles, n
+
+
+def input_smiles(molecule: str) -> str | None:
+    """The SMILES of the ``csp`` input, cheaply, before the run: the text, a .smi/.txt file's
+    first SMILES, a geometry file's perceived one (its name's stem when the bonds cannot be
+    perceived, as the run names it); None for an input the run itself refuses (no such file, a
+    text that is not a SMILES), so that its error is the one given."""
+    from pathlib import Path
+
+    from sim_backends.csp.run import (
+        _GEOMETRY_SUFFIXES, _SMILES_SUFFIXES, _parses_as_smiles, _perceive_smiles, smiles_from_file,
+    )
+
+    path = Path(str(molecule).strip())
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _SMILES_SUFFIXES | _GEOMETRY_SUFFIXES and not path.is_file():
+            return None
+        if suffix in _SMILES_SUFFIXES:
+            return smiles_from_file(path)
+        if suffix in _GEOMETRY_SUFFIXES:
+            from ase.io import read
+
+            atoms = read(path)
+            return _perceive_smiles(atoms.get_chemical_symbols(), atoms.get_positions()) or path.stem
+    except Exception:  # noqa: BLE001 - an unreadable file is refused by the run itself
+        return None
+    text = str(molecule).strip()
+    return text if _parses_as_smiles(text) else None
+
+
+def same_molecule(a: str, b: str) -> bool:
+    """Whether two SMILES name the same molecule (RDKit canonical SMILES, stereo included;
+    the strings themselves when either does not parse)."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        ma, mb = (Chem.MolFromSmiles(x) if x and len(x) < 10_000 else None for x in (a, b))
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if ma is None or mb is None:
+        return a.strip() == b.strip()
+    return Chem.MolToSmiles(ma) == Chem.MolToSmiles(mb)
 
 
 @contextlib.contextmanager
