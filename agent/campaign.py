@@ -172,6 +172,8 @@ class Campaign:
         gives): ``cfg.model_copy(update=...)``, the way to change a field of the frozen
         config from Python, skips pydantic's validation.
         """
+        if unknown := _unknown_attributes(cfg):  # model_copy(update=...) keeps a misspelt key silently
+            raise ConfigError(f"config error: {unknown}: unknown key")
         with warnings.catch_warnings():  # a wrong type set by model_copy: refused below
             warnings.simplefilter("ignore")
             given = cfg.model_dump(mode="json")
@@ -731,5 +733,26 @@ def _nulls_replaced(given: Any, parsed: Any, path: str = "") -> tuple[str, Any] 
     elif isinstance(given, list) and isinstance(parsed, list) and len(given) == len(parsed):
         for n, (a, b) in enumerate(zip(given, parsed, strict=True)):
             if (found := _nulls_replaced(a, b, f"{path}[{n}]")) is not None:
+                return found
+    return None
+
+
+def _unknown_attributes(model: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first attribute of ``model`` (a config, its tables and lists
+    of tables) that is not one of its fields: what ``model_copy(update={"max_evaluation": 5})``
+    leaves behind, which ``model_dump`` (and so the validation of :meth:`Campaign.create`)
+    would drop without a word. None when there is none."""
+    from pydantic import BaseModel
+
+    if isinstance(model, BaseModel):
+        fields = type(model).model_fields
+        for key, value in vars(model).items():
+            if key not in fields:
+                return f"{prefix}{key}"
+            if found := _unknown_attributes(value, f"{prefix}{key}."):
+                return found
+    elif isinstance(model, (list, tuple)):
+        for i, item in enumerate(model):
+            if found := _unknown_attributes(item, f"{prefix[:-1]}.{i}." if prefix else f"{i}."):
                 return found
     return None

@@ -378,6 +378,16 @@ class ExecutorError(RuntimeError):
     resource request); the message is one line."""
 
 
+class ClusterLostError(ExecutorError):
+    """The Ray cluster went away during a run (its GCS port stopped answering); one line.
+    The tasks in flight are left to the store's settlement on ``resume`` (charged what their
+    workers recorded), not retried on a cluster that is not there."""
+
+
+#: seconds a probe of the cluster's GCS port may take (:meth:`RayExecutor.cluster_alive`)
+GCS_PROBE_TIMEOUT_S = 2.0
+
+
 def ray_address(address: str | None) -> str | None:
     """The cluster to join: an explicit address, else ``RAY_ADDRESS``, else None (local)."""
     return address or os.environ.get("RAY_ADDRESS") or None
@@ -624,6 +634,8 @@ class RayExecutor:
         self._started_ray = False  # this executor started an embedded Ray ...
         self._joined = False  # ... or joined a cluster (both: ray.shutdown() at the end)
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._gcs: tuple[str, int] | None = None  # the GCS (host, port) probed by cluster_alive
+        self._lost = False  # the cluster went away: nothing more is asked of it
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -657,6 +669,11 @@ class RayExecutor:
                 self._started_ray = True
                 self._start_reaper()
         self._check_fits(ray)
+        try:
+            self._gcs = _host_port(str(ray.get_runtime_context().gcs_address or "auto"))
+        except ExecutorError:
+            self._gcs = None  # an address this probe cannot parse: not probed
+        self._lost = False
         _quiet_worker_deaths()
         self._remote = ray.remote(num_cpus=self.cpus_per_task, max_retries=0)(
             _evaluate_in_worker
@@ -720,6 +737,25 @@ class RayExecutor:
             self._reaper.wait()
         self._reaper = None
 
+    def cluster_alive(self) -> bool:
+        """Whether the cluster's GCS (the head) still accepts TCP connections: a lost head is
+        seen within seconds, before Ray's own driver gives up (about 60 s, then a fatal
+        exit of the process). True when not started or not probeable."""
+        if self._gcs is None or self._remote is None:
+            return True
+        try:
+            with socket.create_connection(self._gcs, timeout=GCS_PROBE_TIMEOUT_S):
+                return True
+        except OSError:
+            return False
+
+    def lost_error(self) -> ClusterLostError:
+        """The one-line error for a cluster that went away; nothing more is asked of it."""
+        self._lost = True
+        where = f"the Ray cluster at {self.address}" if self.address else "the local Ray"
+        host, port = self._gcs or ("?", 0)
+        return ClusterLostError(f"lost {where} (its head, {host}:{port}, stopped answering)")
+
     @property
     def capacity(self) -> int:
         """How many tasks can run at once on the resources Ray reports."""
@@ -729,7 +765,9 @@ class RayExecutor:
         return max(1, int(cpus // self.cpus_per_task))
 
     def shutdown(self) -> None:
-        if self._remote is not None:
+        if self._lost:  # no cancels to a cluster that is gone; disconnect only
+            self._in_flight.clear()
+        elif self._remote is not None:
             self.cancel_all()
         if self._started_ray or self._joined:
             import ray
@@ -822,6 +860,9 @@ class RayExecutor:
                 result = _failed(task, f"cancelled: {type(exc).__name__}", wall,
                                  self._unfinished_cpu(task, wall))
             except RayError as exc:
+                if not self.cluster_alive():  # the whole cluster, not one worker: no retry
+                    self._in_flight[ref] = (task, t0)
+                    raise self.lost_error() from None
                 reason = f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 result = _failed(task, reason, wall, self._unfinished_cpu(task, wall))
                 result.retryable = True

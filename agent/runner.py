@@ -46,6 +46,44 @@ def _sigterm_to_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _in_main_thread() -> bool:
+    """Signal handlers can be installed only from the main thread (a campaign run from a
+    notebook or dashboard thread keeps the process's handlers)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _GuardedTracker:
+    """The MLflow tracker, minus its failures: MLflow is a view of the store, so a tracking
+    call that fails mid-run (a full disk, a server gone) says so in one line on stderr and
+    tracking stops for the rest of the run; the campaign goes on and every result stays in
+    the store (``crystal-agent report`` rewrites the plots; a resumed run logs again)."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def __bool__(self) -> bool:
+        return self.tracker is not None
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.tracker is None:
+                return None
+            try:
+                return getattr(self.tracker, name)(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any MLflow failure: one line, go on
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                print(f"crystal-agent: warning: MLflow tracking stopped ({type(exc).__name__}: {first}); "
+                      "the campaign goes on and its results stay in the store", file=sys.stderr, flush=True)
+                self.tracker = None
+                return None
+
+        return call
+
+
 class PlainProgress:
     """The campaign progress as plain lines on stderr (as the bar; stdout keeps the
     results), for a stderr that is not a terminal (a log file, a pipe), where a live bar
@@ -90,6 +128,20 @@ class PlainProgress:
         print(f"{task['description']}: {task['completed']}/{task['total']} evaluations, "
               f"{elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} elapsed"
               + (f", {info}" if info else ""), file=sys.stderr, flush=True)
+
+
+def resume_line(campaign: Campaign, n_settled: int, cpu_settled_s: float) -> str:
+    """The line a resumed run starts with (newuser44b #10: a resumed log stayed empty until
+    the first result, and nothing said what was recovered): where the campaign stands and
+    what the tasks the last run left unfinished were charged now."""
+    cfg = campaign.cfg
+    spent = f"{campaign.spent_cpu_s:.1f}" + (f" of {cfg.max_cpu_hours * 3600:.0f}" if cfg.max_cpu_hours else "")
+    line = (f"crystal-agent: resuming {cfg.name!r} at {campaign.n_evaluations} of {cfg.max_evaluations} "
+            f"evaluations, CPU {spent} s spent")
+    if n_settled:
+        line += (f"; {n_settled} task{'s' if n_settled != 1 else ''} the last run left unfinished "
+                 f"charged {cpu_settled_s:.1f} CPU s (what their workers recorded) and asked again")
+    return line
 
 
 def progress_info(campaign: Campaign, symbol: str) -> str:
@@ -181,12 +233,13 @@ def run_campaign(
     runs_dir = campaign_runs_dir(campaign, runs_dir)
     if executor is None:
         executor = make_executor(cfg, address)
-    tracker = None
+    tracker = _GuardedTracker(None)
     store = campaign.store
     if getattr(executor, "progress_dir", False) is None:  # a Ray executor: workers record CPU
         store.task_cpu_dir.mkdir(parents=True, exist_ok=True)
         executor.progress_dir = store.task_cpu_dir
-    previous = signal.getsignal(signal.SIGTERM)
+    main_thread = _in_main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -204,14 +257,20 @@ def run_campaign(
         if cfg.tracking.enabled:
             from agent.tracking import Tracker
 
-            tracker = Tracker(campaign, runs_dir)
+            tracker = _GuardedTracker(Tracker(campaign, runs_dir))  # a failure to start: one-line error
         store.set_meta("finished", "0")
+        n_before, cpu_before = campaign.n_interrupted, campaign.interrupted_cpu_s
         campaign.settle_interrupted()  # before this run's first heartbeat
+        if progress and campaign.n_evaluations + campaign.n_interrupted > 0:  # a resumed run says where it is
+            print(resume_line(campaign, campaign.n_interrupted - n_before,
+                              campaign.interrupted_cpu_s - cpu_before), file=sys.stderr, flush=True)
         cpus = float(getattr(executor, "cpus_per_task", cfg.executor.cpus_per_task))
         store.heartbeat()
         beat = time.monotonic()
         # after the executor: starting Ray installs its own SIGTERM handler (a stack dump)
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        if main_thread:
+            signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        alive = getattr(executor, "cluster_alive", None)
         slots = min(cfg.batch_size, executor.capacity)
         store.log_event("started", slots=slots, address=executor.address or "local")
         from rich.console import Console
@@ -233,11 +292,14 @@ def run_campaign(
                         store.note_submitted(task.request_id, cpus)
                         executor.submit(task)
                 if time.monotonic() - beat >= HEARTBEAT_S:
+                    # a lost cluster ends the run before another heartbeat: its tasks are
+                    # charged to the last one, taken while it answered
+                    if alive is not None and not alive():
+                        raise executor.lost_error()
                     store.heartbeat()
                     beat = time.monotonic()
                 lab_open = campaign.step_external()
-                if tracker is not None:
-                    tracker.log_events()
+                tracker.log_events()
                 if executor.n_in_flight == 0:
                     if not lab_open:
                         break
@@ -247,29 +309,27 @@ def run_campaign(
                 for done in executor.wait(timeout_s=1.0):
                     campaign.tell(done.task, done.result, defer=cfg.synchronous)
                     told = True
-                    if tracker is not None and not cfg.synchronous:
+                    if not cfg.synchronous:
                         tracker.log_progress()
                 if told and cfg.synchronous and executor.n_in_flight == 0:
                     # the batch is complete: its results are told to the stages now (as the
                     # next ask would, in the order asked), so that the counters and the
                     # logged progress include them; logged once per batch
                     campaign.absorb_deferred()
-                    if tracker is not None:
-                        tracker.log_progress()
+                    tracker.log_progress()
                 if told:
                     bar.update(bar_id, completed=campaign.n_evaluations, info=progress_info(campaign, symbol))
         reason = campaign.stop_reason() or "acquisition proposed nothing more"
         campaign.refit_final()  # the final models have seen every result
-        if tracker is not None:
-            tracker.log_progress()  # the final counts (a no-op when already logged)
-            tracker.finish_models()  # ... and are the last ones logged
+        tracker.log_progress()  # the final counts (a no-op when already logged)
+        tracker.finish_models()  # ... and are the last ones logged
         store.set_meta("stop_reason", reason)
         store.set_meta("finished", "1")
         store.log_event("finished", reason=reason)
-        if tracker is not None:
+        if tracker:
             tracker.log_plots()
             tracker.finish("FINISHED")
-        else:
+        if not tracker:  # no tracking, or it stopped: the report is still written
             from agent.report import write_plots
 
             write_plots(campaign)
@@ -279,12 +339,26 @@ def run_campaign(
         executor.cancel_all()
         campaign.forget_pending()
         store.log_event("interrupted", n_evaluations=campaign.n_evaluations)
-        if tracker is not None:
-            tracker.finish("KILLED")
+        tracker.finish("KILLED")
         raise CampaignInterrupted(
             f"campaign {cfg.name!r} interrupted after {campaign.n_evaluations} evaluations; "
             f"continue with `crystal-agent resume {cfg.name}`"
         ) from None
+    except Exception as exc:
+        from agent.executor import ClusterLostError
+
+        if not isinstance(exc, ClusterLostError):
+            raise
+        # no heartbeat: the unfinished tasks are charged to the last one, taken while the
+        # cluster answered, and what their workers recorded (settled on resume)
+        campaign.forget_pending()
+        store.log_event("cluster_lost", n_evaluations=campaign.n_evaluations, address=executor.address or "local")
+        tracker.finish("FAILED")
+        raise ClusterLostError(
+            f"{exc} after {campaign.n_evaluations} evaluations; the results are kept and "
+            f"`crystal-agent resume {cfg.name}` continues once the cluster is back (unfinished tasks "
+            f"are charged what their workers recorded)") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         executor.shutdown()

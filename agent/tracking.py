@@ -226,6 +226,9 @@ class Tracker:
 
         for name in ("mlflow", "alembic", "sqlalchemy"):  # after import: mlflow sets its own
             logging.getLogger(name).setLevel(logging.ERROR)
+        # its database errors come back to us as exceptions (one line from the runner); this
+        # logger would print each with a full SQLAlchemy traceback first (newuser44b #4)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
         self.campaign = campaign
         self.runs_dir = Path(runs_dir)
@@ -498,24 +501,26 @@ class Tracker:
             warnings.simplefilter("ignore")
             path = Path(tmp) / "surrogate_state.pkl"
             path.write_bytes(pickle.dumps(blob))
-            with mlflow.start_run(run_id=self.run_id):
-                model = mlflow.initialize_logged_model(
-                    name=f"molecule_surrogate_{c.cfg.objective}_refit_{c.molecules.n_refits:04d}",
-                    source_run_id=self.run_id, model_type="molecule-surrogate",
-                    tags={k: v[:5000] for k, v in tags.items()},
-                    params={k: str(v) for k, v in params.items()},
-                    experiment_id=self.experiment_id,
-                )
-                mlflow.pyfunc.log_model(
-                    model_id=model.model_id,
-                    python_model=MoleculeSurrogateModel(),
-                    artifacts={"state": str(path)},
-                    code_paths=None,
-                    pip_requirements=["crystal-agent", "torch==2.13.0", "botorch", "rdkit"],
-                    signature=infer_signature(pd.DataFrame({"smiles": ["c1ccccc1"]}),
-                                              pd.DataFrame(example_out)),
-                    step=c.n_evaluations,
-                )
+            # no ``mlflow.start_run`` around this: leaving its block ends the run (FINISHED)
+            # while the campaign is still running (newuser44b #2); the logged model names its
+            # run instead (``source_run_id``)
+            model = mlflow.initialize_logged_model(
+                name=f"molecule_surrogate_{c.cfg.objective}_refit_{c.molecules.n_refits:04d}",
+                source_run_id=self.run_id, model_type="molecule-surrogate",
+                tags={k: v[:5000] for k, v in tags.items()},
+                params={k: str(v) for k, v in params.items()},
+                experiment_id=self.experiment_id,
+            )
+            mlflow.pyfunc.log_model(
+                model_id=model.model_id,
+                python_model=MoleculeSurrogateModel(),
+                artifacts={"state": str(path)},
+                code_paths=None,
+                pip_requirements=["crystal-agent", "torch==2.13.0", "botorch", "rdkit"],
+                signature=infer_signature(pd.DataFrame({"smiles": ["c1ccccc1"]}),
+                                          pd.DataFrame(example_out)),
+                step=c.n_evaluations,
+            )
 
     def _log_lab_counts(self, *, final: bool = False) -> None:
         """Lab experiments sent and identified, ``lab_experiments_sent`` and ``lab_results``
