@@ -190,6 +190,80 @@ def test_stock_ray_start_head_with_token_authentication(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.slow
+def test_a_cluster_lost_mid_run_is_one_line_soon_and_its_tasks_are_charged_what_they_used(tmp_path):
+    """newuser44b #1: killing the head of a `ray start --head` cluster mid-run left the launcher
+    retrying on it for 60 s, then Ray ended the process with its own message (exit 1), and the
+    next resume charged ~100 CPU s for tasks that had used 0.3. Now: one line within seconds,
+    exit 2, and the unfinished tasks' charge is what their workers recorded plus at most a
+    heartbeat interval, far below the minute the launcher used to wait."""
+    import sqlite3
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(home)
+    port = _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    ray_tmp = tempfile.mkdtemp(prefix="ca-ray-", dir="/tmp")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", "2",
+         "--temp-dir", ray_tmp, "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = None
+    try:
+        log, _ = head.communicate(timeout=180)
+        assert head.returncode == 0, log[-2000:]
+        cfg = write_config(tmp_path, POOL, _body(params="{ sleep_s = 3.0 }", n=6).replace(
+            "batch_size = 1", "batch_size = 2"))
+        run = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", str(cfg), "--runs-dir", str(tmp_path / "runs"),
+             "--quiet", "--address", f"127.0.0.1:{port}"],
+            env={**env, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        store = tmp_path / "runs" / "t" / "store.sqlite"
+        deadline = time.monotonic() + 240
+        n = 0
+        while time.monotonic() < deadline and run.poll() is None:
+            if store.exists():
+                try:
+                    with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
+                        n = db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+                except sqlite3.Error:
+                    n = 0
+            if n >= 2:
+                break
+            time.sleep(0.5)
+        assert n >= 2, (run.poll(), run.stderr.read()[-2000:] if run.poll() is not None else "")
+        time.sleep(1.0)  # the next two tasks are running
+        os.killpg(head.pid, signal.SIGKILL)  # the head: GCS, raylet, its workers
+        killed = time.monotonic()
+        out, err = run.communicate(timeout=120)
+        took = time.monotonic() - killed
+        assert run.returncode == 2, (run.returncode, err[-3000:])
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert lines and lines[-1].startswith(f"crystal-agent: error: lost the Ray cluster at 127.0.0.1:{port}"), err[-3000:]
+        assert "`crystal-agent resume t" in lines[-1]
+        assert "worker died" not in err and "Failed to connect to GCS" not in err, err[-3000:]
+        assert took < 40, took
+        status = cli("status", "t", "--runs-dir", str(tmp_path / "runs"), "--json", env={**env, "RAY_ADDRESS": ""})
+        assert status.returncode == 0, status.stderr
+        import re
+
+        # two sleeping tasks: their records (~0.3 CPU s each) plus their core for at most
+        # about a heartbeat interval (5 s) and a record interval (2 s) each
+        charge = [float(x) for x in re.findall(r'"unsettled_cpu_s": ([0-9.]+)', status.stdout)]
+        assert charge and charge[0] < 2 * (5.0 + 2.0 + 1.0), (charge, status.stdout[-2000:])
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 # -- the map-style executor the CSP engine is given ------------------------------------------
 
 CSP_KW = dict(space_groups="P-1,P2_1", seed=2, progress=False, charges="xtb", batch_size=2, cache_dir="")
