@@ -265,8 +265,17 @@ class Campaign:
             if cfg.surrogate.kernel is None:  # stored before the kernel option: Tanimoto then
                 cfg = cfg.model_copy(update={"surrogate": cfg.surrogate.model_copy(update={"kernel": "tanimoto"})})
                 pinned = True
-            if (override is not None or pinned) and not readonly:
+            copied_from = cfg.name if cfg.name != directory.name else None
+            if copied_from is not None:
+                # a campaign folder copied (or renamed) to a new name is the campaign of its
+                # folder: its hints, MLflow experiment and run are its own, not the original's
+                # (newuser44b #9: a copy's resume tagged the original's MLflow run)
+                cfg = cfg.model_copy(update={"name": directory.name})
+            if (override is not None or pinned or copied_from is not None) and not readonly:
                 store.set_meta("config_toml", config_to_toml(cfg))
+            if copied_from is not None and not readonly:
+                store.set_meta("mlflow_run_id", "")  # a new run in the folder's experiment
+                store.log_event("renamed", previous_name=copied_from, name=directory.name)
             if not readonly:
                 store.log_event("resumed")
             return cls(cfg, store, directory, stages=stages)

@@ -749,6 +749,23 @@ class RayExecutor:
         except OSError:
             return False
 
+    def starved(self) -> str | None:
+        """Why tasks in flight cannot start, when it is that no alive node offers
+        ``cpus_per_task`` CPUs (the only worker node lost; a preemptible node gone), as
+        one phrase; None when the cluster has the CPUs (the tasks are just running)."""
+        import ray
+
+        if not self._in_flight or self._lost:
+            return None
+        try:
+            cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        except Exception:  # noqa: BLE001 - a status query must not fail the run
+            return None
+        if cpus >= self.cpus_per_task:
+            return None
+        return (f"no node of the cluster offers {self.cpus_per_task:g} CPU (the cluster has {cpus:g}); "
+                f"{len(self._in_flight)} task{'s' if len(self._in_flight) != 1 else ''} wait for a node to join")
+
     def lost_error(self) -> ClusterLostError:
         """The one-line error for a cluster that went away; nothing more is asked of it."""
         self._lost = True

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 #: seconds between the run's heartbeats in the store (the end of an unfinished task's charge)
 HEARTBEAT_S = 5.0
+#: seconds without a result after which, and between which, a run whose tasks cannot start
+#: (no node with the CPUs) says so (:meth:`agent.executor.RayExecutor.starved`)
+STARVED_SAY_S = 60.0
 
 
 class CampaignInterrupted(Exception):
@@ -271,6 +274,8 @@ def run_campaign(
         if main_thread:
             signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
         alive = getattr(executor, "cluster_alive", None)
+        starved = getattr(executor, "starved", None)
+        last_result = last_said = time.monotonic()
         slots = min(cfg.batch_size, executor.capacity)
         store.log_event("started", slots=slots, address=executor.address or "local")
         from rich.console import Console
@@ -318,7 +323,16 @@ def run_campaign(
                     campaign.absorb_deferred()
                     tracker.log_progress()
                 if told:
+                    last_result = time.monotonic()
                     bar.update(bar_id, completed=campaign.n_evaluations, info=progress_info(campaign, symbol))
+                elif starved is not None and min(time.monotonic() - last_result,
+                                                 time.monotonic() - last_said) >= STARVED_SAY_S:
+                    # a cluster that lost its only worker node waits for one to join:
+                    # say so, once a minute (newuser44b #5: silent, status "running")
+                    last_said = time.monotonic()
+                    if why := starved():
+                        print(f"crystal-agent: waiting: {why}", file=sys.stderr, flush=True)
+                        store.log_event("starved", reason=why)
         reason = campaign.stop_reason() or "acquisition proposed nothing more"
         campaign.refit_final()  # the final models have seen every result
         tracker.log_progress()  # the final counts (a no-op when already logged)
