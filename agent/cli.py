@@ -10,7 +10,8 @@
     crystal-agent lab ...       (lab-robot adapters, see `crystal-agent lab -h`)
 
 Every expected failure (bad config, bad argument, missing file, a damaged store, a
-campaign already running, ...) prints one line ``crystal-agent: error: ...`` on stderr and
+read-only store or a full disk, which say so and that the store is intact, a campaign
+already running, ...) prints one line ``crystal-agent: error: ...`` on stderr and
 exits with status 2; an unexpected exception prints one line naming its type (exit 1;
 ``crystal-agent --debug ...`` shows the traceback); an interrupted campaign exits with 130.
 """
@@ -18,9 +19,12 @@ exits with status 2; an unexpected exception prints one line naming its type (ex
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
+import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +54,36 @@ def _runs_dir(args: argparse.Namespace) -> Path:
     return Path(args.runs_dir or os.environ.get("CRYSTAL_AGENT_RUNS", "runs"))
 
 
-def _print_status(status: object, as_json: bool, store: object, cfg: object) -> None:
+_RESUME = re.compile(r"`crystal-agent resume ([^`\s]+)`")
+
+
+def with_runs_dir(text: str, args: argparse.Namespace) -> str:
+    """``text`` with each ```crystal-agent resume NAME``` hint given ``--runs-dir DIR`` (quoted
+    for a shell if needed) when the campaign is not under the default ``runs/``, so that
+    the command printed works as it is."""
+    runs = getattr(args, "runs_dir", None) or os.environ.get("CRYSTAL_AGENT_RUNS") or ""
+    if not runs or Path(runs).resolve() == Path("runs").resolve():
+        return text
+    return _RESUME.sub(lambda m: f"`crystal-agent resume {m.group(1)} --runs-dir {shlex.quote(runs)}`", text)
+
+
+def _store_path(args: argparse.Namespace) -> Path | None:
+    """The store of the campaign a command works on, when known (for error messages)."""
+    from agent.campaign import STORE_FILE, campaign_dir
+
+    if getattr(args, "store_path", None) is not None:
+        return args.store_path
+    name = getattr(args, "name", None)
+    if getattr(args, "command", None) not in ("resume", "status", "report", "refine") or not isinstance(name, str):
+        return None
+    try:
+        return campaign_dir(_runs_dir(args), name) / STORE_FILE
+    except Exception:  # noqa: BLE001 - a bad name was refused already
+        return None
+
+
+def _print_status(status: object, as_json: bool, store: object, cfg: object,
+                  args: argparse.Namespace | None = None) -> None:
     """The status (:func:`agent.summary.status_record`): units and level of theory on every
     figure, and the structure-stage results when there is a structure stage."""
     from agent.summary import status_lines, status_record
@@ -59,7 +92,8 @@ def _print_status(status: object, as_json: bool, store: object, cfg: object) -> 
     if as_json:
         print(json.dumps(rec, indent=2, sort_keys=True, default=str))
         return
-    print("\n".join(status_lines(rec)))
+    text = "\n".join(status_lines(rec))
+    print(with_runs_dir(text, args) if args is not None else text)
 
 
 def _run_loop(campaign: object, args: argparse.Namespace, on_start: object = None,
@@ -73,9 +107,9 @@ def _run_loop(campaign: object, args: argparse.Namespace, on_start: object = Non
             **({"on_start": on_start} if on_start is not None else {}),
         )
         if show_status is None or show_status(status):
-            _print_status(status, False, campaign.store, campaign.cfg)
+            _print_status(status, False, campaign.store, campaign.cfg, args)
     except CampaignInterrupted as exc:
-        print(f"crystal-agent: {exc}", file=sys.stderr)
+        print(f"crystal-agent: {with_runs_dir(str(exc), args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         campaign.close()
@@ -87,6 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
 
     runs_dir = _runs_dir(args)
+    if Path(args.config).is_dir():
+        raise CliError(f"{args.config} is a directory; `crystal-agent run` expects a campaign "
+                       "config file (TOML), e.g. `crystal-agent run examples/demo.toml`")
     cfg = load_config(args.config)
     updates = {}
     if args.name is not None:
@@ -103,7 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for note in check_runnable(cfg):  # create checks again; its non-fatal notes, said once here
         print(f"crystal-agent: warning: {note}", file=sys.stderr, flush=True)
     preflight(cfg, runs_dir, args.address)  # cluster and tracking reachable: before creating
+    from agent.campaign import STORE_FILE
+
+    args.store_path = runs_dir / f".{cfg.name}.creating" / STORE_FILE  # errors until created: nothing to resume
     campaign = Campaign.create(cfg, runs_dir)
+    args.store_path = campaign.store.path
     from agent.campaign import discard_unstarted, pool_summary
 
     def started() -> None:  # Ray started or the cluster joined: a refused start printed nothing
@@ -117,8 +158,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from agent.campaign import Campaign
+    from agent.campaign import STORE_FILE, Campaign, campaign_dir
+    from agent.store import Store
 
+    if args.max_evaluations is not None:  # a budget below what is done: refused before anything is stored
+        path = campaign_dir(_runs_dir(args), args.name) / STORE_FILE
+        if path.is_file():
+            with Store(path, readonly=True) as store:
+                done = store.count_evaluations()[0]
+            if args.max_evaluations < done:
+                raise CliError(f"--max-evaluations {args.max_evaluations} is below the {done} evaluations "
+                               f"campaign {args.name!r} has done; give {done} or more")
     campaign = Campaign.open(args.name, _runs_dir(args), max_evaluations=args.max_evaluations)
     return _run_loop(campaign, args)
 
@@ -130,11 +180,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     path = campaign_dir(_runs_dir(args), args.name) / STORE_FILE
     if not path.exists():
         raise CliError(f"no campaign {args.name!r} in {_runs_dir(args).resolve()}")
-    with Store(path) as store:
+    with Store(path, readonly=True) as store:  # writes nothing: works on a read-only store too
         if args.invalid:
             return _print_invalid(store, as_json=args.json)
         cfg = load_stored_config(store)
-        _print_status(campaign_status(store, cfg), args.json, store, cfg)
+        _print_status(campaign_status(store, cfg), args.json, store, cfg, args)
     return 0
 
 
@@ -152,16 +202,36 @@ def _print_invalid(store: object, as_json: bool) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from agent.campaign import Campaign
+    from agent.campaign import Campaign, campaign_dir
     from agent.report import report_summary, write_plots
+    from agent.store import error_kind
 
+    directory = campaign_dir(_runs_dir(args), args.name)
+    if directory.is_dir() and not os.access(directory, os.W_OK):
+        raise CliError(_report_read_only(args, directory, "the folder cannot be written"))
     campaign = Campaign.open(args.name, _runs_dir(args), readonly=True)
     try:
         paths = write_plots(campaign, progress=_report_progress)
         print("\n".join(str(p) for p in paths) if args.verbose else "\n".join(report_summary(paths)))
+    except OSError as exc:
+        kind = error_kind(exc)
+        if kind not in ("readonly", "full"):
+            raise
+        why = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        if kind == "full":
+            raise CliError(f"disk full: cannot write the report of {args.name!r} ({why}); free space and "
+                           "run `crystal-agent report` again (the store is intact)") from None
+        raise CliError(_report_read_only(args, directory, why)) from None
     finally:
         campaign.close()
     return 0
+
+
+def _report_read_only(args: argparse.Namespace, directory: Path, why: str) -> str:
+    """The one line for a report that cannot be written into its read-only campaign folder."""
+    return (f"read-only: cannot write the report into {directory} ({why}); `crystal-agent status "
+            f"{args.name}` reads the campaign as it is; for the report, copy the folder into a writable "
+            f"DIR and run `crystal-agent report {args.name} --runs-dir DIR`")
 
 
 def _report_progress(text: str) -> None:
@@ -287,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from agent.config import ConfigError
     from agent.executor import ExecutorError
-    from agent.store import StoreDamagedError, StoreLockedError
+    from agent.store import StoreDamagedError, StoreLockedError, store_error
     from agent.tracking import TrackingError
     from sim_backends.base import BackendError
     from sim_backends.registry import UnknownBackendError
@@ -312,12 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         if args.debug:
             raise
+        if isinstance(exc, sqlite3.DatabaseError) or (
+                isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)):
+            # disk full and read-only say so (the store is intact); only corruption is "damaged"
+            exc = store_error(exc, _store_path(args))
         if isinstance(exc, expected):
-            print(f"crystal-agent: error: {_first_line(exc)}", file=sys.stderr)
-            return EXIT_USAGE
-        if isinstance(exc, sqlite3.DatabaseError):
-            print(f"crystal-agent: error: store damaged: {_first_line(exc)}; restore it from "
-                  "a backup or start a new campaign", file=sys.stderr)
+            print(f"crystal-agent: error: {with_runs_dir(_first_line(exc), args)}", file=sys.stderr)
             return EXIT_USAGE
         print(f"crystal-agent: error: unexpected {type(exc).__name__}: {_first_line(exc)} "
               "(rerun with `crystal-agent --debug ...` for the traceback)", file=sys.stderr)

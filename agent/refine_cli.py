@@ -49,7 +49,10 @@ def run_refine_command(args: argparse.Namespace) -> int:
     try:
         if campaign.stage is None:
             raise CliError(
-                f"campaign {args.name!r} has no structure stage; set [structures] enabled = true"
+                f"campaign {args.name!r} has no structure stage, and an existing campaign's stages cannot be "
+                f"changed (its store holds its config); to refine structures, start a new campaign with "
+                f"[structures] enabled = true: `crystal-agent run` of an edited copy of "
+                f"{campaign.directory / 'config.toml'} under a new name"
             )
         cfg, n_done = campaign.cfg, campaign.n_evaluations
         stages = tuple(s for s in stages if s in campaign.stages)

@@ -16,7 +16,11 @@ open); ``structures`` (the CSP landscapes); ``lab_experiments``; ``observed_form
 Opening an existing store never creates its tables: its schema is checked
 (every table and column of the current schema present, SQLite's quick check clean) and a
 damaged file is refused with a one-line :class:`StoreDamagedError` that says what is
-wrong and what to do. Only a new file gets the schema.
+wrong and what to do. Only a new file gets the schema. A store that is intact but cannot
+be written (a read-only folder or filesystem, a full disk) is a :class:`StoreReadOnlyError`
+or :class:`StoreDiskFullError` instead (:func:`store_error`), never "damaged". A reader
+(``readonly``, or ``lock=False`` on a store it cannot write) opens the file read-only and
+writes nothing, so ``status`` and ``report`` work on a read-only snapshot.
 
 Over 500 lines on purpose: one class owns the SQLite schema, its migrations and every query, so
 the schema changes in one place.
@@ -24,9 +28,13 @@ the schema changes in one place.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import shutil
+import tempfile
+import urllib.parse
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -140,9 +148,120 @@ class StoreLockedError(RuntimeError):
 class StoreDamagedError(RuntimeError):
     """The store file is not a usable campaign store (one-line message with a hint)."""
 
-    def __init__(self, path: Path, what: str) -> None:
-        super().__init__(f"store damaged: {what} ({path}); restore it from a backup "
+    def __init__(self, path: Path | None, what: str) -> None:
+        super().__init__(f"store damaged: {what}{_where(path)}; restore it from a backup "
                          "or start a new campaign")
+
+
+class StoreUnavailableError(OSError):
+    """The store could not be used now though nothing says it is damaged (an SQLite
+    operational error such as a lock held too long); an OSError, as what the system
+    refuses is."""
+
+
+class StoreReadOnlyError(StoreUnavailableError):
+    """The store or its folder cannot be written (read-only filesystem or folder); intact."""
+
+
+class StoreDiskFullError(StoreUnavailableError):
+    """The disk (or quota) under the store is full; the store is intact."""
+
+
+def _where(path: Path | None) -> str:
+    return f" ({path})" if path is not None else ""
+
+
+def _campaign_of(path: Path | None) -> str | None:
+    """The campaign name of a store at ``runs/<name>/store.sqlite`` (None while it is
+    created: its folder is then a hidden ``.<name>.creating-...``)."""
+    if path is None:
+        return None
+    name = Path(path).parent.name
+    return None if not name or name.startswith(".") else name
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write ``path`` (False on a read-only filesystem, even for root)."""
+    return os.access(path, os.W_OK)
+
+
+def error_kind(exc: BaseException, path: Path | None = None) -> str:
+    """What an error from the store means: ``"full"`` (disk or quota full), ``"readonly"``
+    (a read-only filesystem or folder), ``"damaged"`` (not a database, malformed) or
+    ``"other"``. ``path`` (the store file) tells SQLite's "unable to open database file"
+    in a folder that cannot be written (its -wal/-shm files cannot be made) from others."""
+    if isinstance(exc, StoreDiskFullError):
+        return "full"
+    if isinstance(exc, StoreReadOnlyError):
+        return "readonly"
+    if isinstance(exc, StoreDamagedError):
+        return "damaged"
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "full"
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return "readonly"
+        return "other"
+    if not isinstance(exc, sqlite3.Error):
+        return "other"
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    msg = str(exc).lower()
+    if code.startswith("SQLITE_FULL") or "database or disk is full" in msg:
+        return "full"
+    if code.startswith("SQLITE_READONLY") or "readonly database" in msg or "read-only" in msg:
+        return "readonly"
+    if (code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "file is not a database" in msg
+            or "malformed" in msg):
+        return "damaged"
+    if path is not None and (code.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR"))
+                             or "unable to open database file" in msg or "disk i/o error" in msg):
+        folder = Path(path).parent
+        if folder.is_dir() and not _writable(folder) or Path(path).exists() and not _writable(Path(path)):
+            return "readonly"
+        try:
+            if folder.is_dir() and shutil.disk_usage(folder).free == 0:
+                return "full"
+        except OSError:
+            pass
+    return "other"
+
+
+def store_error(exc: BaseException, path: Path | None = None) -> BaseException:
+    """The one-line error for ``exc`` (an ``sqlite3.Error`` or ``OSError`` met using the
+    store at ``path``): disk full and read-only say so and that the store is intact; only a
+    real corruption is "store damaged". An error already of this module, or one that is
+    none of these kinds and not from SQLite, is returned as it is."""
+    if isinstance(exc, (StoreDamagedError, StoreUnavailableError)):
+        return exc
+    kind = error_kind(exc, path)
+    what = (exc.strerror or str(exc)) if isinstance(exc, OSError) else (str(exc).splitlines() or [""])[0]
+    where = _where(path)
+    if isinstance(exc, OSError) and exc.filename:
+        what, where = f"{what}: {exc.filename}", ""
+    name = _campaign_of(path)
+    if kind == "full":
+        if path is not None and name is None:  # while the campaign was being created: nothing to resume
+            err: BaseException = StoreDiskFullError(
+                f"disk full: {what} (in {Path(path).parent.parent}); the campaign was not created: "
+                "free space and start it again")
+        else:
+            err = StoreDiskFullError(
+                f"disk full: {what}{where}; free space, then `crystal-agent resume {name or 'NAME'}` "
+                "continues the campaign (the store is intact: what was stored is kept)")
+    elif kind == "readonly":
+        err = StoreReadOnlyError(
+            f"read-only: {what}{where}; the store is not damaged and `crystal-agent status "
+            f"{name or 'NAME'}` reads it; a run needs a writable folder (make it writable, or copy the "
+            "campaign folder into a writable DIR and use --runs-dir DIR)")
+    elif kind == "damaged":
+        err = StoreDamagedError(path, what)
+    elif isinstance(exc, sqlite3.Error):
+        err = StoreUnavailableError(f"store unavailable: {what}{where}")
+    else:
+        return exc
+    if isinstance(exc, OSError) and isinstance(err, OSError):
+        err.errno = exc.errno
+    return err
 
 
 def _schema_columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
@@ -183,28 +302,48 @@ class Store:
     """A campaign's SQLite store.
 
     Args:
-        path: the database file (created with its directory if missing).
+        path: the database file (created with its directory if missing, unless ``readonly``).
         lock: take the campaign's exclusive launcher lock (a running campaign must);
             readers such as ``crystal-agent status`` pass False.
+        readonly: open the file read-only (SQLite ``mode=ro``; ``immutable`` when its
+            folder cannot be written, so no -wal/-shm file can be made): nothing is created,
+            written or migrated on disk (an older schema is brought up to date in a copy in
+            memory). The default, None, is read-only for a reader (``lock=False``) of an
+            existing store that this process cannot write (a read-only filesystem or folder).
     """
 
-    def __init__(self, path: str | Path, *, lock: bool = False) -> None:
+    def __init__(self, path: str | Path, *, lock: bool = False, readonly: bool | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        if lock:
-            self._acquire_lock()
         is_new = not self.path.exists()
+        if readonly is None:
+            readonly = not lock and not is_new and not (_writable(self.path) and _writable(self.path.parent))
+        if readonly and lock:
+            raise ValueError("a read-only store cannot take the launcher lock")
+        if readonly and is_new:
+            raise FileNotFoundError(errno.ENOENT, "no campaign store", str(self.path))
+        self.readonly = readonly
+        try:
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            if lock:
+                self._acquire_lock()
+        except OSError as exc:
+            self.close()
+            raise store_error(exc, self.path) from None
         if not is_new and not self.path.is_file():
             self.close()
             raise StoreDamagedError(self.path, "not a regular file")
-        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
+            self.conn = self._connect_readonly() if readonly else sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
             if not is_new:
                 self._check_file()
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             if is_new:
                 with self.transaction():
@@ -216,14 +355,58 @@ class Store:
                         (str(SCHEMA_VERSION),),
                     )
             else:
+                if readonly and self._needs_migration():
+                    self.conn = self._in_memory(self.conn)
                 self._migrate()
             self._check_schema()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, OSError) as exc:
             self.close()
-            raise StoreDamagedError(self.path, str(exc).splitlines()[0]) from None
+            err = store_error(exc, self.path)
+            if (not readonly and not lock and not is_new and error_kind(err) == "readonly"):
+                self.__init__(path, readonly=True)  # a reader that cannot write: read it as it is
+                return
+            if err is exc:
+                raise
+            raise err from None
         except BaseException:
             self.close()
             raise
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection: ``mode=ro``, which still needs the -shm file (made if the
+        folder can be written); where it cannot be made or opened, the file as it is
+        (``immutable=1``: no other process can be writing it then), or, when an unfinished
+        -wal file holds commits the file lacks, a copy of both read in memory."""
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if error_kind(exc, self.path) != "readonly":
+                raise
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            with tempfile.TemporaryDirectory(prefix="crystal-agent-store-") as tmp:
+                copy = Path(tmp) / self.path.name
+                shutil.copyfile(self.path, copy)
+                shutil.copyfile(wal, f"{copy}-wal")
+                disk = sqlite3.connect(copy, isolation_level=None)  # replays the -wal
+                try:
+                    return self._in_memory(disk)
+                finally:
+                    disk.close()
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30.0, isolation_level=None)
+
+    @staticmethod
+    def _in_memory(conn: sqlite3.Connection) -> sqlite3.Connection:
+        """A copy in memory of the database of ``conn`` (which is closed)."""
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        conn.backup(mem)
+        conn.close()
+        mem.row_factory = sqlite3.Row
+        return mem
 
     def _check_file(self) -> None:
         """Refuse an existing file that is not an SQLite database or fails the quick check."""
@@ -245,12 +428,10 @@ class Store:
         attributes them to a stage when it opens the store, :meth:`set_stage`) and the
         ``observed_forms`` table (refilled by the lab stage from ``lab_experiments``).
         """
+        if not self._needs_migration():
+            return
         have = _schema_columns(self.conn)
-        if "evaluations" not in have:
-            return
         cols = have["evaluations"]
-        if "cpu_s" in cols and "stage" in cols and "observed_forms" in have:
-            return
         with self.transaction() as c:
             if "cpu_s" not in cols:
                 c.execute("ALTER TABLE evaluations ADD COLUMN cpu_s REAL NOT NULL DEFAULT 0")
@@ -262,6 +443,13 @@ class Store:
                                   _SCHEMA.index("CREATE TABLE IF NOT EXISTS events")].rstrip().rstrip(";"))
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                       (str(SCHEMA_VERSION),))
+
+    def _needs_migration(self) -> bool:
+        have = _schema_columns(self.conn)
+        if "evaluations" not in have:
+            return False
+        cols = have["evaluations"]
+        return not ("cpu_s" in cols and "stage" in cols and "observed_forms" in have)
 
     def _check_schema(self) -> None:
         """Every table and column of the current schema must exist (extra ones are fine)."""
@@ -287,8 +475,12 @@ class Store:
                 f"campaign at {self.path.parent} is already running (pid {holder}); "
                 "stop it first or wait for it to finish"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:
+            os.close(fd)
+            raise
         self._lock_fd = fd
 
     def running_pid(self) -> str | None:

@@ -677,12 +677,15 @@ def _unit_size(arrays: dict[str, np.ndarray]) -> int:
 def _execute(molecule, units, model_kwargs, min_kwargs, executor: MapExecutor, progress,
              label: str = "minimising trials") -> list[dict]:
     """Run :func:`minimise_unit` over all units on ``executor``, with progress."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     n_total = sum(_unit_size(u[1]) for u in units)
     results: list[dict] = []
+    # on stderr, as run_csp's docstring says: stdout stays the caller's (a JSON or table there)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), disable=not progress, transient=False) as bar:
+                  TimeElapsedColumn(), console=Console(stderr=True), disable=not progress,
+                  transient=False) as bar:
         task = bar.add_task(label, total=n_total)
         items = [(sg, arrays, model_kwargs, min_kwargs) for sg, arrays in units]
         for r in executor.map_unordered(minimise_unit, items, shared=(molecule,)):

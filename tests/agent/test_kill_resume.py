@@ -93,7 +93,9 @@ def test_sigterm_stops_like_ctrl_c_with_one_line(tmp_path):
     proc.send_signal(signal.SIGTERM)  # the launcher only, as `kill PID` does
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    assert err.strip().count("\n") == 0 and "continue with `crystal-agent resume termme`" in err, err[-2000:]
+    # the hint works as printed: the campaign is not under the default runs/ (newuser44b #11)
+    assert err.strip().count("\n") == 0 and f"continue with `crystal-agent resume termme --runs-dir {runs}`" in err, \
+        err[-2000:]
     out = cli("resume", "termme", "--runs-dir", str(runs), "--quiet", timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert _count(db_path) == 10
