@@ -336,8 +336,10 @@ class Store:
             self.close()
             raise StoreDamagedError(self.path, "not a regular file")
         try:
+            # check_same_thread=False: a campaign made in one thread may be run in another
+            # (a notebook's background thread); it is used from one thread at a time
             self.conn = self._connect_readonly() if readonly else sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None)
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self.conn.row_factory = sqlite3.Row
             if not is_new:
                 self._check_file()
