@@ -146,11 +146,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_stock_ray_start_head_with_token_authentication(tmp_path):
-    """`ray start --head` where ~/.ray/auth_token exists runs with token authentication
-    (Ray 2.60); `--address` to it works with that token and is a one-line explanation
-    without one, leaving no campaign behind."""
+def _stock_head(tmp_path, num_cpus: int) -> tuple[dict, int, str, subprocess.Popen]:
+    """A `ray start --head` with a token in a private HOME (Ray 2.60 enables token
+    authentication then): (its environment, port, temp dir, the start process, whose
+    process group holds the cluster's processes)."""
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
@@ -160,11 +159,20 @@ def test_stock_ray_start_head_with_token_authentication(tmp_path):
     ray_bin = Path(sys.executable).with_name("ray")
     ray_tmp = tempfile.mkdtemp(prefix="ca-ray-", dir="/tmp")  # short: Unix socket paths
     start = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", "1",
+        [str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", str(num_cpus),
          "--temp-dir", ray_tmp, "--include-dashboard=false", "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # the cluster's processes keep this process group
     )
+    return env, port, ray_tmp, start
+
+
+@pytest.mark.slow
+def test_stock_ray_start_head_with_token_authentication(tmp_path):
+    """`ray start --head` where ~/.ray/auth_token exists runs with token authentication
+    (Ray 2.60); `--address` to it works with that token and is a one-line explanation
+    without one, leaving no campaign behind."""
+    env, port, ray_tmp, start = _stock_head(tmp_path, 1)
     try:
         log, _ = start.communicate(timeout=180)
         assert start.returncode == 0, log[-2000:]
@@ -199,18 +207,7 @@ def test_a_cluster_lost_mid_run_is_one_line_soon_and_its_tasks_are_charged_what_
     heartbeat interval, far below the minute the launcher used to wait."""
     import sqlite3
 
-    home = tmp_path / "home"
-    (home / ".ray").mkdir(parents=True)
-    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["HOME"] = str(home)
-    port = _free_port()
-    ray_bin = Path(sys.executable).with_name("ray")
-    ray_tmp = tempfile.mkdtemp(prefix="ca-ray-", dir="/tmp")
-    head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--port", str(port), "--num-cpus", "2",
-         "--temp-dir", ray_tmp, "--include-dashboard=false", "--disable-usage-stats"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env, port, ray_tmp, head = _stock_head(tmp_path, 2)
     run = None
     try:
         log, _ = head.communicate(timeout=180)
