@@ -75,7 +75,7 @@ def test_status_names_units_levels_and_structures(campaign, capsys):
     assert main(["status", "cryst", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
     best = next(ln for ln in out.splitlines() if ln.startswith("best"))
-    assert "lambda+ = " in best and " kJ/mol (" in best and " eV), GFN2-xTB: " in best
+    assert "lambda+ = " in best and " kJ/mol (" in best and " eV), GFN2-xTB four-point lambda+ (tblite), gas phase: " in best
     head = next(ln for ln in out.splitlines() if ln.startswith("structures"))
     assert f"{len(computed)} of " in head and "computed at GFN2-xTB periodic (tblite)" in head
     rows = [ln for ln in out.splitlines() if ln.startswith("  m")]
@@ -84,7 +84,7 @@ def test_status_names_units_levels_and_structures(campaign, capsys):
 
     assert main(["status", "cryst", "--runs-dir", str(runs), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["objective"]["unit"] == "kJ/mol" and rec["objective"]["level"] == "GFN2-xTB"
+    assert rec["objective"]["unit"] == "kJ/mol" and rec["objective"]["level"] == "GFN2-xTB four-point lambda+ (tblite), gas phase"
     (land,) = rec["structures"]
     assert land["refine_level"] == LEVEL and land["n_computed"] == len(computed)
     top = land["top"]
