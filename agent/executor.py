@@ -154,7 +154,8 @@ def cpu_limit(seconds: float | None) -> Iterator[None]:
     """Raise :class:`CpuLimitExceeded` once this process has spent ``seconds`` more CPU
     seconds (user + system, all threads) inside the block.
 
-    The kernel enforces it (``RLIMIT_CPU`` soft limit, whole seconds, ``SIGXCPU``), so a
+    The kernel enforces it (``RLIMIT_CPU`` soft limit, whole seconds rounded up plus one
+    second of slack for its tick-sampled count, ``SIGXCPU``), so a
     loaded machine that stretches wall time does not kill a task that is still within
     its compute; the limit and the signal handler are restored on exit. A no-op outside
     the main thread or where ``RLIMIT_CPU`` is missing. Child processes inherit the soft
@@ -171,7 +172,11 @@ def cpu_limit(seconds: float | None) -> Iterator[None]:
         return
     soft0, hard = resource.getrlimit(resource.RLIMIT_CPU)
     t = os.times()
-    soft = math.ceil(t.user + t.system + seconds)
+    # +1 s of slack: the kernel checks the limit against its tick-sampled user + system
+    # time, which in a long-lived process (a Ray worker that has run many tasks) can run
+    # ahead of the precise total os.times() reports by most of a second; without the slack
+    # a short limit fired after 0.15 of its 1 CPU s, or while the task slept (CI, stop 44)
+    soft = math.ceil(t.user + t.system + seconds) + 1
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
 
