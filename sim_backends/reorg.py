@@ -407,7 +407,7 @@ XTB_LAMBDA_LEVEL = "GFN2-xTB four-point lambda+ (tblite), gas phase"
 #: ``xtb-reorg`` params that change its lambda+ calculation (``max_heavy_atoms`` only refuses)
 #: with their defaults
 _XTB_CALCULATION_DEFAULTS = {"seed": 0, "fmax": 0.01, "max_steps": 500, "max_cycles": 250,
-                             "degenerate_cation_temperature_K": None}
+                             "degenerate_cation_temperature_K": DEGENERATE_CATION_TEMPERATURE_K}
 
 
 def gas_ionisation_energy_ev(ip_adiabatic_xtb_kjmol: float) -> float:
@@ -460,8 +460,8 @@ class XtbReorgBackend(ReorgBackend):
         super().__init__(**params)
         # calculation settings other than the defaults make another lambda+ than the ESF
         # levels' (a ladder of the two is then not one computation twice)
-        defaults = {**_XTB_CALCULATION_DEFAULTS, "degenerate_cation_temperature_K": DEGENERATE_CATION_TEMPERATURE_K}
-        own = {k: params[k] for k, d in defaults.items() if params.get(k) is not None and params[k] != d}
+        own = {k: params[k] for k, d in _XTB_CALCULATION_DEFAULTS.items()
+               if params.get(k) is not None and params[k] != d}
         if own:
             settings = ", ".join(f"{k} = {v:g}" if isinstance(v, (int, float)) else f"{k} = {v}"
                                  for k, v in own.items())
