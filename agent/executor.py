@@ -787,8 +787,18 @@ class RayExecutor:
         return max(1, int(cpus // self.cpus_per_task))
 
     def shutdown(self) -> None:
-        if self._lost:  # no cancels to a cluster that is gone; disconnect only
-            self._in_flight.clear()
+        """End the tasks in flight and leave Ray (stop it, if this executor started it).
+
+        A Ray this executor started or joined is left without cancelling each task: a
+        forced ``ray.cancel`` racing the reply of a task that has just finished can fail a
+        check in Ray's core worker, ending the launcher with a stack dump and exit status 1
+        instead of its one-line message (once in CI on SIGTERM, Ray 2.60). Stopping the
+        embedded Ray stops its workers; a cluster stops the workers of a driver that left.
+        A Ray started by someone else (a test's, a notebook's) stays up: the tasks are
+        cancelled there.
+        """
+        if self._lost or self._started_ray or self._joined:
+            self._in_flight.clear()  # no cancels to a cluster that is gone, or one left next
         elif self._remote is not None:
             self.cancel_all()
         if self._started_ray or self._joined:

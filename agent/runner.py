@@ -350,8 +350,7 @@ def run_campaign(
         return campaign.status()
     except KeyboardInterrupt:
         store.heartbeat()  # the cancelled tasks ran until now
-        executor.cancel_all()
-        campaign.forget_pending()
+        campaign.forget_pending()  # the executor's shutdown (below) ends the tasks
         store.log_event("interrupted", n_evaluations=campaign.n_evaluations)
         tracker.finish("KILLED")
         raise CampaignInterrupted(
@@ -373,6 +372,8 @@ def run_campaign(
             f"`crystal-agent resume {cfg.name}` continues once the cluster is back (unfinished tasks "
             f"are charged what their workers recorded)") from None
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-        executor.shutdown()
+        try:
+            executor.shutdown()
+        finally:  # a SIGTERM while Ray shuts down is an interruption too, not a silent death
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)

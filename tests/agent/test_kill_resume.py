@@ -92,7 +92,8 @@ def test_sigterm_stops_like_ctrl_c_with_one_line(tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)  # the launcher only, as `kill PID` does
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-2000:]
+    shown = err if len(err) < 4000 else f"{err[:2000]}\n[...]\n{err[-2000:]}"  # a crash's first lines say why
+    assert proc.returncode == 130, shown
     # the hint works as printed: the campaign is not under the default runs/ (newuser44b #11)
     assert err.strip().count("\n") == 0 and f"continue with `crystal-agent resume termme --runs-dir {runs}`" in err, \
         err[-2000:]
