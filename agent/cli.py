@@ -25,7 +25,9 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -344,8 +346,24 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # run as a program: `kill`, `timeout`, SLURM and systemd stop it as Ctrl-C does, from
+        # the first moment (the campaign runner keeps this while Ray, which sets its own, runs)
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a command started (parsing, imports)
+        print("crystal-agent: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

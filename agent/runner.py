@@ -254,7 +254,12 @@ def run_campaign(
 
     symbol = f"{quantity(cfg.objective)[1]} ({cfg.backends[-1].name}) ="
     try:
-        executor.start()
+        try:
+            executor.start()
+        except SystemExit as exc:  # ray.init's own SIGTERM handler (sys.exit(15)) while it starts
+            if exc.code != signal.SIGTERM:
+                raise
+            raise KeyboardInterrupt from None
         if on_start is not None:
             on_start()
         if cfg.tracking.enabled:
