@@ -932,8 +932,15 @@ def csp_executor(n_workers: int, address: str | None = None) -> Iterator[Any]:
 
         yield InProcessExecutor()
         return
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main_thread else None
     ex = RayExecutor(address=address, num_cpus=n_workers)
     ex.start()
+    if main_thread and before is not None:  # ray.init sets its own (sys.exit(15)): keep the caller's
+        signal.signal(signal.SIGTERM, before)
     try:
         yield ex
     finally:
