@@ -288,6 +288,14 @@ class Campaign:
             stage.close()
         self.store.close()
 
+    def __enter__(self) -> Campaign:
+        """``with Campaign.open(name, runs_dir) as campaign:`` closes the store (and frees
+        the campaign's lock) on leaving the block, an exception included."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- state --------------------------------------------------------------------------
     def _restore(self) -> None:
         """Rebuild every stage from the store; attribute rows stored before schema 3."""

@@ -140,3 +140,20 @@ def test_run_refused_for_an_address_prints_one_line_and_leaves_no_mlflow_store(
                      f"Failed to connect to Ray cluster at {_NotACluster.address}"], out.err
     assert not (runs / "mlflow.db").exists() and not (runs / "w2").exists()
     assert not list(runs.iterdir())
+
+
+def test_campaign_is_a_context_manager_that_frees_its_lock(tmp_path):
+    """``with Campaign.create(...) as c:`` (the README's API example) closes the store on
+    leaving the block, an exception included: the campaign opens again at once."""
+    from agent.campaign import Campaign
+    from agent.store import StoreLockedError
+
+    runs = tmp_path / "runs"
+    with Campaign.create(_cfg(tmp_path, name="ctx"), runs) as camp:
+        with pytest.raises(StoreLockedError):
+            Campaign.open("ctx", runs)  # held while the block runs
+    with pytest.raises(RuntimeError, match="inside"):
+        with Campaign.open("ctx", runs) as camp:
+            raise RuntimeError("inside")
+    with Campaign.open("ctx", runs) as camp:
+        assert camp.cfg.name == "ctx"
