@@ -181,6 +181,10 @@ class Campaign:
             from agent.surrogates.molecule_gp import KERNEL
 
             given.setdefault("surrogate", {})["kernel"] = KERNEL
+        if (given.get("surrogate") or {}).get("screen_pool") is None:
+            from agent.stages.molecule import SCREEN_POOL
+
+            given.setdefault("surrogate", {})["screen_pool"] = SCREEN_POOL
         data = _without_none(given)
         cfg = parse_config(data)  # as the stored config.toml (TOML has no null) will read back
         if lost := _nulls_replaced(given, cfg.model_dump(mode="json")):
@@ -264,6 +268,9 @@ class Campaign:
             cfg, pinned = _pin_legacy_charges(cfg, store)
             if cfg.surrogate.kernel is None:  # stored before the kernel option: Tanimoto then
                 cfg = cfg.model_copy(update={"surrogate": cfg.surrogate.model_copy(update={"kernel": "tanimoto"})})
+                pinned = True
+            if cfg.surrogate.screen_pool is None:  # stored before the option: no screen then
+                cfg = cfg.model_copy(update={"surrogate": cfg.surrogate.model_copy(update={"screen_pool": "off"})})
                 pinned = True
             copied_from = cfg.name if cfg.name != directory.name else None
             if copied_from is not None:

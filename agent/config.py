@@ -168,6 +168,15 @@ class SurrogateConfig(_Strict):
     #: stored config when it is created, so a later change of default never switches a
     #: running campaign; a stored config without it (made before the option) keeps Tanimoto
     kernel: Literal["tanimoto", "tanimoto+descriptors"] | None = None
+    #: "on": run the cheapest level on every molecule of the pool before the acquisition (a
+    #: screen), also where the top level cannot follow within the budget (a molecule whose
+    #: expensive level never fits is otherwise never evaluated at all); each screening task
+    #: must still fit the budget left. "auto": screen when the whole screen is expected to
+    #: cost at most :data:`agent.stages.molecule.SCREEN_AUTO_FRACTION` of the budget. "off":
+    #: the cheapest level only where the top level can follow. Unset: the default of
+    #: :data:`agent.stages.molecule.SCREEN_POOL`, written into the campaign's stored config
+    #: when it is created (a campaign stored without it keeps "off")
+    screen_pool: Literal["on", "auto", "off"] | None = None
 
 
 def _acquisition_default(name: str) -> Any:

@@ -682,7 +682,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-cooling", choices=["on", "off"], default=None,
                     help="whether every campaign divides its acquisition by cost**(fraction of the budget "
                          "left) (default: the campaign's, agent.stages.molecule.COST_COOLING)")
+    ap.add_argument("--screen-pool", choices=["on", "auto", "off"], default=None,
+                    help="whether every campaign runs the cheapest level on the whole pool first "
+                         "(default: the campaign's, agent.stages.molecule.SCREEN_POOL)")
     args = ap.parse_args(argv)
+    if args.screen_pool is not None:  # stored by each campaign when it is created
+        from agent.stages import molecule as molecule_stage
+
+        molecule_stage.SCREEN_POOL = args.screen_pool
     if args.cost_cooling is not None:  # read by each campaign's molecule stage when it asks
         from agent.stages import molecule as molecule_stage
 
@@ -718,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=150)
     out: dict = {"benchmark": "molecule_decisions", "torch_threads": torch.get_num_threads(),
                  "molecule_kernel": kernel, "discrepancy_estimate": molecule_gp.DISCREPANCY_ESTIMATE,
-                 "cost_cooling": molecule_stage.COST_COOLING,
+                 "cost_cooling": molecule_stage.COST_COOLING, "screen_pool": molecule_stage.SCREEN_POOL,
                  "delta_ratio_prior": [round(float(np.exp(molecule_gp.LOG_DELTA_RATIO_PRIOR[0])), 4),
                                        molecule_gp.LOG_DELTA_RATIO_PRIOR[1]]}
     warm_up_imports()

@@ -37,7 +37,10 @@ Decisions:
   cost**alpha, alpha the fraction of the budget left (cost cooling, :data:`COST_COOLING`);
   without a budget, every evaluation costs one unit;
 * a cheaper level is only offered where the top level can still follow (its
-  ``budget_evaluations`` not spent);
+  ``budget_evaluations`` not spent, its cost within the budget), except the screen of
+  ``[surrogate] screen_pool`` ("on", or "auto" when it is expected to take at most
+  :data:`SCREEN_AUTO_FRACTION` of the budget): the cheapest level on every molecule, each
+  task within the budget left, before the acquisition;
 * a level's ``budget_evaluations`` counts its stored results, its requests in flight
   and the earlier requests of the same batch: a batch is what asking for its requests
   one at a time would admit, so an ask for several at once (a synchronous batch, or
@@ -92,6 +95,14 @@ NAME = "molecule"
 #: benchmarks/molecule_decisions.py, better at the other three; benchmarks/results/NOTES.md)
 COST_COOLING = True
 
+#: run the cheapest level on the whole pool first: "on", "off", or "auto" (when the screen is
+#: expected to cost at most SCREEN_AUTO_FRACTION of the budget) (``[surrogate] screen_pool``,
+#: which a campaign stores when it is created; this is the default it takes then)
+SCREEN_POOL = "off"
+#: the largest share of the compute budget (CPU s; without one, of ``max_evaluations``) an
+#: "auto" screen of the pool may be expected to take
+SCREEN_AUTO_FRACTION = 0.1
+
 
 class MoleculeStage:
     """Ask/tell over the molecule pool with the ``[[backends]]`` fidelity ladder."""
@@ -117,6 +128,7 @@ class MoleculeStage:
         self._declared_cache: dict[str, tuple[tuple[str, ...], int, dict[str, float]]] = {}
         #: (level, constrained value, cheaper levels that report it) (:meth:`_screening`)
         self._screening_cache: list[tuple[int, str, tuple[int, ...]]] | None = None
+        self._screen: bool | None = None  # screen_pool, decided once (:attr:`screen_pool`)
 
     # -- state --------------------------------------------------------------------------
     def restore(self, store: Store) -> None:
@@ -281,6 +293,26 @@ class MoleculeStage:
         return self._fps
 
     @property
+    def screen_pool(self) -> bool:
+        """The cheapest level runs on the whole pool first (``[surrogate] screen_pool``; a
+        campaign stores the default of its creation, :data:`SCREEN_POOL`). "auto" is decided
+        once, from the cheapest level's prior cost estimates (not the measured costs, so a
+        resumed campaign decides as it did): the screen of every valid molecule is expected
+        to take at most :data:`SCREEN_AUTO_FRACTION` of ``max_cpu_hours`` (without one, of
+        ``max_evaluations``)."""
+        if self._screen is None:
+            mode = self.cfg.surrogate.screen_pool or SCREEN_POOL
+            if mode == "auto" and len(self.levels) > 1:
+                if self.cfg.max_cpu_hours is not None:
+                    cost = sum(self.cost_models[0].prior(EvalInput(s)) for s in self.smiles)
+                    self._screen = cost <= SCREEN_AUTO_FRACTION * self.cfg.max_cpu_hours * 3600
+                else:
+                    self._screen = len(self.smiles) <= SCREEN_AUTO_FRACTION * self.cfg.max_evaluations
+            else:
+                self._screen = mode == "on" and len(self.levels) > 1
+        return self._screen
+
+    @property
     def kernel(self) -> str:
         """The GP's kernel: the config's (a campaign stores the default of its creation,
         :class:`~agent.config.SurrogateConfig`), else the module default."""
@@ -316,15 +348,27 @@ class MoleculeStage:
         allowed, follows, _, _ = self._allowed()
         if allowed.any() and (fit := self._budget_fit([])) is not None:
             needed, left = fit
-            if not self._within_budget(allowed, needed, left, follows=follows).any():
+            if not self._within_budget(allowed, needed, left, follows=follows, screen=self.screen_pool).any():
                 top = follows
                 return (f"compute budget: no evaluation fits the {max(left, 0.0):.3g} CPU s left "
                         f"(the cheapest {self.levels[-1].name} needs "
                         f"{float(np.min(needed[top, -1])) if top.any() else float('nan'):.3g} "
                         f"CPU s with its {COST_FIT_PROBABILITY:.0%} cost margin"
-                        + (f"; a cheaper level runs only where {self.levels[-1].name} can follow it)"
+                        + (f"; a cheaper level runs only where {self.levels[-1].name} can follow it"
+                           + (f": {n_never} molecule{'s' if n_never != 1 else ''} never evaluated, "
+                              f"{self.levels[0].name} fits for them; `[surrogate] screen_pool = \"on\"` "
+                              "runs it on every molecule)"
+                              if (n_never := self._n_never(needed[:, 0] <= left)) and not self.screen_pool
+                              else ")")
                            if len(self.levels) > 1 else ")"))
         return ""
+
+    def _n_never(self, among: np.ndarray) -> int:
+        """Molecules of ``among`` (a pool mask) with no evaluation at any level, failed ones
+        included."""
+        seen = self.done.any(axis=1) | self.blocked.any(axis=1)
+        seen[[i for i, _, _ in self.observations]] = True
+        return int(np.sum(among & ~seen))
 
     def _budget_fit(self, mine: Sequence[Request],
                     pair_costs: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
@@ -343,14 +387,18 @@ class MoleculeStage:
 
     @staticmethod
     def _within_budget(allowed: np.ndarray, needed: np.ndarray, left: float,
-                       follows: np.ndarray | None = None) -> np.ndarray:
+                       follows: np.ndarray | None = None, screen: bool = False) -> np.ndarray:
         """``allowed`` restricted to the pairs that fit the budget left, a cheaper level
         only where the top level still fits after it (its value is the top level's to
         follow; ``follows``: where the top level may follow, default ``allowed[:, -1]``,
-        see :meth:`_allowed`)."""
+        see :meth:`_allowed`); with ``screen`` (``screen_pool``) the cheapest level
+        wherever it fits itself."""
         out = allowed & (needed <= left)
         top = (allowed[:, -1:] if follows is None else follows[:, None]) & (needed[:, -1:] <= left)
+        cheapest = out[:, 0].copy()
         out[:, :-1] &= top & (needed[:, :-1] + needed[:, -1:] <= left)
+        if screen and out.shape[1] > 1:
+            out[:, 0] |= cheapest
         return out
 
     # -- decisions ----------------------------------------------------------------------
@@ -381,8 +429,11 @@ class MoleculeStage:
                 if used >= b.budget_evaluations:
                     allowed[:, f] = False
                     spent[f] = True
-        # a cheaper level is only worth running where the top level can still follow
+        # a cheaper level is only worth running where the top level can still follow ...
+        cheapest = allowed[:, 0].copy()
         allowed[:, :-1] &= allowed[:, -1:]
+        if self.screen_pool:
+            allowed[:, 0] |= cheapest  # ... except the screen of the pool at the cheapest level
         follows = allowed[:, -1].copy()
         stand_in = np.full(allowed.shape, -1)
         screening = self._screening()
@@ -453,7 +504,7 @@ class MoleculeStage:
         allowed, follows, waiting, _ = self._allowed(pending)
         allowed = allowed | waiting
         if budget and allowed.any() and (fit := self._budget_fit(self._mine(pending))) is not None:
-            allowed = self._within_budget(allowed, *fit, follows=follows)
+            allowed = self._within_budget(allowed, *fit, follows=follows, screen=self.screen_pool)
         return not allowed.any()
 
     def costs(self) -> list[float]:
@@ -633,7 +684,7 @@ class MoleculeStage:
             # never start work that may overrun the compute budget: its cost must fit
             # the budget left with probability COST_FIT_PROBABILITY
             needed, left = fit
-            allowed = self._within_budget(allowed, needed, left, follows=follows)
+            allowed = self._within_budget(allowed, needed, left, follows=follows, screen=self.screen_pool)
             stand_in[needed > left] = -1
         # a pair a constraint holds back until a cheaper level has screened the molecule is
         # weighed by the acquisition as it is; picking it runs the screening level instead
@@ -642,6 +693,8 @@ class MoleculeStage:
         scoring = allowed | (stand_in >= 0)
         n_cheap = sum(1 for _, f, _ in self.observations if f == 0)
         initial = n_cheap + len(mine) < self.cfg.surrogate.n_initial or len(self.observations) < 2
+        if self.screen_pool and allowed[:, 0].any():
+            initial = True  # the screen: every molecule at the cheapest level first
         # the initial design ends early when no cheap evaluation fits the budget any more
         picks = self._initial_design(n, allowed, mine) if initial else []
         if not picks and len(self.observations) >= 2:
@@ -691,7 +744,7 @@ class MoleculeStage:
                 # it leave (at their expected cost, as in-flight work is counted); one
                 # that no longer fits waits for a later ask
                 if not self._within_budget(np.ones((1, len(self.levels)), bool),
-                                           needed[i:i + 1], left)[0, f]:
+                                           needed[i:i + 1], left, screen=self.screen_pool)[0, f]:
                     continue
                 left -= float(pair_costs[i, f])
             b = self.levels[f]

@@ -70,3 +70,27 @@ def test_a_stored_budget_above_todays_ceiling_still_opens(tmp_path):
     with pytest.raises(ConfigError, match="above the ceiling"):
         load_config(write_config(tmp_path / "new", POOL, BODY.replace(
             "max_evaluations = 4", f"max_evaluations = 4\nmax_cpu_hours = {MAX_CPU_HOURS * 10:g}"), name="n"))
+
+
+def test_the_screen_setting_of_creation_is_kept(tmp_path, monkeypatch):
+    """``[surrogate] screen_pool`` unset: the default of the campaign's creation is stored;
+    a campaign stored before the option keeps "off" (no screen)."""
+    from agent.campaign import Campaign
+    from agent.config import config_to_toml, load_config, parse_config
+    from agent.stages import molecule as molecule_stage
+
+    monkeypatch.setattr(molecule_stage, "SCREEN_POOL", "auto")
+    runs = tmp_path / "runs"
+    camp = Campaign.create(load_config(write_config(tmp_path, POOL, BODY, name="s")), runs)
+    try:
+        assert _stored(camp)["surrogate"]["screen_pool"] == "auto"
+        data = _stored(camp)
+        del data["surrogate"]["screen_pool"]
+        camp.store.set_meta("config_toml", config_to_toml(parse_config(data)))
+    finally:
+        camp.close()
+    camp = Campaign.open("s", runs)
+    try:
+        assert camp.cfg.surrogate.screen_pool == "off" and _stored(camp)["surrogate"]["screen_pool"] == "off"
+    finally:
+        camp.close()
