@@ -104,22 +104,25 @@ def validate_smiles(smiles: str, max_heavy_atoms: int = MAX_HEAVY_ATOMS) -> str:
         The RDKit canonical SMILES (hydrogens implicit).
 
     Raises:
-        SetupError: with a one-line message if the SMILES is longer than
-            :data:`MAX_SMILES_CHARS` or does not parse, has more
-            than one fragment, carries a net charge (formal charges summing to zero, as in
-            nitro groups, are fine), has unpaired electrons
-            (radical), contains an element outside
-            :data:`~sim_backends.base.SUPPORTED_ELEMENTS` (named in the message), or
-            has more than ``max_heavy_atoms`` heavy atoms.
+        SetupError: with a one-line message, the first of these that applies: the
+            SMILES is longer than :data:`MAX_SMILES_CHARS` or does not parse; it contains
+            an element outside :data:`~sim_backends.base.SUPPORTED_ELEMENTS` (named in
+            the message; tested before the fragments, so a metal complex or salt written
+            in fragments is refused for its element); it has more than one fragment,
+            carries a net charge (formal charges summing to zero, as in nitro groups, are
+            fine), has unpaired electrons (radical), or has more than
+            ``max_heavy_atoms`` heavy atoms.
     """
     from rdkit import Chem
 
     mol = _parse(smiles)
     s = _short(smiles)
+    # elements first: no rewriting can make an unsupported element treatable, while a
+    # salt or complex written in fragments ([Fe+2].c1cc[cH-]c1...) would only meet it next
+    check_elements(f"SMILES '{s}'", [a.GetSymbol() for a in mol.GetAtoms()])
     n_frags = len(Chem.GetMolFrags(mol))
     if n_frags != 1:
         raise SetupError(f"SMILES '{s}' has {n_frags} fragments; give one molecule")
-    check_elements(f"SMILES '{s}'", [a.GetSymbol() for a in mol.GetAtoms()])
     charge = Chem.GetFormalCharge(mol)
     if charge != 0:
         raise SetupError(f"SMILES '{s}' has net charge {charge:+d}; give a neutral molecule")
