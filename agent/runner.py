@@ -91,21 +91,31 @@ class PlainProgress:
     """The campaign progress as plain lines on stderr (as the bar; stdout keeps the
     results), for a stderr that is not a terminal (a log file, a pipe), where a live bar
     is squeezed into 80 columns and drawn once: a line per completed evaluation, at most
-    one per :attr:`every_s` seconds, and always the last. The subset of :class:`rich.progress.Progress` that :func:`run_campaign` uses."""
+    one per :attr:`every_s` seconds, and always the last. An update that comes within
+    :attr:`every_s` of the last line is not dropped: it is printed by the first
+    :meth:`update` or :meth:`tick` after the window ends (the run's loop ticks about once a
+    second), so the log is at most about :attr:`every_s` behind. The subset of
+    :class:`rich.progress.Progress` that :func:`run_campaign` uses, plus :meth:`tick`.
+
+    Args:
+        clock: the monotonic clock in seconds (tests inject one).
+    """
 
     every_s = 10.0
 
-    def __init__(self) -> None:
-        self.start = time.monotonic()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.start = clock()
         self.last: float | None = None
         self.tasks: dict[int, dict[str, Any]] = {}
+        self.pending: set[int] = set()  # tasks with an update not printed yet (throttled)
 
     def __enter__(self) -> PlainProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
         for task_id, task in self.tasks.items():
-            if task["shown"] != task["completed"]:
+            if task_id in self.pending or task["shown"] != task["completed"]:
                 self._line(task_id)
 
     def add_task(self, description: str, total: int, completed: int = 0, **fields: Any) -> int:
@@ -119,13 +129,24 @@ class PlainProgress:
         if completed is not None:
             task["completed"] = completed
         task.update(fields)
-        now = time.monotonic()
-        if self.last is None or now - self.last >= self.every_s or task["completed"] >= task["total"]:
+        self.pending.add(task_id)
+        if task["completed"] >= task["total"]:
             self._line(task_id)
+        self.tick()
+
+    def tick(self) -> None:
+        """Print the throttled updates once :attr:`every_s` has passed since the last
+        line; nothing (and no clock read) when none is waiting."""
+        if not self.pending:
+            return
+        if self.last is None or self.clock() - self.last >= self.every_s:
+            for task_id in sorted(self.pending):
+                self._line(task_id)
 
     def _line(self, task_id: int) -> None:
         task = self.tasks[task_id]
-        self.last, task["shown"] = time.monotonic(), task["completed"]
+        self.pending.discard(task_id)
+        self.last, task["shown"] = self.clock(), task["completed"]
         elapsed = int(self.last - self.start)
         info = ", ".join(" ".join(part.split()) for part in str(task.get("info") or "").split("  ") if part.strip())
         print(f"{task['description']}: {task['completed']}/{task['total']} evaluations, "
@@ -296,6 +317,8 @@ def run_campaign(
                 info=progress_info(campaign, symbol) if cfg.max_cpu_hours is not None else ""
             )
             while True:
+                if plain:
+                    bar.tick()  # a progress line throttled earlier, once its window has passed
                 free = slots - executor.n_in_flight
                 if free > 0 and not (cfg.synchronous and executor.n_in_flight):
                     for task in campaign.ask(free):
