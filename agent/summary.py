@@ -21,6 +21,9 @@ and level of theory.
 * :func:`status_record` / :func:`status_lines` -- the ``crystal-agent status`` record
   (``--json``) and text, also printed at the end of ``run`` / ``resume``; with the lab's
   experiments (:mod:`agent.lab.summary`).
+* :func:`value_warnings` / :func:`level_caveat` -- the warnings the results carry (e.g. a
+  lambda+ on borrowed geometries with unbalanced components) and the top level's known
+  bias, said with the values and on the best line; such values stay values.
 
 Importing this module is cheap; the structure posterior needs the campaign's models.
 """
@@ -114,15 +117,20 @@ def format_value(name: str, value: float, std: float | None = None) -> str:
 
 
 def level_caveat(backend: BackendConfig | None) -> str:
-    """The known systematic error a configured backend declares (``Backend.caveat``), or ''."""
+    """The known systematic error a configured backend declares (``Backend.caveat``) under
+    its params (e.g. ``dft-reorg`` with ``geometry = "xtb"``), or ''."""
     if backend is None:
         return ""
     from sim_backends.registry import UnknownBackendError, backend_class
 
     try:
-        return str(backend_class(backend.name).caveat)
+        cls = backend_class(backend.name)
     except UnknownBackendError:
         return ""
+    try:
+        return str(cls(**dict(backend.params)).caveat)
+    except Exception:  # noqa: BLE001 - a label must never fail a summary
+        return str(cls.caveat)
 
 
 def level_of_theory(backend: BackendConfig | None, key: str | None = None) -> str:
@@ -593,7 +601,9 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     ``prediction_check``), ``esf`` and ``lab`` (:func:`agent.lab.summary.lab_results`:
     the lab experiments, ranked on those structure results) and ``best_warning`` (the
     hopping-regime warning of the best value's structures in brief,
-    :func:`agent.esf_report.regime_violation`, else None)."""
+    :func:`agent.esf_report.regime_violation`, else None); ``level_caveat`` (the top level's
+    :func:`level_caveat`, said on the best line) and ``value_warnings``
+    (:func:`value_warnings`: the warnings results carry, shown with their values)."""
     label, short, unit = quantity(cfg.objective)
     rec = dict(status.to_dict())
     rec["objective"] = {"name": cfg.objective, "label": label, "symbol": short, "unit": unit,
@@ -609,6 +619,8 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     from agent.lab.summary import lab_results
 
     rec["failures"] = failure_summary(store)
+    rec["level_caveat"] = level_caveat(cfg.backends[-1])
+    rec["value_warnings"] = value_warnings(store, cfg)
     rec["esf"] = esf_results(store, cfg, Path(store.path).parent)  # [] without ESF levels
     # the best value's own validity warning, said on the best line (newuser42 #2)
     # (a hopping-mobility warning: only when the objective is the landscape mobility)
@@ -620,6 +632,29 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     # the full ranking served the ranks above; the record lists the best structures only
     rec["structures"] = [{k: v for k, v in r.items() if k != RANKING} for r in structures]
     return rec
+
+
+def value_warnings(store: Store, cfg: CampaignConfig) -> list[dict[str, Any]]:
+    """The warnings the molecule-stage levels put on their results (``extra["warnings"]``,
+    e.g. :func:`sim_backends.reorg.component_imbalance_warning`), of the latest result per
+    molecule and level: ``name`` (or the SMILES), ``smiles``, ``backend``, ``value`` (the
+    objective's, None when the result has none) and ``warnings``. Such values stay values
+    (unlike an unreliable one, they are used and can be the best)."""
+    levels = {b.name for b in cfg.backends}
+    latest: dict[tuple[int, str], Any] = {}
+    for ev in store.evaluations(status="ok"):  # oldest first: the latest result wins
+        if ev.structure_id is None and ev.backend in levels:
+            latest[(ev.molecule_id, ev.backend)] = ev
+    mols = {m["id"]: m for m in store.molecules()}
+    out = []
+    for (mol_id, backend), ev in latest.items():
+        if not ev.extra.get("warnings"):
+            continue
+        m = mols.get(mol_id)
+        smiles = m["smiles"] if m else str(mol_id)
+        out.append({"name": (m["name"] if m else None) or smiles, "smiles": smiles, "backend": backend,
+                    "value": ev.values.get(cfg.objective), "warnings": [str(w) for w in ev.extra["warnings"]]})
+    return out
 
 
 def failure_summary(store: Store) -> dict[str, dict[str, Any]]:
@@ -644,6 +679,10 @@ def best_line(rec: dict[str, Any]) -> str:
     who = rec["best_name"] or rec["best_smiles"]
     smiles = f"  {rec['best_smiles']}" if rec["best_name"] and rec["best_name"] != rec["best_smiles"] else ""
     warning = f" -- {rec['best_warning']}, see its WARNING under ESF" if rec.get("best_warning") else ""
+    if any(w["smiles"] == rec["best_smiles"] and w["value"] == rec["best"] for w in rec.get("value_warnings") or []):
+        warning += " -- see its WARNING below"
+    if rec.get("level_caveat"):  # the top level's known bias (dft-reorg on GFN2-xTB geometries)
+        warning += f" -- caveat: {rec['level_caveat']}"
     return f"{obj['symbol']} = {format_value(obj['name'], rec['best'])}, {obj['level']}: {who}{smiles}{warning}"
 
 
@@ -703,6 +742,11 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         lines.append(f"constraints   {s['constraints']}" + (f"; the best has {own}" if own else ""))
     for name, why in (s.get("unreliable") or {}).items():
         lines.append(f"unreliable    {name}: {why}; not taken as the best")
+    obj = s.get("objective") or {}
+    for w in s.get("value_warnings") or []:
+        at = (f" ({obj['symbol']} = {format_value(obj['name'], w['value'])})"
+              if w["value"] is not None and obj.get("name") else "")
+        lines += [f"WARNING: {w['name']} at {w['backend']}{at}: {text}" for text in w["warnings"]]
     for name, by in (s.get("unreliable_cheap") or {}).items():
         for backend, why in by.items():
             lines.append(f"WARNING: {name} at {backend}: {why}; not used to choose molecules")

@@ -53,6 +53,16 @@ the result is failed, ``reason="unphysical: ..."`` naming the value and the leve
 geometries (DFT//xTB) a component can come out negative when the xTB geometry is far
 from this level's minimum (a quinone such as chloranil).
 
+Unbalanced components on borrowed geometries (:func:`component_imbalance_warning`): in a
+harmonic picture with equal curvatures of the two states, lambda_cation = lambda_neutral,
+and at a level's own minima they stay close. A result whose geometries are not the
+energy level's own minima (``dft-reorg`` with ``geometry="xtb"`` or ``opt_basis``) and
+whose components differ by more than :data:`COMPONENT_IMBALANCE_FRACTION` of lambda_+
+carries a warning in ``extra["warnings"]`` (one line, shown beside the value by
+``crystal-agent status`` and the run summary). It is a warning only: the value stays a
+value (not unreliable, :func:`unreliable_lambda_reason`), and its absence does not make
+a DFT//xTB value accurate (:attr:`DftReorgBackend.caveat` states that level's bias).
+
 Degenerate HOMO (Jahn-Teller cations), GFN2-xTB level. tblite smears the occupations at
 an electronic temperature of 300 K, which keeps a degenerate HOMO pair equally occupied in
 the cation: its hole is shared by the pair, the cation keeps the neutral's symmetry and its
@@ -107,6 +117,12 @@ MAX_ATOMS_XYZ_IN_EXTRA = 60
 #: energies. 0.5 kJ/mol (5 meV) is about ten times the lambda error of the default
 #: optimiser thresholds and far below the 5-40 kJ/mol lambda_+ of rigid pi systems.
 NEGATIVE_TOLERANCE_KJMOL = 0.5
+#: |lambda_cation - lambda_neutral| above this fraction of lambda_+ on borrowed geometries
+#: warns (:func:`component_imbalance_warning`). At their own minima the 12 molecules of
+#: benchmarks/reorg_validation.py stay below it at both levels (B3LYP/6-31G both states
+#: relaxed <= 0.06, GFN2-xTB <= 0.46: thiophene); on GFN2-xTB geometries naphthalene
+#: (0.79: 13.6 vs 1.6 kJ/mol), thiazole (0.68) and oxazole (0.55) exceed it.
+COMPONENT_IMBALANCE_FRACTION = 0.5
 
 #: re-relaxations of a state found unstable at its relaxed geometry (from the followed state)
 MAX_RELAX_RESTARTS = 1
@@ -142,6 +158,26 @@ def unreliable_lambda_reason(extra: dict[str, Any] | None, objective: str = "reo
         return ("degenerate HOMO (Jahn-Teller cation) not relaxed at low electronic temperature: "
                 "lambda+ of the undistorted cation, too small")
     return None
+
+
+def component_imbalance_warning(values: dict[str, float], level: str) -> str | None:
+    """The warning of a four-point result computed on borrowed geometries (not the minima
+    of the level that computes the energies) whose components are unbalanced:
+    ``|lambda_cation - lambda_neutral| > COMPONENT_IMBALANCE_FRACTION * lambda_+``
+    (:data:`COMPONENT_IMBALANCE_FRACTION`; nearly equal in a harmonic picture at the
+    level's own minima), else None. The caller decides that the geometries are borrowed;
+    ``level`` is the result's level (``extra["level"]``)."""
+    lam = values.get("reorg_energy_kjmol")
+    lam_c, lam_n = values.get("lambda_cation_kjmol"), values.get("lambda_neutral_kjmol")
+    if lam is None or lam_c is None or lam_n is None or not lam > 0.0:
+        return None
+    share = abs(lam_c - lam_n) / lam
+    if share <= COMPONENT_IMBALANCE_FRACTION:
+        return None
+    return (f"unbalanced lambda components on borrowed geometries ({level}): lambda_cation "
+            f"{lam_c:.1f} and lambda_neutral {lam_n:.1f} kJ/mol differ by {share:.0%} of lambda+ "
+            f"(> {COMPONENT_IMBALANCE_FRACTION:.0%}; nearly equal at a level's own minima): the geometries "
+            "are far from this level's minima and lambda+ may be far off; confirm with both states relaxed")
 
 
 def jahn_teller_resolved(status: str | None) -> bool:
@@ -219,6 +255,18 @@ class ReorgBackend(Backend):
     def _level(self, params: dict[str, Any]) -> str:
         """Level of theory as printed, e.g. ``"B3LYP/6-31G//GFN2-xTB geometries"``."""
 
+    def _borrowed_geometries(self, params: dict[str, Any]) -> bool:
+        """True when the geometries are not minima of the level computing the energies."""
+        return False
+
+    def _value_warnings(self, values: dict[str, float], params: dict[str, Any]) -> list[str]:
+        """The warnings of a result with ``values`` under ``params`` (``extra["warnings"]``):
+        :func:`component_imbalance_warning` when the geometries are borrowed."""
+        if not self._borrowed_geometries(params):
+            return []
+        warning = component_imbalance_warning(values, self._level(params))
+        return [warning] if warning else []
+
     # -- the scheme ------------------------------------------------------------------------
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         return self._four_point(inp, self._new_context(inp.params))
@@ -262,6 +310,8 @@ class ReorgBackend(Backend):
             "cpu_s": time.process_time() - cpu0,
             "rmsd_n_to_c_A": float(np.sqrt(np.mean(np.sum((geom_n - geom_c) ** 2, axis=1)))),
         }
+        if warnings := self._value_warnings(values, p):
+            extra["warnings"] = warnings
         if len(symbols) <= MAX_ATOMS_XYZ_IN_EXTRA:
             extra["xyz_neutral"] = to_xyz(symbols, geom_n, f"{canon} neutral {self.name}")
             extra["xyz_cation"] = to_xyz(symbols, geom_c, f"{canon} cation {self.name}")
@@ -599,6 +649,12 @@ DFT_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: ``caveat`` of ``dft-reorg`` with ``geometry="xtb"`` (the module docstring's choice of the
+#: default; benchmarks/results/NOTES.md)
+DFT_XTB_CAVEAT = ("screening level, biased low: lambda+ 7-67 % below both states relaxed (B3LYP/6-31G, "
+                  "12 molecules, benchmarks/reorg_validation.py); confirm a best with geometry = \"dft\"")
+
+
 class _FinerGrid(Exception):
     """Ends an evaluation whose first neutral SCF found a degenerate HOMO (on a grid below
     ``degenerate_grid_level``): :meth:`DftReorgBackend._evaluate` starts it again with a
@@ -639,7 +695,9 @@ class DftReorgBackend(ReorgBackend):
         geometry (str, "dft"): "dft" relaxes both states with geomeTRIC starting
             from the GFN2-xTB geometries (the validated level, see the module
             docstring); "xtb" uses the GFN2-xTB geometries as they are (four DFT
-            single points, a biased screening option). Measured on one core (CPU s,
+            single points, a biased screening option: its ``caveat`` is
+            :data:`DFT_XTB_CAVEAT`, and a result with unbalanced components carries
+            :func:`component_imbalance_warning`, as one with ``opt_basis`` does). Measured on one core (CPU s,
             B3LYP/6-31G, ``benchmarks/reorg_timing.py`` and
             ``benchmarks/reorg_validation.py``): full relaxation of five- and
             six-membered rings 40-80 (6-13 geomeTRIC steps per state), ~6-8x
@@ -712,8 +770,16 @@ class DftReorgBackend(ReorgBackend):
         "degenerate_grid_level": check.integer(0, 9),
     }
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self._p(params, "geometry") == "xtb":  # the level's known bias, printed with its values
+            self.caveat = DFT_XTB_CAVEAT
+
     def _p(self, params: dict[str, Any], key: str) -> Any:
         return params.get(key, DFT_DEFAULTS[key])
+
+    def _borrowed_geometries(self, params: dict[str, Any]) -> bool:
+        return self._p(params, "geometry") == "xtb" or bool(self._p(params, "opt_basis"))
 
     def cost_estimate(self, inp: EvalInput) -> float:
         p = {**self.params, **inp.params}
