@@ -1,7 +1,7 @@
 """The ``crystal-agent`` command line.
 
     crystal-agent run CONFIG [--name NAME] [--runs-dir DIR] [--address ADDR] [--max-evaluations N]
-    crystal-agent resume NAME [--runs-dir DIR] [--address ADDR] [--max-evaluations N]
+    crystal-agent resume NAME [--runs-dir DIR] [--address ADDR] [--max-evaluations N] [--cpu-hours H]
     crystal-agent status NAME [--runs-dir DIR] [--json] [--invalid]
     crystal-agent report NAME [--runs-dir DIR] [--verbose]
     crystal-agent backends
@@ -172,7 +172,30 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 raise CliError(f"--max-evaluations {args.max_evaluations} is below the {done} evaluations "
                                f"campaign {args.name!r} has done; give {done} or more")
     campaign = Campaign.open(args.name, _runs_dir(args), max_evaluations=args.max_evaluations)
-    return _run_loop(campaign, args)
+    try:
+        if args.cpu_hours:  # more CPU time, stored: reopened with it
+            from agent.refine_cli import add_cpu_hours, check_cpu_hours
+
+            check_cpu_hours(campaign.cfg, args.cpu_hours)
+            add_cpu_hours(campaign.store, campaign.cfg, args.cpu_hours, "resume")
+            campaign.close()
+            campaign = Campaign.open(args.name, _runs_dir(args))
+        n_before = campaign.n_evaluations
+    except BaseException:
+        campaign.close()
+        raise
+    code = _run_loop(campaign, args)
+    if code == 0:
+        done = Campaign.open(args.name, _runs_dir(args), readonly=True)
+        try:
+            if done.n_evaluations == n_before:  # a budget that binds still binds: say which
+                reason = done.status().stop_reason or "nothing left to evaluate"
+                hint = ("; `--cpu-hours H` adds CPU time" if reason.startswith("compute budget")
+                        and "--cpu-hours" not in reason else "")
+                print(f"crystal-agent: nothing to resume: {reason}{hint}", file=sys.stderr)
+        finally:
+            done.close()
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -294,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--max-evaluations", type=positive_int,
                    help="raise or lower the evaluation budget")
+    p.add_argument("--cpu-hours", type=float, default=0.0,
+                   help="extra CPU hours for a campaign with max_cpu_hours (stored)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_resume)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def add_refine_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,17 +34,43 @@ def add_refine_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_refine_command)
 
 
+def check_cpu_hours(cfg: Any, hours: float) -> None:
+    """Refuse ``--cpu-hours hours`` for ``cfg`` in one line: not a finite number >= 0, no CPU
+    budget to raise, or a budget above :data:`agent.config.MAX_CPU_HOURS`."""
+    import math
+
+    from agent.cli import CliError
+    from agent.config import MAX_CPU_HOURS
+
+    if not (math.isfinite(hours) and hours >= 0):
+        raise CliError("--cpu-hours must be a finite number >= 0")
+    if hours and cfg.max_cpu_hours is None:
+        raise CliError(f"campaign {cfg.name!r} has no CPU budget (max_cpu_hours) to raise; leave out --cpu-hours")
+    if hours and cfg.max_cpu_hours + hours > MAX_CPU_HOURS:
+        raise CliError(f"--cpu-hours {hours:g} would make the budget {cfg.max_cpu_hours + hours:g} CPU hours, "
+                       f"above the ceiling of {MAX_CPU_HOURS:,.0f}; give the hours you mean")
+
+
+def add_cpu_hours(store: Any, cfg: Any, hours: float, command: str) -> Any:
+    """``cfg`` with ``hours`` more CPU hours, stored in the campaign's ``store`` (a later
+    resume continues to it); says so in one line. Checked first by :func:`check_cpu_hours`."""
+    from agent.config import config_to_toml
+
+    before = cfg.max_cpu_hours
+    cfg = cfg.model_copy(update={"max_cpu_hours": before + hours})
+    store.set_meta("config_toml", config_to_toml(cfg))
+    print(f"{command}: {cfg.name}: CPU budget (max_cpu_hours) {before:g} -> {cfg.max_cpu_hours:g} "
+          "CPU h (stored: a later resume continues to it)", flush=True)
+    return cfg
+
+
 def run_refine_command(args: argparse.Namespace) -> int:
     from agent.campaign import Campaign
     from agent.cli import CliError, _run_loop, _runs_dir
     from agent.config import config_to_toml
 
-    import math
-
     if args.budget < 0:
         raise CliError("--budget must be >= 0")
-    if not (math.isfinite(args.cpu_hours) and args.cpu_hours >= 0):
-        raise CliError("--cpu-hours must be a finite number >= 0")
     stages = ("structures", "lab")
     campaign = Campaign.open(args.name, _runs_dir(args), readonly=True)
     try:
@@ -56,15 +83,7 @@ def run_refine_command(args: argparse.Namespace) -> int:
             )
         cfg, n_done = campaign.cfg, campaign.n_evaluations
         stages = tuple(s for s in stages if s in campaign.stages)
-        from agent.config import MAX_CPU_HOURS
-
-        if args.cpu_hours and cfg.max_cpu_hours is not None and cfg.max_cpu_hours + args.cpu_hours > MAX_CPU_HOURS:
-            raise CliError(f"--cpu-hours {args.cpu_hours:g} would make the budget "
-                           f"{cfg.max_cpu_hours + args.cpu_hours:g} CPU hours, above the ceiling of "
-                           f"{MAX_CPU_HOURS:,.0f}; give the hours you mean")
-        if args.cpu_hours and cfg.max_cpu_hours is None:
-            raise CliError(f"campaign {args.name!r} has no CPU budget (max_cpu_hours) to raise; "
-                           "leave out --cpu-hours")
+        check_cpu_hours(cfg, args.cpu_hours)
         # what the run would charge first for tasks a killed run left unfinished counts too
         spent = campaign.spent_cpu_s + campaign.store.unsettled_cpu_s()[0]
         if (cfg.max_cpu_hours is not None and not args.cpu_hours
@@ -93,11 +112,7 @@ def run_refine_command(args: argparse.Namespace) -> int:
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
         if args.cpu_hours:  # more CPU time: the same way
-            before_h = cfg.max_cpu_hours
-            cfg = cfg.model_copy(update={"max_cpu_hours": before_h + args.cpu_hours})
-            campaign.store.set_meta("config_toml", config_to_toml(cfg))
-            print(f"refine: {args.name}: CPU budget (max_cpu_hours) {before_h:g} -> {cfg.max_cpu_hours:g} "
-                  "CPU h (stored: a later resume continues to it)", flush=True)
+            cfg = add_cpu_hours(campaign.store, cfg, args.cpu_hours, "refine")
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
         campaign.store.log_event("refine", budget=args.budget, cpu_hours=args.cpu_hours)

@@ -543,3 +543,28 @@ def test_lone_pair_charges_with_a_flexible_pool_molecule_refused_before_creation
         shutil.rmtree(runs, ignore_errors=True)
         with pytest.raises(ReachedRunner):
             _main(capsys, "run", str(cfg), "--runs-dir", str(runs))
+
+
+def test_resume_cpu_hours_raises_the_stored_budget_or_is_refused(tmp_path, capsys, no_runner):
+    """newuser45a #4: `resume --cpu-hours H` adds CPU time to a campaign with a CPU budget
+    (stored, said in one line, then the run starts); without one it is refused in one line
+    and nothing is stored."""
+    from agent.campaign import Campaign
+    from agent.config import load_config
+
+    runs = tmp_path / "runs"
+    cfg = load_config(_diag_config(tmp_path, name="cpu", top="max_cpu_hours = 0.01\n"))
+    Campaign.create(cfg, runs).close()
+    with pytest.raises(ReachedRunner):
+        _main(capsys, "resume", "cpu", "--runs-dir", str(runs), "--cpu-hours", "0.05")
+    out = capsys.readouterr().out
+    assert "resume: cpu: CPU budget (max_cpu_hours) 0.01 -> 0.06 CPU h" in out
+    with Campaign.open("cpu", runs, readonly=True) as camp:
+        assert camp.cfg.max_cpu_hours == pytest.approx(0.06)
+    (tmp_path / "b").mkdir()
+    runs2 = _created(tmp_path / "b")
+    msg = _refused(capsys, "resume", "t", "--runs-dir", str(runs2), "--cpu-hours", "1")
+    assert "has no CPU budget (max_cpu_hours) to raise" in msg
+    assert "finite number" in _refused(capsys, "resume", "cpu", "--runs-dir", str(runs), "--cpu-hours", "nan")
+    with Campaign.open("t", runs2, readonly=True) as camp:
+        assert camp.cfg.max_cpu_hours is None

@@ -194,3 +194,35 @@ def test_refine_counts_what_a_killed_run_left_unfinished(tmp_path, capsys, local
     err = capsys.readouterr().err
     assert "has spent its CPU budget" in err and err.count("\n") == 1, err
 
+
+
+def test_resume_after_the_cpu_budget_says_nothing_ran_and_cpu_hours_continues(tmp_path, capsys, local_executor):
+    """newuser45a #4: ``resume --max-evaluations N`` on a campaign whose CPU budget binds ran
+    nothing and said nothing about why; now one line names the budget and ``--cpu-hours``,
+    which raises the stored budget and runs."""
+    from agent.campaign import Campaign
+    from agent.cli import main
+    from agent.config import config_to_toml
+
+    camp, _ = _run(tmp_path, name="rcpu")
+    runs = tmp_path / "runs"
+    try:
+        spent = camp.spent_cpu_s
+        n_done = camp.n_evaluations
+        cfg = camp.cfg.model_copy(update={"max_cpu_hours": spent / 3600 / 2, "max_evaluations": 16})
+        camp.store.set_meta("config_toml", config_to_toml(cfg))
+    finally:
+        camp.close()
+    capsys.readouterr()
+    assert main(["resume", "rcpu", "--runs-dir", str(runs), "--max-evaluations", "20", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if "nothing to resume" in ln]
+    assert line and "compute budget" in line[0] and "--cpu-hours H" in line[0], err
+    assert main(["resume", "rcpu", "--runs-dir", str(runs), "--cpu-hours", "1", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "resume: rcpu: CPU budget (max_cpu_hours)" in out
+    with Campaign.open("rcpu", runs, readonly=True) as camp:
+        assert camp.cfg.max_cpu_hours == pytest.approx(spent / 3600 / 2 + 1)
+        # the CPU budget no longer binds: what binds now is said (this landscape's structure
+        # stage has its evaluation budget spent) or the campaign went on
+        assert camp.n_evaluations > n_done or ("nothing to resume" in err and "compute budget" not in err), err
