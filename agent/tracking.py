@@ -15,7 +15,9 @@ Every metric's step is the number of evaluations told (stored) when its value ar
 all series share one x-axis; a count that is a quantity of its own (structures computed,
 structures with a property value) is a metric, not a step. Per new evaluation count the
 metrics ``best_found`` (its unit, quantity, direction and level of theory in the run tags
-``best_found.*``), ``budget_spent_cpu_s`` (CPU seconds measured in the workers),
+``best_found.*``, and the molecule: ``best_found.molecule``, ``.smiles``, ``.molecule_id``;
+a tag ``molecule.m<id>`` names each molecule whose id is in a metric or artifact name),
+``budget_spent_cpu_s`` (CPU seconds measured in the workers),
 ``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``, ``n_<backend>`` and, with
 ``[[constraints]]``, ``n_infeasible`` (``best_found`` is over the feasible molecules)
 and, with a structure stage whose first level is a lattice energy,
@@ -272,6 +274,8 @@ class Tracker:
         progress = campaign.store.get_meta("mlflow_progress_logged") or ""
         run_of, _, step = progress.partition(":")
         self._progress_step = int(step) if run_of == run_id and step.lstrip("-").isdigit() else -1
+        self._best_tagged: int | None = None  # the pool index the best_found.* molecule tags name
+        self._molecules_tagged: set[int] = set()  # molecule ids with a molecule.m<id> tag
         self._set_unit_tags()
         cursor = campaign.store.get_meta("mlflow_event_cursor")
         if cursor is None:  # a run tracked before the cursor existed logged its events then
@@ -346,6 +350,32 @@ class Tracker:
             return None
         return levels[0] if levels and keys and keys[0] == "energy_kjmol" else None
 
+    def _name_best(self, index: int) -> None:
+        """Run tags ``best_found.molecule``, ``best_found.smiles`` and ``best_found.molecule_id``
+        for the best molecule (set when it changes), so the MLflow UI says which one it is."""
+        m = self.campaign.molecules
+        if index == self._best_tagged:
+            return
+        mol_id = int(m.mol_ids[index])
+        self.client.set_tag(self.run_id, "best_found.molecule", m.names[index])
+        self.client.set_tag(self.run_id, "best_found.smiles", m.smiles[index])
+        self.client.set_tag(self.run_id, "best_found.molecule_id", f"m{mol_id}")
+        self._tag_molecule(mol_id)
+        self._best_tagged = index
+
+    def _tag_molecule(self, mol_id: int) -> None:
+        """Run tag ``molecule.m<id>`` = name (SMILES): what the ``_m<id>`` of a metric or
+        artifact name stands for (set once per molecule)."""
+        if mol_id in self._molecules_tagged:
+            return
+        m = self.campaign.molecules
+        i = m.index_of.get(mol_id)
+        if i is None:
+            return
+        name, smiles = m.names[i], m.smiles[i]
+        self.client.set_tag(self.run_id, f"molecule.m{mol_id}", name if name == smiles else f"{name} ({smiles})")
+        self._molecules_tagged.add(mol_id)
+
     def log_progress(self) -> None:
         """Budget and best-found metrics at step n_evaluations, once per evaluation count
         (a call that finds the count already logged does nothing): ``n_evaluations``,
@@ -369,13 +399,17 @@ class Tracker:
             "budget_spent_cpu_s": c.spent_cpu_s,
             "budget_spent_wall_s": c.spent_wall_s,
         }
-        best = c.best_value()
+        best = c.molecules.best_index()
         if best is not None:
-            metrics["best_found"] = best
+            metrics["best_found"] = best[1]
+            self._name_best(best[0])
         if c.cfg.constraints:  # molecules a [[constraints]] bound excludes (best_found is over the others)
             metrics["n_infeasible"] = float(len(c.infeasible))
         for name, n in c.n_by_backend.items():
             metrics[f"n_{name}"] = float(n)
+        if c.stage is not None:
+            for mol in c.stage.landscapes:  # the ids of the per-landscape metrics and artifacts
+                self._tag_molecule(int(mol))
         if c.stage is not None and self._lattice_level() is not None:
             for mol, land in sorted(c.stage.landscapes.items()):
                 energies = [e for e in land.computed.values() if np.isfinite(e)]

@@ -275,11 +275,18 @@ class MoleculeStage:
     def best_value(self) -> float | None:
         """The best top-level value of a feasible molecule whose value is not marked unreliable
         (None before there is one)."""
-        vals = [v for i, f, v in self.observations
+        best = self.best_index()
+        return None if best is None else best[1]
+
+    def best_index(self) -> tuple[int, float] | None:
+        """``(pool index, value)`` of :meth:`best_value` (None before there is one)."""
+        vals = [(i, v) for i, f, v in self.observations
                 if f == self.top_fidelity and i not in self.infeasible and i not in self.unreliable]
         if not vals:
             return None
-        return float(min(vals) if self.cfg.direction == "minimize" else max(vals))
+        pick = min if self.cfg.direction == "minimize" else max
+        i, v = pick(vals, key=lambda p: p[1])
+        return int(i), float(v)
 
     @property
     def fingerprints(self) -> np.ndarray:

@@ -160,6 +160,15 @@ def test_logged_surrogate_names_its_outputs_by_objective_level_and_unit(tmp_path
     client = MlflowClient(f"sqlite:///{runs.resolve() / 'mlflow.db'}")
     exp = client.get_experiment_by_name("t")
     (run,) = client.search_runs([exp.experiment_id])
+    # newuser45a #6: the run says which molecule is best, not only its value
+    with Campaign.open("t", runs, readonly=True) as done:
+        status = done.status()
+    tags = run.data.tags
+    assert tags["best_found.molecule"] == (status.best_name or status.best_smiles)
+    assert tags["best_found.smiles"] == status.best_smiles
+    mid = tags["best_found.molecule_id"]
+    assert mid.startswith("m") and tags[f"molecule.{mid}"].startswith(tags["best_found.molecule"])
+    assert run.data.metrics["best_found"] == status.best
     models = client.search_logged_models(experiment_ids=[exp.experiment_id])
     assert models
     for m in models:
