@@ -178,9 +178,9 @@ def progress_info(campaign: Campaign, symbol: str) -> str:
     parts = []
     if cfg.max_cpu_hours is not None:
         parts.append(f"CPU {campaign.spent_cpu_s:.0f} of {cfg.max_cpu_hours * 3600:.0f} s")
-    best = campaign.best_value()
-    if best is not None:
-        parts.append(f"best {symbol} {format_value(cfg.objective, best)}")
+    best = campaign.molecules.best_index()
+    if best is not None:  # which molecule, too (newuser45a #12)
+        parts.append(f"best {symbol} {format_value(cfg.objective, best[1])} ({campaign.molecules.names[best[0]]})")
     parts.append(f"failed {campaign.n_failed}")
     return "  ".join(parts)
 

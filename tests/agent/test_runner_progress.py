@@ -57,9 +57,12 @@ def test_progress_shows_the_cpu_spent_of_a_cpu_budget():
 
     def camp(max_cpu_hours, best):
         cfg = SimpleNamespace(max_cpu_hours=max_cpu_hours, objective="log10_landscape_mobility_hole")
-        return SimpleNamespace(cfg=cfg, spent_cpu_s=718.1, n_failed=0, best_value=lambda: best)
+        molecules = SimpleNamespace(names=["benzene", "coronene"],
+                                    best_index=lambda: None if best is None else (1, best))
+        return SimpleNamespace(cfg=cfg, spent_cpu_s=718.1, n_failed=0, molecules=molecules)
 
+    # ... and names the best molecule (newuser45a #12)
     assert progress_info(camp(0.2, 0.59), "log10 mu_h (esf-refined) =") == (
-        "CPU 718 of 720 s  best log10 mu_h (esf-refined) = 0.59 (= 3.9e+00 cm2/(V s))  failed 0")
+        "CPU 718 of 720 s  best log10 mu_h (esf-refined) = 0.59 (= 3.9e+00 cm2/(V s)) (coronene)  failed 0")
     assert progress_info(camp(0.2, None), "x =") == "CPU 718 of 720 s  failed 0"
     assert progress_info(camp(None, None), "x =") == "failed 0"
