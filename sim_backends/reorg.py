@@ -155,8 +155,9 @@ def unreliable_lambda_reason(extra: dict[str, Any] | None, objective: str = "reo
     # written only after the neutral's hole manifold tested degenerate (the 10 K cation failed);
     # "unresolved: HOMO degeneracy not tested" is not this
     if status.startswith("unresolved:") and " K cation:" in status:
-        return ("degenerate HOMO (Jahn-Teller cation) not relaxed at low electronic temperature: "
-                "lambda+ of the undistorted cation, too small")
+        cause = status.split(":", 1)[1].strip().rstrip(";")  # e.g. "10 K cation: xTB SCF failed ..."
+        return ("degenerate HOMO (Jahn-Teller cation) not relaxed at low electronic temperature "
+                f"({cause}): lambda+ of the undistorted cation, too small")
     return None
 
 

@@ -128,3 +128,13 @@ def test_a_cheap_level_value_is_flagged_and_kept_out_of_training(tmp_path):
         assert stage.done[stage.smiles.index("c1ccccc1"), 0]  # not recomputed; DFT may still follow
     finally:
         camp.close()
+
+
+def test_the_reason_gives_the_recorded_cause():
+    """newuser45a #8: the warning dropped the stored cause (which SCF failed, at what)."""
+    from sim_backends.reorg import unreliable_lambda_reason
+
+    why = unreliable_lambda_reason({"jahn_teller": "unresolved: 10 K cation: xTB SCF failed for charge +1: "
+                                                   "SCF not converged in 250 cycles; 300 K value"})
+    assert "(10 K cation: xTB SCF failed for charge +1: SCF not converged in 250 cycles; 300 K value)" in why
+    assert unreliable_lambda_reason({"jahn_teller": "unresolved: HOMO degeneracy not tested"}) is None
