@@ -7,9 +7,10 @@ The public Python API is loaded on first use::
     from agent import Campaign, load_config, run_campaign
 
     cfg = load_config("examples/demo.toml")
-    campaign = Campaign.create(cfg, "runs")      # or Campaign.open("demo", "runs")
-    status = run_campaign(campaign, "runs")      # runs to a stop criterion
-    campaign.close()
+    with Campaign.create(cfg, "runs") as campaign:   # or Campaign.open("demo", "runs"); closed on leaving
+        status = run_campaign(campaign)              # runs to a stop criterion (in the campaign's runs dir)
+        rows = campaign.results()                    # one dict per evaluation: name, level, value, unit, ...
+    print(status.best, status.objective["unit"], status.objective["level"])
 
 Crystal structure prediction on its own is :func:`sim_backends.csp.run_csp`.
 """

@@ -79,7 +79,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Status:
-    """A summary of a campaign's progress (what ``crystal-agent status`` prints)."""
+    """A summary of a campaign's progress (what ``crystal-agent status`` prints).
+
+    :meth:`to_dict` holds what ``crystal-agent status --json`` prints of it, ``objective``
+    included (:func:`agent.summary.status_record` adds the structure-stage, ESF and lab
+    results)."""
 
     name: str
     n_evaluations: int
@@ -118,6 +122,10 @@ class Status:
     n_pool_valid: int = 0
     n_pool_evaluated: int = 0
     n_pool_failed_only: int = 0
+    #: the objective as ``status --json`` names it (:func:`agent.summary.objective_record`):
+    #: ``name`` (value key), ``label``, ``symbol``, ``unit``, ``level`` (the level of theory
+    #: of ``best``) and ``direction``
+    objective: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -554,7 +562,57 @@ class Campaign:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        return self.molecules.history
+        """The molecule stage's evaluations in the order it was told them: ``n`` (the
+        evaluation number), ``mol_index`` (pool index), ``fidelity``, ``status``, ``value``
+        (the objective), ``wall_s``, ``cpu_s``, ``best`` (the best top-level value so far),
+        ``name``, ``smiles`` and ``backend``. :meth:`results` has each one's level of theory,
+        unit, failure reason and every value its backend reported."""
+        levels = [b.name for b in self.cfg.backends]
+        return [{**h, "name": self.names[h["mol_index"]], "smiles": self.smiles[h["mol_index"]],
+                 "backend": levels[h["fidelity"]]} for h in self.molecules.history]
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every molecule-stage evaluation in the store, in evaluation order, as a plain dict
+        (``pandas.DataFrame(campaign.results())`` is a table of them; a read-only
+        :meth:`open` gives them while another process runs the campaign):
+
+        * ``n``: the evaluation number (as in :attr:`history` and the report's plots);
+        * ``name``, ``smiles``: the molecule (``name`` is the SMILES where the pool names none);
+        * ``backend``, ``fidelity`` (0: the cheapest level) and ``level``: the level of theory
+          of its objective value as ``status`` prints it (:func:`agent.summary.level_of_theory`);
+        * ``quantity``: the objective's name at that level (its ``results.csv`` column stem,
+          :func:`agent.summary.shown_name`), ``value`` (None when failed) and ``unit``;
+        * ``ok`` and ``reason`` (why it failed; empty when ok); ``unreliable``: why its value
+          is flagged unreliable (never the best; :func:`sim_backends.reorg.unreliable_lambda_reason`),
+          else empty;
+        * ``cpu_s``, ``wall_s``: measured in the worker;
+        * ``values``: every value the backend reported, keyed as stored, the unit in the
+          key's suffix (e.g. ``reorg_energy_kjmol``, ``lambda_cation_kjmol``,
+          ``ip_adiabatic_kjmol``; :func:`agent.summary.quantity` names them).
+        """
+        from agent.summary import level_of_theory, quantity, shown_name
+        from sim_backends.reorg import unreliable_lambda_reason
+
+        cfg = self.cfg
+        levels = {b.name: (f, level_of_theory(b, cfg.objective), shown_name(b, cfg.objective))
+                  for f, b in enumerate(cfg.backends)}
+        unit = quantity(cfg.objective)[2]
+        mols = {m["id"]: dict(m) for m in self.store.molecules()}
+        rows = []
+        for ev in self.store.evaluations():
+            if ev.structure_id is not None or ev.backend not in levels:
+                continue
+            f, level, shown = levels[ev.backend]
+            mol = mols.get(ev.molecule_id, {})
+            rows.append({
+                "n": ev.id, "name": mol.get("name") or mol.get("smiles"), "smiles": mol.get("smiles"),
+                "backend": ev.backend, "fidelity": f, "level": level, "quantity": shown,
+                "value": ev.values.get(cfg.objective) if ev.ok else None, "unit": unit,
+                "ok": ev.ok, "reason": "" if ev.ok else (ev.reason or ev.status),
+                "unreliable": (unreliable_lambda_reason(ev.extra, cfg.objective) or "") if ev.ok else "",
+                "cpu_s": ev.cpu_s, "wall_s": ev.wall_s, "values": dict(ev.values),
+            })
+        return rows
 
     @property
     def observations(self) -> list[tuple[int, int, float]]:
@@ -626,6 +684,7 @@ def _pin_legacy_charges(cfg: CampaignConfig, store: Store) -> tuple[CampaignConf
 def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = None) -> Status:
     """Summarise a campaign from its store alone (works while another process runs it)."""
     from agent.constraints import constrained_sources, describe, infeasible_molecules
+    from agent.summary import objective_record
 
     evs = store.evaluations()
     top = cfg.backends[-1].name
@@ -716,6 +775,7 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         n_pool_valid=len(valid),
         n_pool_evaluated=len(evaluated),
         n_pool_failed_only=len(tried - evaluated),
+        objective=objective_record(cfg),
     )
 
 

@@ -11,7 +11,10 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
 * ``fidelity_parity.png``: cheap vs expensive values of the molecules computed at both,
   only with at least :data:`MIN_PARITY_POINTS` of them (``summary.txt`` says why not);
 * ``results.csv``: one row per molecule with its values at each level (and lambda+ in kJ/mol
-  and eV where a level computes it beside another objective, e.g. every ESF level);
+  and eV where a level computes it beside another objective, e.g. every ESF level), rounded by
+  unit, and with a fitted molecule surrogate every other pool molecule too, with the
+  surrogate's mean and 1-sigma at each level it has no value at (:func:`results_table`);
+  ``results_columns.csv`` names each column's quantity, unit and level of theory;
 * ``landscape_m<id>.png`` and ``landscape_model_m<id>.csv`` per refined CSP landscape
   (:func:`landscape_plot`, :func:`landscape_table`: the landscape as the structure
   surrogate sees it, every structure's energy computed or predicted, each level relative to
@@ -76,7 +79,8 @@ def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = Non
             campaign.stage.save_corrected()
         else:
             live = structure_results(campaign)
-    paths.append(results_table(campaign, out / "results.csv"))
+    paths.append(results_table(campaign, out / "results.csv", notes))
+    paths.append(out / RESULTS_COLUMNS_FILE)
     from agent.esf_report import write_esf_report
 
     esf_paths, esf = write_esf_report(campaign.store, campaign.cfg, campaign.directory, out, plt, notes)
@@ -450,26 +454,117 @@ def _by_molecule(campaign: Campaign) -> dict[int, dict[int, float]]:
 LAMBDA_KEY, LAMBDA_EV = "reorg_energy_kjmol", "reorg_energy_ev"
 
 
-def results_table(campaign: Campaign, path: Path) -> Path:
+#: the sidecar of ``results.csv`` that names each column's quantity, unit and level of theory
+RESULTS_COLUMNS_FILE = "results_columns.csv"
+
+
+def csv_number(unit: str, value: float | None) -> str:
+    """A value for a CSV cell, rounded by its unit: kJ/mol to 0.01, eV and g/cm3 to 1e-4,
+    log10 units to 1e-3, others to 4 significant digits; '' for None or a non-finite value."""
+    import math
+
+    if value is None or not math.isfinite(value):
+        return ""
+    if unit.startswith("kJ/mol"):
+        return f"{value:.2f}"
+    if unit in ("eV", "g/cm3"):
+        return f"{value:.4f}"
+    if unit.startswith("log10"):
+        return f"{value:.3f}"
+    return f"{value:.4g}"
+
+
+def results_table(campaign: Campaign, path: Path, notes: list[str] | None = None) -> Path:
     """One row per molecule with a value, its objective at each level, best top-level value
     first, the molecules whose top-level value is unreliable after them and the molecules a
-    constraint excludes last; value columns ``<backend>_<objective>`` (the unit is the
-    objective's suffix; the name the level shows it under,
+    constraint excludes last; with a fitted molecule surrogate (:func:`surrogate_predictions`),
+    every valid pool molecule, those without a top-level value ranked by the surrogate's
+    top-level prediction after the others. Columns: ``smiles``, ``name``, value columns
+    ``<backend>_<objective>`` (the unit is the objective's suffix; the name the level shows it under,
     :func:`agent.summary.shown_name`: ``esf-proxy_log10_reference_crystal_mobility_hole``),
     then, when a level computes lambda+ and it is not the objective (every ESF level),
     ``reorg_energy_kjmol`` and ``reorg_energy_ev`` (:data:`LAMBDA_KEY`, as the most accurate
     level reports it, :func:`agent.constraints.constrained_values`), then each constrained
     value (as first reported) and ``excluded_by`` (the reason, empty
-    for a feasible molecule), and ``notes``: the levels whose value is flagged unreliable
-    and why (:func:`sim_backends.reorg.unreliable_lambda_reason`, as ``status`` warns; the
-    value is kept in its column)."""
-    from agent.summary import KJMOL_PER_EV, shown_name
-    from sim_backends.registry import UnknownBackendError, backend_class
+    for a feasible molecule), then per level ``<backend>_<objective>_pred_mean`` and
+    ``_pred_sd`` (the surrogate's prediction and 1-sigma where the molecule has no computed
+    value at that level; empty without a fitted surrogate, which the ``notes`` argument, the
+    report's list of notes, then says), and the ``notes`` column:
+    the levels whose value is flagged unreliable and why
+    (:func:`sim_backends.reorg.unreliable_lambda_reason`, as ``status`` warns; the value is
+    kept in its column), and "no computed value" for a predicted-only molecule (with the
+    reason its evaluations failed, if any). Numbers are rounded by unit (:func:`csv_number`).
+    The sidecar :data:`RESULTS_COLUMNS_FILE` beside ``path`` names each column's quantity,
+    unit and level of theory (:func:`results_columns`)."""
+    from agent.summary import KJMOL_PER_EV, quantity
 
     cfg = campaign.cfg
     names = [b.name for b in cfg.backends]
     by_mol, unreliable = _table_values(campaign)
-    keys = list(dict.fromkeys(c.value for c in cfg.constraints))
+    columns = results_columns(campaign)
+    lam = LAMBDA_EV in {c["column"] for c in columns}
+    keys = [c["column"] for c in columns if c["kind"] == "constrained"]
+    constrained: dict[int, dict[str, float]] = {}
+    if keys or lam:
+        from agent.constraints import constrained_values
+
+        index_of = campaign.molecules.index_of
+        wanted = [LAMBDA_KEY, *keys] if lam else keys
+        constrained = {index_of[m]: v for m, v in constrained_values(campaign.store.evaluations(), wanted).items()
+                       if m in index_of}
+    predicted = surrogate_predictions(campaign, notes)
+    failed = _failure_notes(campaign) if predicted else {}
+    top = len(names) - 1
+    unit = quantity(cfg.objective)[2]
+    bounded = bool(cfg.constraints)
+    sign = 1.0 if cfg.direction == "minimize" else -1.0
+    rows = list(range(len(campaign.smiles))) if predicted else list(by_mol)
+
+    def rank(i: int) -> tuple[bool, bool, bool, float]:
+        d = by_mol.get(i, {})
+        guess = d[top] if top in d else predicted[top][0][i] if predicted else float("nan")
+        return (i in campaign.infeasible, top in unreliable.get(i, {}), top not in d,
+                sign * guess if guess == guess else float("inf"))
+
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([c["column"] for c in columns])
+        for i in sorted(rows, key=rank):
+            d = by_mol.get(i, {})
+            row = [campaign.smiles[i], campaign.names[i]] + [csv_number(unit, d.get(f)) for f in range(len(names))]
+            mine = constrained.get(i, {})
+            if lam:
+                v = mine.get(LAMBDA_KEY)
+                row += [csv_number("kJ/mol", v), csv_number("eV", None if v is None else v / KJMOL_PER_EV)]
+            row += [csv_number(quantity(k)[2], mine.get(k)) for k in keys]
+            if bounded:
+                row.append(campaign.infeasible.get(i, ""))
+            for f in range(len(names)):
+                mean, sd = predicted[f] if predicted and f not in d else (None, None)
+                row += [csv_number(unit, None if mean is None else float(mean[i])),
+                        csv_number(unit, None if sd is None else float(sd[i]))]
+            said = [f"{names[f]} value unreliable: {why}" for f, why in sorted(unreliable.get(i, {}).items())]
+            if not d:
+                said.append("no computed value" + (f" ({failed[i]})" if i in failed else ""))
+            row.append("; ".join(said))
+            w.writerow(row)
+    with path.with_name(RESULTS_COLUMNS_FILE).open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["column", "quantity", "unit", "level_of_theory", "description"],
+                           extrasaction="ignore")
+        w.writeheader()
+        w.writerows(columns)
+    return path
+
+
+def results_columns(campaign: Campaign) -> list[dict[str, str]]:
+    """The columns of :func:`results_table`, in order, each a dict with ``column``,
+    ``quantity``, ``unit``, ``level_of_theory``, ``description`` (what
+    :data:`RESULTS_COLUMNS_FILE` holds) and ``kind`` ("molecule", "value", "lambda",
+    "constrained", "excluded_by", "prediction", "notes")."""
+    from agent.summary import level_of_theory, quantity, shown_name
+    from sim_backends.registry import UnknownBackendError, backend_class
+
+    cfg = campaign.cfg
 
     def computes(name: str) -> tuple[str, ...]:
         try:
@@ -477,39 +572,72 @@ def results_table(campaign: Campaign, path: Path) -> Path:
         except UnknownBackendError:
             return ()
 
-    # lambda+ beside another objective (newuser43 F5: ESF levels computed it, the table had no column)
-    lam = cfg.objective != LAMBDA_KEY and any(LAMBDA_KEY in computes(n) for n in names)
-    if lam:
-        keys = [LAMBDA_KEY, *(k for k in keys if k != LAMBDA_KEY)]
-    constrained: dict[int, dict[str, float]] = {}
-    if keys:
-        from agent.constraints import constrained_values
+    def levels_of(key: str) -> str:
+        return " or ".join(dict.fromkeys(level_of_theory(b, key) for b in cfg.backends if key in computes(b.name)))
 
-        index_of = campaign.molecules.index_of
-        constrained = {index_of[m]: v for m, v in constrained_values(campaign.store.evaluations(), keys).items()
-                       if m in index_of}
-    top = len(names) - 1
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        bounded = [c.value for c in cfg.constraints]
-        w.writerow(["smiles", "name"] + [f"{b.name}_{shown_name(b, cfg.objective)}" for b in cfg.backends]
-                   + ([LAMBDA_KEY, LAMBDA_EV] if lam else []) + keys[int(lam):]
-                   + (["excluded_by"] if bounded else []) + ["notes"])
-        sign = 1.0 if cfg.direction == "minimize" else -1.0
-        for i, d in sorted(by_mol.items(), key=lambda kv: (kv[0] in campaign.infeasible,
-                                                           top in unreliable.get(kv[0], {}),
-                                                           sign * kv[1].get(top, sign * float("inf")))):
-            row = [campaign.smiles[i], campaign.names[i]] + [d.get(f, "") for f in range(len(names))]
-            mine = constrained.get(i, {})
-            if lam:
-                row += [mine.get(LAMBDA_KEY, ""), mine[LAMBDA_KEY] / KJMOL_PER_EV if LAMBDA_KEY in mine else ""]
-            row += [mine.get(k, "") for k in keys[int(lam):]]
-            if bounded:
-                row.append(campaign.infeasible.get(i, ""))
-            row.append("; ".join(f"{names[f]} value unreliable: {why}"
-                                 for f, why in sorted(unreliable.get(i, {}).items())))
-            w.writerow(row)
-    return path
+    def col(column: str, kind: str, description: str, key: str = "", level: str = "",
+            unit: str | None = None) -> dict[str, str]:
+        label, _, own = quantity(key) if key else ("", "", "")
+        return {"column": column, "kind": kind, "quantity": label, "unit": own if unit is None else unit,
+                "level_of_theory": level, "description": description}
+
+    out = [col("smiles", "molecule", "the molecule (SMILES, as stored from the pool)"),
+           col("name", "molecule", "the molecule's name in the pool (its SMILES where it has none)")]
+    shown = [(b, shown_name(b, cfg.objective), level_of_theory(b, cfg.objective)) for b in cfg.backends]
+    out += [col(f"{b.name}_{key}", "value", f"computed at level {b.name} (fidelity {f}; the latest "
+                "successful evaluation)", key, level) for f, (b, key, level) in enumerate(shown)]
+    keys = list(dict.fromkeys(c.value for c in cfg.constraints))
+    # lambda+ beside another objective (newuser43 F5: ESF levels computed it, the table had no column)
+    if cfg.objective != LAMBDA_KEY and any(LAMBDA_KEY in computes(b.name) for b in cfg.backends):
+        how = "as the most accurate level that computed it reports it"
+        out += [col(LAMBDA_KEY, "lambda", how, LAMBDA_KEY, levels_of(LAMBDA_KEY)),
+                col(LAMBDA_EV, "lambda", f"{LAMBDA_KEY} in eV", LAMBDA_KEY, levels_of(LAMBDA_KEY), "eV")]
+        keys = [k for k in keys if k != LAMBDA_KEY]
+    out += [col(k, "constrained", "constrained value ([[constraints]]), as the result that counts reports it",
+                k, levels_of(k)) for k in keys]
+    if cfg.constraints:
+        out.append(col("excluded_by", "excluded_by", "why a constraint excludes the molecule (empty: feasible)"))
+    for f, (b, key, level) in enumerate(shown):
+        what = f"the molecule surrogate's prediction at level {b.name} (fidelity {f}) where it has no computed value"
+        out += [col(f"{b.name}_{key}_pred_mean", "prediction", f"{what}: mean", key, level),
+                col(f"{b.name}_{key}_pred_sd", "prediction", f"{what}: 1-sigma", key, level)]
+    out.append(col("notes", "notes", "values flagged unreliable and why; 'no computed value' for a molecule "
+                   "with predictions only"))
+    return out
+
+
+def surrogate_predictions(campaign: Campaign, notes: list[str] | None = None
+                          ) -> list[tuple[Any, Any]] | None:
+    """Per level (cheapest first), the molecule surrogate's ``(mean, sd)`` arrays over the
+    valid pool (pool index order), from the model the molecule stage has fitted: its live
+    one, else the last fit its store keeps (rebuilt on the stored results with the saved
+    hyperparameters, nothing re-optimised). None, with the reason in ``notes``, when there
+    is no such fit."""
+    stage = campaign.molecules
+    model = stage.surrogate
+    if model is None and len(stage.observations) >= 2:
+        from agent.surrogates.molecule_gp import Observation
+
+        model = stage._saved_surrogate([Observation(i, f, v) for i, f, v in stage.observations])
+    if model is None:
+        if notes is not None:
+            notes.append("results.csv has no surrogate predictions: no fitted molecule surrogate is stored "
+                         f"({len(stage.observations)} usable results)")
+        return None
+    fps, desc = stage.fingerprints, stage._descriptors_for(model)
+    return [model.predict(fps, f, descriptors=desc) for f in range(len(campaign.cfg.backends))]
+
+
+def _failure_notes(campaign: Campaign) -> dict[int, str]:
+    """Pool index -> the latest failed molecule-stage evaluation of the molecule, as
+    ``<backend> failed: <first line of the reason>``."""
+    levels = {b.name for b in campaign.cfg.backends}
+    out: dict[int, str] = {}
+    for ev in campaign.store.evaluations(status="failed"):
+        i = campaign._index_of.get(int(ev.molecule_id))
+        if ev.structure_id is None and ev.backend in levels and i is not None:
+            out[i] = f"{ev.backend} failed: {((ev.reason or '').strip().splitlines() or [''])[0][:160]}"
+    return out
 
 
 def unreliable_evaluations(campaign: Campaign) -> dict[int, str]:

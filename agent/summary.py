@@ -19,8 +19,9 @@ and level of theory.
   leader is an uncomputed Delta-GP prediction that extrapolates beyond the computed
   corrections; a note when the leader is an uncomputed constant-shift prediction).
 * :func:`status_record` / :func:`status_lines` -- the ``crystal-agent status`` record
-  (``--json``) and text, also printed at the end of ``run`` / ``resume``; with the lab's
-  experiments (:mod:`agent.lab.summary`).
+  (``--json``; its ``objective`` block is :func:`objective_record`, which
+  :class:`~agent.campaign.Status` carries too) and text, also printed at the end of ``run`` /
+  ``resume``; with the lab's experiments (:mod:`agent.lab.summary`).
 * :func:`value_warnings` / :func:`level_caveat` -- the warnings the results carry (e.g. a
   lambda+ on borrowed geometries with unbalanced components) and the top level's known
   bias, said with the values and on the best line; such values stay values.
@@ -592,10 +593,21 @@ def _beyond_top_lines(rec: dict[str, Any]) -> list[str]:
 
 
 # -- status ---------------------------------------------------------------------------------
+def objective_record(cfg: CampaignConfig) -> dict[str, str]:
+    """The campaign objective as ``status`` names it: ``name`` (the value key), ``label``,
+    ``symbol``, ``unit``, ``level`` (the level of theory of the best value: the top level's,
+    :func:`level_of_theory`) and ``direction``; the ``objective`` block of
+    :func:`status_record` and :attr:`agent.campaign.Status.objective`."""
+    label, short, unit = quantity(cfg.objective)
+    return {"name": cfg.objective, "label": label, "symbol": short, "unit": unit,
+            "level": level_of_theory(cfg.backends[-1], cfg.objective), "direction": cfg.direction}
+
+
 def status_record(status: Status, store: Store, cfg: CampaignConfig,
                   structures: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The status as a JSON-able dict: the :class:`~agent.campaign.Status` fields plus
-    ``objective`` (name, label, unit, level of the best value), ``structures``
+    """The status as a JSON-able dict: the :class:`~agent.campaign.Status` fields, its
+    ``objective`` (:func:`objective_record`: name, label, unit, level of the best value;
+    built from ``cfg`` for a status without one), plus ``structures``
     (``structures`` when given, e.g. a live campaign's :func:`structure_results`, else
     :func:`stored_structure_results`; each with ``best_computed``, ``observed`` and
     ``prediction_check``), ``esf`` and ``lab`` (:func:`agent.lab.summary.lab_results`:
@@ -604,10 +616,8 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     :func:`agent.esf_report.regime_violation`, else None); ``level_caveat`` (the top level's
     :func:`level_caveat`, said on the best line) and ``value_warnings``
     (:func:`value_warnings`: the warnings results carry, shown with their values)."""
-    label, short, unit = quantity(cfg.objective)
     rec = dict(status.to_dict())
-    rec["objective"] = {"name": cfg.objective, "label": label, "symbol": short, "unit": unit,
-                        "level": level_of_theory(cfg.backends[-1], cfg.objective), "direction": cfg.direction}
+    rec["objective"] = dict(status.objective) if getattr(status, "objective", None) else objective_record(cfg)
     if cfg.constraints:
         from agent.constraints import constraint_levels
 
