@@ -599,7 +599,8 @@ def results_columns(campaign: Campaign) -> list[dict[str, str]]:
         out.append(col("excluded_by", "excluded_by", "why a constraint excludes the molecule (empty: feasible)"))
     for f, (b, key, level) in enumerate(shown):
         what = f"the molecule surrogate's prediction at level {b.name} (fidelity {f}) where it has no computed value"
-        out += [col(f"{b.name}_{key}_pred_mean", "prediction", f"{what}: mean", key, level),
+        bound = "" if key not in NON_NEGATIVE else f" (the Gaussian truncated at {NON_NEGATIVE[key]:g}: physics bounds it)"
+        out += [col(f"{b.name}_{key}_pred_mean", "prediction", f"{what}: mean{bound}", key, level),
                 col(f"{b.name}_{key}_pred_sd", "prediction", f"{what}: 1-sigma", key, level)]
     out.append(col("notes", "notes", "values flagged unreliable and why; 'no computed value' for a molecule "
                    "with predictions only"))
@@ -625,7 +626,33 @@ def surrogate_predictions(campaign: Campaign, notes: list[str] | None = None
                          f"({len(stage.observations)} usable results)")
         return None
     fps, desc = stage.fingerprints, stage._descriptors_for(model)
-    return [model.predict(fps, f, descriptors=desc) for f in range(len(campaign.cfg.backends))]
+    preds = [model.predict(fps, f, descriptors=desc) for f in range(len(campaign.cfg.backends))]
+    lower = NON_NEGATIVE.get(campaign.cfg.objective)
+    if lower is not None:  # a Gaussian over a bounded quantity: its part physics allows
+        preds = [bounded_prediction(mean, sd, lower) for mean, sd in preds]
+    return preds
+
+
+#: objectives physics bounds from below, with the bound: a reorganisation energy and a mobility
+#: are >= 0 (the molecule GP models them as Gaussian, so a prediction can reach below)
+NON_NEGATIVE = {"reorg_energy_kjmol": 0.0, "landscape_mobility_hole_cm2Vs": 0.0}
+
+
+def bounded_prediction(mean: Any, sd: Any, lower: float) -> tuple[Any, Any]:
+    """Mean and sd of the Gaussian ``N(mean, sd^2)`` truncated to ``>= lower`` (the prediction of
+    a quantity physics bounds from below: never a value it forbids, e.g. a negative lambda+);
+    where ``sd`` is 0 the mean is clipped."""
+    import numpy as np
+    from scipy.stats import truncnorm
+
+    mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
+    ok = sd > 0
+    out_m, out_s = np.maximum(mean, lower), np.where(ok, sd, 0.0)
+    if ok.any():
+        a = (lower - mean[ok]) / sd[ok]
+        m, v = truncnorm.stats(a, np.inf, loc=mean[ok], scale=sd[ok], moments="mv")
+        out_m[ok], out_s[ok] = m, np.sqrt(np.maximum(v, 0.0))
+    return out_m, out_s
 
 
 def _failure_notes(campaign: Campaign) -> dict[int, str]:

@@ -28,9 +28,13 @@ def screen(tmp_path_factory):
     with_dft = [s for s, d in zip(smiles, dft, strict=True) if np.isfinite(d)]
     camp = run_replay_campaign(tmp, with_dft + [s for s in smiles if s not in with_dft][:40], seed=0, hours=0.5)
     try:
+        from agent.report import bounded_prediction
+
         stage = camp.molecules
-        live = {stage.smiles[i]: [tuple(float(a[i]) for a in stage.surrogate.predict(stage.fingerprints, f))
-                                  for f in range(2)] for i in range(len(stage.smiles))}
+        # lambda+ >= 0: the GP's Gaussian truncated there (its raw mean reached -2 kJ/mol)
+        preds = [bounded_prediction(*stage.surrogate.predict(stage.fingerprints, f), 0.0) for f in range(2)]
+        live = {stage.smiles[i]: [tuple(float(a[i]) for a in preds[f]) for f in range(2)]
+                for i in range(len(stage.smiles))}
     finally:
         camp.close()
     return tmp / "runs", live
@@ -81,6 +85,7 @@ def test_every_pool_molecule_is_listed_with_predictions_where_not_computed(scree
                 assert not r[f"{col}_pred_mean"] and not r[f"{col}_pred_sd"]
             else:  # the live model's prediction, as the fitted stage made it
                 mean, sd = live[r["smiles"]][f]
+                assert float(r[f"{col}_pred_mean"]) >= 0.0  # never a value physics forbids
                 assert float(r[f"{col}_pred_mean"]) == pytest.approx(mean, abs=0.006)
                 assert float(r[f"{col}_pred_sd"]) == pytest.approx(sd, abs=0.006) and sd > 0
 
