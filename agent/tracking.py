@@ -53,7 +53,8 @@ the last logged one; a structure-level Delta-GP (a pickled artifact
 ``structure_models/m<id>_n<computed>.pkl``, cloudpickled, with the structures and energies it was
 trained on; not an MLflow model: it loads with ``pickle.load`` under the same code version)
 under the same rule per molecule. :meth:`Tracker.finish_models` logs the
-final models, so the last logged model of each kind has seen the last result.
+final models, so the last logged model of each kind has seen the last result (the run tag
+``molecule_surrogate.latest_model`` is the ``models:/<id>`` URI of the newest molecule surrogate).
 
 The tracking URI is checked before use (:func:`check_tracking_uri`): an HTTP server
 must answer within ``HTTP_TIMEOUT_S`` (MLflow's own retries are bounded likewise), a
@@ -555,6 +556,8 @@ class Tracker:
                                           pd.DataFrame(example_out)),
                 step=c.n_evaluations,
             )
+        # the newest among the run's logged models, found without reading their list (newuser45a #11)
+        self.client.set_tag(self.run_id, "molecule_surrogate.latest_model", f"models:/{model.model_id}")
 
     def _log_lab_counts(self, *, final: bool = False) -> None:
         """Lab experiments sent and identified, ``lab_experiments_sent`` and ``lab_results``

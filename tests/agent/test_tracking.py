@@ -86,6 +86,9 @@ def test_classic_view_and_material_model_logging(tmp_path, premigrated_mlflow):
     for before, after in zip(trained, trained[1:-1], strict=False):  # all but the final one
         assert after - before >= MODEL_LOG_MIN_NEW_TOP or after >= (1 + MODEL_LOG_GROWTH) * before
     assert trained[-1] == n_obs == 30  # the last logged model has seen the last result
+    (run,) = client.search_runs([exp.experiment_id])
+    last = max(models, key=lambda m: m.creation_timestamp)
+    assert run.data.tags["molecule_surrogate.latest_model"] == f"models:/{last.model_id}"  # newuser45a #11
     # held-out calibration is logged once enough values are held out to judge it
     from agent.tracking import MIN_CALIBRATION_N
 
