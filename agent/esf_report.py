@@ -7,11 +7,18 @@ and ``report`` say about charge transport on the predicted crystals.
   mobility property level (the latest ``landscape_property`` event with the computed
   structures). Each record: ``molecule_id, name, smiles, source`` (``"molecule stage"``
   or ``"structure stage"``), ``backend``, ``level`` (level of theory), ``mean``/``sd``
-  (Boltzmann-weighted hole mobility and its sd, cm2/(V s)), ``sd_covers`` (what the sd
-  includes: the energy ranking's spread only, J and lambda errors not), ``n_in_window``; a
-  structure-stage record also ``n_with_mobility`` (of the window's structures, the uncomputed
-  predicted ones included), ``uncomputed_weight`` and ``sd_energy``, its ``sd`` widened for
-  the structures without a mobility (:func:`window_coverage`),
+  (Boltzmann-weighted hole mobility over the structures with a mobility and its sd, cm2/(V
+  s)), ``sd_covers`` (what the sd includes: the energy ranking's spread, the structures of the
+  window without a mobility when some are, J and lambda errors not), ``sd_energy`` (the
+  energy ranking's part), ``n_in_window`` (the window's structures), ``n_with_mobility`` (of
+  them with a value) and ``uncomputed_weight`` (the Boltzmann weight of the others), the
+  ``sd`` widened for them (:func:`window_coverage`). A structure stage's window holds its
+  uncomputed predicted structures; a molecule-stage level computed its ``n_structures``
+  lowest (``n_computed``; ``n_minima_in_window`` as ``n_in_window``), and its result records
+  the weight of the rest; ``n_in_window`` and ``uncomputed_weight`` are None for a result
+  that does not (the shipped data set's replays: "share of the window not recorded"), and
+  its ``level`` says which structures the mean is over
+  (:func:`sim_backends.esf.boltzmann_mean_text`);
   ``structures`` (per structure: ``id, energy_kjmol, rel_kjmol`` (kJ/mol per molecule,
   relative to the lowest), ``mobility_hole_cm2Vs, density_gcm3, space_group, z, cif``
   (a CIF text or a file path, when known)), ``global_minimum`` (the lowest structure
@@ -28,7 +35,9 @@ and ``report`` say about charge transport on the predicted crystals.
   landscape as ``runs/<name>/structures/esf_m<molecule>_<structure>.cif``.
 * :func:`esf_map_figure` -- the ESF maps: relative lattice energy against hole mobility per
   predicted structure, one panel per molecule (best landscape mobility first), points
-  coloured by density, the Boltzmann window and the landscape mean ± sd marked.
+  coloured by density, the Boltzmann window (a molecule-stage level's: solid over the
+  structures it computed, hatched above them) and the landscape mean ± sd marked; titles
+  say how much of the window the mean covers (:func:`window_share`).
 
 Importing this module is cheap (matplotlib and numpy load inside functions).
 """
@@ -41,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.summary import reported_z
+from sim_backends.mobility import SD_ENERGY_ONLY, window_coverage
 
 if TYPE_CHECKING:
     from agent.config import CampaignConfig
@@ -55,8 +65,6 @@ N_LISTED = 6
 #: the Boltzmann temperature of the structure stage's landscape property (K;
 #: :meth:`agent.stages.properties.PropertyLevel.landscape_property`)
 LANDSCAPE_TEMPERATURE_K = 300.0
-#: what the ± of a landscape mobility covers when every structure in the window has a value
-SD_ENERGY_ONLY = "energy-ranking spread only; J and lambda errors not included"
 
 
 #: where the ESF levels' lambda+ comes from unless the config gives it (the esf-proxy's xtb-reorg)
@@ -114,8 +122,9 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
             structures.append(row)
         name, smiles = names.get(mid, ("", ""))
         lam = ev.values.get("reorg_energy_kjmol")
+        cov = _molecule_coverage(ev, len(structures))
         out.append({"molecule_id": int(mid), "name": name, "smiles": smiles, "source": "molecule stage",
-                    "backend": ev.backend, "level": _level_of(cfg.backends[f]),
+                    "backend": ev.backend, "level": _level_with_coverage(cfg.backends[f], cov),
                     "lambda_hole_kjmol": float(lam) if lam is not None else None,
                     "lambda_level": ("given in the config" if "lambda_hole_kjmol" in cfg.backends[f].params
                                      else LAMBDA_LEVEL),
@@ -123,9 +132,9 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
                     "csp_charges": ev.extra.get("csp_charges"),  # the charge method's key
                     "mean": float(ev.values[LANDSCAPE_KEY]),
                     "sd": float(ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
-                    "sd_covers": SD_ENERGY_ONLY,
-                    "n_in_window": int(ev.values.get("n_structures_in_window", len(structures))),
-                    "n_minima_in_window": ev.extra.get("n_minima_in_window"),  # before the cap
+                    "sd_energy": ev.extra.get("sd_energy",
+                                              ev.values.get("landscape_mobility_hole_sd_cm2Vs", float("nan"))),
+                    "sd_covers": ev.extra.get("sd_covers") or SD_ENERGY_ONLY, **cov,
                     "structures": structures,
                     # (structures out of the Marcus hopping regime, structures): the best line's warning
                     "regime_violations": regime_count(s.get("warnings") for s in ev.extra.get("structures") or []),
@@ -133,6 +142,51 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
                                  *(f"CSP: {w}" for w in ev.extra.get("csp_warnings") or [])],
                     "notes": hole_notes(s.get("notes") for s in ev.extra.get("structures") or [])})
     return out
+
+
+def _molecule_coverage(ev: Any, n_listed: int) -> dict[str, Any]:
+    """The window coverage of a molecule-stage landscape result (module docstring):
+    ``n_computed``, ``n_with_mobility``, ``n_in_window`` and ``n_minima_in_window`` (the
+    window's structures, None when the result does not record them: the shipped data set's
+    replays) and ``uncomputed_weight`` (None when not recorded, 0 when every structure of
+    the window has a mobility)."""
+    k = int(ev.values.get("n_structures_in_window", n_listed))
+    m = ev.extra.get("n_minima_in_window")
+    w_u = ev.extra.get("uncomputed_weight")
+    if w_u is None and m is not None and k >= int(m):
+        w_u = 0.0  # the whole window computed: nothing left out
+    return {"n_computed": len(ev.extra.get("structures") or []) or k, "n_with_mobility": k,
+            "n_in_window": None if m is None else int(m), "n_minima_in_window": m,
+            "uncomputed_weight": None if w_u is None else float(w_u)}
+
+
+def _esf_params(backend: Any) -> dict[str, Any]:
+    """A configured backend's params over its class defaults (a replay's: those of the level
+    it replays, ``estimated_as``); {} for an unknown backend."""
+    from sim_backends.registry import UnknownBackendError, backend_class
+
+    try:
+        cls = backend_class(backend.name)
+    except UnknownBackendError:
+        return {}
+    defaults = getattr(cls, "_DEFAULTS", None) or {}
+    est = getattr(cls, "estimated_as", "")
+    if not defaults and est:
+        defaults = getattr(backend_class(est), "_DEFAULTS", None) or {}
+    return {**defaults, **dict(backend.params)}
+
+
+def _level_with_coverage(backend: Any, coverage: dict[str, Any]) -> str:
+    """The level of theory of an ESF level with its Boltzmann-mean clause said for one result
+    (:func:`sim_backends.esf.boltzmann_mean_text`: which of the window's structures the mean
+    is over and their share of its weight) in place of the level's own."""
+    from sim_backends.esf import boltzmann_mean_text
+
+    level, p = _level_of(backend), _esf_params(backend)
+    if "window_kjmol" not in p or "n_structures" not in p:
+        return level
+    own = boltzmann_mean_text(float(p["window_kjmol"]), int(p["n_structures"]))
+    return level.replace(own, boltzmann_mean_text(float(p["window_kjmol"]), int(p["n_structures"]), coverage))
 
 
 def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
@@ -217,7 +271,8 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
         mine = {sid: mu for sid, mu in prop_values[level].items()
                 if sid in rows and int(rows[sid]["molecule_id"]) == mid and sid in energies}
         rec.update(window_coverage(ranked.get(mid, {}), mine, float(e["mean"]), float(e["sd"]),
-                                   cfg.structures.window_kjmol, spread_elsewhere.get(mid)))
+                                   cfg.structures.window_kjmol, spread_elsewhere.get(mid),
+                                   temperature_K=LANDSCAPE_TEMPERATURE_K))
         if ranked.get(mid):  # the landscape's lowest structure at the ranking level, computed or predicted
             lowest = min(ranked[mid], key=ranked[mid].get)
             rec["ranked_minimum"] = {"id": lowest, "energy_kjmol": ranked[mid][lowest],
@@ -259,68 +314,6 @@ def _window_energies(store: Store, cfg: CampaignConfig, computed: dict[str, floa
         mine.update({sid: e for sid, e in computed.items() if sid in ids})  # computed since it was saved
         out[mid] = mine
     return out
-
-
-def window_coverage(energies: dict[str, float], mobilities: dict[str, float], mean: float, sd_energy: float,
-                    window_kjmol: float, elsewhere: dict[str, Any] | None = None,
-                    temperature_K: float = LANDSCAPE_TEMPERATURE_K) -> dict[str, Any]:
-    """How much of a landscape's energy window a structure-stage landscape mobility covers,
-    and its sd widened for what it does not (newuser37 M5).
-
-    The landscape mobility (``mean``, ``sd_energy``: the Boltzmann mean over the structures
-    with a mobility and its spread from their energy errors) averages only the structures
-    whose mobility was computed; the window (``window_kjmol`` above the lowest of
-    ``energies``, computed or predicted at the ranking level) may hold more, the predicted
-    leader among them. Their mobilities are unknown, not zero and not the computed ones: each
-    uncomputed structure of the window carries its Boltzmann weight (from its energy, 300 K),
-    and their share ``w_u`` of the weight enters the sd as ``w_u * s``, with ``s`` the spread
-    (sd) of the mobilities computed on the landscape (the molecule-stage landscape's when
-    fewer than two are, else the mean itself): as if the uncomputed structures' mean mobility
-    could lie one structure-to-structure spread away from the computed ones' (conservative:
-    they move together). ``sd = sqrt(sd_energy^2 + (w_u s)^2)``.
-
-    Returns ``n_in_window`` (structures in the window), ``n_with_mobility`` (of them with a
-    value), ``uncomputed_weight`` (``w_u``), ``sd`` (widened), ``sd_energy`` and ``sd_covers``
-    (what the sd includes, for the printed line). Without energies (nothing ranked) the
-    window is the structures with a mobility and the sd is ``sd_energy``."""
-    import math
-
-    from sim_backends.mobility import KB_KJMOLK
-
-    with_mu = {sid: mu for sid, mu in mobilities.items() if sid in energies}
-    if not energies or not with_mu:
-        n = len(with_mu) if energies else len(mobilities)
-        return {"n_in_window": n, "n_with_mobility": n, "uncomputed_weight": 0.0, "sd": sd_energy,
-                "sd_energy": sd_energy, "sd_covers": SD_ENERGY_ONLY}
-    e0 = min(energies.values())
-    window = {sid: e for sid, e in energies.items() if e - e0 <= window_kjmol}
-    kt = KB_KJMOLK * temperature_K
-    w = {sid: math.exp(-(e - e0) / kt) for sid, e in window.items()}
-    total = sum(w.values())
-    w_u = sum(x for sid, x in w.items() if sid not in with_mu) / total
-    covered = [sid for sid in window if sid in with_mu]
-    out = {"n_in_window": len(window), "n_with_mobility": len(covered), "uncomputed_weight": w_u,
-           "sd_energy": sd_energy, "sd": sd_energy, "sd_covers": SD_ENERGY_ONLY}
-    if len(covered) == len(window):
-        return out
-    values = list(with_mu.values())
-    if len(values) >= 2:
-        spread, source = _sd(values), f"the {len(values)} computed mobilities"
-    elif elsewhere and len(elsewhere.get("structures") or []) >= 2:
-        spread = _sd([x["mobility_hole_cm2Vs"] for x in elsewhere["structures"]])
-        source = f"the molecule stage's {len(elsewhere['structures'])} structures ({elsewhere['backend']})"
-    else:
-        spread, source = mean, "100 % of the mean (one computed mobility)"
-    out["sd"] = math.hypot(sd_energy, w_u * spread)
-    out["sd_covers"] = (f"energy ranking and {len(window) - len(covered)} structures without a mobility "
-                        f"({w_u:.0%} of the Boltzmann weight) at the spread of {source}; "
-                        "J and lambda errors not included")
-    return out
-
-
-def _sd(values: list[float]) -> float:
-    m = sum(values) / len(values)
-    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def hole_warnings(per_structure: Any) -> list[str]:
@@ -499,22 +492,55 @@ def write_esf_cifs(directory: Path, results: list[dict[str, Any]]) -> list[Path]
     return paths
 
 
+def window_share(rec: dict[str, Any]) -> tuple[int, int, int | None, float | None]:
+    """``(computed, with a mobility, in window, share)`` of an ESF record: the structures its
+    level computed (a molecule-stage level's lowest ``n_structures``), of them with a
+    mobility (the mean is over these), the structures in its window (None when the result
+    does not record it: the shipped data set's replays) and the share of the window's
+    Boltzmann weight on those with a mobility (``1 - uncomputed_weight``; None when not
+    recorded). Reads records of :func:`esf_results` and the older ones whose molecule-stage
+    ``n_in_window`` counted the structures with a mobility."""
+    listed = len(rec.get("structures") or [])
+    w_u = rec.get("uncomputed_weight")
+    share = None if w_u is None else 1.0 - float(w_u)
+    if rec.get("source") != "molecule stage":
+        n = rec.get("n_in_window")
+        k = rec.get("n_with_mobility", n)
+        return k, k, n, share
+    k = int(rec["n_with_mobility"] if rec.get("n_with_mobility") is not None else rec.get("n_in_window", listed))
+    m = rec.get("n_minima_in_window")
+    return int(rec.get("n_computed") or max(k, listed)), k, None if m is None else int(m), share
+
+
+def share_text(share: float | None) -> str:
+    """``"52% of the Boltzmann weight"`` (:func:`window_share`), or that it was not recorded."""
+    from sim_backends.esf import weight_share_text
+
+    return "share of the Boltzmann weight not recorded" if share is None else \
+        f"{weight_share_text(share)} of the Boltzmann weight"
+
+
 def _window_text(rec: dict[str, Any]) -> str:
-    """``6 structures in window``, or, when a level's ``n_structures`` cap kept fewer than the
-    window holds, ``the lowest 6 of 31 structures in window``; a structure-stage value over
-    part of its window ``mobility for 3 of 18 structures in window`` (:func:`window_coverage`)."""
-    total, kept, n = rec.get("n_minima_in_window"), len(rec.get("structures") or []), rec["n_in_window"]
-    k = rec.get("n_with_mobility")
-    reused = (f" ({rec['n_reused']} of them from the molecule stage's {', '.join(rec.get('reused_from') or [])} "
-              "on the same structures)") if rec.get("n_reused") else ""
-    if k is not None and k < n:
-        return f"mobility for {k} of {n} structures in window{reused}"
-    if reused:
+    """Which of the window's structures a landscape mobility is over (:func:`window_share`).
+    Molecule stage: ``6 structures in window``; when a level's ``n_structures`` cap kept fewer
+    than the window holds, ``the lowest 6 of 31 structures in window (n_structures), 52% of
+    the Boltzmann weight``; for a result that did not record its window, ``the lowest 6
+    structures in window (n_structures), share of the window not recorded``. Structure stage,
+    over part of its window: ``mobility for 3 of 18 structures in window``
+    (:func:`window_coverage`; its sd line names the share)."""
+    a, k, n, share = window_share(rec)
+    if rec.get("source") != "molecule stage":
+        reused = (f" ({rec['n_reused']} of them from the molecule stage's {', '.join(rec.get('reused_from') or [])} "
+                  "on the same structures)") if rec.get("n_reused") else ""
+        if k is not None and k < n:
+            return f"mobility for {k} of {n} structures in window{reused}"
         return f"{n} structures in window{reused}"
-    failed = f", {n} with a mobility" if kept and n < kept else ""
-    if total is not None and kept and int(total) > kept:
-        return f"the lowest {kept} of {int(total)} structures in window (n_structures){failed}"
-    return f"{n} structures in window"
+    failed = f", {k} with a mobility" if k < a else ""
+    if n is None:
+        return f"the lowest {a} structures in window (n_structures){failed}, share of the window not recorded"
+    if a < n:
+        return f"the lowest {a} of {n} structures in window (n_structures){failed}, {share_text(share)}"
+    return f"{n} structures in window{failed}" + (f", {share_text(share)}" if k < n else "")
 
 
 def _minimum_label(rec: dict[str, Any]) -> tuple[str, str]:
@@ -537,7 +563,8 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     if not results:
         return []
     lines = [f"ESF           landscape hole mobility mu_h ({MOBILITY_UNIT}; Boltzmann mean ± 1 sd over the "
-             "predicted structures in the energy window), best first"
+             "predicted structures of the energy window that have a mobility; each line says how many of the "
+             "window's structures that is), best first"
              + (", molecules a constraint excludes last" if any(r.get("infeasible") for r in results) else "")
              + ":"]
     from sim_backends.esf import CHARGE_LABELS, XTB_CHARGE_CAVEAT
@@ -572,7 +599,10 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
 
 def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
     """One row per molecule and source: the landscape mobility, its sd and what the sd
-    covers, the structures in the window and how many of them have a mobility, level, the
+    covers, the structures in the window (``n_in_window``, empty when the result did not
+    record it), how many of them have a mobility and their share of the window's Boltzmann
+    weight (``boltzmann_weight_with_mobility``, 0-1, empty when not recorded:
+    :func:`window_share`), the structures listed with a mobility (``n_structures``), level, the
     lowest structure with a mobility (``global_minimum_*``), lambda+ with its level, and the
     landscape's lowest structure at the ranking level (``landscape_minimum_id``; a
     structure-stage landscape's may have no mobility) (``report/esf_results.csv``)."""
@@ -582,14 +612,15 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
         w = csv.writer(fh)
         w.writerow(["molecule_id", "name", "smiles", "source", "backend", "level", "mobility_hole_cm2Vs",
                     "mobility_hole_sd_cm2Vs", "sd_covers", "n_in_window", "n_with_mobility_in_window",
-                    "n_structures", "global_minimum_id",
+                    "boltzmann_weight_with_mobility", "n_structures", "global_minimum_id",
                     "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible",
                     "lambda_hole_kjmol", "lambda_hole_ev", "lambda_level", "landscape_minimum_id"])
         for r in results:
             gm = r.get("global_minimum") or {}
+            _, k, n, share = window_share(r)
             w.writerow([r["molecule_id"], r["name"], r["smiles"], r["source"], r["backend"], r["level"],
-                        f"{r['mean']:.4g}", f"{r['sd']:.4g}", r.get("sd_covers") or SD_ENERGY_ONLY, r["n_in_window"],
-                        r.get("n_with_mobility", r["n_in_window"]), len(r["structures"]),
+                        f"{r['mean']:.4g}", f"{r['sd']:.4g}", r.get("sd_covers") or SD_ENERGY_ONLY,
+                        "" if n is None else n, k, "" if share is None else f"{share:.3f}", len(r["structures"]),
                         gm.get("id", ""), f"{gm['mobility_hole_cm2Vs']:.4g}" if gm else "",
                         gm.get("cif") or "", "; ".join(r.get("warnings") or []), "; ".join(r.get("notes") or []),
                         r.get("infeasible") or "",
@@ -623,9 +654,9 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         rho = np.array([x["density_gcm3"] if x.get("density_gcm3") is not None else np.nan for x in s])
         sc = ax.scatter(mu, e, c=rho, cmap="viridis", vmin=vmin, vmax=vmax, s=36, edgecolors="k", lw=0.4,
                         zorder=3)
-        if window_kjmol is not None:
-            ax.axhspan(0, window_kjmol, color="0.92", zorder=0, label=f"window {window_kjmol:g} kJ/mol")
-        ax.axvline(rec["mean"], color="tab:red", lw=1.2, label="landscape mean ± 1 sd")
+        partial = _draw_window(ax, rec, e, window_kjmol)
+        ax.axvline(rec["mean"], color="tab:red", lw=1.2,
+                   label="mean of the computed ± 1 sd" if partial else "landscape mean ± 1 sd")
         if rec["sd"] > 0 and math.isfinite(rec["sd"]):
             ax.axvspan(max(rec["mean"] - rec["sd"], 1e-12), rec["mean"] + rec["sd"], color="tab:red", alpha=0.12)
         ax.set_xscale("log")
@@ -640,11 +671,9 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         # each panel names its own level (energies, transfer integrals, mobility model): a
         # campaign mixes quick and refined landscapes, and one shared caption would not say which is which
         level = textwrap.fill(str(rec["level"]), 62)
-        n_window = rec.get("n_in_window")
-        of = f" of {n_window} in window" if rec.get("n_with_mobility") is not None and n_window > len(s) else ""
         # the level of theory names the level; the config key (esf-refined) is not for a plot
         # wrapped to the panel as the level: a long name ran into the next panel's title
-        head = textwrap.fill(f"{rec['name']}: {len(s)} structures{of} ({rec['source']})", 62)
+        head = textwrap.fill(f"{rec['name']}: {_panel_count(rec)} ({rec['source']})", 62)
         ax.set_title(f"{head}\n{level}", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="upper right")
@@ -656,6 +685,44 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         cb = fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.8)
         cb.set_label("density (g/cm$^3$)", fontsize=8)
     return fig
+
+
+def _panel_count(rec: dict[str, Any]) -> str:
+    """An ESF map panel's count of structures (:func:`window_share`): ``6 structures``;
+    over part of the window ``6 of 41 in window (52% of the Boltzmann weight)`` (structure
+    stage: ``6 structures of 19 in window (...)``); ``6 structures (share of the window
+    not recorded)``."""
+    _, k, n, share = window_share(rec)
+    listed = len(rec["structures"])
+    if n is None:
+        return f"{listed} structures (share of the window not recorded)"
+    if k >= n:
+        return f"{listed} structures"
+    of = f"{k} of {n} in window" if rec.get("source") == "molecule stage" else f"{listed} structures of {n} in window"
+    return f"{of} ({share_text(share)})"
+
+
+def _draw_window(ax: Any, rec: dict[str, Any], rel_kjmol: Any, window_kjmol: float | None) -> bool:
+    """Shade an ESF map panel's energy window; True when the landscape mean is over part of it
+    only. A molecule-stage level computed the lowest structures of its window: the band is
+    solid up to the highest of them and hatched above it, the rest of the window, which holds
+    the structures never computed (their number when recorded). A structure stage's
+    uncomputed structures may lie anywhere in its window: one band, the title says how much
+    of it has a mobility."""
+    a, k, n, _ = window_share(rec)
+    partial = n is None or k < n
+    if window_kjmol is None:
+        return partial
+    w = f"{window_kjmol:g} kJ/mol"
+    if rec.get("source") != "molecule stage" or (n is not None and a >= n) or not len(rel_kjmol):
+        ax.axhspan(0, window_kjmol, color="0.92", zorder=0, label=f"window {w}")
+        return partial
+    top = min(float(max(rel_kjmol)), window_kjmol)
+    ax.axhspan(0, top, color="0.88", zorder=0, label=f"computed: the lowest {a}")
+    rest = "not computed (count not recorded)" if n is None else f"{n - a} structures not computed"
+    ax.axhspan(top, window_kjmol, facecolor="none", edgecolor="0.78", hatch="////", lw=0, zorder=0,
+               label=f"rest of the {w} window: {rest}")
+    return partial
 
 
 def readable_log_ticks(axis: Any, lo: float, hi: float) -> None:
@@ -701,16 +768,7 @@ def esf_window(cfg: CampaignConfig) -> float | None:
     """The energy window of the molecule stage's ESF levels (their ``window_kjmol``
     param or the backend's default)."""
     for b in reversed(cfg.backends):
-        from sim_backends.registry import UnknownBackendError, backend_class
-
-        try:
-            cls = backend_class(b.name)
-        except UnknownBackendError:
-            continue
-        defaults = getattr(cls, "_DEFAULTS", None) or {}
-        est = getattr(cls, "estimated_as", "")
-        if not defaults and est:
-            defaults = getattr(backend_class(est), "_DEFAULTS", None) or {}
-        if "window_kjmol" in b.params or "window_kjmol" in defaults:
-            return float(b.params.get("window_kjmol", defaults.get("window_kjmol")))
+        p = _esf_params(b)
+        if "window_kjmol" in p:
+            return float(p["window_kjmol"])
     return None

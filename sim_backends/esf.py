@@ -34,7 +34,12 @@ multi-fidelity GP of the molecule stage can relate them):
   ``space_groups``), the ``n_structures`` lowest minima within ``window_kjmol`` get
   dimer-projection transfer integrals at ``transfer`` (``"gfn2-xtb"`` or ``"dft"``:
   B3LYP/6-31G) and their Marcus hole mobility at ``temperature_K`` with the molecule's
-  lambda+; the landscape mobility is their Boltzmann-weighted mean. A structure with
+  lambda+; the landscape mobility is their Boltzmann-weighted mean, over those structures
+  only. The window may hold more: the Boltzmann weight of its structures without a mobility
+  (beyond the cap, or failed) is computed from every in-window force-field energy and widens
+  the sd (:func:`sim_backends.mobility.window_coverage`; ``extra["uncomputed_weight"]``,
+  ``extra["n_minima_in_window"]``), and the level's label says which structures the mean is
+  over (:func:`boltzmann_mean_text`). A structure with
   ``2 |J|max > lambda+`` is outside the Marcus hopping regime and carries that warning
   (:func:`structure_warnings`). A "refined"
   fidelity is the same backend with more trials and/or DFT transfer integrals
@@ -211,7 +216,14 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
     J_eff, :mod:`sim_backends.transfer`), ``warnings`` (:func:`structure_warnings`;
     ``lambda_level`` names where lambda+ came from, ``jahn_teller`` the GFN2-xTB lambda+'s
     degenerate-HOMO status) and INFO ``notes``
-    or ``error``), ``landscape_mobility_hole_cm2Vs`` ({mean, sd, n_in_window, ...}),
+    or ``error``), ``n_minima_in_window`` (the CSP minima within the window, before the
+    ``n_structures`` cap), ``landscape_mobility_hole_cm2Vs`` ({mean, sd, sd_energy,
+    n_in_window, uncomputed_weight, sd_covers, energy_sd_kjmol, window_kjmol}: ``mean`` the
+    Boltzmann mean over the structures with a mobility only, ``n_in_window`` their number;
+    ``uncomputed_weight`` the Boltzmann weight at ``temperature_K`` of the window's other
+    structures (beyond the cap or failed) as a share of all in-window force-field energies'
+    weight; ``sd`` the energy-sampling ``sd_energy`` widened for it and ``sd_covers`` what it
+    includes, :func:`sim_backends.mobility.window_coverage`),
     ``global_minimum_mobility_hole_cm2Vs``, ``cpu_s`` ({csp, transfer}, this process's
     CPU seconds); ``error`` (one line) when no structure has a mobility. A SMILES naming one
     enantiomer is searched only in the Sohncke groups of ``space_groups`` when that is the
@@ -222,7 +234,7 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
 
     from sim_backends.base import BackendError, process_cpu_s
     from sim_backends.csp import run_csp
-    from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility, landscape_mobility
+    from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility, landscape_mobility, window_coverage
     from sim_backends.structures import load_crystal
     from sim_backends.transfer import crystal_transfer
 
@@ -277,7 +289,13 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
     if ok:
         lm = landscape_mobility([s["energy_kjmol"] for s in ok], [s["mobility_hole_cm2Vs"] for s in ok],
                                 energy_sd_kjmol, window_kjmol=window_kjmol, temperature_K=temperature_K)
-        rec["landscape_mobility_hole_cm2Vs"] = {"mean": lm.mean, "sd": lm.sd, "n_in_window": lm.n_in_window,
+        cov = window_coverage({m.id: m.energy_kjmol for m in in_window},
+                              {s["id"]: s["mobility_hole_cm2Vs"] for s in ok}, lm.mean, lm.sd, window_kjmol,
+                              temperature_K=temperature_K)
+        rec["landscape_mobility_hole_cm2Vs"] = {"mean": lm.mean, "sd": cov["sd"], "sd_energy": lm.sd,
+                                                "n_in_window": lm.n_in_window,
+                                                "uncomputed_weight": cov["uncomputed_weight"],
+                                                "sd_covers": cov["sd_covers"],
                                                 "energy_sd_kjmol": energy_sd_kjmol, "window_kjmol": window_kjmol}
         rec["global_minimum_mobility_hole_cm2Vs"] = ok[int(np.argmin([s["energy_kjmol"] for s in ok]))][
             "mobility_hole_cm2Vs"]
@@ -290,7 +308,10 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
 
 def landscape_values(lambda_hole_kjmol: float, rec: dict[str, Any]) -> dict[str, float]:
     """The values a level reports from a :func:`landscape_record` (or a proxy-only record
-    when it has no landscape): the objective, the mobility with its sd, lambda+."""
+    when it has no landscape): the objective, the mobility with its sd (widened for the
+    window's structures without a mobility in records that computed their weight),
+    lambda+, and ``n_structures_in_window``: the structures the mean is over (those with a
+    mobility; the window's count is :func:`coverage_extra`'s ``n_minima_in_window``)."""
     lm = rec.get("landscape_mobility_hole_cm2Vs")
     if lm is None:
         return {OBJECTIVE: proxy_log10_mobility(lambda_hole_kjmol), "reorg_energy_kjmol": lambda_hole_kjmol}
@@ -299,6 +320,55 @@ def landscape_values(lambda_hole_kjmol: float, rec: dict[str, Any]) -> dict[str,
             "landscape_mobility_hole_sd_cm2Vs": float(lm["sd"]),
             "log10_landscape_mobility_hole_sd": float(lm["sd"]) / (mean * math.log(10)),
             "n_structures_in_window": float(lm["n_in_window"]), "reorg_energy_kjmol": lambda_hole_kjmol}
+
+
+def coverage_extra(rec: dict[str, Any]) -> dict[str, Any]:
+    """What a :func:`landscape_record` says about the part of its window its mean covers,
+    for a result's ``extra``: ``n_minima_in_window`` and, from its landscape mobility,
+    ``uncomputed_weight``, ``sd_energy`` and ``sd_covers``; each only when the record has it
+    (the shipped data set's records predate them: no share is made up for them)."""
+    out = {k: rec[k] for k in ("n_minima_in_window",) if rec.get(k) is not None}
+    lm = rec.get("landscape_mobility_hole_cm2Vs") or {}
+    out.update({k: lm[k] for k in ("uncomputed_weight", "sd_energy", "sd_covers") if lm.get(k) is not None})
+    return out
+
+
+def weight_share_text(share: float) -> str:
+    """A share of a Boltzmann weight as a percentage, ``"52%"``; never ``"100%"`` or ``"0%"``
+    for a share that is not exactly that (``">99%"``, ``"<1%"``)."""
+    if 0.0 < share < 1.0 and round(share * 100) in (0, 100):
+        return "<1%" if share < 0.5 else ">99%"
+    return f"{share:.0%}"
+
+
+def boltzmann_mean_text(window_kjmol: float, n_structures: int, coverage: dict[str, Any] | None = None) -> str:
+    """What an ESF level's landscape mobility averages, as its level of theory says it.
+
+    Without ``coverage``, the level's own: ``"Boltzmann mean over at most the 6 lowest
+    structures within 7 kJ/mol"``. With one result's (``n_computed``: structures the level
+    computed, its lowest; ``n_with_mobility``: of them with a mobility; ``n_in_window``: the
+    window's structures, None when not recorded; ``uncomputed_weight``: the window's Boltzmann
+    weight without a mobility, None when not recorded): ``"Boltzmann mean over the 6 lowest of
+    41 structures within 7 kJ/mol (52% of the weight)"``, ``"... over all 4 structures within
+    7 kJ/mol"``, ``"... over the 6 lowest structures within 7 kJ/mol (share of the window not
+    recorded)"``."""
+    w = f"{window_kjmol:g} kJ/mol"
+    if coverage is None:
+        return f"Boltzmann mean over at most the {n_structures} lowest structures within {w}"
+    k = int(coverage["n_with_mobility"])
+    a = int(coverage.get("n_computed") or k)
+    m, w_u = coverage.get("n_in_window"), coverage.get("uncomputed_weight")
+    which = f"the {a} lowest" if k == a else f"{k} of the {a} lowest"
+    if m is None:
+        return f"Boltzmann mean over {which} structures within {w} (share of the window not recorded)"
+    if k >= int(m):
+        return f"Boltzmann mean over all {int(m)} structures within {w}"
+    share = "share of the weight not recorded" if w_u is None else f"{weight_share_text(1.0 - w_u)} of the weight"
+    if a >= int(m):
+        which = f"{k} of the {int(m)}"
+    else:
+        which += f" of {int(m)}"
+    return f"Boltzmann mean over {which} structures within {w} ({share})"
 
 
 _VALUES = (OBJECTIVE, "reorg_energy_kjmol", "ip_gas_ev")
@@ -426,7 +496,7 @@ class EsfLandscapeBackend(Backend):
         charges = CHARGE_LABELS.get(str(p["charges"]), str(p["charges"]))
         return (f"Marcus hopping at {p['temperature_K']:g} K, {tr} transfer integrals, "
                 f"{p['n_trials']}-trial W99 CSP with {charges} charges, "
-                f"Boltzmann mean within {p['window_kjmol']:g} kJ/mol")
+                + boltzmann_mean_text(float(p["window_kjmol"]), int(p["n_structures"])))
 
     def cost_estimate(self, inp: EvalInput) -> float:
         """CPU s: the CSP trials, the transfer integrals of ``n_structures`` structures and,
@@ -469,7 +539,7 @@ class EsfLandscapeBackend(Backend):
             values["ip_gas_ev"] = ip
         extra = {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
                  "csp_level": csp_level(str(p["charges"])), "csp_charges": str(p["charges"]),
-                 "n_minima_in_window": rec["n_minima_in_window"],
+                 **coverage_extra(rec),
                  "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
                  "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
         if jt:
@@ -659,6 +729,7 @@ class _EsfReplay(RecordedReplay):
             extra["structures"] = with_regime_warnings(rec["structures"], float(lam))
             extra["csp_level"] = csp_level(str(rec.get("charges", DATA_SET_CHARGES)))
             extra["csp_charges"] = str(rec.get("charges", DATA_SET_CHARGES))
+            extra.update(coverage_extra(rec))  # none in the shipped records: their share stays unknown
             from sim_backends.csp.domain import ff_types_of_smiles, model_warnings
 
             # records made before the domain check carry none: the atom-type part from the SMILES

@@ -49,7 +49,8 @@ hopping regime: :func:`hopping_regime_warning` is its warning (the mobility back
 the ESF levels, :mod:`sim_backends.esf`, attach it to the structure).
 
 :func:`landscape_mobility` turns a landscape of structures into a molecule-level property
-(see its docstring).
+(see its docstring); :func:`window_coverage` says how much of the landscape's energy window
+such a mean covers when only some structures have a mobility, and widens its sd for the rest.
 
 Units: J, lambda and energies in meV or kJ/mol as named; rates in 1/s; distances in A;
 D in cm^2/s; mobility in cm^2/(V s). numpy only; importing this module is cheap.
@@ -448,6 +449,74 @@ def landscape_mobility(energies_kjmol: Any, mobilities: Any, energy_sd_kjmol: An
     p_best = np.bincount(samples.argmin(axis=1), minlength=e.size) / float(n_samples)
     return LandscapeMobility(float(per_sample.mean()), float(per_sample.std(ddof=1)), w_mean,
                              int((e - e.min() <= window_kjmol).sum()), p_best)
+
+
+#: what the ± of a landscape mobility covers when every structure in its window has a value
+#: (:func:`window_coverage`)
+SD_ENERGY_ONLY = "energy-ranking spread only; J and lambda errors not included"
+
+
+def window_coverage(energies: dict[str, float], mobilities: dict[str, float], mean: float, sd_energy: float,
+                    window_kjmol: float, elsewhere: dict[str, Any] | None = None,
+                    temperature_K: float = 300.0) -> dict[str, Any]:
+    """How much of a landscape's energy window a landscape mobility covers, and its sd
+    widened for what it does not.
+
+    The landscape mobility (``mean``, ``sd_energy``: the Boltzmann mean over the structures
+    with a mobility and its spread from their energy errors) averages only the structures
+    whose mobility was computed (the structure stage's: those its property level reached;
+    an ESF level's, :func:`sim_backends.esf.landscape_record`: its ``n_structures`` lowest);
+    the window (``window_kjmol`` above the lowest of ``energies``, computed or predicted at
+    the ranking level) may hold more, the predicted leader among them. Their mobilities are
+    unknown, not zero and not the computed ones: each uncomputed structure of the window
+    carries its Boltzmann weight (from its energy, at ``temperature_K``), and their share
+    ``w_u`` of the weight enters the sd as ``w_u * s``, with ``s`` the spread (sd) of the
+    mobilities computed on the landscape (when fewer than two are: that of the structures of
+    ``elsewhere``, another landscape record of the molecule, e.g. the molecule stage's, else
+    the mean itself): as if the uncomputed structures' mean mobility could lie one
+    structure-to-structure spread away from the computed ones' (conservative: they move
+    together). ``sd = sqrt(sd_energy^2 + (w_u s)^2)``.
+
+    Returns ``n_in_window`` (structures in the window), ``n_with_mobility`` (of them with a
+    value), ``uncomputed_weight`` (``w_u``), ``sd`` (widened), ``sd_energy`` and ``sd_covers``
+    (what the sd includes, for the printed line). Without energies (nothing ranked) the
+    window is the structures with a mobility and the sd is ``sd_energy``."""
+    import math
+
+    with_mu = {sid: mu for sid, mu in mobilities.items() if sid in energies}
+    if not energies or not with_mu:
+        n = len(with_mu) if energies else len(mobilities)
+        return {"n_in_window": n, "n_with_mobility": n, "uncomputed_weight": 0.0, "sd": sd_energy,
+                "sd_energy": sd_energy, "sd_covers": SD_ENERGY_ONLY}
+    e0 = min(energies.values())
+    window = {sid: e for sid, e in energies.items() if e - e0 <= window_kjmol}
+    kt = KB_KJMOLK * temperature_K
+    w = {sid: math.exp(-(e - e0) / kt) for sid, e in window.items()}
+    total = sum(w.values())
+    w_u = sum(x for sid, x in w.items() if sid not in with_mu) / total
+    covered = [sid for sid in window if sid in with_mu]
+    out = {"n_in_window": len(window), "n_with_mobility": len(covered), "uncomputed_weight": w_u,
+           "sd_energy": sd_energy, "sd": sd_energy, "sd_covers": SD_ENERGY_ONLY}
+    if len(covered) == len(window):
+        return out
+    values = list(with_mu.values())
+    if len(values) >= 2:
+        spread, source = _sd(values), f"the {len(values)} computed mobilities"
+    elif elsewhere and len(elsewhere.get("structures") or []) >= 2:
+        spread = _sd([x["mobility_hole_cm2Vs"] for x in elsewhere["structures"]])
+        source = f"the molecule stage's {len(elsewhere['structures'])} structures ({elsewhere['backend']})"
+    else:
+        spread, source = mean, "100 % of the mean (one computed mobility)"
+    out["sd"] = math.hypot(sd_energy, w_u * spread)
+    out["sd_covers"] = (f"energy ranking and {len(window) - len(covered)} structures without a mobility "
+                        f"({w_u:.0%} of the Boltzmann weight) at the spread of {source}; "
+                        "J and lambda errors not included")
+    return out
+
+
+def _sd(values: list[float]) -> float:
+    m = sum(values) / len(values)
+    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def _lambda_eV(p: dict[str, Any], carrier: str) -> float | None:
