@@ -98,6 +98,10 @@ class Status:
     stop_reason: str
     best_note: str = ""  # why there is no best value yet (empty when there is one)
     spent_wall_s: float | None = None  # wall-clock seconds of the same evaluations
+    #: the launcher's wall time over the campaign's runs (to the last heartbeat of one going
+    #: on) and the number of runs (:meth:`agent.store.Store.elapsed_s`)
+    elapsed_s: float | None = None
+    n_runs: int = 0
     #: of spent_cpu_s: the charge for tasks that runs left unfinished, and their number
     interrupted_cpu_s: float = 0.0
     n_interrupted: int = 0
@@ -726,6 +730,7 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
     evaluated &= valid
     finished = store.get_meta("finished") == "1"
     interrupted = store.interrupted_cpu_s()
+    elapsed = store.elapsed_s()
     running = store.running_pid()
     unsettled = store.unsettled_cpu_s() if running is None and not finished else (0.0, 0)
     reason = camp.stop_reason() if camp is not None else ""
@@ -751,6 +756,8 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         n_by_backend=n_by,
         spent_cpu_s=float(sum(ev.cpu_s for ev in evs)) + interrupted[0],
         spent_wall_s=float(sum(ev.wall_s for ev in evs)) + store.interrupted_wall_s(),
+        elapsed_s=elapsed[0],
+        n_runs=elapsed[1],
         interrupted_cpu_s=interrupted[0],
         n_interrupted=interrupted[1],
         unsettled_cpu_s=unsettled[0],

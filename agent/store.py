@@ -710,6 +710,32 @@ class Store:
         """Record that the run is alive now (the end of its unfinished tasks' charge)."""
         self.set_meta("heartbeat", repr(time.time()))
 
+    def elapsed_s(self, now: float | None = None) -> tuple[float, int]:
+        """``(seconds, runs)``: the launcher's wall time over the campaign's runs, each from its
+        ``started`` event to its ``finished``, ``interrupted`` or ``cluster_lost`` event; a run
+        killed without one (kill -9) ends at its last event, or its last heartbeat if later; a
+        run still going ends at ``now`` when given (the caller knows whether it runs)."""
+        ends = ("finished", "interrupted", "cluster_lost")
+        beat = self.get_meta("heartbeat")
+        rows = self.conn.execute("SELECT ts, kind FROM events ORDER BY id").fetchall()
+        total, runs, start, last = 0.0, 0, None, None
+        for ts, kind in rows:
+            if kind == "started":
+                if start is not None:  # the run before was killed
+                    total += last - start
+                start, last, runs = ts, ts, runs + 1
+            elif start is not None:
+                last = ts
+                if kind in ends:
+                    total += ts - start
+                    start = None
+        if start is not None:  # the last run: going on now, or killed
+            end = max(last, float(beat)) if beat else last
+            if self.get_meta("finished") != "1" and now is not None:
+                end = max(end, now)
+            total += end - start
+        return total, runs
+
     def interrupted_wall_s(self) -> float:
         """Wall seconds of the tasks that runs left unfinished, from submission to their
         run's last heartbeat (the span their charge covers)."""

@@ -710,6 +710,16 @@ def constrained_value_text(key: str, value: float, backend: str | None) -> str:
             + (f" ({level or backend})" if backend else ""))
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``16 min 30 s``, ``2 h 05 min``."""
+    sec = int(round(seconds))
+    if sec < 60:
+        return f"{sec} s"
+    if sec < 3600:
+        return f"{sec // 60} min {sec % 60:02d} s"
+    return f"{sec // 3600} h {sec % 3600 // 60:02d} min"
+
+
 def pool_lines(rec: dict[str, Any]) -> list[str]:
     """``pool          122 of 147 valid molecules evaluated at some level (25 never)``: how much
     of the pool has a result at any molecule-stage level (a best is the best of those only);
@@ -737,6 +747,9 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
         *pool_lines(s),
         f"CPU spent     {s['spent_cpu_s']:.1f} s in the tasks"
         + (f" (their wall times add up to {s['spent_wall_s']:.1f} s)" if s.get("spent_wall_s") is not None else "")
+        + (f"; the campaign ran {_duration(s['elapsed_s'])} wall time"
+           + (f" over {s['n_runs']} runs" if s.get("n_runs", 0) > 1 else "")
+           if s.get("elapsed_s") else "")
         + (f"; {s['interrupted_cpu_s']:.1f} s of it charged for {s['n_interrupted']} task"
            f"{'s' if s['n_interrupted'] != 1 else ''} that interrupted runs left unfinished (measured by their "
            "workers where recorded, else CPUs x wall)"

@@ -18,7 +18,8 @@ metrics ``best_found`` (its unit, quantity, direction and level of theory in the
 ``best_found.*``, and the molecule: ``best_found.molecule``, ``.smiles``, ``.molecule_id``;
 a tag ``molecule.m<id>`` names each molecule whose id is in a metric or artifact name),
 ``budget_spent_cpu_s`` (CPU seconds measured in the workers),
-``budget_spent_wall_s``, ``n_evaluations``, ``n_failed``, ``n_<backend>`` and, with
+``budget_spent_wall_s`` (the tasks' wall times added up), ``elapsed_wall_s`` (the launcher's
+wall time over the campaign's runs), ``n_evaluations``, ``n_failed``, ``n_<backend>`` and, with
 ``[[constraints]]``, ``n_infeasible`` (``best_found`` is over the feasible molecules)
 and, with a structure stage whose first level is a lattice energy,
 ``best_lattice_energy_kjmol_per_mol_m<id>`` (the lowest computed, per landscape) (each
@@ -398,7 +399,8 @@ class Tracker:
             "n_evaluations": float(c.n_evaluations),
             "n_failed": float(c.n_failed),
             "budget_spent_cpu_s": c.spent_cpu_s,
-            "budget_spent_wall_s": c.spent_wall_s,
+            "budget_spent_wall_s": c.spent_wall_s,  # the tasks' wall times added up
+            "elapsed_wall_s": c.store.elapsed_s(now=time.time())[0],  # the launcher's, over its runs
         }
         best = c.molecules.best_index()
         if best is not None:
