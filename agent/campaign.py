@@ -291,7 +291,7 @@ class Campaign:
                 # (newuser44b #9: a copy's resume tagged the original's MLflow run)
                 cfg = cfg.model_copy(update={"name": directory.name})
             if (override is not None or pinned or copied_from is not None) and not readonly:
-                store.set_meta("config_toml", config_to_toml(cfg))
+                write_config(store, directory, cfg)
             if copied_from is not None and not readonly:
                 store.set_meta("mlflow_run_id", "")  # a new run in the folder's experiment
                 store.log_event("renamed", previous_name=copied_from, name=directory.name)
@@ -784,6 +784,19 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         n_pool_failed_only=len(tried - evaluated),
         objective=objective_record(cfg),
     )
+
+
+def write_config(store: Store, directory: Path, cfg: CampaignConfig) -> None:
+    """Store ``cfg`` as the campaign's config (what every later open reads) and rewrite the
+    copy a user reads, ``<campaign dir>/config.toml``, to match (newuser45c #4: a raised
+    budget was stored but the file kept the old one)."""
+    text = config_to_toml(cfg)
+    store.set_meta("config_toml", text)
+    path = Path(directory) / "config.toml"
+    if path.is_file():
+        tmp = path.with_name(".config.toml.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 def load_stored_config(store: Store, *, max_evaluations: int | None = None) -> CampaignConfig:

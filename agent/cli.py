@@ -177,7 +177,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             from agent.refine_cli import add_cpu_hours, check_cpu_hours
 
             check_cpu_hours(campaign.cfg, args.cpu_hours)
-            add_cpu_hours(campaign.store, campaign.cfg, args.cpu_hours, "resume")
+            add_cpu_hours(campaign, campaign.cfg, args.cpu_hours, "resume")
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args))
         n_before = campaign.n_evaluations

@@ -51,14 +51,15 @@ def check_cpu_hours(cfg: Any, hours: float) -> None:
                        f"above the ceiling of {MAX_CPU_HOURS:,.0f}; give the hours you mean")
 
 
-def add_cpu_hours(store: Any, cfg: Any, hours: float, command: str) -> Any:
-    """``cfg`` with ``hours`` more CPU hours, stored in the campaign's ``store`` (a later
-    resume continues to it); says so in one line. Checked first by :func:`check_cpu_hours`."""
-    from agent.config import config_to_toml
+def add_cpu_hours(campaign: Any, cfg: Any, hours: float, command: str) -> Any:
+    """``cfg`` with ``hours`` more CPU hours, stored with the ``campaign`` (a later resume
+    continues to it; :func:`agent.campaign.write_config`); says so in one line. Checked
+    first by :func:`check_cpu_hours`."""
+    from agent.campaign import write_config
 
     before = cfg.max_cpu_hours
-    cfg = cfg.model_copy(update={"max_cpu_hours": before + hours})
-    store.set_meta("config_toml", config_to_toml(cfg))
+    cfg = cfg.model_copy(update={"max_cpu_hours": round(before + hours, 9)})  # 0.2 + 0.01, not 0.21000000000000002
+    write_config(campaign.store, campaign.directory, cfg)
     print(f"{command}: {cfg.name}: CPU budget (max_cpu_hours) {before:g} -> {cfg.max_cpu_hours:g} "
           "CPU h (stored: a later resume continues to it)", flush=True)
     return cfg
@@ -66,8 +67,8 @@ def add_cpu_hours(store: Any, cfg: Any, hours: float, command: str) -> Any:
 
 def run_refine_command(args: argparse.Namespace) -> int:
     from agent.campaign import Campaign
+    from agent.campaign import write_config
     from agent.cli import CliError, _run_loop, _runs_dir
-    from agent.config import config_to_toml
 
     if args.budget < 0:
         raise CliError("--budget must be >= 0")
@@ -104,7 +105,7 @@ def run_refine_command(args: argparse.Namespace) -> int:
                 "max_evaluations": max(cfg.max_evaluations - cfg.structures.budget_evaluations
                                        + structures.budget_evaluations, n_done + args.budget),
             })
-            campaign.store.set_meta("config_toml", config_to_toml(cfg))
+            write_config(campaign.store, campaign.directory, cfg)
             print(f"refine: {args.name}: structure-stage budget (structures.budget_evaluations) "
                   f"{before.structures.budget_evaluations} -> {structures.budget_evaluations} "
                   f"({n_stage} done + {args.budget}), total budget (max_evaluations) {before.max_evaluations} "
@@ -112,7 +113,7 @@ def run_refine_command(args: argparse.Namespace) -> int:
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
         if args.cpu_hours:  # more CPU time: the same way
-            cfg = add_cpu_hours(campaign.store, cfg, args.cpu_hours, "refine")
+            cfg = add_cpu_hours(campaign, cfg, args.cpu_hours, "refine")
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args), stages=stages)
         campaign.store.log_event("refine", budget=args.budget, cpu_hours=args.cpu_hours)

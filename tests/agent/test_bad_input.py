@@ -560,7 +560,8 @@ def test_resume_cpu_hours_raises_the_stored_budget_or_is_refused(tmp_path, capsy
     out = capsys.readouterr().out
     assert "resume: cpu: CPU budget (max_cpu_hours) 0.01 -> 0.06 CPU h" in out
     with Campaign.open("cpu", runs, readonly=True) as camp:
-        assert camp.cfg.max_cpu_hours == pytest.approx(0.06)
+        assert camp.cfg.max_cpu_hours == 0.06  # rounded: not 0.060000000000000005
+    assert "max_cpu_hours = 0.06\n" in (runs / "cpu" / "config.toml").read_text()  # the user's copy too
     (tmp_path / "b").mkdir()
     runs2 = _created(tmp_path / "b")
     msg = _refused(capsys, "resume", "t", "--runs-dir", str(runs2), "--cpu-hours", "1")
