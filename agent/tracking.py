@@ -72,6 +72,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import sys
 import tempfile
 import warnings
@@ -87,6 +88,9 @@ if TYPE_CHECKING:
 #: seconds an MLflow tracking server has to answer (connection and each request)
 HTTP_TIMEOUT_S = 10
 #: log the molecule / structure model after this many new top-level results ...
+#: a molecule id in an artifact's file name (``landscape_m36.png``, ``esf_m98_m0001.cif``,
+#: ``m36-m0001.cif``; not the zero-padded structure id ``m0001``)
+MOLECULE_ID_IN_NAME = re.compile(r"(?:^|_)m([1-9]\d*)(?=[_.-])")
 MODEL_LOG_MIN_NEW_TOP = 5
 #: ... or when its training set grew by this fraction since the last logged model
 MODEL_LOG_GROWTH = 0.2
@@ -789,6 +793,8 @@ class Tracker:
             else:
                 folder = "plots" if Path(p).suffix.lower() in PLOT_SUFFIXES else "report"
             self.client.log_artifact(self.run_id, str(p), artifact_path=folder)
+            for mol_id in MOLECULE_ID_IN_NAME.findall(Path(p).name):  # esf_m98_m0001.cif, m36-m0001.cif
+                self._tag_molecule(int(mol_id))
         return paths
 
     def finish(self, status: str = "FINISHED") -> None:

@@ -261,3 +261,13 @@ def test_lab_counts_are_logged_on_change_with_one_point_per_step(tmp_path, premi
     again._log_lab_counts(final=True)
     assert points("lab_experiments_sent") == [(0, 0), (6, 1), (9, 2)]
     assert points("lab_results") == [(0, 0), (6, 1)]
+
+
+def test_artifact_names_give_the_molecule_ids_to_tag():
+    """newuser45c #5: molecule ids in artifact names (the ESF CIFs) had no molecule.m<id> tag;
+    the zero-padded structure ids are not molecule ids."""
+    from agent.tracking import MOLECULE_ID_IN_NAME
+
+    names = {"esf_m98_m0001.cif": ["98"], "landscape_m36.png": ["36"], "landscape_model_m36.csv": ["36"],
+             "m36-m0001.cif": ["36"], "esf_map.png": [], "m0001.cif": [], "summary.txt": []}
+    assert {n: MOLECULE_ID_IN_NAME.findall(n) for n in names} == names
