@@ -523,23 +523,24 @@ def share_text(share: float | None) -> str:
 def _window_text(rec: dict[str, Any]) -> str:
     """Which of the window's structures a landscape mobility is over (:func:`window_share`).
     Molecule stage: ``6 structures in window``; when a level's ``n_structures`` cap kept fewer
-    than the window holds, ``the lowest 6 of 31 structures in window (n_structures), 52% of
-    the Boltzmann weight``; for a result that did not record its window, ``the lowest 6
-    structures in window (n_structures), share of the window not recorded``. Structure stage,
-    over part of its window: ``mobility for 3 of 18 structures in window``
-    (:func:`window_coverage`; its sd line names the share)."""
+    than the window holds, ``the lowest 6 of 31 structures in window, 52% of the Boltzmann
+    weight``; for a result that did not record its window, ``the lowest 6 structures in
+    window, share of the window not recorded``. Structure stage, over part of its window:
+    ``mobility for 3 of 18 structures in window, 65% of the Boltzmann weight``
+    (:func:`window_coverage`)."""
     a, k, n, share = window_share(rec)
     if rec.get("source") != "molecule stage":
         reused = (f" ({rec['n_reused']} of them from the molecule stage's {', '.join(rec.get('reused_from') or [])} "
                   "on the same structures)") if rec.get("n_reused") else ""
-        if k is not None and k < n:
-            return f"mobility for {k} of {n} structures in window{reused}"
+        if k is not None and k < n:  # the covered share said as the molecule stage says it (newuser45c #3)
+            return (f"mobility for {k} of {n} structures in window{reused}"
+                    + (f", {share_text(share)}" if share is not None else ""))
         return f"{n} structures in window{reused}"
     failed = f", {k} with a mobility" if k < a else ""
     if n is None:
-        return f"the lowest {a} structures in window (n_structures){failed}, share of the window not recorded"
+        return f"the lowest {a} structures in window{failed}, share of the window not recorded"
     if a < n:
-        return f"the lowest {a} of {n} structures in window (n_structures){failed}, {share_text(share)}"
+        return f"the lowest {a} of {n} structures in window{failed}, {share_text(share)}"
     return f"{n} structures in window{failed}" + (f", {share_text(share)}" if k < n else "")
 
 

@@ -175,8 +175,8 @@ def test_status_csv_and_map_state_the_share(tmp_path):
     assert "within 7 kJ/mol" not in benzene["level"]  # a replay names the data set, no window claim
     assert benzene["n_in_window"] is None and benzene["uncomputed_weight"] is None  # not invented
     text = "\n".join(esf_lines(recs))
-    assert "the lowest 6 of 41 structures in window (n_structures), 52% of the Boltzmann weight;" in text
-    assert "the lowest 6 structures in window (n_structures), share of the window not recorded;" in text
+    assert "the lowest 6 of 41 structures in window, 52% of the Boltzmann weight;" in text
+    assert "the lowest 6 structures in window, share of the window not recorded;" in text
     rows = list(csv.DictReader(write_esf_table(recs, tmp_path / "esf_results.csv").open()))
     assert (rows[0]["n_in_window"], rows[0]["n_with_mobility_in_window"], rows[0]["boltzmann_weight_with_mobility"],
             rows[0]["n_structures"]) == ("41", "6", "0.518", "6")
