@@ -55,6 +55,8 @@ QUANTITIES: dict[str, tuple[str, str, str]] = {
     "lambda_neutral_kjmol": ("neutral relaxation energy λ2", "lambda_neutral", "kJ/mol"),
     "ip_adiabatic_kjmol": ("adiabatic ionisation energy", "IP_ad", "kJ/mol"),
     "ip_vertical_kjmol": ("vertical ionisation energy", "IP_v", "kJ/mol"),
+    # xtb-reorg's GFN2-xTB Delta-SCF value shifted to experiment (sim_backends.reorg): an estimate
+    "ip_gas_ev": ("estimated gas-phase ionisation energy", "IP_gas", "eV"),
     "energy_kjmol": ("lattice energy", "E_latt", "kJ/mol per molecule"),
     "global_min_energy_kjmol": ("CSP global-minimum lattice energy", "E_latt,min", "kJ/mol per molecule"),
     "f_vib_kjmol": ("vibrational free energy F_vib", "F_vib", "kJ/mol per molecule"),
