@@ -431,8 +431,12 @@ class Campaign:
             if "structures" in self.enabled and (why := self._share_spent("structures")):
                 if self.stage is not None and (cpu := self.stage.exhausted_reason(tuple(self.pending.values()))):
                     # both limits bind: raising only one of them would not restart the stage
-                    return f"{why}; {cpu.replace('compute budget: ', 'and the compute budget: ', 1)}" \
+                    why = f"{why}; {cpu.replace('compute budget: ', 'and the compute budget: ', 1)}" \
                         " (refine --cpu-hours H adds CPU)"
+                if "molecule" in self.enabled and (mol := self.molecules.exhausted_reason()):
+                    # what stops the molecule stage too, so that a larger --max-evaluations is not
+                    # expected to evaluate more molecules (newuser45c #7)
+                    why = f"{why}; the molecule stage: {mol}"
                 return why
             if ("structures" in self.enabled and self.stage is not None
                     and (why := self.stage.exhausted_reason(tuple(self.pending.values())))):
