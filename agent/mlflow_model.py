@@ -5,7 +5,14 @@ Loaded with ``mlflow.pyfunc.load_model(uri)``; ``predict`` takes a DataFrame wit
 columns ``<objective>_<level>_mean`` and ``<objective>_<level>_std`` (the prediction and
 its 1-sigma in the objective's unit, e.g. ``reorg_energy_kjmol_xtb-reorg_mean`` in kJ/mol;
 ``<level>`` is the level's backend name, see :func:`output_columns`). The logged model's
-tags say the unit and level of theory of each column (``output.<column>``).
+tags say the unit and level of theory of each column (``output.<column>``). ``<objective>``
+is the name the level's value is shown under (the ESF proxy's
+``log10_reference_crystal_mobility_hole``, see :func:`agent.summary.shown_name`).
+
+For an objective physics bounds from below (a reorganisation energy, a mobility: the
+state's ``"lower_bound"``), ``_mean`` / ``_std`` are those of the GP's Gaussian truncated
+at the bound (:func:`agent.report.bounded_prediction`), never a value physics forbids; the
+untruncated GP posterior is ``_gp_mean`` / ``_gp_std`` beside them.
 
 A model logged before the columns were named (its state has no ``"columns"``) still
 loads, and predicts its old columns ``mean_<fidelity>`` / ``std_<fidelity>``.
@@ -21,20 +28,23 @@ import mlflow.pyfunc
 import pandas as pd
 
 
-def output_columns(objective: str, levels: list[str]) -> list[str]:
-    """The column stem ``<objective>_<level>`` of each fidelity (``levels``: the backend
-    names, cheapest first); a level named twice gets its fidelity appended (``_f<i>``)."""
+def output_columns(objective: str, levels: list[str], shown: list[str] | None = None) -> list[str]:
+    """The column stem ``<value>_<level>`` of each fidelity (``levels``: the backend names,
+    cheapest first; ``<value>``: ``shown[f]``, the name the level's value of the objective
+    is shown under, default ``objective``); a level named twice gets its fidelity appended
+    (``_f<i>``)."""
     stems = []
     for f, name in enumerate(levels):
-        stem = f"{objective}_{name}"
+        stem = f"{shown[f] if shown else objective}_{name}"
         stems.append(f"{stem}_f{f}" if levels.count(name) > 1 else stem)
     return stems
 
 
 class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
     """Artifacts: ``state`` -> a pickle of ``{"state_dict", "n_fidelities", "fingerprint",
-    "columns"}`` (``columns``: the output column stem per fidelity; absent in models logged
-    before it existed, which predict ``mean_<f>`` / ``std_<f>``)."""
+    "columns", "lower_bound"}`` (``columns``: the output column stem per fidelity; absent in
+    models logged before it existed, which predict ``mean_<f>`` / ``std_<f>``;
+    ``lower_bound``: the physical lower bound of the objective or None)."""
 
     def load_context(self, context):
         from agent.surrogates.molecule_gp import MoleculeSurrogate
@@ -44,6 +54,7 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
         self.fingerprint = blob["fingerprint"]
         self.n_fidelities = blob["n_fidelities"]
         self.columns = blob.get("columns")
+        self.lower_bound = blob.get("lower_bound")
         self.surrogate = MoleculeSurrogate.load_state_dict(blob["state_dict"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -58,9 +69,15 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
             desc = molecule_descriptors(smiles)
         out = {"smiles": smiles}
         columns = getattr(self, "columns", None)
+        lower = getattr(self, "lower_bound", None)
         for f in range(self.n_fidelities):
             mean, std = self.surrogate.predict(fps, f, descriptors=desc)
-            if columns:
+            if columns and lower is not None:
+                from agent.report import bounded_prediction
+
+                out[f"{columns[f]}_mean"], out[f"{columns[f]}_std"] = bounded_prediction(mean, std, lower)
+                out[f"{columns[f]}_gp_mean"], out[f"{columns[f]}_gp_std"] = mean, std
+            elif columns:
                 out[f"{columns[f]}_mean"], out[f"{columns[f]}_std"] = mean, std
             else:  # a model logged before its columns were named
                 out[f"mean_{f}"], out[f"std_{f}"] = mean, std

@@ -502,19 +502,23 @@ class Tracker:
         from mlflow.models import infer_signature
 
         from agent.mlflow_model import MoleculeSurrogateModel, output_columns
-        from agent.summary import level_of_theory, quantity
+        from agent.report import NON_NEGATIVE
+        from agent.summary import level_of_theory, quantity, shown_name
 
         c = self.campaign
         s = c.cfg.surrogate
         backends = list(c.cfg.backends)
-        columns = output_columns(c.cfg.objective, [b.name for b in backends])
+        shown = [shown_name(b, c.cfg.objective) for b in backends]
+        columns = output_columns(c.cfg.objective, [b.name for b in backends], shown)
         label, _, unit = quantity(c.cfg.objective)
         unit = unit or "dimensionless"
+        lower = NON_NEGATIVE.get(c.cfg.objective)
         blob = {
             "state_dict": c.molecules.surrogate.state_dict(),
             "n_fidelities": len(backends),
             "fingerprint": {"n_bits": s.fingerprint_bits, "radius": s.fingerprint_radius},
             "columns": columns,
+            "lower_bound": lower,
         }
         trained_f = np.asarray(c.molecules.surrogate.obs_f)
         tags = {
@@ -525,8 +529,14 @@ class Tracker:
             "outputs": "per level (cheapest first): <objective>_<level>_mean and _std, the "
                        "prediction and its 1-sigma in the unit above",
         }
-        for f, (b, col) in enumerate(zip(backends, columns, strict=True)):
-            tags[f"output.{col}"] = f"{label}, {unit}, {level_of_theory(b)} ({b.name}), fidelity {f}"
+        if lower is not None:
+            tags["outputs"] += (f"; _mean and _std are those of the GP's Gaussian truncated at {lower:g} "
+                                "(physics bounds the quantity from below), the raw GP posterior is "
+                                "_gp_mean and _gp_std")
+        for f, (b, col, name) in enumerate(zip(backends, columns, shown, strict=True)):
+            f_label, _, f_unit = quantity(name)
+            tags[f"output.{col}"] = (f"{f_label}, {f_unit or 'dimensionless'}, {level_of_theory(b)} "
+                                     f"({b.name}), fidelity {f}")
         params = {
             "fingerprint_bits": s.fingerprint_bits,
             "fingerprint_radius": s.fingerprint_radius,
@@ -536,8 +546,8 @@ class Tracker:
             "n_refit": c.molecules.n_refits,
             "n_evaluations": c.n_evaluations,
         }
-        example_out = {"smiles": ["c1ccccc1"]} | {f"{col}_{k}": [0.0] for col in columns
-                                                  for k in ("mean", "std")}
+        kinds = ("mean", "std") + (("gp_mean", "gp_std") if lower is not None else ())
+        example_out = {"smiles": ["c1ccccc1"]} | {f"{col}_{k}": [0.0] for col in columns for k in kinds}
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = Path(tmp) / "surrogate_state.pkl"

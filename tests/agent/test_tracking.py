@@ -271,3 +271,53 @@ def test_artifact_names_give_the_molecule_ids_to_tag():
     names = {"esf_m98_m0001.cif": ["98"], "landscape_m36.png": ["36"], "landscape_model_m36.csv": ["36"],
              "m36-m0001.cif": ["36"], "esf_map.png": [], "m0001.cif": [], "summary.txt": []}
     assert {n: MOLECULE_ID_IN_NAME.findall(n) for n in names} == names
+
+
+def test_logged_surrogate_never_predicts_a_negative_reorganisation_energy(tmp_path, premigrated_mlflow):
+    """stop 45's left-alone list: the MLflow pyfunc returned the raw GP, whose mean of a
+    lambda+ can be negative (the printed predictions were already truncated). A model of an
+    objective physics bounds from below now predicts the truncated Gaussian's mean and sd,
+    with the raw posterior beside them (``_gp_mean``/``_gp_std``); the ESF proxy's column
+    is named for the quantity that level computes."""
+    import pickle
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from agent.mlflow_model import MoleculeSurrogateModel, output_columns
+    from agent.report import bounded_prediction
+    from agent.surrogates.fingerprints import morgan_fingerprints
+    from agent.surrogates.molecule_gp import MoleculeSurrogate, Observation
+
+    train = ["c1ccccc1", "c1ccc2ccccc2c1", "c1ccc2cc3ccccc3cc2c1", "Cc1ccccc1", "Oc1ccccc1"]
+    fps = morgan_fingerprints(train, n_bits=2048, radius=2)
+    # small lambda+ values (kJ/mol): the GP's Gaussian puts mass below zero for molecules it knows little
+    values = [0.4, 0.2, 0.1, 0.6, 0.3]
+    model = MoleculeSurrogate(1, seed=0)
+    model.fit(fps, [Observation(i, 0, v) for i, v in enumerate(values)])
+    columns = output_columns("reorg_energy_kjmol", ["dft-reorg"])
+    state = tmp_path / "state.pkl"
+    state.write_bytes(pickle.dumps({"state_dict": model.state_dict(), "n_fidelities": 1,
+                                    "fingerprint": {"n_bits": 2048, "radius": 2},
+                                    "columns": columns, "lower_bound": 0.0}))
+    mlflow.set_tracking_uri(f"sqlite:///{premigrated_mlflow(tmp_path / 'runs').resolve()}")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="m", python_model=MoleculeSurrogateModel(),
+                                       artifacts={"state": str(state)}, pip_requirements=["crystal-agent"])
+    query = ["CCCCCCCCO", "N#CC#N", "c1ccccc1"]
+    pred = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"smiles": query}))
+    c = columns[0]
+    raw_m, raw_s = model.predict(morgan_fingerprints(query, n_bits=2048, radius=2), 0)
+    np.testing.assert_allclose(pred[f"{c}_gp_mean"], raw_m)
+    np.testing.assert_allclose(pred[f"{c}_gp_std"], raw_s)
+    assert (raw_m - 2 * raw_s < 0).any()  # the raw posterior reaches below zero ...
+    assert (pred[f"{c}_mean"] > 0).all() and (pred[f"{c}_mean"] >= raw_m).all()  # ... the prediction never
+    assert (pred[f"{c}_std"] <= raw_s + 1e-12).all()
+    m, s = bounded_prediction(raw_m, raw_s, 0.0)
+    np.testing.assert_allclose(pred[f"{c}_mean"], m)
+    np.testing.assert_allclose(pred[f"{c}_std"], s)
+    # the ESF proxy's value is a reference-crystal mobility, and its column says so
+    assert output_columns("log10_landscape_mobility_hole", ["esf-proxy", "esf-refined"],
+                          ["log10_reference_crystal_mobility_hole", "log10_landscape_mobility_hole"]) == [
+        "log10_reference_crystal_mobility_hole_esf-proxy", "log10_landscape_mobility_hole_esf-refined"]
