@@ -75,6 +75,23 @@ if TYPE_CHECKING:
     from sim_backends.base import EvalResult
 
 
+#: settings a campaign keeps from its creation where its config leaves them unset, so that a
+#: later change of a default does not change a stored campaign: ``(section, key, today's
+#: default, the value of a campaign stored before the setting existed)``. :meth:`Campaign.create`
+#: stores today's default (``"module:NAME"``, read when the campaign is created);
+#: :meth:`Campaign.open` pins the legacy value into a stored config without the key.
+STORED_DEFAULTS: tuple[tuple[str, str, str, Any], ...] = (
+    ("surrogate", "kernel", "agent.surrogates.molecule_gp:KERNEL", "tanimoto"),  # Tanimoto alone then
+    ("surrogate", "screen_pool", "agent.stages.molecule:SCREEN_POOL", "off"),  # no screen then
+)
+
+
+def _default_now(ref: str) -> Any:
+    """The value of module attribute ``ref`` (``"module:NAME"``) now."""
+    import importlib
+
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -189,14 +206,9 @@ class Campaign:
         with warnings.catch_warnings():  # a wrong type set by model_copy: refused below
             warnings.simplefilter("ignore")
             given = cfg.model_dump(mode="json")
-        if (given.get("surrogate") or {}).get("kernel") is None:  # today's default, kept with the campaign
-            from agent.surrogates.molecule_gp import KERNEL
-
-            given.setdefault("surrogate", {})["kernel"] = KERNEL
-        if (given.get("surrogate") or {}).get("screen_pool") is None:
-            from agent.stages.molecule import SCREEN_POOL
-
-            given.setdefault("surrogate", {})["screen_pool"] = SCREEN_POOL
+        for section, key, today, _ in STORED_DEFAULTS:  # today's default, kept with the campaign
+            if (given.get(section) or {}).get(key) is None:
+                given.setdefault(section, {})[key] = _default_now(today)
         data = _without_none(given)
         cfg = parse_config(data)  # as the stored config.toml (TOML has no null) will read back
         if lost := _nulls_replaced(given, cfg.model_dump(mode="json")):
@@ -278,12 +290,10 @@ class Campaign:
             cfg = load_stored_config(store, max_evaluations=override)
             check_runnable(cfg, params=not readonly)
             cfg, pinned = _pin_legacy_charges(cfg, store)
-            if cfg.surrogate.kernel is None:  # stored before the kernel option: Tanimoto then
-                cfg = cfg.model_copy(update={"surrogate": cfg.surrogate.model_copy(update={"kernel": "tanimoto"})})
-                pinned = True
-            if cfg.surrogate.screen_pool is None:  # stored before the option: no screen then
-                cfg = cfg.model_copy(update={"surrogate": cfg.surrogate.model_copy(update={"screen_pool": "off"})})
-                pinned = True
+            for section, key, _, legacy in STORED_DEFAULTS:  # stored before the setting existed
+                if getattr(part := getattr(cfg, section), key) is None:
+                    cfg = cfg.model_copy(update={section: part.model_copy(update={key: legacy})})
+                    pinned = True
             copied_from = cfg.name if cfg.name != directory.name else None
             if copied_from is not None:
                 # a campaign folder copied (or renamed) to a new name is the campaign of its

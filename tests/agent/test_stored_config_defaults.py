@@ -94,3 +94,36 @@ def test_the_screen_setting_of_creation_is_kept(tmp_path, monkeypatch):
         assert camp.cfg.surrogate.screen_pool == "off" and _stored(camp)["surrogate"]["screen_pool"] == "off"
     finally:
         camp.close()
+
+
+def test_every_stored_default_is_stored_at_creation_and_pinned_when_missing(tmp_path):
+    """One table (agent.campaign.STORED_DEFAULTS) drives both places: each setting left unset is
+    stored with today's default, and a stored config without it opens with the setting's legacy
+    value, pinned in the store (the others kept as stored)."""
+    import importlib
+
+    from agent.campaign import STORED_DEFAULTS, Campaign
+    from agent.config import config_to_toml, load_config, parse_config
+
+    assert {(s, k) for s, k, _, _ in STORED_DEFAULTS} >= {("surrogate", "kernel"), ("surrogate", "screen_pool")}
+    for section, key, today, legacy in STORED_DEFAULTS:
+        module, name = today.split(":")
+        current = getattr(importlib.import_module(module), name)
+        (tmp_path / key).mkdir()
+        runs = tmp_path / key / "runs"
+        camp = Campaign.create(load_config(write_config(tmp_path / key, POOL, BODY, name="d")), runs)
+        try:
+            assert _stored(camp)[section][key] == current
+            data = _stored(camp)
+            del data[section][key]
+            camp.store.set_meta("config_toml", config_to_toml(parse_config(data)))
+        finally:
+            camp.close()
+        camp = Campaign.open("d", runs)
+        try:
+            assert getattr(getattr(camp.cfg, section), key) == legacy
+            assert _stored(camp)[section][key] == legacy
+            others = [(s, k) for s, k, _, _ in STORED_DEFAULTS if (s, k) != (section, key)]
+            assert all(_stored(camp)[s][k] == getattr(getattr(camp.cfg, s), k) for s, k in others)
+        finally:
+            camp.close()
