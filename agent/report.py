@@ -266,7 +266,7 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
     csp = [ev for ev in campaign.store.evaluations(stage.cfg.csp.name)
            if ev.structure_id is None] if stage.cfg.csp is not None else []
     for j, ev in enumerate(csp):
-        csp_level = (ev.extra.get("level") if ev.ok else None) or level_of_theory(stage.cfg.csp)
+        csp_level = readable_level((ev.extra.get("level") if ev.ok else None) or level_of_theory(stage.cfg.csp))
         sax.axvline(ev.id, color="0.5", ls=":", lw=1.0,
                     label=f"CSP search ({csp_level})" if j == 0 else None)
     fails = [t["n"] for t in trace if t["value"] is None]
@@ -290,6 +290,55 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
     bottom.legend(handles, [fill_label(t, 95) for t in labels], fontsize=7, loc="outside lower center")
     _fit_ylabel(fig, ax)
     return fig
+
+
+#: a search's recorded charge method (sim_backends.csp.landscape.CHARGE_METHODS, kept in its
+#: landscape.csv, run.json and CIFs) as a figure names it
+_READABLE_CHARGES = (("resp-lpn-pyscf HF/6-31G* charges", "RESP HF/6-31G* charges + N lone-pair sites"),
+                     ("resp-lp-pyscf HF/6-31G* charges", "RESP HF/6-31G* charges + lone-pair sites"),
+                     ("resp-pyscf HF/6-31G* charges", "RESP HF/6-31G* charges"),
+                     ("xtb-gfn2-mulliken charges", "GFN2-xTB Mulliken charges"))
+
+
+def readable_level(level: str) -> str:
+    """A CSP level as recorded (``..., xtb-gfn2-mulliken charges``) in the words the other
+    figures use (``..., GFN2-xTB Mulliken charges``); other text unchanged."""
+    for recorded, shown in _READABLE_CHARGES:
+        level = level.replace(recorded, shown)
+    return level
+
+
+def _label_offsets(ax: Any, points: list[dict[str, Any]]) -> list[float]:
+    """Extra upward offsets (points) for the rank labels of ``points`` (``n``, ``value``) so
+    that a label near an earlier one (within 4 % of the x range and 5 % of the y range) sits
+    above it instead of on it (newuser45c #9: ranks 1 and 3 overlapped)."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    xr, yr = (x1 - x0) or 1.0, (y1 - y0) or 1.0
+    placed: list[tuple[float, float, float]] = []
+    out = []
+    for h in points:
+        dy = 0.0
+        while any(abs(h["n"] - x) / xr < 0.04 and abs(h["value"] - y) / yr < 0.05 and d == dy
+                  for x, y, d in placed):
+            dy += 9.0
+        placed.append((h["n"], h["value"], dy))
+        out.append(dy)
+    return out
+
+
+def _window_shares(campaign: Campaign, backend: str, ids: set[int]) -> dict[int, str]:
+    """Evaluation id -> the share of its landscape window's Boltzmann weight its value
+    covers (``"86%"``), for the evaluations among ``ids`` whose result records it (ESF levels:
+    ``extra["uncomputed_weight"]``); others are absent."""
+    from sim_backends.esf import weight_share_text
+
+    out = {}
+    for ev in campaign.store.evaluations(backend, "ok"):
+        w_u = ev.extra.get("uncomputed_weight") if ev.id in ids else None
+        if w_u is not None:
+            out[ev.id] = weight_share_text(1.0 - float(w_u))
+    return out
 
 
 def _fit_ylabel(fig: Any, ax: Any) -> None:
@@ -349,10 +398,14 @@ def _molecule_panel(campaign: Campaign, fig: Any, ax: Any) -> None:
             # the best few top-level results get their rank beside the point and their
             # molecule's name in the legend (names next to clustered points overlap)
             sign = 1.0 if cfg.direction == "maximize" else -1.0
-            for k, h in enumerate(sorted(feasible, key=lambda h: -sign * h["value"])[:N_NAMED_TOP], start=1):
-                ax.annotate(str(k), (h["n"], h["value"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            named = sorted(feasible, key=lambda h: -sign * h["value"])[:N_NAMED_TOP]
+            shares = _window_shares(campaign, name, {h["n"] for h in named})
+            for k, (h, dy) in enumerate(zip(named, _label_offsets(ax, named), strict=True), start=1):
+                ax.annotate(str(k), (h["n"], h["value"]), fontsize=7, xytext=(4, 3 + dy), textcoords="offset points")
+                share = f", {shares[h['n']]} of its window's weight" if h["n"] in shares else ""
                 ranked.append(ax.plot([], [], ls="none", label=f"{k}: {campaign.names[h['mol_index']]} "
-                                                               f"({h['value']:.3g}{' ' + unit if unit else ''})")[0])
+                                                               f"({h['value']:.3g}{' ' + unit if unit else ''}"
+                                                               f"{share})")[0])
     if unreliable:  # one legend entry for every level's (each point in its level's colour)
         ax.scatter([], [], s=30, facecolors="none", edgecolors="0.3", linewidths=1.2,
                    label=f"value flagged unreliable, hollow (see status; {len(unreliable)})")
@@ -841,8 +894,8 @@ def landscape_figure(campaign: Campaign, mol_id: int, plt: Any, notes: list[str]
 
     ref_level = level_of_theory(stage.cfg.refine)
     # the charges this molecule's search used (recorded by it), not the config's by-molecule rule
-    ff_level = (csp_levels(campaign.store, stage.cfg.csp.name).get(int(mol_id)) if stage.cfg.csp else None) \
-        or level_of_theory(stage.cfg.csp)
+    ff_level = readable_level((csp_levels(campaign.store, stage.cfg.csp.name).get(int(mol_id))
+                               if stage.cfg.csp else None) or level_of_theory(stage.cfg.csp))
     name = campaign.names[campaign._index_of[mol_id]] if mol_id in campaign._index_of else land.smiles
     dens = {r["id"]: r["density_gcm3"] for r in campaign.store.structures(mol_id)}
     rho = np.array([dens.get(i) or np.nan for i in land.ids], dtype=float)

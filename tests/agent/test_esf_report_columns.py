@@ -105,3 +105,35 @@ def test_convergence_ylabel_keeps_the_unit_whole_and_the_legend_describes_each_l
     for level in _levels(ladder):
         assert sum(level in t for t in labels) == 1, (level, labels)
     assert "best so far at replay-esf-refined" in labels, labels
+
+
+def test_rank_labels_of_nearby_points_are_stacked_not_overlaid():
+    """newuser45c #9: ranks 1 and 3 of two points close together were written on each other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agent.report import _label_offsets
+
+    fig, ax = plt.subplots()
+    pts = [{"n": 90, "value": 0.50}, {"n": 20, "value": 0.49}, {"n": 91, "value": 0.489}, {"n": 92, "value": 0.495}]
+    ax.scatter([p["n"] for p in pts] + [0, 100], [p["value"] for p in pts] + [-1.0, 1.0])
+    offsets = _label_offsets(ax, pts)
+    plt.close(fig)
+    assert offsets[0] == 0.0 and offsets[1] == 0.0  # far apart: both at the default place
+    assert len({offsets[0], offsets[2], offsets[3]}) == 3  # three near one another: three heights
+
+
+def test_csp_levels_in_figures_name_charges_as_the_other_figures_do():
+    """newuser45c #9: the structure panel's legend said "xtb-gfn2-mulliken charges" where every
+    other figure says "GFN2-xTB Mulliken"; the recorded level (landscape.csv, CIFs) keeps its form."""
+    from agent.report import readable_level
+    from sim_backends.csp.landscape import CHARGE_METHODS, ff_level
+
+    assert readable_level(ff_level("xtb")).endswith(", GFN2-xTB Mulliken charges")
+    assert readable_level(ff_level("resp-lpn")).endswith(", RESP HF/6-31G* charges + N lone-pair sites")
+    assert readable_level(ff_level("resp")).endswith(", RESP HF/6-31G* charges")
+    for method in CHARGE_METHODS:
+        assert "pyscf" not in readable_level(ff_level(method)) and "gfn2-" not in readable_level(ff_level(method))
+    assert readable_level("GFN2-xTB periodic (tblite)") == "GFN2-xTB periodic (tblite)"
