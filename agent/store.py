@@ -44,6 +44,10 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 3  # 2: evaluations.cpu_s; 3: evaluations.stage, observed_forms
+#: the events that end a launcher's run (the ``started`` event begins one; :meth:`Store.elapsed_s`)
+RUN_ENDS = ("finished", "interrupted", "cluster_lost")
+#: the meta key of :meth:`Store.elapsed_s`'s running count over the events
+_ELAPSED_META = "elapsed_count"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -707,34 +711,63 @@ class Store:
         self.log_event("submitted", request_id=request_id, cpus=float(cpus))
 
     def heartbeat(self) -> None:
-        """Record that the run is alive now (the end of its unfinished tasks' charge)."""
-        self.set_meta("heartbeat", repr(time.time()))
+        """Record that the run is alive now (the end of its unfinished tasks' charge); the
+        running count of :meth:`elapsed_s` is brought up to date with it."""
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", ("heartbeat", repr(time.time())))
+            self._save_elapsed(c)
 
     def elapsed_s(self, now: float | None = None) -> tuple[float, int]:
         """``(seconds, runs)``: the launcher's wall time over the campaign's runs, each from its
         ``started`` event to its ``finished``, ``interrupted`` or ``cluster_lost`` event; a run
         killed without one (kill -9) ends at its last event, or its last heartbeat if later; a
-        run still going ends at ``now`` when given (the caller knows whether it runs)."""
-        ends = ("finished", "interrupted", "cluster_lost")
-        beat = self.get_meta("heartbeat")
-        rows = self.conn.execute("SELECT ts, kind FROM events ORDER BY id").fetchall()
-        total, runs, start, last = 0.0, 0, None, None
-        for ts, kind in rows:
+        run still going ends at ``now`` when given (the caller knows whether it runs).
+
+        Read once per evaluation (status, the tracker's progress), so it does not scan the
+        events: the count over them is kept in the meta table (:data:`_ELAPSED_META`), brought
+        up to date at each run's start and end and at each heartbeat, and only the events
+        logged since are read here. A store without it (made before it was kept) is counted
+        from its first event once, and the count stored when this process holds the lock."""
+        state, stored = self._elapsed_state()
+        if not stored and self.writable:
+            self.set_meta(_ELAPSED_META, json.dumps(state))
+        total, runs, start, last = state["total"], state["runs"], state["start"], state["last"]
+        if start is not None:  # the last run: going on now, or killed
+            beat = self.get_meta("heartbeat")
+            end = max(last, float(beat)) if beat else last
+            if self.get_meta("finished") != "1" and now is not None:
+                end = max(end, now)
+            total += end - start
+        return total, runs
+
+    def _elapsed_state(self, conn: sqlite3.Connection | None = None) -> tuple[dict[str, Any], bool]:
+        """``(state, stored)``: the count of :meth:`elapsed_s` over every event so far -- the
+        stored one (``stored`` True) carried over the events logged after it, else one from the
+        first event: ``event_id`` (the last event counted), ``total`` (seconds of the runs that
+        ended; a killed run ends at its last event), ``runs``, and ``start`` and ``last`` (the
+        timestamps of the open run's ``started`` and latest event; None without one)."""
+        conn = self.conn if conn is None else conn
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_ELAPSED_META,)).fetchone()
+        state = json.loads(row[0]) if row else {"event_id": 0, "total": 0.0, "runs": 0, "start": None, "last": None}
+        total, runs, start, last = state["total"], state["runs"], state["start"], state["last"]
+        event_id = state["event_id"]
+        for event_id, ts, kind in conn.execute(
+                "SELECT id, ts, kind FROM events WHERE id > ? ORDER BY id", (state["event_id"],)):
             if kind == "started":
                 if start is not None:  # the run before was killed
                     total += last - start
                 start, last, runs = ts, ts, runs + 1
             elif start is not None:
                 last = ts
-                if kind in ends:
+                if kind in RUN_ENDS:
                     total += ts - start
                     start = None
-        if start is not None:  # the last run: going on now, or killed
-            end = max(last, float(beat)) if beat else last
-            if self.get_meta("finished") != "1" and now is not None:
-                end = max(end, now)
-            total += end - start
-        return total, runs
+        return {"event_id": event_id, "total": total, "runs": runs, "start": start, "last": last}, row is not None
+
+    def _save_elapsed(self, conn: sqlite3.Connection) -> None:
+        """Store the count of :meth:`elapsed_s` up to the last event (inside a transaction)."""
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                     (_ELAPSED_META, json.dumps(self._elapsed_state(conn)[0])))
 
     def interrupted_wall_s(self) -> float:
         """Wall seconds of the tasks that runs left unfinished, from submission to their
@@ -869,6 +902,8 @@ class Store:
                 "INSERT INTO events(ts, kind, payload) VALUES (?, ?, ?)",
                 (time.time(), kind, json.dumps(payload, default=str)),
             )
+            if kind == "started" or kind in RUN_ENDS:  # a run's start or end: see elapsed_s
+                self._save_elapsed(c)
 
     def events(self, kind: str | None = None, *, after_id: int = 0) -> list[dict[str, Any]]:
         """Events in order (of ``kind``; with ``id`` greater than ``after_id``), each a dict

@@ -41,3 +41,130 @@ def test_status_line_gives_the_campaigns_wall_time():
     rec.update(elapsed_s=7500.0, n_runs=2)
     line = next(ln for ln in status_lines(rec) if ln.startswith("CPU spent"))
     assert "the campaign ran 2 h 05 min wall time over 2 runs" in line
+
+
+def _scan(store: Store, now: float | None = None) -> tuple[float, int]:
+    """The full scan over the events that Store.elapsed_s was before its running count (review
+    of 2026-12-07: it ran in every status and every logged progress): the reference."""
+    ends = ("finished", "interrupted", "cluster_lost")
+    beat = store.get_meta("heartbeat")
+    total, runs, start, last = 0.0, 0, None, None
+    for ts, kind in store.conn.execute("SELECT ts, kind FROM events ORDER BY id").fetchall():
+        if kind == "started":
+            if start is not None:
+                total += last - start
+            start, last, runs = ts, ts, runs + 1
+        elif start is not None:
+            last = ts
+            if kind in ends:
+                total += ts - start
+                start = None
+    if start is not None:
+        end = max(last, float(beat)) if beat else last
+        if store.get_meta("finished") != "1" and now is not None:
+            end = max(end, now)
+        total += end - start
+    return total, runs
+
+
+def test_the_running_count_equals_the_scan_over_runs_killed_and_resumed(tmp_path, monkeypatch):
+    """Runs as the runner logs them (heartbeats, ``started``, evaluations, an end event), a run
+    killed without an end event, resumes: after every step the running count gives what the
+    scan gives, with and without ``now``; it reads only the events logged since it was stored."""
+    import time
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    def at(ts, kind=None, beat=False):
+        clock[0] = ts
+        if beat:
+            store.heartbeat()
+        if kind:
+            store.log_event(kind)
+        for now in (None, ts + 3.0):
+            assert store.elapsed_s(now) == _scan(store, now), (kind, ts, now)
+
+    with Store(tmp_path / "store.sqlite", lock=True) as store:
+        at(1000.0, "created")
+        store.set_meta("finished", "0")
+        at(1001.0, beat=True)
+        at(1002.0, "started")                                    # run 1: interrupted
+        at(1010.0, "submitted")
+        at(1020.0, "evaluation")
+        at(1025.0, beat=True)
+        at(1030.0, "interrupted")
+        at(1100.0, "resumed")
+        at(1101.0, beat=True)
+        at(1102.0, "started")                                    # run 2: killed (kill -9)
+        at(1110.0, "evaluation")
+        at(1115.0, beat=True)                                    # its last heartbeat ...
+        at(1117.0, "evaluation")                                 # ... and its last event
+        at(1200.0, "resumed")
+        at(1201.0, "interrupted_task")
+        at(1202.0, beat=True)
+        at(1203.0, "started")                                    # run 3: finished
+        at(1250.0, "evaluation")
+        store.set_meta("finished", "1")
+        at(1260.0, "finished")
+        at(1300.0, "resumed")
+        store.set_meta("finished", "0")
+        at(1301.0, beat=True)
+        at(1302.0, "started")                                    # run 4: going on (or killed)
+        at(1310.0, "evaluation")
+        at(1340.0, beat=True)
+        # run 2, killed, ends at the last event before run 3 starts (the scan's rule: here the
+        # next launch's interrupted_task event, 1201)
+        assert store.elapsed_s() == (pytest.approx(28.0 + 99.0 + 57.0 + 38.0), 4)
+        # the count is stored up to the last heartbeat: the events before it are not read again
+        with store.transaction() as c:
+            c.execute("UPDATE events SET ts = ts - 500 WHERE kind = 'started'")
+        assert store.elapsed_s() == (pytest.approx(222.0), 4)
+
+
+def test_a_store_without_the_count_is_scanned_once_and_keeps_it(tmp_path):
+    """A store made before the running count (events only, as test_elapsed_over_runs_... writes
+    them) gives the scan's value; the launcher (the lock's holder) stores the count then, a
+    reader never writes."""
+    path = tmp_path / "store.sqlite"
+    with Store(path) as store:
+        _events(store, [(100.0, "started"), (150.0, "evaluation"), (160.0, "interrupted"),
+                        (200.0, "resumed"), (205.0, "started"), (230.0, "evaluation"),
+                        (300.0, "started"), (400.0, "finished"), (500.0, "started"), (520.0, "evaluation")])
+        store.set_meta("heartbeat", repr(560.0))
+        assert store.elapsed_s() == _scan(store) == (pytest.approx(245.0), 4)
+        assert store.get_meta("elapsed_count") is None  # a reader: nothing written
+    with Store(path, lock=True) as store:
+        assert store.elapsed_s(now=600.0) == _scan(store, now=600.0) == (pytest.approx(285.0), 4)
+        assert store.get_meta("elapsed_count") is not None  # stored once ...
+        with store.transaction() as c:
+            c.execute("UPDATE events SET ts = ts - 50 WHERE kind = 'started' AND ts < 300")
+        assert store.elapsed_s(now=600.0) == (pytest.approx(285.0), 4)  # ... and read, not the scan again
+
+
+def test_the_running_count_of_a_real_campaign_and_its_resume(tmp_path):
+    """A real campaign (diagnostic backend, the local executor) run, then resumed with a larger
+    budget: its count is the scan's."""
+    from conftest import write_config
+
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    body = ('objective = "n_heavy_atoms"\nmax_evaluations = 2\nbatch_size = 1\n'
+            '[tracking]\nenabled = false\n[[backends]]\nname = "diagnostic"\n')
+    runs = tmp_path / "runs"
+    camp = Campaign.create(load_config(write_config(tmp_path, ["C", "CC", "CCC", "CCO"], body, name="e")), runs)
+    try:
+        run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=1))
+        assert camp.store.elapsed_s() == _scan(camp.store) and camp.store.elapsed_s()[1] == 1
+    finally:
+        camp.close()
+    camp = Campaign.open("e", runs, max_evaluations=4)
+    try:
+        run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=1))
+        assert camp.store.elapsed_s() == _scan(camp.store) and camp.store.elapsed_s()[1] == 2
+        assert camp.status().elapsed_s == _scan(camp.store)[0] > 0
+    finally:
+        camp.close()
