@@ -355,7 +355,7 @@ class MoleculeStage:
         allowed, follows, _, _ = self._allowed()
         if allowed.any() and (fit := self._budget_fit([])) is not None:
             needed, left = fit
-            if not self._within_budget(allowed, needed, left, follows=follows, screen=self.screen_pool).any():
+            if not self._within_budget(allowed, needed, left, follows=follows).any():
                 top = follows
                 return (f"compute budget: no evaluation fits the {max(left, 0.0):.3g} CPU s left "
                         f"(the cheapest {self.levels[-1].name} needs "
@@ -392,20 +392,27 @@ class MoleculeStage:
             pair_costs[self.index_of[r.molecule_id], r.fidelity] for r in mine)
         return pair_costs * self.cost_margin()[None, :], float(left)
 
-    @staticmethod
-    def _within_budget(allowed: np.ndarray, needed: np.ndarray, left: float,
-                       follows: np.ndarray | None = None, screen: bool = False) -> np.ndarray:
+    def _within_budget(self, allowed: np.ndarray, needed: np.ndarray, left: float,
+                       follows: np.ndarray | None = None) -> np.ndarray:
         """``allowed`` restricted to the pairs that fit the budget left, a cheaper level
         only where the top level still fits after it (its value is the top level's to
         follow; ``follows``: where the top level may follow, default ``allowed[:, -1]``,
-        see :meth:`_allowed`); with ``screen`` (``screen_pool``) the cheapest level
-        wherever it fits itself."""
+        see :meth:`_allowed`), the screen's exemption aside (:meth:`_where_top_follows`)."""
         out = allowed & (needed <= left)
         top = (allowed[:, -1:] if follows is None else follows[:, None]) & (needed[:, -1:] <= left)
-        cheapest = out[:, 0].copy()
-        out[:, :-1] &= top & (needed[:, :-1] + needed[:, -1:] <= left)
-        if screen and out.shape[1] > 1:
-            out[:, 0] |= cheapest
+        return self._where_top_follows(out, top & (needed[:, :-1] + needed[:, -1:] <= left))
+
+    def _where_top_follows(self, pairs: np.ndarray, may_follow: np.ndarray) -> np.ndarray:
+        """The follow rule: ``pairs`` with a cheaper level kept only where the top level may
+        follow it (``may_follow``: ``(n_pool, 1)``, or per cheaper level ``(n_pool, n_f - 1)``),
+        except the cheapest level when the pool is screened (:attr:`screen_pool`). The one
+        place that decides the screen's exemption: the pairs that may be proposed
+        (:meth:`_allowed`) and those that fit the compute budget (:meth:`_within_budget`)
+        both apply the rule through it."""
+        out = pairs.copy()
+        out[:, :-1] &= may_follow
+        if self.screen_pool:
+            out[:, 0] = pairs[:, 0]  # the screen of the pool at the cheapest level
         return out
 
     # -- decisions ----------------------------------------------------------------------
@@ -436,11 +443,8 @@ class MoleculeStage:
                 if used >= b.budget_evaluations:
                     allowed[:, f] = False
                     spent[f] = True
-        # a cheaper level is only worth running where the top level can still follow ...
-        cheapest = allowed[:, 0].copy()
-        allowed[:, :-1] &= allowed[:, -1:]
-        if self.screen_pool:
-            allowed[:, 0] |= cheapest  # ... except the screen of the pool at the cheapest level
+        # a cheaper level is only worth running where the top level can still follow
+        allowed = self._where_top_follows(allowed, allowed[:, -1:])
         follows = allowed[:, -1].copy()
         stand_in = np.full(allowed.shape, -1)
         screening = self._screening()
@@ -511,7 +515,7 @@ class MoleculeStage:
         allowed, follows, waiting, _ = self._allowed(pending)
         allowed = allowed | waiting
         if budget and allowed.any() and (fit := self._budget_fit(self._mine(pending))) is not None:
-            allowed = self._within_budget(allowed, *fit, follows=follows, screen=self.screen_pool)
+            allowed = self._within_budget(allowed, *fit, follows=follows)
         return not allowed.any()
 
     def costs(self) -> list[float]:
@@ -691,7 +695,7 @@ class MoleculeStage:
             # never start work that may overrun the compute budget: its cost must fit
             # the budget left with probability COST_FIT_PROBABILITY
             needed, left = fit
-            allowed = self._within_budget(allowed, needed, left, follows=follows, screen=self.screen_pool)
+            allowed = self._within_budget(allowed, needed, left, follows=follows)
             stand_in[needed > left] = -1
         # a pair a constraint holds back until a cheaper level has screened the molecule is
         # weighed by the acquisition as it is; picking it runs the screening level instead
@@ -750,8 +754,7 @@ class MoleculeStage:
                 # the batch together must fit: each pick against what the picks before
                 # it leave (at their expected cost, as in-flight work is counted); one
                 # that no longer fits waits for a later ask
-                if not self._within_budget(np.ones((1, len(self.levels)), bool),
-                                           needed[i:i + 1], left, screen=self.screen_pool)[0, f]:
+                if not self._within_budget(np.ones((1, len(self.levels)), bool), needed[i:i + 1], left)[0, f]:
                     continue
                 left -= float(pair_costs[i, f])
             b = self.levels[f]
