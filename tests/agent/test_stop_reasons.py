@@ -226,3 +226,51 @@ def test_resume_after_the_cpu_budget_says_nothing_ran_and_cpu_hours_continues(tm
         # the CPU budget no longer binds: what binds now is said (this landscape's structure
         # stage has its evaluation budget spent) or the campaign went on
         assert camp.n_evaluations > n_done or ("nothing to resume" in err and "compute budget" not in err), err
+
+
+def test_the_share_reason_says_what_stops_the_molecule_stage_too(tmp_path):
+    """57c317d (newuser45c #7): when the structure stage's share binds, the stop reason also
+    gives the molecule stage's own reason (here its top level's budget_evaluations spent with
+    molecules never evaluated), so a larger --max-evaluations is not expected to evaluate more
+    molecules; and it evaluates none. Stored reorganisation energies (a table written here,
+    formamide the best at both levels) at two molecule levels, test_stages' formamide landscape."""
+    from test_stages import BODY, REFINE
+
+    from agent.campaign import Campaign
+    from agent.local_executor import LocalExecutor
+    from agent.runner import run_campaign
+
+    table = tmp_path / "reorg.csv"
+    table.write_text("smiles,name,xtb_reorg_kjmol,dft_reorg_kjmol,xtb_wall_s,dft_wall_s\n"
+                     "NC=O,formamide,5.0,6.0,1.0,100.0\nCC(=O)O,acetic_acid,40.0,45.0,1.0,100.0\n"
+                     "CCCCO,butanol,50.0,55.0,1.0,100.0\nc1ccccc1,benzene,30.0,35.0,1.0,100.0\n"
+                     "OC(=O)C(=O)O,oxalic_acid,60.0,65.0,1.0,100.0\n")
+    levels = (f'[[backends]]\nname = "replay-xtb-reorg"\nparams = {{table = "{table}"}}\n'
+              f'[[backends]]\nname = "replay-dft-reorg"\nparams = {{table = "{table}"}}\nbudget_evaluations = 2\n')
+    body = (BODY.replace('objective = "n_heavy_atoms"', 'objective = "reorg_energy_kjmol"\ndirection = "minimize"')
+            .replace("max_evaluations = 12", "max_evaluations = 30")
+            .replace('[[backends]]\nname = "diagnostic"\n', levels))
+    assert "replay-dft-reorg" in body and "diagnostic" not in body
+    camp, status = _run(tmp_path, body=body + REFINE, name="both")
+    runs = tmp_path / "runs"
+    try:
+        assert camp.n_by_stage == {"molecule": 5, "structures": 7} and status.n_evaluations < 30
+        assert camp.molecules.n_by_backend["replay-dft-reorg"] == 2
+        never = len(camp.molecules.smiles) - len({e.molecule_id for e in camp.store.evaluations()
+                                                  if e.stage == "molecule"})
+        assert never > 0  # molecules left that a larger budget might be expected to reach
+        mol = "replay-dft-reorg budget spent (2 evaluations); cheaper levels can no longer change the best value"
+        assert camp.molecules.exhausted_reason() == mol
+        assert status.stop_reason == (
+            "structure-stage budget reached (7 evaluations, [structures] budget_evaluations); "
+            f"`crystal-agent refine both --budget N` adds more; the molecule stage: {mol}"), status.stop_reason
+    finally:
+        camp.close()
+    # what the reason says: more total evaluations evaluate nothing more
+    camp = Campaign.open("both", runs, max_evaluations=40)
+    try:
+        again = run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=2))
+        assert again.n_evaluations == status.n_evaluations
+        assert again.stop_reason.endswith(f"; the molecule stage: {mol}"), again.stop_reason
+    finally:
+        camp.close()
