@@ -48,6 +48,9 @@ SCHEMA_VERSION = 3  # 2: evaluations.cpu_s; 3: evaluations.stage, observed_forms
 RUN_ENDS = ("finished", "interrupted", "cluster_lost")
 #: the meta key of :meth:`Store.elapsed_s`'s running count over the events
 _ELAPSED_META = "elapsed_count"
+#: events a launch logs before its run's ``started`` (opening the store, charging the tasks
+#: a killed run left): never the end of the run before it
+LAUNCH_EVENTS = ("resumed", "renamed", "interrupted_task", "refine")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -319,6 +322,7 @@ class Store:
     def __init__(self, path: str | Path, *, lock: bool = False, readonly: bool | None = None) -> None:
         self.path = Path(path)
         self.conn: sqlite3.Connection | None = None
+        self._run_open = False  # this Store logged its run's ``started`` (elapsed_s's heartbeats)
         self._lock_fd: int | None = None
         is_new = not self.path.exists()
         if readonly is None:
@@ -713,15 +717,19 @@ class Store:
     def heartbeat(self) -> None:
         """Record that the run is alive now (the end of its unfinished tasks' charge); the
         running count of :meth:`elapsed_s` is brought up to date with it."""
+        now = time.time()
         with self.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", ("heartbeat", repr(time.time())))
-            self._save_elapsed(c)
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", ("heartbeat", repr(now)))
+            # this run's beat ends it if it is killed (the next launch overwrites the heartbeat)
+            self._save_elapsed(c, beat=now if self._run_open else None)
 
     def elapsed_s(self, now: float | None = None) -> tuple[float, int]:
         """``(seconds, runs)``: the launcher's wall time over the campaign's runs, each from its
         ``started`` event to its ``finished``, ``interrupted`` or ``cluster_lost`` event; a run
-        killed without one (kill -9) ends at its last event, or its last heartbeat if later; a
-        run still going ends at ``now`` when given (the caller knows whether it runs).
+        killed without one (kill -9) ends at its last event or its last heartbeat, whichever
+        is later (events a later launch logs before its own ``started``,
+        :data:`LAUNCH_EVENTS`, are not the killed run's); a run still going ends at ``now``
+        when given (the caller knows whether it runs).
 
         Read once per evaluation (status, the tracker's progress), so it does not scan the
         events: the count over them is kept in the meta table (:data:`_ELAPSED_META`), brought
@@ -740,12 +748,14 @@ class Store:
             total += end - start
         return total, runs
 
-    def _elapsed_state(self, conn: sqlite3.Connection | None = None) -> tuple[dict[str, Any], bool]:
+    def _elapsed_state(self, conn: sqlite3.Connection | None = None,
+                       beat: float | None = None) -> tuple[dict[str, Any], bool]:
         """``(state, stored)``: the count of :meth:`elapsed_s` over every event so far -- the
         stored one (``stored`` True) carried over the events logged after it, else one from the
         first event: ``event_id`` (the last event counted), ``total`` (seconds of the runs that
         ended; a killed run ends at its last event), ``runs``, and ``start`` and ``last`` (the
-        timestamps of the open run's ``started`` and latest event; None without one)."""
+        timestamps of the open run's ``started`` and latest event or, ``beat``, heartbeat of
+        that run; None without one)."""
         conn = self.conn if conn is None else conn
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (_ELAPSED_META,)).fetchone()
         state = json.loads(row[0]) if row else {"event_id": 0, "total": 0.0, "runs": 0, "start": None, "last": None}
@@ -758,16 +768,20 @@ class Store:
                     total += last - start
                 start, last, runs = ts, ts, runs + 1
             elif start is not None:
-                last = ts
                 if kind in RUN_ENDS:
                     total += ts - start
                     start = None
+                elif kind not in LAUNCH_EVENTS:
+                    last = ts
+        if start is not None and beat is not None:
+            last = max(last, beat)
         return {"event_id": event_id, "total": total, "runs": runs, "start": start, "last": last}, row is not None
 
-    def _save_elapsed(self, conn: sqlite3.Connection) -> None:
-        """Store the count of :meth:`elapsed_s` up to the last event (inside a transaction)."""
+    def _save_elapsed(self, conn: sqlite3.Connection, beat: float | None = None) -> None:
+        """Store the count of :meth:`elapsed_s` up to the last event (inside a transaction);
+        ``beat``: a heartbeat of the open run, which it reaches at least."""
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                     (_ELAPSED_META, json.dumps(self._elapsed_state(conn)[0])))
+                     (_ELAPSED_META, json.dumps(self._elapsed_state(conn, beat)[0])))
 
     def interrupted_wall_s(self) -> float:
         """Wall seconds of the tasks that runs left unfinished, from submission to their
@@ -832,6 +846,7 @@ class Store:
 
         todo = self._unsettled()
         total = 0.0
+        self._run_open = False
         with self.transaction() as c:
             for e, wall, cpu, measured in todo:
                 total += cpu
@@ -904,6 +919,8 @@ class Store:
             )
             if kind == "started" or kind in RUN_ENDS:  # a run's start or end: see elapsed_s
                 self._save_elapsed(c)
+        if kind == "started" or kind in RUN_ENDS or kind in LAUNCH_EVENTS:
+            self._run_open = kind == "started"  # this process's run: its heartbeats are its own
 
     def events(self, kind: str | None = None, *, after_id: int = 0) -> list[dict[str, Any]]:
         """Events in order (of ``kind``; with ``id`` greater than ``after_id``), each a dict

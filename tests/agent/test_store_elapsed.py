@@ -47,6 +47,7 @@ def _scan(store: Store, now: float | None = None) -> tuple[float, int]:
     """The full scan over the events that Store.elapsed_s was before its running count (review
     of 2026-12-07: it ran in every status and every logged progress): the reference."""
     ends = ("finished", "interrupted", "cluster_lost")
+    launch = ("resumed", "renamed", "interrupted_task", "refine")  # a later launch's, before its start
     beat = store.get_meta("heartbeat")
     total, runs, start, last = 0.0, 0, None, None
     for ts, kind in store.conn.execute("SELECT ts, kind FROM events ORDER BY id").fetchall():
@@ -55,10 +56,11 @@ def _scan(store: Store, now: float | None = None) -> tuple[float, int]:
                 total += last - start
             start, last, runs = ts, ts, runs + 1
         elif start is not None:
-            last = ts
             if kind in ends:
                 total += ts - start
                 start = None
+            elif kind not in launch:
+                last = ts
     if start is not None:
         end = max(last, float(beat)) if beat else last
         if store.get_meta("finished") != "1" and now is not None:
@@ -113,13 +115,36 @@ def test_the_running_count_equals_the_scan_over_runs_killed_and_resumed(tmp_path
         at(1302.0, "started")                                    # run 4: going on (or killed)
         at(1310.0, "evaluation")
         at(1340.0, beat=True)
-        # run 2, killed, ends at the last event before run 3 starts (the scan's rule: here the
-        # next launch's interrupted_task event, 1201)
-        assert store.elapsed_s() == (pytest.approx(28.0 + 99.0 + 57.0 + 38.0), 4)
+        # run 2, killed, ends at its own last event (1117), not at the next launch's resumed or
+        # interrupted_task event (1201: the time it lay dead was counted as run time before)
+        assert store.elapsed_s() == (pytest.approx(28.0 + 15.0 + 57.0 + 38.0), 4)
         # the count is stored up to the last heartbeat: the events before it are not read again
         with store.transaction() as c:
             c.execute("UPDATE events SET ts = ts - 500 WHERE kind = 'started'")
-        assert store.elapsed_s() == (pytest.approx(222.0), 4)
+        assert store.elapsed_s() == (pytest.approx(138.0), 4)
+
+
+def test_a_killed_run_ends_at_its_own_last_heartbeat(tmp_path, monkeypatch):
+    """A run killed after its last event but before its next heartbeat ends at that
+    heartbeat, though the next launch overwrites the heartbeat; the next launch's own
+    heartbeat, before its ``started``, is not the killed run's."""
+    import time
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    path = tmp_path / "store.sqlite"
+    with Store(path, lock=True) as store:       # the killed launch
+        for ts, what in ((1000.0, "started"), (1010.0, "evaluation"), (1040.0, "beat")):
+            clock[0] = ts
+            store.heartbeat() if what == "beat" else store.log_event(what)
+        store.conn.close()  # kill -9: no end event, no clean close
+        store.conn = None
+    with Store(path, lock=True) as store:       # the next launch
+        for ts, what in ((1500.0, "resumed"), (1501.0, "beat"), (1502.0, "started"), (1512.0, "evaluation"),
+                         (1520.0, "finished")):
+            clock[0] = ts
+            store.heartbeat() if what == "beat" else store.log_event(what)
+        assert store.elapsed_s() == (pytest.approx(40.0 + 18.0), 2)
 
 
 def test_a_store_without_the_count_is_scanned_once_and_keeps_it(tmp_path):
