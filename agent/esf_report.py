@@ -4,18 +4,27 @@ and ``report`` say about charge transport on the predicted crystals.
 * :func:`esf_results` -- per molecule with a landscape hole mobility, from the store alone:
   the molecule stage's ESF levels (``esf-landscape``/``esf-refined`` and their replays:
   the evaluation at the highest level the molecule reached) and the structure stage's
-  mobility property level (the latest ``landscape_property`` event with the computed
-  structures). Each record: ``molecule_id, name, smiles, source`` (``"molecule stage"``
-  or ``"structure stage"``), ``backend``, ``level`` (level of theory), ``mean``/``sd``
-  (Boltzmann-weighted hole mobility over the structures with a mobility and its sd, cm2/(V
+  mobility property level (the latest ``landscape_property`` event with the structures its
+  mean is over: those with a computed ranking-level energy and, since events record
+  ``n_predicted``, those with a mobility reused from the molecule stage but only a predicted
+  energy, listed at that energy with ``energy_predicted`` and ``energy_sd_kjmol``). Each
+  record: ``molecule_id, name, smiles, source`` (``"molecule stage"`` or ``"structure
+  stage"``), ``backend``, ``level`` (level of theory), ``mean``/``sd`` (Boltzmann-weighted
+  hole mobility over the structures with a mobility and its sd, cm2/(V
   s)), ``sd_covers`` (what the sd includes: the energy ranking's spread, the structures of the
   window without a mobility when some are, J and lambda errors not), ``sd_energy`` (the
   energy ranking's part), ``n_in_window`` (the window's structures), ``n_with_mobility`` (of
   them with a value) and ``uncomputed_weight`` (the Boltzmann weight of the others), the
   ``sd`` widened for them (:func:`window_coverage`). A structure stage's window holds its
-  uncomputed predicted structures; a molecule-stage level computed its ``n_structures``
-  lowest (``n_computed``; ``n_minima_in_window`` as ``n_in_window``), and its result records
-  the weight of the rest; ``n_in_window`` and ``uncomputed_weight`` are None for a result
+  uncomputed predicted structures, and every structure the CSP stored, also those beyond the
+  lowest ``[structures] max_structures`` the stage kept (at force field plus the mean
+  computed correction: ``window_cut`` says how many it kept of those stored and how many of
+  the window lie beyond them; :func:`_window_energies`); its ``n_predicted`` is how many of
+  the window's structures with a mobility have a predicted energy only (their energy sd is
+  in ``sd_energy``, and ``sd_covers`` says so), ``ranking_model`` what predicted it; a
+  molecule-stage level computed its ``n_structures`` lowest (``n_computed``;
+  ``n_minima_in_window`` as ``n_in_window``), and its result records the weight of the rest;
+  ``n_in_window`` and ``uncomputed_weight`` are None for a result
   that does not (the shipped data set's replays: "share of the window not recorded"), and
   its ``level`` says which structures the mean is over
   (:func:`sim_backends.esf.boltzmann_mean_text`);
@@ -37,7 +46,8 @@ and ``report`` say about charge transport on the predicted crystals.
   predicted structure, one panel per molecule (best landscape mobility first), points
   coloured by density, the Boltzmann window (a molecule-stage level's: solid over the
   structures it computed, hatched above them) and the landscape mean ± sd marked; titles
-  say how much of the window the mean covers (:func:`window_share`).
+  say how much of the window the mean covers (:func:`window_share`); a structure-stage point
+  at a predicted energy is circled (dashed).
 
 Importing this module is cheap (matplotlib and numpy load inside functions).
 """
@@ -243,20 +253,37 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                 prop_warnings.setdefault((mid, level), []).append(rec["warnings"])
                 prop_notes.setdefault((mid, level), []).append(rec["notes"])
     rows = {r["id"]: r for r in store.structures()}
-    ranked = _window_energies(store, cfg, energies, rank_failed)
+    windows = _window_energies(store, cfg, energies, rank_failed)
     spread_elsewhere = {r["molecule_id"]: r for r in molecule_records}
     out = []
     for (mid, level), e in sorted(latest.items()):
+        win = windows.get(mid) or {"energies": {}, "std": {}, "kept": 0, "stored": 0, "beyond": set(), "model": None}
+        ranked = dict(win["energies"])  # computed or predicted ranking-level energy of the window's structures
+        std = dict(win["std"])
+        # the predicted energies the event's mean used (a reused mobility on a structure without a
+        # computed energy); an event logged before them averaged computed energies only
+        with_predicted = "n_predicted" in e
+        for sid, (pe, psd) in (e.get("predicted_kjmol") or {}).items() if with_predicted else ():
+            if sid not in energies and sid in rows and sid not in rank_failed:
+                ranked[sid], std[sid] = float(pe), float(psd)
         structures = []
         for sid, mu in prop_values[level].items():
             r = rows.get(sid)
-            if r is None or int(r["molecule_id"]) != mid or sid not in energies:
+            if r is None or int(r["molecule_id"]) != mid:
+                continue
+            if sid in energies:
+                energy, predicted = energies[sid], False
+            elif with_predicted and sid in ranked and sid not in win["beyond"]:
+                energy, predicted = ranked[sid], True
+            else:
                 continue
             cif = (directory / "structures" / f"{sid}.cif").absolute() if directory is not None else None
-            structures.append({"id": sid, "energy_kjmol": energies[sid], "mobility_hole_cm2Vs": mu,
+            structures.append({"id": sid, "energy_kjmol": energy, "mobility_hole_cm2Vs": mu,
                                "density_gcm3": r["density_gcm3"], "space_group": r["space_group"], "z": r["z"],
                                "cif": str(cif) if cif is not None else None,
-                               "reused_from": (reused.get((mid, level)) or {}).get(sid)})
+                               "reused_from": (reused.get((mid, level)) or {}).get(sid),
+                               "energy_predicted": predicted,
+                               "energy_sd_kjmol": std.get(sid) if predicted else 0.0})
         name, smiles = names.get(mid, ("", ""))
         rec = {"molecule_id": mid, "name": name, "smiles": smiles, "source": "structure stage",
                "backend": level, "level": f"{_level_of(props[level][0])}; energies {_level_of(rank_level)}",
@@ -265,54 +292,95 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                "notes": hole_notes(prop_notes.get((mid, level), [])),
                "n_reused": sum(1 for x in structures if x.get("reused_from")),
                "reused_from": sorted({x["reused_from"].split(" evaluation")[0] for x in structures
-                                      if x.get("reused_from")})}
-        # the structures the landscape mean is over: a mobility and a computed ranking energy (a
-        # reused mobility of a structure not ranked yet is not in the mean, so it covers nothing)
-        mine = {sid: mu for sid, mu in prop_values[level].items()
-                if sid in rows and int(rows[sid]["molecule_id"]) == mid and sid in energies}
-        rec.update(window_coverage(ranked.get(mid, {}), mine, float(e["mean"]), float(e["sd"]),
+                                      if x.get("reused_from")}),
+               "ranking_model": win["model"]}
+        # the structures the landscape mean is over: a mobility and a computed or (since
+        # n_predicted) predicted ranking energy
+        mine = {x["id"]: x["mobility_hole_cm2Vs"] for x in structures}
+        rec.update(window_coverage(ranked, mine, float(e["mean"]), float(e["sd"]),
                                    cfg.structures.window_kjmol, spread_elsewhere.get(mid),
                                    temperature_K=LANDSCAPE_TEMPERATURE_K))
-        if ranked.get(mid):  # the landscape's lowest structure at the ranking level, computed or predicted
-            lowest = min(ranked[mid], key=ranked[mid].get)
-            rec["ranked_minimum"] = {"id": lowest, "energy_kjmol": ranked[mid][lowest],
+        in_window = set()
+        if ranked:
+            e0 = min(ranked.values())
+            in_window = {sid for sid, x in ranked.items() if x - e0 <= cfg.structures.window_kjmol}
+        at_predicted = [x for x in structures if x["energy_predicted"] and x["id"] in in_window]
+        rec["n_predicted"] = len(at_predicted)
+        if at_predicted:
+            top = max(x["energy_sd_kjmol"] or 0.0 for x in at_predicted)
+            clause = (f"the energy ranking's part includes the predicted energies of the {len(at_predicted)} "
+                      f"structures with a mobility but no computed energy ({_prediction(rec)}, "
+                      f"sd up to {top:.1f} kJ/mol per molecule)")
+            covers = rec.get("sd_covers") or SD_ENERGY_ONLY
+            tail = "; J and lambda errors not included"
+            rec["sd_covers"] = (covers.replace(tail, f"; {clause}{tail}", 1) if tail in covers
+                                else f"{covers}; {clause}")
+        if win["stored"] > win["kept"]:  # the stage kept the lowest max_structures of the CSP's minima
+            rec["window_cut"] = {"kept": win["kept"], "stored": win["stored"],
+                                 "beyond_in_window": len(in_window & win["beyond"])}
+        kept_ranked = {sid: x for sid, x in ranked.items() if sid not in win["beyond"]}
+        if kept_ranked:  # the landscape's lowest structure at the ranking level, computed or predicted
+            lowest = min(kept_ranked, key=kept_ranked.get)
+            rec["ranked_minimum"] = {"id": lowest, "energy_kjmol": kept_ranked[lowest],
                                      "computed": lowest in energies}
         out.append(rec)
     return out
 
 
+def _prediction(rec: dict[str, Any]) -> str:
+    """What predicted a structure-stage record's uncomputed energies: ``"Delta-GP
+    prediction"``, ``"constant-shift prediction"`` (the saved ranking's ``ranking_model``),
+    else the structure surrogate's."""
+    model = rec.get("ranking_model")
+    return f"{model} prediction" if model else "structure surrogate's prediction"
+
+
 def _window_energies(store: Store, cfg: CampaignConfig, computed: dict[str, float],
-                     failed: set[str]) -> dict[int, dict[str, float]]:
-    """Per molecule, every structure of the structure stage's landscape with its energy at the
-    ranking level: computed, else the prediction the stage ranks by (the saved ranking of
-    :func:`agent.summary.save_structure_results`: Delta-GP or constant shift), else, with no
-    saved ranking, the force field plus the mean computed correction (the constant shift);
-    structures failed at the level are left out (they are not ranked)."""
+                     failed: set[str]) -> dict[int, dict[str, Any]]:
+    """Per molecule, the structure stage's energy window as a CSP practitioner counts it:
+    every structure the CSP stored, not only the lowest ``[structures] max_structures`` the
+    stage kept (:meth:`agent.stages.structure.StructureStage.load_landscape`). ``energies``:
+    each structure's energy at the ranking level: computed, else the prediction the stage
+    ranks by (the saved ranking of :func:`agent.summary.save_structure_results`: Delta-GP or
+    constant shift), else, with no saved ranking, the force field plus the mean computed
+    correction (the constant shift); the structures beyond the kept ones (``beyond``), which
+    the stage never ranks, at the force field plus that mean correction; structures failed
+    at the level are left out (they are not ranked). ``std``: the saved ranking's 1-sigma of
+    each predicted energy (0 where computed), ``kept`` and ``stored``: how many structures
+    the stage kept of those stored, ``model``: the saved ranking's ``ranking_model``. A
+    molecule without a computed energy is left out."""
     import json
 
     from agent.summary import RANKING, STRUCTURE_RESULTS_META
 
     raw = store.get_meta(STRUCTURE_RESULTS_META)
-    saved = {int(r["molecule_id"]): r.get(RANKING) or [] for r in (json.loads(raw)["landscapes"] if raw else [])}
+    saved = {int(r["molecule_id"]): r for r in (json.loads(raw)["landscapes"] if raw else [])}
     by_mol: dict[int, list[Any]] = {}
-    for r in store.structures():
+    for r in store.structures():  # ordered by energy, as the stage reads them
         by_mol.setdefault(int(r["molecule_id"]), []).append(r)
-    out: dict[int, dict[str, float]] = {}
+    out: dict[int, dict[str, Any]] = {}
+    n_kept = cfg.structures.max_structures
     for mid, rows in by_mol.items():
-        mine = {}
-        for sid, e, *_ in saved.get(mid) or []:
+        kept, beyond = rows[:n_kept], rows[n_kept:]
+        shifts = [computed[r["id"]] - r["energy_kjmol"] for r in kept if r["id"] in computed]
+        if not shifts:
+            continue
+        shift = sum(shifts) / len(shifts)
+        mine: dict[str, float] = {}
+        std: dict[str, float] = {}
+        for sid, e, sd, *_ in (saved.get(mid) or {}).get(RANKING) or []:
             if e is not None and sid not in failed:
                 mine[sid] = float(e)
+                std[sid] = float(sd or 0.0)
         if not mine:
-            rows = sorted(rows, key=lambda r: r["energy_kjmol"])[:cfg.structures.max_structures]
-            shifts = [computed[r["id"]] - r["energy_kjmol"] for r in rows if r["id"] in computed]
-            if not shifts:
-                continue
-            shift = sum(shifts) / len(shifts)
-            mine = {r["id"]: r["energy_kjmol"] + shift for r in rows if r["id"] not in failed}
-        ids = {r["id"] for r in by_mol[mid]}
-        mine.update({sid: e for sid, e in computed.items() if sid in ids})  # computed since it was saved
-        out[mid] = mine
+            mine = {r["id"]: r["energy_kjmol"] + shift for r in kept if r["id"] not in failed}
+        ids = {r["id"] for r in rows}
+        for sid, e in computed.items():  # computed since it was saved
+            if sid in ids:
+                mine[sid], std[sid] = e, 0.0
+        far = {r["id"]: r["energy_kjmol"] + shift for r in beyond if r["id"] not in failed and r["id"] not in mine}
+        out[mid] = {"energies": {**mine, **far}, "std": std, "kept": len(kept), "stored": len(rows),
+                    "beyond": set(far), "model": (saved.get(mid) or {}).get("ranking_model")}
     return out
 
 
@@ -530,12 +598,20 @@ def _window_text(rec: dict[str, Any]) -> str:
     (:func:`window_coverage`)."""
     a, k, n, share = window_share(rec)
     if rec.get("source") != "molecule stage":
-        reused = (f" ({rec['n_reused']} of them from the molecule stage's {', '.join(rec.get('reused_from') or [])} "
-                  "on the same structures)") if rec.get("n_reused") else ""
+        about = []
+        if rec.get("n_reused"):
+            about.append(f"{rec['n_reused']} of them from the molecule stage's "
+                         f"{', '.join(rec.get('reused_from') or [])} on the same structures")
+        if rec.get("n_predicted"):
+            about.append(f"{rec['n_predicted']} of them with a predicted energy only "
+                         f"({_prediction(rec)}), not computed at the ranking level")
+        reused = f" ({'; '.join(about)})" if about else ""
         if k is not None and k < n:  # the covered share said as the molecule stage says it (newuser45c #3)
-            return (f"mobility for {k} of {n} structures in window{reused}"
+            text = (f"mobility for {k} of {n} structures in window{reused}"
                     + (f", {share_text(share)}" if share is not None else ""))
-        return f"{n} structures in window{reused}"
+        else:
+            text = f"{n} structures in window{reused}"
+        return text + _cut_text(rec)
     failed = f", {k} with a mobility" if k < a else ""
     if n is None:
         return f"the lowest {a} structures in window{failed}, share of the window not recorded"
@@ -544,18 +620,41 @@ def _window_text(rec: dict[str, Any]) -> str:
     return f"{n} structures in window{failed}" + (f", {share_text(share)}" if k < n else "")
 
 
+def _cut_text(rec: dict[str, Any]) -> str:
+    """``; 4 of them beyond the lowest 10 of the CSP's 14 structures that the stage kept
+    ([structures] max_structures): ...`` when the structure stage kept fewer structures than
+    the CSP stored (:func:`_window_energies`; the window counts them all), else ''."""
+    cut = rec.get("window_cut")
+    if not cut:
+        return ""
+    b = cut["beyond_in_window"]
+    head = (f"; the stage kept the lowest {cut['kept']} of the CSP's {cut['stored']} structures "
+            "([structures] max_structures)")
+    if not b:
+        return head + ", none of the others in the window"
+    return (head + f": {b} of the window's are beyond them, placed at force field plus the mean computed "
+            "correction, and get no energy or mobility unless max_structures is raised")
+
+
 def _minimum_label(rec: dict[str, Any]) -> tuple[str, str]:
     """What the record's ``global_minimum`` (its lowest structure with a mobility) is, as
     (label, suffix) of its status line: the predicted global minimum, or, when the
     landscape's lowest structure at the ranking level has no mobility (a structure-stage
-    record), the lowest with one, and where the global minimum lies."""
+    record), the lowest with one, and where the global minimum lies. A structure-stage
+    minimum whose ranking-level energy is predicted, not computed (a reused mobility),
+    says so."""
     gm, low = rec.get("global_minimum") or {}, rec.get("ranked_minimum")
+    predicted = ""
+    if gm.get("energy_predicted"):
+        sd = gm.get("energy_sd_kjmol")
+        predicted = (f"; its ranking-level energy is predicted ({_prediction(rec)}"
+                     + (f", ± {sd:.1f} kJ/mol per molecule" if sd else "") + "), not computed")
     if not low or low["id"] == gm.get("id"):
-        return "predicted global minimum", ""
+        return "predicted global minimum", predicted
     how = "computed" if low.get("computed") else "predicted"
     gap = gm.get("energy_kjmol", float("nan")) - low["energy_kjmol"]
     return ("lowest structure with a mobility",
-            f"; the global minimum {low['id']} ({how}, {gap:.2f} kJ/mol lower) has no mobility yet")
+            f"{predicted}; the global minimum {low['id']} ({how}, {gap:.2f} kJ/mol lower) has no mobility yet")
 
 
 def esf_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -606,7 +705,11 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
     :func:`window_share`), the structures listed with a mobility (``n_structures``), level, the
     lowest structure with a mobility (``global_minimum_*``), lambda+ with its level, and the
     landscape's lowest structure at the ranking level (``landscape_minimum_id``; a
-    structure-stage landscape's may have no mobility) (``report/esf_results.csv``)."""
+    structure-stage landscape's may have no mobility); for a structure-stage row, how many of
+    the window's structures with a mobility have a predicted energy only
+    (``n_with_predicted_energy_in_window``) and, when the stage kept fewer structures than
+    the CSP stored, how many it kept (``n_structures_kept``) of those stored
+    (``n_structures_stored``) (``report/esf_results.csv``)."""
     import csv
 
     with path.open("w", newline="") as fh:
@@ -615,7 +718,8 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
                     "mobility_hole_sd_cm2Vs", "sd_covers", "n_in_window", "n_with_mobility_in_window",
                     "boltzmann_weight_with_mobility", "n_structures", "global_minimum_id",
                     "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible",
-                    "lambda_hole_kjmol", "lambda_hole_ev", "lambda_level", "landscape_minimum_id"])
+                    "lambda_hole_kjmol", "lambda_hole_ev", "lambda_level", "landscape_minimum_id",
+                    "n_with_predicted_energy_in_window", "n_structures_kept", "n_structures_stored"])
         for r in results:
             gm = r.get("global_minimum") or {}
             _, k, n, share = window_share(r)
@@ -627,7 +731,9 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
                         r.get("infeasible") or "",
                         *((f"{r['lambda_hole_kjmol']:.3f}", f"{r['lambda_hole_kjmol'] / KJMOL_PER_EV:.4f}",
                            r.get("lambda_level") or "") if r.get("lambda_hole_kjmol") is not None else ("", "", "")),
-                        (r.get("ranked_minimum") or gm).get("id", "")])
+                        (r.get("ranked_minimum") or gm).get("id", ""),
+                        r.get("n_predicted", "") if r["source"] != "molecule stage" else "",
+                        *((r["window_cut"]["kept"], r["window_cut"]["stored"]) if r.get("window_cut") else ("", ""))])
     return path
 
 
@@ -655,6 +761,10 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         rho = np.array([x["density_gcm3"] if x.get("density_gcm3") is not None else np.nan for x in s])
         sc = ax.scatter(mu, e, c=rho, cmap="viridis", vmin=vmin, vmax=vmax, s=36, edgecolors="k", lw=0.4,
                         zorder=3)
+        guessed = np.array([bool(x.get("energy_predicted")) for x in s])
+        if guessed.any():  # a structure-stage mobility at a predicted, not computed, energy
+            ax.scatter(mu[guessed], e[guessed], s=90, facecolors="none", edgecolors="tab:red", lw=0.8,
+                       linestyle="--", zorder=4, label="energy predicted, not computed")
         partial = _draw_window(ax, rec, e, window_kjmol)
         ax.axvline(rec["mean"], color="tab:red", lw=1.2,
                    label="mean of the computed ± 1 sd" if partial else "landscape mean ± 1 sd")

@@ -183,8 +183,9 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
     of ``corrected_landscape`` (``ranking_model``: Delta-GP, or the constant shift while the
     Delta-GP fails the skill test); before any refinement result, the force-field
     ranking. Structures whose calculation at the level failed are not ranked. Each
-    record: ``molecule_id, smiles, name, level, ff_level, n_structures, n_computed,
-    n_failed, top`` (list of :func:`landscape_rows` records)."""
+    record: ``molecule_id, smiles, name, level, ff_level, n_structures`` (the lowest
+    ``[structures] max_structures`` the stage kept), ``n_stored`` (the CSP's structures in the
+    store), ``n_computed, n_failed, top`` (list of :func:`landscape_rows` records)."""
     stage = campaign.stage
     if stage is None:
         return []
@@ -210,7 +211,8 @@ def structure_results(campaign: Campaign, top: int = N_TOP_STRUCTURES) -> list[d
             "name": campaign.names[idx] if idx is not None else land.smiles,
             "level": level if has_level else ff_level, "refine_level": level, "ff_level": ff_level,
             "caveat": level_caveat(cfg.refine) if has_level else "",
-            "n_structures": len(land.ids), "n_computed": len(land.computed), "n_failed": len(land.failed),
+            "n_structures": len(land.ids), "n_stored": len(_ids_of(campaign.store, mol_id)),
+            "n_computed": len(land.computed), "n_failed": len(land.failed),
             "n_ranked": len(ranked), "top": ranked[:top], "csp_sampling": sampling.get(int(mol_id)),
             RANKING: [[r["id"], r["energy_kjmol"], r["std_kjmol"], r["computed"], r["ff_kjmol"]] for r in ranked],
         }
@@ -471,6 +473,7 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
     rows = {r["id"]: r for r in store.structures()}
     observed = observed_sources(store)
     for rec in by_mol.values():
+        rec["n_stored"] = len(_ids_of(store, rec["molecule_id"]))
         _refresh_ranks(rec, computed, failed, rows, observed, level, Path(store.path).parent)
     return [by_mol[k] for k in sorted(by_mol)]
 
@@ -533,6 +536,9 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
         head = (f"structures    {rec.get('name')}: {rec.get('n_computed', 0)} of "
                 f"{n_s if n_s is not None else '?'} computed at {rec.get('refine_level')}"
                 + (f" ({n_f} failed)" if n_f else ""))
+        if n_s is not None and (rec.get("n_stored") or 0) > n_s:  # the CSP's landscape cut to the lowest kept
+            head += (f"; the stage kept the lowest {n_s} of the CSP's {rec['n_stored']} structures by force-field "
+                     "energy ([structures] max_structures)")
         lines.append(head)
         if samp := rec.get("csp_sampling"):
             lines.append(f"  CSP search: {samp['n_trials']} trials in {samp['n_groups']} space groups, "

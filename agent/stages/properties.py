@@ -20,12 +20,24 @@ other structure of the molecule is tried. Any other failure (no molecular contac
 within the cutoff, a failed dimer SCF) fails that structure only.
 
 The landscape property (:func:`sim_backends.mobility.landscape_mobility`): the
-Boltzmann-weighted mean over the structures with a property value, their ranking-level
-energies, with the surrogate's leave-one-out error of those energies as their sd
-(0 before a model exists), within the stage's window. It is recorded as a
+Boltzmann-weighted mean over the structures with a property value within the stage's
+window, at their ranking-level energies: computed, with the surrogate's leave-one-out error
+of those energies as their sd (0 before a model exists); or, for a structure with a value
+but no computed energy (a reused value, below, on a structure the ranking level has not
+reached), its predicted energy (``predicted``: the structure surrogate's posterior mean and
+sd as the stage ranks by them,
+:meth:`~agent.stages.structure.StructureStage.corrected_landscape`), with that posterior sd
+(at least the leave-one-out error) as its sd. The energies' sds enter the mean's sd through
+the energy sampling of :func:`~sim_backends.mobility.landscape_mobility` (window and weights
+redrawn per sample), so a predicted energy's larger error widens the reported sd. Without a
+prediction (no energy computed on the landscape yet, or a structure that failed at the
+ranking level) such a structure stays out of the mean. It is recorded as a
 ``landscape_property`` event (``molecule_id``, ``level``, ``value_key``, ``mean``, ``sd``,
-``n_structures``, ``n_in_window``) each time a property value arrives, and each time a
-ranking-level energy arrives on a landscape that has property values.
+``n_structures``, ``n_in_window``, ``n_reused``, ``n_predicted``: the structures in the mean
+at a predicted energy, ``predicted_kjmol``: their structure id -> [energy, sd]) each time a
+property value arrives, each time a ranking-level energy arrives on a landscape that has
+property values, and at the end of a run when the final surrogate moved the predicted
+energies the last event used (:meth:`~agent.stages.structure.StructureStage.refit_all`).
 
 Reuse (:func:`reused_values`): a structure whose value the molecule stage already computed
 is not computed again. An ESF level of the molecule stage (``esf-landscape``/``esf-refined``)
@@ -40,7 +52,7 @@ and no evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -235,25 +247,67 @@ class PropertyLevel:
         return [make(land, i, self.level, extra)
                 for i in self.candidates(land, window_kjmol, top_k, mine)[:max(n, 0)]]
 
+    def landscape_inputs(self, land: Any, energy_sd_kjmol: float,
+                         predicted: Mapping[int, tuple[float, float]] | None = None
+                         ) -> tuple[list[int], list[float], list[float], list[int]]:
+        """``(indices, energies, energy sds, indices at a predicted energy)`` of the
+        structures of ``land`` the landscape property is over (module docstring): those
+        with a value and a computed ranking-level energy (sd ``energy_sd_kjmol``), and
+        those with a value, no computed energy and a prediction in ``predicted`` (index ->
+        posterior mean, sd; sd at least ``energy_sd_kjmol``), failed structures left out."""
+        st = self.state(land.molecule_id)
+        idx: list[int] = []
+        energies: list[float] = []
+        sds: list[float] = []
+        at_predicted: list[int] = []
+        for i in sorted(st.values):
+            if i in land.computed:
+                idx.append(i)
+                energies.append(float(land.computed[i]))
+                sds.append(float(energy_sd_kjmol))
+            elif predicted is not None and i in predicted and i not in land.failed:
+                mean, sd = predicted[i]
+                idx.append(i)
+                energies.append(float(mean))
+                sds.append(max(float(sd), float(energy_sd_kjmol)))
+                at_predicted.append(i)
+        return idx, energies, sds, at_predicted
+
     def landscape_property(self, land: Any, energy_sd_kjmol: float, window_kjmol: float,
-                           temperature_K: float = 300.0) -> Any:
+                           temperature_K: float = 300.0,
+                           predicted: Mapping[int, tuple[float, float]] | None = None) -> Any:
         """:class:`~sim_backends.mobility.LandscapeMobility` over the structures with a
-        value (None without any)."""
+        value (:meth:`landscape_inputs`; None without any)."""
         from sim_backends.mobility import landscape_mobility
 
         st = self.state(land.molecule_id)
-        idx = sorted(i for i in st.values if i in land.computed)
+        idx, energies, sds, _ = self.landscape_inputs(land, energy_sd_kjmol, predicted)
         if not idx:
             return None
-        return landscape_mobility([land.computed[i] for i in idx], [st.values[i] for i in idx],
-                                  energy_sd_kjmol, window_kjmol=window_kjmol, temperature_K=temperature_K)
+        return landscape_mobility(energies, [st.values[i] for i in idx], sds,
+                                  window_kjmol=window_kjmol, temperature_K=temperature_K)
 
-    def log(self, land: Any, energy_sd_kjmol: float, window_kjmol: float) -> None:
-        lm = self.landscape_property(land, energy_sd_kjmol, window_kjmol)
-        if lm is not None:
-            st = self.state(land.molecule_id)
-            self.store.log_event("landscape_property", molecule_id=land.molecule_id, level=self.name,
-                                 value_key=self.value_key, mean=lm.mean, sd=lm.sd,
-                                 n_structures=len(st.values), n_in_window=lm.n_in_window,
-                                 n_reused=len(st.reused),
+    def event(self, land: Any, energy_sd_kjmol: float, window_kjmol: float,
+              predicted: Mapping[int, tuple[float, float]] | None = None) -> dict[str, Any] | None:
+        """The fields of the ``landscape_property`` event of ``land`` now (module
+        docstring; without ``n_evaluations``), None without a value to average."""
+        lm = self.landscape_property(land, energy_sd_kjmol, window_kjmol, predicted=predicted)
+        if lm is None:
+            return None
+        st = self.state(land.molecule_id)
+        idx, energies, sds, at_predicted = self.landscape_inputs(land, energy_sd_kjmol, predicted)
+        pos = {i: k for k, i in enumerate(idx)}
+        return {"molecule_id": land.molecule_id, "level": self.name, "value_key": self.value_key,
+                "mean": lm.mean, "sd": lm.sd, "n_structures": len(st.values), "n_in_window": lm.n_in_window,
+                "n_reused": len(st.reused), "n_predicted": len(at_predicted),
+                "predicted_kjmol": {land.ids[i]: [energies[pos[i]], sds[pos[i]]] for i in at_predicted}}
+
+    def log(self, land: Any, energy_sd_kjmol: float, window_kjmol: float,
+            predicted: Mapping[int, tuple[float, float]] | None = None) -> dict[str, Any] | None:
+        """Record the landscape property as a ``landscape_property`` event (:meth:`event`);
+        returns its fields (None without a value to average)."""
+        fields = self.event(land, energy_sd_kjmol, window_kjmol, predicted)
+        if fields is not None:
+            self.store.log_event("landscape_property", **fields,
                                  n_evaluations=self.store.count_evaluations()[0])  # MLflow's step
+        return fields

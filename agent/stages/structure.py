@@ -223,7 +223,7 @@ class StructureStage:
             self.cost_models[ev.backend].observe(land.inp(i), ev.cpu_s, ev.ok)
             prop.tell(molecule_id, i, ev)
             if request is not None:  # a new result (not a stored one replayed on restore)
-                prop.log(land, self._energy_sd(land), self.cfg.window_kjmol)
+                prop.log(land, self._energy_sd(land), self.cfg.window_kjmol, self._predicted(land, prop))
             return
         level = next((k for k, lv in enumerate(self.levels) if lv.name == ev.backend), None)
         if i is None or level is None:
@@ -244,7 +244,7 @@ class StructureStage:
             if request is not None:  # a new energy moves the landscape property (reused values)
                 for prop in self.properties:
                     if prop.state(molecule_id).values:
-                        prop.log(land, self._energy_sd(land), self.cfg.window_kjmol)
+                        prop.log(land, self._energy_sd(land), self.cfg.window_kjmol, self._predicted(land, prop))
         else:
             land.failed.add(i)
 
@@ -476,13 +476,34 @@ class StructureStage:
         mae = getattr(land.model, "loo_mae_kjmol", None)
         return float(mae) if mae is not None and np.isfinite(mae) else 0.0
 
+    def _predicted(self, land: LandscapeState, prop: Any) -> dict[int, tuple[float, float]] | None:
+        """The ranking-level energies (posterior mean, sd; kJ/mol per molecule) the stage
+        predicts (:meth:`corrected_landscape`: Delta-GP, or the constant shift when the
+        Delta-GP fails its skill test) for the structures that have a ``prop`` value but no
+        computed energy (reused values: :mod:`agent.stages.properties`); None when there are
+        none, or no energy is computed on the landscape yet (nothing to predict from)."""
+        from agent.surrogates.structure_gp import SurrogateError
+
+        todo = [i for i in prop.state(land.molecule_id).values if i not in land.computed and i not in land.failed]
+        if not todo or not land.computed:
+            return None
+        try:
+            corr = self.corrected_landscape(land.molecule_id)
+        except SurrogateError:
+            return None
+        if corr is None:
+            return None
+        return {i: (float(corr["corrected_kjmol"][i]), float(corr["std_kjmol"][i])) for i in todo}
+
     def landscape_properties(self, molecule_id: int) -> dict[str, Any]:
         """Level name -> :class:`~sim_backends.mobility.LandscapeMobility` of the
-        molecule's landscape at each property level with a value."""
+        molecule's landscape at each property level with a value (structures with a value
+        but no computed energy at their predicted energies: :mod:`agent.stages.properties`)."""
         land = self.landscapes.get(molecule_id)
         if land is None:
             return {}
-        out = {p.name: p.landscape_property(land, self._energy_sd(land), self.cfg.window_kjmol)
+        out = {p.name: p.landscape_property(land, self._energy_sd(land), self.cfg.window_kjmol,
+                                            predicted=self._predicted(land, p))
                for p in self.properties}
         return {k: v for k, v in out.items() if v is not None}
 
@@ -532,10 +553,31 @@ class StructureStage:
 
     def refit_all(self) -> None:
         """Refit each landscape's surrogate whose model has not seen every computed
-        structure (at the end of a run, so the recorded and logged models are final)."""
+        structure (at the end of a run, so the recorded and logged models are final), then
+        log again each landscape property whose predicted energies the final model moved
+        (:meth:`_log_final_properties`)."""
         for land in self.landscapes.values():
             if len(land.computed) >= 2 and land.model_computed != land.computed:
                 self._refit(land, self.campaign_cfg.seed)
+        self._log_final_properties()
+
+    def _log_final_properties(self) -> None:
+        """Log each landscape property again whose predicted energies (a reused value on a
+        structure without a computed energy) the final model moves away from those its last
+        ``landscape_property`` event used, so the last event is the mean at the energies
+        the saved ranking shows (:mod:`agent.stages.properties`)."""
+        if not self.properties or self.store is None:
+            return
+        latest = {(int(e["molecule_id"]), e["level"]): e for e in self.store.events("landscape_property")}
+        for land in self.landscapes.values():
+            for prop in self.properties:
+                predicted = self._predicted(land, prop)
+                if not predicted:
+                    continue
+                now = prop.event(land, self._energy_sd(land), self.cfg.window_kjmol, predicted)
+                last = latest.get((land.molecule_id, prop.name)) or {}
+                if now is not None and any(last.get(k) != now[k] for k in ("mean", "sd", "predicted_kjmol")):
+                    prop.log(land, self._energy_sd(land), self.cfg.window_kjmol, predicted)
 
     # -- surrogate ----------------------------------------------------------------------
     def _fragment_settings(self) -> dict[str, Any] | None:

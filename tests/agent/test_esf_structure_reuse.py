@@ -78,11 +78,14 @@ def test_structure_stage_reuses_the_esf_mobilities_of_identical_structures(tmp_p
             assert st.values[i] == by_cif[structures[land.ids[i]]]
         (rec,) = [r for r in esf_results(camp.store, camp.cfg) if r["source"] == "structure stage"]
         ranked = {ev.structure_id for ev in evs if ev.backend == "xtb-crystal" and ev.ok}
-        listed = {x["id"] for x in rec["structures"]}
-        assert shared & ranked <= listed  # reused values enter once the structure is ranked
-        assert rec["n_reused"] == len(shared & ranked) >= 1
+        failed = {ev.structure_id for ev in evs if ev.backend == "xtb-crystal" and not ev.ok} - ranked
+        listed = {x["id"]: x for x in rec["structures"]}
+        # reused values enter at their computed energy, or, not ranked yet, at their predicted one
+        assert shared - failed <= set(listed) and rec["n_reused"] == len(shared - failed) >= 1
+        assert {sid for sid, x in listed.items() if x["energy_predicted"]} == shared - failed - ranked
         events = camp.store.events("landscape_property")
         assert events and events[-1]["n_reused"] == len(st.reused)
+        assert events[-1]["n_predicted"] == len(shared - failed - ranked)
         text = "\n".join(esf_lines([rec]))
         assert "from the molecule stage's esf-landscape on the same structures" in text, text
     finally:
