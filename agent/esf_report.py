@@ -83,9 +83,12 @@ LAMBDA_LEVEL = "GFN2-xTB"
 KJMOL_PER_EV = 96.485332
 #: what GFN2-xTB lambda+ does to the mobilities (benchmarks/results/reorg_validation.json, "xtb")
 XTB_LAMBDA_CAVEAT = ("lambda+ at GFN2-xTB is 0.61x the B3LYP//B3LYP value on average (12 molecules, MAE 23.6 "
-                     "kJ/mol, Spearman 0.75; benchmarks/reorg_validation.py; published B3LYP: anthracene 0.138, "
-                     "tetracene 0.113, pentacene 0.095 eV), so these hopping rates are too fast and 2|J| > lambda "
-                     "warnings frequent; the mobilities rank molecules roughly, they are not predictions")
+                     "kJ/mol, Spearman 0.75; benchmarks/reorg_validation.py), and the ratio falls with size along "
+                     "the acenes: naphthalene 0.134 vs 0.184 eV (0.73x), anthracene 0.089 vs 0.135 (0.66x; "
+                     "this project's B3LYP/6-31G//B3LYP), tetracene 0.063 vs 0.113 (0.56x), pentacene 0.047 vs "
+                     "0.095 (0.49x; published B3LYP), so these hopping rates are too fast, more so for larger "
+                     "pi-systems, and 2|J| > lambda warnings frequent; the mobilities rank molecules roughly, "
+                     "they are not predictions")
 
 
 def lambda_text(rec: dict[str, Any]) -> str:
