@@ -32,6 +32,15 @@ evaluation is priced as the molecule stage prices it
 saving the budget cannot use (the cheap level's global minimum, a Z = 2 cell, was left
 for three Z = 1 cells with a third of the CPU unspent).
 
+A CSP is started only when the CPU left pays for it and for the first ranking-level
+evaluation of its landscape after it (each at its expected cost times its level's cost
+margin; :meth:`StructureStage._follow_up` prices that evaluation on the cells the molecule
+stage's ESF levels already predicted for the molecule): a landscape that nothing could
+rank is not computed (a new user's small ESF campaign spent 20 % of its budget on a CSP
+that left 7 CPU s, less than any periodic evaluation of it). Until its landscape is
+stored, a CSP in flight holds the expected cost of that evaluation too; when nothing fits,
+the stop reason says so.
+
 Shared through the store only: the molecule ranking (``evaluations``), landscapes
 (``structures``), observed forms (``observed_forms``, written by the lab stage: the
 acquisition computes them first and uses them as a soft constraint that they are low in
@@ -147,6 +156,8 @@ class StructureStage:
         self._corrected: dict[int, tuple[str, Any, dict[str, Any]]] = {}
         #: where the stage says what a slow step is doing (``crystal-agent report`` sets it)
         self.progress: Callable[[str], None] | None = None
+        #: molecule id -> (evaluations stored when read, the cells its ESF levels predicted)
+        self._known: dict[int, tuple[int, list[EvalInput]]] = {}
 
     @property
     def refine(self) -> StructureLevelConfig:
@@ -308,7 +319,8 @@ class StructureStage:
                 break
             request = Request(stage=self.name, backend=self.cfg.csp.name, params=self.cfg.csp.params,
                               inp=EvalInput(self._smiles[mol_id]), molecule_id=mol_id, fidelity=0)
-            if budget.take(request):
+            # a CSP starts only when one ranking-level evaluation of its landscape fits after it
+            if budget.take(request, then=None if budget.left is None else self._follow_up(mol_id)[:2]):
                 out.append(request)
         n -= len(out)
         if n <= 0 or not self.landscapes:
@@ -392,6 +404,40 @@ class StructureStage:
         c = np.concatenate(costs)[:, None]
         return evaluation_slot_price(c, np.ones_like(c, dtype=bool), cpu_left, slots, [None])
 
+    def _follow_up(self, molecule_id: int) -> tuple[float, float, str]:
+        """``(expected CPU s, cost margin, level)`` of the cheapest ranking-level (first
+        energy level) evaluation that could follow the CSP of ``molecule_id``: the level's
+        cost model on the structures the molecule stage's levels already predicted for the
+        molecule (the CIFs of an ESF level's ``extra["structures"]``: the same molecule's
+        cells, in the demo the very same search), else on the molecule alone (the level's
+        ``cost_s``, or its backend's estimate without a cell). A CSP is proposed only when
+        its own cost and this one, each with its level's margin, fit the CPU left."""
+        model = self.cost_models[self.refine.name]
+        inps = self._known_structures(molecule_id) or [EvalInput(self._smiles[molecule_id])]
+        return float(np.min(model.expected(inps))), model.fit_factor(), self.refine.name
+
+    def _known_structures(self, molecule_id: int) -> list[EvalInput]:
+        """The structures (CIFs) the molecule stage's evaluations of ``molecule_id`` report in
+        ``extra["structures"]`` (ESF levels), as inputs for a structure-level cost model;
+        read from the store once per number of stored evaluations."""
+        n = self.store.count_evaluations()[0] if self.store is not None else 0
+        cached = self._known.get(molecule_id)
+        if cached is not None and cached[0] == n:
+            return cached[1]
+        inps: list[EvalInput] = []
+        if self.store is not None:
+            smiles = self._smiles[molecule_id]
+            for b in dict.fromkeys(b.name for b in self.campaign_cfg.backends):
+                for ev in self.store.evaluations(backend=b, status="ok"):
+                    if ev.molecule_id != molecule_id or ev.structure_id is not None:
+                        continue
+                    for s in ev.extra.get("structures") or []:
+                        if isinstance(s, dict) and s.get("cif"):  # an id of its own: the cost models cache by id
+                            inps.append(EvalInput(smiles, structure_cif=str(s["cif"]),
+                                                  structure_id=f"e{ev.id}-{s.get('id', len(inps))}"))
+        self._known[molecule_id] = (n, inps)
+        return inps
+
     def _cost_model(self, request: Request) -> CostModel | None:
         """The cost model of a request's level (the CSP's own for a CSP request)."""
         return self.csp_cost if request.structure_id is None else self.cost_models.get(request.backend)
@@ -409,6 +455,9 @@ class StructureStage:
         if hours is None or self.store is None:
             return None
         in_flight = sum(self.expected_cost(r) for r in pending if r.stage == self.name)
+        # a CSP in flight holds the ranking-level evaluation it was started for as well
+        in_flight += sum(self._follow_up(r.molecule_id)[0] for r in pending
+                         if r.stage == self.name and r.structure_id is None and r.molecule_id in self._smiles)
         return hours * 3600 - self.store.spent_cpu_s() - in_flight
 
     def exhausted_reason(self, pending: Sequence[Request] = ()) -> str:
@@ -420,39 +469,50 @@ class StructureStage:
         cheapest = self._cheapest_open(pending)
         if cheapest is None or cheapest[0] <= left:
             return ""
-        need, level = cheapest
+        need, level, then = cheapest
+        if then is None:
+            return (f"compute budget: no structure-stage evaluation fits the {max(left, 0.0):.3g} CPU s left "
+                    f"(the cheapest, {level}, needs {need:.3g} CPU s with its "
+                    f"{COST_FIT_PROBABILITY:.0%} cost margin)")
+        csp, follow, follow_level = then
         return (f"compute budget: no structure-stage evaluation fits the {max(left, 0.0):.3g} CPU s left "
-                f"(the cheapest, {level}, needs {need:.3g} CPU s with its "
-                f"{COST_FIT_PROBABILITY:.0%} cost margin)")
+                f"(the cheapest, {level}, needs {need:.3g} CPU s with the {COST_FIT_PROBABILITY:.0%} cost "
+                f"margins: {csp:.3g} for the CSP and {follow:.3g} for the first {follow_level} evaluation "
+                "of its structures; a CSP is not started without CPU to rank its landscape)")
 
-    def _cheapest_open(self, pending: Sequence[Request]) -> tuple[float, str] | None:
-        """``(CPU s needed with the cost margin, level)`` of the cheapest task the stage
-        could start now (None when it has none)."""
-        options: list[tuple[float, str]] = []
+    def _cheapest_open(self, pending: Sequence[Request]
+                       ) -> tuple[float, str, tuple[float, float, str] | None] | None:
+        """``(CPU s needed with the cost margin, level, parts)`` of the cheapest task the
+        stage could start now (None when it has none); ``parts``, for a CSP, are its own CPU s
+        and those of the first ranking-level evaluation after it (:meth:`_follow_up`), each
+        with its margin, and the level of that evaluation (None for other tasks)."""
+        options: list[tuple[float, str, tuple[float, float, str] | None]] = []
         csp_margin = self.csp_cost.fit_factor()
         for mol_id in self.csp_candidates(pending):
             inp = EvalInput(self._smiles[mol_id])
-            options.append((float(self.csp_cost.expected([inp])[0]) * csp_margin, self.cfg.csp.name))
+            csp = float(self.csp_cost.expected([inp])[0]) * csp_margin
+            cost, margin, level = self._follow_up(mol_id)
+            options.append((csp + cost * margin, self.cfg.csp.name, (csp, cost * margin, level)))
         mine = [r.structure_id for r in pending if r.stage == self.name and r.structure_id is not None]
         for land in self.landscapes.values():
             for prop in self.properties:
                 cand = prop.candidates(land, self.cfg.window_kjmol, self.cfg.top_k, mine)
                 if cand:
                     cost = self._costs(land, prop.level)[cand] * self.cost_models[prop.name].fit_factor()
-                    options.append((float(np.min(cost)), prop.name))
+                    options.append((float(np.min(cost)), prop.name, None))
             busy = {i for sid in mine if (i := land.index(sid)) is not None}
             todo = [i for i in range(len(land.ids)) if i not in land.computed and i not in land.failed
                     and i not in busy]
             if todo:
                 cost = self._costs(land, self.refine)[todo] * self.cost_models[self.refine.name].fit_factor()
-                options.append((float(np.min(cost)), self.refine.name))
+                options.append((float(np.min(cost)), self.refine.name, None))
             if self.free_energy is not None and self._free_energy_open(land):
                 todo = [i for i in land.computed if i not in land.f_vib and i not in land.f_failed
                         and i not in busy]
                 if todo:
                     cost = self._costs(land, self.free_energy)[todo] * self.cost_models[self.free_energy.name].fit_factor()
-                    options.append((float(np.min(cost)), self.free_energy.name))
-        return min(options) if options else None
+                    options.append((float(np.min(cost)), self.free_energy.name, None))
+        return min(options, key=lambda o: (o[0], o[1])) if options else None
 
     def _request(self, land: LandscapeState, i: int, level: StructureLevelConfig, k: int) -> Request:
         params = dict(level.params)
@@ -749,16 +809,19 @@ class _Budget:
     def __init__(self, stage: StructureStage, pending: Sequence[Request]) -> None:
         self.stage, self.left = stage, stage.cpu_left(pending)
 
-    def take(self, request: Request) -> bool:
+    def take(self, request: Request, then: tuple[float, float] | None = None) -> bool:
+        """Take ``request`` if it fits; ``then``: (expected CPU s, cost margin) of a task
+        that must fit after it (a CSP's first ranking-level evaluation), set aside as well."""
         if self.left is None:
             return True
         model = self.stage._cost_model(request)
         if model is None:
             return True
         cost = float(model.expected([request.inp])[0])
-        if cost * model.fit_factor() > self.left:
+        after, after_margin = then if then is not None else (0.0, 1.0)
+        if cost * model.fit_factor() + after * after_margin > self.left:
             return False
-        self.left -= cost
+        self.left -= cost + after
         return True
 
     def unaffordable(self, backend: str, costs: np.ndarray) -> list[int]:
