@@ -43,11 +43,17 @@ def test_tracker_counts_rates_and_allocation():
     b = tr.status("B")
     assert b["counts"] == [3, 2] and b["n_trials"] == 12 and b["n_rounds"] == 2
     assert b["low_energies_kjmol"] == [-20.0, -18.0]
-    assert b["converged"] and "found >= 2 times" in b["reason"]
     assert b["new_low_rate_per_trial"] == pytest.approx(1 / 8)  # one new low minimum in the last 8 trials
+    # every low minimum found >= 2 times, but the last round found a new one: not yet converged
+    assert not b["converged"] and "but 1 of them new in the last 8 trials" in b["reason"]
+    # a round without a new low minimum: converged
+    tr.add_round({"B": 4}, {"B": [_cand(5.0, -20.0, 3), _cand(5.6, -18.0, 1)]})
+    b = tr.status("B")
+    assert b["counts"] == [6, 3] and b["n_rounds"] == 3
+    assert b["converged"] and "found >= 2 times, none new in the last 4 trials" in b["reason"]
     assert tr.all_converged and tr.allocate(100) == {}
     summary = tr.summary()
-    assert summary["converged"] and summary["per_space_group"]["B"]["counts"] == [3, 2]
+    assert summary["converged"] and summary["per_space_group"]["B"]["counts"] == [6, 3]
     json.dumps(summary)
 
 
@@ -73,6 +79,43 @@ def test_tracker_rate_criterion_and_weighting():
     lines = convergence_lines(tr2.summary())
     assert lines[-1].startswith("WARNING: the trial budget ended the search") and "2 space groups" in lines[-1]
     assert "NOT converged" in lines[0]
+
+
+def test_counts_alone_do_not_converge_while_new_low_minima_keep_appearing():
+    """newuser46a #4: Pbca 'converged' after 167 trials, 9 low minima each found >= 4 times, but
+    one trial in 19 still found a new low minimum. With the default criteria a group whose every
+    low minimum is hit >= 3 times is converged only once a full round (64 trials) found no new
+    low minimum (or the rate test passes)."""
+    from sim_backends.csp.sampling import ConvergenceCriteria, ConvergenceTracker
+
+    crit = ConvergenceCriteria()  # the defaults: min_count 3, round_trials 64, min_trials 128
+    tr = ConvergenceTracker(["Pbca"], crit)
+    edges = [4.0 + 0.3 * i for i in range(10)]
+
+    def _cand(a, energy, mult):  # distinct crystals: densities 0.1 g/cm3 apart (the dedupe test)
+        c = globals()["_cand"](a, energy, mult)
+        c.density_gcm3 = 1.0 + (a - 4.0) / 3.0
+        return c
+    # round 1 (64 trials): 5 low minima, each hit 4 times; round 2 (103 trials): those again
+    # and 4 new ones, each hit 3+ times -> 167 trials, 9 minima all >= 3, 4 new in the last round
+    tr.add_round({"Pbca": 64}, {"Pbca": [_cand(a, -50.0 + 0.4 * i, 4) for i, a in enumerate(edges[:5])]})
+    tr.add_round({"Pbca": 103}, {"Pbca": [_cand(a, -50.0 + 0.4 * i, 3) for i, a in enumerate(edges[:5])]
+                                 + [_cand(a, -48.0 + 0.4 * i, 3) for i, a in enumerate(edges[5:9])]})
+    s = tr.status("Pbca")
+    assert s["n_trials"] == 167 and s["n_low_minima"] == 9 and min(s["counts"]) >= 3
+    assert s["new_low_rate_per_trial"] == pytest.approx(9 / 167, abs=1e-5)  # the user's 0.054/trial
+    assert not s["converged"], s["reason"]  # the old rule: converged (all found >= 3 times)
+    assert "but 4 of them new in the last 103 trials" in s["reason"]
+    assert tr.allocate(10_000) == {"Pbca": 64}
+    # a further round of 64 trials that only re-finds known minima: converged
+    tr.add_round({"Pbca": 64}, {"Pbca": [_cand(a, -50.0 + 0.4 * i, 7) for i, a in enumerate(edges[:9])]})
+    s = tr.status("Pbca")
+    assert s["converged"] and s["reason"] == ("all 9 minima within 5 kJ/mol found >= 3 times, "
+                                              "none new in the last 64 trials")
+    # a group's only (first) round never counts as quiet: every low minimum in it is new
+    tr1 = ConvergenceTracker(["P-1"], crit)
+    tr1.add_round({"P-1": 200}, {"P-1": [_cand(4.0, -30.0, 150), _cand(4.6, -28.0, 50)]})
+    assert not tr1.converged("P-1")
 
 
 def test_criteria_validation():
