@@ -751,9 +751,12 @@ class Landscape:
         # axes' legend); below it Z' by shape
         handles, labels = ax.get_legend_handles_labels()
         if marker:
+            from sim_backends.csp.dedupe import format_z_prime  # Z' = 1/2, as the tables write it
+
             n_zp = {zp: sum(m.z_prime == zp for m in self.minima) for zp in z_primes}
             ax.add_artist(ax.legend([Line2D([], [], ls="none", marker=marker[zp], color="0.25") for zp in z_primes],
-                                    [f"Z' = {zp:g} ({n_zp[zp]})" for zp in z_primes], fontsize=7, frameon=False,
+                                    [f"Z' = {format_z_prime(zp)} ({n_zp[zp]})" for zp in z_primes],
+                                    fontsize=7, frameon=False,
                                     title="Z' (n)", title_fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0)))
         ax.legend([Line2D([], [], ls="none", marker="o", color=h.get_facecolor()[0], alpha=0.8) for h in handles],
                   labels, fontsize=7, frameon=False, title="space group (n)", title_fontsize=7,

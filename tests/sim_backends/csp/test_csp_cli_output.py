@@ -153,3 +153,23 @@ def test_global_minimum_always_has_its_legend_entry_and_a_label():
         assert sum(len(c.get_offsets()) for c in ax.collections) == len(minima)
     finally:
         plt.close(fig)
+
+
+def test_z_prime_legend_is_written_as_fractions_as_in_the_tables():
+    """newuser46a #10: the tables print Z' = 1/2, 1/4, the landscape.png legend printed 0.5, 0.25."""
+    from pymatgen.core import Structure
+
+    from matplotlib.legend import Legend
+    from sim_backends.landscape import Landscape, LandscapeEntry
+
+    st = Structure.from_file(ROOT / "data/reference/x23/cif/co2.cif")
+    zps = [1.0, 0.5, 0.25, 2.0, 0.5]
+    minima = [LandscapeEntry(f"m{k + 1:04d}", -40.0 + k, 1.6, "P2_1/c", 14, "P2_1/c", 4, 1, st, z_prime=zp)
+              for k, zp in enumerate(zps)]
+    fig = Landscape("O=C=O", minima, levels={"ff": "W99"}).figure()
+    try:
+        texts = [t.get_text() for leg in fig.axes[0].findobj(Legend) for t in leg.get_texts()]
+        assert {"Z' = 1/4 (1)", "Z' = 1/2 (2)", "Z' = 1 (1)", "Z' = 2 (1)"} <= set(texts), texts
+        assert not [t for t in texts if "0.5" in t or "0.25" in t]
+    finally:
+        plt.close(fig)
