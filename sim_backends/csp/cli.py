@@ -235,12 +235,14 @@ def run_csp_command(args: argparse.Namespace) -> int:
 
         for line in conformer_lines(landscape):
             print(line)
-    from sim_backends.csp.sampling import convergence_lines, stopped_by_text
+    from sim_backends.csp.sampling import convergence_lines, sampling_mode_text, stopped_by_text
 
     conv = landscape.meta.get("convergence") or {}
     lines = [ln for ln in convergence_lines(conv) if not ln.startswith("WARNING")]  # warnings: below
     if lines:
-        print(f"sampling ({landscape.meta.get('sampling')}, {conv.get('n_rounds')} rounds, stopped by "
+        n_rounds = conv.get("n_rounds")
+        print(f"sampling ({sampling_mode_text(landscape.meta.get('sampling'))}, {n_rounds} "
+              f"round{'' if n_rounds == 1 else 's'}, stopped by "
               f"{stopped_by_text(conv.get('stopped_by'))}), per space group searched:")
         for line in lines:
             print(line)

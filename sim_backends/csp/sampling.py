@@ -313,3 +313,10 @@ def stopped_by_text(stopped_by: str | None) -> str:
     """What ended a search, in words, for ``meta["convergence"]["stopped_by"]``."""
     return {"converged": "convergence", "budget": "the trial budget",
             "fixed": "the fixed trial budget (sampling = fixed)"}.get(stopped_by or "", str(stopped_by))
+
+
+def sampling_mode_text(sampling: str | None) -> str:
+    """The sampling mode in words (``meta["sampling"]``): "converged" is the mode's setting,
+    printed as "convergence-driven" so that it does not read as a verdict beside "stopped by the
+    trial budget" (newuser46a #9)."""
+    return {"converged": "convergence-driven", "fixed": "fixed"}.get(sampling or "", str(sampling))

@@ -160,6 +160,9 @@ def test_budget_stop_is_reported_and_warned(capsys, tmp_path):
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "NOT converged (fewer than 128 trials)" in captured.out
+    # newuser46a #9: the mode is "convergence-driven", not "converged" beside "stopped by the trial budget"
+    assert "sampling (convergence-driven, 1 round, stopped by the trial budget), per space group" in captured.out
+    assert "sampling (converged" not in captured.out
     assert "WARNING: the trial budget ended the search" in captured.err
     meta = json.loads((out / "run.json").read_text())
     conv = meta["convergence"]
