@@ -360,7 +360,9 @@ def run_csp(
         seed: seed of the Sobol sequences (per space group derived from it).
         energy_window_kjmol: keep minima within this of the lowest one.
         out_dir: write the landscape there when given.
-        progress: show a rich progress bar (stderr).
+        progress: show the search's progress on stderr: a rich bar on a terminal (or in
+            Jupyter), else (a log file, a pipe) a plain line at most every 10 s, as the CLI
+            does (:class:`~sim_backends.csp.cli.PlainProgress`); False: nothing.
         executor: where the minimisation units run (:mod:`sim_backends.executor`); None: in
             this process, one after the other. The landscape does not depend on it.
         charges: point-charge method ("resp", "xtb"; "resp-lp": RESP with lone-pair sites,
@@ -472,6 +474,12 @@ def run_csp(
     blocks = {lab: 0 for lab in labels}  # Sobol blocks drawn so far per search
     spent = 0
     executor = executor if executor is not None else InProcessExecutor()
+    plain = None
+    if progress and not _bar_on_stderr():  # rich would draw whole bars into a file: plain lines
+        from sim_backends.csp.cli import PlainProgress
+
+        plain = PlainProgress(executor, n_trials, time.monotonic())
+        executor, progress = plain, False
     tracker_s = 0.0  # main-process wall time of the sampling tracker's dedupe
     # the tracker and the landscape dedupe compare many of the same pairs: StructureMatcher once
     with fit_memo():
@@ -510,6 +518,8 @@ def run_csp(
                 tracker.stopped_by = "fixed" if sampling == "fixed" else "budget"
                 break
             plan = tracker.allocate(n_trials - spent)
+        if plain is not None:
+            plain.finish()
         results.sort(key=lambda r: (r["search_space_group"], r["unit"]))
         first.sort(key=lambda r: (r["search_space_group"], r["unit"]))
         stage_meta["stage2_margin_kjmol"] = float(stage2_margin_kjmol)
@@ -667,6 +677,15 @@ def _stage2_units(stage1: list[dict], window_kjmol: float, batch_size: int,
                                   for key in part[0][2]["state"]}
             units.append((sg, arrays))
     return units
+
+
+def _bar_on_stderr() -> bool:
+    """Whether a rich progress bar can be drawn on stderr (a terminal or Jupyter), as rich
+    itself decides it; else the bar's final state would be written as lines of bar glyphs."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return bool(console.is_terminal or console.is_jupyter)
 
 
 def _unit_size(arrays: dict[str, np.ndarray]) -> int:

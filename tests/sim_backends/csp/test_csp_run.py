@@ -394,3 +394,19 @@ def test_cli_names_an_unsupported_group_and_notes_another_setting(capsys):
     notes = [ln for ln in captured.err.splitlines() if "searched as" in ln]
     assert notes == ["note: P2_1/n is searched as P2_1/c (No. 14, standard setting); the CIFs are in P2_1/c"]
     assert json.loads(captured.out)["meta"]["space_groups"] == ["P2_1/c"]
+
+
+def test_api_progress_is_plain_lines_when_stderr_is_not_a_terminal(capsys):
+    """newuser46a #11: run_csp(progress=True) wrote rich bars (full rows of bar glyphs) into a
+    stderr redirected to a file. Off a terminal it prints the CLI's plain lines; progress=False
+    prints nothing."""
+    from sim_backends.csp.run import run_csp
+
+    land = run_csp("O=C=O", 8, space_groups="P-1", seed=1, charges="xtb", sampling="fixed", progress=True)
+    err = capsys.readouterr().err
+    assert "━" not in err and "stage 1 (cheap model)" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("csp: ")]
+    assert lines and lines[-1].startswith("csp: 8 of at most 8 trials minimised"), err
+    assert land.meta["n_workers"] == 1
+    run_csp("O=C=O", 8, space_groups="P-1", seed=1, charges="xtb", sampling="fixed", progress=False)
+    assert "csp: " not in capsys.readouterr().err
