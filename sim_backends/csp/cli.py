@@ -21,7 +21,9 @@ seconds. Writes the landscape to ``--out`` when given; a landscape already there
 with a line on stderr saying so, and one of another molecule is refused (exit 2, nothing
 touched) unless ``--overwrite`` is given. Every argument is validated before anything is computed or created
 (:func:`sim_backends.csp.run.validate_csp_arguments`; ``--n-trials`` above 200,000 needs
-``--max-trials``). Errors are one line on stderr with exit code 2.
+``--max-trials``). Errors are one line on stderr with exit code 2. An interruption (Ctrl-C,
+SIGTERM) says what ``--out`` holds (:func:`interrupted_text`: nothing, during the search) before
+crystal-agent's "interrupted" (exit 130).
 
 Importing this module is cheap (argparse only).
 """
@@ -121,6 +123,7 @@ def run_csp_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     t_cmd, cpu_cmd = time.monotonic(), os.times()
+    stage, plain, previous = "search", None, None  # what an interruption (Ctrl-C, SIGTERM) leaves: _interrupted
 
     from sim_backends.base import BackendError
     from sim_backends.csp.run import MAX_TRIALS_DEFAULT, run_csp, validate_csp_arguments
@@ -147,7 +150,6 @@ def run_csp_command(args: argparse.Namespace) -> int:
             print(f"note: {stereo.note}", file=sys.stderr)
         for line in setting_notes(args.space_groups):  # P2_1/n given: searched (and written) as P2_1/c
             print(f"note: {line}", file=sys.stderr)
-        previous = None
         if args.out is not None:
             _check_out_dir(Path(args.out))
             previous = previous_landscape(Path(args.out))
@@ -178,7 +180,9 @@ def run_csp_command(args: argparse.Namespace) -> int:
             if previous is not None:
                 print(f"replacing the landscape of {previous[0] or 'an unnamed molecule'} ({previous[1]} structures) "
                       f"in {args.out}", file=sys.stderr)
+            stage = "writing"
             landscape.write(args.out)
+            stage = "written"
         landscape.meta["cpu_s_total"] = round(command_cpu_s(cpu_cmd, landscape.meta, in_process), 2)
         landscape.meta["wall_s_total"] = round(time.monotonic() - t_cmd, 2)
         if args.out is not None:  # run.json has the totals, the writing's CPU included
@@ -190,6 +194,10 @@ def run_csp_command(args: argparse.Namespace) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"crystal-agent csp: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # crystal-agent prints "interrupted" and exits 130
+        print(interrupted_text(args.out, stage, time.monotonic() - t_cmd, plain.trials if plain else None,
+                               previous is not None), file=sys.stderr)
+        raise
     warnings, notes = csp_warnings(landscape), csp_notes(landscape)
     if args.json:
         level = landscape.levels[landscape.level_keys[0]]
@@ -252,6 +260,27 @@ def run_csp_command(args: argparse.Namespace) -> int:
         print(f"landscape written to {args.out}: landscape.csv, cif/<id>.cif (symmetrised, with "
               "energies), landscape.png, run.json")
     return 0
+
+
+def interrupted_text(out: str | None, stage: str, elapsed_s: float, trials: int | None = None,
+                     had_landscape: bool = False) -> str:
+    """The line an interrupted ``csp`` prints (before crystal-agent's "interrupted"): what is in
+    ``--out``. The landscape is written only when the search has ended (a search stopped half-way
+    is not a landscape whose convergence the files could state), so an interruption during the
+    search writes nothing; one while writing leaves an incomplete set of files (newuser46a #6)."""
+    done = f"{int(elapsed_s) // 60} min {int(elapsed_s) % 60} s" + (
+        f", {trials:,} trials minimised" if trials is not None else "")
+    if stage == "writing":
+        return (f"crystal-agent csp: interrupted while writing the landscape to --out {out} ({done}): the files "
+                "there are incomplete; rerun to replace them")
+    if stage == "written":
+        return (f"crystal-agent csp: interrupted after the landscape was written to --out {out} ({done}); "
+                "its run.json lacks the command's CPU and wall totals")
+    where = (f"nothing was written to --out {out}" + ("; the landscape already there is unchanged"
+                                                        if had_landscape else "")
+             if out is not None else "nothing was written (no --out given)")
+    return (f"crystal-agent csp: interrupted during the search ({done}): {where}; the landscape is written "
+            "only when the search ends")
 
 
 def csp_warnings(landscape: Any) -> list[str]:

@@ -410,3 +410,42 @@ def test_api_progress_is_plain_lines_when_stderr_is_not_a_terminal(capsys):
     assert land.meta["n_workers"] == 1
     run_csp("O=C=O", 8, space_groups="P-1", seed=1, charges="xtb", sampling="fixed", progress=False)
     assert "csp: " not in capsys.readouterr().err
+
+
+def test_an_interrupted_csp_says_what_out_holds(capsys, tmp_path, monkeypatch):
+    """newuser46a #6: SIGTERM during `csp` printed only "crystal-agent: interrupted" (exit 130) and
+    wrote nothing. It says that nothing was written to --out (the landscape is written when the
+    search ends), or, interrupted while writing, that the files there are incomplete."""
+    import sim_backends.csp.run as run_mod
+    from agent.cli import main
+    from sim_backends.landscape import Landscape
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "land"
+    args = ["csp", "O=C=O", "--n-trials", "4", "--space-groups", "P-1", "--charges", "xtb", "--out", str(out)]
+    with monkeypatch.context() as m:
+        m.setattr(run_mod, "run_csp", interrupted)
+        assert main(args) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2].startswith("crystal-agent csp: interrupted during the search (0 min ")
+    assert err[-2].endswith(f"nothing was written to --out {out}; the landscape is written only when the search ends")
+    assert err[-1] == "crystal-agent: interrupted" and not out.exists()
+    real_write = Landscape.write
+
+    def write_then_interrupt(self, out_dir, plot=True):
+        real_write(self, out_dir, plot=False)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Landscape, "write", write_then_interrupt)
+        assert main(args) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2].startswith(f"crystal-agent csp: interrupted while writing the landscape to --out {out} (0 min ")
+    assert "4 trials minimised): the files there are incomplete; rerun to replace them" in err[-2]
+    # a landscape already in --out: left as it was
+    with monkeypatch.context() as m:
+        m.setattr(run_mod, "run_csp", interrupted)
+        assert main(args) == 130
+    assert "; the landscape already there is unchanged;" in capsys.readouterr().err
