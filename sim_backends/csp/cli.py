@@ -94,7 +94,10 @@ def add_csp_parser(subparsers: Any, executor_factory: Any = None) -> argparse.Ar
                    help="refuse flexible molecules with more rotatable bonds (default 4)")
     p.add_argument("--z-prime", default="1",
                    help="Z' values searched: 1 (default), 2 or 1,2; Z'=2 (two independent molecules) "
-                        "runs in the given --space-groups, or by default in P2_1/c, P-1, P2_12_12_1, P2_1")
+                        "runs in the given --space-groups, or by default in P2_1/c, P-1, P2_12_12_1, P2_1. "
+                        "Z'=2 is costly: pyrrole (10 atoms) with 1,2 took 465 CPU s (12 min wall) and the "
+                        "default 10,000 trials did not converge it; give it --n-trials 30000 or more "
+                        "(~25 CPU min for 10 atoms; README)")
     p.add_argument("--racemic", action="store_true",
                    help="for a SMILES with assigned stereocentres (one enantiomer): search the racemic compound "
                         "in every space group; by default such a molecule is searched only in the Sohncke groups "
