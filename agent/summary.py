@@ -425,9 +425,16 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
     """The structure results for ``status`` from the store alone: the saved posterior
     (:func:`save_structure_results`, written at the end of ``run``/``resume``), with
     every structure computed since it was saved taking its computed energy; without a
-    saved posterior, the computed structures only (exact, ranked)."""
+    saved posterior, the computed structures only (exact, ranked among themselves, no
+    ``rank``: ``ranks_saved`` False). Every landscape whose CSP is stored has a record with
+    its ``csp_sampling`` (:func:`csp_sampling`: convergence and force-field warnings, read
+    from the store whatever the run's state); one with nothing computed and nothing saved
+    lists its lowest force-field structures."""
     if not cfg.structures.enabled:
         return []
+    csp_name = cfg.structures.csp.name if cfg.structures.csp else ""
+    sampling = csp_sampling(store, csp_name)
+    ff_levels = csp_levels(store, csp_name)
     raw = store.get_meta(STRUCTURE_RESULTS_META)
     saved = json.loads(raw)["landscapes"] if raw else []
     from agent.stages.structure import level_value_keys
@@ -454,7 +461,8 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
         rec = by_mol.setdefault(mol_id, {
             "molecule_id": mol_id, "smiles": mols[mol_id]["smiles"] if mol_id in mols else "",
             "name": (mols[mol_id]["name"] or mols[mol_id]["smiles"]) if mol_id in mols else "",
-            "level": level, "refine_level": level, "ff_level": level_of_theory(cfg.structures.csp),
+            "level": level, "refine_level": level,
+            "ff_level": ff_levels.get(mol_id, level_of_theory(cfg.structures.csp)),
             "n_structures": min(len(_ids_of(store, mol_id)), cfg.structures.max_structures),
             "n_computed": 0, "top": []})
         # force-field-ranked entries (saved before any refinement) have no energy at the level
@@ -471,8 +479,28 @@ def stored_structure_results(store: Store, cfg: CampaignConfig) -> list[dict[str
         rec["n_computed"] = max(int(rec.get("n_computed") or 0), sum(sid in computed for sid in ids))
         rec["n_failed"] = max(int(rec.get("n_failed") or 0), sum(sid in failed for sid in ids))
     rows = {r["id"]: r for r in store.structures()}
+    for mol_id in sampling:  # searched, nothing computed and nothing saved yet: the force-field ranking
+        if mol_id in by_mol:
+            continue
+        ff_rows = sorted((r for r in rows.values() if int(r["molecule_id"]) == mol_id),
+                         key=lambda r: r["energy_kjmol"])[:cfg.structures.max_structures]
+        ff_level = ff_levels.get(mol_id, level_of_theory(cfg.structures.csp))
+        by_mol[mol_id] = {
+            "molecule_id": mol_id, "smiles": mols[mol_id]["smiles"] if mol_id in mols else "",
+            "name": (mols[mol_id]["name"] or mols[mol_id]["smiles"]) if mol_id in mols else "",
+            "level": ff_level, "refine_level": level, "ff_level": ff_level, "caveat": "",
+            "n_structures": len(ff_rows), "n_computed": 0,
+            RANKING: [[r["id"], None, None, False, r["energy_kjmol"]] for r in ff_rows],
+            "top": [{"id": r["id"], "space_group": r["space_group"], "density_gcm3": r["density_gcm3"],
+                     "z": r["z"], "z_prime": z_prime(None, r["space_group"], r["z"]),
+                     "ff_kjmol": r["energy_kjmol"], "energy_kjmol": None, "std_kjmol": None, "computed": False,
+                     "cif": str((structures_dir(Path(store.path).parent) / f"{r['id']}.cif").absolute())}
+                    for r in ff_rows[:N_TOP_STRUCTURES]]}
     observed = observed_sources(store)
     for rec in by_mol.values():
+        rec["ranks_saved"] = bool(rec.get(RANKING))
+        if rec["molecule_id"] in sampling:  # the store's, whether or not the run saved its results
+            rec["csp_sampling"] = sampling[rec["molecule_id"]]
         rec["n_stored"] = len(_ids_of(store, rec["molecule_id"]))
         _refresh_ranks(rec, computed, failed, rows, observed, level, Path(store.path).parent)
     return [by_mol[k] for k in sorted(by_mol)]
@@ -551,6 +579,10 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
             continue
         at = rec.get("level")
         lines.append(f"  best at {at}" + ("" if rec.get("n_computed") else " (nothing refined yet)") + ":")
+        if rec.get("ranks_saved") is False and rec.get("n_computed"):  # status of a run that has not saved them
+            lines.append(f"  (the computed structures only, ranked among themselves: the ranking of all "
+                         f"{rec.get('n_structures') or '?'} at this level, with ranks, is saved when the run ends; "
+                         "`crystal-agent report` fits it now)")
         if rec.get("caveat") and rec.get("n_computed"):
             lines.append(f"  note: {rec['caveat']}")
         for r in rec["top"]:
