@@ -3,8 +3,10 @@
 A stdlib ``ThreadingHTTPServer`` with a SQLite experiment queue. It "runs" the
 experiments with a :class:`~agent.lab.simulated.SimulatedLab` on a landscape given at
 start and persists every experiment and result, so after a restart the same results
-are served (results are deterministic in the lab seed and the request id, and once
-computed they are read back from the database, never recomputed).
+are served (results are deterministic in the lab seed and the request
+(:func:`agent.lab.simulated.draw_key`: a campaign's request by its molecule and number,
+not the campaign name), and once computed they are read back from the database, never
+recomputed).
 
 Protocol (JSON bodies, ``Authorization: Bearer <token>`` on every route but /health):
 

@@ -34,15 +34,20 @@ or a mixture of two forms. The product's PXRD pattern is simulated with
 texture, background, counting noise), its thermal expansion scaled with the experiment
 temperature (``temperature_K``).
 
-Every random draw of an experiment comes from a generator seeded by
-``(lab seed, request_id)``: the same request always gives the same result, also
-across lab restarts. Experiment durations are drawn the same way; time comes from an
-injectable ``clock`` (seconds), so tests control ordering without sleeping.
+Every random draw of an experiment comes from a generator seeded by the lab seed and
+the request's draw key (:func:`draw_key`): the same request always gives the same
+result, also across lab restarts and campaign resumes. A campaign's request id,
+``<campaign>-m<molecule id>-<n>`` (:mod:`agent.stages.lab`), is keyed by the molecule
+(its SMILES) and ``n`` only, not by the campaign name, so the same config and seed give
+the same robot outcomes under any ``--name`` (newuser46a #7); any other request id is
+the key itself (as before). Experiment durations are drawn the same way; time comes
+from an injectable ``clock`` (seconds), so tests control ordering without sleeping.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,6 +95,25 @@ def _seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
+#: the end of a campaign's request id, ``<campaign>-m<molecule id>-<n>`` (:mod:`agent.stages.lab`)
+_CAMPAIGN_REQUEST_ID = re.compile(r"-m[0-9]+-([0-9]+)$")
+
+
+def draw_key(request: LabRequest) -> tuple[str, ...]:
+    """What seeds the random draws of ``request`` (with the lab seed).
+
+    A campaign's request ``<campaign>-m<molecule id>-<n>``: ``("molecule", SMILES, n)``,
+    so two campaigns of the same config and seed under different names (or with the
+    molecule at another place of the pool) get the same outcomes. Any other request id:
+    ``(request_id,)``, the seeding the lab always had. The request carries all of it, so
+    a lab server (:mod:`agent.lab.server`) draws the same without a protocol change.
+    """
+    match = _CAMPAIGN_REQUEST_ID.search(request.request_id)
+    if match is None:
+        return (request.request_id,)
+    return ("molecule", request.smiles, str(int(match.group(1))))
+
+
 @dataclass
 class _Experiment:
     ticket: LabTicket
@@ -107,7 +131,8 @@ class SimulatedLab(LabAdapter):
     Args:
         landscape: candidate structures of the molecule, or a mapping
             SMILES -> candidates for several molecules.
-        seed: lab seed; with ``request_id`` it fixes every draw of an experiment.
+        seed: lab seed; with the request's :func:`draw_key` it fixes every draw of an
+            experiment.
         queue_delay_s: (low, high) uniform time an experiment waits before it runs.
         run_delay_s: (low, high) uniform running time.
         clock: time source in seconds (default ``time.monotonic``); inject a fake
@@ -197,7 +222,7 @@ class SimulatedLab(LabAdapter):
         return list(w / w.sum())
 
     def draw_outcome(self, request: LabRequest) -> dict[str, Any]:
-        """The experiment's outcome (deterministic in seed and request_id).
+        """The experiment's outcome (deterministic in the seed and :func:`draw_key`).
 
         Returns:
             ``{"outcome": "refused" | "no_crystals" | "amorphous" | "crystalline" |
@@ -213,7 +238,7 @@ class SimulatedLab(LabAdapter):
         if problem is not None:
             return {"outcome": "refused", "forms": [], "reason": problem}
         model = METHOD_MODELS[request.method]
-        rng = np.random.default_rng(_seed(self.seed, "outcome", request.request_id))
+        rng = np.random.default_rng(_seed(self.seed, "outcome", *draw_key(request)))
         u = rng.uniform()
         if u < model.p_no_crystals * self.failure_scale:
             return {"outcome": "no_crystals", "forms": []}
@@ -237,7 +262,7 @@ class SimulatedLab(LabAdapter):
         from agent.lab.pxrd import simulate_amorphous, simulate_pxrd
 
         drawn = self.draw_outcome(request)
-        rng = np.random.default_rng(_seed(self.seed, "measure", request.request_id))
+        rng = np.random.default_rng(_seed(self.seed, "measure", *draw_key(request)))
         meta: dict[str, Any] = {
             "method": request.method, "solvent": request.solvent, "temperature_K": request.temperature_K,
             "lab": "simulated", "noise_level": self.noise_level,
@@ -273,7 +298,7 @@ class SimulatedLab(LabAdapter):
         """(queue, run) durations of the experiment in seconds (deterministic)."""
         import numpy as np
 
-        rng = np.random.default_rng(_seed(self.seed, "delay", request.request_id))
+        rng = np.random.default_rng(_seed(self.seed, "delay", *draw_key(request)))
         return float(rng.uniform(*self.queue_delay_s)), float(rng.uniform(*self.run_delay_s))
 
     # -- the adapter protocol ----------------------------------------------------------

@@ -46,7 +46,7 @@ max_structures = 60
 top_k = 3
 [lab]
 adapter = "simulated"
-params = {queue_delay_s = [0.0, 0.0], run_delay_s = [0.0, 0.0]}
+params = {seed = 60, queue_delay_s = [0.0, 0.0], run_delay_s = [0.0, 0.0]}
 """ % (LANDSCAPE, LANDSCAPE)
 NAME = "a"
 
@@ -60,9 +60,10 @@ def finished(tmp_path_factory):
     from agent.runner import run_campaign
 
     tmp = tmp_path_factory.mktemp("labpred")
-    # the simulated lab draws its outcome from the request id, so from the campaign name too:
-    # under this name (and seed) the run ends with a Delta-GP prediction in the lead that
-    # extrapolates, and a computed observed form below the listed best structures
+    # the simulated lab draws its outcome from its seed, the molecule and the request number
+    # (not the campaign name): with lab seed 60 it crystallises m1-m0011, and the run ends
+    # with a Delta-GP prediction in the lead that extrapolates, and a computed observed form
+    # below the listed best structures
     cfg = load_config(write_config(tmp, ["OC=O formic_acid", "CC(=O)O acetic_acid"], BODY, name=NAME))
     runs = tmp / "runs"
     camp = Campaign.create(cfg, runs)
