@@ -50,7 +50,7 @@ def test_minima_of_different_z_prime_have_different_markers():
         assert groups == ["C2/c (4)", "P-1 (4)", "P2$_1$/c (4)"]
         (zp_legend,) = [a for a in ax.get_children()
                         if isinstance(a, matplotlib.legend.Legend) and a is not ax.get_legend()]
-        assert [t.get_text() for t in zp_legend.get_texts()] == ["Z' = 0.5 (4)", "Z' = 1 (4)", "Z' = 2 (4)"]
+        assert [t.get_text() for t in zp_legend.get_texts()] == ["Z' = 1/2 (4)", "Z' = 1 (4)", "Z' = 2 (4)"]  # as the tables write Z'
         assert sum(len(c.get_offsets()) for c in ax.collections) == 12  # every point drawn once
         paths = {tuple(map(tuple, c.get_paths()[0].vertices.round(3))) for c in ax.collections}
         assert len(paths) == 3  # circle, triangle, square
