@@ -343,8 +343,9 @@ def _extrapolation_warning(c: dict[str, Any]) -> str:
 def csp_sampling(store: Store, csp_backend: str) -> dict[int, dict[str, Any]]:
     """Per molecule, how converged its CSP search was (from the CSP evaluation's
     ``extra["csp"]["convergence"]``, :mod:`sim_backends.csp.sampling`): ``converged,
-    stopped_by, n_trials, n_groups, n_not_converged``, and the force field's ``warnings``
-    for the landscape (:mod:`sim_backends.csp.domain`)."""
+    stopped_by, n_trials, n_groups, n_not_converged``, the force field's ``warnings``
+    for the landscape (:mod:`sim_backends.csp.domain`), the ``backend`` that searched and the
+    ``ff_level`` it recorded (force field and charges; None when not recorded)."""
     out: dict[int, dict[str, Any]] = {}
     for ev in store.evaluations(csp_backend, "ok"):
         csp = ev.extra.get("csp") or {}
@@ -354,7 +355,8 @@ def csp_sampling(store: Store, csp_backend: str) -> dict[int, dict[str, Any]]:
                 "converged": bool(conv.get("converged")), "stopped_by": conv.get("stopped_by"),
                 "n_trials": int(sum(s.get("n_trials", 0) for s in per.values())), "n_groups": len(per),
                 "n_not_converged": sum(not s.get("converged") for s in per.values()),
-                "warnings": list(csp.get("warnings") or [])}
+                "warnings": list(csp.get("warnings") or []), "backend": csp_backend,
+                "ff_level": str(ev.extra["level"]) if ev.extra.get("level") else None}
     return out
 
 
@@ -574,7 +576,7 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
                             f"NOT converged in {samp['n_not_converged']} space group"
                             f"{'s' if samp['n_not_converged'] != 1 else ''} (stopped by "
                             f"{stopped_by_text(samp['stopped_by'])}; WARNING: raise n_trials)"))
-            lines += [f"  WARNING: {w}" for w in samp.get("warnings") or []]
+            lines += _ff_warning_lines(rec, samp)
         if not rec.get("top"):
             continue
         at = rec.get("level")
@@ -603,6 +605,23 @@ def structure_lines(results: list[dict[str, Any]]) -> list[str]:
                          f"Z = {reported_z(r)}{zp}, {dens}{seen}{cif}")
         lines += _beyond_top_lines(rec)
     return lines
+
+
+def _ff_warning_lines(rec: dict[str, Any], samp: dict[str, Any]) -> list[str]:
+    """The CSP landscape's force-field warnings (:mod:`sim_backends.csp.domain`), each naming
+    the level it is about: the force field the search ran (newuser46a #2: under the CSP line
+    they sat right above fragment-DFT energies and read as applying to them), with a line
+    saying which level the energies listed below are at when that is another one."""
+    warns = samp.get("warnings") or []
+    if not warns:
+        return []
+    backend = samp.get("backend") or "CSP"
+    ff = samp.get("ff_level") or rec.get("ff_level")
+    head = f"  force-field warnings: about the CSP search's own level, {backend}" + (f" ({ff})" if ff else "")
+    listed = rec.get("level")
+    if rec.get("top") and rec.get("n_computed") and listed and listed != ff:
+        head += f"; the E_latt listed below are at {listed}, not at this force field"
+    return [head + ":"] + [f"  WARNING ({backend} force field): {w}" for w in warns]
 
 
 def _beyond_top_lines(rec: dict[str, Any]) -> list[str]:

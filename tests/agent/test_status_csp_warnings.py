@@ -1,9 +1,11 @@
 """The CSP search's convergence and force-field warnings in `status`, whatever the run's
-state (newuser46a #3).
+state, each naming the level it is about (newuser46a #2, #3).
 
-`status` of a stopped run (the structure results are saved at the end of a run, so there
-were none) dropped the "CSP search ... NOT converged" line and the force-field warnings, and
-said nothing about the ranks it could not give.
+* #3: `status` of a stopped run (the structure results are saved at the end of a run, so
+  there were none) dropped the "CSP search ... NOT converged" line and the force-field
+  warnings, and said nothing about the ranks it could not give;
+* #2: the force-field warnings were printed right above refined-level energies with nothing
+  saying they are about the force field.
 
 A real Campaign with replayed backends in this process (tests/agent/test_stages.py's: a stored
 formamide landscape and its stored periodic GFN2-xTB lattice energies), the replayed CSP's
@@ -83,8 +85,9 @@ def _csp_lines(lines: list[str]) -> list[str]:
     return [ln for ln in lines if ln.startswith(("  CSP search", "  force-field warnings", "  WARNING"))]
 
 
-def test_status_of_a_stopped_run_has_the_csp_warnings(tmp_path, capsys, csp_ff_like):
+def test_status_of_a_stopped_run_has_the_csp_warnings_named_by_level(tmp_path, capsys, csp_ff_like):
     from agent.summary import save_structure_results
+    from sim_backends.csp.landscape import ff_level
 
     (note,) = csp_ff_like
     camp = _campaign(tmp_path)
@@ -93,14 +96,22 @@ def test_status_of_a_stopped_run_has_the_csp_warnings(tmp_path, capsys, csp_ff_l
         assert not _step(camp, lambda c: c.stage is not None and c.stage.landscapes)
         lines = _status(tmp_path, capsys)
         assert CSP_LINE in lines, lines
-        assert f"  WARNING: {note}" in lines
+        assert (f"  force-field warnings: about the CSP search's own level, replay-csp ({ff_level('resp-lpn')}):"
+                in lines), lines
+        assert f"  WARNING (replay-csp force field): {note}" in lines
         assert any(ln.startswith("  best at W99 exp-6") and "(nothing refined yet)" in ln for ln in lines), lines
         assert not any("ranked among themselves" in ln for ln in lines)
 
-        # stopped after two refinements (nothing saved): the same lines, and the missing ranks said
+        # stopped after two refinements (nothing saved): the same lines, the force field's level named
+        # against the refined energies below, and the missing ranks said
         assert not _step(camp, lambda c: _n_refined(c) >= 2)
         stopped = _status(tmp_path, capsys)
-        assert _csp_lines(stopped) == [CSP_LINE, f"  WARNING: {note}"], stopped
+        refined = camp.stage.refine
+        from agent.summary import level_of_theory
+
+        head = (f"  force-field warnings: about the CSP search's own level, replay-csp ({ff_level('resp-lpn')}); "
+                f"the E_latt listed below are at {level_of_theory(refined)}, not at this force field:")
+        assert _csp_lines(stopped) == [CSP_LINE, head, f"  WARNING (replay-csp force field): {note}"], stopped
         (ranks,) = [ln for ln in stopped if "ranked among themselves" in ln]
         assert "saved when the run ends" in ranks and "crystal-agent report" in ranks
 
