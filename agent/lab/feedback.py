@@ -36,6 +36,9 @@ class IdentificationRecord:
         components: [(structure_id, weight fraction)], major first.
         lattice_scales: fitted per-axis factors (a, b, c) of the match.
         zero_shift_deg: fitted 2-theta zero shift of the match.
+        closest_structure_id: the landscape structure with the best score, a match or
+            not (``score`` is its score when there is no match); None in records written
+            before it was kept.
     """
 
     request_id: str
@@ -49,6 +52,7 @@ class IdentificationRecord:
     components: list[tuple[str, float]]
     lattice_scales: tuple[float, float, float]
     zero_shift_deg: float
+    closest_structure_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +94,7 @@ def identification_record(
         components=list(ident.components),
         lattice_scales=ident.best_scales,
         zero_shift_deg=ident.best_zero_shift_deg,
+        closest_structure_id=top_name,
     )
     fig = None
     if make_figure:

@@ -8,7 +8,10 @@ and ``--json``), the run summary and ``report/summary.txt``.
   outcome, the identified form(s) with their rank and lattice energy on the landscape (at
   the structure level that ranks it, computed or predicted, and at the force
   field), the identification's confidence, and whether the result was fed back as an
-  observed form (and why not).
+  observed form (and why not). A result that matches no form (an amorphous product, or
+  an unknown crystal form) names no confidence: it names the closest structure and its
+  WCC score, e.g. ``amorphous (no Bragg peaks); no form identified (best crystalline
+  match m5-m0006, WCC 0.49)``.
 * :func:`lab_lines` -- the text lines.
 
 Importing this module is cheap.
@@ -73,6 +76,8 @@ def lab_results(store: Store, cfg: CampaignConfig, structures: list[dict[str, An
             "outcome": (ident or result or {}).get("outcome"),
             "matched_structure_id": row["matched_structure_id"], "confidence": row["confidence"],
             "score": ident.get("score") if ident else None,
+            # the best-scoring structure, a match or not (None in records from before it was kept)
+            "closest_structure_id": ident.get("closest_structure_id") if ident else None,
             "is_match": ident.get("is_match") if ident else None,
             "is_mixture": ident.get("is_mixture") if ident else None,
             "forms": forms, "fed_back": bool(fed_back), "fed_back_ids": fed_back,
@@ -119,6 +124,8 @@ def _ranks(store: Store, cfg: CampaignConfig, structures: list[dict[str, Any]], 
 
 
 def _why_not(ident: dict[str, Any], forms: list[dict[str, Any]], min_conf: float | None) -> str:
+    if (not ident.get("is_match") or not forms) and ident.get("outcome") == "amorphous":
+        return "an amorphous product is not a crystal form of the landscape"
     if not ident.get("is_match") or not forms:
         return "the pattern matches no structure of the landscape"
     if min_conf is not None and (ident.get("confidence") or 0.0) < min_conf:
@@ -171,13 +178,20 @@ def lab_lines(lab: dict[str, Any] | None) -> list[str]:
             text += e["state"] + (f" ({e['reason']})" if e["reason"] else "")
             lines.append(text)
             continue
-        text += e["outcome"] or "done"
+        amorphous = e["outcome"] == "amorphous"  # the lab's verdict: no Bragg peaks, unless a form matched
+        text += (e["outcome"] or "done") + (" (no Bragg peaks)" if amorphous and not e["forms"] else "")
         if e["forms"]:
             mix = " (mixture)" if e["is_mixture"] else ""
             text += f"; matched{mix} " + " + ".join(
                 (f"{f['weight_fraction']:.0%} " if e["is_mixture"] else "") + _form_text(f) for f in e["forms"])
-        if e["confidence"] is not None:
-            text += f", confidence {e['confidence']:.2f}"
+            if e["confidence"] is not None:
+                text += f", confidence {e['confidence']:.2f}"
+        elif e["score"] is not None:
+            # no match: its confidence (0) is no verdict on the outcome; say how close the
+            # nearest form came, as a score (newuser46a #8)
+            closest = f"{e['closest_structure_id']}, " if e.get("closest_structure_id") else ""
+            text += (f"; no form identified (best {'crystalline ' if amorphous else ''}match "
+                     f"{closest}WCC {e['score']:.2f}{'' if amorphous else ', too low for a match'})")
         lines.append(text)
         if e["fed_back"]:
             pending = [f["structure_id"] for f in e["forms"] if f["structure_id"] in e["fed_back_ids"]
