@@ -185,9 +185,10 @@ def test_n_h_molecules_get_the_measured_x23_underbinding():
             measured = rows[name][f"e_min_{key.replace('-', '_')}_kjmol"] - rows[name]["e_ref_kjmol"]
             assert abs(measured - err) < 0.051, (key, name, measured, err)
     (w,) = model_warnings(["C_W3", "N_W3", "H_W4"], [], charge_method="resp-lpn-pyscf HF/6-31G*")
-    assert "6-22 kJ/mol per molecule" in w and "cytosine +22.0" in w and "ammonia +10.2" in w and "\n" not in w
+    # newuser46a #1: the figures measured the way csp works first, these (X23 geometry) as a span
+    assert "6-22 from the X23 crystals' own molecule geometry" in w and "\n" not in w
     (w,) = model_warnings(["C_W3"], [], smiles="c1cnc[nH]1", charge_method="xtb-gfn2-mulliken")
-    assert "cytosine +80.6" in w and "xtb charges" in w
+    assert "xtb charges" in w
     assert model_warnings(["C_W3"], [], smiles="c1ccccc1", charge_method="resp-lpn-pyscf HF/6-31G*") == []
     assert model_warnings(["H_W4"], []) == []  # no charge model named: not a landscape's energies
     assert model_warnings(["H_W4"], [], charge_method="none") == []
