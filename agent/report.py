@@ -217,6 +217,7 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
         fig = plt.figure(figsize=(7.5, 5.6), layout="constrained")
         ax = fig.subplots()
         _molecule_panel(campaign, fig, ax)
+        _widen_for_leaders(fig, ax)
         if campaign.stage is None:
             ax.set_xlabel("evaluation number (all levels)")
             _fit_ylabel(fig, ax)
@@ -235,6 +236,7 @@ def convergence_figure(campaign: Campaign, plt: Any, notes: list[str] | None = N
     top, bottom = fig.subfigures(2, 1, height_ratios=[0.8, 1.0])
     ax = top.subplots()
     _molecule_panel(campaign, top, ax)
+    _widen_for_leaders(fig, ax)
     ax.set_xlabel("evaluation number (all levels and stages)")
     sax = bottom.subplots()  # its own x range: the structure stage's evaluations (its axes are
     # narrower or wider than the top panel's, so a shared range lined nothing up and left it empty)
@@ -306,6 +308,14 @@ def readable_level(level: str) -> str:
     for recorded, shown in _READABLE_CHARGES:
         level = level.replace(recorded, shown)
     return level
+
+
+def _widen_for_leaders(fig: Any, ax: Any) -> None:
+    """A wider figure when the molecule panel has its list of leaders beside the axes (each
+    with its value and window share): in 7.5 in the list left the axes a third of the width."""
+    if ax.get_legend() is not None:
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(max(w, 10.5), h)
 
 
 def _label_offsets(ax: Any, points: list[dict[str, Any]]) -> list[float]:
