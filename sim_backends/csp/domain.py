@@ -38,7 +38,7 @@ energies or ranks. The checks:
   the N-H crystals with the run's charge model, measured the way ``csp`` works
   (:data:`X23_N_H_ERRORS_CSP`: the experimental crystal rebuilt from the search's own gas-phase
   GFN2-xTB molecule and charge fit and minimised, ``benchmarks/csp_recovery.py``), beside the
-  smaller figures from the X23 crystals' own molecule geometry (:data:`X23_N_H_ERRORS`,
+  (mostly smaller) figures from the X23 crystals' own molecule geometry (:data:`X23_N_H_ERRORS`,
   ``benchmarks/x23_lattice.py``), so force-field E_latt is not taken at face value (a user's
   imidazole came out ~17 kJ/mol too weak; newuser46a's formamide +17.3, not the +7.4 then quoted).
 
@@ -82,18 +82,21 @@ X23_N_H_ERRORS = {
 #: RigidMolecule.from_smiles) and minimised on the search's W99 model (``relaxed_experiment`` of
 #: benchmarks/csp_recovery.py), minus the X23 reference (kJ/mol per molecule): the blind rows'
 #: ``relaxed_experiment.e_kjmol`` of :data:`X23_N_H_CSP_FILES` minus ``e_ref_kjmol`` of
-#: benchmarks/results/x23_lattice.json. Larger than :data:`X23_N_H_ERRORS`: the gas-phase molecule is
-#: less polar than in the crystal (formamide C=O 1.201 against 1.254 A) and its charges with it
+#: benchmarks/results/x23_lattice.json. Larger than :data:`X23_N_H_ERRORS` but for ammonia (about equal): the
+#: gas-phase molecule is less polar than in the crystal (formamide C=O 1.201 against 1.254 A, newuser46a)
+#: and its charges with it
 X23_N_H_ERRORS_CSP = {
     "resp-lpn": {"urea": 20.9, "formamide": 17.3, "ammonia": 10.5, "cytosine": 46.0},
     "resp": {"urea": 20.9, "formamide": 17.3, "ammonia": 10.3, "cytosine": 47.2},
     "resp-lp": {"urea": 21.0, "formamide": 14.7, "ammonia": 10.5, "cytosine": 43.7},
+    "xtb": {"urea": 49.8, "formamide": 36.2, "ammonia": 28.9, "cytosine": 89.9},
 }
 #: the committed csp_recovery result each charge model's :data:`X23_N_H_ERRORS_CSP` comes from
 X23_N_H_CSP_FILES = {
     "resp-lpn": "benchmarks/results/csp_recovery.json",
     "resp": "benchmarks/results/csp_recovery_q-resp.json",
     "resp-lp": "benchmarks/results/csp_recovery_q-resp-lp_nobase.json",
+    "xtb": "benchmarks/results/csp_recovery_q-xtb_urea-formamide-ammonia-cytosine_nobase.json",
 }
 #: how many of the lowest minima the contact check looks at
 N_CHECKED = 10
@@ -247,34 +250,23 @@ def charges_key(charge_method: Any) -> str | None:
 def n_h_energy_note(charge_method: Any) -> str | None:
     """The caveat on force-field E_latt for a molecule with an N-H donor: the measured
     underbinding of X23's N-H crystals with these charges, as a csp landscape sees them
-    (:data:`X23_N_H_ERRORS_CSP`) and from the X23 molecule geometry (:data:`X23_N_H_ERRORS`);
-    for a charge model without the former, the latter as a lower bound. None for other charges."""
+    (:data:`X23_N_H_ERRORS_CSP`), and the span from the X23 molecule geometry
+    (:data:`X23_N_H_ERRORS`). None for other charges."""
     key = charges_key(charge_method)
     if key is None:
         return None
 
-    def listed(errs: dict[str, float]) -> str:
-        return ", ".join(f"{name} {err:+.1f}" for name, err in sorted(errs.items(), key=lambda t: t[1]))
-
     def span(errs: dict[str, float]) -> str:
         return f"{min(errs.values()):.0f}-{max(errs.values()):.0f}"
 
-    geom = X23_N_H_ERRORS[key]
-    head = (f"force-field E_latt of N-H...N/O hydrogen-bonded crystals is underbound (W99 + {key} charges, the CSP "
-            "search's level, not a refinement level's): ")
-    if key in X23_N_H_ERRORS_CSP:
-        errs = X23_N_H_ERRORS_CSP[key]
-        return (head + f"the X23 crystals with N-H donors, rebuilt from the gas-phase GFN2-xTB molecule csp makes "
-                f"from the SMILES with its own {key} fit and minimised, come out {span(errs)} kJ/mol per molecule "
-                f"above their reference lattice energies ({listed(errs)}; {X23_N_H_CSP_FILES[key]}), {span(geom)} "
-                f"from the X23 crystals' own molecule geometry (benchmarks/x23_lattice.py): read force-field E_latt "
-                "as too weak by about that much")
-    return (head + f"the X23 crystals with N-H donors minimise {span(geom)} kJ/mol per molecule above their "
-            f"reference lattice energies with {key} charges ({listed(geom)}; benchmarks/x23_lattice.py), measured "
-            "from the X23 crystals' own molecule geometry: a lower bound for a csp landscape, whose gas-phase "
-            "GFN2-xTB molecule is less polar and its charge fit with it (resp-lpn: formamide "
-            f"{X23_N_H_ERRORS_CSP['resp-lpn']['formamide']:+.1f} instead of {X23_N_H_ERRORS['resp-lpn']['formamide']:+.1f}"
-            "): read force-field E_latt as too weak by at least that much")
+    errs, geom = X23_N_H_ERRORS_CSP[key], X23_N_H_ERRORS[key]
+    listed = ", ".join(f"{name} {err:+.1f}" for name, err in sorted(errs.items(), key=lambda t: t[1]))
+    return (f"force-field E_latt of N-H...N/O hydrogen-bonded crystals is underbound (W99 + {key} charges, the CSP "
+            "search's level, not a refinement level's): the X23 crystals with N-H donors, rebuilt from the "
+            f"gas-phase GFN2-xTB molecule csp makes from the SMILES with its own {key} charges and minimised, come out "
+            f"{span(errs)} kJ/mol per molecule above their reference lattice energies ({listed}; "
+            f"{X23_N_H_CSP_FILES[key]}), {span(geom)} from the X23 crystals' own molecule geometry "
+            "(benchmarks/x23_lattice.py): read force-field E_latt as too weak by about that much")
 
 
 def model_warnings(ff_types: Sequence[str], minima: Sequence[Any], n_checked: int = N_CHECKED,
