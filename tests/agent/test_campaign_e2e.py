@@ -101,9 +101,11 @@ def test_tiny_real_campaign(tmp_path):
     import pandas as pd
 
     pred = model.predict(pd.DataFrame({"smiles": ["C=C", "c1ccsc1"]}))
-    assert list(pred.columns) == ["smiles", "reorg_energy_kjmol_xtb-reorg_mean", "reorg_energy_kjmol_xtb-reorg_std",
-                                  "reorg_energy_kjmol_dft-reorg_mean", "reorg_energy_kjmol_dft-reorg_std"]
+    # lambda+ is bounded below: the truncated Gaussian's mean and sd, the raw GP beside them
+    assert list(pred.columns) == ["smiles"] + [f"reorg_energy_kjmol_{lv}_{k}" for lv in ("xtb-reorg", "dft-reorg")
+                                               for k in ("mean", "std", "gp_mean", "gp_std")]
     assert (pred["reorg_energy_kjmol_dft-reorg_std"] > 0).all()
+    assert (pred["reorg_energy_kjmol_dft-reorg_mean"] > 0).all()
     assert models[0].tags["unit"] == "kJ/mol" and "dft-reorg" in models[0].tags["output.reorg_energy_kjmol_dft-reorg"]
 
     rep = cli("report", "tiny", "--runs-dir", str(runs))
