@@ -236,6 +236,28 @@ def _has_n_h(smiles: Any) -> bool:
     return mol is not None and any(a.GetSymbol() == "N" and a.GetTotalNumHs() > 0 for a in mol.GetAtoms())
 
 
+def has_n_h_acceptor(smiles: Any) -> bool | None:
+    """Whether a molecule with an N-H can make N-H...O/N hydrogen bonds: it has an O, or an
+    N with a lone pair to accept (an amine, imine, nitrile or pyridine-type N; not a
+    pyrrole-type aromatic N, whose lone pair is in the ring). None when ``smiles`` is not a
+    SMILES it can read. Carbazole, indole and pyrrole (N-H...pi only) give False."""
+    if not isinstance(smiles, str) or not smiles:
+        return None
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return None
+    for a in mol.GetAtoms():
+        if a.GetSymbol() == "O":
+            return True
+        if a.GetSymbol() == "N" and a.GetFormalCharge() == 0:
+            pyrrole_type = a.GetIsAromatic() and (a.GetTotalNumHs() > 0 or a.GetDegree() == 3)
+            if not pyrrole_type:
+                return True
+    return False
+
+
 def charges_key(charge_method: Any) -> str | None:
     """The :data:`X23_N_H_ERRORS` key of a landscape's ``charge_method`` label
     ("resp-lpn-pyscf HF/6-31G*" -> "resp-lpn", "xtb-gfn2-mulliken" -> "xtb"), None for no
@@ -278,7 +300,8 @@ def model_warnings(ff_types: Sequence[str], minima: Sequence[Any], n_checked: in
     intermolecular C-H...C contact is below :data:`MIN_H_C_CONTACT_A`, whose O-H...O bond
     is below :data:`MIN_O_H_O_A`, whose N-H...O/N bonds are longer than
     :data:`MAX_N_H_A_A` (:func:`n_h_acceptor_bonds`); and, with ``charge_method`` given, for
-    a molecule with an N-H (W99 type H_W4 or an N-H in ``smiles``), the X23 underbinding of
+    a molecule with an N-H (W99 type H_W4 or an N-H in ``smiles``) and an acceptor for it
+    (:func:`has_n_h_acceptor`; not for carbazole's N-H...pi), the X23 underbinding of
     N-H crystals (:func:`n_h_energy_note`). ``minima``: landscape entries with ``id`` and
     ``atoms`` (lowest first)."""
     out = []
@@ -337,7 +360,9 @@ def model_warnings(ff_types: Sequence[str], minima: Sequence[Any], n_checked: in
                    f"{MAX_N_H_A_A} A (in {', '.join(i for i, _ in long_nh[:5])}{', ...' if len(long_nh) > 5 else ''}: "
                    f"{span}{none}): the model's N-H...O/N bonds come out long, so it "
                    f"underbinds N-H...O/N-bonded packings and may place them too high on the landscape{resp}")
-    if charge_method is not None and ("H_W4" in set(ff_types) or _has_n_h(smiles)):
+    # only where N-H...O/N bonds can form: carbazole's N-H...pi packing is not what X23 measured
+    if (charge_method is not None and ("H_W4" in set(ff_types) or _has_n_h(smiles))
+            and has_n_h_acceptor(smiles) is not False):
         note = n_h_energy_note(charge_method)
         if note:
             out.append(note)

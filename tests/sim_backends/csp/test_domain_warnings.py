@@ -218,3 +218,18 @@ def test_neutral_amino_acids_are_warned_that_they_crystallise_as_zwitterions(cap
         _warn_early("NCC(=O)O")
         _warn_early("CC(=O)O")
     assert [r.getMessage() for r in caplog.records] == [f"WARNING: {w}"]
+
+
+def test_the_n_h_underbinding_warning_needs_an_acceptor_for_the_n_h():
+    """newuser46b #7: benzo[b]carbazole (one N-H, no O, no acceptor N: N-H...pi only) got the
+    29-90 kJ/mol N-H...N/O underbinding warning that X23's N-H...O/N crystals measured."""
+    from sim_backends.csp.domain import has_n_h_acceptor, model_warnings
+
+    for smiles in ("c1ccc2cc3c(cc2c1)[nH]c1ccccc13", "c1cc[nH]c1", "c1ccc2[nH]ccc2c1"):
+        assert has_n_h_acceptor(smiles) is False, smiles
+        assert model_warnings(["C", "H_W4"], [], smiles=smiles, charge_method="xtb-gfn2-mulliken") == []
+    for smiles in ("N", "NC=O", "NC(N)=O", "c1cnc[nH]1", "Nc1cc[nH]c(=O)n1"):  # X23's and imidazole's
+        assert has_n_h_acceptor(smiles) is True, smiles
+        (w,) = model_warnings(["C", "H_W4"], [], smiles=smiles, charge_method="xtb-gfn2-mulliken")
+        assert "underbound" in w
+    assert has_n_h_acceptor(None) is None and has_n_h_acceptor("C1CC") is None
