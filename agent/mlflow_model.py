@@ -4,7 +4,8 @@ Loaded with ``mlflow.pyfunc.load_model(uri)``; ``predict`` takes a DataFrame wit
 ``smiles`` column and returns, for every level of the campaign's ladder (cheapest first),
 columns ``<objective>_<level>_mean`` and ``<objective>_<level>_std`` (the prediction and
 its 1-sigma in the objective's unit, e.g. ``reorg_energy_kjmol_xtb-reorg_mean`` in kJ/mol;
-``<level>`` is the level's backend name, see :func:`output_columns`). The logged model's
+``<level>`` is the level's backend name, see :func:`output_columns`); a SMILES RDKit
+cannot read gets NaN in every column. The logged model's
 tags say the unit and level of theory of each column (``output.<column>``). ``<objective>``
 is the name the level's value is shown under (the ESF proxy's
 ``log10_reference_crystal_mobility_hole``, see :func:`agent.summary.shown_name`).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import pickle
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 
 
@@ -58,20 +60,31 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
         self.surrogate = MoleculeSurrogate.load_state_dict(blob["state_dict"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from rdkit import Chem, RDLogger
+
         from agent.surrogates.fingerprints import morgan_fingerprints
 
         smiles = list(model_input["smiles"])
-        fps = morgan_fingerprints(smiles, **self.fingerprint)
+        RDLogger.DisableLog("rdApp.*")
+        try:  # an unreadable SMILES has no fingerprint: NaN, not the prediction of an empty one
+            readable = np.array([isinstance(s, str) and bool(s.strip()) and Chem.MolFromSmiles(s) is not None
+                                 for s in smiles])
+        finally:
+            RDLogger.EnableLog("rdApp.*")
+        usable = [s if ok else "C" for s, ok in zip(smiles, readable, strict=True)]  # placeholders, masked below
+        fps = morgan_fingerprints(usable, **self.fingerprint)
         desc = None
         if getattr(self.surrogate, "uses_descriptors", False):
             from agent.surrogates.molecule_gp import molecule_descriptors
 
-            desc = molecule_descriptors(smiles)
+            desc = molecule_descriptors(usable)
         out = {"smiles": smiles}
         columns = getattr(self, "columns", None)
         lower = getattr(self, "lower_bound", None)
         for f in range(self.n_fidelities):
             mean, std = self.surrogate.predict(fps, f, descriptors=desc)
+            mean = np.where(readable, np.asarray(mean, dtype=float), np.nan)
+            std = np.where(readable, np.asarray(std, dtype=float), np.nan)
             if columns and lower is not None:
                 from agent.report import bounded_prediction
 

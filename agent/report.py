@@ -710,7 +710,7 @@ def bounded_prediction(mean: Any, sd: Any, lower: float) -> tuple[Any, Any]:
 
     mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
     ok = sd > 0
-    out_m, out_s = np.maximum(mean, lower), np.where(ok, sd, 0.0)
+    out_m, out_s = np.maximum(mean, lower), np.where(ok | np.isnan(sd), sd, 0.0)  # NaN stays NaN
     if ok.any():
         a = (lower - mean[ok]) / sd[ok]
         m, v = truncnorm.stats(a, np.inf, loc=mean[ok], scale=sd[ok], moments="mv")

@@ -317,6 +317,10 @@ def test_logged_surrogate_never_predicts_a_negative_reorganisation_energy(tmp_pa
     m, s = bounded_prediction(raw_m, raw_s, 0.0)
     np.testing.assert_allclose(pred[f"{c}_mean"], m)
     np.testing.assert_allclose(pred[f"{c}_std"], s)
+    # an unreadable SMILES gets NaN, not the confident prediction of an empty fingerprint (newuser46b #3)
+    bad = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"smiles": ["not_a_smiles", "C1CC", "", "CCO"]}))
+    assert bad[[f"{c}_mean", f"{c}_std", f"{c}_gp_mean", f"{c}_gp_std"]].iloc[:3].isna().all().all()
+    assert bad[[f"{c}_mean", f"{c}_std"]].iloc[3].notna().all()
     # the ESF proxy's value is a reference-crystal mobility, and its column says so
     assert output_columns("log10_landscape_mobility_hole", ["esf-proxy", "esf-refined"],
                           ["log10_reference_crystal_mobility_hole", "log10_landscape_mobility_hole"]) == [
