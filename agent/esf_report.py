@@ -91,6 +91,13 @@ XTB_LAMBDA_CAVEAT = ("lambda+ at GFN2-xTB is 0.61x the B3LYP//B3LYP value on ave
                      "they are not predictions")
 
 
+#: what the molecule stage's ESF landscapes are (sim_backends.esf.landscape_record: fixed sampling)
+FIXED_TRIALS_CAVEAT = ("the ESF levels' landscapes come from fixed-trial CSP searches (the trials their level names), "
+                       "not searches run to convergence: a window may miss low-energy structures, as the structure "
+                       "stage's 'NOT converged' line says of the same search; the landscapes rank molecules, they "
+                       "are not complete landscapes")
+
+
 def lambda_text(rec: dict[str, Any]) -> str:
     """``"lambda+ 0.064 eV (6.15 kJ/mol, GFN2-xTB)"`` of an ESF record."""
     lam = float(rec["lambda_hole_kjmol"])
@@ -666,8 +673,9 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     if not results:
         return []
     lines = [f"ESF           landscape hole mobility mu_h ({MOBILITY_UNIT}; Boltzmann mean ± 1 sd over the "
-             "predicted structures of the energy window that have a mobility; each line says how many of the "
-             "window's structures that is), best first"
+             "predicted structures of the energy window that have a mobility, averaged over their energies' "
+             "uncertainty, so it differs from the Boltzmann mean at the listed energies; each line says how many "
+             "of the window's structures that is), best first"
              + (", molecules a constraint excludes last" if any(r.get("infeasible") for r in results) else "")
              + ":"]
     from sim_backends.esf import CHARGE_LABELS, XTB_CHARGE_CAVEAT
@@ -676,6 +684,8 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
         lines.append(f"  CAVEAT {XTB_CHARGE_CAVEAT}")
     if any(r.get("lambda_level") == LAMBDA_LEVEL for r in results[:N_LISTED]):
         lines.append(f"  CAVEAT {XTB_LAMBDA_CAVEAT}")
+    if any(r.get("source") == "molecule stage" for r in results[:N_LISTED]):
+        lines.append(f"  CAVEAT {FIXED_TRIALS_CAVEAT}")
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
         covers = f"± {rec.get('sd_covers') or SD_ENERGY_ONLY}; " if rec["sd"] > 0 else ""

@@ -483,6 +483,12 @@ def test_status_and_table_give_lambda_with_its_level(esf_replay):
         camp.close()
     text = "\n".join(status_lines(rec))
     assert f"  CAVEAT {XTB_LAMBDA_CAVEAT}" in text
+    # newuser46b #2, #4: the headline is the mean over the energies' uncertainty, and the ESF levels'
+    # landscapes are fixed-trial searches (only the structure stage's identical CSP said "NOT converged")
+    from agent.esf_report import FIXED_TRIALS_CAVEAT
+
+    assert "averaged over their energies' uncertainty" in text
+    assert f"  CAVEAT {FIXED_TRIALS_CAVEAT}" in text
     for r in rec["esf"]:
         assert r["lambda_hole_kjmol"] == pytest.approx(lam[r["molecule_id"]]) and r["lambda_level"] == "GFN2-xTB"
     best = rec["esf"][0]
