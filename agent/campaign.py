@@ -126,6 +126,8 @@ class Status:
     #: and the CPU seconds they will be charged; 0 while a run is going on
     unsettled_cpu_s: float = 0.0
     n_unsettled: int = 0
+    #: what those tasks compute (``"csp-ff of coronene"``)
+    unsettled_tasks: list[str] = field(default_factory=list)
     #: the pid of the process running the campaign now (None when no run is going on)
     running_pid: str | None = None
     #: molecules a result showed infeasible ([[constraints]]): name or SMILES -> reason
@@ -776,6 +778,7 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         n_interrupted=interrupted[1],
         unsettled_cpu_s=unsettled[0],
         n_unsettled=unsettled[1],
+        unsettled_tasks=store.unsettled_tasks() if unsettled[1] else [],
         running_pid=running,
         best=best,
         best_smiles=mols[best_mol]["smiles"] if best_mol else None,

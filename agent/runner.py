@@ -154,7 +154,7 @@ class PlainProgress:
               + (f", {info}" if info else ""), file=sys.stderr, flush=True)
 
 
-def resume_line(campaign: Campaign, n_settled: int, cpu_settled_s: float) -> str:
+def resume_line(campaign: Campaign, n_settled: int, cpu_settled_s: float, tasks: list[str] | None = None) -> str:
     """The line a resumed run starts with (newuser44b #10: a resumed log stayed empty until
     the first result, and nothing said what was recovered): where the campaign stands and
     what the tasks the last run left unfinished were charged now."""
@@ -163,8 +163,11 @@ def resume_line(campaign: Campaign, n_settled: int, cpu_settled_s: float) -> str
     line = (f"crystal-agent: resuming {cfg.name!r} at {campaign.n_evaluations} of {cfg.max_evaluations} "
             f"evaluations, CPU {spent} s spent")
     if n_settled:
-        line += (f"; {n_settled} task{'s' if n_settled != 1 else ''} the last run left unfinished "
-                 f"charged {cpu_settled_s:.1f} CPU s (what their workers recorded) and asked again")
+        one = n_settled == 1
+        what = f" ({', '.join(tasks)})" if tasks else ""
+        line += (f"; {n_settled} task{'' if one else 's'}{what} the last run left unfinished "
+                 f"charged {cpu_settled_s:.1f} CPU s (what {'its worker' if one else 'their workers'} recorded) "
+                 "and asked again")
     return line
 
 
@@ -289,10 +292,11 @@ def run_campaign(
             tracker = _GuardedTracker(Tracker(campaign, runs_dir))  # a failure to start: one-line error
         store.set_meta("finished", "0")
         n_before, cpu_before = campaign.n_interrupted, campaign.interrupted_cpu_s
+        left = store.unsettled_tasks() if progress else []  # what they were, before they are charged
         campaign.settle_interrupted()  # before this run's first heartbeat
         if progress and campaign.n_evaluations + campaign.n_interrupted > 0:  # a resumed run says where it is
             print(resume_line(campaign, campaign.n_interrupted - n_before,
-                              campaign.interrupted_cpu_s - cpu_before), file=sys.stderr, flush=True)
+                              campaign.interrupted_cpu_s - cpu_before, left), file=sys.stderr, flush=True)
         cpus = float(getattr(executor, "cpus_per_task", cfg.executor.cpus_per_task))
         store.heartbeat()
         beat = time.monotonic()
@@ -322,7 +326,8 @@ def run_campaign(
                 free = slots - executor.n_in_flight
                 if free > 0 and not (cfg.synchronous and executor.n_in_flight):
                     for task in campaign.ask(free):
-                        store.note_submitted(task.request_id, cpus)
+                        store.note_submitted(task.request_id, cpus, backend=task.backend, smiles=task.inp.smiles,
+                                             structure_id=task.inp.structure_id)
                         executor.submit(task)
                 if time.monotonic() - beat >= HEARTBEAT_S:
                     # a lost cluster ends the run before another heartbeat: its tasks are

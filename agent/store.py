@@ -709,10 +709,26 @@ class Store:
         return float(stored) + self.interrupted_cpu_s()[0]
 
     # -- work an interrupted run left unfinished ------------------------------------------
-    def note_submitted(self, request_id: str, cpus: float) -> None:
+    def note_submitted(self, request_id: str, cpus: float, **about: Any) -> None:
         """Record that a task went to a worker (``submitted`` event; see
-        :meth:`settle_interrupted`)."""
-        self.log_event("submitted", request_id=request_id, cpus=float(cpus))
+        :meth:`settle_interrupted`); ``about``: what it computes (``backend``, ``smiles``,
+        ``structure_id``), for saying which tasks a stopped run left unfinished."""
+        self.log_event("submitted", request_id=request_id, cpus=float(cpus),
+                       **{k: v for k, v in about.items() if v is not None})
+
+    def unsettled_tasks(self) -> list[str]:
+        """What each task a stopped run left unfinished (not charged yet) computes:
+        ``"csp-ff of coronene"``, ``"xtb-crystal of m36-m0004 (coronene)"``; a task whose
+        event does not say (submitted by older code) is left out."""
+        names = {r["smiles"]: r["name"] or r["smiles"] for r in self.molecules()}
+        out = []
+        for e, *_ in self._unsettled():
+            if not e.get("backend"):
+                continue
+            mol = names.get(e.get("smiles"), e.get("smiles") or "?")
+            sid = e.get("structure_id")
+            out.append(f"{e['backend']} of {sid} ({mol})" if sid else f"{e['backend']} of {mol}")
+        return out
 
     def heartbeat(self) -> None:
         """Record that the run is alive now (the end of its unfinished tasks' charge); the

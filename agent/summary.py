@@ -861,7 +861,8 @@ def state_text(s: dict[str, Any]) -> str:
         return f"running (pid {s['running_pid']})"
     text = f"stopped before its end; `crystal-agent resume {s['name']}` continues it"
     if n := s.get("n_unsettled"):
-        text += (f"; {n} task{'s' if n != 1 else ''} running when it stopped will be charged "
+        what = f" ({', '.join(s['unsettled_tasks'])})" if s.get("unsettled_tasks") else ""
+        text += (f"; {n} task{'s' if n != 1 else ''} running when it stopped{what} will be charged "
                  f"{s['unsettled_cpu_s']:.1f} CPU s when it resumes (not counted above yet)")
     return text
 

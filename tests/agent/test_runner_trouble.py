@@ -80,7 +80,11 @@ def test_resume_line_without_unfinished_tasks():
                            n_evaluations=3, spent_cpu_s=12.34)
     assert resume_line(camp, 0, 0.0) == "crystal-agent: resuming 'c' at 3 of 10 evaluations, CPU 12.3 of 360 s spent"
     assert resume_line(camp, 1, 2.5).endswith(
-        "; 1 task the last run left unfinished charged 2.5 CPU s (what their workers recorded) and asked again")
+        "; 1 task the last run left unfinished charged 2.5 CPU s (what its worker recorded) and asked again")
+    # newuser46b #5: the tasks are named
+    assert resume_line(camp, 2, 5.0, ["csp-ff of coronene", "xtb-crystal of m36-m0004 (coronene)"]).endswith(
+        "; 2 tasks (csp-ff of coronene, xtb-crystal of m36-m0004 (coronene)) the last run left unfinished "
+        "charged 5.0 CPU s (what their workers recorded) and asked again")
 
 
 def test_a_tracking_failure_mid_run_is_one_warning_and_the_campaign_goes_on(tmp_path, monkeypatch, capsys):

@@ -89,6 +89,16 @@ def test_status_of_a_stopped_run_says_what_resume_will_charge(tmp_path):
     finally:
         camp.close()
 
+    # newuser46b #5: a task the runner submitted says what it computes
+    with Campaign.open("s", tmp_path / "runs") as rw:
+        rw.store.note_submitted("in-flight-2", 1.0, backend="diagnostic", smiles="CC", structure_id=None)
+        rw.store.set_meta("heartbeat", repr(rw.store.events("submitted")[-1]["ts"] + 10.0))
+    with Campaign.open("s", tmp_path / "runs", readonly=True) as ro2:
+        st2 = campaign_status(ro2.store, ro2.cfg)
+    assert st2.n_unsettled == 1 and st2.unsettled_tasks == ["diagnostic of ethane"], st2.unsettled_tasks
+    assert "1 task running when it stopped (diagnostic of ethane) will be charged" in state_text(
+        {**st2.to_dict(), "name": "s"})
+
 
 def test_state_text_of_a_finished_campaign():
     from agent.summary import state_text
