@@ -40,8 +40,11 @@ multi-fidelity GP of the molecule stage can relate them):
   the sd (:func:`sim_backends.mobility.window_coverage`; ``extra["uncomputed_weight"]``,
   ``extra["n_minima_in_window"]``), and the level's label says which structures the mean is
   over (:func:`boltzmann_mean_text`). A structure with
-  ``2 |J|max > lambda+`` is outside the Marcus hopping regime and carries that warning
-  (:func:`structure_warnings`). A "refined"
+  ``2 |J|max > lambda+`` is outside the Marcus hopping regime: its mobility is the
+  transient-localisation value (:mod:`sim_backends.tlt`; ``transport_model``, the hopping
+  value beside it as ``mobility_hole_marcus_cm2Vs``, an INFO note with the assumptions);
+  records made before that carry the regime warning instead (:func:`structure_warnings`,
+  :func:`with_regime_warnings`). A "refined"
   fidelity is the same backend with more trials and/or DFT transfer integrals
   (``fidelity = 2`` in its params). lambda+ is the ``lambda_hole_kjmol`` param when
   given, else computed here with GFN2-xTB (its CPU seconds are charged to the result).
@@ -183,14 +186,16 @@ def _regime_warning(j_hole_max_meV: float, lambda_hole_kjmol: float) -> str | No
 def with_regime_warnings(structures: list[dict[str, Any]], lambda_hole_kjmol: float) -> list[dict[str, Any]]:
     """Copies of a record's structures, each with the hopping-regime warning
     (:func:`structure_warnings`) from its stored ``j_hole_max_meV`` and this lambda+ when
-    it lacks one (records made before the warning existed)."""
-    from sim_backends.mobility import split_regime_warning
+    it lacks one (records made before the warning existed) and its mobility is a hopping
+    one (not a transient-localisation value, ``transport_model``)."""
+    from sim_backends.mobility import MARCUS_NAME, split_regime_warning
 
     out = []
     for s in structures:
         ws = list(s.get("warnings") or [])
         regime = (_regime_warning(float(s["j_hole_max_meV"]), lambda_hole_kjmol)
-                  if s.get("j_hole_max_meV") is not None else None)
+                  if s.get("j_hole_max_meV") is not None and s.get("transport_model") in (None, MARCUS_NAME)
+                  else None)
         if regime and not any(split_regime_warning(w)[1] is not None for w in ws):
             s = {**s, "warnings": [*ws, regime]}
         out.append(s)
@@ -234,7 +239,8 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
 
     from sim_backends.base import BackendError, process_cpu_s
     from sim_backends.csp import run_csp
-    from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility, landscape_mobility, window_coverage
+    from sim_backends.mobility import (EV_PER_KJMOL, crystal_mobility, landscape_mobility,
+                                       transient_localisation_note, window_coverage)
     from sim_backends.structures import load_crystal
     from sim_backends.transfer import crystal_transfer
 
@@ -273,14 +279,24 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                              "z": m.z, "density_gcm3": round(float(m.structure.density), 4), "cif": m.cif()}
         try:
             tr = crystal_transfer(load_crystal(m.cif(), smiles), transfer, cutoff_A, level_params or {})
-            values, _ = crystal_mobility(tr, {"hole": lambda_hole_kjmol * EV_PER_KJMOL}, temperature_K)
+            lam_ev = lambda_hole_kjmol * EV_PER_KJMOL
+            values, details = crystal_mobility(tr, {"hole": lam_ev}, temperature_K)
+            j_max = max(abs(d.hole["j_eff_meV"]) for d in tr.dimers)
+            hole = details["hole"]
             s.update({"mobility_hole_cm2Vs": values["mobility_hole_cm2Vs"],
                       "mobility_hole_max_cm2Vs": values["mobility_hole_max_cm2Vs"],
-                      "j_hole_max_meV": max(abs(d.hole["j_eff_meV"]) for d in tr.dimers),
+                      "transport_model": hole["model"],
+                      "j_hole_max_meV": j_max,
                       "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
                       "n_unique_dimers": len(tr.dimers), "hole_manifold": int(tr.manifolds["hole"]["n"]),
-                      "warnings": structure_warnings(tr, lambda_level, jahn_teller, lambda_hole_kjmol),
+                      "warnings": structure_warnings(tr, lambda_level, jahn_teller,
+                                                     lambda_hole_kjmol if "tlt" not in hole else None),
                       "notes": tr.notes})
+            if "tlt" in hole:  # outside the hopping regime: the TLT value, the hopping one beside it
+                s["mobility_hole_marcus_cm2Vs"] = hole["exact"]["iso"]
+                s["mobility_hole_tlt_stderr_cm2Vs"] = hole["tlt"]["stderr_iso"]
+                s["notes"] = [*s["notes"], transient_localisation_note("hole", j_max, lam_ev, hole["exact"]["iso"],
+                                                                       hole["tlt"])]
         except BackendError as exc:
             s["error"] = " ".join(str(exc).split())[:300]
         structures.append(s)
@@ -494,7 +510,9 @@ class EsfLandscapeBackend(Backend):
         tr = ("GFN2-xTB" if p["transfer"] == "gfn2-xtb"
               else f"{str(p.get('functional', 'b3lyp')).upper()}/{p.get('basis', '6-31g')}")
         charges = CHARGE_LABELS.get(str(p["charges"]), str(p["charges"]))
-        return (f"Marcus hopping at {p['temperature_K']:g} K, {tr} transfer integrals, "
+        from sim_backends.mobility import TLT_WHERE
+
+        return (f"Marcus hopping at {p['temperature_K']:g} K {TLT_WHERE}, {tr} transfer integrals, "
                 f"{p['n_trials']}-trial W99 CSP with {charges} charges, "
                 + boltzmann_mean_text(float(p["window_kjmol"]), int(p["n_structures"])))
 

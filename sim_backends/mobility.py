@@ -44,9 +44,13 @@ the KMC error on 1D, isotropic and inversion-symmetric networks
 
 Hopping mobilities are an approximation (they neglect band-like transport and dynamic
 disorder, which matter when |J| approaches lambda/2); their use here is ranking molecules
-and structures, as in the ESF papers. A crystal with ``2 |J|max > lambda`` is outside the
-hopping regime: :func:`hopping_regime_warning` is its warning (the mobility backends and
-the ESF levels, :mod:`sim_backends.esf`, attach it to the structure).
+and structures, as in the ESF papers. A carrier with ``2 |J|max > lambda`` is outside the
+hopping regime: :func:`crystal_mobility` then reports the transient-localisation mobility
+(:mod:`sim_backends.tlt`, with its assumptions; the hopping value stays in the details) and
+:func:`transient_localisation_note` is the structure's INFO note. Transfer integrals made
+before the neighbours' lattice shifts were recorded cannot give TLT: they keep the hopping
+value and :func:`hopping_regime_warning` is their warning (the mobility backends and the
+ESF levels, :mod:`sim_backends.esf`, attach either to the structure).
 
 :func:`landscape_mobility` turns a landscape of structures into a molecule-level property
 (see its docstring); :func:`window_coverage` says how much of the landscape's energy window
@@ -109,6 +113,15 @@ def hopping_regime_warning(carrier: str, j_max_meV: float, lambda_eV: float) -> 
         return None
     return (f"{carrier}: {HOPPING_REGIME_TEXT} (2|J|max/lambda = {2.0 * j / lam_meV:.2f}: "
             f"|J|max {j:.1f} meV, lambda {lam_meV:.1f} meV)")
+
+
+#: the fixed text of :func:`transient_localisation_note`
+TLT_NOTE_TEXT = ("2|J| > lambda, outside Marcus hopping's regime: mobility from transient localisation "
+                 "theory (TLT)")
+#: the hopping model's name in :func:`crystal_mobility`'s details
+MARCUS_NAME = "Marcus hopping"
+#: what a level of theory says of the structures outside the hopping regime
+TLT_WHERE = "(TLT where 2|J| > lambda)"
 
 
 def split_regime_warning(warning: str) -> tuple[str, float | None]:
@@ -312,8 +325,9 @@ def tensor_summary(d_cm2s: np.ndarray, temperature_K: float) -> dict[str, float]
 
 
 def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], temperature_K: float = 300.0,
-                     kmc_walkers: int = 0, seed: int = 0) -> tuple[dict[str, float], dict[str, Any]]:
-    """Hole and electron hopping mobilities of a crystal.
+                     kmc_walkers: int = 0, seed: int = 0,
+                     transport: str = "auto") -> tuple[dict[str, float], dict[str, Any]]:
+    """Hole and electron mobilities of a crystal.
 
     Args:
         transfer: the crystal's transfer integrals and network.
@@ -322,14 +336,24 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
         temperature_K: temperature.
         kmc_walkers: if > 0, also run :func:`kmc_diffusion` with this many walkers.
         seed: KMC seed.
+        transport: ``"auto"`` (default): Marcus hopping inside its regime, transient
+            localisation theory (:mod:`sim_backends.tlt`) for a carrier with
+            ``2 |J|max > lambda`` when the transfer integrals record the neighbours' shifts
+            (older results keep Marcus, and its regime warning is the caller's);
+            ``"marcus"``: hopping only.
 
     Returns:
-        ``(values, details)``: values ``mobility_{carrier}_cm2Vs`` (isotropic, exact
-        network D) and ``mobility_{carrier}_max_cm2Vs`` (largest principal value);
-        details per carrier with the Einstein-sum and KMC values and the local drift.
+        ``(values, details)``: values ``mobility_{carrier}_cm2Vs`` (isotropic) and
+        ``mobility_{carrier}_max_cm2Vs`` (largest principal value) of the model used;
+        details per carrier: ``model`` (:data:`MARCUS_NAME` or
+        :data:`sim_backends.tlt.TLT_NAME`), the hopping network's exact, Einstein-sum (and
+        KMC) values, the local drift, and ``tlt`` (:meth:`sim_backends.tlt.TltResult.to_extra`)
+        when TLT was used.
     """
     import numpy as np
 
+    if transport not in ("auto", "marcus"):
+        raise SetupError(f"transport {transport!r}: use 'auto' or 'marcus'")
     values: dict[str, float] = {}
     details: dict[str, Any] = {}
     for carrier, lam in lambdas_eV.items():
@@ -340,7 +364,7 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
         values[f"mobility_{carrier}_max_cm2Vs"] = exact["max"]
         drift = np.linalg.norm(net.local_drift(), axis=1).max()
         scale = float((net.rates * np.linalg.norm(net.vectors_A, axis=1)).sum() / net.n_sites)
-        info: dict[str, Any] = {"lambda_eV": lam, "exact": exact, "einstein_sum": einstein,
+        info: dict[str, Any] = {"model": MARCUS_NAME, "lambda_eV": lam, "exact": exact, "einstein_sum": einstein,
                                 "relative_local_drift": float(drift / scale) if scale > 0 else 0.0,
                                 "mobility_tensor_cm2Vs": mobility_cm2Vs(exact_diffusion(net),
                                                                         temperature_K).round(6).tolist()}
@@ -349,8 +373,31 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
             info["kmc"] = {**tensor_summary(kmc.diffusion, temperature_K),
                            "stderr_iso": float(mobility_cm2Vs(kmc.stderr_iso, temperature_K)),
                            "n_walkers": kmc.n_walkers, "mean_hops": kmc.mean_hops}
+        j_max = float(np.max(transfer.couplings_meV(carrier)))
+        if (transport == "auto" and hopping_regime_warning(carrier, j_max, lam) is not None
+                and len(transfer.shifts) == len(transfer.neighbours)):
+            from sim_backends.tlt import TLT_NAME, tlt_mobility
+
+            tlt = tlt_mobility(transfer, carrier, temperature_K, seed=seed)
+            info.update({"model": TLT_NAME, "tlt": tlt.to_extra()})
+            values[f"mobility_{carrier}_cm2Vs"] = tlt.iso
+            values[f"mobility_{carrier}_max_cm2Vs"] = tlt.max
         details[carrier] = info
     return values, details
+
+
+def transient_localisation_note(carrier: str, j_max_meV: float, lambda_eV: float, marcus_cm2Vs: float,
+                                tlt: dict[str, Any]) -> str:
+    """The INFO note of a carrier whose mobility comes from transient localisation theory
+    (outside Marcus hopping's regime): the ratio, the TLT value's assumptions and the
+    hopping value it replaces. Starts ``"{carrier}: "`` like the regime warning."""
+    from sim_backends.tlt import assumptions_text
+
+    ratio = 2.0 * abs(float(j_max_meV)) / (1e3 * float(lambda_eV))
+    return (f"{carrier}: {TLT_NOTE_TEXT} (2|J|max/lambda = {ratio:.2f}); "
+            f"{assumptions_text(tlt['disorder_ratio'], tlt['hbar_over_tau_meV'])}; "
+            f"localisation length {tlt['localisation_length_A']:.0f} A; Marcus hopping would give "
+            f"{marcus_cm2Vs:.3g} cm2/(V s)")
 
 
 @dataclass
@@ -579,20 +626,27 @@ class _MobilityBase(Backend):
         if lambdas["electron"] is None:
             values["mobility_electron_cm2Vs"] = values["mobility_electron_max_cm2Vs"] = float("nan")
         values.update(summary_values(transfer))
-        level = (f"Marcus hopping at {t_k:g} K on {transfer_backend.level_of_theory(transfer_params)} "
+        models = sorted({d["model"] for d in details.values()})
+        level = (f"{' / '.join(models)} at {t_k:g} K on {transfer_backend.level_of_theory(transfer_params)} "
                  "transfer integrals")
         extra = {**transfer.to_extra(), "cpu_s_scf": transfer.cpu_s, "mobility": details, "level": level}
-        regime = [w for c, lam in lambdas.items() if lam is not None
-                  if (w := hopping_regime_warning(c, values[f"j_{c}_max_meV"], lam)) is not None]
-        if regime:
-            extra["warnings"] = [*(extra.get("warnings") or []), *regime]
+        for c, lam in lambdas.items():
+            if lam is None:
+                continue
+            if details[c]["model"] == MARCUS_NAME:
+                w = hopping_regime_warning(c, values[f"j_{c}_max_meV"], lam)
+                if w is not None:
+                    extra["warnings"] = [*(extra.get("warnings") or []), w]
+            else:
+                extra["notes"] = [*(extra.get("notes") or []), transient_localisation_note(
+                    c, values[f"j_{c}_max_meV"], lam, details[c]["exact"]["iso"], details[c]["tlt"])]
         return values, extra
 
     def _hopping(self, params: dict[str, Any] | None = None) -> str:
-        """``Marcus hopping at 300 K``: the rate model and its temperature (the first part
-        of the level of theory, as the ESF levels give it; fresh39 C6)."""
+        """``Marcus hopping at 300 K (TLT where 2|J| > lambda)``: the rate model and its
+        temperature (the first part of the level of theory, as the ESF levels give it)."""
         t_k = float({**self.params, **(params or {})}.get("temperature_K", 300.0))
-        return f"Marcus hopping at {t_k:g} K"
+        return f"Marcus hopping at {t_k:g} K {TLT_WHERE}"
 
     def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
         """Mobilities below :data:`MAX_MOBILITY_CM2VS` (beyond, hopping does not apply)."""

@@ -443,6 +443,9 @@ class CrystalTransfer:
             over the Z monomers: ``n`` the largest size, ``splitting_meV`` the largest
             spread, ``gap_meV`` the smallest gap to the next orbital; ``sizes`` per monomer).
             Empty for results made before manifolds existed (single orbitals).
+        shifts: lattice translation (integers) of the target molecule of each neighbour
+            (a supercell of the network needs it: :mod:`sim_backends.tlt`). Empty for
+            results made before it was recorded.
     """
 
     dimers: list[DimerTransfer]
@@ -453,6 +456,7 @@ class CrystalTransfer:
     cpu_s: float
     frontier_spacing_meV: dict[str, float] = field(default_factory=dict)
     manifolds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shifts: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
@@ -500,7 +504,8 @@ class CrystalTransfer:
                 "frontier_spacing_meV": {k: round(v, 3) for k, v in self.frontier_spacing_meV.items()},
                 "manifolds": self.manifolds, "warnings": self.warnings, "notes": self.notes,
                 "neighbours": [list(n) for n in self.neighbours],
-                "vectors_A": [[round(float(x), 5) for x in v] for v in self.vectors_A]}
+                "vectors_A": [[round(float(x), 5) for x in v] for v in self.vectors_A],
+                **({"shifts": [list(t) for t in self.shifts]} if self.shifts else {})}
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> CrystalTransfer:
@@ -512,7 +517,8 @@ class CrystalTransfer:
                    vectors_A=np.asarray(extra["vectors_A"], dtype=float).reshape(-1, 3),
                    z=int(extra["z"]), level=str(extra["level"]), cpu_s=float(extra.get("cpu_s", 0.0)),
                    frontier_spacing_meV=dict(extra.get("frontier_spacing_meV", {})),
-                   manifolds=dict(extra.get("manifolds") or {}))
+                   manifolds=dict(extra.get("manifolds") or {}),
+                   shifts=[tuple(int(x) for x in t) for t in extra.get("shifts") or []])
 
 
 def dimer_key(i: int, j: int, shift: tuple[int, int, int] | list[int]) -> str:
@@ -639,7 +645,8 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
     neighbours = [(d.i, d.j, c) for d, c in zip(dimers, class_of)]
     spacing = {c: min(orb.frontier_spacing_meV(c) for orb, _ in monomers) for c in CARRIERS}
     return CrystalTransfer([records[k] for k in range(len(unique))], neighbours, vectors, crystal.z,
-                           level_name, cpu, spacing, manifolds)
+                           level_name, cpu, spacing, manifolds,
+                           [tuple(int(x) for x in d.shift) for d in dimers])
 
 
 def summary_values(transfer: CrystalTransfer) -> dict[str, float]:

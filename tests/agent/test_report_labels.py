@@ -225,10 +225,12 @@ def test_structure_stage_mobility_level_gives_the_temperature():
     from agent.config import BackendConfig
     from agent.summary import level_of_theory
 
-    assert level_of_theory(BackendConfig(name="mobility-xtb")) == "Marcus hopping at 300 K, GFN2-xTB dimer projection"
+    tlt = "(TLT where 2|J| > lambda)"
+    assert level_of_theory(BackendConfig(name="mobility-xtb")) == f"Marcus hopping at 300 K {tlt}, GFN2-xTB dimer projection"
     assert level_of_theory(BackendConfig(name="mobility-xtb", params={"temperature_K": 250})).startswith(
-        "Marcus hopping at 250 K, ")
-    assert level_of_theory(BackendConfig(name="mobility-dft")) == "Marcus hopping at 300 K, B3LYP/6-31g dimer projection"
+        f"Marcus hopping at 250 K {tlt}, ")
+    assert level_of_theory(BackendConfig(name="mobility-dft")) == (
+        f"Marcus hopping at 300 K {tlt}, B3LYP/6-31g dimer projection")
     assert level_of_theory(BackendConfig(name="esf-proxy")).startswith("Marcus hopping at 300 K, GFN2-xTB lambda+, ")
 
 
