@@ -323,6 +323,7 @@ class Store:
         self.path = Path(path)
         self.conn: sqlite3.Connection | None = None
         self._run_open = False  # this Store logged its run's ``started`` (elapsed_s's heartbeats)
+        self._unsettled_memo: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None  # _unsettled_submitted's
         self._lock_fd: int | None = None
         is_new = not self.path.exists()
         if readonly is None:
@@ -722,7 +723,7 @@ class Store:
         event does not say (submitted by older code) is left out."""
         names = {r["smiles"]: r["name"] or r["smiles"] for r in self.molecules()}
         out = []
-        for e, *_ in self._unsettled():
+        for e in self._unsettled_submitted():
             if not e.get("backend"):
                 continue
             mol = names.get(e.get("smiles"), e.get("smiles") or "?")
@@ -820,6 +821,24 @@ class Store:
         (:func:`agent.executor.task_cpu_record`), beside the store."""
         return self.path.parent / "task_cpu"
 
+    def _unsettled_submitted(self) -> list[dict[str, Any]]:
+        """The ``submitted`` events (as :meth:`events` gives them) of the tasks never stored
+        and not yet charged, in order: one query, whose answer is kept until an event or an
+        evaluation is added, so :meth:`unsettled_cpu_s`, :meth:`unsettled_tasks` and
+        :meth:`settle_interrupted`, called together (status, a run's start), share it."""
+        key = tuple(self.conn.execute(
+            "SELECT (SELECT MAX(id) FROM events), (SELECT MAX(id) FROM evaluations)").fetchone())
+        if self._unsettled_memo is not None and self._unsettled_memo[0] == key:
+            return self._unsettled_memo[1]
+        rows = self.conn.execute(
+            "SELECT id, ts, kind, payload FROM events WHERE kind = 'submitted' "
+            "AND id NOT IN (SELECT json_extract(payload, '$.submitted_event') FROM events "
+            "WHERE kind = 'interrupted_task' AND json_extract(payload, '$.submitted_event') IS NOT NULL) "
+            "AND json_extract(payload, '$.request_id') NOT IN (SELECT request_id FROM evaluations) ORDER BY id")
+        todo = [self._event(r) for r in rows]
+        self._unsettled_memo = (key, todo)
+        return todo
+
     def _unsettled(self) -> list[tuple[dict[str, Any], float, float, float | None]]:
         """``(submitted event, wall s, CPU s to charge, CPU s its worker recorded or None)``
         of each task submitted, never
@@ -829,12 +848,8 @@ class Store:
         from agent.executor import read_task_cpu, unfinished_charge, unfinished_wall
 
         last = float(self.get_meta("heartbeat") or 0.0)
-        charged = {e.get("submitted_event") for e in self.events("interrupted_task")}
-        stored = {r[0] for r in self.conn.execute("SELECT request_id FROM evaluations")}
         out = []
-        for e in self.events("submitted"):
-            if e["event_id"] in charged or e["request_id"] in stored:
-                continue
+        for e in self._unsettled_submitted():
             wall = max(0.0, last - e["ts"])
             measured = read_task_cpu(self.task_cpu_dir, e["request_id"])
             out.append((e, unfinished_wall(measured, wall, last),
@@ -944,10 +959,12 @@ class Store:
         q, args = "SELECT id, ts, kind, payload FROM events WHERE id > ?", (after_id,)
         if kind:
             q, args = q + " AND kind = ?", (after_id, kind)
-        return [
-            {"ts": r["ts"], "kind": r["kind"], **json.loads(r["payload"]), "event_id": r["id"]}
-            for r in self.conn.execute(q + " ORDER BY id", args)
-        ]
+        return [self._event(r) for r in self.conn.execute(q + " ORDER BY id", args)]
+
+    @staticmethod
+    def _event(r: sqlite3.Row) -> dict[str, Any]:
+        """An ``events`` row (``id, ts, kind, payload``) as :meth:`events` gives it."""
+        return {"ts": r["ts"], "kind": r["kind"], **json.loads(r["payload"]), "event_id": r["id"]}
 
     def integrity_ok(self) -> bool:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
