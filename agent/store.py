@@ -322,7 +322,10 @@ class Store:
     def __init__(self, path: str | Path, *, lock: bool = False, readonly: bool | None = None) -> None:
         self.path = Path(path)
         self.conn: sqlite3.Connection | None = None
-        self._run_open = False  # this Store logged its run's ``started`` (elapsed_s's heartbeats)
+        # this Store logged the open run's ``started`` (its heartbeats extend that run, elapsed_s); not
+        # derivable from the events, which say that the last run is open but not which launch opened it
+        # (a killed launcher's, or this Store's run that logged no end; tests/agent/test_review47_run_open.py)
+        self._run_open = False
         self._unsettled_memo: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None  # _unsettled_submitted's
         self._lock_fd: int | None = None
         is_new = not self.path.exists()
