@@ -4,8 +4,10 @@ Loaded with ``mlflow.pyfunc.load_model(uri)``; ``predict`` takes a DataFrame wit
 ``smiles`` column and returns, for every level of the campaign's ladder (cheapest first),
 columns ``<objective>_<level>_mean`` and ``<objective>_<level>_std`` (the prediction and
 its 1-sigma in the objective's unit, e.g. ``reorg_energy_kjmol_xtb-reorg_mean`` in kJ/mol;
-``<level>`` is the level's backend name, see :func:`output_columns`); a SMILES RDKit
-cannot read gets NaN in every column. The logged model's
+``<level>`` is the level's backend name, see :func:`output_columns`); a SMILES the campaign
+would refuse in its pool (:func:`agent.pool.validate_entry`: unparsable, an unsupported
+element such as a metal, several fragments, charged, radical, too large) gets NaN in every
+column. The logged model's
 tags say the unit and level of theory of each column (``output.<column>``). ``<objective>``
 is the name the level's value is shown under (the ESF proxy's
 ``log10_reference_crystal_mobility_hole``, see :func:`agent.summary.shown_name`).
@@ -60,18 +62,15 @@ class MoleculeSurrogateModel(mlflow.pyfunc.PythonModel):
         self.surrogate = MoleculeSurrogate.load_state_dict(blob["state_dict"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from rdkit import Chem, RDLogger
-
+        from agent.pool import validate_entry
         from agent.surrogates.fingerprints import morgan_fingerprints
 
         smiles = list(model_input["smiles"])
-        RDLogger.DisableLog("rdApp.*")
-        try:  # an unreadable SMILES has no fingerprint: NaN, not the prediction of an empty one
-            readable = np.array([isinstance(s, str) and bool(s.strip()) and Chem.MolFromSmiles(s) is not None
-                                 for s in smiles])
-        finally:
-            RDLogger.EnableLog("rdApp.*")
-        usable = [s if ok else "C" for s, ok in zip(smiles, readable, strict=True)]  # placeholders, masked below
+        # a molecule the campaign would refuse in its pool (unparsable, unsupported element, ...)
+        # gets NaN, not the prediction of an empty or meaningless fingerprint
+        checked = [validate_entry(s) for s in smiles]
+        readable = np.array([ok for _, ok, _ in checked], dtype=bool)
+        usable = [canon if ok else "C" for canon, ok, _ in checked]  # canonical, as the pool; placeholders masked below
         fps = morgan_fingerprints(usable, **self.fingerprint)
         desc = None
         if getattr(self.surrogate, "uses_descriptors", False):

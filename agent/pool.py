@@ -71,13 +71,27 @@ def pool_summary(store: Store, name: str) -> str:
     return line
 
 
+def validate_entry(smiles: object) -> tuple[str, bool, str]:
+    """``(SMILES, is_valid, reason)`` of one pool entry, as the campaign judges it
+    (:func:`sim_backends.molecule.validate_smiles`): the canonical SMILES, True, ``""`` when it
+    is valid; else the entry as given (cut to 200 characters), False and the one-line reason
+    (unparsable, unsupported element, several fragments, charged, radical, too large)."""
+    from sim_backends.molecule import validate_smiles
+
+    try:
+        return validate_smiles(smiles), True, ""
+    except Exception as exc:  # SetupError
+        shown = smiles if isinstance(smiles, str) else repr(smiles)
+        return (shown if len(shown) <= 200 else shown[:197] + "..."), False, str(exc)
+
+
 def validated_pool(cfg: CampaignConfig,
                    duplicates: list[dict[str, str | None]] | None = None) -> list[tuple[str, str | None, bool, str]]:
     """The pool as ``(smiles, name, is_valid, reason)`` rows, refused when it is empty,
     too large or holds no valid molecule. A later line with the same canonical SMILES is
     dropped; ``duplicates`` (a list, optional) receives one ``{"smiles", "name", "kept"}``
     per dropped line (``kept``: the name of the entry kept)."""
-    from sim_backends.molecule import read_pool, validate_smiles
+    from sim_backends.molecule import read_pool
 
     try:
         size = cfg.pool.stat().st_size
@@ -99,11 +113,7 @@ def validated_pool(cfg: CampaignConfig,
     rows = []
     seen: dict[str, str] = {}  # canonical SMILES -> the kept entry's name (or SMILES)
     for smi, name in entries:
-        try:
-            canon, ok, reason = validate_smiles(smi), True, ""
-        except Exception as exc:  # SetupError; keep the entry, flagged invalid
-            shown = smi if len(smi) <= 200 else smi[:197] + "..."
-            canon, ok, reason = shown, False, str(exc)
+        canon, ok, reason = validate_entry(smi)
         if canon in seen:
             if duplicates is not None:
                 duplicates.append({"smiles": smi, "name": name, "kept": seen[canon]})
