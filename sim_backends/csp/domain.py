@@ -168,16 +168,42 @@ def shortest_o_h_o(atoms: Any, max_h_o_A: float = 2.2, min_angle_deg: float = 12
     return best
 
 
+#: what :func:`n_h_acceptor_kind` calls an O, and an N with a lone pair and at most two bonded atoms
+#: (pyridine-type, imine, nitrile): the acceptors of the N-H...O/N bonds whose length
+#: :func:`n_h_acceptor_bonds` judges
+N_H_BOND_ACCEPTORS = ("O", "N-lone-pair")
+
+
+def n_h_acceptor_kind(symbol: str, neighbours: Sequence[str], aromatic: bool = False, charge: int = 0) -> str | None:
+    """The one rule of what accepts an N-H hydrogen bond, from an atom's element, the elements of
+    its bonded atoms (H included), whether it is aromatic and its formal charge:
+    ``"O"`` for any O; ``"N-lone-pair"`` for a neutral N with at most two bonded atoms, none an H
+    (pyridine-type, imine, nitrile); ``"N-amine"`` for another neutral N that is not aromatic
+    (ammonia, amines, amides, an N-H imine: an acceptor, but its N-H...N bonds are long by
+    nature, 3.26 A in X23's PBE+TS ammonia); None otherwise (a pyrrole-type aromatic N, with an
+    H or three bonded atoms, whose lone pair is in the ring; a charged N; other elements).
+    :func:`has_n_h_acceptor` (a SMILES) takes every kind, :func:`n_h_acceptor_bonds` (a cell,
+    no aromaticity or charges: an N with an H or three bonded atoms is not of its kinds either
+    way) those of :data:`N_H_BOND_ACCEPTORS`."""
+    if symbol == "O":
+        return "O"
+    if symbol != "N" or charge != 0:
+        return None
+    if len(neighbours) <= 2 and "H" not in neighbours:
+        return "N-lone-pair"
+    return None if aromatic else "N-amine"
+
+
 def n_h_acceptor_bonds(atoms: Any, max_h_a_A: float = N_H_SEARCH_H_A_A, min_angle_deg: float = 120.0
                        ) -> tuple[float, str] | None:
     """The N-H...O/N hydrogen bonds of a periodic cell, judged per molecule: for each molecule
-    with an N-H its shortest intermolecular N-H...A donor-acceptor distance (A = any O, or an N
-    with at most two bonded atoms and no H: pyridine-type, imine, nitrile; H...A below
-    ``max_h_a_A``, angle N-H...A above ``min_angle_deg``), and returned ``(the longest of
-    these A, "N3-H9...O21")`` -- the molecule worst served; ``(inf, "")`` when some molecule
-    donates none. None when the cell has no N-H or no such acceptor (pyrrole: N-H...pi only;
-    ammonia and amines: N-H...N(sp3) bonds are long by nature, 3.26 A in X23's PBE+TS
-    ammonia)."""
+    with an N-H its shortest intermolecular N-H...A donor-acceptor distance (A: an acceptor of
+    :data:`N_H_BOND_ACCEPTORS` by :func:`n_h_acceptor_kind`, any O or an N with at most two
+    bonded atoms and no H: pyridine-type, imine, nitrile; H...A below ``max_h_a_A``, angle
+    N-H...A above ``min_angle_deg``), and returned ``(the longest of these A, "N3-H9...O21")``
+    -- the molecule worst served; ``(inf, "")`` when some molecule donates none. None when the
+    cell has no N-H or no such acceptor (pyrrole: N-H...pi only; ammonia and amines:
+    N-H...N(sp3) bonds are long by nature, 3.26 A in X23's PBE+TS ammonia)."""
     import numpy as np
     from ase.neighborlist import neighbor_list
 
@@ -190,8 +216,8 @@ def n_h_acceptor_bonds(atoms: Any, max_h_a_A: float = N_H_SEARCH_H_A_A, min_angl
         if cell.get_distance(a, b, mic=True) <= (_X_H_BOND_A if "H" in (symbols[a], symbols[b]) else 1.9):
             bonded.setdefault(a, []).append(b)
     donors = {h: nb[0] for h, nb in bonded.items() if symbols[h] == "H" and len(nb) == 1 and symbols[nb[0]] == "N"}
-    acceptors = {k for k in range(len(cell)) if symbols[k] == "O" or (
-        symbols[k] == "N" and len(bonded.get(k, [])) <= 2 and not any(symbols[x] == "H" for x in bonded.get(k, [])))}
+    acceptors = {k for k in range(len(cell))
+                 if n_h_acceptor_kind(symbols[k], [symbols[x] for x in bonded.get(k, [])]) in N_H_BOND_ACCEPTORS}
     if not donors or not acceptors:
         return None
     best: dict[int, tuple[float, str]] = {int(mol_of[h]): (np.inf, "") for h in donors}
@@ -237,10 +263,11 @@ def _has_n_h(smiles: Any) -> bool:
 
 
 def has_n_h_acceptor(smiles: Any) -> bool | None:
-    """Whether a molecule with an N-H can make N-H...O/N hydrogen bonds: it has an O, or an
-    N with a lone pair to accept (an amine, imine, nitrile or pyridine-type N; not a
-    pyrrole-type aromatic N, whose lone pair is in the ring). None when ``smiles`` is not a
-    SMILES it can read. Carbazole, indole and pyrrole (N-H...pi only) give False."""
+    """Whether a molecule with an N-H can make N-H...O/N hydrogen bonds: it has an atom of any
+    kind of :func:`n_h_acceptor_kind` -- an O, or an N with a lone pair to accept (an amine,
+    imine, nitrile or pyridine-type N; not a pyrrole-type aromatic N, whose lone pair is in the
+    ring). None when ``smiles`` is not a SMILES it can read. Carbazole, indole and pyrrole
+    (N-H...pi only) give False."""
     if not isinstance(smiles, str) or not smiles:
         return None
     from rdkit import Chem
@@ -248,14 +275,9 @@ def has_n_h_acceptor(smiles: Any) -> bool | None:
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         return None
-    for a in mol.GetAtoms():
-        if a.GetSymbol() == "O":
-            return True
-        if a.GetSymbol() == "N" and a.GetFormalCharge() == 0:
-            pyrrole_type = a.GetIsAromatic() and (a.GetTotalNumHs() > 0 or a.GetDegree() == 3)
-            if not pyrrole_type:
-                return True
-    return False
+    return any(n_h_acceptor_kind(a.GetSymbol(), [b.GetSymbol() for b in a.GetNeighbors()] + ["H"] * a.GetTotalNumHs(),
+                                 a.GetIsAromatic(), a.GetFormalCharge()) is not None
+               for a in mol.GetAtoms())
 
 
 def charges_key(charge_method: Any) -> str | None:
