@@ -12,7 +12,9 @@ and ``report`` say about charge transport on the predicted crystals.
   stage"``), ``backend``, ``level`` (level of theory), ``mean``/``sd`` (Boltzmann-weighted
   hole mobility over the structures with a mobility and its sd, cm2/(V
   s)), ``sd_covers`` (what the sd includes: the energy ranking's spread, the structures of the
-  window without a mobility when some are, J and lambda errors not), ``sd_energy`` (the
+  window without a mobility when some are, J and lambda errors not; a structure stage's also
+  what a computed energy's sd is: the ranking level's own relative-energy error and the
+  structure surrogate's leave-one-out error in quadrature, :func:`_energy_sd_clause`), ``sd_energy`` (the
   energy ranking's part), ``n_in_window`` (the window's structures), ``n_with_mobility`` (of
   them with a value) and ``uncomputed_weight`` (the Boltzmann weight of the others), the
   ``sd`` widened for them (:func:`window_coverage`). A structure stage's window holds its
@@ -316,15 +318,12 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             in_window = {sid for sid, x in ranked.items() if x - e0 <= cfg.structures.window_kjmol}
         at_predicted = [x for x in structures if x["energy_predicted"] and x["id"] in in_window]
         rec["n_predicted"] = len(at_predicted)
+        _add_covers_clause(rec, _energy_sd_clause(e, rank_level))
         if at_predicted:
             top = max(x["energy_sd_kjmol"] or 0.0 for x in at_predicted)
-            clause = (f"the energy ranking's part includes the predicted energies of the {len(at_predicted)} "
-                      f"structures with a mobility but no computed energy ({_prediction(rec)}, "
-                      f"sd up to {top:.1f} kJ/mol per molecule)")
-            covers = rec.get("sd_covers") or SD_ENERGY_ONLY
-            tail = "; J and lambda errors not included"
-            rec["sd_covers"] = (covers.replace(tail, f"; {clause}{tail}", 1) if tail in covers
-                                else f"{covers}; {clause}")
+            _add_covers_clause(rec, f"the energy ranking's part includes the predicted energies of the "
+                                    f"{len(at_predicted)} structures with a mobility but no computed energy "
+                                    f"({_prediction(rec)}, sd up to {top:.1f} kJ/mol per molecule)")
         if win["stored"] > win["kept"]:  # the stage kept the lowest max_structures of the CSP's minima
             rec["window_cut"] = {"kept": win["kept"], "stored": win["stored"],
                                  "beyond_in_window": len(in_window & win["beyond"])}
@@ -335,6 +334,36 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                                      "computed": lowest in energies}
         out.append(rec)
     return out
+
+
+def _add_covers_clause(rec: dict[str, Any], clause: str) -> None:
+    """Add ``clause`` to the record's ``sd_covers``, before its closing "J and lambda errors
+    not included"."""
+    covers = rec.get("sd_covers") or SD_ENERGY_ONLY
+    tail = "; J and lambda errors not included"
+    rec["sd_covers"] = covers.replace(tail, f"; {clause}{tail}", 1) if tail in covers else f"{covers}; {clause}"
+
+
+def _energy_sd_clause(event: dict[str, Any], rank_level: Any) -> str:
+    """What the sd of a computed ranking-level energy in a structure-stage landscape property
+    is (:meth:`agent.stages.properties.PropertyLevel.event`): the ranking level's own
+    relative-energy error and the structure surrogate's leave-one-out error in quadrature, or
+    the latter only, the level treated as exact, where its error is not measured (and in an
+    event logged before it was included)."""
+    from agent.stages.structure import ranking_level_sd
+
+    sd = event.get("energy_sd_kjmol")
+    own = float(event.get("ranking_sd_kjmol") or 0.0)
+    head = "the energy ranking's sd per computed energy is"
+    if sd is None:  # logged before the level's own error was included
+        return f"{head} the structure surrogate's leave-one-out error only, the ranking level treated as exact"
+    loo = math.sqrt(max(float(sd) ** 2 - own ** 2, 0.0))
+    if own > 0:
+        source = ranking_level_sd(rank_level)[1] or "as measured"
+        return (f"{head} {float(sd):.1f} kJ/mol per molecule: the ranking level's own relative-energy error "
+                f"{own:.1f} ({source}) and the structure surrogate's leave-one-out error {loo:.2f}, in quadrature")
+    return (f"{head} the structure surrogate's leave-one-out error only ({loo:.2f} kJ/mol per molecule): the "
+            "ranking level's own error is not measured, it is treated as exact")
 
 
 def _prediction(rec: dict[str, Any]) -> str:

@@ -21,20 +21,26 @@ within the cutoff, a failed dimer SCF) fails that structure only.
 
 The landscape property (:func:`sim_backends.mobility.landscape_mobility`): the
 Boltzmann-weighted mean over the structures with a property value within the stage's
-window, at their ranking-level energies: computed, with the surrogate's leave-one-out error
-of those energies as their sd (0 before a model exists); or, for a structure with a value
+window, at their ranking-level energies: computed, with the ranking level's own error in
+relative energies (``ranking_sd_kjmol``, :func:`agent.stages.structure.ranking_level_sd`:
+periodic GFN2-xTB's sd against fragment DFT, 0 for a level whose error is not measured) and
+the surrogate's leave-one-out error of those energies (0 before a model exists) in
+quadrature as their sd; or, for a structure with a value
 but no computed energy (a reused value, below, on a structure the ranking level has not
 reached), its predicted energy (``predicted``: the structure surrogate's posterior mean and
 sd as the stage ranks by them,
 :meth:`~agent.stages.structure.StructureStage.corrected_landscape`), with that posterior sd
-(at least the leave-one-out error) as its sd. The energies' sds enter the mean's sd through
+(at least the leave-one-out error) and the level's own error in quadrature as its sd. The
+energies' sds enter the mean's sd through
 the energy sampling of :func:`~sim_backends.mobility.landscape_mobility` (window and weights
 redrawn per sample), so a predicted energy's larger error widens the reported sd. Without a
 prediction (no energy computed on the landscape yet, or a structure that failed at the
 ranking level) such a structure stays out of the mean. It is recorded as a
 ``landscape_property`` event (``molecule_id``, ``level``, ``value_key``, ``mean``, ``sd``,
 ``n_structures``, ``n_in_window``, ``n_reused``, ``n_predicted``: the structures in the mean
-at a predicted energy, ``predicted_kjmol``: their structure id -> [energy, sd]) each time a
+at a predicted energy, ``predicted_kjmol``: their structure id -> [energy, sd],
+``energy_sd_kjmol``: the sd of a computed energy, ``ranking_sd_kjmol``: the level's own error
+in it) each time a
 property value arrives, each time a ranking-level energy arrives on a landscape that has
 property values, and at the end of a run when the final surrogate moved the predicted
 energies the last event used (:meth:`~agent.stages.structure.StructureStage.refit_all`).
@@ -169,10 +175,13 @@ def reused_values(store: Store, cfg: CampaignConfig, level: StructureLevelConfig
 class PropertyLevel:
     """One property level of the structure stage (module docstring)."""
 
-    def __init__(self, level: StructureLevelConfig, campaign_cfg: CampaignConfig, value_key: str) -> None:
+    def __init__(self, level: StructureLevelConfig, campaign_cfg: CampaignConfig, value_key: str,
+                 ranking_sd_kjmol: float = 0.0) -> None:
         from sim_backends.registry import backend_class
 
         self.level = level
+        #: the ranking level's own relative-energy error (kJ/mol per molecule; module docstring)
+        self.ranking_sd_kjmol = float(ranking_sd_kjmol)
         self.name = level.name
         self.value_key = value_key
         self.campaign_cfg = campaign_cfg
@@ -252,9 +261,13 @@ class PropertyLevel:
                          ) -> tuple[list[int], list[float], list[float], list[int]]:
         """``(indices, energies, energy sds, indices at a predicted energy)`` of the
         structures of ``land`` the landscape property is over (module docstring): those
-        with a value and a computed ranking-level energy (sd ``energy_sd_kjmol``), and
-        those with a value, no computed energy and a prediction in ``predicted`` (index ->
-        posterior mean, sd; sd at least ``energy_sd_kjmol``), failed structures left out."""
+        with a value and a computed ranking-level energy (sd ``energy_sd_kjmol``, the level's
+        own error included), and those with a value, no computed energy and a prediction in
+        ``predicted`` (index -> posterior mean, sd; sd the posterior's and the level's own
+        error, :attr:`ranking_sd_kjmol`, in quadrature, at least ``energy_sd_kjmol``), failed
+        structures left out."""
+        import math
+
         st = self.state(land.molecule_id)
         idx: list[int] = []
         energies: list[float] = []
@@ -269,7 +282,7 @@ class PropertyLevel:
                 mean, sd = predicted[i]
                 idx.append(i)
                 energies.append(float(mean))
-                sds.append(max(float(sd), float(energy_sd_kjmol)))
+                sds.append(max(math.hypot(float(sd), self.ranking_sd_kjmol), float(energy_sd_kjmol)))
                 at_predicted.append(i)
         return idx, energies, sds, at_predicted
 
@@ -300,7 +313,8 @@ class PropertyLevel:
         return {"molecule_id": land.molecule_id, "level": self.name, "value_key": self.value_key,
                 "mean": lm.mean, "sd": lm.sd, "n_structures": len(st.values), "n_in_window": lm.n_in_window,
                 "n_reused": len(st.reused), "n_predicted": len(at_predicted),
-                "predicted_kjmol": {land.ids[i]: [energies[pos[i]], sds[pos[i]]] for i in at_predicted}}
+                "predicted_kjmol": {land.ids[i]: [energies[pos[i]], sds[pos[i]]] for i in at_predicted},
+                "energy_sd_kjmol": float(energy_sd_kjmol), "ranking_sd_kjmol": self.ranking_sd_kjmol}
 
     def log(self, land: Any, energy_sd_kjmol: float, window_kjmol: float,
             predicted: Mapping[int, tuple[float, float]] | None = None) -> dict[str, Any] | None:

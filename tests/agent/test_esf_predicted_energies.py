@@ -140,8 +140,9 @@ def _landscape(camp):
 
 def test_reused_mobilities_without_a_computed_energy_enter_the_mean_at_their_predicted_energies(camp):
     """#1: the last landscape_property event is the Boltzmann mean over every structure with a
-    mobility: computed energies with the surrogate's leave-one-out error as sd, the reused
-    ones without a computed energy at the stage's predicted energy with its posterior sd."""
+    mobility: computed energies with the level's own error and the surrogate's leave-one-out
+    error in quadrature as sd, the reused ones without a computed energy at the stage's
+    predicted energy with its posterior sd and the level's own error in quadrature."""
     from sim_backends.mobility import landscape_mobility
 
     stage, land, st = _landscape(camp)
@@ -154,14 +155,17 @@ def test_reused_mobilities_without_a_computed_energy_enter_the_mean_at_their_pre
     loo = corr["loo_mae_kjmol"]
     idx = sorted(i for i in st.values if i in land.computed or i in at_predicted)
     energies = [land.computed[i] if i in land.computed else corr["corrected_kjmol"][i] for i in idx]
-    sds = [loo if i in land.computed else max(corr["std_kjmol"][i], loo) for i in idx]
+    from agent.stages.structure import PERIODIC_XTB_ENERGY_SD_KJMOL as own  # the replayed level is periodic xTB
+
+    sds = [math.hypot(own, loo) if i in land.computed else math.hypot(own, max(corr["std_kjmol"][i], loo))
+           for i in idx]
     for i in at_predicted:  # the event names the energies its mean used
         assert event["predicted_kjmol"][land.ids[i]] == pytest.approx([corr["corrected_kjmol"][i], sds[idx.index(i)]])
     mus = [st.values[i] for i in idx]
     lm = landscape_mobility(energies, mus, sds, window_kjmol=WINDOW)
     assert (event["mean"], event["sd"]) == pytest.approx((lm.mean, lm.sd), rel=1e-12)
     # the predicted energies' uncertainty is in the sd: with the computed structures' error only it is smaller
-    narrow = landscape_mobility(energies, mus, [loo] * len(idx), window_kjmol=WINDOW)
+    narrow = landscape_mobility(energies, mus, [math.hypot(own, loo)] * len(idx), window_kjmol=WINDOW)
     assert event["sd"] > narrow.sd
     # and the mean is not the one over the computed energies only (what it was)
     only = [i for i in idx if i in land.computed]

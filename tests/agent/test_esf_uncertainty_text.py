@@ -96,8 +96,15 @@ def test_structure_stage_mobility_says_how_much_of_the_window_it_covers(finished
     line = next(x for x in text.splitlines() if x.startswith(f"  {esf['name']}: mu_h = ") and "structure stage" in x)
     assert f"mobility for {k} of {n} structures in window" in line, line
     assert f"± {esf['sd']:.1e} cm2/(V s)" in line
+    own = event["ranking_sd_kjmol"]  # the replayed level is periodic GFN2-xTB: its own error is in the sd
+    loo = math.sqrt(event["energy_sd_kjmol"] ** 2 - own ** 2)
+    assert own > 0 and loo > 0
     assert (f"(± energy ranking and {n - k} structures without a mobility ({w_u:.0%} of the Boltzmann weight) "
-            f"at the spread of the {k} computed mobilities; J and lambda errors not included; log10 ") in line
+            f"at the spread of the {k} computed mobilities; the energy ranking's sd per computed energy is "
+            f"{event['energy_sd_kjmol']:.1f} kJ/mol per molecule: the ranking level's own relative-energy error "
+            f"{own:.1f} (periodic GFN2-xTB's sd against fragment DFT on 16 pyrazine structures) and the structure "
+            f"surrogate's leave-one-out error {loo:.2f}, in quadrature; J and lambda errors not included; "
+            "log10 ") in line
     import csv
 
     (row,) = [r for r in csv.DictReader((finished / "u" / "report" / "esf_results.csv").open())
