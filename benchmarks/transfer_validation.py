@@ -234,10 +234,34 @@ def pearson_spearman(x, y) -> tuple[float, float]:
     return float(pearsonr(x, y)[0]), float(spearmanr(x, y)[0])
 
 
+def with_shifts(tr, crystal, cutoff: float, max_com_A: float | None):
+    """``tr`` with its neighbours' lattice shifts (results saved before they were recorded):
+    the same dimer enumeration as :func:`sim_backends.transfer.crystal_transfer`, checked
+    against the stored hop vectors."""
+    import dataclasses
+
+    import numpy as np
+
+    from sim_backends.dft_crystal import enumerate_dimers
+
+    if len(tr.shifts) == len(tr.neighbours):
+        return tr
+    dimers = [d for d in enumerate_dimers(crystal, float(cutoff), "contact")
+              if max_com_A is None or d.com_A <= float(max_com_A)]
+    atoms = crystal.atoms
+    masses = atoms.get_masses()
+    com = [masses[g] @ atoms.positions[g] / masses[g].sum() for g in crystal.groups]
+    vectors = np.array([com[d.j] + np.asarray(d.shift) @ atoms.cell.array - com[d.i] for d in dimers])
+    if len(dimers) != len(tr.neighbours) or not np.allclose(vectors, tr.vectors_A, atol=1e-3):
+        raise SystemExit("stored transfer integrals do not match this crystal's dimers; recompute them")
+    return dataclasses.replace(tr, shifts=[tuple(int(x) for x in d.shift) for d in dimers])
+
+
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from sim_backends.mobility import HoppingNetwork, crystal_mobility, kmc_diffusion, mobility_cm2Vs
+    from sim_backends.tlt import assumptions_text, tlt_mobility
     from sim_backends.transfer import CrystalTransfer, DimerTransfer, dimer_key
 
     args = parse(argv)
@@ -297,20 +321,32 @@ def main(argv: list[str] | None = None) -> int:
         mob = {}
         if lam is not None:
             for lv, tr in ok.items():
+                tr = with_shifts(tr, crystal, args.cutoff, spec["max_com_A"])
                 values, details = crystal_mobility(tr, {"hole": lam}, args.temperature)
+                hop = details["hole"]["exact"]
                 net = HoppingNetwork.from_transfer(tr, "hole", lam, args.temperature)
                 kmc = kmc_diffusion(net, n_walkers=3000, n_hops=1000, seed=0)
-                mob[lv] = {"exact_iso": values["mobility_hole_cm2Vs"], "exact_max": values["mobility_hole_max_cm2Vs"],
+                tlt = tlt_mobility(tr, "hole", args.temperature)  # beside Marcus on every crystal
+                mob[lv] = {"exact_iso": hop["iso"], "exact_max": hop["max"],
                            "einstein_iso": details["hole"]["einstein_sum"]["iso"],
                            "kmc_iso": float(mobility_cm2Vs(np.trace(kmc.diffusion) / 3, args.temperature)),
                            "kmc_stderr": float(mobility_cm2Vs(kmc.stderr_iso, args.temperature)),
-                           "relative_local_drift": details["hole"]["relative_local_drift"]}
+                           "relative_local_drift": details["hole"]["relative_local_drift"],
+                           "two_j_over_lambda": float(2e-3 * np.max(tr.couplings_meV("hole")) / lam),
+                           "tlt_iso": tlt.iso, "tlt_max": tlt.max, "tlt_stderr": tlt.stderr_iso,
+                           "tlt_localisation_length_A": tlt.localisation_length_A,
+                           "model_reported": details["hole"]["model"],
+                           "reported_iso": values["mobility_hole_cm2Vs"]}
             print(f"  hole mobility, lambda+ = {lam * 1000:.0f} meV ({spec['lambda_source']}), "
-                  f"{args.temperature:g} K, cm2/(V s):")
-            print(f"  {'level':12s} {'exact iso':>10s} {'exact max':>10s} {'Einstein':>10s} {'KMC':>16s}")
+                  f"{args.temperature:g} K, cm2/(V s); Marcus hopping (exact network, Einstein sum, KMC) and "
+                  f"transient localisation (TLT, {assumptions_text()}); the product reports TLT where 2|J|max > lambda:")
+            print(f"  {'level':12s} {'2|J|/lam':>8s} {'exact iso':>10s} {'exact max':>10s} {'Einstein':>10s} "
+                  f"{'KMC':>16s} {'TLT iso':>15s} {'TLT max':>8s} {'L_TLT/A':>8s}")
             for lv, m in mob.items():
-                print(f"  {LEVEL_NAMES[lv]:12s} {m['exact_iso']:10.3f} {m['exact_max']:10.3f} "
-                      f"{m['einstein_iso']:10.3f} {m['kmc_iso']:9.3f} +- {m['kmc_stderr']:.3f}")
+                print(f"  {LEVEL_NAMES[lv]:12s} {m['two_j_over_lambda']:8.2f} {m['exact_iso']:10.3f} "
+                      f"{m['exact_max']:10.3f} {m['einstein_iso']:10.3f} {m['kmc_iso']:9.3f} +- {m['kmc_stderr']:.3f} "
+                      f"{m['tlt_iso']:7.3f} +- {m['tlt_stderr']:.3f} {m['tlt_max']:8.3f} "
+                      f"{m['tlt_localisation_length_A']:8.1f}")
             print(f"  experiment / literature: {spec['experiment']}")
         crystals_out[cname] = {"z": crystal.z, "structure": spec["structure"], "max_com_A": spec["max_com_A"],
                                "dimers": rows, "mobility_hole_cm2Vs": mob, "lambda_hole_eV": lam,
