@@ -51,6 +51,10 @@ _ELAPSED_META = "elapsed_count"
 #: events a launch logs before its run's ``started`` (opening the store, charging the tasks
 #: a killed run left): never the end of the run before it
 LAUNCH_EVENTS = ("resumed", "renamed", "interrupted_task", "refine")
+#: the events that make a run one of the campaign's runs (:meth:`Store.elapsed_s`): it submitted a
+#: task or a lab experiment, or stored a result; a launch that did none of these (a resume of a
+#: finished campaign: only its final refit) is not counted
+RUN_WORK = ("submitted", "result", "lab_submitted", "lab_result")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -749,7 +753,10 @@ class Store:
         killed without one (kill -9) ends at its last event or its last heartbeat, whichever
         is later (events a later launch logs before its own ``started``,
         :data:`LAUNCH_EVENTS`, are not the killed run's); a run still going ends at ``now``
-        when given (the caller knows whether it runs).
+        when given (the caller knows whether it runs). ``runs`` counts only the runs that did
+        something (an event of :data:`RUN_WORK`: a task or lab experiment submitted, a result
+        stored), not a resume of a finished campaign that ran no task; the seconds are every
+        run's.
 
         Read once per evaluation (status, the tracker's progress), so it does not scan the
         events: the count over them is kept in the meta table (:data:`_ELAPSED_META`), brought
@@ -773,29 +780,35 @@ class Store:
         """``(state, stored)``: the count of :meth:`elapsed_s` over every event so far -- the
         stored one (``stored`` True) carried over the events logged after it, else one from the
         first event: ``event_id`` (the last event counted), ``total`` (seconds of the runs that
-        ended; a killed run ends at its last event), ``runs``, and ``start`` and ``last`` (the
-        timestamps of the open run's ``started`` and latest event or, ``beat``, heartbeat of
-        that run; None without one)."""
+        ended; a killed run ends at its last event), ``runs`` (those that did something,
+        :data:`RUN_WORK`), ``start`` and ``last`` (the timestamps of the open run's ``started``
+        and latest event or, ``beat``, heartbeat of that run; None without one) and ``counted``
+        (the open run is in ``runs``; a count stored before it was kept counted every run at its
+        start)."""
         conn = self.conn if conn is None else conn
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (_ELAPSED_META,)).fetchone()
         state = json.loads(row[0]) if row else {"event_id": 0, "total": 0.0, "runs": 0, "start": None, "last": None}
         total, runs, start, last = state["total"], state["runs"], state["start"], state["last"]
+        counted = state.get("counted", True)
         event_id = state["event_id"]
         for event_id, ts, kind in conn.execute(
                 "SELECT id, ts, kind FROM events WHERE id > ? ORDER BY id", (state["event_id"],)):
             if kind == "started":
                 if start is not None:  # the run before was killed
                     total += last - start
-                start, last, runs = ts, ts, runs + 1
+                start, last, counted = ts, ts, False
             elif start is not None:
                 if kind in RUN_ENDS:
                     total += ts - start
                     start = None
                 elif kind not in LAUNCH_EVENTS:
                     last = ts
+                    if kind in RUN_WORK and not counted:
+                        runs, counted = runs + 1, True
         if start is not None and beat is not None:
             last = max(last, beat)
-        return {"event_id": event_id, "total": total, "runs": runs, "start": start, "last": last}, row is not None
+        return {"event_id": event_id, "total": total, "runs": runs, "start": start, "last": last,
+                "counted": counted}, row is not None
 
     def _save_elapsed(self, conn: sqlite3.Connection, beat: float | None = None) -> None:
         """Store the count of :meth:`elapsed_s` up to the last event (inside a transaction);

@@ -26,11 +26,11 @@ def test_a_new_launch_that_logs_nothing_before_its_heartbeat_does_not_extend_the
     monkeypatch.setattr(time, "time", lambda: clock[0])
     path = tmp_path / "store.sqlite"
     with Store(path, lock=True) as store:  # killed: no end event
-        _at(clock, store, [(1000.0, "started"), (1010.0, "evaluation")])
+        _at(clock, store, [(1000.0, "started"), (1010.0, "result")])
         store.conn.close()
         store.conn = None
     with Store(path, lock=True) as store:  # holds the lock; the last boundary event is the killed run's start
-        _at(clock, store, [(1501.0, "beat"), (1502.0, "started"), (1520.0, "finished")])
+        _at(clock, store, [(1501.0, "beat"), (1502.0, "started"), (1510.0, "result"), (1520.0, "finished")])
         assert store.elapsed_s() == (pytest.approx(10.0 + 18.0), 2)
 
 
@@ -42,8 +42,9 @@ def test_a_second_run_of_the_same_store_after_one_that_logged_no_end(tmp_path, m
     clock = [1000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])
     with Store(tmp_path / "store.sqlite", lock=True) as store:
-        _at(clock, store, [(1000.0, "started"), (1010.0, "evaluation"),
-                           (1500.0, "settle"), (1501.0, "beat"), (1502.0, "started"), (1520.0, "finished")])
+        _at(clock, store, [(1000.0, "started"), (1010.0, "result"),
+                           (1500.0, "settle"), (1501.0, "beat"), (1502.0, "started"), (1510.0, "result"),
+                           (1520.0, "finished")])
         assert store.elapsed_s() == (pytest.approx(10.0 + 18.0), 2)
 
 
@@ -52,10 +53,11 @@ def test_this_runs_heartbeats_extend_it(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: clock[0])
     path = tmp_path / "store.sqlite"
     with Store(path, lock=True) as store:
-        _at(clock, store, [(999.0, "resumed"), (999.5, "beat"), (1000.0, "started"), (1010.0, "evaluation"),
+        _at(clock, store, [(999.0, "resumed"), (999.5, "beat"), (1000.0, "started"), (1010.0, "result"),
                            (1040.0, "beat")])
         store.conn.close()  # killed after its heartbeat
         store.conn = None
     with Store(path, lock=True) as store:
-        _at(clock, store, [(1500.0, "resumed"), (1501.0, "beat"), (1502.0, "started"), (1512.0, "finished")])
+        _at(clock, store, [(1500.0, "resumed"), (1501.0, "beat"), (1502.0, "started"), (1505.0, "result"),
+                           (1512.0, "finished")])
         assert store.elapsed_s() == (pytest.approx(40.0 + 10.0), 2)  # the killed run ends at its own beat

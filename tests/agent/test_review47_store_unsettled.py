@@ -40,7 +40,8 @@ def test_status_and_settle_find_the_unfinished_tasks_once(tmp_path):
         ts = [e["ts"] for e in store.events("submitted")[2:5]]
         assert cpu == pytest.approx(2.0 * 3.0 + 1.0 * (t0 + 3.0 - ts[1]) + 1.0 * (t0 + 3.0 - ts[2]))
         assert store.settle_interrupted() == (pytest.approx(cpu), 3)
-        assert sum("NOT IN (SELECT request_id FROM evaluations)" in q for q in seen) == 1  # one query for the three calls
+        # one query for the three calls
+        assert sum("NOT IN (SELECT request_id FROM evaluations)" in q for q in seen) == 1
         # the charge is an event: found again, nothing left
         assert store.unsettled_cpu_s() == (0.0, 0) and store.unsettled_tasks() == []
         assert sum("NOT IN (SELECT request_id FROM evaluations)" in q for q in seen) == 2

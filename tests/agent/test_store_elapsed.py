@@ -19,11 +19,11 @@ def _events(store: Store, rows: list[tuple[float, str]]) -> None:
 def test_elapsed_over_runs_finished_interrupted_and_killed(tmp_path):
     with Store(tmp_path / "store.sqlite") as store:
         assert store.elapsed_s() == (0.0, 0)
-        _events(store, [(100.0, "started"), (150.0, "evaluation"), (160.0, "interrupted"),  # 60 s
-                        (200.0, "resumed"), (205.0, "started"), (230.0, "evaluation"),      # killed: 25 s
-                        (300.0, "started"), (400.0, "finished")])                          # 100 s
+        _events(store, [(100.0, "started"), (150.0, "result"), (160.0, "interrupted"),   # 60 s
+                        (200.0, "resumed"), (205.0, "started"), (230.0, "result"),       # killed: 25 s
+                        (300.0, "started"), (350.0, "result"), (400.0, "finished")])     # 100 s
         assert store.elapsed_s() == (pytest.approx(185.0), 3)
-        _events(store, [(500.0, "started"), (520.0, "evaluation")])  # going on (or killed) ...
+        _events(store, [(500.0, "started"), (520.0, "result")])  # going on (or killed) ...
         store.set_meta("heartbeat", repr(560.0))  # ... to its last heartbeat
         assert store.elapsed_s() == (pytest.approx(245.0), 4)
 
@@ -48,19 +48,22 @@ def _scan(store: Store, now: float | None = None) -> tuple[float, int]:
     of 2026-12-07: it ran in every status and every logged progress): the reference."""
     ends = ("finished", "interrupted", "cluster_lost")
     launch = ("resumed", "renamed", "interrupted_task", "refine")  # a later launch's, before its start
+    work = ("submitted", "result", "lab_submitted", "lab_result")  # a run that did none is not counted (review 47)
     beat = store.get_meta("heartbeat")
-    total, runs, start, last = 0.0, 0, None, None
+    total, runs, start, last, worked = 0.0, 0, None, None, False
     for ts, kind in store.conn.execute("SELECT ts, kind FROM events ORDER BY id").fetchall():
         if kind == "started":
             if start is not None:
                 total += last - start
-            start, last, runs = ts, ts, runs + 1
+            start, last, worked = ts, ts, False
         elif start is not None:
             if kind in ends:
                 total += ts - start
                 start = None
             elif kind not in launch:
                 last = ts
+                if kind in work and not worked:
+                    runs, worked = runs + 1, True
     if start is not None:
         end = max(last, float(beat)) if beat else last
         if store.get_meta("finished") != "1" and now is not None:
@@ -93,27 +96,27 @@ def test_the_running_count_equals_the_scan_over_runs_killed_and_resumed(tmp_path
         at(1001.0, beat=True)
         at(1002.0, "started")                                    # run 1: interrupted
         at(1010.0, "submitted")
-        at(1020.0, "evaluation")
+        at(1020.0, "result")
         at(1025.0, beat=True)
         at(1030.0, "interrupted")
         at(1100.0, "resumed")
         at(1101.0, beat=True)
         at(1102.0, "started")                                    # run 2: killed (kill -9)
-        at(1110.0, "evaluation")
+        at(1110.0, "result")
         at(1115.0, beat=True)                                    # its last heartbeat ...
-        at(1117.0, "evaluation")                                 # ... and its last event
+        at(1117.0, "result")                                     # ... and its last event
         at(1200.0, "resumed")
         at(1201.0, "interrupted_task")
         at(1202.0, beat=True)
         at(1203.0, "started")                                    # run 3: finished
-        at(1250.0, "evaluation")
+        at(1250.0, "result")
         store.set_meta("finished", "1")
         at(1260.0, "finished")
         at(1300.0, "resumed")
         store.set_meta("finished", "0")
         at(1301.0, beat=True)
         at(1302.0, "started")                                    # run 4: going on (or killed)
-        at(1310.0, "evaluation")
+        at(1310.0, "result")
         at(1340.0, beat=True)
         # run 2, killed, ends at its own last event (1117), not at the next launch's resumed or
         # interrupted_task event (1201: the time it lay dead was counted as run time before)
@@ -134,13 +137,13 @@ def test_a_killed_run_ends_at_its_own_last_heartbeat(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: clock[0])
     path = tmp_path / "store.sqlite"
     with Store(path, lock=True) as store:       # the killed launch
-        for ts, what in ((1000.0, "started"), (1010.0, "evaluation"), (1040.0, "beat")):
+        for ts, what in ((1000.0, "started"), (1010.0, "result"), (1040.0, "beat")):
             clock[0] = ts
             store.heartbeat() if what == "beat" else store.log_event(what)
         store.conn.close()  # kill -9: no end event, no clean close
         store.conn = None
     with Store(path, lock=True) as store:       # the next launch
-        for ts, what in ((1500.0, "resumed"), (1501.0, "beat"), (1502.0, "started"), (1512.0, "evaluation"),
+        for ts, what in ((1500.0, "resumed"), (1501.0, "beat"), (1502.0, "started"), (1512.0, "result"),
                          (1520.0, "finished")):
             clock[0] = ts
             store.heartbeat() if what == "beat" else store.log_event(what)
@@ -153,9 +156,10 @@ def test_a_store_without_the_count_is_scanned_once_and_keeps_it(tmp_path):
     reader never writes."""
     path = tmp_path / "store.sqlite"
     with Store(path) as store:
-        _events(store, [(100.0, "started"), (150.0, "evaluation"), (160.0, "interrupted"),
-                        (200.0, "resumed"), (205.0, "started"), (230.0, "evaluation"),
-                        (300.0, "started"), (400.0, "finished"), (500.0, "started"), (520.0, "evaluation")])
+        _events(store, [(100.0, "started"), (150.0, "result"), (160.0, "interrupted"),
+                        (200.0, "resumed"), (205.0, "started"), (230.0, "result"),
+                        (300.0, "started"), (350.0, "result"), (400.0, "finished"),
+                        (500.0, "started"), (520.0, "result")])
         store.set_meta("heartbeat", repr(560.0))
         assert store.elapsed_s() == _scan(store) == (pytest.approx(245.0), 4)
         assert store.get_meta("elapsed_count") is None  # a reader: nothing written
@@ -167,12 +171,14 @@ def test_a_store_without_the_count_is_scanned_once_and_keeps_it(tmp_path):
         assert store.elapsed_s(now=600.0) == (pytest.approx(285.0), 4)  # ... and read, not the scan again
 
 
-def test_the_running_count_of_a_real_campaign_and_its_resume(tmp_path):
-    """A real campaign (diagnostic backend, the local executor) run, then resumed with a larger
-    budget: its count is the scan's."""
+def test_the_running_count_of_a_real_campaign_and_its_resume(tmp_path, capsys):
+    """A real campaign (diagnostic backend, the local executor) run, resumed twice with nothing
+    to do (finished: not runs, review 47 #5; status says no "over 2 runs"), then resumed with a
+    larger budget: its count is the scan's."""
     from conftest import write_config
 
     from agent.campaign import Campaign
+    from agent.cli import main
     from agent.config import load_config
     from agent.local_executor import LocalExecutor
     from agent.runner import run_campaign
@@ -186,6 +192,18 @@ def test_the_running_count_of_a_real_campaign_and_its_resume(tmp_path):
         assert camp.store.elapsed_s() == _scan(camp.store) and camp.store.elapsed_s()[1] == 1
     finally:
         camp.close()
+    for _ in range(2):  # finished: a resume runs no task
+        camp = Campaign.open("e", runs)
+        try:
+            st = run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=1))
+            assert st.n_evaluations == 2 and st.n_runs == 1 and camp.store.elapsed_s() == _scan(camp.store)
+        finally:
+            camp.close()
+    capsys.readouterr()
+    main(["status", "e", "--runs-dir", str(runs), "--json"])
+    assert json.loads(capsys.readouterr().out)["n_runs"] == 1
+    main(["status", "e", "--runs-dir", str(runs)])
+    assert " runs" not in next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("CPU spent"))
     camp = Campaign.open("e", runs, max_evaluations=4)
     try:
         run_campaign(camp, runs, progress=False, executor=LocalExecutor(slots=1))
