@@ -295,8 +295,8 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
             if "tlt" in hole:  # outside the hopping regime: the TLT value, the hopping one beside it
                 s["mobility_hole_marcus_cm2Vs"] = hole["exact"]["iso"]
                 s["mobility_hole_tlt_stderr_cm2Vs"] = hole["tlt"]["stderr_iso"]
-                s["notes"] = [*s["notes"], transient_localisation_note("hole", j_max, lam_ev, hole["exact"]["iso"],
-                                                                       hole["tlt"])]
+                s["tlt_localisation_length_A"] = hole["tlt"]["localisation_length_A"]
+                s["notes"] = [*s["notes"], transient_localisation_note("hole", hole["tlt"])]
         except BackendError as exc:
             s["error"] = " ".join(str(exc).split())[:300]
         structures.append(s)

@@ -386,18 +386,17 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
     return values, details
 
 
-def transient_localisation_note(carrier: str, j_max_meV: float, lambda_eV: float, marcus_cm2Vs: float,
-                                tlt: dict[str, Any]) -> str:
+def transient_localisation_note(carrier: str, tlt: dict[str, Any]) -> str:
     """The INFO note of a carrier whose mobility comes from transient localisation theory
-    (outside Marcus hopping's regime): the ratio, the TLT value's assumptions and the
-    hopping value it replaces. Starts ``"{carrier}: "`` like the regime warning."""
+    (outside Marcus hopping's regime) with the TLT value's assumptions. The same text for
+    every structure with the same settings, so a landscape's structures summarise to one
+    line with their count (``agent.esf_report``); the numbers of a structure (2|J|max,
+    lambda, the hopping value, the localisation length) are in its record. Starts
+    ``"{carrier}: "`` like the regime warning."""
     from sim_backends.tlt import assumptions_text
 
-    ratio = 2.0 * abs(float(j_max_meV)) / (1e3 * float(lambda_eV))
-    return (f"{carrier}: {TLT_NOTE_TEXT} (2|J|max/lambda = {ratio:.2f}); "
-            f"{assumptions_text(tlt['disorder_ratio'], tlt['hbar_over_tau_meV'])}; "
-            f"localisation length {tlt['localisation_length_A']:.0f} A; Marcus hopping would give "
-            f"{marcus_cm2Vs:.3g} cm2/(V s)")
+    return (f"{carrier}: {TLT_NOTE_TEXT}, {assumptions_text(tlt['disorder_ratio'], tlt['hbar_over_tau_meV'])}; "
+            "the Marcus hopping value is kept beside it")
 
 
 @dataclass
@@ -638,8 +637,7 @@ class _MobilityBase(Backend):
                 if w is not None:
                     extra["warnings"] = [*(extra.get("warnings") or []), w]
             else:
-                extra["notes"] = [*(extra.get("notes") or []), transient_localisation_note(
-                    c, values[f"j_{c}_max_meV"], lam, details[c]["exact"]["iso"], details[c]["tlt"])]
+                extra["notes"] = [*(extra.get("notes") or []), transient_localisation_note(c, details[c]["tlt"])]
         return values, extra
 
     def _hopping(self, params: dict[str, Any] | None = None) -> str:
