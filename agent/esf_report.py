@@ -21,7 +21,9 @@ and ``report`` say about charge transport on the predicted crystals.
   uncomputed predicted structures, and every structure the CSP stored, also those beyond the
   lowest ``[structures] max_structures`` the stage kept (at force field plus the mean
   computed correction: ``window_cut`` says how many it kept of those stored and how many of
-  the window lie beyond them; :func:`_window_energies`); its ``n_predicted`` is how many of
+  the window lie beyond them, :func:`_window_cut`; :func:`_window_energies`; when none does and
+  the kept structure at the cut lies within 1 sd of the window, ``warnings`` says so,
+  :func:`_cut_edge_warning`); its ``n_predicted`` is how many of
   the window's structures with a mobility have a predicted energy only (their energy sd is
   in ``sd_energy``, and ``sd_covers`` says so), ``ranking_model`` what predicted it; a
   molecule-stage level computed its ``n_structures`` lowest (``n_computed``;
@@ -325,8 +327,9 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                                     f"{len(at_predicted)} structures with a mobility but no computed energy "
                                     f"({_prediction(rec)}, sd up to {top:.1f} kJ/mol per molecule)")
         if win["stored"] > win["kept"]:  # the stage kept the lowest max_structures of the CSP's minima
-            rec["window_cut"] = {"kept": win["kept"], "stored": win["stored"],
-                                 "beyond_in_window": len(in_window & win["beyond"])}
+            rec["window_cut"] = _window_cut(win, ranked, std, in_window, cfg.structures.window_kjmol)
+            if (edge := _cut_edge_warning(rec["window_cut"], cfg.structures.window_kjmol)) is not None:
+                rec["warnings"] = [*rec["warnings"], edge]
         kept_ranked = {sid: x for sid, x in ranked.items() if sid not in win["beyond"]}
         if kept_ranked:  # the landscape's lowest structure at the ranking level, computed or predicted
             lowest = min(kept_ranked, key=kept_ranked.get)
@@ -334,6 +337,41 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                                      "computed": lowest in energies}
         out.append(rec)
     return out
+
+
+def _window_cut(win: dict[str, Any], ranked: dict[str, float], std: dict[str, float], in_window: set[str],
+                window_kjmol: float) -> dict[str, Any]:
+    """A structure-stage record's ``window_cut`` when the stage kept fewer structures than
+    the CSP stored (:func:`_window_energies`): ``kept``, ``stored``, ``beyond_in_window`` (of
+    the structures beyond the kept ones, how many the estimate places in the window),
+    ``nearest_beyond_kjmol`` (the lowest of them at that estimate, force field plus the mean
+    computed correction, kJ/mol per molecule above the window's lowest; None without one) and
+    ``last_kept`` (the kept structure at the cut, the highest at the force field: ``id``,
+    ``rel_kjmol`` at the ranking level, ``sd_kjmol``, 0 where computed; None when it is not
+    ranked)."""
+    e0 = min(ranked.values())
+    far = [ranked[sid] - e0 for sid in win["beyond"] if sid in ranked]
+    last = win.get("last_kept")
+    return {"kept": win["kept"], "stored": win["stored"], "beyond_in_window": len(in_window & win["beyond"]),
+            "nearest_beyond_kjmol": min(far) if far else None,
+            "last_kept": ({"id": last, "rel_kjmol": ranked[last] - e0, "sd_kjmol": float(std.get(last, 0.0))}
+                          if last in ranked else None)}
+
+
+def _cut_edge_warning(cut: dict[str, Any], window_kjmol: float) -> str | None:
+    """A warning when none of the structures beyond the kept ones is estimated in the
+    window but the kept structure at the cut lies within its energy's 1 sd of the window
+    (or inside it): the structures beyond it, estimated with a constant correction only,
+    may belong in the window; else None."""
+    last = cut.get("last_kept")
+    if cut["beyond_in_window"] or not last or last["rel_kjmol"] - last["sd_kjmol"] > window_kjmol:
+        return None
+    sd = f" ± {last['sd_kjmol']:.1f}" if last["sd_kjmol"] > 0 else ""
+    return (f"the window's edge is at the stage's cut: the highest kept structure at the force field, "
+            f"{last['id']}, lies at {last['rel_kjmol']:.1f}{sd} kJ/mol per molecule above the lowest, within 1 sd "
+            f"of the {window_kjmol:g} kJ/mol window, so the {cut['stored'] - cut['kept']} structures beyond it "
+            "(estimated at force field plus the mean computed correction only) may belong in the window; "
+            "raise [structures] max_structures")
 
 
 def _add_covers_clause(rec: dict[str, Any], clause: str) -> None:
@@ -386,7 +424,8 @@ def _window_energies(store: Store, cfg: CampaignConfig, computed: dict[str, floa
     the stage never ranks, at the force field plus that mean correction; structures failed
     at the level are left out (they are not ranked). ``std``: the saved ranking's 1-sigma of
     each predicted energy (0 where computed), ``kept`` and ``stored``: how many structures
-    the stage kept of those stored, ``model``: the saved ranking's ``ranking_model``. A
+    the stage kept of those stored, ``last_kept``: the id of the highest kept structure at
+    the force field (the cut), ``model``: the saved ranking's ``ranking_model``. A
     molecule without a computed energy is left out."""
     import json
 
@@ -419,7 +458,8 @@ def _window_energies(store: Store, cfg: CampaignConfig, computed: dict[str, floa
                 mine[sid], std[sid] = e, 0.0
         far = {r["id"]: r["energy_kjmol"] + shift for r in beyond if r["id"] not in failed and r["id"] not in mine}
         out[mid] = {"energies": {**mine, **far}, "std": std, "kept": len(kept), "stored": len(rows),
-                    "beyond": set(far), "model": (saved.get(mid) or {}).get("ranking_model")}
+                    "beyond": set(far), "model": (saved.get(mid) or {}).get("ranking_model"),
+                    "last_kept": kept[-1]["id"]}
     return out
 
 
@@ -660,9 +700,12 @@ def _window_text(rec: dict[str, Any]) -> str:
 
 
 def _cut_text(rec: dict[str, Any]) -> str:
-    """``; 4 of them beyond the lowest 10 of the CSP's 14 structures that the stage kept
-    ([structures] max_structures): ...`` when the structure stage kept fewer structures than
-    the CSP stored (:func:`_window_energies`; the window counts them all), else ''."""
+    """``; the stage kept the lowest 10 of the CSP's 14 structures ([structures]
+    max_structures): 4 of the window's are beyond them, ...`` when the structure stage kept
+    fewer structures than the CSP stored (:func:`_window_energies`; the window counts them
+    all), else ''. With none of them in the window it says that is an estimate (force field
+    plus the mean computed correction) and how far above the lowest the nearest lies
+    (:func:`_window_cut`); a cut near the window's edge is a WARNING (:func:`_cut_edge_warning`)."""
     cut = rec.get("window_cut")
     if not cut:
         return ""
@@ -670,7 +713,10 @@ def _cut_text(rec: dict[str, Any]) -> str:
     head = (f"; the stage kept the lowest {cut['kept']} of the CSP's {cut['stored']} structures "
             "([structures] max_structures)")
     if not b:
-        return head + ", none of the others in the window"
+        near = cut.get("nearest_beyond_kjmol")
+        return (head + ", none of the others estimated in the window (force field plus the mean computed "
+                "correction" + (f"; the nearest at {near:.1f} kJ/mol per molecule above the lowest" if near is not None
+                                else "") + ")")
     return (head + f": {b} of the window's are beyond them, placed at force field plus the mean computed "
             "correction, and get no energy or mobility unless max_structures is raised")
 

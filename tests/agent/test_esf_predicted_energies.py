@@ -234,7 +234,9 @@ def test_the_window_counts_every_stored_structure_and_says_the_stage_kept_fewer(
     assert esf["n_with_mobility"] == len(with_mu)
     assert 1.0 - esf["uncomputed_weight"] == pytest.approx(sum(weight[s] for s in with_mu) / sum(weight.values()))
     beyond = len(set(window) - set(land.ids))
-    assert esf["window_cut"] == {"kept": MAX_STRUCTURES, "stored": N_STORED, "beyond_in_window": beyond}
+    cut = esf["window_cut"]
+    assert (cut["kept"], cut["stored"], cut["beyond_in_window"]) == (MAX_STRUCTURES, N_STORED, beyond)
+    assert cut["last_kept"]["id"] == rows[MAX_STRUCTURES - 1]["id"]  # the cut, at the force field
     line = next(x for x in text.splitlines() if x.startswith("  pyrazine: mu_h = ") and "structure stage" in x)
     assert (f"the stage kept the lowest {MAX_STRUCTURES} of the CSP's {N_STORED} structures ([structures] "
             f"max_structures): {beyond} of the window's are beyond them") in line, line
