@@ -339,7 +339,8 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
         transport: ``"auto"`` (default): Marcus hopping inside its regime, transient
             localisation theory (:mod:`sim_backends.tlt`) for a carrier with
             ``2 |J|max > lambda`` when the transfer integrals record the neighbours' shifts
-            (older results keep Marcus, and its regime warning is the caller's);
+            (older results, and networks whose supercell would be too large, ``tlt_error`` in
+            the details, keep Marcus, and its regime warning is the caller's);
             ``"marcus"``: hopping only.
 
     Returns:
@@ -378,10 +379,14 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
                 and len(transfer.shifts) == len(transfer.neighbours)):
             from sim_backends.tlt import TLT_NAME, tlt_mobility
 
-            tlt = tlt_mobility(transfer, carrier, temperature_K, seed=seed)
-            info.update({"model": TLT_NAME, "tlt": tlt.to_extra()})
-            values[f"mobility_{carrier}_cm2Vs"] = tlt.iso
-            values[f"mobility_{carrier}_max_cm2Vs"] = tlt.max
+            try:
+                tlt = tlt_mobility(transfer, carrier, temperature_K, seed=seed)
+            except SetupError as exc:  # e.g. a supercell too large: the hopping value, warned by the caller
+                info["tlt_error"] = str(exc)
+            else:
+                info.update({"model": TLT_NAME, "tlt": tlt.to_extra()})
+                values[f"mobility_{carrier}_cm2Vs"] = tlt.iso
+                values[f"mobility_{carrier}_max_cm2Vs"] = tlt.max
         details[carrier] = info
     return values, details
 

@@ -62,6 +62,10 @@ HBAR_OVER_TAU_MEV = 5.0
 TARGET_SITES = 800
 #: frozen disorder realisations averaged
 N_SAMPLES = 8
+#: largest supercell diagonalised (a network reaching far in every direction would need more:
+#: :func:`tlt_network_mobility` refuses it, and :func:`sim_backends.mobility.crystal_mobility`
+#: then keeps the hopping value with its regime warning)
+MAX_SITES = 3000
 #: what a result's level text says the model is
 TLT_NAME = "transient localisation (TLT)"
 
@@ -147,6 +151,9 @@ def tlt_network_mobility(z: int, sources: Any, targets: Any, shifts: Any, vector
     cells = np.stack(np.meshgrid(*(np.arange(k) for k in n), indexing="ij"), axis=-1).reshape(-1, 3)
     n_cells = len(cells)
     n_sites = n_cells * int(z)
+    if n_sites > MAX_SITES:
+        raise SetupError(f"TLT supercell {n} of {n_sites} molecules is above {MAX_SITES}: the network reaches "
+                         "too far for a supercell this size")
     ncell = np.asarray(n)
 
     def site(cell: np.ndarray, i: np.ndarray) -> np.ndarray:

@@ -70,6 +70,8 @@ def test_supercell_size_and_wrapping_guard():
     assert supercell_size(1, [(3, 0, 0), (-3, 0, 0)], target_sites=4)[0] == 7  # 2 max|shift| + 1
     with pytest.raises(SetupError, match="maps two bonds"):
         tlt_network_mobility(**square(), supercell=(2, 3, 1), n_samples=1)
+    with pytest.raises(SetupError, match="above 3000"):
+        tlt_network_mobility(**square(), supercell=(60, 60, 1), n_samples=1)
 
 
 def _transfer(j_meV: float, shifts: bool = True) -> CrystalTransfer:
@@ -94,6 +96,13 @@ def test_crystal_mobility_uses_tlt_only_outside_the_hopping_regime():
     assert details["hole"]["model"] == MARCUS_NAME
     with pytest.raises(SetupError, match="lattice shifts"):
         tlt_mobility(_transfer(80.0, shifts=False), "hole")
+    # a network whose supercell would be too large keeps the hopping value too, and says why
+    far = _transfer(80.0)
+    far.shifts = [tuple(6 * np.array(t)) for t in far.shifts]  # reach 6 cells: 13 x 13 x 1 is fine ...
+    assert crystal_mobility(far, {"hole": lam})[1]["hole"]["model"] == TLT_NAME
+    far.shifts = [(8, 8, 8), (-8, -8, -8), (8, -8, 8), (-8, 8, -8)]  # ... 17^3 is not
+    _, details = crystal_mobility(far, {"hole": lam})
+    assert details["hole"]["model"] == MARCUS_NAME and "above 3000" in details["hole"]["tlt_error"]
     with pytest.raises(SetupError, match="transport"):
         crystal_mobility(_transfer(80.0), {"hole": lam}, transport="band")
 
