@@ -120,3 +120,25 @@ def test_shifts_round_trip_through_a_result_and_the_note_states_the_assumptions(
     # one text for every structure with these settings: a landscape summarises to one line
     _, other = crystal_mobility(_transfer(120.0), {"hole": lam})
     assert transient_localisation_note("hole", other["hole"]["tlt"]) == note
+
+
+def test_the_structure_stage_mobility_level_reports_tlt_with_a_note_not_a_warning(monkeypatch):
+    """mobility-xtb outside the hopping regime: the TLT value, an INFO note with the
+    assumptions, no regime warning; the result's level names both models."""
+    from sim_backends.base import EvalInput
+    from sim_backends.mobility import XtbMobilityBackend
+
+    class FakeTransfer:
+        def compute(self, inp):
+            return _transfer(80.0)
+
+        def level_of_theory(self, params=None):
+            return "GFN2-xTB dimer projection"
+
+    monkeypatch.setattr(XtbMobilityBackend, "_transfer", lambda self: FakeTransfer())
+    values, extra = XtbMobilityBackend()._evaluate(EvalInput("c1ccc2cc3ccccc3cc2c1", "cif", "m0001",
+                                                             {"lambda_hole_kjmol": 6.0}))
+    assert values["mobility_hole_cm2Vs"] == extra["mobility"]["hole"]["tlt"]["iso"]
+    assert not [w for w in extra.get("warnings") or [] if "outside its regime" in w]
+    assert any("transient localisation" in n for n in extra["notes"])
+    assert TLT_NAME in extra["level"] and MARCUS_NAME not in extra["level"]
