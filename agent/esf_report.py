@@ -25,7 +25,10 @@ and ``report`` say about charge transport on the predicted crystals.
   the kept structure at the cut lies within 1 sd of the window, ``warnings`` says so,
   :func:`_cut_edge_warning`); its ``n_predicted`` is how many of
   the window's structures with a mobility have a predicted energy only (their energy sd is
-  in ``sd_energy``, and ``sd_covers`` says so), ``ranking_model`` what predicted it; a
+  in ``sd_energy``, and ``sd_covers`` says so), ``ranking_model`` what predicted it,
+  ``window_kjmol`` its window, ``window_structures`` every structure of the window (``id,
+  energy_kjmol, rel_kjmol, mobility`` (bool), ``energy``: ``"computed"``, ``"predicted"`` or
+  ``"estimated"`` beyond the cut) and ``window_energies`` their counts by ``energy``; a
   molecule-stage level computed its ``n_structures`` lowest (``n_computed``;
   ``n_minima_in_window`` as ``n_in_window``), and its result records the weight of the rest;
   ``n_in_window`` and ``uncomputed_weight`` are None for a result
@@ -49,8 +52,10 @@ and ``report`` say about charge transport on the predicted crystals.
 * :func:`esf_map_figure` -- the ESF maps: relative lattice energy against hole mobility per
   predicted structure, one panel per molecule (best landscape mobility first), points
   coloured by density, the Boltzmann window (a molecule-stage level's: solid over the
-  structures it computed, hatched above them) and the landscape mean ± sd marked; titles
-  say how much of the window the mean covers (:func:`window_share`); a structure-stage point
+  structures it computed, hatched above them; a structure stage's: hatched when it holds
+  structures without a mobility, each ticked at its energy) and the landscape mean ± sd
+  marked; titles say how much of the window the mean covers (:func:`window_share`) and, for
+  a structure stage, how many of the window's energies are computed; a structure-stage point
   at a predicted energy is circled (dashed).
 
 Importing this module is cheap (matplotlib and numpy load inside functions).
@@ -307,7 +312,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                "n_reused": sum(1 for x in structures if x.get("reused_from")),
                "reused_from": sorted({x["reused_from"].split(" evaluation")[0] for x in structures
                                       if x.get("reused_from")}),
-               "ranking_model": win["model"]}
+               "ranking_model": win["model"], "window_kjmol": cfg.structures.window_kjmol}
         # the structures the landscape mean is over: a mobility and a computed or (since
         # n_predicted) predicted ranking energy
         mine = {x["id"]: x["mobility_hole_cm2Vs"] for x in structures}
@@ -320,6 +325,13 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             in_window = {sid for sid, x in ranked.items() if x - e0 <= cfg.structures.window_kjmol}
         at_predicted = [x for x in structures if x["energy_predicted"] and x["id"] in in_window]
         rec["n_predicted"] = len(at_predicted)
+        # every structure of the window, with a mobility or not (the map's ticks), and how its energy is known
+        rec["window_structures"] = [{"id": sid, "energy_kjmol": ranked[sid], "mobility": sid in mine,
+                                     "energy": ("computed" if sid in energies else
+                                                "estimated" if sid in win["beyond"] else "predicted")}
+                                    for sid in sorted(in_window, key=ranked.get)]
+        rec["window_energies"] = {kind: sum(1 for x in rec["window_structures"] if x["energy"] == kind)
+                                  for kind in ("computed", "predicted", "estimated")}
         _add_covers_clause(rec, _energy_sd_clause(e, rank_level))
         if at_predicted:
             top = max(x["energy_sd_kjmol"] or 0.0 for x in at_predicted)
@@ -544,9 +556,9 @@ def esf_results(store: Store, cfg: CampaignConfig, directory: Path | None = None
             rec["lambda_level"] = lam[rec["molecule_id"]]["lambda_level"]
     for rec in out:
         s = rec["structures"]
-        if s:
-            e0 = min(x["energy_kjmol"] for x in s)
-            for x in s:
+        if s:  # relative to the lowest of the window (a structure stage's may have no mobility) or listed
+            e0 = min(x["energy_kjmol"] for x in (*s, *rec.get("window_structures", ())))
+            for x in (*s, *rec.get("window_structures", ())):
                 x["rel_kjmol"] = x["energy_kjmol"] - e0
             s.sort(key=lambda x: x["energy_kjmol"])
         rec["global_minimum"] = s[0] if s else None
@@ -674,7 +686,8 @@ def _window_text(rec: dict[str, Any]) -> str:
     weight``; for a result that did not record its window, ``the lowest 6 structures in
     window, share of the window not recorded``. Structure stage, over part of its window:
     ``mobility for 3 of 18 structures in window, 65% of the Boltzmann weight``
-    (:func:`window_coverage`)."""
+    (:func:`window_coverage`), then how the window's energies are known
+    (:func:`_window_energies_text`) and the stage's cut (:func:`_cut_text`)."""
     a, k, n, share = window_share(rec)
     if rec.get("source") != "molecule stage":
         about = []
@@ -690,13 +703,30 @@ def _window_text(rec: dict[str, Any]) -> str:
                     + (f", {share_text(share)}" if share is not None else ""))
         else:
             text = f"{n} structures in window{reused}"
-        return text + _cut_text(rec)
+        return text + _window_energies_text(rec) + _cut_text(rec)
     failed = f", {k} with a mobility" if k < a else ""
     if n is None:
         return f"the lowest {a} structures in window{failed}, share of the window not recorded"
     if a < n:
         return f"the lowest {a} of {n} structures in window{failed}, {share_text(share)}"
     return f"{n} structures in window{failed}" + (f", {share_text(share)}" if k < n else "")
+
+
+def _window_energies_text(rec: dict[str, Any]) -> str:
+    """``; the window's energies: 7 computed, 12 predicted (Delta-GP prediction)``: how the
+    ranking-level energies of a structure-stage window are known (``window_energies``; the
+    structures beyond the stage's cut estimated at force field plus the mean computed
+    correction); '' when all are computed or the record does not say."""
+    c = rec.get("window_energies") or {}
+    if not c.get("predicted") and not c.get("estimated"):
+        return ""
+    parts = [f"{c.get('computed', 0)} computed"]
+    if c.get("predicted"):
+        parts.append(f"{c['predicted']} predicted ({_prediction(rec)})")
+    if c.get("estimated"):
+        parts.append(f"{c['estimated']} beyond the stage's cut estimated at force field plus the mean computed "
+                     "correction")
+    return f"; the window's energies: {', '.join(parts)}"
 
 
 def _cut_text(rec: dict[str, Any]) -> str:
@@ -795,7 +825,11 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
     landscape's lowest structure at the ranking level (``landscape_minimum_id``; a
     structure-stage landscape's may have no mobility); for a structure-stage row, how many of
     the window's structures with a mobility have a predicted energy only
-    (``n_with_predicted_energy_in_window``) and, when the stage kept fewer structures than
+    (``n_with_mobility_at_predicted_energy_in_window``; the same under its old name
+    ``n_with_predicted_energy_in_window``, last), how many of the window's energies are
+    computed at the ranking level, predicted by the stage's ranking model, or estimated beyond
+    the stage's cut (``n_energies_computed_in_window``, ``n_energies_predicted_in_window``,
+    ``n_energies_estimated_in_window``), and, when the stage kept fewer structures than
     the CSP stored, how many it kept (``n_structures_kept``) of those stored
     (``n_structures_stored``) (``report/esf_results.csv``)."""
     import csv
@@ -807,10 +841,14 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
                     "boltzmann_weight_with_mobility", "n_structures", "global_minimum_id",
                     "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible",
                     "lambda_hole_kjmol", "lambda_hole_ev", "lambda_level", "landscape_minimum_id",
-                    "n_with_predicted_energy_in_window", "n_structures_kept", "n_structures_stored"])
+                    "n_with_mobility_at_predicted_energy_in_window", "n_energies_computed_in_window",
+                    "n_energies_predicted_in_window", "n_energies_estimated_in_window",
+                    "n_structures_kept", "n_structures_stored", "n_with_predicted_energy_in_window"])
         for r in results:
             gm = r.get("global_minimum") or {}
             _, k, n, share = window_share(r)
+            energies = r.get("window_energies") or {}
+            n_predicted = r.get("n_predicted", "") if r["source"] != "molecule stage" else ""
             w.writerow([r["molecule_id"], r["name"], r["smiles"], r["source"], r["backend"], r["level"],
                         f"{r['mean']:.4g}", f"{r['sd']:.4g}", r.get("sd_covers") or SD_ENERGY_ONLY,
                         "" if n is None else n, k, "" if share is None else f"{share:.3f}", len(r["structures"]),
@@ -819,9 +857,10 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
                         r.get("infeasible") or "",
                         *((f"{r['lambda_hole_kjmol']:.3f}", f"{r['lambda_hole_kjmol'] / KJMOL_PER_EV:.4f}",
                            r.get("lambda_level") or "") if r.get("lambda_hole_kjmol") is not None else ("", "", "")),
-                        (r.get("ranked_minimum") or gm).get("id", ""),
-                        r.get("n_predicted", "") if r["source"] != "molecule stage" else "",
-                        *((r["window_cut"]["kept"], r["window_cut"]["stored"]) if r.get("window_cut") else ("", ""))])
+                        (r.get("ranked_minimum") or gm).get("id", ""), n_predicted,
+                        *(energies.get(kind, "") for kind in ("computed", "predicted", "estimated")),
+                        *((r["window_cut"]["kept"], r["window_cut"]["stored"]) if r.get("window_cut") else ("", "")),
+                        n_predicted])
     return path
 
 
@@ -895,10 +934,11 @@ def _panel_count(rec: dict[str, Any]) -> str:
     listed = len(rec["structures"])
     if n is None:
         return f"{listed} structures (share of the window not recorded)"
+    energies = _window_energies_text(rec).replace("; the window's energies: ", "; energies ")
     if k >= n:
-        return f"{listed} structures"
+        return f"{listed} structures" + (f" ({energies[2:]})" if energies else "")
     of = f"{k} of {n} in window" if rec.get("source") == "molecule stage" else f"{listed} structures of {n} in window"
-    return f"{of} ({share_text(share)})"
+    return f"{of} ({share_text(share)}{energies})"
 
 
 def _draw_window(ax: Any, rec: dict[str, Any], rel_kjmol: Any, window_kjmol: float | None) -> bool:
@@ -906,13 +946,19 @@ def _draw_window(ax: Any, rec: dict[str, Any], rel_kjmol: Any, window_kjmol: flo
     only. A molecule-stage level computed the lowest structures of its window: the band is
     solid up to the highest of them and hatched above it, the rest of the window, which holds
     the structures never computed (their number when recorded). A structure stage's
-    uncomputed structures may lie anywhere in its window: one band, the title says how much
-    of it has a mobility."""
+    structures without a mobility may lie anywhere in its window (its own ``window_kjmol``
+    above the window's lowest): the band is hatched when it holds some, each marked by a
+    tick at its energy on the left edge, dark where the energy is computed, grey where it is
+    predicted or estimated (their counts in the legend)."""
     a, k, n, _ = window_share(rec)
     partial = n is None or k < n
+    window_kjmol = rec.get("window_kjmol") or window_kjmol
     if window_kjmol is None:
         return partial
     w = f"{window_kjmol:g} kJ/mol"
+    if rec.get("source") != "molecule stage" and rec.get("window_structures"):
+        _draw_structure_window(ax, rec, window_kjmol)
+        return partial
     if rec.get("source") != "molecule stage" or (n is not None and a >= n) or not len(rel_kjmol):
         ax.axhspan(0, window_kjmol, color="0.92", zorder=0, label=f"window {w}")
         return partial
@@ -922,6 +968,26 @@ def _draw_window(ax: Any, rec: dict[str, Any], rel_kjmol: Any, window_kjmol: flo
     ax.axhspan(top, window_kjmol, facecolor="none", edgecolor="0.78", hatch="////", lw=0, zorder=0,
                label=f"rest of the {w} window: {rest}")
     return partial
+
+
+def _draw_structure_window(ax: Any, rec: dict[str, Any], window_kjmol: float) -> None:
+    """A structure-stage panel's window (:func:`_draw_window`): the band from the window's
+    lowest structure, hatched when structures without a mobility lie in it, and a tick per
+    such structure at its energy."""
+    ws = [x for x in rec["window_structures"] if x.get("rel_kjmol") is not None]
+    lo = min((x["rel_kjmol"] for x in ws), default=0.0)
+    w = f"{window_kjmol:g} kJ/mol"
+    missing = [x for x in ws if not x["mobility"]]
+    if not missing:
+        ax.axhspan(lo, lo + window_kjmol, color="0.92", zorder=0, label=f"window {w}")
+        return
+    ax.axhspan(lo, lo + window_kjmol, facecolor="0.96", edgecolor="0.78", hatch="////", lw=0, zorder=0,
+               label=f"{w} window: {len(missing)} of its {len(ws)} structures without a mobility (ticks)")
+    for kind, colour in (("computed", "0.15"), ("predicted", "0.5"), ("estimated", "0.7")):
+        ys = [x["rel_kjmol"] for x in missing if x["energy"] == kind]
+        if ys:
+            ax.plot([0.02] * len(ys), ys, ls="none", marker="_", ms=14, mew=1.6, color=colour, zorder=2,
+                    transform=ax.get_yaxis_transform(), label=f"no mobility, energy {kind}: {len(ys)}")
 
 
 def readable_log_ticks(axis: Any, lo: float, hi: float) -> None:
