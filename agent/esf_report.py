@@ -26,7 +26,8 @@ and ``report`` say about charge transport on the predicted crystals.
   :func:`_cut_edge_warning`); its ``n_predicted`` is how many of
   the window's structures with a mobility have a predicted energy only (their energy sd is
   in ``sd_energy``, and ``sd_covers`` says so), ``ranking_model`` what predicted it,
-  ``window_kjmol`` its window, ``window_structures`` every structure of the window (``id,
+  ``energy_level`` the ranking level's level of theory, ``window_kjmol`` its window,
+  ``window_structures`` every structure of the window (``id,
   energy_kjmol, rel_kjmol, mobility`` (bool), ``energy``: ``"computed"``, ``"predicted"`` or
   ``"estimated"`` beyond the cut) and ``window_energies`` their counts by ``energy``; a
   molecule-stage level computed its ``n_structures`` lowest (``n_computed``;
@@ -56,7 +57,8 @@ and ``report`` say about charge transport on the predicted crystals.
   structures without a mobility, each ticked at its energy) and the landscape mean ± sd
   marked; titles say how much of the window the mean covers (:func:`window_share`) and, for
   a structure stage, how many of the window's energies are computed; a structure-stage point
-  at a predicted energy is circled (dashed).
+  at a predicted energy is circled (dashed). The panels share one mobility range, and each
+  y label names the level of its energies.
 
 Importing this module is cheap (matplotlib and numpy load inside functions).
 """
@@ -312,7 +314,8 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                "n_reused": sum(1 for x in structures if x.get("reused_from")),
                "reused_from": sorted({x["reused_from"].split(" evaluation")[0] for x in structures
                                       if x.get("reused_from")}),
-               "ranking_model": win["model"], "window_kjmol": cfg.structures.window_kjmol}
+               "ranking_model": win["model"], "window_kjmol": cfg.structures.window_kjmol,
+               "energy_level": _level_of(rank_level)}
         # the structures the landscape mean is over: a mobility and a computed or (since
         # n_predicted) predicted ranking energy
         mine = {x["id"]: x["mobility_hole_cm2Vs"] for x in structures}
@@ -879,6 +882,11 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
                              layout="constrained")
     dens_all = [s["density_gcm3"] for r in recs for s in r["structures"] if s.get("density_gcm3") is not None]
     vmin, vmax = (min(dens_all), max(dens_all)) if dens_all else (0.0, 1.0)
+    # one mobility range for every panel, so the panels compare by eye (newuser46b #9)
+    xs = [max(v, 1e-12) for r in recs for v in (r["mean"], *(x["mobility_hole_cm2Vs"] for x in r["structures"]))]
+    lo, hi = min(xs), max(xs)
+    mid = math.sqrt(lo * hi)
+    span = max(hi / lo, 10.0) ** 0.5 * 1.3  # at least a decade, with a margin
     sc = None
     for k, rec in enumerate(recs):
         ax = axes[k // ncol][k % ncol]
@@ -898,14 +906,10 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         if rec["sd"] > 0 and math.isfinite(rec["sd"]):
             ax.axvspan(max(rec["mean"] - rec["sd"], 1e-12), rec["mean"] + rec["sd"], color="tab:red", alpha=0.12)
         ax.set_xscale("log")
-        lo, hi = float(min(mu.min(), rec["mean"])), float(max(mu.max(), rec["mean"]))
-        mid = math.sqrt(lo * hi)
-        span = max(hi / lo, 10.0) ** 0.5 * 1.3  # at least a decade, with a margin
         ax.set_xlim(mid / span, mid * span)
         readable_log_ticks(ax.xaxis, mid / span, mid * span)
         ax.set_xlabel(f"hole mobility mu_h ({MOBILITY_UNIT})", fontsize=8)
-        if k % ncol == 0:
-            ax.set_ylabel("lattice energy rel. to lowest\n(kJ/mol per molecule)", fontsize=8)
+        ax.set_ylabel(_energy_axis_label(rec), fontsize=7)
         # each panel names its own level (energies, transfer integrals, mobility model): a
         # campaign mixes quick and refined landscapes, and one shared caption would not say which is which
         level = textwrap.fill(str(rec["level"]), 62)
@@ -914,7 +918,8 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         head = textwrap.fill(f"{rec['name']}: {_panel_count(rec)} ({rec['source']})", 62)
         ax.set_title(f"{head}\n{level}", fontsize=7)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="upper right")
+        # a structure stage's ticks sit on the left edge, anywhere in the window: the legend keeps clear of them
+        ax.legend(fontsize=6, loc="best" if rec.get("window_structures") else "upper right")
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].axis("off")
     if title:
@@ -923,6 +928,18 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         cb = fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.8)
         cb.set_label("density (g/cm$^3$)", fontsize=8)
     return fig
+
+
+def _energy_axis_label(rec: dict[str, Any]) -> str:
+    """An ESF map panel's y label, naming the level of its energies (panels of a campaign
+    mix the molecule stage's force field and the structure stage's ranking level): a
+    molecule-stage record's CSP force field (``csp_level``), a structure-stage record's
+    ranking level (``energy_level``)."""
+    if rec.get("source") == "molecule stage":
+        level = f"{str(rec.get('csp_level') or 'CSP').split(' (')[0]} force field"
+    else:
+        level = str(rec.get("energy_level") or "the ranking level")
+    return f"{textwrap.fill(f'lattice energy, {level},', 40)}\nrel. to lowest (kJ/mol per molecule)"
 
 
 def _panel_count(rec: dict[str, Any]) -> str:
@@ -982,7 +999,7 @@ def _draw_structure_window(ax: Any, rec: dict[str, Any], window_kjmol: float) ->
         ax.axhspan(lo, lo + window_kjmol, color="0.92", zorder=0, label=f"window {w}")
         return
     ax.axhspan(lo, lo + window_kjmol, facecolor="0.96", edgecolor="0.78", hatch="////", lw=0, zorder=0,
-               label=f"{w} window: {len(missing)} of its {len(ws)} structures without a mobility (ticks)")
+               label=f"window {w}: {len(missing)} of {len(ws)} without a mobility (ticks)")
     for kind, colour in (("computed", "0.15"), ("predicted", "0.5"), ("estimated", "0.7")):
         ys = [x["rel_kjmol"] for x in missing if x["energy"] == kind]
         if ys:

@@ -491,8 +491,8 @@ def fidelity_parity_figure(campaign: Campaign, plt: Any, notes: list[str]) -> An
     fig, ax = plt.subplots(figsize=(6.0, 6.0))
     idx, x, y = zip(*pairs, strict=True)
     ax.scatter(x, y, s=22)
-    for i, a, b in pairs:
-        ax.annotate(campaign.names[i], (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    labels = [ax.annotate(campaign.names[i], (a, b), fontsize=7, xytext=(3, 3), textcoords="offset points")
+              for i, a, b in pairs]
     lo, hi = min(x + y), max(x + y)
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
     # levels can be long ("Marcus hopping at 300 K, GFN2-xTB transfer integrals, ..."): wrapped,
@@ -503,7 +503,26 @@ def fidelity_parity_figure(campaign: Campaign, plt: Any, notes: list[str]) -> An
     ax.set_title(f"{len(pairs)} molecules at both levels", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    separate_labels(fig, labels)
     return fig
+
+
+def separate_labels(fig: Any, labels: list[Any], step_pt: float = 8.0, max_steps: int = 20) -> None:
+    """Move point labels (annotations with offsets in points) up, one ``step_pt`` at a time,
+    until none overlaps an earlier one, lowest point first (newuser46b #9: "pentacene" was
+    printed over "naphtho[2,3-b]thiophene", which then read "naphtho[2[3-b]..."). The texts
+    are not changed. Run after the figure's layout is final."""
+    fig.canvas.draw()  # the layout and the axes' aspect applied
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    for t in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
+        for _ in range(max_steps):
+            box = t.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            dx, dy = t.xyann
+            t.xyann = (dx, dy + step_pt)
+        placed.append(t.get_window_extent(renderer))
 
 
 def _by_molecule(campaign: Campaign) -> dict[int, dict[int, float]]:

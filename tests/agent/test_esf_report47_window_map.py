@@ -92,7 +92,7 @@ def test_the_structure_stage_panel_hatches_its_window_and_ticks_the_structures_w
                          "no mobility, energy predicted: 2": [5.8, 6.3]}
         hatched = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()]
         assert len(hatched) == 1
-        assert "7 kJ/mol window: 3 of its 5 structures without a mobility (ticks)" in hatched[0].get_label()
+        assert hatched[0].get_label() == "window 7 kJ/mol: 3 of 5 without a mobility (ticks)"
         assert "2 structures of 5 in window (80% of the Boltzmann weight; energies 2 computed, 3 predicted " \
                "(Delta-GP prediction))" in ax.get_title().replace("\n", " ")
     finally:
