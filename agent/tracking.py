@@ -34,10 +34,13 @@ and, from :data:`MIN_CALIBRATION_N` computed structures on, ``structure_gp_calib
 (:meth:`Tracker._log_structure_refits`); with a lab, ``lab_experiments_sent`` and
 ``lab_results`` when they change (one point per step, :meth:`Tracker._log_lab_counts`) and
 ``lab_match_confidence`` per identified result; for a structure stage with property
-levels, per new value ``landscape_<key>_m<id>`` (the landscape's Boltzmann mean),
+levels, per new value ``landscape_<key>_m<id>`` (the landscape's Boltzmann mean; its level
+of theory, the property level on the ranking level's energies, in the run tag
+``landscape_<key>_m<id>.level``, its unit in ``.unit``),
 ``..._sd_energy`` (its spread from the energy ranking alone) and ``..._n_with_value``, and
 at the end of a run ``..._sd`` (the sd the report prints: structures of the window without
-a value included) with ``..._n_in_window`` and ``..._n_with_value_in_window``.
+a value included) with ``..._n_in_window``, ``..._n_with_value_in_window`` and
+``..._window_share`` (the share of the window's Boltzmann weight on the structures with a value).
 
 Artifacts: the report's plots under ``plots/``, its tables and text (``summary.txt``,
 ``results.csv``, ``landscape_model_m<id>.csv``, ...) under ``report/``, the CIFs and
@@ -55,7 +58,8 @@ the last logged one; a structure-level Delta-GP (a pickled artifact
 trained on; not an MLflow model: it loads with ``pickle.load`` under the same code version)
 under the same rule per molecule. :meth:`Tracker.finish_models` logs the
 final models, so the last logged model of each kind has seen the last result (the run tag
-``molecule_surrogate.latest_model`` is the ``models:/<id>`` URI of the newest molecule surrogate).
+``molecule_surrogate.latest_model`` is the full ``models:/<id>`` URI of the newest molecule
+surrogate, to pass to ``mlflow.pyfunc.load_model`` as it is).
 
 The tracking URI is checked before use (:func:`check_tracking_uri`): an HTTP server
 must answer within ``HTTP_TIMEOUT_S`` (MLflow's own retries are bounded likewise), a
@@ -282,6 +286,7 @@ class Tracker:
         self._progress_step = int(step) if run_of == run_id and step.lstrip("-").isdigit() else -1
         self._best_tagged: int | None = None  # the pool index the best_found.* molecule tags name
         self._molecules_tagged: set[int] = set()  # molecule ids with a molecule.m<id> tag
+        self._landscape_tagged: set[str] = set()  # landscape property metrics with their .level tag
         self._set_unit_tags()
         cursor = campaign.store.get_meta("mlflow_event_cursor")
         if cursor is None:  # a run tracked before the cursor existed logged its events then
@@ -455,6 +460,7 @@ class Tracker:
                 self._log_lab_result(ev)
             elif ev["kind"] == "landscape_property":  # agent/stages/properties.py
                 key = f"landscape_{ev['value_key']}_m{ev['molecule_id']}"
+                self._tag_landscape_property(key, ev)
                 # the spread from the energy ranking alone; the sd the report prints (window
                 # coverage included) is logged as <key>_sd at the end of a run
                 self._log_new_points({key: ev["mean"], f"{key}_sd_energy": ev["sd"],
@@ -593,6 +599,28 @@ class Tracker:
         if final:
             self._log_new_points(counts, step, on_change=True)
             self._lab_pending = None
+
+    def _tag_landscape_property(self, key: str, event: dict[str, Any]) -> None:
+        """Run tags ``<key>.level`` (whose value the landscape property metric ``key`` is: the
+        structure stage's property level on its ranking level's energies, each with its
+        backend, as ``best_found.level`` names the molecule stage's) and ``<key>.unit``, and
+        the molecule's tag; set once per metric."""
+        if key in self._landscape_tagged:
+            return
+        from agent.stages.properties import is_property_level
+        from agent.summary import level_of_theory, quantity
+
+        levels = self.campaign.cfg.structures.level_configs()
+        prop = next((lv for lv in levels if lv.name == event["level"]), None)
+        rank = next((lv for lv in levels if not is_property_level(lv.name)), None)
+        if prop is None or rank is None:
+            return
+        self.client.set_tag(self.run_id, f"{key}.level",
+                            f"structure stage: {level_of_theory(prop)} ({prop.name}), Boltzmann-weighted on "
+                            f"{level_of_theory(rank)} ({rank.name}) energies")
+        self.client.set_tag(self.run_id, f"{key}.unit", quantity(event["value_key"])[2])
+        self._tag_molecule(int(event["molecule_id"]))
+        self._landscape_tagged.add(key)
 
     def _last_point(self, key: str) -> tuple[int, float] | None:
         """(step, value) of the metric's point at its highest step in this run (read from
@@ -767,8 +795,9 @@ class Tracker:
         """The structure stage's landscape mobilities as the report prints them: mean and
         sd (:func:`agent.esf_report.window_coverage`: widened for the window's structures
         without a mobility) under ``landscape_<value key>_m<id>`` and ``..._sd``, with the
-        number of window structures with a mobility and in the window, at step = evaluations
-        told at the end of the run (each only when it changed since its last point)."""
+        number of window structures with a mobility and in the window and the share of the
+        window's Boltzmann weight on those with one (``..._window_share``, 0-1), at step =
+        evaluations told at the end of the run (each only when it changed since its last point)."""
         c = self.campaign
         if c.stage is None or not c.store.events("landscape_property"):
             return
@@ -783,6 +812,8 @@ class Tracker:
             metrics = {key: rec["mean"], f"{key}_sd": rec["sd"], f"{key}_n_in_window": rec["n_in_window"]}
             if rec.get("n_with_mobility") is not None:
                 metrics[f"{key}_n_with_value_in_window"] = rec["n_with_mobility"]
+            if rec.get("uncomputed_weight") is not None:  # the share status prints beside the value
+                metrics[f"{key}_window_share"] = 1.0 - float(rec["uncomputed_weight"])
             self._log_new_points(metrics, c.n_evaluations, on_change=True)
 
     def log_plots(self) -> list[Path]:

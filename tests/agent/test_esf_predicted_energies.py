@@ -93,24 +93,31 @@ def _esf_record(data_dir) -> None:
     (data_dir / "esf_refined.jsonl").write_text(json.dumps(rec) + "\n")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The finished campaign's runs directory (its report written by the run)."""
+def run_pyrazine(tmp, name: str = "p", tracking: bool = False):
+    """Run the campaign (module docstring) in ``tmp``; returns its runs directory (its report
+    written by the run)."""
     from agent.campaign import Campaign
     from agent.config import load_config
     from agent.local_executor import LocalExecutor
     from agent.runner import run_campaign
 
-    tmp = tmp_path_factory.mktemp("esf_predicted")
     _esf_record(tmp)
     body = BODY.format(data=tmp, land=LANDSCAPE, n=N_STORED, keep=MAX_STRUCTURES, window=WINDOW)
-    cfg = load_config(write_config(tmp, [f"{SMILES} pyrazine"], body, name="p"))
+    if tracking:
+        body = body.replace("[tracking]\nenabled = false", "[tracking]\nenabled = true")
+    cfg = load_config(write_config(tmp, [f"{SMILES} pyrazine"], body, name=name))
     camp = Campaign.create(cfg, tmp / "runs")
     try:
         run_campaign(camp, tmp / "runs", progress=False, executor=LocalExecutor(slots=1))
     finally:
         camp.close()
     return tmp / "runs"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The finished campaign's runs directory (its report written by the run)."""
+    return run_pyrazine(tmp_path_factory.mktemp("esf_predicted"))
 
 
 @pytest.fixture
