@@ -818,6 +818,68 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _esf_column(column: str, description: str, quantity: str = "", unit: str = "", level: str = "") -> dict[str, str]:
+    return {"column": column, "quantity": quantity, "unit": unit, "level_of_theory": level,
+            "description": description}
+
+
+_MU, _ROW_LEVEL = "landscape hole mobility", "the row's level"
+_STAGE_ONLY = "structure-stage rows only"
+#: the columns of ``esf_results.csv`` (:func:`write_esf_table`), in order, described as
+#: ``results_columns.csv`` describes those of ``results.csv`` (:func:`agent.report.results_columns`)
+ESF_COLUMNS = [
+    _esf_column("molecule_id", "the molecule's id in the store (the m<id> of file and metric names)"),
+    _esf_column("name", "the molecule's name in the pool (its SMILES where it has none)"),
+    _esf_column("smiles", "the molecule (SMILES)"),
+    _esf_column("source", "'molecule stage' (an ESF level's landscape) or 'structure stage' (its mobility "
+                "property level on the structure stage's ranking)"),
+    _esf_column("backend", "the level (config name) the value comes from"),
+    _esf_column("level", "level of theory of the mobilities and energies, and which of the window's structures "
+                "the mean is over"),
+    _esf_column("mobility_hole_cm2Vs", "Boltzmann mean over the window's structures with a mobility, averaged "
+                "over their energies' uncertainty", _MU, MOBILITY_UNIT, _ROW_LEVEL),
+    _esf_column("mobility_hole_sd_cm2Vs", "its 1-sigma; what it covers is in sd_covers", _MU, MOBILITY_UNIT,
+                _ROW_LEVEL),
+    _esf_column("sd_covers", "what the sd includes (energy ranking, structures of the window without a "
+                "mobility, the energies' own errors) and what it does not (J and lambda errors)"),
+    _esf_column("n_in_window", "structures in the energy window (a structure stage's: over every structure the "
+                "CSP stored); empty when the result did not record it"),
+    _esf_column("n_with_mobility_in_window", "of them with a mobility (the mean is over these)"),
+    _esf_column("boltzmann_weight_with_mobility", "the share of the window's Boltzmann weight (300 K) on the "
+                "structures with a mobility; empty when not recorded", "Boltzmann weight share", "0-1"),
+    _esf_column("n_structures", "structures listed with a mobility"),
+    _esf_column("global_minimum_id", "the lowest structure with a mobility"),
+    _esf_column("global_minimum_mobility_hole_cm2Vs", "its hole mobility", "hole mobility", MOBILITY_UNIT,
+                _ROW_LEVEL),
+    _esf_column("global_minimum_cif", "its CIF file, where written"),
+    _esf_column("warnings", "hole-carrier warnings of the transfer integrals (with how many structures carry "
+                "them), CSP and window warnings"),
+    _esf_column("notes", "hole-carrier INFO notes (e.g. a degenerate HOMO manifold)"),
+    _esf_column("infeasible", "why a constraint excludes the molecule (empty: feasible)"),
+    _esf_column("lambda_hole_kjmol", "the hole reorganisation energy lambda+ the mobilities use",
+                "hole reorganisation energy", "kJ/mol", "the row's lambda_level"),
+    _esf_column("lambda_hole_ev", "lambda_hole_kjmol in eV", "hole reorganisation energy", "eV",
+                "the row's lambda_level"),
+    _esf_column("lambda_level", "where lambda+ comes from (its level, or given in the config)"),
+    _esf_column("landscape_minimum_id", "the landscape's lowest structure at the ranking level (a structure "
+                "stage's may have no mobility)"),
+    _esf_column("n_with_mobility_at_predicted_energy_in_window", "of the window's structures with a mobility, "
+                f"those whose ranking-level energy is predicted, not computed; {_STAGE_ONLY}"),
+    _esf_column("n_energies_computed_in_window", f"of the window's structures, those with a computed "
+                f"ranking-level energy; {_STAGE_ONLY}"),
+    _esf_column("n_energies_predicted_in_window", "of the window's structures, those whose ranking-level "
+                f"energy is the stage's prediction (Delta-GP or constant shift); {_STAGE_ONLY}"),
+    _esf_column("n_energies_estimated_in_window", "of the window's structures, those beyond the stage's "
+                f"max_structures cut, at force field plus the mean computed correction; {_STAGE_ONLY}"),
+    _esf_column("n_structures_kept", "how many of the CSP's structures the structure stage kept "
+                "([structures] max_structures); empty when it kept all"),
+    _esf_column("n_structures_stored", "how many structures the CSP stored; empty when the stage kept all"),
+    _esf_column("n_with_predicted_energy_in_window", "the old name of "
+                "n_with_mobility_at_predicted_energy_in_window (the same value; it counts structures with a "
+                "mobility only)"),
+]
+
+
 def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
     """One row per molecule and source: the landscape mobility, its sd and what the sd
     covers, the structures in the window (``n_in_window``, empty when the result did not
@@ -834,19 +896,13 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
     the stage's cut (``n_energies_computed_in_window``, ``n_energies_predicted_in_window``,
     ``n_energies_estimated_in_window``), and, when the stage kept fewer structures than
     the CSP stored, how many it kept (``n_structures_kept``) of those stored
-    (``n_structures_stored``) (``report/esf_results.csv``)."""
+    (``n_structures_stored``) (``report/esf_results.csv``; :data:`ESF_COLUMNS` describes
+    each column, as ``results_columns.csv`` does)."""
     import csv
 
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["molecule_id", "name", "smiles", "source", "backend", "level", "mobility_hole_cm2Vs",
-                    "mobility_hole_sd_cm2Vs", "sd_covers", "n_in_window", "n_with_mobility_in_window",
-                    "boltzmann_weight_with_mobility", "n_structures", "global_minimum_id",
-                    "global_minimum_mobility_hole_cm2Vs", "global_minimum_cif", "warnings", "notes", "infeasible",
-                    "lambda_hole_kjmol", "lambda_hole_ev", "lambda_level", "landscape_minimum_id",
-                    "n_with_mobility_at_predicted_energy_in_window", "n_energies_computed_in_window",
-                    "n_energies_predicted_in_window", "n_energies_estimated_in_window",
-                    "n_structures_kept", "n_structures_stored", "n_with_predicted_energy_in_window"])
+        w.writerow([c["column"] for c in ESF_COLUMNS])
         for r in results:
             gm = r.get("global_minimum") or {}
             _, k, n, share = window_share(r)

@@ -14,7 +14,8 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
   and eV where a level computes it beside another objective, e.g. every ESF level), rounded by
   unit, and with a fitted molecule surrogate every other pool molecule too, with the
   surrogate's mean and 1-sigma at each level it has no value at (:func:`results_table`);
-  ``results_columns.csv`` names each column's quantity, unit and level of theory;
+  ``results_columns.csv`` names each column's quantity, unit and level of theory, with the
+  table it belongs to (``file``: ``results.csv``, and ``esf_results.csv`` when there is one);
 * ``landscape_m<id>.png`` and ``landscape_model_m<id>.csv`` per refined CSP landscape
   (:func:`landscape_plot`, :func:`landscape_table`: the landscape as the structure
   surrogate sees it, every structure's energy computed or predicted, each level relative to
@@ -85,6 +86,10 @@ def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = Non
 
     esf_paths, esf = write_esf_report(campaign.store, campaign.cfg, campaign.directory, out, plt, notes)
     paths += esf_paths
+    if esf:  # its columns described beside those of results.csv
+        from agent.esf_report import ESF_COLUMNS
+
+        write_columns(out / RESULTS_COLUMNS_FILE, ESF_COLUMNS, "esf_results.csv", append=True)
     paths += sorted((out / "lab").glob("*_pxrd.png"))  # the lab stage's PXRD plots (report/lab/)
     rec = status_record(campaign.status(), campaign.store, campaign.cfg, structures=live)
     rec["esf"] = esf  # with the CIF paths just written
@@ -577,7 +582,8 @@ def results_table(campaign: Campaign, path: Path, notes: list[str] | None = None
     kept in its column), and "no computed value" for a predicted-only molecule (with the
     reason its evaluations failed, if any). Numbers are rounded by unit (:func:`csv_number`).
     The sidecar :data:`RESULTS_COLUMNS_FILE` beside ``path`` names each column's quantity,
-    unit and level of theory (:func:`results_columns`)."""
+    unit and level of theory (:func:`results_columns`; its ``file`` is ``path``'s name, and
+    :func:`write_plots` adds the columns of ``esf_results.csv`` after them)."""
     from agent.summary import KJMOL_PER_EV, quantity
 
     cfg = campaign.cfg
@@ -630,11 +636,24 @@ def results_table(campaign: Campaign, path: Path, notes: list[str] | None = None
                 said.append("no computed value" + (f" ({failed[i]})" if i in failed else ""))
             row.append("; ".join(said))
             w.writerow(row)
-    with path.with_name(RESULTS_COLUMNS_FILE).open("w", newline="") as fh:
-        w = csv.DictWriter(fh, ["column", "quantity", "unit", "level_of_theory", "description"],
-                           extrasaction="ignore")
-        w.writeheader()
-        w.writerows(columns)
+    write_columns(path.with_name(RESULTS_COLUMNS_FILE), columns, path.name)
+    return path
+
+
+#: the fields of :data:`RESULTS_COLUMNS_FILE`: per column of a report table its quantity,
+#: unit, level of theory, description and ``file`` (the table: ``results.csv``, ``esf_results.csv``)
+COLUMN_FIELDS = ["column", "quantity", "unit", "level_of_theory", "description", "file"]
+
+
+def write_columns(path: Path, columns: list[dict[str, str]], file: str, append: bool = False) -> Path:
+    """Write (``append``: add to) :data:`RESULTS_COLUMNS_FILE` at ``path``: the description
+    of each of ``columns`` (dicts with the :data:`COLUMN_FIELDS` but ``file``) of the table
+    ``file``."""
+    with path.open("a" if append else "w", newline="") as fh:
+        w = csv.DictWriter(fh, COLUMN_FIELDS, extrasaction="ignore")
+        if not append:
+            w.writeheader()
+        w.writerows({**c, "file": file} for c in columns)
     return path
 
 
