@@ -98,7 +98,8 @@ XTB_LAMBDA_CAVEAT = ("lambda+ at GFN2-xTB is 0.61x the B3LYP//B3LYP value on ave
                      "the acenes: naphthalene 0.134 vs 0.184 eV (0.73x), anthracene 0.089 vs 0.135 (0.66x; "
                      "this project's B3LYP/6-31G//B3LYP), tetracene 0.063 vs 0.113 (0.56x), pentacene 0.047 vs "
                      "0.095 (0.49x; published B3LYP), so these hopping rates are too fast, more so for larger "
-                     "pi-systems, and 2|J| > lambda warnings frequent; the mobilities rank molecules roughly, "
+                     "pi-systems, and structures outside the hopping regime (2|J| > lambda, given transient-"
+                     "localisation mobilities) frequent; the mobilities rank molecules roughly, "
                      "they are not predictions")
 
 
@@ -146,7 +147,7 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
             if s.get("mobility_hole_cm2Vs") is None or s.get("energy_kjmol") is None:
                 continue
             row = {k: s.get(k) for k in ("id", "energy_kjmol", "mobility_hole_cm2Vs", "density_gcm3",
-                                         "space_group", "z")}
+                                         "space_group", "z", "transport_model", "mobility_hole_marcus_cm2Vs")}
             row["cif"] = None
             if cif_text and s.get("cif"):
                 row["cif_text"] = s["cif"]
@@ -247,6 +248,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
     prop_warnings: dict[tuple[int, str], list[Any]] = {}
     prop_notes: dict[tuple[int, str], list[Any]] = {}
     evaluations = store.evaluations()
+    models: dict[str, dict[str, Any]] = {}  # structure id -> transport_model (and the hopping value)
     for ev in evaluations:
         if ev.structure_id is not None and ev.backend == rank_level.name and not ev.ok \
                 and ev.structure_id not in energies:
@@ -258,6 +260,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             rank_failed.discard(ev.structure_id)
         elif ev.backend in props and props[ev.backend][1] in ev.values:
             prop_values[ev.backend][ev.structure_id] = float(ev.values[props[ev.backend][1]])
+            models[ev.structure_id] = _model_of(ev.extra.get("notes"), ev.extra.get("mobility"))
             prop_warnings.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("warnings"))
             prop_notes.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("notes"))
     # values the molecule stage computed on the same structures (agent/stages/properties.py)
@@ -271,6 +274,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             if sid not in prop_values[level]:
                 reused.setdefault((mid, level), {})[sid] = rec["source"]
                 prop_values[level][sid] = rec["value"]
+                models[sid] = _model_of(rec["notes"], None)
                 prop_warnings.setdefault((mid, level), []).append(rec["warnings"])
                 prop_notes.setdefault((mid, level), []).append(rec["notes"])
     rows = {r["id"]: r for r in store.structures()}
@@ -302,6 +306,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             structures.append({"id": sid, "energy_kjmol": energy, "mobility_hole_cm2Vs": mu,
                                "density_gcm3": r["density_gcm3"], "space_group": r["space_group"], "z": r["z"],
                                "cif": str(cif) if cif is not None else None,
+                               **models.get(sid, {}),
                                "reused_from": (reused.get((mid, level)) or {}).get(sid),
                                "energy_predicted": predicted,
                                "energy_sd_kjmol": std.get(sid) if predicted else 0.0})
@@ -810,12 +815,38 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
             label, suffix = _minimum_label(rec)
             lines.append(f"    {label} {gm['id']} ({gm.get('space_group') or '?'}, "
                          f"Z = {reported_z(gm)}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"
-                         + suffix + where)
+                         + _model_text(gm) + suffix + where)
         lines.extend(f"    WARNING {w}" for w in rec.get("warnings") or [])
         lines.extend(f"    INFO {w}" for w in rec.get("notes") or [])
     if len(results) > N_LISTED:
         lines.append(f"  ({len(results) - N_LISTED} more in report/esf_results.csv)")
     return lines
+
+
+def _model_of(notes: Any, mobility: Any) -> dict[str, Any]:
+    """``{"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": ...}`` of a structure-level
+    mobility result whose hole value is a transient-localisation one (its INFO note,
+    :func:`sim_backends.mobility.transient_localisation_note`; the hopping value from the
+    result's ``mobility`` details when given), else ``{}``."""
+    from sim_backends.mobility import TLT_NOTE_TEXT
+    from sim_backends.tlt import TLT_NAME
+
+    if not any(str(n).startswith("hole: ") and TLT_NOTE_TEXT in str(n) for n in notes or []):
+        return {}
+    hop = ((mobility or {}).get("hole") or {}).get("exact", {}).get("iso")
+    return {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": hop}
+
+
+def _model_text(structure: dict[str, Any]) -> str:
+    """`` (transient localisation (TLT); Marcus hopping 2.4 cm2/(V s))`` for a structure whose
+    mobility is a TLT value (outside hopping's regime, :mod:`sim_backends.tlt`); empty for a
+    hopping value or a record that does not say."""
+    from sim_backends.tlt import TLT_NAME
+
+    if structure.get("transport_model") != TLT_NAME:
+        return ""
+    hop = structure.get("mobility_hole_marcus_cm2Vs")
+    return f" ({TLT_NAME}" + (f"; Marcus hopping {format_mobility(hop)})" if hop is not None else ")")
 
 
 def _esf_column(column: str, description: str, quantity: str = "", unit: str = "", level: str = "") -> dict[str, str]:
