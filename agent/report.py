@@ -516,11 +516,16 @@ def separate_labels(fig: Any, labels: list[Any], step_pt: float = 8.0, max_steps
     """Move point labels (annotations with offsets in points) up, one ``step_pt`` at a time,
     until none overlaps an earlier one, lowest point first (newuser46b #9: "pentacene" was
     printed over "naphtho[2,3-b]thiophene", which then read "naphtho[2[3-b]..."). The texts
-    are not changed. Run after the figure's layout is final."""
+    are not changed; a label that would run past the right edge of its axes is put on the
+    left of its point. Run after the figure's layout is final."""
     fig.canvas.draw()  # the layout and the axes' aspect applied
     renderer = fig.canvas.get_renderer()
     placed: list[Any] = []
     for t in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
+        if t.get_window_extent(renderer).x1 > t.axes.get_window_extent(renderer).x1:
+            dx, dy = t.xyann
+            t.xyann = (-abs(dx), dy)
+            t.set_horizontalalignment("right")
         for _ in range(max_steps):
             box = t.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in placed):

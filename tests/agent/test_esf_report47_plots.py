@@ -62,7 +62,8 @@ def test_parity_labels_of_nearby_points_do_not_overlap_and_keep_their_commas(mon
     cfg = SimpleNamespace(objective="log10_landscape_mobility_hole",
                           backends=[SimpleNamespace(name="esf-proxy", params={}),
                                     SimpleNamespace(name="esf-refined", params={})])
-    points = [(0, 0.50, 0.49), (1, 0.51, 0.50), (2, 0.52, 0.505), (3, -1.0, -0.8)]
+    names.append("benzo[b]naphtho[2,3-d]thiophene")  # the rightmost point: its label ran off the axes
+    points = [(0, 0.50, 0.49), (1, 0.51, 0.50), (2, 0.52, 0.505), (3, -1.0, -0.8), (4, 0.6, 0.58)]
     camp = SimpleNamespace(cfg=cfg, names=names,
                            observations=[(i, f, v) for i, a, b in points for f, v in ((0, a), (1, b))])
     plt = _plt()
@@ -75,6 +76,8 @@ def test_parity_labels_of_nearby_points_do_not_overlap_and_keep_their_commas(mon
         overlaps = [(texts[i].get_text(), texts[j].get_text()) for i in range(len(boxes))
                     for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
         assert not overlaps
+        inside = fig.axes[0].get_window_extent(renderer)
+        assert all(inside.x0 <= b.x0 and b.x1 <= inside.x1 for b in boxes)  # none runs off the axes
     finally:
         plt.close(fig)
 
