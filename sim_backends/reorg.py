@@ -452,9 +452,22 @@ DFT_IP_CALIBRATED_FOR = ("b3lyp", "6-31g")
 #: the level of theory of the ``ip_gas_ev`` each level reports (``Backend.value_levels``)
 XTB_IP_LEVEL = f"GFN2-xTB ΔSCF {'-' if XTB_IP_SHIFT_EV < 0 else '+'} {abs(XTB_IP_SHIFT_EV):.2f} eV empirical shift"
 DFT_IP_LEVEL = f"B3LYP/6-31G ΔSCF {'-' if DFT_IP_SHIFT_EV < 0 else '+'} {abs(DFT_IP_SHIFT_EV):.2f} eV empirical shift"
+
+
+def xtb_lambda_level(degenerate_cation_temperature_K: float = DEGENERATE_CATION_TEMPERATURE_K) -> str:
+    """The level of ``xtb-reorg``'s lambda+, saying at which electronic temperature a cation
+    of a degenerate HOMO is treated (Jahn-Teller: module docstring; 0, the test off, every
+    cation at tblite's 300 K)."""
+    base = "GFN2-xTB four-point lambda+ (tblite), gas phase"
+    if not degenerate_cation_temperature_K:
+        return f"{base}; every cation at 300 K electronic temperature (no Jahn-Teller relaxation)"
+    return (f"{base}; cation at {degenerate_cation_temperature_K:g} K electronic temperature where "
+            "the HOMO is degenerate (Jahn-Teller)")
+
+
 #: the level of the lambda+ ``xtb-reorg`` reports with its default calculation settings (the
 #: one the ESF levels report too: they call it, :func:`sim_backends.esf._lambda`)
-XTB_LAMBDA_LEVEL = "GFN2-xTB four-point lambda+ (tblite), gas phase"
+XTB_LAMBDA_LEVEL = xtb_lambda_level()
 #: ``xtb-reorg`` params that change its lambda+ calculation (``max_heavy_atoms`` only refuses)
 #: with their defaults
 _XTB_CALCULATION_DEFAULTS = {"seed": 0, "fmax": 0.01, "max_steps": 500, "max_cycles": 250,
@@ -513,11 +526,12 @@ class XtbReorgBackend(ReorgBackend):
         # levels' (a ladder of the two is then not one computation twice)
         own = {k: params[k] for k, d in _XTB_CALCULATION_DEFAULTS.items()
                if params.get(k) is not None and params[k] != d}
-        if own:
+        if own:  # the cation temperature is named by the level itself
+            t_low = own.pop("degenerate_cation_temperature_K", DEGENERATE_CATION_TEMPERATURE_K)
             settings = ", ".join(f"{k} = {v:g}" if isinstance(v, (int, float)) else f"{k} = {v}"
                                  for k, v in own.items())
-            self.value_levels = {**type(self).value_levels,
-                                 "reorg_energy_kjmol": f"{XTB_LAMBDA_LEVEL} ({settings})"}
+            self.value_levels = {**type(self).value_levels, "reorg_energy_kjmol":
+                                 xtb_lambda_level(float(t_low)) + (f" ({settings})" if settings else "")}
 
     def cost_estimate(self, inp: EvalInput) -> float:
         n_h, n_1, n_2 = _atom_counts(inp.smiles)

@@ -76,7 +76,8 @@ def test_the_best_molecules_constrained_value_names_its_level_and_error_not_a_ba
     assert constrained_value_text("ip_gas_ev", 6.91, "dft-reorg") == (
         "ip_gas_ev = 6.91 ± 0.13 eV (B3LYP/6-31G ΔSCF + 0.36 eV empirical shift)")
     assert constrained_value_text("reorg_energy_kjmol", 12.345, "xtb-reorg") == (
-        "reorg_energy_kjmol = 12.3 kJ/mol (GFN2-xTB four-point lambda+ (tblite), gas phase)")
+        "reorg_energy_kjmol = 12.3 kJ/mol (GFN2-xTB four-point lambda+ (tblite), gas phase; cation at 10 K "
+        "electronic temperature where the HOMO is degenerate (Jahn-Teller))")
     # the excluded-molecules line names the levels the IP was computed at, once
     from agent.constraints import constraint_levels
 

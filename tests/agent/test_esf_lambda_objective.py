@@ -13,7 +13,8 @@ import pytest
 
 from agent.config import BackendConfig, ConfigError, check_runnable, parse_config
 
-LAMBDA_LEVEL = "GFN2-xTB four-point lambda+ (tblite), gas phase"
+LAMBDA_LEVEL = ("GFN2-xTB four-point lambda+ (tblite), gas phase; cation at 10 K electronic temperature where "
+                "the HOMO is degenerate (Jahn-Teller)")
 
 
 def _cfg(tmp_path, body: str):

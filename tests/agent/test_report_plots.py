@@ -116,7 +116,9 @@ def test_parity_plot_with_enough_points_names_both_levels(tmp_path):
     try:
         fig = fidelity_parity_figure(camp, plt, [])
         ax = fig.axes[0]
-        assert ax.get_xlabel() == "hole reorganisation energy λ+ (kJ/mol)\nGFN2-xTB four-point lambda+ (tblite), gas phase"
+        assert ax.get_xlabel() == ("hole reorganisation energy λ+ (kJ/mol)\nGFN2-xTB four-point lambda+ (tblite), "
+                                  "gas phase; cation at\n10 K electronic temperature where the HOMO is degenerate\n"
+                                  "(Jahn-Teller)")
         assert ax.get_ylabel().startswith("hole reorganisation energy λ+ (kJ/mol)\nB3LYP/6-31G//GFN2-xTB")
         assert len(ax.collections[0].get_offsets()) == 6
         assert {t.get_text() for t in ax.texts} == {camp.names[i] for i in range(6)}

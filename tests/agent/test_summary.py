@@ -20,6 +20,8 @@ import pytest
 from tests.conftest import write_config
 
 LEVEL = "GFN2-xTB periodic (tblite), rigid gas-phase reference"
+LAMBDA_LEVEL = ("GFN2-xTB four-point lambda+ (tblite), gas phase; cation at 10 K electronic temperature where "
+                "the HOMO is degenerate (Jahn-Teller)")
 BODY = """
 objective = "reorg_energy_kjmol"
 batch_size = 2
@@ -75,7 +77,7 @@ def test_status_names_units_levels_and_structures(campaign, capsys):
     assert main(["status", "cryst", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
     best = next(ln for ln in out.splitlines() if ln.startswith("best"))
-    assert "lambda+ = " in best and " kJ/mol (" in best and " eV), GFN2-xTB four-point lambda+ (tblite), gas phase: " in best
+    assert "lambda+ = " in best and " kJ/mol (" in best and f" eV), {LAMBDA_LEVEL}: " in best
     head = next(ln for ln in out.splitlines() if ln.startswith("structures"))
     assert f"{len(computed)} of " in head and "computed at GFN2-xTB periodic (tblite)" in head
     rows = [ln for ln in out.splitlines() if ln.startswith("  m")]
@@ -84,7 +86,7 @@ def test_status_names_units_levels_and_structures(campaign, capsys):
 
     assert main(["status", "cryst", "--runs-dir", str(runs), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert rec["objective"]["unit"] == "kJ/mol" and rec["objective"]["level"] == "GFN2-xTB four-point lambda+ (tblite), gas phase"
+    assert rec["objective"]["unit"] == "kJ/mol" and rec["objective"]["level"] == LAMBDA_LEVEL
     (land,) = rec["structures"]
     assert land["refine_level"] == LEVEL and land["n_computed"] == len(computed)
     top = land["top"]
