@@ -151,7 +151,7 @@ def _write_structures(campaign: Any, stage: Any, out: Path) -> list[str]:
                 paths.append(cif_path)
                 status = "computed" if r["computed"] else "failed" if r["failed"] else "predicted"
                 row = [r["id"], rank[k], r["space_group"], cif_formula_units(cif_path, r["z"]),
-                       "" if r.get("z_prime") is None else f"{r['z_prime']:g}", _fmt(r["density_gcm3"], 4),
+                       z_prime_cell(r.get("z_prime")), _fmt(r["density_gcm3"], 4),
                        _fmt(r["ff_kjmol"]), _fmt(r["ff_rel_kjmol"]),
                        _fmt(r["energy_kjmol"]) if r["computed"] else "", _fmt(r["energy_kjmol"]),
                        _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")), status]
@@ -257,6 +257,13 @@ def _named_by_tables(out: Path) -> list[str]:
         names.append(table.name)
         names += [r["cif"] for r in rows if r.get("id") and r.get("cif") == f"{r['id']}.cif"]
     return (names + ["energies.csv", "levels.json"]) if names else []
+
+
+def z_prime_cell(z_prime: float | None) -> str:
+    """The ``Z_prime`` cell of a landscape table (this one's and the report's
+    ``landscape_model_m<id>.csv``): independent molecules, ``0.5`` for a molecule on an
+    inversion centre; empty when unknown."""
+    return "" if z_prime is None else f"{z_prime:g}"
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

@@ -858,7 +858,8 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     column; ``<FF>`` is the CSP level's backend name, ``<L>`` the ranking level's
     (:func:`landscape_table_columns`). Columns: ``id, space_group, Z`` (molecules in the
     cell the structure's CIF under ``runs/<name>/structures/`` states, as there; the search
-    cell's when the CIF is not written yet), ``density_gcm3``, ``dE_<FF>_kJmol_per_mol``
+    cell's when the CIF is not written yet), ``Z_prime`` (independent molecules, as in the
+    structures' table: :func:`agent.landscape_io.z_prime_cell`), ``density_gcm3``, ``dE_<FF>_kJmol_per_mol``
     (force field), ``dE_predicted_<L>_kJmol_per_mol`` (the lattice energy at ``<L>``: the
     computed value where computed, else the Delta-GP prediction; no vibrational term),
     ``dE_predicted_sd_<L>_kJmol_per_mol`` (the prediction's 1-sigma, 0 where computed),
@@ -873,6 +874,7 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     """
     import numpy as np
 
+    from agent.landscape_io import z_prime_cell
     from agent.summary import landscape_rows, observed_sources, reported_z
 
     stage = campaign.stage
@@ -893,13 +895,13 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         cols = landscape_table_columns(campaign)
-        w.writerow(["id", "space_group", "Z", "density_gcm3", cols["ff"], cols["dE"], cols["sd"],
+        w.writerow(["id", "space_group", "Z", "Z_prime", "density_gcm3", cols["ff"], cols["dE"], cols["sd"],
                     cols["computed"], cols["second"], cols["dG"], cols["rank_dE"], cols["rank_dG"],
                     "observed"])
         for i in np.argsort(g, kind="stable"):
             r = rows[i]
             fv = land.f_vib.get(int(i))
-            w.writerow([land.ids[i], r["space_group"] or "", reported_z(r),
+            w.writerow([land.ids[i], r["space_group"] or "", reported_z(r), z_prime_cell(r.get("z_prime")),
                         "" if r["density_gcm3"] is None else f"{r['density_gcm3']:.4f}",
                         f"{land.ff_kjmol[i] - land.ff_kjmol.min():.3f}",
                         f"{static[i] - static.min():.3f}", f"{std[i]:.3f}", int(i in land.computed),

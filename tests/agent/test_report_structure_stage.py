@@ -152,7 +152,7 @@ def test_landscape_table_has_the_cifs_space_group_and_z_and_no_free_energy(runs)
     rows = list(csv.DictReader(table.open()))
     (structures,) = (runs / NAME / "structures").glob("landscape_m*.csv")
     ref = {r["id"]: r for r in csv.DictReader(structures.open())}
-    assert list(rows[0]) == ["id", "space_group", "Z", "density_gcm3", "dE_replay-csp_kJmol_per_mol",
+    assert list(rows[0]) == ["id", "space_group", "Z", "Z_prime", "density_gcm3", "dE_replay-csp_kJmol_per_mol",
                              "dE_predicted_replay-crystal_kJmol_per_mol",
                              "dE_predicted_sd_replay-crystal_kJmol_per_mol", "computed_replay-crystal",
                              "F_vib_kJmol_per_mol", "dG_kJmol_per_mol", "rank_by_dE_replay-crystal",
@@ -160,7 +160,7 @@ def test_landscape_table_has_the_cifs_space_group_and_z_and_no_free_energy(runs)
     assert not [c for c in rows[0] if "static" in c]
     assert len(rows) == len(ref)
     for r in rows:
-        assert (r["space_group"], r["Z"]) == (ref[r["id"]]["space_group"], ref[r["id"]]["Z"])
+        assert (r["space_group"], r["Z"], r["Z_prime"]) == tuple(ref[r["id"]][k] for k in ("space_group", "Z", "Z_prime"))
         assert int(r["Z"]) >= 1  # (the replayed landscape stores no space groups)
         assert r["density_gcm3"] == ref[r["id"]]["density_gcm3"]
         # no free-energy level: no F_vib, no G, no rank by G
