@@ -959,6 +959,8 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
     """The ESF maps (module docstring); None without any structure with a mobility."""
     import numpy as np
 
+    from sim_backends.tlt import TLT_NAME
+
     recs = [r for r in results if r["structures"] and not r.get("infeasible")][:N_LISTED]
     if not recs:
         return None
@@ -983,6 +985,10 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         rho = np.array([x["density_gcm3"] if x.get("density_gcm3") is not None else np.nan for x in s])
         sc = ax.scatter(mu, e, c=rho, cmap="viridis", vmin=vmin, vmax=vmax, s=36, edgecolors="k", lw=0.4,
                         zorder=3)
+        tlt = np.array([x.get("transport_model") == TLT_NAME for x in s], dtype=bool)
+        if tlt.any():  # outside hopping's regime: a transient-localisation mobility (sim_backends/tlt.py)
+            ax.scatter(mu[tlt], e[tlt], s=12, marker="x", color="k", lw=0.8, zorder=5,
+                       label=f"TLT mobility (2|J| > lambda+): {int(tlt.sum())} of {len(s)}")
         guessed = np.array([bool(x.get("energy_predicted")) for x in s])
         if guessed.any():  # a structure-stage mobility at a predicted, not computed, energy
             ax.scatter(mu[guessed], e[guessed], s=90, facecolors="none", edgecolors="tab:red", lw=0.8,

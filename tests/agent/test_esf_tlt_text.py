@@ -29,3 +29,27 @@ def test_a_structure_stage_result_is_read_as_tlt_from_its_note():
 
 def test_the_xtb_lambda_caveat_names_the_regime_model():
     assert "transient-localisation" in XTB_LAMBDA_CAVEAT and "warnings frequent" not in XTB_LAMBDA_CAVEAT
+
+
+def test_the_esf_map_marks_the_structures_with_a_tlt_mobility():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agent.esf_report import esf_map_figure
+    from test_esf_report47_window_map import _structure_rec
+
+    rec = _structure_rec()
+    rec["structures"][1] = {**rec["structures"][1], "transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": 4.1}
+    fig = esf_map_figure([rec], plt, 7.0)
+    try:
+        (labels,) = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes[:1]]
+        assert "TLT mobility (2|J| > lambda+): 1 of 2" in labels, labels
+    finally:
+        plt.close(fig)
+    fig = esf_map_figure([_structure_rec()], plt, 7.0)  # hopping values only: no such entry
+    try:
+        assert not [t for t in fig.axes[0].get_legend().get_texts() if "TLT" in t.get_text()]
+    finally:
+        plt.close(fig)
