@@ -99,13 +99,10 @@ def _write_structures(campaign: Any, stage: Any, out: Path) -> list[str]:
 
     scfg = campaign.cfg.structures
     ff, ref = scfg.csp.name, stage.refine.name
-    # every level after the ranking one: (config, value key, molecule id -> {index: value});
-    # the stage keeps a second energy level's values (added to the first's) in f_vib
-    further = [(lv, key, lambda mid: stage.landscapes[mid].f_vib)
-               for lv, key in zip(stage.levels[1:], stage.value_keys[1:], strict=True)]
-    further += [(p.level, p.value_key, lambda mid, p=p: p.state(mid).values) for p in stage.properties]
+    further = further_levels(stage)
     levels = {ff: level_of_theory(scfg.csp), ref: level_of_theory(stage.refine)}
     ff_levels = csp_levels(campaign.store, ff)  # per molecule: the charges its search used
+    header = [c["column"] for c in structures_table_columns(campaign, ff_levels)]
     ff_config_level = levels[ff]
     for lv, _, _ in further:
         levels[lv.name] = level_of_theory(lv)
@@ -120,16 +117,11 @@ def _write_structures(campaign: Any, stage: Any, out: Path) -> list[str]:
                        else (False, rows[k]["ff_kjmol"]))
         rank = {k: n for n, k in enumerate(order, 1)}
         name = campaign.names[campaign._index_of[mol_id]] if mol_id in campaign._index_of else land.smiles
-        cols = ["id", "rank", "space_group", "Z", "Z_prime", "density_gcm3", f"E_{ff}_kJmol_per_mol",
-                f"dE_{ff}_kJmol_per_mol", f"E_{ref}_kJmol_per_mol", f"E_{ref}_best_kJmol_per_mol",
-                f"E_{ref}_std_kJmol_per_mol", f"dE_{ref}_kJmol_per_mol", "status"]
-        cols += [level_column(lv.name, key) for lv, key, _ in further]
-        cols += ["observed", "cif"]
         values = [get(mol_id) for _, _, get in further]
         table = out / f"landscape_m{mol_id}.csv"
         with table.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(cols)
+            w.writerow(header)
             for k in order:
                 r = rows[k]
                 energies = [LevelEnergy(levels[ff], "lattice energy", r["ff_kjmol"]),
@@ -177,6 +169,76 @@ def _write_structures(campaign: Any, stage: Any, out: Path) -> list[str]:
     levels_path.write_text(json.dumps({"energy_unit": "kJ/mol per molecule", "levels": levels}, indent=2))
     paths.append(levels_path)
     return [p.name for p in paths]
+
+
+def further_levels(stage: Any) -> list[tuple[Any, str, Any]]:
+    """Every structure level after the ranking one, in config order, as ``(level config,
+    value key, molecule id -> {landscape index: value})``; the stage keeps a second energy
+    level's values (added to the first's) in ``f_vib``."""
+    further = [(lv, key, lambda mid: stage.landscapes[mid].f_vib)
+               for lv, key in zip(stage.levels[1:], stage.value_keys[1:], strict=True)]
+    return further + [(p.level, p.value_key, lambda mid, p=p: p.state(mid).values) for p in stage.properties]
+
+
+#: the ``file`` under which ``results_columns.csv`` describes the structures' landscape tables
+STRUCTURES_TABLE = "structures/landscape_m<id>.csv"
+
+
+def csp_level_text(campaign: Any, ff_levels: dict[int, str] | None = None) -> str:
+    """The CSP level of a campaign's landscapes: the levels their searches recorded (the
+    charges used, per molecule: :func:`agent.summary.csp_levels`), joined by " or ", else the
+    configured one."""
+    from agent.summary import csp_levels, level_of_theory
+
+    csp = campaign.cfg.structures.csp
+    if ff_levels is None:
+        ff_levels = csp_levels(campaign.store, csp.name)
+    shown = dict.fromkeys(ff_levels.get(int(m), level_of_theory(csp)) for m in sorted(campaign.stage.landscapes))
+    return " or ".join(shown) or level_of_theory(csp)
+
+
+def structures_table_columns(campaign: Any, ff_levels: dict[int, str] | None = None) -> list[dict[str, str]]:
+    """The columns of every ``landscape_m<molecule id>.csv`` :func:`write_campaign_structures`
+    writes, in order (its header), each described as ``report/results_columns.csv`` gives it
+    (:func:`agent.report.column_entry`; ``ff_levels``: :func:`agent.summary.csp_levels`, read
+    from the store when not given)."""
+    from agent.report import column_entry as col
+    from agent.summary import ENERGY_UNIT, level_of_theory, quantity
+
+    stage = campaign.stage
+    ff, ref = campaign.cfg.structures.csp.name, stage.refine.name
+    ff_level, ref_level = csp_level_text(campaign, ff_levels), level_of_theory(stage.refine)
+    lattice, relative = "lattice energy", "lattice energy relative to the lowest structure"
+    out = [
+        col("id", "the structure's id (its CIF is <id>.cif, beside this table)"),
+        col("rank", f"rank by lattice energy at the ranking level {ref} (dE_{ref}_kJmol_per_mol; 1 the lowest; "
+            "structures without a value there last, by force field; all by force field before any result)"),
+        col("space_group", "space group symbol of the structure's CIF (symmetrised, ITA standard setting)"),
+        col("Z", "molecules in the CIF's cell"),
+        col("Z_prime", "independent molecules: the CSP's record, else Z over the space group's general positions "
+            "(0.5: a molecule on an inversion centre); empty when neither is known", "Z'"),
+        col("density_gcm3", "density of the stored (CSP) structure", "density", "g/cm3", ff_level),
+        col(f"E_{ff}_kJmol_per_mol", f"{lattice} at the CSP level {ff}", lattice, ENERGY_UNIT, ff_level),
+        col(f"dE_{ff}_kJmol_per_mol", f"{relative} at {ff}", relative, ENERGY_UNIT, ff_level),
+        col(f"E_{ref}_kJmol_per_mol", f"{lattice} computed at the ranking level {ref}; empty where not computed",
+            lattice, ENERGY_UNIT, ref_level),
+        col(f"E_{ref}_best_kJmol_per_mol", f"{lattice} at {ref}: the computed value, else the ranking model's "
+            "prediction (Delta-GP, or the constant shift when the Delta-GP fails its skill test); empty before "
+            "any model", lattice, ENERGY_UNIT, ref_level),
+        col(f"E_{ref}_std_kJmol_per_mol", "1-sigma of that prediction (0 where computed)",
+            lattice, ENERGY_UNIT, ref_level),
+        col(f"dE_{ref}_kJmol_per_mol", f"E_{ref}_best relative to the lowest structure", relative, ENERGY_UNIT,
+            ref_level),
+        col("status", f"'computed' at {ref}, 'failed' there, or 'predicted' (by the ranking model)"),
+    ]
+    for lv, key, _ in further_levels(stage):
+        label, _, unit = quantity(key)
+        what = "value" if not key.endswith("_kjmol") else "energy (kJ/mol per molecule, absolute)"
+        out.append(col(level_column(lv.name, key), f"{label} at the further level {lv.name}: its {what} where "
+                       "computed, else empty", label, unit, level_of_theory(lv)))
+    out += [col("observed", "the lab request that observed the structure (a fed-back lab result), else empty"),
+            col("cif", "the structure's CIF file (beside this table)")]
+    return out
 
 
 def _replace_export(out: Path, staged: Path, names: list[str]) -> None:

@@ -15,7 +15,9 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
   unit, and with a fitted molecule surrogate every other pool molecule too, with the
   surrogate's mean and 1-sigma at each level it has no value at (:func:`results_table`);
   ``results_columns.csv`` names each column's quantity, unit and level of theory, with the
-  table it belongs to (``file``: ``results.csv``, and ``esf_results.csv`` when there is one);
+  table it belongs to (``file``: ``results.csv``, ``landscape_model_m<id>.csv`` and
+  ``structures/landscape_m<id>.csv`` with a structure stage, ``esf_results.csv`` when there
+  is one);
 * ``landscape_m<id>.png`` and ``landscape_model_m<id>.csv`` per refined CSP landscape
   (:func:`landscape_plot`, :func:`landscape_table`: the landscape as the structure
   surrogate sees it, every structure's energy computed or predicted, each level relative to
@@ -82,6 +84,13 @@ def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = Non
             live = structure_results(campaign)
     paths.append(results_table(campaign, out / "results.csv", notes))
     paths.append(out / RESULTS_COLUMNS_FILE)
+    if campaign.stage is not None and campaign.stage.landscapes:  # the landscape tables' columns after them
+        from agent.landscape_io import STRUCTURES_TABLE, structures_table_columns
+
+        if any(p.name.startswith("landscape_model_m") for p in paths):
+            write_columns(out / RESULTS_COLUMNS_FILE, landscape_model_columns(campaign), LANDSCAPE_MODEL_TABLE,
+                          append=True)
+        write_columns(out / RESULTS_COLUMNS_FILE, structures_table_columns(campaign), STRUCTURES_TABLE, append=True)
     from agent.esf_report import write_esf_report
 
     esf_paths, esf = write_esf_report(campaign.store, campaign.cfg, campaign.directory, out, plt, notes)
@@ -646,8 +655,17 @@ def results_table(campaign: Campaign, path: Path, notes: list[str] | None = None
 
 
 #: the fields of :data:`RESULTS_COLUMNS_FILE`: per column of a report table its quantity,
-#: unit, level of theory, description and ``file`` (the table: ``results.csv``, ``esf_results.csv``)
+#: unit, level of theory, description and ``file`` (the table: ``results.csv``,
+#: ``landscape_model_m<id>.csv``, ``structures/landscape_m<id>.csv``, ``esf_results.csv``; the
+#: landscape tables of one campaign share their columns)
 COLUMN_FIELDS = ["column", "quantity", "unit", "level_of_theory", "description", "file"]
+
+
+def column_entry(column: str, description: str, quantity: str = "", unit: str = "", level: str = "") -> dict[str, str]:
+    """One column of a table as :data:`RESULTS_COLUMNS_FILE` describes it (the
+    :data:`COLUMN_FIELDS` but ``file``)."""
+    return {"column": column, "quantity": quantity, "unit": unit, "level_of_theory": level,
+            "description": description}
 
 
 def write_columns(path: Path, columns: list[dict[str, str]], file: str, append: bool = False) -> Path:
@@ -848,6 +866,50 @@ def landscape_table_columns(campaign: Campaign) -> dict[str, str]:
     }
 
 
+#: the ``file`` under which :data:`RESULTS_COLUMNS_FILE` describes the report's landscape tables
+LANDSCAPE_MODEL_TABLE = "landscape_model_m<id>.csv"
+
+
+def landscape_model_columns(campaign: Campaign) -> list[dict[str, str]]:
+    """The columns of every :func:`landscape_table` of ``campaign``, in order (its header),
+    each described (:func:`column_entry`) for :data:`RESULTS_COLUMNS_FILE`."""
+    from agent.landscape_io import csp_level_text
+    from agent.summary import ENERGY_UNIT, level_of_theory, quantity
+
+    stage = campaign.stage
+    ff, ref = campaign.cfg.structures.csp.name, stage.refine.name
+    cols = landscape_table_columns(campaign)
+    ff_level, ref_level = csp_level_text(campaign), level_of_theory(stage.refine)
+    second = stage.free_energy
+    relative = "lattice energy relative to the lowest structure"
+    no_g = "; empty: no free-energy level in [structures]" if second is None else ""
+    label, _, unit = quantity(stage.value_keys[1]) if second is not None else ("vibrational free energy F_vib", "",
+                                                                                ENERGY_UNIT)
+    second_level = level_of_theory(second) if second is not None else ""
+    free = "free energy E + F_vib relative to the lowest structure"
+    return [
+        column_entry("id", "the structure's id (its CIF: runs/<name>/structures/<id>.cif)"),
+        column_entry("space_group", "space group symbol, as in the structure's CIF"),
+        column_entry("Z", "molecules in the cell of the structure's CIF (the search cell's before the CIF is written)"),
+        column_entry("Z_prime", "independent molecules: the CSP's record, else Z over the space group's general "
+                     "positions (0.5: a molecule on an inversion centre); empty when neither is known", "Z'"),
+        column_entry("density_gcm3", "density of the stored (CSP) structure", "density", "g/cm3", ff_level),
+        column_entry(cols["ff"], f"lattice energy at the CSP level {ff}, relative to the lowest structure", relative,
+                     ENERGY_UNIT, ff_level),
+        column_entry(cols["dE"], f"lattice energy at the ranking level {ref}, relative to the lowest structure: the "
+                     f"computed value where {cols['computed']} is 1, else the structure surrogate's prediction; no "
+                     "vibrational term", relative, ENERGY_UNIT, ref_level),
+        column_entry(cols["sd"], "1-sigma of that prediction (0 where computed)", relative, ENERGY_UNIT, ref_level),
+        column_entry(cols["computed"], f"1: computed at {ref}; 0: predicted"),
+        column_entry(cols["second"], f"{label} where computed (absolute){no_g}", label, unit, second_level),
+        column_entry(cols["dG"], f"{free} (F_vib of the structures without one: the mean of the computed ones)"
+                     f"{no_g}", free, ENERGY_UNIT, f"{ref_level} + {second_level}" if second is not None else ""),
+        column_entry(cols["rank_dE"], f"rank by {cols['dE']} (1: the lowest)"),
+        column_entry(cols["rank_dG"], f"rank by {cols['dG']} (1: the lowest){no_g}"),
+        column_entry("observed", "the lab request that observed the structure (a fed-back lab result), else empty"),
+    ]
+
+
 def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     """The landscape as the model ranks it (``report/landscape_model_m<id>.csv``): one row
     per structure, every structure's energy at the ranking level computed or predicted by
@@ -894,10 +956,7 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
     observed = observed_sources(campaign.store)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        cols = landscape_table_columns(campaign)
-        w.writerow(["id", "space_group", "Z", "Z_prime", "density_gcm3", cols["ff"], cols["dE"], cols["sd"],
-                    cols["computed"], cols["second"], cols["dG"], cols["rank_dE"], cols["rank_dG"],
-                    "observed"])
+        w.writerow([c["column"] for c in landscape_model_columns(campaign)])
         for i in np.argsort(g, kind="stable"):
             r = rows[i]
             fv = land.f_vib.get(int(i))
