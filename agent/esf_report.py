@@ -908,6 +908,13 @@ ESF_COLUMNS = [
     _esf_column("n_with_predicted_energy_in_window", "the old name of "
                 "n_with_mobility_at_predicted_energy_in_window (the same value; it counts structures with a "
                 "mobility only)"),
+    _esf_column("global_minimum_transport_model", "the model of global_minimum_mobility_hole_cm2Vs: 'Marcus "
+                "hopping', or 'transient localisation (TLT)' outside hopping's regime (2|J|max > lambda+); "
+                "empty when the result does not say (records made before TLT: hopping)"),
+    _esf_column("global_minimum_mobility_hole_marcus_cm2Vs", "the Marcus hopping value of the same structure "
+                "when its reported one is TLT (empty otherwise, or when not recorded)", "hole mobility",
+                MOBILITY_UNIT, "Marcus hopping on the row's transfer integrals"),
+    _esf_column("n_structures_tlt", "of the structures listed with a mobility, those whose value is TLT"),
 ]
 
 
@@ -931,6 +938,8 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
     each column, as ``results_columns.csv`` does)."""
     import csv
 
+    from sim_backends.tlt import TLT_NAME
+
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow([c["column"] for c in ESF_COLUMNS])
@@ -950,7 +959,10 @@ def write_esf_table(results: list[dict[str, Any]], path: Path) -> Path:
                         (r.get("ranked_minimum") or gm).get("id", ""), n_predicted,
                         *(energies.get(kind, "") for kind in ("computed", "predicted", "estimated")),
                         *((r["window_cut"]["kept"], r["window_cut"]["stored"]) if r.get("window_cut") else ("", "")),
-                        n_predicted])
+                        n_predicted, gm.get("transport_model") or "",
+                        "" if gm.get("mobility_hole_marcus_cm2Vs") is None
+                        else f"{gm['mobility_hole_marcus_cm2Vs']:.4g}",
+                        sum(x.get("transport_model") == TLT_NAME for x in r["structures"])])
     return path
 
 

@@ -400,8 +400,10 @@ def transient_localisation_note(carrier: str, tlt: dict[str, Any]) -> str:
     ``"{carrier}: "`` like the regime warning."""
     from sim_backends.tlt import assumptions_text
 
-    return (f"{carrier}: {TLT_NOTE_TEXT}, {assumptions_text(tlt['disorder_ratio'], tlt['hbar_over_tau_meV'])}; "
-            "the Marcus hopping value is kept beside it")
+    from sim_backends.tlt import SIGNS_NOT_RESOLVED
+
+    signs = assumptions_text(tlt["disorder_ratio"], tlt["hbar_over_tau_meV"], tlt.get("signs", SIGNS_NOT_RESOLVED))
+    return f"{carrier}: {TLT_NOTE_TEXT}, {signs}; the Marcus hopping value is kept beside it"
 
 
 @dataclass

@@ -21,9 +21,19 @@ Inputs and the assumptions this project makes (stated in every result's ``extra`
 * the transfer integrals and hop vectors of :class:`sim_backends.transfer.CrystalTransfer`
   (its ``shifts`` place each neighbour in the supercell; a result without them cannot be
   used and :func:`tlt_mobility` raises :class:`SetupError`);
-* the magnitudes ``|J|`` only, each entering ``H`` as ``-|J|`` for both carriers: the signs of
-  dimer-projection couplings depend on each monomer calculation's orbital phase (and a
-  degenerate manifold's ``J_eff`` has none), so they are not resolved here;
+* the signs of the couplings where they are consistent (:func:`carrier_couplings`): the
+  hole Hamiltonian is ``-H`` of the HOMO network (holes fill the top of the HOMO band), the
+  electron one ``+H`` of the LUMO network. One orbital is computed per molecule of the cell
+  and reused for every dimer, so flipping a molecule's orbital phase flips all its couplings
+  together (a gauge change that leaves the spectrum alone); a symmetry class's coupling is
+  reused for every dimer of the class, which keeps the phases consistent for Z <= 2 but not in
+  general (each molecule's orbital phase is independent, and a symmetry operation may map one
+  molecule's orbital to minus another's). So signs are used for Z <= 2 with a single
+  frontier orbital, and otherwise (Z > 2, or a degenerate manifold, whose rotation-invariant
+  ``J_eff`` has no sign) every coupling enters with one sign, ``H_pq = -|J|``: on a network
+  with loops (herringbone) that is the most favourable sign pattern, usually an upper bound
+  (on the experimental pentacene crystal, B3LYP/6-31G, 3.90 against 1.47 cm^2/(V s) with the
+  signs); the result says which (``signs``);
 * thermal fluctuations of each transfer integral: Gaussian, sd
   ``sigma = disorder_ratio * |J| * sqrt(T / 300 K)`` (classical intermolecular modes,
   ``sigma^2 ~ k_B T``), ``disorder_ratio`` :data:`DISORDER_RATIO` by default; not computed
@@ -68,6 +78,9 @@ N_SAMPLES = 8
 MAX_SITES = 3000
 #: what a result's level text says the model is
 TLT_NAME = "transient localisation (TLT)"
+#: what a result says of its couplings' signs (:func:`carrier_couplings`)
+SIGNS_USED = "signed couplings"
+SIGNS_NOT_RESOLVED = "one sign for every coupling (signs not resolved: an upper bound on a network with loops)"
 
 
 @dataclass
@@ -86,6 +99,7 @@ class TltResult:
     n_samples: int
     disorder_ratio: float
     hbar_over_tau_meV: float
+    signs: str = SIGNS_NOT_RESOLVED
 
     def to_extra(self) -> dict[str, Any]:
         """JSON-able summary (for a result's ``extra``)."""
@@ -93,13 +107,35 @@ class TltResult:
                 "localisation_length_A": round(self.localisation_length_A, 3),
                 "supercell": list(self.supercell), "n_sites": self.n_sites, "n_samples": self.n_samples,
                 "disorder_ratio": self.disorder_ratio, "hbar_over_tau_meV": self.hbar_over_tau_meV,
+                "signs": self.signs,
                 "mobility_tensor_cm2Vs": self.tensor_cm2Vs.round(6).tolist()}
 
 
-def assumptions_text(disorder_ratio: float = DISORDER_RATIO, hbar_over_tau_meV: float = HBAR_OVER_TAU_MEV) -> str:
+#: couplings below this fraction of the largest are left out of the network (J^2 below 1e-4 of
+#: the largest; they would only enlarge the supercell)
+NEGLIGIBLE_J = 0.01
+
+
+def assumptions_text(disorder_ratio: float = DISORDER_RATIO, hbar_over_tau_meV: float = HBAR_OVER_TAU_MEV,
+                     signs: str = SIGNS_USED) -> str:
     """The assumptions of a TLT value in one clause (module docstring)."""
     return (f"assumed thermal fluctuation of each |J| {disorder_ratio:g} |J| at 300 K and "
-            f"hbar/tau {hbar_over_tau_meV:g} meV, not computed from the crystal's phonons")
+            f"hbar/tau {hbar_over_tau_meV:g} meV, not computed from the crystal's phonons; {signs}")
+
+
+def carrier_couplings(transfer: CrystalTransfer, carrier: str) -> tuple[np.ndarray, str]:
+    """Per neighbour, the coupling ``j`` entering the carrier Hamiltonian as ``H_pq = -j``
+    (meV), and :data:`SIGNS_USED` or :data:`SIGNS_NOT_RESOLVED` (module docstring): holes
+    ``j = J_eff`` (``H_hole = -H_HOMO``), electrons ``j = -J_eff``, for Z <= 2 and a single
+    frontier orbital; otherwise ``|J_eff|``."""
+    import numpy as np
+
+    classes = [c for _, _, c in transfer.neighbours]
+    n_orb = int((transfer.manifolds.get(carrier) or {}).get("n", 1))
+    if transfer.z <= 2 and n_orb == 1:
+        signed = np.array([float(getattr(d, carrier)["j_eff_meV"]) for d in transfer.dimers])[classes]
+        return (signed if carrier == "hole" else -signed), SIGNS_USED
+    return transfer.couplings_meV(carrier), SIGNS_NOT_RESOLVED
 
 
 def supercell_size(z: int, shifts: Any, target_sites: int = TARGET_SITES) -> tuple[int, int, int]:
@@ -126,8 +162,9 @@ def tlt_network_mobility(z: int, sources: Any, targets: Any, shifts: Any, vector
         z: sites (molecules) per cell.
         sources, targets, shifts, vectors_A, j_meV: per ordered neighbour (both directions of
             every bond listed, as :class:`~sim_backends.transfer.CrystalTransfer` lists them):
-            start site, end site, lattice shift of the end site, hop vector (A), coupling (meV;
-            its magnitude is used).
+            start site, end site, lattice shift of the end site, hop vector (A), coupling (meV),
+            entering the carrier Hamiltonian as ``H_pq = -j``; bonds with ``|j|`` below
+            :data:`NEGLIGIBLE_J` of the largest are left out.
         temperature_K: temperature; ``disorder_ratio``: sd of |J|'s fluctuation at 300 K as a
             fraction of |J|; ``hbar_over_tau_meV``: hbar/tau.
         target_sites, supercell: supercell size (:func:`supercell_size` unless given).
@@ -143,10 +180,12 @@ def tlt_network_mobility(z: int, sources: Any, targets: Any, shifts: Any, vector
     tgt = np.asarray(targets, dtype=int).reshape(-1)
     sh = np.asarray(shifts, dtype=int).reshape(-1, 3)
     vec = np.asarray(vectors_A, dtype=float).reshape(-1, 3)
-    jm = np.abs(np.asarray(j_meV, dtype=float).reshape(-1))
+    jm = np.asarray(j_meV, dtype=float).reshape(-1)
     if not (len(src) == len(tgt) == len(sh) == len(vec) == len(jm)) or not len(src):
         raise SetupError("TLT network: sources, targets, shifts, vectors and couplings must be non-empty "
                          "and of one length")
+    big = np.abs(jm) >= NEGLIGIBLE_J * np.abs(jm).max() if np.abs(jm).max() > 0 else np.ones(len(jm), bool)
+    src, tgt, sh, vec, jm = src[big], tgt[big], sh[big], vec[big], jm[big]
     n = tuple(int(x) for x in (supercell or supercell_size(z, sh, target_sites)))
     cells = np.stack(np.meshgrid(*(np.arange(k) for k in n), indexing="ij"), axis=-1).reshape(-1, 3)
     n_cells = len(cells)
@@ -171,13 +210,13 @@ def tlt_network_mobility(z: int, sources: Any, targets: Any, shifts: Any, vector
     v = vec[hop]
     gamma = 1e-3 * float(hbar_over_tau_meV)
     kt = KB_EVK * float(temperature_K)
-    sigma = float(disorder_ratio) * np.sqrt(float(temperature_K) / 300.0) * j_ev
+    sigma = float(disorder_ratio) * np.sqrt(float(temperature_K) / 300.0) * np.abs(j_ev)
     rng = np.random.default_rng(seed)
     tensors = []
     for _ in range(int(n_samples)):
-        jb = j_ev + sigma * rng.standard_normal(len(j_ev))
+        jb = j_ev + np.sign(j_ev) * sigma * rng.standard_normal(len(j_ev))  # a phase flip flips it whole
         h = np.zeros((n_sites, n_sites))
-        h[a, b] = -jb
+        h[a, b] = -jb  # H_pq = -j
         h[b, a] = -jb
         e, u = np.linalg.eigh(h)
         w = np.exp(-(e - e[0]) / kt)
@@ -213,14 +252,19 @@ def tlt_network_mobility(z: int, sources: Any, targets: Any, shifts: Any, vector
 
 
 def tlt_mobility(transfer: CrystalTransfer, carrier: str, temperature_K: float = 300.0, **kw: Any) -> TltResult:
-    """TLT mobility of one carrier (``"hole"``/``"electron"``) of a crystal; ``kw`` as
-    :func:`tlt_network_mobility`. Raises :class:`SetupError` for a result without the
-    neighbours' lattice shifts (made before they were recorded)."""
+    """TLT mobility of one carrier (``"hole"``/``"electron"``) of a crystal, with the
+    couplings of :func:`carrier_couplings`; ``kw`` as :func:`tlt_network_mobility`. Raises
+    :class:`SetupError` for a result without the neighbours' lattice shifts (made before
+    they were recorded)."""
+    import dataclasses
+
     import numpy as np
 
     if len(transfer.shifts) != len(transfer.neighbours):
         raise SetupError("these transfer integrals do not record the neighbours' lattice shifts (made by an "
                          "older version): recompute them for a transient-localisation mobility")
     nb = np.asarray(transfer.neighbours, dtype=int).reshape(-1, 3)
-    return tlt_network_mobility(transfer.z, nb[:, 0], nb[:, 1], transfer.shifts, transfer.vectors_A,
-                                transfer.couplings_meV(carrier), temperature_K, **kw)
+    j, signs = carrier_couplings(transfer, carrier)
+    res = tlt_network_mobility(transfer.z, nb[:, 0], nb[:, 1], transfer.shifts, transfer.vectors_A, j,
+                               temperature_K, **kw)
+    return dataclasses.replace(res, signs=signs)

@@ -53,3 +53,20 @@ def test_the_esf_map_marks_the_structures_with_a_tlt_mobility():
         assert not [t for t in fig.axes[0].get_legend().get_texts() if "TLT" in t.get_text()]
     finally:
         plt.close(fig)
+
+
+def test_esf_results_csv_names_the_model_and_the_hopping_value(tmp_path):
+    import csv
+
+    from agent.esf_report import write_esf_table
+    from test_esf_report47_window_map import _structure_rec
+
+    rec = _structure_rec()
+    tlt = {**rec["structures"][0], "transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": 4.1}
+    rec = {**rec, "structures": [tlt, rec["structures"][1]], "global_minimum": tlt}
+    (row,) = csv.DictReader(write_esf_table([rec], tmp_path / "esf_results.csv").open())
+    assert row["global_minimum_transport_model"] == TLT_NAME
+    assert row["global_minimum_mobility_hole_marcus_cm2Vs"] == "4.1" and row["n_structures_tlt"] == "1"
+    (row,) = csv.DictReader(write_esf_table([_structure_rec()], tmp_path / "hop.csv").open())
+    assert (row["global_minimum_transport_model"], row["global_minimum_mobility_hole_marcus_cm2Vs"],
+            row["n_structures_tlt"]) == ("", "", "0")

@@ -142,3 +142,42 @@ def test_the_structure_stage_mobility_level_reports_tlt_with_a_note_not_a_warnin
     assert not [w for w in extra.get("warnings") or [] if "outside its regime" in w]
     assert any("transient localisation" in n for n in extra["notes"])
     assert TLT_NAME in extra["level"] and MARCUS_NAME not in extra["level"]
+
+
+TRIANGLE = [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (1, 1, 0), (-1, -1, 0)]
+
+
+def test_signs_matter_on_a_network_with_loops_and_a_phase_flip_does_not():
+    """A triangular layer (one molecule per cell): the sign of J is physical (both ends are the
+    same molecule's orbital); H = +|J| (frustrated) localises more than H = -|J|. Two molecules
+    per cell: flipping one molecule's orbital phase flips all its couplings, a gauge change
+    that leaves the mobility exactly as it was."""
+    vec = np.array([[5.0, 0, 0], [-5.0, 0, 0], [2.5, 4.33, 0], [-2.5, -4.33, 0], [7.5, 4.33, 0], [-7.5, -4.33, 0]])
+    kw = {"z": 1, "sources": [0] * 6, "targets": [0] * 6, "shifts": TRIANGLE, "vectors_A": vec, "n_samples": 2}
+    plus = tlt_network_mobility(j_meV=[80.0] * 6, **kw)
+    minus = tlt_network_mobility(j_meV=[-80.0] * 6, **kw)
+    assert minus.iso < 0.8 * plus.iso
+    # Z = 2: a chain A-B-A-B with alternating signs of the A->B and B->A' bonds
+    kw2 = {"z": 2, "sources": [0, 1, 1, 0], "targets": [1, 0, 0, 1],
+           "shifts": [(0, 0, 0), (0, 0, 0), (1, 0, 0), (-1, 0, 0)],
+           "vectors_A": [[3.0, 0, 0], [-3.0, 0, 0], [3.0, 0, 0], [-3.0, 0, 0]], "n_samples": 3, "seed": 4}
+    a = tlt_network_mobility(j_meV=[60.0, 60.0, -40.0, -40.0], **kw2)
+    b = tlt_network_mobility(j_meV=[-60.0, -60.0, 40.0, 40.0], **kw2)  # molecule B's phase flipped
+    assert a.iso == pytest.approx(b.iso, rel=1e-9)
+
+
+def test_carrier_couplings_use_signs_only_where_they_are_consistent():
+    from sim_backends.tlt import SIGNS_NOT_RESOLVED, SIGNS_USED, carrier_couplings
+
+    d = DimerTransfer(0, 0, (1, 0, 0), 3.5, 5.0, 4, {"j_eff_meV": -30.0}, {"j_eff_meV": 20.0}, 0.0)
+    tr = CrystalTransfer([d], [(0, 0, 0)] * 4, np.array(SQUARE, dtype=float) * 5.0, 1, "test", 0.0,
+                         manifolds={c: {"n": 1} for c in ("hole", "electron")}, shifts=list(SQUARE))
+    j, signs = carrier_couplings(tr, "hole")
+    assert signs == SIGNS_USED and list(j) == [-30.0] * 4  # H_hole = -H_HOMO: H_pq = -j = +30
+    j, signs = carrier_couplings(tr, "electron")
+    assert signs == SIGNS_USED and list(j) == [-20.0] * 4  # H_LUMO_pq = +20 = -j
+    tr.manifolds["hole"] = {"n": 2}  # a degenerate HOMO: J_eff has no sign
+    assert carrier_couplings(tr, "hole") == (pytest.approx([30.0] * 4), SIGNS_NOT_RESOLVED)
+    tr.manifolds["hole"], tr.z = {"n": 1}, 4  # four molecules: class reuse does not keep phases
+    assert carrier_couplings(tr, "hole")[1] == SIGNS_NOT_RESOLVED
+    assert tlt_mobility(_transfer(80.0), "hole", n_samples=1).signs == SIGNS_USED
