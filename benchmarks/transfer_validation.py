@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                            "relative_local_drift": details["hole"]["relative_local_drift"],
                            "two_j_over_lambda": float(2e-3 * np.max(tr.couplings_meV("hole")) / lam),
                            "tlt_iso": tlt.iso, "tlt_max": tlt.max, "tlt_stderr": tlt.stderr_iso,
-                           "tlt_localisation_length_A": tlt.localisation_length_A,
+                           "tlt_localisation_length_A": tlt.localisation_length_A, "tlt_signs": tlt.signs,
                            "model_reported": details["hole"]["model"],
                            "reported_iso": values["mobility_hole_cm2Vs"]}
             print(f"  hole mobility, lambda+ = {lam * 1000:.0f} meV ({spec['lambda_source']}), "
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{m['exact_max']:10.3f} {m['einstein_iso']:10.3f} {m['kmc_iso']:9.3f} +- {m['kmc_stderr']:.3f} "
                       f"{m['tlt_iso']:7.3f} +- {m['tlt_stderr']:.3f} {m['tlt_max']:8.3f} "
                       f"{m['tlt_localisation_length_A']:8.1f}")
+            print("  TLT couplings: " + "; ".join(f"{LEVEL_NAMES[lv]} {m['tlt_signs']}" for lv, m in mob.items()))
             print(f"  experiment / literature: {spec['experiment']}")
         crystals_out[cname] = {"z": crystal.z, "structure": spec["structure"], "max_com_A": spec["max_com_A"],
                                "dimers": rows, "mobility_hole_cm2Vs": mob, "lambda_hole_eV": lam,
