@@ -478,7 +478,8 @@ class EsfLandscapeBackend(Backend):
     value_sd: ClassVar[dict[str, float]] = _VALUE_SD
     value_levels: ClassVar[dict[str, str]] = _VALUE_LEVELS
     objective_key = OBJECTIVE
-    description = ("log10 Boltzmann-weighted Marcus hole mobility (cm2/Vs) over a CSP landscape "
+    description = ("log10 Boltzmann-weighted hole mobility (cm2/Vs; Marcus hopping, TLT where 2|J| > lambda) "
+                   "over a CSP landscape "
                    "(W99 force field, RESP or GFN2-xTB charges; GFN2-xTB or B3LYP/6-31G transfer integrals)")
     _DEFAULTS: ClassVar[dict[str, Any]] = {"n_trials": 150, "n_structures": 6, "window_kjmol": 7.0,
                                            "transfer": "gfn2-xtb", "seed": 0, "space_groups": ESF_SPACE_GROUPS,
@@ -573,7 +574,8 @@ class EsfRefinedBackend(EsfLandscapeBackend):
 
     name = "esf-refined"
     fidelity = 2
-    description = ("log10 Boltzmann-weighted Marcus hole mobility (cm2/Vs) over a longer CSP landscape "
+    description = ("log10 Boltzmann-weighted hole mobility (cm2/Vs; Marcus hopping, TLT where 2|J| > lambda) "
+                   "over a longer CSP landscape "
                    "(refined fidelity; GFN2-xTB or B3LYP/6-31G transfer integrals)")
     _DEFAULTS: ClassVar[dict[str, Any]] = {**EsfLandscapeBackend._DEFAULTS, "n_trials": 300}
 

@@ -676,7 +676,8 @@ class XtbMobilityBackend(_MobilityBase):
     version = "1"
     fidelity = 1
     transfer_backend = "transfer-xtb"
-    description = "Marcus hopping mobility (cm2/Vs) on GFN2-xTB dimer-projection transfer integrals"
+    description = ("Marcus hopping mobility (cm2/Vs; transient localisation where 2|J| > lambda) on GFN2-xTB "
+                   "dimer-projection transfer integrals")
     params_schema = None  # set below (needs the transfer schema)
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
@@ -690,7 +691,8 @@ class DftMobilityBackend(_MobilityBase):
     version = "1"
     fidelity = 2
     transfer_backend = "transfer-dft"
-    description = "Marcus hopping mobility (cm2/Vs) on DFT (B3LYP/6-31G) dimer-projection transfer integrals"
+    description = ("Marcus hopping mobility (cm2/Vs; transient localisation where 2|J| > lambda) on DFT "
+                   "(B3LYP/6-31G) dimer-projection transfer integrals")
     params_schema = None
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
