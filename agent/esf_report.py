@@ -12,7 +12,7 @@ and ``report`` say about charge transport on the predicted crystals.
   stage"``), ``backend``, ``level`` (level of theory), ``mean``/``sd`` (Boltzmann-weighted
   hole mobility over the structures with a mobility and its sd, cm2/(V
   s)), ``sd_covers`` (what the sd includes: the energy ranking's spread, the structures of the
-  window without a mobility when some are, J and lambda errors not; a structure stage's also
+  window without a mobility when some are, J, lambda and transport-model errors not; a structure stage's also
   what a computed energy's sd is: the ranking level's own relative-energy error and the
   structure surrogate's leave-one-out error in quadrature, :func:`_energy_sd_clause`), ``sd_energy`` (the
   energy ranking's part), ``n_in_window`` (the window's structures), ``n_with_mobility`` (of
@@ -395,11 +395,17 @@ def _cut_edge_warning(cut: dict[str, Any], window_kjmol: float) -> str | None:
 
 
 def _add_covers_clause(rec: dict[str, Any], clause: str) -> None:
-    """Add ``clause`` to the record's ``sd_covers``, before its closing "J and lambda errors
-    not included"."""
+    """Add ``clause`` to the record's ``sd_covers``, before its closing
+    :data:`~sim_backends.mobility.SD_NOT_INCLUDED` (or the shorter "J and lambda errors not
+    included" of results stored before it)."""
+    from sim_backends.mobility import SD_NOT_INCLUDED
+
     covers = rec.get("sd_covers") or SD_ENERGY_ONLY
-    tail = "; J and lambda errors not included"
-    rec["sd_covers"] = covers.replace(tail, f"; {clause}{tail}", 1) if tail in covers else f"{covers}; {clause}"
+    for tail in (f"; {SD_NOT_INCLUDED}", "; J and lambda errors not included"):
+        if tail in covers:
+            rec["sd_covers"] = covers.replace(tail, f"; {clause}{tail}", 1)
+            return
+    rec["sd_covers"] = f"{covers}; {clause}"
 
 
 def _energy_sd_clause(event: dict[str, Any], rank_level: Any) -> str:
@@ -872,7 +878,7 @@ ESF_COLUMNS = [
     _esf_column("mobility_hole_sd_cm2Vs", "its 1-sigma; what it covers is in sd_covers", _MU, MOBILITY_UNIT,
                 _ROW_LEVEL),
     _esf_column("sd_covers", "what the sd includes (energy ranking, structures of the window without a "
-                "mobility, the energies' own errors) and what it does not (J and lambda errors)"),
+                "mobility, the energies' own errors) and what it does not (J, lambda and transport-model errors)"),
     _esf_column("n_in_window", "structures in the energy window (a structure stage's: over every structure the "
                 "CSP stored); empty when the result did not record it"),
     _esf_column("n_with_mobility_in_window", "of them with a mobility (the mean is over these)"),

@@ -506,7 +506,10 @@ def landscape_mobility(energies_kjmol: Any, mobilities: Any, energy_sd_kjmol: An
 
 #: what the ± of a landscape mobility covers when every structure in its window has a value
 #: (:func:`window_coverage`)
-SD_ENERGY_ONLY = "energy-ranking spread only; J and lambda errors not included"
+#: what no landscape-mobility sd covers: the transfer integrals' and lambda+'s errors, and the
+#: transport model's (hopping or TLT, and TLT's assumed constants)
+SD_NOT_INCLUDED = "J, lambda and transport-model errors not included"
+SD_ENERGY_ONLY = f"energy-ranking spread only; {SD_NOT_INCLUDED}"
 
 
 def window_coverage(energies: dict[str, float], mobilities: dict[str, float], mean: float, sd_energy: float,
@@ -563,7 +566,7 @@ def window_coverage(energies: dict[str, float], mobilities: dict[str, float], me
     out["sd"] = math.hypot(sd_energy, w_u * spread)
     out["sd_covers"] = (f"energy ranking and {len(window) - len(covered)} structures without a mobility "
                         f"({w_u:.0%} of the Boltzmann weight) at the spread of {source}; "
-                        "J and lambda errors not included")
+                        f"{SD_NOT_INCLUDED}")
     return out
 
 

@@ -103,7 +103,7 @@ def test_structure_stage_mobility_says_how_much_of_the_window_it_covers(finished
             f"at the spread of the {k} computed mobilities; the energy ranking's sd per computed energy is "
             f"{event['energy_sd_kjmol']:.1f} kJ/mol per molecule: the ranking level's own relative-energy error "
             f"{own:.1f} (periodic GFN2-xTB's sd against fragment DFT on 16 pyrazine structures) and the structure "
-            f"surrogate's leave-one-out error {loo:.2f}, in quadrature; J and lambda errors not included; "
+            f"surrogate's leave-one-out error {loo:.2f}, in quadrature; J, lambda and transport-model errors not included; "
             "log10 ") in line
     import csv
 
@@ -147,8 +147,8 @@ def test_every_landscape_mobility_line_says_what_its_sd_covers():
            "backend": "esf-refined", "level": "GFN2-xTB", "mean": 3.2, "sd": 0.5, "n_in_window": 6,
            "structures": [gm], "global_minimum": gm, "warnings": [], "notes": []}
     (line,) = [x for x in esf_lines([rec]) if x.startswith("  tetracene: ")]
-    assert ("mu_h = 3.2e+00 ± 5.0e-01 cm2/(V s) (± energy-ranking spread only; J and lambda errors not "
-            "included; log10 0.51)") in line
+    assert ("mu_h = 3.2e+00 ± 5.0e-01 cm2/(V s) (± energy-ranking spread only; J, lambda and transport-model "
+            "errors not included; log10 0.51)") in line
 
 
 def test_structure_stage_line_names_the_global_minimum_when_it_has_no_mobility():

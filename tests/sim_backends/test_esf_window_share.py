@@ -150,7 +150,7 @@ def _pyrene_like():
               "landscape_mobility_hole_sd_cm2Vs": 0.4, "n_structures_in_window": 6.0, "reorg_energy_kjmol": 8.0}
     extra = {"structures": structures, "n_minima_in_window": 41, "uncomputed_weight": 0.482, "sd_energy": 0.3,
              "sd_covers": "energy ranking and 35 structures without a mobility (48% of the Boltzmann weight) at the "
-                          "spread of the 6 computed mobilities; J and lambda errors not included"}
+                          "spread of the 6 computed mobilities; J, lambda and transport-model errors not included"}
     return _ev("esf-refined", values, extra)
 
 
