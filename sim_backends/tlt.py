@@ -30,7 +30,8 @@ Inputs and the assumptions this project makes (stated in every result's ``extra`
   general (each molecule's orbital phase is independent, and a symmetry operation may map one
   molecule's orbital to minus another's). So signs are used for Z <= 2 with a single
   frontier orbital, and otherwise (Z > 2, or a degenerate manifold, whose rotation-invariant
-  ``J_eff`` has no sign) every coupling enters with one sign, ``H_pq = -|J|``: on a network
+  ``J_eff`` has no sign and stands, one orbital per molecule, for a multi-band problem) every
+  coupling enters with one sign, ``H_pq = -|J|``: on a network
   with loops (herringbone) that is the most favourable sign pattern, usually an upper bound
   (on the experimental pentacene crystal, B3LYP/6-31G, 3.90 against 1.47 cm^2/(V s) with the
   signs); the result says which (``signs``);
@@ -81,6 +82,9 @@ TLT_NAME = "transient localisation (TLT)"
 #: what a result says of its couplings' signs (:func:`carrier_couplings`)
 SIGNS_USED = "signed couplings"
 SIGNS_NOT_RESOLVED = "one sign for every coupling (signs not resolved: an upper bound on a network with loops)"
+SIGNS_DEGENERATE = ("one orbital per molecule with the degenerate manifold's rotation-invariant |J_eff|, one sign "
+                    "for every coupling (a simplification of a multi-band problem; an upper bound on a network "
+                    "with loops)")
 
 
 @dataclass
@@ -125,7 +129,8 @@ def assumptions_text(disorder_ratio: float = DISORDER_RATIO, hbar_over_tau_meV: 
 
 def carrier_couplings(transfer: CrystalTransfer, carrier: str) -> tuple[np.ndarray, str]:
     """Per neighbour, the coupling ``j`` entering the carrier Hamiltonian as ``H_pq = -j``
-    (meV), and :data:`SIGNS_USED` or :data:`SIGNS_NOT_RESOLVED` (module docstring): holes
+    (meV), and :data:`SIGNS_USED`, :data:`SIGNS_DEGENERATE` or :data:`SIGNS_NOT_RESOLVED`
+    (module docstring): holes
     ``j = J_eff`` (``H_hole = -H_HOMO``), electrons ``j = -J_eff``, for Z <= 2 and a single
     frontier orbital; otherwise ``|J_eff|``."""
     import numpy as np
@@ -135,7 +140,7 @@ def carrier_couplings(transfer: CrystalTransfer, carrier: str) -> tuple[np.ndarr
     if transfer.z <= 2 and n_orb == 1:
         signed = np.array([float(getattr(d, carrier)["j_eff_meV"]) for d in transfer.dimers])[classes]
         return (signed if carrier == "hole" else -signed), SIGNS_USED
-    return transfer.couplings_meV(carrier), SIGNS_NOT_RESOLVED
+    return transfer.couplings_meV(carrier), SIGNS_DEGENERATE if n_orb > 1 else SIGNS_NOT_RESOLVED
 
 
 def supercell_size(z: int, shifts: Any, target_sites: int = TARGET_SITES) -> tuple[int, int, int]:

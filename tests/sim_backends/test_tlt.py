@@ -167,7 +167,7 @@ def test_signs_matter_on_a_network_with_loops_and_a_phase_flip_does_not():
 
 
 def test_carrier_couplings_use_signs_only_where_they_are_consistent():
-    from sim_backends.tlt import SIGNS_NOT_RESOLVED, SIGNS_USED, carrier_couplings
+    from sim_backends.tlt import SIGNS_DEGENERATE, SIGNS_NOT_RESOLVED, SIGNS_USED, carrier_couplings
 
     d = DimerTransfer(0, 0, (1, 0, 0), 3.5, 5.0, 4, {"j_eff_meV": -30.0}, {"j_eff_meV": 20.0}, 0.0)
     tr = CrystalTransfer([d], [(0, 0, 0)] * 4, np.array(SQUARE, dtype=float) * 5.0, 1, "test", 0.0,
@@ -176,8 +176,9 @@ def test_carrier_couplings_use_signs_only_where_they_are_consistent():
     assert signs == SIGNS_USED and list(j) == [-30.0] * 4  # H_hole = -H_HOMO: H_pq = -j = +30
     j, signs = carrier_couplings(tr, "electron")
     assert signs == SIGNS_USED and list(j) == [-20.0] * 4  # H_LUMO_pq = +20 = -j
-    tr.manifolds["hole"] = {"n": 2}  # a degenerate HOMO: J_eff has no sign
-    assert carrier_couplings(tr, "hole") == (pytest.approx([30.0] * 4), SIGNS_NOT_RESOLVED)
+    tr.manifolds["hole"] = {"n": 2}  # a degenerate HOMO: J_eff has no sign, and one orbital stands for two
+    assert carrier_couplings(tr, "hole") == (pytest.approx([30.0] * 4), SIGNS_DEGENERATE)
+    assert "rotation-invariant" in SIGNS_DEGENERATE and "multi-band" in SIGNS_DEGENERATE
     tr.manifolds["hole"], tr.z = {"n": 1}, 4  # four molecules: class reuse does not keep phases
     assert carrier_couplings(tr, "hole")[1] == SIGNS_NOT_RESOLVED
     assert tlt_mobility(_transfer(80.0), "hole", n_samples=1).signs == SIGNS_USED
