@@ -274,7 +274,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             if sid not in prop_values[level]:
                 reused.setdefault((mid, level), {})[sid] = rec["source"]
                 prop_values[level][sid] = rec["value"]
-                models[sid] = _model_of(rec["notes"], None)
+                models[sid] = _model_of(rec["notes"], {"hole": {"exact": {"iso": rec.get("marcus")}}})
                 prop_warnings.setdefault((mid, level), []).append(rec["warnings"])
                 prop_notes.setdefault((mid, level), []).append(rec["notes"])
     rows = {r["id"]: r for r in store.structures()}

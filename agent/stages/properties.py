@@ -132,7 +132,8 @@ def _property_signature(name: str, params: dict[str, Any]) -> tuple[Any, ...] | 
 
 def reused_values(store: Store, cfg: CampaignConfig, level: StructureLevelConfig, molecule_id: int,
                   evaluations: Sequence[Evaluation] | None = None) -> dict[str, dict[str, Any]]:
-    """Structure id -> ``{"value", "source", "warnings", "notes"}`` for the molecule's
+    """Structure id -> ``{"value", "source", "warnings", "notes", "marcus"}`` (``marcus``: the
+    hopping value beside a transient-localisation one, else None) for the molecule's
     structure-stage structures whose ``level`` value (the hole mobility) an ESF level of
     the molecule stage already computed the same way (module docstring: identical CIF,
     transfer level, cutoff, temperature and lambda+). ``evaluations``: the store's, when
@@ -168,7 +169,8 @@ def reused_values(store: Store, cfg: CampaignConfig, level: StructureLevelConfig
             if sid is None or mu is None or not math.isfinite(float(mu)):
                 continue
             out[sid] = {"value": float(mu), "source": f"{ev.backend} evaluation {ev.id}",
-                        "warnings": list(s.get("warnings") or []), "notes": list(s.get("notes") or [])}
+                        "warnings": list(s.get("warnings") or []), "notes": list(s.get("notes") or []),
+                        "marcus": s.get("mobility_hole_marcus_cm2Vs")}
     return out
 
 

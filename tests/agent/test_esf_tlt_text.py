@@ -22,7 +22,9 @@ def test_a_tlt_structure_is_named_with_its_hopping_value():
 def test_a_structure_stage_result_is_read_as_tlt_from_its_note():
     details = {"hole": {"model": TLT_NAME, "exact": {"iso": 2.4}}}
     assert _model_of([NOTE], details) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": 2.4}
-    assert _model_of([NOTE], None) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": None}  # reused
+    assert _model_of([NOTE], None) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": None}
+    # a value reused from the molecule stage: its record's hopping value (reused_values' "marcus")
+    assert _model_of([NOTE], {"hole": {"exact": {"iso": 4.5}}})["mobility_hole_marcus_cm2Vs"] == 4.5
     assert _model_of(["hole: 2-fold degenerate frontier manifold ..."], details) == {}
     assert _model_of(None, None) == {}
 
