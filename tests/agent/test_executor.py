@@ -410,6 +410,28 @@ def test_cpu_limit_stops_a_burning_task_in_process():
         time.sleep(1.5)
 
 
+def test_a_stale_sigxcpu_from_an_earlier_limit_does_not_stop_the_next_block():
+    """The kernel repeats SIGXCPU each second past a soft limit; one sent for an earlier
+    block can arrive after the next block installed its handler (CI, stop 47: a task
+    "exceeded 1 CPU s" with 0.0 CPU s spent). Such a signal is ignored; a real limit still
+    fires."""
+    import os
+    import signal
+
+    from agent.executor import CpuLimitExceeded, cpu_limit
+
+    with cpu_limit(1.0):
+        os.kill(os.getpid(), signal.SIGXCPU)  # delivered at once, before any CPU is spent
+        time.sleep(0.05)
+    t0 = time.process_time()
+    with pytest.raises(CpuLimitExceeded, match="exceeded 1 CPU s"):
+        with cpu_limit(1.0):
+            os.kill(os.getpid(), signal.SIGXCPU)  # stale: ignored ...
+            while time.process_time() - t0 < 30:  # ... the real one stops the loop
+                pass
+    assert 0.5 < time.process_time() - t0 < 5
+
+
 def test_cpu_limited_task_is_a_failed_result_charged_its_cpu(ray_local):
     """On Ray: a task past its CPU limit comes back failed with the CPU it measured
     (not cores x wall); a task that only sleeps longer than the limit succeeds."""
