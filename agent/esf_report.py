@@ -260,7 +260,8 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             rank_failed.discard(ev.structure_id)
         elif ev.backend in props and props[ev.backend][1] in ev.values:
             prop_values[ev.backend][ev.structure_id] = float(ev.values[props[ev.backend][1]])
-            models[ev.structure_id] = _model_of(ev.extra.get("notes"), ev.extra.get("mobility"))
+            hole = (ev.extra.get("mobility") or {}).get("hole") or {}
+            models[ev.structure_id] = _model_of(hole.get("model"), (hole.get("exact") or {}).get("iso"))
             prop_warnings.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("warnings"))
             prop_notes.setdefault((int(ev.molecule_id), ev.backend), []).append(ev.extra.get("notes"))
     # values the molecule stage computed on the same structures (agent/stages/properties.py)
@@ -274,7 +275,7 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
             if sid not in prop_values[level]:
                 reused.setdefault((mid, level), {})[sid] = rec["source"]
                 prop_values[level][sid] = rec["value"]
-                models[sid] = _model_of(rec["notes"], {"hole": {"exact": {"iso": rec.get("marcus")}}})
+                models[sid] = _model_of(rec.get("transport_model"), rec.get("marcus"))
                 prop_warnings.setdefault((mid, level), []).append(rec["warnings"])
                 prop_notes.setdefault((mid, level), []).append(rec["notes"])
     rows = {r["id"]: r for r in store.structures()}
@@ -829,18 +830,13 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _model_of(notes: Any, mobility: Any) -> dict[str, Any]:
-    """``{"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": ...}`` of a structure-level
-    mobility result whose hole value is a transient-localisation one (its INFO note,
-    :func:`sim_backends.mobility.transient_localisation_note`; the hopping value from the
-    result's ``mobility`` details when given), else ``{}``."""
-    from sim_backends.mobility import TLT_NOTE_TEXT
+def _model_of(model: Any, marcus: Any) -> dict[str, Any]:
+    """``{"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": marcus}`` for a structure
+    whose hole mobility is a transient-localisation value (its result's or record's model,
+    :func:`sim_backends.mobility.crystal_mobility`), else ``{}``."""
     from sim_backends.tlt import TLT_NAME
 
-    if not any(str(n).startswith("hole: ") and TLT_NOTE_TEXT in str(n) for n in notes or []):
-        return {}
-    hop = ((mobility or {}).get("hole") or {}).get("exact", {}).get("iso")
-    return {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": hop}
+    return {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": marcus} if model == TLT_NAME else {}
 
 
 def _model_text(structure: dict[str, Any]) -> str:

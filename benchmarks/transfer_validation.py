@@ -243,15 +243,13 @@ def with_shifts(tr, crystal, cutoff: float, max_com_A: float | None):
     import numpy as np
 
     from sim_backends.dft_crystal import enumerate_dimers
+    from sim_backends.transfer import hop_vectors
 
     if len(tr.shifts) == len(tr.neighbours):
         return tr
     dimers = [d for d in enumerate_dimers(crystal, float(cutoff), "contact")
               if max_com_A is None or d.com_A <= float(max_com_A)]
-    atoms = crystal.atoms
-    masses = atoms.get_masses()
-    com = [masses[g] @ atoms.positions[g] / masses[g].sum() for g in crystal.groups]
-    vectors = np.array([com[d.j] + np.asarray(d.shift) @ atoms.cell.array - com[d.i] for d in dimers])
+    vectors = hop_vectors(crystal, dimers)
     if len(dimers) != len(tr.neighbours) or not np.allclose(vectors, tr.vectors_A, atol=1e-3):
         raise SystemExit("stored transfer integrals do not match this crystal's dimers; recompute them")
     return dataclasses.replace(tr, shifts=[tuple(int(x) for x in d.shift) for d in dimers])

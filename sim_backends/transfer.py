@@ -637,16 +637,23 @@ def crystal_transfer(crystal: Crystal, level: str = "gfn2-xtb", cutoff_A: float 
                                    c["hole"], c["electron"], orb_d.cpu_s)
         if dimer_cache is not None:
             dimer_cache[key] = records[k].to_dict()
-    atoms = crystal.atoms
-    masses = atoms.get_masses()
-    com = [masses[g] @ atoms.positions[g] / masses[g].sum() for g in crystal.groups]
-    cell = atoms.cell.array
-    vectors = np.array([com[d.j] + np.asarray(d.shift) @ cell - com[d.i] for d in dimers])
+    vectors = hop_vectors(crystal, dimers)
     neighbours = [(d.i, d.j, c) for d, c in zip(dimers, class_of)]
     spacing = {c: min(orb.frontier_spacing_meV(c) for orb, _ in monomers) for c in CARRIERS}
     return CrystalTransfer([records[k] for k in range(len(unique))], neighbours, vectors, crystal.z,
                            level_name, cpu, spacing, manifolds,
                            [tuple(int(x) for x in d.shift) for d in dimers])
+
+
+def hop_vectors(crystal: Any, dimers: Any) -> np.ndarray:
+    """Centre-of-mass hop vector (A) of each ordered dimer (molecule i to molecule j translated
+    by its ``shift``), ``(n, 3)``."""
+    import numpy as np
+
+    atoms = crystal.atoms
+    masses = atoms.get_masses()
+    com = [masses[g] @ atoms.positions[g] / masses[g].sum() for g in crystal.groups]
+    return np.array([com[d.j] + np.asarray(d.shift) @ atoms.cell.array - com[d.i] for d in dimers]).reshape(-1, 3)
 
 
 def summary_values(transfer: CrystalTransfer) -> dict[str, float]:

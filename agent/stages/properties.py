@@ -132,8 +132,9 @@ def _property_signature(name: str, params: dict[str, Any]) -> tuple[Any, ...] | 
 
 def reused_values(store: Store, cfg: CampaignConfig, level: StructureLevelConfig, molecule_id: int,
                   evaluations: Sequence[Evaluation] | None = None) -> dict[str, dict[str, Any]]:
-    """Structure id -> ``{"value", "source", "warnings", "notes", "marcus"}`` (``marcus``: the
-    hopping value beside a transient-localisation one, else None) for the molecule's
+    """Structure id -> ``{"value", "source", "warnings", "notes", "transport_model", "marcus"}``
+    (the record's model, and ``marcus`` the hopping value beside a transient-localisation one,
+    else None) for the molecule's
     structure-stage structures whose ``level`` value (the hole mobility) an ESF level of
     the molecule stage already computed the same way (module docstring: identical CIF,
     transfer level, cutoff, temperature and lambda+). ``evaluations``: the store's, when
@@ -170,6 +171,7 @@ def reused_values(store: Store, cfg: CampaignConfig, level: StructureLevelConfig
                 continue
             out[sid] = {"value": float(mu), "source": f"{ev.backend} evaluation {ev.id}",
                         "warnings": list(s.get("warnings") or []), "notes": list(s.get("notes") or []),
+                        "transport_model": s.get("transport_model"),
                         "marcus": s.get("mobility_hole_marcus_cm2Vs")}
     return out
 

@@ -5,10 +5,8 @@ value beside it; a hopping value or an older record says nothing extra. Fast: no
 from __future__ import annotations
 
 from agent.esf_report import XTB_LAMBDA_CAVEAT, _model_of, _model_text
-from sim_backends.mobility import transient_localisation_note
-from sim_backends.tlt import DISORDER_RATIO, HBAR_OVER_TAU_MEV, TLT_NAME
+from sim_backends.tlt import TLT_NAME
 
-NOTE = transient_localisation_note("hole", {"disorder_ratio": DISORDER_RATIO, "hbar_over_tau_meV": HBAR_OVER_TAU_MEV})
 
 
 def test_a_tlt_structure_is_named_with_its_hopping_value():
@@ -19,14 +17,11 @@ def test_a_tlt_structure_is_named_with_its_hopping_value():
     assert _model_text({"mobility_hole_cm2Vs": 0.69}) == ""  # records made before TLT
 
 
-def test_a_structure_stage_result_is_read_as_tlt_from_its_note():
-    details = {"hole": {"model": TLT_NAME, "exact": {"iso": 2.4}}}
-    assert _model_of([NOTE], details) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": 2.4}
-    assert _model_of([NOTE], None) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": None}
-    # a value reused from the molecule stage: its record's hopping value (reused_values' "marcus")
-    assert _model_of([NOTE], {"hole": {"exact": {"iso": 4.5}}})["mobility_hole_marcus_cm2Vs"] == 4.5
-    assert _model_of(["hole: 2-fold degenerate frontier manifold ..."], details) == {}
-    assert _model_of(None, None) == {}
+def test_a_structure_stage_result_is_read_as_tlt_from_its_model():
+    assert _model_of(TLT_NAME, 2.4) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": 2.4}
+    assert _model_of(TLT_NAME, None) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": None}
+    assert _model_of("Marcus hopping", 2.4) == {}
+    assert _model_of(None, None) == {}  # a record made before TLT
 
 
 def test_the_xtb_lambda_caveat_names_the_regime_model():
