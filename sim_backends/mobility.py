@@ -359,7 +359,8 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
     details: dict[str, Any] = {}
     for carrier, lam in lambdas_eV.items():
         net = HoppingNetwork.from_transfer(transfer, carrier, lam, temperature_K)
-        exact = tensor_summary(exact_diffusion(net), temperature_K)
+        d_exact = exact_diffusion(net)
+        exact = tensor_summary(d_exact, temperature_K)
         einstein = tensor_summary(einstein_diffusion(net), temperature_K)
         values[f"mobility_{carrier}_cm2Vs"] = exact["iso"]
         values[f"mobility_{carrier}_max_cm2Vs"] = exact["max"]
@@ -367,7 +368,7 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
         scale = float((net.rates * np.linalg.norm(net.vectors_A, axis=1)).sum() / net.n_sites)
         info: dict[str, Any] = {"model": MARCUS_NAME, "lambda_eV": lam, "exact": exact, "einstein_sum": einstein,
                                 "relative_local_drift": float(drift / scale) if scale > 0 else 0.0,
-                                "mobility_tensor_cm2Vs": mobility_cm2Vs(exact_diffusion(net),
+                                "mobility_tensor_cm2Vs": mobility_cm2Vs(d_exact,
                                                                         temperature_K).round(6).tolist()}
         if kmc_walkers > 0:
             kmc = kmc_diffusion(net, n_walkers=kmc_walkers, seed=seed)
