@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sim_backends.csp.cli import positive_int  # argparse type, shared with the csp sub-command
+from agent import interrupt
 
 EXIT_USAGE = 2
 EXIT_UNEXPECTED = 1
@@ -371,19 +372,16 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
-def _sigterm_to_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
     if argv is None and threading.current_thread() is threading.main_thread():
         # run as a program: `kill`, `timeout`, SLURM and systemd stop it as Ctrl-C does, from
         # the first moment (the campaign runner keeps this while Ray, which sets its own, runs)
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        signal.signal(signal.SIGTERM, interrupt.on_sigterm)
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before a command started (parsing, imports)
+        interrupt.clear()
         print("crystal-agent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
@@ -410,10 +408,12 @@ def _main(argv: Sequence[str] | None) -> int:
         BackendError, ValidationError, ValueError, OSError, ExecutorError, TrackingError,
     )
     try:
+        interrupt.check()  # a SIGTERM an import swallowed (a library's bare `except:`)
         rc = int(args.func(args) or 0)
         sys.stdout.flush()
         return rc
     except KeyboardInterrupt:
+        interrupt.clear()
         print("crystal-agent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`crystal-agent ... | head`): quiet

@@ -25,6 +25,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from agent import interrupt
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -43,10 +45,6 @@ STARVED_SAY_S = 60.0
 
 class CampaignInterrupted(Exception):
     """The user stopped the campaign (Ctrl-C / SIGTERM); it can be resumed."""
-
-
-def _sigterm_to_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _in_main_thread() -> bool:
@@ -279,6 +277,7 @@ def run_campaign(
     symbol = f"{quantity(cfg.objective)[1]} ({cfg.backends[-1].name}) ="
     try:
         try:
+            interrupt.check()  # a SIGTERM swallowed before the run (an import's bare `except:`)
             executor.start()
         except SystemExit as exc:  # ray.init's own SIGTERM handler (sys.exit(15)) while it starts
             if exc.code != signal.SIGTERM:
@@ -302,7 +301,7 @@ def run_campaign(
         beat = time.monotonic()
         # after the executor: starting Ray installs its own SIGTERM handler (a stack dump)
         if main_thread:
-            signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+            signal.signal(signal.SIGTERM, interrupt.on_sigterm)
         alive = getattr(executor, "cluster_alive", None)
         starved = getattr(executor, "starved", None)
         last_result = last_said = time.monotonic()
@@ -321,6 +320,7 @@ def run_campaign(
                 info=progress_info(campaign, symbol) if cfg.max_cpu_hours is not None else ""
             )
             while True:
+                interrupt.check()
                 if plain:
                     bar.tick()  # a progress line throttled earlier, once its window has passed
                 free = slots - executor.n_in_flight
@@ -382,6 +382,7 @@ def run_campaign(
             write_plots(campaign)
         return campaign.status()
     except KeyboardInterrupt:
+        interrupt.clear()
         store.heartbeat()  # the cancelled tasks ran until now
         campaign.forget_pending()  # the executor's shutdown (below) ends the tasks
         store.log_event("interrupted", n_evaluations=campaign.n_evaluations)

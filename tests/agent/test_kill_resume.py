@@ -151,6 +151,42 @@ def test_ray_inits_own_sigterm_exit_is_an_interruption(tmp_path):
             run_campaign(camp, tmp_path / "runs", executor=Starting(slots=1), progress=False)
 
 
+def test_a_swallowed_sigterm_still_stops_the_campaign(tmp_path):
+    """A SIGTERM whose KeyboardInterrupt a library's bare ``except:`` swallowed (CI of 0974f2b:
+    sent 0.3 s after start, the campaign ran to its budget and exited 0) stops the campaign
+    at the next safe point, before any evaluation; the request is then cleared."""
+    from agent import interrupt
+    from agent.campaign import Campaign
+    from agent.config import load_config
+    from agent.local_executor import LocalExecutor
+    from agent.runner import CampaignInterrupted, run_campaign
+
+    try:
+        interrupt.on_sigterm(signal.SIGTERM, None)
+    except BaseException:  # noqa: BLE001 - what the library did
+        pass
+    assert interrupt.requested()
+    cfg = load_config(write_config(tmp_path, POOL, BODY, name="swallowed"))
+    with Campaign.create(cfg, tmp_path / "runs") as camp:
+        with pytest.raises(CampaignInterrupted, match="interrupted after 0 evaluations; continue with"):
+            run_campaign(camp, tmp_path / "runs", executor=LocalExecutor(slots=1), progress=False)
+        assert camp.n_evaluations == 0
+    assert not interrupt.requested()
+
+
+def test_a_swallowed_sigterm_before_the_command_exits_130(tmp_path, capsys):
+    from agent import interrupt
+    from agent.cli import main
+
+    try:
+        interrupt.on_sigterm(signal.SIGTERM, None)
+    except KeyboardInterrupt:
+        pass
+    assert main(["status", "nothing-here", "--runs-dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "crystal-agent: interrupted"
+    assert not interrupt.requested()
+
+
 @pytest.mark.slow
 def test_second_launcher_refused_while_running(tmp_path):
     cfg = write_config(tmp_path, POOL, BODY, name="busy")
