@@ -240,7 +240,7 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
     from sim_backends.base import BackendError, process_cpu_s
     from sim_backends.csp import run_csp
     from sim_backends.mobility import (EV_PER_KJMOL, crystal_mobility, landscape_mobility,
-                                       transient_localisation_note, window_coverage)
+                                       transport_messages, window_coverage)
     from sim_backends.structures import load_crystal
     from sim_backends.transfer import crystal_transfer
 
@@ -283,20 +283,19 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
             values, details = crystal_mobility(tr, {"hole": lam_ev}, temperature_K)
             j_max = max(abs(d.hole["j_eff_meV"]) for d in tr.dimers)
             hole = details["hole"]
+            warnings, notes = transport_messages("hole", hole, j_max, lam_ev)
             s.update({"mobility_hole_cm2Vs": values["mobility_hole_cm2Vs"],
                       "mobility_hole_max_cm2Vs": values["mobility_hole_max_cm2Vs"],
                       "transport_model": hole["model"],
                       "j_hole_max_meV": j_max,
                       "j_electron_max_meV": max(abs(d.electron["j_eff_meV"]) for d in tr.dimers),
                       "n_unique_dimers": len(tr.dimers), "hole_manifold": int(tr.manifolds["hole"]["n"]),
-                      "warnings": structure_warnings(tr, lambda_level, jahn_teller,
-                                                     lambda_hole_kjmol if "tlt" not in hole else None),
-                      "notes": tr.notes})
+                      "warnings": [*structure_warnings(tr, lambda_level, jahn_teller), *warnings],
+                      "notes": [*tr.notes, *notes]})
             if "tlt" in hole:  # outside the hopping regime: the TLT value, the hopping one beside it
                 s["mobility_hole_marcus_cm2Vs"] = hole["exact"]["iso"]
                 s["mobility_hole_tlt_stderr_cm2Vs"] = hole["tlt"]["stderr_iso"]
                 s["tlt_localisation_length_A"] = hole["tlt"]["localisation_length_A"]
-                s["notes"] = [*s["notes"], transient_localisation_note("hole", hole["tlt"])]
         except BackendError as exc:
             s["error"] = " ".join(str(exc).split())[:300]
         structures.append(s)

@@ -166,6 +166,17 @@ def marcus_rate(j_meV: Any, lambda_eV: float, temperature_K: float = 300.0,
         * np.exp(-(delta_g_eV + lambda_eV) ** 2 / (4 * lambda_eV * kt))
 
 
+def transport_messages(carrier: str, detail: dict[str, Any], j_max_meV: float,
+                       lambda_eV: float) -> tuple[list[str], list[str]]:
+    """``(warnings, notes)`` of one carrier's mobility (``crystal_mobility``'s ``details``
+    entry): the hopping-regime warning when Marcus hopping was used with ``2 |J|max >
+    lambda`` (TLT not possible for this result), the TLT INFO note when TLT was used."""
+    if detail["model"] == MARCUS_NAME:
+        w = hopping_regime_warning(carrier, j_max_meV, lambda_eV)
+        return ([w] if w is not None else []), []
+    return [], [transient_localisation_note(carrier, detail["tlt"])]
+
+
 @dataclass
 class HoppingNetwork:
     """A periodic hopping network: ``n_sites`` sites per cell, directed hops between them.
@@ -399,9 +410,7 @@ def transient_localisation_note(carrier: str, tlt: dict[str, Any]) -> str:
     line with their count (``agent.esf_report``); the numbers of a structure (2|J|max,
     lambda, the hopping value, the localisation length) are in its record. Starts
     ``"{carrier}: "`` like the regime warning."""
-    from sim_backends.tlt import assumptions_text
-
-    from sim_backends.tlt import SIGNS_NOT_RESOLVED
+    from sim_backends.tlt import SIGNS_NOT_RESOLVED, assumptions_text
 
     signs = assumptions_text(tlt["disorder_ratio"], tlt["hbar_over_tau_meV"], tlt.get("signs", SIGNS_NOT_RESOLVED))
     return f"{carrier}: {TLT_NOTE_TEXT}, {signs}; the Marcus hopping value is kept beside it"
@@ -643,12 +652,11 @@ class _MobilityBase(Backend):
         for c, lam in lambdas.items():
             if lam is None:
                 continue
-            if details[c]["model"] == MARCUS_NAME:
-                w = hopping_regime_warning(c, values[f"j_{c}_max_meV"], lam)
-                if w is not None:
-                    extra["warnings"] = [*(extra.get("warnings") or []), w]
-            else:
-                extra["notes"] = [*(extra.get("notes") or []), transient_localisation_note(c, details[c]["tlt"])]
+            warnings, notes = transport_messages(c, details[c], values[f"j_{c}_max_meV"], lam)
+            if warnings:
+                extra["warnings"] = [*(extra.get("warnings") or []), *warnings]
+            if notes:
+                extra["notes"] = [*(extra.get("notes") or []), *notes]
         return values, extra
 
     def _hopping(self, params: dict[str, Any] | None = None) -> str:
