@@ -44,7 +44,12 @@ multi-fidelity GP of the molecule stage can relate them):
   transient-localisation value (:mod:`sim_backends.tlt`; ``transport_model``, the hopping
   value beside it as ``mobility_hole_marcus_cm2Vs``, an INFO note with the assumptions);
   records made before that carry the regime warning instead (:func:`structure_warnings`,
-  :func:`with_regime_warnings`). A "refined"
+  :func:`with_regime_warnings`). The transport model is a param of both levels
+  (:data:`sim_backends.mobility.TRANSPORT_PARAMS`): ``transport`` (``"auto"``, the default, as
+  above; ``"marcus"``: hopping for every structure, with the regime warning outside its
+  regime), ``tlt_disorder_ratio`` (0.5: each |J|'s thermal fluctuation at 300 K as a fraction
+  of |J|, in (0, 2]) and ``tlt_hbar_over_tau_meV`` (5.0 meV, in (0, 100]); the level of theory
+  and the INFO note name values other than the defaults. A "refined"
   fidelity is the same backend with more trials and/or DFT transfer integrals
   (``fidelity = 2`` in its params). lambda+ is the ``lambda_hole_kjmol`` param when
   given, else computed here with GFN2-xTB (its CPU seconds are charged to the result).
@@ -79,8 +84,10 @@ from typing import Any, ClassVar
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
+from sim_backends.mobility import TRANSPORT_DEFAULTS, TRANSPORT_PARAMS, transport_kwargs, transport_level_text
 from sim_backends.reorg import XTB_IP_LEVEL, XTB_IP_SD_EV, XTB_LAMBDA_LEVEL
 from sim_backends.replay import RecordedReplay, replay_backend
+from sim_backends.tlt import DISORDER_RATIO, HBAR_OVER_TAU_MEV
 
 #: sd (kJ/mol) of force-field relative energies against fragment DFT on this project's
 #: landscapes (structures within 10 kJ/mol of the FF minimum: formamide 3.6, formic acid 5.5)
@@ -208,12 +215,16 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
                      energy_sd_kjmol: float = FF_ENERGY_SD_KJMOL, cutoff_A: float = 4.0,
                      level_params: dict[str, Any] | None = None,
                      lambda_level: str | None = None, jahn_teller: str | None = None,
-                     racemic: bool = False, charges: str = DATA_SET_CHARGES) -> dict[str, Any]:
+                     racemic: bool = False, charges: str = DATA_SET_CHARGES, transport: str = "auto",
+                     tlt_disorder_ratio: float = DISORDER_RATIO,
+                     tlt_hbar_over_tau_meV: float = HBAR_OVER_TAU_MEV) -> dict[str, Any]:
     """CSP, transfer integrals and hole mobility of the kept structures, and the landscape
     mobility: one JSON-ready record (the data set's and the backend's format).
 
     ``charges``: the CSP point charges (:data:`CHARGE_LABELS`; the default is the shipped
     data set's, :data:`DATA_SET_CHARGES`: the backends pass their own, RESP by default).
+    ``transport``, ``tlt_disorder_ratio``, ``tlt_hbar_over_tau_meV``: each structure's
+    transport model (:func:`sim_backends.mobility.crystal_mobility`).
 
     Keys: ``n_trials``, ``transfer_level``, ``charges``, ``n_minima``, ``structures`` (per kept
     structure: id, energy, space group, Z, density, CIF, mobility, largest |J|, the size of
@@ -280,7 +291,9 @@ def landscape_record(smiles: str, lambda_hole_kjmol: float, n_trials: int, n_str
         try:
             tr = crystal_transfer(load_crystal(m.cif(), smiles), transfer, cutoff_A, level_params or {})
             lam_ev = lambda_hole_kjmol * EV_PER_KJMOL
-            values, details = crystal_mobility(tr, {"hole": lam_ev}, temperature_K)
+            values, details = crystal_mobility(tr, {"hole": lam_ev}, temperature_K, transport=transport,
+                                               tlt_disorder_ratio=tlt_disorder_ratio,
+                                               tlt_hbar_over_tau_meV=tlt_hbar_over_tau_meV)
             j_max = max(abs(d.hole["j_eff_meV"]) for d in tr.dimers)
             hole = details["hole"]
             warnings, notes = transport_messages("hole", hole, j_max, lam_ev)
@@ -483,7 +496,8 @@ class EsfLandscapeBackend(Backend):
     _DEFAULTS: ClassVar[dict[str, Any]] = {"n_trials": 150, "n_structures": 6, "window_kjmol": 7.0,
                                            "transfer": "gfn2-xtb", "seed": 0, "space_groups": ESF_SPACE_GROUPS,
                                            "temperature_K": 300.0, "energy_sd_kjmol": FF_ENERGY_SD_KJMOL,
-                                           "cutoff_A": 4.0, "racemic": False, "charges": "resp"}
+                                           "cutoff_A": 4.0, "racemic": False, "charges": "resp",
+                                           **TRANSPORT_DEFAULTS}
     params_schema: ClassVar[dict[str, Any]] = {
         "n_trials": check.integer(1, 1_000_000), "n_structures": check.integer(1, 1000),
         "window_kjmol": check.number(0.0, 100.0, lo_open=True), "transfer": check.one_of("gfn2-xtb", "dft"),
@@ -494,6 +508,7 @@ class EsfLandscapeBackend(Backend):
         "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True), "fidelity": check.integer(0, 10),
         "functional": check.xc_functional, "basis": check.basis_set,
         "max_iterations": check.integer(1, 10_000), "max_cycles": check.integer(1, 10_000),
+        **TRANSPORT_PARAMS,
     }
 
     def __init__(self, **params: Any) -> None:
@@ -510,9 +525,7 @@ class EsfLandscapeBackend(Backend):
         tr = ("GFN2-xTB" if p["transfer"] == "gfn2-xtb"
               else f"{str(p.get('functional', 'b3lyp')).upper()}/{p.get('basis', '6-31g')}")
         charges = CHARGE_LABELS.get(str(p["charges"]), str(p["charges"]))
-        from sim_backends.mobility import TLT_WHERE
-
-        return (f"Marcus hopping at {p['temperature_K']:g} K {TLT_WHERE}, {tr} transfer integrals, "
+        return (f"{transport_level_text(p['temperature_K'], p)}, {tr} transfer integrals, "
                 f"{p['n_trials']}-trial W99 CSP with {charges} charges, "
                 + boltzmann_mean_text(float(p["window_kjmol"]), int(p["n_structures"])))
 
@@ -549,7 +562,8 @@ class EsfLandscapeBackend(Backend):
                                str(p["space_groups"]), float(p["temperature_K"]), float(p["energy_sd_kjmol"]),
                                float(p["cutoff_A"]), level_params,
                                lambda_level=None if p.get("lambda_hole_kjmol") is not None else "GFN2-xTB",
-                               jahn_teller=jt, racemic=bool(p["racemic"]), charges=str(p["charges"]))
+                               jahn_teller=jt, racemic=bool(p["racemic"]), charges=str(p["charges"]),
+                               **transport_kwargs(p))
         if "error" in rec:
             raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
         values = landscape_values(lam, rec)

@@ -50,7 +50,10 @@ hopping regime: :func:`crystal_mobility` then reports the transient-localisation
 :func:`transient_localisation_note` is the structure's INFO note. Transfer integrals made
 before the neighbours' lattice shifts were recorded cannot give TLT: they keep the hopping
 value and :func:`hopping_regime_warning` is their warning (the mobility backends and the
-ESF levels, :mod:`sim_backends.esf`, attach either to the structure).
+ESF levels, :mod:`sim_backends.esf`, attach either to the structure). Both take the transport
+model as params (:data:`TRANSPORT_PARAMS`): ``transport = "marcus"`` keeps hopping everywhere
+(with the regime warning), ``tlt_disorder_ratio`` and ``tlt_hbar_over_tau_meV`` replace TLT's
+assumed constants; the INFO note and the level of theory state the values used.
 
 :func:`landscape_mobility` turns a landscape of structures into a molecule-level property
 (see its docstring); :func:`window_coverage` says how much of the landscape's energy window
@@ -71,6 +74,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, PhysicsError, SetupError
+from sim_backends.tlt import DISORDER_RATIO, HBAR_OVER_TAU_MEV
 
 if TYPE_CHECKING:
     import numpy as np
@@ -122,6 +126,41 @@ TLT_NOTE_TEXT = ("2|J| > lambda, outside Marcus hopping's regime: mobility from 
 MARCUS_NAME = "Marcus hopping"
 #: what a level of theory says of the structures outside the hopping regime
 TLT_WHERE = "(TLT where 2|J| > lambda)"
+#: the transport model's params of the hopping-mobility backends and the ESF landscape levels
+#: (:mod:`sim_backends.esf`): ``transport`` ``"auto"`` (TLT outside hopping's regime) or
+#: ``"marcus"`` (hopping only, with the regime warning outside its regime), and the TLT constants
+#: (:mod:`sim_backends.tlt`: the thermal fluctuation of each |J| at 300 K as a fraction of |J|,
+#: and hbar/tau in meV)
+TRANSPORT_PARAMS = {"transport": check.one_of("auto", "marcus"),
+                    "tlt_disorder_ratio": check.number(0.0, 2.0, lo_open=True),
+                    "tlt_hbar_over_tau_meV": check.number(0.0, 100.0, lo_open=True)}
+#: their defaults: the constants of :mod:`sim_backends.tlt`
+TRANSPORT_DEFAULTS: dict[str, Any] = {"transport": "auto", "tlt_disorder_ratio": DISORDER_RATIO,
+                                      "tlt_hbar_over_tau_meV": HBAR_OVER_TAU_MEV}
+
+
+def transport_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`TRANSPORT_PARAMS` of a level's ``params`` (their defaults for those not
+    given), as :func:`crystal_mobility`'s keywords; also what identifies how a level turns
+    transfer integrals into a mobility (``agent.stages.properties``' reuse)."""
+    p = {**TRANSPORT_DEFAULTS, **{k: v for k, v in params.items() if k in TRANSPORT_DEFAULTS}}
+    return {"transport": str(p["transport"]), "tlt_disorder_ratio": float(p["tlt_disorder_ratio"]),
+            "tlt_hbar_over_tau_meV": float(p["tlt_hbar_over_tau_meV"])}
+
+
+def transport_level_text(temperature_K: float, params: dict[str, Any]) -> str:
+    """The rate model of a level of theory: ``"Marcus hopping at 300 K (TLT where 2|J| >
+    lambda)"``; ``"Marcus hopping at 300 K"`` for ``transport = "marcus"``; TLT constants other
+    than the defaults named: ``"... (TLT where 2|J| > lambda, |J| fluctuation 0.3 |J| at 300 K,
+    hbar/tau 5 meV)"``."""
+    kw = transport_kwargs(params)
+    head = f"Marcus hopping at {float(temperature_K):g} K"
+    if kw["transport"] == "marcus":
+        return head
+    if (kw["tlt_disorder_ratio"], kw["tlt_hbar_over_tau_meV"]) == (DISORDER_RATIO, HBAR_OVER_TAU_MEV):
+        return f"{head} {TLT_WHERE}"
+    return (f"{head} {TLT_WHERE[:-1]}, |J| fluctuation {kw['tlt_disorder_ratio']:g} |J| at 300 K, "
+            f"hbar/tau {kw['tlt_hbar_over_tau_meV']:g} meV)")
 
 
 def split_regime_warning(warning: str) -> tuple[str, float | None]:
@@ -336,8 +375,9 @@ def tensor_summary(d_cm2s: np.ndarray, temperature_K: float) -> dict[str, float]
 
 
 def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], temperature_K: float = 300.0,
-                     kmc_walkers: int = 0, seed: int = 0,
-                     transport: str = "auto") -> tuple[dict[str, float], dict[str, Any]]:
+                     kmc_walkers: int = 0, seed: int = 0, transport: str = "auto",
+                     tlt_disorder_ratio: float = DISORDER_RATIO,
+                     tlt_hbar_over_tau_meV: float = HBAR_OVER_TAU_MEV) -> tuple[dict[str, float], dict[str, Any]]:
     """Hole and electron mobilities of a crystal.
 
     Args:
@@ -353,19 +393,28 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
             (older results, and networks whose supercell would be too large, ``tlt_error`` in
             the details, keep Marcus, and its regime warning is the caller's);
             ``"marcus"``: hopping only.
+        tlt_disorder_ratio, tlt_hbar_over_tau_meV: the TLT constants
+            (:func:`sim_backends.tlt.tlt_network_mobility`'s ``disorder_ratio`` and
+            ``hbar_over_tau_meV``; :data:`TRANSPORT_PARAMS` says what is accepted).
 
     Returns:
         ``(values, details)``: values ``mobility_{carrier}_cm2Vs`` (isotropic) and
         ``mobility_{carrier}_max_cm2Vs`` (largest principal value) of the model used;
         details per carrier: ``model`` (:data:`MARCUS_NAME` or
         :data:`sim_backends.tlt.TLT_NAME`), the hopping network's exact, Einstein-sum (and
-        KMC) values, the local drift, and ``tlt`` (:meth:`sim_backends.tlt.TltResult.to_extra`)
-        when TLT was used.
+        KMC) values, the local drift, and ``tlt`` (:meth:`sim_backends.tlt.TltResult.to_extra`,
+        with the constants used) when TLT was used.
+
+    Raises:
+        ParamsError: (a SetupError) a transport setting :data:`TRANSPORT_PARAMS` refuses.
     """
     import numpy as np
 
-    if transport not in ("auto", "marcus"):
-        raise SetupError(f"transport {transport!r}: use 'auto' or 'marcus'")
+    from sim_backends.params import check_schema
+
+    check_schema("crystal_mobility", TRANSPORT_PARAMS,
+                 {"transport": transport, "tlt_disorder_ratio": tlt_disorder_ratio,
+                  "tlt_hbar_over_tau_meV": tlt_hbar_over_tau_meV})
     values: dict[str, float] = {}
     details: dict[str, Any] = {}
     for carrier, lam in lambdas_eV.items():
@@ -392,7 +441,8 @@ def crystal_mobility(transfer: CrystalTransfer, lambdas_eV: dict[str, float], te
             from sim_backends.tlt import TLT_NAME, tlt_mobility
 
             try:
-                tlt = tlt_mobility(transfer, carrier, temperature_K, seed=seed)
+                tlt = tlt_mobility(transfer, carrier, temperature_K, seed=seed, disorder_ratio=tlt_disorder_ratio,
+                                   hbar_over_tau_meV=tlt_hbar_over_tau_meV)
             except SetupError as exc:  # e.g. a supercell too large: the hopping value, warned by the caller
                 info["tlt_error"] = str(exc)
             else:
@@ -596,7 +646,12 @@ class _MobilityBase(Backend):
     Params: ``lambda_hole_kjmol`` (required: the molecule's hole reorganisation energy,
     lambda+, e.g. the ``reorg_energy_kjmol`` of xtb-reorg/dft-reorg), ``lambda_electron_kjmol``
     (optional; without it the electron mobility is NaN), ``temperature_K`` (300),
-    ``kmc_walkers`` (0: no KMC check), and the transfer backend's parameters.
+    ``kmc_walkers`` (0: no KMC check), the transport model (:data:`TRANSPORT_PARAMS`):
+    ``transport`` (``"auto"``: transient localisation theory for a carrier outside hopping's
+    regime, ``2 |J|max > lambda``; ``"marcus"``: hopping only, with the regime warning there),
+    ``tlt_disorder_ratio`` (0.5: the thermal fluctuation of each |J| at 300 K as a fraction of
+    |J|, in (0, 2]) and ``tlt_hbar_over_tau_meV`` (5.0: hbar/tau, meV, in (0, 100]), and the
+    transfer backend's parameters.
     Values: ``mobility_hole_cm2Vs`` (isotropic average, exact network diffusion),
     ``mobility_hole_max_cm2Vs`` (largest principal value), the same for electrons, and the
     transfer backend's values.
@@ -616,7 +671,7 @@ class _MobilityBase(Backend):
     OWN_PARAMS = {"lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True),
                   "lambda_electron_kjmol": check.number(0.0, 500.0, lo_open=True),
                   "temperature_K": check.number(0.0, 2000.0, lo_open=True),
-                  "kmc_walkers": check.integer(0, 1_000_000)}
+                  "kmc_walkers": check.integer(0, 1_000_000), **TRANSPORT_PARAMS}
 
     def _transfer(self) -> Backend:
         from sim_backends.registry import get_backend
@@ -641,7 +696,7 @@ class _MobilityBase(Backend):
         from sim_backends.transfer import summary_values
 
         values, details = crystal_mobility(transfer, {c: v for c, v in lambdas.items() if v is not None},
-                                           t_k, int(p.get("kmc_walkers", 0)))
+                                           t_k, int(p.get("kmc_walkers", 0)), **transport_kwargs(p))
         if lambdas["electron"] is None:
             values["mobility_electron_cm2Vs"] = values["mobility_electron_max_cm2Vs"] = float("nan")
         values.update(summary_values(transfer))
@@ -661,9 +716,10 @@ class _MobilityBase(Backend):
 
     def _hopping(self, params: dict[str, Any] | None = None) -> str:
         """``Marcus hopping at 300 K (TLT where 2|J| > lambda)``: the rate model and its
-        temperature (the first part of the level of theory, as the ESF levels give it)."""
-        t_k = float({**self.params, **(params or {})}.get("temperature_K", 300.0))
-        return f"Marcus hopping at {t_k:g} K {TLT_WHERE}"
+        temperature (the first part of the level of theory, as the ESF levels give it;
+        :func:`transport_level_text`)."""
+        p = {**self.params, **(params or {})}
+        return transport_level_text(float(p.get("temperature_K", 300.0)), p)
 
     def _check_physical(self, values: dict[str, float], extra: dict[str, Any]) -> None:
         """Mobilities below :data:`MAX_MOBILITY_CM2VS` (beyond, hopping does not apply)."""

@@ -37,10 +37,12 @@ Inputs and the assumptions this project makes (stated in every result's ``extra`
   signs); the result says which (``signs``);
 * thermal fluctuations of each transfer integral: Gaussian, sd
   ``sigma = disorder_ratio * |J| * sqrt(T / 300 K)`` (classical intermolecular modes,
-  ``sigma^2 ~ k_B T``), ``disorder_ratio`` :data:`DISORDER_RATIO` by default; not computed
+  ``sigma^2 ~ k_B T``), ``disorder_ratio`` :data:`DISORDER_RATIO` by default (a level's
+  ``tlt_disorder_ratio`` param, :data:`sim_backends.mobility.TRANSPORT_PARAMS`); not computed
   from the crystal's phonons (the TLT papers compute it; values of the order of half the
   coupling are typical for the acenes and rubrene at room temperature);
-* ``hbar / tau`` :data:`HBAR_OVER_TAU_MEV` (the typical energy of the intermolecular modes);
+* ``hbar / tau`` :data:`HBAR_OVER_TAU_MEV` (the typical energy of the intermolecular modes;
+  a level's ``tlt_hbar_over_tau_meV`` param);
 * no site-energy (diagonal) disorder and no polaronic narrowing: TLT applies when
   ``lambda`` is small against the bandwidth, which is where it is used here.
 

@@ -50,8 +50,10 @@ is not computed again. An ESF level of the molecule stage (``esf-landscape``/``e
 stores, per kept CSP minimum, its CIF and its Marcus hole mobility; when the structure
 stage's landscape holds the same structure (identical CIF text: the structure stage's CSP
 makes the same ``run_csp`` call) and the property level would compute it the same way
-(same transfer-integral level, cutoff and temperature, no KMC check, and the same lambda+
-as the molecule value it would be given), the stored value is the property value, with
+(same transfer-integral level, cutoff and temperature, the same transport model and TLT
+constants -- ``transport``, ``tlt_disorder_ratio``, ``tlt_hbar_over_tau_meV``, their defaults
+when not given --, no KMC check, and the same lambda+ as the molecule value it would be
+given), the stored value is the property value, with
 its warnings and its source (``reused``: the ESF evaluation it came from). It costs no CPU
 and no evaluation.
 """
@@ -98,15 +100,24 @@ def molecule_value(store: Store, cfg: CampaignConfig, molecule_id: int, key: str
     return None
 
 
+def _transport_signature(params: dict[str, Any]) -> tuple[Any, ...]:
+    """The transport model of a level's params (:func:`sim_backends.mobility.transport_kwargs`:
+    ``transport`` and the TLT constants, their defaults when not given)."""
+    from sim_backends.mobility import transport_kwargs
+
+    return tuple(transport_kwargs(params).values())
+
+
 def _esf_signature(params: dict[str, Any]) -> tuple[Any, ...]:
     """How an ESF level computes a structure's hole mobility: transfer level (with the DFT
-    functional and basis), contact cutoff (A), temperature (K)."""
+    functional and basis), contact cutoff (A), temperature (K), transport model and TLT
+    constants."""
     p = {"transfer": "gfn2-xtb", "cutoff_A": 4.0, "temperature_K": 300.0, **params}
     if p["transfer"] == "dft":
         level: tuple[Any, ...] = ("dft", str(p.get("functional", "b3lyp")).lower(), str(p.get("basis", "6-31g")).lower())
     else:
         level = ("gfn2-xtb",)
-    return (*level, float(p["cutoff_A"]), float(p["temperature_K"]))
+    return (*level, float(p["cutoff_A"]), float(p["temperature_K"]), *_transport_signature(p))
 
 
 def _property_signature(name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -127,7 +138,8 @@ def _property_signature(name: str, params: dict[str, Any]) -> tuple[Any, ...] | 
         level = ("dft", str(params.get("functional", "b3lyp")).lower(), str(params.get("basis", "6-31g")).lower())
     else:
         return None
-    return (*level, float(params.get("cutoff_A", DEFAULT_CUTOFF_A)), float(params.get("temperature_K", 300.0)))
+    return (*level, float(params.get("cutoff_A", DEFAULT_CUTOFF_A)), float(params.get("temperature_K", 300.0)),
+            *_transport_signature(params))
 
 
 def reused_values(store: Store, cfg: CampaignConfig, level: StructureLevelConfig, molecule_id: int,
@@ -137,7 +149,7 @@ def reused_values(store: Store, cfg: CampaignConfig, level: StructureLevelConfig
     else None) for the molecule's
     structure-stage structures whose ``level`` value (the hole mobility) an ESF level of
     the molecule stage already computed the same way (module docstring: identical CIF,
-    transfer level, cutoff, temperature and lambda+). ``evaluations``: the store's, when
+    transfer level, cutoff, temperature, transport model and lambda+). ``evaluations``: the store's, when
     already read."""
     import math
 

@@ -73,7 +73,7 @@ def _fake_landscape(monkeypatch):
     monkeypatch.setattr(sim_backends.csp, "run_csp", lambda *a, **k: land)
     monkeypatch.setattr(sim_backends.structures, "load_crystal", lambda cif, smiles: cif)
     monkeypatch.setattr(sim_backends.transfer, "crystal_transfer", transfer)
-    monkeypatch.setattr(sim_backends.mobility, "crystal_mobility", lambda tr, lam, t: (
+    monkeypatch.setattr(sim_backends.mobility, "crystal_mobility", lambda tr, lam, t, **kw: (
         {"mobility_hole_cm2Vs": mu[tr.sid], "mobility_hole_max_cm2Vs": mu[tr.sid]},
         {"hole": {"model": sim_backends.mobility.MARCUS_NAME, "exact": {"iso": mu[tr.sid]}}}))
 
