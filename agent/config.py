@@ -550,12 +550,12 @@ def _refuse_repeated_objective_level(cfg: CampaignConfig) -> None:
     declared level of theory (:func:`agent.constraints.value_level`): the same computation,
     so the higher one adds no fidelity (newuser43 F1: lambda+ on an ESF ladder)."""
     from agent.constraints import value_level
-    from agent.summary import level_of_theory
+    from agent.summary import value_computation
 
     by_level: dict[str, list[str]] = {}
     for b in cfg.backends:
         if value_level(b.name, cfg.objective)[0]:
-            by_level.setdefault(level_of_theory(b, cfg.objective), []).append(b.name)
+            by_level.setdefault(value_computation(b, cfg.objective), []).append(b.name)
     for level, names in by_level.items():
         if len(names) > 1:
             raise ConfigError(

@@ -71,6 +71,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.summary import reported_z
+from sim_backends.esf import LAMBDA_SHORT_LEVEL
+from sim_backends.reorg import XTB_LAMBDA_SHIFT_KJMOL, XTB_LAMBDA_SHIFT_N, XTB_LAMBDA_SHIFT_SD_KJMOL
 from sim_backends.mobility import SD_ENERGY_ONLY, window_coverage
 
 if TYPE_CHECKING:
@@ -88,19 +90,20 @@ N_LISTED = 6
 LANDSCAPE_TEMPERATURE_K = 300.0
 
 
-#: where the ESF levels' lambda+ comes from unless the config gives it (the esf-proxy's xtb-reorg)
-LAMBDA_LEVEL = "GFN2-xTB"
+#: where the ESF levels' lambda+ comes from unless the config gives it (the esf-proxy's xtb-reorg,
+#: shifted: sim_backends.esf._lambda)
+LAMBDA_LEVEL = LAMBDA_SHORT_LEVEL
 #: kJ/mol per eV
 KJMOL_PER_EV = 96.485332
-#: what GFN2-xTB lambda+ does to the mobilities (benchmarks/results/reorg_validation.json, "xtb")
-XTB_LAMBDA_CAVEAT = ("lambda+ at GFN2-xTB is 0.61x the B3LYP//B3LYP value on average (12 molecules, MAE 23.6 "
-                     "kJ/mol, Spearman 0.75; benchmarks/reorg_validation.py), and the ratio falls with size along "
-                     "the acenes: naphthalene 0.134 vs 0.184 eV (0.73x), anthracene 0.089 vs 0.135 (0.66x; "
-                     "this project's B3LYP/6-31G//B3LYP), tetracene 0.063 vs 0.113 (0.56x), pentacene 0.047 vs "
-                     "0.095 (0.49x; published B3LYP), so these hopping rates are too fast, more so for larger "
-                     "pi-systems, and structures outside the hopping regime (2|J| > lambda, given transient-"
-                     "localisation mobilities) frequent; the mobilities rank molecules roughly, "
-                     "they are not predictions")
+#: what the ESF levels' lambda+ (GFN2-xTB's plus an empirical shift) does to the mobilities
+#: (benchmarks/results/reorg_calibration.json)
+XTB_LAMBDA_CAVEAT = (f"lambda+ is GFN2-xTB's plus {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol, the median B3LYP/6-31G//B3LYP/"
+                     f"6-31G minus GFN2-xTB difference over {XTB_LAMBDA_SHIFT_N} molecules of three or more rings "
+                     f"(acenes, thienoacenes, carbazoles; leave-one-out error {XTB_LAMBDA_SHIFT_SD_KJMOL:.1f} kJ/mol "
+                     "RMS; benchmarks/reorg_calibration.py); a constant cannot mend the few molecules GFN2-xTB gets "
+                     "badly wrong (dithieno[3,2-b:2',3'-d]thiophene 5.1 against 34.0 kJ/mol at B3LYP: small fused "
+                     "thiophenes look far better than they are), and one- and two-ring molecules were not fitted; "
+                     "the mobilities rank molecules, they are not predictions")
 
 
 #: what the molecule stage's ESF landscapes are (sim_backends.esf.landscape_record: fixed sampling)

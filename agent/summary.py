@@ -164,6 +164,23 @@ def level_of_theory(backend: BackendConfig | None, key: str | None = None) -> st
         return backend.name
 
 
+def value_computation(backend: BackendConfig, key: str) -> str:
+    """The calculation a configured backend's value ``key`` comes from: the backend's
+    ``value_computations`` entry where it declares one (a value that is another level's
+    calculation shifted by a constant, e.g. the ESF levels' lambda+: ``xtb-reorg``'s plus
+    :data:`sim_backends.reorg.XTB_LAMBDA_SHIFT_KJMOL`), else :func:`level_of_theory` of it.
+    Two levels with the same computation of the objective add no fidelity
+    (:mod:`agent.config`)."""
+    from sim_backends.registry import backend_class
+
+    try:
+        inst = backend_class(backend.name)(**dict(backend.params))
+        declared = (getattr(inst, "value_computations", None) or {}).get(key)
+    except Exception:  # noqa: BLE001 - as level_of_theory: the config's own checks say what is wrong
+        declared = None
+    return str(declared) if declared else level_of_theory(backend, key)
+
+
 def csp_levels(store: Any, csp_name: str) -> dict[int, str]:
     """Molecule id -> the level its CSP landscape was computed at, as the search recorded it
     (force field and the charges it used, e.g. RESP with N lone-pair sites for a rigid molecule,

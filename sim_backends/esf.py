@@ -9,18 +9,23 @@ of the global minimum, force-field energies with an assumed sd of
 molecule GP assumes Gaussian errors. The levels of the ladder (one objective, so the
 multi-fidelity GP of the molecule stage can relate them):
 
-* ``esf-proxy`` (fidelity 0): gas phase only. The molecule's GFN2-xTB lambda+
-  (:class:`~sim_backends.reorg.XtbReorgBackend`) in a fixed reference crystal: a simple
+* ``esf-proxy`` (fidelity 0): gas phase only. The molecule's lambda+ (below) in a fixed
+  reference crystal: a simple
   cubic lattice of molecules :data:`REF_DISTANCE_A` apart with one hole transfer integral
   :data:`REF_J_MEV` to each of the 6 neighbours (chosen once, not fitted: 10 meV and 5 A
   are typical of pi-stacked neighbours). A monotone function of lambda+; seconds.
   Every level that computes lambda+ itself also reports the molecule's estimated gas-phase
   ionisation energy ``ip_gas_ev`` (``xtb-reorg``'s), which a campaign can bound
   (``[[constraints]]``: hole injection, ``examples/esf.toml``). lambda+
-  (``reorg_energy_kjmol``) and ``ip_gas_ev`` are the same GFN2-xTB calculation at every
-  level, declared as such (``value_levels``: :data:`LAMBDA_VALUE_LEVEL`, printed with them
-  instead of the mobility's level): a ladder of ESF levels refines the mobility only, and a
-  campaign whose objective is one of them on two ESF levels is refused
+  (``reorg_energy_kjmol``) is GFN2-xTB's (:class:`~sim_backends.reorg.XtbReorgBackend`)
+  plus the empirical shift :data:`sim_backends.reorg.XTB_LAMBDA_SHIFT_KJMOL` to
+  B3LYP/6-31G//B3LYP/6-31G (GFN2-xTB's lambda+ of polycyclic pi molecules is too small by
+  about that much; the raw value is in ``extra["lambda_xtb_kjmol"]``). lambda+ and
+  ``ip_gas_ev`` are the same GFN2-xTB calculation at every level, declared as such
+  (``value_levels``: :data:`LAMBDA_VALUE_LEVEL`, printed with them instead of the
+  mobility's level; ``value_computations``: the calculation itself): a ladder of ESF levels
+  refines the mobility only, and a campaign whose objective is one of them on two ESF
+  levels, or on ``xtb-reorg`` under an ESF level, is refused
   (:func:`agent.config.check_runnable`).
 * ``esf-landscape`` (fidelity 1, a "quick CSP"; ``esf-refined``, fidelity 2, the same
   with 300 trials by default): crystal structure
@@ -85,7 +90,8 @@ from typing import Any, ClassVar
 from sim_backends import params as check
 from sim_backends.base import Backend, EvalInput, EvalResult, SetupError
 from sim_backends.mobility import TRANSPORT_DEFAULTS, TRANSPORT_PARAMS, transport_kwargs, transport_level_text
-from sim_backends.reorg import XTB_IP_LEVEL, XTB_IP_SD_EV, XTB_LAMBDA_LEVEL
+from sim_backends.reorg import (XTB_IP_LEVEL, XTB_IP_SD_EV, XTB_LAMBDA_LEVEL, XTB_LAMBDA_SHIFT_KJMOL,
+                                XTB_LAMBDA_SHIFT_SD_KJMOL)
 from sim_backends.replay import RecordedReplay, replay_backend
 from sim_backends.tlt import DISORDER_RATIO, HBAR_OVER_TAU_MEV
 
@@ -402,14 +408,31 @@ def boltzmann_mean_text(window_kjmol: float, n_structures: int, coverage: dict[s
 _VALUES = (OBJECTIVE, "reorg_energy_kjmol", "ip_gas_ev")
 #: the typical error of the values that estimate a measurable quantity (xtb-reorg's IP)
 _VALUE_SD = {"ip_gas_ev": XTB_IP_SD_EV}
-#: the level of the lambda+ every ESF level reports (``reorg_energy_kjmol``): the same
-#: ``xtb-reorg`` calculation at every fidelity (:func:`_lambda`), not the level of the mobility
-LAMBDA_VALUE_LEVEL = XTB_LAMBDA_LEVEL
+#: the level of the lambda+ every ESF level reports (``reorg_energy_kjmol``) and its mobilities
+#: use: the same ``xtb-reorg`` calculation at every fidelity plus the empirical shift
+#: (:func:`_lambda`), not the level of the mobility
+LAMBDA_VALUE_LEVEL = (f"{XTB_LAMBDA_LEVEL}; + {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol empirical shift to B3LYP/6-31G//"
+                      f"B3LYP/6-31G (LOO RMSE {XTB_LAMBDA_SHIFT_SD_KJMOL:.1f} kJ/mol on polycyclic pi molecules)")
+#: the same, short (the ESF report's lambda+ column and lines)
+LAMBDA_SHORT_LEVEL = f"GFN2-xTB + {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol shift to B3LYP"
 #: the level of each value an ESF level reports that is not its mobility's (``value_levels``):
 #: the values of the shared GFN2-xTB calculation, the same computation at every fidelity (a
 #: ladder of ESF levels cannot refine them: :func:`agent.config.check_runnable` refuses one
 #: with either as its objective)
 _VALUE_LEVELS = {"ip_gas_ev": XTB_IP_LEVEL, "reorg_energy_kjmol": LAMBDA_VALUE_LEVEL}
+
+
+#: the calculation each of those values comes from (``value_computations``: lambda+ is
+#: ``xtb-reorg``'s plus a constant, so a ladder of xtb-reorg under an ESF level adds nothing
+#: for it; :func:`agent.summary.value_computation`)
+_VALUE_COMPUTATIONS = {"ip_gas_ev": XTB_IP_LEVEL, "reorg_energy_kjmol": XTB_LAMBDA_LEVEL}
+
+
+def _value_computations(params: dict[str, Any]) -> dict[str, str]:
+    """:data:`_VALUE_COMPUTATIONS` for a level with these params (a given lambda+ is its own)."""
+    levels = _value_levels(params)
+    return _VALUE_COMPUTATIONS if levels is _VALUE_LEVELS else {**_VALUE_COMPUTATIONS,
+                                                               "reorg_energy_kjmol": levels["reorg_energy_kjmol"]}
 
 
 def _value_levels(params: dict[str, Any]) -> dict[str, str]:
@@ -423,26 +446,29 @@ _LANDSCAPE_VALUES = (*_VALUES, "landscape_mobility_hole_cm2Vs", "landscape_mobil
                      "log10_landscape_mobility_hole_sd", "n_structures_in_window")
 
 
-def _lambda(p: dict[str, Any], smiles: str) -> tuple[float, float, str | None, float | None]:
-    """lambda+ (kJ/mol) from the params, else from GFN2-xTB; the CPU s it cost here; the
+def _lambda(p: dict[str, Any], smiles: str) -> tuple[float, float, str | None, float | None, float | None]:
+    """lambda+ (kJ/mol) from the params, else GFN2-xTB's plus
+    :data:`~sim_backends.reorg.XTB_LAMBDA_SHIFT_KJMOL`; the CPU s it cost here; the
     GFN2-xTB value's degenerate-HOMO status (``xtb-reorg``'s ``extra["jahn_teller"]``, None
-    for a non-degenerate HOMO or a given lambda+); and the estimated gas-phase ionisation
-    energy (eV, ``xtb-reorg``'s ``ip_gas_ev``; None for a given lambda+)."""
+    for a non-degenerate HOMO or a given lambda+); the estimated gas-phase ionisation
+    energy (eV, ``xtb-reorg``'s ``ip_gas_ev``); and the unshifted GFN2-xTB lambda+ (the last
+    two None for a given lambda+)."""
     if p.get("lambda_hole_kjmol") is not None:
-        return float(p["lambda_hole_kjmol"]), 0.0, None, None
+        return float(p["lambda_hole_kjmol"]), 0.0, None, None, None
     from sim_backends.reorg import XtbReorgBackend
 
     r = XtbReorgBackend().evaluate(EvalInput(smiles))
     if not r.ok:
         raise SetupError(f"no hole reorganisation energy for this molecule (GFN2-xTB lambda+ failed: {r.reason})")
-    return float(r.values["reorg_energy_kjmol"]), r.cpu_s, r.extra.get("jahn_teller"), float(r.values["ip_gas_ev"])
+    raw = float(r.values["reorg_energy_kjmol"])
+    return raw + XTB_LAMBDA_SHIFT_KJMOL, r.cpu_s, r.extra.get("jahn_teller"), float(r.values["ip_gas_ev"]), raw
 
 
 class EsfProxyBackend(Backend):
-    """GFN2-xTB lambda+ in the reference crystal: the proxy of the landscape mobility."""
+    """The molecule's lambda+ in the reference crystal: the proxy of the landscape mobility."""
 
     name = "esf-proxy"
-    version = "1"
+    version = "2"  # 2: lambda+ shifted to B3LYP (reorg.XTB_LAMBDA_SHIFT_KJMOL)
     fidelity = 0
     computes: ClassVar[tuple[str, ...]] = _VALUES
     value_sd: ClassVar[dict[str, float]] = _VALUE_SD
@@ -450,18 +476,20 @@ class EsfProxyBackend(Backend):
     objective_key = OBJECTIVE
     #: value key -> the name it is shown under (:func:`agent.summary.shown_name`)
     shown_as: ClassVar[dict[str, str]] = {OBJECTIVE: PROXY_SHOWN_AS}
-    description = "log10 hole mobility (cm2/Vs) of a reference crystal from the GFN2-xTB lambda+"
+    description = ("log10 hole mobility (cm2/Vs) of a reference crystal from the GFN2-xTB lambda+ "
+                   "(shifted to B3LYP)")
     params_schema: ClassVar[dict[str, Any]] = {"temperature_K": check.number(0.0, 2000.0, lo_open=True),
                                                "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True)}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.value_levels = _value_levels(params)
+        self.value_computations = _value_computations(params)
 
     def level_of_theory(self, params: dict[str, Any] | None = None) -> str:
         t_k = float({**self.params, **(params or {})}.get("temperature_K", 300.0))
-        return (f"Marcus hopping at {t_k:g} K, GFN2-xTB lambda+, reference crystal "
-                f"(|J| {REF_J_MEV:g} meV, {REF_DISTANCE_A:g} A)")
+        return (f"Marcus hopping at {t_k:g} K, GFN2-xTB lambda+ + {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol, "
+                f"reference crystal (|J| {REF_J_MEV:g} meV, {REF_DISTANCE_A:g} A)")
 
     def cost_estimate(self, inp: EvalInput) -> float:
         from sim_backends.reorg import XtbReorgBackend
@@ -469,9 +497,11 @@ class EsfProxyBackend(Backend):
         return XtbReorgBackend().cost_estimate(inp)
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
-        lam, _, jt, ip = _lambda(inp.params, inp.smiles)
+        lam, _, jt, ip, raw = _lambda(inp.params, inp.smiles)
         t = float(inp.params.get("temperature_K", 300.0))
         extra: dict[str, Any] = {"level": self.level_of_theory(inp.params)}
+        if raw is not None:
+            extra["lambda_xtb_kjmol"] = raw
         if jt:
             extra["jahn_teller"] = jt
         values = {OBJECTIVE: proxy_log10_mobility(lam, t), "reorg_energy_kjmol": lam}
@@ -484,7 +514,7 @@ class EsfLandscapeBackend(Backend):
     """Landscape hole mobility from a CSP of the molecule (module docstring)."""
 
     name = "esf-landscape"
-    version = "1"
+    version = "2"  # 2: lambda+ shifted to B3LYP (reorg.XTB_LAMBDA_SHIFT_KJMOL)
     fidelity = 1
     computes: ClassVar[tuple[str, ...]] = _LANDSCAPE_VALUES
     value_sd: ClassVar[dict[str, float]] = _VALUE_SD
@@ -514,6 +544,7 @@ class EsfLandscapeBackend(Backend):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.value_levels = _value_levels(params)
+        self.value_computations = _value_computations(params)
         if "fidelity" in params:
             self.fidelity = int(params["fidelity"])  # the refined level of a ladder
 
@@ -554,7 +585,7 @@ class EsfLandscapeBackend(Backend):
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         p = self._p(inp.params)
-        lam, cpu_lam, jt, ip = _lambda(p, inp.smiles)
+        lam, cpu_lam, jt, ip, raw = _lambda(p, inp.smiles)
         keys = ("functional", "basis", "max_cycles") if p["transfer"] == "dft" else ("max_iterations",)
         level_params = {k: p[k] for k in keys if k in p}
         rec = landscape_record(inp.smiles, lam, int(p["n_trials"]), int(p["n_structures"]),
@@ -576,6 +607,8 @@ class EsfLandscapeBackend(Backend):
                  "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
         if jt:
             extra["jahn_teller"] = jt
+        if raw is not None:
+            extra["lambda_xtb_kjmol"] = raw
         if rec.get("csp_warnings"):
             extra["csp_warnings"] = rec["csp_warnings"]
         return values, extra
@@ -733,7 +766,7 @@ class _EsfReplay(RecordedReplay):
     the real level's cost estimate, charged the CPU seconds recorded for the molecule). A
     molecule with no record is a setup failure; a recorded failure is replayed as one."""
 
-    version = "1"
+    version = "2"  # 2: lambda+ shifted to B3LYP (reorg.XTB_LAMBDA_SHIFT_KJMOL)
     data_fidelity: ClassVar[str] = ""
     params_schema: ClassVar[dict[str, Any]] = {"data_dir": check.text, "fidelity": check.integer(0, 10),
                                                **RecordedReplay.recorded_params_schema}
@@ -782,7 +815,7 @@ class _EsfReplay(RecordedReplay):
 #: fidelity, the real level whose cost estimate they report, values, description)
 _REPLAYS: dict[str, tuple[int, str, str, tuple[str, ...], str]] = {
     "replay-esf-proxy": (0, "proxy", "esf-proxy", _VALUES,
-                         "replays the ESF data set's proxy (GFN2-xTB lambda+, reference crystal)"),
+                         "replays the ESF data set's proxy (GFN2-xTB lambda+ shifted to B3LYP, reference crystal)"),
     "replay-esf-quick": (1, "quick", "esf-landscape", _LANDSCAPE_VALUES,
                          "replays the ESF data set's quick-CSP landscape mobility (GFN2-xTB charges "
                          "and transfer)"),

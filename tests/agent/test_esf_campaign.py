@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, write_config
+from sim_backends.esf import LAMBDA_SHORT_LEVEL
 
 POOL = ["c1ccsc1 thiophene", "c1ccoc1 furan", "c1cc[nH]c1 pyrrole", "c1cnccn1 pyrazine"]
 
@@ -490,14 +491,15 @@ def test_status_and_table_give_lambda_with_its_level(esf_replay):
     assert "averaged over their energies' uncertainty" in text
     assert f"  CAVEAT {FIXED_TRIALS_CAVEAT}" in text
     for r in rec["esf"]:
-        assert r["lambda_hole_kjmol"] == pytest.approx(lam[r["molecule_id"]]) and r["lambda_level"] == "GFN2-xTB"
+        assert (r["lambda_hole_kjmol"] == pytest.approx(lam[r["molecule_id"]])
+                and r["lambda_level"] == LAMBDA_SHORT_LEVEL)
     best = rec["esf"][0]
     line = next(x for x in text.splitlines() if x.startswith(f"  {best['name']}: mu_h = "))
     assert line.endswith(f"; lambda+ {best['lambda_hole_kjmol'] / KJMOL_PER_EV:.3f} eV "
-                         f"({best['lambda_hole_kjmol']:.2f} kJ/mol, GFN2-xTB)"), line
+                         f"({best['lambda_hole_kjmol']:.2f} kJ/mol, {LAMBDA_SHORT_LEVEL})"), line
     rows = list(csv.DictReader((esf_replay / "esf" / "report" / "esf_results.csv").open()))
     assert all(float(r["lambda_hole_ev"]) * KJMOL_PER_EV == pytest.approx(float(r["lambda_hole_kjmol"]), rel=1e-3)
-               and r["lambda_level"] == "GFN2-xTB" for r in rows)
+               and r["lambda_level"] == LAMBDA_SHORT_LEVEL for r in rows)
 
 
 

@@ -12,9 +12,13 @@ import tomllib
 import pytest
 
 from agent.config import BackendConfig, ConfigError, check_runnable, parse_config
+from sim_backends.esf import LAMBDA_VALUE_LEVEL
+from sim_backends.reorg import XTB_LAMBDA_SHIFT_KJMOL
 
 LAMBDA_LEVEL = ("GFN2-xTB four-point lambda+ (tblite), gas phase; cation at 10 K electronic temperature where "
                 "the HOMO is degenerate (Jahn-Teller)")
+#: the ESF levels' lambda+: xtb-reorg's plus the empirical shift to B3LYP
+ESF_LAMBDA_LEVEL = LAMBDA_VALUE_LEVEL
 
 
 def _cfg(tmp_path, body: str):
@@ -29,8 +33,10 @@ def test_esf_levels_declare_the_level_of_their_lambda():
 
     for name in ("esf-proxy", "esf-landscape", "esf-refined", "replay-esf-proxy", "replay-esf-refined"):
         b = BackendConfig(name=name)
-        assert level_of_theory(b, "reorg_energy_kjmol") == LAMBDA_LEVEL, name
-        assert level_of_theory(b, "log10_landscape_mobility_hole") == level_of_theory(b) != LAMBDA_LEVEL, name
+        assert level_of_theory(b, "reorg_energy_kjmol") == ESF_LAMBDA_LEVEL, name
+        assert level_of_theory(b, "log10_landscape_mobility_hole") == level_of_theory(b) != ESF_LAMBDA_LEVEL, name
+    assert ESF_LAMBDA_LEVEL.startswith(f"{LAMBDA_LEVEL}; + {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol empirical shift to "
+                                       "B3LYP/6-31G//B3LYP/6-31G (LOO RMSE ")
     assert level_of_theory(BackendConfig(name="esf-landscape")).startswith("Marcus hopping at 300 K")
     given = BackendConfig(name="esf-landscape", params={"lambda_hole_kjmol": 12.5})
     assert level_of_theory(given, "reorg_energy_kjmol") == "given in the params (lambda_hole_kjmol = 12.5 kJ/mol)"
@@ -59,9 +65,9 @@ def test_best_line_names_the_level_of_a_lambda_objective(tmp_path):
         rec = status_record(status, camp.store, camp.cfg)
     finally:
         camp.close()
-    assert rec["objective"]["level"] == LAMBDA_LEVEL
+    assert rec["objective"]["level"] == ESF_LAMBDA_LEVEL
     best = next(line for line in status_lines(rec) if line.startswith("best "))
-    assert f"kJ/mol (" in best and f"eV), {LAMBDA_LEVEL}: " in best and "Marcus" not in best, best
+    assert f"kJ/mol (" in best and f"eV), {ESF_LAMBDA_LEVEL}: " in best and "Marcus" not in best, best
 
 
 LADDER = """
@@ -194,15 +200,15 @@ def test_cli_run_prints_the_warning_on_stderr(tmp_path):
 @pytest.mark.parametrize("objective, warned", [("log10_landscape_mobility_hole", True),
                                                ("reorg_energy_kjmol", False)])
 def test_the_hopping_regime_warning_goes_on_a_mobility_best_line_only(tmp_path, objective, warned):
-    """Naphthalene's refined landscape has structures with 2|J| > lambda+: that says the
-    mobility is out of the Marcus regime, nothing about lambda+, so a best line for a
-    lambda+ objective does not carry it."""
+    """Benzo[b]thiophene's refined landscape has structures with 2|J| > lambda+ (naphthalene's
+    had with the unshifted GFN2-xTB lambda+): that says the mobility is out of the Marcus
+    regime, nothing about lambda+, so a best line for a lambda+ objective does not carry it."""
     from agent.campaign import Campaign
     from agent.local_executor import LocalExecutor
     from agent.runner import run_campaign
     from agent.summary import best_line, status_record
 
-    (tmp_path / "pool.smi").write_text("c1ccc2ccccc2c1 naphthalene\n")
+    (tmp_path / "pool.smi").write_text("c1ccc2sccc2c1 benzo[b]thiophene\n")
     cfg = parse_config(tomllib.loads(
         f'name = "w"\npool = "pool.smi"\nobjective = "{objective}"\nmax_evaluations = 1\nbatch_size = 1\n'
         '[surrogate]\nn_initial = 1\n[tracking]\nenabled = false\n[[backends]]\nname = "replay-esf-refined"\n'),

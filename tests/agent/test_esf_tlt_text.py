@@ -4,7 +4,7 @@ value beside it; a hopping value or an older record says nothing extra. Fast: no
 
 from __future__ import annotations
 
-from agent.esf_report import XTB_LAMBDA_CAVEAT, _model_of, _model_text
+from agent.esf_report import _model_of, _model_text
 from sim_backends.tlt import TLT_NAME
 
 
@@ -22,10 +22,6 @@ def test_a_structure_stage_result_is_read_as_tlt_from_its_model():
     assert _model_of(TLT_NAME, None) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": None}
     assert _model_of("Marcus hopping", 2.4) == {}
     assert _model_of(None, None) == {}  # a record made before TLT
-
-
-def test_the_xtb_lambda_caveat_names_the_regime_model():
-    assert "transient-localisation" in XTB_LAMBDA_CAVEAT and "warnings frequent" not in XTB_LAMBDA_CAVEAT
 
 
 def test_the_esf_map_marks_the_structures_with_a_tlt_mobility():

@@ -231,7 +231,8 @@ def test_structure_stage_mobility_level_gives_the_temperature():
         f"Marcus hopping at 250 K {tlt}, ")
     assert level_of_theory(BackendConfig(name="mobility-dft")) == (
         f"Marcus hopping at 300 K {tlt}, B3LYP/6-31g dimer projection")
-    assert level_of_theory(BackendConfig(name="esf-proxy")).startswith("Marcus hopping at 300 K, GFN2-xTB lambda+, ")
+    assert level_of_theory(BackendConfig(name="esf-proxy")).startswith(
+        "Marcus hopping at 300 K, GFN2-xTB lambda+ + ")
 
 
 def test_best_line_names_the_regime_warning_of_its_structures(ladder):
