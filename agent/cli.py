@@ -381,9 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before a command started (parsing, imports)
-        interrupt.clear()
         print("crystal-agent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:  # reported, or the command ended: a later call in this process starts afresh
+        interrupt.clear()
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -413,7 +414,6 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stdout.flush()
         return rc
     except KeyboardInterrupt:
-        interrupt.clear()
         print("crystal-agent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`crystal-agent ... | head`): quiet

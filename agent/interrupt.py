@@ -4,8 +4,8 @@
 records the request and raises :class:`KeyboardInterrupt`. A library that catches every
 exception while it imports (a bare ``except:``) can swallow that interrupt; the request is
 still recorded, and :func:`check` raises it again at the next safe point (before a command
-runs, before Ray starts, at each turn of the campaign loop). :func:`clear` is called by the
-code that reports the interruption, so an in-process caller can run again.
+runs, before Ray starts, at each turn of the campaign loop). :func:`clear` is called when a
+command or a campaign run ends, interrupted or not, so an in-process caller can run again.
 """
 from __future__ import annotations
 

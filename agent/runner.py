@@ -382,7 +382,6 @@ def run_campaign(
             write_plots(campaign)
         return campaign.status()
     except KeyboardInterrupt:
-        interrupt.clear()
         store.heartbeat()  # the cancelled tasks ran until now
         campaign.forget_pending()  # the executor's shutdown (below) ends the tasks
         store.log_event("interrupted", n_evaluations=campaign.n_evaluations)
@@ -411,3 +410,4 @@ def run_campaign(
         finally:  # a SIGTERM while Ray shuts down is an interruption too, not a silent death
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
+            interrupt.clear()  # reported (or the run ended): a later run in this process starts afresh

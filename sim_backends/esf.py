@@ -412,9 +412,9 @@ _VALUE_SD = {"ip_gas_ev": XTB_IP_SD_EV}
 #: use: the same ``xtb-reorg`` calculation at every fidelity plus the empirical shift
 #: (:func:`_lambda`), not the level of the mobility
 LAMBDA_VALUE_LEVEL = (f"{XTB_LAMBDA_LEVEL}; + {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol empirical shift to B3LYP/6-31G//"
-                      f"B3LYP/6-31G (LOO RMSE {XTB_LAMBDA_SHIFT_SD_KJMOL:.1f} kJ/mol on polycyclic pi molecules)")
+                      f"B3LYP/6-31G (LOO RMSE {XTB_LAMBDA_SHIFT_SD_KJMOL:.1f} kJ/mol on three-ring pi molecules)")
 #: the same, short (the ESF report's lambda+ column and lines)
-LAMBDA_SHORT_LEVEL = f"GFN2-xTB + {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol shift to B3LYP"
+LAMBDA_SHORT_LEVEL = f"GFN2-xTB + {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol offset fitted to B3LYP"
 #: the level of each value an ESF level reports that is not its mobility's (``value_levels``):
 #: the values of the shared GFN2-xTB calculation, the same computation at every fidelity (a
 #: ladder of ESF levels cannot refine them: :func:`agent.config.check_runnable` refuses one
@@ -477,7 +477,7 @@ class EsfProxyBackend(Backend):
     #: value key -> the name it is shown under (:func:`agent.summary.shown_name`)
     shown_as: ClassVar[dict[str, str]] = {OBJECTIVE: PROXY_SHOWN_AS}
     description = ("log10 hole mobility (cm2/Vs) of a reference crystal from the GFN2-xTB lambda+ "
-                   "(shifted to B3LYP)")
+                   "(+ an empirical offset fitted to B3LYP)")
     params_schema: ClassVar[dict[str, Any]] = {"temperature_K": check.number(0.0, 2000.0, lo_open=True),
                                                "lambda_hole_kjmol": check.number(0.0, 500.0, lo_open=True)}
 
@@ -766,8 +766,10 @@ class _EsfReplay(RecordedReplay):
     the real level's cost estimate, charged the CPU seconds recorded for the molecule). A
     molecule with no record is a setup failure; a recorded failure is replayed as one."""
 
-    version = "2"  # 2: lambda+ shifted to B3LYP (reorg.XTB_LAMBDA_SHIFT_KJMOL)
+    version = "2"  # 2: the data set's lambda+ shifted (data/esf/shift_lambda.py)
     data_fidelity: ClassVar[str] = ""
+    #: the real levels' (a replay ladder under or over a real level computes lambda+ the same way)
+    value_computations: ClassVar[dict[str, str]] = _VALUE_COMPUTATIONS
     params_schema: ClassVar[dict[str, Any]] = {"data_dir": check.text, "fidelity": check.integer(0, 10),
                                                **RecordedReplay.recorded_params_schema}
 
@@ -791,6 +793,10 @@ class _EsfReplay(RecordedReplay):
             raise _run_error(f"replayed failure: {rec['error']}")
         lam = rec.get("reorg_energy_kjmol", rec.get("lambda_hole_kjmol"))
         extra: dict[str, Any] = {"replayed": self.data_fidelity}
+        before = (rec.get("lambda_shift") or {}).get("before") or {}
+        raw = before.get("reorg_energy_kjmol", before.get("lambda_hole_kjmol"))
+        if raw is not None:  # the unshifted GFN2-xTB value, as the real levels report it
+            extra["lambda_xtb_kjmol"] = float(raw)
         if rec.get("structures"):  # the predicted structures (with CIFs), as the real level reports them
             extra["structures"] = with_regime_warnings(rec["structures"], float(lam))
             extra["csp_level"] = csp_level(str(rec.get("charges", DATA_SET_CHARGES)))
@@ -815,7 +821,7 @@ class _EsfReplay(RecordedReplay):
 #: fidelity, the real level whose cost estimate they report, values, description)
 _REPLAYS: dict[str, tuple[int, str, str, tuple[str, ...], str]] = {
     "replay-esf-proxy": (0, "proxy", "esf-proxy", _VALUES,
-                         "replays the ESF data set's proxy (GFN2-xTB lambda+ shifted to B3LYP, reference crystal)"),
+                         "replays the ESF data set's proxy (GFN2-xTB lambda+ + offset, reference crystal)"),
     "replay-esf-quick": (1, "quick", "esf-landscape", _LANDSCAPE_VALUES,
                          "replays the ESF data set's quick-CSP landscape mobility (GFN2-xTB charges "
                          "and transfer)"),

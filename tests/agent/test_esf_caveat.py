@@ -21,9 +21,10 @@ def test_the_caveat_quotes_the_calibration_and_its_outlier():
     bench = json.loads((ROOT / "benchmarks" / "results" / "reorg_calibration.json").read_text())
     assert XTB_LAMBDA_SHIFT_N == bench["n_fitted"] >= 10
     assert f"plus {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/mol" in XTB_LAMBDA_CAVEAT
-    assert f"over {bench['n_fitted']} molecules" in XTB_LAMBDA_CAVEAT
+    assert f"over {bench['n_fitted']} three-ring pi molecules" in XTB_LAMBDA_CAVEAT
     assert f"error {bench['loo_rmse_shift_kjmol']:.1f} kJ/mol RMS" in XTB_LAMBDA_CAVEAT
     assert XTB_LAMBDA_SHIFT_SD_KJMOL == pytest.approx(bench["loo_rmse_shift_kjmol"], abs=0.05)
+    assert f"there {bench['spearman_fitted_set']:.2f}" in XTB_LAMBDA_CAVEAT
     m = re.search(r"([^\s(]+) (\d+\.\d) against (\d+\.\d) kJ/mol at B3LYP", XTB_LAMBDA_CAVEAT)
     rows = {r["name"]: r for r in csv.DictReader((ROOT / "data" / "benchmarks" / "reorg_pool60_dftdft.csv").open())}
     row = rows[m.group(1)]

@@ -115,6 +115,12 @@ def test_an_xtb_reorg_level_below_an_esf_level_for_lambda_is_refused(tmp_path):
                                               r"reorg_energy_kjmol the same way \(GFN2-xTB four-point"):
             check_runnable(_cfg(tmp_path, body.format(params=params)))
     assert check_runnable(_cfg(tmp_path, body.format(params="params = { fmax = 0.02 }"))) == []
+    # a replay of an ESF level computes lambda+ as the real one does (review of stop 48: a replay
+    # declared the shifted level, the real ones the calculation, and the pair passed)
+    for pair in (("replay-esf-proxy", "esf-landscape"), ("xtb-reorg", "replay-esf-quick")):
+        with pytest.raises(ConfigError, match=r"compute reorg_energy_kjmol the same way \(GFN2-xTB four-point"):
+            check_runnable(_cfg(tmp_path, 'objective = "reorg_energy_kjmol"\n' + "".join(
+                f'[[backends]]\nname = "{b}"\n' for b in pair)))
     from agent.summary import level_of_theory
 
     assert level_of_theory(BackendConfig(name="xtb-reorg"), "reorg_energy_kjmol") == LAMBDA_LEVEL
