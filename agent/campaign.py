@@ -314,6 +314,26 @@ class Campaign:
             store.close()
             raise
 
+    def version_warnings(self) -> list[str]:
+        """One line per backend whose stored results were made by another version of it than
+        this code's (a version changes when its results would: e.g. the ESF levels' version
+        2 shifts lambda+): those results stay in the campaign and its models beside the new
+        ones, which a user resuming should know."""
+        from sim_backends.registry import UnknownBackendError, backend_class
+
+        out = []
+        for (name, version), n in sorted(self.store.backend_versions().items()):
+            try:
+                current = str(backend_class(name).version)
+            except UnknownBackendError:
+                continue
+            if version != current:
+                out.append(f"{n} stored result{'' if n == 1 else 's'} of {name} made by its version {version}, "
+                           f"this code's is "
+                           f"{current} (their values may differ from new ones); they stay in the campaign and its "
+                           "models: start a new campaign for results of one version")
+        return out
+
     def close(self) -> None:
         for stage in self.stages.values():
             stage.close()

@@ -182,6 +182,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
             campaign.close()
             campaign = Campaign.open(args.name, _runs_dir(args))
         n_before = campaign.n_evaluations
+        for line in campaign.version_warnings():
+            print(f"crystal-agent: warning: {line}", file=sys.stderr)
     except BaseException:
         campaign.close()
         raise

@@ -657,6 +657,12 @@ class Store:
                 )
         return inserted
 
+    def backend_versions(self) -> dict[tuple[str, str], int]:
+        """(backend, backend_version) -> the number of stored successful evaluations."""
+        rows = self.conn.execute("SELECT backend, backend_version, COUNT(*) FROM evaluations WHERE status = 'ok' "
+                                 "GROUP BY backend, backend_version").fetchall()
+        return {(str(b), str(v)): int(n) for b, v, n in rows}
+
     def evaluations(self, backend: str | None = None, status: str | None = None) -> list[Evaluation]:
         """Every stored evaluation in the order stored; ``backend`` and ``status`` (``"ok"``
         or ``"failed"``) select in the query, so a summary of one backend does not decode
