@@ -430,9 +430,9 @@ _VALUE_COMPUTATIONS = {"ip_gas_ev": XTB_IP_LEVEL, "reorg_energy_kjmol": XTB_LAMB
 
 def _value_computations(params: dict[str, Any]) -> dict[str, str]:
     """:data:`_VALUE_COMPUTATIONS` for a level with these params (a given lambda+ is its own)."""
-    levels = _value_levels(params)
-    return _VALUE_COMPUTATIONS if levels is _VALUE_LEVELS else {**_VALUE_COMPUTATIONS,
-                                                               "reorg_energy_kjmol": levels["reorg_energy_kjmol"]}
+    if params.get("lambda_hole_kjmol") is None:
+        return _VALUE_COMPUTATIONS
+    return {**_VALUE_COMPUTATIONS, "reorg_energy_kjmol": _value_levels(params)["reorg_energy_kjmol"]}
 
 
 def _value_levels(params: dict[str, Any]) -> dict[str, str]:
