@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -446,22 +447,44 @@ _LANDSCAPE_VALUES = (*_VALUES, "landscape_mobility_hole_cm2Vs", "landscape_mobil
                      "log10_landscape_mobility_hole_sd", "n_structures_in_window")
 
 
-def _lambda(p: dict[str, Any], smiles: str) -> tuple[float, float, str | None, float | None, float | None]:
-    """lambda+ (kJ/mol) from the params, else GFN2-xTB's plus
-    :data:`~sim_backends.reorg.XTB_LAMBDA_SHIFT_KJMOL`; the CPU s it cost here; the
-    GFN2-xTB value's degenerate-HOMO status (``xtb-reorg``'s ``extra["jahn_teller"]``, None
-    for a non-degenerate HOMO or a given lambda+); the estimated gas-phase ionisation
-    energy (eV, ``xtb-reorg``'s ``ip_gas_ev``); and the unshifted GFN2-xTB lambda+ (the last
-    two None for a given lambda+)."""
+@dataclass(frozen=True)
+class _Lambda:
+    """A molecule's lambda+ as the ESF levels use it (:func:`_lambda`)."""
+
+    #: lambda+ (kJ/mol): given in the params, else GFN2-xTB's plus the shift
+    value: float
+    #: CPU s the GFN2-xTB calculation cost here (0 for a given lambda+)
+    cpu_s: float = 0.0
+    #: ``xtb-reorg``'s ``extra["jahn_teller"]`` (None for a non-degenerate HOMO or a given lambda+)
+    jahn_teller: str | None = None
+    #: estimated gas-phase ionisation energy (eV, ``xtb-reorg``'s ``ip_gas_ev``; None if given)
+    ip_gas_ev: float | None = None
+    #: the unshifted GFN2-xTB lambda+ (kJ/mol; None if given)
+    xtb_kjmol: float | None = None
+
+    def extra(self) -> dict[str, Any]:
+        """What every ESF level records of it in ``EvalResult.extra``."""
+        out: dict[str, Any] = {}
+        if self.xtb_kjmol is not None:
+            out["lambda_xtb_kjmol"] = self.xtb_kjmol
+        if self.jahn_teller:
+            out["jahn_teller"] = self.jahn_teller
+        return out
+
+
+def _lambda(p: dict[str, Any], smiles: str) -> _Lambda:
+    """lambda+ from the params, else GFN2-xTB's plus
+    :data:`~sim_backends.reorg.XTB_LAMBDA_SHIFT_KJMOL`, with what the calculation reported."""
     if p.get("lambda_hole_kjmol") is not None:
-        return float(p["lambda_hole_kjmol"]), 0.0, None, None, None
+        return _Lambda(float(p["lambda_hole_kjmol"]))
     from sim_backends.reorg import XtbReorgBackend
 
     r = XtbReorgBackend().evaluate(EvalInput(smiles))
     if not r.ok:
         raise SetupError(f"no hole reorganisation energy for this molecule (GFN2-xTB lambda+ failed: {r.reason})")
     raw = float(r.values["reorg_energy_kjmol"])
-    return raw + XTB_LAMBDA_SHIFT_KJMOL, r.cpu_s, r.extra.get("jahn_teller"), float(r.values["ip_gas_ev"]), raw
+    return _Lambda(raw + XTB_LAMBDA_SHIFT_KJMOL, r.cpu_s, r.extra.get("jahn_teller"), float(r.values["ip_gas_ev"]),
+                   raw)
 
 
 class EsfProxyBackend(Backend):
@@ -497,16 +520,12 @@ class EsfProxyBackend(Backend):
         return XtbReorgBackend().cost_estimate(inp)
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
-        lam, _, jt, ip, raw = _lambda(inp.params, inp.smiles)
+        lam = _lambda(inp.params, inp.smiles)
         t = float(inp.params.get("temperature_K", 300.0))
-        extra: dict[str, Any] = {"level": self.level_of_theory(inp.params)}
-        if raw is not None:
-            extra["lambda_xtb_kjmol"] = raw
-        if jt:
-            extra["jahn_teller"] = jt
-        values = {OBJECTIVE: proxy_log10_mobility(lam, t), "reorg_energy_kjmol": lam}
-        if ip is not None:
-            values["ip_gas_ev"] = ip
+        extra: dict[str, Any] = {"level": self.level_of_theory(inp.params), **lam.extra()}
+        values = {OBJECTIVE: proxy_log10_mobility(lam.value, t), "reorg_energy_kjmol": lam.value}
+        if lam.ip_gas_ev is not None:
+            values["ip_gas_ev"] = lam.ip_gas_ev
         return values, extra
 
 
@@ -585,30 +604,26 @@ class EsfLandscapeBackend(Backend):
 
     def _evaluate(self, inp: EvalInput) -> tuple[dict[str, float], dict[str, Any]]:
         p = self._p(inp.params)
-        lam, cpu_lam, jt, ip, raw = _lambda(p, inp.smiles)
+        lam = _lambda(p, inp.smiles)
         keys = ("functional", "basis", "max_cycles") if p["transfer"] == "dft" else ("max_iterations",)
         level_params = {k: p[k] for k in keys if k in p}
-        rec = landscape_record(inp.smiles, lam, int(p["n_trials"]), int(p["n_structures"]),
+        rec = landscape_record(inp.smiles, lam.value, int(p["n_trials"]), int(p["n_structures"]),
                                float(p["window_kjmol"]), str(p["transfer"]), int(p["seed"]),
                                str(p["space_groups"]), float(p["temperature_K"]), float(p["energy_sd_kjmol"]),
                                float(p["cutoff_A"]), level_params,
                                lambda_level=None if p.get("lambda_hole_kjmol") is not None else "GFN2-xTB",
-                               jahn_teller=jt, racemic=bool(p["racemic"]), charges=str(p["charges"]),
+                               jahn_teller=lam.jahn_teller, racemic=bool(p["racemic"]), charges=str(p["charges"]),
                                **transport_kwargs(p))
         if "error" in rec:
             raise SetupError(rec["error"]) if rec["error"].startswith("csp: no minimum") else _run_error(rec["error"])
-        values = landscape_values(lam, rec)
-        if ip is not None:
-            values["ip_gas_ev"] = ip
+        values = landscape_values(lam.value, rec)
+        if lam.ip_gas_ev is not None:
+            values["ip_gas_ev"] = lam.ip_gas_ev
         extra = {"level": self.level_of_theory(inp.params), "structures": rec["structures"],
                  "csp_level": csp_level(str(p["charges"])), "csp_charges": str(p["charges"]),
                  **coverage_extra(rec),
-                 "cpu_s_parts": {**rec["cpu_s"], "lambda": round(cpu_lam, 2)},
-                 "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"]}
-        if jt:
-            extra["jahn_teller"] = jt
-        if raw is not None:
-            extra["lambda_xtb_kjmol"] = raw
+                 "cpu_s_parts": {**rec["cpu_s"], "lambda": round(lam.cpu_s, 2)},
+                 "global_minimum_mobility_hole_cm2Vs": rec["global_minimum_mobility_hole_cm2Vs"], **lam.extra()}
         if rec.get("csp_warnings"):
             extra["csp_warnings"] = rec["csp_warnings"]
         return values, extra
