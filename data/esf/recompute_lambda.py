@@ -85,12 +85,45 @@ def new_lambda(smiles: str) -> dict:
             "hole_manifold": r.extra.get("hole_manifold"), "jahn_teller": r.extra.get("jahn_teller")}
 
 
+def marcus_factor(lam_new_kjmol: float, lam_old_kjmol: float) -> float:
+    """Ratio of the Marcus hopping rates at two lambda+ (300 K): every dimer of a crystal shares
+    lambda+, so a structure's hopping mobility scales exactly by it."""
+    from sim_backends.mobility import EV_PER_KJMOL, marcus_rate
+
+    return float(marcus_rate(10.0, lam_new_kjmol * EV_PER_KJMOL, TEMPERATURE_K)
+                 / marcus_rate(10.0, lam_old_kjmol * EV_PER_KJMOL, TEMPERATURE_K))
+
+
+def landscape_from(structures: list[dict], lm_old: dict) -> tuple[dict, float] | None:
+    """The landscape mobility (the record's energy sd and window kept) and the global minimum's
+    mobility over the ``structures`` that have one; None when none has."""
+    from sim_backends.mobility import landscape_mobility
+
+    ok = [s for s in structures if "mobility_hole_cm2Vs" in s]
+    if not ok:
+        return None
+    sd = float(lm_old.get("energy_sd_kjmol", 4.5))
+    window = float(lm_old.get("window_kjmol", 7.0))
+    lm = landscape_mobility([s["energy_kjmol"] for s in ok], [s["mobility_hole_cm2Vs"] for s in ok],
+                            sd, window_kjmol=window, temperature_K=TEMPERATURE_K)
+    return ({"mean": lm.mean, "sd": lm.sd, "n_in_window": lm.n_in_window, "energy_sd_kjmol": sd,
+             "window_kjmol": window}, min(ok, key=lambda s: s["energy_kjmol"])["mobility_hole_cm2Vs"])
+
+
+def data_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The ``--data-dir`` / ``--dry-run`` command line of the data set's maintenance scripts."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=str(HERE), help="directory of esf_<fidelity>.jsonl (default: data/esf)")
+    ap.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    return ap.parse_args(argv)
+
+
 def relandscape(rec: dict, lam_kjmol: float, jahn_teller: str | None) -> dict:
     """A quick/refined record with its structures' mobilities and the landscape mobility
     redone at ``lam_kjmol`` (transfer integrals recomputed from the stored CIFs)."""
     from sim_backends.base import BackendError, process_cpu_s
     from sim_backends.esf import structure_warnings
-    from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility, landscape_mobility, marcus_rate
+    from sim_backends.mobility import EV_PER_KJMOL, crystal_mobility
     from sim_backends.structures import load_crystal
     from sim_backends.transfer import crystal_transfer
 
@@ -98,8 +131,7 @@ def relandscape(rec: dict, lam_kjmol: float, jahn_teller: str | None) -> dict:
         raise SystemExit(f"{rec['smiles']}: transfer level {rec.get('transfer_level')!r} not supported here")
     c0 = process_cpu_s()
     lam_old = float(rec["lambda_hole_kjmol"])
-    factor = float(marcus_rate(10.0, lam_kjmol * EV_PER_KJMOL, TEMPERATURE_K)
-                   / marcus_rate(10.0, lam_old * EV_PER_KJMOL, TEMPERATURE_K))
+    factor = marcus_factor(lam_kjmol, lam_old)
     out = dict(rec)
     structures = []
     before_s = []
@@ -124,20 +156,14 @@ def relandscape(rec: dict, lam_kjmol: float, jahn_teller: str | None) -> dict:
                   "warnings": structure_warnings(tr, "GFN2-xTB", jahn_teller), "notes": tr.notes})
         structures.append(s)
     out["structures"] = structures
-    ok = [s for s in structures if "mobility_hole_cm2Vs" in s]
     lm_old = rec.get("landscape_mobility_hole_cm2Vs") or {}
     before = {"lambda_hole_kjmol": lam_old, "landscape_mobility_hole_cm2Vs": lm_old.get("mean"),
               "landscape_sd": lm_old.get("sd"),
               "global_minimum_mobility_hole_cm2Vs": rec.get("global_minimum_mobility_hole_cm2Vs"),
               "structures": before_s}
-    if ok:
-        sd = float(lm_old.get("energy_sd_kjmol", 4.5))
-        window = float(lm_old.get("window_kjmol", 7.0))
-        lm = landscape_mobility([s["energy_kjmol"] for s in ok], [s["mobility_hole_cm2Vs"] for s in ok],
-                                sd, window_kjmol=window, temperature_K=TEMPERATURE_K)
-        out["landscape_mobility_hole_cm2Vs"] = {"mean": lm.mean, "sd": lm.sd, "n_in_window": lm.n_in_window,
-                                                "energy_sd_kjmol": sd, "window_kjmol": window}
-        out["global_minimum_mobility_hole_cm2Vs"] = min(ok, key=lambda s: s["energy_kjmol"])["mobility_hole_cm2Vs"]
+    land = landscape_from(structures, lm_old)
+    if land is not None:
+        out["landscape_mobility_hole_cm2Vs"], out["global_minimum_mobility_hole_cm2Vs"] = land
     out["lambda_hole_kjmol"] = lam_kjmol
     out["lambda_jahn_teller"] = jahn_teller
     out["recomputed_lambda"] = {"what": "lambda+ (xtb-reorg), transfer integrals from the stored CIFs, mobilities, "
@@ -149,10 +175,7 @@ def relandscape(rec: dict, lam_kjmol: float, jahn_teller: str | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from sim_backends.base import process_cpu_s
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=str(HERE), help="directory of esf_<fidelity>.jsonl (default: data/esf)")
-    ap.add_argument("--dry-run", action="store_true", help="report, write nothing")
-    args = ap.parse_args(argv)
+    args = data_args(__doc__, argv)
     data = Path(args.data_dir)
     commit = code_commit()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -25,7 +25,6 @@ changes nothing. Files are rewritten in place (order and other records unchanged
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 from pathlib import Path
@@ -34,9 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recompute_lambda import TEMPERATURE_K, read, write  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
+from recompute_lambda import data_args, landscape_from, marcus_factor, read, write  # noqa: E402
 
 
 def code_commit() -> str:
@@ -45,16 +42,9 @@ def code_commit() -> str:
     return commit_of(("sim_backends/reorg.py", "sim_backends/mobility.py", "sim_backends/esf.py"))
 
 
-def marcus_factor(lam_new: float, lam_old: float) -> float:
-    from sim_backends.mobility import EV_PER_KJMOL, marcus_rate
-
-    return float(marcus_rate(10.0, lam_new * EV_PER_KJMOL, TEMPERATURE_K)
-                 / marcus_rate(10.0, lam_old * EV_PER_KJMOL, TEMPERATURE_K))
-
-
 def shift_landscape(rec: dict, shift: float, stamp: dict) -> dict:
     """A quick/refined record at lambda+ + ``shift`` (module docstring)."""
-    from sim_backends.mobility import MARCUS_NAME, landscape_mobility, split_regime_warning
+    from sim_backends.mobility import MARCUS_NAME, split_regime_warning
 
     lam_old = float(rec["lambda_hole_kjmol"])
     factor = marcus_factor(lam_old + shift, lam_old)
@@ -71,21 +61,18 @@ def shift_landscape(rec: dict, shift: float, stamp: dict) -> dict:
             s["warnings"] = [w for w in s.get("warnings") or [] if split_regime_warning(str(w))[1] is None]
         structures.append(s)
     out["structures"] = structures
-    ok = [s for s in structures if "mobility_hole_cm2Vs" in s]
     lm_old = rec.get("landscape_mobility_hole_cm2Vs") or {}
     before = {"lambda_hole_kjmol": lam_old, "landscape_mobility_hole_cm2Vs": dict(lm_old) if lm_old else None,
               "global_minimum_mobility_hole_cm2Vs": rec.get("global_minimum_mobility_hole_cm2Vs"),
               "structures": before_s}
-    if ok:
-        sd = float(lm_old.get("energy_sd_kjmol", 4.5))
-        window = float(lm_old.get("window_kjmol", 7.0))
-        lm = landscape_mobility([s["energy_kjmol"] for s in ok], [s["mobility_hole_cm2Vs"] for s in ok],
-                                sd, window_kjmol=window, temperature_K=TEMPERATURE_K)
-        if lm_old.get("mean") and abs(lm.mean / (lm_old["mean"] * factor) - 1.0) > 1e-6:
-            raise SystemExit(f"{rec['smiles']}: landscape mobility {lm.mean:.8g} != {lm_old['mean']:.8g} x "
+    land = landscape_from(structures, lm_old)
+    if land is not None:
+        lm, gm = land
+        if lm_old.get("mean") and abs(lm["mean"] / (lm_old["mean"] * factor) - 1.0) > 1e-6:
+            raise SystemExit(f"{rec['smiles']}: landscape mobility {lm['mean']:.8g} != {lm_old['mean']:.8g} x "
                              f"{factor:.8g}: the record's mobilities and its landscape disagree")
-        out["landscape_mobility_hole_cm2Vs"] = {**lm_old, "mean": lm.mean, "sd": lm.sd, "n_in_window": lm.n_in_window}
-        out["global_minimum_mobility_hole_cm2Vs"] = min(ok, key=lambda s: s["energy_kjmol"])["mobility_hole_cm2Vs"]
+        out["landscape_mobility_hole_cm2Vs"] = {**lm_old, **{k: lm[k] for k in ("mean", "sd", "n_in_window")}}
+        out["global_minimum_mobility_hole_cm2Vs"] = gm
     out["lambda_hole_kjmol"] = lam_old + shift
     out["lambda_shift"] = {**stamp, "marcus_factor": factor, "before": before}
     return out
@@ -94,10 +81,7 @@ def shift_landscape(rec: dict, shift: float, stamp: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from sim_backends.reorg import XTB_LAMBDA_SHIFT_KJMOL
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=str(HERE), help="directory of esf_<fidelity>.jsonl (default: data/esf)")
-    ap.add_argument("--dry-run", action="store_true", help="report, write nothing")
-    args = ap.parse_args(argv)
+    args = data_args(__doc__, argv)
     data = Path(args.data_dir)
     shift = float(XTB_LAMBDA_SHIFT_KJMOL)
     stamp = {"shift_kjmol": shift, "code_commit": code_commit(),

@@ -70,3 +70,36 @@ def test_the_shipped_data_set_carries_the_shift():
                 for s in r["structures"]:
                     if s.get("id") in old:
                         assert s["mobility_hole_cm2Vs"] == pytest.approx(old[s["id"]] * f, rel=1e-9)
+
+
+def test_shift_script_rebuilds_the_shipped_landscapes_from_their_before_values():
+    """data/esf/shift_lambda.py applied to each quick/refined record as it was before the shift
+    (its ``lambda_shift["before"]``) gives the shipped record: lambda+, the landscape mobility
+    and the global minimum's."""
+    import copy
+    import sys
+
+    sys.path.insert(0, str(ROOT / "data" / "esf"))
+    from recompute_lambda import read
+    from shift_lambda import shift_landscape
+
+    n = 0
+    for fid in ("quick", "refined"):
+        for r in read(ROOT / "data" / "esf" / f"esf_{fid}.jsonl"):
+            stamp = r.get("lambda_shift")
+            if not stamp:
+                continue
+            before = stamp["before"]
+            old = copy.deepcopy(r)
+            del old["lambda_shift"]
+            for k in ("lambda_hole_kjmol", "landscape_mobility_hole_cm2Vs", "global_minimum_mobility_hole_cm2Vs"):
+                old[k] = before[k]
+            by_id = {s["id"]: s for s in before["structures"]}
+            for s in old["structures"]:
+                s.update(by_id.get(s.get("id"), {}))
+            x = shift_landscape(old, stamp["shift_kjmol"], {})
+            assert x["lambda_hole_kjmol"] == pytest.approx(r["lambda_hole_kjmol"], abs=1e-12)
+            assert x.get("landscape_mobility_hole_cm2Vs") == r.get("landscape_mobility_hole_cm2Vs"), r["smiles"]
+            assert x.get("global_minimum_mobility_hole_cm2Vs") == r.get("global_minimum_mobility_hole_cm2Vs")
+            n += 1
+    assert n >= 100
