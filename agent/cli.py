@@ -380,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # run as a program: `kill`, `timeout`, SLURM and systemd stop it as Ctrl-C does, from
         # the first moment (the campaign runner keeps this while Ray, which sets its own, runs)
         signal.signal(signal.SIGTERM, interrupt.on_sigterm)
+        interrupt.handle_sigint()  # a Ctrl-C a library swallows is recorded too
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before a command started (parsing, imports)

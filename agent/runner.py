@@ -265,6 +265,7 @@ def run_campaign(
         executor.progress_dir = store.task_cpu_dir
     main_thread = _in_main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    previous_int = signal.getsignal(signal.SIGINT) if main_thread else None
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -302,6 +303,8 @@ def run_campaign(
         # after the executor: starting Ray installs its own SIGTERM handler (a stack dump)
         if main_thread:
             signal.signal(signal.SIGTERM, interrupt.on_sigterm)
+            if previous_int in (signal.default_int_handler, interrupt.on_sigterm):
+                signal.signal(signal.SIGINT, interrupt.on_sigterm)  # a swallowed Ctrl-C is recorded too
         alive = getattr(executor, "cluster_alive", None)
         starved = getattr(executor, "starved", None)
         last_result = last_said = time.monotonic()
@@ -410,4 +413,6 @@ def run_campaign(
         finally:  # a SIGTERM while Ray shuts down is an interruption too, not a silent death
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
+                if previous_int is not None:
+                    signal.signal(signal.SIGINT, previous_int)
             interrupt.clear()  # reported (or the run ended): a later run in this process starts afresh

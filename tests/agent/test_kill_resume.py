@@ -187,6 +187,34 @@ def test_a_swallowed_sigterm_before_the_command_exits_130(tmp_path, capsys):
     assert not interrupt.requested()
 
 
+def test_ctrl_c_is_recorded_like_sigterm():
+    """A Ctrl-C (SIGINT) that a library swallows is not lost either: the CLI's and the runner's
+    handler records it; an ignored SIGINT (a shell's background job) stays ignored."""
+    import os
+
+    from agent import interrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert interrupt.handle_sigint() is signal.default_int_handler
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)  # the handler runs at the next bytecode boundary
+        except KeyboardInterrupt:  # noqa: S110 - swallowed, as a library's bare `except:` does
+            pass
+        assert interrupt.requested()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        interrupt.clear()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interrupt.handle_sigint()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupt.clear()
+
+
 @pytest.mark.slow
 def test_second_launcher_refused_while_running(tmp_path):
     cfg = write_config(tmp_path, POOL, BODY, name="busy")
