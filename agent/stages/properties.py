@@ -108,13 +108,18 @@ def _transport_signature(params: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(transport_kwargs(params).values())
 
 
+def _dft_level(params: dict[str, Any]) -> tuple[str, str, str]:
+    """A DFT transfer level as the signatures compare it: functional and basis, defaults filled."""
+    return ("dft", str(params.get("functional", "b3lyp")).lower(), str(params.get("basis", "6-31g")).lower())
+
+
 def _esf_signature(params: dict[str, Any]) -> tuple[Any, ...]:
     """How an ESF level computes a structure's hole mobility: transfer level (with the DFT
     functional and basis), contact cutoff (A), temperature (K), transport model and TLT
     constants."""
     p = {"transfer": "gfn2-xtb", "cutoff_A": 4.0, "temperature_K": 300.0, **params}
     if p["transfer"] == "dft":
-        level: tuple[Any, ...] = ("dft", str(p.get("functional", "b3lyp")).lower(), str(p.get("basis", "6-31g")).lower())
+        level: tuple[Any, ...] = _dft_level(p)
     else:
         level = ("gfn2-xtb",)
     return (*level, float(p["cutoff_A"]), float(p["temperature_K"]), *_transport_signature(p))
@@ -135,7 +140,7 @@ def _property_signature(name: str, params: dict[str, Any]) -> tuple[Any, ...] | 
     if transfer == "transfer-xtb":
         level: tuple[Any, ...] = ("gfn2-xtb",)
     elif transfer == "transfer-dft":
-        level = ("dft", str(params.get("functional", "b3lyp")).lower(), str(params.get("basis", "6-31g")).lower())
+        level = _dft_level(params)
     else:
         return None
     return (*level, float(params.get("cutoff_A", DEFAULT_CUTOFF_A)), float(params.get("temperature_K", 300.0)),
