@@ -115,6 +115,9 @@ class Status:
     stop_reason: str
     best_note: str = ""  # why there is no best value yet (empty when there is one)
     spent_wall_s: float | None = None  # wall-clock seconds of the same evaluations
+    #: of spent_cpu_s: the evaluations' CPU seconds per backend (failures included; the
+    #: charge for interrupted tasks is ``interrupted_cpu_s``), largest first
+    cpu_by_backend: dict[str, float] = field(default_factory=dict)
     #: the launcher's wall time over the campaign's runs (to the last heartbeat of one going
     #: on) and the number of runs (:meth:`agent.store.Store.elapsed_s`)
     elapsed_s: float | None = None
@@ -759,8 +762,10 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
             best, best_mol = v, ev.molecule_id
     mols = {m["id"]: m for m in store.molecules()}
     n_by = {b.name: 0 for b in cfg.backends}
+    cpu_by: dict[str, float] = {}
     for ev in evs:
         n_by[ev.backend] = n_by.get(ev.backend, 0) + 1
+        cpu_by[ev.backend] = cpu_by.get(ev.backend, 0.0) + float(ev.cpu_s)
     valid = {m for m, r in mols.items() if r["is_valid"]}
     tried &= valid
     evaluated &= valid
@@ -792,6 +797,7 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         n_by_backend=n_by,
         spent_cpu_s=float(sum(ev.cpu_s for ev in evs)) + interrupted[0],
         spent_wall_s=float(sum(ev.wall_s for ev in evs)) + store.interrupted_wall_s(),
+        cpu_by_backend={k: round(v, 2) for k, v in sorted(cpu_by.items(), key=lambda kv: -kv[1])},
         elapsed_s=elapsed[0],
         n_runs=elapsed[1],
         interrupted_cpu_s=interrupted[0],

@@ -809,6 +809,19 @@ def pool_lines(rec: dict[str, Any]) -> list[str]:
             + (f" ({', '.join(rest)})" if rest else "")]
 
 
+def cpu_by_level_lines(rec: dict[str, Any]) -> list[str]:
+    """``CPU by level  esf-refined 453.0 s (66 %), xtb-crystal 135.1 s (20 %), ...``: where the
+    budget went, the levels largest first, with the charge for interrupted tasks; none for a
+    record without the split or with one level."""
+    by = {k: v for k, v in (rec.get("cpu_by_backend") or {}).items() if v > 0}
+    if rec.get("interrupted_cpu_s"):
+        by["interrupted tasks"] = float(rec["interrupted_cpu_s"])
+    total = sum(by.values())
+    if len(by) < 2 or total <= 0:
+        return []
+    return ["CPU by level  " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in by.items())]
+
+
 #: infeasible molecules named by ``status`` (the rest are counted)
 N_INFEASIBLE_LISTED = 3
 
@@ -830,6 +843,7 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
            f"{'s' if s['n_interrupted'] != 1 else ''} that interrupted runs left unfinished (measured by their "
            "workers where recorded, else CPUs x wall)"
            if s.get("n_interrupted") else ""),
+        *cpu_by_level_lines(s),
         f"best          {best_line(s)}",
     ]
     for backend, f in (s.get("failures") or {}).items():

@@ -93,6 +93,20 @@ def test_burning_tasks_are_charged_and_stop_the_budget(tmp_path):
         "SELECT status, cpu_s FROM evaluations").fetchall()
     assert all(c >= 0.27 for _, c in rows) and any(st == "failed" for st, _ in rows)
     assert camp.costs()[0] == pytest.approx(status.spent_cpu_s / status.n_evaluations, rel=1e-6)
+    assert status.cpu_by_backend == {"_faulty": pytest.approx(status.spent_cpu_s, abs=0.01)}
+
+
+def test_status_says_where_the_cpu_went():
+    """newuser49 #5: whether the expensive level got most of the budget took an SQL query;
+    ``status`` has a CPU-by-level line (largest first, interrupted tasks as their own part)."""
+    from agent.summary import cpu_by_level_lines
+
+    rec = {"cpu_by_backend": {"esf-refined": 453.0, "xtb-crystal": 135.1, "esf-proxy": 57.5, "csp-ff": 0.0},
+           "interrupted_cpu_s": 44.1}
+    assert cpu_by_level_lines(rec) == ["CPU by level  esf-refined 453.0 s (66 %), xtb-crystal 135.1 s (20 %), "
+                                       "esf-proxy 57.5 s (8 %), interrupted tasks 44.1 s (6 %)"]
+    assert cpu_by_level_lines({"cpu_by_backend": {"xtb-reorg": 3.0}}) == []  # one level: the CPU line says it
+    assert cpu_by_level_lines({}) == []  # a record from before the split
 
 
 def test_old_store_is_migrated_with_wall_time_as_cpu(tmp_path):

@@ -43,6 +43,19 @@ def test_status_line_gives_the_campaigns_wall_time():
     assert "the campaign ran 2 h 05 min wall time over 2 runs" in line
 
 
+def test_a_resume_that_runs_nothing_adds_no_wall_time(tmp_path):
+    """newuser49 #9: resuming a finished campaign (Ray started, nothing to do, 7 s) made status
+    say 10 min 53 s instead of 10 min 46 s; a run with no task, result or lab experiment adds
+    neither a run nor seconds, ended or killed."""
+    with Store(tmp_path / "store.sqlite") as store:
+        _events(store, [(100.0, "started"), (150.0, "result"), (160.0, "finished"),  # 60 s
+                        (200.0, "resumed"), (201.0, "started"), (208.0, "finished"),  # nothing: 0 s
+                        (300.0, "started"), (305.0, "molecule_refit"),  # killed, nothing done: 0 s
+                        (400.0, "started"), (410.0, "result"), (420.0, "finished")])  # 20 s
+        store.set_meta("finished", "1")
+        assert store.elapsed_s() == (pytest.approx(80.0), 2) == _scan(store)
+
+
 def _scan(store: Store, now: float | None = None) -> tuple[float, int]:
     """The full scan over the events that Store.elapsed_s was before its running count (review
     of 2026-12-07: it ran in every status and every logged progress): the reference."""
@@ -53,12 +66,12 @@ def _scan(store: Store, now: float | None = None) -> tuple[float, int]:
     total, runs, start, last, worked = 0.0, 0, None, None, False
     for ts, kind in store.conn.execute("SELECT ts, kind FROM events ORDER BY id").fetchall():
         if kind == "started":
-            if start is not None:
+            if start is not None and worked:
                 total += last - start
             start, last, worked = ts, ts, False
         elif start is not None:
             if kind in ends:
-                total += ts - start
+                total += (ts - start) if worked else 0.0  # a run that did nothing (newuser49 #9)
                 start = None
             elif kind not in launch:
                 last = ts
