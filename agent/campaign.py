@@ -207,7 +207,9 @@ class Campaign:
         config from Python, skips pydantic's validation.
         """
         if unknown := _unknown_attributes(cfg):  # model_copy(update=...) keeps a misspelt key silently
-            raise ConfigError(f"config error: {unknown}: unknown key")
+            from agent.config import did_you_mean
+
+            raise ConfigError(f"config error: {unknown}: unknown key{did_you_mean(tuple(unknown.split('.')))}")
         with warnings.catch_warnings():  # a wrong type set by model_copy: refused below
             warnings.simplefilter("ignore")
             given = cfg.model_dump(mode="json")

@@ -394,11 +394,44 @@ class CampaignConfig(_Strict):
 MAX_LISTED_ERRORS = 20
 
 
+def _model_at(loc: tuple[Any, ...]) -> Any:
+    """The config model class whose key ``loc`` names (list indices skipped), else None."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def model_in(annotation: Any) -> Any:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        return next((m for a in typing.get_args(annotation) if (m := model_in(a)) is not None), None)
+
+    model: Any = CampaignConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        model = None if field is None else model_in(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def did_you_mean(loc: tuple[Any, ...]) -> str:
+    """``; did you mean 'max_cpu_hours'?`` for a misspelt key (newuser49 #11), else ''."""
+    import difflib
+
+    model = _model_at(loc)
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _error_line(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + did_you_mean(tuple(err["loc"]))
     elif (err["type"] != "value_error" and isinstance(err.get("input"), (bool, int, float, str))
           and len(repr(err["input"])) <= 40):
         msg += f" (got {err['input']!r})"

@@ -180,7 +180,11 @@ def check_schema(backend: str, schema: Mapping[str, Check], params: Mapping[str,
     """
     unknown = sorted(set(params) - set(schema))
     if unknown:
-        raise ParamsError(unknown[0], f"unknown {backend} parameter; known: {', '.join(sorted(schema))}")
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(schema), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ParamsError(unknown[0], f"unknown {backend} parameter; {hint}known: {', '.join(sorted(schema))}")
     for key, check in schema.items():
         if key not in params:
             continue

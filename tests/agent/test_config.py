@@ -156,3 +156,23 @@ def test_lab_table_is_strict(tmp_path, line):
     with pytest.raises(ConfigError) as e:
         load_config(_write(tmp_path, body))
     assert "lab." + line.split()[0] in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_misspelt_key_gets_the_close_one():
+    """newuser49 #11: ``max_cpu_hour = 0.2`` said only "unknown key"; a misspelt key now names
+    the close one of its own section (config sections, a backend's params), a key like no
+    other none."""
+    from agent.config import ConfigError, parse_config
+
+    base = {"name": "x", "pool": "p.smi", "backends": [{"name": "xtb-reorg"}]}
+    for extra, said in (({"max_cpu_hour": 0.2}, "max_cpu_hour: unknown key; did you mean 'max_cpu_hours'?"),
+                        ({"surrogate": {"screen_pol": "on"}}, "surrogate.screen_pol: unknown key; did you mean "
+                                                              "'screen_pool'?"),
+                        ({"zzz": 1}, "zzz: unknown key")):
+        with pytest.raises(ConfigError) as e:
+            parse_config({**base, **extra})
+        assert str(e.value) == f"config error: {said}"
+    from sim_backends.params import ParamsError, check_schema
+
+    with pytest.raises(ParamsError, match="did you mean 'n_trials'"):
+        check_schema("esf-refined", {"n_trials": int, "seed": int}, {"n_trails": 3})

@@ -175,10 +175,10 @@ def test_a_key_misspelt_through_model_copy_is_refused(tmp_path):
     from agent.config import ConfigError, load_config
 
     cfg = load_config(write_config(tmp_path, POOL, DIAG.format(n=4, timeout=10, params="{}"), name="typo"))
-    with pytest.raises(ConfigError, match=r"^config error: max_evaluation: unknown key$"):
+    with pytest.raises(ConfigError, match=r"^config error: max_evaluation: unknown key; did you mean 'max_evaluations'\?$"):
         Campaign.create(cfg.model_copy(update={"max_evaluation": 5}), tmp_path / "runs")
     executor = cfg.executor.model_copy(update={"task_timeout": 5})
-    with pytest.raises(ConfigError, match=r"^config error: executor.task_timeout: unknown key$"):
+    with pytest.raises(ConfigError, match=r"^config error: executor.task_timeout: unknown key"):
         Campaign.create(cfg.model_copy(update={"executor": executor}), tmp_path / "runs")
     assert not (tmp_path / "runs" / "typo").exists()
     Campaign.create(cfg.model_copy(update={"max_evaluations": 5}), tmp_path / "runs").close()
