@@ -826,6 +826,9 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
             cif = gm.get("cif")
             where = f"  {cif}" if cif and Path(cif).is_file() else ""
             dens = f", {gm['density_gcm3']:.3f} g/cm3" if gm.get("density_gcm3") is not None else ""
+            if gm.get("energy_kjmol") is not None:  # and the level that ranked it (newuser49 #8)
+                dens += (f", E_latt {gm['energy_kjmol']:.1f} kJ/mol per molecule at "
+                         f"{rec.get('energy_level') or 'the CSP force field'}")
             label, suffix = _minimum_label(rec)
             lines.append(f"    {label} {gm['id']} ({gm.get('space_group') or '?'}, "
                          f"Z = {reported_z(gm)}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"
@@ -848,10 +851,14 @@ def _model_of(model: Any, marcus: Any) -> dict[str, Any]:
 
 def _model_text(structure: dict[str, Any]) -> str:
     """`` (transient localisation (TLT); Marcus hopping 2.4 cm2/(V s))`` for a structure whose
-    mobility is a TLT value (outside hopping's regime, :mod:`sim_backends.tlt`); empty for a
-    hopping value or a record that does not say."""
+    mobility is a TLT value (outside hopping's regime, :mod:`sim_backends.tlt`); `` (Marcus
+    hopping)`` for a hopping value (newuser49 #8: only the TLT ones said their model); empty
+    for a record that does not say (made before TLT)."""
+    from sim_backends.mobility import MARCUS_NAME
     from sim_backends.tlt import TLT_NAME
 
+    if structure.get("transport_model") == MARCUS_NAME:
+        return f" ({MARCUS_NAME})"
     if structure.get("transport_model") != TLT_NAME:
         return ""
     hop = structure.get("mobility_hole_marcus_cm2Vs")

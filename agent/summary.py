@@ -714,6 +714,13 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
 
     rec["best_warning"] = (regime_violation(rec["esf"], rec["best_smiles"], cfg.backends[-1].name)
                            if cfg.objective == ESF_OBJECTIVE else None)
+    # the best molecule's structure-stage mobility, said on the best line (newuser49 #1: the line
+    # gave the molecule stage's value and global minimum after the better ranking level had moved both)
+    rec["best_structure_stage"] = next(
+        ({"mean": e["mean"], "sd": e["sd"], "energy_level": e.get("energy_level"),
+          "global_minimum": {k: (e.get("global_minimum") or {}).get(k) for k in ("id", "space_group", "z")}}
+         for e in rec["esf"] if e.get("source") == "structure stage" and e.get("smiles") == rec["best_smiles"]),
+        None) if cfg.objective == ESF_OBJECTIVE else None
     rec["lab"] = lab_results(store, cfg, structures)  # None without a lab
     # the full ranking served the ranks above; the record lists the best structures only
     rec["structures"] = [{k: v for k, v in r.items() if k != RANKING} for r in structures]
@@ -769,7 +776,23 @@ def best_line(rec: dict[str, Any]) -> str:
         warning += " -- see its WARNING below"
     if rec.get("level_caveat"):  # the top level's known bias (dft-reorg on GFN2-xTB geometries)
         warning += f" -- caveat: {rec['level_caveat']}"
-    return f"{obj['symbol']} = {format_value(obj['name'], rec['best'])}, {obj['level']}: {who}{smiles}{warning}"
+    return (f"{obj['symbol']} = {format_value(obj['name'], rec['best'])}, {obj['level']}: {who}{smiles}"
+            f"{_structure_stage_text(rec.get('best_structure_stage'))}{warning}")
+
+
+def _structure_stage_text(st: dict[str, Any] | None) -> str:
+    """`` -- at the structure stage (energies GFN2-xTB periodic (tblite)): mu_h = 4.8e-01 ±
+    1.8e-01 cm2/(V s), global minimum m103-m0003 (P-1, Z = 2)``: the best molecule's landscape
+    mobility re-ranked by the structure stage, when it has one."""
+    if not st:
+        return ""
+    from agent.esf_report import format_mobility
+
+    gm = st.get("global_minimum") or {}
+    where = (f", global minimum {gm['id']} ({gm.get('space_group') or '?'}, Z = {gm.get('z') or '?'})"
+             if gm.get("id") else "")
+    level = f" (energies {st['energy_level']})" if st.get("energy_level") else ""
+    return f" -- at the structure stage{level}: mu_h = {format_mobility(st['mean'], st['sd'])}{where}"
 
 
 def constrained_value_text(key: str, value: float, backend: str | None) -> str:

@@ -165,7 +165,8 @@ def test_structure_stage_line_names_the_global_minimum_when_it_has_no_mobility()
            "notes": [], "ranked_minimum": {"id": "m0002", "energy_kjmol": -100.0, "computed": False}}
     text = "\n".join(esf_lines([rec]))
     assert "predicted global minimum" not in text
-    assert ("lowest structure with a mobility m0007 (P2_1/c, Z = 4, 1.200 g/cm3): mu_h = 3.0e+00 cm2/(V s); "
+    assert ("lowest structure with a mobility m0007 (P2_1/c, Z = 4, 1.200 g/cm3, E_latt -98.5 kJ/mol per molecule "
+            "at the CSP force field): mu_h = 3.0e+00 cm2/(V s); "
             "the global minimum m0002 (predicted, 1.50 kJ/mol lower) has no mobility yet") in text
     rec["ranked_minimum"] = {"id": "m0007", "energy_kjmol": -98.5, "computed": True}
     assert "predicted global minimum m0007" in "\n".join(esf_lines([rec]))

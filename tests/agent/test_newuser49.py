@@ -1,0 +1,39 @@
+"""newuser49 (`make demo` read as a chemist): the best line names the structure stage's value
+of the best molecule, and every global-minimum line its transport model and lattice energy."""
+
+from __future__ import annotations
+
+
+def _rec(**extra):
+    obj = {"name": "log10_landscape_mobility_hole", "symbol": "log10 mu_h", "level": "esf-refined level",
+           "unit": "", "label": ""}
+    return {"objective": obj, "best": -0.28, "best_name": "BNT", "best_smiles": "c1ccc2cc3c(cc2c1)sc1ccccc13",
+            **extra}
+
+
+def test_the_best_line_gives_the_structure_stage_value_beside_the_molecule_stage_one():
+    from agent.summary import best_line
+
+    plain = best_line(_rec())
+    assert "structure stage" not in plain
+    st = {"mean": 0.482, "sd": 0.181, "energy_level": "GFN2-xTB periodic (tblite)",
+          "global_minimum": {"id": "m103-m0003", "space_group": "P-1", "z": 2}}
+    line = best_line(_rec(best_structure_stage=st))
+    assert line.startswith(plain)
+    assert line.endswith(" -- at the structure stage (energies GFN2-xTB periodic (tblite)): mu_h = 4.8e-01 ± "
+                         "1.8e-01 cm2/(V s), global minimum m103-m0003 (P-1, Z = 2)")
+
+
+def test_global_minimum_lines_say_marcus_and_the_lattice_energy_with_its_level():
+    from agent.esf_report import esf_lines
+
+    gm = {"id": "m0001", "energy_kjmol": -104.406, "rel_kjmol": 0.0, "mobility_hole_cm2Vs": 0.64,
+          "density_gcm3": 1.3893, "space_group": "P2_1/c", "z": 4, "cif": None, "transport_model": "Marcus hopping"}
+    rec = {"molecule_id": 1, "name": "BNT", "smiles": "c1ccc2cc3c(cc2c1)sc1ccccc13", "source": "molecule stage",
+           "backend": "esf-refined", "level": "L", "mean": 0.52, "sd": 0.18, "n_in_window": 78,
+           "n_with_mobility": 6, "structures": [gm], "global_minimum": gm, "warnings": [], "notes": []}
+    text = "\n".join(esf_lines([rec]))
+    assert ("predicted global minimum m0001 (P2_1/c, Z = 4, 1.389 g/cm3, E_latt -104.4 kJ/mol per molecule at "
+            "the CSP force field): mu_h = 6.4e-01 cm2/(V s) (Marcus hopping)") in text
+    rec = {**rec, "source": "structure stage", "energy_level": "GFN2-xTB periodic (tblite)"}
+    assert "E_latt -104.4 kJ/mol per molecule at GFN2-xTB periodic (tblite))" in "\n".join(esf_lines([rec]))
