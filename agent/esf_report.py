@@ -1039,16 +1039,42 @@ def esf_map_figure(results: list[dict[str, Any]], plt: Any, window_kjmol: float 
         head = textwrap.fill(f"{rec['name']}: {_panel_count(rec)} ({rec['source']})", 62)
         ax.set_title(f"{head}\n{level}", fontsize=7)
         ax.tick_params(labelsize=7)
-        # a structure stage's ticks sit on the left edge, anywhere in the window: the legend keeps clear of them
-        ax.legend(fontsize=6, loc="best" if rec.get("window_structures") else "upper right")
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].axis("off")
+    _legends_below(fig, [axes[k // ncol][k % ncol] for k in range(n)], ncol, nrow)
     if title:
         fig.suptitle(title, fontsize=9)
     if sc is not None:
         cb = fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.8)
         cb.set_label("density (g/cm$^3$)", fontsize=8)
     return fig
+
+
+def _legends_below(fig: Any, panels: list[Any], ncol: int, nrow: int) -> None:
+    """Each ESF map panel's legend below its axes, under the x label, and the figure enlarged
+    to hold them (newuser49 #7: inside the axes, the legend hid the coronene panel's two
+    structures at 5.8 kJ/mol; any corner of a panel may hold data, so no legend sits in one).
+    Every row of panels grows by its tallest legend, every column is at least as wide as its
+    widest; constrained layout keeps each legend with its panel and inside the figure."""
+    from matplotlib.transforms import ScaledTranslation
+
+    renderer = fig.canvas.get_renderer()
+    dpi = fig.dpi
+    gap = 4 / 72  # inches between the x label and the legend
+    heights = [0.0] * nrow
+    widths = [0.0] * ncol
+    for k, ax in enumerate(panels):
+        # the x axis's tick labels and label hang below the axes; the legend starts below them
+        drop = (ax.get_window_extent(renderer).y0 - ax.xaxis.get_tightbbox(renderer).y0) / dpi + gap
+        below = ax.transAxes + ScaledTranslation(0, -drop, fig.dpi_scale_trans)
+        leg = ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below,
+                        borderaxespad=0.0)
+        box = leg.get_window_extent(renderer)
+        heights[k // ncol] = max(heights[k // ncol], box.height / dpi + gap)
+        widths[k % ncol] = max(widths[k % ncol], box.width / dpi)
+    width = sum(max(3.9, w + 0.3) for w in widths) + 1.0
+    height = sum(3.6 + h for h in heights) + 0.6
+    fig.set_size_inches(width, height)
 
 
 def _energy_axis_label(rec: dict[str, Any]) -> str:
