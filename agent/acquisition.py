@@ -265,6 +265,7 @@ def select_batch(
     pair_costs: np.ndarray | None = None,
     level_caps: Sequence[int | None] | None = None,
     cost_power: float = 1.0,
+    scores: list[dict[str, float | int | str]] | None = None,
 ) -> list[tuple[int, int]]:
     """Choose up to ``q`` distinct (molecule, fidelity) pairs to evaluate next.
 
@@ -289,6 +290,19 @@ def select_batch(
         cost_power: every rate divides by cost**cost_power (1: value per CPU second;
             0: value alone), e.g. the cost cooling of
             :data:`agent.stages.molecule.COST_COOLING`.
+        scores: optional list to which one dict per returned pair is appended, in the
+            order of the pairs: why the pair was chosen, as scored at the moment of its
+            choice (after the batch's earlier picks were fantasised). ``level``: its
+            fidelity; ``kind``: ``"expected improvement"`` (top level, ``EI_top``) or
+            ``"look-ahead value"`` (a cheaper level, ``E_y[max(EI_top(x | y) - lambda
+            c_top(x), 0)]``); ``value``: that utility in the objective's units
+            (standardised value times the surrogate's ``y_scale``); ``cost``: what it was
+            divided by (the pair's ``pair_costs`` entry, else its level's ``costs``),
+            ``cost_power``; ``rate``: ``value / cost**cost_power``, the quantity maximised;
+            ``log_rate``: its natural log in standardised units (finite also where ``rate``
+            underflows); ``best_direct_rate``: ``lambda``, the best top-level rate at that
+            choice (objective units per cost**cost_power; the rate a cheaper pick beat).
+            Passing a list changes no decision.
 
     Returns:
         Up to ``q`` distinct pairs, best first. Fewer when fewer pairs are allowed.
@@ -346,7 +360,7 @@ def select_batch(
             return out
 
         top_mask[:, top] = mask[:, top]
-        rate, _, _ = _lazy_best(post, top_mask, direct_upper, exact_direct, FIRST_CHUNK)
+        rate, rate_row, _ = _lazy_best(post, top_mask, direct_upper, exact_direct, FIRST_CHUNK)
         scorer.log_rate = rate
         upper = scorer.bounds(var_upper) + jitter[:, None]
         score, row, fid = _lazy_best(
@@ -355,9 +369,33 @@ def select_batch(
         if row < 0 or not np.isfinite(score):
             break
         picks.append((row, fid))
+        if scores is not None:
+            scores.append(_pick_score(surrogate, score - jitter[row], fid, top,
+                                      rate - jitter[rate_row] if rate_row >= 0 else rate,
+                                      float(log_costs[row if log_costs.shape[0] > 1 else 0, fid]),
+                                      float(costs[fid] if pair_costs is None else pair_costs[row, fid]),
+                                      cost_power))
         mask[row, fid] = False
         if caps[fid] is not None and sum(f == fid for _, f in picks) >= caps[fid]:
             mask[:, fid] = False  # the level's budget is used up by this batch
         if len(picks) < q:
             post.add_fantasy(row, fid)
     return picks
+
+
+def _pick_score(surrogate: MoleculeSurrogate, log_rate: float, level: int, top: int,
+                log_lambda: float, log_cost_powered: float, cost: float,
+                cost_power: float) -> dict[str, float | int | str]:
+    """The entry :func:`select_batch` appends to ``scores`` for one pick: its log score
+    ``log_rate`` (standardised units, ``log value - cost_power * log cost``, jitter
+    removed), ``log_lambda`` the best direct top-level log rate then,
+    ``log_cost_powered`` ``cost_power * log cost``; see ``scores`` there."""
+    import math
+
+    scale = float(surrogate.y_scale)
+    log_value = log_rate + log_cost_powered
+    return {"level": int(level),
+            "kind": "expected improvement" if level == top else "look-ahead value",
+            "value": scale * math.exp(log_value), "cost": float(cost), "cost_power": float(cost_power),
+            "rate": scale * math.exp(log_rate), "log_rate": float(log_rate),
+            "best_direct_rate": scale * math.exp(log_lambda) if math.isfinite(log_lambda) else 0.0}

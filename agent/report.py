@@ -28,6 +28,12 @@ Every axis names its quantity, unit and level of theory (:mod:`agent.summary`).
   against hole mobility per predicted structure, per molecule, and the landscape
   mobilities (:mod:`agent.esf_report`); the predicted global minima as CIFs in
   ``runs/<name>/structures/esf_m<id>_<structure>.cif``;
+* ``decisions.csv``: one row per task submitted, in submission order, with why it was
+  chosen (the stage's rule and, for an acquisition's pick, its acquisition value, rate and
+  the cost it divided by, as the ``submitted`` event recorded them; "not recorded" for tasks
+  of campaigns made before they were recorded, and of stages that do not say) and, from the
+  stored evaluation, the CPU seconds it used and whether it succeeded
+  (:func:`decisions_table`; its columns in ``results_columns.csv`` too);
 * ``summary.txt``: the status text (:func:`agent.summary.status_lines`) and notes on plots
   not drawn.
 """
@@ -99,6 +105,7 @@ def write_plots(campaign: Campaign, progress: Callable[[str], None] | None = Non
         from agent.esf_report import ESF_COLUMNS
 
         write_columns(out / RESULTS_COLUMNS_FILE, ESF_COLUMNS, "esf_results.csv", append=True)
+    paths.append(decisions_table(campaign, out / "decisions.csv"))
     paths += sorted((out / "lab").glob("*_pxrd.png"))  # the lab stage's PXRD plots (report/lab/)
     rec = status_record(campaign.status(), campaign.store, campaign.cfg, structures=live)
     rec["esf"] = esf  # with the CIF paths just written
@@ -651,6 +658,96 @@ def results_table(campaign: Campaign, path: Path, notes: list[str] | None = None
             row.append("; ".join(said))
             w.writerow(row)
     write_columns(path.with_name(RESULTS_COLUMNS_FILE), columns, path.name)
+    return path
+
+
+def decisions_table(campaign: Campaign, path: Path) -> Path:
+    """Why each task was run (``report/decisions.csv``): one row per ``submitted`` event of
+    the store, in order, and its columns appended to :data:`RESULTS_COLUMNS_FILE` beside
+    ``path`` (call after :func:`results_table`, which starts that file).
+
+    Columns: ``n`` (submission order, from 1), ``time`` (UTC, ISO 8601), ``backend``,
+    ``molecule`` (its pool name), ``smiles``, ``structure_id`` (structure-level work), then
+    from the event's ``why`` (:attr:`agent.stages.base.Request.why`): ``rule`` ("initial
+    design", "pool screen", "acquisition", "constraint screen", or "not recorded" when the
+    event has none: campaigns made before decisions were recorded, and stages that do not
+    say), ``acquisition_level`` (the level the acquisition weighed; for "constraint screen"
+    not the backend run), ``acquisition_kind`` ("expected improvement" or "look-ahead
+    value"), ``acquisition_value`` (objective units), ``rate`` (value / (cost /
+    p_feasible)**cost_power, what the acquisition maximised), ``cost_cpu_s`` (the cost it
+    divided by, the level's CPU s estimate, empty without a compute budget: every
+    evaluation then costs one unit), ``cost_power``, ``p_feasible`` (below 1 where the divisor was ``cost / p_feasible``),
+    ``best_direct_rate`` (the best top-level rate at that choice); then from the stored
+    evaluation of the request: ``cpu_s`` (the CPU seconds measured; for a task a stopped run
+    left unfinished, what it was charged) and ``succeeded`` ("yes", "no", "interrupted", or
+    empty while no result is stored); ``request_id``. Acquisition numbers have 4
+    significant digits."""
+    from datetime import datetime, timezone
+
+    from agent.summary import quantity
+
+    store = campaign.store
+    unit = quantity(campaign.cfg.objective)[2]
+    names = {m["smiles"]: m["name"] or m["smiles"] for m in store.molecules()}
+    evaluations = {ev.request_id: ev for ev in store.evaluations()}
+    interrupted = {e.get("submitted_event"): e for e in store.events("interrupted_task")}
+    per = f"{unit or 'objective unit'} per cost**cost_power"
+    columns = [
+        column_entry("n", "submission order (1: the first task the campaign submitted)"),
+        column_entry("time", "when the task was submitted (UTC, ISO 8601)", "time", "UTC"),
+        column_entry("backend", "the backend (level) that ran the task"),
+        column_entry("molecule", "the molecule's name in the pool (its SMILES where it has none)"),
+        column_entry("smiles", "the molecule (SMILES, as stored from the pool)"),
+        column_entry("structure_id", "the crystal structure, for structure-level work"),
+        column_entry("rule", "why the task was chosen: 'initial design', 'pool screen' (the cheapest level on "
+                     "every molecule), 'acquisition', 'constraint screen' (an acquisition's pick at a level a "
+                     "constraint holds back, run at the cheaper level that screens it), 'not recorded' "
+                     "(campaigns made before decisions were recorded, stages that do not say)"),
+        column_entry("acquisition_level", "the level the acquisition weighed (for 'constraint screen' the "
+                     "held-back level, not the backend run)"),
+        column_entry("acquisition_kind", "'expected improvement' of the top-level value over the best, or "
+                     "'look-ahead value' of a cheaper level (the expected surplus of the top level's EI after "
+                     "it, agent/acquisition.py)"),
+        column_entry("acquisition_value", "the acquisition's utility of the pick at its choice, before dividing "
+                     "by cost", f"acquisition value of {campaign.cfg.objective}", unit),
+        column_entry("rate", "acquisition_value / (cost / p_feasible)**cost_power (p_feasible 1 where empty; cost "
+                     "cost_cpu_s, or one per evaluation where that is empty): the quantity the acquisition "
+                     "maximised", "acquisition rate", per),
+        column_entry("cost_cpu_s", "the cost the acquisition divided by: the level's expected CPU seconds per "
+                     "evaluation (with the price of an evaluation slot when the evaluation budget binds); "
+                     "empty without a compute budget (every evaluation then costs one unit)", "CPU time", "s"),
+        column_entry("cost_power", "the power of the cost in the rate (cost cooling: the fraction of the compute "
+                     "budget left; 1 without one)"),
+        column_entry("p_feasible", "the probability the constraints hold, where below 1 (the divisor was "
+                     "cost / p_feasible)", "probability"),
+        column_entry("best_direct_rate", "the best rate of any top-level pick at that choice (a cheaper level "
+                     "is chosen only when its rate beats it)", "acquisition rate", per),
+        column_entry("cpu_s", "CPU seconds the task used, as stored with its evaluation (a task a stopped run "
+                     "left unfinished: what it was charged)", "CPU time", "s"),
+        column_entry("succeeded", "'yes', 'no' (the evaluation failed), 'interrupted' (a stopped run left it "
+                     "unfinished), empty while no result is stored"),
+        column_entry("request_id", "the request's id (the evaluations and events tables of store.sqlite)"),
+    ]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([c["column"] for c in columns])
+        for n, e in enumerate(store.events("submitted"), start=1):
+            why = e.get("why") if isinstance(e.get("why"), dict) else {}
+            ev = evaluations.get(e.get("request_id"))
+            stop = interrupted.get(e["event_id"])
+            cpu_s = ev.cpu_s if ev is not None else stop.get("cpu_s") if stop is not None else None
+            succeeded = ("yes" if ev.ok else "no") if ev is not None else "interrupted" if stop is not None else ""
+            per_cpu = why.get("cost_unit") == "CPU s"
+            w.writerow([
+                n, datetime.fromtimestamp(e["ts"], timezone.utc).isoformat(timespec="seconds"),
+                e.get("backend", ""), names.get(e.get("smiles"), e.get("smiles") or ""), e.get("smiles") or "",
+                e.get("structure_id") or "", why.get("rule", "not recorded"),
+                why.get("level", ""), why.get("kind", ""), csv_number("", why.get("value")),
+                csv_number("", why.get("rate")), csv_number("", why.get("cost") if per_cpu else None),
+                csv_number("", why.get("cost_power")), csv_number("", why.get("p_feasible")),
+                csv_number("", why.get("best_direct_rate")), csv_number("s", cpu_s), succeeded,
+                e.get("request_id", "")])
+    write_columns(path.with_name(RESULTS_COLUMNS_FILE), columns, path.name, append=True)
     return path
 
 

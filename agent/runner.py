@@ -10,7 +10,8 @@ starts: the CPU seconds their workers recorded (every
 their CPUs x the time from that record to the run's last heartbeat (written every
 :data:`HEARTBEAT_S` s), at most their CPUs x the wall time from submission to that
 heartbeat, which is the charge of a task whose worker left no record
-(``Store.settle_interrupted``).
+(``Store.settle_interrupted``). Each task's ``submitted`` event records why its stage chose
+it (:attr:`agent.stages.base.Request.why`, when the stage says; ``report/decisions.csv``).
 
 Before a campaign is created, :func:`preflight` checks what can be checked without
 starting anything (the cluster address answers, ``cpus_per_task`` fits the local Ray,
@@ -329,8 +330,10 @@ def run_campaign(
                 free = slots - executor.n_in_flight
                 if free > 0 and not (cfg.synchronous and executor.n_in_flight):
                     for task in campaign.ask(free):
+                        # why: the stage's reason for the choice (report/decisions.csv)
                         store.note_submitted(task.request_id, cpus, backend=task.backend, smiles=task.inp.smiles,
-                                             structure_id=task.inp.structure_id)
+                                             structure_id=task.inp.structure_id,
+                                             why=task.request.why if task.request is not None else None)
                         executor.submit(task)
                 if time.monotonic() - beat >= HEARTBEAT_S:
                     # a lost cluster ends the run before another heartbeat: its tasks are

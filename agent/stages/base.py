@@ -61,6 +61,11 @@ class Request:
         fidelity: the level's index in the stage's ladder.
         structure_id: the store's structure id for structure-level work.
         request_id: unique id (the store refuses a second result for it).
+        why: why the stage chose it, a small JSON-able dict (``{"rule": ...}`` and, for
+            an acquisition's pick, its value, rate and cost; see
+            :meth:`agent.stages.molecule.MoleculeStage.ask`), which the runner records in
+            the store's ``submitted`` event; None: the stage does not say. Not part of
+            the request's identity or :meth:`decision`.
     """
 
     stage: str
@@ -71,6 +76,7 @@ class Request:
     fidelity: int = 0
     structure_id: str | None = None
     request_id: str = field(default_factory=_new_id)
+    why: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))

@@ -54,6 +54,13 @@ Decisions:
   left per evaluation left, so a 0.3 CPU-s proxy is not 100 times cheaper than a
   30 CPU-s CSP when both use one of the last 16 evaluations.
 
+Every request says why it was chosen (:attr:`agent.stages.base.Request.why`, recorded in
+the store's ``submitted`` event and in ``report/decisions.csv``): ``{"rule": "initial
+design"}``, ``"pool screen"``, ``"acquisition"`` (with the pick's acquisition value, its rate
+per cost**cost_power, the cost and the cost power; :meth:`MoleculeStage._why_acquired`) or
+``"constraint screen"`` (an acquisition's pick at a level a constraint holds back, run at its
+cheaper screening level instead; with the numbers of the level weighed).
+
 Every refit of the surrogate is recorded as a ``molecule_refit`` event in the store
 (leave-out calibration per level), which the tracker logs, and the fitted surrogate is
 kept in the store's meta table: a resumed campaign continues from that fit (its
@@ -708,6 +715,9 @@ class MoleculeStage:
             initial = True  # the screen: every molecule at the cheapest level first
         # the initial design ends early when no cheap evaluation fits the budget any more
         picks = self._initial_design(n, allowed, mine) if initial else []
+        rule = "pool screen" if self.screen_pool and allowed[:, 0].any() else "initial design"
+        scores: list[dict[str, Any]] = []
+        weights = np.ones(len(self.smiles))
         if not picks and len(self.observations) >= 2:
             from agent.acquisition import select_batch
 
@@ -723,7 +733,7 @@ class MoleculeStage:
                 costs = [max(c, price) for c in costs]
             weighted = None
             if self.feasibility_weight:  # constrained EI: cost / probability of feasibility
-                w = np.ones(len(self.smiles))
+                w = weights
                 for i, p in self.feasibility_weight.items():
                     w[i] = max(p, 1e-6)
                 weighted = np.asarray(costs, dtype=float)[None, :] / w[:, None]
@@ -740,13 +750,19 @@ class MoleculeStage:
                 seed=self.cfg.seed + self._n_stored(),
                 level_caps=self.levels_left(pending),
                 cost_power=cost_power,
+                scores=scores,
             )
+            rule = "acquisition"
         out = []
-        for i, f in picks:
+        for k, (i, f) in enumerate(picks):
             if not scoring[i, f]:
                 raise RuntimeError(f"acquisition proposed a disallowed pair {(i, f)}")
             scoring[i, f] = False
+            why: dict[str, Any] = {"rule": rule}
+            if scores:
+                why.update(self._why_acquired(scores[k], costs, weights[i]))
             if not allowed[i, f]:
+                why["rule"] = "constraint screen"  # the acquisition weighed level f
                 f = int(stand_in[i, f])  # screen the molecule first (its constrained value)
             if not self.allowed([*pending, *out])[i, f]:
                 continue  # the batch's earlier requests used up the level (or its top level)
@@ -760,5 +776,26 @@ class MoleculeStage:
             b = self.levels[f]
             out.append(Request(stage=self.name, backend=b.name, params=b.params,
                                inp=EvalInput(smiles=self.smiles[i]),
-                               molecule_id=int(self.mol_ids[i]), fidelity=f))
+                               molecule_id=int(self.mol_ids[i]), fidelity=f, why=why))
+        return out
+
+    def _why_acquired(self, score: dict[str, Any], costs: Sequence[float], weight: float) -> dict[str, Any]:
+        """The part of a request's ``why`` that the acquisition's ``score`` for its pick
+        (:func:`agent.acquisition.select_batch`'s ``scores``) gives: ``level`` (the backend
+        the acquisition weighed: the request's own, or the level it stands in for under
+        "constraint screen"), ``kind`` and ``value`` (expected improvement or look-ahead
+        value, objective units), ``rate`` (value / divisor**cost_power, the quantity
+        maximised), ``cost`` (the level's cost the acquisition used: CPU seconds, with the
+        price of an evaluation slot when the evaluation budget binds, ``cost_unit`` "CPU s";
+        one per evaluation without a compute budget, ``cost_unit`` "evaluation"),
+        ``cost_power``, ``p_feasible`` (only below 1: the divisor was ``cost / p_feasible``,
+        constrained EI) and ``best_direct_rate`` (the best top-level rate at that choice)."""
+        f = int(score["level"])
+        out: dict[str, Any] = {
+            "level": self.levels[f].name, "kind": score["kind"], "value": score["value"],
+            "rate": score["rate"], "cost": float(costs[f]),
+            "cost_unit": "evaluation" if self.cfg.max_cpu_hours is None else "CPU s",
+            "cost_power": score["cost_power"], "best_direct_rate": score["best_direct_rate"]}
+        if weight < 1.0:
+            out["p_feasible"] = float(weight)
         return out
