@@ -668,10 +668,10 @@ def decisions_table(campaign: Campaign, path: Path) -> Path:
 
     Columns: ``n`` (submission order, from 1), ``time`` (UTC, ISO 8601), ``backend``,
     ``molecule`` (its pool name), ``smiles``, ``structure_id`` (structure-level work), then
-    from the event's ``why`` (:attr:`agent.stages.base.Request.why`): ``rule`` ("initial
-    design", "pool screen", "acquisition", "constraint screen", or "not recorded" when the
-    event has none: campaigns made before decisions were recorded, and stages that do not
-    say), ``acquisition_level`` (the level the acquisition weighed; for "constraint screen"
+    from the event's ``why`` (:attr:`agent.stages.base.Request.why`): ``rule`` (the molecule
+    stage's "initial design", "pool screen", "acquisition", "constraint screen"; the structure
+    stage's CSP, structure-acquisition, second-level and landscape-property rules; or "not
+    recorded" when the event has none: campaigns made before decisions were recorded), ``acquisition_level`` (the level the acquisition weighed; for "constraint screen"
     not the backend run), ``acquisition_kind`` ("expected improvement" or "look-ahead
     value"), ``acquisition_value`` (objective units), ``rate`` (value / (cost /
     p_feasible)**cost_power, what the acquisition maximised), ``cost_cpu_s`` (the cost it

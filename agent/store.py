@@ -726,7 +726,9 @@ class Store:
     def note_submitted(self, request_id: str, cpus: float, **about: Any) -> None:
         """Record that a task went to a worker (``submitted`` event; see
         :meth:`settle_interrupted`); ``about``: what it computes (``backend``, ``smiles``,
-        ``structure_id``), for saying which tasks a stopped run left unfinished."""
+        ``structure_id``), for saying which tasks a stopped run left unfinished, and ``why``
+        the stage chose it (:attr:`agent.stages.base.Request.why`; the report's
+        ``decisions.csv``)."""
         self.log_event("submitted", request_id=request_id, cpus=float(cpus),
                        **{k: v for k, v in about.items() if v is not None})
 

@@ -356,7 +356,8 @@ class StructureStage:
             if len(out) >= n:
                 break
             request = Request(stage=self.name, backend=self.cfg.csp.name, params=self.cfg.csp.params,
-                              inp=EvalInput(self._smiles[mol_id]), molecule_id=mol_id, fidelity=0)
+                              inp=EvalInput(self._smiles[mol_id]), molecule_id=mol_id, fidelity=0,
+                              why={"rule": "CSP of a molecule the molecule stage ranks among its leaders"})
             # a CSP starts only when one ranking-level evaluation of its landscape fits after it
             if budget.take(request, then=None if budget.left is None else self._follow_up(mol_id)[:2]):
                 out.append(request)
@@ -399,7 +400,8 @@ class StructureStage:
                     np.maximum(free_costs, price), n, top_k=top_k,
                     window_kjmol=self.cfg.window_kjmol, seed=seed, model=model)
             for i in free_picks:
-                if budget.take(request := self._request(land, i, self.free_energy, 1)):
+                if budget.take(request := self._request(land, i, self.free_energy, 1,
+                                                        "second level on a computed structure (split_levels)")):
                     out.append(request)
                     n -= 1
             # structures whose refinement does not fit the budget left are held back as
@@ -416,7 +418,9 @@ class StructureStage:
                 **self.cfg.acquisition.select_kwargs(),
             )
             for i in picks:
-                if budget.take(request := self._request(land, i, self.refine, 0)):
+                if budget.take(request := self._request(land, i, self.refine, 0, "structure acquisition "
+                                                        "(P(in the low-energy set) per CPU s, or cheap-level "
+                                                        "order when the surrogate fails its skill test)")):
                     out.append(request)
                     n -= 1
         return out
@@ -552,21 +556,23 @@ class StructureStage:
                     options.append((float(np.min(cost)), self.free_energy.name, None))
         return min(options, key=lambda o: (o[0], o[1])) if options else None
 
-    def _request(self, land: LandscapeState, i: int, level: StructureLevelConfig, k: int) -> Request:
+    def _request(self, land: LandscapeState, i: int, level: StructureLevelConfig, k: int,
+                 rule: str | None = None) -> Request:
         params = dict(level.params)
         if params.get("scf_guess") == "learned" and "density_model" not in params and self.directory is not None:
             from sim_backends.density_model import MODEL_FILE
 
             params["density_model"] = str(self.directory / MODEL_FILE)
         return Request(stage=self.name, backend=level.name, params=params, inp=land.inp(i),
-                       molecule_id=land.molecule_id, fidelity=k + 1, structure_id=land.ids[i])
+                       molecule_id=land.molecule_id, fidelity=k + 1, structure_id=land.ids[i],
+                       why={"rule": rule} if rule else None)
 
     def _property_request(self, land: LandscapeState, i: int, level: StructureLevelConfig,
                           extra: dict[str, Any]) -> Request:
         k = len(self.levels) + next(j for j, p in enumerate(self.properties) if p.level is level)
         return Request(stage=self.name, backend=level.name, params={**level.params, **extra},
                        inp=land.inp(i), molecule_id=land.molecule_id, fidelity=k + 1,
-                       structure_id=land.ids[i])
+                       structure_id=land.ids[i], why={"rule": "landscape property of a window structure"})
 
     def _energy_sd(self, land: LandscapeState) -> float:
         """The sd of a computed ranking-level energy for the landscape property (kJ/mol per
