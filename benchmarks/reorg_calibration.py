@@ -115,6 +115,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     mismatched, degenerate = {}, []
     if args.no_verify:  # the degenerate-HOMO molecules as the last verified run found them
         committed = ROOT / "benchmarks" / "results" / "reorg_calibration.json"
-        degenerate = list(json.loads(committed.read_text()).get("degenerate_left_out", [])) if committed.exists() else []
+        degenerate = (list(json.loads(committed.read_text()).get("degenerate_left_out", []))
+                      if committed.exists() else [])
     for r in rows + held:
         r["rings"] = n_rings(r["smiles"])
         if args.no_verify:
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("molecule", "rings", "GFN2-xTB", "DFT//DFT", "DFT - xTB", "LOO error (median shift)"):
         table.add_column(col, justify="left" if col == "molecule" else "right")
     for i in np.argsort(y):
-        table.add_row(fit[i]["name"], str(fit[i]["rings"]), f"{x[i]:.2f}", f"{y[i]:.2f}", f"{y[i] - x[i]:+.2f}",
+        table.add_row(escape(fit[i]["name"]), str(fit[i]["rings"]), f"{x[i]:.2f}", f"{y[i]:.2f}",
+                      f"{y[i] - x[i]:+.2f}",
                       f"{fits['median shift']['_loo'][i]:+.2f}")
     console.print(table)
     summ = Table(title="calibrations fitted on the >= 3-ring set (errors = calibrated GFN2-xTB - DFT, kJ/mol)")
@@ -184,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         for col in ("molecule", "rings", "GFN2-xTB", "+ shift", "DFT//DFT", "error (shifted - DFT)"):
             ht.add_column(col, justify="left" if col == "molecule" else "right")
         for i in np.argsort(yh):
-            ht.add_row(held[i]["name"], str(held[i]["rings"]), f"{xh[i]:.2f}",
+            ht.add_row(escape(held[i]["name"]), str(held[i]["rings"]), f"{xh[i]:.2f}",
                        f"{xh[i] + XTB_LAMBDA_SHIFT_KJMOL:.2f} ({(xh[i] + XTB_LAMBDA_SHIFT_KJMOL) / 96.485:.3f})",
                        f"{yh[i]:.2f} ({yh[i] / 96.485:.3f})", f"{xh[i] + XTB_LAMBDA_SHIFT_KJMOL - yh[i]:+.2f}")
         console.print(ht)
         console.print(f"held out, n = {len(held)}: shifted MAE {held_shift['mae']:.2f}, RMSE {held_shift['rmse']:.2f}, "
-                      f"mean {held_shift['mean']:+.2f}, max {held_shift['max_abs']:.2f} kJ/mol (unshifted GFN2-xTB: MAE "
+                      f"mean {held_shift['mean']:+.2f}, max {held_shift['max_abs']:.2f} kJ/mol (unshifted GFN2-xTB: "
+                      "MAE "
                       f"{held_raw['mae']:.2f}, mean {held_raw['mean']:+.2f}); Spearman "
                       f"{spearman(xh, yh) if len(held) > 2 else float('nan')}")
     console.print(f"Spearman GFN2-xTB vs DFT on the fitted set {spearman(x, y)}; backend shift "

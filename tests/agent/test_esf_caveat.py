@@ -25,6 +25,17 @@ def test_the_caveat_quotes_the_calibration_and_its_outlier():
     assert f"error {bench['loo_rmse_shift_kjmol']:.1f} kJ/mol RMS" in XTB_LAMBDA_CAVEAT
     assert XTB_LAMBDA_SHIFT_SD_KJMOL == pytest.approx(bench["loo_rmse_shift_kjmol"], abs=0.05)
     assert f"there {bench['spearman_fitted_set']:.2f}" in XTB_LAMBDA_CAVEAT
+    from sim_backends.reorg import (XTB_LAMBDA_HOLDOUT_MAE_KJMOL, XTB_LAMBDA_HOLDOUT_N,
+                                    XTB_LAMBDA_HOLDOUT_RAW_MAE_KJMOL)
+
+    assert XTB_LAMBDA_HOLDOUT_N == bench["n_holdout"]
+    assert XTB_LAMBDA_HOLDOUT_MAE_KJMOL == pytest.approx(bench["holdout_mae_shift_kjmol"], abs=0.005)
+    assert XTB_LAMBDA_HOLDOUT_RAW_MAE_KJMOL == pytest.approx(bench["holdout_mae_uncalibrated_kjmol"], abs=0.005)
+    assert (f"on {bench['n_holdout']} polycyclic molecules computed after it was fixed" in XTB_LAMBDA_CAVEAT
+            and f"error is {bench['holdout_mae_shift_kjmol']:.1f} kJ/mol" in XTB_LAMBDA_CAVEAT)
+    held = {r["name"] for r in bench["rows"] if r.get("held_out")}
+    named = re.search(r"computed after it was fixed \(([^)]*)\)", XTB_LAMBDA_CAVEAT).group(1)
+    assert all(n in named for n in held), (held, named)
     m = re.search(r"([^\s(]+) (\d+\.\d) against (\d+\.\d) kJ/mol at B3LYP", XTB_LAMBDA_CAVEAT)
     rows = {r["name"]: r for r in csv.DictReader((ROOT / "data" / "benchmarks" / "reorg_pool60_dftdft.csv").open())}
     row = rows[m.group(1)]
