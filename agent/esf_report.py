@@ -168,6 +168,7 @@ def _molecule_stage(evaluations: list[Any], cfg: CampaignConfig, names: dict[int
         cov = _molecule_coverage(ev, len(structures))
         out.append({"molecule_id": int(mid), "name": name, "smiles": smiles, "source": "molecule stage",
                     "backend": ev.backend, "level": _level_with_coverage(cfg.backends[f], cov),
+                    "level_base": _level_of(cfg.backends[f]),  # the level's own text, said once by status
                     "lambda_hole_kjmol": float(lam) if lam is not None else None,
                     "lambda_level": ("given in the config" if "lambda_hole_kjmol" in cfg.backends[f].params
                                      else LAMBDA_LEVEL),
@@ -817,11 +818,16 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
         lines.append(f"  CAVEAT {XTB_LAMBDA_CAVEAT}")
     if any(r.get("source") == "molecule stage" for r in results[:N_LISTED]):
         lines.append(f"  CAVEAT {FIXED_TRIALS_CAVEAT}")
+    # each level's text once (newuser49 #6: repeated on every molecule's line, up to 1,590 characters);
+    # a molecule's line names its level and says its own window share
+    said = {r["backend"]: r.get("level_base") or r["level"] for r in results[:N_LISTED]}
+    lines += [f"  LEVEL {backend}: {text}" for backend, text in said.items()]
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
         covers = f"± {rec.get('sd_covers') or SD_ENERGY_ONLY}; " if rec["sd"] > 0 else ""
+        own = "" if said[rec["backend"]] == rec["level"] or rec.get("level_base") else f": {rec['level']}"
         lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({covers}{log}), "
-                     f"{_window_text(rec)}; {rec['source']} ({rec['backend']}): {rec['level']}"
+                     f"{_window_text(rec)}; {rec['source']} ({rec['backend']}){own}"
                      + (f"; {lambda_text(rec)}" if rec.get("lambda_hole_kjmol") is not None else ""))
         if rec.get("infeasible"):
             lines.append(f"    EXCLUDED {rec['infeasible']}")

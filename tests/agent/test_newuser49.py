@@ -37,3 +37,24 @@ def test_global_minimum_lines_say_marcus_and_the_lattice_energy_with_its_level()
             "the CSP force field): mu_h = 6.4e-01 cm2/(V s) (Marcus hopping)") in text
     rec = {**rec, "source": "structure stage", "energy_level": "GFN2-xTB periodic (tblite)"}
     assert "E_latt -104.4 kJ/mol per molecule at GFN2-xTB periodic (tblite))" in "\n".join(esf_lines([rec]))
+
+
+def test_each_esf_level_text_is_said_once():
+    """newuser49 #6: every molecule's ESF line repeated its level's text (status lines up to
+    1,590 characters); the level is said once as a LEVEL line, each molecule's line names it
+    and gives its own window share."""
+    from agent.esf_report import esf_lines
+
+    base = "Marcus hopping at 300 K, GFN2-xTB transfer integrals, 300-trial W99 CSP, Boltzmann mean over at most 6"
+    recs = []
+    for i, (name, share) in enumerate((("BNT", "23%"), ("coronene", "87%"))):
+        gm = {"id": "m0001", "energy_kjmol": -100.0, "mobility_hole_cm2Vs": 0.5, "space_group": "P-1", "z": 2}
+        recs.append({"molecule_id": i, "name": name, "smiles": "C", "source": "molecule stage",
+                     "backend": "esf-refined", "level": f"{base} ({share} of the weight)", "level_base": base,
+                     "mean": 0.5, "sd": 0.1, "n_in_window": 6, "n_with_mobility": 6, "structures": [gm],
+                     "global_minimum": gm, "warnings": [], "notes": []})
+    lines = esf_lines(recs)
+    assert sum(base in line for line in lines) == 1
+    assert f"  LEVEL esf-refined: {base}" in lines
+    assert all(any(ln.startswith(f"  {n}: ") and ln.endswith("molecule stage (esf-refined)") for ln in lines)
+               for n in ("BNT", "coronene"))
