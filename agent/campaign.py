@@ -209,7 +209,8 @@ class Campaign:
         if unknown := _unknown_attributes(cfg):  # model_copy(update=...) keeps a misspelt key silently
             from agent.config import did_you_mean
 
-            raise ConfigError(f"config error: {unknown}: unknown key{did_you_mean(tuple(unknown.split('.')))}")
+            loc = tuple(int(p) if p.isdigit() else p for p in unknown.split("."))  # backends.0.cost_sec
+            raise ConfigError(f"config error: {unknown}: unknown key{did_you_mean(loc)}")
         with warnings.catch_warnings():  # a wrong type set by model_copy: refused below
             warnings.simplefilter("ignore")
             given = cfg.model_dump(mode="json")

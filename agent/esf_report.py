@@ -106,7 +106,8 @@ XTB_LAMBDA_CAVEAT = (f"lambda+ is GFN2-xTB's plus {XTB_LAMBDA_SHIFT_KJMOL:g} kJ/
                      f"{XTB_LAMBDA_SPEARMAN:.2f}; benchmarks/reorg_calibration.py); on {XTB_LAMBDA_HOLDOUT_N} "
                      "polycyclic molecules computed after it was fixed (tetracene, pyrene, phenanthrene, BTBT, "
                      f"benzo[b]carbazole) its mean absolute error is {XTB_LAMBDA_HOLDOUT_MAE_KJMOL:.1f} kJ/mol "
-                     f"(GFN2-xTB alone {XTB_LAMBDA_HOLDOUT_RAW_MAE_KJMOL:.1f}); a constant cannot mend the molecules "
+                     f"(GFN2-xTB alone {XTB_LAMBDA_HOLDOUT_RAW_MAE_KJMOL:.1f}); five-ring and non-fused molecules "
+                     "(pentacene, N-phenylcarbazole) remain extrapolations, and a constant cannot mend the molecules "
                      "GFN2-xTB gets "
                      "badly wrong (dithieno[3,2-b:2',3'-d]thiophene 5.1 against 34.0 kJ/mol at B3LYP: small fused "
                      "thiophenes look far better than they are); the mobilities rank molecules, they are not "
@@ -853,10 +854,14 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
 def _model_of(model: Any, marcus: Any) -> dict[str, Any]:
     """``{"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": marcus}`` for a structure
     whose hole mobility is a transient-localisation value (its result's or record's model,
-    :func:`sim_backends.mobility.crystal_mobility`), else ``{}``."""
+    :func:`sim_backends.mobility.crystal_mobility`), ``{"transport_model": MARCUS_NAME}`` for a
+    hopping value (so its line says so, as a molecule-stage one does), else ``{}``."""
+    from sim_backends.mobility import MARCUS_NAME
     from sim_backends.tlt import TLT_NAME
 
-    return {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": marcus} if model == TLT_NAME else {}
+    if model == TLT_NAME:
+        return {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": marcus}
+    return {"transport_model": MARCUS_NAME} if model == MARCUS_NAME else {}
 
 
 def _model_text(structure: dict[str, Any]) -> str:

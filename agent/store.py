@@ -763,9 +763,9 @@ class Store:
         :data:`LAUNCH_EVENTS`, are not the killed run's); a run still going ends at ``now``
         when given (the caller knows whether it runs). ``runs`` counts only the runs that did
         something (an event of :data:`RUN_WORK`: a task or lab experiment submitted, a result
-        stored), not a resume of a finished campaign that ran no task, and the seconds are
-        theirs (newuser49 #9: such a resume added its 7 s of start-up), with the run going on
-        now or killed last counted whether or not it did something yet.
+        stored), not a resume of a finished campaign that ran no task; the seconds are every
+        run's but for one that finished having done nothing (newuser49 #9: such a resume added
+        its 7 s of start-up); an interrupted, lost or killed run keeps its time.
 
         Read once per evaluation (status, the tracker's progress), so it does not scan the
         events: the count over them is kept in the meta table (:data:`_ELAPSED_META`), brought
@@ -789,7 +789,8 @@ class Store:
         """``(state, stored)``: the count of :meth:`elapsed_s` over every event so far -- the
         stored one (``stored`` True) carried over the events logged after it, else one from the
         first event: ``event_id`` (the last event counted), ``total`` (seconds of the runs that
-        ended having done something; a killed run ends at its last event), ``runs`` (those that did something,
+        ended, but for one that finished having done nothing; a killed run ends at its last
+        event), ``runs`` (those that did something,
         :data:`RUN_WORK`), ``start`` and ``last`` (the timestamps of the open run's ``started``
         and latest event or, ``beat``, heartbeat of that run; None without one) and ``counted``
         (the open run is in ``runs``; a count stored before it was kept counted every run at its
@@ -803,12 +804,14 @@ class Store:
         for event_id, ts, kind in conn.execute(
                 "SELECT id, ts, kind FROM events WHERE id > ? ORDER BY id", (state["event_id"],)):
             if kind == "started":
-                if start is not None and counted:  # the run before was killed
+                if start is not None:  # the run before was killed
                     total += last - start
                 start, last, counted = ts, ts, False
             elif start is not None:
                 if kind in RUN_ENDS:
-                    total += (ts - start) if counted else 0.0  # a run that did nothing adds no time
+                    # a run that finished having done nothing (a resume of a finished campaign) adds no
+                    # time; one interrupted or lost (waiting on the lab, or on Ray) keeps its own
+                    total += (ts - start) if counted or kind != "finished" else 0.0
                     start = None
                 elif kind not in LAUNCH_EVENTS:
                     last = ts

@@ -717,9 +717,8 @@ def status_record(status: Status, store: Store, cfg: CampaignConfig,
     # the best molecule's structure-stage mobility, said on the best line (newuser49 #1: the line
     # gave the molecule stage's value and global minimum after the better ranking level had moved both)
     rec["best_structure_stage"] = next(
-        ({"mean": e["mean"], "sd": e["sd"], "energy_level": e.get("energy_level"),
-          "global_minimum": {k: (e.get("global_minimum") or {}).get(k) for k in ("id", "space_group", "z")}}
-         for e in rec["esf"] if e.get("source") == "structure stage" and e.get("smiles") == rec["best_smiles"]),
+        (best_structure_stage(e) for e in rec["esf"]
+         if e.get("source") == "structure stage" and e.get("smiles") == rec["best_smiles"]),
         None) if cfg.objective == ESF_OBJECTIVE else None
     rec["lab"] = lab_results(store, cfg, structures)  # None without a lab
     # the full ranking served the ranks above; the record lists the best structures only
@@ -780,19 +779,44 @@ def best_line(rec: dict[str, Any]) -> str:
             f"{_structure_stage_text(rec.get('best_structure_stage'))}{warning}")
 
 
+def best_structure_stage(e: dict[str, Any]) -> dict[str, Any]:
+    """What the best line says of a structure-stage ESF record (:func:`agent.esf_report.esf_results`):
+    its mean and sd, the ranking level, which of the window's structures the mean is over and
+    the landscape's global minimum at the ranking level (``ranked_minimum``; the lowest
+    structure with a mobility, ``global_minimum``, only when it is that one)."""
+    from agent.esf_report import window_share
+
+    gm, low = e.get("global_minimum") or {}, e.get("ranked_minimum") or {}
+    _, k, n, share = window_share(e)
+    same = not low or low.get("id") == gm.get("id")
+    return {"mean": e["mean"], "sd": e["sd"], "energy_level": e.get("energy_level"),
+            "n_with_mobility": k, "n_in_window": n, "share": share,
+            "global_minimum": ({"id": gm.get("id"), "space_group": gm.get("space_group"), "z": reported_z(gm),
+                                "has_mobility": True, "predicted": bool(gm.get("energy_predicted"))} if same else
+                               {"id": low.get("id"), "has_mobility": False, "predicted": not low.get("computed")})}
+
+
 def _structure_stage_text(st: dict[str, Any] | None) -> str:
     """`` -- at the structure stage (energies GFN2-xTB periodic (tblite)): mu_h = 4.8e-01 ±
-    1.8e-01 cm2/(V s), global minimum m103-m0003 (P-1, Z = 2)``: the best molecule's landscape
-    mobility re-ranked by the structure stage, when it has one."""
+    1.8e-01 cm2/(V s) (mobility for 7 of 60 structures in window, 27% of the Boltzmann weight),
+    global minimum m103-m0003 (P-1, Z = 2)``: the best molecule's landscape mobility re-ranked
+    by the structure stage, when it has one."""
     if not st:
         return ""
-    from agent.esf_report import format_mobility
+    from agent.esf_report import format_mobility, share_text
 
     gm = st.get("global_minimum") or {}
-    where = (f", global minimum {gm['id']} ({gm.get('space_group') or '?'}, Z = {gm.get('z') or '?'})"
-             if gm.get("id") else "")
+    where = ""
+    if gm.get("id"):
+        about = ([f"{gm.get('space_group') or '?'}, Z = {gm.get('z') or '?'}"] if gm.get("has_mobility", True)
+                 else ["no mobility yet"])
+        about += ["its energy predicted, not computed"] if gm.get("predicted") else []
+        where = f", global minimum {gm['id']} ({', '.join(about)})"
+    k, n = st.get("n_with_mobility"), st.get("n_in_window")
+    cover = (f" (mobility for {k} of {n} structures in window, {share_text(st.get('share'))})"
+             if k is not None and n and k < n else "")
     level = f" (energies {st['energy_level']})" if st.get("energy_level") else ""
-    return f" -- at the structure stage{level}: mu_h = {format_mobility(st['mean'], st['sd'])}{where}"
+    return f" -- at the structure stage{level}: mu_h = {format_mobility(st['mean'], st['sd'])}{cover}{where}"
 
 
 def constrained_value_text(key: str, value: float, backend: str | None) -> str:

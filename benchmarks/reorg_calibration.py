@@ -15,7 +15,7 @@ recomputed here with the current backend and must match the table):
   protocol (one and two rings: furan to naphthalene, azines, nitriles).
 
 * ``data/benchmarks/reorg_pi_holdout_dftdft.csv``: polycyclic molecules of the same
-  protocol computed after the backend's shift was fixed (pentacene, tetracene, pyrene, ...):
+  protocol computed after the backend's shift was fixed (tetracene, pyrene, BTBT, ...):
   never fitted on, they test the shift the ESF levels use out of sample.
 
 For four calibrations (none, the median shift the backend uses, the mean shift, an affine

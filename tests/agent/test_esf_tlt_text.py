@@ -20,7 +20,7 @@ def test_a_tlt_structure_is_named_with_its_hopping_value():
 def test_a_structure_stage_result_is_read_as_tlt_from_its_model():
     assert _model_of(TLT_NAME, 2.4) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": 2.4}
     assert _model_of(TLT_NAME, None) == {"transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": None}
-    assert _model_of("Marcus hopping", 2.4) == {}
+    assert _model_of("Marcus hopping", 2.4) == {"transport_model": "Marcus hopping"}
     assert _model_of(None, None) == {}  # a record made before TLT
 
 

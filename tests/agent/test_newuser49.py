@@ -58,3 +58,21 @@ def test_each_esf_level_text_is_said_once():
     assert f"  LEVEL esf-refined: {base}" in lines
     assert all(any(ln.startswith(f"  {n}: ") and ln.endswith("molecule stage (esf-refined)") for ln in lines)
                for n in ("BNT", "coronene"))
+
+
+def test_the_best_line_names_the_ranking_levels_global_minimum_and_the_window_covered():
+    """review49 #1/#3: the best line named the lowest structure *with a mobility* its global
+    minimum and left out how much of the window the value covers."""
+    from agent.summary import _structure_stage_text, best_structure_stage
+
+    gm = {"id": "m0007", "energy_kjmol": -98.5, "mobility_hole_cm2Vs": 3.0, "space_group": "P2_1/c", "z": 4,
+          "cif": None}
+    rec = {"source": "structure stage", "mean": 3.0, "sd": 0.5, "energy_level": "GFN2-xTB periodic (tblite)",
+           "n_in_window": 5, "n_with_mobility": 1, "structures": [gm], "global_minimum": gm,
+           "uncomputed_weight": 0.6,
+           "ranked_minimum": {"id": "m0002", "energy_kjmol": -100.0, "computed": False}}
+    text = _structure_stage_text(best_structure_stage(rec))
+    assert text.endswith("mu_h = 3.0e+00 ± 5.0e-01 cm2/(V s) (mobility for 1 of 5 structures in window, 40% of the "
+                         "Boltzmann weight), global minimum m0002 (no mobility yet, its energy predicted, not computed)")
+    rec["ranked_minimum"] = {"id": "m0007", "energy_kjmol": -98.5, "computed": True}
+    assert _structure_stage_text(best_structure_stage(rec)).endswith("global minimum m0007 (P2_1/c, Z = 4)")

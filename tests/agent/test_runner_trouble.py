@@ -180,6 +180,9 @@ def test_a_key_misspelt_through_model_copy_is_refused(tmp_path):
     executor = cfg.executor.model_copy(update={"task_timeout": 5})
     with pytest.raises(ConfigError, match=r"^config error: executor.task_timeout: unknown key"):
         Campaign.create(cfg.model_copy(update={"executor": executor}), tmp_path / "runs")
+    backend = cfg.backends[0].model_copy(update={"cost_sec": 1.0})  # a list entry (review49 #6)
+    with pytest.raises(ConfigError, match=r"^config error: backends.0.cost_sec: unknown key; did you mean 'cost_s'\?$"):
+        Campaign.create(cfg.model_copy(update={"backends": [backend]}), tmp_path / "runs")
     assert not (tmp_path / "runs" / "typo").exists()
     Campaign.create(cfg.model_copy(update={"max_evaluations": 5}), tmp_path / "runs").close()
 

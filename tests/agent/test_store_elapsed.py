@@ -45,15 +45,17 @@ def test_status_line_gives_the_campaigns_wall_time():
 
 def test_a_resume_that_runs_nothing_adds_no_wall_time(tmp_path):
     """newuser49 #9: resuming a finished campaign (Ray started, nothing to do, 7 s) made status
-    say 10 min 53 s instead of 10 min 46 s; a run with no task, result or lab experiment adds
-    neither a run nor seconds, ended or killed."""
+    say 10 min 53 s instead of 10 min 46 s; a run that finishes with no task, result or lab
+    experiment adds neither a run nor seconds. One interrupted or killed before it did
+    anything (waiting on the lab, on Ray) keeps its seconds, not counted as a run (review49 #5)."""
     with Store(tmp_path / "store.sqlite") as store:
         _events(store, [(100.0, "started"), (150.0, "result"), (160.0, "finished"),  # 60 s
                         (200.0, "resumed"), (201.0, "started"), (208.0, "finished"),  # nothing: 0 s
-                        (300.0, "started"), (305.0, "molecule_refit"),  # killed, nothing done: 0 s
+                        (300.0, "started"), (305.0, "molecule_refit"),  # killed before doing anything: 5 s
+                        (350.0, "started"), (390.0, "interrupted"),  # Ctrl-C while waiting: 40 s
                         (400.0, "started"), (410.0, "result"), (420.0, "finished")])  # 20 s
         store.set_meta("finished", "1")
-        assert store.elapsed_s() == (pytest.approx(80.0), 2) == _scan(store)
+        assert store.elapsed_s() == (pytest.approx(125.0), 2) == _scan(store)
 
 
 def _scan(store: Store, now: float | None = None) -> tuple[float, int]:
@@ -66,12 +68,12 @@ def _scan(store: Store, now: float | None = None) -> tuple[float, int]:
     total, runs, start, last, worked = 0.0, 0, None, None, False
     for ts, kind in store.conn.execute("SELECT ts, kind FROM events ORDER BY id").fetchall():
         if kind == "started":
-            if start is not None and worked:
+            if start is not None:
                 total += last - start
             start, last, worked = ts, ts, False
         elif start is not None:
             if kind in ends:
-                total += (ts - start) if worked else 0.0  # a run that did nothing (newuser49 #9)
+                total += (ts - start) if worked or kind != "finished" else 0.0  # finished, did nothing (newuser49 #9)
                 start = None
             elif kind not in launch:
                 last = ts

@@ -129,8 +129,9 @@ def test_shift_script_rebuilds_the_shipped_landscapes_from_their_before_values()
     assert n >= 100
 
 
-#: published B3LYP hole reorganisation energies of the acenes (eV; Coropceanu et al., Chem.
-#: Rev. 107, 926 (2007)); of these only anthracene's molecule class (three rings) was fitted
+#: published B3LYP/6-31G** hole reorganisation energies of the acenes (eV; Coropceanu et al.,
+#: Chem. Rev. 107, 926 (2007); the shift was fitted to B3LYP/6-31G): anthracene is in the fitted
+#: table, naphthalene in the transfer set, tetracene in the held-out one, pentacene in none
 ACENES_B3LYP_EV = {"c1ccc2ccccc2c1": 0.187, "c1ccc2cc3ccccc3cc2c1": 0.138,
                    "c1ccc2cc3cc4ccccc4cc3cc2c1": 0.113, "c1ccc2cc3cc4cc5ccccc5cc4cc3cc2c1": 0.095}
 
