@@ -57,7 +57,8 @@ duration of each run; labels and result stems name them); so do ``--warmup-dedup
 ``_dedup<Q>``: warm-up picks skip near-duplicates of computed structures), ``--cost-power A``
 (``_costpow<A>``: picks by p / cost**A), ``--model-cost-power A`` (``_modelcostpow<A>``: the same for
 the model's own picks only), ``--acq-inflation K`` (``_acqinfl<K>``: the model's draws in its picks
-with K times their spread) and ``--refit-growth F`` (``_refit<F>``: the fragment
+with K times their spread), ``--utility odds`` (``_utility-odds``: picks by p / ((1 - p) cost)),
+``--fit-max-iter N`` (``_maxiter<N>``: L-BFGS-B iterations per dimer-GP fit) and ``--refit-growth F`` (``_refit<F>``: the fragment
 dimer GP's hyperparameters refitted only after the computed set grew by F; ``REFIT_GROWTH`` of
 ``agent/surrogates/fragment_gp.py``) and ``--descriptor D`` (``_desc-<D>``: the fragment dimer GP's
 dimer descriptor, ``sim_backends.fragment_terms.DESCRIPTORS``), ``--fit-starts N`` (``_starts<N>``: N
@@ -134,6 +135,7 @@ from agent.refine_acquisition import (  # noqa: E402
     SKILL_SCORE,
     SKILL_RATIO,
     STOP_INFLATION,
+    UTILITY,
     WARMUP,
     WARMUP_DEDUP,
     completion_probability,
@@ -141,6 +143,7 @@ from agent.refine_acquisition import (  # noqa: E402
     surrogate_skill,
 )
 from agent.surrogates.fragment_gp import (  # noqa: E402
+    FIT_MAX_ITER,
     LENGTHSCALE_PRIOR,
     N_FIT_STARTS,
     REFIT_GROWTH,
@@ -236,6 +239,8 @@ class AgentSettings:
     cost_power: float = COST_POWER
     model_cost_power: float = MODEL_COST_POWER
     acq_inflation: float = ACQ_INFLATION
+    utility: str = UTILITY
+    fit_max_iter: int = FIT_MAX_ITER
     descriptor: str = DEFAULT_DESCRIPTOR
     fit_starts: int = N_FIT_STARTS
     lengthscale_prior: tuple[float, float] | str | None = LENGTHSCALE_PRIOR
@@ -265,6 +270,10 @@ class AgentSettings:
             gate += f", model picks cost^{self.model_cost_power:g}"
         if self.acq_inflation != 1.0:
             gate += f", model picks spread x{self.acq_inflation:g}"
+        if self.fit_max_iter != FIT_MAX_ITER:
+            gate += f", MLL fit maxiter {self.fit_max_iter}"
+        if self.utility != UTILITY:
+            gate += f", picks by {self.utility}/cost"
         if self.descriptor != DEFAULT_DESCRIPTOR:
             gate += f", dimer descriptor {self.descriptor}"
         if self.fit_starts != N_FIT_STARTS:
@@ -535,13 +544,13 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
     acq_values = {"MIN_SKILL_N": settings.min_skill_n, "SKILL_SCORE": settings.skill_score, "WARMUP": settings.warmup,
                   "SKILL_MIX": settings.skill_mix, "WARMUP_DEDUP": settings.warmup_dedup,
                   "COST_POWER": settings.cost_power, "MODEL_COST_POWER": settings.model_cost_power,
-                  "ACQ_INFLATION": settings.acq_inflation}
+                  "ACQ_INFLATION": settings.acq_inflation, "UTILITY": settings.utility}
     global FRAGMENT_TERMS
     if FRAGMENT_TERMS is None and settings.descriptor != DEFAULT_DESCRIPTOR:
         FRAGMENT_TERMS = _FragmentTermsOnce()  # the stage's call gets the descriptor through it
     terms_descriptor = (contextlib.nullcontext() if FRAGMENT_TERMS is None
                         else _restore(FRAGMENT_TERMS, {"descriptor": settings.descriptor}))
-    with _restore(acq, acq_values), _restore(fgp, {"REFIT_GROWTH": settings.refit_growth,
+    with _restore(acq, acq_values), _restore(fgp, {"REFIT_GROWTH": settings.refit_growth, "FIT_MAX_ITER": settings.fit_max_iter,
                                                                "N_FIT_STARTS": settings.fit_starts,
                                                                "LENGTHSCALE_PRIOR": settings.lengthscale_prior}), \
             terms_descriptor, tempfile.TemporaryDirectory(prefix="refinement-") as tmp:
@@ -1017,6 +1026,10 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += f"_acqinfl{args.acq_inflation:g}"
     if args.model_cost_power != MODEL_COST_POWER:
         stem += f"_modelcostpow{args.model_cost_power:g}"
+    if args.fit_max_iter != FIT_MAX_ITER:
+        stem += f"_maxiter{args.fit_max_iter}"
+    if args.utility != UTILITY:
+        stem += f"_utility-{args.utility}"
     if args.descriptor != DEFAULT_DESCRIPTOR:
         stem += f"_desc-{args.descriptor}"
     if args.fit_starts != N_FIT_STARTS:
@@ -1121,6 +1134,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--refit-growth", type=float, default=REFIT_GROWTH, metavar="FRACTION",
                         help="agent (fragment dimer GP): refit the hyperparameters only once the computed structures "
                              f"grew by this fraction since the last fit (default {REFIT_GROWTH}: every fit)")
+    parser.add_argument("--fit-max-iter", type=int, default=FIT_MAX_ITER, metavar="N",
+                        help=f"fragment dimer GP: L-BFGS-B iterations per hyperparameter fit (default {FIT_MAX_ITER})")
+    parser.add_argument("--utility", choices=("p", "odds"), default=UTILITY,
+                        help=f"agent: picks by p / cost or by the odds p / (1 - p) / cost (default {UTILITY})")
     parser.add_argument("--descriptor", default=DEFAULT_DESCRIPTOR, choices=DESCRIPTORS,
                         help="agent (fragment dimer GP): the dimer descriptor, atom typing and extra terms "
                              f"(sim_backends/fragment_terms.py; default {DEFAULT_DESCRIPTOR})")
@@ -1208,7 +1225,7 @@ def main(argv: list[str] | None = None) -> dict:
     agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial,
                           args.min_skill_n, args.skill_score, args.warmup, args.skill_mix, args.warmup_dedup,
                           args.refit_growth, args.cost_power, args.model_cost_power,
-                          args.acq_inflation, args.descriptor, args.fit_starts, args.lengthscale_prior)
+                          args.acq_inflation, args.utility, args.fit_max_iter, args.descriptor, args.fit_starts, args.lengthscale_prior)
     configs = [agent]
     if args.combine:
         return combine(args.combine, console, args.out)

@@ -35,7 +35,9 @@ calculation counts (``benchmarks/results/NOTES.md``, task R4). :data:`N_FIT_STAR
 :data:`FIT_SELECT` (several optimiser starts of the hyperparameter fit) and
 :data:`LENGTHSCALE_PRIOR` (a tighter or shifted RBF lengthscale prior, or "auto": per fit the
 lower leave-one-structure-out MAE of :data:`AUTO_LENGTHSCALE_PRIORS`) are screening options too,
-off by default (measurements: ``benchmarks/results/NOTES.md``, issue 16, stop 36).
+off by default (measurements: ``benchmarks/results/NOTES.md``, issue 16, stop 36). :data:`FIT_MAX_ITER`
+(L-BFGS-B iterations of each fit; 100 usually stops at the limit, not at convergence) is one too:
+converged fits (1000) did not lower the counts (stop 50).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ if TYPE_CHECKING:
 #: model is retrained and its leave-one-out residuals recomputed with the kept
 #: hyperparameters. None: a fresh marginal-likelihood fit at every fit (default)
 REFIT_GROWTH: float | None = None
+#: L-BFGS-B iterations of each marginal-likelihood fit (``max_iter=None``)
+FIT_MAX_ITER = 100
 #: the remembered fits (landscape key -> (structures, fit state)); a few landscapes at most
 _KEPT_FITS: dict[tuple, tuple[frozenset, dict]] = {}
 #: default of :class:`FragmentDeltaModel`'s ``n_fit_starts``: optimiser starts of each
@@ -162,7 +166,7 @@ class FragmentDeltaModel(StructureSurrogate):
 
     def __init__(self, terms: Sequence[FragmentTerms], cheap_kjmol: np.ndarray,
                  dimer_deltas: Mapping[int, np.ndarray] | None = None, seed: int = 0,
-                 prior_std_kjmol: float = 4.0, min_structures: int = 2, max_iter: int = 100,
+                 prior_std_kjmol: float = 4.0, min_structures: int = 2, max_iter: int | None = None,
                  calibrate: bool = True, calibration_prior_n: float = 4.0, max_calibration: float = 4.0,
                  baseline_kernel: str = "auto", n_fit_starts: int | None = None,
                  fit_select: str | None = None,
@@ -192,7 +196,7 @@ class FragmentDeltaModel(StructureSurrogate):
         self.seed = int(seed)
         self.prior_std_kjmol = float(prior_std_kjmol)
         self.min_structures = int(min_structures)
-        self.max_iter = int(max_iter)
+        self.max_iter = int(FIT_MAX_ITER if max_iter is None else max_iter)
         self.calibrate = bool(calibrate)
         self.calibration_prior_n = float(calibration_prior_n)
         self.max_calibration = float(max_calibration)

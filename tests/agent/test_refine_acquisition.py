@@ -14,6 +14,7 @@ from agent.refine_acquisition import (
     low_energy_set,
     select_structures,
 )
+import agent.refine_acquisition as acq
 from sim_backends.descriptors import structure_features
 from sim_backends.landscape import Landscape
 
@@ -520,3 +521,35 @@ def test_low_energy_set_is_the_top_k_within_the_window():
     assert low_energy_set(e, 2, 10.0) == {0, 2}
     with pytest.raises(AcquisitionError, match="window"):
         low_energy_set(e, 4, 0.0)
+
+
+def _expected_cost_to_completion(order, p, c):
+    """Exact expected cost of computing ``order`` until its last member (independent p)."""
+    total = 0.0
+    for k in range(len(order)):
+        tail = np.prod([1.0 - p[j] for j in order[k:]])  # no member from position k on
+        total += c[order[k]] * (1.0 - tail)
+    return total
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_odds_index_minimises_expected_cost_to_completion(seed, monkeypatch):
+    """With independent memberships the odds-to-cost order is optimal (exchange argument),
+    and the probability-to-cost order is not always."""
+    from itertools import permutations
+
+    rng = np.random.default_rng(seed)
+    p, c = rng.uniform(0.05, 0.95, 6), rng.uniform(0.3, 3.0, 6)
+    best = min(_expected_cost_to_completion(o, p, c) for o in permutations(range(6)))
+    monkeypatch.setattr(acq, "UTILITY", "odds")
+    odds_order = list(np.argsort(-acq.pick_index(p, c), kind="stable"))
+    assert _expected_cost_to_completion(odds_order, p, c) == pytest.approx(best, rel=1e-12)
+    monkeypatch.setattr(acq, "UTILITY", "p")
+    assert np.allclose(acq.pick_index(p, c), p / c)
+
+
+def test_p_over_cost_order_can_cost_more_than_odds():
+    """A likely but expensive member first: p / cost defers it and pays for a non-member."""
+    p, c = np.array([0.9, 0.35]), np.array([3.0, 1.0])
+    assert _expected_cost_to_completion([1, 0], p, c) > _expected_cost_to_completion([0, 1], p, c)
+    assert (p / c)[1] > (p / c)[0]  # p / cost puts the cheap, unlikely one first
