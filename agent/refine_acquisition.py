@@ -488,6 +488,7 @@ def select_structures(
     explore_fraction: float = EXPLORE_FRACTION,
     skill_ratio: float | None = SKILL_RATIO,
     min_skill_n: int | None = None,
+    reasons: dict[int, dict[str, Any]] | None = None,
 ) -> list[int]:
     """Choose the next ``q`` structures for the expensive level.
 
@@ -522,6 +523,10 @@ def select_structures(
             model fails it the remaining picks (after observed structures and the
             initial design) follow the cheap-level order, without exploration.
             ``skill_ratio=None``: no test, the model always steers.
+        reasons: a dict to fill with why each pick was made: index -> ``{"rule": text of the
+            branch that chose it}`` plus, where a utility chose it, ``"value"`` (its
+            probability of being in the low-energy set) and ``"rate"`` (the index it was picked
+            by, :func:`pick_index`) and ``"cost"`` (the cost it was divided by).
 
     Returns:
         Up to ``q`` distinct indices, none computed or pending, best first; fewer
@@ -561,11 +566,14 @@ def select_structures(
 
     chosen: list[int] = []
     believed = [i for i in busy if i not in done]
+    why = {} if reasons is None else reasons
     for i in obs:
         if len(chosen) < n_pick and i in candidates:
             chosen.append(i)
+            why[i] = {"rule": "matched to an observed form (proposed first)"}
     n_init = int(n_initial)
     if len(done) + len(believed) + len(chosen) < n_init:
+        first = len(chosen)
         chosen += _space_filling(
             gp.embedding(every),
             [i for i in candidates if e_cheap[i] <= e_cheap.min() + 2.0 * window_kjmol
@@ -574,6 +582,7 @@ def select_structures(
             min(n_pick - len(chosen), n_init - len(done) - len(believed) - len(chosen)),
             e_cheap,
         )
+        why.update({i: {"rule": "space-filling initial design"} for i in chosen[first:]})
     shift, skill = gated_model(gp, e_cheap, done, skill_ratio, min_skill_n, seed)
     if (skill is not None and not skill.skilled and SKILL_MIX and skill.model_loo_lpd is not None
             and len(chosen) < n_pick):
@@ -595,11 +604,19 @@ def select_structures(
             chosen.append(max(pool, key=lambda i: (float(pick_index(np.array(w * p_model[i] + (1 - w) * p_shift.get(i, 0.0)),
                                                                      np.array(cost[i]))),
                                                    -e_cheap[i], -i)))
+            j = chosen[-1]
+            p_j = float(w * p_model[j] + (1 - w) * p_shift.get(j, 0.0))
+            why[j] = {"rule": f"surrogate and cheap-level order mixed by pseudo-BMA weight {w:.2f} ({_failed(skill, min_skill_n)})",
+                      "value": p_j, "rate": float(pick_index(np.array(p_j), np.array(cost[j]))), "cost": float(cost[j])}
         return chosen
     if skill is not None and not skill.skilled:
+        p_cheap: dict[int, float] = {}
         picks = _cheap_order_picks(e_cheap, done, believed, chosen, candidates, cost,
                                    shift, n_pick - len(chosen), top_k, window_kjmol, n_samples, seed,
-                                   None if WARMUP_DEDUP is None else gp.embedding(every))
+                                   None if WARMUP_DEDUP is None else gp.embedding(every), p_cheap)
+        for i in picks:
+            why[i] = {"rule": f"cheap-level order ({_failed(skill, min_skill_n)})", "value": p_cheap[i],
+                      "rate": float(pick_index(np.array(p_cheap[i]), np.array(cost[i]))), "cost": float(cost[i])}
         return chosen + picks
     if (
         explore_above is not None
@@ -614,6 +631,7 @@ def select_structures(
         n_explore = math.floor((n_before + n_pick - len(chosen)) * explore_fraction) - math.floor(
             n_before * explore_fraction
         )
+        first = len(chosen)
         chosen += _space_filling(
             gp.embedding(every),
             [i for i in candidates if e_cheap[i] <= e_cheap.min() + 2.0 * window_kjmol
@@ -622,6 +640,8 @@ def select_structures(
             min(n_explore, n_pick - len(chosen)),
             e_cheap,
         )
+        why.update({i: {"rule": f"exploration when confident (P(low-energy set complete) >= {float(explore_above):g}: "
+                            "the structure farthest from every computed one)"} for i in chosen[first:]})
     known_idx = np.array(sorted(done), dtype=int)
     known_e = np.array([done[i] for i in known_idx], dtype=float)
     while len(chosen) < n_pick:
@@ -654,7 +674,27 @@ def select_structures(
             if best_key is None or key > best_key:
                 best, best_key = i, key
         chosen.append(best)
+        why[best] = {"rule": "surrogate's probability of the low-energy set per cost"
+                             + ("" if skill is None else f" (it passes its skill test: {_skill_text(skill)})"),
+                     "value": float(p[best]), "rate": float(score[best]),
+                     "cost": float(cost[best] if MODEL_COST_POWER == 1.0 else raw_cost[best] ** float(MODEL_COST_POWER))}
     return chosen
+
+
+def _skill_text(skill: Skill) -> str:
+    """The skill test's figures as a phrase: LOO MAEs of the surrogate and the shift."""
+    if skill.model_loo_mae_kjmol is None or skill.shift_loo_mae_kjmol is None:
+        return f"{skill.n_computed} computed"
+    return (f"leave-one-out MAE {skill.model_loo_mae_kjmol:.2f} against the constant shift's "
+            f"{skill.shift_loo_mae_kjmol:.2f} kJ/mol, {skill.n_computed} computed")
+
+
+def _failed(skill: Skill, min_skill_n: int | None) -> str:
+    """Why the surrogate does not steer, as a phrase (``min_skill_n`` as :func:`surrogate_skill`'s ``min_n``)."""
+    min_n = max(int(MIN_SKILL_N if min_skill_n is None else min_skill_n), 2)
+    if skill.n_computed < min_n:
+        return f"the surrogate is tested from {min_n} computed structures on, {skill.n_computed} so far"
+    return f"the surrogate fails its skill test: {_skill_text(skill)}"
 
 
 def pick_index(p: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -691,7 +731,7 @@ def _cheap_order_picks(e_cheap: np.ndarray, done: Mapping[int, float],
                        believed: list[int], chosen: list[int], candidates: list[int],
                        cost: np.ndarray, shift: ShiftModel, n_pick: int, top_k: int,
                        window_kjmol: float, n_samples: int, seed: int,
-                       Z: np.ndarray | None = None) -> list[int]:
+                       Z: np.ndarray | None = None, p_out: dict[int, float] | None = None) -> list[int]:
     """Picks of the constant-shift model: cheap-level order, weighed by cost.
 
     Under independent identically distributed corrections P(low energy) falls
@@ -708,6 +748,8 @@ def _cheap_order_picks(e_cheap: np.ndarray, done: Mapping[int, float],
     pool = sorted((i for i in candidates if i not in chosen), key=lambda i: (e_cheap[i], i))
     p = low_energy_probability(draws, top_k, window_kjmol)
     p_mono = dict(zip(pool, sorted(p[pool].tolist(), reverse=True)))
+    if p_out is not None:
+        p_out.update(p_mono)
     ranked = pool if WARMUP == "plain" else sorted(
         pool, key=lambda i: (-float(pick_index(np.array(p_mono[i]), np.array(cost[i]))), e_cheap[i], i))
     if Z is not None and WARMUP_DEDUP is not None:

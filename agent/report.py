@@ -701,7 +701,10 @@ def decisions_table(campaign: Campaign, path: Path) -> Path:
         column_entry("structure_id", "the crystal structure, for structure-level work"),
         column_entry("rule", "why the task was chosen: 'initial design', 'pool screen' (the cheapest level on "
                      "every molecule), 'acquisition', 'constraint screen' (an acquisition's pick at a level a "
-                     "constraint holds back, run at the cheaper level that screens it), 'not recorded' "
+                     "constraint holds back, run at the cheaper level that screens it), the structure stage's "
+                     "'structure acquisition: <branch>' (the surrogate's probability of the low-energy set per "
+                     "cost, cheap-level order while the surrogate fails its skill test, exploration when "
+                     "confident, an observed form), 'not recorded' "
                      "(campaigns made before decisions were recorded, stages that do not say)"),
         column_entry("acquisition_level", "the level the acquisition weighed (for 'constraint screen' the "
                      "held-back level, not the backend run)"),
@@ -709,7 +712,8 @@ def decisions_table(campaign: Campaign, path: Path) -> Path:
                      "'look-ahead value' of a cheaper level (the expected surplus of the top level's EI after "
                      "it, agent/acquisition.py)"),
         column_entry("acquisition_value", "the acquisition's utility of the pick at its choice, before dividing "
-                     "by cost", f"acquisition value of {campaign.cfg.objective}", unit),
+                     "by cost (a structure acquisition's pick: its probability of being in the low-energy set, "
+                     "no unit)", f"acquisition value of {campaign.cfg.objective}", unit),
         column_entry("rate", "acquisition_value / (cost / p_feasible)**cost_power (p_feasible 1 where empty; cost "
                      "cost_cpu_s, or one per evaluation where that is empty): the quantity the acquisition "
                      "maximised", "acquisition rate", per),

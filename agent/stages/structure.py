@@ -108,6 +108,21 @@ def ranking_level_sd(level: StructureLevelConfig) -> tuple[float, str]:
     return 0.0, ""
 
 
+def _acquisition_why(reason: dict[str, Any] | None) -> dict[str, Any]:
+    """A structure-acquisition request's ``why`` (:attr:`agent.stages.base.Request.why`) from
+    :func:`~agent.refine_acquisition.select_structures`' reason for the pick: the rule names the
+    branch that chose it (the surrogate's utility, cheap-level order while the surrogate fails
+    its skill test, exploration, an observed form, ...), and a utility's pick adds its
+    probability of the low-energy set (``value``), the index it was picked by (``rate``) and the
+    CPU seconds it was divided by (``cost``)."""
+    reason = dict(reason or {})
+    out: dict[str, Any] = {"rule": "structure acquisition: " + str(reason.pop("rule", "not recorded"))}
+    if "value" in reason:
+        out.update(kind="P(in the low-energy set)", value=reason["value"], rate=reason.get("rate"),
+                   cost=reason.get("cost"), cost_unit="CPU s")
+    return out
+
+
 def level_value_keys(structures: Any) -> list[str]:
     """The value key of each structure level of a ``[structures]`` config: the level's
     ``value`` or its backend's declared ``objective_key``."""
@@ -410,17 +425,16 @@ class StructureStage:
             if n_refine <= 0 or len(blocked | set(unaffordable)) >= len(land.ids):
                 continue
             # failed structures are treated as pending so they are never proposed again
+            reasons: dict[int, dict[str, Any]] = {}
             picks = select_structures(
                 land.ff_kjmol, self._inputs(land, model), computed,
                 pend + sorted(land.failed | set(unaffordable)),
                 costs=np.maximum(refine_costs, price), q=n_refine, seed=seed, top_k=top_k,
                 window_kjmol=self.cfg.window_kjmol, observed=land.observed or None, model=model,
-                **self.cfg.acquisition.select_kwargs(),
+                reasons=reasons, **self.cfg.acquisition.select_kwargs(),
             )
             for i in picks:
-                if budget.take(request := self._request(land, i, self.refine, 0, "structure acquisition "
-                                                        "(P(in the low-energy set) per CPU s, or cheap-level "
-                                                        "order when the surrogate fails its skill test)")):
+                if budget.take(request := self._request(land, i, self.refine, 0, why=_acquisition_why(reasons.get(i)))):
                     out.append(request)
                     n -= 1
         return out
@@ -557,7 +571,7 @@ class StructureStage:
         return min(options, key=lambda o: (o[0], o[1])) if options else None
 
     def _request(self, land: LandscapeState, i: int, level: StructureLevelConfig, k: int,
-                 rule: str | None = None) -> Request:
+                 rule: str | None = None, why: dict[str, Any] | None = None) -> Request:
         params = dict(level.params)
         if params.get("scf_guess") == "learned" and "density_model" not in params and self.directory is not None:
             from sim_backends.density_model import MODEL_FILE
@@ -565,7 +579,7 @@ class StructureStage:
             params["density_model"] = str(self.directory / MODEL_FILE)
         return Request(stage=self.name, backend=level.name, params=params, inp=land.inp(i),
                        molecule_id=land.molecule_id, fidelity=k + 1, structure_id=land.ids[i],
-                       why={"rule": rule} if rule else None)
+                       why=why if why is not None else {"rule": rule} if rule else None)
 
     def _property_request(self, land: LandscapeState, i: int, level: StructureLevelConfig,
                           extra: dict[str, Any]) -> Request:

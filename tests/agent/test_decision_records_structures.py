@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from test_report_structure_stage import camp, runs  # noqa: F401 - the campaign fixtures
 
 
@@ -27,3 +29,21 @@ def test_structure_stage_tasks_say_why(camp, tmp_path):  # noqa: F811
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(events) and "not recorded" not in {r["rule"] for r in rows}
+
+
+def test_structure_acquisition_rows_name_their_branch(camp):  # noqa: F811
+    """Each structure-acquisition task says which branch chose it; a utility's pick carries its
+    probability of the low-energy set, the index and the cost, and index = p / cost."""
+    rows = [(e.get("why") or {}) for e in camp.store.events("submitted")
+            if e["backend"] == camp.stage.refine.name]
+    rules = [w["rule"] for w in rows]
+    assert all(r.startswith("structure acquisition: ") and "not recorded" not in r for r in rules), rules
+    branches = {r.split(": ", 1)[1].split(" (")[0] for r in rules}
+    assert branches <= {"cheap-level order", "surrogate's probability of the low-energy set per cost",
+                        "exploration when confident", "matched to an observed form",
+                        "space-filling initial design"}, branches
+    priced = [w for w in rows if "value" in w]
+    assert priced, rules
+    for w in priced:
+        assert 0.0 <= w["value"] <= 1.0 and w["cost"] > 0 and w["kind"] == "P(in the low-energy set)"
+        assert w["rate"] == pytest.approx(w["value"] / w["cost"], rel=1e-9)

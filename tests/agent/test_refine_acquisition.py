@@ -553,3 +553,23 @@ def test_p_over_cost_order_can_cost_more_than_odds():
     p, c = np.array([0.9, 0.35]), np.array([3.0, 1.0])
     assert _expected_cost_to_completion([1, 0], p, c) > _expected_cost_to_completion([0, 1], p, c)
     assert (p / c)[1] > (p / c)[0]  # p / cost puts the cheap, unlikely one first
+
+
+def test_reasons_name_the_branch_of_each_pick(target_i):
+    """``reasons`` says why each pick was made: cheap-level order before the skill test can
+    run, the surrogate's utility once it passes, with p, index and cost."""
+    e_cheap, e_exp, X = target_i
+    n = len(e_cheap)
+    why: dict = {}
+    first = select_structures(e_cheap, X, {}, [], np.ones(n), q=2, seed=0, reasons=why)
+    assert set(why) == set(first)
+    assert all(w["rule"].startswith("cheap-level order (the surrogate is tested from 5 computed") for w in why.values())
+    done = {int(i): float(e_exp[i]) for i in np.argsort(e_cheap)[:12]}
+    why = {}
+    picks = select_structures(e_cheap, X, done, [], np.full(n, 2.0), q=2, seed=0, reasons=why, explore_above=None)
+    assert set(why) == set(picks)
+    for i in picks:
+        w = why[i]
+        assert w["rule"].startswith(("surrogate's probability", "cheap-level order (the surrogate fails its skill test"))
+        assert w["cost"] == 2.0 and w["rate"] == pytest.approx(w["value"] / 2.0)
+    assert picks == select_structures(e_cheap, X, done, [], np.full(n, 2.0), q=2, seed=0, explore_above=None)
