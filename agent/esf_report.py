@@ -707,6 +707,12 @@ def share_text(share: float | None) -> str:
         f"{weight_share_text(share)} of the Boltzmann weight"
 
 
+def coverage_text(k: int, n: int, share: float | None, about: str = "") -> str:
+    """``mobility for 3 of 18 structures in window, 65% of the Boltzmann weight``: a landscape
+    mobility over part of its window (``about`` follows the count, e.g. what was reused)."""
+    return f"mobility for {k} of {n} structures in window{about}, {share_text(share)}"
+
+
 def _window_text(rec: dict[str, Any]) -> str:
     """Which of the window's structures a landscape mobility is over (:func:`window_share`).
     Molecule stage: ``6 structures in window``; when a level's ``n_structures`` cap kept fewer
@@ -727,8 +733,8 @@ def _window_text(rec: dict[str, Any]) -> str:
                          f"({_prediction(rec)}), not computed at the ranking level")
         reused = f" ({'; '.join(about)})" if about else ""
         if k is not None and k < n:  # the covered share said as the molecule stage says it (newuser45c #3)
-            text = (f"mobility for {k} of {n} structures in window{reused}"
-                    + (f", {share_text(share)}" if share is not None else ""))
+            text = (coverage_text(k, n, share, reused) if share is not None
+                    else f"mobility for {k} of {n} structures in window{reused}")
         else:
             text = f"{n} structures in window{reused}"
         return text + _window_energies_text(rec) + _cut_text(rec)

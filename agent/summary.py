@@ -803,7 +803,7 @@ def _structure_stage_text(st: dict[str, Any] | None) -> str:
     by the structure stage, when it has one."""
     if not st:
         return ""
-    from agent.esf_report import format_mobility, share_text
+    from agent.esf_report import coverage_text, format_mobility
 
     gm = st.get("global_minimum") or {}
     where = ""
@@ -813,8 +813,7 @@ def _structure_stage_text(st: dict[str, Any] | None) -> str:
         about += ["its energy predicted, not computed"] if gm.get("predicted") else []
         where = f", global minimum {gm['id']} ({', '.join(about)})"
     k, n = st.get("n_with_mobility"), st.get("n_in_window")
-    cover = (f" (mobility for {k} of {n} structures in window, {share_text(st.get('share'))})"
-             if k is not None and n and k < n else "")
+    cover = f" ({coverage_text(k, n, st.get('share'))})" if k is not None and n and k < n else ""
     level = f" (energies {st['energy_level']})" if st.get("energy_level") else ""
     return f" -- at the structure stage{level}: mu_h = {format_mobility(st['mean'], st['sd'])}{cover}{where}"
 
