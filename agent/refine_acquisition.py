@@ -523,8 +523,8 @@ def select_structures(
             model fails it the remaining picks (after observed structures and the
             initial design) follow the cheap-level order, without exploration.
             ``skill_ratio=None``: no test, the model always steers.
-        reasons: a dict to fill with why each pick was made: index -> ``{"rule": text of the
-            branch that chose it}`` plus, where a utility chose it, ``"value"`` (its
+        reasons: a dict to fill with why each pick was made: index -> ``{"rule": the branch that
+            chose it (a fixed text), "detail": its figures}`` plus, where a utility chose it, ``"value"`` (its
             probability of being in the low-energy set) and ``"rate"`` (the index it was picked
             by, :func:`pick_index`) and ``"cost"`` (the cost it was divided by).
 
@@ -570,7 +570,7 @@ def select_structures(
     for i in obs:
         if len(chosen) < n_pick and i in candidates:
             chosen.append(i)
-            why[i] = {"rule": "matched to an observed form (proposed first)"}
+            why[i] = {"rule": "observed form first", "detail": "matched to an experimentally observed form"}
     n_init = int(n_initial)
     if len(done) + len(believed) + len(chosen) < n_init:
         first = len(chosen)
@@ -582,7 +582,8 @@ def select_structures(
             min(n_pick - len(chosen), n_init - len(done) - len(believed) - len(chosen)),
             e_cheap,
         )
-        why.update({i: {"rule": "space-filling initial design"} for i in chosen[first:]})
+        why.update({i: {"rule": "space-filling initial design",
+                        "detail": f"farthest from the computed ones, {n_init} in the design"} for i in chosen[first:]})
     shift, skill = gated_model(gp, e_cheap, done, skill_ratio, min_skill_n, seed)
     if (skill is not None and not skill.skilled and SKILL_MIX and skill.model_loo_lpd is not None
             and len(chosen) < n_pick):
@@ -606,7 +607,8 @@ def select_structures(
                                                    -e_cheap[i], -i)))
             j = chosen[-1]
             p_j = float(w * p_model[j] + (1 - w) * p_shift.get(j, 0.0))
-            why[j] = {"rule": f"surrogate and cheap-level order mixed by pseudo-BMA weight {w:.2f} ({_failed(skill, min_skill_n)})",
+            why[j] = {"rule": "surrogate and cheap-level order mixed",
+                      "detail": f"pseudo-BMA weight of the surrogate {w:.2f}; {_failed(skill, min_skill_n)}",
                       "value": p_j, "rate": float(pick_index(np.array(p_j), np.array(cost[j]))), "cost": float(cost[j])}
         return chosen
     if skill is not None and not skill.skilled:
@@ -615,7 +617,8 @@ def select_structures(
                                    shift, n_pick - len(chosen), top_k, window_kjmol, n_samples, seed,
                                    None if WARMUP_DEDUP is None else gp.embedding(every), p_cheap)
         for i in picks:
-            why[i] = {"rule": f"cheap-level order ({_failed(skill, min_skill_n)})", "value": p_cheap[i],
+            why[i] = {"rule": "cheap-level order per cost (surrogate not trusted yet)",
+                      "detail": _failed(skill, min_skill_n), "value": p_cheap[i],
                       "rate": float(pick_index(np.array(p_cheap[i]), np.array(cost[i]))), "cost": float(cost[i])}
         return chosen + picks
     if (
@@ -640,8 +643,9 @@ def select_structures(
             min(n_explore, n_pick - len(chosen)),
             e_cheap,
         )
-        why.update({i: {"rule": f"exploration when confident (P(low-energy set complete) >= {float(explore_above):g}: "
-                            "the structure farthest from every computed one)"} for i in chosen[first:]})
+        why.update({i: {"rule": "exploration when confident",
+                        "detail": f"P(low-energy set complete) >= {float(explore_above):g}: the structure farthest "
+                                  "from every computed one"} for i in chosen[first:]})
     known_idx = np.array(sorted(done), dtype=int)
     known_e = np.array([done[i] for i in known_idx], dtype=float)
     while len(chosen) < n_pick:
@@ -674,8 +678,8 @@ def select_structures(
             if best_key is None or key > best_key:
                 best, best_key = i, key
         chosen.append(best)
-        why[best] = {"rule": "surrogate's probability of the low-energy set per cost"
-                             + ("" if skill is None else f" (it passes its skill test: {_skill_text(skill)})"),
+        why[best] = {"rule": "surrogate's P(low-energy set) per cost",
+                     "detail": "no skill test" if skill is None else f"surrogate trusted: {_skill_text(skill)}",
                      "value": float(p[best]), "rate": float(score[best]),
                      "cost": float(cost[best] if MODEL_COST_POWER == 1.0 else raw_cost[best] ** float(MODEL_COST_POWER))}
     return chosen
@@ -685,16 +689,17 @@ def _skill_text(skill: Skill) -> str:
     """The skill test's figures as a phrase: LOO MAEs of the surrogate and the shift."""
     if skill.model_loo_mae_kjmol is None or skill.shift_loo_mae_kjmol is None:
         return f"{skill.n_computed} computed"
-    return (f"leave-one-out MAE {skill.model_loo_mae_kjmol:.2f} against the constant shift's "
-            f"{skill.shift_loo_mae_kjmol:.2f} kJ/mol, {skill.n_computed} computed")
+    return (f"leave-one-out MAE {skill.model_loo_mae_kjmol:.2f} against the shift's "
+            f"{skill.shift_loo_mae_kjmol:.2f} kJ/mol over {skill.n_computed} computed")
 
 
 def _failed(skill: Skill, min_skill_n: int | None) -> str:
     """Why the surrogate does not steer, as a phrase (``min_skill_n`` as :func:`surrogate_skill`'s ``min_n``)."""
     min_n = max(int(MIN_SKILL_N if min_skill_n is None else min_skill_n), 2)
     if skill.n_computed < min_n:
-        return f"the surrogate is tested from {min_n} computed structures on, {skill.n_computed} so far"
-    return f"the surrogate fails its skill test: {_skill_text(skill)}"
+        return (f"the surrogate is not used until it beats a constant shift of the cheap level in leave-one-out "
+                f"(needs >= {min_n} computed; {skill.n_computed} so far)")
+    return f"the surrogate does not beat a constant shift of the cheap level: {_skill_text(skill)}"
 
 
 def pick_index(p: np.ndarray, cost: np.ndarray) -> np.ndarray:

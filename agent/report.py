@@ -671,9 +671,12 @@ def decisions_table(campaign: Campaign, path: Path) -> Path:
     from the event's ``why`` (:attr:`agent.stages.base.Request.why`): ``rule`` (the molecule
     stage's "initial design", "pool screen", "acquisition", "constraint screen"; the structure
     stage's CSP, structure-acquisition, second-level and landscape-property rules; or "not
-    recorded" when the event has none: campaigns made before decisions were recorded), ``acquisition_level`` (the level the acquisition weighed; for "constraint screen"
+    recorded" when the event has none: campaigns made before decisions were recorded), ``detail``
+    (the figures behind the rule: a structure pick's cheap-level rank and the skill test's
+    MAEs), ``acquisition_level`` (the level the acquisition weighed; for "constraint screen"
     not the backend run), ``acquisition_kind`` ("expected improvement" or "look-ahead
-    value"), ``acquisition_value`` (objective units), ``rate`` (value / (cost /
+    value"), ``acquisition_value`` (objective units; a structure pick's probability of the
+    low-energy set), ``value_unit`` (that row's unit of it), ``rate`` (value / (cost /
     p_feasible)**cost_power, what the acquisition maximised), ``cost_cpu_s`` (the cost it
     divided by, the level's CPU s estimate, empty without a compute budget: every
     evaluation then costs one unit), ``cost_power``, ``p_feasible`` (below 1 where the divisor was ``cost / p_feasible``),
@@ -702,18 +705,23 @@ def decisions_table(campaign: Campaign, path: Path) -> Path:
         column_entry("rule", "why the task was chosen: 'initial design', 'pool screen' (the cheapest level on "
                      "every molecule), 'acquisition', 'constraint screen' (an acquisition's pick at a level a "
                      "constraint holds back, run at the cheaper level that screens it), the structure stage's "
-                     "'structure acquisition: <branch>' (the surrogate's probability of the low-energy set per "
-                     "cost, cheap-level order while the surrogate fails its skill test, exploration when "
-                     "confident, an observed form), 'not recorded' "
+                     "'structure acquisition: <branch>' (the surrogate's P(low-energy set) per cost, cheap-level "
+                     "order per cost while the surrogate is not trusted, exploration when confident, an observed "
+                     "form; a fixed text per branch), 'not recorded' "
                      "(campaigns made before decisions were recorded, stages that do not say)"),
+        column_entry("detail", "the figures behind the rule: for a structure-acquisition pick its cheap-level "
+                     "rank and energy above the cheap minimum, and the surrogate's leave-one-out MAE against a "
+                     "constant shift's (or how many computed structures it still needs before it is tested)"),
         column_entry("acquisition_level", "the level the acquisition weighed (for 'constraint screen' the "
                      "held-back level, not the backend run)"),
         column_entry("acquisition_kind", "'expected improvement' of the top-level value over the best, or "
                      "'look-ahead value' of a cheaper level (the expected surplus of the top level's EI after "
                      "it, agent/acquisition.py)"),
         column_entry("acquisition_value", "the acquisition's utility of the pick at its choice, before dividing "
-                     "by cost (a structure acquisition's pick: its probability of being in the low-energy set, "
-                     "no unit)", f"acquisition value of {campaign.cfg.objective}", unit),
+                     "by cost, in value_unit", f"acquisition value of {campaign.cfg.objective}", unit),
+        column_entry("value_unit", f"the unit of acquisition_value in this row: {unit or 'the objective unit'} for "
+                     "a molecule-stage pick, 'probability' for a structure-acquisition pick (rate is then that "
+                     "probability per CPU s)"),
         column_entry("rate", "acquisition_value / (cost / p_feasible)**cost_power (p_feasible 1 where empty; cost "
                      "cost_cpu_s, or one per evaluation where that is empty): the quantity the acquisition "
                      "maximised", "acquisition rate", per),
@@ -745,8 +753,10 @@ def decisions_table(campaign: Campaign, path: Path) -> Path:
             w.writerow([
                 n, datetime.fromtimestamp(e["ts"], timezone.utc).isoformat(timespec="seconds"),
                 e.get("backend", ""), names.get(e.get("smiles"), e.get("smiles") or ""), e.get("smiles") or "",
-                e.get("structure_id") or "", why.get("rule", "not recorded"),
+                e.get("structure_id") or "", why.get("rule", "not recorded"), why.get("detail", ""),
                 why.get("level", ""), why.get("kind", ""), csv_number("", why.get("value")),
+                ("" if why.get("value") is None
+                 else "probability" if why.get("kind") == "P(in the low-energy set)" else unit),
                 csv_number("", why.get("rate")), csv_number("", why.get("cost") if per_cpu else None),
                 csv_number("", why.get("cost_power")), csv_number("", why.get("p_feasible")),
                 csv_number("", why.get("best_direct_rate")), csv_number("s", cpu_s), succeeded,

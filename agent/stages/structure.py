@@ -108,15 +108,19 @@ def ranking_level_sd(level: StructureLevelConfig) -> tuple[float, str]:
     return 0.0, ""
 
 
-def _acquisition_why(reason: dict[str, Any] | None) -> dict[str, Any]:
+def _acquisition_why(reason: dict[str, Any] | None, cheap_kjmol: np.ndarray, i: int) -> dict[str, Any]:
     """A structure-acquisition request's ``why`` (:attr:`agent.stages.base.Request.why`) from
-    :func:`~agent.refine_acquisition.select_structures`' reason for the pick: the rule names the
-    branch that chose it (the surrogate's utility, cheap-level order while the surrogate fails
-    its skill test, exploration, an observed form, ...), and a utility's pick adds its
-    probability of the low-energy set (``value``), the index it was picked by (``rate``) and the
-    CPU seconds it was divided by (``cost``)."""
+    :func:`~agent.refine_acquisition.select_structures`' reason for pick ``i``: the rule names the
+    branch that chose it (a fixed text: the surrogate's utility, cheap-level order while the
+    surrogate is not trusted, exploration, an observed form, ...), ``detail`` its figures and
+    the pick's cheap-level rank and energy above the cheap minimum (``cheap_kjmol``), and a
+    utility's pick adds its probability of the low-energy set (``value``), the index it was
+    picked by (``rate``) and the CPU seconds it was divided by (``cost``)."""
     reason = dict(reason or {})
-    out: dict[str, Any] = {"rule": "structure acquisition: " + str(reason.pop("rule", "not recorded"))}
+    e = np.asarray(cheap_kjmol, dtype=float)
+    where = f"cheap-level rank {int(np.sum(e < e[i])) + 1} of {len(e)}, +{e[i] - e.min():.2f} kJ/mol"
+    out: dict[str, Any] = {"rule": "structure acquisition: " + str(reason.pop("rule", "not recorded")),
+                           "detail": "; ".join(t for t in (where, reason.get("detail")) if t)}
     if "value" in reason:
         out.update(kind="P(in the low-energy set)", value=reason["value"], rate=reason.get("rate"),
                    cost=reason.get("cost"), cost_unit="CPU s")
@@ -434,7 +438,7 @@ class StructureStage:
                 reasons=reasons, **self.cfg.acquisition.select_kwargs(),
             )
             for i in picks:
-                if budget.take(request := self._request(land, i, self.refine, 0, why=_acquisition_why(reasons.get(i)))):
+                if budget.take(request := self._request(land, i, self.refine, 0, why=_acquisition_why(reasons.get(i), land.ff_kjmol, i))):
                     out.append(request)
                     n -= 1
         return out

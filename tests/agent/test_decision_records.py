@@ -21,6 +21,7 @@ from agent.campaign import Campaign
 from agent.config import parse_config
 from agent.local_executor import LocalExecutor
 from agent.runner import run_campaign
+from agent.summary import quantity
 from sim_backends.replay import reorg_table_values
 
 N_INITIAL = 4
@@ -41,8 +42,8 @@ name = "replay-xtb-reorg"
 name = "replay-dft-reorg"
 """
 
-COLUMNS = ["n", "time", "backend", "molecule", "smiles", "structure_id", "rule", "acquisition_level",
-           "acquisition_kind", "acquisition_value", "rate", "cost_cpu_s", "cost_power", "p_feasible",
+COLUMNS = ["n", "time", "backend", "molecule", "smiles", "structure_id", "rule", "detail", "acquisition_level",
+           "acquisition_kind", "acquisition_value", "value_unit", "rate", "cost_cpu_s", "cost_power", "p_feasible",
            "best_direct_rate", "cpu_s", "succeeded", "request_id"]
 
 
@@ -131,11 +132,12 @@ def test_report_writes_decisions_csv(campaign, capsys):
         assert float(r["cpu_s"]) == pytest.approx(ev.cpu_s, rel=1e-3) and r["succeeded"] == "yes"
         if r["rule"] == "acquisition":
             assert float(r["acquisition_value"]) == pytest.approx(e["why"]["value"], rel=1e-3)
+            assert r["value_unit"] == quantity("reorg_energy_kjmol")[2] == "kJ/mol"  # the objective's unit
             assert float(r["rate"]) == pytest.approx(e["why"]["rate"], rel=1e-3)
             assert float(r["cost_cpu_s"]) == pytest.approx(e["why"]["cost"], rel=1e-3)
             assert r["acquisition_kind"] in ("expected improvement", "look-ahead value")
         else:
-            assert r["acquisition_value"] == r["rate"] == r["cost_cpu_s"] == ""
+            assert r["acquisition_value"] == r["rate"] == r["cost_cpu_s"] == r["value_unit"] == ""
     assert [r["rule"] for r in rows[:N_INITIAL]] == ["initial design"] * N_INITIAL
     with (out / "results_columns.csv").open(newline="") as fh:
         described = [c for c in csv.DictReader(fh) if c["file"] == "decisions.csv"]

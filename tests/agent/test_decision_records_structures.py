@@ -29,6 +29,11 @@ def test_structure_stage_tasks_say_why(camp, tmp_path):  # noqa: F811
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(events) and "not recorded" not in {r["rule"] for r in rows}
+    for r in rows:  # the unit of each row's acquisition value
+        if r["rule"].startswith("structure acquisition") and r["acquisition_value"]:
+            assert r["value_unit"] == "probability" and r["detail"].startswith("cheap-level rank ")
+        elif not r["acquisition_value"]:
+            assert r["value_unit"] == ""
 
 
 def test_structure_acquisition_rows_name_their_branch(camp):  # noqa: F811
@@ -38,10 +43,11 @@ def test_structure_acquisition_rows_name_their_branch(camp):  # noqa: F811
             if e["backend"] == camp.stage.refine.name]
     rules = [w["rule"] for w in rows]
     assert all(r.startswith("structure acquisition: ") and "not recorded" not in r for r in rules), rules
-    branches = {r.split(": ", 1)[1].split(" (")[0] for r in rules}
-    assert branches <= {"cheap-level order", "surrogate's probability of the low-energy set per cost",
-                        "exploration when confident", "matched to an observed form",
-                        "space-filling initial design"}, branches
+    branches = {r.split(": ", 1)[1] for r in rules}
+    assert branches <= {"cheap-level order per cost (surrogate not trusted yet)", "surrogate's P(low-energy set) per cost",
+                        "exploration when confident", "observed form first", "space-filling initial design",
+                        "surrogate and cheap-level order mixed"}, branches
+    assert all(w["detail"].startswith("cheap-level rank ") for w in rows)
     priced = [w for w in rows if "value" in w]
     assert priced, rules
     for w in priced:

@@ -563,13 +563,15 @@ def test_reasons_name_the_branch_of_each_pick(target_i):
     why: dict = {}
     first = select_structures(e_cheap, X, {}, [], np.ones(n), q=2, seed=0, reasons=why)
     assert set(why) == set(first)
-    assert all(w["rule"].startswith("cheap-level order (the surrogate is tested from 5 computed") for w in why.values())
+    assert all(w["rule"] == "cheap-level order per cost (surrogate not trusted yet)"
+               and "needs >= 5 computed; 0 so far" in w["detail"] for w in why.values())
     done = {int(i): float(e_exp[i]) for i in np.argsort(e_cheap)[:12]}
     why = {}
     picks = select_structures(e_cheap, X, done, [], np.full(n, 2.0), q=2, seed=0, reasons=why, explore_above=None)
     assert set(why) == set(picks)
     for i in picks:
         w = why[i]
-        assert w["rule"].startswith(("surrogate's probability", "cheap-level order (the surrogate fails its skill test"))
+        assert w["rule"] in ("surrogate's P(low-energy set) per cost", "cheap-level order per cost (surrogate not trusted yet)")
+        assert "leave-one-out MAE" in w["detail"] and "over 12 computed" in w["detail"]
         assert w["cost"] == 2.0 and w["rate"] == pytest.approx(w["value"] / 2.0)
     assert picks == select_structures(e_cheap, X, done, [], np.full(n, 2.0), q=2, seed=0, explore_above=None)
