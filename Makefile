@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make demo   installs into .venv (created when missing) and runs the demo campaign: the
-#               energy-structure-function loop of examples/esf.toml (about 5-8 min on 2 idle
-#               cores, longer under load; the molecule-only campaign is examples/demo.toml)
+#               energy-structure-function loop of examples/esf.toml (720 CPU s: about 6-9 min on
+#               2 idle cores, ~12 min on shared ones; the molecule-only campaign is examples/demo.toml)
 #   make test   installs into .venv (created when missing) and runs the test suite
 #   make test-fast  the same without the slow real-physics tests (pytest -m "not slow"), in
 #                   TEST_WORKERS parallel pytest-xdist processes (default 2), whole test files

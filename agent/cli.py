@@ -99,6 +99,27 @@ def _print_status(status: object, as_json: bool, store: object, cfg: object,
     print(with_runs_dir(text, args) if args is not None else text)
 
 
+def where_to_look(directory: Path, tracking: bool) -> str:
+    """``report: runs/NAME/report/ (start with summary.txt); MLflow: mlflow ui --backend-store-uri
+    sqlite:///runs/mlflow.db``: the line a finished run ends with (paths relative to the
+    working directory where they are under it); empty when no report was written."""
+    report = Path(directory) / "report"
+    if not report.is_dir():
+        return ""
+
+    def shown(p: Path) -> str:
+        try:
+            return str(p.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(p.resolve())
+
+    text = f"report: {shown(report)}/ (start with summary.txt)"
+    db = Path(directory).parent / "mlflow.db"
+    if tracking and db.is_file():
+        text += f"; MLflow: mlflow ui --backend-store-uri sqlite:///{shown(db)}"
+    return text
+
+
 def _run_loop(campaign: object, args: argparse.Namespace, on_start: object = None,
               show_status: object = None) -> int:
     """Run ``campaign`` and print its final status, unless ``show_status(status)`` is False."""
@@ -111,6 +132,9 @@ def _run_loop(campaign: object, args: argparse.Namespace, on_start: object = Non
         )
         if show_status is None or show_status(status):
             _print_status(status, False, campaign.store, campaign.cfg, args)
+            line = where_to_look(campaign.directory, campaign.cfg.tracking.enabled)
+            if line:
+                print(line)
     except CampaignInterrupted as exc:
         print(f"crystal-agent: {with_runs_dir(str(exc), args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
