@@ -787,7 +787,8 @@ def _cut_text(rec: dict[str, Any]) -> str:
 
 def _minimum_label(rec: dict[str, Any]) -> tuple[str, str]:
     """What the record's ``global_minimum`` (its lowest structure with a mobility) is, as
-    (label, suffix) of its status line: the predicted global minimum, or, when the
+    (label, suffix) of its status line: the predicted global minimum (of the stage whose
+    ranking it is: the molecule stage's CSP force field or the structure stage's level), or, when the
     landscape's lowest structure at the ranking level has no mobility (a structure-stage
     record), the lowest with one, and where the global minimum lies. A structure-stage
     minimum whose ranking-level energy is predicted, not computed (a reused mobility),
@@ -798,8 +799,8 @@ def _minimum_label(rec: dict[str, Any]) -> tuple[str, str]:
         sd = gm.get("energy_sd_kjmol")
         predicted = (f"; its ranking-level energy is predicted ({_prediction(rec)}"
                      + (f", ± {sd:.1f} kJ/mol per molecule" if sd else "") + "), not computed")
-    if not low or low["id"] == gm.get("id"):
-        return "predicted global minimum", predicted
+    if not low or low["id"] == gm.get("id"):  # which stage's ranking (newuser50 #11: two per molecule)
+        return f"predicted global minimum ({rec.get('source') or 'molecule stage'})", predicted
     how = "computed" if low.get("computed") else "predicted"
     gap = gm.get("energy_kjmol", float("nan")) - low["energy_kjmol"]
     return ("lowest structure with a mobility",
@@ -829,6 +830,9 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     # a molecule's line names its level and says its own window share
     said = {r["backend"]: r.get("level_base") or r["level"] for r in results[:N_LISTED]}
     lines += [f"  LEVEL {backend}: {text}" for backend, text in said.items()]
+    tlt = _tlt_common(results[:N_LISTED])  # its assumptions once (newuser50 #9: 8 times, ~350 characters each)
+    if tlt:
+        lines.append(f"  TLT {tlt[0]}{tlt[1]}; the Marcus hopping value is kept beside it")
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
         covers = f"± {rec.get('sd_covers') or SD_ENERGY_ONLY}; " if rec["sd"] > 0 else ""
@@ -851,10 +855,44 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
                          f"Z = {reported_z(gm)}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"
                          + _model_text(gm) + suffix + where)
         lines.extend(f"    WARNING {w}" for w in rec.get("warnings") or [])
-        lines.extend(f"    INFO {w}" for w in rec.get("notes") or [])
+        lines.extend(f"    INFO {_tlt_short(w, tlt)}" for w in rec.get("notes") or [])
     if len(results) > N_LISTED:
         lines.append(f"  ({len(results) - N_LISTED} more in report/esf_results.csv)")
     return lines
+
+
+def _tlt_parts(note: str) -> tuple[str, str, str] | None:
+    """``(head, assumptions, rest)`` of a transient-localisation INFO note
+    (:func:`sim_backends.mobility.transient_localisation_note`, with its structure count):
+    ``"hole: 2|J| > lambda, ... (TLT)"``, ``", assumed thermal fluctuation ... phonons"`` and
+    the sign clause with the count; None for any other note."""
+    from sim_backends.mobility import TLT_NOTE_TEXT
+
+    carrier, sep, body = str(note).partition(": ")
+    if not sep or not body.startswith(TLT_NOTE_TEXT + ", "):
+        return None
+    assumptions, sep, rest = body[len(TLT_NOTE_TEXT):].partition("; ")
+    kept = "; the Marcus hopping value is kept beside it"
+    if not sep or kept not in rest:
+        return None
+    return f"{carrier}: {TLT_NOTE_TEXT}", assumptions, rest.replace(kept, "", 1)
+
+
+def _tlt_common(records: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """``(head, assumptions)`` shared by every transient-localisation note of ``records``
+    (one carrier, one set of TLT constants), said once above the molecules; None when there
+    is none or they differ."""
+    parts = {p[:2] for r in records for n in r.get("notes") or [] if (p := _tlt_parts(n))}
+    return next(iter(parts)) if len(parts) == 1 else None
+
+
+def _tlt_short(note: str, common: tuple[str, str] | None) -> str:
+    """A molecule's INFO note with the shared TLT text replaced by a reference to its line:
+    ``hole: TLT (above); signed couplings (3 of 6 structures)``."""
+    parts = _tlt_parts(note)
+    if common is None or parts is None or parts[:2] != common:
+        return note
+    return f"{note.partition(': ')[0]}: TLT (above); {parts[2]}"
 
 
 def _model_of(model: Any, marcus: Any) -> dict[str, Any]:

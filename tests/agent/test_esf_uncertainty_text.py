@@ -169,4 +169,4 @@ def test_structure_stage_line_names_the_global_minimum_when_it_has_no_mobility()
             "at the CSP force field): mu_h = 3.0e+00 cm2/(V s); "
             "the global minimum m0002 (predicted, 1.50 kJ/mol lower) has no mobility yet") in text
     rec["ranked_minimum"] = {"id": "m0007", "energy_kjmol": -98.5, "computed": True}
-    assert "predicted global minimum m0007" in "\n".join(esf_lines([rec]))
+    assert "predicted global minimum (structure stage) m0007" in "\n".join(esf_lines([rec]))

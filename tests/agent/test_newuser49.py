@@ -33,7 +33,7 @@ def test_global_minimum_lines_say_marcus_and_the_lattice_energy_with_its_level()
            "backend": "esf-refined", "level": "L", "mean": 0.52, "sd": 0.18, "n_in_window": 78,
            "n_with_mobility": 6, "structures": [gm], "global_minimum": gm, "warnings": [], "notes": []}
     text = "\n".join(esf_lines([rec]))
-    assert ("predicted global minimum m0001 (P2_1/c, Z = 4, 1.389 g/cm3, E_latt -104.4 kJ/mol per molecule at "
+    assert ("predicted global minimum (molecule stage) m0001 (P2_1/c, Z = 4, 1.389 g/cm3, E_latt -104.4 kJ/mol per molecule at "
             "the CSP force field): mu_h = 6.4e-01 cm2/(V s) (Marcus hopping)") in text
     rec = {**rec, "source": "structure stage", "energy_level": "GFN2-xTB periodic (tblite)"}
     assert "E_latt -104.4 kJ/mol per molecule at GFN2-xTB periodic (tblite))" in "\n".join(esf_lines([rec]))
