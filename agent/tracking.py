@@ -631,10 +631,15 @@ class Tracker:
             self._points[key] = None if last is None else (int(last.step), float(last.value))
         return self._points[key]
 
-    def _log_new_points(self, metrics: dict[str, float], step: int, *, on_change: bool = False) -> None:
+    def _log_new_points(self, metrics: dict[str, float], step: int, *, on_change: bool = False,
+                        final: bool = False) -> None:
         """Log each metric at ``step`` unless the run already has a point of it at that step
-        or a later one (so no step gets two values, and a replayed event logs nothing), or,
-        ``on_change``, its last point has the same value."""
+        or a later one (so a replayed event logs nothing), or, ``on_change``, its last point
+        has the same value. ``final`` (the values the report prints, logged at the end of a
+        run, with ``on_change``) may add a second point at the last point's step when the value
+        differs: MLflow's latest value of the metric is then the report's (newuser50 #10: the
+        last event's 0.4808 against the report's 0.4823, whose point at the same step was
+        dropped)."""
         import time
 
         from mlflow.entities import Metric
@@ -643,9 +648,13 @@ class Tracker:
         batch = []
         for key, value in metrics.items():
             last = self._last_point(key)
-            if last is not None and (step <= last[0] or (on_change and last[1] == float(value))):
+            if last is not None and (step < last[0] or (step == last[0] and not final)
+                                     or (on_change and last[1] == float(value))):
                 continue
-            batch.append(Metric(key, float(value), ts, int(step)))
+            t = ts
+            if last is not None and step == last[0]:  # a final point: later than the one it supersedes
+                t = max([ts] + [m.timestamp + 1 for m in self.client.get_metric_history(self.run_id, key)])
+            batch.append(Metric(key, float(value), t, int(step)))
             self._points[key] = (int(step), float(value))
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
@@ -814,7 +823,7 @@ class Tracker:
                 metrics[f"{key}_n_with_value_in_window"] = rec["n_with_mobility"]
             if rec.get("uncomputed_weight") is not None:  # the share status prints beside the value
                 metrics[f"{key}_window_share"] = 1.0 - float(rec["uncomputed_weight"])
-            self._log_new_points(metrics, c.n_evaluations, on_change=True)
+            self._log_new_points(metrics, c.n_evaluations, on_change=True, final=True)
 
     def log_plots(self) -> list[Path]:
         """Write the campaign's report under runs/<name>/report/ and log it as artifacts:

@@ -325,3 +325,28 @@ def test_logged_surrogate_never_predicts_a_negative_reorganisation_energy(tmp_pa
     assert output_columns("log10_landscape_mobility_hole", ["esf-proxy", "esf-refined"],
                           ["log10_reference_crystal_mobility_hole", "log10_landscape_mobility_hole"]) == [
         "log10_reference_crystal_mobility_hole_esf-proxy", "log10_landscape_mobility_hole_esf-refined"]
+
+
+def test_the_report_value_is_the_metrics_latest_at_the_last_step(tmp_path, premigrated_mlflow):
+    """newuser50 #10: the structure stage's last landscape event was logged at step 91 (0.4808)
+    and the report's value (0.4823), logged at the end of the run at the same step, was
+    dropped; MLflow's latest value disagreed with the report. A final point at the same step
+    is now kept (an unchanged value still logs nothing)."""
+    from mlflow.tracking import MlflowClient
+
+    from agent.tracking import Tracker
+
+    uri = f"sqlite:///{premigrated_mlflow(tmp_path / 'runs').resolve()}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("final")).info.run_id
+    tracker = Tracker.__new__(Tracker)
+    tracker.client, tracker.run_id, tracker._points = client, run_id, {}
+    key = "landscape_mobility_hole_cm2Vs_m103"
+    tracker._log_new_points({key: 0.4808}, 91)
+    tracker._log_new_points({key: 0.4900}, 91)  # an event replayed at the same step: nothing
+    tracker._log_new_points({key: 0.4823}, 91, on_change=True, final=True)
+    tracker._log_new_points({key: 0.4823}, 91, on_change=True, final=True)  # a second end: nothing
+    tracker._log_new_points({key: 0.4700}, 91, on_change=True, final=True)  # a resumed end, smaller
+    history = client.get_metric_history(run_id, key)
+    assert sorted(m.value for m in history) == [0.47, 0.4808, 0.4823]
+    assert client.get_run(run_id).data.metrics[key] == 0.47  # the last logged, not the largest
