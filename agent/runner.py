@@ -42,6 +42,9 @@ HEARTBEAT_S = 5.0
 #: seconds without a result after which, and between which, a run whose tasks cannot start
 #: (no node with the CPUs) says so (:meth:`agent.executor.RayExecutor.starved`)
 STARVED_SAY_S = 60.0
+#: with no result for this long, the run says which tasks are running (newuser50 #6: a 2-min
+#: silence while two refined CSPs ran looked like a hang)
+RUNNING_SAY_S = 60.0
 
 
 class CampaignInterrupted(Exception):
@@ -170,6 +173,19 @@ def resume_line(campaign: Campaign, n_settled: int, cpu_settled_s: float, tasks:
     return line
 
 
+def running_line(tasks: list[Any], names: dict[str, str], now: float) -> str:
+    """``crystal-agent: running: esf-refined pentacene (1:40), esf-refined BNT (1:38)``: the
+    tasks in flight, oldest first, with the wall time since each was submitted (``names``:
+    SMILES -> the pool's name)."""
+    parts = []
+    for t in sorted(tasks, key=lambda t: t.submitted_at or now):
+        sec = int(max(now - (t.submitted_at or now), 0))
+        what = names.get(t.inp.smiles) or t.inp.smiles
+        where = f" {t.inp.structure_id}" if getattr(t.inp, "structure_id", None) else ""
+        parts.append(f"{t.backend} {what}{where} ({sec // 60}:{sec % 60:02d})")
+    return "crystal-agent: running: " + (", ".join(parts) if parts else "nothing in flight")
+
+
 def progress_info(campaign: Campaign, symbol: str) -> str:
     """The text after the progress bar: the CPU spent of the budget when there is one (the
     bar counts evaluations up to ``max_evaluations``, so it stops short when the CPU budget
@@ -179,7 +195,8 @@ def progress_info(campaign: Campaign, symbol: str) -> str:
     cfg = campaign.cfg
     parts = []
     if cfg.max_cpu_hours is not None:
-        parts.append(f"CPU {campaign.spent_cpu_s:.0f} of {cfg.max_cpu_hours * 3600:.0f} s")
+        budget = cfg.max_cpu_hours * 3600  # the share too: it, not the evaluation count, ends most runs
+        parts.append(f"CPU {campaign.spent_cpu_s:.0f} of {budget:.0f} s ({100 * campaign.spent_cpu_s / budget:.0f} %)")
     best = campaign.molecules.best_index()
     if best is not None:  # which molecule, too (newuser45a #12)
         parts.append(f"best {symbol} {format_value(cfg.objective, best[1])} ({campaign.molecules.names[best[0]]})")
@@ -308,7 +325,8 @@ def run_campaign(
                 signal.signal(signal.SIGINT, interrupt.on_sigterm)  # a swallowed Ctrl-C is recorded too
         alive = getattr(executor, "cluster_alive", None)
         starved = getattr(executor, "starved", None)
-        last_result = last_said = time.monotonic()
+        last_result = last_said = last_running = time.monotonic()
+        names: dict[str, str] | None = None
         slots = min(cfg.batch_size, executor.capacity)
         store.log_event("started", slots=slots, address=executor.address or "local")
         from rich.console import Console
@@ -364,6 +382,11 @@ def run_campaign(
                 if told:
                     last_result = time.monotonic()
                     bar.update(bar_id, completed=campaign.n_evaluations, info=progress_info(campaign, symbol))
+                elif progress and min(time.monotonic() - last_result, time.monotonic() - last_running) >= RUNNING_SAY_S:
+                    last_running = time.monotonic()
+                    if names is None:
+                        names = {m["smiles"]: m["name"] for m in store.molecules() if m["name"]}
+                    print(running_line(executor.in_flight(), names, time.time()), file=sys.stderr, flush=True)
                 elif starved is not None and min(time.monotonic() - last_result,
                                                  time.monotonic() - last_said) >= STARVED_SAY_S:
                     # a cluster that lost its only worker node waits for one to join:
