@@ -131,6 +131,8 @@ class Status:
     n_unsettled: int = 0
     #: what those tasks compute (``"csp-ff of coronene"``)
     unsettled_tasks: list[str] = field(default_factory=list)
+    #: a running campaign's tasks in flight, each with its wall time so far (Store.in_flight_tasks)
+    running_tasks: list[str] = field(default_factory=list)
     #: the pid of the process running the campaign now (None when no run is going on)
     running_pid: str | None = None
     #: molecules a result showed infeasible ([[constraints]]): name or SMILES -> reason
@@ -808,6 +810,7 @@ def campaign_status(store: Store, cfg: CampaignConfig, camp: Campaign | None = N
         unsettled_cpu_s=unsettled[0],
         n_unsettled=unsettled[1],
         unsettled_tasks=store.unsettled_tasks() if unsettled[1] else [],
+        running_tasks=store.in_flight_tasks() if running is not None and not finished else [],
         running_pid=running,
         best=best,
         best_smiles=mols[best_mol]["smiles"] if best_mol else None,

@@ -736,6 +736,22 @@ class Store:
         """What each task a stopped run left unfinished (not charged yet) computes:
         ``"csp-ff of coronene"``, ``"xtb-crystal of m36-m0004 (coronene)"``; a task whose
         event does not say (submitted by older code) is left out."""
+        return [text for text, _ in self._task_texts()]
+
+    def in_flight_tasks(self, now: float | None = None) -> list[str]:
+        """The tasks a running campaign has submitted and not stored yet, as
+        :meth:`unsettled_tasks` says them, each with the wall time since it was submitted:
+        ``"esf-refined of pentacene (1:40)"`` (newuser50 #6: status did not say what a running
+        campaign was doing)."""
+        now = time.time() if now is None else float(now)
+        out = []
+        for text, ts in self._task_texts():
+            sec = int(max(now - ts, 0))
+            out.append(f"{text} ({sec // 60}:{sec % 60:02d})")
+        return out
+
+    def _task_texts(self) -> list[tuple[str, float]]:
+        """``(text, submitted at)`` of each unstored, uncharged task whose event names its backend."""
         names = {r["smiles"]: r["name"] or r["smiles"] for r in self.molecules()}
         out = []
         for e in self._unsettled_submitted():
@@ -743,7 +759,7 @@ class Store:
                 continue
             mol = names.get(e.get("smiles"), e.get("smiles") or "?")
             sid = e.get("structure_id")
-            out.append(f"{e['backend']} of {sid} ({mol})" if sid else f"{e['backend']} of {mol}")
+            out.append((f"{e['backend']} of {sid} ({mol})" if sid else f"{e['backend']} of {mol}", float(e["ts"])))
         return out
 
     def heartbeat(self) -> None:

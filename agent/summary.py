@@ -930,12 +930,14 @@ def status_lines(rec: dict[str, Any]) -> list[str]:
 
 
 def state_text(s: dict[str, Any]) -> str:
-    """``finished: <reason>``, ``running (pid 4242)``, or ``stopped before its end`` with
+    """``finished: <reason>``, ``running (pid 4242); in flight: esf-refined of pentacene (1:40)``,
+    or ``stopped before its end`` with
     what a resume continues and will charge for the tasks the stopped run left unfinished."""
     if s["finished"]:
         return f"finished: {s['stop_reason']}"
     if s.get("running_pid"):
-        return f"running (pid {s['running_pid']})"
+        busy = s.get("running_tasks") or []
+        return f"running (pid {s['running_pid']})" + (f"; in flight: {', '.join(busy)}" if busy else "")
     text = f"stopped before its end; `crystal-agent resume {s['name']}` continues it"
     if n := s.get("n_unsettled"):
         what = f" ({', '.join(s['unsettled_tasks'])})" if s.get("unsettled_tasks") else ""
