@@ -129,9 +129,12 @@ def lambda_text(rec: dict[str, Any]) -> str:
 
 
 def format_mobility(mean: float, sd: float | None = None) -> str:
-    """``"1.2e-02 ± 3.1e-03 cm2/(V s)"`` (mobilities span decades: 2 significant figures)."""
-    pm = f" ± {sd:.1e}" if sd is not None and math.isfinite(sd) and sd > 0 else ""
-    return f"{mean:.1e}{pm} {MOBILITY_UNIT}"
+    """``"0.52 ± 0.18 cm2/(V s)"``; ``"4.1e-03 ± 1.2e-03 cm2/(V s)"`` below 0.01 (mobilities span
+    decades: 2 significant figures; plain numbers where they read better, newuser50 #12)."""
+    has_sd = sd is not None and math.isfinite(sd) and sd > 0
+    plain = math.isfinite(mean) and 0.01 <= abs(mean) < 99.5 and (not has_sd or 0.001 <= sd < 99.5)
+    fmt = (lambda v: f"{v:#.2g}".rstrip(".")) if plain else (lambda v: f"{v:.1e}")
+    return f"{fmt(mean)}{f' ± {fmt(sd)}' if has_sd else ''} {MOBILITY_UNIT}"
 
 
 def _level_of(backend: Any) -> str:

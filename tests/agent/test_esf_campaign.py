@@ -366,7 +366,9 @@ def test_status_and_report_show_the_esf_results(esf_replay):
         assert r["notes"] == hole_notes(x.get("notes") for x in truth["structures"])
     text = "\n".join(status_lines(rec))
     best = esf[0]
-    assert f"{best['name']}: mu_h = {best['mean']:.1e} ± {best['sd']:.1e} cm2/(V s)" in text
+    from agent.esf_report import format_mobility
+
+    assert f"{best['name']}: mu_h = {format_mobility(best['mean'], best['sd'])}" in text
     assert "300-trial CSP" in text and "predicted global minimum" in text
     assert "log10 landscape hole mobility" not in text or "(= " in text  # the best line: log10 and the value
     names = {p.name for p in paths}

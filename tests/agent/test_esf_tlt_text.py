@@ -11,7 +11,7 @@ from sim_backends.tlt import TLT_NAME
 
 def test_a_tlt_structure_is_named_with_its_hopping_value():
     gm = {"mobility_hole_cm2Vs": 0.69, "transport_model": TLT_NAME, "mobility_hole_marcus_cm2Vs": 0.772}
-    assert _model_text(gm) == f" ({TLT_NAME}; Marcus hopping 7.7e-01 cm2/(V s))"
+    assert _model_text(gm) == f" ({TLT_NAME}; Marcus hopping 0.77 cm2/(V s))"
     assert _model_text({**gm, "mobility_hole_marcus_cm2Vs": None}) == f" ({TLT_NAME})"
     assert _model_text({"mobility_hole_cm2Vs": 0.69, "transport_model": "Marcus hopping"}) == " (Marcus hopping)"
     assert _model_text({"mobility_hole_cm2Vs": 0.69}) == ""  # records made before TLT

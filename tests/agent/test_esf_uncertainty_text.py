@@ -12,6 +12,7 @@ import math
 
 import pytest
 
+from agent.esf_report import format_mobility
 from conftest import ROOT, write_config
 
 LANDSCAPE = f'landscape = "{ROOT / "data/landscapes/pyrazine_xtb"}", cheap = "ff", level = "xtb"'
@@ -95,7 +96,7 @@ def test_structure_stage_mobility_says_how_much_of_the_window_it_covers(finished
     assert esf["sd"] > event["sd"]
     line = next(x for x in text.splitlines() if x.startswith(f"  {esf['name']}: mu_h = ") and "structure stage" in x)
     assert f"mobility for {k} of {n} structures in window" in line, line
-    assert f"± {esf['sd']:.1e} cm2/(V s)" in line
+    assert f"± {format_mobility(esf['mean'], esf['sd']).split('± ')[1]}" in line
     own = event["ranking_sd_kjmol"]  # the replayed level is periodic GFN2-xTB: its own error is in the sd
     loo = math.sqrt(event["energy_sd_kjmol"] ** 2 - own ** 2)
     assert own > 0 and loo > 0
@@ -147,7 +148,7 @@ def test_every_landscape_mobility_line_says_what_its_sd_covers():
            "backend": "esf-refined", "level": "GFN2-xTB", "mean": 3.2, "sd": 0.5, "n_in_window": 6,
            "structures": [gm], "global_minimum": gm, "warnings": [], "notes": []}
     (line,) = [x for x in esf_lines([rec]) if x.startswith("  tetracene: ")]
-    assert ("mu_h = 3.2e+00 ± 5.0e-01 cm2/(V s) (± energy-ranking spread only; J, lambda and transport-model "
+    assert ("mu_h = 3.2 ± 0.50 cm2/(V s) (± energy-ranking spread only; J, lambda and transport-model "
             "errors not included; log10 0.51)") in line
 
 
@@ -166,7 +167,7 @@ def test_structure_stage_line_names_the_global_minimum_when_it_has_no_mobility()
     text = "\n".join(esf_lines([rec]))
     assert "predicted global minimum" not in text
     assert ("lowest structure with a mobility m0007 (P2_1/c, Z = 4, 1.200 g/cm3, E_latt -98.5 kJ/mol per molecule "
-            "at the CSP force field): mu_h = 3.0e+00 cm2/(V s); "
+            "at the CSP force field): mu_h = 3.0 cm2/(V s); "
             "the global minimum m0002 (predicted, 1.50 kJ/mol lower) has no mobility yet") in text
     rec["ranked_minimum"] = {"id": "m0007", "energy_kjmol": -98.5, "computed": True}
     assert "predicted global minimum (structure stage) m0007" in "\n".join(esf_lines([rec]))

@@ -20,8 +20,8 @@ def test_the_best_line_gives_the_structure_stage_value_beside_the_molecule_stage
           "global_minimum": {"id": "m103-m0003", "space_group": "P-1", "z": 2}}
     line = best_line(_rec(best_structure_stage=st))
     assert line.startswith(plain)
-    assert line.endswith(" -- at the structure stage (energies GFN2-xTB periodic (tblite)): mu_h = 4.8e-01 ± "
-                         "1.8e-01 cm2/(V s), global minimum m103-m0003 (P-1, Z = 2)")
+    assert line.endswith(" -- at the structure stage (energies GFN2-xTB periodic (tblite)): mu_h = 0.48 ± "
+                         "0.18 cm2/(V s), global minimum m103-m0003 (P-1, Z = 2)")
 
 
 def test_global_minimum_lines_say_marcus_and_the_lattice_energy_with_its_level():
@@ -34,7 +34,7 @@ def test_global_minimum_lines_say_marcus_and_the_lattice_energy_with_its_level()
            "n_with_mobility": 6, "structures": [gm], "global_minimum": gm, "warnings": [], "notes": []}
     text = "\n".join(esf_lines([rec]))
     assert ("predicted global minimum (molecule stage) m0001 (P2_1/c, Z = 4, 1.389 g/cm3, E_latt -104.4 kJ/mol per molecule at "
-            "the CSP force field): mu_h = 6.4e-01 cm2/(V s) (Marcus hopping)") in text
+            "the CSP force field): mu_h = 0.64 cm2/(V s) (Marcus hopping)") in text
     rec = {**rec, "source": "structure stage", "energy_level": "GFN2-xTB periodic (tblite)"}
     assert "E_latt -104.4 kJ/mol per molecule at GFN2-xTB periodic (tblite))" in "\n".join(esf_lines([rec]))
 
@@ -72,7 +72,7 @@ def test_the_best_line_names_the_ranking_levels_global_minimum_and_the_window_co
            "uncomputed_weight": 0.6,
            "ranked_minimum": {"id": "m0002", "energy_kjmol": -100.0, "computed": False}}
     text = _structure_stage_text(best_structure_stage(rec))
-    assert text.endswith("mu_h = 3.0e+00 ± 5.0e-01 cm2/(V s) (mobility for 1 of 5 structures in window, 40% of the "
+    assert text.endswith("mu_h = 3.0 ± 0.50 cm2/(V s) (mobility for 1 of 5 structures in window, 40% of the "
                          "Boltzmann weight), global minimum m0002 (no mobility yet, its energy predicted, not computed)")
     rec["ranked_minimum"] = {"id": "m0007", "energy_kjmol": -98.5, "computed": True}
     assert _structure_stage_text(best_structure_stage(rec)).endswith("global minimum m0007 (P2_1/c, Z = 4)")

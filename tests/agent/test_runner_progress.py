@@ -63,6 +63,6 @@ def test_progress_shows_the_cpu_spent_of_a_cpu_budget():
 
     # ... and names the best molecule (newuser45a #12)
     assert progress_info(camp(0.2, 0.59), "log10 mu_h (esf-refined) =") == (
-        "CPU 718 of 720 s (100 %)  best log10 mu_h (esf-refined) = 0.59 (= 3.9e+00 cm2/(V s)) (coronene)  failed 0")
+        "CPU 718 of 720 s (100 %)  best log10 mu_h (esf-refined) = 0.59 (= 3.9 cm2/(V s)) (coronene)  failed 0")
     assert progress_info(camp(0.2, None), "x =") == "CPU 718 of 720 s (100 %)  failed 0"
     assert progress_info(camp(None, None), "x =") == "failed 0"
