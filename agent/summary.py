@@ -799,8 +799,8 @@ def best_structure_stage(e: dict[str, Any]) -> dict[str, Any]:
 
 
 def _structure_stage_text(st: dict[str, Any] | None) -> str:
-    """`` -- at the structure stage (energies GFN2-xTB periodic (tblite)): mu_h = 4.8e-01 ±
-    1.8e-01 cm2/(V s) (mobility for 7 of 60 structures in window, 27% of the Boltzmann weight),
+    """`` -- at the structure stage (energies GFN2-xTB periodic (tblite)): mu_h = 0.48 ±
+    0.18 cm2/(V s) (mobility for 7 of 60 structures in window, 27% of the Boltzmann weight),
     global minimum m103-m0003 (P-1, Z = 2)``: the best molecule's landscape mobility re-ranked
     by the structure stage, when it has one."""
     if not st:
