@@ -133,8 +133,16 @@ def format_mobility(mean: float, sd: float | None = None) -> str:
     decades: 2 significant figures; plain numbers where they read better, newuser50 #12)."""
     has_sd = sd is not None and math.isfinite(sd) and sd > 0
     plain = math.isfinite(mean) and 0.01 <= abs(mean) < 99.5 and (not has_sd or 0.001 <= sd < 99.5)
-    fmt = (lambda v: f"{v:#.2g}".rstrip(".")) if plain else (lambda v: f"{v:.1e}")
-    return f"{fmt(mean)}{f' ± {fmt(sd)}' if has_sd else ''} {MOBILITY_UNIT}"
+    return (f"{two_figures(mean, plain)}{f' ± {two_figures(sd, plain)}' if has_sd else ''} "
+            f"{MOBILITY_UNIT}")
+
+
+def two_figures(value: float, plain: bool | None = None) -> str:
+    """``0.52``, ``3.0``, ``12``; ``4.1e-03``: 2 significant figures, plain (``plain`` None:
+    from 0.01 to 100) or scientific."""
+    if plain is None:
+        plain = math.isfinite(value) and 0.01 <= abs(value) < 99.5
+    return f"{value:#.2g}".rstrip(".") if plain else f"{value:.1e}"
 
 
 def _level_of(backend: Any) -> str:

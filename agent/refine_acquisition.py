@@ -602,14 +602,12 @@ def select_structures(
                 draws[:, fixed] = e_cheap[fixed] + model_now.predict(fixed)[0]
             p_model = low_energy_probability(draws, top_k, window_kjmol)
             pool = [i for i in candidates if i not in chosen]
-            chosen.append(max(pool, key=lambda i: (float(pick_index(np.array(w * p_model[i] + (1 - w) * p_shift.get(i, 0.0)),
-                                                                     np.array(cost[i]))),
-                                                   -e_cheap[i], -i)))
-            j = chosen[-1]
-            p_j = float(w * p_model[j] + (1 - w) * p_shift.get(j, 0.0))
-            why[j] = {"rule": "surrogate and cheap-level order mixed",
-                      "detail": f"pseudo-BMA weight of the surrogate {w:.2f}; {_failed(skill, min_skill_n)}",
-                      "value": p_j, "rate": float(pick_index(np.array(p_j), np.array(cost[j]))), "cost": float(cost[j])}
+            p_mix = {i: float(w * p_model[i] + (1 - w) * p_shift.get(i, 0.0)) for i in pool}
+            j = max(pool, key=lambda i: (float(pick_index(p_mix[i], cost[i])), -e_cheap[i], -i))
+            chosen.append(j)
+            why[j] = _priced("surrogate and cheap-level order mixed",
+                             f"pseudo-BMA weight of the surrogate {w:.2f}; {_failed(skill, min_skill_n)}",
+                             p_mix[j], cost[j])
         return chosen
     if skill is not None and not skill.skilled:
         p_cheap: dict[int, float] = {}
@@ -617,9 +615,8 @@ def select_structures(
                                    shift, n_pick - len(chosen), top_k, window_kjmol, n_samples, seed,
                                    None if WARMUP_DEDUP is None else gp.embedding(every), p_cheap)
         for i in picks:
-            why[i] = {"rule": "cheap-level order per cost (surrogate not trusted yet)",
-                      "detail": _failed(skill, min_skill_n), "value": p_cheap[i],
-                      "rate": float(pick_index(np.array(p_cheap[i]), np.array(cost[i]))), "cost": float(cost[i])}
+            why[i] = _priced("cheap-level order per cost (surrogate not trusted yet)", _failed(skill, min_skill_n),
+                             p_cheap[i], cost[i])
         return chosen + picks
     if (
         explore_above is not None
@@ -669,7 +666,8 @@ def select_structures(
                 weights = None
         p = low_energy_probability(draws, top_k, window_kjmol, weights)
         mean_e = draws.mean(axis=0)
-        score = pick_index(p, cost if MODEL_COST_POWER == 1.0 else raw_cost ** float(MODEL_COST_POWER))
+        divisor = cost if MODEL_COST_POWER == 1.0 else raw_cost ** float(MODEL_COST_POWER)
+        score = pick_index(p, divisor)
         best, best_key = -1, None
         for i in candidates:
             if i in chosen:
@@ -678,11 +676,16 @@ def select_structures(
             if best_key is None or key > best_key:
                 best, best_key = i, key
         chosen.append(best)
-        why[best] = {"rule": "surrogate's P(low-energy set) per cost",
-                     "detail": "no skill test" if skill is None else f"surrogate trusted: {_skill_text(skill)}",
-                     "value": float(p[best]), "rate": float(score[best]),
-                     "cost": float(cost[best] if MODEL_COST_POWER == 1.0 else raw_cost[best] ** float(MODEL_COST_POWER))}
+        why[best] = _priced("surrogate's P(low-energy set) per cost",
+                            "no skill test" if skill is None else f"surrogate trusted: {_skill_text(skill)}",
+                            p[best], divisor[best])
     return chosen
+
+
+def _priced(rule: str, detail: str, p: float, cost: float) -> dict[str, Any]:
+    """A utility pick's reason (``select_structures(reasons=)``): its rule and figures, its
+    probability of the low-energy set, the index it was picked by and the cost divided by."""
+    return {"rule": rule, "detail": detail, "value": float(p), "rate": float(pick_index(p, cost)), "cost": float(cost)}
 
 
 def _skill_text(skill: Skill) -> str:
@@ -702,9 +705,9 @@ def _failed(skill: Skill, min_skill_n: int | None) -> str:
     return f"the surrogate does not beat a constant shift of the cheap level: {_skill_text(skill)}"
 
 
-def pick_index(p: np.ndarray, cost: np.ndarray) -> np.ndarray:
+def pick_index(p: Any, cost: Any) -> np.ndarray:
     """The index each candidate is picked by (:data:`UTILITY`), from its probability ``p`` of
-    being in the low-energy set and its cost (arrays of one shape).
+    being in the low-energy set and its cost (numbers or arrays of one shape).
 
     "odds": the expected cost until every member is computed is the sum of the costs up to the
     last member; swapping two neighbours a, b of an order changes it by
@@ -756,7 +759,7 @@ def _cheap_order_picks(e_cheap: np.ndarray, done: Mapping[int, float],
     if p_out is not None:
         p_out.update(p_mono)
     ranked = pool if WARMUP == "plain" else sorted(
-        pool, key=lambda i: (-float(pick_index(np.array(p_mono[i]), np.array(cost[i]))), e_cheap[i], i))
+        pool, key=lambda i: (-float(pick_index(p_mono[i], cost[i])), e_cheap[i], i))
     if Z is not None and WARMUP_DEDUP is not None:
         near = np.flatnonzero(e_cheap <= e_cheap.min() + 2.0 * window_kjmol)
         return _skip_near_duplicates(ranked, Z, sorted(set(done) | set(believed) | set(chosen)),

@@ -177,12 +177,13 @@ def running_line(tasks: list[Any], names: dict[str, str], now: float) -> str:
     """``crystal-agent: running: esf-refined pentacene (1:40), esf-refined BNT (1:38)``: the
     tasks in flight, oldest first, with the wall time since each was submitted (``names``:
     SMILES -> the pool's name)."""
+    from agent.store import minutes_seconds
+
     parts = []
     for t in sorted(tasks, key=lambda t: t.submitted_at or now):
-        sec = int(max(now - (t.submitted_at or now), 0))
         what = names.get(t.inp.smiles) or t.inp.smiles
         where = f" {t.inp.structure_id}" if getattr(t.inp, "structure_id", None) else ""
-        parts.append(f"{t.backend} {what}{where} ({sec // 60}:{sec % 60:02d})")
+        parts.append(f"{t.backend} {what}{where} ({minutes_seconds(now - (t.submitted_at or now))})")
     return "crystal-agent: running: " + (", ".join(parts) if parts else "nothing in flight")
 
 

@@ -152,6 +152,12 @@ def _values_from_json(text: str) -> dict[str, Any]:
     return {k: (float("nan") if v is None else v) for k, v in json.loads(text).items()}
 
 
+
+def minutes_seconds(seconds: float) -> str:
+    """``1:40``: a task's wall time so far (minutes may exceed 59)."""
+    sec = int(max(seconds, 0))
+    return f"{sec // 60}:{sec % 60:02d}"
+
 class StoreLockedError(RuntimeError):
     """Another launcher holds this campaign."""
 
@@ -744,11 +750,7 @@ class Store:
         ``"esf-refined of pentacene (1:40)"`` (newuser50 #6: status did not say what a running
         campaign was doing)."""
         now = time.time() if now is None else float(now)
-        out = []
-        for text, ts in self._task_texts():
-            sec = int(max(now - ts, 0))
-            out.append(f"{text} ({sec // 60}:{sec % 60:02d})")
-        return out
+        return [f"{text} ({minutes_seconds(now - ts)})" for text, ts in self._task_texts()]
 
     def _task_texts(self) -> list[tuple[str, float]]:
         """``(text, submitted at)`` of each unstored, uncharged task whose event names its backend."""

@@ -111,9 +111,9 @@ def format_value(name: str, value: float, std: float | None = None) -> str:
     _, _, unit = quantity(name)
     if name.startswith("log10_") and unit.startswith("log10 "):  # e.g. a mobility
         pm = f" ± {std:.2f}" if std is not None and math.isfinite(std) and std > 0 else ""
-        x = 10 ** value  # 2 significant figures, plain where that reads better (as esf_report.format_mobility)
-        shown = f"{x:#.2g}".rstrip(".") if 0.01 <= x < 99.5 else f"{x:.1e}"
-        return f"{value:.2f}{pm} (= {shown} {unit[6:]})"
+        from agent.esf_report import two_figures
+
+        return f"{value:.2f}{pm} (= {two_figures(10 ** value)} {unit[6:]})"
     pm = f" ± {std:.1f}" if std is not None and math.isfinite(std) and std > 0 else ""
     text = f"{value:.1f}{pm} {unit}".rstrip()
     if unit == "kJ/mol":

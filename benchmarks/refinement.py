@@ -1188,6 +1188,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--explore-above must be in (0, 1] and --explore-fraction in [0, 1]")
     if not args.skill_ratio > 0:
         parser.error("--skill-ratio must be positive")
+    if args.fit_max_iter < 1:
+        parser.error("--fit-max-iter must be >= 1")
     if not all(0.0 <= a and math.isfinite(a) for a in (args.cost_power, args.model_cost_power)):
         parser.error("--cost-power and --model-cost-power must be finite numbers >= 0")
     if not (args.acq_inflation > 0 and math.isfinite(args.acq_inflation)):

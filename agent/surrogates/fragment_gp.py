@@ -197,6 +197,8 @@ class FragmentDeltaModel(StructureSurrogate):
         self.prior_std_kjmol = float(prior_std_kjmol)
         self.min_structures = int(min_structures)
         self.max_iter = int(FIT_MAX_ITER if max_iter is None else max_iter)
+        if self.max_iter < 1:
+            raise SurrogateError(f"max_iter must be >= 1, not {self.max_iter}")
         self.calibrate = bool(calibrate)
         self.calibration_prior_n = float(calibration_prior_n)
         self.max_calibration = float(max_calibration)

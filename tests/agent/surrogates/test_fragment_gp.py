@@ -198,3 +198,11 @@ def test_baseline_kernel_auto_keeps_the_better_leave_one_out_fit(landscape):
     assert auto.loo_mae_kjmol == pytest.approx(min(fits["rbf"].loo_mae_kjmol, fits["linear"].loo_mae_kjmol))
     X = np.arange(len(terms))
     assert np.allclose(auto.predict(X)[0], fits[auto.kernel_choice].predict(X)[0])
+
+
+def test_max_iter_below_one_is_refused_in_one_line(landscape):
+    from agent.surrogates.fragment_gp import FragmentDeltaModel
+    from agent.surrogates.structure_gp import SurrogateError
+
+    with pytest.raises(SurrogateError, match=r"^max_iter must be >= 1, not 0$"):
+        FragmentDeltaModel(landscape["terms"], landscape["e_ff"], max_iter=0)
