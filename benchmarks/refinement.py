@@ -78,7 +78,9 @@ merged with ``--combine``. Every finished run is appended to a progress file
 (``benchmarks/results/<stem>_progress.jsonl``, or ``--out DIR``) and a rerun of the same command
 resumes; a recorded run carries its levels and a digest of the data that decides it (structure ids,
 both levels' energies, CPU seconds, SMILES, geometries, dimer records: :func:`data_digest`) and is
-reused only on the same levels and data (stderr: "N of M runs reused from <file>"); ``--fresh``
+reused only on the same levels and data (stderr: "N of M runs reused from <file>"); a run recorded by
+other code or other numerical libraries (:func:`code_digest`) only after a rerun of its setting and
+batch size's lowest seed made the same picks (:func:`_recheck`: else its group is recomputed); ``--fresh``
 reuses none and writes ``<stem>_fresh`` files. A level pair other than the landscape's own
 (``levels.json``; target_I: MACE -> PBE_MBD) adds ``_<cheap>-<expensive>`` to the file names.
 Structures without a finite energy at either level (failed calculations) are dropped with a
@@ -752,6 +754,114 @@ def _read_progress(progress_path, name, digest: str | None = None, case: Case | 
     return recorded
 
 
+_CODE_DIGEST: str | None = None
+#: libraries whose version enters :func:`code_digest`
+NUMERIC_PACKAGES = ("numpy", "scipy", "torch", "gpytorch", "botorch", "scikit-learn", "dscribe")
+
+
+def code_digest() -> str:
+    """Digest of the code a run executes: the bytes of every ``*.py`` under ``agent/`` and
+    ``sim_backends/`` and of this script, by relative path, and the versions of the numerical
+    libraries the decisions rest on (:data:`NUMERIC_PACKAGES`: the same code on another torch or
+    BLAS build can fit a slightly different GP and pick differently further on). A recorded run
+    made under another digest is reused only after a rerun of it under this one reproduced its
+    picks (:func:`_recheck`)."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        import hashlib
+        from importlib import metadata
+
+        h = hashlib.sha1()
+        for pkg in NUMERIC_PACKAGES:
+            try:
+                h.update(f"{pkg}=={metadata.version(pkg)}\n".encode())
+            except metadata.PackageNotFoundError:
+                h.update(f"{pkg} missing\n".encode())
+        files = sorted([*(ROOT / "agent").rglob("*.py"), *(ROOT / "sim_backends").rglob("*.py"), Path(__file__)])
+        for f in files:
+            h.update(str(f.resolve().relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+        _CODE_DIGEST = h.hexdigest()[:16]
+    return _CODE_DIGEST
+
+
+def _commit() -> str | None:
+    """The checkout's commit (``+`` when it has uncommitted changes), for the record; None outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "agent", "sim_backends",
+                                "benchmarks/refinement.py"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
+def _read_checks(progress_path, name: str, case: Case) -> set[tuple[str, int, str]]:
+    """``(settings, q, code digest)`` of the recorded-run groups that a rerun under the current
+    code (:func:`code_digest`) reproduced on this data (``driver: "check"`` lines of the progress
+    file; records from before code digests were stored count as digest ``"legacy"``)."""
+    checks: set[tuple[str, int, str]] = set()
+    if progress_path is None or not Path(progress_path).exists():
+        return checks
+    current = code_digest()
+    for line in Path(progress_path).read_text().splitlines():
+        try:
+            rec = json.loads(line) if line.strip() else {}
+        except ValueError:
+            continue
+        if (rec.get("driver") == "check" and rec.get("landscape") == name and rec.get("code_digest") == current
+                and rec.get("data_digest") == case.data_digest and rec.get("reproduced")):
+            checks.add((rec["settings"], rec["q"], rec["verified_code"]))
+    return checks
+
+
+def _recheck(case: Case, recorded: dict, configs, batches, progress_path, digest: str, compute, console) -> int:
+    """Keep only recorded runs that the current code still makes. Runs recorded by other code
+    (another :func:`code_digest`, or none) are grouped by (setting, batch size, their code); per
+    group not yet checked under this code, the lowest seed is rerun with ``compute(settings, q,
+    seed)``. Same picks up to completion: the group is reused, and a ``check`` line in the
+    progress file says so, so it is not rerun next time. Other picks: the group's records are
+    dropped (and recomputed by the caller) and the rerun replaces the checked record. Mutates
+    ``recorded``; returns the number of reruns."""
+    from rich.markup import escape
+
+    current, top = code_digest(), case.top
+    checks = _read_checks(progress_path, case.name, case)
+    by_label = {c.label: c for c in configs}
+    groups: dict[tuple[str, int, str], list[tuple]] = {}
+    for key, rec in recorded.items():
+        label, q, _ = key
+        made_by = rec.get("code_digest") or "legacy"
+        if made_by != current and label in by_label and q in batches and (label, q, made_by) not in checks:
+            groups.setdefault((label, q, made_by), []).append(key)
+    for (label, q, made_by), keys in sorted(groups.items()):
+        key = min(keys, key=lambda k: k[2])
+        was = recorded[key]
+        now = compute(by_label[label], q, key[2])
+        n_was, n_now = count_until_top(was["order"], top), count_until_top(now["order"], top)
+        same = n_was == n_now and list(was["order"][:n_was]) == list(now["order"][:n_now])
+        where = f"{case.name} [{label}] q={q}: {len(keys)} runs recorded by {'older' if made_by == 'legacy' else 'other'} code"
+        if same:
+            console.log(escape(f"{where} reproduce (seed {key[2]} reruns pick for pick, {n_now} calculations): reused"))
+            if progress_path is not None:
+                with open(progress_path, "a") as fh:
+                    fh.write(json.dumps({"driver": "check", "landscape": case.name, "landscape_digest": digest,
+                                         "data_digest": case.data_digest, "settings": label, "q": q,
+                                         "seed": key[2], "verified_code": made_by, "code_digest": current,
+                                         "commit": _commit(), "reproduced": True}) + "\n")
+            continue
+        first = next((i for i, (a, b) in enumerate(zip(was["order"], now["order"])) if a != b),
+                     min(len(was["order"]), len(now["order"])))
+        console.log(escape(f"{where} no longer reproduce (seed {key[2]}: {n_now} calculations, recorded {n_was}; "
+                           f"first different pick at {first + 1}): recomputed"))
+        for k in keys:
+            del recorded[k]
+        recorded[key] = now
+    return len(groups)
+
+
 def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(AgentSettings(),),
                   surrogate="auto", baselines=DEFAULT_BASELINES, grid_seeds=None, progress_path=None,
                   recorded_only=False, window_kjmol=WINDOW_KJMOL, past_completion=0, smiles=None,
@@ -777,7 +887,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
     n, top = len(case.ids), case.top
     digest = landscape_digest(case.ids)
     recorded = {} if fresh else _read_progress(progress_path, case.name, digest, case)
-    n_reused = n_runs = 0
+    n_reused = n_runs = n_rechecked = 0
     if FRAGMENT_TERMS is None:
         FRAGMENT_TERMS = _FragmentTermsOnce()
     cpu_before = FRAGMENT_TERMS.cpu_s()
@@ -794,8 +904,41 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
 
     default = configs[0]
     runs: dict[str, dict[int, list[dict]]] = {c.label: {q: [] for q in batches} for c in configs}
+
+    def compute(c: AgentSettings, q: int, s: int, advance) -> dict:
+        """One run under the current code, scored and appended to the progress file."""
+        nonlocal baseline_cpu_s
+        t0 = time.perf_counter()
+        run = run_agent(case, q, s, c, baselines, with_mae=(c == default and q == batches[0]),
+                        progress=advance, past_completion=past_completion if c == default else 0)
+        if case.fragment and FRAGMENT_TERMS.cpu_s() > cpu_before:
+            baseline_cpu_s = FRAGMENT_TERMS.cpu_s() - cpu_before
+        run["wall_s"] = round(time.perf_counter() - t0, 1)
+        run["count"] = count_until_top(run["order"], top)
+        run["cpu_s"] = cpu_until(run["order"])
+        run["baseline_cpu_s"] = baseline_cpu_s
+        run["last_found_cheap_rank"] = cheap_list.index(run["order"][run["count"] - 1])
+        run["code_digest"], run["commit"] = code_digest(), _commit()
+        if progress_path is not None:
+            with open(progress_path, "a") as fh:
+                fh.write(json.dumps({**run, "driver": "campaign", "landscape": case.name,
+                                     "landscape_digest": digest, "n_structures": n,
+                                     "cheap": case.cheap, "expensive": case.expensive,
+                                     "data_digest": case.data_digest,
+                                     "settings": c.label, "q": q,
+                                     "seed": s, "order": [int(i) for i in run["order"]],
+                                     "p_complete": {str(k): v for k, v in run["p_complete"].items()},
+                                     "mae": {str(k): v for k, v in run["mae"].items()}}) + "\n")
+        after = f" (+{len(run['order']) - run['count']} after completion)" if past_completion else ""
+        console.log(escape(f"{case.name} q={q} seed={s} [{c.label}]: {run['count']} calculations{after}, "
+                           f"{run['wall_s']:.0f} s wall"))
+        return run
+
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"{case.name} campaigns", total=None)
+        if recorded and not recorded_only:
+            n_rechecked = _recheck(case, recorded, configs, batches, progress_path, digest,
+                                   lambda c, q, s: compute(c, q, s, lambda: prog.advance(task)), console)
         for s in range(seeds):  # seed-major, so a partial run has both batch sizes for its seeds
             for q in batches:
                 for c in configs:
@@ -812,33 +955,11 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                         continue
                     if recorded_only:
                         continue
-                    t0 = time.perf_counter()
-                    run = run_agent(case, q, s, c, baselines, with_mae=(c == default and q == batches[0]),
-                                    progress=lambda: prog.advance(task),
-                                    past_completion=past_completion if c == default else 0)
-                    if case.fragment and FRAGMENT_TERMS.cpu_s() > cpu_before:
-                        baseline_cpu_s = FRAGMENT_TERMS.cpu_s() - cpu_before
-                    run["wall_s"] = round(time.perf_counter() - t0, 1)
-                    run["count"] = count_until_top(run["order"], top)
-                    run["cpu_s"] = cpu_until(run["order"])
-                    run["baseline_cpu_s"] = baseline_cpu_s
-                    run["last_found_cheap_rank"] = cheap_list.index(run["order"][run["count"] - 1])
-                    runs[c.label][q].append(run)
-                    if progress_path is not None:
-                        with open(progress_path, "a") as fh:
-                            fh.write(json.dumps({**run, "driver": "campaign", "landscape": case.name,
-                                                 "landscape_digest": digest, "n_structures": n,
-                                                 "cheap": case.cheap, "expensive": case.expensive,
-                                                 "data_digest": case.data_digest,
-                                                 "settings": c.label, "q": q,
-                                                 "seed": s, "order": [int(i) for i in run["order"]],
-                                                 "p_complete": {str(k): v for k, v in run["p_complete"].items()},
-                                                 "mae": {str(k): v for k, v in run["mae"].items()}}) + "\n")
-                    after = f" (+{len(run['order']) - run['count']} after completion)" if past_completion else ""
-                    console.log(escape(f"{case.name} q={q} seed={s} [{c.label}]: {run['count']} calculations{after}, "
-                                       f"{run['wall_s']:.0f} s wall"))
+                    runs[c.label][q].append(compute(c, q, s, lambda: prog.advance(task)))
     if progress_path is not None:
         print(f"{case.name} ({cheap} -> {expensive}): {n_reused} of {n_runs} runs reused from {progress_path}"
+              + (f" ({n_rechecked} reruns checked whether runs recorded by other code still reproduce)"
+                 if n_rechecked else "")
               + ("" if fresh else " (--fresh to recompute)"), file=sys.stderr, flush=True)
     dflt = runs[default.label]
     q0 = batches[0]

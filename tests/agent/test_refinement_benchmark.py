@@ -140,8 +140,8 @@ def test_the_campaign_repeats_the_recorded_picks_of_the_committed_benchmark(benc
 
     progress = ROOT / "benchmarks/results/refinement_formic_acid_dft_progress.jsonl"
     recorded = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
-    run = next(r for r in recorded if r.get("driver") == "campaign" and r["q"] == 1 and r["seed"] == 0
-               and r["settings"] == bench.AgentSettings().label)
+    run = [r for r in recorded if r.get("driver") == "campaign" and r["q"] == 1 and r["seed"] == 0
+           and r["settings"] == bench.AgentSettings().label][-1]  # the last record is the one reused
     case = bench.load_case(FORMIC, "ff", "dft")
     bench.FRAGMENT_TERMS = bench._FragmentTermsOnce()
     try:
@@ -197,3 +197,51 @@ def test_bad_options_end_in_a_one_line_usage_error(bench, argv, capsys):
         bench.main(argv + ["--landscape", str(ROOT / "data" / "landscapes" / "methanol_dft")])
     assert exc.value.code == 2
     assert " error: --" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_runs_recorded_by_other_code_are_reused_only_when_a_rerun_reproduces_them(bench, tmp_path):
+    """A recorded run made by other code (or other numerical libraries) is a figure of that code:
+    one rerun per (setting, batch size) decides whether the group is still what this code does.
+    Reproduced: reused, and a check line spares the rerun next time. Not reproduced: the group is
+    dropped and the rerun replaces its record."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    case = SimpleNamespace(name="x", top={0, 1}, data_digest="d")
+    label = bench.AgentSettings().label
+    progress = tmp_path / "progress.jsonl"
+    base = {"driver": "campaign", "landscape": "x", "landscape_digest": "L", "cheap": None, "expensive": None,
+            "data_digest": "d", "settings": label, "q": 1, "p_complete": {}, "mae": {}}
+    # seeds 0 and 1 by code that no longer exists, seed 2 by this code
+    lines = [{**base, "seed": 0, "order": [5, 0, 1], "code_digest": "old"},
+             {**base, "seed": 1, "order": [0, 5, 1], "code_digest": "old"},
+             {**base, "seed": 2, "order": [1, 0], "code_digest": bench.code_digest()}]
+    progress.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    recorded = {(r["settings"], r["q"], r["seed"]): dict(r) for r in lines}
+    calls = []
+
+    def compute(order):
+        def run(c, q, s):
+            calls.append((c.label, q, s))
+            return {"order": order}
+        return run
+
+    log = io.StringIO()
+    quiet = Console(file=log, width=400, log_path=False)
+    kept = dict(recorded)
+    assert bench._recheck(case, kept, [bench.AgentSettings()], [1], progress, "L", compute([5, 0, 1]), quiet) == 1
+    assert calls == [(label, 1, 0)] and sorted(kept) == sorted(recorded)  # the lowest seed of the old group
+    assert bench._read_checks(progress, "x", case) == {(label, 1, "old")}
+    calls.clear()  # checked once: no rerun next time
+    assert bench._recheck(case, dict(recorded), [bench.AgentSettings()], [1], progress, "L", compute([0, 1]), quiet) == 0
+    assert calls == []
+
+    progress.write_text("".join(json.dumps(rec) + "\n" for rec in lines))  # no check line
+    changed = dict(recorded)
+    assert bench._recheck(case, changed, [bench.AgentSettings()], [1], progress, "L", compute([5, 7, 0, 1]), quiet) == 1
+    assert sorted(k[2] for k in changed) == [0, 2] and changed[(label, 1, 0)]["order"] == [5, 7, 0, 1]
+    assert bench._read_checks(progress, "x", case) == set()
+    assert "no longer reproduce (seed 0: 4 calculations, recorded 3; first different pick at 2)" in \
+        log.getvalue()
