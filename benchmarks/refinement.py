@@ -762,8 +762,9 @@ NUMERIC_PACKAGES = ("numpy", "scipy", "torch", "gpytorch", "botorch", "scikit-le
 def code_digest() -> str:
     """Digest of the code a run executes: the bytes of every ``*.py`` under ``agent/`` and
     ``sim_backends/`` and of this script, by relative path, and the versions of the numerical
-    libraries the decisions rest on (:data:`NUMERIC_PACKAGES`: the same code on another torch or
-    BLAS build can fit a slightly different GP and pick differently further on). A recorded run
+    libraries the decisions rest on (:data:`NUMERIC_PACKAGES`) and the CPU model: the same code on
+    another torch build or processor (other vector kernels) can fit a GP that differs in the fourth
+    digit and, some twenty picks on, pick differently. A recorded run
     made under another digest is reused only after a rerun of it under this one reproduced its
     picks (:func:`_recheck`)."""
     global _CODE_DIGEST
@@ -777,11 +778,25 @@ def code_digest() -> str:
                 h.update(f"{pkg}=={metadata.version(pkg)}\n".encode())
             except metadata.PackageNotFoundError:
                 h.update(f"{pkg} missing\n".encode())
+        h.update(f"cpu {_cpu_model()}\n".encode())
         files = sorted([*(ROOT / "agent").rglob("*.py"), *(ROOT / "sim_backends").rglob("*.py"), Path(__file__)])
         for f in files:
             h.update(str(f.resolve().relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
         _CODE_DIGEST = h.hexdigest()[:16]
     return _CODE_DIGEST
+
+
+def _cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``; else :func:`platform.processor`)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _commit() -> str | None:
