@@ -164,6 +164,11 @@ UTILITY = "p"
 #: factor on the spread of the model's draws in its own picks (the stop rule's
 #: :data:`STOP_INFLATION` is the calibrated one); 1: the model's spreads as they are
 ACQ_INFLATION = 1.0
+#: "fixed": the model's own spread (times ACQ_INFLATION) in its picks; "loo": narrowed by its
+#: leave-one-out spread ratio where that is below 1 (:func:`acquisition_spread`)
+ACQ_SPREAD = "fixed"
+#: the narrowest factor ACQ_SPREAD "loo" applies
+ACQ_SPREAD_FLOOR = 0.25
 #: factor on the spread of the draws of :func:`completion_probability` (stopping rule):
 #: chosen by leave-one-landscape-out as the smallest of 1, 1.5, 2 for which "P >= 0.9" left
 #: the true top 10 complete in >= 90 % of the other landscapes' runs (benchmarks/refinement.py)
@@ -645,13 +650,14 @@ def select_structures(
                                   "from every computed one"} for i in chosen[first:]})
     known_idx = np.array(sorted(done), dtype=int)
     known_e = np.array([done[i] for i in known_idx], dtype=float)
+    spread = acquisition_spread(gp)
     while len(chosen) < n_pick:
         fixed = believed + chosen
         model_now = gp.condition(fixed) if fixed else gp
         delta = model_now.sample(every, n_samples, seed=seed + 7919 * len(chosen))
-        if ACQ_INFLATION != 1.0:
+        if spread != 1.0:
             mean_now = model_now.predict(every)[0]
-            delta = mean_now + float(ACQ_INFLATION) * (delta - mean_now)
+            delta = mean_now + spread * (delta - mean_now)
         draws = e_cheap + delta
         if len(known_idx):
             draws[:, known_idx] = known_e
@@ -680,6 +686,21 @@ def select_structures(
                             "no skill test" if skill is None else f"surrogate trusted: {_skill_text(skill)}",
                             p[best], divisor[best])
     return chosen
+
+
+def acquisition_spread(model: StructureSurrogate) -> float:
+    """Factor on the spread of the model's draws in its own picks: :data:`ACQ_INFLATION`, times,
+    with :data:`ACQ_SPREAD` ``"loo"``, the model's LOO spread ratio
+    (:meth:`~agent.surrogates.base.StructureSurrogate.loo_spread_ratio`) where it is below 1 (the
+    model's calibration factor already widens the spread where it is above), floored at
+    :data:`ACQ_SPREAD_FLOOR`: the two-sided recalibration of Sundararajan & Keerthi (2001) for the
+    picks, while the stop rule keeps the one-sided (never narrower) spread."""
+    factor = float(ACQ_INFLATION)
+    if ACQ_SPREAD == "loo":
+        ratio = model.loo_spread_ratio()
+        if ratio is not None and math.isfinite(ratio):
+            factor *= min(1.0, max(float(ACQ_SPREAD_FLOOR), ratio))
+    return factor
 
 
 def _priced(rule: str, detail: str, p: float, cost: float) -> dict[str, Any]:

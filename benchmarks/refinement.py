@@ -128,6 +128,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.refine_acquisition import (  # noqa: E402
     ACQ_INFLATION,
+    ACQ_SPREAD,
     COST_POWER,
     EXPLORE_ABOVE,
     EXPLORE_FRACTION,
@@ -246,6 +247,7 @@ class AgentSettings:
     descriptor: str = DEFAULT_DESCRIPTOR
     fit_starts: int = N_FIT_STARTS
     lengthscale_prior: tuple[float, float] | str | None = LENGTHSCALE_PRIOR
+    acq_spread: str = ACQ_SPREAD
 
     def __post_init__(self) -> None:  # a result file's JSON list back to the tuple
         if self.lengthscale_prior is not None and self.lengthscale_prior != "auto":
@@ -272,6 +274,8 @@ class AgentSettings:
             gate += f", model picks cost^{self.model_cost_power:g}"
         if self.acq_inflation != 1.0:
             gate += f", model picks spread x{self.acq_inflation:g}"
+        if self.acq_spread != ACQ_SPREAD:
+            gate += f", model picks spread by {self.acq_spread}"
         if self.fit_max_iter != FIT_MAX_ITER:
             gate += f", MLL fit maxiter {self.fit_max_iter}"
         if self.utility != UTILITY:
@@ -546,7 +550,8 @@ def run_agent(case: Case, q: int, seed: int, settings: AgentSettings = AgentSett
     acq_values = {"MIN_SKILL_N": settings.min_skill_n, "SKILL_SCORE": settings.skill_score, "WARMUP": settings.warmup,
                   "SKILL_MIX": settings.skill_mix, "WARMUP_DEDUP": settings.warmup_dedup,
                   "COST_POWER": settings.cost_power, "MODEL_COST_POWER": settings.model_cost_power,
-                  "ACQ_INFLATION": settings.acq_inflation, "UTILITY": settings.utility}
+                  "ACQ_INFLATION": settings.acq_inflation, "UTILITY": settings.utility,
+                  "ACQ_SPREAD": settings.acq_spread}
     global FRAGMENT_TERMS
     if FRAGMENT_TERMS is None and settings.descriptor != DEFAULT_DESCRIPTOR:
         FRAGMENT_TERMS = _FragmentTermsOnce()  # the stage's call gets the descriptor through it
@@ -1160,6 +1165,8 @@ def result_stems(args, cases, baselines, explore) -> tuple[str, str]:
         stem += f"_costpow{args.cost_power:g}"
     if args.acq_inflation != ACQ_INFLATION:
         stem += f"_acqinfl{args.acq_inflation:g}"
+    if args.acq_spread != ACQ_SPREAD:
+        stem += f"_acqspread-{args.acq_spread}"
     if args.model_cost_power != MODEL_COST_POWER:
         stem += f"_modelcostpow{args.model_cost_power:g}"
     if args.fit_max_iter != FIT_MAX_ITER:
@@ -1267,6 +1274,9 @@ def main(argv: list[str] | None = None) -> dict:
                              f"unchanged (default {MODEL_COST_POWER})")
     parser.add_argument("--acq-inflation", type=float, default=ACQ_INFLATION, metavar="K",
                         help=f"agent: factor on the spread of the model's draws in its picks (default {ACQ_INFLATION})")
+    parser.add_argument("--acq-spread", choices=("fixed", "loo"), default=ACQ_SPREAD,
+                        help="agent: the model's draws in its picks at its own spread, or narrowed by its "
+                             f"leave-one-out spread ratio where below 1 (default {ACQ_SPREAD})")
     parser.add_argument("--refit-growth", type=float, default=REFIT_GROWTH, metavar="FRACTION",
                         help="agent (fragment dimer GP): refit the hyperparameters only once the computed structures "
                              f"grew by this fraction since the last fit (default {REFIT_GROWTH}: every fit)")
@@ -1363,7 +1373,8 @@ def main(argv: list[str] | None = None) -> dict:
     agent = AgentSettings(None if args.no_skill_test else args.skill_ratio, explore[0], explore[1], args.n_initial,
                           args.min_skill_n, args.skill_score, args.warmup, args.skill_mix, args.warmup_dedup,
                           args.refit_growth, args.cost_power, args.model_cost_power,
-                          args.acq_inflation, args.utility, args.fit_max_iter, args.descriptor, args.fit_starts, args.lengthscale_prior)
+                          args.acq_inflation, args.utility, args.fit_max_iter, args.descriptor, args.fit_starts, args.lengthscale_prior,
+                          args.acq_spread)
     configs = [agent]
     if args.combine:
         return combine(args.combine, console, args.out)

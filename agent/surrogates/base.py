@@ -146,6 +146,21 @@ class StructureSurrogate(ABC):
     #: kJ/mol per molecule; None before two structures are computed
     loo_residual_kjmol: np.ndarray | None = None
 
+    def loo_spread_ratio(self) -> float | None:
+        """``sqrt((sum z^2 + n0) / (n + n0))`` of the leave-one-out z-scores (residual over the
+        uncalibrated predictive sd; ``n0`` the model's ``calibration_prior_n`` pseudo-points at
+        ``z^2 = 1``), not clipped: below 1 when the computed structures' held-out errors are
+        smaller than the model's error bars say; None when the model has no LOO z-scores."""
+        z2 = self._loo_z_squared()
+        if z2 is None or len(z2) == 0:
+            return None
+        n0 = float(getattr(self, "calibration_prior_n", 0.0))
+        return float(np.sqrt((float(np.sum(z2)) + n0) / (len(z2) + n0)))
+
+    def _loo_z_squared(self) -> np.ndarray | None:
+        """Squared LOO z-scores of the computed structures (subclasses that have them)."""
+        return None
+
     @property
     def n_landscape(self) -> int:
         """Structures of the landscape the model is bound to."""

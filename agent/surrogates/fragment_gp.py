@@ -339,6 +339,10 @@ class FragmentDeltaModel(StructureSurrogate):
                 self.calibration = loo_calibration(self._loo_z2, self.calibration_prior_n, self.max_calibration)
         return self
 
+    def _loo_z_squared(self) -> np.ndarray | None:
+        z2 = getattr(self, "_loo_z2", None)
+        return None if z2 is None else np.asarray(z2, dtype=float).reshape(-1)
+
     #: what a remembered fit carries over (REFIT_GROWTH): the hyperparameters and their kernel
     _KEPT_STATE = ("_rbf_dims", "kernel_choice", "prior_choice", "_kernel", "_kshared", "_noise", "_y_shift", "_y_scale")
 

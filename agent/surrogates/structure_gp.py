@@ -253,6 +253,9 @@ class DeltaGP:
                             if self.calibrate else 1.0)
         return self
 
+    def _loo_z_squared(self) -> np.ndarray | None:
+        return None if self.loo_z is None else np.asarray(self.loo_z, dtype=float) ** 2
+
     def _loo_z(self) -> np.ndarray:
         """Leave-one-out standardized residuals of the training points, ``(n,)``
         (:func:`~agent.surrogates.base.block_loo` with one point per block, fitted

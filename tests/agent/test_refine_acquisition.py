@@ -575,3 +575,30 @@ def test_reasons_name_the_branch_of_each_pick(target_i):
         assert "leave-one-out MAE" in w["detail"] and "over 12 computed" in w["detail"]
         assert w["cost"] == 2.0 and w["rate"] == pytest.approx(w["value"] / 2.0)
     assert picks == select_structures(e_cheap, X, done, [], np.full(n, 2.0), q=2, seed=0, explore_above=None)
+
+
+def test_the_acquisition_spread_narrows_only_an_underconfident_model(monkeypatch):
+    """ACQ_SPREAD "loo": the model's draws in its picks are narrowed by its leave-one-out spread
+    ratio when that is below 1 (held-out errors smaller than its error bars), floored, and never
+    widened (its calibration factor already widens an overconfident model); "fixed": unchanged."""
+    import numpy as np
+
+    import agent.refine_acquisition as acq
+    from agent.surrogates.structure_gp import ShiftModel
+
+    class Model(ShiftModel):
+        def __init__(self, z2):
+            self.z2, self.calibration_prior_n = z2, 4.0
+
+        def _loo_z_squared(self):
+            return None if self.z2 is None else np.asarray(self.z2, dtype=float)
+
+    small, large = Model([0.09] * 20), Model([4.0] * 20)
+    assert small.loo_spread_ratio() == pytest.approx(np.sqrt((20 * 0.09 + 4) / 24))
+    assert acq.acquisition_spread(small) == 1.0  # the default: the model's spread
+    monkeypatch.setattr(acq, "ACQ_SPREAD", "loo")
+    assert acq.acquisition_spread(small) == pytest.approx(np.sqrt((20 * 0.09 + 4) / 24))
+    assert acq.acquisition_spread(large) == 1.0 and acq.acquisition_spread(Model(None)) == 1.0
+    assert acq.acquisition_spread(Model([0.0] * 1000)) == acq.ACQ_SPREAD_FLOOR
+    monkeypatch.setattr(acq, "ACQ_INFLATION", 2.0)
+    assert acq.acquisition_spread(small) == pytest.approx(2 * np.sqrt((20 * 0.09 + 4) / 24))

@@ -63,7 +63,8 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
                     min_skill_n=bench.MIN_SKILL_N, skill_score=bench.SKILL_SCORE, warmup=bench.WARMUP,
                     skill_mix=bench.SKILL_MIX, warmup_dedup=bench.WARMUP_DEDUP, cost_power=bench.COST_POWER,
                     refit_growth=bench.REFIT_GROWTH, model_cost_power=bench.MODEL_COST_POWER,
-                    acq_inflation=bench.ACQ_INFLATION, utility=bench.UTILITY, fit_max_iter=bench.FIT_MAX_ITER,
+                    acq_inflation=bench.ACQ_INFLATION, acq_spread=bench.ACQ_SPREAD, utility=bench.UTILITY,
+                    fit_max_iter=bench.FIT_MAX_ITER,
                     descriptor=bench.DEFAULT_DESCRIPTOR,
                     fit_starts=bench.N_FIT_STARTS, lengthscale_prior=bench.LENGTHSCALE_PRIOR)
         return SimpleNamespace(**{**base, **kw})
@@ -92,13 +93,14 @@ def test_only_the_default_run_writes_the_default_result_file(bench):
                            default)[0],
         bench.result_stems(args(acq_inflation=1.5 if bench.ACQ_INFLATION == 1.0 else 1.0), [], base, default)[0],
         bench.result_stems(args(utility="odds" if bench.UTILITY == "p" else "p"), [], base, default)[0],
+        bench.result_stems(args(acq_spread="loo" if bench.ACQ_SPREAD == "fixed" else "fixed"), [], base, default)[0],
         bench.result_stems(args(fit_max_iter=bench.FIT_MAX_ITER * 10), [], base, default)[0],
         bench.result_stems(args(descriptor="element+2A"), [], base, default)[0],
         bench.result_stems(args(fit_starts=bench.N_FIT_STARTS + 3), [], base, default)[0],
         bench.result_stems(args(lengthscale_prior=(0.0, 1.0) if bench.LENGTHSCALE_PRIOR is None else None), [], base,
                            default)[0],
     }
-    assert len(stems) == 22 and "refinement" not in stems
+    assert len(stems) == 23 and "refinement" not in stems
     if bench.N_FIT_STARTS == 1 and bench.LENGTHSCALE_PRIOR is None:
         assert bench.result_stems(args(fit_starts=4), [], base, default)[0] == "refinement_starts4"
         assert bench.result_stems(args(lengthscale_prior=(-1.0, 0.5)), [], base, default)[0] == "refinement_lsprior-1,0.5"
