@@ -143,7 +143,7 @@ def _write_structures(campaign: Any, stage: Any, out: Path) -> list[str]:
                 paths.append(cif_path)
                 status = "computed" if r["computed"] else "failed" if r["failed"] else "predicted"
                 row = [r["id"], rank[k], r["space_group"], cif_formula_units(cif_path, r["z"]),
-                       z_prime_cell(r.get("z_prime")), _fmt(r["density_gcm3"], 4),
+                       z_prime_cell(r.get("z_prime")), _fmt(r["density_gcm3"], 3),
                        _fmt(r["ff_kjmol"]), _fmt(r["ff_rel_kjmol"]),
                        _fmt(r["energy_kjmol"]) if r["computed"] else "", _fmt(r["energy_kjmol"]),
                        _fmt(r["std_kjmol"]), _fmt(r.get("rel_kjmol")), status]

@@ -567,7 +567,7 @@ RESULTS_COLUMNS_FILE = "results_columns.csv"
 
 
 def csv_number(unit: str, value: float | None) -> str:
-    """A value for a CSV cell, rounded by its unit: kJ/mol to 0.01, eV and g/cm3 to 1e-4,
+    """A value for a CSV cell, rounded by its unit: kJ/mol to 0.01, eV (1 meV) and g/cm3 to 1e-3,
     log10 units to 1e-3, others to 4 significant digits; '' for None or a non-finite value."""
     import math
 
@@ -576,7 +576,7 @@ def csv_number(unit: str, value: float | None) -> str:
     if unit.startswith("kJ/mol"):
         return f"{value:.2f}"
     if unit in ("eV", "g/cm3"):
-        return f"{value:.4f}"
+        return f"{value:.3f}"
     if unit.startswith("log10"):
         return f"{value:.3f}"
     return f"{value:.4g}"

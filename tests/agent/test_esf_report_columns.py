@@ -65,7 +65,7 @@ def test_results_csv_has_lambda_in_kjmol_and_ev_for_every_molecule(ladder, tmp_p
     for r in rows:
         lam = proxy[smiles_id[r["smiles"]]]  # one GFN2-xTB lambda+ at every ESF level
         assert float(r["reorg_energy_kjmol"]) == pytest.approx(lam, abs=0.005)  # rounded to 0.01 kJ/mol
-        assert float(r["reorg_energy_ev"]) == pytest.approx(lam / KJMOL_PER_EV, abs=5e-5)
+        assert float(r["reorg_energy_ev"]) == pytest.approx(lam / KJMOL_PER_EV, abs=5e-4)  # 1 meV rounding
     header = list(rows[0])
     assert header.index("reorg_energy_kjmol") == header.index("replay-esf-refined_log10_landscape_mobility_hole") + 1
     assert header[-1] == "notes" and "excluded_by" not in header  # no constraint

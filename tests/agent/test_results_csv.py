@@ -150,7 +150,7 @@ def test_csv_number_rounds_by_unit():
 
     assert csv_number("kJ/mol", 17.788649841859236) == "17.79"
     assert csv_number("kJ/mol per molecule", -110.7345) == "-110.73"
-    assert csv_number("eV", 0.18436532) == "0.1844"
+    assert csv_number("eV", 0.18436532) == "0.184" and csv_number("g/cm3", 1.38044) == "1.380"
     assert csv_number("log10 cm2/(V s)", -1.23456) == "-1.235"
     assert csv_number("cm2/(V s)", 0.0123456) == "0.01235"
     assert csv_number("kJ/mol", None) == csv_number("kJ/mol", float("nan")) == ""
