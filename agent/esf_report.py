@@ -735,26 +735,30 @@ def _window_text(rec: dict[str, Any]) -> str:
     (:func:`_window_energies_text`) and the stage's cut (:func:`_cut_text`)."""
     a, k, n, share = window_share(rec)
     if rec.get("source") != "molecule stage":
-        about = []
-        if rec.get("n_reused"):
-            about.append(f"{rec['n_reused']} of them from the molecule stage's "
-                         f"{', '.join(rec.get('reused_from') or [])} on the same structures")
-        if rec.get("n_predicted"):
-            about.append(f"{rec['n_predicted']} of them with a predicted energy only "
-                         f"({_prediction(rec)}), not computed at the ranking level")
-        reused = f" ({'; '.join(about)})" if about else ""
-        if k is not None and k < n:  # the covered share said as the molecule stage says it (newuser45c #3)
-            text = (coverage_text(k, n, share, reused) if share is not None
-                    else f"mobility for {k} of {n} structures in window{reused}")
-        else:
-            text = f"{n} structures in window{reused}"
-        return text + _window_energies_text(rec) + _cut_text(rec)
+        return _window_core(rec, k, n, share) + _window_energies_text(rec) + _cut_text(rec)
     failed = f", {k} with a mobility" if k < a else ""
     if n is None:
         return f"the lowest {a} structures in window{failed}, share of the window not recorded"
     if a < n:
         return f"the lowest {a} of {n} structures in window{failed}, {share_text(share)}"
     return f"{n} structures in window{failed}" + (f", {share_text(share)}" if k < n else "")
+
+
+def _window_core(rec: dict[str, Any], k: int | None, n: int | None, share: float | None) -> str:
+    """A structure-stage record's window: how many of its structures have a mobility and their
+    share, and how many came from the molecule stage or have a predicted energy only."""
+    about = []
+    if rec.get("n_reused"):
+        about.append(f"{rec['n_reused']} of them from the molecule stage's "
+                     f"{', '.join(rec.get('reused_from') or [])} on the same structures")
+    if rec.get("n_predicted"):
+        about.append(f"{rec['n_predicted']} of them with a predicted energy only "
+                     f"({_prediction(rec)}), not computed at the ranking level")
+    reused = f" ({'; '.join(about)})" if about else ""
+    if k is not None and k < n:  # the covered share said as the molecule stage says it (newuser45c #3)
+        return (coverage_text(k, n, share, reused) if share is not None
+                else f"mobility for {k} of {n} structures in window{reused}")
+    return f"{n} structures in window{reused}"
 
 
 def _window_energies_text(rec: dict[str, Any]) -> str:
@@ -820,7 +824,9 @@ def _minimum_label(rec: dict[str, Any]) -> tuple[str, str]:
 
 def esf_lines(results: list[dict[str, Any]]) -> list[str]:
     """Status lines: per molecule (best first, at most :data:`N_LISTED`), the landscape
-    hole mobility with its sd, unit and level, and its predicted global minimum."""
+    hole mobility with its sd, unit, level and window, then on lines of their own what the sd
+    covers and, for a structure-stage record, how the window's energies are known and the stage's
+    cut, and its predicted global minimum."""
     if not results:
         return []
     lines = [f"ESF           landscape hole mobility mu_h ({MOBILITY_UNIT}; Boltzmann mean ± 1 sd over the "
@@ -846,13 +852,19 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
         lines.append(f"  TLT {tlt[0]}{tlt[1]}; the Marcus hopping value is kept beside it")
     for rec in results[:N_LISTED]:
         log = f"log10 {math.log10(rec['mean']):.2f}" if rec["mean"] > 0 else "no coupling"
-        covers = f"± {rec.get('sd_covers') or SD_ENERGY_ONLY}; " if rec["sd"] > 0 else ""
+        covers = [f"± covers: {rec.get('sd_covers') or SD_ENERGY_ONLY}"] if rec["sd"] > 0 else []
         own = "" if said[rec["backend"]] == rec["level"] or rec.get("level_base") else f": {rec['level']}"
-        lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({covers}{log}), "
-                     f"{_window_text(rec)}; {rec['source']} ({rec['backend']}){own}"
+        if rec.get("source") == "molecule stage":
+            window, more = _window_text(rec), []
+        else:  # how the window's energies are known and the stage's cut on lines of their own (newuser50 #9)
+            window = _window_core(rec, *window_share(rec)[1:])
+            more = [t[2:] for t in (_window_energies_text(rec), _cut_text(rec)) if t]
+        lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({log}), "
+                     f"{window}; {rec['source']} ({rec['backend']}){own}"
                      + (f"; {lambda_text(rec)}" if rec.get("lambda_hole_kjmol") is not None else ""))
         if rec.get("infeasible"):
             lines.append(f"    EXCLUDED {rec['infeasible']}")
+        lines.extend(f"    {t}" for t in covers + more)
         gm = rec.get("global_minimum")
         if gm:
             cif = gm.get("cif")

@@ -197,7 +197,9 @@ def test_status_says_how_many_window_structures_have_a_mobility_and_how_many_onl
     assert predicted == {land.ids[i] for i in st.values if i not in land.computed and i not in land.failed}
     k, j, n = esf["n_with_mobility"], esf["n_predicted"], esf["n_in_window"]
     assert 1 <= j <= k <= n and j == len(predicted)  # every reused structure is within the window here
-    line = next(x for x in text.splitlines() if x.startswith("  pyrazine: mu_h = ") and "structure stage" in x)
+    rows_text = text.splitlines()
+    at = next(i for i, x in enumerate(rows_text) if x.startswith("  pyrazine: mu_h = ") and "structure stage" in x)
+    line = "\n".join([rows_text[at]] + [x for x in rows_text[at + 1:at + 4] if x.startswith("    ")])  # its block
     assert f"mobility for {k} of {n} structures in window (" in line, line
     assert f"{j} of them with a predicted energy only ({esf['ranking_model']} prediction)" in line, line
     assert f"the predicted energies of the {j} structures with a mobility but no computed energy" in line
@@ -244,7 +246,9 @@ def test_the_window_counts_every_stored_structure_and_says_the_stage_kept_fewer(
     cut = esf["window_cut"]
     assert (cut["kept"], cut["stored"], cut["beyond_in_window"]) == (MAX_STRUCTURES, N_STORED, beyond)
     assert cut["last_kept"]["id"] == rows[MAX_STRUCTURES - 1]["id"]  # the cut, at the force field
-    line = next(x for x in text.splitlines() if x.startswith("  pyrazine: mu_h = ") and "structure stage" in x)
+    rows_text = text.splitlines()
+    at = next(i for i, x in enumerate(rows_text) if x.startswith("  pyrazine: mu_h = ") and "structure stage" in x)
+    line = "\n".join([rows_text[at]] + [x for x in rows_text[at + 1:at + 4] if x.startswith("    ")])  # its block
     assert (f"the stage kept the lowest {MAX_STRUCTURES} of the CSP's {N_STORED} structures ([structures] "
             f"max_structures): {beyond} of the window's are beyond them") in line, line
     head = next(x for x in text.splitlines() if x.startswith("structures    pyrazine: "))

@@ -94,18 +94,20 @@ def test_structure_stage_mobility_says_how_much_of_the_window_it_covers(finished
     spread = abs(mobilities.popitem()[1] - mobilities.popitem()[1]) / math.sqrt(2)  # sd of two values
     assert esf["sd"] == pytest.approx(math.hypot(event["sd"], w_u * spread), rel=1e-9)
     assert esf["sd"] > event["sd"]
-    line = next(x for x in text.splitlines() if x.startswith(f"  {esf['name']}: mu_h = ") and "structure stage" in x)
+    rows = text.splitlines()
+    at = next(i for i, x in enumerate(rows) if x.startswith(f"  {esf['name']}: mu_h = ") and "structure stage" in x)
+    line, covers = rows[at], rows[at + 1]  # what the ± covers on the line below (newuser50 #9)
     assert f"mobility for {k} of {n} structures in window" in line, line
     assert f"± {format_mobility(esf['mean'], esf['sd']).split('± ')[1]}" in line
     own = event["ranking_sd_kjmol"]  # the replayed level is periodic GFN2-xTB: its own error is in the sd
     loo = math.sqrt(event["energy_sd_kjmol"] ** 2 - own ** 2)
     assert own > 0 and loo > 0
-    assert (f"(± energy ranking and {n - k} structures without a mobility ({w_u:.0%} of the Boltzmann weight) "
+    assert (f"    ± covers: energy ranking and {n - k} structures without a mobility ({w_u:.0%} of the Boltzmann weight) "
             f"at the spread of the {k} computed mobilities; the energy ranking's sd per computed energy is "
             f"{event['energy_sd_kjmol']:.1f} kJ/mol per molecule: the ranking level's own relative-energy error "
             f"{own:.1f} (periodic GFN2-xTB's sd against fragment DFT on 16 pyrazine structures) and the structure "
-            f"surrogate's leave-one-out error {loo:.2f}, in quadrature; J, lambda and transport-model errors not included; "
-            "log10 ") in line
+            f"surrogate's leave-one-out error {loo:.2f}, in quadrature; J, lambda and transport-model errors not "
+            "included") == covers
     import csv
 
     (row,) = [r for r in csv.DictReader((finished / "u" / "report" / "esf_results.csv").open())
@@ -147,9 +149,10 @@ def test_every_landscape_mobility_line_says_what_its_sd_covers():
     rec = {"molecule_id": 1, "name": "tetracene", "smiles": "c1ccc2cc3cc4ccccc4cc3cc2c1", "source": "molecule stage",
            "backend": "esf-refined", "level": "GFN2-xTB", "mean": 3.2, "sd": 0.5, "n_in_window": 6,
            "structures": [gm], "global_minimum": gm, "warnings": [], "notes": []}
-    (line,) = [x for x in esf_lines([rec]) if x.startswith("  tetracene: ")]
-    assert ("mu_h = 3.2 ± 0.50 cm2/(V s) (± energy-ranking spread only; J, lambda and transport-model "
-            "errors not included; log10 0.51)") in line
+    lines = esf_lines([rec])
+    at = next(i for i, x in enumerate(lines) if x.startswith("  tetracene: "))
+    assert "mu_h = 3.2 ± 0.50 cm2/(V s) (log10 0.51)" in lines[at]
+    assert lines[at + 1] == "    ± covers: energy-ranking spread only; J, lambda and transport-model errors not included"
 
 
 def test_structure_stage_line_names_the_global_minimum_when_it_has_no_mobility():
