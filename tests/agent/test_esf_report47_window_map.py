@@ -44,9 +44,11 @@ def test_the_record_counts_the_windows_energies_by_how_they_are_known(camp, runs
     c = esf["window_energies"]
     assert sum(c.values()) == esf["n_in_window"] and c["predicted"] > 0
     assert c["estimated"] == esf["window_cut"]["beyond_in_window"]
-    line = next(x for x in text.splitlines() if x.startswith("  pyrazine: mu_h = ") and "structure stage" in x)
-    assert (f"; the window's energies: {c['computed']} computed, {c['predicted']} predicted "
-            f"({esf['ranking_model']} prediction)") in line, line
+    rows = text.splitlines()
+    at = next(i for i, x in enumerate(rows) if x.startswith("  pyrazine: mu_h = ") and "structure stage" in x)
+    block = [x for x in rows[at + 1:at + 4] if x.startswith("    ")]  # the lines under the molecule's
+    assert any(x.startswith(f"    the window's energies: {c['computed']} computed, {c['predicted']} predicted "
+                            f"({esf['ranking_model']} prediction)") for x in block), block
     (row,) = [r for r in csv.DictReader((runs / "p" / "report" / "esf_results.csv").open())
               if r["source"] == "structure stage"]
     assert int(row["n_with_mobility_at_predicted_energy_in_window"]) == esf["n_predicted"]
