@@ -1072,7 +1072,7 @@ def landscape_table(campaign: Campaign, mol_id: int, path: Path) -> Path:
             r = rows[i]
             fv = land.f_vib.get(int(i))
             w.writerow([land.ids[i], r["space_group"] or "", reported_z(r), z_prime_cell(r.get("z_prime")),
-                        "" if r["density_gcm3"] is None else f"{r['density_gcm3']:.4f}",
+                        "" if r["density_gcm3"] is None else f"{r['density_gcm3']:.3f}",
                         f"{land.ff_kjmol[i] - land.ff_kjmol.min():.3f}",
                         f"{static[i] - static.min():.3f}", f"{std[i]:.3f}", int(i in land.computed),
                         "" if fv is None else f"{fv:.3f}", f"{g[i] - g.min():.3f}" if has_g else "",

@@ -128,7 +128,7 @@ def test_result_names_carry_levels_other_than_the_landscapes_own_and_fresh(bench
     args = bench.main.__globals__["argparse"].Namespace
     base = dict(surrogate="auto", no_explore=False, no_skill_test=False, skill_ratio=bench.SKILL_RATIO,
                 skill_mix=bench.SKILL_MIX, warmup=bench.WARMUP, cost_power=bench.COST_POWER,
-                acq_inflation=bench.ACQ_INFLATION, model_cost_power=bench.MODEL_COST_POWER, utility=bench.UTILITY,
+                acq_inflation=bench.ACQ_INFLATION, acq_spread=bench.ACQ_SPREAD, model_cost_power=bench.MODEL_COST_POWER, utility=bench.UTILITY,
                 fit_max_iter=bench.FIT_MAX_ITER,
                 descriptor=bench.DEFAULT_DESCRIPTOR, fit_starts=bench.N_FIT_STARTS,
                 lengthscale_prior=bench.LENGTHSCALE_PRIOR, refit_growth=bench.REFIT_GROWTH,
