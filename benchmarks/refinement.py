@@ -837,21 +837,23 @@ def _read_checks(progress_path, name: str, case: Case) -> set[tuple[str, int, st
     return checks
 
 
-def _recheck(case: Case, recorded: dict, configs, batches, progress_path, digest: str, compute, console) -> int:
-    """Keep only recorded runs that the current code still makes. Runs recorded by other code
-    (another :func:`code_digest`, or none) are grouped by (setting, batch size, their code); per
-    group not yet checked under this code, the lowest seed is rerun with ``compute(settings, q,
-    seed)``. Same picks up to completion: the group is reused, and a ``check`` line in the
-    progress file says so, so it is not rerun next time. Other picks: the group's records are
-    dropped (and recomputed by the caller) and the rerun replaces the checked record. Mutates
-    ``recorded``; returns the number of reruns."""
+def _recheck(case: Case, needed: dict, recorded: dict, configs, batches, progress_path, digest: str, compute,
+             console) -> int:
+    """Keep only recorded runs that the current code still makes. The runs of ``needed`` (the
+    recorded runs this invocation would reuse) recorded by other code (another
+    :func:`code_digest`, or none) are grouped by (setting, batch size, their code); per group not
+    yet checked under this code, its lowest seed is rerun with ``compute(settings, q, seed)``.
+    Same picks up to completion: the group is reused, and a ``check`` line in the progress file
+    says so, so it is not rerun next time. Other picks: the group's records are dropped from
+    ``recorded`` (and recomputed by the caller) and the rerun replaces the checked record.
+    Mutates ``recorded``; returns the number of reruns."""
     from rich.markup import escape
 
     current, top = code_digest(), case.top
     checks = _read_checks(progress_path, case.name, case)
     by_label = {c.label: c for c in configs}
     groups: dict[tuple[str, int, str], list[tuple]] = {}
-    for key, rec in recorded.items():
+    for key, rec in needed.items():
         label, q, _ = key
         made_by = rec.get("code_digest") or "legacy"
         if made_by != current and label in by_label and q in batches and (label, q, made_by) not in checks:
@@ -862,9 +864,11 @@ def _recheck(case: Case, recorded: dict, configs, batches, progress_path, digest
         now = compute(by_label[label], q, key[2])
         n_was, n_now = count_until_top(was["order"], top), count_until_top(now["order"], top)
         same = n_was == n_now and list(was["order"][:n_was]) == list(now["order"][:n_now])
-        where = f"{case.name} [{label}] q={q}: {len(keys)} runs recorded by {'older' if made_by == 'legacy' else 'other'} code"
+        one = len(keys) == 1
+        where = (f"{case.name} [{label}] q={q}: {len(keys)} run{'' if one else 's'} recorded by "
+                 f"{'older' if made_by == 'legacy' else 'other'} code (or another machine)")
         if same:
-            console.log(escape(f"{where} reproduce (seed {key[2]} reruns pick for pick, {n_now} calculations): reused"))
+            console.log(escape(f"{where} {'reproduces' if one else 'reproduce'} (seed {key[2]} reruns pick for pick, {n_now} calculations): reused"))
             if progress_path is not None:
                 with open(progress_path, "a") as fh:
                     fh.write(json.dumps({"driver": "check", "landscape": case.name, "landscape_digest": digest,
@@ -874,7 +878,7 @@ def _recheck(case: Case, recorded: dict, configs, batches, progress_path, digest
             continue
         first = next((i for i, (a, b) in enumerate(zip(was["order"], now["order"])) if a != b),
                      min(len(was["order"]), len(now["order"])))
-        console.log(escape(f"{where} no longer reproduce (seed {key[2]}: {n_now} calculations, recorded {n_was}; "
+        console.log(escape(f"{where} no longer {'reproduces' if one else 'reproduce'} (seed {key[2]}: {n_now} calculations, recorded {n_was}; "
                            f"first different pick at {first + 1}): recomputed"))
         for k in keys:
             del recorded[k]
@@ -954,28 +958,30 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
                            f"{run['wall_s']:.0f} s wall"))
         return run
 
+    # seed-major, so a partial run has both batch sizes for its seeds; the grid's other settings:
+    # first batch size, first seeds
+    wanted = [(c, q, s) for s in range(seeds) for q in batches for c in configs
+              if c == default or (q == batches[0] and (grid_seeds is None or s < grid_seeds))]
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"{case.name} campaigns", total=None)
         if recorded and not recorded_only:
-            n_rechecked = _recheck(case, recorded, configs, batches, progress_path, digest,
+            needed = {(c.label, q, s) for c, q, s in wanted}
+            n_rechecked = _recheck(case, {k: v for k, v in recorded.items() if k in needed}, recorded, configs,
+                                   batches, progress_path, digest,
                                    lambda c, q, s: compute(c, q, s, lambda: prog.advance(task)), console)
-        for s in range(seeds):  # seed-major, so a partial run has both batch sizes for its seeds
-            for q in batches:
-                for c in configs:
-                    if c != default and (q != batches[0] or (grid_seeds is not None and s >= grid_seeds)):
-                        continue  # the grid's other settings: first batch size, first seeds
-                    n_runs += 1
-                    if (c.label, q, s) in recorded:  # scored against this case's target set
-                        n_reused += 1
-                        run = recorded[(c.label, q, s)]
-                        run["count"] = count_until_top(run["order"], top)
-                        run["cpu_s"] = cpu_until(run["order"])
-                        run["last_found_cheap_rank"] = cheap_list.index(run["order"][run["count"] - 1])
-                        runs[c.label][q].append(run)
-                        continue
-                    if recorded_only:
-                        continue
-                    runs[c.label][q].append(compute(c, q, s, lambda: prog.advance(task)))
+        for c, q, s in wanted:
+            n_runs += 1
+            if (c.label, q, s) in recorded:  # scored against this case's target set
+                n_reused += 1
+                run = recorded[(c.label, q, s)]
+                run["count"] = count_until_top(run["order"], top)
+                run["cpu_s"] = cpu_until(run["order"])
+                run["last_found_cheap_rank"] = cheap_list.index(run["order"][run["count"] - 1])
+                runs[c.label][q].append(run)
+                continue
+            if recorded_only:
+                continue
+            runs[c.label][q].append(compute(c, q, s, lambda: prog.advance(task)))
     if progress_path is not None:
         print(f"{case.name} ({cheap} -> {expensive}): {n_reused} of {n_runs} runs reused from {progress_path}"
               + (f" ({n_rechecked} reruns checked whether runs recorded by other code still reproduce)"

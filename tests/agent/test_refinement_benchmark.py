@@ -233,17 +233,22 @@ def test_runs_recorded_by_other_code_are_reused_only_when_a_rerun_reproduces_the
     log = io.StringIO()
     quiet = Console(file=log, width=400, log_path=False)
     kept = dict(recorded)
-    assert bench._recheck(case, kept, [bench.AgentSettings()], [1], progress, "L", compute([5, 0, 1]), quiet) == 1
+    assert bench._recheck(case, {k: v for k, v in kept.items() if k[2] == 2}, kept, [bench.AgentSettings()], [1],
+                          progress, "L", compute([5, 0, 1]), quiet) == 0  # not needed now: not rerun
+    assert bench._recheck(case, dict(kept), kept, [bench.AgentSettings()], [1], progress, "L", compute([5, 0, 1]),
+                          quiet) == 1
     assert calls == [(label, 1, 0)] and sorted(kept) == sorted(recorded)  # the lowest seed of the old group
     assert bench._read_checks(progress, "x", case) == {(label, 1, "old")}
     calls.clear()  # checked once: no rerun next time
-    assert bench._recheck(case, dict(recorded), [bench.AgentSettings()], [1], progress, "L", compute([0, 1]), quiet) == 0
+    assert bench._recheck(case, dict(recorded), dict(recorded), [bench.AgentSettings()], [1], progress, "L",
+                          compute([0, 1]), quiet) == 0
     assert calls == []
 
     progress.write_text("".join(json.dumps(rec) + "\n" for rec in lines))  # no check line
     changed = dict(recorded)
-    assert bench._recheck(case, changed, [bench.AgentSettings()], [1], progress, "L", compute([5, 7, 0, 1]), quiet) == 1
+    assert bench._recheck(case, dict(changed), changed, [bench.AgentSettings()], [1], progress, "L",
+                          compute([5, 7, 0, 1]), quiet) == 1
     assert sorted(k[2] for k in changed) == [0, 2] and changed[(label, 1, 0)]["order"] == [5, 7, 0, 1]
     assert bench._read_checks(progress, "x", case) == set()
-    assert "no longer reproduce (seed 0: 4 calculations, recorded 3; first different pick at 2)" in \
+    assert "(or another machine) no longer reproduce (seed 0: 4 calculations, recorded 3; first different pick at 2)" in \
         log.getvalue()
