@@ -473,6 +473,10 @@ class Campaign:
                     # both limits bind: raising only one of them would not restart the stage
                     why = f"{why}; {cpu.replace('compute budget: ', 'and the compute budget: ', 1)}" \
                         " (refine --cpu-hours H adds CPU)"
+                elif cfg.max_cpu_hours is not None:  # how far N more would get (newuser51 #5)
+                    total = cfg.max_cpu_hours * 3600
+                    why = (f"{why}, with {max(total - self.spent_cpu_s, 0.0):.0f} of its {total:.0f} CPU s left "
+                           "(refine --cpu-hours H adds CPU)")
                 if "molecule" in self.enabled and (mol := self.molecules.exhausted_reason()):
                     # what stops the molecule stage too, so that a larger --max-evaluations is not
                     # expected to evaluate more molecules (newuser45c #7)

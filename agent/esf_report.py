@@ -815,7 +815,9 @@ def _minimum_label(rec: dict[str, Any]) -> tuple[str, str]:
         predicted = (f"; its ranking-level energy is predicted ({_prediction(rec)}"
                      + (f", ± {sd:.1f} kJ/mol per molecule" if sd else "") + "), not computed")
     if not low or low["id"] == gm.get("id"):  # which stage's ranking (newuser50 #11: two per molecule)
-        return f"predicted global minimum ({rec.get('source') or 'molecule stage'})", predicted
+        # a leader whose ranking-level energy is not computed is no global minimum yet (newuser51 #1)
+        what = "predicted leader" if gm.get("energy_predicted") else "predicted global minimum"
+        return f"{what} ({rec.get('source') or 'molecule stage'})", predicted
     how = "computed" if low.get("computed") else "predicted"
     gap = gm.get("energy_kjmol", float("nan")) - low["energy_kjmol"]
     return ("lowest structure with a mobility",
@@ -871,8 +873,9 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
             where = f"  {cif}" if cif and Path(cif).is_file() else ""
             dens = f", {gm['density_gcm3']:.3f} g/cm3" if gm.get("density_gcm3") is not None else ""
             if gm.get("energy_kjmol") is not None:  # and the level that ranked it (newuser49 #8)
-                dens += (f", E_latt {gm['energy_kjmol']:.1f} kJ/mol per molecule at "
-                         f"{rec.get('energy_level') or 'the CSP force field'}")
+                dens += (f", E_latt {gm['energy_kjmol']:.1f} kJ/mol per molecule "
+                         + ("predicted for " if gm.get("energy_predicted") else "at ")  # newuser51 #3
+                         + f"{rec.get('energy_level') or 'the CSP force field'}")
             label, suffix = _minimum_label(rec)
             lines.append(f"    {label} {gm['id']} ({gm.get('space_group') or '?'}, "
                          f"Z = {reported_z(gm)}{dens}): mu_h = {format_mobility(gm['mobility_hole_cm2Vs'])}"

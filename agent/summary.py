@@ -813,7 +813,9 @@ def _structure_stage_text(st: dict[str, Any] | None) -> str:
         about = ([f"{gm.get('space_group') or '?'}, Z = {gm.get('z') or '?'}"] if gm.get("has_mobility", True)
                  else ["no mobility yet"])
         about += ["its energy predicted, not computed"] if gm.get("predicted") else []
-        where = f", global minimum {gm['id']} ({', '.join(about)})"
+        # not a global minimum until its energy is computed (newuser51 #1)
+        label = "predicted leader" if gm.get("predicted") else "global minimum"
+        where = f", {label} {gm['id']} ({', '.join(about)})"
     k, n = st.get("n_with_mobility"), st.get("n_in_window")
     cover = f" ({coverage_text(k, n, st.get('share'))})" if k is not None and n and k < n else ""
     level = f" (energies {st['energy_level']})" if st.get("energy_level") else ""

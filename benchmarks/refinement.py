@@ -986,7 +986,7 @@ def run_landscape(path, cheap, expensive, seeds, batches, console, configs=(Agen
         print(f"{case.name} ({cheap} -> {expensive}): {n_reused} of {n_runs} runs reused from {progress_path}"
               + (f" ({n_rechecked} reruns checked whether runs recorded by other code still reproduce)"
                  if n_rechecked else "")
-              + ("" if fresh else " (--fresh to recompute)"), file=sys.stderr, flush=True)
+              + ("" if fresh or not n_reused else " (--fresh to recompute)"), file=sys.stderr, flush=True)
     dflt = runs[default.label]
     q0 = batches[0]
     if not dflt[q0]:

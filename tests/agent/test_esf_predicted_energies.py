@@ -209,9 +209,11 @@ def test_status_says_how_many_window_structures_have_a_mobility_and_how_many_onl
                 if "has no mobility yet" in x):
         assert sid not in listed, f"{sid} has a mobility, yet status says it has none:\n{text}"
     if low in listed:  # the predicted global minimum has a (reused) mobility: it is named as such
-        assert gm["id"] == low and f"predicted global minimum (structure stage) {low} (" in text
-        if listed[low]["energy_predicted"]:
-            assert "its ranking-level energy is predicted" in text.split(f"predicted global minimum (structure stage) {low}")[1]
+        what = "predicted leader" if listed[low]["energy_predicted"] else "predicted global minimum"
+        assert gm["id"] == low and f"{what} (structure stage) {low} (" in text
+        if listed[low]["energy_predicted"]:  # not called a global minimum, its energy "predicted for" the level
+            after = text.split(f"predicted leader (structure stage) {low}")[1]
+            assert "its ranking-level energy is predicted" in after and " kJ/mol per molecule predicted for " in after
     (row,) = [r for r in csv.DictReader((runs / "p" / "report" / "esf_results.csv").open())
               if r["source"] == "structure stage"]
     assert (int(row["n_with_mobility_in_window"]), int(row["n_with_predicted_energy_in_window"])) == (k, j)

@@ -73,6 +73,6 @@ def test_the_best_line_names_the_ranking_levels_global_minimum_and_the_window_co
            "ranked_minimum": {"id": "m0002", "energy_kjmol": -100.0, "computed": False}}
     text = _structure_stage_text(best_structure_stage(rec))
     assert text.endswith("mu_h = 3.0 ± 0.50 cm2/(V s) (mobility for 1 of 5 structures in window, 40% of the "
-                         "Boltzmann weight), global minimum m0002 (no mobility yet, its energy predicted, not computed)")
+                         "Boltzmann weight), predicted leader m0002 (no mobility yet, its energy predicted, not computed)")
     rec["ranked_minimum"] = {"id": "m0007", "energy_kjmol": -98.5, "computed": True}
     assert _structure_stage_text(best_structure_stage(rec)).endswith("global minimum m0007 (P2_1/c, Z = 4)")

@@ -56,6 +56,12 @@ def test_stop_reason_names_the_structure_stage_budget(tmp_path, capsys, local_ex
         assert both.startswith("structure-stage budget reached (7 evaluations"), both
         assert "and the compute budget: no structure-stage evaluation fits the 1.94 CPU s left" in both
         assert "--budget N" in both and "--cpu-hours H" in both
+        # newuser51 #5: with a compute budget, the reason says how much CPU is left for N more
+        camp.stage.exhausted_reason = lambda pending=(): ""
+        camp.cfg = camp.cfg.model_copy(update={"max_cpu_hours": 1.0})
+        one = camp.stop_reason()
+        assert one.startswith("structure-stage budget reached (7 evaluations"), one
+        assert f", with {3600 - camp.spent_cpu_s:.0f} of its 3600 CPU s left (refine --cpu-hours H adds CPU)" in one
     finally:
         camp.close()
 
