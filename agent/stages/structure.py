@@ -420,7 +420,7 @@ class StructureStage:
                     window_kjmol=self.cfg.window_kjmol, seed=seed, model=model)
             for i in free_picks:
                 if budget.take(request := self._request(land, i, self.free_energy, 1,
-                                                        "second level on a computed structure (split_levels)")):
+                                                        {"rule": "second level on a computed structure (split_levels)"})):
                     out.append(request)
                     n -= 1
             # structures whose refinement does not fit the budget left are held back as
@@ -575,15 +575,14 @@ class StructureStage:
         return min(options, key=lambda o: (o[0], o[1])) if options else None
 
     def _request(self, land: LandscapeState, i: int, level: StructureLevelConfig, k: int,
-                 rule: str | None = None, why: dict[str, Any] | None = None) -> Request:
+                 why: dict[str, Any] | None = None) -> Request:
         params = dict(level.params)
         if params.get("scf_guess") == "learned" and "density_model" not in params and self.directory is not None:
             from sim_backends.density_model import MODEL_FILE
 
             params["density_model"] = str(self.directory / MODEL_FILE)
         return Request(stage=self.name, backend=level.name, params=params, inp=land.inp(i),
-                       molecule_id=land.molecule_id, fidelity=k + 1, structure_id=land.ids[i],
-                       why=why if why is not None else {"rule": rule} if rule else None)
+                       molecule_id=land.molecule_id, fidelity=k + 1, structure_id=land.ids[i], why=why)
 
     def _property_request(self, land: LandscapeState, i: int, level: StructureLevelConfig,
                           extra: dict[str, Any]) -> Request:
