@@ -761,11 +761,12 @@ def _window_core(rec: dict[str, Any], k: int | None, n: int | None, share: float
     return f"{n} structures in window{reused}"
 
 
-def _window_energies_text(rec: dict[str, Any]) -> str:
+def _window_energies_text(rec: dict[str, Any], cut_below: bool = False) -> str:
     """``; the window's energies: 7 computed, 12 predicted (Delta-GP prediction)``: how the
     ranking-level energies of a structure-stage window are known (``window_energies``; the
     structures beyond the stage's cut estimated at force field plus the mean computed
-    correction); '' when all are computed or the record does not say."""
+    correction, or, with ``cut_below``, "(below)": the cut's own line says so); '' when all are
+    computed or the record does not say."""
     c = rec.get("window_energies") or {}
     if not c.get("predicted") and not c.get("estimated"):
         return ""
@@ -773,8 +774,9 @@ def _window_energies_text(rec: dict[str, Any]) -> str:
     if c.get("predicted"):
         parts.append(f"{c['predicted']} predicted ({_prediction(rec)})")
     if c.get("estimated"):
-        parts.append(f"{c['estimated']} beyond the stage's cut estimated at force field plus the mean computed "
-                     "correction")
+        # how they are estimated is said once, on the cut's own line when there is one (newuser51 #2)
+        parts.append(f"{c['estimated']} beyond the stage's cut" + (" (below)" if cut_below else
+                                                                    " estimated at force field plus the mean computed correction"))
     return f"; the window's energies: {', '.join(parts)}"
 
 
@@ -860,7 +862,8 @@ def esf_lines(results: list[dict[str, Any]]) -> list[str]:
             window, more = _window_text(rec), []
         else:  # how the window's energies are known and the stage's cut on lines of their own (newuser50 #9)
             window = _window_core(rec, *window_share(rec)[1:])
-            more = [t[2:] for t in (_window_energies_text(rec), _cut_text(rec)) if t]
+            cut = _cut_text(rec)
+            more = [t[2:] for t in (_window_energies_text(rec, cut_below=bool(cut)), cut) if t]
         lines.append(f"  {rec['name']}: mu_h = {format_mobility(rec['mean'], rec['sd'])} ({log}), "
                      f"{window}; {rec['source']} ({rec['backend']}){own}"
                      + (f"; {lambda_text(rec)}" if rec.get("lambda_hole_kjmol") is not None else ""))
