@@ -334,7 +334,9 @@ def _structure_stage(store: Store, cfg: CampaignConfig, directory: Path | None,
                                **models.get(sid, {}),
                                "reused_from": (reused.get((mid, level)) or {}).get(sid),
                                "energy_predicted": predicted,
-                               "energy_sd_kjmol": std.get(sid) if predicted else 0.0})
+                               "energy_sd_kjmol": std.get(sid) if predicted else 0.0,
+                               # the saved ranking's own sd, the one the structures' table and CIF give
+                               "prediction_sd_kjmol": win["std"].get(sid) if predicted else None})
         name, smiles = names.get(mid, ("", ""))
         rec = {"molecule_id": mid, "name": name, "smiles": smiles, "source": "structure stage",
                "backend": level, "level": f"{_level_of(props[level][0])}; energies {_level_of(rank_level)}",
@@ -813,9 +815,12 @@ def _minimum_label(rec: dict[str, Any]) -> tuple[str, str]:
     gm, low = rec.get("global_minimum") or {}, rec.get("ranked_minimum")
     predicted = ""
     if gm.get("energy_predicted"):
-        sd = gm.get("energy_sd_kjmol")
+        sd, alone = gm.get("energy_sd_kjmol"), gm.get("prediction_sd_kjmol")
+        both = (f"; ± {alone:.1f} the prediction alone, as the structures' table gives it"
+                if sd and alone is not None and abs(alone - sd) >= 0.05 else "")  # newuser51 #3: which ±
         predicted = (f"; its ranking-level energy is predicted ({_prediction(rec)}"
-                     + (f", ± {sd:.1f} kJ/mol per molecule" if sd else "") + "), not computed")
+                     + (f", ± {sd:.1f} kJ/mol per molecule with the energy ranking's own sd{both}" if sd else "")
+                     + "), not computed")
     if not low or low["id"] == gm.get("id"):  # which stage's ranking (newuser50 #11: two per molecule)
         # a leader whose ranking-level energy is not computed is no global minimum yet (newuser51 #1)
         what = "predicted leader" if gm.get("energy_predicted") else "predicted global minimum"

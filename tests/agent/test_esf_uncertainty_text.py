@@ -174,3 +174,24 @@ def test_structure_stage_line_names_the_global_minimum_when_it_has_no_mobility()
             "the global minimum m0002 (predicted, 1.50 kJ/mol lower) has no mobility yet") in text
     rec["ranked_minimum"] = {"id": "m0007", "energy_kjmol": -98.5, "computed": True}
     assert "predicted global minimum (structure stage) m0007" in "\n".join(esf_lines([rec]))
+
+
+def test_a_predicted_leader_says_which_of_its_two_sds_is_which():
+    """newuser51 #1, #3: a structure-stage leader whose ranking-level energy is predicted is no
+    global minimum; its energy is 'predicted for' the level, and the ESF block's ± (with the
+    ranking's own error) is told apart from the structures' table's (the prediction alone)."""
+    from agent.esf_report import esf_lines
+
+    gm = {"id": "m0002", "energy_kjmol": -100.7, "rel_kjmol": 0.0, "mobility_hole_cm2Vs": 0.17,
+          "density_gcm3": 1.3, "space_group": "P2_1", "z": 2, "cif": None, "energy_predicted": True,
+          "energy_sd_kjmol": 3.43, "prediction_sd_kjmol": 1.49}
+    rec = {"molecule_id": 103, "name": "BNT", "smiles": "x", "source": "structure stage", "backend": "mobility-xtb",
+           "level": "GFN2-xTB", "energy_level": "GFN2-xTB periodic (tblite)", "mean": 0.44, "sd": 0.17,
+           "n_in_window": 84, "n_with_mobility": 9, "structures": [gm], "global_minimum": gm, "warnings": [],
+           "notes": [], "ranking_model": "constant-shift", "ranked_minimum": {"id": "m0002", "energy_kjmol": -100.7,
+                                                                             "computed": False}}
+    text = "\n".join(esf_lines([rec]))
+    assert "predicted global minimum" not in text and "predicted leader (structure stage) m0002 (" in text
+    assert "E_latt -100.7 kJ/mol per molecule predicted for GFN2-xTB periodic (tblite)" in text
+    assert ("± 3.4 kJ/mol per molecule with the energy ranking's own sd; ± 1.5 the prediction alone, as the "
+            "structures' table gives it), not computed") in text
