@@ -234,10 +234,16 @@ class StructureStageConfig(_Strict):
             (:mod:`sim_backends.fragment_terms`); ``[]`` for none. They help on large
             landscapes and can hurt on small ones (``benchmarks/refinement.py``).
         acquisition: the acquisition's settings (:class:`StructureAcquisitionConfig`).
+        cpu_share: with a compute budget (``max_cpu_hours``), the share of it the molecule
+            stage leaves to this stage: a molecule-stage task starts only when its expected
+            cost (with its cost margin) fits the budget left less what is still reserved
+            (the share less what this stage has spent). None (default): this stage gets
+            what the molecule stage's tasks leave, which varies with their measured CPU.
     """
 
     enabled: bool = False
     budget_evaluations: int = Field(default=10, ge=1)
+    cpu_share: float | None = Field(default=None, gt=0, lt=1)
     n_molecules: int = Field(default=1, ge=1)
     csp: BackendConfig = Field(
         default_factory=lambda: BackendConfig(name="csp-ff")  # its default: a converged search
@@ -381,6 +387,8 @@ class CampaignConfig(_Strict):
             if self.lab.adapter not in ADAPTERS:
                 raise ValueError(f"lab.adapter: unknown lab adapter {self.lab.adapter!r}; "
                                  f"registered: {', '.join(sorted(ADAPTERS))}")
+        if self.structures.cpu_share is not None and self.max_cpu_hours is None:
+            raise ValueError("structures.cpu_share: a share of the compute budget needs max_cpu_hours")
         if self.structures.enabled and self.structures.budget_evaluations >= self.max_evaluations:
             raise ValueError(
                 f"structures.budget_evaluations ({self.structures.budget_evaluations}"

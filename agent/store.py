@@ -728,6 +728,11 @@ class Store:
         stored = self.conn.execute("SELECT COALESCE(SUM(cpu_s), 0) FROM evaluations").fetchone()[0]
         return float(stored) + self.interrupted_cpu_s()[0]
 
+    def stage_cpu_s(self, stage: str) -> float:
+        """CPU seconds of the stored evaluations (failures included) one stage asked for."""
+        return float(self.conn.execute("SELECT COALESCE(SUM(cpu_s), 0) FROM evaluations WHERE stage = ?",
+                                       (stage,)).fetchone()[0])
+
     # -- work an interrupted run left unfinished ------------------------------------------
     def note_submitted(self, request_id: str, cpus: float, **about: Any) -> None:
         """Record that a task went to a worker (``submitted`` event; see

@@ -364,8 +364,11 @@ class MoleculeStage:
             needed, left = fit
             if not self._within_budget(allowed, needed, left, follows=follows).any():
                 top = follows
+                kept = self.reserved_cpu_s()
                 return (f"compute budget: no evaluation fits the {max(left, 0.0):.3g} CPU s left "
-                        f"(the cheapest {self.levels[-1].name} needs "
+                        + (f"to the molecule stage ({kept:.0f} more reserved for the structure stage, "
+                           f"[structures] cpu_share = {self.cfg.structures.cpu_share:g}) " if kept > 0 else "")
+                        + f"(the cheapest {self.levels[-1].name} needs "
                         f"{float(np.min(needed[top, -1])) if top.any() else float('nan'):.3g} "
                         f"CPU s with its {COST_FIT_PROBABILITY:.0%} cost margin"
                         + (f"; a cheaper level runs only where {self.levels[-1].name} can follow it"
@@ -395,9 +398,21 @@ class MoleculeStage:
         if pair_costs is None:
             return None
         spent = self.store.spent_cpu_s() if self.store is not None else 0.0
-        left = self.cfg.max_cpu_hours * 3600 - spent - sum(
+        left = self.cfg.max_cpu_hours * 3600 - spent - self.reserved_cpu_s() - sum(
             pair_costs[self.index_of[r.molecule_id], r.fidelity] for r in mine)
         return pair_costs * self.cost_margin()[None, :], float(left)
+
+    def reserved_cpu_s(self) -> float:
+        """CPU seconds of the compute budget still reserved for the structure stage
+        (``[structures] cpu_share`` of ``max_cpu_hours`` less what that stage has spent);
+        0 without a share."""
+        st = self.cfg.structures
+        if not st.enabled or st.cpu_share is None or self.cfg.max_cpu_hours is None:
+            return 0.0
+        from agent.stages.structure import NAME as STRUCTURES
+
+        spent = self.store.stage_cpu_s(STRUCTURES) if self.store is not None else 0.0
+        return max(float(st.cpu_share) * self.cfg.max_cpu_hours * 3600 - spent, 0.0)
 
     def _within_budget(self, allowed: np.ndarray, needed: np.ndarray, left: float,
                        follows: np.ndarray | None = None) -> np.ndarray:
