@@ -86,11 +86,12 @@ Analysis 13, 917 (2018)), again only where the model gives LOO spreads.
 structure nearer, in the surrogate's input space, to one computed, pending or chosen than that
 quantile of the pairwise distances (a near-duplicate teaches the model and its skill test
 little); :data:`COST_POWER` tempers the cost weighting of every pick (``p_i / cost_i ** a``),
-:data:`MODEL_COST_POWER` only that of the model's own picks, and :data:`ACQ_INFLATION` scales the
+:data:`MODEL_COST_POWER` only that of the model's own picks, :data:`ACQ_INFLATION` scales the
 spread of the model's draws in its own picks (the stop rule's calibrated factor is
-:data:`STOP_INFLATION`). :data:`UTILITY` ``"odds"`` picks by ``p_i / ((1 - p_i) cost_i)`` instead of
-``p_i / cost_i`` (:func:`pick_index`). All are off (None, 1.0, 1.0, 1.0, "p"); none met the issue-16
-targets (NOTES, task R4 and stop 50).
+:data:`STOP_INFLATION`), and :data:`ACQ_SPREAD` ``"loo"`` narrows those draws by the model's
+leave-one-out spread ratio where it is below 1 (:func:`acquisition_spread`). :data:`UTILITY` ``"odds"``
+picks by ``p_i / ((1 - p_i) cost_i)`` instead of ``p_i / cost_i`` (:func:`pick_index`). All are off
+(None, 1.0, 1.0, 1.0, "fixed", "p"); none met the issue-16 targets (NOTES, task R4 and stops 50-51).
 
 Observed-in-lab evidence. ``observed`` holds structures matched to an
 experimentally observed form. Observed forms are, with few exceptions, low in energy
