@@ -273,6 +273,10 @@ def _evaluate_in_worker(backend: str, params: dict[str, Any], inp: EvalInput,
         return result
 
 
+#: how long a timed-out task's force-cancel is waited for before its CPU record is read and removed
+CANCEL_WAIT_S = 5.0
+
+
 def read_task_cpu(progress_dir: Path | None, request_id: str,
                   attempt: int | None = None) -> tuple[float, float] | None:
     """``(CPU seconds, time of the latest record)`` of attempt ``attempt`` of
@@ -922,6 +926,10 @@ class RayExecutor:
         for ref, (task, t0) in list(self._in_flight.items()):
             if now - t0 > self.task_timeout_s:
                 ray.cancel(ref, force=True)
+                try:  # until the worker is gone: its recording thread could write again after the forget below
+                    ray.wait([ref], timeout=CANCEL_WAIT_S)
+                except RayError:
+                    pass
                 del self._in_flight[ref]
                 wall = now - t0
                 result = _failed(task, f"timeout: exceeded {self.task_timeout_s:g} s", wall,
