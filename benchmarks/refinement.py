@@ -112,6 +112,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -804,8 +805,10 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=1)
 def _commit() -> str | None:
-    """The checkout's commit (``+`` when it has uncommitted changes), for the record; None outside git."""
+    """The checkout's commit (``+`` when it has uncommitted changes), for the record; None outside
+    git. Read once per process, as :func:`code_digest` is."""
     import subprocess
 
     try:
